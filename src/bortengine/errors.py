@@ -1,0 +1,23 @@
+"""The package's exception types. Every error bortengine raises on purpose is a BortEngineError.
+
+InvalidInputError and ModelLoadError also derive from ValueError, so callers that already catch ValueError for
+bad arguments keep working. Messages say what is wrong and how to fix it.
+"""
+
+__all__ = ["BortEngineError", "InvalidInputError", "ModelLoadError", "UnsupportedModelError"]
+
+
+class BortEngineError(Exception):
+    """Base class of every bortengine error."""
+
+
+class InvalidInputError(BortEngineError, ValueError):
+    """An argument of an inference call (ids, mask, texts, options) is malformed."""
+
+
+class ModelLoadError(BortEngineError, ValueError):
+    """A model directory is missing files, or its config and weights are malformed or disagree."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """A well-formed model that bortengine does not run (another architecture, activation or embedding type)."""
