@@ -1,0 +1,362 @@
+"""Reading BERT weights from safetensors files one tensor at a time, and checking them against the config.
+
+Why not safetensors.safe_open or a memory map: loading must keep peak RSS within 1.2x the fp32 weights + 64 MiB.
+The engine packs every layer's linear weights into its own layout, so a mapped file (whose touched pages count
+as resident) plus the packed copies would hold the model twice. Here the header is parsed by hand (8-byte
+little-endian length, then JSON), validated before any data is read, and each tensor is read with plain file
+reads into a fresh float32 array that the caller drops once the engine has packed it. Half and double precision
+are converted in bounded chunks so a conversion never holds a second full-size copy.
+
+Names: the canonical names are transformers' BertModel names (embeddings.*, encoder.layer.{i}.*, pooler.*) plus
+classifier.* of BertForSequenceClassification. Checkpoint names may carry a "bert." prefix and legacy
+LayerNorm.gamma / LayerNorm.beta names; embeddings.position_ids and pre-training heads (cls.*) are ignored.
+
+Shapes: H = hidden size, I = intermediate size, V = vocab size, P = max positions, Tt = token types,
+L = number of labels.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import ModelLoadError
+
+__all__ = ["TensorEntry", "read_safetensors_header", "Checkpoint", "BertWeights", "expected_tensors",
+           "LAYER_TENSORS"]
+
+# safetensors dtype name -> (bytes per element, NumPy dtype to read the raw bytes as). None: not readable here.
+_DTYPES: dict[str, tuple[int, Optional[str]]] = {
+    "BOOL": (1, "|b1"), "U8": (1, "|u1"), "I8": (1, "|i1"), "F8_E4M3": (1, None), "F8_E5M2": (1, None),
+    "I16": (2, "<i2"), "U16": (2, "<u2"), "F16": (2, "<f2"), "BF16": (2, "<u2"),
+    "I32": (4, "<i4"), "U32": (4, "<u4"), "F32": (4, "<f4"),
+    "I64": (8, "<i8"), "U64": (8, "<u8"), "F64": (8, "<f8"),
+}
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors library enforces
+_CONVERT_CHUNK_BYTES = 8 * 1024 * 1024  # half/double tensors are converted this many source bytes at a time
+
+# The 16 tensors of one encoder layer, in the order of _core.Encoder.set_layer, with their shapes.
+LAYER_TENSORS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attention.self.query.weight", ("H", "H")), ("attention.self.query.bias", ("H",)),
+    ("attention.self.key.weight", ("H", "H")), ("attention.self.key.bias", ("H",)),
+    ("attention.self.value.weight", ("H", "H")), ("attention.self.value.bias", ("H",)),
+    ("attention.output.dense.weight", ("H", "H")), ("attention.output.dense.bias", ("H",)),
+    ("attention.output.LayerNorm.weight", ("H",)), ("attention.output.LayerNorm.bias", ("H",)),
+    ("intermediate.dense.weight", ("I", "H")), ("intermediate.dense.bias", ("I",)),
+    ("output.dense.weight", ("H", "I")), ("output.dense.bias", ("H",)),
+    ("output.LayerNorm.weight", ("H",)), ("output.LayerNorm.bias", ("H",)),
+)
+EMBEDDING_TENSORS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("embeddings.word_embeddings.weight", ("V", "H")),
+    ("embeddings.position_embeddings.weight", ("P", "H")),
+    ("embeddings.token_type_embeddings.weight", ("Tt", "H")),
+    ("embeddings.LayerNorm.weight", ("H",)), ("embeddings.LayerNorm.bias", ("H",)),
+)
+POOLER_TENSORS = (("pooler.dense.weight", ("H", "H")), ("pooler.dense.bias", ("H",)))
+CLASSIFIER_TENSORS = (("classifier.weight", ("L", "H")), ("classifier.bias", ("L",)))
+
+_DIM_FIELDS = {"H": "hidden_size", "I": "intermediate_size", "V": "vocab_size", "P": "max_position_embeddings",
+               "Tt": "type_vocab_size", "L": "num_labels"}
+# Checkpoint tensors that are not weights of the encoder, or belong to heads the engine does not run.
+_IGNORED_NAMES = ("embeddings.position_ids", "embeddings.token_type_ids")
+_IGNORED_PREFIXES = ("cls.",)
+_ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor's bytes are: file, absolute byte offset, byte count; its safetensors dtype and shape."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+    def read(self) -> np.ndarray:
+        """The tensor as a fresh float32 C-contiguous array (F16/BF16/F64 converted in bounded chunks)."""
+        if self.dtype not in _FLOAT_DTYPES:
+            raise ModelLoadError(
+                f"{self.file}: tensor {self.name} has dtype {self.dtype}; weights must be F32, F16, BF16 or F64")
+        count = math.prod(self.shape)
+        out = np.empty(count, dtype=np.float32)
+        try:
+            with open(self.file, "rb") as f:
+                f.seek(self.offset)
+                if self.dtype == "F32":
+                    got = f.readinto(out.view(np.uint8))
+                    if got != self.nbytes:
+                        raise self._truncated(got)
+                    if np.dtype("<f4") != np.dtype(np.float32):  # big-endian host
+                        out.byteswap(inplace=True)
+                else:
+                    self._read_converted(f, out)
+        except OSError as e:
+            raise ModelLoadError(f"{self.file}: cannot read tensor {self.name}: {e}") from e
+        return out.reshape(self.shape)
+
+    def _read_converted(self, f, out: np.ndarray) -> None:
+        itemsize, raw_dtype = _DTYPES[self.dtype]
+        step = max(1, _CONVERT_CHUNK_BYTES // itemsize)
+        done, total = 0, out.size
+        while done < total:
+            n = min(step, total - done)
+            raw = np.empty(n, dtype=raw_dtype)
+            got = f.readinto(raw.view(np.uint8))
+            if got != n * itemsize:
+                raise self._truncated(done * itemsize + got)
+            if self.dtype == "BF16":  # bfloat16 is the top half of a float32
+                out[done:done + n] = (raw.astype(np.uint32) << 16).view(np.float32)
+            else:
+                out[done:done + n] = raw
+            done += n
+
+    def _truncated(self, got: int) -> ModelLoadError:
+        return ModelLoadError(
+            f"{self.file} is truncated: tensor {self.name} needs {self.nbytes} bytes at offset {self.offset} but "
+            f"only {got} could be read; re-download or re-save the file")
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
+    """Parse and validate a safetensors header without reading tensor data.
+
+    Checks: the length prefix fits the file, the header is a JSON object, each entry has a known dtype, a shape of
+    non-negative integers and data_offsets [begin, end] inside the file whose span equals prod(shape) x itemsize,
+    and no two tensors overlap. Raises ModelLoadError naming the file (and tensor) on any failure.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise ModelLoadError(f"{path} is {size} bytes, too small to be a safetensors file (truncated?)")
+            header_len = int.from_bytes(prefix, "little")
+            if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
+                raise ModelLoadError(
+                    f"{path} is not a valid safetensors file: its header claims {header_len} bytes but the file "
+                    f"has {size} bytes (truncated or not safetensors)")
+            header_bytes = f.read(header_len)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from e
+    try:
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path} is not a valid safetensors file: its header is not JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{path} is not a valid safetensors file: its header is not a JSON object")
+
+    data_start = 8 + header_len
+    data_size = size - data_start
+    entries: dict[str, TensorEntry] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        bad = f"{path}: tensor {name} has a malformed header entry"
+        if not isinstance(info, dict):
+            raise ModelLoadError(f"{bad}: {info!r}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPES:
+            raise ModelLoadError(f"{bad}: unknown dtype {dtype!r} (known: {sorted(_DTYPES)})")
+        if (not isinstance(shape, list)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise ModelLoadError(f"{bad}: shape must be a list of non-negative integers, got {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise ModelLoadError(f"{bad}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
+        begin, end = offsets
+        itemsize = _DTYPES[dtype][0]
+        if end - begin != math.prod(shape) * itemsize:
+            raise ModelLoadError(
+                f"{bad}: shape {shape} of {dtype} needs {math.prod(shape) * itemsize} bytes but data_offsets "
+                f"{offsets} span {end - begin}")
+        if end > data_size:
+            raise ModelLoadError(
+                f"{path} is truncated: tensor {name} ends at data byte {end} but the file holds only {data_size} "
+                f"bytes of data; re-download or re-save the file")
+        entries[name] = TensorEntry(name, path, dtype, tuple(shape), data_start + begin, end - begin)
+
+    spans = sorted((e.offset, e.offset + e.nbytes, e.name) for e in entries.values() if e.nbytes)
+    for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            raise ModelLoadError(f"{path} is corrupt: tensors {name_a} and {name_b} overlap")
+    return entries
+
+
+class Checkpoint:
+    """The tensors of a model directory: model.safetensors, or shards listed by model.safetensors.index.json."""
+
+    def __init__(self, entries: dict[str, TensorEntry], source: str):
+        self.entries = entries
+        self.source = source
+
+    @classmethod
+    def open(cls, model_dir: str | os.PathLike) -> "Checkpoint":
+        model_dir = Path(model_dir)
+        single = model_dir / "model.safetensors"
+        index = model_dir / "model.safetensors.index.json"
+        if single.is_file():
+            return cls(read_safetensors_header(single), str(single))
+        if index.is_file():
+            return cls(_read_sharded(index), str(index))
+        others = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5",
+                              "flax_model.msgpack", "model.ckpt.index") if (model_dir / n).exists()]
+        if others:
+            raise ModelLoadError(
+                f"{model_dir} has {', '.join(others)} but no model.safetensors; bortengine reads safetensors only "
+                f"(pickled .bin files can run arbitrary code and must be loaded whole). Convert once with: "
+                f"python -c \"from transformers import AutoModel; m = AutoModel.from_pretrained('{model_dir}'); "
+                f"m.save_pretrained('{model_dir}', safe_serialization=True)\" (use "
+                f"AutoModelForSequenceClassification for a classifier)")
+        raise ModelLoadError(
+            f"{model_dir} has no weights: expected model.safetensors or model.safetensors.index.json")
+
+
+def _read_sharded(index: Path) -> dict[str, TensorEntry]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{index} is not valid JSON ({e})") from e
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelLoadError(f"{index} has no \"weight_map\" object of tensor name -> shard file name")
+    headers: dict[str, dict[str, TensorEntry]] = {}
+    entries: dict[str, TensorEntry] = {}
+    for name, shard in weight_map.items():
+        shard_path = index.parent / shard
+        if shard not in headers:
+            if Path(shard).name != shard:
+                raise ModelLoadError(f"{index}: shard {shard!r} must be a file name in the model directory")
+            if not shard_path.is_file():
+                raise ModelLoadError(f"{index} lists shard {shard} for {name}, but {shard_path} does not exist")
+            headers[shard] = read_safetensors_header(shard_path)
+        if name not in headers[shard]:
+            raise ModelLoadError(f"{index} says {name} is in {shard}, but that shard has no tensor of that name")
+        entries[name] = headers[shard][name]
+    return entries
+
+
+def expected_tensors(config: ModelConfig, pooler: bool, classifier: bool) -> dict[str, tuple[str, ...]]:
+    """Canonical tensor name -> symbolic shape (letters of the module header) that the engine needs."""
+    names = dict(EMBEDDING_TENSORS)
+    for i in range(config.num_hidden_layers):
+        names.update((f"encoder.layer.{i}.{n}", s) for n, s in LAYER_TENSORS)
+    if pooler:
+        names.update(POOLER_TENSORS)
+    if classifier:
+        names.update(CLASSIFIER_TENSORS)
+    return names
+
+
+def canonical_name(name: str) -> Optional[str]:
+    """Map a checkpoint tensor name to its canonical name, or None if the engine ignores it."""
+    if name.startswith("bert."):
+        name = name[len("bert."):]
+    if name in _IGNORED_NAMES or name.startswith(_IGNORED_PREFIXES):
+        return None
+    if name.endswith(".gamma") and "LayerNorm" in name:
+        name = name[: -len("gamma")] + "weight"
+    elif name.endswith(".beta") and "LayerNorm" in name:
+        name = name[: -len("beta")] + "bias"
+    return name
+
+
+class BertWeights:
+    """A checkpoint's tensors under canonical names, checked against a ModelConfig before any data is read.
+
+    has_pooler: the checkpoint has pooler.dense.* (always true for a classifier, which needs it).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, config: ModelConfig):
+        self.checkpoint = checkpoint
+        self.config = config
+        by_canonical: dict[str, TensorEntry] = {}
+        for name, entry in checkpoint.entries.items():
+            canonical = canonical_name(name)
+            if canonical is None:
+                continue
+            if canonical in by_canonical:
+                raise ModelLoadError(
+                    f"{checkpoint.source}: tensors {by_canonical[canonical].name} and {name} are both "
+                    f"{canonical}; keep one of them")
+            by_canonical[canonical] = entry
+        self._entries = by_canonical
+
+        pooler_names = [n for n, _ in POOLER_TENSORS]
+        has_any_pooler = any(n in by_canonical for n in pooler_names)
+        self.has_pooler = config.is_classifier or has_any_pooler
+        self.has_classifier = config.is_classifier
+        expected = expected_tensors(config, self.has_pooler, self.has_classifier)
+
+        missing = [n for n in expected if n not in by_canonical]
+        if missing:
+            hint = ""
+            if config.is_classifier and any(n.startswith(("classifier.", "pooler.")) for n in missing):
+                hint = (" (config.json says BertForSequenceClassification, which needs pooler.dense.* and "
+                        "classifier.*; if this is a bare encoder set \"architectures\": [\"BertModel\"])")
+            elif any(n.startswith("encoder.layer.") for n in missing):
+                hint = f" (config says num_hidden_layers={config.num_hidden_layers}; check it matches the weights)"
+            raise ModelLoadError(
+                f"{checkpoint.source} is missing {len(missing)} tensor(s) the model needs: "
+                f"{_short_list(missing)}{hint}")
+
+        unexpected = [n for n in by_canonical
+                      if n not in expected and n.startswith(_ENCODER_PREFIXES)]
+        if unexpected:
+            hint = ""
+            if any(n.startswith("encoder.layer.") for n in unexpected):
+                hint = (f" (config says num_hidden_layers={config.num_hidden_layers}; the weights seem to have "
+                        f"more layers)")
+            raise ModelLoadError(
+                f"{checkpoint.source} has tensor(s) this BERT config does not use: {_short_list(unexpected)}{hint}")
+
+        for name, symbols in expected.items():
+            self._check_shape(name, symbols, by_canonical[name])
+
+    def _check_shape(self, name: str, symbols: tuple[str, ...], entry: TensorEntry) -> None:
+        if entry.dtype not in _FLOAT_DTYPES:
+            raise ModelLoadError(
+                f"{entry.file}: tensor {entry.name} has dtype {entry.dtype}; weights must be F32, F16, BF16 or F64")
+        want = tuple(self._dim(s) for s in symbols)
+        if entry.shape == want:
+            return
+        fields = [_DIM_FIELDS[s] for s in symbols]
+        if len(entry.shape) != len(want):
+            raise ModelLoadError(
+                f"{entry.file}: {entry.name} is {list(entry.shape)} but a BERT {name} is {list(want)} "
+                f"= [{', '.join(fields)}]")
+        wrong = next(i for i, (a, b) in enumerate(zip(entry.shape, want)) if a != b)
+        raise ModelLoadError(
+            f"config says {fields[wrong]}={want[wrong]} but {entry.name} is {list(entry.shape)} "
+            f"(expected {list(want)} = [{', '.join(fields)}]); config.json and {entry.file.name} disagree, "
+            f"so one of them belongs to another model")
+
+    def _dim(self, symbol: str) -> int:
+        return getattr(self.config, _DIM_FIELDS[symbol])
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor of a canonical name as a float32 C-contiguous array (read from disk on each call)."""
+        return self._entries[name].read()
+
+    def read_layer(self, index: int) -> list[np.ndarray]:
+        """The 16 tensors of encoder layer `index` in _core.Encoder.set_layer order."""
+        return [self.read(f"encoder.layer.{index}.{n}") for n, _ in LAYER_TENSORS]
+
+    def read_embeddings(self) -> list[np.ndarray]:
+        """word [V,H], position [P,H], token_type [Tt,H], LayerNorm weight [H], bias [H]."""
+        return [self.read(n) for n, _ in EMBEDDING_TENSORS]
+
+
+def _short_list(names: Iterable[str], limit: int = 8) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
