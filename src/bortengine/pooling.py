@@ -1,0 +1,104 @@
+"""Sentence embeddings from token states: the sentence-transformers Pooling (+ Normalize) modules, in NumPy.
+
+Read from modules.json and its Pooling module's config.json (1_Pooling/config.json); a model without them pools
+by mean, unnormalised, as sentence-transformers does when it wraps a plain transformers model. Several pooling
+modes concatenate in sentence-transformers' order: cls, max, mean, mean_sqrt_len. Modules the engine does not run
+(Dense, weighted-mean or last-token pooling, ...) are recorded and make encode() refuse rather than return
+embeddings that differ from the model's.
+
+Shapes: B = batch, T = tokens, H = hidden size.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelLoadError
+
+__all__ = ["Pooling", "POOLING_MODES"]
+
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")  # sentence-transformers' concatenation order
+_CONFIG_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
+                "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
+_UNSUPPORTED_KEYS = {"pooling_mode_weightedmean_tokens": "weighted-mean pooling",
+                     "pooling_mode_lasttoken": "last-token pooling"}
+_STRING_MODES = {"cls": _CONFIG_KEYS["cls"], "max": _CONFIG_KEYS["max"], "mean": _CONFIG_KEYS["mean"],
+                 "mean_sqrt_len_tokens": _CONFIG_KEYS["mean_sqrt_len"],
+                 "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
+_KNOWN_MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+                  "sentence_transformers.models.Normalize")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How encode() turns token states into one vector per text."""
+
+    modes: tuple[str, ...] = ("mean",)
+    normalize: bool = False
+    unsupported: tuple[str, ...] = ()  # modules of the model that the engine cannot run; encode() refuses
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "Pooling":
+        modules_path = model_dir / "modules.json"
+        pooling_dir = model_dir / "1_Pooling"
+        normalize = False
+        unsupported: list[str] = []
+        if modules_path.is_file():
+            modules = _read_json(modules_path)
+            if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+                raise ModelLoadError(f"{modules_path} must be a list of module objects")
+            pooling_dir = None
+            for module in modules:
+                kind = module.get("type", "")
+                if kind.endswith(".Pooling"):
+                    pooling_dir = model_dir / module.get("path", "")
+                elif kind.endswith(".Normalize"):
+                    normalize = True
+                elif kind not in _KNOWN_MODULES and not kind.endswith(".Transformer"):
+                    unsupported.append(kind or repr(module))
+        if pooling_dir is None or not (pooling_dir / "config.json").is_file():
+            return cls(("mean",), normalize, tuple(unsupported))
+
+        config_path = pooling_dir / "config.json"
+        config = _read_json(config_path)
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{config_path} must be a JSON object")
+        if isinstance(config.get("pooling_mode"), str):  # the constructor's string form
+            key = _STRING_MODES.get(config["pooling_mode"])
+            if key is None:
+                raise ModelLoadError(f"{config_path}: unknown pooling_mode {config['pooling_mode']!r}")
+            config = {**config, key: True}
+        modes = tuple(m for m in POOLING_MODES if config.get(_CONFIG_KEYS[m]))
+        unsupported += [name for key, name in _UNSUPPORTED_KEYS.items() if config.get(key)]
+        if not modes and not unsupported:
+            raise ModelLoadError(f"{config_path} enables no pooling mode; set pooling_mode_mean_tokens to true")
+        return cls(modes, normalize, tuple(unsupported))
+
+    def __call__(self, hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
+        """hidden [B,T,H] float32, mask [B,T] of 0/1 -> [B, H x len(modes)] float32."""
+        m = mask.astype(np.float32)[:, :, None]             # [B,T,1]
+        outputs = []
+        for mode in self.modes:
+            if mode == "cls":
+                outputs.append(hidden[:, 0])
+            elif mode == "max":
+                outputs.append(np.where(m > 0, hidden, np.float32(-1e9)).max(axis=1))
+            else:
+                total = (hidden * m).sum(axis=1)             # [B,H]
+                count = np.maximum(m.sum(axis=1), 1e-9)      # [B,1]
+                outputs.append(total / (count if mode == "mean" else np.sqrt(count)))
+        out = np.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        if normalize:  # torch.nn.functional.normalize(p=2, eps=1e-12)
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
+        return out
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON ({e}); fix or delete it") from e

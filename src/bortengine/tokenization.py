@@ -1,0 +1,141 @@
+"""Text -> token ids for a model directory, with the `tokenizers` library (no transformers, no torch).
+
+tokenizer.json is preferred (it is the exact pipeline the model was saved with); otherwise vocab.txt builds a
+BERT WordPiece pipeline honouring tokenizer_config.json's do_lower_case / strip_accents / tokenize_chinese_chars.
+Truncation length, first found: sentence_bert_config.json max_seq_length (what sentence-transformers uses),
+tokenizer_config.json model_max_length, config.json max_position_embeddings; never more than the last.
+Padding is done here in NumPy, to the longest sequence of each batch, so the tokenizer itself never pads.
+
+Shapes: B = batch, T = tokens of the longest sequence in the batch.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from tokenizers import BertWordPieceTokenizer, Tokenizer
+
+from .config import ModelConfig
+from .errors import InvalidInputError, ModelLoadError
+
+__all__ = ["TextTokenizer", "as_text_list"]
+
+
+def _read_json(path: Path) -> Optional[Any]:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON ({e}); fix or delete it") from e
+
+
+def as_text_list(texts: Any, what: str = "texts") -> tuple[list[str], bool]:
+    """(list of texts, True if a single string was given). Rejects anything but str or a sequence of str."""
+    if isinstance(texts, str):
+        return [texts], True
+    if isinstance(texts, (bytes, bytearray)):
+        raise InvalidInputError(f"{what} must be str, got bytes; decode it first (e.g. data.decode('utf-8'))")
+    if isinstance(texts, np.ndarray):
+        texts = texts.tolist()
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise InvalidInputError(f"{what} must be a string or a list of strings, got {type(texts).__name__}") from None
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InvalidInputError(
+                f"{what}[{i}] is {type(t).__name__}, not str; pass a string or a list of strings "
+                f"(for token ids call the engine directly: engine(input_ids, attention_mask))")
+    return texts, False
+
+
+class TextTokenizer:
+    """A `tokenizers.Tokenizer` set to truncate at max_length and never pad, plus the pad id for batching."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int, lowercase_input: bool, source: str):
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self.lowercase_input = lowercase_input  # sentence_bert_config.json do_lower_case: lowercase before tokenizing
+        self.source = source
+        self._base = tokenizer
+        self._by_length: dict[int, Tokenizer] = {}
+        # Truncation is tokenizer state; each length gets its own copy, made once, so calls never mutate a
+        # tokenizer another thread is using.
+        self._lock = threading.Lock()
+        self._configured(max_length)
+
+    @classmethod
+    def load(cls, model_dir: Path, config: ModelConfig) -> Optional["TextTokenizer"]:
+        """The tokenizer of a model directory, or None if it has neither tokenizer.json nor vocab.txt."""
+        tok_config = _read_json(model_dir / "tokenizer_config.json") or {}
+        st_config = _read_json(model_dir / "sentence_bert_config.json") or {}
+        if (model_dir / "tokenizer.json").is_file():
+            source = str(model_dir / "tokenizer.json")
+            try:
+                tokenizer = Tokenizer.from_file(source)
+            except Exception as e:  # the Rust library raises a bare Exception
+                raise ModelLoadError(f"cannot read {source}: {e}; re-save it with tokenizer.save_pretrained") from e
+        elif (model_dir / "vocab.txt").is_file():
+            source = str(model_dir / "vocab.txt")
+            lower = bool(tok_config.get("do_lower_case", True))
+            try:
+                wordpiece = BertWordPieceTokenizer(
+                    source, lowercase=lower, strip_accents=tok_config.get("strip_accents"),
+                    handle_chinese_chars=bool(tok_config.get("tokenize_chinese_chars", True)),
+                    unk_token=tok_config.get("unk_token", "[UNK]"), sep_token=tok_config.get("sep_token", "[SEP]"),
+                    cls_token=tok_config.get("cls_token", "[CLS]"), pad_token=tok_config.get("pad_token", "[PAD]"),
+                    mask_token=tok_config.get("mask_token", "[MASK]"))
+            except Exception as e:
+                raise ModelLoadError(f"cannot build a WordPiece tokenizer from {source}: {e}") from e
+            tokenizer = Tokenizer.from_str(wordpiece.to_str())
+        else:
+            return None
+
+        limit = config.max_position_embeddings
+        max_length = st_config.get("max_seq_length") or tok_config.get("model_max_length") or limit
+        if not isinstance(max_length, (int, float)) or max_length < 1:
+            raise ModelLoadError(f"{model_dir}: max_seq_length / model_max_length must be a positive integer, "
+                                 f"got {max_length!r}")
+        max_length = int(min(max_length, limit))  # model_max_length is often a huge "no limit" sentinel
+
+        pad_token = tok_config.get("pad_token", "[PAD]")
+        if isinstance(pad_token, dict):  # AddedToken serialisation
+            pad_token = pad_token.get("content", "[PAD]")
+        pad_id = tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
+        if pad_id is None or not 0 <= pad_id < config.vocab_size:
+            pad_id = config.pad_token_id if 0 <= config.pad_token_id < config.vocab_size else 0
+        return cls(tokenizer, max_length, pad_id, bool(st_config.get("do_lower_case", False)), source)
+
+    def _configured(self, max_length: int) -> Tokenizer:
+        tokenizer = self._by_length.get(max_length)
+        if tokenizer is None:
+            with self._lock:
+                tokenizer = self._by_length.get(max_length)
+                if tokenizer is None:
+                    tokenizer = Tokenizer.from_str(self._base.to_str())
+                    tokenizer.no_padding()
+                    tokenizer.enable_truncation(max_length)
+                    self._by_length[max_length] = tokenizer
+        return tokenizer
+
+    def token_ids(self, texts: Sequence[str], max_length: Optional[int] = None) -> list[list[int]]:
+        """Ids of each text with special tokens, truncated to max_length (default self.max_length)."""
+        tokenizer = self._configured(self.max_length if max_length is None else max_length)
+        if self.lowercase_input:
+            texts = [t.lower() for t in texts]
+        return [e.ids for e in tokenizer.encode_batch(list(texts))]
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """input_ids, attention_mask, token_type_ids, each int64 [B,T], padded right to the longest sequence."""
+        lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
+        t = int(lengths.max()) if len(ids) else 0
+        input_ids = np.full((len(ids), t), self.pad_id, dtype=np.int64)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = seq
+        attention_mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "token_type_ids": np.zeros_like(input_ids)}
