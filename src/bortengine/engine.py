@@ -1,0 +1,423 @@
+"""The inference API: load() a Hugging Face BERT directory into an Engine, then call it on ids or texts.
+
+The Engine composes the parts: ModelConfig (config.json), BertWeights (safetensors, read one tensor at a time and
+handed straight to the native encoder, so loading never holds the model twice), TextTokenizer and Pooling.
+Everything users pass in is validated here, before the native module sees it, and rejected with an
+InvalidInputError that says what is wrong and how to fix it. This module imports only NumPy, tokenizers and the
+native extension: serving a model never needs torch.
+
+Shapes: B = batch, T = tokens per sequence, H = hidden size, L = number of labels, N = number of texts.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import BortEngineError, InvalidInputError, ModelLoadError
+from .pooling import Pooling
+from .tokenization import TextTokenizer, as_text_list
+from .weights import BertWeights, Checkpoint
+
+__all__ = ["load", "Engine", "EncoderOutput", "ClassificationResult", "available_cpus"]
+
+
+def _core():
+    """The native module, imported on first use so `import bortengine` works (and says how to fix it) without it."""
+    try:
+        from . import _core as core
+    except ImportError as e:
+        raise BortEngineError(
+            f"bortengine's native module is not available ({e}); build it with `python setup.py build_ext "
+            f"--inplace` in the source tree, or reinstall the package") from e
+    return core
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset restrict)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_num_threads(num_threads: Any) -> int:
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+        raise InvalidInputError(f"num_threads must be a positive integer or None (all available CPUs), "
+                                f"got {num_threads!r}")
+    cpus = available_cpus()
+    if num_threads > cpus:
+        warnings.warn(f"num_threads={num_threads} is more than the {cpus} CPU(s) this process may run on; "
+                      f"threads will share cores and every call will be slower. Use num_threads={cpus} or fewer.",
+                      RuntimeWarning, stacklevel=3)
+    return int(num_threads)
+
+
+@dataclass
+class EncoderOutput:
+    """What Engine.__call__ returns. Attribute access (out.logits) or dict-style (out["logits"]).
+
+    Shapes: last_hidden_state [B,T,H] float32 (zeros at masked positions), pooler_output [B,H] float32 when the
+    model has a pooler, logits [B,L] float32 when it is a classifier; absent outputs are None and not keys.
+    """
+
+    last_hidden_state: np.ndarray
+    pooler_output: Optional[np.ndarray] = None
+    logits: Optional[np.ndarray] = None
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def values(self) -> list[np.ndarray]:
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self) -> list[tuple[str, np.ndarray]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if not isinstance(key, str) or key not in self.keys():
+            raise KeyError(f"{key!r}: this output has {self.keys()}")
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+@dataclass
+class ClassificationResult:
+    """What Engine.classify returns for a list of texts; iterating yields (label, probabilities [L]) pairs.
+
+    Shapes: labels N strings, probabilities [N,L] float32 (softmax, or sigmoid for multi-label models),
+    logits [N,L] float32.
+    """
+
+    labels: list[str]
+    probabilities: np.ndarray
+    logits: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray]:
+        return self.labels[i], self.probabilities[i]
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        return iter(zip(self.labels, self.probabilities))
+
+
+def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None) -> "Engine":
+    """Load a Hugging Face BERT directory (config.json + model.safetensors [+ tokenizer, sentence-transformers
+    pooling]) into an Engine.
+
+    num_threads: threads per call; None means every CPU this process may use. isa: kernel path to force (one of
+    bortengine.available_isas()); None means the best one (or $BORTENGINE_ISA).
+    """
+    return Engine(path, num_threads=num_threads, isa=isa)
+
+
+class Engine:
+    """A loaded BERT encoder. Thread-safe: calls from several threads run one forward at a time (each forward
+    already uses num_threads cores)."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None):
+        core = _core()
+        path = Path(path)
+        if not path.exists():
+            raise ModelLoadError(f"model directory {path} does not exist")
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file; pass the model directory that holds config.json and "
+                                 f"model.safetensors")
+        threads = available_cpus() if num_threads is None else _check_num_threads(num_threads)
+        if isa is not None:
+            available = list(core.available_isas())
+            if isa not in available:
+                raise InvalidInputError(f"isa {isa!r} cannot run here; this CPU and build offer {available} "
+                                        f"(or pass isa=None for the best)")
+
+        self.path = path
+        self.config = ModelConfig.from_file(path)
+        weights = BertWeights(Checkpoint.open(path), self.config)  # every name and shape checked, nothing read
+        self.pooling = Pooling.load(path)
+        self.tokenizer = TextTokenizer.load(path, self.config)
+
+        c = self.config
+        try:
+            encoder = core.Encoder(c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
+                                   c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.layer_norm_eps,
+                                   threads, isa or "")
+        except ValueError as e:
+            raise BortEngineError(f"the native encoder rejected this model's sizes: {e}") from e
+        # Embeddings are referenced by the encoder, not copied: keep the arrays alive as long as the engine.
+        self._embeddings = weights.read_embeddings()
+        encoder.set_embeddings(*self._embeddings)
+        for i in range(c.num_hidden_layers):
+            tensors = weights.read_layer(i)
+            encoder.set_layer(i, *tensors)
+            del tensors  # packed by the encoder; drop before reading the next layer to keep peak memory low
+        if weights.has_pooler:
+            encoder.set_pooler(weights.read("pooler.dense.weight"), weights.read("pooler.dense.bias"))
+        self._classifier: Optional[tuple[np.ndarray, np.ndarray]] = None
+        if weights.has_classifier:
+            self._classifier = (weights.read("classifier.weight"), weights.read("classifier.bias"))
+        if not encoder.ready:
+            raise BortEngineError("internal error: the native encoder is not ready after loading every tensor")
+        self._encoder = encoder
+        self._forward_lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------------------------- properties
+    @property
+    def num_threads(self) -> int:
+        return self._encoder.num_threads
+
+    @num_threads.setter
+    def num_threads(self, value: int) -> None:
+        self._encoder.num_threads = _check_num_threads(value)
+
+    @property
+    def isa(self) -> str:
+        """The kernel path this engine runs (e.g. 'avx512')."""
+        return self._encoder.isa
+
+    @property
+    def kernel(self) -> str:
+        """The GEMM microkernel this engine runs (e.g. 'gemm_f32_avx512_14x32')."""
+        return self._encoder.kernel
+
+    @property
+    def dtype(self) -> str:
+        return "float32"
+
+    @property
+    def has_pooler(self) -> bool:
+        return self._encoder.has_pooler
+
+    @property
+    def labels(self) -> Optional[list[str]]:
+        """Label names of a classifier, by class index; None for other models."""
+        return self.config.labels if self._classifier is not None else None
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per text that encode()/classify() keep (longer texts are truncated)."""
+        return self.tokenizer.max_length if self.tokenizer else self.config.max_position_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.hidden_size * len(self.pooling.modes)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Engine(path='{self.path}', kind={c.kind}, hidden_size={c.hidden_size}, "
+                f"layers={c.num_hidden_layers}, heads={c.num_attention_heads}, isa={self.isa!r}, "
+                f"kernel={self.kernel!r}, num_threads={self.num_threads}, dtype={self.dtype!r})")
+
+    # ------------------------------------------------------------------------------------------------- ids in
+    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> EncoderOutput:
+        """Run the encoder on token ids.
+
+        Shapes: input_ids [B,T] integers in [0, vocab_size); attention_mask [B,T] of 0/1 (int or bool) or None
+        (all ones); token_type_ids [B,T] in [0, type_vocab_size) or None (zeros). Lists are accepted too.
+        Returns EncoderOutput: last_hidden_state [B,T,H] (zeros where the mask is 0), pooler_output [B,H] if the
+        model has a pooler, logits [B,L] for a classifier.
+        """
+        ids, mask, types = self._validate(input_ids, attention_mask, token_type_ids)
+        with self._forward_lock:
+            try:
+                hidden, pooled = self._encoder.forward(ids, mask, types, pooler=self._encoder.has_pooler)
+            except ValueError as e:  # should not happen after _validate; keep the native message
+                raise InvalidInputError(f"the native encoder rejected the input: {e}") from e
+        logits = None
+        if self._classifier is not None:
+            weight, bias = self._classifier                      # [L,H], [L]
+            logits = np.ascontiguousarray(pooled @ weight.T + bias, dtype=np.float32)
+        return EncoderOutput(hidden, pooled, logits)
+
+    def _validate(self, input_ids: Any, attention_mask: Any, token_type_ids: Any):
+        c = self.config
+        ids = _as_int_array(input_ids, "input_ids")
+        if ids.ndim != 2:
+            raise InvalidInputError(
+                f"input_ids must be 2-D [batch, tokens], got shape {list(ids.shape)}"
+                + ("; for one sequence pass [ids] or ids[None, :]" if ids.ndim == 1 else ""))
+        b, t = ids.shape
+        if b == 0:
+            raise InvalidInputError("input_ids is an empty batch (0 sequences); pass at least one sequence")
+        if t == 0:
+            raise InvalidInputError("input_ids has 0 tokens per sequence; each sequence needs at least one token")
+        if t > c.max_position_embeddings:
+            raise InvalidInputError(
+                f"input_ids has {t} tokens per sequence but the model has max_position_embeddings="
+                f"{c.max_position_embeddings}; truncate to {c.max_position_embeddings} tokens")
+        _check_range(ids, "input_ids", c.vocab_size, "vocab_size", "ids must come from this model's tokenizer (engine.tokenize)")
+
+        mask = None
+        if attention_mask is not None:
+            mask = _as_int_array(attention_mask, "attention_mask", allow_bool=True)
+            _check_shape(mask, "attention_mask", ids.shape)
+            bad = (mask != 0) & (mask != 1)
+            if bad.any():
+                r, col = np.argwhere(bad)[0]
+                raise InvalidInputError(
+                    f"attention_mask must hold only 0 (padding) and 1 (token), but attention_mask[{r}, {col}] = "
+                    f"{mask[r, col]}")
+            empty = np.flatnonzero(~mask.any(axis=1))
+            if empty.size:
+                raise InvalidInputError(
+                    f"attention_mask row(s) {_short(empty)} have no token with mask 1; every sequence needs at "
+                    f"least one unmasked token (drop empty sequences from the batch)")
+            mask = np.ascontiguousarray(mask, dtype=np.int64)
+
+        types = None
+        if token_type_ids is not None:
+            types = _as_int_array(token_type_ids, "token_type_ids")
+            _check_shape(types, "token_type_ids", ids.shape)
+            _check_range(types, "token_type_ids", c.type_vocab_size, "type_vocab_size",
+                         "single-sentence inputs use 0, the second sentence of a pair 1")
+            types = np.ascontiguousarray(types, dtype=np.int64)
+        return np.ascontiguousarray(ids, dtype=np.int64), mask, types
+
+    # ------------------------------------------------------------------------------------------------ texts in
+    def tokenize(self, texts: str | Sequence[str], max_length: Optional[int] = None) -> dict[str, np.ndarray]:
+        """Token ids of texts, padded to the longest: {'input_ids', 'attention_mask', 'token_type_ids'} int64 [B,T].
+        Texts are truncated to max_length tokens (default: the model's, see Engine.max_length)."""
+        texts, _ = as_text_list(texts)
+        tokenizer = self._text_tokenizer()
+        return tokenizer.pad(tokenizer.token_ids(texts, self._max_length(max_length)))
+
+    def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: Optional[bool] = None,
+               max_length: Optional[int] = None) -> np.ndarray:
+        """Sentence embeddings with the model's pooling (sentence-transformers config, else mean).
+
+        normalize: L2-normalise; None follows the model (True if its modules.json has a Normalize module).
+        Texts are sorted by length into batches of batch_size so little padding is computed; the output keeps the
+        input order. Shapes: N texts -> [N,E] float32 (E = H x pooling modes); a single string -> [E].
+        """
+        texts, single = as_text_list(texts)
+        if self.pooling.unsupported:
+            raise BortEngineError(
+                f"{self.path} has sentence-transformers module(s) the engine does not run: "
+                f"{list(self.pooling.unsupported)}; encode() would not match the model. Call the engine on token "
+                f"ids for the transformer outputs")
+        if normalize is None:
+            normalize = self.pooling.normalize
+        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        for rows, batch in self._batches(texts, batch_size, max_length):
+            hidden = self(**batch).last_hidden_state
+            out[rows] = self.pooling(hidden, batch["attention_mask"], normalize=bool(normalize))
+        return out[0] if single else out
+
+    def classify(self, texts: str | Sequence[str], batch_size: int = 32,
+                 max_length: Optional[int] = None) -> ClassificationResult | tuple[str, np.ndarray]:
+        """Labels and class probabilities of a sequence classifier.
+
+        Returns a ClassificationResult (labels: N strings, probabilities [N,L], logits [N,L]); for a single string,
+        the pair (label, probabilities [L]). Probabilities are the softmax of the logits, or their sigmoid for a
+        multi-label model (then the label is the most likely one).
+        """
+        if self._classifier is None:
+            raise BortEngineError(
+                f"classify() needs a sequence classifier, but {self.path} is a {self.config.kind} (config.json "
+                f"architectures); use encode() for embeddings or engine(ids) for hidden states")
+        problem = self.config.effective_problem_type
+        if problem == "regression":
+            raise BortEngineError(
+                f"classify() needs class labels, but {self.path} is a regression model (num_labels=1 / "
+                f"problem_type 'regression'); read its scores from engine(**engine.tokenize(texts)).logits")
+        texts, single = as_text_list(texts)
+        logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
+        for rows, batch in self._batches(texts, batch_size, max_length):
+            logits[rows] = self(**batch).logits
+        if problem == "multi_label_classification":
+            probs = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+        else:
+            shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+            e = np.exp(shifted)
+            probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        labels = [self.config.id2label[int(i)] for i in probs.argmax(axis=1)] if len(texts) else []
+        result = ClassificationResult(labels, probs, logits)
+        return result[0] if single else result
+
+    def _batches(self, texts: list[str], batch_size: int, max_length: Optional[int]):
+        """Yield (indices into texts, padded batch) in order of decreasing token count."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        tokenizer = self._text_tokenizer()
+        ids = tokenizer.token_ids(texts, self._max_length(max_length))
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            rows = np.array(order[start:start + batch_size], dtype=np.int64)
+            yield rows, tokenizer.pad([ids[i] for i in rows])
+
+    def _text_tokenizer(self) -> TextTokenizer:
+        if self.tokenizer is None:
+            raise BortEngineError(
+                f"{self.path} has no tokenizer (tokenizer.json or vocab.txt), so texts cannot be tokenized; copy "
+                f"the model's tokenizer files there, or call the engine on token ids")
+        return self.tokenizer
+
+    def _max_length(self, max_length: Optional[int]) -> int:
+        if max_length is None:
+            return self.max_length
+        limit = self.config.max_position_embeddings
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or not 1 <= max_length:
+            raise InvalidInputError(f"max_length must be a positive integer, got {max_length!r}")
+        if max_length > limit:
+            raise InvalidInputError(
+                f"max_length={max_length} exceeds the model's max_position_embeddings={limit}; use at most {limit}")
+        return int(max_length)
+
+
+# ------------------------------------------------------------------------------------------- input validation
+def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except ValueError as e:  # ragged nested lists
+            raise InvalidInputError(
+                f"{name} rows have different lengths ({e}); pad them to one length and pass attention_mask with 0 "
+                f"at the padding") from None
+        if value.dtype == object:
+            raise InvalidInputError(f"{name} rows have different lengths or hold non-numbers; pad them to one "
+                                    f"length and pass attention_mask with 0 at the padding")
+        if value.size == 0 and value.dtype == np.float64:  # np.asarray([]) / [[]] : no dtype to complain about
+            value = value.astype(np.int64)
+    kind = value.dtype.kind
+    if kind == "b" and allow_bool:
+        return value
+    if kind not in "iu":
+        allowed = "integers (or bool)" if allow_bool else "integers"
+        raise InvalidInputError(
+            f"{name} must hold {allowed}, got dtype {value.dtype}; convert with np.asarray({name}, dtype=np.int64)")
+    return value
+
+
+def _check_shape(value: np.ndarray, name: str, shape: tuple[int, ...]) -> None:
+    if value.shape != shape:
+        raise InvalidInputError(f"{name} has shape {list(value.shape)} but input_ids has shape {list(shape)}; "
+                                f"they must match")
+
+
+def _check_range(value: np.ndarray, name: str, limit: int, field: str, hint: str) -> None:
+    bad = (value < 0) | (value >= limit)
+    if bad.any():
+        r, col = np.argwhere(bad)[0]
+        raise InvalidInputError(
+            f"{name}[{r}, {col}] = {value[r, col]} is outside [0, {limit}) (the model's {field}={limit}); "
+            f"{np.count_nonzero(bad)} value(s) out of range; {hint}")
+
+
+def _short(values: np.ndarray, limit: int = 8) -> str:
+    shown = ", ".join(str(int(v)) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
