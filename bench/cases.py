@@ -1,0 +1,136 @@
+"""The one case list of the benchmark suite: models, input shapes, runtimes and GEMM shapes.
+
+Every encoder row is a (model, shape, runtime) triple; rows of one (model, shape) run back to back so the runtimes
+compared in one table row see the same machine state. Correctness checks and timings use the same inputs.
+
+Shapes: B = batch, T = tokens per sequence (padded length), H = hidden size, M/N/K = GEMM rows/cols/depth.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+CACHE_DIR = BENCH_DIR / ".cache"
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """A BERT encoder to benchmark: the real all-MiniLM-L6-v2, or a random-weight directory built on first use."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    real: bool = False  # True: the shipped all-MiniLM-L6-v2; False: built by bortengine.testing.make_random_bert
+    smoke: bool = False  # tiny model for the harness smoke test, kept out of the aggregates
+
+    def path(self) -> Path:
+        """The Hugging Face directory of the model (built once, then reused from bench/.cache/models/)."""
+        from bortengine import testing
+
+        if self.real:
+            return testing.minilm_path()
+        return testing.make_random_bert(
+            CACHE_DIR / "models" / self.name, hidden_size=self.hidden_size, num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads, intermediate_size=self.intermediate_size,
+            max_position_embeddings=512, head="pooler", seed=0,
+        )
+
+    def config(self) -> dict:
+        return json.loads((self.path() / "config.json").read_text())
+
+
+@dataclass(frozen=True)
+class ShapeCase:
+    """A batch of random token ids: B sequences padded to T tokens; ragged batches draw lengths in [min_len, T]."""
+
+    name: str
+    batch: int
+    tokens: int
+    min_len: int | None = None  # None: every sequence has T real tokens (attention_mask all ones)
+    seed: int = 0
+
+    def inputs(self, vocab_size: int) -> "EncoderInputs":
+        """Seeded ids, mask and token types; ragged batches are padded to their longest sequence with id 0."""
+        rng = np.random.default_rng(self.seed)
+        if self.min_len is None:
+            lengths = np.full(self.batch, self.tokens)
+        else:
+            lengths = rng.integers(self.min_len, self.tokens + 1, size=self.batch)
+        t = int(lengths.max())
+        input_ids = rng.integers(0, vocab_size, size=(self.batch, t), dtype=np.int64)
+        attention_mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
+        input_ids[attention_mask == 0] = 0  # [PAD]
+        token_type_ids = np.zeros((self.batch, t), dtype=np.int64)
+        return EncoderInputs(input_ids, attention_mask, token_type_ids)
+
+
+@dataclass(frozen=True)
+class EncoderInputs:
+    """input_ids, attention_mask, token_type_ids: [B,T] int64, C-contiguous; every runtime gets all three."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+# The runtimes, in the order they run within one (model, shape) row.
+ENGINE = "bortengine"
+ORT = "onnxruntime"
+TORCH_EAGER = "torch-eager"
+TORCH_SDPA = "torch-sdpa"
+RUNTIMES = (ENGINE, ORT, TORCH_EAGER, TORCH_SDPA)
+REFERENCE = TORCH_EAGER  # the engine (and every other runtime) is checked against this one
+
+MODELS = (
+    ModelCase("minilm-l6", hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536, real=True),
+    ModelCase("bert-base", hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    ModelCase("bort", hidden_size=1024, num_layers=4, num_heads=8, intermediate_size=768),
+)
+SMOKE_MODEL = ModelCase("tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, smoke=True)
+
+SHAPES = (
+    ShapeCase("1x32", batch=1, tokens=32),
+    ShapeCase("1x128", batch=1, tokens=128),
+    ShapeCase("8x128", batch=8, tokens=128),
+    ShapeCase("8x16-128", batch=8, tokens=128, min_len=16, seed=1),  # ragged: lengths uniform over 16..128
+)
+SMOKE_SHAPE = ShapeCase("3x5-24", batch=3, tokens=24, min_len=5, seed=2)
+
+# GEMM shapes of a Bort layer at 128 tokens: (M, K, N) for a [M,K] @ w[N,K]^T.
+GEMM_SHAPES = (
+    (128, 1024, 3072),  # fused QKV projection
+    (128, 1024, 1024),  # attention output projection
+    (128, 1024, 768),   # FFN up (intermediate 768)
+    (128, 768, 1024),   # FFN down
+)
+PEAK_SIZE = 2048  # square GEMM used to measure the machine's peak: large enough to be compute bound
+GEMM_TARGET = 0.80  # each layer shape should reach this fraction of the measured peak
+
+# Accuracy of each runtime against PyTorch eager at unmasked positions (max abs diff of last_hidden_state).
+FLAG_ATOL = 1e-4  # above this the table flags the row
+FAIL_ATOL = 1e-2  # above this the result is wrong, not just rounded differently: the row's test fails
+
+MEMORY_MODEL = MODELS[1]  # bert-base
+MEMORY_SLACK_BYTES = 64 << 20  # budget = 1.2 x fp32 weights + 64 MiB
+MEMORY_FACTOR = 1.2
+
+
+def encoder_rows(models=MODELS, shapes=SHAPES, runtimes=RUNTIMES):
+    """(model, shape, runtime) triples, runtime innermost so one table row's timings are taken together."""
+    return [(m, s, r) for m in models for s in shapes for r in runtimes]
+
+
+def row_id(row) -> str:
+    model, shape, runtime = row
+    return f"{model.name}-{shape.name}-{runtime}"

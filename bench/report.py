@@ -1,0 +1,277 @@
+"""Collects what the benchmarks measured and turns it into the end-of-session table and bench/results/*.json.
+
+Times are medians over the rounds of one pytest-benchmark run (the minimum and the interquartile range go to the
+JSON too, to judge how noisy a row was). Ratios are other runtime / bortengine: above 1 means the engine is faster.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cases import ENGINE, FLAG_ATOL, GEMM_TARGET, ORT, RUNTIMES, TORCH_EAGER, TORCH_SDPA
+
+
+@dataclass
+class EncoderTiming:
+    model: str
+    shape: str
+    runtime: str
+    median_ms: float
+    min_ms: float
+    iqr_ms: float
+    rounds: int
+    batch: int
+    tokens: int  # padded length T
+    real_tokens: int  # sum of the attention mask
+    max_abs_diff: float | None  # vs PyTorch eager at unmasked positions (None for the reference itself)
+    masked_rows_zero: bool | None = None  # engine only: rows of masked positions are exactly 0
+    smoke: bool = False
+
+
+@dataclass
+class GemmTiming:
+    label: str  # e.g. "bortengine PackedLinear" / "numpy matmul"
+    m: int
+    k: int
+    n: int
+    median_ms: float
+    gflops: float
+    peak_candidate: bool  # a large square GEMM whose best is "the machine's peak"
+    max_rel_err: float | None = None
+    smoke: bool = False
+
+
+@dataclass
+class Report:
+    threads: int
+    started: float = field(default_factory=time.time)
+    load_start: tuple = field(default_factory=lambda: os.getloadavg())
+    encoder: list = field(default_factory=list)
+    gemm: list = field(default_factory=list)
+    memory: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)  # runtime -> reason
+    fusion: dict = field(default_factory=dict)  # model -> fused op counts of the ORT graph
+    engine: dict = field(default_factory=dict)
+
+    # --- aggregation -------------------------------------------------------------------------------------------
+
+    def table_rows(self, smoke: bool) -> list[dict]:
+        """One dict per (model, shape): each runtime's median ms and the ratios to the engine."""
+        rows: dict[tuple, dict] = {}
+        for t in self.encoder:
+            if t.smoke != smoke:
+                continue
+            row = rows.setdefault((t.model, t.shape), {"model": t.model, "shape": t.shape, "ms": {}, "diff": {}})
+            row["ms"][t.runtime] = t.median_ms
+            row["diff"][t.runtime] = t.max_abs_diff
+            if t.runtime == ENGINE:
+                row["masked_rows_zero"] = t.masked_rows_zero
+        for row in rows.values():
+            eng = row["ms"].get(ENGINE)
+            row["ratio"] = {r: row["ms"][r] / eng for r in row["ms"] if eng and r != ENGINE}
+        return list(rows.values())
+
+    def aggregates(self) -> dict:
+        rows = self.table_rows(smoke=False)
+        out = {}
+        for runtime in (ORT, TORCH_EAGER, TORCH_SDPA):
+            ratios = [(r["ratio"][runtime], f'{r["model"]} {r["shape"]}') for r in rows if runtime in r["ratio"]]
+            if ratios:
+                worst = min(ratios)
+                out[runtime] = {"geomean": math.exp(sum(math.log(x) for x, _ in ratios) / len(ratios)),
+                                "min": worst[0], "min_row": worst[1], "rows": len(ratios)}
+        return out
+
+    def gemm_summary(self, smoke: bool) -> dict:
+        rows = [g for g in self.gemm if g.smoke == smoke]
+        peaks = [g for g in rows if g.peak_candidate]
+        peak = max(peaks, key=lambda g: g.gflops) if peaks else None
+        layers = []
+        for g in rows:
+            if g.peak_candidate:
+                continue
+            frac = g.gflops / peak.gflops if peak else None
+            layers.append({**asdict(g), "fraction_of_peak": frac,
+                           "meets_target": None if frac is None else frac >= GEMM_TARGET})
+        return {"peak_gflops": peak.gflops if peak else None, "peak_from": peak.label if peak else None,
+                "peak_candidates": [asdict(g) for g in peaks], "shapes": layers, "target": GEMM_TARGET}
+
+    # --- output ------------------------------------------------------------------------------------------------
+
+    def lines(self) -> list[str]:
+        out = [f"bortengine benchmark: {self.threads} thread(s), {platform.processor() or platform.machine()}, "
+               f"load average {self.load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} now"]
+        if self.engine:
+            e = self.engine
+            out.append("engine: " + (f"isa {e.get('default_isa')}, kernel {e.get('kernel')}" if e.get("available")
+                                     else f"NOT AVAILABLE ({e.get('reason')})"))
+        for runtime, why in self.skipped.items():
+            out.append(f"skipped {runtime}: {why}")
+        for smoke in (False, True):
+            rows = self.table_rows(smoke)
+            if rows:
+                out += ["", "SMOKE (tiny model, harness check only)" if smoke else "encoder forward, median ms"]
+                out += self._encoder_table(rows)
+        agg = self.aggregates()
+        if agg:
+            out.append("")
+            for runtime, a in agg.items():
+                out.append(f"{runtime}/engine over {a['rows']} rows: geometric mean {a['geomean']:.2f}x, "
+                           f"min {a['min']:.2f}x ({a['min_row']})")
+        for smoke in (False, True):
+            g = self.gemm_summary(smoke)
+            if g["peak_candidates"] or g["shapes"]:
+                out += ["", ("SMOKE " if smoke else "") + "GEMM, median"] + self._gemm_table(g)
+        for m in self.memory:
+            out += ["", self._memory_line(m)]
+        return out
+
+    @staticmethod
+    def _fmt_ms(x):
+        return "-" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.1f}")
+
+    def _encoder_table(self, rows) -> list[str]:
+        head = ["model", "shape"] + [f"{r} ms" for r in RUNTIMES] + \
+               ["ORT/eng", "PTeager/eng", "PTsdpa/eng", "eng max|d|", "ORT max|d|"]
+        body = []
+        for r in rows:
+            diff = r["diff"].get(ENGINE)
+            flag = ""
+            if diff is not None and not diff <= FLAG_ATOL:
+                flag = " !"
+            if r.get("masked_rows_zero") is False:
+                flag += " pad!=0"
+            ratio = lambda k: f'{r["ratio"][k]:.2f}' if k in r["ratio"] else "-"  # noqa: E731
+            fmt_d = lambda d: "-" if d is None else f"{d:.1e}"  # noqa: E731
+            body.append([r["model"], r["shape"]] + [self._fmt_ms(r["ms"].get(k)) for k in RUNTIMES] +
+                        [ratio(ORT), ratio(TORCH_EAGER), ratio(TORCH_SDPA), fmt_d(diff) + flag,
+                         fmt_d(r["diff"].get(ORT))])
+        return _align([head] + body) + [f"(! = engine differs from PyTorch eager by more than {FLAG_ATOL:g}; "
+                                        "pad!=0 = rows of masked positions are not zero)"]
+
+    def _gemm_table(self, g) -> list[str]:
+        head = ["what", "M", "K", "N", "ms", "GFLOP/s", "of peak", "max rel err"]
+        body = []
+        for p in g["peak_candidates"]:
+            body.append([p["label"] + " (peak candidate)", p["m"], p["k"], p["n"], self._fmt_ms(p["median_ms"]),
+                         f'{p["gflops"]:.1f}', "", _fmt_err(p["max_rel_err"])])
+        for s in g["shapes"]:
+            frac = s["fraction_of_peak"]
+            ftxt = "-" if frac is None else f"{frac:.0%}" + ("" if s["meets_target"] or "PackedLinear" not in s["label"]
+                                                               else " <target")
+            body.append([s["label"], s["m"], s["k"], s["n"], self._fmt_ms(s["median_ms"]), f'{s["gflops"]:.1f}',
+                         ftxt, _fmt_err(s["max_rel_err"])])
+        lines = _align([head] + [[str(c) for c in row] for row in body])
+        if g["peak_gflops"]:
+            lines.append(f"machine peak (best measured large square GEMM): {g['peak_gflops']:.1f} GFLOP/s "
+                         f"from {g['peak_from']}; target per shape {g['target']:.0%}")
+        return lines
+
+    @staticmethod
+    def _memory_line(m) -> str:
+        mib = 1 << 20
+        verdict = "within" if m["ratio"] <= 1 else "OVER"
+        return (f"memory ({m['model']}, {m['shape']}, fresh process): peak RSS {m['peak_rss'] / mib:.1f} MiB, "
+                f"fp32 weights {m['weights_bytes'] / mib:.1f} MiB, budget 1.2 x weights + 64 MiB = "
+                f"{m['budget_bytes'] / mib:.1f} MiB -> {m['ratio']:.2f} of budget ({verdict}); RSS after import "
+                f"{m['rss_after_import'] / mib:.1f} MiB, after load {m['rss_after_load'] / mib:.1f} MiB, "
+                f"peak/weights {m['peak_rss'] / m['weights_bytes']:.2f}")
+
+    def to_json(self) -> dict:
+        return {
+            "meta": {
+                "threads": self.threads, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
+                "duration_s": round(time.time() - self.started, 1), "load_average_start": self.load_start,
+                "load_average_end": os.getloadavg(), "cpu": _cpu_model(), "logical_cpus": os.cpu_count(),
+                "python": platform.python_version(), "versions": _versions(), "git": _git_head(),
+                "engine": self.engine, "skipped": self.skipped, "statistic": "median",
+            },
+            "encoder": {"rows": [asdict(t) for t in self.encoder], "table": self.table_rows(False),
+                        "aggregates": self.aggregates(), "onnx_fusion": self.fusion,
+                        "smoke_table": self.table_rows(True)},
+            "gemm": self.gemm_summary(False),
+            "gemm_smoke": self.gemm_summary(True),
+            "memory": self.memory,
+        }
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(_finite(self.to_json()), indent=1, default=_json_default, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.encoder or self.gemm or self.memory)
+
+    @property
+    def smoke_only(self) -> bool:
+        return all(t.smoke for t in self.encoder + self.gemm) and all(m.get("smoke") for m in self.memory)
+
+
+def _fmt_err(x):
+    return "-" if x is None else f"{x:.1e}"
+
+
+def _align(rows) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    fmt = lambda r: "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w)  # noqa: E731
+                              for i, (c, w) in enumerate(zip(r, widths)))
+    return [fmt(rows[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows[1:]]
+
+
+def _finite(x):
+    """NaN/inf (e.g. a diff of a broken output) as strings: strict JSON has no such numbers."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _json_default(x):
+    if hasattr(x, "item"):
+        return _finite(x.item())
+    return str(x)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("numpy", "torch", "transformers", "onnx", "onnxruntime", "pytest-benchmark"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _git_head() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
