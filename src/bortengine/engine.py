@@ -247,6 +247,8 @@ class Engine:
     def _validate(self, input_ids: Any, attention_mask: Any, token_type_ids: Any):
         c = self.config
         ids = _as_int_array(input_ids, "input_ids")
+        if ids.ndim == 1 and ids.size == 0:
+            raise InvalidInputError("input_ids is an empty batch (0 sequences); pass at least one sequence")
         if ids.ndim != 2:
             raise InvalidInputError(
                 f"input_ids must be 2-D [batch, tokens], got shape {list(ids.shape)}"
