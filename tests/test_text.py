@@ -1,0 +1,220 @@
+"""Texts in: tokenize(), encode() with sentence-transformers pooling, classify(), and the tokenizer fallbacks."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import bortengine
+from bortengine import BortEngineError, InvalidInputError
+from reference import hf_forward, st_embeddings
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.",
+    "",
+    "supercalifragilisticexpialidocious " * 3,
+]
+
+
+@pytest.fixture(scope="module")
+def minilm_engine(minilm):
+    return bortengine.load(minilm)
+
+
+def test_minilm_pair_similarity(minilm_engine):
+    v = minilm_engine.encode(["A man is eating food.", "A man is eating a piece of bread."])
+    assert v.shape == (2, 384) and v.dtype == np.float32
+    assert float(v[0] @ v[1]) == pytest.approx(0.7553, abs=5e-4)
+
+
+def test_minilm_encode_matches_sentence_transformers_pooling(minilm, minilm_engine, isa):
+    engine = bortengine.load(minilm, isa=isa)
+    ours = engine.encode(SENTENCES, batch_size=4)
+    ref = st_embeddings(minilm, SENTENCES, max_length=256)
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= 1e-4
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_encode_order_and_batching_do_not_matter(minilm_engine):
+    texts = SENTENCES * 3
+    one = minilm_engine.encode(texts, batch_size=1)
+    many = minilm_engine.encode(texts, batch_size=7)
+    whole = minilm_engine.encode(texts, batch_size=1000)
+    assert np.abs(one - many).max() <= 1e-5 and np.abs(one - whole).max() <= 1e-5
+    reversed_ = minilm_engine.encode(texts[::-1], batch_size=7)[::-1]
+    assert np.abs(reversed_ - many).max() <= 1e-5
+
+
+def test_encode_single_string_and_empty_list(minilm_engine):
+    v = minilm_engine.encode("A man is eating food.")
+    assert v.shape == (384,)
+    np.testing.assert_allclose(v, minilm_engine.encode(["A man is eating food."])[0], atol=1e-6)
+    assert minilm_engine.encode([]).shape == (0, 384)
+
+
+def test_encode_normalize_override(minilm_engine):
+    raw = minilm_engine.encode(SENTENCES[:3], normalize=False)
+    norm = minilm_engine.encode(SENTENCES[:3])
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), norm, atol=1e-5)
+
+
+def test_truncation_defaults_to_max_seq_length(minilm_engine):
+    assert minilm_engine.max_length == 256  # sentence_bert_config.json, not tokenizer.json's 128
+    long_text = "word " * 1000
+    batch = minilm_engine.tokenize([long_text, "short"])
+    assert batch["input_ids"].shape == (2, 256)
+    assert batch["input_ids"][0, -1] == 102  # [SEP] kept at the end
+    assert minilm_engine.tokenize([long_text], max_length=40)["input_ids"].shape == (1, 40)
+    v40 = minilm_engine.encode(long_text, max_length=40)
+    ref = st_embeddings(minilm_engine.path, [long_text], max_length=40)[0]
+    assert np.abs(v40 - ref).max() <= 1e-4
+
+
+def test_tokenize_matches_transformers_tokenizer(minilm_engine, minilm):
+    from transformers import AutoTokenizer
+
+    ref = AutoTokenizer.from_pretrained(str(minilm))(SENTENCES, padding=True, truncation=True, max_length=256,
+                                                       return_tensors="np")
+    ours = minilm_engine.tokenize(SENTENCES)
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        assert ours[key].dtype == np.int64
+        np.testing.assert_array_equal(ours[key], ref[key])
+
+
+def test_vocab_txt_fallback_honours_do_lower_case(minilm, tmp_path):
+    """Without tokenizer.json, vocab.txt + tokenizer_config.json give the same ids."""
+    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
+                 "sentence_bert_config.json", "modules.json"):
+        (tmp_path / name).symlink_to(minilm / name)
+    shutil.copytree(minilm / "1_Pooling", tmp_path / "1_Pooling")
+    fallback = bortengine.load(tmp_path)
+    assert fallback.tokenizer.source.endswith("vocab.txt")
+    reference = bortengine.load(minilm)
+    texts = SENTENCES + ["HeLLo Wörld, ÇA VA?", "中文字符 mixed"]
+    np.testing.assert_array_equal(fallback.tokenize(texts)["input_ids"], reference.tokenize(texts)["input_ids"])
+
+    cased = tmp_path / "cased"
+    cased.mkdir()
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        (cased / name).symlink_to(minilm / name)
+    (cased / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    ids = bortengine.load(cased).tokenize(["Hello"])["input_ids"][0]
+    assert 100 in ids  # "Hello" is not in the uncased vocab: [UNK]
+
+
+def test_no_tokenizer_texts_refused_ids_work(small_model, tmp_path):
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).symlink_to(small_model / name)
+    engine = bortengine.load(tmp_path)
+    with pytest.raises(BortEngineError, match="no tokenizer"):
+        engine.encode(["hello"])
+    assert engine([[101, 102]]).last_hidden_state.shape == (1, 2, 64)
+
+
+def test_plain_bert_defaults_to_mean_pooling_unnormalized(small_model, small_engine):
+    texts = ["one sentence", "and another, longer sentence"]
+    ours = small_engine.encode(texts)
+    assert small_engine.pooling.modes == ("mean",) and not small_engine.pooling.normalize
+    ref = st_embeddings(small_model, texts, max_length=512, normalize=False)
+    assert np.abs(ours - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("modes", [["cls"], ["max"], ["mean_sqrt_len"], ["cls", "mean"], ["max", "mean"]])
+def test_pooling_modes(small_model, tmp_path, modes):
+    for name in small_model.iterdir():
+        (tmp_path / name.name).symlink_to(name)
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (tmp_path / "1_Pooling").mkdir()
+    keys = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
+            "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({keys[m]: True for m in modes}))
+    engine = bortengine.load(tmp_path)
+    texts = ["a b c", "a much longer text with more tokens in it"]
+    batch = engine.tokenize(texts)
+    hidden = hf_forward(small_model, batch["input_ids"], batch["attention_mask"])["last_hidden_state"]
+    m = batch["attention_mask"][:, :, None].astype(np.float64)
+    ref_by_mode = {"cls": hidden[:, 0], "max": np.where(m > 0, hidden, -1e9).max(1),
+                   "mean": (hidden * m).sum(1) / m.sum(1), "mean_sqrt_len": (hidden * m).sum(1) / np.sqrt(m.sum(1))}
+    order = [x for x in ("cls", "max", "mean", "mean_sqrt_len") if x in modes]
+    ref = np.concatenate([ref_by_mode[x] for x in order], axis=1)
+    ours = engine.encode(texts)
+    assert ours.shape == (2, 64 * len(modes))
+    assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_unsupported_sentence_transformers_module_refused(small_model, tmp_path):
+    for name in small_model.iterdir():
+        (tmp_path / name.name).symlink_to(name)
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    engine = bortengine.load(tmp_path)
+    with pytest.raises(BortEngineError, match="Dense"):
+        engine.encode("text")
+
+
+def test_classify(small_classifier):
+    engine = bortengine.load(small_classifier)
+    assert engine.labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
+    texts = ["good movie", "terrible film, do not watch", "meh", "an okay film with a long description"]
+    result = engine.classify(texts, batch_size=3)
+    assert len(result) == 4 and result.probabilities.shape == (4, 3)
+    np.testing.assert_allclose(result.probabilities.sum(1), 1.0, atol=1e-6)
+    batch = engine.tokenize(texts)
+    logits = hf_forward(small_classifier, **batch)["logits"]
+    assert np.abs(result.logits - logits).max() <= 1e-4
+    expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert np.abs(result.probabilities - expected).max() <= 1e-5
+    assert result.labels == [engine.labels[i] for i in expected.argmax(1)]
+    label, probs = engine.classify("good movie")
+    assert label == result.labels[0] and probs.shape == (3,)
+    pairs = list(result)
+    assert pairs[1][0] == result.labels[1]
+
+
+def test_classify_binary_named_labels_and_multilabel(make_model, tmp_path):
+    path = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=40,
+                      head="classifier", num_labels=2, seed=9)
+    engine = bortengine.load(path)
+    assert engine.labels == ["negative", "positive"]
+    assert engine.classify(["x"]).labels[0] in ("negative", "positive")
+
+    for name in path.iterdir():
+        if name.name != "config.json":
+            (tmp_path / name.name).symlink_to(name)
+    config = json.loads((path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "problem_type": "multi_label_classification"}))
+    result = bortengine.load(tmp_path).classify(["x", "y z"])
+    np.testing.assert_allclose(result.probabilities, 1 / (1 + np.exp(-result.logits)), atol=1e-6)
+
+
+def test_classify_refused_on_encoder(small_engine):
+    with pytest.raises(BortEngineError, match="classifier"):
+        small_engine.classify(["hello"])
+
+
+@pytest.mark.parametrize("bad", [b"bytes", 3, [1, 2], ["ok", None], None])
+def test_bad_texts(small_engine, bad):
+    with pytest.raises(InvalidInputError):
+        small_engine.encode(bad)
+
+
+@pytest.mark.parametrize("kwargs", [dict(batch_size=0), dict(batch_size=2.5), dict(max_length=0),
+                                    dict(max_length=513), dict(max_length="64")])
+def test_bad_encode_options(small_engine, kwargs):
+    with pytest.raises(InvalidInputError):
+        small_engine.encode(["hello"], **kwargs)
