@@ -1,0 +1,396 @@
+// bindings.cc: the private module bortengine._core (the only file that includes pybind11). Converts and checks
+// arrays while holding the GIL, then releases it for the compute. C++ std::invalid_argument -> ValueError.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "encoder.h"
+#include "isa.h"
+#include "kernels_ref.h"
+#include "ops.h"
+
+namespace py = pybind11;
+using namespace bortengine;
+
+namespace {
+
+using FArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using IArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+std::string shape_str(const py::array& a) {
+    std::string s = "[";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + "]";
+}
+
+void expect_shape(const py::array& a, std::vector<py::ssize_t> shape, const std::string& name) {
+    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (std::size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
+    if (!ok) {
+        std::string want = "[";
+        for (std::size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+        throw std::invalid_argument(name + " has shape " + shape_str(a) + ", expected " + want + "]");
+    }
+}
+
+void expect_finite(const FArray& a, const std::string& name) {
+    const float* p = a.data();
+    for (py::ssize_t i = 0; i < a.size(); ++i)
+        if (!std::isfinite(p[i]))
+            throw std::invalid_argument(name + " contains a non-finite value (NaN or inf) at flat index " +
+                                        std::to_string(i));
+}
+
+// Holds the Python arrays the encoder references (embeddings) so they live as long as it does.
+class PyEncoder {
+  public:
+    PyEncoder(int hidden, int layers, int heads, int inter, int vocab, int max_pos, int type_vocab, float eps,
+              int threads, const std::string& isa)
+        : enc_(std::make_unique<Encoder>(EncoderConfig{hidden, layers, heads, inter, vocab, max_pos, type_vocab, eps},
+                                         threads, kernels_for(isa))) {}
+
+    void set_embeddings(FArray word, FArray pos, FArray type, FArray ln_w, FArray ln_b) {
+        const auto& c = enc_->config();
+        expect_shape(word, {c.vocab, c.hidden}, "word embeddings");
+        expect_shape(pos, {c.max_positions, c.hidden}, "position embeddings");
+        expect_shape(type, {c.type_vocab, c.hidden}, "token type embeddings");
+        expect_shape(ln_w, {c.hidden}, "embeddings LayerNorm weight");
+        expect_shape(ln_b, {c.hidden}, "embeddings LayerNorm bias");
+        enc_->set_embeddings(word.data(), pos.data(), type.data(), ln_w.data(), ln_b.data());
+        keep_ = {word, pos, type};
+    }
+
+    void set_layer(int index, FArray q_w, FArray q_b, FArray k_w, FArray k_b, FArray v_w, FArray v_b, FArray ao_w,
+                   FArray ao_b, FArray ln1_w, FArray ln1_b, FArray i_w, FArray i_b, FArray o_w, FArray o_b,
+                   FArray ln2_w, FArray ln2_b) {
+        const auto& c = enc_->config();
+        const py::ssize_t H = c.hidden, I = c.intermediate;
+        const std::string p = "layer " + std::to_string(index) + " ";
+        expect_shape(q_w, {H, H}, p + "query weight");
+        expect_shape(k_w, {H, H}, p + "key weight");
+        expect_shape(v_w, {H, H}, p + "value weight");
+        expect_shape(ao_w, {H, H}, p + "attention output weight");
+        expect_shape(i_w, {I, H}, p + "intermediate weight");
+        expect_shape(o_w, {H, I}, p + "output weight");
+        for (auto* b : {&q_b, &k_b, &v_b, &ao_b, &ln1_w, &ln1_b, &o_b, &ln2_w, &ln2_b})
+            expect_shape(*b, {H}, p + "bias/LayerNorm vector");
+        expect_shape(i_b, {I}, p + "intermediate bias");
+        LayerWeights w{q_w.data(), q_b.data(), k_w.data(), k_b.data(), v_w.data(), v_b.data(),
+                       ao_w.data(), ao_b.data(), ln1_w.data(), ln1_b.data(), i_w.data(), i_b.data(),
+                       o_w.data(), o_b.data(), ln2_w.data(), ln2_b.data()};
+        py::gil_scoped_release release;
+        enc_->set_layer(index, w);
+    }
+
+    void set_pooler(FArray w, FArray b) {
+        const py::ssize_t H = enc_->config().hidden;
+        expect_shape(w, {H, H}, "pooler weight");
+        expect_shape(b, {H}, "pooler bias");
+        enc_->set_pooler(w.data(), b.data());
+    }
+
+    py::tuple forward(IArray ids, py::object mask_obj, py::object types_obj, bool pooler) {
+        if (ids.ndim() != 2)
+            throw std::invalid_argument("input_ids must have shape [batch, tokens], got " + shape_str(ids));
+        const int B = static_cast<int>(ids.shape(0)), T = static_cast<int>(ids.shape(1));
+        IArray mask, types;
+        if (!mask_obj.is_none()) {
+            mask = IArray::ensure(mask_obj);
+            if (!mask) throw std::invalid_argument("attention_mask must be an integer array");
+            expect_shape(mask, {B, T}, "attention_mask");
+        }
+        if (!types_obj.is_none()) {
+            types = IArray::ensure(types_obj);
+            if (!types) throw std::invalid_argument("token_type_ids must be an integer array");
+            expect_shape(types, {B, T}, "token_type_ids");
+        }
+        const int H = enc_->config().hidden;
+        if (pooler && !enc_->has_pooler()) throw std::invalid_argument("this model has no pooler");
+        FArray out({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(H)});
+        py::object pooled_obj = py::none();
+        float* pooled = nullptr;
+        if (pooler) {
+            FArray p({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(H)});
+            pooled = p.mutable_data();
+            pooled_obj = p;
+        }
+        const int64_t* m = mask_obj.is_none() ? nullptr : mask.data();
+        const int64_t* ty = types_obj.is_none() ? nullptr : types.data();
+        float* o = out.mutable_data();
+        {
+            py::gil_scoped_release release;
+            enc_->forward(ids.data(), m, ty, B, T, o, pooled);
+        }
+        return py::make_tuple(out, pooled_obj);
+    }
+
+    Encoder& enc() { return *enc_; }
+
+  private:
+    std::unique_ptr<Encoder> enc_;
+    std::vector<FArray> keep_;
+};
+
+int check_threads(int n) {
+    if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
+    return n;
+}
+
+FArray run_gemm(const ops::PackedMatrix& B, FArray a, const float* bias, const std::string& epilogue,
+                py::object residual_obj, int threads) {
+    if (a.ndim() != 2 || a.shape(1) != B.K)
+        throw std::invalid_argument("a has shape " + shape_str(a) + ", expected [M, " + std::to_string(B.K) + "]");
+    const int M = static_cast<int>(a.shape(0));
+    Epilogue ep;
+    ep.kind = ops::parse_epilogue(epilogue);
+    ep.bias = bias;
+    FArray residual;
+    if (ep.kind == Epilogue::kResidual) {
+        if (residual_obj.is_none()) throw std::invalid_argument("epilogue 'residual' needs a residual array");
+        residual = FArray::ensure(residual_obj);
+        expect_shape(residual, {M, B.N}, "residual");
+        ep.residual = residual.data();
+        ep.ldr = B.N;
+    }
+    FArray c({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(B.N)});
+    float* cp = c.mutable_data();
+    const float* ap = a.data();
+    check_threads(threads);
+    {
+        py::gil_scoped_release release;
+        ops::run_team(threads, [&] { ops::gemm_team(M, ap, B.K, B, cp, B.N, ep); });
+    }
+    return c;
+}
+
+class PyPackedLinear {
+  public:
+    PyPackedLinear(FArray w, py::object bias_obj, const std::string& isa) {
+        if (w.ndim() != 2) throw std::invalid_argument("w must be [N, K], got " + shape_str(w));
+        m_ = ops::pack_linear(kernels_for(isa), w.data(), static_cast<int>(w.shape(0)), static_cast<int>(w.shape(1)));
+        if (!bias_obj.is_none()) {
+            bias_ = FArray::ensure(bias_obj);
+            expect_shape(bias_, {m_.N}, "bias");
+            has_bias_ = true;
+        }
+    }
+    FArray call(FArray a, const std::string& epilogue, py::object residual, int threads) {
+        return run_gemm(m_, a, has_bias_ ? bias_.data() : nullptr, epilogue, residual, threads);
+    }
+    int N() const { return m_.N; }
+    int K() const { return m_.K; }
+
+  private:
+    ops::PackedMatrix m_;
+    FArray bias_;  // a default py::array_t is an empty array, not null: has_bias_ says whether it is set
+    bool has_bias_ = false;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "bortengine native kernels and encoder (private; use the bortengine package)";
+    m.attr("__version__") = "0.1.0";
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const std::invalid_argument& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        }
+    });
+
+    m.def("available_isas", [] { return available_isas(); });
+    m.def("default_isa", [] { return default_isa(); });
+    m.def("kernel_name", [](const std::string& isa) { return std::string(kernels_for(isa).gemm_name); },
+          py::arg("isa") = "");
+    m.def("cpu_info", [] {
+        const CpuInfo& ci = cpu_info();
+        py::dict d;
+        d["vendor"] = ci.vendor;
+        d["model"] = ci.model;
+        d["flags"] = ci.flags;
+        d["available_isas"] = available_isas();
+        d["logical_cpus"] = ci.logical_cpus;
+        try {
+            d["default_isa"] = default_isa();
+        } catch (const std::invalid_argument& e) {
+            d["default_isa"] = py::none();
+            d["default_isa_error"] = std::string(e.what());
+        }
+        return d;
+    });
+
+    py::class_<PyEncoder>(m, "Encoder")
+        .def(py::init<int, int, int, int, int, int, int, float, int, const std::string&>(), py::arg("hidden_size"),
+             py::arg("num_layers"), py::arg("num_heads"), py::arg("intermediate_size"), py::arg("vocab_size"),
+             py::arg("max_position_embeddings"), py::arg("type_vocab_size"), py::arg("layer_norm_eps"),
+             py::arg("num_threads"), py::arg("isa") = "")
+        .def("set_embeddings", &PyEncoder::set_embeddings, py::arg("word"), py::arg("position"),
+             py::arg("token_type"), py::arg("ln_weight"), py::arg("ln_bias"))
+        .def("set_layer", &PyEncoder::set_layer, py::arg("index"), py::arg("q_w"), py::arg("q_b"), py::arg("k_w"),
+             py::arg("k_b"), py::arg("v_w"), py::arg("v_b"), py::arg("ao_w"), py::arg("ao_b"), py::arg("ln1_w"),
+             py::arg("ln1_b"), py::arg("i_w"), py::arg("i_b"), py::arg("o_w"), py::arg("o_b"), py::arg("ln2_w"),
+             py::arg("ln2_b"))
+        .def("set_pooler", &PyEncoder::set_pooler, py::arg("weight"), py::arg("bias"))
+        .def("forward", &PyEncoder::forward, py::arg("input_ids"), py::arg("attention_mask") = py::none(),
+             py::arg("token_type_ids") = py::none(), py::arg("pooler") = false)
+        .def_property("num_threads", [](PyEncoder& e) { return e.enc().num_threads(); },
+                      [](PyEncoder& e, int n) { e.enc().set_num_threads(n); })
+        .def_property_readonly("isa", [](PyEncoder& e) { return std::string(e.enc().kernels().isa); })
+        .def_property_readonly("kernel", [](PyEncoder& e) { return std::string(e.enc().kernels().gemm_name); })
+        .def_property_readonly("packed_bytes", [](PyEncoder& e) { return e.enc().packed_bytes(); })
+        .def_property_readonly("ready", [](PyEncoder& e) { return e.enc().ready(); })
+        .def_property_readonly("has_pooler", [](PyEncoder& e) { return e.enc().has_pooler(); });
+
+    py::class_<PyPackedLinear>(m, "PackedLinear")
+        .def(py::init<FArray, py::object, const std::string&>(), py::arg("w"), py::arg("bias") = py::none(),
+             py::arg("isa") = "")
+        .def("__call__", &PyPackedLinear::call, py::arg("a"), py::arg("epilogue") = "none",
+             py::arg("residual") = py::none(), py::arg("num_threads") = 1)
+        .def_property_readonly("N", &PyPackedLinear::N)
+        .def_property_readonly("K", &PyPackedLinear::K);
+
+    m.def(
+        "gemm",
+        [](FArray a, FArray w, py::object bias, const std::string& epilogue, py::object residual, int threads,
+           const std::string& isa) {
+            PyPackedLinear lin(w, bias, isa);
+            return lin.call(a, epilogue, residual, threads);
+        },
+        py::arg("a"), py::arg("w"), py::arg("bias") = py::none(), py::arg("epilogue") = "none",
+        py::arg("residual") = py::none(), py::arg("num_threads") = 1, py::arg("isa") = "");
+
+    m.def(
+        "gemm_ref",
+        [](FArray a, FArray w, py::object bias_obj, const std::string& epilogue, py::object residual_obj) {
+            if (a.ndim() != 2 || w.ndim() != 2 || a.shape(1) != w.shape(1))
+                throw std::invalid_argument("a " + shape_str(a) + " and w " + shape_str(w) +
+                                            " must be [M, K] and [N, K]");
+            const int M = static_cast<int>(a.shape(0)), K = static_cast<int>(a.shape(1)),
+                      N = static_cast<int>(w.shape(0));
+            FArray bias, residual;
+            if (!bias_obj.is_none()) { bias = FArray::ensure(bias_obj); expect_shape(bias, {N}, "bias"); }
+            const Epilogue::Kind kind = ops::parse_epilogue(epilogue);
+            if (kind == Epilogue::kResidual) {
+                if (residual_obj.is_none()) throw std::invalid_argument("epilogue 'residual' needs a residual array");
+                residual = FArray::ensure(residual_obj);
+                expect_shape(residual, {M, N}, "residual");
+            }
+            FArray c({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(N)});
+            ref::gemm(M, N, K, a.data(), w.data(), bias_obj.is_none() ? nullptr : bias.data(), kind,
+                      kind == Epilogue::kResidual ? residual.data() : nullptr, c.mutable_data());
+            return c;
+        },
+        py::arg("a"), py::arg("w"), py::arg("bias") = py::none(), py::arg("epilogue") = "none",
+        py::arg("residual") = py::none());
+
+    m.def(
+        "layernorm",
+        [](FArray x, FArray g, FArray b, float eps, py::object residual_obj, int threads, const std::string& isa) {
+            if (x.ndim() != 2) throw std::invalid_argument("x must be [M, N], got " + shape_str(x));
+            const int M = static_cast<int>(x.shape(0)), N = static_cast<int>(x.shape(1));
+            expect_shape(g, {N}, "weight");
+            expect_shape(b, {N}, "bias");
+            FArray r;
+            if (!residual_obj.is_none()) { r = FArray::ensure(residual_obj); expect_shape(r, {M, N}, "residual"); }
+            const KernelTable& kt = kernels_for(isa);
+            check_threads(threads);
+            FArray y({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(N)});
+            const float *xp = x.data(), *rp = residual_obj.is_none() ? nullptr : r.data(), *gp = g.data(), *bp = b.data();
+            float* yp = y.mutable_data();
+            py::gil_scoped_release release;
+            ops::run_team(threads, [&] { ops::layernorm_team(kt, M, N, xp, rp, gp, bp, eps, yp); });
+            return y;
+        },
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("residual") = py::none(),
+        py::arg("num_threads") = 1, py::arg("isa") = "");
+
+    m.def(
+        "layernorm_ref",
+        [](FArray x, FArray g, FArray b, float eps, py::object residual_obj) {
+            if (x.ndim() != 2) throw std::invalid_argument("x must be [M, N], got " + shape_str(x));
+            const int M = static_cast<int>(x.shape(0)), N = static_cast<int>(x.shape(1));
+            expect_shape(g, {N}, "weight");
+            expect_shape(b, {N}, "bias");
+            FArray r;
+            if (!residual_obj.is_none()) { r = FArray::ensure(residual_obj); expect_shape(r, {M, N}, "residual"); }
+            FArray y({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(N)});
+            ref::layernorm(M, N, x.data(), residual_obj.is_none() ? nullptr : r.data(), g.data(), b.data(), eps, y.mutable_data());
+            return y;
+        },
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("residual") = py::none());
+
+    auto check_attention = [](const FArray& qkv, const std::vector<int>& lens, int heads) {
+        if (qkv.ndim() != 2 || qkv.shape(1) % 3 != 0)
+            throw std::invalid_argument("qkv must be [Ntok, 3H], got " + shape_str(qkv));
+        const int H = static_cast<int>(qkv.shape(1) / 3);
+        if (heads < 1 || H % heads != 0)
+            throw std::invalid_argument("H = " + std::to_string(H) + " is not divisible by num_heads = " +
+                                        std::to_string(heads));
+        long long total = 0;
+        for (int l : lens) {
+            if (l < 1) throw std::invalid_argument("every sequence length must be >= 1");
+            total += l;
+        }
+        if (lens.empty() || total != qkv.shape(0))
+            throw std::invalid_argument("seq_lens sum to " + std::to_string(total) + " but qkv has " +
+                                        std::to_string(qkv.shape(0)) + " rows");
+        return H;
+    };
+
+    m.def(
+        "attention",
+        [check_attention](FArray qkv, std::vector<int> lens, int heads, int threads, const std::string& isa) {
+            const int H = check_attention(qkv, lens, heads);
+            const KernelTable& kt = kernels_for(isa);
+            check_threads(threads);
+            std::vector<int> start(lens.size()), order(lens.size());
+            int s = 0, mx = 0;
+            for (std::size_t i = 0; i < lens.size(); ++i) { start[i] = s; s += lens[i]; order[i] = static_cast<int>(i); mx = std::max(mx, lens[i]); }
+            std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return lens[a] > lens[b]; });
+            const std::size_t stride = round_up(attention_scratch_floats(kt, mx, H / heads), 16);
+            AlignedBuffer scratch(stride * threads);
+            FArray ctx({static_cast<py::ssize_t>(s), static_cast<py::ssize_t>(H)});
+            const float* q = qkv.data();
+            float* c = ctx.mutable_data();
+            py::gil_scoped_release release;
+            ops::run_team(threads, [&] {
+                ops::attention_team(kt, q, H, heads, start, lens, order, c, scratch.data(), stride);
+            });
+            return ctx;
+        },
+        py::arg("qkv"), py::arg("seq_lens"), py::arg("num_heads"), py::arg("num_threads") = 1, py::arg("isa") = "");
+
+    m.def(
+        "attention_ref",
+        [check_attention](FArray qkv, std::vector<int> lens, int heads) {
+            const int H = check_attention(qkv, lens, heads);
+            FArray ctx({qkv.shape(0), static_cast<py::ssize_t>(H)});
+            ref::attention(qkv.data(), H, heads, lens, ctx.mutable_data());
+            return ctx;
+        },
+        py::arg("qkv"), py::arg("seq_lens"), py::arg("num_heads"));
+
+    m.def(
+        "gelu",
+        [](FArray x, const std::string& isa) {
+            const KernelTable& kt = kernels_for(isa);
+            py::array_t<float> y(x.request().shape);
+            kt.gelu(x.size(), x.data(), y.mutable_data());
+            return y;
+        },
+        py::arg("x"), py::arg("isa") = "");
+    m.def(
+        "gelu_ref",
+        [](FArray x) {
+            py::array_t<float> y(x.request().shape);
+            for (py::ssize_t i = 0; i < x.size(); ++i) y.mutable_data()[i] = ref::gelu(x.data()[i]);
+            return y;
+        },
+        py::arg("x"));
+    (void)expect_finite;
+}

@@ -1,0 +1,240 @@
+// encoder.cc: see encoder.h. One forward = one OpenMP parallel region; every op inside is a team op ending in a
+// barrier, so the only synchronisation is one barrier per op and no thread is created per layer.
+#include "encoder.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+namespace bortengine {
+
+namespace {
+std::string at(int b, int t) { return "[" + std::to_string(b) + ", " + std::to_string(t) + "]"; }
+}  // namespace
+
+Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt)
+    : cfg_(cfg), kt_(kt), threads_(1) {
+    auto pos = [](int v, const char* name) {
+        if (v <= 0) throw std::invalid_argument(std::string(name) + " must be positive, got " + std::to_string(v));
+    };
+    pos(cfg.hidden, "hidden_size");
+    pos(cfg.layers, "num_hidden_layers");
+    pos(cfg.heads, "num_attention_heads");
+    pos(cfg.intermediate, "intermediate_size");
+    pos(cfg.vocab, "vocab_size");
+    pos(cfg.max_positions, "max_position_embeddings");
+    pos(cfg.type_vocab, "type_vocab_size");
+    if (cfg.hidden % cfg.heads != 0)
+        throw std::invalid_argument("hidden_size " + std::to_string(cfg.hidden) +
+                                    " is not divisible by num_attention_heads " + std::to_string(cfg.heads));
+    if (!(cfg.eps > 0)) throw std::invalid_argument("layer_norm_eps must be positive");
+    set_num_threads(num_threads);
+    layers_.resize(cfg.layers);
+}
+
+void Encoder::set_num_threads(int n) {
+    if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
+    std::lock_guard<std::mutex> lock(mu_);
+    threads_ = n;
+}
+
+void Encoder::set_embeddings(const float* word, const float* position, const float* token_type, const float* ln_w,
+                             const float* ln_b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    word_ = word;
+    pos_ = position;
+    type_ = token_type;
+    emb_ln_w_.assign(ln_w, ln_w + cfg_.hidden);
+    emb_ln_b_.assign(ln_b, ln_b + cfg_.hidden);
+}
+
+void Encoder::set_layer(int index, const LayerWeights& w) {
+    if (index < 0 || index >= cfg_.layers)
+        throw std::invalid_argument("layer index " + std::to_string(index) + " out of range [0, " +
+                                    std::to_string(cfg_.layers) + ")");
+    const int H = cfg_.hidden, I = cfg_.intermediate;
+    Layer L;
+    {   // Q, K and V become one [3H, H] weight: one GEMM produces all three.
+        std::vector<float> qkv(static_cast<std::size_t>(3) * H * H);
+        std::memcpy(qkv.data(), w.q_w, sizeof(float) * H * H);
+        std::memcpy(qkv.data() + static_cast<std::size_t>(H) * H, w.k_w, sizeof(float) * H * H);
+        std::memcpy(qkv.data() + static_cast<std::size_t>(2) * H * H, w.v_w, sizeof(float) * H * H);
+        L.qkv = ops::pack_linear(kt_, qkv.data(), 3 * H, H);
+    }
+    L.qkv_b.resize(3 * H);
+    std::memcpy(L.qkv_b.data(), w.q_b, sizeof(float) * H);
+    std::memcpy(L.qkv_b.data() + H, w.k_b, sizeof(float) * H);
+    std::memcpy(L.qkv_b.data() + 2 * H, w.v_b, sizeof(float) * H);
+    L.ao = ops::pack_linear(kt_, w.ao_w, H, H);
+    L.ffn_in = ops::pack_linear(kt_, w.i_w, I, H);
+    L.ffn_out = ops::pack_linear(kt_, w.o_w, H, I);
+    L.ao_b.assign(w.ao_b, w.ao_b + H);
+    L.ln1_w.assign(w.ln1_w, w.ln1_w + H);
+    L.ln1_b.assign(w.ln1_b, w.ln1_b + H);
+    L.i_b.assign(w.i_b, w.i_b + I);
+    L.o_b.assign(w.o_b, w.o_b + H);
+    L.ln2_w.assign(w.ln2_w, w.ln2_w + H);
+    L.ln2_b.assign(w.ln2_b, w.ln2_b + H);
+    L.set = true;
+    std::lock_guard<std::mutex> lock(mu_);
+    layers_[index] = std::move(L);
+}
+
+void Encoder::set_pooler(const float* w, const float* b) {
+    ops::PackedMatrix p = ops::pack_linear(kt_, w, cfg_.hidden, cfg_.hidden);
+    std::lock_guard<std::mutex> lock(mu_);
+    pooler_ = std::move(p);
+    pooler_b_.assign(b, b + cfg_.hidden);
+    pooler_set_ = true;
+}
+
+bool Encoder::ready() const {
+    if (!word_) return false;
+    for (const auto& L : layers_)
+        if (!L.set) return false;
+    return true;
+}
+
+std::size_t Encoder::packed_bytes() const {
+    std::size_t n = pooler_.bytes();
+    for (const auto& L : layers_) n += L.qkv.bytes() + L.ao.bytes() + L.ffn_in.bytes() + L.ffn_out.bytes();
+    return n;
+}
+
+void Encoder::validate(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T) const {
+    if (!ready()) throw std::invalid_argument("encoder weights are not fully set (embeddings and every layer)");
+    if (B < 1 || T < 1)
+        throw std::invalid_argument("input_ids must be a non-empty [batch, tokens] array, got [" + std::to_string(B) +
+                                    ", " + std::to_string(T) + "]");
+    if (T > cfg_.max_positions)
+        throw std::invalid_argument("sequence length " + std::to_string(T) + " exceeds max_position_embeddings " +
+                                    std::to_string(cfg_.max_positions) + "; truncate the input");
+    for (int b = 0; b < B; ++b) {
+        int real = 0;
+        for (int t = 0; t < T; ++t) {
+            const std::size_t i = static_cast<std::size_t>(b) * T + t;
+            if (ids[i] < 0 || ids[i] >= cfg_.vocab)
+                throw std::invalid_argument("input_ids" + at(b, t) + " = " + std::to_string(ids[i]) +
+                                            " is outside the vocabulary [0, " + std::to_string(cfg_.vocab) + ")");
+            if (types && (types[i] < 0 || types[i] >= cfg_.type_vocab))
+                throw std::invalid_argument("token_type_ids" + at(b, t) + " = " + std::to_string(types[i]) +
+                                            " is outside [0, " + std::to_string(cfg_.type_vocab) + ")");
+            if (mask && mask[i] != 0 && mask[i] != 1)
+                throw std::invalid_argument("attention_mask" + at(b, t) + " = " + std::to_string(mask[i]) +
+                                            "; the mask must hold only 0 and 1");
+            real += mask ? static_cast<int>(mask[i]) : 1;
+        }
+        if (real == 0)
+            throw std::invalid_argument("attention_mask row " + std::to_string(b) +
+                                        " has no token with mask 1; every sequence needs at least one token");
+    }
+}
+
+void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
+                      float* pooled) {
+    validate(ids, mask, types, B, T);
+    if (pooled && !pooler_set_) throw std::invalid_argument("this model has no pooler");
+    std::lock_guard<std::mutex> lock(mu_);
+    const int H = cfg_.hidden, I = cfg_.intermediate, heads = cfg_.heads;
+    const float eps = cfg_.eps;
+
+    // Pack real tokens end to end: every op below runs over Ntok rows only.
+    tok_id_.clear(); tok_pos_.clear(); tok_type_.clear();
+    seq_start_.assign(B, 0); seq_len_.assign(B, 0);
+    for (int b = 0; b < B; ++b) {
+        seq_start_[b] = static_cast<int>(tok_id_.size());
+        for (int t = 0; t < T; ++t) {
+            const std::size_t i = static_cast<std::size_t>(b) * T + t;
+            if (mask && mask[i] == 0) continue;
+            tok_id_.push_back(static_cast<int>(ids[i]));
+            tok_pos_.push_back(t);
+            tok_type_.push_back(types ? static_cast<int>(types[i]) : 0);
+        }
+        seq_len_[b] = static_cast<int>(tok_id_.size()) - seq_start_[b];
+    }
+    const int ntok = static_cast<int>(tok_id_.size());
+    order_.resize(B);
+    std::iota(order_.begin(), order_.end(), 0);
+    std::stable_sort(order_.begin(), order_.end(), [&](int a, int b) { return seq_len_[a] > seq_len_[b]; });
+    const int max_len = seq_len_[order_[0]];
+
+    const std::size_t n = ntok;
+    x_.resize(n * H);
+    qkv_.resize(n * 3 * H);
+    ctx_.resize(n * H);
+    y_.resize(n * H);
+    h_.resize(n * I);
+    const std::size_t stride = round_up(attention_scratch_floats(kt_, max_len, H / heads), 16);
+    attn_scratch_.resize(stride * threads_);
+    if (pooled) pool_in_.resize(static_cast<std::size_t>(B) * H);
+
+    float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *hbuf = h_.data();
+    float* scratch = attn_scratch_.data();
+    const bool dense = ntok == B * T;  // no padding: the last LayerNorm writes straight into `out`
+
+    ops::run_team(threads_, [&] {
+#pragma omp for schedule(static)
+        for (int i = 0; i < ntok; ++i)
+            kt_.embed_layernorm(H, word_ + static_cast<std::ptrdiff_t>(tok_id_[i]) * H,
+                                pos_ + static_cast<std::ptrdiff_t>(tok_pos_[i]) * H,
+                                type_ + static_cast<std::ptrdiff_t>(tok_type_[i]) * H, emb_ln_w_.data(),
+                                emb_ln_b_.data(), eps, x + static_cast<std::ptrdiff_t>(i) * H);
+        for (int l = 0; l < cfg_.layers; ++l) {
+            const Layer& L = layers_[l];
+            const bool final_layer = l + 1 == cfg_.layers;
+            Epilogue e_qkv;
+            e_qkv.bias = L.qkv_b.data();
+            ops::gemm_team(ntok, x, H, L.qkv, qkv, 3 * H, e_qkv);
+            ops::attention_team(kt_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, scratch, stride);
+            Epilogue e_ao;  // y = ctx·Wo + bo + x
+            e_ao.bias = L.ao_b.data();
+            e_ao.kind = Epilogue::kResidual;
+            e_ao.residual = x;
+            e_ao.ldr = H;
+            ops::gemm_team(ntok, ctx, H, L.ao, y, H, e_ao);
+            ops::layernorm_team(kt_, ntok, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
+            Epilogue e_in;  // h = gelu(y·Wi + bi)
+            e_in.bias = L.i_b.data();
+            e_in.kind = Epilogue::kGelu;
+            ops::gemm_team(ntok, y, H, L.ffn_in, hbuf, I, e_in);
+            Epilogue e_out;  // x = h·Wo2 + bo2 + y
+            e_out.bias = L.o_b.data();
+            e_out.kind = Epilogue::kResidual;
+            e_out.residual = y;
+            e_out.ldr = H;
+            ops::gemm_team(ntok, hbuf, I, L.ffn_out, x, H, e_out);
+            float* dst = final_layer && dense ? out : x;
+            ops::layernorm_team(kt_, ntok, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
+        }
+        const float* last = dense ? out : x;
+        if (!dense) {
+            // Scatter packed rows back to [B, T, H]; masked positions are zeros.
+#pragma omp for schedule(static)
+            for (int b = 0; b < B; ++b) {
+                int k = seq_start_[b];
+                for (int t = 0; t < T; ++t) {
+                    float* o = out + (static_cast<std::ptrdiff_t>(b) * T + t) * H;
+                    if (mask[static_cast<std::size_t>(b) * T + t])
+                        std::memcpy(o, last + static_cast<std::ptrdiff_t>(k++) * H, sizeof(float) * H);
+                    else
+                        std::memset(o, 0, sizeof(float) * H);
+                }
+            }
+        }
+        if (pooled) {
+            // pooler_output = tanh(W · h[first token] + b) per sequence.
+#pragma omp for schedule(static)
+            for (int b = 0; b < B; ++b)
+                std::memcpy(pool_in_.data() + static_cast<std::ptrdiff_t>(b) * H,
+                            last + static_cast<std::ptrdiff_t>(seq_start_[b]) * H, sizeof(float) * H);
+            Epilogue e_p;
+            e_p.bias = pooler_b_.data();
+            e_p.kind = Epilogue::kTanh;
+            ops::gemm_team(B, pool_in_.data(), H, pooler_, pooled, H, e_p);
+        }
+    });
+}
+
+}  // namespace bortengine

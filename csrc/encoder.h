@@ -1,0 +1,77 @@
+// encoder.h: a whole BERT encoder (embeddings, D layers, optional pooler) run in one call, padding-free.
+// Composes ops only; no intrinsics here.
+//
+// Shapes: B = batch, T = padded tokens per row, Ntok = real tokens (mask 1) of the batch, H = hidden,
+// I = intermediate, V = vocab, P = max positions, Tt = token types.
+#pragma once
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "buffer.h"
+#include "kernels.h"
+#include "ops.h"
+
+namespace bortengine {
+
+struct EncoderConfig {
+    int hidden = 0, layers = 0, heads = 0, intermediate = 0, vocab = 0, max_positions = 0, type_vocab = 0;
+    float eps = 1e-12f;
+};
+
+// Raw pointers to one layer's weights in torch layout ([out, in] for Linear), all float32 contiguous.
+struct LayerWeights {
+    const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b;  // [H,H], [H]
+    const float *ao_w, *ao_b, *ln1_w, *ln1_b;        // [H,H], [H], [H], [H]
+    const float *i_w, *i_b;                          // [I,H], [I]
+    const float *o_w, *o_b, *ln2_w, *ln2_b;          // [H,I], [H], [H], [H]
+};
+
+class Encoder {
+  public:
+    Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt);
+
+    // Embedding tables are referenced, not copied: they must outlive the encoder (the bindings keep them).
+    void set_embeddings(const float* word, const float* position, const float* token_type, const float* ln_w,
+                        const float* ln_b);
+    void set_layer(int index, const LayerWeights& w);  // packs (copies) the weights
+    void set_pooler(const float* w, const float* b);   // [H,H], [H]
+
+    // ids, mask, types: [B,T] (mask and types may be null: all ones / all zeros). out [B,T,H] (zeros where the
+    // mask is 0), pooled [B,H] or null. Validates everything first; throws std::invalid_argument. Thread-safe:
+    // concurrent calls are serialised (each forward already uses all the encoder's threads).
+    void forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
+                 float* pooled);
+
+    const EncoderConfig& config() const { return cfg_; }
+    const KernelTable& kernels() const { return kt_; }
+    int num_threads() const { return threads_; }
+    void set_num_threads(int n);
+    bool ready() const;
+    bool has_pooler() const { return pooler_set_; }
+    std::size_t packed_bytes() const;
+
+  private:
+    struct Layer {
+        ops::PackedMatrix qkv, ao, ffn_in, ffn_out;
+        std::vector<float> qkv_b, ao_b, ln1_w, ln1_b, i_b, o_b, ln2_w, ln2_b;
+        bool set = false;
+    };
+    void validate(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T) const;
+
+    EncoderConfig cfg_;
+    const KernelTable& kt_;
+    int threads_;
+    const float *word_ = nullptr, *pos_ = nullptr, *type_ = nullptr;
+    std::vector<float> emb_ln_w_, emb_ln_b_;
+    std::vector<Layer> layers_;
+    ops::PackedMatrix pooler_;
+    std::vector<float> pooler_b_;
+    bool pooler_set_ = false;
+
+    std::mutex mu_;  // guards the workspace below
+    AlignedBuffer x_, qkv_, ctx_, y_, h_, attn_scratch_, pool_in_;
+    std::vector<int> tok_id_, tok_pos_, tok_type_, seq_start_, seq_len_, order_;
+};
+
+}  // namespace bortengine

@@ -1,0 +1,148 @@
+// isa.cc: CPUID/XGETBV detection and the single dispatch point from an ISA name to its kernel table.
+#include "isa.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#if defined(BORTENGINE_X86)
+#include <cpuid.h>
+#endif
+
+namespace bortengine {
+namespace {
+
+#if defined(BORTENGINE_X86)
+unsigned long long read_xcr0() {
+    unsigned eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return (static_cast<unsigned long long>(edx) << 32) | eax;
+}
+#endif
+
+CpuInfo detect() {
+    CpuInfo ci;
+    ci.logical_cpus = static_cast<int>(std::thread::hardware_concurrency());
+#if defined(BORTENGINE_X86)
+    unsigned a, b, c, d;
+    if (__get_cpuid(0, &a, &b, &c, &d)) {
+        char v[13];
+        std::memcpy(v, &b, 4); std::memcpy(v + 4, &d, 4); std::memcpy(v + 8, &c, 4); v[12] = 0;
+        ci.vendor = v;
+    }
+    unsigned max_ext = __get_cpuid_max(0x80000000u, nullptr);
+    if (max_ext >= 0x80000004u) {
+        char m[49] = {0};
+        for (unsigned i = 0; i < 3; ++i) {
+            __get_cpuid(0x80000002u + i, &a, &b, &c, &d);
+            std::memcpy(m + 16 * i, &a, 4); std::memcpy(m + 16 * i + 4, &b, 4);
+            std::memcpy(m + 16 * i + 8, &c, 4); std::memcpy(m + 16 * i + 12, &d, 4);
+        }
+        ci.model = m;
+        while (!ci.model.empty() && ci.model.back() == ' ') ci.model.pop_back();
+    }
+    bool osxsave = false, avx = false, fma = false, f16c = false;
+    if (__get_cpuid(1, &a, &b, &c, &d)) {
+        fma = c & (1u << 12);
+        osxsave = c & (1u << 27);
+        avx = c & (1u << 28);
+        f16c = c & (1u << 29);
+    }
+    // The OS must save the wide registers on context switch (XCR0), or the CPU's flags mean nothing.
+    const unsigned long long xcr0 = osxsave ? read_xcr0() : 0;
+    const bool os_avx = (xcr0 & 0x6) == 0x6;
+    const bool os_avx512 = os_avx && (xcr0 & 0xE0) == 0xE0;
+    bool avx2 = false, f = false, dq = false, bw = false, vl = false, vnni = false, bf16 = false;
+    if (__get_cpuid_max(0, nullptr) >= 7) {
+        __cpuid_count(7, 0, a, b, c, d);
+        avx2 = b & (1u << 5);
+        f = b & (1u << 16);
+        dq = b & (1u << 17);
+        bw = b & (1u << 30);
+        vl = b & (1u << 31);
+        vnni = c & (1u << 11);
+        __cpuid_count(7, 1, a, b, c, d);
+        bf16 = a & (1u << 5);
+    }
+    ci.fma = fma && os_avx;
+    ci.avx2 = avx2 && avx && os_avx && fma && f16c;
+    ci.avx512 = ci.avx2 && os_avx512 && f && dq && bw && vl;
+    ci.avx512_vnni = ci.avx512 && vnni;
+    ci.avx512_bf16 = ci.avx512 && bf16;
+    if (ci.fma) ci.flags.push_back("fma");
+    if (ci.avx2) ci.flags.push_back("avx2");
+    if (ci.avx512) ci.flags.push_back("avx512f+bw+dq+vl");
+    if (ci.avx512_vnni) ci.flags.push_back("avx512_vnni");
+    if (ci.avx512_bf16) ci.flags.push_back("avx512_bf16");
+#endif
+    return ci;
+}
+
+std::string join(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s;
+}
+
+const KernelTable* table_of(const std::string& isa) {
+#if defined(BORTENGINE_X86)
+    if (isa == "avx512") return avx512_kernels();
+    if (isa == "avx2") return avx2_kernels();
+#endif
+    if (isa == "scalar") return scalar_kernels();
+    return nullptr;
+}
+
+}  // namespace
+
+const CpuInfo& cpu_info() {
+    static const CpuInfo ci = detect();
+    return ci;
+}
+
+const std::vector<std::string>& available_isas() {
+    static const std::vector<std::string> isas = [] {
+        std::vector<std::string> v;
+        const CpuInfo& ci = cpu_info();
+        if (ci.avx512) v.push_back("avx512");
+        if (ci.avx2) v.push_back("avx2");
+        v.push_back("scalar");
+        return v;
+    }();
+    return isas;
+}
+
+const KernelTable& kernels_for(const std::string& isa_in) {
+    const std::string isa = isa_in.empty() ? default_isa() : isa_in;
+    for (const auto& a : available_isas())
+        if (a == isa) return *table_of(isa);
+    if (table_of(isa) == nullptr)
+        throw std::invalid_argument("unknown kernel path '" + isa + "'; known paths: avx512, avx2, scalar");
+    throw std::invalid_argument("kernel path '" + isa + "' cannot run on this CPU/OS (" + cpu_info().model +
+                                "); available: " + join(available_isas()));
+}
+
+const std::string& default_isa() {
+    static std::once_flag once;
+    static std::string chosen;
+    static std::string error;
+    std::call_once(once, [] {
+        const char* env = std::getenv("BORTENGINE_ISA");
+        if (env == nullptr || *env == 0) {
+            chosen = available_isas().front();
+            return;
+        }
+        const std::string want(env);
+        for (const auto& a : available_isas())
+            if (a == want) { chosen = want; return; }
+        error = "BORTENGINE_ISA=" + want + " is " +
+                (table_of(want) ? "not runnable on this CPU/OS" : "not a known kernel path (avx512, avx2, scalar)") +
+                "; available here: " + join(available_isas()) + ". Unset it or pick one of those.";
+    });
+    if (!error.empty()) throw std::invalid_argument(error);
+    return chosen;
+}
+
+}  // namespace bortengine

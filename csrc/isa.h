@@ -1,0 +1,26 @@
+// isa.h: which kernel paths this CPU and OS can run, the one chosen by default, and the env override.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace bortengine {
+
+struct CpuInfo {
+    std::string vendor, model;
+    std::vector<std::string> flags;  // the ISA features the engine cares about
+    bool avx2 = false, fma = false, avx512 = false, avx512_vnni = false, avx512_bf16 = false;
+    int logical_cpus = 1;
+};
+
+const CpuInfo& cpu_info();
+// Compiled and runnable paths, best first.
+const std::vector<std::string>& available_isas();
+// $BORTENGINE_ISA if set (throws std::invalid_argument if unknown or not runnable here), else the best path.
+// Read once and cached.
+const std::string& default_isa();
+// The kernel table of a path ("" = default_isa()). Throws std::invalid_argument if unknown or not runnable.
+const KernelTable& kernels_for(const std::string& isa);
+
+}  // namespace bortengine

@@ -1,0 +1,90 @@
+// kernels.h: the table of raw-pointer kernels each ISA path provides, and the GEMM epilogue descriptor.
+//
+// Three tiers (see STYLE.md): kernels (this table, one per ISA, pointers in, no checks, no threads), ops (ops.h:
+// shape checks, work split across threads, kernel choice), the encoder (encoder.h: composes ops only).
+//
+// Shape legend used across csrc/: M = rows (tokens), N = output columns, K = reduction depth, H = hidden size,
+// T = tokens of one sequence, dh = head size. All matrices are row-major float32 with an explicit leading
+// dimension (ld*, in elements).
+//
+// GEMM naming: gemm_f32_<isa>_<MR>x<NR>, MR = rows of C per microkernel call (each a broadcast of A),
+// NR = columns of C per call (NR/W vector registers of width W).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace bortengine {
+
+// What the GEMM does to each finished C element c = alpha * (A·B)[i,j]:
+//   c *= row_scale[i]            (if row_scale)   -- attention: 1/softmax-denominator per query row
+//   c += bias[j]                 (if bias)
+//   c = gelu(c) | tanh(c) | c + residual[i,j]      (by kind)
+// Pointers are already offset to the block the kernel computes.
+struct Epilogue {
+    enum Kind : int { kNone = 0, kGelu = 1, kTanh = 2, kResidual = 3 };
+    Kind kind = kNone;
+    float alpha = 1.0f;
+    const float* bias = nullptr;       // [N]
+    const float* residual = nullptr;   // [M, N] with leading dimension ldr
+    std::ptrdiff_t ldr = 0;
+    const float* row_scale = nullptr;  // [M]
+};
+
+struct KernelTable {
+    const char* isa;        // "avx512", "avx2", "scalar"
+    const char* gemm_name;  // e.g. "gemm_f32_avx512_14x32"
+    int mr;                 // rows per microkernel
+    int nr;                 // columns per packed B panel
+
+    // Packs B (K x N; element (k, n) at b[k*ldk + n*ldn]) into ceil(N/nr) panels, each [K][nr] contiguous,
+    // zero-padded past N. `packed` holds packed_b_floats(K, N) floats.
+    void (*pack_b)(int K, int N, const float* b, std::ptrdiff_t ldk, std::ptrdiff_t ldn, float* packed);
+
+    // C[M,N] = epilogue(A[M,K] · B) on one thread. Bp is packed by pack_b with panel stride K*nr; a column
+    // block starting at panel p is Bp + p*K*nr.
+    void (*gemm)(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* Bp, float* C,
+                 std::ptrdiff_t ldc, const Epilogue& ep);
+
+    // y[i] = LayerNorm(x[i] (+ r[i])) * g + b over rows of length N. y may alias x. r may be null.
+    void (*layernorm)(int M, int N, const float* x, std::ptrdiff_t ldx, const float* r, std::ptrdiff_t ldr,
+                      const float* g, const float* b, float eps, float* y, std::ptrdiff_t ldy);
+
+    // Self-attention of one sequence and one head: q, k, v point at the head's first column of row 0 of a
+    // [T, ld] buffer (the QKV GEMM output); out[T, dh] with leading dimension ldo. scratch holds
+    // attention_scratch_floats(T, dh) floats.
+    void (*attention)(int T, int dh, const float* q, const float* k, const float* v, std::ptrdiff_t ld,
+                      float scale, float* out, std::ptrdiff_t ldo, float* scratch);
+
+    // y[i] = x[i] * 0.5 * (1 + erf(x[i] / sqrt(2))), exact-erf GELU as BERT uses.
+    void (*gelu)(std::ptrdiff_t n, const float* x, float* y);
+    // y[i] = tanh(x[i])
+    void (*tanh)(std::ptrdiff_t n, const float* x, float* y);
+
+    // x[N] = word[N] + pos[N] + type[N], then LayerNorm with g, b into y[N] (one token).
+    void (*embed_layernorm)(int N, const float* word, const float* pos, const float* type, const float* g,
+                            const float* b, float eps, float* y);
+};
+
+inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) / m * m; }
+inline std::size_t packed_b_floats(const KernelTable& kt, int K, int N) {
+    return static_cast<std::size_t>(K) * round_up(static_cast<std::size_t>(N), kt.nr);
+}
+// Query rows processed per block in attention (the score block is kAttnQueryBlock x T).
+constexpr int kAttnQueryBlock = 64;
+inline std::size_t attention_scratch_floats(const KernelTable& kt, int T, int dh) {
+    const std::size_t tp = round_up(T, kt.nr), dp = round_up(dh, kt.nr);
+    return dh * tp            // K^T packed
+           + T * dp           // V packed
+           + kAttnQueryBlock * tp  // scores of one query block
+           + kAttnQueryBlock       // 1 / row sums
+           + 64;                   // alignment slack
+}
+
+// One table per compiled ISA (kernels_<isa>.cc). Only call a table whose ISA isa.h says is runnable.
+const KernelTable* scalar_kernels();
+#if defined(BORTENGINE_X86)
+const KernelTable* avx2_kernels();
+const KernelTable* avx512_kernels();
+#endif
+
+}  // namespace bortengine

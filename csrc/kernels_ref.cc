@@ -1,0 +1,76 @@
+// kernels_ref.cc: see kernels_ref.h.
+#include "kernels_ref.h"
+
+#include <cmath>
+#include <vector>
+
+namespace bortengine {
+namespace ref {
+
+float gelu(float x) { return static_cast<float>(0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)))); }
+
+void gemm(int M, int N, int K, const float* a, const float* w, const float* bias, Epilogue::Kind kind,
+          const float* residual, float* c) {
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            double s = 0;
+            for (int k = 0; k < K; ++k) s += static_cast<double>(a[i * K + k]) * w[j * K + k];
+            if (bias) s += bias[j];
+            switch (kind) {
+                case Epilogue::kGelu: s = 0.5 * s * (1.0 + std::erf(s / std::sqrt(2.0))); break;
+                case Epilogue::kTanh: s = std::tanh(s); break;
+                case Epilogue::kResidual: s += residual[i * N + j]; break;
+                default: break;
+            }
+            c[i * N + j] = static_cast<float>(s);
+        }
+}
+
+void layernorm(int M, int N, const float* x, const float* r, const float* g, const float* b, float eps, float* y) {
+    std::vector<double> v(N);
+    for (int i = 0; i < M; ++i) {
+        double mean = 0, var = 0;
+        for (int j = 0; j < N; ++j) {
+            v[j] = static_cast<double>(x[i * N + j]) + (r ? r[i * N + j] : 0.0f);
+            mean += v[j];
+        }
+        mean /= N;
+        for (int j = 0; j < N; ++j) var += (v[j] - mean) * (v[j] - mean);
+        var /= N;
+        const double rstd = 1.0 / std::sqrt(var + eps);
+        for (int j = 0; j < N; ++j) y[i * N + j] = static_cast<float>((v[j] - mean) * rstd * g[j] + b[j]);
+    }
+}
+
+void attention(const float* qkv, int H, int heads, const std::vector<int>& seq_lens, float* ctx) {
+    const int dh = H / heads;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+    const std::ptrdiff_t ld = 3 * H;
+    int start = 0;
+    for (int T : seq_lens) {
+        std::vector<double> p(T);
+        for (int h = 0; h < heads; ++h)
+            for (int i = 0; i < T; ++i) {
+                const float* q = qkv + (start + i) * ld + h * dh;
+                double mx = -1e300;
+                for (int j = 0; j < T; ++j) {
+                    const float* k = qkv + (start + j) * ld + H + h * dh;
+                    double s = 0;
+                    for (int d = 0; d < dh; ++d) s += static_cast<double>(q[d]) * k[d];
+                    p[j] = s * scale;
+                    mx = p[j] > mx ? p[j] : mx;
+                }
+                double sum = 0;
+                for (int j = 0; j < T; ++j) sum += (p[j] = std::exp(p[j] - mx));
+                for (int d = 0; d < dh; ++d) {
+                    double o = 0;
+                    for (int j = 0; j < T; ++j) o += p[j] * qkv[(start + j) * ld + 2 * H + h * dh + d];
+                    ctx[(start + i) * H + h * dh + d] = static_cast<float>(o / sum);
+                }
+            }
+        start += T;
+    }
+}
+
+}  // namespace ref
+}  // namespace bortengine

@@ -1,0 +1,106 @@
+// ops.cc: see ops.h.
+#include "ops.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace bortengine {
+namespace ops {
+
+int current_thread() { return omp_get_thread_num(); }
+int current_team_size() { return omp_get_num_threads(); }
+
+PackedMatrix pack_linear(const KernelTable& kt, const float* w, int N, int K) {
+    if (N <= 0 || K <= 0)
+        throw std::invalid_argument("linear weight must have positive sizes, got [" + std::to_string(N) + ", " +
+                                    std::to_string(K) + "]");
+    PackedMatrix m;
+    m.kt = &kt;
+    m.K = K;
+    m.N = N;
+    m.data.resize(packed_b_floats(kt, K, N));
+    kt.pack_b(K, N, w, 1, K, m.data.data());  // element (k, n) of B = w[n][k]
+    return m;
+}
+
+void gemm_team(int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C, std::ptrdiff_t ldc,
+               const Epilogue& ep) {
+    const KernelTable& kt = *B.kt;
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int panels = (B.N + kt.nr - 1) / kt.nr;
+    if (nt == 1) {
+        kt.gemm(M, B.N, B.K, A, lda, B.data.data(), C, ldc, ep);
+        return;
+    }
+    // Column split: each thread reads a disjoint slice of the weights (the dominant memory traffic at small M).
+    // Row split only when there are too few panels to share and enough rows.
+    const bool split_rows = panels < 2 * nt && M >= 2 * nt * kt.mr;
+    if (!split_rows) {
+        const int p0 = static_cast<int>(static_cast<long long>(panels) * tid / nt);
+        const int p1 = static_cast<int>(static_cast<long long>(panels) * (tid + 1) / nt);
+        if (p1 > p0) {
+            const int n0 = p0 * kt.nr, n1 = std::min(B.N, p1 * kt.nr);
+            Epilogue e = ep;
+            if (e.bias) e.bias += n0;
+            if (e.residual) e.residual += n0;
+            kt.gemm(M, n1 - n0, B.K, A, lda, B.data.data() + static_cast<std::ptrdiff_t>(p0) * B.K * kt.nr, C + n0,
+                    ldc, e);
+        }
+    } else {
+        const int blocks = (M + kt.mr - 1) / kt.mr;
+        const int b0 = static_cast<int>(static_cast<long long>(blocks) * tid / nt);
+        const int b1 = static_cast<int>(static_cast<long long>(blocks) * (tid + 1) / nt);
+        const int m0 = b0 * kt.mr, m1 = std::min(M, b1 * kt.mr);
+        if (m1 > m0) {
+            Epilogue e = ep;
+            if (e.residual) e.residual += m0 * e.ldr;
+            if (e.row_scale) e.row_scale += m0;
+            kt.gemm(m1 - m0, B.N, B.K, A + m0 * lda, lda, B.data.data(), C + m0 * ldc, ldc, e);
+        }
+    }
+#pragma omp barrier
+}
+
+void layernorm_team(const KernelTable& kt, int M, int N, const float* x, const float* r, const float* g,
+                    const float* b, float eps, float* y) {
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int m0 = static_cast<int>(static_cast<long long>(M) * tid / nt);
+    const int m1 = static_cast<int>(static_cast<long long>(M) * (tid + 1) / nt);
+    if (m1 > m0)
+        kt.layernorm(m1 - m0, N, x + static_cast<std::ptrdiff_t>(m0) * N, N,
+                     r ? r + static_cast<std::ptrdiff_t>(m0) * N : nullptr, N, g, b, eps,
+                     y + static_cast<std::ptrdiff_t>(m0) * N, N);
+#pragma omp barrier
+}
+
+void attention_team(const KernelTable& kt, const float* qkv, int H, int heads, const std::vector<int>& seq_start,
+                    const std::vector<int>& seq_len, const std::vector<int>& longest_first, float* ctx,
+                    float* scratch, std::size_t scratch_stride) {
+    const int dh = H / heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+    const std::ptrdiff_t ld = 3 * static_cast<std::ptrdiff_t>(H);
+    const int tasks = static_cast<int>(longest_first.size()) * heads;
+    float* mine = scratch + omp_get_thread_num() * scratch_stride;
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < tasks; ++t) {
+        const int s = longest_first[t / heads], h = t % heads;
+        const float* base = qkv + seq_start[s] * ld + h * dh;
+        kt.attention(seq_len[s], dh, base, base + H, base + 2 * H, ld, scale, ctx + seq_start[s] * H + h * dh, H,
+                     mine);
+    }
+    // the implicit barrier of omp for ends the op
+}
+
+Epilogue::Kind parse_epilogue(const std::string& name) {
+    if (name == "none") return Epilogue::kNone;
+    if (name == "gelu") return Epilogue::kGelu;
+    if (name == "tanh") return Epilogue::kTanh;
+    if (name == "residual") return Epilogue::kResidual;
+    throw std::invalid_argument("unknown epilogue '" + name + "'; expected one of: none, gelu, tanh, residual");
+}
+
+}  // namespace ops
+}  // namespace bortengine
