@@ -11,7 +11,6 @@ Shapes: B = batch, T = tokens per sequence, H = hidden size, L = number of label
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -128,8 +127,12 @@ def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Option
 
 
 class Engine:
-    """A loaded BERT encoder. Thread-safe: calls from several threads run one forward at a time (each forward
-    already uses num_threads cores)."""
+    """A loaded BERT encoder.
+
+    Thread-safe: the native encoder is reentrant (tests/test_threads.py holds it to that), so threads may call one
+    Engine at once. Each call runs its own team of num_threads threads; with K concurrent callers, set num_threads
+    to about CPUs / K so the teams do not share cores.
+    """
 
     def __init__(self, path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None):
         core = _core()
@@ -174,7 +177,6 @@ class Engine:
         if not encoder.ready:
             raise BortEngineError("internal error: the native encoder is not ready after loading every tensor")
         self._encoder = encoder
-        self._forward_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------------- properties
     @property
@@ -233,11 +235,10 @@ class Engine:
         model has a pooler, logits [B,L] for a classifier.
         """
         ids, mask, types = self._validate(input_ids, attention_mask, token_type_ids)
-        with self._forward_lock:
-            try:
-                hidden, pooled = self._encoder.forward(ids, mask, types, pooler=self._encoder.has_pooler)
-            except ValueError as e:  # should not happen after _validate; keep the native message
-                raise InvalidInputError(f"the native encoder rejected the input: {e}") from e
+        try:
+            hidden, pooled = self._encoder.forward(ids, mask, types, pooler=self._encoder.has_pooler)
+        except ValueError as e:  # should not happen after _validate; keep the native message
+            raise InvalidInputError(f"the native encoder rejected the input: {e}") from e
         logits = None
         if self._classifier is not None:
             weight, bias = self._classifier                      # [L,H], [L]
