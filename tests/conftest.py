@@ -1,13 +1,15 @@
 """Shared fixtures: the native module (or its NumPy stand-in), the ISA list, cached random-weight models.
 
 If `bortengine._core` is not built, tests/numpy_encoder.py stands in for it (the run header says so), so the
-Python package can be tested on its own; every ISA-parametrized test then runs on the one "numpy" path.
+Python package can be tested on its own; every ISA-parametrized test then runs on the one "numpy" path. Setting
+BORTENGINE_TEST_NUMPY_CORE=1 forces the stand-in even when the module is built.
 Random models are built once per session into one temporary directory, keyed by their arguments.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +23,8 @@ except ImportError:  # not installed: test the source tree
     import bortengine
 
 try:
+    if os.environ.get("BORTENGINE_TEST_NUMPY_CORE"):  # test the Python package on the stand-in even when built
+        raise ImportError("BORTENGINE_TEST_NUMPY_CORE is set")
     from bortengine import _core
 
     NATIVE = True
