@@ -1,0 +1,173 @@
+"""Every compiled kernel path against the plain-loop references in csrc/kernels_ref.cc.
+
+Shapes cover the edge tiles of every path: M below and around the microkernel's MR, N not a multiple of NR,
+K = 1 and K across several KC blocks, and both ways the ops split work between threads (by columns, by rows).
+GEMM tolerance grows with sqrt(K) (fp32 accumulation of K products vs the double reference).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bortengine import _core
+
+ISAS = _core.available_isas()
+EPILOGUES = ["none", "gelu", "tanh", "residual"]
+
+
+def _rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _gemm_case(rng, M, N, K, epilogue, bias=True):
+    a = _rand(rng, M, K)
+    w = _rand(rng, N, K, scale=1 / np.sqrt(K))
+    b = _rand(rng, N) if bias else None
+    r = _rand(rng, M, N) if epilogue == "residual" else None
+    return a, w, b, r
+
+
+def _gemm_tol(K):
+    return 2e-6 * np.sqrt(K) + 1e-6
+
+
+def test_paths_listed_and_default_is_best():
+    assert ISAS[-1] == "scalar"
+    assert _core.default_isa() in ISAS
+    for isa in ISAS:
+        name = _core.kernel_name(isa)
+        assert name.startswith(f"gemm_f32_{isa}_"), name
+    info = _core.cpu_info()
+    assert info["available_isas"] == ISAS
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    "M,N,K",
+    [(1, 1, 1), (1, 17, 5), (3, 33, 1), (13, 31, 7), (14, 32, 64), (15, 33, 257), (29, 100, 300),
+     (64, 64, 600), (130, 96, 1030), (230, 70, 40)],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemm_matches_reference(isa, M, N, K, threads):
+    rng = np.random.default_rng(M * 1000 + N * 10 + K)
+    for epilogue in EPILOGUES:
+        a, w, b, r = _gemm_case(rng, M, N, K, epilogue)
+        got = _core.gemm(a, w, b, epilogue, r, num_threads=threads, isa=isa)
+        want = _core.gemm_ref(a, w, b, epilogue, r)
+        np.testing.assert_allclose(got, want, atol=_gemm_tol(K), rtol=1e-5, err_msg=f"{isa} {epilogue}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemm_without_bias_and_packed_reuse(isa):
+    rng = np.random.default_rng(1)
+    a, w, _, _ = _gemm_case(rng, 50, 70, 90, "none", bias=False)
+    lin = _core.PackedLinear(w, None, isa)
+    assert (lin.N, lin.K) == (70, 90)
+    want = _core.gemm_ref(a, w)
+    for threads in (1, 2, 3):
+        np.testing.assert_allclose(lin(a, num_threads=threads), want, atol=_gemm_tol(90), rtol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(M=st.integers(1, 80), N=st.integers(1, 80), K=st.integers(1, 300), threads=st.integers(1, 3),
+       epilogue=st.sampled_from(EPILOGUES), isa=st.sampled_from(ISAS), seed=st.integers(0, 2**31))
+def test_gemm_property(M, N, K, threads, epilogue, isa, seed):
+    rng = np.random.default_rng(seed)
+    a, w, b, r = _gemm_case(rng, M, N, K, epilogue)
+    got = _core.gemm(a, w, b, epilogue, r, num_threads=threads, isa=isa)
+    np.testing.assert_allclose(got, _core.gemm_ref(a, w, b, epilogue, r), atol=_gemm_tol(K), rtol=1e-5)
+
+
+def test_gemm_bad_shapes_raise():
+    rng = np.random.default_rng(0)
+    a, w = _rand(rng, 4, 5), _rand(rng, 6, 7)
+    with pytest.raises(ValueError, match=r"\[4, 5\].*\[M, 7\]"):
+        _core.gemm(a, w)
+    with pytest.raises(ValueError, match="residual"):
+        _core.gemm(_rand(rng, 4, 7), w, None, "residual")
+    with pytest.raises(ValueError, match="unknown epilogue"):
+        _core.gemm(_rand(rng, 4, 7), w, None, "relu")
+    with pytest.raises(ValueError, match="bias"):
+        _core.gemm(_rand(rng, 4, 7), w, np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="num_threads"):
+        _core.gemm(_rand(rng, 4, 7), w, num_threads=0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("N", [1, 7, 16, 200, 384, 1024])
+def test_layernorm(isa, N):
+    rng = np.random.default_rng(N)
+    x = _rand(rng, 37, N, scale=3.0) + 5.0  # an offset mean exercises the two-pass variance
+    g, b, r = _rand(rng, N), _rand(rng, N), _rand(rng, 37, N)
+    for eps in (1e-12, 1e-5):
+        np.testing.assert_allclose(_core.layernorm(x, g, b, eps, None, 2, isa), _core.layernorm_ref(x, g, b, eps),
+                                   atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(_core.layernorm(x, g, b, eps, r, 1, isa), _core.layernorm_ref(x, g, b, eps, r),
+                                   atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    "lens,heads,dh",
+    [([1], 1, 8), ([1, 2, 3], 2, 40), ([5, 64, 65, 130], 4, 48), ([200, 7], 3, 64), ([512], 2, 32)],
+)
+def test_attention(isa, lens, heads, dh):
+    rng = np.random.default_rng(sum(lens) + heads)
+    H = heads * dh
+    qkv = _rand(rng, sum(lens), 3 * H, scale=2.0)  # large logits: the max-subtraction matters
+    got = _core.attention(qkv, lens, heads, 2, isa)
+    np.testing.assert_allclose(got, _core.attention_ref(qkv, lens, heads), atol=2e-5, rtol=1e-4)
+
+
+def test_attention_bad_args():
+    qkv = np.zeros((10, 12), np.float32)
+    with pytest.raises(ValueError, match="sum to 9"):
+        _core.attention(qkv, [4, 5], 2)
+    with pytest.raises(ValueError, match="divisible"):
+        _core.attention(qkv, [10], 3)
+    with pytest.raises(ValueError, match=">= 1"):
+        _core.attention(qkv, [10, 0], 2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_gelu_and_tanh_accuracy(isa):
+    x = np.linspace(-12, 12, 200_001, dtype=np.float32)
+    np.testing.assert_allclose(_core.gelu(x, isa), _core.gelu_ref(x), atol=2e-6, rtol=0)
+    # tanh only runs as the pooler epilogue: check it through a 1x1 GEMM with weight 1
+    a = x[:, None].copy()
+    got = _core.gemm(a, np.ones((1, 1), np.float32), None, "tanh", isa=isa)[:, 0]
+    np.testing.assert_allclose(got, np.tanh(x.astype(np.float64)), atol=2e-6, rtol=0)
+
+
+def _run_with_isa_env(value):
+    code = "from bortengine import _core; print(_core.default_isa())"
+    env = dict(os.environ, BORTENGINE_ISA=value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_env_forces_path(isa):
+    out = _run_with_isa_env(isa)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == isa
+
+
+def test_env_unknown_path_fails_loudly():
+    out = _run_with_isa_env("avx1024")
+    assert out.returncode != 0
+    assert "BORTENGINE_ISA=avx1024" in out.stderr and "available here" in out.stderr
+
+
+@pytest.mark.skipif("avx512" in ISAS, reason="this CPU runs AVX-512; the unrunnable-path error needs one that cannot")
+def test_env_unrunnable_path_fails_loudly():
+    out = _run_with_isa_env("avx512")
+    assert out.returncode != 0 and "not runnable" in out.stderr
+
+
+def test_unknown_isa_argument():
+    with pytest.raises(ValueError, match="unknown kernel path"):
+        _core.kernel_name("sse9")
