@@ -1,10 +1,15 @@
 """The command line: `info`, `demo` (short settings), argument errors."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 import bortengine
 from bortengine.cli import main
+from conftest import NATIVE
+from test_isolation import _env
 
 
 def test_info(capsys):
@@ -39,3 +44,26 @@ def test_demo_bad_shape():
 def test_demo_error_is_reported(tmp_path, capsys):
     assert main(["demo", "--model", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not NATIVE, reason="$BORTENGINE_ISA is read by the native core, which is not built")
+def test_bortengine_isa_environment(minilm):
+    code = f"""
+import bortengine
+print(bortengine.cpu_info()["isa"])
+try:
+    print(bortengine.load({str(minilm)!r}).isa)
+except bortengine.InvalidInputError as e:
+    print("InvalidInputError", e)
+"""
+    last = bortengine.available_isas()[-1]
+    good = subprocess.run([sys.executable, "-c", code], env={**_env(), "BORTENGINE_ISA": last},
+                          capture_output=True, text=True, timeout=120)
+    assert good.stdout.split() == [last, last], good.stderr
+    bad = subprocess.run([sys.executable, "-c", code], env={**_env(), "BORTENGINE_ISA": "avx9"},
+                         capture_output=True, text=True, timeout=120)
+    lines = bad.stdout.splitlines()
+    assert lines[0] == "None" and lines[1].startswith("InvalidInputError") and "BORTENGINE_ISA" in lines[1], bad.stderr
+    info = subprocess.run([sys.executable, "-m", "bortengine", "info"], env={**_env(), "BORTENGINE_ISA": "avx9"},
+                          capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0 and "default ISA:    none" in info.stdout

@@ -23,13 +23,16 @@ __all__ = [
 
 def cpu_info() -> dict:
     """The CPU as the native module sees it: vendor, model, flags, available_isas, default_isa, logical_cpus; plus
-    'isa' (the path load() uses by default) and 'kernel' (its GEMM microkernel)."""
+    'isa' (the path load() uses by default, None if $BORTENGINE_ISA is unusable) and 'kernel' (its GEMM
+    microkernel)."""
     from .engine import _core
 
     core = _core()
     info = dict(core.cpu_info())
-    info["isa"] = core.default_isa()
-    info["kernel"] = core.kernel_name(info["isa"])
+    # default_isa is None when $BORTENGINE_ISA names a path this CPU cannot run (the native module then says why
+    # in default_isa_error); cpu_info() still answers, so `bortengine info` can show the problem.
+    info["isa"] = info.get("default_isa")
+    info["kernel"] = core.kernel_name(info["isa"]) if info["isa"] else None
     return info
 
 

@@ -70,7 +70,10 @@ def _info() -> int:
     print(f"CPU:            {info['vendor']} {info['model']}")
     print(f"flags:          {' '.join(info['flags'])}")
     print(f"logical CPUs:   {info['logical_cpus']} ({bortengine.available_cpus()} available to this process)")
-    print(f"default ISA:    {info['isa']} (kernel {info['kernel']}; force another with $BORTENGINE_ISA)")
+    if info["isa"]:
+        print(f"default ISA:    {info['isa']} (kernel {info['kernel']}; force another with $BORTENGINE_ISA)")
+    else:
+        print(f"default ISA:    none: {info.get('default_isa_error', '$BORTENGINE_ISA cannot run here')}")
     print("available ISAs: " + ", ".join(f"{isa} ({core.kernel_name(isa)})" for isa in info["available_isas"]))
     return 0
 

@@ -143,7 +143,12 @@ class Engine:
             raise ModelLoadError(f"{path} is a file; pass the model directory that holds config.json and "
                                  f"model.safetensors")
         threads = available_cpus() if num_threads is None else _check_num_threads(num_threads)
-        if isa is not None:
+        if isa is None:
+            try:
+                core.default_isa()  # fails if $BORTENGINE_ISA names a path this CPU cannot run
+            except ValueError as e:
+                raise InvalidInputError(str(e)) from None
+        else:
             available = list(core.available_isas())
             if isa not in available:
                 raise InvalidInputError(f"isa {isa!r} cannot run here; this CPU and build offer {available} "
@@ -161,7 +166,7 @@ class Engine:
                                    c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.layer_norm_eps,
                                    threads, isa or "")
         except ValueError as e:
-            raise BortEngineError(f"the native encoder rejected this model's sizes: {e}") from e
+            raise BortEngineError(f"the native encoder could not be created for this model: {e}") from e
         # Embeddings are referenced by the encoder, not copied: keep the arrays alive as long as the engine.
         self._embeddings = weights.read_embeddings()
         encoder.set_embeddings(*self._embeddings)
