@@ -33,6 +33,15 @@ def test_lists_bool_masks_and_views_accepted(small_engine):
     np.testing.assert_array_equal(strided.last_hidden_state, ref.last_hidden_state)
 
 
+def test_mapping_input(small_engine):
+    batch = small_engine.tokenize(["hello world", "hi"])
+    np.testing.assert_array_equal(small_engine(batch).last_hidden_state, small_engine(**batch).last_hidden_state)
+    with pytest.raises(InvalidInputError, match="not both"):
+        small_engine(batch, MASK)
+    with pytest.raises(InvalidInputError, match="got keys"):
+        small_engine({"ids": IDS})
+
+
 def test_output_access(small_engine):
     out = small_engine(IDS, MASK)
     assert out["last_hidden_state"] is out.last_hidden_state
@@ -72,6 +81,8 @@ def test_bool_ids_rejected(small_engine):
 def test_object_and_ragged(small_engine):
     _raises(small_engine, "different lengths", [[101, 102], [101]])
     _raises(small_engine, "input_ids", [[101, "x"]])
+    _raises(small_engine, "64-bit integers", [[101, 2**70]])
+    _raises(small_engine, "got NoneType", None)
 
 
 def test_empty(small_engine):

@@ -280,6 +280,7 @@ def _with_header(header: dict, data_size: int) -> bytes:
     ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
       "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, 12, "tensors a and b overlap"),
     ({"a": [1, 2]}, 0, "malformed header entry"),
+    ({"a": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}, 8, "unknown dtype"),
 ])
 def test_corrupt_headers(small_model, tmp_path, header, data_size, match):
     path = _broken(small_model, tmp_path, _with_header(header, data_size))

@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -235,10 +235,20 @@ class Engine:
         """Run the encoder on token ids.
 
         Shapes: input_ids [B,T] integers in [0, vocab_size); attention_mask [B,T] of 0/1 (int or bool) or None
-        (all ones); token_type_ids [B,T] in [0, type_vocab_size) or None (zeros). Lists are accepted too.
+        (all ones); token_type_ids [B,T] in [0, type_vocab_size) or None (zeros). Nested lists are accepted too,
+        and so is one mapping with those keys (e.g. engine(engine.tokenize(texts))).
         Returns EncoderOutput: last_hidden_state [B,T,H] (zeros where the mask is 0), pooler_output [B,H] if the
         model has a pooler, logits [B,L] for a classifier.
         """
+        if isinstance(input_ids, Mapping):  # engine(engine.tokenize(texts))
+            if attention_mask is not None or token_type_ids is not None:
+                raise InvalidInputError("pass either a mapping of inputs or separate arrays, not both")
+            unknown = set(input_ids) - {"input_ids", "attention_mask", "token_type_ids"}
+            if unknown or "input_ids" not in input_ids:
+                raise InvalidInputError(f"a mapping of inputs needs 'input_ids' and may have 'attention_mask' and "
+                                        f"'token_type_ids'; got keys {sorted(input_ids)}")
+            input_ids, attention_mask, token_type_ids = (
+                input_ids.get(k) for k in ("input_ids", "attention_mask", "token_type_ids"))
         ids, mask, types = self._validate(input_ids, attention_mask, token_type_ids)
         try:
             hidden, pooled = self._encoder.forward(ids, mask, types, pooler=self._encoder.has_pooler)
@@ -397,8 +407,12 @@ def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray
                 f"{name} rows have different lengths ({e}); pad them to one length and pass attention_mask with 0 "
                 f"at the padding") from None
         if value.dtype == object:
-            raise InvalidInputError(f"{name} rows have different lengths or hold non-numbers; pad them to one "
-                                    f"length and pass attention_mask with 0 at the padding")
+            if value.ndim == 0:
+                raise InvalidInputError(f"{name} must be a [batch, tokens] array or nested list of integers, got "
+                                        f"{type(value.item()).__name__}")
+            raise InvalidInputError(
+                f"{name} rows have different lengths or hold values that are not 64-bit integers; pad the rows to "
+                f"one length (with attention_mask 0 at the padding) and pass integer ids")
         if value.size == 0 and value.dtype == np.float64:  # np.asarray([]) / [[]] : no dtype to complain about
             value = value.astype(np.int64)
     kind = value.dtype.kind

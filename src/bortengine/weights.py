@@ -164,7 +164,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
         if not isinstance(info, dict):
             raise ModelLoadError(f"{bad}: {info!r}")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise ModelLoadError(f"{bad}: unknown dtype {dtype!r} (known: {sorted(_DTYPES)})")
         if (not isinstance(shape, list)
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
