@@ -376,6 +376,45 @@ PYBIND11_MODULE(_core, m) {
         py::arg("qkv"), py::arg("seq_lens"), py::arg("num_heads"));
 
     m.def(
+        "embed_layernorm",
+        [](IArray ids, IArray positions, IArray types, FArray word, FArray pos, FArray type, FArray g, FArray b,
+           float eps, int threads, const std::string& isa) {
+            if (word.ndim() != 2) throw std::invalid_argument("word embeddings must be [V, H], got " + shape_str(word));
+            const py::ssize_t n = ids.size(), H = word.shape(1);
+            expect_shape(ids, {n}, "ids");
+            expect_shape(positions, {n}, "positions");
+            expect_shape(types, {n}, "token types");
+            if (pos.ndim() != 2 || pos.shape(1) != H) throw std::invalid_argument("position embeddings must be [P, H]");
+            if (type.ndim() != 2 || type.shape(1) != H) throw std::invalid_argument("type embeddings must be [Tt, H]");
+            expect_shape(g, {H}, "LayerNorm weight");
+            expect_shape(b, {H}, "LayerNorm bias");
+            for (py::ssize_t i = 0; i < n; ++i) {
+                if (ids.data()[i] < 0 || ids.data()[i] >= word.shape(0)) throw std::invalid_argument("id out of range");
+                if (positions.data()[i] < 0 || positions.data()[i] >= pos.shape(0))
+                    throw std::invalid_argument("position out of range");
+                if (types.data()[i] < 0 || types.data()[i] >= type.shape(0))
+                    throw std::invalid_argument("token type out of range");
+            }
+            const KernelTable& kt = kernels_for(isa);
+            check_threads(threads);
+            FArray y({n, H});
+            const int64_t *ip = ids.data(), *pp = positions.data(), *tp = types.data();
+            const float *wp = word.data(), *posp = pos.data(), *typ = type.data(), *gp = g.data(), *bp = b.data();
+            float* yp = y.mutable_data();
+            py::gil_scoped_release release;
+            ops::run_team(threads, [&] {
+#pragma omp for schedule(static)
+                for (py::ssize_t i = 0; i < n; ++i)
+                    kt.embed_layernorm(static_cast<int>(H), wp + ip[i] * H, posp + pp[i] * H, typ + tp[i] * H, gp, bp,
+                                       eps, yp + i * H);
+            });
+            return y;
+        },
+        py::arg("ids"), py::arg("positions"), py::arg("types"), py::arg("word"), py::arg("position"),
+        py::arg("token_type"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("num_threads") = 1,
+        py::arg("isa") = "");
+
+    m.def(
         "gelu",
         [](FArray x, const std::string& isa) {
             const KernelTable& kt = kernels_for(isa);

@@ -171,3 +171,17 @@ def test_env_unrunnable_path_fails_loudly():
 def test_unknown_isa_argument():
     with pytest.raises(ValueError, match="unknown kernel path"):
         _core.kernel_name("sse9")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("H", [1, 40, 384])
+def test_embed_layernorm(isa, H):
+    rng = np.random.default_rng(H)
+    word, pos, typ = _rand(rng, 50, H), _rand(rng, 16, H), _rand(rng, 2, H)
+    g, b = _rand(rng, H), _rand(rng, H)
+    ids, positions, types = rng.integers(0, 50, 33), rng.integers(0, 16, 33), rng.integers(0, 2, 33)
+    got = _core.embed_layernorm(ids, positions, types, word, pos, typ, g, b, 1e-12, 2, isa)
+    want = _core.layernorm_ref(word[ids] + pos[positions] + typ[types], g, b, 1e-12)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="out of range"):
+        _core.embed_layernorm(ids + 50, positions, types, word, pos, typ, g, b, 1e-12, 1, isa)
