@@ -4,7 +4,7 @@ Two uses: the reference the native Encoder is checked against (float64 arithmeti
 for the native module while it is not built (tests/conftest.py installs it as bortengine._core then). It follows
 the stub's semantics exactly: only tokens with mask 1 are computed, each sequence attends to its own unmasked
 tokens, masked positions output zeros, token t keeps position id t whatever the mask, and the pooler reads
-row 0 of the output.
+each sequence's first unmasked token (as the native encoder does).
 
 Shapes: B = batch, T = tokens, n = unmasked tokens of one sequence, H = hidden, I = intermediate, V = vocab,
 P = positions, Tt = token types.
@@ -171,7 +171,9 @@ class Encoder:
         pooled = None
         if pooler:
             w, bias = self._pooler
-            pooled = np.tanh(out[:, 0].astype(np.float64) @ w.T + bias).astype(np.float32)
+            first = mask.argmax(axis=1)                                      # first unmasked token per row
+            cls = out[np.arange(B), first].astype(np.float64)               # [B,H]
+            pooled = np.tanh(cls @ w.T + bias).astype(np.float32)
         return out, pooled
 
     def _layer(self, x: np.ndarray, layer: tuple) -> np.ndarray:

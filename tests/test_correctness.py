@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import bortengine
-from reference import hf_forward, max_abs_diff_unmasked
+from reference import hf_forward, hf_model, max_abs_diff_unmasked
 
 TOL = 1e-4
 
@@ -115,7 +115,9 @@ def test_max_positions_of_tiny_model(make_model, isa):
 
 
 def test_masked_first_token_row(make_model, isa):
-    """A row whose position 0 is masked: the other tokens keep their position ids."""
+    """A row whose position 0 is masked: the other tokens keep their position ids; the pooler reads token 4."""
+    import torch
+
     path = make_model(**RANDOM_MODELS["h64_classifier"])
     engine = bortengine.load(path, isa=isa)
     rng = np.random.default_rng(4)
@@ -125,6 +127,14 @@ def test_masked_first_token_row(make_model, isa):
     out = engine(ids, mask, types)
     ref = hf_forward(path, ids, mask, types)
     assert max_abs_diff_unmasked(out.last_hidden_state, ref["last_hidden_state"], mask) <= TOL
+    # The pooler reads the first unmasked token (transformers would read masked position 0).
+    bert, classifier = hf_model(str(path))
+    with torch.no_grad():
+        first = torch.from_numpy(ref["last_hidden_state"][1, 4][None])
+        pooled = bert.pooler.activation(bert.pooler.dense(first)).numpy()[0]
+        logits = classifier(torch.from_numpy(pooled[None])).numpy()[0]
+    assert np.abs(out.pooler_output[1] - pooled).max() <= TOL
+    assert np.abs(out.logits[1] - logits).max() <= TOL
 
 
 def test_minilm_sentences(minilm, isa):

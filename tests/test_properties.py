@@ -1,6 +1,7 @@
 """Property tests (hypothesis) over batch shapes, masks and token types, on small random models and every ISA.
 
-Properties: the engine agrees with transformers at unmasked positions; masked positions are zeros; a sequence's
+Properties: the engine agrees with transformers at unmasked positions, and with tests/numpy_encoder.py everywhere
+(including the pooler of rows whose position 0 is masked); masked positions are zeros; a sequence's
 outputs do not depend on the other sequences of its batch, nor on the ids, token types or amount of padding at its
 masked positions.
 """
@@ -98,3 +99,39 @@ def test_masked_positions_and_batch_neighbours_do_not_matter(engines, batch, ext
     for r in range(len(ids)):
         alone = engine(ids[r:r + 1], mask[r:r + 1], None if types is None else types[r:r + 1]).last_hidden_state
         assert np.abs(alone[0] - base[r]).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def numpy_references(engines):
+    """model name -> numpy_encoder.Encoder on the same weights."""
+    import numpy_encoder
+
+    from bortengine.weights import BertWeights, Checkpoint
+
+    out = {}
+    for name in MODELS:
+        path, engine = engines[name, ISAS[0]]
+        c = engine.config
+        w = BertWeights(Checkpoint.open(path), c)
+        enc = numpy_encoder.Encoder(c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
+                                    c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.layer_norm_eps, 1)
+        enc.set_embeddings(*w.read_embeddings())
+        for i in range(c.num_hidden_layers):
+            enc.set_layer(i, *w.read_layer(i))
+        if w.has_pooler:
+            enc.set_pooler(w.read("pooler.dense.weight"), w.read("pooler.dense.bias"))
+        out[name] = enc
+    return out
+
+
+@SETTINGS
+@given(batches())
+def test_agrees_with_numpy_reference(engines, numpy_references, batch):
+    ids, mask, types, name, isa = batch
+    _, engine = engines[name, isa]
+    reference = numpy_references[name]
+    ours = engine(ids, mask, types)
+    hidden, pooled = reference.forward(ids, mask, types, pooler=reference.has_pooler)
+    assert np.abs(ours.last_hidden_state - hidden).max() <= 1e-4
+    if pooled is not None:
+        assert np.abs(ours.pooler_output - pooled).max() <= 1e-4

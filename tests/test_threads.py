@@ -1,6 +1,6 @@
 """Concurrency: one Engine called from 8 Python threads gives exactly what sequential calls give; encode() too.
-The Engine takes no lock (its thread-safety rests on the native encoder being reentrant), so the native encoder is
-also called directly from 8 threads: a core that shared scratch memory between calls would fail here."""
+The Engine takes no lock (its thread-safety rests on the native encoder, which guards its workspace), so the native
+encoder is also called directly from 8 threads: a core that shared scratch memory unguarded would fail here."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor

@@ -64,6 +64,8 @@ class EncoderOutput:
 
     Shapes: last_hidden_state [B,T,H] float32 (zeros at masked positions), pooler_output [B,H] float32 when the
     model has a pooler, logits [B,L] float32 when it is a classifier; absent outputs are None and not keys.
+    The pooler reads each sequence's first unmasked token (its [CLS]); transformers reads position 0 even when it
+    is masked, so the two agree whenever position 0 is unmasked (always, for right padding).
     """
 
     last_hidden_state: np.ndarray
@@ -129,9 +131,10 @@ def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Option
 class Engine:
     """A loaded BERT encoder.
 
-    Thread-safe: the native encoder is reentrant (tests/test_threads.py holds it to that), so threads may call one
-    Engine at once. Each call runs its own team of num_threads threads; with K concurrent callers, set num_threads
-    to about CPUs / K so the teams do not share cores.
+    Thread-safe (tests/test_threads.py holds it to that): threads may call one Engine at once. Validation,
+    tokenization and pooling run concurrently; the native encoder runs one forward at a time on its workspace,
+    each with a team of num_threads threads. For throughput from many callers on a big machine, load one Engine
+    per worker with num_threads = CPUs / workers.
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None):
