@@ -218,3 +218,19 @@ def test_bad_texts(small_engine, bad):
 def test_bad_encode_options(small_engine, kwargs):
     with pytest.raises(InvalidInputError):
         small_engine.encode(["hello"], **kwargs)
+
+
+def test_sentence_transformers_subfolder_layout(minilm, minilm_engine, tmp_path):
+    """modules.json naming a Transformer sub-folder (0_Transformer/) that holds config, weights and tokenizer."""
+    sub = tmp_path / "0_Transformer"
+    sub.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "sentence_bert_config.json"):
+        (sub / name).symlink_to(minilm / name)
+    shutil.copytree(minilm / "1_Pooling", tmp_path / "1_Pooling")
+    modules = json.loads((minilm / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    engine = bortengine.load(tmp_path)
+    assert engine.max_length == 256 and engine.pooling.normalize
+    np.testing.assert_array_equal(engine.encode(SENTENCES[:4]), minilm_engine.encode(SENTENCES[:4]))

@@ -10,6 +10,7 @@ Shapes: B = batch, T = tokens per sequence, H = hidden size, L = number of label
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass, fields
@@ -141,7 +142,8 @@ class Engine:
         core = _core()
         path = Path(path)
         if not path.exists():
-            raise ModelLoadError(f"model directory {path} does not exist")
+            raise ModelLoadError(f"model directory {path} does not exist (bortengine loads local directories; it "
+                                 f"does not download from a model hub)")
         if not path.is_dir():
             raise ModelLoadError(f"{path} is a file; pass the model directory that holds config.json and "
                                  f"model.safetensors")
@@ -158,10 +160,11 @@ class Engine:
                                         f"(or pass isa=None for the best)")
 
         self.path = path
-        self.config = ModelConfig.from_file(path)
-        weights = BertWeights(Checkpoint.open(path), self.config)  # every name and shape checked, nothing read
+        bert_dir = _transformer_dir(path)
+        self.config = ModelConfig.from_file(bert_dir)
+        weights = BertWeights(Checkpoint.open(bert_dir), self.config)  # every name and shape checked, nothing read
         self.pooling = Pooling.load(path)
-        self.tokenizer = TextTokenizer.load(path, self.config)
+        self.tokenizer = TextTokenizer.load(bert_dir, self.config)
 
         c = self.config
         try:
@@ -398,6 +401,23 @@ class Engine:
             raise InvalidInputError(
                 f"max_length={max_length} exceeds the model's max_position_embeddings={limit}; use at most {limit}")
         return int(max_length)
+
+
+def _transformer_dir(path: Path) -> Path:
+    """The directory holding config.json and the weights: the model directory itself, or, in a sentence-transformers
+    layout that keeps the transformer in a sub-folder (e.g. 0_Transformer/), the folder modules.json names."""
+    if (path / "config.json").is_file() or not (path / "modules.json").is_file():
+        return path
+    try:
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return path  # Pooling.load reports a broken modules.json
+    for module in modules if isinstance(modules, list) else []:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith(".Transformer"):
+            sub = path / str(module.get("path", ""))
+            if (sub / "config.json").is_file():
+                return sub
+    return path
 
 
 # ------------------------------------------------------------------------------------------- input validation
