@@ -121,6 +121,9 @@ GEMM_TARGET = 0.80  # each layer shape should reach this fraction of the measure
 FLAG_ATOL = 1e-4  # above this the table flags the row
 FAIL_ATOL = 1e-2  # above this the result is wrong, not just rounded differently: the row's test fails
 
+# A row is marked busy when other processes took more than this share of the machine's CPU while it was timed.
+BUSY_SHARE = 0.10
+
 MEMORY_MODEL = MODELS[1]  # bert-base
 MEMORY_SLACK_BYTES = 64 << 20  # budget = 1.2 x fp32 weights + 64 MiB
 MEMORY_FACTOR = 1.2

@@ -4,6 +4,9 @@ memory: peak RSS of a process that imports bortengine, loads a model and runs on
 /proc/self/status (the high-water mark of this process image). ru_maxrss is printed too but is NOT used: Linux
 carries it over from the forked parent across exec, so a child of a big pytest process reports the parent's size.
 
+CpuShare, the contention measure of every timed row, lives here too: this file imports nothing beyond the
+standard library, so the memory child stays lean.
+
 numpy-gemm: numpy's matmul GFLOP/s on a square fp32 GEMM. In a child because numpy's BLAS fixes its thread count
 when it loads (OPENBLAS_NUM_THREADS etc.), and the parent's numpy was loaded long before the option was read.
 
@@ -25,6 +28,39 @@ def _status_bytes(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024  # kB
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+class CpuShare:
+    """CPU time that other processes took while a row was timed, as a fraction of the machine (all cores).
+
+    busy time of /proc/stat (including the hypervisor's steal) minus this process's own CPU time: with 2 cores
+    and 2 threads, anything above a few percent means the row's threads waited for a core, and its time is
+    inflated by an amount the median cannot remove when the other load lasts the whole row.
+    """
+
+    def __init__(self):
+        self.start = self._read()
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                cpu = [int(x) for x in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            own = int(fields[11]) + int(fields[12])  # utime + stime of all threads, in clock ticks
+        except (OSError, ValueError, IndexError):
+            return None
+        idle = cpu[3] + (cpu[4] if len(cpu) > 4 else 0)  # idle + iowait
+        total = sum(cpu[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+        return total, total - idle, own
+
+    def others(self) -> float | None:
+        end = self._read()
+        if self.start is None or end is None or end[0] <= self.start[0]:
+            return None
+        total, busy, own = (e - s for e, s in zip(end, self.start))
+        return max(0.0, (busy - own) / total)
 
 
 def memory(args) -> dict:
@@ -58,6 +94,7 @@ def numpy_gemm(args) -> dict:
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), dtype=np.float32)
+    share = CpuShare()
     times = []
     deadline = time.perf_counter() + args.seconds
     for i in range(args.max_rounds + 2):
@@ -71,7 +108,7 @@ def numpy_gemm(args) -> dict:
     times.sort()
     median = times[len(times) // 2]
     return {"median_s": median, "min_s": times[0], "rounds": len(times), "gflops": 2 * n**3 / median / 1e9,
-            "blas": _blas_name(np)}
+            "blas": _blas_name(np), "others_cpu": share.others()}
 
 
 def _blas_name(np) -> str:

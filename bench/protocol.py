@@ -25,6 +25,7 @@ import pytest
 from cases import (BENCH_DIR, ENGINE, FAIL_ATOL, FLAG_ATOL, MEMORY_FACTOR, MEMORY_SLACK_BYTES, ORT, REFERENCE,
                    ModelCase, ShapeCase)
 from report import EncoderTiming, GemmTiming, Report
+from probe import CpuShare
 from runtimes import RuntimePool, RuntimeUnavailable, engine_status
 
 MIN_ROUNDS = 5
@@ -37,7 +38,7 @@ class AccuracyWarning(UserWarning):
 
 
 def measure(benchmark, fn, arg, budget_seconds: float, max_rounds: int = MAX_ROUNDS) -> dict:
-    """Time fn(arg) with pytest-benchmark; returns median/min/iqr in ms and the number of rounds.
+    """Time fn(arg) with pytest-benchmark; returns median/min/iqr in ms, the rounds and the others' CPU share.
 
     The caller has already made one untimed call. Warm-up covers WARMUP_SECONDS (at least one call) so thread
     pools are awake and caches hold the weights as they will in the timed rounds.
@@ -50,10 +51,11 @@ def measure(benchmark, fn, arg, budget_seconds: float, max_rounds: int = MAX_ROU
     estimate = max(sorted(estimates)[1], 1e-9)
     rounds = max(MIN_ROUNDS, min(max_rounds, math.ceil(budget_seconds / estimate)))
     warmup = max(1, min(50, math.ceil(WARMUP_SECONDS / estimate)))
+    share = CpuShare()
     benchmark.pedantic(fn, args=(arg,), rounds=rounds, iterations=1, warmup_rounds=warmup)
     stats = benchmark.stats.stats
     return {"median_ms": stats.median * 1e3, "min_ms": stats.min * 1e3, "iqr_ms": stats.iqr * 1e3,
-            "rounds": rounds}
+            "rounds": rounds, "others_cpu": share.others()}
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -122,7 +124,7 @@ def _record_gemm(benchmark, report, label, m, k, n, stats, peak, err, smoke) -> 
     gflops = 2 * m * n * k / (stats["median_ms"] * 1e-3) / 1e9
     benchmark.extra_info.update(gflops=gflops, **stats)
     g = GemmTiming(label=label, m=m, k=k, n=n, median_ms=stats["median_ms"], gflops=gflops, peak_candidate=peak,
-                   max_rel_err=err, smoke=smoke)
+                   max_rel_err=err, smoke=smoke, others_cpu=stats["others_cpu"])
     report.gemm.append(g)
     return g
 
@@ -197,7 +199,7 @@ def run_numpy_peak(benchmark, report: Report, threads: int, size: int, budget_se
 
     benchmark.pedantic(child, rounds=1, iterations=1)  # the child's own median is what counts
     stats = {"median_ms": result["median_s"] * 1e3, "min_ms": result["min_s"] * 1e3, "iqr_ms": None,
-             "rounds": result["rounds"]}
+             "rounds": result["rounds"], "others_cpu": result.get("others_cpu")}
     _record_gemm(benchmark, report, f"numpy matmul ({result['blas']})", size, size, size, stats, True, None, smoke)
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cases import ENGINE, FLAG_ATOL, GEMM_TARGET, ORT, RUNTIMES, TORCH_EAGER, TORCH_SDPA
+from cases import BUSY_SHARE, ENGINE, FLAG_ATOL, GEMM_TARGET, ORT, RUNTIMES, TORCH_EAGER, TORCH_SDPA
 
 
 @dataclass
@@ -30,6 +30,7 @@ class EncoderTiming:
     tokens: int  # padded length T
     real_tokens: int  # sum of the attention mask
     max_abs_diff: float | None  # vs PyTorch eager at unmasked positions (None for the reference itself)
+    others_cpu: float | None = None  # share of the machine's CPU time other processes used while timing
     masked_rows_zero: bool | None = None  # engine only: rows of masked positions are exactly 0
     smoke: bool = False
 
@@ -45,6 +46,7 @@ class GemmTiming:
     peak_candidate: bool  # a large square GEMM whose best is "the machine's peak"
     max_rel_err: float | None = None
     smoke: bool = False
+    others_cpu: float | None = None
 
 
 @dataclass
@@ -67,25 +69,39 @@ class Report:
         for t in self.encoder:
             if t.smoke != smoke:
                 continue
-            row = rows.setdefault((t.model, t.shape), {"model": t.model, "shape": t.shape, "ms": {}, "diff": {}})
+            row = rows.setdefault((t.model, t.shape), {"model": t.model, "shape": t.shape, "ms": {}, "min_ms": {},
+                                                       "diff": {}, "others_cpu": {}})
             row["ms"][t.runtime] = t.median_ms
+            row["min_ms"][t.runtime] = t.min_ms
             row["diff"][t.runtime] = t.max_abs_diff
+            row["others_cpu"][t.runtime] = t.others_cpu
             if t.runtime == ENGINE:
                 row["masked_rows_zero"] = t.masked_rows_zero
         for row in rows.values():
-            eng = row["ms"].get(ENGINE)
-            row["ratio"] = {r: row["ms"][r] / eng for r in row["ms"] if eng and r != ENGINE}
+            for stat, key in (("ms", "ratio"), ("min_ms", "ratio_of_min")):
+                eng = row[stat].get(ENGINE)
+                row[key] = {r: row[stat][r] / eng for r in row[stat] if eng and r != ENGINE}
+            shares = [x for x in row["others_cpu"].values() if x is not None]
+            row["max_others_cpu"] = max(shares) if shares else None
+            row["busy"] = bool(shares) and max(shares) > BUSY_SHARE
         return list(rows.values())
 
     def aggregates(self) -> dict:
+        """Per other runtime: geometric mean and minimum of its ratio to the engine over the non-smoke rows.
+
+        Also the same from the rounds' minimum times ("of_min"): on a quiet machine the two agree; when they do
+        not, the machine was busy and the median-based ratios carry the other load's noise.
+        """
         rows = self.table_rows(smoke=False)
         out = {}
         for runtime in (ORT, TORCH_EAGER, TORCH_SDPA):
             ratios = [(r["ratio"][runtime], f'{r["model"]} {r["shape"]}') for r in rows if runtime in r["ratio"]]
             if ratios:
                 worst = min(ratios)
-                out[runtime] = {"geomean": math.exp(sum(math.log(x) for x, _ in ratios) / len(ratios)),
-                                "min": worst[0], "min_row": worst[1], "rows": len(ratios)}
+                of_min = [r["ratio_of_min"][runtime] for r in rows if runtime in r["ratio_of_min"]]
+                out[runtime] = {"geomean": _geomean([x for x, _ in ratios]), "min": worst[0], "min_row": worst[1],
+                                "rows": len(ratios), "busy_rows": sum(r["busy"] for r in rows if runtime in r["ratio"]),
+                                "geomean_of_min": _geomean(of_min), "min_of_min": min(of_min)}
         return out
 
     def gemm_summary(self, smoke: bool) -> dict:
@@ -111,6 +127,9 @@ class Report:
             e = self.engine
             out.append("engine: " + (f"isa {e.get('default_isa')}, kernel {e.get('kernel')}" if e.get("available")
                                      else f"NOT AVAILABLE ({e.get('reason')})"))
+        if self.native_rebuilt():
+            out.append("WARNING: bortengine's native module was rebuilt during this run (its file changed): the "
+                       "engine rows may mix two builds; rerun")
         for runtime, why in self.skipped.items():
             out.append(f"skipped {runtime}: {why}")
         for smoke in (False, True):
@@ -123,7 +142,13 @@ class Report:
             out.append("")
             for runtime, a in agg.items():
                 out.append(f"{runtime}/engine over {a['rows']} rows: geometric mean {a['geomean']:.2f}x, "
-                           f"min {a['min']:.2f}x ({a['min_row']})")
+                           f"min {a['min']:.2f}x ({a['min_row']})   [from the rounds' minimum times: "
+                           f"{a['geomean_of_min']:.2f}x, min {a['min_of_min']:.2f}x]")
+            busy = max(a["busy_rows"] for a in agg.values())
+            if busy:
+                out.append(f"{busy} row(s) marked ~ ran while other processes used more than {BUSY_SHARE:.0%} of "
+                           "the CPU: their times and ratios are inflated by an unknown amount; rerun on a quiet "
+                           "machine")
         for smoke in (False, True):
             g = self.gemm_summary(smoke)
             if g["peak_candidates"] or g["shapes"]:
@@ -138,7 +163,7 @@ class Report:
 
     def _encoder_table(self, rows) -> list[str]:
         head = ["model", "shape"] + [f"{r} ms" for r in RUNTIMES] + \
-               ["ORT/eng", "PTeager/eng", "PTsdpa/eng", "eng max|d|", "ORT max|d|"]
+               ["ORT/eng", "PTeager/eng", "PTsdpa/eng", "eng max|d|", "ORT max|d|", "others"]
         body = []
         for r in rows:
             diff = r["diff"].get(ENGINE)
@@ -151,22 +176,24 @@ class Report:
             fmt_d = lambda d: "-" if d is None else f"{d:.1e}"  # noqa: E731
             body.append([r["model"], r["shape"]] + [self._fmt_ms(r["ms"].get(k)) for k in RUNTIMES] +
                         [ratio(ORT), ratio(TORCH_EAGER), ratio(TORCH_SDPA), fmt_d(diff) + flag,
-                         fmt_d(r["diff"].get(ORT))])
-        return _align([head] + body) + [f"(! = engine differs from PyTorch eager by more than {FLAG_ATOL:g}; "
-                                        "pad!=0 = rows of masked positions are not zero)"]
+                         fmt_d(r["diff"].get(ORT)), _fmt_share(r["max_others_cpu"])])
+        return _align([head] + body) + [
+            f"(! = engine differs from PyTorch eager by more than {FLAG_ATOL:g}; pad!=0 = rows of masked positions "
+            f"are not zero; others = most CPU other processes took during one runtime's timing, ~ above "
+            f"{BUSY_SHARE:.0%})"]
 
     def _gemm_table(self, g) -> list[str]:
-        head = ["what", "M", "K", "N", "ms", "GFLOP/s", "of peak", "max rel err"]
+        head = ["what", "M", "K", "N", "ms", "GFLOP/s", "of peak", "max rel err", "others"]
         body = []
         for p in g["peak_candidates"]:
             body.append([p["label"] + " (peak candidate)", p["m"], p["k"], p["n"], self._fmt_ms(p["median_ms"]),
-                         f'{p["gflops"]:.1f}', "", _fmt_err(p["max_rel_err"])])
+                         f'{p["gflops"]:.1f}', "", _fmt_err(p["max_rel_err"]), _fmt_share(p["others_cpu"])])
         for s in g["shapes"]:
             frac = s["fraction_of_peak"]
             ftxt = "-" if frac is None else f"{frac:.0%}" + ("" if s["meets_target"] or "PackedLinear" not in s["label"]
                                                                else " <target")
             body.append([s["label"], s["m"], s["k"], s["n"], self._fmt_ms(s["median_ms"]), f'{s["gflops"]:.1f}',
-                         ftxt, _fmt_err(s["max_rel_err"])])
+                         ftxt, _fmt_err(s["max_rel_err"]), _fmt_share(s["others_cpu"])])
         lines = _align([head] + [[str(c) for c in row] for row in body])
         if g["peak_gflops"]:
             lines.append(f"machine peak (best measured large square GEMM): {g['peak_gflops']:.1f} GFLOP/s "
@@ -183,6 +210,12 @@ class Report:
                 f"{m['rss_after_import'] / mib:.1f} MiB, after load {m['rss_after_load'] / mib:.1f} MiB, "
                 f"peak/weights {m['peak_rss'] / m['weights_bytes']:.2f}")
 
+    def native_rebuilt(self) -> bool:
+        from runtimes import native_module_stamp
+
+        before = self.engine.get("module") if self.engine else None
+        return bool(before) and native_module_stamp() != before
+
     def to_json(self) -> dict:
         return {
             "meta": {
@@ -190,7 +223,8 @@ class Report:
                 "duration_s": round(time.time() - self.started, 1), "load_average_start": self.load_start,
                 "load_average_end": os.getloadavg(), "cpu": _cpu_model(), "logical_cpus": os.cpu_count(),
                 "python": platform.python_version(), "versions": _versions(), "git": _git_head(),
-                "engine": self.engine, "skipped": self.skipped, "statistic": "median",
+                "engine": self.engine, "native_module_rebuilt_during_run": self.native_rebuilt(),
+                "skipped": self.skipped, "statistic": "median",
             },
             "encoder": {"rows": [asdict(t) for t in self.encoder], "table": self.table_rows(False),
                         "aggregates": self.aggregates(), "onnx_fusion": self.fusion,
@@ -213,6 +247,14 @@ class Report:
     @property
     def smoke_only(self) -> bool:
         return all(t.smoke for t in self.encoder + self.gemm) and all(m.get("smoke") for m in self.memory)
+
+
+def _geomean(xs) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def _fmt_share(x) -> str:
+    return "-" if x is None else f"{x:.0%}" + (" ~" if x > BUSY_SHARE else "")
 
 
 def _fmt_err(x):

@@ -46,7 +46,7 @@ def engine_info() -> dict:
         return {"available": False, "reason": why}
     from bortengine import _core
 
-    info = {"available": True, "version": getattr(_core, "__version__", "?")}
+    info = {"available": True, "version": getattr(_core, "__version__", "?"), "module": native_module_stamp()}
     for key, fn in (("default_isa", _core.default_isa), ("kernel", _core.kernel_name),
                     ("available_isas", _core.available_isas)):
         try:
@@ -54,6 +54,18 @@ def engine_info() -> dict:
         except Exception as exc:  # noqa: BLE001 - the report notes it instead of failing the run
             info[key] = f"error: {exc}"
     return info
+
+
+def native_module_stamp() -> dict | None:
+    """Path, size and mtime of the loaded _core file: a rebuild during a run (in-place builds overwrite the file
+    that the process has mapped) would mix results of two builds, or crash; the report compares start and end."""
+    try:
+        from bortengine import _core
+
+        st = os.stat(_core.__file__)
+    except Exception:  # noqa: BLE001 - not built: nothing to stamp
+        return None
+    return {"path": _core.__file__, "size": st.st_size, "mtime": st.st_mtime}
 
 
 class EngineRuntime:
@@ -233,6 +245,7 @@ def optimized_onnx(model: ModelCase) -> tuple[Path, dict]:
         tmp = fused.with_suffix(".tmp")
         optimizer.save_model_to_file(str(tmp))
         os.replace(tmp, fused)
+        raw.unlink()  # only the fused graph runs; the raw export is rebuilt if the fused file goes
     summary = check_fusion(fused_op_counts(fused), config["num_hidden_layers"], fused)
     return fused, summary
 
