@@ -1,11 +1,12 @@
 """transformers (torch) references for the engine's outputs. Imported by tests only; the package never imports
-torch. Models are loaded once per (path, head) and run in eager attention, float32, no grad.
+torch. Models are loaded once per path and run in eager attention, float32, no grad.
 
 Shapes: B = batch, T = tokens, H = hidden, L = labels.
 """
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -15,12 +16,11 @@ import numpy as np
 @functools.lru_cache(maxsize=None)
 def hf_model(path: str):
     """BertModel (pooler only if the checkpoint has one) and, for a classifier, its classifier Linear."""
-    import torch  # noqa: F401
     from safetensors import safe_open
     from transformers import BertForSequenceClassification, BertModel
 
     p = Path(path)
-    config = __import__("json").loads((p / "config.json").read_text())
+    config = json.loads((p / "config.json").read_text())
     if "BertForSequenceClassification" in (config.get("architectures") or []):
         model = BertForSequenceClassification.from_pretrained(p, attn_implementation="eager").eval()
         return model.bert, model.classifier
