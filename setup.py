@@ -19,8 +19,14 @@ ISA_FLAGS = {
     "kernels_scalar.cc": [],
     "kernels_avx2.cc": ["-mavx2", "-mfma", "-mf16c"],
     "kernels_avx512.cc": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mavx2", "-mf16c"],
+    "kernels_int8_scalar.cc": [],
+    "kernels_int8_avx2.cc": ["-mavx2", "-mfma", "-mf16c"],
+    "kernels_int8_avx512vnni.cc": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma",
+                                   "-mavx2", "-mf16c"],
 }
-ISA_SOURCES = ["kernels_scalar.cc"] + (["kernels_avx2.cc", "kernels_avx512.cc"] if IS_X86 else [])
+ISA_SOURCES = ["kernels_scalar.cc", "kernels_int8_scalar.cc"] + (
+    ["kernels_avx2.cc", "kernels_avx512.cc", "kernels_int8_avx2.cc", "kernels_int8_avx512vnni.cc"] if IS_X86 else []
+)
 COMMON_SOURCES = ["isa.cc", "kernels_ref.cc", "ops.cc", "encoder.cc", "bindings.cc"]
 
 COMMON_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]
@@ -36,8 +42,6 @@ class BuildExtPerFileFlags(build_ext):
 
         def _compile(obj, src, ext_, cc_args, extra_postargs, pp_opts):
             flags = ISA_FLAGS.get(os.path.basename(src), [])
-            if IS_X86 and os.path.basename(src) in ISA_FLAGS and not flags:
-                flags = []  # the portable path: baseline x86-64 only
             return original_compile(obj, src, ext_, cc_args, list(extra_postargs) + flags, pp_opts)
 
         self.compiler._compile = _compile

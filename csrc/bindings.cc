@@ -49,9 +49,15 @@ void expect_finite(const FArray& a, const std::string& name) {
 class PyEncoder {
   public:
     PyEncoder(int hidden, int layers, int heads, int inter, int vocab, int max_pos, int type_vocab, float eps,
-              int threads, const std::string& isa)
+              int threads, const std::string& isa, const std::string& dtype)
         : enc_(std::make_unique<Encoder>(EncoderConfig{hidden, layers, heads, inter, vocab, max_pos, type_vocab, eps},
-                                         threads, kernels_for(isa))) {}
+                                         threads, kernels_for(isa), parse_dtype(dtype))) {}
+
+    static DType parse_dtype(const std::string& d) {
+        if (d == "float32") return DType::kFloat32;
+        if (d == "int8") return DType::kInt8;
+        throw std::invalid_argument("dtype must be 'float32' or 'int8', got '" + d + "'");
+    }
 
     void set_embeddings(FArray word, FArray pos, FArray type, FArray ln_w, FArray ln_b) {
         const auto& c = enc_->config();
@@ -84,6 +90,39 @@ class PyEncoder {
                        o_w.data(), o_b.data(), ln2_w.data(), ln2_b.data()};
         py::gil_scoped_release release;
         enc_->set_layer(index, w);
+    }
+
+    void set_layer_quantized(int index, py::dict q, FArray q_b, FArray k_b, FArray v_b, FArray ao_b, FArray ln1_w,
+                             FArray ln1_b, FArray i_b, FArray o_b, FArray ln2_w, FArray ln2_b) {
+        const auto& c = enc_->config();
+        const py::ssize_t H = c.hidden, I = c.intermediate;
+        const std::string p = "layer " + std::to_string(index) + " ";
+        using QArray = py::array_t<std::int8_t, py::array::c_style | py::array::forcecast>;
+        std::vector<QArray> qs;
+        std::vector<FArray> ss;
+        const char* names[] = {"q", "k", "v", "ao", "i", "o"};
+        const py::ssize_t shapes[][2] = {{H, H}, {H, H}, {H, H}, {H, H}, {I, H}, {H, I}};
+        for (int t = 0; t < 6; ++t) {
+            const std::string wn = std::string(names[t]) + "_w", sn = std::string(names[t]) + "_s";
+            if (!q.contains(wn.c_str()) || !q.contains(sn.c_str()))
+                throw std::invalid_argument(p + "quantized weights need '" + wn + "' and '" + sn + "'");
+            py::array wa = q[wn.c_str()].cast<py::array>();
+            if (wa.dtype().kind() != 'i' || wa.itemsize() != 1)
+                throw std::invalid_argument(p + wn + " must be int8, got " + std::string(py::str(wa.dtype())));
+            qs.push_back(QArray::ensure(wa));
+            ss.push_back(FArray::ensure(q[sn.c_str()]));
+            expect_shape(qs.back(), {shapes[t][0], shapes[t][1]}, p + wn);
+            expect_shape(ss.back(), {shapes[t][0]}, p + sn);
+        }
+        for (auto* b : {&q_b, &k_b, &v_b, &ao_b, &ln1_w, &ln1_b, &o_b, &ln2_w, &ln2_b})
+            expect_shape(*b, {H}, p + "bias/LayerNorm vector");
+        expect_shape(i_b, {I}, p + "intermediate bias");
+        LayerWeights w{nullptr, q_b.data(), nullptr, k_b.data(), nullptr, v_b.data(), nullptr, ao_b.data(),
+                       ln1_w.data(), ln1_b.data(), nullptr, i_b.data(), nullptr, o_b.data(), ln2_w.data(), ln2_b.data()};
+        QuantizedLayerWeights qw{qs[0].data(), qs[1].data(), qs[2].data(), qs[3].data(), qs[4].data(), qs[5].data(),
+                                 ss[0].data(), ss[1].data(), ss[2].data(), ss[3].data(), ss[4].data(), ss[5].data()};
+        py::gil_scoped_release release;
+        enc_->set_layer_quantized(index, w, qw);
     }
 
     void set_pooler(FArray w, FArray b) {
@@ -190,6 +229,75 @@ class PyPackedLinear {
     bool has_bias_ = false;
 };
 
+using QArray = py::array_t<std::int8_t, py::array::c_style | py::array::forcecast>;
+using UArray = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>;
+using I32Array = py::array_t<std::int32_t, py::array::c_style | py::array::forcecast>;
+
+class PyQuantizedLinear {
+  public:
+    // w float [N, K] (quantized here) or int8 [N, K] with scale [N].
+    PyQuantizedLinear(py::array w, py::object scale_obj, py::object bias_obj, const std::string& isa) {
+        if (w.ndim() != 2) throw std::invalid_argument("w must be [N, K], got " + shape_str(w));
+        const Int8KernelTable& kt = int8_kernels_for(isa);
+        const int N = static_cast<int>(w.shape(0)), K = static_cast<int>(w.shape(1));
+        if (w.dtype().kind() == 'i' && w.itemsize() == 1) {
+            if (scale_obj.is_none()) throw std::invalid_argument("int8 weights need their per-channel scale [N]");
+            FArray scale = FArray::ensure(scale_obj);
+            expect_shape(scale, {N}, "scale");
+            QArray q = QArray::ensure(w);
+            m_ = ops::pack_quantized_linear(kt, q.data(), scale.data(), N, K);
+        } else {
+            FArray f = FArray::ensure(w);
+            if (!f) throw std::invalid_argument("w must be a float or int8 array");
+            m_ = ops::quantize_linear(kt, f.data(), N, K);
+        }
+        if (!bias_obj.is_none()) {
+            bias_ = FArray::ensure(bias_obj);
+            expect_shape(bias_, {N}, "bias");
+            has_bias_ = true;
+        }
+    }
+
+    py::array call(FArray a, const std::string& epilogue, py::object residual_obj, int threads, bool raw) {
+        if (a.ndim() != 2 || a.shape(1) != m_.K)
+            throw std::invalid_argument("a has shape " + shape_str(a) + ", expected [M, " + std::to_string(m_.K) + "]");
+        check_threads(threads);
+        const int M = static_cast<int>(a.shape(0)), N = m_.N;
+        Epilogue ep;
+        ep.kind = ops::parse_epilogue(epilogue);
+        ep.bias = has_bias_ ? bias_.data() : nullptr;
+        FArray residual;
+        if (ep.kind == Epilogue::kResidual) {
+            if (residual_obj.is_none()) throw std::invalid_argument("epilogue 'residual' needs a residual array");
+            residual = FArray::ensure(residual_obj);
+            expect_shape(residual, {M, N}, "residual");
+            ep.residual = residual.data();
+            ep.ldr = N;
+        }
+        py::array out = raw ? py::array(I32Array({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(N)}))
+                            : py::array(FArray({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(N)}));
+        float* c = static_cast<float*>(out.mutable_data());
+        const float* ap = a.data();
+        py::gil_scoped_release release;
+        ops::QuantScratch qs;
+        qs.reserve(M, m_.K);
+        ops::run_team(threads, [&] { ops::gemm_int8_team(M, ap, m_.K, m_, c, N, ep, qs, raw); });
+        return out;
+    }
+    int N() const { return m_.N; }
+    int K() const { return m_.K; }
+    std::string kernel() const { return m_.kt->gemm_name; }
+    py::tuple weights() const {
+        // the s8 weights as the kernels see them are not stored unpacked; expose scales and sums for tests
+        return py::make_tuple(m_.scale, m_.sum);
+    }
+
+  private:
+    ops::QuantizedMatrix m_;
+    FArray bias_;
+    bool has_bias_ = false;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -225,23 +333,29 @@ PYBIND11_MODULE(_core, m) {
     });
 
     py::class_<PyEncoder>(m, "Encoder")
-        .def(py::init<int, int, int, int, int, int, int, float, int, const std::string&>(), py::arg("hidden_size"),
+        .def(py::init<int, int, int, int, int, int, int, float, int, const std::string&, const std::string&>(), py::arg("hidden_size"),
              py::arg("num_layers"), py::arg("num_heads"), py::arg("intermediate_size"), py::arg("vocab_size"),
              py::arg("max_position_embeddings"), py::arg("type_vocab_size"), py::arg("layer_norm_eps"),
-             py::arg("num_threads"), py::arg("isa") = "")
+             py::arg("num_threads"), py::arg("isa") = "", py::arg("dtype") = "float32")
         .def("set_embeddings", &PyEncoder::set_embeddings, py::arg("word"), py::arg("position"),
              py::arg("token_type"), py::arg("ln_weight"), py::arg("ln_bias"))
         .def("set_layer", &PyEncoder::set_layer, py::arg("index"), py::arg("q_w"), py::arg("q_b"), py::arg("k_w"),
              py::arg("k_b"), py::arg("v_w"), py::arg("v_b"), py::arg("ao_w"), py::arg("ao_b"), py::arg("ln1_w"),
              py::arg("ln1_b"), py::arg("i_w"), py::arg("i_b"), py::arg("o_w"), py::arg("o_b"), py::arg("ln2_w"),
              py::arg("ln2_b"))
+        .def("set_layer_quantized", &PyEncoder::set_layer_quantized, py::arg("index"), py::arg("quantized"),
+             py::arg("q_b"), py::arg("k_b"), py::arg("v_b"), py::arg("ao_b"), py::arg("ln1_w"), py::arg("ln1_b"),
+             py::arg("i_b"), py::arg("o_b"), py::arg("ln2_w"), py::arg("ln2_b"))
         .def("set_pooler", &PyEncoder::set_pooler, py::arg("weight"), py::arg("bias"))
         .def("forward", &PyEncoder::forward, py::arg("input_ids"), py::arg("attention_mask") = py::none(),
              py::arg("token_type_ids") = py::none(), py::arg("pooler") = false)
         .def_property("num_threads", [](PyEncoder& e) { return e.enc().num_threads(); },
                       [](PyEncoder& e, int n) { e.enc().set_num_threads(n); })
         .def_property_readonly("isa", [](PyEncoder& e) { return std::string(e.enc().kernels().isa); })
-        .def_property_readonly("kernel", [](PyEncoder& e) { return std::string(e.enc().kernels().gemm_name); })
+        .def_property_readonly("kernel", [](PyEncoder& e) { return std::string(e.enc().gemm_name()); })
+        .def_property_readonly("dtype", [](PyEncoder& e) {
+            return std::string(e.enc().dtype() == DType::kInt8 ? "int8" : "float32");
+        })
         .def_property_readonly("packed_bytes", [](PyEncoder& e) { return e.enc().packed_bytes(); })
         .def_property_readonly("ready", [](PyEncoder& e) { return e.enc().ready(); })
         .def_property_readonly("has_pooler", [](PyEncoder& e) { return e.enc().has_pooler(); });
@@ -413,6 +527,81 @@ PYBIND11_MODULE(_core, m) {
         py::arg("ids"), py::arg("positions"), py::arg("types"), py::arg("word"), py::arg("position"),
         py::arg("token_type"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("num_threads") = 1,
         py::arg("isa") = "");
+
+    py::class_<PyQuantizedLinear>(m, "QuantizedLinear")
+        .def(py::init<py::array, py::object, py::object, const std::string&>(), py::arg("w"),
+             py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("isa") = "")
+        .def("__call__", &PyQuantizedLinear::call, py::arg("a"), py::arg("epilogue") = "none",
+             py::arg("residual") = py::none(), py::arg("num_threads") = 1, py::arg("raw") = false)
+        .def_property_readonly("N", &PyQuantizedLinear::N)
+        .def_property_readonly("K", &PyQuantizedLinear::K)
+        .def_property_readonly("kernel", &PyQuantizedLinear::kernel)
+        .def_property_readonly("scale_and_sum", &PyQuantizedLinear::weights);
+
+    m.def("int8_kernel_name", [](const std::string& isa) { return std::string(int8_kernels_for(isa).gemm_name); },
+          py::arg("isa") = "");
+    m.def(
+        "quantize_weights",
+        [](FArray w) {
+            if (w.ndim() != 2) throw std::invalid_argument("w must be [N, K], got " + shape_str(w));
+            const int N = static_cast<int>(w.shape(0)), K = static_cast<int>(w.shape(1));
+            QArray q({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(K)});
+            FArray s({static_cast<py::ssize_t>(N)});
+            for (int n = 0; n < N; ++n) {
+                const float* row = w.data() + static_cast<std::ptrdiff_t>(n) * K;
+                float mx = 0.0f;
+                for (int k = 0; k < K; ++k) {
+                    if (!std::isfinite(row[k])) throw std::invalid_argument("weights contain a non-finite value");
+                    mx = std::max(mx, std::fabs(row[k]));
+                }
+                const float sc = mx > 0.0f ? mx / 127.0f : 1.0f;
+                s.mutable_data()[n] = sc;
+                for (int k = 0; k < K; ++k)
+                    q.mutable_data()[static_cast<std::ptrdiff_t>(n) * K + k] =
+                        static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(row[k] / sc))));
+            }
+            return py::make_tuple(q, s);
+        },
+        py::arg("w"));
+    m.def(
+        "quantize_rows",
+        [](FArray a, const std::string& isa) {
+            if (a.ndim() != 2) throw std::invalid_argument("a must be [M, K], got " + shape_str(a));
+            const Int8KernelTable& kt = int8_kernels_for(isa);
+            const int M = static_cast<int>(a.shape(0)), K = static_cast<int>(a.shape(1));
+            const int kp = static_cast<int>(round_up(K, kt.kgroup));
+            UArray q({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(kp)});
+            FArray s({static_cast<py::ssize_t>(M)});
+            I32Array z({static_cast<py::ssize_t>(M)});
+            kt.quantize_rows(M, K, a.data(), K, q.mutable_data(), kp, s.mutable_data(), z.mutable_data());
+            return py::make_tuple(q, s, z);
+        },
+        py::arg("a"), py::arg("isa") = "");
+    m.def(
+        "quantize_rows_ref",
+        [](FArray a) {
+            if (a.ndim() != 2) throw std::invalid_argument("a must be [M, K], got " + shape_str(a));
+            const int M = static_cast<int>(a.shape(0)), K = static_cast<int>(a.shape(1));
+            UArray q({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(K)});
+            FArray s({static_cast<py::ssize_t>(M)});
+            I32Array z({static_cast<py::ssize_t>(M)});
+            ref::quantize_rows(M, K, a.data(), q.mutable_data(), s.mutable_data(), z.mutable_data());
+            return py::make_tuple(q, s, z);
+        },
+        py::arg("a"));
+    m.def(
+        "gemm_u8s8_i32_ref",
+        [](UArray qa, I32Array zp, QArray w) {
+            if (qa.ndim() != 2 || w.ndim() != 2 || qa.shape(1) != w.shape(1))
+                throw std::invalid_argument("qa " + shape_str(qa) + " and w " + shape_str(w) + " must be [M, K], [N, K]");
+            const int M = static_cast<int>(qa.shape(0)), K = static_cast<int>(qa.shape(1)),
+                      N = static_cast<int>(w.shape(0));
+            expect_shape(zp, {M}, "zp");
+            I32Array c({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(N)});
+            ref::gemm_u8s8_i32(M, N, K, qa.data(), zp.data(), w.data(), c.mutable_data());
+            return c;
+        },
+        py::arg("qa"), py::arg("zp"), py::arg("w"));
 
     m.def(
         "gelu",

@@ -1,45 +1,48 @@
-// buffer.h: a 64-byte aligned float buffer (packed weights, workspaces). Alignment keeps every packed B row
-// of a panel on its own cache lines.
+// buffer.h: 64-byte aligned buffers (packed weights, workspaces). Alignment keeps every packed B row of a panel
+// on its own cache lines.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <new>
 
 namespace bortengine {
 
-class AlignedBuffer {
+template <class T>
+class AlignedArray {
   public:
-    AlignedBuffer() = default;
-    explicit AlignedBuffer(std::size_t n) { resize(n); }
-    AlignedBuffer(const AlignedBuffer&) = delete;
-    AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-    AlignedBuffer(AlignedBuffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
-    AlignedBuffer& operator=(AlignedBuffer&& o) noexcept {
+    AlignedArray() = default;
+    explicit AlignedArray(std::size_t n) { resize(n); }
+    AlignedArray(const AlignedArray&) = delete;
+    AlignedArray& operator=(const AlignedArray&) = delete;
+    AlignedArray(AlignedArray&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+    AlignedArray& operator=(AlignedArray&& o) noexcept {
         if (this != &o) { std::free(p_); p_ = o.p_; n_ = o.n_; o.p_ = nullptr; o.n_ = 0; }
         return *this;
     }
-    ~AlignedBuffer() { std::free(p_); }
+    ~AlignedArray() { std::free(p_); }
 
-    // Discards the contents when it grows.
+    // Grows only; discards the contents when it grows.
     void resize(std::size_t n) {
         if (n <= n_) return;
         std::free(p_);
         p_ = nullptr;
         n_ = 0;
         void* p = nullptr;
-        if (posix_memalign(&p, 64, (n ? n : 1) * sizeof(float)) != 0) throw std::bad_alloc();
-        p_ = static_cast<float*>(p);
+        if (posix_memalign(&p, 64, (n ? n : 1) * sizeof(T)) != 0) throw std::bad_alloc();
+        p_ = static_cast<T*>(p);
         n_ = n;
     }
-    float* data() { return p_; }
-    const float* data() const { return p_; }
+    T* data() { return p_; }
+    const T* data() const { return p_; }
     std::size_t size() const { return n_; }
-    std::size_t bytes() const { return n_ * sizeof(float); }
+    std::size_t bytes() const { return n_ * sizeof(T); }
 
   private:
-    float* p_ = nullptr;
+    T* p_ = nullptr;
     std::size_t n_ = 0;
 };
+
+using AlignedBuffer = AlignedArray<float>;
 
 }  // namespace bortengine

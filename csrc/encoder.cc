@@ -14,8 +14,8 @@ namespace {
 std::string at(int b, int t) { return "[" + std::to_string(b) + ", " + std::to_string(t) + "]"; }
 }  // namespace
 
-Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt)
-    : cfg_(cfg), kt_(kt), threads_(1) {
+Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype)
+    : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), dtype_(dtype), threads_(1) {
     auto pos = [](int v, const char* name) {
         if (v <= 0) throw std::invalid_argument(std::string(name) + " must be positive, got " + std::to_string(v));
     };
@@ -50,26 +50,21 @@ void Encoder::set_embeddings(const float* word, const float* position, const flo
     emb_ln_b_.assign(ln_b, ln_b + cfg_.hidden);
 }
 
-void Encoder::set_layer(int index, const LayerWeights& w) {
-    if (index < 0 || index >= cfg_.layers)
-        throw std::invalid_argument("layer index " + std::to_string(index) + " out of range [0, " +
-                                    std::to_string(cfg_.layers) + ")");
+namespace {
+// Q, K and V become one [3H, H] weight (and [3H] scales or bias): one GEMM produces all three.
+template <class E>
+std::vector<E> concat3(const E* a, const E* b, const E* c, std::size_t n) {
+    std::vector<E> v(3 * n);
+    std::memcpy(v.data(), a, sizeof(E) * n);
+    std::memcpy(v.data() + n, b, sizeof(E) * n);
+    std::memcpy(v.data() + 2 * n, c, sizeof(E) * n);
+    return v;
+}
+}  // namespace
+
+void Encoder::set_layer_vectors(Layer& L, const LayerWeights& w) {
     const int H = cfg_.hidden, I = cfg_.intermediate;
-    Layer L;
-    {   // Q, K and V become one [3H, H] weight: one GEMM produces all three.
-        std::vector<float> qkv(static_cast<std::size_t>(3) * H * H);
-        std::memcpy(qkv.data(), w.q_w, sizeof(float) * H * H);
-        std::memcpy(qkv.data() + static_cast<std::size_t>(H) * H, w.k_w, sizeof(float) * H * H);
-        std::memcpy(qkv.data() + static_cast<std::size_t>(2) * H * H, w.v_w, sizeof(float) * H * H);
-        L.qkv = ops::pack_linear(kt_, qkv.data(), 3 * H, H);
-    }
-    L.qkv_b.resize(3 * H);
-    std::memcpy(L.qkv_b.data(), w.q_b, sizeof(float) * H);
-    std::memcpy(L.qkv_b.data() + H, w.k_b, sizeof(float) * H);
-    std::memcpy(L.qkv_b.data() + 2 * H, w.v_b, sizeof(float) * H);
-    L.ao = ops::pack_linear(kt_, w.ao_w, H, H);
-    L.ffn_in = ops::pack_linear(kt_, w.i_w, I, H);
-    L.ffn_out = ops::pack_linear(kt_, w.o_w, H, I);
+    L.qkv_b = concat3(w.q_b, w.k_b, w.v_b, H);
     L.ao_b.assign(w.ao_b, w.ao_b + H);
     L.ln1_w.assign(w.ln1_w, w.ln1_w + H);
     L.ln1_b.assign(w.ln1_b, w.ln1_b + H);
@@ -78,6 +73,47 @@ void Encoder::set_layer(int index, const LayerWeights& w) {
     L.ln2_w.assign(w.ln2_w, w.ln2_w + H);
     L.ln2_b.assign(w.ln2_b, w.ln2_b + H);
     L.set = true;
+}
+
+void Encoder::set_layer(int index, const LayerWeights& w) {
+    if (index < 0 || index >= cfg_.layers)
+        throw std::invalid_argument("layer index " + std::to_string(index) + " out of range [0, " +
+                                    std::to_string(cfg_.layers) + ")");
+    const int H = cfg_.hidden, I = cfg_.intermediate;
+    const std::size_t HH = static_cast<std::size_t>(H) * H;
+    Layer L;
+    const std::vector<float> qkv = concat3(w.q_w, w.k_w, w.v_w, HH);
+    if (dtype_ == DType::kInt8) {
+        L.qkv8 = ops::quantize_linear(kt8_, qkv.data(), 3 * H, H);
+        L.ao8 = ops::quantize_linear(kt8_, w.ao_w, H, H);
+        L.ffn_in8 = ops::quantize_linear(kt8_, w.i_w, I, H);
+        L.ffn_out8 = ops::quantize_linear(kt8_, w.o_w, H, I);
+    } else {
+        L.qkv = ops::pack_linear(kt_, qkv.data(), 3 * H, H);
+        L.ao = ops::pack_linear(kt_, w.ao_w, H, H);
+        L.ffn_in = ops::pack_linear(kt_, w.i_w, I, H);
+        L.ffn_out = ops::pack_linear(kt_, w.o_w, H, I);
+    }
+    set_layer_vectors(L, w);
+    std::lock_guard<std::mutex> lock(mu_);
+    layers_[index] = std::move(L);
+}
+
+void Encoder::set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q) {
+    if (dtype_ != DType::kInt8) throw std::invalid_argument("pre-quantized weights need an int8 encoder");
+    if (index < 0 || index >= cfg_.layers)
+        throw std::invalid_argument("layer index " + std::to_string(index) + " out of range [0, " +
+                                    std::to_string(cfg_.layers) + ")");
+    const int H = cfg_.hidden, I = cfg_.intermediate;
+    const std::size_t HH = static_cast<std::size_t>(H) * H;
+    Layer L;
+    const std::vector<std::int8_t> qkv = concat3(q.q_w, q.k_w, q.v_w, HH);
+    const std::vector<float> qkv_s = concat3(q.q_s, q.k_s, q.v_s, static_cast<std::size_t>(H));
+    L.qkv8 = ops::pack_quantized_linear(kt8_, qkv.data(), qkv_s.data(), 3 * H, H);
+    L.ao8 = ops::pack_quantized_linear(kt8_, q.ao_w, q.ao_s, H, H);
+    L.ffn_in8 = ops::pack_quantized_linear(kt8_, q.i_w, q.i_s, I, H);
+    L.ffn_out8 = ops::pack_quantized_linear(kt8_, q.o_w, q.o_s, H, I);
+    set_layer_vectors(L, w);
     std::lock_guard<std::mutex> lock(mu_);
     layers_[index] = std::move(L);
 }
@@ -99,7 +135,9 @@ bool Encoder::ready() const {
 
 std::size_t Encoder::packed_bytes() const {
     std::size_t n = pooler_.bytes();
-    for (const auto& L : layers_) n += L.qkv.bytes() + L.ao.bytes() + L.ffn_in.bytes() + L.ffn_out.bytes();
+    for (const auto& L : layers_)
+        n += L.qkv.bytes() + L.ao.bytes() + L.ffn_in.bytes() + L.ffn_out.bytes() + L.qkv8.bytes() + L.ao8.bytes() +
+             L.ffn_in8.bytes() + L.ffn_out8.bytes();
     return n;
 }
 
@@ -169,6 +207,14 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
     const std::size_t stride = round_up(attention_scratch_floats(kt_, max_len, H / heads), 16);
     attn_scratch_.resize(stride * threads_);
     if (pooled) pool_in_.resize(static_cast<std::size_t>(B) * H);
+    const bool int8 = dtype_ == DType::kInt8;
+    if (int8) qscratch_.reserve(ntok, std::max(H, I));
+    // One linear layer of the block, on the encoder's dtype.
+    auto linear = [&](int M, const float* A, int lda, const ops::PackedMatrix& W, const ops::QuantizedMatrix& W8,
+                      float* C, int ldc, const Epilogue& ep) {
+        if (int8) ops::gemm_int8_team(M, A, lda, W8, C, ldc, ep, qscratch_);
+        else ops::gemm_team(M, A, lda, W, C, ldc, ep);
+    };
 
     float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *hbuf = h_.data();
     float* scratch = attn_scratch_.data();
@@ -186,25 +232,25 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
             const bool final_layer = l + 1 == cfg_.layers;
             Epilogue e_qkv;
             e_qkv.bias = L.qkv_b.data();
-            ops::gemm_team(ntok, x, H, L.qkv, qkv, 3 * H, e_qkv);
+            linear(ntok, x, H, L.qkv, L.qkv8, qkv, 3 * H, e_qkv);
             ops::attention_team(kt_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, scratch, stride);
             Epilogue e_ao;  // y = ctx·Wo + bo + x
             e_ao.bias = L.ao_b.data();
             e_ao.kind = Epilogue::kResidual;
             e_ao.residual = x;
             e_ao.ldr = H;
-            ops::gemm_team(ntok, ctx, H, L.ao, y, H, e_ao);
+            linear(ntok, ctx, H, L.ao, L.ao8, y, H, e_ao);
             ops::layernorm_team(kt_, ntok, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
             Epilogue e_in;  // h = gelu(y·Wi + bi)
             e_in.bias = L.i_b.data();
             e_in.kind = Epilogue::kGelu;
-            ops::gemm_team(ntok, y, H, L.ffn_in, hbuf, I, e_in);
+            linear(ntok, y, H, L.ffn_in, L.ffn_in8, hbuf, I, e_in);
             Epilogue e_out;  // x = h·Wo2 + bo2 + y
             e_out.bias = L.o_b.data();
             e_out.kind = Epilogue::kResidual;
             e_out.residual = y;
             e_out.ldr = H;
-            ops::gemm_team(ntok, hbuf, I, L.ffn_out, x, H, e_out);
+            linear(ntok, hbuf, I, L.ffn_out, L.ffn_out8, x, H, e_out);
             float* dst = final_layer && dense ? out : x;
             ops::layernorm_team(kt_, ntok, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
         }

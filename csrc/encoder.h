@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "buffer.h"
+#include "isa.h"
 #include "kernels.h"
 #include "ops.h"
 
@@ -27,14 +28,27 @@ struct LayerWeights {
     const float *o_w, *o_b, *ln2_w, *ln2_b;          // [H,I], [H], [H], [H]
 };
 
+// Pre-quantized weights of one layer's four linears: s8 [out, in] and per-output-channel scales [out].
+struct QuantizedLayerWeights {
+    const std::int8_t *q_w, *k_w, *v_w, *ao_w, *i_w, *o_w;
+    const float *q_s, *k_s, *v_s, *ao_s, *i_s, *o_s;
+};
+
+enum class DType { kFloat32, kInt8 };
+
 class Encoder {
   public:
-    Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt);
+    // int8: the four linears of every layer run on int8 kernels (weights per channel, activations per token);
+    // embeddings, LayerNorm, attention and the pooler stay fp32.
+    Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype = DType::kFloat32);
 
     // Embedding tables are referenced, not copied: they must outlive the encoder (the bindings keep them).
     void set_embeddings(const float* word, const float* position, const float* token_type, const float* ln_w,
                         const float* ln_b);
-    void set_layer(int index, const LayerWeights& w);  // packs (copies) the weights
+    void set_layer(int index, const LayerWeights& w);  // packs (copies) the weights; quantizes them for int8
+    // int8 encoders only: weights already quantized (w.*_w and the float pointers of `w` for q/k/v/ao/i/o are
+    // ignored; biases and LayerNorms are taken from `w`).
+    void set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q);
     void set_pooler(const float* w, const float* b);   // [H,H], [H]
 
     // ids, mask, types: [B,T] (mask and types may be null: all ones / all zeros). out [B,T,H] (zeros where the
@@ -45,6 +59,9 @@ class Encoder {
 
     const EncoderConfig& config() const { return cfg_; }
     const KernelTable& kernels() const { return kt_; }
+    DType dtype() const { return dtype_; }
+    // The GEMM kernel the layers run: fp32 or int8 name.
+    const char* gemm_name() const { return dtype_ == DType::kInt8 ? kt8_.gemm_name : kt_.gemm_name; }
     int num_threads() const { return threads_; }
     void set_num_threads(int n);
     bool ready() const;
@@ -53,14 +70,18 @@ class Encoder {
 
   private:
     struct Layer {
-        ops::PackedMatrix qkv, ao, ffn_in, ffn_out;
+        ops::PackedMatrix qkv, ao, ffn_in, ffn_out;            // float32
+        ops::QuantizedMatrix qkv8, ao8, ffn_in8, ffn_out8;    // int8
         std::vector<float> qkv_b, ao_b, ln1_w, ln1_b, i_b, o_b, ln2_w, ln2_b;
         bool set = false;
     };
+    void set_layer_vectors(Layer& L, const LayerWeights& w);
     void validate(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T) const;
 
     EncoderConfig cfg_;
     const KernelTable& kt_;
+    const Int8KernelTable& kt8_;
+    DType dtype_;
     int threads_;
     const float *word_ = nullptr, *pos_ = nullptr, *type_ = nullptr;
     std::vector<float> emb_ln_w_, emb_ln_b_;
@@ -71,6 +92,7 @@ class Encoder {
 
     std::mutex mu_;  // guards the workspace below
     AlignedBuffer x_, qkv_, ctx_, y_, h_, attn_scratch_, pool_in_;
+    ops::QuantScratch qscratch_;
     std::vector<int> tok_id_, tok_pos_, tok_type_, seq_start_, seq_len_, order_;
 };
 

@@ -124,6 +124,16 @@ const KernelTable& kernels_for(const std::string& isa_in) {
                                 "); available: " + join(available_isas()));
 }
 
+const Int8KernelTable& int8_kernels_for(const std::string& isa_in) {
+    const KernelTable& kt = kernels_for(isa_in);  // validates the name
+    const std::string isa = kt.isa;
+#if defined(BORTENGINE_X86)
+    if (isa == "avx512") return cpu_info().avx512_vnni ? *avx512vnni_int8_kernels() : *avx2_int8_kernels();
+    if (isa == "avx2") return *avx2_int8_kernels();
+#endif
+    return *scalar_int8_kernels();
+}
+
 const std::string& default_isa() {
     static std::once_flag once;
     static std::string chosen;

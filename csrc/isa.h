@@ -22,5 +22,7 @@ const std::vector<std::string>& available_isas();
 const std::string& default_isa();
 // The kernel table of a path ("" = default_isa()). Throws std::invalid_argument if unknown or not runnable.
 const KernelTable& kernels_for(const std::string& isa);
+// The int8 kernels that go with a path: "avx512" uses VNNI when the CPU has it, else the AVX2 int8 kernels.
+const Int8KernelTable& int8_kernels_for(const std::string& isa);
 
 }  // namespace bortengine

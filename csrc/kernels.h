@@ -65,6 +65,31 @@ struct KernelTable {
                             const float* b, float eps, float* y);
 };
 
+// int8 GEMM: activations quantized per row (token) to u8 with a zero point, weights per output channel to
+// symmetric s8; int32 accumulation; dequantization fused into the epilogue:
+//   c[i,j] = epilogue( float(sum_k q_a[i,k] * q_w[j,k] - zp[i] * wsum[j]) * a_scale[i] * w_scale[j] )
+// Naming: gemm_u8s8_<isa>_<MR>x<NR>.
+struct Int8KernelTable {
+    const char* isa;        // "avx512vnni", "avx2", "scalar"
+    const char* gemm_name;
+    int mr, nr;
+    int kgroup;             // K is padded to a multiple of this (products summed per int32 lane)
+
+    std::size_t (*packed_b_bytes)(int K, int N);
+    // w: s8 [N, K] (a quantized torch Linear weight) -> packed panels for this path.
+    void (*pack_b)(int K, int N, const std::int8_t* w, void* packed);
+    // Per row of a [M, K]: mn = min(0, min a), mx = max(0, max a), scale = (mx - mn) / 255 (1 if 0),
+    // zp = nearbyint(-mn / scale), q = clamp(nearbyint(a * (1 / scale)) + zp, 0, 255); row padding up to
+    // round_up(K, kgroup) is zero. q rows are ldq bytes apart.
+    void (*quantize_rows)(int M, int K, const float* a, std::ptrdiff_t lda, std::uint8_t* q, std::ptrdiff_t ldq,
+                          float* scale, std::int32_t* zp);
+    // C[M, N] = epilogue(dequantized q_a · B). raw_int32: store the int32 sums (minus zp * wsum) instead, for
+    // exact tests.
+    void (*gemm)(int M, int N, int K, const std::uint8_t* qa, std::ptrdiff_t ldq, const float* a_scale,
+                 const std::int32_t* a_zp, const void* Bp, const float* w_scale, const std::int32_t* w_sum, float* C,
+                 std::ptrdiff_t ldc, const Epilogue& ep, bool raw_int32);
+};
+
 inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) / m * m; }
 inline std::size_t packed_b_floats(const KernelTable& kt, int K, int N) {
     return static_cast<std::size_t>(K) * round_up(static_cast<std::size_t>(N), kt.nr);
@@ -80,11 +105,15 @@ inline std::size_t attention_scratch_floats(const KernelTable& kt, int T, int dh
            + 64;                   // alignment slack
 }
 
-// One table per compiled ISA (kernels_<isa>.cc). Only call a table whose ISA isa.h says is runnable.
+// One table per compiled ISA (kernels_<isa>.cc, kernels_int8_<isa>.cc). Only call a table whose ISA isa.h
+// says is runnable.
 const KernelTable* scalar_kernels();
+const Int8KernelTable* scalar_int8_kernels();
 #if defined(BORTENGINE_X86)
 const KernelTable* avx2_kernels();
 const KernelTable* avx512_kernels();
+const Int8KernelTable* avx2_int8_kernels();
+const Int8KernelTable* avx512vnni_int8_kernels();
 #endif
 
 }  // namespace bortengine

@@ -72,5 +72,39 @@ void attention(const float* qkv, int H, int heads, const std::vector<int>& seq_l
     }
 }
 
+void quantize_rows(int M, int K, const float* a, std::uint8_t* q, float* scale, std::int32_t* zp) {
+    for (int i = 0; i < M; ++i) {
+        const float* ai = a + static_cast<std::ptrdiff_t>(i) * K;
+        float mn = 0.0f, mx = 0.0f;
+        for (int k = 0; k < K; ++k) {
+            mn = ai[k] < mn ? ai[k] : mn;
+            mx = ai[k] > mx ? ai[k] : mx;
+        }
+        float s = (mx - mn) / 255.0f;
+        if (!(s > 0.0f)) s = 1.0f;
+        const float inv = 1.0f / s;
+        const int z = static_cast<int>(std::nearbyint(-mn * inv));
+        scale[i] = s;
+        zp[i] = z;
+        for (int k = 0; k < K; ++k) {
+            float v = std::nearbyint(ai[k] * inv) + static_cast<float>(z);
+            v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+            q[static_cast<std::ptrdiff_t>(i) * K + k] = static_cast<std::uint8_t>(v);
+        }
+    }
+}
+
+void gemm_u8s8_i32(int M, int N, int K, const std::uint8_t* qa, const std::int32_t* zp, const std::int8_t* w,
+                   std::int32_t* c) {
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            std::int64_t s = 0;
+            for (int k = 0; k < K; ++k)
+                s += static_cast<std::int64_t>(qa[static_cast<std::ptrdiff_t>(i) * K + k] - zp[i]) *
+                     w[static_cast<std::ptrdiff_t>(j) * K + k];
+            c[static_cast<std::ptrdiff_t>(i) * N + j] = static_cast<std::int32_t>(s);
+        }
+}
+
 }  // namespace ref
 }  // namespace bortengine

@@ -64,6 +64,102 @@ void gemm_team(int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B,
 #pragma omp barrier
 }
 
+QuantizedMatrix pack_quantized_linear(const Int8KernelTable& kt, const std::int8_t* w, const float* scale, int N,
+                                      int K) {
+    if (N <= 0 || K <= 0)
+        throw std::invalid_argument("linear weight must have positive sizes, got [" + std::to_string(N) + ", " +
+                                    std::to_string(K) + "]");
+    QuantizedMatrix m;
+    m.kt = &kt;
+    m.K = K;
+    m.N = N;
+    m.data.resize(kt.packed_b_bytes(K, N));
+    kt.pack_b(K, N, w, m.data.data());
+    m.scale.assign(scale, scale + N);
+    m.sum.assign(N, 0);
+    for (int n = 0; n < N; ++n) {
+        std::int32_t s = 0;
+        for (int k = 0; k < K; ++k) {
+            const int v = w[static_cast<std::ptrdiff_t>(n) * K + k];
+            if (v < -127 || v > 127)
+                throw std::invalid_argument("quantized weights must lie in [-127, 127], got " + std::to_string(v));
+            s += v;
+        }
+        m.sum[n] = s;
+    }
+    return m;
+}
+
+QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N, int K) {
+    if (N <= 0 || K <= 0)
+        throw std::invalid_argument("linear weight must have positive sizes, got [" + std::to_string(N) + ", " +
+                                    std::to_string(K) + "]");
+    std::vector<std::int8_t> q(static_cast<std::size_t>(N) * K);
+    std::vector<float> scale(N);
+    for (int n = 0; n < N; ++n) {
+        const float* row = w + static_cast<std::ptrdiff_t>(n) * K;
+        float mx = 0.0f;
+        for (int k = 0; k < K; ++k) {
+            if (!std::isfinite(row[k]))
+                throw std::invalid_argument("weight row " + std::to_string(n) + " has a non-finite value");
+            mx = std::max(mx, std::fabs(row[k]));
+        }
+        const float s = mx > 0.0f ? mx / 127.0f : 1.0f;
+        scale[n] = s;
+        for (int k = 0; k < K; ++k) {
+            const float v = std::nearbyint(row[k] / s);
+            q[static_cast<std::size_t>(n) * K + k] = static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, v)));
+        }
+    }
+    return pack_quantized_linear(kt, q.data(), scale.data(), N, K);
+}
+
+void QuantScratch::reserve(int M, int K) {
+    ldq = static_cast<std::ptrdiff_t>(round_up(static_cast<std::size_t>(K), 64)) + 64;  // + 64: no 4 KiB aliasing
+    q.resize(static_cast<std::size_t>(M) * ldq);
+    scale.resize(M);
+    zp.resize(M);
+}
+
+void gemm_int8_team(int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
+                    std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32) {
+    const Int8KernelTable& kt = *B.kt;
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    {   // quantize this thread's rows of A
+        const int m0 = static_cast<int>(static_cast<long long>(M) * tid / nt);
+        const int m1 = static_cast<int>(static_cast<long long>(M) * (tid + 1) / nt);
+        if (m1 > m0)
+            kt.quantize_rows(m1 - m0, B.K, A + m0 * lda, lda, qs.q.data() + m0 * qs.ldq, qs.ldq, qs.scale.data() + m0,
+                             qs.zp.data() + m0);
+    }
+#pragma omp barrier
+    const int panels = (B.N + kt.nr - 1) / kt.nr;
+    const std::size_t panel_bytes = kt.packed_b_bytes(B.K, kt.nr);
+    const bool split_rows = nt > 1 && panels < 2 * nt && M >= 2 * nt * kt.mr;
+    int m0 = 0, m1 = M, p0 = 0, p1 = panels;
+    if (nt > 1) {
+        if (split_rows) {
+            const int blocks = (M + kt.mr - 1) / kt.mr;
+            m0 = std::min(M, static_cast<int>(static_cast<long long>(blocks) * tid / nt) * kt.mr);
+            m1 = std::min(M, static_cast<int>(static_cast<long long>(blocks) * (tid + 1) / nt) * kt.mr);
+        } else {
+            p0 = static_cast<int>(static_cast<long long>(panels) * tid / nt);
+            p1 = static_cast<int>(static_cast<long long>(panels) * (tid + 1) / nt);
+        }
+    }
+    if (m1 > m0 && p1 > p0) {
+        const int n0 = p0 * kt.nr, n1 = std::min(B.N, p1 * kt.nr);
+        Epilogue e = ep;
+        if (e.bias) e.bias += n0;
+        if (e.residual) e.residual += m0 * e.ldr + n0;
+        if (e.row_scale) e.row_scale += m0;
+        kt.gemm(m1 - m0, n1 - n0, B.K, qs.q.data() + m0 * qs.ldq, qs.ldq, qs.scale.data() + m0, qs.zp.data() + m0,
+                B.data.data() + p0 * panel_bytes, B.scale.data() + n0, B.sum.data() + n0, C + m0 * ldc + n0, ldc, e,
+                raw_int32);
+    }
+#pragma omp barrier
+}
+
 void layernorm_team(const KernelTable& kt, int M, int N, const float* x, const float* r, const float* g,
                     const float* b, float eps, float* y) {
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();

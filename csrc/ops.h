@@ -24,6 +24,37 @@ struct PackedMatrix {
 };
 PackedMatrix pack_linear(const KernelTable& kt, const float* w, int N, int K);
 
+// An int8 GEMM B operand: a torch Linear weight quantized per output channel (symmetric, s8 in [-127, 127]),
+// packed for one int8 path, with its scales and per-channel sums (for the activations' zero points).
+struct QuantizedMatrix {
+    const Int8KernelTable* kt = nullptr;
+    int K = 0, N = 0;
+    AlignedArray<std::int8_t> data;
+    std::vector<float> scale;       // [N]
+    std::vector<std::int32_t> sum;  // [N] sum over k of the s8 weights
+    std::size_t bytes() const { return data.bytes() + scale.size() * 4 + sum.size() * 4; }
+};
+// From float w [N, K]: scale[n] = max|w[n, :]| / 127 (1 if the row is zero), q = clamp(nearbyint(w / scale)).
+QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N, int K);
+// From already quantized s8 w [N, K] and scales [N] (pre-quantized exports).
+QuantizedMatrix pack_quantized_linear(const Int8KernelTable& kt, const std::int8_t* w, const float* scale, int N,
+                                      int K);
+
+// Per-call buffers of the int8 GEMM: the quantized activations and their per-row scale and zero point.
+struct QuantScratch {
+    AlignedArray<std::uint8_t> q;
+    AlignedArray<float> scale;
+    AlignedArray<std::int32_t> zp;
+    std::ptrdiff_t ldq = 0;
+    // Sizes the buffers for M rows of depth K (call before the parallel region).
+    void reserve(int M, int K);
+};
+
+// C[M, B.N] = epilogue(dequant(quantize(A) · B)): rows of A are quantized by the team, then the GEMM is split
+// like gemm_team. raw_int32 stores the exact int32 sums (tests).
+void gemm_int8_team(int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
+                    std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32 = false);
+
 // C[M, B.N] = epilogue(A[M, B.K] · B). Splits columns (panels) across threads when there are enough of them,
 // else rows: each thread then streams only its share of the weights.
 void gemm_team(int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C, std::ptrdiff_t ldc,

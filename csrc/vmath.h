@@ -1,0 +1,83 @@
+// vmath.h: elementwise math and the GEMM epilogue over the vector type of simd.h, shared by the fp32 and int8
+// kernels of one ISA path. Include after simd.h, inside no namespace.
+#pragma once
+#include "kernels.h"
+#include "simd.h"
+
+namespace bortengine {
+namespace BE_ISA_NS {
+
+using T = Vec::T;
+constexpr int W = Vec::W;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Elementwise math. exp: Cephes-style range reduction + degree-5 polynomial (~1 ulp on the softmax range).
+// erf: the rational approximation XLA and Eigen use for float (odd degree-13 / even degree-8 numerator and
+// denominator on [-4, 4], erf = +-1 to float precision outside), max abs error about 1e-7.
+inline T vexp(T x) {
+    x = Vec::min(x, Vec::set1(88.3762626647949f));
+    x = Vec::max(x, Vec::set1(-87.3365478515625f));  // keeps 2^n a normal number
+    T fx = Vec::round(Vec::mul(x, Vec::set1(1.44269504088896341f)));
+    x = Vec::fnmadd(fx, Vec::set1(0.693359375f), x);
+    x = Vec::fnmadd(fx, Vec::set1(-2.12194440e-4f), x);
+    T y = Vec::set1(1.9875691500e-4f);
+    y = Vec::fmadd(y, x, Vec::set1(1.3981999507e-3f));
+    y = Vec::fmadd(y, x, Vec::set1(8.3334519073e-3f));
+    y = Vec::fmadd(y, x, Vec::set1(4.1665795894e-2f));
+    y = Vec::fmadd(y, x, Vec::set1(1.6666665459e-1f));
+    y = Vec::fmadd(y, x, Vec::set1(5.0000001201e-1f));
+    y = Vec::fmadd(y, Vec::mul(x, x), Vec::add(x, Vec::set1(1.0f)));
+    return Vec::mul(y, Vec::pow2i(fx));
+}
+
+inline T verf(T x) {
+    x = Vec::max(Vec::min(x, Vec::set1(4.0f)), Vec::set1(-4.0f));
+    const T x2 = Vec::mul(x, x);
+    T p = Vec::fmadd(x2, Vec::set1(-2.72614225801306e-10f), Vec::set1(2.77068142495902e-08f));
+    p = Vec::fmadd(x2, p, Vec::set1(-2.10102402082508e-06f));
+    p = Vec::fmadd(x2, p, Vec::set1(-5.69250639462346e-05f));
+    p = Vec::fmadd(x2, p, Vec::set1(-7.34990630326855e-04f));
+    p = Vec::fmadd(x2, p, Vec::set1(-2.95459980854025e-03f));
+    p = Vec::fmadd(x2, p, Vec::set1(-1.60960333262415e-02f));
+    p = Vec::mul(x, p);
+    T q = Vec::fmadd(x2, Vec::set1(-1.45660718464996e-05f), Vec::set1(-2.13374055278905e-04f));
+    q = Vec::fmadd(x2, q, Vec::set1(-1.68282697438203e-03f));
+    q = Vec::fmadd(x2, q, Vec::set1(-7.37332916720468e-03f));
+    q = Vec::fmadd(x2, q, Vec::set1(-1.42647390514189e-02f));
+    return Vec::div(p, q);
+}
+
+inline T vgelu(T x) {
+    const T half_x = Vec::mul(x, Vec::set1(0.5f));
+    return Vec::fmadd(half_x, verf(Vec::mul(x, Vec::set1(0.70710678118654752f))), half_x);
+}
+
+// tanh(x) = sign(x) * (1 - 2 / (exp(2|x|) + 1)); evaluated on |x| so large inputs saturate to +-1 exactly.
+inline T vtanh(T x) {
+    const T ax = Vec::max(x, Vec::sub(Vec::zero(), x));
+    const T e = vexp(Vec::mul(ax, Vec::set1(2.0f)));
+    const T t = Vec::sub(Vec::set1(1.0f), Vec::div(Vec::set1(2.0f), Vec::add(e, Vec::set1(1.0f))));
+    // restore the sign: t * sign(x), with sign(0) irrelevant since t(0) = 0
+    const T s = Vec::div(x, Vec::max(ax, Vec::set1(1e-30f)));
+    return Vec::mul(t, s);
+}
+
+// The finishing steps of a GEMM element block (see Epilogue): v is alpha * (A.B) for row i, columns j..j+n of
+// the block, with bias and residual pointers already at column j. full: n >= W.
+inline T apply_epilogue(T v, const Epilogue& ep, int i, int j, int n, bool full) {
+    if (ep.alpha != 1.0f) v = Vec::mul(v, Vec::set1(ep.alpha));
+    if (ep.row_scale) v = Vec::mul(v, Vec::set1(ep.row_scale[i]));
+    if (ep.bias) v = Vec::add(v, full ? Vec::load(ep.bias + j) : Vec::load_n(ep.bias + j, n));
+    switch (ep.kind) {
+        case Epilogue::kGelu: return vgelu(v);
+        case Epilogue::kTanh: return vtanh(v);
+        case Epilogue::kResidual: {
+            const float* r = ep.residual + i * ep.ldr + j;
+            return Vec::add(v, full ? Vec::load(r) : Vec::load_n(r, n));
+        }
+        default: return v;
+    }
+}
+
+}  // namespace BE_ISA_NS
+}  // namespace bortengine

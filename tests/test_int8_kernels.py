@@ -1,0 +1,97 @@
+"""The int8 path of every ISA against the plain integer reference, exactly.
+
+Quantization of activations (per row, asymmetric u8) and the int32 sums (minus zero point x weight sums) must be
+bit-identical to csrc/kernels_ref.cc on every path; the dequantized output is then checked against the reference
+sums scaled in float64.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bortengine import _core
+
+ISAS = _core.available_isas()
+SHAPES = [(1, 1, 1), (1, 17, 5), (3, 33, 3), (13, 37, 29), (14, 32, 64), (15, 33, 257), (64, 100, 770),
+          (130, 96, 1030), (200, 70, 40)]
+
+
+def _case(rng, M, N, K):
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    a[:, : min(K, 3)] += 3.0  # a skewed range exercises the zero point
+    w = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32)
+    return a, w
+
+
+def test_int8_kernel_names():
+    for isa in ISAS:
+        name = _core.int8_kernel_name(isa)
+        assert name.startswith("gemm_u8s8_"), name
+    if "avx512" in ISAS and "avx512_vnni" in _core.cpu_info()["flags"]:
+        assert _core.int8_kernel_name("avx512").startswith("gemm_u8s8_avx512vnni")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int32_sums_exact(isa, M, N, K, threads):
+    rng = np.random.default_rng(M * 7919 + N * 31 + K)
+    a, w = _case(rng, M, N, K)
+    q, s, z = _core.quantize_rows(a, isa)
+    qr, sr, zr = _core.quantize_rows_ref(a)
+    assert np.array_equal(q[:, :K], qr) and np.array_equal(s, sr) and np.array_equal(z, zr)
+    assert not q[:, K:].any()  # K padding is zero
+    qw, sw = _core.quantize_weights(w)
+    raw = _core.QuantizedLinear(qw, sw, None, isa)(a, raw=True, num_threads=threads)
+    assert raw.dtype == np.int32
+    np.testing.assert_array_equal(raw, _core.gemm_u8s8_i32_ref(qr, zr, qw))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("epilogue", ["none", "gelu", "residual"])
+def test_dequantized_epilogues(isa, epilogue):
+    rng = np.random.default_rng(5)
+    M, N, K = 45, 70, 300
+    a, w = _case(rng, M, N, K)
+    bias = rng.standard_normal(N).astype(np.float32)
+    res = rng.standard_normal((M, N)).astype(np.float32) if epilogue == "residual" else None
+    qw, sw = _core.quantize_weights(w)
+    qr, sr, zr = _core.quantize_rows_ref(a)
+    sums = _core.gemm_u8s8_i32_ref(qr, zr, qw).astype(np.float64) * sr[:, None] * sw[None, :] + bias
+    want = {"none": sums, "gelu": np.asarray(_core.gelu_ref(sums.astype(np.float32)), np.float64),
+            "residual": sums + (res if res is not None else 0)}[epilogue]
+    got = _core.QuantizedLinear(w, None, bias, isa)(a, epilogue, res, num_threads=2)
+    np.testing.assert_allclose(got, want, atol=5e-5 * np.abs(want).max(), rtol=1e-5)
+    # and the int8 result is a close approximation of the fp32 product
+    exact = _core.gemm_ref(a, w, bias, epilogue, res)
+    assert np.abs(got - exact).max() <= 0.03 * np.abs(exact).max()
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(1, 40), N=st.integers(1, 70), K=st.integers(1, 200), isa=st.sampled_from(ISAS),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**31))
+def test_int32_sums_property(M, N, K, isa, threads, seed):
+    rng = np.random.default_rng(seed)
+    a, w = _case(rng, M, N, K)
+    qr, _, zr = _core.quantize_rows_ref(a)
+    qw, sw = _core.quantize_weights(w)
+    raw = _core.QuantizedLinear(qw, sw, None, isa)(a, raw=True, num_threads=threads)
+    np.testing.assert_array_equal(raw, _core.gemm_u8s8_i32_ref(qr, zr, qw))
+
+
+def test_extreme_rows_quantize_exactly():
+    a = np.array([[0.0] * 8, [1e-30] * 8, [-5.0] * 8, [3.0, -3.0] * 4, [1e30, -1e30, 0, 0, 0, 0, 0, 0]], np.float32)
+    for isa in ISAS:
+        q, s, z = _core.quantize_rows(a, isa)
+        qr, sr, zr = _core.quantize_rows_ref(a)
+        assert np.array_equal(q[:, :8], qr) and np.array_equal(s, sr) and np.array_equal(z, zr)
+    assert (qr[0] == zr[0]).all()  # zero stays exactly representable
+
+
+def test_quantized_weights_validated():
+    with pytest.raises(ValueError, match=r"\[-127, 127\]"):
+        _core.QuantizedLinear(np.full((2, 3), -128, np.int8), np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="scale"):
+        _core.QuantizedLinear(np.ones((2, 3), np.int8))
+    with pytest.raises(ValueError, match="non-finite"):
+        _core.QuantizedLinear(np.array([[np.nan, 1.0]], np.float32))
