@@ -132,19 +132,29 @@ class PyEncoder {
         enc_->set_pooler(w.data(), b.data());
     }
 
-    py::tuple forward(IArray ids, py::object mask_obj, py::object types_obj, bool pooler) {
+    // Integer (or bool) arrays only: a float array would be truncated silently by a cast.
+    static IArray int_array(py::object obj, const char* name) {
+        py::array a = py::array::ensure(obj);
+        if (!a) throw std::invalid_argument(std::string(name) + " must be an array of integers");
+        const char kind = a.dtype().kind();
+        if (kind != 'i' && kind != 'u' && kind != 'b')
+            throw std::invalid_argument(std::string(name) + " must hold integers, got dtype " +
+                                        std::string(py::str(a.dtype())));
+        return IArray::ensure(a);
+    }
+
+    py::tuple forward(py::object ids_obj, py::object mask_obj, py::object types_obj, bool pooler) {
+        IArray ids = int_array(ids_obj, "input_ids");
         if (ids.ndim() != 2)
             throw std::invalid_argument("input_ids must have shape [batch, tokens], got " + shape_str(ids));
         const int B = static_cast<int>(ids.shape(0)), T = static_cast<int>(ids.shape(1));
         IArray mask, types;
         if (!mask_obj.is_none()) {
-            mask = IArray::ensure(mask_obj);
-            if (!mask) throw std::invalid_argument("attention_mask must be an integer array");
+            mask = int_array(mask_obj, "attention_mask");
             expect_shape(mask, {B, T}, "attention_mask");
         }
         if (!types_obj.is_none()) {
-            types = IArray::ensure(types_obj);
-            if (!types) throw std::invalid_argument("token_type_ids must be an integer array");
+            types = int_array(types_obj, "token_type_ids");
             expect_shape(types, {B, T}, "token_type_ids");
         }
         const int H = enc_->config().hidden;

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from bortengine import _core
 
+pytestmark = pytest.mark.skipif(not hasattr(_core, "gemm_ref"), reason="needs the native core")
+
 ISAS = _core.available_isas()
 SHAPES = [(1, 1, 1), (1, 17, 5), (3, 33, 3), (13, 37, 29), (14, 32, 64), (15, 33, 257), (64, 100, 770),
           (130, 96, 1030), (200, 70, 40)]

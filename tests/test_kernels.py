@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from bortengine import _core
 
+pytestmark = pytest.mark.skipif(not hasattr(_core, "gemm_ref"), reason="needs the native core")
+
 ISAS = _core.available_isas()
 EPILOGUES = ["none", "gelu", "tanh", "residual"]
 

@@ -32,8 +32,9 @@ class Encoder:
     def __init__(
         self, hidden_size: int, num_layers: int, num_heads: int, intermediate_size: int, vocab_size: int,
         max_position_embeddings: int, type_vocab_size: int, layer_norm_eps: float, num_threads: int,
-        isa: str = "",
-    ) -> None: ...
+        isa: str = "", dtype: str = "float32",
+    ) -> None:
+        """dtype "int8": the four linears of each layer run on the int8 kernels (see QuantizedLinear)."""
     def set_embeddings(self, word: np.ndarray, position: np.ndarray, token_type: np.ndarray,
                        ln_weight: np.ndarray, ln_bias: np.ndarray) -> None:
         """word [V,H], position [P,H], token_type [Tt,H], ln_* [H]. The arrays are referenced, not copied."""
@@ -43,8 +44,14 @@ class Encoder:
                   i_w: np.ndarray, i_b: np.ndarray, o_w: np.ndarray, o_b: np.ndarray,
                   ln2_w: np.ndarray, ln2_b: np.ndarray) -> None:
         """q/k/v/ao_w [H,H], *_b [H], i_w [I,H], i_b [I], o_w [H,I], o_b [H], ln* [H]. Packed (copied)."""
+    def set_layer_quantized(self, index: int, quantized: dict, q_b: np.ndarray, k_b: np.ndarray, v_b: np.ndarray,
+                            ao_b: np.ndarray, ln1_w: np.ndarray, ln1_b: np.ndarray, i_b: np.ndarray, o_b: np.ndarray,
+                            ln2_w: np.ndarray, ln2_b: np.ndarray) -> None:
+        """int8 encoders: pre-quantized weights. quantized has {q,k,v,ao,i,o}_w int8 [out,in] in [-127, 127] and
+        {q,k,v,ao,i,o}_s float32 [out] per-channel scales (w ~= q * s)."""
     def set_pooler(self, weight: np.ndarray, bias: np.ndarray) -> None:
-        """weight [H,H], bias [H]: pooler_output = tanh(weight @ h[CLS] + bias)."""
+        """weight [H,H], bias [H]: pooler_output = tanh(weight @ h + bias), h = the first token with mask 1 of each
+        row (position 0 for right-padded input, as transformers; transformers reads position 0 even if masked)."""
     def forward(self, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
                 token_type_ids: Optional[np.ndarray] = None, pooler: bool = False
                 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -58,6 +65,8 @@ class Encoder:
     def isa(self) -> str: ...
     @property
     def kernel(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
     @property
     def packed_bytes(self) -> int: ...
     @property
@@ -96,3 +105,26 @@ def embed_layernorm(ids: np.ndarray, positions: np.ndarray, types: np.ndarray, w
                     position: np.ndarray, token_type: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
                     num_threads: int = 1, isa: str = "") -> np.ndarray:
     """ids, positions, types [Ntok] int64 -> LayerNorm(word[ids] + position[positions] + token_type[types]) [Ntok, H]."""
+
+# int8. Weights: per output channel, symmetric s8 in [-127, 127], scale = max|w| / 127. Activations: per row
+# (token), asymmetric u8 with a zero point; int32 sums; dequantization fused into the epilogue.
+def int8_kernel_name(isa: str = "") -> str:
+    """e.g. 'gemm_u8s8_avx512vnni_14x32' (AVX-512 uses VNNI when the CPU has it, else the AVX2 int8 kernel)."""
+def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """w [N,K] float32 -> (q int8 [N,K], scale float32 [N])."""
+def quantize_rows(a: np.ndarray, isa: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """a [M,K] -> (q uint8 [M, K padded to the path's k-group], scale [M], zero point int32 [M])."""
+def quantize_rows_ref(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def gemm_u8s8_i32_ref(qa: np.ndarray, zp: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Exact int32 sum_k (qa[i,k] - zp[i]) * w[j,k]."""
+
+class QuantizedLinear:
+    """w float32 [N,K] (quantized here) or int8 [N,K] with scale [N]; __call__(a [M,K]) -> [M,N] float32, or with
+    raw=True the exact int32 sums minus zero point x weight sums."""
+    def __init__(self, w: np.ndarray, scale: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None,
+                 isa: str = "") -> None: ...
+    def __call__(self, a: np.ndarray, epilogue: str = "none", residual: Optional[np.ndarray] = None,
+                 num_threads: int = 1, raw: bool = False) -> np.ndarray: ...
+    N: int
+    K: int
+    kernel: str

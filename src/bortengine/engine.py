@@ -119,14 +119,17 @@ class ClassificationResult:
         return iter(zip(self.labels, self.probabilities))
 
 
-def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None) -> "Engine":
+def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
+         dtype: str = "float32") -> "Engine":
     """Load a Hugging Face BERT directory (config.json + model.safetensors [+ tokenizer, sentence-transformers
     pooling]) into an Engine.
 
     num_threads: threads per call; None means every CPU this process may use. isa: kernel path to force (one of
-    bortengine.available_isas()); None means the best one (or $BORTENGINE_ISA).
+    bortengine.available_isas()); None means the best one (or $BORTENGINE_ISA). dtype: "float32", or "int8" to
+    run the four linear layers of every encoder layer on int8 kernels (weights quantized per output channel at
+    load, activations per token at run time; embeddings, LayerNorm, attention and the pooler stay float32).
     """
-    return Engine(path, num_threads=num_threads, isa=isa)
+    return Engine(path, num_threads=num_threads, isa=isa, dtype=dtype)
 
 
 class Engine:
@@ -138,8 +141,11 @@ class Engine:
     per worker with num_threads = CPUs / workers.
     """
 
-    def __init__(self, path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None):
+    def __init__(self, path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
+                 dtype: str = "float32"):
         core = _core()
+        if dtype not in ("float32", "int8"):
+            raise InvalidInputError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
         path = Path(path)
         if not path.exists():
             raise ModelLoadError(f"model directory {path} does not exist (bortengine loads local directories; it "
@@ -170,7 +176,7 @@ class Engine:
         try:
             encoder = core.Encoder(c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
                                    c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.layer_norm_eps,
-                                   threads, isa or "")
+                                   threads, isa or "", dtype)
         except ValueError as e:
             raise BortEngineError(f"the native encoder could not be created for this model: {e}") from e
         # Embeddings are referenced by the encoder, not copied: keep the arrays alive as long as the engine.
@@ -210,7 +216,8 @@ class Engine:
 
     @property
     def dtype(self) -> str:
-        return "float32"
+        """'float32' or 'int8': the arithmetic of the encoder layers' linear layers."""
+        return self._encoder.dtype
 
     @property
     def has_pooler(self) -> bool:

@@ -1,0 +1,69 @@
+"""The int8 engine (load(..., dtype="int8")) against the float32 engine on the same weights, on every path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bortengine
+from bortengine import _core
+
+pytestmark = pytest.mark.skipif(not hasattr(_core, "QuantizedLinear"), reason="needs the native core")
+
+SENTENCES = [
+    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+    "A man is riding a horse.", "A woman is playing violin.", "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.", "A monkey is playing drums.",
+    "The movie was a complete waste of two hours, with a plot full of holes.",
+    "An unexpectedly moving film with superb performances from the whole cast.",
+    "Stock markets fell sharply on Monday after the central bank raised interest rates.",
+    "The cathedral, completed in the 13th century, is a masterpiece of Gothic architecture.",
+]
+
+
+def _cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def minilm_fp32(minilm):
+    return bortengine.load(minilm, num_threads=2)
+
+
+@pytest.mark.parametrize("isa", _core.available_isas())
+def test_minilm_int8_embeddings_close_to_fp32(minilm, minilm_fp32, isa):
+    e8 = bortengine.load(minilm, num_threads=2, isa=isa, dtype="int8")
+    assert e8.dtype == "int8" and e8.kernel.startswith("gemm_u8s8_")
+    cos = _cosines(minilm_fp32.encode(SENTENCES), e8.encode(SENTENCES))
+    assert cos.min() >= 0.99, cos
+    pair = e8.encode(SENTENCES[:2])
+    assert abs(float(pair[0] @ pair[1]) - 0.7553) < 0.02
+
+
+def test_int8_paths_agree(minilm):
+    """Paths compute the same integer sums for the same quantized inputs (test_int8_kernels.py), but fp32 parts
+    (LayerNorm, attention) differ in summation order, and an activation on a rounding boundary can land one
+    quantum apart: the paths agree closely, not bitwise."""
+    outs = [bortengine.load(minilm, isa=isa, dtype="int8").encode(SENTENCES) for isa in _core.available_isas()]
+    for o in outs[1:]:
+        assert _cosines(o, outs[0]).min() > 0.999
+
+
+def test_int8_random_model_mixed_lengths(make_model):
+    path = make_model(hidden_size=200, num_hidden_layers=2, num_attention_heads=5, intermediate_size=333,
+                      vocab_size=1000, seed=1)
+    e32, e8 = bortengine.load(path), bortengine.load(path, dtype="int8")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 1000, size=(4, 40))
+    mask = (np.arange(40)[None, :] < np.array([40, 1, 17, 33])[:, None]).astype(np.int64)
+    a = e32(ids, mask).last_hidden_state
+    b = e8(ids, mask).last_hidden_state
+    assert not b[mask == 0].any()
+    rows = mask.astype(bool)
+    cos = _cosines(a[rows], b[rows])
+    assert cos.min() > 0.98, cos.min()
+    np.testing.assert_allclose(e8(ids, mask).pooler_output, e8(ids, mask).pooler_output)  # deterministic
+
+
+def test_bad_dtype(small_model):
+    with pytest.raises(bortengine.InvalidInputError, match="dtype"):
+        bortengine.load(small_model, dtype="float16")
