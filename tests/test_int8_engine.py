@@ -67,3 +67,49 @@ def test_int8_random_model_mixed_lengths(make_model):
 def test_bad_dtype(small_model):
     with pytest.raises(bortengine.InvalidInputError, match="dtype"):
         bortengine.load(small_model, dtype="float16")
+
+
+def _write_prequantized(src, dst):
+    """A pre-quantized copy of a model directory, as `bortengine export --dtype int8` writes it."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from bortengine.weights import QUANTIZABLE_LAYER_WEIGHTS
+
+    shutil.copytree(src, dst)
+    tensors = load_file(str(src / "model.safetensors"))
+    for name in list(tensors):
+        if name.endswith(QUANTIZABLE_LAYER_WEIGHTS) and ".layer." in name:
+            q, s = _core.quantize_weights(tensors[name])
+            tensors[name], tensors[name + "_scale"] = q, s
+    save_file(tensors, str(dst / "model.safetensors"))
+    return dst
+
+
+def test_prequantized_checkpoint_loads_as_int8_and_float32(make_model, tmp_path):
+    path = make_model(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                      vocab_size=500, seed=9)
+    pre = _write_prequantized(path, tmp_path / "pre")
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 500, size=(2, 12))
+    # int8 from pre-quantized weights == int8 quantized at load (same rounding rule)
+    np.testing.assert_allclose(bortengine.load(pre, dtype="int8")(ids).last_hidden_state,
+                               bortengine.load(path, dtype="int8")(ids).last_hidden_state, atol=1e-5)
+    # float32 from pre-quantized weights runs the dequantized weights
+    a = bortengine.load(pre)(ids).last_hidden_state
+    b = bortengine.load(path)(ids).last_hidden_state
+    assert _cosines(a.reshape(-1, 64), b.reshape(-1, 64)).min() > 0.99
+
+
+def test_prequantized_checkpoint_missing_scale(make_model, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    path = make_model(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                      vocab_size=500, seed=9)
+    pre = _write_prequantized(path, tmp_path / "pre")
+    tensors = load_file(str(pre / "model.safetensors"))
+    del tensors["encoder.layer.1.output.dense.weight_scale"]
+    save_file(tensors, str(pre / "model.safetensors"))
+    with pytest.raises(bortengine.ModelLoadError, match="output.dense.weight_scale"):
+        bortengine.load(pre, dtype="int8")

@@ -183,7 +183,12 @@ class Engine:
         self._embeddings = weights.read_embeddings()
         encoder.set_embeddings(*self._embeddings)
         for i in range(c.num_hidden_layers):
-            tensors = weights.read_layer(i)
+            if weights.quantized and dtype == "int8":  # exported pre-quantized: use its int8 weights as they are
+                quantized, vectors = weights.read_layer_quantized(i)
+                encoder.set_layer_quantized(i, quantized, *vectors)
+                del quantized, vectors
+                continue
+            tensors = weights.read_layer(i)  # (dequantized if the checkpoint is int8 and dtype is float32)
             encoder.set_layer(i, *tensors)
             del tensors  # packed by the encoder; drop before reading the next layer to keep peak memory low
         if weights.has_pooler:

@@ -60,6 +60,13 @@ EMBEDDING_TENSORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("embeddings.LayerNorm.weight", ("H",)), ("embeddings.LayerNorm.bias", ("H",)),
 )
 POOLER_TENSORS = (("pooler.dense.weight", ("H", "H")), ("pooler.dense.bias", ("H",)))
+# The linear weights of a layer that a pre-quantized checkpoint (bortengine export --dtype int8) stores as I8
+# [out, in] with a float32 per-output-channel scale "<name>_scale" [out]: w ~= q * scale.
+QUANTIZABLE_LAYER_WEIGHTS = (
+    "attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight",
+    "attention.output.dense.weight", "intermediate.dense.weight", "output.dense.weight",
+)
+SCALE_SUFFIX = "_scale"
 CLASSIFIER_TENSORS = (("classifier.weight", ("L", "H")), ("classifier.bias", ("L",)))
 
 _DIM_FIELDS = {"H": "hidden_size", "I": "intermediate_size", "V": "vocab_size", "P": "max_position_embeddings",
@@ -80,6 +87,21 @@ class TensorEntry:
     shape: tuple[int, ...]
     offset: int
     nbytes: int
+
+    def read_int8(self) -> np.ndarray:
+        """An I8 tensor (pre-quantized weights) as a fresh int8 C-contiguous array."""
+        if self.dtype != "I8":
+            raise ModelLoadError(f"{self.file}: tensor {self.name} has dtype {self.dtype}, expected I8")
+        out = np.empty(math.prod(self.shape), dtype=np.int8)
+        try:
+            with open(self.file, "rb") as f:
+                f.seek(self.offset)
+                got = f.readinto(out.view(np.uint8))
+                if got != self.nbytes:
+                    raise self._truncated(got)
+        except OSError as e:
+            raise ModelLoadError(f"{self.file}: cannot read tensor {self.name}: {e}") from e
+        return out.reshape(self.shape)
 
     def read(self) -> np.ndarray:
         """The tensor as a fresh float32 C-contiguous array (F16/BF16/F64 converted in bounded chunks)."""
@@ -291,6 +313,27 @@ class BertWeights:
             by_canonical[canonical] = entry
         self._entries = by_canonical
 
+        # Pre-quantized checkpoints: every quantizable weight is I8 with its scale, or none is.
+        quantizable = [f"encoder.layer.{i}.{n}" for i in range(config.num_hidden_layers)
+                       for n in QUANTIZABLE_LAYER_WEIGHTS]
+        int8_names = [n for n in quantizable if n in by_canonical and by_canonical[n].dtype == "I8"]
+        self.quantized = bool(int8_names)
+        if self.quantized:
+            float_names = [n for n in quantizable if n in by_canonical and by_canonical[n].dtype != "I8"]
+            if float_names:
+                raise ModelLoadError(
+                    f"{checkpoint.source} mixes int8 and float linear weights ({_short_list(int8_names, 2)} are "
+                    f"I8, {_short_list(float_names, 2)} are not); re-export it with one dtype")
+            for n in int8_names:
+                scale = by_canonical.get(n + SCALE_SUFFIX)
+                out_dim = by_canonical[n].shape[0] if by_canonical[n].shape else -1
+                if scale is None:
+                    raise ModelLoadError(f"{checkpoint.source}: int8 weight {n} has no {n + SCALE_SUFFIX}; a "
+                                         f"pre-quantized checkpoint stores one float32 scale per output channel")
+                if scale.dtype not in _FLOAT_DTYPES or scale.shape != (out_dim,):
+                    raise ModelLoadError(f"{checkpoint.source}: {n + SCALE_SUFFIX} must be a float vector of "
+                                         f"{out_dim} scales, got {scale.dtype} {list(scale.shape)}")
+
         pooler_names = [n for n, _ in POOLER_TENSORS]
         has_any_pooler = any(n in by_canonical for n in pooler_names)
         self.has_pooler = config.is_classifier or has_any_pooler
@@ -309,8 +352,9 @@ class BertWeights:
                 f"{checkpoint.source} is missing {len(missing)} tensor(s) the model needs: "
                 f"{_short_list(missing)}{hint}")
 
+        scales = {n + SCALE_SUFFIX for n in quantizable} if self.quantized else set()
         unexpected = [n for n in by_canonical
-                      if n not in expected and n.startswith(_ENCODER_PREFIXES)]
+                      if n not in expected and n not in scales and n.startswith(_ENCODER_PREFIXES)]
         if unexpected:
             hint = ""
             if any(n.startswith("encoder.layer.") for n in unexpected):
@@ -323,7 +367,7 @@ class BertWeights:
             self._check_shape(name, symbols, by_canonical[name])
 
     def _check_shape(self, name: str, symbols: tuple[str, ...], entry: TensorEntry) -> None:
-        if entry.dtype not in _FLOAT_DTYPES:
+        if entry.dtype not in _FLOAT_DTYPES and not (self.quantized and entry.dtype == "I8"):
             raise ModelLoadError(
                 f"{entry.file}: tensor {entry.name} has dtype {entry.dtype}; weights must be F32, F16, BF16 or F64")
         want = tuple(self._dim(s) for s in symbols)
@@ -344,8 +388,25 @@ class BertWeights:
         return getattr(self.config, _DIM_FIELDS[symbol])
 
     def read(self, name: str) -> np.ndarray:
-        """The tensor of a canonical name as a float32 C-contiguous array (read from disk on each call)."""
-        return self._entries[name].read()
+        """The tensor of a canonical name as a float32 C-contiguous array (read from disk on each call).
+        Pre-quantized weights are dequantized (q * scale)."""
+        entry = self._entries[name]
+        if entry.dtype == "I8":
+            q = entry.read_int8()
+            scale = self._entries[name + SCALE_SUFFIX].read()
+            return (q.astype(np.float32) * scale[:, None]).astype(np.float32)
+        return entry.read()
+
+    def read_layer_quantized(self, index: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Pre-quantized layer `index`: ({q,k,v,ao,i,o}_w int8 and _s scales}, the 10 bias and LayerNorm vectors
+        in _core.Encoder.set_layer_quantized order)."""
+        prefix = f"encoder.layer.{index}."
+        q: dict[str, np.ndarray] = {}
+        for short, name in zip(("q", "k", "v", "ao", "i", "o"), QUANTIZABLE_LAYER_WEIGHTS):
+            q[short + "_w"] = self._entries[prefix + name].read_int8()
+            q[short + "_s"] = self._entries[prefix + name + SCALE_SUFFIX].read()
+        vectors = [self.read(prefix + n) for n, shape in LAYER_TENSORS if len(shape) == 1]
+        return q, vectors
 
     def read_layer(self, index: int) -> list[np.ndarray]:
         """The 16 tensors of encoder layer `index` in _core.Encoder.set_layer order."""
