@@ -368,6 +368,14 @@ PYBIND11_MODULE(_core, m) {
         })
         .def_property_readonly("packed_bytes", [](PyEncoder& e) { return e.enc().packed_bytes(); })
         .def_property_readonly("ready", [](PyEncoder& e) { return e.enc().ready(); })
+        .def_property("trace", [](PyEncoder& e) { return e.enc().trace(); },
+                      [](PyEncoder& e, bool on) { e.enc().set_trace(on); })
+        .def_property_readonly("last_trace", [](PyEncoder& e) {
+            py::dict d;
+            const auto& t = e.enc().last_trace();
+            for (std::size_t i = 0; i < t.size(); ++i) d[Encoder::trace_op_name(static_cast<int>(i))] = t[i];
+            return d;
+        })
         .def_property_readonly("has_pooler", [](PyEncoder& e) { return e.enc().has_pooler(); });
 
     py::class_<PyPackedLinear>(m, "PackedLinear")

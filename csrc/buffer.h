@@ -6,6 +6,10 @@
 #include <cstdlib>
 #include <new>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace bortengine {
 
 template <class T>
@@ -29,7 +33,14 @@ class AlignedArray {
         p_ = nullptr;
         n_ = 0;
         void* p = nullptr;
-        if (posix_memalign(&p, 64, (n ? n : 1) * sizeof(T)) != 0) throw std::bad_alloc();
+        const std::size_t bytes = (n ? n : 1) * sizeof(T);
+        // Large buffers (packed weights, big workspaces) start on a 2 MiB boundary and ask for transparent huge
+        // pages: weights are streamed once per forward, and with 4 KiB pages every few panels cost TLB misses.
+        const std::size_t align = bytes >= kHugeThreshold ? kHugePage : 64;
+        if (posix_memalign(&p, align, bytes) != 0) throw std::bad_alloc();
+#if defined(MADV_HUGEPAGE)
+        if (align == kHugePage) madvise(p, bytes, MADV_HUGEPAGE);  // a hint: failure only costs speed
+#endif
         p_ = static_cast<T*>(p);
         n_ = n;
     }
@@ -39,6 +50,7 @@ class AlignedArray {
     std::size_t bytes() const { return n_ * sizeof(T); }
 
   private:
+    static constexpr std::size_t kHugePage = 2u << 20, kHugeThreshold = 4u << 20;
     T* p_ = nullptr;
     std::size_t n_ = 0;
 };

@@ -2,6 +2,8 @@
 // barrier, so the only synchronisation is one barrier per op and no thread is created per layer.
 #include "encoder.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -126,6 +128,12 @@ void Encoder::set_pooler(const float* w, const float* b) {
     pooler_set_ = true;
 }
 
+const char* Encoder::trace_op_name(int op) {
+    static const char* names[kTraceOps] = {"embeddings", "qkv", "attention", "attention_out", "layernorm",
+                                           "ffn_in", "ffn_out", "output"};
+    return op >= 0 && op < kTraceOps ? names[op] : "";
+}
+
 bool Encoder::ready() const {
     if (!word_) return false;
     for (const auto& L : layers_)
@@ -220,39 +228,59 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
     float* scratch = attn_scratch_.data();
     const bool dense = ntok == B * T;  // no padding: the last LayerNorm writes straight into `out`
 
+    const bool trace = trace_;
+    if (trace) last_trace_.assign(kTraceOps, 0.0);
     ops::run_team(threads_, [&] {
+        // Tracing: thread 0 reads the clock after each op's closing barrier (so an op's time includes waiting for
+        // the slowest thread) and charges it to the op.
+        const bool tracer = trace && ops::current_thread() == 0;
+        double t_prev = tracer ? omp_get_wtime() : 0.0;
+        auto mark = [&](TraceOp op) {
+            if (!tracer) return;
+            const double t = omp_get_wtime();
+            last_trace_[op] += t - t_prev;
+            t_prev = t;
+        };
 #pragma omp for schedule(static)
         for (int i = 0; i < ntok; ++i)
             kt_.embed_layernorm(H, word_ + static_cast<std::ptrdiff_t>(tok_id_[i]) * H,
                                 pos_ + static_cast<std::ptrdiff_t>(tok_pos_[i]) * H,
                                 type_ + static_cast<std::ptrdiff_t>(tok_type_[i]) * H, emb_ln_w_.data(),
                                 emb_ln_b_.data(), eps, x + static_cast<std::ptrdiff_t>(i) * H);
+        mark(kTraceEmbeddings);
         for (int l = 0; l < cfg_.layers; ++l) {
             const Layer& L = layers_[l];
             const bool final_layer = l + 1 == cfg_.layers;
             Epilogue e_qkv;
             e_qkv.bias = L.qkv_b.data();
             linear(ntok, x, H, L.qkv, L.qkv8, qkv, 3 * H, e_qkv);
+            mark(kTraceQkv);
             ops::attention_team(kt_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, scratch, stride);
+            mark(kTraceAttention);
             Epilogue e_ao;  // y = ctx·Wo + bo + x
             e_ao.bias = L.ao_b.data();
             e_ao.kind = Epilogue::kResidual;
             e_ao.residual = x;
             e_ao.ldr = H;
             linear(ntok, ctx, H, L.ao, L.ao8, y, H, e_ao);
+            mark(kTraceAttentionOut);
             ops::layernorm_team(kt_, ntok, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
+            mark(kTraceLayerNorm);
             Epilogue e_in;  // h = gelu(y·Wi + bi)
             e_in.bias = L.i_b.data();
             e_in.kind = Epilogue::kGelu;
             linear(ntok, y, H, L.ffn_in, L.ffn_in8, hbuf, I, e_in);
+            mark(kTraceFfnIn);
             Epilogue e_out;  // x = h·Wo2 + bo2 + y
             e_out.bias = L.o_b.data();
             e_out.kind = Epilogue::kResidual;
             e_out.residual = y;
             e_out.ldr = H;
             linear(ntok, hbuf, I, L.ffn_out, L.ffn_out8, x, H, e_out);
+            mark(kTraceFfnOut);
             float* dst = final_layer && dense ? out : x;
             ops::layernorm_team(kt_, ntok, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
+            mark(kTraceLayerNorm);
         }
         const float* last = dense ? out : x;
         if (!dense) {
@@ -280,6 +308,7 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
             e_p.kind = Epilogue::kTanh;
             ops::gemm_team(B, pool_in_.data(), H, pooler_, pooled, H, e_p);
         }
+        mark(kTraceOutput);
     });
 }
 

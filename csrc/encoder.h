@@ -57,6 +57,14 @@ class Encoder {
     void forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
                  float* pooled);
 
+    // Per-op wall time of the last forward when tracing is on (seconds, summed over layers), by TraceOp.
+    enum TraceOp { kTraceEmbeddings, kTraceQkv, kTraceAttention, kTraceAttentionOut, kTraceLayerNorm, kTraceFfnIn,
+                   kTraceFfnOut, kTraceOutput, kTraceOps };
+    static const char* trace_op_name(int op);
+    void set_trace(bool on) { trace_ = on; }
+    bool trace() const { return trace_; }
+    const std::vector<double>& last_trace() const { return last_trace_; }
+
     const EncoderConfig& config() const { return cfg_; }
     const KernelTable& kernels() const { return kt_; }
     DType dtype() const { return dtype_; }
@@ -89,6 +97,9 @@ class Encoder {
     ops::PackedMatrix pooler_;
     std::vector<float> pooler_b_;
     bool pooler_set_ = false;
+
+    bool trace_ = false;
+    std::vector<double> last_trace_;
 
     std::mutex mu_;  // guards the workspace below
     AlignedBuffer x_, qkv_, ctx_, y_, h_, attn_scratch_, pool_in_;

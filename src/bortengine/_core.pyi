@@ -67,6 +67,11 @@ class Encoder:
     def kernel(self) -> str: ...
     @property
     def dtype(self) -> str: ...
+    trace: bool
+    @property
+    def last_trace(self) -> dict[str, float]:
+        """With trace on: seconds per op kind of the last forward (embeddings, qkv, attention, attention_out,
+        layernorm, ffn_in, ffn_out, output), summed over layers, each including its closing barrier."""
     @property
     def packed_bytes(self) -> int: ...
     @property
