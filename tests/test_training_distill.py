@@ -104,3 +104,11 @@ def test_surrogate_is_deterministic(teacher_dir):
     c = surrogate_loss(Architecture(2, 4, 32, 64, max_positions=64), **kw)
     assert np.isfinite(a) and a == b
     assert c < a  # the teacher's own shape, sliced from itself, is closest to it
+
+
+def test_surrogate_on_the_real_teacher():
+    """The call the FPTAS makes: default teacher (all-MiniLM-L6-v2), real corpus; a tiny budget here."""
+    kw = dict(steps=2, batch_size=4, max_length=32, eval_sentences=8, threads=2)
+    small = surrogate_loss(Architecture(1, 4, 128, 256), **kw)
+    large = surrogate_loss(Architecture(5, 12, 384, 1536), **kw)
+    assert 0 < large < small

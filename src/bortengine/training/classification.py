@@ -171,11 +171,14 @@ class _Run:
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.step, self.epoch, self.cursor = 0, 0, 0
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, budget_fraction: float = 0.0) -> float:
+        """Linear warm-up over warmup_fraction of the steps, then linear decay to 0 at the last step, or at the
+        end of the time budget when that comes first (so a budget-cut run still ends at a low learning rate)."""
         warm = max(1, round(self.config.warmup_fraction * self.total_steps))
         if step < warm:
             return self.config.lr * (step + 1) / warm
-        return self.config.lr * max(0.0, (self.total_steps - step) / max(1, self.total_steps - warm))
+        by_steps = (step - warm) / max(1, self.total_steps - warm)
+        return self.config.lr * max(0.0, 1.0 - max(by_steps, budget_fraction))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """The next training batch (ids [B,T], mask [B,T], labels [B]) and whether it ends an epoch."""
@@ -189,11 +192,11 @@ class _Run:
             self.epoch, self.cursor = self.epoch + 1, 0
         return ids, mask, labels, end
 
-    def train_step(self) -> tuple[float, int, bool]:
+    def train_step(self, budget_fraction: float = 0.0) -> tuple[float, int, bool]:
         ids, mask, labels, end = self.next_batch()
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
+            group["lr"] = self.lr_at(self.step, budget_fraction)
         loss = F.cross_entropy(self.model(input_ids=ids, attention_mask=mask).logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -252,7 +255,9 @@ def finetune(config: FinetuneConfig, model=None, progress: bool = True) -> tuple
             _atomic_save({"config": config.to_dict(), "model_state": run.model.state_dict(),
                           "optimizer": run.optimizer.state_dict(), "step": run.step, "epoch": run.epoch,
                           "cursor": run.cursor, "wall": budget.wall, "cpu": budget.cpu, "best": best,
-                          "history": history, "tokens": tokens, "rng": torch.get_rng_state()}, ckpt_path)
+                          "history": history, "tokens": tokens, "rng": torch.get_rng_state(),
+                          "architecture": architecture_of(run.model).to_dict(),
+                          "tokenizer_dir": run.tokenizer_dir}, ckpt_path)
 
     def evaluate_dev():
         metrics = evaluate_classifier(run.model, run.tokenizer, run.dev)
@@ -277,8 +282,9 @@ def finetune(config: FinetuneConfig, model=None, progress: bool = True) -> tuple
             if config.time_budget is not None and budget.spent >= config.time_budget:
                 stopped_by = "time budget"
                 break
+            frac = budget.spent / config.time_budget if config.time_budget else 0.0
             with budget:
-                loss, n_tok, epoch_end = run.train_step()
+                loss, n_tok, epoch_end = run.train_step(frac)
             tokens += n_tok
             if bar is not None:
                 bar.update(1)

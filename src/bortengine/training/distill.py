@@ -467,6 +467,7 @@ def evaluate_student(student, teacher, tokenizer) -> dict[str, float]:
 
 # -- the error surrogate -------------------------------------------------------------------------------------------
 _TEACHERS: dict[str, tuple[Any, Importance, WordPieceTokenizer]] = {}
+_CORPORA: dict[tuple, "_Corpus"] = {}
 
 
 def _teacher_bundle(teacher) -> tuple[Any, Importance, WordPieceTokenizer, str]:
@@ -512,7 +513,12 @@ def surrogate_loss(architecture: Architecture, teacher=None, steps: int = 50, se
         tokenizer = WordPieceTokenizer(t_dir, max_length)
         student, layer_map, proj_init = _make_student(config, t_model, importance)
         loss_fn = DistillationLoss(config, architecture_of(encoder_of(t_model)), layer_map, proj_init)
-        corpus = _Corpus(tokenizer, seed, config.max_documents, documents, None)
+        key = (t_dir, seed, config.max_documents, max_length)
+        if documents is not None:
+            corpus = _Corpus(tokenizer, seed, config.max_documents, documents, None)
+        else:  # every candidate of a search trains on the same segments: tokenise them once per process
+            corpus = _CORPORA.get(key) or _CORPORA.setdefault(
+                key, _Corpus(tokenizer, seed, config.max_documents, None, None))
         lengths = [len(s) for s in corpus.segments]
         params = list(student.parameters()) + list(loss_fn.parameters())
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)

@@ -76,13 +76,11 @@ def _model_from_run(run: Path):
             model.load_state_dict({k[len(prefix):]: v for k, v in ckpt["student"].items() if k.startswith(prefix)})
             return model, config.teacher or _default_tokenizer_dir()
         if "model_state" in ckpt:                           # a finetune run: the weights selected on dev
-            config = ckpt["config"]
-            source = config.get("model") or _default_tokenizer_dir()
-            arch = Architecture.from_hf_config(source).with_head("classifier", 2)
+            arch = Architecture.from_dict(ckpt["architecture"])
             model = build_model(arch, dropout=0.0)
             best = ckpt.get("best") or {}
             model.load_state_dict(best.get("state") or ckpt["model_state"])
-            return model, config.get("tokenizer") or source
+            return model, ckpt["tokenizer_dir"]
         raise ValueError(f"{ckpt_path} is not a pretrain or finetune checkpoint")
     if (run / "config.json").is_file():                     # an HF directory: re-export
         from transformers import BertForSequenceClassification, BertModel
