@@ -30,6 +30,7 @@ class EncoderTiming:
     tokens: int  # padded length T
     real_tokens: int  # sum of the attention mask
     max_abs_diff: float | None  # vs PyTorch eager at unmasked positions (None for the reference itself)
+    rerun_max_abs_diff: float | None = None  # last timed call vs the first (checked) one
     others_cpu: float | None = None  # share of the machine's CPU time other processes used while timing
     masked_rows_zero: bool | None = None  # engine only: rows of masked positions are exactly 0
     smoke: bool = False
