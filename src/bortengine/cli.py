@@ -41,6 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_argument("--repeats", type=int, default=20, help="timed runs per shape (median reported)")
     demo.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
     demo.add_argument("--model", default=None, help="model directory (default: the installed all-MiniLM-L6-v2)")
+    _add_profile_parsers(sub)
     from bortengine.training.commands import TRAINING_COMMANDS, add_training_parsers
 
     add_training_parsers(sub)  # pretrain, finetune, export (torch imported only when they run)
@@ -60,6 +61,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from bortengine.training.commands import run_training_command
 
             return run_training_command(args)
+        if args.command in ("profile", "profile-validate"):
+            return _profile(args)
     except bortengine.BortEngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -204,3 +207,76 @@ def _demo(args) -> int:
     ok = pair_ok and diff_ok
     print("demo " + ("passed" if ok else "FAILED: outputs do not match the reference"))
     return 0 if ok else 1
+
+
+# --- bortengine profile / profile-validate ----------------------------------------------------------------------
+
+def _add_profile_parsers(sub) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--space", default="bort", help="search space: bort, minilm, or a JSON/YAML file")
+    common.add_argument("--batch", type=int, default=1, help="sequences per call (default 1)")
+    common.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
+    common.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
+    common.add_argument("--quick", action="store_true", help="fewer repeats: a Bort-space profile in under a minute")
+    common.add_argument("--out", "--profile", dest="out", default=None, metavar="PATH",
+                        help="profile file (default: this CPU's file in the cache directory)")
+    common.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
+    common.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_argument("--archs", type=int, default=12, help="validation: architectures to sample (default 12)")
+    common.add_argument("--seed", type=int, default=0, help="validation: sampling seed (default 0)")
+    common.add_argument("--plot", default=None, metavar="PNG", help="validation: write predicted vs measured")
+    common.add_argument("--report", default=None, metavar="JSON", help="validation: write the rows and summary")
+    common.add_argument("--strict", action="store_true", help="validation: exit 1 when a target is missed")
+    prof = sub.add_parser("profile", parents=[common],
+                          help="measure this CPU's kernel latencies for a search space and workload")
+    prof.add_argument("--show", nargs="?", const="", default=None, metavar="PATH",
+                      help="print a profile as a table (default: this CPU's) and exit")
+    prof.add_argument("--validate", action="store_true",
+                      help="after profiling (only what is missing), validate the latency model")
+    prof.add_argument("--fresh", action="store_true", help="re-measure this workload from scratch")
+    sub.add_parser("profile-validate", parents=[common],
+                   help="predicted vs measured forward latency of architectures sampled from the space")
+
+
+def _profile(args) -> int:
+    from bortengine import profiler
+    from bortengine.engine import available_cpus
+    from bortengine.search_space import SearchSpace
+
+    if getattr(args, "show", None) is not None:
+        prof = profiler.load_profile(args.show or args.out or None)
+        print(prof.table())
+        return 0
+    space = SearchSpace.resolve(args.space)
+    threads = args.threads if args.threads is not None else available_cpus()
+    workload = profiler.Workload(batch_size=args.batch, seq_len=args.seq, num_threads=threads)
+    validating = args.command == "profile-validate" or args.validate
+    if args.command == "profile":
+        print(f"profiling {space.describe()}\nworkload: {workload}", flush=True)
+        start = time.perf_counter()
+        try:
+            prof = profiler.profile(space, workload, quick=args.quick, out=args.out, resume=not args.fresh,
+                                    isa=args.isa, progress=not args.no_progress)
+        except profiler.ProfileInterrupted as e:
+            print(f"\n{e}", file=sys.stderr)
+            return 130
+        wp = prof.workloads[workload.key]
+        noisy = sum(1 for m in wp.ops.values() if m.noisy)
+        print(f"profile saved to {prof.path} ({len(wp.ops)} ops, {noisy} flagged noisy; "
+              f"{time.perf_counter() - start:.0f} s). Show it with: bortengine profile --show {prof.path}")
+    else:
+        prof = profiler.load_profile(args.out)
+    if not validating:
+        return 0
+    report = profiler.validate(prof, space, workload, n=args.archs, seed=args.seed, quick=args.quick,
+                               progress=not args.no_progress)
+    print(report.table())
+    if args.report:
+        import json
+        from pathlib import Path
+
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
+        print(f"report written to {args.report}")
+    if args.plot:
+        print(f"plot written to {report.plot(args.plot)}")
+    return 1 if args.strict and not all(report.passes().values()) else 0

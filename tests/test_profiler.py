@@ -1,0 +1,227 @@
+"""The profiler on the native core: tiny spaces and workloads, minimal repeats (timings are not checked here,
+only what is measured, saved, resumed, validated and reported). docs/profiler.md has the accuracy runs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from bortengine import profiler as P
+from bortengine.cli import main
+from bortengine.search_space import SearchSpace
+from conftest import NATIVE
+from test_isolation import _env
+
+pytestmark = [
+    pytest.mark.skipif(not NATIVE, reason="the profiler times the native core's ops"),
+    # the machine is shared: the profiler's load warnings are expected here and not what these tests check
+    pytest.mark.filterwarnings("ignore:the machine is busy:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:other processes used:RuntimeWarning"),
+]
+
+TINY = SearchSpace("tiny", layers=[1, 2], heads=[2, 4], hidden=[32, 64], intermediate=[48, 96], vocab_size=500,
+                   max_positions=64)
+W = P.Workload(batch_size=2, seq_len=8, num_threads=1)
+# three calls per op, no warm-up time, one weight copy: a whole tiny profile in about a second
+FAST = P.Settings(mode="quick", blocks=2, warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=3, max_repeats=3,
+                  rotation_factor=0.0)
+
+
+@pytest.fixture
+def tiny_profile(tmp_path):
+    return P.profile(TINY, W, out=tmp_path / "tiny.json", progress=False, settings=FAST)
+
+
+def test_profile_measures_every_op_and_saves(tiny_profile, tmp_path):
+    prof = tiny_profile
+    wp = prof.workloads[W.key]
+    assert wp.complete and wp.spaces == ["tiny"] and wp.mode == "quick"
+    wanted = {s.key for s, _ in P.required_ops(TINY, W) + P.calibration_ops(W)}
+    assert set(wp.ops) == wanted
+    for m in wp.ops.values():
+        assert len(m.blocks) == 2 and all(b.n == 3 and b.median_ms > 0 for b in m.blocks)
+        assert m.ms == min(b.median_ms for b in m.blocks)
+    assert wp.ops["gemm M=16 K=64 N=96 gelu"].roles == ("ffn_in",)
+    assert set(wp.ops["gemm M=16 K=64 N=64 residual"].roles) == {"attn_out"}
+    cond = wp.conditions[-1]
+    assert "foreign_cpus" in cond and cond["seconds"] > 0
+    data = json.loads((tmp_path / "tiny.json").read_text())
+    assert data["target"]["isa"] == P.Target.current().isa and data["workloads"][W.key]["complete"]
+    loaded = P.load_profile(tmp_path / "tiny.json")
+    for arch in TINY:
+        assert P.predict_latency(arch, W, loaded) > 0
+    assert P.predict_latency((2, 2, 64, 96), W, loaded) > P.predict_latency((1, 2, 64, 96), W, loaded)
+
+
+def test_rerun_measures_nothing_new(tiny_profile, tmp_path, monkeypatch):
+    calls = []
+    real = P._time_block
+    monkeypatch.setattr(P, "_time_block", lambda fn, s: calls.append(1) or real(fn, s))
+    P.profile(TINY, W, out=tmp_path / "tiny.json", progress=False, settings=FAST)
+    assert calls == []
+    # a second workload goes into the same file, beside the first
+    w2 = P.Workload(batch_size=1, seq_len=4, num_threads=1)
+    prof = P.profile(TINY, w2, out=tmp_path / "tiny.json", progress=False, settings=FAST)
+    assert prof.covers(W) and prof.covers(w2) and calls
+
+
+def test_ctrl_c_keeps_the_measurements_and_a_rerun_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "p.json"
+    real = P._time_block
+    count = {"n": 0}
+
+    def interrupted(fn, s):
+        count["n"] += 1
+        if count["n"] == 10:
+            raise KeyboardInterrupt
+        return real(fn, s)
+
+    monkeypatch.setattr(P, "_time_block", interrupted)
+    with pytest.raises(P.ProfileInterrupted, match="9 of .* saved .* again to resume") as info:
+        P.profile(TINY, W, out=out, progress=False, settings=FAST)
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.done == 9
+    partial = P.load_profile(out)
+    wp = partial.workloads[W.key]
+    assert len(wp.ops) == 9 and not wp.complete and wp.conditions[-1]["interrupted"]
+    with pytest.raises(P.ProfileError, match="incomplete.*bortengine profile --batch 2 --seq 8 --threads 1"):
+        P.predict_latency((1, 2, 32, 48), W, partial)
+    total = info.value.total
+    count["n"] = -10_000
+    monkeypatch.setattr(P, "_time_block", lambda fn, s: count.__setitem__("n", count["n"] + 1) or real(fn, s))
+    prof = P.profile(TINY, W, out=out, progress=False, settings=FAST)
+    assert count["n"] == -10_000 + total - 9  # only what was missing
+    assert prof.covers(W)
+
+
+def test_quick_measurements_are_not_reused_by_a_full_run(tiny_profile, tmp_path, monkeypatch):
+    full = P.Settings(mode="full", blocks=1, warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=3,
+                      max_repeats=3, rotation_factor=0.0)
+    prof = P.profile(TINY, W, out=tmp_path / "tiny.json", progress=False, settings=full)
+    wp = prof.workloads[W.key]
+    assert wp.mode == "full" and all(m.mode == "full" and len(m.blocks) == 1 for m in wp.ops.values())
+    # ... but a quick run reuses full measurements
+    calls = []
+    monkeypatch.setattr(P, "_time_block", lambda fn, s: calls.append(1))
+    prof = P.profile(TINY, W, out=tmp_path / "tiny.json", progress=False, settings=FAST)
+    assert calls == [] and prof.workloads[W.key].mode == "full"
+
+
+def test_gemm_weights_rotate_beyond_the_cache(tmp_path):
+    s = P.Settings(mode="quick", blocks=1, warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=2, max_repeats=2)
+    space = SearchSpace("one", layers=[1], heads=[2], hidden=[64], intermediate=[64], vocab_size=100)
+    prof = P.profile(space, W, out=tmp_path / "r.json", progress=False, settings=s)
+    target = prof.target
+    m = prof.workloads[W.key].ops["gemm M=16 K=64 N=192 none"]
+    # copies of the [192, 64] weight, together twice the L3 (capped at 512)
+    assert m.copies == min(512, -(-2 * (target.l3_bytes or 32 << 20) // (4 * 64 * 192)))
+    assert prof.workloads[W.key].ops["gemm M=16 K=64 N=192 none warm"].copies == 1
+
+
+def test_profile_errors(tmp_path):
+    from bortengine.engine import available_cpus
+
+    with pytest.raises(P.ProfileError, match="more than the .* CPU"):
+        P.profile(TINY, P.Workload(1, 8, available_cpus() + 1), out=tmp_path / "x.json", progress=False,
+                  settings=FAST)
+    with pytest.raises(P.ProfileError, match="isa 'avx9' cannot run here"):
+        P.profile(TINY, W, out=tmp_path / "x.json", isa="avx9", progress=False, settings=FAST)
+    other = P.Target(**{**P.Target.current().__dict__, "model": "Other CPU"})
+    P.Profile(other).save(tmp_path / "other.json")
+    with pytest.raises(P.ProfileError, match="another target.*another --out"):
+        P.profile(TINY, W, out=tmp_path / "other.json", progress=False, settings=FAST)
+
+
+def test_progress_bar_counts_down(tmp_path, capsys):
+    class Tty:
+        def __init__(self):
+            self.text = ""
+
+        def isatty(self):
+            return True
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            pass
+
+    stream = Tty()
+    bar = P._Progress([1.0, 1.0, 2.0], "test", stream=stream)
+    bar.step("a")
+    bar.step("b")
+    bar.show("c", final=True)
+    assert "2/3" in stream.text and "50%" in stream.text and "left ~" in stream.text
+
+
+def test_validate_reports_predicted_against_measured(tiny_profile, tmp_path):
+    report = P.validate(tiny_profile, TINY, W, n=4, seed=1, quick=True, progress=False)
+    assert len(report.rows) == 4 and report.mode == "quick"
+    assert {r.arch for r in report.rows} <= {a.tuple for a in TINY}
+    for r in report.rows:
+        assert r.measured_ms > 0 and r.predicted_ms > 0 and len(r.blocks_ms) == 1
+    s = report.summary()
+    assert set(s) >= {"median_abs_error", "worst_abs_error", "kendall_tau", "passes"}
+    assert "Kendall's tau" in report.table() and "median |error|" in report.table()
+    json.dumps(report.to_dict())
+    pytest.importorskip("matplotlib")
+    png = report.plot(tmp_path / "v.png")
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_validate_needs_a_covered_workload(tiny_profile):
+    with pytest.raises(P.ProfileError, match="does not cover"):
+        P.validate(tiny_profile, TINY, P.Workload(1, 16, 1), n=2, progress=False)
+
+
+def test_cli_profile_show_and_validate(tmp_path, capsys):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"name": "cli", "layers": [1, 2], "heads": [2], "hidden": [32], "intermediate": [32],
+                                 "vocab_size": 200}))
+    out = tmp_path / "cli.json"
+    args = ["--space", str(space), "--batch", "1", "--seq", "4", "--threads", "1", "--out", str(out)]
+    assert main(["profile", *args, "--quick", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert f"profile saved to {out}" in text
+    assert main(["profile", "--show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "workload batch 1 × 4 tokens, 1 thread(s), float32" in shown and "attention A=2 Dh=16" in shown
+    report = tmp_path / "report.json"
+    assert main(["profile-validate", *args, "--quick", "--no-progress", "--archs", "2", "--report",
+                 str(report)]) == 0
+    assert "Kendall's tau" in capsys.readouterr().out
+    assert len(json.loads(report.read_text())["rows"]) == 2
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["profile", "--space", "nonesuch", "--quick"]) == 2
+    assert "unknown search space 'nonesuch'" in capsys.readouterr().err
+    assert main(["profile", "--threads", "4096", "--quick", "--out", str(tmp_path / "x.json")]) == 2
+    assert "more than the" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["profile", "--show", str(bad)]) == 2
+    assert "not a bortengine profile" in capsys.readouterr().err
+    assert main(["profile-validate", "--out", str(tmp_path / "missing.json")]) == 2
+    assert "no profile at" in capsys.readouterr().err
+
+
+def test_profiling_never_imports_torch(tmp_path):
+    code = f"""
+import sys
+from bortengine import profiler as P
+from bortengine.search_space import SearchSpace
+space = SearchSpace("t", layers=[1], heads=[2], hidden=[32], intermediate=[32], vocab_size=100)
+s = P.Settings(mode="quick", blocks=1, warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=2, max_repeats=2,
+               rotation_factor=0.0)
+w = P.Workload(1, 4, 1)
+prof = P.profile(space, w, out={str(tmp_path / 'p.json')!r}, progress=False, settings=s)
+P.predict_latency((1, 2, 32, 32), w, prof)
+P.validate(prof, space, w, n=2, quick=True, progress=False, architectures=[(1, 2, 32, 32), (1, 2, 32, 32)])
+print("torch" in sys.modules, "transformers" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]

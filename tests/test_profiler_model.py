@@ -1,0 +1,329 @@
+"""The latency model on synthetic and shipped profiles: composition, interpolation, coverage errors, files.
+
+Nothing here times anything, so these tests are exact and fast on a busy machine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+
+import bortengine
+from bortengine import profiler as P
+from bortengine.search_space import SPACES, SearchSpace
+
+TARGET = P.Target(vendor="GenuineTest", model="Test CPU", flags=("avx2",), logical_cpus=2, isa="avx2",
+                  kernel="gemm_f32_avx2_6x16", engine_version=bortengine.__version__, l3_bytes=32 << 20)
+W = P.Workload(batch_size=1, seq_len=16, num_threads=2)
+CALL = 0.002  # ms: every empty call
+
+
+def _gemm_ms(s: P.OpSpec) -> float:
+    # per multiply-add cost falling smoothly with size, plus a fixed part: c(K, N) varies slowly
+    return CALL + s.M * s.K * s.N * 1e-8 * (1 + 4 / math.log2(s.K * s.N))
+
+
+def _ms(s: P.OpSpec, w: P.Workload) -> float:
+    if s.kind == "call":
+        return CALL
+    if s.kind == "forward":
+        return 0.05 + 0.03 * s.layers
+    if s.kind == "gemm":
+        return _gemm_ms(s)
+    if s.kind == "attention":
+        return CALL + math.ceil(w.batch_size * s.heads / w.num_threads) * (0.001 + 0.0005 * s.head_dim)
+    if s.kind == "layernorm":
+        return CALL + 1e-5 * s.hidden
+    if s.kind == "embeddings":
+        return CALL + 2e-5 * s.hidden
+    raise AssertionError(s.kind)
+
+
+def synthetic(space: SearchSpace, w: P.Workload = W, drop: tuple[str, ...] = (), target: P.Target = TARGET
+              ) -> P.Profile:
+    wp = P.WorkloadProfile(w, mode="full", blocks=1, spaces=[space.name])
+    for spec, roles in P.calibration_ops(w) + P.required_ops(space, w):
+        if spec.key in drop:
+            continue
+        t = _ms(spec, w)
+        wp.ops[spec.key] = P.Measurement(spec, [P.BlockStats(t, t, t, t, t, 5, 0)], roles=roles)
+    wp.calibration = P._calibrate(wp)
+    return P.Profile(target, {w.key: wp})
+
+
+SMALL = SearchSpace("small", layers=[1, 2, 4], heads=[2, 4], hidden=[64, 128, 256], intermediate=[128, 256, 512, 1024])
+
+
+def test_prediction_composes_the_ops():
+    prof = synthetic(SMALL)
+    cal = prof.workloads[W.key].calibration
+    assert cal["call_ms"]["gemm"] == pytest.approx(CALL)
+    arch = (4, 4, 128, 512)
+    p = P.predict_latency(arch, W, prof, detail=True)
+    assert not p.interpolated and not p.extrapolated
+    net = lambda s: _ms(s, W) - CALL  # noqa: E731
+    M = W.tokens
+    layer = (net(P.OpSpec("gemm", M=M, K=128, N=384, epilogue="none"))
+             + net(P.OpSpec("attention", heads=4, head_dim=32))
+             + net(P.OpSpec("gemm", M=M, K=128, N=128, epilogue="residual"))
+             + 2 * net(P.OpSpec("layernorm", hidden=128))
+             + net(P.OpSpec("gemm", M=M, K=128, N=512, epilogue="gelu"))
+             + net(P.OpSpec("gemm", M=M, K=512, N=128, epilogue="residual")))
+    expect = (cal["fixed_ms"] + net(P.OpSpec("embeddings", hidden=128, vocab=30522)) + 4 * layer
+              + net(P.OpSpec("gemm", M=1, K=128, N=128, epilogue="tanh"))
+              + (P.SYNCS_EMBEDDINGS + 4 * P.SYNCS_PER_LAYER + P.SYNCS_POOLER) * cal["sync_ms"])
+    assert p.total_ms == pytest.approx(expect, rel=1e-9)
+    assert sum(p.parts.values()) == pytest.approx(p.total_ms)
+    assert P.predict_latency(arch, W, prof) == pytest.approx(expect)
+    # layers add linearly; a model without a head skips the pooler
+    d2 = P.predict_latency((2, 4, 128, 512), W, prof)
+    assert P.predict_latency(arch, W, prof) - d2 == pytest.approx(2 * (layer + P.SYNCS_PER_LAYER * cal["sync_ms"]))
+    none_head = SPACES["bort"].architectures()[0].__class__(2, 4, 128, 512, head="none")
+    assert P.predict_latency(none_head, W, prof) < d2
+
+
+def test_calibration_recovers_sync_and_fixed():
+    prof = synthetic(SMALL)
+    cal = prof.workloads[W.key].calibration
+    # tiny forward = 0.05 + 0.03 D; its layer's net ops are known, so sync = (0.03 - ops) / 7
+    assert cal["tiny_fit"]["slope_ms"] == pytest.approx(0.03)
+    assert cal["tiny_fit"]["intercept_ms"] == pytest.approx(0.05)
+    assert cal["sync_ms"] == pytest.approx((0.03 - cal["tiny_fit"]["layer_ops_ms"]) / 7)
+    assert cal["tiny_fit"]["max_residual_ms"] == pytest.approx(0, abs=1e-9)
+
+
+def test_gemm_interpolation_inside_the_grid():
+    # leave each inner FFN shape out: the per-MAC cost interpolates in log K / log N within 3 %
+    space = SearchSpace("grid", layers=[2], heads=[2], hidden=[64, 128, 256], intermediate=[128, 256, 512, 1024])
+    M = W.tokens
+    for k, n in [(128, 256), (128, 512), (256, 512)]:
+        spec = P.OpSpec("gemm", M=M, K=k, N=n, epilogue="gelu")
+        prof = synthetic(space, drop=(spec.key,))
+        notes = P.Prediction(0.0, {})
+        got = prof.model(W).op_ms(spec, notes)
+        assert notes.interpolated == [spec.key] and not notes.extrapolated
+        assert got == pytest.approx(_gemm_ms(spec) - CALL, rel=0.03)
+
+
+def test_gemm_bilinear_is_exact_for_bilinear_costs():
+    # c = a + b log K + c log N + d log K log N is reproduced exactly from the four corners of a rectangle
+    w = W
+    wp = P.WorkloadProfile(w, blocks=1)
+    cost = lambda k, n: 1e-8 * (3 + 0.2 * math.log2(k) - 0.1 * math.log2(n) + 0.01 * math.log2(k) * math.log2(n))  # noqa: E731
+    for spec, roles in P.calibration_ops(w):
+        t = _ms(spec, w)
+        wp.ops[spec.key] = P.Measurement(spec, [P.BlockStats(t, t, t, t, t, 5, 0)], roles=roles)
+    for k in (64, 256):
+        for n in (128, 1024):
+            spec = P.OpSpec("gemm", M=w.tokens, K=k, N=n, epilogue="gelu")
+            t = CALL + w.tokens * k * n * cost(k, n)
+            wp.ops[spec.key] = P.Measurement(spec, [P.BlockStats(t, t, t, t, t, 5, 0)])
+    wp.calibration = P._calibrate(wp)
+    model = P.LatencyModel(wp)
+    q = P.OpSpec("gemm", M=w.tokens, K=128, N=384, epilogue="gelu")
+    assert model.op_ms(q) == pytest.approx(w.tokens * 128 * 384 * cost(128, 384), rel=1e-9)
+    # outside the rectangle: IDW of the nearest, flagged as extrapolated
+    notes = P.Prediction(0.0, {})
+    out = P.OpSpec("gemm", M=w.tokens, K=512, N=2048, epilogue="gelu")
+    assert model.op_ms(out, notes) > 0 and notes.extrapolated == [out.key]
+    # another epilogue at the same M fills in
+    assert model.op_ms(P.OpSpec("gemm", M=w.tokens, K=128, N=384, epilogue="none")) > 0
+
+
+def test_attention_layernorm_embeddings_interpolation():
+    space = SearchSpace("att", layers=[2], heads=[2, 4, 8], hidden=[128, 256], intermediate=[256])
+    prof = synthetic(space)
+    model = prof.model(W)
+    # Dh = 48 lies between measured 32 and 64: the per-task time is linear in Dh here, so exact
+    a = P.OpSpec("attention", heads=6, head_dim=48)
+    assert model.op_ms(a) == pytest.approx(_ms(a, W) - CALL)
+    ln = P.OpSpec("layernorm", hidden=192)
+    assert model.op_ms(ln) == pytest.approx(_ms(ln, W) - CALL)
+    notes = P.Prediction(0.0, {})
+    big = P.OpSpec("layernorm", hidden=512)
+    assert model.op_ms(big, notes) == pytest.approx(_ms(big, W) - CALL) and notes.extrapolated == [big.key]
+    emb = P.OpSpec("embeddings", hidden=192, vocab=30522)
+    assert model.op_ms(emb) == pytest.approx(_ms(emb, W) - CALL)
+
+
+def test_extrapolation_warns():
+    prof = synthetic(SMALL)
+    with pytest.warns(RuntimeWarning, match="extrapolated"):
+        p = P.predict_latency((2, 8, 1024, 4096), W, prof, detail=True)
+    assert p.extrapolated and p.total_ms > P.predict_latency((2, 4, 256, 1024), W, prof)
+
+
+def test_workload_coverage_errors():
+    prof = synthetic(SMALL)
+    other = P.Workload(batch_size=8, seq_len=16, num_threads=2)
+    with pytest.raises(P.ProfileError, match="does not cover the workload.*bortengine profile --batch 8 --seq 16"):
+        P.predict_latency((2, 4, 128, 512), other, prof)
+    prof.workloads[W.key].calibration = None
+    prof._models.clear()
+    with pytest.raises(P.ProfileError, match="incomplete"):
+        P.predict_latency((2, 4, 128, 512), W, prof)
+    with pytest.raises(P.ProfileError, match="max_positions"):
+        P.predict_latency(SPACES["bort"].architectures()[0], P.Workload(1, 1024, 2), synthetic(SMALL))
+
+
+def test_thread_count_above_the_targets_cpus_warns():
+    w = P.Workload(batch_size=1, seq_len=16, num_threads=4)
+    prof = synthetic(SMALL, w=w)
+    with pytest.warns(RuntimeWarning, match="more threads than the 2 CPU"):
+        P.predict_latency((2, 4, 128, 512), w, prof)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "batch_size must be a positive integer"),
+    (dict(seq_len=2.5), "seq_len must be a positive integer"),
+    (dict(num_threads=True), "num_threads"),
+    (dict(dtype="int8"), "int8 path is planned"),
+])
+def test_bad_workloads(kwargs, message):
+    with pytest.raises(P.ProfileError, match=message):
+        P.Workload(**kwargs)
+
+
+def test_workload_key_and_round_trip():
+    w = P.Workload(2, 64, 1)
+    assert w.key == "b2-t64-th1-float32" and w.tokens == 128
+    assert P.Workload.from_dict({"batch_size": 2, "seq_len": 64, "num_threads": 1}) == w
+
+
+# --- files ------------------------------------------------------------------------------------------------------
+def test_profile_file_round_trip(tmp_path):
+    prof = synthetic(SMALL)
+    path = prof.save(tmp_path / "p.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == P.FORMAT and data["version"] == P.FORMAT_VERSION
+    assert data["target"]["signature"] == TARGET.signature
+    back = P.Profile.load(path)
+    assert back.target == TARGET and back.covers(W)
+    for arch in SMALL.sample(5, seed=1):
+        assert P.predict_latency(arch, W, back) == pytest.approx(P.predict_latency(arch, W, prof), rel=1e-4)
+    table = back.table()
+    assert "gemm M=16 K=128 N=384 none" in table and "calibration:" in table and "complete" in table
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "p.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: "{ half a file", "not valid JSON"),
+    (lambda d: {"hello": 1}, "not a bortengine profile"),
+    (lambda d: {**d, "version": 99}, "format version 99"),
+    (lambda d: {**d, "target": {"vendor": "x"}}, "malformed.*missing field"),
+    (lambda d: {**d, "workloads": {"b1-t16-th2-float32": {"workload": {"batch_size": 1}}}}, "malformed"),
+    (lambda d: {**d, "workloads": {"wrong-key": d["workloads"]["b1-t16-th2-float32"]}}, "describes"),
+    (lambda d: {**d, "workloads": {"b1-t16-th2-float32": {**d["workloads"]["b1-t16-th2-float32"],
+                                                          "ops": {"x": {"op": {"kind": "gemm"}, "blocks": []}}}}},
+     "malformed"),
+])
+def test_malformed_profiles(tmp_path, mutate, message):
+    good = synthetic(SMALL).to_dict()
+    path = _write(tmp_path, mutate(good))
+    with pytest.raises(P.ProfileError, match=message) as info:
+        P.load_profile(path, check_target=False)
+    assert path in str(info.value)
+
+
+def test_missing_profile_says_how_to_make_one(tmp_path):
+    with pytest.raises(P.ProfileError, match="bortengine profile --out"):
+        P.load_profile(tmp_path / "nothing.json")
+
+
+def test_profile_of_another_cpu_or_engine_warns(tmp_path):
+    here = P.Target.current()
+    elsewhere = P.Target(**{**here.__dict__, "model": "Some Other CPU", "flags": ("sse2",)})
+    path = synthetic(SMALL, target=elsewhere).save(tmp_path / "other.json")
+    with pytest.warns(P.ProfileMismatchWarning, match="another target.*model 'Some Other CPU'"):
+        P.load_profile(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        P.load_profile(path, check_target=False)  # predicting for a deployment target on purpose
+    newer = P.Target(**{**here.__dict__, "engine_version": "9.9.9"})
+    path = synthetic(SMALL, target=newer).save(tmp_path / "newer.json")
+    with pytest.warns(P.ProfileMismatchWarning, match="engine version 9.9.9"):
+        P.load_profile(path)
+    rebuilt = P.Target(**{**here.__dict__, "core_build": "0123456789abcdef"})
+    path = synthetic(SMALL, target=rebuilt).save(tmp_path / "rebuilt.json")
+    with pytest.warns(P.ProfileMismatchWarning, match="another build"):
+        P.load_profile(path)
+
+
+def test_default_profile_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("BORTENGINE_PROFILE_DIR", str(tmp_path / "p"))
+    assert P.default_profile_dir() == tmp_path / "p"
+    monkeypatch.delenv("BORTENGINE_PROFILE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    assert P.default_profile_dir() == tmp_path / "c" / "bortengine" / "profiles"
+    assert P.default_profile_path(TARGET).name == TARGET.signature + ".json"
+
+
+def test_required_ops_cover_every_architecture():
+    w = P.Workload(1, 128, 2)
+    space = SPACES["bort"]
+    ops = {s.key for s, _ in P.required_ops(space, w)}
+    prof = synthetic(space, w=w)
+    model = prof.model(w)
+    for arch in space:
+        p = model.predict(arch)
+        assert not p.interpolated and not p.extrapolated, arch
+    # QKV, attention output and the pooler per H; FFN in/out per (H, I), attention per (A, H), LN and embeddings
+    # per H. FFN out with I = H is the attention-output GEMM (same shape and epilogue), measured once.
+    assert len([k for k in ops if k.startswith("gemm")]) == 3 * 3 + 2 * 15 - 3
+    assert len([k for k in ops if k.startswith("attention")]) == 10
+    with pytest.raises(P.ProfileError, match="empty"):
+        P.required_ops(type("E", (), {"__len__": lambda self: 0, "name": "e"})(), w)
+
+
+def test_kendall_tau():
+    assert P.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert P.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # one discordant pair of six: (5 - 1) / 6
+    assert P.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    # tau-b with one tie in a: 5 concordant pairs, 0 discordant: 5 / sqrt(6 · 5)
+    assert P.kendall_tau([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9128709291752769)
+    with pytest.raises(ValueError):
+        P.kendall_tau([1], [1])
+
+
+# --- the shipped example profile --------------------------------------------------------------------------------
+SHIPPED = P.shipped_profiles()
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped profile")
+def test_shipped_profile_covers_the_bort_space():
+    prof = P.load_profile(SHIPPED[0], check_target=False)
+    w = P.Workload(1, 128, 2)
+    assert prof.covers(w) and "bort" in prof.workloads[w.key].spaces
+    times = []
+    for arch in SPACES["bort"]:
+        p = prof.model(w).predict(arch)
+        assert not p.extrapolated and not p.interpolated and p.total_ms > 0
+        times.append(p.total_ms)
+    assert max(times) / min(times) > 10  # ⟨12, 16, 1024, 3072⟩ is far slower than ⟨2, 4, 512, 256⟩
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped profile")
+def test_interpolation_on_measured_gemms_leave_one_out():
+    """Drop each measured FFN GEMM of the shipped profile whose shape has measured neighbours on both sides, and
+    interpolate it from the rest: the errors stay small on real timings."""
+    prof = P.load_profile(SHIPPED[0], check_target=False)
+    w = P.Workload(1, 128, 2)
+    wp = prof.workloads[w.key]
+    errors = []
+    for key, m in list(wp.ops.items()):
+        s = m.spec
+        if s.kind != "gemm" or s.epilogue != "gelu" or s.N in (256, 3072):
+            continue
+        rest = P.WorkloadProfile(w, {k: v for k, v in wp.ops.items() if k != key}, calibration=wp.calibration)
+        got = P.LatencyModel(rest).op_ms(s)
+        truth = P.LatencyModel(wp).op_ms(s)
+        errors.append(abs(got - truth) / truth)
+    assert errors and sorted(errors)[len(errors) // 2] < 0.10 and max(errors) < 0.25, errors
