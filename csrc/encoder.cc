@@ -1,5 +1,6 @@
-// encoder.cc: see encoder.h. One forward = one OpenMP parallel region; every op inside is a team op ending in a
-// barrier, so the only synchronisation is one barrier per op and no thread is created per layer.
+// encoder.cc: see encoder.h. One forward = one OpenMP parallel region; every op inside is a team op (ops.h): its
+// chunks are claimed by whichever threads run, and it completes when they are all done. No thread is created
+// per layer and no op waits for a thread that has no work in it.
 #include "encoder.h"
 
 #include <omp.h>
@@ -218,11 +219,16 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
     const bool int8 = dtype_ == DType::kInt8;
     if (int8) qscratch_.reserve(ntok, std::max(H, I));
     // One linear layer of the block, on the encoder's dtype.
-    auto linear = [&](int M, const float* A, int lda, const ops::PackedMatrix& W, const ops::QuantizedMatrix& W8,
-                      float* C, int ldc, const Epilogue& ep) {
-        if (int8) ops::gemm_int8_team(M, A, lda, W8, C, ldc, ep, qscratch_);
-        else ops::gemm_team(M, A, lda, W, C, ldc, ep);
+    auto linear = [&](ops::Team& team, int M, const float* A, int lda, const ops::PackedMatrix& W,
+                      const ops::QuantizedMatrix& W8, float* C, int ldc, const Epilogue& ep) {
+        if (int8) ops::gemm_int8_team(team, M, A, lda, W8, C, ldc, ep, qscratch_);
+        else ops::gemm_team(team, M, A, lda, W, C, ldc, ep);
     };
+    // ops of one forward: embeddings, per layer up to 11 (4 GEMMs, each with its int8 quantization, attention,
+    // 2 LayerNorms), scatter, pooler gather and GEMM (+ quantization)
+    const int max_ops = 8 + 11 * cfg_.layers;
+    // row chunks of the element-wise steps below
+    auto row_chunks = [&](int rows) { return std::max(1, std::min(rows, 2 * threads_)); };
 
     float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *hbuf = h_.data();
     float* scratch = attn_scratch_.data();
@@ -230,7 +236,7 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
 
     const bool trace = trace_;
     if (trace) last_trace_.assign(kTraceOps, 0.0);
-    ops::run_team(threads_, [&] {
+    ops::run_team(threads_, max_ops, [&](ops::Team& team) {
         // Tracing: thread 0 reads the clock after each op's closing barrier (so an op's time includes waiting for
         // the slowest thread) and charges it to the op.
         const bool tracer = trace && ops::current_thread() == 0;
@@ -241,52 +247,53 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
             last_trace_[op] += t - t_prev;
             t_prev = t;
         };
-#pragma omp for schedule(static)
-        for (int i = 0; i < ntok; ++i)
-            kt_.embed_layernorm(H, word_ + static_cast<std::ptrdiff_t>(tok_id_[i]) * H,
-                                pos_ + static_cast<std::ptrdiff_t>(tok_pos_[i]) * H,
-                                type_ + static_cast<std::ptrdiff_t>(tok_type_[i]) * H, emb_ln_w_.data(),
-                                emb_ln_b_.data(), eps, x + static_cast<std::ptrdiff_t>(i) * H);
+        const int emb_chunks = row_chunks(ntok);
+        team.parallel_for(emb_chunks, [&](int c) {
+            for (int i = ntok * c / emb_chunks; i < ntok * (c + 1) / emb_chunks; ++i)
+                kt_.embed_layernorm(H, word_ + static_cast<std::ptrdiff_t>(tok_id_[i]) * H,
+                                    pos_ + static_cast<std::ptrdiff_t>(tok_pos_[i]) * H,
+                                    type_ + static_cast<std::ptrdiff_t>(tok_type_[i]) * H, emb_ln_w_.data(),
+                                    emb_ln_b_.data(), eps, x + static_cast<std::ptrdiff_t>(i) * H);
+        });
         mark(kTraceEmbeddings);
         for (int l = 0; l < cfg_.layers; ++l) {
             const Layer& L = layers_[l];
             const bool final_layer = l + 1 == cfg_.layers;
             Epilogue e_qkv;
             e_qkv.bias = L.qkv_b.data();
-            linear(ntok, x, H, L.qkv, L.qkv8, qkv, 3 * H, e_qkv);
+            linear(team, ntok, x, H, L.qkv, L.qkv8, qkv, 3 * H, e_qkv);
             mark(kTraceQkv);
-            ops::attention_team(kt_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, scratch, stride);
+            ops::attention_team(team, kt_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, scratch, stride);
             mark(kTraceAttention);
             Epilogue e_ao;  // y = ctx·Wo + bo + x
             e_ao.bias = L.ao_b.data();
             e_ao.kind = Epilogue::kResidual;
             e_ao.residual = x;
             e_ao.ldr = H;
-            linear(ntok, ctx, H, L.ao, L.ao8, y, H, e_ao);
+            linear(team, ntok, ctx, H, L.ao, L.ao8, y, H, e_ao);
             mark(kTraceAttentionOut);
-            ops::layernorm_team(kt_, ntok, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
+            ops::layernorm_team(team, kt_, ntok, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
             mark(kTraceLayerNorm);
             Epilogue e_in;  // h = gelu(y·Wi + bi)
             e_in.bias = L.i_b.data();
             e_in.kind = Epilogue::kGelu;
-            linear(ntok, y, H, L.ffn_in, L.ffn_in8, hbuf, I, e_in);
+            linear(team, ntok, y, H, L.ffn_in, L.ffn_in8, hbuf, I, e_in);
             mark(kTraceFfnIn);
             Epilogue e_out;  // x = h·Wo2 + bo2 + y
             e_out.bias = L.o_b.data();
             e_out.kind = Epilogue::kResidual;
             e_out.residual = y;
             e_out.ldr = H;
-            linear(ntok, hbuf, I, L.ffn_out, L.ffn_out8, x, H, e_out);
+            linear(team, ntok, hbuf, I, L.ffn_out, L.ffn_out8, x, H, e_out);
             mark(kTraceFfnOut);
             float* dst = final_layer && dense ? out : x;
-            ops::layernorm_team(kt_, ntok, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
+            ops::layernorm_team(team, kt_, ntok, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
             mark(kTraceLayerNorm);
         }
         const float* last = dense ? out : x;
         if (!dense) {
             // Scatter packed rows back to [B, T, H]; masked positions are zeros.
-#pragma omp for schedule(static)
-            for (int b = 0; b < B; ++b) {
+            team.parallel_for(B, [&](int b) {
                 int k = seq_start_[b];
                 for (int t = 0; t < T; ++t) {
                     float* o = out + (static_cast<std::ptrdiff_t>(b) * T + t) * H;
@@ -295,18 +302,19 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
                     else
                         std::memset(o, 0, sizeof(float) * H);
                 }
-            }
+            });
         }
         if (pooled) {
             // pooler_output = tanh(W · h[first token] + b) per sequence.
-#pragma omp for schedule(static)
-            for (int b = 0; b < B; ++b)
-                std::memcpy(pool_in_.data() + static_cast<std::ptrdiff_t>(b) * H,
-                            last + static_cast<std::ptrdiff_t>(seq_start_[b]) * H, sizeof(float) * H);
+            team.parallel_for(1, [&](int) {
+                for (int b = 0; b < B; ++b)
+                    std::memcpy(pool_in_.data() + static_cast<std::ptrdiff_t>(b) * H,
+                                last + static_cast<std::ptrdiff_t>(seq_start_[b]) * H, sizeof(float) * H);
+            });
             Epilogue e_p;
             e_p.bias = pooler_b_.data();
             e_p.kind = Epilogue::kTanh;
-            ops::gemm_team(B, pool_in_.data(), H, pooler_, pooled, H, e_p);
+            ops::gemm_team(team, B, pool_in_.data(), H, pooler_, pooled, H, e_p);
         }
         mark(kTraceOutput);
     });

@@ -2,6 +2,7 @@
 #include "ops.h"
 
 #include <omp.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +13,43 @@ namespace ops {
 
 int current_thread() { return omp_get_thread_num(); }
 int current_team_size() { return omp_get_num_threads(); }
+
+Team::Team(int threads, int max_ops)
+    : threads_(threads < 1 ? 1 : threads), max_ops_(max_ops),
+      queues_(new Queue[max_ops > 0 ? max_ops : 1]), cursors_(new Cursor[threads_]) {}
+
+Team::Queue& Team::next_queue() {
+    const int tid = omp_get_thread_num();
+    int& op = cursors_[tid < threads_ ? tid : 0].op;
+    // max_ops is computed by the caller from the op sequence; running past it is a bug in the caller, so wrap
+    // (ops would then share queues) rather than write out of bounds.
+    Queue& q = queues_[op % max_ops_];
+    ++op;
+    return q;
+}
+
+void Team::wait_done(const Queue& q, int n) {
+    // Spin briefly (the usual case: the other threads finish their chunks within microseconds), then yield the
+    // core so a thread that still holds a chunk can run on it.
+    for (int spins = 0; q.done.load(std::memory_order_acquire) < n; ++spins) {
+        if (spins < 4000) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            sched_yield();
+        }
+    }
+}
+
+namespace {
+// [begin, end) of chunk c when `total` items are cut into `chunks` nearly equal chunks.
+inline int chunk_begin(int total, int chunks, int c) {
+    return static_cast<int>(static_cast<long long>(total) * c / chunks);
+}
+// Chunks per op: twice the threads, so a late thread's share can be taken over in halves.
+inline int chunk_count(const Team& team, int items) { return std::max(1, std::min(items, 2 * team.threads())); }
+}  // namespace
 
 PackedMatrix pack_linear(const KernelTable& kt, const float* w, int N, int K) {
     if (N <= 0 || K <= 0)
@@ -26,42 +64,37 @@ PackedMatrix pack_linear(const KernelTable& kt, const float* w, int N, int K) {
     return m;
 }
 
-void gemm_team(int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C, std::ptrdiff_t ldc,
-               const Epilogue& ep) {
+void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C,
+               std::ptrdiff_t ldc, const Epilogue& ep) {
     const KernelTable& kt = *B.kt;
-    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
     const int panels = (B.N + kt.nr - 1) / kt.nr;
-    if (nt == 1) {
-        kt.gemm(M, B.N, B.K, A, lda, B.data.data(), C, ldc, ep);
-        return;
-    }
-    // Column split: each thread reads a disjoint slice of the weights (the dominant memory traffic at small M).
-    // Row split only when there are too few panels to share and enough rows.
-    const bool split_rows = panels < 2 * nt && M >= 2 * nt * kt.mr;
+    // Column chunks: each reads a disjoint slice of the weights (the dominant memory traffic at small M). Row
+    // chunks only when there are too few panels to share and enough rows.
+    const int nt = team.threads();
+    const bool split_rows = nt > 1 && panels < 2 * nt && M >= 2 * nt * kt.mr;
     if (!split_rows) {
-        const int p0 = static_cast<int>(static_cast<long long>(panels) * tid / nt);
-        const int p1 = static_cast<int>(static_cast<long long>(panels) * (tid + 1) / nt);
-        if (p1 > p0) {
+        const int chunks = chunk_count(team, panels);
+        team.parallel_for(chunks, [&](int c) {
+            const int p0 = chunk_begin(panels, chunks, c), p1 = chunk_begin(panels, chunks, c + 1);
             const int n0 = p0 * kt.nr, n1 = std::min(B.N, p1 * kt.nr);
             Epilogue e = ep;
             if (e.bias) e.bias += n0;
             if (e.residual) e.residual += n0;
             kt.gemm(M, n1 - n0, B.K, A, lda, B.data.data() + static_cast<std::ptrdiff_t>(p0) * B.K * kt.nr, C + n0,
                     ldc, e);
-        }
+        });
     } else {
         const int blocks = (M + kt.mr - 1) / kt.mr;
-        const int b0 = static_cast<int>(static_cast<long long>(blocks) * tid / nt);
-        const int b1 = static_cast<int>(static_cast<long long>(blocks) * (tid + 1) / nt);
-        const int m0 = b0 * kt.mr, m1 = std::min(M, b1 * kt.mr);
-        if (m1 > m0) {
+        const int chunks = chunk_count(team, blocks);
+        team.parallel_for(chunks, [&](int c) {
+            const int m0 = chunk_begin(blocks, chunks, c) * kt.mr;
+            const int m1 = std::min(M, chunk_begin(blocks, chunks, c + 1) * kt.mr);
             Epilogue e = ep;
             if (e.residual) e.residual += m0 * e.ldr;
             if (e.row_scale) e.row_scale += m0;
             kt.gemm(m1 - m0, B.N, B.K, A + m0 * lda, lda, B.data.data(), C + m0 * ldc, ldc, e);
-        }
+        });
     }
-#pragma omp barrier
 }
 
 QuantizedMatrix pack_quantized_linear(const Int8KernelTable& kt, const std::int8_t* w, const float* scale, int N,
@@ -121,33 +154,32 @@ void QuantScratch::reserve(int M, int K) {
     zp.resize(M);
 }
 
-void gemm_int8_team(int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
+void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
                     std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32) {
     const Int8KernelTable& kt = *B.kt;
-    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    {   // quantize this thread's rows of A
-        const int m0 = static_cast<int>(static_cast<long long>(M) * tid / nt);
-        const int m1 = static_cast<int>(static_cast<long long>(M) * (tid + 1) / nt);
-        if (m1 > m0)
+    {   // quantize the rows of A
+        const int chunks = chunk_count(team, M);
+        team.parallel_for(chunks, [&](int c) {
+            const int m0 = chunk_begin(M, chunks, c), m1 = chunk_begin(M, chunks, c + 1);
             kt.quantize_rows(m1 - m0, B.K, A + m0 * lda, lda, qs.q.data() + m0 * qs.ldq, qs.ldq, qs.scale.data() + m0,
                              qs.zp.data() + m0);
+        });
     }
-#pragma omp barrier
     const int panels = (B.N + kt.nr - 1) / kt.nr;
     const std::size_t panel_bytes = kt.packed_b_bytes(B.K, kt.nr);
+    const int nt = team.threads();
     const bool split_rows = nt > 1 && panels < 2 * nt && M >= 2 * nt * kt.mr;
-    int m0 = 0, m1 = M, p0 = 0, p1 = panels;
-    if (nt > 1) {
+    const int blocks = (M + kt.mr - 1) / kt.mr;
+    const int chunks = chunk_count(team, split_rows ? blocks : panels);
+    team.parallel_for(chunks, [&](int c) {
+        int m0 = 0, m1 = M, p0 = 0, p1 = panels;
         if (split_rows) {
-            const int blocks = (M + kt.mr - 1) / kt.mr;
-            m0 = std::min(M, static_cast<int>(static_cast<long long>(blocks) * tid / nt) * kt.mr);
-            m1 = std::min(M, static_cast<int>(static_cast<long long>(blocks) * (tid + 1) / nt) * kt.mr);
+            m0 = chunk_begin(blocks, chunks, c) * kt.mr;
+            m1 = std::min(M, chunk_begin(blocks, chunks, c + 1) * kt.mr);
         } else {
-            p0 = static_cast<int>(static_cast<long long>(panels) * tid / nt);
-            p1 = static_cast<int>(static_cast<long long>(panels) * (tid + 1) / nt);
+            p0 = chunk_begin(panels, chunks, c);
+            p1 = chunk_begin(panels, chunks, c + 1);
         }
-    }
-    if (m1 > m0 && p1 > p0) {
         const int n0 = p0 * kt.nr, n1 = std::min(B.N, p1 * kt.nr);
         Epilogue e = ep;
         if (e.bias) e.bias += n0;
@@ -156,38 +188,33 @@ void gemm_int8_team(int M, const float* A, std::ptrdiff_t lda, const QuantizedMa
         kt.gemm(m1 - m0, n1 - n0, B.K, qs.q.data() + m0 * qs.ldq, qs.ldq, qs.scale.data() + m0, qs.zp.data() + m0,
                 B.data.data() + p0 * panel_bytes, B.scale.data() + n0, B.sum.data() + n0, C + m0 * ldc + n0, ldc, e,
                 raw_int32);
-    }
-#pragma omp barrier
+    });
 }
 
-void layernorm_team(const KernelTable& kt, int M, int N, const float* x, const float* r, const float* g,
-                    const float* b, float eps, float* y) {
-    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int m0 = static_cast<int>(static_cast<long long>(M) * tid / nt);
-    const int m1 = static_cast<int>(static_cast<long long>(M) * (tid + 1) / nt);
-    if (m1 > m0)
+void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float* x, const float* r,
+                    const float* g, const float* b, float eps, float* y) {
+    const int chunks = chunk_count(team, M);
+    team.parallel_for(chunks, [&](int c) {
+        const int m0 = chunk_begin(M, chunks, c), m1 = chunk_begin(M, chunks, c + 1);
         kt.layernorm(m1 - m0, N, x + static_cast<std::ptrdiff_t>(m0) * N, N,
                      r ? r + static_cast<std::ptrdiff_t>(m0) * N : nullptr, N, g, b, eps,
                      y + static_cast<std::ptrdiff_t>(m0) * N, N);
-#pragma omp barrier
+    });
 }
 
-void attention_team(const KernelTable& kt, const float* qkv, int H, int heads, const std::vector<int>& seq_start,
-                    const std::vector<int>& seq_len, const std::vector<int>& longest_first, float* ctx,
-                    float* scratch, std::size_t scratch_stride) {
+void attention_team(Team& team, const KernelTable& kt, const float* qkv, int H, int heads,
+                    const std::vector<int>& seq_start, const std::vector<int>& seq_len,
+                    const std::vector<int>& longest_first, float* ctx, float* scratch, std::size_t scratch_stride) {
     const int dh = H / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
     const std::ptrdiff_t ld = 3 * static_cast<std::ptrdiff_t>(H);
-    const int tasks = static_cast<int>(longest_first.size()) * heads;
     float* mine = scratch + omp_get_thread_num() * scratch_stride;
-#pragma omp for schedule(dynamic, 1)
-    for (int t = 0; t < tasks; ++t) {
+    team.parallel_for(static_cast<int>(longest_first.size()) * heads, [&](int t) {
         const int s = longest_first[t / heads], h = t % heads;
         const float* base = qkv + seq_start[s] * ld + h * dh;
         kt.attention(seq_len[s], dh, base, base + H, base + 2 * H, ld, scale, ctx + seq_start[s] * H + h * dh, H,
                      mine);
-    }
-    // the implicit barrier of omp for ends the op
+    });
 }
 
 Epilogue::Kind parse_epilogue(const std::string& name) {

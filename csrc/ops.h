@@ -1,11 +1,15 @@
 // ops.h: operations over whole tensors. Ops check shapes (throwing std::invalid_argument with both shapes),
-// split the work across the threads of the current OpenMP team and call one ISA's kernels.
+// split the work into chunks shared by the threads of a Team and call one ISA's kernels.
 //
-// Team contract: the *_team functions must be called by every thread of the enclosing parallel region (or
-// outside any region, where the caller is a team of one); they end with a barrier, so their outputs are
-// complete for all threads on return. They never throw: validate before entering the region.
+// Team contract: every thread of a run_team region calls the same *_team functions in the same order. Each op
+// is cut into chunks that threads claim from a shared counter, and an op returns once all its chunks are done
+// (not once all threads have arrived). So a thread that the OS has descheduled — a busy machine, more threads
+// than cores — delays nothing it has not claimed: the others take its share, and the call degrades to the speed
+// of the threads that run instead of stalling at a barrier. Team ops never throw: validate before the region.
 #pragma once
+#include <atomic>
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,6 +18,8 @@
 
 namespace bortengine {
 namespace ops {
+
+class Team;
 
 // A GEMM B operand packed once for one ISA: from a torch Linear weight w [N, K] (out x in).
 struct PackedMatrix {
@@ -52,28 +58,51 @@ struct QuantScratch {
 
 // C[M, B.N] = epilogue(dequant(quantize(A) · B)): rows of A are quantized by the team, then the GEMM is split
 // like gemm_team. raw_int32 stores the exact int32 sums (tests).
-void gemm_int8_team(int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
+void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
                     std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32 = false);
 
-// C[M, B.N] = epilogue(A[M, B.K] · B). Splits columns (panels) across threads when there are enough of them,
-// else rows: each thread then streams only its share of the weights.
-void gemm_team(int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C, std::ptrdiff_t ldc,
-               const Epilogue& ep);
+// The shared state of one parallel run: one work queue per op instance, used in call order by every thread.
+class Team {
+  public:
+    Team(int threads, int max_ops);
+    int threads() const { return threads_; }
+    // Runs fn(c) for every chunk c in [0, n) on whichever threads claim it; returns when all n are done.
+    template <class F>
+    void parallel_for(int n, F&& fn);
 
-// y[M, N] = LayerNorm(x (+ r)) row-wise; rows split across threads. y may alias x.
-void layernorm_team(const KernelTable& kt, int M, int N, const float* x, const float* r, const float* g,
+  private:
+    struct alignas(64) Queue {
+        std::atomic<int> next{0}, done{0};
+    };
+    struct alignas(64) Cursor {
+        int op = 0;
+    };
+    Queue& next_queue();
+    static void wait_done(const Queue& q, int n);
+    int threads_, max_ops_;
+    std::unique_ptr<Queue[]> queues_;
+    std::unique_ptr<Cursor[]> cursors_;  // per thread: its next op index
+};
+
+// Runs fn(team) on `threads` threads (1 = the calling thread only) sharing one Team sized for max_ops ops.
+template <class F>
+void run_team(int threads, int max_ops, F&& fn);
+
+// C[M, B.N] = epilogue(A[M, B.K] · B). Splits columns (panels) into chunks when there are enough of them, else
+// rows: each chunk then streams only its share of the weights.
+void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C,
+               std::ptrdiff_t ldc, const Epilogue& ep);
+
+// y[M, N] = LayerNorm(x (+ r)) row-wise; rows split into chunks. y may alias x.
+void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float* x, const float* r, const float* g,
                     const float* b, float eps, float* y);
 
 // ctx[Ntok, H] = self-attention of packed sequences (seq_start[s], seq_len[s]) over qkv [Ntok, 3H], one task per
-// (sequence, head), longest sequences first, dynamically scheduled. scratch: per-thread blocks of
-// scratch_stride floats, at least attention_scratch_floats(kt, max_len, H/heads).
-void attention_team(const KernelTable& kt, const float* qkv, int H, int heads, const std::vector<int>& seq_start,
+// (sequence, head), longest sequences first. scratch: per-thread blocks of scratch_stride floats, at least
+// attention_scratch_floats(kt, max_len, H/heads).
+void attention_team(Team& team, const KernelTable& kt, const float* qkv, int H, int heads, const std::vector<int>& seq_start,
                     const std::vector<int>& seq_len, const std::vector<int>& longest_first, float* ctx,
                     float* scratch, std::size_t scratch_stride);
-
-// Runs fn(tid, nthreads) on a team of `threads` threads (1 = the calling thread only).
-template <class F>
-void run_team(int threads, F&& fn);
 
 int current_thread();
 int current_team_size();
@@ -86,14 +115,29 @@ Epilogue::Kind parse_epilogue(const std::string& name);
 #include <omp.h>
 namespace bortengine {
 namespace ops {
+
 template <class F>
-void run_team(int threads, F&& fn) {
+void Team::parallel_for(int n, F&& fn) {
+    Queue& q = next_queue();
+    for (;;) {
+        const int c = q.next.fetch_add(1, std::memory_order_relaxed);
+        if (c >= n) break;
+        fn(c);
+        q.done.fetch_add(1, std::memory_order_release);
+    }
+    wait_done(q, n);
+}
+
+template <class F>
+void run_team(int threads, int max_ops, F&& fn) {
+    Team team(threads, max_ops);
     if (threads <= 1) {
-        fn();
+        fn(team);
         return;
     }
 #pragma omp parallel num_threads(threads)
-    fn();
+    fn(team);
 }
+
 }  // namespace ops
 }  // namespace bortengine
