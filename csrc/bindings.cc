@@ -567,19 +567,7 @@ PYBIND11_MODULE(_core, m) {
             const int N = static_cast<int>(w.shape(0)), K = static_cast<int>(w.shape(1));
             QArray q({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(K)});
             FArray s({static_cast<py::ssize_t>(N)});
-            for (int n = 0; n < N; ++n) {
-                const float* row = w.data() + static_cast<std::ptrdiff_t>(n) * K;
-                float mx = 0.0f;
-                for (int k = 0; k < K; ++k) {
-                    if (!std::isfinite(row[k])) throw std::invalid_argument("weights contain a non-finite value");
-                    mx = std::max(mx, std::fabs(row[k]));
-                }
-                const float sc = mx > 0.0f ? mx / 127.0f : 1.0f;
-                s.mutable_data()[n] = sc;
-                for (int k = 0; k < K; ++k)
-                    q.mutable_data()[static_cast<std::ptrdiff_t>(n) * K + k] =
-                        static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(row[k] / sc))));
-            }
+            ops::quantize_weights(w.data(), N, K, q.mutable_data(), s.mutable_data());
             return py::make_tuple(q, s);
         },
         py::arg("w"));

@@ -65,6 +65,12 @@ std::vector<E> concat3(const E* a, const E* b, const E* c, std::size_t n) {
 }
 }  // namespace
 
+void Encoder::check_layer_index(int index) const {
+    if (index < 0 || index >= cfg_.layers)
+        throw std::invalid_argument("layer index " + std::to_string(index) + " out of range [0, " +
+                                    std::to_string(cfg_.layers) + ")");
+}
+
 void Encoder::set_layer_vectors(Layer& L, const LayerWeights& w) {
     const int H = cfg_.hidden, I = cfg_.intermediate;
     L.qkv_b = concat3(w.q_b, w.k_b, w.v_b, H);
@@ -79,9 +85,7 @@ void Encoder::set_layer_vectors(Layer& L, const LayerWeights& w) {
 }
 
 void Encoder::set_layer(int index, const LayerWeights& w) {
-    if (index < 0 || index >= cfg_.layers)
-        throw std::invalid_argument("layer index " + std::to_string(index) + " out of range [0, " +
-                                    std::to_string(cfg_.layers) + ")");
+    check_layer_index(index);
     const int H = cfg_.hidden, I = cfg_.intermediate;
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
@@ -104,9 +108,7 @@ void Encoder::set_layer(int index, const LayerWeights& w) {
 
 void Encoder::set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q) {
     if (dtype_ != DType::kInt8) throw std::invalid_argument("pre-quantized weights need an int8 encoder");
-    if (index < 0 || index >= cfg_.layers)
-        throw std::invalid_argument("layer index " + std::to_string(index) + " out of range [0, " +
-                                    std::to_string(cfg_.layers) + ")");
+    check_layer_index(index);
     const int H = cfg_.hidden, I = cfg_.intermediate;
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;

@@ -84,6 +84,7 @@ class Encoder {
         bool set = false;
     };
     void set_layer_vectors(Layer& L, const LayerWeights& w);
+    void check_layer_index(int index) const;
     void validate(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T) const;
 
     EncoderConfig cfg_;

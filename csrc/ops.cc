@@ -123,12 +123,7 @@ QuantizedMatrix pack_quantized_linear(const Int8KernelTable& kt, const std::int8
     return m;
 }
 
-QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N, int K) {
-    if (N <= 0 || K <= 0)
-        throw std::invalid_argument("linear weight must have positive sizes, got [" + std::to_string(N) + ", " +
-                                    std::to_string(K) + "]");
-    std::vector<std::int8_t> q(static_cast<std::size_t>(N) * K);
-    std::vector<float> scale(N);
+void quantize_weights(const float* w, int N, int K, std::int8_t* q, float* scale) {
     for (int n = 0; n < N; ++n) {
         const float* row = w + static_cast<std::ptrdiff_t>(n) * K;
         float mx = 0.0f;
@@ -139,11 +134,19 @@ QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N
         }
         const float s = mx > 0.0f ? mx / 127.0f : 1.0f;
         scale[n] = s;
-        for (int k = 0; k < K; ++k) {
-            const float v = std::nearbyint(row[k] / s);
-            q[static_cast<std::size_t>(n) * K + k] = static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, v)));
-        }
+        for (int k = 0; k < K; ++k)
+            q[static_cast<std::ptrdiff_t>(n) * K + k] =
+                static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(row[k] / s))));
     }
+}
+
+QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N, int K) {
+    if (N <= 0 || K <= 0)
+        throw std::invalid_argument("linear weight must have positive sizes, got [" + std::to_string(N) + ", " +
+                                    std::to_string(K) + "]");
+    std::vector<std::int8_t> q(static_cast<std::size_t>(N) * K);
+    std::vector<float> scale(N);
+    quantize_weights(w, N, K, q.data(), scale.data());
     return pack_quantized_linear(kt, q.data(), scale.data(), N, K);
 }
 

@@ -40,7 +40,10 @@ struct QuantizedMatrix {
     std::vector<std::int32_t> sum;  // [N] sum over k of the s8 weights
     std::size_t bytes() const { return data.bytes() + scale.size() * 4 + sum.size() * 4; }
 };
-// From float w [N, K]: scale[n] = max|w[n, :]| / 127 (1 if the row is zero), q = clamp(nearbyint(w / scale)).
+// Per output channel: scale[n] = max|w[n, :]| / 127 (1 if the row is zero), q = clamp(nearbyint(w / scale),
+// -127, 127). w float [N, K] -> q int8 [N, K], scale [N]. Throws on non-finite weights.
+void quantize_weights(const float* w, int N, int K, std::int8_t* q, float* scale);
+// From float w [N, K], quantized by quantize_weights.
 QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N, int K);
 // From already quantized s8 w [N, K] and scales [N] (pre-quantized exports).
 QuantizedMatrix pack_quantized_linear(const Int8KernelTable& kt, const std::int8_t* w, const float* scale, int N,
