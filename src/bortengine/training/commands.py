@@ -67,6 +67,7 @@ def add_training_parsers(sub) -> None:
     ft.add_argument("--surrogate-steps", type=int, default=None, metavar="N",
                     help="short-budget mode: train N steps from the model, print the dev loss, write nothing")
     ft.add_argument("--no-progress", action="store_true")
+    _add_agora_arguments(ft)
 
     ex = sub.add_parser("export", help="a pretrain/finetune run or checkpoint -> a directory bortengine.load reads")
     ex.add_argument("run", help="run directory of pretrain/finetune (or an HF model directory)")
@@ -110,12 +111,58 @@ def _finetune(args) -> int:
         model=args.model, task=args.task, out_dir=args.out, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, max_steps=args.max_steps,
         time_budget=args.time_budget, clock=args.clock, threads=args.threads, train_limit=args.train_limit)
+    if args.agora:
+        return _finetune_agora(args)
     if args.surrogate_steps is not None:
         loss = finetune_surrogate_loss(config, steps=args.surrogate_steps)
         print(json.dumps({"task": args.task, "steps": args.surrogate_steps, "dev_loss": loss}))
         return 0
     _, metrics = finetune(config, progress=not args.no_progress)
     _print_result(metrics)
+    return 0
+
+
+def _add_agora_arguments(ft) -> None:
+    ag = ft.add_argument_group("Agora (--agora; see docs/agora.md)")
+    ag.add_argument("--agora", action="store_true",
+                    help="run the Agora loop: Θ search per round, new points near the dev mistakes, labelled by "
+                         "--labeller, appended to the training set (the test split is scored after the loop)")
+    ag.add_argument("--labeller", default=None, help="classifier directory bortengine.load reads (the labeller)")
+    ag.add_argument("--student-arch", default="4,8,256,512", metavar="D,A,H,I",
+                    help="cut this student from --model (default all-MiniLM-L6-v2) by importance; 'none': --model "
+                         "is the student (default 4,8,256,512)")
+    ag.add_argument("--settings", default=None, metavar="THETA",
+                    help="Θ: 'lr=2e-4,epochs=8;lr=4e-4,epochs=4', a JSON list, or a JSON file")
+    ag.add_argument("--rounds", type=int, default=None, help="round budget (default: until Θ is empty)")
+    ag.add_argument("--per-mistake", type=int, default=4, help="new points per dev mistake (default 4)")
+    ag.add_argument("--max-new-per-round", type=int, default=None)
+    ag.add_argument("--transformation", choices=("neighbours", "mlm"), default="neighbours")
+    ag.add_argument("--replace-fraction", type=float, default=0.25, help="fraction of words replaced (0.25)")
+    ag.add_argument("--neighbours", type=int, default=8, help="k nearest neighbours / MLM predictions (8)")
+    ag.add_argument("--mlm-model", default=None, help="BertForMaskedLM directory for --transformation mlm")
+
+
+def _finetune_agora(args) -> int:
+    from ..agora import AgoraError, finetune_agora, parse_settings
+
+    if args.labeller is None:
+        print("error: --agora needs --labeller DIR (a classifier bortengine.load reads, e.g. an exported "
+              "fine-tuned teacher)", file=sys.stderr)
+        return 2
+    arch = None if (args.student_arch or "").lower() == "none" else args.student_arch
+    try:
+        summary = finetune_agora(
+            labeller=args.labeller, out_dir=args.out, model=args.model, arch=arch, task=args.task,
+            train_limit=args.train_limit, seed=args.seed, settings=parse_settings(args.settings),
+            rounds=args.rounds, per_mistake=args.per_mistake, max_new_per_round=args.max_new_per_round,
+            transformation=args.transformation, fraction=args.replace_fraction, neighbours=args.neighbours,
+            mlm_model=args.mlm_model, max_length=args.max_length or 64, threads=args.threads)
+    except AgoraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print_result({k: v for k, v in summary.items() if k != "rounds"} | {"rounds": [
+        {k: r[k] for k in ("round", "theta_left", "train_size", "generated", "label_agreement", "dev_accuracy",
+                           "test_accuracy")} for r in summary["rounds"]]})
     return 0
 
 
