@@ -225,3 +225,17 @@ print("torch" in sys.modules, "transformers" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_cpu_clock_for_one_thread(tmp_path):
+    prof = P.profile(TINY, W, out=tmp_path / "cpu.json", progress=False, settings=FAST, clock="cpu")
+    wp = prof.workloads[W.key]
+    assert wp.clock == "cpu" and P.Profile.load(tmp_path / "cpu.json").workloads[W.key].clock == "cpu"
+    report = P.validate(prof, TINY, W, n=2, quick=True, progress=False)
+    assert report.conditions["clock"] == "cpu"
+    with pytest.warns(RuntimeWarning, match="re-measuring it with the wall clock"):
+        P.profile(TINY, W, out=tmp_path / "cpu.json", progress=False, settings=FAST)
+    with pytest.raises(P.ProfileError, match="needs num_threads=1"):
+        P.profile(TINY, P.Workload(1, 8, 2), out=tmp_path / "x.json", progress=False, settings=FAST, clock="cpu")
+    with pytest.raises(P.ProfileError, match="unknown clock"):
+        P.profile(TINY, W, out=tmp_path / "x.json", progress=False, settings=FAST, clock="sundial")

@@ -42,6 +42,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
     demo.add_argument("--model", default=None, help="model directory (default: the installed all-MiniLM-L6-v2)")
     _add_profile_parsers(sub)
+    from bortengine.search import add_extract_parser
+
+    add_extract_parser(sub)  # extract: the FPTAS (torch only in surrogate workers)
     from bortengine.training.commands import TRAINING_COMMANDS, add_training_parsers
 
     add_training_parsers(sub)  # pretrain, finetune, export (torch imported only when they run)
@@ -63,6 +66,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_training_command(args)
         if args.command in ("profile", "profile-validate"):
             return _profile(args)
+        if args.command == "extract":
+            from bortengine.search import run_extract
+
+            return run_extract(args)
     except bortengine.BortEngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -221,6 +228,9 @@ def _add_profile_parsers(sub) -> None:
     common.add_argument("--out", "--profile", dest="out", default=None, metavar="PATH",
                         help="profile file (default: this CPU's file in the cache directory)")
     common.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
+    common.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time (default), or the thread's CPU time: immune to other processes taking the "
+                             "CPU, only with --threads 1")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
     common.add_argument("--archs", type=int, default=12, help="validation: architectures to sample (default 12)")
     common.add_argument("--seed", type=int, default=0, help="validation: sampling seed (default 0)")
@@ -256,7 +266,7 @@ def _profile(args) -> int:
         start = time.perf_counter()
         try:
             prof = profiler.profile(space, workload, quick=args.quick, out=args.out, resume=not args.fresh,
-                                    isa=args.isa, progress=not args.no_progress)
+                                    isa=args.isa, progress=not args.no_progress, clock=args.clock)
         except profiler.ProfileInterrupted as e:
             print(f"\n{e}", file=sys.stderr)
             return 130

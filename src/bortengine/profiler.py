@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -461,6 +461,7 @@ class WorkloadProfile:
     ops: dict[str, Measurement] = field(default_factory=dict)
     mode: str = "full"
     blocks: int = 2
+    clock: str = "wall"
     spaces: list[str] = field(default_factory=list)
     calibration: Optional[dict[str, Any]] = None
     conditions: list[dict[str, Any]] = field(default_factory=list)
@@ -477,7 +478,8 @@ class WorkloadProfile:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "workload": asdict(self.workload), "mode": self.mode, "blocks": self.blocks, "spaces": self.spaces,
+            "workload": asdict(self.workload), "mode": self.mode, "blocks": self.blocks, "clock": self.clock,
+            "spaces": self.spaces,
             "complete": self.complete, "calibration": self.calibration, "conditions": self.conditions,
             "ops": {k: m.to_dict(self.workload) for k, m in sorted(self.ops.items(), key=_op_order)},
         }
@@ -491,7 +493,10 @@ class WorkloadProfile:
             if meas.spec.key != key:
                 raise ProfileError(f"measurement {key!r} describes op {meas.spec.key!r}")
             ops[key] = meas
-        return cls(workload=w, ops=ops, mode=str(d.get("mode", "full")), blocks=int(d.get("blocks", 2)),
+        clock = str(d.get("clock", "wall"))
+        if clock not in CLOCKS:
+            raise ProfileError(f"unknown clock {clock!r}")
+        return cls(workload=w, ops=ops, mode=str(d.get("mode", "full")), blocks=int(d.get("blocks", 2)), clock=clock,
                    spaces=list(d.get("spaces", [])), calibration=d.get("calibration"),
                    conditions=list(d.get("conditions", [])))
 
@@ -630,7 +635,7 @@ class Profile:
             lines.append("(no workloads measured)")
         for key, wp in sorted(self.workloads.items()):
             w = wp.workload
-            lines += ["", f"workload {w}  [{key}]  mode {wp.mode}, {wp.blocks} block(s), spaces "
+            lines += ["", f"workload {w}  [{key}]  mode {wp.mode}, {wp.blocks} block(s), {wp.clock} clock, spaces "
                           f"{', '.join(wp.spaces) or '-'}, {'complete' if wp.complete else 'INCOMPLETE'}"]
             for c in wp.conditions[-1:]:
                 lines.append(f"  measured {c.get('started', '?')}: {c.get('seconds', 0):.0f} s, load average "
@@ -719,11 +724,26 @@ class Settings:
     min_repeats: int = 15
     max_repeats: int = 3000
     rotation_factor: float = 2.0    # GEMM weight copies total rotation_factor × L3
+    clock: str = "wall"             # see CLOCKS
 
     @classmethod
-    def quick(cls) -> "Settings":
+    def quick(cls, clock: str = "wall") -> "Settings":
         return cls(mode="quick", blocks=1, warmup_s=0.01, min_warmup=2, budget_s=0.06, min_repeats=7,
-                   max_repeats=500)
+                   max_repeats=500, clock=clock)
+
+
+# wall: elapsed time (perf_counter), what a caller waits. cpu: CPU time of the calling thread (thread_time), which
+# excludes the time other processes hold the CPU; it equals the wall time of a quiet machine only for one thread
+# (the op runs on the calling thread), so it is allowed only with num_threads = 1.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def _check_clock(clock: str, workload: Workload) -> None:
+    if clock not in CLOCKS:
+        raise ProfileError(f"unknown clock {clock!r}; expected one of {sorted(CLOCKS)}")
+    if clock == "cpu" and workload.num_threads != 1:
+        raise ProfileError(f"the cpu clock times the calling thread only, so it needs num_threads=1 (got "
+                           f"{workload.num_threads}); use the wall clock on a quiet machine for more threads")
 
 
 class _CpuMeter:
@@ -787,9 +807,9 @@ def _time_block(fn: Callable[[], Any], s: Settings) -> list[float]:
             fn()
             k += 1
         samples: list[float] = []
-        start = time.perf_counter()
-        clock = time.perf_counter
-        while len(samples) < s.max_repeats and (len(samples) < s.min_repeats or clock() - start < s.budget_s):
+        wall, clock = time.perf_counter, CLOCKS[s.clock]
+        start = wall()
+        while len(samples) < s.max_repeats and (len(samples) < s.min_repeats or wall() - start < s.budget_s):
             t0 = clock()
             fn()
             samples.append(clock() - t0)
@@ -1004,12 +1024,13 @@ def _estimate_cost(spec: OpSpec, w: Workload, s: Settings, rotation_bytes: int) 
 
 def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = None, *, quick: bool = False,
             out: Optional[str | os.PathLike] = None, resume: bool = True, isa: Optional[str] = None,
-            progress: bool = True, settings: Optional[Settings] = None) -> Profile:
+            progress: bool = True, settings: Optional[Settings] = None, clock: Optional[str] = None) -> Profile:
     """Measure every op the space needs under the workload on this CPU; save (and return) the profile.
 
     The file (out, default: this CPU's file in the cache directory) is updated after every op, so Ctrl-C
     (ProfileInterrupted, a KeyboardInterrupt) keeps what was measured, and calling again resumes. Measurements
-    already in the file for the same mode are kept; a full run re-measures ops a quick run took.
+    already in the file are kept, except that a full run re-measures ops a quick run took. clock: "wall"
+    (default) or "cpu" (one thread only, immune to other processes taking the CPU; see CLOCKS).
     """
     space = SearchSpace.resolve(space)
     workload = workload or Workload(num_threads=_available_cpus())
@@ -1022,6 +1043,9 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     if isa is not None and isa not in core.available_isas():
         raise ProfileError(f"isa {isa!r} cannot run here; this CPU and build offer {core.available_isas()}")
     settings = settings or (Settings.quick() if quick else Settings())
+    if clock is not None:
+        settings = replace(settings, clock=clock)
+    _check_clock(settings.clock, workload)
     target = Target.current(isa)
     path = Path(out) if out else default_profile_path(target)
 
@@ -1040,8 +1064,13 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     if prof is None:
         prof = Profile(target, path=path)
     wp = prof.workloads.get(workload.key)
+    if wp is not None and resume and wp.clock != settings.clock:
+        warnings.warn(f"{path} holds {wp.workload} measured with the {wp.clock} clock; re-measuring it with the "
+                      f"{settings.clock} clock (the two do not mix)", RuntimeWarning, stacklevel=2)
+        wp = None
     if wp is None or not resume:
-        wp = prof.workloads[workload.key] = WorkloadProfile(workload, mode=settings.mode, blocks=settings.blocks)
+        wp = prof.workloads[workload.key] = WorkloadProfile(workload, mode=settings.mode, blocks=settings.blocks,
+                                                            clock=settings.clock)
     if space.name not in wp.spaces:
         wp.spaces.append(space.name)
 
@@ -1594,6 +1623,7 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
         if workload.seq_len > getattr(a, "max_positions", space.max_positions):
             raise ProfileError(f"workload sequences of {workload.seq_len} tokens exceed max_positions of {a}")
     s = _ValidationSettings.quick() if quick else _ValidationSettings()
+    clock = profile.for_workload(workload).clock  # measured as the profile was
     isa = profile.target.isa
     if isa not in _core().available_isas():
         raise ProfileError(f"the profile's kernel path {isa!r} cannot run here; validate on the profiled machine")
@@ -1620,7 +1650,7 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
             pooler = head != "none"
             samples = _time_block(lambda: enc.forward(ids, None, None, pooler),
                                   Settings(warmup_s=s.warmup_s, min_warmup=s.min_warmup, budget_s=s.budget_s,
-                                           min_repeats=s.min_repeats, max_repeats=s.max_repeats))
+                                           min_repeats=s.min_repeats, max_repeats=s.max_repeats, clock=clock))
             del enc, keep
             blocks[k].append(BlockStats.of(samples))
             bar.step("⟨{}, {}, {}, {}⟩".format(D, A, H, I))
@@ -1637,6 +1667,7 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
                                   blocks_ms=[x.median_ms for x in bl],
                                   noisy=best.spread > NOISY_SPREAD or best.outliers > NOISY_OUTLIERS * best.n))
     del np
+    cond["clock"] = clock
     return ValidationReport(space=space.name, workload=workload, target=profile.target, rows=rows,
                             conditions=cond, seed=seed, mode="quick" if quick else "full",
                             profile_path=str(profile.path) if profile.path else None)
