@@ -12,7 +12,7 @@ import pytest
 from bortengine import profiler as P
 from bortengine.cli import main
 from bortengine.search_space import SearchSpace
-from conftest import NATIVE
+from conftest import NATIVE, _core
 from test_isolation import _env
 
 pytestmark = [
@@ -162,6 +162,9 @@ def test_validate_reports_predicted_against_measured(tiny_profile, tmp_path):
     assert {r.arch for r in report.rows} <= {a.tuple for a in TINY}
     for r in report.rows:
         assert r.measured_ms > 0 and r.predicted_ms > 0 and len(r.blocks_ms) == 1
+        assert sum(r.predicted_parts.values()) == pytest.approx(r.predicted_ms)
+        if hasattr(_core.Encoder, "trace"):  # the encoder's own per-op trace, for diagnosis
+            assert {"qkv", "attention", "ffn_in", "ffn_out"} <= set(r.traced_parts)
     s = report.summary()
     assert set(s) >= {"median_abs_error", "worst_abs_error", "kendall_tau", "passes"}
     assert "Kendall's tau" in report.table() and "median |error|" in report.table()

@@ -55,7 +55,7 @@ __all__ = [
 
 FORMAT = "bortengine-profile"
 FORMAT_VERSION = 1
-DTYPES = ("float32",)  # the int8 path will add "int8"
+DTYPES = ("float32",)  # profiling the int8 path (QuantizedLinear, Encoder(dtype="int8")) will add "int8"
 EPILOGUES = ("none", "gelu", "tanh", "residual")
 SYNCS_PER_LAYER = 7      # qkv, attention, attn_out, ln1, ffn_in, ffn_out, ln2: one barrier each
 SYNCS_EMBEDDINGS = 1
@@ -119,8 +119,8 @@ class Workload:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ProfileError(f"Workload.{name} must be a positive integer, got {v!r}")
         if self.dtype not in DTYPES:
-            raise ProfileError(f"Workload.dtype {self.dtype!r} is not supported; the engine runs {list(DTYPES)} "
-                               f"(an int8 path is planned)")
+            raise ProfileError(f"Workload.dtype {self.dtype!r} is not supported: the profiler measures "
+                               f"{list(DTYPES)} (profiling the engine's int8 path is planned)")
 
     @property
     def tokens(self) -> int:
@@ -1463,6 +1463,8 @@ class ValidationRow:
     spread: float         # IQR / median of the measured block
     blocks_ms: list[float]
     noisy: bool
+    predicted_parts: dict[str, float] = field(default_factory=dict)
+    traced_parts: dict[str, float] = field(default_factory=dict)  # the encoder's own per-op trace, when it has one
 
     @property
     def error(self) -> float:
@@ -1520,7 +1522,10 @@ class ValidationReport:
                 "rows": [{"arch": list(r.arch), "predicted_ms": round(r.predicted_ms, 4),
                           "measured_ms": round(r.measured_ms, 4), "error": round(r.error, 4),
                           "spread": round(r.spread, 4), "blocks_ms": [round(x, 4) for x in r.blocks_ms],
-                          "noisy": r.noisy} for r in self.rows]}
+                          "noisy": r.noisy,
+                          "predicted_parts_ms": {k: round(v, 4) for k, v in r.predicted_parts.items()},
+                          "traced_parts_ms": {k: round(v, 4) for k, v in r.traced_parts.items()}}
+                         for r in self.rows]}
 
     def table(self) -> str:
         lines = [f"validation: {len(self.rows)} architectures of the {self.space} space (seed {self.seed}), "
@@ -1585,6 +1590,24 @@ class ValidationReport:
         return path
 
 
+def _trace(enc: Any, forward: Callable[[], Any], runs: int = 5) -> dict[str, float]:
+    """Median per-op-kind milliseconds from the encoder's own trace (Encoder.trace / last_trace), for diagnosing
+    which term of the model is off; {} when the core has no trace."""
+    if not hasattr(enc, "trace"):
+        return {}
+    try:
+        enc.trace = True
+        seen: dict[str, list[float]] = {}
+        for _ in range(runs):
+            forward()
+            for key, seconds in dict(enc.last_trace).items():
+                seen.setdefault(key, []).append(1e3 * float(seconds))
+        enc.trace = False
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    return {k: statistics.median(v) for k, v in seen.items()}
+
+
 @dataclass
 class _ValidationSettings:
     blocks: int = 2
@@ -1636,6 +1659,7 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
     bar = _Progress(costs, f"validate {space.name} {workload.key}", enabled=progress)
     meter = _CpuMeter()
     blocks: list[list[BlockStats]] = [[] for _ in archs]
+    traces: dict[int, dict[str, float]] = {}
     for b in range(s.blocks):
         for k, arch in enumerate(archs):
             D, A, H, I = architecture_dims(arch)
@@ -1651,6 +1675,8 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
             samples = _time_block(lambda: enc.forward(ids, None, None, pooler),
                                   Settings(warmup_s=s.warmup_s, min_warmup=s.min_warmup, budget_s=s.budget_s,
                                            min_repeats=s.min_repeats, max_repeats=s.max_repeats, clock=clock))
+            if b == 0:
+                traces[k] = _trace(enc, lambda: enc.forward(ids, None, None, pooler))
             del enc, keep
             blocks[k].append(BlockStats.of(samples))
             bar.step("⟨{}, {}, {}, {}⟩".format(D, A, H, I))
@@ -1660,12 +1686,14 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
     if note:
         warnings.warn(note, RuntimeWarning, stacklevel=2)
     rows = []
-    for arch, bl in zip(archs, blocks):
+    for k, (arch, bl) in enumerate(zip(archs, blocks)):
         best = min(bl, key=lambda x: x.median_ms)
-        rows.append(ValidationRow(arch=architecture_dims(arch), predicted_ms=model.predict(arch).total_ms,
+        pred = model.predict(arch)
+        rows.append(ValidationRow(arch=architecture_dims(arch), predicted_ms=pred.total_ms,
                                   measured_ms=best.median_ms, spread=best.spread,
                                   blocks_ms=[x.median_ms for x in bl],
-                                  noisy=best.spread > NOISY_SPREAD or best.outliers > NOISY_OUTLIERS * best.n))
+                                  noisy=best.spread > NOISY_SPREAD or best.outliers > NOISY_OUTLIERS * best.n,
+                                  predicted_parts=pred.parts, traced_parts=traces.get(k, {})))
     del np
     cond["clock"] = clock
     return ValidationReport(space=space.name, workload=workload, target=profile.target, rows=rows,
