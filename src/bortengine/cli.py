@@ -1,5 +1,6 @@
 """Command line: `bortengine info` (the CPU and kernel paths) and `bortengine demo` (the real all-MiniLM-L6-v2:
-embeddings, a check against transformers, latency beside PyTorch eager).
+embeddings, a check against transformers, latency beside PyTorch eager); `bortengine profile` and
+`profile-validate` (this CPU's kernel latencies and the latency model, see docs/profiler.md).
 
 torch and transformers are imported only inside the demo's comparison steps (they are the optional `bench`
 extra); without them the demo still embeds and times the engine, and says what it skipped.

@@ -1,0 +1,301 @@
+"""The search (FPTAS): groups and the bound, the (1+ε)-covering theorem against exhaustive runs, the W-coefficient,
+robustness (bad ε, empty or contradictory spaces, uncovered profiles, failing surrogates, killed runs), the cache,
+worker processes, hardware awareness, the report, the plot and the CLI.
+
+Latencies come from synthetic profiles (nothing is timed, so the results are exact on a busy machine); errors
+from the analytic surrogate or seeded random ones. The real surrogate is exercised by the runs in
+docs/extraction.md, not here (its teacher alone takes half a minute to load).
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+
+import pytest
+
+import bortengine
+from bortengine import profiler as P
+from bortengine import search as S
+from bortengine.architecture import Architecture
+from bortengine.search_space import BORT_SPACE, MINILM_SPACE, SearchSpace
+
+W = P.Workload(batch_size=1, seq_len=16, num_threads=2)
+
+
+def _target(isa: str) -> P.Target:
+    return P.Target(vendor="GenuineTest", model="Test CPU", flags=("avx2",), logical_cpus=2, isa=isa,
+                    kernel=f"gemm_f32_{isa}", engine_version=bortengine.__version__, l3_bytes=32 << 20)
+
+
+def synthetic(space: SearchSpace, gemm: float = 1e-8, attention: float = 5e-4, w: P.Workload = W,
+              isa: str = "avx2") -> P.Profile:
+    """A profile whose op times follow simple laws: GEMM cost per multiply-add `gemm`, attention per head
+    dimension `attention` (a "scalar" profile has a much larger gemm/attention ratio)."""
+    call = 0.002
+
+    def ms(s: P.OpSpec) -> float:
+        if s.kind == "call":
+            return call
+        if s.kind == "forward":
+            return 0.05 + 0.03 * s.layers
+        if s.kind == "gemm":
+            return call + s.M * s.K * s.N * gemm * (1 + 4 / math.log2(s.K * s.N))
+        if s.kind == "attention":
+            return call + math.ceil(w.batch_size * s.heads / w.num_threads) * (0.001 + attention * s.head_dim)
+        if s.kind == "layernorm":
+            return call + 1e-5 * s.hidden
+        return call + 2e-5 * s.hidden  # embeddings
+
+    wp = P.WorkloadProfile(w, mode="full", blocks=1, spaces=[space.name])
+    for spec, roles in P.calibration_ops(w) + P.required_ops(space, w):
+        t = ms(spec)
+        wp.ops[spec.key] = P.Measurement(spec, [P.BlockStats(t, t, t, t, t, 5, 0)], roles=roles)
+    wp.calibration = P._calibrate(wp)
+    return P.Profile(_target(isa), {w.key: wp})
+
+
+BORT_PROFILE = synthetic(BORT_SPACE)
+MINILM_PROFILE = synthetic(MINILM_SPACE)
+TINY = SearchSpace("tiny", layers=[1, 2, 3], heads=[2, 4], hidden=[64, 128], intermediate=[128, 256])
+
+
+@dataclass
+class RandomSurrogate(S.Surrogate):
+    """Seeded arbitrary errors: the worst case for the FPTAS's assumption."""
+
+    seed: int = 0
+    name = "random"
+
+    def settings(self):
+        return {"seed": self.seed}
+
+    def __call__(self, arch):
+        import random
+
+        return 1 + random.Random(hash((self.seed,) + arch.tuple)).random()
+
+
+@dataclass
+class Interrupting(S.AnalyticSurrogate):
+    """The analytic surrogate (same name and settings, so the same cache) that is 'killed' after `after` calls."""
+
+    after: int = 3
+    calls: int = 0
+
+    def __call__(self, arch):
+        self.calls += 1
+        if self.calls > self.after:
+            raise KeyboardInterrupt
+        return super().__call__(arch)
+
+
+def run(space, profile, tmp_path, **kw):
+    kw.setdefault("surrogate", S.AnalyticSurrogate())
+    return S.extract(space, profile=profile, workload=W, cache_dir=tmp_path / "cache", progress=False, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- the guarantee
+@pytest.mark.parametrize("space,profile", [(BORT_SPACE, BORT_PROFILE), (MINILM_SPACE, MINILM_PROFILE)],
+                         ids=["bort", "minilm"])
+def test_fptas_covers_the_exhaustive_front(space, profile, tmp_path):
+    exhaustive = run(space, profile, tmp_path, exhaustive=True)
+    assert exhaustive.evaluations == len(exhaustive.candidates) == len(space)
+    for eps in (0.05, 0.1, 0.25):
+        r = run(space, profile, tmp_path, epsilon=eps)
+        # groups: cost within a factor (1 + ε) in p and l; at most the bound; one evaluation each (+ max point)
+        by_group = {}
+        for c in r.candidates:
+            by_group.setdefault(c.group, []).append(c)
+        assert len(by_group) == r.groups <= r.bound["groups"] <= r.bound["closed_form"]
+        for g in by_group.values():
+            assert max(c.params for c in g) < (1 + eps) * min(c.params for c in g)
+            assert max(c.latency_ms for c in g) < (1 + eps) * min(c.latency_ms for c in g)
+            assert sum(c.representative for c in g) == 1
+        assert r.evaluations <= r.bound["evaluations"]
+        assert r.evaluations <= r.groups + 1 < len(space)
+        assert r.fresh_evaluations == 0  # all from the exhaustive run's cache
+        # the analytic surrogate satisfies A_ε, so the theorem covers every exhaustive Pareto point
+        cov = S.coverage(exhaustive, r)
+        assert cov["assumption_violations"] == []
+        assert cov["uncovered"] == [] and cov["covered"] == len(exhaustive.pareto)
+        assert cov["worst_factor"] <= 1 + eps + 1e-12
+        assert cov["theorem_holds"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_theorem_holds_for_any_surrogate(seed, tmp_path):
+    """With arbitrary errors A_ε fails in places; every uncovered Pareto point must lie in such a group."""
+    sur = RandomSurrogate(seed)
+    exhaustive = run(BORT_SPACE, BORT_PROFILE, tmp_path, surrogate=sur, exhaustive=True)
+    for eps in (0.1, 0.25):
+        cov = S.coverage(exhaustive, run(BORT_SPACE, BORT_PROFILE, tmp_path, surrogate=sur, epsilon=eps))
+        assert cov["theorem_holds"], cov["uncovered"]
+        assert cov["assumption_violations"]  # random errors do violate it
+
+
+def test_bound_grows_polynomially_in_one_over_epsilon():
+    b = [S.group_bound((1e5, 1e7), (1.0, 20.0), e) for e in (0.4, 0.2, 0.1, 0.05, 0.025)]
+    for small, big in zip(b, b[1:]):  # halving ε: at most ~4x the groups (1/ε²), at least ~2x
+        assert 2 <= big["groups"] / small["groups"] <= 4.5
+        assert big["groups"] <= big["closed_form"]
+
+
+def test_pareto_front_and_w_coefficient(tmp_path):
+    pts = [(1, 1, 3), (2, 2, 2), (3, 3, 1), (3, 3, 3), (1, 1, 3)]
+    assert S.pareto_front(pts) == [0, 1, 2, 4]
+    r = run(MINILM_SPACE, MINILM_PROFILE, tmp_path, epsilon=0.1)
+    m = r.max_point
+    assert m.evaluated and m.w == 0.0
+    assert r.winner is not None and r.winner.pareto and r.winner.w == max(c.w for c in r.candidates if c.evaluated)
+    assert isinstance(r.architecture, Architecture) and r.architecture in MINILM_SPACE
+    # τ large: error hardly matters, the smallest-fastest wins; τ tiny: the most accurate (the maximum point)
+    assert run(MINILM_SPACE, MINILM_PROFILE, tmp_path, epsilon=0.1, tau=1e6).winner.params == min(
+        c.params for c in r.pareto)
+    assert run(MINILM_SPACE, MINILM_PROFILE, tmp_path, epsilon=0.1, tau=1e-6).winner.arch == m.arch
+
+
+# ------------------------------------------------------------------------------------------ hardware awareness
+def test_winner_follows_the_latency_table(tmp_path):
+    """A profile where GEMMs are 20x dearer relative to attention (a scalar kernel path) picks another winner,
+    and each winner scores better than the other one under its own profile."""
+    fast = run(MINILM_SPACE, MINILM_PROFILE, tmp_path, epsilon=0.1, tau=0.2)
+    slow_profile = synthetic(MINILM_SPACE, gemm=20e-8, isa="scalar")
+    slow = run(MINILM_SPACE, slow_profile, tmp_path, epsilon=0.1, tau=0.2)
+    assert fast.winner.arch != slow.winner.arch
+
+    def w_under(result, arch):
+        c = next(c for c in result.candidates if c.arch == arch)
+        return S.w_coefficient(c, result.max_point, result.tau) if c.evaluated else -math.inf
+
+    assert w_under(fast, fast.winner.arch) > w_under(fast, slow.winner.arch)
+    assert w_under(slow, slow.winner.arch) > w_under(slow, fast.winner.arch)
+
+
+# ------------------------------------------------------------------------------------------------ robustness
+@pytest.mark.parametrize("eps", [0, -0.1, 1, 1.5, float("nan"), "x"])
+def test_bad_epsilon(eps, tmp_path):
+    with pytest.raises(S.SearchError, match="ε"):
+        run(TINY, synthetic(TINY), tmp_path, epsilon=eps)
+
+
+def test_empty_or_contradictory_spaces(tmp_path):
+    prof = synthetic(TINY)
+    with pytest.raises(S.SearchError, match="no architecture below the maximum point"):
+        run(TINY, prof, tmp_path, max_point="1,1,32,64")
+    with pytest.raises(S.SearchError, match="maximum point"):
+        run(TINY, prof, tmp_path, max_point="2,3,64,128")  # 64 not divisible by 3
+    with pytest.raises(S.SearchError, match="unknown search space"):
+        run("no-such-space", prof, tmp_path)
+    with pytest.raises(S.SearchError, match="unknown surrogate"):
+        run(TINY, prof, tmp_path, surrogate="oracle")
+    # a maximum point inside the space restricts the candidates to those below it
+    r = run(TINY, prof, tmp_path, max_point=(2, 2, 64, 256))
+    assert {c.dims for c in r.candidates} == {(d, 2, 64, i) for d in (1, 2) for i in (128, 256)}
+
+
+def test_profile_that_does_not_cover_the_space(tmp_path):
+    with pytest.raises(S.SearchError, match="does not cover the space"):
+        run(BORT_SPACE, synthetic(TINY), tmp_path)
+    with pytest.raises(S.SearchError, match="does not cover this search"):
+        S.extract(TINY, "analytic", synthetic(TINY), workload=P.Workload(2, 16, 2), cache_dir=tmp_path,
+                  progress=False)
+    with pytest.raises(S.SearchError, match="Profile"):
+        S.extract(TINY, "analytic", "profile.json", workload=W, cache_dir=tmp_path, progress=False)
+
+
+def test_failing_and_nan_candidates_are_recorded_and_replaced(tmp_path):
+    base = run(TINY, synthetic(TINY), tmp_path, epsilon=0.25)
+    reps = [c for c in base.candidates if c.representative]
+    big_groups = [c for c in reps if sum(x.group == c.group for x in base.candidates) > 1]
+    fail, nan = big_groups[0].dims, big_groups[1].dims
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = run(TINY, synthetic(TINY), tmp_path / "2", epsilon=0.25,
+                surrogate=S.AnalyticSurrogate(fail=(fail,), nan=(nan,)))
+    status = {f["arch"][0:4] and tuple(f["arch"]): f["status"] for f in r.failures}
+    assert status == {fail: "failed", nan: "nan"}
+    assert "told to fail" in next(f["message"] for f in r.failures if f["status"] == "failed")
+    for dims in (fail, nan):  # the group still has an evaluated member: the next largest
+        g = next(c for c in r.candidates if c.dims == dims).group
+        assert any(c.evaluated for c in r.candidates if c.group == g)
+    assert r.evaluations == base.evaluations + 2
+    json.loads(json.dumps(r.to_dict()))  # NaN is never written into the report
+
+
+def test_killed_run_resumes_from_the_cache(tmp_path):
+    sur = Interrupting(after=3)
+    with pytest.raises(S.SearchInterrupted, match="3 of"):
+        run(TINY, synthetic(TINY), tmp_path, surrogate=sur, exhaustive=True)
+    cache = S.SurrogateCache(tmp_path / "cache", S.AnalyticSurrogate())
+    assert len(cache.entries) == 3
+    with open(cache.path, "a") as f:  # a line cut short by the kill
+        f.write('{"arch": "1,2,64,128|v305')
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        r = run(TINY, synthetic(TINY), tmp_path, exhaustive=True)
+    assert r.fresh_evaluations == len(TINY) - 3 and r.evaluations == len(TINY)
+    again = run(TINY, synthetic(TINY), tmp_path, exhaustive=True)
+    assert again.fresh_evaluations == 0
+    assert [c.error for c in again.candidates] == [c.error for c in r.candidates]
+    # other settings: another cache file, nothing reused
+    assert run(TINY, synthetic(TINY), tmp_path, surrogate=S.AnalyticSurrogate(alpha=0.2)).fresh_evaluations > 0
+
+
+def test_worker_processes_give_the_same_results(tmp_path):
+    one = run(TINY, synthetic(TINY), tmp_path / "a", exhaustive=True)
+    two = run(TINY, synthetic(TINY), tmp_path / "b", exhaustive=True, workers=2,
+              surrogate=S.AnalyticSurrogate(fail=((3, 4, 128, 256),)))
+    assert two.fresh_evaluations == len(TINY)
+    for a, b in zip(one.candidates, two.candidates):
+        assert a.dims == b.dims
+        if b.dims == (3, 4, 128, 256):
+            assert b.status == "failed" and b.error is None
+        else:
+            assert a.error == b.error
+
+
+def test_time_budget_stops_new_evaluations(tmp_path):
+    r = run(TINY, synthetic(TINY), tmp_path, exhaustive=True, time_budget=0.05,
+            surrogate=S.AnalyticSurrogate(delay=0.03))
+    assert not r.complete
+    assert 1 <= r.evaluations < len(TINY)
+    assert any(c.status == "skipped (time budget)" for c in r.candidates)
+
+
+# -------------------------------------------------------------------------------------------- outputs and CLI
+def test_report_plot_and_cli(tmp_path, capsys):
+    prof = synthetic(MINILM_SPACE)
+    path = prof.save(tmp_path / "profile.json")
+    out = tmp_path / "out"
+    argv = ["extract", "--space", "minilm", "--profile", str(path), "--batch", "1", "--seq", "16", "--threads",
+            "2", "--surrogate", "analytic", "--eps", "0.25", "--verify", "--cache", str(tmp_path / "cache"),
+            "--measure", "0", "--no-progress", "--out", str(out)]
+    from bortengine.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the synthetic profile describes another CPU
+        assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "theorem holds" in text and "winner ⟨" in text and "bortengine pretrain --arch" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["evaluations"] < report["summary"]["space_size"] == len(MINILM_SPACE)
+    assert report["verification"]["uncovered"] == []
+    cands = report["candidates"]
+    assert len(cands) == len(MINILM_SPACE)
+    assert {"params", "latency_ms", "measured_ms", "error", "group", "pareto", "w"} <= set(cands[0])
+    assert sum(c["pareto"] for c in cands) == report["summary"]["pareto_size"]
+    assert Architecture.from_dict(json.loads((out / "winner.json").read_text())).tuple == tuple(
+        report["summary"]["winner"]["arch"])
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(argv[:-2] + ["--eps", "1.5", "--out", str(out)]) == 2
+    assert "ε must lie strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_finalists_are_timed_on_the_engine(tmp_path):
+    prof = synthetic(TINY, w=P.Workload(1, 16, 1), isa=bortengine.engine._core().default_isa())
+    r = S.extract(TINY, "analytic", prof, workload=P.Workload(1, 16, 1), cache_dir=tmp_path, progress=False,
+                  epsilon=0.25)
+    m = S.measure_finalists(r, 2, quick=True, progress=False)
+    assert len(m["rows"]) == 2 and r.winner.measured_ms > 0
+    assert m["rows"][0]["winner"] and "winner_relative_error" in m
