@@ -41,7 +41,7 @@ __all__ = [
     "AgoraError", "AgoraConfig", "AgoraResult", "RoundRecord", "run_agora", "evaluate_rounds", "accuracy",
     "Labeller", "Trainer", "Transformation",
     "NearestNeighbourSwap", "MaskedLMFill", "GaussianNoise",
-    "EngineLabeller", "TextClassifierTrainer", "slice_student", "DEFAULT_SETTINGS", "plot_rounds",
+    "EngineLabeller", "TextClassifierTrainer", "slice_student", "scarce_subset", "finetune_agora", "DEFAULT_SETTINGS", "plot_rounds",
 ]
 
 # Θ used for the measured runs (docs/agora.md): learning rate x epochs of the small student. Kept small on purpose:
@@ -579,11 +579,11 @@ class TextClassifierTrainer:
     """Fine-tunes a copy of `init` (a BertModel or BertForSequenceClassification) as a sequence classifier on
     (texts, labels), the recipe of training.finetune (AdamW, linear warm-up then decay to 0, dropout, gradient
     clipping at 1, length-bucketed seeded batches) on any list of texts, which finetune cannot take; the epoch with
-    the best dev accuracy is kept. Setting keys: lr, epochs, batch_size, weight_decay, warmup_fraction, dropout.
+    the best dev accuracy (from select_from of the run on) is kept. Setting keys: lr, epochs, batch_size, weight_decay, warmup_fraction, dropout.
     fit() returns a training.SequenceClassifier (predict(texts) -> [N] class ids)."""
 
     def __init__(self, init, tokenizer_dir: str | os.PathLike, max_length: int = 64, threads: Optional[int] = None,
-                 eval_every_epoch: bool = True):
+                 select_from: float = 0.5):
         import torch
 
         from .training.data import WordPieceTokenizer
@@ -591,7 +591,10 @@ class TextClassifierTrainer:
         self.init = init
         self.tokenizer_dir = str(tokenizer_dir)
         self.tokenizer = WordPieceTokenizer(self.tokenizer_dir, max_length)
-        self.eval_every_epoch = eval_every_epoch
+        # dev accuracy is measured after every epoch from this fraction of the run on (and at the end), and the best
+        # of those weights kept: early epochs of a short run are rarely the best, and each dev pass costs about as
+        # much as an epoch on 500 examples
+        self.select_from = select_from
         torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
         self._ids: dict[str, list[int]] = {}
 
@@ -660,7 +663,7 @@ class TextClassifierTrainer:
                 opt.step()
                 step += 1
             epoch += 1
-            if dev_ids is not None and (self.eval_every_epoch or step >= total):
+            if dev_ids is not None and (step >= self.select_from * total or step >= total):
                 acc = self._accuracy(model, dev_ids, np.asarray(dev[1]))
                 if acc > best_acc:
                     best_acc = acc
@@ -754,6 +757,21 @@ def parse_settings(text: Optional[str]) -> list[dict]:
     return settings
 
 
+def scarce_subset(examples: Sequence[Any], n: Optional[int], seed: int) -> list:
+    """n examples drawn without replacement, stratified by label (each class in proportion, rounded), with seed;
+    in split order. Not the first n: the committed RT train split lists its rows by label, so its first 500 are
+    all positive (training.FinetuneConfig.train_limit takes the first n)."""
+    if n is None or n >= len(examples):
+        return list(examples)
+    rng = np.random.default_rng(seed)
+    labels = np.array([e.label for e in examples])
+    classes = np.unique(labels)
+    counts = {c: int(round(n * np.mean(labels == c))) for c in classes}
+    counts[classes[-1]] = n - sum(counts[c] for c in classes[:-1])
+    chosen = np.concatenate([rng.choice(np.flatnonzero(labels == c), counts[c], replace=False) for c in classes])
+    return [examples[i] for i in np.sort(chosen)]
+
+
 def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arch: Optional[str] = "4,8,256,512",
                    task: str = "rt", train_limit: Optional[int] = 500, seed: int = 0,
                    settings: Optional[Sequence[Mapping[str, Any]]] = None, rounds: Optional[int] = None,
@@ -764,12 +782,13 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     round's student measured after the loop. Writes out_dir/result.json and out_dir/rounds.png.
 
     model: the student directory, or the teacher to cut `arch` from (default all-MiniLM-L6-v2); arch=None uses
-    model as the student. train_limit: the first N examples of the committed train split (None: all)."""
+    model as the student. train_limit: a stratified sample of N examples of the committed train split drawn with
+    seed (scarce_subset; None: all of it)."""
     from .training.data import load_split
     from .training.models import LABELS
 
     started = time.perf_counter()
-    train = load_split(task, "train")[:train_limit]
+    train = scarce_subset(load_split(task, "train"), train_limit, seed)
     dev = load_split(task, "dev")
     if arch:
         student, tokenizer_dir = slice_student(arch, model)

@@ -1,0 +1,209 @@
+"""Agora's loop on tiny non-text data (numpy learners, Gaussian transformation): the round bookkeeping, Θ
+shrinking, resume, and the robustness cases of issue #6. No torch; well under a second each."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bortengine.agora import (AgoraConfig, AgoraError, GaussianNoise, evaluate_rounds, parse_settings,
+                              run_agora, scarce_subset)
+
+# Shapes: N points, F = 2 features. Two Gaussian blobs; the truth is the sign of x0 + x1.
+
+
+def blobs(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 2))
+    y = (x.sum(axis=1) > 0).astype(np.int64)
+    return [row for row in x], y
+
+
+class Centroids:
+    """Nearest class mean: a 'student' whose only hyper-parameter `shrink` pulls the means towards 0."""
+
+    def __init__(self, means: np.ndarray):
+        self.means = means                                     # [L,F]
+
+    def predict(self, points):
+        x = np.stack(points)                                   # [N,F]
+        return np.argmin(((x[:, None, :] - self.means[None]) ** 2).sum(-1), axis=1)
+
+
+class CentroidTrainer:
+    def __init__(self):
+        self.calls = []
+
+    def fit(self, setting, points, labels, seed, dev=None):
+        self.calls.append((dict(setting), len(points), seed))
+        x = np.stack(points)
+        means = np.stack([x[labels == c].mean(axis=0) if np.any(labels == c) else np.zeros(2) for c in (0, 1)])
+        return Centroids(means * (1.0 - setting.get("shrink", 0.0)))
+
+
+class Oracle:
+    labels = None
+
+    def predict(self, points):
+        return (np.stack(points).sum(axis=1) > 0).astype(np.int64)
+
+
+THETA = [{"shrink": 0.0}, {"shrink": 0.5}, {"shrink": 0.9}]
+
+
+def run(tmp_path=None, **overrides):
+    train = blobs(20, 0)
+    dev = blobs(60, 1)
+    trainer = overrides.pop("trainer", None) or CentroidTrainer()
+    config = AgoraConfig(settings=overrides.pop("settings", THETA), seed=0,
+                         out_dir=str(tmp_path) if tmp_path else None, **overrides)
+    return run_agora(config, trainer, train, dev, Oracle(), GaussianNoise(scale=0.2)), trainer
+
+
+def test_rounds_shrink_theta_and_grow_training_set():
+    result, trainer = run()
+    assert [r.theta_left for r in result.rounds] == [2, 1, 0]
+    assert result.stopped_by == "theta empty"
+    assert len(trainer.calls) == 3 + 2 + 1
+    # the worst setting (shrink 0.9 scores no better than the others) is dropped first; seeds follow the setting
+    assert {c[2] for c in trainer.calls} <= {0, 1, 2}
+    first, second = result.rounds[0], result.rounds[1]
+    assert second.train_size == first.train_size + first.generated
+    assert first.generated == 4 * first.dev_mistakes > 0
+    assert result.rounds[-1].generated == 0 and "last round" in result.rounds[-1].note
+    assert 0.0 <= first.label_agreement <= 1.0
+    assert result.final.test_accuracy is None       # the loop never measures test
+
+
+def test_round_budget_and_seeded_reproducibility():
+    a, _ = run(rounds=2, per_mistake=3)
+    b, _ = run(rounds=2, per_mistake=3)
+    assert len(a.rounds) == 2 and a.stopped_by == "round budget"
+    assert [r.to_dict() | {"seconds": 0} for r in a.rounds] == [r.to_dict() | {"seconds": 0} for r in b.rounds]
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    full, _ = run(tmp_path / "full")
+
+    class Interrupt(Exception):
+        pass
+
+    class Failing(CentroidTrainer):
+        def fit(self, setting, points, labels, seed, dev=None):
+            if len(self.calls) == 4:                          # in round 2, after round 1's state was written
+                raise Interrupt
+            return super().fit(setting, points, labels, seed, dev)
+
+    with pytest.raises(Interrupt):
+        run(tmp_path / "cut", trainer=Failing())
+    resumed, trainer = run(tmp_path / "cut")
+    assert len(trainer.calls) == 2 + 1                        # round 1 not repeated
+    assert [r.dev_accuracy for r in resumed.rounds] == [r.dev_accuracy for r in full.rounds]
+    assert [r.train_size for r in resumed.rounds] == [r.train_size for r in full.rounds]
+    # a finished run called again returns its last student without training
+    again, trainer = run(tmp_path / "cut")
+    assert trainer.calls == [] and again.model is not None
+    rows = evaluate_rounds(tmp_path / "cut", blobs(50, 2))
+    assert [r["round"] for r in rows] == [1, 2, 3] and all(0.5 < r["test_accuracy"] <= 1 for r in rows)
+
+
+def test_state_of_another_run_is_refused(tmp_path):
+    run(tmp_path, rounds=1)
+    with pytest.raises(AgoraError, match="different Agora run"):
+        run(tmp_path, rounds=1, per_mistake=2)
+
+
+def test_empty_theta():
+    with pytest.raises(AgoraError, match="Θ is empty"):
+        run(settings=[])
+
+
+def test_dev_with_single_class():
+    train = blobs(20, 0)
+    x, _ = blobs(10, 1)
+    with pytest.raises(AgoraError, match="single class"):
+        run_agora(AgoraConfig(settings=THETA), CentroidTrainer(), train, (x, np.ones(10, np.int64)), Oracle(),
+                  GaussianNoise())
+
+
+def test_labeller_whose_labels_do_not_match():
+    class Wrong:
+        def predict(self, points):
+            return np.full(len(points), 7)
+
+    with pytest.raises(AgoraError, match="outside the task"):
+        run_agora(AgoraConfig(settings=THETA), CentroidTrainer(), blobs(20, 0), blobs(60, 1), Wrong(),
+                  GaussianNoise())
+
+    class Named(Oracle):
+        labels = ["spam", "ham"]
+
+    with pytest.raises(AgoraError, match="do not match the task"):
+        run_agora(AgoraConfig(settings=THETA, label_names=["negative", "positive"]), CentroidTrainer(),
+                  blobs(20, 0), blobs(60, 1), Named(), GaussianNoise())
+
+    class NoPredict:
+        pass
+
+    with pytest.raises(AgoraError, match="predict"):
+        run_agora(AgoraConfig(settings=THETA), CentroidTrainer(), blobs(20, 0), blobs(60, 1), NoPredict(),
+                  GaussianNoise())
+
+
+def test_transformation_that_returns_nothing():
+    result = run_agora(AgoraConfig(settings=THETA), CentroidTrainer(), blobs(20, 0), blobs(60, 1), Oracle(),
+                       lambda points, rng, n: [[] for _ in points])
+    assert all(r.generated == 0 for r in result.rounds)
+    assert "returned no points" in result.rounds[0].note
+    assert len({r.train_size for r in result.rounds}) == 1
+    with pytest.raises(AgoraError, match="one list of new points per input point"):
+        run_agora(AgoraConfig(settings=THETA), CentroidTrainer(), blobs(20, 0), blobs(60, 1), Oracle(),
+                  lambda points, rng, n: [])
+
+
+def test_cap_on_new_points():
+    result, _ = run(max_new_per_round=5)
+    assert all(r.generated <= 5 for r in result.rounds)
+
+
+def test_gaussian_noise_shapes_and_spread():
+    rng = np.random.default_rng(0)
+    points = [np.zeros(3), np.ones(3)]
+    out = GaussianNoise(scale=0.5, std=np.array([1.0, 2.0, 4.0]))(points, rng, 400)
+    assert len(out) == 2 and len(out[0]) == 400 and out[0][0].shape == (3,)
+    spread = np.stack(out[0]).std(axis=0)
+    np.testing.assert_allclose(spread, [0.5, 1.0, 2.0], rtol=0.15)
+
+
+def test_parse_settings():
+    assert parse_settings("lr=2e-4,epochs=8;lr=4e-4,epochs=4, batch_size=16") == [
+        {"lr": 2e-4, "epochs": 8.0}, {"lr": 4e-4, "epochs": 4.0, "batch_size": 16}]
+    assert parse_settings('[{"lr": 0.001}]') == [{"lr": 0.001}]
+    assert len(parse_settings(None)) >= 2
+    with pytest.raises(AgoraError):
+        parse_settings("lr")
+
+
+def test_scarce_subset_is_stratified_and_seeded():
+    class E:
+        def __init__(self, label):
+            self.label = label
+
+    examples = [E(1)] * 600 + [E(0)] * 600              # ordered by label, like the committed RT split
+    a = scarce_subset(examples, 500, 0)
+    assert len(a) == 500 and sum(e.label for e in a) == 250
+    assert scarce_subset(examples, None, 0) == examples
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, bortengine.agora; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_agora_needs_a_labeller(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bortengine", "finetune", "--agora", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--labeller" in proc.stderr
