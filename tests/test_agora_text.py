@@ -1,0 +1,115 @@
+"""Agora's text pieces: the nearest-neighbour and masked-LM transformations, the engine labeller, the text student
+trainer, and one tiny end-to-end loop on texts. Random tiny models with the real MiniLM tokenizer; a few seconds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bortengine.agora import (AgoraConfig, AgoraError, EngineLabeller, NearestNeighbourSwap, run_agora)
+
+TEXTS = ["a wonderful and moving film with great actors .", "a dull , boring and painfully long movie .",
+         "the story is clever and the music beautiful .", "terrible acting and an awful script ."]
+
+
+@pytest.fixture(scope="module")
+def vocab_embeddings(minilm):
+    """[V,E] random embeddings, except that 'great' and 'wonderful' are each other's nearest neighbours."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(minilm / "tokenizer.json"))
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((tok.get_vocab_size(), 16)).astype(np.float32)
+    emb[tok.token_to_id("wonderful")] = emb[tok.token_to_id("great")] + 0.01
+    return emb, tok
+
+
+def test_nearest_neighbours_are_by_cosine_and_exclude_the_token(vocab_embeddings, minilm):
+    emb, tok = vocab_embeddings
+    swap = NearestNeighbourSwap(emb, minilm, fraction=0.5, k=3)
+    swap._fill_cache(["great"])
+    nn = swap.neighbours(tok.token_to_id("great"))
+    assert len(nn) == 3 and tok.token_to_id("great") not in nn
+    assert nn[0] == tok.token_to_id("wonderful")
+
+
+def test_swap_changes_some_words_keeps_the_rest(vocab_embeddings, minilm):
+    emb, _ = vocab_embeddings
+    swap = NearestNeighbourSwap(emb, minilm, fraction=0.25, k=4)
+    out = swap(TEXTS, np.random.default_rng(0), 3)
+    assert len(out) == len(TEXTS)
+    for text, variants in zip(TEXTS, out):
+        assert 1 <= len(variants) <= 3 and len(set(variants)) == len(variants)
+        for v in variants:
+            assert v != text
+            same = sum(a == b for a, b in zip(text.replace(" .", ".").replace(" ,", ",").split(),
+                                              v.split()))
+            assert same >= len(v.split()) // 2       # most words stay
+    again = swap(TEXTS, np.random.default_rng(0), 3)
+    assert again == out                               # seeded
+
+
+def test_swap_returns_nothing_for_texts_without_content_words(vocab_embeddings, minilm):
+    emb, _ = vocab_embeddings
+    swap = NearestNeighbourSwap(emb, minilm)
+    assert swap([". , !", "the and of", ""], np.random.default_rng(0), 4) == [[], [], []]
+
+
+def test_swap_rejects_a_table_smaller_than_the_vocabulary(minilm):
+    with pytest.raises(AgoraError, match="vocabulary"):
+        NearestNeighbourSwap(np.zeros((10, 4)), minilm)
+
+
+def test_masked_lm_fill(minilm):
+    torch = pytest.importorskip("torch")
+    from transformers import BertConfig, BertForMaskedLM
+
+    from bortengine.agora import MaskedLMFill
+
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64))
+    fill = MaskedLMFill(mlm, minilm, fraction=0.3, k=5)
+    out = fill(TEXTS[:2], np.random.default_rng(0), 2)
+    assert len(out) == 2 and all(1 <= len(v) <= 2 for v in out)
+    assert all(v != t for t, vs in zip(TEXTS, out) for v in vs)
+    with pytest.raises(AgoraError, match="masked language model"):
+        MaskedLMFill(torch.nn.Linear(2, 2), minilm)
+
+
+def test_engine_labeller_maps_names_and_refuses_other_labels(make_model):
+    pos_neg = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+                         head="classifier", num_labels=2, seed=5)
+    labeller = EngineLabeller(pos_neg, ("negative", "positive"))
+    pred = labeller.predict(TEXTS)
+    assert pred.shape == (4,) and set(pred.tolist()) <= {0, 1}
+    assert labeller.predict([]).shape == (0,)
+    three = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+                       head="classifier", num_labels=3, seed=5)
+    with pytest.raises(AgoraError, match="task's labels"):
+        EngineLabeller(three, ("negative", "positive"))
+
+
+def test_text_loop_end_to_end(make_model, minilm, vocab_embeddings, tmp_path):
+    pytest.importorskip("torch")
+    from bortengine.agora import TextClassifierTrainer, evaluate_rounds, load_engine_classifier, save_classifier
+    from bortengine.training.models import load_teacher
+
+    student_dir = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48)
+    labeller_dir = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+                              head="classifier", num_labels=2, seed=7)
+    trainer = TextClassifierTrainer(load_teacher(str(student_dir)), student_dir, max_length=16, threads=1)
+    emb, _ = vocab_embeddings
+    train = (TEXTS * 2, [1, 0, 1, 0] * 2)
+    dev = (TEXTS, [1, 0, 1, 0])
+    config = AgoraConfig(settings=[{"lr": 1e-3, "epochs": 2, "batch_size": 4}, {"lr": 1e-4, "epochs": 1}],
+                         out_dir=str(tmp_path), label_names=["negative", "positive"])
+    result = run_agora(config, trainer, train, dev, EngineLabeller(labeller_dir),
+                       NearestNeighbourSwap(emb, minilm, k=3), save_model=save_classifier,
+                       load_model=load_engine_classifier)
+    assert len(result.rounds) == 2 and result.rounds[0].theta_left == 1
+    if result.rounds[0].dev_mistakes:
+        assert result.rounds[1].train_size > 8
+    rows = evaluate_rounds(tmp_path, dev, load_engine_classifier)
+    assert [r["round"] for r in rows] == [1, 2] and all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    with pytest.raises(AgoraError, match="unknown keys"):
+        trainer.fit({"learning_rate": 1e-3}, TEXTS, np.array([1, 0, 1, 0]), 0)
