@@ -188,8 +188,12 @@ def _demo(args) -> int:
     else:
         _step(4, steps, "skipped (no transformers)")
 
-    _step(5, steps, f"median latency over {args.repeats} runs, {threads} thread(s)")
-    print(f"      {'shape':>8}  {'bortengine':>12}  {'PyTorch':>12}  {'speed-up':>8}")
+    _step(5, steps, f"median latency over {args.repeats} runs, {threads} thread(s); int8 = load(dtype='int8')")
+    engine8 = bortengine.load(model, num_threads=threads, isa=args.isa, dtype="int8")
+    v8 = engine8.encode(DEMO_SENTENCES, normalize=True)
+    cos8 = float(np.min(np.sum(v8 * vectors, axis=1)))
+    print(f"      int8 kernel {engine8.kernel}; embeddings vs float32: min cosine {cos8:.4f}")
+    print(f"      {'shape':>8}  {'bortengine':>12}  {'int8':>12}  {'PyTorch':>12}  {'speed-up':>8}")
     rng = np.random.default_rng(0)
     for b, t in shapes:
         if t > engine.config.max_position_embeddings:
@@ -200,7 +204,8 @@ def _demo(args) -> int:
         ids[:, 0], ids[:, -1] = 101, 102
         mask = np.ones_like(ids)
         ours_ms = _median_ms(lambda: engine(ids, mask), args.repeats)
-        line = f"      {f'{b}x{t}':>8}  {ours_ms:9.2f} ms"
+        int8_ms = _median_ms(lambda: engine8(ids, mask), args.repeats)
+        line = f"      {f'{b}x{t}':>8}  {ours_ms:9.2f} ms  {int8_ms:9.2f} ms"
         if hf is not None:
             tids, tmask = torch.from_numpy(ids), torch.from_numpy(mask)
 
