@@ -13,8 +13,8 @@ The three objectives of a candidate ξ, all minimised:
 
 The FPTAS groups candidates by cells of a logarithmic grid over (p, l) anchored at the smallest values:
 cell(ξ) = (⌊log_{1+ε}(p/p_min)⌋, ⌊log_{1+ε}(l/l_min)⌋), so within a group p and l differ by less than a
-factor (1 + ε). The representative of a group is its largest member (most parameters, then the slowest, i.e.
-the most capacity). Only representatives (and the maximum point) are evaluated. The number of groups is at most
+factor (1 + ε). The representative of a group is its largest member (most parameters: the most capacity; the
+fastest of those on a tie). Only representatives (and the maximum point) are evaluated. The number of groups is at most
     n_p · n_l,  n_x = ⌊ln(x_max / x_min) / ln(1 + ε)⌋ + 1 ≤ 1 + (1 + ε) ln(x_max / x_min) / ε,
 i.e. O(ln ρ_p · ln ρ_l / ε²): polynomial in 1/ε, independent of the size of the space; the code checks it.
 
@@ -441,7 +441,7 @@ class Extraction:
                 "tau": self.tau,
                 "w_coefficient": "W = 0.5 ln(p_max/p) + 0.5 ln(l_max/l) - (e - e_max)/tau",
                 "grouping": "cell = (floor(log_{1+eps}(p/p_min)), floor(log_{1+eps}(l/l_min))); representative ="
-                            " most parameters, then slowest",
+                            " most parameters, then fastest",
                 "cache": self.cache_path,
             },
             "failures": self.failures,
@@ -589,9 +589,13 @@ class _Evaluator:
         cpus = _cpus()
         self.threads = max(1, cpus // max(1, workers))
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Shut the pool down; kill=True (an interrupt) terminates the workers instead of waiting for them."""
         if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+            if kill:
+                for proc in list(getattr(self.pool, "_processes", {}).values()):
+                    proc.terminate()
+            self.pool.shutdown(wait=not kill, cancel_futures=True)
             self.pool = None
 
     def _record(self, c: Candidate, status: str, value: Optional[float], message: str, seconds: float,
@@ -810,7 +814,9 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
         cells.setdefault(key, []).append(c)
     members: list[list[Candidate]] = []
     for gid, key in enumerate(sorted(cells)):
-        group = sorted(cells[key], key=lambda c: (c.params, c.latency_ms, c.dims), reverse=True)
+        # the representative first: most parameters (the most capacity: lowest error expected, see A_ε), then
+        # the fastest of those (equal-size variants differ in heads; the faster one dominates in latency)
+        group = sorted(cells[key], key=lambda c: (-c.params, c.latency_ms, c.dims))
         for c in group:
             c.group = gid
         members.append(group)
@@ -852,7 +858,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
                 evaluated += retry
                 ev.run(retry)
     except KeyboardInterrupt:
-        ev.close()
+        ev.close(kill=True)
         if bar.enabled:
             sys.stderr.write("\n")
         raise SearchInterrupted(cache.path, sum(c.status != "not evaluated" for c in evaluated),
@@ -1007,8 +1013,24 @@ def _seconds(text: Optional[str]) -> Optional[float]:
         raise SearchError(f"--time-budget takes 1800, 30m or 1.5h, got {text!r}") from None
 
 
+def _interrupt_on_sigterm() -> None:
+    """A kill (SIGTERM) stops like Ctrl-C: workers terminated, cache intact, a message saying how to resume.
+    (Background jobs of a non-interactive shell ignore SIGINT, so kill is how such runs get stopped.)"""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
 def run_extract(args) -> int:
     from . import profiler as _profiler
+
+    _interrupt_on_sigterm()
 
     prof = _profiler.load_profile(args.profile, check_target=True)
     workload = _profiler.Workload(args.batch, args.seq, args.threads or _cpus())
