@@ -207,3 +207,23 @@ def test_cli_agora_needs_a_labeller(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bortengine", "finetune", "--agora", "--out", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--labeller" in proc.stderr
+
+
+def test_summarize_and_plot(tmp_path):
+    from bortengine.agora import summarize
+
+    def write(name, plain, final, rounds=2):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"round": k + 1, "dev_accuracy": 0.7, "test_accuracy": plain if k == 0 else final}
+                for k in range(rounds)]
+        (d / "result.json").write_text(json.dumps({"plain_test_accuracy": plain, "agora_test_accuracy": final,
+                                                   "rounds": rows, "wall_seconds_this_call": 600}))
+        return d
+
+    runs = [write("a", 0.70, 0.74), write("b", 0.68, 0.73)]
+    refs = [write("r", 0.78, 0.78, rounds=1)]
+    out = summarize(runs, refs, tmp_path / "plot.png")
+    assert out["gain"]["mean"] == pytest.approx(0.045)
+    assert out["gap_closed"] == pytest.approx(0.045 / 0.09)
+    assert (tmp_path / "plot.png").stat().st_size > 0

@@ -836,3 +836,47 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     Path(out_dir, "result.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
     plot_rounds([rows], Path(out_dir) / "rounds.png")
     return summary
+
+
+def summarize(run_dirs: Sequence[str | os.PathLike], reference_dirs: Sequence[str | os.PathLike] = (),
+              plot: Optional[str | os.PathLike] = None) -> dict:
+    """Mean and spread (sample standard deviation, min, max) over seeds of the plain (round 1) and Agora (last
+    round) test accuracies, the full-split reference's, the gain and the fraction of the gap closed; and the plot."""
+    def stats(values: Sequence[float]) -> dict:
+        v = np.asarray(values, dtype=np.float64)
+        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "min": float(v.min()), "max": float(v.max()), "n": len(v), "values": [float(x) for x in v]}
+
+    runs = [json.loads(Path(d, "result.json").read_text()) for d in run_dirs]
+    refs = [json.loads(Path(d, "result.json").read_text()) for d in reference_dirs]
+    plain = [r["plain_test_accuracy"] for r in runs]
+    agora = [r["agora_test_accuracy"] for r in runs]
+    out: dict[str, Any] = {"runs": [str(d) for d in run_dirs], "plain_test": stats(plain),
+                           "agora_test": stats(agora), "gain": stats(np.subtract(agora, plain))}
+    if refs:
+        full = [r["agora_test_accuracy"] for r in refs]
+        out["full_split_test"] = stats(full)
+        gap = out["full_split_test"]["mean"] - out["plain_test"]["mean"]
+        out["gap_closed"] = (out["agora_test"]["mean"] - out["plain_test"]["mean"]) / gap if gap > 0 else None
+    out["minutes_per_run"] = stats([r["wall_seconds_this_call"] / 60 for r in runs])
+    if plot:
+        plot_rounds([r["rounds"] for r in runs], plot,
+                    reference=out["full_split_test"]["mean"] if refs else None)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bortengine.agora",
+                                     description="summarise Agora runs (bortengine finetune --agora) over seeds")
+    parser.add_argument("runs", nargs="+", help="Agora run directories (one per seed)")
+    parser.add_argument("--reference", nargs="*", default=(), help="full-split run directories (one per seed)")
+    parser.add_argument("--plot", default=None, help="write the accuracy-over-rounds plot here")
+    args = parser.parse_args(argv)
+    print(json.dumps(summarize(args.runs, args.reference, args.plot), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
