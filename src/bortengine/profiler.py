@@ -1575,10 +1575,21 @@ class ValidationReport:
         ax.set_yscale("log")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
+        # plain numbers at 1, 2, 5 x 10^k instead of crowded 10^k minor labels
+        ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                 for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+        from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(FixedLocator(ticks))
+            axis.set_major_formatter(lambda v, _: f"{v:g}")
+            axis.set_minor_locator(NullLocator())
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("measured forward latency (ms)")
         ax.set_ylabel("predicted forward latency (ms)")
         ax.set_title(f"{self.space} space, {self.workload.batch_size}×{self.workload.seq_len} tokens, "
-                     f"{self.workload.num_threads} thread(s)\nmedian |err| {100 * self.median_abs_error:.1f}%, "
+                     f"{self.workload.num_threads} thread(s), {self.conditions.get('clock', 'wall')} clock, "
+                     f"{len(self.rows)} held-out architectures\nmedian |err| {100 * self.median_abs_error:.1f}%, "
                      f"worst {100 * self.worst_abs_error:.1f}%, Kendall τ {self.kendall_tau:.3f}", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
