@@ -153,7 +153,7 @@ class DistillationSurrogate(Surrogate):
     threads: Optional[int] = None
 
     name = "distill"
-    error_scale = 1.0
+    error_scale = 1.5
 
     def settings(self) -> dict[str, Any]:
         return {"steps": self.steps, "seed": self.seed, "batch_size": self.batch_size,
@@ -357,14 +357,17 @@ def group_bound(p_range: tuple[float, float], l_range: tuple[float, float], epsi
 
 
 def w_coefficient(c: Candidate, m: Candidate, tau: float) -> float:
-    """W(ξ) = ½ ln(p(m)/p(ξ)) + ½ ln(l(m)/l(ξ)) − (e(ξ) − e(m)) / τ, relative to the maximum point m.
+    """W(ξ) = ½ ln(p(m)/p(ξ)) + ½ ln(l(m)/l(ξ)) − Δ·|Δ| / τ², Δ = e(ξ) − e(m), relative to the maximum point m.
 
-    Log-compression (the mean of the log size and log speed-up, so halving both is worth ln 2) minus the error
-    increase in units of τ (an increase of τ costs as much as a factor e in size and latency). Higher is better;
-    W(m) = 0. It decreases in each objective, so its maximiser over a set lies on the set's Pareto front.
+    Log-compression (the mean of the log size reduction and log speed-up: half the size and twice as fast is
+    worth ln 2) minus a penalty quadratic in the error increase: an increase of τ costs one unit (a factor e of
+    compression), 2τ costs four. Quadratic because a linear penalty only ever picks an end of a convex front
+    (measured on the real surrogate, see docs/extraction.md); Δ·|Δ| keeps W strictly decreasing in e, so W
+    decreases in each objective and its maximiser over a set lies on the set's Pareto front. W(m) = 0.
     """
+    d = c.error - m.error
     return (0.5 * math.log(m.params / c.params) + 0.5 * math.log(m.latency_ms / c.latency_ms)
-            - (c.error - m.error) / tau)
+            - d * abs(d) / tau ** 2)
 
 
 # =============================================================================================== the result
@@ -439,7 +442,7 @@ class Extraction:
                 "profile": {"path": str(prof.path) if prof.path else None, "target": prof.target.to_dict()},
                 "surrogate": {"name": self.surrogate.name, "settings": self.surrogate.settings()},
                 "tau": self.tau,
-                "w_coefficient": "W = 0.5 ln(p_max/p) + 0.5 ln(l_max/l) - (e - e_max)/tau",
+                "w_coefficient": "W = 0.5 ln(p_max/p) + 0.5 ln(l_max/l) - d|d|/tau^2, d = e - e_max",
                 "grouping": "cell = (floor(log_{1+eps}(p/p_min)), floor(log_{1+eps}(l/l_min))); representative ="
                             " most parameters, then fastest",
                 "cache": self.cache_path,
@@ -869,13 +872,17 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     failures = [{"arch": list(c.dims), "group": c.group, "status": c.status, "message": c.message}
                 for c in cands if c.status in ("failed", "nan")]
     complete = not any(c.status == "skipped (time budget)" for c in cands)
+    done = sum(c.status not in ("not evaluated", "skipped (time budget)") for c in cands)
+    if not exhaustive and done > bound["evaluations"] + len(failures):  # the promised bound, checked
+        raise AssertionError(f"{done} surrogate evaluations exceed the bound {bound['evaluations']} + "
+                             f"{len(failures)} fallbacks")
     if not m.evaluated:
         warnings.warn(f"the maximum point {m.arch} has no error ({m.status}: {m.message}); the W-coefficient and "
                       f"the winner are undefined", RuntimeWarning, stacklevel=2)
     return Extraction(space=space, candidates=cands, epsilon=eps, mode="exhaustive" if exhaustive else "fptas",
                       size=size, max_point=m, surrogate=surrogate, tau=tau, workload=workload, profile=profile,
                       bound=bound, groups=len(members),
-                      evaluations=sum(c.status not in ("not evaluated", "skipped (time budget)") for c in cands),
+                      evaluations=done,
                       fresh_evaluations=ev.fresh, failures=failures, complete=complete,
                       seconds=time.monotonic() - start, cache_path=str(cache.path))
 
