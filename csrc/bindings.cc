@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -363,6 +364,7 @@ PYBIND11_MODULE(_core, m) {
                       [](PyEncoder& e, int n) { e.enc().set_num_threads(n); })
         .def_property_readonly("isa", [](PyEncoder& e) { return std::string(e.enc().kernels().isa); })
         .def_property_readonly("kernel", [](PyEncoder& e) { return std::string(e.enc().gemm_name()); })
+        .def_property_readonly("attention_kernel", [](PyEncoder& e) { return std::string(e.enc().attention_name()); })
         .def_property_readonly("dtype", [](PyEncoder& e) {
             return std::string(e.enc().dtype() == DType::kInt8 ? "int8" : "float32");
         })
@@ -476,9 +478,17 @@ PYBIND11_MODULE(_core, m) {
 
     m.def(
         "attention",
-        [check_attention](FArray qkv, std::vector<int> lens, int heads, int threads, const std::string& isa) {
+        [check_attention](FArray qkv, std::vector<int> lens, int heads, int threads, const std::string& isa,
+                          bool bf16) {
             const int H = check_attention(qkv, lens, heads);
             const KernelTable& kt = kernels_for(isa);
+            AttentionFn attn = kt.attention;
+            if (bf16) {
+                const char* name = "";
+                attn = int8_attention_for(isa, &name);
+                if (std::string(name).find("bf16") == std::string::npos)
+                    throw std::invalid_argument("bf16 attention needs the avx512 path on a CPU with AVX512_BF16");
+            }
             check_threads(threads);
             std::vector<int> start(lens.size()), order(lens.size());
             int s = 0, mx = 0;
@@ -491,11 +501,16 @@ PYBIND11_MODULE(_core, m) {
             float* c = ctx.mutable_data();
             py::gil_scoped_release release;
             ops::run_team(threads, 1, [&](ops::Team& t) {
-                ops::attention_team(t, kt, q, H, heads, start, lens, order, c, scratch.data(), stride);
+                ops::attention_team(t, attn, q, H, heads, start, lens, order, c, scratch.data(), stride);
             });
             return ctx;
         },
-        py::arg("qkv"), py::arg("seq_lens"), py::arg("num_heads"), py::arg("num_threads") = 1, py::arg("isa") = "");
+        py::arg("qkv"), py::arg("seq_lens"), py::arg("num_heads"), py::arg("num_threads") = 1, py::arg("isa") = "",
+        py::arg("bf16") = false);
+    m.def("has_bf16_attention", [] {
+        const auto& isas = available_isas();
+        return cpu_info().avx512_bf16 && std::find(isas.begin(), isas.end(), "avx512") != isas.end();
+    });
 
     m.def(
         "attention_ref",

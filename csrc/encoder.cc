@@ -18,7 +18,11 @@ std::string at(int b, int t) { return "[" + std::to_string(b) + ", " + std::to_s
 }  // namespace
 
 Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype)
-    : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), dtype_(dtype), threads_(1) {
+    : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), dtype_(dtype), threads_(1),
+      attention_(dtype == DType::kInt8 ? int8_attention_for(kt.isa, &attention_name_) : kt.attention) {
+    if (dtype != DType::kInt8) attention_name_ = std::string(kt.isa) == "avx512" ? "attention_f32_avx512"
+                                                 : std::string(kt.isa) == "avx2"  ? "attention_f32_avx2"
+                                                                                  : "attention_f32_scalar";
     auto pos = [](int v, const char* name) {
         if (v <= 0) throw std::invalid_argument(std::string(name) + " must be positive, got " + std::to_string(v));
     };
@@ -265,7 +269,7 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
             e_qkv.bias = L.qkv_b.data();
             linear(team, ntok, x, H, L.qkv, L.qkv8, qkv, 3 * H, e_qkv);
             mark(kTraceQkv);
-            ops::attention_team(team, kt_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, scratch, stride);
+            ops::attention_team(team, attention_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, scratch, stride);
             mark(kTraceAttention);
             Epilogue e_ao;  // y = ctx·Wo + bo + x
             e_ao.bias = L.ao_b.data();

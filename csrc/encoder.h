@@ -68,6 +68,8 @@ class Encoder {
     const EncoderConfig& config() const { return cfg_; }
     const KernelTable& kernels() const { return kt_; }
     DType dtype() const { return dtype_; }
+    // The attention kernel the layers run (int8 encoders use bf16 dot products where the CPU has them).
+    const char* attention_name() const { return attention_name_; }
     // The GEMM kernel the layers run: fp32 or int8 name.
     const char* gemm_name() const { return dtype_ == DType::kInt8 ? kt8_.gemm_name : kt_.gemm_name; }
     int num_threads() const { return threads_; }
@@ -92,6 +94,8 @@ class Encoder {
     const Int8KernelTable& kt8_;
     DType dtype_;
     int threads_;
+    const char* attention_name_ = "";
+    AttentionFn attention_;
     const float *word_ = nullptr, *pos_ = nullptr, *type_ = nullptr;
     std::vector<float> emb_ln_w_, emb_ln_b_;
     std::vector<Layer> layers_;

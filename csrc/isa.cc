@@ -134,6 +134,19 @@ const Int8KernelTable& int8_kernels_for(const std::string& isa_in) {
     return *scalar_int8_kernels();
 }
 
+AttentionFn int8_attention_for(const std::string& isa_in, const char** name) {
+    const KernelTable& kt = kernels_for(isa_in);
+#if defined(BORTENGINE_X86)
+    if (std::string(kt.isa) == "avx512" && cpu_info().avx512_bf16) {
+        if (name) *name = "attention_bf16_avx512";
+        return bf16_attention_avx512();
+    }
+#endif
+    if (name) *name = std::string(kt.isa) == "avx512" ? "attention_f32_avx512"
+                      : std::string(kt.isa) == "avx2" ? "attention_f32_avx2" : "attention_f32_scalar";
+    return kt.attention;
+}
+
 const std::string& default_isa() {
     static std::once_flag once;
     static std::string chosen;

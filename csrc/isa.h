@@ -24,5 +24,8 @@ const std::string& default_isa();
 const KernelTable& kernels_for(const std::string& isa);
 // The int8 kernels that go with a path: "avx512" uses VNNI when the CPU has it, else the AVX2 int8 kernels.
 const Int8KernelTable& int8_kernels_for(const std::string& isa);
+// The attention the int8 encoder runs on a path: bf16 dot products where the CPU has AVX512_BF16 (path
+// "avx512"), else the path's fp32 attention. name: "attention_bf16_avx512" or "attention_f32_<isa>".
+AttentionFn int8_attention_for(const std::string& isa, const char** name = nullptr);
 
 }  // namespace bortengine

@@ -97,13 +97,19 @@ inline std::size_t packed_b_floats(const KernelTable& kt, int K, int N) {
 // Query rows processed per block in attention (the score block is kAttnQueryBlock x T).
 constexpr int kAttnQueryBlock = 64;
 inline std::size_t attention_scratch_floats(const KernelTable& kt, int T, int dh) {
-    const std::size_t tp = round_up(T, kt.nr), dp = round_up(dh, kt.nr);
-    return dh * tp            // K^T packed
-           + T * dp           // V packed
-           + kAttnQueryBlock * tp  // scores of one query block
-           + kAttnQueryBlock       // 1 / row sums
-           + 64;                   // alignment slack
+    const std::size_t nr = kt.nr > 32 ? kt.nr : 32;  // at least the bf16 attention's panel width
+    const std::size_t tp = round_up(T, nr), dp = round_up(dh, nr);
+    return (dh + 1) * tp                 // K^T packed (fp32; bf16 needs half of round_up(dh, 2) x tp)
+           + (T + 1) * dp                // V packed
+           + kAttnQueryBlock * tp        // scores of one query block
+           + kAttnQueryBlock * (dh + tp)  // bf16: the query block and the probabilities (more than needed)
+           + kAttnQueryBlock             // 1 / row sums
+           + 128;                        // alignment slack
 }
+
+// An attention kernel (the signature of KernelTable::attention).
+using AttentionFn = void (*)(int T, int dh, const float* q, const float* k, const float* v, std::ptrdiff_t ld,
+                             float scale, float* out, std::ptrdiff_t ldo, float* scratch);
 
 // One table per compiled ISA (kernels_<isa>.cc, kernels_int8_<isa>.cc). Only call a table whose ISA isa.h
 // says is runnable.
@@ -114,6 +120,7 @@ const KernelTable* avx2_kernels();
 const KernelTable* avx512_kernels();
 const Int8KernelTable* avx2_int8_kernels();
 const Int8KernelTable* avx512vnni_int8_kernels();
+AttentionFn bf16_attention_avx512();  // kernels_bf16_avx512.cc: needs AVX512_BF16
 #endif
 
 }  // namespace bortengine

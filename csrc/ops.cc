@@ -205,7 +205,7 @@ void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float
     });
 }
 
-void attention_team(Team& team, const KernelTable& kt, const float* qkv, int H, int heads,
+void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads,
                     const std::vector<int>& seq_start, const std::vector<int>& seq_len,
                     const std::vector<int>& longest_first, float* ctx, float* scratch, std::size_t scratch_stride) {
     const int dh = H / heads;
@@ -215,8 +215,7 @@ void attention_team(Team& team, const KernelTable& kt, const float* qkv, int H, 
     team.parallel_for(static_cast<int>(longest_first.size()) * heads, [&](int t) {
         const int s = longest_first[t / heads], h = t % heads;
         const float* base = qkv + seq_start[s] * ld + h * dh;
-        kt.attention(seq_len[s], dh, base, base + H, base + 2 * H, ld, scale, ctx + seq_start[s] * H + h * dh, H,
-                     mine);
+        attention(seq_len[s], dh, base, base + H, base + 2 * H, ld, scale, ctx + seq_start[s] * H + h * dh, H, mine);
     });
 }
 

@@ -103,7 +103,7 @@ void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float
 // ctx[Ntok, H] = self-attention of packed sequences (seq_start[s], seq_len[s]) over qkv [Ntok, 3H], one task per
 // (sequence, head), longest sequences first. scratch: per-thread blocks of scratch_stride floats, at least
 // attention_scratch_floats(kt, max_len, H/heads).
-void attention_team(Team& team, const KernelTable& kt, const float* qkv, int H, int heads, const std::vector<int>& seq_start,
+void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads, const std::vector<int>& seq_start,
                     const std::vector<int>& seq_len, const std::vector<int>& longest_first, float* ctx,
                     float* scratch, std::size_t scratch_stride);
 

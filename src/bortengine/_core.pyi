@@ -67,6 +67,9 @@ class Encoder:
     def kernel(self) -> str: ...
     @property
     def dtype(self) -> str: ...
+    @property
+    def attention_kernel(self) -> str:
+        """'attention_f32_<isa>', or 'attention_bf16_avx512' for int8 encoders on CPUs with AVX512_BF16."""
     trace: bool
     @property
     def last_trace(self) -> dict[str, float]:
@@ -100,9 +103,12 @@ def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, r
 def layernorm_ref(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
                   residual: Optional[np.ndarray] = None) -> np.ndarray: ...
 def attention(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int, num_threads: int = 1,
-              isa: str = "") -> np.ndarray:
+              isa: str = "", bf16: bool = False) -> np.ndarray:
     """qkv [Ntok, 3H] (Q | K | V, sequences packed end to end, lengths seq_lens summing to Ntok) -> context
-    [Ntok, H]: softmax(Q K^T / sqrt(H/num_heads)) V per sequence and head."""
+    [Ntok, H]: softmax(Q K^T / sqrt(H/num_heads)) V per sequence and head. bf16: the int8 encoder's attention
+    (bf16 dot products, fp32 softmax; needs isa "avx512" and AVX512_BF16)."""
+def has_bf16_attention() -> bool:
+    """Whether this CPU and build run the bf16 attention (AVX512_BF16 and the avx512 path)."""
 def attention_ref(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int) -> np.ndarray: ...
 def gelu(x: np.ndarray, isa: str = "") -> np.ndarray: ...
 def gelu_ref(x: np.ndarray) -> np.ndarray: ...
