@@ -43,11 +43,12 @@ def test_minilm_int8_embeddings_close_to_fp32(minilm, minilm_fp32, isa):
 
 def test_int8_paths_agree(minilm):
     """Paths compute the same integer sums for the same quantized inputs (test_int8_kernels.py), but fp32 parts
-    (LayerNorm, attention) differ in summation order, and an activation on a rounding boundary can land one
-    quantum apart: the paths agree closely, not bitwise."""
+    (LayerNorm, attention) differ in summation order, an activation on a rounding boundary can land one quantum
+    apart, and the avx512 path's attention runs in bf16 where the CPU has it: the paths agree closely (well within
+    the 0.99 that int8 keeps to float32), not bitwise."""
     outs = [bortengine.load(minilm, isa=isa, dtype="int8").encode(SENTENCES) for isa in _core.available_isas()]
     for o in outs[1:]:
-        assert _cosines(o, outs[0]).min() > 0.999
+        assert _cosines(o, outs[0]).min() > 0.995
 
 
 def test_int8_random_model_mixed_lengths(make_model):

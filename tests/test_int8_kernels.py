@@ -104,13 +104,15 @@ def test_quantized_weights_validated():
                                            ([200, 7], 3, 64), ([512], 2, 32), ([33], 2, 130)])
 def test_bf16_attention(lens, heads, dh):
     """The int8 encoder's attention: bf16 operands, fp32 accumulation and softmax. Error of bf16 rounding of Q, K,
-    V and P (8-bit mantissa): well under 1% of the output's scale."""
+    V and P (8-bit mantissa, relative rounding error up to 2^-9): the largest error stays under 1% of the output's
+    scale, the mean under 0.3%."""
     rng = np.random.default_rng(sum(lens) * heads)
     qkv = rng.standard_normal((sum(lens), 3 * heads * dh)).astype(np.float32)
     got = _core.attention(qkv, lens, heads, 2, "avx512", True)
     want = _core.attention_ref(qkv, lens, heads)
-    assert np.abs(got - want).max() <= 0.01 * np.abs(want).max()
-    assert np.abs(got - want).mean() <= 1e-3
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= 0.01 * scale
+    assert np.abs(got - want).mean() <= 0.003 * scale
 
 
 def test_bf16_attention_refused_elsewhere():
