@@ -89,7 +89,10 @@ ENGINE = "bortengine"
 ORT = "onnxruntime"
 TORCH_EAGER = "torch-eager"
 TORCH_SDPA = "torch-sdpa"
-RUNTIMES = (ENGINE, ORT, TORCH_EAGER, TORCH_SDPA)
+ENGINE_INT8 = "bortengine-int8"  # bortengine.load(..., dtype="int8")
+ORT_INT8 = "onnxruntime-int8"  # quantize_dynamic (s8 weights) of the BERT-fused graph
+RUNTIMES = (ENGINE, ORT, TORCH_EAGER, TORCH_SDPA, ENGINE_INT8, ORT_INT8)
+INT8_RUNTIMES = (ENGINE_INT8, ORT_INT8)
 REFERENCE = TORCH_EAGER  # the engine (and every other runtime) is checked against this one
 
 MODELS = (
@@ -120,6 +123,10 @@ GEMM_TARGET = 0.80  # each layer shape should reach this fraction of the measure
 # Accuracy of each runtime against PyTorch eager at unmasked positions (max abs diff of last_hidden_state).
 FLAG_ATOL = 1e-4  # above this the table flags the row
 FAIL_ATOL = 1e-2  # above this the result is wrong, not just rounded differently: the row's test fails
+
+# int8 runtimes are checked by the cosine of each real token's hidden state to PyTorch's float32 one: their
+# difference is quantization error, not a bug, and a max-abs-diff bound would not say which.
+INT8_MIN_COSINE = 0.98
 
 # A row is marked busy when other processes took more than this share of the machine's CPU while it was timed.
 BUSY_SHARE = 0.10

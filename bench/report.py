@@ -14,7 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cases import BUSY_SHARE, ENGINE, FLAG_ATOL, GEMM_TARGET, ORT, RUNTIMES, TORCH_EAGER, TORCH_SDPA
+from cases import (BUSY_SHARE, ENGINE, ENGINE_INT8, FLAG_ATOL, GEMM_TARGET, ORT, ORT_INT8, RUNTIMES, TORCH_EAGER,
+                   TORCH_SDPA)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class EncoderTiming:
     rerun_max_abs_diff: float | None = None  # last timed call vs the first (checked) one
     others_cpu: float | None = None  # share of the machine's CPU time other processes used while timing
     masked_rows_zero: bool | None = None  # engine only: rows of masked positions are exactly 0
+    min_cosine: float | None = None  # int8 runtimes: smallest per-token cosine to PyTorch float32
     smoke: bool = False
 
 
@@ -76,12 +78,16 @@ class Report:
             row["min_ms"][t.runtime] = t.min_ms
             row["diff"][t.runtime] = t.max_abs_diff
             row["others_cpu"][t.runtime] = t.others_cpu
+            row.setdefault("cosine", {})[t.runtime] = t.min_cosine
             if t.runtime == ENGINE:
                 row["masked_rows_zero"] = t.masked_rows_zero
         for row in rows.values():
             for stat, key in (("ms", "ratio"), ("min_ms", "ratio_of_min")):
                 eng = row[stat].get(ENGINE)
                 row[key] = {r: row[stat][r] / eng for r in row[stat] if eng and r != ENGINE}
+                # int8: peers over the engine's int8 path (ORT int8, and the engine's own float32 path)
+                eng8 = row[stat].get(ENGINE_INT8)
+                row[key + "8"] = {r: row[stat][r] / eng8 for r in (ORT_INT8, ENGINE) if eng8 and r in row[stat]}
             shares = [x for x in row["others_cpu"].values() if x is not None]
             row["max_others_cpu"] = max(shares) if shares else None
             row["busy"] = bool(shares) and max(shares) > BUSY_SHARE
@@ -95,14 +101,18 @@ class Report:
         """
         rows = self.table_rows(smoke=False)
         out = {}
-        for runtime in (ORT, TORCH_EAGER, TORCH_SDPA):
-            ratios = [(r["ratio"][runtime], f'{r["model"]} {r["shape"]}') for r in rows if runtime in r["ratio"]]
+        pairs = [(ORT, ENGINE, ""), (TORCH_EAGER, ENGINE, ""), (TORCH_SDPA, ENGINE, ""),
+                 (ORT_INT8, ENGINE_INT8, "8"), (ENGINE, ENGINE_INT8, "8")]
+        for runtime, base, suffix in pairs:
+            key, key_min = "ratio" + suffix, "ratio_of_min" + suffix
+            ratios = [(r[key][runtime], f'{r["model"]} {r["shape"]}') for r in rows if runtime in r[key]]
             if ratios:
                 worst = min(ratios)
-                of_min = [r["ratio_of_min"][runtime] for r in rows if runtime in r["ratio_of_min"]]
-                out[runtime] = {"geomean": _geomean([x for x, _ in ratios]), "min": worst[0], "min_row": worst[1],
-                                "rows": len(ratios), "busy_rows": sum(r["busy"] for r in rows if runtime in r["ratio"]),
-                                "geomean_of_min": _geomean(of_min), "min_of_min": min(of_min)}
+                of_min = [r[key_min][runtime] for r in rows if runtime in r[key_min]]
+                out[f"{runtime}/{base}"] = {
+                    "geomean": _geomean([x for x, _ in ratios]), "min": worst[0], "min_row": worst[1],
+                    "rows": len(ratios), "busy_rows": sum(r["busy"] for r in rows if runtime in r[key]),
+                    "geomean_of_min": _geomean(of_min), "min_of_min": min(of_min)}
         return out
 
     def gemm_summary(self, smoke: bool) -> dict:
@@ -142,7 +152,7 @@ class Report:
         if agg:
             out.append("")
             for runtime, a in agg.items():
-                out.append(f"{runtime}/engine over {a['rows']} rows: geometric mean {a['geomean']:.2f}x, "
+                out.append(f"{runtime} over {a['rows']} rows: geometric mean {a['geomean']:.2f}x, "
                            f"min {a['min']:.2f}x ({a['min_row']})   [from the rounds' minimum times: "
                            f"{a['geomean_of_min']:.2f}x, min {a['min_of_min']:.2f}x]")
             busy = max(a["busy_rows"] for a in agg.values())
@@ -164,7 +174,8 @@ class Report:
 
     def _encoder_table(self, rows) -> list[str]:
         head = ["model", "shape"] + [f"{r} ms" for r in RUNTIMES] + \
-               ["ORT/eng", "PTeager/eng", "PTsdpa/eng", "eng max|d|", "ORT max|d|", "others"]
+               ["ORT/eng", "PTeager/eng", "PTsdpa/eng", "ORT8/eng8", "eng/eng8", "eng max|d|", "ORT max|d|",
+                "eng8 cos", "others"]
         body = []
         for r in rows:
             diff = r["diff"].get(ENGINE)
@@ -173,11 +184,13 @@ class Report:
                 flag = " !"
             if r.get("masked_rows_zero") is False:
                 flag += " pad!=0"
-            ratio = lambda k: f'{r["ratio"][k]:.2f}' if k in r["ratio"] else "-"  # noqa: E731
+            ratio = lambda k, s="": f'{r["ratio" + s][k]:.2f}' if k in r["ratio" + s] else "-"  # noqa: E731
             fmt_d = lambda d: "-" if d is None else f"{d:.1e}"  # noqa: E731
+            cos8 = r.get("cosine", {}).get(ENGINE_INT8)
             body.append([r["model"], r["shape"]] + [self._fmt_ms(r["ms"].get(k)) for k in RUNTIMES] +
-                        [ratio(ORT), ratio(TORCH_EAGER), ratio(TORCH_SDPA), fmt_d(diff) + flag,
-                         fmt_d(r["diff"].get(ORT)), _fmt_share(r["max_others_cpu"])])
+                        [ratio(ORT), ratio(TORCH_EAGER), ratio(TORCH_SDPA), ratio(ORT_INT8, "8"), ratio(ENGINE, "8"),
+                         fmt_d(diff) + flag, fmt_d(r["diff"].get(ORT)), "-" if cos8 is None else f"{cos8:.4f}",
+                         _fmt_share(r["max_others_cpu"])])
         return _align([head] + body) + [
             f"(! = engine differs from PyTorch eager by more than {FLAG_ATOL:g}; pad!=0 = rows of masked positions "
             f"are not zero; others = most CPU other processes took during one runtime's timing, ~ above "

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cases import CACHE_DIR, ENGINE, ORT, REFERENCE, TORCH_EAGER, TORCH_SDPA, EncoderInputs, ModelCase
+from cases import (CACHE_DIR, ENGINE, ENGINE_INT8, ORT, ORT_INT8, REFERENCE, TORCH_EAGER, TORCH_SDPA, EncoderInputs,
+                   ModelCase)
 
 ONNX_OPSET = 17
 
@@ -69,15 +70,16 @@ def native_module_stamp() -> dict | None:
 
 
 class EngineRuntime:
-    name = ENGINE
+    """bortengine.load(dir, num_threads=n, dtype=...): float32, or int8 (the ENGINE_INT8 rows)."""
 
-    def __init__(self, model_dir: Path, threads: int):
+    def __init__(self, model_dir: Path, threads: int, dtype: str = "float32"):
         ok, why = engine_status()
         if not ok:
             raise RuntimeUnavailable(f"bortengine not available: {why}")
         import bortengine
 
-        self.engine = bortengine.load(str(model_dir), num_threads=threads)
+        self.name = ENGINE_INT8 if dtype == "int8" else ENGINE
+        self.engine = bortengine.load(str(model_dir), num_threads=threads, dtype=dtype)
 
     def prepare(self, inputs: EncoderInputs):
         return inputs
@@ -250,15 +252,36 @@ def optimized_onnx(model: ModelCase) -> tuple[Path, dict]:
     return fused, summary
 
 
+def quantized_onnx(model: ModelCase) -> Path:
+    """ONNX Runtime's dynamic int8 quantization (s8 weights per tensor, u8 activations quantized at run time) of
+    the BERT-fused graph, the usual way to run BERT in int8 with ORT (cached next to the fused file)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fused, _ = optimized_onnx(model)
+    out = fused.with_name(fused.stem + "-int8.onnx")
+    if not out.exists():
+        import onnx
+
+        tmp = out.with_suffix(".tmp.onnx")
+        # DefaultTensorType: the fused contrib ops (Attention, SkipLayerNormalization) have no shape inference,
+        # so the quantizer is told their outputs are float.
+        quantize_dynamic(str(fused), str(tmp), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        os.replace(tmp, out)
+    return out
+
+
 class OrtRuntime:
-    """CPUExecutionProvider on the BERT-fused graph; intra-op threads = n, inter-op 1, all graph optimizations."""
+    """CPUExecutionProvider on the BERT-fused graph (or its int8 quantization); intra-op threads = n, inter-op 1,
+    all graph optimizations."""
 
-    name = ORT
-
-    def __init__(self, model: ModelCase, threads: int):
+    def __init__(self, model: ModelCase, threads: int, int8: bool = False):
         import onnxruntime as ort
 
+        self.name = ORT_INT8 if int8 else ORT
         self.path, self.fusion = optimized_onnx(model)
+        if int8:
+            self.path = quantized_onnx(model)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -280,8 +303,12 @@ class OrtRuntime:
 def make_runtime(name: str, model: ModelCase, threads: int):
     if name == ENGINE:
         return EngineRuntime(model.path(), threads)
+    if name == ENGINE_INT8:
+        return EngineRuntime(model.path(), threads, dtype="int8")
     if name == ORT:
         return OrtRuntime(model, threads)
+    if name == ORT_INT8:
+        return OrtRuntime(model, threads, int8=True)
     if name == TORCH_EAGER:
         return TorchRuntime(model.path(), threads, "eager")
     if name == TORCH_SDPA:
