@@ -825,7 +825,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     rows = evaluate_rounds(out_dir, ([e.text for e in test], [e.label for e in test]), load_engine_classifier)
     summary = {
         "task": task, "train_examples": len(train), "dev_examples": len(dev), "test_examples": len(test),
-        "student": arch or model, "teacher": model or "all-MiniLM-L6-v2", "labeller": str(labeller),
+        "student": arch or model, "sliced_from": (model or "all-MiniLM-L6-v2") if arch else None, "labeller": str(labeller),
         "labeller_dev_accuracy": labeller_dev, "transformation": transformation, "fraction": fraction,
         "neighbours": neighbours, "seed": seed, "settings": config.settings, "rounds": rows,
         "plain_test_accuracy": rows[0]["test_accuracy"], "agora_test_accuracy": rows[-1]["test_accuracy"],
