@@ -30,11 +30,11 @@ ISA_SOURCES = ["kernels_scalar.cc", "kernels_int8_scalar.cc"] + (
     ["kernels_avx2.cc", "kernels_avx512.cc", "kernels_int8_avx2.cc", "kernels_int8_avx512vnni.cc",
      "kernels_bf16_avx512.cc"] if IS_X86 else []
 )
-COMMON_SOURCES = ["isa.cc", "kernels_ref.cc", "ops.cc", "encoder.cc", "bindings.cc"]
+COMMON_SOURCES = ["isa.cc", "kernels_ref.cc", "pool.cc", "ops.cc", "encoder.cc", "bindings.cc"]
 
-COMMON_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+COMMON_FLAGS = ["-O3", "-pthread", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 if os.environ.get("BORTENGINE_DEBUG"):
-    COMMON_FLAGS = ["-O0", "-g", "-fopenmp", "-Wall"]
+    COMMON_FLAGS = ["-O0", "-g", "-pthread", "-Wall"]
 
 
 class BuildExtPerFileFlags(build_ext):
@@ -63,7 +63,7 @@ ext = Pybind11Extension(
     include_dirs=["csrc"],
     cxx_std=17,
     extra_compile_args=COMMON_FLAGS + (["-DBORTENGINE_X86=1"] if IS_X86 else []),
-    extra_link_args=["-fopenmp"],
+    extra_link_args=["-pthread"],
 )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtPerFileFlags})

@@ -212,7 +212,7 @@ FArray run_gemm(const ops::PackedMatrix& B, FArray a, const float* bias, const s
     check_threads(threads);
     {
         py::gil_scoped_release release;
-        ops::run_team(threads, 1, [&](ops::Team& t) { ops::gemm_team(t, M, ap, B.K, B, cp, B.N, ep); });
+        ops::run_team(threads, [&](ops::Team& t) { ops::gemm_team(t, M, ap, B.K, B, cp, B.N, ep); });
     }
     return c;
 }
@@ -292,7 +292,7 @@ class PyQuantizedLinear {
         py::gil_scoped_release release;
         ops::QuantScratch qs;
         qs.reserve(M, m_.K);
-        ops::run_team(threads, 2, [&](ops::Team& t) { ops::gemm_int8_team(t, M, ap, m_.K, m_, c, N, ep, qs, raw); });
+        ops::run_team(threads, [&](ops::Team& t) { ops::gemm_int8_team(t, M, ap, m_.K, m_, c, N, ep, qs, raw); });
         return out;
     }
     int N() const { return m_.N; }
@@ -437,7 +437,7 @@ PYBIND11_MODULE(_core, m) {
             const float *xp = x.data(), *rp = residual_obj.is_none() ? nullptr : r.data(), *gp = g.data(), *bp = b.data();
             float* yp = y.mutable_data();
             py::gil_scoped_release release;
-            ops::run_team(threads, 1, [&](ops::Team& t) { ops::layernorm_team(t, kt, M, N, xp, rp, gp, bp, eps, yp); });
+            ops::run_team(threads, [&](ops::Team& t) { ops::layernorm_team(t, kt, M, N, xp, rp, gp, bp, eps, yp); });
             return y;
         },
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("residual") = py::none(),
@@ -500,7 +500,7 @@ PYBIND11_MODULE(_core, m) {
             const float* q = qkv.data();
             float* c = ctx.mutable_data();
             py::gil_scoped_release release;
-            ops::run_team(threads, 1, [&](ops::Team& t) {
+            ops::run_team(threads, [&](ops::Team& t) {
                 ops::attention_team(t, attn, q, H, heads, start, lens, order, c, scratch.data(), stride);
             });
             return ctx;
@@ -549,7 +549,7 @@ PYBIND11_MODULE(_core, m) {
             const float *wp = word.data(), *posp = pos.data(), *typ = type.data(), *gp = g.data(), *bp = b.data();
             float* yp = y.mutable_data();
             py::gil_scoped_release release;
-            ops::run_team(threads, 1, [&](ops::Team& t) {
+            ops::run_team(threads, [&](ops::Team& t) {
                 const int chunks = static_cast<int>(std::max<py::ssize_t>(1, std::min<py::ssize_t>(n, 2 * threads)));
                 t.parallel_for(chunks, [&](int c) {
                     for (py::ssize_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i)

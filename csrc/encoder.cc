@@ -1,11 +1,10 @@
-// encoder.cc: see encoder.h. One forward = one OpenMP parallel region; every op inside is a team op (ops.h): its
-// chunks are claimed by whichever threads run, and it completes when they are all done. No thread is created
-// per layer and no op waits for a thread that has no work in it.
+// encoder.cc: see encoder.h. One forward runs on the calling thread; every op is a team op (ops.h) whose chunks
+// are shared with the pool's workers (pool.h). No thread is created per call and no op waits for a thread that
+// has no work in it.
 #include "encoder.h"
 
-#include <omp.h>
-
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <numeric>
 #include <stdexcept>
@@ -230,9 +229,6 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
         if (int8) ops::gemm_int8_team(team, M, A, lda, W8, C, ldc, ep, qscratch_);
         else ops::gemm_team(team, M, A, lda, W, C, ldc, ep);
     };
-    // ops of one forward: embeddings, per layer up to 11 (4 GEMMs, each with its int8 quantization, attention,
-    // 2 LayerNorms), scatter, pooler gather and GEMM (+ quantization)
-    const int max_ops = 8 + 11 * cfg_.layers;
     // row chunks of the element-wise steps below
     auto row_chunks = [&](int rows) { return std::max(1, std::min(rows, 2 * threads_)); };
 
@@ -242,15 +238,15 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
 
     const bool trace = trace_;
     if (trace) last_trace_.assign(kTraceOps, 0.0);
-    ops::run_team(threads_, max_ops, [&](ops::Team& team) {
-        // Tracing: thread 0 reads the clock after each op's closing barrier (so an op's time includes waiting for
-        // the slowest thread) and charges it to the op.
-        const bool tracer = trace && ops::current_thread() == 0;
-        double t_prev = tracer ? omp_get_wtime() : 0.0;
+    ops::run_team(threads_, [&](ops::Team& team) {
+        // Tracing: the calling thread reads the clock after each op (so an op's time includes waiting for its
+        // slowest chunk) and charges it to the op.
+        using clock = std::chrono::steady_clock;
+        auto t_prev = clock::now();
         auto mark = [&](TraceOp op) {
-            if (!tracer) return;
-            const double t = omp_get_wtime();
-            last_trace_[op] += t - t_prev;
+            if (!trace) return;
+            const auto t = clock::now();
+            last_trace_[op] += std::chrono::duration<double>(t - t_prev).count();
             t_prev = t;
         };
         const int emb_chunks = row_chunks(ntok);

@@ -1,8 +1,6 @@
 // ops.cc: see ops.h.
 #include "ops.h"
 
-#include <omp.h>
-#include <sched.h>
 
 #include <algorithm>
 #include <cmath>
@@ -10,37 +8,6 @@
 
 namespace bortengine {
 namespace ops {
-
-int current_thread() { return omp_get_thread_num(); }
-int current_team_size() { return omp_get_num_threads(); }
-
-Team::Team(int threads, int max_ops)
-    : threads_(threads < 1 ? 1 : threads), max_ops_(max_ops),
-      queues_(new Queue[max_ops > 0 ? max_ops : 1]), cursors_(new Cursor[threads_]) {}
-
-Team::Queue& Team::next_queue() {
-    const int tid = omp_get_thread_num();
-    int& op = cursors_[tid < threads_ ? tid : 0].op;
-    // max_ops is computed by the caller from the op sequence; running past it is a bug in the caller, so wrap
-    // (ops would then share queues) rather than write out of bounds.
-    Queue& q = queues_[op % max_ops_];
-    ++op;
-    return q;
-}
-
-void Team::wait_done(const Queue& q, int n) {
-    // Spin briefly (the usual case: the other threads finish their chunks within microseconds), then yield the
-    // core so a thread that still holds a chunk can run on it.
-    for (int spins = 0; q.done.load(std::memory_order_acquire) < n; ++spins) {
-        if (spins < 4000) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-        } else {
-            sched_yield();
-        }
-    }
-}
 
 namespace {
 // [begin, end) of chunk c when `total` items are cut into `chunks` nearly equal chunks.
@@ -211,8 +178,8 @@ void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, 
     const int dh = H / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
     const std::ptrdiff_t ld = 3 * static_cast<std::ptrdiff_t>(H);
-    float* mine = scratch + omp_get_thread_num() * scratch_stride;
     team.parallel_for(static_cast<int>(longest_first.size()) * heads, [&](int t) {
+        float* mine = scratch + current_slot() * scratch_stride;
         const int s = longest_first[t / heads], h = t % heads;
         const float* base = qkv + seq_start[s] * ld + h * dh;
         attention(seq_len[s], dh, base, base + H, base + 2 * H, ld, scale, ctx + seq_start[s] * H + h * dh, H, mine);

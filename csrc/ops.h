@@ -1,11 +1,10 @@
 // ops.h: operations over whole tensors. Ops check shapes (throwing std::invalid_argument with both shapes),
 // split the work into chunks shared by the threads of a Team and call one ISA's kernels.
 //
-// Team contract: every thread of a run_team region calls the same *_team functions in the same order. Each op
-// is cut into chunks that threads claim from a shared counter, and an op returns once all its chunks are done
-// (not once all threads have arrived). So a thread that the OS has descheduled — a busy machine, more threads
-// than cores — delays nothing it has not claimed: the others take its share, and the call degrades to the speed
-// of the threads that run instead of stalling at a barrier. Team ops never throw: validate before the region.
+// Team ops run on the calling thread and spread each op's chunks over the thread pool (pool.h): an op returns
+// once all its chunks are done, not once all threads have arrived, so a thread that the OS has descheduled — a
+// busy machine, more threads than cores — delays nothing it has not claimed. Team ops never throw: validate
+// before calling them.
 #pragma once
 #include <atomic>
 #include <cstddef>
@@ -15,6 +14,7 @@
 
 #include "buffer.h"
 #include "kernels.h"
+#include "pool.h"
 
 namespace bortengine {
 namespace ops {
@@ -64,32 +64,28 @@ struct QuantScratch {
 void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
                     std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32 = false);
 
-// The shared state of one parallel run: one work queue per op instance, used in call order by every thread.
+// The threads of one call: team ops cut their work into chunks run by the caller and up to threads - 1 pool
+// workers (pool.h). A Team is used from the calling thread only.
 class Team {
   public:
-    Team(int threads, int max_ops);
+    explicit Team(int threads) : threads_(threads < 1 ? 1 : threads) {}
     int threads() const { return threads_; }
-    // Runs fn(c) for every chunk c in [0, n) on whichever threads claim it; returns when all n are done.
+    // Runs fn(c) for every chunk c in [0, n); returns when all n are done.
     template <class F>
-    void parallel_for(int n, F&& fn);
+    void parallel_for(int n, F&& fn) {
+        bortengine::parallel_for(n, threads_ - 1, ChunkFn(fn));
+    }
 
   private:
-    struct alignas(64) Queue {
-        std::atomic<int> next{0}, done{0};
-    };
-    struct alignas(64) Cursor {
-        int op = 0;
-    };
-    Queue& next_queue();
-    static void wait_done(const Queue& q, int n);
-    int threads_, max_ops_;
-    std::unique_ptr<Queue[]> queues_;
-    std::unique_ptr<Cursor[]> cursors_;  // per thread: its next op index
+    int threads_;
 };
 
-// Runs fn(team) on `threads` threads (1 = the calling thread only) sharing one Team sized for max_ops ops.
+// Runs fn(team) on the calling thread with a team of `threads` threads.
 template <class F>
-void run_team(int threads, int max_ops, F&& fn);
+void run_team(int threads, F&& fn) {
+    Team team(threads);
+    fn(team);
+}
 
 // C[M, B.N] = epilogue(A[M, B.K] · B). Splits columns (panels) into chunks when there are enough of them, else
 // rows: each chunk then streams only its share of the weights.
@@ -107,40 +103,11 @@ void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, 
                     const std::vector<int>& seq_len, const std::vector<int>& longest_first, float* ctx,
                     float* scratch, std::size_t scratch_stride);
 
-int current_thread();
-int current_team_size();
+// The calling thread's slot in the op it runs (0 = the caller), for per-thread scratch.
+inline int current_thread() { return current_slot(); }
 
 Epilogue::Kind parse_epilogue(const std::string& name);
 
 }  // namespace ops
 }  // namespace bortengine
 
-#include <omp.h>
-namespace bortengine {
-namespace ops {
-
-template <class F>
-void Team::parallel_for(int n, F&& fn) {
-    Queue& q = next_queue();
-    for (;;) {
-        const int c = q.next.fetch_add(1, std::memory_order_relaxed);
-        if (c >= n) break;
-        fn(c);
-        q.done.fetch_add(1, std::memory_order_release);
-    }
-    wait_done(q, n);
-}
-
-template <class F>
-void run_team(int threads, int max_ops, F&& fn) {
-    Team team(threads, max_ops);
-    if (threads <= 1) {
-        fn(team);
-        return;
-    }
-#pragma omp parallel num_threads(threads)
-    fn(team);
-}
-
-}  // namespace ops
-}  // namespace bortengine

@@ -1,0 +1,35 @@
+// pool.h: the engine's thread pool. Each op is one parallel loop over chunks: the calling thread publishes it,
+// runs chunks itself, and returns when all chunks are done. Worker threads join an op if they are awake and
+// there is still a free slot; a worker the OS has descheduled simply does not join, and nothing waits for it.
+// (A fork-join region, e.g. OpenMP's, ends with a barrier that waits for every thread of the team: on a busy
+// machine one descheduled thread then stalls the whole call for a scheduler time slice.)
+//
+// One op runs at a time per process (ops of concurrent callers interleave); workers are created on demand and
+// live until the process ends.
+#pragma once
+#include <cstddef>
+#include <utility>
+
+namespace bortengine {
+
+// A borrowed reference to a callable void(int chunk): no allocation per op.
+class ChunkFn {
+  public:
+    template <class F>
+    ChunkFn(F& f) : obj_(&f), call_([](void* o, int c) { (*static_cast<F*>(o))(c); }) {}  // NOLINT: implicit
+    void operator()(int c) const { call_(obj_, c); }
+
+  private:
+    void* obj_;
+    void (*call_)(void*, int);
+};
+
+// Runs fn(c) for every c in [0, n) on the calling thread and up to `helpers` pool workers; returns when all are
+// done. Thread-safe. helpers <= 0 or n <= 1 runs inline.
+void parallel_for(int n, int helpers, ChunkFn fn);
+
+// The slot of the calling thread within the op it is running: 0 for the caller, 1..helpers for workers that
+// joined (distinct within one op), for per-thread scratch buffers.
+int current_slot();
+
+}  // namespace bortengine
