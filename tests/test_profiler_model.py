@@ -327,3 +327,13 @@ def test_interpolation_on_measured_gemms_leave_one_out():
         truth = P.LatencyModel(wp).op_ms(s)
         errors.append(abs(got - truth) / truth)
     assert errors and sorted(errors)[len(errors) // 2] < 0.10 and max(errors) < 0.25, errors
+
+
+def test_contradictory_calibration_is_flagged():
+    prof = synthetic(SMALL)
+    cal = prof.workloads[W.key].calibration
+    assert P._calibration_note(cal) is None and "WARNING" not in prof.table()
+    assert "empty op call took 16.00 ms" in P._calibration_note({**cal, "call_ms": {"gemm": 16.0}})
+    assert "contradictory" in P._calibration_note({**cal, "sync_ms": -0.02})
+    prof.workloads[W.key].calibration = {**cal, "fixed_ms": -1.0}
+    assert "WARNING: contradictory calibration" in prof.table()

@@ -646,6 +646,9 @@ class Profile:
                 calls = ", ".join(f"{k} {v * 1e3:.1f} µs" for k, v in cal["call_ms"].items())
                 lines.append(f"  calibration: fixed {cal['fixed_ms'] * 1e3:.1f} µs/forward, sync "
                              f"{cal['sync_ms'] * 1e3:.2f} µs/op; empty calls: {calls}")
+                note = _calibration_note(cal)
+                if note:
+                    lines.append(f"  WARNING: {note}")
             lines.append(f"  {'op':<40} {'role':<22} {'median ms':>10} {'IQR %':>6} {'min ms':>9} {'n':>5} "
                          f"{'out':>4} {'GFLOP/s':>8}  flags")
             for k, m in sorted(wp.ops.items(), key=_op_order):
@@ -1146,9 +1149,26 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     if note:
         warnings.warn(note, RuntimeWarning, stacklevel=2)
     wp.calibration = _calibrate(wp)
+    note = _calibration_note(wp.calibration)
+    if note:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
     prof.save(path)
     prof._models.clear()
     return prof
+
+
+def _calibration_note(cal: Mapping[str, Any]) -> Optional[str]:
+    """A warning text when the calibration contradicts itself: both constants are costs, so clearly negative values
+    (beyond fit noise) mean the tiny encoders or the empty calls were disturbed."""
+    slowest = max(cal.get("call_ms", {}).values(), default=0.0)
+    if slowest > 0.2:
+        return (f"an empty op call took {slowest:.2f} ms (a few µs on a quiet machine): the thread team was waiting "
+                f"for CPU time; these measurements are unreliable: re-profile when the machine is quiet")
+    if cal.get("sync_ms", 0.0) < -0.005 or cal.get("fixed_ms", 0.0) < -0.05:
+        return (f"contradictory calibration (sync {1e3 * cal.get('sync_ms', 0.0):.1f} µs/op, fixed "
+                f"{1e3 * cal.get('fixed_ms', 0.0):.1f} µs/forward; both should be >= 0): probably measured on a "
+                f"loaded machine; re-profile when it is quiet")
+    return None
 
 
 def _calibrate(wp: WorkloadProfile) -> dict[str, Any]:
