@@ -10,8 +10,13 @@ VENV="${BORTENGINE_VENV:-$ROOT/.venv}"
 OUT="$ROOT/build/asan"
 printf '\n==> building the extension with AddressSanitizer (build/asan)\n'
 cd "$ROOT"
-CFLAGS="-fsanitize=address -fno-omit-frame-pointer" LDFLAGS="-fsanitize=address" \
-    python setup.py -q build_ext --build-lib "$OUT/lib" --build-temp "$OUT/tmp"
+mkdir -p "$OUT"
+# compiler output goes to a log, shown only if the build fails
+if ! CFLAGS="-fsanitize=address -fno-omit-frame-pointer" LDFLAGS="-fsanitize=address" \
+    python setup.py -q build_ext --build-lib "$OUT/lib" --build-temp "$OUT/tmp" > "$OUT/build.log" 2>&1; then
+    cat "$OUT/build.log"
+    exit 1
+fi
 rm -rf "$OUT/pkg" && mkdir -p "$OUT/pkg"
 cp -r "$ROOT/src/bortengine" "$OUT/pkg/"
 rm -f "$OUT"/pkg/bortengine/_core*.so
@@ -22,4 +27,4 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=lib
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
 PYTHONPATH="$OUT/pkg" python -m pytest -p no:cacheprovider -q \
     tests/test_kernels.py tests/test_int8_kernels.py tests/test_correctness.py tests/test_inputs.py \
-    tests/test_int8_engine.py tests/test_threads.py "$@"
+    tests/test_int8_engine.py tests/test_threads.py tests/test_pool.py "$@"
