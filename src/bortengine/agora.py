@@ -718,6 +718,7 @@ def plot_rounds(runs: Sequence[Sequence[Mapping[str, Any]]], path: str | os.Path
             ax.plot(xs, [r["test_accuracy"] for r in rows], "s-", color=f"C{k}", label=f"seed {k}: test")
     if reference is not None:
         ax.axhline(reference, color="k", lw=1, ls=":", label="full train split, test")
+    ax.set_xticks(sorted({r["round"] for rows in runs for r in rows}))
     ax.set_xlabel("round (round 1 = plain fine-tuning with the Θ search)")
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
