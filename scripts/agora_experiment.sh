@@ -26,4 +26,12 @@ for seed in ${REF_SEEDS:-0 1 2}; do
   nice -n 19 python -m bortengine finetune --agora --model $STUDENT --student-arch none --labeller $LABELLER \
       --task rt --settings "lr=3e-4,epochs=3" --rounds 1 --seed $seed --out $R/full-$seed > $R/full-$seed.log 2>&1
 done
+# the exploratory variant of docs/agora.md: 8 new points per dev mistake instead of 4
+if [ -n "${VARIANT_PM8:-}" ]; then
+  for seed in ${SEEDS:-0 1 2}; do
+    nice -n 19 python -m bortengine finetune --agora --model $STUDENT --student-arch none --labeller $LABELLER \
+        --task rt --train-limit 500 --settings "$THETA" --per-mistake 8 --seed $seed \
+        --out $R/variant-pm8-seed-$seed > $R/variant-pm8-seed-$seed.log 2>&1
+  done
+fi
 python -m bortengine.agora $R/seed-* --reference $R/full-* --plot docs/agora-rounds.png > $R/summary.json
