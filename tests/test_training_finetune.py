@@ -78,3 +78,9 @@ def test_surrogate_deterministic(encoder_dir):
     cfg = _config(encoder_dir, eval_limit=16)
     a, b = finetune_surrogate_loss(cfg, steps=3), finetune_surrogate_loss(cfg, steps=3)
     assert np.isfinite(a) and a == b
+
+
+def test_finetune_with_a_teacher(tmp_path, encoder_dir):
+    _, first = finetune(_config(encoder_dir, out_dir=str(tmp_path / "teacher"), max_steps=2), progress=False)
+    clf, metrics = finetune(_config(encoder_dir, teacher=first["model_dir"], max_steps=2), progress=False)
+    assert metrics["steps"] == 2 and np.isfinite(metrics["final_train_loss"])

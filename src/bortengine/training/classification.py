@@ -54,6 +54,9 @@ class FinetuneConfig:
     threads: Optional[int] = None
     train_limit: Optional[int] = None    # first N training examples only (tests, quick looks)
     eval_limit: Optional[int] = None     # first N dev/test examples only
+    teacher: Optional[str] = None        # a fine-tuned classifier directory: distil its logits while fine-tuning
+    distill_weight: float = 0.5          # loss = (1 - w) CE(labels) + w T² KL(teacher_T || student_T)
+    temperature: float = 2.0
     checkpoint_every: float = 120.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +170,10 @@ class _Run:
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.model.config.hidden_dropout_prob = config.dropout
+        self.teacher = None
+        if config.teacher:
+            self.teacher = BertForSequenceClassification.from_pretrained(config.teacher, attn_implementation="sdpa")
+            self.teacher.eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.step, self.epoch, self.cursor = 0, 0, 0
@@ -197,7 +204,15 @@ class _Run:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step, budget_fraction)
-        loss = F.cross_entropy(self.model(input_ids=ids, attention_mask=mask).logits, labels)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        loss = F.cross_entropy(logits, labels)
+        if self.teacher is not None:  # task-specific distillation from the fine-tuned teacher's soft labels
+            with torch.no_grad():
+                t_logits = self.teacher(input_ids=ids, attention_mask=mask).logits
+            temp, w = self.config.temperature, self.config.distill_weight
+            soft = F.kl_div(F.log_softmax(logits / temp, -1), F.softmax(t_logits / temp, -1),
+                            reduction="batchmean") * temp * temp
+            loss = (1 - w) * loss + w * soft
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -289,7 +304,7 @@ def finetune(config: FinetuneConfig, model=None, progress: bool = True) -> tuple
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{run.step / run.steps_per_epoch:.2f}",
-                                best_dev=f"{best['dev_accuracy']:.4f}")
+                                best_dev=f"{best['dev_accuracy']:.4f}", refresh=False)
             if epoch_end and run.step < run.total_steps:
                 evaluate_dev()
             if ckpt_path is not None and time.perf_counter() - last_ckpt >= config.checkpoint_every:

@@ -64,6 +64,9 @@ def add_training_parsers(sub) -> None:
     ft.add_argument("--clock", choices=("cpu", "wall"), default="wall")
     ft.add_argument("--threads", type=int, default=None)
     ft.add_argument("--train-limit", type=int, default=None, help="use only the first N training examples")
+    ft.add_argument("--teacher", default=None, metavar="DIR",
+                    help="a fine-tuned classifier to distil from while fine-tuning (soft labels, T=2, weight 0.5)")
+    ft.add_argument("--distill-weight", type=float, default=0.5)
     ft.add_argument("--surrogate-steps", type=int, default=None, metavar="N",
                     help="short-budget mode: train N steps from the model, print the dev loss, write nothing")
     ft.add_argument("--no-progress", action="store_true")
@@ -110,7 +113,8 @@ def _finetune(args) -> int:
     config = FinetuneConfig(
         model=args.model, task=args.task, out_dir=args.out, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, max_steps=args.max_steps,
-        time_budget=args.time_budget, clock=args.clock, threads=args.threads, train_limit=args.train_limit)
+        time_budget=args.time_budget, clock=args.clock, threads=args.threads, train_limit=args.train_limit,
+        teacher=args.teacher, distill_weight=args.distill_weight)
     if args.agora:
         return _finetune_agora(args)
     if args.surrogate_steps is not None:

@@ -399,7 +399,7 @@ def pretrain(config: DistillConfig, teacher=None, importance: Optional[Importanc
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{run_tokens / max(run_wall, 1e-9):.0f}",
-                                spent=f"{budget.spent / 60:.1f}m{config.clock}")
+                                spent=f"{budget.spent / 60:.1f}m{config.clock}", refresh=False)
             if step % config.log_every == 0:
                 log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss_value, **parts,
                                       "lr": optimizer.param_groups[0]["lr"], "tokens": tokens,
