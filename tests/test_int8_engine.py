@@ -116,3 +116,22 @@ def test_prequantized_checkpoint_missing_scale(make_model, tmp_path):
     save_file(tensors, str(pre / "model.safetensors"))
     with pytest.raises(bortengine.ModelLoadError, match="output.dense.weight_scale"):
         bortengine.load(pre, dtype="int8")
+
+
+def test_quantize_checkpoint_api(make_model, tmp_path):
+    """bortengine.quantization.quantize_checkpoint (what `bortengine export --dtype int8` runs) writes what
+    load(dtype="int8") would compute at load, and a smaller file."""
+    import shutil
+
+    from bortengine.quantization import quantize_checkpoint
+
+    path = make_model(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                      vocab_size=500, seed=9)
+    out = tmp_path / "q"
+    shutil.copytree(path, out)
+    report = quantize_checkpoint(out)
+    assert report["quantized"] == 12 and report["bytes_after"] < report["bytes_before"]
+    ids = np.random.default_rng(3).integers(0, 500, size=(2, 9))
+    np.testing.assert_allclose(bortengine.load(out, dtype="int8")(ids).last_hidden_state,
+                               bortengine.load(path, dtype="int8")(ids).last_hidden_state, atol=1e-5)
+    assert "bortengine_quantization" in (out / "config.json").read_text()

@@ -76,6 +76,9 @@ def add_training_parsers(sub) -> None:
     ex.add_argument("run", help="run directory of pretrain/finetune (or an HF model directory)")
     ex.add_argument("--out", required=True, help="output model directory")
     ex.add_argument("--no-check", action="store_true", help="skip the engine-vs-torch check")
+    ex.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+                    help="int8: store the encoder layers' linear weights pre-quantized (per-channel s8 + scales), "
+                         "as bortengine.load(dtype='int8') runs them")
 
 
 def run_training_command(args) -> int:
@@ -174,6 +177,22 @@ def _export(args) -> int:
     from .hf_export import export_run
 
     report = export_run(args.run, args.out, check=not args.no_check)
+    if args.dtype == "int8":  # after the float32 check: the torch model is float
+        import numpy as np
+
+        import bortengine
+        from bortengine.quantization import quantize_checkpoint
+
+        reference = None
+        if not args.no_check:  # the engine's int8 path on the float export, before rewriting it
+            ids = np.random.default_rng(0).integers(1000, 2000, size=(2, 16))
+            reference = bortengine.load(args.out, dtype="int8")(ids).last_hidden_state
+        report["int8"] = quantize_checkpoint(args.out)
+        if reference is not None:
+            got = bortengine.load(args.out, dtype="int8")(ids).last_hidden_state
+            report["int8"]["max_abs_vs_quantized_at_load"] = float(np.abs(got - reference).max())
+            report["check_passed"] = report.get("check_passed", True) and \
+                report["int8"]["max_abs_vs_quantized_at_load"] <= 1e-5
     _print_result(report)
     return 0 if report.get("check_passed", True) else 1
 
