@@ -72,7 +72,7 @@ def test_pretrain_resume_is_exact_and_exports(tmp_path, teacher_dir):
 
 
 def test_random_init_and_time_budget(tmp_path, teacher_dir):
-    result = pretrain(_config(tmp_path, teacher_dir, "rand", init="random", time_budget=0.01, clock="wall"),
+    result = pretrain(_config(tmp_path, teacher_dir, "rand", init="random", time_budget=1e-9, clock="wall"),
                       documents=DOCS, progress=False)
     assert result["steps"] == 1 and result["layer_map"] == [1]
 
