@@ -163,7 +163,7 @@ def test_validate_reports_predicted_against_measured(tiny_profile, tmp_path):
     assert len(report.rows) == 4 and report.mode == "quick"
     assert {r.arch for r in report.rows} <= {a.tuple for a in TINY}
     for r in report.rows:
-        assert r.measured_ms > 0 and r.predicted_ms > 0 and len(r.blocks_ms) == 1
+        assert r.measured_ms > 0 and r.predicted_ms > 0 and len(r.blocks_ms) >= 1  # (+ retries if disturbed)
         assert sum(r.predicted_parts.values()) == pytest.approx(r.predicted_ms)
         if hasattr(_core.Encoder, "trace"):  # the encoder's own per-op trace, for diagnosis
             assert {"qkv", "attention", "ffn_in", "ffn_out"} <= set(r.traced_parts)

@@ -313,7 +313,7 @@ class BlockStats:
     min_ms: float
     max_ms: float
     n: int
-    outliers: int  # samples above Q3 + 3 IQR (Tukey's far-out fence)
+    outliers: int  # samples above Q3 + 3 IQR (Tukey's far-out fence; IQR at least 1% of the median)
     foreign_cpus: Optional[float] = None  # CPUs other processes (and the hypervisor) used during the block
     disturbed: bool = False               # foreign_cpus exceeded what the workload leaves free
 
@@ -329,7 +329,7 @@ class BlockStats:
         ms = sorted(s * 1e3 for s in seconds)
         n = len(ms)
         q1, med, q3 = _quantile(ms, 0.25), _quantile(ms, 0.5), _quantile(ms, 0.75)
-        fence = q3 + 3.0 * (q3 - q1)
+        fence = q3 + 3.0 * max(q3 - q1, 0.01 * med)  # the floor keeps normal jitter of a very tight block in
         return cls(median_ms=med, q1_ms=q1, q3_ms=q3, min_ms=ms[0], max_ms=ms[-1], n=n,
                    outliers=sum(1 for x in ms if x > fence))
 
@@ -377,6 +377,10 @@ class Measurement:
     def best(self) -> BlockStats:
         """The block with the lowest median among those no other process disturbed (among all if none)."""
         return _best(self.blocks)
+
+    @property
+    def clean_blocks(self) -> int:
+        return sum(1 for b in self.blocks if not b.disturbed)
 
     @property
     def ms(self) -> float:
@@ -486,10 +490,11 @@ class WorkloadProfile:
         return self.calibration is not None
 
     def refresh(self, settings: "Settings") -> None:
-        """mode: "full" when every op was measured in full mode; blocks: the most blocks an op has or will have."""
+        """mode: "full" when every op was measured in full mode; blocks: the clean blocks each op should have."""
+        was_full = self.mode == "full" and bool(self.ops)
         self.mode = "full" if settings.mode == "full" or (
             self.ops and all(m.mode == "full" for m in self.ops.values())) else "quick"
-        self.blocks = max([settings.blocks] + [len(m.blocks) for m in self.ops.values()])
+        self.blocks = self.blocks if was_full and settings.mode != "full" else settings.blocks
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -675,8 +680,8 @@ class Profile:
                     flags.append("NOISY")
                 if m.mode != wp.mode:
                     flags.append(m.mode)
-                if len(m.blocks) < wp.blocks:
-                    flags.append(f"{len(m.blocks)}/{wp.blocks} blocks")
+                if m.mode == wp.mode and m.clean_blocks < wp.blocks:
+                    flags.append(f"{m.clean_blocks}/{wp.blocks} clean blocks")
                 lines.append(f"  {k:<40} {','.join(m.roles):<22} {b.median_ms:10.4f} {100 * b.spread:6.1f} "
                              f"{b.min_ms:9.4f} {b.n:5d} {b.outliers:4d} {gf}  {' '.join(flags)}")
         return "\n".join(lines)
@@ -1146,13 +1151,16 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
             del wp.ops[spec.key]  # a full run re-measures what a quick run took; a quick run reuses full ops
         else:
             m.roles = tuple(dict.fromkeys(m.roles + r))
-    # the work list: block b of every op that has fewer than b+1 blocks, pass by pass
+    # the work list: block b of every op that has fewer than b+1 clean blocks, pass by pass (a resumed run also
+    # re-measures ops that only have disturbed blocks)
+    def clean(spec: OpSpec) -> int:
+        m = wp.ops.get(spec.key)
+        return 0 if m is None else m.clean_blocks if m.mode == settings.mode else settings.blocks
+
     todo: list[tuple[int, OpSpec]] = []
     for b in range(settings.blocks):
         for spec in roles:
-            m = wp.ops.get(spec.key)
-            have = 0 if m is None else len(m.blocks) if m.mode == settings.mode else settings.blocks
-            if have <= b:
+            if clean(spec) <= b:
                 todo.append((b, spec))
     wp.refresh(settings)
     rotation = _rotation_bytes(target, settings)
@@ -1173,23 +1181,35 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     isa_name = target.isa
     done = 0
     retry_clock = [0.0]
+    def measure(spec: OpSpec) -> None:
+        nonlocal done
+        run, copies = _make_runner(spec, workload, pool, isa_name, rotation)
+        blocks = _measure(run, settings, workload.num_threads, cpus, retry_clock)
+        del run
+        m = wp.ops.get(spec.key)
+        if m is None:
+            m = wp.ops[spec.key] = Measurement(spec, mode=settings.mode, roles=roles[spec], copies=copies)
+        m.blocks.extend(blocks)
+        m.copies = copies
+        done += 1
+        prof.save(path)
+
     try:
         for b, spec in todo:
             bar.show(spec.key)
             m = wp.ops.get(spec.key)
-            if m is not None and len(m.blocks) > b:
-                bar.step(spec.key)  # retries of a disturbed block already gave this op its blocks
-                continue
-            run, copies = _make_runner(spec, workload, pool, isa_name, rotation)
-            blocks = _measure(run, settings, workload.num_threads, cpus, retry_clock)
-            del run
-            if m is None:
-                m = wp.ops[spec.key] = Measurement(spec, mode=settings.mode, roles=roles[spec], copies=copies)
-            m.blocks.extend(blocks)
-            m.copies = copies
-            done += 1
-            prof.save(path)
+            if m is None or m.clean_blocks <= b:  # (retries of a disturbed block may already have given it)
+                measure(spec)
             bar.step(spec.key)
+        # a last try, after the passes, for ops whose every block was disturbed
+        repairs = [x for x in roles if wp.ops[x.key].clean_blocks == 0]
+        if repairs and retry_clock[0] < settings.retry_budget_s:
+            bar.costs.extend(_estimate_cost(x, workload, settings, rotation) for x in repairs)
+            bar.total = sum(bar.costs)
+            for spec in repairs:
+                bar.show(spec.key + " (again: disturbed)")
+                measure(spec)
+                bar.step(spec.key)
     except KeyboardInterrupt:
         cond = meter.result()
         cond.update(interrupted=True)
