@@ -125,8 +125,11 @@ FLAG_ATOL = 1e-4  # above this the table flags the row
 FAIL_ATOL = 1e-2  # above this the result is wrong, not just rounded differently: the row's test fails
 
 # int8 runtimes are checked by the cosine of each real token's hidden state to PyTorch's float32 one: their
-# difference is quantization error, not a bug, and a max-abs-diff bound would not say which.
-INT8_MIN_COSINE = 0.98
+# difference is quantization error, not a bug, and a max-abs-diff bound would not say which. The bench feeds
+# random token ids, far from text (MiniLM's outlier tokens then lose the most), so this is a sanity check of the
+# engine's int8 path (mean over tokens); its accuracy target on real sentences is bench/int8_accuracy.py. ONNX
+# Runtime's int8 cosine is recorded, not asserted: the peer's accuracy is not this suite's to enforce.
+INT8_MIN_MEAN_COSINE = 0.98
 
 # A row is marked busy when other processes took more than this share of the machine's CPU while it was timed.
 BUSY_SHARE = 0.10
