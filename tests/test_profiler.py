@@ -275,3 +275,28 @@ def test_disturbed_blocks_are_retried_and_not_used(tmp_path, monkeypatch):
     assert [b.disturbed for b in m.blocks] == [True, True, True, False]
     assert m.best is m.blocks[-1]  # the clean block, though the disturbed ones look faster
     assert P.Measurement(m.spec, m.blocks[:3]).noisy  # only disturbed blocks: flagged
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_team_collapsed_onto_one_core_is_disturbed():
+    """When the scheduler puts the engine's worker on the caller's core, ops run at one-thread speed with a tight
+    spread; the profiler sees that its process used about one CPU instead of two, and calls the block disturbed."""
+    import os
+
+    w = P.Workload(1, 32, 2)
+    spec = P.OpSpec("gemm", M=32, K=256, N=768, epilogue="gelu")
+    run, _ = P._make_runner(spec, w, P._Pool(), P.Target.current().isa, 0)
+    s = P.Settings(warmup_s=0.01, budget_s=0.15, min_repeats=5, max_repeats=100_000)
+    run()  # the workers exist from here on
+    before = {int(t): os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
+    try:
+        for tid in before:
+            os.sched_setaffinity(tid, {min(before[tid])})
+        block = P._measure_block(run, s, threads=2, cpus=2)
+    finally:
+        for tid, cpus in before.items():
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass
+    assert block.own_cpus is not None and block.own_cpus < 1.5 and block.disturbed

@@ -315,7 +315,8 @@ class BlockStats:
     n: int
     outliers: int  # samples above Q3 + 3 IQR (Tukey's far-out fence; IQR at least 1% of the median)
     foreign_cpus: Optional[float] = None  # CPUs other processes (and the hypervisor) used during the block
-    disturbed: bool = False               # foreign_cpus exceeded what the workload leaves free
+    own_cpus: Optional[float] = None      # CPUs this process used: about num_threads when its team is whole
+    disturbed: bool = False               # others took CPU the workload needed, or its team collapsed onto fewer
 
     @property
     def spread(self) -> float:
@@ -814,6 +815,7 @@ class _CpuMeter:
             mine = self._self() - self.self0
             out["foreign_cpus"] = round(max(0.0, busy - steal - mine) / wall, 3)
             out["steal_cpus"] = round(steal / wall, 3)
+            out["own_cpus"] = round(mine / wall, 3)
         return out
 
 
@@ -839,7 +841,13 @@ def _measure_block(fn: Callable[[], Any], s: "Settings", threads: int, cpus: int
     block = BlockStats.of(samples)
     if "foreign_cpus" in cond and cond["seconds"] >= 0.05:  # shorter blocks are below the accounting's resolution
         block.foreign_cpus = round(cond["foreign_cpus"] + cond.get("steal_cpus", 0.0), 3)
+        block.own_cpus = cond["own_cpus"]
         block.disturbed = _disturbed(cond, threads, cpus)
+        # The engine's worker threads spin between ops, so a whole team keeps `threads` CPUs busy. About one CPU
+        # means the team shares a core (the scheduler placed a worker on the caller's core): ops then run at
+        # one-thread speed, with a tight spread, for as long as the placement lasts.
+        if threads > 1 and block.own_cpus < threads - 0.5:
+            block.disturbed = True
     # Interference /proc/stat cannot see (another tenant of the host hammering memory or the shared cache) still
     # widens the distribution: a quiet machine times ops of a fraction of a millisecond or more within a few %.
     if block.median_ms >= 0.2 and block.spread > s.max_spread:
