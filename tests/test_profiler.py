@@ -300,3 +300,64 @@ def test_a_team_collapsed_onto_one_core_is_disturbed():
             except OSError:
                 pass
     assert block.own_cpus is not None and block.own_cpus < 1.5 and block.disturbed
+
+
+# --- the int8 path ------------------------------------------------------------------------------------------------
+W8 = P.Workload(batch_size=2, seq_len=8, num_threads=1, dtype="int8")
+
+
+def test_int8_workload_times_the_int8_kernels(tiny_profile, tmp_path, monkeypatch):
+    made = {"QuantizedLinear": 0, "PackedLinear": 0, "bf16": []}
+    real_q, real_p, real_attention = _core.QuantizedLinear, _core.PackedLinear, _core.attention
+
+    def quantized(*a, **k):
+        made["QuantizedLinear"] += 1
+        return real_q(*a, **k)
+
+    def packed(*a, **k):
+        made["PackedLinear"] += 1
+        return real_p(*a, **k)
+
+    def attention(*a, **k):
+        made["bf16"].append(a[5] if len(a) > 5 else k.get("bf16", False))
+        return real_attention(*a, **k)
+
+    monkeypatch.setattr(_core, "QuantizedLinear", quantized)
+    monkeypatch.setattr(_core, "PackedLinear", packed)
+    monkeypatch.setattr(_core, "attention", attention)
+    s = P.Settings(mode="quick", blocks=1, warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=3, max_repeats=3,
+                   retries=0)
+    prof = P.profile(TINY, W8, out=tmp_path / "tiny.json", progress=False, settings=s)
+    monkeypatch.undo()
+    # the float32 workload measured before stays beside the int8 one
+    assert prof.covers(W8) and P.load_profile(tmp_path / "tiny.json").covers(W)
+    wp = prof.workloads[W8.key]
+    assert wp.complete and set(wp.ops) == {x.key for x, _ in P.required_ops(TINY, W8) + P.calibration_ops(W8)}
+    # the layers' GEMMs are quantized; the pooler (tanh) stays float32 as in the engine
+    assert made["QuantizedLinear"] > 0 and made["PackedLinear"] > 0
+    bf16 = "bf16" in _core.Encoder(64, 1, 2, 64, 64, 2, 2, 1e-12, 1, "", "int8").attention_kernel
+    assert set(made["bf16"]) == {bf16}
+    assert prof.target.int8_kernel == _core.int8_kernel_name(prof.target.isa)
+    # int8 weights are a quarter of the bytes: four times the copies rotate through the same cache budget
+    m = wp.ops["gemm M=16 K=64 N=192 none"]
+    assert m.copies == min(512, -(-2 * (prof.target.l3_bytes or 32 << 20) // (64 * 192)))
+    assert wp.calibration["sync_ms"] == pytest.approx(wp.calibration["sync_ms"])  # a number, not NaN
+    p8 = P.predict_latency((2, 4, 64, 96), W8, prof, detail=True)
+    assert p8.parts["sync"] == pytest.approx((1 + 2 * 11 + 2) * wp.calibration["sync_ms"])
+    report = P.validate(prof, TINY, W8, n=2, seed=0, quick=True, progress=False)
+    assert report.workload.dtype == "int8" and all(r.measured_ms > 0 for r in report.rows)
+    assert prof.target.int8_kernel in report.table()
+
+
+def test_int8_dtype_on_the_command_line(tmp_path, capsys):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"name": "cli", "layers": [1], "heads": [2], "hidden": [32], "intermediate": [32],
+                                 "vocab_size": 200}))
+    out = tmp_path / "cli.json"
+    args = ["--space", str(space), "--batch", "1", "--seq", "4", "--threads", "1", "--out", str(out)]
+    assert main(["profile", *args, "--quick", "--no-progress", "--dtype", "int8"]) == 0
+    capsys.readouterr()
+    assert main(["profile", "--show", str(out)]) == 0
+    assert "workload batch 1 × 4 tokens, 1 thread(s), int8" in capsys.readouterr().out
+    with pytest.raises(P.ProfileError, match="--dtype int8"):
+        P.load_profile(out).for_workload(P.Workload(1, 8, 1, "int8"))

@@ -179,7 +179,7 @@ def test_thread_count_above_the_targets_cpus_warns():
     (dict(batch_size=0), "batch_size must be a positive integer"),
     (dict(seq_len=2.5), "seq_len must be a positive integer"),
     (dict(num_threads=True), "num_threads"),
-    (dict(dtype="int8"), "int8 path is planned"),
+    (dict(dtype="bfloat16"), "dtype .bfloat16. is not supported"),
 ])
 def test_bad_workloads(kwargs, message):
     with pytest.raises(P.ProfileError, match=message):

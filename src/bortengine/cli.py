@@ -230,6 +230,8 @@ def _add_profile_parsers(sub) -> None:
     common.add_argument("--batch", type=int, default=1, help="sequences per call (default 1)")
     common.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
     common.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
+    common.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+                        help="the engine path to time: float32 (default) or int8 (load(dtype='int8'))")
     common.add_argument("--quick", action="store_true", help="fewer repeats: a Bort-space profile in under a minute")
     common.add_argument("--out", "--profile", dest="out", default=None, metavar="PATH",
                         help="profile file (default: this CPU's file in the cache directory)")
@@ -265,7 +267,7 @@ def _profile(args) -> int:
         return 0
     space = SearchSpace.resolve(args.space)
     threads = args.threads if args.threads is not None else available_cpus()
-    workload = profiler.Workload(batch_size=args.batch, seq_len=args.seq, num_threads=threads)
+    workload = profiler.Workload(batch_size=args.batch, seq_len=args.seq, num_threads=threads, dtype=args.dtype)
     validating = args.command == "profile-validate" or args.validate
     if args.command == "profile":
         print(f"profiling {space.describe()}\nworkload: {workload}", flush=True)

@@ -16,8 +16,13 @@ twice the L3 cache, so every call reads its weights from DRAM, as a forward does
 
 The model (LatencyModel): a forward is one parallel region; every op ends with a barrier. So
 
-    latency = fixed + emb(H) + sync + D × (qkv + attention + attn_out + 2 ln + ffn_in + ffn_out + 7 sync)
+    latency = fixed + emb(H) + sync + D × (qkv + attention + attn_out + 2 ln + ffn_in + ffn_out + S sync)
               + [pooler + 2 sync]
+
+with S = 7 barriers per layer in float32 and 11 in int8 (each linear layer first quantizes its input rows in a
+parallel step of its own). An int8 workload times the int8 kernels: QuantizedLinear (row quantization + the int8
+GEMM with its fused dequantizing epilogue) for the layers' GEMMs, the int8 encoder's attention kernel (bf16 where
+the CPU has AVX512_BF16), int8 tiny encoders; the pooler stays float32 as in the engine.
 
 where each op term is its single-call time minus the cost of an empty call of that op (Python, binding, thread
 team start, which a forward pays once), and `sync` (per op) and `fixed` (per forward) come from a straight-line
@@ -29,6 +34,7 @@ Dh = H / A head size, D = layers, V = vocab, K/N = GEMM depth / output columns (
 """
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -55,9 +61,11 @@ __all__ = [
 
 FORMAT = "bortengine-profile"
 FORMAT_VERSION = 1
-DTYPES = ("float32",)  # profiling the int8 path (QuantizedLinear, Encoder(dtype="int8")) will add "int8"
+DTYPES = ("float32", "int8")  # the engine's dtypes: load(dtype=...) / Encoder(dtype=...)
 EPILOGUES = ("none", "gelu", "tanh", "residual")
 SYNCS_PER_LAYER = 7      # qkv, attention, attn_out, ln1, ffn_in, ffn_out, ln2: one barrier each
+# int8: each of the 4 linear layers first quantizes its input rows (a parallel step of its own, one more barrier)
+SYNCS_PER_LAYER_DTYPE = {"float32": SYNCS_PER_LAYER, "int8": SYNCS_PER_LAYER + 4}
 SYNCS_EMBEDDINGS = 1
 SYNCS_POOLER = 2         # gather of the [CLS] rows, then the GEMM
 LAYER_NORM_EPS = 1e-12
@@ -119,8 +127,8 @@ class Workload:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ProfileError(f"Workload.{name} must be a positive integer, got {v!r}")
         if self.dtype not in DTYPES:
-            raise ProfileError(f"Workload.dtype {self.dtype!r} is not supported: the profiler measures "
-                               f"{list(DTYPES)} (profiling the engine's int8 path is planned)")
+            raise ProfileError(f"Workload.dtype {self.dtype!r} is not supported: the engine runs (and the "
+                               f"profiler measures) {list(DTYPES)}")
 
     @property
     def tokens(self) -> int:
@@ -134,8 +142,13 @@ class Workload:
     def __str__(self) -> str:
         return f"batch {self.batch_size} × {self.seq_len} tokens, {self.num_threads} thread(s), {self.dtype}"
 
+    @property
+    def syncs_per_layer(self) -> int:
+        return SYNCS_PER_LAYER_DTYPE[self.dtype]
+
     def command(self) -> str:
-        return f"bortengine profile --batch {self.batch_size} --seq {self.seq_len} --threads {self.num_threads}"
+        return (f"bortengine profile --batch {self.batch_size} --seq {self.seq_len} --threads {self.num_threads}"
+                + ("" if self.dtype == "float32" else f" --dtype {self.dtype}"))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Workload":
@@ -185,9 +198,13 @@ class Target:
     engine_version: str
     core_build: str = "unknown"
     l3_bytes: Optional[int] = None
+    int8_kernel: str = "unknown"     # the int8 GEMM and attention kernels of this path (dtype int8 workloads)
+    int8_attention: str = "unknown"
 
-    # what must match for a profile's numbers to describe this machine (core_build is compared separately)
+    # what must match for a profile's numbers to describe this machine (core_build is compared separately; the
+    # int8 kernels only when both sides name them: profiles of versions before int8 profiling do not)
     signature_fields = ("vendor", "model", "flags", "logical_cpus", "isa", "kernel")
+    optional_fields = ("int8_kernel", "int8_attention")
 
     @classmethod
     def current(cls, isa: Optional[str] = None) -> "Target":
@@ -198,7 +215,8 @@ class Target:
         chosen = isa or core.default_isa()
         return cls(vendor=str(info["vendor"]), model=str(info["model"]), flags=tuple(info["flags"]),
                    logical_cpus=int(info["logical_cpus"]), isa=chosen, kernel=core.kernel_name(chosen),
-                   engine_version=__version__, core_build=_core_build(), l3_bytes=_l3_bytes())
+                   engine_version=__version__, core_build=_core_build(), l3_bytes=_l3_bytes(),
+                   int8_kernel=core.int8_kernel_name(chosen), int8_attention=_int8_attention_name(chosen))
 
     @property
     def signature(self) -> str:
@@ -212,6 +230,10 @@ class Target:
         for name in self.signature_fields:
             a, b = getattr(self, name), getattr(other, name)
             if a != b:
+                out.append(f"{name} {_short(a)} vs {_short(b)}")
+        for name in self.optional_fields:
+            a, b = getattr(self, name), getattr(other, name)
+            if a != b and "unknown" not in (a, b):
                 out.append(f"{name} {_short(a)} vs {_short(b)}")
         if self.engine_version != other.engine_version:
             out.append(f"engine version {self.engine_version} vs {other.engine_version}")
@@ -228,11 +250,25 @@ class Target:
         return cls(vendor=str(d["vendor"]), model=str(d["model"]), flags=tuple(d["flags"]),
                    logical_cpus=int(d["logical_cpus"]), isa=str(d["isa"]), kernel=str(d["kernel"]),
                    engine_version=str(d["engine_version"]), core_build=str(d.get("core_build", "unknown")),
-                   l3_bytes=d.get("l3_bytes"))
+                   l3_bytes=d.get("l3_bytes"), int8_kernel=str(d.get("int8_kernel", "unknown")),
+                   int8_attention=str(d.get("int8_attention", "unknown")))
 
-    def describe(self) -> str:
+    def describe(self, dtype: Optional[str] = None) -> str:
+        kernels = self.kernel
+        if dtype == "int8":
+            kernels = f"{self.int8_kernel}, {self.int8_attention}"
+        elif dtype is None and self.int8_kernel != "unknown":
+            kernels = f"{self.kernel}; int8: {self.int8_kernel}, {self.int8_attention}"
         return (f"{self.vendor} {self.model}, {self.logical_cpus} logical CPU(s), {self.isa} "
-                f"({self.kernel}), bortengine {self.engine_version} (core build {self.core_build})")
+                f"({kernels}), bortengine {self.engine_version} (core build {self.core_build})")
+
+
+@functools.lru_cache(maxsize=None)
+def _int8_attention_name(isa: str) -> str:
+    """The attention kernel an int8 Encoder uses on this path (bf16 where the CPU has AVX512_BF16)."""
+    enc = _core().Encoder(CALIBRATION_HIDDEN, 1, CALIBRATION_HEADS, CALIBRATION_INTERMEDIATE, CALIBRATION_VOCAB, 2,
+                          2, LAYER_NORM_EPS, 1, isa, "int8")
+    return str(enc.attention_kernel)
 
 
 def _short(v: Any) -> str:
@@ -934,8 +970,13 @@ def _rotation_bytes(target: Target, s: Settings) -> int:
     return int(s.rotation_factor * (target.l3_bytes or 32 << 20))
 
 
-def _gemm_copies(spec: OpSpec, rotation_bytes: int) -> int:
-    return max(1, min(512, math.ceil(rotation_bytes / (4 * spec.K * spec.N))))
+def _gemm_is_int8(spec: OpSpec, w: Workload) -> bool:
+    """The int8 engine runs the layers' GEMMs on int8 weights; its pooler (the one tanh GEMM) stays float32."""
+    return spec.kind == "gemm" and w.dtype == "int8" and spec.epilogue != "tanh"
+
+
+def _gemm_copies(spec: OpSpec, rotation_bytes: int, weight_bytes: int = 4) -> int:
+    return max(1, min(512, math.ceil(rotation_bytes / (weight_bytes * spec.K * spec.N))))
 
 
 def _make_runner(spec: OpSpec, w: Workload, pool: _Pool, isa: str, rotation_bytes: int
@@ -951,8 +992,13 @@ def _make_runner(spec: OpSpec, w: Workload, pool: _Pool, isa: str, rotation_byte
         a = pool.array((spec.M, spec.K))
         weight = pool.array((spec.N, spec.K), 0.02)
         bias = pool.array((spec.N,), 0.02)
-        copies = _gemm_copies(spec, rotation_bytes) if spec.cold else 1
-        packed = [core.PackedLinear(weight, bias, isa) for _ in range(copies)]
+        int8 = _gemm_is_int8(spec, w)
+        copies = _gemm_copies(spec, rotation_bytes, 1 if int8 else 4) if spec.cold else 1
+        if int8:  # quantized once; the call quantizes its input rows, as the int8 forward does per linear layer
+            q, scale = core.quantize_weights(weight)  # once; each copy only packs
+            packed = [core.QuantizedLinear(q, scale, bias, isa) for _ in range(copies)]
+        else:
+            packed = [core.PackedLinear(weight, bias, isa) for _ in range(copies)]
         residual = pool.array((spec.M, spec.N)) if spec.epilogue == "residual" else None
         state = [0]
 
@@ -964,7 +1010,8 @@ def _make_runner(spec: OpSpec, w: Workload, pool: _Pool, isa: str, rotation_byte
     if spec.kind == "attention":
         qkv = pool.array((M, 3 * spec.heads * spec.head_dim))
         lens = [T] * B
-        return (lambda: core.attention(qkv, lens, spec.heads, th, isa)), 1
+        bf16 = _attention_is_bf16(w, isa)
+        return (lambda: core.attention(qkv, lens, spec.heads, th, isa, bf16)), 1
     if spec.kind == "layernorm":
         x = pool.array((M, spec.hidden))
         g, b = np.ones(spec.hidden, np.float32), np.zeros(spec.hidden, np.float32)
@@ -981,10 +1028,11 @@ def _make_runner(spec: OpSpec, w: Workload, pool: _Pool, isa: str, rotation_byte
         return (lambda: core.embed_layernorm(ids, positions, types, word, position, token_type, g, b,
                                              LAYER_NORM_EPS, th, isa)), 1
     if spec.kind == "call":
-        return _empty_call(spec.of, pool, th, isa), 1
+        return _empty_call(spec.of, pool, th, isa, w), 1
     if spec.kind == "forward":
         enc, tables = _random_encoder(pool, spec.layers, CALIBRATION_HEADS, spec.hidden,
-                                      CALIBRATION_INTERMEDIATE, CALIBRATION_VOCAB, max(T, 2), "pooler", th, isa)
+                                      CALIBRATION_INTERMEDIATE, CALIBRATION_VOCAB, max(T, 2), "pooler", th, isa,
+                                      dtype=w.dtype)
         ids = pool.ids(M, CALIBRATION_VOCAB).reshape(B, T)
 
         def forward():
@@ -994,16 +1042,24 @@ def _make_runner(spec: OpSpec, w: Workload, pool: _Pool, isa: str, rotation_byte
     raise ProfileError(f"unknown op kind {spec.kind!r}")
 
 
-def _empty_call(kind: str, pool: _Pool, th: int, isa: str) -> Callable[[], Any]:
+def _attention_is_bf16(w: Workload, isa: str) -> bool:
+    return w.dtype == "int8" and "bf16" in _int8_attention_name(isa)
+
+
+def _empty_call(kind: str, pool: _Pool, th: int, isa: str, w: Workload) -> Callable[[], Any]:
     """The smallest call of an op: what a single-op call costs beyond the work (binding, team start, join)."""
     np, core = pool.np, _core()
     if kind == "gemm":
-        lin = core.PackedLinear(pool.array((1, 1)), None, isa)
         a = pool.array((1, 1))
+        if w.dtype == "int8":  # an int8 layer GEMM's call: quantize one row, then the GEMM
+            lin8 = core.QuantizedLinear(pool.array((1, 1)), None, None, isa)
+            return lambda: lin8(a, "none", None, th)
+        lin = core.PackedLinear(pool.array((1, 1)), None, isa)
         return lambda: lin(a, "none", None, th)
     if kind == "attention":
         qkv = pool.array((1, 3))
-        return lambda: core.attention(qkv, [1], 1, th, isa)
+        bf16 = _attention_is_bf16(w, isa)
+        return lambda: core.attention(qkv, [1], 1, th, isa, bf16)
     if kind == "layernorm":
         x = pool.array((1, 2))
         g, b = np.ones(2, np.float32), np.zeros(2, np.float32)
@@ -1017,7 +1073,7 @@ def _empty_call(kind: str, pool: _Pool, th: int, isa: str) -> Callable[[], Any]:
 
 
 def _random_encoder(pool: _Pool, D: int, A: int, H: int, I: int, V: int, P: int, head: str, threads: int,
-                    isa: str, word=None):
+                    isa: str, word=None, dtype: str = "float32"):
     """A native Encoder with random weights (views of the pool; set_layer packs copies, so layers are distinct),
     and the embedding tables it references (keep them alive as long as the encoder).
 
@@ -1025,7 +1081,7 @@ def _random_encoder(pool: _Pool, D: int, A: int, H: int, I: int, V: int, P: int,
     token_type [2,H]; per layer q/k/v/ao [H,H], i [I,H], o [H,I], biases and LayerNorms [H] or [I].
     """
     np, core = pool.np, _core()
-    enc = core.Encoder(H, D, A, I, V, P, 2, LAYER_NORM_EPS, threads, isa)
+    enc = core.Encoder(H, D, A, I, V, P, 2, LAYER_NORM_EPS, threads, isa, dtype)
     ones, zeros = np.ones(H, np.float32), np.zeros(H, np.float32)
     word = pool.array((V, H), 0.02) if word is None else word
     emb = (np.ascontiguousarray(word), pool.array((P, H), 0.02).copy(), pool.array((2, H), 0.02).copy(), ones,
@@ -1097,7 +1153,8 @@ def _estimate_cost(spec: OpSpec, w: Workload, s: Settings, rotation_bytes: int) 
         call = 50e-6 * spec.layers
     setup = 0.0
     if spec.kind == "gemm":
-        setup = _gemm_copies(spec, rotation_bytes) * 4 * spec.K * spec.N / 2e9
+        wb = 1 if _gemm_is_int8(spec, w) else 4
+        setup = _gemm_copies(spec, rotation_bytes, wb) * (wb + 4) * spec.K * spec.N / 2e9
     elif spec.kind == "embeddings":
         setup = 4 * spec.vocab * spec.hidden / 1e9
     return setup + max(s.warmup_s, s.min_warmup * call) + max(s.budget_s, s.min_repeats * call)
@@ -1200,7 +1257,10 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     def measure(spec: OpSpec) -> None:
         nonlocal done
         run, copies = _make_runner(spec, workload, pool, isa_name, rotation)
-        blocks = _measure(run, settings, workload.num_threads, cpus, retry_clock)
+        # warm-up runs every weight copy at least once: a copy's first use pays for its packing's aftermath (pages,
+        # TLB entries) that a forward never pays, and quick blocks are too short to average that away
+        block_settings = replace(settings, min_warmup=max(settings.min_warmup, copies))
+        blocks = _measure(run, block_settings, workload.num_threads, cpus, retry_clock)
         del run
         m = wp.ops.get(spec.key)
         if m is None:
@@ -1277,7 +1337,7 @@ def _warn_if_busy(workload: Workload, cpus: int) -> None:
 
 def _calibrate(wp: WorkloadProfile) -> dict[str, Any]:
     """The model's constants: empty-call cost per op kind, and per-op sync and per-forward fixed cost from the
-    tiny encoders (forward(D) = a + b·D by least squares; b = their layer's ops + 7 sync)."""
+    tiny encoders (forward(D) = a + b·D by least squares; b = their layer's ops + S sync, S per dtype)."""
     w = wp.workload
     M, B = w.tokens, w.batch_size
     h, a, i, v = CALIBRATION_HIDDEN, CALIBRATION_HEADS, CALIBRATION_INTERMEDIATE, CALIBRATION_VOCAB
@@ -1302,7 +1362,7 @@ def _calibrate(wp: WorkloadProfile) -> dict[str, Any]:
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
     intercept = my - slope * mx
-    sync = (slope - layer) / SYNCS_PER_LAYER
+    sync = (slope - layer) / w.syncs_per_layer
     emb = net(OpSpec("embeddings", hidden=h, vocab=v))
     pooler = net(pool)
     fixed = intercept - emb - pooler - (SYNCS_EMBEDDINGS + SYNCS_POOLER) * sync
@@ -1428,7 +1488,7 @@ class LatencyModel:
             "ffn_in": self.op_ms(OpSpec("gemm", M=M, K=H, N=I, epilogue="gelu"), p),
             "ffn_out": self.op_ms(OpSpec("gemm", M=M, K=I, N=H, epilogue="residual"), p),
         }
-        syncs = SYNCS_EMBEDDINGS + D * SYNCS_PER_LAYER
+        syncs = SYNCS_EMBEDDINGS + D * self.w.syncs_per_layer
         p.parts["fixed"] = self.fixed
         p.parts["embeddings"] = emb
         for k, v in layer.items():
@@ -1653,7 +1713,7 @@ class ValidationReport:
 
     def table(self) -> str:
         lines = [f"validation: {len(self.rows)} architectures of the {self.space} space (seed {self.seed}), "
-                 f"{self.workload}", f"target: {self.target.describe()}",
+                 f"{self.workload}", f"target: {self.target.describe(self.workload.dtype)}",
                  f"{'architecture ⟨D,A,H,I⟩':<24} {'predicted ms':>13} {'measured ms':>12} {'error':>8} "
                  f"{'IQR %':>6}  flags"]
         for r in sorted(self.rows, key=lambda r: r.measured_ms):
@@ -1814,7 +1874,7 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
             tables[(V, H)] = pool.array((V, H), 0.02).copy()
         bar.show("⟨{}, {}, {}, {}⟩".format(D, A, H, I))
         enc, keep = _random_encoder(pool, D, A, H, I, V, max(T, getattr(arch, "max_positions", 512)), head,
-                                    workload.num_threads, isa, word=tables[(V, H)])
+                                    workload.num_threads, isa, word=tables[(V, H)], dtype=workload.dtype)
         ids = pool.ids(B * T, V, seed=k).reshape(B, T)
         pooler = head != "none"
         blocks[k].extend(_measure(lambda: enc.forward(ids, None, None, pooler), timing, workload.num_threads, cpus,

@@ -980,6 +980,8 @@ def add_extract_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="workload: sequences per call (default 1)")
     p.add_argument("--seq", type=int, default=128, help="workload: tokens per sequence (default 128)")
     p.add_argument("--threads", type=int, default=None, help="workload: threads (default: all CPUs)")
+    p.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+                   help="workload: the engine path the winner will be served on (the profile must cover it)")
     p.add_argument("--eps", type=float, default=0.1, help="ε in (0, 1): groups' cost ratio 1 + ε (default 0.1)")
     p.add_argument("--exhaustive", action="store_true", help="evaluate every candidate (to check the FPTAS)")
     p.add_argument("--verify", action="store_true",
@@ -1040,7 +1042,7 @@ def run_extract(args) -> int:
     _interrupt_on_sigterm()
 
     prof = _profiler.load_profile(args.profile, check_target=True)
-    workload = _profiler.Workload(args.batch, args.seq, args.threads or _cpus())
+    workload = _profiler.Workload(args.batch, args.seq, args.threads or _cpus(), args.dtype)
     surrogate = resolve_surrogate(args.surrogate, steps=args.steps, batch_size=args.surrogate_batch,
                                   max_length=args.max_length, eval_sentences=args.eval_sentences, task=args.task,
                                   teacher=args.teacher, seed=args.seed)
