@@ -124,6 +124,30 @@ def test_fptas_covers_the_exhaustive_front(space, profile, tmp_path):
         assert cov["theorem_holds"]
 
 
+def test_representative_rules(tmp_path):
+    """source-heads: the head count nearest the maximum point's first (more heads on a tie), then most parameters;
+    largest: most parameters, then fastest. Both give one evaluated representative per group."""
+    max_point = (6, 8, 384, 1536)  # 8 heads: 12 is above it and not a candidate; 6 and 4 are nearer than 2
+    for rule in ("source-heads", "largest"):
+        r = run(MINILM_SPACE, MINILM_PROFILE, tmp_path / rule, epsilon=0.25, representative=rule,
+                max_point=max_point)
+        assert r.representative == rule and S.REPRESENTATIVES[rule] in r.to_dict()["settings"]["grouping"]
+        groups = {}
+        for c in r.candidates:
+            groups.setdefault(c.group, []).append(c)
+        for g in groups.values():
+            rep = next(c for c in g if c.representative)
+            if rule == "largest":
+                assert rep.params == max(c.params for c in g)
+            else:
+                dist = lambda c: abs(math.log(c.arch.heads / 8))
+                best = min(dist(c) for c in g)
+                assert dist(rep) == best
+                assert rep.params == max(c.params for c in g if dist(c) == best)
+    with pytest.raises(S.SearchError, match="representative must be one of"):
+        run(TINY, synthetic(TINY), tmp_path, representative="smallest")
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_theorem_holds_for_any_surrogate(seed, tmp_path):
     """With arbitrary errors A_ε fails in places; every uncovered Pareto point must lie in such a group."""

@@ -13,8 +13,9 @@ The three objectives of a candidate ξ, all minimised:
 
 The FPTAS groups candidates by cells of a logarithmic grid over (p, l) anchored at the smallest values:
 cell(ξ) = (⌊log_{1+ε}(p/p_min)⌋, ⌊log_{1+ε}(l/l_min)⌋), so within a group p and l differ by less than a
-factor (1 + ε). The representative of a group is its largest member (most parameters: the most capacity; the
-fastest of those on a tie). Only representatives (and the maximum point) are evaluated. The number of groups is at most
+factor (1 + ε). The representative of a group is the member expected to have the lowest error (by default the
+head count nearest the source's, then most parameters, then fastest: REPRESENTATIVES). Only representatives (and
+the maximum point) are evaluated. The number of groups is at most
     n_p · n_l,  n_x = ⌊ln(x_max / x_min) / ln(1 + ε)⌋ + 1 ≤ 1 + (1 + ε) ln(x_max / x_min) / ε,
 i.e. O(ln ρ_p · ln ρ_l / ε²): polynomial in 1/ε, independent of the size of the space; the code checks it.
 
@@ -397,6 +398,7 @@ class Extraction:
     winner: Optional[Candidate] = field(init=False)
     measurement: Optional[dict[str, Any]] = None
     verification: Optional[dict[str, Any]] = None
+    representative: str = "source-heads"  # the rule that picks each group's evaluated member (REPRESENTATIVES)
 
     def __post_init__(self):
         evaluated = [c for c in self.candidates if c.evaluated]
@@ -443,8 +445,8 @@ class Extraction:
                 "surrogate": {"name": self.surrogate.name, "settings": self.surrogate.settings()},
                 "tau": self.tau,
                 "w_coefficient": "W = 0.5 ln(p_max/p) + 0.5 ln(l_max/l) - d|d|/tau^2, d = e - e_max",
-                "grouping": "cell = (floor(log_{1+eps}(p/p_min)), floor(log_{1+eps}(l/l_min))); representative ="
-                            " most parameters, then fastest",
+                "grouping": "cell = (floor(log_{1+eps}(p/p_min)), floor(log_{1+eps}(l/l_min))); representative: "
+                            + REPRESENTATIVES[self.representative],
                 "cache": self.cache_path,
             },
             "failures": self.failures,
@@ -691,6 +693,31 @@ def _validate_epsilon(epsilon: float) -> float:
     return eps
 
 
+# How a group's evaluated member is chosen. Within a group p and l differ by less than a factor 1 + ε, so the
+# rule only decides which member is expected to have the lowest error (assumption A_ε, docs/extraction.md).
+REPRESENTATIVES = {
+    "source-heads": "the head count nearest the maximum point's (more heads on a tie), then most parameters, then "
+                    "fastest",
+    "largest": "most parameters, then fastest",
+}
+
+
+def _representative_order(rule: str, m_arch: Architecture) -> Callable[["Candidate"], tuple]:
+    """Sort key putting a group's representative first under the rule (REPRESENTATIVES).
+
+    "largest": most parameters (the most capacity), then the fastest. The head count changes neither the
+    parameter count nor (much) the latency, so under "largest" equal-size variants that differ only in heads tie,
+    and the fastest of them, usually the fewest heads, is picked. "source-heads" ranks the head structure first:
+    a student whose heads match the source's keeps the source's attention intact under slice-init and
+    distillation, and on the real MiniLM surrogate the head count alone changes the loss several-fold at equal
+    size, far more than the < ε size difference inside a group (docs/extraction.md, "the real surrogate").
+    """
+    if rule == "largest":
+        return lambda c: (-c.params, c.latency_ms, c.dims)
+    a_max = m_arch.heads
+    return lambda c: (abs(math.log(c.arch.heads / a_max)), -c.arch.heads, -c.params, c.latency_ms, c.dims)
+
+
 def _max_point(space: SearchSpace, max_point: Any) -> Architecture:
     if max_point is None:
         m = space.largest()
@@ -730,7 +757,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
             epsilon: float = 0.1, max_point: Any = None, size: str = "effective", exhaustive: bool = False,
             cache_dir: Optional[str | os.PathLike] = None, workers: int = 1, tau: Optional[float] = None,
             time_budget: Optional[float] = None, max_fallbacks: int = 2, allow_extrapolation: bool = False,
-            worker_nice: int = 0, progress: bool = True) -> Extraction:
+            worker_nice: int = 0, progress: bool = True, representative: str = "source-heads") -> Extraction:
     """Optimal sub-architecture extraction over (p, l, e) by the FPTAS (or exhaustively).
 
     space: a SearchSpace or a name/file; surrogate: a Surrogate or a name in SURROGATES; profile: a Profile (see
@@ -743,6 +770,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     groups were skipped). max_fallbacks: per group, how many further members are tried when the representative's
     surrogate fails or returns NaN. cache_dir: default default_cache_dir(). workers: surrogate processes (with
     workers > 1 they run at niceness worker_nice, so the parent can time finalists at its own priority).
+    representative: which member of a group is evaluated, see REPRESENTATIVES (default "source-heads").
     """
     from . import profiler as _profiler
 
@@ -750,6 +778,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     eps = _validate_epsilon(epsilon)
     if size not in SIZES:
         raise SearchError(f"size must be one of {SIZES}, got {size!r}")
+    if representative not in REPRESENTATIVES:
+        raise SearchError(f"representative must be one of {sorted(REPRESENTATIVES)}, got {representative!r}")
     if not isinstance(workers, int) or workers < 1:
         raise SearchError(f"workers must be a positive integer, got {workers!r}")
     try:
@@ -816,10 +846,9 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
                                                                              + 1e-9))
         cells.setdefault(key, []).append(c)
     members: list[list[Candidate]] = []
+    order = _representative_order(representative, m_arch)
     for gid, key in enumerate(sorted(cells)):
-        # the representative first: most parameters (the most capacity: lowest error expected, see A_ε), then
-        # the fastest of those (equal-size variants differ in heads; the faster one dominates in latency)
-        group = sorted(cells[key], key=lambda c: (-c.params, c.latency_ms, c.dims))
+        group = sorted(cells[key], key=order)  # the representative first
         for c in group:
             c.group = gid
         members.append(group)
@@ -879,7 +908,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     if not m.evaluated:
         warnings.warn(f"the maximum point {m.arch} has no error ({m.status}: {m.message}); the W-coefficient and "
                       f"the winner are undefined", RuntimeWarning, stacklevel=2)
-    return Extraction(space=space, candidates=cands, epsilon=eps, mode="exhaustive" if exhaustive else "fptas",
+    return Extraction(representative=representative, space=space, candidates=cands, epsilon=eps,
+                      mode="exhaustive" if exhaustive else "fptas",
                       size=size, max_point=m, surrogate=surrogate, tau=tau, workload=workload, profile=profile,
                       bound=bound, groups=len(members),
                       evaluations=done,
@@ -983,6 +1013,9 @@ def add_extract_parser(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "int8"], default="float32",
                    help="workload: the engine path the winner will be served on (the profile must cover it)")
     p.add_argument("--eps", type=float, default=0.1, help="ε in (0, 1): groups' cost ratio 1 + ε (default 0.1)")
+    p.add_argument("--representative", choices=sorted(REPRESENTATIVES), default="source-heads",
+                   help="which member of a group is evaluated: source-heads (default: the head count nearest the "
+                        "maximum point's, then most parameters) or largest (most parameters, then fastest)")
     p.add_argument("--exhaustive", action="store_true", help="evaluate every candidate (to check the FPTAS)")
     p.add_argument("--verify", action="store_true",
                    help="also run the exhaustive search (cached) and report the (1+ε)-coverage of its front")
@@ -1050,7 +1083,7 @@ def run_extract(args) -> int:
     kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,
               cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=_seconds(args.time_budget),
               allow_extrapolation=args.allow_extrapolation, worker_nice=args.worker_nice,
-              progress=not args.no_progress)
+              progress=not args.no_progress, representative=args.representative)
     space = SearchSpace.resolve(args.space)
     print(f"extract: {space.describe()}\nworkload: {workload}; profile {prof.path} ({prof.target.isa})\n"
           f"surrogate: {surrogate.describe()}; ε = {args.eps}; {'exhaustive' if args.exhaustive else 'FPTAS'}",
