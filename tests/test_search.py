@@ -324,3 +324,32 @@ def test_finalists_are_timed_on_the_engine(tmp_path):
     m = S.measure_finalists(r, 2, quick=True, progress=False)
     assert len(m["rows"]) == 2 and r.winner.measured_ms > 0
     assert m["rows"][0]["winner"] and "winner_relative_error" in m
+
+
+def test_extract_targets_the_int8_path(tmp_path, capsys):
+    """An int8 workload reads the profile's int8 measurements (a different latency table), on the API and the CLI."""
+    w8 = P.Workload(1, 16, 2, "int8")
+    fp32 = synthetic(MINILM_SPACE)
+    int8 = synthetic(MINILM_SPACE, gemm=0.25e-8, w=w8)  # GEMMs 4x cheaper: attention weighs more
+    prof = P.Profile(fp32.target, {**fp32.workloads, **int8.workloads})
+    r32 = S.extract(MINILM_SPACE, "analytic", prof, workload=W, cache_dir=tmp_path, progress=False)
+    r8 = S.extract(MINILM_SPACE, "analytic", prof, workload=w8, cache_dir=tmp_path, progress=False)
+    assert r8.to_dict()["settings"]["workload"]["dtype"] == "int8"
+    lat32 = {c.dims: c.latency_ms for c in r32.candidates}
+    lat8 = {c.dims: c.latency_ms for c in r8.candidates}
+    assert all(lat8[d] < lat32[d] for d in lat32)
+    with pytest.raises(S.SearchError, match="does not cover"):
+        S.extract(MINILM_SPACE, "analytic", fp32, workload=w8, cache_dir=tmp_path, progress=False)
+    path = prof.save(tmp_path / "profile.json")
+    from bortengine.cli import main
+
+    argv = ["extract", "--space", "minilm", "--profile", str(path), "--batch", "1", "--seq", "16", "--threads", "2",
+            "--dtype", "int8", "--surrogate", "analytic", "--eps", "0.25", "--cache", str(tmp_path / "cache"),
+            "--measure", "0", "--no-progress", "--out", str(tmp_path / "out8")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the synthetic profile describes another CPU
+        assert main(argv) == 0
+    report = json.loads((tmp_path / "out8" / "report.json").read_text())
+    assert report["settings"]["workload"]["dtype"] == "int8"
+    got = {tuple(c["arch"]): c["latency_ms"] for c in report["candidates"]}
+    assert all(got[d] == pytest.approx(lat8[d], rel=1e-3, abs=1e-5) for d in lat8)  # (the report rounds)
