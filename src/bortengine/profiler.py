@@ -50,6 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from ._progress import Progress as _Progress
 from .errors import BortEngineError
 from .search_space import SearchSpace, architecture_dims
 
@@ -1098,54 +1099,6 @@ def _random_encoder(pool: _Pool, D: int, A: int, H: int, I: int, V: int, P: int,
     return enc, emb  # the caller keeps the embedding tables alive as long as the encoder
 
 
-class _Progress:
-    """A one-line progress bar on stderr with the time left, from a cost estimate per step rescaled by the
-    measured pace."""
-
-    def __init__(self, costs: Sequence[float], label: str, enabled: bool = True, stream=None):
-        self.costs, self.label = list(costs), label
-        self.total = sum(self.costs) or 1.0
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.monotonic()
-        self.done_cost, self.done = 0.0, 0
-        self.last_print = -1.0
-
-    def step(self, what: str) -> None:
-        if self.done < len(self.costs):
-            self.done_cost += self.costs[self.done]
-        self.done += 1
-        self.show(what)
-
-    def show(self, what: str = "", final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        elapsed = now - self.start
-        frac = min(1.0, self.done_cost / self.total)
-        left = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
-        if not self.tty and not final and now - self.last_print < 10.0:
-            return  # logs: a line every 10 s
-        self.last_print = now
-        width = 28
-        bar = "#" * int(round(width * frac)) + "-" * (width - int(round(width * frac)))
-        text = (f"{self.label} [{bar}] {self.done}/{len(self.costs)} {100 * frac:3.0f}%  elapsed "
-                f"{_clock(elapsed)}  left ~{_clock(left)}  {what}")
-        if self.tty:
-            self.stream.write("\r" + text[:150].ljust(150) + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?:??"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def _estimate_cost(spec: OpSpec, w: Workload, s: Settings, rotation_bytes: int) -> float:
     """A-priori seconds to measure one block of an op (only ratios matter: the progress bar rescales)."""
     call = spec.flops(w) / (40e9 * w.num_threads) + 20e-6
@@ -1280,8 +1233,7 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
         # a last try, after the passes, for ops whose every block was disturbed
         repairs = [x for x in roles if wp.ops[x.key].clean_blocks == 0]
         if repairs and retry_clock[0] < settings.retry_budget_s:
-            bar.costs.extend(_estimate_cost(x, workload, settings, rotation) for x in repairs)
-            bar.total = sum(bar.costs)
+            bar.extend([_estimate_cost(x, workload, settings, rotation) for x in repairs])
             for spec in repairs:
                 bar.show(spec.key + " (again: disturbed)")
                 measure(spec)

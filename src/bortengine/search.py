@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from .architecture import Architecture
+from ._progress import Progress as _Bar
 from .errors import BortEngineError
 from .search_space import SearchSpace, SearchSpaceError, architecture_dims
 
@@ -520,39 +521,6 @@ class Extraction:
 
 
 # ================================================================================================ evaluation
-class _Bar:
-    """A one-line progress bar over surrogate evaluations on stderr (a line every 10 s when not a terminal)."""
-
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled = total, label, enabled and total > 0
-        self.tty = self.enabled and sys.stderr.isatty()
-        self.done, self.start, self.last = 0, time.monotonic(), -1e9
-
-    def step(self, what: str, final: bool = False) -> None:
-        self.done += 0 if final else 1
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not self.tty and not final and now - self.last < 10 and self.done < self.total:
-            return
-        self.last = now
-        el = now - self.start
-        frac = self.done / self.total
-        left = el / frac * (1 - frac) if frac else float("nan")
-        bar = "#" * int(28 * frac) + "-" * (28 - int(28 * frac))
-        text = (f"{self.label} [{bar}] {self.done}/{self.total} elapsed {_clock(el)} left ~{_clock(left)} "
-                f"{what}")
-        sys.stderr.write(("\r" + text[:150].ljust(150) + ("\n" if final else "")) if self.tty else text + "\n")
-        sys.stderr.flush()
-
-
-def _clock(s: float) -> str:
-    if not math.isfinite(s):
-        return "?:??"
-    s = int(round(s))
-    return f"{s // 60}:{s % 60:02d}"
-
-
 def _evaluate(surrogate: Surrogate, arch: Architecture) -> tuple[str, Optional[float], str, float]:
     """(status, value, message, seconds): never raises, so one bad candidate cannot stop the search."""
     start = time.perf_counter()
@@ -886,7 +854,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
                         retry.append(nxt)
                 if not retry:
                     break
-                bar.total += len(retry)
+                bar.extend(len(retry))
                 evaluated += retry
                 ev.run(retry)
     except KeyboardInterrupt:
@@ -897,7 +865,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
                                 len(evaluated)) from None
     finally:
         ev.close()
-    bar.step("done", final=True)
+    bar.show("done", final=True)
     failures = [{"arch": list(c.dims), "group": c.group, "status": c.status, "message": c.message}
                 for c in cands if c.status in ("failed", "nan")]
     complete = not any(c.status == "skipped (time budget)" for c in cands)

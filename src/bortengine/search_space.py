@@ -23,55 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from .architecture import HEADS, Architecture
 from .errors import BortEngineError
 
 __all__ = ["SearchSpace", "SearchSpaceError", "SPACES", "architecture_dims", "make_architecture"]
-
-HEADS = ("none", "pooler", "classifier")
-
 
 class SearchSpaceError(BortEngineError, ValueError):
     """A search space that is malformed, empty, or cannot be read."""
 
 
-# -- the architecture type --------------------------------------------------------------------------------------
-# Candidates are bortengine.architecture.Architecture when that module is present (it owns the exact parameter
-# counts). This small stand-in has the same field names, so code here and in the profiler reads either.
-@dataclass(frozen=True)
-class _SpaceArchitecture:
-    layers: int
-    heads: int
-    hidden: int
-    intermediate: int
-    vocab_size: int = 30522
-    max_positions: int = 512
-    type_vocab_size: int = 2
-    head: str = "pooler"
-    num_labels: int = 2
-
-    @property
-    def tuple(self) -> tuple[int, int, int, int]:
-        return (self.layers, self.heads, self.hidden, self.intermediate)
-
-    @property
-    def head_size(self) -> int:
-        return self.hidden // self.heads
-
-    def __str__(self) -> str:
-        return "⟨{}, {}, {}, {}⟩".format(*self.tuple)
-
-
-def _architecture_type():
-    try:
-        from .architecture import Architecture
-    except ImportError:
-        return _SpaceArchitecture
-    return Architecture
-
-
-def make_architecture(layers: int, heads: int, hidden: int, intermediate: int, **sizes: Any):
-    """An Architecture (bortengine.architecture's when available, else this module's stand-in)."""
-    return _architecture_type()(layers, heads, hidden, intermediate, **sizes)
+def make_architecture(layers: int, heads: int, hidden: int, intermediate: int, **sizes: Any) -> Architecture:
+    """A bortengine.architecture.Architecture (which owns the exact parameter counts)."""
+    return Architecture(layers, heads, hidden, intermediate, **sizes)
 
 
 def architecture_dims(arch: Any) -> tuple[int, int, int, int]:
@@ -150,9 +113,8 @@ class SearchSpace:
             raise SearchSpaceError(
                 f"search space {self.name!r} is empty: no hidden size in {list(self.hidden)} is a multiple of a "
                 f"head count in {list(self.heads)}")
-        cls = _architecture_type()
-        archs = tuple(cls(d, a, h, i, vocab_size=self.vocab_size, max_positions=self.max_positions,
-                          type_vocab_size=self.type_vocab_size, head=self.head)
+        archs = tuple(Architecture(d, a, h, i, vocab_size=self.vocab_size, max_positions=self.max_positions,
+                                   type_vocab_size=self.type_vocab_size, head=self.head)
                       for d in self.layers for (a, h) in pairs for i in self.intermediate)
         object.__setattr__(self, "_archs", archs)
 

@@ -1,0 +1,67 @@
+"""A one-line progress bar with the time left, shared by the long-running commands (profile, validate, extract).
+
+Each step has an a-priori cost (only ratios matter); the time left is the elapsed time rescaled by the fraction
+of the total cost done. On a terminal the line is redrawn in place; in a log (not a terminal) a line is written
+at most every 10 seconds, and always for the final state.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Sequence, Union
+
+
+class Progress:
+    def __init__(self, costs: Union[Sequence[float], int], label: str, enabled: bool = True, stream=None):
+        self.costs = [1.0] * costs if isinstance(costs, int) else [float(c) for c in costs]
+        self.label = label
+        self.total = sum(self.costs) or 1.0
+        self.stream = stream or sys.stderr
+        self.wanted = enabled
+        self.enabled = enabled and bool(self.costs)
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.monotonic()
+        self.done_cost, self.done = 0.0, 0
+        self.last_print = -math.inf
+
+    def extend(self, costs: Union[Sequence[float], int]) -> None:
+        """More steps than planned (retries, repairs)."""
+        self.costs.extend([1.0] * costs if isinstance(costs, int) else costs)
+        self.total = sum(self.costs) or 1.0
+        self.enabled = self.wanted and bool(self.costs)
+
+    def step(self, what: str = "") -> None:
+        """One step done; `what` names it (or the next)."""
+        if self.done < len(self.costs):
+            self.done_cost += self.costs[self.done]
+        self.done += 1
+        self.show(what)
+
+    def show(self, what: str = "", final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        elapsed = now - self.start
+        frac = min(1.0, self.done_cost / self.total)
+        left = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
+        if not self.tty and not final and now - self.last_print < 10.0:
+            return
+        self.last_print = now
+        width = 28
+        bar = "#" * int(round(width * frac)) + "-" * (width - int(round(width * frac)))
+        text = (f"{self.label} [{bar}] {self.done}/{len(self.costs)} {100 * frac:3.0f}%  elapsed "
+                f"{clock(elapsed)}  left ~{clock(left)}  {what}")
+        if self.tty:
+            self.stream.write("\r" + text[:150].ljust(150) + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def clock(seconds: float) -> str:
+    """m:ss, or ?:?? when unknown."""
+    if not math.isfinite(seconds):
+        return "?:??"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
