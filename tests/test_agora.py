@@ -227,3 +227,14 @@ def test_summarize_and_plot(tmp_path):
     assert out["gain"]["mean"] == pytest.approx(0.045)
     assert out["gap_closed"] == pytest.approx(0.045 / 0.09)
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_summarize_refuses_what_is_not_a_run(tmp_path, capsys):
+    from bortengine.agora import AgoraError, main, summarize
+
+    log = tmp_path / "seed-0.log"
+    log.write_text("a log, not a run directory")
+    with pytest.raises(AgoraError, match="not a finished Agora run directory"):
+        summarize([log])
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "not a finished Agora run directory" in capsys.readouterr().err

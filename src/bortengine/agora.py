@@ -702,20 +702,23 @@ def load_engine_classifier(directory: Path) -> EngineLabeller:
 
 # -- report ------------------------------------------------------------------------------------------------------
 def plot_rounds(runs: Sequence[Sequence[Mapping[str, Any]]], path: str | os.PathLike, reference: Optional[float] = None,
-                title: str = "Agora on Rotten Tomatoes (500 train examples)") -> Path:
-    """Dev and test accuracy over rounds, one line per seed; reference: the full-split student's test accuracy."""
+                title: str = "Agora on Rotten Tomatoes (500 train examples)",
+                seeds: Optional[Sequence[Any]] = None) -> Path:
+    """Dev and test accuracy over rounds, one line per run (labelled by `seeds`, default 0, 1, ...); reference: the
+    full-split student's test accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(8.4, 4.0))
+    seeds = list(seeds) if seeds is not None else list(range(len(runs)))
     for k, rows in enumerate(runs):
         xs = [r["round"] for r in rows]
         ax.plot(xs, [r["dev_accuracy"] for r in rows], "o--", color=f"C{k}", alpha=0.6,
-                label=f"seed {k}: dev (best of Θ)")
+                label=f"seed {seeds[k]}: dev (best of Θ)")
         if all(r.get("test_accuracy") is not None for r in rows):
-            ax.plot(xs, [r["test_accuracy"] for r in rows], "s-", color=f"C{k}", label=f"seed {k}: test")
+            ax.plot(xs, [r["test_accuracy"] for r in rows], "s-", color=f"C{k}", label=f"seed {seeds[k]}: test")
     if reference is not None:
         ax.axhline(reference, color="k", lw=1, ls=":", label="full train split, test")
     ax.set_xticks(sorted({r["round"] for rows in runs for r in rows}))
@@ -723,7 +726,7 @@ def plot_rounds(runs: Sequence[Sequence[Mapping[str, Any]]], path: str | os.Path
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -832,10 +835,11 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         "plain_test_accuracy": rows[0]["test_accuracy"], "agora_test_accuracy": rows[-1]["test_accuracy"],
         "plain_dev_accuracy": rows[0]["dev_accuracy"], "agora_dev_accuracy": rows[-1]["dev_accuracy"],
         "final_train_size": result.train_size, "stopped_by": result.stopped_by,
-        "wall_seconds_this_call": loop_seconds,
+        "wall_seconds_this_call": loop_seconds,             # the loop (training, generation, labelling, saving)
+        "total_seconds_this_call": time.perf_counter() - started,   # + the test scoring after it
     }
     Path(out_dir, "result.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
-    plot_rounds([rows], Path(out_dir) / "rounds.png")
+    plot_rounds([rows], Path(out_dir) / "rounds.png", seeds=[seed])
     return summary
 
 
@@ -848,8 +852,15 @@ def summarize(run_dirs: Sequence[str | os.PathLike], reference_dirs: Sequence[st
         return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                 "min": float(v.min()), "max": float(v.max()), "n": len(v), "values": [float(x) for x in v]}
 
-    runs = [json.loads(Path(d, "result.json").read_text()) for d in run_dirs]
-    refs = [json.loads(Path(d, "result.json").read_text()) for d in reference_dirs]
+    def read(d: str | os.PathLike) -> dict:
+        path = Path(d, "result.json")
+        if not path.is_file():
+            raise AgoraError(f"{d} is not a finished Agora run directory (no result.json): pass the directories "
+                             f"given to --out, e.g. runs/agora/seed-?, not their logs")
+        return json.loads(path.read_text())
+
+    runs = [read(d) for d in run_dirs]
+    refs = [read(d) for d in reference_dirs]
     plain = [r["plain_test_accuracy"] for r in runs]
     agora = [r["agora_test_accuracy"] for r in runs]
     out: dict[str, Any] = {"runs": [str(d) for d in run_dirs], "plain_test": stats(plain),
@@ -861,8 +872,8 @@ def summarize(run_dirs: Sequence[str | os.PathLike], reference_dirs: Sequence[st
         out["gap_closed"] = (out["agora_test"]["mean"] - out["plain_test"]["mean"]) / gap if gap > 0 else None
     out["minutes_per_run"] = stats([r["wall_seconds_this_call"] / 60 for r in runs])
     if plot:
-        plot_rounds([r["rounds"] for r in runs], plot,
-                    reference=out["full_split_test"]["mean"] if refs else None)
+        plot_rounds([r["rounds"] for r in runs], plot, reference=out["full_split_test"]["mean"] if refs else None,
+                    seeds=[r.get("seed", k) for k, r in enumerate(runs)])
     return out
 
 
@@ -875,7 +886,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--reference", nargs="*", default=(), help="full-split run directories (one per seed)")
     parser.add_argument("--plot", default=None, help="write the accuracy-over-rounds plot here")
     args = parser.parse_args(argv)
-    print(json.dumps(summarize(args.runs, args.reference, args.plot), indent=2))
+    try:
+        print(json.dumps(summarize(args.runs, args.reference, args.plot), indent=2))
+    except AgoraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -63,7 +63,9 @@ def add_training_parsers(sub) -> None:
     ft.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION")
     ft.add_argument("--clock", choices=("cpu", "wall"), default="wall")
     ft.add_argument("--threads", type=int, default=None)
-    ft.add_argument("--train-limit", type=int, default=None, help="use only the first N training examples")
+    ft.add_argument("--train-limit", type=int, default=None,
+                    help="use N training examples: the first N for plain fine-tuning, a stratified sample drawn "
+                         "with --seed under --agora (the scarce-data setting)")
     ft.add_argument("--teacher", default=None, metavar="DIR",
                     help="a fine-tuned classifier to distil from while fine-tuning (soft labels, T=2, weight 0.5)")
     ft.add_argument("--distill-weight", type=float, default=0.5)
