@@ -298,16 +298,22 @@ SHIPPED = P.shipped_profiles()
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped profile")
-def test_shipped_profile_covers_the_bort_space():
+@pytest.mark.parametrize("space", ["bort", "minilm"])
+def test_shipped_profile_covers_the_spaces_in_both_dtypes(space):
     prof = P.load_profile(SHIPPED[0], check_target=False)
-    w = P.Workload(1, 128, 2)
-    assert prof.covers(w) and "bort" in prof.workloads[w.key].spaces
-    times = []
-    for arch in SPACES["bort"]:
-        p = prof.model(w).predict(arch)
-        assert not p.extrapolated and not p.interpolated and p.total_ms > 0
-        times.append(p.total_ms)
-    assert max(times) / min(times) > 10  # ⟨12, 16, 1024, 3072⟩ is far slower than ⟨2, 4, 512, 256⟩
+    per_dtype = {}
+    for dtype in P.DTYPES:
+        w = P.Workload(1, 128, 2, dtype)
+        assert prof.covers(w) and space in prof.workloads[w.key].spaces
+        times = []
+        for arch in SPACES[space]:
+            p = prof.model(w).predict(arch)
+            assert not p.extrapolated and not p.interpolated and p.total_ms > 0
+            times.append(p.total_ms)
+        assert max(times) / min(times) > 10  # e.g. ⟨12, 16, 1024, 3072⟩ is far slower than ⟨2, 4, 512, 256⟩
+        per_dtype[dtype] = times
+    # the int8 path is faster than float32 on every architecture of the space
+    assert all(t8 < t32 for t8, t32 in zip(per_dtype["int8"], per_dtype["float32"]))
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped profile")
