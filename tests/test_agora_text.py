@@ -113,3 +113,39 @@ def test_text_loop_end_to_end(make_model, minilm, vocab_embeddings, tmp_path):
     assert [r["round"] for r in rows] == [1, 2] and all(0 <= r["test_accuracy"] <= 1 for r in rows)
     with pytest.raises(AgoraError, match="unknown keys"):
         trainer.fit({"learning_rate": 1e-3}, TEXTS, np.array([1, 0, 1, 0]), 0)
+
+
+def test_distillation_from_the_labeller(make_model, tmp_path):
+    """With a teacher, the student's loss adds the KL to the teacher's tempered soft labels: the student moves
+    toward the teacher's probabilities, on texts the gold labels say nothing more about."""
+    torch = pytest.importorskip("torch")
+    from bortengine.agora import TextClassifierTrainer
+    from bortengine.training.models import load_teacher
+
+    student_dir = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48)
+    labeller_dir = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+                              head="classifier", num_labels=2, seed=7)
+    teacher = EngineLabeller(labeller_dir)
+    t_logits = teacher.logits(TEXTS)
+    assert t_logits.shape == (4, 2) and teacher.logits([]).shape == (0, 2)
+    # logits in the task's class order: their argmax is predict()
+    assert (t_logits.argmax(1) == teacher.predict(TEXTS)).all()
+    labels = np.array([1, 0, 1, 0])
+    t_prob = torch.softmax(torch.as_tensor(t_logits) / 2, -1)
+
+    gaps = {}
+    for w in (0.0, 1.0):
+        trainer = TextClassifierTrainer(load_teacher(str(student_dir)), student_dir, max_length=16, threads=1,
+                                        teacher=teacher if w else None, distill_weight=w)
+        clf = trainer.fit({"lr": 3e-3, "epochs": 30, "batch_size": 4}, TEXTS, labels, seed=0)
+        from bortengine.training.data import collate
+
+        x, mask = collate(trainer._tokens(TEXTS), trainer.tokenizer.pad_id)
+        with torch.no_grad():
+            s_prob = torch.softmax(clf.model(input_ids=x, attention_mask=mask).logits / 2, -1)
+        gaps[w] = float((s_prob - t_prob).abs().max())
+    assert gaps[1.0] < gaps[0.0] and gaps[1.0] < 0.1, gaps
+    with pytest.raises(AgoraError, match="logits"):
+        TextClassifierTrainer(load_teacher(str(student_dir)), student_dir, teacher=object())
+    with pytest.raises(AgoraError, match="distill_weight"):
+        TextClassifierTrainer(load_teacher(str(student_dir)), student_dir, teacher=teacher, distill_weight=1.5)

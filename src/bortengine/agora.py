@@ -82,9 +82,11 @@ class AgoraConfig:
     out_dir: Optional[str] = None      # state.pkl (resume), rounds.jsonl, round-k/ (that round's best model)
     num_classes: Optional[int] = None  # default: from the train and dev labels
     label_names: Optional[Sequence[str]] = None   # the task's label names, checked against a labeller's `labels`
+    trainer_settings: Mapping[str, Any] = field(default_factory=dict)   # recorded (and fingerprinted) only
 
     def fingerprint(self) -> str:
-        keys = {k: v for k, v in asdict(self).items() if k not in ("out_dir",)}
+        keys = {k: v for k, v in asdict(self).items()
+                if k != "out_dir" and not (k == "trainer_settings" and not v)}  # (runs from before the field)
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -574,6 +576,15 @@ class EngineLabeller:
         result = self.engine.classify(list(texts), batch_size=64, max_length=self.max_length)
         return np.array([self.index[name] for name in result.labels], dtype=np.int64)
 
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """[N, C] logits in the task's class order (for distillation from the labeller's soft labels)."""
+        cfg = self.engine.config
+        order = [[cfg.id2label[i] for i in range(cfg.num_labels)].index(name) for name in self.labels]
+        if not len(texts):
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        result = self.engine.classify(list(texts), batch_size=64, max_length=self.max_length)
+        return np.asarray(result.logits, dtype=np.float32)[:, order]
+
 
 class TextClassifierTrainer:
     """Fine-tunes a copy of `init` (a BertModel or BertForSequenceClassification) as a sequence classifier on
@@ -583,8 +594,20 @@ class TextClassifierTrainer:
     fit() returns a training.SequenceClassifier (predict(texts) -> [N] class ids)."""
 
     def __init__(self, init, tokenizer_dir: str | os.PathLike, max_length: int = 64, threads: Optional[int] = None,
-                 select_from: float = 0.5):
+                 select_from: float = 0.5, teacher: Any = None, distill_weight: float = 0.5,
+                 temperature: float = 2.0):
+        """teacher: anything with logits(texts) -> [N, C] (e.g. the EngineLabeller): with it the loss is
+        (1 - distill_weight) · CE(labels) + distill_weight · T² · KL(softmax(teacher/T) || softmax(student/T)), the
+        task-distillation recipe of training.finetune, on every training point (original and generated)."""
         import torch
+
+        if teacher is not None and not hasattr(teacher, "logits"):
+            raise AgoraError(f"the distillation teacher must have logits(texts); got {type(teacher).__name__}")
+        if not 0.0 <= distill_weight <= 1.0 or not temperature > 0:
+            raise AgoraError(f"distill_weight must lie in [0, 1] and temperature be positive, got {distill_weight}, "
+                             f"{temperature}")
+        self.teacher, self.distill_weight, self.temperature = teacher, float(distill_weight), float(temperature)
+        self._teacher_logits: dict[str, np.ndarray] = {}
 
         from .training.data import WordPieceTokenizer
 
@@ -603,6 +626,13 @@ class TextClassifierTrainer:
         for t, ids in zip(missing, self.tokenizer(missing)):
             self._ids[t] = ids
         return [self._ids[t] for t in texts]
+
+    def _soft_targets(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._teacher_logits]
+        if missing:
+            for t, row in zip(missing, self.teacher.logits(missing)):
+                self._teacher_logits[t] = np.asarray(row, dtype=np.float32)
+        return np.stack([self._teacher_logits[t] for t in texts])
 
     def _accuracy(self, model, ids: list[list[int]], gold: np.ndarray) -> float:
         import torch
@@ -641,6 +671,8 @@ class TextClassifierTrainer:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=float(setting.get("weight_decay", 0.01)))
         ids = self._tokens(list(texts))
         y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        soft = torch.as_tensor(self._soft_targets(list(texts))) if self.teacher is not None else None
+        T, w = self.temperature, self.distill_weight
         lengths = [len(x) for x in ids]
         per_epoch = math.ceil(len(ids) / bs)
         total = max(1, round(epochs * per_epoch))
@@ -656,7 +688,12 @@ class TextClassifierTrainer:
                     g["lr"] = lr_now
                 x, mask = collate([ids[i] for i in idx], self.tokenizer.pad_id)
                 model.train()
-                loss = F.cross_entropy(model(input_ids=x, attention_mask=mask).logits, y[idx])
+                logits = model(input_ids=x, attention_mask=mask).logits
+                loss = F.cross_entropy(logits, y[idx])
+                if soft is not None:
+                    kd = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(soft[idx] / T, -1), log_target=True,
+                                  reduction="batchmean") * T * T
+                    loss = (1 - w) * loss + w * kd
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -781,13 +818,15 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
                    settings: Optional[Sequence[Mapping[str, Any]]] = None, rounds: Optional[int] = None,
                    per_mistake: int = 4, max_new_per_round: Optional[int] = None, transformation: str = "neighbours",
                    fraction: float = 0.25, neighbours: int = 8, mlm_model: Optional[str] = None,
-                   max_length: int = 64, threads: Optional[int] = None) -> dict:
+                   max_length: int = 64, threads: Optional[int] = None, distill_weight: float = 0.0) -> dict:
     """Agora on a movie-reviews task with a text student, the engine as labeller, and test accuracy of every
     round's student measured after the loop. Writes out_dir/result.json and out_dir/rounds.png.
 
     model: the student directory, or the teacher to cut `arch` from (default all-MiniLM-L6-v2); arch=None uses
     model as the student. train_limit: a stratified sample of N examples of the committed train split drawn with
-    seed (scarce_subset; None: all of it)."""
+    seed (scarce_subset; None: all of it). distill_weight > 0: every student also distils the labeller's soft labels
+    (logits, T = 2) on all its training points with this weight (TextClassifierTrainer), round 1 included, so round
+    1 stays the baseline with the same trainer."""
     from .training.data import load_split
     from .training.models import LABELS
 
@@ -802,8 +841,9 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         from .training.models import load_teacher
 
         student, tokenizer_dir = load_teacher(model), model
-    trainer = TextClassifierTrainer(student, tokenizer_dir, max_length=max_length, threads=threads)
     judge = EngineLabeller(labeller, LABELS, num_threads=threads, max_length=max_length)
+    trainer = TextClassifierTrainer(student, tokenizer_dir, max_length=max_length, threads=threads,
+                                    teacher=judge if distill_weight > 0 else None, distill_weight=distill_weight)
     if transformation == "neighbours":
         transform = NearestNeighbourSwap.from_model(None, tokenizer_dir, fraction=fraction, k=neighbours,
                                                     max_length=max_length)
@@ -816,7 +856,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         raise AgoraError(f"transformation must be 'neighbours' or 'mlm' for text, got {transformation!r}")
     config = AgoraConfig(settings=list(settings) if settings is not None else [dict(s) for s in DEFAULT_SETTINGS],
                          rounds=rounds, per_mistake=per_mistake, max_new_per_round=max_new_per_round, seed=seed,
-                         out_dir=out_dir, num_classes=len(LABELS), label_names=list(LABELS))
+                         out_dir=out_dir, num_classes=len(LABELS), label_names=list(LABELS),
+                         trainer_settings={"distill_weight": distill_weight} if distill_weight > 0 else {})
     labeller_dev = accuracy(judge.predict([e.text for e in dev]), np.array([e.label for e in dev]))
     if labeller_dev < 2 / 3:
         _log(f"warning: the labeller's dev accuracy is {labeller_dev:.3f}, below the ~2/3 Agora assumes")
@@ -832,6 +873,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         "student": arch or model, "sliced_from": (model or "all-MiniLM-L6-v2") if arch else None, "labeller": str(labeller),
         "labeller_dev_accuracy": labeller_dev, "transformation": transformation, "fraction": fraction,
         "neighbours": neighbours, "seed": seed, "settings": config.settings, "rounds": rows,
+        "distill_weight": distill_weight,
         "plain_test_accuracy": rows[0]["test_accuracy"], "agora_test_accuracy": rows[-1]["test_accuracy"],
         "plain_dev_accuracy": rows[0]["dev_accuracy"], "agora_dev_accuracy": rows[-1]["dev_accuracy"],
         "final_train_size": result.train_size, "stopped_by": result.stopped_by,

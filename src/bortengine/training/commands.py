@@ -149,6 +149,9 @@ def _add_agora_arguments(ft) -> None:
     ag.add_argument("--replace-fraction", type=float, default=0.25, help="fraction of words replaced (0.25)")
     ag.add_argument("--neighbours", type=int, default=8, help="k nearest neighbours / MLM predictions (8)")
     ag.add_argument("--mlm-model", default=None, help="BertForMaskedLM directory for --transformation mlm")
+    ag.add_argument("--agora-distill", type=float, default=0.0, metavar="W",
+                    help="also distil the labeller's soft labels (T=2) on every training point with weight W in "
+                         "(0, 1], in every round (round 1 included); default 0: hard labels only")
 
 
 def _finetune_agora(args) -> int:
@@ -165,7 +168,8 @@ def _finetune_agora(args) -> int:
             train_limit=args.train_limit, seed=args.seed, settings=parse_settings(args.settings),
             rounds=args.rounds, per_mistake=args.per_mistake, max_new_per_round=args.max_new_per_round,
             transformation=args.transformation, fraction=args.replace_fraction, neighbours=args.neighbours,
-            mlm_model=args.mlm_model, max_length=args.max_length or 64, threads=args.threads)
+            mlm_model=args.mlm_model, max_length=args.max_length or 64, threads=args.threads,
+            distill_weight=args.agora_distill)
     except AgoraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
