@@ -568,6 +568,7 @@ class EngineLabeller:
             raise AgoraError(f"the labeller {model_dir} predicts {names}, the task's labels are {list(label_names)}")
         self.labels = list(label_names)
         self.index = {name: i for i, name in enumerate(label_names)}
+        self._column = [names.index(name) for name in self.labels]  # the model's logit column of each task class
         self.max_length = max_length
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
@@ -578,12 +579,10 @@ class EngineLabeller:
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """[N, C] logits in the task's class order (for distillation from the labeller's soft labels)."""
-        cfg = self.engine.config
-        order = [[cfg.id2label[i] for i in range(cfg.num_labels)].index(name) for name in self.labels]
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         result = self.engine.classify(list(texts), batch_size=64, max_length=self.max_length)
-        return np.asarray(result.logits, dtype=np.float32)[:, order]
+        return np.asarray(result.logits, dtype=np.float32)[:, self._column]
 
 
 class TextClassifierTrainer:
@@ -651,9 +650,8 @@ class TextClassifierTrainer:
     def fit(self, setting: Mapping[str, Any], texts: Sequence[str], labels: np.ndarray, seed: int,
             dev: Optional[tuple[Sequence[str], np.ndarray]] = None):
         import torch
-        import torch.nn.functional as F
 
-        from .training.classification import SequenceClassifier, as_classifier
+        from .training.classification import SequenceClassifier, as_classifier, classification_loss
         from .training.data import batch_order, collate
 
         known = {"lr", "epochs", "batch_size", "weight_decay", "warmup_fraction", "dropout"}
@@ -672,7 +670,6 @@ class TextClassifierTrainer:
         ids = self._tokens(list(texts))
         y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         soft = torch.as_tensor(self._soft_targets(list(texts))) if self.teacher is not None else None
-        T, w = self.temperature, self.distill_weight
         lengths = [len(x) for x in ids]
         per_epoch = math.ceil(len(ids) / bs)
         total = max(1, round(epochs * per_epoch))
@@ -688,12 +685,8 @@ class TextClassifierTrainer:
                     g["lr"] = lr_now
                 x, mask = collate([ids[i] for i in idx], self.tokenizer.pad_id)
                 model.train()
-                logits = model(input_ids=x, attention_mask=mask).logits
-                loss = F.cross_entropy(logits, y[idx])
-                if soft is not None:
-                    kd = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(soft[idx] / T, -1), log_target=True,
-                                  reduction="batchmean") * T * T
-                    loss = (1 - w) * loss + w * kd
+                loss = classification_loss(model(input_ids=x, attention_mask=mask).logits, y[idx],
+                                           None if soft is None else soft[idx], self.distill_weight, self.temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

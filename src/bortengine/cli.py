@@ -225,12 +225,14 @@ def _demo(args) -> int:
 # --- bortengine profile / profile-validate ----------------------------------------------------------------------
 
 def _add_profile_parsers(sub) -> None:
+    from bortengine.profiler import DTYPES
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--space", default="bort", help="search space: bort, minilm, or a JSON/YAML file")
     common.add_argument("--batch", type=int, default=1, help="sequences per call (default 1)")
     common.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
     common.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
-    common.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+    common.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="the engine path to time: float32 (default) or int8 (load(dtype='int8'))")
     common.add_argument("--quick", action="store_true", help="fewer repeats: a Bort-space profile in under a minute")
     common.add_argument("--out", "--profile", dest="out", default=None, metavar="PATH",

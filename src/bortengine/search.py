@@ -773,12 +773,9 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
         model = profile.model(workload)
     except _profiler.ProfileError as e:
         raise SearchError(f"the profile does not cover this search: {e}") from None
-    cal = getattr(model, "wp", None) and model.wp.calibration or {}
-    if cal.get("sync_ms", 0.0) < -0.005 or cal.get("fixed_ms", 0.0) < -0.05:  # ms; tiny negatives are fit noise
-        warnings.warn(f"the profile {profile.path or ''} has a contradictory calibration (sync {cal.get('sync_ms')} "
-                      f"ms/op, fixed {cal.get('fixed_ms')} ms/forward, both should be >= 0): it was probably measured "
-                      f"on a loaded machine; its latencies are unreliable: re-profile when the machine is quiet",
-                      RuntimeWarning, stacklevel=2)
+    note = _profiler._calibration_note(getattr(model, "wp", None) and model.wp.calibration or {})
+    if note:  # the profiler's own check of its calibration (both constants are costs, empty calls take µs)
+        warnings.warn(f"the profile {profile.path or ''}: {note}", RuntimeWarning, stacklevel=2)
     cands: list[Candidate] = []
     outside: list[str] = []
     for a in archs:
@@ -969,6 +966,8 @@ def measure_finalists(result: Extraction, count: int = 5, quick: bool = False, p
 # ============================================================================================== command line
 def add_extract_parser(sub) -> None:
     """`bortengine extract`: registered by bortengine.cli."""
+    from .profiler import DTYPES
+
     p = sub.add_parser("extract", help="optimal sub-architecture extraction: the FPTAS over (size, latency, "
                                        "error) on a CPU profile")
     p.add_argument("--space", default="minilm", help="search space: bort, minilm, or a JSON/YAML file")
@@ -978,7 +977,7 @@ def add_extract_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="workload: sequences per call (default 1)")
     p.add_argument("--seq", type=int, default=128, help="workload: tokens per sequence (default 128)")
     p.add_argument("--threads", type=int, default=None, help="workload: threads (default: all CPUs)")
-    p.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="workload: the engine path the winner will be served on (the profile must cover it)")
     p.add_argument("--eps", type=float, default=0.1, help="ε in (0, 1): groups' cost ratio 1 + ε (default 0.1)")
     p.add_argument("--representative", choices=sorted(REPRESENTATIVES), default="source-heads",

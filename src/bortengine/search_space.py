@@ -28,6 +28,7 @@ from .errors import BortEngineError
 
 __all__ = ["SearchSpace", "SearchSpaceError", "SPACES", "architecture_dims", "make_architecture"]
 
+
 class SearchSpaceError(BortEngineError, ValueError):
     """A search space that is malformed, empty, or cannot be read."""
 

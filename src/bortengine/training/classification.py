@@ -131,6 +131,18 @@ def as_classifier(model: Optional[torch.nn.Module | str], num_labels: int = 2, d
     return clf
 
 
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None,
+                        weight: float = 0.5, temperature: float = 2.0) -> torch.Tensor:
+    """Cross-entropy on the labels; with teacher logits, task distillation from their soft labels:
+    (1 - weight) · CE + weight · T² · KL(softmax(teacher / T) || softmax(student / T))."""
+    loss = F.cross_entropy(logits, labels)
+    if teacher_logits is None:
+        return loss
+    t = temperature
+    soft = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(teacher_logits / t, -1), reduction="batchmean") * t * t
+    return (1 - weight) * loss + weight * soft
+
+
 @torch.no_grad()
 def evaluate_classifier(model: BertForSequenceClassification, tokenizer: WordPieceTokenizer,
                         examples: Sequence[TextExample], batch_size: int = 64) -> dict[str, float]:
@@ -205,14 +217,11 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step, budget_fraction)
         logits = self.model(input_ids=ids, attention_mask=mask).logits
-        loss = F.cross_entropy(logits, labels)
+        t_logits = None
         if self.teacher is not None:  # task-specific distillation from the fine-tuned teacher's soft labels
             with torch.no_grad():
                 t_logits = self.teacher(input_ids=ids, attention_mask=mask).logits
-            temp, w = self.config.temperature, self.config.distill_weight
-            soft = F.kl_div(F.log_softmax(logits / temp, -1), F.softmax(t_logits / temp, -1),
-                            reduction="batchmean") * temp * temp
-            loss = (1 - w) * loss + w * soft
+        loss = classification_loss(logits, labels, t_logits, self.config.distill_weight, self.config.temperature)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
