@@ -238,3 +238,77 @@ def test_summarize_refuses_what_is_not_a_run(tmp_path, capsys):
         summarize([log])
     assert main([str(tmp_path / "missing")]) == 2
     assert "not a finished Agora run directory" in capsys.readouterr().err
+
+
+class ConfidentOracle(Oracle):
+    """The oracle with logits: its confidence grows with the distance |x0 + x1| from the class boundary."""
+
+    def logits(self, points):
+        s = 4.0 * np.stack(points).sum(axis=1)
+        return np.stack([-s, s], axis=1)                      # [N,2]
+
+
+def test_min_confidence_drops_points_the_labeller_is_unsure_of():
+    kept_all, _ = run(rounds=2)
+    result = run_agora(AgoraConfig(settings=THETA, rounds=2, seed=0, min_confidence=0.9), CentroidTrainer(),
+                       blobs(20, 0), blobs(60, 1), ConfidentOracle(), GaussianNoise(scale=0.2))
+    first = result.rounds[0]
+    assert first.unconfident > 0 and first.generated + first.unconfident == kept_all.rounds[0].generated
+    assert result.rounds[1].train_size == first.train_size + first.generated
+    # a threshold nothing reaches leaves the training set unchanged, with a note
+    none = run_agora(AgoraConfig(settings=THETA, rounds=2, min_confidence=1.0), CentroidTrainer(), blobs(20, 0),
+                     blobs(60, 1), type("Flat", (Oracle,), {"logits": lambda self, p: np.zeros((len(p), 2))})(),
+                     GaussianNoise(scale=0.2))
+    assert none.rounds[0].generated == 0 and "below confidence" in none.rounds[0].note
+    with pytest.raises(AgoraError, match="logits"):
+        run(min_confidence=0.9)                               # Oracle has predict only
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(AgoraError, match="min_confidence must lie in"):
+            run_agora(AgoraConfig(settings=THETA, min_confidence=bad), CentroidTrainer(), blobs(20, 0),
+                      blobs(60, 1), ConfidentOracle(), GaussianNoise())
+
+
+def test_select_fraction_keeps_selection_apart_from_generation():
+    seen_dev, sources = [], []
+
+    class Recording(CentroidTrainer):
+        def fit(self, setting, points, labels, seed, dev=None):
+            seen_dev.append({tuple(p) for p in dev[0]})
+            return super().fit(setting, points, labels, seed, dev)
+
+    def transform(points, rng, n):
+        sources.extend(tuple(p) for p in points)
+        return GaussianNoise(scale=0.2)(points, rng, n)
+
+    dev = blobs(60, 1)
+    result = run_agora(AgoraConfig(settings=THETA, seed=0, select_fraction=0.5), Recording(), blobs(20, 0), dev,
+                       Oracle(), transform)
+    select = seen_dev[0]
+    assert all(s == select for s in seen_dev) and len(select) == 30       # the same half in every fit
+    assert sum(int(dev[1][k]) for k, p in enumerate(dev[0]) if tuple(p) in select) == round(dev[1].sum() / 2)
+    assert sources and not set(sources) & select             # no point is generated around the selection part
+    first = result.rounds[0]
+    assert first.mistake_dev_accuracy is not None and first.dev_mistakes == round((1 - first.mistake_dev_accuracy) * 30)
+    again = run_agora(AgoraConfig(settings=THETA, seed=0, select_fraction=0.5), CentroidTrainer(), blobs(20, 0),
+                      dev, Oracle(), GaussianNoise(scale=0.2))
+    assert [r.dev_accuracy for r in again.rounds] == [r.dev_accuracy for r in result.rounds]   # seeded split
+    for bad in (0.0, 1.0, 2.0):
+        with pytest.raises(AgoraError, match="select_fraction must lie in"):
+            run(select_fraction=bad)
+    x, y = blobs(10, 1)
+    y = np.array([0] * 9 + [1])                               # one point of class 1: it cannot be on both sides
+    with pytest.raises(AgoraError, match="no dev point of class 1"):
+        run_agora(AgoraConfig(settings=THETA, select_fraction=0.5), CentroidTrainer(), blobs(20, 0), (x, y),
+                  Oracle(), GaussianNoise())
+
+
+def test_new_options_left_unset_keep_the_fingerprint_of_earlier_runs():
+    from dataclasses import asdict
+
+    config = AgoraConfig(settings=THETA, seed=3)
+    keys = {k: v for k, v in asdict(config).items()
+            if k not in ("out_dir", "trainer_settings", "min_confidence", "select_fraction")}
+    import hashlib
+
+    assert config.fingerprint() == hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert AgoraConfig(settings=THETA, seed=3, select_fraction=0.5).fingerprint() != config.fingerprint()

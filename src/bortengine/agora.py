@@ -83,10 +83,19 @@ class AgoraConfig:
     num_classes: Optional[int] = None  # default: from the train and dev labels
     label_names: Optional[Sequence[str]] = None   # the task's label names, checked against a labeller's `labels`
     trainer_settings: Mapping[str, Any] = field(default_factory=dict)   # recorded (and fingerprinted) only
+    # keep a generated point only if the labeller's largest class probability is at least this (the labeller needs
+    # logits(points) -> [N, L]); None: keep every point
+    min_confidence: Optional[float] = None
+    # a stratified, seeded fraction of dev kept apart to rank Θ, pick each round's best student (and, through the
+    # trainer's dev argument, its epoch); the mistakes that seed generation are collected on the rest of dev, so the
+    # selection part never has points generated around it. None: all of dev does both (the paper's loop)
+    select_fraction: Optional[float] = None
+
+    _UNSET_NOT_FINGERPRINTED = ("trainer_settings", "min_confidence", "select_fraction")   # runs from before them
 
     def fingerprint(self) -> str:
         keys = {k: v for k, v in asdict(self).items()
-                if k != "out_dir" and not (k == "trainer_settings" and not v)}  # (runs from before the field)
+                if k != "out_dir" and not (k in self._UNSET_NOT_FINGERPRINTED and not v)}
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -104,6 +113,9 @@ class RoundRecord:
     seconds: float
     note: str = ""
     test_accuracy: Optional[float] = None   # filled afterwards by evaluate_rounds, never by the loop
+    unconfident: int = 0         # generated points dropped for the labeller's low confidence (min_confidence)
+    mistake_dev_accuracy: Optional[float] = None   # with select_fraction: the best student's accuracy on the part
+    #                                                of dev whose mistakes seed generation (dev_accuracy: the other)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -207,6 +219,21 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
     if config.label_names is not None and len(config.label_names) != num_classes:
         raise AgoraError(f"label_names has {len(config.label_names)} names for {num_classes} classes")
     _check_labeller(labeller, config)
+    if config.min_confidence is not None:
+        if not 0.0 < config.min_confidence <= 1.0:
+            raise AgoraError(f"min_confidence must lie in (0, 1] (the labeller's largest class probability), got "
+                             f"{config.min_confidence}")
+        if not callable(getattr(labeller, "logits", None)):
+            raise AgoraError(f"min_confidence needs a labeller with logits(points) -> [N, classes] (its "
+                             f"confidence); {type(labeller).__name__} has only predict")
+    # select_*: ranks Θ and picks the best student (and its epoch); mistake_*: the mistakes that seed generation
+    select_points, select_labels = dev_points, dev_labels
+    mistake_points, mistake_labels = dev_points, dev_labels
+    if config.select_fraction is not None:
+        chosen = _stratified_split(dev_labels, config.select_fraction, config.seed)
+        rest = np.setdiff1d(np.arange(len(dev_labels)), chosen)
+        select_points, select_labels = [dev_points[i] for i in chosen], dev_labels[chosen]
+        mistake_points, mistake_labels = [dev_points[i] for i in rest], dev_labels[rest]
 
     out = Path(config.out_dir) if config.out_dir else None
     state_path = out / "state.pkl" if out else None
@@ -244,9 +271,9 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
         best_model, best_acc, best_pred = None, -1.0, None
         for index, setting in theta:
             m = trainer.fit(setting, train_points, train_labels, seed=config.seed * 1000 + index,
-                            dev=(dev_points, dev_labels))
-            pred = _check_labels("the student", m.predict(dev_points), num_classes, len(dev_points))
-            acc = accuracy(pred, dev_labels)
+                            dev=(select_points, select_labels))
+            pred = _check_labels("the student", m.predict(select_points), num_classes, len(select_points))
+            acc = accuracy(pred, select_labels)
             scored.append((acc, index, setting))
             _log(f"round {r}: setting {index} {setting} dev accuracy {acc:.4f} ({len(train_points)} train points)")
             if acc > best_acc:       # ties keep the earlier setting of Θ
@@ -254,16 +281,21 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
             else:
                 del m
         best_setting = next(s for a, i, s in scored if a == best_acc)
-        mistakes = np.flatnonzero(best_pred != dev_labels)
+        mistake_acc = None
+        if mistake_points is not select_points:
+            best_pred = _check_labels("the student", best_model.predict(mistake_points), num_classes,
+                                      len(mistake_points))
+            mistake_acc = accuracy(best_pred, mistake_labels)
+        mistakes = np.flatnonzero(best_pred != mistake_labels)
         theta_next = [(i, s) for a, i, s in sorted(scored, key=lambda t: -t[0])][:max(0, len(theta) - config.drop)]
         last = not theta_next or (config.rounds is not None and r >= config.rounds)
-        generated, agreement, note = 0, None, ""
+        generated, agreement, note, unconfident = 0, None, "", 0
         if last:
             note = "last round: no points generated (no later round would train on them)"
         elif not len(mistakes):
             note = "no dev mistakes: nothing to generate"
         else:
-            sources = [dev_points[i] for i in mistakes]
+            sources = [mistake_points[i] for i in mistakes]
             produced = transformation(sources, rng, config.per_mistake)
             if produced is None or len(produced) != len(sources):
                 raise AgoraError(f"the transformation must return one list of new points per input point "
@@ -281,9 +313,22 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
                         f"is unchanged this round")
                 _log(f"round {r}: {note}")
             else:
-                new_labels = _check_labels("the labeller", labeller.predict(new_points), num_classes,
-                                           len(new_points))
-                agreement = accuracy(new_labels, dev_labels[np.asarray(origin)])
+                if config.min_confidence is None:
+                    new_labels = _check_labels("the labeller", labeller.predict(new_points), num_classes,
+                                               len(new_points))
+                else:
+                    new_labels, confident = _confident_labels(labeller, new_points, num_classes,
+                                                              config.min_confidence)
+                    unconfident = int((~confident).sum())
+                    new_points = [p for p, keep in zip(new_points, confident) if keep]
+                    new_labels, origin = new_labels[confident], [o for o, keep in zip(origin, confident) if keep]
+                    _log(f"round {r}: {unconfident} generated points below the labeller confidence "
+                         f"{config.min_confidence} dropped, {len(new_points)} kept")
+                    if not new_points:
+                        note = (f"the labeller was below confidence {config.min_confidence} on all "
+                                f"{unconfident} generated points; the training set is unchanged this round")
+            if new_points:
+                agreement = accuracy(new_labels, mistake_labels[np.asarray(origin)])
                 train_points = train_points + new_points
                 train_labels = np.concatenate([train_labels, new_labels])
                 generated = len(new_points)
@@ -291,7 +336,8 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
             round=r, settings_trained=[{"index": i, "setting": s, "dev_accuracy": a} for a, i, s in scored],
             best_setting=best_setting, train_size=len(train_points) - generated, dev_accuracy=best_acc,
             dev_mistakes=int(len(mistakes)), generated=generated, label_agreement=agreement,
-            theta_left=len(theta_next), seconds=time.perf_counter() - start, note=note)
+            theta_left=len(theta_next), seconds=time.perf_counter() - start, note=note, unconfident=unconfident,
+            mistake_dev_accuracy=mistake_acc)
         records.append(record)
         theta = theta_next
         model = best_model
@@ -312,6 +358,37 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
     if out:
         (out / "agora.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
+
+
+def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified, seeded `fraction` of the points (each class in proportion, at least one of
+    each and at least one left over per class). Its own RNG stream: the loop's (transformation, caps) is unchanged."""
+    if not 0.0 < fraction < 1.0:
+        raise AgoraError(f"select_fraction must lie in (0, 1) (the part of dev kept apart for selection), got "
+                         f"{fraction}")
+    rng = np.random.default_rng([seed, 0x5E1EC7])
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = int(round(fraction * len(members)))
+        if len(members) < 2 or not 0 < k < len(members):
+            raise AgoraError(f"select_fraction {fraction} leaves no dev point of class {int(c)} on one side "
+                             f"({len(members)} in dev): both parts need every class; use a larger dev set")
+        chosen.append(rng.choice(members, k, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _confident_labels(labeller: Any, points: Sequence[Any], num_classes: int,
+                      threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The labeller's class ids for points, and which of them it gives a probability >= threshold.
+
+    Shapes: logits [N,L] -> labels [N], confident [N] (bool)."""
+    logits = np.asarray(labeller.logits(points), dtype=np.float64)
+    if logits.shape != (len(points), num_classes):
+        raise AgoraError(f"the labeller's logits have shape {logits.shape}, expected ({len(points)}, {num_classes})")
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = z / z.sum(axis=1, keepdims=True)
+    return probs.argmax(axis=1).astype(np.int64), probs.max(axis=1) >= threshold
 
 
 def _jsonable(obj: Any) -> Any:
@@ -570,6 +647,7 @@ class EngineLabeller:
         self.index = {name: i for i, name in enumerate(label_names)}
         self._column = [names.index(name) for name in self.labels]  # the model's logit column of each task class
         self.max_length = max_length
+        self._logits: dict[str, np.ndarray] = {}   # text -> [C]: the confidence filter and distillation share them
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):
@@ -581,8 +659,12 @@ class EngineLabeller:
         """[N, C] logits in the task's class order (for distillation from the labeller's soft labels)."""
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        result = self.engine.classify(list(texts), batch_size=64, max_length=self.max_length)
-        return np.asarray(result.logits, dtype=np.float32)[:, self._column]
+        missing = [t for t in dict.fromkeys(texts) if t not in self._logits]
+        if missing:
+            result = self.engine.classify(missing, batch_size=64, max_length=self.max_length)
+            for t, row in zip(missing, np.asarray(result.logits, dtype=np.float32)[:, self._column]):
+                self._logits[t] = row
+        return np.stack([self._logits[t] for t in texts])
 
 
 class TextClassifierTrainer:
@@ -811,7 +893,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
                    settings: Optional[Sequence[Mapping[str, Any]]] = None, rounds: Optional[int] = None,
                    per_mistake: int = 4, max_new_per_round: Optional[int] = None, transformation: str = "neighbours",
                    fraction: float = 0.25, neighbours: int = 8, mlm_model: Optional[str] = None,
-                   max_length: int = 64, threads: Optional[int] = None, distill_weight: float = 0.0) -> dict:
+                   max_length: int = 64, threads: Optional[int] = None, distill_weight: float = 0.0,
+                   min_confidence: Optional[float] = None, select_fraction: Optional[float] = None) -> dict:
     """Agora on a movie-reviews task with a text student, the engine as labeller, and test accuracy of every
     round's student measured after the loop. Writes out_dir/result.json and out_dir/rounds.png.
 
@@ -819,7 +902,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     model as the student. train_limit: a stratified sample of N examples of the committed train split drawn with
     seed (scarce_subset; None: all of it). distill_weight > 0: every student also distils the labeller's soft labels
     (logits, T = 2) on all its training points with this weight (TextClassifierTrainer), round 1 included, so round
-    1 stays the baseline with the same trainer."""
+    1 stays the baseline with the same trainer. min_confidence, select_fraction: AgoraConfig's (the labeller's
+    confidence filter on generated points; the part of dev kept apart for selection)."""
     from .training.data import load_split
     from .training.models import LABELS
 
@@ -850,7 +934,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     config = AgoraConfig(settings=list(settings) if settings is not None else [dict(s) for s in DEFAULT_SETTINGS],
                          rounds=rounds, per_mistake=per_mistake, max_new_per_round=max_new_per_round, seed=seed,
                          out_dir=out_dir, num_classes=len(LABELS), label_names=list(LABELS),
-                         trainer_settings={"distill_weight": distill_weight} if distill_weight > 0 else {})
+                         trainer_settings={"distill_weight": distill_weight} if distill_weight > 0 else {},
+                         min_confidence=min_confidence, select_fraction=select_fraction)
     labeller_dev = accuracy(judge.predict([e.text for e in dev]), np.array([e.label for e in dev]))
     if labeller_dev < 2 / 3:
         _log(f"warning: the labeller's dev accuracy is {labeller_dev:.3f}, below the ~2/3 Agora assumes")
@@ -866,7 +951,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         "student": arch or model, "sliced_from": (model or "all-MiniLM-L6-v2") if arch else None, "labeller": str(labeller),
         "labeller_dev_accuracy": labeller_dev, "transformation": transformation, "fraction": fraction,
         "neighbours": neighbours, "seed": seed, "settings": config.settings, "rounds": rows,
-        "distill_weight": distill_weight,
+        "distill_weight": distill_weight, "min_confidence": min_confidence, "select_fraction": select_fraction,
         "plain_test_accuracy": rows[0]["test_accuracy"], "agora_test_accuracy": rows[-1]["test_accuracy"],
         "plain_dev_accuracy": rows[0]["dev_accuracy"], "agora_dev_accuracy": rows[-1]["dev_accuracy"],
         "final_train_size": result.train_size, "stopped_by": result.stopped_by,

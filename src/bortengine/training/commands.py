@@ -152,6 +152,12 @@ def _add_agora_arguments(ft) -> None:
     ag.add_argument("--agora-distill", type=float, default=0.0, metavar="W",
                     help="also distil the labeller's soft labels (T=2) on every training point with weight W in "
                          "(0, 1], in every round (round 1 included); default 0: hard labels only")
+    ag.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                    help="keep a generated point only if the labeller's largest class probability is >= P "
+                         "(default: keep all)")
+    ag.add_argument("--select-fraction", type=float, default=None, metavar="F",
+                    help="keep a stratified fraction F of dev apart to rank Θ and pick each round's best student; "
+                         "the mistakes that seed generation come from the rest (default: all of dev does both)")
 
 
 def _finetune_agora(args) -> int:
@@ -169,7 +175,8 @@ def _finetune_agora(args) -> int:
             rounds=args.rounds, per_mistake=args.per_mistake, max_new_per_round=args.max_new_per_round,
             transformation=args.transformation, fraction=args.replace_fraction, neighbours=args.neighbours,
             mlm_model=args.mlm_model, max_length=args.max_length or 64, threads=args.threads,
-            distill_weight=args.agora_distill)
+            distill_weight=args.agora_distill, min_confidence=args.min_confidence,
+            select_fraction=args.select_fraction)
     except AgoraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
