@@ -99,12 +99,14 @@ def run(space, profile, tmp_path, **kw):
 # ---------------------------------------------------------------------------------------------- the guarantee
 @pytest.mark.parametrize("space,profile", [(BORT_SPACE, BORT_PROFILE), (MINILM_SPACE, MINILM_PROFILE)],
                          ids=["bort", "minilm"])
-def test_fptas_covers_the_exhaustive_front(space, profile, tmp_path):
+@pytest.mark.parametrize("per_group", [1, 3])
+def test_fptas_covers_the_exhaustive_front(space, profile, per_group, tmp_path):
     exhaustive = run(space, profile, tmp_path, exhaustive=True)
     assert exhaustive.evaluations == len(exhaustive.candidates) == len(space)
     for eps in (0.05, 0.1, 0.25):
-        r = run(space, profile, tmp_path, epsilon=eps)
-        # groups: cost within a factor (1 + ε) in p and l; at most the bound; one evaluation each (+ max point)
+        r = run(space, profile, tmp_path, epsilon=eps, per_group=per_group)
+        # groups: cost within a factor (1 + ε) in p and l; at most the bound; one representative each (+ the
+        # maximum point), and at most per_group − 1 more members chosen by the error model
         by_group = {}
         for c in r.candidates:
             by_group.setdefault(c.group, []).append(c)
@@ -113,8 +115,12 @@ def test_fptas_covers_the_exhaustive_front(space, profile, tmp_path):
             assert max(c.params for c in g) < (1 + eps) * min(c.params for c in g)
             assert max(c.latency_ms for c in g) < (1 + eps) * min(c.latency_ms for c in g)
             assert sum(c.representative for c in g) == 1
-        assert r.evaluations <= r.bound["evaluations"]
-        assert r.evaluations <= r.groups + 1 < len(space)
+            assert sum(c.evaluated and c is not r.max_point for c in g) <= per_group
+            assert all(c.evaluated for c in g if c.refined) and not any(c.representative for c in g if c.refined)
+        assert r.evaluations <= r.bound["evaluations"] == min(len(space), per_group * r.bound["groups"] + 1)
+        assert r.evaluations <= per_group * r.groups + 1 < len(space)
+        assert r.refinement["evaluations"] == sum(c.refined for c in r.candidates)
+        assert per_group > 1 or r.refinement["evaluations"] == 0
         assert r.fresh_evaluations == 0  # all from the exhaustive run's cache
         # the analytic surrogate satisfies A_ε, so the theorem covers every exhaustive Pareto point
         cov = S.coverage(exhaustive, r)
@@ -146,6 +152,92 @@ def test_representative_rules(tmp_path):
                 assert rep.params == max(c.params for c in g if dist(c) == best)
     with pytest.raises(S.SearchError, match="representative must be one of"):
         run(TINY, synthetic(TINY), tmp_path, representative="smallest")
+
+
+@dataclass
+class ShapeSurrogate(S.Surrogate):
+    """Error log-linear in the dimensions, FFN width weighing most: inside a group the member with the most
+    parameters (the representative rule) is often not the best, so A_ε fails for the representatives alone."""
+
+    name = "shape"
+
+    def settings(self):
+        return {}
+
+    def __call__(self, arch):
+        d, a, h, i = arch.tuple
+        return d ** -0.1 * i ** -0.8 * h ** -0.3 * (1 + 0.3 * abs(math.log(a / 12)))
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1, 0.25])
+def test_refinement_evaluates_the_members_the_rule_misses(eps, tmp_path):
+    """The error model, fitted to the representatives' errors, finds each group's better member: the A_ε
+    violations of the plain FPTAS disappear with one more evaluation per group where it predicts one."""
+    sur = ShapeSurrogate()
+    exhaustive = run(MINILM_SPACE, MINILM_PROFILE, tmp_path, surrogate=sur, exhaustive=True)
+    plain = run(MINILM_SPACE, MINILM_PROFILE, tmp_path, surrogate=sur, epsilon=eps, per_group=1)
+    refined = run(MINILM_SPACE, MINILM_PROFILE, tmp_path, surrogate=sur, epsilon=eps, per_group=3)
+    assert S.coverage(exhaustive, plain)["assumption_violations"]
+    cov = S.coverage(exhaustive, refined)
+    assert cov["assumption_violations"] == [] and cov["uncovered"] == []
+    ref = refined.refinement
+    assert ref["per_group"] == 3 and ref["rounds"] >= 1
+    assert 0 < ref["evaluations"] == sum(c.refined for c in refined.candidates)
+    assert refined.evaluations == plain.evaluations + ref["evaluations"] <= refined.bound["evaluations"]
+    assert 1 <= ref["improved_beyond_epsilon"] <= ref["improved_groups"] <= ref["evaluations"]
+    # the model fits this surrogate exactly: it evaluates only members within a factor 1 + ε of the group's best
+    for g in {c.group for c in refined.candidates if c.refined}:
+        members = [c for c in refined.candidates if c.group == g]
+        best = min(c.error for c in members if c.evaluated and not c.refined)
+        assert all(c.error < (1 + eps) * best for c in members if c.refined)
+    # deterministic: the same search from the cache evaluates the same members
+    again = run(MINILM_SPACE, MINILM_PROFILE, tmp_path, surrogate=sur, epsilon=eps, per_group=3)
+    assert [c.dims for c in again.candidates if c.evaluated] == [c.dims for c in refined.candidates if c.evaluated]
+    report = refined.to_dict()
+    assert report["summary"]["refinement"] == ref and "error model" in report["settings"]["grouping"]
+    assert sum(c["refined"] for c in report["candidates"]) == ref["evaluations"]
+
+
+def test_refinement_records_a_failing_member_and_goes_on(tmp_path):
+    sur = ShapeSurrogate()
+    base = run(MINILM_SPACE, MINILM_PROFILE, tmp_path, surrogate=sur, epsilon=0.25)
+    first = next(c for c in base.candidates if c.refined)
+
+    @dataclass
+    class Failing(ShapeSurrogate):
+        def __call__(self, arch):
+            if arch.tuple == first.dims:
+                raise RuntimeError("out of memory (simulated)")
+            return super().__call__(arch)
+
+    r = run(MINILM_SPACE, MINILM_PROFILE, tmp_path / "2", surrogate=Failing(), epsilon=0.25)
+    assert [f["arch"] for f in r.failures] == [list(first.dims)] and r.failures[0]["status"] == "failed"
+    assert r.complete and r.winner is not None
+    assert r.evaluations <= r.bound["evaluations"] + len(r.failures)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_per_group(bad, tmp_path):
+    with pytest.raises(S.SearchError, match="per_group"):
+        run(TINY, synthetic(TINY), tmp_path, per_group=bad)
+
+
+def test_error_model_fits_a_quadratic_in_the_log_dimensions():
+    archs = [Architecture(d, a, h, i) for d in (1, 2, 4) for a in (2, 4) for h in (64, 128, 256)
+             for i in (128, 256, 512) if h % a == 0]
+    f = lambda x: math.exp(0.3 - 0.2 * math.log(x.layers) - 0.5 * math.log(x.intermediate)
+                           + 0.1 * math.log(x.hidden) ** 2)
+    model = S.ErrorModel(ridge=1e-9).fit(archs, [f(a) for a in archs])
+    for a in archs + [Architecture(3, 2, 192, 384)]:  # unseen D, H and I
+        assert model.predict(a) == pytest.approx(f(a), rel=1e-3)
+    negative = S.ErrorModel().fit(archs, [-f(a) for a in archs])  # not positive: modelled without the log
+    assert not negative.log and negative.predict(archs[0]) < 0
+    with pytest.raises(S.SearchError, match="finite"):
+        S.ErrorModel().fit(archs[:2], [1.0, float("nan")])
+    with pytest.raises(S.SearchError, match="at least one"):
+        S.ErrorModel().fit([], [])
+    with pytest.raises(S.SearchError, match="before fit"):
+        S.ErrorModel().predict(archs[0])
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -231,13 +323,13 @@ def test_profile_that_does_not_cover_the_space(tmp_path):
 
 
 def test_failing_and_nan_candidates_are_recorded_and_replaced(tmp_path):
-    base = run(TINY, synthetic(TINY), tmp_path, epsilon=0.25)
+    base = run(TINY, synthetic(TINY), tmp_path, epsilon=0.25, per_group=1)
     reps = [c for c in base.candidates if c.representative]
     big_groups = [c for c in reps if sum(x.group == c.group for x in base.candidates) > 1]
     fail, nan = big_groups[0].dims, big_groups[1].dims
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = run(TINY, synthetic(TINY), tmp_path / "2", epsilon=0.25,
+        r = run(TINY, synthetic(TINY), tmp_path / "2", epsilon=0.25, per_group=1,
                 surrogate=S.AnalyticSurrogate(fail=(fail,), nan=(nan,)))
     status = {f["arch"][0:4] and tuple(f["arch"]): f["status"] for f in r.failures}
     assert status == {fail: "failed", nan: "nan"}
@@ -303,7 +395,9 @@ def test_report_plot_and_cli(tmp_path, capsys):
         assert main(argv) == 0
     text = capsys.readouterr().out
     assert "theorem holds" in text and "winner ⟨" in text and "bortengine pretrain --arch" in text
+    assert "refinement: " in text and "(bound " in text
     report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["refinement"]["per_group"] == 3
     assert report["summary"]["evaluations"] < report["summary"]["space_size"] == len(MINILM_SPACE)
     assert report["verification"]["uncovered"] == []
     cands = report["candidates"]
@@ -345,11 +439,12 @@ def test_extract_targets_the_int8_path(tmp_path, capsys):
 
     argv = ["extract", "--space", "minilm", "--profile", str(path), "--batch", "1", "--seq", "16", "--threads", "2",
             "--dtype", "int8", "--surrogate", "analytic", "--eps", "0.25", "--cache", str(tmp_path / "cache"),
-            "--measure", "0", "--no-progress", "--out", str(tmp_path / "out8")]
+            "--per-group", "1", "--measure", "0", "--no-progress", "--out", str(tmp_path / "out8")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the synthetic profile describes another CPU
         assert main(argv) == 0
     report = json.loads((tmp_path / "out8" / "report.json").read_text())
     assert report["settings"]["workload"]["dtype"] == "int8"
+    assert report["summary"]["refinement"]["evaluations"] == 0 and not any(c["refined"] for c in report["candidates"])
     got = {tuple(c["arch"]): c["latency_ms"] for c in report["candidates"]}
     assert all(got[d] == pytest.approx(lat8[d], rel=1e-3, abs=1e-5) for d in lat8)  # (the report rounds)

@@ -1,5 +1,22 @@
-import json, sys
+"""One markdown table row per extraction report given (directories holding report.json from --verify runs)."""
+import json
+import sys
+
+print("| surrogate | profile | maximum point | size | ε | K | candidates | groups | evaluations (refinement) | bound "
+      "| front covered | worst factor | A_ε violations | winner |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for path in sys.argv[1:]:
-    r = json.load(open(f"{path}/report.json")); s = r["summary"]; v = r["verification"] or {}
-    prof = r["settings"]["profile"]["target"]["isa"]
-    print(f"| {s['space']} | {prof} | {s['epsilon']} | {s['space_size']} | {s['groups']} | {s['bound']['groups']} ({s['bound']['closed_form']:.0f}) | {s['evaluations']} | {s['pareto_size']} | {v.get('covered')}/{v.get('reference_front')} | {v.get('worst_factor', 0):.4f} | {len(v.get('assumption_violations', []))} | {v.get('theorem_holds')} | ⟨{', '.join(map(str, s['winner']['arch']))}⟩ |")
+    r = json.load(open(f"{path}/report.json"))
+    s, st, v = r["summary"], r["settings"], r["verification"] or {}
+    sur = st["surrogate"]["settings"]
+    w = st["workload"]
+    prof = f"{st['profile']['target']['isa']} {w['num_threads']}t {w['dtype']}"
+    ref = s.get("refinement") or {"per_group": 1, "evaluations": 0}
+    cov = f"{v.get('covered')}/{v.get('reference_front')}"
+    if v and v["covered"] == v["reference_front"]:
+        cov = f"**{cov}**"
+    print(f"| {sur.get('steps')} steps, seed {sur.get('seed')} | {prof} | ⟨{', '.join(map(str, s['max_point']['arch']))}⟩ "
+          f"| {st['size_objective']} | {s['epsilon']} | {ref['per_group']} | {s['space_size']} | {s['groups']} "
+          f"| {s['evaluations']} ({ref['evaluations']}) | {s['bound']['evaluations']} | {cov} "
+          f"| {v.get('worst_factor', 0):.4f} | {len(v.get('assumption_violations', []))} "
+          f"| ⟨{', '.join(map(str, s['winner']['arch']))}⟩ |")

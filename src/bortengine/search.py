@@ -14,17 +14,21 @@ The three objectives of a candidate ξ, all minimised:
 The FPTAS groups candidates by cells of a logarithmic grid over (p, l) anchored at the smallest values:
 cell(ξ) = (⌊log_{1+ε}(p/p_min)⌋, ⌊log_{1+ε}(l/l_min)⌋), so within a group p and l differ by less than a
 factor (1 + ε). The representative of a group is the member expected to have the lowest error (by default the
-head count nearest the source's, then most parameters, then fastest: REPRESENTATIVES). Only representatives (and
-the maximum point) are evaluated. The number of groups is at most
+head count nearest the source's, then most parameters, then fastest: REPRESENTATIVES); the representatives (and
+the maximum point) are evaluated first. Then the refinement (per_group > 1, default 3): an ErrorModel fitted to
+the errors measured so far proposes, in each group, the unevaluated member it predicts lowest, which is evaluated
+unless predicted a factor (1 + ε) worse than the group's best; refit and repeat, at most per_group evaluations a
+group. The number of groups is at most
     n_p · n_l,  n_x = ⌊ln(x_max / x_min) / ln(1 + ε)⌋ + 1 ≤ 1 + (1 + ε) ln(x_max / x_min) / ε,
-i.e. O(ln ρ_p · ln ρ_l / ε²): polynomial in 1/ε, independent of the size of the space; the code checks it.
+i.e. O(ln ρ_p · ln ρ_l / ε²), and the evaluations at most per_group · n_p · n_l + 1: polynomial in 1/ε,
+independent of the size of the space; the code checks it.
 
-Guarantee (proved in docs/extraction.md): if, in every group G with representative r, e(r) ≤ (1 + ε) e(x) for
-every member x ("assumption A_ε", implied by error being non-increasing in the parameter count within a group),
-then every point of the exhaustive Pareto front is (1 + ε)-covered in all three objectives by the returned set.
-Without the assumption the same argument still covers every Pareto point whose group satisfies it;
-`coverage()` checks exactly that against an exhaustive run, and `assumption_violations()` lists the groups where
-A_ε fails.
+Guarantee (proved in docs/extraction.md): if, in every group G, the best evaluated member b satisfies
+e(b) ≤ (1 + ε) e(x) for every member x ("assumption A_ε", implied by error being non-increasing in the parameter
+count within a group), then every point of the exhaustive Pareto front is (1 + ε)-covered in all three
+objectives by the returned set. Without the assumption the same argument still covers every Pareto point whose
+group satisfies it; `coverage()` checks exactly that against an exhaustive run, and `assumption_violations()`
+lists the groups where A_ε fails. The refinement exists because real surrogates break A_ε for any fixed rule.
 
 Surrogate results are cached on disk (a JSON-lines file per surrogate and settings), so a killed run resumes,
 and independent evaluations run in worker processes.
@@ -50,7 +54,7 @@ from .search_space import SearchSpace, SearchSpaceError, architecture_dims
 __all__ = [
     "SearchError", "SearchInterrupted", "Surrogate", "AnalyticSurrogate", "DistillationSurrogate",
     "FinetuneSurrogate", "SurrogateCache", "Candidate", "ParetoSet", "Extraction", "extract", "pareto_front",
-    "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate",
+    "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
     "default_cache_dir", "measure_finalists", "SURROGATES",
 ]
 
@@ -289,6 +293,7 @@ class Candidate:
     latency_ms: float                  # l: predicted by the profile
     group: int = -1
     representative: bool = False
+    refined: bool = False              # evaluated by the refinement (the error model predicted it best in its group)
     error: Optional[float] = None      # e: None when not evaluated (or failed)
     status: str = "not evaluated"      # ok | cached | nan | failed | skipped (time budget) | not evaluated
     message: str = ""
@@ -313,7 +318,8 @@ class Candidate:
                 "latency_ms": round(self.latency_ms, 5),
                 "measured_ms": None if self.measured_ms is None else round(self.measured_ms, 5),
                 "error": self.error, "status": self.status, "message": self.message, "seconds": self.seconds,
-                "group": self.group, "representative": self.representative, "pareto": self.pareto, "w": self.w}
+                "group": self.group, "representative": self.representative, "refined": self.refined,
+                "pareto": self.pareto, "w": self.w}
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -345,6 +351,57 @@ class ParetoSet:
             if all(a <= factor * b * tol for a, b in zip(c.point(), point)):
                 return c
         return None
+
+
+class ErrorModel:
+    """A cheap model of the surrogate's error over architectures, fitted to the evaluations made so far: ridge
+    regression of ln e on a full quadratic in (ln D, ln A, ln H, ln I, ln H/A) (21 terms, standardised).
+
+    The refinement stage of extract() uses it only to choose which further member of a group to evaluate: every
+    error in the result is still measured by the surrogate. It need not be accurate, only to rank the members of
+    a group better than a fixed rule does (the rule cannot know, e.g., that the surrogate punishes a narrow FFN
+    more than a missing layer, or a wide head at small H). Errors ≤ 0 (possible for a custom surrogate) are
+    modelled without the logarithm.
+    """
+
+    def __init__(self, ridge: float = 1e-2):
+        self.ridge = float(ridge)
+        self._w = None
+
+    @staticmethod
+    def features(arch: Architecture) -> list[float]:
+        d, a, h, i = (math.log(x) for x in arch.tuple)
+        base = [d, a, h, i, h - a]
+        return base + [x * y for k, x in enumerate(base) for y in base[k:]]
+
+    def fit(self, archs: Sequence[Architecture], errors: Sequence[float]) -> "ErrorModel":
+        import numpy as np
+
+        if len(archs) != len(errors) or not archs:
+            raise SearchError(f"the error model needs errors for at least one architecture, got {len(archs)} "
+                              f"architectures and {len(errors)} errors")
+        y = np.asarray(errors, dtype=np.float64)
+        if not np.all(np.isfinite(y)):
+            raise SearchError("the error model takes finite errors only")
+        self.log = bool(np.all(y > 0))
+        y = np.log(y) if self.log else y
+        x = np.asarray([self.features(a) for a in archs], dtype=np.float64)
+        self._mu, self._sd = x.mean(0), x.std(0)
+        self._sd[self._sd < 1e-12] = 1.0  # a feature constant over the evaluations carries nothing
+        x = np.hstack([np.ones((len(x), 1)), (x - self._mu) / self._sd])
+        reg = self.ridge * np.eye(x.shape[1])
+        reg[0, 0] = 0.0  # the intercept is not shrunk
+        self._w = np.linalg.solve(x.T @ x + reg, x.T @ y)
+        return self
+
+    def predict(self, arch: Architecture) -> float:
+        import numpy as np
+
+        if self._w is None:
+            raise SearchError("ErrorModel.predict before fit")
+        x = (np.asarray(self.features(arch)) - self._mu) / self._sd
+        v = float(self._w[0] + x @ self._w[1:])
+        return math.exp(min(v, 700.0)) if self.log else v
 
 
 def group_bound(p_range: tuple[float, float], l_range: tuple[float, float], epsilon: float) -> dict[str, Any]:
@@ -400,6 +457,7 @@ class Extraction:
     measurement: Optional[dict[str, Any]] = None
     verification: Optional[dict[str, Any]] = None
     representative: str = "source-heads"  # the rule that picks each group's evaluated member (REPRESENTATIVES)
+    refinement: Optional[dict[str, Any]] = None  # what the refinement stage did (_refine)
 
     def __post_init__(self):
         evaluated = [c for c in self.candidates if c.evaluated]
@@ -423,6 +481,7 @@ class Extraction:
         return {
             "mode": self.mode, "epsilon": self.epsilon, "space": self.space.name, "space_size": len(self.candidates),
             "groups": self.groups, "bound": self.bound, "evaluations": self.evaluations,
+            "refinement": self.refinement,
             "fresh_evaluations": self.fresh_evaluations, "failures": len(self.failures),
             "pareto_size": len(self.pareto), "complete": self.complete, "seconds": round(self.seconds, 2),
             "winner": None if w is None else {
@@ -447,7 +506,10 @@ class Extraction:
                 "tau": self.tau,
                 "w_coefficient": "W = 0.5 ln(p_max/p) + 0.5 ln(l_max/l) - d|d|/tau^2, d = e - e_max",
                 "grouping": "cell = (floor(log_{1+eps}(p/p_min)), floor(log_{1+eps}(l/l_min))); representative: "
-                            + REPRESENTATIVES[self.representative],
+                            + REPRESENTATIVES[self.representative]
+                            + (f"; then up to {self.refinement['per_group']} evaluations per group, further members "
+                               f"chosen by an error model fitted to the measured errors"
+                               if self.refinement and self.refinement["per_group"] > 1 else ""),
                 "cache": self.cache_path,
             },
             "failures": self.failures,
@@ -705,6 +767,60 @@ def _max_point(space: SearchSpace, max_point: Any) -> Architecture:
                         type_vocab_size=space.type_vocab_size, head=space.head)
 
 
+def _within(predicted: float, best: float, factor: float) -> bool:
+    """Is a predicted error not ruled out by the group's best measured one: below factor · best (errors ≤ 0, from
+    a custom surrogate, compare additively by |best| · (factor − 1))?"""
+    return predicted < (best * factor if best > 0 else best + abs(best) * (factor - 1))
+
+
+def _refine(members: list[list[Candidate]], per_group: int, order: Callable[[Candidate], tuple],
+            ev: "_Evaluator", bar: _Bar, evaluated: list[Candidate], deadline: Optional[float],
+            epsilon: float) -> dict[str, Any]:
+    """The refinement stage: fit an ErrorModel to every error measured so far; in each group with fewer than
+    per_group evaluations, take the unevaluated member it predicts lowest, and evaluate it unless the model
+    predicts it at least a factor (1 + ε) worse than the group's best measured error (a member can break A_ε only
+    by being a factor 1 + ε better than the best; the same factor again is the margin for the model's own error);
+    refit and repeat while any group qualifies. At most per_group evaluations per group, so the bound is
+    per_group · groups + 1."""
+    out: dict[str, Any] = {"per_group": per_group, "rounds": 0, "evaluations": 0, "improved_groups": 0,
+                           "improved_beyond_epsilon": 0, "model": "ridge regression of ln e on a quadratic in "
+                                                                   "ln D, ln A, ln H, ln I, ln H/A"}
+    if per_group <= 1:
+        return out
+    before = {id(g[0]): min((c.error for c in g if c.evaluated), default=None) for g in members}
+    while deadline is None or time.monotonic() <= deadline:
+        done = [c for g in members for c in g if c.evaluated]
+        if len(done) < 3:  # nothing to learn from (a tiny space, or most evaluations failed)
+            break
+        model = ErrorModel().fit([c.arch for c in done], [c.error for c in done])
+        todo = []
+        for g in members:
+            tried = sum(c.status != "not evaluated" for c in g)
+            ok = [c.error for c in g if c.evaluated]
+            rest = [c for c in g if c.status == "not evaluated"]
+            if tried >= per_group or not ok or not rest:
+                continue
+            x = min(rest, key=lambda c: (model.predict(c.arch), order(c)))
+            if _within(model.predict(x.arch), min(ok), 1 + epsilon):
+                todo.append(x)
+        if not todo:
+            break
+        out["rounds"] += 1
+        out["evaluations"] += len(todo)
+        for x in todo:
+            x.refined = True
+        bar.extend(len(todo))
+        evaluated += todo
+        ev.run(todo)
+    for g in members:
+        b = before[id(g[0])]
+        now = min((c.error for c in g if c.evaluated), default=None)
+        if b is not None and now is not None and now < b:
+            out["improved_groups"] += 1
+            out["improved_beyond_epsilon"] += now * (1 + epsilon) < b
+    return out
+
+
 def _candidates(space: SearchSpace, m: Architecture) -> list[Architecture]:
     """The space's architectures below the maximum point (D, A, H, I each ≤), plus the maximum point itself."""
     below = []
@@ -725,7 +841,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
             epsilon: float = 0.1, max_point: Any = None, size: str = "effective", exhaustive: bool = False,
             cache_dir: Optional[str | os.PathLike] = None, workers: int = 1, tau: Optional[float] = None,
             time_budget: Optional[float] = None, max_fallbacks: int = 2, allow_extrapolation: bool = False,
-            worker_nice: int = 0, progress: bool = True, representative: str = "source-heads") -> Extraction:
+            worker_nice: int = 0, progress: bool = True, representative: str = "source-heads",
+            per_group: int = 3) -> Extraction:
     """Optimal sub-architecture extraction over (p, l, e) by the FPTAS (or exhaustively).
 
     space: a SearchSpace or a name/file; surrogate: a Surrogate or a name in SURROGATES; profile: a Profile (see
@@ -738,7 +855,12 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     groups were skipped). max_fallbacks: per group, how many further members are tried when the representative's
     surrogate fails or returns NaN. cache_dir: default default_cache_dir(). workers: surrogate processes (with
     workers > 1 they run at niceness worker_nice, so the parent can time finalists at its own priority).
-    representative: which member of a group is evaluated, see REPRESENTATIVES (default "source-heads").
+    representative: which member of a group is evaluated first, see REPRESENTATIVES (default "source-heads").
+    per_group: at most this many evaluations per group (failures included). With per_group > 1, after the
+    representatives an ErrorModel is fitted to all the errors measured so far, and in every group where it predicts
+    an unevaluated member no worse than (1 + ε) times the group's best measured error, the member it predicts
+    lowest is evaluated; refit and repeat until no group qualifies (the refinement, docs/extraction.md).
+    1: the plain FPTAS, one representative per group.
     """
     from . import profiler as _profiler
 
@@ -748,6 +870,9 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
         raise SearchError(f"size must be one of {SIZES}, got {size!r}")
     if representative not in REPRESENTATIVES:
         raise SearchError(f"representative must be one of {sorted(REPRESENTATIVES)}, got {representative!r}")
+    if isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1:
+        raise SearchError(f"per_group (surrogate evaluations per group) must be a positive integer (1: the plain "
+                          f"FPTAS, one representative per group), got {per_group!r}")
     if not isinstance(workers, int) or workers < 1:
         raise SearchError(f"workers must be a positive integer, got {workers!r}")
     try:
@@ -820,7 +945,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     bound = group_bound((p_min, p_max), (l_min, l_max), eps)
     if len(members) > bound["groups"]:  # the check the docstring promises: cannot happen unless the grid is wrong
         raise AssertionError(f"{len(members)} groups exceed the bound {bound['groups']}")
-    bound["evaluations"] = min(len(cands), bound["groups"]) + (0 if exhaustive else 1)
+    bound["per_group"] = 1 if exhaustive else per_group
+    bound["evaluations"] = len(cands) if exhaustive else min(len(cands), per_group * bound["groups"] + 1)
 
     # -- the error surrogate: representatives (or everyone), in parallel, cached -------------------------------
     cache = SurrogateCache(cache_dir or default_cache_dir(), surrogate)
@@ -836,6 +962,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     bar = _Bar(len(first), f"surrogate {surrogate.name} {'exhaustive' if exhaustive else f'ε={eps}'}", progress)
     ev = _Evaluator(surrogate, cache, workers, bar, deadline, worker_nice)
     evaluated: list[Candidate] = list(first)
+    refinement: dict[str, Any] = {"per_group": 1 if exhaustive else per_group, "rounds": 0, "evaluations": 0,
+                                  "improved_groups": 0}
     try:
         ev.run(first)
         if not exhaustive:  # a group whose representative failed: try its next members
@@ -854,6 +982,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
                 bar.extend(len(retry))
                 evaluated += retry
                 ev.run(retry)
+            refinement = _refine(members, per_group, order, ev, bar, evaluated, deadline, eps)
     except KeyboardInterrupt:
         ev.close(kill=True)
         if bar.enabled:
@@ -876,7 +1005,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     return Extraction(representative=representative, space=space, candidates=cands, epsilon=eps,
                       mode="exhaustive" if exhaustive else "fptas",
                       size=size, max_point=m, surrogate=surrogate, tau=tau, workload=workload, profile=profile,
-                      bound=bound, groups=len(members),
+                      bound=bound, groups=len(members), refinement=refinement,
                       evaluations=done,
                       fresh_evaluations=ev.fresh, failures=failures, complete=complete,
                       seconds=time.monotonic() - start, cache_path=str(cache.path))
@@ -983,6 +1112,11 @@ def add_extract_parser(sub) -> None:
     p.add_argument("--representative", choices=sorted(REPRESENTATIVES), default="source-heads",
                    help="which member of a group is evaluated: source-heads (default: the head count nearest the "
                         "maximum point's, then most parameters) or largest (most parameters, then fastest)")
+    p.add_argument("--per-group", type=int, default=3, dest="per_group", metavar="K",
+                   help="at most K surrogate evaluations per group (default 3): after the representatives, the "
+                        "members that an error model fitted to the measured errors predicts best in their group, "
+                        "unless it predicts them a factor 1+ε worse than the group's best; 1 = the plain FPTAS "
+                        "(bound K x groups + 1)")
     p.add_argument("--exhaustive", action="store_true", help="evaluate every candidate (to check the FPTAS)")
     p.add_argument("--verify", action="store_true",
                    help="also run the exhaustive search (cached) and report the (1+ε)-coverage of its front")
@@ -1050,7 +1184,7 @@ def run_extract(args) -> int:
     kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,
               cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=_seconds(args.time_budget),
               allow_extrapolation=args.allow_extrapolation, worker_nice=args.worker_nice,
-              progress=not args.no_progress, representative=args.representative)
+              progress=not args.no_progress, representative=args.representative, per_group=args.per_group)
     space = SearchSpace.resolve(args.space)
     print(f"extract: {space.describe()}\nworkload: {workload}; profile {prof.path} ({prof.target.isa})\n"
           f"surrogate: {surrogate.describe()}; ε = {args.eps}; {'exhaustive' if args.exhaustive else 'FPTAS'}",
@@ -1068,9 +1202,15 @@ def run_extract(args) -> int:
     s = result.summary()
     print(f"{len(result.candidates)} candidates, {result.groups} groups (bound {result.bound['groups']} = "
           f"{result.bound['n_p']} x {result.bound['n_l']}), {result.evaluations} surrogate evaluations "
-          f"({result.fresh_evaluations} run now, the rest cached; {len(result.failures)} failed or NaN), "
+          f"(bound {result.bound['evaluations']}; {result.fresh_evaluations} run now, the rest cached; "
+          f"{len(result.failures)} failed or NaN), "
           f"{len(result.pareto)} in the ε-Pareto set, {result.seconds:.0f} s"
           + ("" if result.complete else "; INCOMPLETE: the time budget stopped the evaluations"))
+    ref = result.refinement or {}
+    if ref.get("per_group", 1) > 1:
+        print(f"refinement: {ref['evaluations']} of those evaluations in {ref['rounds']} round(s), chosen by the error "
+              f"model; a better member found in {ref['improved_groups']} group(s), "
+              f"{ref['improved_beyond_epsilon']} of them better by more than a factor 1 + ε")
     for f in result.failures:
         print(f"  {f['status']}: ⟨{', '.join(map(str, f['arch']))}⟩ group {f['group']}: {f['message']}")
     if args.measure and result.winner is not None:
