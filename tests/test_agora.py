@@ -312,3 +312,15 @@ def test_new_options_left_unset_keep_the_fingerprint_of_earlier_runs():
 
     assert config.fingerprint() == hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert AgoraConfig(settings=THETA, seed=3, select_fraction=0.5).fingerprint() != config.fingerprint()
+
+
+def test_distill_on_generated_needs_a_weight_and_a_known_choice(tmp_path):
+    from bortengine.agora import finetune_agora
+
+    with pytest.raises(AgoraError, match="needs a distillation weight"):
+        finetune_agora("no-labeller", str(tmp_path), distill_on="generated")
+    with pytest.raises(AgoraError, match="distill_on must be"):
+        finetune_agora("no-labeller", str(tmp_path), distill_on="originals", distill_weight=0.5)
+    proc = subprocess.run([sys.executable, "-m", "bortengine", "finetune", "--agora", "--labeller", "x",
+                           "--agora-distill-on", "originals", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--agora-distill-on" in proc.stderr

@@ -149,3 +149,51 @@ def test_distillation_from_the_labeller(make_model, tmp_path):
         TextClassifierTrainer(load_teacher(str(student_dir)), student_dir, teacher=object())
     with pytest.raises(AgoraError, match="distill_weight"):
         TextClassifierTrainer(load_teacher(str(student_dir)), student_dir, teacher=teacher, distill_weight=1.5)
+
+
+def test_distillation_on_generated_points_only(make_model):
+    """distill_mask: masked points keep cross-entropy alone; with gold_texts the trainer distils only the other
+    texts, and a training set of gold texts only is plain fine-tuning (the labeller is not asked)."""
+    torch = pytest.importorskip("torch")
+    from bortengine.agora import TextClassifierTrainer
+    from bortengine.training.classification import classification_loss
+    from bortengine.training.models import load_teacher
+
+    g = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    full = classification_loss(logits, labels, teacher, 0.5, 2.0)
+    assert torch.allclose(classification_loss(logits, labels, teacher, 0.5, 2.0, torch.ones(6, dtype=torch.bool)),
+                          full)
+    assert torch.allclose(classification_loss(logits, labels, teacher, 0.5, 2.0, torch.zeros(6)), ce)
+    half = torch.tensor([1, 1, 1, 0, 0, 0])
+    per = [classification_loss(logits[i:i + 1], labels[i:i + 1], teacher[i:i + 1], 0.5, 2.0, half[i:i + 1])
+           for i in range(6)]
+    assert torch.allclose(classification_loss(logits, labels, teacher, 0.5, 2.0, half), torch.stack(per).mean())
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.asked = inner, []
+
+        def logits(self, texts):
+            self.asked.append(list(texts))
+            return self.inner.logits(texts)
+
+    student_dir = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48)
+    labeller = Counting(EngineLabeller(make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                  intermediate_size=48, head="classifier", num_labels=2, seed=7)))
+    setting = {"lr": 3e-3, "epochs": 3, "batch_size": 4}
+    gold = TEXTS[:2]
+    plain = TextClassifierTrainer(load_teacher(str(student_dir)), student_dir, max_length=16, threads=1)
+    masked = TextClassifierTrainer(load_teacher(str(student_dir)), student_dir, max_length=16, threads=1,
+                                   teacher=labeller, distill_weight=0.5, gold_texts=gold)
+    a = plain.fit(setting, gold, np.array([1, 0]), seed=0)
+    b = masked.fit(setting, gold, np.array([1, 0]), seed=0)
+    assert labeller.asked == []                                 # gold only: plain fine-tuning, no labeller
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(pa, pb)
+    masked.fit(setting, TEXTS, np.array([1, 0, 1, 0]), seed=0)
+    assert labeller.asked and set(labeller.asked[0]) == set(TEXTS)
+    with pytest.raises(AgoraError, match="needs a distillation teacher"):
+        TextClassifierTrainer(load_teacher(str(student_dir)), student_dir, gold_texts=gold)

@@ -676,10 +676,13 @@ class TextClassifierTrainer:
 
     def __init__(self, init, tokenizer_dir: str | os.PathLike, max_length: int = 64, threads: Optional[int] = None,
                  select_from: float = 0.5, teacher: Any = None, distill_weight: float = 0.5,
-                 temperature: float = 2.0):
+                 temperature: float = 2.0, gold_texts: Optional[Sequence[str]] = None):
         """teacher: anything with logits(texts) -> [N, C] (e.g. the EngineLabeller): with it the loss is
         (1 - distill_weight) · CE(labels) + distill_weight · T² · KL(softmax(teacher/T) || softmax(student/T)), the
-        task-distillation recipe of training.finetune, on every training point (original and generated)."""
+        task-distillation recipe of training.finetune, on every training point (original and generated).
+        gold_texts: these texts (the original training set) keep cross-entropy on their gold labels alone; only
+        the others (generated, labelled by the labeller) are distilled. A training set of gold texts only is then
+        plain fine-tuning (Agora's round 1)."""
         import torch
 
         if teacher is not None and not hasattr(teacher, "logits"):
@@ -688,6 +691,9 @@ class TextClassifierTrainer:
             raise AgoraError(f"distill_weight must lie in [0, 1] and temperature be positive, got {distill_weight}, "
                              f"{temperature}")
         self.teacher, self.distill_weight, self.temperature = teacher, float(distill_weight), float(temperature)
+        if gold_texts is not None and teacher is None:
+            raise AgoraError("gold_texts (distil the generated points only) needs a distillation teacher")
+        self.gold_texts = None if gold_texts is None else frozenset(gold_texts)
         self._teacher_logits: dict[str, np.ndarray] = {}
 
         from .training.data import WordPieceTokenizer
@@ -751,7 +757,16 @@ class TextClassifierTrainer:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=float(setting.get("weight_decay", 0.01)))
         ids = self._tokens(list(texts))
         y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        soft = torch.as_tensor(self._soft_targets(list(texts))) if self.teacher is not None else None
+        soft, distilled = None, None
+        if self.teacher is not None:
+            if self.gold_texts is None:
+                soft = torch.as_tensor(self._soft_targets(list(texts)))
+            else:
+                distilled = torch.as_tensor([t not in self.gold_texts for t in texts])     # [N] generated points
+                if bool(distilled.any()):    # gold only (round 1): plain fine-tuning, the labeller is not asked
+                    soft = torch.as_tensor(self._soft_targets(list(texts)))
+                else:
+                    distilled = None
         lengths = [len(x) for x in ids]
         per_epoch = math.ceil(len(ids) / bs)
         total = max(1, round(epochs * per_epoch))
@@ -768,7 +783,8 @@ class TextClassifierTrainer:
                 x, mask = collate([ids[i] for i in idx], self.tokenizer.pad_id)
                 model.train()
                 loss = classification_loss(model(input_ids=x, attention_mask=mask).logits, y[idx],
-                                           None if soft is None else soft[idx], self.distill_weight, self.temperature)
+                                           None if soft is None else soft[idx], self.distill_weight, self.temperature,
+                                           None if distilled is None else distilled[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -894,7 +910,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
                    per_mistake: int = 4, max_new_per_round: Optional[int] = None, transformation: str = "neighbours",
                    fraction: float = 0.25, neighbours: int = 8, mlm_model: Optional[str] = None,
                    max_length: int = 64, threads: Optional[int] = None, distill_weight: float = 0.0,
-                   min_confidence: Optional[float] = None, select_fraction: Optional[float] = None) -> dict:
+                   min_confidence: Optional[float] = None, select_fraction: Optional[float] = None,
+                   distill_on: str = "all") -> dict:
     """Agora on a movie-reviews task with a text student, the engine as labeller, and test accuracy of every
     round's student measured after the loop. Writes out_dir/result.json and out_dir/rounds.png.
 
@@ -902,11 +919,17 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     model as the student. train_limit: a stratified sample of N examples of the committed train split drawn with
     seed (scarce_subset; None: all of it). distill_weight > 0: every student also distils the labeller's soft labels
     (logits, T = 2) on all its training points with this weight (TextClassifierTrainer), round 1 included, so round
-    1 stays the baseline with the same trainer. min_confidence, select_fraction: AgoraConfig's (the labeller's
+    1 stays the baseline with the same trainer; distill_on="generated": only the generated points are distilled
+    (the 500 originals keep their gold labels alone), so round 1 is plain fine-tuning. min_confidence, select_fraction: AgoraConfig's (the labeller's
     confidence filter on generated points; the part of dev kept apart for selection)."""
     from .training.data import load_split
     from .training.models import LABELS
 
+    if distill_on not in ("all", "generated"):
+        raise AgoraError(f"distill_on must be 'all' (every training point) or 'generated' (the labeller's points "
+                         f"only), got {distill_on!r}")
+    if distill_on == "generated" and not distill_weight > 0:
+        raise AgoraError("distill_on='generated' needs a distillation weight > 0 (--agora-distill W)")
     started = time.perf_counter()
     train = scarce_subset(load_split(task, "train"), train_limit, seed)
     dev = load_split(task, "dev")
@@ -920,7 +943,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         student, tokenizer_dir = load_teacher(model), model
     judge = EngineLabeller(labeller, LABELS, num_threads=threads, max_length=max_length)
     trainer = TextClassifierTrainer(student, tokenizer_dir, max_length=max_length, threads=threads,
-                                    teacher=judge if distill_weight > 0 else None, distill_weight=distill_weight)
+                                    teacher=judge if distill_weight > 0 else None, distill_weight=distill_weight,
+                                    gold_texts=[e.text for e in train] if distill_on == "generated" else None)
     if transformation == "neighbours":
         transform = NearestNeighbourSwap.from_model(None, tokenizer_dir, fraction=fraction, k=neighbours,
                                                     max_length=max_length)
@@ -934,7 +958,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     config = AgoraConfig(settings=list(settings) if settings is not None else [dict(s) for s in DEFAULT_SETTINGS],
                          rounds=rounds, per_mistake=per_mistake, max_new_per_round=max_new_per_round, seed=seed,
                          out_dir=out_dir, num_classes=len(LABELS), label_names=list(LABELS),
-                         trainer_settings={"distill_weight": distill_weight} if distill_weight > 0 else {},
+                         trainer_settings=({"distill_weight": distill_weight} if distill_weight > 0 else {})
+                         | ({"distill_on": distill_on} if distill_on != "all" else {}),
                          min_confidence=min_confidence, select_fraction=select_fraction)
     labeller_dev = accuracy(judge.predict([e.text for e in dev]), np.array([e.label for e in dev]))
     if labeller_dev < 2 / 3:
@@ -951,7 +976,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         "student": arch or model, "sliced_from": (model or "all-MiniLM-L6-v2") if arch else None, "labeller": str(labeller),
         "labeller_dev_accuracy": labeller_dev, "transformation": transformation, "fraction": fraction,
         "neighbours": neighbours, "seed": seed, "settings": config.settings, "rounds": rows,
-        "distill_weight": distill_weight, "min_confidence": min_confidence, "select_fraction": select_fraction,
+        "distill_weight": distill_weight, "distill_on": distill_on, "min_confidence": min_confidence, "select_fraction": select_fraction,
         "plain_test_accuracy": rows[0]["test_accuracy"], "agora_test_accuracy": rows[-1]["test_accuracy"],
         "plain_dev_accuracy": rows[0]["dev_accuracy"], "agora_dev_accuracy": rows[-1]["dev_accuracy"],
         "final_train_size": result.train_size, "stopped_by": result.stopped_by,

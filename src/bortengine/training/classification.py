@@ -132,15 +132,23 @@ def as_classifier(model: Optional[torch.nn.Module | str], num_labels: int = 2, d
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None,
-                        weight: float = 0.5, temperature: float = 2.0) -> torch.Tensor:
+                        weight: float = 0.5, temperature: float = 2.0,
+                        distill_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Cross-entropy on the labels; with teacher logits, task distillation from their soft labels:
-    (1 - weight) · CE + weight · T² · KL(softmax(teacher / T) || softmax(student / T))."""
-    loss = F.cross_entropy(logits, labels)
+    (1 - weight) · CE + weight · T² · KL(softmax(teacher / T) || softmax(student / T)).
+    distill_mask [B] (bool or 0/1): only those points are distilled, the others keep cross-entropy alone (Agora:
+    the labeller's soft labels on generated points, gold labels alone on the original ones); the batch mean of the
+    per-point losses either way. Shapes: logits, teacher_logits [B,L]; labels [B]."""
     if teacher_logits is None:
-        return loss
+        return F.cross_entropy(logits, labels)
     t = temperature
-    soft = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(teacher_logits / t, -1), reduction="batchmean") * t * t
-    return (1 - weight) * loss + weight * soft
+    if distill_mask is None:
+        soft = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(teacher_logits / t, -1), reduction="batchmean")
+        return (1 - weight) * F.cross_entropy(logits, labels) + weight * soft * t * t
+    ce = F.cross_entropy(logits, labels, reduction="none")                                           # [B]
+    kl = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(teacher_logits / t, -1), reduction="none").sum(-1)  # [B]
+    w = weight * distill_mask.to(ce.dtype)
+    return ((1 - w) * ce + w * kl * t * t).mean()
 
 
 @torch.no_grad()

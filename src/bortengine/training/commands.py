@@ -152,6 +152,9 @@ def _add_agora_arguments(ft) -> None:
     ag.add_argument("--agora-distill", type=float, default=0.0, metavar="W",
                     help="also distil the labeller's soft labels (T=2) on every training point with weight W in "
                          "(0, 1], in every round (round 1 included); default 0: hard labels only")
+    ag.add_argument("--agora-distill-on", choices=("all", "generated"), default="all",
+                    help="with --agora-distill: distil on every training point (all, default) or only on the "
+                         "generated ones, the originals keeping their gold labels alone (round 1 = plain fine-tuning)")
     ag.add_argument("--min-confidence", type=float, default=None, metavar="P",
                     help="keep a generated point only if the labeller's largest class probability is >= P "
                          "(default: keep all)")
@@ -176,7 +179,7 @@ def _finetune_agora(args) -> int:
             transformation=args.transformation, fraction=args.replace_fraction, neighbours=args.neighbours,
             mlm_model=args.mlm_model, max_length=args.max_length or 64, threads=args.threads,
             distill_weight=args.agora_distill, min_confidence=args.min_confidence,
-            select_fraction=args.select_fraction)
+            select_fraction=args.select_fraction, distill_on=args.agora_distill_on)
     except AgoraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
