@@ -117,7 +117,8 @@ def test_fptas_covers_the_exhaustive_front(space, profile, per_group, tmp_path):
             assert sum(c.representative for c in g) == 1
             assert sum(c.evaluated and c is not r.max_point for c in g) <= per_group
             assert all(c.evaluated for c in g if c.refined) and not any(c.representative for c in g if c.refined)
-        assert r.evaluations <= r.bound["evaluations"] == min(len(space), per_group * r.bound["groups"] + 1)
+        assert r.bound["polynomial"] == per_group * r.bound["groups"] + 1
+        assert r.evaluations <= r.bound["evaluations"] == min(len(space), r.bound["polynomial"])
         assert r.evaluations <= per_group * r.groups + 1 < len(space)
         assert r.refinement["evaluations"] == sum(c.refined for c in r.candidates)
         assert per_group > 1 or r.refinement["evaluations"] == 0
@@ -185,6 +186,8 @@ def test_refinement_evaluates_the_members_the_rule_misses(eps, tmp_path):
     assert 0 < ref["evaluations"] == sum(c.refined for c in refined.candidates)
     assert refined.evaluations == plain.evaluations + ref["evaluations"] <= refined.bound["evaluations"]
     assert 1 <= ref["improved_beyond_epsilon"] <= ref["improved_groups"] <= ref["evaluations"]
+    # an exact model (leave-one-out error ~0) asks for a predicted improvement by the factor 1 + ε
+    assert ref["loo_spread"] < 1e-2 and ref["factor"] == pytest.approx(math.exp(2 * ref["loo_spread"]) / (1 + eps))
     # the model fits this surrogate exactly: it evaluates only members within a factor 1 + ε of the group's best
     for g in {c.group for c in refined.candidates if c.refined}:
         members = [c for c in refined.candidates if c.group == g]
@@ -230,6 +233,10 @@ def test_error_model_fits_a_quadratic_in_the_log_dimensions():
     model = S.ErrorModel(ridge=1e-9).fit(archs, [f(a) for a in archs])
     for a in archs + [Architecture(3, 2, 192, 384)]:  # unseen D, H and I
         assert model.predict(a) == pytest.approx(f(a), rel=1e-3)
+    assert model.spread < 1e-3  # leave-one-out error of an exact fit
+    assert S.ErrorModel().fit(archs[:5], [f(a) for a in archs[:5]]).spread == math.inf  # fewer points than terms
+    noisy = S.ErrorModel().fit(archs, [f(a) * (1.3 if k % 2 else 0.77) for k, a in enumerate(archs)])
+    assert 0.1 < noisy.spread < 1.0
     negative = S.ErrorModel().fit(archs, [-f(a) for a in archs])  # not positive: modelled without the log
     assert not negative.log and negative.predict(archs[0]) < 0
     with pytest.raises(S.SearchError, match="finite"):

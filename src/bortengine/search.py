@@ -391,7 +391,13 @@ class ErrorModel:
         x = np.hstack([np.ones((len(x), 1)), (x - self._mu) / self._sd])
         reg = self.ridge * np.eye(x.shape[1])
         reg[0, 0] = 0.0  # the intercept is not shrunk
-        self._w = np.linalg.solve(x.T @ x + reg, x.T @ y)
+        inv = np.linalg.inv(x.T @ x + reg)
+        self._w = inv @ (x.T @ y)
+        # leave-one-out residuals (closed form for ridge: r_i / (1 − h_ii)): the model's error on errors it has
+        # not seen, in the units it fits (ln e, or e)
+        hat = np.einsum("ij,jk,ik->i", x, inv, x)
+        loo = (y - x @ self._w) / np.maximum(1.0 - hat, 1e-6)
+        self.spread = float(np.sqrt(np.mean(np.square(loo)))) if len(y) > x.shape[1] else math.inf
         return self
 
     def predict(self, arch: Architecture) -> float:
@@ -777,11 +783,12 @@ def _refine(members: list[list[Candidate]], per_group: int, order: Callable[[Can
             ev: "_Evaluator", bar: _Bar, evaluated: list[Candidate], deadline: Optional[float],
             epsilon: float) -> dict[str, Any]:
     """The refinement stage: fit an ErrorModel to every error measured so far; in each group with fewer than
-    per_group evaluations, take the unevaluated member it predicts lowest, and evaluate it unless the model
-    predicts it at least a factor (1 + ε) worse than the group's best measured error (a member can break A_ε only
-    by being a factor 1 + ε better than the best; the same factor again is the margin for the model's own error);
-    refit and repeat while any group qualifies. At most per_group evaluations per group, so the bound is
-    per_group · groups + 1."""
+    per_group evaluations, take the unevaluated member it predicts lowest, and evaluate it when its prediction
+    p̂ < f · (the group's best measured error), f = min(1 + ε, exp(2σ) / (1 + ε)), σ the model's leave-one-out
+    error in ln e: a member can break A_ε only by being a factor 1 + ε better than the group's best, so it is
+    skipped when the model rules that out at two standard errors (an accurate model, f < 1, asks for a predicted
+    improvement; a rough one for a prediction not above 1 + ε times the best). Refit and repeat while any group
+    qualifies. At most per_group evaluations per group, so the bound is per_group · groups + 1."""
     out: dict[str, Any] = {"per_group": per_group, "rounds": 0, "evaluations": 0, "improved_groups": 0,
                            "improved_beyond_epsilon": 0, "model": "ridge regression of ln e on a quadratic in "
                                                                    "ln D, ln A, ln H, ln I, ln H/A"}
@@ -793,6 +800,11 @@ def _refine(members: list[list[Candidate]], per_group: int, order: Callable[[Can
         if len(done) < 3:  # nothing to learn from (a tiny space, or most evaluations failed)
             break
         model = ErrorModel().fit([c.arch for c in done], [c.error for c in done])
+        # evaluate unless the model rules out, at two leave-one-out standard errors, that the member beats the
+        # group's best by the factor 1 + ε (only then can it break A_ε); never when predicted 1 + ε above it
+        fac = min(1 + epsilon, math.exp(min(2 * model.spread, 50.0)) / (1 + epsilon)) if model.log else 1 + epsilon
+        out["loo_spread"] = model.spread if math.isfinite(model.spread) else None
+        out["factor"] = fac
         todo = []
         for g in members:
             tried = sum(c.status != "not evaluated" for c in g)
@@ -801,7 +813,7 @@ def _refine(members: list[list[Candidate]], per_group: int, order: Callable[[Can
             if tried >= per_group or not ok or not rest:
                 continue
             x = min(rest, key=lambda c: (model.predict(c.arch), order(c)))
-            if _within(model.predict(x.arch), min(ok), 1 + epsilon):
+            if _within(model.predict(x.arch), min(ok), fac):
                 todo.append(x)
         if not todo:
             break
@@ -858,8 +870,9 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     representative: which member of a group is evaluated first, see REPRESENTATIVES (default "source-heads").
     per_group: at most this many evaluations per group (failures included). With per_group > 1, after the
     representatives an ErrorModel is fitted to all the errors measured so far, and in every group where it predicts
-    an unevaluated member no worse than (1 + ε) times the group's best measured error, the member it predicts
-    lowest is evaluated; refit and repeat until no group qualifies (the refinement, docs/extraction.md).
+    that an unevaluated member may beat the group's best measured error by the factor 1 + ε (at two leave-one-out
+    standard errors, and predicted at most 1 + ε above it), the member it predicts lowest is evaluated; refit and
+    repeat until no group qualifies (the refinement, docs/extraction.md).
     1: the plain FPTAS, one representative per group.
     """
     from . import profiler as _profiler
@@ -946,7 +959,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     if len(members) > bound["groups"]:  # the check the docstring promises: cannot happen unless the grid is wrong
         raise AssertionError(f"{len(members)} groups exceed the bound {bound['groups']}")
     bound["per_group"] = 1 if exhaustive else per_group
-    bound["evaluations"] = len(cands) if exhaustive else min(len(cands), per_group * bound["groups"] + 1)
+    bound["polynomial"] = bound["per_group"] * bound["groups"] + 1  # K · n_p · n_l + 1, whatever the space's size
+    bound["evaluations"] = len(cands) if exhaustive else min(len(cands), bound["polynomial"])
 
     # -- the error surrogate: representatives (or everyone), in parallel, cached -------------------------------
     cache = SurrogateCache(cache_dir or default_cache_dir(), surrogate)
@@ -1114,8 +1128,8 @@ def add_extract_parser(sub) -> None:
                         "maximum point's, then most parameters) or largest (most parameters, then fastest)")
     p.add_argument("--per-group", type=int, default=3, dest="per_group", metavar="K",
                    help="at most K surrogate evaluations per group (default 3): after the representatives, the "
-                        "members that an error model fitted to the measured errors predicts best in their group, "
-                        "unless it predicts them a factor 1+ε worse than the group's best; 1 = the plain FPTAS "
+                        "members an error model fitted to the measured errors predicts best in their group, unless "
+                        "it rules out that they beat the group's best by the factor 1+ε; 1 = the plain FPTAS "
                         "(bound K x groups + 1)")
     p.add_argument("--exhaustive", action="store_true", help="evaluate every candidate (to check the FPTAS)")
     p.add_argument("--verify", action="store_true",
@@ -1202,7 +1216,8 @@ def run_extract(args) -> int:
     s = result.summary()
     print(f"{len(result.candidates)} candidates, {result.groups} groups (bound {result.bound['groups']} = "
           f"{result.bound['n_p']} x {result.bound['n_l']}), {result.evaluations} surrogate evaluations "
-          f"(bound {result.bound['evaluations']}; {result.fresh_evaluations} run now, the rest cached; "
+          f"(bound {result.bound['evaluations']} = min(space, K·n_p·n_l + 1 = {result.bound['polynomial']}); "
+          f"{result.fresh_evaluations} run now, the rest cached; "
           f"{len(result.failures)} failed or NaN), "
           f"{len(result.pareto)} in the ε-Pareto set, {result.seconds:.0f} s"
           + ("" if result.complete else "; INCOMPLETE: the time budget stopped the evaluations"))
