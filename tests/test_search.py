@@ -219,6 +219,29 @@ def test_refinement_records_a_failing_member_and_goes_on(tmp_path):
     assert r.evaluations <= r.bound["evaluations"] + len(r.failures)
 
 
+def test_run_killed_during_the_refinement_resumes_to_the_same_result(tmp_path):
+    reference = run(MINILM_SPACE, MINILM_PROFILE, tmp_path / "ref", surrogate=ShapeSurrogate(), epsilon=0.25)
+    first_stage = sum(c.evaluated and not c.refined for c in reference.candidates)
+    assert reference.refinement["evaluations"] > 5
+
+    @dataclass
+    class Killed(ShapeSurrogate):  # same name and settings: the same cache
+        calls: int = 0
+
+        def __call__(self, arch):
+            self.calls += 1
+            if self.calls > first_stage + 5:
+                raise KeyboardInterrupt
+            return super().__call__(arch)
+
+    with pytest.raises(S.SearchInterrupted):
+        run(MINILM_SPACE, MINILM_PROFILE, tmp_path, surrogate=Killed(), epsilon=0.25)
+    resumed = run(MINILM_SPACE, MINILM_PROFILE, tmp_path, surrogate=ShapeSurrogate(), epsilon=0.25)
+    assert resumed.fresh_evaluations == reference.evaluations - first_stage - 5
+    assert [(c.dims, c.error, c.refined) for c in resumed.candidates] == [
+        (c.dims, c.error, c.refined) for c in reference.candidates]
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_bad_per_group(bad, tmp_path):
     with pytest.raises(S.SearchError, match="per_group"):
