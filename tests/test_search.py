@@ -14,6 +14,8 @@ import warnings
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import bortengine
 from bortengine import profiler as P
@@ -240,6 +242,40 @@ def test_run_killed_during_the_refinement_resumes_to_the_same_result(tmp_path):
     assert resumed.fresh_evaluations == reference.evaluations - first_stage - 5
     assert [(c.dims, c.error, c.refined) for c in resumed.candidates] == [
         (c.dims, c.error, c.refined) for c in reference.candidates]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layers=st.sets(st.integers(1, 6), min_size=1, max_size=3),
+       heads=st.sets(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=3),
+       hidden=st.sets(st.sampled_from([64, 96, 128, 256]), min_size=1, max_size=3),
+       intermediate=st.sets(st.sampled_from([64, 128, 384, 512, 1024]), min_size=1, max_size=3),
+       eps=st.floats(0.01, 0.9), per_group=st.integers(1, 4), seed=st.integers(0, 10 ** 6),
+       smooth=st.booleans())
+def test_fptas_properties_on_random_spaces_and_errors(layers, heads, hidden, intermediate, eps, per_group, seed,
+                                                      smooth, tmp_path_factory):
+    """Any space, ε, K and errors (arbitrary, or a smooth law the error model can learn): groups within 1 + ε in
+    p and l, at most K evaluations a group (+ the maximum point), evaluations within the bound, the theorem holds
+    against the exhaustive run, and the refinement never makes coverage worse than the plain FPTAS."""
+    space = SearchSpace("random", layers=sorted(layers), heads=sorted(heads), hidden=sorted(hidden),
+                        intermediate=sorted(intermediate))
+    tmp = tmp_path_factory.mktemp("prop")
+    prof = synthetic(space)
+    sur = ShapeSurrogate() if smooth else RandomSurrogate(seed)
+    exhaustive = run(space, prof, tmp, surrogate=sur, exhaustive=True)
+    r = run(space, prof, tmp, surrogate=sur, epsilon=eps, per_group=per_group)
+    assert r.evaluations <= r.bound["evaluations"] == min(len(space), per_group * r.bound["groups"] + 1)
+    groups = {}
+    for c in r.candidates:
+        groups.setdefault(c.group, []).append(c)
+    assert len(groups) == r.groups <= r.bound["groups"]
+    for g in groups.values():
+        assert max(c.params for c in g) < (1 + eps) * min(c.params for c in g)
+        assert max(c.latency_ms for c in g) < (1 + eps) * min(c.latency_ms for c in g)
+        assert sum(c.evaluated and c is not r.max_point for c in g) <= per_group
+    cov = S.coverage(exhaustive, r)
+    assert cov["theorem_holds"], cov["uncovered"]
+    plain = S.coverage(exhaustive, run(space, prof, tmp, surrogate=sur, epsilon=eps, per_group=1))
+    assert cov["covered"] >= plain["covered"] or per_group == 1
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
