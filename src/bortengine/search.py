@@ -535,7 +535,8 @@ class Extraction:
 
     def plot(self, path: str | os.PathLike, title: Optional[str] = None) -> Path:
         """Two panels: size vs predicted latency (every candidate, evaluated ones coloured by error), and latency
-        vs error (evaluated candidates, the ε-Pareto set, the winner, the maximum point)."""
+        vs error (evaluated candidates — representatives and refinement apart —, the ε-Pareto set, the winner, the
+        maximum point)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -558,7 +559,13 @@ class Extraction:
         ax1.set_yscale("log")
         ax1.set_xlabel(f"parameters ({self.size}, millions)")
         ax1.set_ylabel("predicted latency (ms)")
-        ax2.scatter([c.latency_ms for c in ev], [c.error for c in ev], s=14, c="grey", label="evaluated")
+        first = [c for c in ev if not c.refined]
+        refined = [c for c in ev if c.refined]
+        ax2.scatter([c.latency_ms for c in first], [c.error for c in first], s=14, c="grey",
+                    label=f"evaluated: representatives ({len(first)})")
+        if refined:
+            ax2.scatter([c.latency_ms for c in refined], [c.error for c in refined], s=18, marker="^",
+                        c="tab:blue", label=f"evaluated: refinement ({len(refined)})")
         fl = sorted(front, key=lambda c: c.latency_ms)
         ax2.scatter([c.latency_ms for c in fl], [c.error for c in fl], s=40, c="red", label="ε-Pareto set")
         for ax in (ax1, ax2):
