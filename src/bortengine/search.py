@@ -85,6 +85,7 @@ class Surrogate:
 
     name = "surrogate"
     error_scale = 1.0
+    expensive = False  # True: evaluations train a model, so extract() runs them in one worker process per CPU
 
     def settings(self) -> dict[str, Any]:
         return {}
@@ -147,12 +148,13 @@ class AnalyticSurrogate(Surrogate):
 class DistillationSurrogate(Surrogate):
     """The real surrogate: training.surrogate_loss, the distillation loss of a slice-initialised student after
     `steps` optimiser steps (teacher None = all-MiniLM-L6-v2). threads: torch threads per evaluation (None: set
-    by the worker pool from the CPUs and worker count)."""
+    by the worker pool from the CPUs and worker count). The defaults are the settings measured in
+    docs/extraction.md (the whole MiniLM extraction in 18 minutes on a busy 2-core machine)."""
 
-    steps: int = 20
+    steps: int = 16
     seed: int = 0
-    batch_size: int = 16
-    max_length: int = 64
+    batch_size: int = 8
+    max_length: int = 32
     lr: float = 2e-4
     eval_sentences: int = 64
     teacher: Optional[str] = None
@@ -160,6 +162,7 @@ class DistillationSurrogate(Surrogate):
 
     name = "distill"
     error_scale = 1.5
+    expensive = True
 
     def settings(self) -> dict[str, Any]:
         return {"steps": self.steps, "seed": self.seed, "batch_size": self.batch_size,
@@ -189,6 +192,7 @@ class FinetuneSurrogate(Surrogate):
 
     name = "finetune"
     error_scale = 0.1
+    expensive = True
 
     def settings(self) -> dict[str, Any]:
         return {"steps": self.steps, "task": self.task, "seed": self.seed, "batch_size": self.batch_size,
@@ -858,7 +862,8 @@ def _candidates(space: SearchSpace, m: Architecture) -> list[Architecture]:
 
 def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: Any, *, workload: Any = None,
             epsilon: float = 0.1, max_point: Any = None, size: str = "effective", exhaustive: bool = False,
-            cache_dir: Optional[str | os.PathLike] = None, workers: int = 1, tau: Optional[float] = None,
+            cache_dir: Optional[str | os.PathLike] = None, workers: Optional[int] = None,
+            tau: Optional[float] = None,
             time_budget: Optional[float] = None, max_fallbacks: int = 2, allow_extrapolation: bool = False,
             worker_nice: int = 0, progress: bool = True, representative: str = "source-heads",
             per_group: int = 3) -> Extraction:
@@ -872,8 +877,9 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     exhaustive: evaluate every candidate (for checking the FPTAS). tau: the W-coefficient's error unit (default
     surrogate.error_scale). time_budget: seconds after which no new evaluation starts (the report says which
     groups were skipped). max_fallbacks: per group, how many further members are tried when the representative's
-    surrogate fails or returns NaN. cache_dir: default default_cache_dir(). workers: surrogate processes (with
-    workers > 1 they run at niceness worker_nice, so the parent can time finalists at its own priority).
+    surrogate fails or returns NaN. cache_dir: default default_cache_dir(). workers: surrogate processes (default:
+    one per CPU, each with one thread, for an expensive surrogate — distill, finetune —, else 1; with workers > 1
+    they run at niceness worker_nice, so the parent can time finalists at its own priority).
     representative: which member of a group is evaluated first, see REPRESENTATIVES (default "source-heads").
     per_group: at most this many evaluations per group (failures included). With per_group > 1, after the
     representatives an ErrorModel is fitted to all the errors measured so far, and in every group where it predicts
@@ -893,13 +899,15 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     if isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1:
         raise SearchError(f"per_group (surrogate evaluations per group) must be a positive integer (1: the plain "
                           f"FPTAS, one representative per group), got {per_group!r}")
-    if not isinstance(workers, int) or workers < 1:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise SearchError(f"workers must be a positive integer, got {workers!r}")
     try:
         space = SearchSpace.resolve(space)
     except SearchSpaceError as e:
         raise SearchError(str(e)) from None
     surrogate = resolve_surrogate(surrogate)
+    if workers is None:
+        workers = _cpus() if surrogate.expensive else 1
     tau = float(surrogate.error_scale if tau is None else tau)
     if not tau > 0:
         raise SearchError(f"tau (the W-coefficient's error unit) must be positive, got {tau}")
@@ -1123,7 +1131,9 @@ def add_extract_parser(sub) -> None:
     p.add_argument("--space", default="minilm", help="search space: bort, minilm, or a JSON/YAML file")
     p.add_argument("--max-point", default=None, metavar="D,A,H,I",
                    help="the source architecture (default: the space's largest)")
-    p.add_argument("--profile", required=True, metavar="PATH", help="CPU profile (bortengine profile --out PATH)")
+    p.add_argument("--profile", default=None, metavar="PATH",
+                   help="CPU profile (bortengine profile --out PATH; default: this CPU's profile from the cache "
+                        "directory, else the shipped one for this CPU)")
     p.add_argument("--batch", type=int, default=1, help="workload: sequences per call (default 1)")
     p.add_argument("--seq", type=int, default=128, help="workload: tokens per sequence (default 128)")
     p.add_argument("--threads", type=int, default=None, help="workload: threads (default: all CPUs)")
@@ -1152,7 +1162,8 @@ def add_extract_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="surrogate seed")
     p.add_argument("--size", default="effective", choices=SIZES, help="size objective (default effective)")
     p.add_argument("--tau", type=float, default=None, help="W-coefficient error unit (default per surrogate)")
-    p.add_argument("--workers", type=int, default=1, help="surrogate worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="surrogate worker processes (default: one per CPU for distill and finetune, 1 for analytic)")
     p.add_argument("--worker-nice", type=int, default=0, help="niceness of the worker processes (default 0)")
     p.add_argument("--cache", default=None, metavar="DIR", help="surrogate cache directory")
     p.add_argument("--time-budget", default=None, help="no new evaluation after this (1800, 30m, 1.5h)")
