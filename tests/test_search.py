@@ -278,6 +278,50 @@ def test_fptas_properties_on_random_spaces_and_errors(layers, heads, hidden, int
     assert cov["covered"] >= plain["covered"] or per_group == 1
 
 
+def test_cli_defaults_to_this_cpus_profile(tmp_path, monkeypatch, capsys):
+    from bortengine.cli import main
+
+    monkeypatch.setenv("BORTENGINE_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setattr(P, "PACKAGE_PROFILES", tmp_path / "none-shipped")
+    argv = ["extract", "--space", "minilm", "--batch", "1", "--seq", "16", "--threads", "2", "--surrogate",
+            "analytic", "--eps", "0.25", "--cache", str(tmp_path / "cache"), "--measure", "0", "--no-progress",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2  # no profile of this CPU anywhere: the error says how to make one
+    assert "bortengine profile" in capsys.readouterr().err
+    path = synthetic(MINILM_SPACE).save(P.default_profile_path())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the synthetic profile describes another CPU
+        assert main(argv) == 0
+    assert str(path) in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["settings"]["profile"]["path"] == str(path)
+
+
+def test_default_workers_follow_the_surrogate(tmp_path, monkeypatch):
+    assert S.DistillationSurrogate.expensive and S.FinetuneSurrogate.expensive
+    assert not S.AnalyticSurrogate.expensive and not S.Surrogate.expensive
+    seen = []
+    init = S._Evaluator.__init__
+
+    def spy(self, surrogate, cache, workers, *args, **kw):
+        seen.append(workers)
+        init(self, surrogate, cache, workers, *args, **kw)
+
+    monkeypatch.setattr(S._Evaluator, "__init__", spy)
+    monkeypatch.setattr(S, "_cpus", lambda: 3)
+
+    @dataclass
+    class Dear(S.AnalyticSurrogate):  # same name and settings: everything comes from the first run's cache
+        expensive = True
+
+    first = run(TINY, synthetic(TINY), tmp_path, epsilon=0.25)
+    again = run(TINY, synthetic(TINY), tmp_path, epsilon=0.25, surrogate=Dear())
+    explicit = run(TINY, synthetic(TINY), tmp_path, epsilon=0.25, surrogate=Dear(), workers=2)
+    assert seen == [1, 3, 2] and again.fresh_evaluations == explicit.fresh_evaluations == 0
+    assert [c.error for c in again.candidates] == [c.error for c in first.candidates]
+    d = S.DistillationSurrogate()  # the defaults are the measured settings of docs/extraction.md
+    assert (d.steps, d.batch_size, d.max_length, d.eval_sentences) == (16, 8, 32, 64)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_bad_per_group(bad, tmp_path):
     with pytest.raises(S.SearchError, match="per_group"):
