@@ -34,4 +34,16 @@ if [ -n "${VARIANT_PM8:-}" ]; then
         --out $R/variant-pm8-seed-$seed > $R/variant-pm8-seed-$seed.log 2>&1
   done
 fi
+# pre-registered configuration D of docs/agora.md (run on seeds 6 7 8 there): 64 new points per mistake, the
+# labeller's soft labels on the generated points only, half of dev kept apart to rank Θ and pick each round's best
+if [ -n "${VARIANT_D:-}" ]; then
+  for seed in ${SEEDS:-6 7 8}; do
+    nice -n 19 python -m bortengine finetune --agora --model $STUDENT --student-arch none --labeller $LABELLER \
+        --task rt --train-limit 500 --settings "$THETA" --per-mistake 64 --agora-distill 0.5 \
+        --agora-distill-on generated --select-fraction 0.5 --seed $seed --out $R/pm64g-sel-seed-$seed \
+        > $R/pm64g-sel-seed-$seed.log 2>&1
+  done
+  python -m bortengine.agora $R/pm64g-sel-seed-? --reference $R/full-? --plot docs/agora-pm64g-sel.png \
+      > docs/agora-summary-pm64g-sel.json
+fi
 python -m bortengine.agora $R/seed-* --reference $R/full-* --plot docs/agora-rounds.png > $R/summary.json

@@ -197,3 +197,16 @@ def test_distillation_on_generated_points_only(make_model):
     assert labeller.asked and set(labeller.asked[0]) == set(TEXTS)
     with pytest.raises(AgoraError, match="needs a distillation teacher"):
         TextClassifierTrainer(load_teacher(str(student_dir)), student_dir, gold_texts=gold)
+
+
+@pytest.mark.parametrize("option,value,match", [
+    ("min_confidence", 0.0, "min_confidence must lie in"), ("min_confidence", float("nan"), "min_confidence"),
+    ("select_fraction", 1.0, "select_fraction must lie in"), ("distill_weight", -0.5, "distillation weight"),
+    ("distill_weight", float("inf"), "distillation weight")])
+def test_finetune_agora_refuses_bad_options_before_loading_anything(option, value, match, tmp_path):
+    """The ranges are checked first: no student, labeller or split is read (none of these paths exists)."""
+    from bortengine.agora import finetune_agora
+
+    with pytest.raises(AgoraError, match=match):
+        finetune_agora(labeller=tmp_path / "no-labeller", out_dir=tmp_path / "out", model=tmp_path / "no-model",
+                       **{option: value})

@@ -220,9 +220,7 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
         raise AgoraError(f"label_names has {len(config.label_names)} names for {num_classes} classes")
     _check_labeller(labeller, config)
     if config.min_confidence is not None:
-        if not 0.0 < config.min_confidence <= 1.0:
-            raise AgoraError(f"min_confidence must lie in (0, 1] (the labeller's largest class probability), got "
-                             f"{config.min_confidence}")
+        _check_ranges(min_confidence=config.min_confidence)
         if not callable(getattr(labeller, "logits", None)):
             raise AgoraError(f"min_confidence needs a labeller with logits(points) -> [N, classes] (its "
                              f"confidence); {type(labeller).__name__} has only predict")
@@ -360,12 +358,23 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
     return result
 
 
+def _check_ranges(min_confidence: Optional[float] = None, select_fraction: Optional[float] = None,
+                  distill_weight: Optional[float] = None) -> None:
+    """The options' ranges, checked before anything is loaded (finetune_agora) and again by the loop."""
+    if min_confidence is not None and not 0.0 < min_confidence <= 1.0:  # NaN fails too
+        raise AgoraError(f"min_confidence must lie in (0, 1] (the labeller's largest class probability), got "
+                         f"{min_confidence}")
+    if select_fraction is not None and not 0.0 < select_fraction < 1.0:
+        raise AgoraError(f"select_fraction must lie in (0, 1) (the part of dev kept apart for selection), got "
+                         f"{select_fraction}")
+    if distill_weight is not None and not 0.0 <= distill_weight < math.inf:
+        raise AgoraError(f"the distillation weight must be a finite number >= 0 (0: none), got {distill_weight}")
+
+
 def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Sorted indices of a stratified, seeded `fraction` of the points (each class in proportion, at least one of
     each and at least one left over per class). Its own RNG stream: the loop's (transformation, caps) is unchanged."""
-    if not 0.0 < fraction < 1.0:
-        raise AgoraError(f"select_fraction must lie in (0, 1) (the part of dev kept apart for selection), got "
-                         f"{fraction}")
+    _check_ranges(select_fraction=fraction)
     rng = np.random.default_rng([seed, 0x5E1EC7])
     chosen = []
     for c in np.unique(labels):
@@ -925,6 +934,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     from .training.data import load_split
     from .training.models import LABELS
 
+    _check_ranges(min_confidence, select_fraction, distill_weight)  # before minutes of loading, not after
     if distill_on not in ("all", "generated"):
         raise AgoraError(f"distill_on must be 'all' (every training point) or 'generated' (the labeller's points "
                          f"only), got {distill_on!r}")
