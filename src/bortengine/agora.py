@@ -367,8 +367,9 @@ def _check_ranges(min_confidence: Optional[float] = None, select_fraction: Optio
     if select_fraction is not None and not 0.0 < select_fraction < 1.0:
         raise AgoraError(f"select_fraction must lie in (0, 1) (the part of dev kept apart for selection), got "
                          f"{select_fraction}")
-    if distill_weight is not None and not 0.0 <= distill_weight < math.inf:
-        raise AgoraError(f"the distillation weight must be a finite number >= 0 (0: none), got {distill_weight}")
+    if distill_weight is not None and not 0.0 <= distill_weight <= 1.0:  # NaN fails too
+        raise AgoraError(f"distill_weight (the distillation weight) must lie in [0, 1] (0: none; the loss is "
+                         f"(1 - w) · CE + w · T² · KL), got {distill_weight}")
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -392,11 +393,12 @@ def _confident_labels(labeller: Any, points: Sequence[Any], num_classes: int,
     """The labeller's class ids for points, and which of them it gives a probability >= threshold.
 
     Shapes: logits [N,L] -> labels [N], confident [N] (bool)."""
+    from .engine import softmax
+
     logits = np.asarray(labeller.logits(points), dtype=np.float64)
     if logits.shape != (len(points), num_classes):
         raise AgoraError(f"the labeller's logits have shape {logits.shape}, expected ({len(points)}, {num_classes})")
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs = z / z.sum(axis=1, keepdims=True)
+    probs = softmax(logits)
     return probs.argmax(axis=1).astype(np.int64), probs.max(axis=1) >= threshold
 
 
@@ -696,9 +698,9 @@ class TextClassifierTrainer:
 
         if teacher is not None and not hasattr(teacher, "logits"):
             raise AgoraError(f"the distillation teacher must have logits(texts); got {type(teacher).__name__}")
-        if not 0.0 <= distill_weight <= 1.0 or not temperature > 0:
-            raise AgoraError(f"distill_weight must lie in [0, 1] and temperature be positive, got {distill_weight}, "
-                             f"{temperature}")
+        _check_ranges(distill_weight=distill_weight)
+        if not temperature > 0:
+            raise AgoraError(f"the distillation temperature must be positive, got {temperature}")
         self.teacher, self.distill_weight, self.temperature = teacher, float(distill_weight), float(temperature)
         if gold_texts is not None and teacher is None:
             raise AgoraError("gold_texts (distil the generated points only) needs a distillation teacher")

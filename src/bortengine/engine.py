@@ -97,6 +97,14 @@ class EncoderOutput:
         return len(self.keys())
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, shifted by each row's maximum. Shapes: [N, L] -> [N, L]."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 @dataclass
 class ClassificationResult:
     """What Engine.classify returns for a list of texts; iterating yields (label, probabilities [L]) pairs.
@@ -378,9 +386,7 @@ class Engine:
         if problem == "multi_label_classification":
             probs = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
         else:
-            shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-            e = np.exp(shifted)
-            probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+            probs = softmax(logits).astype(np.float32)
         labels = [self.config.id2label[int(i)] for i in probs.argmax(axis=1)] if len(texts) else []
         result = ClassificationResult(labels, probs, logits)
         return result[0] if single else result

@@ -790,6 +790,13 @@ def _within(predicted: float, best: float, factor: float) -> bool:
     return predicted < (best * factor if best > 0 else best + abs(best) * (factor - 1))
 
 
+def _refinement_record(per_group: int) -> dict[str, Any]:
+    """What the refinement did (Extraction.refinement), before it starts."""
+    return {"per_group": per_group, "rounds": 0, "evaluations": 0, "improved_groups": 0,
+            "improved_beyond_epsilon": 0,
+            "model": "ridge regression of ln e on a quadratic in ln D, ln A, ln H, ln I, ln H/A"}
+
+
 def _refine(members: list[list[Candidate]], per_group: int, order: Callable[[Candidate], tuple],
             ev: "_Evaluator", bar: _Bar, evaluated: list[Candidate], deadline: Optional[float],
             epsilon: float) -> dict[str, Any]:
@@ -800,12 +807,13 @@ def _refine(members: list[list[Candidate]], per_group: int, order: Callable[[Can
     skipped when the model rules that out at two standard errors (an accurate model, f < 1, asks for a predicted
     improvement; a rough one for a prediction not above 1 + ε times the best). Refit and repeat while any group
     qualifies. At most per_group evaluations per group, so the bound is per_group · groups + 1."""
-    out: dict[str, Any] = {"per_group": per_group, "rounds": 0, "evaluations": 0, "improved_groups": 0,
-                           "improved_beyond_epsilon": 0, "model": "ridge regression of ln e on a quadratic in "
-                                                                   "ln D, ln A, ln H, ln I, ln H/A"}
+    out = _refinement_record(per_group)
     if per_group <= 1:
         return out
-    before = {id(g[0]): min((c.error for c in g if c.evaluated), default=None) for g in members}
+    def best(group: list[Candidate]) -> Optional[float]:
+        return min((c.error for c in group if c.evaluated), default=None)
+
+    before = [best(g) for g in members]
     while deadline is None or time.monotonic() <= deadline:
         done = [c for g in members for c in g if c.evaluated]
         if len(done) < 3:  # nothing to learn from (a tiny space, or most evaluations failed)
@@ -823,8 +831,8 @@ def _refine(members: list[list[Candidate]], per_group: int, order: Callable[[Can
             rest = [c for c in g if c.status == "not evaluated"]
             if tried >= per_group or not ok or not rest:
                 continue
-            x = min(rest, key=lambda c: (model.predict(c.arch), order(c)))
-            if _within(model.predict(x.arch), min(ok), fac):
+            predicted, _, x = min((model.predict(c.arch), order(c), c) for c in rest)
+            if _within(predicted, min(ok), fac):
                 todo.append(x)
         if not todo:
             break
@@ -835,9 +843,8 @@ def _refine(members: list[list[Candidate]], per_group: int, order: Callable[[Can
         bar.extend(len(todo))
         evaluated += todo
         ev.run(todo)
-    for g in members:
-        b = before[id(g[0])]
-        now = min((c.error for c in g if c.evaluated), default=None)
+    for g, b in zip(members, before):
+        now = best(g)
         if b is not None and now is not None and now < b:
             out["improved_groups"] += 1
             out["improved_beyond_epsilon"] += now * (1 + epsilon) < b
@@ -991,8 +998,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     bar = _Bar(len(first), f"surrogate {surrogate.name} {'exhaustive' if exhaustive else f'ε={eps}'}", progress)
     ev = _Evaluator(surrogate, cache, workers, bar, deadline, worker_nice)
     evaluated: list[Candidate] = list(first)
-    refinement: dict[str, Any] = {"per_group": 1 if exhaustive else per_group, "rounds": 0, "evaluations": 0,
-                                  "improved_groups": 0}
+    refinement = _refinement_record(1 if exhaustive else per_group)
     try:
         ev.run(first)
         if not exhaustive:  # a group whose representative failed: try its next members
