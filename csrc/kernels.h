@@ -102,7 +102,7 @@ inline std::size_t attention_scratch_floats(const KernelTable& kt, int T, int dh
     return (dh + 1) * tp                 // K^T packed (fp32; bf16 needs half of round_up(dh, 2) x tp)
            + (T + 1) * dp                // V packed
            + kAttnQueryBlock * tp        // scores of one query block
-           + kAttnQueryBlock * (dh + tp)  // bf16: the query block and the probabilities (more than needed)
+           + kAttnQueryBlock * (dh + tp)  // the query block (fp32 and bf16) and the probabilities (bf16)
            + kAttnQueryBlock             // 1 / row sums
            + 128;                        // alignment slack
 }

@@ -87,8 +87,8 @@ void run_team(int threads, F&& fn) {
     fn(team);
 }
 
-// C[M, B.N] = epilogue(A[M, B.K] · B). Splits columns (panels) into chunks when there are enough of them, else
-// rows: each chunk then streams only its share of the weights.
+// C[M, B.N] = epilogue(A[M, B.K] · B). Splits columns (panels) into chunks, each streaming only its share of the
+// weights, when there are enough of them and M is not large; else rows (ops.cc, split_by_rows).
 void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C,
                std::ptrdiff_t ldc, const Epilogue& ep);
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not hasattr(_core, "gemm_ref"), reason="needs th
 
 ISAS = _core.available_isas()
 SHAPES = [(1, 1, 1), (1, 17, 5), (3, 33, 3), (13, 37, 29), (14, 32, 64), (15, 33, 257), (64, 100, 770),
-          (130, 96, 1030), (200, 70, 40)]
+          (130, 96, 1030), (200, 70, 40), (600, 200, 300)]  # M >= 512: split by rows (ops.cc kRowSplitM)
 
 
 def _case(rng, M, N, K):
@@ -51,9 +51,10 @@ def test_int32_sums_exact(isa, M, N, K, threads):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("epilogue", ["none", "gelu", "residual"])
-def test_dequantized_epilogues(isa, epilogue):
+@pytest.mark.parametrize("M", [45, 600])  # split by columns; by rows (M >= 512), residual rows offset per chunk
+def test_dequantized_epilogues(isa, epilogue, M):
     rng = np.random.default_rng(5)
-    M, N, K = 45, 70, 300
+    N, K = 70, 300
     a, w = _case(rng, M, N, K)
     bias = rng.standard_normal(N).astype(np.float32)
     res = rng.standard_normal((M, N)).astype(np.float32) if epilogue == "residual" else None

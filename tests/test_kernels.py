@@ -1,7 +1,8 @@
 """Every compiled kernel path against the plain-loop references in csrc/kernels_ref.cc.
 
 Shapes cover the edge tiles of every path: M below and around the microkernel's MR, N not a multiple of NR,
-K = 1 and K across several KC blocks, and both ways the ops split work between threads (by columns, by rows).
+K = 1 and K across several KC blocks, and both ways the ops split work between threads (by columns; by rows, for
+few panels or large M).
 GEMM tolerance grows with sqrt(K) (fp32 accumulation of K products vs the double reference).
 """
 import os
@@ -51,7 +52,9 @@ def test_paths_listed_and_default_is_best():
 @pytest.mark.parametrize(
     "M,N,K",
     [(1, 1, 1), (1, 17, 5), (3, 33, 1), (13, 31, 7), (14, 32, 64), (15, 33, 257), (29, 100, 300),
-     (64, 64, 600), (130, 96, 1030), (230, 70, 40)],
+     (64, 64, 600), (130, 96, 1030), (230, 70, 40),
+     # M >= 512 (ops.cc kRowSplitM): split by rows although there are enough column panels to share
+     (600, 200, 300), (1030, 70, 40)],
 )
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemm_matches_reference(isa, M, N, K, threads):
@@ -115,7 +118,8 @@ def test_layernorm(isa, N):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize(
     "lens,heads,dh",
-    [([1], 1, 8), ([1, 2, 3], 2, 40), ([5, 64, 65, 130], 4, 48), ([200, 7], 3, 64), ([512], 2, 32)],
+    [([1], 1, 8), ([1, 2, 3], 2, 40), ([5, 64, 65, 130], 4, 48), ([200, 7], 3, 64), ([512], 2, 32),
+     ([129, 31], 2, 128)],
 )
 def test_attention(isa, lens, heads, dh):
     rng = np.random.default_rng(sum(lens) + heads)
