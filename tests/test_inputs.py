@@ -181,3 +181,28 @@ def test_exception_hierarchy():
     assert issubclass(bortengine.UnsupportedModelError, bortengine.ModelLoadError)
     for cls in (bortengine.InvalidInputError, bortengine.ModelLoadError, bortengine.UnsupportedModelError):
         assert issubclass(cls, bortengine.BortEngineError)
+
+
+def test_op_times_breaks_a_forward_down(small_engine):
+    times = small_engine.op_times(IDS, MASK, runs=3)
+    ops = ["embeddings", "qkv", "attention", "attention_out", "layernorm", "ffn_in", "ffn_out", "output"]
+    assert list(times) == ops + ["total"]
+    assert all(v >= 0 for v in times.values())
+    assert times["qkv"] > 0 and times["ffn_in"] > 0
+    # the ops are read inside the forward, so together they cannot take longer than the median forward by much
+    assert sum(times[k] for k in ops) <= 1.5 * times["total"] + 0.5
+    # tracing is off again: a later call is not traced (and still correct)
+    np.testing.assert_array_equal(small_engine(IDS, MASK).last_hidden_state,
+                                  small_engine(IDS, MASK).last_hidden_state)
+    assert small_engine._encoder.trace is False
+
+
+@pytest.mark.parametrize("runs", [0, -1, 1.5, True, "3"])
+def test_op_times_bad_runs(small_engine, runs):
+    with pytest.raises(InvalidInputError, match="runs must be a positive integer"):
+        small_engine.op_times(IDS, MASK, runs=runs)
+
+
+def test_op_times_checks_inputs(small_engine):
+    with pytest.raises(InvalidInputError, match="vocabulary|vocab_size"):
+        small_engine.op_times(np.array([[10**9]]))

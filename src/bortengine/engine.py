@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -285,6 +286,37 @@ class Engine:
             weight, bias = self._classifier                      # [L,H], [L]
             logits = np.ascontiguousarray(pooled @ weight.T + bias, dtype=np.float32)
         return EncoderOutput(hidden, pooled, logits)
+
+    def op_times(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None,
+                 runs: int = 5) -> dict[str, float]:
+        """Where a forward's time goes: median milliseconds per op kind over `runs` forwards of these inputs.
+
+        Keys, in forward order: embeddings, qkv (the fused Q/K/V GEMM), attention (scores, softmax, weighted
+        sum), attention_out, layernorm (both per layer), ffn_in (GEMM + GELU), ffn_out, output (scatter to
+        [B, T, H] and the pooler), then total (the median forward, wall clock). Each op's time is read by the
+        calling thread when the op's last chunk is done, so it includes waiting for the slowest thread. The
+        inputs are checked as for a call. Meant for an otherwise idle engine: a concurrent call from another
+        thread is traced too and may be the one read.
+        """
+        if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
+            raise InvalidInputError(f"runs must be a positive integer, got {runs!r}")
+        ids, mask, types = self._validate(input_ids, attention_mask, token_type_ids)
+        enc = self._encoder
+        parts: dict[str, list[float]] = {}
+        totals = []
+        enc.trace = True
+        try:
+            for _ in range(int(runs)):
+                t0 = time.perf_counter()
+                enc.forward(ids, mask, types, pooler=enc.has_pooler)
+                totals.append(1e3 * (time.perf_counter() - t0))
+                for name, seconds in dict(enc.last_trace).items():
+                    parts.setdefault(name, []).append(1e3 * float(seconds))
+        finally:
+            enc.trace = False
+        out = {name: float(np.median(v)) for name, v in parts.items()}
+        out["total"] = float(np.median(totals))
+        return out
 
     def _validate(self, input_ids: Any, attention_mask: Any, token_type_ids: Any):
         c = self.config
