@@ -30,6 +30,15 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "$WANT" > "$STAMP"
 fi
 
-step "building the C++ extension (incremental)"
-(cd "$ROOT" && python setup.py -q build_ext --inplace)
+step "building the C++ extension (incremental; compiler output in build/build.log)"
+mkdir -p "$ROOT/build"
+start=$SECONDS
+if ! (cd "$ROOT" && python setup.py -q build_ext --inplace) > "$ROOT/build/build.log" 2>&1; then
+    tail -n 80 "$ROOT/build/build.log" >&2
+    echo "the build failed; its whole output is in $ROOT/build/build.log" >&2
+    exit 1
+fi
+# -Wall -Wextra also flag GCC's own AVX-512 intrinsics headers (-Wmaybe-uninitialized on their "__Y = __Y"
+# idiom): thousands of lines that say nothing about this code, so they stay in the log
+echo "built in $((SECONDS - start)) s ($(grep -c 'warning:' "$ROOT/build/build.log" || true) compiler warnings, see build/build.log)"
 python -c "import bortengine; print('bortengine', bortengine.__version__, 'ISA', bortengine.cpu_info()['isa'])"
