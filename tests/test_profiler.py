@@ -2,9 +2,11 @@
 only what is measured, saved, resumed, validated and reported). docs/profiler.md has the accuracy runs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -251,8 +253,8 @@ def test_disturbed_blocks_are_retried_and_not_used(tmp_path, monkeypatch):
     hit = {"n": 0}
     target_key = "layernorm H=64"
 
-    def fake(fn, s, threads, cpus):
-        block = real(fn, s, threads, cpus)
+    def fake(fn, s, threads, cpus, probe=None):
+        block = real(fn, s, threads, cpus, probe)
         # the first three blocks of one op: another process took the CPU (and made them look fast)
         if fn.__code__.co_filename.endswith("profiler.py") and hit.get("op") == target_key and hit["n"] < 3:
             hit["n"] += 1
@@ -300,6 +302,41 @@ def test_a_team_collapsed_onto_one_core_is_disturbed():
             except OSError:
                 pass
     assert block.own_cpus is not None and block.own_cpus < 1.5 and block.disturbed
+
+
+class _FakeProbe:
+    """Stands in for P._HostProbe: reports the slowdowns it is given, in order (then 1.0)."""
+
+    def __init__(self, *slowdowns, tolerance=1.5):
+        self.slowdowns, self.tolerance = list(slowdowns), tolerance
+
+    def slowdown(self):
+        return self.slowdowns.pop(0) if self.slowdowns else 1.0
+
+
+def test_a_block_the_host_slowed_is_disturbed():
+    """Interference /proc/stat cannot see (another tenant of the host): the probe around the block slowed, so the
+    block counts as disturbed and carries the slowdown; a probe that did not slow leaves the block clean."""
+    s = P.Settings(warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=5, max_repeats=5)
+    slowed = P._measure_block(lambda: None, s, threads=1, cpus=2, probe=_FakeProbe(1.0, 2.0))
+    assert slowed.disturbed and slowed.host_slowdown == 2.0
+    # a block long enough for the /proc/stat accounting (>= 50 ms): its verdict must not undo the probe's
+    long = P._measure_block(lambda: time.sleep(0.012), s, threads=1, cpus=2, probe=_FakeProbe(2.0, 1.0))
+    assert long.foreign_cpus is not None and long.disturbed and long.host_slowdown == 2.0
+    quiet = P._measure_block(lambda: None, s, threads=1, cpus=2, probe=_FakeProbe(1.1, 1.2))
+    assert quiet.host_slowdown == 1.2 and not quiet.disturbed
+    assert P.BlockStats.from_dict(slowed.to_dict()).host_slowdown == 2.0  # kept in the profile file
+    # a slowed block is retried; the retry (probe quiet again) is clean
+    blocks = P._measure(lambda: None, dataclasses.replace(s, retries=2, retry_pause_s=0.0), 1, 2, [0.0],
+                        probe=_FakeProbe(1.9, 1.0))
+    assert [b.disturbed for b in blocks] == [True, False]
+
+
+def test_host_probe_measures_the_engine():
+    probe = P._HostProbe(threads=1, isa=P.Target.current().isa, repeats=3, calibrate=2)
+    assert 0 < probe.fastest < 1.0  # seconds: about a millisecond of GEMM
+    ratios = [probe.slowdown() for _ in range(5)]
+    assert all(r >= 1.0 for r in ratios)  # against the fastest seen, which includes this probe
 
 
 # --- the int8 path ------------------------------------------------------------------------------------------------

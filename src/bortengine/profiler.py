@@ -354,6 +354,7 @@ class BlockStats:
     foreign_cpus: Optional[float] = None  # CPUs other processes (and the hypervisor) used during the block
     own_cpus: Optional[float] = None      # CPUs this process used: about num_threads when its team is whole
     disturbed: bool = False               # others took CPU the workload needed, or its team collapsed onto fewer
+    host_slowdown: Optional[float] = None  # the host probe's time around the block over its fastest (_HostProbe)
 
     @property
     def spread(self) -> float:
@@ -870,12 +871,55 @@ def _foreign_now(seconds: float = 0.3) -> dict[str, Any]:
     return meter.result()
 
 
-def _measure_block(fn: Callable[[], Any], s: "Settings", threads: int, cpus: int) -> BlockStats:
-    """One block of timed calls, with the CPU time other processes took meanwhile."""
+class _HostProbe:
+    """A fixed GEMM on the workload's threads, timed before and after every block: it catches interference that
+    /proc/stat cannot see. On a VM the other tenants of the host are invisible, yet they can halve this machine's
+    speed for seconds to minutes (seen here: forwards at exactly twice their time with both threads at 100% CPU on
+    two vCPUs, as when the two share one physical core; an FMA loop at 86-109 instead of 116 GFLOP/s per core).
+    The probe slows with the op, so a block whose probe ran `tolerance` x slower than the fastest probe of the run
+    counts as disturbed and is retried like one that other processes disturbed.
+
+    About 0.6 ms of work on two threads (a 448 x 256 x 512 product); a probe is the median of `repeats`
+    back-to-back calls (the first wakes the pool), compared with the fastest probe of the run so far. On the quiet
+    machine probes lie within 1.2x of the fastest 99% of the time and reach 1.33x at most (300 probes on 2
+    threads, 300 on 1, and a tiny profile), hence the tolerance of 1.5: it catches the halvings, not the jitter."""
+
+    def __init__(self, threads: int, isa: str, repeats: int = 5, tolerance: float = 1.5, calibrate: int = 5):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        self._linear = _core().PackedLinear(rng.standard_normal((512, 256)).astype(np.float32), None, isa)
+        self._a = rng.standard_normal((448, 256)).astype(np.float32)
+        self.threads, self.repeats, self.tolerance = threads, repeats, tolerance
+        self.fastest = math.inf
+        for _ in range(calibrate):
+            self.slowdown()
+
+    def _probe(self) -> float:
+        times = []
+        for _ in range(self.repeats):
+            t0 = time.perf_counter()
+            self._linear(self._a, num_threads=self.threads)
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    def slowdown(self) -> float:
+        """This moment's probe over the fastest of the run (1.0 on a host as quiet as at its quietest moment)."""
+        t = self._probe()
+        self.fastest = min(self.fastest, t)
+        return t / self.fastest
+
+
+def _measure_block(fn: Callable[[], Any], s: "Settings", threads: int, cpus: int,
+                   probe: Optional[_HostProbe] = None) -> BlockStats:
+    """One block of timed calls, with the CPU time other processes took meanwhile (and the host probe around it)."""
+    before = probe.slowdown() if probe else None
     meter = _CpuMeter()
     samples = _time_block(fn, s)
     cond = meter.result()
     block = BlockStats.of(samples)
+    if probe:
+        block.host_slowdown = round(max(before, probe.slowdown()), 3)
     if "foreign_cpus" in cond and cond["seconds"] >= 0.05:  # shorter blocks are below the accounting's resolution
         block.foreign_cpus = round(cond["foreign_cpus"] + cond.get("steal_cpus", 0.0), 3)
         block.own_cpus = cond["own_cpus"]
@@ -889,18 +933,20 @@ def _measure_block(fn: Callable[[], Any], s: "Settings", threads: int, cpus: int
     # widens the distribution: a quiet machine times ops of a fraction of a millisecond or more within a few %.
     if block.median_ms >= 0.2 and block.spread > s.max_spread:
         block.disturbed = True
+    if block.host_slowdown is not None and block.host_slowdown > probe.tolerance:
+        block.disturbed = True
     return block
 
 
-def _measure(fn: Callable[[], Any], s: "Settings", threads: int, cpus: int, retry_clock: list[float]
-             ) -> list[BlockStats]:
-    """A block, and up to s.retries more while other processes disturb it (pausing between tries, within the
-    run's retry budget, whose spent seconds retry_clock[0] carries across calls)."""
-    blocks = [_measure_block(fn, s, threads, cpus)]
+def _measure(fn: Callable[[], Any], s: "Settings", threads: int, cpus: int, retry_clock: list[float],
+             probe: Optional[_HostProbe] = None) -> list[BlockStats]:
+    """A block, and up to s.retries more while other processes (or the host) disturb it (pausing between tries,
+    within the run's retry budget, whose spent seconds retry_clock[0] carries across calls)."""
+    blocks = [_measure_block(fn, s, threads, cpus, probe)]
     while blocks[-1].disturbed and len(blocks) <= s.retries and retry_clock[0] < s.retry_budget_s:
         start = time.monotonic()
         time.sleep(s.retry_pause_s * len(blocks))
-        blocks.append(_measure_block(fn, s, threads, cpus))
+        blocks.append(_measure_block(fn, s, threads, cpus, probe))
         retry_clock[0] += time.monotonic() - start
     return blocks
 
@@ -1205,6 +1251,7 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
                     f"profile {space.name} {workload.key}", enabled=progress)
     pool = _Pool()
     isa_name = target.isa
+    probe = _HostProbe(workload.num_threads, isa_name)
     done = 0
     retry_clock = [0.0]
     def measure(spec: OpSpec) -> None:
@@ -1213,7 +1260,7 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
         # warm-up runs every weight copy at least once: a copy's first use pays for its packing's aftermath (pages,
         # TLB entries) that a forward never pays, and quick blocks are too short to average that away
         block_settings = replace(settings, min_warmup=max(settings.min_warmup, copies))
-        blocks = _measure(run, block_settings, workload.num_threads, cpus, retry_clock)
+        blocks = _measure(run, block_settings, workload.num_threads, cpus, retry_clock, probe)
         del run
         m = wp.ops.get(spec.key)
         if m is None:
@@ -1681,7 +1728,10 @@ class ValidationReport:
             f"Kendall's tau {self.kendall_tau:.3f} (target >= 0.9: {mark[ok['kendall_tau']]})",
             f"conditions: load average {self.conditions.get('loadavg_start')}, other processes used "
             f"{self.conditions.get('foreign_cpus', 0):.2f} CPU(s), steal {self.conditions.get('steal_cpus', 0):.2f}, "
-            f"{self.conditions.get('seconds', 0):.0f} s"]
+            f"{self.conditions.get('seconds', 0):.0f} s"
+            + (f"; host probe slowed up to {self.conditions['host_slowdown_max']:.2f}x, "
+               f"{self.conditions.get('host_disturbed_blocks', 0)} block(s) counted as disturbed for it"
+               if "host_slowdown_max" in self.conditions else "")]
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike) -> Path:
@@ -1814,6 +1864,7 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
     traces: dict[int, dict[str, float]] = {}
     retry_clock = [0.0]
     _warn_if_busy(workload, cpus)
+    probe = _HostProbe(workload.num_threads, isa)
     timing = Settings(warmup_s=s.warmup_s, min_warmup=s.min_warmup, budget_s=s.budget_s, min_repeats=s.min_repeats,
                       max_repeats=s.max_repeats, clock=clock, retries=s.retries, retry_pause_s=s.retry_pause_s,
                       retry_budget_s=s.retry_budget_s, max_spread=s.max_spread)
@@ -1830,7 +1881,7 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
         ids = pool.ids(B * T, V, seed=k).reshape(B, T)
         pooler = head != "none"
         blocks[k].extend(_measure(lambda: enc.forward(ids, None, None, pooler), timing, workload.num_threads, cpus,
-                                  retry_clock))
+                                  retry_clock, probe))
         if trace:
             traces[k] = _trace(enc, lambda: enc.forward(ids, None, None, pooler))
         del enc, keep
@@ -1859,6 +1910,10 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
                                   predicted_parts=pred.parts, traced_parts=traces.get(k, {})))
     del np
     cond["clock"] = clock
+    slow = [x.host_slowdown for bl in blocks for x in bl if x.host_slowdown is not None]
+    if slow:
+        cond["host_slowdown_max"] = max(slow)
+        cond["host_disturbed_blocks"] = sum(1 for x in slow if x > probe.tolerance)
     return ValidationReport(space=space.name, workload=workload, target=profile.target, rows=rows,
                             conditions=cond, seed=seed, mode="quick" if quick else "full",
                             profile_path=str(profile.path) if profile.path else None)
