@@ -106,6 +106,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def traced_forwards(encoder: Any, forward: Any, runs: int) -> tuple[dict[str, float], float]:
+    """Runs forward() `runs` times with the native encoder's own per-op trace on (Encoder.trace / last_trace):
+    the median milliseconds per op kind, in forward order, and the median forward's wall-clock milliseconds."""
+    parts: dict[str, list[float]] = {}
+    totals = []
+    encoder.trace = True
+    try:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            forward()
+            totals.append(1e3 * (time.perf_counter() - t0))
+            for name, seconds in dict(encoder.last_trace).items():
+                parts.setdefault(name, []).append(1e3 * float(seconds))
+    finally:
+        encoder.trace = False
+    return {name: float(np.median(v)) for name, v in parts.items()}, float(np.median(totals))
+
+
 @dataclass
 class ClassificationResult:
     """What Engine.classify returns for a list of texts; iterating yields (label, probabilities [L]) pairs.
@@ -302,21 +320,8 @@ class Engine:
             raise InvalidInputError(f"runs must be a positive integer, got {runs!r}")
         ids, mask, types = self._validate(input_ids, attention_mask, token_type_ids)
         enc = self._encoder
-        parts: dict[str, list[float]] = {}
-        totals = []
-        enc.trace = True
-        try:
-            for _ in range(int(runs)):
-                t0 = time.perf_counter()
-                enc.forward(ids, mask, types, pooler=enc.has_pooler)
-                totals.append(1e3 * (time.perf_counter() - t0))
-                for name, seconds in dict(enc.last_trace).items():
-                    parts.setdefault(name, []).append(1e3 * float(seconds))
-        finally:
-            enc.trace = False
-        out = {name: float(np.median(v)) for name, v in parts.items()}
-        out["total"] = float(np.median(totals))
-        return out
+        parts, total = traced_forwards(enc, lambda: enc.forward(ids, mask, types, pooler=enc.has_pooler), int(runs))
+        return {**parts, "total": total}
 
     def _validate(self, input_ids: Any, attention_mask: Any, token_type_ids: Any):
         c = self.config

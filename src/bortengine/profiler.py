@@ -1790,19 +1790,14 @@ class ValidationReport:
 def _trace(enc: Any, forward: Callable[[], Any], runs: int = 5) -> dict[str, float]:
     """Median per-op-kind milliseconds from the encoder's own trace (Encoder.trace / last_trace), for diagnosing
     which term of the model is off; {} when the core has no trace."""
+    from .engine import traced_forwards
+
     if not hasattr(enc, "trace"):
         return {}
     try:
-        enc.trace = True
-        seen: dict[str, list[float]] = {}
-        for _ in range(runs):
-            forward()
-            for key, seconds in dict(enc.last_trace).items():
-                seen.setdefault(key, []).append(1e3 * float(seconds))
-        enc.trace = False
+        return traced_forwards(enc, forward, runs)[0]
     except (AttributeError, TypeError, ValueError):
         return {}
-    return {k: statistics.median(v) for k, v in seen.items()}
 
 
 @dataclass
