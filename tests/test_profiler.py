@@ -28,9 +28,10 @@ TINY = SearchSpace("tiny", layers=[1, 2], heads=[2, 4], hidden=[32, 64], interme
                    max_positions=64)
 W = P.Workload(batch_size=2, seq_len=8, num_threads=1)
 # three calls per op, no warm-up time, one weight copy: a whole tiny profile in about a second
-# (no retries of disturbed blocks: the machine is shared, and these tests count blocks)
+# (no retries of disturbed blocks and no host probe, which would call blocks disturbed and add a last try: the
+# machine is shared, and these tests count blocks)
 FAST = P.Settings(mode="quick", blocks=2, warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=3, max_repeats=3,
-                  rotation_factor=0.0, retries=0)
+                  rotation_factor=0.0, retries=0, host_probe=False)
 
 
 @pytest.fixture
@@ -101,7 +102,7 @@ def test_ctrl_c_keeps_the_measurements_and_a_rerun_resumes(tmp_path, monkeypatch
 
 def test_quick_measurements_are_not_reused_by_a_full_run(tiny_profile, tmp_path, monkeypatch):
     full = P.Settings(mode="full", blocks=1, warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=3,
-                      max_repeats=3, rotation_factor=0.0, retries=0)
+                      max_repeats=3, rotation_factor=0.0, retries=0, host_probe=False)
     prof = P.profile(TINY, W, out=tmp_path / "tiny.json", progress=False, settings=full)
     wp = prof.workloads[W.key]
     assert wp.mode == "full" and all(m.mode == "full" and len(m.blocks) == 1 for m in wp.ops.values())
@@ -330,6 +331,15 @@ def test_a_block_the_host_slowed_is_disturbed():
     blocks = P._measure(lambda: None, dataclasses.replace(s, retries=2, retry_pause_s=0.0), 1, 2, [0.0],
                         probe=_FakeProbe(1.9, 1.0))
     assert [b.disturbed for b in blocks] == [True, False]
+
+
+def test_profile_probes_the_host_around_every_block(tmp_path):
+    prof = P.profile(TINY, W, out=tmp_path / "probed.json", progress=False,
+                     settings=dataclasses.replace(FAST, blocks=1, host_probe=True))
+    blocks = [b for m in prof.workloads[W.key].ops.values() for b in m.blocks]
+    assert blocks and all(b.host_slowdown is not None and b.host_slowdown >= 1.0 for b in blocks)
+    saved = json.loads((tmp_path / "probed.json").read_text())["workloads"][W.key]["ops"]
+    assert all("host_slowdown" in b for m in saved.values() for b in m["blocks"])
 
 
 def test_host_probe_measures_the_engine():

@@ -794,6 +794,7 @@ class Settings:
     max_spread: float = math.inf
     retry_pause_s: float = 0.5      # × the retry number: lets a burst of load pass
     retry_budget_s: float = 60.0    # at most this long spent on retries per run
+    host_probe: bool = True         # time _HostProbe around every block (interference /proc/stat cannot see)
 
     @classmethod
     def quick(cls, clock: str = "wall") -> "Settings":
@@ -1251,7 +1252,7 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
                     f"profile {space.name} {workload.key}", enabled=progress)
     pool = _Pool()
     isa_name = target.isa
-    probe = _HostProbe(workload.num_threads, isa_name)
+    probe = _HostProbe(workload.num_threads, isa_name) if settings.host_probe else None
     done = 0
     retry_clock = [0.0]
     def measure(spec: OpSpec) -> None:
