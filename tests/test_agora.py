@@ -215,10 +215,11 @@ def test_summarize_and_plot(tmp_path):
     def write(name, plain, final, rounds=2):
         d = tmp_path / name
         d.mkdir()
-        rows = [{"round": k + 1, "dev_accuracy": 0.7, "test_accuracy": plain if k == 0 else final}
-                for k in range(rounds)]
+        rows = [{"round": k + 1, "dev_accuracy": 0.7, "test_accuracy": plain if k == 0 else final,
+                 "seconds": 120.0 * (k + 1)} for k in range(rounds)]
+        # a resumed run: its last call only finished the loop, the rounds' own times are what it cost
         (d / "result.json").write_text(json.dumps({"plain_test_accuracy": plain, "agora_test_accuracy": final,
-                                                   "rounds": rows, "wall_seconds_this_call": 600}))
+                                                   "rounds": rows, "wall_seconds_this_call": 4.0}))
         return d
 
     runs = [write("a", 0.70, 0.74), write("b", 0.68, 0.73)]
@@ -226,6 +227,7 @@ def test_summarize_and_plot(tmp_path):
     out = summarize(runs, refs, tmp_path / "plot.png")
     assert out["gain"]["mean"] == pytest.approx(0.045)
     assert out["gap_closed"] == pytest.approx(0.045 / 0.09)
+    assert out["minutes_per_run"]["values"] == pytest.approx([6.0, 6.0])     # (120 + 240) s, not the last call's 4 s
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
