@@ -83,6 +83,26 @@ class EncoderInputs:
     def real_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """[B] real tokens per sequence."""
+        return self.attention_mask.sum(axis=1)
+
+
+def encoder_flops(config: dict, lengths) -> int:
+    """Floating-point operations (a multiply-add = 2) of a padding-free encoder forward over sequences of `lengths`.
+
+    Per layer: the four weight GEMMs over the n real tokens, 2·n·(3H·H + H·H + H·I + I·H), and attention's two
+    batched products per sequence, 2·2·L²·H (Q·Kᵀ and P·V over all heads). Embeddings, softmax, LayerNorm, GELU
+    and the pooler are left out: they are O(n·H), under 1% of the total at these sizes. This is the work any
+    runtime has to do; one that computes padding does more.
+    """
+    h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = int(lengths.sum())
+    per_layer = 2 * n * (4 * h * h + 2 * h * i) + 4 * int((lengths * lengths).sum()) * h
+    return layers * per_layer
+
 
 # The runtimes, in the order they run within one (model, shape) row.
 ENGINE = "bortengine"

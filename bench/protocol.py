@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from cases import (BENCH_DIR, ENGINE, ENGINE_INT8, FAIL_ATOL, INT8_MIN_MEAN_COSINE, INT8_RUNTIMES, FLAG_ATOL, MEMORY_FACTOR, MEMORY_SLACK_BYTES, ORT, REFERENCE,
-                   ModelCase, ShapeCase)
+                   ModelCase, ShapeCase, encoder_flops)
 from report import EncoderTiming, GemmTiming, Report
 from probe import CpuShare
 from runtimes import RuntimePool, RuntimeUnavailable, engine_status
@@ -109,7 +109,8 @@ def run_encoder_row(benchmark, pool: RuntimePool, report: Report, model: ModelCa
                                     **stats)
         report.encoder.append(EncoderTiming(
             model=model.name, shape=shape.name, runtime=runtime, batch=shape.batch,
-            tokens=inputs.input_ids.shape[1], real_tokens=inputs.real_tokens, max_abs_diff=diff,
+            tokens=inputs.input_ids.shape[1], real_tokens=inputs.real_tokens,
+            flops=encoder_flops(config, inputs.lengths), max_abs_diff=diff,
             rerun_max_abs_diff=rerun, masked_rows_zero=masked_zero,
             min_cosine=None if cosine is None else float(cosine.min()), smoke=model.smoke, **stats))
 
@@ -229,6 +230,20 @@ def run_numpy_peak(benchmark, report: Report, threads: int, size: int, budget_se
     stats = {"median_ms": result["median_s"] * 1e3, "min_ms": result["min_s"] * 1e3, "iqr_ms": None,
              "rounds": result["rounds"], "others_cpu": result.get("others_cpu")}
     _record_gemm(benchmark, report, f"numpy matmul ({result['blas']})", size, size, size, stats, True, None, smoke)
+
+
+def run_fma_ceiling(benchmark, report: Report, threads: int, seconds: float = 1.0) -> None:
+    """The FMA probe on 1 and `threads` threads (best of 3 each): the machine's fp32 ceiling, for the report."""
+    import fma_peak
+
+    benchmark.group = "gemm peak"
+    result = {}
+    try:
+        benchmark.pedantic(lambda: result.update(fma_peak.ceiling(threads, seconds)), rounds=1, iterations=1)
+    except fma_peak.ProbeUnavailable as exc:
+        pytest.skip(str(exc))
+    if benchmark.enabled:
+        report.fma = result
 
 
 # --- memory -----------------------------------------------------------------------------------------------------

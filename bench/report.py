@@ -36,6 +36,7 @@ class EncoderTiming:
     masked_rows_zero: bool | None = None  # engine only: rows of masked positions are exactly 0
     min_cosine: float | None = None  # int8 runtimes: smallest per-token cosine to PyTorch float32
     smoke: bool = False
+    flops: int | None = None  # cases.encoder_flops: the forward's GEMM and attention work over the real tokens
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Report:
     skipped: dict = field(default_factory=dict)  # runtime -> reason
     fusion: dict = field(default_factory=dict)  # model -> fused op counts of the ORT graph
     engine: dict = field(default_factory=dict)
+    fma: dict = field(default_factory=dict)  # fma_peak.ceiling(): the machine's independent-FMA GFLOP/s
 
     # --- aggregation -------------------------------------------------------------------------------------------
 
@@ -81,7 +83,20 @@ class Report:
             row.setdefault("cosine", {})[t.runtime] = t.min_cosine
             if t.runtime == ENGINE:
                 row["masked_rows_zero"] = t.masked_rows_zero
+            if t.flops is not None:
+                row["gflop"] = t.flops / 1e9
+        peaks = {"ceiling": self.gemm_summary(smoke)["peak_gflops"], "ceiling_fma": self.fma.get("gflops")}
         for row in rows.values():
+            if not row.get("gflop"):
+                continue
+            row["gflops"] = {r: row["gflop"] / row["ms"][r] * 1e3 for r in row["ms"]}
+            # The fastest any runtime could go if every FLOP of the forward ran at the run's best GEMM rate (or at
+            # the FMA probe's rate) and nothing else cost time; per peer, its ms over that floor: the highest
+            # ratio to that peer an engine could show on this machine.
+            for key, peak in peaks.items():
+                if peak:
+                    floor_ms = row["gflop"] / peak * 1e3
+                    row[key] = {r: row["ms"][r] / floor_ms for r in row["ms"] if r != ENGINE}
             for stat, key in (("ms", "ratio"), ("min_ms", "ratio_of_min")):
                 eng = row[stat].get(ENGINE)
                 row[key] = {r: row[stat][r] / eng for r in row[stat] if eng and r != ENGINE}
@@ -113,6 +128,13 @@ class Report:
                     "geomean": _geomean([x for x, _ in ratios]), "min": worst[0], "min_row": worst[1],
                     "rows": len(ratios), "busy_rows": sum(r["busy"] for r in rows if runtime in r[key]),
                     "geomean_of_min": _geomean(of_min), "min_of_min": min(of_min)}
+                for ckey in ("ceiling", "ceiling_fma"):
+                    ceilings = [(r[ckey][runtime], f'{r["model"]} {r["shape"]}') for r in rows
+                                if runtime in r.get(ckey, {})]
+                    if suffix == "" and ceilings and len(ceilings) == len(ratios):
+                        out[f"{runtime}/{base}"][ckey] = {
+                            "geomean": _geomean([x for x, _ in ceilings]), "min": min(ceilings)[0],
+                            "min_row": min(ceilings)[1]}
         return out
 
     def gemm_summary(self, smoke: bool) -> dict:
@@ -155,6 +177,11 @@ class Report:
                 out.append(f"{runtime} over {a['rows']} rows: geometric mean {a['geomean']:.2f}x, "
                            f"min {a['min']:.2f}x ({a['min_row']})   [from the rounds' minimum times: "
                            f"{a['geomean_of_min']:.2f}x, min {a['min_of_min']:.2f}x]")
+                for ckey, rate in (("ceiling", "the run's best GEMM"), ("ceiling_fma", "the FMA probe's")):
+                    if ckey in a:
+                        c = a[ckey]
+                        out.append(f"  ceiling with every FLOP at {rate} rate and nothing else costing time: "
+                                   f"geometric mean {c['geomean']:.2f}x, min {c['min']:.2f}x ({c['min_row']})")
             busy = max(a["busy_rows"] for a in agg.values())
             if busy:
                 out.append(f"{busy} row(s) marked ~ ran while other processes used more than {BUSY_SHARE:.0%} of "
@@ -164,6 +191,12 @@ class Report:
             g = self.gemm_summary(smoke)
             if g["peak_candidates"] or g["shapes"]:
                 out += ["", ("SMOKE " if smoke else "") + "GEMM, median"] + self._gemm_table(g)
+        if self.fma:
+            f = self.fma
+            out += ["", f"FMA probe (independent fp32 FMAs, no loads; bench/fma_peak.py): ymm {_fmt_g(f.get('ymm_1'))}"
+                        f" / {_fmt_g(f.get('ymm_' + str(f['threads'])))}, zmm {_fmt_g(f.get('zmm_1'))} / "
+                        f"{_fmt_g(f.get('zmm_' + str(f['threads'])))} GFLOP/s on 1 / {f['threads']} thread(s): no "
+                        f"fp32 GEMM passes {f['gflops']:.1f}"]
         for m in self.memory:
             out += ["", self._memory_line(m)]
         return out
@@ -246,6 +279,7 @@ class Report:
             "gemm": self.gemm_summary(False),
             "gemm_smoke": self.gemm_summary(True),
             "memory": self.memory,
+            "fma": self.fma,
         }
 
     def write(self, path: Path) -> None:
@@ -269,6 +303,10 @@ def _geomean(xs) -> float:
 
 def _fmt_share(x) -> str:
     return "-" if x is None else f"{x:.0%}" + (" ~" if x > BUSY_SHARE else "")
+
+
+def _fmt_g(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def _fmt_err(x):

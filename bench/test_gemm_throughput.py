@@ -1,14 +1,19 @@
 """GEMM throughput of bortengine's PackedLinear at the Bort layer shapes, as a fraction of the machine's peak.
 
-The peak is measured in the same run: the best of large square fp32 GEMMs by PackedLinear, numpy and torch.
+The peak is measured in the same run: the best of large square fp32 GEMMs by PackedLinear, numpy and torch. The FMA
+probe (bench/fma_peak.py) gives the ceiling above it that no GEMM can pass; the report's ceiling lines use both.
 torch's linear at the layer shapes is timed alongside for reference.
 """
 import pytest
 
 from cases import GEMM_SHAPES, PEAK_SIZE
-from protocol import run_numpy_peak, run_packed_linear, run_torch_linear
+from protocol import run_fma_ceiling, run_numpy_peak, run_packed_linear, run_torch_linear
 
 SHAPE_IDS = [f"{m}x{k}x{n}" for m, k, n in GEMM_SHAPES]
+
+
+def test_fma_ceiling(benchmark, report, threads):
+    run_fma_ceiling(benchmark, report, threads)
 
 
 def test_peak_packed_linear(benchmark, report, threads, budget_seconds):
