@@ -18,18 +18,18 @@ if [ ! -f $LABELLER/config.json ]; then
       --time-budget 14m --clock wall --no-progress
 fi
 for seed in ${SEEDS:-0 1 2}; do
-  nice -n 19 python -m bortengine finetune --agora --model $STUDENT --student-arch none --labeller $LABELLER \
+  nice -n 19 python -m bortengine finetune --agora --recipe paper --model $STUDENT --student-arch none --labeller $LABELLER \
       --task rt --train-limit 500 --settings "$THETA" --per-mistake 4 --seed $seed --out $R/seed-$seed \
       > $R/seed-$seed.log 2>&1
 done
 for seed in ${REF_SEEDS:-0 1 2}; do
-  nice -n 19 python -m bortengine finetune --agora --model $STUDENT --student-arch none --labeller $LABELLER \
+  nice -n 19 python -m bortengine finetune --agora --recipe paper --model $STUDENT --student-arch none --labeller $LABELLER \
       --task rt --settings "lr=3e-4,epochs=3" --rounds 1 --seed $seed --out $R/full-$seed > $R/full-$seed.log 2>&1
 done
 # the exploratory variant of docs/agora.md: 8 new points per dev mistake instead of 4
 if [ -n "${VARIANT_PM8:-}" ]; then
   for seed in ${SEEDS:-0 1 2}; do
-    nice -n 19 python -m bortengine finetune --agora --model $STUDENT --student-arch none --labeller $LABELLER \
+    nice -n 19 python -m bortengine finetune --agora --recipe paper --model $STUDENT --student-arch none --labeller $LABELLER \
         --task rt --train-limit 500 --settings "$THETA" --per-mistake 8 --seed $seed \
         --out $R/variant-pm8-seed-$seed > $R/variant-pm8-seed-$seed.log 2>&1
   done
@@ -38,12 +38,21 @@ fi
 # labeller's soft labels on the generated points only, half of dev kept apart to rank Θ and pick each round's best
 if [ -n "${VARIANT_D:-}" ]; then
   for seed in ${SEEDS:-6 7 8}; do
-    nice -n 19 python -m bortengine finetune --agora --model $STUDENT --student-arch none --labeller $LABELLER \
+    nice -n 19 python -m bortengine finetune --agora --recipe paper --model $STUDENT --student-arch none --labeller $LABELLER \
         --task rt --train-limit 500 --settings "$THETA" --per-mistake 64 --agora-distill 0.5 \
         --agora-distill-on generated --select-fraction 0.5 --seed $seed --out $R/pm64g-sel-seed-$seed \
         > $R/pm64g-sel-seed-$seed.log 2>&1
   done
   python -m bortengine.agora $R/pm64g-sel-seed-? --reference $R/full-? --plot docs/agora-pm64g-sel.png \
       > docs/agora-summary-pm64g-sel.json
+fi
+if [ -n "${VARIANT_G:-}" ]; then
+  # configuration G = the default recipe ('scarce'): no Agora options beyond the run's own
+  for seed in 12 13 14; do
+    nice -n 19 python -m bortengine finetune --agora --model $STUDENT --student-arch none --labeller $LABELLER \
+        --task rt --train-limit 500 --seed $seed --out $R/g-pm128-rf04-seed-$seed >> $R/g-pm128-rf04-seed-$seed.log 2>&1
+  done
+  python -m bortengine.agora $R/g-pm128-rf04-seed-{12,13,14} --reference $R/full-? \
+      --plot docs/agora-g-pm128-rf04.png > docs/agora-summary-g-pm128-rf04.json
 fi
 python -m bortengine.agora $R/seed-* --reference $R/full-* --plot docs/agora-rounds.png > $R/summary.json

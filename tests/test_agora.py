@@ -320,9 +320,40 @@ def test_distill_on_generated_needs_a_weight_and_a_known_choice(tmp_path):
     from bortengine.agora import finetune_agora
 
     with pytest.raises(AgoraError, match="needs a distillation weight"):
-        finetune_agora("no-labeller", str(tmp_path), distill_on="generated")
+        finetune_agora("no-labeller", str(tmp_path), distill_on="generated", distill_weight=0.0)
     with pytest.raises(AgoraError, match="distill_on must be"):
         finetune_agora("no-labeller", str(tmp_path), distill_on="originals", distill_weight=0.5)
     proc = subprocess.run([sys.executable, "-m", "bortengine", "finetune", "--agora", "--labeller", "x",
                            "--agora-distill-on", "originals", "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "--agora-distill-on" in proc.stderr
+
+
+def test_recipes_fill_what_is_not_given():
+    from bortengine.agora import RECIPES, resolve_recipe
+
+    scarce = resolve_recipe()
+    assert scarce == {**RECIPES["scarce"], "settings": [dict(x) for x in RECIPES["scarce"]["settings"]]}
+    assert scarce["per_mistake"] == 128 and scarce["distill_on"] == "generated" and scarce["select_fraction"] == 0.5
+    paper = resolve_recipe("paper")
+    assert (paper["per_mistake"], paper["fraction"], paper["distill_weight"], paper["select_fraction"]) == \
+        (4, 0.25, 0.0, None)
+    mixed = resolve_recipe("scarce", per_mistake=8, select_fraction=0)       # 0: none of dev kept apart
+    assert mixed["per_mistake"] == 8 and mixed["select_fraction"] is None and mixed["fraction"] == 0.4
+    hard = resolve_recipe("scarce", distill_weight=0.0)                       # the recipe's "generated" is moot then
+    assert hard["distill_weight"] == 0.0 and hard["distill_on"] == "all"
+    assert resolve_recipe("paper", distill_weight=0.5, distill_on="generated")["distill_on"] == "generated"
+    # the recipe's Θ is what the measured runs' --settings parsed to, so both spellings are one run (fingerprint)
+    from bortengine.agora import parse_settings
+    theta = parse_settings("lr=3e-4,epochs=6;lr=6e-4,epochs=6")
+    assert json.dumps(scarce["settings"]) == json.dumps(theta)
+    assert AgoraConfig(settings=scarce["settings"]).fingerprint() == AgoraConfig(settings=theta).fingerprint()
+    scarce["settings"][0]["lr"] = 1.0                                         # a copy: the recipe is unchanged
+    assert RECIPES["scarce"]["settings"][0]["lr"] == 3e-4
+    with pytest.raises(AgoraError, match="recipe must be one of"):
+        resolve_recipe("best")
+
+
+def test_cli_recipe_is_checked(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bortengine", "finetune", "--agora", "--labeller", "x",
+                           "--recipe", "best", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--recipe" in proc.stderr

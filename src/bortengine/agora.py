@@ -41,11 +41,12 @@ __all__ = [
     "AgoraError", "AgoraConfig", "AgoraResult", "RoundRecord", "run_agora", "evaluate_rounds", "accuracy",
     "Labeller", "Trainer", "Transformation",
     "NearestNeighbourSwap", "MaskedLMFill", "GaussianNoise",
-    "EngineLabeller", "TextClassifierTrainer", "slice_student", "scarce_subset", "finetune_agora", "DEFAULT_SETTINGS", "plot_rounds",
+    "EngineLabeller", "TextClassifierTrainer", "slice_student", "scarce_subset", "finetune_agora", "DEFAULT_SETTINGS", "RECIPES", "resolve_recipe", "plot_rounds",
 ]
 
-# Θ used for the measured runs (docs/agora.md): learning rate x epochs of the small student. Kept small on purpose:
-# each round trains every remaining setting, so |Θ| settings cost |Θ|(|Θ|+1)/2 fine-tunes over |Θ| rounds.
+# Θ of the generic loop when none is given (AgoraConfig, parse_settings(None)): learning rate x epochs. Each round
+# trains every remaining setting, so |Θ| settings cost |Θ|(|Θ|+1)/2 fine-tunes over |Θ| rounds. The text recipes
+# below use the smaller Θ of the measured runs.
 DEFAULT_SETTINGS: tuple[dict, ...] = (
     {"lr": 2e-4, "epochs": 8},
     {"lr": 4e-4, "epochs": 8},
@@ -875,6 +876,43 @@ def plot_rounds(runs: Sequence[Sequence[Mapping[str, Any]]], path: str | os.Path
 
 
 # -- the movie-reviews experiment (CLI: bortengine finetune --agora) ---------------------------------------------
+# as `--settings "lr=3e-4,epochs=6;lr=6e-4,epochs=6"` parses (floats), so a recipe run and the same run spelt out on
+# the command line are one run (same state fingerprint: either resumes the other)
+MEASURED_SETTINGS: tuple[dict, ...] = ({"lr": 3e-4, "epochs": 6.0}, {"lr": 6e-4, "epochs": 6.0})
+
+# Named sets of finetune_agora's options (CLI --recipe); an option given explicitly overrides its recipe's value.
+# "scarce" (the default): configuration G of docs/agora.md, pre-registered and then measured on fresh seeds (500 RT
+# examples, ⟨4,8,256,512⟩ student): 128 new points per dev mistake, 40% of their words swapped, learnt from the
+# labeller's soft labels alone, half of dev kept apart for selection. "paper": Agora as published, and as the runs
+# of docs/agora.md before G were made: 4 points per mistake, 25% of the words, the labeller's hard labels, all of
+# dev for both selection and generation.
+RECIPES: dict[str, dict[str, Any]] = {
+    "scarce": {"settings": MEASURED_SETTINGS, "per_mistake": 128, "fraction": 0.4, "distill_weight": 1.0,
+               "distill_on": "generated", "select_fraction": 0.5},
+    "paper": {"settings": MEASURED_SETTINGS, "per_mistake": 4, "fraction": 0.25, "distill_weight": 0.0,
+              "distill_on": "all", "select_fraction": None},
+}
+
+
+def resolve_recipe(recipe: str = "scarce", **given: Any) -> dict[str, Any]:
+    """The recipe's options with the ones given (not None) in their place. select_fraction=0 means none of dev is
+    kept apart (all of dev selects and seeds generation); a recipe's distill_on="generated" falls back to "all"
+    (moot) when the distillation weight given is 0, while an explicit distill_on="generated" with weight 0 is refused
+    later, as before."""
+    if recipe not in RECIPES:
+        raise AgoraError(f"recipe must be one of {sorted(RECIPES)} (see docs/agora.md), got {recipe!r}")
+    unknown = set(given) - set(RECIPES[recipe])
+    if unknown:
+        raise AgoraError(f"not a recipe option: {sorted(unknown)}")
+    out = {k: ([dict(x) for x in v] if k == "settings" else v) for k, v in RECIPES[recipe].items()}
+    out.update({k: v for k, v in given.items() if v is not None})
+    if out["select_fraction"] == 0:
+        out["select_fraction"] = None
+    if given.get("distill_on") is None and not out["distill_weight"]:
+        out["distill_on"] = "all"
+    return out
+
+
 def parse_settings(text: Optional[str]) -> list[dict]:
     """Θ from the command line: a JSON list of objects, a path to a JSON file holding one, or
     'lr=2e-4,epochs=8;lr=4e-4,epochs=4'. None gives DEFAULT_SETTINGS."""
@@ -918,13 +956,17 @@ def scarce_subset(examples: Sequence[Any], n: Optional[int], seed: int) -> list:
 def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arch: Optional[str] = "4,8,256,512",
                    task: str = "rt", train_limit: Optional[int] = 500, seed: int = 0,
                    settings: Optional[Sequence[Mapping[str, Any]]] = None, rounds: Optional[int] = None,
-                   per_mistake: int = 4, max_new_per_round: Optional[int] = None, transformation: str = "neighbours",
-                   fraction: float = 0.25, neighbours: int = 8, mlm_model: Optional[str] = None,
-                   max_length: int = 64, threads: Optional[int] = None, distill_weight: float = 0.0,
-                   min_confidence: Optional[float] = None, select_fraction: Optional[float] = None,
-                   distill_on: str = "all") -> dict:
+                   per_mistake: Optional[int] = None, max_new_per_round: Optional[int] = None,
+                   transformation: str = "neighbours", fraction: Optional[float] = None, neighbours: int = 8,
+                   mlm_model: Optional[str] = None, max_length: int = 64, threads: Optional[int] = None,
+                   distill_weight: Optional[float] = None, min_confidence: Optional[float] = None,
+                   select_fraction: Optional[float] = None, distill_on: Optional[str] = None,
+                   recipe: str = "scarce") -> dict:
     """Agora on a movie-reviews task with a text student, the engine as labeller, and test accuracy of every
     round's student measured after the loop. Writes out_dir/result.json and out_dir/rounds.png.
+
+    recipe: "scarce" (default) or "paper" (RECIPES): the values of settings, per_mistake, fraction, distill_weight,
+    distill_on and select_fraction left as None; select_fraction=0: none of dev kept apart.
 
     model: the student directory, or the teacher to cut `arch` from (default all-MiniLM-L6-v2); arch=None uses
     model as the student. train_limit: a stratified sample of N examples of the committed train split drawn with
@@ -936,6 +978,11 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     from .training.data import load_split
     from .training.models import LABELS
 
+    options = resolve_recipe(recipe, settings=settings, per_mistake=per_mistake, fraction=fraction,
+                             distill_weight=distill_weight, distill_on=distill_on, select_fraction=select_fraction)
+    settings, per_mistake, fraction = options["settings"], options["per_mistake"], options["fraction"]
+    distill_weight, distill_on, select_fraction = (options["distill_weight"], options["distill_on"],
+                                                   options["select_fraction"])
     _check_ranges(min_confidence, select_fraction, distill_weight)  # before minutes of loading, not after
     if distill_on not in ("all", "generated"):
         raise AgoraError(f"distill_on must be 'all' (every training point) or 'generated' (the labeller's points "
@@ -967,7 +1014,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         transform = MaskedLMFill(mlm_model, tokenizer_dir, fraction=fraction, k=neighbours, max_length=max_length)
     else:
         raise AgoraError(f"transformation must be 'neighbours' or 'mlm' for text, got {transformation!r}")
-    config = AgoraConfig(settings=list(settings) if settings is not None else [dict(s) for s in DEFAULT_SETTINGS],
+    config = AgoraConfig(settings=list(settings),
                          rounds=rounds, per_mistake=per_mistake, max_new_per_round=max_new_per_round, seed=seed,
                          out_dir=out_dir, num_classes=len(LABELS), label_names=list(LABELS),
                          trainer_settings=({"distill_weight": distill_weight} if distill_weight > 0 else {})
@@ -987,7 +1034,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         "task": task, "train_examples": len(train), "dev_examples": len(dev), "test_examples": len(test),
         "student": arch or model, "sliced_from": (model or "all-MiniLM-L6-v2") if arch else None, "labeller": str(labeller),
         "labeller_dev_accuracy": labeller_dev, "transformation": transformation, "fraction": fraction,
-        "neighbours": neighbours, "seed": seed, "settings": config.settings, "rounds": rows,
+        "neighbours": neighbours, "seed": seed, "recipe": recipe, "per_mistake": per_mistake,
+        "settings": config.settings, "rounds": rows,
         "distill_weight": distill_weight, "distill_on": distill_on, "min_confidence": min_confidence, "select_fraction": select_fraction,
         "plain_test_accuracy": rows[0]["test_accuracy"], "agora_test_accuracy": rows[-1]["test_accuracy"],
         "plain_dev_accuracy": rows[0]["dev_accuracy"], "agora_dev_accuracy": rows[-1]["dev_accuracy"],

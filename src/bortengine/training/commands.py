@@ -140,27 +140,33 @@ def _add_agora_arguments(ft) -> None:
     ag.add_argument("--student-arch", default="4,8,256,512", metavar="D,A,H,I",
                     help="cut this student from --model (default all-MiniLM-L6-v2) by importance; 'none': --model "
                          "is the student (default 4,8,256,512)")
+    ag.add_argument("--recipe", choices=("scarce", "paper"), default="scarce",
+                    help="defaults of the options marked [recipe]: 'scarce' (default; measured best on 500 "
+                         "examples: Θ lr 3e-4 and 6e-4 x 6 epochs, 128 points per mistake, 40%% of words "
+                         "replaced, soft labels on the generated points only, half of dev kept for selection) or "
+                         "'paper' (Agora as published: 4 per mistake, 25%%, hard labels, all of dev); see "
+                         "docs/agora.md")
     ag.add_argument("--settings", default=None, metavar="THETA",
-                    help="Θ: 'lr=2e-4,epochs=8;lr=4e-4,epochs=4', a JSON list, or a JSON file")
+                    help="[recipe] Θ: 'lr=2e-4,epochs=8;lr=4e-4,epochs=4', a JSON list, or a JSON file")
     ag.add_argument("--rounds", type=int, default=None, help="round budget (default: until Θ is empty)")
-    ag.add_argument("--per-mistake", type=int, default=4, help="new points per dev mistake (default 4)")
+    ag.add_argument("--per-mistake", type=int, default=None, help="[recipe] new points per dev mistake")
     ag.add_argument("--max-new-per-round", type=int, default=None)
     ag.add_argument("--transformation", choices=("neighbours", "mlm"), default="neighbours")
-    ag.add_argument("--replace-fraction", type=float, default=0.25, help="fraction of words replaced (0.25)")
+    ag.add_argument("--replace-fraction", type=float, default=None, help="[recipe] fraction of words replaced")
     ag.add_argument("--neighbours", type=int, default=8, help="k nearest neighbours / MLM predictions (8)")
     ag.add_argument("--mlm-model", default=None, help="BertForMaskedLM directory for --transformation mlm")
-    ag.add_argument("--agora-distill", type=float, default=0.0, metavar="W",
-                    help="also distil the labeller's soft labels (T=2) on every training point with weight W in "
-                         "(0, 1], in every round (round 1 included); default 0: hard labels only")
-    ag.add_argument("--agora-distill-on", choices=("all", "generated"), default="all",
-                    help="with --agora-distill: distil on every training point (all, default) or only on the "
+    ag.add_argument("--agora-distill", type=float, default=None, metavar="W",
+                    help="[recipe] also distil the labeller's soft labels (T=2) with weight W in [0, 1], in every "
+                         "round (round 1 included when they apply to all points); 0: hard labels only")
+    ag.add_argument("--agora-distill-on", choices=("all", "generated"), default=None,
+                    help="[recipe] with --agora-distill: distil on every training point (all) or only on the "
                          "generated ones, the originals keeping their gold labels alone (round 1 = plain fine-tuning)")
     ag.add_argument("--min-confidence", type=float, default=None, metavar="P",
                     help="keep a generated point only if the labeller's largest class probability is >= P "
                          "(default: keep all)")
     ag.add_argument("--select-fraction", type=float, default=None, metavar="F",
-                    help="keep a stratified fraction F of dev apart to rank Θ and pick each round's best student; "
-                         "the mistakes that seed generation come from the rest (default: all of dev does both)")
+                    help="[recipe] keep a stratified fraction F of dev apart to rank Θ and pick each round's best "
+                         "student; the mistakes that seed generation come from the rest (0: all of dev does both)")
 
 
 def _finetune_agora(args) -> int:
@@ -174,7 +180,8 @@ def _finetune_agora(args) -> int:
     try:
         summary = finetune_agora(
             labeller=args.labeller, out_dir=args.out, model=args.model, arch=arch, task=args.task,
-            train_limit=args.train_limit, seed=args.seed, settings=parse_settings(args.settings),
+            train_limit=args.train_limit, seed=args.seed,
+            settings=None if args.settings is None else parse_settings(args.settings), recipe=args.recipe,
             rounds=args.rounds, per_mistake=args.per_mistake, max_new_per_round=args.max_new_per_round,
             transformation=args.transformation, fraction=args.replace_fraction, neighbours=args.neighbours,
             mlm_model=args.mlm_model, max_length=args.max_length or 64, threads=args.threads,
