@@ -8,7 +8,6 @@
 // usage: fma_probe {ymm|zmm} THREADS SECONDS   -> prints "GFLOP/s"
 #include <immintrin.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -68,13 +67,14 @@ int main(int argc, char** argv) {
     volatile double sink = once(1);
     double one = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     long reps = std::max(1L, static_cast<long>(seconds / one));
-    std::atomic<int> ready{0};
+    std::vector<double> results(threads);  // one slot per thread: kept alive, and no shared write
     std::vector<std::thread> pool;
     auto start = std::chrono::steady_clock::now();
     for (int t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] { ready++; sink = zmm ? run_zmm(reps, 1.0f + t) : run_ymm(reps, 1.0f + t); });
+        pool.emplace_back([&, t] { results[t] = zmm ? run_zmm(reps, 1.0f + t) : run_ymm(reps, 1.0f + t); });
     for (auto& th : pool) th.join();
     double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    for (double r : results) sink = sink + r;
     double flops = 2.0 * lanes * ACC * static_cast<double>(kInner) * reps * threads;
     std::printf("%.1f\n", flops / wall / 1e9);
     (void)sink;

@@ -1076,10 +1076,8 @@ def summarize(run_dirs: Sequence[str | os.PathLike], reference_dirs: Sequence[st
         gap = out["full_split_test"]["mean"] - out["plain_test"]["mean"]
         out["gap_closed"] = (out["agora_test"]["mean"] - out["plain_test"]["mean"]) / gap if gap > 0 else None
     # a run's time is the sum of its rounds' own times, so a run interrupted and resumed counts each round once
-    # (the last call's wall time would count only what was left; older result.json files lack per-round times)
-    out["minutes_per_run"] = stats([(sum(row["seconds"] for row in r["rounds"])
-                                     if all("seconds" in row for row in r["rounds"]) else r["wall_seconds_this_call"])
-                                    / 60 for r in runs])
+    # (the last call's wall time would count only what was left)
+    out["minutes_per_run"] = stats([sum(row["seconds"] for row in r["rounds"]) / 60 for r in runs])
     if plot:
         plot_rounds([r["rounds"] for r in runs], plot, reference=out["full_split_test"]["mean"] if refs else None,
                     seeds=[r.get("seed", k) for k, r in enumerate(runs)])
