@@ -171,8 +171,8 @@ def test_numpy_reference_agrees_with_transformers(make_model):
     """tests/numpy_encoder.py is itself right, so it can stand in for the core and check it."""
     import numpy_encoder
 
-    from bortengine.config import ModelConfig
-    from bortengine.weights import BertWeights, Checkpoint
+    from bortengine.engine.config import ModelConfig
+    from bortengine.engine.weights import BertWeights, Checkpoint
 
     path = make_model(**RANDOM_MODELS["h200_5x40_pooler"])
     c = ModelConfig.from_file(path)

@@ -78,7 +78,7 @@ def _write_prequantized(src, dst):
 
     from safetensors.numpy import load_file, save_file
 
-    from bortengine.weights import QUANTIZABLE_LAYER_WEIGHTS
+    from bortengine.engine.weights import QUANTIZABLE_LAYER_WEIGHTS
 
     shutil.copytree(src, dst)
     tensors = load_file(str(src / "model.safetensors"))
@@ -119,11 +119,11 @@ def test_prequantized_checkpoint_missing_scale(make_model, tmp_path):
 
 
 def test_quantize_checkpoint_api(make_model, tmp_path):
-    """bortengine.quantization.quantize_checkpoint (what `bortengine export --dtype int8` runs) writes what
+    """bortengine.export.quantize_checkpoint (what `bortengine export --dtype int8` runs) writes what
     load(dtype="int8") would compute at load, and a smaller file."""
     import shutil
 
-    from bortengine.quantization import quantize_checkpoint
+    from bortengine.export import quantize_checkpoint
 
     path = make_model(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
                       vocab_size=500, seed=9)

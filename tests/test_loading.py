@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 import bortengine
 from bortengine import ModelConfig, ModelLoadError, UnsupportedModelError
-from bortengine.weights import read_safetensors_header
+from bortengine.engine.weights import read_safetensors_header
 
 TOKENS = np.array([[101, 7592, 2088, 999, 102], [101, 2023, 102, 0, 0]], dtype=np.int64)
 MASK = (TOKENS != 0).astype(np.int64)
@@ -202,7 +202,7 @@ def test_half_weights_convert_exactly(small_model, weights, tmp_path, dtype):
 
 def test_half_weights_chunked_conversion(small_model, weights, tmp_path, monkeypatch):
     """Conversion in many small chunks (each tensor split at odd boundaries) gives the same values."""
-    import bortengine.weights as w
+    import bortengine.engine.weights as w
 
     half = {k: v.astype(np.float16) for k, v in weights.items()}
     path = model_copy(small_model, tmp_path / "m", half)
@@ -300,7 +300,7 @@ def test_garbage_files(small_model, tmp_path):
 def test_short_read_during_load(small_model, weights, tmp_path, monkeypatch):
     """A file that shrinks between header check and read (e.g. being overwritten) still gives a clear error."""
     path = model_copy(small_model, tmp_path / "m", dict(weights))
-    from bortengine.weights import BertWeights, Checkpoint
+    from bortengine.engine.weights import BertWeights, Checkpoint
 
     checkpoint = Checkpoint.open(path)
     w = BertWeights(checkpoint, bortengine.ModelConfig.from_file(path))

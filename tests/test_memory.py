@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from bortengine.weights import read_safetensors_header
+from bortengine.engine.weights import read_safetensors_header
 from conftest import NATIVE
 from test_isolation import PRELUDE, _env
 

@@ -106,7 +106,7 @@ def numpy_references(engines):
     """model name -> numpy_encoder.Encoder on the same weights."""
     import numpy_encoder
 
-    from bortengine.weights import BertWeights, Checkpoint
+    from bortengine.engine.weights import BertWeights, Checkpoint
 
     out = {}
     for name in MODELS:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import bortengine
 from bortengine import profiler as P
-from bortengine import search as S
+from bortengine.search import fptas as S
 from bortengine.architecture import Architecture
 from bortengine.search_space import BORT_SPACE, MINILM_SPACE, SearchSpace
 
@@ -522,7 +522,7 @@ def test_report_plot_and_cli(tmp_path, capsys):
 
 
 def test_finalists_are_timed_on_the_engine(tmp_path):
-    prof = synthetic(TINY, w=P.Workload(1, 16, 1), isa=bortengine.engine._core().default_isa())
+    prof = synthetic(TINY, w=P.Workload(1, 16, 1), isa=bortengine.engine.core().default_isa())
     r = S.extract(TINY, "analytic", prof, workload=P.Workload(1, 16, 1), cache_dir=tmp_path, progress=False,
                   epsilon=0.25)
     m = S.measure_finalists(r, 2, quick=True, progress=False)

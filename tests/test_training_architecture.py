@@ -58,6 +58,6 @@ def test_real_teacher_counts():
 
 
 def test_no_torch_on_import():
-    code = ("import sys, bortengine, bortengine.architecture, bortengine.training, bortengine.training.commands, "
+    code = ("import sys, bortengine, bortengine.architecture, bortengine.training, bortengine.cli.train, "
             "bortengine.cli; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

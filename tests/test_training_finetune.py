@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 import bortengine
 from bortengine.training import data
 from bortengine.training.classification import FinetuneConfig, finetune, finetune_surrogate_loss
-from bortengine.training.hf_export import check_export, export_run
+from bortengine.export.hf import check_export, export_run
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .architecture import HEADS, Architecture
-from .errors import BortEngineError
+from bortengine.architecture import HEADS, Architecture
+from bortengine.errors import BortEngineError
 
 __all__ = ["SearchSpace", "SearchSpaceError", "SPACES", "architecture_dims", "make_architecture"]
 

@@ -30,7 +30,7 @@ _WHERE = {
     "FinetuneConfig": "classification", "finetune": "classification",
     "finetune_surrogate_loss": "classification", "SequenceClassifier": "classification",
     "evaluate_classifier": "classification",
-    "export": "hf_export",
+    "export": ".export.hf",
 }
 
 

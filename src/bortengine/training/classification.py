@@ -97,7 +97,7 @@ class SequenceClassifier:
         return self.logits(texts).argmax(axis=1)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        from .hf_export import export
+        from bortengine.export.hf import export
 
         return export(self.model, out_dir, self.tokenizer_dir)
 
@@ -107,7 +107,7 @@ def _tokenizer_dir(config: FinetuneConfig) -> str:
         return config.tokenizer
     if config.model and (Path(config.model) / "tokenizer.json").is_file():
         return config.model
-    from ..testing import minilm_path
+    from bortengine.testing import minilm_path
 
     return str(minilm_path())
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..architecture import Architecture
+from bortengine.architecture import Architecture
 from .data import (WordPieceTokenizer, batch_order, build_segments, collate, heldout_sentences, load_split,
                    pretraining_documents, split_sentences)
 from .models import architecture_of, build_model, encoder_of, load_teacher
@@ -416,7 +416,7 @@ def pretrain(config: DistillConfig, teacher=None, importance: Optional[Importanc
         log.close()
     save_checkpoint()
 
-    from .hf_export import export
+    from bortengine.export.hf import export
 
     student.encoder.eval()
     student_dir = export(student.encoder, out / "student", teacher_dir)
@@ -473,7 +473,7 @@ _CORPORA: dict[tuple, "_Corpus"] = {}
 def _teacher_bundle(teacher) -> tuple[Any, Importance, WordPieceTokenizer, str]:
     """(teacher model, importance, tokenizer, directory), loaded and measured once per process."""
     if teacher is None or isinstance(teacher, (str, os.PathLike)):
-        from ..testing import minilm_path
+        from bortengine.testing import minilm_path
 
         key = str(teacher or minilm_path())
         if key not in _TEACHERS:

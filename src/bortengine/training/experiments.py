@@ -18,8 +18,8 @@ __all__ = ["slice_ablation"]
 def slice_ablation(sentences: int = 300) -> list[dict]:
     import torch
 
-    from ..architecture import Architecture
-    from ..testing import minilm_path
+    from bortengine.architecture import Architecture
+    from bortengine.testing import minilm_path
     from .data import WordPieceTokenizer, heldout_sentences
     from .distill import embedding_similarity, uniform_layer_map
     from .models import build_model, load_teacher

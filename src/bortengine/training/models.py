@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-from ..architecture import Architecture
+from bortengine.architecture import Architecture
 
 __all__ = ["build_model", "architecture_of", "encoder_of", "load_teacher", "hf_config", "count_parameters",
            "LABELS"]
@@ -72,7 +72,7 @@ def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
 def load_teacher(path: str | os.PathLike | None = None, attn_implementation: str = "eager") -> BertModel:
     """The teacher BertModel (default: the installed all-MiniLM-L6-v2), in eval mode, gradients off."""
     if path is None:
-        from ..testing import minilm_path
+        from bortengine.testing import minilm_path
 
         path = minilm_path()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

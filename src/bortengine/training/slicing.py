@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertForSequenceClassification
 
-from ..architecture import Architecture
+from bortengine.architecture import Architecture
 from .models import architecture_of, build_model, encoder_of
 
 __all__ = ["Importance", "measure_importance", "slice_init", "mean_pool", "forward_layers"]

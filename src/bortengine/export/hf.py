@@ -21,7 +21,7 @@ def export(model: torch.nn.Module, out_dir: str | os.PathLike, tokenizer_dir: st
            max_seq_length: Optional[int] = None) -> Path:
     """Write model (BertModel or BertForSequenceClassification) to out_dir; tokenizer and pooling files come
     from tokenizer_dir (the teacher's directory). Returns out_dir."""
-    from .models import encoder_of
+    from bortengine.training.models import encoder_of
 
     out, src = Path(out_dir), Path(tokenizer_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,14 +61,14 @@ def export(model: torch.nn.Module, out_dir: str | os.PathLike, tokenizer_dir: st
 
 def _model_from_run(run: Path):
     """(model, tokenizer_dir) from a pretrain/finetune run directory or an HF model directory."""
-    from ..architecture import Architecture
-    from .models import build_model
+    from bortengine.architecture import Architecture
+    from bortengine.training.models import build_model
 
     ckpt_path = run / "checkpoint.pt"
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, weights_only=False)
         if "student" in ckpt:                               # a pretrain run: the student encoder
-            from .distill import DistillConfig
+            from bortengine.training.distill import DistillConfig
 
             config = DistillConfig.from_dict(ckpt["config"])
             model = build_model(config.student, dropout=0.0)
@@ -92,7 +92,7 @@ def _model_from_run(run: Path):
 
 
 def _default_tokenizer_dir() -> str:
-    from ..testing import minilm_path
+    from bortengine.testing import minilm_path
 
     return str(minilm_path())
 
@@ -105,7 +105,7 @@ def check_export(model: torch.nn.Module, out_dir: str | os.PathLike, seed: int =
     import numpy as np
 
     import bortengine
-    from .models import encoder_of
+    from bortengine.training.models import encoder_of
 
     engine = bortengine.load(out_dir)
     rng = np.random.default_rng(seed)

@@ -96,8 +96,8 @@ def run_training_command(args) -> int:
 
 
 def _pretrain(args) -> int:
-    from ..architecture import Architecture
-    from .distill import DistillConfig, pretrain
+    from bortengine.architecture import Architecture
+    from bortengine.training.distill import DistillConfig, pretrain
 
     if args.max_steps is None and args.time_budget is None:
         print("error: give --max-steps and/or --time-budget", file=sys.stderr)
@@ -113,7 +113,7 @@ def _pretrain(args) -> int:
 
 
 def _finetune(args) -> int:
-    from .classification import FinetuneConfig, finetune, finetune_surrogate_loss
+    from bortengine.training.classification import FinetuneConfig, finetune, finetune_surrogate_loss
 
     config = FinetuneConfig(
         model=args.model, task=args.task, out_dir=args.out, seed=args.seed, epochs=args.epochs,
@@ -170,7 +170,7 @@ def _add_agora_arguments(ft) -> None:
 
 
 def _finetune_agora(args) -> int:
-    from ..agora import AgoraError, finetune_agora, parse_settings
+    from bortengine.training.agora import AgoraError, finetune_agora, parse_settings
 
     if args.labeller is None:
         print("error: --agora needs --labeller DIR (a classifier bortengine.load reads, e.g. an exported "
@@ -197,14 +197,14 @@ def _finetune_agora(args) -> int:
 
 
 def _export(args) -> int:
-    from .hf_export import export_run
+    from bortengine.export.hf import export_run
 
     report = export_run(args.run, args.out, check=not args.no_check)
     if args.dtype == "int8":  # after the float32 check: the torch model is float
         import numpy as np
 
         import bortengine
-        from bortengine.quantization import quantize_checkpoint
+        from bortengine.export.quantize import quantize_checkpoint
 
         reference = None
         if not args.no_check:  # the engine's int8 path on the float export, before rewriting it

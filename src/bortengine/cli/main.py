@@ -46,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from bortengine.search import add_extract_parser
 
     add_extract_parser(sub)  # extract: the FPTAS (torch only in surrogate workers)
-    from bortengine.training.commands import TRAINING_COMMANDS, add_training_parsers
+    from bortengine.cli.train import TRAINING_COMMANDS, add_training_parsers
 
     add_training_parsers(sub)  # pretrain, finetune, export (torch imported only when they run)
     args = parser.parse_args(argv)
@@ -62,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "demo":
             return _demo(args)
         if args.command in TRAINING_COMMANDS:
-            from bortengine.training.commands import run_training_command
+            from bortengine.cli.train import run_training_command
 
             return run_training_command(args)
         if args.command in ("profile", "profile-validate"):
@@ -80,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _info() -> int:
     import bortengine
-    from bortengine.engine import _core
+    from bortengine.engine import core as _core
 
     info = bortengine.cpu_info()
     core = _core()
@@ -225,7 +225,7 @@ def _demo(args) -> int:
 # --- bortengine profile / profile-validate ----------------------------------------------------------------------
 
 def _add_profile_parsers(sub) -> None:
-    from bortengine.profiler import DTYPES
+    from bortengine.profiling import DTYPES
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--space", default="bort", help="search space: bort, minilm, or a JSON/YAML file")
@@ -259,7 +259,7 @@ def _add_profile_parsers(sub) -> None:
 
 
 def _profile(args) -> int:
-    from bortengine import profiler
+    from bortengine import profiling as profiler
     from bortengine.engine import available_cpus
     from bortengine.search_space import SearchSpace
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelLoadError
+from bortengine.errors import ModelLoadError
 
 __all__ = ["Pooling", "POOLING_MODES"]
 

@@ -25,8 +25,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .config import ModelConfig
-from .errors import ModelLoadError
+from bortengine.engine.config import ModelConfig
+from bortengine.errors import ModelLoadError
 
 __all__ = ["TensorEntry", "read_safetensors_header", "Checkpoint", "BertWeights", "expected_tensors",
            "LAYER_TENSORS"]

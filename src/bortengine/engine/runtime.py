@@ -14,38 +14,20 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .config import ModelConfig
-from .errors import BortEngineError, InvalidInputError, ModelLoadError
-from .pooling import Pooling
-from .tokenization import TextTokenizer, as_text_list
-from .weights import BertWeights, Checkpoint
+from bortengine.engine.config import ModelConfig
+from bortengine.engine.native import available_cpus, core as _core
+from bortengine.engine.outputs import ClassificationResult, EncoderOutput, softmax
+from bortengine.engine.pooling import Pooling
+from bortengine.engine.tokenization import TextTokenizer, as_text_list
+from bortengine.engine.weights import BertWeights, Checkpoint
+from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError
 
-__all__ = ["load", "Engine", "EncoderOutput", "ClassificationResult", "available_cpus"]
-
-
-def _core():
-    """The native module, imported on first use so `import bortengine` works (and says how to fix it) without it."""
-    try:
-        from . import _core as core
-    except ImportError as e:
-        raise BortEngineError(
-            f"bortengine's native module is not available ({e}); build it with `python setup.py build_ext "
-            f"--inplace` in the source tree, or reinstall the package") from e
-    return core
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which containers and taskset restrict)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+__all__ = ["load", "Engine", "traced_forwards"]
 
 
 def _check_num_threads(num_threads: Any) -> int:
@@ -58,52 +40,6 @@ def _check_num_threads(num_threads: Any) -> int:
                       f"threads will share cores and every call will be slower. Use num_threads={cpus} or fewer.",
                       RuntimeWarning, stacklevel=3)
     return int(num_threads)
-
-
-@dataclass
-class EncoderOutput:
-    """What Engine.__call__ returns. Attribute access (out.logits) or dict-style (out["logits"]).
-
-    Shapes: last_hidden_state [B,T,H] float32 (zeros at masked positions), pooler_output [B,H] float32 when the
-    model has a pooler, logits [B,L] float32 when it is a classifier; absent outputs are None and not keys.
-    The pooler reads each sequence's first unmasked token (its [CLS]); transformers reads position 0 even when it
-    is masked, so the two agree whenever position 0 is unmasked (always, for right padding).
-    """
-
-    last_hidden_state: np.ndarray
-    pooler_output: Optional[np.ndarray] = None
-    logits: Optional[np.ndarray] = None
-
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
-
-    def values(self) -> list[np.ndarray]:
-        return [getattr(self, k) for k in self.keys()]
-
-    def items(self) -> list[tuple[str, np.ndarray]]:
-        return [(k, getattr(self, k)) for k in self.keys()]
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        if not isinstance(key, str) or key not in self.keys():
-            raise KeyError(f"{key!r}: this output has {self.keys()}")
-        return getattr(self, key)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64, shifted by each row's maximum. Shapes: [N, L] -> [N, L]."""
-    shifted = np.asarray(logits, dtype=np.float64)
-    shifted = shifted - shifted.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def traced_forwards(encoder: Any, forward: Any, runs: int) -> tuple[dict[str, float], float]:
@@ -122,28 +58,6 @@ def traced_forwards(encoder: Any, forward: Any, runs: int) -> tuple[dict[str, fl
     finally:
         encoder.trace = False
     return {name: float(np.median(v)) for name, v in parts.items()}, float(np.median(totals))
-
-
-@dataclass
-class ClassificationResult:
-    """What Engine.classify returns for a list of texts; iterating yields (label, probabilities [L]) pairs.
-
-    Shapes: labels N strings, probabilities [N,L] float32 (softmax, or sigmoid for multi-label models),
-    logits [N,L] float32.
-    """
-
-    labels: list[str]
-    probabilities: np.ndarray
-    logits: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[str, np.ndarray]:
-        return self.labels[i], self.probabilities[i]
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        return iter(zip(self.labels, self.probabilities))
 
 
 def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,

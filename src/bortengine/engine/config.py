@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ModelLoadError, UnsupportedModelError
+from bortengine.errors import ModelLoadError, UnsupportedModelError
 
 __all__ = ["ModelConfig", "SUPPORTED_KINDS"]
 

@@ -18,8 +18,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from tokenizers import BertWordPieceTokenizer, Tokenizer
 
-from .config import ModelConfig
-from .errors import InvalidInputError, ModelLoadError
+from bortengine.engine.config import ModelConfig
+from bortengine.errors import InvalidInputError, ModelLoadError
 
 __all__ = ["TextTokenizer", "as_text_list"]
 

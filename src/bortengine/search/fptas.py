@@ -46,10 +46,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from .architecture import Architecture
-from ._progress import Progress as _Bar
-from .errors import BortEngineError
-from .search_space import SearchSpace, SearchSpaceError, architecture_dims
+from bortengine.architecture import Architecture
+from bortengine.progress import Progress as _Bar
+from bortengine.errors import BortEngineError
+from bortengine.search_space import SearchSpace, SearchSpaceError, architecture_dims
 
 __all__ = [
     "SearchError", "SearchInterrupted", "Surrogate", "AnalyticSurrogate", "DistillationSurrogate",
@@ -170,7 +170,7 @@ class DistillationSurrogate(Surrogate):
                 "teacher": self.teacher or "all-MiniLM-L6-v2"}
 
     def __call__(self, arch: Architecture) -> float:
-        from . import training
+        from bortengine import training
 
         return training.surrogate_loss(arch, teacher=self.teacher, steps=self.steps, seed=self.seed,
                                        batch_size=self.batch_size, max_length=self.max_length, lr=self.lr,
@@ -201,8 +201,8 @@ class FinetuneSurrogate(Surrogate):
     def __call__(self, arch: Architecture) -> float:
         from dataclasses import replace as _replace
 
-        from . import training
-        from .training.distill import _teacher_bundle  # the teacher and its importance, once per process
+        from bortengine import training
+        from bortengine.training.distill import _teacher_bundle  # the teacher and its importance, once per process
 
         t_model, importance, _, t_dir = _teacher_bundle(self.teacher)
         student, _ = training.slice_init(_replace(arch, head="pooler"), t_model, importance)
@@ -895,7 +895,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     repeat until no group qualifies (the refinement, docs/extraction.md).
     1: the plain FPTAS, one representative per group.
     """
-    from . import profiler as _profiler
+    from bortengine.profiling import profiler as _profiler
 
     start = time.monotonic()
     eps = _validate_epsilon(epsilon)
@@ -1104,7 +1104,7 @@ def measure_finalists(result: Extraction, count: int = 5, quick: bool = False, p
     """Build random-weight engine encoders of the winner and the next best by W (count in all; the maximum
     point fills in when fewer), time them under the workload (profiler.validate: the profiler's own timing,
     least-disturbed block), and store measured_ms on them. Returns the rows and the winner's relative error."""
-    from . import profiler as _profiler
+    from bortengine.profiling import profiler as _profiler
 
     ranked = sorted((c for c in result.pareto if c.w is not None), key=lambda c: -c.w)[:max(1, count)]
     if len(ranked) < 2:
@@ -1130,7 +1130,7 @@ def measure_finalists(result: Extraction, count: int = 5, quick: bool = False, p
 # ============================================================================================== command line
 def add_extract_parser(sub) -> None:
     """`bortengine extract`: registered by bortengine.cli."""
-    from .profiler import DTYPES
+    from bortengine.profiling import DTYPES
 
     p = sub.add_parser("extract", help="optimal sub-architecture extraction: the FPTAS over (size, latency, "
                                        "error) on a CPU profile")
@@ -1209,7 +1209,7 @@ def _interrupt_on_sigterm() -> None:
 
 
 def run_extract(args) -> int:
-    from . import profiler as _profiler
+    from bortengine.profiling import profiler as _profiler
 
     _interrupt_on_sigterm()
 

@@ -1,0 +1,22 @@
+"""The inference engine: load() a Hugging Face BERT directory and run it on the native kernels.
+
+Everything a service needs to serve a model, and nothing else: the model's config, its safetensors weights, its
+tokenizer, its pooling, the Engine that composes them, and what the native module tells about this CPU. Torch-free
+(numpy, safetensors, tokenizers and the native module only); every other stage builds on this one, never the
+reverse.
+"""
+from __future__ import annotations
+
+from bortengine.engine.config import ModelConfig
+from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info
+from bortengine.engine.outputs import ClassificationResult, EncoderOutput, softmax
+from bortengine.engine.pooling import Pooling
+from bortengine.engine.runtime import Engine, load, traced_forwards
+from bortengine.engine.tokenization import TextTokenizer, as_text_list
+from bortengine.engine.weights import BertWeights, Checkpoint
+
+__all__ = [
+    "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "Pooling", "TextTokenizer",
+    "BertWeights", "Checkpoint", "as_text_list", "softmax", "traced_forwards", "available_cpus", "available_isas",
+    "cpu_info", "core", "core_build",
+]

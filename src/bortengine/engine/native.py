@@ -1,0 +1,60 @@
+"""The native module `bortengine._core` as the rest of the package sees it: loaded on first use (so `import
+bortengine` works, and says how to fix it, without a build), and what it tells about this CPU.
+
+Every stage that calls the kernels directly (the profiler times single ops) goes through `core()` here.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from bortengine.errors import BortEngineError
+
+__all__ = ["core", "available_cpus", "cpu_info", "available_isas", "core_build"]
+
+
+def core() -> Any:
+    """The native module, imported on first use."""
+    try:
+        from bortengine import _core as native
+    except ImportError as e:
+        raise BortEngineError(
+            f"bortengine's native module is not available ({e}); build it with `python setup.py build_ext "
+            f"--inplace` in the source tree, or reinstall the package") from e
+    return native
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset restrict)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_info() -> dict:
+    """The CPU as the native module sees it: vendor, model, flags, available_isas, default_isa, logical_cpus; plus
+    'isa' (the path load() uses by default, None if $BORTENGINE_ISA is unusable) and 'kernel' (its GEMM
+    microkernel)."""
+    native = core()
+    info = dict(native.cpu_info())
+    # default_isa is None when $BORTENGINE_ISA names a path this CPU cannot run (the native module then says why
+    # in default_isa_error); cpu_info() still answers, so `bortengine info` can show the problem.
+    info["isa"] = info.get("default_isa")
+    info["kernel"] = native.kernel_name(info["isa"]) if info["isa"] else None
+    return info
+
+
+def available_isas() -> list[str]:
+    """Kernel paths compiled in and runnable on this CPU, best first; pass one to load(isa=...)."""
+    return list(core().available_isas())
+
+
+def core_build() -> str:
+    """First 16 hex digits of the native module's SHA-256: a rebuilt engine may have other kernels."""
+    try:
+        with open(core().__file__, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except (BortEngineError, OSError, AttributeError, TypeError):
+        return "unknown"
