@@ -1,4 +1,5 @@
-"""A one-line progress bar with the time left, shared by the long-running commands (profile, validate, extract).
+"""Long work (profile, validate, extract, pretrain, finetune, Agora): a one-line progress bar with the time left, and
+the durations their time budgets are given in.
 
 Each step has an a-priori cost (only ratios matter); the time left is the elapsed time rescaled by the fraction
 of the total cost done. On a terminal the line is redrawn in place; in a log (not a terminal) a line is written
@@ -10,6 +11,8 @@ import math
 import sys
 import time
 from typing import Sequence, Union
+
+__all__ = ["Progress", "clock", "parse_duration"]
 
 
 class Progress:
@@ -65,3 +68,18 @@ def clock(seconds: float) -> str:
         return "?:??"
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: Union[str, float, int]) -> float:
+    """Seconds from 1800, '1800', '90s', '30m' or '1.5h'. Raises ValueError saying what it takes."""
+    t = str(text).strip().lower()
+    try:
+        seconds = float(t[:-1]) * DURATION_UNITS[t[-1]] if t and t[-1] in DURATION_UNITS else float(t)
+    except ValueError:
+        raise ValueError(f"a duration is seconds or a number with s/m/h (1800, 90s, 30m, 1.5h), got {text!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a duration must be finite and not negative, got {text!r}")
+    return seconds

@@ -1,0 +1,54 @@
+"""Files the stages write and read: every write is atomic (a run stopped mid-write never leaves half a file, so a
+resume never reads one), and JSON is read with an error that names the file and says how to fix it.
+
+Used by every stage (profiles, surrogate caches, checkpoints, run state, exported models); imports nothing of
+bortengine but its errors.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Type
+
+from bortengine.errors import BortEngineError
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "read_json"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call write(tmp) to fill a temporary file beside `path`, then rename it over `path` (atomic on POSIX).
+    The temporary file keeps the target's name with '.tmp' appended, so writers of different files never share
+    one; it is removed if write() fails."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: Optional[int] = 1) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, error: Type[BortEngineError] = BortEngineError, missing_ok: bool = False
+              ) -> Any:
+    """The JSON in `path`; a file that is not valid UTF-8 JSON raises `error` naming it. A missing file raises
+    `error` too, or gives None with missing_ok=True."""
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise error(f"{path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({e}); fix or delete it") from e
