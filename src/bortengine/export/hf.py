@@ -92,9 +92,9 @@ def _model_from_run(run: Path):
 
 
 def _default_tokenizer_dir() -> str:
-    from bortengine.testing import minilm_path
+    from bortengine.training.teacher import default_teacher_path
 
-    return str(minilm_path())
+    return str(default_teacher_path())
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import importlib
 from typing import Any
 
 __all__ = [
-    "build_model", "architecture_of", "load_teacher", "count_parameters",
+    "default_teacher_path", "build_model", "architecture_of", "load_teacher", "count_parameters",
     "Importance", "measure_importance", "slice_init",
     "DistillConfig", "pretrain", "surrogate_loss", "embedding_similarity", "pair_similarity",
     "FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 _WHERE = {
-    "build_model": "models", "architecture_of": "models", "load_teacher": "models", "count_parameters": "models",
+    "default_teacher_path": "teacher", "build_model": "models", "architecture_of": "models", "load_teacher": "models", "count_parameters": "models",
     "Importance": "slicing", "measure_importance": "slicing", "slice_init": "slicing",
     "DistillConfig": "distill", "pretrain": "distill", "surrogate_loss": "distill",
     "embedding_similarity": "distill", "pair_similarity": "distill",

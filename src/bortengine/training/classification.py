@@ -107,9 +107,9 @@ def _tokenizer_dir(config: FinetuneConfig) -> str:
         return config.tokenizer
     if config.model and (Path(config.model) / "tokenizer.json").is_file():
         return config.model
-    from bortengine.testing import minilm_path
+    from bortengine.training.teacher import default_teacher_path
 
-    return str(minilm_path())
+    return str(default_teacher_path())
 
 
 def as_classifier(model: Optional[torch.nn.Module | str], num_labels: int = 2, dropout: float = 0.1,

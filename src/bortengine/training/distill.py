@@ -473,9 +473,9 @@ _CORPORA: dict[tuple, "_Corpus"] = {}
 def _teacher_bundle(teacher) -> tuple[Any, Importance, WordPieceTokenizer, str]:
     """(teacher model, importance, tokenizer, directory), loaded and measured once per process."""
     if teacher is None or isinstance(teacher, (str, os.PathLike)):
-        from bortengine.testing import minilm_path
+        from bortengine.training.teacher import default_teacher_path
 
-        key = str(teacher or minilm_path())
+        key = str(teacher or default_teacher_path())
         if key not in _TEACHERS:
             model = load_teacher(key)
             tok = WordPieceTokenizer(key, 128)

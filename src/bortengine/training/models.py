@@ -72,9 +72,9 @@ def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
 def load_teacher(path: str | os.PathLike | None = None, attn_implementation: str = "eager") -> BertModel:
     """The teacher BertModel (default: the installed all-MiniLM-L6-v2), in eval mode, gradients off."""
     if path is None:
-        from bortengine.testing import minilm_path
+        from bortengine.training.teacher import default_teacher_path
 
-        path = minilm_path()
+        path = default_teacher_path()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 

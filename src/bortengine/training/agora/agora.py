@@ -533,9 +533,9 @@ class NearestNeighbourSwap:
         from bortengine.training.models import encoder_of, load_teacher
 
         if model_dir is None:
-            from bortengine.testing import minilm_path
+            from bortengine.training.teacher import default_teacher_path
 
-            model_dir = minilm_path()
+            model_dir = default_teacher_path()
         enc = encoder_of(load_teacher(str(model_dir)))
         emb = enc.embeddings.word_embeddings.weight.detach().float().numpy()
         return cls(emb, tokenizer_dir or model_dir, **kwargs)
@@ -824,9 +824,9 @@ def slice_student(arch: str = "4,8,256,512", teacher: Optional[str] = None):
     from bortengine.training.slicing import default_importance, slice_init
 
     if teacher is None:
-        from bortengine.testing import minilm_path
+        from bortengine.training.teacher import default_teacher_path
 
-        teacher = str(minilm_path())
+        teacher = str(default_teacher_path())
     t = load_teacher(teacher)
     importance = default_importance(t, WordPieceTokenizer(teacher, 128))
     student, _ = slice_init(Architecture.parse(arch), t, importance)
