@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Type
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "read_json"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "read_json", "cache_dir", "save_figure"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
@@ -52,3 +52,24 @@ def read_json(path: str | os.PathLike, error: Type[BortEngineError] = BortEngine
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path} is not valid JSON ({e}); fix or delete it") from e
+
+
+def cache_dir(kind: str, env: str) -> Path:
+    """Where a kind of cached result lives (profiles, surrogate evaluations): $<env> if set, else
+    $XDG_CACHE_HOME/bortengine/<kind>, else ~/.cache/bortengine/<kind>."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "bortengine" / kind
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write a matplotlib figure (laid out tight) to path, creating its folder, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
