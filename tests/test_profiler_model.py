@@ -357,3 +357,45 @@ def test_the_estimate_is_the_least_disturbed_block():
     assert not P._disturbed({"foreign_cpus": 0.3, "seconds": 1.0}, threads=1, cpus=2)
     back = P.Measurement.from_dict(m.to_dict())
     assert back.blocks == m.blocks and back.best == clean
+
+
+# Predictions of the shipped profile, computed before the forward's ops were described by one table of forward
+# steps (issue 14): the table must give the same numbers to the last bit. float.__repr__ round-trips, so == here.
+PINNED = {
+    "float32": {(4, 8, 1024, 768): 30.205602791304344, (12, 16, 1024, 3072): 161.9437241130435,
+                (2, 4, 512, 256): 3.770469460869565, (6, 12, 768, 1024): 31.46467312173913,
+                (10, 8, 512, 3072): 54.17744878260869, (6, 12, 384, 1536): 14.56225712173913,
+                (3, 5, 640, 2048): 16.73330246805796, (1, 2, 64, 4096): 0.819036564879728},
+    "int8": {(4, 8, 1024, 768): 8.925430495652176, (12, 16, 1024, 3072): 44.57101435652173,
+             (2, 4, 512, 256): 1.2395485304347829, (6, 12, 768, 1024): 9.172224460869565,
+             (10, 8, 512, 3072): 16.752484391304346, (6, 12, 384, 1536): 4.617473460869566,
+             (3, 5, 640, 2048): 5.147320921568557, (1, 2, 64, 4096): 0.2805310895377376},
+}
+PINNED_NO_HEAD = {"float32": 30.118285886956517, "int8": 8.827088044268775}  # ⟨4, 8, 1024, 768⟩, head "none"
+# sha256 over repr(predict_latency) of every architecture of the Bort and MiniLM spaces, float32 then int8
+PINNED_DIGEST = "72b9e10d1e6a5117a6dc7ae383bfbe18d7d2a6157c3ea65b5a29f8a814d00be1"
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped profile")
+def test_shipped_profile_predicts_exactly_as_before():
+    import hashlib
+
+    from bortengine.architecture import Architecture
+
+    prof = P.load_profile(SHIPPED[0], check_target=False)
+    digest = hashlib.sha256()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (3, 5, 640, 2048) and (1, 2, 64, 4096) lie outside the measured shapes
+        for dtype, pinned in PINNED.items():
+            w = P.Workload(1, 128, 2, dtype)
+            for arch, ms in pinned.items():
+                assert P.predict_latency(arch, w, prof) == ms, (dtype, arch)
+            none_head = Architecture(4, 8, 1024, 768, head="none")
+            assert P.predict_latency(none_head, w, prof) == PINNED_NO_HEAD[dtype]
+            for space in ("bort", "minilm"):
+                for arch in SPACES[space]:
+                    digest.update(repr(P.predict_latency(arch, w, prof)).encode())
+    assert digest.hexdigest() == PINNED_DIGEST
+    # the calibration computed from the shipped measurements is the one stored in the file
+    for wp in prof.workloads.values():
+        assert P._calibrate(wp) == wp.calibration
