@@ -51,7 +51,6 @@ SCOPES = ("forward", "layer", "pooler")
 # kinds with a single-op binding of their own, timed by the profiler; a scatter or gather only moves rows (its time
 # is in the fixed per-forward cost, its barrier in the sync term)
 TIMED_KINDS = ("embeddings", "gemm", "attention", "layernorm")
-EPILOGUES = ("none", "gelu", "tanh", "residual")
 # role names in profiles written before the steps took the engine's names
 FORMER_ROLES = {"attn_out": ("attention_out",), "layernorm": ("ln1", "ln2")}
 
@@ -212,7 +211,8 @@ def required_ops(space: SearchSpace, workload: Workload) -> list[tuple[OpSpec, t
     for every (H, I) pair of the space."""
     if len(space) == 0:
         raise ProfileError(f"search space {space.name!r} is empty")
-    steps = [s for s in forward_steps() if s["kind"] in TIMED_KINDS and scope_repeats(1, space.head)[s["scope"]]]
+    runs = scope_repeats(1, space.head)  # (no pooler steps for a space without a pooler)
+    steps = [s for s in forward_steps() if s["kind"] in TIMED_KINDS and runs[s["scope"]]]
     shapes = {("H",): [{"H": h} for h in sorted({a.hidden for a in space})],
               ("A", "H"): [{"A": a, "H": h} for a, h in space.heads_hidden_pairs()],
               ("H", "I"): [{"H": h, "I": i} for h, i in space.hidden_intermediate_pairs()]}
