@@ -11,8 +11,10 @@ import warnings
 
 import pytest
 
-from bortengine import profiler as P
+from bortengine import profiling as P
 from bortengine.cli import main
+from bortengine.profiling import disturbance, measure, runners, timing
+from bortengine.progress import Progress
 from bortengine.search_space import SearchSpace
 from conftest import NATIVE, _core
 from test_isolation import _env
@@ -47,9 +49,9 @@ def test_profile_measures_every_op_and_saves(tiny_profile, tmp_path):
     assert set(wp.ops) == wanted
     for m in wp.ops.values():
         assert len(m.blocks) == 2 and all(b.n == 3 and b.median_ms > 0 for b in m.blocks)
-        assert m.ms == P._best(m.blocks).median_ms
+        assert m.ms == timing.best_block(m.blocks).median_ms
     assert wp.ops["gemm M=16 K=64 N=96 gelu"].roles == ("ffn_in",)
-    assert set(wp.ops["gemm M=16 K=64 N=64 residual"].roles) == {"attn_out"}
+    assert set(wp.ops["gemm M=16 K=64 N=64 residual"].roles) == {"attention_out"}
     cond = wp.conditions[-1]
     assert "foreign_cpus" in cond and cond["seconds"] > 0
     data = json.loads((tmp_path / "tiny.json").read_text())
@@ -62,8 +64,8 @@ def test_profile_measures_every_op_and_saves(tiny_profile, tmp_path):
 
 def test_rerun_measures_nothing_new(tiny_profile, tmp_path, monkeypatch):
     calls = []
-    real = P._time_block
-    monkeypatch.setattr(P, "_time_block", lambda fn, s: calls.append(1) or real(fn, s))
+    real = timing.time_block
+    monkeypatch.setattr(timing, "time_block", lambda fn, s: calls.append(1) or real(fn, s))
     P.profile(TINY, W, out=tmp_path / "tiny.json", progress=False, settings=FAST)
     assert calls == []
     # a second workload goes into the same file, beside the first
@@ -74,7 +76,7 @@ def test_rerun_measures_nothing_new(tiny_profile, tmp_path, monkeypatch):
 
 def test_ctrl_c_keeps_the_measurements_and_a_rerun_resumes(tmp_path, monkeypatch):
     out = tmp_path / "p.json"
-    real = P._time_block
+    real = timing.time_block
     count = {"n": 0}
 
     def interrupted(fn, s):
@@ -83,7 +85,7 @@ def test_ctrl_c_keeps_the_measurements_and_a_rerun_resumes(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(fn, s)
 
-    monkeypatch.setattr(P, "_time_block", interrupted)
+    monkeypatch.setattr(timing, "time_block", interrupted)
     with pytest.raises(P.ProfileInterrupted, match="9 of .* saved .* again to resume") as info:
         P.profile(TINY, W, out=out, progress=False, settings=FAST)
     assert isinstance(info.value, KeyboardInterrupt) and info.value.done == 9
@@ -94,7 +96,7 @@ def test_ctrl_c_keeps_the_measurements_and_a_rerun_resumes(tmp_path, monkeypatch
         P.predict_latency((1, 2, 32, 48), W, partial)
     total = info.value.total
     count["n"] = -10_000
-    monkeypatch.setattr(P, "_time_block", lambda fn, s: count.__setitem__("n", count["n"] + 1) or real(fn, s))
+    monkeypatch.setattr(timing, "time_block", lambda fn, s: count.__setitem__("n", count["n"] + 1) or real(fn, s))
     prof = P.profile(TINY, W, out=out, progress=False, settings=FAST)
     assert count["n"] == -10_000 + total - 9  # only what was missing
     assert prof.covers(W)
@@ -108,7 +110,7 @@ def test_quick_measurements_are_not_reused_by_a_full_run(tiny_profile, tmp_path,
     assert wp.mode == "full" and all(m.mode == "full" and len(m.blocks) == 1 for m in wp.ops.values())
     # ... but a quick run reuses full measurements
     calls = []
-    monkeypatch.setattr(P, "_time_block", lambda fn, s: calls.append(1))
+    monkeypatch.setattr(timing, "time_block", lambda fn, s: calls.append(1))
     prof = P.profile(TINY, W, out=tmp_path / "tiny.json", progress=False, settings=FAST)
     assert calls == [] and prof.workloads[W.key].mode == "full"
 
@@ -154,7 +156,7 @@ def test_progress_bar_counts_down(tmp_path, capsys):
             pass
 
     stream = Tty()
-    bar = P._Progress([1.0, 1.0, 2.0], "test", stream=stream)
+    bar = Progress([1.0, 1.0, 2.0], "test", stream=stream)
     bar.step("a")
     bar.step("b")
     bar.show("c", final=True)
@@ -219,7 +221,7 @@ def test_cli_errors(tmp_path, capsys):
 def test_profiling_never_imports_torch(tmp_path):
     code = f"""
 import sys
-from bortengine import profiler as P
+from bortengine import profiling as P
 from bortengine.search_space import SearchSpace
 space = SearchSpace("t", layers=[1], heads=[2], hidden=[32], intermediate=[32], vocab_size=100)
 s = P.Settings(mode="quick", blocks=1, warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=2, max_repeats=2,
@@ -250,26 +252,26 @@ def test_cpu_clock_for_one_thread(tmp_path):
 
 
 def test_disturbed_blocks_are_retried_and_not_used(tmp_path, monkeypatch):
-    real = P._measure_block
+    real = timing.measure_block
     hit = {"n": 0}
     target_key = "layernorm H=64"
 
     def fake(fn, s, threads, cpus, probe=None):
         block = real(fn, s, threads, cpus, probe)
         # the first three blocks of one op: another process took the CPU (and made them look fast)
-        if fn.__code__.co_filename.endswith("profiler.py") and hit.get("op") == target_key and hit["n"] < 3:
+        if fn.__code__.co_filename.endswith("runners.py") and hit.get("op") == target_key and hit["n"] < 3:
             hit["n"] += 1
             block.median_ms, block.foreign_cpus, block.disturbed = block.median_ms / 10, 1.5, True
         return block
 
-    real_runner = P._make_runner
+    real_runner = runners.make_runner
 
     def runner(spec, *a):
         hit["op"] = spec.key
         return real_runner(spec, *a)
 
-    monkeypatch.setattr(P, "_measure_block", fake)
-    monkeypatch.setattr(P, "_make_runner", runner)
+    monkeypatch.setattr(timing, "measure_block", fake)
+    monkeypatch.setattr(measure, "make_runner", runner)
     s = P.Settings(mode="quick", blocks=1, warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=3, max_repeats=3,
                    rotation_factor=0.0, retries=1, retry_pause_s=0.0)
     prof = P.profile(TINY, W, out=tmp_path / "d.json", progress=False, settings=s)
@@ -288,14 +290,14 @@ def test_a_team_collapsed_onto_one_core_is_disturbed():
 
     w = P.Workload(1, 32, 2)
     spec = P.OpSpec("gemm", M=32, K=256, N=768, epilogue="gelu")
-    run, _ = P._make_runner(spec, w, P._Pool(), P.Target.current().isa, 0)
+    run, _ = runners.make_runner(spec, w, runners.ValuePool(), P.Target.current().isa, 0)
     s = P.Settings(warmup_s=0.01, budget_s=0.15, min_repeats=5, max_repeats=100_000)
     run()  # the workers exist from here on
     before = {int(t): os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
     try:
         for tid in before:
             os.sched_setaffinity(tid, {min(before[tid])})
-        block = P._measure_block(run, s, threads=2, cpus=2)
+        block = timing.measure_block(run, s, threads=2, cpus=2)
     finally:
         for tid, cpus in before.items():
             try:
@@ -306,7 +308,7 @@ def test_a_team_collapsed_onto_one_core_is_disturbed():
 
 
 class _FakeProbe:
-    """Stands in for P._HostProbe: reports the slowdowns it is given, in order (then 1.0)."""
+    """Stands in for disturbance.HostProbe: reports the slowdowns it is given, in order (then 1.0)."""
 
     def __init__(self, *slowdowns, tolerance=1.5):
         self.slowdowns, self.tolerance = list(slowdowns), tolerance
@@ -319,17 +321,17 @@ def test_a_block_the_host_slowed_is_disturbed():
     """Interference /proc/stat cannot see (another tenant of the host): the probe around the block slowed, so the
     block counts as disturbed and carries the slowdown; a probe that did not slow leaves the block clean."""
     s = P.Settings(warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=5, max_repeats=5)
-    slowed = P._measure_block(lambda: None, s, threads=1, cpus=2, probe=_FakeProbe(1.0, 2.0))
+    slowed = timing.measure_block(lambda: None, s, threads=1, cpus=2, probe=_FakeProbe(1.0, 2.0))
     assert slowed.disturbed and slowed.host_slowdown == 2.0
     # a block long enough for the /proc/stat accounting (>= 50 ms): its verdict must not undo the probe's
-    long = P._measure_block(lambda: time.sleep(0.012), s, threads=1, cpus=2, probe=_FakeProbe(2.0, 1.0))
+    long = timing.measure_block(lambda: time.sleep(0.012), s, threads=1, cpus=2, probe=_FakeProbe(2.0, 1.0))
     assert long.foreign_cpus is not None and long.disturbed and long.host_slowdown == 2.0
-    quiet = P._measure_block(lambda: None, s, threads=1, cpus=2, probe=_FakeProbe(1.1, 1.2))
+    quiet = timing.measure_block(lambda: None, s, threads=1, cpus=2, probe=_FakeProbe(1.1, 1.2))
     assert quiet.host_slowdown == 1.2 and not quiet.disturbed
     assert P.BlockStats.from_dict(slowed.to_dict()).host_slowdown == 2.0  # kept in the profile file
     # a slowed block is retried; the retry (probe quiet again) is clean
-    blocks = P._measure(lambda: None, dataclasses.replace(s, retries=2, retry_pause_s=0.0), 1, 2, [0.0],
-                        probe=_FakeProbe(1.9, 1.0))
+    blocks = timing.measure_with_retries(lambda: None, dataclasses.replace(s, retries=2, retry_pause_s=0.0), 1, 2,
+                                         [0.0], probe=_FakeProbe(1.9, 1.0))
     assert [b.disturbed for b in blocks] == [True, False]
 
 
@@ -343,7 +345,7 @@ def test_profile_probes_the_host_around_every_block(tmp_path):
 
 
 def test_host_probe_measures_the_engine():
-    probe = P._HostProbe(threads=1, isa=P.Target.current().isa, repeats=3, calibrate=2)
+    probe = disturbance.HostProbe(threads=1, isa=P.Target.current().isa, repeats=3, calibrate=2)
     assert 0 < probe.fastest < 1.0  # seconds: about a millisecond of GEMM
     ratios = [probe.slowdown() for _ in range(5)]
     assert all(r >= 1.0 for r in ratios)  # against the fastest seen, which includes this probe

@@ -11,7 +11,8 @@ import warnings
 import pytest
 
 import bortengine
-from bortengine import profiler as P
+from bortengine import profiling as P
+from bortengine.profiling import disturbance, profile_file
 from bortengine.search_space import SPACES, SearchSpace
 
 TARGET = P.Target(vendor="GenuineTest", model="Test CPU", flags=("avx2",), logical_cpus=2, isa="avx2",
@@ -49,7 +50,7 @@ def synthetic(space: SearchSpace, w: P.Workload = W, drop: tuple[str, ...] = (),
             continue
         t = _ms(spec, w)
         wp.ops[spec.key] = P.Measurement(spec, [P.BlockStats(t, t, t, t, t, 5, 0)], roles=roles)
-    wp.calibration = P._calibrate(wp)
+    wp.calibration = P.calibrate(wp)
     return P.Profile(target, {w.key: wp})
 
 
@@ -71,15 +72,16 @@ def test_prediction_composes_the_ops():
              + 2 * net(P.OpSpec("layernorm", hidden=128))
              + net(P.OpSpec("gemm", M=M, K=128, N=512, epilogue="gelu"))
              + net(P.OpSpec("gemm", M=M, K=512, N=128, epilogue="residual")))
+    syncs = P.barriers("forward", "float32") + 4 * P.barriers("layer", "float32") + P.barriers("pooler", "float32")
     expect = (cal["fixed_ms"] + net(P.OpSpec("embeddings", hidden=128, vocab=30522)) + 4 * layer
-              + net(P.OpSpec("gemm", M=1, K=128, N=128, epilogue="tanh"))
-              + (P.SYNCS_EMBEDDINGS + 4 * P.SYNCS_PER_LAYER + P.SYNCS_POOLER) * cal["sync_ms"])
+              + net(P.OpSpec("gemm", M=1, K=128, N=128, epilogue="tanh")) + syncs * cal["sync_ms"])
     assert p.total_ms == pytest.approx(expect, rel=1e-9)
     assert sum(p.parts.values()) == pytest.approx(p.total_ms)
     assert P.predict_latency(arch, W, prof) == pytest.approx(expect)
     # layers add linearly; a model without a head skips the pooler
     d2 = P.predict_latency((2, 4, 128, 512), W, prof)
-    assert P.predict_latency(arch, W, prof) - d2 == pytest.approx(2 * (layer + P.SYNCS_PER_LAYER * cal["sync_ms"]))
+    per_layer = P.barriers("layer", "float32")
+    assert P.predict_latency(arch, W, prof) - d2 == pytest.approx(2 * (layer + per_layer * cal["sync_ms"]))
     none_head = SPACES["bort"].architectures()[0].__class__(2, 4, 128, 512, head="none")
     assert P.predict_latency(none_head, W, prof) < d2
 
@@ -120,7 +122,7 @@ def test_gemm_bilinear_is_exact_for_bilinear_costs():
             spec = P.OpSpec("gemm", M=w.tokens, K=k, N=n, epilogue="gelu")
             t = CALL + w.tokens * k * n * cost(k, n)
             wp.ops[spec.key] = P.Measurement(spec, [P.BlockStats(t, t, t, t, t, 5, 0)])
-    wp.calibration = P._calibrate(wp)
+    wp.calibration = P.calibrate(wp)
     model = P.LatencyModel(wp)
     q = P.OpSpec("gemm", M=w.tokens, K=128, N=384, epilogue="gelu")
     assert model.op_ms(q) == pytest.approx(w.tokens * 128 * 384 * cost(128, 384), rel=1e-9)
@@ -161,7 +163,7 @@ def test_workload_coverage_errors():
     with pytest.raises(P.ProfileError, match="does not cover the workload.*bortengine profile --batch 8 --seq 16"):
         P.predict_latency((2, 4, 128, 512), other, prof)
     prof.workloads[W.key].calibration = None
-    prof._models.clear()
+    prof.forget_models()
     with pytest.raises(P.ProfileError, match="incomplete"):
         P.predict_latency((2, 4, 128, 512), W, prof)
     with pytest.raises(P.ProfileError, match="max_positions"):
@@ -197,7 +199,7 @@ def test_profile_file_round_trip(tmp_path):
     prof = synthetic(SMALL)
     path = prof.save(tmp_path / "p.json")
     data = json.loads(path.read_text())
-    assert data["format"] == P.FORMAT and data["version"] == P.FORMAT_VERSION
+    assert data["format"] == profile_file.FORMAT and data["version"] == profile_file.FORMAT_VERSION
     assert data["target"]["signature"] == TARGET.signature
     back = P.Profile.load(path)
     assert back.target == TARGET and back.covers(W)
@@ -339,9 +341,9 @@ def test_interpolation_on_measured_gemms_leave_one_out():
 def test_contradictory_calibration_is_flagged():
     prof = synthetic(SMALL)
     cal = prof.workloads[W.key].calibration
-    assert P._calibration_note(cal) is None and "WARNING" not in prof.table()
-    assert "empty op call took 16.00 ms" in P._calibration_note({**cal, "call_ms": {"gemm": 16.0}})
-    assert "contradictory" in P._calibration_note({**cal, "sync_ms": -0.02})
+    assert P.calibration_note(cal) is None and "WARNING" not in prof.table()
+    assert "empty op call took 16.00 ms" in P.calibration_note({**cal, "call_ms": {"gemm": 16.0}})
+    assert "contradictory" in P.calibration_note({**cal, "sync_ms": -0.02})
     prof.workloads[W.key].calibration = {**cal, "fixed_ms": -1.0}
     assert "WARNING: contradictory calibration" in prof.table()
 
@@ -353,7 +355,96 @@ def test_the_estimate_is_the_least_disturbed_block():
     m = P.Measurement(P.OpSpec("layernorm", hidden=64), [faster_but_disturbed, slower, clean])
     assert m.best is clean and m.ms == 2.0 and not m.noisy
     assert P.Measurement(m.spec, [faster_but_disturbed]).noisy  # only disturbed blocks: kept, but flagged
-    assert P._disturbed({"foreign_cpus": 0.3, "seconds": 1.0}, threads=2, cpus=2)
-    assert not P._disturbed({"foreign_cpus": 0.3, "seconds": 1.0}, threads=1, cpus=2)
+    assert disturbance.disturbed({"foreign_cpus": 0.3, "seconds": 1.0}, threads=2, cpus=2)
+    assert not disturbance.disturbed({"foreign_cpus": 0.3, "seconds": 1.0}, threads=1, cpus=2)
     back = P.Measurement.from_dict(m.to_dict())
     assert back.blocks == m.blocks and back.best == clean
+
+
+# Predictions of the shipped profile, computed before the forward's ops were described by one table of forward
+# steps (issue 14): the table must give the same numbers to the last bit. float.__repr__ round-trips, so == here.
+PINNED = {
+    "float32": {(4, 8, 1024, 768): 30.205602791304344, (12, 16, 1024, 3072): 161.9437241130435,
+                (2, 4, 512, 256): 3.770469460869565, (6, 12, 768, 1024): 31.46467312173913,
+                (10, 8, 512, 3072): 54.17744878260869, (6, 12, 384, 1536): 14.56225712173913,
+                (3, 5, 640, 2048): 16.73330246805796, (1, 2, 64, 4096): 0.819036564879728},
+    "int8": {(4, 8, 1024, 768): 8.925430495652176, (12, 16, 1024, 3072): 44.57101435652173,
+             (2, 4, 512, 256): 1.2395485304347829, (6, 12, 768, 1024): 9.172224460869565,
+             (10, 8, 512, 3072): 16.752484391304346, (6, 12, 384, 1536): 4.617473460869566,
+             (3, 5, 640, 2048): 5.147320921568557, (1, 2, 64, 4096): 0.2805310895377376},
+}
+PINNED_NO_HEAD = {"float32": 30.118285886956517, "int8": 8.827088044268775}  # ⟨4, 8, 1024, 768⟩, head "none"
+# sha256 over repr(predict_latency) of every architecture of the Bort and MiniLM spaces, float32 then int8
+PINNED_DIGEST = "72b9e10d1e6a5117a6dc7ae383bfbe18d7d2a6157c3ea65b5a29f8a814d00be1"
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped profile")
+def test_shipped_profile_predicts_exactly_as_before():
+    import hashlib
+
+    from bortengine.architecture import Architecture
+
+    prof = P.load_profile(SHIPPED[0], check_target=False)
+    digest = hashlib.sha256()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (3, 5, 640, 2048) and (1, 2, 64, 4096) lie outside the measured shapes
+        for dtype, pinned in PINNED.items():
+            w = P.Workload(1, 128, 2, dtype)
+            for arch, ms in pinned.items():
+                assert P.predict_latency(arch, w, prof) == ms, (dtype, arch)
+            none_head = Architecture(4, 8, 1024, 768, head="none")
+            assert P.predict_latency(none_head, w, prof) == PINNED_NO_HEAD[dtype]
+            for space in ("bort", "minilm"):
+                for arch in SPACES[space]:
+                    digest.update(repr(P.predict_latency(arch, w, prof)).encode())
+    assert digest.hexdigest() == PINNED_DIGEST
+    # the calibration computed from the shipped measurements is the one stored in the file
+    for wp in prof.workloads.values():
+        assert P.calibrate(wp) == wp.calibration
+    # the parts, keyed by the engine's trace buckets (the pooler's GEMM is in "output"); the shipped file's roles
+    # of an earlier version (attn_out, layernorm) read as the steps' names
+    parts = P.predict_latency((4, 8, 1024, 768), P.Workload(1, 128, 2), prof, detail=True).parts
+    assert parts == {"fixed": -0.014635226086956507, "embeddings": 0.026770000000000002, "qkv": 15.367644,
+                     "attention": 1.500288, "attention_out": 5.310644, "layernorm": 0.130992,
+                     "ffn_in": 3.8456119999999996, "ffn_out": 3.8888399999999996, "output": 0.083032,
+                     "sync": 0.06641601739130436}
+    ops = prof.workloads["b1-t128-th2-float32"].ops
+    assert ops["gemm M=128 K=1024 N=1024 residual"].roles == ("attention_out", "ffn_out")
+    assert ops["layernorm H=1024"].roles == ("ln1", "ln2")
+    assert ops["gemm M=1 K=1024 N=1024 tanh"].roles == ("pooler",)
+
+
+# --- the forward's steps ----------------------------------------------------------------------------------------
+def test_forward_steps_describe_the_engines_forward():
+    steps = P.forward_steps()
+    assert [s["name"] for s in steps] == ["embeddings", "qkv", "attention", "attention_out", "ln1", "ffn_in",
+                                          "ffn_out", "ln2", "scatter", "pooler_gather", "pooler"]
+    gemm_keys = {"K", "N", "epilogue", "rows"}
+    for s in steps:
+        assert s["kind"] in ("embeddings", "gemm", "attention", "layernorm", "scatter", "gather")
+        assert s["scope"] in ("forward", "layer", "pooler") and set(s["barriers"]) == set(P.DTYPES)
+        assert gemm_keys <= set(s) if s["kind"] == "gemm" else not gemm_keys & set(s)
+    # one barrier per step, one more per int8 linear layer (its row quantization); the pooler stays float32
+    assert [P.barriers(scope, "float32") for scope in ("forward", "layer", "pooler")] == [1, 7, 2]
+    assert [P.barriers(scope, "int8") for scope in ("forward", "layer", "pooler")] == [1, 11, 2]
+    steps[0]["barriers"]["float32"] = 99  # the caller's copy
+    assert P.barriers("forward", "float32") == 1
+
+
+def test_prediction_parts_are_the_engines_trace_buckets():
+    prof = synthetic(SMALL)
+    p = P.predict_latency((2, 4, 128, 512), W, prof, detail=True)
+    traces = list(dict.fromkeys(s["trace"] for s in P.forward_steps()))
+    assert list(p.parts) == ["fixed", *traces, "sync"]
+    # the roles a space's ops play are the steps' names
+    roles = {r for _, rs in P.required_ops(SMALL, W) for r in rs}
+    assert roles == {s["name"] for s in P.forward_steps() if s["kind"] not in ("scatter", "gather")}
+
+
+def test_old_import_paths_reexport_the_public_api():
+    import bortengine.profiler as old
+    from bortengine.profiling import profiler as former
+
+    for name in P.__all__:
+        assert getattr(old, name) is getattr(P, name) and getattr(former, name) is getattr(P, name)
+    assert former._calibration_note is P.calibration_note

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bortengine
-from bortengine import profiler as P
+from bortengine import profiling as P
 from bortengine.search import fptas as S
 from bortengine.architecture import Architecture
 from bortengine.search_space import BORT_SPACE, MINILM_SPACE, SearchSpace
@@ -54,7 +54,7 @@ def synthetic(space: SearchSpace, gemm: float = 1e-8, attention: float = 5e-4, w
     for spec, roles in P.calibration_ops(w) + P.required_ops(space, w):
         t = ms(spec)
         wp.ops[spec.key] = P.Measurement(spec, [P.BlockStats(t, t, t, t, t, 5, 0)], roles=roles)
-    wp.calibration = P._calibrate(wp)
+    wp.calibration = P.calibrate(wp)
     return P.Profile(_target(isa), {w.key: wp})
 
 
@@ -280,9 +280,10 @@ def test_fptas_properties_on_random_spaces_and_errors(layers, heads, hidden, int
 
 def test_cli_defaults_to_this_cpus_profile(tmp_path, monkeypatch, capsys):
     from bortengine.cli import main
+    from bortengine.profiling import profile_file
 
     monkeypatch.setenv("BORTENGINE_PROFILE_DIR", str(tmp_path / "profiles"))
-    monkeypatch.setattr(P, "PACKAGE_PROFILES", tmp_path / "none-shipped")
+    monkeypatch.setattr(profile_file, "PACKAGE_PROFILES", tmp_path / "none-shipped")
     argv = ["extract", "--space", "minilm", "--batch", "1", "--seq", "16", "--threads", "2", "--surrogate",
             "analytic", "--eps", "0.25", "--cache", str(tmp_path / "cache"), "--measure", "0", "--no-progress",
             "--out", str(tmp_path / "out")]

@@ -1,20 +1,34 @@
 """Profiling: measured latencies of the engine's own kernels on this CPU, and the latency model built on them.
 
 The inference-cost objective of the hardware-aware search: `predict_latency(architecture, workload, profile)` says
-how long the engine's forward takes for an architecture on the CPU the profile was measured on. See
-docs/profiler.md.
+how long the engine's forward takes for an architecture on the CPU the profile was measured on. `profile()`
+measures (and saves) a profile, `load_profile()` reads one, `validate()` checks the model against measured
+forwards. The forward's steps are described once, by `forward_steps()`. See docs/profiler.md.
+
+Modules, bottom up: errors, workload, ops (the forward's steps and the kernel calls they make), target (this
+CPU), disturbance and timing (measuring a callable), measurements, latency (the model), calibration, profile_file
+(Profile, load_profile, predict_latency), runners (the ops on the native module), measure (profile()), validation
+(validate()).
 """
 from __future__ import annotations
 
-from bortengine.profiling.profiler import (DTYPES, LatencyModel, OpSpec, Prediction, Profile, ProfileError,
-                                           ProfileInterrupted, ProfileMismatchWarning, Target, ValidationReport,
-                                           Workload, default_profile_dir, default_profile_path, kendall_tau,
-                                           load_profile, predict_latency, profile, required_ops, shipped_profiles,
-                                           validate)
+from bortengine.profiling.calibration import calibrate, calibration_note
+from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning
+from bortengine.profiling.latency import LatencyModel, Prediction
+from bortengine.profiling.measure import profile
+from bortengine.profiling.measurements import Measurement, WorkloadProfile
+from bortengine.profiling.ops import OpSpec, barriers, calibration_ops, forward_steps, required_ops
+from bortengine.profiling.profile_file import (Profile, default_profile_dir, default_profile_path, load_profile,
+                                               predict_latency, shipped_profiles)
+from bortengine.profiling.target import Target
+from bortengine.profiling.timing import BlockStats, Settings
+from bortengine.profiling.validation import ValidationReport, ValidationRow, kendall_tau, validate
+from bortengine.profiling.workload import DTYPES, Workload
 
 __all__ = [
     "Workload", "Target", "Profile", "OpSpec", "Prediction", "LatencyModel", "ValidationReport",
     "ProfileError", "ProfileMismatchWarning", "ProfileInterrupted", "profile", "load_profile", "predict_latency",
     "validate", "required_ops", "default_profile_path", "default_profile_dir", "shipped_profiles", "kendall_tau",
-    "DTYPES",
+    "DTYPES", "calibration_note", "calibrate", "calibration_ops", "forward_steps", "barriers", "Settings",
+    "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow",
 ]

@@ -1,0 +1,242 @@
+"""What a forward runs, described once: the table of its steps, the kernel call (OpSpec) each step makes for an
+architecture, and from them the lists of calls a profile measures (required_ops for a search space,
+calibration_ops for the tiny calibration encoders), the per-step costs the latency model and the calibration sum,
+and the barrier counts.
+
+A forward is one parallel region; every step ends with a barrier (an int8 linear layer's GEMM with two: it first
+quantizes its input rows in a parallel step of its own). The table names the steps and their trace buckets as the
+engine's own per-op trace does (Encoder.last_trace), so predicted parts and traced parts share their keys.
+
+Shapes: B = batch, T = tokens per sequence, M = B·T token rows, H = hidden, I = intermediate, A = heads,
+Dh = H / A head size, D = layers, V = vocab, K/N = GEMM depth / output columns (weights are [N, K]).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from bortengine.profiling.errors import ProfileError
+from bortengine.profiling.workload import Workload
+from bortengine.search_space import SearchSpace
+
+# The forward's steps in order. kind: the op; scope: once per forward, per layer, or per forward when the model has
+# a pooler; K, N: the GEMM's depth and output columns in the architecture's sizes; rows: M = B·T ("tokens") or
+# B ("sequences"); barriers: how many the step ends with, per dtype. The scatter of the last layer's rows into the
+# output has no barrier of its own, and the pooler stays float32 in the int8 engine.
+FORWARD_STEPS = (
+    {"name": "embeddings", "trace": "embeddings", "kind": "embeddings", "scope": "forward",
+     "barriers": {"float32": 1, "int8": 1}},
+    {"name": "qkv", "trace": "qkv", "kind": "gemm", "scope": "layer",
+     "K": "H", "N": "3H", "epilogue": "none", "rows": "tokens", "barriers": {"float32": 1, "int8": 2}},
+    {"name": "attention", "trace": "attention", "kind": "attention", "scope": "layer",
+     "barriers": {"float32": 1, "int8": 1}},
+    {"name": "attention_out", "trace": "attention_out", "kind": "gemm", "scope": "layer",
+     "K": "H", "N": "H", "epilogue": "residual", "rows": "tokens", "barriers": {"float32": 1, "int8": 2}},
+    {"name": "ln1", "trace": "layernorm", "kind": "layernorm", "scope": "layer",
+     "barriers": {"float32": 1, "int8": 1}},
+    {"name": "ffn_in", "trace": "ffn_in", "kind": "gemm", "scope": "layer",
+     "K": "H", "N": "I", "epilogue": "gelu", "rows": "tokens", "barriers": {"float32": 1, "int8": 2}},
+    {"name": "ffn_out", "trace": "ffn_out", "kind": "gemm", "scope": "layer",
+     "K": "I", "N": "H", "epilogue": "residual", "rows": "tokens", "barriers": {"float32": 1, "int8": 2}},
+    {"name": "ln2", "trace": "layernorm", "kind": "layernorm", "scope": "layer",
+     "barriers": {"float32": 1, "int8": 1}},
+    {"name": "scatter", "trace": "output", "kind": "scatter", "scope": "forward",
+     "barriers": {"float32": 0, "int8": 0}},
+    {"name": "pooler_gather", "trace": "output", "kind": "gather", "scope": "pooler",
+     "barriers": {"float32": 1, "int8": 1}},
+    {"name": "pooler", "trace": "output", "kind": "gemm", "scope": "pooler",
+     "K": "H", "N": "H", "epilogue": "tanh", "rows": "sequences", "barriers": {"float32": 1, "int8": 1}},
+)
+SCOPES = ("forward", "layer", "pooler")
+# kinds with a single-op binding of their own, timed by the profiler; a scatter or gather only moves rows (its time
+# is in the fixed per-forward cost, its barrier in the sync term)
+TIMED_KINDS = ("embeddings", "gemm", "attention", "layernorm")
+# role names in profiles written before the steps took the engine's names
+FORMER_ROLES = {"attn_out": ("attention_out",), "layernorm": ("ln1", "ln2")}
+
+LAYER_NORM_EPS = 1e-12
+# Calibration encoders: tiny (their ops cost almost nothing, so their forward is mostly fixed and barrier cost),
+# and outside every space (H = 64 is below the MiniLM space), so no candidate is used to build the model.
+CALIBRATION_HIDDEN = 64
+CALIBRATION_HEADS = 2
+CALIBRATION_INTERMEDIATE = 64
+CALIBRATION_VOCAB = 64
+CALIBRATION_LAYERS = (1, 2, 4, 8)
+CALIBRATION_SIZES = {"A": CALIBRATION_HEADS, "H": CALIBRATION_HIDDEN, "I": CALIBRATION_INTERMEDIATE}
+CALL_KINDS = ("gemm", "attention", "layernorm", "embeddings")  # op kinds whose empty call is measured
+
+
+def forward_steps() -> list[dict[str, Any]]:
+    """The forward's steps in order (FORWARD_STEPS' schema), as fresh dicts the caller may keep.
+
+    The one place the table is read from: to take it from the engine itself (_core.forward_ops()), change this
+    function only.
+    """
+    return [{**step, "barriers": dict(step["barriers"])} for step in FORWARD_STEPS]
+
+
+def barriers(scope: str, dtype: str, steps: Optional[Iterable[Mapping[str, Any]]] = None) -> int:
+    """Barriers the steps of one scope end with under dtype (per layer for "layer")."""
+    return sum(step["barriers"][dtype] for step in (forward_steps() if steps is None else steps)
+               if step["scope"] == scope)
+
+
+def scope_repeats(layers: int, head: str) -> dict[str, int]:
+    """How often each scope's steps run in one forward of a model of `layers` layers with that head."""
+    return {"forward": 1, "layer": layers, "pooler": 0 if head == "none" else 1}
+
+
+def current_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    """Roles as this version names them (a profile of an earlier one says attn_out and layernorm)."""
+    return tuple(dict.fromkeys(new for role in roles for new in FORMER_ROLES.get(role, (role,))))
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One kernel call to time.
+
+    kind: "gemm" (a [M,K] · w[N,K]ᵀ + bias, then epilogue), "attention" (B sequences of T tokens, `heads` heads of
+    head_dim), "layernorm" ([M, hidden]), "embeddings" (M ids into a [vocab, hidden] table, then LayerNorm),
+    "call" (an empty call of op kind `of`: the per-call cost a forward does not pay) or "forward" (a tiny
+    calibration encoder of `layers` layers).
+    """
+
+    kind: str
+    M: int = 0
+    K: int = 0
+    N: int = 0
+    epilogue: str = ""
+    heads: int = 0
+    head_dim: int = 0
+    hidden: int = 0
+    vocab: int = 0
+    layers: int = 0
+    of: str = ""
+    cold: bool = True  # gemm: weights read from DRAM (cycled copies); False: the same weights, cache-warm
+
+    @property
+    def key(self) -> str:
+        if self.kind == "gemm":
+            return f"gemm M={self.M} K={self.K} N={self.N} {self.epilogue}" + ("" if self.cold else " warm")
+        if self.kind == "attention":
+            return f"attention A={self.heads} Dh={self.head_dim}"
+        if self.kind == "layernorm":
+            return f"layernorm H={self.hidden}"
+        if self.kind == "embeddings":
+            return f"embeddings H={self.hidden} V={self.vocab}"
+        if self.kind == "call":
+            return f"call {self.of}"
+        if self.kind == "forward":
+            return f"forward D={self.layers} H={self.hidden}"
+        raise ProfileError(f"unknown op kind {self.kind!r}")
+
+    def flops(self, w: Workload) -> float:
+        if self.kind == "gemm":
+            return 2.0 * self.M * self.K * self.N
+        if self.kind == "attention":
+            return 4.0 * w.batch_size * self.heads * w.seq_len * w.seq_len * self.head_dim
+        if self.kind in ("layernorm", "embeddings"):
+            return 8.0 * w.tokens * self.hidden
+        return 0.0
+
+    _FIELDS = {"gemm": ("M", "K", "N", "epilogue", "cold"), "attention": ("heads", "head_dim"),
+               "layernorm": ("hidden",), "embeddings": ("hidden", "vocab"), "call": ("of",),
+               "forward": ("layers", "hidden")}
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind}
+        d.update((k, getattr(self, k)) for k in self._FIELDS.get(self.kind, ()))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "OpSpec":
+        fields_ = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**fields_)
+
+
+# ========================================================================================== a step's kernel call
+def step_sizes(step: Mapping[str, Any]) -> tuple[str, ...]:
+    """The architecture sizes a step's call depends on: ("H",), ("A", "H") or ("H", "I")."""
+    if step["kind"] == "attention":
+        return ("A", "H")
+    if step["kind"] == "gemm" and "I" in (step["K"], step["N"]):
+        return ("H", "I")
+    return ("H",)
+
+
+def _size(symbol: str, sizes: Mapping[str, int]) -> int:
+    return 3 * sizes["H"] if symbol == "3H" else sizes[symbol]
+
+
+def step_op(step: Mapping[str, Any], sizes: Mapping[str, int], workload: Workload, vocab: int, *,
+            cold: bool = True) -> Optional[OpSpec]:
+    """The kernel call a step makes for an architecture of `sizes` (A, H, I) under the workload; None for the steps
+    that only move rows (scatter, gather).
+
+    Shapes: per-token GEMMs have M = B·T rows; the pooler GEMM has M = B rows (one [CLS] row per sequence).
+    """
+    kind = step["kind"]
+    if kind == "gemm":
+        rows = workload.tokens if step["rows"] == "tokens" else workload.batch_size
+        return OpSpec("gemm", M=rows, K=_size(step["K"], sizes), N=_size(step["N"], sizes),
+                      epilogue=step["epilogue"], cold=cold)
+    if kind == "attention":
+        return OpSpec("attention", heads=sizes["A"], head_dim=sizes["H"] // sizes["A"])
+    if kind == "layernorm":
+        return OpSpec("layernorm", hidden=sizes["H"])
+    if kind == "embeddings":
+        return OpSpec("embeddings", hidden=sizes["H"], vocab=vocab)
+    return None
+
+
+def forward_costs(op_ms: Callable[[OpSpec], float], sizes: Mapping[str, int], workload: Workload, vocab: int,
+                  repeats: Mapping[str, int], *, cold: bool = True) -> dict[str, dict[str, float]]:
+    """Per scope that runs (repeats > 0), the net time of its timed steps summed per trace bucket, each in forward
+    order (a layer's two LayerNorms make one "layernorm" bucket): one layer, not D of them."""
+    costs: dict[str, dict[str, float]] = {}
+    for step in forward_steps():
+        spec = step_op(step, sizes, workload, vocab, cold=cold) if repeats[step["scope"]] else None
+        if spec is None:
+            continue
+        buckets = costs.setdefault(step["scope"], {})
+        t = op_ms(spec)
+        buckets[step["trace"]] = buckets[step["trace"]] + t if step["trace"] in buckets else t
+    return costs
+
+
+# ============================================================================================ what to measure
+def required_ops(space: SearchSpace, workload: Workload) -> list[tuple[OpSpec, tuple[str, ...]]]:
+    """Every op a forward of any architecture of `space` runs under `workload`, with the roles (step names) it
+    plays: the steps that depend on H alone for every hidden size, attention for every (A, H) pair, the FFN GEMMs
+    for every (H, I) pair of the space."""
+    if len(space) == 0:
+        raise ProfileError(f"search space {space.name!r} is empty")
+    runs = scope_repeats(1, space.head)  # (no pooler steps for a space without a pooler)
+    steps = [s for s in forward_steps() if s["kind"] in TIMED_KINDS and runs[s["scope"]]]
+    shapes = {("H",): [{"H": h} for h in sorted({a.hidden for a in space})],
+              ("A", "H"): [{"A": a, "H": h} for a, h in space.heads_hidden_pairs()],
+              ("H", "I"): [{"H": h, "I": i} for h, i in space.hidden_intermediate_pairs()]}
+    roles: dict[OpSpec, dict[str, None]] = {}
+    for depends_on, values in shapes.items():
+        for sizes in values:
+            for step in steps:
+                if step_sizes(step) == depends_on:
+                    spec = step_op(step, sizes, workload, space.vocab_size)
+                    roles.setdefault(spec, {})[step["name"]] = None
+    return [(s, tuple(r)) for s, r in roles.items()]
+
+
+def calibration_forward_ops(workload: Workload) -> list[OpSpec]:
+    """The tiny encoder's own ops: embeddings, attention, LayerNorm, then its GEMMs. Its weights fit in cache and
+    stay there between forwards, so the GEMMs are timed warm."""
+    specs = [step_op(s, CALIBRATION_SIZES, workload, CALIBRATION_VOCAB, cold=False) for s in forward_steps()
+             if s["kind"] in TIMED_KINDS]
+    return list(dict.fromkeys(sorted(specs, key=lambda s: s.kind == "gemm")))
+
+
+def calibration_ops(workload: Workload) -> list[tuple[OpSpec, tuple[str, ...]]]:
+    """Empty calls of each op kind, the tiny encoders' forwards, and the tiny encoders' own ops."""
+    ops = [OpSpec("call", of=k) for k in CALL_KINDS]
+    ops += [OpSpec("forward", layers=d, hidden=CALIBRATION_HIDDEN) for d in CALIBRATION_LAYERS]
+    ops += calibration_forward_ops(workload)
+    return [(s, ("calibration",)) for s in dict.fromkeys(ops)]

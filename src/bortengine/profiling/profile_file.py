@@ -1,0 +1,245 @@
+"""A profile: the measurements of one CPU target, per workload, saved as human-readable JSON (one file per
+target, in the cache directory or shipped with the package), and the predictions read from it
+(predict_latency)."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from bortengine.engine import core
+from bortengine.files import atomic_write_json, read_json
+from bortengine.profiling.calibration import calibration_note
+from bortengine.profiling.disturbance import now
+from bortengine.profiling.errors import ProfileError, ProfileMismatchWarning
+from bortengine.profiling.latency import EXTRAPOLATION_NOTE, LatencyModel, Prediction
+from bortengine.profiling.measurements import WorkloadProfile, op_order, read_keyed
+from bortengine.profiling.target import Target
+from bortengine.profiling.workload import Workload
+
+FORMAT = "bortengine-profile"
+FORMAT_VERSION = 1
+PACKAGE_PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
+class Profile:
+    """The measurements of one CPU target, per workload. Saved as human-readable JSON.
+
+    Build with profile(), read with load_profile() or Profile.load(), show with table().
+    """
+
+    def __init__(self, target: Target, workloads: Optional[dict[str, WorkloadProfile]] = None,
+                 path: Optional[Path] = None, created: Optional[str] = None):
+        self.target = target
+        self.workloads: dict[str, WorkloadProfile] = workloads or {}
+        self.path = path
+        self.created = created or now()
+        self._models: dict[str, LatencyModel] = {}
+
+    def __repr__(self) -> str:
+        return f"Profile({self.target.signature}, workloads={list(self.workloads)}, path={self.path})"
+
+    # -- coverage ---------------------------------------------------------------------------------------------
+    def covers(self, workload: Workload) -> bool:
+        wp = self.workloads.get(workload.key)
+        return wp is not None and wp.complete
+
+    def for_workload(self, workload: Workload) -> WorkloadProfile:
+        wp = self.workloads.get(workload.key)
+        if wp is None:
+            have = ", ".join(str(self.workloads[k].workload) for k in self.workloads) or "none"
+            raise ProfileError(f"the profile {self._where()} does not cover the workload {workload} (it has: "
+                               f"{have}); measure it with: {workload.command()}")
+        if not wp.complete:
+            raise ProfileError(f"the profile {self._where()} of workload {workload} is incomplete (interrupted: "
+                               f"{len(wp.ops)} ops measured); finish it with: {workload.command()}")
+        return wp
+
+    def model(self, workload: Workload) -> LatencyModel:
+        if workload.key not in self._models:
+            self._models[workload.key] = LatencyModel(self.for_workload(workload), self.target)
+        return self._models[workload.key]
+
+    def forget_models(self) -> None:
+        """Drop the latency models built so far (after the measurements changed)."""
+        self._models.clear()
+
+    def _where(self) -> str:
+        return str(self.path) if self.path else f"of {self.target.signature}"
+
+    # -- files ------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "created": self.created, "updated": now(),
+                "target": self.target.to_dict(),
+                "workloads": {k: wp.to_dict() for k, wp in sorted(self.workloads.items())}}
+
+    def save(self, path: Optional[str | os.PathLike] = None) -> Path:
+        """Write atomically (a temporary file, then rename), so an interrupted save never leaves half a file."""
+        path = Path(path or self.path or default_profile_path(self.target))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, self.to_dict(), indent=1)
+        self.path = path
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, path: Optional[Path] = None) -> "Profile":
+        where = str(path) if path else "profile"
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise ProfileError(f"{where} is not a bortengine profile (no \"format\": \"{FORMAT}\" field)")
+        version = data.get("version")
+        if version != FORMAT_VERSION:
+            raise ProfileError(f"{where} has profile format version {version!r}; this bortengine reads version "
+                               f"{FORMAT_VERSION}: re-profile with `bortengine profile`")
+        try:
+            target = Target.from_dict(data["target"])
+            workloads = read_keyed(data.get("workloads", {}), WorkloadProfile.from_dict, lambda wp: wp.workload.key,
+                                   "workload entry {key!r} describes {actual!r}")
+        except ProfileError as e:
+            raise ProfileError(f"{where} is malformed: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            raise ProfileError(f"{where} is malformed ({type(e).__name__}: {detail}); re-profile with "
+                               f"`bortengine profile`") from None
+        return cls(target, workloads, path=path, created=data.get("created"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Profile":
+        path = Path(path)
+        try:
+            data = read_json(path, ProfileError, missing_ok=True)
+        except OSError as e:
+            raise ProfileError(f"cannot read profile {path}: {e.strerror or e}") from None
+        if data is None:
+            raise ProfileError(f"no profile at {path}; make one with: bortengine profile --out {path}")
+        return cls.from_dict(data, path=path)
+
+    def check_target(self, current: Optional[Target] = None, stacklevel: int = 2) -> list[str]:
+        """Warn (ProfileMismatchWarning) if the profile describes another CPU, kernel path or engine build."""
+        current = current or Target.current(self.target.isa if self.target.isa in core().available_isas()
+                                            else None)
+        diffs = self.target.differences(current)
+        if diffs:
+            warnings.warn(
+                f"the profile {self._where()} was measured on another target ({'; '.join(diffs)}): its latencies "
+                f"describe that machine, not this one. Profile this one with: bortengine profile",
+                ProfileMismatchWarning, stacklevel=stacklevel + 1)
+        elif self.target.core_build != current.core_build:
+            diffs = [f"core build {self.target.core_build} vs {current.core_build}"]
+            warnings.warn(
+                f"the profile {self._where()} was measured with another build of the engine's native core "
+                f"({diffs[0]}); if the kernels changed, re-profile with: bortengine profile",
+                ProfileMismatchWarning, stacklevel=stacklevel + 1)
+        return diffs
+
+    # -- display ----------------------------------------------------------------------------------------------
+    def table(self) -> str:
+        """The profile as text: target, then per workload the calibration and one row per op."""
+        t = self.target
+        lines = [f"profile {self._where()}", f"target:  {t.describe()}",
+                 f"L3:      {t.l3_bytes / 2**20:.0f} MiB" if t.l3_bytes else "L3:      unknown",
+                 f"created: {self.created}"]
+        if not self.workloads:
+            lines.append("(no workloads measured)")
+        for key, wp in sorted(self.workloads.items()):
+            lines += ["", *_workload_table(key, wp)]
+        return "\n".join(lines)
+
+
+def _workload_table(key: str, wp: WorkloadProfile) -> list[str]:
+    """A workload's lines of Profile.table(): how and when it was measured, its calibration, one row per op."""
+    w = wp.workload
+    lines = [f"workload {w}  [{key}]  mode {wp.mode}, {wp.blocks} block(s), {wp.clock} clock, spaces "
+             f"{', '.join(wp.spaces) or '-'}, {'complete' if wp.complete else 'INCOMPLETE'}"]
+    for c in wp.conditions[-1:]:
+        lines.append(f"  measured {c.get('started', '?')}: {c.get('seconds', 0):.0f} s, load average "
+                     f"{c.get('loadavg_start', '?')}, other processes used {c.get('foreign_cpus', 0):.2f} "
+                     f"CPU(s), steal {c.get('steal_cpus', 0):.2f}")
+    if wp.calibration:
+        cal = wp.calibration
+        calls = ", ".join(f"{k} {v * 1e3:.1f} µs" for k, v in cal["call_ms"].items())
+        lines.append(f"  calibration: fixed {cal['fixed_ms'] * 1e3:.1f} µs/forward, sync "
+                     f"{cal['sync_ms'] * 1e3:.2f} µs/op; empty calls: {calls}")
+        note = calibration_note(cal)
+        if note:
+            lines.append(f"  WARNING: {note}")
+    lines.append(f"  {'op':<40} {'role':<22} {'median ms':>10} {'IQR %':>6} {'min ms':>9} {'n':>5} "
+                 f"{'out':>4} {'GFLOP/s':>8}  flags")
+    for k, m in sorted(wp.ops.items(), key=op_order):
+        b = m.best
+        flops = m.spec.flops(w)
+        gf = f"{flops / (b.median_ms * 1e-3) / 1e9:8.1f}" if flops else f"{'':8}"
+        flags = []
+        if m.noisy:
+            flags.append("NOISY")
+        if m.mode != wp.mode:
+            flags.append(m.mode)
+        if m.mode == wp.mode and m.clean_blocks < wp.blocks:
+            flags.append(f"{m.clean_blocks}/{wp.blocks} clean blocks")
+        lines.append(f"  {k:<40} {','.join(m.roles):<22} {b.median_ms:10.4f} {100 * b.spread:6.1f} "
+                     f"{b.min_ms:9.4f} {b.n:5d} {b.outliers:4d} {gf}  {' '.join(flags)}")
+    return lines
+
+
+# ======================================================================================== where profiles live
+def default_profile_dir() -> Path:
+    """$BORTENGINE_PROFILE_DIR, else $XDG_CACHE_HOME/bortengine/profiles, else ~/.cache/bortengine/profiles."""
+    env = os.environ.get("BORTENGINE_PROFILE_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "bortengine" / "profiles"
+
+
+def default_profile_path(target: Optional[Target] = None) -> Path:
+    target = target or Target.current()
+    return default_profile_dir() / f"{target.signature}.json"
+
+
+def shipped_profiles() -> list[Path]:
+    """Example profiles shipped in the package (bortengine/profiling/profiles/*.json)."""
+    return sorted(PACKAGE_PROFILES.glob("*.json"))
+
+
+def load_profile(path: Optional[str | os.PathLike] = None, *, check_target: bool = True) -> Profile:
+    """Read a profile. Without a path: this CPU's profile in the cache directory, else a shipped one for it.
+
+    check_target: warn (ProfileMismatchWarning) when the profile describes another CPU, kernel path or engine
+    version than the one running; pass False when predicting for a deployment target on purpose.
+    """
+    if path is None:
+        target = Target.current()
+        candidates = [default_profile_path(target), PACKAGE_PROFILES / f"{target.signature}.json"]
+        found = next((p for p in candidates if p.exists()), None)
+        if found is None:
+            raise ProfileError(f"no profile of this CPU ({target.signature}) in {default_profile_dir()} or among "
+                               f"the shipped examples; make one with: bortengine profile")
+        path = found
+    prof = Profile.load(path)
+    if check_target:
+        prof.check_target(stacklevel=2)
+    return prof
+
+
+def predict_latency(architecture: Any, workload: Workload, profile: Profile, *, detail: bool = False
+                    ) -> float | Prediction:
+    """Predicted forward latency (ms) of the engine for the architecture under the workload, from the profile.
+
+    architecture: an Architecture, or a tuple (D, A, H, I) (pooler head, vocab 30522). detail=True returns the
+    Prediction (the parts, and which op shapes were interpolated or extrapolated).
+    """
+    if not isinstance(profile, Profile):
+        raise ProfileError(f"profile must be a Profile (see load_profile()), got {type(profile).__name__}")
+    if not isinstance(workload, Workload):
+        raise ProfileError(f"workload must be a Workload, got {type(workload).__name__}")
+    if workload.num_threads > profile.target.logical_cpus:
+        warnings.warn(f"workload {workload} asks for more threads than the {profile.target.logical_cpus} CPU(s) of "
+                      f"the profiled target", RuntimeWarning, stacklevel=2)
+    max_positions = getattr(architecture, "max_positions", None)
+    if max_positions is not None and workload.seq_len > max_positions:
+        raise ProfileError(f"workload sequences of {workload.seq_len} tokens exceed the architecture's "
+                           f"max_positions={max_positions}")
+    p = profile.model(workload).predict(architecture)
+    if p.extrapolated:
+        warnings.warn(EXTRAPOLATION_NOTE, RuntimeWarning, stacklevel=2)
+    return p if detail else p.total_ms
