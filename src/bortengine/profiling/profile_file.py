@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from bortengine.engine import core
-from bortengine.files import atomic_write_json, read_json
+from bortengine.files import atomic_write_json, cache_dir, read_json
 from bortengine.profiling.calibration import calibration_note
 from bortengine.profiling.disturbance import now
 from bortengine.profiling.errors import ProfileError, ProfileMismatchWarning
@@ -184,11 +184,7 @@ def _workload_table(key: str, wp: WorkloadProfile) -> list[str]:
 # ======================================================================================== where profiles live
 def default_profile_dir() -> Path:
     """$BORTENGINE_PROFILE_DIR, else $XDG_CACHE_HOME/bortengine/profiles, else ~/.cache/bortengine/profiles."""
-    env = os.environ.get("BORTENGINE_PROFILE_DIR")
-    if env:
-        return Path(env)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "bortengine" / "profiles"
+    return cache_dir("profiles", "BORTENGINE_PROFILE_DIR")
 
 
 def default_profile_path(target: Optional[Target] = None) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from bortengine.engine import available_cpus, core, traced_forwards
+from bortengine.files import save_figure
 from bortengine.profiling.disturbance import CpuMeter, HostProbe, noise_note, warn_if_busy
 from bortengine.profiling.errors import ProfileError
 from bortengine.profiling.latency import LatencyModel
@@ -189,12 +190,7 @@ class ValidationReport:
                      f"worst {100 * self.worst_abs_error:.1f}%, Kendall τ {self.kendall_tau:.3f}", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, dpi=fig.dpi)
 
 
 def _log_axes(ax: Any, lo: float, hi: float) -> None:
