@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 import bortengine
 from bortengine import profiler as P
-from bortengine.search import fptas as S
+from bortengine import search as S
+from bortengine.search import executor as E
 from bortengine.architecture import Architecture
 from bortengine.search_space import BORT_SPACE, MINILM_SPACE, SearchSpace
 
@@ -300,14 +301,14 @@ def test_default_workers_follow_the_surrogate(tmp_path, monkeypatch):
     assert S.DistillationSurrogate.expensive and S.FinetuneSurrogate.expensive
     assert not S.AnalyticSurrogate.expensive and not S.Surrogate.expensive
     seen = []
-    init = S._Evaluator.__init__
+    init = E.LocalExecutor.__init__
 
-    def spy(self, surrogate, cache, workers, *args, **kw):
+    def spy(self, surrogate, workers, *args, **kw):
         seen.append(workers)
-        init(self, surrogate, cache, workers, *args, **kw)
+        init(self, surrogate, workers, *args, **kw)
 
-    monkeypatch.setattr(S._Evaluator, "__init__", spy)
-    monkeypatch.setattr(S, "_cpus", lambda: 3)
+    monkeypatch.setattr(E.LocalExecutor, "__init__", spy)
+    monkeypatch.setattr(E, "available_cpus", lambda: 3)  # the engine's CPU count, as the executor sees it
 
     @dataclass
     class Dear(S.AnalyticSurrogate):  # same name and settings: everything comes from the first run's cache
@@ -558,3 +559,4 @@ def test_extract_targets_the_int8_path(tmp_path, capsys):
     assert report["summary"]["refinement"]["evaluations"] == 0 and not any(c["refined"] for c in report["candidates"])
     got = {tuple(c["arch"]): c["latency_ms"] for c in report["candidates"]}
     assert all(got[d] == pytest.approx(lat8[d], rel=1e-3, abs=1e-5) for d in lat8)  # (the report rounds)
+
