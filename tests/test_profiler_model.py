@@ -443,8 +443,6 @@ def test_prediction_parts_are_the_engines_trace_buckets():
 
 def test_old_import_paths_reexport_the_public_api():
     import bortengine.profiler as old
-    from bortengine.profiling import profiler as former
 
     for name in P.__all__:
-        assert getattr(old, name) is getattr(P, name) and getattr(former, name) is getattr(P, name)
-    assert former._calibration_note is P.calibration_note
+        assert getattr(old, name) is getattr(P, name)

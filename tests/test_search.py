@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 import bortengine
 from bortengine import profiling as P
-from bortengine.search import fptas as S
+from bortengine import search as S
+from bortengine.search import executor as E
 from bortengine.architecture import Architecture
 from bortengine.search_space import BORT_SPACE, MINILM_SPACE, SearchSpace
 
@@ -301,14 +302,14 @@ def test_default_workers_follow_the_surrogate(tmp_path, monkeypatch):
     assert S.DistillationSurrogate.expensive and S.FinetuneSurrogate.expensive
     assert not S.AnalyticSurrogate.expensive and not S.Surrogate.expensive
     seen = []
-    init = S._Evaluator.__init__
+    init = E.LocalExecutor.__init__
 
-    def spy(self, surrogate, cache, workers, *args, **kw):
+    def spy(self, surrogate, workers, *args, **kw):
         seen.append(workers)
-        init(self, surrogate, cache, workers, *args, **kw)
+        init(self, surrogate, workers, *args, **kw)
 
-    monkeypatch.setattr(S._Evaluator, "__init__", spy)
-    monkeypatch.setattr(S, "_cpus", lambda: 3)
+    monkeypatch.setattr(E.LocalExecutor, "__init__", spy)
+    monkeypatch.setattr(E, "available_cpus", lambda: 3)  # the engine's CPU count, as the executor sees it
 
     @dataclass
     class Dear(S.AnalyticSurrogate):  # same name and settings: everything comes from the first run's cache
@@ -559,3 +560,57 @@ def test_extract_targets_the_int8_path(tmp_path, capsys):
     assert report["summary"]["refinement"]["evaluations"] == 0 and not any(c["refined"] for c in report["candidates"])
     got = {tuple(c["arch"]): c["latency_ms"] for c in report["candidates"]}
     assert all(got[d] == pytest.approx(lat8[d], rel=1e-3, abs=1e-5) for d in lat8)  # (the report rounds)
+
+
+@dataclass
+class DyingWorker(S.AnalyticSurrogate):
+    """The analytic surrogate whose worker process dies (as if killed for memory) on one architecture."""
+
+    die: tuple = ()
+
+    def __call__(self, arch):
+        if arch.tuple == self.die:
+            import os
+
+            os._exit(1)
+        return super().__call__(arch)
+
+
+def test_a_dead_worker_fails_one_evaluation_and_the_search_goes_on(tmp_path):
+    """The executor fails the evaluation it sees first with the broken pool (the culprit, or a bystander that was
+    running beside it: the pool cannot tell); the others running in it are submitted again to a new pool, so every
+    candidate ends evaluated or failed, none lost, and the culprit fails in the end."""
+    die = (2, 4, 128, 256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = run(TINY, synthetic(TINY), tmp_path, exhaustive=True, workers=2, surrogate=DyingWorker(die=die))
+    assert r.complete and r.evaluations == len(TINY)
+    died = {tuple(f["arch"]) for f in r.failures}
+    assert die in died
+    assert all(f["status"] == "failed" and "worker process died" in f["message"] for f in r.failures)
+    assert all(c.evaluated for c in r.candidates if c.dims not in died)
+
+
+def test_local_executor_in_this_process():
+    """workers = 1: evaluations run one at a time inside wait(), results under the tickets they were given."""
+    ex = E.LocalExecutor(S.AnalyticSurrogate(nan=((1, 2, 64, 128),)), workers=1)
+    assert ex.capacity == 1 and ex.running == 0
+    ex.submit("a", Architecture(1, 2, 64, 128))
+    ex.submit("b", Architecture(2, 2, 64, 128))
+    assert ex.running == 2
+    (t1, r1), = ex.wait()
+    (t2, r2), = ex.wait()
+    assert (t1, r1.status, t2, r2.status) == ("a", "nan", "b", "ok") and r2.value > 0 and ex.running == 0
+    ex.close()
+
+
+def test_cli_rejects_a_bad_time_budget(tmp_path, capsys):
+    from bortengine.cli import main
+
+    path = synthetic(TINY).save(tmp_path / "profile.json")
+    argv = ["extract", "--space", "minilm", "--profile", str(path), "--surrogate", "analytic", "--time-budget",
+            "soon", "--no-progress", "--out", str(tmp_path / "out")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the synthetic profile describes another CPU
+        assert main(argv) == 2
+    assert "--time-budget takes 1800, 30m or 1.5h, got 'soon'" in capsys.readouterr().err

@@ -43,9 +43,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
     demo.add_argument("--model", default=None, help="model directory (default: the installed all-MiniLM-L6-v2)")
     _add_profile_parsers(sub)
-    from bortengine.search import add_extract_parser
+    from bortengine.cli import extract as extract_command
 
-    add_extract_parser(sub)  # extract: the FPTAS (torch only in surrogate workers)
+    extract_command.add_parsers(sub)  # extract: the FPTAS (torch only in surrogate workers)
     from bortengine.cli.train import TRAINING_COMMANDS, add_training_parsers
 
     add_training_parsers(sub)  # pretrain, finetune, export (torch imported only when they run)
@@ -67,10 +67,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_training_command(args)
         if args.command in ("profile", "profile-validate"):
             return _profile(args)
-        if args.command == "extract":
-            from bortengine.search import run_extract
-
-            return run_extract(args)
+        if args.command in extract_command.COMMANDS:
+            return extract_command.run(args)
     except bortengine.BortEngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

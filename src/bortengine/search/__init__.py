@@ -1,19 +1,26 @@
 """Search: optimal sub-architecture extraction, the FPTAS over (parameters, profiled latency, error surrogate).
 
 `extract(space, surrogate, profile)` returns an Extraction: the ε-approximate Pareto set and one winner by the
-W-coefficient. See docs/extraction.md.
+W-coefficient; `coverage` checks it against an exhaustive run, `measure_finalists` times the best on the engine.
+See docs/extraction.md.
 """
 from __future__ import annotations
 
-from bortengine.search.fptas import (SURROGATES, AnalyticSurrogate, Candidate, DistillationSurrogate, ErrorModel,
-                                     Extraction, FinetuneSurrogate, ParetoSet, SearchError, SearchInterrupted,
-                                     Surrogate, SurrogateCache, add_extract_parser, assumption_violations, coverage,
-                                     default_cache_dir, extract, group_bound, measure_finalists, pareto_front,
-                                     resolve_surrogate, run_extract, w_coefficient)
+from bortengine.search.cache import SurrogateCache, default_cache_dir
+from bortengine.search.error_model import ErrorModel
+from bortengine.search.errors import SearchError, SearchInterrupted
+from bortengine.search.finalists import measure_finalists
+from bortengine.search.fptas import SIZES, extract
+from bortengine.search.grouping import REPRESENTATIVES, group_bound
+from bortengine.search.pareto import Candidate, ParetoSet, pareto_front, w_coefficient
+from bortengine.search.result import Extraction
+from bortengine.search.surrogates import (SURROGATES, AnalyticSurrogate, DistillationSurrogate, FinetuneSurrogate,
+                                          Surrogate, resolve_surrogate)
+from bortengine.search.verification import assumption_violations, coverage
 
 __all__ = [
     "SearchError", "SearchInterrupted", "Surrogate", "AnalyticSurrogate", "DistillationSurrogate",
     "FinetuneSurrogate", "SurrogateCache", "Candidate", "ParetoSet", "Extraction", "extract", "pareto_front",
     "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
-    "default_cache_dir", "measure_finalists", "SURROGATES",
+    "default_cache_dir", "measure_finalists", "SURROGATES", "REPRESENTATIVES", "SIZES",
 ]

@@ -1,0 +1,189 @@
+"""`bortengine extract`: the FPTAS over (size, latency, error) on a CPU profile, writing report.json, pareto.png and
+winner.json (see docs/extraction.md). torch is imported only by the surrogates, in their worker processes."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from bortengine.engine import available_cpus
+from bortengine.files import atomic_write_text
+from bortengine.profiling import DTYPES, Workload, load_profile
+from bortengine.progress import parse_duration
+from bortengine.search import (REPRESENTATIVES, SIZES, SURROGATES, Extraction, SearchError, SearchInterrupted,
+                               Surrogate, coverage, extract, measure_finalists, resolve_surrogate)
+from bortengine.search_space import SearchSpace
+
+__all__ = ["COMMANDS", "add_parsers", "run"]
+
+COMMANDS = ("extract",)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("extract", help="optimal sub-architecture extraction: the FPTAS over (size, latency, "
+                                       "error) on a CPU profile")
+    p.add_argument("--space", default="minilm", help="search space: bort, minilm, or a JSON/YAML file")
+    p.add_argument("--max-point", default=None, metavar="D,A,H,I",
+                   help="the source architecture (default: the space's largest)")
+    p.add_argument("--profile", default=None, metavar="PATH",
+                   help="CPU profile (bortengine profile --out PATH; default: this CPU's profile from the cache "
+                        "directory, else the shipped one for this CPU)")
+    p.add_argument("--batch", type=int, default=1, help="workload: sequences per call (default 1)")
+    p.add_argument("--seq", type=int, default=128, help="workload: tokens per sequence (default 128)")
+    p.add_argument("--threads", type=int, default=None, help="workload: threads (default: all CPUs)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="workload: the engine path the winner will be served on (the profile must cover it)")
+    _add_search_options(p)
+    _add_surrogate_options(p)
+    p.add_argument("--cache", default=None, metavar="DIR", help="surrogate cache directory")
+    p.add_argument("--time-budget", default=None, help="no new evaluation after this (1800, 30m, 1.5h)")
+    p.add_argument("--measure", type=int, default=3, help="finalists to time on the engine (0: none)")
+    p.add_argument("--quick-measure", action="store_true", help="fewer repeats when timing the finalists")
+    p.add_argument("--allow-extrapolation", action="store_true",
+                   help="accept latencies extrapolated beyond the profile's measured shapes")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes report.json, pareto.png, winner.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_search_options(p) -> None:
+    p.add_argument("--eps", type=float, default=0.1, help="ε in (0, 1): groups' cost ratio 1 + ε (default 0.1)")
+    p.add_argument("--representative", choices=sorted(REPRESENTATIVES), default="source-heads",
+                   help="which member of a group is evaluated: source-heads (default: the head count nearest the "
+                        "maximum point's, then most parameters) or largest (most parameters, then fastest)")
+    p.add_argument("--per-group", type=int, default=3, dest="per_group", metavar="K",
+                   help="at most K surrogate evaluations per group (default 3): after the representatives, the "
+                        "members an error model fitted to the measured errors predicts best in their group, unless "
+                        "it rules out that they beat the group's best by the factor 1+ε; 1 = the plain FPTAS "
+                        "(bound K x groups + 1)")
+    p.add_argument("--exhaustive", action="store_true", help="evaluate every candidate (to check the FPTAS)")
+    p.add_argument("--verify", action="store_true",
+                   help="also run the exhaustive search (cached) and report the (1+ε)-coverage of its front")
+
+
+def _add_surrogate_options(p) -> None:
+    p.add_argument("--surrogate", default="distill", choices=sorted(SURROGATES), help="error surrogate")
+    p.add_argument("--steps", type=int, default=None, help="surrogate training steps")
+    p.add_argument("--surrogate-batch", type=int, default=None, dest="surrogate_batch",
+                   help="surrogate batch size")
+    p.add_argument("--max-length", type=int, default=None, help="surrogate sequence length (distill)")
+    p.add_argument("--eval-sentences", type=int, default=None, help="surrogate evaluation sentences (distill)")
+    p.add_argument("--task", default=None, help="finetune surrogate task: rt or imdb")
+    p.add_argument("--teacher", default=None, help="teacher directory (default all-MiniLM-L6-v2)")
+    p.add_argument("--seed", type=int, default=None, help="surrogate seed")
+    p.add_argument("--size", default="effective", choices=SIZES, help="size objective (default effective)")
+    p.add_argument("--tau", type=float, default=None, help="W-coefficient error unit (default per surrogate)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="surrogate worker processes (default: one per CPU for distill and finetune, 1 for analytic)")
+    p.add_argument("--worker-nice", type=int, default=0, help="niceness of the worker processes (default 0)")
+
+
+def run(args) -> int:
+    _interrupt_on_sigterm()
+    prof = load_profile(args.profile, check_target=True)
+    workload = Workload(args.batch, args.seq, args.threads or available_cpus(), args.dtype)
+    surrogate = resolve_surrogate(args.surrogate, steps=args.steps, batch_size=args.surrogate_batch,
+                                  max_length=args.max_length, eval_sentences=args.eval_sentences, task=args.task,
+                                  teacher=args.teacher, seed=args.seed)
+    kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,
+              cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=_time_budget(args.time_budget),
+              allow_extrapolation=args.allow_extrapolation, worker_nice=args.worker_nice,
+              progress=not args.no_progress, representative=args.representative, per_group=args.per_group)
+    space = SearchSpace.resolve(args.space)
+    print(f"extract: {space.describe()}\nworkload: {workload}; profile {prof.path} ({prof.target.isa})\n"
+          f"surrogate: {surrogate.describe()}; ε = {args.eps}; {'exhaustive' if args.exhaustive else 'FPTAS'}",
+          flush=True)
+    try:
+        result = _search(space, surrogate, args.exhaustive, args.verify, kw)
+    except SearchInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    _print_result(result)
+    if args.measure and result.winner is not None:
+        _print_measurement(measure_finalists(result, args.measure, quick=args.quick_measure,
+                                             progress=not args.no_progress))
+    if result.verification:
+        _print_verification(result.verification)
+    _write(result, Path(args.out))
+    return 0
+
+
+def _time_budget(text: Optional[str]) -> Optional[float]:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise SearchError(f"--time-budget takes 1800, 30m or 1.5h, got {text!r}") from None
+
+
+def _interrupt_on_sigterm() -> None:
+    """A kill (SIGTERM) stops like Ctrl-C: workers terminated, cache intact, a message saying how to resume.
+    (Background jobs of a non-interactive shell ignore SIGINT, so kill is how such runs get stopped.)"""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
+def _search(space: SearchSpace, surrogate: Surrogate, exhaustive: bool, verify: bool, kw: dict[str, Any]
+            ) -> Extraction:
+    """The search; with verify (and not exhaustive) also the exhaustive one, whose coverage goes in the result."""
+    result = extract(space, surrogate, exhaustive=exhaustive, **kw)
+    if verify and not exhaustive:
+        reference = extract(space, surrogate, exhaustive=True, **kw)
+        result.verification = coverage(reference, result)
+        result.verification["exhaustive_evaluations"] = reference.evaluations
+        result.verification["exhaustive_winner"] = list(reference.winner.dims) if reference.winner else None
+    return result
+
+
+def _print_result(result: Extraction) -> None:
+    print(f"{len(result.candidates)} candidates, {result.groups} groups (bound {result.bound['groups']} = "
+          f"{result.bound['n_p']} x {result.bound['n_l']}), {result.evaluations} surrogate evaluations "
+          f"(bound {result.bound['evaluations']} = min(space, K·n_p·n_l + 1 = {result.bound['polynomial']}); "
+          f"{result.fresh_evaluations} run now, the rest cached; "
+          f"{len(result.failures)} failed or NaN), "
+          f"{len(result.pareto)} in the ε-Pareto set, {result.seconds:.0f} s"
+          + ("" if result.complete else "; INCOMPLETE: the time budget stopped the evaluations"))
+    ref = result.refinement or {}
+    if ref.get("per_group", 1) > 1:
+        print(f"refinement: {ref['evaluations']} of those evaluations in {ref['rounds']} round(s), chosen by the error "
+              f"model; a better member found in {ref['improved_groups']} group(s), "
+              f"{ref['improved_beyond_epsilon']} of them better by more than a factor 1 + ε")
+    for f in result.failures:
+        print(f"  {f['status']}: ⟨{', '.join(map(str, f['arch']))}⟩ group {f['group']}: {f['message']}")
+
+
+def _print_measurement(measurement: dict[str, Any]) -> None:
+    for row in measurement["rows"]:
+        print(f"  measured ⟨{', '.join(map(str, row['arch']))}⟩: predicted {row['predicted_ms']:.3f} ms, "
+              f"measured {row['measured_ms']:.3f} ms ({100 * row['relative_error']:+.1f}%)"
+              + (" [winner]" if row["winner"] else ""))
+
+
+def _print_verification(v: dict[str, Any]) -> None:
+    print(f"verification against the exhaustive front ({v['reference_front']} points, "
+          f"{v['exhaustive_evaluations']} evaluations): {v['covered']} (1+ε)-covered, "
+          f"{len(v['uncovered'])} not; worst factor {v['worst_factor']:.4f}; {len(v['assumption_violations'])} "
+          f"A_ε violations; theorem {'holds' if v['theorem_holds'] else 'VIOLATED'}")
+
+
+def _write(result: Extraction, out: Path) -> None:
+    """report.json, pareto.png and (when there is a winner) winner.json in out; the winner and how to train it."""
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "report.json")
+    result.plot(out / "pareto.png")
+    if result.winner is not None:
+        atomic_write_text(out / "winner.json", json.dumps(result.winner.arch.to_dict(), indent=1) + "\n")
+        w = result.summary()["winner"]
+        print(f"winner {result.winner.arch}: {w['params']:,} parameters, {w['latency_ms']:.3f} ms predicted, "
+              f"error {w['error']:.4f}, W = {w['w']:.3f} (maximum point {result.max_point.arch}: "
+              f"{result.max_point.latency_ms:.3f} ms, error {result.max_point.error})")
+        print(f"train it: {w['pretrain']}")
+    print(f"wrote {out / 'report.json'}, {out / 'pareto.png'}" + (", winner.json" if result.winner else ""))

@@ -1,0 +1,81 @@
+"""The surrogate cache: every finished evaluation appended to a JSON-lines file per surrogate and settings, so a
+killed search resumes where it stopped and a second search over the same space costs nothing."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from bortengine.architecture import Architecture
+from bortengine.files import atomic_write_text, cache_dir
+from bortengine.search.errors import SearchError
+from bortengine.search.surrogates import Surrogate
+
+__all__ = ["SurrogateCache", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """$BORTENGINE_SURROGATE_CACHE, else $XDG_CACHE_HOME/bortengine/surrogates (~/.cache/...)."""
+    return cache_dir("surrogates", "BORTENGINE_SURROGATE_CACHE")
+
+
+def _arch_key(arch: Architecture) -> str:
+    return (f"{arch.layers},{arch.heads},{arch.hidden},{arch.intermediate}|v{arch.vocab_size}|p{arch.max_positions}"
+            f"|t{arch.type_vocab_size}|{arch.head}")
+
+
+class SurrogateCache:
+    """Surrogate results of one surrogate and settings, appended one JSON line per evaluation.
+
+    Values (including NaN, a deterministic result) are kept; exceptions are not (they may be transient: a rerun
+    tries again). A line cut short by a kill is skipped on reading. Only the process driving the search writes.
+    """
+
+    def __init__(self, directory: str | os.PathLike, surrogate: Surrogate):
+        self.dir = Path(directory)
+        self.path = self.dir / f"{surrogate.name}-{surrogate.key()}.jsonl"
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._describe(surrogate)
+        if self.path.exists():
+            self._read()
+
+    def _describe(self, surrogate: Surrogate) -> None:
+        """The directory, and beside the results a file naming the surrogate and settings they belong to."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            meta = self.dir / f"{surrogate.name}-{surrogate.key()}.settings.json"
+            if not meta.exists():
+                atomic_write_text(meta, json.dumps({"name": surrogate.name, "settings": surrogate.settings()},
+                                                   indent=1))
+        except OSError as e:
+            raise SearchError(f"cannot use the surrogate cache directory {self.dir}: {e.strerror or e}") from None
+
+    def _read(self) -> None:
+        text = self.path.read_text()
+        if text and not text.endswith("\n"):  # cut short by a kill: the next line must start afresh
+            with open(self.path, "a") as f:
+                f.write("\n")
+        for n, line in enumerate(text.splitlines()):
+            try:
+                entry = json.loads(line)
+                self.entries[entry["arch"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                warnings.warn(f"{self.path}: line {n + 1} is damaged (a killed run?); it will be re-evaluated",
+                              RuntimeWarning, stacklevel=3)
+
+    def get(self, arch: Architecture) -> Optional[dict[str, Any]]:
+        return self.entries.get(_arch_key(arch))
+
+    def put(self, arch: Architecture, error: float, seconds: float) -> None:
+        entry = {"arch": _arch_key(arch), "error": None if math.isnan(error) else error,
+                 "status": "nan" if math.isnan(error) else "ok", "seconds": round(seconds, 3),
+                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.entries[entry["arch"]] = entry
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())

@@ -1,0 +1,180 @@
+"""Where surrogate evaluations run: the Executor interface (submit one candidate's evaluation, take results as
+they finish, close or cancel on an interrupt) and its implementation on local worker processes.
+
+An executor only runs evaluations and hands back their outcomes; the process driving the search looks up and
+writes the surrogate cache, keeps the time budget and records the outcomes on the candidates (search.evaluation),
+so another executor (a cluster) needs no more than these four methods.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Any, Hashable, Optional
+
+from bortengine.architecture import Architecture
+from bortengine.engine import available_cpus
+from bortengine.search.surrogates import Surrogate
+
+__all__ = ["Evaluation", "evaluate", "Executor", "LocalExecutor", "default_workers"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome of one surrogate evaluation.
+
+    status: "ok" (value is the error), "nan" (the surrogate returned NaN, a deterministic result), "failed" (it
+    raised or returned ±inf; message says what) or "lost" (it did not finish through no fault of its own, e.g.
+    its worker went down with another evaluation: submit it again)."""
+
+    status: str
+    value: Optional[float]
+    message: str
+    seconds: float
+
+
+def evaluate(surrogate: Surrogate, arch: Architecture) -> Evaluation:
+    """Runs the surrogate on one architecture and never raises (but for an interrupt), so one bad candidate
+    cannot stop the search."""
+    start = time.perf_counter()
+    try:
+        value = float(surrogate(arch))
+    except Exception as e:  # noqa: BLE001 - recorded and reported per candidate
+        return Evaluation("failed", None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+    if math.isnan(value):
+        return Evaluation("nan", value, "the surrogate returned NaN", time.perf_counter() - start)
+    if math.isinf(value):
+        return Evaluation("failed", None, f"the surrogate returned {value}", time.perf_counter() - start)
+    return Evaluation("ok", value, "", time.perf_counter() - start)
+
+
+class Executor(ABC):
+    """Runs evaluations of one surrogate, at most `capacity` at a time.
+
+    The driver submits while fewer than `capacity` are running, then waits; results come back under the ticket
+    they were submitted with, in the order they finish. close() ends the executor; cancel=True (Ctrl-C or a kill)
+    stops what is running without waiting for it. An interrupt may reach the driver from inside wait().
+    """
+
+    capacity: int
+
+    @abstractmethod
+    def submit(self, ticket: Hashable, arch: Architecture) -> None:
+        """Start evaluating arch (or queue it to start at once when a slot frees)."""
+
+    @abstractmethod
+    def wait(self) -> list[tuple[Hashable, Evaluation]]:
+        """Blocks until at least one submitted evaluation finishes; returns every finished one."""
+
+    @property
+    @abstractmethod
+    def running(self) -> int:
+        """Evaluations submitted and not yet returned by wait()."""
+
+    @abstractmethod
+    def close(self, cancel: bool = False) -> None:
+        """Release the workers: wait for them, or with cancel=True stop them at once."""
+
+
+def default_workers(surrogate: Surrogate) -> int:
+    """One worker per CPU for an expensive surrogate (one that trains a model), else 1 (this process)."""
+    return available_cpus() if surrogate.expensive else 1
+
+
+def _worker_init(threads: int, niceness: int = 0) -> None:
+    if niceness:  # heavy surrogate training yields to other jobs; the parent (which times finalists) does not
+        os.nice(niceness)
+    # before torch is imported (by the surrogate, if at all): passive OpenMP waits on a shared machine (see
+    # docs/training.md) and each worker's share of the CPUs
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _worker_evaluate(surrogate: Surrogate, arch: Architecture, threads: int) -> Evaluation:
+    if getattr(surrogate, "threads", "absent") is None:
+        surrogate = replace(surrogate, threads=threads)
+    return evaluate(surrogate, arch)
+
+
+class LocalExecutor(Executor):
+    """Evaluations on this machine: with workers ≤ 1 one at a time in this process (inside wait()), else in a pool
+    of `workers` spawned processes, each at niceness `niceness` with available_cpus() // workers threads (given
+    to a surrogate whose threads are unset, and as OMP_NUM_THREADS). The pool starts at the first submit and
+    lasts until close(). When a worker dies (killed, out of memory) the pool breaks: the evaluation first seen
+    broken fails, the others that were running in it come back "lost", and a new pool takes the submissions."""
+
+    def __init__(self, surrogate: Surrogate, workers: int, niceness: int = 0):
+        self.surrogate, self.workers, self.niceness = surrogate, workers, niceness
+        self.capacity = max(1, workers)
+        self.threads = max(1, available_cpus() // max(1, workers))
+        self.pool = None
+        self._running: dict[Any, tuple[Hashable, Any]] = {}  # future -> (ticket, the pool it runs in)
+        self._here: dict[Hashable, Architecture] = {}         # workers <= 1: ticket -> what wait() evaluates
+
+    @property
+    def running(self) -> int:
+        return len(self._running) + len(self._here)
+
+    def submit(self, ticket: Hashable, arch: Architecture) -> None:
+        if self.workers <= 1:
+            self._here[ticket] = arch
+            return
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self.pool is None:
+            self.pool = self._start_pool()
+        try:
+            fut = self.pool.submit(_worker_evaluate, self.surrogate, arch, self.threads)
+        except BrokenProcessPool:  # broke since the last wait(): its evaluations come back from the next one
+            self.pool = self._start_pool()
+            fut = self.pool.submit(_worker_evaluate, self.surrogate, arch, self.threads)
+        self._running[fut] = (ticket, self.pool)
+
+    def _start_pool(self):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(self.threads, self.niceness))
+
+    def wait(self) -> list[tuple[Hashable, Evaluation]]:
+        if self._here:
+            ticket = next(iter(self._here))
+            return [(ticket, evaluate(self.surrogate, self._here.pop(ticket)))]
+        from concurrent.futures import FIRST_COMPLETED
+        from concurrent.futures import wait as wait_futures
+
+        done, _ = wait_futures(list(self._running), return_when=FIRST_COMPLETED)
+        out = []
+        for fut in done:
+            if fut in self._running:  # (not already returned with its broken pool)
+                out += self._collect(fut)
+        return out
+
+    def _collect(self, fut) -> list[tuple[Hashable, Evaluation]]:
+        """The finished future's result; when its pool broke, also the others of that pool (finished or lost)."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        ticket, pool = self._running.pop(fut)
+        if not isinstance(fut.exception(), BrokenProcessPool):
+            return [(ticket, fut.result())]
+        out = [(ticket, Evaluation("failed", None, "the worker process died (out of memory or killed?)", 0.0))]
+        for other in [f for f, (_, p) in self._running.items() if p is pool]:
+            t, _ = self._running.pop(other)
+            finished = other.done() and other.exception() is None
+            out.append((t, other.result() if finished else Evaluation("lost", None, "", 0.0)))
+        if self.pool is pool:
+            self.pool = None  # a new pool for the rest
+        return out
+
+    def close(self, cancel: bool = False) -> None:
+        self._running.clear()
+        self._here.clear()
+        if self.pool is not None:
+            if cancel:
+                for proc in list(getattr(self.pool, "_processes", {}).values()):
+                    proc.terminate()
+            self.pool.shutdown(wait=not cancel, cancel_futures=True)
+            self.pool = None

@@ -1,0 +1,43 @@
+"""The winner and the next best by W built as random-weight engine encoders and timed under the workload, so a
+report shows how far the profile's predicted latencies are from measured ones."""
+from __future__ import annotations
+
+from typing import Any
+
+from bortengine.profiling import validate
+from bortengine.search.pareto import Candidate
+from bortengine.search.result import Extraction
+
+__all__ = ["measure_finalists"]
+
+
+def measure_finalists(result: Extraction, count: int = 5, quick: bool = False, progress: bool = True
+                      ) -> dict[str, Any]:
+    """Build random-weight engine encoders of the winner and the next best by W (count in all; the maximum
+    point fills in when fewer), time them under the workload (profiling.validate: the profiler's own timing,
+    least-disturbed block), and store measured_ms on them. Returns the rows and the winner's relative error."""
+    ranked = _finalists(result, count)
+    report = validate(result.profile, result.space, result.workload, quick=quick, progress=progress,
+                      architectures=[c.arch for c in ranked])
+    rows = []
+    for c, row in zip(ranked, report.rows):
+        c.measured_ms = row.measured_ms
+        rows.append({"arch": list(c.dims), "predicted_ms": row.predicted_ms, "measured_ms": row.measured_ms,
+                     "relative_error": row.predicted_ms / row.measured_ms - 1, "spread": row.spread,
+                     "noisy": row.noisy, "winner": c is result.winner})
+    out = {"rows": rows, "conditions": report.conditions, "mode": "quick" if quick else "full"}
+    if result.winner is not None and result.winner.measured_ms:
+        w = result.winner
+        out["winner_relative_error"] = w.latency_ms / w.measured_ms - 1
+        out["winner_within_10_percent"] = abs(out["winner_relative_error"]) <= 0.10
+    result.measurement = out
+    return out
+
+
+def _finalists(result: Extraction, count: int) -> list[Candidate]:
+    """The ε-Pareto set's best `count` by W, at least two: the maximum point (or another candidate) fills in."""
+    ranked = sorted((c for c in result.pareto if c.w is not None), key=lambda c: -c.w)[:max(1, count)]
+    if len(ranked) < 2:
+        ranked.append(result.max_point if result.max_point not in ranked else
+                      next(c for c in result.candidates if c not in ranked))
+    return ranked
