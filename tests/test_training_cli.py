@@ -131,6 +131,8 @@ def test_export_errors(tmp_path, teacher_dir, capsys):
     (tmp_path / "file").write_text("")
     code = main(["export", str(teacher_dir), "--out", str(tmp_path / "file")])
     assert "is a file" in assert_error_line(capsys, "export", code)
+    code = main(["export", str(teacher_dir), "--out", str(teacher_dir)])
+    assert "is the run directory itself" in assert_error_line(capsys, "export", code)
 
 
 def test_finetune_surrogate_mode(tmp_path, teacher_dir, capsys):

@@ -2,8 +2,11 @@
 checked engine against torch; --dtype int8 then stores the encoder's linear weights pre-quantized."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from bortengine.cli.arguments import check_model_directory, check_output
 from bortengine.cli.train import prepare_torch, print_result
+from bortengine.errors import UsageError
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
 
@@ -28,6 +31,8 @@ def run(args) -> int:
     prepare_torch()
     check_model_directory(args.run, "run directory", holds=("checkpoint.pt", "config.json"), what=RUN_DIRECTORY)
     check_output(args.out, "--out", directory=True)
+    if Path(args.out).resolve() == Path(args.run).resolve():
+        raise UsageError(f"--out {args.out} is the run directory itself; export writes a new model directory")
     report = export_run(args.run, args.out, check=not args.no_check)
     if args.dtype == "int8":  # after the float32 check: the torch model is float
         report["int8"] = _quantize(args.out, check=not args.no_check)
