@@ -1,15 +1,40 @@
-"""The command line: `info`, `demo` (short settings), argument errors."""
+"""The command line: `info`, `demo` (short settings), and the one error convention of every command (a
+BortEngineError is one line `bortengine <command>: error: ...`, exit 2; a malformed argument is argparse's usage
+and error, exit 2; never a traceback). The training commands' cases are in tests/test_training_cli.py."""
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bortengine
 from bortengine.cli import main
+from bortengine.cli.arguments import architecture, duration, shape
 from conftest import NATIVE
 from test_isolation import _env
+
+
+def assert_error_line(capsys, command: str, code: int) -> str:
+    """The command failed with exit code 2 and exactly one line on stderr, in the convention; returns the line."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"bortengine {command}: error: "), err
+    return lines[0]
+
+
+def assert_usage_error(capsys, argv: list[str], command: str) -> str:
+    """argparse rejected the arguments: exit code 2, the command's usage, its error line last; returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"usage: bortengine {command}"), err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"bortengine {command}: error: argument ") and "Traceback" not in err, err
+    return last
 
 
 def test_info(capsys):
@@ -18,6 +43,12 @@ def test_info(capsys):
     for isa in bortengine.available_isas():
         assert isa in out
     assert "default ISA" in out
+
+
+def test_info_bad_argument(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", "--fast"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --fast" in capsys.readouterr().err
 
 
 def test_version_and_help(capsys):
@@ -36,14 +67,107 @@ def test_demo_short(capsys):
     assert out.strip().endswith("demo passed")
 
 
-def test_demo_bad_shape():
-    with pytest.raises(SystemExit, match="BxT"):
-        main(["demo", "--batch", "eight"])
+@pytest.mark.parametrize("argv, says", [(["--batch", "eight"], "BxT"), (["--batch", "8x1"], "T >= 2"),
+                                        (["--repeats", "0"], "positive integer")])
+def test_demo_bad_arguments(capsys, argv, says):
+    assert says in assert_usage_error(capsys, ["demo", *argv], "demo")
+
+
+@pytest.mark.parametrize("kind", ["empty directory", "empty config.json", "broken config.json", "a file"])
+def test_demo_bad_model_is_reported(tmp_path, capsys, kind):
+    model = tmp_path / "model"
+    if kind == "a file":
+        model.write_text("")
+    else:
+        model.mkdir()
+        if kind != "empty directory":
+            (model / "config.json").write_text("" if kind == "empty config.json" else "{")
+    assert_error_line(capsys, "demo", main(["demo", "--model", str(model)]))
 
 
 def test_demo_error_is_reported(tmp_path, capsys):
     assert main(["demo", "--model", str(tmp_path / "missing")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "does not exist" in assert_error_line(capsys, "demo", 2)
+
+
+@pytest.mark.parametrize("command", ["profile", "profile-validate"])
+def test_profile_bad_arguments(capsys, command):
+    assert "invalid int value" in assert_usage_error(capsys, [command, "--batch", "one"], command)
+
+
+def test_profile_bad_files(tmp_path, capsys):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    assert "not valid JSON" in assert_error_line(capsys, "profile", main(["profile", "--show", str(empty)]))
+    code = main(["profile-validate", "--out", str(empty)])
+    assert "not valid JSON" in assert_error_line(capsys, "profile-validate", code)
+    code = main(["profile", "--quick", "--out", str(empty / "profile.json")])
+    assert "is a file" in assert_error_line(capsys, "profile", code)
+    code = main(["profile-validate", "--out", str(empty), "--report", str(tmp_path)])
+    assert "is a directory" in assert_error_line(capsys, "profile-validate", code)
+
+
+def test_profile_interrupt_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from bortengine import profiling
+
+    def interrupted(*args, **kwargs):
+        raise profiling.ProfileInterrupted(tmp_path / "p.json", 3, 9)
+
+    monkeypatch.setattr(profiling, "profile", interrupted)
+    assert main(["profile", "--space", "minilm", "--quick", "--out", str(tmp_path / "p.json")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bortengine profile: interrupted: 3 of 9") and err.endswith("again to resume")
+
+
+def test_extract_errors(tmp_path, capsys):
+    assert "--eps" in assert_usage_error(capsys, ["extract", "--eps", "small", "--out", str(tmp_path)], "extract")
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    code = main(["extract", "--profile", str(empty), "--out", str(tmp_path / "out")])
+    assert "not valid JSON" in assert_error_line(capsys, "extract", code)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["pretrain", "--arch", "4,7,1000,768", "--out", "x"], "argument --arch: Architecture hidden=1000"),
+    (["finetune", "--time-budget", "soon", "--out", "x"], "argument --time-budget: a duration"),
+    (["export", "missing-run", "--out", "x"], "error: run directory missing-run does not exist"),
+])
+def test_errors_from_the_console_are_one_line(tmp_path, argv, says):
+    proc = subprocess.run([sys.executable, "-m", "bortengine", *argv], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"bortengine {argv[0]}: error: ")
+
+
+texts = st.one_of(st.text(), st.from_regex(r"\s*-?[0-9]{0,4}(\.[0-9]+)?\s*[smhxSMHX]?\s*[0-9]{0,3}", fullmatch=True),
+                  st.lists(st.integers(-2, 600), min_size=1, max_size=5).map(lambda v: ",".join(map(str, v))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts)
+def test_argument_types_parse_or_reject(text):
+    """The duration, BxT shape and architecture types return a value or raise ArgumentTypeError, nothing else."""
+    for parse in (duration, shape, architecture):
+        try:
+            parse(text)
+        except argparse.ArgumentTypeError as e:
+            assert str(e)
+
+
+def test_argument_types_values():
+    assert duration("1.5h") == 5400 and duration("90s") == 90 and shape("8X128") == (8, 128)
+    assert architecture("4,12,384,1536").tuple == (4, 12, 384, 1536)
+    for parse, text in ((duration, "-1"), (duration, "nan"), (shape, "0x8"), (architecture, "4,7,1000,768")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+
+
+def test_commands_have_one_shape():
+    from bortengine.cli import COMMAND_MODULES
+
+    names = [name for module in COMMAND_MODULES for name in module.COMMANDS]
+    assert len(names) == len(set(names)) == 8
+    assert all(callable(module.add_parsers) and callable(module.run) for module in COMMAND_MODULES)
 
 
 @pytest.mark.skipif(not NATIVE, reason="$BORTENGINE_ISA is read by the native core, which is not built")

@@ -1,4 +1,6 @@
-"""`bortengine pretrain / finetune / export` on tiny models; info and demo are untouched (tests/test_cli.py)."""
+"""`bortengine pretrain / finetune / export` on tiny models, and their errors: one line `bortengine <command>:
+error: ...` (exit 2) for a bad path or option combination, argparse's usage for a malformed value (exit 2), a
+line saying how to resume after Ctrl-C (exit 130). info and demo are in tests/test_cli.py."""
 from __future__ import annotations
 
 import json
@@ -8,6 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 from bortengine.cli import main
+from test_cli import assert_error_line, assert_usage_error
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,94 @@ def test_pretrain_then_export(tmp_path, teacher_dir, capsys):
 
 def test_pretrain_needs_a_stop(tmp_path, capsys):
     assert main(["pretrain", "--arch", "1,2,16,32", "--out", str(tmp_path / "x")]) == 2
-    assert "--max-steps" in capsys.readouterr().err
+    assert "--max-steps" in assert_error_line(capsys, "pretrain", 2)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--arch", "4,7,1000,768"], "argument --arch: Architecture hidden=1000 must be a multiple of heads=7"),
+    (["--arch", "4,8,256"], "argument --arch: an architecture is four integers"),
+    (["--time-budget", "xyz"], "argument --time-budget: a duration is seconds"),
+    (["--checkpoint-every=-2m"], "argument --checkpoint-every: a duration must be finite and not negative"),
+    (["--batch-size", "0"], "argument --batch-size: expected a positive integer"),
+    (["--lr=-1"], "argument --lr: expected a positive number"),
+])
+def test_pretrain_bad_arguments(tmp_path, capsys, argv, says):
+    base = {"--arch": "1,2,16,32", "--out": str(tmp_path / "run"), "--max-steps": "1"}
+    args = [x for k, v in base.items() if k not in argv for x in (k, v)] + argv
+    assert says in assert_usage_error(capsys, ["pretrain", *args], "pretrain")
+
+
+@pytest.mark.parametrize("teacher, says", [("missing", "does not exist"), ("empty", "holds no config.json"),
+                                           ("file", "is a file"), ("broken", "is not valid JSON")])
+def test_pretrain_bad_teacher(tmp_path, capsys, teacher, says):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{")
+    code = main(["pretrain", "--arch", "1,2,16,32", "--teacher", str(tmp_path / teacher), "--out",
+                 str(tmp_path / "run"), "--max-steps", "1"])
+    assert says in assert_error_line(capsys, "pretrain", code)
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_out_is_a_file(tmp_path, teacher_dir, capsys):
+    (tmp_path / "run").write_text("")
+    code = main(["pretrain", "--arch", "1,2,16,32", "--teacher", str(teacher_dir), "--out", str(tmp_path / "run"),
+                 "--max-steps", "1"])
+    assert "--out" in assert_error_line(capsys, "pretrain", code)
+
+
+def test_pretrain_interrupt_says_how_to_resume(tmp_path, teacher_dir, capsys, monkeypatch):
+    from bortengine import training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "pretrain", interrupted)
+    run = tmp_path / "run"
+    assert main(["pretrain", "--arch", "1,2,16,32", "--teacher", str(teacher_dir), "--out", str(run),
+                 "--max-steps", "1"]) == 130
+    assert capsys.readouterr().err.strip() == (f"bortengine pretrain: interrupted: run the same command again to "
+                                               f"resume from the last checkpoint in {run}")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--train-limit", "0"], "argument --train-limit: expected a positive integer"),
+    (["--time-budget", "1.5d"], "argument --time-budget: a duration is seconds"),
+    (["--agora", "--student-arch", "4,8,250,512"], "argument --student-arch: Architecture hidden=250"),
+    (["--agora", "--settings", "lr=fast"], "argument --settings: Θ is"),
+    (["--task", "sst2"], "argument --task: invalid choice"),
+])
+def test_finetune_bad_arguments(tmp_path, capsys, argv, says):
+    assert says in assert_usage_error(capsys, ["finetune", "--out", str(tmp_path / "ft"), *argv], "finetune")
+
+
+def test_finetune_bad_directories(tmp_path, teacher_dir, capsys):
+    (tmp_path / "empty").mkdir()
+    out = ["--out", str(tmp_path / "ft")]
+    code = main(["finetune", "--model", str(tmp_path / "empty"), "--surrogate-steps", "1", *out])
+    assert "--model" in assert_error_line(capsys, "finetune", code)
+    code = main(["finetune", "--model", str(teacher_dir), "--teacher", str(tmp_path / "missing"), *out])
+    assert "--teacher" in assert_error_line(capsys, "finetune", code)
+    assert "--labeller" in assert_error_line(capsys, "finetune", main(["finetune", "--agora", *out]))
+    code = main(["finetune", "--agora", "--labeller", str(tmp_path / "missing"), "--student-arch", "none", *out])
+    assert "--labeller" in assert_error_line(capsys, "finetune", code)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_export_errors(tmp_path, teacher_dir, capsys):
+    out = ["--out", str(tmp_path / "model")]
+    assert "--dtype" in assert_usage_error(capsys, ["export", str(teacher_dir), *out, "--dtype", "int4"], "export")
+    (tmp_path / "empty").mkdir()
+    code = main(["export", str(tmp_path / "empty"), *out])
+    assert "holds no checkpoint.pt or config.json" in assert_error_line(capsys, "export", code)
+    (tmp_path / "empty" / "config.json").write_text("")
+    assert "not valid JSON" in assert_error_line(capsys, "export", main(["export", str(tmp_path / "empty"), *out]))
+    (tmp_path / "file").write_text("")
+    code = main(["export", str(teacher_dir), "--out", str(tmp_path / "file")])
+    assert "is a file" in assert_error_line(capsys, "export", code)
+    code = main(["export", str(teacher_dir), "--out", str(teacher_dir)])
+    assert "is the run directory itself" in assert_error_line(capsys, "export", code)
 
 
 def test_finetune_surrogate_mode(tmp_path, teacher_dir, capsys):

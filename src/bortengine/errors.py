@@ -4,7 +4,7 @@ InvalidInputError and ModelLoadError also derive from ValueError, so callers tha
 bad arguments keep working. Messages say what is wrong and how to fix it.
 """
 
-__all__ = ["BortEngineError", "InvalidInputError", "ModelLoadError", "UnsupportedModelError"]
+__all__ = ["BortEngineError", "InvalidInputError", "ModelLoadError", "UnsupportedModelError", "UsageError"]
 
 
 class BortEngineError(Exception):
@@ -21,3 +21,8 @@ class ModelLoadError(BortEngineError, ValueError):
 
 class UnsupportedModelError(ModelLoadError):
     """A well-formed model that bortengine does not run (another architecture, activation or embedding type)."""
+
+
+class UsageError(BortEngineError):
+    """A command's options are missing, do not go together, or name a path the command cannot use (the command
+    line is wrong, not the data it names). `bortengine <command>` reports it on one line, exit code 2."""

@@ -1,6 +1,60 @@
-"""The command line: `bortengine <command>`, one module per command group."""
+"""The command line: `bortengine <command>`, one module per command group.
+
+Every command module has the same shape: `COMMANDS` (the command names it handles), `add_parsers(sub)` (adds
+their subparsers) and `run(args) -> int` (runs one of them, returns the exit code). `main` builds the parser from
+the modules, dispatches to the one whose COMMANDS holds the command, and applies one error convention:
+
+- a BortEngineError (any subclass) is one line on stderr, `bortengine <command>: error: <message>`, exit code 2;
+- a malformed argument is argparse's: the usage line and `bortengine <command>: error: argument ...`, exit code 2;
+- Ctrl-C (KeyboardInterrupt) is one line saying how to resume, when the command knows, exit code 130.
+
+The command modules import no torch until a command runs, so `bortengine info` and `demo` work without it.
+"""
 from __future__ import annotations
 
-from bortengine.cli.main import main
+import argparse
+import sys
+from typing import Optional, Sequence
 
-__all__ = ["main"]
+from bortengine.cli import demo, export, extract, info, profile, train
+from bortengine.errors import BortEngineError
+from bortengine.version import __version__
+
+__all__ = ["main", "COMMAND_MODULES"]
+
+COMMAND_MODULES = (info, demo, profile, extract, train, export)  # the order of `bortengine --help`
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        print(f"bortengine {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 1
+    module = next(m for m in COMMAND_MODULES if args.command in m.COMMANDS)
+    try:
+        return module.run(args)
+    except BortEngineError as e:
+        print(f"bortengine {args.command}: error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"\nbortengine {args.command}: {_one_line(str(e)) or 'interrupted'}", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bortengine", description="A compiled CPU inference engine for BERT encoders, and the Bort pipeline: "
+                                       "profile, extract, pretrain, finetune, export.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+    for module in COMMAND_MODULES:
+        module.add_parsers(sub)
+    return parser
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())

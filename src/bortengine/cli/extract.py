@@ -3,15 +3,15 @@ winner.json (see docs/extraction.md). torch is imported only by the surrogates, 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from bortengine.cli.arguments import check_output
 from bortengine.engine import available_cpus
 from bortengine.files import atomic_write_text
 from bortengine.profiling import DTYPES, Workload, load_profile
 from bortengine.progress import parse_duration
-from bortengine.search import (REPRESENTATIVES, SIZES, SURROGATES, Extraction, SearchError, SearchInterrupted,
+from bortengine.search import (REPRESENTATIVES, SIZES, SURROGATES, Extraction, SearchError,
                                Surrogate, coverage, extract, measure_finalists, resolve_surrogate)
 from bortengine.search_space import SearchSpace
 
@@ -79,6 +79,7 @@ def _add_surrogate_options(p) -> None:
 
 
 def run(args) -> int:
+    check_output(args.out, "--out", directory=True)
     _interrupt_on_sigterm()
     prof = load_profile(args.profile, check_target=True)
     workload = Workload(args.batch, args.seq, args.threads or available_cpus(), args.dtype)
@@ -93,11 +94,7 @@ def run(args) -> int:
     print(f"extract: {space.describe()}\nworkload: {workload}; profile {prof.path} ({prof.target.isa})\n"
           f"surrogate: {surrogate.describe()}; ε = {args.eps}; {'exhaustive' if args.exhaustive else 'FPTAS'}",
           flush=True)
-    try:
-        result = _search(space, surrogate, args.exhaustive, args.verify, kw)
-    except SearchInterrupted as e:
-        print(f"\n{e}", file=sys.stderr)
-        return 130
+    result = _search(space, surrogate, args.exhaustive, args.verify, kw)  # Ctrl-C: SearchInterrupted says how to resume
     _print_result(result)
     if args.measure and result.winner is not None:
         _print_measurement(measure_finalists(result, args.measure, quick=args.quick_measure,

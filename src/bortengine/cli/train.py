@@ -1,69 +1,93 @@
-"""The training subcommands of the `bortengine` CLI: pretrain, finetune, export.
+"""`bortengine pretrain` (distil a student architecture from a teacher) and `bortengine finetune` (a classifier on
+Rotten Tomatoes or IMDB; --surrogate-steps for the search's short-budget loss; --agora for the Agora loop).
 
-Parsers only import argparse; each command imports torch when it runs, so `bortengine info` and `demo` keep
-working without the `train` extra.
+The parsers import no torch; each command imports it when it runs, so `bortengine info` and `demo` keep working
+without the `train` extra. The model directories and output directory a command names are checked before the
+minutes of loading; Ctrl-C ends with a line saying how to resume (exit code 130).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
-__all__ = ["add_training_parsers", "run_training_command", "TRAINING_COMMANDS"]
+from bortengine.cli.arguments import (architecture, check_model_directory, check_output, duration, positive_float,
+                                      positive_int)
+from bortengine.errors import UsageError
 
-TRAINING_COMMANDS = ("pretrain", "finetune", "export")
+__all__ = ["COMMANDS", "add_parsers", "run", "prepare_torch", "print_result"]
 
-
-def _duration(text: str) -> float:
-    """Seconds from '1800', '30m', '1.5h' or '90s'."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    text = text.strip().lower()
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a duration is seconds or a number with s/m/h, got {text!r}") from None
+COMMANDS = ("pretrain", "finetune")
 
 
-def add_training_parsers(sub) -> None:
+def add_parsers(sub) -> None:
+    _add_pretrain_parser(sub)
+    _add_agora_arguments(_add_finetune_parser(sub))
+
+
+def run(args) -> int:
+    prepare_torch()
+    if args.command == "pretrain":
+        return _pretrain(args)
+    if args.agora:
+        return _finetune_agora(args)
+    return _finetune(args)
+
+
+def prepare_torch() -> None:
+    """Idle OpenMP threads sleep instead of spinning: on a small machine shared with other jobs, a spinning thread
+    waiting for a descheduled peer burns CPU time (measured here: 5 CPU-s per distillation step spinning vs 1.3
+    passive, same wall time). Must be set before torch starts its thread pool, so before torch is imported."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def print_result(result: dict) -> None:
+    print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+
+# --- parsers --------------------------------------------------------------------------------------------------
+
+def _add_pretrain_parser(sub) -> None:
     pre = sub.add_parser("pretrain", help="distil a student architecture from a teacher on Wikipedia + IMDB text")
-    pre.add_argument("--arch", required=True, metavar="D,A,H,I", help="student ⟨D, A, H, I⟩, e.g. 4,12,384,1536")
+    pre.add_argument("--arch", required=True, type=architecture, metavar="D,A,H,I",
+                     help="student ⟨D, A, H, I⟩, e.g. 4,12,384,1536")
     pre.add_argument("--out", required=True, help="run directory (checkpoint, log, student/, result.json)")
     pre.add_argument("--teacher", default=None, help="teacher model directory (default: all-MiniLM-L6-v2)")
     pre.add_argument("--init", choices=("slice", "random"), default="slice", help="initialisation (default slice)")
     pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument("--batch-size", type=int, default=32)
-    pre.add_argument("--max-length", type=int, default=128, help="tokens per segment (default 128)")
-    pre.add_argument("--lr", type=float, default=2e-4)
+    pre.add_argument("--batch-size", type=positive_int, default=32)
+    pre.add_argument("--max-length", type=positive_int, default=128, help="tokens per segment (default 128)")
+    pre.add_argument("--lr", type=positive_float, default=2e-4)
     pre.add_argument("--warmup-steps", type=int, default=50)
     pre.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    pre.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+    pre.add_argument("--time-budget", type=duration, default=None, metavar="DURATION",
                      help="stop after this much training time, e.g. 30m (on --clock)")
     pre.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                      help="budget clock: process CPU time over all threads (default) or elapsed time")
-    pre.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
-    pre.add_argument("--checkpoint-every", type=_duration, default=120.0, metavar="DURATION")
-    pre.add_argument("--max-documents", type=int, default=None, help="use only the first N documents")
+    pre.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all CPUs)")
+    pre.add_argument("--checkpoint-every", type=duration, default=120.0, metavar="DURATION")
+    pre.add_argument("--max-documents", type=positive_int, default=None, help="use only the first N documents")
     pre.add_argument("--no-progress", action="store_true")
     pre.add_argument("--no-eval", action="store_true", help="skip the held-out similarity evaluation")
 
+
+def _add_finetune_parser(sub) -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune a model on Rotten Tomatoes or IMDB (fixed splits)")
     ft.add_argument("--model", default=None, help="model directory (default: all-MiniLM-L6-v2)")
     ft.add_argument("--task", choices=("rt", "imdb"), default="rt")
     ft.add_argument("--out", required=True, help="run directory (checkpoint, log, model/, result.json)")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--epochs", type=float, default=3.0)
-    ft.add_argument("--batch-size", type=int, default=32)
-    ft.add_argument("--lr", type=float, default=5e-5)
-    ft.add_argument("--max-length", type=int, default=None, help="tokens per text (default: 64 rt, 256 imdb)")
+    ft.add_argument("--batch-size", type=positive_int, default=32)
+    ft.add_argument("--lr", type=positive_float, default=5e-5)
+    ft.add_argument("--max-length", type=positive_int, default=None, help="tokens per text (default: 64 rt, 256 imdb)")
     ft.add_argument("--max-steps", type=int, default=None)
-    ft.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION")
+    ft.add_argument("--time-budget", type=duration, default=None, metavar="DURATION")
     ft.add_argument("--clock", choices=("cpu", "wall"), default="wall")
-    ft.add_argument("--threads", type=int, default=None)
-    ft.add_argument("--train-limit", type=int, default=None,
+    ft.add_argument("--threads", type=positive_int, default=None)
+    ft.add_argument("--train-limit", type=positive_int, default=None,
                     help="use N training examples: the first N for plain fine-tuning, a stratified sample drawn "
                          "with --seed under --agora (the scarce-data setting)")
     ft.add_argument("--teacher", default=None, metavar="DIR",
@@ -72,72 +96,16 @@ def add_training_parsers(sub) -> None:
     ft.add_argument("--surrogate-steps", type=int, default=None, metavar="N",
                     help="short-budget mode: train N steps from the model, print the dev loss, write nothing")
     ft.add_argument("--no-progress", action="store_true")
-    _add_agora_arguments(ft)
-
-    ex = sub.add_parser("export", help="a pretrain/finetune run or checkpoint -> a directory bortengine.load reads")
-    ex.add_argument("run", help="run directory of pretrain/finetune (or an HF model directory)")
-    ex.add_argument("--out", required=True, help="output model directory")
-    ex.add_argument("--no-check", action="store_true", help="skip the engine-vs-torch check")
-    ex.add_argument("--dtype", choices=["float32", "int8"], default="float32",
-                    help="int8: store the encoder layers' linear weights pre-quantized (per-channel s8 + scales), "
-                         "as bortengine.load(dtype='int8') runs them")
+    return ft
 
 
-def run_training_command(args) -> int:
-    # Idle OpenMP threads sleep instead of spinning: on a small machine shared with other jobs, a spinning thread
-    # waiting for a descheduled peer burns CPU time (measured here: 5 CPU-s per distillation step spinning vs 1.3
-    # passive, same wall time). Must be set before torch starts its thread pool, so before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if args.command == "pretrain":
-        return _pretrain(args)
-    if args.command == "finetune":
-        return _finetune(args)
-    return _export(args)
-
-
-def _pretrain(args) -> int:
-    from bortengine.architecture import Architecture
-    from bortengine.training.distill import DistillConfig, pretrain
-
-    if args.max_steps is None and args.time_budget is None:
-        print("error: give --max-steps and/or --time-budget", file=sys.stderr)
-        return 2
-    config = DistillConfig(
-        student=Architecture.parse(args.arch), out_dir=args.out, teacher=args.teacher, init=args.init,
-        seed=args.seed, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
-        warmup_steps=args.warmup_steps, max_steps=args.max_steps, time_budget=args.time_budget, clock=args.clock,
-        checkpoint_every=args.checkpoint_every, threads=args.threads, max_documents=args.max_documents)
-    result = pretrain(config, progress=not args.no_progress, evaluate=not args.no_eval)
-    _print_result(result)
-    return 0
-
-
-def _finetune(args) -> int:
-    from bortengine.training.classification import FinetuneConfig, finetune, finetune_surrogate_loss
-
-    config = FinetuneConfig(
-        model=args.model, task=args.task, out_dir=args.out, seed=args.seed, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, max_steps=args.max_steps,
-        time_budget=args.time_budget, clock=args.clock, threads=args.threads, train_limit=args.train_limit,
-        teacher=args.teacher, distill_weight=args.distill_weight)
-    if args.agora:
-        return _finetune_agora(args)
-    if args.surrogate_steps is not None:
-        loss = finetune_surrogate_loss(config, steps=args.surrogate_steps)
-        print(json.dumps({"task": args.task, "steps": args.surrogate_steps, "dev_loss": loss}))
-        return 0
-    _, metrics = finetune(config, progress=not args.no_progress)
-    _print_result(metrics)
-    return 0
-
-
-def _add_agora_arguments(ft) -> None:
+def _add_agora_arguments(ft: argparse.ArgumentParser) -> None:
     ag = ft.add_argument_group("Agora (--agora; see docs/agora.md)")
     ag.add_argument("--agora", action="store_true",
                     help="run the Agora loop: Θ search per round, new points near the dev mistakes, labelled by "
                          "--labeller, appended to the training set (the test split is scored after the loop)")
     ag.add_argument("--labeller", default=None, help="classifier directory bortengine.load reads (the labeller)")
-    ag.add_argument("--student-arch", default="4,8,256,512", metavar="D,A,H,I",
+    ag.add_argument("--student-arch", type=_student_architecture, default="4,8,256,512", metavar="D,A,H,I",
                     help="cut this student from --model (default all-MiniLM-L6-v2) by importance; 'none': --model "
                          "is the student (default 4,8,256,512)")
     ag.add_argument("--recipe", choices=("scarce", "paper"), default="scarce",
@@ -146,7 +114,7 @@ def _add_agora_arguments(ft) -> None:
                          "replaced, soft labels on the generated points only, half of dev kept for selection) or "
                          "'paper' (Agora as published: 4 per mistake, 25%%, hard labels, all of dev); see "
                          "docs/agora.md")
-    ag.add_argument("--settings", default=None, metavar="THETA",
+    ag.add_argument("--settings", type=_theta, default=None, metavar="THETA",
                     help="[recipe] Θ: 'lr=2e-4,epochs=8;lr=4e-4,epochs=4', a JSON list, or a JSON file")
     ag.add_argument("--rounds", type=int, default=None, help="round budget (default: until Θ is empty)")
     ag.add_argument("--per-mistake", type=int, default=None, help="[recipe] new points per dev mistake")
@@ -169,56 +137,95 @@ def _add_agora_arguments(ft) -> None:
                          "student; the mistakes that seed generation come from the rest (0: all of dev does both)")
 
 
+def _student_architecture(text: str) -> Optional[str]:
+    """None for 'none' (--model is the student), else the D,A,H,I text as given, once checked: the text is what
+    an Agora run's state remembers, so a resumed run must pass it on unchanged."""
+    if text.lower() == "none":
+        return None
+    architecture(text)
+    return text
+
+
+def _theta(text: str) -> list[dict]:
+    """Θ, the hyper-parameter settings of --settings (training.agora.parse_settings)."""
+    from bortengine.training.agora import parse_settings
+
+    try:
+        return parse_settings(text)
+    except ValueError as e:  # a malformed number or JSON inside the text or file, as parse_settings reads it
+        raise argparse.ArgumentTypeError(f"Θ is 'lr=2e-4,epochs=8;lr=4e-4,epochs=4', a JSON list or a JSON file: "
+                                         f"{e}") from None
+
+
+# --- commands -------------------------------------------------------------------------------------------------
+
+@contextmanager
+def _resumable(how: str) -> Iterator[None]:
+    """Ctrl-C stops the run with a line saying how to resume it (the error convention in bortengine.cli)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted: {how}") from None
+
+
+def _pretrain(args) -> int:
+    from bortengine.training import DistillConfig, pretrain
+
+    if args.max_steps is None and args.time_budget is None:
+        raise UsageError("give --max-steps and/or --time-budget (when to stop)")
+    check_model_directory(args.teacher, "--teacher")
+    check_output(args.out, "--out", directory=True)
+    config = DistillConfig(
+        student=args.arch, out_dir=args.out, teacher=args.teacher, init=args.init, seed=args.seed,
+        batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, warmup_steps=args.warmup_steps,
+        max_steps=args.max_steps, time_budget=args.time_budget, clock=args.clock,
+        checkpoint_every=args.checkpoint_every, threads=args.threads, max_documents=args.max_documents)
+    with _resumable(f"run the same command again to resume from the last checkpoint in {args.out}"):
+        result = pretrain(config, progress=not args.no_progress, evaluate=not args.no_eval)
+    print_result(result)
+    return 0
+
+
+def _finetune(args) -> int:
+    from bortengine.training import FinetuneConfig, finetune, finetune_surrogate_loss
+
+    check_model_directory(args.model, "--model")
+    check_model_directory(args.teacher, "--teacher")
+    check_output(args.out, "--out", directory=True)
+    config = FinetuneConfig(
+        model=args.model, task=args.task, out_dir=args.out, seed=args.seed, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, max_steps=args.max_steps,
+        time_budget=args.time_budget, clock=args.clock, threads=args.threads, train_limit=args.train_limit,
+        teacher=args.teacher, distill_weight=args.distill_weight)
+    if args.surrogate_steps is not None:
+        loss = finetune_surrogate_loss(config, steps=args.surrogate_steps)
+        print(json.dumps({"task": args.task, "steps": args.surrogate_steps, "dev_loss": loss}))
+        return 0
+    with _resumable(f"run the same command again to resume from the last checkpoint in {args.out}"):
+        _, metrics = finetune(config, progress=not args.no_progress)
+    print_result(metrics)
+    return 0
+
+
 def _finetune_agora(args) -> int:
-    from bortengine.training.agora import AgoraError, finetune_agora, parse_settings
+    from bortengine.training.agora import finetune_agora
 
     if args.labeller is None:
-        print("error: --agora needs --labeller DIR (a classifier bortengine.load reads, e.g. an exported "
-              "fine-tuned teacher)", file=sys.stderr)
-        return 2
-    arch = None if (args.student_arch or "").lower() == "none" else args.student_arch
-    try:
+        raise UsageError("--agora needs --labeller DIR (a classifier bortengine.load reads, e.g. an exported "
+                         "fine-tuned teacher)")
+    for option in ("labeller", "model", "mlm_model"):
+        check_model_directory(getattr(args, option), "--" + option.replace("_", "-"))
+    check_output(args.out, "--out", directory=True)
+    with _resumable(f"run the same command again to resume after the last finished round in {args.out}"):
         summary = finetune_agora(
-            labeller=args.labeller, out_dir=args.out, model=args.model, arch=arch, task=args.task,
-            train_limit=args.train_limit, seed=args.seed,
-            settings=None if args.settings is None else parse_settings(args.settings), recipe=args.recipe,
+            labeller=args.labeller, out_dir=args.out, model=args.model, arch=args.student_arch, task=args.task,
+            train_limit=args.train_limit, seed=args.seed, settings=args.settings, recipe=args.recipe,
             rounds=args.rounds, per_mistake=args.per_mistake, max_new_per_round=args.max_new_per_round,
             transformation=args.transformation, fraction=args.replace_fraction, neighbours=args.neighbours,
             mlm_model=args.mlm_model, max_length=args.max_length or 64, threads=args.threads,
             distill_weight=args.agora_distill, min_confidence=args.min_confidence,
             select_fraction=args.select_fraction, distill_on=args.agora_distill_on)
-    except AgoraError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    _print_result({k: v for k, v in summary.items() if k != "rounds"} | {"rounds": [
+    print_result({k: v for k, v in summary.items() if k != "rounds"} | {"rounds": [
         {k: r[k] for k in ("round", "theta_left", "train_size", "generated", "label_agreement", "dev_accuracy",
                            "test_accuracy")} for r in summary["rounds"]]})
     return 0
-
-
-def _export(args) -> int:
-    from bortengine.export.hf import export_run
-
-    report = export_run(args.run, args.out, check=not args.no_check)
-    if args.dtype == "int8":  # after the float32 check: the torch model is float
-        import numpy as np
-
-        import bortengine
-        from bortengine.export.quantize import quantize_checkpoint
-
-        reference = None
-        if not args.no_check:  # the engine's int8 path on the float export, before rewriting it
-            ids = np.random.default_rng(0).integers(1000, 2000, size=(2, 16))
-            reference = bortengine.load(args.out, dtype="int8")(ids).last_hidden_state
-        report["int8"] = quantize_checkpoint(args.out)
-        if reference is not None:
-            got = bortengine.load(args.out, dtype="int8")(ids).last_hidden_state
-            report["int8"]["max_abs_vs_quantized_at_load"] = float(np.abs(got - reference).max())
-            report["check_passed"] = report.get("check_passed", True) and \
-                report["int8"]["max_abs_vs_quantized_at_load"] <= 1e-5
-    _print_result(report)
-    return 0 if report.get("check_passed", True) else 1
-
-
-def _print_result(result: dict) -> None:
-    print(json.dumps(result, indent=2, ensure_ascii=False, default=str))

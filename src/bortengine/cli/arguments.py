@@ -1,0 +1,100 @@
+"""What the commands read from the command line: the argparse `type=` functions (durations, BxT shapes,
+architectures, counts), which reject a malformed value with argparse's usage line, and the checks of the paths a
+command names, made before its work starts so that a wrong path costs a one-line error, not minutes and a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Optional
+
+from bortengine.architecture import Architecture
+from bortengine.errors import ModelLoadError, UsageError
+from bortengine.files import read_json
+from bortengine.progress import parse_duration
+
+__all__ = ["duration", "shape", "architecture", "positive_int", "positive_float", "check_model_directory",
+           "check_output", "MODEL_DIRECTORY"]
+
+MODEL_DIRECTORY = "a Hugging Face model directory (config.json and its weights)"
+
+
+# --- argparse types: each returns the value or raises ArgumentTypeError, which argparse reports with the usage --
+
+def duration(text: str) -> float:
+    """Seconds from 1800, 90s, 30m or 1.5h (the one duration syntax, bortengine.progress.parse_duration)."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def shape(text: str) -> tuple[int, int]:
+    """(B, T) from BxT such as 8x128: B sequences of T tokens, T >= 2 for [CLS] and [SEP]."""
+    try:
+        b, t = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is BxT (sequences x tokens) like 8x128, got {text!r}") from None
+    if b < 1 or t < 2:
+        raise argparse.ArgumentTypeError(f"shape {text!r} needs B >= 1 and T >= 2")
+    return b, t
+
+
+def architecture(text: str) -> Architecture:
+    """⟨D, A, H, I⟩ from D,A,H,I such as 4,12,384,1536 (Architecture.parse, which also checks H % A == 0)."""
+    try:
+        return Architecture.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+# --- paths: checked when the command starts; the errors are the package's, reported on one line ----------------
+
+def check_model_directory(path: Optional[str], option: str, holds: tuple[str, ...] = ("config.json",),
+                          what: str = MODEL_DIRECTORY) -> None:
+    """The directory `option` names exists and holds one of `holds`, and its config.json (if any) is JSON.
+    transformers would take a missing directory for a model-hub name and fail offline with a traceback."""
+    if path is None:
+        return
+    directory = Path(path)
+    if not directory.is_dir() or not any((directory / name).is_file() for name in holds):
+        problem = ("does not exist" if not directory.exists() else "is a file" if not directory.is_dir()
+                   else f"holds no {' or '.join(holds)}")
+        raise ModelLoadError(f"{option} {path} {problem}: pass {what}")
+    if (directory / "config.json").is_file():
+        read_json(directory / "config.json", ModelLoadError)
+
+
+def check_output(path: Optional[str], option: str, directory: bool) -> None:
+    """`option` names a place the command can write: a directory (directory=True) or a file, not the other kind,
+    below a folder that is not a file. Checked before the work, so that a typo does not cost the run."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.exists() and target.is_dir() != directory:
+        raise UsageError(f"{option} {path} is {'a file' if directory else 'a directory'}; pass "
+                         f"{'a directory' if directory else 'a file path'}")
+    above = next((p for p in target.parents if p.exists()), target)
+    if not above.is_dir():
+        raise UsageError(f"{option} {path}: {above} is a file, so nothing can be written below it")

@@ -1,0 +1,61 @@
+"""`bortengine export`: a pretrain/finetune run (or an HF model directory) -> a model directory bortengine.load reads,
+checked engine against torch; --dtype int8 then stores the encoder's linear weights pre-quantized."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bortengine.cli.arguments import check_model_directory, check_output
+from bortengine.cli.train import prepare_torch, print_result
+from bortengine.errors import UsageError
+
+__all__ = ["COMMANDS", "add_parsers", "run"]
+
+COMMANDS = ("export",)
+
+RUN_DIRECTORY = "a pretrain or finetune run directory (checkpoint.pt) or a model directory (config.json)"
+
+
+def add_parsers(sub) -> None:
+    ex = sub.add_parser("export", help="a pretrain/finetune run or checkpoint -> a directory bortengine.load reads")
+    ex.add_argument("run", help="run directory of pretrain/finetune (or an HF model directory)")
+    ex.add_argument("--out", required=True, help="output model directory")
+    ex.add_argument("--no-check", action="store_true", help="skip the engine-vs-torch check")
+    ex.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+                    help="int8: store the encoder layers' linear weights pre-quantized (per-channel s8 + scales), "
+                         "as bortengine.load(dtype='int8') runs them")
+
+
+def run(args) -> int:
+    from bortengine.export import export_run
+
+    prepare_torch()
+    check_model_directory(args.run, "run directory", holds=("checkpoint.pt", "config.json"), what=RUN_DIRECTORY)
+    check_output(args.out, "--out", directory=True)
+    if Path(args.out).resolve() == Path(args.run).resolve():
+        raise UsageError(f"--out {args.out} is the run directory itself; export writes a new model directory")
+    report = export_run(args.run, args.out, check=not args.no_check)
+    if args.dtype == "int8":  # after the float32 check: the torch model is float
+        report["int8"] = _quantize(args.out, check=not args.no_check)
+        if not args.no_check:
+            report["check_passed"] = report.get("check_passed", True) and \
+                report["int8"]["max_abs_vs_quantized_at_load"] <= 1e-5
+    print_result(report)
+    return 0 if report.get("check_passed", True) else 1
+
+
+def _quantize(out: str, check: bool) -> dict:
+    """Rewrite the float export at `out` pre-quantized; with check, its int8 outputs must equal those of the float
+    export quantized at load (the engine's int8 path), measured before the rewrite."""
+    import numpy as np
+
+    from bortengine.engine import load
+    from bortengine.export import quantize_checkpoint
+
+    if not check:
+        return quantize_checkpoint(out)
+    ids = np.random.default_rng(0).integers(1000, 2000, size=(2, 16))
+    reference = load(out, dtype="int8")(ids).last_hidden_state
+    summary = quantize_checkpoint(out)
+    got = load(out, dtype="int8")(ids).last_hidden_state
+    summary["max_abs_vs_quantized_at_load"] = float(np.abs(got - reference).max())
+    return summary

@@ -1,0 +1,27 @@
+"""`bortengine info`: this CPU, the instruction-set paths the build offers and the GEMM kernel of each."""
+from __future__ import annotations
+
+from bortengine.engine import available_cpus, core, cpu_info
+from bortengine.version import __version__
+
+__all__ = ["COMMANDS", "add_parsers", "run"]
+
+COMMANDS = ("info",)
+
+
+def add_parsers(sub) -> None:
+    sub.add_parser("info", help="CPU, instruction-set paths and GEMM kernels")
+
+
+def run(args) -> int:
+    info = cpu_info()
+    print(f"bortengine {__version__}")
+    print(f"CPU:            {info['vendor']} {info['model']}")
+    print(f"flags:          {' '.join(info['flags'])}")
+    print(f"logical CPUs:   {info['logical_cpus']} ({available_cpus()} available to this process)")
+    if info["isa"]:
+        print(f"default ISA:    {info['isa']} (kernel {info['kernel']}; force another with $BORTENGINE_ISA)")
+    else:
+        print(f"default ISA:    none: {info.get('default_isa_error', '$BORTENGINE_ISA cannot run here')}")
+    print("available ISAs: " + ", ".join(f"{isa} ({core().kernel_name(isa)})" for isa in info["available_isas"]))
+    return 0
