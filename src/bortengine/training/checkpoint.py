@@ -62,7 +62,7 @@ def write_checkpoint(path: str | os.PathLike, kind: str, state: Mapping[str, Any
     from safetensors.numpy import save_file
 
     header = json.dumps({"format": FORMAT, "kind": kind, "state": state})
-    arrays = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
+    arrays = {name: np.array(value, order="C", copy=None) for name, value in tensors.items()}   # 0-d stays 0-d
     return atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata={HEADER_KEY: header}))
 
 

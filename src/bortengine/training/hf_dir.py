@@ -73,7 +73,7 @@ def run_model(run: str | os.PathLike):
     from bortengine.architecture import Architecture
     from bortengine.training.checkpoint import CHECKPOINT_FILE, read_checkpoint, refuse_old_files
     from bortengine.training.loop import torch_tensors
-    from bortengine.training.models import build_model
+    from bortengine.training.models import build_model, load_pretrained
 
     run = Path(run)
     if (run / CHECKPOINT_FILE).is_file():
@@ -94,7 +94,7 @@ def run_model(run: str | os.PathLike):
 
         arch = Architecture.from_hf_config(run)
         cls = BertForSequenceClassification if arch.head == "classifier" else BertModel
-        return cls.from_pretrained(str(run), attn_implementation="eager"), str(run)
+        return load_pretrained(cls, run), str(run)
     raise TrainingError(f"{run} holds neither a run checkpoint ({CHECKPOINT_FILE}) nor a model (config.json): pass "
                         f"the --out directory of bortengine pretrain/finetune, or a model directory")
 

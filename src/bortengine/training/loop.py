@@ -300,7 +300,8 @@ class TrainingLoop:
     def _show(self, progress: Progress) -> None:
         progress.done = max(0, int(self._fraction() * self._units) - self._units_before)
         progress.done_cost = float(progress.done)
-        progress.show(f"step {self.step} loss {self.last_loss:.4f} {self.run_tokens / max(self.run_seconds, 1e-9):.0f} tok/s "
+        throughput = self.run_tokens / max(self.run_seconds, 1e-9)
+        progress.show(f"step {self.step} loss {self.last_loss:.4f} {throughput:.0f} tok/s "
                       f"{self.budget.spent / 60:.1f} min {self.budget.clock}")
 
     # -- checkpoints -------------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ modules, so what trains here is what the engine runs.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -13,8 +15,10 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from bortengine.architecture import Architecture
 from bortengine.training.data import LABELS
+from bortengine.training.errors import TrainingError
 
-__all__ = ["build_model", "architecture_of", "encoder_of", "hf_config", "count_parameters", "LABELS"]
+__all__ = ["build_model", "architecture_of", "encoder_of", "hf_config", "count_parameters", "load_pretrained",
+           "LABELS"]
 
 
 
@@ -64,3 +68,21 @@ def architecture_of(model: torch.nn.Module) -> Architecture:
 def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
     return sum(p.numel() for name, p in model.named_parameters()
                if embeddings or ".embeddings." not in f".{name}")
+
+
+def load_pretrained(cls, path: str | os.PathLike, attn_implementation: Optional[str] = "eager"):
+    """cls.from_pretrained(path) (cls: a transformers BERT class) from its model.safetensors only, offline: a
+    pytorch_model.bin is a pickle, which can run code when loaded, so it is never read (the engine refuses it too).
+    attn_implementation None: transformers' default."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        raise TrainingError(f"{path} holds no model.safetensors: bortengine reads weights from safetensors only (a "
+                            f"pytorch_model.bin is a pickle and can run code when loaded). Convert it once where you "
+                            f"trust it: {cls.__name__}.from_pretrained(dir).save_pretrained(dir, "
+                            f"safe_serialization=True)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    attention = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    return cls.from_pretrained(str(path), use_safetensors=True, **attention)

@@ -34,13 +34,11 @@ def load_teacher(path: str | os.PathLike | None = None, attn_implementation: str
     name_or_path is the directory it came from (its tokenizer files are there)."""
     from transformers import BertModel
 
+    from bortengine.training.models import load_pretrained
+
     if path is None:
         path = default_teacher_path()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    model = BertModel.from_pretrained(str(Path(path)), attn_implementation=attn_implementation)
+    model = load_pretrained(BertModel, path, attn_implementation)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -145,8 +145,9 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     seed (scarce_subset; None: all of it). distill_weight > 0: every student also distils the labeller's soft labels
     (logits, T = 2) on all its training points with this weight (TextClassifierTrainer), round 1 included, so round
     1 stays the baseline with the same trainer; distill_on="generated": only the generated points are distilled
-    (the 500 originals keep their gold labels alone), so round 1 is plain fine-tuning. min_confidence, select_fraction: AgoraConfig's (the labeller's
-    confidence filter on generated points; the part of dev kept apart for selection)."""
+    (the 500 originals keep their gold labels alone), so round 1 is plain fine-tuning. min_confidence,
+    select_fraction: AgoraConfig's (the labeller's confidence filter on generated points; the part of dev kept apart
+    for selection). Bad options raise AgoraError before anything is loaded."""
     options = resolve_recipe(recipe, settings=settings, per_mistake=per_mistake, fraction=fraction,
                              distill_weight=distill_weight, distill_on=distill_on, select_fraction=select_fraction)
     _check_options(options, min_confidence)       # before minutes of loading, not after

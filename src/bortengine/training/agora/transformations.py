@@ -169,7 +169,9 @@ class MaskedLMFill:
         from transformers import BertForMaskedLM
 
         if isinstance(model, (str, os.PathLike)):
-            model = BertForMaskedLM.from_pretrained(str(model))
+            from bortengine.training.models import load_pretrained
+
+            model = load_pretrained(BertForMaskedLM, model, attn_implementation=None)
         if not hasattr(model, "cls"):
             raise AgoraError(f"MaskedLMFill needs a masked language model (BertForMaskedLM), got "
                              f"{type(model).__name__}")
