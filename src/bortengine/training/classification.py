@@ -248,10 +248,18 @@ class _Run:
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.model.config.hidden_dropout_prob = config.dropout
+        positions = self.model.config.max_position_embeddings
+        if self.tokenizer.max_length > positions:
+            raise TrainingError(f"max_length={self.tokenizer.max_length} exceeds the model's {positions} positions; "
+                                f"use max_length <= {positions}")
         teacher = None
         if config.teacher:
             teacher = load_pretrained(BertForSequenceClassification, config.teacher, attn_implementation="sdpa")
             teacher.eval().requires_grad_(False)
+            if teacher.config.num_labels != self.model.config.num_labels:
+                raise TrainingError(f"the teacher {config.teacher} has {teacher.config.num_labels} labels, the "
+                                    f"{config.task} task {self.model.config.num_labels}: give a classifier of this "
+                                    f"task as teacher")
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.history: list[dict[str, Any]] = []

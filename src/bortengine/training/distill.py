@@ -276,6 +276,20 @@ def _teacher_forward(teacher, ids, mask):
     return out, logits
 
 
+def _check_fits(config: DistillConfig, teacher: Architecture) -> None:
+    """The student and the segments fit the teacher: its token ids, its positions."""
+    student = config.student
+    if student.vocab_size < teacher.vocab_size:
+        raise TrainingError(f"the student's vocabulary ({student.vocab_size}) is smaller than the teacher's "
+                            f"({teacher.vocab_size}), whose tokenizer the corpus is cut with; give the student "
+                            f"vocab_size={teacher.vocab_size}")
+    limit = min(student.max_positions, teacher.max_positions)
+    if config.max_length > limit:
+        raise TrainingError(f"max_length={config.max_length} tokens per segment exceeds the positions of the "
+                            f"{'student' if student.max_positions < teacher.max_positions else 'teacher'} ({limit});"
+                            f" use max_length <= {limit}")
+
+
 def _student_forward(student: _Student, ids: torch.Tensor, mask: torch.Tensor, mlm: bool = True):
     """The student's outputs (hidden states, attentions) and, with mlm and a head, its MLM logits."""
     out = student.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
@@ -296,6 +310,7 @@ class _Distillation:
         cache = None if documents is not None else \
             out / f"corpus-{config.seed}-{config.max_length}-{config.max_documents}.safetensors"
         self.corpus = _Corpus(self.tokenizer, config.seed, config.max_documents, documents, cache)
+        _check_fits(config, architecture_of(encoder_of(self.teacher)))
         self.student, self.layer_map, projection_init = _make_student(config, self.teacher, importance)
         self.loss_fn = DistillationLoss(config, architecture_of(encoder_of(self.teacher)), self.layer_map,
                                         projection_init)

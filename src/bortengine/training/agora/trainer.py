@@ -103,15 +103,21 @@ class TextClassifierTrainer:
         if set(setting) - set(SETTING_KEYS):
             raise AgoraError(f"unknown keys {sorted(set(setting) - set(SETTING_KEYS))} in setting {dict(setting)}; "
                              f"known: {sorted(SETTING_KEYS)}")
-        lr, epochs = float(setting.get("lr", 5e-5)), float(setting.get("epochs", 3))
-        bs, dropout = int(setting.get("batch_size", 32)), float(setting.get("dropout", 0.1))
+        try:
+            lr, epochs = float(setting.get("lr", 5e-5)), float(setting.get("epochs", 3))
+            bs, dropout = int(setting.get("batch_size", 32)), float(setting.get("dropout", 0.1))
+            weight_decay, warmup = float(setting.get("weight_decay", 0.01)), float(setting.get("warmup_fraction", 0.1))
+        except (TypeError, ValueError):
+            raise AgoraError(f"setting {dict(setting)}: every value must be a number (batch_size an integer)") from None
+        if not (lr > 0 and epochs > 0 and bs >= 1):
+            raise AgoraError(f"setting {dict(setting)}: lr and epochs must be > 0 and batch_size >= 1")
         torch.manual_seed(seed)
         init = self.init if isinstance(self.init, torch.nn.Module) else self.init()   # a model or a factory
         model = as_classifier(copy.deepcopy(init), dropout=dropout, seed=seed)
         for p in model.parameters():
             p.requires_grad_(True)
         params = list(model.parameters())
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(setting.get("weight_decay", 0.01)))
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         ids = self.tokens(list(texts))
         soft, distilled = self._distillation_targets(list(texts))
         total = max(1, round(epochs * math.ceil(len(ids) / bs)))
@@ -121,9 +127,8 @@ class TextClassifierTrainer:
             selection = Selection(model, lambda step: evaluate_classifier(model, self.tokenizer, dev_set,
                                                                           DEV_BATCH)["accuracy"],
                                   from_step=self.select_from * total)
-        loop = TrainingLoop(params, optimizer, finetuning_schedule(lr, float(setting.get("warmup_fraction", 0.1)),
-                                                                   total),
-                            [len(x) for x in ids], bs, seed, bucket=16, max_steps=total, selection=selection)
+        loop = TrainingLoop(params, optimizer, finetuning_schedule(lr, warmup, total), [len(x) for x in ids], bs, seed,
+                            bucket=16, max_steps=total, selection=selection)
         loop.run(fine_tuning_loss_function(model, ids, torch.as_tensor(np.asarray(labels), dtype=torch.long),
                                            self.tokenizer.pad_id, soft, self.distill_weight, self.temperature,
                                            distilled))
