@@ -8,7 +8,6 @@ Engine.encode() pools as the teacher did. Pretrain and finetune write their mode
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
