@@ -11,6 +11,7 @@ import pytest
 
 from bortengine.agora import (AgoraConfig, AgoraError, GaussianNoise, evaluate_rounds, parse_settings,
                               run_agora, scarce_subset)
+from bortengine.training import read_checkpoint, write_checkpoint
 
 # Shapes: N points, F = 2 features. Two Gaussian blobs; the truth is the sign of x0 + x1.
 
@@ -31,6 +32,16 @@ class Centroids:
     def predict(self, points):
         x = np.stack(points)                                   # [N,F]
         return np.argmin(((x[:, None, :] - self.means[None]) ** 2).sum(-1), axis=1)
+
+
+def save_centroids(model, directory):
+    """save_model of the loop: a round's student as arrays in the training checkpoint format (never a pickle)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(directory / "model.safetensors", "centroids", {}, {"means": model.means})
+
+
+def load_centroids(directory):
+    return Centroids(read_checkpoint(directory / "model.safetensors", "centroids").tensors["means"])
 
 
 class CentroidTrainer:
@@ -60,7 +71,8 @@ def run(tmp_path=None, **overrides):
     trainer = overrides.pop("trainer", None) or CentroidTrainer()
     config = AgoraConfig(settings=overrides.pop("settings", THETA), seed=0,
                          out_dir=str(tmp_path) if tmp_path else None, **overrides)
-    return run_agora(config, trainer, train, dev, Oracle(), GaussianNoise(scale=0.2)), trainer
+    return run_agora(config, trainer, train, dev, Oracle(), GaussianNoise(scale=0.2), save_model=save_centroids,
+                     load_model=load_centroids), trainer
 
 
 def test_rounds_shrink_theta_and_grow_training_set():
@@ -106,7 +118,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     # a finished run called again returns its last student without training
     again, trainer = run(tmp_path / "cut")
     assert trainer.calls == [] and again.model is not None
-    rows = evaluate_rounds(tmp_path / "cut", blobs(50, 2))
+    rows = evaluate_rounds(tmp_path / "cut", blobs(50, 2), load_centroids)
     assert [r["round"] for r in rows] == [1, 2, 3] and all(0.5 < r["test_accuracy"] <= 1 for r in rows)
 
 
@@ -114,6 +126,16 @@ def test_state_of_another_run_is_refused(tmp_path):
     run(tmp_path, rounds=1)
     with pytest.raises(AgoraError, match="different Agora run"):
         run(tmp_path, rounds=1, per_mistake=2)
+
+
+def test_out_dir_needs_a_way_to_save_the_students(tmp_path):
+    """Round students are kept by the caller's save_model (HF directories, arrays), never pickled by the loop."""
+    with pytest.raises(AgoraError, match="save_model"):
+        run_agora(AgoraConfig(settings=THETA, out_dir=str(tmp_path)), CentroidTrainer(), blobs(20, 0),
+                  blobs(60, 1), Oracle(), GaussianNoise())
+    run(tmp_path, rounds=1)
+    with pytest.raises(AgoraError, match="load_model"):
+        evaluate_rounds(tmp_path, blobs(50, 2))
 
 
 def test_empty_theta():

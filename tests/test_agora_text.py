@@ -92,7 +92,7 @@ def test_engine_labeller_maps_names_and_refuses_other_labels(make_model):
 def test_text_loop_end_to_end(make_model, minilm, vocab_embeddings, tmp_path):
     pytest.importorskip("torch")
     from bortengine.agora import TextClassifierTrainer, evaluate_rounds, load_engine_classifier, save_classifier
-    from bortengine.training.models import load_teacher
+    from bortengine.training import load_teacher
 
     student_dir = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48)
     labeller_dir = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
@@ -120,7 +120,7 @@ def test_distillation_from_the_labeller(make_model, tmp_path):
     toward the teacher's probabilities, on texts the gold labels say nothing more about."""
     torch = pytest.importorskip("torch")
     from bortengine.agora import TextClassifierTrainer
-    from bortengine.training.models import load_teacher
+    from bortengine.training import load_teacher
 
     student_dir = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48)
     labeller_dir = make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
@@ -140,7 +140,7 @@ def test_distillation_from_the_labeller(make_model, tmp_path):
         clf = trainer.fit({"lr": 3e-3, "epochs": 30, "batch_size": 4}, TEXTS, labels, seed=0)
         from bortengine.training.data import collate
 
-        x, mask = collate(trainer._tokens(TEXTS), trainer.tokenizer.pad_id)
+        x, mask = collate(trainer.tokens(TEXTS), trainer.tokenizer.pad_id)
         with torch.no_grad():
             s_prob = torch.softmax(clf.model(input_ids=x, attention_mask=mask).logits / 2, -1)
         gaps[w] = float((s_prob - t_prob).abs().max())
@@ -157,7 +157,7 @@ def test_distillation_on_generated_points_only(make_model):
     torch = pytest.importorskip("torch")
     from bortengine.agora import TextClassifierTrainer
     from bortengine.training.classification import classification_loss
-    from bortengine.training.models import load_teacher
+    from bortengine.training import load_teacher
 
     g = torch.Generator().manual_seed(0)
     logits, teacher = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)

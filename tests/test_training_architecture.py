@@ -50,7 +50,7 @@ def test_counts_match_built_model(arch):
 
 def test_real_teacher_counts():
     from bortengine.testing import minilm_path
-    from bortengine.training.models import count_parameters, load_teacher
+    from bortengine.training import count_parameters, load_teacher
 
     arch = Architecture.from_hf_config(minilm_path())
     assert arch == MINILM_L6

@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 
 import bortengine
 from bortengine.architecture import Architecture
+from bortengine.training import load_teacher, read_checkpoint
 from bortengine.training.distill import DistillConfig, pretrain, surrogate_loss, uniform_layer_map
-from bortengine.training.models import load_teacher
 
 DOCS = [("wiki", "The cat sat on the mat. It was a sunny day. Birds sang in the trees outside."),
         ("wiki", "Paris is the capital of France. It has many museums. The Louvre is the largest one."),
@@ -36,7 +36,7 @@ def _config(tmp_path, teacher_dir, name, **kw):
 
 
 def _state(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["student"]
+    return read_checkpoint(run_dir / "checkpoint.safetensors", "pretrain").group("model")
 
 
 def test_layer_map():
@@ -63,7 +63,7 @@ def test_pretrain_resume_is_exact_and_exports(tmp_path, teacher_dir):
     assert resumed["steps"] == 4
     a, b = _state(tmp_path / "full"), _state(tmp_path / "split")
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(torch.from_numpy(a[k]), torch.from_numpy(b[k]), rtol=0, atol=0, msg=k)
 
     engine = bortengine.load(full["student_dir"])
     assert engine.config.hidden_size == 16 and engine.encode(["hello there"]).shape == (1, 16)

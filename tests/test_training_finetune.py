@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import bortengine
-from bortengine.training import data
+from bortengine.training import data, read_checkpoint
 from bortengine.training.classification import FinetuneConfig, finetune, finetune_surrogate_loss
 from bortengine.export.hf import check_export, export_run
 
@@ -65,10 +65,10 @@ def test_finetune_resume_export_and_engine(tmp_path, encoder_dir):
     interrupted(time_budget=0.0)  # stops before the first step: a checkpoint at step 0
     _, resumed = interrupted()
     assert resumed["steps"] == 6
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model_state"]
-    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["model_state"]
+    a = read_checkpoint(tmp_path / "full" / "checkpoint.safetensors", "finetune").group("model")
+    b = read_checkpoint(tmp_path / "split" / "checkpoint.safetensors", "finetune").group("model")
     for k in a:
-        torch.testing.assert_close(a[k], b[k], msg=k)
+        torch.testing.assert_close(torch.from_numpy(a[k]), torch.from_numpy(b[k]), msg=k)
 
     report = export_run(tmp_path / "full", tmp_path / "exported")
     assert report["check_passed"] and report["max_abs_diff_logits"] <= 1e-4

@@ -1,8 +1,8 @@
-"""The old import path of Agora: `bortengine.agora` is `bortengine.training.agora.agora`, and `python -m
+"""The old import path of Agora: `bortengine.agora` is the package `bortengine.training.agora`, and `python -m
 bortengine.agora RUN_DIR...` summarizes runs (see docs/agora.md)."""
 import sys
 
-from bortengine.training.agora import agora as _agora
+from bortengine.training import agora as _agora
 
 if __name__ == "__main__":
     raise SystemExit(_agora.main())

@@ -11,12 +11,13 @@ Shapes: B = batch, T = tokens of the longest sequence in the batch.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from tokenizers import BertWordPieceTokenizer, Tokenizer
+from tokenizers import BertWordPieceTokenizer, Encoding, Tokenizer
 
 from bortengine.engine.config import ModelConfig
 from bortengine.errors import InvalidInputError, ModelLoadError
@@ -110,6 +111,25 @@ class TextTokenizer:
             pad_id = config.pad_token_id if 0 <= config.pad_token_id < config.vocab_size else 0
         return cls(tokenizer, max_length, pad_id, bool(st_config.get("do_lower_case", False)), source)
 
+    @classmethod
+    def from_directory(cls, model_dir: str | os.PathLike, max_length: Optional[int] = None) -> "TextTokenizer":
+        """The tokenizer load() builds for model_dir, for code that holds no ModelConfig (training: the ids a model
+        is trained on are the ids it is served with). Only config.json's vocab_size, max_position_embeddings and
+        pad_token_id are read, so the directory may hold a model the engine does not run (e.g. a masked-LM
+        teacher) or no config.json at all (BERT's defaults then). max_length replaces the model's truncation
+        length. Raises ModelLoadError when the directory has neither tokenizer.json nor vocab.txt."""
+        model_dir = Path(model_dir)
+        data = _read_json(model_dir / "config.json") or {}
+        limits = {k: data[k] for k in ("vocab_size", "max_position_embeddings", "pad_token_id") if k in data}
+        tokenizer = cls.load(model_dir, ModelConfig.from_dict(limits, source=str(model_dir / "config.json")))
+        if tokenizer is None:
+            raise ModelLoadError(f"{model_dir} has no tokenizer (tokenizer.json or vocab.txt); copy the model's "
+                                 f"tokenizer files there (e.g. from the teacher it was cut from)")
+        if max_length is not None:
+            tokenizer = cls(tokenizer._base, int(max_length), tokenizer.pad_id, tokenizer.lowercase_input,
+                            tokenizer.source)
+        return tokenizer
+
     def _configured(self, max_length: int) -> Tokenizer:
         tokenizer = self._by_length.get(max_length)
         if tokenizer is None:
@@ -128,6 +148,31 @@ class TextTokenizer:
         if self.lowercase_input:
             texts = [t.lower() for t in texts]
         return [e.ids for e in tokenizer.encode_batch(list(texts))]
+
+    def encode(self, texts: Sequence[str], max_length: Optional[int] = None,
+               add_special_tokens: bool = True) -> list[Encoding]:
+        """The `tokenizers` Encoding of each text (ids, tokens, offsets, word_ids), lower-cased and truncated as
+        token_ids() does; add_special_tokens=False leaves out [CLS] and [SEP] (then max_length counts word pieces)."""
+        tokenizer = self._configured(self.max_length if max_length is None else max_length)
+        if self.lowercase_input:
+            texts = [t.lower() for t in texts]
+        return tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+
+    def vocabulary(self) -> list[str]:
+        """The token of each id (index = id; "" for an id the vocabulary skips)."""
+        vocab = self._base.get_vocab()
+        tokens = [""] * (max(vocab.values()) + 1)
+        for token, i in vocab.items():
+            tokens[i] = token
+        return tokens
+
+    def token_id(self, token: str) -> Optional[int]:
+        """The id of a token ("[MASK]", "[CLS]", a word piece), None when the vocabulary has none."""
+        return self._base.token_to_id(token)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids (the tokenizer's decoder joins '##' pieces and drops special tokens)."""
+        return self._base.decode(list(ids))
 
     def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
         """input_ids, attention_mask, token_type_ids, each int64 [B,T], padded right to the longest sequence."""

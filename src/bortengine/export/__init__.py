@@ -1,5 +1,7 @@
-"""Export: a trained run or model to a Hugging Face directory bortengine.load() reads, checked against the
-engine; and int8 pre-quantized checkpoints."""
+"""Export: what comes after training. `bortengine export` reads a pretrain/finetune run's model back (never
+unpickling), writes the directory bortengine.load() reads and checks the engine against torch on it (hf.py); int8
+pre-quantized checkpoints (quantize.py). The directory writer itself is training's (training.write_hf_directory;
+`export` here is its older name)."""
 from __future__ import annotations
 
 from bortengine.export.quantize import SCHEME, quantize_checkpoint

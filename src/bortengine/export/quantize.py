@@ -12,7 +12,6 @@ Torch-free: numpy, safetensors and the native module.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bortengine.errors import ModelLoadError
+from bortengine.files import atomic_write, atomic_write_json, read_json
 from bortengine.engine.weights import QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX
 
 __all__ = ["quantize_checkpoint", "SCHEME"]
@@ -52,13 +52,15 @@ def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
             done += 1
     if done == 0 and not any(t.dtype == np.int8 for t in tensors.values()):
         raise ModelLoadError(f"{path} has no encoder-layer linear weights to quantize")
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    shutil.copymode(path, tmp)  # keep the original file's permissions
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        shutil.copymode(path, tmp)  # keep the original file's permissions
+
+    atomic_write(path, write)
     config_path = Path(model_dir) / "config.json"
     if config_path.is_file():
-        config = json.loads(config_path.read_text())
+        config = read_json(config_path, ModelLoadError)
         config["bortengine_quantization"] = SCHEME
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write_json(config_path, config, indent=2)
     return {"quantized": done, "bytes_before": before, "bytes_after": path.stat().st_size}

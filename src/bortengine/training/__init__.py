@@ -1,8 +1,11 @@
 """Training in torch: build any sub-architecture, initialise it from a teacher by extraction, distil it on real
-text, fine-tune it on movie reviews, export it for the engine. See docs/training.md.
+text, fine-tune it on movie reviews (or with Agora on scarce data), and write it as a directory the engine loads.
+See docs/training.md.
 
 Needs the `train` extra (torch, transformers, the data packages). Importing this package is cheap and does not
-import torch; the names below load their module on first use.
+import torch; the names below load their module on first use. Every run steps through one loop (loop.py), keeps
+one checkpoint format (checkpoint.py: safetensors + JSON, never a pickle) and tokenizes with the engine's
+TextTokenizer, so a model is trained on the ids it is served with.
 
     from bortengine.architecture import Architecture
     from bortengine import training
@@ -14,28 +17,38 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from bortengine.training.errors import TrainingError
+
 __all__ = [
-    "default_teacher_path", "build_model", "architecture_of", "load_teacher", "count_parameters",
+    "TrainingError", "default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle",
+    "build_model", "architecture_of", "encoder_of", "count_parameters",
     "Importance", "measure_importance", "slice_init",
     "DistillConfig", "pretrain", "surrogate_loss", "embedding_similarity", "pair_similarity",
     "FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
-    "export",
+    "classification_loss",
+    "Schedule", "Budget", "TrainingLoop", "TrainingCheckpoint", "read_checkpoint", "write_checkpoint",
+    "write_hf_directory", "export", "run_model", "TOKENIZER_FILES",
 ]
 
 _WHERE = {
-    "default_teacher_path": "teacher", "build_model": "models", "architecture_of": "models", "load_teacher": "models", "count_parameters": "models",
+    "default_teacher_path": "teacher", "load_teacher": "teacher", "TeacherBundle": "teacher",
+    "teacher_bundle": "teacher",
+    "build_model": "models", "architecture_of": "models", "encoder_of": "models", "count_parameters": "models",
     "Importance": "slicing", "measure_importance": "slicing", "slice_init": "slicing",
     "DistillConfig": "distill", "pretrain": "distill", "surrogate_loss": "distill",
     "embedding_similarity": "distill", "pair_similarity": "distill",
     "FinetuneConfig": "classification", "finetune": "classification",
     "finetune_surrogate_loss": "classification", "SequenceClassifier": "classification",
-    "evaluate_classifier": "classification",
-    "export": ".export.hf",
+    "evaluate_classifier": "classification", "classification_loss": "classification",
+    "Schedule": "loop", "Budget": "loop", "TrainingLoop": "loop",
+    "TrainingCheckpoint": "checkpoint", "read_checkpoint": "checkpoint", "write_checkpoint": "checkpoint",
+    "write_hf_directory": "hf_dir", "run_model": "hf_dir", "TOKENIZER_FILES": "hf_dir",
 }
+_ALIASES = {"export": ("hf_dir", "write_hf_directory")}   # the writer's older public name
 
 
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
+    module, attribute = _ALIASES.get(name) or (_WHERE.get(name), name)
     if module is None:
         raise AttributeError(f"module 'bortengine.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    return getattr(importlib.import_module(f".{module}", __name__), attribute)

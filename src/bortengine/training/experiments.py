@@ -19,14 +19,15 @@ def slice_ablation(sentences: int = 300) -> list[dict]:
     import torch
 
     from bortengine.architecture import Architecture
-    from bortengine.training.teacher import default_teacher_path
-    from .data import WordPieceTokenizer, heldout_sentences
-    from .distill import embedding_similarity, uniform_layer_map
-    from .models import build_model, load_teacher
-    from .slicing import Importance, default_importance, slice_init
+    from bortengine.engine import TextTokenizer
+    from bortengine.training.data import heldout_sentences
+    from bortengine.training.distill import embedding_similarity, uniform_layer_map
+    from bortengine.training.models import build_model
+    from bortengine.training.slicing import Importance, default_importance, slice_init
+    from bortengine.training.teacher import default_teacher_path, load_teacher
 
     teacher = load_teacher()
-    tokenizer = WordPieceTokenizer(default_teacher_path(), 128)
+    tokenizer = TextTokenizer.from_directory(default_teacher_path(), 128)
     importance = default_importance(teacher, tokenizer)
     texts = heldout_sentences()[:sentences]
     n_layers = len(importance.layer_removal_order) + 1

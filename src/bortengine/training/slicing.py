@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from transformers import BertForSequenceClassification
 
 from bortengine.architecture import Architecture
-from .models import architecture_of, build_model, encoder_of
+from bortengine.training.errors import TrainingError
+from bortengine.training.models import architecture_of, build_model, encoder_of
 
 __all__ = ["Importance", "measure_importance", "slice_init", "mean_pool", "forward_layers"]
 
@@ -47,7 +48,7 @@ class Importance:
     def kept_layers(self, depth: int) -> list[int]:
         n = len(self.layer_removal_order) + 1
         if not 1 <= depth <= n:
-            raise ValueError(f"a student sliced from a {n}-layer teacher has 1..{n} layers, not {depth}")
+            raise TrainingError(f"a student sliced from a {n}-layer teacher has 1..{n} layers, not {depth}")
         dropped = set(self.layer_removal_order[:n - depth])
         return [i for i in range(n) if i not in dropped]
 
@@ -153,7 +154,8 @@ def slice_init(arch: Architecture, teacher, importance: Importance, seed: int = 
     t_enc = encoder_of(teacher)
     t_arch = architecture_of(t_enc)
     if arch.layers > t_arch.layers:
-        raise ValueError(f"slice_init: the student {arch} has more layers than its teacher {t_arch}")
+        raise TrainingError(f"slice_init: the student {arch} has more layers than its teacher {t_arch}; give a "
+                            f"student of at most {t_arch.layers} layers")
     student = build_model(arch, seed=seed, attn_implementation=attn_implementation, dropout=dropout)
     s_enc = encoder_of(student)
     kept = importance.kept_layers(arch.layers)
@@ -205,9 +207,10 @@ def slice_init(arch: Architecture, teacher, importance: Importance, seed: int = 
 
 
 def calibration_batch(tokenizer, texts: Sequence[str], pad_id: int = 0):
-    from .data import collate
+    """[B,T] ids and mask of texts (tokenizer: an engine.TextTokenizer, truncating at its max_length)."""
+    from bortengine.training.data import collate
 
-    return collate(tokenizer(texts), pad_id)
+    return collate(tokenizer.token_ids(texts), pad_id)
 
 
 def default_importance(teacher, tokenizer, texts: Optional[Sequence[str]] = None) -> Importance:
@@ -215,7 +218,7 @@ def default_importance(teacher, tokenizer, texts: Optional[Sequence[str]] = None
     documents (Wikipedia and IMDB train), cut at 64 tokens. Small on purpose: the greedy layer ranking runs
     D(D+1)/2 - 1 forward passes, and the rankings it gives are stable at this size."""
     if texts is None:
-        from .data import pretraining_documents, split_sentences
+        from bortengine.training.data import pretraining_documents, split_sentences
 
         docs = pretraining_documents()
         step = max(1, len(docs) // 32)

@@ -1,0 +1,104 @@
+"""Model directories in Hugging Face format: write a trained model as one bortengine.load() (and transformers) read,
+and get the model of a run directory back.
+
+A written directory holds config.json, model.safetensors, the teacher's tokenizer files, and the
+sentence-transformers modules.json + 1_Pooling/config.json (mean pooling, + Normalize when the teacher had it), so
+Engine.encode() pools as the teacher did. Pretrain and finetune write their models here; `bortengine export`
+(export.export_run) reads runs back through run_model.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from bortengine.files import atomic_write_json, read_json
+from bortengine.training.errors import TrainingError
+
+__all__ = ["write_hf_directory", "run_model", "TOKENIZER_FILES"]
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+NORMALIZE = "sentence_transformers.models.Normalize"
+
+
+def write_hf_directory(model, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
+                       max_seq_length: Optional[int] = None) -> Path:
+    """Write model (BertModel or BertForSequenceClassification) to out_dir; tokenizer and pooling files come
+    from tokenizer_dir (the teacher's directory). Returns out_dir."""
+    from bortengine.training.models import encoder_of
+
+    out, src = Path(out_dir), Path(tokenizer_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    # Contiguous copies: slicing can leave views, and save_pretrained refuses shared/non-contiguous storage.
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    config = read_json(out / "config.json", TrainingError)
+    config.pop("_attn_implementation_autoset", None)
+    atomic_write_json(out / "config.json", config, indent=2)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, out / name)
+    _write_pooling(out, src, encoder_of(model).config.hidden_size, max_seq_length)
+    return out
+
+
+def _write_pooling(out: Path, src: Path, hidden: int, max_seq_length: Optional[int]) -> None:
+    """The sentence-transformers files: mean pooling (+ Normalize when the teacher had it), its max_seq_length."""
+    teacher_modules = read_json(src / "modules.json", TrainingError, missing_ok=True) or []
+    normalize = any(m.get("type", "").endswith(".Normalize") for m in teacher_modules)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": NORMALIZE})
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    atomic_write_json(out / "modules.json", modules, indent=2)
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    atomic_write_json(out / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2)
+    st_config = read_json(src / "sentence_bert_config.json", TrainingError, missing_ok=True) or \
+        {"max_seq_length": 256, "do_lower_case": False}
+    if max_seq_length is not None:
+        st_config["max_seq_length"] = max_seq_length
+    atomic_write_json(out / "sentence_bert_config.json", st_config, indent=2)
+
+
+def run_model(run: str | os.PathLike):
+    """(model, tokenizer_dir) of a pretrain run (the student encoder), a finetune run (the weights selected on
+    dev) or a Hugging Face model directory. Reads checkpoints without running code; a run directory of an older
+    bortengine (a pickled checkpoint.pt) is refused with a TrainingError saying what to do."""
+    from bortengine.architecture import Architecture
+    from bortengine.training.checkpoint import CHECKPOINT_FILE, read_checkpoint, refuse_old_files
+    from bortengine.training.loop import torch_tensors
+    from bortengine.training.models import build_model, load_pretrained
+
+    run = Path(run)
+    if (run / CHECKPOINT_FILE).is_file():
+        checkpoint = read_checkpoint(run / CHECKPOINT_FILE, ("pretrain", "finetune"))
+        if checkpoint.kind == "pretrain":                     # the student encoder, without its MLM head
+            config = checkpoint.state["config"]
+            model = build_model(Architecture.from_dict(config["student"]), dropout=0.0)
+            student = checkpoint.group("model")
+            model.load_state_dict(torch_tensors({k[len("encoder."):]: v for k, v in student.items()
+                                                 if k.startswith("encoder.")}))
+            return model, config["teacher"] or _default_tokenizer_dir()
+        model = build_model(Architecture.from_dict(checkpoint.state["architecture"]), dropout=0.0)
+        model.load_state_dict(torch_tensors(checkpoint.group("best") or checkpoint.group("model")))
+        return model, checkpoint.state["tokenizer_dir"]
+    refuse_old_files(run, ("checkpoint.pt",))
+    if (run / "config.json").is_file():                     # an HF directory: re-export
+        from transformers import BertForSequenceClassification, BertModel
+
+        arch = Architecture.from_hf_config(run)
+        cls = BertForSequenceClassification if arch.head == "classifier" else BertModel
+        return load_pretrained(cls, run), str(run)
+    raise TrainingError(f"{run} holds neither a run checkpoint ({CHECKPOINT_FILE}) nor a model (config.json): pass "
+                        f"the --out directory of bortengine pretrain/finetune, or a model directory")
+
+
+def _default_tokenizer_dir() -> str:
+    from bortengine.training.teacher import default_teacher_path
+
+    return str(default_teacher_path())
