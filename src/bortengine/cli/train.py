@@ -148,7 +148,7 @@ def _student_architecture(text: str) -> Optional[str]:
 
 def _theta(text: str) -> list[dict]:
     """Θ, the hyper-parameter settings of --settings (training.agora.parse_settings)."""
-    from bortengine.training.agora import parse_settings
+    from bortengine.training import parse_settings
 
     try:
         return parse_settings(text)
@@ -208,7 +208,7 @@ def _finetune(args) -> int:
 
 
 def _finetune_agora(args) -> int:
-    from bortengine.training.agora import finetune_agora
+    from bortengine.training import finetune_agora
 
     if args.labeller is None:
         raise UsageError("--agora needs --labeller DIR (a classifier bortengine.load reads, e.g. an exported "

@@ -13,10 +13,10 @@ from bortengine.engine.outputs import ClassificationResult, EncoderOutput, softm
 from bortengine.engine.pooling import Pooling
 from bortengine.engine.runtime import Engine, load, traced_forwards
 from bortengine.engine.tokenization import TextTokenizer, as_text_list
-from bortengine.engine.weights import BertWeights, Checkpoint
+from bortengine.engine.weights import QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, BertWeights, Checkpoint
 
 __all__ = [
     "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "Pooling", "TextTokenizer",
     "BertWeights", "Checkpoint", "as_text_list", "softmax", "traced_forwards", "available_cpus", "available_isas",
-    "cpu_info", "core", "core_build",
+    "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX",
 ]

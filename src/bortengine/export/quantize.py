@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bortengine.engine import QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX
 from bortengine.errors import ModelLoadError
 from bortengine.files import atomic_write, atomic_write_json, read_json
-from bortengine.engine.weights import QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX
 
 __all__ = ["quantize_checkpoint", "SCHEME"]
 

@@ -168,8 +168,7 @@ class FinetuneSurrogate(TrainingSurrogate):
 def shared_teacher(teacher: Optional[str]) -> tuple[Any, Any, str]:
     """(teacher model, its importance scores, its directory), loaded and measured once per process (shared with
     the distillation surrogate)."""
-    # issue 14: switch to the public name at merge
-    from bortengine.training.distill import _teacher_bundle as teacher_bundle
+    from bortengine.training import teacher_bundle
 
     t_model, importance, _, t_dir = teacher_bundle(teacher)
     return t_model, importance, t_dir

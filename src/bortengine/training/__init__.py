@@ -28,6 +28,7 @@ __all__ = [
     "classification_loss",
     "Schedule", "Budget", "TrainingLoop", "TrainingCheckpoint", "read_checkpoint", "write_checkpoint",
     "write_hf_directory", "export", "run_model", "TOKENIZER_FILES",
+    "AgoraError", "finetune_agora", "parse_settings",
 ]
 
 _WHERE = {
@@ -43,6 +44,8 @@ _WHERE = {
     "Schedule": "loop", "Budget": "loop", "TrainingLoop": "loop",
     "TrainingCheckpoint": "checkpoint", "read_checkpoint": "checkpoint", "write_checkpoint": "checkpoint",
     "write_hf_directory": "hf_dir", "run_model": "hf_dir", "TOKENIZER_FILES": "hf_dir",
+    # Agora's entry points; the whole of it is bortengine.training.agora
+    "AgoraError": "agora", "finetune_agora": "agora", "parse_settings": "agora",
 }
 _ALIASES = {"export": ("hf_dir", "write_hf_directory")}   # the writer's older public name
 

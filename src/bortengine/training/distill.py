@@ -452,11 +452,6 @@ def evaluate_student(student, teacher, tokenizer: TextTokenizer) -> dict[str, fl
 _CORPORA: dict[tuple, "_Corpus"] = {}
 
 
-def _teacher_bundle(teacher) -> tuple:
-    """The old private name of teacher_bundle (search.fptas uses it until it moves to the public one)."""
-    return teacher_bundle(teacher)
-
-
 def surrogate_loss(architecture: Architecture, teacher=None, steps: int = 50, seed: int = 0, batch_size: int = 16,
                    max_length: int = 64, lr: float = 2e-4, eval_sentences: int = 64,
                    documents: Optional[Sequence[tuple[str, str]]] = None, threads: Optional[int] = None) -> float:
