@@ -125,7 +125,7 @@ def test_export_errors(tmp_path, teacher_dir, capsys):
     assert "--dtype" in assert_usage_error(capsys, ["export", str(teacher_dir), *out, "--dtype", "int4"], "export")
     (tmp_path / "empty").mkdir()
     code = main(["export", str(tmp_path / "empty"), *out])
-    assert "holds no checkpoint.pt or config.json" in assert_error_line(capsys, "export", code)
+    assert "holds no checkpoint.safetensors or config.json" in assert_error_line(capsys, "export", code)
     (tmp_path / "empty" / "config.json").write_text("")
     assert "not valid JSON" in assert_error_line(capsys, "export", main(["export", str(tmp_path / "empty"), *out]))
     (tmp_path / "file").write_text("")

@@ -12,7 +12,7 @@ __all__ = ["COMMANDS", "add_parsers", "run"]
 
 COMMANDS = ("export",)
 
-RUN_DIRECTORY = "a pretrain or finetune run directory (checkpoint.pt) or a model directory (config.json)"
+RUN_DIRECTORY = "a pretrain or finetune run directory (checkpoint.safetensors) or a model directory (config.json)"
 
 
 def add_parsers(sub) -> None:
@@ -29,7 +29,10 @@ def run(args) -> int:
     from bortengine.export import export_run
 
     prepare_torch()
-    check_model_directory(args.run, "run directory", holds=("checkpoint.pt", "config.json"), what=RUN_DIRECTORY)
+    from bortengine.training import CHECKPOINT_FILE
+
+    if not (Path(args.run) / "checkpoint.pt").is_file():  # an older bortengine's run: export_run says so itself
+        check_model_directory(args.run, "run directory", holds=(CHECKPOINT_FILE, "config.json"), what=RUN_DIRECTORY)
     check_output(args.out, "--out", directory=True)
     if Path(args.out).resolve() == Path(args.run).resolve():
         raise UsageError(f"--out {args.out} is the run directory itself; export writes a new model directory")

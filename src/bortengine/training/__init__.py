@@ -26,7 +26,7 @@ __all__ = [
     "DistillConfig", "pretrain", "surrogate_loss", "embedding_similarity", "pair_similarity",
     "FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
     "classification_loss",
-    "Schedule", "Budget", "TrainingLoop", "TrainingCheckpoint", "read_checkpoint", "write_checkpoint",
+    "Schedule", "Budget", "TrainingLoop", "TrainingCheckpoint", "read_checkpoint", "write_checkpoint", "CHECKPOINT_FILE",
     "write_hf_directory", "export", "run_model", "TOKENIZER_FILES",
     "AgoraError", "finetune_agora", "parse_settings",
 ]
@@ -43,6 +43,7 @@ _WHERE = {
     "evaluate_classifier": "classification", "classification_loss": "classification",
     "Schedule": "loop", "Budget": "loop", "TrainingLoop": "loop",
     "TrainingCheckpoint": "checkpoint", "read_checkpoint": "checkpoint", "write_checkpoint": "checkpoint",
+    "CHECKPOINT_FILE": "checkpoint",
     "write_hf_directory": "hf_dir", "run_model": "hf_dir", "TOKENIZER_FILES": "hf_dir",
     # Agora's entry points; the whole of it is bortengine.training.agora
     "AgoraError": "agora", "finetune_agora": "agora", "parse_settings": "agora",
