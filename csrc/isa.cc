@@ -26,7 +26,7 @@ CpuInfo detect() {
     CpuInfo ci;
     ci.logical_cpus = static_cast<int>(std::thread::hardware_concurrency());
 #if defined(BORTENGINE_X86)
-    unsigned a, b, c, d;
+    unsigned a = 0, b = 0, c = 0, d = 0;  // zeroed: GCC cannot see that __get_cpuid sets them (-Wmaybe-uninitialized)
     if (__get_cpuid(0, &a, &b, &c, &d)) {
         char v[13];
         std::memcpy(v, &b, 4); std::memcpy(v + 4, &d, 4); std::memcpy(v + 8, &c, 4); v[12] = 0;
