@@ -550,9 +550,8 @@ PYBIND11_MODULE(_core, m) {
             float* yp = y.mutable_data();
             py::gil_scoped_release release;
             ops::run_team(threads, [&](ops::Team& t) {
-                const int chunks = static_cast<int>(std::max<py::ssize_t>(1, std::min<py::ssize_t>(n, 2 * threads)));
-                t.parallel_for(chunks, [&](int c) {
-                    for (py::ssize_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i)
+                t.parallel_ranges(static_cast<int>(n), [&](int i0, int i1) {
+                    for (py::ssize_t i = i0; i < i1; ++i)
                         kt.embed_layernorm(static_cast<int>(H), wp + ip[i] * H, posp + pp[i] * H, typ + tp[i] * H, gp,
                                            bp, eps, yp + i * H);
                 });

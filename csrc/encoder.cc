@@ -229,8 +229,6 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
         if (int8) ops::gemm_int8_team(team, M, A, lda, W8, C, ldc, ep, qscratch_);
         else ops::gemm_team(team, M, A, lda, W, C, ldc, ep);
     };
-    // row chunks of the element-wise steps below
-    auto row_chunks = [&](int rows) { return std::max(1, std::min(rows, 2 * threads_)); };
 
     float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *hbuf = h_.data();
     float* scratch = attn_scratch_.data();
@@ -249,9 +247,8 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
             last_trace_[op] += std::chrono::duration<double>(t - t_prev).count();
             t_prev = t;
         };
-        const int emb_chunks = row_chunks(ntok);
-        team.parallel_for(emb_chunks, [&](int c) {
-            for (int i = ntok * c / emb_chunks; i < ntok * (c + 1) / emb_chunks; ++i)
+        team.parallel_ranges(ntok, [&](int i0, int i1) {
+            for (int i = i0; i < i1; ++i)
                 kt_.embed_layernorm(H, word_ + static_cast<std::ptrdiff_t>(tok_id_[i]) * H,
                                     pos_ + static_cast<std::ptrdiff_t>(tok_pos_[i]) * H,
                                     type_ + static_cast<std::ptrdiff_t>(tok_type_[i]) * H, emb_ln_w_.data(),

@@ -10,12 +10,6 @@ namespace bortengine {
 namespace ops {
 
 namespace {
-// [begin, end) of chunk c when `total` items are cut into `chunks` nearly equal chunks.
-inline int chunk_begin(int total, int chunks, int c) {
-    return static_cast<int>(static_cast<long long>(total) * c / chunks);
-}
-// Chunks per op: twice the threads, so a late thread's share can be taken over in halves.
-inline int chunk_count(const Team& team, int items) { return std::max(1, std::min(items, 2 * team.threads())); }
 // How a GEMM is shared: column chunks (each thread reads a disjoint slice of the weights: the dominant memory
 // traffic at small M) unless there are too few panels to share, or M is large (batch x tokens >= kRowSplitM):
 // then the weights are read once per thread at little cost, and row chunks keep each thread's A block in its
@@ -47,9 +41,7 @@ void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const Pack
     const int nt = team.threads();
     const bool split_rows = split_by_rows(nt, panels, M, kt.mr);
     if (!split_rows) {
-        const int chunks = chunk_count(team, panels);
-        team.parallel_for(chunks, [&](int c) {
-            const int p0 = chunk_begin(panels, chunks, c), p1 = chunk_begin(panels, chunks, c + 1);
+        team.parallel_ranges(panels, [&](int p0, int p1) {
             const int n0 = p0 * kt.nr, n1 = std::min(B.N, p1 * kt.nr);
             Epilogue e = ep;
             if (e.bias) e.bias += n0;
@@ -58,11 +50,8 @@ void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const Pack
                     ldc, e);
         });
     } else {
-        const int blocks = (M + kt.mr - 1) / kt.mr;
-        const int chunks = chunk_count(team, blocks);
-        team.parallel_for(chunks, [&](int c) {
-            const int m0 = chunk_begin(blocks, chunks, c) * kt.mr;
-            const int m1 = std::min(M, chunk_begin(blocks, chunks, c + 1) * kt.mr);
+        team.parallel_ranges((M + kt.mr - 1) / kt.mr, [&](int b0, int b1) {
+            const int m0 = b0 * kt.mr, m1 = std::min(M, b1 * kt.mr);
             Epilogue e = ep;
             if (e.residual) e.residual += m0 * e.ldr;
             if (e.row_scale) e.row_scale += m0;
@@ -134,20 +123,16 @@ void QuantScratch::reserve(int M, int K) {
 void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
                     std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32) {
     const Int8KernelTable& kt = *B.kt;
-    {   // quantize the rows of A
-        const int chunks = chunk_count(team, M);
-        team.parallel_for(chunks, [&](int c) {
-            const int m0 = chunk_begin(M, chunks, c), m1 = chunk_begin(M, chunks, c + 1);
-            kt.quantize_rows(m1 - m0, B.K, A + m0 * lda, lda, qs.q.data() + m0 * qs.ldq, qs.ldq, qs.scale.data() + m0,
-                             qs.zp.data() + m0);
-        });
-    }
+    team.parallel_ranges(M, [&](int m0, int m1) {  // quantize the rows of A
+        kt.quantize_rows(m1 - m0, B.K, A + m0 * lda, lda, qs.q.data() + m0 * qs.ldq, qs.ldq, qs.scale.data() + m0,
+                         qs.zp.data() + m0);
+    });
     const int panels = (B.N + kt.nr - 1) / kt.nr;
     const std::size_t panel_bytes = kt.packed_b_bytes(B.K, kt.nr);
     const int nt = team.threads();
     const bool split_rows = split_by_rows(nt, panels, M, kt.mr);
     const int blocks = (M + kt.mr - 1) / kt.mr;
-    const int chunks = chunk_count(team, split_rows ? blocks : panels);
+    const int chunks = team.chunks(split_rows ? blocks : panels);
     team.parallel_for(chunks, [&](int c) {
         int m0 = 0, m1 = M, p0 = 0, p1 = panels;
         if (split_rows) {
@@ -170,9 +155,7 @@ void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const
 
 void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float* x, const float* r,
                     const float* g, const float* b, float eps, float* y) {
-    const int chunks = chunk_count(team, M);
-    team.parallel_for(chunks, [&](int c) {
-        const int m0 = chunk_begin(M, chunks, c), m1 = chunk_begin(M, chunks, c + 1);
+    team.parallel_ranges(M, [&](int m0, int m1) {
         kt.layernorm(m1 - m0, N, x + static_cast<std::ptrdiff_t>(m0) * N, N,
                      r ? r + static_cast<std::ptrdiff_t>(m0) * N : nullptr, N, g, b, eps,
                      y + static_cast<std::ptrdiff_t>(m0) * N, N);

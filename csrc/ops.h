@@ -70,10 +70,18 @@ class Team {
   public:
     explicit Team(int threads) : threads_(threads < 1 ? 1 : threads) {}
     int threads() const { return threads_; }
+    // Chunks an op of `items` items is cut into (pool.h, chunk_count: the one rule).
+    int chunks(int items) const { return chunk_count(threads_, items); }
     // Runs fn(c) for every chunk c in [0, n); returns when all n are done.
     template <class F>
     void parallel_for(int n, F&& fn) {
         bortengine::parallel_for(n, threads_ - 1, ChunkFn(fn));
+    }
+    // Runs fn(begin, end) for each of the chunks(items) nearly equal ranges of [0, items).
+    template <class F>
+    void parallel_ranges(int items, F&& fn) {
+        const int n = chunks(items);
+        parallel_for(n, [&](int c) { fn(chunk_begin(items, n, c), chunk_begin(items, n, c + 1)); });
     }
 
   private:

@@ -32,4 +32,15 @@ void parallel_for(int n, int helpers, ChunkFn fn);
 // joined (distinct within one op), for per-thread scratch buffers.
 int current_slot();
 
+// The one chunking rule of every op: `items` (rows, row blocks, panels, sequences) are cut into twice as many
+// chunks as threads, so a late thread's share can be taken over in halves, and never more chunks than items.
+inline int chunk_count(int threads, int items) {
+    const int c = 2 * threads < items ? 2 * threads : items;
+    return c > 1 ? c : 1;
+}
+// Chunk c of `chunks` nearly equal chunks of [0, total) is [chunk_begin(c), chunk_begin(c + 1)).
+inline int chunk_begin(int total, int chunks, int c) {
+    return static_cast<int>(static_cast<long long>(total) * c / chunks);
+}
+
 }  // namespace bortengine
