@@ -212,7 +212,9 @@ FArray run_gemm(const ops::PackedMatrix& B, FArray a, const float* bias, const s
     check_threads(threads);
     {
         py::gil_scoped_release release;
-        ops::run_team(threads, [&](ops::Team& t) { ops::gemm_team(t, M, ap, B.K, B, cp, B.N, ep); });
+        ops::GemmScratch ws;
+        ws.reserve(*B.kt, threads, M, B.K);
+        ops::run_team(threads, [&](ops::Team& t) { ops::gemm_team(t, M, ap, B.K, B, cp, B.N, ep, ws); });
     }
     return c;
 }
@@ -291,7 +293,7 @@ class PyQuantizedLinear {
         const float* ap = a.data();
         py::gil_scoped_release release;
         ops::QuantScratch qs;
-        qs.reserve(M, m_.K);
+        qs.reserve(*m_.kt, threads, M, m_.K);
         ops::run_team(threads, [&](ops::Team& t) { ops::gemm_int8_team(t, M, ap, m_.K, m_, c, N, ep, qs, raw); });
         return out;
     }
@@ -494,14 +496,14 @@ PYBIND11_MODULE(_core, m) {
             int s = 0, mx = 0;
             for (std::size_t i = 0; i < lens.size(); ++i) { start[i] = s; s += lens[i]; order[i] = static_cast<int>(i); mx = std::max(mx, lens[i]); }
             std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return lens[a] > lens[b]; });
-            const std::size_t stride = round_up(attention_scratch_floats(kt, mx, H / heads), 16);
-            AlignedBuffer scratch(stride * threads);
+            ops::AttentionScratch scratch;
+            scratch.reserve(kt, threads, mx, H / heads);
             FArray ctx({static_cast<py::ssize_t>(s), static_cast<py::ssize_t>(H)});
             const float* q = qkv.data();
             float* c = ctx.mutable_data();
             py::gil_scoped_release release;
             ops::run_team(threads, [&](ops::Team& t) {
-                ops::attention_team(t, attn, q, H, heads, start, lens, order, c, scratch.data(), stride);
+                ops::attention_team(t, attn, q, H, heads, start, lens, order, c, scratch);
             });
             return ctx;
         },

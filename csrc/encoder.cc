@@ -218,20 +218,19 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
     ctx_.resize(n * H);
     y_.resize(n * H);
     h_.resize(n * I);
-    const std::size_t stride = round_up(attention_scratch_floats(kt_, max_len, H / heads), 16);
-    attn_scratch_.resize(stride * threads_);
+    attn_scratch_.reserve(kt_, threads_, max_len, H / heads);
+    gemm_scratch_.reserve(kt_, threads_, ntok, std::max(H, I));  // the int8 encoder's pooler runs in fp32
     if (pooled) pool_in_.resize(static_cast<std::size_t>(B) * H);
     const bool int8 = dtype_ == DType::kInt8;
-    if (int8) qscratch_.reserve(ntok, std::max(H, I));
+    if (int8) qscratch_.reserve(kt8_, threads_, ntok, std::max(H, I));
     // One linear layer of the block, on the encoder's dtype.
     auto linear = [&](ops::Team& team, int M, const float* A, int lda, const ops::PackedMatrix& W,
                       const ops::QuantizedMatrix& W8, float* C, int ldc, const Epilogue& ep) {
         if (int8) ops::gemm_int8_team(team, M, A, lda, W8, C, ldc, ep, qscratch_);
-        else ops::gemm_team(team, M, A, lda, W, C, ldc, ep);
+        else ops::gemm_team(team, M, A, lda, W, C, ldc, ep, gemm_scratch_);
     };
 
     float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *hbuf = h_.data();
-    float* scratch = attn_scratch_.data();
     const bool dense = ntok == B * T;  // no padding: the last LayerNorm writes straight into `out`
 
     const bool trace = trace_;
@@ -262,7 +261,7 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
             e_qkv.bias = L.qkv_b.data();
             linear(team, ntok, x, H, L.qkv, L.qkv8, qkv, 3 * H, e_qkv);
             mark(kTraceQkv);
-            ops::attention_team(team, attention_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, scratch, stride);
+            ops::attention_team(team, attention_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, attn_scratch_);
             mark(kTraceAttention);
             Epilogue e_ao;  // y = ctx·Wo + bo + x
             e_ao.bias = L.ao_b.data();
@@ -313,7 +312,7 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
             Epilogue e_p;
             e_p.bias = pooler_b_.data();
             e_p.kind = Epilogue::kTanh;
-            ops::gemm_team(team, B, pool_in_.data(), H, pooler_, pooled, H, e_p);
+            ops::gemm_team(team, B, pool_in_.data(), H, pooler_, pooled, H, e_p, gemm_scratch_);
         }
         mark(kTraceOutput);
     });

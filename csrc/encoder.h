@@ -107,7 +107,9 @@ class Encoder {
     std::vector<double> last_trace_;
 
     std::mutex mu_;  // guards the workspace below
-    AlignedBuffer x_, qkv_, ctx_, y_, h_, attn_scratch_, pool_in_;
+    AlignedBuffer x_, qkv_, ctx_, y_, h_, pool_in_;
+    ops::GemmScratch gemm_scratch_;
+    ops::AttentionScratch attn_scratch_;
     ops::QuantScratch qscratch_;
     std::vector<int> tok_id_, tok_pos_, tok_type_, seq_start_, seq_len_, order_;
 };

@@ -35,7 +35,7 @@ PackedMatrix pack_linear(const KernelTable& kt, const float* w, int N, int K) {
 }
 
 void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C,
-               std::ptrdiff_t ldc, const Epilogue& ep) {
+               std::ptrdiff_t ldc, const Epilogue& ep, GemmScratch& ws) {
     const KernelTable& kt = *B.kt;
     const int panels = (B.N + kt.nr - 1) / kt.nr;
     const int nt = team.threads();
@@ -47,7 +47,7 @@ void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const Pack
             if (e.bias) e.bias += n0;
             if (e.residual) e.residual += n0;
             kt.gemm(M, n1 - n0, B.K, A, lda, B.data.data() + static_cast<std::ptrdiff_t>(p0) * B.K * kt.nr, C + n0,
-                    ldc, e);
+                    ldc, e, ws.a.slot(current_slot()));
         });
     } else {
         team.parallel_ranges((M + kt.mr - 1) / kt.mr, [&](int b0, int b1) {
@@ -55,7 +55,8 @@ void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const Pack
             Epilogue e = ep;
             if (e.residual) e.residual += m0 * e.ldr;
             if (e.row_scale) e.row_scale += m0;
-            kt.gemm(m1 - m0, B.N, B.K, A + m0 * lda, lda, B.data.data(), C + m0 * ldc, ldc, e);
+            kt.gemm(m1 - m0, B.N, B.K, A + m0 * lda, lda, B.data.data(), C + m0 * ldc, ldc, e,
+                    ws.a.slot(current_slot()));
         });
     }
 }
@@ -113,11 +114,12 @@ QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N
     return pack_quantized_linear(kt, q.data(), scale.data(), N, K);
 }
 
-void QuantScratch::reserve(int M, int K) {
+void QuantScratch::reserve(const Int8KernelTable& kt, int threads, int M, int K) {
     ldq = static_cast<std::ptrdiff_t>(round_up(static_cast<std::size_t>(K), 64)) + 64;  // + 64: no 4 KiB aliasing
     q.resize(static_cast<std::size_t>(M) * ldq);
     scale.resize(M);
     zp.resize(M);
+    work.reserve(threads, kt.gemm_work_bytes(M, K));
 }
 
 void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
@@ -149,7 +151,7 @@ void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const
         if (e.row_scale) e.row_scale += m0;
         kt.gemm(m1 - m0, n1 - n0, B.K, qs.q.data() + m0 * qs.ldq, qs.ldq, qs.scale.data() + m0, qs.zp.data() + m0,
                 B.data.data() + p0 * panel_bytes, B.scale.data() + n0, B.sum.data() + n0, C + m0 * ldc + n0, ldc, e,
-                raw_int32);
+                raw_int32, qs.work.slot(current_slot()));
     });
 }
 
@@ -164,12 +166,12 @@ void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float
 
 void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads,
                     const std::vector<int>& seq_start, const std::vector<int>& seq_len,
-                    const std::vector<int>& longest_first, float* ctx, float* scratch, std::size_t scratch_stride) {
+                    const std::vector<int>& longest_first, float* ctx, AttentionScratch& ws) {
     const int dh = H / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
     const std::ptrdiff_t ld = 3 * static_cast<std::ptrdiff_t>(H);
     team.parallel_for(static_cast<int>(longest_first.size()) * heads, [&](int t) {
-        float* mine = scratch + current_slot() * scratch_stride;
+        float* mine = ws.blocks.slot(current_slot());
         const int s = longest_first[t / heads], h = t % heads;
         const float* base = qkv + seq_start[s] * ld + h * dh;
         attention(seq_len[s], dh, base, base + H, base + 2 * H, ld, scale, ctx + seq_start[s] * H + h * dh, H, mine);

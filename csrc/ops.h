@@ -49,18 +49,53 @@ QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N
 QuantizedMatrix pack_quantized_linear(const Int8KernelTable& kt, const std::int8_t* w, const float* scale, int N,
                                       int K);
 
-// Per-call buffers of the int8 GEMM: the quantized activations and their per-row scale and zero point.
+// Workspaces. The ops tier sizes them before a parallel region (they grow only; allocation failure throws
+// std::bad_alloc there, before any kernel runs) and hands each kernel call its own block: kernels never allocate.
+// Their owner keeps them across calls: the encoder one set per encoder, a single op one set per call.
+
+// Per-thread blocks of one 64-byte aligned buffer: team slot s (current_thread()) owns slot(s), `stride`
+// elements (a multiple of 64 bytes) from the previous one.
+template <class T>
+struct PerThread {
+    AlignedArray<T> data;
+    std::size_t stride = 0;
+    void reserve(int threads, std::size_t per_thread) {
+        stride = round_up(per_thread, 64 / sizeof(T));
+        data.resize(stride * static_cast<std::size_t>(threads));
+    }
+    T* slot(int s) { return data.data() + static_cast<std::size_t>(s) * stride; }
+};
+
+// gemm_team's workspace: per thread, the padded copy of A's blocks (KernelTable::gemm_work_floats).
+struct GemmScratch {
+    PerThread<float> a;
+    // For GEMMs of up to M rows and depth K on `threads` threads.
+    void reserve(const KernelTable& kt, int threads, int M, int K) { a.reserve(threads, kt.gemm_work_floats(M, K)); }
+};
+
+// gemm_int8_team's workspace: the quantized activations and their per-row scale and zero point, and per thread
+// the kernel's own block (Int8KernelTable::gemm_work_bytes: AVX2's widened A).
 struct QuantScratch {
     AlignedArray<std::uint8_t> q;
     AlignedArray<float> scale;
     AlignedArray<std::int32_t> zp;
     std::ptrdiff_t ldq = 0;
-    // Sizes the buffers for M rows of depth K (call before the parallel region).
-    void reserve(int M, int K);
+    PerThread<std::uint8_t> work;
+    // For GEMMs of up to M rows and depth K on `threads` threads.
+    void reserve(const Int8KernelTable& kt, int threads, int M, int K);
+};
+
+// attention_team's workspace: per thread, attention_scratch_floats(kt, max_len, dh) floats.
+struct AttentionScratch {
+    PerThread<float> blocks;
+    // For sequences of up to max_len tokens and heads of dh columns on `threads` threads.
+    void reserve(const KernelTable& kt, int threads, int max_len, int dh) {
+        blocks.reserve(threads, attention_scratch_floats(kt, max_len, dh));
+    }
 };
 
 // C[M, B.N] = epilogue(dequant(quantize(A) · B)): rows of A are quantized by the team, then the GEMM is split
-// like gemm_team. raw_int32 stores the exact int32 sums (tests).
+// like gemm_team. raw_int32 stores the exact int32 sums (tests). qs reserved for M rows of depth B.K.
 void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
                     std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32 = false);
 
@@ -96,20 +131,20 @@ void run_team(int threads, F&& fn) {
 }
 
 // C[M, B.N] = epilogue(A[M, B.K] · B). Splits columns (panels) into chunks, each streaming only its share of the
-// weights, when there are enough of them and M is not large; else rows (ops.cc, split_by_rows).
+// weights, when there are enough of them and M is not large; else rows (ops.cc, split_by_rows). ws reserved for
+// M rows of depth B.K.
 void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C,
-               std::ptrdiff_t ldc, const Epilogue& ep);
+               std::ptrdiff_t ldc, const Epilogue& ep, GemmScratch& ws);
 
 // y[M, N] = LayerNorm(x (+ r)) row-wise; rows split into chunks. y may alias x.
 void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float* x, const float* r, const float* g,
                     const float* b, float eps, float* y);
 
 // ctx[Ntok, H] = self-attention of packed sequences (seq_start[s], seq_len[s]) over qkv [Ntok, 3H], one task per
-// (sequence, head), longest sequences first. scratch: per-thread blocks of scratch_stride floats, at least
-// attention_scratch_floats(kt, max_len, H/heads).
-void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads, const std::vector<int>& seq_start,
-                    const std::vector<int>& seq_len, const std::vector<int>& longest_first, float* ctx,
-                    float* scratch, std::size_t scratch_stride);
+// (sequence, head), longest sequences first. ws reserved for the longest sequence and dh = H / heads.
+void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads,
+                    const std::vector<int>& seq_start, const std::vector<int>& seq_len,
+                    const std::vector<int>& longest_first, float* ctx, AttentionScratch& ws);
 
 // The calling thread's slot in the op it runs (0 = the caller), for per-thread scratch.
 inline int current_thread() { return current_slot(); }
