@@ -492,18 +492,16 @@ PYBIND11_MODULE(_core, m) {
                     throw std::invalid_argument("bf16 attention needs the avx512 path on a CPU with AVX512_BF16");
             }
             check_threads(threads);
-            std::vector<int> start(lens.size()), order(lens.size());
-            int s = 0, mx = 0;
-            for (std::size_t i = 0; i < lens.size(); ++i) { start[i] = s; s += lens[i]; order[i] = static_cast<int>(i); mx = std::max(mx, lens[i]); }
-            std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return lens[a] > lens[b]; });
+            ops::SequenceLayout seqs;
+            ops::layout_sequences(lens, seqs);
             ops::AttentionScratch scratch;
-            scratch.reserve(kt, threads, mx, H / heads);
-            FArray ctx({static_cast<py::ssize_t>(s), static_cast<py::ssize_t>(H)});
+            scratch.reserve(kt, threads, seqs.max_len, H / heads);
+            FArray ctx({static_cast<py::ssize_t>(seqs.tokens), static_cast<py::ssize_t>(H)});
             const float* q = qkv.data();
             float* c = ctx.mutable_data();
             py::gil_scoped_release release;
             ops::run_team(threads, [&](ops::Team& t) {
-                ops::attention_team(t, attn, q, H, heads, start, lens, order, c, scratch);
+                ops::attention_team(t, attn, q, H, heads, seqs, c, scratch);
             });
             return ctx;
         },
@@ -552,11 +550,8 @@ PYBIND11_MODULE(_core, m) {
             float* yp = y.mutable_data();
             py::gil_scoped_release release;
             ops::run_team(threads, [&](ops::Team& t) {
-                t.parallel_ranges(static_cast<int>(n), [&](int i0, int i1) {
-                    for (py::ssize_t i = i0; i < i1; ++i)
-                        kt.embed_layernorm(static_cast<int>(H), wp + ip[i] * H, posp + pp[i] * H, typ + tp[i] * H, gp,
-                                           bp, eps, yp + i * H);
-                });
+                ops::embed_layernorm_team(t, kt, static_cast<int>(n), ip, pp, tp, static_cast<int>(H), wp, posp, typ, gp,
+                                          bp, eps, yp);
             });
             return y;
         },

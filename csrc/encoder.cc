@@ -12,10 +12,6 @@
 
 namespace bortengine {
 
-namespace {
-std::string at(int b, int t) { return "[" + std::to_string(b) + ", " + std::to_string(t) + "]"; }
-}  // namespace
-
 Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype)
     : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), dtype_(dtype), threads_(1),
       attention_(dtype == DType::kInt8 ? int8_attention_for(kt.isa, &attention_name_) : kt.attention) {
@@ -155,62 +151,17 @@ std::size_t Encoder::packed_bytes() const {
     return n;
 }
 
-void Encoder::validate(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T) const {
-    if (!ready()) throw std::invalid_argument("encoder weights are not fully set (embeddings and every layer)");
-    if (B < 1 || T < 1)
-        throw std::invalid_argument("input_ids must be a non-empty [batch, tokens] array, got [" + std::to_string(B) +
-                                    ", " + std::to_string(T) + "]");
-    if (T > cfg_.max_positions)
-        throw std::invalid_argument("sequence length " + std::to_string(T) + " exceeds max_position_embeddings " +
-                                    std::to_string(cfg_.max_positions) + "; truncate the input");
-    for (int b = 0; b < B; ++b) {
-        int real = 0;
-        for (int t = 0; t < T; ++t) {
-            const std::size_t i = static_cast<std::size_t>(b) * T + t;
-            if (ids[i] < 0 || ids[i] >= cfg_.vocab)
-                throw std::invalid_argument("input_ids" + at(b, t) + " = " + std::to_string(ids[i]) +
-                                            " is outside the vocabulary [0, " + std::to_string(cfg_.vocab) + ")");
-            if (types && (types[i] < 0 || types[i] >= cfg_.type_vocab))
-                throw std::invalid_argument("token_type_ids" + at(b, t) + " = " + std::to_string(types[i]) +
-                                            " is outside [0, " + std::to_string(cfg_.type_vocab) + ")");
-            if (mask && mask[i] != 0 && mask[i] != 1)
-                throw std::invalid_argument("attention_mask" + at(b, t) + " = " + std::to_string(mask[i]) +
-                                            "; the mask must hold only 0 and 1");
-            real += mask ? static_cast<int>(mask[i]) : 1;
-        }
-        if (real == 0)
-            throw std::invalid_argument("attention_mask row " + std::to_string(b) +
-                                        " has no token with mask 1; every sequence needs at least one token");
-    }
-}
-
 void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
                       float* pooled) {
-    validate(ids, mask, types, B, T);
+    if (!ready()) throw std::invalid_argument("encoder weights are not fully set (embeddings and every layer)");
+    ops::check_tokens(ids, mask, types, B, T, {cfg_.vocab, cfg_.type_vocab, cfg_.max_positions});
     if (pooled && !pooler_set_) throw std::invalid_argument("this model has no pooler");
     std::lock_guard<std::mutex> lock(mu_);
     const int H = cfg_.hidden, I = cfg_.intermediate, heads = cfg_.heads;
     const float eps = cfg_.eps;
 
-    // Pack real tokens end to end: every op below runs over Ntok rows only.
-    tok_id_.clear(); tok_pos_.clear(); tok_type_.clear();
-    seq_start_.assign(B, 0); seq_len_.assign(B, 0);
-    for (int b = 0; b < B; ++b) {
-        seq_start_[b] = static_cast<int>(tok_id_.size());
-        for (int t = 0; t < T; ++t) {
-            const std::size_t i = static_cast<std::size_t>(b) * T + t;
-            if (mask && mask[i] == 0) continue;
-            tok_id_.push_back(static_cast<int>(ids[i]));
-            tok_pos_.push_back(t);
-            tok_type_.push_back(types ? static_cast<int>(types[i]) : 0);
-        }
-        seq_len_[b] = static_cast<int>(tok_id_.size()) - seq_start_[b];
-    }
-    const int ntok = static_cast<int>(tok_id_.size());
-    order_.resize(B);
-    std::iota(order_.begin(), order_.end(), 0);
-    std::stable_sort(order_.begin(), order_.end(), [&](int a, int b) { return seq_len_[a] > seq_len_[b]; });
-    const int max_len = seq_len_[order_[0]];
+    ops::pack_tokens(ids, mask, types, B, T, tokens_);
+    const int ntok = tokens_.seqs.tokens, max_len = tokens_.seqs.max_len;
 
     const std::size_t n = ntok;
     x_.resize(n * H);
@@ -246,13 +197,8 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
             last_trace_[op] += std::chrono::duration<double>(t - t_prev).count();
             t_prev = t;
         };
-        team.parallel_ranges(ntok, [&](int i0, int i1) {
-            for (int i = i0; i < i1; ++i)
-                kt_.embed_layernorm(H, word_ + static_cast<std::ptrdiff_t>(tok_id_[i]) * H,
-                                    pos_ + static_cast<std::ptrdiff_t>(tok_pos_[i]) * H,
-                                    type_ + static_cast<std::ptrdiff_t>(tok_type_[i]) * H, emb_ln_w_.data(),
-                                    emb_ln_b_.data(), eps, x + static_cast<std::ptrdiff_t>(i) * H);
-        });
+        ops::embed_layernorm_team(team, kt_, ntok, tokens_.id.data(), tokens_.pos.data(), tokens_.type.data(), H,
+                                  word_, pos_, type_, emb_ln_w_.data(), emb_ln_b_.data(), eps, x);
         mark(kTraceEmbeddings);
         for (int l = 0; l < cfg_.layers; ++l) {
             const Layer& L = layers_[l];
@@ -261,7 +207,7 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
             e_qkv.bias = L.qkv_b.data();
             linear(team, ntok, x, H, L.qkv, L.qkv8, qkv, 3 * H, e_qkv);
             mark(kTraceQkv);
-            ops::attention_team(team, attention_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, attn_scratch_);
+            ops::attention_team(team, attention_, qkv, H, heads, tokens_.seqs, ctx, attn_scratch_);
             mark(kTraceAttention);
             Epilogue e_ao;  // y = ctx·Wo + bo + x
             e_ao.bias = L.ao_b.data();
@@ -289,26 +235,10 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
             mark(kTraceLayerNorm);
         }
         const float* last = dense ? out : x;
-        if (!dense) {
-            // Scatter packed rows back to [B, T, H]; masked positions are zeros.
-            team.parallel_for(B, [&](int b) {
-                int k = seq_start_[b];
-                for (int t = 0; t < T; ++t) {
-                    float* o = out + (static_cast<std::ptrdiff_t>(b) * T + t) * H;
-                    if (mask[static_cast<std::size_t>(b) * T + t])
-                        std::memcpy(o, last + static_cast<std::ptrdiff_t>(k++) * H, sizeof(float) * H);
-                    else
-                        std::memset(o, 0, sizeof(float) * H);
-                }
-            });
-        }
+        if (!dense) ops::scatter_rows_team(team, tokens_.seqs, mask, T, H, last, out);
         if (pooled) {
             // pooler_output = tanh(W · h[first token] + b) per sequence.
-            team.parallel_for(1, [&](int) {
-                for (int b = 0; b < B; ++b)
-                    std::memcpy(pool_in_.data() + static_cast<std::ptrdiff_t>(b) * H,
-                                last + static_cast<std::ptrdiff_t>(seq_start_[b]) * H, sizeof(float) * H);
-            });
+            ops::gather_rows_team(team, B, tokens_.seqs.start.data(), H, last, pool_in_.data());
             Epilogue e_p;
             e_p.bias = pooler_b_.data();
             e_p.kind = Epilogue::kTanh;

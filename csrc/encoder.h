@@ -87,7 +87,6 @@ class Encoder {
     };
     void set_layer_vectors(Layer& L, const LayerWeights& w);
     void check_layer_index(int index) const;
-    void validate(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T) const;
 
     EncoderConfig cfg_;
     const KernelTable& kt_;
@@ -111,7 +110,7 @@ class Encoder {
     ops::GemmScratch gemm_scratch_;
     ops::AttentionScratch attn_scratch_;
     ops::QuantScratch qscratch_;
-    std::vector<int> tok_id_, tok_pos_, tok_type_, seq_start_, seq_len_, order_;
+    ops::PackedTokens tokens_;
 };
 
 }  // namespace bortengine

@@ -1,9 +1,10 @@
 // ops.cc: see ops.h.
 #include "ops.h"
 
-
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <numeric>
 #include <stdexcept>
 
 namespace bortengine {
@@ -164,18 +165,138 @@ void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float
     });
 }
 
-void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads,
-                    const std::vector<int>& seq_start, const std::vector<int>& seq_len,
-                    const std::vector<int>& longest_first, float* ctx, AttentionScratch& ws) {
+void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads, const SequenceLayout& seqs,
+                    float* ctx, AttentionScratch& ws) {
     const int dh = H / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
     const std::ptrdiff_t ld = 3 * static_cast<std::ptrdiff_t>(H);
-    team.parallel_for(static_cast<int>(longest_first.size()) * heads, [&](int t) {
+    team.parallel_for(static_cast<int>(seqs.longest_first.size()) * heads, [&](int t) {
         float* mine = ws.blocks.slot(current_slot());
-        const int s = longest_first[t / heads], h = t % heads;
-        const float* base = qkv + seq_start[s] * ld + h * dh;
-        attention(seq_len[s], dh, base, base + H, base + 2 * H, ld, scale, ctx + seq_start[s] * H + h * dh, H, mine);
+        const int s = seqs.longest_first[t / heads], h = t % heads;
+        const float* base = qkv + seqs.start[s] * ld + h * dh;
+        attention(seqs.len[s], dh, base, base + H, base + 2 * H, ld, scale, ctx + seqs.start[s] * H + h * dh, H, mine);
     });
+}
+
+template <class Index>
+void embed_layernorm_team(Team& team, const KernelTable& kt, int n, const Index* id, const Index* pos,
+                          const Index* type, int H, const float* word, const float* position,
+                          const float* token_type, const float* g, const float* b, float eps, float* x) {
+    team.parallel_ranges(n, [&](int i0, int i1) {
+        for (int i = i0; i < i1; ++i)
+            kt.embed_layernorm(H, word + static_cast<std::ptrdiff_t>(id[i]) * H,
+                               position + static_cast<std::ptrdiff_t>(pos[i]) * H,
+                               token_type + static_cast<std::ptrdiff_t>(type[i]) * H, g, b, eps,
+                               x + static_cast<std::ptrdiff_t>(i) * H);
+    });
+}
+template void embed_layernorm_team<int>(Team&, const KernelTable&, int, const int*, const int*, const int*, int,
+                                        const float*, const float*, const float*, const float*, const float*, float,
+                                        float*);
+template void embed_layernorm_team<std::int64_t>(Team&, const KernelTable&, int, const std::int64_t*,
+                                                 const std::int64_t*, const std::int64_t*, int, const float*,
+                                                 const float*, const float*, const float*, const float*, float,
+                                                 float*);
+
+void scatter_rows_team(Team& team, const SequenceLayout& seqs, const std::int64_t* mask, int T, int H,
+                       const float* x, float* out) {
+    team.parallel_ranges(static_cast<int>(seqs.start.size()), [&](int b0, int b1) {
+        for (int b = b0; b < b1; ++b) {
+            int k = seqs.start[b];
+            for (int t = 0; t < T; ++t) {
+                float* o = out + (static_cast<std::ptrdiff_t>(b) * T + t) * H;
+                if (mask[static_cast<std::size_t>(b) * T + t])
+                    std::memcpy(o, x + static_cast<std::ptrdiff_t>(k++) * H, sizeof(float) * H);
+                else
+                    std::memset(o, 0, sizeof(float) * H);
+            }
+        }
+    });
+}
+
+void gather_rows_team(Team& team, int n, const int* rows, int H, const float* x, float* y) {
+    team.parallel_for(1, [&](int) {
+        for (int i = 0; i < n; ++i)
+            std::memcpy(y + static_cast<std::ptrdiff_t>(i) * H, x + static_cast<std::ptrdiff_t>(rows[i]) * H,
+                        sizeof(float) * H);
+    });
+}
+
+namespace {
+std::string at(int b, int t) { return "[" + std::to_string(b) + ", " + std::to_string(t) + "]"; }
+
+// start, longest_first, max_len and tokens from len.
+void finish_layout(SequenceLayout& s) {
+    const int B = static_cast<int>(s.len.size());
+    s.start.resize(B);
+    int next = 0;
+    for (int b = 0; b < B; ++b) {
+        s.start[b] = next;
+        next += s.len[b];
+    }
+    s.tokens = next;
+    s.longest_first.resize(B);
+    std::iota(s.longest_first.begin(), s.longest_first.end(), 0);
+    std::stable_sort(s.longest_first.begin(), s.longest_first.end(),
+                     [&](int a, int b) { return s.len[a] > s.len[b]; });
+    s.max_len = B > 0 ? s.len[s.longest_first[0]] : 0;
+}
+}  // namespace
+
+void layout_sequences(const std::vector<int>& len, SequenceLayout& out) {
+    for (int l : len)
+        if (l < 1) throw std::invalid_argument("every sequence length must be >= 1");
+    out.len = len;
+    finish_layout(out);
+}
+
+void check_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,
+                  const TokenLimits& limits) {
+    if (B < 1 || T < 1)
+        throw std::invalid_argument("input_ids must be a non-empty [batch, tokens] array, got [" + std::to_string(B) +
+                                    ", " + std::to_string(T) + "]");
+    if (T > limits.max_positions)
+        throw std::invalid_argument("sequence length " + std::to_string(T) + " exceeds max_position_embeddings " +
+                                    std::to_string(limits.max_positions) + "; truncate the input");
+    for (int b = 0; b < B; ++b) {
+        int real = 0;
+        for (int t = 0; t < T; ++t) {
+            const std::size_t i = static_cast<std::size_t>(b) * T + t;
+            if (ids[i] < 0 || ids[i] >= limits.vocab)
+                throw std::invalid_argument("input_ids" + at(b, t) + " = " + std::to_string(ids[i]) +
+                                            " is outside the vocabulary [0, " + std::to_string(limits.vocab) + ")");
+            if (types && (types[i] < 0 || types[i] >= limits.type_vocab))
+                throw std::invalid_argument("token_type_ids" + at(b, t) + " = " + std::to_string(types[i]) +
+                                            " is outside [0, " + std::to_string(limits.type_vocab) + ")");
+            if (mask && mask[i] != 0 && mask[i] != 1)
+                throw std::invalid_argument("attention_mask" + at(b, t) + " = " + std::to_string(mask[i]) +
+                                            "; the mask must hold only 0 and 1");
+            real += mask ? static_cast<int>(mask[i]) : 1;
+        }
+        if (real == 0)
+            throw std::invalid_argument("attention_mask row " + std::to_string(b) +
+                                        " has no token with mask 1; every sequence needs at least one token");
+    }
+}
+
+void pack_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,
+                 PackedTokens& out) {
+    out.id.clear();
+    out.pos.clear();
+    out.type.clear();
+    out.seqs.len.assign(B, 0);
+    for (int b = 0; b < B; ++b) {
+        const std::size_t before = out.id.size();
+        for (int t = 0; t < T; ++t) {
+            const std::size_t i = static_cast<std::size_t>(b) * T + t;
+            if (mask && mask[i] == 0) continue;
+            out.id.push_back(static_cast<int>(ids[i]));
+            out.pos.push_back(t);
+            out.type.push_back(types ? static_cast<int>(types[i]) : 0);
+        }
+        out.seqs.len[b] = static_cast<int>(out.id.size() - before);
+    }
+    finish_layout(out.seqs);
 }
 
 Epilogue::Kind parse_epilogue(const std::string& name) {

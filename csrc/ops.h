@@ -6,8 +6,8 @@
 // busy machine, more threads than cores — delays nothing it has not claimed. Team ops never throw: validate
 // before calling them.
 #pragma once
-#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -99,6 +99,34 @@ struct AttentionScratch {
 void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
                     std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32 = false);
 
+// Sequences packed end to end: sequence s is rows [start[s], start[s] + len[s]) of a packed [Ntok, ...] matrix.
+struct SequenceLayout {
+    std::vector<int> start, len;     // [B]
+    std::vector<int> longest_first;  // [B] sequence indices by decreasing length (stable): attention's task order
+    int max_len = 0, tokens = 0;     // the longest sequence's length, Ntok
+};
+// From lengths len [B]; throws std::invalid_argument if one is < 1.
+void layout_sequences(const std::vector<int>& len, SequenceLayout& out);
+
+// The real tokens (mask 1) of a batch packed end to end: every op after the embeddings runs over Ntok rows only.
+struct PackedTokens {
+    std::vector<int> id, pos, type;  // [Ntok] token id, position id (its column t in the batch), token type id
+    SequenceLayout seqs;             // where each row's tokens are
+};
+
+// What check_tokens holds ids, token types and T against.
+struct TokenLimits {
+    int vocab, type_vocab, max_positions;
+};
+// ids, mask, types [B, T] (mask and types may be null: all ones / all zeros): B, T >= 1, T <= max_positions, ids
+// in [0, vocab), types in [0, type_vocab), mask of 0 and 1 only with a 1 in every row. Throws
+// std::invalid_argument naming the first bad element.
+void check_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,
+                  const TokenLimits& limits);
+// ids, mask, types [B, T] as check_tokens takes them (and has passed) -> out.
+void pack_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,
+                 PackedTokens& out);
+
 // The threads of one call: team ops cut their work into chunks run by the caller and up to threads - 1 pool
 // workers (pool.h). A Team is used from the calling thread only.
 class Team {
@@ -140,11 +168,27 @@ void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const Pack
 void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float* x, const float* r, const float* g,
                     const float* b, float eps, float* y);
 
-// ctx[Ntok, H] = self-attention of packed sequences (seq_start[s], seq_len[s]) over qkv [Ntok, 3H], one task per
-// (sequence, head), longest sequences first. ws reserved for the longest sequence and dh = H / heads.
-void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads,
-                    const std::vector<int>& seq_start, const std::vector<int>& seq_len,
-                    const std::vector<int>& longest_first, float* ctx, AttentionScratch& ws);
+// ctx[Ntok, H] = self-attention of the packed sequences of `seqs` over qkv [Ntok, 3H], one task per (sequence,
+// head), longest sequences first. ws reserved for seqs.max_len and dh = H / heads.
+void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads, const SequenceLayout& seqs,
+                    float* ctx, AttentionScratch& ws);
+
+// x[n, H] = LayerNorm(word[id[i]] + position[pos[i]] + token_type[type[i]]) * g + b, row by row (word [V, H],
+// position [P, H], token_type [Tt, H], g, b [H]); rows split into chunks. Index: int (the encoder's packed tokens)
+// or std::int64_t (the single op).
+template <class Index>
+void embed_layernorm_team(Team& team, const KernelTable& kt, int n, const Index* id, const Index* pos,
+                          const Index* type, int H, const float* word, const float* position,
+                          const float* token_type, const float* g, const float* b, float eps, float* x);
+
+// out [B, T, H] from the packed rows x [Ntok, H]: position t of row b takes sequence b's next packed row where
+// mask[b, t] (not null) is 1, and zeros where it is 0. Sequences split into chunks.
+void scatter_rows_team(Team& team, const SequenceLayout& seqs, const std::int64_t* mask, int T, int H,
+                       const float* x, float* out);
+
+// y[n, H] = x[rows[i]] for i < n (x [*, H]): the pooler's first token of each sequence. One chunk: n rows of H
+// floats are a few KiB, less than it costs to wake a worker.
+void gather_rows_team(Team& team, int n, const int* rows, int H, const float* x, float* y);
 
 // The calling thread's slot in the op it runs (0 = the caller), for per-thread scratch.
 inline int current_thread() { return current_slot(); }
