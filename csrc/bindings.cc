@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "encoder.h"
+#include "forward.h"
 #include "isa.h"
 #include "kernels_ref.h"
 #include "ops.h"
@@ -324,6 +325,30 @@ PYBIND11_MODULE(_core, m) {
         }
     });
 
+    m.def("forward_ops", [] {
+        py::list steps;
+        for (const forward::StepInfo& s : forward::kSteps) {
+            py::dict d;
+            d["name"] = s.name;
+            d["trace"] = s.trace;
+            d["kind"] = forward::kind_name(s.kind);
+            d["scope"] = forward::scope_name(s.scope);
+            d["when"] = forward::when_name(s.when);
+            if (s.kind == forward::Kind::kGemm) {
+                d["K"] = forward::dim_name(s.K);
+                d["N"] = forward::dim_name(s.N);
+                d["epilogue"] = ops::epilogue_name(s.epilogue);
+                d["rows"] = forward::rows_name(s.rows);
+                d["quantized"] = s.quantized;
+            }
+            py::dict barriers;
+            barriers["float32"] = forward::barriers(s, false);
+            barriers["int8"] = forward::barriers(s, true);
+            d["barriers"] = barriers;
+            steps.append(d);
+        }
+        return steps;
+    });
     m.def("available_isas", [] { return available_isas(); });
     m.def("default_isa", [] { return default_isa(); });
     m.def("kernel_name", [](const std::string& isa) { return std::string(kernels_for(isa).gemm_name); },
@@ -377,7 +402,13 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("last_trace", [](PyEncoder& e) {
             py::dict d;
             const auto& t = e.enc().last_trace();
-            for (std::size_t i = 0; i < t.size(); ++i) d[Encoder::trace_op_name(static_cast<int>(i))] = t[i];
+            for (std::size_t i = 0; i < t.size(); ++i) d[forward::trace_name(static_cast<int>(i))] = t[i];
+            return d;
+        })
+        .def_property_readonly("last_trace_barriers", [](PyEncoder& e) {
+            py::dict d;
+            const auto& n = e.enc().last_barriers();
+            for (std::size_t i = 0; i < n.size(); ++i) d[forward::kSteps[i].name] = n[i];
             return d;
         })
         .def_property_readonly("has_pooler", [](PyEncoder& e) { return e.enc().has_pooler(); });

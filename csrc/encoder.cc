@@ -72,12 +72,12 @@ void Encoder::check_layer_index(int index) const {
 
 void Encoder::set_layer_vectors(Layer& L, const LayerWeights& w) {
     const int H = cfg_.hidden, I = cfg_.intermediate;
-    L.qkv_b = concat3(w.q_b, w.k_b, w.v_b, H);
-    L.ao_b.assign(w.ao_b, w.ao_b + H);
+    L.qkv.bias = concat3(w.q_b, w.k_b, w.v_b, H);
+    L.ao.bias.assign(w.ao_b, w.ao_b + H);
     L.ln1_w.assign(w.ln1_w, w.ln1_w + H);
     L.ln1_b.assign(w.ln1_b, w.ln1_b + H);
-    L.i_b.assign(w.i_b, w.i_b + I);
-    L.o_b.assign(w.o_b, w.o_b + H);
+    L.ffn_in.bias.assign(w.i_b, w.i_b + I);
+    L.ffn_out.bias.assign(w.o_b, w.o_b + H);
     L.ln2_w.assign(w.ln2_w, w.ln2_w + H);
     L.ln2_b.assign(w.ln2_b, w.ln2_b + H);
     L.set = true;
@@ -90,15 +90,15 @@ void Encoder::set_layer(int index, const LayerWeights& w) {
     Layer L;
     const std::vector<float> qkv = concat3(w.q_w, w.k_w, w.v_w, HH);
     if (dtype_ == DType::kInt8) {
-        L.qkv8 = ops::quantize_linear(kt8_, qkv.data(), 3 * H, H);
-        L.ao8 = ops::quantize_linear(kt8_, w.ao_w, H, H);
-        L.ffn_in8 = ops::quantize_linear(kt8_, w.i_w, I, H);
-        L.ffn_out8 = ops::quantize_linear(kt8_, w.o_w, H, I);
+        L.qkv.i8 = ops::quantize_linear(kt8_, qkv.data(), 3 * H, H);
+        L.ao.i8 = ops::quantize_linear(kt8_, w.ao_w, H, H);
+        L.ffn_in.i8 = ops::quantize_linear(kt8_, w.i_w, I, H);
+        L.ffn_out.i8 = ops::quantize_linear(kt8_, w.o_w, H, I);
     } else {
-        L.qkv = ops::pack_linear(kt_, qkv.data(), 3 * H, H);
-        L.ao = ops::pack_linear(kt_, w.ao_w, H, H);
-        L.ffn_in = ops::pack_linear(kt_, w.i_w, I, H);
-        L.ffn_out = ops::pack_linear(kt_, w.o_w, H, I);
+        L.qkv.f32 = ops::pack_linear(kt_, qkv.data(), 3 * H, H);
+        L.ao.f32 = ops::pack_linear(kt_, w.ao_w, H, H);
+        L.ffn_in.f32 = ops::pack_linear(kt_, w.i_w, I, H);
+        L.ffn_out.f32 = ops::pack_linear(kt_, w.o_w, H, I);
     }
     set_layer_vectors(L, w);
     std::lock_guard<std::mutex> lock(mu_);
@@ -113,27 +113,22 @@ void Encoder::set_layer_quantized(int index, const LayerWeights& w, const Quanti
     Layer L;
     const std::vector<std::int8_t> qkv = concat3(q.q_w, q.k_w, q.v_w, HH);
     const std::vector<float> qkv_s = concat3(q.q_s, q.k_s, q.v_s, static_cast<std::size_t>(H));
-    L.qkv8 = ops::pack_quantized_linear(kt8_, qkv.data(), qkv_s.data(), 3 * H, H);
-    L.ao8 = ops::pack_quantized_linear(kt8_, q.ao_w, q.ao_s, H, H);
-    L.ffn_in8 = ops::pack_quantized_linear(kt8_, q.i_w, q.i_s, I, H);
-    L.ffn_out8 = ops::pack_quantized_linear(kt8_, q.o_w, q.o_s, H, I);
+    L.qkv.i8 = ops::pack_quantized_linear(kt8_, qkv.data(), qkv_s.data(), 3 * H, H);
+    L.ao.i8 = ops::pack_quantized_linear(kt8_, q.ao_w, q.ao_s, H, H);
+    L.ffn_in.i8 = ops::pack_quantized_linear(kt8_, q.i_w, q.i_s, I, H);
+    L.ffn_out.i8 = ops::pack_quantized_linear(kt8_, q.o_w, q.o_s, H, I);
     set_layer_vectors(L, w);
     std::lock_guard<std::mutex> lock(mu_);
     layers_[index] = std::move(L);
 }
 
 void Encoder::set_pooler(const float* w, const float* b) {
-    ops::PackedMatrix p = ops::pack_linear(kt_, w, cfg_.hidden, cfg_.hidden);
+    Linear p;
+    p.f32 = ops::pack_linear(kt_, w, cfg_.hidden, cfg_.hidden);
+    p.bias.assign(b, b + cfg_.hidden);
     std::lock_guard<std::mutex> lock(mu_);
     pooler_ = std::move(p);
-    pooler_b_.assign(b, b + cfg_.hidden);
     pooler_set_ = true;
-}
-
-const char* Encoder::trace_op_name(int op) {
-    static const char* names[kTraceOps] = {"embeddings", "qkv", "attention", "attention_out", "layernorm",
-                                           "ffn_in", "ffn_out", "output"};
-    return op >= 0 && op < kTraceOps ? names[op] : "";
 }
 
 bool Encoder::ready() const {
@@ -145,106 +140,119 @@ bool Encoder::ready() const {
 
 std::size_t Encoder::packed_bytes() const {
     std::size_t n = pooler_.bytes();
-    for (const auto& L : layers_)
-        n += L.qkv.bytes() + L.ao.bytes() + L.ffn_in.bytes() + L.ffn_out.bytes() + L.qkv8.bytes() + L.ao8.bytes() +
-             L.ffn_in8.bytes() + L.ffn_out8.bytes();
+    for (const auto& L : layers_) n += L.qkv.bytes() + L.ao.bytes() + L.ffn_in.bytes() + L.ffn_out.bytes();
     return n;
 }
 
-void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
-                      float* pooled) {
-    if (!ready()) throw std::invalid_argument("encoder weights are not fully set (embeddings and every layer)");
-    ops::check_tokens(ids, mask, types, B, T, {cfg_.vocab, cfg_.type_vocab, cfg_.max_positions});
-    if (pooled && !pooler_set_) throw std::invalid_argument("this model has no pooler");
-    std::lock_guard<std::mutex> lock(mu_);
-    const int H = cfg_.hidden, I = cfg_.intermediate, heads = cfg_.heads;
-    const float eps = cfg_.eps;
+// Tracing: the calling thread reads the clock after each step (so a step's time includes waiting for its slowest
+// chunk), charges it to the step's trace bucket, and counts the team ops the step ran. Does nothing when off.
+class Encoder::StepTrace {
+  public:
+    StepTrace(bool on, const ops::Team& team, std::vector<double>& seconds, std::vector<int>& barriers)
+        : on_(on), team_(team), seconds_(seconds), barriers_(barriers) {
+        if (!on_) return;
+        seconds_.assign(forward::kTraceBucketCount, 0.0);
+        barriers_.assign(forward::kStepCount, 0);
+        t_prev_ = clock::now();
+        b_prev_ = team_.barriers();
+    }
+    void mark(forward::Step step) {
+        if (!on_) return;
+        const auto t = clock::now();
+        seconds_[forward::trace_bucket(step)] += std::chrono::duration<double>(t - t_prev_).count();
+        t_prev_ = t;
+        barriers_[step] += team_.barriers() - b_prev_;
+        b_prev_ = team_.barriers();
+    }
 
-    ops::pack_tokens(ids, mask, types, B, T, tokens_);
-    const int ntok = tokens_.seqs.tokens, max_len = tokens_.seqs.max_len;
+  private:
+    using clock = std::chrono::steady_clock;
+    bool on_;
+    const ops::Team& team_;
+    std::vector<double>& seconds_;
+    std::vector<int>& barriers_;
+    clock::time_point t_prev_;
+    int b_prev_ = 0;
+};
 
-    const std::size_t n = ntok;
+void Encoder::reserve_workspace(int B, bool pooled) {
+    const std::size_t n = tokens_.seqs.tokens, H = cfg_.hidden, I = cfg_.intermediate;
+    const int widest_k = std::max(cfg_.hidden, cfg_.intermediate);
     x_.resize(n * H);
     qkv_.resize(n * 3 * H);
     ctx_.resize(n * H);
     y_.resize(n * H);
     h_.resize(n * I);
-    attn_scratch_.reserve(kt_, threads_, max_len, H / heads);
-    gemm_scratch_.reserve(kt_, threads_, ntok, std::max(H, I));  // the int8 encoder's pooler runs in fp32
+    attn_scratch_.reserve(kt_, threads_, tokens_.seqs.max_len, cfg_.hidden / cfg_.heads);
+    gemm_scratch_.reserve(kt_, threads_, tokens_.seqs.tokens, widest_k);  // an int8 encoder's pooler runs in fp32
+    if (dtype_ == DType::kInt8) qscratch_.reserve(kt8_, threads_, tokens_.seqs.tokens, widest_k);
     if (pooled) pool_in_.resize(static_cast<std::size_t>(B) * H);
-    const bool int8 = dtype_ == DType::kInt8;
-    if (int8) qscratch_.reserve(kt8_, threads_, ntok, std::max(H, I));
-    // One linear layer of the block, on the encoder's dtype.
-    auto linear = [&](ops::Team& team, int M, const float* A, int lda, const ops::PackedMatrix& W,
-                      const ops::QuantizedMatrix& W8, float* C, int ldc, const Epilogue& ep) {
-        if (int8) ops::gemm_int8_team(team, M, A, lda, W8, C, ldc, ep, qscratch_);
-        else ops::gemm_team(team, M, A, lda, W, C, ldc, ep, gemm_scratch_);
-    };
+}
 
-    float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *hbuf = h_.data();
+void Encoder::linear(ops::Team& team, forward::Step step, int M, const float* A, int lda, const Linear& W,
+                     const float* residual, float* C, int ldc) {
+    const forward::StepInfo& s = forward::kSteps[step];
+    Epilogue ep;
+    ep.kind = s.epilogue;
+    ep.bias = W.bias.data();
+    ep.residual = residual;
+    ep.ldr = ldc;
+    if (dtype_ == DType::kInt8 && s.quantized) ops::gemm_int8_team(team, M, A, lda, W.i8, C, ldc, ep, qscratch_);
+    else ops::gemm_team(team, M, A, lda, W.f32, C, ldc, ep, gemm_scratch_);
+}
+
+void Encoder::run_layer(ops::Team& team, const Layer& L, float* dst, StepTrace& trace) {
+    using namespace forward;
+    const int n = tokens_.seqs.tokens, H = cfg_.hidden, I = cfg_.intermediate;
+    const float eps = cfg_.eps;
+    float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *h = h_.data();
+    linear(team, kQkv, n, x, H, L.qkv, nullptr, qkv, 3 * H);  // qkv = x·Wqkv + bqkv
+    trace.mark(kQkv);
+    ops::attention_team(team, attention_, qkv, H, cfg_.heads, tokens_.seqs, ctx, attn_scratch_);
+    trace.mark(kAttention);
+    linear(team, kAttentionOut, n, ctx, H, L.ao, x, y, H);  // y = ctx·Wo + bo + x
+    trace.mark(kAttentionOut);
+    ops::layernorm_team(team, kt_, n, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
+    trace.mark(kLn1);
+    linear(team, kFfnIn, n, y, H, L.ffn_in, nullptr, h, I);  // h = gelu(y·Wi + bi)
+    trace.mark(kFfnIn);
+    linear(team, kFfnOut, n, h, I, L.ffn_out, y, x, H);  // x = h·Wo2 + bo2 + y
+    trace.mark(kFfnOut);
+    ops::layernorm_team(team, kt_, n, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
+    trace.mark(kLn2);
+}
+
+void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
+                      float* pooled) {
+    using namespace forward;
+    if (!ready()) throw std::invalid_argument("encoder weights are not fully set (embeddings and every layer)");
+    ops::check_tokens(ids, mask, types, B, T, {cfg_.vocab, cfg_.type_vocab, cfg_.max_positions});
+    if (pooled && !pooler_set_) throw std::invalid_argument("this model has no pooler");
+    std::lock_guard<std::mutex> lock(mu_);
+    ops::pack_tokens(ids, mask, types, B, T, tokens_);  // every step after the embeddings runs over Ntok rows
+    reserve_workspace(B, pooled != nullptr);
+    const int ntok = tokens_.seqs.tokens, H = cfg_.hidden;
     const bool dense = ntok == B * T;  // no padding: the last LayerNorm writes straight into `out`
-
-    const bool trace = trace_;
-    if (trace) last_trace_.assign(kTraceOps, 0.0);
+    float* x = x_.data();
+    const bool traced = trace_;
     ops::run_team(threads_, [&](ops::Team& team) {
-        // Tracing: the calling thread reads the clock after each op (so an op's time includes waiting for its
-        // slowest chunk) and charges it to the op.
-        using clock = std::chrono::steady_clock;
-        auto t_prev = clock::now();
-        auto mark = [&](TraceOp op) {
-            if (!trace) return;
-            const auto t = clock::now();
-            last_trace_[op] += std::chrono::duration<double>(t - t_prev).count();
-            t_prev = t;
-        };
+        StepTrace trace(traced, team, last_trace_, last_barriers_);
         ops::embed_layernorm_team(team, kt_, ntok, tokens_.id.data(), tokens_.pos.data(), tokens_.type.data(), H,
-                                  word_, pos_, type_, emb_ln_w_.data(), emb_ln_b_.data(), eps, x);
-        mark(kTraceEmbeddings);
-        for (int l = 0; l < cfg_.layers; ++l) {
-            const Layer& L = layers_[l];
-            const bool final_layer = l + 1 == cfg_.layers;
-            Epilogue e_qkv;
-            e_qkv.bias = L.qkv_b.data();
-            linear(team, ntok, x, H, L.qkv, L.qkv8, qkv, 3 * H, e_qkv);
-            mark(kTraceQkv);
-            ops::attention_team(team, attention_, qkv, H, heads, tokens_.seqs, ctx, attn_scratch_);
-            mark(kTraceAttention);
-            Epilogue e_ao;  // y = ctx·Wo + bo + x
-            e_ao.bias = L.ao_b.data();
-            e_ao.kind = Epilogue::kResidual;
-            e_ao.residual = x;
-            e_ao.ldr = H;
-            linear(team, ntok, ctx, H, L.ao, L.ao8, y, H, e_ao);
-            mark(kTraceAttentionOut);
-            ops::layernorm_team(team, kt_, ntok, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
-            mark(kTraceLayerNorm);
-            Epilogue e_in;  // h = gelu(y·Wi + bi)
-            e_in.bias = L.i_b.data();
-            e_in.kind = Epilogue::kGelu;
-            linear(team, ntok, y, H, L.ffn_in, L.ffn_in8, hbuf, I, e_in);
-            mark(kTraceFfnIn);
-            Epilogue e_out;  // x = h·Wo2 + bo2 + y
-            e_out.bias = L.o_b.data();
-            e_out.kind = Epilogue::kResidual;
-            e_out.residual = y;
-            e_out.ldr = H;
-            linear(team, ntok, hbuf, I, L.ffn_out, L.ffn_out8, x, H, e_out);
-            mark(kTraceFfnOut);
-            float* dst = final_layer && dense ? out : x;
-            ops::layernorm_team(team, kt_, ntok, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
-            mark(kTraceLayerNorm);
-        }
+                                  word_, pos_, type_, emb_ln_w_.data(), emb_ln_b_.data(), cfg_.eps, x);
+        trace.mark(kEmbeddings);
+        for (int l = 0; l < cfg_.layers; ++l)
+            run_layer(team, layers_[l], l + 1 == cfg_.layers && dense ? out : x, trace);
         const float* last = dense ? out : x;
-        if (!dense) ops::scatter_rows_team(team, tokens_.seqs, mask, T, H, last, out);
-        if (pooled) {
-            // pooler_output = tanh(W · h[first token] + b) per sequence.
-            ops::gather_rows_team(team, B, tokens_.seqs.start.data(), H, last, pool_in_.data());
-            Epilogue e_p;
-            e_p.bias = pooler_b_.data();
-            e_p.kind = Epilogue::kTanh;
-            ops::gemm_team(team, B, pool_in_.data(), H, pooler_, pooled, H, e_p, gemm_scratch_);
+        if (!dense) {
+            ops::scatter_rows_team(team, tokens_.seqs, mask, T, H, last, out);
+            trace.mark(kScatter);
         }
-        mark(kTraceOutput);
+        if (pooled) {  // pooler_output = tanh(W · h[first token] + b) per sequence
+            ops::gather_rows_team(team, B, tokens_.seqs.start.data(), H, last, pool_in_.data());
+            trace.mark(kPoolerGather);
+            linear(team, kPooler, B, pool_in_.data(), H, pooler_, nullptr, pooled, H);
+            trace.mark(kPooler);
+        }
     });
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "buffer.h"
+#include "forward.h"
 #include "isa.h"
 #include "kernels.h"
 #include "ops.h"
@@ -57,13 +58,15 @@ class Encoder {
     void forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
                  float* pooled);
 
-    // Per-op wall time of the last forward when tracing is on (seconds, summed over layers), by TraceOp.
-    enum TraceOp { kTraceEmbeddings, kTraceQkv, kTraceAttention, kTraceAttentionOut, kTraceLayerNorm, kTraceFfnIn,
-                   kTraceFfnOut, kTraceOutput, kTraceOps };
-    static const char* trace_op_name(int op);
+    // Tracing (off by default): the steps of forward.h each forward runs, timed by the calling thread after each
+    // step (so a step's time includes waiting for its slowest chunk). last_trace: seconds per trace bucket of the
+    // last traced forward (forward::trace_name; summed over layers and over the steps of a bucket).
+    // last_barriers: team ops (parallel_for calls) per step (forward::Step) of the last traced forward, summed over
+    // layers: what forward::barriers must add up to.
     void set_trace(bool on) { trace_ = on; }
     bool trace() const { return trace_; }
     const std::vector<double>& last_trace() const { return last_trace_; }
+    const std::vector<int>& last_barriers() const { return last_barriers_; }
 
     const EncoderConfig& config() const { return cfg_; }
     const KernelTable& kernels() const { return kt_; }
@@ -79,14 +82,31 @@ class Encoder {
     std::size_t packed_bytes() const;
 
   private:
+    // One Linear of the model: its weight packed for the encoder's dtype (float32, or int8 for the layers' four
+    // linears of an int8 encoder) and its bias.
+    struct Linear {
+        ops::PackedMatrix f32;
+        ops::QuantizedMatrix i8;
+        std::vector<float> bias;
+        std::size_t bytes() const { return f32.bytes() + i8.bytes(); }
+    };
     struct Layer {
-        ops::PackedMatrix qkv, ao, ffn_in, ffn_out;            // float32
-        ops::QuantizedMatrix qkv8, ao8, ffn_in8, ffn_out8;    // int8
-        std::vector<float> qkv_b, ao_b, ln1_w, ln1_b, i_b, o_b, ln2_w, ln2_b;
+        Linear qkv, ao, ffn_in, ffn_out;
+        std::vector<float> ln1_w, ln1_b, ln2_w, ln2_b;
         bool set = false;
     };
+    class StepTrace;  // encoder.cc
+
     void set_layer_vectors(Layer& L, const LayerWeights& w);
     void check_layer_index(int index) const;
+    // Sizes the workspace for the packed tokens of tokens_ (B sequences).
+    void reserve_workspace(int B, bool pooled);
+    // One encoder layer over the packed rows x_ [Ntok, H]; its last LayerNorm writes dst (x_, or `out`).
+    void run_layer(ops::Team& team, const Layer& L, float* dst, StepTrace& trace);
+    // C [M, N] = epilogue(A [M, K] · W + bias (+ residual [M, N])): the GEMM step `step` of forward.h, which says
+    // its epilogue and whether int8 encoders run it on the int8 kernels.
+    void linear(ops::Team& team, forward::Step step, int M, const float* A, int lda, const Linear& W,
+                const float* residual, float* C, int ldc);
 
     EncoderConfig cfg_;
     const KernelTable& kt_;
@@ -98,12 +118,12 @@ class Encoder {
     const float *word_ = nullptr, *pos_ = nullptr, *type_ = nullptr;
     std::vector<float> emb_ln_w_, emb_ln_b_;
     std::vector<Layer> layers_;
-    ops::PackedMatrix pooler_;
-    std::vector<float> pooler_b_;
+    Linear pooler_;
     bool pooler_set_ = false;
 
     bool trace_ = false;
     std::vector<double> last_trace_;
+    std::vector<int> last_barriers_;
 
     std::mutex mu_;  // guards the workspace below
     AlignedBuffer x_, qkv_, ctx_, y_, h_, pool_in_;

@@ -307,5 +307,15 @@ Epilogue::Kind parse_epilogue(const std::string& name) {
     throw std::invalid_argument("unknown epilogue '" + name + "'; expected one of: none, gelu, tanh, residual");
 }
 
+const char* epilogue_name(Epilogue::Kind kind) {
+    switch (kind) {
+        case Epilogue::kNone: return "none";
+        case Epilogue::kGelu: return "gelu";
+        case Epilogue::kTanh: return "tanh";
+        case Epilogue::kResidual: return "residual";
+    }
+    return "";
+}
+
 }  // namespace ops
 }  // namespace bortengine

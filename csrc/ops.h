@@ -135,11 +135,14 @@ class Team {
     int threads() const { return threads_; }
     // Chunks an op of `items` items is cut into (pool.h, chunk_count: the one rule).
     int chunks(int items) const { return chunk_count(threads_, items); }
-    // Runs fn(c) for every chunk c in [0, n); returns when all n are done.
+    // Runs fn(c) for every chunk c in [0, n); returns when all n are done: one team op, one barrier.
     template <class F>
     void parallel_for(int n, F&& fn) {
+        ++barriers_;
         bortengine::parallel_for(n, threads_ - 1, ChunkFn(fn));
     }
+    // Team ops run so far (the encoder's trace counts them per step against forward.h).
+    int barriers() const { return barriers_; }
     // Runs fn(begin, end) for each of the chunks(items) nearly equal ranges of [0, items).
     template <class F>
     void parallel_ranges(int items, F&& fn) {
@@ -149,6 +152,7 @@ class Team {
 
   private:
     int threads_;
+    int barriers_ = 0;
 };
 
 // Runs fn(team) on the calling thread with a team of `threads` threads.
@@ -157,6 +161,9 @@ void run_team(int threads, F&& fn) {
     Team team(threads);
     fn(team);
 }
+
+// Team ops (barriers) of one gemm_team and one gemm_int8_team call; every other team op below is one.
+constexpr int kGemmTeamOps = 1, kGemmInt8TeamOps = 2;
 
 // C[M, B.N] = epilogue(A[M, B.K] · B). Splits columns (panels) into chunks, each streaming only its share of the
 // weights, when there are enough of them and M is not large; else rows (ops.cc, split_by_rows). ws reserved for
@@ -193,7 +200,9 @@ void gather_rows_team(Team& team, int n, const int* rows, int H, const float* x,
 // The calling thread's slot in the op it runs (0 = the caller), for per-thread scratch.
 inline int current_thread() { return current_slot(); }
 
+// "none", "gelu", "tanh", "residual" <-> Epilogue::Kind (parse throws std::invalid_argument on other names).
 Epilogue::Kind parse_epilogue(const std::string& name);
+const char* epilogue_name(Epilogue::Kind kind);
 
 }  // namespace ops
 }  // namespace bortengine
