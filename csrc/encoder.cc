@@ -6,11 +6,19 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <numeric>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace bortengine {
+
+DType parse_dtype(const std::string& name) {
+    if (name == "float32") return DType::kFloat32;
+    if (name == "int8") return DType::kInt8;
+    throw std::invalid_argument("dtype must be 'float32' or 'int8', got '" + name + "'");
+}
+
+const char* dtype_name(DType d) { return d == DType::kInt8 ? "int8" : "float32"; }
 
 Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype)
     : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), dtype_(dtype), threads_(1),
@@ -42,14 +50,21 @@ void Encoder::set_num_threads(int n) {
     threads_ = n;
 }
 
-void Encoder::set_embeddings(const float* word, const float* position, const float* token_type, const float* ln_w,
-                             const float* ln_b) {
+void Encoder::set_embeddings(const ops::ArrayRef<float>& word, const ops::ArrayRef<float>& position,
+                             const ops::ArrayRef<float>& token_type, const ops::ArrayRef<float>& ln_w,
+                             const ops::ArrayRef<float>& ln_b) {
+    const std::int64_t H = cfg_.hidden;
+    ops::expect_shape(word.shape, {cfg_.vocab, H}, "word embeddings");
+    ops::expect_shape(position.shape, {cfg_.max_positions, H}, "position embeddings");
+    ops::expect_shape(token_type.shape, {cfg_.type_vocab, H}, "token type embeddings");
+    ops::expect_shape(ln_w.shape, {H}, "embeddings LayerNorm weight");
+    ops::expect_shape(ln_b.shape, {H}, "embeddings LayerNorm bias");
     std::lock_guard<std::mutex> lock(mu_);
-    word_ = word;
-    pos_ = position;
-    type_ = token_type;
-    emb_ln_w_.assign(ln_w, ln_w + cfg_.hidden);
-    emb_ln_b_.assign(ln_b, ln_b + cfg_.hidden);
+    word_ = word.data;
+    pos_ = position.data;
+    type_ = token_type.data;
+    emb_ln_w_.assign(ln_w.data, ln_w.data + H);
+    emb_ln_b_.assign(ln_b.data, ln_b.data + H);
 }
 
 namespace {
@@ -64,41 +79,54 @@ std::vector<E> concat3(const E* a, const E* b, const E* c, std::size_t n) {
 }
 }  // namespace
 
-void Encoder::check_layer_index(int index) const {
+void Encoder::check_layer(int index, const LayerWeights& w, bool quantized) const {
     if (index < 0 || index >= cfg_.layers)
         throw std::invalid_argument("layer index " + std::to_string(index) + " out of range [0, " +
                                     std::to_string(cfg_.layers) + ")");
+    const std::int64_t H = cfg_.hidden, I = cfg_.intermediate;
+    const std::string p = "layer " + std::to_string(index) + " ";
+    if (!quantized) {
+        ops::expect_shape(w.q_w.shape, {H, H}, p + "query weight");
+        ops::expect_shape(w.k_w.shape, {H, H}, p + "key weight");
+        ops::expect_shape(w.v_w.shape, {H, H}, p + "value weight");
+        ops::expect_shape(w.ao_w.shape, {H, H}, p + "attention output weight");
+        ops::expect_shape(w.i_w.shape, {I, H}, p + "intermediate weight");
+        ops::expect_shape(w.o_w.shape, {H, I}, p + "output weight");
+    }
+    for (const auto* v : {&w.q_b, &w.k_b, &w.v_b, &w.ao_b, &w.ln1_w, &w.ln1_b, &w.o_b, &w.ln2_w, &w.ln2_b})
+        ops::expect_shape(v->shape, {H}, p + "bias/LayerNorm vector");
+    ops::expect_shape(w.i_b.shape, {I}, p + "intermediate bias");
 }
 
 void Encoder::set_layer_vectors(Layer& L, const LayerWeights& w) {
     const int H = cfg_.hidden, I = cfg_.intermediate;
-    L.qkv.bias = concat3(w.q_b, w.k_b, w.v_b, H);
-    L.ao.bias.assign(w.ao_b, w.ao_b + H);
-    L.ln1_w.assign(w.ln1_w, w.ln1_w + H);
-    L.ln1_b.assign(w.ln1_b, w.ln1_b + H);
-    L.ffn_in.bias.assign(w.i_b, w.i_b + I);
-    L.ffn_out.bias.assign(w.o_b, w.o_b + H);
-    L.ln2_w.assign(w.ln2_w, w.ln2_w + H);
-    L.ln2_b.assign(w.ln2_b, w.ln2_b + H);
+    L.qkv.bias = concat3(w.q_b.data, w.k_b.data, w.v_b.data, H);
+    L.ao.bias.assign(w.ao_b.data, w.ao_b.data + H);
+    L.ln1_w.assign(w.ln1_w.data, w.ln1_w.data + H);
+    L.ln1_b.assign(w.ln1_b.data, w.ln1_b.data + H);
+    L.ffn_in.bias.assign(w.i_b.data, w.i_b.data + I);
+    L.ffn_out.bias.assign(w.o_b.data, w.o_b.data + H);
+    L.ln2_w.assign(w.ln2_w.data, w.ln2_w.data + H);
+    L.ln2_b.assign(w.ln2_b.data, w.ln2_b.data + H);
     L.set = true;
 }
 
 void Encoder::set_layer(int index, const LayerWeights& w) {
-    check_layer_index(index);
+    check_layer(index, w, false);
     const int H = cfg_.hidden, I = cfg_.intermediate;
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
-    const std::vector<float> qkv = concat3(w.q_w, w.k_w, w.v_w, HH);
+    const std::vector<float> qkv = concat3(w.q_w.data, w.k_w.data, w.v_w.data, HH);
     if (dtype_ == DType::kInt8) {
         L.qkv.i8 = ops::quantize_linear(kt8_, qkv.data(), 3 * H, H);
-        L.ao.i8 = ops::quantize_linear(kt8_, w.ao_w, H, H);
-        L.ffn_in.i8 = ops::quantize_linear(kt8_, w.i_w, I, H);
-        L.ffn_out.i8 = ops::quantize_linear(kt8_, w.o_w, H, I);
+        L.ao.i8 = ops::quantize_linear(kt8_, w.ao_w.data, H, H);
+        L.ffn_in.i8 = ops::quantize_linear(kt8_, w.i_w.data, I, H);
+        L.ffn_out.i8 = ops::quantize_linear(kt8_, w.o_w.data, H, I);
     } else {
         L.qkv.f32 = ops::pack_linear(kt_, qkv.data(), 3 * H, H);
-        L.ao.f32 = ops::pack_linear(kt_, w.ao_w, H, H);
-        L.ffn_in.f32 = ops::pack_linear(kt_, w.i_w, I, H);
-        L.ffn_out.f32 = ops::pack_linear(kt_, w.o_w, H, I);
+        L.ao.f32 = ops::pack_linear(kt_, w.ao_w.data, H, H);
+        L.ffn_in.f32 = ops::pack_linear(kt_, w.i_w.data, I, H);
+        L.ffn_out.f32 = ops::pack_linear(kt_, w.o_w.data, H, I);
     }
     set_layer_vectors(L, w);
     std::lock_guard<std::mutex> lock(mu_);
@@ -107,25 +135,37 @@ void Encoder::set_layer(int index, const LayerWeights& w) {
 
 void Encoder::set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q) {
     if (dtype_ != DType::kInt8) throw std::invalid_argument("pre-quantized weights need an int8 encoder");
-    check_layer_index(index);
-    const int H = cfg_.hidden, I = cfg_.intermediate;
+    check_layer(index, w, true);
+    const std::int64_t H = cfg_.hidden, I = cfg_.intermediate;
+    const std::string p = "layer " + std::to_string(index) + " ";
+    const std::pair<const ops::ArrayRef<std::int8_t>*, const ops::ArrayRef<float>*> linears[] = {
+        {&q.q_w, &q.q_s}, {&q.k_w, &q.k_s}, {&q.v_w, &q.v_s}, {&q.ao_w, &q.ao_s}, {&q.i_w, &q.i_s}, {&q.o_w, &q.o_s}};
+    const char* names[] = {"q", "k", "v", "ao", "i", "o"};
+    const ops::Shape shapes[] = {{H, H}, {H, H}, {H, H}, {H, H}, {I, H}, {H, I}};
+    for (int t = 0; t < 6; ++t) {
+        ops::expect_shape(linears[t].first->shape, shapes[t], p + names[t] + "_w");
+        ops::expect_shape(linears[t].second->shape, {shapes[t][0]}, p + names[t] + "_s");
+    }
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
-    const std::vector<std::int8_t> qkv = concat3(q.q_w, q.k_w, q.v_w, HH);
-    const std::vector<float> qkv_s = concat3(q.q_s, q.k_s, q.v_s, static_cast<std::size_t>(H));
+    const std::vector<std::int8_t> qkv = concat3(q.q_w.data, q.k_w.data, q.v_w.data, HH);
+    const std::vector<float> qkv_s = concat3(q.q_s.data, q.k_s.data, q.v_s.data, static_cast<std::size_t>(H));
     L.qkv.i8 = ops::pack_quantized_linear(kt8_, qkv.data(), qkv_s.data(), 3 * H, H);
-    L.ao.i8 = ops::pack_quantized_linear(kt8_, q.ao_w, q.ao_s, H, H);
-    L.ffn_in.i8 = ops::pack_quantized_linear(kt8_, q.i_w, q.i_s, I, H);
-    L.ffn_out.i8 = ops::pack_quantized_linear(kt8_, q.o_w, q.o_s, H, I);
+    L.ao.i8 = ops::pack_quantized_linear(kt8_, q.ao_w.data, q.ao_s.data, H, H);
+    L.ffn_in.i8 = ops::pack_quantized_linear(kt8_, q.i_w.data, q.i_s.data, I, H);
+    L.ffn_out.i8 = ops::pack_quantized_linear(kt8_, q.o_w.data, q.o_s.data, H, I);
     set_layer_vectors(L, w);
     std::lock_guard<std::mutex> lock(mu_);
     layers_[index] = std::move(L);
 }
 
-void Encoder::set_pooler(const float* w, const float* b) {
+void Encoder::set_pooler(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b) {
+    const std::int64_t H = cfg_.hidden;
+    ops::expect_shape(w.shape, {H, H}, "pooler weight");
+    ops::expect_shape(b.shape, {H}, "pooler bias");
     Linear p;
-    p.f32 = ops::pack_linear(kt_, w, cfg_.hidden, cfg_.hidden);
-    p.bias.assign(b, b + cfg_.hidden);
+    p.f32 = ops::pack_linear(kt_, w.data, cfg_.hidden, cfg_.hidden);
+    p.bias.assign(b.data, b.data + H);
     std::lock_guard<std::mutex> lock(mu_);
     pooler_ = std::move(p);
     pooler_set_ = true;
@@ -226,8 +266,8 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
                       float* pooled) {
     using namespace forward;
     if (!ready()) throw std::invalid_argument("encoder weights are not fully set (embeddings and every layer)");
-    ops::check_tokens(ids, mask, types, B, T, {cfg_.vocab, cfg_.type_vocab, cfg_.max_positions});
     if (pooled && !pooler_set_) throw std::invalid_argument("this model has no pooler");
+    ops::check_tokens(ids, mask, types, B, T, {cfg_.vocab, cfg_.type_vocab, cfg_.max_positions});
     std::lock_guard<std::mutex> lock(mu_);
     ops::pack_tokens(ids, mask, types, B, T, tokens_);  // every step after the embeddings runs over Ntok rows
     reserve_workspace(B, pooled != nullptr);

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "buffer.h"
@@ -21,21 +22,24 @@ struct EncoderConfig {
     float eps = 1e-12f;
 };
 
-// Raw pointers to one layer's weights in torch layout ([out, in] for Linear), all float32 contiguous.
+// One layer's weights in torch layout ([out, in] for Linear), float32 contiguous, with their shapes (checked).
 struct LayerWeights {
-    const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b;  // [H,H], [H]
-    const float *ao_w, *ao_b, *ln1_w, *ln1_b;        // [H,H], [H], [H], [H]
-    const float *i_w, *i_b;                          // [I,H], [I]
-    const float *o_w, *o_b, *ln2_w, *ln2_b;          // [H,I], [H], [H], [H]
+    ops::ArrayRef<float> q_w, q_b, k_w, k_b, v_w, v_b;  // [H,H], [H]
+    ops::ArrayRef<float> ao_w, ao_b, ln1_w, ln1_b;      // [H,H], [H], [H], [H]
+    ops::ArrayRef<float> i_w, i_b;                      // [I,H], [I]
+    ops::ArrayRef<float> o_w, o_b, ln2_w, ln2_b;        // [H,I], [H], [H], [H]
 };
 
 // Pre-quantized weights of one layer's four linears: s8 [out, in] and per-output-channel scales [out].
 struct QuantizedLayerWeights {
-    const std::int8_t *q_w, *k_w, *v_w, *ao_w, *i_w, *o_w;
-    const float *q_s, *k_s, *v_s, *ao_s, *i_s, *o_s;
+    ops::ArrayRef<std::int8_t> q_w, k_w, v_w, ao_w, i_w, o_w;
+    ops::ArrayRef<float> q_s, k_s, v_s, ao_s, i_s, o_s;
 };
 
 enum class DType { kFloat32, kInt8 };
+// "float32" | "int8" <-> DType (parse throws std::invalid_argument on other names).
+DType parse_dtype(const std::string& name);
+const char* dtype_name(DType d);
 
 class Encoder {
   public:
@@ -43,14 +47,17 @@ class Encoder {
     // embeddings, LayerNorm, attention and the pooler stay fp32.
     Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype = DType::kFloat32);
 
-    // Embedding tables are referenced, not copied: they must outlive the encoder (the bindings keep them).
-    void set_embeddings(const float* word, const float* position, const float* token_type, const float* ln_w,
-                        const float* ln_b);
+    // Setters check every shape against the config (std::invalid_argument naming the array, with both shapes).
+    // Embedding tables word [V,H], position [P,H], token_type [Tt,H] are referenced, not copied: they must outlive
+    // the encoder (the bindings keep them); ln_w, ln_b [H] are copied.
+    void set_embeddings(const ops::ArrayRef<float>& word, const ops::ArrayRef<float>& position,
+                        const ops::ArrayRef<float>& token_type, const ops::ArrayRef<float>& ln_w,
+                        const ops::ArrayRef<float>& ln_b);
     void set_layer(int index, const LayerWeights& w);  // packs (copies) the weights; quantizes them for int8
-    // int8 encoders only: weights already quantized (w.*_w and the float pointers of `w` for q/k/v/ao/i/o are
-    // ignored; biases and LayerNorms are taken from `w`).
+    // int8 encoders only: weights already quantized (the weights of `w` for q/k/v/ao/i/o are ignored and may be
+    // absent; biases and LayerNorms are taken from `w`).
     void set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q);
-    void set_pooler(const float* w, const float* b);   // [H,H], [H]
+    void set_pooler(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b);  // [H,H], [H]
 
     // ids, mask, types: [B,T] (mask and types may be null: all ones / all zeros). out [B,T,H] (zeros where the
     // mask is 0), pooled [B,H] or null. Validates everything first; throws std::invalid_argument. Thread-safe:
@@ -98,7 +105,8 @@ class Encoder {
     class StepTrace;  // encoder.cc
 
     void set_layer_vectors(Layer& L, const LayerWeights& w);
-    void check_layer_index(int index) const;
+    // Checks the index and the shapes of w's biases and LayerNorms (and of its weights unless `quantized`).
+    void check_layer(int index, const LayerWeights& w, bool quantized) const;
     // Sizes the workspace for the packed tokens of tokens_ (B sequences).
     void reserve_workspace(int B, bool pooled);
     // One encoder layer over the packed rows x_ [Ntok, H]; its last LayerNorm writes dst (x_, or `out`).

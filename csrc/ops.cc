@@ -22,6 +22,21 @@ inline bool split_by_rows(int threads, int panels, int M, int mr) {
 }
 }  // namespace
 
+std::string shape_str(const Shape& s) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+}
+
+void expect_shape(const Shape& got, const Shape& want, const std::string& name) {
+    if (got != want)
+        throw std::invalid_argument(name + " has shape " + shape_str(got) + ", expected " + shape_str(want));
+}
+
+void check_threads(int threads) {
+    if (threads < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(threads));
+}
+
 PackedMatrix pack_linear(const KernelTable& kt, const float* w, int N, int K) {
     if (N <= 0 || K <= 0)
         throw std::invalid_argument("linear weight must have positive sizes, got [" + std::to_string(N) + ", " +
@@ -277,6 +292,14 @@ void check_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::
             throw std::invalid_argument("attention_mask row " + std::to_string(b) +
                                         " has no token with mask 1; every sequence needs at least one token");
     }
+}
+
+Shape check_token_shapes(const Shape& ids, const Shape* mask, const Shape* types) {
+    if (ids.size() != 2)
+        throw std::invalid_argument("input_ids must have shape [batch, tokens], got " + shape_str(ids));
+    if (mask) expect_shape(*mask, ids, "attention_mask");
+    if (types) expect_shape(*types, ids, "token_type_ids");
+    return ids;
 }
 
 void pack_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,

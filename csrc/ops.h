@@ -21,6 +21,22 @@ namespace ops {
 
 class Team;
 
+// Shapes at the boundary. Arrays cross into the ops tier with their shapes (from the bindings); ops and the
+// encoder check them and throw std::invalid_argument naming the argument with both shapes.
+using Shape = std::vector<std::int64_t>;
+// A borrowed contiguous row-major array and its shape; data null: the argument is absent.
+template <class T>
+struct ArrayRef {
+    const T* data = nullptr;
+    Shape shape;
+    bool present() const { return data != nullptr; }
+};
+std::string shape_str(const Shape& s);  // "[2, 3]"
+// Throws "<name> has shape [..], expected [..]" unless got == want.
+void expect_shape(const Shape& got, const Shape& want, const std::string& name);
+// Throws unless threads >= 1.
+void check_threads(int threads);
+
 // A GEMM B operand packed once for one ISA: from a torch Linear weight w [N, K] (out x in).
 struct PackedMatrix {
     const KernelTable* kt = nullptr;
@@ -123,6 +139,8 @@ struct TokenLimits {
 // std::invalid_argument naming the first bad element.
 void check_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,
                   const TokenLimits& limits);
+// The shapes check_tokens assumes: ids [B, T], mask and types (when not null) [B, T]. Returns {B, T}.
+Shape check_token_shapes(const Shape& ids, const Shape* mask, const Shape* types);
 // ids, mask, types [B, T] as check_tokens takes them (and has passed) -> out.
 void pack_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,
                  PackedTokens& out);
