@@ -1,6 +1,6 @@
-// encoder.cc: see encoder.h. One forward runs on the calling thread; every op is a team op (ops.h) whose chunks
-// are shared with the pool's workers (pool.h). No thread is created per call and no op waits for a thread that
-// has no work in it.
+// encoder.cc: see encoder.h. One forward runs on the calling thread as the steps of forward.h: check and pack the
+// tokens, size the workspace, then one team op (ops.h) per step, whose chunks are shared with the pool's workers
+// (pool.h). No thread is created per call and no op waits for a thread that has no work in it.
 #include "encoder.h"
 
 #include <algorithm>

@@ -1,5 +1,6 @@
 // encoder.h: a whole BERT encoder (embeddings, D layers, optional pooler) run in one call, padding-free.
-// Composes ops only; no intrinsics here.
+// Composes ops only: it runs the steps forward.h lists, each one op of ops.h, and owns the weights and the
+// workspace. No intrinsics, no loops over rows, no chunking here; checks are the ops tier's.
 //
 // Shapes: B = batch, T = padded tokens per row, Ntok = real tokens (mask 1) of the batch, H = hidden,
 // I = intermediate, V = vocab, P = max positions, Tt = token types.

@@ -1,4 +1,5 @@
-// isa.h: which kernel paths this CPU and OS can run, the one chosen by default, and the env override.
+// isa.h: which kernel paths this CPU and OS can run, the one chosen by default, the env override, and the kernel
+// tables of a path (the single dispatch point).
 #pragma once
 #include <string>
 #include <vector>

@@ -1,14 +1,20 @@
-// ops.h: operations over whole tensors. Ops check shapes (throwing std::invalid_argument with both shapes),
-// split the work into chunks shared by the threads of a Team and call one ISA's kernels.
+// ops.h: the ops tier, between the kernels (kernels.h: raw pointers, no checks, no threads) and the encoder
+// (encoder.h: composes ops). Here live the checks at the boundary (shapes and token ids, std::invalid_argument
+// with both shapes), the packing of weights and of tokens, the workspaces kernels are handed (kernels never
+// allocate), and the team ops: whole-tensor operations that cut their work into chunks (pool.h: chunk_count, the
+// one rule) shared by the threads of a Team, and call one ISA's kernels. single_ops.h runs each op on its own for
+// the bindings.
 //
 // Team ops run on the calling thread and spread each op's chunks over the thread pool (pool.h): an op returns
 // once all its chunks are done, not once all threads have arrived, so a thread that the OS has descheduled — a
-// busy machine, more threads than cores — delays nothing it has not claimed. Team ops never throw: validate
-// before calling them.
+// busy machine, more threads than cores — delays nothing it has not claimed. Team ops check nothing: validate
+// before calling them, and size their workspaces before.
+//
+// Shapes: M = rows, N = output columns, K = depth; B = batch, T = tokens per row, Ntok = real tokens of a batch,
+// H = hidden, dh = head size.
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -65,6 +71,36 @@ QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N
 QuantizedMatrix pack_quantized_linear(const Int8KernelTable& kt, const std::int8_t* w, const float* scale, int N,
                                       int K);
 
+// Sequences packed end to end: sequence s is rows [start[s], start[s] + len[s]) of a packed [Ntok, ...] matrix.
+struct SequenceLayout {
+    std::vector<int> start, len;     // [B]
+    std::vector<int> longest_first;  // [B] sequence indices by decreasing length (stable): attention's task order
+    int max_len = 0, tokens = 0;     // the longest sequence's length, Ntok
+};
+// From lengths len [B]; throws std::invalid_argument if one is < 1.
+void layout_sequences(const std::vector<int>& len, SequenceLayout& out);
+
+// The real tokens (mask 1) of a batch packed end to end: every op after the embeddings runs over Ntok rows only.
+struct PackedTokens {
+    std::vector<int> id, pos, type;  // [Ntok] token id, position id (its column t in the batch), token type id
+    SequenceLayout seqs;             // where each row's tokens are
+};
+
+// What check_tokens holds ids, token types and T against.
+struct TokenLimits {
+    int vocab, type_vocab, max_positions;
+};
+// ids, mask, types [B, T] (mask and types may be null: all ones / all zeros): B, T >= 1, T <= max_positions, ids
+// in [0, vocab), types in [0, type_vocab), mask of 0 and 1 only with a 1 in every row. Throws
+// std::invalid_argument naming the first bad element.
+void check_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,
+                  const TokenLimits& limits);
+// The shapes check_tokens assumes: ids [B, T], mask and types (when not null) [B, T]. Returns {B, T}.
+Shape check_token_shapes(const Shape& ids, const Shape* mask, const Shape* types);
+// ids, mask, types [B, T] as check_tokens takes them (and has passed) -> out.
+void pack_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,
+                 PackedTokens& out);
+
 // Workspaces. The ops tier sizes them before a parallel region (they grow only; allocation failure throws
 // std::bad_alloc there, before any kernel runs) and hands each kernel call its own block: kernels never allocate.
 // Their owner keeps them across calls: the encoder one set per encoder, a single op one set per call.
@@ -110,41 +146,6 @@ struct AttentionScratch {
     }
 };
 
-// C[M, B.N] = epilogue(dequant(quantize(A) · B)): rows of A are quantized by the team, then the GEMM is split
-// like gemm_team. raw_int32 stores the exact int32 sums (tests). qs reserved for M rows of depth B.K.
-void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
-                    std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32 = false);
-
-// Sequences packed end to end: sequence s is rows [start[s], start[s] + len[s]) of a packed [Ntok, ...] matrix.
-struct SequenceLayout {
-    std::vector<int> start, len;     // [B]
-    std::vector<int> longest_first;  // [B] sequence indices by decreasing length (stable): attention's task order
-    int max_len = 0, tokens = 0;     // the longest sequence's length, Ntok
-};
-// From lengths len [B]; throws std::invalid_argument if one is < 1.
-void layout_sequences(const std::vector<int>& len, SequenceLayout& out);
-
-// The real tokens (mask 1) of a batch packed end to end: every op after the embeddings runs over Ntok rows only.
-struct PackedTokens {
-    std::vector<int> id, pos, type;  // [Ntok] token id, position id (its column t in the batch), token type id
-    SequenceLayout seqs;             // where each row's tokens are
-};
-
-// What check_tokens holds ids, token types and T against.
-struct TokenLimits {
-    int vocab, type_vocab, max_positions;
-};
-// ids, mask, types [B, T] (mask and types may be null: all ones / all zeros): B, T >= 1, T <= max_positions, ids
-// in [0, vocab), types in [0, type_vocab), mask of 0 and 1 only with a 1 in every row. Throws
-// std::invalid_argument naming the first bad element.
-void check_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,
-                  const TokenLimits& limits);
-// The shapes check_tokens assumes: ids [B, T], mask and types (when not null) [B, T]. Returns {B, T}.
-Shape check_token_shapes(const Shape& ids, const Shape* mask, const Shape* types);
-// ids, mask, types [B, T] as check_tokens takes them (and has passed) -> out.
-void pack_tokens(const std::int64_t* ids, const std::int64_t* mask, const std::int64_t* types, int B, int T,
-                 PackedTokens& out);
-
 // The threads of one call: team ops cut their work into chunks run by the caller and up to threads - 1 pool
 // workers (pool.h). A Team is used from the calling thread only.
 class Team {
@@ -188,6 +189,11 @@ constexpr int kGemmTeamOps = 1, kGemmInt8TeamOps = 2;
 // M rows of depth B.K.
 void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C,
                std::ptrdiff_t ldc, const Epilogue& ep, GemmScratch& ws);
+
+// C[M, B.N] = epilogue(dequant(quantize(A) · B)): rows of A are quantized by the team, then the GEMM is split
+// like gemm_team. raw_int32 stores the exact int32 sums (tests). qs reserved for M rows of depth B.K.
+void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
+                    std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32 = false);
 
 // y[M, N] = LayerNorm(x (+ r)) row-wise; rows split into chunks. y may alias x.
 void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float* x, const float* r, const float* g,

@@ -4,6 +4,8 @@
 // (A fork-join region, e.g. OpenMP's, ends with a barrier that waits for every thread of the team: on a busy
 // machine one descheduled thread then stalls the whole call for a scheduler time slice.)
 //
+// The chunking rule every op uses (chunk_count, chunk_begin) is defined here, once.
+//
 // One op runs at a time per process (ops of concurrent callers interleave); workers are created on demand and
 // live until the process ends.
 #pragma once
