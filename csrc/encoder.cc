@@ -45,7 +45,7 @@ Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& k
 }
 
 void Encoder::set_num_threads(int n) {
-    if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
+    ops::check_threads(n);
     std::lock_guard<std::mutex> lock(mu_);
     threads_ = n;
 }
