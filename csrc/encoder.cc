@@ -1,20 +1,24 @@
-// encoder.cc: see encoder.h. One forward runs on the calling thread; every op is a team op (ops.h) whose chunks
-// are shared with the pool's workers (pool.h). No thread is created per call and no op waits for a thread that
-// has no work in it.
+// encoder.cc: see encoder.h. One forward runs on the calling thread as the steps of forward.h: check and pack the
+// tokens, size the workspace, then one team op (ops.h) per step, whose chunks are shared with the pool's workers
+// (pool.h). No thread is created per call and no op waits for a thread that has no work in it.
 #include "encoder.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <numeric>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace bortengine {
 
-namespace {
-std::string at(int b, int t) { return "[" + std::to_string(b) + ", " + std::to_string(t) + "]"; }
-}  // namespace
+DType parse_dtype(const std::string& name) {
+    if (name == "float32") return DType::kFloat32;
+    if (name == "int8") return DType::kInt8;
+    throw std::invalid_argument("dtype must be 'float32' or 'int8', got '" + name + "'");
+}
+
+const char* dtype_name(DType d) { return d == DType::kInt8 ? "int8" : "float32"; }
 
 Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype)
     : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), dtype_(dtype), threads_(1),
@@ -41,19 +45,26 @@ Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& k
 }
 
 void Encoder::set_num_threads(int n) {
-    if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
+    ops::check_threads(n);
     std::lock_guard<std::mutex> lock(mu_);
     threads_ = n;
 }
 
-void Encoder::set_embeddings(const float* word, const float* position, const float* token_type, const float* ln_w,
-                             const float* ln_b) {
+void Encoder::set_embeddings(const ops::ArrayRef<float>& word, const ops::ArrayRef<float>& position,
+                             const ops::ArrayRef<float>& token_type, const ops::ArrayRef<float>& ln_w,
+                             const ops::ArrayRef<float>& ln_b) {
+    const std::int64_t H = cfg_.hidden;
+    ops::expect_shape(word.shape, {cfg_.vocab, H}, "word embeddings");
+    ops::expect_shape(position.shape, {cfg_.max_positions, H}, "position embeddings");
+    ops::expect_shape(token_type.shape, {cfg_.type_vocab, H}, "token type embeddings");
+    ops::expect_shape(ln_w.shape, {H}, "embeddings LayerNorm weight");
+    ops::expect_shape(ln_b.shape, {H}, "embeddings LayerNorm bias");
     std::lock_guard<std::mutex> lock(mu_);
-    word_ = word;
-    pos_ = position;
-    type_ = token_type;
-    emb_ln_w_.assign(ln_w, ln_w + cfg_.hidden);
-    emb_ln_b_.assign(ln_b, ln_b + cfg_.hidden);
+    word_ = word.data;
+    pos_ = position.data;
+    type_ = token_type.data;
+    emb_ln_w_.assign(ln_w.data, ln_w.data + H);
+    emb_ln_b_.assign(ln_b.data, ln_b.data + H);
 }
 
 namespace {
@@ -68,41 +79,54 @@ std::vector<E> concat3(const E* a, const E* b, const E* c, std::size_t n) {
 }
 }  // namespace
 
-void Encoder::check_layer_index(int index) const {
+void Encoder::check_layer(int index, const LayerWeights& w, bool quantized) const {
     if (index < 0 || index >= cfg_.layers)
         throw std::invalid_argument("layer index " + std::to_string(index) + " out of range [0, " +
                                     std::to_string(cfg_.layers) + ")");
+    const std::int64_t H = cfg_.hidden, I = cfg_.intermediate;
+    const std::string p = "layer " + std::to_string(index) + " ";
+    if (!quantized) {
+        ops::expect_shape(w.q_w.shape, {H, H}, p + "query weight");
+        ops::expect_shape(w.k_w.shape, {H, H}, p + "key weight");
+        ops::expect_shape(w.v_w.shape, {H, H}, p + "value weight");
+        ops::expect_shape(w.ao_w.shape, {H, H}, p + "attention output weight");
+        ops::expect_shape(w.i_w.shape, {I, H}, p + "intermediate weight");
+        ops::expect_shape(w.o_w.shape, {H, I}, p + "output weight");
+    }
+    for (const auto* v : {&w.q_b, &w.k_b, &w.v_b, &w.ao_b, &w.ln1_w, &w.ln1_b, &w.o_b, &w.ln2_w, &w.ln2_b})
+        ops::expect_shape(v->shape, {H}, p + "bias/LayerNorm vector");
+    ops::expect_shape(w.i_b.shape, {I}, p + "intermediate bias");
 }
 
 void Encoder::set_layer_vectors(Layer& L, const LayerWeights& w) {
     const int H = cfg_.hidden, I = cfg_.intermediate;
-    L.qkv_b = concat3(w.q_b, w.k_b, w.v_b, H);
-    L.ao_b.assign(w.ao_b, w.ao_b + H);
-    L.ln1_w.assign(w.ln1_w, w.ln1_w + H);
-    L.ln1_b.assign(w.ln1_b, w.ln1_b + H);
-    L.i_b.assign(w.i_b, w.i_b + I);
-    L.o_b.assign(w.o_b, w.o_b + H);
-    L.ln2_w.assign(w.ln2_w, w.ln2_w + H);
-    L.ln2_b.assign(w.ln2_b, w.ln2_b + H);
+    L.qkv.bias = concat3(w.q_b.data, w.k_b.data, w.v_b.data, H);
+    L.ao.bias.assign(w.ao_b.data, w.ao_b.data + H);
+    L.ln1_w.assign(w.ln1_w.data, w.ln1_w.data + H);
+    L.ln1_b.assign(w.ln1_b.data, w.ln1_b.data + H);
+    L.ffn_in.bias.assign(w.i_b.data, w.i_b.data + I);
+    L.ffn_out.bias.assign(w.o_b.data, w.o_b.data + H);
+    L.ln2_w.assign(w.ln2_w.data, w.ln2_w.data + H);
+    L.ln2_b.assign(w.ln2_b.data, w.ln2_b.data + H);
     L.set = true;
 }
 
 void Encoder::set_layer(int index, const LayerWeights& w) {
-    check_layer_index(index);
+    check_layer(index, w, false);
     const int H = cfg_.hidden, I = cfg_.intermediate;
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
-    const std::vector<float> qkv = concat3(w.q_w, w.k_w, w.v_w, HH);
+    const std::vector<float> qkv = concat3(w.q_w.data, w.k_w.data, w.v_w.data, HH);
     if (dtype_ == DType::kInt8) {
-        L.qkv8 = ops::quantize_linear(kt8_, qkv.data(), 3 * H, H);
-        L.ao8 = ops::quantize_linear(kt8_, w.ao_w, H, H);
-        L.ffn_in8 = ops::quantize_linear(kt8_, w.i_w, I, H);
-        L.ffn_out8 = ops::quantize_linear(kt8_, w.o_w, H, I);
+        L.qkv.i8 = ops::quantize_linear(kt8_, qkv.data(), 3 * H, H);
+        L.ao.i8 = ops::quantize_linear(kt8_, w.ao_w.data, H, H);
+        L.ffn_in.i8 = ops::quantize_linear(kt8_, w.i_w.data, I, H);
+        L.ffn_out.i8 = ops::quantize_linear(kt8_, w.o_w.data, H, I);
     } else {
-        L.qkv = ops::pack_linear(kt_, qkv.data(), 3 * H, H);
-        L.ao = ops::pack_linear(kt_, w.ao_w, H, H);
-        L.ffn_in = ops::pack_linear(kt_, w.i_w, I, H);
-        L.ffn_out = ops::pack_linear(kt_, w.o_w, H, I);
+        L.qkv.f32 = ops::pack_linear(kt_, qkv.data(), 3 * H, H);
+        L.ao.f32 = ops::pack_linear(kt_, w.ao_w.data, H, H);
+        L.ffn_in.f32 = ops::pack_linear(kt_, w.i_w.data, I, H);
+        L.ffn_out.f32 = ops::pack_linear(kt_, w.o_w.data, H, I);
     }
     set_layer_vectors(L, w);
     std::lock_guard<std::mutex> lock(mu_);
@@ -111,33 +135,40 @@ void Encoder::set_layer(int index, const LayerWeights& w) {
 
 void Encoder::set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q) {
     if (dtype_ != DType::kInt8) throw std::invalid_argument("pre-quantized weights need an int8 encoder");
-    check_layer_index(index);
-    const int H = cfg_.hidden, I = cfg_.intermediate;
+    check_layer(index, w, true);
+    const std::int64_t H = cfg_.hidden, I = cfg_.intermediate;
+    const std::string p = "layer " + std::to_string(index) + " ";
+    const std::pair<const ops::ArrayRef<std::int8_t>*, const ops::ArrayRef<float>*> linears[] = {
+        {&q.q_w, &q.q_s}, {&q.k_w, &q.k_s}, {&q.v_w, &q.v_s}, {&q.ao_w, &q.ao_s}, {&q.i_w, &q.i_s}, {&q.o_w, &q.o_s}};
+    const char* names[] = {"q", "k", "v", "ao", "i", "o"};
+    const ops::Shape shapes[] = {{H, H}, {H, H}, {H, H}, {H, H}, {I, H}, {H, I}};
+    for (int t = 0; t < 6; ++t) {
+        ops::expect_shape(linears[t].first->shape, shapes[t], p + names[t] + "_w");
+        ops::expect_shape(linears[t].second->shape, {shapes[t][0]}, p + names[t] + "_s");
+    }
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
-    const std::vector<std::int8_t> qkv = concat3(q.q_w, q.k_w, q.v_w, HH);
-    const std::vector<float> qkv_s = concat3(q.q_s, q.k_s, q.v_s, static_cast<std::size_t>(H));
-    L.qkv8 = ops::pack_quantized_linear(kt8_, qkv.data(), qkv_s.data(), 3 * H, H);
-    L.ao8 = ops::pack_quantized_linear(kt8_, q.ao_w, q.ao_s, H, H);
-    L.ffn_in8 = ops::pack_quantized_linear(kt8_, q.i_w, q.i_s, I, H);
-    L.ffn_out8 = ops::pack_quantized_linear(kt8_, q.o_w, q.o_s, H, I);
+    const std::vector<std::int8_t> qkv = concat3(q.q_w.data, q.k_w.data, q.v_w.data, HH);
+    const std::vector<float> qkv_s = concat3(q.q_s.data, q.k_s.data, q.v_s.data, static_cast<std::size_t>(H));
+    L.qkv.i8 = ops::pack_quantized_linear(kt8_, qkv.data(), qkv_s.data(), 3 * H, H);
+    L.ao.i8 = ops::pack_quantized_linear(kt8_, q.ao_w.data, q.ao_s.data, H, H);
+    L.ffn_in.i8 = ops::pack_quantized_linear(kt8_, q.i_w.data, q.i_s.data, I, H);
+    L.ffn_out.i8 = ops::pack_quantized_linear(kt8_, q.o_w.data, q.o_s.data, H, I);
     set_layer_vectors(L, w);
     std::lock_guard<std::mutex> lock(mu_);
     layers_[index] = std::move(L);
 }
 
-void Encoder::set_pooler(const float* w, const float* b) {
-    ops::PackedMatrix p = ops::pack_linear(kt_, w, cfg_.hidden, cfg_.hidden);
+void Encoder::set_pooler(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b) {
+    const std::int64_t H = cfg_.hidden;
+    ops::expect_shape(w.shape, {H, H}, "pooler weight");
+    ops::expect_shape(b.shape, {H}, "pooler bias");
+    Linear p;
+    p.f32 = ops::pack_linear(kt_, w.data, cfg_.hidden, cfg_.hidden);
+    p.bias.assign(b.data, b.data + H);
     std::lock_guard<std::mutex> lock(mu_);
     pooler_ = std::move(p);
-    pooler_b_.assign(b, b + cfg_.hidden);
     pooler_set_ = true;
-}
-
-const char* Encoder::trace_op_name(int op) {
-    static const char* names[kTraceOps] = {"embeddings", "qkv", "attention", "attention_out", "layernorm",
-                                           "ffn_in", "ffn_out", "output"};
-    return op >= 0 && op < kTraceOps ? names[op] : "";
 }
 
 bool Encoder::ready() const {
@@ -149,176 +180,119 @@ bool Encoder::ready() const {
 
 std::size_t Encoder::packed_bytes() const {
     std::size_t n = pooler_.bytes();
-    for (const auto& L : layers_)
-        n += L.qkv.bytes() + L.ao.bytes() + L.ffn_in.bytes() + L.ffn_out.bytes() + L.qkv8.bytes() + L.ao8.bytes() +
-             L.ffn_in8.bytes() + L.ffn_out8.bytes();
+    for (const auto& L : layers_) n += L.qkv.bytes() + L.ao.bytes() + L.ffn_in.bytes() + L.ffn_out.bytes();
     return n;
 }
 
-void Encoder::validate(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T) const {
-    if (!ready()) throw std::invalid_argument("encoder weights are not fully set (embeddings and every layer)");
-    if (B < 1 || T < 1)
-        throw std::invalid_argument("input_ids must be a non-empty [batch, tokens] array, got [" + std::to_string(B) +
-                                    ", " + std::to_string(T) + "]");
-    if (T > cfg_.max_positions)
-        throw std::invalid_argument("sequence length " + std::to_string(T) + " exceeds max_position_embeddings " +
-                                    std::to_string(cfg_.max_positions) + "; truncate the input");
-    for (int b = 0; b < B; ++b) {
-        int real = 0;
-        for (int t = 0; t < T; ++t) {
-            const std::size_t i = static_cast<std::size_t>(b) * T + t;
-            if (ids[i] < 0 || ids[i] >= cfg_.vocab)
-                throw std::invalid_argument("input_ids" + at(b, t) + " = " + std::to_string(ids[i]) +
-                                            " is outside the vocabulary [0, " + std::to_string(cfg_.vocab) + ")");
-            if (types && (types[i] < 0 || types[i] >= cfg_.type_vocab))
-                throw std::invalid_argument("token_type_ids" + at(b, t) + " = " + std::to_string(types[i]) +
-                                            " is outside [0, " + std::to_string(cfg_.type_vocab) + ")");
-            if (mask && mask[i] != 0 && mask[i] != 1)
-                throw std::invalid_argument("attention_mask" + at(b, t) + " = " + std::to_string(mask[i]) +
-                                            "; the mask must hold only 0 and 1");
-            real += mask ? static_cast<int>(mask[i]) : 1;
-        }
-        if (real == 0)
-            throw std::invalid_argument("attention_mask row " + std::to_string(b) +
-                                        " has no token with mask 1; every sequence needs at least one token");
+// Tracing: the calling thread reads the clock after each step (so a step's time includes waiting for its slowest
+// chunk), charges it to the step's trace bucket, and counts the team ops the step ran. Does nothing when off.
+class Encoder::StepTrace {
+  public:
+    StepTrace(bool on, const ops::Team& team, std::vector<double>& seconds, std::vector<int>& barriers)
+        : on_(on), team_(team), seconds_(seconds), barriers_(barriers) {
+        if (!on_) return;
+        seconds_.assign(forward::kTraceBucketCount, 0.0);
+        barriers_.assign(forward::kStepCount, 0);
+        t_prev_ = clock::now();
+        b_prev_ = team_.barriers();
     }
-}
-
-void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
-                      float* pooled) {
-    validate(ids, mask, types, B, T);
-    if (pooled && !pooler_set_) throw std::invalid_argument("this model has no pooler");
-    std::lock_guard<std::mutex> lock(mu_);
-    const int H = cfg_.hidden, I = cfg_.intermediate, heads = cfg_.heads;
-    const float eps = cfg_.eps;
-
-    // Pack real tokens end to end: every op below runs over Ntok rows only.
-    tok_id_.clear(); tok_pos_.clear(); tok_type_.clear();
-    seq_start_.assign(B, 0); seq_len_.assign(B, 0);
-    for (int b = 0; b < B; ++b) {
-        seq_start_[b] = static_cast<int>(tok_id_.size());
-        for (int t = 0; t < T; ++t) {
-            const std::size_t i = static_cast<std::size_t>(b) * T + t;
-            if (mask && mask[i] == 0) continue;
-            tok_id_.push_back(static_cast<int>(ids[i]));
-            tok_pos_.push_back(t);
-            tok_type_.push_back(types ? static_cast<int>(types[i]) : 0);
-        }
-        seq_len_[b] = static_cast<int>(tok_id_.size()) - seq_start_[b];
+    void mark(forward::Step step) {
+        if (!on_) return;
+        const auto t = clock::now();
+        seconds_[forward::trace_bucket(step)] += std::chrono::duration<double>(t - t_prev_).count();
+        t_prev_ = t;
+        barriers_[step] += team_.barriers() - b_prev_;
+        b_prev_ = team_.barriers();
     }
-    const int ntok = static_cast<int>(tok_id_.size());
-    order_.resize(B);
-    std::iota(order_.begin(), order_.end(), 0);
-    std::stable_sort(order_.begin(), order_.end(), [&](int a, int b) { return seq_len_[a] > seq_len_[b]; });
-    const int max_len = seq_len_[order_[0]];
 
-    const std::size_t n = ntok;
+  private:
+    using clock = std::chrono::steady_clock;
+    bool on_;
+    const ops::Team& team_;
+    std::vector<double>& seconds_;
+    std::vector<int>& barriers_;
+    clock::time_point t_prev_;
+    int b_prev_ = 0;
+};
+
+void Encoder::reserve_workspace(int B, bool pooled) {
+    const std::size_t n = tokens_.seqs.tokens, H = cfg_.hidden, I = cfg_.intermediate;
+    const int widest_k = std::max(cfg_.hidden, cfg_.intermediate);
     x_.resize(n * H);
     qkv_.resize(n * 3 * H);
     ctx_.resize(n * H);
     y_.resize(n * H);
     h_.resize(n * I);
-    const std::size_t stride = round_up(attention_scratch_floats(kt_, max_len, H / heads), 16);
-    attn_scratch_.resize(stride * threads_);
+    attn_scratch_.reserve(kt_, threads_, tokens_.seqs.max_len, cfg_.hidden / cfg_.heads);
+    gemm_scratch_.reserve(kt_, threads_, tokens_.seqs.tokens, widest_k);  // an int8 encoder's pooler runs in fp32
+    if (dtype_ == DType::kInt8) qscratch_.reserve(kt8_, threads_, tokens_.seqs.tokens, widest_k);
     if (pooled) pool_in_.resize(static_cast<std::size_t>(B) * H);
-    const bool int8 = dtype_ == DType::kInt8;
-    if (int8) qscratch_.reserve(ntok, std::max(H, I));
-    // One linear layer of the block, on the encoder's dtype.
-    auto linear = [&](ops::Team& team, int M, const float* A, int lda, const ops::PackedMatrix& W,
-                      const ops::QuantizedMatrix& W8, float* C, int ldc, const Epilogue& ep) {
-        if (int8) ops::gemm_int8_team(team, M, A, lda, W8, C, ldc, ep, qscratch_);
-        else ops::gemm_team(team, M, A, lda, W, C, ldc, ep);
-    };
-    // row chunks of the element-wise steps below
-    auto row_chunks = [&](int rows) { return std::max(1, std::min(rows, 2 * threads_)); };
+}
 
-    float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *hbuf = h_.data();
-    float* scratch = attn_scratch_.data();
+void Encoder::linear(ops::Team& team, forward::Step step, int M, const float* A, int lda, const Linear& W,
+                     const float* residual, float* C, int ldc) {
+    const forward::StepInfo& s = forward::kSteps[step];
+    Epilogue ep;
+    ep.kind = s.epilogue;
+    ep.bias = W.bias.data();
+    ep.residual = residual;
+    ep.ldr = ldc;
+    if (dtype_ == DType::kInt8 && s.quantized) ops::gemm_int8_team(team, M, A, lda, W.i8, C, ldc, ep, qscratch_);
+    else ops::gemm_team(team, M, A, lda, W.f32, C, ldc, ep, gemm_scratch_);
+}
+
+void Encoder::run_layer(ops::Team& team, const Layer& L, float* dst, StepTrace& trace) {
+    using namespace forward;
+    const int n = tokens_.seqs.tokens, H = cfg_.hidden, I = cfg_.intermediate;
+    const float eps = cfg_.eps;
+    float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *h = h_.data();
+    linear(team, kQkv, n, x, H, L.qkv, nullptr, qkv, 3 * H);  // qkv = x·Wqkv + bqkv
+    trace.mark(kQkv);
+    ops::attention_team(team, attention_, qkv, H, cfg_.heads, tokens_.seqs, ctx, attn_scratch_);
+    trace.mark(kAttention);
+    linear(team, kAttentionOut, n, ctx, H, L.ao, x, y, H);  // y = ctx·Wo + bo + x
+    trace.mark(kAttentionOut);
+    ops::layernorm_team(team, kt_, n, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
+    trace.mark(kLn1);
+    linear(team, kFfnIn, n, y, H, L.ffn_in, nullptr, h, I);  // h = gelu(y·Wi + bi)
+    trace.mark(kFfnIn);
+    linear(team, kFfnOut, n, h, I, L.ffn_out, y, x, H);  // x = h·Wo2 + bo2 + y
+    trace.mark(kFfnOut);
+    ops::layernorm_team(team, kt_, n, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
+    trace.mark(kLn2);
+}
+
+void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
+                      float* pooled) {
+    using namespace forward;
+    if (!ready()) throw std::invalid_argument("encoder weights are not fully set (embeddings and every layer)");
+    if (pooled && !pooler_set_) throw std::invalid_argument("this model has no pooler");
+    ops::check_tokens(ids, mask, types, B, T, {cfg_.vocab, cfg_.type_vocab, cfg_.max_positions});
+    std::lock_guard<std::mutex> lock(mu_);
+    ops::pack_tokens(ids, mask, types, B, T, tokens_);  // every step after the embeddings runs over Ntok rows
+    reserve_workspace(B, pooled != nullptr);
+    const int ntok = tokens_.seqs.tokens, H = cfg_.hidden;
     const bool dense = ntok == B * T;  // no padding: the last LayerNorm writes straight into `out`
-
-    const bool trace = trace_;
-    if (trace) last_trace_.assign(kTraceOps, 0.0);
+    float* x = x_.data();
+    const bool traced = trace_;
     ops::run_team(threads_, [&](ops::Team& team) {
-        // Tracing: the calling thread reads the clock after each op (so an op's time includes waiting for its
-        // slowest chunk) and charges it to the op.
-        using clock = std::chrono::steady_clock;
-        auto t_prev = clock::now();
-        auto mark = [&](TraceOp op) {
-            if (!trace) return;
-            const auto t = clock::now();
-            last_trace_[op] += std::chrono::duration<double>(t - t_prev).count();
-            t_prev = t;
-        };
-        const int emb_chunks = row_chunks(ntok);
-        team.parallel_for(emb_chunks, [&](int c) {
-            for (int i = ntok * c / emb_chunks; i < ntok * (c + 1) / emb_chunks; ++i)
-                kt_.embed_layernorm(H, word_ + static_cast<std::ptrdiff_t>(tok_id_[i]) * H,
-                                    pos_ + static_cast<std::ptrdiff_t>(tok_pos_[i]) * H,
-                                    type_ + static_cast<std::ptrdiff_t>(tok_type_[i]) * H, emb_ln_w_.data(),
-                                    emb_ln_b_.data(), eps, x + static_cast<std::ptrdiff_t>(i) * H);
-        });
-        mark(kTraceEmbeddings);
-        for (int l = 0; l < cfg_.layers; ++l) {
-            const Layer& L = layers_[l];
-            const bool final_layer = l + 1 == cfg_.layers;
-            Epilogue e_qkv;
-            e_qkv.bias = L.qkv_b.data();
-            linear(team, ntok, x, H, L.qkv, L.qkv8, qkv, 3 * H, e_qkv);
-            mark(kTraceQkv);
-            ops::attention_team(team, attention_, qkv, H, heads, seq_start_, seq_len_, order_, ctx, scratch, stride);
-            mark(kTraceAttention);
-            Epilogue e_ao;  // y = ctx·Wo + bo + x
-            e_ao.bias = L.ao_b.data();
-            e_ao.kind = Epilogue::kResidual;
-            e_ao.residual = x;
-            e_ao.ldr = H;
-            linear(team, ntok, ctx, H, L.ao, L.ao8, y, H, e_ao);
-            mark(kTraceAttentionOut);
-            ops::layernorm_team(team, kt_, ntok, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
-            mark(kTraceLayerNorm);
-            Epilogue e_in;  // h = gelu(y·Wi + bi)
-            e_in.bias = L.i_b.data();
-            e_in.kind = Epilogue::kGelu;
-            linear(team, ntok, y, H, L.ffn_in, L.ffn_in8, hbuf, I, e_in);
-            mark(kTraceFfnIn);
-            Epilogue e_out;  // x = h·Wo2 + bo2 + y
-            e_out.bias = L.o_b.data();
-            e_out.kind = Epilogue::kResidual;
-            e_out.residual = y;
-            e_out.ldr = H;
-            linear(team, ntok, hbuf, I, L.ffn_out, L.ffn_out8, x, H, e_out);
-            mark(kTraceFfnOut);
-            float* dst = final_layer && dense ? out : x;
-            ops::layernorm_team(team, kt_, ntok, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
-            mark(kTraceLayerNorm);
-        }
+        StepTrace trace(traced, team, last_trace_, last_barriers_);
+        ops::embed_layernorm_team(team, kt_, ntok, tokens_.id.data(), tokens_.pos.data(), tokens_.type.data(), H,
+                                  word_, pos_, type_, emb_ln_w_.data(), emb_ln_b_.data(), cfg_.eps, x);
+        trace.mark(kEmbeddings);
+        for (int l = 0; l < cfg_.layers; ++l)
+            run_layer(team, layers_[l], l + 1 == cfg_.layers && dense ? out : x, trace);
         const float* last = dense ? out : x;
         if (!dense) {
-            // Scatter packed rows back to [B, T, H]; masked positions are zeros.
-            team.parallel_for(B, [&](int b) {
-                int k = seq_start_[b];
-                for (int t = 0; t < T; ++t) {
-                    float* o = out + (static_cast<std::ptrdiff_t>(b) * T + t) * H;
-                    if (mask[static_cast<std::size_t>(b) * T + t])
-                        std::memcpy(o, last + static_cast<std::ptrdiff_t>(k++) * H, sizeof(float) * H);
-                    else
-                        std::memset(o, 0, sizeof(float) * H);
-                }
-            });
+            ops::scatter_rows_team(team, tokens_.seqs, mask, T, H, last, out);
+            trace.mark(kScatter);
         }
-        if (pooled) {
-            // pooler_output = tanh(W · h[first token] + b) per sequence.
-            team.parallel_for(1, [&](int) {
-                for (int b = 0; b < B; ++b)
-                    std::memcpy(pool_in_.data() + static_cast<std::ptrdiff_t>(b) * H,
-                                last + static_cast<std::ptrdiff_t>(seq_start_[b]) * H, sizeof(float) * H);
-            });
-            Epilogue e_p;
-            e_p.bias = pooler_b_.data();
-            e_p.kind = Epilogue::kTanh;
-            ops::gemm_team(team, B, pool_in_.data(), H, pooler_, pooled, H, e_p);
+        if (pooled) {  // pooler_output = tanh(W · h[first token] + b) per sequence
+            ops::gather_rows_team(team, B, tokens_.seqs.start.data(), H, last, pool_in_.data());
+            trace.mark(kPoolerGather);
+            linear(team, kPooler, B, pool_in_.data(), H, pooler_, nullptr, pooled, H);
+            trace.mark(kPooler);
         }
-        mark(kTraceOutput);
     });
 }
 

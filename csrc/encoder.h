@@ -1,14 +1,17 @@
 // encoder.h: a whole BERT encoder (embeddings, D layers, optional pooler) run in one call, padding-free.
-// Composes ops only; no intrinsics here.
+// Composes ops only: it runs the steps forward.h lists, each one op of ops.h, and owns the weights and the
+// workspace. No intrinsics, no loops over rows, no chunking here; checks are the ops tier's.
 //
 // Shapes: B = batch, T = padded tokens per row, Ntok = real tokens (mask 1) of the batch, H = hidden,
 // I = intermediate, V = vocab, P = max positions, Tt = token types.
 #pragma once
 #include <cstdint>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "buffer.h"
+#include "forward.h"
 #include "isa.h"
 #include "kernels.h"
 #include "ops.h"
@@ -20,21 +23,24 @@ struct EncoderConfig {
     float eps = 1e-12f;
 };
 
-// Raw pointers to one layer's weights in torch layout ([out, in] for Linear), all float32 contiguous.
+// One layer's weights in torch layout ([out, in] for Linear), float32 contiguous, with their shapes (checked).
 struct LayerWeights {
-    const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b;  // [H,H], [H]
-    const float *ao_w, *ao_b, *ln1_w, *ln1_b;        // [H,H], [H], [H], [H]
-    const float *i_w, *i_b;                          // [I,H], [I]
-    const float *o_w, *o_b, *ln2_w, *ln2_b;          // [H,I], [H], [H], [H]
+    ops::ArrayRef<float> q_w, q_b, k_w, k_b, v_w, v_b;  // [H,H], [H]
+    ops::ArrayRef<float> ao_w, ao_b, ln1_w, ln1_b;      // [H,H], [H], [H], [H]
+    ops::ArrayRef<float> i_w, i_b;                      // [I,H], [I]
+    ops::ArrayRef<float> o_w, o_b, ln2_w, ln2_b;        // [H,I], [H], [H], [H]
 };
 
 // Pre-quantized weights of one layer's four linears: s8 [out, in] and per-output-channel scales [out].
 struct QuantizedLayerWeights {
-    const std::int8_t *q_w, *k_w, *v_w, *ao_w, *i_w, *o_w;
-    const float *q_s, *k_s, *v_s, *ao_s, *i_s, *o_s;
+    ops::ArrayRef<std::int8_t> q_w, k_w, v_w, ao_w, i_w, o_w;
+    ops::ArrayRef<float> q_s, k_s, v_s, ao_s, i_s, o_s;
 };
 
 enum class DType { kFloat32, kInt8 };
+// "float32" | "int8" <-> DType (parse throws std::invalid_argument on other names).
+DType parse_dtype(const std::string& name);
+const char* dtype_name(DType d);
 
 class Encoder {
   public:
@@ -42,14 +48,17 @@ class Encoder {
     // embeddings, LayerNorm, attention and the pooler stay fp32.
     Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype = DType::kFloat32);
 
-    // Embedding tables are referenced, not copied: they must outlive the encoder (the bindings keep them).
-    void set_embeddings(const float* word, const float* position, const float* token_type, const float* ln_w,
-                        const float* ln_b);
+    // Setters check every shape against the config (std::invalid_argument naming the array, with both shapes).
+    // Embedding tables word [V,H], position [P,H], token_type [Tt,H] are referenced, not copied: they must outlive
+    // the encoder (the bindings keep them); ln_w, ln_b [H] are copied.
+    void set_embeddings(const ops::ArrayRef<float>& word, const ops::ArrayRef<float>& position,
+                        const ops::ArrayRef<float>& token_type, const ops::ArrayRef<float>& ln_w,
+                        const ops::ArrayRef<float>& ln_b);
     void set_layer(int index, const LayerWeights& w);  // packs (copies) the weights; quantizes them for int8
-    // int8 encoders only: weights already quantized (w.*_w and the float pointers of `w` for q/k/v/ao/i/o are
-    // ignored; biases and LayerNorms are taken from `w`).
+    // int8 encoders only: weights already quantized (the weights of `w` for q/k/v/ao/i/o are ignored and may be
+    // absent; biases and LayerNorms are taken from `w`).
     void set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q);
-    void set_pooler(const float* w, const float* b);   // [H,H], [H]
+    void set_pooler(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b);  // [H,H], [H]
 
     // ids, mask, types: [B,T] (mask and types may be null: all ones / all zeros). out [B,T,H] (zeros where the
     // mask is 0), pooled [B,H] or null. Validates everything first; throws std::invalid_argument. Thread-safe:
@@ -57,13 +66,15 @@ class Encoder {
     void forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
                  float* pooled);
 
-    // Per-op wall time of the last forward when tracing is on (seconds, summed over layers), by TraceOp.
-    enum TraceOp { kTraceEmbeddings, kTraceQkv, kTraceAttention, kTraceAttentionOut, kTraceLayerNorm, kTraceFfnIn,
-                   kTraceFfnOut, kTraceOutput, kTraceOps };
-    static const char* trace_op_name(int op);
+    // Tracing (off by default): the steps of forward.h each forward runs, timed by the calling thread after each
+    // step (so a step's time includes waiting for its slowest chunk). last_trace: seconds per trace bucket of the
+    // last traced forward (forward::trace_name; summed over layers and over the steps of a bucket).
+    // last_barriers: team ops (parallel_for calls) per step (forward::Step) of the last traced forward, summed over
+    // layers: what forward::barriers must add up to.
     void set_trace(bool on) { trace_ = on; }
     bool trace() const { return trace_; }
     const std::vector<double>& last_trace() const { return last_trace_; }
+    const std::vector<int>& last_barriers() const { return last_barriers_; }
 
     const EncoderConfig& config() const { return cfg_; }
     const KernelTable& kernels() const { return kt_; }
@@ -79,15 +90,32 @@ class Encoder {
     std::size_t packed_bytes() const;
 
   private:
+    // One Linear of the model: its weight packed for the encoder's dtype (float32, or int8 for the layers' four
+    // linears of an int8 encoder) and its bias.
+    struct Linear {
+        ops::PackedMatrix f32;
+        ops::QuantizedMatrix i8;
+        std::vector<float> bias;
+        std::size_t bytes() const { return f32.bytes() + i8.bytes(); }
+    };
     struct Layer {
-        ops::PackedMatrix qkv, ao, ffn_in, ffn_out;            // float32
-        ops::QuantizedMatrix qkv8, ao8, ffn_in8, ffn_out8;    // int8
-        std::vector<float> qkv_b, ao_b, ln1_w, ln1_b, i_b, o_b, ln2_w, ln2_b;
+        Linear qkv, ao, ffn_in, ffn_out;
+        std::vector<float> ln1_w, ln1_b, ln2_w, ln2_b;
         bool set = false;
     };
+    class StepTrace;  // encoder.cc
+
     void set_layer_vectors(Layer& L, const LayerWeights& w);
-    void check_layer_index(int index) const;
-    void validate(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T) const;
+    // Checks the index and the shapes of w's biases and LayerNorms (and of its weights unless `quantized`).
+    void check_layer(int index, const LayerWeights& w, bool quantized) const;
+    // Sizes the workspace for the packed tokens of tokens_ (B sequences).
+    void reserve_workspace(int B, bool pooled);
+    // One encoder layer over the packed rows x_ [Ntok, H]; its last LayerNorm writes dst (x_, or `out`).
+    void run_layer(ops::Team& team, const Layer& L, float* dst, StepTrace& trace);
+    // C [M, N] = epilogue(A [M, K] · W + bias (+ residual [M, N])): the GEMM step `step` of forward.h, which says
+    // its epilogue and whether int8 encoders run it on the int8 kernels.
+    void linear(ops::Team& team, forward::Step step, int M, const float* A, int lda, const Linear& W,
+                const float* residual, float* C, int ldc);
 
     EncoderConfig cfg_;
     const KernelTable& kt_;
@@ -99,17 +127,19 @@ class Encoder {
     const float *word_ = nullptr, *pos_ = nullptr, *type_ = nullptr;
     std::vector<float> emb_ln_w_, emb_ln_b_;
     std::vector<Layer> layers_;
-    ops::PackedMatrix pooler_;
-    std::vector<float> pooler_b_;
+    Linear pooler_;
     bool pooler_set_ = false;
 
     bool trace_ = false;
     std::vector<double> last_trace_;
+    std::vector<int> last_barriers_;
 
     std::mutex mu_;  // guards the workspace below
-    AlignedBuffer x_, qkv_, ctx_, y_, h_, attn_scratch_, pool_in_;
+    AlignedBuffer x_, qkv_, ctx_, y_, h_, pool_in_;
+    ops::GemmScratch gemm_scratch_;
+    ops::AttentionScratch attn_scratch_;
     ops::QuantScratch qscratch_;
-    std::vector<int> tok_id_, tok_pos_, tok_type_, seq_start_, seq_len_, order_;
+    ops::PackedTokens tokens_;
 };
 
 }  // namespace bortengine

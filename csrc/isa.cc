@@ -1,6 +1,7 @@
 // isa.cc: CPUID/XGETBV detection and the single dispatch point from an ISA name to its kernel table.
 #include "isa.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -26,7 +27,7 @@ CpuInfo detect() {
     CpuInfo ci;
     ci.logical_cpus = static_cast<int>(std::thread::hardware_concurrency());
 #if defined(BORTENGINE_X86)
-    unsigned a, b, c, d;
+    unsigned a = 0, b = 0, c = 0, d = 0;  // zeroed: GCC cannot see that __get_cpuid sets them (-Wmaybe-uninitialized)
     if (__get_cpuid(0, &a, &b, &c, &d)) {
         char v[13];
         std::memcpy(v, &b, 4); std::memcpy(v + 4, &d, 4); std::memcpy(v + 8, &c, 4); v[12] = 0;
@@ -145,6 +146,11 @@ AttentionFn int8_attention_for(const std::string& isa_in, const char** name) {
     if (name) *name = std::string(kt.isa) == "avx512" ? "attention_f32_avx512"
                       : std::string(kt.isa) == "avx2" ? "attention_f32_avx2" : "attention_f32_scalar";
     return kt.attention;
+}
+
+bool has_bf16_attention() {
+    const auto& isas = available_isas();
+    return cpu_info().avx512_bf16 && std::find(isas.begin(), isas.end(), "avx512") != isas.end();
 }
 
 const std::string& default_isa() {

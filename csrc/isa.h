@@ -1,4 +1,5 @@
-// isa.h: which kernel paths this CPU and OS can run, the one chosen by default, and the env override.
+// isa.h: which kernel paths this CPU and OS can run, the one chosen by default, the env override, and the kernel
+// tables of a path (the single dispatch point).
 #pragma once
 #include <string>
 #include <vector>
@@ -27,5 +28,7 @@ const Int8KernelTable& int8_kernels_for(const std::string& isa);
 // The attention the int8 encoder runs on a path: bf16 dot products where the CPU has AVX512_BF16 (path
 // "avx512"), else the path's fp32 attention. name: "attention_bf16_avx512" or "attention_f32_<isa>".
 AttentionFn int8_attention_for(const std::string& isa, const char** name = nullptr);
+// Whether this CPU and build run the bf16 attention (AVX512_BF16 and the avx512 path).
+bool has_bf16_attention();
 
 }  // namespace bortengine

@@ -1,7 +1,8 @@
 // kernels.h: the table of raw-pointer kernels each ISA path provides, and the GEMM epilogue descriptor.
 //
-// Three tiers (see STYLE.md): kernels (this table, one per ISA, pointers in, no checks, no threads), ops (ops.h:
-// shape checks, work split across threads, kernel choice), the encoder (encoder.h: composes ops only).
+// Three tiers (see STYLE.md): kernels (this table, one per ISA, pointers in, no checks, no threads, no
+// allocation: workspaces are passed in), ops (ops.h: shape checks, workspaces, work split across threads, kernel
+// choice), the encoder (encoder.h: composes ops only).
 //
 // Shape legend used across csrc/: M = rows (tokens), N = output columns, K = reduction depth, H = hidden size,
 // T = tokens of one sequence, dh = head size. All matrices are row-major float32 with an explicit leading
@@ -41,9 +42,11 @@ struct KernelTable {
     void (*pack_b)(int K, int N, const float* b, std::ptrdiff_t ldk, std::ptrdiff_t ldn, float* packed);
 
     // C[M,N] = epilogue(A[M,K] · B) on one thread. Bp is packed by pack_b with panel stride K*nr; a column
-    // block starting at panel p is Bp + p*K*nr.
+    // block starting at panel p is Bp + p*K*nr. work: this call's own gemm_work_floats(M, K) floats, 64-byte
+    // aligned (the padded copies of A's blocks); the kernel allocates nothing.
     void (*gemm)(int M, int N, int K, const float* A, std::ptrdiff_t lda, const float* Bp, float* C,
-                 std::ptrdiff_t ldc, const Epilogue& ep);
+                 std::ptrdiff_t ldc, const Epilogue& ep, float* work);
+    std::size_t (*gemm_work_floats)(int M, int K);
 
     // y[i] = LayerNorm(x[i] (+ r[i])) * g + b over rows of length N. y may alias x. r may be null.
     void (*layernorm)(int M, int N, const float* x, std::ptrdiff_t ldx, const float* r, std::ptrdiff_t ldr,
@@ -84,10 +87,12 @@ struct Int8KernelTable {
     void (*quantize_rows)(int M, int K, const float* a, std::ptrdiff_t lda, std::uint8_t* q, std::ptrdiff_t ldq,
                           float* scale, std::int32_t* zp);
     // C[M, N] = epilogue(dequantized q_a · B). raw_int32: store the int32 sums (minus zp * wsum) instead, for
-    // exact tests.
+    // exact tests. work: this call's own gemm_work_bytes(M, K) bytes, 64-byte aligned (AVX2: A widened to s16;
+    // 0 bytes on the other paths); the kernel allocates nothing.
     void (*gemm)(int M, int N, int K, const std::uint8_t* qa, std::ptrdiff_t ldq, const float* a_scale,
                  const std::int32_t* a_zp, const void* Bp, const float* w_scale, const std::int32_t* w_sum, float* C,
-                 std::ptrdiff_t ldc, const Epilogue& ep, bool raw_int32);
+                 std::ptrdiff_t ldc, const Epilogue& ep, bool raw_int32, void* work);
+    std::size_t (*gemm_work_bytes)(int M, int K);
 };
 
 inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) / m * m; }

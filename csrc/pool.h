@@ -4,6 +4,8 @@
 // (A fork-join region, e.g. OpenMP's, ends with a barrier that waits for every thread of the team: on a busy
 // machine one descheduled thread then stalls the whole call for a scheduler time slice.)
 //
+// The chunking rule every op uses (chunk_count, chunk_begin) is defined here, once.
+//
 // One op runs at a time per process (ops of concurrent callers interleave); workers are created on demand and
 // live until the process ends.
 #pragma once
@@ -31,5 +33,16 @@ void parallel_for(int n, int helpers, ChunkFn fn);
 // The slot of the calling thread within the op it is running: 0 for the caller, 1..helpers for workers that
 // joined (distinct within one op), for per-thread scratch buffers.
 int current_slot();
+
+// The one chunking rule of every op: `items` (rows, row blocks, panels, sequences) are cut into twice as many
+// chunks as threads, so a late thread's share can be taken over in halves, and never more chunks than items.
+inline int chunk_count(int threads, int items) {
+    const int c = 2 * threads < items ? 2 * threads : items;
+    return c > 1 ? c : 1;
+}
+// Chunk c of `chunks` nearly equal chunks of [0, total) is [chunk_begin(c), chunk_begin(c + 1)).
+inline int chunk_begin(int total, int chunks, int c) {
+    return static_cast<int>(static_cast<long long>(total) * c / chunks);
+}
 
 }  // namespace bortengine

@@ -26,6 +26,23 @@ def cpu_info() -> dict:
 def kernel_name(isa: str = "") -> str:
     """Name of the GEMM microkernel of a path, e.g. 'gemm_f32_avx512_14x32'."""
 
+def forward_ops() -> list[dict]:
+    """The steps of an encoder forward in order (csrc/forward.h), one dict per step:
+
+    name: "embeddings", "qkv", "attention", "attention_out", "ln1", "ffn_in", "ffn_out", "ln2", "scatter",
+        "pooler_gather", "pooler" (unique).
+    trace: the Encoder.last_trace / Engine.op_times key the step's time is charged to ("embeddings", "qkv",
+        "attention", "attention_out", "layernorm", "ffn_in", "ffn_out", "output").
+    kind: "embeddings" | "gemm" | "attention" | "layernorm" | "scatter" | "gather".
+    scope: "forward" (once per forward) | "layer" (once per encoder layer) | "pooler" (when the pooler output is
+        asked for).
+    when: "always" | "padded" (only when some position of the batch has mask 0: the scatter back to [B,T,H]).
+    barriers: {"float32": n, "int8": n}: team barriers (parallel_for calls) the step costs in a forward of that
+        dtype (an int8 GEMM quantizes its rows in a team op of its own first).
+    GEMM steps only: K, N ("H", "3H" or "I"), epilogue ("none" | "residual" | "gelu" | "tanh"), rows ("tokens":
+        the batch's real tokens | "sequences": B), quantized (whether int8 encoders run it on the int8 kernels;
+        the pooler stays float32)."""
+
 class Encoder:
     """A BERT encoder (embeddings + D layers + optional pooler) on packed weights, run in one call per forward."""
 
@@ -75,6 +92,10 @@ class Encoder:
     def last_trace(self) -> dict[str, float]:
         """With trace on: seconds per op kind of the last forward (embeddings, qkv, attention, attention_out,
         layernorm, ffn_in, ffn_out, output), summed over layers, each including its closing barrier."""
+    @property
+    def last_trace_barriers(self) -> dict[str, int]:
+        """With trace on: team barriers (parallel_for calls) per step of forward_ops() in the last forward, summed
+        over layers (0 for steps that did not run). For tests: what forward_ops()' barrier counts must add up to."""
     @property
     def packed_bytes(self) -> int: ...
     @property
