@@ -75,7 +75,8 @@ void linear(const PackedLinear& lin, int threads, const ArrayRef<float>& a, Epil
             const ArrayRef<float>& residual, float* c) {
     const int M = static_cast<int>(check_linear(lin, threads, a, kind, residual)[0]), K = lin.w.K, N = lin.w.N;
     const Epilogue ep = linear_epilogue(lin.bias, kind, residual, N);
-    GemmScratch ws;
+    std::lock_guard<std::mutex> lock(lin.work->mu);
+    GemmScratch& ws = lin.work->scratch;
     ws.reserve(*lin.w.kt, threads, M, K);
     run_team(threads, [&](Team& t) { gemm_team(t, M, a.data, K, lin.w, c, N, ep, ws); });
 }
@@ -251,7 +252,8 @@ void quantized_linear(const QuantizedLinear& lin, int threads, const ArrayRef<fl
     const int M = static_cast<int>(check_quantized_linear(lin, threads, a, kind, residual)[0]);
     const int K = lin.w.K, N = lin.w.N;
     const Epilogue ep = linear_epilogue(lin.bias, kind, residual, N);
-    QuantScratch qs;
+    std::lock_guard<std::mutex> lock(lin.work->mu);
+    QuantScratch& qs = lin.work->scratch;
     qs.reserve(*lin.w.kt, threads, M, K);
     run_team(threads, [&](Team& t) {
         gemm_int8_team(t, M, a.data, K, lin.w, static_cast<float*>(c), N, ep, qs, raw);

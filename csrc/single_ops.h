@@ -10,6 +10,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -21,10 +23,20 @@ namespace ops {
 
 // ----- float32
 
+// A workspace kept from one call to the next (grown, never shrunk), as the encoder keeps its own: the profiler
+// times these single ops to predict a forward's, so they must not pay an allocation per call that the forward
+// does not pay. Calls on one object take turns on it.
+template <class Scratch>
+struct KeptWorkspace {
+    std::mutex mu;
+    Scratch scratch;
+};
+
 // A torch Linear packed once for one path: weight w [N, K]; bias [N] is borrowed (the caller keeps it alive).
 struct PackedLinear {
     PackedMatrix w;
     const float* bias = nullptr;
+    std::unique_ptr<KeptWorkspace<GemmScratch>> work = std::make_unique<KeptWorkspace<GemmScratch>>();
 };
 PackedLinear make_packed_linear(const KernelTable& kt, const ArrayRef<float>& w, const ArrayRef<float>& bias);
 // c [M, N] = epilogue(a [M, K] · w^T + bias), residual [M, N] for the residual epilogue (else ignored).
@@ -78,6 +90,7 @@ void gelu_ref(std::ptrdiff_t n, const float* x, float* y);
 struct QuantizedLinear {
     QuantizedMatrix w;
     const float* bias = nullptr;
+    std::unique_ptr<KeptWorkspace<QuantScratch>> work = std::make_unique<KeptWorkspace<QuantScratch>>();
 };
 QuantizedLinear make_quantized_linear(const Int8KernelTable& kt, const ArrayRef<float>& w,
                                       const ArrayRef<float>& bias);
