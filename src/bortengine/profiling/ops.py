@@ -12,41 +12,15 @@ Dh = H / A head size, D = layers, V = vocab, K/N = GEMM depth / output columns (
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from bortengine.engine import core
 from bortengine.profiling.errors import ProfileError
 from bortengine.profiling.workload import Workload
 from bortengine.search_space import SearchSpace
 
-# The forward's steps in order. kind: the op; scope: once per forward, per layer, or per forward when the model has
-# a pooler; K, N: the GEMM's depth and output columns in the architecture's sizes; rows: M = B·T ("tokens") or
-# B ("sequences"); barriers: how many the step ends with, per dtype. The scatter of the last layer's rows into the
-# output has no barrier of its own, and the pooler stays float32 in the int8 engine.
-FORWARD_STEPS = (
-    {"name": "embeddings", "trace": "embeddings", "kind": "embeddings", "scope": "forward",
-     "barriers": {"float32": 1, "int8": 1}},
-    {"name": "qkv", "trace": "qkv", "kind": "gemm", "scope": "layer",
-     "K": "H", "N": "3H", "epilogue": "none", "rows": "tokens", "barriers": {"float32": 1, "int8": 2}},
-    {"name": "attention", "trace": "attention", "kind": "attention", "scope": "layer",
-     "barriers": {"float32": 1, "int8": 1}},
-    {"name": "attention_out", "trace": "attention_out", "kind": "gemm", "scope": "layer",
-     "K": "H", "N": "H", "epilogue": "residual", "rows": "tokens", "barriers": {"float32": 1, "int8": 2}},
-    {"name": "ln1", "trace": "layernorm", "kind": "layernorm", "scope": "layer",
-     "barriers": {"float32": 1, "int8": 1}},
-    {"name": "ffn_in", "trace": "ffn_in", "kind": "gemm", "scope": "layer",
-     "K": "H", "N": "I", "epilogue": "gelu", "rows": "tokens", "barriers": {"float32": 1, "int8": 2}},
-    {"name": "ffn_out", "trace": "ffn_out", "kind": "gemm", "scope": "layer",
-     "K": "I", "N": "H", "epilogue": "residual", "rows": "tokens", "barriers": {"float32": 1, "int8": 2}},
-    {"name": "ln2", "trace": "layernorm", "kind": "layernorm", "scope": "layer",
-     "barriers": {"float32": 1, "int8": 1}},
-    {"name": "scatter", "trace": "output", "kind": "scatter", "scope": "forward",
-     "barriers": {"float32": 0, "int8": 0}},
-    {"name": "pooler_gather", "trace": "output", "kind": "gather", "scope": "pooler",
-     "barriers": {"float32": 1, "int8": 1}},
-    {"name": "pooler", "trace": "output", "kind": "gemm", "scope": "pooler",
-     "K": "H", "N": "H", "epilogue": "tanh", "rows": "sequences", "barriers": {"float32": 1, "int8": 1}},
-)
 SCOPES = ("forward", "layer", "pooler")
 # kinds with a single-op binding of their own, timed by the profiler; a scatter or gather only moves rows (its time
 # is in the fixed per-forward cost, its barrier in the sync term)
@@ -67,12 +41,23 @@ CALL_KINDS = ("gemm", "attention", "layernorm", "embeddings")  # op kinds whose 
 
 
 def forward_steps() -> list[dict[str, Any]]:
-    """The forward's steps in order (FORWARD_STEPS' schema), as fresh dicts the caller may keep.
+    """The forward's steps in order, as the engine describes them (_core.forward_ops(), csrc/forward.h), in fresh
+    dicts the caller may keep.
 
-    The one place the table is read from: to take it from the engine itself (_core.forward_ops()), change this
-    function only.
+    Keys: name, trace (the bucket of Encoder.last_trace / Engine.op_times), kind, scope ("forward", "layer", or
+    "pooler": only with a pooler), when, barriers ({dtype: n}: the barriers the step ends with; an int8 linear
+    layer has two, it first quantizes its input rows in a parallel step of its own); a GEMM also has K and N (in
+    the architecture's sizes: "H", "3H", "I"), epilogue, rows ("tokens": M = B·T, "sequences": M = B) and
+    quantized. The latency model describes the dense batches a profile times, so a step that runs only when the
+    batch has padding (when == "padded": the scatter of packed rows into the output) counts no barrier here.
     """
-    return [{**step, "barriers": dict(step["barriers"])} for step in FORWARD_STEPS]
+    return [{**step, "barriers": {dtype: n if step["when"] == "always" else 0 for dtype, n in step["barriers"].items()}}
+            for step in _native_steps()]
+
+
+@functools.lru_cache(maxsize=1)
+def _native_steps() -> tuple[dict[str, Any], ...]:
+    return tuple(core().forward_ops())
 
 
 def barriers(scope: str, dtype: str, steps: Optional[Iterable[Mapping[str, Any]]] = None) -> int:
