@@ -37,14 +37,23 @@ void check_threads(int threads) {
     if (threads < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(threads));
 }
 
-PackedMatrix pack_linear(const KernelTable& kt, const float* w, int N, int K) {
+namespace {
+// An empty packed operand of a linear weight [N, K] for kernel table kt (fp32 or int8).
+template <class Matrix, class Table>
+Matrix linear_operand(const Table& kt, int N, int K) {
     if (N <= 0 || K <= 0)
         throw std::invalid_argument("linear weight must have positive sizes, got [" + std::to_string(N) + ", " +
                                     std::to_string(K) + "]");
-    PackedMatrix m;
+    Matrix m;
     m.kt = &kt;
     m.K = K;
     m.N = N;
+    return m;
+}
+}  // namespace
+
+PackedMatrix pack_linear(const KernelTable& kt, const float* w, int N, int K) {
+    PackedMatrix m = linear_operand<PackedMatrix>(kt, N, K);
     m.data.resize(packed_b_floats(kt, K, N));
     kt.pack_b(K, N, w, 1, K, m.data.data());  // element (k, n) of B = w[n][k]
     return m;
@@ -79,13 +88,7 @@ void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const Pack
 
 QuantizedMatrix pack_quantized_linear(const Int8KernelTable& kt, const std::int8_t* w, const float* scale, int N,
                                       int K) {
-    if (N <= 0 || K <= 0)
-        throw std::invalid_argument("linear weight must have positive sizes, got [" + std::to_string(N) + ", " +
-                                    std::to_string(K) + "]");
-    QuantizedMatrix m;
-    m.kt = &kt;
-    m.K = K;
-    m.N = N;
+    QuantizedMatrix m = linear_operand<QuantizedMatrix>(kt, N, K);
     m.data.resize(kt.packed_b_bytes(K, N));
     kt.pack_b(K, N, w, m.data.data());
     m.scale.assign(scale, scale + N);
