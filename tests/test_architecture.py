@@ -129,3 +129,25 @@ def test_no_block_of_six_lines_is_repeated():
     report = [f"{' and '.join(f'{f}:{n}' for f, n in places)}:\n    " + "\n    ".join(window)
               for window, places in list(repeated.items())[:10]]
     assert not repeated, f"{len(repeated)} repeated blocks, the first:\n" + "\n".join(report)
+
+
+def test_the_readme_layout_names_every_module():
+    """The README's layout table matches the tree: every package and module of src/bortengine, and every source
+    file of csrc/ but the per-ISA wrappers (kernels_<isa>.cc, named by their pattern), appears in it."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("## Layout"):text.index("## Design notes")]
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if path.name in ("__init__.py", "__main__.py"):
+            named = f"src/bortengine/{rel.parent}/" in table or f"`{rel.parent.name}/`" in table
+            if rel.parent != Path(".") and not named:
+                missing.append(str(rel.parent) + "/")
+        elif f"`{path.name}`" not in table:
+            missing.append(str(rel))
+    wrappers = re.compile(r"kernels(_int8|_bf16)?_(scalar|avx2|avx512|avx512vnni)\.cc")
+    for path in sorted((ROOT / "csrc").glob("*.cc")):
+        if not wrappers.fullmatch(path.name) and f"csrc/{path.name}" not in table:
+            missing.append(f"csrc/{path.name}")
+    assert "kernels_<isa>.cc" in table
+    assert not missing, f"README.md's layout table does not name: {missing}"
