@@ -41,8 +41,8 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: Optional[int] 
 
 def read_json(path: str | os.PathLike, error: Type[BortEngineError] = BortEngineError, missing_ok: bool = False
               ) -> Any:
-    """The JSON in `path`; a file that is not valid UTF-8 JSON raises `error` naming it. A missing file raises
-    `error` too, or gives None with missing_ok=True."""
+    """The JSON in `path`; a file that cannot be read or is not valid UTF-8 JSON raises `error` naming it. A missing
+    file raises `error` too, or gives None with missing_ok=True."""
     path = Path(path)
     if not path.is_file():
         if missing_ok:
@@ -50,7 +50,7 @@ def read_json(path: str | os.PathLike, error: Type[BortEngineError] = BortEngine
         raise error(f"{path} does not exist")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path} is not valid JSON ({e}); fix or delete it") from e
 
 

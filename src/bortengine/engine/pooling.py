@@ -10,13 +10,13 @@ Shapes: B = batch, T = tokens, H = hidden size.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bortengine.errors import ModelLoadError
+from bortengine.files import read_json
 
 __all__ = ["Pooling", "POOLING_MODES"]
 
@@ -47,7 +47,7 @@ class Pooling:
         normalize = False
         unsupported: list[str] = []
         if modules_path.is_file():
-            modules = _read_json(modules_path)
+            modules = read_json(modules_path, ModelLoadError)
             if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
                 raise ModelLoadError(f"{modules_path} must be a list of module objects")
             pooling_dir = None
@@ -63,7 +63,7 @@ class Pooling:
             return cls(("mean",), normalize, tuple(unsupported))
 
         config_path = pooling_dir / "config.json"
-        config = _read_json(config_path)
+        config = read_json(config_path, ModelLoadError)
         if not isinstance(config, dict):
             raise ModelLoadError(f"{config_path} must be a JSON object")
         if isinstance(config.get("pooling_mode"), str):  # the constructor's string form
@@ -95,10 +95,3 @@ class Pooling:
         if normalize:  # torch.nn.functional.normalize(p=2, eps=1e-12)
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
         return out
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} is not valid JSON ({e}); fix or delete it") from e

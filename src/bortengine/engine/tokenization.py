@@ -10,7 +10,6 @@ Shapes: B = batch, T = tokens of the longest sequence in the batch.
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -21,17 +20,9 @@ from tokenizers import BertWordPieceTokenizer, Encoding, Tokenizer
 
 from bortengine.engine.config import ModelConfig
 from bortengine.errors import InvalidInputError, ModelLoadError
+from bortengine.files import read_json
 
 __all__ = ["TextTokenizer", "as_text_list"]
-
-
-def _read_json(path: Path) -> Optional[Any]:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} is not valid JSON ({e}); fix or delete it") from e
 
 
 def as_text_list(texts: Any, what: str = "texts") -> tuple[list[str], bool]:
@@ -72,8 +63,8 @@ class TextTokenizer:
     @classmethod
     def load(cls, model_dir: Path, config: ModelConfig) -> Optional["TextTokenizer"]:
         """The tokenizer of a model directory, or None if it has neither tokenizer.json nor vocab.txt."""
-        tok_config = _read_json(model_dir / "tokenizer_config.json") or {}
-        st_config = _read_json(model_dir / "sentence_bert_config.json") or {}
+        tok_config = read_json(model_dir / "tokenizer_config.json", ModelLoadError, missing_ok=True) or {}
+        st_config = read_json(model_dir / "sentence_bert_config.json", ModelLoadError, missing_ok=True) or {}
         if (model_dir / "tokenizer.json").is_file():
             source = str(model_dir / "tokenizer.json")
             try:
@@ -119,7 +110,7 @@ class TextTokenizer:
         teacher) or no config.json at all (BERT's defaults then). max_length replaces the model's truncation
         length. Raises ModelLoadError when the directory has neither tokenizer.json nor vocab.txt."""
         model_dir = Path(model_dir)
-        data = _read_json(model_dir / "config.json") or {}
+        data = read_json(model_dir / "config.json", ModelLoadError, missing_ok=True) or {}
         limits = {k: data[k] for k in ("vocab_size", "max_position_embeddings", "pad_token_id") if k in data}
         tokenizer = cls.load(model_dir, ModelConfig.from_dict(limits, source=str(model_dir / "config.json")))
         if tokenizer is None:

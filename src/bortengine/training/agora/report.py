@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from bortengine.files import read_json
+from bortengine.files import read_json, save_figure
 from bortengine.training.agora.loop import AgoraError, AgoraResult, accuracy
 from bortengine.training.checkpoint import refuse_old_files
 
@@ -70,12 +70,7 @@ def plot_rounds(runs: Sequence[Sequence[Mapping[str, Any]]], path: str | os.Path
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def summarize(run_dirs: Sequence[str | os.PathLike], reference_dirs: Sequence[str | os.PathLike] = (),
