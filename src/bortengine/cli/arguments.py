@@ -15,7 +15,9 @@ from bortengine.files import read_json
 from bortengine.progress import parse_duration
 
 __all__ = ["duration", "shape", "architecture", "positive_int", "positive_float", "check_model_directory",
-           "check_output", "MODEL_DIRECTORY"]
+           "check_output", "MODEL_DIRECTORY", "add_data_arguments", "data_fields", "BUILTIN_TASKS"]
+
+BUILTIN_TASKS = ("rt", "imdb")    # training.BUILTIN_TASKS, named here so the parsers import no training code
 
 MODEL_DIRECTORY = "a Hugging Face model directory (config.json and its weights)"
 
@@ -98,3 +100,38 @@ def check_output(path: Optional[str], option: str, directory: bool) -> None:
     above = next((p for p in target.parents if p.exists()), target)
     if not above.is_dir():
         raise UsageError(f"{option} {path}: {above} is a file, so nothing can be written below it")
+
+
+# --- the user's labelled data (training.DataSpec) -------------------------------------------------------------
+
+def add_data_arguments(parser, builtin_help: str = "a built-in task instead of --train (default rt)") -> None:
+    """--train/--dev/--test and the column names: the user's labelled data, wherever a task is taken."""
+    group = parser.add_argument_group(
+        "data (your labelled files: CSV, TSV, JSON Lines, Parquet, or a datasets save_to_disk directory)")
+    group.add_argument("--task", choices=BUILTIN_TASKS, default=None, help=builtin_help)
+    group.add_argument("--train", default=None, metavar="PATH", help="training examples")
+    group.add_argument("--dev", default=None, metavar="PATH",
+                       help="dev examples for model selection (default: a stratified, seeded 10%% of --train)")
+    group.add_argument("--test", default=None, metavar="PATH",
+                       help="test examples, scored once at the end (default: another 10%% of --train)")
+    group.add_argument("--text-column", default="text", metavar="NAME", help="column of the texts (default text)")
+    group.add_argument("--text-pair-column", default=None, metavar="NAME",
+                       help="column of the second texts of a text-pair task (e.g. the answer to a question)")
+    group.add_argument("--label-column", default="label", metavar="NAME",
+                       help="column of the labels: strings or integers, two or more classes (default label)")
+
+
+def data_fields(args) -> dict:
+    """The data options as training.DataSpec / FinetuneConfig fields; --task and --train exclude each other and
+    --dev/--test need --train."""
+    if args.task and args.train:
+        raise UsageError(f"give --train PATH (your data) or --task {args.task} (a built-in task), not both")
+    if not args.train and (args.dev or args.test):
+        raise UsageError("--dev and --test go with --train PATH")
+    for option in ("train", "dev", "test"):
+        path = getattr(args, option)
+        if path and not Path(path).exists():
+            raise UsageError(f"--{option} {path}: no such file or directory")
+    return {"task": args.task or ("rt" if not args.train else None), "train": args.train, "dev": args.dev,
+            "test": args.test, "text_column": args.text_column, "text_pair_column": args.text_pair_column,
+            "label_column": args.label_column}

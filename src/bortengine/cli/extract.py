@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from bortengine.cli.arguments import check_output
+from bortengine.cli.arguments import add_data_arguments, check_output, data_fields
 from bortengine.engine import available_cpus
 from bortengine.files import atomic_write_text
 from bortengine.profiling import DTYPES, Workload, load_profile
@@ -68,9 +68,9 @@ def _add_surrogate_options(p) -> None:
                    help="surrogate batch size")
     p.add_argument("--max-length", type=int, default=None, help="surrogate sequence length (distill)")
     p.add_argument("--eval-sentences", type=int, default=None, help="surrogate evaluation sentences (distill)")
-    p.add_argument("--task", default=None, help="finetune surrogate task: rt or imdb")
     p.add_argument("--teacher", default=None, help="teacher directory (default all-MiniLM-L6-v2)")
     p.add_argument("--seed", type=int, default=None, help="surrogate seed")
+    add_data_arguments(p, builtin_help="the finetune surrogate's built-in task (default rt); or your data: --train")
     p.add_argument("--size", default="effective", choices=SIZES, help="size objective (default effective)")
     p.add_argument("--tau", type=float, default=None, help="W-coefficient error unit (default per surrogate)")
     p.add_argument("--workers", type=int, default=None,
@@ -84,8 +84,8 @@ def run(args) -> int:
     prof = load_profile(args.profile, check_target=True)
     workload = Workload(args.batch, args.seq, args.threads or available_cpus(), args.dtype)
     surrogate = resolve_surrogate(args.surrogate, steps=args.steps, batch_size=args.surrogate_batch,
-                                  max_length=args.max_length, eval_sentences=args.eval_sentences, task=args.task,
-                                  teacher=args.teacher, seed=args.seed)
+                                  max_length=args.max_length, eval_sentences=args.eval_sentences,
+                                  teacher=args.teacher, seed=args.seed, **data_fields(args))
     kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,
               cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=_time_budget(args.time_budget),
               allow_extrapolation=args.allow_extrapolation, worker_nice=args.worker_nice,

@@ -1,5 +1,6 @@
 """`bortengine pretrain` (distil a student architecture from a teacher) and `bortengine finetune` (a classifier on
-Rotten Tomatoes or IMDB; --surrogate-steps for the search's short-budget loss; --agora for the Agora loop).
+the user's labelled data, --train, or on Rotten Tomatoes or IMDB; --surrogate-steps for the search's short-budget
+loss; --agora for the Agora loop).
 
 The parsers import no torch; each command imports it when it runs, so `bortengine info` and `demo` keep working
 without the `train` extra. The model directories and output directory a command names are checked before the
@@ -13,8 +14,8 @@ import os
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from bortengine.cli.arguments import (architecture, check_model_directory, check_output, duration, positive_float,
-                                      positive_int)
+from bortengine.cli.arguments import (add_data_arguments, architecture, check_model_directory, check_output,
+                                      data_fields, duration, positive_float, positive_int)
 from bortengine.errors import UsageError
 
 __all__ = ["COMMANDS", "add_parsers", "run", "prepare_torch", "print_result"]
@@ -74,15 +75,17 @@ def _add_pretrain_parser(sub) -> None:
 
 
 def _add_finetune_parser(sub) -> argparse.ArgumentParser:
-    ft = sub.add_parser("finetune", help="fine-tune a model on Rotten Tomatoes or IMDB (fixed splits)")
+    ft = sub.add_parser("finetune", help="fine-tune a classifier on your labelled data (--train) or a built-in task")
     ft.add_argument("--model", default=None, help="model directory (default: all-MiniLM-L6-v2)")
-    ft.add_argument("--task", choices=("rt", "imdb"), default="rt")
+    add_data_arguments(ft)
     ft.add_argument("--out", required=True, help="run directory (checkpoint, log, model/, result.json)")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--epochs", type=float, default=3.0)
     ft.add_argument("--batch-size", type=positive_int, default=32)
     ft.add_argument("--lr", type=positive_float, default=5e-5)
-    ft.add_argument("--max-length", type=positive_int, default=None, help="tokens per text (default: 64 rt, 256 imdb)")
+    ft.add_argument("--max-length", type=positive_int, default=None,
+                    help="tokens per text (default: 64 rt, 256 imdb; for --train the smallest of 32/64/128/256/512 "
+                         "that holds 95%% of the training texts)")
     ft.add_argument("--max-steps", type=int, default=None)
     ft.add_argument("--time-budget", type=duration, default=None, metavar="DURATION")
     ft.add_argument("--clock", choices=("cpu", "wall"), default="wall")
@@ -193,13 +196,13 @@ def _finetune(args) -> int:
     check_model_directory(args.teacher, "--teacher")
     check_output(args.out, "--out", directory=True)
     config = FinetuneConfig(
-        model=args.model, task=args.task, out_dir=args.out, seed=args.seed, epochs=args.epochs,
+        model=args.model, **data_fields(args), out_dir=args.out, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, max_steps=args.max_steps,
         time_budget=args.time_budget, clock=args.clock, threads=args.threads, train_limit=args.train_limit,
         teacher=args.teacher, distill_weight=args.distill_weight)
     if args.surrogate_steps is not None:
         loss = finetune_surrogate_loss(config, steps=args.surrogate_steps)
-        print(json.dumps({"task": args.task, "steps": args.surrogate_steps, "dev_loss": loss}))
+        print(json.dumps({"task": config.data_spec().name, "steps": args.surrogate_steps, "dev_loss": loss}))
         return 0
     with _resumable(f"run the same command again to resume from the last checkpoint in {args.out}"):
         _, metrics = finetune(config, progress=not args.no_progress)
@@ -208,7 +211,7 @@ def _finetune(args) -> int:
 
 
 def _finetune_agora(args) -> int:
-    from bortengine.training import finetune_agora
+    from bortengine.training import DataSpec, finetune_agora
 
     if args.labeller is None:
         raise UsageError("--agora needs --labeller DIR (a classifier bortengine.load reads, e.g. an exported "
@@ -216,13 +219,15 @@ def _finetune_agora(args) -> int:
     for option in ("labeller", "model", "mlm_model"):
         check_model_directory(getattr(args, option), "--" + option.replace("_", "-"))
     check_output(args.out, "--out", directory=True)
+    fields = data_fields(args)
+    task = DataSpec.of(fields.pop("task"), **fields, seed=args.seed) if fields["train"] else fields["task"]
     with _resumable(f"run the same command again to resume after the last finished round in {args.out}"):
         summary = finetune_agora(
-            labeller=args.labeller, out_dir=args.out, model=args.model, arch=args.student_arch, task=args.task,
+            labeller=args.labeller, out_dir=args.out, model=args.model, arch=args.student_arch, task=task,
             train_limit=args.train_limit, seed=args.seed, settings=args.settings, recipe=args.recipe,
             rounds=args.rounds, per_mistake=args.per_mistake, max_new_per_round=args.max_new_per_round,
             transformation=args.transformation, fraction=args.replace_fraction, neighbours=args.neighbours,
-            mlm_model=args.mlm_model, max_length=args.max_length or 64, threads=args.threads,
+            mlm_model=args.mlm_model, max_length=args.max_length, threads=args.threads,
             distill_weight=args.agora_distill, min_confidence=args.min_confidence,
             select_fraction=args.select_fraction, distill_on=args.agora_distill_on)
     print_result({k: v for k, v in summary.items() if k != "rounds"} | {"rounds": [

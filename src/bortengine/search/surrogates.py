@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import time
+from functools import lru_cache
 from dataclasses import KW_ONLY, dataclass, replace
 from typing import Any, Optional
 
@@ -139,20 +140,37 @@ class DistillationSurrogate(TrainingSurrogate):
 @dataclass
 class FinetuneSurrogate(TrainingSurrogate):
     """training.finetune_surrogate_loss on a slice-initialised student: mean dev cross-entropy of the task after
-    `steps` fine-tuning steps."""
+    `steps` fine-tuning steps. The task: a built-in one (task "rt", "imdb") or the user's data (train and the
+    other fields of training.DataSpec); its files' content is part of the cache key, so a changed file is never
+    served another file's losses."""
 
     steps: int = 50
     task: str = "rt"
     seed: int = 0
     batch_size: int = 32
     eval_limit: int = 256
+    train: Optional[str] = None
+    dev: Optional[str] = None
+    test: Optional[str] = None
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    max_length: Optional[int] = None     # None: the task's (training.task_max_length)
 
     name = "finetune"
     error_scale = 0.1
 
+    def data_fields(self) -> dict[str, Any]:
+        return {"train": self.train, "dev": self.dev, "test": self.test, "text_column": self.text_column,
+                "text_pair_column": self.text_pair_column, "label_column": self.label_column}
+
     def settings(self) -> dict[str, Any]:
-        return {"steps": self.steps, "task": self.task, "seed": self.seed, "batch_size": self.batch_size,
-                "eval_limit": self.eval_limit, "teacher": self.teacher_name()}
+        settings = {"steps": self.steps, "task": self.task, "seed": self.seed, "batch_size": self.batch_size,
+                    "eval_limit": self.eval_limit, "teacher": self.teacher_name()}
+        if self.train:     # the user's data: the cache key follows the files' content, not their names
+            settings.update(task=None, data=_data_fingerprint(json.dumps(self.data_fields(), sort_keys=True),
+                                                              self.seed), max_length=self.max_length)
+        return settings
 
     def __call__(self, arch: Architecture) -> float:
         from bortengine import training
@@ -161,8 +179,16 @@ class FinetuneSurrogate(TrainingSurrogate):
         student, _ = training.slice_init(replace(arch, head="pooler"), t_model, importance)
         config = training.FinetuneConfig(model=t_dir, tokenizer=t_dir, task=self.task, seed=self.seed,
                                          batch_size=self.batch_size, eval_limit=self.eval_limit,
-                                         threads=self.threads)
+                                         threads=self.threads, max_length=self.max_length, **self.data_fields())
         return float(training.finetune_surrogate_loss(config, steps=self.steps, model=student))
+
+
+@lru_cache(maxsize=None)
+def _data_fingerprint(fields: str, seed: int) -> str:
+    """The fingerprint of a task's data (its files' sha256, columns and split), read once per process."""
+    from bortengine import training
+
+    return training.load_task(**json.loads(fields), seed=seed).fingerprint
 
 
 def shared_teacher(teacher: Optional[str]) -> tuple[Any, Any, str]:

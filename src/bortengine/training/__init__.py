@@ -1,5 +1,6 @@
 """Training in torch: build any sub-architecture, initialise it from a teacher by extraction, distil it on real
-text, fine-tune it on movie reviews (or with Agora on scarce data), and write it as a directory the engine loads.
+text, fine-tune it on the user's labelled data or the built-in movie reviews (or with Agora on scarce data), and
+write it as a directory the engine loads.
 See docs/training.md.
 
 Needs the `train` extra (torch, transformers, the data packages). Importing this package is cheap and does not
@@ -11,6 +12,8 @@ TextTokenizer, so a model is trained on the ids it is served with.
     from bortengine import training
     loss = training.surrogate_loss(Architecture(4, 12, 384, 1536), steps=50, seed=0)
     clf, metrics = training.finetune(training.FinetuneConfig(model="runs/student", task="rt", out_dir="runs/ft"))
+    clf, metrics = training.finetune(training.FinetuneConfig(train="tickets.csv", text_column="body",
+                                                             label_column="queue", out_dir="runs/tickets"))
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ __all__ = [
     "Importance", "measure_importance", "slice_init",
     "DistillConfig", "pretrain", "surrogate_loss", "embedding_similarity", "pair_similarity",
     "FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
-    "classification_loss",
+    "classification_loss", "task_max_length", "classifier_labels",
+    "DataSpec", "Task", "load_task", "BUILTIN_TASKS", "DATA_FORMATS",
     "Schedule", "Budget", "TrainingLoop", "TrainingCheckpoint", "read_checkpoint", "write_checkpoint", "CHECKPOINT_FILE",
     "write_hf_directory", "export", "run_model", "TOKENIZER_FILES",
     "AgoraError", "finetune_agora", "parse_settings",
@@ -41,6 +45,8 @@ _WHERE = {
     "FinetuneConfig": "classification", "finetune": "classification",
     "finetune_surrogate_loss": "classification", "SequenceClassifier": "classification",
     "evaluate_classifier": "classification", "classification_loss": "classification",
+    "task_max_length": "classification", "classifier_labels": "classification",
+    "DataSpec": "tasks", "Task": "tasks", "load_task": "tasks", "BUILTIN_TASKS": "tasks", "DATA_FORMATS": "tasks",
     "Schedule": "loop", "Budget": "loop", "TrainingLoop": "loop",
     "TrainingCheckpoint": "checkpoint", "read_checkpoint": "checkpoint", "write_checkpoint": "checkpoint",
     "CHECKPOINT_FILE": "checkpoint",

@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 STATE_FILE = "state.safetensors"
+# below this agreement between the labeller and the gold labels of the mistakes the new points were made from,
+# a round says so: more than a third relabelled means the transformation or the labeller is changing the task
+RELABELLED_WARNING = 2 / 3
 
 # Θ of the generic loop when none is given (AgoraConfig, parse_settings(None)): learning rate x epochs. Each round
 # trains every remaining setting, so |Θ| settings cost |Θ|(|Θ|+1)/2 fine-tunes over |Θ| rounds. The text recipes
@@ -452,6 +455,11 @@ class _AgoraRun:
         p.theta = theta_next
         log(f"round {r}: best {best.setting} dev {best.accuracy:.4f}, {len(mistakes)} mistakes, +{generated} points "
             f"(label agreement {'-' if agreement is None else f'{agreement:.3f}'}), Θ left {len(p.theta)}")
+        if agreement is not None and agreement < RELABELLED_WARNING:
+            log(f"round {r}: note: the labeller gave {1 - agreement:.0%} of the {generated} new points another label "
+                f"than the dev example each was made from: the words the transformation swaps often flip the "
+                f"class (lower --replace-fraction), or the labeller is weak on these texts (its dev accuracy is "
+                f"logged above); the new points keep the labeller's labels")
         self.save_round(best.model, record)
         return best.model
 

@@ -1,6 +1,7 @@
-"""Agora on the movie-reviews task (CLI: bortengine finetune --agora): the named recipes of its options, Θ from the
-command line, the scarce training subset, the student cut from the teacher, and finetune_agora, which runs the loop
-with a text student, the engine as labeller, and test accuracy of every round's student measured after it.
+"""Agora on a text classification task — the user's data or the built-in movie reviews (CLI: bortengine finetune
+--agora): the named recipes of its options, Θ from the command line, the scarce training subset, the student cut
+from the teacher, and finetune_agora, which runs the loop with a text student, the engine as labeller, and test
+accuracy of every round's student measured after it.
 Importing this module does not import torch.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from bortengine.training.agora.loop import (DEFAULT_SETTINGS, AgoraConfig, Agora
 from bortengine.training.agora.report import evaluate_rounds, plot_rounds
 from bortengine.training.agora.trainer import TextClassifierTrainer, load_engine_classifier, save_classifier
 from bortengine.training.agora.transformations import MaskedLMFill, NearestNeighbourSwap
-from bortengine.training.data import LABELS
+from bortengine.training.tasks import DataSpec, Task, load_task, stratified_sample
 
 __all__ = ["MEASURED_SETTINGS", "RECIPES", "resolve_recipe", "parse_settings", "scarce_subset", "slice_student",
            "finetune_agora"]
@@ -100,17 +101,11 @@ def _parse_setting(part: str) -> dict:
 
 def scarce_subset(examples: Sequence[Any], n: Optional[int], seed: int) -> list:
     """n examples drawn without replacement, stratified by label (each class in proportion, rounded), with seed;
-    in split order. Not the first n: the committed RT train split lists its rows by label, so its first 500 are
-    all positive (training.FinetuneConfig.train_limit takes the first n)."""
+    in split order (tasks.stratified_sample). Not the first n: the committed RT train split lists its rows by
+    label, so its first 500 are all positive (training.FinetuneConfig.train_limit takes the first n)."""
     if n is None or n >= len(examples):
         return list(examples)
-    rng = np.random.default_rng(seed)
-    labels = np.array([e.label for e in examples])
-    classes = np.unique(labels)
-    counts = {c: int(round(n * np.mean(labels == c))) for c in classes}
-    counts[classes[-1]] = n - sum(counts[c] for c in classes[:-1])
-    chosen = np.concatenate([rng.choice(np.flatnonzero(labels == c), counts[c], replace=False) for c in classes])
-    return [examples[i] for i in np.sort(chosen)]
+    return [examples[i] for i in stratified_sample([e.label for e in examples], n, seed)]
 
 
 def slice_student(arch: str = "4,8,256,512", teacher: Optional[str] = None):
@@ -126,11 +121,11 @@ def slice_student(arch: str = "4,8,256,512", teacher: Optional[str] = None):
 
 
 def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arch: Optional[str] = "4,8,256,512",
-                   task: str = "rt", train_limit: Optional[int] = 500, seed: int = 0,
+                   task: "str | DataSpec" = "rt", train_limit: Optional[int] = 500, seed: int = 0,
                    settings: Optional[Sequence[Mapping[str, Any]]] = None, rounds: Optional[int] = None,
                    per_mistake: Optional[int] = None, max_new_per_round: Optional[int] = None,
                    transformation: str = "neighbours", fraction: Optional[float] = None, neighbours: int = 8,
-                   mlm_model: Optional[str] = None, max_length: int = 64, threads: Optional[int] = None,
+                   mlm_model: Optional[str] = None, max_length: Optional[int] = None, threads: Optional[int] = None,
                    distill_weight: Optional[float] = None, min_confidence: Optional[float] = None,
                    select_fraction: Optional[float] = None, distill_on: Optional[str] = None,
                    recipe: str = "scarce") -> dict:
@@ -152,15 +147,20 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
                              distill_weight=distill_weight, distill_on=distill_on, select_fraction=select_fraction)
     _check_options(options, min_confidence)       # before minutes of loading, not after
     started = time.perf_counter()
-    train, dev, test = _task_splits(task, train_limit, seed)
+    data = _task(task, train_limit, seed)
+    train, dev, test = data.train, data.dev, data.test
     student, tokenizer_dir = _student(model, arch)
-    judge = EngineLabeller(labeller, LABELS, num_threads=threads, max_length=max_length)
+    if max_length is None:
+        from bortengine.training.classification import task_max_length
+
+        max_length = task_max_length(data, tokenizer_dir)
+    judge = EngineLabeller(labeller, data.labels, num_threads=threads, max_length=max_length)
     trainer = TextClassifierTrainer(
         student, tokenizer_dir, max_length=max_length, threads=threads,
         teacher=judge if options["distill_weight"] > 0 else None, distill_weight=options["distill_weight"],
         gold_texts=[e.text for e in train] if options["distill_on"] == "generated" else None)
     transform = _transformation(transformation, tokenizer_dir, options["fraction"], neighbours, mlm_model, max_length)
-    config = _agora_config(options, rounds, max_new_per_round, seed, out_dir, min_confidence)
+    config = _agora_config(options, rounds, max_new_per_round, seed, out_dir, min_confidence, data.labels)
     labeller_dev = accuracy(judge.predict([e.text for e in dev]), np.array([e.label for e in dev]))
     if labeller_dev < 2 / 3:
         log(f"warning: the labeller's dev accuracy is {labeller_dev:.3f}, below the ~2/3 Agora assumes")
@@ -170,7 +170,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     # after the loop: test accuracy of each round's student (round 1 = plain fine-tuning with the Θ search)
     rows = evaluate_rounds(out_dir, _points(test), load_engine_classifier)
     summary = {
-        "task": task, "train_examples": len(train), "dev_examples": len(dev), "test_examples": len(test),
+        "task": data.name, "labels": data.labels, "max_length": max_length, "train_examples": len(train), "dev_examples": len(dev), "test_examples": len(test),
         "student": arch or model, "sliced_from": (model or "all-MiniLM-L6-v2") if arch else None,
         "labeller": str(labeller), "labeller_dev_accuracy": labeller_dev, "transformation": transformation,
         "fraction": options["fraction"], "neighbours": neighbours, "seed": seed, "recipe": recipe,
@@ -197,12 +197,19 @@ def _check_options(options: dict[str, Any], min_confidence: Optional[float]) -> 
         raise AgoraError("distill_on='generated' needs a distillation weight > 0 (--agora-distill W)")
 
 
-def _task_splits(task: str, train_limit: Optional[int], seed: int):
-    """(train, dev, test) examples: train a stratified scarce subset, dev and test whole."""
-    from bortengine.training.data import load_split
+def _task(task: "str | DataSpec", train_limit: Optional[int], seed: int) -> Task:
+    """The task: train a stratified scarce sample of train_limit examples drawn with seed (a DataSpec's own
+    train_limit and seed when it has one), dev and test whole. Text pairs are refused: the transformations make
+    new single texts."""
+    spec = DataSpec.of(task, train_limit=train_limit, seed=seed) if not isinstance(task, DataSpec) else task
+    if spec.train_limit is None and train_limit is not None:
+        from dataclasses import replace
 
-    return (scarce_subset(load_split(task, "train"), train_limit, seed), load_split(task, "dev"),
-            load_split(task, "test"))
+        spec = replace(spec, train_limit=train_limit)
+    if spec.text_pair_column:
+        raise AgoraError("Agora's transformations make new single texts; a text-pair task is fine-tuned without "
+                         "Agora (bortengine finetune without --agora, or bortengine pipeline --no-agora)")
+    return load_task(spec)
 
 
 def _points(examples) -> tuple[list[str], list[int]]:
@@ -234,11 +241,11 @@ def _transformation(name: str, tokenizer_dir: str, fraction: float, neighbours: 
 
 
 def _agora_config(options: dict[str, Any], rounds: Optional[int], max_new_per_round: Optional[int], seed: int,
-                  out_dir: str, min_confidence: Optional[float]) -> AgoraConfig:
+                  out_dir: str, min_confidence: Optional[float], labels: Sequence[str]) -> AgoraConfig:
     trainer_settings = {"distill_weight": options["distill_weight"]} if options["distill_weight"] > 0 else {}
     if options["distill_on"] != "all":
         trainer_settings["distill_on"] = options["distill_on"]
     return AgoraConfig(settings=list(options["settings"]), rounds=rounds, per_mistake=options["per_mistake"],
-                       max_new_per_round=max_new_per_round, seed=seed, out_dir=out_dir, num_classes=len(LABELS),
-                       label_names=list(LABELS), trainer_settings=trainer_settings, min_confidence=min_confidence,
+                       max_new_per_round=max_new_per_round, seed=seed, out_dir=out_dir, num_classes=len(labels),
+                       label_names=list(labels), trainer_settings=trainer_settings, min_confidence=min_confidence,
                        select_fraction=options["select_fraction"])
