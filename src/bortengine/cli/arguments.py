@@ -15,7 +15,7 @@ from bortengine.files import read_json
 from bortengine.progress import parse_duration
 
 __all__ = ["duration", "shape", "architecture", "positive_int", "positive_float", "check_model_directory",
-           "check_output", "MODEL_DIRECTORY", "add_data_arguments", "data_fields", "BUILTIN_TASKS"]
+           "check_output", "MODEL_DIRECTORY", "add_data_arguments", "data_fields", "BUILTIN_TASKS", "DATA_OPTIONS"]
 
 BUILTIN_TASKS = ("rt", "imdb")    # training.BUILTIN_TASKS, named here so the parsers import no training code
 
@@ -104,20 +104,28 @@ def check_output(path: Optional[str], option: str, directory: bool) -> None:
 
 # --- the user's labelled data (training.DataSpec) -------------------------------------------------------------
 
-def add_data_arguments(parser, builtin_help: str = "a built-in task instead of --train (default rt)") -> None:
-    """--train/--dev/--test and the column names: the user's labelled data, wherever a task is taken."""
+DATA_OPTIONS = {"task": None, "train": None, "dev": None, "test": None, "text_column": "text",
+                "text_pair_column": None, "label_column": "label"}
+
+
+def add_data_arguments(parser, builtin_help: str = "a built-in task instead of --train (default rt)",
+                       defaults: bool = True) -> None:
+    """--train/--dev/--test and the column names: the user's labelled data, wherever a task is taken.
+    defaults=False: options not given stay out of the namespace (a config file fills them)."""
     group = parser.add_argument_group(
         "data (your labelled files: CSV, TSV, JSON Lines, Parquet, or a datasets save_to_disk directory)")
-    group.add_argument("--task", choices=BUILTIN_TASKS, default=None, help=builtin_help)
-    group.add_argument("--train", default=None, metavar="PATH", help="training examples")
-    group.add_argument("--dev", default=None, metavar="PATH",
+    default = DATA_OPTIONS if defaults else {k: argparse.SUPPRESS for k in DATA_OPTIONS}
+    group.add_argument("--task", choices=BUILTIN_TASKS, default=default["task"], help=builtin_help)
+    group.add_argument("--train", default=default["train"], metavar="PATH", help="training examples")
+    group.add_argument("--dev", default=default["dev"], metavar="PATH",
                        help="dev examples for model selection (default: a stratified, seeded 10%% of --train)")
-    group.add_argument("--test", default=None, metavar="PATH",
+    group.add_argument("--test", default=default["test"], metavar="PATH",
                        help="test examples, scored once at the end (default: another 10%% of --train)")
-    group.add_argument("--text-column", default="text", metavar="NAME", help="column of the texts (default text)")
-    group.add_argument("--text-pair-column", default=None, metavar="NAME",
+    group.add_argument("--text-column", default=default["text_column"], metavar="NAME",
+                       help="column of the texts (default text)")
+    group.add_argument("--text-pair-column", default=default["text_pair_column"], metavar="NAME",
                        help="column of the second texts of a text-pair task (e.g. the answer to a question)")
-    group.add_argument("--label-column", default="label", metavar="NAME",
+    group.add_argument("--label-column", default=default["label_column"], metavar="NAME",
                        help="column of the labels: strings or integers, two or more classes (default label)")
 
 

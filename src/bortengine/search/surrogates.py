@@ -155,6 +155,7 @@ class FinetuneSurrogate(TrainingSurrogate):
     text_column: str = "text"
     text_pair_column: Optional[str] = None
     label_column: str = "label"
+    train_sample: Optional[int] = None   # a stratified, seeded sample of N training examples (scarce data)
     max_length: Optional[int] = None     # None: the task's (training.task_max_length)
 
     name = "finetune"
@@ -162,11 +163,14 @@ class FinetuneSurrogate(TrainingSurrogate):
 
     def data_fields(self) -> dict[str, Any]:
         return {"train": self.train, "dev": self.dev, "test": self.test, "text_column": self.text_column,
-                "text_pair_column": self.text_pair_column, "label_column": self.label_column}
+                "text_pair_column": self.text_pair_column, "label_column": self.label_column,
+                "train_sample": self.train_sample}
 
     def settings(self) -> dict[str, Any]:
         settings = {"steps": self.steps, "task": self.task, "seed": self.seed, "batch_size": self.batch_size,
                     "eval_limit": self.eval_limit, "teacher": self.teacher_name()}
+        if self.train_sample:
+            settings["train_sample"] = self.train_sample
         if self.train:     # the user's data: the cache key follows the files' content, not their names
             settings.update(task=None, data=_data_fingerprint(json.dumps(self.data_fields(), sort_keys=True),
                                                               self.seed), max_length=self.max_length)
@@ -188,7 +192,9 @@ def _data_fingerprint(fields: str, seed: int) -> str:
     """The fingerprint of a task's data (its files' sha256, columns and split), read once per process."""
     from bortengine import training
 
-    return training.load_task(**json.loads(fields), seed=seed).fingerprint
+    values = json.loads(fields)
+    sample = values.pop("train_sample")
+    return training.load_task(**values, train_limit=sample, seed=seed).fingerprint
 
 
 def shared_teacher(teacher: Optional[str]) -> tuple[Any, Any, str]:

@@ -51,6 +51,7 @@ class FinetuneConfig:
     text_column: str = "text"
     text_pair_column: Optional[str] = None
     label_column: str = "label"
+    train_sample: Optional[int] = None   # a stratified, seeded sample of N training examples (the scarce setting)
     out_dir: Optional[str] = None        # None: keep nothing on disk (surrogate, Agora rounds)
     tokenizer: Optional[str] = None      # tokenizer directory; default the model's, else all-MiniLM-L6-v2's
     seed: int = 0
@@ -78,7 +79,8 @@ class FinetuneConfig:
     def data_spec(self) -> DataSpec:
         """Where the examples come from: the user's files (train, or a path given as task) or a built-in task."""
         fields = {"dev": self.dev, "test": self.test, "text_column": self.text_column,
-                  "text_pair_column": self.text_pair_column, "label_column": self.label_column, "seed": self.seed}
+                  "text_pair_column": self.text_pair_column, "label_column": self.label_column, "seed": self.seed,
+                  "train_limit": self.train_sample}
         return DataSpec.of(self.train or self.task, **fields)
 
     def check(self) -> None:
@@ -371,7 +373,7 @@ class _Run:
 
 
 _RESUME_KEYS = ("model", "task", "seed", "batch_size", "train_limit", "max_length", "train", "dev", "test",
-                "text_column", "text_pair_column", "label_column")
+                "text_column", "text_pair_column", "label_column", "train_sample")
 
 
 def finetune_surrogate_loss(config: FinetuneConfig, steps: int = 100, model=None) -> float:

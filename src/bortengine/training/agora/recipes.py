@@ -184,7 +184,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         "total_seconds_this_call": time.perf_counter() - started,   # + the test scoring after it
     }
     atomic_write_json(Path(out_dir, "result.json"), jsonable(summary), indent=2)
-    plot_rounds([rows], Path(out_dir) / "rounds.png", seeds=[seed])
+    plot_rounds([rows], Path(out_dir) / "rounds.png", seeds=[seed],
+                title=f"Agora on {data.name} ({len(train)} train examples)")
     return summary
 
 

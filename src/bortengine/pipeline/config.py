@@ -1,0 +1,159 @@
+"""What a pipeline run is: its options (the same from the command line, a TOML file or Python), the split of its
+time budget over the stages, and the file in the run directory that records both, so a second run of the same
+command continues the first and a run with other options is refused instead of mixed into it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from bortengine.errors import BortEngineError
+
+__all__ = ["PipelineConfig", "PipelineError", "STAGES", "BUDGET_SHARES", "CONFIG_FILE", "SCARCE_EXAMPLES",
+           "read_config_file", "write_config_file"]
+
+CONFIG_FILE = "pipeline.toml"
+STAGES = ("profile", "teacher", "extract", "distil", "finetune", "evaluate")
+# The budget's split: what is left of it when a stage starts, times the stage's share of the shares still to come,
+# so a stage that ends early leaves its time to the next ones and a resumed run re-plans from the time left.
+# Distillation gets most: the student's accuracy grows with it longest; profiling reuses a profile when this CPU
+# has one and otherwise takes its share for a quick profile.
+BUDGET_SHARES = {"profile": 0.04, "teacher": 0.16, "extract": 0.16, "distil": 0.32, "finetune": 0.22,
+                 "evaluate": 0.10}
+SCARCE_EXAMPLES = 1000        # at most this many training examples: fine-tune the student with Agora
+# the options whose change makes another run (the budget, threads of training and progress may change on resume)
+_RUN_DEFINING = ("teacher", "task", "train", "dev", "test", "text_column", "text_pair_column", "label_column",
+                 "train_limit", "dtype", "workload", "arch", "scarce", "no_agora", "seed", "space", "max_steps",
+                 "min_speedup")
+
+
+class PipelineError(BortEngineError):
+    """The pipeline cannot run as asked: conflicting options, a run directory of another run, a config file that
+    cannot be read."""
+
+
+@dataclass
+class PipelineConfig:
+    """The options of `bortengine pipeline` (a TOML config file holds the same keys)."""
+
+    out: str
+    teacher: Optional[str] = None          # BertModel, sentence-transformers or classifier directory; default MiniLM
+    task: Optional[str] = None             # a built-in task ("rt", "imdb") instead of train
+    train: Optional[str] = None
+    dev: Optional[str] = None
+    test: Optional[str] = None
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    train_limit: Optional[int] = None      # a stratified, seeded sample of N training examples
+    budget: float = 45 * 60.0              # seconds, wall clock, the whole run
+    dtype: str = "float32"                 # what the student is extracted for and served in
+    workload: str = "1x128"                # batch x tokens the latency is optimised for
+    threads: Optional[int] = None          # default: every CPU this process may use
+    arch: Optional[str] = None             # "D,A,H,I": skip the extraction, distil this student
+    scarce: bool = False                   # Agora even with more than SCARCE_EXAMPLES examples
+    no_agora: bool = False                 # never Agora
+    seed: int = 0
+    space: Optional[str] = None            # search space; default: one below the teacher
+    min_speedup: float = 4.0               # the student must be predicted this much faster than the teacher
+    max_steps: Optional[int] = None        # cap on every training stage's steps (tests, quick looks)
+    progress: bool = True
+
+    def check(self) -> None:
+        """The options, before anything is loaded."""
+        if self.task and self.train:
+            raise PipelineError(f"give train (your data) or task {self.task!r} (a built-in task), not both")
+        if not self.task and not self.train:
+            raise PipelineError("no data: give --train PATH (your labelled file) or --task rt|imdb")
+        for role in ("train", "dev", "test"):
+            path = getattr(self, role)
+            if path and not Path(path).exists():
+                raise PipelineError(f"--{role} {path}: no such file or directory")
+        if (self.dev or self.test) and not self.train:
+            raise PipelineError("--dev and --test go with --train PATH")
+        if self.scarce and self.no_agora:
+            raise PipelineError("--scarce (always Agora) and --no-agora (never) exclude each other")
+        if self.dtype not in ("float32", "int8"):
+            raise PipelineError(f"dtype must be float32 or int8, got {self.dtype!r}")
+        if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and self.budget > 0):
+            raise PipelineError(f"budget must be a positive number of seconds, got {self.budget!r}")
+        if not self.min_speedup >= 1:
+            raise PipelineError(f"min_speedup must be >= 1 (how much faster the student must be), got "
+                                f"{self.min_speedup}")
+        self.shape()
+
+    def shape(self) -> tuple[int, int]:
+        try:
+            b, t = (int(x) for x in str(self.workload).lower().split("x"))
+        except ValueError:
+            raise PipelineError(f"workload is BxT (sequences x tokens) like 1x128, got {self.workload!r}") from None
+        if b < 1 or t < 2:
+            raise PipelineError(f"workload {self.workload!r} needs B >= 1 and T >= 2")
+        return b, t
+
+    def data_fields(self) -> dict[str, Any]:
+        """training.DataSpec's fields."""
+        return {"train": self.train, "dev": self.dev, "test": self.test, "text_column": self.text_column,
+                "text_pair_column": self.text_pair_column, "label_column": self.label_column,
+                "train_limit": self.train_limit, "seed": self.seed}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def differences(self, other: "PipelineConfig") -> list[str]:
+        """The run-defining options in which other differs."""
+        return [k for k in _RUN_DEFINING if getattr(self, k) != getattr(other, k)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "the config") -> "PipelineConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PipelineError(f"{where}: unknown option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The options of a TOML file (keys as PipelineConfig's fields, '-' or '_'; budget also as '45m')."""
+    try:
+        import tomllib
+    except ImportError:    # Python 3.10
+        raise PipelineError("reading a config file needs Python >= 3.11 (tomllib)") from None
+
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except FileNotFoundError:
+        raise PipelineError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+        raise PipelineError(f"config file {path} is not valid TOML: {e}") from None
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    if isinstance(values.get("budget"), str):
+        from bortengine.progress import parse_duration
+
+        try:
+            values["budget"] = parse_duration(values["budget"])
+        except ValueError as e:
+            raise PipelineError(f"config file {path}: budget: {e}") from None
+    return values
+
+
+def write_config_file(config: PipelineConfig, path: str | Path) -> Path:
+    """The run's options as TOML (None values left out), for reproducing the run: `--config` reads it back."""
+    from bortengine.files import atomic_write_text
+
+    lines = ["# bortengine pipeline: the options of this run (bortengine pipeline --config this-file)"]
+    for key, value in config.to_dict().items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:
+            text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        lines.append(f"{key} = {text}")
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    return Path(path)

@@ -1,0 +1,130 @@
+"""The pipeline's report: report.json (everything measured), report.md (the table teacher vs student, the time each
+stage took) and the figures (the extraction's Pareto front with the chosen student, accuracy against latency of
+teacher and student; Agora's rounds are its own figure, copied by the fine-tuning stage).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bortengine.files import atomic_write_json, atomic_write_text, save_figure
+
+__all__ = ["write_report", "report_table"]
+
+
+def write_report(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
+    """OUT/report.json, OUT/report.md and the PNGs; returns their paths."""
+    paths = {"json": atomic_write_json(out / "report.json", summary, indent=2),
+             "md": atomic_write_text(out / "report.md", _markdown(summary))}
+    evaluation = summary.get("stages", {}).get("evaluate", {}).get("result")
+    if evaluation:
+        paths["accuracy_latency"] = _accuracy_latency_plot(out / "accuracy_latency.png", evaluation)
+    extraction = summary.get("stages", {}).get("extract", {}).get("result")
+    if extraction and extraction.get("candidates"):
+        paths["pareto"] = _pareto_plot(out / "pareto.png", extraction)
+    return paths
+
+
+def _row(name: str, teacher: Any, student: Any) -> str:
+    return f"| {name} | {teacher} | {student} |"
+
+
+def report_table(evaluation: dict[str, Any]) -> str:
+    """The teacher-vs-student table (markdown)."""
+    t, s, speed = evaluation["teacher"], evaluation["student"], evaluation["speedup"]
+    size = s["parameters"] / t["parameters"]
+    effective = s["parameters_without_embeddings"] / t["parameters_without_embeddings"]
+    lines = [
+        "| | teacher | student |", "|---|---|---|",
+        _row("architecture ⟨D, A, H, I⟩", t["architecture"], s["architecture"]),
+        _row("parameters", f"{t['parameters'] / 1e6:.1f} M", f"{s['parameters'] / 1e6:.1f} M ({size:.0%})"),
+        _row("parameters without embeddings (effective size)", f"{t['parameters_without_embeddings'] / 1e6:.2f} M",
+             f"{s['parameters_without_embeddings'] / 1e6:.2f} M ({effective:.1%})"),
+        _row("test accuracy, float32", f"{t['test_accuracy_float32']:.4f}", f"{s['test_accuracy_float32']:.4f}"),
+        _row("test accuracy, int8", f"{t['test_accuracy_int8']:.4f}", f"{s['test_accuracy_int8']:.4f}"),
+        _row("batch 1, engine float32 (ms, median)", f"{t['batch1_ms_float32']:.3f}",
+             f"{s['batch1_ms_float32']:.3f} ({speed['engine_batch1_float32']:.1f}× faster)"),
+        _row("batch 1, engine int8 (ms, median)", f"{t['batch1_ms_int8']:.3f}",
+             f"{s['batch1_ms_int8']:.3f} ({speed['engine_batch1_int8']:.1f}× faster)"),
+        _row("batch 1, PyTorch eager (ms, median)", f"{t['batch1_ms_pytorch_eager']:.3f}",
+             f"student int8 on the engine: {speed['student_int8_vs_teacher_pytorch_eager']:.1f}× faster"),
+        _row(f"batched ({evaluation['latency_inputs']['batch']} texts), engine float32 (texts/s)",
+             f"{t['batched_texts_per_s_float32']:.0f}", f"{s['batched_texts_per_s_float32']:.0f}"),
+        _row(f"batched ({evaluation['latency_inputs']['batch']} texts), engine int8 (texts/s)",
+             f"{t['batched_texts_per_s_int8']:.0f}", f"{s['batched_texts_per_s_int8']:.0f}"),
+    ]
+    return "\n".join(lines)
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    stages = summary.get("stages", {})
+    evaluation = stages.get("evaluate", {}).get("result")
+    lines = [f"# bortengine pipeline: {summary['task']['name']}", "",
+             f"{summary['task']['description']}. Teacher: `{summary['config'].get('teacher') or 'all-MiniLM-L6-v2'}`; "
+             f"workload {summary['config']['workload']}, {summary['threads']} threads, CPU target "
+             f"`{summary.get('target', '?')}`.", ""]
+    if evaluation:
+        inputs = evaluation["latency_inputs"]
+        lines += [report_table(evaluation), "",
+                  f"Latencies: the {inputs['texts']} shortest test texts (mean {inputs['mean_tokens']:.1f} tokens), "
+                  f"one per call, {inputs['rounds']} rounds with the models taking turns; medians.", ""]
+    lines += ["## Time per stage", "", "| stage | budget | took | |", "|---|---|---|---|"]
+    for name, entry in stages.items():
+        note = entry.get("result", {}).get("note", "") if isinstance(entry.get("result"), dict) else ""
+        lines.append(f"| {name} | {entry.get('budget_s', 0):.0f} s | {entry.get('seconds', 0):.0f} s | {note} |")
+    lines += ["", f"Total: {summary['seconds']:.0f} s of a {summary['config']['budget']:.0f} s budget.", ""]
+    return "\n".join(lines)
+
+
+def _accuracy_latency_plot(path: Path, evaluation: dict[str, Any]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    t = evaluation["teacher"]
+    points = [("teacher, engine float32", t["batch1_ms_float32"], t["test_accuracy_float32"], "tab:blue", "o"),
+              ("teacher, engine int8", t["batch1_ms_int8"], t["test_accuracy_int8"], "tab:blue", "s"),
+              ("teacher, PyTorch eager", t["batch1_ms_pytorch_eager"], t["test_accuracy_float32"], "tab:gray", "o")]
+    s = evaluation["student"]
+    points += [("student, engine float32", s["batch1_ms_float32"], s["test_accuracy_float32"], "tab:red", "o"),
+               ("student, engine int8", s["batch1_ms_int8"], s["test_accuracy_int8"], "tab:red", "s")]
+    for label, ms, acc, color, marker in points:
+        ax.scatter([ms], [acc], color=color, marker=marker, label=label, s=50)
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency on this CPU (ms, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("teacher and student: accuracy against latency")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _pareto_plot(path: Path, extraction: dict[str, Any]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = extraction["candidates"]
+    ax.scatter([r["latency_ms"] for r in rows], [r["error"] for r in rows], color="0.7", s=14, label="evaluated")
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["latency_ms"])
+    ax.plot([r["latency_ms"] for r in front], [r["error"] for r in front], "o-", color="tab:blue", ms=4,
+            label="Pareto front")
+    chosen = next((r for r in rows if r["architecture"] == _arch_text(extraction["architecture"])), None)
+    if chosen:
+        ax.scatter([chosen["latency_ms"]], [chosen["error"]], marker="*", s=180, color="tab:red", zorder=5,
+                   label=f"chosen {chosen['architecture']}")
+    ax.axvline(extraction["teacher_predicted_ms"], color="0.4", ls=":", label="teacher")
+    ax.set_xlabel("predicted latency on this CPU (ms)")
+    ax.set_ylabel("surrogate error (dev cross-entropy)")
+    ax.set_title("extraction: students of the teacher")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _arch_text(arch: dict[str, Any]) -> str:
+    from bortengine.architecture import Architecture
+
+    return str(Architecture.from_dict(arch))

@@ -1,0 +1,117 @@
+"""run_pipeline: the stages in order under one wall-clock budget, each skipped when a previous run finished it
+(OUT/pipeline.json records each finished stage, its result and its time), then the report and the latency suite.
+
+A second run of the same command continues a killed one: the finished stages are read back, the stage that was
+running resumes from its own checkpoint, and the budget left is what the finished stages did not use. A run
+directory of other options is refused (OUT/pipeline.toml holds the options of the run it belongs to).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from bortengine.files import atomic_write_json, read_json
+from bortengine.pipeline.config import (BUDGET_SHARES, CONFIG_FILE, STAGES, PipelineConfig, PipelineError,
+                                        read_config_file, write_config_file)
+from bortengine.pipeline.evaluation import evaluate_stage
+from bortengine.pipeline.report import report_table, write_report
+from bortengine.pipeline.stages import (RunContext, distil_stage, extract_stage, finetune_stage, profile_stage,
+                                        teacher_stage)
+from bortengine.progress import clock
+
+__all__ = ["run_pipeline", "STATE_FILE", "STAGE_FUNCTIONS"]
+
+STATE_FILE = "pipeline.json"
+STAGE_FUNCTIONS: dict[str, Callable[[RunContext, float], dict[str, Any]]] = {
+    "profile": profile_stage, "teacher": teacher_stage, "extract": extract_stage, "distil": distil_stage,
+    "finetune": finetune_stage, "evaluate": evaluate_stage}
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
+    """Run (or continue) the pipeline of config in config.out; returns the summary written to report.json."""
+    config.check()
+    out = Path(config.out)
+    _claim(out, config)
+    state = read_json(out / STATE_FILE, PipelineError, missing_ok=True) or {"stages": {}}
+    ctx = RunContext(config, {name: entry["result"] for name, entry in state["stages"].items()})
+    _quiet_transformers()
+    _say(ctx.task.describe() + (" — fine-tuning with Agora (small training set)" if ctx.uses_agora() else ""))
+    started = time.monotonic()
+    spent_before = sum(entry["seconds"] for entry in state["stages"].values())
+    _say(_plan(config, spent_before))
+    for index, name in enumerate(STAGES, 1):
+        if name in state["stages"]:
+            _say(f"[{index}/{len(STAGES)}] {name}: done in an earlier run ({state['stages'][name]['seconds']:.0f} s)")
+            continue
+        left = config.budget - spent_before - (time.monotonic() - started)
+        seconds = max(1.0, left) * BUDGET_SHARES[name] / sum(BUDGET_SHARES[s] for s in STAGES[index - 1:])
+        _say(f"[{index}/{len(STAGES)}] {name}: budget {clock(seconds)} ({clock(max(0.0, left))} of the run left)")
+        stage_start = time.monotonic()
+        result = STAGE_FUNCTIONS[name](ctx, seconds)
+        took = time.monotonic() - stage_start
+        ctx.results[name] = result
+        state["stages"][name] = {"result": result, "seconds": took, "budget_s": seconds}
+        atomic_write_json(out / STATE_FILE, state, indent=1)
+        _say(f"[{index}/{len(STAGES)}] {name}: finished in {clock(took)}")
+    summary = _summary(ctx, state, spent_before + time.monotonic() - started)
+    write_report(out, summary)
+    _finish(ctx, summary)
+    return summary
+
+
+def _claim(out: Path, config: PipelineConfig) -> None:
+    """out is this run's: new, or holding the options of the same run (then it is continued)."""
+    path = out / CONFIG_FILE
+    if path.is_file():
+        earlier = PipelineConfig.from_dict(read_config_file(path), where=str(path))
+        differ = earlier.differences(config)
+        if differ:
+            raise PipelineError(f"{out} holds a pipeline run with other options (differs in {differ}); rerun with "
+                                f"the same options (--config {path}) to continue it, or give another --out")
+    elif out.exists() and any(out.iterdir()):
+        raise PipelineError(f"{out} exists and is not a pipeline run directory; give a new or empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_config_file(config, path)
+
+
+def _plan(config: PipelineConfig, spent: float) -> str:
+    left = config.budget - spent
+    split = ", ".join(f"{name} {clock(left * share)}" for name, share in BUDGET_SHARES.items())
+    return (f"budget {clock(config.budget)}" + (f" ({clock(spent)} used by an earlier run)" if spent else "") +
+            f"; planned split: {split} (a stage that ends early leaves its time to the next)")
+
+
+def _summary(ctx: RunContext, state: dict[str, Any], seconds: float) -> dict[str, Any]:
+    task = ctx.task
+    return {"config": ctx.config.to_dict(), "task": {"name": task.name, "labels": task.labels,
+                                                      "description": task.describe(), "pairs": task.pairs},
+            "threads": ctx.threads, "target": ctx.results.get("profile", {}).get("target"),
+            "model": str(ctx.out / "model"), "teacher": str(ctx.teacher_dir), "stages": state["stages"],
+            "seconds": seconds, "within_budget": seconds <= ctx.config.budget * 1.15}
+
+
+def _finish(ctx: RunContext, summary: dict[str, Any]) -> None:
+    evaluation = summary["stages"]["evaluate"]["result"]
+    print("\n" + report_table(evaluation) + "\n", flush=True)
+    model = ctx.out / "model"
+    print(f"took {clock(summary['seconds'])} of a {clock(ctx.config.budget)} budget; report: {ctx.out / 'report.md'}")
+    print(f"the student is in {model} (the fine-tuned teacher in {ctx.teacher_dir})")
+    print(f"use it:  python -c \"import bortengine; print(bortengine.load('{model}', dtype='{ctx.config.dtype}')"
+          f".classify(['your text']))\"")
+    print(f"check its latency on this CPU:  pytest {ctx.out / 'test_latency.py'}", flush=True)
+
+
+def _say(message: str) -> None:
+    print(f"pipeline: {message}", file=sys.stderr, flush=True)
+
+
+def _quiet_transformers() -> None:
+    """transformers' own bars (loading and writing weights) would interleave with the stages' progress."""
+    try:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+    except ImportError:
+        pass

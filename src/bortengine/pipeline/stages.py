@@ -1,0 +1,331 @@
+"""The pipeline's stages, each a function of the run (config, directories, what the stages before it found) and the
+seconds it may take, returning what it found as JSON. Each stage writes into its own subdirectory of the run and
+resumes from what is there (the profile file, the fine-tuning and distillation checkpoints, the extraction's
+surrogate cache, Agora's state), so a killed run loses at most the work since a stage's last checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from bortengine.architecture import Architecture
+from bortengine.engine import available_cpus
+from bortengine.pipeline.config import SCARCE_EXAMPLES, PipelineConfig, PipelineError
+from bortengine.search_space import SPACES, SearchSpace
+
+__all__ = ["RunContext", "profile_stage", "teacher_stage", "extract_stage", "distil_stage", "finetune_stage",
+           "space_below", "choose_student", "covers", "EXTRACT_EPSILON"]
+
+EXTRACT_EPSILON = 0.2       # a coarser grouping than extract's default 0.1: fewer surrogate trainings in a budget
+SURROGATE_STEPS = 30        # fine-tuning steps per candidate: enough to rank students on the task (docs/pipeline.md)
+TEACHER_EPOCHS = 3.0
+STUDENT_EPOCHS = 8.0        # an upper bound: the budget ends the student's fine-tuning, its schedule decays to it
+AGORA_MAX_NEW = 2000        # generated points per Agora round: bounds a round's cost on small data
+
+
+class RunContext:
+    """A pipeline run: its options, directory, task and the results of the stages done so far."""
+
+    def __init__(self, config: PipelineConfig, results: dict[str, Any]):
+        self.config = config
+        self.out = Path(config.out)
+        self.results = results
+        self.threads = config.threads or available_cpus()
+        self._task = None
+
+    @property
+    def task(self):
+        """The task's data (training.Task), read and checked once."""
+        if self._task is None:
+            from bortengine.training import load_task
+
+            self._task = load_task(self.data_spec)
+        return self._task
+
+    @property
+    def data_spec(self):
+        from bortengine.training import DataSpec
+
+        fields = self.config.data_fields()
+        return DataSpec.of(self.config.task, **fields) if self.config.task else DataSpec(**fields)
+
+    @property
+    def teacher_source(self) -> str:
+        from bortengine.training import default_teacher_path
+
+        return str(self.config.teacher or default_teacher_path())
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.out / "teacher"
+
+    def workload(self):
+        from bortengine.profiling import Workload
+
+        batch, seq = self.config.shape()
+        return Workload(batch, seq, self.threads, self.config.dtype)
+
+    def uses_agora(self) -> bool:
+        if self.config.no_agora or self.task.pairs:
+            return False
+        return self.config.scarce or len(self.task.train) <= SCARCE_EXAMPLES
+
+
+def space_below(teacher: Architecture, name: Optional[str] = None) -> SearchSpace:
+    """The search space of students of a teacher: a named space, the shipped one whose largest point is the
+    teacher (MiniLM, BERT-large for Bort), or fractions of each of the teacher's sizes (heads dividing hidden)."""
+    if name:
+        return SearchSpace.resolve(name)
+    for space in SPACES.values():
+        if (max(space.layers), max(space.heads), max(space.hidden), max(space.intermediate)) == teacher.tuple:
+            return space
+    d, a, h, i = teacher.tuple
+    layers = sorted({max(1, round(d * f)) for f in (1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1)})
+    hidden = sorted({x for x in (max(64, 64 * round(h * f / 64)) for f in (1 / 3, 1 / 2, 2 / 3, 5 / 6, 1))
+                     if x <= h} | {h})
+    heads = sorted({x for x in (max(1, round(a * f)) for f in (1 / 4, 1 / 3, 1 / 2, 2 / 3, 1))
+                    if any(hid % x == 0 for hid in hidden)})
+    intermediate = sorted({max(64, 64 * round(i * f / 64)) for f in (1 / 6, 1 / 3, 1 / 2, 2 / 3, 1)} | {i})
+    return SearchSpace(name=f"below-{d}-{a}-{h}-{i}", layers=tuple(layers), heads=tuple(heads), hidden=tuple(hidden),
+                       intermediate=tuple(intermediate), vocab_size=teacher.vocab_size,
+                       max_positions=teacher.max_positions, type_vocab_size=teacher.type_vocab_size,
+                       description=f"fractions of the teacher ⟨{d}, {a}, {h}, {i}⟩'s sizes")
+
+
+def _teacher_architecture(directory: str) -> Architecture:
+    return Architecture.from_hf_config(_transformer_dir(directory)).with_head("pooler")
+
+
+def _transformer_dir(directory: str) -> str:
+    """Where config.json is (a sentence-transformers directory keeps it at the top, as the engine reads it)."""
+    if not (Path(directory) / "config.json").is_file():
+        raise PipelineError(f"--teacher {directory}: no config.json there; give a BERT model directory "
+                            f"(BertModel, sentence-transformers or BertForSequenceClassification)")
+    return directory
+
+
+# -- profile -------------------------------------------------------------------------------------------------------
+def profile_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
+    """This CPU's profile of the space's ops at the workload: the one measured here before (the cache directory's)
+    when it covers the space, else measured now (quick under a short budget) into it; copied to OUT/profile.json
+    for the latency suite. The shipped profile is not used: CPUs of two generations can report the same name and
+    flags (docs/profiler.md), and its space is Bort's."""
+    from bortengine.profiling import Target, default_profile_path, load_profile, profile
+
+    teacher = _teacher_architecture(ctx.teacher_source)
+    space = space_below(teacher, ctx.config.space)
+    workload = ctx.workload()
+    cached = default_profile_path(Target.current())
+    prof = load_profile(cached, check_target=False) if cached.is_file() else None
+    measured = prof is None or not covers(prof, workload, space)
+    if measured:
+        prof = profile(space, workload, quick=seconds < 120, progress=ctx.config.progress)
+    path = ctx.out / "profile.json"
+    prof.save(path)
+    return {"profile": str(path), "source": str(cached), "measured_now": measured, "space": _space_dict(space),
+            "space_name": space.name, "teacher_architecture": teacher.to_dict(), "target": prof.target.signature}
+
+
+def covers(prof, workload, space: SearchSpace) -> bool:
+    """Whether the profile predicts the space's corners under the workload from measured shapes (no op of the
+    largest or smallest architecture outside what was measured)."""
+    from bortengine.profiling import ProfileError, predict_latency
+
+    corners = [(max(space.layers), max(space.heads), max(space.hidden), max(space.intermediate)),
+               (min(space.layers), min(space.heads), min(space.hidden), min(space.intermediate))]
+    try:
+        return all(not predict_latency(Architecture(*dims, vocab_size=space.vocab_size), workload, prof,
+                                       detail=True).extrapolated for dims in corners)
+    except (ProfileError, KeyError, ValueError):
+        return False
+
+
+def _space_dict(space: SearchSpace) -> dict[str, Any]:
+    return {"name": space.name, "layers": list(space.layers), "heads": list(space.heads),
+            "hidden": list(space.hidden), "intermediate": list(space.intermediate), "vocab_size": space.vocab_size,
+            "max_positions": space.max_positions, "type_vocab_size": space.type_vocab_size}
+
+
+# -- teacher -------------------------------------------------------------------------------------------------------
+def teacher_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
+    """OUT/teacher: the teacher as a classifier of the task's labels — as given when it already is one (same label
+    names), else fine-tuned on the task (OUT/teacher-run holds its checkpoint)."""
+    from bortengine.engine import load
+
+    task, source = ctx.task, ctx.teacher_source
+    config_labels = _classifier_labels(source)
+    if config_labels is not None and sorted(config_labels) == sorted(task.labels):
+        _copy_model(Path(source), ctx.teacher_dir)
+        return {"fine_tuned": False, "source": source, "labels": load(str(ctx.teacher_dir)).labels}
+    from bortengine.training import FinetuneConfig, finetune
+
+    run_dir = ctx.out / "teacher-run"
+    config = FinetuneConfig(model=source, tokenizer=_tokenizer_source(source), **_finetune_data(ctx),
+                            out_dir=str(run_dir), seed=ctx.config.seed, epochs=TEACHER_EPOCHS,
+                            time_budget=None if ctx.config.max_steps else seconds, clock="wall",
+                            max_steps=ctx.config.max_steps, threads=ctx.threads)
+    _, metrics = finetune(config, progress=ctx.config.progress)
+    _copy_model(run_dir / "model", ctx.teacher_dir)
+    return {"fine_tuned": True, "source": source, "dev_accuracy": metrics["dev_accuracy"],
+            "test_accuracy": metrics["test_accuracy"], "max_length": metrics["max_length"],
+            "steps": metrics["steps"], "stopped_by": metrics["stopped_by"]}
+
+
+def _classifier_labels(directory: str) -> Optional[list[str]]:
+    import json
+
+    config_path = Path(directory) / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if "BertForSequenceClassification" not in (config.get("architectures") or []):
+        return None
+    id2label = config.get("id2label") or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
+def _tokenizer_source(directory: str) -> Optional[str]:
+    return directory if any((Path(directory) / n).is_file() for n in ("tokenizer.json", "vocab.txt")) else None
+
+
+def _finetune_data(ctx: RunContext) -> dict[str, Any]:
+    """FinetuneConfig's data fields (train_limit as train_sample: a stratified sample, not the first N)."""
+    spec = ctx.data_spec
+    if spec.builtin:
+        return {"task": spec.builtin, "train_sample": spec.train_limit}
+    return {"task": None, "train": spec.train, "dev": spec.dev, "test": spec.test, "text_column": spec.text_column,
+            "text_pair_column": spec.text_pair_column, "label_column": spec.label_column,
+            "train_sample": spec.train_limit}
+
+
+def _copy_model(source: Path, target: Path) -> None:
+    """A model directory copied whole, then renamed into place: a killed copy never looks like a model."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+
+
+# -- extract -------------------------------------------------------------------------------------------------------
+def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
+    """The student's architecture: --arch as given, else the FPTAS on this CPU's profile with a fine-tuning
+    surrogate on the task (students sliced from the fine-tuned teacher), the winner being the most accurate
+    evaluated student predicted at least min_speedup times faster than the teacher."""
+    from bortengine.profiling import load_profile
+    from bortengine.search import FinetuneSurrogate, extract
+
+    prof = load_profile(ctx.results["profile"]["profile"], check_target=False)
+    space = SearchSpace.from_dict(ctx.results["profile"]["space"])
+    teacher = Architecture.from_dict(ctx.results["profile"]["teacher_architecture"])
+    model = prof.model(ctx.workload())
+    teacher_ms = float(model.predict(teacher))
+    if ctx.config.arch:
+        arch = Architecture.parse(ctx.config.arch, vocab_size=teacher.vocab_size)
+        return {"architecture": arch.to_dict(), "given": True, "predicted_ms": float(model.predict(arch)),
+                "teacher_predicted_ms": teacher_ms}
+    surrogate = FinetuneSurrogate(steps=SURROGATE_STEPS, seed=ctx.config.seed, eval_limit=256,
+                                  teacher=str(ctx.teacher_dir), **_surrogate_data(ctx))
+    result = extract(space, surrogate, prof, workload=ctx.workload(), epsilon=EXTRACT_EPSILON, max_point=teacher,
+                     cache_dir=str(ctx.out / "extract-cache"), time_budget=0.9 * seconds,
+                     progress=ctx.config.progress)
+    chosen, note = choose_student(result, teacher_ms / ctx.config.min_speedup)
+    candidates = [{"architecture": str(c.arch), "params": c.params, "latency_ms": c.latency_ms, "error": c.error,
+                   "pareto": c.pareto} for c in result.candidates if c.error is not None]
+    return {"architecture": chosen.arch.to_dict(), "given": False, "predicted_ms": chosen.latency_ms,
+            "teacher_predicted_ms": teacher_ms, "surrogate_error": chosen.error, "note": note,
+            "fptas_winner": str(result.winner.arch) if result.winner else None, "evaluations": result.evaluations,
+            "complete": result.complete, "candidates": candidates, "space": space.name}
+
+
+def _surrogate_data(ctx: RunContext) -> dict[str, Any]:
+    data = _finetune_data(ctx)
+    task = data.pop("task")
+    return data if data.get("train") else {"task": task, "train_sample": data["train_sample"]}
+
+
+def choose_student(result, latency_bound_ms: float):
+    """(candidate, note): the evaluated candidate of lowest surrogate error among those predicted within the
+    latency bound (ties: the faster); without one, the fastest evaluated candidate, with a note saying so."""
+    evaluated = [c for c in result.candidates if c.error is not None and c.arch.tuple != result.max_point.arch.tuple]
+    if not evaluated:
+        raise PipelineError("the extraction evaluated no student within its budget; give a larger --budget or "
+                            "a student with --arch D,A,H,I")
+    fast = [c for c in evaluated if c.latency_ms <= latency_bound_ms]
+    if fast:
+        return min(fast, key=lambda c: (c.error, c.latency_ms)), ""
+    fastest = min(evaluated, key=lambda c: c.latency_ms)
+    return fastest, (f"no evaluated student is predicted within {latency_bound_ms:.2f} ms (the teacher's latency "
+                     f"over --min-speedup); the fastest evaluated one was taken")
+
+
+# -- distil --------------------------------------------------------------------------------------------------------
+def distil_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
+    """The student sliced from the fine-tuned teacher and distilled from it on the task's texts and the built-in
+    corpus (as many built-in documents as half the task's texts: about as many segments of each)."""
+    from bortengine.training import DistillConfig, pretrain, pretraining_documents
+
+    arch = Architecture.from_dict(ctx.results["extract"]["architecture"])
+    texts, pairs = ctx.task.texts("train")
+    documents = [("task", t) for t in texts] + [("task", t) for t in (pairs or [])]
+    builtin = pretraining_documents()
+    step = max(1, len(builtin) // max(1, len(documents) // 2))
+    documents += builtin[::step]
+    config = DistillConfig(student=arch.with_head("pooler"), out_dir=str(ctx.out / "distil"),
+                           teacher=str(ctx.teacher_dir), seed=ctx.config.seed, max_length=128, clock="wall",
+                           time_budget=None if ctx.config.max_steps else seconds, max_steps=ctx.config.max_steps,
+                           threads=ctx.threads)
+    result = pretrain(config, documents=documents, progress=ctx.config.progress, evaluate=False)
+    return {"student_dir": result["student_dir"], "steps": result["steps"], "tokens": result["tokens"],
+            "documents": len(documents), "task_documents": len(texts) + len(pairs or []),
+            "final_loss": result["final_loss"]}
+
+
+# -- fine-tune -----------------------------------------------------------------------------------------------------
+def finetune_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
+    """The distilled student fine-tuned on the task, learning the teacher's soft labels as well; with Agora when
+    the training set is small (or --scarce). Its model is OUT/model."""
+    student = ctx.results["distil"]["student_dir"]
+    if ctx.uses_agora():
+        return _agora(ctx, student, seconds)
+    from bortengine.training import FinetuneConfig, finetune
+
+    run_dir = ctx.out / "finetune"
+    config = FinetuneConfig(model=student, tokenizer=str(ctx.teacher_dir), **_finetune_data(ctx),
+                            out_dir=str(run_dir), seed=ctx.config.seed, epochs=STUDENT_EPOCHS,
+                            teacher=str(ctx.teacher_dir), distill_weight=0.5, lr=1e-4,
+                            max_length=_teacher_max_length(ctx), time_budget=None if ctx.config.max_steps else seconds,
+                            clock="wall", max_steps=ctx.config.max_steps, threads=ctx.threads)
+    _, metrics = finetune(config, progress=ctx.config.progress)
+    _copy_model(run_dir / "model", ctx.out / "model")
+    return {"agora": False, "dev_accuracy": metrics["dev_accuracy"], "test_accuracy": metrics["test_accuracy"],
+            "steps": metrics["steps"], "stopped_by": metrics["stopped_by"]}
+
+
+def _teacher_max_length(ctx: RunContext) -> int:
+    from bortengine.engine import load
+
+    return load(str(ctx.teacher_dir)).max_length
+
+
+def _agora(ctx: RunContext, student: str, seconds: float) -> dict[str, Any]:
+    from bortengine.training import finetune_agora
+
+    run_dir = ctx.out / "agora"
+    started = time.monotonic()
+    summary = finetune_agora(labeller=str(ctx.teacher_dir), out_dir=str(run_dir), model=student, arch=None,
+                             task=ctx.data_spec, train_limit=None, seed=ctx.config.seed,
+                             max_length=_teacher_max_length(ctx), threads=ctx.threads,
+                             max_new_per_round=AGORA_MAX_NEW)
+    last = summary["rounds"][-1]["round"]
+    _copy_model(run_dir / f"round-{last}", ctx.out / "model")
+    if (run_dir / "rounds.png").is_file():
+        shutil.copy(run_dir / "rounds.png", ctx.out / "agora_rounds.png")
+    return {"agora": True, "rounds": len(summary["rounds"]), "dev_accuracy": summary["agora_dev_accuracy"],
+            "test_accuracy": summary["agora_test_accuracy"], "plain_test_accuracy": summary["plain_test_accuracy"],
+            "seconds_this_call": time.monotonic() - started, "budget_seconds": seconds,
+            "round_rows": summary["rounds"]}
