@@ -46,14 +46,15 @@ def hf_forward(path, input_ids: np.ndarray, attention_mask: Optional[np.ndarray]
             "logits": None if logits is None else logits.numpy()}
 
 
-def st_embeddings(path, texts: list[str], max_length: int = 256, normalize: bool = True) -> np.ndarray:
-    """sentence-transformers-style sentence embeddings [N,H] computed with transformers: the model's tokenizer,
-    mean pooling over the attention mask, then L2 normalisation."""
+def st_embeddings(path, texts: list[str], max_length: int = 256, normalize: bool = True,
+                  text_pairs: Optional[list[str]] = None) -> np.ndarray:
+    """sentence-transformers-style sentence embeddings [N,H] computed with transformers: the model's tokenizer
+    (on (text, pair) pairs when text_pairs is given), mean pooling over the attention mask, then L2 normalisation."""
     import torch
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    batch = tokenizer(texts, text_pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     bert, _ = hf_model(str(path))
     with torch.no_grad():
         hidden = bert(**batch).last_hidden_state

@@ -4,6 +4,8 @@ and error, exit 2; never a traceback). The training commands' cases are in tests
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bortengine
-from bortengine.cli import main
+from bortengine.cli import demo, main
 from bortengine.cli.arguments import architecture, duration, shape
 from conftest import NATIVE
 from test_isolation import _env
@@ -65,6 +67,53 @@ def test_demo_short(capsys):
     assert "max abs diff" in out and "MISMATCH" not in out
     assert "1x8" in out and "2x16" in out and "speed-up" in out
     assert out.strip().endswith("demo passed")
+
+
+SHORT_DEMO = ["--threads", "1", "--batch", "1x8", "--repeats", "1"]
+
+
+@pytest.mark.parametrize("kind", ["classifier", "plain BertModel without token types"])
+def test_demo_own_model_is_checked_against_transformers(small_classifier, make_model, capsys, kind):
+    """--model DIR: MiniLM's published cosine is not asked of the user's model; every output it has is checked
+    against transformers on the same weights, on sentences and (with token types) on sentence pairs."""
+    classifier = kind == "classifier"
+    path = small_classifier if classifier else make_model(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, head="none",
+        type_vocab_size=1, seed=6)
+    assert main(["demo", "--model", str(path), *SHORT_DEMO]) == 0
+    out = capsys.readouterr().out
+    assert "(expected 0.7553)" not in out and "for information; all-MiniLM-L6-v2 gives 0.7553" in out
+    checked = ["last_hidden_state", "embeddings"] + (["pooler_output", "logits"] if classifier else [])
+    for name in checked:
+        assert re.search(rf"\n\s+{name}\s+max abs diff \S+ \(tolerance 1e-04\) ok\n", out), name
+    assert ("logits" in out) == classifier and ("pooler_output" in out) == classifier
+    assert ("and 4 sentence pairs" in out) == classifier  # type_vocab_size 2 vs 1
+    assert "MISMATCH" not in out and out.strip().endswith("demo passed")
+
+
+def test_demo_own_model_check_can_fail(small_classifier, make_model, capsys):
+    """The check reports MISMATCH and fails when transformers runs other weights of the same shapes (another seed)."""
+    other = make_model(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=80,
+                       head="classifier", num_labels=3, seed=4)
+    reference = demo._load_reference(other, 1, bortengine.load(other, num_threads=1))
+    assert demo._check_outputs(bortengine.load(small_classifier, num_threads=1), reference) is False
+    out = capsys.readouterr().out
+    for name in ("last_hidden_state", "pooler_output", "embeddings", "logits"):
+        assert re.search(rf"{name}\s+max abs diff \S+ \(tolerance 1e-04\) MISMATCH", out), name
+
+
+def test_demo_own_int8_export_says_it_is_not_checked(small_model, tmp_path, capsys):
+    """transformers would read a pre-quantized checkpoint's int8 weights as floats: the demo says so, checks
+    nothing and does not claim to have passed."""
+    from bortengine.export import quantize_checkpoint
+
+    model = tmp_path / "int8"
+    shutil.copytree(small_model, model)
+    quantize_checkpoint(model)
+    assert main(["demo", "--model", str(model), *SHORT_DEMO]) == 0
+    out = capsys.readouterr().out
+    assert "pre-quantized int8 checkpoint" in out and "[4/5] skipped (no reference)" in out
+    assert out.strip().endswith("demo done; the model was NOT checked against transformers (see step 3)")
 
 
 @pytest.mark.parametrize("argv, says", [(["--batch", "eight"], "BxT"), (["--batch", "8x1"], "T >= 2"),

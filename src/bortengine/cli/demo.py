@@ -3,6 +3,12 @@ cosine similarities, one pair checked against sentence-transformers' published f
 transformers on the same weights; check last_hidden_state against them; time the engine (float32 and int8) beside
 PyTorch eager.
 
+With --model DIR (the user's own model: a fine-tuned classifier, a student, any BERT the engine loads) the
+published figure belongs to another model, so the pair's cosine is only shown, and step 4 checks every output the
+model has against transformers on the same weights: last_hidden_state, pooler_output, the pooled sentence
+embeddings, and a classifier's logits, on the sentences and (if the model has token types) on sentence pairs. The
+demo passes or fails on that agreement.
+
 torch and transformers are imported only in steps 3 to 5 (they are the optional `bench` extra); without them the
 demo still embeds and times the engine, and says what it skipped.
 """
@@ -16,7 +22,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from bortengine.cli.arguments import positive_int, shape
-from bortengine.engine import Engine, available_cpus, load
+from bortengine.engine import BertWeights, Checkpoint, Engine, available_cpus, load
 
 __all__ = ["COMMANDS", "add_parsers", "run", "DEMO_SENTENCES", "EXPECTED_PAIR"]
 
@@ -44,38 +50,60 @@ def add_parsers(sub) -> None:
                       help="batch x tokens shapes to time (default: 1x32 1x128 8x128)")
     demo.add_argument("--repeats", type=positive_int, default=20, help="timed runs per shape (median reported)")
     demo.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
-    demo.add_argument("--model", default=None, help="model directory (default: the installed all-MiniLM-L6-v2)")
+    demo.add_argument("--model", default=None,
+                      help="model directory (default: the installed all-MiniLM-L6-v2); your own model's outputs are "
+                           "checked against transformers on its weights")
 
 
 def run(args) -> int:
     threads = args.threads or available_cpus()
-    if args.model is None:
+    own = args.model is not None  # the user's model: checked against transformers, not against MiniLM's figure
+    if own:
+        model = args.model
+    else:
         from bortengine.training import default_teacher_path
 
         model = default_teacher_path()  # a ModelLoadError that says how to install it, or pass --model DIR
-    else:
-        model = args.model
     engine = _load_engine(model, threads, args.isa)
-    vectors, pair_ok = _embed(engine)
-    reference = _load_reference(model, threads)
-    hidden_ok = _check_hidden_states(engine, reference)
+    vectors, pair_ok = _embed(engine, check_pair=not own)
+    reference = _load_reference(model, threads, engine if own else None)
+    if own:
+        outputs_ok = _check_outputs(engine, reference)
+    else:
+        outputs_ok = _check_hidden_states(engine, reference)
     _time_shapes(engine, _load_int8(model, threads, args.isa, vectors, args.repeats), reference, args.batch,
                  args.repeats)
-    ok = pair_ok and hidden_ok
+    if own and reference is None:
+        print("demo done; the model was NOT checked against transformers (see step 3)")
+        return 0
+    ok = pair_ok and outputs_ok
     print("demo " + ("passed" if ok else "FAILED: outputs do not match the reference"))
     return 0 if ok else 1
 
 
 @dataclass
 class TorchReference:
-    """transformers' BertModel on the same weights, run by PyTorch eager."""
+    """transformers' BertModel on the same weights, run by PyTorch eager; for the user's classifier, also the
+    BertForSequenceClassification around it (its logits)."""
 
     torch: Any
     model: Any
+    classifier: Any = None
 
     def hidden_states(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return self.outputs(batch)["last_hidden_state"]
+
+    def outputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """last_hidden_state [B,T,H], and pooler_output [B,H] / logits [B,L] when the model has them."""
+        inputs = {k: self.torch.from_numpy(v) for k, v in batch.items()}
         with self.torch.inference_mode():
-            return self.model(**{k: self.torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
+            out = self.model(**inputs)
+            found = {"last_hidden_state": out.last_hidden_state.numpy()}
+            if out.pooler_output is not None:
+                found["pooler_output"] = out.pooler_output.numpy()
+            if self.classifier is not None:
+                found["logits"] = self.classifier(**inputs).logits.numpy()
+        return found
 
     def forward(self, ids: np.ndarray, mask: np.ndarray) -> Callable[[], None]:
         """One timed call: the forward on these ids and mask."""
@@ -100,21 +128,28 @@ def _load_engine(model, threads: int, isa: Optional[str]) -> Engine:
     return engine
 
 
-def _embed(engine: Engine) -> tuple[np.ndarray, bool]:
-    """The sentences' unit embeddings, and whether the first pair's cosine is the published one."""
+def _embed(engine: Engine, check_pair: bool = True) -> tuple[np.ndarray, bool]:
+    """The sentences' unit embeddings, and whether the first pair's cosine is the published one (check_pair=False:
+    the user's model, whose cosine is shown only)."""
     _step(2, f"embedding {len(DEMO_SENTENCES)} sentences; cosine similarity matrix:")
     vectors = engine.encode(DEMO_SENTENCES, normalize=True)
     sims = vectors @ vectors.T
     for i, sentence in enumerate(DEMO_SENTENCES):
         print(f"      {' '.join(f'{s:6.3f}' for s in sims[i])}   {sentence}")
     pair = float(sims[0, 1])
+    if not check_pair:
+        print(f"      '{DEMO_SENTENCES[0]}' vs '{DEMO_SENTENCES[1]}': {pair:.4f} (for information; all-MiniLM-L6-v2 "
+              f"gives {EXPECTED_PAIR}; this model is checked against transformers in step 4)")
+        return vectors, True
     pair_ok = abs(pair - EXPECTED_PAIR) <= PAIR_TOL
     print(f"      '{DEMO_SENTENCES[0]}' vs '{DEMO_SENTENCES[1]}': {pair:.4f} (expected {EXPECTED_PAIR}) "
           f"{'ok' if pair_ok else 'MISMATCH'}")
     return vectors, pair_ok
 
 
-def _load_reference(model, threads: int) -> Optional[TorchReference]:
+def _load_reference(model, threads: int, own: Optional[Engine] = None) -> Optional[TorchReference]:
+    """transformers on the model's weights; own: the engine of the user's model (then its head is loaded too, in
+    float32 as the engine computes, and a directory transformers cannot load is reported, not raised)."""
     _step(3, "loading PyTorch + transformers on the same weights (optional `bench` extra)")
     try:
         import torch
@@ -126,10 +161,34 @@ def _load_reference(model, threads: int) -> Optional[TorchReference]:
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(threads)
-    hf = BertModel.from_pretrained(str(model)).eval()
-    print(f"      transformers BertModel, PyTorch {torch.__version__} eager, "
-          f"attention {hf.config._attn_implementation!r}, {torch.get_num_threads()} thread(s)")
-    return TorchReference(torch, hf)
+    if own is None:
+        reference = TorchReference(torch, BertModel.from_pretrained(str(model)).eval())
+    else:
+        reference = _load_own_reference(model, own, torch)
+        if reference is None:
+            return None
+    print(f"      transformers {type(reference.classifier or reference.model).__name__}, PyTorch "
+          f"{torch.__version__} eager, attention {reference.model.config._attn_implementation!r}, "
+          f"{torch.get_num_threads()} thread(s)")
+    return reference
+
+
+def _load_own_reference(model, engine: Engine, torch: Any) -> Optional[TorchReference]:
+    from transformers import BertForSequenceClassification, BertModel
+
+    try:
+        if BertWeights(Checkpoint.open(model), engine.config).quantized:
+            print("      skipped: this is a pre-quantized int8 checkpoint (bortengine export --dtype int8), which "
+                  "transformers would read as float weights; run the demo on the float32 model it came from")
+            return None
+        if engine.config.is_classifier:
+            classifier = BertForSequenceClassification.from_pretrained(str(model)).float().eval()
+            return TorchReference(torch, classifier.bert, classifier)
+        hf = BertModel.from_pretrained(str(model), add_pooling_layer=engine.has_pooler).float().eval()
+        return TorchReference(torch, hf)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a directory it cannot read
+        print(f"      skipped: transformers cannot load {model}: {' '.join(str(e).split())}")
+        return None
 
 
 def _check_hidden_states(engine: Engine, reference: Optional[TorchReference]) -> bool:
@@ -144,6 +203,38 @@ def _check_hidden_states(engine: Engine, reference: Optional[TorchReference]) ->
     ok = diff <= HIDDEN_TOL
     print(f"      max abs diff {diff:.2e} (tolerance {HIDDEN_TOL:.0e}) {'ok' if ok else 'MISMATCH'}")
     return ok
+
+
+def _check_outputs(engine: Engine, reference: Optional[TorchReference]) -> bool:
+    """The user's model: every output it has, on the sentences and on sentence pairs, against transformers."""
+    if reference is None:
+        _step(4, "skipped (no reference)")
+        return True
+    inputs = [(DEMO_SENTENCES, None)]
+    if engine.config.type_vocab_size >= 2:  # the second sentence of a pair reads the token type 1 embeddings
+        inputs.append((DEMO_SENTENCES[:-1], DEMO_SENTENCES[1:]))
+    _step(4, f"checking the model's outputs against transformers on {len(DEMO_SENTENCES)} sentences"
+             + (f" and {len(DEMO_SENTENCES) - 1} sentence pairs" if len(inputs) > 1 else "")
+             + " (unmasked positions)")
+    diffs: dict[str, float] = {}
+    for texts, pairs in inputs:
+        batch = engine.tokenize(texts, pairs)
+        ours, theirs = engine(**batch), reference.outputs(batch)
+        mask = batch["attention_mask"].astype(bool)
+        found = {"last_hidden_state": np.abs(ours.last_hidden_state - theirs["last_hidden_state"])[mask].max()}
+        if ours.pooler_output is not None and "pooler_output" in theirs:
+            found["pooler_output"] = np.abs(ours.pooler_output - theirs["pooler_output"]).max()
+        # the model's pooling, on the engine's encode() path against transformers' token states
+        pooled = engine.pooling(theirs["last_hidden_state"], batch["attention_mask"], normalize=True)
+        found["embeddings"] = np.abs(engine.encode(texts, pairs, normalize=True) - pooled).max()
+        if ours.logits is not None and "logits" in theirs:
+            found["logits"] = np.abs(ours.logits - theirs["logits"]).max()
+        for name, diff in found.items():
+            diffs[name] = max(diffs.get(name, 0.0), float(diff))
+    for name, diff in diffs.items():
+        print(f"      {name:<18} max abs diff {diff:.2e} (tolerance {HIDDEN_TOL:.0e}) "
+              f"{'ok' if diff <= HIDDEN_TOL else 'MISMATCH'}")
+    return all(diff <= HIDDEN_TOL for diff in diffs.values())
 
 
 def _load_int8(model, threads: int, isa: Optional[str], vectors: np.ndarray, repeats: int) -> Engine:

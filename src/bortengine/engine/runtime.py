@@ -284,22 +284,29 @@ class Engine:
         return np.ascontiguousarray(ids, dtype=np.int64), mask, types
 
     # ------------------------------------------------------------------------------------------------ texts in
-    def tokenize(self, texts: str | Sequence[str], max_length: Optional[int] = None) -> dict[str, np.ndarray]:
+    def tokenize(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
+                 max_length: Optional[int] = None) -> dict[str, np.ndarray]:
         """Token ids of texts, padded to the longest: {'input_ids', 'attention_mask', 'token_type_ids'} int64 [B,T].
-        Texts are truncated to max_length tokens (default: the model's, see Engine.max_length)."""
-        texts, _ = as_text_list(texts)
+        Texts are truncated to max_length tokens (default: the model's, see Engine.max_length). text_pairs: the
+        second text of each pair (a string for a single string), giving "[CLS] text [SEP] pair [SEP]" with
+        token_type_ids 1 on the second text, the pair truncated longest-first to max_length, as transformers'
+        tokenizer(texts, text_pairs, truncation=True) does."""
+        texts, pairs, _ = self._text_inputs(texts, text_pairs)
         tokenizer = self._text_tokenizer()
-        return tokenizer.pad(tokenizer.token_ids(texts, self._max_length(max_length)))
+        return tokenizer.pad(tokenizer.token_ids(texts, self._max_length(max_length), pairs=pairs),
+                             pairs=pairs is not None)
 
-    def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: Optional[bool] = None,
+    def encode(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
+               batch_size: int = 32, normalize: Optional[bool] = None,
                max_length: Optional[int] = None) -> np.ndarray:
         """Sentence embeddings with the model's pooling (sentence-transformers config, else mean).
 
-        normalize: L2-normalise; None follows the model (True if its modules.json has a Normalize module).
-        Texts are sorted by length into batches of batch_size so little padding is computed; the output keeps the
-        input order. Shapes: N texts -> [N,E] float32 (E = H x pooling modes); a single string -> [E].
+        text_pairs: embed each (text, pair) as one input, tokenized as tokenize() does. normalize: L2-normalise;
+        None follows the model (True if its modules.json has a Normalize module). Texts are sorted by length into
+        batches of batch_size so little padding is computed; the output keeps the input order.
+        Shapes: N texts -> [N,E] float32 (E = H x pooling modes); a single string -> [E].
         """
-        texts, single = as_text_list(texts)
+        texts, pairs, single = self._text_inputs(texts, text_pairs)
         if self.pooling.unsupported:
             raise BortEngineError(
                 f"{self.path} has sentence-transformers module(s) the engine does not run: "
@@ -308,18 +315,20 @@ class Engine:
         if normalize is None:
             normalize = self.pooling.normalize
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
-        for rows, batch in self._batches(texts, batch_size, max_length):
+        for rows, batch in self._batches(texts, pairs, batch_size, max_length):
             hidden = self(**batch).last_hidden_state
             out[rows] = self.pooling(hidden, batch["attention_mask"], normalize=bool(normalize))
         return out[0] if single else out
 
-    def classify(self, texts: str | Sequence[str], batch_size: int = 32,
+    def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
+                 batch_size: int = 32,
                  max_length: Optional[int] = None) -> ClassificationResult | tuple[str, np.ndarray]:
         """Labels and class probabilities of a sequence classifier.
 
-        Returns a ClassificationResult (labels: N strings, probabilities [N,L], logits [N,L]); for a single string,
-        the pair (label, probabilities [L]). Probabilities are the softmax of the logits, or their sigmoid for a
-        multi-label model (then the label is the most likely one).
+        text_pairs: classify each (text, pair), e.g. (question, answer) or (premise, hypothesis), tokenized as
+        tokenize() does. Returns a ClassificationResult (labels: N strings, probabilities [N,L], logits [N,L]); for
+        a single string, the pair (label, probabilities [L]). Probabilities are the softmax of the logits, or their
+        sigmoid for a multi-label model (then the label is the most likely one).
         """
         if self._classifier is None:
             raise BortEngineError(
@@ -330,9 +339,9 @@ class Engine:
             raise BortEngineError(
                 f"classify() needs class labels, but {self.path} is a regression model (num_labels=1 / "
                 f"problem_type 'regression'); read its scores from engine(**engine.tokenize(texts)).logits")
-        texts, single = as_text_list(texts)
+        texts, pairs, single = self._text_inputs(texts, text_pairs)
         logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
-        for rows, batch in self._batches(texts, batch_size, max_length):
+        for rows, batch in self._batches(texts, pairs, batch_size, max_length):
             logits[rows] = self(**batch).logits
         if problem == "multi_label_classification":
             probs = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
@@ -342,16 +351,42 @@ class Engine:
         result = ClassificationResult(labels, probs, logits)
         return result[0] if single else result
 
-    def _batches(self, texts: list[str], batch_size: int, max_length: Optional[int]):
-        """Yield (indices into texts, padded batch) in order of decreasing token count."""
+    def _text_inputs(self, texts: Any, text_pairs: Any) -> tuple[list[str], Optional[list[str]], bool]:
+        """(texts, their pairs or None, True if texts is a single string), every mismatch refused."""
+        texts, single = as_text_list(texts)
+        if text_pairs is None:
+            return texts, None, single
+        if isinstance(text_pairs, (bool, int, float, np.number)):
+            raise InvalidInputError(
+                f"text_pairs must be a string or a list of strings, got {type(text_pairs).__name__}; the arguments "
+                f"after texts and text_pairs (batch_size, normalize, max_length) are passed by keyword, e.g. "
+                f"encode(texts, batch_size=64)")
+        if self.config.type_vocab_size < 2:
+            raise InvalidInputError(
+                f"{self.path} has type_vocab_size={self.config.type_vocab_size}: it has no token type for a second "
+                f"text, so it cannot read text pairs; join each pair into one text, or use a model trained on pairs")
+        pairs, single_pair = as_text_list(text_pairs, "text_pairs")
+        if single != single_pair:
+            given = "one string" if single_pair else f"a list of {len(pairs)}"
+            wanted = "one string too" if single else f"a list of {len(texts)} strings, one per text"
+            raise InvalidInputError(f"texts is {'one string' if single else f'a list of {len(texts)}'} but text_pairs "
+                                    f"is {given}; text_pairs must be {wanted}")
+        if len(pairs) != len(texts):
+            raise InvalidInputError(f"texts has {len(texts)} text(s) but text_pairs has {len(pairs)}; pass one "
+                                    f"second text per text (the i-th pair is (texts[i], text_pairs[i]))")
+        return texts, pairs, single
+
+    def _batches(self, texts: list[str], pairs: Optional[list[str]], batch_size: int, max_length: Optional[int]):
+        """Yield (indices into texts, padded batch) in order of decreasing token count. A pair is tokenized as one
+        sequence, so sorting moves a text and its pair together."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         tokenizer = self._text_tokenizer()
-        ids = tokenizer.token_ids(texts, self._max_length(max_length))
+        ids = tokenizer.token_ids(texts, self._max_length(max_length), pairs=pairs)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         for start in range(0, len(order), batch_size):
             rows = np.array(order[start:start + batch_size], dtype=np.int64)
-            yield rows, tokenizer.pad([ids[i] for i in rows])
+            yield rows, tokenizer.pad([ids[i] for i in rows], pairs=pairs is not None)
 
     def _text_tokenizer(self) -> TextTokenizer:
         if self.tokenizer is None:

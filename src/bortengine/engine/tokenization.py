@@ -5,6 +5,10 @@ BERT WordPiece pipeline honouring tokenizer_config.json's do_lower_case / strip_
 Truncation length, first found: sentence_bert_config.json max_seq_length (what sentence-transformers uses),
 tokenizer_config.json model_max_length, config.json max_position_embeddings; never more than the last.
 Padding is done here in NumPy, to the longest sequence of each batch, so the tokenizer itself never pads.
+Text pairs ("[CLS] a [SEP] b [SEP]") are encoded by the tokenizer's own pair template and truncated as Hugging Face
+does by default ('longest_first': tokens come off the longer text until the pair fits). Their token_type_ids are
+rebuilt from the ids alone (0 up to and including the first separator, 1 after it), so training, which keeps only
+ids, and serving give a model the same types.
 
 Shapes: B = batch, T = tokens of the longest sequence in the batch.
 """
@@ -23,6 +27,8 @@ from bortengine.errors import InvalidInputError, ModelLoadError
 from bortengine.files import read_json
 
 __all__ = ["TextTokenizer", "as_text_list"]
+
+_UNKNOWN = object()
 
 
 def as_text_list(texts: Any, what: str = "texts") -> tuple[list[str], bool]:
@@ -59,6 +65,7 @@ class TextTokenizer:
         # tokenizer another thread is using.
         self._lock = threading.Lock()
         self._configured(max_length)
+        self._sep_id: Any = _UNKNOWN  # read from the pair template on first use (most models never see a pair)
 
     @classmethod
     def load(cls, model_dir: Path, config: ModelConfig) -> Optional["TextTokenizer"]:
@@ -133,21 +140,66 @@ class TextTokenizer:
                     self._by_length[max_length] = tokenizer
         return tokenizer
 
-    def token_ids(self, texts: Sequence[str], max_length: Optional[int] = None) -> list[list[int]]:
-        """Ids of each text with special tokens, truncated to max_length (default self.max_length)."""
-        tokenizer = self._configured(self.max_length if max_length is None else max_length)
-        if self.lowercase_input:
-            texts = [t.lower() for t in texts]
-        return [e.ids for e in tokenizer.encode_batch(list(texts))]
+    def token_ids(self, texts: Sequence[str], max_length: Optional[int] = None,
+                  pairs: Optional[Sequence[str]] = None) -> list[list[int]]:
+        """Ids of each text with special tokens, truncated to max_length (default self.max_length). pairs: the
+        second text of each pair (same length as texts), giving "[CLS] text [SEP] pair [SEP]" ids truncated
+        longest-first; pad(ids, pairs=True) then gives their token_type_ids."""
+        return [e.ids for e in self.encode(texts, max_length, pairs=pairs)]
 
     def encode(self, texts: Sequence[str], max_length: Optional[int] = None,
-               add_special_tokens: bool = True) -> list[Encoding]:
+               add_special_tokens: bool = True, pairs: Optional[Sequence[str]] = None) -> list[Encoding]:
         """The `tokenizers` Encoding of each text (ids, tokens, offsets, word_ids), lower-cased and truncated as
-        token_ids() does; add_special_tokens=False leaves out [CLS] and [SEP] (then max_length counts word pieces)."""
-        tokenizer = self._configured(self.max_length if max_length is None else max_length)
+        token_ids() does; add_special_tokens=False leaves out [CLS] and [SEP] (then max_length counts word pieces).
+        pairs: the second text of each pair, as in token_ids()."""
+        max_length = self.max_length if max_length is None else max_length
+        tokenizer = self._configured(max_length)
+        texts = list(texts)
         if self.lowercase_input:
             texts = [t.lower() for t in texts]
-        return tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        if pairs is None:
+            return tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        pairs = list(pairs)
+        if len(pairs) != len(texts):
+            raise InvalidInputError(f"{len(texts)} texts but {len(pairs)} pairs; pass one second text per text")
+        special = tokenizer.num_special_tokens_to_add(True) if add_special_tokens else 0
+        if max_length < special:  # `tokenizers` would then leave the pair untruncated, longer than max_length
+            raise InvalidInputError(f"max_length={max_length} cannot hold a text pair, whose template alone adds "
+                                    f"{special} special tokens; use max_length >= {special}")
+        if self.lowercase_input:
+            pairs = [t.lower() for t in pairs]
+        return tokenizer.encode_batch(list(zip(texts, pairs)), add_special_tokens=add_special_tokens)
+
+    @property
+    def sep_id(self) -> Optional[int]:
+        """The id that ends the first text of a pair ([SEP] for BERT), read from the tokenizer's pair template;
+        None when the template gives both texts token type 0 (then pairs have token_type_ids 0 throughout)."""
+        if self._sep_id is _UNKNOWN:
+            template = Tokenizer.from_str(self._base.to_str())  # the pair template alone: no truncation, no padding
+            template.no_truncation()
+            template.no_padding()
+            empty = template.encode("", "")  # e.g. [CLS] [SEP] [SEP], types 0 0 1
+            first = [i for i, kind in zip(empty.ids, empty.type_ids) if kind == 0]
+            self._sep_id = first[-1] if first and 1 in empty.type_ids else None
+        return self._sep_id
+
+    def pair_type_ids(self, input_ids: Any, attention_mask: Any = None) -> np.ndarray:
+        """token_type_ids int64 [B,T] of padded pair ids [B,T]: 0 up to and including each row's first sep_id, 1
+        after it, 0 where attention_mask (default: all ones) is 0. Ids are all a rule can see: a "[SEP]" typed
+        inside a first text, which the tokenizer reads as the special token, ends the first segment there (Hugging
+        Face's tokenizer, which knows the texts, keeps it in segment 0)."""
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2:
+            raise InvalidInputError(f"pair_type_ids needs padded ids [batch, tokens], got shape {list(ids.shape)}")
+        types = np.zeros(ids.shape, dtype=np.int64)
+        if self.sep_id is None or ids.size == 0:
+            return types
+        is_sep = ids == self.sep_id
+        after_first = np.cumsum(is_sep, axis=1) - is_sep > 0  # a separator strictly before this position
+        types[after_first] = 1
+        if attention_mask is not None:
+            types[np.asarray(attention_mask) == 0] = 0
+        return types
 
     def vocabulary(self) -> list[str]:
         """The token of each id (index = id; "" for an id the vocabulary skips)."""
@@ -165,13 +217,14 @@ class TextTokenizer:
         """Text of token ids (the tokenizer's decoder joins '##' pieces and drops special tokens)."""
         return self._base.decode(list(ids))
 
-    def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-        """input_ids, attention_mask, token_type_ids, each int64 [B,T], padded right to the longest sequence."""
+    def pad(self, ids: Sequence[Sequence[int]], pairs: bool = False) -> dict[str, np.ndarray]:
+        """input_ids, attention_mask, token_type_ids, each int64 [B,T], padded right to the longest sequence.
+        token_type_ids are 0, or for pairs=True (ids from token_ids(texts, pairs=...)) those of pair_type_ids()."""
         lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
         t = int(lengths.max()) if len(ids) else 0
         input_ids = np.full((len(ids), t), self.pad_id, dtype=np.int64)
         for row, seq in enumerate(ids):
             input_ids[row, : len(seq)] = seq
         attention_mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "token_type_ids": np.zeros_like(input_ids)}
+        token_type_ids = self.pair_type_ids(input_ids, attention_mask) if pairs else np.zeros_like(input_ids)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
