@@ -33,11 +33,14 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run (or continue) the pipeline of config in config.out; returns the summary written to report.json."""
     config.check()
     out = Path(config.out)
+    ctx = RunContext(config, {})
+    task = ctx.task                       # the data checked row by row before the run directory is touched
     _claim(out, config)
+    task.write_splits(out)
     state = read_json(out / STATE_FILE, PipelineError, missing_ok=True) or {"stages": {}}
-    ctx = RunContext(config, {name: entry["result"] for name, entry in state["stages"].items()})
+    ctx.results.update({name: entry["result"] for name, entry in state["stages"].items()})
     _quiet_transformers()
-    _say(ctx.task.describe() + (" — fine-tuning with Agora (small training set)" if ctx.uses_agora() else ""))
+    _say(task.describe() + (" — fine-tuning with Agora (small training set)" if ctx.uses_agora() else ""))
     started = time.monotonic()
     spent_before = sum(entry["seconds"] for entry in state["stages"].values())
     _say(_plan(config, spent_before))

