@@ -33,7 +33,8 @@ from bortengine.profiling.workload import Workload
 # forwards of the Bort and MiniLM spaces in float32 and int8, and the slowest ran at 1.47x its prediction (a
 # MiniLM-sized int8 model while the host probe saw other tenants of the VM slow it 2-4x); the Bort float32 rows
 # stayed within 1.08x. A model slower than 1.5x its prediction is slower than the latency model's error and a noisy
-# stretch explain: a regression, or another machine. Students are MiniLM-sized, so a tighter bound would flap.
+# stretch explain: a regression, or another machine. Small students (MiniLM-sized and below) are where the model
+# erred most, so a tighter bound would flap.
 DEFAULT_TOLERANCE = 1.5
 
 # Plain English for the token ids of a workload: embeddings gather the rows of the ids a service would see.
