@@ -3,18 +3,24 @@
 The inference-cost objective of the hardware-aware search: `predict_latency(architecture, workload, profile)` says
 how long the engine's forward takes for an architecture on the CPU the profile was measured on. `profile()`
 measures (and saves) a profile, `load_profile()` reads one, `validate()` checks the model against measured
-forwards. The forward's steps are described once, by `forward_steps()`. See docs/profiler.md.
+forwards. The forward's steps are described once, by `forward_steps()`. `write_latency_suite()` writes the pytest
+suite that holds an exported model to its prediction on its CPU target (with the fixtures of the pytest plugin,
+`bortengine.profiling.pytest_plugin`). See docs/profiler.md.
 
 Modules, bottom up: errors, workload, ops (the forward's steps and the kernel calls they make), target (this
 CPU), disturbance and timing (measuring a callable), measurements, latency (the model), calibration, profile_file
 (Profile, load_profile, predict_latency), runners (the ops on the native module), measure (profile()), validation
-(validate()).
+(validate()), latency_check (a model's expected latency and the check of a measurement), latency_suite
+(write_latency_suite()); pytest_plugin (the fixtures; loaded by pytest, not by this package).
 """
 from __future__ import annotations
 
 from bortengine.profiling.calibration import calibrate, calibration_note
 from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning
 from bortengine.profiling.latency import LatencyModel, Prediction
+from bortengine.profiling.latency_check import (DEFAULT_TOLERANCE, LatencyExpectation, LatencyVerdict, Timing,
+                                                architecture_of, cpu_target_mismatch, time_calls, workload_inputs)
+from bortengine.profiling.latency_suite import write_latency_suite
 from bortengine.profiling.measure import profile
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
 from bortengine.profiling.ops import OpSpec, barriers, calibration_ops, forward_steps, required_ops
@@ -30,5 +36,7 @@ __all__ = [
     "ProfileError", "ProfileMismatchWarning", "ProfileInterrupted", "profile", "load_profile", "predict_latency",
     "validate", "required_ops", "default_profile_path", "default_profile_dir", "shipped_profiles", "kendall_tau",
     "DTYPES", "calibration_note", "calibrate", "calibration_ops", "forward_steps", "barriers", "Settings",
-    "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow",
+    "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow", "write_latency_suite", "LatencyExpectation",
+    "LatencyVerdict", "Timing", "DEFAULT_TOLERANCE", "architecture_of", "workload_inputs", "time_calls",
+    "cpu_target_mismatch",
 ]
