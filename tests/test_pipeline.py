@@ -102,6 +102,17 @@ def test_a_run_leaves_the_models_the_report_and_its_options(reference):
     assert options["train"].endswith("reviews.csv") and options["arch"] == "1,2,32,64"
 
 
+def test_the_latency_suite_it_writes_runs_against_this_cpus_profile(reference):
+    out, summary = reference
+    assert summary["latency_suite"]["written"]
+    # a generous tolerance: this checks that the suite runs as a service's CI would run it, not this machine's speed
+    done = subprocess.run([sys.executable, "-m", "pytest", str(out / "test_latency.py"), "-q", "-p",
+                           "no:cacheprovider", "--bortengine-tolerance", "1000"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=600, cwd=out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 passed" in done.stdout, done.stdout
+
+
 def _weights(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 

@@ -59,6 +59,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         atomic_write_json(out / STATE_FILE, state, indent=1)
         _say(f"[{index}/{len(STAGES)}] {name}: finished in {clock(took)}")
     summary = _summary(ctx, state, spent_before + time.monotonic() - started)
+    summary["latency_suite"] = _latency_suite(ctx)
     write_report(out, summary)
     _finish(ctx, summary)
     return summary
@@ -103,7 +104,22 @@ def _finish(ctx: RunContext, summary: dict[str, Any]) -> None:
     print(f"the student is in {model} (the fine-tuned teacher in {ctx.teacher_dir})")
     print(f"use it:  python -c \"import bortengine; print(bortengine.load('{model}', dtype='{ctx.config.dtype}')"
           f".classify(['your text']))\"")
-    print(f"check its latency on this CPU:  pytest {ctx.out / 'test_latency.py'}", flush=True)
+    if summary["latency_suite"]["written"]:
+        print(f"check its latency on this CPU:  pytest {ctx.out / 'test_latency.py'}", flush=True)
+
+
+def _latency_suite(ctx: RunContext) -> dict[str, Any]:
+    """OUT/test_latency.py: the student's latency at the workload checked against this CPU's profile, for the
+    service's CI (profiling.write_latency_suite)."""
+    from bortengine.profiling import DEFAULT_TOLERANCE, ProfileError, write_latency_suite
+
+    path = ctx.out / "test_latency.py"
+    try:
+        write_latency_suite(path, ctx.out / "model", ctx.out / "profile.json", ctx.workload(), DEFAULT_TOLERANCE)
+    except ProfileError as e:      # a student given with --arch outside the profiled space
+        _say(f"no latency suite: {e}")
+        return {"written": False, "reason": str(e)}
+    return {"written": True, "path": str(path), "tolerance": DEFAULT_TOLERANCE}
 
 
 def _say(message: str) -> None:
