@@ -330,12 +330,15 @@ def test_new_options_left_unset_keep_the_fingerprint_of_earlier_runs():
     from dataclasses import asdict
 
     config = AgoraConfig(settings=THETA, seed=3)
+    # the fields of the earliest runs: the options added since (and the time budget, never part of a run's
+    # identity) are left out of the fingerprint while unset
     keys = {k: v for k, v in asdict(config).items()
-            if k not in ("out_dir", "trainer_settings", "min_confidence", "select_fraction")}
+            if k not in ("out_dir", "trainer_settings", "min_confidence", "select_fraction", "time_budget")}
     import hashlib
 
     assert config.fingerprint() == hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert AgoraConfig(settings=THETA, seed=3, select_fraction=0.5).fingerprint() != config.fingerprint()
+    assert AgoraConfig(settings=THETA, seed=3, time_budget=60.0).fingerprint() == config.fingerprint()
 
 
 def test_distill_on_generated_needs_a_weight_and_a_known_choice(tmp_path):
@@ -379,3 +382,27 @@ def test_cli_recipe_is_checked(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bortengine", "finetune", "--agora", "--labeller", "x",
                            "--recipe", "best", "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "--recipe" in proc.stderr
+
+
+class SlowTrainer(CentroidTrainer):
+    """Each fit takes 0.3 s of wall time (sleeping), like a fine-tune of fixed cost."""
+
+    def fit(self, setting, points, labels, seed, dev=None):
+        import time
+
+        time.sleep(0.3)
+        return super().fit(setting, points, labels, seed, dev)
+
+
+def test_a_time_budget_makes_the_round_whose_successor_would_not_fit_the_last():
+    import time
+
+    start = time.monotonic()
+    # round 1 trains the 3 settings of Θ (0.9 s); round 2 would train 2 on more points (>= 0.6 s): past 1.2 s
+    result, _ = run(trainer=SlowTrainer(), time_budget=1.2)
+    assert result.stopped_by == "time budget"
+    assert [r.round for r in result.rounds] == [1]
+    assert result.rounds[0].generated == 0           # the last round generates nothing no round would train on
+    assert time.monotonic() - start < 1.2 + 0.5
+    unbounded, _ = run(trainer=SlowTrainer(), time_budget=None, rounds=2)
+    assert [r.round for r in unbounded.rounds] == [1, 2]

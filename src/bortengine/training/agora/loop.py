@@ -86,12 +86,16 @@ class AgoraConfig:
     # trainer's dev argument, its epoch); the mistakes that seed generation are collected on the rest of dev, so the
     # selection part never has points generated around it. None: all of dev does both (the paper's loop)
     select_fraction: Optional[float] = None
+    # seconds of wall time from the call of run_agora: a round is made the last when the next one, estimated from
+    # this one's time scaled by the settings and training points it would have, would end after it. Not part of
+    # the run's identity: a resumed run may have another budget
+    time_budget: Optional[float] = None
 
     _UNSET_NOT_FINGERPRINTED = ("trainer_settings", "min_confidence", "select_fraction")   # runs from before them
 
     def fingerprint(self) -> str:
         keys = {k: v for k, v in asdict(self).items()
-                if k != "out_dir" and not (k in self._UNSET_NOT_FINGERPRINTED and not v)}
+                if k not in ("out_dir", "time_budget") and not (k in self._UNSET_NOT_FINGERPRINTED and not v)}
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -344,6 +348,7 @@ class _AgoraRun:
         self.progress = _Progress(list(enumerate(settings)), [], train_points, train_labels,
                                   np.random.default_rng(config.seed))
         self.out = Path(config.out_dir) if config.out_dir else None
+        self.started, self.out_of_time = time.monotonic(), False
 
     def resume(self) -> None:
         if self.out is None:
@@ -362,7 +367,18 @@ class _AgoraRun:
             return "theta empty"
         if self.config.rounds is not None and len(self.progress.records) >= self.config.rounds:
             return "round budget"
+        if self.out_of_time:
+            return "time budget"
         return None
+
+    def next_round_fits(self, seconds: float, settings_now: int, settings_next: int, points_next: int) -> bool:
+        """Whether a round of settings_next fine-tunes on points_next points ends within the time budget, estimated
+        from this round (seconds for settings_now fine-tunes on the points it had): fine-tuning time grows with
+        both."""
+        if self.config.time_budget is None:
+            return True
+        scale = (settings_next / max(1, settings_now)) * (points_next / max(1, len(self.progress.train_points)))
+        return time.monotonic() - self.started + seconds * scale <= self.config.time_budget
 
     def train_settings(self, r: int) -> tuple[_RoundBest, list[tuple[float, int, dict]]]:
         """Fine-tune one student per setting left in Θ: the best on the selection part of dev (ties: the earlier),
@@ -433,6 +449,11 @@ class _AgoraRun:
         ranked = [(i, s) for a, i, s in sorted(scored, key=lambda t: -t[0])]
         theta_next = ranked[:max(0, len(p.theta) - config.drop)]
         last = not theta_next or (config.rounds is not None and r >= config.rounds)
+        if not last and not self.next_round_fits(time.perf_counter() - start, len(p.theta), len(theta_next),
+                                                 len(p.train_points) + self.expected_new(mistakes)):
+            last = self.out_of_time = True
+            log(f"round {r}: the next round would not end within the time budget ({config.time_budget:.0f} s): "
+                f"this round is the last")
         generated, agreement, unconfident = 0, None, 0
         if last:
             note = "last round: no points generated (no later round would train on them)"
@@ -462,6 +483,11 @@ class _AgoraRun:
                 f"logged above); the new points keep the labeller's labels")
         self.save_round(best.model, record)
         return best.model
+
+    def expected_new(self, mistakes) -> int:
+        """The points a round would add around these mistakes (before the labeller's confidence filter)."""
+        n = len(mistakes) * self.config.per_mistake
+        return n if self.config.max_new_per_round is None else min(n, self.config.max_new_per_round)
 
     def save_round(self, model: Any, record: RoundRecord) -> None:
         if self.out is None:

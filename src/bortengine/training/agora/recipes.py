@@ -128,7 +128,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
                    mlm_model: Optional[str] = None, max_length: Optional[int] = None, threads: Optional[int] = None,
                    distill_weight: Optional[float] = None, min_confidence: Optional[float] = None,
                    select_fraction: Optional[float] = None, distill_on: Optional[str] = None,
-                   recipe: str = "scarce") -> dict:
+                   recipe: str = "scarce", time_budget: Optional[float] = None) -> dict:
     """Agora on a movie-reviews task with a text student, the engine as labeller, and test accuracy of every
     round's student measured after the loop. Writes out_dir/result.json and out_dir/rounds.png.
 
@@ -142,7 +142,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     1 stays the baseline with the same trainer; distill_on="generated": only the generated points are distilled
     (the 500 originals keep their gold labels alone), so round 1 is plain fine-tuning. min_confidence,
     select_fraction: AgoraConfig's (the labeller's confidence filter on generated points; the part of dev kept apart
-    for selection). Bad options raise AgoraError before anything is loaded."""
+    for selection). time_budget: seconds of wall time for the loop (AgoraConfig.time_budget: no round is started
+    that is estimated to end after it). Bad options raise AgoraError before anything is loaded."""
     options = resolve_recipe(recipe, settings=settings, per_mistake=per_mistake, fraction=fraction,
                              distill_weight=distill_weight, distill_on=distill_on, select_fraction=select_fraction)
     _check_options(options, min_confidence)       # before minutes of loading, not after
@@ -161,6 +162,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         gold_texts=[e.text for e in train] if options["distill_on"] == "generated" else None)
     transform = _transformation(transformation, tokenizer_dir, options["fraction"], neighbours, mlm_model, max_length)
     config = _agora_config(options, rounds, max_new_per_round, seed, out_dir, min_confidence, data.labels)
+    if time_budget is not None:
+        config.time_budget = max(0.0, time_budget - (time.perf_counter() - started))
     labeller_dev = accuracy(judge.predict([e.text for e in dev]), np.array([e.label for e in dev]))
     if labeller_dev < 2 / 3:
         log(f"warning: the labeller's dev accuracy is {labeller_dev:.3f}, below the ~2/3 Agora assumes")
