@@ -229,7 +229,7 @@ def _finetune_agora(args) -> int:
             transformation=args.transformation, fraction=args.replace_fraction, neighbours=args.neighbours,
             mlm_model=args.mlm_model, max_length=args.max_length, threads=args.threads,
             distill_weight=args.agora_distill, min_confidence=args.min_confidence,
-            select_fraction=args.select_fraction, distill_on=args.agora_distill_on)
+            select_fraction=args.select_fraction, distill_on=args.agora_distill_on, progress=not args.no_progress)
     print_result({k: v for k, v in summary.items() if k != "rounds"} | {"rounds": [
         {k: r[k] for k in ("round", "theta_left", "train_size", "generated", "label_agreement", "dev_accuracy",
                            "test_accuracy")} for r in summary["rounds"]]})

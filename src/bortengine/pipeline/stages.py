@@ -320,7 +320,8 @@ def _agora(ctx: RunContext, student: str, seconds: float) -> dict[str, Any]:
     summary = finetune_agora(labeller=str(ctx.teacher_dir), out_dir=str(run_dir), model=student, arch=None,
                              task=ctx.data_spec, train_limit=None, seed=ctx.config.seed,
                              max_length=_teacher_max_length(ctx), threads=ctx.threads,
-                             max_new_per_round=AGORA_MAX_NEW, time_budget=0.85 * seconds)
+                             max_new_per_round=AGORA_MAX_NEW, time_budget=0.85 * seconds,
+                             progress=ctx.config.progress)
     last = summary["rounds"][-1]["round"]
     _copy_model(run_dir / f"round-{last}", ctx.out / "model")
     if (run_dir / "rounds.png").is_file():

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
+from bortengine.progress import Progress
 from bortengine.training.checkpoint import read_checkpoint, refuse_old_files, write_checkpoint
 from bortengine.training.errors import TrainingError
 
@@ -349,6 +350,7 @@ class _AgoraRun:
                                   np.random.default_rng(config.seed))
         self.out = Path(config.out_dir) if config.out_dir else None
         self.started, self.out_of_time = time.monotonic(), False
+        self.bar: Optional[Progress] = None
 
     def resume(self) -> None:
         if self.out is None:
@@ -371,6 +373,13 @@ class _AgoraRun:
             return "time budget"
         return None
 
+    def fine_tunes_left(self) -> int:
+        """Fine-tunes of the rounds to come: Θ shrinks by `drop` settings a round (within the round budget)."""
+        left, n, r = 0, len(self.progress.theta), len(self.progress.records)
+        while n > 0 and (self.config.rounds is None or r < self.config.rounds):
+            left, n, r = left + n, n - max(1, self.config.drop), r + 1
+        return left
+
     def next_round_fits(self, seconds: float, settings_now: int, settings_next: int, points_next: int) -> bool:
         """Whether a round of settings_next fine-tunes on points_next points ends within the time budget, estimated
         from this round (seconds for settings_now fine-tunes on the points it had): fine-tuning time grows with
@@ -388,6 +397,8 @@ class _AgoraRun:
         for index, setting in p.theta:
             m = self.trainer.fit(setting, p.train_points, p.train_labels, seed=self.config.seed * 1000 + index,
                                  dev=self.select)
+            if self.bar is not None:
+                self.bar.step(f"round {r} setting {index}")
             pred = check_labels("the student", m.predict(points), self.num_classes, len(points))
             acc = accuracy(pred, gold)
             scored.append((acc, index, setting))
@@ -501,7 +512,7 @@ class _AgoraRun:
 def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any], Sequence[int]],
               dev: tuple[Sequence[Any], Sequence[int]], labeller: Labeller, transformation: Transformation,
               save_model: Optional[Callable[[Any, Path], None]] = None,
-              load_model: Optional[Callable[[Path], Any]] = None) -> AgoraResult:
+              load_model: Optional[Callable[[Path], Any]] = None, progress: bool = False) -> AgoraResult:
     """The Agora loop. train and dev are (points, labels); labels are class ids 0..num_classes-1.
 
     trainer.fit(setting, points, labels, seed, dev) -> a model with predict(points) -> [N] class ids.
@@ -511,9 +522,12 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
     With out_dir, the state after every round is written to out_dir/state.safetensors; calling run_agora again
     with the same config and out_dir resumes after the last finished round (a state from another config is
     refused, and so is a run directory of an older bortengine, whose state was a pickle).
+    progress: a bar over the fine-tunes left (each round trains every setting left in Θ), with time left.
     """
     run = _AgoraRun(config, trainer, train, dev, labeller, transformation, save_model)
     run.resume()
+    if progress:
+        run.bar = Progress(run.fine_tunes_left(), "agora")
     model = None
     while run.finished() is None:
         model = run.run_round()

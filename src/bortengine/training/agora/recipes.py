@@ -128,7 +128,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
                    mlm_model: Optional[str] = None, max_length: Optional[int] = None, threads: Optional[int] = None,
                    distill_weight: Optional[float] = None, min_confidence: Optional[float] = None,
                    select_fraction: Optional[float] = None, distill_on: Optional[str] = None,
-                   recipe: str = "scarce", time_budget: Optional[float] = None) -> dict:
+                   recipe: str = "scarce", time_budget: Optional[float] = None, progress: bool = False) -> dict:
     """Agora on a movie-reviews task with a text student, the engine as labeller, and test accuracy of every
     round's student measured after the loop. Writes out_dir/result.json and out_dir/rounds.png.
 
@@ -168,7 +168,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     if labeller_dev < 2 / 3:
         log(f"warning: the labeller's dev accuracy is {labeller_dev:.3f}, below the ~2/3 Agora assumes")
     result = run_agora(config, trainer, _points(train), _points(dev), judge, transform,
-                       save_model=save_classifier, load_model=load_engine_classifier)
+                       save_model=save_classifier, load_model=load_engine_classifier, progress=progress)
     loop_seconds = time.perf_counter() - started
     # after the loop: test accuracy of each round's student (round 1 = plain fine-tuning with the Θ search)
     rows = evaluate_rounds(out_dir, _points(test), load_engine_classifier)
