@@ -187,7 +187,8 @@ class Engine:
         c = self.config
         return (f"Engine(path='{self.path}', kind={c.kind}, hidden_size={c.hidden_size}, "
                 f"layers={c.num_hidden_layers}, heads={c.num_attention_heads}, isa={self.isa!r}, "
-                f"kernel={self.kernel!r}, num_threads={self.num_threads}, dtype={self.dtype!r})")
+                f"kernel={self.kernel!r}, num_threads={self.num_threads}, dtype={self.dtype!r}, "
+                f"max_length={self.max_length})")
 
     # ------------------------------------------------------------------------------------------------- ids in
     def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> EncoderOutput:
@@ -328,7 +329,9 @@ class Engine:
         text_pairs: classify each (text, pair), e.g. (question, answer) or (premise, hypothesis), tokenized as
         tokenize() does. Returns a ClassificationResult (labels: N strings, probabilities [N,L], logits [N,L]); for
         a single string, the pair (label, probabilities [L]). Probabilities are the softmax of the logits, or their
-        sigmoid for a multi-label model (then the label is the most likely one).
+        sigmoid for a multi-label model (then the label is the most likely one). Texts (pairs: together) are
+        truncated to max_length tokens, by default Engine.max_length: the length the model was trained at when it
+        was exported by bortengine (sentence_bert_config.json max_seq_length), so it reads what training read.
         """
         if self._classifier is None:
             raise BortEngineError(
