@@ -614,3 +614,17 @@ def test_cli_rejects_a_bad_time_budget(tmp_path, capsys):
         warnings.simplefilter("ignore")  # the synthetic profile describes another CPU
         assert main(argv) == 2
     assert "--time-budget takes 1800, 30m or 1.5h, got 'soon'" in capsys.readouterr().err
+
+
+def test_a_latency_limit_searches_only_the_candidates_predicted_within_it(tmp_path):
+    full = run(MINILM_SPACE, MINILM_PROFILE, tmp_path, epsilon=0.1)
+    limit = full.max_point.latency_ms / 4
+    limited = run(MINILM_SPACE, MINILM_PROFILE, tmp_path, epsilon=0.1, latency_limit_ms=limit)
+    assert limited.max_point.arch == full.max_point.arch and limited.max_point.evaluated
+    others = [c for c in limited.candidates if c is not limited.max_point]
+    assert others and all(c.latency_ms <= limit for c in others)
+    assert len(limited.candidates) < len(full.candidates)
+    fast_enough = {c.arch.tuple for c in full.candidates if c.latency_ms <= limit}
+    assert {c.arch.tuple for c in others} == fast_enough
+    with pytest.raises(S.SearchError, match="latency limit"):
+        run(MINILM_SPACE, MINILM_PROFILE, tmp_path, epsilon=0.1, latency_limit_ms=1e-6)

@@ -51,6 +51,9 @@ def _add_search_options(p) -> None:
     p.add_argument("--representative", choices=sorted(REPRESENTATIVES), default="source-heads",
                    help="which member of a group is evaluated: source-heads (default: the head count nearest the "
                         "maximum point's, then most parameters) or largest (most parameters, then fastest)")
+    p.add_argument("--latency-limit", type=float, default=None, metavar="MS",
+                   help="search only the candidates predicted at most MS milliseconds per forward (a latency "
+                        "constraint; the maximum point stays as the W-coefficient's reference)")
     p.add_argument("--per-group", type=int, default=3, dest="per_group", metavar="K",
                    help="at most K surrogate evaluations per group (default 3): after the representatives, the "
                         "members an error model fitted to the measured errors predicts best in their group, unless "
@@ -89,7 +92,8 @@ def run(args) -> int:
     kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,
               cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=_time_budget(args.time_budget),
               allow_extrapolation=args.allow_extrapolation, worker_nice=args.worker_nice,
-              progress=not args.no_progress, representative=args.representative, per_group=args.per_group)
+              progress=not args.no_progress, representative=args.representative, per_group=args.per_group,
+              latency_limit_ms=args.latency_limit)
     space = SearchSpace.resolve(args.space)
     print(f"extract: {space.describe()}\nworkload: {workload}; profile {prof.path} ({prof.target.isa})\n"
           f"surrogate: {surrogate.describe()}; ε = {args.eps}; {'exhaustive' if args.exhaustive else 'FPTAS'}",

@@ -232,7 +232,7 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
                                   teacher=str(ctx.teacher_dir), **_surrogate_data(ctx))
     result = extract(space, surrogate, prof, workload=ctx.workload(), epsilon=EXTRACT_EPSILON, max_point=teacher,
                      cache_dir=str(ctx.out / "extract-cache"), time_budget=0.9 * seconds,
-                     progress=ctx.config.progress)
+                     progress=ctx.config.progress, latency_limit_ms=teacher_ms / ctx.config.min_speedup)
     chosen, note = choose_student(result, teacher_ms / ctx.config.min_speedup)
     candidates = [{"architecture": str(c.arch), "params": c.params, "latency_ms": c.latency_ms, "error": c.error,
                    "pareto": c.pareto} for c in result.candidates if c.error is not None]

@@ -71,7 +71,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
             tau: Optional[float] = None,
             time_budget: Optional[float] = None, max_fallbacks: int = 2, allow_extrapolation: bool = False,
             worker_nice: int = 0, progress: bool = True, representative: str = "source-heads",
-            per_group: int = 3) -> Extraction:
+            per_group: int = 3, latency_limit_ms: Optional[float] = None) -> Extraction:
     """Optimal sub-architecture extraction over (p, l, e) by the FPTAS (or exhaustively).
 
     space: a SearchSpace or a name/file; surrogate: a Surrogate or a name in SURROGATES; profile: a Profile (see
@@ -92,6 +92,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     standard errors, and predicted at most 1 + ε above it), the member it predicts lowest is evaluated; refit and
     repeat until no group qualifies (the refinement, docs/extraction.md).
     1: the plain FPTAS, one representative per group.
+    latency_limit_ms: only candidates predicted at most this slow are searched (a latency constraint, as a
+    service's budget per request; the maximum point stays, the W-coefficient's reference).
     """
     start = time.monotonic()
     eps = check_epsilon(epsilon)
@@ -109,6 +111,11 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
         warnings.warn(f"the profile {profile.path or ''}: {note}", RuntimeWarning, stacklevel=2)
     cands = cheap_objectives(archs, model, space, workload, size, allow_extrapolation, profile.path)
     m = next(c for c in cands if c.arch.tuple == m_arch.tuple)
+    if latency_limit_ms is not None:
+        cands = [c for c in cands if c.latency_ms <= latency_limit_ms or c is m]
+        if len(cands) < 2:
+            raise SearchError(f"no candidate is predicted within the latency limit of {latency_limit_ms:.3f} ms "
+                              f"under {workload}; raise the limit or search a space with smaller architectures")
     # the groups: cells of a (1+ε) log grid over (p, l), each with its representative first
     order = representative_order(representative, m_arch)
     members = group(cands, eps, order)
