@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 pd = pytest.importorskip("pandas")
@@ -196,3 +198,35 @@ def test_builtin_task_and_spec(tmp_path):
     assert DataSpec.of(None, train="x.csv").name == "x" and DataSpec.of("d/x.csv.gz").name == "x"
     with pytest.raises(TrainingError, match="built-in task 'rt' has its own dev and test"):
         load_task("rt", dev="x.csv")
+
+
+def test_stratified_sample_counts():
+    # four classes of 30/30/30/10: rounding each share up gave 6 of 5 (a negative count, a ValueError)
+    labels = [0] * 30 + [1] * 30 + [2] * 30 + [3] * 10
+    chosen = stratified_sample(labels, 5, seed=0)
+    assert len(chosen) == 5 and len(set(chosen)) == 5
+    assert sorted(np.bincount(np.asarray(labels)[chosen], minlength=4)) == [1, 1, 1, 2]
+    # four equal classes, n = 2: two classes, not two of the last one
+    assert len(set(np.asarray([0, 1, 2, 3] * 4)[stratified_sample([0, 1, 2, 3] * 4, 2, seed=0)])) == 2
+    # every class at least once when n allows, even a rare one
+    rare = [0] * 45 + [1] * 45 + [2] * 10
+    assert set(np.asarray(rare)[stratified_sample(rare, 4, seed=1)]) == {0, 1, 2}
+    assert stratified_sample(rare, 100, seed=1) == list(range(100))
+    assert stratified_sample(rare, 30, seed=1) == stratified_sample(rare, 30, seed=1) != \
+        stratified_sample(rare, 30, seed=2)
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=60), st.integers(1, 70), st.integers(0, 3))
+@settings(max_examples=150, deadline=None)
+def test_stratified_sample_property(labels, n, seed):
+    chosen = stratified_sample(labels, n, seed)
+    labels = np.asarray(labels)
+    assert chosen == sorted(set(chosen)) and len(chosen) == min(n, len(labels))
+    classes, sizes = np.unique(labels, return_counts=True)
+    got = np.array([np.sum(labels[chosen] == c) for c in classes])
+    share = len(chosen) * sizes / len(labels)
+    assert np.all(got <= np.ceil(share - 1e-9))    # never more than its share, rounded up
+    if len(chosen) >= len(classes):
+        assert got.min() >= 1
+    if share.min() >= 1:      # no class needed an example taken from another: each within one of its share
+        assert np.all(np.abs(got - share) < 1)

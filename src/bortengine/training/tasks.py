@@ -160,15 +160,21 @@ def load_task(spec: "DataSpec | str | None" = None, **fields: Any) -> Task:
 
 
 def stratified_sample(labels: Sequence[int], n: int, seed: int) -> list[int]:
-    """Indices of n of the labels drawn without replacement, each class in proportion (rounded, at least one of
-    each class when n allows), with seed; sorted."""
+    """Indices of n of the labels drawn without replacement with seed, sorted. Each class gets n times its share,
+    rounded by largest remainder (so the counts add up to n and each lies within one of its share), and at least
+    one example when n allows, taken from the largest class."""
     labels = np.asarray(labels)
-    classes = np.unique(labels)
+    classes, sizes = np.unique(labels, return_counts=True)
+    n = min(n, len(labels))
+    share = n * sizes / len(labels)
+    counts = np.floor(share).astype(int)
+    counts[np.argsort(counts - share, kind="stable")[:n - counts.sum()]] += 1
+    if n >= len(classes):
+        for c in np.flatnonzero(counts == 0):
+            counts[np.argmax(counts)] -= 1
+            counts[c] += 1
     rng = np.random.default_rng(seed)
-    counts = {c: int(round(n * np.mean(labels == c))) for c in classes}
-    counts[classes[-1]] = n - sum(counts[c] for c in classes[:-1])
-    chosen = [rng.choice(np.flatnonzero(labels == c), min(counts[c], int(np.sum(labels == c))), replace=False)
-              for c in classes]
+    chosen = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(classes, counts)]
     return sorted(int(i) for part in chosen for i in part)
 
 
