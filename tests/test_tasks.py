@@ -230,3 +230,197 @@ def test_stratified_sample_property(labels, n, seed):
         assert got.min() >= 1
     if share.min() >= 1:      # no class needed an example taken from another: each within one of its share
         assert np.all(np.abs(got - share) < 1)
+
+
+# -- bad data: a TrainingError naming the file and the row --------------------------------------------------------
+GOOD = [(f"review number {i}", ("great", "other")[i % 2]) for i in range(9)]
+
+
+def csv_text(rows, header="text,label", sep=",") -> str:
+    return "\n".join([header] + [sep.join(map(str, row)) for row in rows]) + "\n"
+
+
+def jsonl_text(rows) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def with_row(value, at: int = 4, column: int = 1) -> list:
+    """GOOD with row `at` (from 1) holding value in the column."""
+    rows = [list(r) for r in GOOD]
+    rows[at - 1][column] = value
+    return rows
+
+
+def records(rows, keys=("text", "label")) -> list[dict]:
+    return [dict(zip(keys, row)) for row in rows]
+
+
+def parquet(path: Path, columns: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+
+
+BAD = {   # name: (file name, what to write (text, bytes, or a function of the path), load_task fields, message)
+    "no text column": ("a.csv", csv_text(GOOD, "review,label"), {},
+                       r"no column 'text'; its columns are \['review', 'label'\]"),
+    "no label column": ("a.jsonl", jsonl_text(records(GOOD)), {"label_column": "stars"},
+                        r"no column 'stars'; its columns are \['text', 'label'\]"),
+    "no pair column": ("a.parquet", lambda p: parquet(p, {"text": [t for t, _ in GOOD], "label": [y for _, y in GOOD]}),
+                       {"text_pair_column": "answer"}, r"no column 'answer'; its columns are \['text', 'label'\]"),
+    "empty text": ("a.csv", csv_text(with_row("", column=0)), {}, r"row 4: the 'text' value is empty"),
+    "quoted empty text": ("a.csv", csv_text(with_row('""', column=0)), {}, r"row 4: the 'text' value is empty"),
+    "whitespace text": ("a.tsv", csv_text(with_row(" \t ", 5, 0), "text\tlabel", "\t").replace(" \t ", '" \t "'), {},
+                        r"row 5: the 'text' value is empty \(only whitespace\)"),
+    "null text": ("a.jsonl", jsonl_text(records(with_row(None, 4, 0))), {}, r"row 4: the 'text' value is empty"),
+    "text key missing": ("a.jsonl", jsonl_text([r if i != 2 else {"label": "great"} for i, r in
+                                                enumerate(records(GOOD))]), {}, r"row 3: the 'text' value is empty"),
+    "number among texts": ("a.jsonl", jsonl_text(records(with_row(1234, 6, 0))), {},
+                           r"row 6: the 'text' value is 1234 \(int\), not text"),
+    "numbers as texts": ("a.jsonl", jsonl_text([{"text": i, "label": y} for i, (_, y) in enumerate(GOOD)]), {},
+                         r"row 1: the 'text' value is 0 \(int\), not text"),
+    "empty pair": ("a.csv", csv_text([(t, "", y) if i == 6 else (t, "answer", y) for i, (t, y) in enumerate(GOOD)],
+                                     "text,answer,label"), {"text_pair_column": "answer"},
+                   r"row 7: the 'answer' value is empty"),
+    "empty label": ("a.csv", csv_text(with_row("")), {}, r"row 4: the label \('label'\) is missing"),
+    "nan label": ("a.csv", csv_text(with_row("NaN")), {}, r"row 4: the label \('label'\) is missing \('NaN'\)"),
+    "null label": ("a.jsonl", jsonl_text(records(with_row(None, 8))), {}, r"row 8: the label \('label'\) is missing"),
+    "NaN label in Parquet": ("a.parquet", lambda p: parquet(p, {"text": [t for t, _ in GOOD], "label": [
+        float("nan") if i == 3 else i % 2 for i in range(9)]}), {}, r"row 4: the label \('label'\) is missing"),
+    "fractional label": ("a.jsonl", jsonl_text(records(with_row(0.5, 2))), {},
+                         r"row 2: the label \('label'\) is 0.5: labels are strings or integers"),
+    "fractional label in CSV": ("a.csv", csv_text([(t, 1.0 if i != 4 else 2.5) for i, (t, _) in enumerate(GOOD)]), {},
+                                r"row 5: the label \('label'\) is '2.5': labels are strings or integers"),
+    "fractional label in Parquet": ("a.parquet", lambda p: parquet(p, {"text": [t for t, _ in GOOD], "label": [
+        0.25 * i for i in range(9)]}), {}, r"row 2: the label \('label'\) is 0.25"),
+    "list label": ("a.jsonl", jsonl_text(records(with_row(["great"], 3))), {},
+                   r"row 3: the label \('label'\) is \['great'\] \(list\): labels are strings or integers"),
+    "one class": ("a.csv", csv_text([(t, "great") for t, _ in GOOD]), {},
+                  r"every example has the label 'great'; a classifier needs two or more classes"),
+    "a class too small": ("a.csv", csv_text(GOOD + [("a rare one", "rare"), ("another", "rare")]), {},
+                          r"splitting dev and test from train needs at least 3 examples of every class .*\{'rare': 2\}"),
+    "too small for dev alone": ("a.csv", csv_text(GOOD + [("a rare one", "rare")]), {"test": "DEV"},
+                                r"splitting dev from train needs at least 2 examples .*\{'rare': 1\}"),
+    "latin-1": ("a.csv", csv_text(with_row("café crème", 3, 0)).encode("latin-1"), {},
+                r"line 4 is not UTF-8 text \(byte 0xe9 .*iconv"),
+    "latin-1, gzip'd": ("a.csv.gz", lambda p: p.write_bytes(__import__("gzip").compress(
+        csv_text(with_row("déjà vu", 6, 0)).encode("latin-1"))), {}, r"line 7 is not UTF-8 text"),
+    "not gzip": ("a.csv.gz", csv_text(GOOD), {}, r"cannot be decompressed as gzip"),
+    "a JSON array": ("a.json", json.dumps(records(GOOD), indent=1), {}, r"a JSON array, not JSON Lines"),
+    "a bad JSON line": ("a.jsonl", jsonl_text(records(GOOD[:5])) + "{'text': 'x', 'label': 'great'}\n", {},
+                        r"line 6: not JSON .*one JSON object per line"),
+    "a JSON line not an object": ("a.jsonl", jsonl_text(records(GOOD[:5]) + [["x", "great"]]), {},
+                                  r"line 6: a JSON list, not an object"),
+    "short CSV row": ("a.csv", csv_text(GOOD[:6]) + "no label here\n" + csv_text(GOOD[6:], "text,label"), {},
+                      r"row 7 \(line 8\) has 1 field, the header 2"),
+    "long CSV row": ("a.csv", csv_text(GOOD[:2] + [("oh, no", "great")] + GOOD[2:]), {},
+                     r"row 3 \(line 4\) has 3 fields, the header 2: 'oh, no,great'"),
+    "not Parquet": ("a.parquet", csv_text(GOOD), {}, r"cannot be read as Parquet"),
+    "empty file": ("a.csv", "", {}, r"cannot be read as CSV: Empty CSV file"),
+    "header only": ("a.tsv", "text\tlabel\n", {}, r"no rows of data"),
+    "unknown suffix": ("a.xlsx", csv_text(GOOD), {}, r"unknown data format '\.xlsx'; give CSV \(\.csv\)"),
+    "no suffix": ("data", csv_text(GOOD), {}, r"unknown data format '\(no suffix\)'"),
+    "not a datasets directory": ("dir", lambda p: (p.mkdir(), (p / "a.csv").write_text(csv_text(GOOD))), {},
+                                 r"not a directory written by datasets' save_to_disk"),
+    "a column twice": ("a.csv", csv_text([(t, t, y) for t, y in GOOD], "text,text,label"), {},
+                       r"the column 'text' appears more than once in its header \['text', 'text', 'label'\]"),
+    "dev labels not in train": ("a.csv", csv_text(GOOD), {"dev": csv_text(GOOD[:3] + [("x", "meh"), ("y", "bad")])},
+                                r"dev file .* has labels the train file does not: \['bad', 'meh'\] \(the first in "
+                                r"row 4; train has \['great', 'other'\]\)"),
+    "test labels not in train": ("a.csv", csv_text(GOOD), {"test": csv_text([(t, 1) for t, _ in GOOD])},
+                                 r"test file .* has labels the train file does not: \['1'\] \(the first in row 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_data_is_a_clear_error(tmp_path, case):
+    name, content, fields, message = BAD[case]
+    path = tmp_path / name
+    if callable(content):
+        content(path)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    for role in ("dev", "test"):    # a second file: its text, or "DEV" for the train file itself
+        if role in fields:
+            other = path if fields[role] == "DEV" else tmp_path / f"{role}.csv"
+            if other != path:
+                other.write_text(fields[role])
+            fields = fields | {role: str(other)}
+    with pytest.raises(TrainingError) as error:
+        load_task(train=str(path), **fields)
+    text = str(error.value)
+    assert re.search(message, text), text
+    named = fields.get("test") or fields.get("dev") if "labels not in train" in case else str(path)
+    assert named in text and "\n" not in text and "Traceback" not in text
+
+
+def test_spec_errors(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text(csv_text(GOOD))
+    for fields, message in [({"label_column": "text"}, r"columns must differ, got \['text', 'text'\]"),
+                            ({"text_pair_column": "label"}, r"must differ, got \['text', 'label', 'label'\]"),
+                            ({"dev": str(tmp_path / "missing.csv")}, r"the dev file .*missing.csv does not exist"),
+                            ({"dev_fraction": 0.5}, r"dev_fraction must lie in \(0, 0.5\)"),
+                            ({"train_limit": 1}, r"train_limit must be >= 2")]:
+        with pytest.raises(TrainingError, match=message):
+            load_task(train=str(path), **fields)
+    with pytest.raises(TrainingError, match=r"the train file .*nowhere.csv does not exist"):
+        load_task(train=str(tmp_path / "nowhere.csv"))
+    with pytest.raises(TrainingError, match=r"built-in tasks are \['rt', 'imdb'\]"):
+        load_task(DataSpec(builtin="sst2"))
+
+
+def test_an_unreadable_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.csv"
+    path.write_text(csv_text(GOOD))
+
+    def refused(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    with pytest.raises(TrainingError, match=r"a.csv: cannot be read \(Permission denied\)"):
+        load_task(train=str(path))
+
+
+def test_what_each_reader_must_not_change(tmp_path):
+    """Values pyarrow alone would read otherwise than they are written, or refuse."""
+    texts = [t for t, _ in GOOD]
+    # a CSV written by pandas from an integer column with a gap holds 1.0 and 0.0: the integers, as in JSON Lines
+    (tmp_path / "floats.csv").write_text(csv_text([(t, float(i % 2)) for i, t in enumerate(texts)]))
+    (tmp_path / "ints.jsonl").write_text(jsonl_text([{"text": t, "label": i % 2} for i, t in enumerate(texts)]))
+    floats, ints = load_task(train=str(tmp_path / "floats.csv")), load_task(train=str(tmp_path / "ints.jsonl"))
+    assert floats.labels == ints.labels == ["0", "1"] and floats.train == ints.train
+    # JSON Lines: labels of both kinds (as a CSV has them), texts that look like dates, another column of mixed
+    # kinds, a blank line, Windows line ends
+    rows = [{"text": f"2024-01-0{i + 1}", "label": (1, "one", "two")[i % 3], "id": (i, str(i))[i % 2]}
+            for i in range(9)]
+    (tmp_path / "mixed.jsonl").write_text(jsonl_text(rows[:4]).replace("\n", "\r\n") + "\n" + jsonl_text(rows[4:]))
+    task = load_task(train=str(tmp_path / "mixed.jsonl"))
+    assert task.labels == ["1", "one", "two"]
+    assert [(e.text, task.labels[e.label]) for e in sorted(task.train + task.dev + task.test, key=lambda e: e.row)] \
+        == [(r["text"], str(r["label"])) for r in rows]
+    # a CSV with a byte-order mark (Excel's "CSV UTF-8") and Windows line ends; a text with a line break and quotes
+    quoted = [('"two\nlines, ""quoted"""', "great")] + GOOD[1:]
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + csv_text(quoted).replace("\n", "\r\n").encode())
+    task = load_task(train=str(tmp_path / "excel.csv"))
+    assert next(e for e in task.train + task.dev + task.test if e.row == 0).text == 'two\r\nlines, "quoted"'
+
+
+def test_datasets_class_labels_give_their_names(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(text=datasets.Value("string"), label=datasets.ClassLabel(names=["pos", "neg"]))
+    texts = [t for t, _ in GOOD]
+    data = datasets.Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(9)]}, features=features)
+    data.save_to_disk(str(tmp_path / "named"))
+    task = load_task(train=str(tmp_path / "named"))
+    assert task.labels == ["neg", "pos"]          # sorted, whatever the ClassLabel order
+    assert [task.labels[e.label] for e in sorted(task.train + task.dev + task.test, key=lambda e: e.row)] == \
+        ["pos", "neg"] * 4 + ["pos"]
+    # -1 is a ClassLabel's "no label" (the test splits of GLUE have it)
+    datasets.Dataset.from_dict({"text": texts, "label": [i % 2 if i != 5 else -1 for i in range(9)]},
+                               features=features).save_to_disk(str(tmp_path / "unlabelled"))
+    with pytest.raises(TrainingError, match=r"unlabelled, row 6: the label \('label'\) is missing"):
+        load_task(train=str(tmp_path / "unlabelled"))
