@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 import pytest
 
@@ -424,3 +425,54 @@ def test_datasets_class_labels_give_their_names(tmp_path):
                                features=features).save_to_disk(str(tmp_path / "unlabelled"))
     with pytest.raises(TrainingError, match=r"unlabelled, row 6: the label \('label'\) is missing"):
         load_task(train=str(tmp_path / "unlabelled"))
+
+
+# -- any table: a Task of exactly its rows, or a TrainingError naming a bad row ---------------------------------------
+WORDS = st.text(st.sampled_from("abcxyz019 ,;:'\"\t\n-é"), min_size=1, max_size=12)
+TEXTS = st.one_of(WORDS.filter(str.strip), WORDS.filter(str.strip), WORDS.filter(str.strip),
+                  st.sampled_from([None, "", " ", "\t \n"]))
+LABELS = st.one_of(st.sampled_from(["pos", "neg", "neu"]), st.sampled_from([0, 1, 10]),
+                   st.sampled_from([None, float("nan")]))
+
+TABLES = st.one_of(
+    st.lists(st.tuples(TEXTS, LABELS), min_size=1, max_size=30),
+    st.sampled_from([("pos", "neg", "neu"), (0, 1, 10), ("pos", 10)]).flatmap(   # good rows, a few classes
+        lambda names: st.lists(st.tuples(WORDS.filter(str.strip), st.sampled_from(names)), min_size=6, max_size=30)))
+
+
+def valid_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def valid_label(value) -> bool:
+    return value is not None and value == value
+
+
+@given(TABLES, st.sampled_from(["csv", "jsonl"]))
+@settings(max_examples=80, deadline=timedelta(seconds=10))
+def test_any_table_loads_exactly_or_names_a_bad_row(rows, kind):
+    import tempfile
+
+    frame = pd.DataFrame(rows, columns=["text", "label"])
+    with tempfile.TemporaryDirectory() as directory:
+        path = write(frame, Path(directory), kind)
+        try:
+            task = load_task(train=str(path))
+        except TrainingError as error:
+            message = str(error)
+            assert str(path) in message
+            bad = [i + 1 for i, (t, y) in enumerate(rows) if not (valid_text(t) and valid_label(y))]
+            if bad:
+                row = re.search(r"\brow (\d+)", message)
+                assert row and int(row.group(1)) in bad, message
+                event("a bad row")
+            else:    # all rows are good: too few classes, or too few examples of one for the splits
+                counts = pd.Series([str(y) for _, y in rows]).value_counts()
+                assert len(counts) < 2 or counts.min() < 3, message
+                event("too few classes or examples")
+            return
+    event("loaded")
+    assert all(valid_text(t) and valid_label(y) for t, y in rows)
+    names = {str(y) for _, y in rows}
+    assert task.labels == (sorted(names, key=int) if all(isinstance(y, int) for _, y in rows) else sorted(names))
+    assert examples_by_row(task) == [(i, t, str(y), None) for i, (t, y) in enumerate(rows)]
