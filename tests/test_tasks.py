@@ -307,6 +307,8 @@ BAD = {   # name: (file name, what to write (text, bytes, or a function of the p
                 r"line 4 is not UTF-8 text \(byte 0xe9 .*iconv"),
     "latin-1, gzip'd": ("a.csv.gz", lambda p: p.write_bytes(__import__("gzip").compress(
         csv_text(with_row("déjà vu", 6, 0)).encode("latin-1"))), {}, r"line 7 is not UTF-8 text"),
+    "UTF-16": ("a.tsv", csv_text(GOOD, "text\tlabel", "\t").encode("utf-16"), {},
+               r"line 1 is not UTF-8 text \(byte 0xff at offset 0\); save the file as UTF-8, e.g. iconv -f utf-16"),
     "not gzip": ("a.csv.gz", csv_text(GOOD), {}, r"cannot be decompressed as gzip"),
     "a JSON array": ("a.json", json.dumps(records(GOOD), indent=1), {}, r"a JSON array, not JSON Lines"),
     "a bad JSON line": ("a.jsonl", jsonl_text(records(GOOD[:5])) + "{'text': 'x', 'label': 'great'}\n", {},
@@ -317,6 +319,12 @@ BAD = {   # name: (file name, what to write (text, bytes, or a function of the p
                       r"row 7 \(line 8\) has 1 field, the header 2"),
     "long CSV row": ("a.csv", csv_text(GOOD[:2] + [("oh, no", "great")] + GOOD[2:]), {},
                      r"row 3 \(line 4\) has 3 fields, the header 2: 'oh, no,great'"),
+    "an unquoted TSV with a quote": ("a.tsv", csv_text(GOOD[:5] + [('"the best film ever, said no one', "great")] + GOOD[5:7] + [
+        ('a 12" record', "other")] + GOOD[7:], "text\tlabel", "\t"), {},
+        r"row 6: the 'text' value runs over a line break into the next row: a value that starts with '\"'"),
+    "an unquoted TSV label with a quote": ("a.tsv", csv_text(GOOD[:5] + [("fine", '"great')] + [('so" it is', "other")]
+                                                             + GOOD[5:], "text\tlabel", "\t"), {},
+                                           r"row 6 \(line 8\) has 3 fields, the header 2"),
     "not Parquet": ("a.parquet", csv_text(GOOD), {}, r"cannot be read as Parquet"),
     "empty file": ("a.csv", "", {}, r"cannot be read as CSV: Empty CSV file"),
     "header only": ("a.tsv", "text\tlabel\n", {}, r"no rows of data"),
@@ -370,6 +378,9 @@ def test_spec_errors(tmp_path):
             load_task(train=str(path), **fields)
     with pytest.raises(TrainingError, match=r"the train file .*nowhere.csv does not exist"):
         load_task(train=str(tmp_path / "nowhere.csv"))
+    with pytest.raises(TrainingError, match=r"the train file sst2 does not exist; a task must be one of the "
+                                            r"built-in tasks \['rt', 'imdb'\] or the path to your labelled file"):
+        load_task("sst2")
     with pytest.raises(TrainingError, match=r"built-in tasks are \['rt', 'imdb'\]"):
         load_task(DataSpec(builtin="sst2"))
 
@@ -404,6 +415,15 @@ def test_what_each_reader_must_not_change(tmp_path):
     assert [(e.text, task.labels[e.label]) for e in sorted(task.train + task.dev + task.test, key=lambda e: e.row)] \
         == [(r["text"], str(r["label"])) for r in rows]
     # a CSV with a byte-order mark (Excel's "CSV UTF-8") and Windows line ends; a text with a line break and quotes
+    tsv = [('"a\ttab"', "great"), ('"a line\nbreak"', "other"), ('"both\ttab and\nbreak, alas"', "great"),
+           ('"""Jaws"" is a ""film"""', "other")]
+    (tmp_path / "quoted.tsv").write_text(csv_text(tsv[:3] + GOOD[3:], "text\tlabel", "\t"))
+    with pytest.raises(TrainingError, match=r"row 3: the 'text' value runs over a line break"):
+        load_task(train=str(tmp_path / "quoted.tsv"))    # the one TSV value with both that a TSV may not hold
+    (tmp_path / "quoted.tsv").write_text(csv_text(tsv[:2] + tsv[3:] + GOOD[3:], "text\tlabel", "\t"))
+    task = load_task(train=str(tmp_path / "quoted.tsv"))
+    assert [e.text for e in sorted(task.train + task.dev + task.test, key=lambda e: e.row)][:3] == \
+        ["a\ttab", "a line\nbreak", '"Jaws" is a "film"']
     quoted = [('"two\nlines, ""quoted"""', "great")] + GOOD[1:]
     (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + csv_text(quoted).replace("\n", "\r\n").encode())
     task = load_task(train=str(tmp_path / "excel.csv"))

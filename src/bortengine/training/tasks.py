@@ -91,7 +91,9 @@ class DataSpec:
         for role in ("train", "dev", "test"):
             path = getattr(self, role)
             if path and not Path(path).exists():
-                raise TrainingError(f"the {role} file {path} does not exist")
+                hint = (f"; a task must be one of the built-in tasks {list(BUILTIN_TASKS)} or the path to your "
+                        f"labelled file" if role == "train" and not Path(path).suffix else "")
+                raise TrainingError(f"the {role} file {path} does not exist{hint}")
         columns = [self.text_column, self.label_column] + ([self.text_pair_column] if self.text_pair_column else [])
         if len(set(columns)) != len(columns):
             raise TrainingError(f"the text, text pair and label columns must differ, got {columns}")
@@ -366,7 +368,23 @@ def _read_csv(path: Path, data: bytes, delimiter: str, columns: list[str]):
     except (pa.ArrowException, OSError) as e:
         kind = "TSV" if delimiter == "\t" else "CSV"
         raise TrainingError(f"{path}: {_csv_bad_row(data, delimiter) or f'cannot be read as {kind}: {e}'}") from None
-    return _columns_of(table, columns)
+    present, values = _columns_of(table, columns)
+    if delimiter == "\t":
+        _check_quotes_closed(values, path)
+    return present, values
+
+
+def _check_quotes_closed(values: dict[str, list], path: Path) -> None:
+    """A TSV value that runs over a line break and a tab: a '"' opening a value, which pyarrow reads as quoted up
+    to the next '"' (as in CSV), though the file did not mean it as a quote (many TSV files, GLUE's among them, are
+    written without quoting); the rows it took in would be lost without a word. (When the value ends amid a row,
+    that row has too many fields, which _csv_bad_row names.)"""
+    for column, column_values in values.items():
+        row = next((i for i, v in enumerate(column_values) if isinstance(v, str) and "\n" in v and "\t" in v), None)
+        if row is not None:
+            raise TrainingError(f"{path}, row {row + 1}: the {column!r} value runs over a line break into the next "
+                                f"row: a value that starts with '\"' is read as quoted up to the next '\"'; double "
+                                f"the quotes inside a quoted value (\"\"), or write the file as JSON Lines")
 
 
 def _csv_bad_row(data: bytes, delimiter: str) -> Optional[str]:
@@ -466,8 +484,9 @@ def _check_utf8(data: bytes, path: Path) -> None:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
+        encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"   # UTF-16: Excel's "Unicode text"
         raise TrainingError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                            f"{e.start}); save the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+                            f"{e.start}); save the file as UTF-8, e.g. iconv -f {encoding} -t utf-8") from None
 
 
 def _checked_texts(values: list[Any], path: Path, column: str) -> list[str]:
