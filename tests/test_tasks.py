@@ -197,6 +197,8 @@ def test_builtin_task_and_spec(tmp_path):
     assert task.labels == ["negative", "positive"] and task.dev == data.load_split("rt", "dev")
     assert DataSpec.of("rt").builtin == "rt" and DataSpec.of("x/y.csv").train == "x/y.csv"
     assert DataSpec.of(None, train="x.csv").name == "x" and DataSpec.of("d/x.csv.gz").name == "x"
+    spec = DataSpec(train=str(tmp_path / "a.csv"))
+    assert DataSpec.of(spec) == spec and DataSpec.of(spec, seed=3) == DataSpec(train=spec.train, seed=3)
     with pytest.raises(TrainingError, match="built-in task 'rt' has its own dev and test"):
         load_task("rt", dev="x.csv")
 

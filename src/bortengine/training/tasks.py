@@ -9,14 +9,15 @@ Without a dev file, a stratified, seeded part of train becomes dev (and likewise
 rows each split took are written into the run directory (Task.write_splits), so a run can be reproduced and a
 resumed run checks it reads the same data.
 
-Files are read with pyarrow (and `datasets` for save_to_disk directories), not by hand.
+Files are read with pyarrow (and `datasets` for save_to_disk directories), not by hand; Python's csv and json read
+a file again only where pyarrow cannot say which row is wrong, or (JSON Lines) wants one kind of value per column.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -55,9 +56,10 @@ class DataSpec:
 
     @classmethod
     def of(cls, task: "str | DataSpec | None" = None, **fields: Any) -> "DataSpec":
-        """A DataSpec from a built-in name ("rt", "imdb"), a path to a training file, or a DataSpec."""
+        """A DataSpec from a built-in name ("rt", "imdb"), a path to a training file, or a DataSpec (with fields
+        in place of its own)."""
         if isinstance(task, DataSpec):
-            return task
+            return replace(task, **fields)
         if task is None or task in BUILTIN_TASKS:
             if fields.get("train"):
                 return cls(**fields)
