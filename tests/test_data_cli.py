@@ -82,6 +82,10 @@ def test_option_combinations(tmp_path, capsys, command):
     for extra, says in [(["--task", "rt", "--train", str(train)], "give --train PATH (your data) or --task rt"),
                         (["--dev", str(train)], "--dev and --test go with --train PATH"),
                         (["--task", "imdb", "--test", str(train)], "--dev and --test go with --train PATH"),
+                        (["--text-pair-column", "answer"], "--text-pair-column answer: the column options go with "
+                                                           "--train PATH"),
+                        (["--task", "rt", "--label-column", "stars", "--text-column", "review"],
+                         "--text-column review, --label-column stars: the column options go with --train PATH"),
                         (["--train", str(tmp_path / "none.csv")], f"--train {tmp_path / 'none.csv'}: no such file"),
                         (["--train", str(train), "--test", "nowhere.jsonl"], "--test nowhere.jsonl: no such file")]:
         assert says in assert_error_line(capsys, command, main([*base, *extra]))
