@@ -131,11 +131,16 @@ def add_data_arguments(parser, builtin_help: str = "a built-in task instead of -
 
 def data_fields(args) -> dict:
     """The data options as training.DataSpec / FinetuneConfig fields; --task and --train exclude each other and
-    --dev/--test need --train."""
+    --dev/--test and the column names need --train."""
     if args.task and args.train:
         raise UsageError(f"give --train PATH (your data) or --task {args.task} (a built-in task), not both")
     if not args.train and (args.dev or args.test):
         raise UsageError("--dev and --test go with --train PATH")
+    columns = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name, default in
+               (("text_column", "text"), ("text_pair_column", None), ("label_column", "label"))
+               if getattr(args, name) != default]
+    if not args.train and columns:    # a built-in task has its own columns: the option would be ignored
+        raise UsageError(f"{', '.join(columns)}: the column options go with --train PATH (your data)")
     for option in ("train", "dev", "test"):
         path = getattr(args, option)
         if path and not Path(path).exists():

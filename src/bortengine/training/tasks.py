@@ -9,14 +9,16 @@ Without a dev file, a stratified, seeded part of train becomes dev (and likewise
 rows each split took are written into the run directory (Task.write_splits), so a run can be reproduced and a
 resumed run checks it reads the same data.
 
-Files are read with pyarrow (and `datasets` for save_to_disk directories), not by hand.
+Files are read with pyarrow (and `datasets` for save_to_disk directories), not by hand; Python's csv and json read
+a file again only where pyarrow cannot say which row is wrong, or (JSON Lines) wants one kind of value per column.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -54,9 +56,10 @@ class DataSpec:
 
     @classmethod
     def of(cls, task: "str | DataSpec | None" = None, **fields: Any) -> "DataSpec":
-        """A DataSpec from a built-in name ("rt", "imdb"), a path to a training file, or a DataSpec."""
+        """A DataSpec from a built-in name ("rt", "imdb"), a path to a training file, or a DataSpec (with fields
+        in place of its own)."""
         if isinstance(task, DataSpec):
-            return task
+            return replace(task, **fields)
         if task is None or task in BUILTIN_TASKS:
             if fields.get("train"):
                 return cls(**fields)
@@ -90,7 +93,9 @@ class DataSpec:
         for role in ("train", "dev", "test"):
             path = getattr(self, role)
             if path and not Path(path).exists():
-                raise TrainingError(f"the {role} file {path} does not exist")
+                hint = (f"; a task must be one of the built-in tasks {list(BUILTIN_TASKS)} or the path to your "
+                        f"labelled file" if role == "train" and not Path(path).suffix else "")
+                raise TrainingError(f"the {role} file {path} does not exist{hint}")
         columns = [self.text_column, self.label_column] + ([self.text_pair_column] if self.text_pair_column else [])
         if len(set(columns)) != len(columns):
             raise TrainingError(f"the text, text pair and label columns must differ, got {columns}")
@@ -110,9 +115,12 @@ class Task:
 
     @property
     def fingerprint(self) -> str:
-        """The same data, columns and split: a resumed run checks it reads what the run began with."""
-        keys = {k: v for k, v in self.record.items() if k != "spec"}
+        """The same data, columns and split: a resumed run checks it reads what the run began with. The files'
+        content (sha256), not their paths: the same data copied elsewhere has the same fingerprint."""
+        keys = {k: v for k, v in self.record.items() if k not in ("spec", "sources")}
         keys["spec"] = {k: v for k, v in self.record.get("spec", {}).items() if k not in ("train", "dev", "test")}
+        keys["sources"] = {role: {k: v for k, v in source.items() if k != "file"} if isinstance(source, dict)
+                           else source for role, source in self.record.get("sources", {}).items()}
         return hashlib.sha256(_json(keys).encode()).hexdigest()[:16]
 
     def split(self, name: str) -> list[TextExample]:
@@ -157,15 +165,21 @@ def load_task(spec: "DataSpec | str | None" = None, **fields: Any) -> Task:
 
 
 def stratified_sample(labels: Sequence[int], n: int, seed: int) -> list[int]:
-    """Indices of n of the labels drawn without replacement, each class in proportion (rounded, at least one of
-    each class when n allows), with seed; sorted."""
+    """Indices of n of the labels drawn without replacement with seed, sorted. Each class gets n times its share,
+    rounded by largest remainder (so the counts add up to n and each lies within one of its share), and at least
+    one example when n allows, taken from the largest class."""
     labels = np.asarray(labels)
-    classes = np.unique(labels)
+    classes, sizes = np.unique(labels, return_counts=True)
+    n = min(n, len(labels))
+    share = n * sizes / len(labels)
+    counts = np.floor(share).astype(int)
+    counts[np.argsort(counts - share, kind="stable")[:n - counts.sum()]] += 1
+    if n >= len(classes):
+        for c in np.flatnonzero(counts == 0):
+            counts[np.argmax(counts)] -= 1
+            counts[c] += 1
     rng = np.random.default_rng(seed)
-    counts = {c: int(round(n * np.mean(labels == c))) for c in classes}
-    counts[classes[-1]] = n - sum(counts[c] for c in classes[:-1])
-    chosen = [rng.choice(np.flatnonzero(labels == c), min(counts[c], int(np.sum(labels == c))), replace=False)
-              for c in classes]
+    chosen = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(classes, counts)]
     return sorted(int(i) for part in chosen for i in part)
 
 
@@ -198,9 +212,11 @@ def _user_task(spec: DataSpec) -> Task:
         if role in tables:
             unknown = sorted(set(names[role]) - set(labels))
             if unknown:
+                row = next(i for i, name in enumerate(names[role]) if name not in index) + 1
                 raise TrainingError(
-                    f"the {role} file {tables[role].path} has labels the train file does not: {unknown} (train has "
-                    f"{labels}); the label sets must agree: fix the labels, or add examples of them to train")
+                    f"the {role} file {tables[role].path} has labels the train file does not: {unknown} (the first in "
+                    f"row {row}; train has {labels}); the label sets must agree: fix the labels, or add examples of "
+                    f"them to train")
     examples = {role: [TextExample(t.texts[i], index[names[role][i]], i, None if t.pairs is None else t.pairs[i])
                        for i in range(len(t.texts))] for role, t in tables.items()}
     record: dict[str, Any] = {"spec": spec.to_dict(), "sources": {r: {"file": t.path, "sha256": t.sha256,
@@ -275,63 +291,167 @@ def _read_table(path_text: str, spec: DataSpec, role: str) -> _Table:
     kind = _format_of(path)
     columns = [spec.text_column] + ([spec.text_pair_column] if spec.text_pair_column else []) + [spec.label_column]
     if kind == "datasets":
-        table, digest = _read_datasets_directory(path, role), _directory_sha256(path)
+        present, values = _read_datasets_directory(path, role, columns)
+        digest = _directory_sha256(path)
     else:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise TrainingError(f"{path}: cannot be read ({e.strerror or e})") from None
         digest = hashlib.sha256(data).hexdigest()
-        if kind != "parquet" and not path.name.endswith(_COMPRESSION):
-            _check_utf8(data, path)
-        table = _read_file(path, kind, columns)
-    present = list(table.column_names)
+        present, values = _read_file(path, kind, columns[:-1], columns, data)
     absent = [c for c in columns if c not in present]
     if absent:
         raise TrainingError(f"{path}: no column {', '.join(map(repr, absent))}; its columns are {present}: name the "
                             f"columns with --text-column / --text-pair-column / --label-column")
-    if table.num_rows == 0:
+    doubled = [c for c in columns if present.count(c) > 1]
+    if doubled:
+        raise TrainingError(f"{path}: the column {', '.join(map(repr, doubled))} appears more than once in its "
+                            f"header {present}: give every column its own name")
+    if not values[spec.label_column]:
         raise TrainingError(f"{path}: no rows of data")
-    texts = _checked_texts(table.column(spec.text_column).to_pylist(), path, spec.text_column)
+    texts = _checked_texts(values[spec.text_column], path, spec.text_column)
     pairs = None if spec.text_pair_column is None else \
-        _checked_texts(table.column(spec.text_pair_column).to_pylist(), path, spec.text_pair_column)
-    labels = table.column(spec.label_column).to_pylist()
-    return _Table(str(path), texts, pairs, labels, digest)
+        _checked_texts(values[spec.text_pair_column], path, spec.text_pair_column)
+    return _Table(str(path), texts, pairs, values[spec.label_column], digest)
 
 
-def _read_file(path: Path, kind: str, columns: list[str]):
+def _read_file(path: Path, kind: str, text_columns: list[str], columns: list[str], data: bytes):
+    """(the file's column names, {column: values} of the columns asked for that it has once) of a file's bytes."""
     import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
+    if kind == "parquet":
+        try:
+            return _columns_of(pq.read_table(pa.BufferReader(data)), columns)
+        except (pa.ArrowException, OSError) as e:
+            raise TrainingError(f"{path}: cannot be read as Parquet: {e}") from None
+    data = _decompressed(path, data)
+    _check_utf8(data, path)
+    if kind == "jsonl":
+        return _read_json_lines(path, data, text_columns, columns)
+    return _read_csv(path, data, "\t" if kind == "tsv" else ",", columns)
+
+
+def _columns_of(table, columns: list[str]):
+    present = list(table.column_names)
+    return present, {c: table.column(c).to_pylist() for c in columns if present.count(c) == 1}
+
+
+def _decompressed(path: Path, data: bytes) -> bytes:
+    """The content of a compressed file (.gz, .bz2, .zst, .lz4: pyarrow's codecs), so that it is checked as text
+    like any other; other files as they are."""
+    codecs = dict(zip(_COMPRESSION, ("gzip", "bz2", "zstd", "lz4")))
+    codec = next((codecs[s] for s in _COMPRESSION if path.name.endswith(s)), None)
+    if codec is None:
+        return data
+    import pyarrow as pa
+
     try:
-        if kind in ("csv", "tsv"):
-            # every column as text: a column of digits stays the user's text or label name, never a number
-            names = _csv_header(path, "\t" if kind == "tsv" else ",")
-            return pacsv.read_csv(
-                path, parse_options=pacsv.ParseOptions(delimiter="\t" if kind == "tsv" else ",",
-                                                       newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                     strings_can_be_null=True, null_values=[""]))
-        if kind == "jsonl":
-            return pajson.read_json(path)
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as e:
-        hint = " (JSON Lines: one JSON object per line)" if kind == "jsonl" else ""
-        raise TrainingError(f"{path}: cannot be read as {kind.upper()}{hint}: {e}") from None
+        with pa.CompressedInputStream(pa.BufferReader(data), codec) as stream:
+            return stream.read()
+    except (pa.ArrowException, OSError) as e:
+        raise TrainingError(f"{path}: cannot be decompressed as {codec} ({e}); is it compressed as its name "
+                            f"says?") from None
 
 
-def _csv_header(path: Path, delimiter: str) -> list[str]:
+def _read_csv(path: Path, data: bytes, delimiter: str, columns: list[str]):
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    options = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
     try:
-        reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                                read_options=pacsv.ReadOptions(block_size=1 << 16))
-        return list(reader.schema.names)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise TrainingError(f"{path}: cannot read its header: {e}") from None
+        # every column as text: a column of digits stays the user's text or label name, never a number
+        names = pacsv.open_csv(pa.BufferReader(data), parse_options=options,
+                               read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
+        table = pacsv.read_csv(pa.BufferReader(data), parse_options=options,
+                               convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                                    strings_can_be_null=True, null_values=[""]))
+    except (pa.ArrowException, OSError) as e:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise TrainingError(f"{path}: {_csv_bad_row(data, delimiter) or f'cannot be read as {kind}: {e}'}") from None
+    present, values = _columns_of(table, columns)
+    if delimiter == "\t":
+        _check_quotes_closed(values, path)
+    return present, values
 
 
-def _read_datasets_directory(path: Path, role: str):
+def _check_quotes_closed(values: dict[str, list], path: Path) -> None:
+    """A TSV value that runs over a line break and a tab: a '"' opening a value, which pyarrow reads as quoted up
+    to the next '"' (as in CSV), though the file did not mean it as a quote (many TSV files, GLUE's among them, are
+    written without quoting); the rows it took in would be lost without a word. (When the value ends amid a row,
+    that row has too many fields, which _csv_bad_row names.)"""
+    for column, column_values in values.items():
+        row = next((i for i, v in enumerate(column_values) if isinstance(v, str) and "\n" in v and "\t" in v), None)
+        if row is not None:
+            raise TrainingError(f"{path}, row {row + 1}: the {column!r} value runs over a line break into the next "
+                                f"row: a value that starts with '\"' is read as quoted up to the next '\"'; double "
+                                f"the quotes inside a quoted value (\"\"), or write the file as JSON Lines")
+
+
+def _csv_bad_row(data: bytes, delimiter: str) -> Optional[str]:
+    """The first row of a CSV/TSV file pyarrow refused whose number of fields differs from the header's (pyarrow's
+    message does not say where it is), found by reading the file again with Python's csv; None if there is none."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, [])
+        rows = (fields for fields in reader if fields)      # blank lines are skipped, by pyarrow too
+        for row, fields in enumerate(rows, 1):
+            if len(fields) != len(header):
+                return (f"row {row} (line {reader.line_num}) has {len(fields)} field{'s' * (len(fields) != 1)}, "
+                        f"the header {len(header)}: "
+                        f"{delimiter.join(fields)[:60]!r}; quote a value that holds {delimiter!r} or a line break")
+    except csv.Error:
+        return None
+    return None
+
+
+def _read_json_lines(path: Path, data: bytes, text_columns: list[str], columns: list[str]):
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
+    if data.lstrip().startswith(b"["):
+        raise TrainingError(f"{path}: a JSON array, not JSON Lines: write one JSON object per line (pandas: "
+                            f"frame.to_json(path, orient='records', lines=True))")
+    try:
+        table = pajson.read_json(pa.BufferReader(data))
+    except (pa.ArrowException, OSError):
+        table = None
+    # pyarrow wants one kind of value per column and makes texts that look like dates timestamps: a file it
+    # refuses (labels 1 and "one", a number among the texts, a malformed line), or whose texts it did not read as
+    # strings, is read again row by row with Python's json, so that the checks name the row
+    if table is None or any(f.type != pa.string() for f in table.schema if f.name in text_columns):
+        return _json_lines_by_row(path, data, columns)
+    return _columns_of(table, columns)
+
+
+def _json_lines_by_row(path: Path, data: bytes, columns: list[str]):
+    import json
+
+    rows: list[dict] = []
+    names: dict[str, None] = {}
+    for line, text in enumerate(data.decode("utf-8").split("\n"), 1):
+        if not text.strip():
+            continue                         # blank lines are skipped, by pyarrow too
+        try:
+            row = json.loads(text)
+        except ValueError as e:
+            raise TrainingError(f"{path}, line {line}: not JSON ({e}); JSON Lines is one JSON object per "
+                                f"line") from None
+        if not isinstance(row, dict):
+            raise TrainingError(f"{path}, line {line}: a JSON {type(row).__name__}, not an object; JSON Lines is "
+                                f"one JSON object per line, e.g. {{\"text\": \"...\", \"label\": \"...\"}}")
+        rows.append(row)
+        names.update(dict.fromkeys(row))
+    return list(names), {c: [row.get(c) for row in rows] for c in columns if c in names}
+
+
+def _read_datasets_directory(path: Path, role: str, columns: list[str]):
+    """(column names, {column: values}) of a save_to_disk directory; a ClassLabel column gives its names (and its
+    -1, no label, is a missing label)."""
     import datasets
 
     try:
@@ -344,7 +464,13 @@ def _read_datasets_directory(path: Path, role: str):
             raise TrainingError(f"{path} holds the splits {list(data)}; give one of them: --{role} "
                                 f"{path}/<split>")
         data = data[role]
-    return data.data.table if hasattr(data.data, "table") else data.data
+    present, values = _columns_of(data.data.table if hasattr(data.data, "table") else data.data, columns)
+    for column in values:
+        feature = data.features.get(column)
+        if isinstance(feature, datasets.ClassLabel):
+            values[column] = [feature.names[v] if isinstance(v, int) and 0 <= v < len(feature.names) else None
+                              for v in values[column]]
+    return present, values
 
 
 def _directory_sha256(path: Path) -> str:
@@ -360,8 +486,9 @@ def _check_utf8(data: bytes, path: Path) -> None:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
+        encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"   # UTF-16: Excel's "Unicode text"
         raise TrainingError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                            f"{e.start}); save the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+                            f"{e.start}); save the file as UTF-8, e.g. iconv -f {encoding} -t utf-8") from None
 
 
 def _checked_texts(values: list[Any], path: Path, column: str) -> list[str]:
@@ -378,6 +505,7 @@ def _checked_texts(values: list[Any], path: Path, column: str) -> list[str]:
 
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
+_DECIMAL = re.compile(r"^[+-]?(\d+\.\d*|\.\d+)$")
 
 
 def _label_names(table: _Table, column: str) -> list[str]:
@@ -400,6 +528,12 @@ def _label_names(table: _Table, column: str) -> list[str]:
             text = value.strip()
             if not text or text.lower() in ("nan", "null", "none"):
                 raise TrainingError(f"{where} is missing ({value!r}); every example needs a label")
+            if _DECIMAL.match(text):    # "2.0" (a CSV written from a column with NaN) is 2, as in the other formats
+                number = Decimal(text)
+                if number != number.to_integral_value():
+                    raise TrainingError(f"{where} is {value!r}: labels are strings or integers (class names), not "
+                                        f"fractional numbers")
+                text = str(int(number))
             names.append(str(int(text)) if _INTEGER.match(text) else text)
         else:
             raise TrainingError(f"{where} is {value!r} ({type(value).__name__}): labels are strings or integers")
