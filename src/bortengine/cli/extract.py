@@ -81,6 +81,13 @@ def _add_surrogate_options(p) -> None:
     p.add_argument("--worker-nice", type=int, default=0, help="niceness of the worker processes (default 0)")
 
 
+def _surrogate_data(args) -> dict:
+    """The finetune surrogate's task: a built-in one, or the user's files and columns."""
+    fields = data_fields(args)
+    task = fields.pop("task")
+    return {"task": task} if not fields["train"] else {"data": {k: v for k, v in fields.items() if v is not None}}
+
+
 def run(args) -> int:
     check_output(args.out, "--out", directory=True)
     _interrupt_on_sigterm()
@@ -88,7 +95,7 @@ def run(args) -> int:
     workload = Workload(args.batch, args.seq, args.threads or available_cpus(), args.dtype)
     surrogate = resolve_surrogate(args.surrogate, steps=args.steps, batch_size=args.surrogate_batch,
                                   max_length=args.max_length, eval_sentences=args.eval_sentences,
-                                  teacher=args.teacher, seed=args.seed, **data_fields(args))
+                                  teacher=args.teacher, seed=args.seed, **_surrogate_data(args))
     kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,
               cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=_time_budget(args.time_budget),
               allow_extrapolation=args.allow_extrapolation, worker_nice=args.worker_nice,

@@ -244,8 +244,10 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
 
 def _surrogate_data(ctx: RunContext) -> dict[str, Any]:
     data = _finetune_data(ctx)
-    task = data.pop("task")
-    return data if data.get("train") else {"task": task, "train_sample": data["train_sample"]}
+    task, sample = data.pop("task"), data.pop("train_sample")
+    if not data.get("train"):
+        return {"task": task, "train_sample": sample}
+    return {"data": {k: v for k, v in data.items() if v is not None}, "train_sample": sample}
 
 
 def choose_student(result, latency_bound_ms: float):

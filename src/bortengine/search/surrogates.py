@@ -137,43 +137,42 @@ class DistillationSurrogate(TrainingSurrogate):
                                        eval_sentences=self.eval_sentences, threads=self.threads)
 
 
+DATA_KEYS = ("train", "dev", "test", "text_column", "text_pair_column", "label_column")
+
+
 @dataclass
 class FinetuneSurrogate(TrainingSurrogate):
     """training.finetune_surrogate_loss on a slice-initialised student: mean dev cross-entropy of the task after
-    `steps` fine-tuning steps. The task: a built-in one (task "rt", "imdb") or the user's data (train and the
-    other fields of training.DataSpec); its files' content is part of the cache key, so a changed file is never
-    served another file's losses."""
+    `steps` fine-tuning steps. The task: a built-in one (task "rt", "imdb") or the user's data (data: the files and
+    columns, as training.FinetuneConfig takes them, e.g. {"train": "reviews.csv", "label_column": "grade"}); the
+    files' content is part of the cache key, so a changed file is never served another file's losses."""
 
     steps: int = 50
     task: str = "rt"
     seed: int = 0
     batch_size: int = 32
     eval_limit: int = 256
-    train: Optional[str] = None
-    dev: Optional[str] = None
-    test: Optional[str] = None
-    text_column: str = "text"
-    text_pair_column: Optional[str] = None
-    label_column: str = "label"
+    data: Optional[dict[str, Any]] = None
     train_sample: Optional[int] = None   # a stratified, seeded sample of N training examples (scarce data)
     max_length: Optional[int] = None     # None: the task's (training.task_max_length)
 
     name = "finetune"
     error_scale = 0.1
 
-    def data_fields(self) -> dict[str, Any]:
-        return {"train": self.train, "dev": self.dev, "test": self.test, "text_column": self.text_column,
-                "text_pair_column": self.text_pair_column, "label_column": self.label_column,
-                "train_sample": self.train_sample}
+    def __post_init__(self):
+        unknown = set(self.data or {}) - set(DATA_KEYS)
+        if unknown or (self.data is not None and not self.data.get("train")):
+            raise SearchError(f"the finetune surrogate's data names the files and columns {list(DATA_KEYS)} "
+                              f"(train required); got {self.data!r}")
 
     def settings(self) -> dict[str, Any]:
         settings = {"steps": self.steps, "task": self.task, "seed": self.seed, "batch_size": self.batch_size,
                     "eval_limit": self.eval_limit, "teacher": self.teacher_name()}
         if self.train_sample:
             settings["train_sample"] = self.train_sample
-        if self.train:     # the user's data: the cache key follows the files' content, not their names
-            settings.update(task=None, data=_data_fingerprint(json.dumps(self.data_fields(), sort_keys=True),
-                                                              self.seed), max_length=self.max_length)
+        if self.data:     # the user's data: the cache key follows the files' content, not their names
+            settings.update(task=None, data=_data_fingerprint(json.dumps(self.data, sort_keys=True), self.seed,
+                                                              self.train_sample), max_length=self.max_length)
         return settings
 
     def __call__(self, arch: Architecture) -> float:
@@ -181,20 +180,19 @@ class FinetuneSurrogate(TrainingSurrogate):
 
         t_model, importance, t_dir = shared_teacher(self.teacher)
         student, _ = training.slice_init(replace(arch, head="pooler"), t_model, importance)
-        config = training.FinetuneConfig(model=t_dir, tokenizer=t_dir, task=self.task, seed=self.seed,
-                                         batch_size=self.batch_size, eval_limit=self.eval_limit,
-                                         threads=self.threads, max_length=self.max_length, **self.data_fields())
+        config = training.FinetuneConfig(model=t_dir, tokenizer=t_dir, task=None if self.data else self.task,
+                                         seed=self.seed, batch_size=self.batch_size, eval_limit=self.eval_limit,
+                                         threads=self.threads, max_length=self.max_length,
+                                         train_sample=self.train_sample, **(self.data or {}))
         return float(training.finetune_surrogate_loss(config, steps=self.steps, model=student))
 
 
 @lru_cache(maxsize=None)
-def _data_fingerprint(fields: str, seed: int) -> str:
+def _data_fingerprint(fields: str, seed: int, sample: Optional[int]) -> str:
     """The fingerprint of a task's data (its files' sha256, columns and split), read once per process."""
     from bortengine import training
 
-    values = json.loads(fields)
-    sample = values.pop("train_sample")
-    return training.load_task(**values, train_limit=sample, seed=seed).fingerprint
+    return training.load_task(**json.loads(fields), train_limit=sample, seed=seed).fingerprint
 
 
 def shared_teacher(teacher: Optional[str]) -> tuple[Any, Any, str]:
