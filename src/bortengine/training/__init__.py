@@ -28,7 +28,9 @@ __all__ = [
     "FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
     "classification_loss",
     "Schedule", "Budget", "TrainingLoop", "TrainingCheckpoint", "read_checkpoint", "write_checkpoint", "CHECKPOINT_FILE",
-    "write_hf_directory", "export", "run_model", "TOKENIZER_FILES",
+    "OLD_FILES",
+    "write_hf_directory", "export", "run_model", "run_directory", "model_subdirectories", "TOKENIZER_FILES",
+    "AGORA_STATE_FILE",
     "AgoraError", "finetune_agora", "parse_settings",
 ]
 
@@ -45,8 +47,9 @@ _WHERE = {
     "evaluate_classifier": "classification", "classification_loss": "classification",
     "Schedule": "loop", "Budget": "loop", "TrainingLoop": "loop",
     "TrainingCheckpoint": "checkpoint", "read_checkpoint": "checkpoint", "write_checkpoint": "checkpoint",
-    "CHECKPOINT_FILE": "checkpoint",
-    "write_hf_directory": "hf_dir", "run_model": "hf_dir", "TOKENIZER_FILES": "hf_dir",
+    "CHECKPOINT_FILE": "checkpoint", "OLD_FILES": "checkpoint", "AGORA_STATE_FILE": "checkpoint",
+    "write_hf_directory": "hf_dir", "run_model": "hf_dir", "run_directory": "hf_dir",
+    "model_subdirectories": "hf_dir", "TOKENIZER_FILES": "hf_dir",
     # Agora's entry points; the whole of it is bortengine.training.agora
     "AgoraError": "agora", "finetune_agora": "agora", "parse_settings": "agora",
 }

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
-from bortengine.training.checkpoint import read_checkpoint, refuse_old_files, write_checkpoint
+from bortengine.training.checkpoint import AGORA_STATE_FILE, read_checkpoint, refuse_old_files, write_checkpoint
 from bortengine.training.errors import TrainingError
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
     "Transformation", "DEFAULT_SETTINGS", "STATE_FILE", "check_ranges", "log",
 ]
 
-STATE_FILE = "state.safetensors"
+STATE_FILE = AGORA_STATE_FILE
 
 # Θ of the generic loop when none is given (AgoraConfig, parse_settings(None)): learning rate x epochs. Each round
 # trains every remaining setting, so |Θ| settings cost |Θ|(|Θ|+1)/2 fine-tunes over |Θ| rounds. The text recipes
