@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -38,12 +39,12 @@ from bortengine.architecture import Architecture
 from bortengine.engine import TextTokenizer, available_cpus
 from bortengine.training.checkpoint import check_same_run, read_checkpoint, refuse_old_files, write_checkpoint
 from bortengine.training.corpus import CORPUS_MODES, corpus_documents, documents_sha256
-from bortengine.training.data import (build_segments, collate, heldout_sentences, load_split, pretraining_documents,
-                                      split_sentences)
+from bortengine.training.data import (build_segments, collate, heldout_sentences, load_split, padded_tokens,
+                                      pretraining_documents, split_sentences)
 from bortengine.training.errors import TrainingError
 from bortengine.training.hf_dir import write_hf_directory
-from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, StepOutcome, TrainingLoop, tensors_of, \
-    torch_tensors
+from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, StepOutcome, TrainingLoop, shortest_time, \
+    tensors_of, torch_tensors
 from bortengine.training.models import architecture_of, build_model, encoder_of
 from bortengine.training.slicing import Importance, default_importance, mean_pool, slice_init
 from bortengine.training.teacher import load_teacher, teacher_bundle
@@ -71,8 +72,8 @@ class DistillConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.01
     max_steps: Optional[int] = None      # stop after this many optimiser steps
-    time_budget: Optional[float] = None  # stop after this many seconds of training on `clock`
-    clock: str = "cpu"                   # "cpu": process CPU time (all threads); "wall": elapsed time
+    time_budget: Optional[float] = None  # seconds on `clock`; wall: the whole call, loading to result written
+    clock: str = "cpu"                   # "cpu": process CPU time of the training steps (all threads); "wall"
     w_hidden: float = 1.0
     w_attention: float = 1.0
     w_embedding: float = 4.0
@@ -393,6 +394,28 @@ class _Distillation:
 
             loop.run(self.loss_of, after_step, self.checkpointing)
 
+    def hold_budget(self, started: float, evaluate: bool) -> None:
+        """A wall-clock budget over the whole call (TrainingLoop.hold_stage_budget), keeping time for writing the
+        student (at most a checkpoint's time: its weights without the optimiser's) and, with evaluate, for the
+        held-out evaluation, estimated from one timed batch of it."""
+        if not (self.config.time_budget is not None and self.config.clock == "wall"):
+            return
+        evaluation = self._evaluation_seconds() if evaluate and self._evaluated() else 0.0
+        self.loop.hold_stage_budget(started, lambda: evaluation + (self.checkpointing.seconds or 0.0))
+
+    def _evaluated(self) -> bool:
+        return self.config.student.hidden == architecture_of(encoder_of(self.teacher)).hidden
+
+    def _evaluation_seconds(self, batch_size: int = 64) -> float:
+        """evaluate_student's time: its first batch of held-out sentences embedded by student and teacher, timed,
+        scaled by the tokens of all of them (and the pair), in batches padded as _embed pads them."""
+        sentences = heldout_sentences() + list(PAIR) * 2
+        ids = self.tokenizer.token_ids(sentences)
+        probe = shortest_time(lambda: (_embed(self.student.encoder, self.tokenizer, sentences[:batch_size]),
+                                       _embed(self.teacher, self.tokenizer, sentences[:batch_size])))
+        self.student.train()          # _embed left it in eval mode
+        return probe * padded_tokens(ids, batch_size) / padded_tokens(ids[:batch_size], batch_size)
+
     def result(self, evaluate: bool) -> dict[str, Any]:
         """Write the student (HF format) and result.json; return the result."""
         config, loop, out = self.config, self.loop, Path(self.config.out_dir)
@@ -410,7 +433,7 @@ class _Distillation:
             "student_dir": str(student_dir), "parameters": config.student.parameters(),
             "parameters_without_embeddings": config.student.parameters(embeddings=False),
         }
-        if evaluate and config.student.hidden == architecture_of(encoder_of(self.teacher)).hidden:
+        if evaluate and self._evaluated():
             result.update(evaluate_student(self.student.encoder, self.teacher, self.tokenizer))
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
@@ -450,6 +473,7 @@ def pretrain(config: DistillConfig, teacher=None, importance: Optional[Importanc
     on_step(step, loss) is called after each step (and its checkpoint, if one is due); an exception it raises
     stops the run as an interruption would. A run directory of an older bortengine (checkpoint.pt) is refused.
     """
+    started = time.perf_counter()       # a wall-clock time budget counts from here
     config.check()
     out = Path(config.out_dir)
     refuse_old_files(out, ("checkpoint.pt",))
@@ -458,6 +482,7 @@ def pretrain(config: DistillConfig, teacher=None, importance: Optional[Importanc
     torch.set_num_threads(config.threads or available_cpus())
     run = _Distillation(config, teacher, importance, documents, progress)
     run.resume()
+    run.hold_budget(started, evaluate)
     run.train(on_step)
     return run.result(evaluate)
 
