@@ -2,8 +2,9 @@
 the durations their time budgets are given in.
 
 Each step has an a-priori cost (only ratios matter); the time left is the elapsed time rescaled by the fraction
-of the total cost done, or what is left of a time budget when the caller says so. On a terminal the line is redrawn in place; in a log (not a terminal) a line is written
-at most every 10 seconds, and always for the final state.
+of the total cost done, or what is left of a time budget when the caller says so. On a terminal the line is
+redrawn in place; in a log (not a terminal) a line is written at most every 10 seconds, and always for the final
+state.
 """
 from __future__ import annotations
 

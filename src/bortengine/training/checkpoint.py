@@ -27,8 +27,8 @@ import numpy as np
 from bortengine.files import atomic_write
 from bortengine.training.errors import TrainingError
 
-__all__ = ["FORMAT", "CHECKPOINT_FILE", "AGORA_STATE_FILE", "OLD_FILES", "TrainingCheckpoint", "write_checkpoint", "read_checkpoint",
-           "refuse_old_files", "check_same_run"]
+__all__ = ["FORMAT", "CHECKPOINT_FILE", "AGORA_STATE_FILE", "OLD_FILES", "TrainingCheckpoint", "write_checkpoint",
+           "read_checkpoint", "refuse_old_files", "check_same_run"]
 
 FORMAT = 1
 HEADER_KEY = "bortengine.checkpoint"

@@ -49,8 +49,8 @@ from bortengine.training.models import architecture_of, build_model, encoder_of
 from bortengine.training.slicing import Importance, default_importance, mean_pool, slice_init
 from bortengine.training.teacher import load_teacher, teacher_bundle
 
-__all__ = ["DistillConfig", "DistillationLoss", "pretrain", "distillation_documents", "surrogate_loss", "embedding_similarity",
-           "pair_similarity", "uniform_layer_map", "distillation_schedule", "PAIR"]
+__all__ = ["DistillConfig", "DistillationLoss", "pretrain", "distillation_documents", "surrogate_loss",
+           "embedding_similarity", "pair_similarity", "uniform_layer_map", "distillation_schedule", "PAIR"]
 
 PAIR = ("A man is eating food.", "A man is eating a piece of bread.")
 TEACHER_PAIR = 0.7553
