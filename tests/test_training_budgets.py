@@ -110,3 +110,18 @@ def test_finetune_holds_a_wall_budget_over_the_whole_call(tmp_path, teacher_dir)
     _holds(seconds, budget)
     assert metrics["stopped_by"] == "time budget" and metrics["epochs"] > 2 and len(metrics["history"]) > 2
     assert metrics["test_examples"] == 200
+
+
+def test_pretrain_command_holds_a_wall_budget(tmp_path, teacher_dir, capsys):
+    from bortengine.cli import main
+
+    budget = 5.0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(text for _, text in DOCS))
+    code, seconds = _timed(lambda: main([
+        "pretrain", "--arch", "1,4,32,64", "--teacher", str(teacher_dir), "--out", str(tmp_path / "run"),
+        "--time-budget", f"{budget}s", "--clock", "wall", "--batch-size", "4", "--max-length", "32", "--threads", "1",
+        "--corpus", str(corpus), "--corpus-mode", "replace", "--no-progress"]))
+    assert code == 0
+    _holds(seconds, budget)
+    assert '"steps"' in capsys.readouterr().out

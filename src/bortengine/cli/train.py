@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -29,6 +30,7 @@ def add_parsers(sub) -> None:
 
 
 def run(args) -> int:
+    args.started = time.monotonic()     # a wall-clock --time-budget counts from here, importing torch included
     prepare_torch()
     if args.command == "pretrain":
         return _pretrain(args)
@@ -65,9 +67,11 @@ def _add_pretrain_parser(sub) -> None:
     pre.add_argument("--warmup-steps", type=int, default=50)
     pre.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     pre.add_argument("--time-budget", type=duration, default=None, metavar="DURATION",
-                     help="stop after this much training time, e.g. 30m (on --clock)")
+                     help="e.g. 30m, on --clock: CPU time of the training steps, or the whole command's wall time "
+                          "(loading to the student written and evaluated)")
     pre.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                     help="budget clock: process CPU time over all threads (default) or elapsed time")
+                     help="budget clock: process CPU time over all threads of the training steps (default), or "
+                          "the whole command's elapsed time")
     pre.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all CPUs)")
     pre.add_argument("--checkpoint-every", type=duration, default=120.0, metavar="DURATION")
     pre.add_argument("--max-documents", type=positive_int, default=None, help="use only the first N documents")
@@ -93,8 +97,11 @@ def _add_finetune_parser(sub) -> argparse.ArgumentParser:
     ft.add_argument("--lr", type=positive_float, default=5e-5)
     ft.add_argument("--max-length", type=positive_int, default=None, help="tokens per text (default: 64 rt, 256 imdb)")
     ft.add_argument("--max-steps", type=int, default=None)
-    ft.add_argument("--time-budget", type=duration, default=None, metavar="DURATION")
-    ft.add_argument("--clock", choices=("cpu", "wall"), default="wall")
+    ft.add_argument("--time-budget", type=duration, default=None, metavar="DURATION",
+                    help="e.g. 20m, on --clock: the whole command's wall time (loading to the model written and "
+                         "scored on test), or the CPU time of the training steps")
+    ft.add_argument("--clock", choices=("cpu", "wall"), default="wall",
+                    help="budget clock: the whole command's elapsed time (default) or process CPU time")
     ft.add_argument("--threads", type=positive_int, default=None)
     ft.add_argument("--train-limit", type=positive_int, default=None,
                     help="use N training examples: the first N for plain fine-tuning, a stratified sample drawn "
@@ -194,7 +201,7 @@ def _pretrain(args) -> int:
         checkpoint_every=args.checkpoint_every, threads=args.threads, max_documents=args.max_documents,
         corpus=args.corpus, corpus_mode=args.corpus_mode or "mix", corpus_text_column=args.corpus_text_column or "text")
     with _resumable(f"run the same command again to resume from the last checkpoint in {args.out}"):
-        result = pretrain(config, progress=not args.no_progress, evaluate=not args.no_eval)
+        result = pretrain(config, progress=not args.no_progress, evaluate=not args.no_eval, started=args.started)
     print_result(result)
     return 0
 
@@ -215,7 +222,7 @@ def _finetune(args) -> int:
         print(json.dumps({"task": args.task, "steps": args.surrogate_steps, "dev_loss": loss}))
         return 0
     with _resumable(f"run the same command again to resume from the last checkpoint in {args.out}"):
-        _, metrics = finetune(config, progress=not args.no_progress)
+        _, metrics = finetune(config, progress=not args.no_progress, started=args.started)
     print_result(metrics)
     return 0
 

@@ -305,15 +305,18 @@ def finetune_surrogate_loss(config: FinetuneConfig, steps: int = 100, model=None
     return evaluate_classifier(run.model, run.tokenizer, run.dev)["loss"]
 
 
-def finetune(config: FinetuneConfig, model=None, progress: bool = True) -> tuple[SequenceClassifier, dict[str, Any]]:
+def finetune(config: FinetuneConfig, model=None, progress: bool = True, started: Optional[float] = None
+             ) -> tuple[SequenceClassifier, dict[str, Any]]:
     """Fine-tune on config.task; return the classifier with the best dev accuracy and its metrics.
 
     model: a directory, a loaded BertModel / BertForSequenceClassification, or None (config.model).
     With out_dir: checkpoints (resume after interruption), log.jsonl, model/ (HF format, for bortengine.load)
     and result.json are written there; a run directory of an older bortengine (checkpoint.pt) is refused.
     metrics: dev and test accuracy and loss of the selected weights, steps, epochs, clocks, throughput.
+    A wall-clock time budget (clock="wall") holds for the whole call, counted from `started` (a time.monotonic()
+    value, e.g. the command's start; default this call's start), and across resumes.
     """
-    started = time.perf_counter()       # a wall-clock time budget counts from here
+    started = time.monotonic() if started is None else started     # a wall-clock time budget counts from here
     out = Path(config.out_dir) if config.out_dir else None
     if out is not None:
         refuse_old_files(out, ("checkpoint.pt",))

@@ -461,7 +461,8 @@ def _corpus_cache(out: Path, config: DistillConfig, tokenizer: TextTokenizer, do
 
 def pretrain(config: DistillConfig, teacher=None, importance: Optional[Importance] = None,
              documents: Optional[Sequence[tuple[str, str]]] = None, progress: bool = True,
-             evaluate: bool = True, on_step: Optional[Callable[[int, float], None]] = None) -> dict[str, Any]:
+             evaluate: bool = True, on_step: Optional[Callable[[int, float], None]] = None,
+             started: Optional[float] = None) -> dict[str, Any]:
     """Distil config.student from the teacher; resume from out_dir/checkpoint.safetensors when present.
 
     The text: config.corpus's documents (the user's files, training.corpus_documents) beside the base corpus or
@@ -472,8 +473,10 @@ def pretrain(config: DistillConfig, teacher=None, importance: Optional[Importanc
     Returns the result dict (steps, tokens, throughput, clocks, final losses, held-out similarity figures).
     on_step(step, loss) is called after each step (and its checkpoint, if one is due); an exception it raises
     stops the run as an interruption would. A run directory of an older bortengine (checkpoint.pt) is refused.
+    A wall-clock time budget (clock="wall") holds for the whole call, counted from `started` (a time.monotonic()
+    value, e.g. the command's start; default this call's start), and across resumes.
     """
-    started = time.perf_counter()       # a wall-clock time budget counts from here
+    started = time.monotonic() if started is None else started     # a wall-clock time budget counts from here
     config.check()
     out = Path(config.out_dir)
     refuse_old_files(out, ("checkpoint.pt",))

@@ -42,7 +42,7 @@ class Budget:
 
     wall, cpu: the elapsed and the process CPU time (all threads) inside training steps (throughput, reports).
     spent: what a time budget counts. On the cpu clock the CPU time inside steps: a compute budget. On the wall
-    clock, once `started` is set (TrainingLoop.hold_stage_budget: time.perf_counter() at the start of the
+    clock, once `started` is set (TrainingLoop.hold_stage_budget: time.monotonic() at the start of the
     stage's call), the elapsed time of the whole stage: this call's since its start (loading, tokenising,
     evaluating, checkpointing included) plus `before`, the stage's elapsed time at the checkpoint a resume starts
     from; without it (the surrogates, Agora's trainer) the wall time inside steps.
@@ -59,7 +59,7 @@ class Budget:
     @property
     def elapsed(self) -> float:
         """The stage's elapsed time (earlier calls included), or the wall time inside steps without `started`."""
-        return self.wall if self.started is None else self.before + time.perf_counter() - self.started
+        return self.wall if self.started is None else self.before + time.monotonic() - self.started
 
     @property
     def spent(self) -> float:
@@ -262,7 +262,7 @@ class TrainingLoop:
         return len(self.batches())
 
     def hold_stage_budget(self, started: float, after: Callable[[], float]) -> None:
-        """A wall-clock time budget holds for the whole stage: counted from `started` (time.perf_counter() at the
+        """A wall-clock time budget holds for the whole stage: counted from `started` (time.monotonic() at the
         start of the call: loading and tokenising count), and the loop stops early enough to leave time for its
         final evaluation and checkpoint and for after() seconds of the caller's work once it returns (evaluating,
         writing the model). No effect on the cpu clock, a compute budget of training steps alone."""
@@ -372,7 +372,7 @@ class TrainingLoop:
         self._units_before = 0 if self.budget.whole_stage else int(self._fraction() * self._units)
         progress = Progress(max(0, self._units - self._units_before), self.progress_label)
         if self.budget.whole_stage:       # elapsed from the call's start, as the budget counts
-            progress.start -= time.perf_counter() - self.budget.started
+            progress.start = self.budget.started
         return progress
 
     def _show(self, progress: Progress) -> None:
