@@ -24,12 +24,12 @@ class Evaluator:
     def __init__(self, executor: Executor, cache: SurrogateCache, bar: Progress, deadline: Optional[float]):
         self.executor, self.cache, self.bar, self.deadline = executor, cache, bar, deadline
         self.fresh = 0
-        self.longest = 0.0          # seconds of the longest evaluation run so far, as this process waited for it
+        self.longest = 0.0          # seconds of the longest evaluation run so far (its own: a worker's start aside)
         self._tickets = itertools.count()
 
     def run(self, todo: list[Candidate]) -> None:
         queue = [c for c in todo if not self._from_cache(c)]
-        running: dict[int, tuple[Candidate, float]] = {}     # ticket -> (candidate, when it was submitted)
+        running: dict[int, Candidate] = {}
         while queue or running:
             while queue and len(running) < self.executor.capacity:
                 c = queue.pop(0)
@@ -37,7 +37,7 @@ class Evaluator:
                     c.status = SKIPPED
                     continue
                 ticket = next(self._tickets)
-                running[ticket] = (c, time.monotonic())
+                running[ticket] = c
                 self.executor.submit(ticket, c.arch)
             if not running:
                 continue
@@ -48,11 +48,11 @@ class Evaluator:
                 return
             lost = []
             for ticket, result in finished:
-                c, submitted = running.pop(ticket)
+                c = running.pop(ticket)
                 if result.status == "lost":
                     lost.append(c)
                     continue
-                self.longest = max(self.longest, time.monotonic() - submitted)
+                self.longest = max(self.longest, result.seconds)
                 self._record(c, result, cached=False)
                 self.fresh += 1
                 self.bar.step(f"{c.arch} {c.status}")
@@ -62,11 +62,11 @@ class Evaluator:
         """No evaluation fits before the deadline any more (one takes as long as the longest so far)."""
         return self.deadline is not None and time.monotonic() + self.longest > self.deadline
 
-    def _stop(self, running: dict[int, tuple[Candidate, float]], queue: list[Candidate]) -> None:
+    def _stop(self, running: dict[int, Candidate], queue: list[Candidate]) -> None:
         """The deadline came while evaluations ran: stop them (the workers are ended); they and the queue are
         skipped."""
         self.executor.close(cancel=True)
-        for c in [c for c, _ in running.values()] + queue:
+        for c in list(running.values()) + queue:
             c.status = SKIPPED
 
     def close(self, cancel: bool = False) -> None:
