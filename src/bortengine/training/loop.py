@@ -5,10 +5,11 @@ all step through TrainingLoop.
 A step takes the next batch of the seeded, length-bucketed order (data.batch_order: a function of the seed and
 the epoch, so a resumed run sees the batches an uninterrupted one would), asks the caller for the loss on it, sets
 the learning rate of the Schedule and takes an optimiser step with gradients clipped at norm 1. The loop stops at
-a step count or a time budget (Budget, on the process CPU clock or the wall clock), evaluates the model on dev at
-epoch ends and keeps the best weights (Selection), checkpoints every few minutes (checkpoint.py: weights, optimiser
-state, RNG state, position; a resume is bit-identical to an uninterrupted run) and shows progress with the time
-left (bortengine.progress).
+a step count or a time budget (Budget, on the process CPU clock or the wall clock; a wall-clock budget of a
+whole stage, hold_stage_budget, also covers its loading before the loop and its evaluations and writing after it),
+evaluates the model on dev at epoch ends and keeps the best weights (Selection), checkpoints every few minutes
+(checkpoint.py: weights, optimiser state, RNG state, position; a resume is bit-identical to an uninterrupted run)
+and shows progress with the time left (bortengine.progress).
 """
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ from bortengine.training.data import batch_order
 from bortengine.training.errors import TrainingError
 
 __all__ = ["Budget", "Schedule", "Selection", "StepOutcome", "TrainingLoop", "tensors_of", "torch_tensors",
-           "shortest_time",
-           "CLOCKS", "GRADIENT_CLIP"]
+           "shortest_time", "CLOCKS", "GRADIENT_CLIP"]
 
 CLOCKS = ("cpu", "wall")
 GRADIENT_CLIP = 1.0
@@ -337,8 +337,8 @@ class TrainingLoop:
                 self.last_loss = outcome.value
                 if outcome.epoch_end and self.selection is not None:
                     self.selection.at_epoch_end(self.step, self.max_steps)
-                if checkpoint is not None and (checkpoint.due() or self.budget.whole_stage and checkpoint.seconds
-                                               is None):
+                first = self.budget.whole_stage and checkpoint is not None and checkpoint.seconds is None
+                if checkpoint is not None and (checkpoint.due() or first):   # the first measures a save's time
                     checkpoint.save(self)
                 if progress is not None:
                     self._show(progress)
