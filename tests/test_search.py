@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -490,6 +491,64 @@ def test_time_budget_stops_new_evaluations(tmp_path):
     assert not r.complete
     assert 1 <= r.evaluations < len(TINY)
     assert any(c.status == "skipped (time budget)" for c in r.candidates)
+
+
+# A time budget holds for the whole call: budget x 1.05 plus this slack for a tiny budget on a busy machine (the
+# termination of the worker processes, one slow wake-up).
+BUDGET_SLACK = 0.5
+
+
+def _timed(call):
+    start = time.monotonic()
+    result = call()
+    return result, time.monotonic() - start
+
+
+def test_a_time_budget_stops_evaluations_expected_to_end_late(tmp_path):
+    """In this process (no worker to stop): an evaluation starts only when one as long as the longest so far
+    ends before the deadline."""
+    budget = 1.0
+    r, seconds = _timed(lambda: run(TINY, synthetic(TINY), tmp_path, exhaustive=True, time_budget=budget,
+                                    surrogate=S.AnalyticSurrogate(delay=0.15)))
+    assert seconds <= budget * 1.05 + BUDGET_SLACK and seconds >= 0.6 * budget
+    assert not r.complete and 4 <= r.evaluations < len(TINY)
+
+
+def test_a_time_budget_stops_the_evaluations_running_at_its_deadline(tmp_path):
+    """Evaluations on worker processes still running at the deadline are stopped, not waited for; started counts
+    the budget from the caller's start."""
+    budget, delay = 3.0, 6.0
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # the maximum point gets no error in time
+        r, seconds = _timed(lambda: run(TINY, synthetic(TINY), tmp_path, exhaustive=True, workers=2,
+                                        time_budget=budget + 0.5, started=started - 0.5, reserve=0.0,
+                                        surrogate=S.AnalyticSurrogate(delay=delay)))
+    assert seconds <= budget * 1.05 + BUDGET_SLACK, seconds
+    assert r.evaluations == 0 and not r.complete and r.winner is None
+    assert all(c.status == "skipped (time budget)" for c in r.candidates)
+
+
+def test_extract_command_time_budget_covers_the_finalists_and_the_report(tmp_path, capsys):
+    """bortengine extract --time-budget: the search keeps time for timing the finalists and writing the report;
+    what does not fit is left out, said in the output."""
+    path = synthetic(MINILM_SPACE).save(tmp_path / "profile.json")
+    from bortengine.cli import main
+
+    def command(budget, measure):
+        argv = ["extract", "--space", "minilm", "--profile", str(path), "--batch", "1", "--seq", "16", "--threads",
+                "2", "--surrogate", "analytic", "--eps", "0.25", "--cache", str(tmp_path / "cache"), "--measure",
+                str(measure), "--time-budget", str(budget), "--no-progress", "--out", str(tmp_path / "out")]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the synthetic profile describes another CPU
+            code, seconds = _timed(lambda: main(argv))
+        assert code == 0 and seconds <= budget * 1.05 + BUDGET_SLACK, seconds
+        return capsys.readouterr().out
+
+    out = command(2.5, 2)        # time for the search and the report, not for timing 2 finalists (~1.7 s quick)
+    assert "finalists not timed" in out and (tmp_path / "out" / "report.json").is_file()
+    out = command(6, 2)          # enough for the quick timing (~1.7 s), not the full one (~8 s)
+    assert "finalists timed quickly" in out and "measured ⟨" in out
 
 
 # -------------------------------------------------------------------------------------------- outputs and CLI

@@ -71,10 +71,16 @@ def test_pretrain_resume_is_exact_and_exports(tmp_path, teacher_dir):
         pretrain(_config(tmp_path, teacher_dir, "full", max_steps=5, seed=1), documents=DOCS, progress=False)
 
 
-def test_random_init_and_time_budget(tmp_path, teacher_dir):
-    result = pretrain(_config(tmp_path, teacher_dir, "rand", init="random", time_budget=1e-9, clock="wall"),
+def test_random_init_and_time_budget(tmp_path, teacher_dir, capsys):
+    """The cpu clock counts training steps alone (one step starts before any is counted); the wall clock counts
+    the whole call, whose loading spends a budget this small: no step, the initial student written."""
+    result = pretrain(_config(tmp_path, teacher_dir, "rand", init="random", time_budget=1e-9, clock="cpu"),
                       documents=DOCS, progress=False)
     assert result["steps"] == 1 and result["layer_map"] == [1]
+    wall = pretrain(_config(tmp_path, teacher_dir, "wall", init="random", time_budget=1e-9, clock="wall"),
+                    documents=DOCS, progress=False)
+    assert wall["steps"] == 0 and bortengine.load(wall["student_dir"]).config.hidden_size == 16
+    assert "the time budget was spent before the first step" in capsys.readouterr().err
 
 
 def test_mlm_teacher(tmp_path):

@@ -2,15 +2,16 @@
 the durations their time budgets are given in.
 
 Each step has an a-priori cost (only ratios matter); the time left is the elapsed time rescaled by the fraction
-of the total cost done. On a terminal the line is redrawn in place; in a log (not a terminal) a line is written
-at most every 10 seconds, and always for the final state.
+of the total cost done, or what is left of a time budget when the caller says so. On a terminal the line is
+redrawn in place; in a log (not a terminal) a line is written at most every 10 seconds, and always for the final
+state.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 __all__ = ["Progress", "clock", "parse_duration"]
 
@@ -41,13 +42,16 @@ class Progress:
         self.done += 1
         self.show(what)
 
-    def show(self, what: str = "", final: bool = False) -> None:
+    def show(self, what: str = "", final: bool = False, left: Optional[float] = None) -> None:
+        """Draw the line; `left`: the seconds left when the caller knows them (a time budget's), instead of the
+        elapsed time rescaled by the fraction done."""
         if not self.enabled:
             return
         now = time.monotonic()
         elapsed = now - self.start
         frac = min(1.0, self.done_cost / self.total)
-        left = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
+        if left is None:
+            left = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
         if not self.tty and not final and now - self.last_print < 10.0:
             return
         self.last_print = now

@@ -1,5 +1,6 @@
-"""`bortengine export`: a pretrain/finetune run (or an HF model directory) -> a model directory bortengine.load reads,
-checked engine against torch; --dtype int8 then stores the encoder's linear weights pre-quantized."""
+"""`bortengine export`: a pretrain, finetune or Agora run (or an HF model directory) -> a model directory
+bortengine.load reads, checked engine against torch; --dtype int8 then stores the encoder's linear weights
+pre-quantized. A folder of model directories (a pipeline run) is refused with their names."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,12 +13,14 @@ __all__ = ["COMMANDS", "add_parsers", "run"]
 
 COMMANDS = ("export",)
 
-RUN_DIRECTORY = "a pretrain or finetune run directory (checkpoint.safetensors) or a model directory (config.json)"
+RUN_DIRECTORY = ("a pretrain or finetune run directory (checkpoint.safetensors), an Agora run directory "
+                 "(state.safetensors) or a model directory (config.json)")
 
 
 def add_parsers(sub) -> None:
-    ex = sub.add_parser("export", help="a pretrain/finetune run or checkpoint -> a directory bortengine.load reads")
-    ex.add_argument("run", help="run directory of pretrain/finetune (or an HF model directory)")
+    ex = sub.add_parser("export", help="a pretrain/finetune/Agora run -> a directory bortengine.load reads")
+    ex.add_argument("run", help="run directory of pretrain, finetune or finetune --agora (its last round's "
+                                "student), or an HF model directory")
     ex.add_argument("--out", required=True, help="output model directory")
     ex.add_argument("--no-check", action="store_true", help="skip the engine-vs-torch check")
     ex.add_argument("--dtype", choices=["float32", "int8"], default="float32",
@@ -29,10 +32,7 @@ def run(args) -> int:
     from bortengine.export import export_run
 
     prepare_torch()
-    from bortengine.training import CHECKPOINT_FILE
-
-    if not (Path(args.run) / "checkpoint.pt").is_file():  # an older bortengine's run: export_run says so itself
-        check_model_directory(args.run, "run directory", holds=(CHECKPOINT_FILE, "config.json"), what=RUN_DIRECTORY)
+    _check_run(args.run, args.out)
     check_output(args.out, "--out", directory=True)
     if Path(args.out).resolve() == Path(args.run).resolve():
         raise UsageError(f"--out {args.out} is the run directory itself; export writes a new model directory")
@@ -44,6 +44,22 @@ def run(args) -> int:
                 report["int8"]["max_abs_vs_quantized_at_load"] <= 1e-5
     print_result(report)
     return 0 if report.get("check_passed", True) else 1
+
+
+def _check_run(run: str, out: str) -> None:
+    """run is a run or model directory, before anything is loaded; a folder of model directories (a pipeline
+    run: model/ and teacher/) is a usage error naming them."""
+    from bortengine.training import AGORA_STATE_FILE, CHECKPOINT_FILE, OLD_FILES, model_subdirectories
+
+    holds = (CHECKPOINT_FILE, "config.json", AGORA_STATE_FILE)
+    if any((Path(run) / name).is_file() for name in OLD_FILES):   # an older bortengine's run: export_run says so
+        return
+    inside = model_subdirectories(run)
+    if inside and not any((Path(run) / name).is_file() for name in holds):
+        raise UsageError(f"{run} is not a run or model directory itself: it holds the model directories "
+                         f"{', '.join(map(str, inside))}; export one of them, e.g. bortengine export {inside[0]} "
+                         f"--out {out}")
+    check_model_directory(run, "run directory", holds=holds, what=RUN_DIRECTORY)
 
 
 def _quantize(out: str, check: bool) -> dict:

@@ -3,16 +3,18 @@ winner.json (see docs/extraction.md). torch is imported only by the surrogates, 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 from bortengine.cli.arguments import add_data_arguments, check_output, data_fields
 from bortengine.engine import available_cpus
 from bortengine.files import atomic_write_text
-from bortengine.profiling import DTYPES, Workload, load_profile
+from bortengine.architecture import Architecture
+from bortengine.profiling import DTYPES, Profile, ProfileError, Workload, load_profile
 from bortengine.progress import parse_duration
-from bortengine.search import (REPRESENTATIVES, SIZES, SURROGATES, Extraction, SearchError,
-                               Surrogate, coverage, extract, measure_finalists, resolve_surrogate)
+from bortengine.search import (REPRESENTATIVES, SIZES, SURROGATES, Extraction, SearchError, Surrogate, coverage,
+                               extract, finalists_seconds, measure_finalists, resolve_surrogate)
 from bortengine.search_space import SearchSpace
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
@@ -37,7 +39,10 @@ def add_parsers(sub) -> None:
     _add_search_options(p)
     _add_surrogate_options(p)
     p.add_argument("--cache", default=None, metavar="DIR", help="surrogate cache directory")
-    p.add_argument("--time-budget", default=None, help="no new evaluation after this (1800, 30m, 1.5h)")
+    p.add_argument("--time-budget", default=None,
+                   help="wall time for the whole command (1800, 30m, 1.5h): the evaluations stop early enough to "
+                        "leave time for timing the finalists (quick, or none, if the full timing would not fit) "
+                        "and writing the report")
     p.add_argument("--measure", type=int, default=3, help="finalists to time on the engine (0: none)")
     p.add_argument("--quick-measure", action="store_true", help="fewer repeats when timing the finalists")
     p.add_argument("--allow-extrapolation", action="store_true",
@@ -89,6 +94,8 @@ def _surrogate_data(args) -> dict:
 
 
 def run(args) -> int:
+    started = time.monotonic()     # a --time-budget counts from here
+    budget = _time_budget(args.time_budget)
     check_output(args.out, "--out", directory=True)
     _interrupt_on_sigterm()
     prof = load_profile(args.profile, check_target=True)
@@ -96,24 +103,52 @@ def run(args) -> int:
     surrogate = resolve_surrogate(args.surrogate, steps=args.steps, batch_size=args.surrogate_batch,
                                   max_length=args.max_length, eval_sentences=args.eval_sentences,
                                   teacher=args.teacher, seed=args.seed, **_surrogate_data(args))
+    space = SearchSpace.resolve(args.space)
     kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,
-              cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=_time_budget(args.time_budget),
+              cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=budget, started=started,
+              reserve=_reserve(args, prof, workload, space, budget) if budget is not None else 0.0,
               allow_extrapolation=args.allow_extrapolation, worker_nice=args.worker_nice,
               progress=not args.no_progress, representative=args.representative, per_group=args.per_group,
               latency_limit_ms=args.latency_limit)
-    space = SearchSpace.resolve(args.space)
     print(f"extract: {space.describe()}\nworkload: {workload}; profile {prof.path} ({prof.target.isa})\n"
           f"surrogate: {surrogate.describe()}; ε = {args.eps}; {'exhaustive' if args.exhaustive else 'FPTAS'}",
           flush=True)
     result = _search(space, surrogate, args.exhaustive, args.verify, kw)  # Ctrl-C: SearchInterrupted says how to resume
     _print_result(result)
     if args.measure and result.winner is not None:
-        _print_measurement(measure_finalists(result, args.measure, quick=args.quick_measure,
-                                             progress=not args.no_progress))
+        left = None if budget is None else budget - (time.monotonic() - started) - WRITE_SECONDS
+        measurement = measure_finalists(result, args.measure, quick=args.quick_measure, progress=not args.no_progress,
+                                        time_left=left)
+        if measurement is None:
+            print(f"finalists not timed: {max(0.0, left):.0f} s of the time budget left, too few to time them")
+        else:
+            if measurement["mode"] == "quick" and not args.quick_measure:
+                print("finalists timed quickly: the full timing would not fit in the time budget")
+            _print_measurement(measurement)
     if result.verification:
         _print_verification(result.verification)
     _write(result, Path(args.out))
     return 0
+
+
+# Writing report.json, pareto.png and winner.json: about 1 s measured here (most of it importing matplotlib), kept
+# twice over out of a time budget.
+WRITE_SECONDS = 2.0
+
+
+def _reserve(args, prof: Profile, workload: Workload, space: SearchSpace, budget: float) -> float:
+    """Seconds a time budget keeps from the search for what follows it: writing the report, and timing the
+    finalists (each at most as slow as the maximum point) in full, else quickly, if that takes at most a quarter
+    of the budget (the search is the command's work; the timing a check of it, done after it if time is left)."""
+    if not args.measure:
+        return WRITE_SECONDS
+    try:
+        largest = Architecture.parse(args.max_point) if args.max_point else space.largest()
+        finalists = [largest] * max(2, args.measure)
+        timings = [finalists_seconds(prof, workload, finalists, quick) for quick in (args.quick_measure, True)]
+    except (ProfileError, ValueError):   # an uncovered workload or a bad maximum point: extract() says so itself
+        return WRITE_SECONDS
+    return WRITE_SECONDS + next((t for t in timings if t <= budget / 4), 0.0)
 
 
 def _time_budget(text: Optional[str]) -> Optional[float]:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
 from bortengine.cli.arguments import (add_data_arguments, architecture, check_model_directory, check_output,
                                       data_fields, duration, positive_float, positive_int)
 from bortengine.errors import UsageError
+from bortengine.training import CORPUS_MODES
 
 __all__ = ["COMMANDS", "add_parsers", "run", "prepare_torch", "print_result"]
 
@@ -29,6 +31,7 @@ def add_parsers(sub) -> None:
 
 
 def run(args) -> int:
+    args.started = time.monotonic()     # a wall-clock --time-budget counts from here, importing torch included
     prepare_torch()
     if args.command == "pretrain":
         return _pretrain(args)
@@ -51,7 +54,8 @@ def print_result(result: dict) -> None:
 # --- parsers --------------------------------------------------------------------------------------------------
 
 def _add_pretrain_parser(sub) -> None:
-    pre = sub.add_parser("pretrain", help="distil a student architecture from a teacher on Wikipedia + IMDB text")
+    pre = sub.add_parser("pretrain", help="distil a student architecture from a teacher on Wikipedia + IMDB text "
+                                          "and/or your own (--corpus)")
     pre.add_argument("--arch", required=True, type=architecture, metavar="D,A,H,I",
                      help="student ⟨D, A, H, I⟩, e.g. 4,12,384,1536")
     pre.add_argument("--out", required=True, help="run directory (checkpoint, log, student/, result.json)")
@@ -64,12 +68,21 @@ def _add_pretrain_parser(sub) -> None:
     pre.add_argument("--warmup-steps", type=int, default=50)
     pre.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     pre.add_argument("--time-budget", type=duration, default=None, metavar="DURATION",
-                     help="stop after this much training time, e.g. 30m (on --clock)")
+                     help="e.g. 30m, on --clock: CPU time of the training steps, or the whole command's wall time "
+                          "(loading to the student written and evaluated)")
     pre.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                     help="budget clock: process CPU time over all threads (default) or elapsed time")
+                     help="budget clock: process CPU time over all threads of the training steps (default), or "
+                          "the whole command's elapsed time")
     pre.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all CPUs)")
     pre.add_argument("--checkpoint-every", type=duration, default=120.0, metavar="DURATION")
     pre.add_argument("--max-documents", type=positive_int, default=None, help="use only the first N documents")
+    pre.add_argument("--corpus", nargs="+", default=None, metavar="PATH",
+                     help="your own text: .txt files (documents separated by blank lines), folders of them "
+                          "(recursive), or .jsonl, .csv, .tsv, .parquet files with a text column")
+    pre.add_argument("--corpus-mode", choices=CORPUS_MODES, default=None,
+                     help="mix (default): your text beside the built-in Wikipedia + IMDB corpus; replace: yours alone")
+    pre.add_argument("--corpus-text-column", default=None, metavar="NAME",
+                     help="the column holding the text in --corpus tables (default 'text')")
     pre.add_argument("--no-progress", action="store_true")
     pre.add_argument("--no-eval", action="store_true", help="skip the held-out similarity evaluation")
 
@@ -87,8 +100,11 @@ def _add_finetune_parser(sub) -> argparse.ArgumentParser:
                     help="tokens per text (default: 64 rt, 256 imdb; for --train the smallest of 32/64/128/256/512 "
                          "that holds 95%% of the training texts)")
     ft.add_argument("--max-steps", type=int, default=None)
-    ft.add_argument("--time-budget", type=duration, default=None, metavar="DURATION")
-    ft.add_argument("--clock", choices=("cpu", "wall"), default="wall")
+    ft.add_argument("--time-budget", type=duration, default=None, metavar="DURATION",
+                    help="e.g. 20m, on --clock: the whole command's wall time (loading to the model written and "
+                         "scored on test), or the CPU time of the training steps")
+    ft.add_argument("--clock", choices=("cpu", "wall"), default="wall",
+                    help="budget clock: the whole command's elapsed time (default) or process CPU time")
     ft.add_argument("--threads", type=positive_int, default=None)
     ft.add_argument("--train-limit", type=positive_int, default=None,
                     help="use N training examples: the first N for plain fine-tuning, a stratified sample drawn "
@@ -176,15 +192,19 @@ def _pretrain(args) -> int:
 
     if args.max_steps is None and args.time_budget is None:
         raise UsageError("give --max-steps and/or --time-budget (when to stop)")
+    for option in ("corpus_mode", "corpus_text_column"):
+        if getattr(args, option) is not None and args.corpus is None:
+            raise UsageError(f"--{option.replace('_', '-')} goes with --corpus PATH [PATH ...] (your own text)")
     check_model_directory(args.teacher, "--teacher")
     check_output(args.out, "--out", directory=True)
     config = DistillConfig(
         student=args.arch, out_dir=args.out, teacher=args.teacher, init=args.init, seed=args.seed,
         batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, warmup_steps=args.warmup_steps,
         max_steps=args.max_steps, time_budget=args.time_budget, clock=args.clock,
-        checkpoint_every=args.checkpoint_every, threads=args.threads, max_documents=args.max_documents)
+        checkpoint_every=args.checkpoint_every, threads=args.threads, max_documents=args.max_documents,
+        corpus=args.corpus, corpus_mode=args.corpus_mode or "mix", corpus_text_column=args.corpus_text_column or "text")
     with _resumable(f"run the same command again to resume from the last checkpoint in {args.out}"):
-        result = pretrain(config, progress=not args.no_progress, evaluate=not args.no_eval)
+        result = pretrain(config, progress=not args.no_progress, evaluate=not args.no_eval, started=args.started)
     print_result(result)
     return 0
 
@@ -205,7 +225,7 @@ def _finetune(args) -> int:
         print(json.dumps({"task": config.data_spec().name, "steps": args.surrogate_steps, "dev_loss": loss}))
         return 0
     with _resumable(f"run the same command again to resume from the last checkpoint in {args.out}"):
-        _, metrics = finetune(config, progress=not args.no_progress)
+        _, metrics = finetune(config, progress=not args.no_progress, started=args.started)
     print_result(metrics)
     return 0
 

@@ -1,4 +1,4 @@
-"""`bortengine export`: a pretrain or finetune run (or a model directory) -> a directory bortengine.load() reads,
+"""`bortengine export`: a pretrain, finetune or Agora run (or a model directory) -> a directory bortengine.load() reads,
 then the engine checked against torch on the same batch.
 
 The directory writer itself is training's (training.write_hf_directory: the runs write their models with it);
@@ -8,10 +8,11 @@ unpickles) and the engine-vs-torch check.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
-from bortengine.training import TOKENIZER_FILES, encoder_of, run_model, write_hf_directory
+from bortengine.training import TOKENIZER_FILES, encoder_of, run_directory, run_model, write_hf_directory
 
 __all__ = ["export", "export_run", "check_export", "TOKENIZER_FILES"]
 
@@ -53,10 +54,14 @@ def check_export(model: torch.nn.Module, out_dir: str | os.PathLike, seed: int =
 
 
 def export_run(run: str | os.PathLike, out_dir: str | os.PathLike, check: bool = True) -> dict:
-    """`bortengine export`: a run directory (or HF directory) -> out_dir, then (check) the engine vs torch."""
-    model, tokenizer_dir = run_model(run)
+    """`bortengine export`: a run directory (or HF directory) -> out_dir, then (check) the engine vs torch.
+    An Agora run exports its last round's best student (training.run_directory); the report names it."""
+    source = run_directory(run)
+    model, tokenizer_dir = run_model(source)
     out = write_hf_directory(model, out_dir, tokenizer_dir)
     report = {"exported": str(out), "source": str(run)}
+    if source != Path(run):
+        report["model_directory"] = str(source)
     if check:
         report.update(check_export(model, out))
     return report

@@ -28,13 +28,15 @@ from bortengine.profiling.profile_file import (Profile, default_profile_dir, def
                                                predict_latency, shipped_profiles)
 from bortengine.profiling.target import Target
 from bortengine.profiling.timing import BlockStats, Settings
-from bortengine.profiling.validation import ValidationReport, ValidationRow, kendall_tau, validate
+from bortengine.profiling.validation import (ValidationReport, ValidationRow, kendall_tau, validate,
+                                             validation_seconds)
 from bortengine.profiling.workload import DTYPES, Workload
 
 __all__ = [
     "Workload", "Target", "Profile", "OpSpec", "Prediction", "LatencyModel", "ValidationReport",
     "ProfileError", "ProfileMismatchWarning", "ProfileInterrupted", "profile", "load_profile", "predict_latency",
-    "validate", "required_ops", "default_profile_path", "default_profile_dir", "shipped_profiles", "kendall_tau",
+    "validate", "validation_seconds", "required_ops", "default_profile_path", "default_profile_dir",
+    "shipped_profiles", "kendall_tau",
     "DTYPES", "calibration_note", "calibrate", "calibration_ops", "forward_steps", "barriers", "Settings",
     "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow", "write_latency_suite", "LatencyExpectation",
     "LatencyVerdict", "Timing", "DEFAULT_TOLERANCE", "architecture_of", "workload_inputs", "time_calls",

@@ -214,13 +214,15 @@ def _log_axes(ax: Any, lo: float, hi: float) -> None:
 # ================================================================================================ measuring
 def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Optional[Workload] = None, *,
              n: int = 12, seed: int = 0, quick: bool = False, progress: bool = True,
-             architectures: Optional[Sequence[Any]] = None) -> ValidationReport:
+             architectures: Optional[Sequence[Any]] = None, retry_budget_s: Optional[float] = None
+             ) -> ValidationReport:
     """Measure the engine's forward on n architectures sampled (seeded) from the space and compare with the
     profile's predictions. The model is built from single-op timings and tiny calibration encoders outside the
     space, so none of these architectures was used to build it.
 
     Each architecture's encoder is built with random weights (no torch), warmed up and timed like the ops: in
-    `blocks` passes over all architectures, keeping the least-disturbed block's median.
+    `blocks` passes over all architectures, keeping the least-disturbed block's median. retry_budget_s: at most
+    this long on retries of disturbed blocks (default the settings'; a caller with a time budget gives less).
     """
     space = SearchSpace.resolve(space)
     workload = workload or Workload(num_threads=available_cpus())
@@ -232,6 +234,8 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
     archs = _architectures(space, workload, n, seed, architectures)
     settings = replace(VALIDATION_QUICK if quick else VALIDATION,
                        clock=profile.for_workload(workload).clock)  # measured as the profile was
+    if retry_budget_s is not None:
+        settings = replace(settings, retry_budget_s=min(settings.retry_budget_s, retry_budget_s))
     if profile.target.isa not in core().available_isas():
         raise ProfileError(f"the profile's kernel path {profile.target.isa!r} cannot run here; validate on the "
                            f"profiled machine")
@@ -265,6 +269,20 @@ def traced_parts(enc: Any, forward: Callable[[], Any], runs: int = 5) -> dict[st
         return {}
 
 
+def block_seconds(settings: Settings, model: LatencyModel, arch: Any) -> float:
+    """One block of one architecture's timing: building its encoder (about half a second), the warm-up, and the
+    timed calls (the settings' budget, or their minimum count at the predicted latency when that is longer)."""
+    timed = max(settings.budget_s, settings.min_repeats * model.predict(arch).total_ms * 1e-3)
+    return 0.5 + settings.warmup_s + timed
+
+
+def validation_seconds(model: LatencyModel, architectures: Sequence[Any], quick: bool = False) -> float:
+    """How long validate() is expected to take on these architectures (retries of disturbed blocks not counted:
+    they happen only on a busy machine, within the settings' retry budget)."""
+    settings = VALIDATION_QUICK if quick else VALIDATION
+    return settings.blocks * sum(block_seconds(settings, model, a) for a in architectures)
+
+
 class ValidationRun:
     """The measuring part of one validate() call: every architecture's forward, block by block, with the encoder's
     trace of the first block, and the run's conditions."""
@@ -275,9 +293,7 @@ class ValidationRun:
         self.archs = archs
         self.pool = ValuePool(seed=1)
         self.tables: dict[tuple[int, int], Any] = {}  # word tables, one per (V, H): the encoders reference them
-        s = settings
-        costs = [0.5 + s.warmup_s + max(s.budget_s, s.min_repeats * model.predict(a).total_ms * 1e-3)
-                 for _ in range(s.blocks) for a in archs]
+        costs = [block_seconds(settings, model, a) for _ in range(settings.blocks) for a in archs]
         self.bar = Progress(costs, f"validate {space.name} {workload.key}", enabled=progress)
         self.meter = CpuMeter()
         self.blocks: list[list[BlockStats]] = [[] for _ in archs]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from bortengine.search.cache import SurrogateCache, default_cache_dir
 from bortengine.search.error_model import ErrorModel
 from bortengine.search.errors import SearchError, SearchInterrupted
-from bortengine.search.finalists import measure_finalists
+from bortengine.search.finalists import finalists_seconds, measure_finalists
 from bortengine.search.fptas import SIZES, extract
 from bortengine.search.grouping import REPRESENTATIVES, group_bound
 from bortengine.search.pareto import Candidate, ParetoSet, pareto_front, w_coefficient
@@ -22,5 +22,5 @@ __all__ = [
     "SearchError", "SearchInterrupted", "Surrogate", "AnalyticSurrogate", "DistillationSurrogate",
     "FinetuneSurrogate", "SurrogateCache", "Candidate", "ParetoSet", "Extraction", "extract", "pareto_front",
     "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
-    "default_cache_dir", "measure_finalists", "SURROGATES", "REPRESENTATIVES", "SIZES",
+    "default_cache_dir", "measure_finalists", "finalists_seconds", "SURROGATES", "REPRESENTATIVES", "SIZES",
 ]

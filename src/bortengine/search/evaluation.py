@@ -1,6 +1,7 @@
 """The error objective measured: lists of candidates evaluated by the surrogate, from the cache where it has
-them and on an Executor otherwise, each outcome written to the cache and onto its candidate, no new evaluation
-started after the time budget's deadline."""
+them and on an Executor otherwise, each outcome written to the cache and onto its candidate, within the time
+budget's deadline: an evaluation starts only when it is expected to end before it (as long as the longest one so
+far), and those still running at the deadline are stopped (their candidates count as skipped)."""
 from __future__ import annotations
 
 import itertools
@@ -12,7 +13,9 @@ from bortengine.search.cache import SurrogateCache
 from bortengine.search.executor import Evaluation, Executor
 from bortengine.search.pareto import Candidate
 
-__all__ = ["Evaluator"]
+__all__ = ["Evaluator", "SKIPPED"]
+
+SKIPPED = "skipped (time budget)"
 
 
 class Evaluator:
@@ -21,6 +24,7 @@ class Evaluator:
     def __init__(self, executor: Executor, cache: SurrogateCache, bar: Progress, deadline: Optional[float]):
         self.executor, self.cache, self.bar, self.deadline = executor, cache, bar, deadline
         self.fresh = 0
+        self.longest = 0.0          # seconds of the longest evaluation run so far (its own: a worker's start aside)
         self._tickets = itertools.count()
 
     def run(self, todo: list[Candidate]) -> None:
@@ -29,24 +33,41 @@ class Evaluator:
         while queue or running:
             while queue and len(running) < self.executor.capacity:
                 c = queue.pop(0)
-                if self._late():
-                    c.status = "skipped (time budget)"
+                if self.out_of_time():
+                    c.status = SKIPPED
                     continue
                 ticket = next(self._tickets)
                 running[ticket] = c
                 self.executor.submit(ticket, c.arch)
             if not running:
                 continue
+            finished = self.executor.wait(None if self.deadline is None else
+                                          max(0.0, self.deadline - time.monotonic()))
+            if not finished and self._late():
+                self._stop(running, queue)
+                return
             lost = []
-            for ticket, result in self.executor.wait():
+            for ticket, result in finished:
                 c = running.pop(ticket)
                 if result.status == "lost":
                     lost.append(c)
                     continue
+                self.longest = max(self.longest, result.seconds)
                 self._record(c, result, cached=False)
                 self.fresh += 1
                 self.bar.step(f"{c.arch} {c.status}")
             queue[:0] = lost  # first in line again
+
+    def out_of_time(self) -> bool:
+        """No evaluation fits before the deadline any more (one takes as long as the longest so far)."""
+        return self.deadline is not None and time.monotonic() + self.longest > self.deadline
+
+    def _stop(self, running: dict[int, Candidate], queue: list[Candidate]) -> None:
+        """The deadline came while evaluations ran: stop them (the workers are ended); they and the queue are
+        skipped."""
+        self.executor.close(cancel=True)
+        for c in list(running.values()) + queue:
+            c.status = SKIPPED
 
     def close(self, cancel: bool = False) -> None:
         self.executor.close(cancel)
@@ -63,7 +84,7 @@ class Evaluator:
         return True
 
     def _late(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _record(self, c: Candidate, result: Evaluation, cached: bool) -> None:
         c.seconds = round(result.seconds, 3)

@@ -65,8 +65,9 @@ class Executor(ABC):
         """Start evaluating arch (or queue it to start at once when a slot frees)."""
 
     @abstractmethod
-    def wait(self) -> list[tuple[Hashable, Evaluation]]:
-        """Blocks until at least one submitted evaluation finishes; returns every finished one."""
+    def wait(self, timeout: Optional[float] = None) -> list[tuple[Hashable, Evaluation]]:
+        """Blocks until at least one submitted evaluation finishes, or `timeout` seconds have passed (then it may
+        return none); returns every finished one."""
 
     @property
     @abstractmethod
@@ -139,14 +140,14 @@ class LocalExecutor(Executor):
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init, initargs=(self.threads, self.niceness))
 
-    def wait(self) -> list[tuple[Hashable, Evaluation]]:
-        if self._here:
+    def wait(self, timeout: Optional[float] = None) -> list[tuple[Hashable, Evaluation]]:
+        if self._here:   # in this process: the evaluation runs to its end, whatever the timeout
             ticket = next(iter(self._here))
             return [(ticket, evaluate(self.surrogate, self._here.pop(ticket)))]
         from concurrent.futures import FIRST_COMPLETED
         from concurrent.futures import wait as wait_futures
 
-        done, _ = wait_futures(list(self._running), return_when=FIRST_COMPLETED)
+        done, _ = wait_futures(list(self._running), timeout=timeout, return_when=FIRST_COMPLETED)
         out = []
         for fut in done:
             if fut in self._running:  # (not already returned with its broken pool)

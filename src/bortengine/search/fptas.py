@@ -51,7 +51,7 @@ from bortengine.profiling import LatencyModel, Profile, ProfileError, Workload, 
 from bortengine.progress import Progress
 from bortengine.search.cache import SurrogateCache, default_cache_dir
 from bortengine.search.errors import SearchError, SearchInterrupted
-from bortengine.search.evaluation import Evaluator
+from bortengine.search.evaluation import SKIPPED, Evaluator
 from bortengine.search.executor import LocalExecutor, default_workers
 from bortengine.search.grouping import REPRESENTATIVES, evaluation_bound, group, representative_order
 from bortengine.search.pareto import Candidate
@@ -71,7 +71,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
             tau: Optional[float] = None,
             time_budget: Optional[float] = None, max_fallbacks: int = 2, allow_extrapolation: bool = False,
             worker_nice: int = 0, progress: bool = True, representative: str = "source-heads",
-            per_group: int = 3, latency_limit_ms: Optional[float] = None) -> Extraction:
+            per_group: int = 3, latency_limit_ms: Optional[float] = None, started: Optional[float] = None,
+            reserve: float = 0.0) -> Extraction:
     """Optimal sub-architecture extraction over (p, l, e) by the FPTAS (or exhaustively).
 
     space: a SearchSpace or a name/file; surrogate: a Surrogate or a name in SURROGATES; profile: a Profile (see
@@ -80,8 +81,11 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     candidates are the space's architectures no larger than it in each of D, A, H, I, plus it.
     size: "effective" (without embeddings, the paper's) or "total" parameters as the size objective.
     exhaustive: evaluate every candidate (for checking the FPTAS). tau: the W-coefficient's error unit (default
-    surrogate.error_scale). time_budget: seconds after which no new evaluation starts (the report says which
-    groups were skipped). max_fallbacks: per group, how many further members are tried when the representative's
+    surrogate.error_scale). time_budget: wall seconds for the whole call, counted from `started` (a
+    time.monotonic() value: the caller's start, e.g. before it loaded the profile; default this call's start) and
+    leaving `reserve` seconds for the caller's work after it: an evaluation starts only when it is expected to end
+    in time (as long as the longest so far), those still running at the deadline are stopped (on worker processes;
+    one in this process runs to its end), and the report says which candidates were skipped. max_fallbacks: per group, how many further members are tried when the representative's
     surrogate fails or returns NaN. cache_dir: default default_cache_dir(). workers: surrogate processes (default:
     one per CPU, each with one thread, for an expensive surrogate — distill, finetune —, else 1; with workers > 1
     they run at niceness worker_nice, so the parent can time finalists at its own priority).
@@ -96,6 +100,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     service's budget per request; the maximum point stays, the W-coefficient's reference).
     """
     start = time.monotonic()
+    started = start if started is None else started
     eps = check_epsilon(epsilon)
     _check_options(size, representative, per_group, workers)
     space, surrogate = _resolve_space(space), resolve_surrogate(surrogate)
@@ -125,7 +130,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     first = representatives(members, m, cands, exhaustive)
     bar = Progress(len(first), f"surrogate {surrogate.name} {'exhaustive' if exhaustive else f'ε={eps}'}", progress)
     ev = Evaluator(LocalExecutor(surrogate, workers, worker_nice), cache, bar,
-                   start + time_budget if time_budget else None)
+                   started + time_budget - reserve if time_budget is not None else None)
     refinement = measure_errors(ev, first, members, order, exhaustive=exhaustive, per_group=per_group,
                                 max_fallbacks=max_fallbacks, epsilon=eps)
     failures, complete, done = _tally(cands, bound, exhaustive)
@@ -340,8 +345,8 @@ def _tally(cands: list[Candidate], bound: dict[str, Any], exhaustive: bool
     """(failures, complete, evaluations done), the FPTAS's bound on the evaluations checked."""
     failures = [{"arch": list(c.dims), "group": c.group, "status": c.status, "message": c.message}
                 for c in cands if c.status in ("failed", "nan")]
-    complete = not any(c.status == "skipped (time budget)" for c in cands)
-    done = sum(c.status not in ("not evaluated", "skipped (time budget)") for c in cands)
+    complete = not any(c.status == SKIPPED for c in cands)
+    done = sum(c.status not in ("not evaluated", SKIPPED) for c in cands)
     if not exhaustive and done > bound["evaluations"] + len(failures):  # the promised bound, checked
         raise AssertionError(f"{done} surrogate evaluations exceed the bound {bound['evaluations']} + "
                              f"{len(failures)} fallbacks")

@@ -5,7 +5,6 @@ evaluations a group."""
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Callable, Optional
 
 from bortengine.search.error_model import ErrorModel
@@ -36,7 +35,7 @@ def refine(members: list[list[Candidate]], per_group: int, order: Callable[[Cand
     if per_group <= 1:
         return out
     before = [_best(g) for g in members]
-    while ev.deadline is None or time.monotonic() <= ev.deadline:
+    while not ev.out_of_time():
         done = [c for g in members for c in g if c.evaluated]
         if len(done) < 3:  # nothing to learn from (a tiny space, or most evaluations failed)
             break

@@ -27,11 +27,14 @@ __all__ = [
     "build_model", "architecture_of", "encoder_of", "count_parameters",
     "Importance", "measure_importance", "slice_init",
     "DistillConfig", "pretrain", "surrogate_loss", "embedding_similarity", "pair_similarity",
+    "distillation_documents", "corpus_documents", "CORPUS_MODES",
     "FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
     "classification_loss", "task_max_length", "classifier_labels",
     "DataSpec", "Task", "load_task", "BUILTIN_TASKS", "DATA_FORMATS", "pretraining_documents",
     "Schedule", "Budget", "TrainingLoop", "TrainingCheckpoint", "read_checkpoint", "write_checkpoint", "CHECKPOINT_FILE",
-    "write_hf_directory", "export", "run_model", "TOKENIZER_FILES",
+    "OLD_FILES",
+    "write_hf_directory", "export", "run_model", "run_directory", "model_subdirectories", "TOKENIZER_FILES",
+    "AGORA_STATE_FILE",
     "AgoraError", "finetune_agora", "parse_settings",
 ]
 
@@ -41,7 +44,8 @@ _WHERE = {
     "build_model": "models", "architecture_of": "models", "encoder_of": "models", "count_parameters": "models",
     "Importance": "slicing", "measure_importance": "slicing", "slice_init": "slicing",
     "DistillConfig": "distill", "pretrain": "distill", "surrogate_loss": "distill",
-    "embedding_similarity": "distill", "pair_similarity": "distill",
+    "embedding_similarity": "distill", "pair_similarity": "distill", "distillation_documents": "distill",
+    "corpus_documents": "corpus", "CORPUS_MODES": "corpus",
     "FinetuneConfig": "classification", "finetune": "classification",
     "finetune_surrogate_loss": "classification", "SequenceClassifier": "classification",
     "evaluate_classifier": "classification", "classification_loss": "classification",
@@ -50,8 +54,9 @@ _WHERE = {
     "pretraining_documents": "data",
     "Schedule": "loop", "Budget": "loop", "TrainingLoop": "loop",
     "TrainingCheckpoint": "checkpoint", "read_checkpoint": "checkpoint", "write_checkpoint": "checkpoint",
-    "CHECKPOINT_FILE": "checkpoint",
-    "write_hf_directory": "hf_dir", "run_model": "hf_dir", "TOKENIZER_FILES": "hf_dir",
+    "CHECKPOINT_FILE": "checkpoint", "OLD_FILES": "checkpoint", "AGORA_STATE_FILE": "checkpoint",
+    "write_hf_directory": "hf_dir", "run_model": "hf_dir", "run_directory": "hf_dir",
+    "model_subdirectories": "hf_dir", "TOKENIZER_FILES": "hf_dir",
     # Agora's entry points; the whole of it is bortengine.training.agora
     "AgoraError": "agora", "finetune_agora": "agora", "parse_settings": "agora",
 }

@@ -27,12 +27,13 @@ import numpy as np
 from bortengine.files import atomic_write
 from bortengine.training.errors import TrainingError
 
-__all__ = ["FORMAT", "CHECKPOINT_FILE", "OLD_FILES", "TrainingCheckpoint", "write_checkpoint", "read_checkpoint",
-           "refuse_old_files", "check_same_run"]
+__all__ = ["FORMAT", "CHECKPOINT_FILE", "AGORA_STATE_FILE", "OLD_FILES", "TrainingCheckpoint", "write_checkpoint",
+           "read_checkpoint", "refuse_old_files", "check_same_run"]
 
 FORMAT = 1
 HEADER_KEY = "bortengine.checkpoint"
-CHECKPOINT_FILE = "checkpoint.safetensors"     # pretrain and finetune runs; Agora writes state.safetensors
+CHECKPOINT_FILE = "checkpoint.safetensors"     # pretrain and finetune runs
+AGORA_STATE_FILE = "state.safetensors"         # an Agora run's state after its last finished round
 # What runs of earlier versions left (pickles), and what to do about each.
 OLD_FILES = {
     "checkpoint.pt": "a pretrain or finetune checkpoint",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -24,11 +25,11 @@ from transformers import BertForSequenceClassification
 
 from bortengine.engine import TextTokenizer, available_cpus
 from bortengine.training.checkpoint import check_same_run, refuse_old_files
-from bortengine.training.data import TextExample, collate, pair_token_types
+from bortengine.training.data import TextExample, collate, pair_token_types, padded_tokens
 from bortengine.training.errors import TrainingError
 from bortengine.training.hf_dir import write_hf_directory
-from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, Selection, TrainingLoop, tensors_of, \
-    torch_tensors
+from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, Selection, TrainingLoop, shortest_time, \
+    tensors_of, torch_tensors
 from bortengine.training.models import architecture_of, build_model, encoder_of, load_pretrained
 from bortengine.training.tasks import DataSpec, Task, load_task
 from bortengine.training.teacher import default_teacher_path, load_teacher
@@ -63,7 +64,7 @@ class FinetuneConfig:
     dropout: float = 0.1
     max_length: Optional[int] = None     # default DEFAULT_MAX_LENGTH[task], or from the data (suggested_max_length)
     max_steps: Optional[int] = None      # overrides epochs for the schedule and the stop
-    time_budget: Optional[float] = None  # seconds on `clock`
+    time_budget: Optional[float] = None  # seconds on `clock`; wall: the whole call, loading to result written
     clock: str = "wall"
     threads: Optional[int] = None
     train_limit: Optional[int] = None    # first N training examples only (tests, quick looks)
@@ -386,14 +387,18 @@ def finetune_surrogate_loss(config: FinetuneConfig, steps: int = 100, model=None
     return evaluate_classifier(run.model, run.tokenizer, run.dev)["loss"]
 
 
-def finetune(config: FinetuneConfig, model=None, progress: bool = True) -> tuple[SequenceClassifier, dict[str, Any]]:
+def finetune(config: FinetuneConfig, model=None, progress: bool = True, started: Optional[float] = None
+             ) -> tuple[SequenceClassifier, dict[str, Any]]:
     """Fine-tune on config.task; return the classifier with the best dev accuracy and its metrics.
 
     model: a directory, a loaded BertModel / BertForSequenceClassification, or None (config.model).
     With out_dir: checkpoints (resume after interruption), log.jsonl, model/ (HF format, for bortengine.load)
     and result.json are written there; a run directory of an older bortengine (checkpoint.pt) is refused.
     metrics: dev and test accuracy and loss of the selected weights, steps, epochs, clocks, throughput.
+    A wall-clock time budget (clock="wall") holds for the whole call, counted from `started` (a time.monotonic()
+    value, e.g. the command's start; default this call's start), and across resumes.
     """
+    started = time.monotonic() if started is None else started     # a wall-clock time budget counts from here
     out = Path(config.out_dir) if config.out_dir else None
     if out is not None:
         refuse_old_files(out, ("checkpoint.pt",))
@@ -406,12 +411,31 @@ def finetune(config: FinetuneConfig, model=None, progress: bool = True) -> tuple
                                       run.contents)
         _resume(run, checkpointing)
         run.log = open(out / "log.jsonl", "a")
+    if config.time_budget is not None and config.clock == "wall":
+        _hold_budget(run, started, checkpointing)
     try:
         stopped_by = run.loop.run(run.loss_of, checkpoint=checkpointing)
     finally:
         if run.log is not None:
             run.log.close()
     return _finish(run, stopped_by, out)
+
+
+def _test_examples(run: _Run) -> list[TextExample]:
+    return run.task.test[:run.config.eval_limit]
+
+
+def _hold_budget(run: _Run, started: float, checkpointing: Optional[Checkpointing], batch_size: int = 64) -> None:
+    """A wall-clock budget over the whole call (TrainingLoop.hold_stage_budget). A dev evaluation takes the time of
+    one batch of it (timed) scaled by its padded tokens, until one is measured; the test evaluation a dev one's
+    scaled by the count of examples; writing the model at most a checkpoint's (its weights without the
+    optimiser's)."""
+    dev_ids, _ = example_ids(run.tokenizer, run.dev)
+    probe = shortest_time(lambda: evaluate_classifier(run.model, run.tokenizer, run.dev[:batch_size], batch_size))
+    selection, tests = run.loop.selection, len(_test_examples(run)) / len(run.dev)
+    selection.seconds = probe * padded_tokens(dev_ids, batch_size) / padded_tokens(dev_ids[:batch_size], batch_size)
+    run.loop.hold_stage_budget(started, lambda: selection.seconds * tests
+                               + ((checkpointing.seconds or 0.0) if checkpointing else 0.0))
 
 
 def _resume(run: _Run, checkpointing: Checkpointing) -> None:

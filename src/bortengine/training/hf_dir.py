@@ -4,7 +4,7 @@ and get the model of a run directory back.
 A written directory holds config.json, model.safetensors, the teacher's tokenizer files, and the
 sentence-transformers modules.json + 1_Pooling/config.json (mean pooling, + Normalize when the teacher had it), so
 Engine.encode() pools as the teacher did. Pretrain and finetune write their models here; `bortengine export`
-(export.export_run) reads runs back through run_model.
+(export.export_run) reads runs back through run_model (an Agora run: its last round's student, run_directory).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Optional
 from bortengine.files import atomic_write_json, read_json
 from bortengine.training.errors import TrainingError
 
-__all__ = ["write_hf_directory", "run_model", "TOKENIZER_FILES"]
+__all__ = ["write_hf_directory", "run_model", "run_directory", "model_subdirectories", "TOKENIZER_FILES"]
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 NORMALIZE = "sentence_transformers.models.Normalize"
@@ -65,16 +65,59 @@ def _write_pooling(out: Path, src: Path, hidden: int, max_seq_length: Optional[i
     atomic_write_json(out / "sentence_bert_config.json", st_config, indent=2)
 
 
+def model_subdirectories(directory: str | os.PathLike) -> list[Path]:
+    """The directories right inside `directory` that hold a model (config.json) or a run's checkpoint, sorted: what
+    to export from a folder that is neither (a pipeline run's model/ and teacher/, an Agora run's round-k/)."""
+    from bortengine.training.checkpoint import CHECKPOINT_FILE
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_dir() and ((p / "config.json").is_file() or (p / CHECKPOINT_FILE).is_file()))
+
+
+def run_directory(run: str | os.PathLike) -> Path:
+    """The directory holding the model `run` stands for: run itself when it is a pretrain or finetune run
+    (checkpoint.safetensors) or a model directory (config.json); for an Agora run (state.safetensors and
+    round-k/), the last finished round's best student, round-k/ (the model the run ends with). Raises TrainingError
+    naming the model directories inside run when it is none of these, or when its state names no round to take."""
+    from bortengine.training.checkpoint import AGORA_STATE_FILE, CHECKPOINT_FILE, read_checkpoint, refuse_old_files
+
+    run = Path(run)
+    if (run / CHECKPOINT_FILE).is_file() or (run / "config.json").is_file():
+        return run
+    refuse_old_files(run)
+    inside = model_subdirectories(run)
+    choose = f"; export one of the model directories inside it: {', '.join(map(str, inside))}" if inside else ""
+    if (run / AGORA_STATE_FILE).is_file():
+        records = read_checkpoint(run / AGORA_STATE_FILE, "agora").state.get("records") or []
+        if not records:
+            raise TrainingError(f"{run} is an Agora run that has finished no round: it holds no student yet{choose}")
+        last = run / f"round-{records[-1]['round']}"
+        if not (last / "config.json").is_file():
+            raise TrainingError(f"{run} is an Agora run whose state ends with round {records[-1]['round']}, but "
+                                f"{last} holds no model{choose}")
+        return last
+    if inside:
+        raise TrainingError(f"{run} is not a run or model directory itself (no {CHECKPOINT_FILE}, config.json or "
+                            f"Agora {AGORA_STATE_FILE}){choose}")
+    raise TrainingError(f"{run} holds neither a run checkpoint ({CHECKPOINT_FILE}) nor a model (config.json): pass "
+                        f"the --out directory of bortengine pretrain/finetune (an Agora run's too), or a model "
+                        f"directory")
+
+
 def run_model(run: str | os.PathLike):
     """(model, tokenizer_dir) of a pretrain run (the student encoder), a finetune run (the weights selected on
-    dev) or a Hugging Face model directory. Reads checkpoints without running code; a run directory of an older
-    bortengine (a pickled checkpoint.pt) is refused with a TrainingError saying what to do."""
+    dev), an Agora run (its last round's best student: run_directory) or a Hugging Face model directory. Reads
+    checkpoints without running code; a run directory of an older bortengine (a pickled checkpoint.pt, state.pkl)
+    is refused with a TrainingError saying what to do."""
     from bortengine.architecture import Architecture
-    from bortengine.training.checkpoint import CHECKPOINT_FILE, read_checkpoint, refuse_old_files
+    from bortengine.training.checkpoint import CHECKPOINT_FILE, read_checkpoint
     from bortengine.training.loop import torch_tensors
     from bortengine.training.models import build_model, load_pretrained
 
-    run = Path(run)
+    run = run_directory(run)
     if (run / CHECKPOINT_FILE).is_file():
         checkpoint = read_checkpoint(run / CHECKPOINT_FILE, ("pretrain", "finetune"))
         if checkpoint.kind == "pretrain":                     # the student encoder, without its MLM head
@@ -87,15 +130,11 @@ def run_model(run: str | os.PathLike):
         model = build_model(Architecture.from_dict(checkpoint.state["architecture"]), dropout=0.0)
         model.load_state_dict(torch_tensors(checkpoint.group("best") or checkpoint.group("model")))
         return model, checkpoint.state["tokenizer_dir"]
-    refuse_old_files(run, ("checkpoint.pt",))
-    if (run / "config.json").is_file():                     # an HF directory: re-export
-        from transformers import BertForSequenceClassification, BertModel
+    from transformers import BertForSequenceClassification, BertModel   # an HF directory: re-export
 
-        arch = Architecture.from_hf_config(run)
-        cls = BertForSequenceClassification if arch.head == "classifier" else BertModel
-        return load_pretrained(cls, run), str(run)
-    raise TrainingError(f"{run} holds neither a run checkpoint ({CHECKPOINT_FILE}) nor a model (config.json): pass "
-                        f"the --out directory of bortengine pretrain/finetune, or a model directory")
+    arch = Architecture.from_hf_config(run)
+    cls = BertForSequenceClassification if arch.head == "classifier" else BertModel
+    return load_pretrained(cls, run), str(run)
 
 
 def _default_tokenizer_dir() -> str:

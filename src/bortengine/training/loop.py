@@ -5,15 +5,18 @@ all step through TrainingLoop.
 A step takes the next batch of the seeded, length-bucketed order (data.batch_order: a function of the seed and
 the epoch, so a resumed run sees the batches an uninterrupted one would), asks the caller for the loss on it, sets
 the learning rate of the Schedule and takes an optimiser step with gradients clipped at norm 1. The loop stops at
-a step count or a time budget (Budget, on the process CPU clock or the wall clock), evaluates the model on dev at
-epoch ends and keeps the best weights (Selection), checkpoints every few minutes (checkpoint.py: weights, optimiser
-state, RNG state, position; a resume is bit-identical to an uninterrupted run) and shows progress with the time
-left (bortengine.progress).
+a step count or a time budget (Budget, on the process CPU clock or the wall clock; a wall-clock budget of a
+whole stage, hold_stage_budget, also covers its loading before the loop and its evaluations and writing after it),
+evaluates the model on dev at epoch ends and keeps the best weights (Selection), checkpoints every few minutes
+(checkpoint.py: weights, optimiser state, RNG state, position; a resume is bit-identical to an uninterrupted run)
+and shows progress with the time left (bortengine.progress).
 """
 from __future__ import annotations
 
 import math
+import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -27,24 +30,45 @@ from bortengine.training.data import batch_order
 from bortengine.training.errors import TrainingError
 
 __all__ = ["Budget", "Schedule", "Selection", "StepOutcome", "TrainingLoop", "tensors_of", "torch_tensors",
-           "CLOCKS", "GRADIENT_CLIP"]
+           "shortest_time", "CLOCKS", "GRADIENT_CLIP"]
 
 CLOCKS = ("cpu", "wall")
 GRADIENT_CLIP = 1.0
+STEP_WINDOW = 64    # recent steps whose longest is the next one's expected duration (batches vary in length)
 
 
 class Budget:
-    """Training time on a chosen clock, accumulated across resumes (only time inside training steps counts)."""
+    """Time spent on a chosen clock, accumulated across resumes.
 
-    def __init__(self, clock: str, wall: float = 0.0, cpu: float = 0.0):
+    wall, cpu: the elapsed and the process CPU time (all threads) inside training steps (throughput, reports).
+    spent: what a time budget counts. On the cpu clock the CPU time inside steps: a compute budget. On the wall
+    clock, once `started` is set (TrainingLoop.hold_stage_budget: time.monotonic() at the start of the
+    stage's call), the elapsed time of the whole stage: this call's since its start (loading, tokenising,
+    evaluating, checkpointing included) plus `before`, the stage's elapsed time at the checkpoint a resume starts
+    from; without it (the surrogates, Agora's trainer) the wall time inside steps.
+    """
+
+    def __init__(self, clock: str, wall: float = 0.0, cpu: float = 0.0, before: float = 0.0,
+                 started: Optional[float] = None):
         if clock not in CLOCKS:
             raise TrainingError(f"clock must be 'cpu' (process CPU time, all threads) or 'wall' (elapsed time), "
                                 f"got {clock!r}")
         self.clock, self.wall, self.cpu = clock, wall, cpu
+        self.before, self.started = before, started
+
+    @property
+    def elapsed(self) -> float:
+        """The stage's elapsed time (earlier calls included), or the wall time inside steps without `started`."""
+        return self.wall if self.started is None else self.before + time.monotonic() - self.started
 
     @property
     def spent(self) -> float:
-        return self.cpu if self.clock == "cpu" else self.wall
+        return self.cpu if self.clock == "cpu" else self.elapsed
+
+    @property
+    def whole_stage(self) -> bool:
+        """A wall-clock budget counted over the whole stage (which then keeps time for the work after training)."""
+        return self.clock == "wall" and self.started is not None
 
     def __enter__(self):
         self._w, self._c = time.perf_counter(), time.process_time()
@@ -92,6 +116,17 @@ class Schedule:
         return self.lr * min(1.0, (step + 1) / warm) * (1.0 - self.decay * min(1.0, frac))
 
 
+def shortest_time(call: Callable[[], Any], repeats: int = 2) -> float:
+    """Seconds of the fastest of `repeats` calls: the first pays one-time costs (allocations, kernel choice) and a
+    busy host slows any one; a time budget's estimates of the work after training scale this up."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def tensors_of(state: Mapping[str, torch.Tensor], group: str) -> dict[str, np.ndarray]:
     """A state dict as checkpoint tensors "<group>/<name>" (NumPy views; the checkpoint writer copies them)."""
     return {f"{group}/{k}": v.detach().cpu().contiguous().numpy() for k, v in state.items()}
@@ -135,9 +170,12 @@ class Selection:
         self.model, self.evaluate, self.from_step = model, evaluate, from_step
         self.best_score, self.best_step, self.best_state = -1.0, 0, None
         self.last_step: Optional[int] = None       # the step of the last evaluation
+        self.seconds = 0.0     # of one evaluation: the caller's estimate, then the last measured (a time budget's)
 
     def consider(self, step: int) -> None:
+        start = time.perf_counter()
         score = self.evaluate(step)
+        self.seconds = time.perf_counter() - start
         self.last_step = step
         if score > self.best_score:
             self.best_score, self.best_step = score, step
@@ -208,8 +246,9 @@ class TrainingLoop:
         self.run_tokens, self.run_seconds = 0, 0.0                     # this call's, for the throughput shown
         self.last_loss = float("nan")                                  # of this call's last step
         self.progress_label = progress
+        self.after: Callable[[], float] = lambda: 0.0   # seconds of the caller's work after the loop (a budget's)
+        self._step_seconds: deque[float] = deque(maxlen=STEP_WINDOW)
         self._order: tuple[int, list[list[int]]] = (-1, [])
-        self._saved_at = time.perf_counter()
 
     # -- the steps -------------------------------------------------------------------------------------------------
     def batches(self) -> list[list[int]]:
@@ -222,16 +261,45 @@ class TrainingLoop:
     def batches_per_epoch(self) -> int:
         return len(self.batches())
 
-    def stop_reason(self) -> Optional[str]:
-        """"steps" or "time budget" once the run is over, else None."""
+    def hold_stage_budget(self, started: float, after: Callable[[], float]) -> None:
+        """A wall-clock time budget holds for the whole stage: counted from `started` (time.monotonic() at the
+        start of the call: loading and tokenising count), and the loop stops early enough to leave time for its
+        final evaluation and checkpoint and for after() seconds of the caller's work once it returns (evaluating,
+        writing the model). No effect on the cpu clock, a compute budget of training steps alone."""
+        self.budget.started, self.after = started, after
+
+    def stop_reason(self, checkpoint: Optional["Checkpointing"] = None) -> Optional[str]:
+        """"steps" or "time budget" once the run is over, else None. Under a whole-stage budget the run is over
+        when one more step (with the evaluation or checkpoint it would bring) and the work after the loop would
+        not fit in what is left of it."""
         if self.max_steps is not None and self.step >= self.max_steps:
             return "steps"
-        if self.time_budget is not None and self.budget.spent >= self.time_budget:
+        if self.time_budget is not None and self.budget.spent + self._still_needed(checkpoint) >= self.time_budget:
             return "time budget"
         return None
 
+    def _still_needed(self, checkpoint: Optional["Checkpointing"]) -> float:
+        """Under a whole-stage budget, the seconds the next step and everything after the loop are expected to take:
+        the longest of the recent steps, an epoch end's evaluation and a checkpoint when they would follow it, the
+        final evaluation and checkpoint, and the caller's after(). Evaluations and checkpoints as last measured
+        (the first checkpoint is written after the first step to measure it)."""
+        if not self.budget.whole_stage:
+            return 0.0
+        evaluation = self.selection.seconds if self.selection is not None else 0.0
+        saving = (checkpoint.seconds or 0.0) if checkpoint is not None else 0.0
+        step = max(self._step_seconds, default=0.0)
+        next_step = step + (evaluation if self.cursor + 1 >= len(self.batches()) else 0.0) \
+            + (saving if checkpoint is not None and checkpoint.due(step) else 0.0)
+        return next_step + evaluation + saving + self.after()
+
     def budget_fraction(self) -> float:
-        return self.budget.spent / self.time_budget if self.time_budget else 0.0
+        """The fraction of the time budget spent; under a whole-stage budget, of the part before the work after the
+        loop (so that a schedule driven by the budget ends its decay when training ends)."""
+        if not self.time_budget:
+            return 0.0
+        if not self.budget.whole_stage:
+            return self.budget.spent / self.time_budget
+        return min(1.0, self.budget.spent / max(1e-9, self.time_budget - self._still_needed(None)))
 
     def take_step(self, loss_of: LossFunction) -> StepOutcome:
         """One optimisation step on the next batch. loss_of(indices) -> (loss, real tokens[, extra])."""
@@ -249,7 +317,8 @@ class TrainingLoop:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, GRADIENT_CLIP)
             self.optimizer.step()
-            self.run_seconds += time.perf_counter() - start
+            self._step_seconds.append(time.perf_counter() - start)
+            self.run_seconds += self._step_seconds[-1]
         self.step, self.cursor = self.step + 1, self.cursor + 1
         self.tokens, self.run_tokens = self.tokens + tokens, self.run_tokens + tokens
         return StepOutcome(loss.detach(), tokens, self.cursor == len(batches), extra[0] if extra else None)
@@ -263,12 +332,13 @@ class TrainingLoop:
         no final evaluation or checkpoint). At the end: the final evaluation, then the final checkpoint."""
         progress = self._progress()
         try:
-            while (reason := self.stop_reason()) is None:
+            while (reason := self.stop_reason(checkpoint)) is None:
                 outcome = self.take_step(loss_of)
                 self.last_loss = outcome.value
                 if outcome.epoch_end and self.selection is not None:
                     self.selection.at_epoch_end(self.step, self.max_steps)
-                if checkpoint is not None and checkpoint.due():
+                first = self.budget.whole_stage and checkpoint is not None and checkpoint.seconds is None
+                if checkpoint is not None and (checkpoint.due() or first):   # the first measures a save's time
                     checkpoint.save(self)
                 if progress is not None:
                     self._show(progress)
@@ -276,9 +346,13 @@ class TrainingLoop:
                     after_step(outcome)
             if self.selection is not None:
                 self.selection.at_end(self.step)
+            if reason == "time budget" and self.step == 0:
+                print(f"warning: the time budget was spent before the first step ({self.budget.spent:.1f} s of "
+                      f"{self.time_budget:.1f} s, on loading or an earlier run): nothing trained; give a larger "
+                      f"budget", file=sys.stderr)
         finally:
             if progress is not None:
-                progress.show(f"step {self.step}", final=True)
+                progress.show(f"step {self.step}", final=True, left=self._left())
         if checkpoint is not None:
             checkpoint.save(self)
         return reason
@@ -294,22 +368,33 @@ class TrainingLoop:
         if self.progress_label is None:
             return None
         self._units = self.max_steps if self.time_budget is None else self.PROGRESS_UNITS
-        self._units_before = int(self._fraction() * self._units)     # done before a resume: not in the rate
-        return Progress(max(0, self._units - self._units_before), self.progress_label)
+        # done before a resume: not in the rate (a whole-stage budget's time left is known, not estimated)
+        self._units_before = 0 if self.budget.whole_stage else int(self._fraction() * self._units)
+        progress = Progress(max(0, self._units - self._units_before), self.progress_label)
+        if self.budget.whole_stage:       # elapsed from the call's start, as the budget counts
+            progress.start = self.budget.started
+        return progress
 
     def _show(self, progress: Progress) -> None:
         progress.done = max(0, int(self._fraction() * self._units) - self._units_before)
         progress.done_cost = float(progress.done)
         throughput = self.run_tokens / max(self.run_seconds, 1e-9)
         progress.show(f"step {self.step} loss {self.last_loss:.4f} {throughput:.0f} tok/s "
-                      f"{self.budget.spent / 60:.1f} min {self.budget.clock}")
+                      f"{self.budget.spent / 60:.1f} min {self.budget.clock}", left=self._left())
+
+    def _left(self) -> Optional[float]:
+        """What is left of a whole-stage budget when it, not the step count, ends the run (else None: estimated)."""
+        if not self.budget.whole_stage or self.max_steps and self.step / self.max_steps > self.budget_fraction():
+            return None
+        return max(0.0, self.time_budget - self.budget.spent)
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
     def contents(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The loop's part of a checkpoint: position, clocks, optimiser, torch RNG (and the selection's)."""
         optimizer_state, tensors = _optimizer_contents(self.optimizer)
         state = {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "tokens": self.tokens,
-                 "wall": self.budget.wall, "cpu": self.budget.cpu, "optimizer": optimizer_state}
+                 "wall": self.budget.wall, "cpu": self.budget.cpu, "elapsed": self.budget.elapsed,
+                 "optimizer": optimizer_state}
         tensors["rng/torch"] = torch.get_rng_state().numpy()
         if self.selection is not None:
             state["selection"], best = self.selection.contents()
@@ -320,7 +405,8 @@ class TrainingLoop:
         """Continue from checkpoint: the loop's part (the caller restores its model and the rest)."""
         s = checkpoint.state
         self.step, self.epoch, self.cursor, self.tokens = s["step"], s["epoch"], s["cursor"], s["tokens"]
-        self.budget = Budget(self.budget.clock, wall=s["wall"], cpu=s["cpu"])
+        self.budget = Budget(self.budget.clock, wall=s["wall"], cpu=s["cpu"], before=s.get("elapsed", s["wall"]),
+                             started=self.budget.started)
         _load_optimizer(self.optimizer, checkpoint)
         torch.set_rng_state(torch.from_numpy(np.array(checkpoint.tensors["rng/torch"])))
         if self.selection is not None:
@@ -337,15 +423,19 @@ class Checkpointing:
                  contents: Callable[[], tuple[dict[str, Any], dict[str, np.ndarray]]]):
         self.path, self.kind, self.every, self.contents = Path(path), kind, every, contents
         self._last = time.perf_counter()
+        self.seconds: Optional[float] = None     # the last save's, once one was written
 
-    def due(self) -> bool:
-        return time.perf_counter() - self._last >= self.every
+    def due(self, within: float = 0.0) -> bool:
+        """A checkpoint is due (or will be within `within` seconds)."""
+        return time.perf_counter() + within - self._last >= self.every
 
     def save(self, loop: TrainingLoop) -> Path:
+        start = time.perf_counter()
         state, tensors = loop.contents()
         mine, my_tensors = self.contents()
         path = write_checkpoint(self.path, self.kind, {**state, **mine}, {**tensors, **my_tensors})
         self._last = time.perf_counter()
+        self.seconds = self._last - start
         return path
 
     def read(self) -> Optional[TrainingCheckpoint]:

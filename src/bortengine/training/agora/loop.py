@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 import numpy as np
 
 from bortengine.progress import Progress
-from bortengine.training.checkpoint import read_checkpoint, refuse_old_files, write_checkpoint
+from bortengine.training.checkpoint import AGORA_STATE_FILE, read_checkpoint, refuse_old_files, write_checkpoint
 from bortengine.training.errors import TrainingError
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "Transformation", "DEFAULT_SETTINGS", "STATE_FILE", "check_ranges", "log",
 ]
 
-STATE_FILE = "state.safetensors"
+STATE_FILE = AGORA_STATE_FILE
 # below this agreement between the labeller and the gold labels of the mistakes the new points were made from,
 # a round says so: more than a third relabelled means the transformation or the labeller is changing the task
 RELABELLED_WARNING = 2 / 3
