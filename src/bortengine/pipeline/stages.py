@@ -219,6 +219,7 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     from bortengine.profiling import load_profile
     from bortengine.search import FinetuneSurrogate, extract
 
+    started = time.monotonic()        # the stage's budget counts from here
     prof = load_profile(ctx.results["profile"]["profile"], check_target=False)
     space = SearchSpace.from_dict(ctx.results["profile"]["space"])
     teacher = Architecture.from_dict(ctx.results["profile"]["teacher_architecture"])
@@ -231,7 +232,7 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     surrogate = FinetuneSurrogate(steps=SURROGATE_STEPS, seed=ctx.config.seed, eval_limit=256,
                                   teacher=str(ctx.teacher_dir), **_surrogate_data(ctx))
     result = extract(space, surrogate, prof, workload=ctx.workload(), epsilon=EXTRACT_EPSILON, max_point=teacher,
-                     cache_dir=str(ctx.out / "extract-cache"), time_budget=0.9 * seconds,
+                     cache_dir=str(ctx.out / "extract-cache"), time_budget=seconds, started=started,
                      progress=ctx.config.progress, latency_limit_ms=teacher_ms / ctx.config.min_speedup)
     chosen, note = choose_student(result, teacher_ms / ctx.config.min_speedup)
     candidates = [{"architecture": str(c.arch), "params": c.params, "latency_ms": c.latency_ms, "error": c.error,
