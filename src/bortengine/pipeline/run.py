@@ -7,6 +7,7 @@ directory of other options is refused (OUT/pipeline.toml holds the options of th
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -127,7 +128,9 @@ def _say(message: str) -> None:
 
 
 def _quiet_transformers() -> None:
-    """transformers' own bars (loading and writing weights) would interleave with the stages' progress."""
+    """transformers' own bars (loading and writing weights) would interleave with the stages' progress; the
+    environment variable reaches the extraction's worker processes too."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         from transformers.utils import logging
 
