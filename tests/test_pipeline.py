@@ -53,7 +53,7 @@ def private_caches(tmp_path, monkeypatch):
 
 def _config(out: Path, data: Path, teacher: Path, **options) -> PipelineConfig:
     values = dict(out=str(out), teacher=str(teacher), train=str(data), text_column="review", label_column="grade",
-                  budget=600.0, max_steps=3, arch="1,2,32,64", no_agora=True, workload="1x32", progress=False)
+                  budget=600.0, max_steps=3, arch="1,2,32,64", no_agora=True, progress=False)
     values.update(options)
     return PipelineConfig(**values)
 
@@ -94,6 +94,8 @@ def test_a_run_leaves_the_models_the_report_and_its_options(reference):
             assert evaluation[who][key] > 0, (who, key)
     assert evaluation["teacher"]["batch1_ms_pytorch_eager"] > 0
     assert set(report["stages"]) == set(STAGES)
+    # no --workload: one text of the task's length, the tokens that hold 95% of its training texts
+    assert report["workload"].startswith(f"batch 1 × {student.max_length} tokens")
     markdown = (out / "report.md").read_text()
     assert "| test accuracy, float32 |" in markdown and "## Time per stage" in markdown
     assert (out / "accuracy_latency.png").stat().st_size > 1000

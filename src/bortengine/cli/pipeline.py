@@ -29,7 +29,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", help="run directory (required; a second run of the same command continues it)")
     p.add_argument("--budget", type=duration, metavar="DURATION", help="wall-clock budget of the whole run (45m)")
     p.add_argument("--dtype", choices=("float32", "int8"), help="what the student runs in (float32)")
-    p.add_argument("--workload", metavar="BxT", help="the batch x tokens the latency is optimised for (1x128)")
+    p.add_argument("--workload", metavar="BxT",
+                   help="the batch x tokens the latency is optimised for (default: 1 x the task's length, the "
+                        "tokens that hold 95%% of its training texts)")
     p.add_argument("--threads", type=positive_int, help="threads (default: every CPU this process may use)")
     p.add_argument("--arch", metavar="D,A,H,I", help="skip the extraction: distil this student")
     agora = p.add_mutually_exclusive_group()

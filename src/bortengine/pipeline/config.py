@@ -51,7 +51,8 @@ class PipelineConfig:
     train_limit: Optional[int] = None      # a stratified, seeded sample of N training examples
     budget: float = 45 * 60.0              # seconds, wall clock, the whole run
     dtype: str = "float32"                 # what the student is extracted for and served in
-    workload: str = "1x128"                # batch x tokens the latency is optimised for
+    workload: Optional[str] = None         # batch x tokens the latency is optimised for; default 1 x the task's
+    #                                        length (the tokens that hold 95% of its training texts)
     threads: Optional[int] = None          # default: every CPU this process may use
     arch: Optional[str] = None             # "D,A,H,I": skip the extraction, distil this student
     scarce: bool = False                   # Agora even with more than SCARCE_EXAMPLES examples
@@ -83,9 +84,11 @@ class PipelineConfig:
         if not self.min_speedup >= 1:
             raise PipelineError(f"min_speedup must be >= 1 (how much faster the student must be), got "
                                 f"{self.min_speedup}")
-        self.shape()
+        if self.workload is not None:
+            self.shape()
 
     def shape(self) -> tuple[int, int]:
+        """(B, T) of the workload given (the pipeline's default is the task's: RunContext.workload)."""
         try:
             b, t = (int(x) for x in str(self.workload).lower().split("x"))
         except ValueError:

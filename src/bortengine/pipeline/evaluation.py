@@ -78,10 +78,9 @@ def _accuracy(engine, texts: list[str], pairs: Optional[list[str]], gold: list[s
 
 
 def _short_inputs(texts: list[str], pairs: Optional[list[str]]) -> tuple[list[str], Optional[list[str]]]:
-    """The LATENCY_TEXTS shortest test texts (by characters): the short requests a service answers one at a
-    time."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(pairs[i]) if pairs else 0))
-    chosen = sorted(order[:LATENCY_TEXTS])
+    """LATENCY_TEXTS test texts drawn with a fixed seed: the requests a service of the task answers one at a
+    time, at their own lengths."""
+    chosen = sorted(np.random.default_rng(0).permutation(len(texts))[:LATENCY_TEXTS].tolist())
     return [texts[i] for i in chosen], ([pairs[i] for i in chosen] if pairs else None)
 
 

@@ -61,12 +61,13 @@ def _markdown(summary: dict[str, Any]) -> str:
     evaluation = stages.get("evaluate", {}).get("result")
     lines = [f"# bortengine pipeline: {summary['task']['name']}", "",
              f"{summary['task']['description']}. Teacher: `{summary['config'].get('teacher') or 'all-MiniLM-L6-v2'}`; "
-             f"workload {summary['config']['workload']}, {summary['threads']} threads, CPU target "
+             f"workload {summary.get('workload')}, {summary['threads']} threads, CPU target "
              f"`{summary.get('target', '?')}`.", ""]
     if evaluation:
         inputs = evaluation["latency_inputs"]
         lines += [report_table(evaluation), "",
-                  f"Latencies: the {inputs['texts']} shortest test texts (mean {inputs['mean_tokens']:.1f} tokens), "
+                  f"Latencies: {inputs['texts']} test texts drawn with a fixed seed (mean {inputs['mean_tokens']:.1f} "
+                  f"tokens), "
                   f"one per call, {inputs['rounds']} rounds with the models taking turns; medians.", ""]
     lines += ["## Time per stage", "", "| stage | budget | took | |", "|---|---|---|---|"]
     for name, entry in stages.items():

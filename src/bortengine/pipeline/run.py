@@ -93,6 +93,7 @@ def _summary(ctx: RunContext, state: dict[str, Any], seconds: float) -> dict[str
     return {"config": ctx.config.to_dict(), "task": {"name": task.name, "labels": task.labels,
                                                       "description": task.describe(), "pairs": task.pairs},
             "threads": ctx.threads, "target": ctx.results.get("profile", {}).get("target"),
+            "workload": str(ctx.workload()),
             "model": str(ctx.out / "model"), "teacher": str(ctx.teacher_dir), "stages": state["stages"],
             "seconds": seconds, "within_budget": seconds <= ctx.config.budget * 1.15}
 

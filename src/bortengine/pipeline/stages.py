@@ -22,7 +22,10 @@ __all__ = ["RunContext", "profile_stage", "teacher_stage", "extract_stage", "dis
 EXTRACT_EPSILON = 0.2       # a coarser grouping than extract's default 0.1: fewer surrogate trainings in a budget
 SURROGATE_STEPS = 30        # fine-tuning steps per candidate: enough to rank students on the task (docs/pipeline.md)
 TEACHER_EPOCHS = 3.0
-STUDENT_EPOCHS = 8.0        # an upper bound: the budget ends the student's fine-tuning, its schedule decays to it
+# the student's fine-tuning runs until its budget ends (its learning rate decays to 0 there, the best dev epoch is
+# kept): the epochs are an upper bound, and the warm-up a small part of them. 8 epochs left 9 of its 14 minutes
+# unused on 4,233 TREC questions (docs/pipeline.md); with max_steps (tests) the steps end it
+STUDENT_EPOCHS, STUDENT_WARMUP = 40.0, 0.02
 AGORA_MAX_NEW = 2000        # generated points per Agora round: bounds a round's cost on small data
 
 
@@ -63,9 +66,17 @@ class RunContext:
         return self.out / "teacher"
 
     def workload(self):
+        """The workload the student is extracted for: --workload, else one text of the task's length (the tokens
+        that hold 95% of its training texts, training.task_max_length), which is what a service of the task
+        sends."""
         from bortengine.profiling import Workload
 
-        batch, seq = self.config.shape()
+        if self.config.workload is not None:
+            batch, seq = self.config.shape()
+        else:
+            from bortengine.training import task_max_length
+
+            batch, seq = 1, task_max_length(self.task, _tokenizer_source(self.teacher_source) or self.teacher_source)
         return Workload(batch, seq, self.threads, self.config.dtype)
 
     def uses_agora(self) -> bool:
@@ -300,6 +311,7 @@ def finetune_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     run_dir = ctx.out / "finetune"
     config = FinetuneConfig(model=student, tokenizer=str(ctx.teacher_dir), **_finetune_data(ctx),
                             out_dir=str(run_dir), seed=ctx.config.seed, epochs=STUDENT_EPOCHS,
+                            warmup_fraction=STUDENT_WARMUP,
                             teacher=str(ctx.teacher_dir), distill_weight=0.5, lr=1e-4,
                             max_length=_teacher_max_length(ctx), time_budget=None if ctx.config.max_steps else seconds,
                             clock="wall", max_steps=ctx.config.max_steps, threads=ctx.threads)
