@@ -186,3 +186,24 @@ def test_the_command_line_reads_a_config_file_and_reports_bad_data_with_its_row(
     assert done.returncode == 2, done.stderr
     assert "bortengine pipeline: error:" in done.stderr and "row 2" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_teacher_classifier_of_the_task_labels_in_another_order_is_kept_with_its_rows_in_the_tasks_order(
+        data, tmp_path):
+    import bortengine
+
+    source = make_random_bert(tmp_path / "clf", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=128, max_position_embeddings=128, head="classifier", num_labels=3)
+    config = json.loads((source / "config.json").read_text())
+    config["id2label"] = {"0": "great", "1": "fine", "2": "bad"}         # the task sorts them bad, fine, great
+    config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
+    (source / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "run"
+    summary = run_pipeline(_config(out, data, source))
+    assert summary["stages"]["teacher"]["result"]["fine_tuned"] is False
+    texts = ["a gripping, beautifully acted film", "dull"]
+    before, after = bortengine.load(source), bortengine.load(out / "teacher")
+    assert after.labels == list(LABELS)
+    want, got = before.classify(texts), after.classify(texts)
+    assert got.labels == want.labels
+    np.testing.assert_allclose(got.logits, want.logits[:, [2, 1, 0]], atol=1e-5)

@@ -169,7 +169,10 @@ def teacher_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     task, source = ctx.task, ctx.teacher_source
     config_labels = _classifier_labels(source)
     if config_labels is not None and sorted(config_labels) == sorted(task.labels):
-        _copy_model(Path(source), ctx.teacher_dir)
+        if config_labels == task.labels:
+            _copy_model(Path(source), ctx.teacher_dir)
+        else:   # its head's rows put in the task's order: the student distils the teacher's logits by position
+            _write_in_task_order(source, task.labels, ctx.teacher_dir)
         return {"fine_tuned": False, "source": source, "labels": load(str(ctx.teacher_dir)).labels}
     from bortengine.training import FinetuneConfig, finetune
 
@@ -214,10 +217,26 @@ def _finetune_data(ctx: RunContext) -> dict[str, Any]:
 
 
 def _copy_model(source: Path, target: Path) -> None:
-    """A model directory copied whole, then renamed into place: a killed copy never looks like a model."""
+    """A model directory copied whole (see _replace_directory)."""
+    _replace_directory(target, lambda partial: shutil.copytree(source, partial))
+
+
+def _write_in_task_order(source: str, labels: list[str], target: Path) -> None:
+    """A classifier of the task's classes in another order, written with id2label = labels and its head's rows
+    permuted to match (training.as_classifier)."""
+    from bortengine.training import as_classifier, run_model, write_hf_directory
+
+    model, tokenizer_dir = run_model(source)
+    _replace_directory(target, lambda partial: write_hf_directory(as_classifier(model, labels=labels), partial,
+                                                                  tokenizer_dir))
+
+
+def _replace_directory(target: Path, fill) -> None:
+    """fill(partial) writes a directory beside target, which is then renamed into place: a killed write never
+    looks like a model."""
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial)
+    fill(partial)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
 
