@@ -207,3 +207,92 @@ def test_a_teacher_classifier_of_the_task_labels_in_another_order_is_kept_with_i
     want, got = before.classify(texts), after.classify(texts)
     assert got.labels == want.labels
     np.testing.assert_allclose(got.logits, want.logits[:, [2, 1, 0]], atol=1e-5)
+
+
+# -- choosing the student: predicted, then measured -----------------------------------------------------------------
+class _Candidate:
+    def __init__(self, arch: str, latency_ms: float, error):
+        from bortengine.architecture import Architecture
+
+        self.arch, self.latency_ms, self.error = Architecture.parse(arch), latency_ms, error
+
+
+class _Extraction:
+    def __init__(self, candidates):
+        self.candidates = candidates
+        self.max_point = _Candidate("6,12,384,1536", 4.0, 0.2)
+
+
+def _choose(candidates, measured: dict, required: float = 4.2, deadline: float = float("inf")):
+    import time
+
+    from bortengine.pipeline.stages import choose_student
+
+    asked = []
+
+    def speedup(arch):
+        asked.append(str(arch.tuple))
+        return measured[arch.tuple]
+
+    chosen, note = choose_student(_Extraction(candidates), 1.0, speedup, required,
+                                  deadline=time.monotonic() + deadline if deadline != float("inf") else deadline)
+    return chosen, note, asked
+
+
+def test_the_most_accurate_student_measured_fast_enough_is_chosen_and_slower_ones_are_not_measured():
+    best, slow, fast, faster = (_Candidate("3,12,384,256", 0.97, 1.52), _Candidate("2,6,384,1024", 0.99, 1.54),
+                                _Candidate("2,12,384,256", 0.65, 1.545), _Candidate("1,12,384,256", 0.34, 1.597))
+    over_bound = _Candidate("4,12,384,384", 1.3, 1.40)
+    unevaluated = _Candidate("1,2,128,256", 0.1, None)
+    measured = {(3, 12, 384, 256): 3.87, (2, 6, 384, 1024): 3.5, (2, 12, 384, 256): 4.89, (1, 12, 384, 256): 9.0}
+    chosen, note, asked = _choose([faster, over_bound, fast, slow, best, unevaluated], measured)
+    assert chosen is fast and note == ""
+    # the first is too slow, which rules out the one predicted slower than it: it is never measured
+    assert asked == [str((3, 12, 384, 256)), str((2, 12, 384, 256))]
+    chosen, note, _ = _choose([faster, fast, best], {**measured, (3, 12, 384, 256): 4.3})
+    assert chosen is best
+
+
+def test_without_a_student_measured_fast_enough_the_fastest_measured_is_taken_with_a_note():
+    a, b = _Candidate("3,12,384,256", 0.97, 1.52), _Candidate("2,12,384,256", 0.65, 1.545)
+    chosen, note, asked = _choose([a, b], {(3, 12, 384, 256): 3.0, (2, 12, 384, 256): 3.9})
+    assert chosen is b and "3.90x" in note and "4.20x" in note and len(asked) == 2
+    # past the deadline nothing is measured: the fastest predicted, said so
+    chosen, note, asked = _choose([a, b], {}, deadline=-1.0)
+    assert chosen is b and asked == [] and "none could be measured" in note
+
+
+def test_no_evaluated_student_is_an_error_that_says_what_to_do():
+    with pytest.raises(PipelineError, match="--arch"):
+        _choose([_Candidate("2,12,384,256", 0.65, None)], {})
+
+
+def test_block_medians_time_each_model_in_blocks_taking_turns():
+    from bortengine.pipeline.evaluation import block_medians
+
+    order = []
+    calls = {"a": lambda i: order.append(("a", i)), "b": lambda i: order.append(("b", i))}
+    ms = block_medians(calls, 3, 2)
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+    # one untimed call, then the block; the second round in reversed order
+    assert order == ([("a", 0)] * 2 + [("a", 1), ("a", 2)] + [("b", 0)] * 2 + [("b", 1), ("b", 2)]
+                     + [("b", 0)] * 2 + [("b", 1), ("b", 2)] + [("a", 0)] * 2 + [("a", 1), ("a", 2)])
+
+
+def test_candidates_are_measured_against_the_teacher_on_the_engine_once_per_run(reference):
+    from bortengine.architecture import Architecture
+    from bortengine.pipeline.stages import CandidateMeter, RunContext
+
+    out, _ = reference
+    config = PipelineConfig(**read_config_file(out / "pipeline.toml"))
+    results = {name: stage["result"] for name, stage in json.loads((out / "pipeline.json").read_text())["stages"].items()}
+    ctx = RunContext(config, results)
+    teacher = Architecture.from_hf_config(str(out / "teacher"))
+    meter = CandidateMeter(ctx, teacher)
+    small, large = Architecture.parse("1,2,32,64"), Architecture.parse("4,4,128,512")
+    s_small, s_large = meter.speedup(small), meter.speedup(large)
+    assert 0 < s_large < 1 < s_small < 100     # the teacher, ⟨2, 4, 64, 128⟩, lies between the two
+    assert not (out / "extract-measure").exists()    # the random student is gone
+    again = CandidateMeter(ctx, teacher)               # a resumed run reads the measurements, it does not re-time
+    assert again.speedup(small) == s_small and again.measured == meter.measured
+    (out / "extract-measured.json").unlink()

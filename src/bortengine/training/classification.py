@@ -73,6 +73,9 @@ class FinetuneConfig:
     distill_weight: float = 0.5          # loss = (1 - w) CE(labels) + w T² KL(teacher_T || student_T)
     temperature: float = 2.0
     checkpoint_every: float = 120.0
+    # a Parquet file of more training examples (columns text, label: one of the task's label names), e.g. texts near
+    # the training texts labelled by the teacher (the pipeline's augmentation); single-text tasks only
+    augment: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,6 +320,8 @@ class _Run:
         self.tokenizer = TextTokenizer.from_directory(self.tokenizer_dir, config.max_length or
                                                       task_max_length(self.task, self.tokenizer_dir))
         self.train = self.task.train[:config.train_limit]
+        if config.augment:
+            self.train = self.train + augmented_examples(config.augment, self.task)
         self.dev = self.task.dev[:config.eval_limit]
         if not self.dev:
             raise TrainingError(f"no dev examples to select on (eval_limit={config.eval_limit}); give eval_limit >= 1")
@@ -374,7 +379,28 @@ class _Run:
 
 
 _RESUME_KEYS = ("model", "task", "seed", "batch_size", "train_limit", "max_length", "train", "dev", "test",
-                "text_column", "text_pair_column", "label_column", "train_sample")
+                "text_column", "text_pair_column", "label_column", "train_sample", "augment")
+
+
+def augmented_examples(path: str, task: Task) -> list[TextExample]:
+    """The examples of an augmentation file (FinetuneConfig.augment): Parquet, columns text and label (names of the
+    task's labels). Their rows count after the task's."""
+    import pyarrow.parquet as pq
+
+    if task.pairs:
+        raise TrainingError(f"augment: {task.name} is a text-pair task; augmentation files hold single texts")
+    try:
+        table = pq.read_table(path, columns=["text", "label"]).to_pydict()
+    except (OSError, KeyError, ValueError) as e:
+        raise TrainingError(f"augment: cannot read {path} as Parquet with columns text and label: {e}") from None
+    index = {name: i for i, name in enumerate(task.labels)}
+    examples = []
+    for row, (text, label) in enumerate(zip(table["text"], table["label"])):
+        if not isinstance(text, str) or not text.strip() or str(label) not in index:
+            raise TrainingError(f"augment: {path} row {row + 1}: text {text!r}, label {label!r}: texts are non-empty "
+                                f"strings and labels one of {task.labels}")
+        examples.append(TextExample(text, index[str(label)], row=len(task.train) + row))
+    return examples
 
 
 def finetune_surrogate_loss(config: FinetuneConfig, steps: int = 100, model=None) -> float:
