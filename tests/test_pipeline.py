@@ -272,11 +272,15 @@ def test_block_medians_time_each_model_in_blocks_taking_turns():
 
     order = []
     calls = {"a": lambda i: order.append(("a", i)), "b": lambda i: order.append(("b", i))}
-    ms = block_medians(calls, 3, 2)
+    ms = block_medians(calls, 3, 2, block=2)
     assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
-    # one untimed call, then the block; the second round in reversed order
-    assert order == ([("a", 0)] * 2 + [("a", 1), ("a", 2)] + [("b", 0)] * 2 + [("b", 1), ("b", 2)]
-                     + [("b", 0)] * 2 + [("b", 1), ("b", 2)] + [("a", 0)] * 2 + [("a", 1), ("a", 2)])
+
+    def block(key, start, end):            # one untimed call, then the block
+        return [(key, start)] + [(key, i) for i in range(start, end)]
+
+    # blocks of 2 of the 3 calls, the order reversed every other block, 2 rounds
+    assert order == (block("a", 0, 2) + block("b", 0, 2) + block("b", 2, 3) + block("a", 2, 3)
+                     + block("a", 0, 2) + block("b", 0, 2) + block("b", 2, 3) + block("a", 2, 3))
 
 
 def test_candidates_are_measured_against_the_teacher_on_the_engine_once_per_run(reference):

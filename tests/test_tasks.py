@@ -498,3 +498,23 @@ def test_any_table_loads_exactly_or_names_a_bad_row(rows, kind):
     names = {str(y) for _, y in rows}
     assert task.labels == (sorted(names, key=int) if all(isinstance(y, int) for _, y in rows) else sorted(names))
     assert examples_by_row(task) == [(i, t, str(y), None) for i, (t, y) in enumerate(rows)]
+
+
+# -- augmentation files (FinetuneConfig.augment) --------------------------------------------------------------------
+def test_an_augmentation_file_adds_examples_of_the_tasks_labels_or_names_its_bad_row(tmp_path, reviews):
+    pytest.importorskip("torch")
+    from bortengine.training.classification import augmented_examples
+
+    task = load_task(train=str(write(reviews[["text", "length"]].rename(columns={"length": "label"}), tmp_path,
+                                     "csv")))
+    good = tmp_path / "augmented.parquet"
+    pd.DataFrame({"text": ["a short one", "a much longer text"], "label": ["short", "long"]}).to_parquet(good)
+    added = augmented_examples(str(good), task)
+    assert [(e.text, task.labels[e.label]) for e in added] == [("a short one", "short"), ("a much longer text", "long")]
+    assert min(e.row for e in added) >= len(task.train)
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"text": ["fine", "fine too"], "label": ["short", "tiny"]}).to_parquet(bad)
+    with pytest.raises(TrainingError, match=r"row 2.*'tiny'.*one of \['long', 'medium', 'short'\]"):
+        augmented_examples(str(bad), task)
+    with pytest.raises(TrainingError, match="columns text and label"):
+        augmented_examples(str(tmp_path / "reviews.csv"), task)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from bortengine.engine import (ClassificationResult, EncoderOutput, Engine, ModelConfig, available_cpus,
                                available_isas, cpu_info, load)
-from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError, UnsupportedModelError
+from bortengine.errors import (BortEngineError, DeadlineExceeded, InvalidInputError, ModelLoadError, RequestCancelled,
+                               UnsupportedModelError)
 from bortengine.version import __version__
 
 __all__ = [
     "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "cpu_info", "available_isas",
     "available_cpus", "BortEngineError", "InvalidInputError", "ModelLoadError", "UnsupportedModelError",
-    "__version__",
+    "DeadlineExceeded", "RequestCancelled", "__version__",
 ]

@@ -4,7 +4,8 @@ InvalidInputError and ModelLoadError also derive from ValueError, so callers tha
 bad arguments keep working. Messages say what is wrong and how to fix it.
 """
 
-__all__ = ["BortEngineError", "InvalidInputError", "ModelLoadError", "UnsupportedModelError", "UsageError"]
+__all__ = ["BortEngineError", "InvalidInputError", "ModelLoadError", "UnsupportedModelError", "UsageError",
+           "DeadlineExceeded", "RequestCancelled"]
 
 
 class BortEngineError(Exception):
@@ -26,3 +27,12 @@ class UnsupportedModelError(ModelLoadError):
 class UsageError(BortEngineError):
     """A command's options are missing, do not go together, or name a path the command cannot use (the command
     line is wrong, not the data it names). `bortengine <command>` reports it on one line, exit code 2."""
+
+
+class DeadlineExceeded(BortEngineError, TimeoutError):
+    """A request's deadline passed while it waited for a forward (Engine.aencode(..., deadline=)); it was not
+    computed."""
+
+
+class RequestCancelled(BortEngineError):
+    """A queued request was cancelled before it was computed (its asyncio task was cancelled)."""

@@ -7,6 +7,7 @@ reverse.
 """
 from __future__ import annotations
 
+from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, BatchRecord
 from bortengine.engine.config import ModelConfig
 from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, softmax
@@ -18,5 +19,6 @@ from bortengine.engine.weights import QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, B
 __all__ = [
     "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "Pooling", "TextTokenizer",
     "BertWeights", "Checkpoint", "as_text_list", "softmax", "traced_forwards", "available_cpus", "available_isas",
-    "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX",
+    "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX", "BatchRecord",
+    "DEFAULT_MAX_BATCH_TOKENS",
 ]

@@ -6,12 +6,13 @@ Every stage that calls the kernels directly (the profiler times single ops) goes
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-from typing import Any
+from typing import Any, Optional
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["core", "available_cpus", "cpu_info", "available_isas", "core_build"]
+__all__ = ["core", "available_cpus", "cgroup_cpu_quota", "cpu_info", "available_isas", "core_build"]
 
 
 def core() -> Any:
@@ -26,11 +27,32 @@ def core() -> Any:
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which containers and taskset restrict)."""
+    """CPUs this process may run on: its affinity mask (taskset, cpusets), capped by a cgroup CPU quota (a
+    container limited to 2 CPUs on a 64-core host gets 2), rounded up."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> Optional[float]:
+    """CPUs' worth of time the process's cgroup may use per period (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us over
+    cpu.cfs_period_us), or None without a quota."""
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
+                                    ("cpu,cpuacct/cpu.cfs_quota_us", "cpu,cpuacct/cpu.cfs_period_us")):
+        try:
+            fields = open(os.path.join(root, quota_file)).read().split()
+            if period_file is not None:
+                fields.append(open(os.path.join(root, period_file)).read().strip())
+            quota, period = fields[0], float(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if quota == "max" or float(quota) <= 0 or period <= 0:
+            return None
+        return float(quota) / period
+    return None
 
 
 def cpu_info() -> dict:

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, ForwardQueue
 from bortengine.engine.config import ModelConfig
 from bortengine.engine.native import available_cpus, core as _core
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, softmax
@@ -28,6 +29,8 @@ from bortengine.engine.weights import BertWeights, Checkpoint
 from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError
 
 __all__ = ["load", "Engine", "traced_forwards"]
+
+UNTRUNCATED = 1 << 30       # a max_length no text reaches: count_tokens() sees whole texts
 
 
 def _check_num_threads(num_threads: Any) -> int:
@@ -61,7 +64,7 @@ def traced_forwards(encoder: Any, forward: Any, runs: int) -> tuple[dict[str, fl
 
 
 def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
-         dtype: str = "float32") -> "Engine":
+         dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None) -> "Engine":
     """Load a Hugging Face BERT directory (config.json + model.safetensors [+ tokenizer, sentence-transformers
     pooling]) into an Engine.
 
@@ -69,22 +72,29 @@ def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Option
     bortengine.available_isas()); None means the best one (or $BORTENGINE_ISA). dtype: "float32", or "int8" to
     run the four linear layers of every encoder layer on int8 kernels (weights quantized per output channel at
     load, activations per token at run time; embeddings, LayerNorm, attention and the pooler stay float32).
+    batching: combine the forwards of concurrent callers (threads, or tasks awaiting aencode/aclassify/acall) into
+    one of at most max_batch_tokens real tokens (default DEFAULT_MAX_BATCH_TOKENS), oldest request first; results
+    are those of separate calls, bit for bit, and a lone caller waits for nothing (engine/batching.py). False:
+    one request per forward, still in arrival order.
     """
-    return Engine(path, num_threads=num_threads, isa=isa, dtype=dtype)
+    return Engine(path, num_threads=num_threads, isa=isa, dtype=dtype, batching=batching,
+                  max_batch_tokens=max_batch_tokens)
 
 
 class Engine:
     """A loaded BERT encoder.
 
-    Thread-safe (tests/test_threads.py holds it to that): threads may call one Engine at once. Validation,
-    tokenization and pooling run concurrently; the native encoder runs one forward at a time on its workspace,
-    each with a team of num_threads threads. For throughput from many callers on a big machine, load one Engine
-    per worker with num_threads = CPUs / workers.
+    Thread-safe (tests/test_threads.py, tests/test_batching.py hold it to that): threads and coroutines may call
+    one Engine at once. Validation, tokenization and pooling run concurrently; the native encoder runs one forward
+    at a time on its workspace, each with a team of num_threads threads, and calls that arrive while one runs
+    share the next (engine/batching.py). For throughput from many callers on a big machine, load one Engine per
+    worker with num_threads = CPUs / workers.
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None):
         core = _core()
+        budget = _check_max_batch_tokens(max_batch_tokens)
         if dtype not in ("float32", "int8"):
             raise InvalidInputError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
         path = Path(path)
@@ -140,6 +150,8 @@ class Engine:
         if not encoder.ready:
             raise BortEngineError("internal error: the native encoder is not ready after loading every tensor")
         self._encoder = encoder
+        self._batching = bool(batching)
+        self._queue = ForwardQueue(self._native_forward, budget if batching else 0)
 
     # ---------------------------------------------------------------------------------------------- properties
     @property
@@ -200,25 +212,52 @@ class Engine:
         Returns EncoderOutput: last_hidden_state [B,T,H] (zeros where the mask is 0), pooler_output [B,H] if the
         model has a pooler, logits [B,L] for a classifier.
         """
-        if isinstance(input_ids, Mapping):  # engine(engine.tokenize(texts))
-            if attention_mask is not None or token_type_ids is not None:
-                raise InvalidInputError("pass either a mapping of inputs or separate arrays, not both")
-            unknown = set(input_ids) - {"input_ids", "attention_mask", "token_type_ids"}
-            if unknown or "input_ids" not in input_ids:
-                raise InvalidInputError(f"a mapping of inputs needs 'input_ids' and may have 'attention_mask' and "
-                                        f"'token_type_ids'; got keys {sorted(input_ids)}")
-            input_ids, attention_mask, token_type_ids = (
-                input_ids.get(k) for k in ("input_ids", "attention_mask", "token_type_ids"))
-        ids, mask, types = self._validate(input_ids, attention_mask, token_type_ids)
+        return self._output(self._queue.run(*self._validate(*_unpacked(input_ids, attention_mask, token_type_ids))))
+
+    async def acall(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, *,
+                    deadline: Optional[float] = None) -> EncoderOutput:
+        """engine(...) for asyncio: the same result, without blocking the event loop (engine/batching.py). Cancelling
+        the awaiting task drops the request if it is still queued; deadline: seconds from now after which a
+        request still queued is dropped with DeadlineExceeded."""
+        inputs = _unpacked(input_ids, attention_mask, token_type_ids)
+        return self._output(await self._queue.arun(lambda: self._validate(*inputs), _deadline(deadline)))
+
+    def _native_forward(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray]):
         try:
-            hidden, pooled = self._encoder.forward(ids, mask, types, pooler=self._encoder.has_pooler)
+            return self._encoder.forward(ids, mask, types, pooler=self._encoder.has_pooler)
         except ValueError as e:  # should not happen after _validate; keep the native message
             raise InvalidInputError(f"the native encoder rejected the input: {e}") from e
+
+    def _output(self, forward: tuple[np.ndarray, Optional[np.ndarray]]) -> EncoderOutput:
+        hidden, pooled = forward
         logits = None
         if self._classifier is not None:
             weight, bias = self._classifier                      # [L,H], [L]
             logits = np.ascontiguousarray(pooled @ weight.T + bias, dtype=np.float32)
         return EncoderOutput(hidden, pooled, logits)
+
+    # ------------------------------------------------------------------------------------------- batching
+    @property
+    def batching(self) -> bool:
+        """Whether concurrent calls share forwards (load(batching=...))."""
+        return self._batching
+
+    @property
+    def max_batch_tokens(self) -> int:
+        """Real tokens a combined forward holds at most (0 without batching: one request per forward)."""
+        return self._queue.max_batch_tokens
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a forward now."""
+        return self._queue.depth
+
+    def add_batch_listener(self, listener) -> None:
+        """Call listener(BatchRecord) after every forward, in the thread that ran it (keep it cheap): sequences,
+        real tokens and requests it combined, its seconds, and per request the seconds queued and tokenizing."""
+        if not callable(listener):
+            raise InvalidInputError(f"a batch listener must be callable, got {type(listener).__name__}")
+        self._queue.add_listener(listener)
 
     def op_times(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None,
                  runs: int = 5) -> dict[str, float]:
@@ -308,18 +347,51 @@ class Engine:
         Shapes: N texts -> [N,E] float32 (E = H x pooling modes); a single string -> [E].
         """
         texts, pairs, single = self._text_inputs(texts, text_pairs)
+        normalize = self._encoding(normalize)
+        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        for rows, batch in self._batches(texts, pairs, batch_size, max_length):
+            out[rows] = self.pooling(self(**batch).last_hidden_state, batch["attention_mask"], normalize=normalize)
+        return out[0] if single else out
+
+    async def aencode(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
+                      batch_size: int = 32, normalize: Optional[bool] = None, max_length: Optional[int] = None,
+                      deadline: Optional[float] = None) -> np.ndarray:
+        """encode() for asyncio: the same embeddings, without blocking the event loop (tokenization and forwards
+        run in the engine's threads, combined with other callers' forwards). Cancelling the awaiting task drops
+        its queued work; deadline: seconds from now after which work still queued is dropped with
+        DeadlineExceeded."""
+        texts, pairs, single = self._text_inputs(texts, text_pairs)
+        normalize = self._encoding(normalize)
+        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        async for rows, batch, output in self._aforwards(texts, pairs, batch_size, max_length, deadline):
+            out[rows] = self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
+        return out[0] if single else out
+
+    def _encoding(self, normalize: Optional[bool]) -> bool:
+        """Whether encode() normalises; refuses a model whose pooling the engine would not reproduce."""
         if self.pooling.unsupported:
             raise BortEngineError(
                 f"{self.path} has sentence-transformers module(s) the engine does not run: "
                 f"{list(self.pooling.unsupported)}; encode() would not match the model. Call the engine on token "
                 f"ids for the transformer outputs")
-        if normalize is None:
-            normalize = self.pooling.normalize
-        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
-        for rows, batch in self._batches(texts, pairs, batch_size, max_length):
-            hidden = self(**batch).last_hidden_state
-            out[rows] = self.pooling(hidden, batch["attention_mask"], normalize=bool(normalize))
-        return out[0] if single else out
+        return bool(self.pooling.normalize if normalize is None else normalize)
+
+    async def _aforwards(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
+                         max_length: Optional[int], deadline: Optional[float]):
+        """(rows, batch, EncoderOutput) of each batch _batches() gives, computed through the forward queue; the
+        texts are tokenized in the queue's worker thread with the first batch."""
+        until = _deadline(deadline)
+        batches = self._batches(texts, pairs, batch_size, max_length)
+        for _ in range(-(-len(texts) // _check_batch_size(batch_size))):
+            taken: list[Any] = []
+
+            def prepare():
+                rows, batch = next(batches)
+                taken.extend((rows, batch))
+                return self._validate(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+
+            output = self._output(await self._queue.arun(prepare, until))
+            yield taken[0], taken[1], output
 
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                  batch_size: int = 32,
@@ -333,26 +405,47 @@ class Engine:
         truncated to max_length tokens, by default Engine.max_length: the length the model was trained at when it
         was exported by bortengine (sentence_bert_config.json max_seq_length), so it reads what training read.
         """
+        texts, pairs, single = self._classifier_inputs(texts, text_pairs)
+        logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
+        for rows, batch in self._batches(texts, pairs, batch_size, max_length):
+            logits[rows] = self(**batch).logits
+        return self._classification(logits, single)
+
+    async def aclassify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
+                        batch_size: int = 32, max_length: Optional[int] = None,
+                        deadline: Optional[float] = None) -> ClassificationResult | tuple[str, np.ndarray]:
+        """classify() for asyncio, as aencode() is encode()'s."""
+        texts, pairs, single = self._classifier_inputs(texts, text_pairs)
+        logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
+        async for rows, _, output in self._aforwards(texts, pairs, batch_size, max_length, deadline):
+            logits[rows] = output.logits
+        return self._classification(logits, single)
+
+    def _classifier_inputs(self, texts: Any, text_pairs: Any) -> tuple[list[str], Optional[list[str]], bool]:
         if self._classifier is None:
             raise BortEngineError(
                 f"classify() needs a sequence classifier, but {self.path} is a {self.config.kind} (config.json "
                 f"architectures); use encode() for embeddings or engine(ids) for hidden states")
-        problem = self.config.effective_problem_type
-        if problem == "regression":
+        if self.config.effective_problem_type == "regression":
             raise BortEngineError(
                 f"classify() needs class labels, but {self.path} is a regression model (num_labels=1 / "
                 f"problem_type 'regression'); read its scores from engine(**engine.tokenize(texts)).logits")
-        texts, pairs, single = self._text_inputs(texts, text_pairs)
-        logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
-        for rows, batch in self._batches(texts, pairs, batch_size, max_length):
-            logits[rows] = self(**batch).logits
-        if problem == "multi_label_classification":
+        return self._text_inputs(texts, text_pairs)
+
+    def _classification(self, logits: np.ndarray, single: bool) -> ClassificationResult | tuple[str, np.ndarray]:
+        if self.config.effective_problem_type == "multi_label_classification":
             probs = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
         else:
             probs = softmax(logits).astype(np.float32)
-        labels = [self.config.id2label[int(i)] for i in probs.argmax(axis=1)] if len(texts) else []
+        labels = [self.config.id2label[int(i)] for i in probs.argmax(axis=1)] if len(logits) else []
         result = ClassificationResult(labels, probs, logits)
         return result[0] if single else result
+
+    def count_tokens(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None) -> list[int]:
+        """Tokens of each text (pair) before truncation, special tokens included: which texts max_length would
+        cut (a server refuses or counts those)."""
+        texts, pairs, _ = self._text_inputs(texts, text_pairs)
+        return [len(ids) for ids in self._text_tokenizer().token_ids(texts, UNTRUNCATED, pairs=pairs)]
 
     def _text_inputs(self, texts: Any, text_pairs: Any) -> tuple[list[str], Optional[list[str]], bool]:
         """(texts, their pairs or None, True if texts is a single string), every mismatch refused."""
@@ -382,8 +475,7 @@ class Engine:
     def _batches(self, texts: list[str], pairs: Optional[list[str]], batch_size: int, max_length: Optional[int]):
         """Yield (indices into texts, padded batch) in order of decreasing token count. A pair is tokenized as one
         sequence, so sorting moves a text and its pair together."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        _check_batch_size(batch_size)
         tokenizer = self._text_tokenizer()
         ids = tokenizer.token_ids(texts, self._max_length(max_length), pairs=pairs)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
@@ -428,6 +520,44 @@ def _transformer_dir(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- input validation
+def _unpacked(input_ids: Any, attention_mask: Any, token_type_ids: Any) -> tuple[Any, Any, Any]:
+    """(input_ids, attention_mask, token_type_ids) of a call, which may pass one mapping of them (engine(engine.
+    tokenize(texts)))."""
+    if not isinstance(input_ids, Mapping):
+        return input_ids, attention_mask, token_type_ids
+    if attention_mask is not None or token_type_ids is not None:
+        raise InvalidInputError("pass either a mapping of inputs or separate arrays, not both")
+    unknown = set(input_ids) - {"input_ids", "attention_mask", "token_type_ids"}
+    if unknown or "input_ids" not in input_ids:
+        raise InvalidInputError(f"a mapping of inputs needs 'input_ids' and may have 'attention_mask' and "
+                                f"'token_type_ids'; got keys {sorted(input_ids)}")
+    return tuple(input_ids.get(k) for k in ("input_ids", "attention_mask", "token_type_ids"))
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _check_max_batch_tokens(value: Any) -> int:
+    if value is None:
+        return DEFAULT_MAX_BATCH_TOKENS
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"max_batch_tokens must be a positive integer (real tokens per combined forward), "
+                                f"got {value!r}")
+    return int(value)
+
+
+def _deadline(seconds: Any) -> Optional[float]:
+    """A deadline in seconds from now as a time.monotonic() value."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.number)) or not seconds > 0:
+        raise InvalidInputError(f"deadline must be a positive number of seconds from now, got {seconds!r}")
+    return time.monotonic() + float(seconds)
+
+
 def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         try:

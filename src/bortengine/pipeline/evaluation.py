@@ -18,7 +18,7 @@ from bortengine.progress import Progress
 __all__ = ["evaluate_stage", "block_medians", "sample_inputs", "LATENCY_TEXTS", "BATCH"]
 
 LATENCY_TEXTS = 48     # test texts timed one at a time, per round
-ROUNDS = 3
+ROUNDS = 5
 BATCH = 32             # texts per call of the batched latency
 
 
@@ -123,22 +123,26 @@ def _interleaved_latencies(engines: dict, eager, inputs, progress: Progress) -> 
 
 
 def block_medians(calls: dict[Any, Callable[[int], Any]], count: int, rounds: int,
-                  after_round: Optional[Callable[[], None]] = None) -> dict[Any, float]:
-    """Median ms of calls[key](i), i < count, per key. Each model answers its `count` calls back to back (a block,
-    after one untimed call), as a service running one model does, with its weights in the CPU's caches; the models
-    take turns block by block, in reversed order every other round, so a noisy neighbour slows all of them alike.
-    (Taking turns call by call would time every model with the others' weights in the caches: that cost the small
-    student more than the teacher, 3.2x measured against 3.9x when each ran alone, on TREC.)"""
+                  after_round: Optional[Callable[[], None]] = None, block: int = 12) -> dict[Any, float]:
+    """Median ms of calls[key](i), i < count, per key, over `rounds` rounds of every i. Each model answers `block`
+    calls back to back (after one untimed call), as a service running one model does, with its weights in the
+    CPU's caches; the models take turns block by block, in reversed order every other block, so a noisy neighbour
+    slows all of them alike. (Taking turns call by call timed every model with the others' weights in the caches:
+    that cost the small student more than the teacher, 3.2x measured against 3.9x when each ran alone, on TREC.
+    Whole rounds as blocks let a burst of load land on one model's block only.)"""
     samples: dict[Any, list[float]] = {key: [] for key in calls}
     keys = list(calls)
-    for r in range(rounds):
-        for key in (keys if r % 2 == 0 else keys[::-1]):
-            call = calls[key]
-            call(0)
-            for i in range(count):
-                start = time.perf_counter()
-                call(i)
-                samples[key].append(time.perf_counter() - start)
+    turn = 0
+    for _ in range(rounds):
+        for start in range(0, count, block):
+            for key in (keys if turn % 2 == 0 else keys[::-1]):
+                call = calls[key]
+                call(start)
+                for i in range(start, min(count, start + block)):
+                    began = time.perf_counter()
+                    call(i)
+                    samples[key].append(time.perf_counter() - began)
+            turn += 1
         if after_round is not None:
             after_round()
     return {key: 1e3 * float(np.median(v)) for key, v in samples.items()}

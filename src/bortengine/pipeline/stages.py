@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -33,7 +34,7 @@ AGORA_MAX_NEW = 2000        # generated points per Agora round: bounds a round's
 SPEEDUP_MARGIN = 1.05
 AUGMENT_VARIANTS = 4        # texts near each training text in the student's fine-tuning
 MEASURE_SHARE = 0.1         # of the extraction stage: measuring candidates on the engine (~3 s each)
-MEASURE_ROUNDS = 3
+MEASURE_ROUNDS = 5
 
 
 class RunContext:
@@ -319,7 +320,7 @@ class CandidateMeter:
     def _measure(self, arch: Architecture) -> float:
         from bortengine.engine import load
         from bortengine.pipeline.evaluation import block_medians, sample_inputs
-        from bortengine.testing import make_random_bert
+        from bortengine.training import build_model, write_hf_directory
 
         dtype, threads = self.ctx.config.dtype, self.ctx.threads
         if self._inputs is None:
@@ -341,10 +342,11 @@ class CandidateMeter:
 
         directory = self.ctx.out / "extract-measure"
         try:
-            make_random_bert(directory, hidden_size=arch.hidden, num_hidden_layers=arch.layers,
-                             num_attention_heads=arch.heads, intermediate_size=arch.intermediate,
-                             vocab_size=self.teacher.vocab_size, max_position_embeddings=self.teacher.max_positions,
-                             head="classifier", num_labels=max(2, len(self.ctx.task.labels)), overwrite=True)
+            shape = replace(arch, vocab_size=self.teacher.vocab_size, max_positions=self.teacher.max_positions,
+                            type_vocab_size=self.teacher.type_vocab_size)
+            shutil.rmtree(directory, ignore_errors=True)
+            write_hf_directory(build_model(shape.with_head("classifier", max(2, len(self.ctx.task.labels))), seed=0),
+                               directory, self.ctx.teacher_dir)
             student = load(str(directory), dtype=dtype, num_threads=threads)
             ms = block_medians({"teacher": call(self._teacher_engine), "student": call(student)}, calls_n,
                                MEASURE_ROUNDS)
@@ -449,7 +451,7 @@ def _augmentation(ctx: RunContext) -> Optional[str]:
     import pyarrow.parquet as pq
 
     from bortengine.engine import load
-    from bortengine.training.agora import NearestNeighbourSwap
+    from bortengine.training import NearestNeighbourSwap
 
     if ctx.task.pairs:
         return None

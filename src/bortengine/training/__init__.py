@@ -35,7 +35,7 @@ __all__ = [
     "OLD_FILES",
     "write_hf_directory", "export", "run_model", "run_directory", "model_subdirectories", "TOKENIZER_FILES",
     "AGORA_STATE_FILE",
-    "AgoraError", "finetune_agora", "parse_settings",
+    "AgoraError", "finetune_agora", "parse_settings", "NearestNeighbourSwap",
 ]
 
 _WHERE = {
@@ -59,7 +59,7 @@ _WHERE = {
     "write_hf_directory": "hf_dir", "run_model": "hf_dir", "run_directory": "hf_dir",
     "model_subdirectories": "hf_dir", "TOKENIZER_FILES": "hf_dir",
     # Agora's entry points; the whole of it is bortengine.training.agora
-    "AgoraError": "agora", "finetune_agora": "agora", "parse_settings": "agora",
+    "AgoraError": "agora", "finetune_agora": "agora", "parse_settings": "agora", "NearestNeighbourSwap": "agora",
 }
 _ALIASES = {"export": ("hf_dir", "write_hf_directory")}   # the writer's older public name
 

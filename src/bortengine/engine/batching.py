@@ -1,0 +1,304 @@
+"""Dynamic batching: the forwards of concurrent callers combined into one.
+
+The kernels are padding-free, so a sequence's outputs do not depend on what else is in its batch (bit for bit, every
+dtype): combining requests changes no result, only how many forwards run. What concurrency costs without it is a
+forward per call, each paying the per-call overhead, taken in no order from a lock. So (leader/follower, with no
+batching thread):
+
+- A request that finds the encoder idle runs at once, in its caller's thread: a lone caller waits for nothing.
+- Requests arriving while a forward runs wait in a queue, oldest first.
+- When a forward ends, the queue's next forward is led by the oldest waiting synchronous caller (woken to run it in
+  its own thread), or, for asyncio callers, by the engine's worker threads; a leader takes as many queued requests
+  as fit max_batch_tokens (at least one), oldest first, so no request waits behind later ones.
+
+asyncio callers submit from a worker thread (tokenizing there too) and get their result through their event loop:
+they hold no thread while queued, and cancelling the awaiting task removes a queued request before it is computed.
+A request may carry a deadline: still queued when it passes, it is dropped with DeadlineExceeded.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from bortengine.errors import DeadlineExceeded, RequestCancelled
+
+__all__ = ["ForwardQueue", "BatchRecord", "DEFAULT_MAX_BATCH_TOKENS"]
+
+# Tokens per combined forward. Batching buys compute only for short inputs (the kernels are efficient at M = real
+# tokens already), and a forward over more tokens makes everyone in it wait longer: 2048 tokens hold 32 concurrent
+# requests of texts up to 64 tokens, the load a 2-core service meets (docs/serving.md has the measurements).
+DEFAULT_MAX_BATCH_TOKENS = 2048
+
+
+@dataclass
+class BatchRecord:
+    """One forward, as batch listeners see it (Engine.add_batch_listener): the sequences and real tokens it ran, the
+    requests it combined, its seconds, and per request the seconds it queued and spent tokenizing."""
+
+    sequences: int
+    tokens: int
+    requests: int
+    forward_s: float
+    queue_s: list[float] = field(default_factory=list)
+    tokenize_s: list[float] = field(default_factory=list)
+
+
+class _Request:
+    """One call's padded inputs [b, t] and what becomes of them."""
+
+    __slots__ = ("ids", "mask", "types", "tokens", "enqueued", "deadline", "tokenize_s", "state", "result",
+                 "error", "event", "lead", "on_done")
+
+    def __init__(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray],
+                 deadline: Optional[float], tokenize_s: float, on_done: Optional[Callable[["_Request"], None]]):
+        self.ids, self.mask, self.types = ids, mask, types
+        self.tokens = int(mask.sum()) if mask is not None else ids.size
+        self.enqueued = time.monotonic()
+        self.deadline = deadline                   # time.monotonic() value, or None
+        self.tokenize_s = tokenize_s
+        self.state = "queued"                      # queued -> running -> done | failed | cancelled
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.event = None if on_done else threading.Event()   # synchronous callers wait on it
+        self.lead = False                          # woken to lead the next forward
+        self.on_done = on_done                     # asyncio callers: called (any thread) when finished
+
+    def finish(self) -> None:
+        if self.on_done is not None:
+            self.on_done(self)
+        else:
+            self.event.set()
+
+
+class ForwardQueue:
+    """Combines the forwards of concurrent callers (see the module's docstring).
+
+    forward(ids, mask, types) -> (hidden [B,T,H], pooled [B,H] or None): the encoder's one forward at a time.
+    """
+
+    def __init__(self, forward: Callable[[np.ndarray, np.ndarray, Optional[np.ndarray]], tuple[Any, Any]],
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, workers: int = 4):
+        self._forward = forward
+        self.max_batch_tokens = int(max_batch_tokens)
+        self._lock = threading.Lock()
+        self._queue: deque[_Request] = deque()
+        self._busy = False
+        self._listeners: list[Callable[[BatchRecord], None]] = []
+        self._workers = workers
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a forward now."""
+        return len(self._queue)
+
+    def add_listener(self, listener: Callable[[BatchRecord], None]) -> None:
+        self._listeners.append(listener)
+
+    # ---------------------------------------------------------------------------------------- synchronous callers
+    def run(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray],
+            deadline: Optional[float] = None, tokenize_s: float = 0.0):
+        """(hidden [b,t,H], pooled [b,H] or None) of one request, computed alone or with others'."""
+        request = _Request(ids, mask, types, deadline, tokenize_s, None)
+        if self._enqueue(request):
+            self._lead()
+        while True:
+            request.event.wait()
+            with self._lock:
+                lead, request.lead = request.lead, False
+                if lead:
+                    request.event.clear()
+            if not lead:
+                return self._outcome(request)
+            self._lead()
+
+    # -------------------------------------------------------------------------------------------- asyncio callers
+    def executor(self) -> ThreadPoolExecutor:
+        """The worker threads that tokenize asyncio requests and lead forwards for them."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="bortengine-batch")
+            return self._pool
+
+    async def arun(self, prepare: Callable[[], tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]],
+                   deadline: Optional[float] = None):
+        """The asyncio form of run(): prepare() (tokenization) runs in a worker thread, which also leads the
+        forward if the encoder is idle; the result comes back through this event loop. Cancelling the awaiting
+        task removes the request if it is still queued."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        holder: list[_Request] = []
+        abandoned = threading.Event()
+
+        def done(request: _Request) -> None:
+            loop.call_soon_threadsafe(_settle, future, request)
+
+        def submit() -> None:
+            start = time.perf_counter()
+            ids, mask, types = prepare()
+            request = _Request(ids, mask, types, deadline, time.perf_counter() - start, done)
+            holder.append(request)
+            if abandoned.is_set():         # cancelled while it was tokenized: never queued
+                return
+            if self._enqueue(request):
+                self._lead()
+
+        try:
+            await asyncio.wrap_future(self.executor().submit(submit))
+            return await future
+        except asyncio.CancelledError:
+            abandoned.set()
+            future.cancel()                # so a late result or the cancellation below settles nothing
+            if holder:
+                self.cancel(holder[0])
+            raise
+
+    def cancel(self, request: _Request) -> bool:
+        """Drop a request still queued (True); one already running or finished is left alone (False)."""
+        with self._lock:
+            if request.state != "queued":
+                return False
+            try:
+                self._queue.remove(request)
+            except ValueError:
+                return False
+            request.state, request.error = "cancelled", RequestCancelled("the request was cancelled while queued")
+        request.finish()
+        return True
+
+    # ------------------------------------------------------------------------------------------------- the queue
+    def _enqueue(self, request: _Request) -> bool:
+        """Queue the request; True if the encoder was idle, so the caller leads the next forward now."""
+        with self._lock:
+            self._queue.append(request)
+            if self._busy:
+                return False
+            self._busy = True
+            return True
+
+    def _lead(self) -> None:
+        """Run forwards of queued requests until the queue is empty or the next is led by a woken caller."""
+        while True:
+            batch = self._take()
+            if batch:
+                self._compute(batch)
+            if not self._hand_over():
+                return
+
+    def _take(self) -> list[_Request]:
+        """The oldest queued requests that fit max_batch_tokens (at least one); expired ones are failed."""
+        batch, tokens, expired = [], 0, []
+        now = time.monotonic()
+        with self._lock:
+            while self._queue:
+                request = self._queue[0]
+                if request.deadline is not None and now > request.deadline:
+                    self._queue.popleft()
+                    request.state = "failed"
+                    request.error = DeadlineExceeded(
+                        f"the request's deadline passed after {now - request.enqueued:.3f} s in the queue, before "
+                        f"a forward could take it; give a longer deadline, or lower the load")
+                    expired.append(request)
+                    continue
+                if batch and tokens + request.tokens > self.max_batch_tokens:
+                    break
+                self._queue.popleft()
+                request.state = "running"
+                batch.append(request)
+                tokens += request.tokens
+        for request in expired:
+            request.finish()
+        return batch
+
+    def _hand_over(self) -> bool:
+        """After a forward: True if this thread leads the next one. The oldest waiting synchronous caller is woken
+        to lead it in its own thread (so this caller returns now); asyncio requests are led by a worker thread (this
+        one if it is a worker). With an empty queue the encoder becomes idle."""
+        in_worker = threading.current_thread().name.startswith("bortengine-batch")
+        with self._lock:
+            if not self._queue:
+                self._busy = False
+                return False
+            head = self._queue[0]
+            if head.on_done is None:
+                head.lead = True
+                head.event.set()
+                return False
+        if in_worker:
+            return True
+        self.executor().submit(self._lead)
+        return False
+
+    def _compute(self, batch: list[_Request]) -> None:
+        """One forward over the batch's requests (padded to the longest), each given its rows."""
+        start = time.monotonic()
+        try:
+            if len(batch) == 1:
+                only = batch[0]
+                results = [self._forward(only.ids, only.mask, only.types)]
+            else:
+                results = self._split(batch, self._forward(*_combine(batch)))
+        except BaseException as e:           # the forward's error is each caller's
+            for request in batch:
+                request.state, request.error = "failed", e
+                request.finish()
+            return
+        forward_s = time.monotonic() - start
+        for request, result in zip(batch, results):
+            request.state, request.result = "done", result
+            request.finish()
+        if self._listeners:
+            record = BatchRecord(sum(len(r.ids) for r in batch), sum(r.tokens for r in batch), len(batch), forward_s,
+                                 [start - r.enqueued for r in batch], [r.tokenize_s for r in batch])
+            for listener in list(self._listeners):
+                listener(record)
+
+    @staticmethod
+    def _split(batch: list[_Request], outputs) -> list[tuple[Any, Any]]:
+        hidden, pooled = outputs
+        results, row = [], 0
+        for request in batch:
+            b, t = request.ids.shape
+            results.append((hidden[row:row + b, :t], None if pooled is None else pooled[row:row + b]))
+            row += b
+        return results
+
+    @staticmethod
+    def _outcome(request: _Request):
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+
+def _combine(batch: list[_Request]) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """The requests' rows in one [B, T] batch, each padded at its end to the longest (mask 0 there)."""
+    rows = sum(len(r.ids) for r in batch)
+    width = max(r.ids.shape[1] for r in batch)
+    ids = np.zeros((rows, width), np.int64)
+    mask = np.zeros((rows, width), np.int64)
+    types = np.zeros((rows, width), np.int64) if any(r.types is not None for r in batch) else None
+    row = 0
+    for r in batch:
+        b, t = r.ids.shape
+        ids[row:row + b, :t] = r.ids
+        mask[row:row + b, :t] = 1 if r.mask is None else r.mask
+        if types is not None and r.types is not None:
+            types[row:row + b, :t] = r.types
+        row += b
+    return ids, mask, types
+
+
+def _settle(future: asyncio.Future, request: _Request) -> None:
+    if future.done():                  # the awaiting task was cancelled meanwhile
+        return
+    if request.error is not None:
+        future.set_exception(request.error)
+    else:
+        future.set_result(request.result)

@@ -1,0 +1,330 @@
+"""Dynamic batching (engine/batching.py): concurrent calls share forwards and get exactly the results of separate
+calls; a lone caller runs at once in its own thread; the queue is served oldest first within a token budget;
+asyncio callers never block the loop, can cancel queued work and give deadlines."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bortengine
+from bortengine.engine import BatchRecord, DEFAULT_MAX_BATCH_TOKENS
+from bortengine.engine.batching import ForwardQueue
+from bortengine.engine.native import cgroup_cpu_quota
+from bortengine.errors import DeadlineExceeded, InvalidInputError
+from bortengine.testing import make_random_bert, minilm_path
+
+TEXTS = ["a short one", "what is the capital of france?", "ok",
+         "a much longer text about the films that we watched yesterday evening in the small cinema downtown",
+         "the plot was thin but the actors carried it", "no", "why is the sky blue during the day?",
+         "an utterly forgettable sequel"]
+
+
+@pytest.fixture(scope="module", params=["float32", "int8"])
+def minilm(request):
+    return bortengine.load(str(minilm_path()), dtype=request.param, num_threads=2)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    path = make_random_bert(tmp_path_factory.mktemp("clf") / "m", hidden_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=128, head="classifier", num_labels=3)
+    return bortengine.load(str(path), num_threads=2)
+
+
+# -- a queue in front of a forward we control ----------------------------------------------------------------------
+class Gate:
+    """A forward that records what it ran and, while closed, blocks (so later requests queue behind it)."""
+
+    def __init__(self):
+        self.open = threading.Event()
+        self.open.set()
+        self.calls: list[tuple[list[int], str]] = []     # (first id of each row, thread name)
+        self.started = threading.Event()
+
+    def __call__(self, ids, mask, types):
+        self.calls.append((ids[:, 0].tolist(), threading.current_thread().name))
+        self.started.set()
+        self.open.wait(10)
+        hidden = np.repeat(ids[:, :, None].astype(np.float32), 2, axis=2) * (mask[:, :, None] if mask is not None else 1)
+        return hidden, hidden[:, 0]
+
+
+def request(first: int, tokens: int = 4) -> np.ndarray:
+    return np.full((1, tokens), first, np.int64)
+
+
+def queue_behind_a_running_forward(queue: ForwardQueue, gate: Gate, firsts, tokens: int = 4):
+    """A thread runs request 0 (the gate closed, so it blocks in the forward); then each of firsts queues from its
+    own thread, in order. Returns the threads and their results by first id."""
+    results, threads = {}, []
+    gate.open.clear()
+
+    def call(first):
+        results[first] = queue.run(request(first, tokens), None, None)
+
+    leader = threading.Thread(target=call, args=(0,), name="caller-0")
+    leader.start()
+    assert gate.started.wait(10)
+    for first in firsts:
+        t = threading.Thread(target=call, args=(first,), name=f"caller-{first}")
+        t.start()
+        threads.append(t)
+        deadline = time.monotonic() + 10
+        while queue.depth < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    return [leader] + threads, results
+
+
+def test_a_lone_caller_runs_at_once_in_its_own_thread():
+    gate = Gate()
+    queue = ForwardQueue(gate)
+    hidden, pooled = queue.run(request(7), None, None)
+    assert gate.calls == [([7], threading.current_thread().name)]
+    assert hidden.shape == (1, 4, 2) and (hidden == 7).all() and queue.depth == 0
+
+
+def test_requests_queued_behind_a_forward_share_the_next_one_oldest_first_within_the_token_budget():
+    gate = Gate()
+    queue = ForwardQueue(gate, max_batch_tokens=10)     # two 4-token requests per forward
+    records: list[BatchRecord] = []
+    queue.add_listener(records.append)
+    threads, results = queue_behind_a_running_forward(queue, gate, [1, 2, 3, 4, 5])
+    gate.open.set()
+    for t in threads:
+        t.join(10)
+    assert [firsts for firsts, _ in gate.calls] == [[0], [1, 2], [3, 4], [5]]
+    # each forward after the first is led by the oldest waiting caller, in its own thread
+    assert [name for _, name in gate.calls] == ["caller-0", "caller-1", "caller-3", "caller-5"]
+    for first, (hidden, pooled) in results.items():
+        assert hidden.shape == (1, 4, 2) and (hidden == first).all() and (pooled == first).all()
+    assert [(r.requests, r.sequences, r.tokens) for r in records] == [(1, 1, 4), (2, 2, 8), (2, 2, 8), (1, 1, 4)]
+    assert all(q >= 0 for r in records for q in r.queue_s) and records[1].queue_s[0] > 0
+
+
+def test_without_batching_every_forward_takes_one_request_in_arrival_order():
+    gate = Gate()
+    queue = ForwardQueue(gate, max_batch_tokens=0)
+    threads, _ = queue_behind_a_running_forward(queue, gate, [1, 2, 3])
+    gate.open.set()
+    for t in threads:
+        t.join(10)
+    assert [firsts for firsts, _ in gate.calls] == [[0], [1], [2], [3]]
+
+
+def test_requests_of_different_lengths_and_masks_are_padded_together_and_given_back_their_own_shape():
+    gate = Gate()
+    queue = ForwardQueue(gate)
+    gate.open.clear()
+    out = {}
+    first = threading.Thread(target=lambda: out.setdefault("a", queue.run(request(1, 3), None, None)))
+    first.start()
+    assert gate.started.wait(10)
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+    second = threading.Thread(target=lambda: out.setdefault("b", queue.run(np.full((2, 5), 2), mask, None)))
+    third = threading.Thread(target=lambda: out.setdefault("c", queue.run(request(3, 2), None, None)))
+    second.start()
+    while queue.depth < 1:
+        time.sleep(0.001)
+    third.start()
+    while queue.depth < 2:
+        time.sleep(0.001)
+    gate.open.set()
+    for t in (first, second, third):
+        t.join(10)
+    assert out["b"][0].shape == (2, 5, 2) and (out["b"][0][0, 2:] == 0).all() and (out["b"][0][1] == 2).all()
+    assert out["c"][0].shape == (1, 2, 2) and (out["c"][0] == 3).all()
+    assert [firsts for firsts, _ in gate.calls] == [[1], [2, 2, 3]]
+
+
+# -- the engine: results of concurrent calls equal separate calls, bit for bit -------------------------------------
+def test_concurrent_calls_equal_separate_calls_bit_for_bit(minilm):
+    alone = [minilm.encode(t) for t in TEXTS]
+    records: list[BatchRecord] = []
+    minilm.add_batch_listener(records.append)
+    results: dict[tuple[int, int], np.ndarray] = {}
+    barrier = threading.Barrier(16)
+
+    def worker(w: int):
+        barrier.wait()
+        for r in range(6):
+            i = (w + r) % len(TEXTS)
+            results[w, r] = minilm.encode(TEXTS[i])
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for (w, r), embedding in results.items():
+        assert np.array_equal(embedding, alone[(w + r) % len(TEXTS)]), (w, r)
+    assert len(results) == 96
+    assert max(r.requests for r in records) > 1     # 16 threads on 2 cores: forwards were shared
+    assert sum(r.requests for r in records) >= 96
+
+
+def test_concurrent_classify_and_ids_calls_equal_separate_calls(classifier):
+    alone = classifier.classify(TEXTS, batch_size=1)
+    ids = classifier.tokenize(TEXTS[:3])
+    alone_hidden = classifier(ids).last_hidden_state
+    out: dict = {}
+
+    def worker(w: int):
+        for r in range(5):
+            out["clf", w, r] = classifier.classify(TEXTS[(w + r) % len(TEXTS)])
+            out["ids", w, r] = classifier(ids).last_hidden_state
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for key, value in out.items():
+        if key[0] == "clf":
+            i = (key[1] + key[2]) % len(TEXTS)
+            assert value[0] == alone.labels[i] and np.array_equal(value[1], alone.probabilities[i])
+        else:
+            assert np.array_equal(value, alone_hidden)
+
+
+# -- asyncio --------------------------------------------------------------------------------------------------------
+def test_async_calls_equal_the_synchronous_ones(minilm, classifier):
+    async def main():
+        embeddings = await asyncio.gather(*(minilm.aencode(t) for t in TEXTS))
+        many = await minilm.aencode(TEXTS, batch_size=3)
+        labels = await classifier.aclassify(TEXTS)
+        hidden = await classifier.acall(classifier.tokenize(TEXTS[:2]))
+        return embeddings, many, labels, hidden
+
+    embeddings, many, labels, hidden = asyncio.run(main())
+    reference = minilm.encode(TEXTS)
+    assert all(np.array_equal(e, minilm.encode(t)) for e, t in zip(embeddings, TEXTS))
+    assert np.array_equal(many, reference)
+    assert labels.labels == classifier.classify(TEXTS).labels
+    assert np.array_equal(hidden.last_hidden_state, classifier(classifier.tokenize(TEXTS[:2])).last_hidden_state)
+
+
+def test_the_event_loop_keeps_running_while_requests_are_computed(minilm):
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.gather(*(minilm.aencode(TEXTS) for _ in range(20)))
+        tick.cancel()
+        return ticks
+
+    assert asyncio.run(main()) > 20
+
+
+def _engine_with_gate(classifier):
+    """The classifier's engine with its forward behind a Gate (so queued work stays queued as long as we like)."""
+    gate = Gate()
+    real = classifier._queue._forward
+    queue = ForwardQueue(lambda ids, mask, types: (gate(ids, mask, types), real(ids, mask, types))[1])
+    return gate, queue
+
+
+def test_cancelling_an_awaiting_task_drops_its_queued_request(classifier):
+    gate, queue = _engine_with_gate(classifier)
+    classifier._queue, saved = queue, classifier._queue
+    try:
+        async def main():
+            gate.open.clear()
+            first = asyncio.create_task(classifier.aclassify("first text"))
+            while not gate.started.is_set():
+                await asyncio.sleep(0.001)
+            doomed = asyncio.create_task(classifier.aclassify("cancelled text"))
+            kept = asyncio.create_task(classifier.aclassify("kept text"))
+            while queue.depth < 2:
+                await asyncio.sleep(0.001)
+            doomed.cancel()
+            await asyncio.sleep(0.01)
+            depth = queue.depth
+            gate.open.set()
+            results = await asyncio.gather(first, kept)
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            return depth, results
+
+        depth, results = asyncio.run(main())
+        assert depth == 1                           # the cancelled request left the queue
+        assert len(gate.calls) == 2 and len(gate.calls[1][0]) == 1       # the second forward ran only "kept text"
+        assert results[1][0] == classifier.classify("kept text")[0]
+    finally:
+        classifier._queue = saved
+
+
+def test_a_request_still_queued_at_its_deadline_is_dropped_with_a_clear_error(classifier):
+    gate, queue = _engine_with_gate(classifier)
+    classifier._queue, saved = queue, classifier._queue
+    try:
+        async def main():
+            gate.open.clear()
+            first = asyncio.create_task(classifier.aclassify("first text"))
+            while not gate.started.is_set():
+                await asyncio.sleep(0.001)
+            late = asyncio.create_task(classifier.aclassify("late text", deadline=0.05))
+            await asyncio.sleep(0.15)
+            gate.open.set()
+            await first
+            with pytest.raises(DeadlineExceeded, match="deadline passed"):
+                await late
+
+        asyncio.run(main())
+        assert len(gate.calls) == 1                 # the expired request was never computed
+    finally:
+        classifier._queue = saved
+
+
+# -- options --------------------------------------------------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(st.one_of(st.integers(max_value=0), st.floats(), st.text(max_size=3), st.booleans()))
+def test_bad_max_batch_tokens_is_refused(value):
+    with pytest.raises(InvalidInputError, match="max_batch_tokens"):
+        bortengine.load(str(minilm_path()), max_batch_tokens=value)
+
+
+@pytest.mark.parametrize("deadline", [0, -1.0, "soon", True, float("nan")])
+def test_bad_deadlines_are_refused(classifier, deadline):
+    with pytest.raises(InvalidInputError, match="deadline"):
+        asyncio.run(classifier.aclassify("text", deadline=deadline))
+
+
+def test_batching_options_are_reported(tmp_path):
+    engine = bortengine.load(str(minilm_path()), batching=False)
+    assert not engine.batching and engine.max_batch_tokens == 0
+    engine = bortengine.load(str(minilm_path()), max_batch_tokens=512)
+    assert engine.batching and engine.max_batch_tokens == 512 and engine.queue_depth == 0
+    assert bortengine.load(str(minilm_path())).max_batch_tokens == DEFAULT_MAX_BATCH_TOKENS
+
+
+def test_count_tokens_sees_whole_texts(minilm):
+    long = "word " * 600
+    counts = minilm.count_tokens(["hello world", long])
+    assert counts[0] == int(minilm.tokenize("hello world")["attention_mask"].sum())
+    assert counts[1] == 602 > minilm.max_length
+
+
+@pytest.mark.parametrize("files, quota", [
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_a_cgroup_cpu_quota_is_read_from_either_cgroup_version(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(str(tmp_path)) == quota
