@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "bortengine"
-STAGES = ("engine", "profiling", "search", "training", "export", "cli")
+STAGES = ("engine", "profiling", "search", "training", "export", "serving", "cli")
 
 
 def _modules() -> dict[str, Path]:

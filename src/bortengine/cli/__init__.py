@@ -16,13 +16,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from bortengine.cli import demo, export, extract, info, pipeline, profile, train
+from bortengine.cli import demo, export, extract, info, pipeline, profile, serve, train
 from bortengine.errors import BortEngineError
 from bortengine.version import __version__
 
 __all__ = ["main", "COMMAND_MODULES"]
 
-COMMAND_MODULES = (info, demo, pipeline, profile, extract, train, export)  # the order of `bortengine --help`
+COMMAND_MODULES = (info, demo, pipeline, profile, extract, train, export, serve)  # the order of `bortengine --help`
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -14,7 +14,7 @@ from bortengine.errors import ModelLoadError, UsageError
 from bortengine.files import read_json
 from bortengine.progress import parse_duration
 
-__all__ = ["duration", "shape", "architecture", "positive_int", "positive_float", "check_model_directory",
+__all__ = ["duration", "shape", "architecture", "positive_int", "positive_float", "port", "check_model_directory",
            "check_output", "MODEL_DIRECTORY", "add_data_arguments", "data_fields", "BUILTIN_TASKS", "DATA_OPTIONS"]
 
 BUILTIN_TASKS = ("rt", "imdb")    # training.BUILTIN_TASKS, named here so the parsers import no training code
@@ -68,6 +68,17 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 0 meaning any free one (the OS picks it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number (0 to 65535), got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 (any free port) to 65535, got {text!r}")
     return value
 
 

@@ -1,0 +1,88 @@
+"""`bortengine serve MODEL_DIR`: the model over HTTP (bortengine.serving; docs/serving.md), an OpenAI-compatible
+/v1/embeddings and /v1/classify, /v1/tokenize, /v1/models, /health, /metrics. Prints where it listens, then when
+the model is ready; SIGTERM drains the accepted requests and exits 0.
+
+Needs the `serve` extra (starlette, uvicorn, prometheus-client); without it the command says how to install it.
+"""
+from __future__ import annotations
+
+import os
+
+from bortengine.cli.arguments import MODEL_DIRECTORY, check_model_directory, port, positive_float, positive_int
+from bortengine.errors import UsageError
+from bortengine.serving import API_KEY_VARIABLE, LOG_LEVELS, ServeOptions
+
+__all__ = ["COMMANDS", "add_parsers", "run"]
+
+COMMANDS = ("serve",)
+DEFAULTS = ServeOptions()
+EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP: OpenAI-compatible embeddings, classification, "
+                                     "metrics")
+    p.add_argument("model", metavar="MODEL_DIR", help=MODEL_DIRECTORY)
+    p.add_argument("--host", default=DEFAULTS.host,
+                   help=f"address to listen on (default {DEFAULTS.host}: this machine only; 0.0.0.0: every "
+                        f"interface)")
+    p.add_argument("--port", type=port, default=DEFAULTS.port,
+                   help=f"TCP port (default {DEFAULTS.port}; 0: any free port, printed at start)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="threads per forward (default: the CPUs this process may run on, a container's CPU quota "
+                        "included)")
+    p.add_argument("--dtype", choices=["float32", "int8"], default=DEFAULTS.dtype,
+                   help="int8: the encoder layers' linear layers on int8 kernels (faster, slightly different "
+                        "numbers)")
+    p.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=None,
+                   help="tokens one forward takes from the queue (default: the engine's, chosen for this CPU)")
+    p.add_argument("--max-queue", type=positive_int, default=DEFAULTS.max_queue,
+                   help=f"requests queued or computing at once; the next gets 429 with Retry-After (default "
+                        f"{DEFAULTS.max_queue})")
+    p.add_argument("--max-batch-items", type=positive_int, default=DEFAULTS.max_batch_items,
+                   help=f"texts per request (default {DEFAULTS.max_batch_items}, OpenAI's)")
+    p.add_argument("--max-input-tokens", type=positive_int, default=None,
+                   help="tokens per text, special tokens included (default: the model's length)")
+    p.add_argument("--no-truncation", action="store_true",
+                   help="refuse a text over --max-input-tokens with a 400 (default: cut it to that length)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=DEFAULTS.max_body_bytes,
+                   help=f"request body limit; a larger body gets 413 (default {DEFAULTS.max_body_bytes})")
+    p.add_argument("--api-key", default=None,
+                   help=f"require `Authorization: Bearer KEY` on /v1/ routes; ${API_KEY_VARIABLE} gives it too, "
+                        f"without showing it to `ps`")
+    p.add_argument("--request-timeout", type=positive_float, default=None, metavar="SECONDS",
+                   help="a request still queued after this long is dropped with 503 (default: no deadline)")
+    p.add_argument("--model-name", default=None,
+                   help="the name clients pass as `model` (default: MODEL_DIR's folder name)")
+    p.add_argument("--graceful-timeout", type=positive_float, default=DEFAULTS.graceful_timeout,
+                   metavar="SECONDS", help=f"how long SIGTERM waits for accepted requests (default "
+                                           f"{DEFAULTS.graceful_timeout:g})")
+    p.add_argument("--access-log", action="store_true", help="log one line per request (costs throughput)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=DEFAULTS.log_level,
+                   help=f"uvicorn's log on stderr (default {DEFAULTS.log_level})")
+
+
+def run(args) -> int:
+    check_model_directory(args.model, "MODEL_DIR")
+    missing = [name for name in EXTRA_MODULES if not _importable(name)]
+    if missing:
+        raise UsageError(f"bortengine serve needs the serve extra ({', '.join(missing)} missing): pip install "
+                         f"'bortengine[serve]'")
+    options = ServeOptions(
+        host=args.host, port=args.port, threads=args.threads, dtype=args.dtype, isa=args.isa,
+        max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue, max_batch_items=args.max_batch_items,
+        max_input_tokens=args.max_input_tokens, truncation=not args.no_truncation,
+        max_body_bytes=args.max_body_bytes, api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
+        request_timeout=args.request_timeout, model_name=args.model_name, graceful_timeout=args.graceful_timeout,
+        access_log=args.access_log, log_level=args.log_level)
+    from bortengine.serving import serve
+
+    serve(args.model, options, announce=lambda line: print(f"bortengine serve: {line}", flush=True))
+    return 0
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

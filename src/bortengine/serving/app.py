@@ -1,0 +1,359 @@
+"""The ASGI application: Starlette routes over one Engine.
+
+A request's way through: the API key (401), the model ready (503 while loading), a place in the engine's queue
+(429 past --max-queue), the body read up to --max-body-bytes (413), its fields checked (400), its texts' tokens
+counted against --max-input-tokens (cut, or 400 with --no-truncation), then `await engine.aencode/aclassify`, which
+batches it with the other requests' texts in shared forwards. While it waits, the handler watches the connection:
+a client that leaves has its task cancelled, which drops its queued work from the engine.
+
+The model loads in a thread after the server starts listening, so /health answers 503 until the engine is loaded
+and warmed up; a model that cannot load stops the server through `on_failure`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator, Optional
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bortengine.engine import Engine, load
+from bortengine.errors import DeadlineExceeded, InvalidInputError, ModelLoadError, UsageError
+from bortengine.serving.errors import APIError, ClientDisconnected, error_body
+from bortengine.serving.metrics import CONTENT_TYPE, ROUTES, ServerMetrics
+from bortengine.serving.options import ServeOptions
+from bortengine.serving.requests import RequestLimits, TextRequest, read_body, text_request
+from bortengine.serving.responses import (classify_response, embeddings_response, model_card, shortened,
+                                          tokenize_response)
+
+__all__ = ["create_app", "ModelService"]
+
+# nginx's code for "the client closed the connection before the answer": never seen by the client, counted in the
+# metrics.
+CLIENT_CLOSED = 499
+# Tokenizing this many characters takes longer than handing the work to a thread (~50 us); shorter requests are
+# tokenized on the event loop, longer ones in a thread so that the loop keeps answering.
+INLINE_CHARS = 4096
+WARM_UP_TEXTS = ["warm-up", "a longer text warms up the kernels at another sequence length, " * 4]
+
+
+class ModelService:
+    """The served model and what every route reads: the engine (once loaded and warmed up), the options, the
+    metrics, and the requests admitted to the engine's queue."""
+
+    def __init__(self, model_dir: str | Path, options: ServeOptions, metrics: ServerMetrics,
+                 on_ready: Callable[["ModelService"], None], on_failure: Callable[[BaseException], None]):
+        self.model_dir = Path(model_dir)
+        self.options = options
+        self.metrics = metrics
+        self.name = options.model_name or self.model_dir.resolve().name
+        self.limits = RequestLimits(options.max_batch_items, options.max_body_bytes)
+        self.engine: Optional[Engine] = None
+        self.max_input_tokens = 0
+        self.ready = False
+        self.admitted = 0
+        self.created = int(time.time())
+        self._on_ready = on_ready
+        self._on_failure = on_failure
+
+    # ------------------------------------------------------------------------------------------------ start-up
+    async def start(self) -> None:
+        """Load the model in a thread (the loop answers /health meanwhile), check that it can serve texts, warm it
+        up, then call on_ready; any failure is handed to on_failure instead."""
+        try:
+            engine = await asyncio.to_thread(self._load)
+            await self._warm_up(engine)
+        except Exception as e:   # a bad model or option: the server reports it and exits
+            self._on_failure(e)
+            return
+        self.engine = engine
+        self.ready = True
+        self._on_ready(self)
+
+    def _load(self) -> Engine:
+        o = self.options
+        engine = load(self.model_dir, num_threads=o.threads, isa=o.isa, dtype=o.dtype,
+                      max_batch_tokens=o.max_batch_tokens)
+        if engine.tokenizer is None:
+            raise ModelLoadError(f"{self.model_dir} has no tokenizer (tokenizer.json or vocab.txt), and the server "
+                                 f"reads texts; copy the model's tokenizer files there")
+        limit = o.max_input_tokens or engine.max_length
+        positions = engine.config.max_position_embeddings
+        if limit > positions:
+            raise UsageError(f"--max-input-tokens {limit} is more than the model's max_position_embeddings "
+                             f"{positions}; pass at most {positions}")
+        self.max_input_tokens = limit
+        engine.add_batch_listener(self.metrics.record_batch)
+        self.metrics.watch_queue(lambda: engine.queue_depth, lambda: self.admitted)
+        return engine
+
+    async def _warm_up(self, engine: Engine) -> None:
+        """A first forward at two lengths, and a classification for a classifier: the first requests then pay no
+        first-call costs (tokenizer set-up, workspaces, page faults in the weights)."""
+        engine.count_tokens(WARM_UP_TEXTS)
+        await engine.aencode(WARM_UP_TEXTS, max_length=self.max_input_tokens)
+        if self._not_a_classifier(engine) is None:
+            await engine.aclassify(WARM_UP_TEXTS, max_length=self.max_input_tokens)
+
+    # --------------------------------------------------------------------------------------------------- routes
+    async def embeddings(self, request: Request) -> Response:
+        engine = self._serving(request)
+        with self._admission():
+            req = await self._text_request(request, "embeddings")
+            tokens = await self._counted(req, "embeddings")
+            vectors = await self._computed(request, engine.aencode(
+                req.texts, max_length=self.max_input_tokens, deadline=self.options.request_timeout))
+        return JSONResponse(embeddings_response(shortened(vectors, req.dimensions), req.encoding_format, self.name,
+                                                tokens))
+
+    async def classify(self, request: Request) -> Response:
+        engine = self._serving(request)
+        problem = self._not_a_classifier(engine)
+        if problem:
+            raise APIError(400, problem, code="model_not_classifier")
+        with self._admission():
+            req = await self._text_request(request, "classify")
+            tokens = await self._counted(req, "classify")
+            result = await self._computed(request, engine.aclassify(
+                req.texts, req.pairs, max_length=self.max_input_tokens, deadline=self.options.request_timeout))
+        return JSONResponse(classify_response(result, engine.config.labels, self.name, tokens))
+
+    async def tokenize(self, request: Request) -> Response:
+        engine = self._serving(request)
+        req = await self._text_request(request, "tokenize")
+
+        def tokenized():
+            encodings = engine.tokenizer.encode(req.texts, self.max_input_tokens, pairs=req.pairs)
+            return encodings, engine.count_tokens(req.texts, req.pairs)
+
+        encodings, counts = await self._off_loop(req, tokenized)
+        self.metrics.record_texts("tokenize", len(counts), sum(len(e.ids) for e in encodings), 0)
+        return JSONResponse(tokenize_response(encodings, counts, self.max_input_tokens, self.name))
+
+    async def models(self, request: Request) -> Response:
+        engine = self._serving(request)
+        kind = "embedding" if self._not_a_classifier(engine) else "classifier"
+        card = model_card(self.name, self.created, kind, engine.embedding_dim, self.max_input_tokens,
+                          engine.labels, engine.dtype)
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def health(self, request: Request) -> Response:
+        if self.ready:
+            return JSONResponse({"status": "ok", "model": self.name})
+        return JSONResponse({"status": "loading", "model": self.name}, status_code=503,
+                            headers={"Retry-After": str(self.options.retry_after_s)})
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    # ------------------------------------------------------------------------------------------ a request's steps
+    def _serving(self, request: Request) -> Engine:
+        """The engine, for a client with the API key (if one is set) once the model is ready."""
+        key = self.options.api_key
+        if key is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            # compare_digest: the time taken does not tell how much of a guessed key was right
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+                problem = "has no API key" if not given else "has a wrong API key"
+                raise APIError(401, f"the request {problem}; send the server's key (--api-key or "
+                                    f"$BORTENGINE_API_KEY) as the header `Authorization: Bearer KEY`",
+                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if not self.ready:
+            raise APIError(503, f"the model {self.name} is still loading; retry after {self.options.retry_after_s} s "
+                                f"(GET /health answers 200 once it is ready)", type="server_error",
+                           code="model_loading", headers={"Retry-After": str(self.options.retry_after_s)})
+        return self.engine
+
+    @contextlib.contextmanager
+    def _admission(self) -> Iterator[None]:
+        """A place among the --max-queue requests admitted to the engine, held until the answer is computed. Counted
+        here, on the event loop, not read from the engine's queue: a request is admitted before its body is read,
+        so a full server refuses it before spending anything on it."""
+        limit = self.options.max_queue
+        if self.admitted >= limit:
+            wait = self.options.retry_after_s
+            raise APIError(429, f"the server is at its limit of {limit} requests queued or computing (--max-queue); "
+                                f"retry after {wait} s", type="rate_limit_error", code="queue_full",
+                           headers={"Retry-After": str(wait)})
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    async def _text_request(self, request: Request, route: str) -> TextRequest:
+        body = await read_body(request, self.limits.max_body_bytes)
+        return text_request(body, route, self.limits, self.name, self.engine.embedding_dim)
+
+    async def _counted(self, req: TextRequest, route: str) -> int:
+        """The tokens the model will read for these texts; a text over --max-input-tokens is cut (and counted) or,
+        with --no-truncation, refused."""
+        counts = await self._off_loop(req, self.engine.count_tokens, req.texts, req.pairs)
+        limit = self.max_input_tokens
+        over = [i for i, n in enumerate(counts) if n > limit]
+        if over and not self.options.truncation:
+            i = over[0]
+            where = "input" if req.single else f"input[{i}]"
+            raise APIError(400, f"{where} has {counts[i]} tokens, more than the {limit} this server reads per text "
+                                f"(--max-input-tokens; the text and its pair together); shorten or split it, or "
+                                f"start the server without --no-truncation to cut texts to {limit} tokens",
+                           param="input", code="context_length_exceeded")
+        tokens = sum(min(n, limit) for n in counts)
+        self.metrics.record_texts(route, len(counts), tokens, len(over))
+        return tokens
+
+    async def _off_loop(self, req: TextRequest, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args), a tokenization of req's texts: on the loop when they are short, else in a thread."""
+        chars = sum(map(len, req.texts)) + (sum(map(len, req.pairs)) if req.pairs else 0)
+        if chars <= INLINE_CHARS:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    async def _computed(self, request: Request, work: Awaitable[Any]) -> Any:
+        """The result of `work` (an engine coroutine), unless the client disconnects first: then its task is
+        cancelled, which drops its queued work, and ClientDisconnected is raised."""
+        task = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not task.done():   # the client left, or this handler was cancelled (shutdown timeout)
+                task.cancel()
+                task.add_done_callback(_retrieve)
+        if not task.done() or task.cancelled():
+            raise ClientDisconnected("the client disconnected before its answer was computed")
+        try:
+            return task.result()
+        except DeadlineExceeded as e:
+            wait = self.options.retry_after_s
+            raise APIError(503, f"the request waited in the queue past its deadline of {self.options.request_timeout} "
+                                f"s (--request-timeout), so it was dropped: the server is overloaded; retry after "
+                                f"{wait} s ({e})", type="server_error", code="deadline_exceeded",
+                           headers={"Retry-After": str(wait)}) from None
+
+    @staticmethod
+    def _not_a_classifier(engine: Engine) -> Optional[str]:
+        """Why /v1/classify cannot serve this model, or None if it can."""
+        if engine.labels is None:
+            return (f"the served model is a {engine.config.kind} without a classification head, so it has no labels "
+                    f"to classify into; POST /v1/embeddings for its embeddings")
+        if engine.config.effective_problem_type == "regression":
+            return ("the served model is a regression model (one output, problem_type 'regression'), so it has no "
+                    "labels to classify into")
+        return None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes its connection. Called after the body is read, so the server's next message
+    is http.disconnect (uvicorn sends it on a closed connection, or once the answer is sent)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Collect a cancelled task's outcome, so that asyncio does not report an exception nobody retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+# ----------------------------------------------------------------------------------------------- the application
+def create_app(model_dir: str | Path, options: ServeOptions = ServeOptions(),
+               on_ready: Optional[Callable[[ModelService], None]] = None,
+               on_failure: Optional[Callable[[BaseException], None]] = None) -> Starlette:
+    """The server's ASGI app for the model in model_dir: loads it at start-up (in the background) and serves it.
+    on_ready(service) is called once the model is loaded and warmed up; on_failure(exception) if it cannot be
+    (by default nothing is done and /health stays at 503). The app's state holds `service` (ModelService) and
+    `metrics` (ServerMetrics)."""
+    metrics = ServerMetrics()
+    service = ModelService(model_dir, options, metrics, on_ready or (lambda service: None),
+                           on_failure or (lambda error: None))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        starting = asyncio.create_task(service.start())
+        yield
+        starting.cancel()
+
+    routes = [Route("/v1/embeddings", service.embeddings, methods=["POST"]),
+              Route("/v1/classify", service.classify, methods=["POST"]),
+              Route("/v1/tokenize", service.tokenize, methods=["POST"]),
+              Route("/v1/models", service.models, methods=["GET"]),
+              Route("/health", service.health, methods=["GET"]),
+              Route("/metrics", service.metrics_text, methods=["GET"])]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestMetrics, metrics=metrics)],
+                    exception_handlers={APIError: _api_error, InvalidInputError: _invalid_input,
+                                        ClientDisconnected: _client_closed, HTTPException: _http_error,
+                                        Exception: _server_error})
+    app.state.service = service
+    app.state.metrics = metrics
+    return app
+
+
+class RequestMetrics:
+    """ASGI middleware: counts every HTTP request by route and status and times it whole."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        status = 500    # unless a response starts: an exception on its way to the server's error handler
+        start = time.perf_counter()
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.record_request(route, status, time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------- the error answers
+async def _api_error(request: Request, e: APIError) -> Response:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def _invalid_input(request: Request, e: InvalidInputError) -> Response:
+    return JSONResponse(error_body(str(e), "invalid_request_error", code="invalid_input"), status_code=400)
+
+
+async def _client_closed(request: Request, e: ClientDisconnected) -> Response:
+    return Response(status_code=CLIENT_CLOSED)   # sent to nobody; the status is for the metrics
+
+
+async def _http_error(request: Request, e: HTTPException) -> Response:
+    """Starlette's 404 (no such route) and 405 (a route's wrong method), in the same JSON shape as every error."""
+    routes = ", ".join(f"{' '.join(sorted(r.methods - {'HEAD'}))} {r.path}" for r in request.app.routes)
+    if e.status_code == 404:
+        message = f"no route {request.method} {request.url.path}; the routes are {routes}"
+        code = "not_found"
+    elif e.status_code == 405:
+        allowed = (e.headers or {}).get("Allow", "")
+        message = f"{request.url.path} takes {allowed}, not {request.method}; the routes are {routes}"
+        code = "method_not_allowed"
+    else:
+        message, code = str(e.detail), None
+    return JSONResponse(error_body(message, "invalid_request_error", code=code), status_code=e.status_code,
+                        headers=e.headers)
+
+
+async def _server_error(request: Request, e: Exception) -> Response:
+    return JSONResponse(error_body(f"internal error ({type(e).__name__}); the server's log has its traceback",
+                                   "server_error"), status_code=500)

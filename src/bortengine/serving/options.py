@@ -1,0 +1,86 @@
+"""What `bortengine serve` is told: where to listen, how to load the model, and the limits that keep one client
+from taking the server (items, tokens and bytes per request, requests admitted at once).
+
+The defaults are chosen for one model on a few CPUs behind loopback or a reverse proxy; every one has its reason
+beside it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from bortengine.errors import UsageError
+
+__all__ = ["ServeOptions", "API_KEY_VARIABLE", "LOG_LEVELS"]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+# The environment variable the API key may come from, so that it is not on the command line for `ps` to show.
+API_KEY_VARIABLE = "BORTENGINE_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    # Loopback by default: a server reachable from other machines is a decision, not an accident.
+    host: str = "127.0.0.1"
+    # 0 asks the OS for any free port (tests); the server prints the one it got.
+    port: int = 8000
+    # Threads per forward; None: the CPUs this process may run on, a container's CPU quota included.
+    threads: Optional[int] = None
+    dtype: str = "float32"
+    isa: Optional[str] = None
+    # Tokens one forward may take from the queue; None: the engine's default for this CPU.
+    max_batch_tokens: Optional[int] = None
+    # Requests admitted at once (queued for a forward or in one); the next gets 429. 512 keeps the queue's wait
+    # under a second for short texts on two cores and is far above what a batch forward takes at once.
+    max_queue: int = 512
+    # Texts per request: OpenAI's limit for /v1/embeddings.
+    max_batch_items: int = 2048
+    # Tokens per text (special tokens included); None: the model's own length (Engine.max_length).
+    max_input_tokens: Optional[int] = None
+    # Longer texts are cut to max_input_tokens (counted in the metrics); False refuses them with a 400.
+    truncation: bool = True
+    # 4 MiB holds 2048 texts of ~2 KB: a full request of max_batch_items texts of the model's length.
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Required as `Authorization: Bearer KEY` on /v1/ routes when set.
+    api_key: Optional[str] = None
+    # Seconds a request may wait in the engine's queue before it is dropped with a 503; None: no deadline.
+    request_timeout: Optional[float] = None
+    # The name clients pass as `model` and see in responses; None: the model directory's name.
+    model_name: Optional[str] = None
+    # Seconds SIGTERM waits for accepted requests to finish before they are cancelled.
+    graceful_timeout: float = 30.0
+    # uvicorn's access log: one line per request, which costs more than a short text's forward.
+    access_log: bool = False
+    # uvicorn's log (start, shutdown, errors with their tracebacks) on stderr.
+    log_level: str = "info"
+    # Seconds a client told 429 (queue full) or 503 (loading) waits before it retries.
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [("port", 0 <= self.port <= 65535, "an integer from 0 (any free port) to 65535"),
+                  ("max_queue", self.max_queue >= 1, "a positive integer"),
+                  ("max_batch_items", self.max_batch_items >= 1, "a positive integer"),
+                  ("max_body_bytes", self.max_body_bytes >= 1024, "at least 1024 bytes"),
+                  ("graceful_timeout", self.graceful_timeout >= 0, "a number of seconds >= 0"),
+                  ("retry_after_s", self.retry_after_s >= 1, "a positive integer")]
+        checks.append(("dtype", self.dtype in ("float32", "int8"), "'float32' or 'int8'"))
+        checks.append(("log_level", self.log_level in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"))
+        if self.threads is not None:
+            checks.append(("threads", self.threads >= 1, "a positive integer"))
+        if self.max_batch_tokens is not None:
+            checks.append(("max_batch_tokens", self.max_batch_tokens >= 1, "a positive integer"))
+        if self.max_input_tokens is not None:
+            checks.append(("max_input_tokens", self.max_input_tokens >= 2,
+                           "an integer >= 2 ([CLS] and [SEP] take two tokens)"))
+        if self.request_timeout is not None:
+            checks.append(("request_timeout", math.isfinite(self.request_timeout) and self.request_timeout > 0,
+                           "a positive number of seconds"))
+        if self.api_key is not None:
+            checks.append(("api_key", bool(self.api_key) and self.api_key.isprintable() and self.api_key.isascii()
+                           and " " not in self.api_key, "a non-empty string of printable ASCII without spaces"))
+        for name, ok, wanted in checks:
+            if not ok:
+                got = "a key that is not" if name == "api_key" else repr(getattr(self, name))  # never echo a secret
+                raise UsageError(f"{name} must be {wanted}, got {got}")

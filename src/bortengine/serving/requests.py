@@ -1,0 +1,209 @@
+"""What a request may hold, checked before any work is queued: the body read up to a size limit (413 the moment
+it is passed, never after buffering it whole), its JSON, and its fields (`input` a string or a list of strings,
+`text_pairs` one per text, `encoding_format`, `dimensions`, `model`). Every refusal is an APIError whose message
+names the field and says how to fix it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from starlette.requests import ClientDisconnect, Request
+
+from bortengine.serving.errors import APIError, ClientDisconnected
+
+__all__ = ["RequestLimits", "TextRequest", "read_body", "text_request", "ROUTE_FIELDS"]
+
+# The fields each route reads; any other is refused, so that a typo ("inputs", "dimension") is not silently
+# ignored. `user` is OpenAI's end-user id: accepted and unused.
+ROUTE_FIELDS = {
+    "embeddings": ("input", "model", "encoding_format", "dimensions", "user"),
+    "classify": ("input", "text_pairs", "model", "user"),
+    "tokenize": ("input", "text_pairs", "model", "user"),
+}
+ENCODING_FORMATS = ("float", "base64")
+EXAMPLE = '{"input": ["a text", "another text"], "model": "%s"}'
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_batch_items: int
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """A checked request. Shapes: texts N strings (N >= 1), pairs None or N strings; single: `input` was one string
+    (the answer is still a list of one)."""
+
+    texts: list[str]
+    pairs: Optional[list[str]]
+    single: bool
+    encoding_format: str = "float"
+    dimensions: Optional[int] = None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to pass `limit` bytes: from its Content-Length before
+    reading, else while the chunks arrive (chunked transfer encoding). The 413 closes the connection, since the
+    rest of the body is left unread."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise APIError(400, f"Content-Length {declared!r} is not a number of bytes", code="bad_content_length")
+        if int(declared) > limit:
+            raise _too_large(limit, int(declared))
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit, None)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnected("the client disconnected while sending its body") from None
+    return b"".join(chunks)
+
+
+def _too_large(limit: int, size: Optional[int]) -> APIError:
+    what = f"{size} bytes, more than" if size is not None else "larger than"
+    return APIError(413, f"the request body is {what} the limit of {limit} bytes; send fewer or shorter texts per "
+                         f"request (or start the server with a larger --max-body-bytes)",
+                    code="request_too_large", headers={"Connection": "close"})
+
+
+def text_request(body: bytes, route: str, limits: RequestLimits, model_name: str,
+                 embedding_dim: int) -> TextRequest:
+    """The checked fields of a body sent to /v1/<route> (a key of ROUTE_FIELDS)."""
+    fields = _json_object(body, model_name)
+    texts, single = _texts(fields, "input", limits)   # first: a missing input says which field was meant
+    allowed = ROUTE_FIELDS[route]
+    unknown = [name for name in fields if name not in allowed]
+    if unknown:
+        raise APIError(400, f"unknown field {unknown[0]!r}; /v1/{route} reads {', '.join(allowed)}",
+                       param=unknown[0], code="unknown_field")
+    _check_model(fields.get("model"), model_name)
+    pairs = None
+    if fields.get("text_pairs") is not None:
+        pairs, single_pair = _texts(fields, "text_pairs", limits)
+        if single_pair != single or len(pairs) != len(texts):
+            given = "one string" if single_pair else f"a list of {len(pairs)}"
+            wanted = "one string too" if single else f"a list of {len(texts)} strings, one per text of input"
+            raise APIError(400, f"input is {'one string' if single else f'a list of {len(texts)}'} but text_pairs "
+                                f"is {given}; text_pairs must be {wanted}", param="text_pairs",
+                           code="text_pairs_mismatch")
+    if route != "embeddings":
+        return TextRequest(texts, pairs, single)
+    return TextRequest(texts, pairs, single, _encoding_format(fields.get("encoding_format")),
+                       _dimensions(fields.get("dimensions"), embedding_dim))
+
+
+def _json_object(body: bytes, model_name: str) -> dict:
+    example = EXAMPLE % model_name
+    if not body.strip():
+        raise APIError(400, f"the request body is empty; send a JSON object such as {example}", code="empty_body")
+    try:
+        value = json.loads(body.decode("utf-8"))   # JSON is UTF-8 (RFC 8259); json.loads would guess UTF-16/32
+    except UnicodeDecodeError as e:
+        raise APIError(400, f"the request body is not UTF-8 text ({e.reason} at byte {e.start}); send JSON encoded "
+                            f"as UTF-8", code="invalid_json") from None
+    except json.JSONDecodeError as e:
+        raise APIError(400, f"the request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                            f"send a JSON object such as {example}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the request body nests JSON too deeply to read; send a JSON object such as "
+                            f"{example}", code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise APIError(400, f"the request body is {_kind(value)}, not a JSON object; send an object such as "
+                            f"{example}", code="invalid_json")
+    return value
+
+
+def _check_model(model: Any, model_name: str) -> None:
+    if model is None:
+        return
+    if not isinstance(model, str):
+        raise APIError(400, f"model is {_kind(model)}; it must be a string, the model's name {model_name!r} "
+                            f"(GET /v1/models lists it)", param="model", code="invalid_model")
+    if model != model_name:
+        raise APIError(404, f"the model {model!r} is not served here; this server serves {model_name!r} (GET "
+                            f"/v1/models), pass that name or leave model out", param="model", code="model_not_found")
+
+
+def _texts(fields: dict, name: str, limits: RequestLimits) -> tuple[list[str], bool]:
+    """(texts, True if the field was one string); every text a non-empty string of valid Unicode."""
+    if name not in fields or fields[name] is None:
+        near = [k for k in fields if k != name and k.lower().rstrip("s") in ("input", "text", "sentence")]
+        hint = f" (this body has {near[0]!r}; the field is {name!r})" if near else ""
+        raise APIError(400, f"{name} is missing{hint}; pass a string or a list of strings, e.g. "
+                            f'{{"{name}": ["a text"]}}', param=name, code="missing_input")
+    value = fields[name]
+    single = isinstance(value, str)
+    texts = [value] if single else value
+    if not isinstance(texts, list):
+        raise APIError(400, f"{name} is {_kind(value)}; it must be a string or a list of strings", param=name,
+                       code="invalid_input")
+    if not texts:
+        raise APIError(400, f"{name} is an empty list; pass at least one text", param=name, code="empty_input")
+    if len(texts) > limits.max_batch_items:
+        raise APIError(400, f"{name} has {len(texts)} texts, more than the {limits.max_batch_items} this server "
+                            f"takes per request (--max-batch-items); split them into several requests",
+                       param=name, code="too_many_inputs")
+    if all(isinstance(t, int) and not isinstance(t, bool) or isinstance(t, list) for t in texts):
+        raise APIError(400, f"{name} holds numbers or lists, as token ids would be; this server takes texts only: "
+                            f"send the strings (POST /v1/tokenize shows the ids a text becomes)", param=name,
+                       code="invalid_input")
+    for i, text in enumerate(texts):
+        where = name if single else f"{name}[{i}]"
+        if not isinstance(text, str):
+            raise APIError(400, f"{where} is {_kind(text)}; every item of {name} must be a string", param=name,
+                           code="invalid_input")
+        if not text:
+            raise APIError(400, f"{where} is an empty string; every text must hold at least one character",
+                           param=name, code="empty_input")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:   # a lone surrogate such as "\ud800", valid JSON but not text
+                raise APIError(400, f"{where} holds {text[e.start]!r} at character {e.start}, half of a UTF-16 "
+                                    f"surrogate pair, which is not Unicode text; send the whole character",
+                               param=name, code="invalid_input") from None
+    return texts, single
+
+
+def _encoding_format(value: Any) -> str:
+    if value is None:
+        return "float"
+    if value not in ENCODING_FORMATS:
+        shown = repr(value) if isinstance(value, str) else _kind(value)
+        raise APIError(400, f"encoding_format is {shown}; it must be 'float' (a list of numbers) or 'base64' (the "
+                            f"little-endian float32 bytes, base64-encoded)", param="encoding_format",
+                       code="invalid_encoding_format")
+    return value
+
+
+def _dimensions(value: Any, embedding_dim: int) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise APIError(400, f"dimensions is {_kind(value)}; it must be an integer from 1 to {embedding_dim}",
+                       param="dimensions", code="invalid_dimensions")
+    if not 1 <= value <= embedding_dim:
+        raise APIError(400, f"dimensions is {value}, but the model's embeddings have {embedding_dim}; pass 1 to "
+                            f"{embedding_dim} (the first dimensions, renormalised) or leave it out",
+                       param="dimensions", code="invalid_dimensions")
+    return value
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind as the client wrote it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"

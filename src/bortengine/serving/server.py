@@ -1,0 +1,104 @@
+"""Running the app under uvicorn: the listening socket is bound first (a port in use is a one-line error before
+anything loads), the model loads while the server already answers /health, and SIGTERM drains.
+
+SIGTERM (uvicorn's graceful shutdown): the listening socket closes, idle keep-alive connections close, the
+requests accepted so far are answered (for at most --graceful-timeout seconds), then the process exits with 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import uvicorn
+
+from bortengine.errors import UsageError
+from bortengine.serving.app import ModelService, create_app
+from bortengine.serving.options import ServeOptions
+
+__all__ = ["serve", "listening_socket", "url"]
+
+# Connections the kernel holds for the server before it accepts them: enough for a burst of clients.
+BACKLOG = 2048
+
+
+def serve(model_dir: str | Path, options: ServeOptions = ServeOptions(),
+          announce: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+    """Serve the model in model_dir until SIGTERM (drains, then returns) or SIGINT (KeyboardInterrupt). announce
+    receives the lines that say where the server listens and when the model is ready. A model that cannot load
+    stops the server, and its error is raised here."""
+    sock = listening_socket(options.host, options.port)
+    failures: list[BaseException] = []
+    started = time.perf_counter()
+
+    def ready(service: ModelService) -> None:
+        e = service.engine
+        announce(f"ready: {service.name} ({e.config.kind}, {e.embedding_dim} dimensions, {e.dtype}, {e.num_threads} "
+                 f"threads, {e.isa}, max {service.max_input_tokens} tokens per text) in "
+                 f"{time.perf_counter() - started:.1f} s")
+
+    def failed(error: BaseException) -> None:
+        failures.append(error)
+        server.should_exit = True
+
+    app = create_app(model_dir, options, on_ready=ready, on_failure=failed)
+    config = uvicorn.Config(app, lifespan="on", access_log=options.access_log, log_level=options.log_level,
+                            timeout_graceful_shutdown=options.graceful_timeout, backlog=BACKLOG)
+    server = uvicorn.Server(config)
+    announce(f"listening on {url(sock)} (loading {model_dir}; GET /health answers 200 once it is ready)")
+    with _drained_exit():
+        server.run(sockets=[sock])
+    if failures:
+        raise failures[0]
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) and listening; the errors a user can fix are UsageErrors."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host}: {e.strerror}; pass an address of this machine, e.g. 127.0.0.1 (this "
+                         f"machine only) or 0.0.0.0 (every interface)") from None
+    sock = socket.socket(family, kind, proto)
+    # a restarted server may take its port back while the old connections sit in TIME_WAIT; a live listener on
+    # the port still makes bind() fail
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as e:
+        sock.close()
+        fixes = {errno.EADDRINUSE: f"port {port} on {host} is in use by another process; pass another --port (0 "
+                                   f"picks a free one) or stop that process",
+                 errno.EACCES: f"port {port} needs privileges this process lacks (ports below 1024 are root's); "
+                               f"pass --port 1024 or above",
+                 errno.EADDRNOTAVAIL: f"--host {host} is not an address of this machine; pass 127.0.0.1 or "
+                                      f"0.0.0.0"}
+        raise UsageError(fixes.get(e.errno, f"cannot listen on {host} port {port}: {e.strerror}")) from None
+    return sock
+
+
+def url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def _drained_exit() -> Iterator[None]:
+    """After a graceful shutdown uvicorn raises the signal that caused it again, under the handler it found when
+    it started, so that the process ends "by that signal". With this no-op handler in place for SIGTERM, a drained
+    server returns instead, and the process exits with 0."""
+    main = threading.current_thread() is threading.main_thread()   # only it may set signal handlers
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+

@@ -1,0 +1,211 @@
+"""`bortengine serve`, the routes: a real server process on 127.0.0.1 (tests/serving_process.py) talked to over
+HTTP, its answers compared with the engine in this process: embeddings equal to engine.encode (float and base64,
+shortened by `dimensions`, cut to --max-input-tokens), classifications equal to engine.classify, token ids equal to
+engine.tokenize; /v1/models, /health; the API key; /metrics parsed by prometheus_client against the traffic sent.
+The bad requests, a disconnecting client, a flood and SIGTERM are in tests/test_serving_robustness.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bortengine.engine import load
+from bortengine.serving import ServeOptions, create_app
+from serving_process import (API_KEY, CLASSIFIER_TOKENS, MAX_TOKENS, classifier_server, minilm_engine,  # noqa: F401
+                             minilm_server, serving_classifier, texts_of)
+
+LONG = "a long text that goes on " * 20   # ~120 tokens: over the main server's 64
+
+
+def embeddings(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [d["index"] for d in data] == list(range(len(data))) and all(d["object"] == "embedding" for d in data)
+    return np.array([d["embedding"] for d in data], dtype=np.float32)
+
+
+def test_embeddings_equal_engine_encode(minilm_server, minilm_engine):
+    texts = texts_of(5) + [LONG, "é ü 中文 🙂"]
+    with minilm_server.client() as client:
+        response = client.post("/v1/embeddings", json={"input": texts, "model": "minilm"})
+        one = client.post("/v1/embeddings", json={"input": texts[0]})
+    expected = minilm_engine.encode(texts, max_length=MAX_TOKENS)
+    assert np.array_equal(embeddings(response), expected)
+    assert np.array_equal(embeddings(one)[0], expected[0])
+    body = response.json()
+    counts = minilm_engine.count_tokens(texts)
+    tokens = sum(min(n, MAX_TOKENS) for n in counts)
+    assert max(counts) > MAX_TOKENS    # the long text was cut, and usage counts what the model read
+    assert body["object"] == "list" and body["model"] == "minilm"
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+def test_embeddings_base64_and_dimensions(minilm_server, minilm_engine):
+    texts = texts_of(3, seed=1)
+    expected = minilm_engine.encode(texts, max_length=MAX_TOKENS)
+    with minilm_server.client() as client:
+        packed = client.post("/v1/embeddings", json={"input": texts, "encoding_format": "base64"})
+        short = client.post("/v1/embeddings", json={"input": texts, "dimensions": 32})
+        short64 = client.post("/v1/embeddings", json={"input": texts, "dimensions": 32, "encoding_format": "base64"})
+    assert packed.status_code == 200, packed.text
+    decoded = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in packed.json()["data"]])
+    assert np.array_equal(decoded, expected)
+    head = expected[:, :32].astype(np.float64)
+    renormalised = (head / np.linalg.norm(head, axis=1, keepdims=True)).astype(np.float32)
+    assert np.array_equal(embeddings(short), renormalised)
+    assert np.allclose(np.linalg.norm(embeddings(short), axis=1), 1, atol=1e-6)
+    assert np.array_equal(np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
+                                    for d in short64.json()["data"]]), renormalised)
+
+
+def test_tokenize_models_and_health(minilm_server, minilm_engine):
+    texts = ["Hello, world!", LONG]
+    with minilm_server.client() as client:
+        tokenized = client.post("/v1/tokenize", json={"input": texts})
+        models = client.get("/v1/models")
+        health = client.get("/health")
+    assert tokenized.status_code == 200, tokenized.text
+    ids = minilm_engine.tokenize(texts, max_length=MAX_TOKENS)
+    data = tokenized.json()["data"]
+    for row, item in enumerate(data):
+        assert item["ids"] == [int(i) for i, m in zip(ids["input_ids"][row], ids["attention_mask"][row]) if m]
+    assert data[0]["tokens"] == ["[CLS]", "hello", ",", "world", "!", "[SEP]"]
+    assert [d["truncated"] for d in data] == [False, True]
+    card = models.json()["data"][0]
+    assert models.status_code == 200 and card["id"] == "minilm" and card["object"] == "model"
+    assert card["kind"] == "embedding" and card["dimensions"] == 384 and card["max_input_tokens"] == MAX_TOKENS
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    # the model loaded after the server was listening: /health said 503 until it was ready, never refused
+    assert set(minilm_server.health_statuses) <= {200, 503} and minilm_server.health_statuses[-1] == 200
+
+
+def test_before_the_model_is_ready_every_route_but_metrics_answers_503(minilm):
+    """In process: the app's lifespan, which loads the model, is not run, so the model is never ready."""
+    app = create_app(minilm, ServeOptions(retry_after_s=2))
+
+    async def ask():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as client:
+            return (await client.get("/health"), await client.post("/v1/embeddings", json={"input": "a"}),
+                    await client.get("/v1/models"), await client.get("/metrics"))
+
+    health, embedded, models, metrics = asyncio.run(ask())
+    assert health.status_code == 503 and health.json()["status"] == "loading"
+    assert health.headers["retry-after"] == embedded.headers["retry-after"] == "2"
+    for response in (embedded, models):
+        assert response.status_code == 503 and response.json()["error"]["code"] == "model_loading"
+    assert metrics.status_code == 200
+
+
+def test_classify_equals_engine_classify(classifier_server, serving_classifier):
+    engine = load(serving_classifier)
+    texts = texts_of(4, words=3, seed=2)
+    pairs = texts_of(4, words=2, seed=5)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with classifier_server.client(**auth) as client:
+        single = client.post("/v1/classify", json={"input": texts})
+        paired = client.post("/v1/classify", json={"input": texts, "text_pairs": pairs})
+        models = client.get("/v1/models")
+    for response, expected in ((single, engine.classify(texts)), (paired, engine.classify(texts, pairs))):
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        assert [d["label"] for d in data] == expected.labels
+        scores = np.array([[d["scores"][label] for label in engine.labels] for d in data], dtype=np.float32)
+        assert np.array_equal(scores, expected.probabilities)
+        assert [d["score"] for d in data] == [d["scores"][d["label"]] for d in data]
+    assert models.json()["data"][0]["kind"] == "classifier"
+    assert models.json()["data"][0]["labels"] == engine.labels
+
+
+def test_classify_refuses_an_embedding_model(minilm_server):
+    with minilm_server.client() as client:
+        response = client.post("/v1/classify", json={"input": "a text"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "model_not_classifier" and "/v1/embeddings" in error["message"]
+
+
+def test_no_truncation_refuses_long_texts(classifier_server):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    fits, too_long = "one two three", " ".join(["word"] * (CLASSIFIER_TOKENS + 5))
+    with classifier_server.client(**auth) as client:
+        ok = client.post("/v1/classify", json={"input": [fits]})
+        refused = client.post("/v1/classify", json={"input": [fits, too_long]})
+        embedded = client.post("/v1/embeddings", json={"input": too_long})
+    assert ok.status_code == 200, ok.text
+    for response, where in ((refused, "input[1]"), (embedded, "input")):
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "context_length_exceeded" and error["param"] == "input"
+        assert error["message"].startswith(f"{where} has {CLASSIFIER_TOKENS + 7} tokens, more than the "
+                                           f"{CLASSIFIER_TOKENS}") and "--no-truncation" in error["message"]
+
+
+def test_api_key(classifier_server):
+    body = {"input": "a text"}
+    with classifier_server.client() as client:
+        missing = client.post("/v1/classify", json=body)
+        wrong = client.post("/v1/classify", json=body, headers={"Authorization": "Bearer not-the-key"})
+        other_scheme = client.post("/v1/classify", json=body, headers={"Authorization": f"Basic {API_KEY}"})
+        right = client.post("/v1/classify", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+        models = client.get("/v1/models")
+        health = client.get("/health")
+    for response in (missing, wrong, other_scheme, models):
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        error = response.json()["error"]
+        assert error["code"] == "invalid_api_key" and "Authorization: Bearer" in error["message"]
+        assert API_KEY not in response.text
+    assert right.status_code == 200 and health.status_code == 200   # probes need no key
+    # the key came from $BORTENGINE_API_KEY: the command line that `ps` shows does not hold it
+    cmdline = open(f"/proc/{classifier_server.proc.pid}/cmdline", "rb").read().decode()
+    assert API_KEY not in cmdline
+
+
+# -- /metrics --------------------------------------------------------------------------------------------------
+
+def scrape(client) -> dict[tuple[str, tuple], float]:
+    """Every sample of GET /metrics: (name, sorted labels) -> value, read by prometheus_client's own parser."""
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def delta(before: dict, after: dict, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_count_the_traffic(minilm_server, minilm_engine):
+    requests = [texts_of(3, seed=10), [LONG, "short"], ["one more"]]
+    with minilm_server.client() as client:
+        before = scrape(client)
+        for texts in requests:
+            assert client.post("/v1/embeddings", json={"input": texts}).status_code == 200
+        assert client.post("/v1/embeddings", json={"input": []}).status_code == 400
+        assert client.get("/nowhere").status_code == 404
+        assert client.post("/v1/tokenize", json={"input": "abc"}).status_code == 200
+        after = scrape(client)
+    texts = [t for r in requests for t in r]
+    counts = minilm_engine.count_tokens(texts)
+    route = "/v1/embeddings"
+    assert delta(before, after, "bortengine_requests_total", route=route, status="200") == len(requests)
+    assert delta(before, after, "bortengine_requests_total", route=route, status="400") == 1
+    assert delta(before, after, "bortengine_requests_total", route="other", status="404") == 1
+    assert delta(before, after, "bortengine_requests_total", route="/v1/tokenize", status="200") == 1
+    assert delta(before, after, "bortengine_request_seconds_count", route=route) == len(requests) + 1
+    assert delta(before, after, "bortengine_texts_total", route="embeddings") == len(texts)
+    assert delta(before, after, "bortengine_tokens_total", route="embeddings") == sum(min(n, MAX_TOKENS)
+                                                                                     for n in counts)
+    assert delta(before, after, "bortengine_truncated_texts_total") == sum(n > MAX_TOKENS for n in counts) == 1
+    # every text went through a forward, each request was queued and tokenized once
+    assert delta(before, after, "bortengine_batch_sequences_sum") == len(texts)
+    assert delta(before, after, "bortengine_batch_tokens_sum") == sum(min(n, MAX_TOKENS) for n in counts)
+    assert delta(before, after, "bortengine_queue_seconds_count") == len(requests)
+    assert delta(before, after, "bortengine_tokenize_seconds_count") == len(requests)
+    assert delta(before, after, "bortengine_forward_seconds_count") >= 1
+    assert after[("bortengine_queue_depth", ())] == 0 and after[("bortengine_requests_admitted", ())] == 0

@@ -1,0 +1,325 @@
+"""`bortengine serve` under what clients do wrong, over real sockets to a real server process: every bad request
+gets a 4xx whose JSON body (OpenAI's error shape) says what is wrong, arbitrary JSON never gets a 5xx
+(hypothesis), a body over the limit gets 413 before it is read, a client that disconnects has its queued work
+dropped, a flood past --max-queue gets 429 with Retry-After and leaves the server healthy, SIGTERM under load
+answers every accepted request and exits 0; and the command's own errors (a bad model directory, a port in use, a
+model that cannot load) are one line and exit code 2.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bortengine.cli import main
+from serving_process import (MAX_BODY, MAX_ITEMS, MAX_QUEUE, MAX_TOKENS, ServerProcess, minilm_engine,  # noqa: F401
+                             minilm_server, serving_classifier, texts_of)
+from test_serving import delta, embeddings, scrape
+
+ERROR_FIELDS = {"message", "type", "param", "code"}
+
+
+def assert_error(response, status: int, code: str, *words: str) -> dict:
+    """A `status` answer with OpenAI's error body, its code `code`, its message holding `words`."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == ERROR_FIELDS and error["code"] == code and error["message"], error
+    for word in words:
+        assert word in error["message"], error
+    return error
+
+
+BAD_EMBEDDINGS = [
+    (b'{"input": ', 400, "invalid_json", "not valid JSON"),
+    (b"", 400, "empty_body", "empty"),
+    (b"\xff\xfe not utf-8", 400, "invalid_json", "UTF-8"),
+    (b'[["a text"]]', 400, "invalid_json", "not a JSON object"),
+    (b"[" * 10000, 400, "invalid_json", "too deeply"),
+    ({}, 400, "missing_input", "input is missing"),
+    ({"inputs": ["a"]}, 400, "missing_input", "the field is 'input'"),
+    ({"input": ""}, 400, "empty_input", "empty string"),
+    ({"input": []}, 400, "empty_input", "empty list"),
+    ({"input": ["a", 3]}, 400, "invalid_input", "input[1] is a number"),
+    ({"input": ["a", None]}, 400, "invalid_input", "input[1] is null"),
+    ({"input": {"text": "a"}}, 400, "invalid_input", "an object"),
+    ({"input": [101, 2023, 102]}, 400, "invalid_input", "token ids"),
+    ({"input": [[101, 102]]}, 400, "invalid_input", "token ids"),
+    ({"input": ["a"] * (MAX_ITEMS + 1)}, 400, "too_many_inputs", "--max-batch-items"),
+    ({"input": "a", "encoding_format": "hex"}, 400, "invalid_encoding_format", "'float'"),
+    ({"input": "a", "dimensions": 385}, 400, "invalid_dimensions", "384"),
+    ({"input": "a", "dimensions": 0}, 400, "invalid_dimensions", "1 to 384"),
+    ({"input": "a", "dimensions": "32"}, 400, "invalid_dimensions", "a string"),
+    ({"input": "a", "dimensions": True}, 400, "invalid_dimensions", "a boolean"),
+    ({"input": "a", "model": "text-embedding-3-small"}, 404, "model_not_found", "'minilm'"),
+    ({"input": "a", "model": 7}, 400, "invalid_model", "a string"),
+    ({"input": "a", "dimension": 8}, 400, "unknown_field", "'dimension'"),
+    ({"input": "a", "text_pairs": "b"}, 400, "unknown_field", "'text_pairs'"),
+]
+
+
+@pytest.mark.parametrize("body, status, code, words", BAD_EMBEDDINGS)
+def test_bad_embedding_requests(minilm_server, body, status, code, words):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with minilm_server.client() as client:
+        response = client.post("/v1/embeddings", content=content, headers={"Content-Type": "application/json"})
+    assert_error(response, status, code, words)
+
+
+def test_lone_surrogates_and_pair_mismatches(minilm_server):
+    with minilm_server.client() as client:
+        surrogate = client.post("/v1/embeddings", content=b'{"input": ["ok", "\\ud800"]}')
+        pairs = client.post("/v1/tokenize", json={"input": ["a", "b"], "text_pairs": ["c"]})
+        pair_kind = client.post("/v1/tokenize", json={"input": "a", "text_pairs": ["c"]})
+    assert_error(surrogate, 400, "invalid_input", "input[1]", "surrogate")
+    assert_error(pairs, 400, "text_pairs_mismatch", "a list of 2 strings")
+    assert_error(pair_kind, 400, "text_pairs_mismatch", "one string too")
+
+
+def test_unknown_routes_and_wrong_methods(minilm_server):
+    with minilm_server.client() as client:
+        missing = client.post("/v1/completions", json={"prompt": "a"})
+        wrong = client.get("/v1/embeddings")
+        delete = client.delete("/health")
+    assert_error(missing, 404, "not_found", "/v1/completions", "POST /v1/embeddings")
+    error = assert_error(wrong, 405, "method_not_allowed", "takes POST")
+    assert wrong.headers["allow"] == "POST" and error["type"] == "invalid_request_error"
+    assert_error(delete, 405, "method_not_allowed", "GET")
+
+
+# -- hypothesis: no JSON a client can send gets a 5xx -----------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() |
+    st.text(st.characters(codec=None), max_size=20),   # surrogates included: valid JSON, not valid text
+    lambda inner: st.lists(inner, max_size=MAX_ITEMS + 2) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12)
+FIELD_NAMES = st.sampled_from(["input", "model", "encoding_format", "dimensions", "user", "text_pairs", "x"])
+
+
+def acceptable(value) -> bool:
+    """What the server must accept as `input`: a non-empty string or 1..MAX_ITEMS of them, valid Unicode."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not 1 <= len(texts) <= MAX_ITEMS:
+        return False
+    return all(isinstance(t, str) and t and _unicode(t) for t in texts)
+
+
+def _unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def post_json(client, route: str, body) -> httpx.Response:
+    # ensure_ascii: a lone surrogate travels as the JSON escape "\ud800", which is valid JSON
+    return client.post(route, content=json.dumps(body, ensure_ascii=True).encode(),
+                       headers={"Content-Type": "application/json"})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=JSON)
+def test_any_json_input_is_answered_or_refused(minilm_server, value):
+    with minilm_server.client() as client:
+        response = post_json(client, "/v1/embeddings", {"input": value})
+    if acceptable(value):
+        assert len(embeddings(response)) == (1 if isinstance(value, str) else len(value))
+    else:
+        assert response.status_code == 400 and set(response.json()["error"]) == ERROR_FIELDS, response.text
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.dictionaries(FIELD_NAMES, JSON, max_size=4) | JSON,
+       route=st.sampled_from(["/v1/embeddings", "/v1/tokenize", "/v1/classify"]))
+def test_any_json_body_gets_no_server_error(minilm_server, body, route):
+    with minilm_server.client() as client:
+        response = post_json(client, route, body)
+    assert response.status_code in (200, 400, 404), response.text
+    assert set(response.json()) == ({"object", "data", "model", "usage"} if response.status_code == 200
+                                    else {"error"})
+
+
+@settings(max_examples=30, deadline=None)
+@given(body=st.binary(max_size=200))
+def test_any_bytes_get_no_server_error(minilm_server, body):
+    with minilm_server.client() as client:
+        response = client.post("/v1/embeddings", content=body)
+    assert response.status_code in (200, 400, 404), response.text
+
+
+# -- 413: checked while reading ---------------------------------------------------------------------------------
+
+def raw_request(server, head: str, body: bytes = b"") -> tuple[http.client.HTTPResponse, socket.socket]:
+    """Send a hand-written request (head without its final blank line) and read the answer's status and headers.
+    The body may be left unfinished: the server must answer without it."""
+    sock = socket.create_connection(server.address(), timeout=60)
+    sock.sendall(head.encode() + b"\r\n\r\n" + body)
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response, sock
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(minilm_server):
+    # a declared length over the limit: 413 at once, with not one byte of the body sent
+    declared, sock = raw_request(minilm_server, f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+                                                f"Content-Length: {10 ** 9}\r\nContent-Type: application/json")
+    body = json.loads(declared.read())
+    sock.close()
+    assert declared.status == 413 and declared.getheader("connection") == "close"
+    assert body["error"]["code"] == "request_too_large" and str(MAX_BODY) in body["error"]["message"]
+    # chunked, no length: 413 as soon as the chunks pass the limit, though the body never ends
+    chunk = b"x" * 4096
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(MAX_BODY // len(chunk) + 1))
+    streamed, sock = raw_request(minilm_server, "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+                                                "Transfer-Encoding: chunked", chunks)
+    assert streamed.status == 413 and json.loads(streamed.read())["error"]["code"] == "request_too_large"
+    sock.close()
+    # an ordinary client's body just over the limit
+    with minilm_server.client() as client:
+        response = client.post("/v1/embeddings", json={"input": "x" * MAX_BODY})
+        assert client.get("/health").status_code == 200
+    assert_error(response, 413, "request_too_large", "--max-body-bytes")
+
+
+# -- a client that leaves, a flood ------------------------------------------------------------------------------
+
+def wait_until(condition, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(0.005)
+
+
+def admitted(client) -> float:
+    return scrape(client)[("bortengine_requests_admitted", ())]
+
+
+def post_embeddings(server, texts: list[str]) -> httpx.Response:
+    with server.client() as client:
+        return client.post("/v1/embeddings", json={"input": texts})
+
+
+def test_a_client_that_disconnects_has_its_queued_work_dropped(minilm_server):
+    # five requests of 8 texts of 64 tokens keep the engine busy for 20 forwards of 128 tokens (--max-batch-tokens)
+    busy = [texts_of(MAX_ITEMS, words=40, seed=s) for s in range(5)]
+    leaving = json.dumps({"input": texts_of(MAX_ITEMS, words=3, seed=99)}).encode()
+    with ThreadPoolExecutor(len(busy)) as pool, minilm_server.client() as client:
+        before = scrape(client)
+        futures = [pool.submit(post_embeddings, minilm_server, texts) for texts in busy]
+        wait_until(lambda: admitted(client) == len(busy), what="the busy requests")
+        sock = socket.create_connection(minilm_server.address())
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(leaving), leaving))
+        wait_until(lambda: admitted(client) == len(busy) + 1, what="the leaving request")
+        sock.close()
+        assert all(f.result().status_code == 200 for f in futures)
+        wait_until(lambda: admitted(client) == 0, what="every request to end")
+        after = scrape(client)
+    assert delta(before, after, "bortengine_requests_total", route="/v1/embeddings", status="499") == 1
+    # the busy requests' texts were computed, the leaving one's never reached a forward
+    assert delta(before, after, "bortengine_batch_sequences_sum") == len(busy) * MAX_ITEMS
+    assert delta(before, after, "bortengine_requests_total", route="/v1/embeddings", status="200") == len(busy)
+
+
+def test_a_flood_past_max_queue_gets_429_and_the_server_stays_healthy(minilm_server, minilm_engine):
+    clients = 4 * MAX_QUEUE
+    texts = texts_of(MAX_ITEMS, words=30, seed=3)
+    start = threading.Barrier(clients)
+
+    def flood(_) -> httpx.Response:
+        start.wait()
+        return post_embeddings(minilm_server, texts)
+
+    with ThreadPoolExecutor(clients) as pool:
+        responses = list(pool.map(flood, range(clients)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429} and 429 in statuses and 200 in statuses, statuses
+    expected = minilm_engine.encode(texts, max_length=MAX_TOKENS)
+    for response in responses:
+        if response.status_code == 429:
+            assert int(response.headers["retry-after"]) >= 1
+            assert_error(response, 429, "queue_full", "--max-queue")
+        else:
+            assert np.array_equal(embeddings(response), expected)
+    with minilm_server.client() as client:
+        assert client.get("/health").status_code == 200 and admitted(client) == 0
+        assert np.array_equal(embeddings(client.post("/v1/embeddings", json={"input": texts})), expected)
+
+
+# -- SIGTERM -----------------------------------------------------------------------------------------------------
+
+def test_sigterm_under_load_answers_the_accepted_requests_and_exits_0(minilm, minilm_engine):
+    server = ServerProcess(minilm, "--max-batch-tokens", "128", "--max-input-tokens", str(MAX_TOKENS)).start()
+    work = [texts_of(MAX_ITEMS, words=40, seed=20 + s) for s in range(6)]
+    try:
+        with ThreadPoolExecutor(len(work)) as pool:
+            futures = [pool.submit(post_embeddings, server, texts) for texts in work]
+            with server.client() as client:
+                wait_until(lambda: admitted(client) == len(work), what="the requests to be admitted")
+            server.terminate()
+            in_flight = sum(not f.done() for f in futures)
+            wait_until(lambda: _refused(server), timeout=30, what="the listening socket to close")
+            responses = [f.result() for f in futures]
+        code = server.proc.wait(60)
+    finally:
+        server.kill()
+    assert in_flight > 0, "every request ended before SIGTERM: give them more work"
+    for texts, response in zip(work, responses):
+        assert np.array_equal(embeddings(response), minilm_engine.encode(texts, max_length=MAX_TOKENS))
+    assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
+
+
+def _refused(server) -> bool:
+    try:
+        socket.create_connection(server.address(), timeout=5).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+# -- the command's own errors -------------------------------------------------------------------------------------
+
+def assert_one_error_line(err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("bortengine serve: error: "), err
+    assert "Traceback" not in err and all(w in lines[-1] for w in words), err
+
+
+def test_a_bad_model_directory_or_a_port_in_use_is_exit_2(capsys, tmp_path, minilm):
+    assert main(["serve", str(tmp_path / "nowhere")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "does not exist")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", str(minilm), "--port", str(taken.getsockname()[1])]) == 2
+    assert_one_error_line(capsys.readouterr().err, "is in use", "--port")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(minilm), "--port", "70000"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("case", ["no weights", "too many tokens"])
+def test_a_model_that_cannot_serve_stops_the_server_with_exit_2(tmp_path, serving_classifier, case):
+    model, options = serving_classifier, ["--max-input-tokens", "100000"]
+    if case == "no weights":
+        model, options = tmp_path / "model", []
+        model.mkdir()
+        shutil.copy(serving_classifier / "config.json", model)
+    server = ServerProcess(model, *options)
+    try:
+        code = server.proc.wait(120)
+    finally:
+        server.kill()
+    assert code == 2 and "listening on http://127.0.0.1:" in server.stdout.read_text(), server.output()
+    assert_one_error_line(server.stderr.read_text(), *(["max_position_embeddings"] if case != "no weights" else []))
