@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bortengine.engine import load
+from bortengine.engine import available_cpus, load
 from bortengine.serving import ServeOptions, create_app
 from serving_process import (API_KEY, CLASSIFIER_TOKENS, MAX_TOKENS, classifier_server, minilm_engine,  # noqa: F401
                              minilm_server, serving_classifier, texts_of)
@@ -82,6 +82,8 @@ def test_tokenize_models_and_health(minilm_server, minilm_engine):
     assert health.status_code == 200 and health.json()["status"] == "ok"
     # the model loaded after the server was listening: /health said 503 until it was ready, never refused
     assert set(minilm_server.health_statuses) <= {200, 503} and minilm_server.health_statuses[-1] == 200
+    # by default a forward runs on the CPUs this process may use (affinity and cgroup quota), as the server says
+    assert f"{available_cpus()} thread" in minilm_server.stdout.read_text()
 
 
 def test_before_the_model_is_ready_every_route_but_metrics_answers_503(minilm):

@@ -100,7 +100,8 @@ def test_unknown_routes_and_wrong_methods(minilm_server):
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() |
-    st.text(st.characters(codec=None), max_size=20),   # surrogates included: valid JSON, not valid text
+    # lone surrogates too: "\ud800" is valid JSON but not Unicode text
+    st.text(st.characters(codec=None) | st.sampled_from(["\ud800", "\udfff"]), max_size=20),
     lambda inner: st.lists(inner, max_size=MAX_ITEMS + 2) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=12)
 FIELD_NAMES = st.sampled_from(["input", "model", "encoding_format", "dimensions", "user", "text_pairs", "x"])
@@ -260,7 +261,9 @@ def test_a_flood_past_max_queue_gets_429_and_the_server_stays_healthy(minilm_ser
 # -- SIGTERM -----------------------------------------------------------------------------------------------------
 
 def test_sigterm_under_load_answers_the_accepted_requests_and_exits_0(minilm, minilm_engine):
-    server = ServerProcess(minilm, "--max-batch-tokens", "128", "--max-input-tokens", str(MAX_TOKENS)).start()
+    server = ServerProcess(minilm, "--threads", "1", "--max-batch-tokens", "128", "--max-input-tokens",
+                           str(MAX_TOKENS)).start()
+    assert "1 thread," in server.stdout.read_text()
     work = [texts_of(MAX_ITEMS, words=40, seed=20 + s) for s in range(6)]
     try:
         with ThreadPoolExecutor(len(work)) as pool:

@@ -2,7 +2,7 @@
 /v1/embeddings and /v1/classify, /v1/tokenize, /v1/models, /health, /metrics. Prints where it listens, then when
 the model is ready; SIGTERM drains the accepted requests and exits 0.
 
-Needs the `serve` extra (starlette, uvicorn, prometheus-client); without it the command says how to install it.
+Needs the `serve` extra (starlette, uvicorn, prometheus-client, orjson); without it the command says how to install it.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ __all__ = ["COMMANDS", "add_parsers", "run"]
 
 COMMANDS = ("serve",)
 DEFAULTS = ServeOptions()
-EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client")
+EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client", "orjson")
 
 
 def add_parsers(sub) -> None:

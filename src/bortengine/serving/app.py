@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from bortengine.engine import Engine, load
@@ -31,8 +31,8 @@ from bortengine.serving.errors import APIError, ClientDisconnected, error_body
 from bortengine.serving.metrics import CONTENT_TYPE, ROUTES, ServerMetrics
 from bortengine.serving.options import ServeOptions
 from bortengine.serving.requests import RequestLimits, TextRequest, read_body, text_request
-from bortengine.serving.responses import (classify_response, embeddings_response, model_card, shortened,
-                                          tokenize_response)
+from bortengine.serving.responses import (JSONAnswer, classify_response, embeddings_response, model_card,
+                                          shortened, tokenize_response)
 
 __all__ = ["create_app", "ModelService"]
 
@@ -111,7 +111,7 @@ class ModelService:
             tokens = await self._counted(req, "embeddings")
             vectors = await self._computed(request, engine.aencode(
                 req.texts, max_length=self.max_input_tokens, deadline=self.options.request_timeout))
-        return JSONResponse(embeddings_response(shortened(vectors, req.dimensions), req.encoding_format, self.name,
+        return JSONAnswer(embeddings_response(shortened(vectors, req.dimensions), req.encoding_format, self.name,
                                                 tokens))
 
     async def classify(self, request: Request) -> Response:
@@ -124,7 +124,7 @@ class ModelService:
             tokens = await self._counted(req, "classify")
             result = await self._computed(request, engine.aclassify(
                 req.texts, req.pairs, max_length=self.max_input_tokens, deadline=self.options.request_timeout))
-        return JSONResponse(classify_response(result, engine.config.labels, self.name, tokens))
+        return JSONAnswer(classify_response(result, engine.config.labels, self.name, tokens))
 
     async def tokenize(self, request: Request) -> Response:
         engine = self._serving(request)
@@ -136,19 +136,19 @@ class ModelService:
 
         encodings, counts = await self._off_loop(req, tokenized)
         self.metrics.record_texts("tokenize", len(counts), sum(len(e.ids) for e in encodings), 0)
-        return JSONResponse(tokenize_response(encodings, counts, self.max_input_tokens, self.name))
+        return JSONAnswer(tokenize_response(encodings, counts, self.max_input_tokens, self.name))
 
     async def models(self, request: Request) -> Response:
         engine = self._serving(request)
         kind = "embedding" if self._not_a_classifier(engine) else "classifier"
         card = model_card(self.name, self.created, kind, engine.embedding_dim, self.max_input_tokens,
                           engine.labels, engine.dtype)
-        return JSONResponse({"object": "list", "data": [card]})
+        return JSONAnswer({"object": "list", "data": [card]})
 
     async def health(self, request: Request) -> Response:
         if self.ready:
-            return JSONResponse({"status": "ok", "model": self.name})
-        return JSONResponse({"status": "loading", "model": self.name}, status_code=503,
+            return JSONAnswer({"status": "ok", "model": self.name})
+        return JSONAnswer({"status": "loading", "model": self.name}, status_code=503,
                             headers={"Retry-After": str(self.options.retry_after_s)})
 
     async def metrics_text(self, request: Request) -> Response:
@@ -327,11 +327,11 @@ class RequestMetrics:
 
 # ------------------------------------------------------------------------------------------- the error answers
 async def _api_error(request: Request, e: APIError) -> Response:
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+    return JSONAnswer(e.body(), status_code=e.status, headers=e.headers)
 
 
 async def _invalid_input(request: Request, e: InvalidInputError) -> Response:
-    return JSONResponse(error_body(str(e), "invalid_request_error", code="invalid_input"), status_code=400)
+    return JSONAnswer(error_body(str(e), "invalid_request_error", code="invalid_input"), status_code=400)
 
 
 async def _client_closed(request: Request, e: ClientDisconnected) -> Response:
@@ -350,10 +350,10 @@ async def _http_error(request: Request, e: HTTPException) -> Response:
         code = "method_not_allowed"
     else:
         message, code = str(e.detail), None
-    return JSONResponse(error_body(message, "invalid_request_error", code=code), status_code=e.status_code,
+    return JSONAnswer(error_body(message, "invalid_request_error", code=code), status_code=e.status_code,
                         headers=e.headers)
 
 
 async def _server_error(request: Request, e: Exception) -> Response:
-    return JSONResponse(error_body(f"internal error ({type(e).__name__}); the server's log has its traceback",
+    return JSONAnswer(error_body(f"internal error ({type(e).__name__}); the server's log has its traceback",
                                    "server_error"), status_code=500)
