@@ -258,6 +258,25 @@ def test_a_flood_past_max_queue_gets_429_and_the_server_stays_healthy(minilm_ser
         assert np.array_equal(embeddings(client.post("/v1/embeddings", json={"input": texts})), expected)
 
 
+def test_requests_past_their_deadline_get_503(minilm):
+    server = ServerProcess(minilm, "--request-timeout", "0.005", "--max-batch-tokens", "64").start()
+    texts = texts_of(MAX_ITEMS, words=12, seed=4)    # ~17 tokens each: one forward per request
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(lambda _: post_embeddings(server, texts), range(16)))
+        with server.client() as client:
+            assert client.get("/health").status_code == 200 and admitted(client) == 0
+    finally:
+        code = server.stop()
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "1"
+            assert_error(response, 503, "deadline_exceeded", "--request-timeout")
+    assert code == 0
+
+
 # -- SIGTERM -----------------------------------------------------------------------------------------------------
 
 def test_sigterm_under_load_answers_the_accepted_requests_and_exits_0(minilm, minilm_engine):

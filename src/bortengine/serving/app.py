@@ -112,7 +112,7 @@ class ModelService:
             vectors = await self._computed(request, engine.aencode(
                 req.texts, max_length=self.max_input_tokens, deadline=self.options.request_timeout))
         return JSONAnswer(embeddings_response(shortened(vectors, req.dimensions), req.encoding_format, self.name,
-                                                tokens))
+                                              tokens))
 
     async def classify(self, request: Request) -> Response:
         engine = self._serving(request)
@@ -149,7 +149,7 @@ class ModelService:
         if self.ready:
             return JSONAnswer({"status": "ok", "model": self.name})
         return JSONAnswer({"status": "loading", "model": self.name}, status_code=503,
-                            headers={"Retry-After": str(self.options.retry_after_s)})
+                          headers={"Retry-After": str(self.options.retry_after_s)})
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
@@ -351,9 +351,9 @@ async def _http_error(request: Request, e: HTTPException) -> Response:
     else:
         message, code = str(e.detail), None
     return JSONAnswer(error_body(message, "invalid_request_error", code=code), status_code=e.status_code,
-                        headers=e.headers)
+                      headers=e.headers)
 
 
 async def _server_error(request: Request, e: Exception) -> Response:
     return JSONAnswer(error_body(f"internal error ({type(e).__name__}); the server's log has its traceback",
-                                   "server_error"), status_code=500)
+                                 "server_error"), status_code=500)

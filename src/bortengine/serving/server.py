@@ -39,8 +39,9 @@ def serve(model_dir: str | Path, options: ServeOptions = ServeOptions(),
     def ready(service: ModelService) -> None:
         e = service.engine
         threads = f"{e.num_threads} thread{'s' if e.num_threads != 1 else ''}"
-        announce(f"ready: {service.name} ({e.config.kind}, {e.embedding_dim} dimensions, {e.dtype}, {threads}, {e.isa}, "
-                 f"max {service.max_input_tokens} tokens per text) in {time.perf_counter() - started:.1f} s")
+        announce(f"ready: {service.name} ({e.config.kind}, {e.embedding_dim} dimensions, {e.dtype}, {threads}, "
+                 f"{e.isa}, max {service.max_input_tokens} tokens per text) in "
+                 f"{time.perf_counter() - started:.1f} s")
 
     def failed(error: BaseException) -> None:
         failures.append(error)
