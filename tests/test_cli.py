@@ -215,8 +215,8 @@ def test_commands_have_one_shape():
     from bortengine.cli import COMMAND_MODULES
 
     names = [name for module in COMMAND_MODULES for name in module.COMMANDS]
-    assert len(names) == len(set(names)) == 9
-    assert "pipeline" in names
+    assert len(names) == len(set(names)) == 10
+    assert "pipeline" in names and "serve" in names
     assert all(callable(module.add_parsers) and callable(module.run) for module in COMMAND_MODULES)
 
 
