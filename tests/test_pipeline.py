@@ -300,3 +300,31 @@ def test_candidates_are_measured_against_the_teacher_on_the_engine_once_per_run(
     again = CandidateMeter(ctx, teacher)               # a resumed run reads the measurements, it does not re-time
     assert again.speedup(small) == s_small and again.measured == meter.measured
     (out / "extract-measured.json").unlink()
+
+
+def test_the_students_fine_tuning_adds_texts_near_the_training_texts_labelled_by_the_teacher(reference):
+    import pyarrow.parquet as pq
+
+    import bortengine
+
+    out, summary = reference
+    finetune = summary["stages"]["finetune"]["result"]
+    augmented = pq.read_table(out / "augmented.parquet").to_pydict()
+    assert finetune["agora"] is False and finetune["augmented_examples"] == len(augmented["text"]) > 0
+    assert set(augmented["label"]) <= set(LABELS)
+    teacher = bortengine.load(out / "teacher")
+    # the labels are the teacher's own answers on those texts
+    assert teacher.classify(augmented["text"][:50]).labels == augmented["label"][:50]
+
+
+def test_with_scarce_data_the_student_is_fine_tuned_with_agora(data, teacher, tmp_path):
+    out = tmp_path / "run"
+    summary = run_pipeline(_config(out, data, teacher, no_agora=False, scarce=True))
+    finetune = summary["stages"]["finetune"]["result"]
+    assert finetune["agora"] is True and finetune["rounds"] >= 1
+    assert 0 <= finetune["test_accuracy"] <= 1
+    assert (out / "agora_rounds.png").stat().st_size > 1000
+    import bortengine
+
+    assert bortengine.load(out / "model").labels == list(LABELS)
+    assert "Agora" in (out / "report.md").read_text()

@@ -68,13 +68,39 @@ def _markdown(summary: dict[str, Any]) -> str:
         lines += [report_table(evaluation), "",
                   f"Latencies: {inputs['texts']} test texts drawn with a fixed seed (mean {inputs['mean_tokens']:.1f} "
                   f"tokens), "
-                  f"one per call, {inputs['rounds']} rounds with the models taking turns; medians.", ""]
+                  f"one per call, in blocks of 12 per model taking turns, {inputs['rounds']} rounds; medians.", ""]
+    lines += _student_lines(stages)
     lines += ["## Time per stage", "", "| stage | budget | took | |", "|---|---|---|---|"]
     for name, entry in stages.items():
         note = entry.get("result", {}).get("note", "") if isinstance(entry.get("result"), dict) else ""
         lines.append(f"| {name} | {entry.get('budget_s', 0):.0f} s | {entry.get('seconds', 0):.0f} s | {note} |")
     lines += ["", f"Total: {summary['seconds']:.0f} s of a {summary['config']['budget']:.0f} s budget.", ""]
     return "\n".join(lines)
+
+
+def _student_lines(stages: dict[str, Any]) -> list[str]:
+    """How the student was chosen (predicted and measured speed-up) and fine-tuned (augmentation or Agora)."""
+    extraction = stages.get("extract", {}).get("result") or {}
+    finetune = stages.get("finetune", {}).get("result") or {}
+    lines = ["## The student", ""]
+    if extraction.get("given"):
+        lines.append(f"Architecture {_arch_text(extraction['architecture'])} given (--arch).")
+    elif extraction:
+        measured = extraction.get("measured_speedup")
+        lines.append(
+            f"Architecture {_arch_text(extraction['architecture'])}: the lowest surrogate error of "
+            f"{extraction['evaluations']} students the extraction evaluated, predicted "
+            f"{extraction['teacher_predicted_ms'] / extraction['predicted_ms']:.1f}x faster than the teacher"
+            + (f", measured {measured:.1f}x on this CPU's engine ({extraction.get('measured_on')})" if measured else "")
+            + ". " + extraction.get("note", ""))
+    if finetune.get("agora"):
+        lines.append(f"Fine-tuned with Agora ({finetune['rounds']} rounds; test accuracy "
+                     f"{finetune['plain_test_accuracy']:.4f} after plain fine-tuning, {finetune['test_accuracy']:.4f} "
+                     f"after Agora): agora_rounds.png.")
+    elif finetune:
+        lines.append(f"Fine-tuned on the training set and {finetune.get('augmented_examples', 0)} texts near its texts "
+                     f"labelled by the teacher, learning the teacher's soft labels too ({finetune['steps']} steps).")
+    return lines + [""] if len(lines) > 2 else []
 
 
 def _accuracy_latency_plot(path: Path, evaluation: dict[str, Any]) -> Path:

@@ -480,11 +480,13 @@ def _agora(ctx: RunContext, student: str, seconds: float) -> dict[str, Any]:
 
     run_dir = ctx.out / "agora"
     started = time.monotonic()
+    # with max_steps (tests, quick looks) two short rounds, as the other training stages are capped
+    quick = {"rounds": 2, "settings": ({"lr": 3e-4, "epochs": 1.0},)} if ctx.config.max_steps else {}
     summary = finetune_agora(labeller=str(ctx.teacher_dir), out_dir=str(run_dir), model=student, arch=None,
                              task=ctx.data_spec, train_limit=None, seed=ctx.config.seed,
                              max_length=_teacher_max_length(ctx), threads=ctx.threads,
                              max_new_per_round=AGORA_MAX_NEW, time_budget=0.85 * seconds,
-                             progress=ctx.config.progress)
+                             progress=ctx.config.progress, **quick)
     last = summary["rounds"][-1]["round"]
     _copy_model(run_dir / f"round-{last}", ctx.out / "model")
     if (run_dir / "rounds.png").is_file():

@@ -6,6 +6,7 @@ Importing this module does not import torch.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -159,7 +160,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     trainer = TextClassifierTrainer(
         student, tokenizer_dir, max_length=max_length, threads=threads,
         teacher=judge if options["distill_weight"] > 0 else None, distill_weight=options["distill_weight"],
-        gold_texts=[e.text for e in train] if options["distill_on"] == "generated" else None)
+        gold_texts=[e.text for e in train] if options["distill_on"] == "generated" else None, labels=data.labels)
     transform = _transformation(transformation, tokenizer_dir, options["fraction"], neighbours, mlm_model, max_length)
     config = _agora_config(options, rounds, max_new_per_round, seed, out_dir, min_confidence, data.labels)
     if time_budget is not None:
@@ -167,11 +168,12 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     labeller_dev = accuracy(judge.predict([e.text for e in dev]), np.array([e.label for e in dev]))
     if labeller_dev < 2 / 3:
         log(f"warning: the labeller's dev accuracy is {labeller_dev:.3f}, below the ~2/3 Agora assumes")
+    load_model = functools.partial(load_engine_classifier, label_names=data.labels, max_length=max_length)
     result = run_agora(config, trainer, _points(train), _points(dev), judge, transform,
-                       save_model=save_classifier, load_model=load_engine_classifier, progress=progress)
+                       save_model=save_classifier, load_model=load_model, progress=progress)
     loop_seconds = time.perf_counter() - started
     # after the loop: test accuracy of each round's student (round 1 = plain fine-tuning with the Θ search)
-    rows = evaluate_rounds(out_dir, _points(test), load_engine_classifier)
+    rows = evaluate_rounds(out_dir, _points(test), load_model)
     summary = {
         "task": data.name, "labels": data.labels, "max_length": max_length, "train_examples": len(train), "dev_examples": len(dev), "test_examples": len(test),
         "student": arch or model, "sliced_from": (model or "all-MiniLM-L6-v2") if arch else None,

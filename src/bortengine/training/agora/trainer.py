@@ -36,13 +36,15 @@ class TextClassifierTrainer:
 
     def __init__(self, init, tokenizer_dir: str | os.PathLike, max_length: int = 64, threads: Optional[int] = None,
                  select_from: float = 0.5, teacher: Any = None, distill_weight: float = 0.5,
-                 temperature: float = 2.0, gold_texts: Optional[Sequence[str]] = None):
+                 temperature: float = 2.0, gold_texts: Optional[Sequence[str]] = None,
+                 labels: Optional[Sequence[str]] = None):
         """teacher: anything with logits(texts) -> [N, C] (e.g. the EngineLabeller): with it the loss is
         (1 - distill_weight) · CE(labels) + distill_weight · T² · KL(softmax(teacher/T) || softmax(student/T)), the
         task-distillation recipe of training.finetune, on every training point (original and generated).
         gold_texts: these texts (the original training set) keep cross-entropy on their gold labels alone; only
         the others (generated, labelled by the labeller) are distilled. A training set of gold texts only is then
-        plain fine-tuning (Agora's round 1)."""
+        plain fine-tuning (Agora's round 1). labels: the task's label names (class id i = labels[i]), which the
+        students' heads are built for and named by (default: two unnamed classes)."""
         import torch
 
         if teacher is not None and not hasattr(teacher, "logits"):
@@ -56,6 +58,7 @@ class TextClassifierTrainer:
         self.gold_texts = None if gold_texts is None else frozenset(gold_texts)
         self._teacher_logits: dict[str, np.ndarray] = {}
         self.init = init
+        self.labels = None if labels is None else list(labels)
         self.tokenizer_dir = str(tokenizer_dir)
         self.tokenizer = TextTokenizer.from_directory(self.tokenizer_dir, max_length)
         # dev accuracy is measured after every epoch from this fraction of the run on (and at the end), and the best
@@ -113,7 +116,7 @@ class TextClassifierTrainer:
             raise AgoraError(f"setting {dict(setting)}: lr and epochs must be > 0 and batch_size >= 1")
         torch.manual_seed(seed)
         init = self.init if isinstance(self.init, torch.nn.Module) else self.init()   # a model or a factory
-        model = as_classifier(copy.deepcopy(init), dropout=dropout, seed=seed)
+        model = as_classifier(copy.deepcopy(init), dropout=dropout, seed=seed, labels=self.labels)
         for p in model.parameters():
             p.requires_grad_(True)
         params = list(model.parameters())
@@ -142,6 +145,8 @@ def save_classifier(model, directory: Path) -> None:
     model.save(directory)
 
 
-def load_engine_classifier(directory: Path) -> EngineLabeller:
-    """load_model for SequenceClassifier students: the saved directory, run by the engine."""
-    return EngineLabeller(directory)
+def load_engine_classifier(directory: Path, label_names: Sequence[str] = ("negative", "positive"),
+                           max_length: int = 64) -> EngineLabeller:
+    """load_model for SequenceClassifier students: the saved directory, run by the engine, answering in the task's
+    label names at its length (functools.partial binds them for a task other than movie reviews)."""
+    return EngineLabeller(directory, label_names, max_length=max_length)
