@@ -287,8 +287,8 @@ def meta(args) -> dict:
 def check_tools(args) -> None:
     if shutil.which("wrk") is None:
         raise LoadTestError("wrk is not installed: `bash bench/setup_serve_load.sh` (or apt-get install -y wrk)")
-    missing = [m for m in ("starlette", "uvicorn", "psutil", "matplotlib") + (() if args.no_peer else
-                                                                                ("sentence_transformers",))
+    needed = ("starlette", "uvicorn", "prometheus_client", "orjson", "psutil", "matplotlib")
+    missing = [m for m in needed + (() if args.no_peer else ("sentence_transformers",))
                if importlib.util.find_spec(m) is None]
     if missing:
         raise LoadTestError(f"missing Python packages {missing}: pip install -e '.[bench]'")

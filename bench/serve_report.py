@@ -225,7 +225,19 @@ def comparisons(levels: Sequence[Level], inprocess: dict, target_connections: in
         "back_to_back_minus_inprocess_ms": minus(engine_1 and engine_1.latency_ms["p50"],
                                                  get("engine", "single", "p50_ms")),
         "max_client_share": max((lv.client_share for lv in levels if lv.client_share is not None), default=None),
+        **_busiest_client(levels),
     }
+
+
+def _busiest_client(levels: Sequence[Level]) -> dict:
+    """The level whose client took the most CPU, in cores (CPU seconds per second): what the load generator took
+    from the machine at its worst."""
+    measured = [lv for lv in levels if lv.client_cpu_s is not None and lv.duration_s > 0]
+    if not measured:
+        return {"max_client_cores": None, "max_client_level": None}
+    top = max(measured, key=lambda lv: lv.client_cpu_s / lv.duration_s)
+    return {"max_client_cores": top.client_cpu_s / top.duration_s,
+            "max_client_level": f"{top.server} {top.mode} {top.load}"}
 
 
 def targets(comp: dict, dtype: str) -> list[Target]:
@@ -303,14 +315,16 @@ def config_summary(config: dict) -> str:
     head = (f"== {config['dtype']}, texts '{config['texts']}' ({stats.get('count', '?')} texts, median "
             f"{stats.get('tokens_median', '?')} tokens), {config.get('threads', '?')} thread(s)")
     lines = [head, *inprocess_lines(config.get("inprocess", {})), level_table(levels)]
-    comp = config.get("comparisons") or comparisons(levels, config.get("inprocess", {}))
+    comp = comparisons(levels, config.get("inprocess", {}))  # recomputed: a saved run reads with today's ratios
     lines.append(f"{ENGINE} / {PEER}, texts/s: " + (", ".join(
         f"{mode} {e.load} {_x(ratio(e.texts_per_s, p.texts_per_s))}" for mode, e, p in level_pairs(levels)) or "n/a"))
     callers = (((config.get("inprocess") or {}).get("st") or {}).get("threads") or {}).get("callers", "?")
     lines.append(f"served {PEER} / its {callers} in-process threads: "
                  f"{_x(comp['st_served_over_st_threads'])}; back-to-back request minus in-process call: "
-                 f"{_fmt(comp['back_to_back_minus_inprocess_ms'], '.3f', ' ms')}; largest client CPU share: "
-                 f"{_fmt(comp['max_client_share'], '.1%')}")
+                 f"{_fmt(comp['back_to_back_minus_inprocess_ms'], '.3f', ' ms')}")
+    lines.append(f"load generator: at most {_fmt(comp.get('max_client_cores'), '.3f')} cores "
+                 f"({comp.get('max_client_level') or 'n/a'}), at most {_fmt(comp['max_client_share'], '.1%')} of "
+                 f"client + server CPU")
     lines += ["target " + t.line() for t in targets(comp, config["dtype"])]
     return "\n".join(lines)
 

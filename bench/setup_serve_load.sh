@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What bench/serve_load.py needs beyond the test suite's set-up (scripts/setup.sh): the load generator wrk, a
 # compiled client from Debian's packages (installed with apt-get when missing), and the `bench` extra's Python
-# packages (starlette, uvicorn, sentence-transformers; torch stays pinned to 2.13.0). Idempotent. Not needed by
-# CI or the tests: tests/test_serve_load.py skips its smoke run when wrk is missing.
+# packages (the `serve` extra for the server under test, sentence-transformers for its peer; torch stays pinned
+# to 2.13.0). Idempotent. Not needed by CI or the tests: tests/test_serve_load.py skips its runs without wrk.
 set -euo pipefail
 
 if ! command -v wrk >/dev/null 2>&1; then

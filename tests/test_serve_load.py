@@ -96,6 +96,7 @@ def test_ratios_and_targets_at_32_connections():
     assert comp["lone_request_minus_inprocess_ms"] == pytest.approx(0.4)
     assert comp["back_to_back_minus_inprocess_ms"] == pytest.approx(0.3)
     assert comp["max_client_share"] == pytest.approx(0.01)
+    assert comp["max_client_cores"] == pytest.approx(0.02) and comp["max_client_level"] == "bortengine closed c=1"
     assert [t.met for t in targets(comp, "float32")] == [True, True, True, True, True]
     # int8's goal is half the in-process limit; a failed request at 32 connections misses its target
     levels[2] = make_level(ENGINE, "closed", 32, 600, 40, 130, errors=2)
@@ -123,6 +124,7 @@ def test_the_summary_names_every_level_the_ratios_and_the_verdicts():
     assert "closed c=32 8.89x" in text and "854 texts" in text
     assert "throughput / in-process limit: 0.8 (target >= 0.75) ok" in text
     assert "lone request on an idle server minus in-process call, ms: not measured" in text
+    assert "load generator: at most 0.020 cores (bortengine closed c=32), at most 1.0% of client + server" in text
 
 
 def test_bodies_hold_the_texts_in_turn_as_openai_requests(tmp_path):
