@@ -227,64 +227,64 @@ def test_the_event_loop_keeps_running_while_requests_are_computed(minilm):
     assert asyncio.run(main()) > 20
 
 
-def _engine_with_gate(classifier):
-    """The classifier's engine with its forward behind a Gate (so queued work stays queued as long as we like)."""
+@pytest.fixture
+def gated(classifier):
+    """The classifier with its forward behind a closed Gate: (gate, queue), the first request started and blocked
+    in its forward (so later requests stay queued as long as the test likes); restored afterwards."""
     gate = Gate()
     real = classifier._queue._forward
     queue = ForwardQueue(lambda ids, mask, types: (gate(ids, mask, types), real(ids, mask, types))[1])
-    return gate, queue
-
-
-def test_cancelling_an_awaiting_task_drops_its_queued_request(classifier):
-    gate, queue = _engine_with_gate(classifier)
     classifier._queue, saved = queue, classifier._queue
-    try:
-        async def main():
-            gate.open.clear()
-            first = asyncio.create_task(classifier.aclassify("first text"))
-            while not gate.started.is_set():
-                await asyncio.sleep(0.001)
-            doomed = asyncio.create_task(classifier.aclassify("cancelled text"))
-            kept = asyncio.create_task(classifier.aclassify("kept text"))
-            while queue.depth < 2:
-                await asyncio.sleep(0.001)
-            doomed.cancel()
-            await asyncio.sleep(0.01)
-            depth = queue.depth
-            gate.open.set()
-            results = await asyncio.gather(first, kept)
-            with pytest.raises(asyncio.CancelledError):
-                await doomed
-            return depth, results
-
-        depth, results = asyncio.run(main())
-        assert depth == 1                           # the cancelled request left the queue
-        assert len(gate.calls) == 2 and len(gate.calls[1][0]) == 1       # the second forward ran only "kept text"
-        assert results[1][0] == classifier.classify("kept text")[0]
-    finally:
-        classifier._queue = saved
+    yield gate, queue
+    classifier._queue = saved
 
 
-def test_a_request_still_queued_at_its_deadline_is_dropped_with_a_clear_error(classifier):
-    gate, queue = _engine_with_gate(classifier)
-    classifier._queue, saved = queue, classifier._queue
-    try:
-        async def main():
-            gate.open.clear()
-            first = asyncio.create_task(classifier.aclassify("first text"))
-            while not gate.started.is_set():
-                await asyncio.sleep(0.001)
-            late = asyncio.create_task(classifier.aclassify("late text", deadline=0.05))
-            await asyncio.sleep(0.15)
-            gate.open.set()
-            await first
-            with pytest.raises(DeadlineExceeded, match="deadline passed"):
-                await late
+async def _first_request_blocked(classifier, gate):
+    gate.open.clear()
+    first = asyncio.create_task(classifier.aclassify("first text"))
+    while not gate.started.is_set():
+        await asyncio.sleep(0.001)
+    return first
 
-        asyncio.run(main())
-        assert len(gate.calls) == 1                 # the expired request was never computed
-    finally:
-        classifier._queue = saved
+
+def test_cancelling_an_awaiting_task_drops_its_queued_request(classifier, gated):
+    gate, queue = gated
+
+    async def main():
+        first = await _first_request_blocked(classifier, gate)
+        doomed = asyncio.create_task(classifier.aclassify("cancelled text"))
+        kept = asyncio.create_task(classifier.aclassify("kept text"))
+        while queue.depth < 2:
+            await asyncio.sleep(0.001)
+        doomed.cancel()
+        await asyncio.sleep(0.01)
+        depth = queue.depth
+        gate.open.set()
+        results = await asyncio.gather(first, kept)
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        return depth, results
+
+    depth, results = asyncio.run(main())
+    assert depth == 1                           # the cancelled request left the queue
+    assert len(gate.calls) == 2 and len(gate.calls[1][0]) == 1       # the second forward ran only "kept text"
+    assert results[1][0] == classifier.classify("kept text")[0]
+
+
+def test_a_request_still_queued_at_its_deadline_is_dropped_with_a_clear_error(classifier, gated):
+    gate, queue = gated
+
+    async def main():
+        first = await _first_request_blocked(classifier, gate)
+        late = asyncio.create_task(classifier.aclassify("late text", deadline=0.05))
+        await asyncio.sleep(0.15)
+        gate.open.set()
+        await first
+        with pytest.raises(DeadlineExceeded, match="deadline passed"):
+            await late
+
+    asyncio.run(main())
+    assert len(gate.calls) == 1                 # the expired request was never computed
 
 
 # -- options --------------------------------------------------------------------------------------------------------
