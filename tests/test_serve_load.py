@@ -283,3 +283,18 @@ def test_the_whole_load_test_at_a_tiny_load(tmp_path, monkeypatch):
     assert config["check"][ENGINE]["max_abs_diff"] <= serve_load.ENGINE_ATOL
     assert (out / "serve_load.png").stat().st_size > 10_000
     assert MARKER.strip() not in (out / "serve_load.json").read_text()
+
+
+def test_the_batch_token_bench_measures_every_size_on_real_texts(tmp_path):
+    import batch_tokens
+
+    import bortengine
+    from bortengine.testing import make_random_bert
+
+    model = make_random_bert(tmp_path / "m", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64)
+    engine = bortengine.load(str(model), num_threads=1, batching=False)
+    rows = batch_tokens.measure(engine, batch_tokens.text_set("reviews", engine), sizes=(1, 4), rounds=2)
+    assert [r["batch"] for r in rows] == [1, 4]
+    assert rows[0]["speedup_over_batch_1"] == 1.0 and all(r["ms"] > 0 and r["tokens"] >= r["batch"] for r in rows)
+    assert rows[1]["tokens"] > rows[0]["tokens"]
