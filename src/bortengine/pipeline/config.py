@@ -59,7 +59,7 @@ class PipelineConfig:
     no_agora: bool = False                 # never Agora
     seed: int = 0
     space: Optional[str] = None            # search space; default: one below the teacher
-    min_speedup: float = 4.0               # the student must be predicted this much faster than the teacher
+    min_speedup: float = 4.0               # the student must be predicted and measured this much faster
     max_steps: Optional[int] = None        # cap on every training stage's steps (tests, quick looks)
     progress: bool = True
 
