@@ -43,9 +43,9 @@ def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> Optional[float]:
     for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
                                     ("cpu,cpuacct/cpu.cfs_quota_us", "cpu,cpuacct/cpu.cfs_period_us")):
         try:
-            fields = open(os.path.join(root, quota_file)).read().split()
+            fields = _read(os.path.join(root, quota_file)).split()
             if period_file is not None:
-                fields.append(open(os.path.join(root, period_file)).read().strip())
+                fields.append(_read(os.path.join(root, period_file)).strip())
             quota, period = fields[0], float(fields[1])
         except (OSError, IndexError, ValueError):
             continue
@@ -53,6 +53,11 @@ def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> Optional[float]:
             return None
         return float(quota) / period
     return None
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def cpu_info() -> dict:
