@@ -31,10 +31,11 @@ from bortengine.errors import DeadlineExceeded, RequestCancelled
 
 __all__ = ["ForwardQueue", "BatchRecord", "DEFAULT_MAX_BATCH_TOKENS"]
 
-# Tokens per combined forward. Batching buys compute only for short inputs (the kernels are efficient at M = real
-# tokens already), and a forward over more tokens makes everyone in it wait longer: 2048 tokens hold 32 concurrent
-# requests of texts up to 64 tokens, the load a 2-core service meets (docs/serving.md has the measurements).
-DEFAULT_MAX_BATCH_TOKENS = 2048
+# Real tokens per combined forward. A bigger forward makes everyone in it wait longer, and buys nothing once the
+# time per text stops falling: with MiniLM on 2 Zen 4 cores (bench/batch_tokens.py) that is at about 100-200 tokens
+# for 26-token reviews and about 200 for 6-token queries, float32 and int8 alike; a CPU with twice the FMA rate
+# stays weight-bound up to about twice the tokens. 1024 holds that with margin, and 32 concurrent reviews (~870).
+DEFAULT_MAX_BATCH_TOKENS = 1024
 
 
 @dataclass
