@@ -142,6 +142,35 @@ def test_requests_of_different_lengths_and_masks_are_padded_together_and_given_b
     assert [firsts for firsts, _ in gate.calls] == [[1], [2, 2, 3]]
 
 
+def test_an_async_request_gets_its_answer_while_its_worker_goes_on_leading_under_load():
+    """The worker that led a request's forward may go on leading later ones for as long as requests keep coming;
+    the request's answer must not wait for that (it waited for seconds under a 16-connection load once)."""
+    def slow(ids, mask, types):
+        time.sleep(0.01)
+        return Gate()(ids, mask, types)
+
+    queue = ForwardQueue(slow, max_batch_tokens=4)       # one request per forward: the queue stays long
+
+    async def main():
+        arrivals = []
+
+        async def keep_coming(until: float):
+            while time.monotonic() < until:
+                arrivals.append(asyncio.ensure_future(queue.arun(lambda: (request(2), None, None))))
+                await asyncio.sleep(0.004)
+
+        start = time.monotonic()
+        stream = asyncio.ensure_future(keep_coming(start + 0.6))
+        await queue.arun(lambda: (request(1), None, None))
+        first = time.monotonic() - start
+        await stream
+        await asyncio.gather(*arrivals)
+        return first, time.monotonic() - start
+
+    first, total = asyncio.run(main())
+    assert total > 0.6 and first < 0.2, (first, total)
+
+
 # -- the engine: results of concurrent calls equal separate calls, bit for bit -------------------------------------
 def test_concurrent_calls_equal_separate_calls_bit_for_bit(minilm):
     alone = [minilm.encode(t) for t in TEXTS]

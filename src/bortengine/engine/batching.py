@@ -143,16 +143,22 @@ class ForwardQueue:
 
         def submit() -> None:
             start = time.perf_counter()
-            ids, mask, types = prepare()
+            try:
+                ids, mask, types = prepare()
+            except BaseException as e:     # bad input: the caller's exception, raised where it awaits
+                loop.call_soon_threadsafe(_fail, future, e)
+                return
             request = _Request(ids, mask, types, deadline, time.perf_counter() - start, done)
             holder.append(request)
             if abandoned.is_set():         # cancelled while it was tokenized: never queued
                 return
             if self._enqueue(request):
-                self._lead()
+                self._lead()               # this worker may go on leading forwards for later requests
 
+        # The result is awaited, not submit()'s end: a worker that leads goes on leading while requests keep coming
+        # (under load, for seconds), and this request's answer must not wait for that.
+        self.executor().submit(submit)
         try:
-            await asyncio.wrap_future(self.executor().submit(submit))
             return await future
         except asyncio.CancelledError:
             abandoned.set()
@@ -294,6 +300,11 @@ def _combine(batch: list[_Request]) -> tuple[np.ndarray, np.ndarray, Optional[np
             types[row:row + b, :t] = r.types
         row += b
     return ids, mask, types
+
+
+def _fail(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _settle(future: asyncio.Future, request: _Request) -> None:
