@@ -129,10 +129,11 @@ class ForwardQueue:
             return self._pool
 
     async def arun(self, prepare: Callable[[], tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]],
-                   deadline: Optional[float] = None):
+                   deadline: Optional[float] = None, inline: bool = False):
         """The asyncio form of run(): prepare() (tokenization) runs in a worker thread, which also leads the
-        forward if the encoder is idle; the result comes back through this event loop. Cancelling the awaiting
-        task removes the request if it is still queued."""
+        forward if the encoder is idle; the result comes back through this event loop. inline: prepare() is cheap
+        enough to run on the loop, which then queues the request itself (no thread hop while the encoder is busy;
+        a worker leads when it is idle). Cancelling the awaiting task removes the request if it is still queued."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         holder: list[_Request] = []
@@ -140,6 +141,15 @@ class ForwardQueue:
 
         def done(request: _Request) -> None:
             loop.call_soon_threadsafe(_settle, future, request)
+
+        if inline:
+            start = time.perf_counter()
+            ids, mask, types = prepare()
+            request = _Request(ids, mask, types, deadline, time.perf_counter() - start, done)
+            holder.append(request)
+            if self._enqueue(request):
+                self.executor().submit(self._lead)
+            return await self._settled(future, holder)
 
         def submit() -> None:
             start = time.perf_counter()
@@ -158,10 +168,16 @@ class ForwardQueue:
         # The result is awaited, not submit()'s end: a worker that leads goes on leading while requests keep coming
         # (under load, for seconds), and this request's answer must not wait for that.
         self.executor().submit(submit)
+        return await self._settled(future, holder, abandoned)
+
+    async def _settled(self, future: asyncio.Future, holder: list[_Request],
+                       abandoned: Optional[threading.Event] = None):
+        """The request's result; if the awaiting task is cancelled, the request is dropped from the queue."""
         try:
             return await future
         except asyncio.CancelledError:
-            abandoned.set()
+            if abandoned is not None:
+                abandoned.set()
             future.cancel()                # so a late result or the cancellation below settles nothing
             if holder:
                 self.cancel(holder[0])

@@ -31,6 +31,7 @@ from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError
 __all__ = ["load", "Engine", "traced_forwards"]
 
 UNTRUNCATED = 1 << 30       # a max_length no text reaches: count_tokens() sees whole texts
+INLINE_CHARS = 4096         # asyncio calls tokenize texts of at most this many characters on the event loop
 
 
 def _check_num_threads(num_threads: Any) -> int:
@@ -378,9 +379,12 @@ class Engine:
 
     async def _aforwards(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
                          max_length: Optional[int], deadline: Optional[float]):
-        """(rows, batch, EncoderOutput) of each batch _batches() gives, computed through the forward queue; the
-        texts are tokenized in the queue's worker thread with the first batch."""
+        """(rows, batch, EncoderOutput) of each batch _batches() gives, computed through the forward queue. The
+        texts are tokenized with the first batch: on the event loop when they are short (INLINE_CHARS: tens of
+        microseconds, less than a hand-over to a thread, and a busy engine then takes the request with no thread
+        hop at all), else in the queue's worker thread."""
         until = _deadline(deadline)
+        inline = sum(map(len, texts)) + (sum(map(len, pairs)) if pairs else 0) <= INLINE_CHARS
         batches = self._batches(texts, pairs, batch_size, max_length)
         for _ in range(-(-len(texts) // _check_batch_size(batch_size))):
             taken: list[Any] = []
@@ -390,7 +394,7 @@ class Engine:
                 taken.extend((rows, batch))
                 return self._validate(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
-            output = self._output(await self._queue.arun(prepare, until))
+            output = self._output(await self._queue.arun(prepare, until, inline=inline))
             yield taken[0], taken[1], output
 
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
