@@ -281,21 +281,24 @@ def test_fptas_properties_on_random_spaces_and_errors(layers, heads, hidden, int
 
 
 def test_cli_defaults_to_this_cpus_profile(tmp_path, monkeypatch, capsys):
+    """Without --profile, extract runs on this CPU's profile from the cache directory (without one, it profiles
+    this CPU in quick mode: tests/test_profiler_targets.py)."""
     from bortengine.cli import main
-    from bortengine.profiling import profile_file
+    from bortengine.profiling import choice, profile_file
 
     monkeypatch.setenv("BORTENGINE_PROFILE_DIR", str(tmp_path / "profiles"))
     monkeypatch.setattr(profile_file, "PACKAGE_PROFILES", tmp_path / "none-shipped")
+    monkeypatch.setattr(choice, "profile", lambda *a, **k: pytest.fail("profiled though this CPU has a profile"))
     argv = ["extract", "--space", "minilm", "--batch", "1", "--seq", "16", "--threads", "2", "--surrogate",
             "analytic", "--eps", "0.25", "--cache", str(tmp_path / "cache"), "--measure", "0", "--no-progress",
             "--out", str(tmp_path / "out")]
-    assert main(argv) == 2  # no profile of this CPU anywhere: the error says how to make one
-    assert "bortengine profile" in capsys.readouterr().err
-    path = synthetic(MINILM_SPACE).save(P.default_profile_path())
+    here = P.Target.current()
+    mine = synthetic(MINILM_SPACE, isa=here.isa)
+    path = P.Profile(here, mine.workloads).save(P.default_profile_path())
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the synthetic profile describes another CPU
+        warnings.simplefilter("error", P.ProfileMismatchWarning)   # this machine's own profile: no warning
         assert main(argv) == 0
-    assert str(path) in capsys.readouterr().out
+    assert f"profile: this CPU's profile {path}" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "report.json").read_text())["settings"]["profile"]["path"] == str(path)
 
 

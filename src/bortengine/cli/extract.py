@@ -11,7 +11,7 @@ from bortengine.cli.arguments import add_data_arguments, check_output, data_fiel
 from bortengine.engine import available_cpus
 from bortengine.files import atomic_write_text
 from bortengine.architecture import Architecture
-from bortengine.profiling import DTYPES, Profile, ProfileError, Workload, load_profile
+from bortengine.profiling import DTYPES, Profile, ProfileError, Workload, load_profile, profile_for_search
 from bortengine.progress import parse_duration
 from bortengine.search import (REPRESENTATIVES, SIZES, SURROGATES, Extraction, SearchError, Surrogate, coverage,
                                extract, finalists_seconds, measure_finalists, resolve_surrogate)
@@ -30,7 +30,8 @@ def add_parsers(sub) -> None:
                    help="the source architecture (default: the space's largest)")
     p.add_argument("--profile", default=None, metavar="PATH",
                    help="CPU profile (bortengine profile --out PATH; default: this CPU's profile from the cache "
-                        "directory, else the shipped one for this CPU)")
+                        "directory when it covers the space, else one measured now in quick mode; a profile of "
+                        "another CPU target, or from before exact targets like the shipped one, is not used)")
     p.add_argument("--batch", type=int, default=1, help="workload: sequences per call (default 1)")
     p.add_argument("--seq", type=int, default=128, help="workload: tokens per sequence (default 128)")
     p.add_argument("--threads", type=int, default=None, help="workload: threads (default: all CPUs)")
@@ -98,12 +99,12 @@ def run(args) -> int:
     budget = _time_budget(args.time_budget)
     check_output(args.out, "--out", directory=True)
     _interrupt_on_sigterm()
-    prof = load_profile(args.profile, check_target=True)
     workload = Workload(args.batch, args.seq, args.threads or available_cpus(), args.dtype)
     surrogate = resolve_surrogate(args.surrogate, steps=args.steps, batch_size=args.surrogate_batch,
                                   max_length=args.max_length, eval_sentences=args.eval_sentences,
                                   teacher=args.teacher, seed=args.seed, **_surrogate_data(args))
     space = SearchSpace.resolve(args.space)
+    prof = _profile(args, space, workload)
     kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,
               cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=budget, started=started,
               reserve=_reserve(args, prof, workload, space, budget) if budget is not None else 0.0,
@@ -129,6 +130,17 @@ def run(args) -> int:
         _print_verification(result.verification)
     _write(result, Path(args.out))
     return 0
+
+
+def _profile(args, space: SearchSpace, workload: Workload) -> Profile:
+    """--profile as given (a warning says when it is another CPU target's or cannot be checked), else this CPU's
+    own profile covering the space, measured now in quick mode when there is none (said in the output)."""
+    if args.profile is not None:
+        return load_profile(args.profile, check_target=True)
+    print(f"extract: looking for this CPU's profile of the {space.name} space at {workload}", flush=True)
+    choice = profile_for_search(space, workload, quick=True, progress=not args.no_progress)
+    print(f"profile: {choice.note}", flush=True)
+    return choice.profile
 
 
 # Writing report.json, pareto.png and winner.json: about 1 s measured here (most of it importing matplotlib), kept

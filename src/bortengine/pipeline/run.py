@@ -58,6 +58,8 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         ctx.results[name] = result
         state["stages"][name] = {"result": result, "seconds": took, "budget_s": seconds}
         atomic_write_json(out / STATE_FILE, state, indent=1)
+        if result.get("note"):
+            _say(f"[{index}/{len(STAGES)}] {name}: {result['note']}")
         _say(f"[{index}/{len(STAGES)}] {name}: finished in {clock(took)}")
     summary = _summary(ctx, state, spent_before + time.monotonic() - started)
     summary["latency_suite"] = _latency_suite(ctx)

@@ -20,7 +20,7 @@ from bortengine.pipeline.evaluation import LATENCY_TEXTS
 from bortengine.search_space import SPACES, SearchSpace
 
 __all__ = ["RunContext", "profile_stage", "teacher_stage", "extract_stage", "distil_stage", "finetune_stage",
-           "space_below", "choose_student", "covers", "EXTRACT_EPSILON"]
+           "space_below", "choose_student", "EXTRACT_EPSILON"]
 
 EXTRACT_EPSILON = 0.2       # a coarser grouping than extract's default 0.1: fewer surrogate trainings in a budget
 SURROGATE_STEPS = 30        # fine-tuning steps per candidate: enough to rank students on the task (docs/pipeline.md)
@@ -128,38 +128,22 @@ def _transformer_dir(directory: str) -> str:
 
 # -- profile -------------------------------------------------------------------------------------------------------
 def profile_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
-    """This CPU's profile of the space's ops at the workload: the one measured here before (the cache directory's)
-    when it covers the space, else measured now (quick under a short budget) into it; copied to OUT/profile.json
-    for the latency suite. The shipped profile is not used: CPUs of two generations can report the same name and
-    flags (docs/profiler.md), and its space is Bort's."""
-    from bortengine.profiling import Target, default_profile_path, load_profile, profile
+    """This CPU's profile of the space's ops at the workload (profiling.profile_for_search): the one measured here
+    before when it covers the space, else measured now (quick under a short budget) into this CPU's file; copied
+    to OUT/profile.json for the latency suite. A profile of another CPU target, or one that cannot be checked
+    (from before exact CPU targets, like the shipped example), is not used (docs/profiler.md); the note says what
+    was done and why."""
+    from bortengine.profiling import profile_for_search
 
     teacher = _teacher_architecture(ctx.teacher_source)
     space = space_below(teacher, ctx.config.space)
-    workload = ctx.workload()
-    cached = default_profile_path(Target.current())
-    prof = load_profile(cached, check_target=False) if cached.is_file() else None
-    measured = prof is None or not covers(prof, workload, space)
-    if measured:
-        prof = profile(space, workload, quick=seconds < 120, progress=ctx.config.progress)
+    choice = profile_for_search(space, ctx.workload(), quick=seconds < 120, progress=ctx.config.progress)
+    source = choice.profile.path
     path = ctx.out / "profile.json"
-    prof.save(path)
-    return {"profile": str(path), "source": str(cached), "measured_now": measured, "space": _space_dict(space),
-            "space_name": space.name, "teacher_architecture": teacher.to_dict(), "target": prof.target.signature}
-
-
-def covers(prof, workload, space: SearchSpace) -> bool:
-    """Whether the profile predicts the space's corners under the workload from measured shapes (no op of the
-    largest or smallest architecture outside what was measured)."""
-    from bortengine.profiling import ProfileError, predict_latency
-
-    corners = [(max(space.layers), max(space.heads), max(space.hidden), max(space.intermediate)),
-               (min(space.layers), min(space.heads), min(space.hidden), min(space.intermediate))]
-    try:
-        return all(not predict_latency(Architecture(*dims, vocab_size=space.vocab_size), workload, prof,
-                                       detail=True).extrapolated for dims in corners)
-    except (ProfileError, KeyError, ValueError):
-        return False
+    choice.profile.save(path)
+    return {"profile": str(path), "source": str(source), "measured_now": choice.measured_now, "note": choice.note,
+            "space": _space_dict(space), "space_name": space.name, "teacher_architecture": teacher.to_dict(),
+            "target": choice.profile.target.signature}
 
 
 def _space_dict(space: SearchSpace) -> dict[str, Any]:

@@ -5,17 +5,23 @@ how long the engine's forward takes for an architecture on the CPU the profile w
 measures (and saves) a profile, `load_profile()` reads one, `validate()` checks the model against measured
 forwards. The forward's steps are described once, by `forward_steps()`. `write_latency_suite()` writes the pytest
 suite that holds an exported model to its prediction on its CPU target (with the fixtures of the pytest plugin,
-`bortengine.profiling.pytest_plugin`). See docs/profiler.md.
+`bortengine.profiling.pytest_plugin`). A profile names its exact CPU target (Target: CPUID, caches, kernel paths
+and the rate of a calibration probe, cpu_probe); a profile of another target, or from before exact targets, loads
+with a ProfileMismatchWarning, and `profile_for_search()` measures this CPU rather than use one. See
+docs/profiler.md.
 
-Modules, bottom up: errors, workload, ops (the forward's steps and the kernel calls they make), target (this
-CPU), disturbance and timing (measuring a callable), measurements, latency (the model), calibration, profile_file
-(Profile, load_profile, predict_latency), runners (the ops on the native module), measure (profile()), validation
-(validate()), latency_check (a model's expected latency and the check of a measurement), latency_suite
-(write_latency_suite()); pytest_plugin (the fixtures; loaded by pytest, not by this package).
+Modules, bottom up: errors, workload, ops (the forward's steps and the kernel calls they make), cpu_probe (the
+calibration probe), target (this CPU), disturbance and timing (measuring a callable), measurements, latency (the
+model), calibration, profile_file (Profile, load_profile, find_profiles, predict_latency), runners (the ops on the
+native module), measure (profile()), choice (profile_for_search()), validation (validate()), latency_check (a
+model's expected latency and the check of a measurement), latency_suite (write_latency_suite()); pytest_plugin
+(the fixtures; loaded by pytest, not by this package).
 """
 from __future__ import annotations
 
 from bortengine.profiling.calibration import calibrate, calibration_note
+from bortengine.profiling.choice import ProfileChoice, covers_space, profile_for_search
+from bortengine.profiling.cpu_probe import PROBE, PROBE_TOLERANCE, probe_gflops
 from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning
 from bortengine.profiling.latency import LatencyModel, Prediction
 from bortengine.profiling.latency_check import (DEFAULT_TOLERANCE, LatencyExpectation, LatencyVerdict, Timing,
@@ -24,9 +30,9 @@ from bortengine.profiling.latency_suite import write_latency_suite
 from bortengine.profiling.measure import profile
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
 from bortengine.profiling.ops import OpSpec, barriers, calibration_ops, forward_steps, required_ops
-from bortengine.profiling.profile_file import (Profile, default_profile_dir, default_profile_path, load_profile,
-                                               predict_latency, shipped_profiles)
-from bortengine.profiling.target import Target
+from bortengine.profiling.profile_file import (Profile, default_profile_dir, default_profile_path, find_profiles,
+                                               load_profile, predict_latency, profile_path_for, shipped_profiles)
+from bortengine.profiling.target import Target, TargetMatch
 from bortengine.profiling.timing import BlockStats, Settings
 from bortengine.profiling.validation import (ValidationReport, ValidationRow, kendall_tau, validate,
                                              validation_seconds)
@@ -40,5 +46,6 @@ __all__ = [
     "DTYPES", "calibration_note", "calibrate", "calibration_ops", "forward_steps", "barriers", "Settings",
     "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow", "write_latency_suite", "LatencyExpectation",
     "LatencyVerdict", "Timing", "DEFAULT_TOLERANCE", "architecture_of", "workload_inputs", "time_calls",
-    "cpu_target_mismatch",
+    "cpu_target_mismatch", "TargetMatch", "find_profiles", "profile_path_for", "profile_for_search", "ProfileChoice",
+    "covers_space", "PROBE", "PROBE_TOLERANCE", "probe_gflops",
 ]

@@ -232,10 +232,10 @@ def ms(value: float) -> str:
 # ============================================================================================ the CPU target
 def cpu_target_mismatch(expected: Target, current: Target, where: str = "the profile",
                         dtype: Optional[str] = None) -> Optional[str]:
-    """None when this machine (current) is the CPU target `expected` (same CPU, CPU count and kernel path; the
-    engine version may differ), else a message naming both targets (their kernels of dtype, or all) and what to
-    do."""
-    differences = expected.differences(replace(current, engine_version=expected.engine_version))
+    """None when this machine (current) is the CPU target `expected` (same CPU, CPU count and kernel path, CPUID and
+    caches where both know them, calibration probe within its tolerance; the engine version may differ), else a
+    message naming both targets (their kernels of dtype, or all) and what to do."""
+    differences = expected.cpu_differences(current)
     if not differences:
         return None
     return (f"this machine is not the CPU target the model was extracted for ({where}):\n"

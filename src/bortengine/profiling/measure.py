@@ -21,8 +21,9 @@ from bortengine.profiling.disturbance import CpuMeter, HostProbe, noise_note, wa
 from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
 from bortengine.profiling.ops import OpSpec, calibration_ops, required_ops
-from bortengine.profiling.profile_file import Profile, default_profile_path
+from bortengine.profiling.profile_file import Profile, profile_path_for
 from bortengine.profiling.runners import ValuePool, gemm_copies, gemm_is_int8, make_runner, rotation_bytes
+from bortengine.profiling.cpu_probe import reprobe
 from bortengine.profiling.target import Target
 from bortengine.profiling.timing import Settings, check_clock, measure_with_retries
 from bortengine.profiling.workload import Workload
@@ -47,7 +48,7 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     cpus = available_cpus()
     settings = _settings(workload, cpus, isa, quick, settings, clock)
     target = Target.current(isa)
-    path = Path(out) if out else default_profile_path(target)
+    path = Path(out) if out else profile_path_for(target)
     prof = _open_profile(path, target, workload, resume)
     wp = _workload_entry(prof, workload, settings, resume, space.name)
     roles = _wanted_ops(space, workload)
@@ -85,11 +86,17 @@ def _settings(workload: Workload, cpus: int, isa: Optional[str], quick: bool, se
 
 
 def _open_profile(path: Path, target: Target, workload: Workload, resume: bool) -> Profile:
-    """The profile in `path` to add to (when resuming and it exists, of this target), else a new one."""
+    """The profile in `path` to add to (when resuming and it exists, of this target), else a new one. A profile
+    from before exact CPU targets is measured again from scratch: nothing says its numbers are this CPU's."""
     if not (resume and path.exists()):
         return Profile(target, path=path)
     prof = Profile.load(path)
-    diffs = prof.target.differences(target)
+    if not prof.target.checkable:
+        warnings.warn(f"{path} was written before bortengine recorded exact CPU targets: whether its measurements "
+                      f"are this CPU's cannot be checked, so they are measured again", ProfileMismatchWarning,
+                      stacklevel=3)
+        return Profile(target, path=path)
+    diffs = prof.target.differences(target.confirmed_against(prof.target))
     if diffs:
         raise ProfileError(f"{path} is a profile of another target ({'; '.join(diffs)}); measurements of two "
                            f"targets cannot share a file: pass another --out")
@@ -242,5 +249,9 @@ class ProfileRun:
         note = calibration_note(wp.calibration)
         if note:
             warnings.warn(note, RuntimeWarning, stacklevel=3)
+        # the probe again after the run: the profile keeps the best rate this process saw (load only slows it)
+        target = self.prof.target
+        best = max(target.probe_gflops or 0.0, reprobe(target.isa))
+        self.prof.target = replace(target, probe_gflops=round(best, 2))
         self.prof.save()
         self.prof.forget_models()

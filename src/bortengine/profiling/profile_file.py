@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from bortengine.engine import core
 from bortengine.files import atomic_write_json, cache_dir, read_json
 from bortengine.profiling.calibration import calibration_note
 from bortengine.profiling.disturbance import now
 from bortengine.profiling.errors import ProfileError, ProfileMismatchWarning
 from bortengine.profiling.latency import EXTRAPOLATION_NOTE, LatencyModel, Prediction
 from bortengine.profiling.measurements import WorkloadProfile, op_order, read_keyed
-from bortengine.profiling.target import Target
+from bortengine.profiling.target import Target, TargetMatch
 from bortengine.profiling.workload import Workload
 
 FORMAT = "bortengine-profile"
@@ -114,31 +114,56 @@ class Profile:
             raise ProfileError(f"no profile at {path}; make one with: bortengine profile --out {path}")
         return cls.from_dict(data, path=path)
 
-    def check_target(self, current: Optional[Target] = None, stacklevel: int = 2) -> list[str]:
-        """Warn (ProfileMismatchWarning) if the profile describes another CPU, kernel path or engine build."""
-        current = current or Target.current(self.target.isa if self.target.isa in core().available_isas()
-                                            else None)
-        diffs = self.target.differences(current)
-        if diffs:
-            warnings.warn(
-                f"the profile {self._where()} was measured on another target ({'; '.join(diffs)}): its latencies "
-                f"describe that machine, not this one. Profile this one with: bortengine profile",
-                ProfileMismatchWarning, stacklevel=stacklevel + 1)
-        elif self.target.core_build != current.core_build:
-            diffs = [f"core build {self.target.core_build} vs {current.core_build}"]
+    def match(self) -> TargetMatch:
+        """This profile's target against this machine (TargetMatch.of)."""
+        return TargetMatch.of(self.target)
+
+    def check_target(self, match: Optional[TargetMatch] = None, stacklevel: int = 2) -> TargetMatch:
+        """Warn (ProfileMismatchWarning) if the profile describes another CPU, kernel path or engine build, or
+        cannot be checked (from before exact CPU targets); the warning names both targets and how to re-profile."""
+        match = match or self.match()
+        message = self.mismatch_message(match)
+        if message:
+            warnings.warn(message, ProfileMismatchWarning, stacklevel=stacklevel + 1)
+        elif self.target.core_build != match.found.core_build:
             warnings.warn(
                 f"the profile {self._where()} was measured with another build of the engine's native core "
-                f"({diffs[0]}); if the kernels changed, re-profile with: bortengine profile",
-                ProfileMismatchWarning, stacklevel=stacklevel + 1)
-        return diffs
+                f"(core build {self.target.core_build} vs {match.found.core_build}); if the kernels changed, "
+                f"re-profile with: {self.commands()}", ProfileMismatchWarning, stacklevel=stacklevel + 1)
+        return match
+
+    def mismatch_message(self, match: TargetMatch) -> Optional[str]:
+        """Why this profile does not describe this machine, naming both targets and the command to re-profile;
+        None when it does (the engine's build aside)."""
+        differences = self.target.differences(match.found)
+        unchecked = ("it was written before bortengine recorded exact CPU targets (no calibration probe rate), so "
+                     "whether it describes this CPU cannot be checked: CPUs of two generations can report the same "
+                     "name and flags and run the engine over 2x apart")
+        if differences:
+            head = (f"the profile {self._where()} was measured on another target ({'; '.join(differences)}): its "
+                    f"latencies describe that machine, not this one" + ("" if match.checkable else f"; {unchecked}"))
+            probe_only = match.checkable and match.differences and not self.target.cpu_differences(
+                replace(match.found, probe_gflops=self.target.probe_gflops))
+            if probe_only and match.found.probe_gflops < self.target.probe_gflops:
+                head += " (or this machine is busy: its probe ran slow; if so, run again when it is quiet)"
+        elif not match.checkable:
+            head = f"the profile {self._where()}: {unchecked}"
+        else:
+            return None
+        return f"{head}\n{match.describe_both()}\nRe-profile this machine with: {self.commands()}"
+
+    def commands(self) -> str:
+        """The commands that measure this profile's workloads and spaces on the machine running them."""
+        commands = [f"{wp.workload.command()}" + (f" --space {wp.spaces[0]}" if wp.spaces else "")
+                    for wp in self.workloads.values()]
+        return "; ".join(dict.fromkeys(commands)) or "bortengine profile"
 
     # -- display ----------------------------------------------------------------------------------------------
     def table(self) -> str:
         """The profile as text: target, then per workload the calibration and one row per op."""
         t = self.target
-        lines = [f"profile {self._where()}", f"target:  {t.describe()}",
-                 f"L3:      {t.l3_bytes / 2**20:.0f} MiB" if t.l3_bytes else "L3:      unknown",
-                 f"created: {self.created}"]
+        lines = [f"profile {self._where()}", f"target:  {t.signature}: {t.describe()}",
+                 f"probe:   {t.probe or 'none (from before exact CPU targets)'}", f"created: {self.created}"]
         if not self.workloads:
             lines.append("(no workloads measured)")
         for key, wp in sorted(self.workloads.items()):
@@ -188,6 +213,8 @@ def default_profile_dir() -> Path:
 
 
 def default_profile_path(target: Optional[Target] = None) -> Path:
+    """The cache directory's file named by the target's signature (see profile_path_for for the one profile()
+    writes to by default)."""
     target = target or Target.current()
     return default_profile_dir() / f"{target.signature}.json"
 
@@ -197,23 +224,84 @@ def shipped_profiles() -> list[Path]:
     return sorted(PACKAGE_PROFILES.glob("*.json"))
 
 
+def candidate_paths(target: Target) -> list[Path]:
+    """Files that may hold the target's profile, in the order they are tried: in the cache directory, then among
+    the shipped ones, those named by its signature (then `<signature>-N.json`: other CPUs behind the same
+    signature), then by the signature of versions before exact targets."""
+    paths = []
+    for root in (default_profile_dir(), PACKAGE_PROFILES):
+        for name in dict.fromkeys((target.signature, target.legacy_signature)):
+            numbered = sorted(root.glob(f"{name}-[0-9]*.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1])
+                              if p.stem.rsplit("-", 1)[1].isdigit() else 0)
+            paths += [root / f"{name}.json", *numbered]
+    return [p for p in dict.fromkeys(paths) if p.is_file()]
+
+
+def find_profiles(target: Optional[Target] = None) -> tuple[Optional[Profile], list[tuple[Profile, TargetMatch]]]:
+    """This machine's profile among the cached and shipped ones (the first of candidate_paths that describes this
+    CPU: same target, probe rate within the tolerance; None if none does), and the others found (of another CPU
+    behind the same name, or from before exact targets) with how they compare. Unreadable files are skipped."""
+    target = target or Target.current()
+    others = []
+    for path in candidate_paths(target):
+        try:
+            prof = Profile.load(path)
+        except ProfileError:
+            continue
+        match = prof.match()
+        if match.same_cpu:
+            return prof, others
+        others.append((prof, match))
+    return None, others
+
+
+def profile_path_for(target: Target) -> Path:
+    """Where profile() keeps the target's measurements by default: the cache directory's file that describes it,
+    else `<signature>.json` when free or from before exact targets (re-measured), else the first free
+    `<signature>-N.json` (another CPU behind the same signature keeps its file: a VM that runs on two generations)."""
+    path = default_profile_path(target)
+    for candidate in [path, *sorted(path.parent.glob(f"{target.signature}-[0-9]*.json"))]:
+        try:
+            found = Profile.load(candidate)
+        except ProfileError:
+            continue
+        if TargetMatch(found.target, target.confirmed_against(found.target)).same_cpu:
+            return candidate
+    n = 1
+    while path.exists() and _checked_target(path):
+        n += 1
+        path = path.with_name(f"{target.signature}-{n}.json")
+    return path
+
+
+def _checked_target(path: Path) -> bool:
+    """Whether the file holds a profile whose target can be checked (one from before exact targets does not)."""
+    try:
+        return Profile.load(path).target.checkable
+    except ProfileError:
+        return True     # not a readable profile: leave the file alone
+
+
 def load_profile(path: Optional[str | os.PathLike] = None, *, check_target: bool = True) -> Profile:
-    """Read a profile. Without a path: this CPU's profile in the cache directory, else a shipped one for it.
+    """Read a profile. Without a path: this CPU's profile in the cache directory or among the shipped ones (one
+    that describes this CPU, else the first found for its name: a warning then says it is another CPU's or cannot
+    be checked).
 
     check_target: warn (ProfileMismatchWarning) when the profile describes another CPU, kernel path or engine
-    version than the one running; pass False when predicting for a deployment target on purpose.
+    version than the one running, or cannot be checked (from before exact CPU targets), naming both targets and
+    how to re-profile; pass False when predicting for a deployment target on purpose.
     """
     if path is None:
         target = Target.current()
-        candidates = [default_profile_path(target), PACKAGE_PROFILES / f"{target.signature}.json"]
-        found = next((p for p in candidates if p.exists()), None)
-        if found is None:
+        mine, others = find_profiles(target)
+        if mine is None and not others:
             raise ProfileError(f"no profile of this CPU ({target.signature}) in {default_profile_dir()} or among "
                                f"the shipped examples; make one with: bortengine profile")
-        path = found
-    prof = Profile.load(path)
+        prof, match = (mine, None) if mine is not None else others[0]
+    else:
+        prof, match = Profile.load(path), None
     if check_target:
-        prof.check_target(stacklevel=2)
+        prof.check_target(match, stacklevel=2)
     return prof
 
 

@@ -164,7 +164,8 @@ def bortengine_cpu_target(pytestconfig: Any, bortengine_profile: ProfileCache) -
             expected, where, dtype = loaded.target, str(loaded.path or "the profile"), None
         if not current:
             current.append(_clean_failures(Target.current)())
-        mismatch = cpu_target_mismatch(expected, current[0], where, dtype)
+        # (a probe that ran slow against the profile's is re-run first: load slows it, another CPU stays slow)
+        mismatch = cpu_target_mismatch(expected, current[0].confirmed_against(expected), where, dtype)
         if mismatch and allow_other:
             pytest.skip(f"--bortengine-allow-other-cpu: {mismatch}")
         if mismatch:
