@@ -69,7 +69,7 @@ def fake_cpu(tmp_path, monkeypatch):
         monkeypatch.setattr(target, "CACHE_SYSFS", sysfs)
         monkeypatch.setattr(cpu_probe, "_best", {})
         monkeypatch.setattr(cpu_probe, "measure_probe", lambda isa: rate)
-        monkeypatch.setattr(cpu_probe, "RETRY_PAUSES_S", (0.0, 0.0, 0.0))
+        monkeypatch.setattr(cpu_probe, "RETRY_PAUSES_S", (0.0,) * len(cpu_probe.RETRY_PAUSES_S))
         return P.Target.current()
     return use
 
@@ -136,14 +136,15 @@ def test_the_tolerance_and_the_reprobes_with_injected_rates(monkeypatch):
     tol = cpu_probe.PROBE_TOLERANCE
     assert not cpu_probe.rates_differ(100.0, 100.0 * (1 + tol) - 0.01)
     assert cpu_probe.rates_differ(100.0, 100.0 * (1 + tol) + 0.01) and cpu_probe.rates_differ(ZEN5_RATE, ZEN4_RATE)
-    monkeypatch.setattr(cpu_probe, "RETRY_PAUSES_S", (0.0, 0.0, 0.0))
+    retries = len(cpu_probe.RETRY_PAUSES_S)
+    monkeypatch.setattr(cpu_probe, "RETRY_PAUSES_S", (0.0,) * retries)
     # a slow probe (a burst of load) is re-run until it agrees; the best is kept for the process
     readings = iter([60.0, 70.0, 101.0, 50.0])
     monkeypatch.setattr(cpu_probe, "_best", {})
     monkeypatch.setattr(cpu_probe, "measure_probe", lambda isa: next(readings))
     assert cpu_probe.confirmed_gflops("avx512", 105.0) == 101.0 and cpu_probe.probe_gflops("avx512") == 101.0
-    # one that stays slow (another CPU) counts after three re-probes; a fast one is never re-run (load only slows)
-    slow = iter([40.0] * 4)
+    # one that stays slow (another CPU) counts after the re-probes; a fast one is never re-run (load only slows)
+    slow = iter([40.0] * (1 + retries))
     monkeypatch.setattr(cpu_probe, "_best", {})
     monkeypatch.setattr(cpu_probe, "measure_probe", lambda isa: next(slow))
     assert cpu_probe.confirmed_gflops("avx512", ZEN5_RATE) == 40.0 and next(slow, None) is None
