@@ -149,7 +149,7 @@ class ForwardQueue:
             holder.append(request)
             if self._enqueue(request):
                 self.executor().submit(self._lead)
-            return await self._settled(future, holder)
+            return await self._settled(future, holder, abandoned)
 
         def submit() -> None:
             start = time.perf_counter()
@@ -170,14 +170,12 @@ class ForwardQueue:
         self.executor().submit(submit)
         return await self._settled(future, holder, abandoned)
 
-    async def _settled(self, future: asyncio.Future, holder: list[_Request],
-                       abandoned: Optional[threading.Event] = None):
+    async def _settled(self, future: asyncio.Future, holder: list[_Request], abandoned: threading.Event):
         """The request's result; if the awaiting task is cancelled, the request is dropped from the queue."""
         try:
             return await future
         except asyncio.CancelledError:
-            if abandoned is not None:
-                abandoned.set()
+            abandoned.set()
             future.cancel()                # so a late result or the cancellation below settles nothing
             if holder:
                 self.cancel(holder[0])
