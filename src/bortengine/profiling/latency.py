@@ -18,6 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
+from bortengine.profiling.calibration import calibrate
 from bortengine.profiling.errors import ProfileError
 from bortengine.profiling.measurements import WorkloadProfile
 from bortengine.profiling.ops import SCOPES, OpSpec, barriers, forward_costs, scope_repeats
@@ -65,7 +66,9 @@ class LatencyModel:
             raise ProfileError(f"the profile of workload {wp.workload} is incomplete; finish it with: "
                                f"{wp.workload.command()}")
         self.wp, self.w, self.target = wp, wp.workload, target
-        cal = wp.calibration
+        # from the measurements, not the stored constants: profiles written before the fit was held >= 0 can
+        # hold a negative fixed cost
+        cal = calibrate(wp)
         self.call = {k: float(v) for k, v in cal["call_ms"].items()}
         self.sync = float(cal["sync_ms"])
         self.fixed = float(cal["fixed_ms"])
