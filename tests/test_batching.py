@@ -345,6 +345,37 @@ def test_count_tokens_sees_whole_texts(minilm):
     assert counts[1] == 602 > minilm.max_length
 
 
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(st.text(min_size=1, max_size=300), min_size=1, max_size=6),
+       max_length=st.integers(min_value=4, max_value=80), paired=st.booleans())
+def test_texts_tokenized_once_are_the_ids_encode_reads_with_their_whole_counts(minilm, texts, max_length, paired):
+    pairs = [t[::-1] for t in texts] if paired else None
+    tokenized = minilm.tokenized(texts, pairs, max_length=max_length)
+    assert tokenized.ids == minilm.tokenizer.token_ids(texts, max_length, pairs=pairs)
+    assert tokenized.counts == minilm.count_tokens(texts, pairs)
+    assert tokenized.truncated == [i for i, n in enumerate(tokenized.counts) if n > max_length]
+    assert tokenized.tokens == sum(min(n, max_length) for n in tokenized.counts)
+
+
+def test_tokenized_texts_compute_as_the_texts_do(minilm, classifier):
+    texts = ["a short one", "word " * 300, "and a third, somewhat longer text"]
+    tokenized = minilm.tokenized(texts, max_length=64)
+    assert np.array_equal(minilm.encode(tokenized), minilm.encode(texts, max_length=64))
+    assert np.array_equal(asyncio.run(minilm.aencode(tokenized)), minilm.encode(texts, max_length=64))
+    assert tokenized.truncated == [1]
+    one = minilm.tokenized("one text")
+    assert np.array_equal(minilm.encode(one), minilm.encode("one text"))
+    pairs = classifier.tokenized(["q one", "q two"], ["an answer", "another answer"])
+    assert np.array_equal(classifier.classify(pairs).logits,
+                          classifier.classify(["q one", "q two"], ["an answer", "another answer"]).logits)
+    assert np.array_equal(asyncio.run(classifier.aclassify(pairs)).logits, classifier.classify(pairs).logits)
+    # what they were cut to, and their pairs, are theirs: another max_length or pairs again are refused
+    with pytest.raises(InvalidInputError, match="cut to 64 tokens.*engine.tokenized"):
+        minilm.encode(tokenized, max_length=32)
+    with pytest.raises(InvalidInputError, match="text_pairs to engine.tokenized"):
+        classifier.classify(pairs, ["x", "y"])
+
+
 @pytest.mark.parametrize("files, quota", [
     ({"cpu.max": "150000 100000\n"}, 1.5),
     ({"cpu.max": "max 100000\n"}, None),

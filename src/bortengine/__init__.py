@@ -11,13 +11,13 @@ export, cli. Importing the package imports the engine only; never torch.
 from __future__ import annotations
 
 from bortengine.engine import (ClassificationResult, EncoderOutput, Engine, ModelConfig, available_cpus,
-                               available_isas, cpu_info, load)
+                               TokenizedTexts, available_isas, cpu_info, load)
 from bortengine.errors import (BortEngineError, DeadlineExceeded, InvalidInputError, ModelLoadError, RequestCancelled,
                                UnsupportedModelError)
 from bortengine.version import __version__
 
 __all__ = [
-    "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "cpu_info", "available_isas",
+    "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "TokenizedTexts", "cpu_info", "available_isas",
     "available_cpus", "BortEngineError", "InvalidInputError", "ModelLoadError", "UnsupportedModelError",
     "DeadlineExceeded", "RequestCancelled", "__version__",
 ]

@@ -12,13 +12,13 @@ from bortengine.engine.config import ModelConfig
 from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, softmax
 from bortengine.engine.pooling import Pooling
-from bortengine.engine.runtime import Engine, load, traced_forwards
-from bortengine.engine.tokenization import TextTokenizer, as_text_list
+from bortengine.engine.runtime import INLINE_CHARS, Engine, load, traced_forwards
+from bortengine.engine.tokenization import TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, BertWeights, Checkpoint
 
 __all__ = [
     "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "Pooling", "TextTokenizer",
     "BertWeights", "Checkpoint", "as_text_list", "softmax", "traced_forwards", "available_cpus", "available_isas",
     "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX", "BatchRecord",
-    "DEFAULT_MAX_BATCH_TOKENS",
+    "DEFAULT_MAX_BATCH_TOKENS", "INLINE_CHARS", "TokenizedTexts", "characters",
 ]

@@ -24,13 +24,12 @@ from bortengine.engine.config import ModelConfig
 from bortengine.engine.native import available_cpus, core as _core
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, softmax
 from bortengine.engine.pooling import Pooling
-from bortengine.engine.tokenization import TextTokenizer, as_text_list
+from bortengine.engine.tokenization import WHOLE_TEXT, TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import BertWeights, Checkpoint
 from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError
 
 __all__ = ["load", "Engine", "traced_forwards"]
 
-UNTRUNCATED = 1 << 30       # a max_length no text reaches: count_tokens() sees whole texts
 INLINE_CHARS = 4096         # asyncio calls tokenize texts of at most this many characters on the event loop
 
 
@@ -351,7 +350,8 @@ class Engine:
         normalize = self._encoding(normalize)
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
         for rows, batch in self._batches(texts, pairs, batch_size, max_length):
-            out[rows] = self.pooling(self(**batch).last_hidden_state, batch["attention_mask"], normalize=normalize)
+            output = self._output(self._queue.run(*self._tokenizer_made(batch)))
+            out[rows] = self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
         return out[0] if single else out
 
     async def aencode(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
@@ -384,7 +384,8 @@ class Engine:
         microseconds, less than a hand-over to a thread, and a busy engine then takes the request with no thread
         hop at all), else in the queue's worker thread."""
         until = _deadline(deadline)
-        inline = sum(map(len, texts)) + (sum(map(len, pairs)) if pairs else 0) <= INLINE_CHARS
+        # texts tokenized already (TokenizedTexts) are only padded here: microseconds per text
+        inline = isinstance(texts, TokenizedTexts) or characters(texts, pairs) <= INLINE_CHARS
         batches = self._batches(texts, pairs, batch_size, max_length)
         for _ in range(-(-len(texts) // _check_batch_size(batch_size))):
             taken: list[Any] = []
@@ -392,7 +393,7 @@ class Engine:
             def prepare():
                 rows, batch = next(batches)
                 taken.extend((rows, batch))
-                return self._validate(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                return self._tokenizer_made(batch)
 
             output = self._output(await self._queue.arun(prepare, until, inline=inline))
             yield taken[0], taken[1], output
@@ -412,7 +413,7 @@ class Engine:
         texts, pairs, single = self._classifier_inputs(texts, text_pairs)
         logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
         for rows, batch in self._batches(texts, pairs, batch_size, max_length):
-            logits[rows] = self(**batch).logits
+            logits[rows] = self._output(self._queue.run(*self._tokenizer_made(batch))).logits
         return self._classification(logits, single)
 
     async def aclassify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
@@ -445,14 +446,31 @@ class Engine:
         result = ClassificationResult(labels, probs, logits)
         return result[0] if single else result
 
+    def tokenized(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
+                  max_length: Optional[int] = None) -> TokenizedTexts:
+        """The texts tokenized once, truncated to max_length (default Engine.max_length), with each text's tokens
+        before truncation (.counts; .truncated: the texts cut): pass it to encode/classify/aencode/aclassify in
+        place of the texts (with no text_pairs or max_length of its own) to compute it without tokenizing again.
+        For a server that counts, or refuses, what it would cut before computing."""
+        texts, pairs, single = self._text_inputs(texts, text_pairs)
+        if isinstance(texts, TokenizedTexts):
+            return texts
+        return self._text_tokenizer().counted(texts, self._max_length(max_length), pairs, single)
+
     def count_tokens(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None) -> list[int]:
         """Tokens of each text (pair) before truncation, special tokens included: which texts max_length would
         cut (a server refuses or counts those)."""
         texts, pairs, _ = self._text_inputs(texts, text_pairs)
-        return [len(ids) for ids in self._text_tokenizer().token_ids(texts, UNTRUNCATED, pairs=pairs)]
+        return [len(ids) for ids in self._text_tokenizer().token_ids(texts, WHOLE_TEXT, pairs=pairs)]
 
     def _text_inputs(self, texts: Any, text_pairs: Any) -> tuple[list[str], Optional[list[str]], bool]:
-        """(texts, their pairs or None, True if texts is a single string), every mismatch refused."""
+        """(texts, their pairs or None, True if texts is a single string), every mismatch refused. TokenizedTexts
+        pass through (with no pairs of their own: theirs are in their ids)."""
+        if isinstance(texts, TokenizedTexts):
+            if text_pairs is not None:
+                raise InvalidInputError("texts are TokenizedTexts, which hold their pairs' ids already; pass "
+                                        "text_pairs to engine.tokenized(), not here")
+            return texts, None, texts.single
         texts, single = as_text_list(texts)
         if text_pairs is None:
             return texts, None, single
@@ -481,11 +499,26 @@ class Engine:
         sequence, so sorting moves a text and its pair together."""
         _check_batch_size(batch_size)
         tokenizer = self._text_tokenizer()
-        ids = tokenizer.token_ids(texts, self._max_length(max_length), pairs=pairs)
+        if isinstance(texts, TokenizedTexts):
+            if max_length is not None and max_length != texts.max_length:
+                raise InvalidInputError(f"these TokenizedTexts were cut to {texts.max_length} tokens, not "
+                                        f"max_length={max_length}; pass max_length to engine.tokenized()")
+            ids, paired = texts.ids, texts.pairs
+        else:
+            ids, paired = tokenizer.token_ids(texts, self._max_length(max_length), pairs=pairs), pairs is not None
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         for start in range(0, len(order), batch_size):
             rows = np.array(order[start:start + batch_size], dtype=np.int64)
-            yield rows, tokenizer.pad([ids[i] for i in rows], pairs=pairs is not None)
+            yield rows, tokenizer.pad([ids[i] for i in rows], pairs=paired)
+
+    def _tokenizer_made(self, batch: dict[str, np.ndarray]):
+        """(ids, mask, types) of a batch that TextTokenizer.pad made: its mask and types are right by construction,
+        so only the ids are checked (a tokenizer can hold more tokens than the model's vocabulary), in one pass;
+        the full check, with its message, when they are out of range."""
+        ids = batch["input_ids"]
+        if ids.size and int(ids.max()) >= self.config.vocab_size:
+            return self._validate(ids, batch["attention_mask"], batch["token_type_ids"])
+        return ids, batch["attention_mask"], batch["token_type_ids"]
 
     def _text_tokenizer(self) -> TextTokenizer:
         if self.tokenizer is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -26,7 +27,7 @@ from bortengine.engine.config import ModelConfig
 from bortengine.errors import InvalidInputError, ModelLoadError
 from bortengine.files import read_json
 
-__all__ = ["TextTokenizer", "as_text_list"]
+__all__ = ["TextTokenizer", "TokenizedTexts", "WHOLE_TEXT", "as_text_list", "characters"]
 
 _UNKNOWN = object()
 
@@ -49,6 +50,42 @@ def as_text_list(texts: Any, what: str = "texts") -> tuple[list[str], bool]:
                 f"{what}[{i}] is {type(t).__name__}, not str; pass a string or a list of strings "
                 f"(for token ids call the engine directly: engine(input_ids, attention_mask))")
     return texts, False
+
+
+def characters(texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> int:
+    """Characters to tokenize: what tokenizing costs is in proportion to them."""
+    return sum(map(len, texts)) + (sum(map(len, pairs)) if pairs else 0)
+
+
+# A max_length no text reaches: the texts are read whole (counting tokens before truncation).
+WHOLE_TEXT = 1 << 30
+
+
+@dataclass(frozen=True)
+class TokenizedTexts:
+    """Texts tokenized once, to be computed by Engine.encode/classify (or their asyncio forms) in their place.
+
+    ids: each text's ids, truncated to max_length; counts: its tokens before truncation (special tokens and the pair
+    included); pairs: whether the ids are of text pairs; single: the texts were one string (a result of one row)."""
+
+    ids: list[list[int]]
+    counts: list[int]
+    max_length: int
+    pairs: bool = False
+    single: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the model reads: after truncation."""
+        return sum(map(len, self.ids))
+
+    @property
+    def truncated(self) -> list[int]:
+        """Indices of the texts cut to max_length."""
+        return [i for i, n in enumerate(self.counts) if n > self.max_length]
 
 
 class TextTokenizer:
@@ -146,6 +183,22 @@ class TextTokenizer:
         second text of each pair (same length as texts), giving "[CLS] text [SEP] pair [SEP]" ids truncated
         longest-first; pad(ids, pairs=True) then gives their token_type_ids."""
         return [e.ids for e in self.encode(texts, max_length, pairs=pairs)]
+
+    def counted(self, texts: Sequence[str], max_length: Optional[int] = None,
+                pairs: Optional[Sequence[str]] = None, single: bool = False) -> "TokenizedTexts":
+        """token_ids() together with each text's tokens before truncation, from one tokenization: the texts are
+        tokenized whole, and only those longer than max_length again, truncated (a server both counts what it
+        cuts and computes the rest; most texts are not cut)."""
+        max_length = self.max_length if max_length is None else max_length
+        ids = self.token_ids(texts, WHOLE_TEXT, pairs=pairs)
+        counts = [len(x) for x in ids]
+        long = [i for i, n in enumerate(counts) if n > max_length]
+        if long:
+            cut = self.token_ids([texts[i] for i in long], max_length,
+                                 pairs=None if pairs is None else [pairs[i] for i in long])
+            for i, x in zip(long, cut):
+                ids[i] = x
+        return TokenizedTexts(ids, counts, max_length, pairs is not None, single)
 
     def encode(self, texts: Sequence[str], max_length: Optional[int] = None,
                add_special_tokens: bool = True, pairs: Optional[Sequence[str]] = None) -> list[Encoding]:

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bortengine.engine import Engine, load
+from bortengine.engine import INLINE_CHARS, Engine, TokenizedTexts, characters, load
 from bortengine.errors import DeadlineExceeded, InvalidInputError, ModelLoadError, UsageError
 from bortengine.serving.errors import APIError, ClientDisconnected, error_body
 from bortengine.serving.metrics import CONTENT_TYPE, ROUTES, ServerMetrics
@@ -39,9 +39,6 @@ __all__ = ["create_app", "ModelService"]
 # nginx's code for "the client closed the connection before the answer": never seen by the client, counted in the
 # metrics.
 CLIENT_CLOSED = 499
-# Tokenizing this many characters takes longer than handing the work to a thread (~50 us); shorter requests are
-# tokenized on the event loop, longer ones in a thread so that the loop keeps answering.
-INLINE_CHARS = 4096
 WARM_UP_TEXTS = ["warm-up", "a longer text warms up the kernels at another sequence length, " * 4]
 
 
@@ -108,11 +105,10 @@ class ModelService:
         engine = self._serving(request)
         with self._admission():
             req = await self._text_request(request, "embeddings")
-            tokens = await self._counted(req, "embeddings")
-            vectors = await self._computed(request, engine.aencode(
-                req.texts, max_length=self.max_input_tokens, deadline=self.options.request_timeout))
+            texts = await self._tokenized(req, "embeddings")
+            vectors = await self._computed(request, engine.aencode(texts, deadline=self.options.request_timeout))
         return JSONAnswer(embeddings_response(shortened(vectors, req.dimensions), req.encoding_format, self.name,
-                                              tokens))
+                                              texts.tokens))
 
     async def classify(self, request: Request) -> Response:
         engine = self._serving(request)
@@ -121,10 +117,9 @@ class ModelService:
             raise APIError(400, problem, code="model_not_classifier")
         with self._admission():
             req = await self._text_request(request, "classify")
-            tokens = await self._counted(req, "classify")
-            result = await self._computed(request, engine.aclassify(
-                req.texts, req.pairs, max_length=self.max_input_tokens, deadline=self.options.request_timeout))
-        return JSONAnswer(classify_response(result, engine.config.labels, self.name, tokens))
+            texts = await self._tokenized(req, "classify")
+            result = await self._computed(request, engine.aclassify(texts, deadline=self.options.request_timeout))
+        return JSONAnswer(classify_response(result, engine.config.labels, self.name, texts.tokens))
 
     async def tokenize(self, request: Request) -> Response:
         engine = self._serving(request)
@@ -134,8 +129,10 @@ class ModelService:
             encodings = engine.tokenizer.encode(req.texts, self.max_input_tokens, pairs=req.pairs)
             return encodings, engine.count_tokens(req.texts, req.pairs)
 
+        start = time.perf_counter()
         encodings, counts = await self._off_loop(req, tokenized)
-        self.metrics.record_texts("tokenize", len(counts), sum(len(e.ids) for e in encodings), 0)
+        self.metrics.record_texts("tokenize", len(counts), sum(len(e.ids) for e in encodings), 0,
+                                  time.perf_counter() - start)
         return JSONAnswer(tokenize_response(encodings, counts, self.max_input_tokens, self.name))
 
     async def models(self, request: Request) -> Response:
@@ -193,12 +190,13 @@ class ModelService:
         body = await read_body(request, self.limits.max_body_bytes)
         return text_request(body, route, self.limits, self.name, self.engine.embedding_dim)
 
-    async def _counted(self, req: TextRequest, route: str) -> int:
-        """The tokens the model will read for these texts; a text over --max-input-tokens is cut (and counted) or,
-        with --no-truncation, refused."""
-        counts = await self._off_loop(req, self.engine.count_tokens, req.texts, req.pairs)
-        limit = self.max_input_tokens
-        over = [i for i, n in enumerate(counts) if n > limit]
+    async def _tokenized(self, req: TextRequest, route: str) -> TokenizedTexts:
+        """The request's texts tokenized (once: the engine computes these ids); a text over --max-input-tokens is
+        cut (and counted) or, with --no-truncation, refused."""
+        start = time.perf_counter()
+        texts = await self._off_loop(req, self.engine.tokenized, req.texts, req.pairs, self.max_input_tokens)
+        tokenize_s = time.perf_counter() - start
+        limit, counts, over = self.max_input_tokens, texts.counts, texts.truncated
         if over and not self.options.truncation:
             i = over[0]
             where = "input" if req.single else f"input[{i}]"
@@ -206,39 +204,49 @@ class ModelService:
                                 f"(--max-input-tokens; the text and its pair together); shorten or split it, or "
                                 f"start the server without --no-truncation to cut texts to {limit} tokens",
                            param="input", code="context_length_exceeded")
-        tokens = sum(min(n, limit) for n in counts)
-        self.metrics.record_texts(route, len(counts), tokens, len(over))
-        return tokens
+        self.metrics.record_texts(route, len(counts), texts.tokens, len(over), tokenize_s)
+        return texts
 
-    async def _off_loop(self, req: TextRequest, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args), a tokenization of req's texts: on the loop when they are short, else in a thread."""
-        chars = sum(map(len, req.texts)) + (sum(map(len, req.pairs)) if req.pairs else 0)
-        if chars <= INLINE_CHARS:
+    @staticmethod
+    async def _off_loop(req: TextRequest, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args), a tokenization of req's texts: on the loop when they are short (as the engine's asyncio calls
+        do), else in a thread so that the loop keeps answering."""
+        if characters(req.texts, req.pairs) <= INLINE_CHARS:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
     async def _computed(self, request: Request, work: Awaitable[Any]) -> Any:
-        """The result of `work` (an engine coroutine), unless the client disconnects first: then its task is
-        cancelled, which drops its queued work, and ClientDisconnected is raised."""
-        task = asyncio.ensure_future(work)
+        """The result of `work` (an engine coroutine), unless the client disconnects first: then this handler's
+        task is cancelled where it awaits the work, which drops its queued work, and ClientDisconnected is raised.
+        (A watcher that cancels the handler, rather than the work and the watcher both as tasks awaited together:
+        one task per request fewer, on the event loop that every request's Python runs on.)"""
+        handler = asyncio.current_task()
         gone = asyncio.ensure_future(_disconnected(request))
+        left = False
+
+        def client_left(watcher: asyncio.Future) -> None:
+            nonlocal left
+            if not watcher.cancelled():
+                left = True
+                handler.cancel()
+
+        gone.add_done_callback(client_left)
         try:
-            await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not task.done():   # the client left, or this handler was cancelled (shutdown timeout)
-                task.cancel()
-                task.add_done_callback(_retrieve)
-        if not task.done() or task.cancelled():
-            raise ClientDisconnected("the client disconnected before its answer was computed")
-        try:
-            return task.result()
+            return await work
+        except asyncio.CancelledError:
+            if not left:      # the server cancelled this handler (shutdown timeout)
+                raise
+            handler.uncancel()
+            raise ClientDisconnected("the client disconnected before its answer was computed") from None
         except DeadlineExceeded as e:
             wait = self.options.retry_after_s
             raise APIError(503, f"the request waited in the queue past its deadline of {self.options.request_timeout} "
                                 f"s (--request-timeout), so it was dropped: the server is overloaded; retry after "
                                 f"{wait} s ({e})", type="server_error", code="deadline_exceeded",
                            headers={"Retry-After": str(wait)}) from None
+        finally:
+            gone.remove_done_callback(client_left)
+            gone.cancel()
 
     @staticmethod
     def _not_a_classifier(engine: Engine) -> Optional[str]:
@@ -257,12 +265,6 @@ async def _disconnected(request: Request) -> None:
     is http.disconnect (uvicorn sends it on a closed connection, or once the answer is sent)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _retrieve(task: asyncio.Task) -> None:
-    """Collect a cancelled task's outcome, so that asyncio does not report an exception nobody retrieved."""
-    if not task.cancelled():
-        task.exception()
 
 
 # ----------------------------------------------------------------------------------------------- the application

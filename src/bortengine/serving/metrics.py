@@ -3,8 +3,8 @@
 - requests by route and status, and each request's whole latency;
 - the engine's queue: requests waiting for a forward now, and requests admitted (waiting or in a forward);
 - every forward, from Engine.add_batch_listener: its sequences, tokens and requests, its time, and each of its
-  requests' time queued and tokenizing;
-- texts and tokens read, and texts cut to --max-input-tokens.
+  requests' time queued;
+- per request, the time its texts took to tokenize; texts and tokens read, and texts cut to --max-input-tokens.
 
 The names are listed in docs/serving.md. Histogram buckets span a short text's forward on a fast CPU (0.25 ms) to a
 queue backed up for seconds.
@@ -69,16 +69,15 @@ class ServerMetrics:
         self.batch_tokens.observe(record.tokens)
         self.batch_requests.observe(record.requests)
         self.forward_seconds.observe(record.forward_s)
-        for seconds in record.queue_s:
+        for seconds in record.queue_s:   # (its tokenize_s is padding only: the server tokenizes, record_texts)
             self.queue_seconds.observe(seconds)
-        for seconds in record.tokenize_s:
-            self.tokenize_seconds.observe(seconds)
 
     def record_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
         self.request_seconds.labels(route).observe(seconds)
 
-    def record_texts(self, route: str, texts: int, tokens: int, truncated: int) -> None:
+    def record_texts(self, route: str, texts: int, tokens: int, truncated: int, tokenize_s: float) -> None:
+        self.tokenize_seconds.observe(tokenize_s)
         self.texts.labels(route).inc(texts)
         self.tokens.labels(route).inc(tokens)
         if truncated:
