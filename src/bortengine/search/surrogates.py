@@ -166,8 +166,10 @@ class FinetuneSurrogate(TrainingSurrogate):
                               f"(train required); got {self.data!r}")
 
     def settings(self) -> dict[str, Any]:
+        # "init": students cut with the teacher's classifier when it has one (losses of the random-head students of
+        # earlier versions are not these)
         settings = {"steps": self.steps, "task": self.task, "seed": self.seed, "batch_size": self.batch_size,
-                    "eval_limit": self.eval_limit, "teacher": self.teacher_name()}
+                    "eval_limit": self.eval_limit, "teacher": self.teacher_name(), "init": "sliced-head"}
         if self.train_sample:
             settings["train_sample"] = self.train_sample
         if self.data:     # the user's data: the cache key follows the files' content, not their names
@@ -179,7 +181,18 @@ class FinetuneSurrogate(TrainingSurrogate):
         from bortengine import training
 
         t_model, importance, t_dir = shared_teacher(self.teacher)
-        student, _ = training.slice_init(replace(arch, head="pooler"), t_model, importance)
+        # A teacher fine-tuned on the task gives the student its classifier's columns as well: with a random head,
+        # `steps` steps leave every student near the loss of chance (ln 2 for two classes, measured on Rotten
+        # Tomatoes: 0.68-0.73 over 61 students), which ranks nothing; cut from the whole classifier, a student's
+        # loss tells how much of the teacher's answers its size keeps and how fast it recovers the rest.
+        classifier = training.teacher_classifier(t_dir)
+        if classifier is not None:
+            head = replace(arch, head="classifier", num_labels=classifier.config.num_labels)
+            student, _ = training.slice_init(head, classifier, importance)
+            student.config.id2label = dict(classifier.config.id2label)
+            student.config.label2id = dict(classifier.config.label2id)
+        else:
+            student, _ = training.slice_init(replace(arch, head="pooler"), t_model, importance)
         config = training.FinetuneConfig(model=t_dir, tokenizer=t_dir, task=None if self.data else self.task,
                                          seed=self.seed, batch_size=self.batch_size, eval_limit=self.eval_limit,
                                          threads=self.threads, max_length=self.max_length,

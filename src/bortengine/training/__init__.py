@@ -23,7 +23,7 @@ from typing import Any
 from bortengine.training.errors import TrainingError
 
 __all__ = [
-    "TrainingError", "default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle",
+    "TrainingError", "default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle", "teacher_classifier",
     "build_model", "architecture_of", "encoder_of", "count_parameters",
     "Importance", "measure_importance", "slice_init",
     "DistillConfig", "pretrain", "surrogate_loss", "embedding_similarity", "pair_similarity",
@@ -40,7 +40,7 @@ __all__ = [
 
 _WHERE = {
     "default_teacher_path": "teacher", "load_teacher": "teacher", "TeacherBundle": "teacher",
-    "teacher_bundle": "teacher",
+    "teacher_bundle": "teacher", "teacher_classifier": "teacher",
     "build_model": "models", "architecture_of": "models", "encoder_of": "models", "count_parameters": "models",
     "Importance": "slicing", "measure_importance": "slicing", "slice_init": "slicing",
     "DistillConfig": "distill", "pretrain": "distill", "surrogate_loss": "distill",

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from bortengine.engine import TextTokenizer
 from bortengine.errors import ModelLoadError
 
-__all__ = ["default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle"]
+__all__ = ["default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle", "teacher_classifier"]
 
 # Tokens per text of the calibration batch the importance scores are measured on, and of the bundle's tokenizer.
 IMPORTANCE_MAX_LENGTH = 128
@@ -75,3 +75,28 @@ def teacher_bundle(teacher: Any = None) -> TeacherBundle:
         tokenizer = TextTokenizer.from_directory(key, IMPORTANCE_MAX_LENGTH)
         _BUNDLES[key] = TeacherBundle(model, default_importance(model, tokenizer), tokenizer, key)
     return _BUNDLES[key]
+
+
+_CLASSIFIERS: dict[str, Any] = {}
+
+
+def teacher_classifier(path: str | os.PathLike):
+    """The teacher directory's BertForSequenceClassification (eval mode, no gradients), loaded once per process, or
+    None when the directory holds no classifier (config.json architectures). A student cut from a fine-tuned
+    teacher takes its classifier's columns too, so it starts from the teacher's answers to the task."""
+    from bortengine.files import read_json
+
+    key = str(path)
+    if key not in _CLASSIFIERS:
+        config = read_json(Path(key) / "config.json", ModelLoadError, missing_ok=True) or {}
+        model = None
+        if "BertForSequenceClassification" in (config.get("architectures") or []):
+            from transformers import BertForSequenceClassification
+
+            from bortengine.training.models import load_pretrained
+
+            model = load_pretrained(BertForSequenceClassification, key, "eager")
+            model.eval().requires_grad_(False)
+            model.name_or_path = key
+        _CLASSIFIERS[key] = model
+    return _CLASSIFIERS[key]
