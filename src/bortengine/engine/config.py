@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from bortengine.errors import ModelLoadError, UnsupportedModelError
 
@@ -25,6 +26,10 @@ SUPPORTED_KINDS = ("BertModel", "BertForSequenceClassification")
 _OTHER_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python", "quick_gelu", "relu", "silu",
                       "swish", "mish", "tanh", "gelu_accurate", "gelu_10", "linear", "sigmoid")
 _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+# A config.json holds tens of keys (and id2label); one larger than this is not a model's config. Read whole, so
+# bounded before it is read.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+_FLOAT_MAX = sys.float_info.max  # a JSON integer above it has no float value
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class ModelConfig:
     position_embedding_type: str = "absolute"
     model_type: str = "bert"
     kind: str = "BertModel"                # one of SUPPORTED_KINDS, from config.json "architectures"
-    id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
+    id2label: Mapping[int, str] = field(default_factory=lambda: NumberedLabels(2))
     problem_type: Optional[str] = None     # None: transformers' rule (1 label -> regression, else single-label)
     pad_token_id: int = 0
 
@@ -81,9 +86,13 @@ class ModelConfig:
             raise ModelLoadError(
                 f"no config.json in {path.parent}: a Hugging Face model directory needs config.json next to its "
                 f"weights (save it with model.config.save_pretrained(dir) or copy it from the model's hub page)")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ModelLoadError(f"{path} is {size} bytes; a model's config.json is a few kilobytes (at most "
+                                 f"{MAX_CONFIG_BYTES} here), so this is not one")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ModelLoadError(f"{path} is not valid JSON ({e}); re-save it with model.config.save_pretrained") from e
         return cls.from_dict(data, source=str(path))
 
@@ -96,6 +105,8 @@ class ModelConfig:
 
         model_type = data.get("model_type")
         architectures = data.get("architectures")
+        if model_type is not None and not isinstance(model_type, str):
+            raise ModelLoadError(f"{source}: model_type must be a string such as 'bert', got {model_type!r}")
         if model_type is not None and model_type != "bert":
             raise UnsupportedModelError(
                 f"{source}: model_type {model_type!r} is not supported; bortengine runs BERT encoders "
@@ -118,13 +129,15 @@ class ModelConfig:
         pad_token_id = data.get("pad_token_id", 0)
         if pad_token_id is None:
             pad_token_id = 0
+        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
+            raise ModelLoadError(f"{source}: pad_token_id must be an integer token id or null, got {pad_token_id!r}")
         if hidden % heads != 0:
             raise ModelLoadError(
                 f"{source}: hidden_size={hidden} is not a multiple of num_attention_heads={heads}; each head "
                 f"gets hidden_size / num_attention_heads channels, so fix one of them")
 
         eps = data.get("layer_norm_eps", defaults.layer_norm_eps)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < _FLOAT_MAX:
             raise ModelLoadError(f"{source}: layer_norm_eps must be a positive number, got {eps!r}")
 
         act = data.get("hidden_act", defaults.hidden_act)
@@ -154,7 +167,7 @@ class ModelConfig:
             hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
             vocab_size=vocab, max_position_embeddings=positions, type_vocab_size=type_vocab,
             layer_norm_eps=float(eps), hidden_act=act, position_embedding_type=pos_type, model_type="bert",
-            kind=kind, id2label=id2label, problem_type=problem_type, pad_token_id=int(pad_token_id),
+            kind=kind, id2label=id2label, problem_type=problem_type, pad_token_id=pad_token_id,
         )
 
 
@@ -187,13 +200,39 @@ def _parse_kind(architectures: Any, source: str) -> str:
         f"the encoder alone")
 
 
-def _parse_id2label(data: dict, source: str) -> dict[int, str]:
+class NumberedLabels(Mapping[int, str]):
+    """transformers' default names LABEL_0 .. LABEL_{n-1}, made when asked: a config's num_labels is checked
+    against the classifier's weights only after parsing, so a hostile num_labels of 10^12 must cost nothing."""
+
+    def __init__(self, count: int):
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> str:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self._count:
+            raise KeyError(index)
+        return f"LABEL_{index}"
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self._count))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and len(other) == self._count and all(
+            other.get(i) == f"LABEL_{i}" for i in range(self._count))
+
+    def __repr__(self) -> str:
+        return f"NumberedLabels({self._count})"
+
+
+def _parse_id2label(data: dict, source: str) -> Mapping[int, str]:
     raw = data.get("id2label")
     if raw is None:
         n = data.get("num_labels", 2)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ModelLoadError(f"{source}: num_labels must be an integer >= 1, got {n!r}")
-        return {i: f"LABEL_{i}" for i in range(n)}
+        return NumberedLabels(n)
     if not isinstance(raw, dict) or not raw:
         raise ModelLoadError(f"{source}: id2label must be a non-empty object {{\"0\": \"label\", ...}}, got {raw!r}")
     try:

@@ -123,7 +123,24 @@ class TensorEntry:
                     self._read_converted(f, out)
         except OSError as e:
             raise ModelLoadError(f"{self.file}: cannot read tensor {self.name}: {e}") from e
+        self._check_finite(out)
         return out.reshape(self.shape)
+
+    def _check_finite(self, values: np.ndarray) -> None:
+        """Refuse NaN and Inf: one of them in a weight makes every output NaN, silently. values is 1-D. Its dot
+        product with itself is finite when every value is (NaN and Inf propagate), and is one BLAS pass: 4 ms for
+        all-MiniLM-L6-v2's 22.7 M weights, against 6 ms for a sum and 16 ms for np.isfinite(values).all(). Only a
+        non-finite product (or finite values large enough to overflow it) counts them."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.dot(values, values)):
+                return
+        nan = int(np.count_nonzero(np.isnan(values)))
+        inf = int(np.count_nonzero(np.isinf(values)))
+        if nan or inf:
+            raise ModelLoadError(
+                f"{self.file}: tensor {self.name} holds {nan + inf} non-finite value(s) of {values.size} ({nan} NaN, "
+                f"{inf} Inf); every output would be NaN. The checkpoint is corrupt or was saved after training "
+                f"diverged: re-export it from a good checkpoint")
 
     def _read_converted(self, f, out: np.ndarray) -> None:
         itemsize, raw_dtype = _DTYPES[self.dtype]
@@ -171,7 +188,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
         raise ModelLoadError(f"cannot read {path}: {e}") from e
     try:
         header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ModelLoadError(f"{path} is not a valid safetensors file: its header is not JSON ({e})") from e
     if not isinstance(header, dict):
         raise ModelLoadError(f"{path} is not a valid safetensors file: its header is not a JSON object")
@@ -312,6 +329,7 @@ class BertWeights:
                     f"{canonical}; keep one of them")
             by_canonical[canonical] = entry
         self._entries = by_canonical
+        _check_layer_count(config, by_canonical, checkpoint.source)  # before any per-layer list is built
 
         # Pre-quantized checkpoints: every quantizable weight is I8 with its scale, or none is.
         quantizable = [f"encoder.layer.{i}.{n}" for i in range(config.num_hidden_layers)
@@ -415,6 +433,16 @@ class BertWeights:
     def read_embeddings(self) -> list[np.ndarray]:
         """word [V,H], position [P,H], token_type [Tt,H], LayerNorm weight [H], bias [H]."""
         return [self.read(n) for n, _ in EMBEDDING_TENSORS]
+
+
+def _check_layer_count(config: ModelConfig, entries: dict[str, TensorEntry], source: str) -> None:
+    """config.json's num_hidden_layers against the layers the weights hold, before anything is sized by it: a
+    config claiming 10^9 layers must fail here, not in building 16 x 10^9 tensor names or allocating workspaces."""
+    held = {name.split(".", 3)[2] for name in entries if name.startswith("encoder.layer.")}
+    if config.num_hidden_layers > len(held):
+        raise ModelLoadError(
+            f"config says num_hidden_layers={config.num_hidden_layers} but {source} holds tensors of {len(held)} "
+            f"encoder layer(s); config.json and the weights disagree, so one of them belongs to another model")
 
 
 def _short_list(names: Iterable[str], limit: int = 8) -> str:

@@ -1,0 +1,191 @@
+"""Checkpoints built to hurt: sizes in config.json that the weights do not hold (10^9 layers, a 2^40 vocabulary),
+NaN and Inf weights, safetensors headers with overlapping or out-of-range offsets, nesting that overflows a JSON
+parser. Each is refused with a ModelLoadError that names the field or tensor, before anything is sized by the
+claim: no tensor is read and no buffer allocated beyond the header. Random headers and configs (hypothesis) raise
+ModelLoadError or load, never anything else."""
+from __future__ import annotations
+
+import json
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from safetensors.numpy import load_file, save_file
+
+import bortengine
+from bortengine import ModelConfig, ModelLoadError
+from bortengine.engine import weights as weights_module
+from bortengine.engine.weights import read_safetensors_header
+from test_loading import model_copy
+
+HUGE = 2 ** 40
+BIG_CLAIMS = [
+    ({"num_hidden_layers": 10 ** 9}, r"config says num_hidden_layers=1000000000 but \S+ holds tensors of 2 encoder"),
+    ({"vocab_size": HUGE}, rf"config says vocab_size={HUGE} but embeddings.word_embeddings.weight is \[30522, 64\]"),
+    ({"hidden_size": HUGE}, rf"config says hidden_size={HUGE} but embeddings.word_embeddings.weight is \[30522, 64\]"),
+    ({"intermediate_size": HUGE}, rf"config says intermediate_size={HUGE} but encoder.layer.0.intermediate"),
+    ({"max_position_embeddings": HUGE}, rf"config says max_position_embeddings={HUGE} but embeddings.position"),
+    ({"type_vocab_size": HUGE}, rf"config says type_vocab_size={HUGE} but embeddings.token_type"),
+    ({"id2label": None, "num_labels": 10 ** 12},
+     "config says num_labels=1000000000000 but classifier.weight is"),
+]
+
+
+@pytest.fixture(scope="module")
+def weights(small_classifier) -> dict[str, np.ndarray]:
+    return load_file(str(small_classifier / "model.safetensors"))
+
+
+@pytest.fixture
+def no_tensor_read(monkeypatch):
+    """Fail the test if any tensor's data is read: the claim must be refused from the header alone."""
+    def refuse(self, *args):
+        raise AssertionError(f"tensor {self.name} was read before the config was checked against the header")
+
+    monkeypatch.setattr(weights_module.TensorEntry, "read", refuse)
+    monkeypatch.setattr(weights_module.TensorEntry, "read_int8", refuse)
+
+
+@pytest.mark.parametrize("claim, match", BIG_CLAIMS, ids=[next(reversed(claim)) for claim, _ in BIG_CLAIMS])
+def test_size_claims_refused_from_the_header(small_model, small_classifier, tmp_path, no_tensor_read, claim,
+                                             match):
+    source = small_classifier if "num_labels" in claim else small_model
+    if "hidden_size" in claim:
+        claim = {**claim, "num_attention_heads": 4}
+    path = model_copy(source, tmp_path / "m", config=claim)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelLoadError, match=match):
+            bortengine.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2 ** 20, f"refusing the claim allocated {peak / 2 ** 20:.1f} MiB"
+
+
+def test_num_labels_claim_costs_nothing_to_parse():
+    config = ModelConfig.from_dict({"architectures": ["BertForSequenceClassification"], "num_labels": 10 ** 12})
+    assert config.num_labels == 10 ** 12 and config.id2label[7] == "LABEL_7"
+
+
+@pytest.mark.parametrize("name, dtype, values, counts", [
+    ("encoder.layer.1.attention.self.key.weight", np.float32, [np.nan, np.nan, np.inf],
+     "3 non-finite value.*2 NaN, 1 Inf"),
+    ("embeddings.word_embeddings.weight", np.float32, [-np.inf], "1 non-finite value.*0 NaN, 1 Inf"),
+    ("classifier.bias", np.float16, [np.nan], "1 non-finite value.*1 NaN, 0 Inf"),
+    ("encoder.layer.0.output.LayerNorm.weight", np.float64, [np.inf, np.nan], "2 non-finite value.*1 NaN, 1 Inf"),
+], ids=["f32-layer", "f32-embeddings", "f16-classifier", "f64-layernorm"])
+def test_non_finite_weights_refused(small_classifier, weights, tmp_path, name, dtype, values, counts):
+    bad = dict(weights)
+    name = name if name in bad else "bert." + name
+    tensor = bad[name].astype(dtype)
+    tensor.reshape(-1)[[3 * i + 1 for i in range(len(values))]] = values
+    bad[name] = tensor
+    with pytest.raises(ModelLoadError, match=rf"tensor {name} holds {counts}.*re-export"):
+        bortengine.load(model_copy(small_classifier, tmp_path / "m", bad))
+
+
+def test_large_finite_weights_load(small_classifier, weights, tmp_path):
+    """Finite values whose float32 sum overflows are not mistaken for Inf."""
+    big = dict(weights)
+    big["classifier.bias"] = np.full_like(weights["classifier.bias"], 3e38)
+    assert bortengine.load(model_copy(small_classifier, tmp_path / "m", big)).labels
+
+
+# --------------------------------------------------------------------------------------- safetensors headers
+def _file(header: dict, data_size: int) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + bytes(data_size)
+
+
+def _write(tmp_path, data: bytes):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    return path
+
+
+F32x2 = {"dtype": "F32", "shape": [2]}
+
+
+@pytest.mark.parametrize("header, data_size, match", [
+    ({"a": {**F32x2, "data_offsets": [0, 8]}, "b": {**F32x2, "data_offsets": [0, 8]}}, 8, "tensors a and b overlap"),
+    ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "b": {**F32x2, "data_offsets": [4, 12]}}, 16,
+     "tensors a and b overlap"),
+    ({"a": {**F32x2, "data_offsets": [2 ** 64, 2 ** 64 + 8]}}, 8, "truncated: tensor a ends at data byte"),
+    ({"a": {"dtype": "F32", "shape": [2 ** 62, 2 ** 62], "data_offsets": [0, 8]}}, 8, "needs .* bytes"),
+    ({"a": {**F32x2, "data_offsets": [0, 8.0]}}, 8, "data_offsets must be"),
+    ({"a": {**F32x2, "data_offsets": [0, 8, 16]}}, 16, "data_offsets must be"),
+    ({"a": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, 8, "shape must be a list"),
+])
+def test_hostile_offsets_refused(tmp_path, header, data_size, match):
+    with pytest.raises(ModelLoadError, match=match):
+        read_safetensors_header(_write(tmp_path, _file(header, data_size)))
+
+
+def test_deeply_nested_json_refused(small_model, tmp_path):
+    nested = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ModelLoadError, match="header is not JSON"):
+        read_safetensors_header(_write(tmp_path, struct.pack("<Q", len(nested)) + nested))
+    path = model_copy(small_model, tmp_path / "m")
+    (path / "config.json").write_bytes(nested)
+    with pytest.raises(ModelLoadError, match="config.json is not valid JSON"):
+        bortengine.load(path)
+
+
+def test_oversized_config_refused(small_model, tmp_path, monkeypatch):
+    from bortengine.engine import config as config_module
+
+    monkeypatch.setattr(config_module, "MAX_CONFIG_BYTES", 100)
+    with pytest.raises(ModelLoadError, match=r"config.json is \d+ bytes; a model's config.json is a few kilobytes"):
+        bortengine.load(model_copy(small_model, tmp_path / "m"))
+
+
+# ------------------------------------------------------------------------------------------------ hypothesis
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                    max_leaves=6)
+SIZES = st.integers(min_value=-2, max_value=2 ** 70)
+ENTRY = st.fixed_dictionaries({"dtype": st.sampled_from(["F32", "F16", "I8", "BF16", "X"]) | JSON,
+                               "shape": st.lists(SIZES, max_size=3) | JSON,
+                               "data_offsets": st.lists(SIZES, min_size=2, max_size=2) | JSON})
+HEADERS = st.dictionaries(st.text(max_size=3), ENTRY | JSON, max_size=4)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(header=HEADERS, data_size=st.integers(0, 64))
+def test_random_headers_refused_or_read(tmp_path_factory, header, data_size):
+    path = _write(tmp_path_factory.mktemp("h"), _file(header, data_size))
+    try:
+        entries = read_safetensors_header(path)
+    except ModelLoadError:
+        return
+    spans = sorted((e.offset, e.offset + e.nbytes) for e in entries.values() if e.nbytes)
+    assert all(e.offset + e.nbytes <= path.stat().st_size for e in entries.values())
+    assert all(end <= begin for (_, end), (begin, _) in zip(spans, spans[1:]))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(max_size=64))
+def test_random_bytes_refused(tmp_path_factory, data):
+    try:
+        read_safetensors_header(_write(tmp_path_factory.mktemp("b"), data))
+    except ModelLoadError:
+        pass
+
+
+CONFIG_KEYS = ["model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size", "vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id",
+               "layer_norm_eps", "hidden_act", "position_embedding_type", "is_decoder", "id2label", "num_labels",
+               "problem_type"]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(st.sampled_from(CONFIG_KEYS), JSON | SIZES, max_size=6))
+def test_random_configs_refused_or_parsed(data):
+    try:
+        config = ModelConfig.from_dict(data)
+    except ModelLoadError:
+        return
+    assert config.hidden_size % config.num_attention_heads == 0 and config.layer_norm_eps > 0
