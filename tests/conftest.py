@@ -1,4 +1,5 @@
-"""Shared fixtures: the native module (or its NumPy stand-in), the ISA list, cached random-weight models.
+"""Shared fixtures: the native module (or its NumPy stand-in), the ISA list, cached random-weight models (BERT, and
+the other families with their own tokenizers).
 
 If `bortengine._core` is not built, tests/numpy_encoder.py stands in for it (the run header says so), so the
 Python package can be tested on its own; every ISA-parametrized test then runs on the one "numpy" path. Setting
@@ -56,9 +57,25 @@ class ModelFactory:
         return make_random_bert(self.root / key, **kwargs)
 
 
+class EncoderFactory(ModelFactory):
+    """make_random_encoder (RoBERTa, XLM-R, CamemBERT, DistilBERT, BERT with trained tokenizers), each model built
+    once per session."""
+
+    def __call__(self, **kwargs) -> Path:
+        from bortengine.testing import make_random_encoder
+
+        key = hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:12]
+        return make_random_encoder(self.root / key, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def make_model(tmp_path_factory) -> ModelFactory:
     return ModelFactory(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def make_encoder(tmp_path_factory) -> EncoderFactory:
+    return EncoderFactory(tmp_path_factory.mktemp("encoders"))
 
 
 @pytest.fixture(scope="session")

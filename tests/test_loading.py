@@ -73,8 +73,12 @@ def test_config_classifier_labels():
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"model_type": "roberta"}, "model_type 'roberta' is not supported.*position ids"),
-    ({"model_type": "distilbert"}, "model_type 'distilbert'"),
+    ({"model_type": "mpnet"}, "model_type 'mpnet' is not supported.*relative position bias"),
+    ({"model_type": "electra"}, "model_type 'electra'.*embedding_size"),
+    ({"model_type": "roberta"}, r"architectures \['BertModel'\] are not supported; for this roberta model.*"
+                                r"\"architectures\": \[\"RobertaModel\"\]"),
+    ({"model_type": "distilbert", "architectures": ["DistilBertModel"], "activation": "relu"},
+     "activation 'relu' is not supported"),
     ({"hidden_act": "relu"}, "hidden_act 'relu' is not supported.*exact erf GELU"),
     ({"hidden_act": "gelu_new"}, "hidden_act 'gelu_new'"),
     ({"hidden_act": "gelu_pytorch_tanh"}, "gelu_pytorch_tanh"),
@@ -102,10 +106,10 @@ def test_config_invalid(change, match):
 
 
 def test_real_other_model_configs_rejected(tmp_path, small_model):
-    """Configs as transformers writes them for RoBERTa and DistilBERT."""
-    from transformers import DistilBertConfig, RobertaConfig
+    """Configs as transformers writes them for MPNet and ELECTRA (families the engine does not run yet)."""
+    from transformers import ElectraConfig, MPNetConfig
 
-    for cfg in (RobertaConfig(hidden_size=64, num_attention_heads=4), DistilBertConfig(dim=64, n_heads=4)):
+    for cfg in (MPNetConfig(hidden_size=64, num_attention_heads=4), ElectraConfig(hidden_size=64, num_attention_heads=4)):
         d = tmp_path / cfg.model_type
         d.mkdir()
         cfg.save_pretrained(d)

@@ -1,4 +1,5 @@
-"""Builders of Hugging Face-format BERT directories with random weights, for tests and benchmarks.
+"""Builders of Hugging Face-format encoder directories with random weights (BERT with the real MiniLM tokenizer;
+RoBERTa, XLM-R, CamemBERT, DistilBERT with tokenizers trained here), for tests and benchmarks.
 
 Model hubs are unreachable here, so tests and benchmarks build the models they need. Needs the `test` or
 `bench` extra (torch, transformers); `import bortengine` never imports this module.
@@ -9,8 +10,21 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Optional
 
-__all__ = ["minilm_path", "make_random_bert"]
+__all__ = ["minilm_path", "make_random_bert", "make_random_encoder", "train_tokenizer", "TOKENIZER_CORPUS"]
+
+
+def _fresh_directory(path: Path, args: dict, overwrite: bool) -> Optional[Path]:
+    """None when path holds a model built with these arguments (kept unless overwrite); else path emptied, and the
+    stamp file to write the arguments to once the model is there."""
+    stamp = path / ".bortengine-testing.json"
+    if not overwrite and stamp.exists() and json.loads(stamp.read_text()) == args:
+        return None
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return stamp
 
 
 def minilm_path() -> Path:
@@ -55,12 +69,9 @@ def make_random_bert(
         type_vocab_size=type_vocab_size, layer_norm_eps=layer_norm_eps, head=head, num_labels=num_labels,
         seed=seed, init_std=init_std,
     )
-    stamp = path / ".bortengine-testing.json"
-    if not overwrite and stamp.exists() and json.loads(stamp.read_text()) == args:
+    stamp = _fresh_directory(path, args, overwrite)
+    if stamp is None:
         return path
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
 
     src = minilm_path()
     if vocab_size is None:
@@ -96,3 +107,147 @@ def make_random_bert(
             shutil.copy(src / name, path / name)
     stamp.write_text(json.dumps(args))
     return path
+
+
+# Sentences the test tokenizers are trained on: names, places and organisations for token classification, accents
+# and digits for offsets. Tokenizers trained on them keep the random models' vocabularies small (a few hundred).
+TOKENIZER_CORPUS = (
+    "Marie Curie was born in Warsaw and worked in Paris at the University of Paris.",
+    "Angela Merkel met Emmanuel Macron in Berlin on Tuesday.",
+    "Apple and Microsoft opened new offices in New York City and London.",
+    "The quick brown fox jumps over the lazy dog near the river Thames.",
+    "A man is eating food. A man is eating a piece of bread.",
+    "Héllo wörld: Ünïcode, accents and numbers such as 12345 or 3.14 appear here.",
+    "Barack Obama visited Tokyo, Kyoto and Osaka with the United Nations delegation.",
+    "She said that the film was gripping, beautifully acted and far too long.",
+    "Queries and documents: who wrote the novel about the whale? Herman Melville wrote Moby-Dick.",
+    "Zürich, São Paulo and Reykjavík are cities; Amazon, Google and Siemens are companies.",
+)
+
+# transformers class-name prefix and the tokenizer kind of each model_type make_random_encoder builds
+_ENCODER_KINDS = {"bert": ("Bert", "wordpiece"), "roberta": ("Roberta", "bpe"), "xlm-roberta": ("XLMRoberta", "unigram"),
+                  "camembert": ("Camembert", "unigram"), "distilbert": ("DistilBert", "wordpiece")}
+_HEAD_SUFFIXES = {"model": "Model", "sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
+
+
+def train_tokenizer(kind: str, vocab_size: int = 400):
+    """A `tokenizers.Tokenizer` trained on TOKENIZER_CORPUS as each family's is built: "wordpiece" (BERT: lower-cased,
+    ## pieces, [CLS] a [SEP] b [SEP] with token types), "bpe" (RoBERTa: byte-level, <s> a </s></s> b </s>) or
+    "unigram" (XLM-R / CamemBERT: SentencePiece-style with ▁, the same template)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    corpus = list(TOKENIZER_CORPUS) * 4
+    if kind == "wordpiece":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        return tok
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]   # ids 0..4: <pad> is 1, RoBERTa's padding_idx
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
+        return tok
+    if kind != "unigram":
+        raise ValueError(f"kind must be 'wordpiece', 'bpe' or 'unigram', got {kind!r}")
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                            unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    return tok
+
+
+def make_random_encoder(
+    path: str | os.PathLike,
+    *,
+    model_type: str = "roberta",
+    head: str = "model",
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 96,
+    max_positions: int = 64,
+    labels: tuple[str, ...] = ("negative", "positive"),
+    pooler: bool = True,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write a random-weight encoder of another family as an HF directory, with its own kind of tokenizer
+    (train_tokenizer; tokenizer.json through transformers' save_pretrained) and a vocabulary of that tokenizer's size.
+
+    model_type: "bert", "roberta", "xlm-roberta", "camembert" or "distilbert". head: "model" (the encoder; with a
+    pooler if `pooler` and the family has one), "sequence" (...ForSequenceClassification) or "token"
+    (...ForTokenClassification), labelled `labels`. max_positions: tokens a sequence may have (RoBERTa's table gets
+    padding_idx + 1 more rows). Reuses an existing directory built with the same arguments unless overwrite=True.
+    """
+    import torch
+    import transformers
+
+    path = Path(path)
+    args = dict(model_type=model_type, head=head, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+                max_positions=max_positions, labels=list(labels), pooler=pooler, seed=seed)
+    stamp = _fresh_directory(path, args, overwrite)
+    if stamp is None:
+        return path
+
+    prefix, kind = _ENCODER_KINDS[model_type]
+    tokenizer = train_tokenizer(kind)
+    sizes = dict(vocab_size=tokenizer.get_vocab_size(), num_labels=len(labels),
+                 id2label=dict(enumerate(labels)), label2id={v: k for k, v in enumerate(labels)})
+    if model_type == "distilbert":
+        config = transformers.DistilBertConfig(dim=hidden_size, n_layers=num_hidden_layers,
+                                               n_heads=num_attention_heads, hidden_dim=intermediate_size,
+                                               max_position_embeddings=max_positions, pad_token_id=0, **sizes)
+    else:
+        pad = 0 if model_type == "bert" else 1
+        config = transformers.AutoConfig.for_model(
+            model_type, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+            max_position_embeddings=max_positions + (pad + 1 if pad else 0), type_vocab_size=2 if pad == 0 else 1,
+            pad_token_id=pad, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5 if pad else 1e-12, **sizes)
+    torch.manual_seed(seed)
+    cls = getattr(transformers, prefix + _HEAD_SUFFIXES[head])
+    model = cls(config, add_pooling_layer=pooler) if head == "model" and model_type != "distilbert" else cls(config)
+    with torch.no_grad():  # perturb LayerNorms (1, 0) and biases (0) so that tests see every parameter
+        for name, p in model.named_parameters():
+            if name.startswith(("classifier.", "pre_classifier.")) and p.dim() == 2:
+                p.normal_(0.0, p.shape[1] ** -0.5)  # logits of order 1: labels and scores vary from token to token
+            elif "norm" in name.lower() and name.endswith("weight"):
+                p.add_(torch.randn_like(p) * 0.1)
+            elif name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.02)
+    model.eval().save_pretrained(path, safe_serialization=True)
+    _save_tokenizer(tokenizer, kind, path, max_positions, token_types=model_type == "bert")
+    stamp.write_text(json.dumps(args))
+    return path
+
+
+def _save_tokenizer(tokenizer, kind: str, path: Path, max_length: int, token_types: bool) -> None:
+    """tokenizer.json and tokenizer_config.json as transformers writes them, so AutoTokenizer (and the pipelines
+    tests compare with) read the same tokenizer the engine does. token_types: the model reads token_type_ids
+    (BERT; DistilBERT's and RoBERTa's tokenizers give none)."""
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "wordpiece":
+        specials = dict(unk_token="[UNK]", sep_token="[SEP]", cls_token="[CLS]", pad_token="[PAD]",
+                        mask_token="[MASK]")
+    else:
+        specials = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>", cls_token="<s>",
+                        pad_token="<pad>", mask_token="<mask>")
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=max_length, model_input_names=names,
+                            **specials).save_pretrained(path)

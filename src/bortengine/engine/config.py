@@ -1,28 +1,30 @@
-"""ModelConfig: the hyper-parameters of a BERT encoder, parsed and validated from a Hugging Face config.json.
+"""ModelConfig: the hyper-parameters of an encoder (BERT, RoBERTa / XLM-RoBERTa / CamemBERT, DistilBERT), parsed and
+validated from a Hugging Face config.json.
 
-A key missing from config.json takes transformers' BertConfig default (so a model loads here exactly when, and
-as, it loads in transformers); a key present with a value the engine cannot run is rejected with an
-UnsupportedModelError that says why, rather than computing something subtly different.
+A key missing from config.json takes the default of the family's transformers config class (so a model loads here
+exactly when, and as, it loads in transformers); a key present with a value the engine cannot run is rejected with
+an UnsupportedModelError that says why, rather than computing something subtly different. Families spell some keys
+their own way (DistilBERT's dim, n_layers, ...): engine/families.py maps them onto the fields here.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from bortengine.engine.families import FAMILIES, HEADS, Family, default_value, family_of, supported_classes
 from bortengine.errors import ModelLoadError, UnsupportedModelError
 
-__all__ = ["ModelConfig", "SUPPORTED_KINDS"]
+__all__ = ["ModelConfig", "NumberedLabels", "SUPPORTED_KINDS"]
 
-# The heads the engine runs: BertModel is the bare encoder (+ optional pooler); BertForSequenceClassification
-# adds a linear classifier on the pooler output, which the engine applies in NumPy.
-SUPPORTED_KINDS = ("BertModel", "BertForSequenceClassification")
+# The architectures the engine runs: each family's bare encoder (+ optional pooler), sequence classifier (its head
+# applied in NumPy on the first token) and token classifier (a linear layer on every token).
+SUPPORTED_KINDS = tuple(supported_classes())
 
-# Activations that other BERT-family configs use. Named so the error can say what the model wants instead.
+# Activations that other encoder configs use. Named so the error can say what the model wants instead.
 _OTHER_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python", "quick_gelu", "relu", "silu",
                       "swish", "mish", "tanh", "gelu_accurate", "gelu_10", "linear", "sigmoid")
 _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -34,23 +36,31 @@ _FLOAT_MAX = sys.float_info.max  # a JSON integer above it has no float value
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Hyper-parameters of a BERT encoder. Defaults are transformers' BertConfig defaults (BERT-base)."""
+    """Hyper-parameters of an encoder. Defaults are transformers' BertConfig defaults (BERT-base)."""
 
     hidden_size: int = 768                 # H
     num_hidden_layers: int = 12            # D, encoder layers
     num_attention_heads: int = 12          # H must be a multiple of this; head size = H / heads
     intermediate_size: int = 3072          # I, FFN width
     vocab_size: int = 30522                # V, rows of the word embedding
-    max_position_embeddings: int = 512     # P, longest sequence (absolute position embeddings)
-    type_vocab_size: int = 2               # Tt, segment (token type) embeddings
+    max_position_embeddings: int = 512     # P, rows of the position table (RoBERTa: padding_idx + 1 of them unused)
+    type_vocab_size: int = 2               # Tt, segment (token type) embeddings (DistilBERT: 1, a zero row)
     layer_norm_eps: float = 1e-12
     hidden_act: str = "gelu"               # only exact erf GELU: the engine's FFN epilogue computes exactly that
     position_embedding_type: str = "absolute"
-    model_type: str = "bert"
+    model_type: str = "bert"               # config.json model_type: says the family (engine/families.py)
     kind: str = "BertModel"                # one of SUPPORTED_KINDS, from config.json "architectures"
+    head: str = "encoder"                  # "encoder", "sequence" (classifier) or "token" (token classifier)
     id2label: Mapping[int, str] = field(default_factory=lambda: NumberedLabels(2))
     problem_type: Optional[str] = None     # None: transformers' rule (1 label -> regression, else single-label)
     pad_token_id: int = 0
+    # sentence-transformers CrossEncoder's activation of the scores (config.json sentence_transformers.activation_fn,
+    # a torch class path); None: its default (sigmoid for one label, identity otherwise)
+    score_activation: Optional[str] = None
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.model_type)
 
     @property
     def num_labels(self) -> int:
@@ -61,8 +71,32 @@ class ModelConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def position_offset(self) -> int:
+        """Row of the position table that the first token reads: padding_idx + 1 for RoBERTa, else 0."""
+        return self.pad_token_id + 1 if self.family.positions_after_padding else 0
+
+    @property
+    def max_positions(self) -> int:
+        """Tokens a sequence may have: the position table's rows from position_offset on."""
+        return self.max_position_embeddings - self.position_offset
+
+    @property
+    def token_types(self) -> bool:
+        """Whether the model reads token types from its tokenizer (the second text of a pair gets type 1)."""
+        return self.family.token_types
+
+    @property
     def is_classifier(self) -> bool:
-        return self.kind == "BertForSequenceClassification"
+        """A sequence classifier: one label per text."""
+        return self.head == "sequence"
+
+    @property
+    def is_token_classifier(self) -> bool:
+        return self.head == "token"
+
+    def key(self, name: str) -> str:
+        """The config.json key of a field in this model's family (hidden_size is DistilBERT's dim)."""
+        return self.family.keys.get(name, name)
 
     @property
     def effective_problem_type(self) -> str:
@@ -101,20 +135,18 @@ class ModelConfig:
         """Validate a config.json dictionary. source names the file in error messages."""
         if not isinstance(data, dict):
             raise ModelLoadError(f"{source} must hold a JSON object, got {type(data).__name__}")
-        defaults = cls()
+        model_type, family = _parse_family(data, source)
+        kind, head = _parse_kind(data.get("architectures"), family, source)
 
-        model_type = data.get("model_type")
-        architectures = data.get("architectures")
-        if model_type is not None and not isinstance(model_type, str):
-            raise ModelLoadError(f"{source}: model_type must be a string such as 'bert', got {model_type!r}")
-        if model_type is not None and model_type != "bert":
-            raise UnsupportedModelError(
-                f"{source}: model_type {model_type!r} is not supported; bortengine runs BERT encoders "
-                f"(model_type 'bert') only. {_why_not(model_type)}")
-        kind = _parse_kind(architectures, source)
+        def get(name: str) -> tuple[str, Any]:
+            """(config.json key, value) of a field: the family's key, or its fixed value."""
+            if name in family.fixed:
+                return name, family.fixed[name]
+            key = family.keys[name]
+            return key, data.get(key, default_value(family, model_type, key))
 
-        def get_int(key: str, minimum: int = 1) -> int:
-            value = data.get(key, getattr(defaults, key))
+        def get_int(name: str, minimum: int = 1) -> int:
+            key, value = get(name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ModelLoadError(f"{source}: {key} must be an integer >= {minimum}, got {value!r}")
             return value
@@ -126,36 +158,26 @@ class ModelConfig:
         vocab = get_int("vocab_size")
         positions = get_int("max_position_embeddings")
         type_vocab = get_int("type_vocab_size")
-        pad_token_id = data.get("pad_token_id", 0)
+        pad_token_id = data.get("pad_token_id", default_value(family, model_type, "pad_token_id"))
         if pad_token_id is None:
             pad_token_id = 0
         if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
             raise ModelLoadError(f"{source}: pad_token_id must be an integer token id or null, got {pad_token_id!r}")
         if hidden % heads != 0:
             raise ModelLoadError(
-                f"{source}: hidden_size={hidden} is not a multiple of num_attention_heads={heads}; each head "
-                f"gets hidden_size / num_attention_heads channels, so fix one of them")
+                f"{source}: {family.keys['hidden_size']}={hidden} is not a multiple of "
+                f"{family.keys['num_attention_heads']}={heads}; each head gets hidden_size / num_attention_heads "
+                f"channels, so fix one of them")
+        if family.positions_after_padding and not 0 <= pad_token_id < positions - 1:
+            raise ModelLoadError(
+                f"{source}: a {model_type} model numbers positions from pad_token_id + 1, so pad_token_id="
+                f"{pad_token_id} leaves none of its max_position_embeddings={positions} positions for tokens")
 
-        eps = data.get("layer_norm_eps", defaults.layer_norm_eps)
+        _, eps = get("layer_norm_eps")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < _FLOAT_MAX:
             raise ModelLoadError(f"{source}: layer_norm_eps must be a positive number, got {eps!r}")
-
-        act = data.get("hidden_act", defaults.hidden_act)
-        if act != "gelu":
-            hint = ("it is a known activation, but the engine computes exact erf GELU only ('gelu'), so its "
-                    "outputs would be wrong for this model" if act in _OTHER_ACTIVATIONS
-                    else "it is not an activation name transformers knows either")
-            raise UnsupportedModelError(f"{source}: hidden_act {act!r} is not supported: {hint}")
-
-        pos_type = data.get("position_embedding_type", defaults.position_embedding_type)
-        if pos_type != "absolute":
-            raise UnsupportedModelError(
-                f"{source}: position_embedding_type {pos_type!r} is not supported; the engine adds learned "
-                f"absolute position embeddings ('absolute') only")
-        for flag in ("is_decoder", "add_cross_attention"):
-            if data.get(flag):
-                raise UnsupportedModelError(
-                    f"{source}: {flag}=true is not supported; bortengine runs bidirectional encoders only")
+        act_key, act = get("hidden_act")
+        _check_supported(data, act_key, act, source)
 
         id2label = _parse_id2label(data, source)
         problem_type = data.get("problem_type")
@@ -166,38 +188,92 @@ class ModelConfig:
         return cls(
             hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
             vocab_size=vocab, max_position_embeddings=positions, type_vocab_size=type_vocab,
-            layer_norm_eps=float(eps), hidden_act=act, position_embedding_type=pos_type, model_type="bert",
-            kind=kind, id2label=id2label, problem_type=problem_type, pad_token_id=pad_token_id,
+            layer_norm_eps=float(eps), hidden_act=act, position_embedding_type="absolute", model_type=model_type,
+            kind=kind, head=head, id2label=id2label, problem_type=problem_type, pad_token_id=pad_token_id,
+            score_activation=_parse_score_activation(data, source),
         )
+
+
+def _parse_family(data: dict, source: str) -> tuple[str, Family]:
+    """(model_type, its Family). A config without model_type is read by the family of its architectures, else as
+    BERT (transformers' BertConfig writes model_type; hand-written configs often leave it out)."""
+    model_type = data.get("model_type")
+    if model_type is None:
+        architectures = data.get("architectures")
+        names = architectures if isinstance(architectures, list) else [architectures]
+        for family in FAMILIES:
+            if any(isinstance(n, str) and family.supports(n) for n in names):
+                return family.model_types[0], family
+        return "bert", family_of("bert")
+    if not isinstance(model_type, str):
+        raise ModelLoadError(f"{source}: model_type must be a string such as 'bert', got {model_type!r}")
+    family = family_of(model_type)
+    if family is None:
+        runs = sorted(t for f in FAMILIES for t in f.model_types)
+        raise UnsupportedModelError(
+            f"{source}: model_type {model_type!r} is not supported; bortengine runs the encoders {runs}. "
+            f"{_why_not(model_type)}")
+    return model_type, family
+
+
+def _check_supported(data: dict, act_key: str, act: Any, source: str) -> None:
+    """Refuse what the engine's layers do not compute: another activation, relative positions, a decoder."""
+    if act != "gelu":
+        hint = ("it is a known activation, but the engine computes exact erf GELU only ('gelu'), so its "
+                "outputs would be wrong for this model" if act in _OTHER_ACTIVATIONS
+                else "it is not an activation name transformers knows either")
+        raise UnsupportedModelError(f"{source}: {act_key} {act!r} is not supported: {hint}")
+    pos_type = data.get("position_embedding_type", "absolute")
+    if pos_type != "absolute":
+        raise UnsupportedModelError(
+            f"{source}: position_embedding_type {pos_type!r} is not supported; the engine adds learned "
+            f"absolute position embeddings ('absolute') only")
+    for flag in ("is_decoder", "add_cross_attention"):
+        if data.get(flag):
+            raise UnsupportedModelError(
+                f"{source}: {flag}=true is not supported; bortengine runs bidirectional encoders only")
+
+
+def _parse_score_activation(data: dict, source: str) -> Optional[str]:
+    """sentence-transformers CrossEncoder's activation_fn (v4+: sentence_transformers.activation_fn; before:
+    sbert_ce_default_activation_function), a torch class path, or None."""
+    st = data.get("sentence_transformers")
+    path = st.get("activation_fn") if isinstance(st, dict) else data.get("sbert_ce_default_activation_function")
+    if path is not None and not isinstance(path, str):
+        raise ModelLoadError(f"{source}: sentence_transformers.activation_fn must be a class path such as "
+                             f"'torch.nn.modules.activation.Sigmoid', got {path!r}")
+    return path
 
 
 def _why_not(model_type: str) -> str:
     reasons = {
-        "roberta": "RoBERTa offsets position ids by padding_idx + 1 and has no token types.",
-        "xlm-roberta": "XLM-RoBERTa offsets position ids by padding_idx + 1 and has no token types.",
-        "distilbert": "DistilBERT has different tensor names, no token types and no pooler.",
         "albert": "ALBERT factorises the embedding and shares weights across layers.",
-        "electra": "ELECTRA projects embeddings to a different hidden size.",
+        "electra": "ELECTRA projects embeddings to the hidden size when embedding_size differs (not yet here).",
+        "mpnet": "MPNet adds a relative position bias inside attention (not yet here).",
         "deberta": "DeBERTa uses disentangled relative attention.",
         "deberta-v2": "DeBERTa uses disentangled relative attention.",
     }
     return reasons.get(model_type, "Its layers differ from BERT's, so BERT kernels would compute wrong outputs.")
 
 
-def _parse_kind(architectures: Any, source: str) -> str:
+def _parse_kind(architectures: Any, family: Family, source: str) -> tuple[str, str]:
+    """(class name, head) of config.json "architectures": the first class of the family that the engine runs."""
     if architectures is None:
-        return "BertModel"
+        return family.class_prefixes[0] + "Model", "encoder"
     if isinstance(architectures, str):
         architectures = [architectures]
     if not isinstance(architectures, list) or not architectures:
         raise ModelLoadError(f"{source}: architectures must be a non-empty list of class names, got {architectures!r}")
     for name in architectures:
-        if name in SUPPORTED_KINDS:
-            return name
+        head = family.supports(name) if isinstance(name, str) else None
+        if head is not None:
+            return name, head
+    bare = family.class_prefixes[0] + "Model"
+    runs = [family.class_prefixes[0] + suffix for suffix in HEADS]
     raise UnsupportedModelError(
-        f"{source}: architectures {architectures} are not supported; bortengine runs {list(SUPPORTED_KINDS)}. "
-        f"If the checkpoint holds a BERT encoder under another head, set \"architectures\": [\"BertModel\"] to run "
-        f"the encoder alone")
+        f"{source}: architectures {architectures} are not supported; for this {family.name} model bortengine runs "
+        f"{runs}. If the checkpoint holds the encoder under another head, set \"architectures\": [\"{bare}\"] to "
+        f"run the encoder alone")
 
 
 class NumberedLabels(Mapping[int, str]):

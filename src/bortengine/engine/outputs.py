@@ -1,5 +1,6 @@
-"""What the engine returns: EncoderOutput from a call on ids, ClassificationResult from classify(); and the
-softmax both the engine and training use for class probabilities.
+"""What the engine returns: EncoderOutput from a call on ids, ClassificationResult from classify(), TokenEntity from
+classify_tokens(), RankedDocument from rerank(); and the softmax both the engine and training use for class
+probabilities.
 
 Shapes: B = batch, T = tokens per sequence, H = hidden size, L = number of labels, N = number of texts.
 """
@@ -10,7 +11,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-__all__ = ["EncoderOutput", "ClassificationResult", "softmax"]
+__all__ = ["EncoderOutput", "ClassificationResult", "TokenEntity", "RankedDocument", "softmax"]
 
 
 @dataclass
@@ -18,7 +19,8 @@ class EncoderOutput:
     """What Engine.__call__ returns. Attribute access (out.logits) or dict-style (out["logits"]).
 
     Shapes: last_hidden_state [B,T,H] float32 (zeros at masked positions), pooler_output [B,H] float32 when the
-    model has a pooler, logits [B,L] float32 when it is a classifier; absent outputs are None and not keys.
+    model has a pooler, logits [B,L] float32 when it is a sequence classifier, [B,T,L] for a token classifier
+    (zeros at masked positions); absent outputs are None and not keys.
     The pooler reads each sequence's first unmasked token (its [CLS]); transformers reads position 0 even when it
     is masked, so the two agree whenever position 0 is unmasked (always, for right padding).
     """
@@ -79,3 +81,32 @@ class ClassificationResult:
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         return iter(zip(self.labels, self.probabilities))
+
+
+@dataclass(frozen=True)
+class TokenEntity:
+    """A labelled token, or with aggregation a labelled word or entity, of Engine.classify_tokens: what
+    transformers' token-classification pipeline gives as {"entity" or "entity_group", "score", "word", "start",
+    "end", "index"}.
+
+    label: the token's or word's label ("B-PER"), or with aggregation other than "none" the entity group ("PER");
+    score: its probability (averaged over a group); word: the token, or the decoded word or entity; start, end:
+    character offsets in the text (text[start:end]); index: the token's index in the tokenized text (with its
+    special tokens), None when aggregated."""
+
+    label: str
+    score: float
+    word: str
+    start: int
+    end: int
+    index: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    """One document of Engine.rerank: its index in the documents given, its score (sentence-transformers'
+    CrossEncoder.rank score: higher is more relevant) and its text."""
+
+    index: int
+    score: float
+    text: str

@@ -1,7 +1,9 @@
-"""The inference API: load() a Hugging Face BERT directory into an Engine, then call it on ids or texts.
+"""The inference API: load() a Hugging Face encoder directory (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT) into
+an Engine, then call it on ids or texts.
 
 The Engine composes the parts: ModelConfig (config.json), BertWeights (safetensors, read one tensor at a time and
-handed straight to the native encoder, so loading never holds the model twice), TextTokenizer and Pooling.
+handed straight to the native encoder, so loading never holds the model twice), TextTokenizer, Pooling, the
+model's head (engine/heads.py) and, for RoBERTa's positions, PositionLayout (engine/positions.py).
 Everything users pass in is validated here, before the native module sees it, and rejected with an
 InvalidInputError that says what is wrong and how to fix it. This module imports only NumPy, tokenizers and the
 native extension: serving a model never needs torch.
@@ -15,15 +17,18 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, ForwardQueue
 from bortengine.engine.config import ModelConfig
+from bortengine.engine.entities import check_aggregation, token_entities
+from bortengine.engine.heads import ClassifierHead, Linear, relevance_scores
 from bortengine.engine.native import available_cpus, core as _core
-from bortengine.engine.outputs import ClassificationResult, EncoderOutput, softmax
+from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
 from bortengine.engine.pooling import Pooling
+from bortengine.engine.positions import PositionLayout, position_layout
 from bortengine.engine.tokenization import WHOLE_TEXT, TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import BertWeights, Checkpoint
 from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError
@@ -31,6 +36,15 @@ from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError
 __all__ = ["load", "Engine", "traced_forwards"]
 
 INLINE_CHARS = 4096         # asyncio calls tokenize texts of at most this many characters on the event loop
+
+
+class _Batch(NamedTuple):
+    """One forward's inputs: as the encoder runs them (native: ids, mask, types) and what turns its outputs back
+    into the caller's (mask: the caller's [B,T], for the heads; layout: RoBERTa positions laid out, or None)."""
+
+    native: tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
+    mask: Optional[np.ndarray]
+    layout: Optional[PositionLayout]
 
 
 def _check_num_threads(num_threads: Any) -> int:
@@ -65,8 +79,9 @@ def traced_forwards(encoder: Any, forward: Any, runs: int) -> tuple[dict[str, fl
 
 def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
          dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None) -> "Engine":
-    """Load a Hugging Face BERT directory (config.json + model.safetensors [+ tokenizer, sentence-transformers
-    pooling]) into an Engine.
+    """Load a Hugging Face encoder directory (config.json + model.safetensors [+ tokenizer, sentence-transformers
+    pooling]) into an Engine: BertModel, RobertaModel, XLMRobertaModel, CamembertModel, DistilBertModel, each also
+    ...ForSequenceClassification and ...ForTokenClassification.
 
     num_threads: threads per call; None means every CPU this process may use. isa: kernel path to force (one of
     bortengine.available_isas()); None means the best one (or $BORTENGINE_ISA). dtype: "float32", or "int8" to
@@ -82,7 +97,7 @@ def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Option
 
 
 class Engine:
-    """A loaded BERT encoder.
+    """A loaded encoder (and its head).
 
     Thread-safe (tests/test_threads.py, tests/test_batching.py hold it to that): threads and coroutines may call
     one Engine at once. Validation, tokenization and pooling run concurrently; the native encoder runs one forward
@@ -126,7 +141,7 @@ class Engine:
         c = self.config
         try:
             encoder = core.Encoder(c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
-                                   c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.layer_norm_eps,
+                                   c.vocab_size, c.max_positions, c.type_vocab_size, c.layer_norm_eps,
                                    threads, isa or "", dtype)
         except ValueError as e:
             raise BortEngineError(f"the native encoder could not be created for this model: {e}") from e
@@ -144,9 +159,8 @@ class Engine:
             del tensors  # packed by the encoder; drop before reading the next layer to keep peak memory low
         if weights.has_pooler:
             encoder.set_pooler(weights.read("pooler.dense.weight"), weights.read("pooler.dense.bias"))
-        self._classifier: Optional[tuple[np.ndarray, np.ndarray]] = None
-        if weights.has_classifier:
-            self._classifier = (weights.read("classifier.weight"), weights.read("classifier.bias"))
+        self._head = _head(weights)
+        self._pooler_output = weights.has_pooler and not weights.head_in_pooler
         if not encoder.ready:
             raise BortEngineError("internal error: the native encoder is not ready after loading every tensor")
         self._encoder = encoder
@@ -183,13 +197,13 @@ class Engine:
 
     @property
     def labels(self) -> Optional[list[str]]:
-        """Label names of a classifier, by class index; None for other models."""
-        return self.config.labels if self._classifier is not None else None
+        """Label names of a (sequence or token) classifier, by class index; None for other models."""
+        return self.config.labels if self._head is not None else None
 
     @property
     def max_length(self) -> int:
         """Tokens per text that encode()/classify() keep (longer texts are truncated)."""
-        return self.tokenizer.max_length if self.tokenizer else self.config.max_position_embeddings
+        return self.tokenizer.max_length if self.tokenizer else self.config.max_positions
 
     @property
     def embedding_dim(self) -> int:
@@ -210,9 +224,10 @@ class Engine:
         (all ones); token_type_ids [B,T] in [0, type_vocab_size) or None (zeros). Nested lists are accepted too,
         and so is one mapping with those keys (e.g. engine(engine.tokenize(texts))).
         Returns EncoderOutput: last_hidden_state [B,T,H] (zeros where the mask is 0), pooler_output [B,H] if the
-        model has a pooler, logits [B,L] for a classifier.
+        model has a pooler, logits [B,L] for a sequence classifier, [B,T,L] for a token classifier.
         """
-        return self._output(self._queue.run(*self._validate(*_unpacked(input_ids, attention_mask, token_type_ids))))
+        batch = self._prepared(*self._validate(*_unpacked(input_ids, attention_mask, token_type_ids)))
+        return self._output(self._queue.run(*batch.native), batch)
 
     async def acall(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, *,
                     deadline: Optional[float] = None) -> EncoderOutput:
@@ -220,7 +235,14 @@ class Engine:
         the awaiting task drops the request if it is still queued; deadline: seconds from now after which a
         request still queued is dropped with DeadlineExceeded."""
         inputs = _unpacked(input_ids, attention_mask, token_type_ids)
-        return self._output(await self._queue.arun(lambda: self._validate(*inputs), _deadline(deadline)))
+        prepared: list[_Batch] = []
+
+        def prepare():
+            prepared.append(self._prepared(*self._validate(*inputs)))
+            return prepared[0].native
+
+        forward = await self._queue.arun(prepare, _deadline(deadline))
+        return self._output(forward, prepared[0])
 
     def _native_forward(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray]):
         try:
@@ -228,13 +250,20 @@ class Engine:
         except ValueError as e:  # should not happen after _validate; keep the native message
             raise InvalidInputError(f"the native encoder rejected the input: {e}") from e
 
-    def _output(self, forward: tuple[np.ndarray, Optional[np.ndarray]]) -> EncoderOutput:
+    def _prepared(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray]) -> _Batch:
+        """Validated inputs as the encoder runs them: for RoBERTa's positions, laid out when the columns are not
+        the positions (engine/positions.py)."""
+        if not self.config.position_offset:
+            return _Batch((ids, mask, types), mask, None)
+        native, layout = position_layout(ids, mask, types, self.config.pad_token_id)
+        return _Batch(native, mask, layout)
+
+    def _output(self, forward: tuple[np.ndarray, Optional[np.ndarray]], batch: _Batch) -> EncoderOutput:
         hidden, pooled = forward
-        logits = None
-        if self._classifier is not None:
-            weight, bias = self._classifier                      # [L,H], [L]
-            logits = np.ascontiguousarray(pooled @ weight.T + bias, dtype=np.float32)
-        return EncoderOutput(hidden, pooled, logits)
+        if batch.layout is not None:
+            hidden = batch.layout.restore(hidden)
+        logits = None if self._head is None else self._head.logits(hidden, pooled, batch.mask)
+        return EncoderOutput(hidden, pooled if self._pooler_output else None, logits)
 
     # ------------------------------------------------------------------------------------------- batching
     @property
@@ -272,7 +301,7 @@ class Engine:
         """
         if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
             raise InvalidInputError(f"runs must be a positive integer, got {runs!r}")
-        ids, mask, types = self._validate(input_ids, attention_mask, token_type_ids)
+        ids, mask, types = self._prepared(*self._validate(input_ids, attention_mask, token_type_ids)).native
         enc = self._encoder
         parts, total = traced_forwards(enc, lambda: enc.forward(ids, mask, types, pooler=enc.has_pooler), int(runs))
         return {**parts, "total": total}
@@ -291,10 +320,10 @@ class Engine:
             raise InvalidInputError("input_ids is an empty batch (0 sequences); pass at least one sequence")
         if t == 0:
             raise InvalidInputError("input_ids has 0 tokens per sequence; each sequence needs at least one token")
-        if t > c.max_position_embeddings:
+        if t > c.max_positions:
             raise InvalidInputError(
-                f"input_ids has {t} tokens per sequence but the model has max_position_embeddings="
-                f"{c.max_position_embeddings}; truncate to {c.max_position_embeddings} tokens")
+                f"input_ids has {t} tokens per sequence but the model has positions for {c.max_positions} "
+                f"(max_position_embeddings={c.max_position_embeddings}); truncate to {c.max_positions} tokens")
         _check_range(ids, "input_ids", c.vocab_size, "vocab_size", "ids must come from this model's tokenizer (engine.tokenize)")
 
         mask = None
@@ -350,7 +379,7 @@ class Engine:
         normalize = self._encoding(normalize)
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
         for rows, batch in self._batches(texts, pairs, batch_size, max_length):
-            output = self._output(self._queue.run(*self._tokenizer_made(batch)))
+            output = self._forward(batch)
             out[rows] = self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
         return out[0] if single else out
 
@@ -392,11 +421,11 @@ class Engine:
 
             def prepare():
                 rows, batch = next(batches)
-                taken.extend((rows, batch))
-                return self._tokenizer_made(batch)
+                taken.extend((rows, batch, self._tokenizer_made(batch)))
+                return taken[2].native
 
-            output = self._output(await self._queue.arun(prepare, until, inline=inline))
-            yield taken[0], taken[1], output
+            forward = await self._queue.arun(prepare, until, inline=inline)
+            yield taken[0], taken[1], self._output(forward, taken[2])
 
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                  batch_size: int = 32,
@@ -411,10 +440,15 @@ class Engine:
         was exported by bortengine (sentence_bert_config.json max_seq_length), so it reads what training read.
         """
         texts, pairs, single = self._classifier_inputs(texts, text_pairs)
+        return self._classification(self._sequence_logits(texts, pairs, batch_size, max_length), single)
+
+    def _sequence_logits(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
+                         max_length: Optional[int]) -> np.ndarray:
+        """A sequence classifier's logits [N,L] of texts (and their pairs), in input order."""
         logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
         for rows, batch in self._batches(texts, pairs, batch_size, max_length):
-            logits[rows] = self._output(self._queue.run(*self._tokenizer_made(batch))).logits
-        return self._classification(logits, single)
+            logits[rows] = self._forward(batch).logits
+        return logits
 
     async def aclassify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                         batch_size: int = 32, max_length: Optional[int] = None,
@@ -427,10 +461,12 @@ class Engine:
         return self._classification(logits, single)
 
     def _classifier_inputs(self, texts: Any, text_pairs: Any) -> tuple[list[str], Optional[list[str]], bool]:
-        if self._classifier is None:
+        if not self.config.is_classifier:
+            hint = ("use classify_tokens() for its per-token labels" if self.config.is_token_classifier
+                    else "use encode() for embeddings or engine(ids) for hidden states")
             raise BortEngineError(
                 f"classify() needs a sequence classifier, but {self.path} is a {self.config.kind} (config.json "
-                f"architectures); use encode() for embeddings or engine(ids) for hidden states")
+                f"architectures); {hint}")
         if self.config.effective_problem_type == "regression":
             raise BortEngineError(
                 f"classify() needs class labels, but {self.path} is a regression model (num_labels=1 / "
@@ -445,6 +481,66 @@ class Engine:
         labels = [self.config.id2label[int(i)] for i in probs.argmax(axis=1)] if len(logits) else []
         result = ClassificationResult(labels, probs, logits)
         return result[0] if single else result
+
+    def classify_tokens(self, texts: str | Sequence[str], aggregation: str = "none", *,
+                        ignore_labels: Sequence[str] = ("O",), batch_size: int = 32,
+                        max_length: Optional[int] = None) -> list[TokenEntity] | list[list[TokenEntity]]:
+        """Labelled tokens, words or entities of a token classifier (NER, PII tagging), with character offsets: what
+        transformers' pipeline("token-classification", aggregation_strategy=aggregation) gives, as TokenEntity.
+
+        aggregation: "none" (every token and its label), "simple" (adjacent tokens of one entity type grouped; B-X
+        starts a group), "first" / "average" / "max" (the tokens of a word take one label, its first token's, that
+        of their averaged probabilities, or the most confident token's; then grouped). Words are found from the
+        tokenizer's continuing-subword prefix (WordPiece's ##), else from the spaces before tokens, as transformers
+        does. ignore_labels: labels left out ("O", outside any entity). Texts are truncated to max_length tokens
+        (default Engine.max_length). Returns a list of entities per text; for a single string, its list.
+        """
+        if not self.config.is_token_classifier:
+            raise BortEngineError(
+                f"classify_tokens() needs a token classifier (...ForTokenClassification), but {self.path} is a "
+                f"{self.config.kind}; use classify() for a sequence classifier, encode() for embeddings")
+        aggregation = check_aggregation(aggregation)
+        ignored, _ = as_text_list(ignore_labels, "ignore_labels")
+        texts, single = as_text_list(texts)
+        tokenizer, limit = self._text_tokenizer(), self._max_length(max_length)
+        encodings = tokenizer.encode(texts, limit)
+        ids = [e.ids for e in encodings]
+        vocabulary, labels = tokenizer.token_vocabulary(), self.config.labels
+        results: list[list[TokenEntity]] = [[] for _ in texts]
+        for rows, batch in self._batches(TokenizedTexts(ids, list(map(len, ids)), limit), None, batch_size, None):
+            logits = self._forward(batch).logits                                  # [b,t,L]
+            for row, i in enumerate(rows):
+                e = encodings[i]
+                results[i] = token_entities(texts[i], e.ids, e.offsets, e.special_tokens_mask,
+                                            logits[row, :len(e.ids)], labels, vocabulary, aggregation, ignored)
+        return results[0] if single else results
+
+    def rerank(self, query: str, documents: Sequence[str], top_k: Optional[int] = None, *,
+               label: Optional[int | str] = None, batch_size: int = 32,
+               max_length: Optional[int] = None) -> list[RankedDocument]:
+        """The documents ordered by a cross-encoder's relevance to the query, best first (top_k of them; None: all).
+
+        Each (query, document) pair is encoded with the tokenizer's pair template ("[CLS] q [SEP] d [SEP]", RoBERTa's
+        "<s> q </s></s> d </s>"), truncated longest-first to max_length, and scored as sentence-transformers'
+        CrossEncoder.rank scores it: a one-label model's logit through its activation_fn (sigmoid unless its
+        config.json names another); a model with more labels scores the probability of `label` (default: the second
+        of two). Ties keep the documents' order. Returns RankedDocument(index, score, text) per document.
+        """
+        if not self.config.is_classifier:
+            raise BortEngineError(
+                f"rerank() needs a cross-encoder (a ...ForSequenceClassification scoring text pairs), but "
+                f"{self.path} is a {self.config.kind}")
+        if not isinstance(query, str):
+            raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
+        documents, _ = as_text_list(documents, "documents")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            raise InvalidInputError(f"top_k must be a positive integer or None (every document), got {top_k!r}")
+        if not documents:
+            return []
+        queries, pairs, _ = self._text_inputs([query] * len(documents), documents)
+        scores = relevance_scores(self._sequence_logits(queries, pairs, batch_size, max_length), self.config, label)
+        order = sorted(range(len(documents)), key=lambda i: -scores[i])[:top_k]
+        return [RankedDocument(i, float(scores[i]), documents[i]) for i in order]
 
     def tokenized(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                   max_length: Optional[int] = None) -> TokenizedTexts:
@@ -479,7 +575,7 @@ class Engine:
                 f"text_pairs must be a string or a list of strings, got {type(text_pairs).__name__}; the arguments "
                 f"after texts and text_pairs (batch_size, normalize, max_length) are passed by keyword, e.g. "
                 f"encode(texts, batch_size=64)")
-        if self.config.type_vocab_size < 2:
+        if self.config.token_types and self.config.type_vocab_size < 2:
             raise InvalidInputError(
                 f"{self.path} has type_vocab_size={self.config.type_vocab_size}: it has no token type for a second "
                 f"text, so it cannot read text pairs; join each pair into one text, or use a model trained on pairs")
@@ -511,14 +607,19 @@ class Engine:
             rows = np.array(order[start:start + batch_size], dtype=np.int64)
             yield rows, tokenizer.pad([ids[i] for i in rows], pairs=paired)
 
-    def _tokenizer_made(self, batch: dict[str, np.ndarray]):
-        """(ids, mask, types) of a batch that TextTokenizer.pad made: its mask and types are right by construction,
-        so only the ids are checked (a tokenizer can hold more tokens than the model's vocabulary), in one pass;
-        the full check, with its message, when they are out of range."""
+    def _tokenizer_made(self, batch: dict[str, np.ndarray]) -> _Batch:
+        """The _Batch of a batch that TextTokenizer.pad made: its mask and types are right by construction, so
+        only the ids are checked (a tokenizer can hold more tokens than the model's vocabulary), in one pass; the
+        full check, with its message, when they are out of range."""
         ids = batch["input_ids"]
         if ids.size and int(ids.max()) >= self.config.vocab_size:
-            return self._validate(ids, batch["attention_mask"], batch["token_type_ids"])
-        return ids, batch["attention_mask"], batch["token_type_ids"]
+            return self._prepared(*self._validate(ids, batch["attention_mask"], batch["token_type_ids"]))
+        return self._prepared(ids, batch["attention_mask"], batch["token_type_ids"])
+
+    def _forward(self, batch: dict[str, np.ndarray]) -> EncoderOutput:
+        """The outputs of a batch that TextTokenizer.pad made, computed through the forward queue."""
+        prepared = self._tokenizer_made(batch)
+        return self._output(self._queue.run(*prepared.native), prepared)
 
     def _text_tokenizer(self) -> TextTokenizer:
         if self.tokenizer is None:
@@ -530,13 +631,25 @@ class Engine:
     def _max_length(self, max_length: Optional[int]) -> int:
         if max_length is None:
             return self.max_length
-        limit = self.config.max_position_embeddings
+        limit = self.config.max_positions
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or not 1 <= max_length:
             raise InvalidInputError(f"max_length must be a positive integer, got {max_length!r}")
         if max_length > limit:
             raise InvalidInputError(
-                f"max_length={max_length} exceeds the model's max_position_embeddings={limit}; use at most {limit}")
+                f"max_length={max_length} exceeds the model's {limit} positions; use at most {limit}")
         return int(max_length)
+
+
+def _head(weights: BertWeights) -> Optional[ClassifierHead]:
+    """The model's head, from its weights (None for a bare encoder)."""
+    config = weights.config
+    if not weights.has_classifier:
+        return None
+    classifier = Linear(weights.read("classifier.weight"), weights.read("classifier.bias"))
+    pre = None
+    if config.is_classifier and config.family.pre_classifier:
+        pre = Linear(weights.read("pre_classifier.weight"), weights.read("pre_classifier.bias"))
+    return ClassifierHead(classifier, per_token=config.is_token_classifier, pre_classifier=pre)
 
 
 def _transformer_dir(path: Path) -> Path:

@@ -24,6 +24,7 @@ import numpy as np
 from tokenizers import BertWordPieceTokenizer, Encoding, Tokenizer
 
 from bortengine.engine.config import ModelConfig
+from bortengine.engine.entities import TokenVocabulary
 from bortengine.errors import InvalidInputError, ModelLoadError
 from bortengine.files import read_json
 
@@ -50,6 +51,14 @@ def as_text_list(texts: Any, what: str = "texts") -> tuple[list[str], bool]:
                 f"{what}[{i}] is {type(t).__name__}, not str; pass a string or a list of strings "
                 f"(for token ids call the engine directly: engine(input_ids, attention_mask))")
     return texts, False
+
+
+def _special_id(tokenizer: Tokenizer, tok_config: dict, key: str, default: Optional[str]) -> Optional[int]:
+    """The id of a special token named in tokenizer_config.json (a string or an AddedToken object), or None."""
+    token = tok_config.get(key, default)
+    if isinstance(token, dict):  # AddedToken serialisation
+        token = token.get("content", default)
+    return tokenizer.token_to_id(token) if isinstance(token, str) else None
 
 
 def characters(texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> int:
@@ -89,20 +98,27 @@ class TokenizedTexts:
 
 
 class TextTokenizer:
-    """A `tokenizers.Tokenizer` set to truncate at max_length and never pad, plus the pad id for batching."""
+    """A `tokenizers.Tokenizer` set to truncate at max_length and never pad, plus the pad id for batching.
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int, lowercase_input: bool, source: str):
+    token_types: the model reads token types (BERT): the second text of a pair gets type 1. RoBERTa's and
+    DistilBERT's tokenizers give none (transformers passes no token_type_ids), so their pairs are all type 0."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int, lowercase_input: bool, source: str, *,
+                 token_types: bool = True, unk_id: Optional[int] = None):
         self.max_length = max_length
         self.pad_id = pad_id
         self.lowercase_input = lowercase_input  # sentence_bert_config.json do_lower_case: lowercase before tokenizing
         self.source = source
+        self.token_types = token_types
+        self.unk_id = unk_id
         self._base = tokenizer
         self._by_length: dict[int, Tokenizer] = {}
         # Truncation is tokenizer state; each length gets its own copy, made once, so calls never mutate a
         # tokenizer another thread is using.
         self._lock = threading.Lock()
         self._configured(max_length)
-        self._sep_id: Any = _UNKNOWN  # read from the pair template on first use (most models never see a pair)
+        # read from the pair template on first use (most models never see a pair); None: pairs are all type 0
+        self._sep_id: Any = _UNKNOWN if token_types else None
 
     @classmethod
     def load(cls, model_dir: Path, config: ModelConfig) -> Optional["TextTokenizer"]:
@@ -131,20 +147,19 @@ class TextTokenizer:
         else:
             return None
 
-        limit = config.max_position_embeddings
+        limit = config.max_positions
         max_length = st_config.get("max_seq_length") or tok_config.get("model_max_length") or limit
         if not isinstance(max_length, (int, float)) or max_length < 1:
             raise ModelLoadError(f"{model_dir}: max_seq_length / model_max_length must be a positive integer, "
                                  f"got {max_length!r}")
         max_length = int(min(max_length, limit))  # model_max_length is often a huge "no limit" sentinel
 
-        pad_token = tok_config.get("pad_token", "[PAD]")
-        if isinstance(pad_token, dict):  # AddedToken serialisation
-            pad_token = pad_token.get("content", "[PAD]")
-        pad_id = tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
+        pad_id = _special_id(tokenizer, tok_config, "pad_token", "[PAD]")
         if pad_id is None or not 0 <= pad_id < config.vocab_size:
             pad_id = config.pad_token_id if 0 <= config.pad_token_id < config.vocab_size else 0
-        return cls(tokenizer, max_length, pad_id, bool(st_config.get("do_lower_case", False)), source)
+        unk_id = _special_id(tokenizer, tok_config, "unk_token", getattr(tokenizer.model, "unk_token", None))
+        return cls(tokenizer, max_length, pad_id, bool(st_config.get("do_lower_case", False)), source,
+                   token_types=config.token_types, unk_id=unk_id)
 
     @classmethod
     def from_directory(cls, model_dir: str | os.PathLike, max_length: Optional[int] = None) -> "TextTokenizer":
@@ -162,7 +177,7 @@ class TextTokenizer:
                                  f"tokenizer files there (e.g. from the teacher it was cut from)")
         if max_length is not None:
             tokenizer = cls(tokenizer._base, int(max_length), tokenizer.pad_id, tokenizer.lowercase_input,
-                            tokenizer.source)
+                            tokenizer.source, token_types=tokenizer.token_types, unk_id=tokenizer.unk_id)
         return tokenizer
 
     def _configured(self, max_length: int) -> Tokenizer:
@@ -226,7 +241,8 @@ class TextTokenizer:
     @property
     def sep_id(self) -> Optional[int]:
         """The id that ends the first text of a pair ([SEP] for BERT), read from the tokenizer's pair template;
-        None when the template gives both texts token type 0 (then pairs have token_type_ids 0 throughout)."""
+        None when the template gives both texts token type 0 or the model reads no token types (then pairs have
+        token_type_ids 0 throughout)."""
         if self._sep_id is _UNKNOWN:
             template = Tokenizer.from_str(self._base.to_str())  # the pair template alone: no truncation, no padding
             template.no_truncation()
@@ -261,6 +277,14 @@ class TextTokenizer:
         for token, i in vocab.items():
             tokens[i] = token
         return tokens
+
+    def token_vocabulary(self) -> TokenVocabulary:
+        """Token strings, the decoder that joins them and whether the model marks word pieces: what token
+        classification needs to find words (engine/entities.py)."""
+        decoder = self._base.decoder
+        word_aware = bool(getattr(self._base.model, "continuing_subword_prefix", None))
+        return TokenVocabulary(self._base.id_to_token, decoder.decode if decoder is not None else " ".join,
+                               word_aware, self.unk_id)
 
     def token_id(self, token: str) -> Optional[int]:
         """The id of a token ("[MASK]", "[CLS]", a word piece), None when the vocabulary has none."""

@@ -1,15 +1,17 @@
-"""Reading BERT weights from safetensors files one tensor at a time, and checking them against the config.
+"""Reading encoder weights from safetensors files one tensor at a time, and checking them against the config.
 
 Why not safetensors.safe_open or a memory map: loading must keep peak RSS within 1.2x the fp32 weights + 64 MiB.
 The engine packs every layer's linear weights into its own layout, so a mapped file (whose touched pages count
 as resident) plus the packed copies would hold the model twice. Here the header is parsed by hand (8-byte
 little-endian length, then JSON), validated before any data is read, and each tensor is read with plain file
 reads into a fresh float32 array that the caller drops once the engine has packed it. Half and double precision
-are converted in bounded chunks so a conversion never holds a second full-size copy.
+are converted in bounded chunks so a conversion never holds a second full-size copy. Every size config.json
+claims is checked against the header before anything is sized by it, and every tensor read is checked finite.
 
 Names: the canonical names are transformers' BertModel names (embeddings.*, encoder.layer.{i}.*, pooler.*) plus
-classifier.* of BertForSequenceClassification. Checkpoint names may carry a "bert." prefix and legacy
-LayerNorm.gamma / LayerNorm.beta names; embeddings.position_ids and pre-training heads (cls.*) are ignored.
+classifier.* (and DistilBERT's pre_classifier.*) of the heads. Each family maps its checkpoint names onto them
+(engine/families.py: "bert."/"roberta."/"distilbert." prefixes, DistilBERT's q_lin..., RoBERTa's classifier.dense
+and out_proj, legacy LayerNorm.gamma / beta); position_ids buffers and pre-training heads are ignored.
 
 Shapes: H = hidden size, I = intermediate size, V = vocab size, P = max positions, Tt = token types,
 L = number of labels.
@@ -68,12 +70,10 @@ QUANTIZABLE_LAYER_WEIGHTS = (
 )
 SCALE_SUFFIX = "_scale"
 CLASSIFIER_TENSORS = (("classifier.weight", ("L", "H")), ("classifier.bias", ("L",)))
+PRE_CLASSIFIER_TENSORS = (("pre_classifier.weight", ("H", "H")), ("pre_classifier.bias", ("H",)))
 
 _DIM_FIELDS = {"H": "hidden_size", "I": "intermediate_size", "V": "vocab_size", "P": "max_position_embeddings",
                "Tt": "type_vocab_size", "L": "num_labels"}
-# Checkpoint tensors that are not weights of the encoder, or belong to heads the engine does not run.
-_IGNORED_NAMES = ("embeddings.position_ids", "embeddings.token_type_ids")
-_IGNORED_PREFIXES = ("cls.",)
 _ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.")
 
 
@@ -284,105 +284,76 @@ def _read_sharded(index: Path) -> dict[str, TensorEntry]:
     return entries
 
 
-def expected_tensors(config: ModelConfig, pooler: bool, classifier: bool) -> dict[str, tuple[str, ...]]:
-    """Canonical tensor name -> symbolic shape (letters of the module header) that the engine needs."""
+def expected_tensors(config: ModelConfig, pooler: bool) -> dict[str, tuple[str, ...]]:
+    """Canonical tensor name -> symbolic shape (letters of the module header) that the engine needs: the encoder,
+    the pooler if it is run, and the model's head."""
     names = dict(EMBEDDING_TENSORS)
+    if not config.family.token_type_table:
+        del names["embeddings.token_type_embeddings.weight"]
     for i in range(config.num_hidden_layers):
         names.update((f"encoder.layer.{i}.{n}", s) for n, s in LAYER_TENSORS)
     if pooler:
         names.update(POOLER_TENSORS)
-    if classifier:
+    if config.is_classifier and config.family.pre_classifier:
+        names.update(PRE_CLASSIFIER_TENSORS)
+    if config.head != "encoder":
         names.update(CLASSIFIER_TENSORS)
     return names
 
 
-def canonical_name(name: str) -> Optional[str]:
-    """Map a checkpoint tensor name to its canonical name, or None if the engine ignores it."""
-    if name.startswith("bert."):
-        name = name[len("bert."):]
-    if name in _IGNORED_NAMES or name.startswith(_IGNORED_PREFIXES):
-        return None
-    if name.endswith(".gamma") and "LayerNorm" in name:
-        name = name[: -len("gamma")] + "weight"
-    elif name.endswith(".beta") and "LayerNorm" in name:
-        name = name[: -len("beta")] + "bias"
-    return name
-
-
 class BertWeights:
-    """A checkpoint's tensors under canonical names, checked against a ModelConfig before any data is read.
+    """A checkpoint's tensors under canonical (BERT) names, checked against a ModelConfig before any data is read.
 
-    has_pooler: the checkpoint has pooler.dense.* (always true for a classifier, which needs it).
+    has_pooler: the pooler (dense + tanh on the first token) runs: the checkpoint has one, or the model's sequence
+    head is BERT's or RoBERTa's (whose head dense is mapped onto it: head_in_pooler). has_classifier: the model
+    has a head.
     """
 
     def __init__(self, checkpoint: Checkpoint, config: ModelConfig):
         self.checkpoint = checkpoint
         self.config = config
-        by_canonical: dict[str, TensorEntry] = {}
-        for name, entry in checkpoint.entries.items():
-            canonical = canonical_name(name)
-            if canonical is None:
-                continue
-            if canonical in by_canonical:
-                raise ModelLoadError(
-                    f"{checkpoint.source}: tensors {by_canonical[canonical].name} and {name} are both "
-                    f"{canonical}; keep one of them")
-            by_canonical[canonical] = entry
-        self._entries = by_canonical
+        self._entries = by_canonical = _canonical_entries(checkpoint, config)
         _check_layer_count(config, by_canonical, checkpoint.source)  # before any per-layer list is built
+        self.quantized = _check_quantized(config, by_canonical, checkpoint.source)
 
-        # Pre-quantized checkpoints: every quantizable weight is I8 with its scale, or none is.
-        quantizable = [f"encoder.layer.{i}.{n}" for i in range(config.num_hidden_layers)
-                       for n in QUANTIZABLE_LAYER_WEIGHTS]
-        int8_names = [n for n in quantizable if n in by_canonical and by_canonical[n].dtype == "I8"]
-        self.quantized = bool(int8_names)
-        if self.quantized:
-            float_names = [n for n in quantizable if n in by_canonical and by_canonical[n].dtype != "I8"]
-            if float_names:
-                raise ModelLoadError(
-                    f"{checkpoint.source} mixes int8 and float linear weights ({_short_list(int8_names, 2)} are "
-                    f"I8, {_short_list(float_names, 2)} are not); re-export it with one dtype")
-            for n in int8_names:
-                scale = by_canonical.get(n + SCALE_SUFFIX)
-                out_dim = by_canonical[n].shape[0] if by_canonical[n].shape else -1
-                if scale is None:
-                    raise ModelLoadError(f"{checkpoint.source}: int8 weight {n} has no {n + SCALE_SUFFIX}; a "
-                                         f"pre-quantized checkpoint stores one float32 scale per output channel")
-                if scale.dtype not in _FLOAT_DTYPES or scale.shape != (out_dim,):
-                    raise ModelLoadError(f"{checkpoint.source}: {n + SCALE_SUFFIX} must be a float vector of "
-                                         f"{out_dim} scales, got {scale.dtype} {list(scale.shape)}")
+        pooler_head = config.is_classifier and not config.family.pre_classifier
+        self.has_pooler = pooler_head or any(n in by_canonical for n, _ in POOLER_TENSORS)
+        # RoBERTa's head dense runs as the pooler: its output is part of the head, not a pooler output
+        self.head_in_pooler = config.is_classifier and bool(config.family.head_names)
+        self.has_classifier = config.head != "encoder"
+        expected = expected_tensors(config, self.has_pooler)
+        self._check_names(expected)
+        for name, symbols in expected.items():
+            self._check_shape(name, symbols, by_canonical[name])
 
-        pooler_names = [n for n, _ in POOLER_TENSORS]
-        has_any_pooler = any(n in by_canonical for n in pooler_names)
-        self.has_pooler = config.is_classifier or has_any_pooler
-        self.has_classifier = config.is_classifier
-        expected = expected_tensors(config, self.has_pooler, self.has_classifier)
-
-        missing = [n for n in expected if n not in by_canonical]
+    def _check_names(self, expected: dict[str, tuple[str, ...]]) -> None:
+        """Every tensor the model needs is there, and no encoder tensor is left over (a sign of a config that
+        belongs to another model)."""
+        config, source = self.config, self.checkpoint.source
+        missing = [n for n in expected if n not in self._entries]
         if missing:
             hint = ""
-            if config.is_classifier and any(n.startswith(("classifier.", "pooler.")) for n in missing):
-                hint = (" (config.json says BertForSequenceClassification, which needs pooler.dense.* and "
-                        "classifier.*; if this is a bare encoder set \"architectures\": [\"BertModel\"])")
+            heads = ("classifier.", "pooler.", "pre_classifier.")
+            if config.head != "encoder" and any(n.startswith(heads) for n in missing):
+                bare = config.family.class_prefixes[0] + "Model"
+                hint = (f" (config.json says {config.kind}, which needs its head's weights; if this is a bare "
+                        f"encoder set \"architectures\": [\"{bare}\"])")
             elif any(n.startswith("encoder.layer.") for n in missing):
                 hint = f" (config says num_hidden_layers={config.num_hidden_layers}; check it matches the weights)"
+            names = [config.family.checkpoint_name(n, config.head) for n in missing]
             raise ModelLoadError(
-                f"{checkpoint.source} is missing {len(missing)} tensor(s) the model needs: "
-                f"{_short_list(missing)}{hint}")
+                f"{source} is missing {len(missing)} tensor(s) the model needs: {_short_list(names)}{hint}")
 
-        scales = {n + SCALE_SUFFIX for n in quantizable} if self.quantized else set()
-        unexpected = [n for n in by_canonical
+        scales = {n + SCALE_SUFFIX for n in expected} if self.quantized else set()
+        unexpected = [n for n in self._entries
                       if n not in expected and n not in scales and n.startswith(_ENCODER_PREFIXES)]
         if unexpected:
             hint = ""
             if any(n.startswith("encoder.layer.") for n in unexpected):
                 hint = (f" (config says num_hidden_layers={config.num_hidden_layers}; the weights seem to have "
                         f"more layers)")
-            raise ModelLoadError(
-                f"{checkpoint.source} has tensor(s) this BERT config does not use: {_short_list(unexpected)}{hint}")
-
-        for name, symbols in expected.items():
-            self._check_shape(name, symbols, by_canonical[name])
+            raise ModelLoadError(f"{source} has tensor(s) this {config.family.name} config does not use: "
+                                 f"{_short_list(unexpected)}{hint}")
 
     def _check_shape(self, name: str, symbols: tuple[str, ...], entry: TensorEntry) -> None:
         if entry.dtype not in _FLOAT_DTYPES and not (self.quantized and entry.dtype == "I8"):
@@ -391,11 +362,11 @@ class BertWeights:
         want = tuple(self._dim(s) for s in symbols)
         if entry.shape == want:
             return
-        fields = [_DIM_FIELDS[s] for s in symbols]
+        fields = [self.config.key(_DIM_FIELDS[s]) for s in symbols]
         if len(entry.shape) != len(want):
             raise ModelLoadError(
-                f"{entry.file}: {entry.name} is {list(entry.shape)} but a BERT {name} is {list(want)} "
-                f"= [{', '.join(fields)}]")
+                f"{entry.file}: {entry.name} is {list(entry.shape)} but a {self.config.family.name} {name} is "
+                f"{list(want)} = [{', '.join(fields)}]")
         wrong = next(i for i, (a, b) in enumerate(zip(entry.shape, want)) if a != b)
         raise ModelLoadError(
             f"config says {fields[wrong]}={want[wrong]} but {entry.name} is {list(entry.shape)} "
@@ -404,6 +375,10 @@ class BertWeights:
 
     def _dim(self, symbol: str) -> int:
         return getattr(self.config, _DIM_FIELDS[symbol])
+
+    def has(self, name: str) -> bool:
+        """Whether the checkpoint holds a tensor of this canonical name."""
+        return name in self._entries
 
     def read(self, name: str) -> np.ndarray:
         """The tensor of a canonical name as a float32 C-contiguous array (read from disk on each call).
@@ -431,8 +406,57 @@ class BertWeights:
         return [self.read(f"encoder.layer.{index}.{n}") for n, _ in LAYER_TENSORS]
 
     def read_embeddings(self) -> list[np.ndarray]:
-        """word [V,H], position [P,H], token_type [Tt,H], LayerNorm weight [H], bias [H]."""
-        return [self.read(n) for n, _ in EMBEDDING_TENSORS]
+        """word [V,H], position [P - position_offset, H], token_type [Tt,H], LayerNorm weight [H], bias [H]: the
+        tables as the encoder indexes them. RoBERTa's position table starts at row padding_idx + 1, where its first
+        token's position is (engine/families.py); DistilBERT, which has no token types, gets one zero row."""
+        c = self.config
+        position = self.read("embeddings.position_embeddings.weight")
+        if c.position_offset:
+            position = np.ascontiguousarray(position[c.position_offset:])
+        token_type = (self.read("embeddings.token_type_embeddings.weight") if c.family.token_type_table
+                      else np.zeros((c.type_vocab_size, c.hidden_size), dtype=np.float32))
+        return [self.read("embeddings.word_embeddings.weight"), position, token_type,
+                self.read("embeddings.LayerNorm.weight"), self.read("embeddings.LayerNorm.bias")]
+
+
+def _canonical_entries(checkpoint: Checkpoint, config: ModelConfig) -> dict[str, TensorEntry]:
+    """The checkpoint's tensors under the engine's names (those it does not use left out)."""
+    by_canonical: dict[str, TensorEntry] = {}
+    for name, entry in checkpoint.entries.items():
+        canonical = config.family.canonical_name(name, config.head)
+        if canonical is None:
+            continue
+        if canonical in by_canonical:
+            raise ModelLoadError(
+                f"{checkpoint.source}: tensors {by_canonical[canonical].name} and {name} are both "
+                f"{canonical}; keep one of them")
+        by_canonical[canonical] = entry
+    return by_canonical
+
+
+def _check_quantized(config: ModelConfig, entries: dict[str, TensorEntry], source: str) -> bool:
+    """Whether the checkpoint is pre-quantized (bortengine export --dtype int8): every quantizable weight is I8
+    with its scale, or none is."""
+    quantizable = [f"encoder.layer.{i}.{n}" for i in range(config.num_hidden_layers)
+                   for n in QUANTIZABLE_LAYER_WEIGHTS]
+    int8_names = [n for n in quantizable if n in entries and entries[n].dtype == "I8"]
+    if not int8_names:
+        return False
+    float_names = [n for n in quantizable if n in entries and entries[n].dtype != "I8"]
+    if float_names:
+        raise ModelLoadError(
+            f"{source} mixes int8 and float linear weights ({_short_list(int8_names, 2)} are "
+            f"I8, {_short_list(float_names, 2)} are not); re-export it with one dtype")
+    for n in int8_names:
+        scale = entries.get(n + SCALE_SUFFIX)
+        out_dim = entries[n].shape[0] if entries[n].shape else -1
+        if scale is None:
+            raise ModelLoadError(f"{source}: int8 weight {n} has no {n + SCALE_SUFFIX}; a "
+                                 f"pre-quantized checkpoint stores one float32 scale per output channel")
+        if scale.dtype not in _FLOAT_DTYPES or scale.shape != (out_dim,):
+            raise ModelLoadError(f"{source}: {n + SCALE_SUFFIX} must be a float vector of "
+                                 f"{out_dim} scales, got {scale.dtype} {list(scale.shape)}")
+    return True
 
 
 def _check_layer_count(config: ModelConfig, entries: dict[str, TensorEntry], source: str) -> None:
@@ -441,8 +465,9 @@ def _check_layer_count(config: ModelConfig, entries: dict[str, TensorEntry], sou
     held = {name.split(".", 3)[2] for name in entries if name.startswith("encoder.layer.")}
     if config.num_hidden_layers > len(held):
         raise ModelLoadError(
-            f"config says num_hidden_layers={config.num_hidden_layers} but {source} holds tensors of {len(held)} "
-            f"encoder layer(s); config.json and the weights disagree, so one of them belongs to another model")
+            f"config says {config.key('num_hidden_layers')}={config.num_hidden_layers} but {source} holds tensors "
+            f"of {len(held)} encoder layer(s); config.json and the weights disagree, so one of them belongs to "
+            f"another model")
 
 
 def _short_list(names: Iterable[str], limit: int = 8) -> str:

@@ -1,0 +1,122 @@
+"""Token classification (NER, PII tagging) against transformers' token-classification pipeline on the same
+random-weight models: BERT and DistilBERT (WordPiece, word-aware: "##" pieces), RoBERTa (byte-level BPE) and
+XLM-RoBERTa (Unigram), whose words are found from spaces as the pipeline does. Every aggregation gives the same
+entities (label, word, character offsets; scores within 1e-4); the per-token logits match transformers on every
+ISA path.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import bortengine
+from bortengine import BortEngineError, InvalidInputError
+from bortengine.engine.entities import AGGREGATIONS
+from reference import hf_auto_forward, max_abs_diff_unmasked
+
+LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "MISC")
+SIZES = dict(hidden_size=200, num_attention_heads=5, intermediate_size=333, num_hidden_layers=2, max_positions=40,
+             labels=LABELS, head="token")
+MODEL_TYPES = ["bert", "distilbert", "roberta", "xlm-roberta"]
+TEXTS = [
+    "Marie Curie was born in Warsaw and worked in Paris.",
+    "Angela Merkel met Emmanuel Macron in Berlin.",
+    "Zürich, São Paulo and Reykjavík: 12345 unknownwordpieces ☃ here.",
+    "x",
+    "",
+    "Apple and Microsoft opened offices in New York City and London. " * 4,   # cut to 40 tokens
+]
+
+
+@pytest.fixture(scope="module", params=MODEL_TYPES)
+def tagger(request, make_encoder):
+    return make_encoder(model_type=request.param, **SIZES)
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    """transformers' token-classification pipeline of each model, built once."""
+    from transformers import pipeline
+
+    made = {}
+
+    def get(path):
+        if path not in made:
+            made[path] = pipeline("token-classification", model=str(path), device="cpu")
+        return made[path]
+
+    return get
+
+
+def _as_dicts(entities):
+    return [(e.label, e.word, e.start, e.end, e.index) for e in entities]
+
+
+def _reference(pipe, texts, aggregation):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "Tokenizer does not support real words, using fallback heuristic"
+        out = pipe(texts, aggregation_strategy=aggregation)
+    return [[(e.get("entity", e.get("entity_group")), e["word"], e["start"], e["end"], e.get("index"))
+             for e in text] for text in out], [[float(e["score"]) for e in text] for text in out]
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_entities_match_pipeline(tagger, pipelines, aggregation):
+    engine = bortengine.load(tagger)
+    ours = engine.classify_tokens(TEXTS, aggregation=aggregation, batch_size=4)
+    theirs, scores = _reference(pipelines(tagger), TEXTS, aggregation)
+    assert [_as_dicts(text) for text in ours] == theirs
+    for text, ref in zip(ours, scores):
+        assert np.abs(np.array([e.score for e in text]) - np.array(ref)).max(initial=0) <= 1e-4
+    assert sum(map(len, ours)) > 0, "the random model labels nothing: the comparison would be empty"
+    for text, entities in zip(TEXTS, ours):
+        for e in entities:
+            assert 0 <= e.start <= e.end <= len(text)
+
+
+def test_single_text_and_ignore_labels(make_encoder):
+    engine = bortengine.load(make_encoder(model_type="roberta", **SIZES))
+    single = engine.classify_tokens(TEXTS[0], aggregation="simple")
+    assert single == engine.classify_tokens([TEXTS[0]], aggregation="simple")[0]
+    everything = engine.classify_tokens(TEXTS[0], ignore_labels=())
+    tokens = engine.tokenizer.encode([TEXTS[0]])[0]
+    assert [e.index for e in everything] == [i for i, s in enumerate(tokens.special_tokens_mask) if not s]
+    assert {e.label for e in everything} <= set(LABELS)
+
+
+def test_token_logits_match_transformers(tagger, isa):
+    engine = bortengine.load(tagger, isa=isa)
+    batch = engine.tokenize(TEXTS)
+    ours = engine(batch["input_ids"], batch["attention_mask"])
+    ref = hf_auto_forward(tagger, batch["input_ids"], batch["attention_mask"])
+    assert ours.logits.shape == batch["input_ids"].shape + (len(LABELS),)
+    assert max_abs_diff_unmasked(ours.logits, ref["logits"], batch["attention_mask"]) <= 1e-4
+    assert not ours.logits[batch["attention_mask"] == 0].any()
+    assert ours.pooler_output is None and engine.labels == list(LABELS)
+
+
+def test_int8_token_classifier(make_encoder):
+    path = make_encoder(model_type="distilbert", **SIZES)
+    fp32, int8 = bortengine.load(path), bortengine.load(path, dtype="int8")
+    batch = fp32.tokenize(TEXTS)
+    a, b = fp32(batch["input_ids"], batch["attention_mask"]), int8(batch["input_ids"], batch["attention_mask"])
+    real = batch["attention_mask"].astype(bool)
+    x, y = a.last_hidden_state[real], b.last_hidden_state[real]
+    assert ((x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)).min() >= 0.98
+    agree = (a.logits[real].argmax(1) == b.logits[real].argmax(1)).mean()
+    assert agree >= 0.9, agree
+
+
+def test_wrong_model_or_arguments_refused(make_encoder):
+    tagger = bortengine.load(make_encoder(model_type="bert", **SIZES))
+    with pytest.raises(InvalidInputError, match="aggregation must be one of"):
+        tagger.classify_tokens("a", aggregation="longest")
+    with pytest.raises(InvalidInputError, match=r"texts\[0\] is int"):
+        tagger.classify_tokens([1])
+    with pytest.raises(BortEngineError, match="use classify_tokens"):
+        tagger.classify("a")
+    classifier = bortengine.load(make_encoder(model_type="bert", **{**SIZES, "head": "sequence"}))
+    with pytest.raises(BortEngineError, match=r"classify_tokens\(\) needs a token classifier"):
+        classifier.classify_tokens("a")
