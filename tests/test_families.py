@@ -221,3 +221,39 @@ def test_missing_model_type_read_from_architectures(make_encoder, tmp_path):
     path = _copy(roberta, tmp_path / "m")
     (path / "config.json").write_text(json.dumps(data))
     assert bortengine.load(path).config.family.name == "roberta"
+
+
+# ------------------------------------------------------------------------------------ the rest of the package
+@pytest.mark.parametrize("name", ["roberta-classifier", "distilbert"])
+def test_demo_checks_other_families_against_transformers(make_encoder, capsys, name):
+    from bortengine.cli import main
+
+    path = make_encoder(**SIZES, **MODELS[name])
+    assert main(["demo", "--model", str(path), "--threads", "1", "--batch", "1x8", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "and 4 sentence pairs" in out and "MISMATCH" not in out and out.strip().endswith("demo passed")
+    assert ("logits" in out) == (name == "roberta-classifier")
+
+
+def test_training_and_extraction_refuse_other_families(make_encoder, tmp_path):
+    """Profiles, extraction and training describe BERT: another family is refused up front, not sliced as BERT."""
+    from bortengine import UnsupportedModelError
+    from bortengine.architecture import Architecture
+    from bortengine.search import resolve_surrogate
+
+    roberta = make_encoder(**SIZES, **MODELS["roberta"])
+    distil = make_encoder(**SIZES, **MODELS["distilbert-classifier"])
+    with pytest.raises(UnsupportedModelError, match="model_type 'distilbert' is not BERT; extraction, profiles"):
+        Architecture.from_hf_config(distil)
+    with pytest.raises(UnsupportedModelError, match="model_type 'roberta' is not BERT"):
+        resolve_surrogate("distill", teacher=str(roberta))
+    with pytest.raises(UnsupportedModelError, match="model_type 'roberta' is not BERT"):
+        resolve_surrogate("finetune", teacher=str(roberta))
+    pytest.importorskip("torch")
+    from bortengine.training import FinetuneConfig, finetune, load_teacher
+
+    with pytest.raises(UnsupportedModelError, match="model_type 'roberta' is not BERT.*bortengine.load"):
+        load_teacher(roberta)
+    with pytest.raises(UnsupportedModelError, match="model_type 'distilbert' is not BERT"):
+        finetune(FinetuneConfig(model=str(distil), max_steps=1, train_limit=8, eval_limit=8, threads=1,
+                                out_dir=str(tmp_path / "ft")), progress=False)

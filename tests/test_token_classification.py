@@ -120,3 +120,12 @@ def test_wrong_model_or_arguments_refused(make_encoder):
     classifier = bortengine.load(make_encoder(model_type="bert", **{**SIZES, "head": "sequence"}))
     with pytest.raises(BortEngineError, match=r"classify_tokens\(\) needs a token classifier"):
         classifier.classify_tokens("a")
+
+
+def test_server_does_not_serve_token_labels_as_text_labels(make_encoder):
+    """/v1/classify labels texts: a token classifier is served for embeddings, and its warm-up classifies nothing."""
+    pytest.importorskip("starlette")
+    from bortengine.serving.app import ModelService
+
+    tagger = bortengine.load(make_encoder(model_type="roberta", **SIZES))
+    assert "it labels tokens, not texts" in ModelService._not_a_classifier(tagger)

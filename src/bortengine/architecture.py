@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["Architecture", "HEADS", "BERT_LARGE", "BERT_BASE", "BORT", "MINILM_L6"]
+from bortengine.errors import UnsupportedModelError
+
+__all__ = ["Architecture", "HEADS", "BERT_LARGE", "BERT_BASE", "BORT", "MINILM_L6", "require_bert"]
 
 # What sits on top of the encoder: "none" (BertModel without pooler), "pooler" (BertModel with its tanh pooler,
 # as all-MiniLM-L6-v2 ships), "classifier" (BertForSequenceClassification: pooler + linear classifier).
@@ -129,9 +131,12 @@ class Architecture:
 
         head defaults to "classifier" for BertForSequenceClassification, else "pooler" (what BertModel builds).
         """
+        source = "config"
         if not isinstance(config, Mapping):
             path = Path(config)
-            config = json.loads((path / "config.json" if path.is_dir() else path).read_text())
+            source = str(path / "config.json" if path.is_dir() else path)
+            config = json.loads(Path(source).read_text())
+        require_bert(config, source)
         kinds = config.get("architectures") or ["BertModel"]
         if head is None:
             head = "classifier" if "BertForSequenceClassification" in kinds else "pooler"
@@ -151,6 +156,18 @@ class Architecture:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Architecture":
         return cls(**dict(data))
+
+
+def require_bert(config: Mapping[str, Any], source: str) -> None:
+    """Refuse a config.json of another family: Architectures, profiles, extraction and training (slicing,
+    distillation) describe BERT encoders only, and a RoBERTa or DistilBERT read as BERT would be cut and trained
+    silently wrong (other positions, other tensor names)."""
+    model_type = config.get("model_type")
+    if model_type not in (None, "bert"):
+        raise UnsupportedModelError(
+            f"{source}: model_type {model_type!r} is not BERT; extraction, profiles and training (pretrain, "
+            f"finetune, pipeline) take BERT teachers only (BertModel, BertForSequenceClassification, "
+            f"sentence-transformers BERT). bortengine.load() serves this model as it is")
 
 
 # Named points of reference.

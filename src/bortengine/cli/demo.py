@@ -83,23 +83,26 @@ def run(args) -> int:
 
 @dataclass
 class TorchReference:
-    """transformers' BertModel on the same weights, run by PyTorch eager; for the user's classifier, also the
-    BertForSequenceClassification around it (its logits)."""
+    """transformers' encoder (BertModel, RobertaModel, ...) on the same weights, run by PyTorch eager; for the user's
+    classifier, also the ...ForSequenceClassification / ...ForTokenClassification around it (its logits).
+    token_types: the model reads token_type_ids (RoBERTa's and DistilBERT's take none)."""
 
     torch: Any
     model: Any
     classifier: Any = None
+    token_types: bool = True
 
     def hidden_states(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         return self.outputs(batch)["last_hidden_state"]
 
     def outputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """last_hidden_state [B,T,H], and pooler_output [B,H] / logits [B,L] when the model has them."""
-        inputs = {k: self.torch.from_numpy(v) for k, v in batch.items()}
+        inputs = {k: self.torch.from_numpy(v) for k, v in batch.items()
+                  if k != "token_type_ids" or self.token_types}
         with self.torch.inference_mode():
             out = self.model(**inputs)
             found = {"last_hidden_state": out.last_hidden_state.numpy()}
-            if out.pooler_output is not None:
+            if getattr(out, "pooler_output", None) is not None:  # DistilBERT's output has no such field
                 found["pooler_output"] = out.pooler_output.numpy()
             if self.classifier is not None:
                 found["logits"] = self.classifier(**inputs).logits.numpy()
@@ -174,18 +177,23 @@ def _load_reference(model, threads: int, own: Optional[Engine] = None) -> Option
 
 
 def _load_own_reference(model, engine: Engine, torch: Any) -> Optional[TorchReference]:
-    from transformers import BertForSequenceClassification, BertModel
+    import inspect
 
+    import transformers
+
+    config = engine.config
     try:
-        if BertWeights(Checkpoint.open(model), engine.config).quantized:
+        if BertWeights(Checkpoint.open(model), config).quantized:
             print("      skipped: this is a pre-quantized int8 checkpoint (bortengine export --dtype int8), which "
                   "transformers would read as float weights; run the demo on the float32 model it came from")
             return None
-        if engine.config.is_classifier:
-            classifier = BertForSequenceClassification.from_pretrained(str(model)).float().eval()
-            return TorchReference(torch, classifier.bert, classifier)
-        hf = BertModel.from_pretrained(str(model), add_pooling_layer=engine.has_pooler).float().eval()
-        return TorchReference(torch, hf)
+        cls = getattr(transformers, config.kind)  # the class config.json names: BertModel, RobertaFor..., ...
+        if config.head != "encoder":
+            classifier = cls.from_pretrained(str(model)).float().eval()
+            return TorchReference(torch, classifier.base_model, classifier, config.token_types)
+        pooler = {"add_pooling_layer": engine.has_pooler} if "add_pooling_layer" in inspect.signature(cls).parameters \
+            else {}
+        return TorchReference(torch, cls.from_pretrained(str(model), **pooler).float().eval(), None, config.token_types)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a directory it cannot read
         print(f"      skipped: transformers cannot load {model}: {' '.join(str(e).split())}")
         return None
@@ -211,7 +219,8 @@ def _check_outputs(engine: Engine, reference: Optional[TorchReference]) -> bool:
         _step(4, "skipped (no reference)")
         return True
     inputs = [(DEMO_SENTENCES, None)]
-    if engine.config.type_vocab_size >= 2:  # the second sentence of a pair reads the token type 1 embeddings
+    # the second sentence of a pair reads the token type 1 embeddings (of the families that have token types)
+    if engine.config.type_vocab_size >= 2 or not engine.config.token_types:
         inputs.append((DEMO_SENTENCES[:-1], DEMO_SENTENCES[1:]))
     _step(4, f"checking the model's outputs against transformers on {len(DEMO_SENTENCES)} sentences"
              + (f" and {len(DEMO_SENTENCES) - 1} sentence pairs" if len(inputs) > 1 else "")
@@ -227,8 +236,9 @@ def _check_outputs(engine: Engine, reference: Optional[TorchReference]) -> bool:
         # the model's pooling, on the engine's encode() path against transformers' token states
         pooled = engine.pooling(theirs["last_hidden_state"], batch["attention_mask"], normalize=True)
         found["embeddings"] = np.abs(engine.encode(texts, pairs, normalize=True) - pooled).max()
-        if ours.logits is not None and "logits" in theirs:
-            found["logits"] = np.abs(ours.logits - theirs["logits"]).max()
+        if ours.logits is not None and "logits" in theirs:  # token classifiers: at unmasked positions
+            diff = np.abs(ours.logits - theirs["logits"])
+            found["logits"] = (diff[mask] if diff.ndim == 3 else diff).max()
         for name, diff in found.items():
             diffs[name] = max(diffs.get(name, 0.0), float(diff))
     for name, diff in diffs.items():
@@ -250,12 +260,12 @@ def _time_shapes(engine: Engine, engine8: Engine, reference: Optional[TorchRefer
     """One row per BxT shape: median ms of the engine, its int8 path and PyTorch, and the speed-up over PyTorch."""
     print(f"      {'shape':>8}  {'bortengine':>12}  {'int8':>12}  {'PyTorch':>12}  {'speed-up':>8}")
     rng = np.random.default_rng(0)
-    positions = engine.config.max_position_embeddings
+    positions, vocab = engine.config.max_positions, engine.config.vocab_size
     for b, t in shapes:
         if t > positions:
-            print(f"      {b}x{t}: skipped (longer than max_position_embeddings={positions})")
+            print(f"      {b}x{t}: skipped (longer than the model's {positions} positions)")
             continue
-        ids = rng.integers(1000, engine.config.vocab_size, size=(b, t), dtype=np.int64)  # ids, mask: [B,T]
+        ids = rng.integers(min(1000, vocab // 2), vocab, size=(b, t), dtype=np.int64)  # ids, mask: [B,T]
         ids[:, 0], ids[:, -1] = 101, 102
         mask = np.ones_like(ids)
         ours_ms = _median_ms(lambda: engine(ids, mask), repeats)

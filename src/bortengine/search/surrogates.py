@@ -11,9 +11,11 @@ import math
 import time
 from functools import lru_cache
 from dataclasses import KW_ONLY, dataclass, replace
+from pathlib import Path
 from typing import Any, Optional
 
-from bortengine.architecture import Architecture
+from bortengine.architecture import Architecture, require_bert
+from bortengine.files import read_json
 from bortengine.search.errors import SearchError
 from bortengine.search_space import architecture_dims
 
@@ -104,6 +106,11 @@ class TrainingSurrogate(Surrogate):
 
     expensive = True
 
+    def __post_init__(self) -> None:
+        if self.teacher is not None:  # refuse another family now, not in every evaluation of the search
+            config = read_json(Path(self.teacher) / "config.json", SearchError, missing_ok=True)
+            require_bert(config if isinstance(config, dict) else {}, str(Path(self.teacher) / "config.json"))
+
     def teacher_name(self) -> str:
         return self.teacher or DEFAULT_TEACHER
 
@@ -160,6 +167,7 @@ class FinetuneSurrogate(TrainingSurrogate):
     error_scale = 0.1
 
     def __post_init__(self):
+        super().__post_init__()
         unknown = set(self.data or {}) - set(DATA_KEYS)
         if unknown or (self.data is not None and not self.data.get("train")):
             raise SearchError(f"the finetune surrogate's data names the files and columns {list(DATA_KEYS)} "

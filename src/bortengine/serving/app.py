@@ -251,6 +251,9 @@ class ModelService:
     @staticmethod
     def _not_a_classifier(engine: Engine) -> Optional[str]:
         """Why /v1/classify cannot serve this model, or None if it can."""
+        if engine.config.is_token_classifier:
+            return (f"the served model is a {engine.config.kind}: it labels tokens, not texts (Engine.classify_tokens "
+                    f"in Python); POST /v1/embeddings for its embeddings")
         if engine.labels is None:
             return (f"the served model is a {engine.config.kind} without a classification head, so it has no labels "
                     f"to classify into; POST /v1/embeddings for its embeddings")

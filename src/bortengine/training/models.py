@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-from bortengine.architecture import Architecture
+from bortengine.architecture import Architecture, require_bert
+from bortengine.files import read_json
 from bortengine.training.data import LABELS
 from bortengine.training.errors import TrainingError
 
@@ -80,6 +81,7 @@ def load_pretrained(cls, path: str | os.PathLike, attn_implementation: Optional[
                             f"pytorch_model.bin is a pickle and can run code when loaded). Convert it once where you "
                             f"trust it: {cls.__name__}.from_pretrained(dir).save_pretrained(dir, "
                             f"safe_serialization=True)")
+    require_bert(read_json(path / "config.json", TrainingError, missing_ok=True) or {}, str(path / "config.json"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
