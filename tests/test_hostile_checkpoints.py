@@ -175,17 +175,24 @@ def test_random_bytes_refused(tmp_path_factory, data):
         pass
 
 
-CONFIG_KEYS = ["model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
-               "intermediate_size", "vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id",
-               "layer_norm_eps", "hidden_act", "position_embedding_type", "is_decoder", "id2label", "num_labels",
-               "problem_type"]
+CONFIG_KEYS = ["architectures", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id", "layer_norm_eps",
+               "hidden_act", "position_embedding_type", "is_decoder", "id2label", "num_labels", "problem_type",
+               "dim", "n_layers", "n_heads", "hidden_dim", "activation", "sentence_transformers"]
+FAMILY_NAMES = st.sampled_from(["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet"])
+CLASSES = st.sampled_from(["BertModel", "RobertaForSequenceClassification", "XLMRobertaForTokenClassification",
+                           "DistilBertModel", "DistilBertForSequenceClassification", "MPNetModel"])
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.dictionaries(st.sampled_from(CONFIG_KEYS), JSON | SIZES, max_size=6))
-def test_random_configs_refused_or_parsed(data):
+@given(st.dictionaries(st.sampled_from(CONFIG_KEYS), JSON | SIZES | CLASSES.map(lambda c: [c]), max_size=6),
+       st.one_of(st.none(), FAMILY_NAMES, JSON))
+def test_random_configs_refused_or_parsed(data, model_type):
+    if model_type is not None:
+        data = {**data, "model_type": model_type}
     try:
         config = ModelConfig.from_dict(data)
     except ModelLoadError:
         return
     assert config.hidden_size % config.num_attention_heads == 0 and config.layer_norm_eps > 0
+    assert config.max_positions >= 1 and config.head in ("encoder", "sequence", "token")

@@ -1,4 +1,4 @@
-"""bortengine: a compiled CPU inference engine for BERT encoders, and the Bort pipeline that extracts the fastest
+"""bortengine: a compiled CPU inference engine for BERT-family encoders, and the Bort pipeline that extracts the fastest
 accurate sub-architecture of a teacher for the CPU it will run on.
 
     import bortengine
@@ -10,14 +10,15 @@ export, cli. Importing the package imports the engine only; never torch.
 """
 from __future__ import annotations
 
-from bortengine.engine import (ClassificationResult, EncoderOutput, Engine, ModelConfig, available_cpus,
-                               TokenizedTexts, available_isas, cpu_info, load)
+from bortengine.engine import (ClassificationResult, EncoderOutput, Engine, ModelConfig, RankedDocument, TokenEntity,
+                               TokenizedTexts, available_cpus, available_isas, cpu_info, load)
 from bortengine.errors import (BortEngineError, DeadlineExceeded, InvalidInputError, ModelLoadError, RequestCancelled,
                                UnsupportedModelError)
 from bortengine.version import __version__
 
 __all__ = [
-    "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "TokenizedTexts", "cpu_info", "available_isas",
+    "load", "Engine", "EncoderOutput", "ClassificationResult", "TokenEntity", "RankedDocument", "ModelConfig",
+    "TokenizedTexts", "cpu_info", "available_isas",
     "available_cpus", "BortEngineError", "InvalidInputError", "ModelLoadError", "UnsupportedModelError",
     "DeadlineExceeded", "RequestCancelled", "__version__",
 ]

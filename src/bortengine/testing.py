@@ -125,8 +125,9 @@ TOKENIZER_CORPUS = (
 )
 
 # transformers class-name prefix and the tokenizer kind of each model_type make_random_encoder builds
-_ENCODER_KINDS = {"bert": ("Bert", "wordpiece"), "roberta": ("Roberta", "bpe"), "xlm-roberta": ("XLMRoberta", "unigram"),
-                  "camembert": ("Camembert", "unigram"), "distilbert": ("DistilBert", "wordpiece")}
+_ENCODER_KINDS = {"bert": ("Bert", "wordpiece"), "roberta": ("Roberta", "bpe"),
+                  "xlm-roberta": ("XLMRoberta", "unigram"), "camembert": ("Camembert", "unigram"),
+                  "distilbert": ("DistilBert", "wordpiece")}
 _HEAD_SUFFIXES = {"model": "Model", "sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
 
 

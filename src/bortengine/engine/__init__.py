@@ -1,4 +1,5 @@
-"""The inference engine: load() a Hugging Face BERT directory and run it on the native kernels.
+"""The inference engine: load() a Hugging Face encoder directory (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT) and
+run it on the native kernels.
 
 Everything a service needs to serve a model, and nothing else: the model's config, its safetensors weights, its
 tokenizer, its pooling, the Engine that composes them, and what the native module tells about this CPU. Torch-free
@@ -10,7 +11,7 @@ from __future__ import annotations
 from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, BatchRecord
 from bortengine.engine.config import ModelConfig
 from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info
-from bortengine.engine.outputs import ClassificationResult, EncoderOutput, softmax
+from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
 from bortengine.engine.pooling import Pooling
 from bortengine.engine.runtime import INLINE_CHARS, Engine, load, traced_forwards
 from bortengine.engine.tokenization import TextTokenizer, TokenizedTexts, as_text_list, characters
@@ -20,5 +21,5 @@ __all__ = [
     "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "Pooling", "TextTokenizer",
     "BertWeights", "Checkpoint", "as_text_list", "softmax", "traced_forwards", "available_cpus", "available_isas",
     "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX", "BatchRecord",
-    "DEFAULT_MAX_BATCH_TOKENS", "INLINE_CHARS", "TokenizedTexts", "characters",
+    "DEFAULT_MAX_BATCH_TOKENS", "INLINE_CHARS", "TokenizedTexts", "characters", "TokenEntity", "RankedDocument",
 ]

@@ -76,9 +76,9 @@ def workload_inputs(engine: Engine, workload: Workload) -> dict[str, np.ndarray]
     vocabulary) gets ids drawn from a generator seeded with 0 instead.
     """
     B, T = workload.batch_size, workload.seq_len
-    if T > engine.config.max_position_embeddings:
-        raise ProfileError(f"workload sequences of {T} tokens exceed the model's max_position_embeddings="
-                           f"{engine.config.max_position_embeddings}")
+    if T > engine.config.max_positions:
+        raise ProfileError(f"workload sequences of {T} tokens exceed the model's {engine.config.max_positions} "
+                           f"positions (max_position_embeddings={engine.config.max_position_embeddings})")
     vocab = engine.config.vocab_size
     tokenizer = engine.tokenizer
     pieces = tokenizer.encode([SAMPLE_TEXT], max_length=4 * len(SAMPLE_TEXT), add_special_tokens=False)[0].ids \

@@ -83,10 +83,11 @@ class ModelService:
             raise ModelLoadError(f"{self.model_dir} has no tokenizer (tokenizer.json or vocab.txt), and the server "
                                  f"reads texts; copy the model's tokenizer files there")
         limit = o.max_input_tokens or engine.max_length
-        positions = engine.config.max_position_embeddings
+        positions = engine.config.max_positions  # RoBERTa's: max_position_embeddings - padding_idx - 1
         if limit > positions:
-            raise UsageError(f"--max-input-tokens {limit} is more than the model's max_position_embeddings "
-                             f"{positions}; pass at most {positions}")
+            raise UsageError(f"--max-input-tokens {limit} is more than the model's {positions} positions "
+                             f"(max_position_embeddings {engine.config.max_position_embeddings}); pass at most "
+                             f"{positions}")
         self.max_input_tokens = limit
         engine.add_batch_listener(self.metrics.record_batch)
         self.metrics.watch_queue(lambda: engine.queue_depth, lambda: self.admitted)
