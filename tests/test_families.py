@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import bortengine
 from bortengine import InvalidInputError, ModelLoadError
@@ -123,6 +124,35 @@ def test_positions_laid_out_for_left_padding_and_holes(make_encoder, isa):
     inside[0, 5] = engine.config.pad_token_id
     with pytest.raises(InvalidInputError, match=r"input_ids\[0, 5\] is the padding id 1 with attention_mask 1"):
         engine(inside, mask)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.data())
+def test_position_layout_puts_each_token_at_its_position(b, t, data):
+    """Any batch: each real token lands in the column of transformers' position for it (fairseq's make_positions,
+    minus padding_idx + 1), its id and type with it, and restore() brings the rows back."""
+    from bortengine.engine.positions import position_layout
+
+    ids = np.array(data.draw(st.lists(st.lists(st.integers(0, 3), min_size=t, max_size=t), min_size=b, max_size=b)))
+    mask = np.array(data.draw(st.lists(st.lists(st.integers(0, 1), min_size=t, max_size=t), min_size=b,
+                                       max_size=b)))
+    mask[:, 0] |= ~mask.any(1)
+    types = np.arange(b * t).reshape(b, t)
+    if (mask.astype(bool) & (ids == 1)).any():
+        with pytest.raises(InvalidInputError, match="is the padding id 1 with attention_mask 1"):
+            position_layout(ids, mask, types, 1)
+        return
+    (laid_ids, laid_mask, laid_types), layout = position_layout(ids, mask, types, 1)
+    expected = np.cumsum(ids != 1, axis=1) * (ids != 1) + 1 - 2        # transformers' position ids - (padding_idx + 1)
+    hidden = np.zeros(laid_ids.shape + (1,))
+    for r, c in zip(*np.nonzero(mask)):
+        placed = c if layout is None else expected[r, c]
+        assert expected[r, c] == placed and laid_mask[r, placed] == 1
+        assert laid_ids[r, placed] == ids[r, c] and (laid_types is None or laid_types[r, placed] == types[r, c])
+        hidden[r, placed, 0] = types[r, c] + 1
+    assert laid_mask.sum() == mask.sum()
+    if layout is not None:
+        np.testing.assert_array_equal(layout.restore(hidden)[..., 0], (types + 1) * mask)
 
 
 def test_position_table_sliced_at_padding(make_encoder):

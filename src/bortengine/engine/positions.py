@@ -53,6 +53,8 @@ def position_layout(ids: np.ndarray, mask: Optional[np.ndarray], types: Optional
             f"input_ids[{r}, {c}] is the padding id {pad_id} with attention_mask 1: this model numbers positions "
             f"by the ids that are not padding and embeds a padding id at a position the engine does not load; set "
             f"attention_mask 0 there, or leave the padding token out of the text")
+    if mask is None or (np.array_equal(real, not_pad) and (mask[:, 1:] <= mask[:, :-1]).all()):
+        return (ids, mask, types), None   # real tokens are the non-padding ids, each row's first: columns are positions
     position = np.cumsum(not_pad, axis=1) - 1                    # [B,T] each real token's position, from 0
     rows, columns = np.nonzero(real)
     placed = position[rows, columns]

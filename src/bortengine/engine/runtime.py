@@ -625,7 +625,9 @@ class Engine:
         if self.tokenizer is None:
             raise BortEngineError(
                 f"{self.path} has no tokenizer (tokenizer.json or vocab.txt), so texts cannot be tokenized; copy "
-                f"the model's tokenizer files there, or call the engine on token ids")
+                f"the model's tokenizer files there (a RoBERTa or XLM-R with only vocab.json/merges.txt or a "
+                f"sentencepiece model: write tokenizer.json once with transformers' AutoTokenizer.from_pretrained(dir)"
+                f".save_pretrained(dir)), or call the engine on token ids")
         return self.tokenizer
 
     def _max_length(self, max_length: Optional[int]) -> int:
