@@ -470,6 +470,8 @@ def test_killed_run_resumes_from_the_cache(tmp_path):
     assert r.fresh_evaluations == len(TINY) - 3 and r.evaluations == len(TINY)
     again = run(TINY, synthetic(TINY), tmp_path, exhaustive=True)
     assert again.fresh_evaluations == 0
+    # where each ran is kept in the cache: a resumed search still says it
+    assert {c["node"] for c in again.to_dict()["candidates"]} == {"local"}
     assert [c.error for c in again.candidates] == [c.error for c in r.candidates]
     # other settings: another cache file, nothing reused
     assert run(TINY, synthetic(TINY), tmp_path, surrogate=S.AnalyticSurrogate(alpha=0.2)).fresh_evaluations > 0

@@ -263,7 +263,7 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     chosen, note = choose_student(result, teacher_ms / ctx.config.min_speedup, meter.speedup,
                                   ctx.config.min_speedup * SPEEDUP_MARGIN, deadline=started + seconds)
     candidates = [{"architecture": str(c.arch), "params": c.params, "latency_ms": c.latency_ms, "error": c.error,
-                   "pareto": c.pareto, "measured_speedup": meter.measured.get(str(c.arch))}
+                   "pareto": c.pareto, "measured_speedup": meter.measured.get(str(c.arch)), "node": c.node}
                   for c in result.candidates if c.error is not None]
     return {"architecture": chosen.arch.to_dict(), "given": False, "predicted_ms": chosen.latency_ms,
             "teacher_predicted_ms": teacher_ms, "surrogate_error": chosen.error, "note": note,

@@ -70,10 +70,11 @@ class SurrogateCache:
     def get(self, arch: Architecture) -> Optional[dict[str, Any]]:
         return self.entries.get(_arch_key(arch))
 
-    def put(self, arch: Architecture, error: float, seconds: float) -> None:
+    def put(self, arch: Architecture, error: float, seconds: float, node: Optional[str] = None) -> None:
+        """node: where it ran ("local", a Ray node id), kept so a resumed search still says it."""
         entry = {"arch": _arch_key(arch), "error": None if math.isnan(error) else error,
                  "status": "nan" if math.isnan(error) else "ok", "seconds": round(seconds, 3),
-                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "node": node}
         self.entries[entry["arch"]] = entry
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")

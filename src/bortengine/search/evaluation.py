@@ -78,8 +78,8 @@ class Evaluator:
             return False
         nan = hit["status"] == "nan"
         self._record(c, Evaluation(hit["status"], float("nan") if nan else float(hit["error"]),
-                                   "the surrogate returned NaN (cached)" if nan else "", hit.get("seconds") or 0.0),
-                     cached=True)
+                                   "the surrogate returned NaN (cached)" if nan else "", hit.get("seconds") or 0.0,
+                                   hit.get("node")), cached=True)
         self.bar.step(f"{c.arch} (cached)")
         return True
 
@@ -87,9 +87,9 @@ class Evaluator:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _record(self, c: Candidate, result: Evaluation, cached: bool) -> None:
-        c.seconds = round(result.seconds, 3)
+        c.seconds, c.node = round(result.seconds, 3), result.node
         if result.status in ("ok", "nan") and not cached:
-            self.cache.put(c.arch, result.value, result.seconds)
+            self.cache.put(c.arch, result.value, result.seconds, result.node)
         c.status = ("cached" if cached else "ok") if result.status == "ok" else result.status
         c.error = result.value if result.status == "ok" else None
         c.message = result.message

@@ -27,12 +27,15 @@ class Evaluation:
 
     status: "ok" (value is the error), "nan" (the surrogate returned NaN, a deterministic result), "failed" (it
     raised or returned ±inf; message says what) or "lost" (it did not finish through no fault of its own, e.g.
-    its worker went down with another evaluation: submit it again)."""
+    its worker went down with another evaluation: submit it again). node: where it ran, "local" (this machine)
+    or the id of the Ray node (search.ray_executor); None when not known (a cache entry from before nodes were
+    recorded)."""
 
     status: str
     value: Optional[float]
     message: str
     seconds: float
+    node: Optional[str] = "local"
 
 
 def evaluate(surrogate: Surrogate, arch: Architecture) -> Evaluation:
@@ -93,10 +96,15 @@ def _worker_init(threads: int, niceness: int = 0) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def _worker_evaluate(surrogate: Surrogate, arch: Architecture, threads: int) -> Evaluation:
+def worker_surrogate(surrogate: Surrogate, threads: int) -> Surrogate:
+    """The surrogate as a worker with `threads` CPUs runs it: given those threads when its own are unset."""
     if getattr(surrogate, "threads", "absent") is None:
-        surrogate = replace(surrogate, threads=threads)
-    return evaluate(surrogate, arch)
+        return replace(surrogate, threads=threads)
+    return surrogate
+
+
+def _worker_evaluate(surrogate: Surrogate, arch: Architecture, threads: int) -> Evaluation:
+    return evaluate(worker_surrogate(surrogate, threads), arch)
 
 
 class LocalExecutor(Executor):

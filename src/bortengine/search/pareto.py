@@ -26,6 +26,7 @@ class Candidate:
     status: str = "not evaluated"      # ok | cached | nan | failed | skipped (time budget) | not evaluated
     message: str = ""
     seconds: Optional[float] = None
+    node: Optional[str] = None         # where the surrogate ran: "local", a Ray node id; None: not run (or unknown)
     pareto: bool = False
     w: Optional[float] = None
     measured_ms: Optional[float] = None
@@ -46,7 +47,7 @@ class Candidate:
                 "latency_ms": round(self.latency_ms, 5),
                 "measured_ms": None if self.measured_ms is None else round(self.measured_ms, 5),
                 "error": self.error, "status": self.status, "message": self.message, "seconds": self.seconds,
-                "group": self.group, "representative": self.representative, "refined": self.refined,
+                "node": self.node, "group": self.group, "representative": self.representative, "refined": self.refined,
                 "pareto": self.pareto, "w": self.w}
 
 
