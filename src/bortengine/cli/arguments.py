@@ -15,9 +15,11 @@ from bortengine.files import read_json
 from bortengine.progress import parse_duration
 
 __all__ = ["duration", "shape", "architecture", "positive_int", "positive_float", "port", "check_model_directory",
-           "check_output", "MODEL_DIRECTORY", "add_data_arguments", "data_fields", "BUILTIN_TASKS", "DATA_OPTIONS"]
+           "check_output", "MODEL_DIRECTORY", "add_data_arguments", "data_fields", "BUILTIN_TASKS", "DATA_OPTIONS",
+           "add_executor_arguments", "EXECUTORS"]
 
 BUILTIN_TASKS = ("rt", "imdb")    # training.BUILTIN_TASKS, named here so the parsers import no training code
+EXECUTORS = ("local", "ray")      # search.EXECUTORS, likewise
 
 MODEL_DIRECTORY = "a Hugging Face model directory (config.json and its weights)"
 
@@ -138,6 +140,16 @@ def add_data_arguments(parser, builtin_help: str = "a built-in task instead of -
                        help="column of the second texts of a text-pair task (e.g. the answer to a question)")
     group.add_argument("--label-column", default=default["label_column"], metavar="NAME",
                        help="column of the labels: strings or integers, two or more classes (default label)")
+
+
+def add_executor_arguments(parser, default: Optional[str] = None) -> None:
+    """--executor and --ray-address: where the surrogate evaluations run (extract, the pipeline's extraction)."""
+    parser.add_argument("--executor", choices=EXECUTORS, default=default,
+                        help="where the surrogate evaluations run: local worker processes (default), or ray: a Ray "
+                             "cluster (pip install 'bortengine[ray]'; docs/scale-out.md)")
+    parser.add_argument("--ray-address", default=default, metavar="HOST:PORT",
+                        help="the Ray cluster's head as `ray start --head` prints it (implies --executor ray); "
+                             "default $RAY_ADDRESS, else a new local Ray instance bound to 127.0.0.1")
 
 
 def data_fields(args) -> dict:

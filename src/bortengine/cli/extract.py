@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from bortengine.cli.arguments import add_data_arguments, check_output, data_fields
+from bortengine.cli.arguments import add_data_arguments, add_executor_arguments, check_output, data_fields
 from bortengine.engine import available_cpus
 from bortengine.files import atomic_write_text
 from bortengine.architecture import Architecture
@@ -85,6 +85,8 @@ def _add_surrogate_options(p) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="surrogate worker processes (default: one per CPU for distill and finetune, 1 for analytic)")
     p.add_argument("--worker-nice", type=int, default=0, help="niceness of the worker processes (default 0)")
+    add_executor_arguments(p)
+
 
 
 def _surrogate_data(args) -> dict:
@@ -110,7 +112,7 @@ def run(args) -> int:
               reserve=_reserve(args, prof, workload, space, budget) if budget is not None else 0.0,
               allow_extrapolation=args.allow_extrapolation, worker_nice=args.worker_nice,
               progress=not args.no_progress, representative=args.representative, per_group=args.per_group,
-              latency_limit_ms=args.latency_limit)
+              latency_limit_ms=args.latency_limit, executor=args.executor, ray_address=args.ray_address)
     print(f"extract: {space.describe()}\nworkload: {workload}; profile {prof.path} ({prof.target.isa})\n"
           f"surrogate: {surrogate.describe()}; ε = {args.eps}; {'exhaustive' if args.exhaustive else 'FPTAS'}",
           flush=True)
@@ -206,6 +208,9 @@ def _print_result(result: Extraction) -> None:
           f"{len(result.failures)} failed or NaN), "
           f"{len(result.pareto)} in the ε-Pareto set, {result.seconds:.0f} s"
           + ("" if result.complete else "; INCOMPLETE: the time budget stopped the evaluations"))
+    nodes = result.nodes()
+    print(f"evaluations ran on {result.executor}" + (f"; per node: {', '.join(f'{n[:12]} {k}' for n, k in nodes.items())}"
+                                                     if set(nodes) - {"local"} else ""))
     ref = result.refinement or {}
     if ref.get("per_group", 1) > 1:
         print(f"refinement: {ref['evaluations']} of those evaluations in {ref['rounds']} round(s), chosen by the error "

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from bortengine.cli.arguments import add_data_arguments, check_model_directory, duration, positive_int
+from bortengine.cli.arguments import (add_data_arguments, add_executor_arguments, check_model_directory, duration,
+                                      positive_int)
 from bortengine.cli.train import prepare_torch
 from bortengine.errors import UsageError
 
@@ -43,6 +44,7 @@ def add_parsers(sub) -> None:
                         "at the workload (4; measured with a 5%% margin)")
     p.add_argument("--space", help="search space name or file (default: one below the teacher)")
     p.add_argument("--seed", type=int)
+    add_executor_arguments(p, default=_DEFAULT)
     p.add_argument("--max-steps", type=positive_int, metavar="N",
                    help="cap every training stage at N steps (quick looks and tests; the budget still applies)")
     p.add_argument("--no-progress", action="store_true")
@@ -57,6 +59,8 @@ def run(args) -> int:
     values.update({k: v for k, v in given.items() if k not in ("command", "version", "config", "no_progress")})
     if "no_progress" in given:
         values["progress"] = False
+    if "ray_address" in given and "executor" not in given:
+        values["executor"] = "ray"        # an address says where to run, as on bortengine extract
     if "train" in given and "task" not in given:
         values.pop("task", None)          # --train on the command line replaces a config file's built-in task
     if not values.get("out"):

@@ -5,6 +5,7 @@ command continues the first and a run with other options is refused instead of m
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -62,6 +63,8 @@ class PipelineConfig:
     min_speedup: float = 4.0               # the student must be predicted and measured this much faster
     max_steps: Optional[int] = None        # cap on every training stage's steps (tests, quick looks)
     progress: bool = True
+    executor: str = "local"                # where the extraction's surrogate evaluations run: "local" or "ray"
+    ray_address: Optional[str] = None      # the Ray cluster (host:port); default $RAY_ADDRESS, else a local instance
 
     def check(self) -> None:
         """The options, before anything is loaded."""
@@ -86,6 +89,23 @@ class PipelineConfig:
                                 f"{self.min_speedup}")
         if self.workload is not None:
             self.shape()
+        self._check_executor()
+
+    def _check_executor(self) -> None:
+        """The executor's name, and a Ray cluster's address answering (a wrong one is found now, not after the
+        teacher's fine-tuning)."""
+        if self.executor not in ("local", "ray"):
+            raise PipelineError(f"executor must be local or ray, got {self.executor!r}")
+        if self.ray_address and self.executor != "ray":
+            raise PipelineError(f"ray_address ({self.ray_address}) goes with executor = \"ray\"")
+        address = self.ray_address or os.environ.get("RAY_ADDRESS")
+        if self.executor == "ray" and address:
+            from bortengine.search import SearchError, probe_ray_address
+
+            try:
+                probe_ray_address(address)
+            except SearchError as e:
+                raise PipelineError(str(e)) from None
 
     def shape(self) -> tuple[int, int]:
         """(B, T) of the workload given (the pipeline's default is the task's: RunContext.workload)."""

@@ -258,7 +258,8 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     result = extract(space, surrogate, prof, workload=ctx.workload(), epsilon=EXTRACT_EPSILON, max_point=teacher,
                      cache_dir=str(ctx.out / "extract-cache"), time_budget=(1 - MEASURE_SHARE) * seconds,
                      started=started, progress=ctx.config.progress,
-                     latency_limit_ms=teacher_ms / ctx.config.min_speedup)
+                     latency_limit_ms=teacher_ms / ctx.config.min_speedup, executor=ctx.config.executor,
+                     ray_address=ctx.config.ray_address)
     meter = CandidateMeter(ctx, teacher)
     chosen, note = choose_student(result, teacher_ms / ctx.config.min_speedup, meter.speedup,
                                   ctx.config.min_speedup * SPEEDUP_MARGIN, deadline=started + seconds)
@@ -269,7 +270,8 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
             "teacher_predicted_ms": teacher_ms, "surrogate_error": chosen.error, "note": note,
             "measured_speedup": meter.measured.get(str(chosen.arch)), "measured_on": meter.described(),
             "fptas_winner": str(result.winner.arch) if result.winner else None, "evaluations": result.evaluations,
-            "complete": result.complete, "candidates": candidates, "space": space.name}
+            "complete": result.complete, "candidates": candidates, "space": space.name,
+            "executor": result.executor}
 
 
 class CandidateMeter:

@@ -1,5 +1,6 @@
 """Where surrogate evaluations run: the Executor interface (submit one candidate's evaluation, take results as
-they finish, close or cancel on an interrupt) and its implementation on local worker processes.
+they finish, close or cancel on an interrupt) and its implementation on local worker processes (the one on a Ray
+cluster is search.ray_executor).
 
 An executor only runs evaluations and hands back their outcomes; the process driving the search looks up and
 writes the surrogate cache, keeps the time budget and records the outcomes on the candidates (search.evaluation),
@@ -18,7 +19,8 @@ from bortengine.architecture import Architecture
 from bortengine.engine import available_cpus
 from bortengine.search.surrogates import Surrogate
 
-__all__ = ["Evaluation", "evaluate", "Executor", "LocalExecutor", "default_workers"]
+__all__ = ["Evaluation", "evaluate", "Executor", "LocalExecutor", "default_workers", "worker_init",
+           "worker_surrogate"]
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,18 @@ class Executor(ABC):
     def close(self, cancel: bool = False) -> None:
         """Release the workers: wait for them, or with cancel=True stop them at once."""
 
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the evaluations run, in a line (recorded in the extraction's report)."""
+
 
 def default_workers(surrogate: Surrogate) -> int:
     """One worker per CPU for an expensive surrogate (one that trains a model), else 1 (this process)."""
     return available_cpus() if surrogate.expensive else 1
 
 
-def _worker_init(threads: int, niceness: int = 0) -> None:
+def worker_init(threads: int, niceness: int = 0) -> None:
+    """A worker process's set-up, before its first evaluation."""
     if niceness:  # heavy surrogate training yields to other jobs; the parent (which times finalists) does not
         os.nice(niceness)
     # before torch is imported (by the surrogate, if at all): passive OpenMP waits on a shared machine (see
@@ -126,6 +133,11 @@ class LocalExecutor(Executor):
     def running(self) -> int:
         return len(self._running) + len(self._here)
 
+    def describe(self) -> str:
+        if self.workers <= 1:
+            return "local: in the searching process"
+        return f"local: {self.workers} worker processes of {self.threads} thread(s)"
+
     def submit(self, ticket: Hashable, arch: Architecture) -> None:
         if self.workers <= 1:
             self._here[ticket] = arch
@@ -146,7 +158,7 @@ class LocalExecutor(Executor):
         from concurrent.futures import ProcessPoolExecutor
 
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init, initargs=(self.threads, self.niceness))
+                                   initializer=worker_init, initargs=(self.threads, self.niceness))
 
     def wait(self, timeout: Optional[float] = None) -> list[tuple[Hashable, Evaluation]]:
         if self._here:   # in this process: the evaluation runs to its end, whatever the timeout

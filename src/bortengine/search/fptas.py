@@ -31,7 +31,8 @@ group satisfies it; `coverage()` checks exactly that against an exhaustive run, 
 lists the groups where A_ε fails. The refinement exists because real surrogates break A_ε for any fixed rule.
 
 Surrogate results are cached on disk (a JSON-lines file per surrogate and settings, search.cache), so a killed
-run resumes, and independent evaluations run on an executor (search.executor: local worker processes).
+run resumes, and independent evaluations run on an executor (search.executor: local worker processes;
+search.ray_executor: a Ray cluster).
 
 This module composes the steps; the groups are in search.grouping, the refinement in search.refinement, the
 result in search.result (whose construction selects the ε-Pareto set and the winner, search.pareto).
@@ -52,7 +53,8 @@ from bortengine.progress import Progress
 from bortengine.search.cache import SurrogateCache, default_cache_dir
 from bortengine.search.errors import SearchError, SearchInterrupted
 from bortengine.search.evaluation import SKIPPED, Evaluator
-from bortengine.search.executor import LocalExecutor, default_workers
+from bortengine.search.executor import Executor, LocalExecutor, default_workers
+from bortengine.search.ray_executor import RayExecutor
 from bortengine.search.grouping import REPRESENTATIVES, evaluation_bound, group, representative_order
 from bortengine.search.pareto import Candidate
 from bortengine.search.refinement import refine, refinement_record
@@ -60,9 +62,10 @@ from bortengine.search.result import Extraction
 from bortengine.search.surrogates import Surrogate, resolve_surrogate
 from bortengine.search_space import SearchSpace, SearchSpaceError, architecture_dims
 
-__all__ = ["extract", "SIZES"]
+__all__ = ["extract", "SIZES", "EXECUTORS"]
 
 SIZES = ("effective", "total")
+EXECUTORS = ("local", "ray")
 
 
 def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: Any, *, workload: Any = None,
@@ -72,7 +75,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
             time_budget: Optional[float] = None, max_fallbacks: int = 2, allow_extrapolation: bool = False,
             worker_nice: int = 0, progress: bool = True, representative: str = "source-heads",
             per_group: int = 3, latency_limit_ms: Optional[float] = None, started: Optional[float] = None,
-            reserve: float = 0.0) -> Extraction:
+            reserve: float = 0.0, executor: Optional[str] = None, ray_address: Optional[str] = None) -> Extraction:
     """Optimal sub-architecture extraction over (p, l, e) by the FPTAS (or exhaustively).
 
     space: a SearchSpace or a name/file; surrogate: a Surrogate or a name in SURROGATES; profile: a Profile (see
@@ -98,13 +101,17 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     1: the plain FPTAS, one representative per group.
     latency_limit_ms: only candidates predicted at most this slow are searched (a latency constraint, as a
     service's budget per request; the maximum point stays, the W-coefficient's reference).
+    executor: where the evaluations run, "local" (worker processes, the default) or "ray" (the default when
+    ray_address is given): a Ray cluster at ray_address, else at $RAY_ADDRESS, else a local Ray instance; workers
+    then defaults to the cluster's CPUs // the surrogate's threads (search.ray_executor). Each candidate's `node`
+    says where its evaluation ran.
     """
     start = time.monotonic()
     started = start if started is None else started
     eps = check_epsilon(epsilon)
     _check_options(size, representative, per_group, workers)
+    executor = _check_executor(executor, ray_address)
     space, surrogate = _resolve_space(space), resolve_surrogate(surrogate)
-    workers = default_workers(surrogate) if workers is None else workers
     tau = _check_tau(surrogate.error_scale if tau is None else tau)
     workload = _check_profile(profile, workload)
     # the candidates and their cheap objectives: exact sizes, latencies predicted by the profile
@@ -129,8 +136,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     cache = SurrogateCache(cache_dir or default_cache_dir(), surrogate)
     first = representatives(members, m, cands, exhaustive)
     bar = Progress(len(first), f"surrogate {surrogate.name} {'exhaustive' if exhaustive else f'ε={eps}'}", progress)
-    ev = Evaluator(LocalExecutor(surrogate, workers, worker_nice), cache, bar,
-                   started + time_budget - reserve if time_budget is not None else None)
+    runner = make_executor(executor, surrogate, workers, worker_nice, ray_address)
+    ev = Evaluator(runner, cache, bar, started + time_budget - reserve if time_budget is not None else None)
     refinement = measure_errors(ev, first, members, order, exhaustive=exhaustive, per_group=per_group,
                                 max_fallbacks=max_fallbacks, epsilon=eps)
     failures, complete, done = _tally(cands, bound, exhaustive)
@@ -144,7 +151,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
                       bound=bound, groups=len(members), refinement=refinement,
                       evaluations=done,
                       fresh_evaluations=ev.fresh, failures=failures, complete=complete,
-                      seconds=time.monotonic() - start, cache_path=str(cache.path))
+                      seconds=time.monotonic() - start, cache_path=str(cache.path), executor=runner.describe())
 
 
 # -- the settings ------------------------------------------------------------------------------------------------
@@ -169,6 +176,24 @@ def _check_options(size: str, representative: str, per_group: Any, workers: Any)
                           f"FPTAS, one representative per group), got {per_group!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise SearchError(f"workers must be a positive integer, got {workers!r}")
+
+
+def _check_executor(executor: Optional[str], ray_address: Optional[str]) -> str:
+    """The executor's name: as given, else "ray" when an address is, else "local"."""
+    executor = executor or ("ray" if ray_address else "local")
+    if executor not in EXECUTORS:
+        raise SearchError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if ray_address and executor != "ray":
+        raise SearchError(f"a Ray address ({ray_address}) goes with the ray executor, not {executor!r}")
+    return executor
+
+
+def make_executor(kind: str, surrogate: Surrogate, workers: Optional[int] = None, niceness: int = 0,
+                  address: Optional[str] = None) -> Executor:
+    """The executor named kind (EXECUTORS) for surrogate; workers None: its default."""
+    if kind == "ray":       # (ray itself is imported only now, by the connection)
+        return RayExecutor(surrogate, workers, address, niceness)
+    return LocalExecutor(surrogate, default_workers(surrogate) if workers is None else workers, niceness)
 
 
 def _resolve_space(space: "SearchSpace | str") -> SearchSpace:

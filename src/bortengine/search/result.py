@@ -48,6 +48,7 @@ class Extraction:
     verification: Optional[dict[str, Any]] = None
     representative: str = "source-heads"  # the rule that picks each group's evaluated member (REPRESENTATIVES)
     refinement: Optional[dict[str, Any]] = None  # what the refinement stage did (search.refinement)
+    executor: str = "local"         # where the evaluations ran (Executor.describe())
 
     def __post_init__(self):
         self.pareto, self.winner = select(self.candidates, self.max_point, self.tau, self.epsilon)
@@ -64,6 +65,7 @@ class Extraction:
             "groups": self.groups, "bound": self.bound, "evaluations": self.evaluations,
             "refinement": self.refinement,
             "fresh_evaluations": self.fresh_evaluations, "failures": len(self.failures),
+            "executor": self.executor, "nodes": self.nodes(),
             "pareto_size": len(self.pareto), "complete": self.complete, "seconds": round(self.seconds, 2),
             "winner": None if w is None else {
                 "arch": list(w.dims), "params": w.params, "latency_ms": w.latency_ms, "measured_ms": w.measured_ms,
@@ -72,6 +74,14 @@ class Extraction:
             "max_point": {"arch": list(self.max_point.dims), "params": self.max_point.params,
                           "latency_ms": self.max_point.latency_ms, "error": self.max_point.error},
         }
+
+    def nodes(self) -> dict[str, int]:
+        """Evaluations per node they ran on ("local", Ray node ids; cached ones where they first ran)."""
+        counts: dict[str, int] = {}
+        for c in self.candidates:
+            if c.node is not None:
+                counts[c.node] = counts.get(c.node, 0) + 1
+        return counts
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,253 @@
+"""Surrogate evaluations on a Ray cluster (the optional extra bortengine[ray]; `ray` is imported here only, and only
+when a RayExecutor is made).
+
+One Ray actor per worker slot, each holding the surrogate: a surrogate that trains loads its teacher and data once
+per worker, on its first evaluation, so afterwards only architectures go out and Evaluations (a loss, a status,
+seconds, the node) come back. Each worker asks for the CPUs its evaluation uses (num_cpus = the surrogate's
+threads, 1 when unset) and the workers are spread over the nodes. A worker whose process dies (killed, out of
+memory, its node lost) is restarted by Ray and its evaluation run once more there; one that dies twice fails that
+evaluation (the search goes on). close(cancel=True) (Ctrl-C, a kill, the time budget's deadline) kills the
+workers at once. The process driving the search keeps the surrogate cache, so a run interrupted on either executor
+resumes on either.
+
+Connecting: an address ("host:port" of the cluster's head, as `ray start --head` prints it, or "ray://host:port"
+for Ray Client), else $RAY_ADDRESS, else a new local Ray instance bound to 127.0.0.1 with this process's CPUs.
+The address is probed first (a TCP connection and a gRPC greeting, each within a timeout), so a wrong one fails
+with a message instead of Ray's long reconnection loop.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import replace
+from functools import lru_cache
+from typing import Any, Hashable, Optional
+
+from bortengine.architecture import Architecture
+from bortengine.engine import available_cpus
+from bortengine.search.errors import SearchError
+from bortengine.search.executor import Evaluation, Executor, evaluate, worker_init, worker_surrogate
+from bortengine.search.surrogates import Surrogate
+from bortengine.version import __version__
+
+__all__ = ["RayExecutor", "EvaluationWorker", "connect", "probe_ray_address", "CONNECT_TIMEOUT"]
+
+CONNECT_TIMEOUT = 10.0     # seconds for the address to accept a connection and answer the gRPC greeting
+POLL = 0.5                 # seconds per wait on the cluster: how soon Ctrl-C (or a SIGTERM turned into it) is seen
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# an HTTP/2 client's connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, a Ray Client
+# server) answers with a SETTINGS frame of its own (frame type 0x4 at byte 3), anything else does not
+HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+HOW_TO_FIX = ("Start the cluster with `ray start --head --port 6379` on its head node (and `ray start --address "
+              "HEAD:6379` on the others) and give HEAD:6379 with --ray-address or RAY_ADDRESS; or give neither for a "
+              "local Ray instance on this machine")
+
+
+class EvaluationWorker:
+    """One worker slot: the surrogate with its threads, kept for every evaluation sent to this worker. The driver's
+    bortengine version must be this node's (a mixed cluster would mix results under one cache key)."""
+
+    def __init__(self, surrogate: Surrogate, threads: int, niceness: int, version: str):
+        if version != __version__:
+            raise SearchError(f"this node has bortengine {__version__}, the driver {version}: install the same "
+                              f"version on every node")
+        worker_init(threads, niceness)
+        self.surrogate = worker_surrogate(surrogate, threads)
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def place(self) -> dict[str, Any]:
+        """Where this worker runs: its node's id and its process id."""
+        return {"node": self.node, "pid": os.getpid()}
+
+    def evaluate(self, arch: Architecture) -> Evaluation:
+        return replace(evaluate(self.surrogate, arch), node=self.node)
+
+
+class RayExecutor(Executor):
+    """Evaluations of one surrogate on a Ray cluster, one actor (EvaluationWorker) per slot.
+
+    address: see connect(). workers: the slots (default: the cluster's CPUs // the evaluation's threads, at least
+    1; more than the cluster holds wait for CPUs to free). The workers start at the first submit (or placement())
+    and end at close(); a connection this executor opened is closed then too."""
+
+    def __init__(self, surrogate: Surrogate, workers: Optional[int] = None, address: Optional[str] = None,
+                 niceness: int = 0, connect_timeout: float = CONNECT_TIMEOUT):
+        self.surrogate, self.niceness, self.connect_timeout = surrogate, niceness, connect_timeout
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.threads = getattr(surrogate, "threads", None) or 1
+        self._ray, self._owned = connect(self.address, connect_timeout)
+        self.cpus = int(self._ray.cluster_resources().get("CPU", 0))
+        self.nodes = sum(1 for n in self._ray.nodes() if n.get("Alive"))
+        self.capacity = workers or max(1, self.cpus // self.threads)
+        self._workers: list[Any] = []                        # actor handles, at most capacity
+        self._idle: list[Any] = []
+        self._running: dict[Any, tuple[Hashable, Any]] = {}  # ObjectRef -> (ticket, the worker running it)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def describe(self) -> str:
+        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+        return (f"ray: {where}, {self.nodes} node(s), {self.cpus} CPU(s); {self.capacity} worker(s) of "
+                f"{self.threads} thread(s)")
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Every worker slot started (when not yet) and where it runs: [{"node", "pid"}, ...]. Ask before
+        submitting: a worker answers after the evaluation it runs."""
+        while len(self._workers) < self.capacity:
+            self._idle.append(self._start_worker())
+        return self._ray.get([w.place.remote() for w in self._workers])
+
+    def submit(self, ticket: Hashable, arch: Architecture) -> None:
+        if self._ray is None:       # closed (a deadline stopped the workers): a new connection and new workers
+            self._ray, self._owned = connect(self.address, self.connect_timeout)
+        if self._idle:
+            worker = self._idle.pop()
+        elif len(self._workers) < self.capacity:
+            worker = self._start_worker()
+        else:                       # more than capacity submitted: queued behind a running one
+            worker = self._workers[len(self._running) % len(self._workers)]
+        self._running[worker.evaluate.remote(arch)] = (ticket, worker)
+
+    def _start_worker(self) -> Any:
+        # a worker killed (or its node lost) is restarted, as often as it happens, and the evaluation it ran is run
+        # once more: a second death fails that evaluation alone
+        cls = _remote_worker_class(self._ray).options(num_cpus=self.threads, max_restarts=-1, max_task_retries=1,
+                                                      scheduling_strategy="SPREAD")
+        worker = cls.remote(self.surrogate, self.threads, self.niceness, __version__)
+        self._workers.append(worker)
+        return worker
+
+    def wait(self, timeout: Optional[float] = None) -> list[tuple[Hashable, Evaluation]]:
+        if not self._running:
+            return []
+        ray = self._ray
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:     # in slices, so an interrupt reaches the driver between them
+            left = POLL if deadline is None else max(0.0, min(POLL, deadline - time.monotonic()))
+            ready, _ = ray.wait(list(self._running), num_returns=1, timeout=left)
+            if ready or (deadline is not None and time.monotonic() >= deadline):
+                break
+        if ready:       # and every other one finished by now
+            ready, _ = ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
+        return [self._collect(ref) for ref in ready]
+
+    def _collect(self, ref: Any) -> tuple[Hashable, Evaluation]:
+        ray = self._ray
+        ticket, worker = self._running.pop(ref)
+        self._idle.append(worker)
+        try:
+            return ticket, ray.get(ref)
+        except ray.exceptions.ActorUnavailableError:    # restarting, its task not run: submit it again
+            return ticket, Evaluation("lost", None, "", 0.0, None)
+        except ray.exceptions.RayActorError as e:
+            if e.actor_init_failed:
+                raise SearchError(f"a Ray worker could not start: {_gist(e)}. Every node needs bortengine "
+                                  f"{__version__} and the surrogate's packages (bortengine[train]) installed, and "
+                                  f"the files the surrogate reads (teacher, data) at the same paths") from None
+            return ticket, Evaluation("failed", None, f"its Ray worker died twice running it (out of memory, killed, "
+                                                      f"or its node lost?): {_gist(e)}", 0.0, None)
+        except ray.exceptions.RayError as e:
+            return ticket, Evaluation("failed", None, f"{type(e).__name__}: {_gist(e)}", 0.0, None)
+
+    def close(self, cancel: bool = False) -> None:
+        if self._ray is None:
+            return
+        ray = self._ray
+        if self._running and not cancel:
+            ray.wait(list(self._running), num_returns=len(self._running))
+        for worker in self._workers:    # ends its process (and what it runs) and frees its CPUs for others
+            try:
+                ray.kill(worker)
+            except (ray.exceptions.RayError, ValueError):   # already gone
+                pass
+        self._workers, self._idle, self._running = [], [], {}
+        if self._owned:
+            ray.shutdown()
+        self._ray = None
+
+
+@lru_cache(maxsize=None)
+def _remote_worker_class(ray: Any) -> Any:
+    return ray.remote(EvaluationWorker)
+
+
+def _gist(e: BaseException) -> str:
+    """The last line of a Ray error's text: the cause (the first says only that something failed)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def connect(address: Optional[str], timeout: float = CONNECT_TIMEOUT) -> tuple[Any, bool]:
+    """The ray module, connected: to `address` (None: $RAY_ADDRESS, else a new local instance bound to 127.0.0.1 with
+    available_cpus() CPUs), and whether this call connected it (the caller then disconnects with ray.shutdown()). A
+    process already connected keeps its connection, whatever the address. SearchError when ray is not installed or
+    the address does not answer as a Ray cluster within `timeout` seconds."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None or _host_port(address)[0] in LOOPBACK:
+        # read when ray is imported: Ray otherwise replaces 127.0.0.1 by this machine's address, where neither a
+        # local instance nor a cluster bound to loopback listens
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+    except ImportError:
+        raise SearchError("the Ray executor needs Ray: pip install 'bortengine[ray]' (or give --executor local)") \
+            from None
+    if ray.is_initialized():
+        return ray, False
+    if address is None:
+        kwargs = dict(address="local", num_cpus=available_cpus(), include_dashboard=False,
+                      _node_ip_address="127.0.0.1")
+    else:
+        probe_ray_address(address, timeout)
+        kwargs = dict(address=address)
+    try:
+        ray.init(logging_level=logging.WARNING, log_to_driver=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise SearchError(f"cannot connect to {where}: {_gist(e)}. {HOW_TO_FIX}") from None
+    return ray, True
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """(host, port) of "host:port", "[v6]:port" or "ray://host:port"; SearchError otherwise."""
+    text = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not host or not 0 < number < 65536:
+        raise SearchError(f"the Ray address {address!r} is not host:port (e.g. 10.0.0.5:6379, the address `ray "
+                          f"start --head` prints)")
+    return host.strip("[]"), number
+
+
+def probe_ray_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """SearchError unless address accepts a TCP connection and answers the HTTP/2 greeting as a gRPC server (Ray's
+    GCS or Ray Client server) does, each within `timeout` seconds: ray.init itself would retry for minutes."""
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(HTTP2_GREETING)
+            answer = b""
+            while len(answer) < 9:
+                chunk = s.recv(9 - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+    except socket.timeout:
+        raise SearchError(f"no Ray cluster answered at {address} within {timeout:.0f} s (a wrong host, or a "
+                          f"firewall?). {HOW_TO_FIX}") from None
+    except OSError as e:
+        raise SearchError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}. {HOW_TO_FIX}") from None
+    if len(answer) < 9 or answer[3] != 0x04:
+        raise SearchError(f"{address} answers, but not as a Ray cluster does (no gRPC server there): give the head "
+                          f"node's GCS address, the one `ray start --head` prints (port 6379 by default). "
+                          f"{HOW_TO_FIX}")
