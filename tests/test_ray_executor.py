@@ -133,6 +133,18 @@ def test_a_killed_worker_is_restarted_and_its_evaluation_run_again(cluster):
     assert not ray.is_initialized()
 
 
+def test_the_workers_fit_the_cluster(cluster):
+    """As many workers as the nodes hold (a worker that fits nowhere would wait forever, its evaluation with it):
+    more asked for are cut with a warning, an evaluation wider than every node is refused."""
+    with pytest.warns(RuntimeWarning, match="5 workers asked for, but the Ray cluster holds 2 of 1 CPU"):
+        ex = S.RayExecutor(S.AnalyticSurrogate(), workers=5, address=cluster.address)
+    assert ex.capacity == 2
+    ex.close()
+    with pytest.raises(S.SearchError, match="no node of the Ray cluster .2 node.s., 2 CPU.s.. has the 2 CPU"):
+        S.RayExecutor(S.DistillationSurrogate(threads=2), address=cluster.address)
+    assert not ray.is_initialized()
+
+
 DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Hashable, Optional
@@ -70,26 +71,44 @@ class EvaluationWorker:
 class RayExecutor(Executor):
     """Evaluations of one surrogate on a Ray cluster, one actor (EvaluationWorker) per slot.
 
-    address: see connect(). workers: the slots (default: the cluster's CPUs // the evaluation's threads, at least
-    1; more than the cluster holds wait for CPUs to free). The workers start at the first submit (or placement())
-    and end at close(); a connection this executor opened is closed then too."""
+    address: see connect(). workers: the slots (default and at most: as many as the nodes hold, each node's CPUs //
+    the evaluation's threads). The workers start at the first submit (or placement()) and end at close(); a
+    connection this executor opened is closed then too."""
 
     def __init__(self, surrogate: Surrogate, workers: Optional[int] = None, address: Optional[str] = None,
                  niceness: int = 0, connect_timeout: float = CONNECT_TIMEOUT):
         self.surrogate, self.niceness, self.connect_timeout = surrogate, niceness, connect_timeout
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.threads = getattr(surrogate, "threads", None) or 1
-        self._ray, self._owned = connect(self.address, connect_timeout)
-        self.cpus = int(self._ray.cluster_resources().get("CPU", 0))
-        self.nodes = sum(1 for n in self._ray.nodes() if n.get("Alive"))
-        self.capacity = workers or max(1, self.cpus // self.threads)
         self._workers: list[Any] = []                        # actor handles, at most capacity
         self._idle: list[Any] = []
         self._running: dict[Any, tuple[Hashable, Any]] = {}  # ObjectRef -> (ticket, the worker running it)
+        self._ray, self._owned = connect(self.address, connect_timeout)
+        try:
+            self.capacity = self._size_up(workers)
+        except SearchError:
+            self.close()
+            raise
 
     @property
     def running(self) -> int:
         return len(self._running)
+
+    def _size_up(self, workers: Optional[int]) -> int:
+        """The worker slots the cluster holds: `workers`, at most as many as fit (a slot that fits nowhere would wait
+        for CPUs forever, and its evaluation with it; an autoscaling cluster is sized by its own means)."""
+        alive = [n for n in self._ray.nodes() if n.get("Alive")]
+        self.nodes = len(alive)
+        self.cpus = sum(int(n.get("Resources", {}).get("CPU", 0)) for n in alive)
+        fits = sum(int(n.get("Resources", {}).get("CPU", 0)) // self.threads for n in alive)
+        if fits < 1:
+            raise SearchError(f"no node of the Ray cluster ({self.nodes} node(s), {self.cpus} CPU(s)) has the "
+                              f"{self.threads} CPU(s) an evaluation of the surrogate uses (its threads): give it "
+                              f"fewer threads, or add a node with more CPUs")
+        if workers and workers > fits:
+            warnings.warn(f"{workers} workers asked for, but the Ray cluster holds {fits} of {self.threads} CPU(s) "
+                          f"each: {fits} used", RuntimeWarning, stacklevel=3)
+        return min(workers or fits, fits)
 
     def describe(self) -> str:
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
