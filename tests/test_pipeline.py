@@ -328,3 +328,27 @@ def test_with_scarce_data_the_student_is_fine_tuned_with_agora(data, teacher, tm
 
     assert bortengine.load(out / "model").labels == list(LABELS)
     assert "Agora" in (out / "report.md").read_text()
+
+
+def test_the_extraction_stage_runs_on_ray_and_records_each_candidates_node(reference, tmp_path):
+    """--executor ray without an address: the extraction stage's fine-tuning surrogate (the run's teacher and the
+    user's data files) runs on the workers of a local Ray instance, and the stage's candidates say which node ran
+    them. (That Ray and local workers give the same losses: tests/test_ray_executor.py.)"""
+    pytest.importorskip("ray", reason="the Ray executor needs ray: pip install 'bortengine[ray]'")
+    import shutil
+
+    from bortengine.architecture import Architecture
+    from bortengine.pipeline.stages import RunContext, extract_stage
+
+    out, _ = reference
+    results = {name: stage["result"] for name, stage in json.loads((out / "pipeline.json").read_text())["stages"].items()}
+    run_dir = tmp_path / "run"
+    shutil.copytree(out / "teacher", run_dir / "teacher")
+    config = PipelineConfig(**{**read_config_file(out / "pipeline.toml"), "out": str(run_dir), "arch": None,
+                               "min_speedup": 1.0, "executor": "ray"})
+    found = extract_stage(RunContext(config, results), 600.0)
+    assert found["executor"].startswith("ray: a local Ray instance, 1 node(s)"), found["executor"]
+    assert found["candidates"] and found["complete"]
+    assert all(c["error"] > 0 and len(c["node"]) == 56 for c in found["candidates"])
+    assert len({c["node"] for c in found["candidates"]}) == 1            # the one node of a local instance
+    assert str(Architecture.from_dict(found["architecture"])) in {c["architecture"] for c in found["candidates"]}
