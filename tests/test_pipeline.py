@@ -341,7 +341,8 @@ def test_the_extraction_stage_runs_on_ray_and_records_each_candidates_node(refer
     from bortengine.pipeline.stages import RunContext, extract_stage
 
     out, _ = reference
-    results = {name: stage["result"] for name, stage in json.loads((out / "pipeline.json").read_text())["stages"].items()}
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    results = {name: stage["result"] for name, stage in stages.items()}
     run_dir = tmp_path / "run"
     shutil.copytree(out / "teacher", run_dir / "teacher")
     config = PipelineConfig(**{**read_config_file(out / "pipeline.toml"), "out": str(run_dir), "arch": None,

@@ -31,6 +31,7 @@ ray = pytest.importorskip("ray", reason="the Ray executor's tests need ray: pip 
 
 from bortengine import search as S  # noqa: E402
 from bortengine.architecture import Architecture  # noqa: E402
+from bortengine.errors import ClusterError  # noqa: E402
 from test_search import MINILM_SPACE, TINY, W, run, synthetic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +143,7 @@ def test_the_workers_fit_the_cluster(cluster):
         ex = S.RayExecutor(S.AnalyticSurrogate(), workers=5, address=cluster.address)
     assert ex.capacity == 2
     ex.close()
-    with pytest.raises(S.SearchError, match="no node of the Ray cluster .2 node.s., 2 CPU.s.. has the 2 CPU"):
+    with pytest.raises(ClusterError, match="no node of the Ray cluster .2 node.s., 2 CPU.s.. has the 2 CPU"):
         S.RayExecutor(S.DistillationSurrogate(threads=2), address=cluster.address)
     assert not ray.is_initialized()
 
@@ -242,7 +243,7 @@ def _silent_server(reply: bytes) -> tuple[socket.socket, int]:
 
 
 def test_a_wrong_address_fails_at_once_with_a_message(tmp_path, capsys):
-    """Nothing listening, a server that is not Ray (an HTTP answer, or silence), no port at all: a SearchError
+    """Nothing listening, a server that is not Ray (an HTTP answer, or silence), no port at all: a ClusterError
     naming the address and what to do, within the probe's timeout (ray.init would retry for minutes)."""
     from bortengine.cli import main
 
@@ -257,7 +258,7 @@ def test_a_wrong_address_fails_at_once_with_a_message(tmp_path, capsys):
                  ("headnode", "is not host:port")]
         for address, message in cases:
             start = time.monotonic()
-            with pytest.raises(S.SearchError, match=message) as info:
+            with pytest.raises(ClusterError, match=message) as info:
                 S.RayExecutor(S.AnalyticSurrogate(), address=address, connect_timeout=2.0)
             assert time.monotonic() - start < 10 and "ray start --head" in str(info.value)
             assert not ray.is_initialized()

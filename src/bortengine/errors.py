@@ -5,7 +5,7 @@ bad arguments keep working. Messages say what is wrong and how to fix it.
 """
 
 __all__ = ["BortEngineError", "InvalidInputError", "ModelLoadError", "UnsupportedModelError", "UsageError",
-           "DeadlineExceeded", "RequestCancelled"]
+           "DeadlineExceeded", "RequestCancelled", "ClusterError"]
 
 
 class BortEngineError(Exception):
@@ -36,3 +36,8 @@ class DeadlineExceeded(BortEngineError, TimeoutError):
 
 class RequestCancelled(BortEngineError):
     """A queued request was cancelled before it was computed (its asyncio task was cancelled)."""
+
+
+class ClusterError(BortEngineError):
+    """A Ray cluster cannot be used as asked: Ray is not installed, the address does not answer as a Ray cluster,
+    a node cannot run bortengine's workers, or no node has the CPUs a task needs (bortengine.cluster)."""

@@ -209,8 +209,8 @@ def _print_result(result: Extraction) -> None:
           f"{len(result.pareto)} in the ε-Pareto set, {result.seconds:.0f} s"
           + ("" if result.complete else "; INCOMPLETE: the time budget stopped the evaluations"))
     nodes = result.nodes()
-    print(f"evaluations ran on {result.executor}" + (f"; per node: {', '.join(f'{n[:12]} {k}' for n, k in nodes.items())}"
-                                                     if set(nodes) - {"local"} else ""))
+    per_node = ", ".join(f"{n[:12]} {k}" for n, k in nodes.items())    # (a Ray node id's first 12 digits)
+    print(f"evaluations ran on {result.executor}" + (f"; per node: {per_node}" if set(nodes) - {"local"} else ""))
     ref = result.refinement or {}
     if ref.get("per_group", 1) > 1:
         print(f"refinement: {ref['evaluations']} of those evaluations in {ref['rounds']} round(s), chosen by the error "

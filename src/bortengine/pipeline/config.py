@@ -100,11 +100,12 @@ class PipelineConfig:
             raise PipelineError(f"ray_address ({self.ray_address}) goes with executor = \"ray\"")
         address = self.ray_address or os.environ.get("RAY_ADDRESS")
         if self.executor == "ray" and address:
-            from bortengine.search import SearchError, probe_ray_address
+            from bortengine.cluster import probe_ray_address
+            from bortengine.errors import ClusterError
 
             try:
                 probe_ray_address(address)
-            except SearchError as e:
+            except ClusterError as e:
                 raise PipelineError(str(e)) from None
 
     def shape(self) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from bortengine.search.executor import Evaluation, Executor, LocalExecutor
 from bortengine.search.fptas import EXECUTORS, SIZES, extract
 from bortengine.search.grouping import REPRESENTATIVES, group_bound
 from bortengine.search.pareto import Candidate, ParetoSet, pareto_front, w_coefficient
-from bortengine.search.ray_executor import RayExecutor, probe_ray_address
+from bortengine.search.ray_executor import RayExecutor
 from bortengine.search.result import Extraction
 from bortengine.search.surrogates import (SURROGATES, AnalyticSurrogate, DistillationSurrogate, FinetuneSurrogate,
                                           Surrogate, resolve_surrogate)
@@ -27,5 +27,4 @@ __all__ = [
     "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
     "default_cache_dir", "measure_finalists", "finalists_seconds", "SURROGATES", "REPRESENTATIVES", "SIZES",
     "EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Evaluation",
-    "probe_ray_address",
 ]

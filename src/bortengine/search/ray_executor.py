@@ -1,5 +1,5 @@
-"""Surrogate evaluations on a Ray cluster (the optional extra bortengine[ray]; `ray` is imported here only, and only
-when a RayExecutor is made).
+"""Surrogate evaluations on a Ray cluster (the optional extra bortengine[ray]; `ray` is imported only when a
+RayExecutor is made: bortengine.cluster connects).
 
 One Ray actor per worker slot, each holding the surrogate: a surrogate that trains loads its teacher and data once
 per worker, on its first evaluation, so afterwards only architectures go out and Evaluations (a loss, a status,
@@ -10,16 +10,12 @@ evaluation (the search goes on). close(cancel=True) (Ctrl-C, a kill, the time bu
 workers at once. The process driving the search keeps the surrogate cache, so a run interrupted on either executor
 resumes on either.
 
-Connecting: an address ("host:port" of the cluster's head, as `ray start --head` prints it, or "ray://host:port"
-for Ray Client), else $RAY_ADDRESS, else a new local Ray instance bound to 127.0.0.1 with this process's CPUs.
-The address is probed first (a TCP connection and a gRPC greeting, each within a timeout), so a wrong one fails
-with a message instead of Ray's long reconnection loop.
+Connecting: bortengine.cluster.connect (an address, else $RAY_ADDRESS, else a local instance on 127.0.0.1 with this
+process's CPUs; a wrong address fails at once with a message).
 """
 from __future__ import annotations
 
-import logging
 import os
-import socket
 import time
 import warnings
 from dataclasses import replace
@@ -27,23 +23,16 @@ from functools import lru_cache
 from typing import Any, Hashable, Optional
 
 from bortengine.architecture import Architecture
+from bortengine.cluster import CONNECT_TIMEOUT, connect, error_gist
 from bortengine.engine import available_cpus
-from bortengine.search.errors import SearchError
+from bortengine.errors import ClusterError
 from bortengine.search.executor import Evaluation, Executor, evaluate, worker_init, worker_surrogate
 from bortengine.search.surrogates import Surrogate
 from bortengine.version import __version__
 
-__all__ = ["RayExecutor", "EvaluationWorker", "connect", "probe_ray_address", "CONNECT_TIMEOUT"]
+__all__ = ["RayExecutor", "EvaluationWorker"]
 
-CONNECT_TIMEOUT = 10.0     # seconds for the address to accept a connection and answer the gRPC greeting
 POLL = 0.5                 # seconds per wait on the cluster: how soon Ctrl-C (or a SIGTERM turned into it) is seen
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# an HTTP/2 client's connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, a Ray Client
-# server) answers with a SETTINGS frame of its own (frame type 0x4 at byte 3), anything else does not
-HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-HOW_TO_FIX = ("Start the cluster with `ray start --head --port 6379` on its head node (and `ray start --address "
-              "HEAD:6379` on the others) and give HEAD:6379 with --ray-address or RAY_ADDRESS; or give neither for a "
-              "local Ray instance on this machine")
 
 
 class EvaluationWorker:
@@ -52,8 +41,8 @@ class EvaluationWorker:
 
     def __init__(self, surrogate: Surrogate, threads: int, niceness: int, version: str):
         if version != __version__:
-            raise SearchError(f"this node has bortengine {__version__}, the driver {version}: install the same "
-                              f"version on every node")
+            raise ClusterError(f"this node has bortengine {__version__}, the driver {version}: install the same "
+                               f"version on every node")
         worker_init(threads, niceness)
         self.surrogate = worker_surrogate(surrogate, threads)
         import ray
@@ -83,10 +72,10 @@ class RayExecutor(Executor):
         self._workers: list[Any] = []                        # actor handles, at most capacity
         self._idle: list[Any] = []
         self._running: dict[Any, tuple[Hashable, Any]] = {}  # ObjectRef -> (ticket, the worker running it)
-        self._ray, self._owned = connect(self.address, connect_timeout)
+        self._ray, self._owned = connect(self.address, connect_timeout, available_cpus())
         try:
             self.capacity = self._size_up(workers)
-        except SearchError:
+        except ClusterError:
             self.close()
             raise
 
@@ -102,9 +91,9 @@ class RayExecutor(Executor):
         self.cpus = sum(int(n.get("Resources", {}).get("CPU", 0)) for n in alive)
         fits = sum(int(n.get("Resources", {}).get("CPU", 0)) // self.threads for n in alive)
         if fits < 1:
-            raise SearchError(f"no node of the Ray cluster ({self.nodes} node(s), {self.cpus} CPU(s)) has the "
-                              f"{self.threads} CPU(s) an evaluation of the surrogate uses (its threads): give it "
-                              f"fewer threads, or add a node with more CPUs")
+            raise ClusterError(f"no node of the Ray cluster ({self.nodes} node(s), {self.cpus} CPU(s)) has the "
+                               f"{self.threads} CPU(s) an evaluation of the surrogate uses (its threads): give it "
+                               f"fewer threads, or add a node with more CPUs")
         if workers and workers > fits:
             warnings.warn(f"{workers} workers asked for, but the Ray cluster holds {fits} of {self.threads} CPU(s) "
                           f"each: {fits} used", RuntimeWarning, stacklevel=3)
@@ -124,7 +113,7 @@ class RayExecutor(Executor):
 
     def submit(self, ticket: Hashable, arch: Architecture) -> None:
         if self._ray is None:       # closed (a deadline stopped the workers): a new connection and new workers
-            self._ray, self._owned = connect(self.address, self.connect_timeout)
+            self._ray, self._owned = connect(self.address, self.connect_timeout, available_cpus())
         if self._idle:
             worker = self._idle.pop()
         elif len(self._workers) < self.capacity:
@@ -166,13 +155,13 @@ class RayExecutor(Executor):
             return ticket, Evaluation("lost", None, "", 0.0, None)
         except ray.exceptions.RayActorError as e:
             if e.actor_init_failed:
-                raise SearchError(f"a Ray worker could not start: {_gist(e)}. Every node needs bortengine "
-                                  f"{__version__} and the surrogate's packages (bortengine[train]) installed, and "
-                                  f"the files the surrogate reads (teacher, data) at the same paths") from None
+                raise ClusterError(f"a Ray worker could not start: {error_gist(e)}. Every node needs bortengine "
+                                   f"{__version__} and the surrogate's packages (bortengine[train]) installed, and "
+                                   f"the files the surrogate reads (teacher, data) at the same paths") from None
             return ticket, Evaluation("failed", None, f"its Ray worker died twice running it (out of memory, killed, "
-                                                      f"or its node lost?): {_gist(e)}", 0.0, None)
+                                                      f"or its node lost?): {error_gist(e)}", 0.0, None)
         except ray.exceptions.RayError as e:
-            return ticket, Evaluation("failed", None, f"{type(e).__name__}: {_gist(e)}", 0.0, None)
+            return ticket, Evaluation("failed", None, f"{type(e).__name__}: {error_gist(e)}", 0.0, None)
 
     def close(self, cancel: bool = False) -> None:
         if self._ray is None:
@@ -196,77 +185,6 @@ def _remote_worker_class(ray: Any) -> Any:
     return ray.remote(EvaluationWorker)
 
 
-def _gist(e: BaseException) -> str:
-    """The last line of a Ray error's text: the cause (the first says only that something failed)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[-1] if lines else type(e).__name__
-
-
-def connect(address: Optional[str], timeout: float = CONNECT_TIMEOUT) -> tuple[Any, bool]:
-    """The ray module, connected: to `address` (None: $RAY_ADDRESS, else a new local instance bound to 127.0.0.1 with
-    available_cpus() CPUs), and whether this call connected it (the caller then disconnects with ray.shutdown()). A
-    process already connected keeps its connection, whatever the address. SearchError when ray is not installed or
-    the address does not answer as a Ray cluster within `timeout` seconds."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None or _host_port(address)[0] in LOOPBACK:
-        # read when ray is imported: Ray otherwise replaces 127.0.0.1 by this machine's address, where neither a
-        # local instance nor a cluster bound to loopback listens
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    try:
-        import ray
-    except ImportError:
-        raise SearchError("the Ray executor needs Ray: pip install 'bortengine[ray]' (or give --executor local)") \
-            from None
-    if ray.is_initialized():
-        return ray, False
-    if address is None:
-        kwargs = dict(address="local", num_cpus=available_cpus(), include_dashboard=False,
-                      _node_ip_address="127.0.0.1")
-    else:
-        probe_ray_address(address, timeout)
-        kwargs = dict(address=address)
-    try:
-        ray.init(logging_level=logging.WARNING, log_to_driver=False, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise SearchError(f"cannot connect to {where}: {_gist(e)}. {HOW_TO_FIX}") from None
-    return ray, True
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    """(host, port) of "host:port", "[v6]:port" or "ray://host:port"; SearchError otherwise."""
-    text = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = text.rpartition(":")
-    try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not host or not 0 < number < 65536:
-        raise SearchError(f"the Ray address {address!r} is not host:port (e.g. 10.0.0.5:6379, the address `ray "
-                          f"start --head` prints)")
-    return host.strip("[]"), number
-
-
-def probe_ray_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
-    """SearchError unless address accepts a TCP connection and answers the HTTP/2 greeting as a gRPC server (Ray's
-    GCS or Ray Client server) does, each within `timeout` seconds: ray.init itself would retry for minutes."""
-    host, port = _host_port(address)
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            s.sendall(HTTP2_GREETING)
-            answer = b""
-            while len(answer) < 9:
-                chunk = s.recv(9 - len(answer))
-                if not chunk:
-                    break
-                answer += chunk
-    except socket.timeout:
-        raise SearchError(f"no Ray cluster answered at {address} within {timeout:.0f} s (a wrong host, or a "
-                          f"firewall?). {HOW_TO_FIX}") from None
-    except OSError as e:
-        raise SearchError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}. {HOW_TO_FIX}") from None
-    if len(answer) < 9 or answer[3] != 0x04:
-        raise SearchError(f"{address} answers, but not as a Ray cluster does (no gRPC server there): give the head "
-                          f"node's GCS address, the one `ray start --head` prints (port 6379 by default). "
-                          f"{HOW_TO_FIX}")
+@lru_cache(maxsize=None)
+def _remote_worker_class(ray: Any) -> Any:
+    return ray.remote(EvaluationWorker)
