@@ -142,11 +142,12 @@ def add_data_arguments(parser, builtin_help: str = "a built-in task instead of -
                        help="column of the labels: strings or integers, two or more classes (default label)")
 
 
-def add_executor_arguments(parser, default: Optional[str] = None) -> None:
-    """--executor and --ray-address: where the surrogate evaluations run (extract, the pipeline's extraction)."""
+def add_executor_arguments(parser, default: Optional[str] = None,
+                           what: str = "where the surrogate evaluations run: local worker processes (default), or "
+                                       "ray: a Ray cluster's workers") -> None:
+    """--executor and --ray-address: where the work runs (extract, the pipeline's extraction, profile)."""
     parser.add_argument("--executor", choices=EXECUTORS, default=default,
-                        help="where the surrogate evaluations run: local worker processes (default), or ray: a Ray "
-                             "cluster (pip install 'bortengine[ray]'; docs/scale-out.md)")
+                        help=f"{what} (pip install 'bortengine[ray]'; docs/scale-out.md)")
     parser.add_argument("--ray-address", default=default, metavar="HOST:PORT",
                         help="the Ray cluster's head as `ray start --head` prints it (implies --executor ray); "
                              "default $RAY_ADDRESS, else a new local Ray instance bound to 127.0.0.1")

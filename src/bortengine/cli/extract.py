@@ -11,7 +11,8 @@ from bortengine.cli.arguments import add_data_arguments, add_executor_arguments,
 from bortengine.engine import available_cpus
 from bortengine.files import atomic_write_text
 from bortengine.architecture import Architecture
-from bortengine.profiling import DTYPES, Profile, ProfileError, Workload, load_profile, profile_for_search
+from bortengine.profiling import (DTYPES, Profile, ProfileError, Workload, load_profile, profile_for_search,
+                                  profile_of_target)
 from bortengine.progress import parse_duration
 from bortengine.search import (REPRESENTATIVES, SIZES, SURROGATES, Extraction, SearchError, Surrogate, coverage,
                                extract, finalists_seconds, measure_finalists, resolve_surrogate)
@@ -32,6 +33,10 @@ def add_parsers(sub) -> None:
                    help="CPU profile (bortengine profile --out PATH; default: this CPU's profile from the cache "
                         "directory when it covers the space, else one measured now in quick mode; a profile of "
                         "another CPU target, or from before exact targets like the shipped one, is not used)")
+    p.add_argument("--target", default=None, metavar="SIGNATURE",
+                   help="extract for another CPU target: its profile in the profile directory, filed under its "
+                        "signature by `bortengine profile --executor ray` (its table lists them); the workload's "
+                        "threads default to that CPU's, and the finalists are not timed on this machine")
     p.add_argument("--batch", type=int, default=1, help="workload: sequences per call (default 1)")
     p.add_argument("--seq", type=int, default=128, help="workload: tokens per sequence (default 128)")
     p.add_argument("--threads", type=int, default=None, help="workload: threads (default: all CPUs)")
@@ -101,12 +106,14 @@ def run(args) -> int:
     budget = _time_budget(args.time_budget)
     check_output(args.out, "--out", directory=True)
     _interrupt_on_sigterm()
-    workload = Workload(args.batch, args.seq, args.threads or available_cpus(), args.dtype)
+    target_profile = _target_profile(args)
+    threads = args.threads or (target_profile.target.logical_cpus if target_profile else available_cpus())
+    workload = Workload(args.batch, args.seq, threads, args.dtype)
     surrogate = resolve_surrogate(args.surrogate, steps=args.steps, batch_size=args.surrogate_batch,
                                   max_length=args.max_length, eval_sentences=args.eval_sentences,
                                   teacher=args.teacher, seed=args.seed, **_surrogate_data(args))
     space = SearchSpace.resolve(args.space)
-    prof = _profile(args, space, workload)
+    prof = target_profile or _profile(args, space, workload)
     kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,
               cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=budget, started=started,
               reserve=_reserve(args, prof, workload, space, budget) if budget is not None else 0.0,
@@ -132,6 +139,21 @@ def run(args) -> int:
         _print_verification(result.verification)
     _write(result, Path(args.out))
     return 0
+
+
+def _target_profile(args) -> Optional[Profile]:
+    """--target's profile (None without it). The finalists are timed on this machine's engine: not for another
+    CPU target's profile (--measure 0, said in the output)."""
+    if args.target is None:
+        return None
+    if args.profile is not None:
+        raise SearchError("give --profile PATH or --target SIGNATURE, not both")
+    prof = profile_of_target(args.target)
+    if args.measure and not prof.match().same_cpu:
+        print(f"extract: the profile of {args.target} describes another CPU than this one: the finalists are not "
+              f"timed (this machine's engine would time them on this CPU)", flush=True)
+        args.measure = 0
+    return prof
 
 
 def _profile(args, space: SearchSpace, workload: Workload) -> Profile:

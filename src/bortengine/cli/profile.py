@@ -6,11 +6,13 @@ A profile stopped by Ctrl-C keeps what it measured: its ProfileInterrupted says 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
-from bortengine.cli.arguments import check_output
+from bortengine.cli.arguments import add_executor_arguments, check_output
 from bortengine.engine import available_cpus
+from bortengine.errors import UsageError
 from bortengine.files import atomic_write_json
 from bortengine.search_space import SearchSpace
 
@@ -49,6 +51,9 @@ def add_parsers(sub) -> None:
     prof.add_argument("--validate", action="store_true",
                       help="after profiling (only what is missing), validate the latency model")
     prof.add_argument("--fresh", action="store_true", help="re-measure this workload from scratch")
+    add_executor_arguments(prof, what="local: profile this CPU (default); ray: profile each distinct CPU target "
+                                      "among a Ray cluster's nodes, on one node of each, into this machine's profile "
+                                      "directory (threads default to each node's CPUs)")
     sub.add_parser("profile-validate", parents=[common],
                    help="predicted vs measured forward latency of architectures sampled from the space")
 
@@ -57,6 +62,10 @@ def run(args) -> int:
     from bortengine.profiling import Workload, load_profile
 
     measuring = args.command == "profile"
+    if measuring and args.ray_address and args.executor == "local":
+        raise UsageError(f"--ray-address {args.ray_address} goes with --executor ray (fleet profiling)")
+    if measuring and (args.executor == "ray" or args.ray_address):
+        return _measure_fleet(args)
     if measuring and args.show is not None:
         print(load_profile(args.show or args.out or None).table())
         return 0
@@ -87,6 +96,26 @@ def _measure(args, space: SearchSpace, workload):
     print(f"profile saved to {prof.path} ({len(wp.ops)} ops, {noisy} flagged noisy; "
           f"{time.perf_counter() - start:.0f} s). Show it with: bortengine profile --show {prof.path}")
     return prof
+
+
+def _measure_fleet(args) -> int:
+    """A profile per distinct CPU target of the cluster, saved in this machine's profile directory; their table."""
+    from bortengine.profiling import default_profile_dir, fleet_table, profile_fleet
+
+    given = [option for option, value in (("--out", args.out), ("--show", args.show), ("--validate", args.validate),
+                                          ("--isa", args.isa)) if value not in (None, False)]
+    if given:
+        raise UsageError(f"{', '.join(given)} cannot go with --executor ray: each target's profile goes to "
+                         f"{default_profile_dir()} under its signature, measured on the target's own kernel path")
+    space = SearchSpace.resolve(args.space)
+    where = args.ray_address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
+    print(f"profiling {space.describe()} on each CPU target of {where}", flush=True)
+    groups = profile_fleet(space, batch=args.batch, seq=args.seq, threads=args.threads, dtype=args.dtype,
+                           quick=args.quick, clock=args.clock, fresh=args.fresh, address=args.ray_address,
+                           report=lambda line: print(line, flush=True))
+    print(fleet_table(groups))
+    print("extract for one of them: bortengine extract --target SIGNATURE ...")
+    return 0
 
 
 def _validate(args, prof, space: SearchSpace, workload) -> int:

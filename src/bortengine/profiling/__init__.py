@@ -14,8 +14,9 @@ Modules, bottom up: errors, workload, ops (the forward's steps and the kernel ca
 calibration probe), target (this CPU), disturbance and timing (measuring a callable), measurements, latency (the
 model), calibration, profile_file (Profile, load_profile, find_profiles, predict_latency), runners (the ops on the
 native module), measure (profile()), choice (profile_for_search()), validation (validate()), latency_check (a
-model's expected latency and the check of a measurement), latency_suite (write_latency_suite()); pytest_plugin
-(the fixtures; loaded by pytest, not by this package).
+model's expected latency and the check of a measurement), latency_suite (write_latency_suite()), fleet
+(profile_fleet(): a profile per CPU target of a Ray cluster); pytest_plugin (the fixtures; loaded by pytest, not
+by this package).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from bortengine.profiling.calibration import calibrate, calibration_note
 from bortengine.profiling.choice import ProfileChoice, covers_space, profile_for_search
 from bortengine.profiling.cpu_probe import PROBE, PROBE_TOLERANCE, probe_gflops
 from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning
+from bortengine.profiling.fleet import (FleetTarget, fleet_table, profile_fleet, profile_of_target,
+                                        target_profile_path)
 from bortengine.profiling.latency import LatencyModel, Prediction
 from bortengine.profiling.latency_check import (DEFAULT_TOLERANCE, LatencyExpectation, LatencyVerdict, Timing,
                                                 architecture_of, cpu_target_mismatch, time_calls, workload_inputs)
@@ -47,5 +50,6 @@ __all__ = [
     "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow", "write_latency_suite", "LatencyExpectation",
     "LatencyVerdict", "Timing", "DEFAULT_TOLERANCE", "architecture_of", "workload_inputs", "time_calls",
     "cpu_target_mismatch", "TargetMatch", "find_profiles", "profile_path_for", "profile_for_search", "ProfileChoice",
-    "covers_space", "PROBE", "PROBE_TOLERANCE", "probe_gflops",
+    "covers_space", "PROBE", "PROBE_TOLERANCE", "probe_gflops", "FleetTarget", "profile_fleet", "fleet_table",
+    "target_profile_path", "profile_of_target",
 ]

@@ -7,7 +7,7 @@ import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from bortengine.files import atomic_write_json, cache_dir, read_json
 from bortengine.profiling.calibration import calibration_note
@@ -255,17 +255,20 @@ def find_profiles(target: Optional[Target] = None) -> tuple[Optional[Profile], l
     return None, others
 
 
-def profile_path_for(target: Target) -> Path:
+def profile_path_for(target: Target, confirm: Optional[Callable[[Target], Target]] = None) -> Path:
     """Where profile() keeps the target's measurements by default: the cache directory's file that describes it,
     else `<signature>.json` when free or from before exact targets (re-measured), else the first free
-    `<signature>-N.json` (another CPU behind the same signature keeps its file: a VM that runs on two generations)."""
+    `<signature>-N.json` (another CPU behind the same signature keeps its file: a VM that runs on two generations).
+    confirm(a stored profile's target): the target with its probe re-run against it (default: this machine's,
+    Target.confirmed_against; fleet profiling re-probes the remote node)."""
+    confirm = confirm or target.confirmed_against
     path = default_profile_path(target)
     for candidate in [path, *sorted(path.parent.glob(f"{target.signature}-[0-9]*.json"))]:
         try:
             found = Profile.load(candidate)
         except ProfileError:
             continue
-        if TargetMatch(found.target, target.confirmed_against(found.target)).same_cpu:
+        if TargetMatch(found.target, confirm(found.target)).same_cpu:
             return candidate
     n = 1
     while path.exists() and _checked_target(path):

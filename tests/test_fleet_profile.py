@@ -1,0 +1,130 @@
+"""Fleet profiling (profiling.fleet, `bortengine profile --executor ray`) on a real Ray cluster of two nodes bound to
+127.0.0.1 whose CPU targets differ (the second node's workers run another kernel path, BORTENGINE_ISA): one
+profile per target, each measured on a node of it and filed on the driver under its signature, then `bortengine
+extract --target` searching for the other one. The grouping of nodes into targets (a probe rate alone apart is
+probed again on the slower node) is checked on targets built here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import replace
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")   # before ray is imported: loopback stays loopback
+ray = pytest.importorskip("ray", reason="fleet profiling needs ray: pip install 'bortengine[ray]'")
+
+from bortengine import profiling as P  # noqa: E402
+from bortengine.engine import core  # noqa: E402
+from bortengine.profiling.fleet import group_targets  # noqa: E402
+from test_search import TINY, synthetic  # noqa: E402
+
+
+def _other_isa() -> str:
+    """A kernel path this CPU runs other than the default (the fastest such, scalar only when nothing else is)."""
+    native = core()
+    others = [isa for isa in native.available_isas() if isa != native.default_isa()]
+    return next((isa for isa in others if isa != "scalar"), others[0] if others else "")
+
+
+@pytest.fixture(scope="module")
+def two_targets():
+    """A head node on the default kernel path and a node whose processes run on another (BORTENGINE_ISA is read by
+    the node's workers: they inherit the raylet's environment)."""
+    other = _other_isa()
+    if not other:
+        pytest.skip("this CPU runs one kernel path only: no second target to make")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                      "include_dashboard": False})
+    old = os.environ.get("BORTENGINE_ISA")
+    try:
+        os.environ["BORTENGINE_ISA"] = other
+        c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        if old is None:
+            del os.environ["BORTENGINE_ISA"]
+        else:
+            os.environ["BORTENGINE_ISA"] = old
+        c.wait_for_nodes()
+        yield c, other
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.shutdown()
+
+
+def test_each_cpu_target_is_profiled_on_its_node_and_extract_searches_for_one(two_targets, tmp_path, monkeypatch,
+                                                                              capsys):
+    from bortengine.cli import main
+
+    cluster, other = two_targets
+    monkeypatch.setenv("BORTENGINE_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    space = tmp_path / "tiny.json"
+    space.write_text(json.dumps(TINY.to_dict()))
+    argv = ["profile", "--executor", "ray", "--ray-address", cluster.address, "--space", str(space), "--batch", "1",
+            "--seq", "16", "--threads", "1", "--quick", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 CPU target(s) among 2 node(s)" in out and "bortengine extract --target" in out
+    here = core().default_isa()
+    files = {P.Profile.load(path).target.isa: path for path in (tmp_path / "profiles").glob("*.json")}
+    assert set(files) == {here, other}
+    workload = P.Workload(1, 16, 1)
+    for isa, path in files.items():
+        prof = P.Profile.load(path)
+        assert path.stem == prof.target.signature and prof.covers(workload) and prof.target.checkable
+        assert prof.target.signature in out and str(path) in out
+    assert not ray.is_initialized()
+    # again: the driver's profiles are resumed on the nodes, into the same files; what was measured clean stays (a
+    # resumed profile measures again only the ops whose blocks were all disturbed: docs/profiler.md)
+    before = {isa: P.Profile.load(path).workloads[workload.key].ops for isa, path in files.items()}
+    assert main(argv) == 0
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 2
+    for isa, path in files.items():
+        after = P.Profile.load(path).workloads[workload.key].ops
+        kept = [key for key, m in before[isa].items() if m.clean_blocks]
+        assert kept and all(after[key].to_dict() == before[isa][key].to_dict() for key in kept), isa
+    # the extraction for the other target: its profile; this CPU runs that kernel path, so it times the finalists
+    signature = P.Profile.load(files[other]).target.signature
+    extract = ["extract", "--space", str(space), "--batch", "1", "--seq", "16", "--surrogate", "analytic", "--cache",
+               str(tmp_path / "cache"), "--no-progress", "--measure", "1", "--quick-measure"]
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)              # a busy machine's timing
+        warnings.simplefilter("error", P.ProfileMismatchWarning)     # chosen on purpose: no warning
+        code = main(extract + ["--threads", "1", "--target", signature, "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and "winner ⟨" in out and "measured ⟨" in out, out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["profile"]["target"]["isa"] == other and report["measurement"]["rows"]
+    # another CPU's profile: the workload's threads are that CPU's, the finalists are not timed on this one
+    foreign = synthetic(TINY)                   # a "GenuineTest Test CPU" of 2 logical CPUs
+    foreign.save(tmp_path / "profiles" / f"{foreign.target.signature}.json")
+    code = main(extract + ["--target", foreign.target.signature, "--out", str(tmp_path / "out2")])
+    out = capsys.readouterr().out
+    assert code == 0 and "describes another CPU than this one: the finalists are not timed" in out, out
+    report = json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert report["measurement"] is None and report["settings"]["workload"]["num_threads"] == 2
+    assert main(extract + ["--target", "no-such-cpu", "--out", str(tmp_path / "out3")]) == 2
+    err = capsys.readouterr().err
+    assert "no profile of the target 'no-such-cpu'" in err and signature in err
+
+
+def test_nodes_apart_only_by_a_probe_rate_are_probed_again():
+    base = P.Target(vendor="GenuineTest", model="Test CPU", flags=("avx2",), logical_cpus=2, isa="avx2",
+                    kernel="gemm_f32_avx2", engine_version="0", probe=P.PROBE, probe_gflops=100.0)
+    asked = []
+
+    def confirm(node, expected):
+        asked.append(node)
+        return replace(base, probe_gflops=95.0 if node == "b" else 50.0)   # b was slowed by load; c is slower
+
+    found = [("a", 2, base), ("b", 2, replace(base, probe_gflops=60.0)), ("c", 2, replace(base, probe_gflops=50.0)),
+             ("d", 2, replace(base, isa="scalar", kernel="gemm_f32_scalar")), ("e", 2, replace(base, model="Other"))]
+    groups = group_targets(found, confirm)
+    assert [g.nodes for g in groups] == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert asked == ["b", "c"]          # only rates apart are probed again, on the slower node
