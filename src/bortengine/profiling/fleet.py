@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from bortengine.cluster import CONNECT_TIMEOUT, connect
+from bortengine.cluster import CONNECT_TIMEOUT, connect, error_gist
 from bortengine.engine import available_cpus
-from bortengine.errors import ClusterError
+from bortengine.errors import BortEngineError, ClusterError
 from bortengine.profiling.errors import ProfileError
 from bortengine.profiling.measure import profile
 from bortengine.profiling.profile_file import Profile, default_profile_dir, profile_path_for
@@ -122,7 +122,8 @@ def profile_fleet(space: "SearchSpace | str", *, batch: int = 1, seq: int = 128,
     ray, owned = connect(address, connect_timeout)
 
     def confirm(node: str, expected: Target) -> Target:
-        return Target.from_dict(ray.get(_pinned(ray, _node_target, node, 1).remote(expected.to_dict())))
+        ref = _pinned(ray, _node_target, node, 1).remote(expected.to_dict())
+        return Target.from_dict(_result(ray, ref, f"probing node {node[:12]} again"))
 
     def confirmer(g: FleetTarget) -> Callable[[Target], Target]:
         """The group's target probed again on its node against a stored one, when only a slower rate parts them."""
@@ -145,7 +146,8 @@ def profile_fleet(space: "SearchSpace | str", *, batch: int = 1, seq: int = 128,
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             g, path = pending.pop(ref)
-            g.path, g.seconds = Profile.from_dict(ray.get(ref)).save(path), time.monotonic() - began
+            data = _result(ray, ref, f"profiling {g.target.signature} on node {g.measured_on[:12]}")
+            g.path, g.seconds = Profile.from_dict(data).save(path), time.monotonic() - began
             report(f"{g.target.signature}: {g.path} ({g.seconds:.0f} s)")
         return groups
     finally:
@@ -159,8 +161,21 @@ def _targets_of_nodes(ray: Any) -> list[tuple[str, int, Target]]:
     nodes = [(node, cpus) for node, cpus in nodes if cpus >= 1]
     if not nodes:
         raise ClusterError("no node of the Ray cluster has a CPU to profile on")
-    targets = ray.get([_pinned(ray, _node_target, node, 1).remote() for node, _ in nodes])
+    refs = [_pinned(ray, _node_target, node, 1).remote() for node, _ in nodes]
+    targets = [_result(ray, ref, f"reading the CPU target of node {node[:12]}") for ref, (node, _) in zip(refs, nodes)]
     return [(node, cpus, Target.from_dict(t)) for (node, cpus), t in zip(nodes, targets)]
+
+
+def _result(ray: Any, ref: Any, what: str) -> Any:
+    """A task's result; its failure as a ClusterError saying what failed where and why (the remote error's gist)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BortEngineError):      # bortengine's own message says what to do
+            raise ClusterError(f"{what} failed: {cause}") from None
+        raise ClusterError(f"{what} failed: {error_gist(e)} (every node needs bortengine and its native module, of "
+                           f"the driver's version)") from None
 
 
 def _pinned(ray: Any, function: Callable, node: str, cpus: int) -> Any:
