@@ -5,7 +5,8 @@
 // C++ std::invalid_argument -> ValueError, std::bad_alloc -> MemoryError.
 //
 // One function per group: bind_info (CPU, ISAs, kernel names), bind_forward (the forward's step table),
-// bind_encoder, bind_fp32_ops, bind_int8_ops, bind_references (the plain-loop references tests compare with).
+// bind_encoder, bind_fp32_ops, bind_int8_ops, bind_bf16_ops, bind_references (the plain-loop references tests
+// compare with).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -33,6 +34,7 @@ using IArray = Array<std::int64_t>;
 using QArray = Array<std::int8_t>;
 using UArray = Array<std::uint8_t>;
 using I32Array = Array<std::int32_t>;
+using U16Array = Array<std::uint16_t>;  // bf16 values as their bits
 
 ops::Shape shape_of(const py::array& a) { return ops::Shape(a.shape(), a.shape() + a.ndim()); }
 
@@ -74,6 +76,16 @@ void bind_info(py::module_& m) {
           py::arg("isa") = "");
     m.def("int8_kernel_name", [](const std::string& isa) { return std::string(int8_kernels_for(isa).gemm_name); },
           py::arg("isa") = "");
+    m.def("bf16_kernel_name", [](const std::string& isa) { return std::string(bf16_kernels_for(isa).gemm_name); },
+          py::arg("isa") = "");
+    m.def(
+        "bf16_kernel_names",
+        [](const std::string& isa) {
+            std::vector<std::string> names;
+            for (const Bf16KernelTable* t : bf16_kernel_variants(isa)) names.push_back(t->gemm_name);
+            return names;
+        },
+        py::arg("isa") = "");
     m.def("has_bf16_attention", [] { return has_bf16_attention(); });
     m.def("cpu_info", [] {
         const CpuInfo& ci = cpu_info();
@@ -252,19 +264,26 @@ void bind_encoder(py::module_& m) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+// c [M, N] = a [M, K] through a packed linear op (ops::PackedLinear or ops::Bf16Linear), the GIL released for the
+// GEMM.
+template <class Linear>
+FArray run_linear(const Linear& lin, FArray a, const std::string& epilogue, py::object residual_obj, int threads) {
+    const Epilogue::Kind kind = ops::parse_epilogue(epilogue);
+    FArray residual;
+    const ops::ArrayRef<float> r = optional_floats(residual_obj, residual, "residual");
+    FArray c = new_array<float>(ops::check_linear(lin, threads, ref(a), kind, r));
+    float* cp = c.mutable_data();
+    py::gil_scoped_release release;
+    ops::linear(lin, threads, ref(a), kind, r, cp);
+    return c;
+}
+
 class PyPackedLinear {
   public:
     PyPackedLinear(FArray w, py::object bias_obj, const std::string& isa)
         : lin_(ops::make_packed_linear(kernels_for(isa), ref(w), optional_floats(bias_obj, bias_, "bias"))) {}
     FArray call(FArray a, const std::string& epilogue, py::object residual_obj, int threads) const {
-        const Epilogue::Kind kind = ops::parse_epilogue(epilogue);
-        FArray residual;
-        const ops::ArrayRef<float> r = optional_floats(residual_obj, residual, "residual");
-        FArray c = new_array<float>(ops::check_linear(lin_, threads, ref(a), kind, r));
-        float* cp = c.mutable_data();
-        py::gil_scoped_release release;
-        ops::linear(lin_, threads, ref(a), kind, r, cp);
-        return c;
+        return run_linear(lin_, a, epilogue, residual_obj, threads);
     }
     int N() const { return lin_.w.N; }
     int K() const { return lin_.w.K; }
@@ -425,6 +444,56 @@ void bind_int8_ops(py::module_& m) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+class PyBf16Linear {
+  public:
+    // w float [N, K] (rounded here) or uint16 [N, K] (bf16 bits, as a BF16 checkpoint holds them).
+    PyBf16Linear(py::array w, py::object bias_obj, const std::string& isa, const std::string& kernel) {
+        const Bf16KernelTable& kt = bf16_kernels_for(isa, kernel);
+        const ops::ArrayRef<float> bias = optional_floats(bias_obj, bias_, "bias");
+        if (w.dtype().kind() == 'u' && w.itemsize() == 2) {
+            lin_ = ops::make_bf16_linear(kt, ref(U16Array::ensure(w)), bias);
+        } else {
+            FArray f = FArray::ensure(w);
+            if (!f) throw std::invalid_argument("w must be a float array, or uint16 holding bf16 bits");
+            lin_ = ops::make_bf16_linear(kt, ref(f), bias);
+        }
+    }
+
+    FArray call(FArray a, const std::string& epilogue, py::object residual_obj, int threads) const {
+        return run_linear(lin_, a, epilogue, residual_obj, threads);
+    }
+    int N() const { return lin_.w.N; }
+    int K() const { return lin_.w.K; }
+    std::string kernel() const { return lin_.w.kt->gemm_name; }
+
+  private:
+    FArray bias_;  // referenced by lin_
+    ops::Bf16Linear lin_;
+};
+
+void bind_bf16_ops(py::module_& m) {
+    py::class_<PyBf16Linear>(m, "Bf16Linear")
+        .def(py::init<py::array, py::object, const std::string&, const std::string&>(), py::arg("w"),
+             py::arg("bias") = py::none(), py::arg("isa") = "", py::arg("kernel") = "")
+        .def("__call__", &PyBf16Linear::call, py::arg("a"), py::arg("epilogue") = "none",
+             py::arg("residual") = py::none(), py::arg("num_threads") = 1)
+        .def_property_readonly("N", &PyBf16Linear::N)
+        .def_property_readonly("K", &PyBf16Linear::K)
+        .def_property_readonly("kernel", &PyBf16Linear::kernel);
+
+    m.def(
+        "to_bf16",
+        [](FArray x, const std::string& isa, const std::string& kernel) {
+            const Bf16KernelTable& kt = bf16_kernels_for(isa, kernel);
+            U16Array y = new_array<std::uint16_t>(shape_of(x));
+            ops::round_bf16(kt, ref(x), y.mutable_data());
+            return y;
+        },
+        py::arg("x"), py::arg("isa") = "", py::arg("kernel") = "");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
 void bind_references(py::module_& m) {
     m.def(
         "gemm_ref",
@@ -470,6 +539,15 @@ void bind_references(py::module_& m) {
         py::arg("x"));
 
     m.def(
+        "to_bf16_ref",
+        [](FArray x) {
+            U16Array y = new_array<std::uint16_t>(shape_of(x));
+            ops::round_bf16_ref(ref(x), y.mutable_data());
+            return y;
+        },
+        py::arg("x"));
+
+    m.def(
         "quantize_rows_ref",
         [](FArray a) {
             const ops::Shape shape = ops::check_quantize_rows_ref(ref(a));
@@ -508,5 +586,6 @@ PYBIND11_MODULE(_core, m) {
     bind_encoder(m);
     bind_fp32_ops(m);
     bind_int8_ops(m);
+    bind_bf16_ops(m);
     bind_references(m);
 }

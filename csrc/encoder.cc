@@ -22,7 +22,7 @@ const char* dtype_name(DType d) { return d == DType::kInt8 ? "int8" : "float32";
 
 Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype)
     : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), dtype_(dtype), threads_(1),
-      attention_(dtype == DType::kInt8 ? int8_attention_for(kt.isa, &attention_name_) : kt.attention) {
+      attention_(dtype == DType::kInt8 ? bf16_attention_for(kt.isa, &attention_name_) : kt.attention) {
     if (dtype != DType::kInt8) attention_name_ = std::string(kt.isa) == "avx512" ? "attention_f32_avx512"
                                                  : std::string(kt.isa) == "avx2"  ? "attention_f32_avx2"
                                                                                   : "attention_f32_scalar";

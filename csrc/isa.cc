@@ -135,7 +135,33 @@ const Int8KernelTable& int8_kernels_for(const std::string& isa_in) {
     return *scalar_int8_kernels();
 }
 
-AttentionFn int8_attention_for(const std::string& isa_in, const char** name) {
+std::vector<const Bf16KernelTable*> bf16_kernel_variants(const std::string& isa_in) {
+    const std::string isa = kernels_for(isa_in).isa;  // validates the name
+    std::vector<const Bf16KernelTable*> v;
+#if defined(BORTENGINE_X86)
+    if (isa == "avx512") {
+        if (cpu_info().avx512_bf16) v.push_back(avx512bf16_bf16_kernels());
+        v.push_back(avx512_bf16_kernels());
+    }
+    if (isa == "avx2") v.push_back(avx2_bf16_kernels());
+#endif
+    if (isa == "scalar") v.push_back(scalar_bf16_kernels());
+    return v;
+}
+
+const Bf16KernelTable& bf16_kernels_for(const std::string& isa, const std::string& kernel) {
+    const std::vector<const Bf16KernelTable*> variants = bf16_kernel_variants(isa);
+    if (kernel.empty()) return *variants.front();
+    std::vector<std::string> names;
+    for (const Bf16KernelTable* t : variants) {
+        if (kernel == t->gemm_name) return *t;
+        names.push_back(t->gemm_name);
+    }
+    throw std::invalid_argument("bf16 kernel '" + kernel + "' does not run on path '" + variants.front()->isa +
+                                "' here; it runs: " + join(names));
+}
+
+AttentionFn bf16_attention_for(const std::string& isa_in, const char** name) {
     const KernelTable& kt = kernels_for(isa_in);
 #if defined(BORTENGINE_X86)
     if (std::string(kt.isa) == "avx512" && cpu_info().avx512_bf16) {

@@ -25,9 +25,15 @@ const std::string& default_isa();
 const KernelTable& kernels_for(const std::string& isa);
 // The int8 kernels that go with a path: "avx512" uses VNNI when the CPU has it, else the AVX2 int8 kernels.
 const Int8KernelTable& int8_kernels_for(const std::string& isa);
-// The attention the int8 encoder runs on a path: bf16 dot products where the CPU has AVX512_BF16 (path
+// The bf16 GEMM kernels that run on a path, best first: "avx512": the AVX512_BF16 kernel where the CPU has it,
+// then the AVX-512F emulation; "avx2": its emulation; "scalar": the portable kernel.
+std::vector<const Bf16KernelTable*> bf16_kernel_variants(const std::string& isa);
+// The bf16 kernels of a path: the best, or the one whose gemm_name is `kernel` (tests force an emulation with it;
+// std::invalid_argument if it is not among bf16_kernel_variants(isa)).
+const Bf16KernelTable& bf16_kernels_for(const std::string& isa, const std::string& kernel = "");
+// The attention the int8 and bf16 encoders run on a path: bf16 dot products where the CPU has AVX512_BF16 (path
 // "avx512"), else the path's fp32 attention. name: "attention_bf16_avx512" or "attention_f32_<isa>".
-AttentionFn int8_attention_for(const std::string& isa, const char** name = nullptr);
+AttentionFn bf16_attention_for(const std::string& isa, const char** name = nullptr);
 // Whether this CPU and build run the bf16 attention (AVX512_BF16 and the avx512 path).
 bool has_bf16_attention();
 

@@ -95,14 +95,44 @@ struct Int8KernelTable {
     std::size_t (*gemm_work_bytes)(int M, int K);
 };
 
+// bf16 GEMM: weights rounded to bf16 once (at load) and packed; each block of activations rounded to bf16 as it is
+// packed (the A block copy every GEMM makes); a product of two bf16 is exact in fp32, products accumulate in fp32;
+// the fp32 epilogue. Rounding everywhere: to nearest even, NaN kept (quiet), subnormals to a signed zero: what
+// AVX512_BF16's vcvtneps2bf16 does (and its vdpbf16ps reads subnormal inputs as zero), so every variant sees the
+// same bf16 operands. Variants (of one ISA path; isa.h bf16_kernels_for): "avx512bf16" (vdpbf16ps), "avx512" and
+// "avx2" (bf16 widened to fp32 by a 16-bit shift, then FMA: the same products, exactly), "scalar".
+// Naming: gemm_bf16_<variant>_<MR>x<NR>.
+// Packed B: ceil(N/nr) panels, each [ceil(K/2)][nr][2] bf16 (as uint16 bits): the 32-bit pair of column j for
+// k-pair g holds k = 2g (low half) and 2g+1 (high half), zero-padded past K and N. One vector load then feeds
+// vdpbf16ps directly, or widens into the fp32 columns of k = 2g and of k = 2g + 1.
+struct Bf16KernelTable {
+    const char* variant;    // "avx512bf16", "avx512", "avx2", "scalar"
+    const char* isa;        // the path it belongs to: "avx512", "avx2", "scalar"
+    const char* gemm_name;  // e.g. "gemm_bf16_avx512bf16_14x32"
+    int mr, nr;
+
+    // w: bf16 [N, K] -> packed panels (packed_b_bf16_elems(K, N) uint16). Subnormals become signed zeros.
+    void (*pack_b)(int K, int N, const std::uint16_t* w, std::uint16_t* packed);
+    // C[M, N] = epilogue(bf16(A[M, K]) · Bp). work: this call's own gemm_work_bytes(M, K) bytes, 64-byte aligned
+    // (A's blocks rounded to bf16, or for the emulations to bf16 values held as fp32); the kernel allocates nothing.
+    void (*gemm)(int M, int N, int K, const float* A, std::ptrdiff_t lda, const std::uint16_t* Bp, float* C,
+                 std::ptrdiff_t ldc, const Epilogue& ep, void* work);
+    std::size_t (*gemm_work_bytes)(int M, int K);
+    // dst[i] = bf16(src[i]) for n values, rounded as this variant rounds A (and the ops tier rounds weights).
+    void (*round)(std::ptrdiff_t n, const float* src, std::uint16_t* dst);
+};
+
 inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) / m * m; }
+inline std::size_t packed_b_bf16_elems(const Bf16KernelTable& kt, int K, int N) {
+    return round_up(static_cast<std::size_t>(K), 2) * round_up(static_cast<std::size_t>(N), kt.nr);
+}
 inline std::size_t packed_b_floats(const KernelTable& kt, int K, int N) {
     return static_cast<std::size_t>(K) * round_up(static_cast<std::size_t>(N), kt.nr);
 }
 // Query rows processed per block in attention (the score block is kAttnQueryBlock x T).
 constexpr int kAttnQueryBlock = 64;
 inline std::size_t attention_scratch_floats(const KernelTable& kt, int T, int dh) {
-    const std::size_t nr = kt.nr > 32 ? kt.nr : 32;  // at least the bf16 attention's panel width
+    const std::size_t nr = kt.nr > 64 ? kt.nr : 64;  // at least the bf16 attention's panel width (<= 64)
     const std::size_t tp = round_up(T, nr), dp = round_up(dh, nr);
     return (dh + 1) * tp                 // K^T packed (fp32; bf16 needs half of round_up(dh, 2) x tp)
            + (T + 1) * dp                // V packed
@@ -116,16 +146,20 @@ inline std::size_t attention_scratch_floats(const KernelTable& kt, int T, int dh
 using AttentionFn = void (*)(int T, int dh, const float* q, const float* k, const float* v, std::ptrdiff_t ld,
                              float scale, float* out, std::ptrdiff_t ldo, float* scratch);
 
-// One table per compiled ISA (kernels_<isa>.cc, kernels_int8_<isa>.cc). Only call a table whose ISA isa.h
-// says is runnable.
+// One table per compiled ISA (kernels_<isa>.cc, kernels_int8_<isa>.cc, kernels_bf16_<variant>.cc). Only call a
+// table whose ISA isa.h says is runnable.
 const KernelTable* scalar_kernels();
 const Int8KernelTable* scalar_int8_kernels();
+const Bf16KernelTable* scalar_bf16_kernels();
 #if defined(BORTENGINE_X86)
 const KernelTable* avx2_kernels();
 const KernelTable* avx512_kernels();
 const Int8KernelTable* avx2_int8_kernels();
 const Int8KernelTable* avx512vnni_int8_kernels();
-AttentionFn bf16_attention_avx512();  // kernels_bf16_avx512.cc: needs AVX512_BF16
+const Bf16KernelTable* avx2_bf16_kernels();
+const Bf16KernelTable* avx512_bf16_kernels();
+const Bf16KernelTable* avx512bf16_bf16_kernels();  // kernels_bf16_avx512bf16.cc: needs AVX512_BF16
+AttentionFn bf16_attention_avx512();                // kernels_bf16_avx512bf16.cc: needs AVX512_BF16
 #endif
 
 }  // namespace bortengine

@@ -1,7 +1,9 @@
 // kernels_ref.cc: see kernels_ref.h.
 #include "kernels_ref.h"
 
+#include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace bortengine {
@@ -104,6 +106,26 @@ void gemm_u8s8_i32(int M, int N, int K, const std::uint8_t* qa, const std::int32
                      w[static_cast<std::ptrdiff_t>(j) * K + k];
             c[static_cast<std::ptrdiff_t>(i) * N + j] = static_cast<std::int32_t>(s);
         }
+}
+
+std::uint16_t bf16(float x) {
+    std::uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if (std::isnan(x)) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
+    if (std::isinf(x)) return static_cast<std::uint16_t>(u >> 16);
+    if (std::fabs(x) < FLT_MIN) return std::signbit(x) ? 0x8000u : 0u;
+    // the neighbours: x cut to its top 16 bits (toward zero), and the next bf16 away from zero (2^128 past the
+    // largest finite one: rounding to it overflows to infinity)
+    const std::uint32_t lo = u & 0xFFFF0000u, hi = lo + 0x10000u;
+    auto value = [](std::uint32_t bits) {
+        if ((bits & 0x7FFFFFFFu) == 0x7F800000u) return std::copysign(std::ldexp(1.0, 128), bits >> 31 ? -1.0 : 1.0);
+        float f;
+        std::memcpy(&f, &bits, 4);
+        return static_cast<double>(f);
+    };
+    const double below = std::fabs(x - value(lo)), above = std::fabs(value(hi) - x);
+    const bool up = above < below || (above == below && ((lo >> 16) & 1u));
+    return static_cast<std::uint16_t>((up ? hi : lo) >> 16);
 }
 
 }  // namespace ref

@@ -23,5 +23,9 @@ void quantize_rows(int M, int K, const float* a, std::uint8_t* q, float* scale, 
 void gemm_u8s8_i32(int M, int N, int K, const std::uint8_t* qa, const std::int32_t* zp, const std::int8_t* w,
                    std::int32_t* c);
 
+// fp32 -> bf16 bits as Bf16KernelTable rounds (kernels.h): the nearer of the two bf16 neighbours, the even one on a
+// tie; NaN quiet, subnormals to a zero of their sign.
+std::uint16_t bf16(float x);
+
 }  // namespace ref
 }  // namespace bortengine

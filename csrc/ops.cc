@@ -20,6 +20,33 @@ constexpr int kRowSplitM = 512;
 inline bool split_by_rows(int threads, int panels, int M, int mr) {
     return threads > 1 && (panels < 2 * threads || M >= kRowSplitM) && M >= 2 * threads * mr;
 }
+
+// One team op for a GEMM of M rows and N columns (panels of nr, micro-kernel rows mr), cut into chunks of column
+// panels or of row blocks as split_by_rows says: chunk c runs run(m0, m1, p0, n0, n1, e) for rows [m0, m1),
+// panels from p0, columns [n0, n1), with the epilogue e offset to them. The one split of every GEMM dtype.
+template <class Run>
+void split_gemm(Team& team, int M, int N, int mr, int nr, const Epilogue& ep, Run&& run) {
+    const int panels = (N + nr - 1) / nr;
+    const bool split_rows = split_by_rows(team.threads(), panels, M, mr);
+    const int blocks = (M + mr - 1) / mr;
+    const int chunks = team.chunks(split_rows ? blocks : panels);
+    team.parallel_for(chunks, [&](int c) {
+        int m0 = 0, m1 = M, p0 = 0, p1 = panels;
+        if (split_rows) {
+            m0 = chunk_begin(blocks, chunks, c) * mr;
+            m1 = std::min(M, chunk_begin(blocks, chunks, c + 1) * mr);
+        } else {
+            p0 = chunk_begin(panels, chunks, c);
+            p1 = chunk_begin(panels, chunks, c + 1);
+        }
+        const int n0 = p0 * nr, n1 = std::min(N, p1 * nr);
+        Epilogue e = ep;
+        if (e.bias) e.bias += n0;
+        if (e.residual) e.residual += m0 * e.ldr + n0;
+        if (e.row_scale) e.row_scale += m0;
+        run(m0, m1, p0, n0, n1, e);
+    });
+}
 }  // namespace
 
 std::string shape_str(const Shape& s) {
@@ -38,12 +65,16 @@ void check_threads(int threads) {
 }
 
 namespace {
-// An empty packed operand of a linear weight [N, K] for kernel table kt (fp32 or int8).
-template <class Matrix, class Table>
-Matrix linear_operand(const Table& kt, int N, int K) {
+void check_linear_size(int N, int K) {
     if (N <= 0 || K <= 0)
         throw std::invalid_argument("linear weight must have positive sizes, got [" + std::to_string(N) + ", " +
                                     std::to_string(K) + "]");
+}
+
+// An empty packed operand of a linear weight [N, K] for kernel table kt (fp32, int8 or bf16).
+template <class Matrix, class Table>
+Matrix linear_operand(const Table& kt, int N, int K) {
+    check_linear_size(N, K);
     Matrix m;
     m.kt = &kt;
     m.K = K;
@@ -62,28 +93,11 @@ PackedMatrix pack_linear(const KernelTable& kt, const float* w, int N, int K) {
 void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const PackedMatrix& B, float* C,
                std::ptrdiff_t ldc, const Epilogue& ep, GemmScratch& ws) {
     const KernelTable& kt = *B.kt;
-    const int panels = (B.N + kt.nr - 1) / kt.nr;
-    const int nt = team.threads();
-    const bool split_rows = split_by_rows(nt, panels, M, kt.mr);
-    if (!split_rows) {
-        team.parallel_ranges(panels, [&](int p0, int p1) {
-            const int n0 = p0 * kt.nr, n1 = std::min(B.N, p1 * kt.nr);
-            Epilogue e = ep;
-            if (e.bias) e.bias += n0;
-            if (e.residual) e.residual += n0;
-            kt.gemm(M, n1 - n0, B.K, A, lda, B.data.data() + static_cast<std::ptrdiff_t>(p0) * B.K * kt.nr, C + n0,
-                    ldc, e, ws.a.slot(current_slot()));
-        });
-    } else {
-        team.parallel_ranges((M + kt.mr - 1) / kt.mr, [&](int b0, int b1) {
-            const int m0 = b0 * kt.mr, m1 = std::min(M, b1 * kt.mr);
-            Epilogue e = ep;
-            if (e.residual) e.residual += m0 * e.ldr;
-            if (e.row_scale) e.row_scale += m0;
-            kt.gemm(m1 - m0, B.N, B.K, A + m0 * lda, lda, B.data.data(), C + m0 * ldc, ldc, e,
-                    ws.a.slot(current_slot()));
-        });
-    }
+    const std::ptrdiff_t panel = static_cast<std::ptrdiff_t>(B.K) * kt.nr;  // floats per packed panel
+    split_gemm(team, M, B.N, kt.mr, kt.nr, ep, [&](int m0, int m1, int p0, int n0, int n1, const Epilogue& e) {
+        kt.gemm(m1 - m0, n1 - n0, B.K, A + m0 * lda, lda, B.data.data() + p0 * panel, C + m0 * ldc + n0, ldc, e,
+                ws.a.slot(current_slot()));
+    });
 }
 
 QuantizedMatrix pack_quantized_linear(const Int8KernelTable& kt, const std::int8_t* w, const float* scale, int N,
@@ -124,9 +138,7 @@ void quantize_weights(const float* w, int N, int K, std::int8_t* q, float* scale
 }
 
 QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N, int K) {
-    if (N <= 0 || K <= 0)
-        throw std::invalid_argument("linear weight must have positive sizes, got [" + std::to_string(N) + ", " +
-                                    std::to_string(K) + "]");
+    check_linear_size(N, K);
     std::vector<std::int8_t> q(static_cast<std::size_t>(N) * K);
     std::vector<float> scale(N);
     quantize_weights(w, N, K, q.data(), scale.data());
@@ -148,29 +160,35 @@ void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const
         kt.quantize_rows(m1 - m0, B.K, A + m0 * lda, lda, qs.q.data() + m0 * qs.ldq, qs.ldq, qs.scale.data() + m0,
                          qs.zp.data() + m0);
     });
-    const int panels = (B.N + kt.nr - 1) / kt.nr;
     const std::size_t panel_bytes = kt.packed_b_bytes(B.K, kt.nr);
-    const int nt = team.threads();
-    const bool split_rows = split_by_rows(nt, panels, M, kt.mr);
-    const int blocks = (M + kt.mr - 1) / kt.mr;
-    const int chunks = team.chunks(split_rows ? blocks : panels);
-    team.parallel_for(chunks, [&](int c) {
-        int m0 = 0, m1 = M, p0 = 0, p1 = panels;
-        if (split_rows) {
-            m0 = chunk_begin(blocks, chunks, c) * kt.mr;
-            m1 = std::min(M, chunk_begin(blocks, chunks, c + 1) * kt.mr);
-        } else {
-            p0 = chunk_begin(panels, chunks, c);
-            p1 = chunk_begin(panels, chunks, c + 1);
-        }
-        const int n0 = p0 * kt.nr, n1 = std::min(B.N, p1 * kt.nr);
-        Epilogue e = ep;
-        if (e.bias) e.bias += n0;
-        if (e.residual) e.residual += m0 * e.ldr + n0;
-        if (e.row_scale) e.row_scale += m0;
+    split_gemm(team, M, B.N, kt.mr, kt.nr, ep, [&](int m0, int m1, int p0, int n0, int n1, const Epilogue& e) {
         kt.gemm(m1 - m0, n1 - n0, B.K, qs.q.data() + m0 * qs.ldq, qs.ldq, qs.scale.data() + m0, qs.zp.data() + m0,
                 B.data.data() + p0 * panel_bytes, B.scale.data() + n0, B.sum.data() + n0, C + m0 * ldc + n0, ldc, e,
                 raw_int32, qs.work.slot(current_slot()));
+    });
+}
+
+Bf16Matrix pack_linear_bf16(const Bf16KernelTable& kt, const std::uint16_t* w, int N, int K) {
+    Bf16Matrix m = linear_operand<Bf16Matrix>(kt, N, K);
+    m.data.resize(packed_b_bf16_elems(kt, K, N));
+    kt.pack_b(K, N, w, m.data.data());
+    return m;
+}
+
+Bf16Matrix round_linear_bf16(const Bf16KernelTable& kt, const float* w, int N, int K) {
+    check_linear_size(N, K);
+    std::vector<std::uint16_t> bits(static_cast<std::size_t>(N) * K);
+    kt.round(static_cast<std::ptrdiff_t>(bits.size()), w, bits.data());
+    return pack_linear_bf16(kt, bits.data(), N, K);
+}
+
+void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const Bf16Matrix& B, float* C,
+               std::ptrdiff_t ldc, const Epilogue& ep, Bf16Scratch& ws) {
+    const Bf16KernelTable& kt = *B.kt;
+    const std::ptrdiff_t panel = static_cast<std::ptrdiff_t>(round_up(B.K, 2)) * kt.nr;  // bf16 per packed panel
+    split_gemm(team, M, B.N, kt.mr, kt.nr, ep, [&](int m0, int m1, int p0, int n0, int n1, const Epilogue& e) {
+        kt.gemm(m1 - m0, n1 - n0, B.K, A + m0 * lda, lda, B.data.data() + p0 * panel, C + m0 * ldc + n0, ldc, e,
+                ws.a.slot(current_slot()));
     });
 }
 

@@ -71,6 +71,18 @@ QuantizedMatrix quantize_linear(const Int8KernelTable& kt, const float* w, int N
 QuantizedMatrix pack_quantized_linear(const Int8KernelTable& kt, const std::int8_t* w, const float* scale, int N,
                                       int K);
 
+// A bf16 GEMM B operand: a torch Linear weight as bf16, packed for one bf16 kernel variant.
+struct Bf16Matrix {
+    const Bf16KernelTable* kt = nullptr;
+    int K = 0, N = 0;
+    AlignedArray<std::uint16_t> data;
+    std::size_t bytes() const { return data.bytes(); }
+};
+// From float w [N, K], rounded to bf16 (nearest even) by the variant's own rounding (Bf16KernelTable::round).
+Bf16Matrix round_linear_bf16(const Bf16KernelTable& kt, const float* w, int N, int K);
+// From bf16 w [N, K] (as uint16 bits: a BF16 checkpoint's tensor), packed as it is.
+Bf16Matrix pack_linear_bf16(const Bf16KernelTable& kt, const std::uint16_t* w, int N, int K);
+
 // Sequences packed end to end: sequence s is rows [start[s], start[s] + len[s]) of a packed [Ntok, ...] matrix.
 struct SequenceLayout {
     std::vector<int> start, len;     // [B]
@@ -137,6 +149,15 @@ struct QuantScratch {
     void reserve(const Int8KernelTable& kt, int threads, int M, int K);
 };
 
+// gemm_bf16_team's workspace: per thread, the kernel's block of A rounded to bf16 (Bf16KernelTable::gemm_work_bytes).
+struct Bf16Scratch {
+    PerThread<std::uint8_t> a;
+    // For GEMMs of up to M rows and depth K on `threads` threads.
+    void reserve(const Bf16KernelTable& kt, int threads, int M, int K) {
+        a.reserve(threads, kt.gemm_work_bytes(M, K));
+    }
+};
+
 // attention_team's workspace: per thread, attention_scratch_floats(kt, max_len, dh) floats.
 struct AttentionScratch {
     PerThread<float> blocks;
@@ -181,8 +202,8 @@ void run_team(int threads, F&& fn) {
     fn(team);
 }
 
-// Team ops (barriers) of one gemm_team and one gemm_int8_team call; every other team op below is one.
-constexpr int kGemmTeamOps = 1, kGemmInt8TeamOps = 2;
+// Team ops (barriers) of one gemm_team (fp32 or bf16) and gemm_int8_team call; every other team op below is one.
+constexpr int kGemmTeamOps = 1, kGemmInt8TeamOps = 2, kGemmBf16TeamOps = 1;
 
 // C[M, B.N] = epilogue(A[M, B.K] · B). Splits columns (panels) into chunks, each streaming only its share of the
 // weights, when there are enough of them and M is not large; else rows (ops.cc, split_by_rows). ws reserved for
@@ -194,6 +215,11 @@ void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const Pack
 // like gemm_team. raw_int32 stores the exact int32 sums (tests). qs reserved for M rows of depth B.K.
 void gemm_int8_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const QuantizedMatrix& B, float* C,
                     std::ptrdiff_t ldc, const Epilogue& ep, QuantScratch& qs, bool raw_int32 = false);
+
+// C[M, B.N] = epilogue(bf16(A) · B): the kernel rounds A to bf16 as it copies A's blocks (no team op of its own),
+// split as for fp32. ws reserved for M rows of depth B.K.
+void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const Bf16Matrix& B, float* C,
+               std::ptrdiff_t ldc, const Epilogue& ep, Bf16Scratch& ws);
 
 // y[M, N] = LayerNorm(x (+ r)) row-wise; rows split into chunks. y may alias x.
 void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float* x, const float* r, const float* g,

@@ -54,16 +54,34 @@ std::pair<int, int> check_weight(const ArrayRef<float>& bias, const Shape& w) {
     if (bias.present()) expect_shape(bias.shape, {w[0]}, "bias");
     return {static_cast<int>(w[0]), static_cast<int>(w[1])};
 }
+
+// A single-op Linear (fp32, int8 or bf16) of weight w [N, K] packed by pack(w.data, N, K), and its borrowed bias [N].
+template <class Linear, class W, class Pack>
+Linear make_linear(const ArrayRef<W>& w, const ArrayRef<float>& bias, Pack&& pack) {
+    const auto nk = check_weight(bias, w.shape);
+    Linear lin;
+    lin.w = pack(w.data, nk.first, nk.second);
+    lin.bias = bias.data;
+    return lin;
+}
+
+// c [M, N] = epilogue(a · lin), on the team op gemm_team of lin's dtype, in lin's kept workspace.
+template <class Linear>
+void run_linear(const Linear& lin, int threads, const ArrayRef<float>& a, Epilogue::Kind kind,
+                const ArrayRef<float>& residual, float* c) {
+    const int M = static_cast<int>(check_linear(lin, threads, a, kind, residual)[0]), K = lin.w.K, N = lin.w.N;
+    const Epilogue ep = linear_epilogue(lin.bias, kind, residual, N);
+    std::lock_guard<std::mutex> lock(lin.work->mu);
+    auto& ws = lin.work->scratch;
+    ws.reserve(*lin.w.kt, threads, M, K);
+    run_team(threads, [&](Team& t) { gemm_team(t, M, a.data, K, lin.w, c, N, ep, ws); });
+}
 }  // namespace
 
 // ----- float32
 
 PackedLinear make_packed_linear(const KernelTable& kt, const ArrayRef<float>& w, const ArrayRef<float>& bias) {
-    const auto nk = check_weight(bias, w.shape);
-    PackedLinear lin;
-    lin.w = pack_linear(kt, w.data, nk.first, nk.second);
-    lin.bias = bias.data;
-    return lin;
+    return make_linear<PackedLinear>(w, bias, [&](const float* d, int N, int K) { return pack_linear(kt, d, N, K); });
 }
 
 Shape check_linear(const PackedLinear& lin, int threads, const ArrayRef<float>& a, Epilogue::Kind kind,
@@ -73,12 +91,7 @@ Shape check_linear(const PackedLinear& lin, int threads, const ArrayRef<float>& 
 
 void linear(const PackedLinear& lin, int threads, const ArrayRef<float>& a, Epilogue::Kind kind,
             const ArrayRef<float>& residual, float* c) {
-    const int M = static_cast<int>(check_linear(lin, threads, a, kind, residual)[0]), K = lin.w.K, N = lin.w.N;
-    const Epilogue ep = linear_epilogue(lin.bias, kind, residual, N);
-    std::lock_guard<std::mutex> lock(lin.work->mu);
-    GemmScratch& ws = lin.work->scratch;
-    ws.reserve(*lin.w.kt, threads, M, K);
-    run_team(threads, [&](Team& t) { gemm_team(t, M, a.data, K, lin.w, c, N, ep, ws); });
+    run_linear(lin, threads, a, kind, residual, c);
 }
 
 Shape check_gemm_ref(const ArrayRef<float>& a, const ArrayRef<float>& w, const ArrayRef<float>& bias,
@@ -149,7 +162,7 @@ AttentionFn attention_kernel(const std::string& isa, bool bf16) {
     const KernelTable& kt = kernels_for(isa);
     if (!bf16) return kt.attention;
     const char* name = "";
-    const AttentionFn fn = int8_attention_for(isa, &name);
+    const AttentionFn fn = bf16_attention_for(isa, &name);
     if (std::string(name).find("bf16") == std::string::npos)
         throw std::invalid_argument("bf16 attention needs the avx512 path on a CPU with AVX512_BF16");
     return fn;
@@ -224,11 +237,8 @@ void gelu_ref(std::ptrdiff_t n, const float* x, float* y) {
 
 QuantizedLinear make_quantized_linear(const Int8KernelTable& kt, const ArrayRef<float>& w,
                                       const ArrayRef<float>& bias) {
-    const auto nk = check_weight(bias, w.shape);
-    QuantizedLinear lin;
-    lin.w = quantize_linear(kt, w.data, nk.first, nk.second);
-    lin.bias = bias.data;
-    return lin;
+    return make_linear<QuantizedLinear>(w, bias,
+                                        [&](const float* d, int N, int K) { return quantize_linear(kt, d, N, K); });
 }
 
 QuantizedLinear make_quantized_linear(const Int8KernelTable& kt, const ArrayRef<std::int8_t>& w,
@@ -306,6 +316,38 @@ void gemm_u8s8_i32_ref(const ArrayRef<std::uint8_t>& qa, const ArrayRef<std::int
     const Shape s = check_gemm_u8s8_i32_ref(qa, zp, w);
     ref::gemm_u8s8_i32(static_cast<int>(s[0]), static_cast<int>(s[1]), static_cast<int>(qa.shape[1]), qa.data,
                        zp.data, w.data, c);
+}
+
+// ----- bf16
+
+Bf16Linear make_bf16_linear(const Bf16KernelTable& kt, const ArrayRef<float>& w, const ArrayRef<float>& bias) {
+    return make_linear<Bf16Linear>(w, bias,
+                                   [&](const float* d, int N, int K) { return round_linear_bf16(kt, d, N, K); });
+}
+
+Bf16Linear make_bf16_linear(const Bf16KernelTable& kt, const ArrayRef<std::uint16_t>& w,
+                            const ArrayRef<float>& bias) {
+    return make_linear<Bf16Linear>(
+        w, bias, [&](const std::uint16_t* d, int N, int K) { return pack_linear_bf16(kt, d, N, K); });
+}
+
+Shape check_linear(const Bf16Linear& lin, int threads, const ArrayRef<float>& a, Epilogue::Kind kind,
+                   const ArrayRef<float>& residual) {
+    return check_linear_input(lin.w.K, lin.w.N, threads, a, kind, residual);
+}
+
+void linear(const Bf16Linear& lin, int threads, const ArrayRef<float>& a, Epilogue::Kind kind,
+            const ArrayRef<float>& residual, float* c) {
+    run_linear(lin, threads, a, kind, residual, c);
+}
+
+void round_bf16(const Bf16KernelTable& kt, const ArrayRef<float>& x, std::uint16_t* y) {
+    kt.round(elements(x.shape), x.data, y);
+}
+
+void round_bf16_ref(const ArrayRef<float>& x, std::uint16_t* y) {
+    const std::int64_t n = elements(x.shape);
+    for (std::int64_t i = 0; i < n; ++i) y[i] = ref::bf16(x.data[i]);
 }
 
 }  // namespace ops

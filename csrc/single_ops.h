@@ -61,8 +61,8 @@ void layernorm_ref(const ArrayRef<float>& x, const ArrayRef<float>& g, const Arr
 // ctx [Ntok, H] = attention of qkv [Ntok, 3H], sequences of lengths seq_lens (each >= 1, summing to Ntok) packed
 // end to end, `heads` heads dividing H.
 Shape check_attention(int threads, const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads);
-// The kernel: the path's fp32 attention, or with bf16 the int8 encoder's (throws unless the CPU has AVX512_BF16
-// and isa is "avx512").
+// The kernel: the path's fp32 attention, or with bf16 the int8 and bf16 encoders' (throws unless the CPU has
+// AVX512_BF16 and isa is "avx512").
 AttentionFn attention_kernel(const std::string& isa, bool bf16);
 void attention(const KernelTable& kt, AttentionFn kernel, int threads, const ArrayRef<float>& qkv,
                const std::vector<int>& seq_lens, int heads, float* ctx);
@@ -117,6 +117,28 @@ Shape check_gemm_u8s8_i32_ref(const ArrayRef<std::uint8_t>& qa, const ArrayRef<s
                               const ArrayRef<std::int8_t>& w);
 void gemm_u8s8_i32_ref(const ArrayRef<std::uint8_t>& qa, const ArrayRef<std::int32_t>& zp,
                        const ArrayRef<std::int8_t>& w, std::int32_t* c);
+
+// ----- bf16 (the scheme of Bf16KernelTable, kernels.h)
+
+// A torch Linear as bf16, packed once for one bf16 kernel: from float w [N, K] (rounded here), or from bf16 w
+// [N, K] given as its uint16 bits; bias [N] is borrowed.
+struct Bf16Linear {
+    Bf16Matrix w;
+    const float* bias = nullptr;
+    std::unique_ptr<KeptWorkspace<Bf16Scratch>> work = std::make_unique<KeptWorkspace<Bf16Scratch>>();
+};
+Bf16Linear make_bf16_linear(const Bf16KernelTable& kt, const ArrayRef<float>& w, const ArrayRef<float>& bias);
+Bf16Linear make_bf16_linear(const Bf16KernelTable& kt, const ArrayRef<std::uint16_t>& w,
+                            const ArrayRef<float>& bias);
+// c [M, N] = epilogue(bf16(a [M, K]) · w^T + bias), residual [M, N] for the residual epilogue (else ignored).
+Shape check_linear(const Bf16Linear& lin, int threads, const ArrayRef<float>& a, Epilogue::Kind kind,
+                   const ArrayRef<float>& residual);
+void linear(const Bf16Linear& lin, int threads, const ArrayRef<float>& a, Epilogue::Kind kind,
+            const ArrayRef<float>& residual, float* c);
+// y = bf16 bits of x (any shape), rounded as kernel kt rounds (what its GEMM does to A, and the ops tier to
+// weights); the reference: the same rule in plain code.
+void round_bf16(const Bf16KernelTable& kt, const ArrayRef<float>& x, std::uint16_t* y);
+void round_bf16_ref(const ArrayRef<float>& x, std::uint16_t* y);
 
 }  // namespace ops
 }  // namespace bortengine

@@ -1,6 +1,8 @@
-// vmath.h: elementwise math and the GEMM epilogue over the vector type of simd.h, shared by the fp32 and int8
-// kernels of one ISA path. Include after simd.h, inside no namespace.
+// vmath.h: elementwise math and the GEMM epilogue over the vector type of simd.h, shared by the fp32, int8 and
+// bf16 kernels of one ISA path. Include after simd.h, inside no namespace.
 #pragma once
+#include <cstddef>
+
 #include "kernels.h"
 #include "simd.h"
 
@@ -76,6 +78,27 @@ inline T apply_epilogue(T v, const Epilogue& ep, int i, int j, int n, bool full)
             return Vec::add(v, full ? Vec::load(r) : Vec::load_n(r, n));
         }
         default: return v;
+    }
+}
+
+// The end of a micro-kernel: its R x NV vectors of accumulators go to C (rows ldc apart, nr valid columns), added
+// to what C holds unless `first` (K is cut into blocks), with the epilogue applied when `last`.
+template <int R, int NV>
+__attribute__((always_inline)) inline void store_tile(T (&acc)[R][NV], float* c, std::ptrdiff_t ldc, int nr,
+                                                      bool first, bool last, const Epilogue& ep) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+        float* ci = c + i * ldc;
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) {
+            const int n = nr - j * W;  // valid columns in this vector
+            if (n <= 0) break;
+            const bool full = n >= W;
+            T v = acc[i][j];
+            if (!first) v = Vec::add(v, full ? Vec::load(ci + j * W) : Vec::load_n(ci + j * W, n));
+            if (last) v = apply_epilogue(v, ep, i, j * W, n, full);
+            if (full) Vec::store(ci + j * W, v); else Vec::store_n(ci + j * W, v, n);
+        }
     }
 }
 

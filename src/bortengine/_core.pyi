@@ -26,6 +26,13 @@ def cpu_info() -> dict:
 def kernel_name(isa: str = "") -> str:
     """Name of the GEMM microkernel of a path, e.g. 'gemm_f32_avx512_14x32'."""
 
+def bf16_kernel_name(isa: str = "") -> str:
+    """The bf16 GEMM kernel a path runs, e.g. 'gemm_bf16_avx512bf16_14x32' (AVX512_BF16), else its emulation."""
+
+def bf16_kernel_names(isa: str = "") -> list[str]:
+    """Every bf16 GEMM kernel that runs on a path here, best first (avx512: the AVX512_BF16 kernel where the CPU has
+    it, then the AVX-512F emulation 'gemm_bf16_avx512_12x32'); pass one as kernel= to force it."""
+
 def forward_ops() -> list[dict]:
     """The steps of an encoder forward in order (csrc/forward.h), one dict per step:
 
@@ -126,7 +133,7 @@ def layernorm_ref(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: floa
 def attention(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int, num_threads: int = 1,
               isa: str = "", bf16: bool = False) -> np.ndarray:
     """qkv [Ntok, 3H] (Q | K | V, sequences packed end to end, lengths seq_lens summing to Ntok) -> context
-    [Ntok, H]: softmax(Q K^T / sqrt(H/num_heads)) V per sequence and head. bf16: the int8 encoder's attention
+    [Ntok, H]: softmax(Q K^T / sqrt(H/num_heads)) V per sequence and head. bf16: the int8 and bf16 encoders' attention
     (bf16 dot products, fp32 softmax; needs isa "avx512" and AVX512_BF16)."""
 def has_bf16_attention() -> bool:
     """Whether this CPU and build run the bf16 attention (AVX512_BF16 and the avx512 path)."""
@@ -157,6 +164,25 @@ class QuantizedLinear:
                  isa: str = "") -> None: ...
     def __call__(self, a: np.ndarray, epilogue: str = "none", residual: Optional[np.ndarray] = None,
                  num_threads: int = 1, raw: bool = False) -> np.ndarray: ...
+    N: int
+    K: int
+    kernel: str
+
+# bf16. Weights rounded to bf16 once, activations as each GEMM copies its A blocks (round to nearest even, NaN
+# kept, subnormals to a signed zero: vcvtneps2bf16's rule on every variant), exact bf16 products accumulated in
+# fp32, the fp32 epilogue. bf16 values cross as their uint16 bits.
+def to_bf16(x: np.ndarray, isa: str = "", kernel: str = "") -> np.ndarray:
+    """x float32 (any shape) -> uint16 bf16 bits of the same shape, rounded as the kernel rounds A."""
+def to_bf16_ref(x: np.ndarray) -> np.ndarray:
+    """The reference rounding: the nearer bf16 neighbour, the even one on a tie."""
+
+class Bf16Linear:
+    """w float32 [N,K] (rounded here) or uint16 [N,K] (bf16 bits, e.g. a BF16 checkpoint's tensor) packed once for
+    a bf16 kernel of a path (kernel="": the path's best, see bf16_kernel_names); __call__(a [M,K]) -> [M,N] float32
+    as gemm, with a rounded to bf16."""
+    def __init__(self, w: np.ndarray, bias: Optional[np.ndarray] = None, isa: str = "", kernel: str = "") -> None: ...
+    def __call__(self, a: np.ndarray, epilogue: str = "none", residual: Optional[np.ndarray] = None,
+                 num_threads: int = 1) -> np.ndarray: ...
     N: int
     K: int
     kernel: str
