@@ -120,11 +120,10 @@ void bind_forward(py::module_& m) {
                 d["N"] = forward::dim_name(s.N);
                 d["epilogue"] = ops::epilogue_name(s.epilogue);
                 d["rows"] = forward::rows_name(s.rows);
-                d["quantized"] = s.quantized;
+                d["low_precision"] = s.low_precision;
             }
             py::dict barriers;
-            barriers["float32"] = forward::barriers(s, false);
-            barriers["int8"] = forward::barriers(s, true);
+            for (DType dt : kDTypes) barriers[dtype_name(dt)] = forward::barriers(s, dt);
             d["barriers"] = barriers;
             steps.append(d);
         }
@@ -133,6 +132,16 @@ void bind_forward(py::module_& m) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+
+// A layer's biases and LayerNorms, for the setters whose weights come in another dtype (int8, bf16).
+LayerWeights layer_vectors(const FArray& q_b, const FArray& k_b, const FArray& v_b, const FArray& ao_b,
+                           const FArray& ln1_w, const FArray& ln1_b, const FArray& i_b, const FArray& o_b,
+                           const FArray& ln2_w, const FArray& ln2_b) {
+    LayerWeights w;
+    w.q_b = ref(q_b), w.k_b = ref(k_b), w.v_b = ref(v_b), w.ao_b = ref(ao_b), w.ln1_w = ref(ln1_w);
+    w.ln1_b = ref(ln1_b), w.i_b = ref(i_b), w.o_b = ref(o_b), w.ln2_w = ref(ln2_w), w.ln2_b = ref(ln2_b);
+    return w;
+}
 
 // Holds the Python arrays the encoder references (embeddings) so they live as long as it does.
 class PyEncoder {
@@ -173,13 +182,31 @@ class PyEncoder {
             ss.push_back(FArray::ensure(q[sn.c_str()]));
             if (!ss.back()) throw std::invalid_argument(p + sn + " must be an array of numbers");
         }
-        LayerWeights w;
-        w.q_b = ref(q_b), w.k_b = ref(k_b), w.v_b = ref(v_b), w.ao_b = ref(ao_b), w.ln1_w = ref(ln1_w);
-        w.ln1_b = ref(ln1_b), w.i_b = ref(i_b), w.o_b = ref(o_b), w.ln2_w = ref(ln2_w), w.ln2_b = ref(ln2_b);
+        const LayerWeights w = layer_vectors(q_b, k_b, v_b, ao_b, ln1_w, ln1_b, i_b, o_b, ln2_w, ln2_b);
         const QuantizedLayerWeights qw{ref(qs[0]), ref(qs[1]), ref(qs[2]), ref(qs[3]), ref(qs[4]), ref(qs[5]),
                                        ref(ss[0]), ref(ss[1]), ref(ss[2]), ref(ss[3]), ref(ss[4]), ref(ss[5])};
         py::gil_scoped_release release;
         enc_->set_layer_quantized(index, w, qw);
+    }
+
+    // bf16: {q,k,v,ao,i,o}_w uint16 [out, in], the bits of bf16 weights.
+    void set_layer_bf16(int index, py::dict b, FArray q_b, FArray k_b, FArray v_b, FArray ao_b, FArray ln1_w,
+                        FArray ln1_b, FArray i_b, FArray o_b, FArray ln2_w, FArray ln2_b) {
+        std::vector<U16Array> ws;
+        for (const char* name : {"q", "k", "v", "ao", "i", "o"}) {
+            const std::string wn = std::string(name) + "_w";
+            if (!b.contains(wn.c_str()))
+                throw std::invalid_argument("layer " + std::to_string(index) + " bf16 weights need '" + wn + "'");
+            py::array wa = b[wn.c_str()].cast<py::array>();
+            if (wa.dtype().kind() != 'u' || wa.itemsize() != 2)
+                throw std::invalid_argument("layer " + std::to_string(index) + " " + wn +
+                                            " must be uint16 (bf16 bits), got " + std::string(py::str(wa.dtype())));
+            ws.push_back(U16Array::ensure(wa));
+        }
+        const LayerWeights w = layer_vectors(q_b, k_b, v_b, ao_b, ln1_w, ln1_b, i_b, o_b, ln2_w, ln2_b);
+        const Bf16LayerWeights bw{ref(ws[0]), ref(ws[1]), ref(ws[2]), ref(ws[3]), ref(ws[4]), ref(ws[5])};
+        py::gil_scoped_release release;
+        enc_->set_layer_bf16(index, w, bw);
     }
 
     void set_pooler(FArray w, FArray b) { enc_->set_pooler(ref(w), ref(b)); }
@@ -234,6 +261,9 @@ void bind_encoder(py::module_& m) {
         .def("set_layer_quantized", &PyEncoder::set_layer_quantized, py::arg("index"), py::arg("quantized"),
              py::arg("q_b"), py::arg("k_b"), py::arg("v_b"), py::arg("ao_b"), py::arg("ln1_w"), py::arg("ln1_b"),
              py::arg("i_b"), py::arg("o_b"), py::arg("ln2_w"), py::arg("ln2_b"))
+        .def("set_layer_bf16", &PyEncoder::set_layer_bf16, py::arg("index"), py::arg("bf16"), py::arg("q_b"),
+             py::arg("k_b"), py::arg("v_b"), py::arg("ao_b"), py::arg("ln1_w"), py::arg("ln1_b"), py::arg("i_b"),
+             py::arg("o_b"), py::arg("ln2_w"), py::arg("ln2_b"))
         .def("set_pooler", &PyEncoder::set_pooler, py::arg("weight"), py::arg("bias"))
         .def("forward", &PyEncoder::forward, py::arg("input_ids"), py::arg("attention_mask") = py::none(),
              py::arg("token_type_ids") = py::none(), py::arg("pooler") = false)

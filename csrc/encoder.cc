@@ -12,20 +12,13 @@
 
 namespace bortengine {
 
-DType parse_dtype(const std::string& name) {
-    if (name == "float32") return DType::kFloat32;
-    if (name == "int8") return DType::kInt8;
-    throw std::invalid_argument("dtype must be 'float32' or 'int8', got '" + name + "'");
-}
-
-const char* dtype_name(DType d) { return d == DType::kInt8 ? "int8" : "float32"; }
-
 Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype)
-    : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), dtype_(dtype), threads_(1),
-      attention_(dtype == DType::kInt8 ? bf16_attention_for(kt.isa, &attention_name_) : kt.attention) {
-    if (dtype != DType::kInt8) attention_name_ = std::string(kt.isa) == "avx512" ? "attention_f32_avx512"
-                                                 : std::string(kt.isa) == "avx2"  ? "attention_f32_avx2"
-                                                                                  : "attention_f32_scalar";
+    : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), kt16_(bf16_kernels_for(kt.isa)), dtype_(dtype),
+      threads_(1),
+      attention_(dtype != DType::kFloat32 ? bf16_attention_for(kt.isa, &attention_name_) : kt.attention) {
+    if (dtype == DType::kFloat32) attention_name_ = std::string(kt.isa) == "avx512" ? "attention_f32_avx512"
+                                                    : std::string(kt.isa) == "avx2"  ? "attention_f32_avx2"
+                                                                                     : "attention_f32_scalar";
     auto pos = [](int v, const char* name) {
         if (v <= 0) throw std::invalid_argument(std::string(name) + " must be positive, got " + std::to_string(v));
     };
@@ -68,6 +61,9 @@ void Encoder::set_embeddings(const ops::ArrayRef<float>& word, const ops::ArrayR
 }
 
 namespace {
+// The six linear weights of a layer, in the order of check_linear_weights' shapes.
+constexpr const char* kLinearNames[6] = {"q", "k", "v", "ao", "i", "o"};
+
 // Q, K and V become one [3H, H] weight (and [3H] scales or bias): one GEMM produces all three.
 template <class E>
 std::vector<E> concat3(const E* a, const E* b, const E* c, std::size_t n) {
@@ -79,13 +75,13 @@ std::vector<E> concat3(const E* a, const E* b, const E* c, std::size_t n) {
 }
 }  // namespace
 
-void Encoder::check_layer(int index, const LayerWeights& w, bool quantized) const {
+void Encoder::check_layer(int index, const LayerWeights& w, bool converted) const {
     if (index < 0 || index >= cfg_.layers)
         throw std::invalid_argument("layer index " + std::to_string(index) + " out of range [0, " +
                                     std::to_string(cfg_.layers) + ")");
     const std::int64_t H = cfg_.hidden, I = cfg_.intermediate;
     const std::string p = "layer " + std::to_string(index) + " ";
-    if (!quantized) {
+    if (!converted) {
         ops::expect_shape(w.q_w.shape, {H, H}, p + "query weight");
         ops::expect_shape(w.k_w.shape, {H, H}, p + "key weight");
         ops::expect_shape(w.v_w.shape, {H, H}, p + "value weight");
@@ -98,7 +94,14 @@ void Encoder::check_layer(int index, const LayerWeights& w, bool quantized) cons
     ops::expect_shape(w.i_b.shape, {I}, p + "intermediate bias");
 }
 
-void Encoder::set_layer_vectors(Layer& L, const LayerWeights& w) {
+void Encoder::check_linear_weights(int index, const ops::Shape* const (&got)[6]) const {
+    const std::int64_t H = cfg_.hidden, I = cfg_.intermediate;
+    const ops::Shape want[6] = {{H, H}, {H, H}, {H, H}, {H, H}, {I, H}, {H, I}};
+    for (int t = 0; t < 6; ++t)
+        ops::expect_shape(*got[t], want[t], "layer " + std::to_string(index) + " " + kLinearNames[t] + "_w");
+}
+
+void Encoder::store_layer(int index, Layer&& L, const LayerWeights& w) {
     const int H = cfg_.hidden, I = cfg_.intermediate;
     L.qkv.bias = concat3(w.q_b.data, w.k_b.data, w.v_b.data, H);
     L.ao.bias.assign(w.ao_b.data, w.ao_b.data + H);
@@ -109,6 +112,8 @@ void Encoder::set_layer_vectors(Layer& L, const LayerWeights& w) {
     L.ln2_w.assign(w.ln2_w.data, w.ln2_w.data + H);
     L.ln2_b.assign(w.ln2_b.data, w.ln2_b.data + H);
     L.set = true;
+    std::lock_guard<std::mutex> lock(mu_);
+    layers_[index] = std::move(L);
 }
 
 void Encoder::set_layer(int index, const LayerWeights& w) {
@@ -117,35 +122,33 @@ void Encoder::set_layer(int index, const LayerWeights& w) {
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
     const std::vector<float> qkv = concat3(w.q_w.data, w.k_w.data, w.v_w.data, HH);
-    if (dtype_ == DType::kInt8) {
-        L.qkv.i8 = ops::quantize_linear(kt8_, qkv.data(), 3 * H, H);
-        L.ao.i8 = ops::quantize_linear(kt8_, w.ao_w.data, H, H);
-        L.ffn_in.i8 = ops::quantize_linear(kt8_, w.i_w.data, I, H);
-        L.ffn_out.i8 = ops::quantize_linear(kt8_, w.o_w.data, H, I);
-    } else {
-        L.qkv.f32 = ops::pack_linear(kt_, qkv.data(), 3 * H, H);
-        L.ao.f32 = ops::pack_linear(kt_, w.ao_w.data, H, H);
-        L.ffn_in.f32 = ops::pack_linear(kt_, w.i_w.data, I, H);
-        L.ffn_out.f32 = ops::pack_linear(kt_, w.o_w.data, H, I);
-    }
-    set_layer_vectors(L, w);
-    std::lock_guard<std::mutex> lock(mu_);
-    layers_[index] = std::move(L);
+    // each linear in the encoder's dtype: pack(linear, weight [N, K], N, K)
+    auto pack_all = [&](auto&& pack) {
+        pack(L.qkv, qkv.data(), 3 * H, H);
+        pack(L.ao, w.ao_w.data, H, H);
+        pack(L.ffn_in, w.i_w.data, I, H);
+        pack(L.ffn_out, w.o_w.data, H, I);
+    };
+    if (dtype_ == DType::kInt8)
+        pack_all([&](Linear& l, const float* x, int n, int k) { l.i8 = ops::quantize_linear(kt8_, x, n, k); });
+    else if (dtype_ == DType::kBf16)
+        pack_all([&](Linear& l, const float* x, int n, int k) { l.bf16 = ops::round_linear_bf16(kt16_, x, n, k); });
+    else
+        pack_all([&](Linear& l, const float* x, int n, int k) { l.f32 = ops::pack_linear(kt_, x, n, k); });
+    store_layer(index, std::move(L), w);
 }
 
 void Encoder::set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q) {
     if (dtype_ != DType::kInt8) throw std::invalid_argument("pre-quantized weights need an int8 encoder");
     check_layer(index, w, true);
     const std::int64_t H = cfg_.hidden, I = cfg_.intermediate;
-    const std::string p = "layer " + std::to_string(index) + " ";
-    const std::pair<const ops::ArrayRef<std::int8_t>*, const ops::ArrayRef<float>*> linears[] = {
-        {&q.q_w, &q.q_s}, {&q.k_w, &q.k_s}, {&q.v_w, &q.v_s}, {&q.ao_w, &q.ao_s}, {&q.i_w, &q.i_s}, {&q.o_w, &q.o_s}};
-    const char* names[] = {"q", "k", "v", "ao", "i", "o"};
-    const ops::Shape shapes[] = {{H, H}, {H, H}, {H, H}, {H, H}, {I, H}, {H, I}};
-    for (int t = 0; t < 6; ++t) {
-        ops::expect_shape(linears[t].first->shape, shapes[t], p + names[t] + "_w");
-        ops::expect_shape(linears[t].second->shape, {shapes[t][0]}, p + names[t] + "_s");
-    }
+    check_linear_weights(index,
+                         {&q.q_w.shape, &q.k_w.shape, &q.v_w.shape, &q.ao_w.shape, &q.i_w.shape, &q.o_w.shape});
+    const ops::ArrayRef<float>* scales[] = {&q.q_s, &q.k_s, &q.v_s, &q.ao_s, &q.i_s, &q.o_s};
+    const std::int64_t outs[] = {H, H, H, H, I, H};
+    for (int t = 0; t < 6; ++t)
+        ops::expect_shape(scales[t]->shape, {outs[t]},
+                          "layer " + std::to_string(index) + " " + kLinearNames[t] + "_s");
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
     const std::vector<std::int8_t> qkv = concat3(q.q_w.data, q.k_w.data, q.v_w.data, HH);
@@ -154,9 +157,23 @@ void Encoder::set_layer_quantized(int index, const LayerWeights& w, const Quanti
     L.ao.i8 = ops::pack_quantized_linear(kt8_, q.ao_w.data, q.ao_s.data, H, H);
     L.ffn_in.i8 = ops::pack_quantized_linear(kt8_, q.i_w.data, q.i_s.data, I, H);
     L.ffn_out.i8 = ops::pack_quantized_linear(kt8_, q.o_w.data, q.o_s.data, H, I);
-    set_layer_vectors(L, w);
-    std::lock_guard<std::mutex> lock(mu_);
-    layers_[index] = std::move(L);
+    store_layer(index, std::move(L), w);
+}
+
+void Encoder::set_layer_bf16(int index, const LayerWeights& w, const Bf16LayerWeights& b) {
+    if (dtype_ != DType::kBf16) throw std::invalid_argument("bf16 weights need a bf16 encoder");
+    check_layer(index, w, true);
+    check_linear_weights(index,
+                         {&b.q_w.shape, &b.k_w.shape, &b.v_w.shape, &b.ao_w.shape, &b.i_w.shape, &b.o_w.shape});
+    const int H = cfg_.hidden, I = cfg_.intermediate;
+    Layer L;
+    const std::vector<std::uint16_t> qkv =
+        concat3(b.q_w.data, b.k_w.data, b.v_w.data, static_cast<std::size_t>(H) * H);
+    L.qkv.bf16 = ops::pack_linear_bf16(kt16_, qkv.data(), 3 * H, H);
+    L.ao.bf16 = ops::pack_linear_bf16(kt16_, b.ao_w.data, H, H);
+    L.ffn_in.bf16 = ops::pack_linear_bf16(kt16_, b.i_w.data, I, H);
+    L.ffn_out.bf16 = ops::pack_linear_bf16(kt16_, b.o_w.data, H, I);
+    store_layer(index, std::move(L), w);
 }
 
 void Encoder::set_pooler(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b) {
@@ -224,8 +241,9 @@ void Encoder::reserve_workspace(int B, bool pooled) {
     y_.resize(n * H);
     h_.resize(n * I);
     attn_scratch_.reserve(kt_, threads_, tokens_.seqs.max_len, cfg_.hidden / cfg_.heads);
-    gemm_scratch_.reserve(kt_, threads_, tokens_.seqs.tokens, widest_k);  // an int8 encoder's pooler runs in fp32
+    gemm_scratch_.reserve(kt_, threads_, tokens_.seqs.tokens, widest_k);  // the pooler runs in fp32
     if (dtype_ == DType::kInt8) qscratch_.reserve(kt8_, threads_, tokens_.seqs.tokens, widest_k);
+    if (dtype_ == DType::kBf16) bf16_scratch_.reserve(kt16_, threads_, tokens_.seqs.tokens, widest_k);
     if (pooled) pool_in_.resize(static_cast<std::size_t>(B) * H);
 }
 
@@ -237,8 +255,12 @@ void Encoder::linear(ops::Team& team, forward::Step step, int M, const float* A,
     ep.bias = W.bias.data();
     ep.residual = residual;
     ep.ldr = ldc;
-    if (dtype_ == DType::kInt8 && s.quantized) ops::gemm_int8_team(team, M, A, lda, W.i8, C, ldc, ep, qscratch_);
-    else ops::gemm_team(team, M, A, lda, W.f32, C, ldc, ep, gemm_scratch_);
+    if (dtype_ == DType::kInt8 && s.low_precision)
+        ops::gemm_int8_team(team, M, A, lda, W.i8, C, ldc, ep, qscratch_);
+    else if (dtype_ == DType::kBf16 && s.low_precision)
+        ops::gemm_team(team, M, A, lda, W.bf16, C, ldc, ep, bf16_scratch_);
+    else
+        ops::gemm_team(team, M, A, lda, W.f32, C, ldc, ep, gemm_scratch_);
 }
 
 void Encoder::run_layer(ops::Team& team, const Layer& L, float* dst, StepTrace& trace) {

@@ -37,15 +37,17 @@ struct QuantizedLayerWeights {
     ops::ArrayRef<float> q_s, k_s, v_s, ao_s, i_s, o_s;
 };
 
-enum class DType { kFloat32, kInt8 };
-// "float32" | "int8" <-> DType (parse throws std::invalid_argument on other names).
-DType parse_dtype(const std::string& name);
-const char* dtype_name(DType d);
+// bf16 weights of one layer's four linears as they are stored (a BF16 checkpoint): uint16 bits [out, in].
+struct Bf16LayerWeights {
+    ops::ArrayRef<std::uint16_t> q_w, k_w, v_w, ao_w, i_w, o_w;
+};
 
 class Encoder {
   public:
-    // int8: the four linears of every layer run on int8 kernels (weights per channel, activations per token);
-    // embeddings, LayerNorm, attention and the pooler stay fp32.
+    // dtype (forward.h): int8: the four linears of every layer run on int8 kernels (weights per channel,
+    // activations per token); bf16: on bf16 kernels (weights rounded at packing, activations as each GEMM copies
+    // them). Embeddings, LayerNorm, softmax and the pooler stay fp32; the attention products of int8 and bf16
+    // encoders run in bf16 where the CPU has AVX512_BF16 (isa.h bf16_attention_for).
     Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype = DType::kFloat32);
 
     // Setters check every shape against the config (std::invalid_argument naming the array, with both shapes).
@@ -54,10 +56,13 @@ class Encoder {
     void set_embeddings(const ops::ArrayRef<float>& word, const ops::ArrayRef<float>& position,
                         const ops::ArrayRef<float>& token_type, const ops::ArrayRef<float>& ln_w,
                         const ops::ArrayRef<float>& ln_b);
-    void set_layer(int index, const LayerWeights& w);  // packs (copies) the weights; quantizes them for int8
+    // Packs (copies) the weights; quantizes them for int8, rounds them to bf16 for bf16.
+    void set_layer(int index, const LayerWeights& w);
     // int8 encoders only: weights already quantized (the weights of `w` for q/k/v/ao/i/o are ignored and may be
     // absent; biases and LayerNorms are taken from `w`).
     void set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q);
+    // bf16 encoders only: weights already bf16 (as set_layer_quantized takes its int8 weights).
+    void set_layer_bf16(int index, const LayerWeights& w, const Bf16LayerWeights& b);
     void set_pooler(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b);  // [H,H], [H]
 
     // ids, mask, types: [B,T] (mask and types may be null: all ones / all zeros). out [B,T,H] (zeros where the
@@ -79,10 +84,12 @@ class Encoder {
     const EncoderConfig& config() const { return cfg_; }
     const KernelTable& kernels() const { return kt_; }
     DType dtype() const { return dtype_; }
-    // The attention kernel the layers run (int8 encoders use bf16 dot products where the CPU has them).
+    // The attention kernel the layers run (int8 and bf16 encoders use bf16 dot products where the CPU has them).
     const char* attention_name() const { return attention_name_; }
-    // The GEMM kernel the layers run: fp32 or int8 name.
-    const char* gemm_name() const { return dtype_ == DType::kInt8 ? kt8_.gemm_name : kt_.gemm_name; }
+    // The GEMM kernel the layers' linears run: the fp32, int8 or bf16 one.
+    const char* gemm_name() const {
+        return dtype_ == DType::kInt8 ? kt8_.gemm_name : dtype_ == DType::kBf16 ? kt16_.gemm_name : kt_.gemm_name;
+    }
     int num_threads() const { return threads_; }
     void set_num_threads(int n);
     bool ready() const;
@@ -90,13 +97,14 @@ class Encoder {
     std::size_t packed_bytes() const;
 
   private:
-    // One Linear of the model: its weight packed for the encoder's dtype (float32, or int8 for the layers' four
-    // linears of an int8 encoder) and its bias.
+    // One Linear of the model: its weight packed for the encoder's dtype (float32, or int8 / bf16 for the layers'
+    // four linears of an int8 / bf16 encoder) and its bias.
     struct Linear {
         ops::PackedMatrix f32;
         ops::QuantizedMatrix i8;
+        ops::Bf16Matrix bf16;
         std::vector<float> bias;
-        std::size_t bytes() const { return f32.bytes() + i8.bytes(); }
+        std::size_t bytes() const { return f32.bytes() + i8.bytes() + bf16.bytes(); }
     };
     struct Layer {
         Linear qkv, ao, ffn_in, ffn_out;
@@ -105,9 +113,13 @@ class Encoder {
     };
     class StepTrace;  // encoder.cc
 
-    void set_layer_vectors(Layer& L, const LayerWeights& w);
-    // Checks the index and the shapes of w's biases and LayerNorms (and of its weights unless `quantized`).
-    void check_layer(int index, const LayerWeights& w, bool quantized) const;
+    // Layer `index` = L with w's biases and LayerNorms.
+    void store_layer(int index, Layer&& L, const LayerWeights& w);
+    // Checks the index and the shapes of w's biases and LayerNorms (and of its weights unless `converted`: they
+    // come in another dtype, checked with check_linear_weights).
+    void check_layer(int index, const LayerWeights& w, bool converted) const;
+    // The shapes of the six linear weights of layer `index` (q, k, v, ao, i, o), converted to another dtype.
+    void check_linear_weights(int index, const ops::Shape* const (&got)[6]) const;
     // Sizes the workspace for the packed tokens of tokens_ (B sequences).
     void reserve_workspace(int B, bool pooled);
     // One encoder layer over the packed rows x_ [Ntok, H]; its last LayerNorm writes dst (x_, or `out`).
@@ -120,6 +132,7 @@ class Encoder {
     EncoderConfig cfg_;
     const KernelTable& kt_;
     const Int8KernelTable& kt8_;
+    const Bf16KernelTable& kt16_;
     DType dtype_;
     int threads_;
     const char* attention_name_ = "";
@@ -139,6 +152,7 @@ class Encoder {
     ops::GemmScratch gemm_scratch_;
     ops::AttentionScratch attn_scratch_;
     ops::QuantScratch qscratch_;
+    ops::Bf16Scratch bf16_scratch_;
     ops::PackedTokens tokens_;
 };
 

@@ -1,7 +1,25 @@
 // forward.cc: see forward.h. Compile-time checks that the step table is well formed, and the names of its enums.
 #include "forward.h"
 
+#include <stdexcept>
+
 namespace bortengine {
+
+DType parse_dtype(const std::string& name) {
+    for (DType d : kDTypes)
+        if (name == dtype_name(d)) return d;
+    throw std::invalid_argument("dtype must be 'float32', 'int8' or 'bf16', got '" + name + "'");
+}
+
+const char* dtype_name(DType d) {
+    switch (d) {
+        case DType::kFloat32: return "float32";
+        case DType::kInt8: return "int8";
+        case DType::kBf16: return "bf16";
+    }
+    return "";
+}
+
 namespace forward {
 
 namespace {

@@ -7,10 +7,20 @@
 // Shapes: B = batch, Ntok = real tokens of the batch, H = hidden, I = intermediate. A GEMM step is
 // [rows, K] · [K, N] with rows Ntok ("tokens") or B ("sequences").
 #pragma once
+#include <string>
+
 #include "kernels.h"
 #include "ops.h"
 
 namespace bortengine {
+
+// The arithmetic of the encoder layers' four linear layers (load(dtype=...)); everything else runs in fp32.
+enum class DType { kFloat32, kInt8, kBf16 };
+constexpr DType kDTypes[] = {DType::kFloat32, DType::kInt8, DType::kBf16};
+// "float32" | "int8" | "bf16" <-> DType (parse throws std::invalid_argument on other names).
+DType parse_dtype(const std::string& name);
+const char* dtype_name(DType d);
+
 namespace forward {
 
 // The steps, in forward order (kSteps[s].step == s).
@@ -49,12 +59,12 @@ struct StepInfo {
     Kind kind;
     Scope scope;
     When when;
-    // GEMM steps only: [rows, K] · [K, N], the fused epilogue, and whether an int8 encoder runs the GEMM on the
-    // int8 kernels (the pooler stays float32).
+    // GEMM steps only: [rows, K] · [K, N], the fused epilogue, and whether int8 and bf16 encoders run the GEMM on
+    // their own kernels (the pooler stays float32).
     Dim K = Dim::kNone, N = Dim::kNone;
     Epilogue::Kind epilogue = Epilogue::kNone;
     Rows rows = Rows::kNone;
-    bool quantized = false;
+    bool low_precision = false;
 };
 
 constexpr StepInfo kSteps[kStepCount] = {
@@ -78,11 +88,12 @@ constexpr StepInfo kSteps[kStepCount] = {
 };
 
 // Team barriers (parallel_for calls) a step costs in a forward of that dtype: one per team op it runs (ops.h:
-// an int8 GEMM is two, the row quantization and the GEMM).
-constexpr int barriers(const StepInfo& s, bool int8) {
-    return s.kind == Kind::kGemm && int8 && s.quantized ? ops::kGemmInt8TeamOps
-           : s.kind == Kind::kGemm                      ? ops::kGemmTeamOps
-                                                        : 1;
+// an int8 GEMM is two, the row quantization and the GEMM; a bf16 GEMM rounds its input inside the GEMM).
+constexpr int barriers(const StepInfo& s, DType d) {
+    return s.kind != Kind::kGemm                           ? 1
+           : s.low_precision && d == DType::kInt8          ? ops::kGemmInt8TeamOps
+           : s.low_precision && d == DType::kBf16          ? ops::kGemmBf16TeamOps
+                                                           : ops::kGemmTeamOps;
 }
 
 // Trace buckets: the distinct `trace` names of kSteps in order of first appearance (embeddings, qkv, attention,

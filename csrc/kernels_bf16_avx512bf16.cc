@@ -35,7 +35,8 @@ void attention(int Tn, int dh, const float* q, const float* k, const float* v, s
     std::uint16_t* vp = kp + static_cast<std::ptrdiff_t>(dh2) * tp;
     std::uint16_t* qb = vp + static_cast<std::ptrdiff_t>(t2) * dp;
     std::uint16_t* pb = qb + static_cast<std::ptrdiff_t>(QB) * dh2;
-    float* s = reinterpret_cast<float*>(align64_u16(reinterpret_cast<float*>(pb + static_cast<std::ptrdiff_t>(QB) * t2)));
+    std::uint16_t* scores = align64_u16(reinterpret_cast<float*>(pb + static_cast<std::ptrdiff_t>(QB) * t2));
+    float* s = reinterpret_cast<float*>(scores);
     float* inv = s + static_cast<std::ptrdiff_t>(QB) * tp;
 
     // K^T as B of S = Q K^T: column j = key j, k = head dim d; a pair (d, d+1) of key j is contiguous in its row.

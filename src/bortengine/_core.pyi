@@ -44,11 +44,12 @@ def forward_ops() -> list[dict]:
     scope: "forward" (once per forward) | "layer" (once per encoder layer) | "pooler" (when the pooler output is
         asked for).
     when: "always" | "padded" (only when some position of the batch has mask 0: the scatter back to [B,T,H]).
-    barriers: {"float32": n, "int8": n}: team barriers (parallel_for calls) the step costs in a forward of that
-        dtype (an int8 GEMM quantizes its rows in a team op of its own first).
+    barriers: {"float32": n, "int8": n, "bf16": n}: team barriers (parallel_for calls) the step costs in a forward
+        of that dtype (an int8 GEMM quantizes its rows in a team op of its own first; a bf16 GEMM rounds its input
+        inside the GEMM).
     GEMM steps only: K, N ("H", "3H" or "I"), epilogue ("none" | "residual" | "gelu" | "tanh"), rows ("tokens":
-        the batch's real tokens | "sequences": B), quantized (whether int8 encoders run it on the int8 kernels;
-        the pooler stays float32)."""
+        the batch's real tokens | "sequences": B), low_precision (whether int8 and bf16 encoders run it on their
+        own kernels; the pooler stays float32)."""
 
 class Encoder:
     """A BERT encoder (embeddings + D layers + optional pooler) on packed weights, run in one call per forward."""
@@ -58,7 +59,8 @@ class Encoder:
         max_position_embeddings: int, type_vocab_size: int, layer_norm_eps: float, num_threads: int,
         isa: str = "", dtype: str = "float32",
     ) -> None:
-        """dtype "int8": the four linears of each layer run on the int8 kernels (see QuantizedLinear)."""
+        """dtype "int8": the four linears of each layer run on the int8 kernels (see QuantizedLinear); "bf16": on
+        the bf16 kernels (see Bf16Linear)."""
     def set_embeddings(self, word: np.ndarray, position: np.ndarray, token_type: np.ndarray,
                        ln_weight: np.ndarray, ln_bias: np.ndarray) -> None:
         """word [V,H], position [P,H], token_type [Tt,H], ln_* [H]. The arrays are referenced, not copied."""
@@ -73,6 +75,11 @@ class Encoder:
                             ln2_w: np.ndarray, ln2_b: np.ndarray) -> None:
         """int8 encoders: pre-quantized weights. quantized has {q,k,v,ao,i,o}_w int8 [out,in] in [-127, 127] and
         {q,k,v,ao,i,o}_s float32 [out] per-channel scales (w ~= q * s)."""
+    def set_layer_bf16(self, index: int, bf16: dict, q_b: np.ndarray, k_b: np.ndarray, v_b: np.ndarray,
+                       ao_b: np.ndarray, ln1_w: np.ndarray, ln1_b: np.ndarray, i_b: np.ndarray, o_b: np.ndarray,
+                       ln2_w: np.ndarray, ln2_b: np.ndarray) -> None:
+        """bf16 encoders: weights already bf16 (a BF16 checkpoint's). bf16 has {q,k,v,ao,i,o}_w uint16 [out,in],
+        the bits of the bf16 weights; packed as they are (subnormals read as zero)."""
     def set_pooler(self, weight: np.ndarray, bias: np.ndarray) -> None:
         """weight [H,H], bias [H]: pooler_output = tanh(weight @ h + bias), h = the first token with mask 1 of each
         row (position 0 for right-padded input, as transformers; transformers reads position 0 even if masked)."""
@@ -93,7 +100,7 @@ class Encoder:
     def dtype(self) -> str: ...
     @property
     def attention_kernel(self) -> str:
-        """'attention_f32_<isa>', or 'attention_bf16_avx512' for int8 encoders on CPUs with AVX512_BF16."""
+        """'attention_f32_<isa>', or 'attention_bf16_avx512' for int8 and bf16 encoders on CPUs with AVX512_BF16."""
     trace: bool
     @property
     def last_trace(self) -> dict[str, float]:

@@ -13,7 +13,7 @@ from bortengine.engine.config import ModelConfig
 from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
 from bortengine.engine.pooling import Pooling
-from bortengine.engine.runtime import INLINE_CHARS, Engine, load, traced_forwards
+from bortengine.engine.runtime import DTYPES, INLINE_CHARS, Engine, load, traced_forwards
 from bortengine.engine.tokenization import TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, BertWeights, Checkpoint
 
@@ -22,4 +22,5 @@ __all__ = [
     "BertWeights", "Checkpoint", "as_text_list", "softmax", "traced_forwards", "available_cpus", "available_isas",
     "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX", "BatchRecord",
     "DEFAULT_MAX_BATCH_TOKENS", "INLINE_CHARS", "TokenizedTexts", "characters", "TokenEntity", "RankedDocument",
+    "DTYPES",
 ]

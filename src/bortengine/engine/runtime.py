@@ -33,7 +33,9 @@ from bortengine.engine.tokenization import WHOLE_TEXT, TextTokenizer, TokenizedT
 from bortengine.engine.weights import BertWeights, Checkpoint
 from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError
 
-__all__ = ["load", "Engine", "traced_forwards"]
+__all__ = ["load", "Engine", "traced_forwards", "DTYPES"]
+
+DTYPES = ("float32", "int8", "bf16")  # load(dtype=...): the arithmetic of the encoder layers' linear layers
 
 INLINE_CHARS = 4096         # asyncio calls tokenize texts of at most this many characters on the event loop
 
@@ -84,9 +86,11 @@ def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Option
     ...ForSequenceClassification and ...ForTokenClassification.
 
     num_threads: threads per call; None means every CPU this process may use. isa: kernel path to force (one of
-    bortengine.available_isas()); None means the best one (or $BORTENGINE_ISA). dtype: "float32", or "int8" to
-    run the four linear layers of every encoder layer on int8 kernels (weights quantized per output channel at
-    load, activations per token at run time; embeddings, LayerNorm, attention and the pooler stay float32).
+    bortengine.available_isas()); None means the best one (or $BORTENGINE_ISA). dtype: "float32"; "int8" to run
+    the four linear layers of every encoder layer on int8 kernels (weights quantized per output channel at load,
+    activations per token at run time); or "bf16" to run them on bf16 kernels (weights rounded to bf16 at load, or
+    read as they are from a BF16 checkpoint; activations rounded as each GEMM reads them; fp32 accumulation).
+    Embeddings, LayerNorm, softmax and the pooler stay float32 (DTYPES; README, "int8" and "bf16").
     batching: combine the forwards of concurrent callers (threads, or tasks awaiting aencode/aclassify/acall) into
     one of at most max_batch_tokens real tokens (default DEFAULT_MAX_BATCH_TOKENS), oldest request first; results
     are those of separate calls, bit for bit, and a lone caller waits for nothing (engine/batching.py). False:
@@ -110,8 +114,8 @@ class Engine:
                  dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None):
         core = _core()
         budget = _check_max_batch_tokens(max_batch_tokens)
-        if dtype not in ("float32", "int8"):
-            raise InvalidInputError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
+        if dtype not in DTYPES:
+            raise InvalidInputError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {dtype!r}")
         path = Path(path)
         if not path.exists():
             raise ModelLoadError(f"model directory {path} does not exist (bortengine loads local directories; it "
@@ -149,14 +153,7 @@ class Engine:
         self._embeddings = weights.read_embeddings()
         encoder.set_embeddings(*self._embeddings)
         for i in range(c.num_hidden_layers):
-            if weights.quantized and dtype == "int8":  # exported pre-quantized: use its int8 weights as they are
-                quantized, vectors = weights.read_layer_quantized(i)
-                encoder.set_layer_quantized(i, quantized, *vectors)
-                del quantized, vectors
-                continue
-            tensors = weights.read_layer(i)  # (dequantized if the checkpoint is int8 and dtype is float32)
-            encoder.set_layer(i, *tensors)
-            del tensors  # packed by the encoder; drop before reading the next layer to keep peak memory low
+            _set_layer(encoder, weights, i, dtype)
         if weights.has_pooler:
             encoder.set_pooler(weights.read("pooler.dense.weight"), weights.read("pooler.dense.bias"))
         self._head = _head(weights)
@@ -188,7 +185,7 @@ class Engine:
 
     @property
     def dtype(self) -> str:
-        """'float32' or 'int8': the arithmetic of the encoder layers' linear layers."""
+        """'float32', 'int8' or 'bf16': the arithmetic of the encoder layers' linear layers."""
         return self._encoder.dtype
 
     @property
@@ -652,6 +649,25 @@ def _head(weights: BertWeights) -> Optional[ClassifierHead]:
     if config.is_classifier and config.family.pre_classifier:
         pre = Linear(weights.read("pre_classifier.weight"), weights.read("pre_classifier.bias"))
     return ClassifierHead(classifier, per_token=config.is_token_classifier, pre_classifier=pre)
+
+
+def _set_layer(encoder: Any, weights: BertWeights, index: int, dtype: str) -> None:
+    """Hands layer `index` to the native encoder, one tensor read at a time: an int8 checkpoint's weights to an int8
+    encoder and a BF16 checkpoint's to a bf16 encoder as they are stored, anything else as float32 (dequantized or
+    widened; the encoder quantizes or rounds it for its dtype). Arrays are dropped once packed, before the next
+    layer is read, to keep peak memory low."""
+    if weights.quantized and dtype == "int8":
+        encoder.set_layer_quantized(index, *_flat(weights.read_layer_quantized(index)))
+    elif dtype == "bf16" and weights.layer_is_bf16(index):
+        encoder.set_layer_bf16(index, *_flat(weights.read_layer_bf16(index)))
+    else:
+        encoder.set_layer(index, *weights.read_layer(index))
+
+
+def _flat(layer: tuple[dict, list]) -> list:
+    """(converted weights, vectors) -> the argument list of Encoder.set_layer_quantized / set_layer_bf16."""
+    converted, vectors = layer
+    return [converted, *vectors]
 
 
 def _transformer_dir(path: Path) -> Path:

@@ -69,6 +69,8 @@ QUANTIZABLE_LAYER_WEIGHTS = (
     "attention.output.dense.weight", "intermediate.dense.weight", "output.dense.weight",
 )
 SCALE_SUFFIX = "_scale"
+# The six linear weights by the names _core.Encoder.set_layer_quantized / set_layer_bf16 take them under.
+_LINEAR_SHORT_NAMES = dict(zip(("q", "k", "v", "ao", "i", "o"), QUANTIZABLE_LAYER_WEIGHTS))
 CLASSIFIER_TENSORS = (("classifier.weight", ("L", "H")), ("classifier.bias", ("L",)))
 PRE_CLASSIFIER_TENSORS = (("pre_classifier.weight", ("H", "H")), ("pre_classifier.bias", ("H",)))
 
@@ -90,9 +92,18 @@ class TensorEntry:
 
     def read_int8(self) -> np.ndarray:
         """An I8 tensor (pre-quantized weights) as a fresh int8 C-contiguous array."""
-        if self.dtype != "I8":
-            raise ModelLoadError(f"{self.file}: tensor {self.name} has dtype {self.dtype}, expected I8")
-        out = np.empty(math.prod(self.shape), dtype=np.int8)
+        return self._read_raw("I8", np.int8)
+
+    def read_bf16(self) -> np.ndarray:
+        """A BF16 tensor as a fresh uint16 C-contiguous array of its bits (the engine's bf16 kernels take them as
+        they are: no round trip through float32)."""
+        return self._read_raw("BF16", np.dtype("<u2"))
+
+    def _read_raw(self, dtype: str, np_dtype) -> np.ndarray:
+        """The tensor's bytes as they are, in a fresh C-contiguous array of np_dtype (dtype: its safetensors name)."""
+        if self.dtype != dtype:
+            raise ModelLoadError(f"{self.file}: tensor {self.name} has dtype {self.dtype}, expected {dtype}")
+        out = np.empty(math.prod(self.shape), dtype=np_dtype)
         try:
             with open(self.file, "rb") as f:
                 f.seek(self.offset)
@@ -101,7 +112,7 @@ class TensorEntry:
                     raise self._truncated(got)
         except OSError as e:
             raise ModelLoadError(f"{self.file}: cannot read tensor {self.name}: {e}") from e
-        return out.reshape(self.shape)
+        return out.astype(out.dtype.newbyteorder("="), copy=False).reshape(self.shape)
 
     def read(self) -> np.ndarray:
         """The tensor as a fresh float32 C-contiguous array (F16/BF16/F64 converted in bounded chunks)."""
@@ -393,13 +404,30 @@ class BertWeights:
     def read_layer_quantized(self, index: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
         """Pre-quantized layer `index`: ({q,k,v,ao,i,o}_w int8 and _s scales}, the 10 bias and LayerNorm vectors
         in _core.Encoder.set_layer_quantized order)."""
-        prefix = f"encoder.layer.{index}."
         q: dict[str, np.ndarray] = {}
-        for short, name in zip(("q", "k", "v", "ao", "i", "o"), QUANTIZABLE_LAYER_WEIGHTS):
-            q[short + "_w"] = self._entries[prefix + name].read_int8()
-            q[short + "_s"] = self._entries[prefix + name + SCALE_SUFFIX].read()
-        vectors = [self.read(prefix + n) for n, shape in LAYER_TENSORS if len(shape) == 1]
-        return q, vectors
+        for short, name in _LINEAR_SHORT_NAMES.items():
+            q[short + "_w"] = self._entries[f"encoder.layer.{index}.{name}"].read_int8()
+            q[short + "_s"] = self.read(f"encoder.layer.{index}.{name}{SCALE_SUFFIX}")
+        return q, self._layer_vectors(index)
+
+    def layer_is_bf16(self, index: int) -> bool:
+        """Whether the six linear weights of layer `index` are stored as BF16 (read_layer_bf16 applies)."""
+        return all(entry.dtype == "BF16" for _, entry in self._linear_weights(index))
+
+    def read_layer_bf16(self, index: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Layer `index` of a BF16 checkpoint: ({q,k,v,ao,i,o}_w uint16 bf16 bits}, the 10 bias and LayerNorm
+        vectors in _core.Encoder.set_layer_bf16 order)."""
+        return {short + "_w": entry.read_bf16() for short, entry in self._linear_weights(index)}, \
+            self._layer_vectors(index)
+
+    def _linear_weights(self, index: int) -> list[tuple[str, TensorEntry]]:
+        """(short name q/k/v/ao/i/o, entry) of the six linear weights of layer `index`."""
+        return [(short, self._entries[f"encoder.layer.{index}.{name}"])
+                for short, name in _LINEAR_SHORT_NAMES.items()]
+
+    def _layer_vectors(self, index: int) -> list[np.ndarray]:
+        """The 10 bias and LayerNorm vectors of layer `index`, in LAYER_TENSORS order."""
+        return [self.read(f"encoder.layer.{index}.{n}") for n, shape in LAYER_TENSORS if len(shape) == 1]
 
     def read_layer(self, index: int) -> list[np.ndarray]:
         """The 16 tensors of encoder layer `index` in _core.Encoder.set_layer order."""

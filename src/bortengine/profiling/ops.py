@@ -48,7 +48,7 @@ def forward_steps() -> list[dict[str, Any]]:
     "pooler": only with a pooler), when, barriers ({dtype: n}: the barriers the step ends with; an int8 linear
     layer has two, it first quantizes its input rows in a parallel step of its own); a GEMM also has K and N (in
     the architecture's sizes: "H", "3H", "I"), epilogue, rows ("tokens": M = B·T, "sequences": M = B) and
-    quantized. The latency model describes the dense batches a profile times, so a step that runs only when the
+    low_precision (int8 and bf16 encoders run it on their own kernels). The latency model describes the dense batches a profile times, so a step that runs only when the
     batch has padding (when == "padded": the scatter of packed rows into the output) counts no barrier here.
     """
     return [{**step, "barriers": {dtype: n if step["when"] == "always" else 0 for dtype, n in step["barriers"].items()}}
