@@ -96,3 +96,124 @@ def test_bf16_weights_are_half_the_bytes(small_model):
 def test_bad_dtype_names_bf16(small_model):
     with pytest.raises(bortengine.InvalidInputError, match="'bf16'"):
         bortengine.load(small_model, dtype="float16")
+
+
+# ------------------------------------------------------------------------------------------ BF16 checkpoints
+def _bf16_copy(src, dst):
+    """A copy of a model directory with BF16 layer weights, as `bortengine export --dtype bf16` writes it."""
+    import shutil
+
+    from bortengine.export import bf16_checkpoint
+
+    shutil.copytree(src, dst)
+    return dst, bf16_checkpoint(dst)
+
+
+@pytest.fixture(scope="module")
+def bf16_model(make_model, tmp_path_factory):
+    path = make_model(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                      vocab_size=500, seed=9)
+    out, report = _bf16_copy(path, tmp_path_factory.mktemp("bf16") / "model")
+    return path, out, report
+
+
+def test_bf16_checkpoint_is_written_as_bf16(bf16_model):
+    from bortengine.engine import QUANTIZABLE_LAYER_WEIGHTS, read_safetensors_header
+
+    _, out, report = bf16_model
+    assert report["converted"] == 12 and report["bytes_after"] < report["bytes_before"]
+    dtypes = {name: e.dtype for name, e in read_safetensors_header(out / "model.safetensors").items()}
+    linear = {n for n in dtypes if ".layer." in n and n.endswith(QUANTIZABLE_LAYER_WEIGHTS)}
+    assert len(linear) == 12 and {dtypes[n] for n in linear} == {"BF16"}
+    assert {d for n, d in dtypes.items() if n not in linear} == {"F32"}
+    assert '"dtype": "bf16"' in (out / "config.json").read_text()
+
+
+def test_bf16_checkpoint_loads_straight_into_the_bf16_path(bf16_model, monkeypatch):
+    """load(dtype="bf16") hands a BF16 checkpoint's layer weights to the engine as they are stored (never read as
+    float32), and runs exactly what rounding the float checkpoint at load runs."""
+    from bortengine.engine import BertWeights
+
+    path, out, _ = bf16_model
+    ids = np.random.default_rng(1).integers(0, 500, size=(2, 12))
+    want = bortengine.load(path, dtype="bf16")(ids).last_hidden_state
+
+    def no_float_read(self, index):
+        raise AssertionError("a BF16 layer was read as float32")
+
+    monkeypatch.setattr(BertWeights, "read_layer", no_float_read)
+    np.testing.assert_array_equal(bortengine.load(out, dtype="bf16")(ids).last_hidden_state, want)
+
+
+def test_bf16_checkpoint_loads_as_float32(bf16_model):
+    """dtype float32 widens the BF16 weights (exactly): the float32 engine on the bf16-rounded weights."""
+    path, out, _ = bf16_model
+    ids = np.random.default_rng(2).integers(0, 500, size=(3, 10))
+    engine = bortengine.load(out)
+    assert engine.dtype == "float32" and engine.kernel.startswith("gemm_f32_")
+    a, b = engine(ids).last_hidden_state, bortengine.load(path)(ids).last_hidden_state
+    assert _cosines(a.reshape(-1, 64), b.reshape(-1, 64)).min() > 0.999
+    assert _cosines(a.reshape(-1, 64), bortengine.load(out, dtype="bf16")(ids).last_hidden_state.reshape(-1, 64)
+                    ).min() > 0.9999
+
+
+def test_mixed_checkpoint_loads(bf16_model, tmp_path):
+    """Layers whose weights are BF16 go straight in; a layer stored as float32 is rounded at packing."""
+    from bortengine.engine import read_safetensors_header, write_safetensors
+
+    import shutil
+
+    path, out, _ = bf16_model
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed)
+    src = read_safetensors_header(path / "model.safetensors")
+    entries = read_safetensors_header(mixed / "model.safetensors")
+    tensors = {name: (src[name].dtype, src[name].read_stored()) if name.startswith("encoder.layer.1.")
+               else (e.dtype, e.read_stored()) for name, e in entries.items()}
+    write_safetensors(mixed / "model.safetensors", tensors)
+    ids = np.random.default_rng(3).integers(0, 500, size=(2, 9))
+    np.testing.assert_array_equal(bortengine.load(mixed, dtype="bf16")(ids).last_hidden_state,
+                                  bortengine.load(path, dtype="bf16")(ids).last_hidden_state)
+
+
+def test_write_safetensors_round_trip(tmp_path):
+    from bortengine.engine import read_safetensors_header, write_safetensors
+
+    rng = np.random.default_rng(0)
+    tensors = {"f32": ("F32", rng.standard_normal((3, 5)).astype(np.float32)),
+               "bf16": ("BF16", rng.integers(0, 2**16, size=(4, 2), dtype=np.uint16)),
+               "i8": ("I8", rng.integers(-127, 128, size=7, dtype=np.int8)),
+               "i64": ("I64", np.arange(3, dtype=np.int64))}
+    write_safetensors(tmp_path / "t.safetensors", tensors, {"format": "pt"})
+    entries = read_safetensors_header(tmp_path / "t.safetensors")
+    assert list(entries) == list(tensors)
+    for name, (dtype, array) in tensors.items():
+        assert entries[name].dtype == dtype and entries[name].shape == array.shape
+        np.testing.assert_array_equal(entries[name].read_stored(), array)
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    loaded = load_file(str(tmp_path / "t.safetensors"))  # the reference reader: BF16 as torch.bfloat16
+    assert loaded["bf16"].dtype == torch.bfloat16
+    np.testing.assert_array_equal(loaded["bf16"].view(torch.int16).numpy().view(np.uint16), tensors["bf16"][1])
+    with pytest.raises(ValueError, match="2-byte"):
+        write_safetensors(tmp_path / "bad.safetensors", {"x": ("BF16", np.zeros(2, np.float32))})
+
+
+def test_bf16_weights_are_checked():
+    core = _core
+
+    enc16 = core.Encoder(64, 1, 4, 96, 100, 16, 2, 1e-12, 1, "", "bf16")
+    vectors = [np.zeros(n, np.float32) for n in (64, 64, 64, 64, 64, 64, 96, 64, 64, 64)]
+    weights = {k: np.zeros((64, 64), np.uint16) for k in ("q_w", "k_w", "v_w", "ao_w")}
+    weights.update(i_w=np.zeros((96, 64), np.uint16), o_w=np.zeros((64, 96), np.uint16))
+    enc16.set_layer_bf16(0, weights, *vectors)
+    with pytest.raises(ValueError, match=r"layer 0 i_w has shape \[64, 96\], expected \[96, 64\]"):
+        enc16.set_layer_bf16(0, {**weights, "i_w": weights["o_w"]}, *vectors)
+    with pytest.raises(ValueError, match="must be uint16"):
+        enc16.set_layer_bf16(0, {**weights, "q_w": np.zeros((64, 64), np.float32)}, *vectors)
+    with pytest.raises(ValueError, match="need 'o_w'"):
+        enc16.set_layer_bf16(0, {k: v for k, v in weights.items() if k != "o_w"}, *vectors)
+    enc32 = core.Encoder(64, 1, 4, 96, 100, 16, 2, 1e-12, 1, "", "float32")
+    with pytest.raises(ValueError, match="need a bf16 encoder"):
+        enc32.set_layer_bf16(0, weights, *vectors)

@@ -43,6 +43,22 @@ def test_pretrain_then_export(tmp_path, teacher_dir, capsys):
     assert (tmp_path / "model" / "1_Pooling" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("dtype, stored", [("int8", "I8"), ("bf16", "BF16")])
+def test_export_dtype(tmp_path, teacher_dir, capsys, dtype, stored):
+    """--dtype int8 / bf16: the float export checked against torch, then its linear weights stored as the engine
+    runs them; the engine on the stored weights computes what it computed converting the float export at load."""
+    import bortengine
+    from bortengine.engine import read_safetensors_header
+
+    out = tmp_path / "model"
+    assert main(["export", str(teacher_dir), "--out", str(out), "--dtype", dtype]) == 0
+    report = _json_tail(capsys.readouterr().out)
+    assert report["check_passed"] and report[dtype]["max_abs_vs_at_load"] == 0.0
+    entries = read_safetensors_header(out / "model.safetensors")
+    assert entries["encoder.layer.1.intermediate.dense.weight"].dtype == stored
+    assert bortengine.load(out, dtype=dtype).dtype == dtype
+
+
 def test_pretrain_needs_a_stop(tmp_path, capsys):
     assert main(["pretrain", "--arch", "1,2,16,32", "--out", str(tmp_path / "x")]) == 2
     assert "--max-steps" in assert_error_line(capsys, "pretrain", 2)

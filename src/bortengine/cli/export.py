@@ -1,12 +1,13 @@
 """`bortengine export`: a pretrain, finetune or Agora run (or an HF model directory) -> a model directory
-bortengine.load reads, checked engine against torch; --dtype int8 then stores the encoder's linear weights
-pre-quantized. A folder of model directories (a pipeline run) is refused with their names."""
+bortengine.load reads, checked engine against torch; --dtype int8 (bf16) then stores the encoder's linear weights
+pre-quantized (as BF16). A folder of model directories (a pipeline run) is refused with their names."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from bortengine.cli.arguments import check_model_directory, check_output
 from bortengine.cli.train import prepare_torch, print_result
+from bortengine.engine import DTYPES
 from bortengine.errors import UsageError
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
@@ -23,9 +24,10 @@ def add_parsers(sub) -> None:
                                 "student), or an HF model directory")
     ex.add_argument("--out", required=True, help="output model directory")
     ex.add_argument("--no-check", action="store_true", help="skip the engine-vs-torch check")
-    ex.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+    ex.add_argument("--dtype", choices=DTYPES, default="float32",
                     help="int8: store the encoder layers' linear weights pre-quantized (per-channel s8 + scales), "
-                         "as bortengine.load(dtype='int8') runs them")
+                         "as bortengine.load(dtype='int8') runs them; bf16: store them as BF16 (half the bytes), "
+                         "as bortengine.load(dtype='bf16') runs them")
 
 
 def run(args) -> int:
@@ -37,11 +39,10 @@ def run(args) -> int:
     if Path(args.out).resolve() == Path(args.run).resolve():
         raise UsageError(f"--out {args.out} is the run directory itself; export writes a new model directory")
     report = export_run(args.run, args.out, check=not args.no_check)
-    if args.dtype == "int8":  # after the float32 check: the torch model is float
-        report["int8"] = _quantize(args.out, check=not args.no_check)
+    if args.dtype != "float32":  # after the float32 check: the torch model is float
+        report[args.dtype] = converted = _convert(args.out, args.dtype, check=not args.no_check)
         if not args.no_check:
-            report["check_passed"] = report.get("check_passed", True) and \
-                report["int8"]["max_abs_vs_quantized_at_load"] <= 1e-5
+            report["check_passed"] = report.get("check_passed", True) and converted["max_abs_vs_at_load"] <= 1e-5
     print_result(report)
     return 0 if report.get("check_passed", True) else 1
 
@@ -62,19 +63,21 @@ def _check_run(run: str, out: str) -> None:
     check_model_directory(run, "run directory", holds=holds, what=RUN_DIRECTORY)
 
 
-def _quantize(out: str, check: bool) -> dict:
-    """Rewrite the float export at `out` pre-quantized; with check, its int8 outputs must equal those of the float
-    export quantized at load (the engine's int8 path), measured before the rewrite."""
+def _convert(out: str, dtype: str, check: bool) -> dict:
+    """Rewrite the float export at `out` with its linear weights in dtype (int8: pre-quantized; bf16: BF16); with
+    check, the outputs of load(out, dtype) must equal those of the float export converted at load (the engine's
+    own int8 or bf16 path), measured before the rewrite."""
     import numpy as np
 
     from bortengine.engine import load
-    from bortengine.export import quantize_checkpoint
+    from bortengine.export import bf16_checkpoint, quantize_checkpoint
 
+    rewrite = quantize_checkpoint if dtype == "int8" else bf16_checkpoint
     if not check:
-        return quantize_checkpoint(out)
+        return rewrite(out)
     ids = np.random.default_rng(0).integers(1000, 2000, size=(2, 16))
-    reference = load(out, dtype="int8")(ids).last_hidden_state
-    summary = quantize_checkpoint(out)
-    got = load(out, dtype="int8")(ids).last_hidden_state
-    summary["max_abs_vs_quantized_at_load"] = float(np.abs(got - reference).max())
+    reference = load(out, dtype=dtype)(ids).last_hidden_state
+    summary = rewrite(out)
+    got = load(out, dtype=dtype)(ids).last_hidden_state
+    summary["max_abs_vs_at_load"] = float(np.abs(got - reference).max())
     return summary

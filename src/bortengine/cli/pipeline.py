@@ -8,6 +8,7 @@ import argparse
 from bortengine.cli.arguments import (add_data_arguments, add_executor_arguments, check_model_directory, duration,
                                       positive_int)
 from bortengine.cli.train import prepare_torch
+from bortengine.engine import DTYPES
 from bortengine.errors import UsageError
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
@@ -29,7 +30,7 @@ def add_parsers(sub) -> None:
                    help="use a stratified, seeded sample of N training examples")
     p.add_argument("--out", help="run directory (required; a second run of the same command continues it)")
     p.add_argument("--budget", type=duration, metavar="DURATION", help="wall-clock budget of the whole run (45m)")
-    p.add_argument("--dtype", choices=("float32", "int8"), help="what the student runs in (float32)")
+    p.add_argument("--dtype", choices=DTYPES, help="what the student runs in (float32)")
     p.add_argument("--workload", metavar="BxT",
                    help="the batch x tokens the latency is optimised for (default: 1 x the task's length, the "
                         "tokens that hold 95%% of its training texts)")

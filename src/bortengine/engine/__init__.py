@@ -15,12 +15,13 @@ from bortengine.engine.outputs import ClassificationResult, EncoderOutput, Ranke
 from bortengine.engine.pooling import Pooling
 from bortengine.engine.runtime import DTYPES, INLINE_CHARS, Engine, load, traced_forwards
 from bortengine.engine.tokenization import TextTokenizer, TokenizedTexts, as_text_list, characters
-from bortengine.engine.weights import QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, BertWeights, Checkpoint
+from bortengine.engine.weights import (QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, BertWeights, Checkpoint, TensorEntry,
+                                       read_safetensors_header, write_safetensors)
 
 __all__ = [
     "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "Pooling", "TextTokenizer",
     "BertWeights", "Checkpoint", "as_text_list", "softmax", "traced_forwards", "available_cpus", "available_isas",
     "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX", "BatchRecord",
     "DEFAULT_MAX_BATCH_TOKENS", "INLINE_CHARS", "TokenizedTexts", "characters", "TokenEntity", "RankedDocument",
-    "DTYPES",
+    "DTYPES", "TensorEntry", "read_safetensors_header", "write_safetensors",
 ]

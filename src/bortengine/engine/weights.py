@@ -23,15 +23,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
 from bortengine.engine.config import ModelConfig
 from bortengine.errors import ModelLoadError
 
-__all__ = ["TensorEntry", "read_safetensors_header", "Checkpoint", "BertWeights", "expected_tensors",
-           "LAYER_TENSORS"]
+__all__ = ["TensorEntry", "read_safetensors_header", "write_safetensors", "Checkpoint", "BertWeights",
+           "expected_tensors", "LAYER_TENSORS"]
 
 # safetensors dtype name -> (bytes per element, NumPy dtype to read the raw bytes as). None: not readable here.
 _DTYPES: dict[str, tuple[int, Optional[str]]] = {
@@ -99,8 +99,18 @@ class TensorEntry:
         they are: no round trip through float32)."""
         return self._read_raw("BF16", np.dtype("<u2"))
 
+    def read_stored(self) -> np.ndarray:
+        """The tensor as stored, in a fresh array of the NumPy type its bytes read as (_DTYPES: uint16 bits for
+        BF16): what write_safetensors takes to copy it into another file unchanged."""
+        raw_dtype = _DTYPES[self.dtype][1]
+        if raw_dtype is None:
+            raise ModelLoadError(f"{self.file}: tensor {self.name} has dtype {self.dtype}, which bortengine does not "
+                                 f"read")
+        return self._read_raw(self.dtype, np.dtype(raw_dtype))
+
     def _read_raw(self, dtype: str, np_dtype) -> np.ndarray:
-        """The tensor's bytes as they are, in a fresh C-contiguous array of np_dtype (dtype: its safetensors name)."""
+        """The tensor's bytes as they are, in a fresh C-contiguous array of np_dtype shaped as the tensor (dtype: its
+        safetensors name, checked)."""
         if self.dtype != dtype:
             raise ModelLoadError(f"{self.file}: tensor {self.name} has dtype {self.dtype}, expected {dtype}")
         out = np.empty(math.prod(self.shape), dtype=np_dtype)
@@ -240,6 +250,29 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
         if begin_b < end_a:
             raise ModelLoadError(f"{path} is corrupt: tensors {name_a} and {name_b} overlap")
     return entries
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, tuple[str, np.ndarray]],
+                      metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Write one safetensors file (the format read_safetensors_header reads): tensors maps a name to (safetensors
+    dtype, array of its values as TensorEntry.read_stored gives them: e.g. uint16 bits for BF16). Data follows the
+    header 8-byte aligned, in the order given. Why not the safetensors library's writers: they take NumPy dtypes,
+    and NumPy has no bfloat16."""
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, (dtype, array) in tensors.items():
+        if _DTYPES[dtype][0] != array.itemsize:
+            raise ValueError(f"tensor {name}: a {dtype} tensor needs {_DTYPES[dtype][0]}-byte elements, got "
+                             f"{array.dtype}")
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for _, array in tensors.values():
+            f.write(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
 
 
 class Checkpoint:

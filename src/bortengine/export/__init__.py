@@ -1,12 +1,13 @@
 """Export: what comes after training. `bortengine export` reads a pretrain/finetune run's model back (never
-unpickling), writes the directory bortengine.load() reads and checks the engine against torch on it (hf.py); int8
-pre-quantized checkpoints (quantize.py). The directory writer itself is training's (training.write_hf_directory;
-`export` here is its older name)."""
+unpickling), writes the directory bortengine.load() reads and checks the engine against torch on it (hf.py);
+pre-converted int8 and bf16 checkpoints (quantize.py). The directory writer itself is training's
+(training.write_hf_directory; `export` here is its older name)."""
 from __future__ import annotations
 
-from bortengine.export.quantize import SCHEME, quantize_checkpoint
+from bortengine.export.quantize import BF16_SCHEME, SCHEME, bf16_checkpoint, quantize_checkpoint
 
-__all__ = ["quantize_checkpoint", "SCHEME", "export", "export_run", "check_export"]
+__all__ = ["quantize_checkpoint", "bf16_checkpoint", "SCHEME", "BF16_SCHEME", "export", "export_run",
+           "check_export"]
 
 
 def __getattr__(name: str):

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from bortengine.engine import DTYPES
 from bortengine.errors import BortEngineError
 
 __all__ = ["PipelineConfig", "PipelineError", "STAGES", "BUDGET_SHARES", "CONFIG_FILE", "SCARCE_EXAMPLES",
@@ -80,8 +81,8 @@ class PipelineConfig:
             raise PipelineError("--dev and --test go with --train PATH")
         if self.scarce and self.no_agora:
             raise PipelineError("--scarce (always Agora) and --no-agora (never) exclude each other")
-        if self.dtype not in ("float32", "int8"):
-            raise PipelineError(f"dtype must be float32 or int8, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise PipelineError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and self.budget > 0):
             raise PipelineError(f"budget must be a positive number of seconds, got {self.budget!r}")
         if not self.min_speedup >= 1:

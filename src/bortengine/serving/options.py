@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from bortengine.engine import DTYPES
 from bortengine.errors import UsageError
 
 __all__ = ["ServeOptions", "API_KEY_VARIABLE", "LOG_LEVELS"]
@@ -65,7 +66,7 @@ class ServeOptions:
                   ("max_body_bytes", self.max_body_bytes >= 1024, "at least 1024 bytes"),
                   ("graceful_timeout", self.graceful_timeout >= 0, "a number of seconds >= 0"),
                   ("retry_after_s", self.retry_after_s >= 1, "a positive integer")]
-        checks.append(("dtype", self.dtype in ("float32", "int8"), "'float32' or 'int8'"))
+        checks.append(("dtype", self.dtype in DTYPES, f"one of {', '.join(map(repr, DTYPES))}"))
         checks.append(("log_level", self.log_level in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"))
         if self.threads is not None:
             checks.append(("threads", self.threads >= 1, "a positive integer"))
