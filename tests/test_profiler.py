@@ -351,17 +351,23 @@ def test_host_probe_measures_the_engine():
     assert all(r >= 1.0 for r in ratios)  # against the fastest seen, which includes this probe
 
 
-# --- the int8 path ------------------------------------------------------------------------------------------------
-W8 = P.Workload(batch_size=2, seq_len=8, num_threads=1, dtype="int8")
+# --- the int8 and bf16 paths -------------------------------------------------------------------------------------
+LOW_PRECISION = [  # dtype, the single op of its layer GEMMs, bytes per packed weight, barriers per layer, kernel
+    ("int8", "QuantizedLinear", 1, 11, "int8_kernel"),
+    ("bf16", "Bf16Linear", 2, 7, "bf16_kernel"),
+]
 
 
-def test_int8_workload_times_the_int8_kernels(tiny_profile, tmp_path, monkeypatch):
-    made = {"QuantizedLinear": 0, "PackedLinear": 0, "bf16": []}
-    real_q, real_p, real_attention = _core.QuantizedLinear, _core.PackedLinear, _core.attention
+@pytest.mark.parametrize("dtype, linear, weight_bytes, layer_barriers, kernel", LOW_PRECISION)
+def test_low_precision_workload_times_its_kernels(tiny_profile, tmp_path, monkeypatch, dtype, linear, weight_bytes,
+                                                  layer_barriers, kernel):
+    workload = P.Workload(batch_size=2, seq_len=8, num_threads=1, dtype=dtype)
+    made = {linear: 0, "PackedLinear": 0, "bf16": []}
+    real_l, real_p, real_attention = getattr(_core, linear), _core.PackedLinear, _core.attention
 
-    def quantized(*a, **k):
-        made["QuantizedLinear"] += 1
-        return real_q(*a, **k)
+    def low(*a, **k):
+        made[linear] += 1
+        return real_l(*a, **k)
 
     def packed(*a, **k):
         made["PackedLinear"] += 1
@@ -371,31 +377,32 @@ def test_int8_workload_times_the_int8_kernels(tiny_profile, tmp_path, monkeypatc
         made["bf16"].append(a[5] if len(a) > 5 else k.get("bf16", False))
         return real_attention(*a, **k)
 
-    monkeypatch.setattr(_core, "QuantizedLinear", quantized)
+    monkeypatch.setattr(_core, linear, low)
     monkeypatch.setattr(_core, "PackedLinear", packed)
     monkeypatch.setattr(_core, "attention", attention)
     s = P.Settings(mode="quick", blocks=1, warmup_s=0.0, min_warmup=1, budget_s=0.0, min_repeats=3, max_repeats=3,
                    retries=0)
-    prof = P.profile(TINY, W8, out=tmp_path / "tiny.json", progress=False, settings=s)
+    prof = P.profile(TINY, workload, out=tmp_path / "tiny.json", progress=False, settings=s)
     monkeypatch.undo()
-    # the float32 workload measured before stays beside the int8 one
-    assert prof.covers(W8) and P.load_profile(tmp_path / "tiny.json").covers(W)
-    wp = prof.workloads[W8.key]
-    assert wp.complete and set(wp.ops) == {x.key for x, _ in P.required_ops(TINY, W8) + P.calibration_ops(W8)}
-    # the layers' GEMMs are quantized; the pooler (tanh) stays float32 as in the engine
-    assert made["QuantizedLinear"] > 0 and made["PackedLinear"] > 0
-    bf16 = "bf16" in _core.Encoder(64, 1, 2, 64, 64, 2, 2, 1e-12, 1, "", "int8").attention_kernel
+    # the float32 workload measured before stays beside this one
+    assert prof.covers(workload) and P.load_profile(tmp_path / "tiny.json").covers(W)
+    wp = prof.workloads[workload.key]
+    wanted = P.required_ops(TINY, workload) + P.calibration_ops(workload)
+    assert wp.complete and set(wp.ops) == {x.key for x, _ in wanted}
+    # the layers' GEMMs run in the dtype; the pooler (tanh) stays float32 as in the engine
+    assert made[linear] > 0 and made["PackedLinear"] > 0
+    bf16 = "bf16" in _core.Encoder(64, 1, 2, 64, 64, 2, 2, 1e-12, 1, "", dtype).attention_kernel
     assert set(made["bf16"]) == {bf16}
-    assert prof.target.int8_kernel == _core.int8_kernel_name(prof.target.isa)
-    # int8 weights are a quarter of the bytes: four times the copies rotate through the same cache budget
+    assert getattr(prof.target, kernel) == getattr(_core, f"{dtype}_kernel_name")(prof.target.isa)
+    # smaller weights: more copies rotate through the same cache budget
     m = wp.ops["gemm M=16 K=64 N=192 none"]
-    assert m.copies == min(512, -(-2 * (prof.target.l3_bytes or 32 << 20) // (64 * 192)))
+    assert m.copies == min(512, -(-2 * (prof.target.l3_bytes or 32 << 20) // (weight_bytes * 64 * 192)))
     assert wp.calibration["sync_ms"] == pytest.approx(wp.calibration["sync_ms"])  # a number, not NaN
-    p8 = P.predict_latency((2, 4, 64, 96), W8, prof, detail=True)
-    assert p8.parts["sync"] == pytest.approx((1 + 2 * 11 + 2) * wp.calibration["sync_ms"])
-    report = P.validate(prof, TINY, W8, n=2, seed=0, quick=True, progress=False)
-    assert report.workload.dtype == "int8" and all(r.measured_ms > 0 for r in report.rows)
-    assert prof.target.int8_kernel in report.table()
+    predicted = P.predict_latency((2, 4, 64, 96), workload, prof, detail=True)
+    assert predicted.parts["sync"] == pytest.approx((1 + 2 * layer_barriers + 2) * wp.calibration["sync_ms"])
+    report = P.validate(prof, TINY, workload, n=2, seed=0, quick=True, progress=False)
+    assert report.workload.dtype == dtype and all(r.measured_ms > 0 for r in report.rows)
+    assert getattr(prof.target, kernel) in report.table()
 
 
 def test_int8_dtype_on_the_command_line(tmp_path, capsys):

@@ -330,7 +330,7 @@ SHIPPED = P.shipped_profiles()
 def test_shipped_profile_covers_the_spaces_in_both_dtypes(space):
     prof = P.load_profile(SHIPPED[0], check_target=False)
     per_dtype = {}
-    for dtype in P.DTYPES:
+    for dtype in ("float32", "int8"):  # the dtypes the example was measured in (it predates bf16)
         w = P.Workload(1, 128, 2, dtype)
         assert prof.covers(w) and space in prof.workloads[w.key].spaces
         times = []

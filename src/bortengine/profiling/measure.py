@@ -22,7 +22,7 @@ from bortengine.profiling.errors import ProfileError, ProfileInterrupted, Profil
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
 from bortengine.profiling.ops import OpSpec, calibration_ops, required_ops
 from bortengine.profiling.profile_file import Profile, profile_path_for
-from bortengine.profiling.runners import ValuePool, gemm_copies, gemm_is_int8, make_runner, rotation_bytes
+from bortengine.profiling.runners import ValuePool, gemm_copies, gemm_weight_bytes, make_runner, rotation_bytes
 from bortengine.profiling.cpu_probe import reprobe
 from bortengine.profiling.target import Target
 from bortengine.profiling.timing import Settings, check_clock, measure_with_retries
@@ -163,7 +163,7 @@ def estimate_cost(spec: OpSpec, w: Workload, s: Settings, rotation: int) -> floa
         call = 50e-6 * spec.layers
     setup = 0.0
     if spec.kind == "gemm":
-        wb = 1 if gemm_is_int8(spec, w) else 4
+        wb = gemm_weight_bytes(spec, w)
         setup = gemm_copies(spec, rotation, wb) * (wb + 4) * spec.K * spec.N / 2e9
     elif spec.kind == "embeddings":
         setup = 4 * spec.vocab * spec.hidden / 1e9

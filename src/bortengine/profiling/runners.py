@@ -63,9 +63,17 @@ def rotation_bytes(target: Target, s: Settings) -> int:
     return int(s.rotation_factor * (target.l3_bytes or 32 << 20))
 
 
-def gemm_is_int8(spec: OpSpec, w: Workload) -> bool:
-    """The int8 engine runs the layers' GEMMs on int8 weights; its pooler (the one tanh GEMM) stays float32."""
-    return spec.kind == "gemm" and w.dtype == "int8" and spec.epilogue != "tanh"
+def gemm_dtype(spec: OpSpec, w: Workload) -> str:
+    """The arithmetic of a GEMM op in a forward of w.dtype: the int8 and bf16 engines run the layers' GEMMs in their
+    dtype; the pooler (the one tanh GEMM) stays float32."""
+    return w.dtype if spec.kind == "gemm" and spec.epilogue != "tanh" else "float32"
+
+
+WEIGHT_BYTES = {"float32": 4, "int8": 1, "bf16": 2}  # per packed weight of a GEMM of that dtype
+
+
+def gemm_weight_bytes(spec: OpSpec, w: Workload) -> int:
+    return WEIGHT_BYTES[gemm_dtype(spec, w)]
 
 
 def gemm_copies(spec: OpSpec, rotation: int, weight_bytes: int = 4) -> int:
@@ -73,7 +81,8 @@ def gemm_copies(spec: OpSpec, rotation: int, weight_bytes: int = 4) -> int:
 
 
 def attention_is_bf16(w: Workload, isa: str) -> bool:
-    return w.dtype == "int8" and "bf16" in int8_attention_name(isa)
+    """The int8 and bf16 engines run attention in bf16 where the CPU has AVX512_BF16 (int8_attention_name)."""
+    return w.dtype != "float32" and "bf16" in int8_attention_name(isa)
 
 
 # ====================================================================================== one op as the forward runs it
@@ -100,11 +109,14 @@ def _gemm_runner(spec: OpSpec, w: Workload, pool: ValuePool, isa: str, rotation:
     a = pool.array((spec.M, spec.K))
     weight = pool.array((spec.N, spec.K), 0.02)
     bias = pool.array((spec.N,), 0.02)
-    int8 = gemm_is_int8(spec, w)
-    copies = gemm_copies(spec, rotation, 1 if int8 else 4) if spec.cold else 1
-    if int8:  # quantized once; the call quantizes its input rows, as the int8 forward does per linear layer
+    dtype = gemm_dtype(spec, w)
+    copies = gemm_copies(spec, rotation, WEIGHT_BYTES[dtype]) if spec.cold else 1
+    if dtype == "int8":  # quantized once; the call quantizes its input rows, as the int8 forward does per layer
         q, scale = native.quantize_weights(weight)  # once; each copy only packs
         packed = [native.QuantizedLinear(q, scale, bias, isa) for _ in range(copies)]
+    elif dtype == "bf16":  # rounded once; the call rounds its input rows, as the bf16 forward does per layer
+        bits = native.to_bf16(weight, isa)
+        packed = [native.Bf16Linear(bits, bias, isa) for _ in range(copies)]
     else:
         packed = [native.PackedLinear(weight, bias, isa) for _ in range(copies)]
     residual = pool.array((spec.M, spec.N)) if spec.epilogue == "residual" else None
@@ -162,12 +174,10 @@ def _forward_runner(spec: OpSpec, w: Workload, pool: ValuePool, isa: str) -> Run
 def empty_call(kind: str, pool: ValuePool, th: int, isa: str, w: Workload) -> Runner:
     """The smallest call of an op: what a single-op call costs beyond the work (binding, team start, join)."""
     np, native = pool.np, core()
-    if kind == "gemm":
+    if kind == "gemm":  # a layer GEMM's call in the workload's dtype (int8: quantize one row, then the GEMM)
         a = pool.array((1, 1))
-        if w.dtype == "int8":  # an int8 layer GEMM's call: quantize one row, then the GEMM
-            lin8 = native.QuantizedLinear(pool.array((1, 1)), None, None, isa)
-            return lambda: lin8(a, "none", None, th)
-        lin = native.PackedLinear(pool.array((1, 1)), None, isa)
+        linear = {"int8": native.QuantizedLinear, "bf16": native.Bf16Linear}.get(w.dtype, native.PackedLinear)
+        lin = linear(pool.array((1, 1)), bias=None, isa=isa)
         return lambda: lin(a, "none", None, th)
     if kind == "attention":
         qkv = pool.array((1, 3))

@@ -62,7 +62,7 @@ def cache_bytes(level: int, sysfs: Optional[Path] = None) -> Optional[int]:
 
 @functools.lru_cache(maxsize=None)
 def int8_attention_name(isa: str) -> str:
-    """The attention kernel an int8 Encoder uses on this path (bf16 where the CPU has AVX512_BF16)."""
+    """The attention kernel an int8 (or bf16) Encoder uses on this path (bf16 where the CPU has AVX512_BF16)."""
     enc = core().Encoder(CALIBRATION_HIDDEN, 1, CALIBRATION_HEADS, CALIBRATION_INTERMEDIATE, CALIBRATION_VOCAB, 2,
                          2, LAYER_NORM_EPS, 1, isa, "int8")
     return str(enc.attention_kernel)
@@ -83,19 +83,20 @@ class Target:
     core_build: str = "unknown"
     l3_bytes: Optional[int] = None
     int8_kernel: str = "unknown"     # the int8 GEMM and attention kernels of this path (dtype int8 workloads)
-    int8_attention: str = "unknown"
+    int8_attention: str = "unknown"  # (the bf16 engine's attention too)
     cpu_family: Optional[int] = None   # CPUID, from /proc/cpuinfo (x86; None elsewhere and in older profiles)
     cpu_model: Optional[int] = None
     cpu_stepping: Optional[int] = None
     l2_bytes: Optional[int] = None
     probe: Optional[str] = None        # the calibration probe's definition (cpu_probe.PROBE) and its rate
     probe_gflops: Optional[float] = None
+    bf16_kernel: str = "unknown"     # the bf16 GEMM kernel of this path (dtype bf16 workloads)
 
     # what must match for a profile's numbers to describe this machine (core_build is compared separately; the
     # int8 kernels, CPUID and caches only when both sides name them: profiles of earlier versions do not)
     signature_fields = ("vendor", "model", "flags", "logical_cpus", "isa", "kernel")
     optional_fields = ("int8_kernel", "int8_attention", "cpu_family", "cpu_model", "cpu_stepping", "l2_bytes",
-                       "l3_bytes")
+                       "l3_bytes", "bf16_kernel")
 
     @classmethod
     def current(cls, isa: Optional[str] = None) -> "Target":
@@ -107,6 +108,7 @@ class Target:
                    logical_cpus=int(info["logical_cpus"]), isa=chosen, kernel=native.kernel_name(chosen),
                    engine_version=__version__, core_build=core_build(), l3_bytes=cache_bytes(3),
                    int8_kernel=native.int8_kernel_name(chosen), int8_attention=int8_attention_name(chosen),
+                   bf16_kernel=native.bf16_kernel_name(chosen),
                    **cpuid(), l2_bytes=cache_bytes(2), probe=PROBE, probe_gflops=round(probe_gflops(chosen), 2))
 
     @property
@@ -179,14 +181,18 @@ class Target:
                    int8_attention=str(d.get("int8_attention", "unknown")), cpu_family=number("cpu_family", int),
                    cpu_model=number("cpu_model", int), cpu_stepping=number("cpu_stepping", int),
                    l2_bytes=number("l2_bytes", int), probe=None if d.get("probe") is None else str(d["probe"]),
-                   probe_gflops=number("probe_gflops", float))
+                   probe_gflops=number("probe_gflops", float), bf16_kernel=str(d.get("bf16_kernel", "unknown")))
 
     def describe(self, dtype: Optional[str] = None) -> str:
         kernels = self.kernel
         if dtype == "int8":
             kernels = f"{self.int8_kernel}, {self.int8_attention}"
+        elif dtype == "bf16":
+            kernels = f"{self.bf16_kernel}, {self.int8_attention}"
         elif dtype is None and self.int8_kernel != "unknown":
             kernels = f"{self.kernel}; int8: {self.int8_kernel}, {self.int8_attention}"
+            if self.bf16_kernel != "unknown":
+                kernels += f"; bf16: {self.bf16_kernel}"
         cpuid_part = ("" if self.cpu_family is None else
                       f" (family {self.cpu_family} model {self.cpu_model} stepping {self.cpu_stepping})")
         caches = ", ".join(f"{name} {size / 2**20:g} MiB" for name, size in (("L2", self.l2_bytes),

@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from bortengine.engine import DTYPES  # the engine's dtypes: load(dtype=...) / Encoder(dtype=...)
 from bortengine.profiling.errors import ProfileError
-
-DTYPES = ("float32", "int8")  # the engine's dtypes: load(dtype=...) / Encoder(dtype=...)
 
 
 @dataclass(frozen=True)
