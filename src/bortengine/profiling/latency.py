@@ -5,11 +5,11 @@ A forward is one parallel region; every step of it (ops.forward_steps) ends with
     latency = fixed + Σ forward steps + D × Σ layer steps + [Σ pooler steps] + barriers × sync
 
 that is fixed + emb(H) + D × (qkv + attention + attention_out + 2 ln + ffn_in + ffn_out) + [pooler], with 1 barrier
-for the embeddings, 7 per layer in float32 and bf16 and 11 in int8 (each int8 linear layer first quantizes its input
-rows in a parallel step of its own), and 2 for the pooler (the gather of the [CLS] rows, then the GEMM). Each op term is its
-single-call time minus the cost of an empty call of that op (Python, binding, thread team start, which a forward
-pays once); `sync` (per barrier) and `fixed` (per forward) come from the calibration. Shapes the profile lacks are
-interpolated, see LatencyModel.
+for the embeddings, 7 per layer in float32 and bf16 and 11 in int8 (each int8 linear layer first quantizes its
+input rows in a parallel step of its own), and 2 for the pooler (the gather of the [CLS] rows, then the GEMM). Each
+op term is its single-call time minus the cost of an empty call of that op (Python, binding, thread team start,
+which a forward pays once); `sync` (per barrier) and `fixed` (per forward) come from the calibration. Shapes the
+profile lacks are interpolated, see LatencyModel.
 """
 from __future__ import annotations
 
