@@ -131,15 +131,20 @@ inline std::size_t packed_b_floats(const KernelTable& kt, int K, int N) {
 }
 // Query rows processed per block in attention (the score block is kAttnQueryBlock x T).
 constexpr int kAttnQueryBlock = 64;
+// The bf16 attention's panels are at most this many columns wide (its GEMM tile, BE_BF16_NR, is a build option).
+constexpr int kMaxBf16PanelWidth = 64;
+// Scratch floats of one attention call of either kernel a path may run on a sequence of T tokens and a head of dh:
+// the fp32 attention's (K^T and V packed in panels of kt.nr, the score block, 1 / row sums, the query block) or
+// the bf16 one's (K^T, V, the query block and the probabilities in bf16 panels, the fp32 score block and sums),
+// whichever is larger, plus two 64-byte alignments.
 inline std::size_t attention_scratch_floats(const KernelTable& kt, int T, int dh) {
-    const std::size_t nr = kt.nr > 64 ? kt.nr : 64;  // at least the bf16 attention's panel width (<= 64)
-    const std::size_t tp = round_up(T, nr), dp = round_up(dh, nr);
-    return (dh + 1) * tp                 // K^T packed (fp32; bf16 needs half of round_up(dh, 2) x tp)
-           + (T + 1) * dp                // V packed
-           + kAttnQueryBlock * tp        // scores of one query block
-           + kAttnQueryBlock * (dh + tp)  // the query block (fp32 and bf16) and the probabilities (bf16)
-           + kAttnQueryBlock             // 1 / row sums
-           + 128;                        // alignment slack
+    const std::size_t QB = kAttnQueryBlock, t = T, d = dh;
+    const std::size_t tp = round_up(t, kt.nr), dp = round_up(d, kt.nr);
+    const std::size_t fp32 = d * tp + t * dp + QB * tp + QB + QB * d;
+    const std::size_t t2 = round_up(t, 2), d2 = round_up(d, 2);
+    const std::size_t tb = t + kMaxBf16PanelWidth - 1, db = d + kMaxBf16PanelWidth - 1;  // >= any panel rounding
+    const std::size_t bf16 = (d2 * tb + t2 * db + QB * (d2 + t2) + 1) / 2 + QB * tb + QB;
+    return (fp32 > bf16 ? fp32 : bf16) + 64;
 }
 
 // An attention kernel (the signature of KernelTable::attention).

@@ -17,7 +17,7 @@
 namespace bortengine {
 namespace BE_ISA_NS {
 
-static_assert(NR <= 64, "attention_scratch_floats (kernels.h) sizes panels of at most 64 columns");
+static_assert(NR <= kMaxBf16PanelWidth, "attention_scratch_floats (kernels.h) sizes panels up to that width");
 
 inline int rup(int x, int m) { return (x + m - 1) / m * m; }
 
