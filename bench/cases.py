@@ -111,8 +111,15 @@ TORCH_EAGER = "torch-eager"
 TORCH_SDPA = "torch-sdpa"
 ENGINE_INT8 = "bortengine-int8"  # bortengine.load(..., dtype="int8")
 ORT_INT8 = "onnxruntime-int8"  # quantize_dynamic (s8 weights) of the BERT-fused graph
-RUNTIMES = (ENGINE, ORT, TORCH_EAGER, TORCH_SDPA, ENGINE_INT8, ORT_INT8)
+ENGINE_BF16 = "bortengine-bf16"  # bortengine.load(..., dtype="bf16")
+TORCH_BF16 = "torch-bf16"  # PyTorch sdpa under torch.autocast("cpu", dtype=torch.bfloat16): ORT has no bf16 BERT here
+RUNTIMES = (ENGINE, ORT, TORCH_EAGER, TORCH_SDPA, ENGINE_INT8, ORT_INT8, ENGINE_BF16, TORCH_BF16)
 INT8_RUNTIMES = (ENGINE_INT8, ORT_INT8)
+BF16_RUNTIMES = (ENGINE_BF16, TORCH_BF16)
+ENGINES = (ENGINE, ENGINE_INT8, ENGINE_BF16)  # the engine's rows: masked positions must be zeros
+# The engine's reduced-precision paths, each with its table's ratio suffix and the runtimes compared with it (a peer
+# in the same precision, and the engine's own float32 path).
+LOW_PRECISION = {ENGINE_INT8: ("8", (ORT_INT8, ENGINE)), ENGINE_BF16: ("16", (TORCH_BF16, ENGINE))}
 REFERENCE = TORCH_EAGER  # the engine (and every other runtime) is checked against this one
 
 MODELS = (
@@ -144,12 +151,13 @@ GEMM_TARGET = 0.80  # each layer shape should reach this fraction of the measure
 FLAG_ATOL = 1e-4  # above this the table flags the row
 FAIL_ATOL = 1e-2  # above this the result is wrong, not just rounded differently: the row's test fails
 
-# int8 runtimes are checked by the cosine of each real token's hidden state to PyTorch's float32 one: their
-# difference is quantization error, not a bug, and a max-abs-diff bound would not say which. The bench feeds
-# random token ids, far from text (MiniLM's outlier tokens then lose the most), so this is a sanity check of the
-# engine's int8 path (mean over tokens); its accuracy target on real sentences is bench/int8_accuracy.py. ONNX
-# Runtime's int8 cosine is recorded, not asserted: the peer's accuracy is not this suite's to enforce.
-INT8_MIN_MEAN_COSINE = 0.98
+# int8 and bf16 runtimes are checked by the cosine of each real token's hidden state to PyTorch's float32 one: their
+# difference is rounding error, not a bug, and a max-abs-diff bound would not say which. The bench feeds random
+# token ids, far from text (MiniLM's outlier tokens then lose the most), so this is a sanity check of the engine's
+# int8 and bf16 paths (mean over tokens); their accuracy targets on real sentences are bench/accuracy.py's. The
+# peers' cosines (ONNX Runtime int8, PyTorch bf16) are recorded, not asserted: their accuracy is not this suite's
+# to enforce.
+MIN_MEAN_COSINE = {ENGINE_INT8: 0.98, ENGINE_BF16: 0.999}
 
 # A row is marked busy when other processes took more than this share of the machine's CPU while it was timed.
 BUSY_SHARE = 0.10

@@ -23,7 +23,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 SHAPES = ("1x32", "1x128", "8x128")
-DTYPES = ("float32", "int8")
+DTYPES = ("float32", "int8", "bf16")
 
 WORKER = r"""
 import sys, time
@@ -85,11 +85,17 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=15, help="rounds per row (a third for BERT-base 8x128)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--block", type=int, default=3, help="calls per side per round, the last one timed")
+    ap.add_argument("--dtypes", default=",".join(DTYPES),
+                    help="comma-separated (default all); e.g. bf16 alone to time two builds of the bf16 tile")
     args = ap.parse_args(argv)
+    dtypes = args.dtypes.split(",")
+    unknown = sorted(set(dtypes) - set(DTYPES))
+    if unknown:
+        ap.error(f"--dtypes: unknown {unknown}; choose from {', '.join(DTYPES)}")
     sides = {"before": Side(args.before), "after": Side(args.after)}
     ratios: dict[tuple[str, str, str], float] = {}
     for model, path in _models().items():
-        for dtype in DTYPES:
+        for dtype in dtypes:
             for shape in SHAPES:
                 rounds = max(5, args.rounds // 3) if (model, shape) == ("bert-base", "8x128") else args.rounds
                 times: dict[str, list[float]] = {"before": [], "after": []}
@@ -104,7 +110,7 @@ def main(argv=None) -> None:
                 print(f"{model:9s} {dtype:7s} {shape:6s} before {1e3 * statistics.median(times['before']):9.3f} ms  "
                       f"after {1e3 * statistics.median(times['after']):9.3f} ms  before/after "
                       f"{ratios[(model, dtype, shape)]:.3f}", flush=True)
-    for dtype in DTYPES:
+    for dtype in dtypes:
         rows = [v for k, v in ratios.items() if k[1] == dtype]
         print(f"{dtype}: geometric mean of before/after {statistics.geometric_mean(rows):.3f} over {len(rows)} rows, "
               f"min {min(rows):.3f}")

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cases import (BENCH_DIR, ENGINE, ENGINE_INT8, FAIL_ATOL, INT8_MIN_MEAN_COSINE, INT8_RUNTIMES, FLAG_ATOL, MEMORY_FACTOR, MEMORY_SLACK_BYTES, ORT, REFERENCE,
-                   ModelCase, ShapeCase, encoder_flops)
+from cases import (BENCH_DIR, BF16_RUNTIMES, ENGINE, ENGINES, FAIL_ATOL, FLAG_ATOL, INT8_RUNTIMES, MEMORY_FACTOR,
+                   MEMORY_SLACK_BYTES, MIN_MEAN_COSINE, ORT, REFERENCE, ModelCase, ShapeCase, encoder_flops)
 from report import EncoderTiming, GemmTiming, Report
 from probe import CpuShare
 from runtimes import RuntimePool, RuntimeUnavailable, engine_status
@@ -98,8 +98,9 @@ def run_encoder_row(benchmark, pool: RuntimePool, report: Report, model: ModelCa
         pytest.fail(f"{runtime} last_hidden_state has shape {out.shape}, PyTorch {reference.shape}")
     real = inputs.attention_mask.astype(bool)  # [B,T]
     diff = None if runtime == REFERENCE else max_abs_diff(out[real], reference[real])
-    cosine = token_cosines(out[real], reference[real]) if runtime in INT8_RUNTIMES else None
-    masked_zero = bool(np.all(out[~real] == 0)) if runtime in (ENGINE, ENGINE_INT8) else None
+    reduced = runtime in INT8_RUNTIMES + BF16_RUNTIMES  # checked by cosine: their difference is rounding
+    cosine = token_cosines(out[real], reference[real]) if reduced else None
+    masked_zero = bool(np.all(out[~real] == 0)) if runtime in ENGINES else None
 
     stats, last = measure(benchmark, rt.run, native, budget_seconds)
     # The last timed call against the first: a threading race shows up as a run-to-run difference.
@@ -117,10 +118,10 @@ def run_encoder_row(benchmark, pool: RuntimePool, report: Report, model: ModelCa
     # Checked after timing so a wrong row still shows its time in the table.
     where = f"{runtime} on {model.name} {shape.name}"
     if cosine is not None:
-        if runtime == ENGINE_INT8:
-            assert cosine.mean() >= INT8_MIN_MEAN_COSINE, (
+        if runtime in MIN_MEAN_COSINE:
+            assert cosine.mean() >= MIN_MEAN_COSINE[runtime], (
                 f"{where}: mean per-token cosine to PyTorch's float32 hidden states {cosine.mean():.4f} < "
-                f"{INT8_MIN_MEAN_COSINE}")
+                f"{MIN_MEAN_COSINE[runtime]}")
     elif diff is not None:
         assert diff <= FAIL_ATOL, f"{where}: max |last_hidden_state - PyTorch| = {diff:.3g} > {FAIL_ATOL:g}"
         if diff > FLAG_ATOL:
@@ -156,8 +157,9 @@ def _record_gemm(benchmark, report, label, m, k, n, stats, peak, err, smoke) -> 
 
 
 def run_packed_linear(benchmark, report: Report, threads: int, m: int, k: int, n: int, budget_seconds: float,
-                      peak: bool = False, smoke: bool = False) -> None:
-    """_core.PackedLinear(w [N,K], bias [N])(a [M,K]) -> [M,N]: checked against float64, then timed."""
+                      peak: bool = False, smoke: bool = False, bf16: bool = False) -> None:
+    """_core.PackedLinear(w [N,K], bias [N])(a [M,K]) -> [M,N] (bf16: _core.Bf16Linear, the bf16 engine's layer
+    GEMM): checked against float64 (bf16: on the bf16-rounded operands, which it multiplies exactly), then timed."""
     ok, why = engine_status()
     if not ok:
         report.skipped[ENGINE] = f"bortengine not available: {why}"
@@ -166,30 +168,36 @@ def run_packed_linear(benchmark, report: Report, threads: int, m: int, k: int, n
 
     benchmark.group = "gemm peak" if peak else "gemm"
     a, w, b = _gemm_operands(m, k, n, bias=not peak)
-    linear = _core.PackedLinear(w, b)
+    name = "Bf16Linear" if bf16 else "PackedLinear"
+    linear = getattr(_core, name)(w, b)
     out = linear(a, num_threads=threads)
-    want = a.astype(np.float64) @ w.T.astype(np.float64) + (0 if b is None else b)
+    # the operands as the kernel multiplies them
+    ar, wr = ((_core.to_bf16(x).astype(np.uint32) << 16).view(np.float32) for x in (a, w)) if bf16 else (a, w)
+    want = ar.astype(np.float64) @ wr.T.astype(np.float64) + (0 if b is None else b)
     err = _rel_err(out, want)
     stats, last = measure(benchmark, lambda x: linear(x, num_threads=threads), a, budget_seconds, max_rounds=100)
     err = max(err, _rel_err(last, want))  # the last timed call too: a threading race shows up here
-    _record_gemm(benchmark, report, "bortengine PackedLinear", m, k, n, stats, peak, err, smoke)
-    assert err <= 1e-4, f"PackedLinear {m}x{k}x{n}: max rel err {err:.3g} vs float64"
+    _record_gemm(benchmark, report, f"bortengine {name}", m, k, n, stats, peak, err, smoke)
+    assert err <= 1e-4, f"{name} {m}x{k}x{n}: max rel err {err:.3g} vs float64"
 
 
 def run_torch_linear(benchmark, report: Report, threads: int, m: int, k: int, n: int, budget_seconds: float,
-                     peak: bool = False, smoke: bool = False) -> None:
-    """torch.nn.functional.linear(a [M,K], w [N,K], bias [N]) (torch.matmul a @ w^T for the peak)."""
+                     peak: bool = False, smoke: bool = False, bf16: bool = False) -> None:
+    """torch.nn.functional.linear(a [M,K], w [N,K], bias [N]) (torch.matmul a @ w^T for the peak); bf16: on bf16
+    tensors (the matmul torch.autocast runs)."""
     import torch
 
     benchmark.group = "gemm peak" if peak else "gemm"
     a, w, b = (None if x is None else torch.from_numpy(x) for x in _gemm_operands(m, k, n, bias=not peak))
+    if bf16:
+        a, w, b = (None if x is None else x.to(torch.bfloat16) for x in (a, w, b))
     if peak:
         wt = w.T.contiguous()  # [K,N]: a plain row-major matmul, torch's best case
         fn = lambda x: torch.matmul(x, wt)  # noqa: E731
         label = "torch matmul"
     else:
         fn = lambda x: torch.nn.functional.linear(x, w, b)  # noqa: E731
-        label = "torch linear"
+        label = "torch linear" + (" bf16" if bf16 else "")
     with torch.inference_mode():
         fn(a)
         stats, _ = measure(benchmark, fn, a, budget_seconds, max_rounds=100)

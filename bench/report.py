@@ -14,8 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cases import (BUSY_SHARE, ENGINE, ENGINE_INT8, FLAG_ATOL, GEMM_TARGET, ORT, ORT_INT8, RUNTIMES, TORCH_EAGER,
-                   TORCH_SDPA)
+from cases import (BUSY_SHARE, ENGINE, ENGINE_BF16, ENGINE_INT8, FLAG_ATOL, GEMM_TARGET, LOW_PRECISION, ORT,
+                   ORT_INT8, RUNTIMES, TORCH_BF16, TORCH_EAGER, TORCH_SDPA)
 
 
 @dataclass
@@ -34,7 +34,7 @@ class EncoderTiming:
     rerun_max_abs_diff: float | None = None  # last timed call vs the first (checked) one
     others_cpu: float | None = None  # share of the machine's CPU time other processes used while timing
     masked_rows_zero: bool | None = None  # engine only: rows of masked positions are exactly 0
-    min_cosine: float | None = None  # int8 runtimes: smallest per-token cosine to PyTorch float32
+    min_cosine: float | None = None  # int8 and bf16 runtimes: smallest per-token cosine to PyTorch float32
     smoke: bool = False
     flops: int | None = None  # cases.encoder_flops: the forward's GEMM and attention work over the real tokens
 
@@ -100,9 +100,11 @@ class Report:
             for stat, key in (("ms", "ratio"), ("min_ms", "ratio_of_min")):
                 eng = row[stat].get(ENGINE)
                 row[key] = {r: row[stat][r] / eng for r in row[stat] if eng and r != ENGINE}
-                # int8: peers over the engine's int8 path (ORT int8, and the engine's own float32 path)
-                eng8 = row[stat].get(ENGINE_INT8)
-                row[key + "8"] = {r: row[stat][r] / eng8 for r in (ORT_INT8, ENGINE) if eng8 and r in row[stat]}
+                # int8 ("8") and bf16 ("16"): peers over the engine's path of that precision (a peer in the same
+                # precision, and the engine's own float32 path)
+                for low, (suffix, peers) in LOW_PRECISION.items():
+                    base = row[stat].get(low)
+                    row[key + suffix] = {r: row[stat][r] / base for r in peers if base and r in row[stat]}
             shares = [x for x in row["others_cpu"].values() if x is not None]
             row["max_others_cpu"] = max(shares) if shares else None
             row["busy"] = bool(shares) and max(shares) > BUSY_SHARE
@@ -116,8 +118,8 @@ class Report:
         """
         rows = self.table_rows(smoke=False)
         out = {}
-        pairs = [(ORT, ENGINE, ""), (TORCH_EAGER, ENGINE, ""), (TORCH_SDPA, ENGINE, ""),
-                 (ORT_INT8, ENGINE_INT8, "8"), (ENGINE, ENGINE_INT8, "8")]
+        pairs = [(ORT, ENGINE, ""), (TORCH_EAGER, ENGINE, ""), (TORCH_SDPA, ENGINE, "")]
+        pairs += [(peer, low, suffix) for low, (suffix, peers) in LOW_PRECISION.items() for peer in peers]
         for runtime, base, suffix in pairs:
             key, key_min = "ratio" + suffix, "ratio_of_min" + suffix
             ratios = [(r[key][runtime], f'{r["model"]} {r["shape"]}') for r in rows if runtime in r[key]]
@@ -207,8 +209,8 @@ class Report:
 
     def _encoder_table(self, rows) -> list[str]:
         head = ["model", "shape"] + [f"{r} ms" for r in RUNTIMES] + \
-               ["ORT/eng", "PTeager/eng", "PTsdpa/eng", "ORT8/eng8", "eng/eng8", "eng max|d|", "ORT max|d|",
-                "eng8 cos", "others"]
+               ["ORT/eng", "PTeager/eng", "PTsdpa/eng", "ORT8/eng8", "eng/eng8", "PTbf16/eng16", "eng/eng16",
+                "eng max|d|", "ORT max|d|", "eng8 cos", "eng16 cos", "others"]
         body = []
         for r in rows:
             diff = r["diff"].get(ENGINE)
@@ -219,10 +221,11 @@ class Report:
                 flag += " pad!=0"
             ratio = lambda k, s="": f'{r["ratio" + s][k]:.2f}' if k in r["ratio" + s] else "-"  # noqa: E731
             fmt_d = lambda d: "-" if d is None else f"{d:.1e}"  # noqa: E731
-            cos8 = r.get("cosine", {}).get(ENGINE_INT8)
+            cos = lambda k: "-" if r.get("cosine", {}).get(k) is None else f'{r["cosine"][k]:.4f}'  # noqa: E731
             body.append([r["model"], r["shape"]] + [self._fmt_ms(r["ms"].get(k)) for k in RUNTIMES] +
                         [ratio(ORT), ratio(TORCH_EAGER), ratio(TORCH_SDPA), ratio(ORT_INT8, "8"), ratio(ENGINE, "8"),
-                         fmt_d(diff) + flag, fmt_d(r["diff"].get(ORT)), "-" if cos8 is None else f"{cos8:.4f}",
+                         ratio(TORCH_BF16, "16"), ratio(ENGINE, "16"), fmt_d(diff) + flag,
+                         fmt_d(r["diff"].get(ORT)), cos(ENGINE_INT8), cos(ENGINE_BF16),
                          _fmt_share(r["max_others_cpu"])])
         return _align([head] + body) + [
             f"(! = engine differs from PyTorch eager by more than {FLAG_ATOL:g}; pad!=0 = rows of masked positions "

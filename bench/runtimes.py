@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cases import (CACHE_DIR, ENGINE, ENGINE_INT8, ORT, ORT_INT8, REFERENCE, TORCH_EAGER, TORCH_SDPA, EncoderInputs,
-                   ModelCase)
+from cases import (CACHE_DIR, ENGINE, ENGINE_BF16, ENGINE_INT8, ORT, ORT_INT8, REFERENCE, TORCH_BF16, TORCH_EAGER,
+                   TORCH_SDPA, EncoderInputs, ModelCase)
 
 ONNX_OPSET = 17
 
@@ -70,7 +70,9 @@ def native_module_stamp() -> dict | None:
 
 
 class EngineRuntime:
-    """bortengine.load(dir, num_threads=n, dtype=...): float32, or int8 (the ENGINE_INT8 rows)."""
+    """bortengine.load(dir, num_threads=n, dtype=...): float32, int8 or bf16 (the ENGINE_INT8 / ENGINE_BF16 rows)."""
+
+    NAMES = {"float32": ENGINE, "int8": ENGINE_INT8, "bf16": ENGINE_BF16}
 
     def __init__(self, model_dir: Path, threads: int, dtype: str = "float32"):
         ok, why = engine_status()
@@ -78,7 +80,7 @@ class EngineRuntime:
             raise RuntimeUnavailable(f"bortengine not available: {why}")
         import bortengine
 
-        self.name = ENGINE_INT8 if dtype == "int8" else ENGINE
+        self.name = self.NAMES[dtype]
         self.engine = bortengine.load(str(model_dir), num_threads=threads, dtype=dtype)
 
     def prepare(self, inputs: EncoderInputs):
@@ -93,14 +95,17 @@ class EngineRuntime:
 
 
 class TorchRuntime:
-    """transformers BertModel in eval mode under torch.inference_mode, attention "eager" or "sdpa"."""
+    """transformers BertModel in eval mode under torch.inference_mode, attention "eager" or "sdpa"; with bf16, under
+    torch.autocast("cpu", dtype=torch.bfloat16) (the float32 weights, matmuls in bf16: PyTorch's usual bf16 path on
+    CPU, oneDNN's AVX512_BF16/AMX kernels where the CPU has them; the TORCH_BF16 rows)."""
 
-    def __init__(self, model_dir: Path, threads: int, attention: str):
+    def __init__(self, model_dir: Path, threads: int, attention: str, bf16: bool = False):
         import torch
         from transformers import BertModel
 
         set_torch_threads(threads)
-        self.name = {"eager": TORCH_EAGER, "sdpa": TORCH_SDPA}[attention]
+        self.name = TORCH_BF16 if bf16 else {"eager": TORCH_EAGER, "sdpa": TORCH_SDPA}[attention]
+        self.bf16 = bf16
         self.torch = torch
         self.model = BertModel.from_pretrained(str(model_dir), attn_implementation=attention).eval()
         got = getattr(self.model.config, "_attn_implementation", attention)
@@ -113,11 +118,11 @@ class TorchRuntime:
                     token_type_ids=t(inputs.token_type_ids))
 
     def run(self, tensors: dict):
-        with self.torch.inference_mode():
+        with self.torch.inference_mode(), self.torch.autocast("cpu", dtype=self.torch.bfloat16, enabled=self.bf16):
             return self.model(**tensors).last_hidden_state
 
     def last_hidden_state(self, output) -> np.ndarray:
-        return output.numpy()
+        return output.float().numpy()
 
 
 def set_torch_threads(threads: int) -> None:
@@ -305,6 +310,8 @@ def make_runtime(name: str, model: ModelCase, threads: int):
         return EngineRuntime(model.path(), threads)
     if name == ENGINE_INT8:
         return EngineRuntime(model.path(), threads, dtype="int8")
+    if name == ENGINE_BF16:
+        return EngineRuntime(model.path(), threads, dtype="bf16")
     if name == ORT:
         return OrtRuntime(model, threads)
     if name == ORT_INT8:
@@ -313,6 +320,8 @@ def make_runtime(name: str, model: ModelCase, threads: int):
         return TorchRuntime(model.path(), threads, "eager")
     if name == TORCH_SDPA:
         return TorchRuntime(model.path(), threads, "sdpa")
+    if name == TORCH_BF16:
+        return TorchRuntime(model.path(), threads, "sdpa", bf16=True)
     raise ValueError(f"unknown runtime {name!r}")
 
 

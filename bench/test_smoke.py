@@ -17,8 +17,9 @@ def test_smoke_encoder(benchmark, pool, report, runtime):
     run_encoder_row(benchmark, pool, report, SMOKE_MODEL, SMOKE_SHAPE, runtime, SMOKE_SECONDS)
 
 
-def test_smoke_gemm(benchmark, report, threads):
-    run_packed_linear(benchmark, report, threads, 20, 96, 72, SMOKE_SECONDS, smoke=True)
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_smoke_gemm(benchmark, report, threads, bf16):
+    run_packed_linear(benchmark, report, threads, 20, 96, 72, SMOKE_SECONDS, smoke=True, bf16=bf16)
 
 
 def test_smoke_gemm_peak_torch(benchmark, report, threads):
