@@ -35,6 +35,14 @@ def kernel_name(isa: str = "") -> str:
     return "gemm_f64_numpy_ref"
 
 
+def int8_kernel_name(isa: str = "") -> str:
+    _check_isa(isa)
+    return "none (the stand-in runs float32 only)"
+
+
+bf16_kernel_name = int8_kernel_name
+
+
 def cpu_info() -> dict:
     import os
 

@@ -45,6 +45,8 @@ def test_info(capsys):
     for isa in bortengine.available_isas():
         assert isa in out
     assert "default ISA" in out
+    core = bortengine.engine.core()
+    assert core.int8_kernel_name() in out and core.bf16_kernel_name() in out
 
 
 def test_info_bad_argument(capsys):

@@ -1,4 +1,5 @@
-"""`bortengine info`: this CPU, the instruction-set paths the build offers and the GEMM kernel of each."""
+"""`bortengine info`: this CPU, the instruction-set paths the build offers and the GEMM kernels of each (float32,
+int8, bf16)."""
 from __future__ import annotations
 
 from bortengine.engine import available_cpus, core, cpu_info
@@ -24,4 +25,6 @@ def run(args) -> int:
     else:
         print(f"default ISA:    none: {info.get('default_isa_error', '$BORTENGINE_ISA cannot run here')}")
     print("available ISAs: " + ", ".join(f"{isa} ({core().kernel_name(isa)})" for isa in info["available_isas"]))
+    for dtype, kernel_name in (("int8", core().int8_kernel_name), ("bf16", core().bf16_kernel_name)):
+        print(f"{dtype} kernels:   " + ", ".join(f"{isa} ({kernel_name(isa)})" for isa in info["available_isas"]))
     return 0
