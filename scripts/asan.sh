@@ -11,10 +11,17 @@ OUT="$ROOT/build/asan"
 printf '\n==> building the extension with AddressSanitizer (build/asan)\n'
 cd "$ROOT"
 mkdir -p "$OUT"
-# compiler output goes to a log, shown only if the build fails
-if ! CFLAGS="-fsanitize=address -fno-omit-frame-pointer" LDFLAGS="-fsanitize=address" \
+# compiler output goes to a log, shown only if the build fails. The sources are C++: setuptools compiles them with
+# CXXFLAGS (CFLAGS only reaches C files), so the sanitizer flags go in both.
+SANITIZE="-fsanitize=address -fno-omit-frame-pointer"
+if ! CFLAGS="$SANITIZE" CXXFLAGS="$SANITIZE" LDFLAGS="-fsanitize=address" \
     python setup.py -q build_ext --build-lib "$OUT/lib" --build-temp "$OUT/tmp" > "$OUT/build.log" 2>&1; then
     cat "$OUT/build.log"
+    exit 1
+fi
+# an instrumented module calls ASan's checks (__asan_report_load4, ...): without them nothing would be checked
+if ! grep -q __asan_report_load <(nm -D "$OUT"/lib/bortengine/_core*.so); then  # (not a pipe: pipefail, SIGPIPE)
+    echo "$OUT/lib holds an extension without ASan's checks: the sanitizer flags did not reach the compiler" >&2
     exit 1
 fi
 rm -rf "$OUT/pkg" && mkdir -p "$OUT/pkg"
@@ -26,5 +33,6 @@ printf '\n==> running the kernel and encoder tests under AddressSanitizer\n'
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
 PYTHONPATH="$OUT/pkg" python -m pytest -p no:cacheprovider -q \
-    tests/test_kernels.py tests/test_int8_kernels.py tests/test_correctness.py tests/test_inputs.py \
-    tests/test_int8_engine.py tests/test_threads.py tests/test_pool.py tests/test_forward_ops.py "$@"
+    tests/test_kernels.py tests/test_int8_kernels.py tests/test_bf16_kernels.py tests/test_correctness.py \
+    tests/test_inputs.py tests/test_int8_engine.py tests/test_bf16_engine.py tests/test_threads.py tests/test_pool.py \
+    tests/test_forward_ops.py "$@"
