@@ -353,3 +353,11 @@ def test_the_extraction_stage_runs_on_ray_and_records_each_candidates_node(refer
     assert all(c["error"] > 0 and len(c["node"]) == 56 for c in found["candidates"])
     assert len({c["node"] for c in found["candidates"]}) == 1            # the one node of a local instance
     assert str(Architecture.from_dict(found["architecture"])) in {c["architecture"] for c in found["candidates"]}
+
+
+def test_the_teacher_fine_tunes_at_least_300_steps_on_scarce_data():
+    from bortengine.pipeline.stages import teacher_epochs
+
+    assert teacher_epochs(6824, 32) == 3.0                        # Rotten Tomatoes: 3 epochs are 640 steps
+    assert teacher_epochs(500, 32) * 500 / 32 == pytest.approx(300)   # 500 examples: 19.2 epochs, not 48 steps
+    assert teacher_epochs(20, 32) == 20.0                         # never more than 20 epochs
