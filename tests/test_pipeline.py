@@ -314,7 +314,10 @@ def test_the_students_fine_tuning_adds_texts_near_the_training_texts_labelled_by
     assert set(augmented["label"]) <= set(LABELS)
     teacher = bortengine.load(out / "teacher")
     # the labels are the teacher's own answers on those texts
-    assert teacher.classify(augmented["text"][:50]).labels == augmented["label"][:50]
+    answers = teacher.classify(augmented["text"][:50])
+    assert answers.labels == augmented["label"][:50]
+    # with the logits it gave them, which the student distils (computed once, not per step)
+    np.testing.assert_allclose(np.asarray(augmented["logits"][:50]), answers.logits, atol=1e-5)
 
 
 def test_with_scarce_data_the_student_is_fine_tuned_with_agora(data, teacher, tmp_path):

@@ -518,3 +518,18 @@ def test_an_augmentation_file_adds_examples_of_the_tasks_labels_or_names_its_bad
         augmented_examples(str(bad), task)
     with pytest.raises(TrainingError, match="columns text and label"):
         augmented_examples(str(tmp_path / "reviews.csv"), task)
+
+
+def test_an_augmentation_files_logits_follow_the_training_rows_or_are_refused_when_malformed(tmp_path):
+    pytest.importorskip("torch")
+    from bortengine.training.classification import augmented_logits
+
+    plain = tmp_path / "plain.parquet"
+    pd.DataFrame({"text": ["a"], "label": ["x"]}).to_parquet(plain)
+    assert augmented_logits(str(plain), 2, 3) is None
+    stored = tmp_path / "stored.parquet"
+    pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"], "logits": [[1.0, 2.0], [3.0, 4.0]]}).to_parquet(stored)
+    known = augmented_logits(str(stored), 3, 2)
+    assert known.shape == (5, 2) and np.isnan(known[:3]).all() and known[3:].tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(TrainingError, match="rows of 3 numbers"):
+        augmented_logits(str(stored), 3, 3)

@@ -84,3 +84,41 @@ def test_finetune_with_a_teacher(tmp_path, encoder_dir):
     _, first = finetune(_config(encoder_dir, out_dir=str(tmp_path / "teacher"), max_steps=2), progress=False)
     clf, metrics = finetune(_config(encoder_dir, teacher=first["model_dir"], max_steps=2), progress=False)
     assert metrics["steps"] == 2 and np.isfinite(metrics["final_train_loss"])
+
+
+def test_the_teachers_soft_labels_are_its_logits_computed_once_on_the_engine(tmp_path, encoder_dir):
+    """teacher_logits: the engine's logits of the teacher match transformers' on the same ids; rows an augmentation
+    file stores are taken as they are; a teacher of another label count is refused."""
+    from transformers import BertForSequenceClassification
+
+    from bortengine.engine import TextTokenizer
+    from bortengine.training.classification import TrainingError, classifier_logits, teacher_logits
+
+    _, first = finetune(_config(encoder_dir, out_dir=str(tmp_path / "teacher"), max_steps=2), progress=False)
+    teacher = first["model_dir"]
+    tokenizer = TextTokenizer.from_directory(teacher, 32)
+    ids = tokenizer.token_ids(["a fine film", "dull and long, with nothing in it", "not bad"])
+    engine = teacher_logits(teacher, ids, 32, False, 2, threads=1)
+    reference = classifier_logits(BertForSequenceClassification.from_pretrained(teacher), ids, tokenizer.pad_id)
+    np.testing.assert_allclose(engine.numpy(), reference.numpy(), atol=1e-4)
+    known = np.full((3, 2), np.nan, dtype=np.float32)
+    known[1] = [7.0, -7.0]
+    mixed = teacher_logits(teacher, ids, 32, False, 2, threads=1, known=known).numpy()
+    assert mixed[1].tolist() == [7.0, -7.0]
+    np.testing.assert_allclose(mixed[[0, 2]], engine.numpy()[[0, 2]], atol=1e-6)
+    with pytest.raises(TrainingError, match="has 2 labels, the task 3"):
+        teacher_logits(teacher, ids, 32, False, 3, threads=1)
+
+
+def test_frozen_word_embeddings_stay_as_they_were(tmp_path, encoder_dir):
+    from safetensors.numpy import load_file
+
+    _, metrics = finetune(_config(encoder_dir, out_dir=str(tmp_path / "run"), freeze_word_embeddings=True),
+                          progress=False)
+    before = load_file(str(encoder_dir / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    name = next(k for k in before if k.endswith("word_embeddings.weight"))
+    np.testing.assert_array_equal(after[next(k for k in after if k.endswith("word_embeddings.weight"))], before[name])
+    moved = next(k for k in before if k.endswith("layer.0.attention.self.query.weight"))
+    assert not np.array_equal(after[next(k for k in after if k.endswith("layer.0.attention.self.query.weight"))],
+                              before[moved])

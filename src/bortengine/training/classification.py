@@ -30,14 +30,14 @@ from bortengine.training.errors import TrainingError
 from bortengine.training.hf_dir import write_hf_directory
 from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, Selection, TrainingLoop, shortest_time, \
     tensors_of, torch_tensors
-from bortengine.training.models import architecture_of, build_model, encoder_of, load_pretrained
+from bortengine.training.models import architecture_of, build_model, encoder_of
 from bortengine.training.tasks import DataSpec, Task, load_task
 from bortengine.training.teacher import default_teacher_path, load_teacher
 
 __all__ = ["FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
            "as_classifier", "classification_loss", "finetuning_schedule", "fine_tuning_loss_function",
-           "classifier_logits", "DEFAULT_MAX_LENGTH", "task_max_length", "example_ids", "classifier_labels",
-           "MAX_LENGTH_CHOICES"]
+           "classifier_logits", "teacher_logits", "augmented_logits", "DEFAULT_MAX_LENGTH", "task_max_length",
+           "example_ids", "classifier_labels", "MAX_LENGTH_CHOICES"]
 
 DEFAULT_MAX_LENGTH = {"rt": 64, "imdb": 256}
 
@@ -76,6 +76,9 @@ class FinetuneConfig:
     # a Parquet file of more training examples (columns text, label: one of the task's label names), e.g. texts near
     # the training texts labelled by the teacher (the pipeline's augmentation); single-text tasks only
     augment: Optional[str] = None
+    # the word embeddings kept as they are: a student cut from its teacher has the teacher's, and their AdamW update
+    # (vocabulary x hidden) was a third of a small student's step on short texts; the pipeline's student freezes them
+    freeze_word_embeddings: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -288,24 +291,42 @@ def finetuning_schedule(lr: float, warmup_fraction: float, total_steps: int, by_
 
 def fine_tuning_loss_function(model, train_ids: Sequence[Sequence[int]], labels: torch.Tensor, pad_id: int,
                               soft: Optional[torch.Tensor] = None, distill_weight: float = 0.5,
-                              temperature: float = 2.0, distilled: Optional[torch.Tensor] = None, teacher=None,
+                              temperature: float = 2.0, distilled: Optional[torch.Tensor] = None,
                               sep_id: Optional[int] = None):
     """loss_of(indices) for TrainingLoop: the classification loss of model on a batch of train_ids [labels [N]];
-    soft [N,L]: the teacher's logits of every point (distilled [N]: only those points are distilled), or a
-    teacher classifier run on each batch. sep_id: train_ids are text pairs (token types cut at the first [SEP])."""
+    soft [N,L]: the teacher's logits of every point (distilled [N]: only those points are distilled).
+    sep_id: train_ids are text pairs (token types cut at the first [SEP])."""
     def loss_of(indices: list[int]):
         batch = [train_ids[i] for i in indices]
         model.train()
         logits, tokens = _logits(model, batch, pad_id, sep_id)
         t_logits = None if soft is None else soft[indices]
-        if teacher is not None:   # task-specific distillation from the fine-tuned teacher's soft labels
-            with torch.no_grad():
-                t_logits = _logits(teacher, batch, pad_id, sep_id)[0]
         loss = classification_loss(logits, labels[indices], t_logits, distill_weight, temperature,
                                    None if distilled is None else distilled[indices])
         return loss, tokens
 
     return loss_of
+
+
+def teacher_logits(teacher: str, ids: Sequence[Sequence[int]], max_length: int, pairs: bool, labels: int,
+                   threads: Optional[int] = None, known: Optional[np.ndarray] = None) -> torch.Tensor:
+    """[N,L] logits of a fine-tuned classifier directory on token-id sequences, computed once on the engine (the
+    soft labels of task-specific distillation: an epoch over them then costs the student's steps only, where a
+    PyTorch forward of the teacher per batch took about half of each step). known [N,L]: rows already computed
+    (NaN where not), e.g. stored with an augmentation file."""
+    from bortengine.engine import TokenizedTexts, load
+
+    logits = np.full((len(ids), labels), np.nan, dtype=np.float32) if known is None else known.astype(np.float32)
+    todo = np.flatnonzero(np.isnan(logits).any(axis=1))
+    if len(todo):
+        engine = load(teacher, num_threads=threads)
+        if engine.config.num_labels != labels:
+            raise TrainingError(f"the teacher {teacher} has {engine.config.num_labels} labels, the task {labels}: "
+                                f"give a classifier of this task as teacher")
+        rows = [list(ids[i]) for i in todo]
+        tokens = TokenizedTexts(ids=rows, counts=[len(r) for r in rows], max_length=max_length, pairs=pairs)
+        logits[todo] = engine.classify(tokens, batch_size=64).logits
+    return torch.from_numpy(logits)
 
 
 class _Run:
@@ -334,18 +355,12 @@ class _Run:
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.model.config.hidden_dropout_prob = config.dropout
+        if config.freeze_word_embeddings:
+            self.model.get_input_embeddings().weight.requires_grad_(False)
         positions = self.model.config.max_position_embeddings
         if self.tokenizer.max_length > positions:
             raise TrainingError(f"max_length={self.tokenizer.max_length} exceeds the model's {positions} positions; "
                                 f"use max_length <= {positions}")
-        teacher = None
-        if config.teacher:
-            teacher = load_pretrained(BertForSequenceClassification, config.teacher, attn_implementation="sdpa")
-            teacher.eval().requires_grad_(False)
-            if teacher.config.num_labels != self.model.config.num_labels:
-                raise TrainingError(f"the teacher {config.teacher} has {teacher.config.num_labels} labels, the "
-                                    f"{self.task.name} task {self.model.config.num_labels}: give a classifier of "
-                                    f"this task as teacher")
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.history: list[dict[str, Any]] = []
@@ -356,9 +371,15 @@ class _Run:
             time_budget=config.time_budget, clock=config.clock,
             selection=Selection(self.model, self.evaluate_dev) if select else None,
             progress=f"finetune {self.task.name}" if progress else None)
+        soft = None
+        if config.teacher:       # task-specific distillation from the fine-tuned teacher's soft labels
+            known = augmented_logits(config.augment, len(self.task.train[:config.train_limit]),
+                                     self.model.config.num_labels) if config.augment else None
+            soft = teacher_logits(config.teacher, self.train_ids, self.tokenizer.max_length, sep_id is not None,
+                                  self.model.config.num_labels, config.threads, known)
         self.loss_of = fine_tuning_loss_function(
             self.model, self.train_ids, torch.tensor([e.label for e in self.train]), self.tokenizer.pad_id,
-            distill_weight=config.distill_weight, temperature=config.temperature, teacher=teacher, sep_id=sep_id)
+            soft=soft, distill_weight=config.distill_weight, temperature=config.temperature, sep_id=sep_id)
         self.log = None
 
     def evaluate_dev(self, step: int) -> float:
@@ -379,7 +400,8 @@ class _Run:
 
 
 _RESUME_KEYS = ("model", "task", "seed", "batch_size", "train_limit", "max_length", "train", "dev", "test",
-                "text_column", "text_pair_column", "label_column", "train_sample", "augment")
+                "text_column", "text_pair_column", "label_column", "train_sample", "augment",
+                "freeze_word_embeddings")
 
 
 def augmented_examples(path: str, task: Task) -> list[TextExample]:
@@ -401,6 +423,23 @@ def augmented_examples(path: str, task: Task) -> list[TextExample]:
                                 f"strings and labels one of {task.labels}")
         examples.append(TextExample(text, index[str(label)], row=len(task.train) + row))
     return examples
+
+
+def augmented_logits(path: str, before: int, labels: int) -> Optional[np.ndarray]:
+    """[before + rows, labels] logits for the training examples followed by an augmentation file's rows: the file's
+    optional column logits (the teacher's, stored when it labelled them) in its rows, NaN elsewhere; None when the
+    file has no such column."""
+    import pyarrow.parquet as pq
+
+    if "logits" not in pq.read_schema(path).names:
+        return None
+    stored = pq.read_table(path, columns=["logits"]).column("logits").to_pylist()
+    if any(row is None or len(row) != labels for row in stored):
+        raise TrainingError(f"augment: {path}: its logits column holds rows of {labels} numbers (one per label of the "
+                            f"task), or is left out")
+    known = np.full((before + len(stored), labels), np.nan, dtype=np.float32)
+    known[before:] = np.asarray(stored, dtype=np.float32)
+    return known
 
 
 def finetune_surrogate_loss(config: FinetuneConfig, steps: int = 100, model=None) -> float:
