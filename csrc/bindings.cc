@@ -147,9 +147,10 @@ LayerWeights layer_vectors(const FArray& q_b, const FArray& k_b, const FArray& v
 class PyEncoder {
   public:
     PyEncoder(int hidden, int layers, int heads, int inter, int vocab, int max_pos, int type_vocab, float eps,
-              int threads, const std::string& isa, const std::string& dtype)
-        : enc_(std::make_unique<Encoder>(EncoderConfig{hidden, layers, heads, inter, vocab, max_pos, type_vocab, eps},
-                                         threads, kernels_for(isa), parse_dtype(dtype))) {}
+              int threads, const std::string& isa, const std::string& dtype, int embedding)
+        : enc_(std::make_unique<Encoder>(
+              EncoderConfig{hidden, layers, heads, inter, vocab, max_pos, type_vocab, eps, embedding}, threads,
+              kernels_for(isa), parse_dtype(dtype))) {}
 
     void set_embeddings(FArray word, FArray pos, FArray type, FArray ln_w, FArray ln_b) {
         enc_->set_embeddings(ref(word), ref(pos), ref(type), ref(ln_w), ref(ln_b));
@@ -210,6 +211,8 @@ class PyEncoder {
     }
 
     void set_pooler(FArray w, FArray b) { enc_->set_pooler(ref(w), ref(b)); }
+    void set_embedding_projection(FArray w, FArray b) { enc_->set_embedding_projection(ref(w), ref(b)); }
+    void set_position_bias(FArray table) { enc_->set_position_bias(ref(table)); }
 
     py::tuple forward(py::object ids_obj, py::object mask_obj, py::object types_obj, bool pooler) {
         const IArray ids = int_array(ids_obj, "input_ids");
@@ -248,10 +251,11 @@ class PyEncoder {
 
 void bind_encoder(py::module_& m) {
     py::class_<PyEncoder>(m, "Encoder")
-        .def(py::init<int, int, int, int, int, int, int, float, int, const std::string&, const std::string&>(),
+        .def(py::init<int, int, int, int, int, int, int, float, int, const std::string&, const std::string&, int>(),
              py::arg("hidden_size"), py::arg("num_layers"), py::arg("num_heads"), py::arg("intermediate_size"),
              py::arg("vocab_size"), py::arg("max_position_embeddings"), py::arg("type_vocab_size"),
-             py::arg("layer_norm_eps"), py::arg("num_threads"), py::arg("isa") = "", py::arg("dtype") = "float32")
+             py::arg("layer_norm_eps"), py::arg("num_threads"), py::arg("isa") = "", py::arg("dtype") = "float32",
+             py::arg("embedding_size") = 0)
         .def("set_embeddings", &PyEncoder::set_embeddings, py::arg("word"), py::arg("position"),
              py::arg("token_type"), py::arg("ln_weight"), py::arg("ln_bias"))
         .def("set_layer", &PyEncoder::set_layer, py::arg("index"), py::arg("q_w"), py::arg("q_b"), py::arg("k_w"),
@@ -265,6 +269,8 @@ void bind_encoder(py::module_& m) {
              py::arg("k_b"), py::arg("v_b"), py::arg("ao_b"), py::arg("ln1_w"), py::arg("ln1_b"), py::arg("i_b"),
              py::arg("o_b"), py::arg("ln2_w"), py::arg("ln2_b"))
         .def("set_pooler", &PyEncoder::set_pooler, py::arg("weight"), py::arg("bias"))
+        .def("set_embedding_projection", &PyEncoder::set_embedding_projection, py::arg("weight"), py::arg("bias"))
+        .def("set_position_bias", &PyEncoder::set_position_bias, py::arg("table"))
         .def("forward", &PyEncoder::forward, py::arg("input_ids"), py::arg("attention_mask") = py::none(),
              py::arg("token_type_ids") = py::none(), py::arg("pooler") = false)
         .def_property("num_threads", [](PyEncoder& e) { return e.enc().num_threads(); },
@@ -289,7 +295,9 @@ void bind_encoder(py::module_& m) {
             for (std::size_t i = 0; i < n.size(); ++i) d[forward::kSteps[i].name] = n[i];
             return d;
         })
-        .def_property_readonly("has_pooler", [](PyEncoder& e) { return e.enc().has_pooler(); });
+        .def_property_readonly("has_pooler", [](PyEncoder& e) { return e.enc().has_pooler(); })
+        .def_property_readonly("projects_embeddings", [](PyEncoder& e) { return e.enc().projects_embeddings(); })
+        .def_property_readonly("has_position_bias", [](PyEncoder& e) { return e.enc().has_position_bias(); });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -356,17 +364,20 @@ void bind_fp32_ops(py::module_& m) {
 
     m.def(
         "attention",
-        [](FArray qkv, std::vector<int> lens, int heads, int threads, const std::string& isa, bool bf16) {
-            FArray ctx = new_array<float>(ops::check_attention(threads, ref(qkv), lens, heads));
+        [](FArray qkv, std::vector<int> lens, int heads, int threads, const std::string& isa, bool bf16,
+           py::object bias_obj) {
+            FArray keep;
+            const ops::ArrayRef<float> bias = optional_floats(bias_obj, keep, "position_bias");
+            FArray ctx = new_array<float>(ops::check_attention(threads, ref(qkv), lens, heads, bias));
             const KernelTable& kt = kernels_for(isa);
             const AttentionFn kernel = ops::attention_kernel(isa, bf16);
             float* c = ctx.mutable_data();
             py::gil_scoped_release release;
-            ops::attention(kt, kernel, threads, ref(qkv), lens, heads, c);
+            ops::attention(kt, kernel, threads, ref(qkv), lens, heads, bias, c);
             return ctx;
         },
         py::arg("qkv"), py::arg("seq_lens"), py::arg("num_heads"), py::arg("num_threads") = 1, py::arg("isa") = "",
-        py::arg("bf16") = false);
+        py::arg("bf16") = false, py::arg("position_bias") = py::none());
 
     m.def(
         "embed_layernorm",
@@ -552,12 +563,14 @@ void bind_references(py::module_& m) {
 
     m.def(
         "attention_ref",
-        [](FArray qkv, std::vector<int> lens, int heads) {
-            FArray ctx = new_array<float>(ops::check_attention(1, ref(qkv), lens, heads));
-            ops::attention_ref(ref(qkv), lens, heads, ctx.mutable_data());
+        [](FArray qkv, std::vector<int> lens, int heads, py::object bias_obj) {
+            FArray keep;
+            const ops::ArrayRef<float> bias = optional_floats(bias_obj, keep, "position_bias");
+            FArray ctx = new_array<float>(ops::check_attention(1, ref(qkv), lens, heads, bias));
+            ops::attention_ref(ref(qkv), lens, heads, bias, ctx.mutable_data());
             return ctx;
         },
-        py::arg("qkv"), py::arg("seq_lens"), py::arg("num_heads"));
+        py::arg("qkv"), py::arg("seq_lens"), py::arg("num_heads"), py::arg("position_bias") = py::none());
 
     m.def(
         "gelu_ref",

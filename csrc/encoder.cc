@@ -29,6 +29,8 @@ Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& k
     pos(cfg.vocab, "vocab_size");
     pos(cfg.max_positions, "max_position_embeddings");
     pos(cfg.type_vocab, "type_vocab_size");
+    if (cfg_.embedding == 0) cfg_.embedding = cfg.hidden;  // BERT's tables: H wide, nothing to project
+    pos(cfg_.embedding, "embedding_size");
     if (cfg.hidden % cfg.heads != 0)
         throw std::invalid_argument("hidden_size " + std::to_string(cfg.hidden) +
                                     " is not divisible by num_attention_heads " + std::to_string(cfg.heads));
@@ -46,18 +48,46 @@ void Encoder::set_num_threads(int n) {
 void Encoder::set_embeddings(const ops::ArrayRef<float>& word, const ops::ArrayRef<float>& position,
                              const ops::ArrayRef<float>& token_type, const ops::ArrayRef<float>& ln_w,
                              const ops::ArrayRef<float>& ln_b) {
-    const std::int64_t H = cfg_.hidden;
-    ops::expect_shape(word.shape, {cfg_.vocab, H}, "word embeddings");
-    ops::expect_shape(position.shape, {cfg_.max_positions, H}, "position embeddings");
-    ops::expect_shape(token_type.shape, {cfg_.type_vocab, H}, "token type embeddings");
-    ops::expect_shape(ln_w.shape, {H}, "embeddings LayerNorm weight");
-    ops::expect_shape(ln_b.shape, {H}, "embeddings LayerNorm bias");
+    const std::int64_t E = cfg_.embedding;
+    ops::expect_shape(word.shape, {cfg_.vocab, E}, "word embeddings");
+    ops::expect_shape(position.shape, {cfg_.max_positions, E}, "position embeddings");
+    ops::expect_shape(token_type.shape, {cfg_.type_vocab, E}, "token type embeddings");
+    ops::expect_shape(ln_w.shape, {E}, "embeddings LayerNorm weight");
+    ops::expect_shape(ln_b.shape, {E}, "embeddings LayerNorm bias");
     std::lock_guard<std::mutex> lock(mu_);
     word_ = word.data;
     pos_ = position.data;
     type_ = token_type.data;
-    emb_ln_w_.assign(ln_w.data, ln_w.data + H);
-    emb_ln_b_.assign(ln_b.data, ln_b.data + H);
+    emb_ln_w_.assign(ln_w.data, ln_w.data + E);
+    emb_ln_b_.assign(ln_b.data, ln_b.data + E);
+}
+
+Encoder::Linear Encoder::fp32_linear(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b, int N, int K,
+                                     const std::string& name) const {
+    ops::expect_shape(w.shape, {N, K}, name + " weight");
+    ops::expect_shape(b.shape, {N}, name + " bias");
+    Linear l;
+    l.f32 = ops::pack_linear(kt_, w.data, N, K);
+    l.bias.assign(b.data, b.data + N);
+    return l;
+}
+
+void Encoder::set_embedding_projection(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b) {
+    if (!projects_embeddings())
+        throw std::invalid_argument("embedding_size is hidden_size (" + std::to_string(cfg_.hidden) +
+                                    "): this encoder has no embedding projection");
+    Linear p = fp32_linear(w, b, cfg_.hidden, cfg_.embedding, "embedding projection");
+    std::lock_guard<std::mutex> lock(mu_);
+    projection_ = std::move(p);
+    projection_set_ = true;
+}
+
+void Encoder::set_position_bias(const ops::ArrayRef<float>& table) {
+    const PositionBias b = ops::position_bias(table, cfg_.heads, cfg_.max_positions);
+    std::vector<float> copy(table.data, table.data + static_cast<std::size_t>(cfg_.heads) * (2 * b.max_len - 1));
+    std::lock_guard<std::mutex> lock(mu_);
+    position_bias_ = std::move(copy);
+    bias_len_ = b.max_len;
 }
 
 namespace {
@@ -177,26 +207,21 @@ void Encoder::set_layer_bf16(int index, const LayerWeights& w, const Bf16LayerWe
 }
 
 void Encoder::set_pooler(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b) {
-    const std::int64_t H = cfg_.hidden;
-    ops::expect_shape(w.shape, {H, H}, "pooler weight");
-    ops::expect_shape(b.shape, {H}, "pooler bias");
-    Linear p;
-    p.f32 = ops::pack_linear(kt_, w.data, cfg_.hidden, cfg_.hidden);
-    p.bias.assign(b.data, b.data + H);
+    Linear p = fp32_linear(w, b, cfg_.hidden, cfg_.hidden, "pooler");
     std::lock_guard<std::mutex> lock(mu_);
     pooler_ = std::move(p);
     pooler_set_ = true;
 }
 
 bool Encoder::ready() const {
-    if (!word_) return false;
+    if (!word_ || (projects_embeddings() && !projection_set_)) return false;
     for (const auto& L : layers_)
         if (!L.set) return false;
     return true;
 }
 
 std::size_t Encoder::packed_bytes() const {
-    std::size_t n = pooler_.bytes();
+    std::size_t n = pooler_.bytes() + projection_.bytes();
     for (const auto& L : layers_) n += L.qkv.bytes() + L.ao.bytes() + L.ffn_in.bytes() + L.ffn_out.bytes();
     return n;
 }
@@ -234,14 +259,15 @@ class Encoder::StepTrace {
 
 void Encoder::reserve_workspace(int B, bool pooled) {
     const std::size_t n = tokens_.seqs.tokens, H = cfg_.hidden, I = cfg_.intermediate;
-    const int widest_k = std::max(cfg_.hidden, cfg_.intermediate);
+    const int widest_k = std::max({cfg_.hidden, cfg_.intermediate, cfg_.embedding});
+    if (projects_embeddings()) emb_.resize(n * cfg_.embedding);
     x_.resize(n * H);
     qkv_.resize(n * 3 * H);
     ctx_.resize(n * H);
     y_.resize(n * H);
     h_.resize(n * I);
     attn_scratch_.reserve(kt_, threads_, tokens_.seqs.max_len, cfg_.hidden / cfg_.heads);
-    gemm_scratch_.reserve(kt_, threads_, tokens_.seqs.tokens, widest_k);  // the pooler runs in fp32
+    gemm_scratch_.reserve(kt_, threads_, tokens_.seqs.tokens, widest_k);  // the pooler and projection: fp32
     if (dtype_ == DType::kInt8) qscratch_.reserve(kt8_, threads_, tokens_.seqs.tokens, widest_k);
     if (dtype_ == DType::kBf16) bf16_scratch_.reserve(kt16_, threads_, tokens_.seqs.tokens, widest_k);
     if (pooled) pool_in_.resize(static_cast<std::size_t>(B) * H);
@@ -270,7 +296,8 @@ void Encoder::run_layer(ops::Team& team, const Layer& L, float* dst, StepTrace& 
     float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *h = h_.data();
     linear(team, kQkv, n, x, H, L.qkv, nullptr, qkv, 3 * H);  // qkv = x·Wqkv + bqkv
     trace.mark(kQkv);
-    ops::attention_team(team, attention_, qkv, H, cfg_.heads, tokens_.seqs, ctx, attn_scratch_);
+    const PositionBias bias{has_position_bias() ? position_bias_.data() : nullptr, bias_len_};
+    ops::attention_team(team, attention_, qkv, H, cfg_.heads, tokens_.seqs, bias, ctx, attn_scratch_);
     trace.mark(kAttention);
     linear(team, kAttentionOut, n, ctx, H, L.ao, x, y, H);  // y = ctx·Wo + bo + x
     trace.mark(kAttentionOut);
@@ -293,15 +320,20 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
     std::lock_guard<std::mutex> lock(mu_);
     ops::pack_tokens(ids, mask, types, B, T, tokens_);  // every step after the embeddings runs over Ntok rows
     reserve_workspace(B, pooled != nullptr);
-    const int ntok = tokens_.seqs.tokens, H = cfg_.hidden;
+    const int ntok = tokens_.seqs.tokens, H = cfg_.hidden, E = cfg_.embedding;
     const bool dense = ntok == B * T;  // no padding: the last LayerNorm writes straight into `out`
     float* x = x_.data();
     const bool traced = trace_;
     ops::run_team(threads_, [&](ops::Team& team) {
         StepTrace trace(traced, team, last_trace_, last_barriers_);
-        ops::embed_layernorm_team(team, kt_, ntok, tokens_.id.data(), tokens_.pos.data(), tokens_.type.data(), H,
-                                  word_, pos_, type_, emb_ln_w_.data(), emb_ln_b_.data(), cfg_.eps, x);
+        float* e = projects_embeddings() ? emb_.data() : x;  // the embeddings, E wide
+        ops::embed_layernorm_team(team, kt_, ntok, tokens_.id.data(), tokens_.pos.data(), tokens_.type.data(), E,
+                                  word_, pos_, type_, emb_ln_w_.data(), emb_ln_b_.data(), cfg_.eps, e);
         trace.mark(kEmbeddings);
+        if (projects_embeddings()) {
+            linear(team, kEmbeddingsProject, ntok, e, E, projection_, nullptr, x, H);  // x = e·Wp + bp
+            trace.mark(kEmbeddingsProject);
+        }
         for (int l = 0; l < cfg_.layers; ++l)
             run_layer(team, layers_[l], l + 1 == cfg_.layers && dense ? out : x, trace);
         const float* last = dense ? out : x;

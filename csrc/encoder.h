@@ -1,9 +1,11 @@
 // encoder.h: a whole BERT encoder (embeddings, D layers, optional pooler) run in one call, padding-free.
 // Composes ops only: it runs the steps forward.h lists, each one op of ops.h, and owns the weights and the
-// workspace. No intrinsics, no loops over rows, no chunking here; checks are the ops tier's.
+// workspace. No intrinsics, no loops over rows, no chunking here; checks are the ops tier's. Two options serve the
+// families whose layers differ from BERT's in one place: embeddings of another width E projected to H (ELECTRA's
+// embeddings_project) and a relative position bias added to every layer's attention scores (MPNet's).
 //
 // Shapes: B = batch, T = padded tokens per row, Ntok = real tokens (mask 1) of the batch, H = hidden,
-// I = intermediate, V = vocab, P = max positions, Tt = token types.
+// I = intermediate, V = vocab, P = max positions, Tt = token types, E = embedding width (H unless projected).
 #pragma once
 #include <cstdint>
 #include <mutex>
@@ -21,6 +23,7 @@ namespace bortengine {
 struct EncoderConfig {
     int hidden = 0, layers = 0, heads = 0, intermediate = 0, vocab = 0, max_positions = 0, type_vocab = 0;
     float eps = 1e-12f;
+    int embedding = 0;  // E, the embedding tables' width; 0: H. E != H: the embeddings are projected to H
 };
 
 // One layer's weights in torch layout ([out, in] for Linear), float32 contiguous, with their shapes (checked).
@@ -51,11 +54,17 @@ class Encoder {
     Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype = DType::kFloat32);
 
     // Setters check every shape against the config (std::invalid_argument naming the array, with both shapes).
-    // Embedding tables word [V,H], position [P,H], token_type [Tt,H] are referenced, not copied: they must outlive
-    // the encoder (the bindings keep them); ln_w, ln_b [H] are copied.
+    // Embedding tables word [V,E], position [P,E], token_type [Tt,E] are referenced, not copied: they must outlive
+    // the encoder (the bindings keep them); ln_w, ln_b [E] are copied.
     void set_embeddings(const ops::ArrayRef<float>& word, const ops::ArrayRef<float>& position,
                         const ops::ArrayRef<float>& token_type, const ops::ArrayRef<float>& ln_w,
                         const ops::ArrayRef<float>& ln_b);
+    // Encoders with E != H only (and they need it): the Linear from the embeddings to the layers, w [H,E], b [H].
+    // Packed for the fp32 GEMM in every dtype: it belongs to the embeddings, which stay fp32.
+    void set_embedding_projection(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b);
+    // A relative position bias table [heads, 2P' - 1] with P' >= P (ops.h position_bias), copied: added to the
+    // attention scores of every layer (MPNet). Without one, attention is BERT's.
+    void set_position_bias(const ops::ArrayRef<float>& table);
     // Packs (copies) the weights; quantizes them for int8, rounds them to bf16 for bf16.
     void set_layer(int index, const LayerWeights& w);
     // int8 encoders only: weights already quantized (the weights of `w` for q/k/v/ao/i/o are ignored and may be
@@ -94,6 +103,8 @@ class Encoder {
     void set_num_threads(int n);
     bool ready() const;
     bool has_pooler() const { return pooler_set_; }
+    bool projects_embeddings() const { return cfg_.embedding != cfg_.hidden; }
+    bool has_position_bias() const { return !position_bias_.empty(); }
     std::size_t packed_bytes() const;
 
   private:
@@ -120,6 +131,10 @@ class Encoder {
     void check_layer(int index, const LayerWeights& w, bool converted) const;
     // The shapes of the six linear weights of layer `index` (q, k, v, ao, i, o), converted to another dtype.
     void check_linear_weights(int index, const ops::Shape* const (&got)[6]) const;
+    // A Linear kept in fp32 whatever the dtype (the pooler, the embeddings' projection): w [N,K], b [N], checked
+    // (`name` in the message).
+    Linear fp32_linear(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b, int N, int K,
+                       const std::string& name) const;
     // Sizes the workspace for the packed tokens of tokens_ (B sequences).
     void reserve_workspace(int B, bool pooled);
     // One encoder layer over the packed rows x_ [Ntok, H]; its last LayerNorm writes dst (x_, or `out`).
@@ -139,6 +154,10 @@ class Encoder {
     AttentionFn attention_;
     const float *word_ = nullptr, *pos_ = nullptr, *type_ = nullptr;
     std::vector<float> emb_ln_w_, emb_ln_b_;
+    Linear projection_;
+    bool projection_set_ = false;
+    std::vector<float> position_bias_;  // [heads, 2 * bias_len_ - 1] or empty
+    int bias_len_ = 0;
     std::vector<Layer> layers_;
     Linear pooler_;
     bool pooler_set_ = false;
@@ -148,7 +167,7 @@ class Encoder {
     std::vector<int> last_barriers_;
 
     std::mutex mu_;  // guards the workspace below
-    AlignedBuffer x_, qkv_, ctx_, y_, h_, pool_in_;
+    AlignedBuffer x_, qkv_, ctx_, y_, h_, pool_in_, emb_;  // emb_: [Ntok, E] before the projection
     ops::GemmScratch gemm_scratch_;
     ops::AttentionScratch attn_scratch_;
     ops::QuantScratch qscratch_;

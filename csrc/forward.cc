@@ -73,6 +73,7 @@ const char* when_name(When w) {
     switch (w) {
         case When::kAlways: return "always";
         case When::kPadded: return "padded";
+        case When::kProjected: return "projected";
     }
     return "";
 }
@@ -92,6 +93,7 @@ const char* dim_name(Dim d) {
         case Dim::kH: return "H";
         case Dim::k3H: return "3H";
         case Dim::kI: return "I";
+        case Dim::kE: return "E";
     }
     return "";
 }

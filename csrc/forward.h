@@ -4,8 +4,8 @@
 // here, and its trace names come from here); the native module exports the table as _core.forward_ops(), so the
 // profiler's op list and latency model can be built from the same description. No intrinsics, no threads.
 //
-// Shapes: B = batch, Ntok = real tokens of the batch, H = hidden, I = intermediate. A GEMM step is
-// [rows, K] · [K, N] with rows Ntok ("tokens") or B ("sequences").
+// Shapes: B = batch, Ntok = real tokens of the batch, H = hidden, I = intermediate, E = embedding width (H but in
+// ELECTRA). A GEMM step is [rows, K] · [K, N] with rows Ntok ("tokens") or B ("sequences").
 #pragma once
 #include <string>
 
@@ -25,9 +25,10 @@ namespace forward {
 
 // The steps, in forward order (kSteps[s].step == s).
 enum Step : int {
-    kEmbeddings,     // x = LayerNorm(word + position + token type embeddings) of the packed tokens
+    kEmbeddings,     // x = LayerNorm(word + position + token type embeddings) of the packed tokens (E wide)
+    kEmbeddingsProject,  // x = e · Wp + b: ELECTRA's embeddings_project, E -> H, where E != H
     kQkv,            // qkv = x · Wqkv + b (Q, K and V in one GEMM)
-    kAttention,      // ctx = softmax(Q K^T / sqrt(dh)) V per sequence and head
+    kAttention,      // ctx = softmax(Q K^T / sqrt(dh) (+ MPNet's relative position bias)) V per sequence and head
     kAttentionOut,   // y = ctx · Wo + b + x
     kLn1,            // y = LayerNorm(y)
     kFfnIn,          // h = gelu(y · Wi + b)
@@ -47,10 +48,11 @@ enum class Scope {
 };
 enum class When {
     kAlways,
-    kPadded,  // only when some position of the batch is padding (mask 0): else the last LayerNorm writes `out`
+    kPadded,     // only when some position of the batch is padding (mask 0): else the last LayerNorm writes `out`
+    kProjected,  // only in models whose embedding width E differs from the hidden size (ELECTRA): never in BERT
 };
 enum class Rows { kNone, kTokens, kSequences };  // a GEMM's rows: the batch's real tokens, or its sequences
-enum class Dim { kNone, kH, k3H, kI };           // a GEMM's K or N over the config's H and I
+enum class Dim { kNone, kH, k3H, kI, kE };      // a GEMM's K or N over the config's H, I and E
 
 struct StepInfo {
     Step step;
@@ -60,7 +62,7 @@ struct StepInfo {
     Scope scope;
     When when;
     // GEMM steps only: [rows, K] · [K, N], the fused epilogue, and whether int8 and bf16 encoders run the GEMM on
-    // their own kernels (the pooler stays float32).
+    // their own kernels (the pooler and the embeddings' projection stay float32, as the embeddings do).
     Dim K = Dim::kNone, N = Dim::kNone;
     Epilogue::Kind epilogue = Epilogue::kNone;
     Rows rows = Rows::kNone;
@@ -70,6 +72,8 @@ struct StepInfo {
 constexpr StepInfo kSteps[kStepCount] = {
     // step          name             trace            kind              scope          when
     {kEmbeddings,    "embeddings",    "embeddings",    Kind::kEmbeddings, Scope::kForward, When::kAlways},
+    {kEmbeddingsProject, "embeddings_project", "embeddings", Kind::kGemm, Scope::kForward, When::kProjected,
+     Dim::kE, Dim::kH, Epilogue::kNone, Rows::kTokens, false},
     {kQkv,           "qkv",           "qkv",           Kind::kGemm,       Scope::kLayer,   When::kAlways,
      Dim::kH, Dim::k3H, Epilogue::kNone, Rows::kTokens, true},
     {kAttention,     "attention",     "attention",     Kind::kAttention,  Scope::kLayer,   When::kAlways},
@@ -97,7 +101,8 @@ constexpr int barriers(const StepInfo& s, DType d) {
 }
 
 // Trace buckets: the distinct `trace` names of kSteps in order of first appearance (embeddings, qkv, attention,
-// attention_out, layernorm, ffn_in, ffn_out, output), derived at compile time: there is no second list.
+// attention_out, layernorm, ffn_in, ffn_out, output; the embeddings' projection counts as embeddings), derived at
+// compile time: there is no second list.
 constexpr bool same_name(const char* a, const char* b) {
     while (*a != '\0' && *a == *b) {
         ++a;
@@ -134,7 +139,7 @@ const char* kind_name(Kind k);
 const char* scope_name(Scope s);
 const char* when_name(When w);
 const char* rows_name(Rows r);
-const char* dim_name(Dim d);  // "H", "3H", "I"
+const char* dim_name(Dim d);  // "H", "3H", "I", "E"
 
 }  // namespace forward
 }  // namespace bortengine

@@ -54,9 +54,11 @@ struct KernelTable {
 
     // Self-attention of one sequence and one head: q, k, v point at the head's first column of row 0 of a
     // [T, ld] buffer (the QKV GEMM output); out[T, dh] with leading dimension ldo. scratch holds
-    // attention_scratch_floats(T, dh) floats.
+    // attention_scratch_floats(T, dh) floats. bias: null, or the head's relative position bias (MPNet) at
+    // distance 0 (PositionBias::head): bias[j - i] is added to the scaled score of query i and key j, so it is
+    // read from bias[-(T-1)] to bias[T-1].
     void (*attention)(int T, int dh, const float* q, const float* k, const float* v, std::ptrdiff_t ld,
-                      float scale, float* out, std::ptrdiff_t ldo, float* scratch);
+                      float scale, const float* bias, float* out, std::ptrdiff_t ldo, float* scratch);
 
     // y[i] = x[i] * 0.5 * (1 + erf(x[i] / sqrt(2))), exact-erf GELU as BERT uses.
     void (*gelu)(std::ptrdiff_t n, const float* x, float* y);
@@ -149,7 +151,19 @@ inline std::size_t attention_scratch_floats(const KernelTable& kt, int T, int dh
 
 // An attention kernel (the signature of KernelTable::attention).
 using AttentionFn = void (*)(int T, int dh, const float* q, const float* k, const float* v, std::ptrdiff_t ld,
-                             float scale, float* out, std::ptrdiff_t ldo, float* scratch);
+                             float scale, const float* bias, float* out, std::ptrdiff_t ldo, float* scratch);
+
+// A relative position bias (MPNet's): table [heads, 2P - 1], the same in every layer. Row h holds head h's bias
+// for a key d = j - i tokens after its query (d in (-P, P), negative: before it) at column P - 1 + d. It depends on
+// the distance only, so one table serves every sequence of up to P tokens, packed anywhere in a batch.
+struct PositionBias {
+    const float* table = nullptr;  // null: no bias (every other family)
+    int max_len = 0;               // P
+    // What an attention kernel takes for head h: its distance-0 entry (null without a table).
+    const float* head(int h) const {
+        return table ? table + static_cast<std::ptrdiff_t>(h) * (2 * max_len - 1) + (max_len - 1) : nullptr;
+    }
+};
 
 // One table per compiled ISA (kernels_<isa>.cc, kernels_int8_<isa>.cc, kernels_bf16_<variant>.cc). Only call a
 // table whose ISA isa.h says is runnable.

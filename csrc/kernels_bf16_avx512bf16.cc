@@ -1,9 +1,9 @@
 // kernels_bf16_avx512bf16.cc: the AVX512_BF16 variant (vdpbf16ps: pairs of bf16 products accumulated in fp32), on
 // CPUs that have it: the bf16 GEMM of kernels_bf16.inc, and self-attention with bf16 dot products, which the int8
 // and bf16 encoders run. In the attention, Q K^T and P V run on the same micro-kernel with bf16 operands and fp32
-// accumulation; scaling, softmax (exp) and the 1/sum normalisation stay fp32. Twice the multiply rate of fp32
-// FMA, at bf16's 8-bit mantissa on the operands: a precision the int8 and bf16 paths already trade away in their
-// linear layers, and which the float32 engine never uses.
+// accumulation; scaling, the relative position bias (MPNet), softmax (exp) and the 1/sum normalisation stay fp32.
+// Twice the multiply rate of fp32 FMA, at bf16's 8-bit mantissa on the operands: a precision the int8 and bf16
+// paths already trade away in their linear layers, and which the float32 engine never uses.
 //
 // Compiled with its own flags (setup.py ISA_FLAGS). Layouts (W = 16 fp32 lanes, NR columns per panel): B panels
 // [panel][k/2][NR][2] bf16, i.e. one 32-bit pair of consecutive k per column; A rows: bf16 with pairs of
@@ -26,7 +26,7 @@ inline std::uint16_t* align64_u16(float* p) {
 }
 
 void attention(int Tn, int dh, const float* q, const float* k, const float* v, std::ptrdiff_t ld, float scale,
-               float* out, std::ptrdiff_t ldo, float* scratch) {
+               const float* bias, float* out, std::ptrdiff_t ldo, float* scratch) {
     const int dh2 = rup(dh, 2), t2 = rup(Tn, 2), tp = rup(Tn, NR), dp = rup(dh, NR);
     const int QB = kAttnQueryBlock;
     // scratch: K panels (dh2 x tp bf16), V panels (t2 x dp bf16), Q block (QB x dh2 bf16), P block (QB x t2 bf16),
@@ -78,14 +78,10 @@ void attention(int Tn, int dh, const float* q, const float* k, const float* v, s
         panel_gemm<Bf16Tile>(qn, Tn, dh, qb, dh2, kp, s, tp, es);
         for (int i = 0; i < qn; ++i) {
             float* si = s + i * tp;
-            __m512 mx = _mm512_set1_ps(-3.4e38f);
-            int j = 0;
-            for (; j + 16 <= Tn; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(si + j));
-            float m = _mm512_reduce_max_ps(mx);
-            for (; j < Tn; ++j) m = si[j] > m ? si[j] : m;
-            const __m512 mv = _mm512_set1_ps(m);
+            // the fp32 scores take the relative position bias (MPNet) before the softmax, as in the fp32 kernel
+            const __m512 mv = _mm512_set1_ps(row_max_biased(si, bias ? bias - (q0 + i) : nullptr, Tn));
             __m512 sv = _mm512_setzero_ps();
-            j = 0;
+            int j = 0;
             for (; j + 16 <= Tn; j += 16) {
                 const __m512 e = vexp(_mm512_sub_ps(_mm512_loadu_ps(si + j), mv));
                 _mm512_storeu_ps(si + j, e);

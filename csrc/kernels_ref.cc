@@ -44,7 +44,8 @@ void layernorm(int M, int N, const float* x, const float* r, const float* g, con
     }
 }
 
-void attention(const float* qkv, int H, int heads, const std::vector<int>& seq_lens, float* ctx) {
+void attention(const float* qkv, int H, int heads, const std::vector<int>& seq_lens, const PositionBias& bias,
+               float* ctx) {
     const int dh = H / heads;
     const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
     const std::ptrdiff_t ld = 3 * H;
@@ -53,13 +54,14 @@ void attention(const float* qkv, int H, int heads, const std::vector<int>& seq_l
         std::vector<double> p(T);
         for (int h = 0; h < heads; ++h)
             for (int i = 0; i < T; ++i) {
+                const float* b = bias.head(h);
                 const float* q = qkv + (start + i) * ld + h * dh;
                 double mx = -1e300;
                 for (int j = 0; j < T; ++j) {
                     const float* k = qkv + (start + j) * ld + H + h * dh;
                     double s = 0;
                     for (int d = 0; d < dh; ++d) s += static_cast<double>(q[d]) * k[d];
-                    p[j] = s * scale;
+                    p[j] = s * scale + (b ? b[j - i] : 0.0f);
                     mx = p[j] > mx ? p[j] : mx;
                 }
                 double sum = 0;

@@ -15,7 +15,9 @@ namespace ref {
 void gemm(int M, int N, int K, const float* a, const float* w, const float* bias, Epilogue::Kind kind,
           const float* residual, float* c);
 void layernorm(int M, int N, const float* x, const float* r, const float* g, const float* b, float eps, float* y);
-void attention(const float* qkv, int H, int heads, const std::vector<int>& seq_lens, float* ctx);
+// bias: a relative position bias (kernels.h PositionBias; no table: none) added to the scaled scores.
+void attention(const float* qkv, int H, int heads, const std::vector<int>& seq_lens, const PositionBias& bias,
+               float* ctx);
 float gelu(float x);
 // The int8 scheme of Int8KernelTable, in plain loops: quantize rows exactly as the kernels do, and the exact
 // int32 products minus zero point * weight sums.

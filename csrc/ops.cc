@@ -64,6 +64,16 @@ void check_threads(int threads) {
     if (threads < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(threads));
 }
 
+PositionBias position_bias(const ArrayRef<float>& table, int heads, int min_len) {
+    const Shape& s = table.shape;
+    const std::int64_t width = 2 * static_cast<std::int64_t>(min_len) - 1;
+    if (s.size() != 2 || s[0] != heads || s[1] % 2 == 0 || s[1] < width)
+        throw std::invalid_argument("position bias has shape " + shape_str(s) + ", expected [" +
+                                    std::to_string(heads) + ", 2P - 1] (heads, distances -(P-1)..P-1) with P >= " +
+                                    std::to_string(min_len));
+    return {table.data, static_cast<int>((s[1] + 1) / 2)};
+}
+
 namespace {
 void check_linear_size(int N, int K) {
     if (N <= 0 || K <= 0)
@@ -202,7 +212,7 @@ void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float
 }
 
 void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads, const SequenceLayout& seqs,
-                    float* ctx, AttentionScratch& ws) {
+                    const PositionBias& bias, float* ctx, AttentionScratch& ws) {
     const int dh = H / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
     const std::ptrdiff_t ld = 3 * static_cast<std::ptrdiff_t>(H);
@@ -210,7 +220,8 @@ void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, 
         float* mine = ws.blocks.slot(current_slot());
         const int s = seqs.longest_first[t / heads], h = t % heads;
         const float* base = qkv + seqs.start[s] * ld + h * dh;
-        attention(seqs.len[s], dh, base, base + H, base + 2 * H, ld, scale, ctx + seqs.start[s] * H + h * dh, H, mine);
+        attention(seqs.len[s], dh, base, base + H, base + 2 * H, ld, scale, bias.head(h),
+                  ctx + seqs.start[s] * H + h * dh, H, mine);
     });
 }
 

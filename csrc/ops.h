@@ -42,6 +42,9 @@ std::string shape_str(const Shape& s);  // "[2, 3]"
 void expect_shape(const Shape& got, const Shape& want, const std::string& name);
 // Throws unless threads >= 1.
 void check_threads(int threads);
+// A relative position bias table [heads, 2P - 1] (kernels.h PositionBias) as the attention kernels read it.
+// Throws unless it has that shape for some P >= min_len (the longest sequence it must serve).
+PositionBias position_bias(const ArrayRef<float>& table, int heads, int min_len);
 
 // A GEMM B operand packed once for one ISA: from a torch Linear weight w [N, K] (out x in).
 struct PackedMatrix {
@@ -226,9 +229,10 @@ void layernorm_team(Team& team, const KernelTable& kt, int M, int N, const float
                     const float* b, float eps, float* y);
 
 // ctx[Ntok, H] = self-attention of the packed sequences of `seqs` over qkv [Ntok, 3H], one task per (sequence,
-// head), longest sequences first. ws reserved for seqs.max_len and dh = H / heads.
+// head), longest sequences first; with bias's table (max_len >= seqs.max_len), each head's relative position bias
+// added to its scores. ws reserved for seqs.max_len and dh = H / heads.
 void attention_team(Team& team, AttentionFn attention, const float* qkv, int H, int heads, const SequenceLayout& seqs,
-                    float* ctx, AttentionScratch& ws);
+                    const PositionBias& bias, float* ctx, AttentionScratch& ws);
 
 // x[n, H] = LayerNorm(word[id[i]] + position[pos[i]] + token_type[type[i]]) * g + b, row by row (word [V, H],
 // position [P, H], token_type [Tt, H], g, b [H]); rows split into chunks. Index: int (the encoder's packed tokens)

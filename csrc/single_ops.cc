@@ -1,6 +1,7 @@
 // single_ops.cc: see single_ops.h.
 #include "single_ops.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <utility>
 
@@ -139,7 +140,16 @@ void layernorm_ref(const ArrayRef<float>& x, const ArrayRef<float>& g, const Arr
     ref::layernorm(static_cast<int>(s[0]), static_cast<int>(s[1]), x.data, r.data, g.data, b.data, eps, y);
 }
 
-Shape check_attention(int threads, const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads) {
+namespace {
+// The bias of an attention call checked against its sequences (no table when absent).
+PositionBias attention_bias(const ArrayRef<float>& bias, int heads, const std::vector<int>& seq_lens) {
+    if (!bias.present()) return {};
+    return position_bias(bias, heads, *std::max_element(seq_lens.begin(), seq_lens.end()));
+}
+}  // namespace
+
+Shape check_attention(int threads, const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads,
+                      const ArrayRef<float>& bias) {
     if (qkv.shape.size() != 2 || qkv.shape[1] % 3 != 0)
         throw std::invalid_argument("qkv must be [Ntok, 3H], got " + shape_str(qkv.shape));
     const std::int64_t H = qkv.shape[1] / 3;
@@ -154,6 +164,7 @@ Shape check_attention(int threads, const ArrayRef<float>& qkv, const std::vector
     if (seq_lens.empty() || total != qkv.shape[0])
         throw std::invalid_argument("seq_lens sum to " + std::to_string(total) + " but qkv has " +
                                     std::to_string(qkv.shape[0]) + " rows");
+    attention_bias(bias, heads, seq_lens);
     check_threads(threads);
     return {qkv.shape[0], H};
 }
@@ -169,18 +180,20 @@ AttentionFn attention_kernel(const std::string& isa, bool bf16) {
 }
 
 void attention(const KernelTable& kt, AttentionFn kernel, int threads, const ArrayRef<float>& qkv,
-               const std::vector<int>& seq_lens, int heads, float* ctx) {
-    const int H = static_cast<int>(check_attention(threads, qkv, seq_lens, heads)[1]);
+               const std::vector<int>& seq_lens, int heads, const ArrayRef<float>& bias, float* ctx) {
+    const int H = static_cast<int>(check_attention(threads, qkv, seq_lens, heads, bias)[1]);
+    const PositionBias b = attention_bias(bias, heads, seq_lens);
     SequenceLayout seqs;
     layout_sequences(seq_lens, seqs);
     AttentionScratch ws;
     ws.reserve(kt, threads, seqs.max_len, H / heads);
-    run_team(threads, [&](Team& t) { attention_team(t, kernel, qkv.data, H, heads, seqs, ctx, ws); });
+    run_team(threads, [&](Team& t) { attention_team(t, kernel, qkv.data, H, heads, seqs, b, ctx, ws); });
 }
 
-void attention_ref(const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads, float* ctx) {
-    const int H = static_cast<int>(check_attention(1, qkv, seq_lens, heads)[1]);
-    ref::attention(qkv.data, H, heads, seq_lens, ctx);
+void attention_ref(const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads,
+                   const ArrayRef<float>& bias, float* ctx) {
+    const int H = static_cast<int>(check_attention(1, qkv, seq_lens, heads, bias)[1]);
+    ref::attention(qkv.data, H, heads, seq_lens, attention_bias(bias, heads, seq_lens), ctx);
 }
 
 Shape check_embed_layernorm(int threads, const ArrayRef<std::int64_t>& ids, const ArrayRef<std::int64_t>& positions,

@@ -59,14 +59,17 @@ void layernorm_ref(const ArrayRef<float>& x, const ArrayRef<float>& g, const Arr
                    const ArrayRef<float>& r, float* y);
 
 // ctx [Ntok, H] = attention of qkv [Ntok, 3H], sequences of lengths seq_lens (each >= 1, summing to Ntok) packed
-// end to end, `heads` heads dividing H.
-Shape check_attention(int threads, const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads);
+// end to end, `heads` heads dividing H; bias absent, or a relative position bias table [heads, 2P - 1] (ops.h
+// position_bias) with P >= the longest sequence, added to the scores.
+Shape check_attention(int threads, const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads,
+                      const ArrayRef<float>& bias);
 // The kernel: the path's fp32 attention, or with bf16 the int8 and bf16 encoders' (throws unless the CPU has
 // AVX512_BF16 and isa is "avx512").
 AttentionFn attention_kernel(const std::string& isa, bool bf16);
 void attention(const KernelTable& kt, AttentionFn kernel, int threads, const ArrayRef<float>& qkv,
-               const std::vector<int>& seq_lens, int heads, float* ctx);
-void attention_ref(const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads, float* ctx);
+               const std::vector<int>& seq_lens, int heads, const ArrayRef<float>& bias, float* ctx);
+void attention_ref(const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads,
+                   const ArrayRef<float>& bias, float* ctx);
 
 // y [Ntok, H] = LayerNorm(word[ids] + position[positions] + token_type[types]) * g + b: ids, positions, types
 // [Ntok] (each within its table), word [V, H], position [P, H], token_type [Tt, H], g, b [H].

@@ -64,6 +64,27 @@ inline T vtanh(T x) {
     return Vec::mul(t, s);
 }
 
+// The largest of the n scores s of one attention query, after adding bias[j] to s[j] when bias is not null (a
+// relative position bias, kernels.h: the query's row of it). One pass over the row, which the score GEMM has just
+// left in L1.
+inline float row_max_biased(float* s, const float* bias, int n) {
+    T mx = Vec::set1(-3.4e38f);
+    int j = 0;
+    if (bias) {
+        for (; j + W <= n; j += W) {
+            const T v = Vec::add(Vec::load(s + j), Vec::load(bias + j));
+            Vec::store(s + j, v);
+            mx = Vec::max(mx, v);
+        }
+        for (int t = j; t < n; ++t) s[t] += bias[t];
+    } else {
+        for (; j + W <= n; j += W) mx = Vec::max(mx, Vec::load(s + j));
+    }
+    float m = Vec::reduce_max(mx);
+    for (; j < n; ++j) m = s[j] > m ? s[j] : m;
+    return m;
+}
+
 // The finishing steps of a GEMM element block (see Epilogue): v is alpha * (A.B) for row i, columns j..j+n of
 // the block, with bias and residual pointers already at column j. full: n >= W.
 inline T apply_epilogue(T v, const Epilogue& ep, int i, int j, int n, bool full) {
