@@ -4,7 +4,8 @@ Two uses: the reference the native Encoder is checked against (float64 arithmeti
 for the native module while it is not built (tests/conftest.py installs it as bortengine._core then). It follows
 the stub's semantics exactly: only tokens with mask 1 are computed, each sequence attends to its own unmasked
 tokens, masked positions output zeros, token t keeps position id t whatever the mask, and the pooler reads
-each sequence's first unmasked token (as the native encoder does).
+each sequence's first unmasked token (as the native encoder does); embeddings of another width are projected to H
+(ELECTRA) and a relative position bias by the distance between unmasked tokens is added to the scores (MPNet).
 
 Shapes: B = batch, T = tokens, n = unmasked tokens of one sequence, H = hidden, I = intermediate, V = vocab,
 P = positions, Tt = token types.
@@ -68,12 +69,16 @@ def layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.nda
     return (x - mean) / np.sqrt(var + eps) * w + b
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int) -> np.ndarray:
-    """q, k, v [n,H] of one sequence -> context [n,H]: softmax(Q K^T / sqrt(d)) V per head."""
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int,
+              bias: Optional[np.ndarray] = None) -> np.ndarray:
+    """q, k, v [n,H] of one sequence -> context [n,H]: softmax(Q K^T / sqrt(d) + bias) V per head; bias [heads,n,n]
+    or None."""
     n, h = q.shape
     d = h // num_heads
     qh, kh, vh = (a.reshape(n, num_heads, d).transpose(1, 0, 2) for a in (q, k, v))   # [heads,n,d]
     scores = qh @ kh.transpose(0, 2, 1) / math.sqrt(d)                                 # [heads,n,n]
+    if bias is not None:
+        scores = scores + bias
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     p /= p.sum(axis=-1, keepdims=True)
@@ -93,12 +98,17 @@ class Encoder:
 
     def __init__(self, hidden_size: int, num_layers: int, num_heads: int, intermediate_size: int, vocab_size: int,
                  max_position_embeddings: int, type_vocab_size: int, layer_norm_eps: float, num_threads: int,
-                 isa: str = ""):
+                 isa: str = "", dtype: str = "float32", embedding_size: int = 0):
         _check_isa(isa)
+        if dtype != "float32":
+            raise ValueError(f"dtype {dtype!r}: {int8_kernel_name()}")
         if min(hidden_size, num_layers, num_heads, intermediate_size, vocab_size, max_position_embeddings,
-               type_vocab_size) < 1 or hidden_size % num_heads:
+               type_vocab_size) < 1 or hidden_size % num_heads or embedding_size < 0:
             raise ValueError("bad encoder sizes")
         self.H, self.D, self.heads, self.I = hidden_size, num_layers, num_heads, intermediate_size
+        self.E = embedding_size or hidden_size
+        self._projection = None
+        self._position_bias = None
         self.V, self.P, self.Tt, self.eps = vocab_size, max_position_embeddings, type_vocab_size, layer_norm_eps
         self.num_threads = num_threads
         self._embeddings = None
@@ -117,18 +127,33 @@ class Encoder:
 
     isa = property(lambda self: ISA)
     kernel = property(lambda self: kernel_name())
-    ready = property(lambda self: self._embeddings is not None and all(x is not None for x in self._layers))
+    ready = property(lambda self: self._embeddings is not None and all(x is not None for x in self._layers)
+                     and (self._projection is not None or not self.projects_embeddings))
     has_pooler = property(lambda self: self._pooler is not None)
+    projects_embeddings = property(lambda self: self.E != self.H)
+    has_position_bias = property(lambda self: self._position_bias is not None)
 
     @property
     def packed_bytes(self) -> int:
         return sum(a.nbytes for layer in self._layers if layer for a in layer)
 
     def set_embeddings(self, word, position, token_type, ln_weight, ln_bias) -> None:
-        H = self.H
-        self._embeddings = (_f32(word, (self.V, H), "word"), _f32(position, (self.P, H), "position"),
-                            _f32(token_type, (self.Tt, H), "token_type"), _f32(ln_weight, (H,), "ln_weight"),
-                            _f32(ln_bias, (H,), "ln_bias"))
+        E = self.E
+        self._embeddings = (_f32(word, (self.V, E), "word"), _f32(position, (self.P, E), "position"),
+                            _f32(token_type, (self.Tt, E), "token_type"), _f32(ln_weight, (E,), "ln_weight"),
+                            _f32(ln_bias, (E,), "ln_bias"))
+
+    def set_embedding_projection(self, weight, bias) -> None:
+        if not self.projects_embeddings:
+            raise ValueError("embedding_size is hidden_size: this encoder has no embedding projection")
+        self._projection = (_f32(weight, (self.H, self.E), "weight").astype(np.float64),
+                            _f32(bias, (self.H,), "bias").astype(np.float64))
+
+    def set_position_bias(self, table) -> None:
+        """table [heads, 2P' - 1], P' >= P: column P' - 1 + d is the bias of a key d tokens after its query."""
+        if table.ndim != 2 or table.shape[0] != self.heads or table.shape[1] % 2 == 0 or table.shape[1] < 2 * self.P - 1:
+            raise ValueError(f"position bias has shape {list(table.shape)}, expected [{self.heads}, 2P - 1]")
+        self._position_bias = table.astype(np.float64)
 
     def set_layer(self, index, q_w, q_b, k_w, k_b, v_w, v_b, ao_w, ao_b, ln1_w, ln1_b, i_w, i_b, o_w, o_b,
                   ln2_w, ln2_b) -> None:
@@ -173,8 +198,11 @@ class Encoder:
             idx = np.flatnonzero(mask[b])                                   # [n]
             x = word[input_ids[b, idx]] + pos[idx] + typ[types[b, idx]]     # [n,H]
             x = layernorm(x, ln_w, ln_b, self.eps)
+            if self._projection is not None:
+                x = x @ self._projection[0].T + self._projection[1]             # [n,E] -> [n,H]
+            bias = self._bias(len(idx))
             for layer in self._layers:
-                x = self._layer(x, layer)
+                x = self._layer(x, layer, bias)
             out[b, idx] = x
         pooled = None
         if pooler:
@@ -184,10 +212,18 @@ class Encoder:
             pooled = np.tanh(cls @ w.T + bias).astype(np.float32)
         return out, pooled
 
-    def _layer(self, x: np.ndarray, layer: tuple) -> np.ndarray:
+    def _bias(self, n: int) -> Optional[np.ndarray]:
+        """The relative position bias [heads,n,n] of a sequence of n unmasked tokens, or None."""
+        if self._position_bias is None:
+            return None
+        center = (self._position_bias.shape[1] - 1) // 2
+        distance = np.arange(n)[None, :] - np.arange(n)[:, None]             # [n,n] key - query
+        return self._position_bias[:, center + distance]
+
+    def _layer(self, x: np.ndarray, layer: tuple, bias: Optional[np.ndarray]) -> np.ndarray:
         """x [n,H] -> [n,H]: post-LN BERT layer."""
         q_w, q_b, k_w, k_b, v_w, v_b, ao_w, ao_b, ln1_w, ln1_b, i_w, i_b, o_w, o_b, ln2_w, ln2_b = layer
-        ctx = attention(x @ q_w.T + q_b, x @ k_w.T + k_b, x @ v_w.T + v_b, self.heads)
+        ctx = attention(x @ q_w.T + q_b, x @ k_w.T + k_b, x @ v_w.T + v_b, self.heads, bias)
         x = layernorm(ctx @ ao_w.T + ao_b + x, ln1_w, ln1_b, self.eps)
         ffn = gelu(x @ i_w.T + i_b) @ o_w.T + o_b                            # [n,I] -> [n,H]
         return layernorm(ffn + x, ln2_w, ln2_b, self.eps)

@@ -83,20 +83,21 @@ def hf_auto_model(path: str):
     config = json.loads((Path(path) / "config.json").read_text())
     kind = (config.get("architectures") or ["AutoModel"])[0]
     kwargs = {}
-    if kind.endswith("Model") and not kind.startswith("DistilBert"):  # a pooler only if the checkpoint has one
+    if kind.endswith("Model") and not kind.startswith(("DistilBert", "Electra")):  # a pooler if the checkpoint has one
         with safe_open(str(Path(path) / "model.safetensors"), "np") as f:
             kwargs["add_pooling_layer"] = any("pooler.dense" in k for k in f.keys())
     return getattr(transformers, kind).from_pretrained(path, attn_implementation="eager", **kwargs).eval()
 
 
-def hf_auto_forward(path, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None
-                    ) -> dict[str, Optional[np.ndarray]]:
+def hf_auto_forward(path, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
+                    token_type_ids: Optional[np.ndarray] = None) -> dict[str, Optional[np.ndarray]]:
     """{'last_hidden_state', 'pooler_output', 'logits'} (None where the model has none) of any family's model."""
     import torch
 
     model = hf_auto_model(str(path))
     as_t = lambda a: None if a is None else torch.as_tensor(np.asarray(a, dtype=np.int64))  # noqa: E731
     with torch.no_grad():
-        out = model(input_ids=as_t(input_ids), attention_mask=as_t(attention_mask))
+        types = {} if token_type_ids is None else {"token_type_ids": as_t(token_type_ids)}
+        out = model(input_ids=as_t(input_ids), attention_mask=as_t(attention_mask), **types)
     get = lambda k: None if getattr(out, k, None) is None else getattr(out, k).numpy()  # noqa: E731
     return {k: get(k) for k in ("last_hidden_state", "pooler_output", "logits")}

@@ -1,11 +1,14 @@
-"""RoBERTa, XLM-RoBERTa, CamemBERT and DistilBERT against transformers on the same weights, on every ISA path.
+"""RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA and MPNet against transformers on the same weights, on every
+ISA path.
 
-Random-weight models of odd sizes (H=200, 5 heads of 40, FFN 333) built with transformers (config + from_config +
-save_pretrained) and a tokenizer of each family's kind trained here (byte-level BPE for RoBERTa, Unigram for XLM-R
-and CamemBERT, WordPiece for DistilBERT). Tolerance 1e-4 (fp32) on hidden states at unmasked positions, pooler
-outputs and logits; int8 keeps every token's cosine to fp32 >= 0.98. RoBERTa's positions start after the padding
-id: right-padded batches run as they are, left padding and holes in the mask are laid out again
-(engine/positions.py), and both agree with transformers.
+Random-weight models of odd sizes (H=200, 5 heads of 40, FFN 333; ELECTRA's embeddings 72 wide, and as wide as H)
+built with transformers (config + from_config + save_pretrained) and a tokenizer of each family's kind trained here
+(byte-level BPE for RoBERTa and MPNet, Unigram for XLM-R and CamemBERT, WordPiece for DistilBERT and ELECTRA).
+Tolerance 1e-4 (fp32) on hidden states at unmasked positions, pooler outputs and logits; int8 (and bf16 for the
+families whose layers differ: ELECTRA's projection, MPNet's attention bias) keeps every token's cosine to fp32
+>= 0.98. RoBERTa's and MPNet's positions start after the padding id: right-padded batches run as they are, left
+padding and holes in the mask are laid out again (engine/positions.py), and both agree with transformers; MPNet's
+relative position bias counts distances over columns, so it refuses holes.
 """
 from __future__ import annotations
 
@@ -29,6 +32,11 @@ MODELS = {
     "camembert-classifier": dict(model_type="camembert", head="sequence", labels=("x", "y", "z", "w")),
     "distilbert": dict(model_type="distilbert", head="model"),
     "distilbert-classifier": dict(model_type="distilbert", head="sequence", labels=("neg", "neu", "pos")),
+    "electra": dict(model_type="electra", head="model", embedding_size=72),
+    "electra-square": dict(model_type="electra", head="model"),   # embedding_size = hidden_size: no projection
+    "electra-classifier": dict(model_type="electra", head="sequence", labels=("a", "b", "c"), embedding_size=72),
+    "mpnet": dict(model_type="mpnet", head="model"),
+    "mpnet-classifier": dict(model_type="mpnet", head="sequence", labels=("x", "y")),
 }
 TEXTS = ["Marie Curie was born in Warsaw.", "x", "Zürich and São Paulo are cities; 12345 is a number.",
          "A man is eating food. " * 12]   # the last is cut to the model's 40 positions
@@ -86,9 +94,14 @@ def test_texts_and_pairs_tokenized_as_transformers(family_model):
         theirs = tokenizer(TEXTS, pairs, padding=True, truncation=True, return_tensors="np")
         np.testing.assert_array_equal(ours["input_ids"], theirs["input_ids"])
         np.testing.assert_array_equal(ours["attention_mask"], theirs["attention_mask"])
-        assert not ours["token_type_ids"].any()   # these families read no token types; transformers passes none
-        assert "token_type_ids" not in theirs
-        ref = hf_auto_forward(family_model, theirs["input_ids"], theirs["attention_mask"])
+        if engine.config.token_types:           # ELECTRA's pairs: type 1 on the second text, as BERT's
+            np.testing.assert_array_equal(ours["token_type_ids"], theirs["token_type_ids"])
+            assert (pairs is None) != ours["token_type_ids"].any()
+        else:                                   # the others read no token types; transformers passes none
+            assert not ours["token_type_ids"].any()
+            assert "token_type_ids" not in theirs
+        ref = hf_auto_forward(family_model, theirs["input_ids"], theirs["attention_mask"],
+                              theirs.get("token_type_ids"))
         if engine.config.is_classifier:
             result = engine.classify(TEXTS, text_pairs=pairs)
             assert np.abs(result.logits - ref["logits"]).max() <= TOL
@@ -166,6 +179,85 @@ def test_position_table_sliced_at_padding(make_encoder):
         engine(too_long)
 
 
+@pytest.mark.parametrize("lengths", [[1], list(range(1, SIZES["max_positions"] + 1))])
+@pytest.mark.parametrize("name", ["electra", "mpnet"])
+def test_every_length_matches_transformers(make_encoder, isa, name, lengths):
+    """One token alone, and every length from 1 to the maximum in one right-padded batch: every distance MPNet's
+    bias has a bucket for (exact up to 7, then logarithmic: 8, 16 and 32 start buckets) in sequences of every
+    length, and ELECTRA's projection of every token."""
+    path = make_encoder(**SIZES, **MODELS[name])
+    engine = bortengine.load(path, isa=isa)
+    ids, mask = _random_batch(engine, np.random.default_rng(len(lengths)), lengths)
+    _compare(engine(ids, mask), hf_auto_forward(path, ids, mask), mask)
+
+
+def test_relative_position_buckets_are_transformers():
+    """MPNet's buckets of every distance a model of up to 1100 positions sees, as transformers computes them (in
+    float32: the logarithm crosses an integer exactly at 16, 32 and 64)."""
+    import torch
+    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+    from bortengine.engine.positions import relative_position_bias, relative_position_buckets
+
+    distance = np.arange(-1100, 1101)
+    theirs = MPNetEncoder.relative_position_bucket(torch.as_tensor(distance)).numpy()
+    np.testing.assert_array_equal(relative_position_buckets(distance), theirs)
+    table = np.arange(32 * 3, dtype=np.float32).reshape(32, 3)     # [buckets, heads]
+    bias = relative_position_bias(table, 5)
+    assert bias.shape == (3, 9) and bias.dtype == np.float32
+    np.testing.assert_array_equal(bias[:, 4 + distance[1096:1105]], table[theirs[1096:1105]].T)
+
+
+def test_mpnet_positions_padding_and_holes(make_encoder, isa, tmp_path):
+    """MPNet numbers positions after the padding index 1 (fixed: pad_token_id does not move it), as RoBERTa does:
+    left padding is laid out again and agrees with transformers. Its bias counts the columns between tokens, so a
+    hole in a row's mask is refused, through every entry point."""
+    path = make_encoder(**SIZES, **MODELS["mpnet"])
+    engine = bortengine.load(path, isa=isa)
+    rng = np.random.default_rng(4)
+    ids, mask = _random_batch(engine, rng, [12, 7, 3])
+    left_ids, left_mask = np.ones_like(ids), np.zeros_like(mask)
+    for r, n in enumerate(mask.sum(1)):
+        left_ids[r], left_mask[r] = np.roll(ids[r], 12 - n), np.roll(mask[r], 12 - n)
+    _compare(engine(left_ids, left_mask), hf_auto_forward(path, left_ids, left_mask), left_mask)
+    other_pad = bortengine.load(_copy(path, tmp_path / "pad0", {"pad_token_id": 0}), isa=isa)
+    assert other_pad.config.position_offset == 2
+    _compare(other_pad(left_ids, left_mask), hf_auto_forward(path, left_ids, left_mask), left_mask)
+
+    holes = mask.copy()
+    holes[0, [3, 4]] = 0
+    import asyncio
+
+    with pytest.raises(InvalidInputError, match=r"attention_mask\[0, 3\] is 0 between tokens with mask 1"):
+        engine(ids, holes)
+    with pytest.raises(InvalidInputError, match="between tokens with mask 1"):
+        asyncio.run(engine.acall(ids, holes))
+    with pytest.raises(InvalidInputError, match="between tokens with mask 1"):
+        engine.op_times(ids, holes, runs=1)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+@pytest.mark.parametrize("name", ["electra-classifier", "mpnet"])
+def test_low_precision_of_the_new_families(make_encoder, isa, name, dtype):
+    """ELECTRA's projection stays fp32 like the embeddings; MPNet's bias goes into the low-precision encoders'
+    attention (bf16 dot products on avx512 with AVX512_BF16, the path's fp32 attention elsewhere): every token's
+    cosine to fp32 >= 0.98 on every path."""
+    path = make_encoder(**SIZES, **MODELS[name])
+    fp32, low = bortengine.load(path, isa=isa), bortengine.load(path, isa=isa, dtype=dtype)
+    if name.startswith("mpnet"):
+        assert low._encoder.has_position_bias and low._encoder.attention_kernel.endswith(isa)
+    else:
+        assert low._encoder.projects_embeddings
+    ids, mask = _random_batch(fp32, np.random.default_rng(5), [40, 9, 23])
+    a, b = fp32(ids, mask), low(ids, mask)
+    real = mask.astype(bool)
+    x, y = a.last_hidden_state[real], b.last_hidden_state[real]
+    cosine = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+    assert cosine.min() >= 0.98, cosine.min()
+    if a.logits is not None:
+        assert np.abs(a.logits - b.logits).max() < 0.1
+
+
 @pytest.mark.parametrize("name", ["roberta", "xlm-roberta-classifier", "distilbert-classifier"])
 def test_int8_cosine(make_encoder, name):
     path = make_encoder(**SIZES, **MODELS[name])
@@ -202,7 +294,8 @@ def test_sentence_transformers_directories(make_encoder, tmp_path):
     SentenceTransformer does."""
     from sentence_transformers import SentenceTransformer
 
-    for i, (name, pooling) in enumerate((("roberta", "cls"), ("xlm-roberta", "mean"), ("distilbert", "mean"))):
+    for i, (name, pooling) in enumerate((("roberta", "cls"), ("xlm-roberta", "mean"), ("distilbert", "mean"),
+                                         ("electra", "mean"), ("mpnet", "cls"))):
         st_dir = _st_dir(make_encoder(**SIZES, **MODELS[name]), tmp_path / name, pooling)
         ours = bortengine.load(st_dir).encode(TEXTS)
         theirs = SentenceTransformer(str(st_dir), device="cpu", local_files_only=True).encode(TEXTS)
@@ -242,6 +335,34 @@ def test_family_errors_use_the_family_names(make_encoder, tmp_path):
         bortengine.load(_copy(roberta, tmp_path / "e", {"pad_token_id": 41}))
     bare = bortengine.load(_copy(roberta, tmp_path / "f", {"architectures": ["RobertaModel"]}))
     assert bare.labels is None and bare.config.head == "encoder"
+
+
+def test_electra_and_mpnet_errors(make_encoder, tmp_path):
+    """ELECTRA without the projection its embedding_size needs (or with one its config does not), MPNet with a bias
+    table transformers cannot run or that the weights do not hold: ModelLoadError saying what is wrong."""
+    electra = make_encoder(**SIZES, **MODELS["electra"])
+    with pytest.raises(ModelLoadError, match=r"missing 2 tensor\(s\).*embeddings_project.weight, embeddings_project"
+                                             r".bias \(config says embedding_size=72 and hidden_size=200"):
+        bortengine.load(_copy(electra, tmp_path / "a", drop=("embeddings_project.weight",
+                                                             "embeddings_project.bias")))
+    with pytest.raises(ModelLoadError, match=r"does not use: embeddings_project.bias, embeddings_project.weight \(config "
+                                             r"says embedding_size = hidden_size = 200, so there is nothing"):
+        bortengine.load(_copy(electra, tmp_path / "b", {"embedding_size": 200}))
+    with pytest.raises(ModelLoadError, match=r"config says embedding_size=80 but \S+word_embeddings.weight is "
+                                             r"\[\d+, 72\]"):
+        bortengine.load(_copy(electra, tmp_path / "c", {"embedding_size": 80}))
+    mpnet = make_encoder(**SIZES, **MODELS["mpnet"])
+    for buckets in (0, -3, 16, "32", None):
+        with pytest.raises(ModelLoadError, match=f"relative_attention_num_buckets must be an integer >= 32, got "
+                                                 f"{buckets!r}: transformers' MPNet looks up 32 distance buckets"):
+            bortengine.load(_copy(mpnet, tmp_path / f"d{buckets}", {"relative_attention_num_buckets": buckets}))
+    with pytest.raises(ModelLoadError, match=r"config says relative_attention_num_buckets=64 but "
+                                             r"encoder.relative_attention_bias.weight is \[32, 5\]"):
+        bortengine.load(_copy(mpnet, tmp_path / "e", {"relative_attention_num_buckets": 64}))
+    with pytest.raises(ModelLoadError, match=r"missing 1 tensor\(s\).*encoder.relative_attention_bias.weight"):
+        bortengine.load(_copy(mpnet, tmp_path / "f", drop=("encoder.relative_attention_bias.weight",)))
+    with pytest.raises(ModelLoadError, match=r"missing 1 tensor\(s\).*attention.attn.q.weight"):
+        bortengine.load(_copy(mpnet, tmp_path / "g", drop=("encoder.layer.1.attention.attn.q.weight",)))
 
 
 def test_missing_model_type_read_from_architectures(make_encoder, tmp_path):

@@ -45,16 +45,17 @@ def _first_appearances(values):
 def test_schema():
     steps = _core.forward_ops()
     names = [s["name"] for s in steps]
-    assert names == ["embeddings", "qkv", "attention", "attention_out", "ln1", "ffn_in", "ffn_out", "ln2", "scatter",
-                     "pooler_gather", "pooler"]
+    assert names == ["embeddings", "embeddings_project", "qkv", "attention", "attention_out", "ln1", "ffn_in",
+                     "ffn_out", "ln2", "scatter", "pooler_gather", "pooler"]
     for s in steps:
-        assert s["kind"] in KINDS and s["scope"] in {"forward", "layer", "pooler"} and s["when"] in {"always", "padded"}
+        assert s["kind"] in KINDS and s["scope"] in {"forward", "layer", "pooler"}
+        assert s["when"] in {"always", "padded", "projected"}
         assert s["trace"] in TRACE_KEYS
         assert set(s["barriers"]) == set(DTYPES) and all(n >= 1 for n in s["barriers"].values())
         gemm_keys = {"K", "N", "epilogue", "rows", "low_precision"}
         if s["kind"] == "gemm":
             assert gemm_keys <= set(s)
-            assert s["K"] in {"H", "3H", "I"} and s["N"] in {"H", "3H", "I"}
+            assert s["K"] in {"H", "3H", "I", "E"} and s["N"] in {"H", "3H", "I"}
             assert s["epilogue"] in {"none", "residual", "gelu", "tanh"} and s["rows"] in {"tokens", "sequences"}
         else:
             assert not gemm_keys & set(s)
@@ -74,6 +75,9 @@ def test_barrier_sums():
     assert [total(d, "forward") for d in DTYPES] == [1, 1, 1]
     assert [total(d, "pooler") for d in DTYPES] == [2, 2, 2]
     assert [total(d, "forward", "padded") for d in DTYPES] == [1, 1, 1]
+    # ELECTRA's embeddings_project: an fp32 GEMM in every dtype, charged to the embeddings' trace bucket
+    assert [total(d, "forward", "projected") for d in DTYPES] == [1, 1, 1]
+    assert {s["trace"] for s in steps if s["when"] == "projected"} == {"embeddings"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -93,7 +97,10 @@ def test_trace_keys_are_op_times_keys(model, dtype):
 @pytest.mark.parametrize("pooler", [False, True])
 def test_barriers_are_the_encoders(model, isa, dtype, threads, padded, pooler):
     engine = bortengine.load(model, num_threads=threads, isa=isa, dtype=dtype)
-    encoder = engine._encoder
+    _check_barriers(engine._encoder, dtype, padded, pooler, projected=False)
+
+
+def _check_barriers(encoder, dtype, padded, pooler, projected):
     ids, mask = _inputs(padded)
     encoder.trace = True
     try:
@@ -102,6 +109,19 @@ def test_barriers_are_the_encoders(model, isa, dtype, threads, padded, pooler):
         encoder.trace = False
     expected = {}
     for s in _core.forward_ops():
-        runs = (s["scope"] != "pooler" or pooler) and (s["when"] == "always" or padded)
+        when = {"always": True, "padded": padded, "projected": projected}[s["when"]]
+        runs = (s["scope"] != "pooler" or pooler) and when
         expected[s["name"]] = s["barriers"][dtype] * (LAYERS if s["scope"] == "layer" else 1) if runs else 0
     assert dict(encoder.last_trace_barriers) == expected
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("embedding_size", [32, 24])
+def test_barriers_of_projected_embeddings(make_encoder, isa, dtype, embedding_size):
+    """ELECTRA with embeddings narrower than H runs embeddings_project; with E = H it runs BERT's steps."""
+    path = make_encoder(model_type="electra", hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                        intermediate_size=48, embedding_size=embedding_size, seed=5)
+    engine = bortengine.load(path, num_threads=2, isa=isa, dtype=dtype)
+    assert engine._encoder.projects_embeddings == (embedding_size != 32)
+    _check_barriers(engine._encoder, dtype, padded=True, pooler=False, projected=embedding_size != 32)

@@ -109,11 +109,14 @@ def test_bf16_attention(lens, heads, dh):
     scale, the mean under 0.3%."""
     rng = np.random.default_rng(sum(lens) * heads)
     qkv = rng.standard_normal((sum(lens), 3 * heads * dh)).astype(np.float32)
-    got = _core.attention(qkv, lens, heads, 2, "avx512", True)
-    want = _core.attention_ref(qkv, lens, heads)
-    scale = np.abs(want).max()
-    assert np.abs(got - want).max() <= 0.01 * scale
-    assert np.abs(got - want).mean() <= 0.003 * scale
+    # with and without a relative position bias (MPNet's), added to the fp32 scores
+    bias = rng.standard_normal((heads, 2 * max(lens) - 1)).astype(np.float32)
+    for position_bias in (None, bias):
+        got = _core.attention(qkv, lens, heads, 2, "avx512", True, position_bias=position_bias)
+        want = _core.attention_ref(qkv, lens, heads, position_bias=position_bias)
+        scale = np.abs(want).max()
+        assert np.abs(got - want).max() <= 0.01 * scale
+        assert np.abs(got - want).mean() <= 0.003 * scale
 
 
 def test_bf16_attention_refused_elsewhere():

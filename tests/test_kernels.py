@@ -129,6 +129,47 @@ def test_attention(isa, lens, heads, dh):
     np.testing.assert_allclose(got, _core.attention_ref(qkv, lens, heads), atol=2e-5, rtol=1e-4)
 
 
+def _position_bias(rng, heads, max_len):
+    """A relative position bias table [heads, 2P - 1] of order-1 values (MPNet's are of that order)."""
+    return rng.standard_normal((heads, 2 * max_len - 1)).astype(np.float32)
+
+
+def _numpy_attention(qkv, lens, heads, bias):
+    """softmax(Q K^T / sqrt(dh) + bias[h, P - 1 + j - i]) V in float64: what the bias table means."""
+    H = qkv.shape[1] // 3
+    dh, center = H // heads, (bias.shape[1] - 1) // 2
+    out, start = np.zeros((qkv.shape[0], H)), 0
+    for n in lens:
+        x = qkv[start:start + n].astype(np.float64)
+        for h in range(heads):
+            q, k, v = (x[:, c * H + h * dh:c * H + (h + 1) * dh] for c in range(3))
+            s = q @ k.T / np.sqrt(dh) + bias[h, center + np.arange(n)[None, :] - np.arange(n)[:, None]]
+            p = np.exp(s - s.max(1, keepdims=True))
+            out[start:start + n, h * dh:(h + 1) * dh] = p @ v / p.sum(1, keepdims=True)
+        start += n
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    "lens,heads,dh,max_len",
+    [([1], 1, 8, 1), ([1, 2, 3], 2, 40, 3), ([5, 64, 65, 130], 4, 48, 130), ([200, 7], 3, 64, 512),
+     ([17, 33, 9], 5, 40, 40), ([129, 31], 2, 128, 129)],
+)
+def test_attention_with_position_bias(isa, lens, heads, dh, max_len):
+    """MPNet's relative position bias: the value for the distance key - query added to each scaled score, on every
+    path; tables longer than the sequences (the encoder's, for max_positions) read from their middle."""
+    rng = np.random.default_rng(sum(lens) + max_len)
+    qkv = _rand(rng, sum(lens), 3 * heads * dh, scale=2.0)
+    bias = _position_bias(rng, heads, max_len)
+    want = _core.attention_ref(qkv, lens, heads, position_bias=bias)
+    np.testing.assert_allclose(want, _numpy_attention(qkv, lens, heads, bias), atol=1e-5, rtol=1e-5)
+    got = _core.attention(qkv, lens, heads, 2, isa, position_bias=bias)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+    if max(lens) > 1:  # the bias moved the output: it was read
+        assert np.abs(want - _core.attention_ref(qkv, lens, heads)).max() > 0.01
+
+
 def test_attention_bad_args():
     qkv = np.zeros((10, 12), np.float32)
     with pytest.raises(ValueError, match="sum to 9"):
@@ -137,6 +178,11 @@ def test_attention_bad_args():
         _core.attention(qkv, [10], 3)
     with pytest.raises(ValueError, match=">= 1"):
         _core.attention(qkv, [10, 0], 2)
+    for shape in ((2, 17), (3, 19), (2, 20), (19,)):   # P = 9 < 10 tokens; 3 heads; an even width; not 2-D
+        with pytest.raises(ValueError, match=r"position bias has shape .*expected \[2, 2P - 1\].*P >= 10"):
+            _core.attention(qkv, [10], 2, position_bias=np.zeros(shape, np.float32))
+        with pytest.raises(ValueError, match="position bias has shape"):
+            _core.attention_ref(qkv, [10], 2, position_bias=np.zeros(shape, np.float32))
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -73,8 +73,8 @@ def test_config_classifier_labels():
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"model_type": "mpnet"}, "model_type 'mpnet' is not supported.*relative position bias"),
-    ({"model_type": "electra"}, "model_type 'electra'.*embedding_size"),
+    ({"model_type": "albert"}, "model_type 'albert' is not supported.*shares weights across layers"),
+    ({"model_type": "deberta-v2"}, "model_type 'deberta-v2'.*disentangled relative attention"),
     ({"model_type": "roberta"}, r"architectures \['BertModel'\] are not supported; for this roberta model.*"
                                 r"\"architectures\": \[\"RobertaModel\"\]"),
     ({"model_type": "distilbert", "architectures": ["DistilBertModel"], "activation": "relu"},
@@ -106,16 +106,36 @@ def test_config_invalid(change, match):
 
 
 def test_real_other_model_configs_rejected(tmp_path, small_model):
-    """Configs as transformers writes them for MPNet and ELECTRA (families the engine does not run yet)."""
-    from transformers import ElectraConfig, MPNetConfig
+    """Configs as transformers writes them for ALBERT and DeBERTa (families the engine does not run)."""
+    from transformers import AlbertConfig, DebertaV2Config
 
-    for cfg in (MPNetConfig(hidden_size=64, num_attention_heads=4), ElectraConfig(hidden_size=64, num_attention_heads=4)):
+    for cfg in (AlbertConfig(hidden_size=64, num_attention_heads=4), DebertaV2Config(hidden_size=64,
+                                                                                     num_attention_heads=4)):
         d = tmp_path / cfg.model_type
         d.mkdir()
         cfg.save_pretrained(d)
         shutil.copy(small_model / "model.safetensors", d)
         with pytest.raises(UnsupportedModelError, match=f"model_type '{cfg.model_type}'"):
             bortengine.load(d)
+
+
+@pytest.mark.parametrize("model_type", ["electra", "mpnet"])
+def test_defaults_of_electra_and_mpnet_are_transformers(model_type):
+    """A config.json that names only the model_type reads as transformers' config class does: its defaults."""
+    import transformers
+
+    theirs = transformers.AutoConfig.for_model(model_type)
+    ours = ModelConfig.from_dict({"model_type": model_type})
+    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                  "max_position_embeddings", "layer_norm_eps", "hidden_act", "pad_token_id"):
+        assert getattr(ours, field) == getattr(theirs, field), field
+    if model_type == "electra":   # embeddings 128 wide, projected to 256
+        assert (ours.embedding_size, ours.type_vocab_size, ours.projects_embeddings) == (theirs.embedding_size, 2, True)
+        assert ours.relative_attention_num_buckets == 0 and ours.position_offset == 0 and ours.token_types
+    else:                         # positions after the padding index 1, a 32-bucket bias, no token types
+        assert ours.relative_attention_num_buckets == theirs.relative_attention_num_buckets == 32
+        assert (ours.position_offset, ours.max_positions, ours.type_vocab_size) == (2, 510, 1)
+        assert not ours.token_types and not ours.projects_embeddings
 
 
 def test_missing_config_and_directory(tmp_path, small_model):

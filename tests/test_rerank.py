@@ -1,6 +1,7 @@
-"""Reranking with cross-encoders against sentence-transformers' CrossEncoder on the same random-weight models:
-(query, document) pairs through each family's pair template, scores through the model's activation_fn (sigmoid
-by default, identity when config.json says so), the same order; two-label models score a class probability."""
+"""Reranking with cross-encoders (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, MPNet) against sentence-transformers'
+CrossEncoder on the same random-weight models: (query, document) pairs through each family's pair template, scores
+through the model's activation_fn (sigmoid by default, identity when config.json says so), the same order;
+two-label models score a class probability."""
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ def _identity_copy(path, out):
     return out
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "bert", "distilbert", "xlm-roberta"])
+@pytest.mark.parametrize("model_type", ["roberta", "bert", "distilbert", "xlm-roberta", "electra", "mpnet"])
 def test_rerank_matches_cross_encoder(make_encoder, cross_encoder, tmp_path, model_type):
     path = make_encoder(model_type=model_type, labels=("score",), **SIZES)
     for directory in (path, _identity_copy(path, tmp_path / "identity")):

@@ -1,6 +1,6 @@
 """Token classification (NER, PII tagging) against transformers' token-classification pipeline on the same
-random-weight models: BERT and DistilBERT (WordPiece, word-aware: "##" pieces), RoBERTa (byte-level BPE) and
-XLM-RoBERTa (Unigram), whose words are found from spaces as the pipeline does. Every aggregation gives the same
+random-weight models: BERT, DistilBERT and ELECTRA (WordPiece, word-aware: "##" pieces), RoBERTa and MPNet
+(byte-level BPE) and XLM-RoBERTa (Unigram), whose words are found from spaces as the pipeline does. Every aggregation gives the same
 entities (label, word, character offsets; scores within 1e-4); the per-token logits match transformers on every
 ISA path.
 """
@@ -19,7 +19,7 @@ from reference import hf_auto_forward, max_abs_diff_unmasked
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "MISC")
 SIZES = dict(hidden_size=200, num_attention_heads=5, intermediate_size=333, num_hidden_layers=2, max_positions=40,
              labels=LABELS, head="token")
-MODEL_TYPES = ["bert", "distilbert", "roberta", "xlm-roberta"]
+MODEL_TYPES = ["bert", "distilbert", "roberta", "xlm-roberta", "electra", "mpnet"]
 TEXTS = [
     "Marie Curie was born in Warsaw and worked in Paris.",
     "Angela Merkel met Emmanuel Macron in Berlin.",

@@ -36,34 +36,44 @@ def bf16_kernel_names(isa: str = "") -> list[str]:
 def forward_ops() -> list[dict]:
     """The steps of an encoder forward in order (csrc/forward.h), one dict per step:
 
-    name: "embeddings", "qkv", "attention", "attention_out", "ln1", "ffn_in", "ffn_out", "ln2", "scatter",
-        "pooler_gather", "pooler" (unique).
+    name: "embeddings", "embeddings_project", "qkv", "attention", "attention_out", "ln1", "ffn_in", "ffn_out", "ln2",
+        "scatter", "pooler_gather", "pooler" (unique).
     trace: the Encoder.last_trace / Engine.op_times key the step's time is charged to ("embeddings", "qkv",
         "attention", "attention_out", "layernorm", "ffn_in", "ffn_out", "output").
     kind: "embeddings" | "gemm" | "attention" | "layernorm" | "scatter" | "gather".
     scope: "forward" (once per forward) | "layer" (once per encoder layer) | "pooler" (when the pooler output is
         asked for).
-    when: "always" | "padded" (only when some position of the batch has mask 0: the scatter back to [B,T,H]).
+    when: "always" | "padded" (only when some position of the batch has mask 0: the scatter back to [B,T,H]) |
+        "projected" (only in encoders whose embedding_size differs from the hidden size, ELECTRA's: never BERT's).
     barriers: {"float32": n, "int8": n, "bf16": n}: team barriers (parallel_for calls) the step costs in a forward
         of that dtype (an int8 GEMM quantizes its rows in a team op of its own first; a bf16 GEMM rounds its input
         inside the GEMM).
-    GEMM steps only: K, N ("H", "3H" or "I"), epilogue ("none" | "residual" | "gelu" | "tanh"), rows ("tokens":
-        the batch's real tokens | "sequences": B), low_precision (whether int8 and bf16 encoders run it on their
-        own kernels; the pooler stays float32)."""
+    GEMM steps only: K, N ("H", "3H", "I" or "E", the embedding width), epilogue ("none" | "residual" | "gelu" |
+        "tanh"), rows ("tokens": the batch's real tokens | "sequences": B), low_precision (whether int8 and bf16
+        encoders run it on their own kernels; the pooler and the embeddings' projection stay float32)."""
 
 class Encoder:
-    """A BERT encoder (embeddings + D layers + optional pooler) on packed weights, run in one call per forward."""
+    """A BERT encoder (embeddings + D layers + optional pooler) on packed weights, run in one call per forward;
+    optionally with embeddings of another width projected to H (ELECTRA) and a relative position bias in every
+    layer's attention (MPNet)."""
 
     def __init__(
         self, hidden_size: int, num_layers: int, num_heads: int, intermediate_size: int, vocab_size: int,
         max_position_embeddings: int, type_vocab_size: int, layer_norm_eps: float, num_threads: int,
-        isa: str = "", dtype: str = "float32",
+        isa: str = "", dtype: str = "float32", embedding_size: int = 0,
     ) -> None:
         """dtype "int8": the four linears of each layer run on the int8 kernels (see QuantizedLinear); "bf16": on
-        the bf16 kernels (see Bf16Linear)."""
+        the bf16 kernels (see Bf16Linear). embedding_size: E, the embedding tables' width (0: hidden_size); when it
+        differs from hidden_size the encoder needs set_embedding_projection."""
     def set_embeddings(self, word: np.ndarray, position: np.ndarray, token_type: np.ndarray,
                        ln_weight: np.ndarray, ln_bias: np.ndarray) -> None:
-        """word [V,H], position [P,H], token_type [Tt,H], ln_* [H]. The arrays are referenced, not copied."""
+        """word [V,E], position [P,E], token_type [Tt,E], ln_* [E]. The arrays are referenced, not copied."""
+    def set_embedding_projection(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """weight [H,E], bias [H]: x = LayerNorm(embeddings) @ weight.T + bias, in float32 whatever the dtype
+        (ELECTRA's embeddings_project). Only for embedding_size != hidden_size."""
+    def set_position_bias(self, table: np.ndarray) -> None:
+        """table [heads, 2P - 1] float32 with P >= max_position_embeddings: column P - 1 + d is each head's bias for
+        a key d tokens after its query, added to the scaled attention scores of every layer (MPNet). Copied."""
     def set_layer(self, index: int,
                   q_w: np.ndarray, q_b: np.ndarray, k_w: np.ndarray, k_b: np.ndarray, v_w: np.ndarray, v_b: np.ndarray,
                   ao_w: np.ndarray, ao_b: np.ndarray, ln1_w: np.ndarray, ln1_b: np.ndarray,
@@ -116,6 +126,10 @@ class Encoder:
     def ready(self) -> bool: ...
     @property
     def has_pooler(self) -> bool: ...
+    @property
+    def projects_embeddings(self) -> bool: ...
+    @property
+    def has_position_bias(self) -> bool: ...
 
 # Single ops, for tests, benchmarks and the profiler. isa="" means default_isa(). Each runs its own thread team.
 def gemm(a: np.ndarray, w: np.ndarray, bias: Optional[np.ndarray] = None, epilogue: str = "none",
@@ -138,13 +152,15 @@ def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, r
 def layernorm_ref(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
                   residual: Optional[np.ndarray] = None) -> np.ndarray: ...
 def attention(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int, num_threads: int = 1,
-              isa: str = "", bf16: bool = False) -> np.ndarray:
+              isa: str = "", bf16: bool = False, position_bias: Optional[np.ndarray] = None) -> np.ndarray:
     """qkv [Ntok, 3H] (Q | K | V, sequences packed end to end, lengths seq_lens summing to Ntok) -> context
-    [Ntok, H]: softmax(Q K^T / sqrt(H/num_heads)) V per sequence and head. bf16: the int8 and bf16 encoders' attention
-    (bf16 dot products, fp32 softmax; needs isa "avx512" and AVX512_BF16)."""
+    [Ntok, H]: softmax(Q K^T / sqrt(H/num_heads) + bias) V per sequence and head. bf16: the int8 and bf16 encoders'
+    attention (bf16 dot products, fp32 softmax; needs isa "avx512" and AVX512_BF16). position_bias: None, or
+    [num_heads, 2P - 1] with P >= every length: bias[h, P - 1 + j - i] is added to the score of query i, key j."""
 def has_bf16_attention() -> bool:
     """Whether this CPU and build run the bf16 attention (AVX512_BF16 and the avx512 path)."""
-def attention_ref(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int) -> np.ndarray: ...
+def attention_ref(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int,
+                  position_bias: Optional[np.ndarray] = None) -> np.ndarray: ...
 def gelu(x: np.ndarray, isa: str = "") -> np.ndarray: ...
 def gelu_ref(x: np.ndarray) -> np.ndarray: ...
 def embed_layernorm(ids: np.ndarray, positions: np.ndarray, types: np.ndarray, word: np.ndarray,

@@ -1,5 +1,5 @@
 """Builders of Hugging Face-format encoder directories with random weights (BERT with the real MiniLM tokenizer;
-RoBERTa, XLM-R, CamemBERT, DistilBERT with tokenizers trained here), for tests and benchmarks.
+RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet with tokenizers trained here), for tests and benchmarks.
 
 Model hubs are unreachable here, so tests and benchmarks build the models they need. Needs the `test` or
 `bench` extra (torch, transformers); `import bortengine` never imports this module.
@@ -125,9 +125,13 @@ TOKENIZER_CORPUS = (
 )
 
 # transformers class-name prefix and the tokenizer kind of each model_type make_random_encoder builds
+# (MPNet's own tokenizer is WordPiece with RoBERTa's specials and pair template: the BPE one here has both)
 _ENCODER_KINDS = {"bert": ("Bert", "wordpiece"), "roberta": ("Roberta", "bpe"),
                   "xlm-roberta": ("XLMRoberta", "unigram"), "camembert": ("Camembert", "unigram"),
-                  "distilbert": ("DistilBert", "wordpiece")}
+                  "distilbert": ("DistilBert", "wordpiece"), "electra": ("Electra", "wordpiece"),
+                  "mpnet": ("MPNet", "bpe")}
+_TOKEN_TYPES = ("bert", "electra")  # the model types whose models read token_type_ids
+_NO_POOLER_ARG = ("distilbert", "electra")  # their bare models take no add_pooling_layer
 _HEAD_SUFFIXES = {"model": "Model", "sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
 
 
@@ -185,14 +189,16 @@ def make_random_encoder(
     pooler: bool = True,
     seed: int = 0,
     overwrite: bool = False,
+    embedding_size: Optional[int] = None,
 ) -> Path:
     """Write a random-weight encoder of another family as an HF directory, with its own kind of tokenizer
     (train_tokenizer; tokenizer.json through transformers' save_pretrained) and a vocabulary of that tokenizer's size.
 
-    model_type: "bert", "roberta", "xlm-roberta", "camembert" or "distilbert". head: "model" (the encoder; with a
-    pooler if `pooler` and the family has one), "sequence" (...ForSequenceClassification) or "token"
-    (...ForTokenClassification), labelled `labels`. max_positions: tokens a sequence may have (RoBERTa's table gets
-    padding_idx + 1 more rows). Reuses an existing directory built with the same arguments unless overwrite=True.
+    model_type: "bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra" or "mpnet". head: "model"
+    (the encoder; with a pooler if `pooler` and the family has one), "sequence" (...ForSequenceClassification) or
+    "token" (...ForTokenClassification), labelled `labels`. max_positions: tokens a sequence may have (RoBERTa's and
+    MPNet's tables get padding_idx + 1 more rows). embedding_size: ELECTRA's (None: hidden_size, no projection).
+    Reuses an existing directory built with the same arguments unless overwrite=True.
     """
     import torch
     import transformers
@@ -201,6 +207,8 @@ def make_random_encoder(
     args = dict(model_type=model_type, head=head, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
                 num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
                 max_positions=max_positions, labels=list(labels), pooler=pooler, seed=seed)
+    if embedding_size is not None:
+        args["embedding_size"] = embedding_size
     stamp = _fresh_directory(path, args, overwrite)
     if stamp is None:
         return path
@@ -214,7 +222,9 @@ def make_random_encoder(
                                                n_heads=num_attention_heads, hidden_dim=intermediate_size,
                                                max_position_embeddings=max_positions, pad_token_id=0, **sizes)
     else:
-        pad = 0 if model_type == "bert" else 1
+        pad = 0 if kind == "wordpiece" else 1   # [PAD] is 0 in the WordPiece vocabularies, <pad> 1 in the others
+        if model_type == "electra":
+            sizes["embedding_size"] = hidden_size if embedding_size is None else embedding_size
         config = transformers.AutoConfig.for_model(
             model_type, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
             num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
@@ -222,17 +232,20 @@ def make_random_encoder(
             pad_token_id=pad, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5 if pad else 1e-12, **sizes)
     torch.manual_seed(seed)
     cls = getattr(transformers, prefix + _HEAD_SUFFIXES[head])
-    model = cls(config, add_pooling_layer=pooler) if head == "model" and model_type != "distilbert" else cls(config)
+    model = cls(config, add_pooling_layer=pooler) if head == "model" and model_type not in _NO_POOLER_ARG \
+        else cls(config)
     with torch.no_grad():  # perturb LayerNorms (1, 0) and biases (0) so that tests see every parameter
         for name, p in model.named_parameters():
             if name.startswith(("classifier.", "pre_classifier.")) and p.dim() == 2:
                 p.normal_(0.0, p.shape[1] ** -0.5)  # logits of order 1: labels and scores vary from token to token
+            elif "relative_attention_bias" in name:
+                p.normal_(0.0, 1.0)  # MPNet's bias of order 1 (not 0.02): it moves the attention, as trained ones do
             elif "norm" in name.lower() and name.endswith("weight"):
                 p.add_(torch.randn_like(p) * 0.1)
             elif name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.02)
     model.eval().save_pretrained(path, safe_serialization=True)
-    _save_tokenizer(tokenizer, kind, path, max_positions, token_types=model_type == "bert")
+    _save_tokenizer(tokenizer, kind, path, max_positions, token_types=model_type in _TOKEN_TYPES)
     stamp.write_text(json.dumps(args))
     return path
 

@@ -1,5 +1,5 @@
-"""ModelConfig: the hyper-parameters of an encoder (BERT, RoBERTa / XLM-RoBERTa / CamemBERT, DistilBERT), parsed and
-validated from a Hugging Face config.json.
+"""ModelConfig: the hyper-parameters of an encoder (BERT, RoBERTa / XLM-RoBERTa / CamemBERT, DistilBERT, ELECTRA,
+MPNet), parsed and validated from a Hugging Face config.json.
 
 A key missing from config.json takes the default of the family's transformers config class (so a model loads here
 exactly when, and as, it loads in transformers); a key present with a value the engine cannot run is rejected with
@@ -57,6 +57,8 @@ class ModelConfig:
     # sentence-transformers CrossEncoder's activation of the scores (config.json sentence_transformers.activation_fn,
     # a torch class path); None: its default (sigmoid for one label, identity otherwise)
     score_activation: Optional[str] = None
+    embedding_size: int = 768              # E, width of the embedding tables: H but in ELECTRA (then projected to H)
+    relative_attention_num_buckets: int = 0  # MPNet's relative position bias table rows; 0: no bias (the others)
 
     @property
     def family(self) -> Family:
@@ -71,9 +73,20 @@ class ModelConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def positions_padding_id(self) -> int:
+        """The id that positions after padding are numbered after (RoBERTa: pad_token_id; MPNet: 1, fixed)."""
+        fixed = self.family.positions_padding_idx
+        return self.pad_token_id if fixed is None else fixed
+
+    @property
     def position_offset(self) -> int:
-        """Row of the position table that the first token reads: padding_idx + 1 for RoBERTa, else 0."""
-        return self.pad_token_id + 1 if self.family.positions_after_padding else 0
+        """Row of the position table that the first token reads: padding_idx + 1 for RoBERTa and MPNet, else 0."""
+        return self.positions_padding_id + 1 if self.family.positions_after_padding else 0
+
+    @property
+    def projects_embeddings(self) -> bool:
+        """Whether the embeddings are projected to the hidden size (ELECTRA with embedding_size != hidden_size)."""
+        return self.embedding_size != self.hidden_size
 
     @property
     def max_positions(self) -> int:
@@ -95,7 +108,10 @@ class ModelConfig:
         return self.head == "token"
 
     def key(self, name: str) -> str:
-        """The config.json key of a field in this model's family (hidden_size is DistilBERT's dim)."""
+        """The config.json key of a field in this model's family (hidden_size is DistilBERT's dim; embedding_size
+        is the hidden size's key in the families whose embeddings are H wide)."""
+        if name == "embedding_size" and name not in self.family.keys:
+            name = "hidden_size"
         return self.family.keys.get(name, name)
 
     @property
@@ -168,10 +184,14 @@ class ModelConfig:
                 f"{source}: {family.keys['hidden_size']}={hidden} is not a multiple of "
                 f"{family.keys['num_attention_heads']}={heads}; each head gets hidden_size / num_attention_heads "
                 f"channels, so fix one of them")
-        if family.positions_after_padding and not 0 <= pad_token_id < positions - 1:
+        padding_idx = pad_token_id if family.positions_padding_idx is None else family.positions_padding_idx
+        if family.positions_after_padding and not 0 <= padding_idx < positions - 1:
+            named = "pad_token_id" if family.positions_padding_idx is None else "its padding index"
             raise ModelLoadError(
-                f"{source}: a {model_type} model numbers positions from pad_token_id + 1, so pad_token_id="
-                f"{pad_token_id} leaves none of its max_position_embeddings={positions} positions for tokens")
+                f"{source}: a {model_type} model numbers positions from {named} + 1, so {named}="
+                f"{padding_idx} leaves none of its max_position_embeddings={positions} positions for tokens")
+        embedding = get_int("embedding_size") if "embedding_size" in family.keys else hidden
+        buckets = _relative_buckets(family, get, source)
 
         _, eps = get("layer_norm_eps")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < _FLOAT_MAX:
@@ -190,8 +210,29 @@ class ModelConfig:
             vocab_size=vocab, max_position_embeddings=positions, type_vocab_size=type_vocab,
             layer_norm_eps=float(eps), hidden_act=act, position_embedding_type="absolute", model_type=model_type,
             kind=kind, head=head, id2label=id2label, problem_type=problem_type, pad_token_id=pad_token_id,
-            score_activation=_parse_score_activation(data, source),
+            score_activation=_parse_score_activation(data, source), embedding_size=embedding,
+            relative_attention_num_buckets=buckets,
         )
+
+
+# transformers' MPNetEncoder.compute_position_bias buckets query-key distances into 32 whatever the config says
+# (its num_buckets argument keeps its default), so it looks up rows up to 31 of the table: a smaller table fails
+# there (an index error) as soon as a sequence has enough tokens.
+MPNET_BUCKETS = 32
+
+
+def _relative_buckets(family: Family, get, source: str) -> int:
+    """The rows of MPNet's relative position bias table (config.json relative_attention_num_buckets); 0 for the
+    families without one."""
+    if "relative_attention_num_buckets" not in family.keys:
+        return 0
+    key, value = get("relative_attention_num_buckets")
+    if isinstance(value, bool) or not isinstance(value, int) or value < MPNET_BUCKETS:
+        raise ModelLoadError(
+            f"{source}: {key} must be an integer >= {MPNET_BUCKETS}, got {value!r}: transformers' MPNet looks up "
+            f"{MPNET_BUCKETS} distance buckets in encoder.relative_attention_bias (rows 0..{MPNET_BUCKETS - 1}) "
+            f"whatever the config says, so a smaller table cannot run it")
+    return value
 
 
 def _parse_family(data: dict, source: str) -> tuple[str, Family]:
@@ -248,8 +289,6 @@ def _parse_score_activation(data: dict, source: str) -> Optional[str]:
 def _why_not(model_type: str) -> str:
     reasons = {
         "albert": "ALBERT factorises the embedding and shares weights across layers.",
-        "electra": "ELECTRA projects embeddings to the hidden size when embedding_size differs (not yet here).",
-        "mpnet": "MPNet adds a relative position bias inside attention (not yet here).",
         "deberta": "DeBERTa uses disentangled relative attention.",
         "deberta-v2": "DeBERTa uses disentangled relative attention.",
     }

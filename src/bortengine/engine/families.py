@@ -1,9 +1,10 @@
 """Model families: how each Hugging Face encoder family maps onto the engine's one encoder.
 
-BERT, RoBERTa (and XLM-RoBERTa and CamemBERT, RoBERTa with other vocabularies) and DistilBERT compute the same
-layers: learned absolute positions, post-LayerNorm blocks, exact erf GELU. They differ in what is around them,
-and each Family says those differences as data, read by config.py (config.json keys and their defaults) and
-weights.py (tensor names), so the rest of the engine sees one encoder under BERT's tensor names:
+BERT, RoBERTa (and XLM-RoBERTa and CamemBERT, RoBERTa with other vocabularies), DistilBERT, ELECTRA and MPNet
+compute the same layers: learned absolute positions, post-LayerNorm blocks, exact erf GELU. They differ in what is
+around them (and ELECTRA and MPNet in one place each, which the native encoder offers as an option), and each
+Family says those differences as data, read by config.py (config.json keys and their defaults) and weights.py
+(tensor names), so the rest of the engine sees one encoder under BERT's tensor names:
 
 - RoBERTa numbers positions from padding_idx + 1 (fairseq's make_positions): a real token at column t of a
   right-padded row has position padding_idx + 1 + t. The engine gives column t position row t, so the position
@@ -13,6 +14,14 @@ weights.py (tensor names), so the rest of the engine sees one encoder under BERT
 - DistilBERT has its own config keys (dim, n_layers, ...) and tensor names (q_lin, sa_layer_norm, ffn.lin1, ...),
   no token type embeddings (a zero row stands in) and no pooler; its classification head is pre_classifier + ReLU
   on the first token, then classifier, computed in NumPy (engine/heads.py).
+- ELECTRA is BERT with embeddings of their own width (embedding_size, E): when E differs from the hidden size,
+  embeddings_project (E -> H) follows the embeddings' LayerNorm, a step of the native forward. No pooler; its
+  classification head is classifier.dense + GELU on the first token, then out_proj, computed in NumPy.
+- MPNet numbers positions as RoBERTa does (from a padding index fixed at 1, whatever pad_token_id says), has no
+  token types, names its attention linears attn.q/k/v/o, and adds a relative position bias to the attention
+  scores of every layer: encoder.relative_attention_bias [buckets, heads] looked up by the bucket of each
+  query-key distance (engine/positions.py), which the native attention kernels add. Its classification head is
+  RoBERTa's.
 
 Heads, by the class name in config.json "architectures": <Family>Model (the encoder), <Family>ForSequenceClassification
 and <Family>ForTokenClassification.
@@ -48,7 +57,10 @@ class Family:
     positions_after_padding: bool = False   # position ids start at pad_token_id + 1 (RoBERTa)
     token_type_table: bool = True           # the checkpoint has embeddings.token_type_embeddings
     token_types: bool = True                # its tokenizer gives pairs token type 1 and the model reads them
-    pre_classifier: bool = False            # sequence head: pre_classifier + ReLU (DistilBERT), else pooler + tanh
+    # sequence head: pre_classifier + this activation on the first token, in NumPy ("relu": DistilBERT, "gelu":
+    # ELECTRA's classifier.dense); None: the pooler (dense + tanh, natively)
+    pre_classifier: Optional[str] = None
+    positions_padding_idx: Optional[int] = None  # the padding index positions count from, if not pad_token_id
     layer_prefix: str = "encoder.layer."    # where layer i's tensors are, before renaming
     layer_names: tuple[tuple[str, str], ...] = ()    # (checkpoint, canonical) name prefixes inside a layer
     head_names: tuple[tuple[str, str], ...] = ()     # (checkpoint, canonical) names of the sequence head
@@ -131,12 +143,38 @@ FAMILIES: tuple[Family, ...] = (
         defaults={"dim": 768, "n_layers": 6, "n_heads": 12, "hidden_dim": 3072, "vocab_size": 30522,
                   "max_position_embeddings": 512, "activation": "gelu", "pad_token_id": 0},
         fixed={"layer_norm_eps": 1e-12, "type_vocab_size": 1},   # DistilBERT's LayerNorms are built with eps 1e-12
-        token_type_table=False, token_types=False, pre_classifier=True, layer_prefix="transformer.layer.",
+        token_type_table=False, token_types=False, pre_classifier="relu", layer_prefix="transformer.layer.",
         layer_names=(("attention.q_lin.", "attention.self.query."), ("attention.k_lin.", "attention.self.key."),
                      ("attention.v_lin.", "attention.self.value."), ("attention.out_lin.", "attention.output.dense."),
                      ("sa_layer_norm.", "attention.output.LayerNorm."), ("ffn.lin1.", "intermediate.dense."),
                      ("ffn.lin2.", "output.dense."), ("output_layer_norm.", "output.LayerNorm.")),
         ignored_prefixes=("vocab_transform.", "vocab_layer_norm.", "vocab_projector."),
+    ),
+    Family(
+        name="electra", model_types=("electra",), class_prefixes=("Electra",), encoder_prefix="electra.",
+        keys={**_BERT_KEYS, "embedding_size": "embedding_size"},
+        defaults={"vocab_size": 30522, "embedding_size": 128, "hidden_size": 256, "num_hidden_layers": 12,
+                  "num_attention_heads": 4, "intermediate_size": 1024, "max_position_embeddings": 512,
+                  "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu", "pad_token_id": 0},
+        pre_classifier="gelu",   # ElectraClassificationHead: dense, get_activation("gelu"), out_proj
+        head_names=(("classifier.dense.", "pre_classifier."), ("classifier.out_proj.", "classifier.")),
+        ignored_prefixes=("discriminator_predictions.", "generator_predictions.", "generator_lm_head."),
+    ),
+    Family(
+        name="mpnet", model_types=("mpnet",), class_prefixes=("MPNet",), encoder_prefix="mpnet.",
+        keys={**{k: v for k, v in _BERT_KEYS.items() if k != "type_vocab_size"},
+              "relative_attention_num_buckets": "relative_attention_num_buckets"},
+        defaults={"vocab_size": 30527, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                  "intermediate_size": 3072, "max_position_embeddings": 512, "layer_norm_eps": 1e-12,
+                  "hidden_act": "gelu", "relative_attention_num_buckets": 32, "pad_token_id": 1},
+        fixed={"type_vocab_size": 1},   # no token types: a zero row stands in
+        positions_after_padding=True, positions_padding_idx=1,   # MPNetEmbeddings.padding_idx = 1
+        token_type_table=False, token_types=False,
+        layer_names=(("attention.attn.q.", "attention.self.query."), ("attention.attn.k.", "attention.self.key."),
+                     ("attention.attn.v.", "attention.self.value."), ("attention.attn.o.", "attention.output.dense."),
+                     ("attention.LayerNorm.", "attention.output.LayerNorm.")),
+        head_names=(("classifier.dense.", "pooler.dense."), ("classifier.out_proj.", "classifier.")),
+        ignored_prefixes=("lm_head.",),
     ),
 )
 

@@ -2,9 +2,10 @@
 
 The encoder (and the pooler: dense + tanh on each row's first token) runs natively; a head is one or two small
 matrix products on its outputs, so it runs here, in float32 like the rest:
-- sequence classifier: BERT's classifier on the pooler output; RoBERTa's head (dense + tanh on the first token,
-  out_proj) is that same shape, its weights loaded into the pooler and classifier (engine/families.py);
-  DistilBERT's is pre_classifier + ReLU on the first token, then classifier.
+- sequence classifier: BERT's classifier on the pooler output; RoBERTa's and MPNet's head (dense + tanh on the
+  first token, out_proj) is that same shape, its weights loaded into the pooler and classifier
+  (engine/families.py); DistilBERT's is pre_classifier + ReLU on the first token, then classifier; ELECTRA's
+  classifier.dense + GELU (exact erf) on the first token, then out_proj.
 - token classifier: the classifier on every token's hidden state.
 - reranking: a cross-encoder's (query, document) score from its sequence logits, as sentence-transformers'
   CrossEncoder computes it (its activation_fn: sigmoid for one label by default).
@@ -16,13 +17,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import math
+
 import numpy as np
 
 from bortengine.engine.config import ModelConfig
 from bortengine.engine.outputs import softmax
 from bortengine.errors import BortEngineError, InvalidInputError
 
-__all__ = ["Linear", "ClassifierHead", "first_tokens", "relevance_scores"]
+__all__ = ["Linear", "ClassifierHead", "first_tokens", "relevance_scores", "ACTIVATIONS"]
+
+_erf = np.frompyfunc(math.erf, 1, 1)   # [B,H] values once per batch: a Python loop costs microseconds here
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU, x * (1 + erf(x / sqrt(2))) / 2, computed in float64 (torch's GELUActivation, "gelu")."""
+    x = x.astype(np.float64)
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+
+
+# The activations of the heads' pre_classifier (engine/families.py Family.pre_classifier)
+ACTIVATIONS = {"relu": lambda x: np.maximum(x, 0), "gelu": _gelu}
 
 
 @dataclass(frozen=True)
@@ -46,12 +61,14 @@ def first_tokens(hidden: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ClassifierHead:
-    """The head of a sequence or token classifier. pre_classifier: DistilBERT's dense + ReLU on the first token
-    (None: the sequence head reads the pooler output)."""
+    """The head of a sequence or token classifier. pre_classifier: a dense layer on the first token, then
+    `activation` (ACTIVATIONS: DistilBERT's ReLU, ELECTRA's GELU), before the classifier (None: the sequence head
+    reads the pooler output)."""
 
     classifier: Linear
     per_token: bool = False
     pre_classifier: Optional[Linear] = None
+    activation: str = "relu"
 
     def logits(self, hidden: np.ndarray, pooled: Optional[np.ndarray], mask: Optional[np.ndarray]) -> np.ndarray:
         """Shapes: hidden [B,T,H], pooled [B,H] or None, mask [B,T] or None -> [B,L], or [B,T,L] per token (zeros
@@ -61,7 +78,8 @@ class ClassifierHead:
             if mask is not None:
                 logits[mask == 0] = 0
         elif self.pre_classifier is not None:
-            logits = self.classifier(np.maximum(self.pre_classifier(first_tokens(hidden, mask)), 0))
+            dense = self.pre_classifier(first_tokens(hidden, mask))
+            logits = self.classifier(ACTIVATIONS[self.activation](dense))
         else:
             logits = self.classifier(pooled)
         return np.ascontiguousarray(logits, dtype=np.float32)

@@ -1,4 +1,5 @@
-"""Positions of the families that number them after the padding id (RoBERTa, XLM-RoBERTa, CamemBERT).
+"""Positions of the families that number them after the padding id (RoBERTa, XLM-RoBERTa, CamemBERT, MPNet), and
+MPNet's relative position bias.
 
 transformers gives such a token the position padding_idx + (its count of non-padding ids up to and including it):
 fairseq's make_positions, which reads the ids, not the attention mask. The native encoder gives the token in column
@@ -9,10 +10,19 @@ batches without padding ids inside the text, which is every batch the engine's t
 position, and the encoder's output moved back; a padding id with mask 1, which transformers embeds at the padding
 row the engine does not load, is refused.
 
-Shapes: B = batch, T = tokens per row of the caller's batch, T' <= T of the laid-out one, H = hidden size.
+MPNet adds to each attention score a bias of the query-key distance (transformers' MPNetEncoder: distances bucketed
+by relative_position_bucket, 32 buckets, exact up to 8, logarithmic to 128, one value per bucket and head). The
+engine turns the table into one value per distance (relative_position_bias), which the native attention adds to
+the packed tokens of each sequence: it counts distances between the tokens with mask 1. transformers counts them
+between columns, masked ones included, so a row whose mask has a 0 between two 1s is refused for such a model
+(check_contiguous_mask); left or right padding is not a hole.
+
+Shapes: B = batch, T = tokens per row of the caller's batch, T' <= T of the laid-out one, H = hidden size,
+R = relative position buckets, A = heads, P = positions.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,7 +30,12 @@ import numpy as np
 
 from bortengine.errors import InvalidInputError
 
-__all__ = ["PositionLayout", "position_layout"]
+__all__ = ["PositionLayout", "position_layout", "relative_position_buckets", "relative_position_bias",
+           "check_contiguous_mask"]
+
+# transformers' MPNetEncoder.relative_position_bucket as compute_position_bias calls it (its defaults)
+BUCKETS = 32
+MAX_DISTANCE = 128
 
 
 @dataclass(frozen=True)
@@ -70,3 +85,47 @@ def position_layout(ids: np.ndarray, mask: Optional[np.ndarray], types: Optional
         laid_types = np.zeros_like(laid_ids)
         laid_types[rows, placed] = types[rows, columns]
     return (laid_ids, laid_mask, laid_types), PositionLayout(rows, columns, placed, ids.shape)
+
+
+def relative_position_buckets(distance: np.ndarray) -> np.ndarray:
+    """The bucket of each key-minus-query distance, as transformers' MPNetEncoder.relative_position_bucket gives it
+    (num_buckets 32, max_distance 128): keys before the query (d < 0) in buckets 0..15, after it in 16..31; exact
+    up to 7 tokens, then logarithmic, the last bucket from 128 on. The logarithm is taken in float32 as torch takes
+    it, so the distances where it crosses an integer (16, 32, 64) fall in transformers' buckets.
+    Shapes: distance [N] int -> [N] int64."""
+    n = -np.asarray(distance, dtype=np.int64)
+    half = BUCKETS // 2
+    exact = half // 2
+    bucket = (n < 0).astype(np.int64) * half
+    n = np.abs(n)
+    far = np.maximum(n, exact).astype(np.float32)     # the small distances take the exact branch below
+    scaled = (np.log(far / np.float32(exact)) / np.float32(math.log(MAX_DISTANCE / exact))
+              * np.float32(half - exact))
+    large = np.minimum(exact + scaled.astype(np.int64), half - 1)
+    return bucket + np.where(n < exact, n, large)
+
+
+def relative_position_bias(table: np.ndarray, max_positions: int) -> np.ndarray:
+    """MPNet's bias table [R,A] (encoder.relative_attention_bias.weight) as one value per distance and head: [A, 2P-1]
+    float32, column P - 1 + d for a key d tokens after its query, d in (-P, P); P = max_positions."""
+    distance = np.arange(1 - max_positions, max_positions)
+    return np.ascontiguousarray(table[relative_position_buckets(distance)].T, dtype=np.float32)
+
+
+def check_contiguous_mask(mask: Optional[np.ndarray]) -> None:
+    """Refuse a row whose mask has a 0 between two 1s: a model with a relative position bias counts distances over
+    the columns between tokens, and the engine computes only the tokens with mask 1, side by side.
+    Shapes: mask [B,T] 0/1 or None."""
+    if mask is None:
+        return
+    real = mask.astype(bool)
+    first = np.argmax(real, axis=1)
+    last = real.shape[1] - 1 - np.argmax(real[:, ::-1], axis=1)
+    holes = np.flatnonzero(last - first + 1 != real.sum(axis=1))
+    if holes.size:
+        r = int(holes[0])
+        col = int(first[r] + np.argmin(real[r, first[r]:]))
+        raise InvalidInputError(
+            f"attention_mask[{r}, {col}] is 0 between tokens with mask 1: this model adds a bias of the distance "
+            f"between tokens to its attention, counted over every column between them, and the engine computes the "
+            f"tokens with mask 1 only; leave the masked tokens out of the row (padding at its start or end is fine)")

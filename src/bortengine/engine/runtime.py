@@ -1,9 +1,9 @@
-"""The inference API: load() a Hugging Face encoder directory (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT) into
-an Engine, then call it on ids or texts.
+"""The inference API: load() a Hugging Face encoder directory (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT,
+ELECTRA, MPNet) into an Engine, then call it on ids or texts.
 
 The Engine composes the parts: ModelConfig (config.json), BertWeights (safetensors, read one tensor at a time and
 handed straight to the native encoder, so loading never holds the model twice), TextTokenizer, Pooling, the
-model's head (engine/heads.py) and, for RoBERTa's positions, PositionLayout (engine/positions.py).
+model's head (engine/heads.py) and, for RoBERTa's and MPNet's positions, PositionLayout (engine/positions.py).
 Everything users pass in is validated here, before the native module sees it, and rejected with an
 InvalidInputError that says what is wrong and how to fix it. This module imports only NumPy, tokenizers and the
 native extension: serving a model never needs torch.
@@ -28,7 +28,7 @@ from bortengine.engine.heads import ClassifierHead, Linear, relevance_scores
 from bortengine.engine.native import available_cpus, core as _core
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
 from bortengine.engine.pooling import Pooling
-from bortengine.engine.positions import PositionLayout, position_layout
+from bortengine.engine.positions import PositionLayout, check_contiguous_mask, position_layout
 from bortengine.engine.tokenization import WHOLE_TEXT, TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import BertWeights, Checkpoint
 from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError
@@ -82,8 +82,8 @@ def traced_forwards(encoder: Any, forward: Any, runs: int) -> tuple[dict[str, fl
 def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
          dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None) -> "Engine":
     """Load a Hugging Face encoder directory (config.json + model.safetensors [+ tokenizer, sentence-transformers
-    pooling]) into an Engine: BertModel, RobertaModel, XLMRobertaModel, CamembertModel, DistilBertModel, each also
-    ...ForSequenceClassification and ...ForTokenClassification.
+    pooling]) into an Engine: BertModel, RobertaModel, XLMRobertaModel, CamembertModel, DistilBertModel,
+    ElectraModel, MPNetModel, each also ...ForSequenceClassification and ...ForTokenClassification.
 
     num_threads: threads per call; None means every CPU this process may use. isa: kernel path to force (one of
     bortengine.available_isas()); None means the best one (or $BORTENGINE_ISA). dtype: "float32"; "int8" to run
@@ -146,12 +146,16 @@ class Engine:
         try:
             encoder = core.Encoder(c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
                                    c.vocab_size, c.max_positions, c.type_vocab_size, c.layer_norm_eps,
-                                   threads, isa or "", dtype)
+                                   threads, isa or "", dtype, embedding_size=c.embedding_size)
         except ValueError as e:
             raise BortEngineError(f"the native encoder could not be created for this model: {e}") from e
         # Embeddings are referenced by the encoder, not copied: keep the arrays alive as long as the engine.
         self._embeddings = weights.read_embeddings()
         encoder.set_embeddings(*self._embeddings)
+        if c.projects_embeddings:
+            encoder.set_embedding_projection(*weights.read_embedding_projection())
+        if c.relative_attention_num_buckets:
+            encoder.set_position_bias(weights.read_position_bias())
         for i in range(c.num_hidden_layers):
             _set_layer(encoder, weights, i, dtype)
         if weights.has_pooler:
@@ -248,11 +252,14 @@ class Engine:
             raise InvalidInputError(f"the native encoder rejected the input: {e}") from e
 
     def _prepared(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray]) -> _Batch:
-        """Validated inputs as the encoder runs them: for RoBERTa's positions, laid out when the columns are not
-        the positions (engine/positions.py)."""
+        """Validated inputs as the encoder runs them: for RoBERTa's and MPNet's positions, laid out when the columns
+        are not the positions; for MPNet's relative position bias, with no hole in a row's mask
+        (engine/positions.py)."""
+        if self.config.relative_attention_num_buckets:
+            check_contiguous_mask(mask)
         if not self.config.position_offset:
             return _Batch((ids, mask, types), mask, None)
-        native, layout = position_layout(ids, mask, types, self.config.pad_token_id)
+        native, layout = position_layout(ids, mask, types, self.config.positions_padding_id)
         return _Batch(native, mask, layout)
 
     def _output(self, forward: tuple[np.ndarray, Optional[np.ndarray]], batch: _Batch) -> EncoderOutput:
@@ -645,10 +652,11 @@ def _head(weights: BertWeights) -> Optional[ClassifierHead]:
     if not weights.has_classifier:
         return None
     classifier = Linear(weights.read("classifier.weight"), weights.read("classifier.bias"))
-    pre = None
-    if config.is_classifier and config.family.pre_classifier:
-        pre = Linear(weights.read("pre_classifier.weight"), weights.read("pre_classifier.bias"))
-    return ClassifierHead(classifier, per_token=config.is_token_classifier, pre_classifier=pre)
+    activation = config.family.pre_classifier if config.is_classifier else None
+    if not activation:
+        return ClassifierHead(classifier, per_token=config.is_token_classifier)
+    pre = Linear(weights.read("pre_classifier.weight"), weights.read("pre_classifier.bias"))
+    return ClassifierHead(classifier, pre_classifier=pre, activation=activation)
 
 
 def _set_layer(encoder: Any, weights: BertWeights, index: int, dtype: str) -> None:

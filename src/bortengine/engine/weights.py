@@ -9,12 +9,14 @@ are converted in bounded chunks so a conversion never holds a second full-size c
 claims is checked against the header before anything is sized by it, and every tensor read is checked finite.
 
 Names: the canonical names are transformers' BertModel names (embeddings.*, encoder.layer.{i}.*, pooler.*) plus
-classifier.* (and DistilBERT's pre_classifier.*) of the heads. Each family maps its checkpoint names onto them
-(engine/families.py: "bert."/"roberta."/"distilbert." prefixes, DistilBERT's q_lin..., RoBERTa's classifier.dense
-and out_proj, legacy LayerNorm.gamma / beta); position_ids buffers and pre-training heads are ignored.
+classifier.* (and pre_classifier.*: DistilBERT's, ELECTRA's classifier.dense) of the heads, ELECTRA's
+embeddings_project.* and MPNet's encoder.relative_attention_bias.weight. Each family maps its checkpoint names onto
+them (engine/families.py: "bert."/"roberta."/"distilbert."/"electra."/"mpnet." prefixes, DistilBERT's q_lin...,
+MPNet's attn.q..., RoBERTa's classifier.dense and out_proj, legacy LayerNorm.gamma / beta); position_ids buffers
+and pre-training heads are ignored.
 
 Shapes: H = hidden size, I = intermediate size, V = vocab size, P = max positions, Tt = token types,
-L = number of labels.
+L = number of labels, E = embedding width (H but in ELECTRA), A = heads, R = relative position buckets (MPNet).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 
 from bortengine.engine.config import ModelConfig
+from bortengine.engine.positions import relative_position_bias
 from bortengine.errors import ModelLoadError
 
 __all__ = ["TensorEntry", "read_safetensors_header", "write_safetensors", "Checkpoint", "BertWeights",
@@ -56,11 +59,15 @@ LAYER_TENSORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("output.LayerNorm.weight", ("H",)), ("output.LayerNorm.bias", ("H",)),
 )
 EMBEDDING_TENSORS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("embeddings.word_embeddings.weight", ("V", "H")),
-    ("embeddings.position_embeddings.weight", ("P", "H")),
-    ("embeddings.token_type_embeddings.weight", ("Tt", "H")),
-    ("embeddings.LayerNorm.weight", ("H",)), ("embeddings.LayerNorm.bias", ("H",)),
+    ("embeddings.word_embeddings.weight", ("V", "E")),
+    ("embeddings.position_embeddings.weight", ("P", "E")),
+    ("embeddings.token_type_embeddings.weight", ("Tt", "E")),
+    ("embeddings.LayerNorm.weight", ("E",)), ("embeddings.LayerNorm.bias", ("E",)),
 )
+# ELECTRA with embedding_size != hidden_size: the Linear from the embeddings to the layers
+PROJECTION_TENSORS = (("embeddings_project.weight", ("H", "E")), ("embeddings_project.bias", ("H",)))
+# MPNet: the relative position bias of every layer's attention, one value per (distance bucket, head)
+RELATIVE_BIAS_TENSORS = (("encoder.relative_attention_bias.weight", ("R", "A")),)
 POOLER_TENSORS = (("pooler.dense.weight", ("H", "H")), ("pooler.dense.bias", ("H",)))
 # The linear weights of a layer that a pre-quantized checkpoint (bortengine export --dtype int8) stores as I8
 # [out, in] with a float32 per-output-channel scale "<name>_scale" [out]: w ~= q * scale.
@@ -75,8 +82,9 @@ CLASSIFIER_TENSORS = (("classifier.weight", ("L", "H")), ("classifier.bias", ("L
 PRE_CLASSIFIER_TENSORS = (("pre_classifier.weight", ("H", "H")), ("pre_classifier.bias", ("H",)))
 
 _DIM_FIELDS = {"H": "hidden_size", "I": "intermediate_size", "V": "vocab_size", "P": "max_position_embeddings",
-               "Tt": "type_vocab_size", "L": "num_labels"}
-_ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+               "Tt": "type_vocab_size", "L": "num_labels", "E": "embedding_size", "A": "num_attention_heads",
+               "R": "relative_attention_num_buckets"}
+_ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.", "embeddings_project.")
 
 
 @dataclass(frozen=True)
@@ -334,6 +342,10 @@ def expected_tensors(config: ModelConfig, pooler: bool) -> dict[str, tuple[str, 
     names = dict(EMBEDDING_TENSORS)
     if not config.family.token_type_table:
         del names["embeddings.token_type_embeddings.weight"]
+    if config.projects_embeddings:
+        names.update(PROJECTION_TENSORS)
+    if config.relative_attention_num_buckets:
+        names.update(RELATIVE_BIAS_TENSORS)
     for i in range(config.num_hidden_layers):
         names.update((f"encoder.layer.{i}.{n}", s) for n, s in LAYER_TENSORS)
     if pooler:
@@ -349,8 +361,8 @@ class BertWeights:
     """A checkpoint's tensors under canonical (BERT) names, checked against a ModelConfig before any data is read.
 
     has_pooler: the pooler (dense + tanh on the first token) runs: the checkpoint has one, or the model's sequence
-    head is BERT's or RoBERTa's (whose head dense is mapped onto it: head_in_pooler). has_classifier: the model
-    has a head.
+    head is BERT's or RoBERTa's / MPNet's (whose head dense is mapped onto it: head_in_pooler). has_classifier: the
+    model has a head.
     """
 
     def __init__(self, checkpoint: Checkpoint, config: ModelConfig):
@@ -363,7 +375,7 @@ class BertWeights:
         pooler_head = config.is_classifier and not config.family.pre_classifier
         self.has_pooler = pooler_head or any(n in by_canonical for n, _ in POOLER_TENSORS)
         # RoBERTa's head dense runs as the pooler: its output is part of the head, not a pooler output
-        self.head_in_pooler = config.is_classifier and bool(config.family.head_names)
+        self.head_in_pooler = pooler_head and bool(config.family.head_names)
         self.has_classifier = config.head != "encoder"
         expected = expected_tensors(config, self.has_pooler)
         self._check_names(expected)
@@ -384,6 +396,10 @@ class BertWeights:
                         f"encoder set \"architectures\": [\"{bare}\"])")
             elif any(n.startswith("encoder.layer.") for n in missing):
                 hint = f" (config says num_hidden_layers={config.num_hidden_layers}; check it matches the weights)"
+            elif any(n.startswith("embeddings_project.") for n in missing):
+                hint = (f" (config says embedding_size={config.embedding_size} and hidden_size="
+                        f"{config.hidden_size}: embeddings of another width are projected to the hidden size by "
+                        f"embeddings_project; if the weights have none, embedding_size must be the hidden size)")
             names = [config.family.checkpoint_name(n, config.head) for n in missing]
             raise ModelLoadError(
                 f"{source} is missing {len(missing)} tensor(s) the model needs: {_short_list(names)}{hint}")
@@ -396,6 +412,9 @@ class BertWeights:
             if any(n.startswith("encoder.layer.") for n in unexpected):
                 hint = (f" (config says num_hidden_layers={config.num_hidden_layers}; the weights seem to have "
                         f"more layers)")
+            elif any(n.startswith("embeddings_project.") for n in unexpected):
+                hint = (f" (config says embedding_size = hidden_size = {config.hidden_size}, so there is nothing to "
+                        f"project; weights with an embeddings_project have embeddings of another width)")
             raise ModelLoadError(f"{source} has tensor(s) this {config.family.name} config does not use: "
                                  f"{_short_list(unexpected)}{hint}")
 
@@ -467,17 +486,28 @@ class BertWeights:
         return [self.read(f"encoder.layer.{index}.{n}") for n, _ in LAYER_TENSORS]
 
     def read_embeddings(self) -> list[np.ndarray]:
-        """word [V,H], position [P - position_offset, H], token_type [Tt,H], LayerNorm weight [H], bias [H]: the
-        tables as the encoder indexes them. RoBERTa's position table starts at row padding_idx + 1, where its first
-        token's position is (engine/families.py); DistilBERT, which has no token types, gets one zero row."""
+        """word [V,E], position [P - position_offset, E], token_type [Tt,E], LayerNorm weight [E], bias [E]: the
+        tables as the encoder indexes them. RoBERTa's and MPNet's position tables start at row padding_idx + 1,
+        where their first token's position is (engine/families.py); DistilBERT and MPNet, which have no token
+        types, get one zero row."""
         c = self.config
         position = self.read("embeddings.position_embeddings.weight")
         if c.position_offset:
             position = np.ascontiguousarray(position[c.position_offset:])
         token_type = (self.read("embeddings.token_type_embeddings.weight") if c.family.token_type_table
-                      else np.zeros((c.type_vocab_size, c.hidden_size), dtype=np.float32))
+                      else np.zeros((c.type_vocab_size, c.embedding_size), dtype=np.float32))
         return [self.read("embeddings.word_embeddings.weight"), position, token_type,
                 self.read("embeddings.LayerNorm.weight"), self.read("embeddings.LayerNorm.bias")]
+
+    def read_embedding_projection(self) -> tuple[np.ndarray, np.ndarray]:
+        """ELECTRA's embeddings_project: weight [H,E], bias [H] (config.projects_embeddings)."""
+        return self.read("embeddings_project.weight"), self.read("embeddings_project.bias")
+
+    def read_position_bias(self) -> np.ndarray:
+        """MPNet's relative position bias as the native encoder adds it: [A, 2P - 1] float32 for the P = max_positions
+        tokens a sequence may have, column P - 1 + d holding each head's bias for a key d tokens after its query."""
+        table = self.read("encoder.relative_attention_bias.weight")                     # [R, A]
+        return relative_position_bias(table, self.config.max_positions)
 
 
 def _canonical_entries(checkpoint: Checkpoint, config: ModelConfig) -> dict[str, TensorEntry]:

@@ -38,6 +38,7 @@ CALIBRATION_VOCAB = 64
 CALIBRATION_LAYERS = (1, 2, 4, 8)
 CALIBRATION_SIZES = {"A": CALIBRATION_HEADS, "H": CALIBRATION_HIDDEN, "I": CALIBRATION_INTERMEDIATE}
 CALL_KINDS = ("gemm", "attention", "layernorm", "embeddings")  # op kinds whose empty call is measured
+BERT_STEPS = ("always", "padded")  # the `when` of the steps a BERT forward runs (forward_ops())
 
 
 def forward_steps() -> list[dict[str, Any]]:
@@ -48,11 +49,14 @@ def forward_steps() -> list[dict[str, Any]]:
     "pooler": only with a pooler), when, barriers ({dtype: n}: the barriers the step ends with; an int8 linear
     layer has two, it first quantizes its input rows in a parallel step of its own); a GEMM also has K and N (in
     the architecture's sizes: "H", "3H", "I"), epilogue, rows ("tokens": M = B·T, "sequences": M = B) and
-    low_precision (int8 and bf16 encoders run it on their own kernels). The latency model describes the dense batches a profile times, so a step that runs only when the
-    batch has padding (when == "padded": the scatter of packed rows into the output) counts no barrier here.
+    low_precision (int8 and bf16 encoders run it on their own kernels). The latency model describes the dense
+    batches a profile times, so a step that runs only when the batch has padding (when == "padded": the scatter of
+    packed rows into the output) counts no barrier here. Profiles describe BERT encoders (the only family
+    extraction and training take), so the steps only other families run (when == "projected": ELECTRA's
+    embeddings_project) are left out.
     """
     return [{**step, "barriers": {dtype: n if step["when"] == "always" else 0 for dtype, n in step["barriers"].items()}}
-            for step in _native_steps()]
+            for step in _native_steps() if step["when"] in BERT_STEPS]
 
 
 @functools.lru_cache(maxsize=1)
