@@ -248,23 +248,19 @@ def test_low_precision_of_the_new_families(make_encoder, isa, name, dtype):
         assert low._encoder.has_position_bias and low._encoder.attention_kernel.endswith(isa)
     else:
         assert low._encoder.projects_embeddings
-    ids, mask = _random_batch(fp32, np.random.default_rng(5), [40, 9, 23])
-    a, b = fp32(ids, mask), low(ids, mask)
-    real = mask.astype(bool)
-    x, y = a.last_hidden_state[real], b.last_hidden_state[real]
-    cosine = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
-    assert cosine.min() >= 0.98, cosine.min()
-    if a.logits is not None:
-        assert np.abs(a.logits - b.logits).max() < 0.1
+    _check_low_precision(fp32, low, np.random.default_rng(5))
 
 
 @pytest.mark.parametrize("name", ["roberta", "xlm-roberta-classifier", "distilbert-classifier"])
 def test_int8_cosine(make_encoder, name):
     path = make_encoder(**SIZES, **MODELS[name])
-    fp32, int8 = bortengine.load(path), bortengine.load(path, dtype="int8")
-    rng = np.random.default_rng(2)
+    _check_low_precision(bortengine.load(path), bortengine.load(path, dtype="int8"), np.random.default_rng(2))
+
+
+def _check_low_precision(fp32, low, rng):
+    """Every real token's cosine between the two engines' hidden states >= 0.98, logits within 0.1."""
     ids, mask = _random_batch(fp32, rng, [40, 9, 23])
-    a, b = fp32(ids, mask), int8(ids, mask)
+    a, b = fp32(ids, mask), low(ids, mask)
     real = mask.astype(bool)
     x, y = a.last_hidden_state[real], b.last_hidden_state[real]
     cosine = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
@@ -375,7 +371,7 @@ def test_missing_model_type_read_from_architectures(make_encoder, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the rest of the package
-@pytest.mark.parametrize("name", ["roberta-classifier", "distilbert"])
+@pytest.mark.parametrize("name", ["roberta-classifier", "distilbert", "electra-classifier", "mpnet"])
 def test_demo_checks_other_families_against_transformers(make_encoder, capsys, name):
     from bortengine.cli import main
 
@@ -383,7 +379,7 @@ def test_demo_checks_other_families_against_transformers(make_encoder, capsys, n
     assert main(["demo", "--model", str(path), "--threads", "1", "--batch", "1x8", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "and 4 sentence pairs" in out and "MISMATCH" not in out and out.strip().endswith("demo passed")
-    assert ("logits" in out) == (name == "roberta-classifier")
+    assert ("logits" in out) == name.endswith("classifier")
 
 
 def test_training_and_extraction_refuse_other_families(make_encoder, tmp_path):
@@ -396,6 +392,9 @@ def test_training_and_extraction_refuse_other_families(make_encoder, tmp_path):
     distil = make_encoder(**SIZES, **MODELS["distilbert-classifier"])
     with pytest.raises(UnsupportedModelError, match="model_type 'distilbert' is not BERT; extraction, profiles"):
         Architecture.from_hf_config(distil)
+    for name in ("electra", "mpnet"):
+        with pytest.raises(UnsupportedModelError, match=f"model_type '{name}' is not BERT"):
+            Architecture.from_hf_config(make_encoder(**SIZES, **MODELS[name]))
     with pytest.raises(UnsupportedModelError, match="model_type 'roberta' is not BERT"):
         resolve_surrogate("distill", teacher=str(roberta))
     with pytest.raises(UnsupportedModelError, match="model_type 'roberta' is not BERT"):

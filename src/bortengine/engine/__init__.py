@@ -1,5 +1,5 @@
-"""The inference engine: load() a Hugging Face encoder directory (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT) and
-run it on the native kernels.
+"""The inference engine: load() a Hugging Face encoder directory (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT,
+ELECTRA, MPNet) and run it on the native kernels.
 
 Everything a service needs to serve a model, and nothing else: the model's config, its safetensors weights, its
 tokenizer, its pooling, the Engine that composes them, and what the native module tells about this CPU. Torch-free

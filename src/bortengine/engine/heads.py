@@ -27,13 +27,15 @@ from bortengine.errors import BortEngineError, InvalidInputError
 
 __all__ = ["Linear", "ClassifierHead", "first_tokens", "relevance_scores", "ACTIVATIONS"]
 
-_erf = np.frompyfunc(math.erf, 1, 1)   # [B,H] values once per batch: a Python loop costs microseconds here
+# math.erf over the [B,H] first tokens of a batch: about 4 ms for 32 x 768, next to a forward of tens of ms (NumPy
+# has no erf, and scipy is no dependency)
+_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
     """Exact GELU, x * (1 + erf(x / sqrt(2))) / 2, computed in float64 (torch's GELUActivation, "gelu")."""
     x = x.astype(np.float64)
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
 
 
 # The activations of the heads' pre_classifier (engine/families.py Family.pre_classifier)
