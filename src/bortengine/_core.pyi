@@ -127,9 +127,11 @@ class Encoder:
     @property
     def has_pooler(self) -> bool: ...
     @property
-    def projects_embeddings(self) -> bool: ...
+    def projects_embeddings(self) -> bool:
+        """Whether the forward runs embeddings_project (embedding_size != hidden_size: ELECTRA)."""
     @property
-    def has_position_bias(self) -> bool: ...
+    def has_position_bias(self) -> bool:
+        """Whether set_position_bias gave every layer's attention a relative position bias (MPNet)."""
 
 # Single ops, for tests, benchmarks and the profiler. isa="" means default_isa(). Each runs its own thread team.
 def gemm(a: np.ndarray, w: np.ndarray, bias: Optional[np.ndarray] = None, epilogue: str = "none",
