@@ -180,6 +180,17 @@ class TextTokenizer:
                             tokenizer.source, token_types=tokenizer.token_types, unk_id=tokenizer.unk_id)
         return tokenizer
 
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. sent to a Ray worker with a model) as the base tokenizer and its settings; the copies per
+        length, the lock and the pair template's answer are made again where it is unpickled."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_by_length", "_sep_id")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._by_length, self._lock = {}, threading.Lock()
+        self._configured(self.max_length)
+        self._sep_id = _UNKNOWN if self.token_types else None
+
     def _configured(self, max_length: int) -> Tokenizer:
         tokenizer = self._by_length.get(max_length)
         if tokenizer is None:

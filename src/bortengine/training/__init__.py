@@ -36,6 +36,7 @@ __all__ = [
     "write_hf_directory", "export", "run_model", "run_directory", "model_subdirectories", "TOKENIZER_FILES",
     "AGORA_STATE_FILE",
     "AgoraError", "finetune_agora", "parse_settings", "NearestNeighbourSwap",
+    "SettingsRunner", "InProcessRunner", "SettingRun", "RoundWork", "SettingResult", "fit_setting", "best_position",
 ]
 
 _WHERE = {
@@ -60,6 +61,9 @@ _WHERE = {
     "model_subdirectories": "hf_dir", "TOKENIZER_FILES": "hf_dir",
     # Agora's entry points; the whole of it is bortengine.training.agora
     "AgoraError": "agora", "finetune_agora": "agora", "parse_settings": "agora", "NearestNeighbourSwap": "agora",
+    # where Agora's fine-tunes of a round run: the loop's side of search.RaySettingsRunner
+    **dict.fromkeys(("SettingsRunner", "InProcessRunner", "SettingRun", "RoundWork", "SettingResult", "fit_setting",
+                     "best_position"), "agora"),
 }
 _ALIASES = {"export": ("hf_dir", "write_hf_directory")}   # the writer's older public name
 

@@ -23,6 +23,7 @@ class EngineLabeller:
                  num_threads: Optional[int] = None, max_length: int = 64):
         from bortengine.engine import load
 
+        self.model_dir, self.num_threads = str(model_dir), num_threads
         self.engine = load(str(model_dir), num_threads=num_threads) if num_threads else load(str(model_dir))
         cfg = self.engine.config
         names = [cfg.id2label[i] for i in range(cfg.num_labels)] if getattr(cfg, "id2label", None) else []
@@ -33,6 +34,11 @@ class EngineLabeller:
         self._column = [names.index(name) for name in self.labels]  # the model's logit column of each task class
         self.max_length = max_length
         self._logits: dict[str, np.ndarray] = {}   # text -> [C]: the confidence filter and distillation share them
+
+    def __reduce__(self):
+        """Pickled as its directory and options (the engine is loaded again where it is unpickled, e.g. a Ray worker:
+        the directory must be at the same path there)."""
+        return EngineLabeller, (self.model_dir, self.labels, self.num_threads, self.max_length)
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):

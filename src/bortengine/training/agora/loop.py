@@ -12,12 +12,17 @@ With out_dir, the state after every round (Θ left, the records, the grown train
 out_dir/state.safetensors in the training stage's checkpoint format (never a pickle), and each round's best student
 to out_dir/round-k by the caller's save_model; a second call resumes after the last finished round.
 
+A round's fine-tunes are independent of one another, so where they run is the caller's choice: a SettingsRunner
+(InProcessRunner, the default: one after another in this process; search.RaySettingsRunner: in parallel on a Ray
+cluster, docs/scale-out.md) gets the round's work and returns each setting's result and the best's model.
+
 Torch-free. Shapes: N = points, L = labels, F = features of a vector point.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +38,7 @@ from bortengine.training.errors import TrainingError
 __all__ = [
     "AgoraError", "AgoraConfig", "AgoraResult", "RoundRecord", "run_agora", "accuracy", "Labeller", "Trainer",
     "Transformation", "DEFAULT_SETTINGS", "STATE_FILE", "check_ranges", "log",
+    "SettingRun", "RoundWork", "SettingResult", "SettingsRunner", "InProcessRunner", "fit_setting", "best_position",
 ]
 
 STATE_FILE = AGORA_STATE_FILE
@@ -129,6 +135,7 @@ class AgoraResult:
     train_size: int
     stopped_by: str              # "theta empty" or "round budget"
     config: dict = field(default_factory=dict)
+    executor: str = ""           # where the fine-tunes of this call ran (SettingsRunner.describe)
 
     @property
     def final(self) -> RoundRecord:
@@ -136,7 +143,7 @@ class AgoraResult:
 
     def to_dict(self) -> dict:
         return {"rounds": [r.to_dict() for r in self.rounds], "train_size": self.train_size,
-                "stopped_by": self.stopped_by, "config": self.config}
+                "stopped_by": self.stopped_by, "config": self.config, "executor": self.executor}
 
 
 def accuracy(predicted: np.ndarray, gold: np.ndarray) -> float:
@@ -317,6 +324,107 @@ class _Progress:
         self.rng.bit_generator.state = state["rng"]
 
 
+# -- where a round's fine-tunes run --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SettingRun:
+    """One fine-tune of a round: setting `index` of the original Θ (which also seeds it: `seed`)."""
+
+    index: int
+    setting: dict
+    seed: int
+
+
+@dataclass
+class RoundWork:
+    """What every fine-tune of a round reads: the round's training set, the selection part of dev (it ranks the
+    settings and, as the trainer's dev, picks each one's epoch) and the task's number of classes.
+
+    Shapes: train (N points, labels [N]); select (M points, labels [M])."""
+
+    round: int
+    train: tuple[list, np.ndarray]
+    select: tuple[list, np.ndarray]
+    num_classes: int
+
+
+@dataclass
+class SettingResult:
+    """One fine-tune's outcome: its dev accuracy (on the selection part), its class ids there, where it ran
+    ("local": this process; else the Ray node's id) and its seconds.
+
+    Shapes: prediction [M]."""
+
+    index: int
+    setting: dict
+    accuracy: float
+    prediction: np.ndarray
+    node: str = "local"
+    seconds: float = 0.0
+
+
+class SettingsRunner(Protocol):
+    """Runs a round's fine-tunes (independent of one another) and hands back every result, in the order of `runs`,
+    with the model of the best (best_position). capacity: how many it runs at a time (the time budget's estimate).
+    on_result(result) is called in the driving process as each one finishes (progress, log)."""
+
+    capacity: int
+
+    def run_round(self, trainer: Trainer, runs: Sequence[SettingRun], work: RoundWork,
+                  on_result: Callable[[SettingResult], None]) -> tuple[list[SettingResult], Any]: ...
+
+    def describe(self) -> str: ...   # where the fine-tunes run, in a line (the run's result records it)
+
+
+def fit_setting(trainer: Trainer, run: SettingRun, work: RoundWork) -> tuple[Any, SettingResult]:
+    """Fine-tune one student and score it on the selection part of dev: (model, result). Where it runs, only the
+    caller knows: the result says "local"."""
+    start = time.perf_counter()
+    points, gold = work.select
+    model = trainer.fit(run.setting, work.train[0], work.train[1], seed=run.seed, dev=work.select)
+    prediction = check_labels("the student", model.predict(points), work.num_classes, len(points))
+    return model, SettingResult(run.index, run.setting, accuracy(prediction, gold), prediction,
+                                seconds=time.perf_counter() - start)
+
+
+def best_position(results: Sequence[SettingResult]) -> int:
+    """Where the round's best result stands: the highest dev accuracy, ties going to the earlier setting."""
+    best = 0
+    for k, result in enumerate(results):
+        if result.accuracy > results[best].accuracy:
+            best = k
+    return best
+
+
+class InProcessRunner:
+    """The round's fine-tunes one after another in this process, with the trainer as given (the default: how the
+    loop has always run them): only the best model so far is kept in memory."""
+
+    capacity = 1
+
+    def run_round(self, trainer: Trainer, runs: Sequence[SettingRun], work: RoundWork,
+                  on_result: Callable[[SettingResult], None]) -> tuple[list[SettingResult], Any]:
+        results, best_model = [], None
+        for run in runs:
+            model, result = fit_setting(trainer, run, work)
+            results.append(result)
+            on_result(result)
+            if best_position(results) == len(results) - 1:
+                best_model = model
+        return results, best_model
+
+    def describe(self) -> str:
+        return "local: in this process, one setting after another"
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "InProcessRunner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 # -- the loop ------------------------------------------------------------------------------------------------------
 @dataclass
 class _RoundBest:
@@ -330,13 +438,14 @@ class _AgoraRun:
     """One call of run_agora: the checked inputs, the progress so far, and each step of a round."""
 
     def __init__(self, config: AgoraConfig, trainer: Trainer, train, dev, labeller: Labeller,
-                 transformation: Transformation, save_model: Optional[Callable[[Any, Path], None]]):
+                 transformation: Transformation, save_model: Optional[Callable[[Any, Path], None]],
+                 runner: SettingsRunner):
         settings = _check_config(config, save_model)
         train_points, train_labels, dev_points, dev_labels = _check_data(train, dev)
         self.num_classes = config.num_classes or int(max(train_labels.max(), dev_labels.max())) + 1
         _check_labeller(labeller, config, self.num_classes)
         self.config, self.trainer, self.labeller, self.transformation = config, trainer, labeller, transformation
-        self.save_model = save_model
+        self.save_model, self.runner = save_model, runner
         self.train0, self.dev_size = len(train_points), len(dev_points)
         # select_*: ranks Θ and picks the best student (and its epoch); mistake_*: the mistakes that seed generation
         self.select = self.mistake = (dev_points, dev_labels)
@@ -383,29 +492,31 @@ class _AgoraRun:
     def next_round_fits(self, seconds: float, settings_now: int, settings_next: int, points_next: int) -> bool:
         """Whether a round of settings_next fine-tunes on points_next points ends within the time budget, estimated
         from this round (seconds for settings_now fine-tunes on the points it had): fine-tuning time grows with
-        both."""
+        both, the settings counted in waves of the runner's capacity (one at a time in this process)."""
         if self.config.time_budget is None:
             return True
-        scale = (settings_next / max(1, settings_now)) * (points_next / max(1, len(self.progress.train_points)))
+        capacity = max(1, self.runner.capacity)
+        waves_next, waves_now = math.ceil(settings_next / capacity), math.ceil(settings_now / capacity)
+        scale = (waves_next / max(1, waves_now)) * (points_next / max(1, len(self.progress.train_points)))
         return time.monotonic() - self.started + seconds * scale <= self.config.time_budget
 
-    def train_settings(self, r: int) -> tuple[_RoundBest, list[tuple[float, int, dict]]]:
-        """Fine-tune one student per setting left in Θ: the best on the selection part of dev (ties: the earlier),
-        and (dev accuracy, index in Θ, setting) of every setting."""
-        p, (points, gold) = self.progress, self.select
-        best, scored = None, []
-        for index, setting in p.theta:
-            m = self.trainer.fit(setting, p.train_points, p.train_labels, seed=self.config.seed * 1000 + index,
-                                 dev=self.select)
+    def train_settings(self, r: int) -> tuple[_RoundBest, list[SettingResult]]:
+        """Fine-tune one student per setting left in Θ, on the runner: the best on the selection part of dev (ties:
+        the earlier), and every setting's result in Θ's order."""
+        p = self.progress
+        runs = [SettingRun(index, setting, self.config.seed * 1000 + index) for index, setting in p.theta]
+        work = RoundWork(r, (p.train_points, p.train_labels), self.select, self.num_classes)
+
+        def finished(result: SettingResult) -> None:
             if self.bar is not None:
-                self.bar.step(f"round {r} setting {index}")
-            pred = check_labels("the student", m.predict(points), self.num_classes, len(points))
-            acc = accuracy(pred, gold)
-            scored.append((acc, index, setting))
-            log(f"round {r}: setting {index} {setting} dev accuracy {acc:.4f} ({len(p.train_points)} train points)")
-            if best is None or acc > best.accuracy:
-                best = _RoundBest(m, acc, setting, pred)
-        return best, scored
+                self.bar.step(f"round {r} setting {result.index}")
+            where = "" if result.node == "local" else f" on node {result.node[:12]}"
+            log(f"round {r}: setting {result.index} {result.setting} dev accuracy {result.accuracy:.4f} "
+                f"({len(p.train_points)} train points{where})")
+
+        results, model = self.runner.run_round(self.trainer, runs, work, finished)
+        best = results[best_position(results)]
+        return _RoundBest(model, best.accuracy, best.setting, best.prediction), results
 
     def mistakes(self, best: _RoundBest) -> tuple[np.ndarray, Optional[float]]:
         """Indices of the best student's mistakes on the generation part of dev, and its accuracy there (None
@@ -457,7 +568,7 @@ class _AgoraRun:
         r, start = len(p.records) + 1, time.perf_counter()
         best, scored = self.train_settings(r)
         mistakes, mistake_acc = self.mistakes(best)
-        ranked = [(i, s) for a, i, s in sorted(scored, key=lambda t: -t[0])]
+        ranked = [(s.index, s.setting) for s in sorted(scored, key=lambda s: -s.accuracy)]
         theta_next = ranked[:max(0, len(p.theta) - config.drop)]
         last = not theta_next or (config.rounds is not None and r >= config.rounds)
         if not last and not self.next_round_fits(time.perf_counter() - start, len(p.theta), len(theta_next),
@@ -478,7 +589,8 @@ class _AgoraRun:
                 p.train_labels = np.concatenate([p.train_labels, new_labels])
                 generated = len(new_points)
         record = RoundRecord(
-            round=r, settings_trained=[{"index": i, "setting": s, "dev_accuracy": a} for a, i, s in scored],
+            round=r, settings_trained=[{"index": s.index, "setting": s.setting, "dev_accuracy": s.accuracy,
+                                        "node": s.node, "seconds": s.seconds} for s in scored],
             best_setting=best.setting, train_size=len(p.train_points) - generated, dev_accuracy=best.accuracy,
             dev_mistakes=int(len(mistakes)), generated=generated, label_agreement=agreement,
             theta_left=len(theta_next), seconds=time.perf_counter() - start, note=note, unconfident=unconfident,
@@ -512,7 +624,8 @@ class _AgoraRun:
 def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any], Sequence[int]],
               dev: tuple[Sequence[Any], Sequence[int]], labeller: Labeller, transformation: Transformation,
               save_model: Optional[Callable[[Any, Path], None]] = None,
-              load_model: Optional[Callable[[Path], Any]] = None, progress: bool = False) -> AgoraResult:
+              load_model: Optional[Callable[[Path], Any]] = None, progress: bool = False,
+              runner: Optional[SettingsRunner] = None) -> AgoraResult:
     """The Agora loop. train and dev are (points, labels); labels are class ids 0..num_classes-1.
 
     trainer.fit(setting, points, labels, seed, dev) -> a model with predict(points) -> [N] class ids.
@@ -523,8 +636,12 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
     with the same config and out_dir resumes after the last finished round (a state from another config is
     refused, and so is a run directory of an older bortengine, whose state was a pickle).
     progress: a bar over the fine-tunes left (each round trains every setting left in Θ), with time left.
+    runner: where each round's fine-tunes run (SettingsRunner; default InProcessRunner: one after another in this
+    process, as always). Whichever ran a round, the state written after it is the same, so a run resumes on any
+    runner; each setting's record says where it ran (`node`). The caller closes a runner it made.
     """
-    run = _AgoraRun(config, trainer, train, dev, labeller, transformation, save_model)
+    runner = runner or InProcessRunner()
+    run = _AgoraRun(config, trainer, train, dev, labeller, transformation, save_model, runner)
     run.resume()
     if progress:
         run.bar = Progress(run.fine_tunes_left(), "agora")
@@ -535,7 +652,7 @@ def run_agora(config: AgoraConfig, trainer: Trainer, train: tuple[Sequence[Any],
     if model is None and run.out is not None and records and load_model is not None:   # a finished run again
         model = load_model(run.out / f"round-{records[-1].round}")
     result = AgoraResult(records, model, len(run.progress.train_points), run.finished() or "",
-                         config=jsonable(asdict(config)))
+                         config=jsonable(asdict(config)), executor=runner.describe())
     if run.out:
         (run.out / "agora.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result

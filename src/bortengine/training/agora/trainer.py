@@ -32,7 +32,11 @@ class TextClassifierTrainer:
     dropout, gradient clipping at 1, length-bucketed seeded batches) on any list of texts, which finetune cannot
     take; the epoch with the best dev accuracy (from select_from of the run on) is kept. Setting keys: lr, epochs,
     batch_size, weight_decay, warmup_fraction, dropout. fit() returns a training.SequenceClassifier
-    (predict(texts) -> [N] class ids)."""
+    (predict(texts) -> [N] class ids).
+
+    The trainer pickles (search.RaySettingsRunner sends it to Ray workers): the student to start from goes as its
+    weights, the teacher (an EngineLabeller) as its directory, loaded again there; so do the students fit() returns
+    (torch modules and a TextTokenizer)."""
 
     def __init__(self, init, tokenizer_dir: str | os.PathLike, max_length: int = 64, threads: Optional[int] = None,
                  select_from: float = 0.5, teacher: Any = None, distill_weight: float = 0.5,
@@ -65,6 +69,9 @@ class TextClassifierTrainer:
         # of those weights kept: early epochs of a short run are rarely the best, and each dev pass costs about as
         # much as an epoch on 500 examples
         self.select_from = select_from
+        # torch's threads: set here for this process's own use of the students (their predictions), and again by
+        # every fit(), which may run in another process (a Ray worker sets `threads` to the CPUs it was given)
+        self.threads = threads
         torch.set_num_threads(threads or available_cpus())
         self._ids: dict[str, list[int]] = {}
 
@@ -114,6 +121,7 @@ class TextClassifierTrainer:
             raise AgoraError(f"setting {dict(setting)}: every value must be a number (batch_size an integer)") from None
         if not (lr > 0 and epochs > 0 and bs >= 1):
             raise AgoraError(f"setting {dict(setting)}: lr and epochs must be > 0 and batch_size >= 1")
+        torch.set_num_threads(self.threads or available_cpus())
         torch.manual_seed(seed)
         init = self.init if isinstance(self.init, torch.nn.Module) else self.init()   # a model or a factory
         model = as_classifier(copy.deepcopy(init), dropout=dropout, seed=seed, labels=self.labels)
