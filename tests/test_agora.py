@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from bortengine.agora import (AgoraConfig, AgoraError, GaussianNoise, evaluate_rounds, parse_settings,
-                              run_agora, scarce_subset)
+from bortengine.agora import (AgoraConfig, AgoraError, GaussianNoise, best_position, evaluate_rounds, fit_setting,
+                              parse_settings, run_agora, scarce_subset)
 from bortengine.training import read_checkpoint, write_checkpoint
 
 # Shapes: N points, F = 2 features. Two Gaussian blobs; the truth is the sign of x0 + x1.
@@ -69,10 +70,11 @@ def run(tmp_path=None, **overrides):
     train = blobs(20, 0)
     dev = blobs(60, 1)
     trainer = overrides.pop("trainer", None) or CentroidTrainer()
+    runner = overrides.pop("runner", None)
     config = AgoraConfig(settings=overrides.pop("settings", THETA), seed=0,
                          out_dir=str(tmp_path) if tmp_path else None, **overrides)
     return run_agora(config, trainer, train, dev, Oracle(), GaussianNoise(scale=0.2), save_model=save_centroids,
-                     load_model=load_centroids), trainer
+                     load_model=load_centroids, runner=runner), trainer
 
 
 def test_rounds_shrink_theta_and_grow_training_set():
@@ -106,6 +108,55 @@ def test_round_budget_and_seeded_reproducibility():
     assert [timeless(r) for r in a.rounds] == [timeless(r) for r in b.rounds]
     assert {s["node"] for r in a.rounds for s in r.settings_trained} == {"local"}
     assert a.executor == "local: in this process, one setting after another"
+
+
+class ReversedRunner:
+    """A settings runner that finishes a round's settings in the opposite order, as parallel workers may, keeps
+    every model, and says they ran "elsewhere"."""
+
+    capacity = 3
+
+    def run_round(self, trainer, runs, work, on_result):
+        done = {}
+        for run in reversed(runs):
+            model, result = fit_setting(trainer, run, work)
+            done[run.index] = (model, replace(result, node="elsewhere"))
+            on_result(done[run.index][1])
+        results = [done[run.index][1] for run in runs]
+        return results, done[runs[best_position(results)].index][0]
+
+    def describe(self):
+        return "elsewhere, backwards"
+
+
+def test_a_runner_that_finishes_the_settings_in_another_order_gives_the_same_run(tmp_path):
+    """Where and in which order the settings of a round run does not change the run: the same records (but for
+    the nodes), the same student; ties still go to the earlier setting of Θ; and a run interrupted on one runner
+    resumes on the other."""
+    reference, _ = run(tmp_path / "here", rounds=2)
+    elsewhere, _ = run(tmp_path / "there", rounds=2, runner=ReversedRunner())
+    assert [timeless(r, node=False) for r in elsewhere.rounds] == [timeless(r, node=False) for r in reference.rounds]
+    assert np.array_equal(elsewhere.model.means, reference.model.means)
+    assert {s["node"] for r in elsewhere.rounds for s in r.settings_trained} == {"elsewhere"}
+    assert elsewhere.executor == "elsewhere, backwards"
+    assert json.loads((tmp_path / "there" / "agora.json").read_text())["executor"] == "elsewhere, backwards"
+    twins = [{"shrink": 0.9, "twin": 0}, {"shrink": 0.9, "twin": 1}, {"shrink": 0.0, "twin": 2}]
+    tied, _ = run(settings=twins, rounds=1, runner=ReversedRunner())
+    first = tied.rounds[0].settings_trained
+    assert first[0]["dev_accuracy"] == first[1]["dev_accuracy"] and tied.rounds[0].best_setting == twins[0]
+
+    class StoppedInRound2(CentroidTrainer):
+        def fit(self, setting, points, labels, seed, dev=None):
+            if len(points) > 20:                              # round 2: the training set has grown
+                raise KeyboardInterrupt
+            return super().fit(setting, points, labels, seed, dev)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", rounds=2, runner=ReversedRunner(), trainer=StoppedInRound2())
+    resumed, trainer = run(tmp_path / "cut", rounds=2)            # in process
+    assert len(trainer.calls) == 2                                # round 2 alone
+    assert [timeless(r, node=False) for r in resumed.rounds] == [timeless(r, node=False) for r in reference.rounds]
+    assert [{s["node"] for s in r.settings_trained} for r in resumed.rounds] == [{"elsewhere"}, {"local"}]
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):

@@ -145,7 +145,8 @@ def add_data_arguments(parser, builtin_help: str = "a built-in task instead of -
 def add_executor_arguments(parser, default: Optional[str] = None,
                            what: str = "where the surrogate evaluations run: local worker processes (default), or "
                                        "ray: a Ray cluster's workers") -> None:
-    """--executor and --ray-address: where the work runs (extract, the pipeline's extraction, profile)."""
+    """--executor and --ray-address: where the work runs (extract, the pipeline's extraction and Agora, finetune
+    --agora, profile)."""
     parser.add_argument("--executor", choices=EXECUTORS, default=default,
                         help=f"{what} (pip install 'bortengine[ray]'; docs/scale-out.md)")
     parser.add_argument("--ray-address", default=default, metavar="HOST:PORT",

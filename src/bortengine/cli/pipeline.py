@@ -45,7 +45,9 @@ def add_parsers(sub) -> None:
                         "at the workload (4; measured with a 5%% margin)")
     p.add_argument("--space", help="search space name or file (default: one below the teacher)")
     p.add_argument("--seed", type=int)
-    add_executor_arguments(p, default=_DEFAULT)
+    add_executor_arguments(p, default=_DEFAULT, what="where the extraction's surrogate evaluations and the "
+                                                    "settings of each Agora round run: local (default), or "
+                                                    "ray: a Ray cluster's workers")
     p.add_argument("--max-steps", type=positive_int, metavar="N",
                    help="cap every training stage at N steps (quick looks and tests; the budget still applies)")
     p.add_argument("--no-progress", action="store_true")

@@ -1,6 +1,6 @@
 """`bortengine pretrain` (distil a student architecture from a teacher) and `bortengine finetune` (a classifier on
 the user's labelled data, --train, or on Rotten Tomatoes or IMDB; --surrogate-steps for the search's short-budget
-loss; --agora for the Agora loop).
+loss; --agora for the Agora loop, whose fine-tunes of a round may run on a Ray cluster: --executor ray).
 
 The parsers import no torch; each command imports it when it runs, so `bortengine info` and `demo` keep working
 without the `train` extra. The model directories and output directory a command names are checked before the
@@ -15,8 +15,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from bortengine.cli.arguments import (add_data_arguments, architecture, check_model_directory, check_output,
-                                      data_fields, duration, positive_float, positive_int)
+from bortengine.cli.arguments import (add_data_arguments, add_executor_arguments, architecture, check_model_directory,
+                                      check_output, data_fields, duration, positive_float, positive_int)
 from bortengine.errors import UsageError
 from bortengine.training import CORPUS_MODES
 
@@ -154,6 +154,9 @@ def _add_agora_arguments(ft: argparse.ArgumentParser) -> None:
     ag.add_argument("--select-fraction", type=float, default=None, metavar="F",
                     help="[recipe] keep a stratified fraction F of dev apart to rank Θ and pick each round's best "
                          "student; the mistakes that seed generation come from the rest (0: all of dev does both)")
+    add_executor_arguments(ag, what="where the fine-tunes of a round run: in this process, one after another "
+                                    "(local, default), or ray: in parallel on a Ray cluster's nodes, each with "
+                                    "--threads CPUs (default: the smallest node's)")
 
 
 def _student_architecture(text: str) -> Optional[str]:
@@ -212,6 +215,9 @@ def _pretrain(args) -> int:
 def _finetune(args) -> int:
     from bortengine.training import FinetuneConfig, finetune, finetune_surrogate_loss
 
+    if args.executor or args.ray_address:
+        raise UsageError("--executor and --ray-address go with --agora (the settings of an Agora round run in "
+                         "parallel); plain fine-tuning is one run on this machine")
     check_model_directory(args.model, "--model")
     check_model_directory(args.teacher, "--teacher")
     check_output(args.out, "--out", directory=True)
@@ -241,7 +247,11 @@ def _finetune_agora(args) -> int:
     check_output(args.out, "--out", directory=True)
     fields = data_fields(args)
     task = DataSpec.of(fields.pop("task"), **fields, seed=args.seed) if fields["train"] else fields["task"]
-    with _resumable(f"run the same command again to resume after the last finished round in {args.out}"):
+    from bortengine.search import settings_runner
+
+    with settings_runner(args.executor, args.ray_address, args.threads) as runner, \
+            _resumable(f"run the same command again (with either executor) to resume after the last finished round "
+                       f"in {args.out}"):
         summary = finetune_agora(
             labeller=args.labeller, out_dir=args.out, model=args.model, arch=args.student_arch, task=task,
             train_limit=args.train_limit, seed=args.seed, settings=args.settings, recipe=args.recipe,
@@ -249,7 +259,8 @@ def _finetune_agora(args) -> int:
             transformation=args.transformation, fraction=args.replace_fraction, neighbours=args.neighbours,
             mlm_model=args.mlm_model, max_length=args.max_length, threads=args.threads,
             distill_weight=args.agora_distill, min_confidence=args.min_confidence,
-            select_fraction=args.select_fraction, distill_on=args.agora_distill_on, progress=not args.no_progress)
+            select_fraction=args.select_fraction, distill_on=args.agora_distill_on, progress=not args.no_progress,
+            runner=runner)
     print_result({k: v for k, v in summary.items() if k != "rounds"} | {"rounds": [
         {k: r[k] for k in ("round", "theta_left", "train_size", "generated", "label_agreement", "dev_accuracy",
                            "test_accuracy")} for r in summary["rounds"]]})

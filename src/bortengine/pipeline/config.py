@@ -64,7 +64,7 @@ class PipelineConfig:
     min_speedup: float = 4.0               # the student must be predicted and measured this much faster
     max_steps: Optional[int] = None        # cap on every training stage's steps (tests, quick looks)
     progress: bool = True
-    executor: str = "local"                # where the extraction's surrogate evaluations run: "local" or "ray"
+    executor: str = "local"                # where the extraction's evaluations and Agora's settings run: "local"/"ray"
     ray_address: Optional[str] = None      # the Ray cluster (host:port); default $RAY_ADDRESS, else a local instance
 
     def check(self) -> None:

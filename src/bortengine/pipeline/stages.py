@@ -487,17 +487,21 @@ def _teacher_max_length(ctx: RunContext) -> int:
 
 
 def _agora(ctx: RunContext, student: str, seconds: float) -> dict[str, Any]:
+    from bortengine.search import settings_runner
     from bortengine.training import finetune_agora
 
     run_dir = ctx.out / "agora"
     started = time.monotonic()
     # with max_steps (tests, quick looks) two short rounds, as the other training stages are capped
     quick = {"rounds": 2, "settings": ({"lr": 3e-4, "epochs": 1.0},)} if ctx.config.max_steps else {}
-    summary = finetune_agora(labeller=str(ctx.teacher_dir), out_dir=str(run_dir), model=student, arch=None,
-                             task=ctx.data_spec, train_limit=None, seed=ctx.config.seed,
-                             max_length=_teacher_max_length(ctx), threads=ctx.threads,
-                             max_new_per_round=AGORA_MAX_NEW, time_budget=0.85 * seconds,
-                             progress=ctx.config.progress, **quick)
+    # the executor of the extraction runs each round's settings too; on Ray each gets --threads CPUs if given, else
+    # the smallest node's
+    with settings_runner(ctx.config.executor, ctx.config.ray_address, ctx.config.threads) as runner:
+        summary = finetune_agora(labeller=str(ctx.teacher_dir), out_dir=str(run_dir), model=student, arch=None,
+                                 task=ctx.data_spec, train_limit=None, seed=ctx.config.seed,
+                                 max_length=_teacher_max_length(ctx), threads=ctx.threads,
+                                 max_new_per_round=AGORA_MAX_NEW, time_budget=0.85 * seconds,
+                                 progress=ctx.config.progress, runner=runner, **quick)
     last = summary["rounds"][-1]["round"]
     _copy_model(run_dir / f"round-{last}", ctx.out / "model")
     if (run_dir / "rounds.png").is_file():
@@ -505,4 +509,4 @@ def _agora(ctx: RunContext, student: str, seconds: float) -> dict[str, Any]:
     return {"agora": True, "rounds": len(summary["rounds"]), "dev_accuracy": summary["agora_dev_accuracy"],
             "test_accuracy": summary["agora_test_accuracy"], "plain_test_accuracy": summary["plain_test_accuracy"],
             "seconds_this_call": time.monotonic() - started, "budget_seconds": seconds,
-            "round_rows": summary["rounds"]}
+            "round_rows": summary["rounds"], "executor": summary["executor"]}

@@ -3,7 +3,8 @@
 `extract(space, surrogate, profile)` returns an Extraction: the ε-approximate Pareto set and one winner by the
 W-coefficient; `coverage` checks it against an exhaustive run, `measure_finalists` times the best on the engine.
 The surrogate evaluations run on an Executor: LocalExecutor (worker processes) or RayExecutor (a Ray cluster,
-docs/scale-out.md). See docs/extraction.md.
+docs/scale-out.md); Agora's fine-tunes of a round, on a settings runner: in process, or RaySettingsRunner
+(settings_runner picks one by the executor's name). See docs/extraction.md.
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from bortengine.search.cache import SurrogateCache, default_cache_dir
 from bortengine.search.error_model import ErrorModel
 from bortengine.search.errors import SearchError, SearchInterrupted
 from bortengine.search.finalists import finalists_seconds, measure_finalists
-from bortengine.search.executor import Evaluation, Executor, LocalExecutor
-from bortengine.search.fptas import EXECUTORS, SIZES, extract
+from bortengine.search.executor import EXECUTORS, Evaluation, Executor, LocalExecutor
+from bortengine.search.fptas import SIZES, extract
 from bortengine.search.grouping import REPRESENTATIVES, group_bound
 from bortengine.search.pareto import Candidate, ParetoSet, pareto_front, w_coefficient
-from bortengine.search.ray_executor import RayExecutor
+from bortengine.search.ray_executor import RayExecutor, RaySettingsRunner, settings_runner
 from bortengine.search.result import Extraction
 from bortengine.search.surrogates import (SURROGATES, AnalyticSurrogate, DistillationSurrogate, FinetuneSurrogate,
                                           Surrogate, resolve_surrogate)
@@ -26,5 +27,5 @@ __all__ = [
     "FinetuneSurrogate", "SurrogateCache", "Candidate", "ParetoSet", "Extraction", "extract", "pareto_front",
     "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
     "default_cache_dir", "measure_finalists", "finalists_seconds", "SURROGATES", "REPRESENTATIVES", "SIZES",
-    "EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Evaluation",
+    "EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Evaluation", "RaySettingsRunner", "settings_runner",
 ]

@@ -17,10 +17,23 @@ from typing import Any, Hashable, Optional
 
 from bortengine.architecture import Architecture
 from bortengine.engine import available_cpus
+from bortengine.search.errors import SearchError
 from bortengine.search.surrogates import Surrogate
 
 __all__ = ["Evaluation", "evaluate", "Executor", "LocalExecutor", "default_workers", "worker_init",
-           "worker_surrogate"]
+           "worker_surrogate", "EXECUTORS", "check_executor"]
+
+EXECUTORS = ("local", "ray")
+
+
+def check_executor(executor: Optional[str], ray_address: Optional[str]) -> str:
+    """The executor's name: as given, else "ray" when an address is, else "local"."""
+    executor = executor or ("ray" if ray_address else "local")
+    if executor not in EXECUTORS:
+        raise SearchError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if ray_address and executor != "ray":
+        raise SearchError(f"a Ray address ({ray_address}) goes with the ray executor, not {executor!r}")
+    return executor
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from bortengine.progress import Progress
 from bortengine.search.cache import SurrogateCache, default_cache_dir
 from bortengine.search.errors import SearchError, SearchInterrupted
 from bortengine.search.evaluation import SKIPPED, Evaluator
-from bortengine.search.executor import Executor, LocalExecutor, default_workers
+from bortengine.search.executor import EXECUTORS, Executor, LocalExecutor, check_executor, default_workers
 from bortengine.search.ray_executor import RayExecutor
 from bortengine.search.grouping import REPRESENTATIVES, evaluation_bound, group, representative_order
 from bortengine.search.pareto import Candidate
@@ -65,7 +65,6 @@ from bortengine.search_space import SearchSpace, SearchSpaceError, architecture_
 __all__ = ["extract", "SIZES", "EXECUTORS"]
 
 SIZES = ("effective", "total")
-EXECUTORS = ("local", "ray")
 
 
 def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: Any, *, workload: Any = None,
@@ -110,7 +109,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     started = start if started is None else started
     eps = check_epsilon(epsilon)
     _check_options(size, representative, per_group, workers)
-    executor = _check_executor(executor, ray_address)
+    executor = check_executor(executor, ray_address)
     space, surrogate = _resolve_space(space), resolve_surrogate(surrogate)
     tau = _check_tau(surrogate.error_scale if tau is None else tau)
     workload = _check_profile(profile, workload)
@@ -176,16 +175,6 @@ def _check_options(size: str, representative: str, per_group: Any, workers: Any)
                           f"FPTAS, one representative per group), got {per_group!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise SearchError(f"workers must be a positive integer, got {workers!r}")
-
-
-def _check_executor(executor: Optional[str], ray_address: Optional[str]) -> str:
-    """The executor's name: as given, else "ray" when an address is, else "local"."""
-    executor = executor or ("ray" if ray_address else "local")
-    if executor not in EXECUTORS:
-        raise SearchError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    if ray_address and executor != "ray":
-        raise SearchError(f"a Ray address ({ray_address}) goes with the ray executor, not {executor!r}")
-    return executor
 
 
 def make_executor(kind: str, surrogate: Surrogate, workers: Optional[int] = None, niceness: int = 0,

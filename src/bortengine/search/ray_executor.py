@@ -1,5 +1,5 @@
-"""Surrogate evaluations on a Ray cluster (the optional extra bortengine[ray]; `ray` is imported only when a
-RayExecutor is made: bortengine.cluster connects).
+"""Surrogate evaluations, and Agora's fine-tunes of a round, on a Ray cluster (the optional extra bortengine[ray];
+`ray` is imported only when a RayExecutor or a RaySettingsRunner is made: bortengine.cluster connects).
 
 One Ray actor per worker slot, each holding the surrogate: a surrogate that trains loads its teacher and data once
 per worker, on its first evaluation, so afterwards only architectures go out and Evaluations (a loss, a status,
@@ -10,29 +10,41 @@ evaluation (the search goes on). close(cancel=True) (Ctrl-C, a kill, the time bu
 workers at once. The process driving the search keeps the surrogate cache, so a run interrupted on either executor
 resumes on either.
 
+Agora (RaySettingsRunner, training's SettingsRunner): one Ray task per setting of a round, all of the round at once,
+each asking for the CPUs it trains with; the trainer goes out once per run, the round's points once per round, and
+only the best setting's model comes back. docs/scale-out.md, "Agora's settings on the cluster".
+
 Connecting: bortengine.cluster.connect (an address, else $RAY_ADDRESS, else a local instance on 127.0.0.1 with this
 process's CPUs; a wrong address fails at once with a message).
 """
 from __future__ import annotations
 
 import os
+import pickle
 import time
 import warnings
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any, Hashable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Sequence
 
 from bortengine.architecture import Architecture
 from bortengine.cluster import CONNECT_TIMEOUT, connect, error_gist
 from bortengine.engine import available_cpus
-from bortengine.errors import ClusterError
-from bortengine.search.executor import Evaluation, Executor, evaluate, worker_init, worker_surrogate
+from bortengine.errors import BortEngineError, ClusterError
+from bortengine.search.executor import (Evaluation, Executor, check_executor, evaluate, worker_init,
+                                        worker_surrogate)
 from bortengine.search.surrogates import Surrogate
 from bortengine.version import __version__
 
-__all__ = ["RayExecutor", "EvaluationWorker"]
+if TYPE_CHECKING:
+    from bortengine.training import RoundWork, SettingResult, SettingRun, SettingsRunner
+
+__all__ = ["RayExecutor", "EvaluationWorker", "RaySettingsRunner", "fit_setting_task", "settings_runner"]
 
 POLL = 0.5                 # seconds per wait on the cluster: how soon Ctrl-C (or a SIGTERM turned into it) is seen
+# runs of an Agora fine-tune after the first when its worker dies (killed, out of memory, its node lost): a lost
+# setting stops the whole run (there is no fallback as for a candidate), so it gets more than one evaluation does
+FIT_RETRIES = 2
 
 
 class EvaluationWorker:
@@ -86,23 +98,17 @@ class RayExecutor(Executor):
     def _size_up(self, workers: Optional[int]) -> int:
         """The worker slots the cluster holds: `workers`, at most as many as fit (a slot that fits nowhere would wait
         for CPUs forever, and its evaluation with it; an autoscaling cluster is sized by its own means)."""
-        alive = [n for n in self._ray.nodes() if n.get("Alive")]
-        self.nodes = len(alive)
-        self.cpus = sum(int(n.get("Resources", {}).get("CPU", 0)) for n in alive)
-        fits = sum(int(n.get("Resources", {}).get("CPU", 0)) // self.threads for n in alive)
-        if fits < 1:
-            raise ClusterError(f"no node of the Ray cluster ({self.nodes} node(s), {self.cpus} CPU(s)) has the "
-                               f"{self.threads} CPU(s) an evaluation of the surrogate uses (its threads): give it "
-                               f"fewer threads, or add a node with more CPUs")
+        node_cpus = _node_cpus(self._ray)
+        self.nodes, self.cpus = len(node_cpus), sum(node_cpus)
+        fits = _slots(node_cpus, self.threads, "an evaluation of the surrogate uses (its threads)")
         if workers and workers > fits:
             warnings.warn(f"{workers} workers asked for, but the Ray cluster holds {fits} of {self.threads} CPU(s) "
                           f"each: {fits} used", RuntimeWarning, stacklevel=3)
         return min(workers or fits, fits)
 
     def describe(self) -> str:
-        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
-        return (f"ray: {where}, {self.nodes} node(s), {self.cpus} CPU(s); {self.capacity} worker(s) of "
-                f"{self.threads} thread(s)")
+        return (f"ray: {_where(self.address)}, {self.nodes} node(s), {self.cpus} CPU(s); {self.capacity} worker(s) "
+                f"of {self.threads} thread(s)")
 
     def placement(self) -> list[dict[str, Any]]:
         """Every worker slot started (when not yet) and where it runs: [{"node", "pid"}, ...]. Ask before
@@ -185,6 +191,158 @@ def _remote_worker_class(ray: Any) -> Any:
     return ray.remote(EvaluationWorker)
 
 
+def _node_cpus(ray: Any) -> list[int]:
+    """The CPUs of each node of the cluster that is alive."""
+    return [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def _slots(node_cpus: Sequence[int], threads: int, what: str) -> int:
+    """How many pieces of work of `threads` CPUs the nodes hold at once; ClusterError when none fits anywhere (it
+    would wait for CPUs forever)."""
+    fits = sum(cpus // threads for cpus in node_cpus)
+    if fits < 1:
+        raise ClusterError(f"no node of the Ray cluster ({len(node_cpus)} node(s), {sum(node_cpus)} CPU(s)) has the "
+                           f"{threads} CPU(s) {what}: give it fewer threads, or add a node with more CPUs")
+    return fits
+
+
+def _where(address: Optional[str]) -> str:
+    return f"the Ray cluster at {address}" if address else "a local Ray instance"
+
+
+# -- Agora's fine-tunes ----------------------------------------------------------------------------------------------
+class RaySettingsRunner:
+    """Agora's fine-tunes of a round on a Ray cluster (training.SettingsRunner): one Ray task per setting, the whole
+    round submitted at once and spread over the nodes, each task asking for the CPUs it trains with.
+
+    address: see connect() (a wrong one fails here, within connect_timeout). threads: each fine-tune's CPUs (Ray's
+    num_cpus, and the trainer's torch threads on the worker); default the CPUs of the smallest node, so a task fits
+    on every node and, while Θ has no more settings than the cluster has nodes, each setting has a node to itself.
+    capacity: the fine-tunes the cluster runs at once (Σ ⌊node CPUs / threads⌋); more wait for a free slot.
+
+    What moves: the trainer once per run (pickled; the text trainer sends its student as weights and reads its
+    tokenizer and a distillation teacher from their directories, which must be at the same path on every node), the
+    round's training points and labels and the selection part of dev once per round, each setting's result back
+    (its dev accuracy and class ids, its node, its seconds), and the best setting's model alone, from the object
+    store (the others are dropped there). A task whose worker dies is run again, FIT_RETRIES times; Ctrl-C (any
+    exception while the round runs) cancels the round's tasks, killing their processes, before it goes on. The
+    caller closes the runner (close(), or `with`), which disconnects a connection it opened."""
+
+    def __init__(self, address: Optional[str] = None, threads: Optional[int] = None,
+                 connect_timeout: float = CONNECT_TIMEOUT):
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self._ray, self._owned = connect(self.address, connect_timeout, available_cpus())
+        self._trainer: Optional[tuple[Any, Any]] = None     # (the trainer, its ObjectRef): sent once
+        try:
+            node_cpus = _node_cpus(self._ray)
+            self.nodes, self.cpus = len(node_cpus), sum(node_cpus)
+            self.threads = threads or min([c for c in node_cpus if c > 0], default=1)
+            self.capacity = _slots(node_cpus, self.threads, "a fine-tune is given (--threads)")
+        except ClusterError:
+            self.close()
+            raise
+
+    def describe(self) -> str:
+        return (f"ray: {_where(self.address)}, {self.nodes} node(s), {self.cpus} CPU(s); {self.capacity} fine-tune(s) "
+                f"at a time of {self.threads} thread(s)")
+
+    def run_round(self, trainer: Any, runs: Sequence["SettingRun"], work: "RoundWork",
+                  on_result: Callable[["SettingResult"], None]) -> tuple[list["SettingResult"], Any]:
+        from bortengine.training import best_position
+
+        ray = self._ray
+        trainer_ref, work_ref = self._sent(trainer), ray.put(work)
+        task = _remote_fit_setting(ray).options(num_cpus=self.threads, num_returns=2, max_retries=FIT_RETRIES,
+                                                scheduling_strategy="SPREAD")
+        pending, models, results = {}, {}, {}
+        for run in runs:
+            # the trainer inside a list: Ray hands it over unresolved, so the task sets its threads before torch
+            # is imported by unpickling it
+            result_ref, models[run.index] = task.remote([trainer_ref], work_ref, run, self.threads, __version__)
+            pending[result_ref] = run
+        try:
+            while pending:      # in slices, so an interrupt reaches the driver between them
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL)
+                for ref in ready:
+                    run = pending.pop(ref)
+                    results[run.index] = self._fetched(ref, run)
+                    on_result(results[run.index])
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        ordered = [results[run.index] for run in runs]
+        best = runs[best_position(ordered)]
+        return ordered, self._fetched(models[best.index], best)
+
+    def _sent(self, trainer: Any) -> Any:
+        """The trainer's ObjectRef, put into the object store on its first round."""
+        if self._trainer is None or self._trainer[0] is not trainer:
+            try:
+                self._trainer = (trainer, self._ray.put(trainer))
+            except (TypeError, AttributeError, pickle.PicklingError) as e:
+                raise ClusterError(f"the trainer ({type(trainer).__name__}) cannot be sent to the Ray workers: {e}. "
+                                   f"On a cluster the trainer, and the models it returns, must pickle "
+                                   f"(agora.TextClassifierTrainer does)") from None
+        return self._trainer[1]
+
+    def _fetched(self, ref: Any, run: "SettingRun") -> Any:
+        ray = self._ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, BortEngineError):    # the fine-tune's own error (a bad setting, ...), as at home
+                raise e.cause from None
+            raise
+        except ray.exceptions.RayError as e:
+            raise ClusterError(f"the fine-tune of setting {run.index} {run.setting} did not finish on the Ray "
+                               f"cluster: {error_gist(e)} (its worker died {FIT_RETRIES + 1} times: out of memory, "
+                               f"killed, or its node lost?); the run resumes after its last finished round") from None
+
+    def close(self) -> None:
+        self._trainer = None
+        if self._ray is not None and self._owned:
+            self._ray.shutdown()
+        self._ray = None
+
+    def __enter__(self) -> "RaySettingsRunner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def fit_setting_task(trainer_box: list, work: "RoundWork", run: "SettingRun", threads: int,
+                     version: str) -> tuple["SettingResult", Any]:
+    """One fine-tune on a Ray worker (RaySettingsRunner's task): (its result, with this node's id; the model).
+    trainer_box: [the trainer's ObjectRef]; the trainer's `threads`, if it has them, become the task's."""
+    if version != __version__:
+        raise ClusterError(f"this node has bortengine {__version__}, the driver {version}: install the same version "
+                           f"on every node")
+    worker_init(threads)
+    import ray
+
+    from bortengine.training import fit_setting
+
+    trainer = ray.get(trainer_box[0])
+    if hasattr(trainer, "threads"):
+        trainer.threads = threads
+    model, result = fit_setting(trainer, run, work)
+    return replace(result, node=ray.get_runtime_context().get_node_id()), model
+
+
 @lru_cache(maxsize=None)
-def _remote_worker_class(ray: Any) -> Any:
-    return ray.remote(EvaluationWorker)
+def _remote_fit_setting(ray: Any) -> Any:
+    return ray.remote(fit_setting_task)
+
+
+def settings_runner(executor: Optional[str] = None, address: Optional[str] = None,
+                    threads: Optional[int] = None) -> "SettingsRunner":
+    """Where Agora's fine-tunes run (finetune_agora's runner): executor "local" (the default) in this process, one
+    after another (training.InProcessRunner); "ray", or an address given, on a Ray cluster (RaySettingsRunner,
+    connected now: a wrong address fails here, before anything is loaded). The caller closes it (`with`)."""
+    if check_executor(executor, address) == "ray":
+        return RaySettingsRunner(address, threads)
+    from bortengine.training import InProcessRunner
+
+    return InProcessRunner()

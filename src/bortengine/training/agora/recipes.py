@@ -16,8 +16,8 @@ import numpy as np
 
 from bortengine.files import atomic_write_json, read_json
 from bortengine.training.agora.labeller import EngineLabeller
-from bortengine.training.agora.loop import (DEFAULT_SETTINGS, AgoraConfig, AgoraError, accuracy, check_ranges,
-                                            jsonable, log, run_agora)
+from bortengine.training.agora.loop import (DEFAULT_SETTINGS, AgoraConfig, AgoraError, SettingsRunner, accuracy,
+                                            check_ranges, jsonable, log, run_agora)
 from bortengine.training.agora.report import evaluate_rounds, plot_rounds
 from bortengine.training.agora.trainer import TextClassifierTrainer, load_engine_classifier, save_classifier
 from bortengine.training.agora.transformations import MaskedLMFill, NearestNeighbourSwap
@@ -129,7 +129,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
                    mlm_model: Optional[str] = None, max_length: Optional[int] = None, threads: Optional[int] = None,
                    distill_weight: Optional[float] = None, min_confidence: Optional[float] = None,
                    select_fraction: Optional[float] = None, distill_on: Optional[str] = None,
-                   recipe: str = "scarce", time_budget: Optional[float] = None, progress: bool = False) -> dict:
+                   recipe: str = "scarce", time_budget: Optional[float] = None, progress: bool = False,
+                   runner: Optional[SettingsRunner] = None) -> dict:
     """Agora on a movie-reviews task with a text student, the engine as labeller, and test accuracy of every
     round's student measured after the loop. Writes out_dir/result.json and out_dir/rounds.png.
 
@@ -144,7 +145,9 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     (the 500 originals keep their gold labels alone), so round 1 is plain fine-tuning. min_confidence,
     select_fraction: AgoraConfig's (the labeller's confidence filter on generated points; the part of dev kept apart
     for selection). time_budget: seconds of wall time for the loop (AgoraConfig.time_budget: no round is started
-    that is estimated to end after it). Bad options raise AgoraError before anything is loaded."""
+    that is estimated to end after it). runner: where each round's fine-tunes run (run_agora's; default in this
+    process; search.settings_runner("ray", address) for a Ray cluster). Bad options raise AgoraError before
+    anything is loaded."""
     options = resolve_recipe(recipe, settings=settings, per_mistake=per_mistake, fraction=fraction,
                              distill_weight=distill_weight, distill_on=distill_on, select_fraction=select_fraction)
     _check_options(options, min_confidence)       # before minutes of loading, not after
@@ -170,7 +173,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         log(f"warning: the labeller's dev accuracy is {labeller_dev:.3f}, below the ~2/3 Agora assumes")
     load_model = functools.partial(load_engine_classifier, label_names=data.labels, max_length=max_length)
     result = run_agora(config, trainer, _points(train), _points(dev), judge, transform,
-                       save_model=save_classifier, load_model=load_model, progress=progress)
+                       save_model=save_classifier, load_model=load_model, progress=progress, runner=runner)
     loop_seconds = time.perf_counter() - started
     # after the loop: test accuracy of each round's student (round 1 = plain fine-tuning with the Θ search)
     rows = evaluate_rounds(out_dir, _points(test), load_model)
@@ -184,7 +187,7 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
         "min_confidence": min_confidence, "select_fraction": options["select_fraction"],
         "plain_test_accuracy": rows[0]["test_accuracy"], "agora_test_accuracy": rows[-1]["test_accuracy"],
         "plain_dev_accuracy": rows[0]["dev_accuracy"], "agora_dev_accuracy": rows[-1]["dev_accuracy"],
-        "final_train_size": result.train_size, "stopped_by": result.stopped_by,
+        "final_train_size": result.train_size, "stopped_by": result.stopped_by, "executor": result.executor,
         "wall_seconds_this_call": loop_seconds,             # the loop (training, generation, labelling, saving)
         "total_seconds_this_call": time.perf_counter() - started,   # + the test scoring after it
     }
