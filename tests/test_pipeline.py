@@ -358,6 +358,35 @@ def test_the_extraction_stage_runs_on_ray_and_records_each_candidates_node(refer
     assert str(Architecture.from_dict(found["architecture"])) in {c["architecture"] for c in found["candidates"]}
 
 
+def test_the_agora_stage_runs_its_settings_on_ray_as_in_process(reference, tmp_path):
+    """--executor ray without an address: the fine-tune stage's Agora rounds train their settings on a local Ray
+    instance, each setting's record names the node, and the rounds are those of the stage in process."""
+    pytest.importorskip("ray", reason="the Ray executor needs ray: pip install 'bortengine[ray]'")
+    import shutil
+
+    from bortengine.pipeline.stages import RunContext, finetune_stage
+    from test_agora import timeless
+
+    out, _ = reference
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    results = {name: stage["result"] for name, stage in stages.items()}
+    found = {}
+    for executor in ("local", "ray"):
+        run_dir = tmp_path / executor
+        shutil.copytree(out / "teacher", run_dir / "teacher")
+        config = PipelineConfig(**{**read_config_file(out / "pipeline.toml"), "out": str(run_dir), "no_agora": False,
+                                   "scarce": True, "executor": executor})
+        found[executor] = finetune_stage(RunContext(config, results), 600.0)
+    local, ray = found["local"], found["ray"]
+    assert local["agora"] and local["executor"].startswith("local: in this process")
+    assert ray["executor"].startswith("ray: a local Ray instance, 1 node(s)"), ray["executor"]
+    assert [timeless(r, node=False) for r in ray["round_rows"]] == [timeless(r, node=False)
+                                                                    for r in local["round_rows"]]
+    assert ray["test_accuracy"] == local["test_accuracy"]
+    nodes = {s["node"] for r in ray["round_rows"] for s in r["settings_trained"]}
+    assert len(nodes) == 1 and len(nodes.pop()) == 56
+
+
 def test_the_teacher_fine_tunes_at_least_300_steps_on_scarce_data():
     from bortengine.pipeline.stages import teacher_epochs
 
