@@ -3,8 +3,9 @@ two nodes of one CPU each bound to 127.0.0.1 (the fixture of tests/test_ray_exec
 student distilling a tiny labeller, 2 rounds, 3 settings, half of dev kept for selection) gives the same settings'
 dev accuracies, the same choices and the same final student, its settings spread over both nodes; a run interrupted
 in round 2 on either runner (in process, or Ctrl-C to a driver on the cluster, whose tasks are cancelled) resumes on
-the other and ends as if never interrupted; the command line (`bortengine finetune --agora --executor ray
---ray-address`) reaches the cluster, and a wrong address fails at once with the cluster's message.
+the other and ends as if never interrupted; a worker killed mid-fine-tune is replaced and the fine-tune run again;
+the command line (`bortengine finetune --agora --executor ray --ray-address`) reaches the cluster, and a wrong
+address fails at once with the cluster's message.
 """
 from __future__ import annotations
 
@@ -157,38 +158,78 @@ from bortengine.agora import TextClassifierTrainer
 from bortengine.search import RaySettingsRunner
 from test_agora_ray import agora, inputs
 
-class SlowInRound2(TextClassifierTrainer):
-    # (defined in __main__, so Ray sends the class itself to its workers)
+class Slow(TextClassifierTrainer):
+    # (defined in __main__, so Ray sends the class itself to its workers) every fine-tune on more than
+    # {slow_from} points first waits {sleep} s
     def fit(self, setting, texts, labels, seed, dev=None):
-        if len(texts) > 16:
-            time.sleep(300)
+        if len(texts) > {slow_from}:
+            time.sleep({sleep})
         return super().fit(setting, texts, labels, seed, dev)
 
-trainer = inputs(Path({student!r}), Path({labeller!r}), SlowInRound2)[0]
+trainer = inputs(Path({student!r}), Path({labeller!r}), Slow)[0]
 with RaySettingsRunner({address!r}) as runner:
     try:
         agora(Path({student!r}), Path({labeller!r}), Path({out!r}), runner=runner, trainer=trainer)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         sys.exit(130)
+print("done", flush=True)
 """
 
 
+def _driver(models, address: str, out: Path, slow_from: int, sleep: float) -> subprocess.Popen:
+    """A driver process running the Agora run on the cluster, each fine-tune on more than slow_from points
+    waiting `sleep` seconds first."""
+    student, labeller = models
+    code = DRIVER.format(tests=str(ROOT / "tests"), student=str(student), labeller=str(labeller), address=address,
+                         out=str(out), slow_from=slow_from, sleep=sleep)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
 def _fits_running() -> list:
+    """The processes running a fine-tune of Agora on the cluster (a Ray worker names itself after its task)."""
     import psutil
 
     return [p for p in psutil.process_iter(["cmdline"]) if any("fit_setting_task" in a for a in p.info["cmdline"] or [])]
+
+
+def test_a_killed_worker_is_replaced_and_its_fine_tune_run_again(cluster, models, in_process, tmp_path):
+    """SIGKILL to a worker in the middle of a fine-tune: Ray runs that fine-tune again, and the run ends as the
+    reference."""
+    driver = _driver(models, cluster.address, tmp_path, slow_from=0, sleep=4.0)
+    try:
+        end = time.monotonic() + 300
+        while not (running := _fits_running()):
+            assert driver.poll() is None, driver.communicate()
+            assert time.monotonic() < end, "no fine-tune started on the cluster"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        victim = running[0].pid
+        os.kill(victim, signal.SIGKILL)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0 and "done" in out, err[-3000:]
+    assert victim not in {p.pid for p in _fits_running()}
+    again = agora(*models, tmp_path)                  # finished: its records and last student, nothing trained
+    assert [timeless(r, node=False) for r in again.rounds] == [timeless(r, node=False) for r in in_process.rounds]
+    assert _weights(tmp_path / "round-2") == _weights(Path(in_process.config["out_dir"]) / "round-2")
+
+
+def _weights(directory: Path) -> dict[str, bytes]:
+    """A saved student's tensors, as bytes: equal to the bit or not."""
+    from safetensors.numpy import load_file
+
+    return {k: v.tobytes() for k, v in load_file(str(directory / "model.safetensors")).items()}
 
 
 def test_a_run_interrupted_on_ray_by_ctrl_c_resumes_in_process(cluster, models, in_process, tmp_path):
     """Ctrl-C to a driver whose round-2 fine-tunes run (and would for minutes) on the cluster: it stops at once,
     its tasks cancelled (their processes gone), round 1 kept; the run resumed in process ends as the reference."""
     student, labeller = models
-    code = DRIVER.format(tests=str(ROOT / "tests"), student=str(student), labeller=str(labeller),
-                         address=cluster.address, out=str(tmp_path))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env)
+    driver = _driver(models, cluster.address, tmp_path, slow_from=16, sleep=300)
     try:
         end = time.monotonic() + 300
         while not _fits_running() or not (tmp_path / "state.safetensors").is_file():  # round 2 is running
