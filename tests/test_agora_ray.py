@@ -192,7 +192,8 @@ def _fits_running() -> list:
     """The processes running a fine-tune of Agora on the cluster (a Ray worker names itself after its task)."""
     import psutil
 
-    return [p for p in psutil.process_iter(["cmdline"]) if any("fit_setting_task" in a for a in p.info["cmdline"] or [])]
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any("fit_setting_task" in a for a in p.info["cmdline"] or [])]
 
 
 def test_a_killed_worker_is_replaced_and_its_fine_tune_run_again(cluster, models, in_process, tmp_path):
