@@ -463,17 +463,17 @@ def _augmentation(ctx: RunContext, seconds: float) -> Optional[str]:
     teacher = load(str(ctx.teacher_dir), num_threads=ctx.threads)
     swap = NearestNeighbourSwap.from_model(str(ctx.teacher_dir), max_length=teacher.max_length)
     rng = np.random.default_rng(ctx.config.seed)
-    new, logits = [], []
+    new, labels, logits = [], [], []
     for variant in range(AUGMENT_MAX_VARIANTS if texts else 0):
         round_started = time.monotonic()
         near = [v for variants in swap(texts, rng, 1) for v in variants]
-        new += near
-        logits.append(teacher.classify(near, batch_size=64).logits)
+        answers = teacher.classify(near, batch_size=64)
+        new, labels = new + near, labels + answers.labels
+        logits.append(answers.logits)
         each = time.monotonic() - round_started
         if variant + 1 >= AUGMENT_VARIANTS and time.monotonic() - started + each > AUGMENT_SHARE * seconds:
             break
     logits = np.concatenate(logits) if logits else np.zeros((0, len(teacher.labels)), np.float32)
-    labels = [teacher.labels[i] for i in logits.argmax(axis=1)]
     partial = path.with_suffix(".partial")
     pq.write_table(pa.table({"text": new, "label": labels, "logits": [row.tolist() for row in logits]}), partial)
     os.replace(partial, path)
