@@ -320,13 +320,23 @@ def test_the_students_fine_tuning_adds_texts_near_the_training_texts_labelled_by
     np.testing.assert_allclose(np.asarray(augmented["logits"][:50]), answers.logits, atol=1e-5)
 
 
-def test_with_scarce_data_the_student_is_fine_tuned_with_agora(data, teacher, tmp_path):
+def test_with_scarce_data_the_student_is_fine_tuned_on_near_texts_then_with_agora(data, teacher, tmp_path):
+    import pyarrow.parquet as pq
+
     out = tmp_path / "run"
     summary = run_pipeline(_config(out, data, teacher, no_agora=False, scarce=True))
     finetune = summary["stages"]["finetune"]["result"]
     assert finetune["agora"] is True and finetune["rounds"] >= 1
     assert 0 <= finetune["test_accuracy"] <= 1
     assert (out / "agora_rounds.png").stat().st_size > 1000
+    # first the near-texts recipe (the teacher's soft labels on texts near the training texts), then Agora's rounds
+    # from its model; the student is the one of the two more accurate on the dev part Agora selects with
+    assert finetune["near_texts"]["augmented_examples"] == len(pq.read_table(out / "augmented.parquet")) > 0
+    assert json.loads((out / "agora" / "result.json").read_text())["student"] == str(out / "finetune" / "model")
+    dev = finetune["dev_accuracy_engine"]
+    assert finetune["chosen"] == ("agora" if dev["agora"] > dev["near"] else "near")
+    chosen = Path(finetune["model_dir"]) if finetune["chosen"] == "agora" else out / "finetune" / "model"
+    assert (out / "model" / "model.safetensors").read_bytes() == (chosen / "model.safetensors").read_bytes()
     import bortengine
 
     assert bortengine.load(out / "model").labels == list(LABELS)

@@ -188,12 +188,10 @@ def test_a_probe_within_the_tolerance_is_the_same_cpu_and_a_slow_one_may_be_load
         P.load_profile(path)
 
 
-@pytest.mark.parametrize("old", ["shipped", "synthetic"])
+@pytest.mark.parametrize("old", ["kept", "synthetic"])
 def test_profiles_from_before_exact_targets_load_with_a_warning(old, tmp_path):
-    if old == "shipped":
-        if not SHIPPED:
-            pytest.skip("no shipped profile")
-        path = SHIPPED[0]
+    if old == "kept":       # the profile shipped before exact targets (core build f0e2ab74), kept for its pins
+        path = Path(__file__).resolve().parent / "data" / "profile-core-f0e2ab74.json"
     else:
         here = P.Target.current()
         path = _old_format(synthetic(SMALL, target=here), tmp_path / f"{here.legacy_signature}.json")
@@ -206,18 +204,22 @@ def test_profiles_from_before_exact_targets_load_with_a_warning(old, tmp_path):
     assert not prof.target.checkable and prof.target.signature == prof.target.legacy_signature
 
 
-def test_the_shipped_profile_is_not_trusted_as_this_cpus(tmp_path, monkeypatch):
-    """load_profile() without a path still finds the shipped one by its name (with the warning), but it is never
-    this CPU's profile: find_profiles() lists it among the others."""
+def test_the_shipped_profile_is_this_cpus_only_on_the_cpu_it_was_measured_on(tmp_path, monkeypatch):
+    """The shipped profile carries its exact target (CPUID, probe rate): on that CPU find_profiles() takes it as
+    this CPU's profile (when no cached one is), on any other it is listed among the others, with the differences."""
     if not SHIPPED:
         pytest.skip("no shipped profile")
     monkeypatch.setenv("BORTENGINE_PROFILE_DIR", str(tmp_path / "profiles"))
+    shipped = P.load_profile(SHIPPED[0], check_target=False)
+    assert shipped.target.checkable and SHIPPED[0].stem == shipped.target.signature
     mine, others = P.find_profiles()
-    assert mine is None
-    if SHIPPED[0].stem == P.Target.current().legacy_signature:     # the machine it was measured on
-        assert [p.path for p, _ in others] == [SHIPPED[0]] and not others[0][1].checkable
-        with pytest.warns(P.ProfileMismatchWarning, match="cannot be checked"):
-            assert P.load_profile().path == SHIPPED[0]
+    match = shipped.match()
+    if match.same_cpu:
+        assert mine is not None and mine.path == SHIPPED[0] and others == []
+    else:
+        assert mine is None
+        if SHIPPED[0].stem in (P.Target.current().signature, P.Target.current().legacy_signature):
+            assert [p.path for p, _ in others] == [SHIPPED[0]] and others[0][1].differences
 
 
 # --- choosing: measure this CPU rather than use another's profile -------------------------------------------------

@@ -36,7 +36,7 @@ def evaluate_stage(ctx, seconds: float) -> dict[str, Any]:
             engines[who, dtype] = load(directory, dtype=dtype, num_threads=ctx.threads)
     report: dict[str, Any] = {who: {"directory": d, **_sizes(d)} for who, d in dirs.items()}
     for (who, dtype), engine in engines.items():
-        report[who][f"test_accuracy_{dtype}"] = _accuracy(engine, texts, pairs, gold)
+        report[who][f"test_accuracy_{dtype}"] = accuracy(engine, texts, pairs, gold)
         progress.step(f"accuracy {who} {dtype}")
     short = sample_inputs(texts, pairs)
     eager = _eager_teacher(dirs["teacher"], ctx.threads)
@@ -71,7 +71,7 @@ def _sizes(directory: str) -> dict[str, Any]:
             "parameters_without_embeddings": arch.parameters(embeddings=False)}
 
 
-def _accuracy(engine, texts: list[str], pairs: Optional[list[str]], gold: list[str]) -> float:
+def accuracy(engine, texts: list[str], pairs: Optional[list[str]], gold: list[str]) -> float:
     kwargs = {"text_pairs": pairs} if pairs is not None else {}
     labels = engine.classify(texts, batch_size=64, **kwargs).labels
     return float(np.mean([a == b for a, b in zip(labels, gold)])) if gold else float("nan")

@@ -94,9 +94,15 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
             + (f", measured {measured:.1f}x on this CPU's engine ({extraction.get('measured_on')})" if measured else "")
             + ". " + extraction.get("note", ""))
     if finetune.get("agora"):
-        lines.append(f"Fine-tuned with Agora ({finetune['rounds']} rounds; test accuracy "
-                     f"{finetune['plain_test_accuracy']:.4f} after plain fine-tuning, {finetune['test_accuracy']:.4f} "
-                     f"after Agora): agora_rounds.png.")
+        near, dev = finetune["near_texts"], finetune["dev_accuracy_engine"]
+        chosen = "Agora's" if finetune["chosen"] == "agora" else "the first"
+        lines.append(f"Fine-tuned on the training set and {near['augmented_examples']} texts near its texts labelled "
+                     f"by the teacher, learning the teacher's soft labels too ({near['steps']} steps; test accuracy "
+                     f"{near['test_accuracy']:.4f}); then Agora's rounds from that model ({finetune['rounds']} rounds; "
+                     f"test accuracy {finetune['plain_test_accuracy']:.4f} after its first, "
+                     f"{finetune['round_rows'][-1]['test_accuracy']:.4f} after its last): agora_rounds.png. Dev "
+                     f"accuracy on the part Agora selects with: {dev['near']:.4f} first, {dev['agora']:.4f} Agora; "
+                     f"{chosen} model is the student.")
     elif finetune:
         lines.append(f"Fine-tuned on the training set and {finetune.get('augmented_examples', 0)} texts near its texts "
                      f"labelled by the teacher, learning the teacher's soft labels too ({finetune['steps']} steps).")

@@ -38,6 +38,16 @@ SPEEDUP_MARGIN = 1.05
 # texts near each training text in the student's fine-tuning: at least AUGMENT_VARIANTS, more while labelling them
 # takes at most AUGMENT_SHARE of the stage (_augmentation)
 AUGMENT_VARIANTS, AUGMENT_MAX_VARIANTS, AUGMENT_SHARE = 4, 20, 0.2
+# on a small training set, up to this many near texts in all (more than AUGMENT_MAX_VARIANTS each)
+AUGMENT_SMALL_TEXTS = 30000
+# with a small training set: the part of the fine-tuning stage for the near-texts recipe above, before Agora's rounds.
+# On 500 Rotten Tomatoes examples Agora alone (its scarce recipe, 2,000 hard-labelled points a round) reached 0.7143
+# test accuracy against the teacher's 0.7564 and left 464 of its 728 s unused (docs/pipeline.md)
+SCARCE_NEAR_SHARE = 0.6
+# documents at least in the distillation: on 500 Rotten Tomatoes reviews and 250 built-in documents its 1,365 steps
+# went over each ~58 times (its loss 0.74 against 1.11 on the full train's 10,516 documents) and the student ended
+# 4 points below the teacher whatever its fine-tuning (docs/pipeline.md)
+DISTIL_MIN_DOCUMENTS = 6000
 MEASURE_SHARE = 0.1         # of the extraction stage: measuring candidates on the engine (~3 s each)
 MEASURE_ROUNDS = 5
 
@@ -393,14 +403,16 @@ def choose_student(result, latency_bound_ms: float, speedup: Callable[[Architect
 # -- distil --------------------------------------------------------------------------------------------------------
 def distil_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     """The student sliced from the fine-tuned teacher and distilled from it on the task's texts and the built-in
-    corpus (as many built-in documents as half the task's texts: about as many segments of each)."""
+    corpus: as many built-in documents as half the task's texts (about as many segments of each), or as make
+    DISTIL_MIN_DOCUMENTS in all."""
     from bortengine.training import DistillConfig, pretrain, pretraining_documents
 
     arch = Architecture.from_dict(ctx.results["extract"]["architecture"])
     texts, pairs = ctx.task.texts("train")
     documents = [("task", t) for t in texts] + [("task", t) for t in (pairs or [])]
     builtin = pretraining_documents()
-    step = max(1, len(builtin) // max(1, len(documents) // 2))
+    wanted = max(len(documents) // 2, DISTIL_MIN_DOCUMENTS - len(documents))
+    step = max(1, len(builtin) // max(1, wanted))
     documents += builtin[::step]
     config = DistillConfig(student=arch.with_head("pooler"), out_dir=str(ctx.out / "distil"),
                            teacher=str(ctx.teacher_dir), seed=ctx.config.seed, max_length=128, clock="wall",
@@ -415,15 +427,38 @@ def distil_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
 # -- fine-tune -----------------------------------------------------------------------------------------------------
 def finetune_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     """The distilled student fine-tuned on the task and on texts near its training texts labelled by the teacher
-    (augmentation), learning the teacher's soft labels as well; with Agora when the training set is small (or
-    --scarce). Its model is OUT/model."""
+    (augmentation), learning the teacher's soft labels as well. When the training set is small (or --scarce) that
+    takes SCARCE_NEAR_SHARE of the stage, and Agora's rounds continue from its model in the rest; the one of the two
+    more accurate on the whole dev set (on the engine) is the student. Its model is OUT/model."""
     started = time.monotonic()
     student = ctx.results["distil"]["student_dir"]
-    if ctx.uses_agora():
-        return _agora(ctx, student, seconds)
+    scarce = ctx.uses_agora()
+    metrics = _finetune_on_near_texts(ctx, student, SCARCE_NEAR_SHARE * seconds if scarce else seconds, started)
+    near_model = ctx.out / "finetune" / "model"
+    result = {"agora": False, "dev_accuracy": metrics["dev_accuracy"], "test_accuracy": metrics["test_accuracy"],
+              "steps": metrics["steps"], "stopped_by": metrics["stopped_by"],
+              "augmented_examples": metrics["train_examples"] - len(ctx.task.train)}
+    if not scarce:
+        _copy_model(near_model, ctx.out / "model")
+        return result
+    agora = _agora(ctx, str(near_model), seconds - (time.monotonic() - started))
+    dev = {name: _selection_accuracy(ctx, directory) for name, directory in (("near", near_model),
+                                                                              ("agora", agora["model_dir"]))}
+    winner = "agora" if dev["agora"] > dev["near"] else "near"
+    _copy_model(Path(agora["model_dir"]) if winner == "agora" else near_model, ctx.out / "model")
+    return {**agora, "agora": True, "near_texts": result, "dev_accuracy_engine": dev, "chosen": winner,
+            "dev_accuracy": agora["dev_accuracy"] if winner == "agora" else result["dev_accuracy"],
+            "test_accuracy": agora["test_accuracy"] if winner == "agora" else result["test_accuracy"]}
+
+
+def _finetune_on_near_texts(ctx: RunContext, student: str, seconds: float, started: float) -> dict[str, Any]:
+    """The student fine-tuned in OUT/finetune until `seconds` after `started` (its metrics from a finished run
+    when it is there: the stage resumed after this part)."""
     from bortengine.training import FinetuneConfig, finetune
 
     run_dir = ctx.out / "finetune"
+    if (run_dir / "result.json").is_file() and (run_dir / "model").is_dir():
+        return json.loads((run_dir / "result.json").read_text())
     augment = _augmentation(ctx, seconds)
     config = FinetuneConfig(model=student, tokenizer=str(ctx.teacher_dir), **_finetune_data(ctx),
                             out_dir=str(run_dir), seed=ctx.config.seed, epochs=STUDENT_EPOCHS,
@@ -432,10 +467,25 @@ def finetune_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
                             max_length=_teacher_max_length(ctx), time_budget=None if ctx.config.max_steps else seconds,
                             clock="wall", max_steps=ctx.config.max_steps, threads=ctx.threads)
     _, metrics = finetune(config, progress=ctx.config.progress, started=started)
-    _copy_model(run_dir / "model", ctx.out / "model")
-    return {"agora": False, "dev_accuracy": metrics["dev_accuracy"], "test_accuracy": metrics["test_accuracy"],
-            "steps": metrics["steps"], "stopped_by": metrics["stopped_by"],
-            "augmented_examples": metrics["train_examples"] - len(ctx.task.train)}
+    return metrics
+
+
+def _selection_accuracy(ctx: RunContext, directory: "str | Path") -> float:
+    """A model's accuracy on the engine on the part of dev Agora selects with: the part its generated points do not
+    come from, so neither model has trained near it."""
+    import numpy as np
+
+    from bortengine.engine import load
+    from bortengine.pipeline.evaluation import accuracy
+    from bortengine.training.agora import RECIPES, stratified_split
+
+    examples = ctx.task.dev
+    part = stratified_split(np.array([e.label for e in examples]), RECIPES["scarce"]["select_fraction"],
+                            ctx.config.seed)
+    texts, pairs = ctx.task.texts("dev")
+    return accuracy(load(str(directory), num_threads=ctx.threads), [texts[i] for i in part],
+                    None if pairs is None else [pairs[i] for i in part],
+                    [ctx.task.labels[examples[i].label] for i in part])
 
 
 def _augmentation(ctx: RunContext, seconds: float) -> Optional[str]:
@@ -464,7 +514,8 @@ def _augmentation(ctx: RunContext, seconds: float) -> Optional[str]:
     swap = NearestNeighbourSwap.from_model(str(ctx.teacher_dir), max_length=teacher.max_length)
     rng = np.random.default_rng(ctx.config.seed)
     new, labels, logits = [], [], []
-    for variant in range(AUGMENT_MAX_VARIANTS if texts else 0):
+    most = max(AUGMENT_MAX_VARIANTS, AUGMENT_SMALL_TEXTS // max(1, len(texts)))
+    for variant in range(most if texts else 0):
         round_started = time.monotonic()
         near = [v for variants in swap(texts, rng, 1) for v in variants]
         answers = teacher.classify(near, batch_size=64)
@@ -503,10 +554,10 @@ def _agora(ctx: RunContext, student: str, seconds: float) -> dict[str, Any]:
                                  max_new_per_round=AGORA_MAX_NEW, time_budget=0.85 * seconds,
                                  progress=ctx.config.progress, runner=runner, **quick)
     last = summary["rounds"][-1]["round"]
-    _copy_model(run_dir / f"round-{last}", ctx.out / "model")
     if (run_dir / "rounds.png").is_file():
         shutil.copy(run_dir / "rounds.png", ctx.out / "agora_rounds.png")
     return {"agora": True, "rounds": len(summary["rounds"]), "dev_accuracy": summary["agora_dev_accuracy"],
             "test_accuracy": summary["agora_test_accuracy"], "plain_test_accuracy": summary["plain_test_accuracy"],
             "seconds_this_call": time.monotonic() - started, "budget_seconds": seconds,
-            "round_rows": summary["rounds"], "executor": summary["executor"]}
+            "round_rows": summary["rounds"], "executor": summary["executor"],
+            "model_dir": str(run_dir / f"round-{last}")}

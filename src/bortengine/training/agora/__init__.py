@@ -13,7 +13,7 @@ from bortengine.training.agora.labeller import EngineLabeller
 from bortengine.training.agora.loop import (DEFAULT_SETTINGS, AgoraConfig, AgoraError, AgoraResult, InProcessRunner,
                                             Labeller, RoundRecord, RoundWork, SettingResult, SettingRun,
                                             SettingsRunner, Trainer, Transformation, accuracy, best_position,
-                                            fit_setting, run_agora)
+                                            fit_setting, run_agora, stratified_split)
 from bortengine.training.agora.recipes import (MEASURED_SETTINGS, RECIPES, finetune_agora, parse_settings,
                                                resolve_recipe, scarce_subset, slice_student)
 from bortengine.training.agora.report import evaluate_rounds, main, plot_rounds, summarize
@@ -24,7 +24,7 @@ __all__ = [
     "AgoraError", "AgoraConfig", "AgoraResult", "RoundRecord", "run_agora", "evaluate_rounds", "accuracy",
     "Labeller", "Trainer", "Transformation",
     "SettingsRunner", "InProcessRunner", "SettingRun", "RoundWork", "SettingResult", "fit_setting", "best_position",
-    "NearestNeighbourSwap", "MaskedLMFill", "GaussianNoise",
+    "stratified_split", "NearestNeighbourSwap", "MaskedLMFill", "GaussianNoise",
     "EngineLabeller", "TextClassifierTrainer", "slice_student", "scarce_subset", "finetune_agora", "DEFAULT_SETTINGS",
     "MEASURED_SETTINGS", "RECIPES", "resolve_recipe", "plot_rounds", "parse_settings", "summarize", "save_classifier",
     "load_engine_classifier", "main",
