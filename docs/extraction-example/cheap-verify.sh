@@ -4,7 +4,7 @@
 # Then: python docs/extraction-example/table.py runs/extract/verify-*  (one table row per run)
 set -u
 STEPS=${STEPS:-2}; SEED=${SEED:-0}; PG=${PG:-3}
-SHIPPED=src/bortengine/profiles/authenticamd-amd-epyc-avx512-2cpu.json
+SHIPPED=src/bortengine/profiling/profiles/authenticamd-amd-epyc-f25m17s1-avx512-2cpu.json
 tag=s$STEPS-seed$SEED-k$PG
 run() {  # name, then extract arguments
   local name=$1; shift
