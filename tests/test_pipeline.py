@@ -123,7 +123,7 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_run_killed_at_any_stage_ends_as_an_uninterrupted_one(stage, reference, data, teacher, tmp_path,
-                                                                 monkeypatch):
+                                                                 monkeypatch, capsys):
     from bortengine.pipeline import run as pipeline_run
 
     out = tmp_path / "run"
@@ -138,7 +138,12 @@ def test_a_run_killed_at_any_stage_ends_as_an_uninterrupted_one(stage, reference
     done = json.loads((out / "pipeline.json").read_text())["stages"] if (out / "pipeline.json").is_file() else {}
     assert list(done) == list(STAGES[:STAGES.index(stage)])
     monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, original)
+    capsys.readouterr()
     summary = run_pipeline(_config(out, data, teacher))
+    # the resumed run plans the budget left over the stages still to run, and only those
+    plan = next(line for line in capsys.readouterr().err.splitlines() if "planned split:" in line)
+    planned = [part.split()[0] for part in plan.split("planned split: ")[1].split(" (")[0].split(", ")]
+    assert planned == list(STAGES[STAGES.index(stage):])
     ref_out, ref_summary = reference
     for name in ("teacher", "model"):
         got, want = _weights(out / name), _weights(ref_out / name)

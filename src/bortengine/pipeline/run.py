@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from bortengine.files import atomic_write_json, read_json
 from bortengine.pipeline.config import (BUDGET_SHARES, CONFIG_FILE, STAGES, PipelineConfig, PipelineError,
@@ -44,7 +44,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     _say(task.describe() + (" — fine-tuning with Agora (small training set)" if ctx.uses_agora() else ""))
     started = time.monotonic()
     spent_before = sum(entry["seconds"] for entry in state["stages"].values())
-    _say(_plan(config, spent_before))
+    _say(_plan(config, spent_before, state["stages"]))
     for index, name in enumerate(STAGES, 1):
         if name in state["stages"]:
             _say(f"[{index}/{len(STAGES)}] {name}: done in an earlier run ({state['stages'][name]['seconds']:.0f} s)")
@@ -83,11 +83,14 @@ def _claim(out: Path, config: PipelineConfig) -> None:
     write_config_file(config, path)
 
 
-def _plan(config: PipelineConfig, spent: float) -> str:
+def _plan(config: PipelineConfig, spent: float, done: Iterable[str] = ()) -> str:
+    """The split of the budget left over the stages still to run (a resumed run re-plans from the time left)."""
     left = config.budget - spent
-    split = ", ".join(f"{name} {clock(left * share)}" for name, share in BUDGET_SHARES.items())
+    shares = {name: share for name, share in BUDGET_SHARES.items() if name not in set(done)}
+    split = ", ".join(f"{name} {clock(left * share / sum(shares.values()))}" for name, share in shares.items())
     return (f"budget {clock(config.budget)}" + (f" ({clock(spent)} used by an earlier run)" if spent else "") +
-            f"; planned split: {split} (a stage that ends early leaves its time to the next)")
+            (f"; planned split: {split} (a stage that ends early leaves its time to the next)" if shares else
+             "; every stage is done"))
 
 
 def _summary(ctx: RunContext, state: dict[str, Any], seconds: float) -> dict[str, Any]:

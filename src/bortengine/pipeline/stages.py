@@ -477,10 +477,10 @@ def _selection_accuracy(ctx: RunContext, directory: "str | Path") -> float:
 
     from bortengine.engine import load
     from bortengine.pipeline.evaluation import accuracy
-    from bortengine.training.agora import RECIPES, stratified_split
+    from bortengine.training import AGORA_RECIPES, stratified_split
 
     examples = ctx.task.dev
-    part = stratified_split(np.array([e.label for e in examples]), RECIPES["scarce"]["select_fraction"],
+    part = stratified_split(np.array([e.label for e in examples]), AGORA_RECIPES["scarce"]["select_fraction"],
                             ctx.config.seed)
     texts, pairs = ctx.task.texts("dev")
     return accuracy(load(str(directory), num_threads=ctx.threads), [texts[i] for i in part],
@@ -493,7 +493,8 @@ def _augmentation(ctx: RunContext, seconds: float) -> Optional[str]:
     embeddings), labelled by the fine-tuned teacher with its logits kept: the student learns the teacher's function
     on more of the task's kind of text than the task has (task-specific distillation with augmentation, as TinyBERT
     does). Variants are made one per training text at a time, AUGMENT_VARIANTS at least and AUGMENT_MAX_VARIANTS at
-    most, while labelling them stays within AUGMENT_SHARE of the stage's `seconds`: on 3,811 TREC questions 4 near
+    most (on a small training set, up to AUGMENT_SMALL_TEXTS in all), while labelling them stays within
+    AUGMENT_SHARE of the stage's `seconds`: on 3,811 TREC questions 4 near
     texts each left the student's dev accuracy flat after its first epoch (it learnt the training texts). Written
     once into the run, so a resumed run trains on the same texts; None for text-pair tasks."""
     import numpy as np
@@ -514,7 +515,9 @@ def _augmentation(ctx: RunContext, seconds: float) -> Optional[str]:
     swap = NearestNeighbourSwap.from_model(str(ctx.teacher_dir), max_length=teacher.max_length)
     rng = np.random.default_rng(ctx.config.seed)
     new, labels, logits = [], [], []
-    most = max(AUGMENT_MAX_VARIANTS, AUGMENT_SMALL_TEXTS // max(1, len(texts)))
+    # with max_steps (tests, quick looks) the count does not depend on the machine's speed: runs are repeatable
+    most = (AUGMENT_VARIANTS if ctx.config.max_steps else
+            max(AUGMENT_MAX_VARIANTS, AUGMENT_SMALL_TEXTS // max(1, len(texts))))
     for variant in range(most if texts else 0):
         round_started = time.monotonic()
         near = [v for variants in swap(texts, rng, 1) for v in variants]

@@ -35,7 +35,7 @@ __all__ = [
     "OLD_FILES",
     "write_hf_directory", "export", "run_model", "run_directory", "model_subdirectories", "TOKENIZER_FILES",
     "AGORA_STATE_FILE",
-    "AgoraError", "finetune_agora", "parse_settings", "NearestNeighbourSwap",
+    "AgoraError", "finetune_agora", "parse_settings", "NearestNeighbourSwap", "AGORA_RECIPES", "stratified_split",
     "SettingsRunner", "InProcessRunner", "SettingRun", "RoundWork", "SettingResult", "fit_setting", "best_position",
 ]
 
@@ -61,11 +61,13 @@ _WHERE = {
     "model_subdirectories": "hf_dir", "TOKENIZER_FILES": "hf_dir",
     # Agora's entry points; the whole of it is bortengine.training.agora
     "AgoraError": "agora", "finetune_agora": "agora", "parse_settings": "agora", "NearestNeighbourSwap": "agora",
+    "stratified_split": "agora",
     # where Agora's fine-tunes of a round run: the loop's side of search.RaySettingsRunner
     **dict.fromkeys(("SettingsRunner", "InProcessRunner", "SettingRun", "RoundWork", "SettingResult", "fit_setting",
                      "best_position"), "agora"),
 }
-_ALIASES = {"export": ("hf_dir", "write_hf_directory")}   # the writer's older public name
+# names kept or given here under another name: the writer's older public name; Agora's recipes beside the rest
+_ALIASES = {"export": ("hf_dir", "write_hf_directory"), "AGORA_RECIPES": ("agora", "RECIPES")}
 
 
 def __getattr__(name: str) -> Any:
