@@ -7,7 +7,8 @@ against transformers' own module tree, not the engine's names: the nn.Linear wei
 6 per layer in every family; every other tensor stays byte for byte. The engine on a converted checkpoint computes
 exactly (bit for bit) what it computes converting the float checkpoint at load: the conversion is the same function
 (_core.quantize_weights, _core.to_bf16) on the same float32 values. A model the engine cannot load is refused with
-the engine's reason.
+the engine's reason. `bortengine export DIR --out OUT --dtype int8|bf16` does all of it on a model directory of each
+family: checked against transformers, then converted, then checked against conversion at load.
 """
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ import pytest
 
 import bortengine
 from bortengine import ModelLoadError, UnsupportedModelError
+from bortengine.cli import main
 from bortengine.engine import SCALE_SUFFIX, read_safetensors_header
 from bortengine.export import bf16_checkpoint, quantize_checkpoint
 from reference import hf_auto_model
+from test_cli import assert_error_line
 
 LINEAR_PER_LAYER = 6   # query, key, value, attention output, FFN in, FFN out
 MODELS = {
@@ -160,3 +163,47 @@ def test_a_model_the_engine_cannot_load_is_refused(make_encoder, tmp_path, dtype
     with pytest.raises(ModelLoadError, match=r"cannot convert .*no config\.json"):
         convert(out)
     assert (out / "model.safetensors").read_bytes() == data
+
+
+# ------------------------------------------------------------------------------------- bortengine export --dtype
+def _printed_report(capsys) -> dict:
+    out = capsys.readouterr().out
+    return json.loads(out[out.index("{"):])
+
+
+@pytest.mark.parametrize("dtype", list(CONVERSIONS))
+def test_cli_exports_every_family(family_model, tmp_path, capsys, dtype):
+    """The float export checked against transformers (BERT re-saved through training's classes, the others copied),
+    then the layers' linear weights stored in dtype, and the report says how many and of which family."""
+    _, counted, stored = CONVERSIONS[dtype]
+    out = tmp_path / "model"
+    assert main(["export", str(family_model), "--out", str(out), "--dtype", dtype]) == 0
+    report = _printed_report(capsys)
+    assert report["check_passed"] and report["max_abs_diff_hidden"] <= 1e-4, report
+    assert report[dtype]["max_abs_vs_at_load"] == 0.0
+    family = bortengine.load(family_model).config.family.name
+    assert report[dtype]["family"] == family and report.get("family", "bert") == family
+    assert report[dtype][counted] == 3 * LINEAR_PER_LAYER
+    entries = read_safetensors_header(out / "model.safetensors")
+    assert {n for n, e in entries.items() if e.dtype == stored} == _layer_linear_weights(family_model)
+    assert bortengine.load(out, dtype=dtype).dtype == dtype
+
+
+def test_cli_copies_what_the_engine_reads(make_encoder, tmp_path, capsys):
+    """A model directory of another family is copied as it is, without the weights of other frameworks."""
+    src = shutil.copytree(make_encoder(**MODELS["mpnet-classifier"], num_hidden_layers=3), tmp_path / "src")
+    (src / "pytorch_model.bin").write_bytes(b"a pickle")
+    out = tmp_path / "model"
+    assert main(["export", str(src), "--out", str(out), "--no-check"]) == 0
+    assert _printed_report(capsys)["copied"] is True
+    assert not (out / "pytorch_model.bin").exists()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (out / name).read_bytes() == (src / name).read_bytes(), name
+
+
+def test_cli_refuses_a_family_the_engine_does_not_run(make_encoder, tmp_path, capsys):
+    src = shutil.copytree(make_encoder(**MODELS["distilbert"], num_hidden_layers=3), tmp_path / "src")
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "model_type": "albert"}))
+    code = main(["export", str(src), "--out", str(tmp_path / "model"), "--dtype", "int8"])
+    assert "model_type 'albert' is not supported" in assert_error_line(capsys, "export", code)
