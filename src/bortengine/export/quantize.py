@@ -77,40 +77,40 @@ def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, st
     if not path.is_file():
         raise ModelLoadError(f"{path} does not exist; converting a checkpoint needs a single-file safetensors model")
     before = path.stat().st_size
-    family, linear = _linear_weights(Path(model_dir), path, scheme["dtype"])
+    entries = read_safetensors_header(path)
+    family, linear = _linear_weights(Path(model_dir), Checkpoint(entries, str(path)), scheme["dtype"])
     wrong = [e.name for e in linear.values() if e.dtype != stored and e.dtype not in _SOURCES[scheme["dtype"]]]
     if wrong:
         raise ModelLoadError(
-            f"{path} stores its linear weights as {linear[wrong[0]].dtype} ({wrong[0]}, ...), which "
-            f"converting to {scheme['dtype']} would round a second time; convert the float checkpoint instead "
-            f"(bortengine export RUN --out DIR --dtype {scheme['dtype']})")
-    tensors: dict[str, tuple[str, np.ndarray]] = {}
-    done = 0
-    for name, entry in read_safetensors_header(path).items():
-        if name in linear and entry.dtype != stored:
-            tensors.update(convert(entry))
-            done += 1
-        elif name not in tensors:  # (a scale written by convert is not overwritten by the stored one)
-            tensors[name] = (entry.dtype, entry.read_stored())
-
-    def write(tmp: Path) -> None:
-        write_safetensors(tmp, tensors, {"format": "pt"})
-        shutil.copymode(path, tmp)
-
+            f"{path} already stores its linear weights as {linear[wrong[0]].dtype} ({wrong[0]}, ...), not as "
+            f"floats; a {scheme['dtype']} checkpoint is made from the float weights: convert the float checkpoint "
+            f"instead (bortengine export RUN --out DIR --dtype {scheme['dtype']})")
+    done = sum(entry.dtype != stored for entry in linear.values())
     if done:
+        tensors: dict[str, tuple[str, np.ndarray]] = {}
+        for name, entry in entries.items():
+            if name in linear and entry.dtype != stored:
+                tensors.update(convert(entry))
+            elif name not in tensors:  # (a scale written by convert is not overwritten by the stored one)
+                tensors[name] = (entry.dtype, entry.read_stored())
+
+        def write(tmp: Path) -> None:
+            write_safetensors(tmp, tensors, {"format": "pt"})
+            shutil.copymode(path, tmp)
+
         atomic_write(path, write)
     _record_scheme(Path(model_dir) / "config.json", scheme)
     return {"family": family, counted: done, "bytes_before": before, "bytes_after": path.stat().st_size}
 
 
-def _linear_weights(model_dir: Path, path: Path, dtype: str) -> tuple[str, dict[str, TensorEntry]]:
+def _linear_weights(model_dir: Path, checkpoint: Checkpoint, dtype: str) -> tuple[str, dict[str, TensorEntry]]:
     """(family name, checkpoint name -> entry) of the linear weights of every encoder layer, as the engine finds
     them for the model's family (BertWeights.linear_weights), after checking config.json and every tensor name and
-    shape of `path` as bortengine.load does. Raises the engine's error, said as a conversion's, for a model it
-    cannot load."""
+    shape of the checkpoint as bortengine.load does. Raises the engine's error, said as a conversion's, for a model
+    it cannot load."""
     try:
         config = ModelConfig.from_file(model_dir)
-        weights = BertWeights(Checkpoint(read_safetensors_header(path), str(path)), config)
+        weights = BertWeights(checkpoint, config)
     except ModelLoadError as e:
         raise type(e)(f"cannot convert {model_dir} to {dtype}: the conversion stores the linear weights that "
                       f"bortengine.load(dtype={dtype!r}) converts, so it needs a model that bortengine.load "
