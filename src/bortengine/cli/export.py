@@ -1,6 +1,7 @@
-"""`bortengine export`: a pretrain, finetune or Agora run (or an HF model directory) -> a model directory
-bortengine.load reads, checked engine against torch; --dtype int8 (bf16) then stores the encoder's linear weights
-pre-quantized (as BF16). A folder of model directories (a pipeline run) is refused with their names."""
+"""`bortengine export`: a pretrain, finetune or Agora run (or an HF model directory of any family bortengine.load
+runs) -> a model directory bortengine.load reads, checked engine against torch; --dtype int8 (bf16) then stores the
+encoder layers' linear weights pre-quantized (as BF16): layers x 6 tensors in every family. A folder of model
+directories (a pipeline run) is refused with their names."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,8 @@ RUN_DIRECTORY = ("a pretrain or finetune run directory (checkpoint.safetensors),
 def add_parsers(sub) -> None:
     ex = sub.add_parser("export", help="a pretrain/finetune/Agora run -> a directory bortengine.load reads")
     ex.add_argument("run", help="run directory of pretrain, finetune or finetune --agora (its last round's "
-                                "student), or an HF model directory")
+                                "student), or an HF model directory (BERT: re-saved through transformers; "
+                                "RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet: copied as they are)")
     ex.add_argument("--out", required=True, help="output model directory")
     ex.add_argument("--no-check", action="store_true", help="skip the engine-vs-torch check")
     ex.add_argument("--dtype", choices=DTYPES, default="float32",
@@ -75,8 +77,10 @@ def _convert(out: str, dtype: str, check: bool) -> dict:
     rewrite = quantize_checkpoint if dtype == "int8" else bf16_checkpoint
     if not check:
         return rewrite(out)
-    ids = np.random.default_rng(0).integers(1000, 2000, size=(2, 16))
-    reference = load(out, dtype=dtype)(ids).last_hidden_state
+    at_load = load(out, dtype=dtype)
+    vocab = at_load.config.vocab_size   # a small one (random test models): not ids 0..4, the special tokens
+    ids = np.random.default_rng(0).integers(*((1000, 2000) if vocab > 2000 else (5, vocab)), size=(2, 16))
+    reference = at_load(ids).last_hidden_state
     summary = rewrite(out)
     got = load(out, dtype=dtype)(ids).last_hidden_state
     summary["max_abs_vs_at_load"] = float(np.abs(got - reference).max())

@@ -464,16 +464,19 @@ class BertWeights:
 
     def layer_is_bf16(self, index: int) -> bool:
         """Whether the six linear weights of layer `index` are stored as BF16 (read_layer_bf16 applies)."""
-        return all(entry.dtype == "BF16" for _, entry in self._linear_weights(index))
+        return all(entry.dtype == "BF16" for _, entry in self.linear_weights(index))
 
     def read_layer_bf16(self, index: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
         """Layer `index` of a BF16 checkpoint: ({q,k,v,ao,i,o}_w uint16 bf16 bits}, the 10 bias and LayerNorm
         vectors in _core.Encoder.set_layer_bf16 order)."""
-        return {short + "_w": entry.read_bf16() for short, entry in self._linear_weights(index)}, \
+        return {short + "_w": entry.read_bf16() for short, entry in self.linear_weights(index)}, \
             self._layer_vectors(index)
 
-    def _linear_weights(self, index: int) -> list[tuple[str, TensorEntry]]:
-        """(short name q/k/v/ao/i/o, entry) of the six linear weights of layer `index`."""
+    def linear_weights(self, index: int) -> list[tuple[str, TensorEntry]]:
+        """(short name q/k/v/ao/i/o, entry) of the six linear weights of layer `index`: the tensors load(dtype=
+        "int8") quantizes and load(dtype="bf16") rounds, whatever the family calls them (entry.name is the
+        checkpoint's own name: DistilBERT's ...attention.q_lin.weight, MPNet's ...attention.attn.q.weight).
+        bortengine export --dtype int8 / bf16 converts exactly these."""
         return [(short, self._entries[f"encoder.layer.{index}.{name}"])
                 for short, name in _LINEAR_SHORT_NAMES.items()]
 

@@ -3,20 +3,30 @@ then the engine checked against torch on the same batch.
 
 The directory writer itself is training's (training.write_hf_directory: the runs write their models with it);
 this module is what comes after training: reading a run's model back (training.run_model, which never
-unpickles) and the engine-vs-torch check.
+unpickles) and the engine-vs-torch check. Training builds BERT only; a model directory of another family the
+engine loads (RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet) is already what bortengine.load reads, so it
+is copied as it is (without the weights of other frameworks) and checked against its transformers class.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from bortengine.training import TOKENIZER_FILES, encoder_of, run_directory, run_model, write_hf_directory
+from bortengine.engine import ModelConfig
+from bortengine.errors import ModelLoadError
+from bortengine.files import read_json
+from bortengine.training import (CHECKPOINT_FILE, TOKENIZER_FILES, run_directory, run_model,
+                                 write_hf_directory)
 
 __all__ = ["export", "export_run", "check_export", "TOKENIZER_FILES"]
 
 export = write_hf_directory      # the older public name of the writer
+# Files of a model directory that bortengine.load never reads (pickles, other frameworks' weights): not copied.
+_NOT_READ = ("*.bin", "*.h5", "*.msgpack", "*.ckpt*", "*.onnx", "*.ot", ".git")
 
 
 @torch.no_grad()
@@ -30,10 +40,12 @@ def check_export(model: torch.nn.Module, out_dir: str | os.PathLike, seed: int =
 
     engine = bortengine.load(out_dir)
     rng = np.random.default_rng(seed)
-    encoder = encoder_of(model)
+    encoder = model.base_model   # the encoder of a head model (.bert, .roberta, ...), or the model itself
     vocab = encoder.config.vocab_size
+    # small vocabularies (random test models): not ids 0..4, the special tokens (RoBERTa's and MPNet's padding id
+    # is 1, which their positions skip)
     ids = rng.integers(1000, vocab, size=(3, 24), dtype=np.int64) if vocab > 1000 else \
-        rng.integers(1, vocab, size=(3, 24), dtype=np.int64)
+        rng.integers(5 if vocab > 5 else 1, vocab, size=(3, 24), dtype=np.int64)
     ids[:, 0] = 101 if vocab > 102 else 1
     mask = np.ones_like(ids)
     mask[1, 17:] = 0
@@ -47,7 +59,9 @@ def check_export(model: torch.nn.Module, out_dir: str | os.PathLike, seed: int =
     report = {"max_abs_diff_hidden": float(np.abs(ours.last_hidden_state - ref)[real].max())}
     if ours.logits is not None:
         logits = model(input_ids=t_ids, attention_mask=t_mask).logits.numpy()
-        report["max_abs_diff_logits"] = float(np.abs(ours.logits - logits).max())
+        diff = np.abs(ours.logits - logits)
+        # a token classifier's logits [B,T,L]: the engine's are zeros where the mask is 0, transformers' not
+        report["max_abs_diff_logits"] = float((diff[real] if diff.ndim == 3 else diff).max())
     report["tolerance"] = tolerance
     report["check_passed"] = all(v <= tolerance for k, v in report.items() if k.startswith("max_abs"))
     return report
@@ -57,11 +71,40 @@ def export_run(run: str | os.PathLike, out_dir: str | os.PathLike, check: bool =
     """`bortengine export`: a run directory (or HF directory) -> out_dir, then (check) the engine vs torch.
     An Agora run exports its last round's best student (training.run_directory); the report names it."""
     source = run_directory(run)
-    model, tokenizer_dir = run_model(source)
-    out = write_hf_directory(model, out_dir, tokenizer_dir)
-    report = {"exported": str(out), "source": str(run)}
+    config = _other_family(source)
+    report = {"exported": str(Path(out_dir)), "source": str(run)}
     if source != Path(run):
         report["model_directory"] = str(source)
+    if config is None:
+        model, tokenizer_dir = run_model(source)
+        write_hf_directory(model, out_dir, tokenizer_dir)
+    else:
+        shutil.copytree(source, out_dir, ignore=shutil.ignore_patterns(*_NOT_READ), dirs_exist_ok=True)
+        report.update(family=config.family.name, copied=True)
+        model = _transformers_model(Path(out_dir), config.kind) if check else None
     if check:
-        report.update(check_export(model, out))
+        report.update(check_export(model, out_dir))
     return report
+
+
+def _other_family(source: Path) -> Optional[ModelConfig]:
+    """The engine's config of a model directory of a family training does not build (not BERT), else None (a run,
+    or a BERT model directory: re-saved through training's BertModel classes, as before other families)."""
+    if (source / CHECKPOINT_FILE).is_file():
+        return None
+    data = read_json(source / "config.json", ModelLoadError)
+    if not isinstance(data, dict) or data.get("model_type") in (None, "bert"):
+        return None
+    return ModelConfig.from_file(source)   # a family the engine does not run is refused here, saying why
+
+
+def _transformers_model(directory: Path, kind: str) -> torch.nn.Module:
+    """The transformers model of config.json's class `kind` (e.g. DistilBertForSequenceClassification), from its
+    safetensors only and offline, as training.load_pretrained reads BERT."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.set_verbosity_error()   # e.g. a RobertaModel's pooler that the checkpoint has not: unused here
+    return getattr(transformers, kind).from_pretrained(str(directory), use_safetensors=True,
+                                                       attn_implementation="eager").eval()

@@ -1,13 +1,21 @@
 """Pre-converted checkpoints: store the linear weights of every encoder layer as the int8 or bf16 engine runs
 them, so loading skips the conversion and the file shrinks (those weights go from 4 bytes to 1, or 2, per weight).
 
+Which tensors those are is the engine's knowledge, not this module's: config.json says the family (BERT, RoBERTa,
+XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA, MPNet: engine/families.py) and BertWeights.linear_weights names each
+layer's six linear weights under the checkpoint's own names (DistilBERT's q_lin ... ffn.lin2, MPNet's attn.q ...
+attn.o), after checking every name and shape as bortengine.load does. So a checkpoint converts exactly the tensors
+the engine converts at load, layers x 6 of them, and a model the engine cannot load is refused with the engine's
+reason rather than converted in part or not at all.
+
 Formats: in model.safetensors, each of the six linear weights of every encoder layer (query, key, value, attention
 output, intermediate, output) is stored
 - int8: as I8 [out, in], with a float32 per-output-channel scale "<name>_scale" [out]: w ~= q * scale, q in
   [-127, 127], scale = max|w[row]| / 127 — exactly the rounding bortengine.load(dtype="int8") applies at load;
 - bf16: as BF16 [out, in], rounded to nearest even by the engine's own rounding (_core.to_bf16: what
   bortengine.load(dtype="bf16") does to float weights at load), which the bf16 engine packs as they are.
-Everything else (embeddings, LayerNorm, biases, pooler, classifier) stays as it was. bortengine.load reads such a
+Everything else (embeddings, ELECTRA's embeddings_project, LayerNorm, biases, pooler, classifier heads, tensors the
+engine ignores) stays as it was: the engine runs those in float32 whatever its dtype. bortengine.load reads such a
 directory with its dtype directly, or with dtype="float32" by dequantizing (int8) or widening (bf16, exactly).
 config.json records the scheme under "bortengine_quantization".
 
@@ -22,8 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-from bortengine.engine import (QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, TensorEntry, core, read_safetensors_header,
-                               write_safetensors)
+from bortengine.engine import (SCALE_SUFFIX, BertWeights, Checkpoint, ModelConfig, TensorEntry, core,
+                               read_safetensors_header, write_safetensors)
 from bortengine.errors import ModelLoadError
 from bortengine.files import atomic_write, atomic_write_json, read_json
 
@@ -33,7 +41,9 @@ SCHEME = {"dtype": "int8", "weights": "per output channel, symmetric s8 in [-127
           "activations": "per token, asymmetric u8, at run time", "scale_suffix": SCALE_SUFFIX}
 BF16_SCHEME = {"dtype": "bf16", "weights": "bf16, rounded to nearest even (subnormals to zero)",
                "activations": "rounded to bf16 as each GEMM reads them, fp32 accumulation"}
-_FLOATS = ("F32", "F16", "F64")  # weights a conversion starts from
+# dtype -> the stored dtypes of a linear weight that a conversion to it starts from: what load(dtype=...) reads as
+# float32 and then converts (a BF16 weight is widened exactly, then quantized; for bf16 it is already converted)
+_SOURCES = {"int8": ("F32", "F16", "BF16", "F64"), "bf16": ("F32", "F16", "F64")}
 
 # A converted linear weight: entry -> {name: (safetensors dtype, array)} to store in its place.
 Conversion = Callable[[TensorEntry], dict[str, tuple[str, np.ndarray]]]
@@ -41,54 +51,72 @@ Conversion = Callable[[TensorEntry], dict[str, tuple[str, np.ndarray]]]
 
 def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
     """Rewrite model_dir/model.safetensors with int8 linear weights and their scales (in place, atomically).
-    Returns {"quantized": n_tensors, "bytes_before": ..., "bytes_after": ...}."""
+    Returns {"family": ..., "quantized": n_tensors (layers x 6), "bytes_before": ..., "bytes_after": ...}."""
     def quantize(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
         q, scale = core().quantize_weights(entry.read())
         return {entry.name: ("I8", q), entry.name + SCALE_SUFFIX: ("F32", scale)}
 
-    done = _rewrite(model_dir, quantize, SCHEME, "I8")
-    return {"quantized": done[0], "bytes_before": done[1], "bytes_after": done[2]}
+    return _rewrite(model_dir, quantize, SCHEME, "I8", "quantized")
 
 
 def bf16_checkpoint(model_dir: str | os.PathLike) -> dict:
     """Rewrite model_dir/model.safetensors with BF16 linear weights (in place, atomically).
-    Returns {"converted": n_tensors, "bytes_before": ..., "bytes_after": ...}."""
+    Returns {"family": ..., "converted": n_tensors (layers x 6), "bytes_before": ..., "bytes_after": ...}."""
     def round_bf16(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
         return {entry.name: ("BF16", core().to_bf16(entry.read()))}
 
-    done = _rewrite(model_dir, round_bf16, BF16_SCHEME, "BF16")
-    return {"converted": done[0], "bytes_before": done[1], "bytes_after": done[2]}
+    return _rewrite(model_dir, round_bf16, BF16_SCHEME, "BF16", "converted")
 
 
-def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, stored: str) -> tuple[int, int, int]:
-    """model.safetensors with every float linear weight of the encoder layers replaced by convert(entry) and the
-    other tensors copied as they are, written atomically (keeping the file's permissions); config.json records the
-    scheme. A checkpoint already converted (its linear weights `stored`) is left as it is. Returns (tensors
-    converted, bytes before, bytes after)."""
+def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, stored: str, counted: str) -> dict:
+    """model.safetensors with every linear weight of the encoder layers that is not yet `stored` replaced by
+    convert(entry) and the other tensors copied as they are, written atomically (keeping the file's permissions);
+    config.json records the scheme. A checkpoint already converted is left as it is. Returns {"family", counted:
+    tensors converted, "bytes_before", "bytes_after"}."""
     path = Path(model_dir) / "model.safetensors"
     if not path.is_file():
         raise ModelLoadError(f"{path} does not exist; converting a checkpoint needs a single-file safetensors model")
     before = path.stat().st_size
-    tensors: dict[str, tuple[str, np.ndarray]] = {}
-    done = already = 0
-    for name, entry in read_safetensors_header(path).items():
-        linear = ".layer." in name and name.endswith(QUANTIZABLE_LAYER_WEIGHTS)
-        already += linear and entry.dtype == stored
-        if linear and entry.dtype in _FLOATS:
-            tensors.update(convert(entry))
-            done += 1
-        elif name not in tensors:  # (a scale written by convert is not overwritten by the stored one)
-            tensors[name] = (entry.dtype, entry.read_stored())
-    if done == 0 and already == 0:
-        raise ModelLoadError(f"{path} has no float encoder-layer linear weights to convert to {scheme['dtype']}")
+    entries = read_safetensors_header(path)
+    family, linear = _linear_weights(Path(model_dir), Checkpoint(entries, str(path)), scheme["dtype"])
+    wrong = [e.name for e in linear.values() if e.dtype != stored and e.dtype not in _SOURCES[scheme["dtype"]]]
+    if wrong:
+        raise ModelLoadError(
+            f"{path} already stores its linear weights as {linear[wrong[0]].dtype} ({wrong[0]}, ...), not as "
+            f"floats; a {scheme['dtype']} checkpoint is made from the float weights: convert the float checkpoint "
+            f"instead (bortengine export RUN --out DIR --dtype {scheme['dtype']})")
+    done = sum(entry.dtype != stored for entry in linear.values())
+    if done:
+        tensors: dict[str, tuple[str, np.ndarray]] = {}
+        for name, entry in entries.items():
+            if name in linear and entry.dtype != stored:
+                tensors.update(convert(entry))
+            elif name not in tensors:  # (a scale written by convert is not overwritten by the stored one)
+                tensors[name] = (entry.dtype, entry.read_stored())
 
-    def write(tmp: Path) -> None:
-        write_safetensors(tmp, tensors, {"format": "pt"})
-        shutil.copymode(path, tmp)
+        def write(tmp: Path) -> None:
+            write_safetensors(tmp, tensors, {"format": "pt"})
+            shutil.copymode(path, tmp)
 
-    atomic_write(path, write)
+        atomic_write(path, write)
     _record_scheme(Path(model_dir) / "config.json", scheme)
-    return done, before, path.stat().st_size
+    return {"family": family, counted: done, "bytes_before": before, "bytes_after": path.stat().st_size}
+
+
+def _linear_weights(model_dir: Path, checkpoint: Checkpoint, dtype: str) -> tuple[str, dict[str, TensorEntry]]:
+    """(family name, checkpoint name -> entry) of the linear weights of every encoder layer, as the engine finds
+    them for the model's family (BertWeights.linear_weights), after checking config.json and every tensor name and
+    shape of the checkpoint as bortengine.load does. Raises the engine's error, said as a conversion's, for a model
+    it cannot load."""
+    try:
+        config = ModelConfig.from_file(model_dir)
+        weights = BertWeights(checkpoint, config)
+    except ModelLoadError as e:
+        raise type(e)(f"cannot convert {model_dir} to {dtype}: the conversion stores the linear weights that "
+                      f"bortengine.load(dtype={dtype!r}) converts, so it needs a model that bortengine.load "
+                      f"reads, and this one it does not: {e}") from e
+    linear = {entry.name: entry for i in range(config.num_hidden_layers) for _, entry in weights.linear_weights(i)}
+    return config.family.name, linear
 
 
 def _record_scheme(config_path: Path, scheme: dict) -> None:
