@@ -259,6 +259,22 @@ def test_the_search_measures_this_cpu_rather_than_use_an_old_or_foreign_profile(
     assert P.find_profiles()[0].path == third.profile.path
 
 
+def test_a_profile_of_this_core_build_is_taken_before_a_cached_one_of_an_older_build(private_profiles):
+    cache, shipped = private_profiles
+    here = P.Target.current()
+    cache.mkdir()
+    stale = synthetic(TINY, w=TINY_W, target=replace(here, core_build="0123456789abcdef"))
+    stale.save(cache / f"{here.signature}.json")
+    with pytest.warns(P.ProfileMismatchWarning, match="another build"):
+        assert P.load_profile().path == cache / f"{here.signature}.json"   # better than none: taken, with a warning
+    synthetic(TINY, w=TINY_W, target=here).save(shipped / f"{here.signature}.json")
+    mine, others = P.find_profiles()
+    assert mine.path == shipped / f"{here.signature}.json" and others == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", P.ProfileMismatchWarning)
+        assert P.load_profile().path == shipped / f"{here.signature}.json"
+
+
 def _fake_quick_profile(monkeypatch, calls: list) -> None:
     """profile() as profile_for_search calls it, without timing anything: this machine's synthetic profile."""
     def fake(space, workload, *, quick, progress, settings=None):

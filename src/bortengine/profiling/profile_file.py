@@ -239,10 +239,12 @@ def candidate_paths(target: Target) -> list[Path]:
 
 def find_profiles(target: Optional[Target] = None) -> tuple[Optional[Profile], list[tuple[Profile, TargetMatch]]]:
     """This machine's profile among the cached and shipped ones (the first of candidate_paths that describes this
-    CPU: same target, probe rate within the tolerance; None if none does), and the others found (of another CPU
+    CPU: same target, probe rate within the tolerance, of this core build if one is, else of another; None if none
+    does), and the others found (of another CPU
     behind the same name, or from before exact targets) with how they compare. Unreadable files are skipped."""
     target = target or Target.current()
-    others = []
+    others: list[tuple[Profile, TargetMatch]] = []
+    of_another_build = None
     for path in candidate_paths(target):
         try:
             prof = Profile.load(path)
@@ -250,9 +252,14 @@ def find_profiles(target: Optional[Target] = None) -> tuple[Optional[Profile], l
             continue
         match = prof.match()
         if match.same_cpu:
-            return prof, others
+            # a profile of this core build before one of an older build (a cached profile older than the shipped
+            # one re-measured for this build); the older one still beats measuring, with its warning
+            if prof.target.core_build == target.core_build:
+                return prof, others
+            of_another_build = of_another_build or (prof, list(others))
+            continue
         others.append((prof, match))
-    return None, others
+    return of_another_build or (None, others)
 
 
 def profile_path_for(target: Target, confirm: Optional[Callable[[Target], Target]] = None) -> Path:
