@@ -233,8 +233,7 @@ def test_a_text_of_exactly_max_length_passes(engine):
 @settings(max_examples=40, deadline=None)
 @given(lengths=st.lists(st.integers(min_value=0, max_value=45), min_size=1, max_size=6),
        max_length=st.integers(min_value=5, max_value=40), paired=st.booleans())
-def test_truncation_false_raises_iff_a_text_is_longer(bert_classifier, lengths, max_length, paired):
-    engine = bert_classifier
+def test_truncation_false_raises_iff_a_text_is_longer(engine, lengths, max_length, paired):
     texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(n)) for i, n in enumerate(lengths)]
     pairs = [t[::-1] for t in texts] if paired else None
     counts = engine.count_tokens(texts, pairs)            # the whole-text count, tokenized apart
@@ -246,11 +245,6 @@ def test_truncation_false_raises_iff_a_text_is_longer(bert_classifier, lengths, 
     else:
         assert not over
         assert np.array_equal(logits, engine.classify(texts, pairs, max_length=max_length).logits)
-
-
-@pytest.fixture(scope="module")
-def bert_classifier(small_classifier) -> bortengine.Engine:
-    return bortengine.load(small_classifier, num_threads=1)
 
 
 def test_classify_tokens_truncation(make_encoder):
