@@ -6,12 +6,13 @@ Truncation length, first found: sentence_bert_config.json max_seq_length (what s
 tokenizer_config.json model_max_length, config.json max_position_embeddings; never more than the last.
 Padding is done here in NumPy, to the longest sequence of each batch, so the tokenizer itself never pads.
 Text pairs ("[CLS] a [SEP] b [SEP]") are encoded by the tokenizer's own pair template and truncated as Hugging Face
-does by default ('longest_first': tokens come off the longer text until the pair fits). What the engine computes is
-tokenized once, counted and cut in one go (TextTokenizer.counted): each text is tokenized whole, without special
-tokens, which gives its count before truncation, then cut and given its special tokens by the tokenizer's own
-post-processing, the step its encode() ends with, so the ids, offsets and types are encode()'s. Their token_type_ids are
+does by default ('longest_first': tokens come off the longer text until the pair fits). Their token_type_ids are
 rebuilt from the ids alone (0 up to and including the first separator, 1 after it), so training, which keeps only
 ids, and serving give a model the same types.
+What the engine computes is tokenized once, counted and cut in one pass (TextTokenizer.counted / encode_counted):
+each text is tokenized whole without special tokens, which gives its count before truncation, then cut and given
+its special tokens by the tokenizer's own post-processing, the step its encode() ends with, so the Encodings are
+encode()'s.
 
 Shapes: B = batch, T = tokens of the longest sequence in the batch.
 """
