@@ -130,7 +130,7 @@ class ModelService:
         engine = self._serving(request)
         req = await self._text_request(request, "tokenize")
 
-        start = time.perf_counter()   # one tokenization gives the ids and the counts before the cut
+        start = time.perf_counter()   # the ids and the counts before the cut (encode_counted)
         encodings, counts = await self._off_loop(req, engine.tokenizer.encode_counted, req.texts,
                                                  self.max_input_tokens, req.pairs)
         self.metrics.record_texts("tokenize", len(counts), sum(len(e.ids) for e in encodings), 0,
