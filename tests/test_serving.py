@@ -1,7 +1,8 @@
 """`bortengine serve`, the routes: a real server process on 127.0.0.1 (tests/serving_process.py) talked to over
 HTTP, its answers compared with the engine in this process: embeddings equal to engine.encode (float and base64,
 shortened by `dimensions`, cut to --max-input-tokens), classifications equal to engine.classify, token ids equal to
-engine.tokenize; /v1/models, /health; the API key; /metrics parsed by prometheus_client against the traffic sent.
+engine.tokenize; texts over --max-input-tokens cut or refused (400) by the server's default or the request's
+`truncation`; /v1/models, /health; the API key; /metrics parsed by prometheus_client against the traffic sent.
 The bad requests, a disconnecting client, a flood and SIGTERM are in tests/test_serving_robustness.py.
 """
 from __future__ import annotations
@@ -131,7 +132,7 @@ def test_classify_refuses_an_embedding_model(minilm_server):
     assert error["code"] == "model_not_classifier" and "/v1/embeddings" in error["message"]
 
 
-def test_no_truncation_refuses_long_texts(classifier_server):
+def test_no_truncation_refuses_long_texts(classifier_server, serving_classifier):
     auth = {"Authorization": f"Bearer {API_KEY}"}
     fits, too_long = "one two three", " ".join(["word"] * (CLASSIFIER_TOKENS + 5))
     with classifier_server.client(**auth) as client:
@@ -145,6 +146,39 @@ def test_no_truncation_refuses_long_texts(classifier_server):
         assert error["code"] == "context_length_exceeded" and error["param"] == "input"
         assert error["message"].startswith(f"{where} has {CLASSIFIER_TOKENS + 7} tokens, more than the "
                                            f"{CLASSIFIER_TOKENS}") and "--no-truncation" in error["message"]
+    with classifier_server.client(**auth) as client:     # a request may still ask for the cut
+        cut = client.post("/v1/classify", json={"input": [fits, too_long], "truncation": True})
+    assert cut.status_code == 200, cut.text
+    expected = load(serving_classifier).classify([fits, too_long], max_length=CLASSIFIER_TOKENS)
+    assert [d["label"] for d in cut.json()["data"]] == expected.labels
+
+
+def test_truncation_per_request(minilm_server, minilm_engine):
+    """A request's "truncation" overrides the server's default (here: cut): false refuses a text over
+    --max-input-tokens with a 400 naming it and its tokens, true cuts it; anything else is a 400 too. The server
+    counts its cuts in /metrics and never warns about them on stderr."""
+    texts = ["a short text", LONG]
+    tokens = minilm_engine.count_tokens(LONG)[0]
+    with minilm_server.client() as client:
+        refused = client.post("/v1/embeddings", json={"input": texts, "truncation": False})
+        single = client.post("/v1/embeddings", json={"input": LONG, "truncation": False})
+        cut = client.post("/v1/embeddings", json={"input": texts, "truncation": True})
+        fits = client.post("/v1/embeddings", json={"input": texts[:1], "truncation": False})
+        bad = client.post("/v1/embeddings", json={"input": texts, "truncation": "no"})
+        tokenize = client.post("/v1/tokenize", json={"input": texts, "truncation": False})
+    for response, where in ((refused, "input[1]"), (single, "input")):
+        assert response.status_code == 400 and response.headers["content-type"] == "application/json"
+        error = response.json()["error"]
+        assert error["code"] == "context_length_exceeded" and error["param"] == "input"
+        assert error["message"].startswith(f"{where} has {tokens} tokens, more than the {MAX_TOKENS} this server "
+                                           f"reads per text")
+        assert 'send "truncation": true or leave it out' in error["message"]
+    assert np.array_equal(embeddings(cut), minilm_engine.encode(texts, max_length=MAX_TOKENS))
+    assert np.array_equal(embeddings(fits), minilm_engine.encode(texts[:1], max_length=MAX_TOKENS, truncation=False))
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_truncation" and bad.json()["error"]["param"] == "truncation"
+    assert tokenize.status_code == 400 and tokenize.json()["error"]["code"] == "unknown_field"   # it never cuts
+    assert "TruncationWarning" not in minilm_server.stderr.read_text()
 
 
 def test_api_key(classifier_server):

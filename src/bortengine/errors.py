@@ -1,11 +1,11 @@
-"""The package's exception types. Every error bortengine raises on purpose is a BortEngineError.
+"""The package's exception and warning types. Every error bortengine raises on purpose is a BortEngineError.
 
 InvalidInputError and ModelLoadError also derive from ValueError, so callers that already catch ValueError for
 bad arguments keep working. Messages say what is wrong and how to fix it.
 """
 
-__all__ = ["BortEngineError", "InvalidInputError", "ModelLoadError", "UnsupportedModelError", "UsageError",
-           "DeadlineExceeded", "RequestCancelled", "ClusterError"]
+__all__ = ["BortEngineError", "InvalidInputError", "TextTooLongError", "ModelLoadError", "UnsupportedModelError",
+           "UsageError", "DeadlineExceeded", "RequestCancelled", "ClusterError", "TruncationWarning"]
 
 
 class BortEngineError(Exception):
@@ -14,6 +14,22 @@ class BortEngineError(Exception):
 
 class InvalidInputError(BortEngineError, ValueError):
     """An argument of an inference call (ids, mask, texts, options) is malformed."""
+
+
+class TextTooLongError(InvalidInputError):
+    """A text (or text pair) has more tokens than max_length and the call passed truncation=False: nothing was
+    computed. index: the first such text's place in the call's texts; tokens: its tokens before truncation (special
+    tokens and its pair included); max_length: the tokens the call allowed. A server answers it with a 4xx naming
+    the text."""
+
+    def __init__(self, message: str, index: int, tokens: int, max_length: int):
+        super().__init__(message)
+        self.index = index
+        self.tokens = tokens
+        self.max_length = max_length
+
+    def __reduce__(self):  # pickled whole (to and from a Ray worker), not as the message alone
+        return type(self), (str(self), self.index, self.tokens, self.max_length)
 
 
 class ModelLoadError(BortEngineError, ValueError):
@@ -41,3 +57,8 @@ class RequestCancelled(BortEngineError):
 class ClusterError(BortEngineError):
     """A Ray cluster cannot be used as asked: Ray is not installed, the address does not answer as a Ray cluster,
     a node cannot run bortengine's workers, or no node has the CPUs a task needs (bortengine.cluster)."""
+
+
+class TruncationWarning(UserWarning):
+    """Texts longer than max_length were cut to it (truncation=True, the default). The engine says so once per
+    Engine; warnings.filterwarnings("ignore", category=bortengine.TruncationWarning) silences it."""

@@ -46,7 +46,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-input-tokens", type=positive_int, default=None,
                    help="tokens per text, special tokens included (default: the model's length)")
     p.add_argument("--no-truncation", action="store_true",
-                   help="refuse a text over --max-input-tokens with a 400 (default: cut it to that length)")
+                   help="refuse a text over --max-input-tokens with a 400 (default: cut it to that length); a "
+                        "request's \"truncation\": true or false overrides it")
     p.add_argument("--max-body-bytes", type=positive_int, default=DEFAULTS.max_body_bytes,
                    help=f"request body limit; a larger body gets 413 (default {DEFAULTS.max_body_bytes})")
     p.add_argument("--api-key", default=None,

@@ -5,7 +5,9 @@ The Engine composes the parts: ModelConfig (config.json), BertWeights (safetenso
 handed straight to the native encoder, so loading never holds the model twice), TextTokenizer, Pooling, the
 model's head (engine/heads.py) and, for RoBERTa's and MPNet's positions, PositionLayout (engine/positions.py).
 Everything users pass in is validated here, before the native module sees it, and rejected with an
-InvalidInputError that says what is wrong and how to fix it. This module imports only NumPy, tokenizers and the
+InvalidInputError that says what is wrong and how to fix it. Texts longer than max_length are cut (truncation=True,
+the default: counted in Engine.truncated_texts, a TruncationWarning once per Engine) or refused before anything is
+computed (truncation=False: TextTooLongError naming the first). This module imports only NumPy, tokenizers and the
 native extension: serving a model never needs torch.
 
 Shapes: B = batch, T = tokens per sequence, H = hidden size, L = number of labels, N = number of texts.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -31,13 +35,15 @@ from bortengine.engine.pooling import Pooling
 from bortengine.engine.positions import PositionLayout, check_contiguous_mask, position_layout
 from bortengine.engine.tokenization import WHOLE_TEXT, TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import BertWeights, Checkpoint
-from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError
+from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError, TextTooLongError, TruncationWarning
 
 __all__ = ["load", "Engine", "traced_forwards", "DTYPES"]
 
 DTYPES = ("float32", "int8", "bf16")  # load(dtype=...): the arithmetic of the encoder layers' linear layers
 
 INLINE_CHARS = 4096         # asyncio calls tokenize texts of at most this many characters on the event loop
+
+_ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class _Batch(NamedTuple):
@@ -167,6 +173,9 @@ class Engine:
         self._encoder = encoder
         self._batching = bool(batching)
         self._queue = ForwardQueue(self._native_forward, budget if batching else 0)
+        self._cut_lock = threading.Lock()
+        self._truncated_texts = 0
+        self._truncation_warned = False
 
     # ---------------------------------------------------------------------------------------------- properties
     @property
@@ -203,8 +212,16 @@ class Engine:
 
     @property
     def max_length(self) -> int:
-        """Tokens per text that encode()/classify() keep (longer texts are truncated)."""
+        """Tokens per text (special tokens and a pair included) that encode()/classify() keep by default: longer
+        texts are cut (truncation=True) or refused (truncation=False)."""
         return self.tokenizer.max_length if self.tokenizer else self.config.max_positions
+
+    @property
+    def truncated_texts(self) -> int:
+        """Texts (and pairs) this engine has cut to max_length since it was loaded: those of calls with
+        truncation=True that it tokenized itself (TokenizedTexts were cut by engine.tokenized(), whose .truncated
+        lists them)."""
+        return self._truncated_texts
 
     @property
     def embedding_dim(self) -> int:
@@ -358,46 +375,53 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------------ texts in
     def tokenize(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
-                 max_length: Optional[int] = None) -> dict[str, np.ndarray]:
+                 max_length: Optional[int] = None, *, truncation: bool = True) -> dict[str, np.ndarray]:
         """Token ids of texts, padded to the longest: {'input_ids', 'attention_mask', 'token_type_ids'} int64 [B,T].
         Texts are truncated to max_length tokens (default: the model's, see Engine.max_length). text_pairs: the
         second text of each pair (a string for a single string), giving "[CLS] text [SEP] pair [SEP]" with
         token_type_ids 1 on the second text, the pair truncated longest-first to max_length, as transformers'
-        tokenizer(texts, text_pairs, truncation=True) does."""
-        texts, pairs, _ = self._text_inputs(texts, text_pairs)
-        tokenizer = self._text_tokenizer()
-        return tokenizer.pad(tokenizer.token_ids(texts, self._max_length(max_length), pairs=pairs),
-                             pairs=pairs is not None)
+        tokenizer(texts, text_pairs, truncation=True, max_length=max_length) does. truncation=False: a text (pair)
+        longer than max_length raises TextTooLongError instead (see encode())."""
+        texts, pairs, single = self._text_inputs(texts, text_pairs)
+        tokenized = self._tokenized_texts(texts, pairs, max_length, truncation, single)
+        return self._text_tokenizer().pad(tokenized.ids, pairs=tokenized.pairs)
 
     def encode(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                batch_size: int = 32, normalize: Optional[bool] = None,
-               max_length: Optional[int] = None) -> np.ndarray:
+               max_length: Optional[int] = None, *, truncation: bool = True) -> np.ndarray:
         """Sentence embeddings with the model's pooling (sentence-transformers config, else mean).
 
         text_pairs: embed each (text, pair) as one input, tokenized as tokenize() does. normalize: L2-normalise;
         None follows the model (True if its modules.json has a Normalize module). Texts are sorted by length into
         batches of batch_size so little padding is computed; the output keeps the input order.
+        max_length: tokens per text (pair), special tokens included; default Engine.max_length, at most the model's
+        positions. truncation=True (the default) cuts longer texts to it (pairs longest-first), counts them
+        (Engine.truncated_texts) and says so once per Engine with a TruncationWarning; truncation=False raises
+        TextTooLongError (an InvalidInputError) naming the first longer text, its tokens and max_length, before
+        anything is computed. Every text-taking method (classify, classify_tokens, rerank, tokenize, the asyncio
+        forms) takes truncation the same way.
         Shapes: N texts -> [N,E] float32 (E = H x pooling modes); a single string -> [E].
         """
         texts, pairs, single = self._text_inputs(texts, text_pairs)
         normalize = self._encoding(normalize)
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
-        for rows, batch in self._batches(texts, pairs, batch_size, max_length):
+        for rows, batch in self._batches(texts, pairs, batch_size, max_length, truncation, single):
             output = self._forward(batch)
             out[rows] = self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
         return out[0] if single else out
 
     async def aencode(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                       batch_size: int = 32, normalize: Optional[bool] = None, max_length: Optional[int] = None,
-                      deadline: Optional[float] = None) -> np.ndarray:
+                      truncation: bool = True, deadline: Optional[float] = None) -> np.ndarray:
         """encode() for asyncio: the same embeddings, without blocking the event loop (tokenization and forwards
         run in the engine's threads, combined with other callers' forwards). Cancelling the awaiting task drops
         its queued work; deadline: seconds from now after which work still queued is dropped with
-        DeadlineExceeded."""
+        DeadlineExceeded. truncation=False raises TextTooLongError where it awaits, nothing computed."""
         texts, pairs, single = self._text_inputs(texts, text_pairs)
         normalize = self._encoding(normalize)
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
-        async for rows, batch, output in self._aforwards(texts, pairs, batch_size, max_length, deadline):
+        async for rows, batch, output in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
+                                                         deadline):
             out[rows] = self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
         return out[0] if single else out
 
@@ -411,15 +435,16 @@ class Engine:
         return bool(self.pooling.normalize if normalize is None else normalize)
 
     async def _aforwards(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
-                         max_length: Optional[int], deadline: Optional[float]):
+                         max_length: Optional[int], truncation: bool, single: bool, deadline: Optional[float]):
         """(rows, batch, EncoderOutput) of each batch _batches() gives, computed through the forward queue. The
         texts are tokenized with the first batch: on the event loop when they are short (INLINE_CHARS: tens of
         microseconds, less than a hand-over to a thread, and a busy engine then takes the request with no thread
-        hop at all), else in the queue's worker thread."""
+        hop at all), else in the queue's worker thread; a text refused there (truncation=False) is raised where
+        the caller awaits, before any of its forwards."""
         until = _deadline(deadline)
         # texts tokenized already (TokenizedTexts) are only padded here: microseconds per text
         inline = isinstance(texts, TokenizedTexts) or characters(texts, pairs) <= INLINE_CHARS
-        batches = self._batches(texts, pairs, batch_size, max_length)
+        batches = self._batches(texts, pairs, batch_size, max_length, truncation, single)
         for _ in range(-(-len(texts) // _check_batch_size(batch_size))):
             taken: list[Any] = []
 
@@ -432,8 +457,8 @@ class Engine:
             yield taken[0], taken[1], self._output(forward, taken[2])
 
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
-                 batch_size: int = 32,
-                 max_length: Optional[int] = None) -> ClassificationResult | tuple[str, np.ndarray]:
+                 batch_size: int = 32, max_length: Optional[int] = None, *,
+                 truncation: bool = True) -> ClassificationResult | tuple[str, np.ndarray]:
         """Labels and class probabilities of a sequence classifier.
 
         text_pairs: classify each (text, pair), e.g. (question, answer) or (premise, hypothesis), tokenized as
@@ -441,26 +466,30 @@ class Engine:
         a single string, the pair (label, probabilities [L]). Probabilities are the softmax of the logits, or their
         sigmoid for a multi-label model (then the label is the most likely one). Texts (pairs: together) are
         truncated to max_length tokens, by default Engine.max_length: the length the model was trained at when it
-        was exported by bortengine (sentence_bert_config.json max_seq_length), so it reads what training read.
+        was exported by bortengine (sentence_bert_config.json max_seq_length), so it reads what training read;
+        truncation=False refuses a longer text instead (as encode() does).
         """
         texts, pairs, single = self._classifier_inputs(texts, text_pairs)
-        return self._classification(self._sequence_logits(texts, pairs, batch_size, max_length), single)
+        logits = self._sequence_logits(texts, pairs, batch_size, max_length, truncation, single)
+        return self._classification(logits, single)
 
     def _sequence_logits(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
-                         max_length: Optional[int]) -> np.ndarray:
+                         max_length: Optional[int], truncation: bool, single: bool = False,
+                         name: Optional[str] = None) -> np.ndarray:
         """A sequence classifier's logits [N,L] of texts (and their pairs), in input order."""
         logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
-        for rows, batch in self._batches(texts, pairs, batch_size, max_length):
+        for rows, batch in self._batches(texts, pairs, batch_size, max_length, truncation, single, name):
             logits[rows] = self._forward(batch).logits
         return logits
 
     async def aclassify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
-                        batch_size: int = 32, max_length: Optional[int] = None,
+                        batch_size: int = 32, max_length: Optional[int] = None, truncation: bool = True,
                         deadline: Optional[float] = None) -> ClassificationResult | tuple[str, np.ndarray]:
         """classify() for asyncio, as aencode() is encode()'s."""
         texts, pairs, single = self._classifier_inputs(texts, text_pairs)
         logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
-        async for rows, _, output in self._aforwards(texts, pairs, batch_size, max_length, deadline):
+        async for rows, _, output in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
+                                                     deadline):
             logits[rows] = output.logits
         return self._classification(logits, single)
 
@@ -487,8 +516,8 @@ class Engine:
         return result[0] if single else result
 
     def classify_tokens(self, texts: str | Sequence[str], aggregation: str = "none", *,
-                        ignore_labels: Sequence[str] = ("O",), batch_size: int = 32,
-                        max_length: Optional[int] = None) -> list[TokenEntity] | list[list[TokenEntity]]:
+                        ignore_labels: Sequence[str] = ("O",), batch_size: int = 32, max_length: Optional[int] = None,
+                        truncation: bool = True) -> list[TokenEntity] | list[list[TokenEntity]]:
         """Labelled tokens, words or entities of a token classifier (NER, PII tagging), with character offsets: what
         transformers' pipeline("token-classification", aggregation_strategy=aggregation) gives, as TokenEntity.
 
@@ -497,7 +526,8 @@ class Engine:
         of their averaged probabilities, or the most confident token's; then grouped). Words are found from the
         tokenizer's continuing-subword prefix (WordPiece's ##), else from the spaces before tokens, as transformers
         does. ignore_labels: labels left out ("O", outside any entity). Texts are truncated to max_length tokens
-        (default Engine.max_length). Returns a list of entities per text; for a single string, its list.
+        (default Engine.max_length; the cut tokens get no label), or refused with truncation=False (as encode()
+        does). Returns a list of entities per text; for a single string, its list.
         """
         if not self.config.is_token_classifier:
             raise BortEngineError(
@@ -506,12 +536,14 @@ class Engine:
         aggregation = check_aggregation(aggregation)
         ignored, _ = as_text_list(ignore_labels, "ignore_labels")
         texts, single = as_text_list(texts)
+        truncation = _check_truncation(truncation)
         tokenizer, limit = self._text_tokenizer(), self._max_length(max_length)
-        encodings = tokenizer.encode(texts, limit)
-        ids = [e.ids for e in encodings]
+        encodings, counts = tokenizer.encode_counted(texts, limit)
+        tokenized = self._within_length(TokenizedTexts([e.ids for e in encodings], counts, limit, single=single),
+                                        truncation)
         vocabulary, labels = tokenizer.token_vocabulary(), self.config.labels
         results: list[list[TokenEntity]] = [[] for _ in texts]
-        for rows, batch in self._batches(TokenizedTexts(ids, list(map(len, ids)), limit), None, batch_size, None):
+        for rows, batch in self._batches(tokenized, None, batch_size, None, truncation):
             logits = self._forward(batch).logits                                  # [b,t,L]
             for row, i in enumerate(rows):
                 e = encodings[i]
@@ -520,12 +552,13 @@ class Engine:
         return results[0] if single else results
 
     def rerank(self, query: str, documents: Sequence[str], top_k: Optional[int] = None, *,
-               label: Optional[int | str] = None, batch_size: int = 32,
-               max_length: Optional[int] = None) -> list[RankedDocument]:
+               label: Optional[int | str] = None, batch_size: int = 32, max_length: Optional[int] = None,
+               truncation: bool = True) -> list[RankedDocument]:
         """The documents ordered by a cross-encoder's relevance to the query, best first (top_k of them; None: all).
 
         Each (query, document) pair is encoded with the tokenizer's pair template ("[CLS] q [SEP] d [SEP]", RoBERTa's
-        "<s> q </s></s> d </s>"), truncated longest-first to max_length, and scored as sentence-transformers'
+        "<s> q </s></s> d </s>"), truncated longest-first to max_length (truncation=False: a longer pair is refused,
+        as encode() refuses a text), and scored as sentence-transformers'
         CrossEncoder.rank scores it: a one-label model's logit through its activation_fn (sigmoid unless its
         config.json names another); a model with more labels scores the probability of `label` (default: the second
         of two). Ties keep the documents' order. Returns RankedDocument(index, score, text) per document.
@@ -542,20 +575,22 @@ class Engine:
         if not documents:
             return []
         queries, pairs, _ = self._text_inputs([query] * len(documents), documents)
-        scores = relevance_scores(self._sequence_logits(queries, pairs, batch_size, max_length), self.config, label)
+        logits = self._sequence_logits(queries, pairs, batch_size, max_length, truncation,
+                                      name="documents[{i}] with the query")
+        scores = relevance_scores(logits, self.config, label)
         order = sorted(range(len(documents)), key=lambda i: -scores[i])[:top_k]
         return [RankedDocument(i, float(scores[i]), documents[i]) for i in order]
 
     def tokenized(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
-                  max_length: Optional[int] = None) -> TokenizedTexts:
+                  max_length: Optional[int] = None, *, truncation: bool = True) -> TokenizedTexts:
         """The texts tokenized once, truncated to max_length (default Engine.max_length), with each text's tokens
         before truncation (.counts; .truncated: the texts cut): pass it to encode/classify/aencode/aclassify in
         place of the texts (with no text_pairs or max_length of its own) to compute it without tokenizing again.
-        For a server that counts, or refuses, what it would cut before computing."""
+        For a server that counts, or refuses, what it would cut before computing. truncation=False raises
+        TextTooLongError for a longer text, as encode() does; cut texts are neither warned about nor counted in
+        Engine.truncated_texts, here or when computed: the caller holds .truncated."""
         texts, pairs, single = self._text_inputs(texts, text_pairs)
-        if isinstance(texts, TokenizedTexts):
-            return texts
-        return self._text_tokenizer().counted(texts, self._max_length(max_length), pairs, single)
+        return self._tokenized_texts(texts, pairs, max_length, truncation, single, report=False)
 
     def count_tokens(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None) -> list[int]:
         """Tokens of each text (pair) before truncation, special tokens included: which texts max_length would
@@ -594,22 +629,81 @@ class Engine:
                                     f"second text per text (the i-th pair is (texts[i], text_pairs[i]))")
         return texts, pairs, single
 
-    def _batches(self, texts: list[str], pairs: Optional[list[str]], batch_size: int, max_length: Optional[int]):
-        """Yield (indices into texts, padded batch) in order of decreasing token count. A pair is tokenized as one
-        sequence, so sorting moves a text and its pair together."""
+    def _batches(self, texts: list[str], pairs: Optional[list[str]], batch_size: int, max_length: Optional[int],
+                 truncation: bool, single: bool = False, name: Optional[str] = None):
+        """Yield (indices into texts, padded batch) in order of decreasing token count, the texts tokenized (and
+        checked against max_length) before the first. A pair is tokenized as one sequence, so sorting moves a text
+        and its pair together."""
         _check_batch_size(batch_size)
-        tokenizer = self._text_tokenizer()
+        tokenized = self._tokenized_texts(texts, pairs, max_length, truncation, single, name)
+        ids, tokenizer = tokenized.ids, self._text_tokenizer()
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            rows = np.array(order[start:start + batch_size], dtype=np.int64)
+            yield rows, tokenizer.pad([ids[i] for i in rows], pairs=tokenized.pairs)
+
+    def _tokenized_texts(self, texts: list[str] | TokenizedTexts, pairs: Optional[list[str]],
+                         max_length: Optional[int], truncation: bool, single: bool = False,
+                         name: Optional[str] = None, report: bool = True) -> TokenizedTexts:
+        """The texts (and pairs) tokenized once, cut to max_length (default Engine.max_length) and let through by
+        _within_length; TokenizedTexts are taken as they are (cut by engine.tokenized(), to their own max_length,
+        so their cuts are the caller's to report)."""
+        truncation = _check_truncation(truncation)
         if isinstance(texts, TokenizedTexts):
             if max_length is not None and max_length != texts.max_length:
                 raise InvalidInputError(f"these TokenizedTexts were cut to {texts.max_length} tokens, not "
                                         f"max_length={max_length}; pass max_length to engine.tokenized()")
-            ids, paired = texts.ids, texts.pairs
+            return self._within_length(texts, truncation, name, report=False)
+        tokenized = self._text_tokenizer().counted(texts, self._max_length(max_length), pairs, single)
+        return self._within_length(tokenized, truncation, name, report)
+
+    def _within_length(self, tokenized: TokenizedTexts, truncation: bool, name: Optional[str] = None,
+                       report: bool = True) -> TokenizedTexts:
+        """tokenized, if its texts over max_length may be cut: with truncation=False the first is refused
+        (TextTooLongError, raised before anything is computed); with truncation=True they are counted in
+        truncated_texts and, the first time this engine cuts any, a TruncationWarning says so (report=False: the
+        caller cut them knowingly, with engine.tokenized()). name: how the error names text i, a format of i
+        ("documents[{i}] with the query"; default texts[i], with text_pairs[i] for pairs)."""
+        over = tokenized.truncated
+        if not over:
+            return tokenized
+        if not truncation:
+            raise self._too_long(tokenized, over, name)
+        if report:
+            with self._cut_lock:
+                self._truncated_texts += len(over)
+                warn, self._truncation_warned = not self._truncation_warned, True
+            if warn:
+                warnings.warn(self._cut_message(tokenized, over), TruncationWarning, stacklevel=_caller_stacklevel())
+        return tokenized
+
+    def _longer(self, limit: int) -> str:
+        """How a caller keeps more than `limit` tokens of a text, if the model has the positions: a fix to list."""
+        positions = self.config.max_positions
+        return f"a larger max_length (this model reads up to {positions} tokens), " if limit < positions else ""
+
+    def _too_long(self, tokenized: TokenizedTexts, over: list[int], name: Optional[str]) -> TextTooLongError:
+        i, limit, tokens = over[0], tokenized.max_length, tokenized.counts[over[0]]
+        if tokenized.single:
+            where, others = ("the text pair" if tokenized.pairs else "the text"), ""
         else:
-            ids, paired = tokenizer.token_ids(texts, self._max_length(max_length), pairs=pairs), pairs is not None
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            rows = np.array(order[start:start + batch_size], dtype=np.int64)
-            yield rows, tokenizer.pad([ids[i] for i in rows], pairs=paired)
+            default = "texts[{i}] with text_pairs[{i}]" if tokenized.pairs else "texts[{i}]"
+            where = (name or default).format(i=i)
+            others = f" ({len(over)} of the {len(tokenized)} texts are)" if len(over) > 1 else ""
+        counted = "special tokens included" + (", the pair together" if tokenized.pairs else "")
+        cut = f"cut it to {limit} tokens" + (" (longest-first)" if tokenized.pairs else "")
+        return TextTooLongError(
+            f"{where} has {tokens} tokens ({counted}), more than max_length={limit}{others}, and truncation=False: "
+            f"nothing was computed. Pass truncation=True to {cut}, {self._longer(limit)}or shorten or split the "
+            f"text", i, tokens, limit)
+
+    def _cut_message(self, tokenized: TokenizedTexts, over: list[int]) -> str:
+        i, limit = over[0], tokenized.max_length
+        how = " (text pairs longest-first)" if tokenized.pairs else ""
+        return (f"{len(over)} of {len(tokenized)} texts had more than max_length={limit} tokens (the first, text {i}, "
+                f"{tokenized.counts[i]}) and were cut to {limit}{how}, so the model did not read their ends. Pass "
+                f"truncation=False to get an error instead, {self._longer(limit)}or shorter texts. Said once per "
+                f"Engine; engine.truncated_texts counts every text cut")
 
     def _tokenizer_made(self, batch: dict[str, np.ndarray]) -> _Batch:
         """The _Batch of a batch that TextTokenizer.pad made: its mask and types are right by construction, so
@@ -708,6 +802,23 @@ def _unpacked(input_ids: Any, attention_mask: Any, token_type_ids: Any) -> tuple
         raise InvalidInputError(f"a mapping of inputs needs 'input_ids' and may have 'attention_mask' and "
                                 f"'token_type_ids'; got keys {sorted(input_ids)}")
     return tuple(input_ids.get(k) for k in ("input_ids", "attention_mask", "token_type_ids"))
+
+
+def _check_truncation(truncation: Any) -> bool:
+    if not isinstance(truncation, (bool, np.bool_)):   # a truthy "false" must not cut silently
+        raise InvalidInputError(f"truncation must be True (cut texts longer than max_length) or False (refuse them), "
+                                f"got {truncation!r}")
+    return bool(truncation)
+
+
+def _caller_stacklevel() -> int:
+    """warnings.warn's stacklevel for the first frame outside the engine package: a warning points at the caller's
+    line, whichever public method it came through (in an asyncio call's worker thread, which holds no frame of the
+    caller's, at the thread's outermost frame)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _ENGINE_DIR:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _check_batch_size(batch_size: Any) -> int:

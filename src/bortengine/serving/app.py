@@ -2,7 +2,8 @@
 
 A request's way through: the API key (401), the model ready (503 while loading), a place in the engine's queue
 (429 past --max-queue), the body read up to --max-body-bytes (413), its fields checked (400), its texts' tokens
-counted against --max-input-tokens (cut, or 400 with --no-truncation), then `await engine.aencode/aclassify`, which
+counted against --max-input-tokens (cut, or 400 with `"truncation": false` or --no-truncation), then
+`await engine.aencode/aclassify`, which
 batches it with the other requests' texts in shared forwards. While it waits, the handler watches the connection:
 a client that leaves has its task cancelled, which drops its queued work from the engine.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bortengine.engine import INLINE_CHARS, Engine, TokenizedTexts, characters, load
-from bortengine.errors import DeadlineExceeded, InvalidInputError, ModelLoadError, UsageError
+from bortengine.errors import DeadlineExceeded, InvalidInputError, ModelLoadError, TextTooLongError, UsageError
 from bortengine.serving.errors import APIError, ClientDisconnected, error_body
 from bortengine.serving.metrics import CONTENT_TYPE, ROUTES, ServerMetrics
 from bortengine.serving.options import ServeOptions
@@ -94,12 +96,14 @@ class ModelService:
         return engine
 
     async def _warm_up(self, engine: Engine) -> None:
-        """A first forward at two lengths, and a classification for a classifier: the first requests then pay no
-        first-call costs (tokenizer set-up, workspaces, page faults in the weights)."""
-        engine.count_tokens(WARM_UP_TEXTS)
-        await engine.aencode(WARM_UP_TEXTS, max_length=self.max_input_tokens)
+        """A first forward at two lengths, and a classification for a classifier, by the requests' own way
+        (engine.tokenized, then the ids computed: a warm-up text cut to a small --max-input-tokens is neither
+        warned about nor counted): the first requests then pay no first-call costs (tokenizer set-up, workspaces,
+        page faults in the weights)."""
+        texts = engine.tokenized(WARM_UP_TEXTS, max_length=self.max_input_tokens)
+        await engine.aencode(texts)
         if self._not_a_classifier(engine) is None:
-            await engine.aclassify(WARM_UP_TEXTS, max_length=self.max_input_tokens)
+            await engine.aclassify(texts)
 
     # --------------------------------------------------------------------------------------------------- routes
     async def embeddings(self, request: Request) -> Response:
@@ -126,12 +130,9 @@ class ModelService:
         engine = self._serving(request)
         req = await self._text_request(request, "tokenize")
 
-        def tokenized():
-            encodings = engine.tokenizer.encode(req.texts, self.max_input_tokens, pairs=req.pairs)
-            return encodings, engine.count_tokens(req.texts, req.pairs)
-
-        start = time.perf_counter()
-        encodings, counts = await self._off_loop(req, tokenized)
+        start = time.perf_counter()   # the ids and the counts before the cut (encode_counted)
+        encodings, counts = await self._off_loop(req, engine.tokenizer.encode_counted, req.texts,
+                                                 self.max_input_tokens, req.pairs)
         self.metrics.record_texts("tokenize", len(counts), sum(len(e.ids) for e in encodings), 0,
                                   time.perf_counter() - start)
         return JSONAnswer(tokenize_response(encodings, counts, self.max_input_tokens, self.name))
@@ -193,19 +194,24 @@ class ModelService:
 
     async def _tokenized(self, req: TextRequest, route: str) -> TokenizedTexts:
         """The request's texts tokenized (once: the engine computes these ids); a text over --max-input-tokens is
-        cut (and counted) or, with --no-truncation, refused."""
+        cut (and counted) or, with the request's `"truncation": false` (by default: --no-truncation), refused
+        with a 400 naming it, before anything is queued."""
+        default = self.options.truncation
+        truncation = default if req.truncation is None else req.truncation
         start = time.perf_counter()
-        texts = await self._off_loop(req, self.engine.tokenized, req.texts, req.pairs, self.max_input_tokens)
+        try:
+            texts = await self._off_loop(req, functools.partial(self.engine.tokenized, truncation=truncation),
+                                         req.texts, req.pairs, self.max_input_tokens)
+        except TextTooLongError as e:
+            where = "input" if req.single else f"input[{e.index}]"
+            how = ('send "truncation": true' + (", or start the server without --no-truncation," if not default
+                                                else " or leave it out"))
+            raise APIError(400, f"{where} has {e.tokens} tokens, more than the {e.max_length} this server reads per "
+                                f"text (--max-input-tokens; the text and its pair together); shorten or split it, or "
+                                f"{how} to cut texts to {e.max_length} tokens", param="input",
+                           code="context_length_exceeded") from None
         tokenize_s = time.perf_counter() - start
-        limit, counts, over = self.max_input_tokens, texts.counts, texts.truncated
-        if over and not self.options.truncation:
-            i = over[0]
-            where = "input" if req.single else f"input[{i}]"
-            raise APIError(400, f"{where} has {counts[i]} tokens, more than the {limit} this server reads per text "
-                                f"(--max-input-tokens; the text and its pair together); shorten or split it, or "
-                                f"start the server without --no-truncation to cut texts to {limit} tokens",
-                           param="input", code="context_length_exceeded")
-        self.metrics.record_texts(route, len(counts), texts.tokens, len(over), tokenize_s)
+        self.metrics.record_texts(route, len(texts), texts.tokens, len(texts.truncated), tokenize_s)
         return texts
 
     @staticmethod

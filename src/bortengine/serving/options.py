@@ -40,7 +40,8 @@ class ServeOptions:
     max_batch_items: int = 2048
     # Tokens per text (special tokens included); None: the model's own length (Engine.max_length).
     max_input_tokens: Optional[int] = None
-    # Longer texts are cut to max_input_tokens (counted in the metrics); False refuses them with a 400.
+    # Longer texts are cut to max_input_tokens (counted in the metrics); False refuses them with a 400. A request's
+    # "truncation" field overrides it.
     truncation: bool = True
     # 4 MiB holds 2048 texts of ~2 KB: a full request of max_batch_items texts of the model's length.
     max_body_bytes: int = 4 * 1024 * 1024

@@ -1,7 +1,7 @@
 """What a request may hold, checked before any work is queued: the body read up to a size limit (413 the moment
 it is passed, never after buffering it whole), its JSON, and its fields (`input` a string or a list of strings,
-`text_pairs` one per text, `encoding_format`, `dimensions`, `model`). Every refusal is an APIError whose message
-names the field and says how to fix it.
+`text_pairs` one per text, `encoding_format`, `dimensions`, `model`, `truncation`). Every refusal is an APIError
+whose message names the field and says how to fix it.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ __all__ = ["RequestLimits", "TextRequest", "read_body", "text_request", "ROUTE_F
 # The fields each route reads; any other is refused, so that a typo ("inputs", "dimension") is not silently
 # ignored. `user` is OpenAI's end-user id: accepted and unused.
 ROUTE_FIELDS = {
-    "embeddings": ("input", "model", "encoding_format", "dimensions", "user"),
-    "classify": ("input", "text_pairs", "model", "user"),
+    "embeddings": ("input", "model", "encoding_format", "dimensions", "truncation", "user"),
+    "classify": ("input", "text_pairs", "model", "truncation", "user"),
     "tokenize": ("input", "text_pairs", "model", "user"),
 }
 ENCODING_FORMATS = ("float", "base64")
@@ -35,13 +35,15 @@ class RequestLimits:
 @dataclass(frozen=True)
 class TextRequest:
     """A checked request. Shapes: texts N strings (N >= 1), pairs None or N strings; single: `input` was one string
-    (the answer is still a list of one)."""
+    (the answer is still a list of one); truncation: whether a text over the server's --max-input-tokens is cut
+    (True) or refused (False); None: the server's default (--no-truncation)."""
 
     texts: list[str]
     pairs: Optional[list[str]]
     single: bool
     encoding_format: str = "float"
     dimensions: Optional[int] = None
+    truncation: Optional[bool] = None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -93,10 +95,11 @@ def text_request(body: bytes, route: str, limits: RequestLimits, model_name: str
             raise APIError(400, f"input is {'one string' if single else f'a list of {len(texts)}'} but text_pairs "
                                 f"is {given}; text_pairs must be {wanted}", param="text_pairs",
                            code="text_pairs_mismatch")
+    truncation = _truncation(fields.get("truncation"))
     if route != "embeddings":
-        return TextRequest(texts, pairs, single)
+        return TextRequest(texts, pairs, single, truncation=truncation)
     return TextRequest(texts, pairs, single, _encoding_format(fields.get("encoding_format")),
-                       _dimensions(fields.get("dimensions"), embedding_dim))
+                       _dimensions(fields.get("dimensions"), embedding_dim), truncation)
 
 
 def _json_object(body: bytes, model_name: str) -> dict:
@@ -194,6 +197,14 @@ def _dimensions(value: Any, embedding_dim: int) -> Optional[int]:
                             f"{embedding_dim} (the first dimensions, renormalised) or leave it out",
                        param="dimensions", code="invalid_dimensions")
     return value
+
+
+def _truncation(value: Any) -> Optional[bool]:
+    if value is None or isinstance(value, bool):
+        return value
+    raise APIError(400, f"truncation is {_kind(value)}; it must be true (cut a text over the server's token limit to "
+                        f"it), false (refuse such a text with 400) or left out (the server's default)",
+                   param="truncation", code="invalid_truncation")
 
 
 def _kind(value: Any) -> str:
