@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from bortengine.errors import TruncationWarning
 from bortengine.files import atomic_write_json, read_json
 from bortengine.pipeline.config import (BUDGET_SHARES, CONFIG_FILE, STAGES, PipelineConfig, PipelineError,
                                         read_config_file, write_config_file)
@@ -45,22 +47,26 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     started = time.monotonic()
     spent_before = sum(entry["seconds"] for entry in state["stages"].values())
     _say(_plan(config, spent_before, state["stages"]))
-    for index, name in enumerate(STAGES, 1):
-        if name in state["stages"]:
-            _say(f"[{index}/{len(STAGES)}] {name}: done in an earlier run ({state['stages'][name]['seconds']:.0f} s)")
-            continue
-        left = config.budget - spent_before - (time.monotonic() - started)
-        seconds = max(1.0, left) * BUDGET_SHARES[name] / sum(BUDGET_SHARES[s] for s in STAGES[index - 1:])
-        _say(f"[{index}/{len(STAGES)}] {name}: budget {clock(seconds)} ({clock(max(0.0, left))} of the run left)")
-        stage_start = time.monotonic()
-        result = STAGE_FUNCTIONS[name](ctx, seconds)
-        took = time.monotonic() - stage_start
-        ctx.results[name] = result
-        state["stages"][name] = {"result": result, "seconds": took, "budget_s": seconds}
-        atomic_write_json(out / STATE_FILE, state, indent=1)
-        if result.get("note"):
-            _say(f"[{index}/{len(STAGES)}] {name}: {result['note']}")
-        _say(f"[{index}/{len(STAGES)}] {name}: finished in {clock(took)}")
+    with warnings.catch_warnings():
+        # the stages read texts at the teacher's (the task's) length on purpose: no warning per engine they load
+        warnings.simplefilter("ignore", TruncationWarning)
+        for index, name in enumerate(STAGES, 1):
+            if name in state["stages"]:
+                _say(f"[{index}/{len(STAGES)}] {name}: done in an earlier run "
+                     f"({state['stages'][name]['seconds']:.0f} s)")
+                continue
+            left = config.budget - spent_before - (time.monotonic() - started)
+            seconds = max(1.0, left) * BUDGET_SHARES[name] / sum(BUDGET_SHARES[s] for s in STAGES[index - 1:])
+            _say(f"[{index}/{len(STAGES)}] {name}: budget {clock(seconds)} ({clock(max(0.0, left))} of the run left)")
+            stage_start = time.monotonic()
+            result = STAGE_FUNCTIONS[name](ctx, seconds)
+            took = time.monotonic() - stage_start
+            ctx.results[name] = result
+            state["stages"][name] = {"result": result, "seconds": took, "budget_s": seconds}
+            atomic_write_json(out / STATE_FILE, state, indent=1)
+            if result.get("note"):
+                _say(f"[{index}/{len(STAGES)}] {name}: {result['note']}")
+            _say(f"[{index}/{len(STAGES)}] {name}: finished in {clock(took)}")
     summary = _summary(ctx, state, spent_before + time.monotonic() - started)
     summary["latency_suite"] = _latency_suite(ctx)
     write_report(out, summary)
