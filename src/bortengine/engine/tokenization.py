@@ -64,16 +64,6 @@ def _special_id(tokenizer: Tokenizer, tok_config: dict, key: str, default: Optio
     return tokenizer.token_to_id(token) if isinstance(token, str) else None
 
 
-def _whole_texts(tokenizer: Tokenizer) -> Tokenizer:
-    """A copy of tokenizer that reads texts whole and adds nothing (no truncation, padding or post-processor): its
-    Encodings are what the tokenizer's post_process cuts and completes (TextTokenizer.encode_counted)."""
-    whole = Tokenizer.from_str(tokenizer.to_str())
-    whole.no_truncation()
-    whole.no_padding()
-    whole.post_processor = None
-    return whole
-
-
 def characters(texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> int:
     """Characters to tokenize: what tokenizing costs is in proportion to them."""
     return sum(map(len, texts)) + (sum(map(len, pairs)) if pairs else 0)
@@ -130,7 +120,6 @@ class TextTokenizer:
         # tokenizer another thread is using.
         self._lock = threading.Lock()
         self._configured(max_length)
-        self._whole = _whole_texts(tokenizer)
         # read from the pair template on first use (most models never see a pair); None: pairs are all type 0
         self._sep_id: Any = _UNKNOWN if token_types else None
 
@@ -197,13 +186,12 @@ class TextTokenizer:
     def __getstate__(self) -> dict:
         """Pickled (e.g. sent to a Ray worker with a model) as the base tokenizer and its settings; the copies per
         length, the lock and the pair template's answer are made again where it is unpickled."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_by_length", "_sep_id", "_whole")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_by_length", "_sep_id")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._by_length, self._lock = {}, threading.Lock()
         self._configured(self.max_length)
-        self._whole = _whole_texts(self._base)
         self._sep_id = _UNKNOWN if self.token_types else None
 
     def _configured(self, max_length: int) -> Tokenizer:
@@ -243,13 +231,10 @@ class TextTokenizer:
         counts = [len(e.ids) for e in encodings]
         cut = [i for i, e in enumerate(encodings) if e.overflowing]
         if cut:
-            tokenizer, texts, pairs = self._inputs(texts, max_length, pairs)
-            special = tokenizer.num_special_tokens_to_add(pairs is not None)
-            whole = self._whole.encode_batch([texts[i] for i in cut], add_special_tokens=False)
-            second = (self._whole.encode_batch([pairs[i] for i in cut], add_special_tokens=False) if pairs is not None
-                      else [None] * len(cut))
-            for i, a, b in zip(cut, whole, second):
-                counts[i] = len(a.ids) + (len(b.ids) if b is not None else 0) + special
+            whole = self.token_ids([texts[i] for i in cut], WHOLE_TEXT,
+                                   pairs=None if pairs is None else [pairs[i] for i in cut])
+            for i, ids in zip(cut, whole):
+                counts[i] = len(ids)
         return encodings, counts
 
     def encode(self, texts: Sequence[str], max_length: Optional[int] = None,

@@ -432,7 +432,7 @@ def finetune_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     """The distilled student fine-tuned on the task and on texts near its training texts labelled by the teacher
     (augmentation), learning the teacher's soft labels as well. When the training set is small (or --scarce) that
     takes SCARCE_NEAR_SHARE of the stage, and Agora's rounds continue from its model in the rest; the one of the two
-    more accurate on the whole dev set (on the engine) is the student. Its model is OUT/model."""
+    more accurate on the engine on the part of dev Agora selects with is the student. Its model is OUT/model."""
     started = time.monotonic()
     student = ctx.results["distil"]["student_dir"]
     scarce = ctx.uses_agora()
@@ -530,7 +530,8 @@ def _augmentation(ctx: RunContext, seconds: float) -> Optional[str]:
             chunk_started = time.monotonic()
             near = [v for variants in swap(texts[start:start + AUGMENT_CHUNK], rng, 1) for v in variants]
             answers = teacher.classify(near, batch_size=64)
-            new, labels = new + near, labels + answers.labels
+            new += near
+            labels += answers.labels
             logits.append(answers.logits)
             chunk_seconds = time.monotonic() - chunk_started
         else:
