@@ -16,6 +16,7 @@ import pytest
 
 from bortengine import profiling as P
 from bortengine.cli import main
+from bortengine.engine import core as native_core
 from bortengine.profiling import choice, cpu_probe, profile_file, target
 from bortengine.search_space import MINILM_SPACE
 from conftest import NATIVE
@@ -55,6 +56,18 @@ CPUS = {"zen4": dict(family=25, model=17, stepping=1, l2="1024K", l3="32768K"),
         "zen5": dict(family=26, model=2, stepping=1, l2="1024K", l3="32768K")}
 
 
+class _AmdEpyc:
+    """The native core, reporting the vendor and model name a cloud VM shows for both Zen 4 and Zen 5."""
+    def __init__(self, native):
+        self._native = native
+
+    def cpu_info(self) -> dict:
+        return {**self._native.cpu_info(), "vendor": "AuthenticAMD", "model": "AMD EPYC"}
+
+    def __getattr__(self, name):
+        return getattr(self._native, name)
+
+
 @pytest.fixture
 def fake_cpu(tmp_path, monkeypatch):
     """fake_cpu(name, rate): Target.current() reads that CPU's /proc/cpuinfo and sysfs, and its probe gives rate."""
@@ -66,6 +79,8 @@ def fake_cpu(tmp_path, monkeypatch):
         if not sysfs.exists():
             _sysfs(sysfs, cpu["l2"], cpu["l3"])
         monkeypatch.setattr(target, "CPUINFO", info)
+        # the vendor and model name come from CPUID's brand string, not /proc/cpuinfo: this host's could be Intel
+        monkeypatch.setattr(target, "core", lambda: _AmdEpyc(native_core()))
         monkeypatch.setattr(target, "CACHE_SYSFS", sysfs)
         monkeypatch.setattr(cpu_probe, "_best", {})
         monkeypatch.setattr(cpu_probe, "measure_probe", lambda isa: rate)
