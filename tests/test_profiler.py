@@ -259,9 +259,12 @@ def test_disturbed_blocks_are_retried_and_not_used(tmp_path, monkeypatch):
     def fake(fn, s, threads, cpus, probe=None):
         block = real(fn, s, threads, cpus, probe)
         # the first three blocks of one op: another process took the CPU (and made them look fast)
-        if fn.__code__.co_filename.endswith("runners.py") and hit.get("op") == target_key and hit["n"] < 3:
-            hit["n"] += 1
-            block.median_ms, block.foreign_cpus, block.disturbed = block.median_ms / 10, 1.5, True
+        if fn.__code__.co_filename.endswith("runners.py") and hit.get("op") == target_key:
+            if hit["n"] < 3:
+                hit["n"] += 1
+                block.median_ms, block.foreign_cpus, block.disturbed = block.median_ms / 10, 1.5, True
+            else:   # then quiet, whatever the shared machine is doing: the retry logic is under test, not the host
+                block.foreign_cpus, block.disturbed = 0.0, False
         return block
 
     real_runner = runners.make_runner

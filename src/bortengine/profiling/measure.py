@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from bortengine.profiling.measurements import Measurement, WorkloadProfile
 from bortengine.profiling.ops import OpSpec, calibration_ops, required_ops
 from bortengine.profiling.profile_file import Profile, profile_path_for
 from bortengine.profiling.runners import ValuePool, gemm_copies, gemm_weight_bytes, make_runner, rotation_bytes
-from bortengine.profiling.cpu_probe import reprobe
+from bortengine.profiling.cpu_probe import REPROBE_EVERY_S, reference_gflops, reprobe
 from bortengine.profiling.target import Target
 from bortengine.profiling.timing import Settings, check_clock, measure_with_retries
 from bortengine.profiling.workload import Workload
@@ -184,6 +185,7 @@ class ProfileRun:
         self.pool = ValuePool()
         self.probe = HostProbe(self.workload.num_threads, prof.target.isa) if settings.host_probe else None
         self.retry_clock = [0.0]
+        self.probed_at = time.monotonic()
         self.done = 0
 
     def cost(self, spec: OpSpec) -> float:
@@ -232,6 +234,9 @@ class ProfileRun:
         m.blocks.extend(blocks)
         m.copies = copies
         self.done += 1
+        if time.monotonic() - self.probed_at >= REPROBE_EVERY_S:
+            reprobe(self.prof.target.isa)       # the profile stores the best one (finish): load only slows it
+            self.probed_at = time.monotonic()
         self.prof.save()
 
     def finish(self) -> None:
@@ -251,7 +256,7 @@ class ProfileRun:
             warnings.warn(note, RuntimeWarning, stacklevel=3)
         # the probe again after the run: the profile keeps the best rate this process saw (load only slows it)
         target = self.prof.target
-        best = max(target.probe_gflops or 0.0, reprobe(target.isa))
+        best = max(target.probe_gflops or 0.0, reference_gflops(target.isa))
         self.prof.target = replace(target, probe_gflops=round(best, 2))
         self.prof.save()
         self.prof.forget_models()
