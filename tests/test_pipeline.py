@@ -316,6 +316,8 @@ def test_the_students_fine_tuning_adds_texts_near_the_training_texts_labelled_by
     finetune = summary["stages"]["finetune"]["result"]
     augmented = pq.read_table(out / "augmented.parquet").to_pydict()
     assert finetune["agora"] is False and finetune["augmented_examples"] == len(augmented["text"]) > 0
+    # near texts only (--no-agora: not the small-data path): no transfer pieces, no source column
+    assert set(augmented) == {"text", "label", "logits"} and "transfer_examples" not in finetune
     assert set(augmented["label"]) <= set(LABELS)
     teacher = bortengine.load(out / "teacher")
     # the labels are the teacher's own answers on those texts
@@ -325,27 +327,69 @@ def test_the_students_fine_tuning_adds_texts_near_the_training_texts_labelled_by
     np.testing.assert_allclose(np.asarray(augmented["logits"][:50]), answers.logits, atol=1e-5)
 
 
-def test_with_scarce_data_the_student_is_fine_tuned_on_near_texts_then_with_agora(data, teacher, tmp_path):
+def test_with_scarce_data_the_student_is_fine_tuned_on_near_texts_and_transfer_pieces_then_with_agora(
+        data, teacher, tmp_path, monkeypatch):
+    """Run killed in the student's fine-tuning, after the teacher labelled its texts, then resumed: the resumed run
+    trains on the labelled file as it was."""
     import pyarrow.parquet as pq
 
+    import bortengine
+    import bortengine.training
+    from bortengine.pipeline.stages import TRANSFER_TEXTS_REPEATABLE, RunContext
+    from bortengine.training.classification import augmented_logits
+
     out = tmp_path / "run"
+    finetune = bortengine.training.finetune
+
+    def killed_in_the_students_fine_tuning(config, **kwargs):
+        if Path(config.out_dir).name == "finetune":
+            raise KeyboardInterrupt("killed in the student's fine-tuning")
+        return finetune(config, **kwargs)
+
+    monkeypatch.setattr(bortengine.training, "finetune", killed_in_the_students_fine_tuning)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(_config(out, data, teacher, no_agora=False, scarce=True))
+    path = out / "augmented.parquet"
+    written = path.stat().st_mtime_ns, path.read_bytes()
+    monkeypatch.setattr(bortengine.training, "finetune", finetune)
     summary = run_pipeline(_config(out, data, teacher, no_agora=False, scarce=True))
+    assert (path.stat().st_mtime_ns, path.read_bytes()) == written       # labelled once, reused by the resumed run
+
+    # near texts and pieces of the distillation's built-in documents, the teacher's answers and logits on both
+    augmented = pq.read_table(path).to_pydict()
+    kinds = np.array(augmented["source"])
+    assert set(kinds) == {"near", "transfer"} and (kinds == "transfer").sum() == TRANSFER_TEXTS_REPEATABLE
+    answers = bortengine.load(out / "teacher").classify(augmented["text"])
+    assert answers.labels == augmented["label"]
+    np.testing.assert_allclose(np.asarray(augmented["logits"]), answers.logits, atol=1e-5)     # [N, 3]
+    # cut to the training texts' word counts (or shorter: a whole short document)
+    train, _ = RunContext(_config(out, data, teacher), {}).task.texts("train")
+    pieces = [t for t, kind in zip(augmented["text"], kinds) if kind == "transfer"]
+    assert not set(pieces) & set(train) and max(len(p.split()) for p in pieces) <= max(len(t.split()) for t in train)
+    assert np.mean([len(p.split()) in {len(t.split()) for t in train} for p in pieces]) > 0.9
+    # the fine-tuning learnt from every row, distilling the stored logits of both kinds (none left to compute)
     finetune = summary["stages"]["finetune"]["result"]
+    near = finetune["near_texts"]
+    assert near["augmented_examples"] == len(kinds) == near["near_examples"] + near["transfer_examples"]
+    assert near["transfer_examples"] == TRANSFER_TEXTS_REPEATABLE
+    assert not np.isnan(augmented_logits(str(path), 0, len(LABELS))).any()
+    report = (out / "report.md").read_text()
+    assert (f"{near['near_examples']} texts near its texts and {TRANSFER_TEXTS_REPEATABLE} pieces of the "
+            f"distillation's built-in documents") in report
+
     assert finetune["agora"] is True and finetune["rounds"] >= 1
     assert 0 <= finetune["test_accuracy"] <= 1
     assert (out / "agora_rounds.png").stat().st_size > 1000
-    # first the near-texts recipe (the teacher's soft labels on texts near the training texts), then Agora's rounds
-    # from its model; the student is the one of the two more accurate on the dev part Agora selects with
-    assert finetune["near_texts"]["augmented_examples"] == len(pq.read_table(out / "augmented.parquet")) > 0
+    # first the near-texts recipe (the teacher's soft labels on texts near the training texts and on the transfer
+    # pieces), then Agora's rounds from its model; the student is the one of the two more accurate on the dev part
+    # Agora selects with
     assert json.loads((out / "agora" / "result.json").read_text())["student"] == str(out / "finetune" / "model")
     dev = finetune["dev_accuracy_engine"]
     assert finetune["chosen"] == ("agora" if dev["agora"] > dev["near"] else "near")
     chosen = Path(finetune["model_dir"]) if finetune["chosen"] == "agora" else out / "finetune" / "model"
     assert (out / "model" / "model.safetensors").read_bytes() == (chosen / "model.safetensors").read_bytes()
-    import bortengine
-
     assert bortengine.load(out / "model").labels == list(LABELS)
-    assert "Agora" in (out / "report.md").read_text()
+    assert "Agora" in report
 
 
 def test_the_extraction_stage_runs_on_ray_and_records_each_candidates_node(reference, tmp_path):

@@ -1,6 +1,7 @@
 """The user's text for distillation (training.corpus_documents, pretrain's corpus / corpus_mode, `bortengine
 pretrain --corpus`): real files of every format read back, tiny pretrain runs on each, mix against replace, the
-segment cache named by the text, and every bad input refused with the file and row before a model is loaded."""
+segment cache named by the text, and every bad input refused with the file and row before a model is loaded; and
+the pieces of documents cut to a task's lengths that the pipeline's teacher labels (training.transfer_pieces)."""
 from __future__ import annotations
 
 import csv
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 from bortengine.architecture import Architecture
 from bortengine.cli import main
 from bortengine.engine import TextTokenizer
-from bortengine.training import TrainingError, corpus_documents, read_checkpoint
+from bortengine.training import TrainingError, corpus_documents, read_checkpoint, transfer_pieces
 from bortengine.training import distill
 from bortengine.training.distill import DistillConfig, pretrain
 from test_cli import assert_error_line, assert_usage_error
@@ -86,6 +87,79 @@ def test_text_files_split_at_blank_lines(tmp_path, paragraphs):
     path = tmp_path / "h.txt"
     path.write_text("\n \n".join("\n".join(lines) for lines in paragraphs), encoding="utf-8")
     assert [t for _, t in corpus_documents(path)] == ["\n".join(lines).strip() for lines in paragraphs]
+
+
+# -- transfer pieces -------------------------------------------------------------------------------------------
+@st.composite
+def documents_of_words(draw):
+    """(source, text) documents of sentences ("Word word."), every word ending in its document's number (so a
+    piece says which document it came from), some documents blank."""
+    documents = []
+    for d in range(draw(st.integers(1, 8))):
+        if draw(st.booleans()) and d % 3 == 2:
+            documents.append(("blank", draw(st.sampled_from(["", "  ", "\n\n"]))))
+            continue
+        sentences = draw(st.lists(st.lists(st.sampled_from(["alpha", "beta", "gamma", "delta"]), min_size=1,
+                                           max_size=7), min_size=1, max_size=5))
+        documents.append(("doc", " ".join(" ".join(f"{w}{d}" for w in words).capitalize() + "."
+                                          for words in sentences)))
+    return documents
+
+
+@settings(max_examples=60, deadline=None)
+@given(documents_of_words(), st.lists(st.integers(1, 12), min_size=1, max_size=6), st.integers(0, 40),
+       st.integers(0, 2**32 - 1))
+def test_transfer_pieces_are_runs_of_a_documents_words_of_the_drawn_lengths(documents, lengths, count, seed):
+    if not any(text.strip() for _, text in documents):
+        with pytest.raises(TrainingError, match="none of the .* documents holds a word"):
+            transfer_pieces(documents, lengths, count, seed)
+        return
+    pieces = transfer_pieces(documents, lengths, count, seed)
+    assert len(pieces) == count
+    assert pieces == transfer_pieces(documents, lengths, count, seed)            # the same for a seed
+    words = {d: text.split() for d, (_, text) in enumerate(documents) if text.strip()}
+    used = []
+    for piece in pieces:
+        (d,) = {int(w.rstrip(".")[-1]) for w in piece.split()}                  # one document's words
+        used.append(d)
+        assert f" {piece} " in f" {' '.join(words[d])} "                         # consecutive, whole words
+        n = len(piece.split())
+        # a drawn word count, or all of a document shorter than the count drawn for it
+        assert n in lengths or (piece.split() == words[d] and n < max(lengths))
+    # spread over the documents: each usable one gives a piece before any gives a second
+    counts = [used.count(d) for d in words]
+    assert max(counts) - min(counts) <= 1 and sum(counts) == count
+
+
+def test_transfer_pieces_start_at_sentences_and_at_other_words():
+    documents = [("a", "Red fox runs. Blue cat sleeps. <br /><br />Green owl hoots."), ("b", " "),
+                 ("c", "One long sentence without any end mark that goes on and on for a while")]
+    pieces = transfer_pieces(documents, [3], 400, seed=1)
+    words_a = "Red fox runs. Blue cat sleeps. Green owl hoots.".split()      # <br /> cleaned away
+    from_a = [p for p in pieces if p.split()[0] in words_a]
+    assert len(from_a) == 200 and all(f" {p} " in f" {' '.join(words_a)} " for p in from_a)
+    # half start at a sentence, the others at any word (3 of whose 7 starts are sentences): 1/2 + 3/14 of 200
+    # expected whole sentences, 143, where starts at any word alone would give 86
+    sentences = {"Red fox runs.", "Blue cat sleeps.", "Green owl hoots."}
+    assert 120 < sum(p in sentences for p in from_a) < 165
+    # a document of one long sentence gives more than the piece at its start: 1/2 + 1/26 of 200 there, 108
+    from_c = [p for p in pieces if p not in from_a]
+    assert 85 < from_c.count("One long sentence") < 130 and len(set(from_c)) > 5
+    assert all(len(p.split()) == 3 for p in pieces)
+    assert transfer_pieces(documents, [3], 40, seed=2) != pieces                  # another seed, other pieces
+    assert transfer_pieces(documents, [3], 0, seed=1) == []
+
+
+@pytest.mark.parametrize("lengths, count, documents, says", [
+    ([], 5, BUILT_IN, "lengths holds no word count"),
+    ([3, 0], 5, BUILT_IN, "word counts are at least 1, got 0"),
+    ([3], -1, BUILT_IN, "count is the number of pieces wanted, at least 0; got -1"),
+    ([3], 5, [], "none of the 0 documents holds a word"),
+    ([3], 5, [("x", " "), ("y", "<br />")], "none of the 2 documents holds a word"),
+])
+def test_transfer_pieces_refuse_what_they_cannot_cut(lengths, count, documents, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        transfer_pieces(documents, lengths, count, seed=0)
 
 
 def _config(tmp_path, teacher_dir, name, **kw):

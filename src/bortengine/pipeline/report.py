@@ -96,8 +96,11 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
     if finetune.get("agora"):
         near, dev = finetune["near_texts"], finetune["dev_accuracy_engine"]
         chosen = "Agora's" if finetune["chosen"] == "agora" else "the first"
-        lines.append(f"Fine-tuned on the training set and {near['augmented_examples']} texts near its texts labelled "
-                     f"by the teacher, learning the teacher's soft labels too ({near['steps']} steps; test accuracy "
+        # a stage finished before there were transfer pieces counted its near texts only, as augmented_examples
+        near_texts, pieces = near.get("near_examples", near["augmented_examples"]), near.get("transfer_examples", 0)
+        lines.append(f"Fine-tuned on the training set, {near_texts} texts near its texts and {pieces} pieces of the "
+                     f"distillation's built-in documents cut to its texts' lengths (a transfer set), labelled by the "
+                     f"teacher, learning the teacher's soft labels too ({near['steps']} steps; test accuracy "
                      f"{near['test_accuracy']:.4f}); then Agora's rounds from that model ({finetune['rounds']} rounds; "
                      f"test accuracy {finetune['plain_test_accuracy']:.4f} after its first, "
                      f"{finetune['round_rows'][-1]['test_accuracy']:.4f} after its last): agora_rounds.png. Dev "

