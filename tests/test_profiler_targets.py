@@ -345,6 +345,19 @@ def test_extract_without_a_profile_of_this_cpu_profiles_it_in_quick_mode(private
     assert f"profile: this CPU's profile {cache / (here.signature + '.json')}" in capsys.readouterr().out
 
 
+def test_a_profile_of_this_cpu_for_another_space_is_measured_into_and_named_once(private_profiles, monkeypatch):
+    cache, _ = private_profiles
+    calls: list = []
+    _fake_quick_profile(monkeypatch, calls)
+    here = P.Target.current()
+    synthetic(SMALL, w=W, target=here).save(cache / f"{here.signature}.json")      # this CPU, a smaller space
+    chosen = choice.profile_for_search(MINILM_SPACE, W, quick=True, progress=False)
+    path = str(cache / f"{here.signature}.json")
+    assert calls == [True] and chosen.measured_now and str(chosen.profile.path) == path
+    assert chosen.note.count(path) == 1, chosen.note
+    assert f"into {path}: the profile there did not cover the minilm space" in chosen.note
+
+
 def test_the_pipeline_profile_stage_profiles_rather_than_use_another_cpus_profile(private_profiles, monkeypatch,
                                                                                    tmp_path):
     from bortengine.architecture import Architecture

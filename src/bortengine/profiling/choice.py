@@ -62,6 +62,8 @@ def profile_for_search(space: SearchSpace, workload: Workload, *, quick: bool = 
     prof = profile(space, workload, quick=quick, progress=progress, settings=settings)
     seconds = time.monotonic() - start
     mode = settings.mode if settings else "quick" if quick else "full"
+    if mine is not None and mine.path == prof.path:   # measured into the same file: say so once
+        reason = reason.replace(f"this CPU's profile {mine.path} does not", "the profile there did not")
     note = (f"profiled this CPU now ({mode} mode, {seconds:.0f} s) into {prof.path}: {reason}"
             + ("; a full profile predicts more closely: bortengine profile" if mode == "quick" else ""))
     return ProfileChoice(prof, True, note, seconds)
