@@ -212,12 +212,21 @@ def post_embeddings(server, texts: list[str]) -> httpx.Response:
 
 
 def test_a_client_that_disconnects_has_its_queued_work_dropped(minilm_server):
-    # five requests of 8 texts of 64 tokens keep the engine busy for 20 forwards of 128 tokens (--max-batch-tokens)
-    busy = [texts_of(MAX_ITEMS, words=40, seed=s) for s in range(5)]
+    # seven requests of 8 texts of 64 tokens (--max-queue leaves room for the leaving one) keep the engine busy for
+    # 28 forwards of 128 tokens (--max-batch-tokens), sent at once: on the Intel VM five sent one after another
+    # were partly answered before the last arrived
+    busy = [texts_of(MAX_ITEMS, words=40, seed=s) for s in range(MAX_QUEUE - 1)]
     leaving = json.dumps({"input": texts_of(MAX_ITEMS, words=3, seed=99)}).encode()
+    start = threading.Barrier(len(busy))
+
+    def post_busy(texts: list[str]) -> httpx.Response:
+        with minilm_server.client() as own:
+            start.wait()
+            return own.post("/v1/embeddings", json={"input": texts})
+
     with ThreadPoolExecutor(len(busy)) as pool, minilm_server.client() as client:
         before = scrape(client)
-        futures = [pool.submit(post_embeddings, minilm_server, texts) for texts in busy]
+        futures = [pool.submit(post_busy, texts) for texts in busy]
         wait_until(lambda: admitted(client) == len(busy), what="the busy requests")
         sock = socket.create_connection(minilm_server.address())
         sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
