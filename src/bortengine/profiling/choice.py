@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from bortengine.architecture import Architecture
@@ -57,24 +58,25 @@ def profile_for_search(space: SearchSpace, workload: Workload, *, quick: bool = 
         return ProfileChoice(mine, False, f"this CPU's profile {mine.path}")
     for prof, match in others:
         prof.check_target(match, stacklevel=2)
-    reason = _why_not(mine, others, target, workload, space)
     start = time.monotonic()
     prof = profile(space, workload, quick=quick, progress=progress, settings=settings)
     seconds = time.monotonic() - start
+    reason = _why_not(mine, others, target, workload, space, measured_into=prof.path)
     mode = settings.mode if settings else "quick" if quick else "full"
-    if mine is not None and mine.path == prof.path:   # measured into the same file: say so once
-        reason = reason.replace(f"this CPU's profile {mine.path} does not", "the profile there did not")
     note = (f"profiled this CPU now ({mode} mode, {seconds:.0f} s) into {prof.path}: {reason}"
             + ("; a full profile predicts more closely: bortengine profile" if mode == "quick" else ""))
     return ProfileChoice(prof, True, note, seconds)
 
 
 def _why_not(mine: Optional[Profile], others: list[tuple[Profile, TargetMatch]], target: Target,
-             workload: Workload, space: SearchSpace) -> str:
-    """Why no profile found could serve: what each candidate lacked."""
+             workload: Workload, space: SearchSpace, measured_into: Optional[Path]) -> str:
+    """Why no profile found could serve: what each candidate lacked (this CPU's own named once when the new
+    measurements went into its file)."""
     reasons = [f"{prof.path} is from before exact CPU targets (it cannot be checked against this CPU)"
                if not match.checkable else
                f"{prof.path} is of another CPU target ({'; '.join(match.differences)})" for prof, match in others]
     if mine is not None:
-        reasons.insert(0, f"this CPU's profile {mine.path} does not cover the {space.name} space at {workload}")
+        which = ("the profile there did not" if mine.path == measured_into else
+                 f"this CPU's profile {mine.path} does not")
+        reasons.insert(0, f"{which} cover the {space.name} space at {workload}")
     return "; ".join(reasons) or f"no profile of this CPU ({target.signature}) in {default_profile_dir()}"

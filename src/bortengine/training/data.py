@@ -232,9 +232,9 @@ def transfer_pieces(documents: Sequence[tuple[str, str]], lengths: Sequence[int]
     from `lengths` (the word counts of a task's training texts): unlabelled text of the task's lengths for a teacher
     to label (the transfer set of task distillation, as DistilBERT's and TinyBERT's). A piece starts at a sentence
     (SENTENCE_STARTS of them, when a sentence leaves room for its words) or at any word that does; a document
-    shorter than the drawn count gives all its words. The pieces go round the documents in a seeded order, one each before any gets a second, so they come
-    from as many documents as there are pieces; documents without words are skipped. The same arguments give the
-    same pieces. Words are split at whitespace after the cleaning split_sentences does (<br /> tags removed)."""
+    shorter than the drawn count gives all its words. The pieces go round the documents in a seeded order, one
+    each before any gets a second, so they come from as many documents as there are pieces; documents without words
+    are skipped. The same arguments give the same pieces. Words are split at whitespace after the cleaning split_sentences does (<br /> tags removed)."""
     if count < 0:
         raise TrainingError(f"transfer_pieces: count is the number of pieces wanted, at least 0; got {count}")
     drawable = np.asarray(lengths, dtype=np.int64)
@@ -243,7 +243,8 @@ def transfer_pieces(documents: Sequence[tuple[str, str]], lengths: Sequence[int]
                             "training texts (at least one)")
     if drawable.min() < 1:
         raise TrainingError(f"transfer_pieces: word counts are at least 1, got {int(drawable.min())} in lengths")
-    usable = [sentences for sentences in (split_sentences(text) for _, text in documents) if sentences]
+    usable = [_words_and_sentence_starts(sentences)
+              for sentences in (split_sentences(text) for _, text in documents) if sentences]
     if not usable:
         raise TrainingError(f"transfer_pieces: none of the {len(documents)} documents holds a word; give documents "
                             f"with text")
@@ -251,15 +252,21 @@ def transfer_pieces(documents: Sequence[tuple[str, str]], lengths: Sequence[int]
     order = rng.permutation(len(usable))
     pieces = []
     for k, n in enumerate(rng.choice(drawable, size=count).tolist()):
-        words: list[str] = []
-        starts = []              # the word index each sentence starts at
-        for sentence in usable[order[k % len(usable)]]:
-            starts.append(len(words))
-            words += sentence.split()
+        words, starts = usable[order[k % len(usable)]]
         fitting = [s for s in starts if s + n <= len(words)] if rng.random() < SENTENCE_STARTS else []
         start = fitting[rng.integers(len(fitting))] if fitting else int(rng.integers(max(1, len(words) - n + 1)))
         pieces.append(" ".join(words[start:start + n]))
     return pieces
+
+
+def _words_and_sentence_starts(sentences: Sequence[str]) -> tuple[list[str], list[int]]:
+    """A document's words, and the word index each of its sentences starts at."""
+    words: list[str] = []
+    starts = []
+    for sentence in sentences:
+        starts.append(len(words))
+        words += sentence.split()
+    return words, starts
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucket: int = 64) -> list[list[int]]:
