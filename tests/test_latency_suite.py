@@ -136,6 +136,38 @@ def test_suite_fails_on_another_cpu_target_or_skips_when_allowed(tmp_path, small
     assert "1 passed, 2 skipped" in allowed.stdout and other.signature in allowed.stdout
 
 
+@pytest.mark.parametrize("ratio", [1.2, 1 / 1.8, 3.0])
+def test_a_probe_apart_by_what_load_causes_warns_and_beyond_it_fails(tmp_path, small_model, profile, ratio):
+    # the profile's rate `ratio` x this machine's best: 1.2x (taken quiet, checked on a busy core) and 1/1.8 (taken
+    # on a busy core) are load or another clock, which the measured latency judges; 3x is not load (Zen 4 running a
+    # Zen 5 profile: 2.4x)
+    stored = dataclasses.replace(profile.target, probe_gflops=round(ratio * profile.target.probe_gflops, 2))
+    out = _out_dir(tmp_path / "out", small_model, profile, target=stored)
+    P.write_latency_suite(out / "test_latency.py", out / "model", out / "profile.json", W, tolerance=1000)
+    result = run_pytest(tmp_path, str(out / "test_latency.py"), *QUICK_BENCHMARK, cwd=tmp_path)
+    report = " ".join(result.stdout.split())        # the warnings summary wraps its lines
+    if ratio < P.LOAD_SLOWDOWN:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "3 passed" in report and "this machine's calibration probe ran" in report
+        assert f"against {stored.probe_gflops:.0f} GFLOP/s" in report and "when the machine is quiet" in report
+    else:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "2 failed, 1 passed" in report and "this machine is not the CPU target" in report
+        assert f"calibration probe {stored.probe_gflops:.0f} vs" in report and "(more than 15% apart)" in report
+
+
+def test_the_note_on_a_probe_apart_by_load_says_which_way(profile):
+    here = dataclasses.replace(profile.target, probe_gflops=100.0)
+    profiled_quiet = dataclasses.replace(here, probe_gflops=150.0)
+    assert profiled_quiet.apart_by_load_alone(here) and here.apart_by_load_alone(profiled_quiet)
+    note = P.busy_core_note(profiled_quiet, here, "OUT/profile.json")
+    assert "ran slower than the profile's (OUT/profile.json)" in note and "100 against 150 GFLOP/s" in note
+    assert "ran faster than the profile's" in P.busy_core_note(here, profiled_quiet)
+    assert not here.apart_by_load_alone(dataclasses.replace(here, probe_gflops=110.0))      # within tolerance
+    assert not here.apart_by_load_alone(dataclasses.replace(here, probe_gflops=240.0))      # not load: 2.4x
+    assert not here.apart_by_load_alone(dataclasses.replace(here, probe_gflops=150.0, logical_cpus=64))
+
+
 PLAIN_TESTS = '''
 import pytest
 from bortengine.profiling import Workload

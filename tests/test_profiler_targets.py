@@ -192,6 +192,25 @@ def test_a_profile_measured_in_a_spell_of_load_is_not_another_cpu_later(tmp_path
     assert P.load_profile(tmp_path / "p.json").target.probe_gflops == 157.0
 
 
+@pytest.mark.parametrize("stored", [1.4, 2.4])
+def test_resuming_on_a_busy_core_resumes_and_keeps_the_best_rate(tmp_path, monkeypatch, stored):
+    # a profile interrupted and resumed with the core busy: its probe 1/1.4 of the file's is load (resumed, with a
+    # warning, the file's best rate kept); 1/2.4 is another CPU (Zen 4 resuming a Zen 5 profile), which is refused
+    monkeypatch.setattr(cpu_probe, "_best", {})
+    monkeypatch.setattr(cpu_probe, "measure_probe", lambda isa: 100.0)
+    monkeypatch.setattr(cpu_probe, "REFERENCE_PAUSE_S", 0.0)
+    monkeypatch.setattr(cpu_probe, "RETRY_PAUSES_S", (0.0,) * len(cpu_probe.RETRY_PAUSES_S))
+    path = tmp_path / "p.json"
+    P.Profile(replace(P.Target.current(), probe_gflops=100.0 * stored)).save(path)
+    if stored < P.LOAD_SLOWDOWN:
+        with pytest.warns(P.ProfileMismatchWarning, match="read 100 GFLOP/s against the profile's 140.*busy core"):
+            prof = P.profile(TINY, TINY_W, out=path, progress=False, settings=FAST)
+        assert prof.covers(TINY_W) and P.load_profile(path, check_target=False).target.probe_gflops == 140.0
+    else:
+        with pytest.raises(P.ProfileError, match="another target.*calibration probe 240 vs 100.*another --out"):
+            P.profile(TINY, TINY_W, out=path, progress=False, settings=FAST)
+
+
 # --- loading ------------------------------------------------------------------------------------------------------
 def _zen4_profile_on_zen5(fake_cpu, tmp_path) -> Path:
     zen4 = fake_cpu("zen4", ZEN4_RATE)
@@ -222,9 +241,14 @@ def test_a_probe_within_the_tolerance_is_the_same_cpu_and_a_slow_one_may_be_load
     with warnings.catch_warnings():
         warnings.simplefilter("error", P.ProfileMismatchWarning)
         P.load_profile(path)
-    path = synthetic(SMALL, target=replace(here, probe_gflops=ZEN5_RATE)).save(tmp_path / "zen5.json")
-    with pytest.warns(P.ProfileMismatchWarning, match="calibration probe 255 vs 105.*or this machine is busy"):
+    path = synthetic(SMALL, target=replace(here, probe_gflops=ZEN4_RATE * 1.4)).save(tmp_path / "busy.json")
+    with pytest.warns(P.ProfileMismatchWarning, match="calibration probe 147 vs 105.*or this machine is busy"):
         P.load_profile(path)
+    # 2.4x slower is not load: Zen 4 running a Zen 5 profile
+    path = synthetic(SMALL, target=replace(here, probe_gflops=ZEN5_RATE)).save(tmp_path / "zen5.json")
+    with pytest.warns(P.ProfileMismatchWarning, match="calibration probe 255 vs 105") as caught:
+        P.load_profile(path)
+    assert "busy" not in str(caught[0].message)
 
 
 @pytest.mark.parametrize("old", ["kept", "synthetic"])

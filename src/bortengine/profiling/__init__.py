@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from bortengine.profiling.calibration import calibrate, calibration_note
 from bortengine.profiling.choice import ProfileChoice, covers_space, profile_for_search
-from bortengine.profiling.cpu_probe import PROBE, PROBE_TOLERANCE, probe_gflops
+from bortengine.profiling.cpu_probe import LOAD_SLOWDOWN, PROBE, PROBE_TOLERANCE, probe_gflops
 from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning
 from bortengine.profiling.fleet import (FleetTarget, fleet_table, profile_fleet, profile_of_target,
                                         target_profile_path)
 from bortengine.profiling.latency import LatencyModel, Prediction
 from bortengine.profiling.latency_check import (DEFAULT_TOLERANCE, LatencyExpectation, LatencyVerdict, Timing,
-                                                architecture_of, cpu_target_mismatch, time_calls, workload_inputs)
+                                                architecture_of, busy_core_note, cpu_target_mismatch, time_calls,
+                                                workload_inputs)
 from bortengine.profiling.latency_suite import write_latency_suite
 from bortengine.profiling.measure import profile
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
@@ -49,7 +50,7 @@ __all__ = [
     "DTYPES", "calibration_note", "calibrate", "calibration_ops", "forward_steps", "barriers", "Settings",
     "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow", "write_latency_suite", "LatencyExpectation",
     "LatencyVerdict", "Timing", "DEFAULT_TOLERANCE", "architecture_of", "workload_inputs", "time_calls",
-    "cpu_target_mismatch", "TargetMatch", "find_profiles", "profile_path_for", "profile_for_search", "ProfileChoice",
-    "covers_space", "PROBE", "PROBE_TOLERANCE", "probe_gflops", "FleetTarget", "profile_fleet", "fleet_table",
+    "cpu_target_mismatch", "busy_core_note", "TargetMatch", "find_profiles", "profile_path_for", "profile_for_search", "ProfileChoice",
+    "covers_space", "PROBE", "PROBE_TOLERANCE", "LOAD_SLOWDOWN", "probe_gflops", "FleetTarget", "profile_fleet", "fleet_table",
     "target_profile_path", "profile_of_target",
 ]

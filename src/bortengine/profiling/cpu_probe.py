@@ -36,6 +36,12 @@ PROBE = (f"gemm_f32 M={PROBE_M} K={PROBE_K} N={PROBE_N}, 1 thread, best of {PROB
 # apart. Clock differences of CPUs of one generation beyond 15% are told apart too, which keeps an accepted
 # profile's predictions within ~15% of this CPU's speed (issue 17: never silently off by more than 20%).
 PROBE_TOLERANCE = 0.15
+# The most load on its core slows the probe: a tenant on the core's other hyperthread shares its FMA units (the
+# worst seen: 0.64 of the quiet rate on the Intel VM below, 0.78 on Zen 4, and in a CI run there a rate 0.72 of the
+# profile's for all ~3 s of re-probes). Rates apart within this factor, all else the same, are a busy core (now or
+# when the profile was measured) or another clock of this CPU, which a probe cannot tell apart (the latency
+# measured then decides); rates further apart are not load: Zen 4 against Zen 5 behind one VM name differ 2.4x.
+LOAD_SLOWDOWN = 2.0
 # re-probes of a rate below the expected one: spells of load pass (up to ~1.5 s were seen on the Intel VM below)
 RETRY_PAUSES_S = (0.1, 0.2, 0.4, 0.8, 1.6)
 # A profile stores the best of this many probes this far apart (reference_gflops), not one probe: on a 2-vCPU

@@ -22,6 +22,7 @@ import numpy as np
 
 from bortengine.architecture import Architecture
 from bortengine.engine import Engine, available_cpus, load
+from bortengine.profiling.cpu_probe import RETRY_PAUSES_S
 from bortengine.profiling.errors import ProfileError
 from bortengine.profiling.profile_file import Profile, predict_latency
 from bortengine.profiling.target import Target
@@ -245,6 +246,21 @@ def cpu_target_mismatch(expected: Target, current: Target, where: str = "the pro
             f"Its latency was predicted for that machine, so the suite's numbers do not hold here. Run the suite on "
             f"the target, run the pipeline on this machine to extract a model for it, or pass "
             f"--bortengine-allow-other-cpu to skip the latency checks on other machines.")
+
+
+def busy_core_note(expected: Target, current: Target, where: str = "the profile") -> str:
+    """What a check says of a probe rate apart from the profile's by no more than load causes, all else the same
+    (Target.apart_by_load_alone): it cannot tell a busy core from another clock, so the latency measured decides."""
+    if current.probe_gflops < expected.probe_gflops:
+        how, why = (f"slower than the profile's ({where}) after re-probing for {sum(RETRY_PAUSES_S):.1f} s",
+                    "Another tenant on this core slows the probe so, as would a slower clock of this CPU")
+    else:
+        how, why = (f"faster than the profile's ({where})",
+                    "The profile's probe ran so on a busy core, or this CPU clocks higher")
+    return (f"this machine's calibration probe ran {how}: {current.probe_gflops:.0f} against "
+            f"{expected.probe_gflops:.0f} GFLOP/s, its CPU otherwise the target's ({expected.signature}). {why}; "
+            f"the latency checks run and judge the time measured. Run the suite when the machine is quiet to "
+            f"confirm the target, or re-profile it quiet.")
 
 
 def engine_change(expected: Target, current: Target) -> Optional[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -142,9 +141,7 @@ class Profile:
         if differences:
             head = (f"the profile {self._where()} was measured on another target ({'; '.join(differences)}): its "
                     f"latencies describe that machine, not this one" + ("" if match.checkable else f"; {unchecked}"))
-            probe_only = match.checkable and match.differences and not self.target.cpu_differences(
-                replace(match.found, probe_gflops=self.target.probe_gflops))
-            if probe_only and match.found.probe_gflops < self.target.probe_gflops:
+            if self.target.apart_by_load_alone(match.found) and match.found.probe_gflops < self.target.probe_gflops:
                 head += " (or this machine is busy: its probe ran slow; if so, run again when it is quiet)"
         elif not match.checkable:
             head = f"the profile {self._where()}: {unchecked}"

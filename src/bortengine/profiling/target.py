@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from bortengine.engine import core, core_build
-from bortengine.profiling.cpu_probe import PROBE, PROBE_TOLERANCE, confirmed_gflops, probe_gflops, rates_differ
+from bortengine.profiling.cpu_probe import (LOAD_SLOWDOWN, PROBE, PROBE_TOLERANCE, confirmed_gflops, probe_gflops,
+                                            rates_differ)
 from bortengine.profiling.ops import (CALIBRATION_HEADS, CALIBRATION_HIDDEN, CALIBRATION_INTERMEDIATE,
                                       CALIBRATION_VOCAB, LAYER_NORM_EPS)
 from bortengine.version import __version__
@@ -154,6 +155,17 @@ class Target:
         if self.engine_version != other.engine_version:
             out.append(f"engine version {self.engine_version} vs {other.engine_version}")
         return out
+
+    def apart_by_load_alone(self, found: "Target") -> bool:
+        """Whether `found` (this machine's target, confirmed against this one) differs from it by the probe rate
+        alone, beyond the tolerance but within what load on a core can cause either way (LOAD_SLOWDOWN): a busy
+        core now or while the profile was measured, or another clock of the same CPU, which the probe cannot tell
+        apart."""
+        if not (self.checkable and found.checkable and self.isa == found.isa
+                and rates_differ(self.probe_gflops, found.probe_gflops)):
+            return False
+        within = not rates_differ(self.probe_gflops, found.probe_gflops, tolerance=LOAD_SLOWDOWN - 1.0)
+        return within and not self.cpu_differences(replace(found, probe_gflops=self.probe_gflops))
 
     def confirmed_against(self, expected: "Target") -> "Target":
         """This (current) target with its probe re-run after short pauses while it is slower than `expected`'s
