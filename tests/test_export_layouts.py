@@ -188,7 +188,26 @@ def test_safetensors_beside_pickled_shards_export_without_the_pickles(make_encod
     _assert_same_outputs(out, src)
 
 
+def test_an_out_directory_that_holds_files_is_refused_untouched(make_encoder, tmp_path, capsys):
+    """An older export in --out: its model.safetensors would be overwritten (a single file), or stay beside the
+    shards exported there and be what loads; the export refuses to write over it, and changes nothing."""
+    older = make_encoder(model_type="bert", head="model", **SMALL)
+    src = _sharded(make_encoder(model_type="bert", head="token", labels=LABELS, **SMALL), tmp_path / "src")
+    out = shutil.copytree(older, tmp_path / "model")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()   # (the building's progress bars)
+    message = assert_error_line(capsys, "export", main(["export", str(src), "--out", str(out)]))
+    assert f"{out} already holds " in message and "config.json" in message and "pass a new or empty" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    inside = src / "export"
+    message = assert_error_line(capsys, "export", main(["export", str(src), "--out", str(inside)]))
+    assert "is inside the model directory" in message and not inside.exists()
+    (tmp_path / "empty").mkdir()
+    _export(src, tmp_path / "empty", capsys)   # an empty directory is a new one
+
+
 # ------------------------------------------------------------------- sentence-transformers with a 0_Transformer/
+@pytest.mark.filterwarnings("ignore::bortengine.TruncationWarning")   # TEXTS are cut at the source's 24 tokens
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "mpnet"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sentence_transformers_subfolder_exports_whole(make_encoder, tmp_path, capsys, model_type, dtype):
