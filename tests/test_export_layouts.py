@@ -252,3 +252,20 @@ def test_token_classifiers_keep_their_head(tagger, tmp_path, capsys, dtype):
     for aggregation in ("none", "simple"):
         assert exported.classify_tokens(TEXTS, aggregation, ignore_labels=()) == \
             original.classify_tokens(TEXTS, aggregation, ignore_labels=())
+
+
+def test_a_conversion_stopped_before_the_index_is_completed_by_converting_again(make_encoder, tmp_path, capsys):
+    """Shards converted but the index not yet naming their scales (a conversion killed between the two): converting
+    again converts nothing and writes the index, after which the checkpoint loads as the finished one."""
+    src = _sharded(make_encoder(model_type="distilbert", head="sequence", **SMALL), tmp_path / "src")
+    out = tmp_path / "model"
+    _export(src, out, capsys, "--dtype", "int8")
+    index = out / "model.safetensors.index.json"
+    finished = json.loads(index.read_text())
+    stopped = {**finished, "weight_map": {n: f for n, f in finished["weight_map"].items()
+                                          if not n.endswith(SCALE_SUFFIX)}}
+    index.write_text(json.dumps(stopped))
+    report = quantize_checkpoint(out)
+    assert report["quantized"] == 0
+    assert json.loads(index.read_text()) == finished
+    _assert_same_outputs(out, src, "int8")

@@ -86,6 +86,9 @@ def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, st
     except ModelLoadError as e:
         raise type(e)(f"cannot convert {model_dir} to {scheme['dtype']}: {e}") from e
     files = sorted({entry.file for entry in checkpoint.entries.values()})
+    sharded = checkpoint.source.endswith(".index.json")
+    if sharded and _index_every_tensor(Path(checkpoint.source), files):  # a conversion stopped before its index
+        checkpoint = Checkpoint.open(directory)
     before = sum(file.stat().st_size for file in files)
     family, linear = _linear_weights(directory, checkpoint, scheme["dtype"])
     wrong = [e.name for e in linear.values() if e.dtype != stored and e.dtype not in _SOURCES[scheme["dtype"]]]
@@ -95,7 +98,7 @@ def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, st
             f"not as floats; a {scheme['dtype']} checkpoint is made from the float weights: convert the float "
             f"checkpoint instead (bortengine export RUN --out DIR --dtype {scheme['dtype']})")
     done = sum(_rewrite_file(file, linear, convert, stored) for file in files)
-    if checkpoint.source.endswith(".index.json"):
+    if sharded:
         _index_every_tensor(Path(checkpoint.source), files)
     _record_scheme(directory / "config.json", scheme)
     return {"family": family, counted: done, "bytes_before": before,
@@ -124,10 +127,11 @@ def _rewrite_file(path: Path, linear: dict[str, TensorEntry], convert: Conversio
     return len(todo)
 
 
-def _index_every_tensor(index: Path, files: list[Path]) -> None:
+def _index_every_tensor(index: Path, files: list[Path]) -> bool:
     """A sharded checkpoint's index (model.safetensors.index.json) naming every tensor its shards hold, in the
     shard that holds it, and their total size: the scales a conversion added beside their weights (also those of a
-    conversion stopped between a shard and the index, which converting again completes)."""
+    conversion stopped between a shard and the index, which converting again completes). Returns whether it
+    named any it did not."""
     data = read_json(index, ModelLoadError)
     weight_map = data["weight_map"]   # (a dict of names to shard file names: Checkpoint.open checked it)
     headers = {file.name: read_safetensors_header(file) for file in files}
@@ -137,6 +141,7 @@ def _index_every_tensor(index: Path, files: list[Path]) -> None:
         data.setdefault("metadata", {})["total_size"] = sum(
             entry.nbytes for entries in headers.values() for entry in entries.values())
         atomic_write_json(index, data, indent=2)
+    return bool(added)
 
 
 def _linear_weights(model_dir: Path, checkpoint: Checkpoint, dtype: str) -> tuple[str, dict[str, TensorEntry]]:
