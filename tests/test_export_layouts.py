@@ -269,3 +269,28 @@ def test_a_conversion_stopped_before_the_index_is_completed_by_converting_again(
     assert report["quantized"] == 0
     assert json.loads(index.read_text()) == finished
     _assert_same_outputs(out, src, "int8")
+
+
+def test_a_conversion_stopped_between_shards_leaves_the_checkpoint_as_it_was(make_encoder, tmp_path, monkeypatch):
+    """The second converted shard cannot be written (disk full, killed): no shard has been replaced yet, so the
+    checkpoint is still the float one that loads, and no temporary file is left."""
+    from bortengine.export import quantize
+
+    src = _sharded(make_encoder(model_type="electra", head="model", embedding_size=16, **SMALL), tmp_path / "src",
+                   shard_size="20KB")
+    before = {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
+    written = []
+
+    def full_disk(path, *args):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        return write_safetensors(path, *args)
+
+    monkeypatch.setattr(quantize, "write_safetensors", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        quantize_checkpoint(src)
+    assert written and {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
+    monkeypatch.undo()
+    assert quantize_checkpoint(src)["quantized"] == 2 * 6
+    assert bortengine.load(src, dtype="int8").dtype == "int8"

@@ -35,7 +35,7 @@ import numpy as np
 from bortengine.engine import (SCALE_SUFFIX, BertWeights, Checkpoint, ModelConfig, TensorEntry, core,
                                read_safetensors_header, transformer_directory, write_safetensors)
 from bortengine.errors import ModelLoadError
-from bortengine.files import atomic_write, atomic_write_json, read_json
+from bortengine.files import atomic_write_json, read_json
 
 __all__ = ["quantize_checkpoint", "bf16_checkpoint", "SCHEME", "BF16_SCHEME"]
 
@@ -53,7 +53,7 @@ Conversion = Callable[[TensorEntry], dict[str, tuple[str, np.ndarray]]]
 
 def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
     """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with int8 linear weights and their
-    scales (in place, atomically file by file). Returns {"family": ..., "quantized": n_tensors (layers x 6),
+    scales (in place: the files replaced once all are written). Returns {"family": ..., "quantized": n_tensors (layers x 6),
     "bytes_before": ..., "bytes_after": ...}."""
     def quantize(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
         q, scale = core().quantize_weights(entry.read())
@@ -63,8 +63,8 @@ def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
 
 
 def bf16_checkpoint(model_dir: str | os.PathLike) -> dict:
-    """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with BF16 linear weights (in place,
-    atomically file by file). Returns {"family": ..., "converted": n_tensors (layers x 6), "bytes_before": ...,
+    """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with BF16 linear weights (in place:
+    the files replaced once all are written). Returns {"family": ..., "converted": n_tensors (layers x 6), "bytes_before": ...,
     "bytes_after": ...}."""
     def round_bf16(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
         return {entry.name: ("BF16", core().to_bf16(entry.read()))}
@@ -76,8 +76,8 @@ def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, st
     """The checkpoint bortengine.load reads in model_dir (model.safetensors, or the shards its index lists; in a
     sentence-transformers directory, those of the sub-folder modules.json names) with every linear weight of the
     encoder layers that is not yet `stored` replaced by convert(entry) and the other tensors copied as they are:
-    each file rewritten atomically (keeping its permissions), one at a time, and a sharded checkpoint's index naming
-    the tensors convert adds (the int8 scales, in their weight's shard). config.json records the scheme. A checkpoint
+    the files replaced once all are written (_rewrite_files), and a sharded checkpoint's index then naming the
+    tensors convert adds (the int8 scales, in their weight's shard). config.json records the scheme. A checkpoint
     already converted is left as it is. Returns {"family", counted: tensors converted, "bytes_before",
     "bytes_after"}."""
     directory = transformer_directory(model_dir)
@@ -97,7 +97,7 @@ def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, st
             f"{checkpoint.source} already stores its linear weights as {linear[wrong[0]].dtype} ({wrong[0]}, ...), "
             f"not as floats; a {scheme['dtype']} checkpoint is made from the float weights: convert the float "
             f"checkpoint instead (bortengine export RUN --out DIR --dtype {scheme['dtype']})")
-    done = sum(_rewrite_file(file, linear, convert, stored) for file in files)
+    done = _rewrite_files(files, linear, convert, stored)
     if sharded:
         _index_every_tensor(Path(checkpoint.source), files)
     _record_scheme(directory / "config.json", scheme)
@@ -105,26 +105,40 @@ def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, st
             "bytes_after": sum(file.stat().st_size for file in files)}
 
 
-def _rewrite_file(path: Path, linear: dict[str, TensorEntry], convert: Conversion, stored: str) -> int:
-    """One safetensors file with its tensors among `linear` that are not yet `stored` converted, every other tensor
-    it holds copied as it is; written atomically, and only if it holds one to convert. Returns how many it held."""
-    entries = read_safetensors_header(path)
-    todo = [name for name, entry in entries.items() if name in linear and entry.dtype != stored]
-    if not todo:
-        return 0
-    tensors: dict[str, tuple[str, np.ndarray]] = {}
-    for name, entry in entries.items():
-        if name in todo:
-            tensors.update(convert(entry))
-        elif name not in tensors:  # (a scale written by convert is not overwritten by the stored one)
-            tensors[name] = (entry.dtype, entry.read_stored())
+def _rewrite_files(files: list[Path], linear: dict[str, TensorEntry], convert: Conversion, stored: str) -> int:
+    """Each safetensors file that holds tensors among `linear` not yet `stored`, with those converted and every other
+    tensor it holds copied as it is. Every converted file is written beside its original first (keeping its
+    permissions; one file's tensors in memory at a time), and the originals replaced only once all are written: a
+    conversion stopped on the way leaves the checkpoint as it was, not a mix of converted and float shards that
+    nothing loads. Returns how many tensors were converted."""
+    staged: list[Path] = []
+    done = 0
+    try:
+        for path in files:
+            entries = read_safetensors_header(path)
+            todo = [name for name, entry in entries.items() if name in linear and entry.dtype != stored]
+            if not todo:
+                continue
+            tensors: dict[str, tuple[str, np.ndarray]] = {}
+            for name, entry in entries.items():
+                if name in todo:
+                    tensors.update(convert(entry))
+                elif name not in tensors:  # (a scale written by convert is not overwritten by the stored one)
+                    tensors[name] = (entry.dtype, entry.read_stored())
+            staged.append(path)
+            write_safetensors(_staged(path), tensors, {"format": "pt"})
+            shutil.copymode(path, _staged(path))
+            done += len(todo)
+        for path in staged:
+            os.replace(_staged(path), path)
+    finally:
+        for path in staged:
+            _staged(path).unlink(missing_ok=True)
+    return done
 
-    def write(tmp: Path) -> None:
-        write_safetensors(tmp, tensors, {"format": "pt"})
-        shutil.copymode(path, tmp)
 
-    atomic_write(path, write)
-    return len(todo)
+def _staged(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
 
 
 def _index_every_tensor(index: Path, files: list[Path]) -> bool:
