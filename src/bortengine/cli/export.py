@@ -1,7 +1,7 @@
-"""`bortengine export`: a pretrain, finetune or Agora run (or an HF model directory of any family bortengine.load
-runs) -> a model directory bortengine.load reads, checked engine against torch; --dtype int8 (bf16) then stores the
-encoder layers' linear weights pre-quantized (as BF16): layers x 6 tensors in every family. A folder of model
-directories (a pipeline run) is refused with their names."""
+"""`bortengine export`: a pretrain, finetune or Agora run (or an HF model directory of any family and layout
+bortengine.load reads) -> a model directory bortengine.load reads, checked engine against torch; --dtype int8 (bf16)
+then stores the encoder layers' linear weights pre-quantized (as BF16): layers x 6 tensors in every family. A folder
+of model directories (a pipeline run) is refused with their names."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,9 +22,11 @@ RUN_DIRECTORY = ("a pretrain or finetune run directory (checkpoint.safetensors),
 def add_parsers(sub) -> None:
     ex = sub.add_parser("export", help="a pretrain/finetune/Agora run -> a directory bortengine.load reads")
     ex.add_argument("run", help="run directory of pretrain, finetune or finetune --agora (its last round's "
-                                "student), or an HF model directory (BERT: re-saved through transformers; "
-                                "RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet: copied as they are)")
-    ex.add_argument("--out", required=True, help="output model directory")
+                                "student), or an HF model directory of a family bortengine.load runs (BERT, "
+                                "RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet), in any layout it reads "
+                                "(model.safetensors or shards; a sentence-transformers 0_Transformer/ sub-folder): "
+                                "copied as it is")
+    ex.add_argument("--out", required=True, help="output model directory: new or empty")
     ex.add_argument("--no-check", action="store_true", help="skip the engine-vs-torch check")
     ex.add_argument("--dtype", choices=DTYPES, default="float32",
                     help="int8: store the encoder layers' linear weights pre-quantized (per-channel s8 + scales), "
@@ -50,19 +52,23 @@ def run(args) -> int:
 
 
 def _check_run(run: str, out: str) -> None:
-    """run is a run or model directory, before anything is loaded; a folder of model directories (a pipeline
-    run: model/ and teacher/) is a usage error naming them."""
+    """run is a run or model directory (a sentence-transformers one may keep config.json in the sub-folder its
+    modules.json names, as bortengine.load reads it), before anything is loaded; a folder of model directories (a
+    pipeline run: model/ and teacher/) is a usage error naming them."""
+    from bortengine.engine import transformer_directory
     from bortengine.training import AGORA_STATE_FILE, CHECKPOINT_FILE, OLD_FILES, model_subdirectories
 
     holds = (CHECKPOINT_FILE, "config.json", AGORA_STATE_FILE)
     if any((Path(run) / name).is_file() for name in OLD_FILES):   # an older bortengine's run: export_run says so
         return
-    inside = model_subdirectories(run)
-    if inside and not any((Path(run) / name).is_file() for name in holds):
+    model = transformer_directory(run) if Path(run).is_dir() else Path(run)
+    inside = model_subdirectories(model)
+    if inside and not any((model / name).is_file() for name in holds):
         raise UsageError(f"{run} is not a run or model directory itself: it holds the model directories "
                          f"{', '.join(map(str, inside))}; export one of them, e.g. bortengine export {inside[0]} "
                          f"--out {out}")
-    check_model_directory(run, "run directory", holds=holds, what=RUN_DIRECTORY)
+    check_model_directory(run if model == Path(run) else str(model), "run directory", holds=holds,
+                          what=RUN_DIRECTORY)
 
 
 def _convert(out: str, dtype: str, check: bool) -> dict:

@@ -13,7 +13,7 @@ from bortengine.engine.config import ModelConfig
 from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
 from bortengine.engine.pooling import Pooling
-from bortengine.engine.runtime import DTYPES, INLINE_CHARS, Engine, load, traced_forwards
+from bortengine.engine.runtime import DTYPES, INLINE_CHARS, Engine, load, traced_forwards, transformer_directory
 from bortengine.engine.tokenization import TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import (QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, BertWeights, Checkpoint, TensorEntry,
                                        read_safetensors_header, write_safetensors)
@@ -23,5 +23,5 @@ __all__ = [
     "BertWeights", "Checkpoint", "as_text_list", "softmax", "traced_forwards", "available_cpus", "available_isas",
     "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX", "BatchRecord",
     "DEFAULT_MAX_BATCH_TOKENS", "INLINE_CHARS", "TokenizedTexts", "characters", "TokenEntity", "RankedDocument",
-    "DTYPES", "TensorEntry", "read_safetensors_header", "write_safetensors",
+    "DTYPES", "TensorEntry", "read_safetensors_header", "write_safetensors", "transformer_directory",
 ]

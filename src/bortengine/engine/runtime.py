@@ -37,7 +37,7 @@ from bortengine.engine.tokenization import WHOLE_TEXT, TextTokenizer, TokenizedT
 from bortengine.engine.weights import BertWeights, Checkpoint
 from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError, TextTooLongError, TruncationWarning
 
-__all__ = ["load", "Engine", "traced_forwards", "DTYPES"]
+__all__ = ["load", "Engine", "traced_forwards", "transformer_directory", "DTYPES"]
 
 DTYPES = ("float32", "int8", "bf16")  # load(dtype=...): the arithmetic of the encoder layers' linear layers
 
@@ -142,7 +142,7 @@ class Engine:
                                         f"(or pass isa=None for the best)")
 
         self.path = path
-        bert_dir = _transformer_dir(path)
+        bert_dir = transformer_directory(path)
         self.config = ModelConfig.from_file(bert_dir)
         weights = BertWeights(Checkpoint.open(bert_dir), self.config)  # every name and shape checked, nothing read
         self.pooling = Pooling.load(path)
@@ -772,9 +772,12 @@ def _flat(layer: tuple[dict, list]) -> list:
     return [converted, *vectors]
 
 
-def _transformer_dir(path: Path) -> Path:
+def transformer_directory(path: str | os.PathLike) -> Path:
     """The directory holding config.json and the weights: the model directory itself, or, in a sentence-transformers
-    layout that keeps the transformer in a sub-folder (e.g. 0_Transformer/), the folder modules.json names."""
+    layout that keeps the transformer in a sub-folder (e.g. 0_Transformer/), the folder modules.json names. Raises
+    ModelLoadError when the model directory has no config.json and the folder modules.json names has none either
+    (a sentence-transformers directory copied without its transformer)."""
+    path = Path(path)
     if (path / "config.json").is_file() or not (path / "modules.json").is_file():
         return path
     try:
@@ -786,6 +789,11 @@ def _transformer_dir(path: Path) -> Path:
             sub = path / str(module.get("path", ""))
             if (sub / "config.json").is_file():
                 return sub
+            if sub != path:
+                raise ModelLoadError(
+                    f"{path / 'modules.json'} names {sub} as the model's transformer, but {sub} holds no "
+                    f"config.json (and {path} holds none either): copy the whole sentence-transformers directory, "
+                    f"with its {module.get('path')}/ folder of config.json, weights and tokenizer")
     return path
 
 

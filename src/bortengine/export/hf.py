@@ -3,30 +3,34 @@ then the engine checked against torch on the same batch.
 
 The directory writer itself is training's (training.write_hf_directory: the runs write their models with it);
 this module is what comes after training: reading a run's model back (training.run_model, which never
-unpickles) and the engine-vs-torch check. Training builds BERT only; a model directory of another family the
-engine loads (RoBERTa, XLM-R, CamemBERT, DistilBERT, ELECTRA, MPNet) is already what bortengine.load reads, so it
-is copied as it is (without the weights of other frameworks) and checked against its transformers class.
+unpickles) and the engine-vs-torch check. A model directory of any family the engine loads (BERT, RoBERTa, XLM-R,
+CamemBERT, DistilBERT, ELECTRA, MPNet; bare, ...ForSequenceClassification or ...ForTokenClassification) is already
+what bortengine.load reads, in every layout it reads (one model.safetensors or shards with their index; a
+sentence-transformers directory that keeps the transformer in the sub-folder modules.json names), so it is checked
+as load checks it, copied as it is (without the weights of other frameworks) and checked against its transformers
+class. Re-saving it through training's BERT classes would rebuild config.json from an Architecture, which knows
+no token classifier (its head, labels and weights were dropped), nor the source's pooling and max_seq_length.
 """
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-from bortengine.engine import ModelConfig
-from bortengine.errors import ModelLoadError
-from bortengine.files import read_json
+from bortengine.engine import BertWeights, Checkpoint, ModelConfig, transformer_directory
+from bortengine.errors import ModelLoadError, UsageError
 from bortengine.training import (CHECKPOINT_FILE, TOKENIZER_FILES, run_directory, run_model,
                                  write_hf_directory)
 
 __all__ = ["export", "export_run", "check_export", "TOKENIZER_FILES"]
 
 export = write_hf_directory      # the older public name of the writer
-# Files of a model directory that bortengine.load never reads (pickles, other frameworks' weights): not copied.
-_NOT_READ = ("*.bin", "*.h5", "*.msgpack", "*.ckpt*", "*.onnx", "*.ot", ".git")
+# Files of a model directory that bortengine.load never reads (pickles, other frameworks' weights, and the indexes
+# of their shards, which would name files not copied): not copied.
+_NOT_READ = ("*.bin", "*.bin.index.json", "*.h5", "*.h5.index.json", "*.msgpack", "*.msgpack.index.json", "*.ckpt*",
+             "*.onnx", "*.ot", ".git")
 
 
 @torch.no_grad()
@@ -69,33 +73,53 @@ def check_export(model: torch.nn.Module, out_dir: str | os.PathLike, seed: int =
 
 def export_run(run: str | os.PathLike, out_dir: str | os.PathLike, check: bool = True) -> dict:
     """`bortengine export`: a run directory (or HF directory) -> out_dir, then (check) the engine vs torch.
-    An Agora run exports its last round's best student (training.run_directory); the report names it."""
+    An Agora run exports its last round's best student (training.run_directory); the report names it. A model
+    directory the engine cannot load, or an out_dir that already holds files or lies inside the source, is refused
+    before anything is written."""
     source = run_directory(run)
-    config = _other_family(source)
+    _check_new_directory(Path(out_dir))
     report = {"exported": str(Path(out_dir)), "source": str(run)}
     if source != Path(run):
         report["model_directory"] = str(source)
-    if config is None:
+    if (source / CHECKPOINT_FILE).is_file():
         model, tokenizer_dir = run_model(source)
         write_hf_directory(model, out_dir, tokenizer_dir)
     else:
+        config = _loadable_config(source)
+        if Path(out_dir).resolve().is_relative_to(source.resolve()):
+            raise UsageError(f"{out_dir} is inside the model directory {source}, which export copies: pass a "
+                             f"directory outside it")
         shutil.copytree(source, out_dir, ignore=shutil.ignore_patterns(*_NOT_READ), dirs_exist_ok=True)
         report.update(family=config.family.name, copied=True)
-        model = _transformers_model(Path(out_dir), config.kind) if check else None
+        model = _transformers_model(transformer_directory(out_dir), config.kind) if check else None
     if check:
         report.update(check_export(model, out_dir))
     return report
 
 
-def _other_family(source: Path) -> Optional[ModelConfig]:
-    """The engine's config of a model directory of a family training does not build (not BERT), else None (a run,
-    or a BERT model directory: re-saved through training's BertModel classes, as before other families)."""
-    if (source / CHECKPOINT_FILE).is_file():
-        return None
-    data = read_json(source / "config.json", ModelLoadError)
-    if not isinstance(data, dict) or data.get("model_type") in (None, "bert"):
-        return None
-    return ModelConfig.from_file(source)   # a family the engine does not run is refused here, saying why
+def _check_new_directory(out: Path) -> None:
+    """out is a new or empty directory. Files already there would be overwritten, or stay beside the export and
+    change what loads: an older model.safetensors is read before the shards an export writes, an older config.json
+    before a sentence-transformers sub-folder's."""
+    if out.is_dir() and any(out.iterdir()):
+        held = sorted(p.name for p in out.iterdir())
+        raise UsageError(f"{out} already holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''}; export "
+                         f"writes a new model directory and overwrites nothing: pass a new or empty directory (or "
+                         f"remove {out} first)")
+
+
+def _loadable_config(source: Path) -> ModelConfig:
+    """The engine's config of a model directory, after checking it as bortengine.load does before reading a tensor:
+    config.json of a family it runs, safetensors weights (one file, or shards and their index) holding every
+    tensor it needs in its shape. Raises the engine's error otherwise (e.g. weights only in pickled
+    pytorch_model*.bin files, with how to convert them), said as the export's."""
+    directory = transformer_directory(source)
+    try:
+        config = ModelConfig.from_file(directory)
+        BertWeights(Checkpoint.open(directory), config)
+    except ModelLoadError as e:
+        raise type(e)(f"cannot export {source}: bortengine.load would not read it: {e}") from e
+    return config
 
 
 def _transformers_model(directory: Path, kind: str) -> torch.nn.Module:

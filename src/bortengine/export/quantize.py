@@ -8,8 +8,9 @@ attn.o), after checking every name and shape as bortengine.load does. So a check
 the engine converts at load, layers x 6 of them, and a model the engine cannot load is refused with the engine's
 reason rather than converted in part or not at all.
 
-Formats: in model.safetensors, each of the six linear weights of every encoder layer (query, key, value, attention
-output, intermediate, output) is stored
+Formats: in model.safetensors (or in the shards a model.safetensors.index.json lists, each in its own shard; in a
+sentence-transformers directory, those of the transformer's sub-folder), each of the six linear weights of every
+encoder layer (query, key, value, attention output, intermediate, output) is stored
 - int8: as I8 [out, in], with a float32 per-output-channel scale "<name>_scale" [out]: w ~= q * scale, q in
   [-127, 127], scale = max|w[row]| / 127 — exactly the rounding bortengine.load(dtype="int8") applies at load;
 - bf16: as BF16 [out, in], rounded to nearest even by the engine's own rounding (_core.to_bf16: what
@@ -17,7 +18,8 @@ output, intermediate, output) is stored
 Everything else (embeddings, ELECTRA's embeddings_project, LayerNorm, biases, pooler, classifier heads, tensors the
 engine ignores) stays as it was: the engine runs those in float32 whatever its dtype. bortengine.load reads such a
 directory with its dtype directly, or with dtype="float32" by dequantizing (int8) or widening (bf16, exactly).
-config.json records the scheme under "bortengine_quantization".
+config.json records the scheme under "bortengine_quantization"; a sharded checkpoint's index names the int8 scales
+in their weights' shards.
 
 Torch-free: numpy, the engine's safetensors reader and writer, and the native module.
 """
@@ -31,9 +33,9 @@ from typing import Callable
 import numpy as np
 
 from bortengine.engine import (SCALE_SUFFIX, BertWeights, Checkpoint, ModelConfig, TensorEntry, core,
-                               read_safetensors_header, write_safetensors)
+                               read_safetensors_header, transformer_directory, write_safetensors)
 from bortengine.errors import ModelLoadError
-from bortengine.files import atomic_write, atomic_write_json, read_json
+from bortengine.files import atomic_write_json, read_json
 
 __all__ = ["quantize_checkpoint", "bf16_checkpoint", "SCHEME", "BF16_SCHEME"]
 
@@ -50,8 +52,9 @@ Conversion = Callable[[TensorEntry], dict[str, tuple[str, np.ndarray]]]
 
 
 def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
-    """Rewrite model_dir/model.safetensors with int8 linear weights and their scales (in place, atomically).
-    Returns {"family": ..., "quantized": n_tensors (layers x 6), "bytes_before": ..., "bytes_after": ...}."""
+    """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with int8 linear weights and their
+    scales (in place: the files replaced once all are written). Returns {"family": ..., "quantized": n_tensors (layers x 6),
+    "bytes_before": ..., "bytes_after": ...}."""
     def quantize(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
         q, scale = core().quantize_weights(entry.read())
         return {entry.name: ("I8", q), entry.name + SCALE_SUFFIX: ("F32", scale)}
@@ -60,8 +63,9 @@ def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
 
 
 def bf16_checkpoint(model_dir: str | os.PathLike) -> dict:
-    """Rewrite model_dir/model.safetensors with BF16 linear weights (in place, atomically).
-    Returns {"family": ..., "converted": n_tensors (layers x 6), "bytes_before": ..., "bytes_after": ...}."""
+    """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with BF16 linear weights (in place:
+    the files replaced once all are written). Returns {"family": ..., "converted": n_tensors (layers x 6), "bytes_before": ...,
+    "bytes_after": ...}."""
     def round_bf16(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
         return {entry.name: ("BF16", core().to_bf16(entry.read()))}
 
@@ -69,38 +73,89 @@ def bf16_checkpoint(model_dir: str | os.PathLike) -> dict:
 
 
 def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, stored: str, counted: str) -> dict:
-    """model.safetensors with every linear weight of the encoder layers that is not yet `stored` replaced by
-    convert(entry) and the other tensors copied as they are, written atomically (keeping the file's permissions);
-    config.json records the scheme. A checkpoint already converted is left as it is. Returns {"family", counted:
-    tensors converted, "bytes_before", "bytes_after"}."""
-    path = Path(model_dir) / "model.safetensors"
-    if not path.is_file():
-        raise ModelLoadError(f"{path} does not exist; converting a checkpoint needs a single-file safetensors model")
-    before = path.stat().st_size
-    entries = read_safetensors_header(path)
-    family, linear = _linear_weights(Path(model_dir), Checkpoint(entries, str(path)), scheme["dtype"])
+    """The checkpoint bortengine.load reads in model_dir (model.safetensors, or the shards its index lists; in a
+    sentence-transformers directory, those of the sub-folder modules.json names) with every linear weight of the
+    encoder layers that is not yet `stored` replaced by convert(entry) and the other tensors copied as they are:
+    the files replaced once all are written (_rewrite_files), and a sharded checkpoint's index then naming the
+    tensors convert adds (the int8 scales, in their weight's shard). config.json records the scheme. A checkpoint
+    already converted is left as it is. Returns {"family", counted: tensors converted, "bytes_before",
+    "bytes_after"}."""
+    directory = transformer_directory(model_dir)
+    try:
+        checkpoint = Checkpoint.open(directory)
+    except ModelLoadError as e:
+        raise type(e)(f"cannot convert {model_dir} to {scheme['dtype']}: {e}") from e
+    files = sorted({entry.file for entry in checkpoint.entries.values()})
+    sharded = checkpoint.source.endswith(".index.json")
+    if sharded and _index_every_tensor(Path(checkpoint.source), files):  # a conversion stopped before its index
+        checkpoint = Checkpoint.open(directory)
+    before = sum(file.stat().st_size for file in files)
+    family, linear = _linear_weights(directory, checkpoint, scheme["dtype"])
     wrong = [e.name for e in linear.values() if e.dtype != stored and e.dtype not in _SOURCES[scheme["dtype"]]]
     if wrong:
         raise ModelLoadError(
-            f"{path} already stores its linear weights as {linear[wrong[0]].dtype} ({wrong[0]}, ...), not as "
-            f"floats; a {scheme['dtype']} checkpoint is made from the float weights: convert the float checkpoint "
-            f"instead (bortengine export RUN --out DIR --dtype {scheme['dtype']})")
-    done = sum(entry.dtype != stored for entry in linear.values())
-    if done:
-        tensors: dict[str, tuple[str, np.ndarray]] = {}
-        for name, entry in entries.items():
-            if name in linear and entry.dtype != stored:
-                tensors.update(convert(entry))
-            elif name not in tensors:  # (a scale written by convert is not overwritten by the stored one)
-                tensors[name] = (entry.dtype, entry.read_stored())
+            f"{checkpoint.source} already stores its linear weights as {linear[wrong[0]].dtype} ({wrong[0]}, ...), "
+            f"not as floats; a {scheme['dtype']} checkpoint is made from the float weights: convert the float "
+            f"checkpoint instead (bortengine export RUN --out DIR --dtype {scheme['dtype']})")
+    done = _rewrite_files(files, linear, convert, stored)
+    if sharded:
+        _index_every_tensor(Path(checkpoint.source), files)
+    _record_scheme(directory / "config.json", scheme)
+    return {"family": family, counted: done, "bytes_before": before,
+            "bytes_after": sum(file.stat().st_size for file in files)}
 
-        def write(tmp: Path) -> None:
-            write_safetensors(tmp, tensors, {"format": "pt"})
-            shutil.copymode(path, tmp)
 
-        atomic_write(path, write)
-    _record_scheme(Path(model_dir) / "config.json", scheme)
-    return {"family": family, counted: done, "bytes_before": before, "bytes_after": path.stat().st_size}
+def _rewrite_files(files: list[Path], linear: dict[str, TensorEntry], convert: Conversion, stored: str) -> int:
+    """Each safetensors file that holds tensors among `linear` not yet `stored`, with those converted and every other
+    tensor it holds copied as it is. Every converted file is written beside its original first (keeping its
+    permissions; one file's tensors in memory at a time), and the originals replaced only once all are written: a
+    conversion stopped on the way leaves the checkpoint as it was, not a mix of converted and float shards that
+    nothing loads. Returns how many tensors were converted."""
+    staged: list[Path] = []
+    done = 0
+    try:
+        for path in files:
+            entries = read_safetensors_header(path)
+            todo = [name for name, entry in entries.items() if name in linear and entry.dtype != stored]
+            if not todo:
+                continue
+            tensors: dict[str, tuple[str, np.ndarray]] = {}
+            for name, entry in entries.items():
+                if name in todo:
+                    tensors.update(convert(entry))
+                elif name not in tensors:  # (a scale written by convert is not overwritten by the stored one)
+                    tensors[name] = (entry.dtype, entry.read_stored())
+            staged.append(path)
+            write_safetensors(_staged(path), tensors, {"format": "pt"})
+            shutil.copymode(path, _staged(path))
+            done += len(todo)
+        for path in staged:
+            os.replace(_staged(path), path)
+    finally:
+        for path in staged:
+            _staged(path).unlink(missing_ok=True)
+    return done
+
+
+def _staged(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _index_every_tensor(index: Path, files: list[Path]) -> bool:
+    """A sharded checkpoint's index (model.safetensors.index.json) naming every tensor its shards hold, in the
+    shard that holds it, and their total size: the scales a conversion added beside their weights (also those of a
+    conversion stopped between a shard and the index, which converting again completes). Returns whether it
+    named any it did not."""
+    data = read_json(index, ModelLoadError)
+    weight_map = data["weight_map"]   # (a dict of names to shard file names: Checkpoint.open checked it)
+    headers = {file.name: read_safetensors_header(file) for file in files}
+    added = {name: shard for shard, entries in headers.items() for name in entries if name not in weight_map}
+    if added:
+        weight_map.update(added)
+        data.setdefault("metadata", {})["total_size"] = sum(
+            entry.nbytes for entries in headers.values() for entry in entries.values())
+        atomic_write_json(index, data, indent=2)
+    return bool(added)
 
 
 def _linear_weights(model_dir: Path, checkpoint: Checkpoint, dtype: str) -> tuple[str, dict[str, TensorEntry]]:

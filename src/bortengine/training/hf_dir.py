@@ -79,13 +79,16 @@ def model_subdirectories(directory: str | os.PathLike) -> list[Path]:
 
 def run_directory(run: str | os.PathLike) -> Path:
     """The directory holding the model `run` stands for: run itself when it is a pretrain or finetune run
-    (checkpoint.safetensors) or a model directory (config.json); for an Agora run (state.safetensors and
-    round-k/), the last finished round's best student, round-k/ (the model the run ends with). Raises TrainingError
-    naming the model directories inside run when it is none of these, or when its state names no round to take."""
+    (checkpoint.safetensors) or a model directory (config.json, or a sentence-transformers directory whose
+    modules.json names the sub-folder holding it, as bortengine.load reads them); for an Agora run
+    (state.safetensors and round-k/), the last finished round's best student, round-k/ (the model the run ends
+    with). Raises TrainingError naming the model directories inside run when it is none of these, or when its state
+    names no round to take."""
+    from bortengine.engine import transformer_directory
     from bortengine.training.checkpoint import AGORA_STATE_FILE, CHECKPOINT_FILE, read_checkpoint, refuse_old_files
 
     run = Path(run)
-    if (run / CHECKPOINT_FILE).is_file() or (run / "config.json").is_file():
+    if (run / CHECKPOINT_FILE).is_file() or (transformer_directory(run) / "config.json").is_file():
         return run
     refuse_old_files(run)
     inside = model_subdirectories(run)
