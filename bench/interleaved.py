@@ -31,13 +31,13 @@ if importlib.util.find_spec("bortengine") is None:  # not pip-installed: use the
 
 import numpy as np  # noqa: E402
 
-from cases import MODELS, RUNTIMES, SHAPES, SMOKE_MODEL, SMOKE_SHAPE  # noqa: E402
+from cases import FAMILY_MODELS, MODELS, RUNTIMES, SHAPES, SMOKE_MODEL, SMOKE_SHAPE  # noqa: E402
 from probe import CpuShare  # noqa: E402
 from runtimes import make_runtime, set_torch_threads  # noqa: E402
 
 
 def main(argv=None) -> None:
-    models = {m.name: m for m in MODELS + (SMOKE_MODEL,)}
+    models = {m.name: m for m in MODELS + FAMILY_MODELS + (SMOKE_MODEL,)}
     shapes = {s.name: s for s in SHAPES + (SMOKE_SHAPE,)}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(models), required=True)
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     model, shape = models[args.model], shapes[args.shape]
     names = args.runtimes.split(",")
     set_torch_threads(args.threads)
-    inputs = shape.inputs(model.config()["vocab_size"])
+    inputs = model.encoder_inputs(shape)
     runtimes = {n: make_runtime(n, model, args.threads) for n in names}
     calls = {}
     for n, rt in runtimes.items():

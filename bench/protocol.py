@@ -26,7 +26,7 @@ from cases import (BENCH_DIR, BF16_RUNTIMES, ENGINE, ENGINES, FAIL_ATOL, FLAG_AT
                    MEMORY_SLACK_BYTES, MIN_MEAN_COSINE, ORT, REFERENCE, ModelCase, ShapeCase, encoder_flops)
 from report import EncoderTiming, GemmTiming, Report
 from probe import CpuShare
-from runtimes import RuntimePool, RuntimeUnavailable, engine_status
+from runtimes import RuntimeNotForModel, RuntimePool, RuntimeUnavailable, engine_status
 
 MIN_ROUNDS = 5
 MAX_ROUNDS = 200
@@ -82,12 +82,11 @@ def run_encoder_row(benchmark, pool: RuntimePool, report: Report, model: ModelCa
                     runtime: str, budget_seconds: float) -> None:
     """Check one runtime against PyTorch eager on a (model, shape), then time its forward."""
     benchmark.group = f"{model.name} {shape.name}"
-    config = model.config()
-    inputs = shape.inputs(config["vocab_size"])
+    inputs = model.encoder_inputs(shape)
     try:
         rt = pool.get(model, runtime)
     except RuntimeUnavailable as exc:
-        report.skipped[runtime] = str(exc)
+        report.skipped[f"{runtime} on {model.name}" if isinstance(exc, RuntimeNotForModel) else runtime] = str(exc)
         pytest.skip(str(exc))
     if runtime == ORT:
         report.fusion[model.name] = rt.fusion
@@ -111,7 +110,7 @@ def run_encoder_row(benchmark, pool: RuntimePool, report: Report, model: ModelCa
         report.encoder.append(EncoderTiming(
             model=model.name, shape=shape.name, runtime=runtime, batch=shape.batch,
             tokens=inputs.input_ids.shape[1], real_tokens=inputs.real_tokens,
-            flops=encoder_flops(config, inputs.lengths), max_abs_diff=diff,
+            flops=encoder_flops(model.sizes(), inputs.lengths), max_abs_diff=diff, family=model.family,
             rerun_max_abs_diff=rerun, masked_rows_zero=masked_zero,
             min_cosine=None if cosine is None else float(cosine.min()), smoke=model.smoke, **stats))
 

@@ -14,8 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cases import (BUSY_SHARE, ENGINE, ENGINE_BF16, ENGINE_INT8, FLAG_ATOL, GEMM_TARGET, LOW_PRECISION, ORT,
-                   ORT_INT8, RUNTIMES, TORCH_BF16, TORCH_EAGER, TORCH_SDPA)
+from cases import (BUSY_SHARE, ENGINE, ENGINE_BF16, ENGINE_INT8, FAMILY_GEOMEAN_RATIO, FAMILY_MIN_RATIO, FLAG_ATOL,
+                   GEMM_TARGET, LOW_PRECISION, ORT, ORT_INT8, RUNTIMES, TORCH_BF16, TORCH_EAGER, TORCH_SDPA)
 
 
 @dataclass
@@ -37,6 +37,7 @@ class EncoderTiming:
     min_cosine: float | None = None  # int8 and bf16 runtimes: smallest per-token cosine to PyTorch float32
     smoke: bool = False
     flops: int | None = None  # cases.encoder_flops: the forward's GEMM and attention work over the real tokens
+    family: str = "bert"  # the model's config.json model_type: BERT rows and each other family aggregate apart
 
 
 @dataclass
@@ -74,8 +75,8 @@ class Report:
         for t in self.encoder:
             if t.smoke != smoke:
                 continue
-            row = rows.setdefault((t.model, t.shape), {"model": t.model, "shape": t.shape, "ms": {}, "min_ms": {},
-                                                       "diff": {}, "others_cpu": {}})
+            row = rows.setdefault((t.model, t.shape), {"model": t.model, "shape": t.shape, "family": t.family,
+                                                       "ms": {}, "min_ms": {}, "diff": {}, "others_cpu": {}})
             row["ms"][t.runtime] = t.median_ms
             row["min_ms"][t.runtime] = t.min_ms
             row["diff"][t.runtime] = t.max_abs_diff
@@ -111,12 +112,14 @@ class Report:
         return list(rows.values())
 
     def aggregates(self) -> dict:
-        """Per other runtime: geometric mean and minimum of its ratio to the engine over the non-smoke rows.
+        """Per other runtime: geometric mean and minimum of its ratio to the engine over the non-smoke BERT rows
+        (MiniLM, BERT-base, Bort: the rows the BERT speed targets are about; the other families' are
+        family_aggregates').
 
         Also the same from the rounds' minimum times ("of_min"): on a quiet machine the two agree; when they do
         not, the machine was busy and the median-based ratios carry the other load's noise.
         """
-        rows = self.table_rows(smoke=False)
+        rows = [r for r in self.table_rows(smoke=False) if r["family"] == "bert"]
         out = {}
         pairs = [(ORT, ENGINE, ""), (TORCH_EAGER, ENGINE, ""), (TORCH_SDPA, ENGINE, "")]
         pairs += [(peer, low, suffix) for low, (suffix, peers) in LOW_PRECISION.items() for peer in peers]
@@ -137,6 +140,30 @@ class Report:
                         out[f"{runtime}/{base}"][ckey] = {
                             "geomean": _geomean([x for x, _ in ceilings]), "min": min(ceilings)[0],
                             "min_row": min(ceilings)[1]}
+        return out
+
+    def family_aggregates(self, smoke: bool = False) -> dict:
+        """Per model of another family than BERT (issue 18): ORT/engine in float32 and ORT-int8/engine-int8 over its
+        shapes, each with geometric mean, minimum (and its shape), the same from the rounds' minimum times, and
+        whether the target holds (geometric mean >= FAMILY_GEOMEAN_RATIO, every shape >= FAMILY_MIN_RATIO)."""
+        out: dict = {}
+        for r in self.table_rows(smoke):
+            if r["family"] == "bert":
+                continue
+            model = out.setdefault(r["model"], {"family": r["family"], "ratios": {}})
+            for label, key, peer in (("ORT/eng", "ratio", ORT), ("ORT8/eng8", "ratio8", ORT_INT8)):
+                if peer in r.get(key, {}):
+                    model["ratios"].setdefault(label, []).append(
+                        (r[key][peer], r["ratio_of_min" + key[len("ratio"):]][peer], r["shape"], r["busy"]))
+        for model in out.values():
+            for label, values in model.pop("ratios").items():
+                worst = min(values)
+                geomean = _geomean([v[0] for v in values])
+                model[label] = {
+                    "geomean": geomean, "min": worst[0], "min_shape": worst[2], "shapes": len(values),
+                    "busy_shapes": sum(v[3] for v in values), "geomean_of_min": _geomean([v[1] for v in values]),
+                    "min_of_min": min(v[1] for v in values),
+                    "meets_target": geomean >= FAMILY_GEOMEAN_RATIO and worst[0] >= FAMILY_MIN_RATIO}
         return out
 
     def gemm_summary(self, smoke: bool) -> dict:
@@ -189,6 +216,7 @@ class Report:
                 out.append(f"{busy} row(s) marked ~ ran while other processes used more than {BUSY_SHARE:.0%} of "
                            "the CPU: their times and ratios are inflated by an unknown amount; rerun on a quiet "
                            "machine")
+        out += self._family_lines()
         for smoke in (False, True):
             g = self.gemm_summary(smoke)
             if g["peak_candidates"] or g["shapes"]:
@@ -201,6 +229,30 @@ class Report:
                         f"fp32 GEMM passes {f['gflops']:.1f}"]
         for m in self.memory:
             out += ["", self._memory_line(m)]
+        return out
+
+    def _family_lines(self) -> list[str]:
+        """The per-family summary (issue 18's target) and the ORT peers whose attention is not fused."""
+        out = []
+        families = self.family_aggregates()
+        if families:
+            out += ["", f"families (issue 18: ORT/engine geometric mean >= {FAMILY_GEOMEAN_RATIO} over the shapes and "
+                        f">= {FAMILY_MIN_RATIO} on every shape, float32 and int8)"]
+        for name, f in families.items():
+            parts = []
+            for label in ("ORT/eng", "ORT8/eng8"):
+                if label in f:
+                    a = f[label]
+                    parts.append(f"{label} geometric mean {a['geomean']:.2f}x, min {a['min']:.2f}x ({a['min_shape']}) "
+                                 f"{'ok' if a['meets_target'] else 'MISSED'} [from the minimum times "
+                                 f"{a['geomean_of_min']:.2f}x, min {a['min_of_min']:.2f}x]"
+                                 + (f", {a['busy_shapes']} busy shape(s) ~" if a["busy_shapes"] else ""))
+            out.append(f"  {name} ({f['family']}): " + "; ".join(parts))
+        for model, fusion in self.fusion.items():
+            if fusion.get("attention_unfused"):
+                out.append(f"  onnxruntime peer of {model}: attention NOT fused ({fusion['Attention']} Attention; "
+                           f"{fusion['SkipLayerNormalization']} SkipLayerNormalization and {fusion['BiasGelu']} "
+                           f"BiasGelu fused): {fusion['attention_unfused']}")
         return out
 
     @staticmethod
@@ -277,7 +329,8 @@ class Report:
                 "skipped": self.skipped, "statistic": "median",
             },
             "encoder": {"rows": [asdict(t) for t in self.encoder], "table": self.table_rows(False),
-                        "aggregates": self.aggregates(), "onnx_fusion": self.fusion,
+                        "aggregates": self.aggregates(), "family_aggregates": self.family_aggregates(),
+                        "onnx_fusion": self.fusion,
                         "smoke_table": self.table_rows(True)},
             "gemm": self.gemm_summary(False),
             "gemm_smoke": self.gemm_summary(True),

@@ -6,7 +6,7 @@ when only the smoke tests run.
 """
 import pytest
 
-from cases import RUNTIMES, SMOKE_MODEL, SMOKE_SHAPE
+from cases import FAMILY_RUNTIMES, RUNTIMES, SMOKE_FAMILY_MODELS, SMOKE_MODEL, SMOKE_SHAPE
 from protocol import run_encoder_row, run_memory, run_numpy_peak, run_packed_linear, run_torch_linear
 
 SMOKE_SECONDS = 0.05
@@ -15,6 +15,14 @@ SMOKE_SECONDS = 0.05
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_smoke_encoder(benchmark, pool, report, runtime):
     run_encoder_row(benchmark, pool, report, SMOKE_MODEL, SMOKE_SHAPE, runtime, SMOKE_SECONDS)
+
+
+@pytest.mark.parametrize("model", SMOKE_FAMILY_MODELS, ids=lambda m: m.name)
+@pytest.mark.parametrize("runtime", FAMILY_RUNTIMES)
+def test_smoke_family_encoder(benchmark, pool, report, model, runtime):
+    """Each family's rows on a tiny model of it: export, fusion check (MPNet's attention expected unfused),
+    inputs without token types and with the family's padding id, sdpa skipped where transformers has none."""
+    run_encoder_row(benchmark, pool, report, model, SMOKE_SHAPE, runtime, SMOKE_SECONDS)
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])

@@ -190,6 +190,7 @@ def make_random_encoder(
     seed: int = 0,
     overwrite: bool = False,
     embedding_size: Optional[int] = None,
+    vocab_size: Optional[int] = None,
 ) -> Path:
     """Write a random-weight encoder of another family as an HF directory, with its own kind of tokenizer
     (train_tokenizer; tokenizer.json through transformers' save_pretrained) and a vocabulary of that tokenizer's size.
@@ -198,7 +199,9 @@ def make_random_encoder(
     (the encoder; with a pooler if `pooler` and the family has one), "sequence" (...ForSequenceClassification) or
     "token" (...ForTokenClassification), labelled `labels`. max_positions: tokens a sequence may have (RoBERTa's and
     MPNet's tables get padding_idx + 1 more rows). embedding_size: ELECTRA's (None: hidden_size, no projection).
-    Reuses an existing directory built with the same arguments unless overwrite=True.
+    vocab_size: rows of the word embedding table (None: the tokenizer's few hundred); a real model's size (e.g.
+    XLM-R's 250,002) for benchmarks, whose cost and memory grow with it. The tokenizer stays the small one, so its
+    texts use only the first rows; ids above come from the caller. Reuses an existing directory built with the same arguments unless overwrite=True.
     """
     import torch
     import transformers
@@ -209,13 +212,18 @@ def make_random_encoder(
                 max_positions=max_positions, labels=list(labels), pooler=pooler, seed=seed)
     if embedding_size is not None:
         args["embedding_size"] = embedding_size
+    if vocab_size is not None:
+        args["vocab_size"] = vocab_size
     stamp = _fresh_directory(path, args, overwrite)
     if stamp is None:
         return path
 
     prefix, kind = _ENCODER_KINDS[model_type]
     tokenizer = train_tokenizer(kind)
-    sizes = dict(vocab_size=tokenizer.get_vocab_size(), num_labels=len(labels),
+    if vocab_size is not None and vocab_size < tokenizer.get_vocab_size():
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the tokenizer's {tokenizer.get_vocab_size()} "
+                         f"entries; pass at least that many, or None")
+    sizes = dict(vocab_size=vocab_size or tokenizer.get_vocab_size(), num_labels=len(labels),
                  id2label=dict(enumerate(labels)), label2id={v: k for k, v in enumerate(labels)})
     if model_type == "distilbert":
         config = transformers.DistilBertConfig(dim=hidden_size, n_layers=num_hidden_layers,
