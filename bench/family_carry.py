@@ -204,7 +204,7 @@ def fit_head(path: Path, family: str, features: np.ndarray, labels: np.ndarray) 
 
     mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
     # L2 strength by 5-fold cross-validation: the regularisation a classifier fitted for held-out error has
-    reg = LogisticRegressionCV(Cs=10, cv=5, max_iter=5000).fit((features - mean) / std, labels)
+    reg = LogisticRegressionCV(Cs=10, cv=5, scoring="accuracy", max_iter=5000).fit((features - mean) / std, labels)
     coef = reg.coef_[0] / std            # the standardisation folded into the weights
     bias = reg.intercept_[0] - coef @ mean
     weights = load_file(str(path / "model.safetensors"))
