@@ -38,7 +38,7 @@ def test_carry_computes_the_bert_classifier(bert_classifier, family, tmp_path):
     path = carry(bert_classifier, tmp_path / family, family)
     checked = compare(bert_classifier, path, family, ids, mask)
     assert checked["max_abs_hidden"] < 1e-5
-    assert checked["max_abs_logits"] < 1e-5   # fitted heads: their own dense, activation and last layer on BERT's states
+    assert checked["max_abs_logits"] < 1e-5   # fitted heads: against their own layers applied to BERT's states
     if family not in FITTED_HEADS:   # the very classifier: transformers' carried logits are BERT's engine logits
         np.testing.assert_allclose(checked["logits"], bert(ids, attention_mask=mask).logits, atol=1e-4)
 
