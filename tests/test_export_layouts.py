@@ -29,6 +29,7 @@ from bortengine import ModelLoadError
 from bortengine.cli import main
 from bortengine.engine import SCALE_SUFFIX, Checkpoint, read_safetensors_header, write_safetensors
 from bortengine.export import bf16_checkpoint, export_run, quantize_checkpoint
+from bortengine.testing import as_sentence_transformers
 from test_cli import assert_error_line
 
 DTYPES = ("float32", "int8", "bf16")
@@ -91,19 +92,7 @@ def _pickled_shards(src, dst):
 def _sentence_transformers(src, dst):
     """src as the transformer module of a sentence-transformers directory that keeps it in 0_Transformer/, with CLS
     pooling + Normalize and a max_seq_length of its own (what a mean-pooling, default-length export would lose)."""
-    shutil.copytree(src, dst / "0_Transformer")
-    (dst / "0_Transformer" / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": 24, "do_lower_case": False}))
-    (dst / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-    (dst / "1_Pooling").mkdir()
-    hidden = bortengine.load(src).config.hidden_size
-    (dst / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": hidden, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-    (dst / "2_Normalize").mkdir()
-    return dst
+    return as_sentence_transformers(src, dst, pooling="cls", normalize=True, max_seq_length=24)
 
 
 # ----------------------------------------------------------------------------------------- sharded safetensors

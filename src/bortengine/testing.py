@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["minilm_path", "make_random_bert", "make_random_encoder", "train_tokenizer", "TOKENIZER_CORPUS"]
+__all__ = ["minilm_path", "make_random_bert", "make_random_encoder", "as_sentence_transformers", "train_tokenizer",
+           "TOKENIZER_CORPUS"]
 
 
 def _fresh_directory(path: Path, args: dict, overwrite: bool) -> Optional[Path]:
@@ -133,6 +134,32 @@ _ENCODER_KINDS = {"bert": ("Bert", "wordpiece"), "roberta": ("Roberta", "bpe"),
 _TOKEN_TYPES = ("bert", "electra")  # the model types whose models read token_type_ids
 _NO_POOLER_ARG = ("distilbert", "electra")  # their bare models take no add_pooling_layer
 _HEAD_SUFFIXES = {"model": "Model", "sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
+
+
+def as_sentence_transformers(src: str | os.PathLike, dst: str | os.PathLike, *, pooling: str = "mean",
+                             normalize: bool = False, max_seq_length: Optional[int] = None) -> Path:
+    """src (a model directory) as the transformer module of a sentence-transformers directory dst in the layout
+    SentenceTransformer.save writes: the transformer in 0_Transformer/ (with its sentence_bert_config.json),
+    modules.json naming it, 1_Pooling/config.json (pooling: "mean" or "cls"), and 2_Normalize/ when normalize.
+    Returns dst."""
+    from bortengine.engine import load
+
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst / "0_Transformer")
+    if max_seq_length is not None:
+        (dst / "0_Transformer" / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    modules = [{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (dst / "2_Normalize").mkdir()
+    (dst / "modules.json").write_text(json.dumps(modules))
+    (dst / "1_Pooling").mkdir()
+    (dst / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": load(src).config.hidden_size, "pooling_mode_cls_token": pooling == "cls",
+         "pooling_mode_mean_tokens": pooling == "mean"}))
+    return dst
 
 
 def train_tokenizer(kind: str, vocab_size: int = 400):

@@ -88,17 +88,21 @@ def port(text: str) -> int:
 
 def check_model_directory(path: Optional[str], option: str, holds: tuple[str, ...] = ("config.json",),
                           what: str = MODEL_DIRECTORY) -> None:
-    """The directory `option` names exists and holds one of `holds`, and its config.json (if any) is JSON.
+    """The directory `option` names exists and holds one of `holds` (a sentence-transformers directory: it or the
+    sub-folder its modules.json names, as bortengine.load reads it), and its config.json (if any) is JSON.
     transformers would take a missing directory for a model-hub name and fail offline with a traceback."""
+    from bortengine.engine import transformer_directory
+
     if path is None:
         return
     directory = Path(path)
-    if not directory.is_dir() or not any((directory / name).is_file() for name in holds):
+    model = transformer_directory(directory) if directory.is_dir() else directory
+    if not directory.is_dir() or not any((d / name).is_file() for name in holds for d in {directory, model}):
         problem = ("does not exist" if not directory.exists() else "is a file" if not directory.is_dir()
                    else f"holds no {' or '.join(holds)}")
         raise ModelLoadError(f"{option} {path} {problem}: pass {what}")
-    if (directory / "config.json").is_file():
-        read_json(directory / "config.json", ModelLoadError)
+    if (model / "config.json").is_file():
+        read_json(model / "config.json", ModelLoadError)
 
 
 def check_output(path: Optional[str], option: str, directory: bool) -> None:

@@ -6,10 +6,16 @@ modes concatenate in sentence-transformers' order: cls, max, mean, mean_sqrt_len
 (Dense, weighted-mean or last-token pooling, ...) are recorded and make encode() refuse rather than return
 embeddings that differ from the model's.
 
+transformer_directory is where a model directory keeps its transformer (config.json, weights, tokenizer): itself,
+or the sub-folder modules.json names (0_Transformer/); load(), the tokenizer of training and every stage that reads
+a teacher find it through this one function.
+
 Shapes: B = batch, T = tokens, H = hidden size.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +24,7 @@ import numpy as np
 from bortengine.errors import ModelLoadError
 from bortengine.files import read_json
 
-__all__ = ["Pooling", "POOLING_MODES"]
+__all__ = ["Pooling", "POOLING_MODES", "transformer_directory"]
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")  # sentence-transformers' concatenation order
 _CONFIG_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
@@ -95,3 +101,28 @@ class Pooling:
         if normalize:  # torch.nn.functional.normalize(p=2, eps=1e-12)
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
         return out
+
+
+def transformer_directory(path: str | os.PathLike) -> Path:
+    """The directory holding config.json and the weights: the model directory itself, or, in a sentence-transformers
+    layout that keeps the transformer in a sub-folder (e.g. 0_Transformer/), the folder modules.json names. Raises
+    ModelLoadError when the model directory has no config.json and the folder modules.json names has none either
+    (a sentence-transformers directory copied without its transformer)."""
+    path = Path(path)
+    if (path / "config.json").is_file() or not (path / "modules.json").is_file():
+        return path
+    try:
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return path  # Pooling.load reports a broken modules.json
+    for module in modules if isinstance(modules, list) else []:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith(".Transformer"):
+            sub = path / str(module.get("path", ""))
+            if (sub / "config.json").is_file():
+                return sub
+            if sub != path:
+                raise ModelLoadError(
+                    f"{path / 'modules.json'} names {sub} as the model's transformer, but {sub} holds no "
+                    f"config.json (and {path} holds none either): copy the whole sentence-transformers directory, "
+                    f"with its {module.get('path')}/ folder of config.json, weights and tokenizer")
+    return path

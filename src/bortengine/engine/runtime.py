@@ -14,7 +14,6 @@ Shapes: B = batch, T = tokens per sequence, H = hidden size, L = number of label
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -31,13 +30,13 @@ from bortengine.engine.entities import check_aggregation, token_entities
 from bortengine.engine.heads import ClassifierHead, Linear, relevance_scores
 from bortengine.engine.native import available_cpus, core as _core
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
-from bortengine.engine.pooling import Pooling
+from bortengine.engine.pooling import Pooling, transformer_directory
 from bortengine.engine.positions import PositionLayout, check_contiguous_mask, position_layout
 from bortengine.engine.tokenization import WHOLE_TEXT, TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import BertWeights, Checkpoint
 from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError, TextTooLongError, TruncationWarning
 
-__all__ = ["load", "Engine", "traced_forwards", "transformer_directory", "DTYPES"]
+__all__ = ["load", "Engine", "traced_forwards", "DTYPES"]
 
 DTYPES = ("float32", "int8", "bf16")  # load(dtype=...): the arithmetic of the encoder layers' linear layers
 
@@ -770,31 +769,6 @@ def _flat(layer: tuple[dict, list]) -> list:
     """(converted weights, vectors) -> the argument list of Encoder.set_layer_quantized / set_layer_bf16."""
     converted, vectors = layer
     return [converted, *vectors]
-
-
-def transformer_directory(path: str | os.PathLike) -> Path:
-    """The directory holding config.json and the weights: the model directory itself, or, in a sentence-transformers
-    layout that keeps the transformer in a sub-folder (e.g. 0_Transformer/), the folder modules.json names. Raises
-    ModelLoadError when the model directory has no config.json and the folder modules.json names has none either
-    (a sentence-transformers directory copied without its transformer)."""
-    path = Path(path)
-    if (path / "config.json").is_file() or not (path / "modules.json").is_file():
-        return path
-    try:
-        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return path  # Pooling.load reports a broken modules.json
-    for module in modules if isinstance(modules, list) else []:
-        if isinstance(module, dict) and str(module.get("type", "")).endswith(".Transformer"):
-            sub = path / str(module.get("path", ""))
-            if (sub / "config.json").is_file():
-                return sub
-            if sub != path:
-                raise ModelLoadError(
-                    f"{path / 'modules.json'} names {sub} as the model's transformer, but {sub} holds no "
-                    f"config.json (and {path} holds none either): copy the whole sentence-transformers directory, "
-                    f"with its {module.get('path')}/ folder of config.json, weights and tokenizer")
-    return path
 
 
 # ------------------------------------------------------------------------------------------- input validation

@@ -28,6 +28,7 @@ from tokenizers import BertWordPieceTokenizer, Encoding, Tokenizer
 
 from bortengine.engine.config import ModelConfig
 from bortengine.engine.entities import TokenVocabulary
+from bortengine.engine.pooling import transformer_directory
 from bortengine.errors import InvalidInputError, ModelLoadError
 from bortengine.files import read_json
 
@@ -169,9 +170,11 @@ class TextTokenizer:
         """The tokenizer load() builds for model_dir, for code that holds no ModelConfig (training: the ids a model
         is trained on are the ids it is served with). Only config.json's vocab_size, max_position_embeddings and
         pad_token_id are read, so the directory may hold a model the engine does not run (e.g. a masked-LM
-        teacher) or no config.json at all (BERT's defaults then). max_length replaces the model's truncation
-        length. Raises ModelLoadError when the directory has neither tokenizer.json nor vocab.txt."""
-        model_dir = Path(model_dir)
+        teacher) or no config.json at all (BERT's defaults then). A sentence-transformers directory that keeps its
+        transformer in a sub-folder (0_Transformer/) is read there, as load() reads it (transformer_directory).
+        max_length replaces the model's truncation length. Raises ModelLoadError when the directory has neither
+        tokenizer.json nor vocab.txt."""
+        model_dir = transformer_directory(model_dir)
         data = read_json(model_dir / "config.json", ModelLoadError, missing_ok=True) or {}
         limits = {k: data[k] for k in ("vocab_size", "max_position_embeddings", "pad_token_id") if k in data}
         tokenizer = cls.load(model_dir, ModelConfig.from_dict(limits, source=str(model_dir / "config.json")))

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from bortengine.architecture import Architecture
+from bortengine.engine import transformer_directory
 from bortengine.progress import Progress
 
 __all__ = ["evaluate_stage", "block_medians", "sample_inputs", "LATENCY_TEXTS", "BATCH"]
@@ -66,7 +67,7 @@ def evaluate_stage(ctx, seconds: float) -> dict[str, Any]:
 
 
 def _sizes(directory: str) -> dict[str, Any]:
-    arch = Architecture.from_hf_config(directory)
+    arch = Architecture.from_hf_config(transformer_directory(directory))
     return {"architecture": str(arch), "parameters": arch.parameters(),
             "parameters_without_embeddings": arch.parameters(embeddings=False)}
 
@@ -91,13 +92,15 @@ def _mean_tokens(engine, inputs) -> float:
 
 
 def _eager_teacher(directory: str, threads: int):
-    """The teacher as transformers runs it (eager PyTorch, its default attention), with the engine's token ids."""
+    """The teacher as transformers runs it (eager PyTorch, its default attention), with the engine's token ids; read
+    as training reads it (training.load_pretrained: a sentence-transformers directory's sub-folder too)."""
     import torch
     from transformers import BertForSequenceClassification
 
+    from bortengine.training import load_pretrained
+
     torch.set_num_threads(threads)
-    model = BertForSequenceClassification.from_pretrained(directory, use_safetensors=True).eval()
-    return model
+    return load_pretrained(BertForSequenceClassification, directory, attn_implementation=None).eval()
 
 
 def _interleaved_latencies(engines: dict, eager, inputs, progress: Progress) -> dict[tuple[str, str], float]:

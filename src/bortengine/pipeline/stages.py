@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from bortengine.architecture import Architecture
-from bortengine.engine import available_cpus
+from bortengine.engine import available_cpus, transformer_directory
 from bortengine.pipeline.config import SCARCE_EXAMPLES, PipelineConfig, PipelineError
 from bortengine.pipeline.evaluation import LATENCY_TEXTS
 from bortengine.search_space import SPACES, SearchSpace
 
 __all__ = ["RunContext", "profile_stage", "teacher_stage", "extract_stage", "distil_stage", "finetune_stage",
-           "space_below", "choose_student", "teacher_epochs", "EXTRACT_EPSILON"]
+           "space_below", "choose_student", "teacher_epochs", "teacher_architecture", "EXTRACT_EPSILON"]
 
 EXTRACT_EPSILON = 0.2       # a coarser grouping than extract's default 0.1: fewer surrogate trainings in a budget
 SURROGATE_STEPS = 30        # fine-tuning steps per candidate: enough to rank students on the task (docs/pipeline.md)
@@ -141,16 +141,22 @@ def space_below(teacher: Architecture, name: Optional[str] = None) -> SearchSpac
                        description=f"fractions of the teacher ⟨{d}, {a}, {h}, {i}⟩'s sizes")
 
 
-def _teacher_architecture(directory: str) -> Architecture:
-    return Architecture.from_hf_config(_transformer_dir(directory)).with_head("pooler")
+def teacher_architecture(directory: str) -> Architecture:
+    """The teacher's encoder, from config.json where bortengine.load reads it: the directory, or the sub-folder a
+    sentence-transformers directory's modules.json names (0_Transformer/; transformer_directory). Raises the
+    package's errors for what the pipeline cannot start from: no config.json, another family, a model trained for
+    another task (training.check_classifier_source). run_pipeline asks before the run directory is touched."""
+    from bortengine.training import TrainingError, check_classifier_source
 
-
-def _transformer_dir(directory: str) -> str:
-    """Where config.json is (a sentence-transformers directory keeps it at the top, as the engine reads it)."""
-    if not (Path(directory) / "config.json").is_file():
+    config = transformer_directory(directory) / "config.json"
+    if not config.is_file():
         raise PipelineError(f"--teacher {directory}: no config.json there; give a BERT model directory "
-                            f"(BertModel, sentence-transformers or BertForSequenceClassification)")
-    return directory
+                            f"(BertModel, sentence-transformers, BertForMaskedLM or BertForSequenceClassification)")
+    try:
+        check_classifier_source(directory, "--teacher")
+    except TrainingError as e:
+        raise PipelineError(str(e)) from None
+    return Architecture.from_hf_config(config).with_head("pooler")
 
 
 # -- profile -------------------------------------------------------------------------------------------------------
@@ -162,7 +168,7 @@ def profile_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     was done and why."""
     from bortengine.profiling import profile_for_search
 
-    teacher = _teacher_architecture(ctx.teacher_source)
+    teacher = teacher_architecture(ctx.teacher_source)
     space = space_below(teacher, ctx.config.space)
     choice = profile_for_search(space, ctx.workload(), quick=seconds < 120, progress=ctx.config.progress)
     source = choice.profile.path
@@ -214,9 +220,7 @@ def teacher_epochs(examples: int, batch_size: int) -> float:
 
 
 def _classifier_labels(directory: str) -> Optional[list[str]]:
-    import json
-
-    config_path = Path(directory) / "config.json"
+    config_path = transformer_directory(directory) / "config.json"
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError):
@@ -228,7 +232,9 @@ def _classifier_labels(directory: str) -> Optional[list[str]]:
 
 
 def _tokenizer_source(directory: str) -> Optional[str]:
-    return directory if any((Path(directory) / n).is_file() for n in ("tokenizer.json", "vocab.txt")) else None
+    """directory, when it (or its sentence-transformers sub-folder) holds a tokenizer; training reads it there."""
+    transformer = transformer_directory(directory)
+    return directory if any((transformer / n).is_file() for n in ("tokenizer.json", "vocab.txt")) else None
 
 
 def _finetune_data(ctx: RunContext) -> dict[str, Any]:
@@ -247,13 +253,16 @@ def _copy_model(source: Path, target: Path) -> None:
 
 
 def _write_in_task_order(source: str, labels: list[str], target: Path) -> None:
-    """A classifier of the task's classes in another order, written with id2label = labels and its head's rows
-    permuted to match (training.as_classifier)."""
-    from bortengine.training import as_classifier, run_model, write_hf_directory
+    """The user's classifier of the task's classes in another order, copied whole (its layout, pooling, truncation
+    and dtype as given) with id2label = labels and its head's rows permuted to match (training.relabel_classifier).
+    Rebuilt through transformers and write_hf_directory, it lost its pooling (CLS became mean)."""
+    from bortengine.training import relabel_classifier
 
-    model, tokenizer_dir = run_model(source)
-    _replace_directory(target, lambda partial: write_hf_directory(as_classifier(model, labels=labels), partial,
-                                                                  tokenizer_dir))
+    def fill(partial: Path) -> None:
+        shutil.copytree(source, partial)
+        relabel_classifier(partial, labels)
+
+    _replace_directory(target, fill)
 
 
 def _replace_directory(target: Path, fill) -> None:

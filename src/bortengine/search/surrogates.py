@@ -11,10 +11,10 @@ import math
 import time
 from functools import lru_cache
 from dataclasses import KW_ONLY, dataclass, replace
-from pathlib import Path
 from typing import Any, Optional
 
 from bortengine.architecture import Architecture, require_bert
+from bortengine.engine import transformer_directory
 from bortengine.files import read_json
 from bortengine.search.errors import SearchError
 from bortengine.search_space import architecture_dims
@@ -108,8 +108,9 @@ class TrainingSurrogate(Surrogate):
 
     def __post_init__(self) -> None:
         if self.teacher is not None:  # refuse another family now, not in every evaluation of the search
-            config = read_json(Path(self.teacher) / "config.json", SearchError, missing_ok=True)
-            require_bert(config if isinstance(config, dict) else {}, str(Path(self.teacher) / "config.json"))
+            source = transformer_directory(self.teacher) / "config.json"
+            config = read_json(source, SearchError, missing_ok=True)
+            require_bert(config if isinstance(config, dict) else {}, str(source))
 
     def teacher_name(self) -> str:
         return self.teacher or DEFAULT_TEACHER

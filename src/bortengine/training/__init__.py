@@ -24,7 +24,7 @@ from bortengine.training.errors import TrainingError
 
 __all__ = [
     "TrainingError", "default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle", "teacher_classifier",
-    "build_model", "architecture_of", "encoder_of", "count_parameters",
+    "build_model", "architecture_of", "encoder_of", "count_parameters", "load_pretrained",
     "Importance", "measure_importance", "slice_init",
     "DistillConfig", "pretrain", "surrogate_loss", "embedding_similarity", "pair_similarity",
     "distillation_documents", "corpus_documents", "CORPUS_MODES",
@@ -34,6 +34,7 @@ __all__ = [
     "Schedule", "Budget", "TrainingLoop", "TrainingCheckpoint", "read_checkpoint", "write_checkpoint", "CHECKPOINT_FILE",
     "OLD_FILES",
     "write_hf_directory", "export", "run_model", "run_directory", "model_subdirectories", "TOKENIZER_FILES",
+    "relabel_classifier", "check_classifier_source",
     "AGORA_STATE_FILE",
     "AgoraError", "finetune_agora", "parse_settings", "NearestNeighbourSwap", "AGORA_RECIPES", "stratified_split",
     "SettingsRunner", "InProcessRunner", "SettingRun", "RoundWork", "SettingResult", "fit_setting", "best_position",
@@ -43,6 +44,7 @@ _WHERE = {
     "default_teacher_path": "teacher", "load_teacher": "teacher", "TeacherBundle": "teacher",
     "teacher_bundle": "teacher", "teacher_classifier": "teacher",
     "build_model": "models", "architecture_of": "models", "encoder_of": "models", "count_parameters": "models",
+    "load_pretrained": "models", "check_classifier_source": "models",
     "Importance": "slicing", "measure_importance": "slicing", "slice_init": "slicing",
     "DistillConfig": "distill", "pretrain": "distill", "surrogate_loss": "distill",
     "embedding_similarity": "distill", "pair_similarity": "distill", "distillation_documents": "distill",
@@ -57,7 +59,7 @@ _WHERE = {
     "Schedule": "loop", "Budget": "loop", "TrainingLoop": "loop",
     "TrainingCheckpoint": "checkpoint", "read_checkpoint": "checkpoint", "write_checkpoint": "checkpoint",
     "CHECKPOINT_FILE": "checkpoint", "OLD_FILES": "checkpoint", "AGORA_STATE_FILE": "checkpoint",
-    "write_hf_directory": "hf_dir", "run_model": "hf_dir", "run_directory": "hf_dir",
+    "write_hf_directory": "hf_dir", "run_model": "hf_dir", "run_directory": "hf_dir", "relabel_classifier": "hf_dir",
     "model_subdirectories": "hf_dir", "TOKENIZER_FILES": "hf_dir",
     # Agora's entry points; the whole of it is bortengine.training.agora
     "AgoraError": "agora", "finetune_agora": "agora", "parse_settings": "agora", "NearestNeighbourSwap": "agora",

@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from transformers import BertForSequenceClassification
 
-from bortengine.engine import TextTokenizer, available_cpus
+from bortengine.engine import TextTokenizer, available_cpus, transformer_directory
 from bortengine.training.checkpoint import check_same_run, refuse_old_files
 from bortengine.training.data import TextExample, collate, pair_token_types, padded_tokens
 from bortengine.training.errors import TrainingError
 from bortengine.training.hf_dir import write_hf_directory
 from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, Selection, TrainingLoop, shortest_time, \
     tensors_of, torch_tensors
-from bortengine.training.models import architecture_of, build_model, encoder_of
+from bortengine.training.models import architecture_of, build_model, check_classifier_source, encoder_of
 from bortengine.training.tasks import DataSpec, Task, load_task
 from bortengine.training.teacher import default_teacher_path, load_teacher
 
@@ -179,7 +179,8 @@ class SequenceClassifier:
 def _tokenizer_dir(config: FinetuneConfig) -> str:
     if config.tokenizer:
         return config.tokenizer
-    if config.model and any((Path(config.model) / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+    if config.model and any((transformer_directory(config.model) / name).is_file()
+                            for name in ("tokenizer.json", "vocab.txt")):
         return config.model
     return str(default_teacher_path())
 
@@ -189,8 +190,11 @@ def as_classifier(model: Optional[torch.nn.Module | str], num_labels: int = 2, d
     """A BertForSequenceClassification from a directory or a model; an encoder's weights (and pooler, if any)
     are copied, the classifier (and a missing pooler) start from transformers' random init with `seed`.
     labels: the task's label names (class id i = labels[i]; num_labels = len(labels)): they become the model's
-    id2label, and a classifier of the same names in another order has its head's rows put in the task's order."""
+    id2label, and a classifier of the same names in another order has its head's rows put in the task's order.
+    A directory of a model trained for another task (a token classifier, ...) is refused (check_classifier_source)."""
     if model is None or isinstance(model, (str, os.PathLike)):
+        if model is not None:
+            check_classifier_source(model)
         model = load_teacher(model)
     num_labels = len(labels) if labels is not None else num_labels
     if isinstance(model, BertForSequenceClassification) and model.config.num_labels == num_labels:

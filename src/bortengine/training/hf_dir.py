@@ -16,7 +16,8 @@ from typing import Optional
 from bortengine.files import atomic_write_json, read_json
 from bortengine.training.errors import TrainingError
 
-__all__ = ["write_hf_directory", "run_model", "run_directory", "model_subdirectories", "TOKENIZER_FILES"]
+__all__ = ["write_hf_directory", "run_model", "run_directory", "model_subdirectories", "relabel_classifier",
+           "TOKENIZER_FILES"]
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 NORMALIZE = "sentence_transformers.models.Normalize"
@@ -25,10 +26,13 @@ NORMALIZE = "sentence_transformers.models.Normalize"
 def write_hf_directory(model, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
                        max_seq_length: Optional[int] = None) -> Path:
     """Write model (BertModel or BertForSequenceClassification) to out_dir; tokenizer and pooling files come
-    from tokenizer_dir (the teacher's directory). Returns out_dir."""
+    from tokenizer_dir (the teacher's directory; a sentence-transformers one's tokenizer and max_seq_length from the
+    sub-folder modules.json names, its Normalize from modules.json). Returns out_dir."""
+    from bortengine.engine import transformer_directory
     from bortengine.training.models import encoder_of
 
     out, src = Path(out_dir), Path(tokenizer_dir)
+    transformer = transformer_directory(src)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     # Contiguous copies: slicing can leave views, and save_pretrained refuses shared/non-contiguous storage.
@@ -38,14 +42,15 @@ def write_hf_directory(model, out_dir: str | os.PathLike, tokenizer_dir: str | o
     config.pop("_attn_implementation_autoset", None)
     atomic_write_json(out / "config.json", config, indent=2)
     for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy(src / name, out / name)
-    _write_pooling(out, src, encoder_of(model).config.hidden_size, max_seq_length)
+        if (transformer / name).is_file():
+            shutil.copy(transformer / name, out / name)
+    _write_pooling(out, src, transformer, encoder_of(model).config.hidden_size, max_seq_length)
     return out
 
 
-def _write_pooling(out: Path, src: Path, hidden: int, max_seq_length: Optional[int]) -> None:
-    """The sentence-transformers files: mean pooling (+ Normalize when the teacher had it), its max_seq_length."""
+def _write_pooling(out: Path, src: Path, transformer: Path, hidden: int, max_seq_length: Optional[int]) -> None:
+    """The sentence-transformers files: mean pooling (+ Normalize when the teacher had it: src's modules.json), its
+    max_seq_length (sentence_bert_config.json, which sentence-transformers keeps beside the transformer)."""
     teacher_modules = read_json(src / "modules.json", TrainingError, missing_ok=True) or []
     normalize = any(m.get("type", "").endswith(".Normalize") for m in teacher_modules)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -58,7 +63,7 @@ def _write_pooling(out: Path, src: Path, hidden: int, max_seq_length: Optional[i
     atomic_write_json(out / "1_Pooling" / "config.json", {
         "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2)
-    st_config = read_json(src / "sentence_bert_config.json", TrainingError, missing_ok=True) or \
+    st_config = read_json(transformer / "sentence_bert_config.json", TrainingError, missing_ok=True) or \
         {"max_seq_length": 256, "do_lower_case": False}
     if max_seq_length is not None:
         st_config["max_seq_length"] = max_seq_length
@@ -112,13 +117,15 @@ def run_directory(run: str | os.PathLike) -> Path:
 
 def run_model(run: str | os.PathLike):
     """(model, tokenizer_dir) of a pretrain run (the student encoder), a finetune run (the weights selected on
-    dev), an Agora run (its last round's best student: run_directory) or a Hugging Face model directory. Reads
+    dev), an Agora run (its last round's best student: run_directory) or a Hugging Face BERT model directory (as
+    the class its config.json names: a token classifier keeps its head, a masked-LM model its LM head, a BertModel
+    saved without a pooler gets none; a sentence-transformers directory from its transformer sub-folder). Reads
     checkpoints without running code; a run directory of an older bortengine (a pickled checkpoint.pt, state.pkl)
     is refused with a TrainingError saying what to do."""
     from bortengine.architecture import Architecture
     from bortengine.training.checkpoint import CHECKPOINT_FILE, read_checkpoint
     from bortengine.training.loop import torch_tensors
-    from bortengine.training.models import build_model, load_pretrained
+    from bortengine.training.models import build_model
 
     run = run_directory(run)
     if (run / CHECKPOINT_FILE).is_file():
@@ -133,11 +140,69 @@ def run_model(run: str | os.PathLike):
         model = build_model(Architecture.from_dict(checkpoint.state["architecture"]), dropout=0.0)
         model.load_state_dict(torch_tensors(checkpoint.group("best") or checkpoint.group("model")))
         return model, checkpoint.state["tokenizer_dir"]
-    from transformers import BertForSequenceClassification, BertModel   # an HF directory: re-export
+    return _hf_model(run), str(run)
 
-    arch = Architecture.from_hf_config(run)
-    cls = BertForSequenceClassification if arch.head == "classifier" else BertModel
-    return load_pretrained(cls, run), str(run)
+
+def _hf_model(directory: Path):
+    """The transformers model of a BERT model directory, of the class its config.json names: rebuilt through an
+    Architecture (BertModel or classifier) it lost a token classifier's head, read a masked-LM model as BertModel
+    and gave a random pooler to checkpoints without one."""
+    import transformers
+
+    from bortengine.architecture import require_bert
+    from bortengine.engine import Checkpoint, transformer_directory
+    from bortengine.training.models import load_pretrained
+
+    directory = transformer_directory(directory)
+    config = read_json(directory / "config.json", TrainingError)
+    require_bert(config, str(directory / "config.json"))
+    kind = (config.get("architectures") or ["BertModel"])[0]
+    cls = getattr(transformers, kind, None) if kind.startswith("Bert") else None
+    if cls is None:
+        raise TrainingError(f"{directory / 'config.json'} names the class {kind!r}, which transformers does not have: "
+                            f"set its \"architectures\" to the BERT class the weights are of (e.g. [\"BertModel\"])")
+    if cls is transformers.BertModel:
+        names = Checkpoint.open(directory).entries
+        return load_pretrained(cls, directory, add_pooling_layer=any(n.endswith("pooler.dense.weight") for n in names))
+    return load_pretrained(cls, directory)
+
+
+def relabel_classifier(directory: str | os.PathLike, labels: list[str]) -> None:
+    """A BertForSequenceClassification directory whose classes are `labels` in another order put in that order, in
+    place: config.json's id2label and label2id, and the rows of the classifier's weight and bias in the safetensors
+    file holding them, so every class keeps what it learnt. Nothing else is touched (its layout, pooling,
+    truncation, tokenizer and weights' dtype stay as they are). Raises TrainingError when its classes are not these
+    names."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from bortengine.engine import Checkpoint, transformer_directory
+
+    directory = transformer_directory(directory)
+    config = read_json(directory / "config.json", TrainingError)
+    id2label = config.get("id2label") or {}
+    current = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    if sorted(current) != sorted(labels):
+        raise TrainingError(f"{directory / 'config.json'} names the classes {current}, not {list(labels)} in "
+                            f"another order; fine-tune it on the task instead")
+    order = [current.index(name) for name in labels]
+    head = ("classifier.weight", "classifier.bias")
+    entries = Checkpoint.open(directory).entries
+    missing = [name for name in head if name not in entries]
+    if missing:
+        raise TrainingError(f"{directory} is a BertForSequenceClassification without {', '.join(missing)}: its "
+                            f"weights are not a classifier's; save the classifier again with save_pretrained")
+    for file in {entries[name].file for name in head}:
+        with safe_open(str(file), "pt") as f:
+            metadata = f.metadata()
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        for name in head:
+            if name in tensors:
+                tensors[name] = tensors[name][order].contiguous()
+        save_file(tensors, str(file), metadata=metadata)
+    config["id2label"] = {str(i): name for i, name in enumerate(labels)}
+    config["label2id"] = {name: i for i, name in enumerate(labels)}
+    atomic_write_json(directory / "config.json", config, indent=2)
 
 
 def _default_tokenizer_dir() -> str:

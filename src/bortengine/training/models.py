@@ -7,19 +7,25 @@ modules, so what trains here is what the engine runs.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Optional
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from bortengine.architecture import Architecture, require_bert
+from bortengine.engine import transformer_directory
 from bortengine.files import read_json
 from bortengine.training.data import LABELS
 from bortengine.training.errors import TrainingError
 
 __all__ = ["build_model", "architecture_of", "encoder_of", "hf_config", "count_parameters", "load_pretrained",
-           "LABELS"]
+           "check_classifier_source", "CLASSIFIER_SOURCES", "LABELS"]
+
+# config.json classes a sequence classifier is fine-tuned from: an encoder, a masked-LM or pre-training checkpoint (how
+# BERT checkpoints are published; their missing pooler starts random, as in any fine-tuning from them), or a sequence
+# classifier (of other labels: its head is replaced). A model trained for another task (labels per token, answer
+# spans, multiple choice) would lose the head it was trained for without a word.
+CLASSIFIER_SOURCES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
 
 
 
@@ -71,11 +77,36 @@ def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
                if embeddings or ".embeddings." not in f".{name}")
 
 
-def load_pretrained(cls, path: str | os.PathLike, attn_implementation: Optional[str] = "eager"):
+def check_classifier_source(path: str | os.PathLike, option: str = "model") -> str:
+    """The config.json class of the model directory `option` names, when a sequence classifier can be fine-tuned
+    from it (CLASSIFIER_SOURCES; a sentence-transformers directory is read where bortengine.load reads it). Raises
+    TrainingError naming the class and what to give instead otherwise, and UnsupportedModelError for another
+    family."""
+    source = transformer_directory(path) / "config.json"
+    config = read_json(source, TrainingError, missing_ok=True)
+    if config is None:
+        raise TrainingError(f"{option} {path} holds no config.json: give a BERT model directory (BertModel, "
+                            f"sentence-transformers, BertForMaskedLM or BertForSequenceClassification)")
+    require_bert(config, str(source))
+    kind = (config.get("architectures") or ["BertModel"])[0]
+    if kind not in CLASSIFIER_SOURCES:
+        raise TrainingError(
+            f"{option} {path} is a {kind} ({source}), a model trained for another task than classifying texts: "
+            f"fine-tuning a sequence classifier from it would keep its encoder and drop the head it was trained "
+            f"for. Give a BertModel, sentence-transformers, BertForMaskedLM or BertForSequenceClassification "
+            f"directory; to start from this model's encoder anyway, save it as one: "
+            f"BertModel.from_pretrained(DIR).save_pretrained(NEW_DIR, safe_serialization=True) and copy its "
+            f"tokenizer files to NEW_DIR")
+    return kind
+
+
+def load_pretrained(cls, path: str | os.PathLike, attn_implementation: Optional[str] = "eager", **options):
     """cls.from_pretrained(path) (cls: a transformers BERT class) from its model.safetensors only, offline: a
     pytorch_model.bin is a pickle, which can run code when loaded, so it is never read (the engine refuses it too).
-    attn_implementation None: transformers' default."""
-    path = Path(path)
+    A sentence-transformers directory is read from the sub-folder its modules.json names (transformer_directory,
+    as bortengine.load reads it). attn_implementation None: transformers' default. options: cls's own
+    (add_pooling_layer)."""
+    path = transformer_directory(path)
     if not (path / "model.safetensors").is_file():
         raise TrainingError(f"{path} holds no model.safetensors: bortengine reads weights from safetensors only (a "
                             f"pytorch_model.bin is a pickle and can run code when loaded). Convert it once where you "
@@ -87,4 +118,4 @@ def load_pretrained(cls, path: str | os.PathLike, attn_implementation: Optional[
 
     hf_logging.set_verbosity_error()
     attention = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    return cls.from_pretrained(str(path), use_safetensors=True, **attention)
+    return cls.from_pretrained(str(path), use_safetensors=True, **attention, **options)

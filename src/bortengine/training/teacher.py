@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bortengine.engine import TextTokenizer
+from bortengine.engine import TextTokenizer, transformer_directory
 from bortengine.errors import ModelLoadError
 
 __all__ = ["default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle", "teacher_classifier"]
@@ -88,7 +88,7 @@ def teacher_classifier(path: str | os.PathLike):
 
     key = str(path)
     if key not in _CLASSIFIERS:
-        config = read_json(Path(key) / "config.json", ModelLoadError, missing_ok=True) or {}
+        config = read_json(transformer_directory(key) / "config.json", ModelLoadError, missing_ok=True) or {}
         model = None
         if "BertForSequenceClassification" in (config.get("architectures") or []):
             from transformers import BertForSequenceClassification
