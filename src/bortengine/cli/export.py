@@ -67,8 +67,7 @@ def _check_run(run: str, out: str) -> None:
         raise UsageError(f"{run} is not a run or model directory itself: it holds the model directories "
                          f"{', '.join(map(str, inside))}; export one of them, e.g. bortengine export {inside[0]} "
                          f"--out {out}")
-    check_model_directory(run if model == Path(run) else str(model), "run directory", holds=holds,
-                          what=RUN_DIRECTORY)
+    check_model_directory(run, "run directory", holds=holds, what=RUN_DIRECTORY)  # (it finds the sub-folder too)
 
 
 def _convert(out: str, dtype: str, check: bool) -> dict:
