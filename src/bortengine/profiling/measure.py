@@ -99,15 +99,14 @@ def _open_profile(path: Path, target: Target, workload: Workload, resume: bool) 
         return Profile(target, path=path)
     found = target.confirmed_against(prof.target)
     diffs = prof.target.differences(found)
-    if diffs and prof.target.apart_by_load_alone(found) and prof.target.engine_version == found.engine_version:
+    if prof.target.apart_by_load_alone(found) and prof.target.engine_version == found.engine_version:
         # a busy core now or when it was measured (or another clock): the file's best rate is kept, and the timings
         # are the profiler's to guard (disturbed blocks are measured again)
         warnings.warn(f"{path}: this machine's calibration probe read {found.probe_gflops:.0f} GFLOP/s against the "
                       f"profile's {prof.target.probe_gflops:.0f}, its CPU otherwise the same: a busy core, so the "
                       f"profile is resumed; pass --fresh if this is another CPU", ProfileMismatchWarning, stacklevel=3)
         target = replace(target, probe_gflops=max(prof.target.probe_gflops, found.probe_gflops))
-        diffs = []
-    if diffs:
+    elif diffs:
         raise ProfileError(f"{path} is a profile of another target ({'; '.join(diffs)}); measurements of two "
                            f"targets cannot share a file: pass another --out")
     if prof.target.core_build != target.core_build and workload.key in prof.workloads:
