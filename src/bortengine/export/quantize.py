@@ -53,8 +53,8 @@ Conversion = Callable[[TensorEntry], dict[str, tuple[str, np.ndarray]]]
 
 def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
     """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with int8 linear weights and their
-    scales (in place: the files replaced once all are written). Returns {"family": ..., "quantized": n_tensors (layers x 6),
-    "bytes_before": ..., "bytes_after": ...}."""
+    scales (in place: the files replaced once all are written). Returns {"family": ..., "quantized": n_tensors
+    (layers x 6), "bytes_before": ..., "bytes_after": ...}."""
     def quantize(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
         q, scale = core().quantize_weights(entry.read())
         return {entry.name: ("I8", q), entry.name + SCALE_SUFFIX: ("F32", scale)}
@@ -64,8 +64,8 @@ def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
 
 def bf16_checkpoint(model_dir: str | os.PathLike) -> dict:
     """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with BF16 linear weights (in place:
-    the files replaced once all are written). Returns {"family": ..., "converted": n_tensors (layers x 6), "bytes_before": ...,
-    "bytes_after": ...}."""
+    the files replaced once all are written). Returns {"family": ..., "converted": n_tensors (layers x 6),
+    "bytes_before": ..., "bytes_after": ...}."""
     def round_bf16(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
         return {entry.name: ("BF16", core().to_bf16(entry.read()))}
 

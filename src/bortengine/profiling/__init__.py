@@ -50,7 +50,7 @@ __all__ = [
     "DTYPES", "calibration_note", "calibrate", "calibration_ops", "forward_steps", "barriers", "Settings",
     "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow", "write_latency_suite", "LatencyExpectation",
     "LatencyVerdict", "Timing", "DEFAULT_TOLERANCE", "architecture_of", "workload_inputs", "time_calls",
-    "cpu_target_mismatch", "busy_core_note", "TargetMatch", "find_profiles", "profile_path_for", "profile_for_search", "ProfileChoice",
-    "covers_space", "PROBE", "PROBE_TOLERANCE", "LOAD_SLOWDOWN", "probe_gflops", "FleetTarget", "profile_fleet", "fleet_table",
-    "target_profile_path", "profile_of_target",
+    "cpu_target_mismatch", "busy_core_note", "TargetMatch", "find_profiles", "profile_path_for", "profile_for_search",
+    "ProfileChoice", "covers_space", "PROBE", "PROBE_TOLERANCE", "LOAD_SLOWDOWN", "probe_gflops", "FleetTarget",
+    "profile_fleet", "fleet_table", "target_profile_path", "profile_of_target",
 ]

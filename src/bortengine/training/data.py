@@ -234,7 +234,8 @@ def transfer_pieces(documents: Sequence[tuple[str, str]], lengths: Sequence[int]
     (SENTENCE_STARTS of them, when a sentence leaves room for its words) or at any word that does; a document
     shorter than the drawn count gives all its words. The pieces go round the documents in a seeded order, one
     each before any gets a second, so they come from as many documents as there are pieces; documents without words
-    are skipped. The same arguments give the same pieces. Words are split at whitespace after the cleaning split_sentences does (<br /> tags removed)."""
+    are skipped. The same arguments give the same pieces. Words are split at whitespace after the cleaning
+    split_sentences does (<br /> tags removed)."""
     if count < 0:
         raise TrainingError(f"transfer_pieces: count is the number of pieces wanted, at least 0; got {count}")
     drawable = np.asarray(lengths, dtype=np.int64)
