@@ -122,6 +122,13 @@ class EncoderInputs:
     token_type_ids: np.ndarray
     token_types: bool = True
 
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The arrays by input name, as every runtime takes them (token_type_ids only for a model that reads them)."""
+        feeds = dict(input_ids=self.input_ids, attention_mask=self.attention_mask)
+        if self.token_types:
+            feeds["token_type_ids"] = self.token_type_ids
+        return feeds
+
     @property
     def real_tokens(self) -> int:
         return int(self.attention_mask.sum())

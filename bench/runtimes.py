@@ -92,8 +92,7 @@ class EngineRuntime:
         return inputs
 
     def run(self, inputs: EncoderInputs):
-        return self.engine(inputs.input_ids, attention_mask=inputs.attention_mask,
-                           token_type_ids=inputs.token_type_ids if inputs.token_types else None)
+        return self.engine(**inputs.feeds())
 
     def last_hidden_state(self, output) -> np.ndarray:
         return np.asarray(output.last_hidden_state)
@@ -125,11 +124,7 @@ class TorchRuntime:
             raise RuntimeError(f"asked transformers for attention {attention!r}, got {got!r}")
 
     def prepare(self, inputs: EncoderInputs) -> dict:
-        t = self.torch.from_numpy
-        tensors = dict(input_ids=t(inputs.input_ids), attention_mask=t(inputs.attention_mask))
-        if inputs.token_types:
-            tensors["token_type_ids"] = t(inputs.token_type_ids)
-        return tensors
+        return {name: self.torch.from_numpy(array) for name, array in inputs.feeds().items()}
 
     def run(self, tensors: dict):
         with self.torch.inference_mode(), self.torch.autocast("cpu", dtype=self.torch.bfloat16, enabled=self.bf16):
@@ -326,10 +321,7 @@ class OrtRuntime:
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def prepare(self, inputs: EncoderInputs) -> dict:
-        feeds = dict(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
-        if inputs.token_types:
-            feeds["token_type_ids"] = inputs.token_type_ids
-        return feeds
+        return inputs.feeds()
 
     def run(self, feeds: dict):
         return self.session.run(["last_hidden_state"], feeds)[0]
