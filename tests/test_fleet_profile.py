@@ -111,6 +111,17 @@ def test_each_cpu_target_is_profiled_on_its_node_and_extract_searches_for_one(tw
     assert code == 0 and "winner ⟨" in out and "measured ⟨" in out, out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["settings"]["profile"]["target"]["isa"] == other and report["measurement"]["rows"]
+    # the same target profiled on a busy core (its probe rate 0.6x this one's, all else equal): a load apart, not
+    # another CPU; the finalists are timed here and the output says why
+    busy = P.Profile.load(files[other])
+    busy_target = replace(busy.target, probe_gflops=round(busy.target.probe_gflops * 0.6, 2))
+    assert busy_target.signature == signature and busy_target.apart_by_load_alone(busy.match().found)
+    busy.target = busy_target
+    busy.save()
+    code = main(extract + ["--threads", "1", "--target", signature, "--out", str(tmp_path / "out-busy")])
+    out = capsys.readouterr().out
+    assert code == 0 and "a busy core or another clock of this CPU; the finalists are timed here" in out, out
+    assert json.loads((tmp_path / "out-busy" / "report.json").read_text())["measurement"]["rows"]
     # another CPU's profile: the workload's threads are that CPU's, the finalists are not timed on this one
     foreign = synthetic(TINY)                   # a "GenuineTest Test CPU" of 2 logical CPUs
     foreign.save(tmp_path / "profiles" / f"{foreign.target.signature}.json")

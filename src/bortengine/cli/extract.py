@@ -149,7 +149,14 @@ def _target_profile(args) -> Optional[Profile]:
     if args.profile is not None:
         raise SearchError("give --profile PATH or --target SIGNATURE, not both")
     prof = profile_of_target(args.target)
-    if args.measure and not prof.match().same_cpu:
+    match = prof.match() if args.measure else None
+    if match is not None and not match.same_cpu and match.expected.apart_by_load_alone(match.found):
+        # a busy core (now or when profiled) or another clock of this CPU: the finalists' times say which
+        print(f"extract: this machine's calibration probe ran at {match.found.probe_gflops:.0f} GFLOP/s against "
+              f"the profile's {match.expected.probe_gflops:.0f}, its CPU otherwise the target's: a busy core or "
+              f"another clock of this CPU; the finalists are timed here, on a quiet machine their times are the "
+              f"target's", flush=True)
+    elif match is not None and not match.same_cpu:
         print(f"extract: the profile of {args.target} describes another CPU than this one: the finalists are not "
               f"timed (this machine's engine would time them on this CPU)", flush=True)
         args.measure = 0
