@@ -11,8 +11,8 @@ from bortengine.cli.arguments import add_data_arguments, add_executor_arguments,
 from bortengine.engine import available_cpus
 from bortengine.files import atomic_write_text
 from bortengine.architecture import Architecture
-from bortengine.profiling import (DTYPES, Profile, ProfileError, Workload, load_profile, profile_for_search,
-                                  profile_of_target)
+from bortengine.profiling import (DTYPES, Profile, ProfileError, Workload, busy_core_note, load_profile,
+                                  profile_for_search, profile_of_target)
 from bortengine.progress import parse_duration
 from bortengine.search import (REPRESENTATIVES, SIZES, SURROGATES, Extraction, SearchError, Surrogate, coverage,
                                extract, finalists_seconds, measure_finalists, resolve_surrogate)
@@ -150,16 +150,15 @@ def _target_profile(args) -> Optional[Profile]:
         raise SearchError("give --profile PATH or --target SIGNATURE, not both")
     prof = profile_of_target(args.target)
     match = prof.match() if args.measure else None
-    if match is not None and not match.same_cpu and match.expected.apart_by_load_alone(match.found):
-        # a busy core (now or when profiled) or another clock of this CPU: the finalists' times say which
-        print(f"extract: this machine's calibration probe ran at {match.found.probe_gflops:.0f} GFLOP/s against "
-              f"the profile's {match.expected.probe_gflops:.0f}, its CPU otherwise the target's: a busy core or "
-              f"another clock of this CPU; the finalists are timed here, on a quiet machine their times are the "
-              f"target's", flush=True)
-    elif match is not None and not match.same_cpu:
-        print(f"extract: the profile of {args.target} describes another CPU than this one: the finalists are not "
-              f"timed (this machine's engine would time them on this CPU)", flush=True)
-        args.measure = 0
+    if match is not None and not match.same_cpu:
+        if match.expected.apart_by_load_alone(match.found):
+            note = busy_core_note(match.expected, match.found, f"the profile of {args.target}",
+                                  then="the finalists are timed here: on a quiet machine their times are the target's")
+            print(f"extract: {note}", flush=True)
+        else:
+            print(f"extract: the profile of {args.target} describes another CPU than this one: the finalists are "
+                  f"not timed (this machine's engine would time them on this CPU)", flush=True)
+            args.measure = 0
     return prof
 
 

@@ -248,9 +248,14 @@ def cpu_target_mismatch(expected: Target, current: Target, where: str = "the pro
             f"--bortengine-allow-other-cpu to skip the latency checks on other machines.")
 
 
-def busy_core_note(expected: Target, current: Target, where: str = "the profile") -> str:
+LATENCY_DECIDES = ("the latency checks run and judge the time measured. Run the suite when the machine is quiet to "
+                   "confirm the target, or re-profile it quiet.")
+
+
+def busy_core_note(expected: Target, current: Target, where: str = "the profile", then: str = LATENCY_DECIDES) -> str:
     """What a check says of a probe rate apart from the profile's by no more than load causes, all else the same
-    (Target.apart_by_load_alone): it cannot tell a busy core from another clock, so the latency measured decides."""
+    (Target.apart_by_load_alone): it cannot tell a busy core from another clock, so what is timed decides (`then`
+    says what is: by default the latency suite's checks)."""
     if current.probe_gflops < expected.probe_gflops:
         how, why = (f"slower than the profile's ({where}) after re-probing for {sum(RETRY_PAUSES_S):.1f} s",
                     "Another tenant on this core slows the probe so, as would a slower clock of this CPU")
@@ -259,8 +264,7 @@ def busy_core_note(expected: Target, current: Target, where: str = "the profile"
                     "The profile's probe ran so on a busy core, or this CPU clocks higher")
     return (f"this machine's calibration probe ran {how}: {current.probe_gflops:.0f} against "
             f"{expected.probe_gflops:.0f} GFLOP/s, its CPU otherwise the target's ({expected.signature}). {why}; "
-            f"the latency checks run and judge the time measured. Run the suite when the machine is quiet to "
-            f"confirm the target, or re-profile it quiet.")
+            f"{then}")
 
 
 def engine_change(expected: Target, current: Target) -> Optional[str]:
