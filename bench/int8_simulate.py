@@ -4,8 +4,9 @@ could build, before any is built into the kernels. An accuracy experiment, not a
 
     python bench/int8_simulate.py [--classifier runs/rt500t/teacher] [--calibration 128]
 
-The scheme simulated is the engine's (csrc/kernels.h, Int8KernelTable): each GEMM input quantized per row (token) to
-u8 with a zero point over [min(0, min x), max(0, max x)], weights per output channel to symmetric s8 in [-127, 127];
+The scheme simulated is the engine's (csrc/kernels.h, Int8KernelTable), through its own quantizers
+(`_core.quantize_rows_ref`, `_core.quantize_weights`): each GEMM input quantized per row (token) to u8 with a zero
+point over [min(0, min x), max(0, max x)], weights per output channel to symmetric s8 in [-127, 127];
 attention, LayerNorm, GELU and the head stay float32. The three projections Q, K, V share one quantized input (the
 engine's fused QKV GEMM). Each plan says, per GEMM of every layer (qkv, ao: attention output, i: FFN in, o: FFN
 out), what it does:
@@ -65,23 +66,26 @@ PLANS = [  # (name, {GEMM kind: mode}, SmoothQuant's a); a kind not named runs i
 
 
 def quantize_rows(x):
-    """x as the engine's u8 rows give it back (quantize_rows, then dequantized)."""
+    """x as the engine's u8 rows give it back: its own quantize_rows (the reference of every ISA path's), then
+    dequantized."""
     import torch
 
-    lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
-    scale = (hi - lo) / 255
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zero = torch.round(-lo / scale)
-    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+    from bortengine.engine import core
+
+    rows = x.reshape(-1, x.shape[-1]).float().contiguous().numpy()
+    q, scale, zero = core().quantize_rows_ref(rows)
+    back = ((q.astype("int32") - zero[:, None]) * scale[:, None]).astype("float32")
+    return torch.from_numpy(back).reshape(x.shape)
 
 
 def quantize_weights(w):
-    """w as the engine's s8 weights give it back (ops.h quantize_weights, then dequantized)."""
+    """w as the engine's s8 weights give it back: its own quantize_weights, then dequantized."""
     import torch
 
-    scale = w.abs().amax(1, keepdim=True) / 127
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.round(w / scale).clamp(-127, 127) * scale
+    from bortengine.engine import core
+
+    q, scale = core().quantize_weights(w.float().contiguous().numpy())
+    return torch.from_numpy(q.astype("float32") * scale[:, None])
 
 
 def quantize_rows_but_top(x, n: int):
