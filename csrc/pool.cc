@@ -13,6 +13,7 @@
 #include <sched.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -108,13 +109,9 @@ class Pool {
     void worker_main() {
         std::uint64_t seen = epoch_.load(std::memory_order_seq_cst);
         for (;;) {
-            // Wait for a new op: spin for a while (the next op of a forward follows within microseconds), then
-            // sleep until woken.
-            int spins = 0;
-            while (epoch_.load(std::memory_order_acquire) == seen && spins < kSpinsBeforeSleep) {
-                cpu_relax();
-                ++spins;
-            }
+            // Wait for a new op: spin (the next op of a forward follows within microseconds, the next forward of a
+            // busy caller within a millisecond or so), then sleep until woken.
+            spin_while([&] { return epoch_.load(std::memory_order_acquire) == seen; });
             if (epoch_.load(std::memory_order_acquire) == seen) {
                 std::unique_lock<std::mutex> lk(sleep_mu_);
                 sleepers_.fetch_add(1, std::memory_order_seq_cst);
@@ -136,7 +133,26 @@ class Pool {
         }
     }
 
-    static constexpr int kSpinsBeforeSleep = 200000;  // ~0.1-1 ms of pause instructions
+    // Spin while pred() holds, for at most kSpin; from kSpinAlone on, offer the core to other threads every 64
+    // pauses. Bounded in time, not in pauses: a pause takes ~10-140 cycles depending on the CPU. The yield is
+    // for the threads that feed the engine: a server's event loop, which on a machine of as many cores as
+    // engine threads otherwise waits for a time slice while a worker spins (int8 short queries, 2 cores: ~1.4x
+    // the throughput with it, no change in the engine's own speed measured).
+    template <class Pred>
+    static void spin_while(Pred pred) {
+        using Clock = std::chrono::steady_clock;
+        const auto start = Clock::now();
+        for (int spins = 1; pred(); ++spins) {
+            cpu_relax();
+            if ((spins & 63) != 0) continue;
+            const auto spun = Clock::now() - start;
+            if (spun >= kSpin) return;
+            if (spun >= kSpinAlone) sched_yield();
+        }
+    }
+
+    static constexpr std::chrono::microseconds kSpinAlone{50};
+    static constexpr std::chrono::microseconds kSpin{5000};
 
     std::mutex run_mu_;
     int workers_ = 0;
