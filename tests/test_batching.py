@@ -171,6 +171,43 @@ def test_an_async_request_gets_its_answer_while_its_worker_goes_on_leading_under
     assert total > 0.6 and first < 0.2, (first, total)
 
 
+def test_an_async_requests_own_work_on_its_rows_runs_off_the_loop_and_fails_alone():
+    """then(rows) runs in the thread that led the forward, never on the event loop; its error is its request's
+    alone, and the other requests of the same forward get their results."""
+    gate = Gate()
+    queue = ForwardQueue(gate)
+
+    async def main():
+        loop_thread = threading.current_thread().name
+        where = []
+
+        def pooled(rows):
+            where.append(threading.current_thread().name)
+            return rows[0].sum()
+
+        def broken(rows):
+            raise ValueError("a head that fails")
+
+        gate.open.clear()
+        first = asyncio.ensure_future(queue.arun(lambda: (request(1), None, None), then=pooled))
+        while not gate.started.is_set():
+            await asyncio.sleep(0.001)
+        others = [asyncio.ensure_future(queue.arun(lambda: (request(2), None, None), then=then))
+                  for then in (pooled, broken, pooled)]
+        while queue.depth < 3:
+            await asyncio.sleep(0.001)
+        gate.open.set()
+        results = await asyncio.gather(first, *others, return_exceptions=True)
+        return loop_thread, where, results
+
+    loop_thread, where, results = asyncio.run(main())
+    assert where and loop_thread not in where
+    assert all(name.startswith("bortengine-batch") for name in where)
+    assert results[0] == 2 * 4 * 1 and results[1] == results[3] == 2 * 4 * 2
+    assert isinstance(results[2], ValueError)
+    assert [firsts for firsts, _ in gate.calls] == [[1], [2, 2, 2]]
+
+
 # -- the engine: results of concurrent calls equal separate calls, bit for bit -------------------------------------
 def test_concurrent_calls_equal_separate_calls_bit_for_bit(minilm):
     alone = [minilm.encode(t) for t in TEXTS]

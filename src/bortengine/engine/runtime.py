@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -258,8 +258,8 @@ class Engine:
             prepared.append(self._prepared(*self._validate(*inputs)))
             return prepared[0].native
 
-        forward = await self._queue.arun(prepare, _deadline(deadline))
-        return self._output(forward, prepared[0])
+        return await self._queue.arun(prepare, _deadline(deadline), then=lambda forward: self._output(forward,
+                                                                                                   prepared[0]))
 
     def _native_forward(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray]):
         try:
@@ -419,9 +419,13 @@ class Engine:
         texts, pairs, single = self._text_inputs(texts, text_pairs)
         normalize = self._encoding(normalize)
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
-        async for rows, batch, output in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
-                                                         deadline):
-            out[rows] = self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
+
+        def pooled(batch: dict[str, np.ndarray], output: EncoderOutput) -> np.ndarray:
+            return self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
+
+        async for rows, embeddings in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
+                                                      deadline, pooled):
+            out[rows] = embeddings
         return out[0] if single else out
 
     def _encoding(self, normalize: Optional[bool]) -> bool:
@@ -434,8 +438,10 @@ class Engine:
         return bool(self.pooling.normalize if normalize is None else normalize)
 
     async def _aforwards(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
-                         max_length: Optional[int], truncation: bool, single: bool, deadline: Optional[float]):
-        """(rows, batch, EncoderOutput) of each batch _batches() gives, computed through the forward queue. The
+                         max_length: Optional[int], truncation: bool, single: bool, deadline: Optional[float],
+                         reduce: Callable[[dict[str, np.ndarray], EncoderOutput], Any]):
+        """(rows, reduce(batch, EncoderOutput)) of each batch _batches() gives, computed through the forward queue;
+        reduce (the caller's pooling or head) runs in the thread that led the forward, off the event loop. The
         texts are tokenized with the first batch: on the event loop when they are short (INLINE_CHARS: tens of
         microseconds, less than a hand-over to a thread, and a busy engine then takes the request with no thread
         hop at all), else in the queue's worker thread; a text refused there (truncation=False) is raised where
@@ -452,8 +458,11 @@ class Engine:
                 taken.extend((rows, batch, self._tokenizer_made(batch)))
                 return taken[2].native
 
-            forward = await self._queue.arun(prepare, until, inline=inline)
-            yield taken[0], taken[1], self._output(forward, taken[2])
+            def then(forward, taken=taken):
+                return reduce(taken[1], self._output(forward, taken[2]))
+
+            reduced = await self._queue.arun(prepare, until, inline=inline, then=then)
+            yield taken[0], reduced
 
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                  batch_size: int = 32, max_length: Optional[int] = None, *,
@@ -487,9 +496,9 @@ class Engine:
         """classify() for asyncio, as aencode() is encode()'s."""
         texts, pairs, single = self._classifier_inputs(texts, text_pairs)
         logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
-        async for rows, _, output in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
-                                                     deadline):
-            logits[rows] = output.logits
+        async for rows, batch_logits in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
+                                                        deadline, lambda batch, output: output.logits):
+            logits[rows] = batch_logits
         return self._classification(logits, single)
 
     def _classifier_inputs(self, texts: Any, text_pairs: Any) -> tuple[list[str], Optional[list[str]], bool]:
