@@ -24,9 +24,10 @@ MAX_ITEMS = 8
 MAX_BODY = 16384
 MAX_TOKENS = 64
 MAX_QUEUE = 8
+BODY_TIMEOUT = 3
 MAIN_OPTIONS = ("--max-batch-items", str(MAX_ITEMS), "--max-body-bytes", str(MAX_BODY), "--max-input-tokens",
                 str(MAX_TOKENS), "--max-queue", str(MAX_QUEUE), "--max-batch-tokens", "128",
-                "--model-name", "minilm")
+                "--model-name", "minilm", "--body-timeout", str(BODY_TIMEOUT))
 API_KEY = "test-key-0123456789"
 CLASSIFIER_TOKENS = 16
 

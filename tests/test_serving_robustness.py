@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bortengine.cli import main
-from serving_process import (MAX_BODY, MAX_ITEMS, MAX_QUEUE, MAX_TOKENS, ServerProcess, minilm_engine,  # noqa: F401
+from serving_process import (BODY_TIMEOUT, MAX_BODY, MAX_ITEMS, MAX_QUEUE, MAX_TOKENS, ServerProcess, minilm_engine,  # noqa: F401
                              minilm_server, serving_classifier, texts_of)
 from test_serving import delta, embeddings, scrape
 
@@ -193,6 +193,40 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(minilm_server):
     assert_error(response, 413, "request_too_large", "--max-body-bytes")
 
 
+def test_a_body_that_stalls_gets_408_and_gives_back_its_place(minilm_server):
+    # as many clients as --max-queue places stall mid-body: while they hold every place the next request gets 429;
+    # each is answered 408 after --body-timeout and disconnected, its place given back, and the server takes the
+    # next request
+    start = time.monotonic()
+    stalled = [raw_request_unanswered(minilm_server, b'{"input": "hal') for _ in range(MAX_QUEUE)]
+    with minilm_server.client() as client:
+        wait_until(lambda: admitted(client) == MAX_QUEUE, what="the stalled requests to be admitted")
+        assert client.post("/v1/embeddings", json={"input": "one more"}).status_code == 429
+    answers = []
+    for sock in stalled:
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        answers.append((response.status, response.getheader("connection"), json.loads(response.read())))
+        assert sock.recv(1) == b"", "the connection should be closed after the 408"
+        sock.close()
+    waited = time.monotonic() - start
+    for status, connection, body in answers:
+        assert status == 408 and connection == "close"
+        assert body["error"]["code"] == "request_timeout" and "--body-timeout" in body["error"]["message"]
+    assert BODY_TIMEOUT * 0.9 <= waited < BODY_TIMEOUT + 30
+    with minilm_server.client() as client:
+        wait_until(lambda: admitted(client) == 0, what="the stalled requests' places to be given back")
+        assert client.post("/v1/embeddings", json={"input": "half a body, then the whole"}).status_code == 200
+
+
+def raw_request_unanswered(server, body: bytes) -> socket.socket:
+    """A request whose Content-Length promises more than the body sent: the server waits for the rest."""
+    sock = socket.create_connection(server.address(), timeout=60)
+    sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body) + 100, body))
+    return sock
+
+
 # -- a client that leaves, a flood ------------------------------------------------------------------------------
 
 def wait_until(condition, timeout: float = 60, what: str = "") -> None:
@@ -346,6 +380,10 @@ def test_a_bad_model_directory_or_a_port_in_use_is_exit_2(capsys, tmp_path, mini
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", str(minilm), "--port", "70000"])
     assert exit_info.value.code == 2
+    for seconds in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", str(minilm), "--body-timeout", seconds])
+        assert exit_info.value.code == 2
 
 
 @pytest.mark.parametrize("case", ["no weights", "too many tokens"])

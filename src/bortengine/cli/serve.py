@@ -53,6 +53,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--api-key", default=None,
                    help=f"require `Authorization: Bearer KEY` on /v1/ routes; ${API_KEY_VARIABLE} gives it too, "
                         f"without showing it to `ps`")
+    p.add_argument("--body-timeout", type=positive_float, default=DEFAULTS.body_timeout, metavar="SECONDS",
+                   help=f"a client still sending its body after this long gets 408 and is disconnected (default "
+                        f"{DEFAULTS.body_timeout:g})")
     p.add_argument("--request-timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="a request still queued after this long is dropped with 503 (default: no deadline)")
     p.add_argument("--model-name", default=None,
@@ -76,7 +79,7 @@ def run(args) -> int:
         max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue, max_batch_items=args.max_batch_items,
         max_input_tokens=args.max_input_tokens, truncation=not args.no_truncation,
         max_body_bytes=args.max_body_bytes, api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
-        request_timeout=args.request_timeout, model_name=args.model_name, graceful_timeout=args.graceful_timeout,
+        body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name, graceful_timeout=args.graceful_timeout,
         access_log=args.access_log, log_level=args.log_level)
     from bortengine.serving import serve
 

@@ -189,7 +189,7 @@ class ModelService:
             self.admitted -= 1
 
     async def _text_request(self, request: Request, route: str) -> TextRequest:
-        body = await read_body(request, self.limits.max_body_bytes)
+        body = await read_body(request, self.limits.max_body_bytes, self.options.body_timeout)
         return text_request(body, route, self.limits, self.name, self.engine.embedding_dim)
 
     async def _tokenized(self, req: TextRequest, route: str) -> TokenizedTexts:

@@ -47,6 +47,10 @@ class ServeOptions:
     max_body_bytes: int = 4 * 1024 * 1024
     # Required as `Authorization: Bearer KEY` on /v1/ routes when set.
     api_key: Optional[str] = None
+    # Seconds a client may take to send a request's body once its headers came; then 408 and the connection closes.
+    # A request holds one of max_queue places from its headers on, so clients that stall mid-body would otherwise
+    # hold them all for good (a slow-loris). 30 s carries a 4 MiB body over a link of ~1 Mbit/s.
+    body_timeout: float = 30.0
     # Seconds a request may wait in the engine's queue before it is dropped with a 503; None: no deadline.
     request_timeout: Optional[float] = None
     # The name clients pass as `model` and see in responses; None: the model directory's name.
@@ -66,6 +70,8 @@ class ServeOptions:
                   ("max_batch_items", self.max_batch_items >= 1, "a positive integer"),
                   ("max_body_bytes", self.max_body_bytes >= 1024, "at least 1024 bytes"),
                   ("graceful_timeout", self.graceful_timeout >= 0, "a number of seconds >= 0"),
+                  ("body_timeout", math.isfinite(self.body_timeout) and self.body_timeout > 0,
+                   "a positive number of seconds"),
                   ("retry_after_s", self.retry_after_s >= 1, "a positive integer")]
         checks.append(("dtype", self.dtype in DTYPES, f"one of {', '.join(map(repr, DTYPES))}"))
         checks.append(("log_level", self.log_level in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"))

@@ -5,6 +5,7 @@ whose message names the field and says how to fix it.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -46,10 +47,10 @@ class TextRequest:
     truncation: Optional[bool] = None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The body, refused with 413 as soon as it is known to pass `limit` bytes: from its Content-Length before
-    reading, else while the chunks arrive (chunked transfer encoding). The 413 closes the connection, since the
-    rest of the body is left unread."""
+    reading, else while the chunks arrive (chunked transfer encoding); with 408 if it has not all come within
+    `timeout` seconds. Both close the connection, since the rest of the body is left unread."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -58,13 +59,18 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit, int(declared))
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit, None)
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit, None)
+                chunks.append(chunk)
     except ClientDisconnect:
         raise ClientDisconnected("the client disconnected while sending its body") from None
+    except TimeoutError:
+        raise APIError(408, f"the request's body did not arrive within {timeout:g} s ({size} bytes came); send the "
+                            f"whole body at once (or start the server with a longer --body-timeout)",
+                       code="request_timeout", headers={"Connection": "close"}) from None
     return b"".join(chunks)
 
 
