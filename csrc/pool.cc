@@ -136,7 +136,7 @@ class Pool {
     // Spin while pred() holds, for at most kSpin; from kSpinAlone on, offer the core to other threads every 64
     // pauses. Bounded in time, not in pauses: a pause takes ~10-140 cycles depending on the CPU. The yield is
     // for the threads that feed the engine: a server's event loop, which on a machine of as many cores as
-    // engine threads otherwise waits for a time slice while a worker spins (int8 short queries, 2 cores: ~1.4x
+    // engine threads otherwise waits for a time slice while a worker spins (int8 short queries, 2 cores: 1.1-1.4x
     // the throughput with it, no change in the engine's own speed measured).
     template <class Pred>
     static void spin_while(Pred pred) {

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bortengine.cli import main
-from serving_process import (BODY_TIMEOUT, MAX_BODY, MAX_ITEMS, MAX_QUEUE, MAX_TOKENS, ServerProcess, minilm_engine,  # noqa: F401
-                             minilm_server, serving_classifier, texts_of)
+from serving_process import (BODY_TIMEOUT, MAX_BODY, MAX_ITEMS, MAX_QUEUE, MAX_TOKENS, ServerProcess,  # noqa: F401
+                             minilm_engine, minilm_server, serving_classifier, texts_of)
 from test_serving import delta, embeddings, scrape
 
 ERROR_FIELDS = {"message", "type", "param", "code"}

@@ -79,8 +79,8 @@ def run(args) -> int:
         max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue, max_batch_items=args.max_batch_items,
         max_input_tokens=args.max_input_tokens, truncation=not args.no_truncation,
         max_body_bytes=args.max_body_bytes, api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
-        body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name, graceful_timeout=args.graceful_timeout,
-        access_log=args.access_log, log_level=args.log_level)
+        body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name,
+        graceful_timeout=args.graceful_timeout, access_log=args.access_log, log_level=args.log_level)
     from bortengine.serving import serve
 
     serve(args.model, options, announce=lambda line: print(f"bortengine serve: {line}", flush=True))
