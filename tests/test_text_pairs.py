@@ -254,7 +254,8 @@ def _valid(texts, pairs, max_length) -> bool:
 
     if kind(texts) is None:
         return False
-    length_ok = max_length is None or 3 <= max_length <= 512 or (pairs is None and 1 <= max_length <= 512)
+    # [CLS] and [SEP] take two tokens, a pair's second [SEP] a third: a shorter max_length holds no text
+    length_ok = max_length is None or 3 <= max_length <= 512 or (pairs is None and 2 <= max_length <= 512)
     return length_ok and (pairs is None or kind(pairs) == kind(texts))
 
 
