@@ -49,7 +49,7 @@ class ServeOptions:
     api_key: Optional[str] = None
     # Seconds a client may take to send a request's body once its headers came; then 408 and the connection closes.
     # A request holds one of max_queue places from its headers on, so clients that stall mid-body would otherwise
-    # hold them all for good (a slow-loris). 30 s carries a 4 MiB body over a link of ~1 Mbit/s.
+    # hold them all for good (a slow-loris). 30 s carries a 4 MiB body (max_body_bytes) at ~1.2 Mbit/s.
     body_timeout: float = 30.0
     # Seconds a request may wait in the engine's queue before it is dropped with a 503; None: no deadline.
     request_timeout: Optional[float] = None
