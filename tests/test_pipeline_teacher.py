@@ -210,3 +210,23 @@ def test_relabel_classifier_refuses_other_classes(tmp_path):
     source = _classifier(tmp_path / "clf", {"0": "bad", "1": "fine", "2": "great"})
     with pytest.raises(TrainingError, match=r"not \['bad', 'good', 'great'\] in another order"):
         relabel_classifier(source, ["bad", "good", "great"])
+
+
+@pytest.mark.parametrize("pooling, normalize", [("cls", True), ("mean", False)])
+def test_a_student_written_from_a_teacher_pools_as_the_teacher_does(tmp_path, pooling, normalize):
+    """write_hf_directory (distillation's and fine-tuning's students, the fine-tuned teacher) wrote mean pooling
+    whatever the teacher had: a student of a CLS-pooling embedding model then encoded by mean."""
+    from bortengine.architecture import Architecture
+    from bortengine.training import build_model, write_hf_directory
+
+    encoder = make_random_bert(tmp_path / "bert", **SMALL)
+    teacher = as_sentence_transformers(encoder, tmp_path / "st", pooling=pooling, normalize=normalize)
+    student = write_hf_directory(build_model(Architecture(1, 2, 32, 64), seed=0), tmp_path / "student", teacher)
+    got = bortengine.load(student)
+    assert got.pooling == bortengine.load(teacher).pooling
+    assert got.pooling.modes == (pooling,) and got.pooling.normalize is normalize
+    assert json.loads((student / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"] == 32
+    hidden = got(got.tokenize(TEXTS)).last_hidden_state
+    if pooling == "cls":
+        np.testing.assert_allclose(got.encode(TEXTS), hidden[:, 0] / np.linalg.norm(hidden[:, 0], axis=1,
+                                                                                    keepdims=True), atol=1e-5)

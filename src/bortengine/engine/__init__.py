@@ -12,7 +12,7 @@ from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, BatchRecord
 from bortengine.engine.config import ModelConfig
 from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
-from bortengine.engine.pooling import Pooling, transformer_directory
+from bortengine.engine.pooling import POOLING_CONFIG_KEYS, Pooling, transformer_directory
 from bortengine.engine.runtime import DTYPES, INLINE_CHARS, Engine, load, traced_forwards
 from bortengine.engine.tokenization import TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import (QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, BertWeights, Checkpoint, TensorEntry,
@@ -24,4 +24,5 @@ __all__ = [
     "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX", "BatchRecord",
     "DEFAULT_MAX_BATCH_TOKENS", "INLINE_CHARS", "TokenizedTexts", "characters", "TokenEntity", "RankedDocument",
     "DTYPES", "TensorEntry", "read_safetensors_header", "write_safetensors", "transformer_directory",
+    "POOLING_CONFIG_KEYS",
 ]

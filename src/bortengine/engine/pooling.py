@@ -24,15 +24,18 @@ import numpy as np
 from bortengine.errors import ModelLoadError
 from bortengine.files import read_json
 
-__all__ = ["Pooling", "POOLING_MODES", "transformer_directory"]
+__all__ = ["Pooling", "POOLING_MODES", "POOLING_CONFIG_KEYS", "transformer_directory"]
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")  # sentence-transformers' concatenation order
-_CONFIG_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
-                "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
+# Each mode's key in 1_Pooling/config.json (as sentence-transformers writes it).
+POOLING_CONFIG_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens",
+                       "mean": "pooling_mode_mean_tokens",
+                       "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
 _UNSUPPORTED_KEYS = {"pooling_mode_weightedmean_tokens": "weighted-mean pooling",
                      "pooling_mode_lasttoken": "last-token pooling"}
-_STRING_MODES = {"cls": _CONFIG_KEYS["cls"], "max": _CONFIG_KEYS["max"], "mean": _CONFIG_KEYS["mean"],
-                 "mean_sqrt_len_tokens": _CONFIG_KEYS["mean_sqrt_len"],
+_STRING_MODES = {"cls": POOLING_CONFIG_KEYS["cls"], "max": POOLING_CONFIG_KEYS["max"],
+                 "mean": POOLING_CONFIG_KEYS["mean"],
+                 "mean_sqrt_len_tokens": POOLING_CONFIG_KEYS["mean_sqrt_len"],
                  "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
 _KNOWN_MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                   "sentence_transformers.models.Normalize")
@@ -77,7 +80,7 @@ class Pooling:
             if key is None:
                 raise ModelLoadError(f"{config_path}: unknown pooling_mode {config['pooling_mode']!r}")
             config = {**config, key: True}
-        modes = tuple(m for m in POOLING_MODES if config.get(_CONFIG_KEYS[m]))
+        modes = tuple(m for m in POOLING_MODES if config.get(POOLING_CONFIG_KEYS[m]))
         unsupported += [name for key, name in _UNSUPPORTED_KEYS.items() if config.get(key)]
         if not modes and not unsupported:
             raise ModelLoadError(f"{config_path} enables no pooling mode; set pooling_mode_mean_tokens to true")

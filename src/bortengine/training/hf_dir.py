@@ -49,20 +49,23 @@ def write_hf_directory(model, out_dir: str | os.PathLike, tokenizer_dir: str | o
 
 
 def _write_pooling(out: Path, src: Path, transformer: Path, hidden: int, max_seq_length: Optional[int]) -> None:
-    """The sentence-transformers files: mean pooling (+ Normalize when the teacher had it: src's modules.json), its
-    max_seq_length (sentence_bert_config.json, which sentence-transformers keeps beside the transformer)."""
-    teacher_modules = read_json(src / "modules.json", TrainingError, missing_ok=True) or []
-    normalize = any(m.get("type", "").endswith(".Normalize") for m in teacher_modules)
+    """The sentence-transformers files: the teacher's pooling modes (src's 1_Pooling, as bortengine.load reads them:
+    a student distilled from a CLS-pooling teacher pools by CLS too; mean when the teacher has none) and its
+    Normalize, and its max_seq_length (sentence_bert_config.json, which sentence-transformers keeps beside the
+    transformer). A teacher module the student cannot take (a Dense of the teacher's width) is left out."""
+    from bortengine.engine import POOLING_CONFIG_KEYS, Pooling
+
+    teacher = Pooling.load(src)
+    modes = teacher.modes or ("mean",)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if normalize:
+    if teacher.normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": NORMALIZE})
         (out / "2_Normalize").mkdir(exist_ok=True)
     atomic_write_json(out / "modules.json", modules, indent=2)
     (out / "1_Pooling").mkdir(exist_ok=True)
-    atomic_write_json(out / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2)
+    atomic_write_json(out / "1_Pooling" / "config.json", {"word_embedding_dimension": hidden, **{
+        key: mode in modes for mode, key in POOLING_CONFIG_KEYS.items()}}, indent=2)
     st_config = read_json(transformer / "sentence_bert_config.json", TrainingError, missing_ok=True) or \
         {"max_seq_length": 256, "do_lower_case": False}
     if max_seq_length is not None:
