@@ -214,7 +214,7 @@ class PyEncoder {
     void set_embedding_projection(FArray w, FArray b) { enc_->set_embedding_projection(ref(w), ref(b)); }
     void set_position_bias(FArray table) { enc_->set_position_bias(ref(table)); }
 
-    py::tuple forward(py::object ids_obj, py::object mask_obj, py::object types_obj, bool pooler) {
+    py::tuple forward(py::object ids_obj, py::object mask_obj, py::object types_obj, bool pooler, int threads) {
         const IArray ids = int_array(ids_obj, "input_ids");
         IArray mask, types;
         ops::Shape mask_shape, types_shape;
@@ -237,7 +237,7 @@ class PyEncoder {
         float* o = out.mutable_data();
         {
             py::gil_scoped_release release;
-            enc_->forward(ids.data(), m, ty, B, T, o, pooled);
+            enc_->forward(ids.data(), m, ty, B, T, o, pooled, threads);
         }
         return py::make_tuple(out, pooled_obj);
     }
@@ -272,7 +272,7 @@ void bind_encoder(py::module_& m) {
         .def("set_embedding_projection", &PyEncoder::set_embedding_projection, py::arg("weight"), py::arg("bias"))
         .def("set_position_bias", &PyEncoder::set_position_bias, py::arg("table"))
         .def("forward", &PyEncoder::forward, py::arg("input_ids"), py::arg("attention_mask") = py::none(),
-             py::arg("token_type_ids") = py::none(), py::arg("pooler") = false)
+             py::arg("token_type_ids") = py::none(), py::arg("pooler") = false, py::arg("threads") = 0)
         .def_property("num_threads", [](PyEncoder& e) { return e.enc().num_threads(); },
                       [](PyEncoder& e, int n) { e.enc().set_num_threads(n); })
         .def_property_readonly("isa", [](PyEncoder& e) { return std::string(e.enc().kernels().isa); })

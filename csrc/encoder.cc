@@ -41,8 +41,7 @@ Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& k
 
 void Encoder::set_num_threads(int n) {
     ops::check_threads(n);
-    std::lock_guard<std::mutex> lock(mu_);
-    threads_ = n;
+    threads_.store(n, std::memory_order_relaxed);
 }
 
 void Encoder::set_embeddings(const ops::ArrayRef<float>& word, const ops::ArrayRef<float>& position,
@@ -54,7 +53,7 @@ void Encoder::set_embeddings(const ops::ArrayRef<float>& word, const ops::ArrayR
     ops::expect_shape(token_type.shape, {cfg_.type_vocab, E}, "token type embeddings");
     ops::expect_shape(ln_w.shape, {E}, "embeddings LayerNorm weight");
     ops::expect_shape(ln_b.shape, {E}, "embeddings LayerNorm bias");
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::shared_mutex> lock(mu_);
     word_ = word.data;
     pos_ = position.data;
     type_ = token_type.data;
@@ -77,7 +76,7 @@ void Encoder::set_embedding_projection(const ops::ArrayRef<float>& w, const ops:
         throw std::invalid_argument("embedding_size is hidden_size (" + std::to_string(cfg_.hidden) +
                                     "): this encoder has no embedding projection");
     Linear p = fp32_linear(w, b, cfg_.hidden, cfg_.embedding, "embedding projection");
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::shared_mutex> lock(mu_);
     projection_ = std::move(p);
     projection_set_ = true;
 }
@@ -85,7 +84,7 @@ void Encoder::set_embedding_projection(const ops::ArrayRef<float>& w, const ops:
 void Encoder::set_position_bias(const ops::ArrayRef<float>& table) {
     const PositionBias b = ops::position_bias(table, cfg_.heads, cfg_.max_positions);
     std::vector<float> copy(table.data, table.data + static_cast<std::size_t>(cfg_.heads) * (2 * b.max_len - 1));
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::shared_mutex> lock(mu_);
     position_bias_ = std::move(copy);
     bias_len_ = b.max_len;
 }
@@ -142,7 +141,7 @@ void Encoder::store_layer(int index, Layer&& L, const LayerWeights& w) {
     L.ln2_w.assign(w.ln2_w.data, w.ln2_w.data + H);
     L.ln2_b.assign(w.ln2_b.data, w.ln2_b.data + H);
     L.set = true;
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::shared_mutex> lock(mu_);
     layers_[index] = std::move(L);
 }
 
@@ -208,7 +207,7 @@ void Encoder::set_layer_bf16(int index, const LayerWeights& w, const Bf16LayerWe
 
 void Encoder::set_pooler(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b) {
     Linear p = fp32_linear(w, b, cfg_.hidden, cfg_.hidden, "pooler");
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::shared_mutex> lock(mu_);
     pooler_ = std::move(p);
     pooler_set_ = true;
 }
@@ -257,24 +256,37 @@ class Encoder::StepTrace {
     int b_prev_ = 0;
 };
 
-void Encoder::reserve_workspace(int B, bool pooled) {
-    const std::size_t n = tokens_.seqs.tokens, H = cfg_.hidden, I = cfg_.intermediate;
-    const int widest_k = std::max({cfg_.hidden, cfg_.intermediate, cfg_.embedding});
-    if (projects_embeddings()) emb_.resize(n * cfg_.embedding);
-    x_.resize(n * H);
-    qkv_.resize(n * 3 * H);
-    ctx_.resize(n * H);
-    y_.resize(n * H);
-    h_.resize(n * I);
-    attn_scratch_.reserve(kt_, threads_, tokens_.seqs.max_len, cfg_.hidden / cfg_.heads);
-    gemm_scratch_.reserve(kt_, threads_, tokens_.seqs.tokens, widest_k);  // the pooler and projection: fp32
-    if (dtype_ == DType::kInt8) qscratch_.reserve(kt8_, threads_, tokens_.seqs.tokens, widest_k);
-    if (dtype_ == DType::kBf16) bf16_scratch_.reserve(kt16_, threads_, tokens_.seqs.tokens, widest_k);
-    if (pooled) pool_in_.resize(static_cast<std::size_t>(B) * H);
+std::unique_ptr<Encoder::Workspace> Encoder::take_workspace() {
+    std::lock_guard<std::mutex> lock(spare_mu_);
+    if (spare_.empty()) return std::make_unique<Workspace>();
+    std::unique_ptr<Workspace> ws = std::move(spare_.back());
+    spare_.pop_back();
+    return ws;
 }
 
-void Encoder::linear(ops::Team& team, forward::Step step, int M, const float* A, int lda, const Linear& W,
-                     const float* residual, float* C, int ldc) {
+void Encoder::give_back(std::unique_ptr<Workspace> ws) {
+    std::lock_guard<std::mutex> lock(spare_mu_);
+    spare_.push_back(std::move(ws));
+}
+
+void Encoder::reserve_workspace(Workspace& ws, int B, bool pooled, int threads) const {
+    const std::size_t n = ws.tokens.seqs.tokens, H = cfg_.hidden, I = cfg_.intermediate;
+    const int widest_k = std::max({cfg_.hidden, cfg_.intermediate, cfg_.embedding});
+    if (projects_embeddings()) ws.emb.resize(n * cfg_.embedding);
+    ws.x.resize(n * H);
+    ws.qkv.resize(n * 3 * H);
+    ws.ctx.resize(n * H);
+    ws.y.resize(n * H);
+    ws.h.resize(n * I);
+    ws.attention.reserve(kt_, threads, ws.tokens.seqs.max_len, cfg_.hidden / cfg_.heads);
+    ws.gemm.reserve(kt_, threads, ws.tokens.seqs.tokens, widest_k);  // the pooler and projection: fp32
+    if (dtype_ == DType::kInt8) ws.quant.reserve(kt8_, threads, ws.tokens.seqs.tokens, widest_k);
+    if (dtype_ == DType::kBf16) ws.bf16.reserve(kt16_, threads, ws.tokens.seqs.tokens, widest_k);
+    if (pooled) ws.pool_in.resize(static_cast<std::size_t>(B) * H);
+}
+
+void Encoder::linear(ops::Team& team, Workspace& ws, forward::Step step, int M, const float* A, int lda,
+                     const Linear& W, const float* residual, float* C, int ldc) const {
     const forward::StepInfo& s = forward::kSteps[step];
     Epilogue ep;
     ep.kind = s.epilogue;
@@ -282,72 +294,87 @@ void Encoder::linear(ops::Team& team, forward::Step step, int M, const float* A,
     ep.residual = residual;
     ep.ldr = ldc;
     if (dtype_ == DType::kInt8 && s.low_precision)
-        ops::gemm_int8_team(team, M, A, lda, W.i8, C, ldc, ep, qscratch_);
+        ops::gemm_int8_team(team, M, A, lda, W.i8, C, ldc, ep, ws.quant);
     else if (dtype_ == DType::kBf16 && s.low_precision)
-        ops::gemm_team(team, M, A, lda, W.bf16, C, ldc, ep, bf16_scratch_);
+        ops::gemm_team(team, M, A, lda, W.bf16, C, ldc, ep, ws.bf16);
     else
-        ops::gemm_team(team, M, A, lda, W.f32, C, ldc, ep, gemm_scratch_);
+        ops::gemm_team(team, M, A, lda, W.f32, C, ldc, ep, ws.gemm);
 }
 
-void Encoder::run_layer(ops::Team& team, const Layer& L, float* dst, StepTrace& trace) {
+void Encoder::run_layer(ops::Team& team, Workspace& ws, const Layer& L, float* dst, StepTrace& trace) const {
     using namespace forward;
-    const int n = tokens_.seqs.tokens, H = cfg_.hidden, I = cfg_.intermediate;
+    const int n = ws.tokens.seqs.tokens, H = cfg_.hidden, I = cfg_.intermediate;
     const float eps = cfg_.eps;
-    float *x = x_.data(), *qkv = qkv_.data(), *ctx = ctx_.data(), *y = y_.data(), *h = h_.data();
-    linear(team, kQkv, n, x, H, L.qkv, nullptr, qkv, 3 * H);  // qkv = x·Wqkv + bqkv
+    float *x = ws.x.data(), *qkv = ws.qkv.data(), *ctx = ws.ctx.data(), *y = ws.y.data(), *h = ws.h.data();
+    linear(team, ws, kQkv, n, x, H, L.qkv, nullptr, qkv, 3 * H);  // qkv = x·Wqkv + bqkv
     trace.mark(kQkv);
     const PositionBias bias{has_position_bias() ? position_bias_.data() : nullptr, bias_len_};
-    ops::attention_team(team, attention_, qkv, H, cfg_.heads, tokens_.seqs, bias, ctx, attn_scratch_);
+    ops::attention_team(team, attention_, qkv, H, cfg_.heads, ws.tokens.seqs, bias, ctx, ws.attention);
     trace.mark(kAttention);
-    linear(team, kAttentionOut, n, ctx, H, L.ao, x, y, H);  // y = ctx·Wo + bo + x
+    linear(team, ws, kAttentionOut, n, ctx, H, L.ao, x, y, H);  // y = ctx·Wo + bo + x
     trace.mark(kAttentionOut);
     ops::layernorm_team(team, kt_, n, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
     trace.mark(kLn1);
-    linear(team, kFfnIn, n, y, H, L.ffn_in, nullptr, h, I);  // h = gelu(y·Wi + bi)
+    linear(team, ws, kFfnIn, n, y, H, L.ffn_in, nullptr, h, I);  // h = gelu(y·Wi + bi)
     trace.mark(kFfnIn);
-    linear(team, kFfnOut, n, h, I, L.ffn_out, y, x, H);  // x = h·Wo2 + bo2 + y
+    linear(team, ws, kFfnOut, n, h, I, L.ffn_out, y, x, H);  // x = h·Wo2 + bo2 + y
     trace.mark(kFfnOut);
     ops::layernorm_team(team, kt_, n, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
     trace.mark(kLn2);
 }
 
 void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
-                      float* pooled) {
+                      float* pooled, int threads) {
     using namespace forward;
+    if (threads < 0) throw std::invalid_argument("a forward's threads must be >= 0, got " + std::to_string(threads));
+    // 0 or more than the encoder has (num_threads may be lowered while a caller's forward starts): all of them
+    const int most = num_threads();
+    if (threads == 0 || threads > most) threads = most;
+    std::shared_lock<std::shared_mutex> lock(mu_);
     if (!ready()) throw std::invalid_argument("encoder weights are not fully set (embeddings and every layer)");
     if (pooled && !pooler_set_) throw std::invalid_argument("this model has no pooler");
     ops::check_tokens(ids, mask, types, B, T, {cfg_.vocab, cfg_.type_vocab, cfg_.max_positions});
-    std::lock_guard<std::mutex> lock(mu_);
-    ops::pack_tokens(ids, mask, types, B, T, tokens_);  // every step after the embeddings runs over Ntok rows
-    reserve_workspace(B, pooled != nullptr);
-    const int ntok = tokens_.seqs.tokens, H = cfg_.hidden, E = cfg_.embedding;
+    std::unique_ptr<Workspace> taken = take_workspace();
+    Workspace& ws = *taken;
+    ops::pack_tokens(ids, mask, types, B, T, ws.tokens);  // every step after the embeddings runs over Ntok rows
+    reserve_workspace(ws, B, pooled != nullptr, threads);
+    const int ntok = ws.tokens.seqs.tokens, H = cfg_.hidden, E = cfg_.embedding;
     const bool dense = ntok == B * T;  // no padding: the last LayerNorm writes straight into `out`
-    float* x = x_.data();
+    float* x = ws.x.data();
     const bool traced = trace_;
-    ops::run_team(threads_, [&](ops::Team& team) {
-        StepTrace trace(traced, team, last_trace_, last_barriers_);
-        float* e = projects_embeddings() ? emb_.data() : x;  // the embeddings, E wide
-        ops::embed_layernorm_team(team, kt_, ntok, tokens_.id.data(), tokens_.pos.data(), tokens_.type.data(), E,
-                                  word_, pos_, type_, emb_ln_w_.data(), emb_ln_b_.data(), cfg_.eps, e);
+    std::vector<double> seconds;
+    std::vector<int> barriers;
+    ops::run_team(threads, [&](ops::Team& team) {
+        StepTrace trace(traced, team, seconds, barriers);
+        float* e = projects_embeddings() ? ws.emb.data() : x;  // the embeddings, E wide
+        ops::embed_layernorm_team(team, kt_, ntok, ws.tokens.id.data(), ws.tokens.pos.data(),
+                                  ws.tokens.type.data(), E, word_, pos_, type_, emb_ln_w_.data(), emb_ln_b_.data(),
+                                  cfg_.eps, e);
         trace.mark(kEmbeddings);
         if (projects_embeddings()) {
-            linear(team, kEmbeddingsProject, ntok, e, E, projection_, nullptr, x, H);  // x = e·Wp + bp
+            linear(team, ws, kEmbeddingsProject, ntok, e, E, projection_, nullptr, x, H);  // x = e·Wp + bp
             trace.mark(kEmbeddingsProject);
         }
         for (int l = 0; l < cfg_.layers; ++l)
-            run_layer(team, layers_[l], l + 1 == cfg_.layers && dense ? out : x, trace);
+            run_layer(team, ws, layers_[l], l + 1 == cfg_.layers && dense ? out : x, trace);
         const float* last = dense ? out : x;
         if (!dense) {
-            ops::scatter_rows_team(team, tokens_.seqs, mask, T, H, last, out);
+            ops::scatter_rows_team(team, ws.tokens.seqs, mask, T, H, last, out);
             trace.mark(kScatter);
         }
         if (pooled) {  // pooler_output = tanh(W · h[first token] + b) per sequence
-            ops::gather_rows_team(team, B, tokens_.seqs.start.data(), H, last, pool_in_.data());
+            ops::gather_rows_team(team, B, ws.tokens.seqs.start.data(), H, last, ws.pool_in.data());
             trace.mark(kPoolerGather);
-            linear(team, kPooler, B, pool_in_.data(), H, pooler_, nullptr, pooled, H);
+            linear(team, ws, kPooler, B, ws.pool_in.data(), H, pooler_, nullptr, pooled, H);
             trace.mark(kPooler);
         }
     });
+    give_back(std::move(taken));
+    if (traced) {
+        std::lock_guard<std::mutex> spare_lock(spare_mu_);
+        last_trace_ = std::move(seconds);
+        last_barriers_ = std::move(barriers);
+    }
 }
 
 }  // namespace bortengine

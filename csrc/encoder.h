@@ -7,8 +7,11 @@
 // Shapes: B = batch, T = padded tokens per row, Ntok = real tokens (mask 1) of the batch, H = hidden,
 // I = intermediate, V = vocab, P = max positions, Tt = token types, E = embedding width (H unless projected).
 #pragma once
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -75,10 +78,13 @@ class Encoder {
     void set_pooler(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b);  // [H,H], [H]
 
     // ids, mask, types: [B,T] (mask and types may be null: all ones / all zeros). out [B,T,H] (zeros where the
-    // mask is 0), pooled [B,H] or null. Validates everything first; throws std::invalid_argument. Thread-safe:
-    // concurrent calls are serialised (each forward already uses all the encoder's threads).
+    // mask is 0), pooled [B,H] or null. threads: the threads this forward's ops are shared over, at most
+    // num_threads() (0: num_threads()). Validates everything first; throws std::invalid_argument. Thread-safe:
+    // concurrent forwards run side by side, each in a workspace of its own (two forwards of 1 thread each on 2
+    // cores, rather than one of 2 threads, spend no time in the ops' joins: batching's lanes); the setters wait for
+    // running forwards.
     void forward(const int64_t* ids, const int64_t* mask, const int64_t* types, int B, int T, float* out,
-                 float* pooled);
+                 float* pooled, int threads = 0);
 
     // Tracing (off by default): the steps of forward.h each forward runs, timed by the calling thread after each
     // step (so a step's time includes waiting for its slowest chunk). last_trace: seconds per trace bucket of the
@@ -87,8 +93,14 @@ class Encoder {
     // layers: what forward::barriers must add up to.
     void set_trace(bool on) { trace_ = on; }
     bool trace() const { return trace_; }
-    const std::vector<double>& last_trace() const { return last_trace_; }
-    const std::vector<int>& last_barriers() const { return last_barriers_; }
+    std::vector<double> last_trace() const {
+        std::lock_guard<std::mutex> lock(spare_mu_);
+        return last_trace_;
+    }
+    std::vector<int> last_barriers() const {
+        std::lock_guard<std::mutex> lock(spare_mu_);
+        return last_barriers_;
+    }
 
     const EncoderConfig& config() const { return cfg_; }
     const KernelTable& kernels() const { return kt_; }
@@ -99,7 +111,7 @@ class Encoder {
     const char* gemm_name() const {
         return dtype_ == DType::kInt8 ? kt8_.gemm_name : dtype_ == DType::kBf16 ? kt16_.gemm_name : kt_.gemm_name;
     }
-    int num_threads() const { return threads_; }
+    int num_threads() const { return threads_.load(std::memory_order_relaxed); }
     void set_num_threads(int n);
     bool ready() const;
     bool has_pooler() const { return pooler_set_; }
@@ -124,6 +136,20 @@ class Encoder {
     };
     class StepTrace;  // encoder.cc
 
+    // What one forward writes besides its outputs: the activations of the packed tokens and the ops' scratch,
+    // sized for the forward's tokens and threads. A forward takes one from the encoder's spares (or makes one) and
+    // gives it back: concurrent forwards never share one, and a steady load reuses them.
+    struct Workspace {
+        AlignedBuffer x, qkv, ctx, y, h, pool_in, emb;  // emb: [Ntok, E] before the projection
+        ops::GemmScratch gemm;
+        ops::AttentionScratch attention;
+        ops::QuantScratch quant;
+        ops::Bf16Scratch bf16;
+        ops::PackedTokens tokens;
+    };
+    std::unique_ptr<Workspace> take_workspace();
+    void give_back(std::unique_ptr<Workspace> ws);
+
     // Layer `index` = L with w's biases and LayerNorms.
     void store_layer(int index, Layer&& L, const LayerWeights& w);
     // Checks the index and the shapes of w's biases and LayerNorms (and of its weights unless `converted`: they
@@ -135,21 +161,21 @@ class Encoder {
     // (`name` in the message).
     Linear fp32_linear(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b, int N, int K,
                        const std::string& name) const;
-    // Sizes the workspace for the packed tokens of tokens_ (B sequences).
-    void reserve_workspace(int B, bool pooled);
-    // One encoder layer over the packed rows x_ [Ntok, H]; its last LayerNorm writes dst (x_, or `out`).
-    void run_layer(ops::Team& team, const Layer& L, float* dst, StepTrace& trace);
+    // Sizes ws for its packed tokens (B sequences) on `threads` threads.
+    void reserve_workspace(Workspace& ws, int B, bool pooled, int threads) const;
+    // One encoder layer over the packed rows ws.x [Ntok, H]; its last LayerNorm writes dst (ws.x, or `out`).
+    void run_layer(ops::Team& team, Workspace& ws, const Layer& L, float* dst, StepTrace& trace) const;
     // C [M, N] = epilogue(A [M, K] · W + bias (+ residual [M, N])): the GEMM step `step` of forward.h, which says
     // its epilogue and whether int8 encoders run it on the int8 kernels.
-    void linear(ops::Team& team, forward::Step step, int M, const float* A, int lda, const Linear& W,
-                const float* residual, float* C, int ldc);
+    void linear(ops::Team& team, Workspace& ws, forward::Step step, int M, const float* A, int lda,
+                const Linear& W, const float* residual, float* C, int ldc) const;
 
     EncoderConfig cfg_;
     const KernelTable& kt_;
     const Int8KernelTable& kt8_;
     const Bf16KernelTable& kt16_;
     DType dtype_;
-    int threads_;
+    std::atomic<int> threads_;
     const char* attention_name_ = "";
     AttentionFn attention_;
     const float *word_ = nullptr, *pos_ = nullptr, *type_ = nullptr;
@@ -162,17 +188,14 @@ class Encoder {
     Linear pooler_;
     bool pooler_set_ = false;
 
-    bool trace_ = false;
+    std::atomic<bool> trace_{false};
     std::vector<double> last_trace_;
     std::vector<int> last_barriers_;
 
-    std::mutex mu_;  // guards the workspace below
-    AlignedBuffer x_, qkv_, ctx_, y_, h_, pool_in_, emb_;  // emb_: [Ntok, E] before the projection
-    ops::GemmScratch gemm_scratch_;
-    ops::AttentionScratch attn_scratch_;
-    ops::QuantScratch qscratch_;
-    ops::Bf16Scratch bf16_scratch_;
-    ops::PackedTokens tokens_;
+    // Forwards hold it shared, the setters exclusive: a setter waits for the forwards running, not the reverse.
+    std::shared_mutex mu_;
+    mutable std::mutex spare_mu_;  // guards spare_ and the last trace
+    std::vector<std::unique_ptr<Workspace>> spare_;
 };
 
 }  // namespace bortengine

@@ -4,8 +4,11 @@ asyncio callers never block the loop, can cancel queued work and give deadlines.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -45,10 +48,12 @@ class Gate:
         self.open = threading.Event()
         self.open.set()
         self.calls: list[tuple[list[int], str]] = []     # (first id of each row, thread name)
+        self.threads: list[int] = []                      # the threads each forward was given
         self.started = threading.Event()
 
-    def __call__(self, ids, mask, types):
+    def __call__(self, ids, mask, types, threads=1):
         self.calls.append((ids[:, 0].tolist(), threading.current_thread().name))
+        self.threads.append(threads)
         self.started.set()
         self.open.wait(10)
         hidden = np.repeat(ids[:, :, None].astype(np.float32), 2, axis=2) * (mask[:, :, None] if mask is not None else 1)
@@ -117,6 +122,70 @@ def test_without_batching_every_forward_takes_one_request_in_arrival_order():
     assert [firsts for firsts, _ in gate.calls] == [[0], [1], [2], [3]]
 
 
+def test_under_load_forwards_run_side_by_side_in_lanes_each_on_a_share_of_the_threads():
+    """2 threads: a lone request runs on both; when 4 or more are queued at a forward's start they are shared by
+    two forwards of 1 thread each, which run at once (each waits in the forward until the other is in too), each
+    led by the oldest waiting caller of its share."""
+    both_inside = threading.Barrier(2)
+    gate = Gate()
+
+    def forward(ids, mask, types, threads):
+        hidden = gate(ids, mask, types, threads)
+        if threads == 1:
+            both_inside.wait(10)       # BrokenBarrierError if the lanes ran one after the other
+        return hidden
+
+    queue = ForwardQueue(forward, threads=2)
+    assert (queue.lanes, queue.lane_threads) == (2, 1)
+    records: list[BatchRecord] = []
+    queue.add_listener(records.append)
+    queue.run(request(9), None, None)
+    assert gate.threads == [2]                       # a lone request: all threads, no lane
+    gate.calls.clear(), gate.threads.clear()
+    threads, results = queue_behind_a_running_forward(queue, gate, [1, 2, 3, 4, 5])
+    gate.open.set()
+    for t in threads:
+        t.join(10)
+    assert sorted(zip([firsts for firsts, _ in gate.calls], gate.threads)) == [([0], 2), ([1, 2, 3], 1),
+                                                                               ([4, 5], 1)]
+    assert {name for firsts, name in gate.calls if firsts != [0]} == {"caller-1", "caller-4"}
+    for first, (hidden, pooled) in results.items():
+        assert (hidden == first).all() and (pooled == first).all()
+    assert sorted(r.threads for r in records) == [1, 1, 2, 2]
+    assert queue._leaders == 0                        # both lanes closed: idle, the next request runs on all threads
+    queue.run(request(8), None, None)
+    assert gate.threads[-1] == 2
+
+
+def test_without_lanes_forwards_run_one_at_a_time_on_all_threads():
+    gate = Gate()
+    queue = ForwardQueue(gate, threads=2, lanes=1)    # the Engine's queue with batching=False
+    threads, _ = queue_behind_a_running_forward(queue, gate, [1, 2, 3, 4, 5])
+    gate.open.set()
+    for t in threads:
+        t.join(10)
+    assert [firsts for firsts, _ in gate.calls] == [[0], [1, 2, 3, 4, 5]] and gate.threads == [2, 2]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_forwards_in_lanes_give_exactly_the_results_of_separate_calls(dtype):
+    """16 threads calling one engine: forwards run in lanes of 1 thread (the batch listener says so) and every
+    text's embedding is the one it has alone."""
+    engine = bortengine.load(str(minilm_path()), dtype=dtype, num_threads=2)
+    texts = [f"{t} {i}" for i in range(4) for t in TEXTS]
+    alone = [engine.encode(t) for t in texts]
+    records: list[BatchRecord] = []
+    engine.add_batch_listener(records.append)
+    for _ in range(20):                               # until a forward ran in a lane (the queue must fill first)
+        with ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(engine.encode, texts))
+        for text, a, b in zip(texts, alone, together):
+            assert np.array_equal(a, b), text
+        if any(r.threads == 1 for r in records):
+            break
+    assert any(r.threads == 1 for r in records) and any(r.requests > 1 for r in records)
+
+
 def test_requests_of_different_lengths_and_masks_are_padded_together_and_given_back_their_own_shape():
     gate = Gate()
     queue = ForwardQueue(gate)
@@ -145,7 +214,7 @@ def test_requests_of_different_lengths_and_masks_are_padded_together_and_given_b
 def test_an_async_request_gets_its_answer_while_its_worker_goes_on_leading_under_load():
     """The worker that led a request's forward may go on leading later ones for as long as requests keep coming;
     the request's answer must not wait for that (it waited for seconds under a 16-connection load once)."""
-    def slow(ids, mask, types):
+    def slow(ids, mask, types, threads):
         time.sleep(0.01)
         return Gate()(ids, mask, types)
 
@@ -299,7 +368,7 @@ def gated(classifier):
     in its forward (so later requests stay queued as long as the test likes); restored afterwards."""
     gate = Gate()
     real = classifier._queue._forward
-    queue = ForwardQueue(lambda ids, mask, types: (gate(ids, mask, types), real(ids, mask, types))[1])
+    queue = ForwardQueue(lambda ids, mask, types, threads: (gate(ids, mask, types), real(ids, mask, types))[1])
     classifier._queue, saved = queue, classifier._queue
     yield gate, queue
     classifier._queue = saved
@@ -425,3 +494,22 @@ def test_a_cgroup_cpu_quota_is_read_from_either_cgroup_version(tmp_path, files, 
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert cgroup_cpu_quota(str(tmp_path)) == quota
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_worker_nice_lowers_the_priority_of_the_threads_that_lead_forwards_and_nothing_else():
+    """`bortengine serve` loads with worker_nice=5: its event loop runs first when a forward's thread wants the same
+    core. The caller's thread keeps its niceness; bad values are refused."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    engine = bortengine.load(str(minilm_path()), num_threads=2, worker_nice=5)
+
+    def niceness():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    assert engine._queue.executor().submit(niceness).result() == min(19, base + 5)
+    assert niceness() == base
+    assert asyncio.run(engine.aencode(TEXTS)).shape == (len(TEXTS), 384)
+    assert bortengine.load(str(minilm_path()), num_threads=2)._queue.executor().submit(niceness).result() == base
+    for bad in (-1, 20, True, "5", 2.0):
+        with pytest.raises(InvalidInputError, match="worker_nice must be an integer from 0"):
+            bortengine.load(str(minilm_path()), worker_nice=bad)

@@ -384,6 +384,11 @@ def test_a_bad_model_directory_or_a_port_in_use_is_exit_2(capsys, tmp_path, mini
         with pytest.raises(SystemExit) as exit_info:
             main(["serve", str(minilm), "--body-timeout", seconds])
         assert exit_info.value.code == 2
+    for nice in ("-1", "20", "five"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", str(minilm), "--worker-nice", nice])
+        assert exit_info.value.code == 2
+    assert "--worker-nice" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["no weights", "too many tokens"])

@@ -1,6 +1,8 @@
 """Concurrency: one Engine called from 8 Python threads gives exactly what sequential calls give; encode() too.
-The Engine takes no lock (its thread-safety rests on the native encoder, which guards its workspace), so the native
-encoder is also called directly from 8 threads: a core that shared scratch memory unguarded would fail here."""
+The Engine takes no lock (its thread-safety rests on the native encoder, which gives each concurrent forward a
+workspace of its own), so the native encoder is also called directly from 8 threads, with every thread count a
+forward may take (batching's lanes run forwards of 1 thread side by side), on every kernel path: a core that
+shared scratch memory unguarded would fail here."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -62,3 +64,23 @@ def test_native_encoder_is_reentrant(engine):
     for (h_a, p_a), (h_b, p_b) in zip(sequential * 2, concurrent):
         np.testing.assert_array_equal(h_a, h_b)
         np.testing.assert_array_equal(p_a, p_b)
+
+
+@pytest.mark.parametrize("isa", bortengine.available_isas())
+def test_native_forwards_side_by_side_on_any_threads_equal_sequential_ones(make_model, isa):
+    """Forwards of 1 and 2 threads at once (lanes beside a caller's own forward): each in its own workspace, each
+    bit for bit what a forward alone gives, on every kernel path."""
+    path = make_model(hidden_size=96, num_hidden_layers=2, num_attention_heads=3, intermediate_size=200, seed=22)
+    engine = bortengine.load(path, num_threads=2, isa=isa)
+    encoder = engine._encoder
+    inputs = _inputs(engine.config.vocab_size, seed=2)
+    sequential = [encoder.forward(ids, mask, None, pooler=True) for ids, mask in inputs]
+    jobs = [(i, threads) for i in range(len(inputs)) for threads in (1, 1, 2, 0)]
+    with ThreadPoolExecutor(THREADS) as pool:
+        concurrent = list(pool.map(lambda job: encoder.forward(*inputs[job[0]], None, pooler=True,
+                                                               threads=job[1]), jobs))
+    for (i, threads), (hidden, pooled) in zip(jobs, concurrent):
+        np.testing.assert_array_equal(hidden, sequential[i][0], err_msg=f"input {i}, {threads} thread(s)")
+        np.testing.assert_array_equal(pooled, sequential[i][1])
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        encoder.forward(*inputs[0], None, threads=-1)

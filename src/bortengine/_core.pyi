@@ -94,10 +94,11 @@ class Encoder:
         """weight [H,H], bias [H]: pooler_output = tanh(weight @ h + bias), h = the first token with mask 1 of each
         row (position 0 for right-padded input, as transformers; transformers reads position 0 even if masked)."""
     def forward(self, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
-                token_type_ids: Optional[np.ndarray] = None, pooler: bool = False
+                token_type_ids: Optional[np.ndarray] = None, pooler: bool = False, threads: int = 0
                 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """input_ids [B,T] int64; attention_mask [B,T] int64 of 0/1 or None (all ones); token_type_ids [B,T] int64
-        or None (zeros). Returns (last_hidden_state [B,T,H], pooler_output [B,H] or None).
+        or None (zeros). Returns (last_hidden_state [B,T,H], pooler_output [B,H] or None). threads: the threads of
+        this forward, at most num_threads (0: num_threads); concurrent forwards run side by side, each in its own workspace.
 
         Only tokens with mask 1 are computed (sequences packed end to end); rows of masked positions are zeros.
         Each row needs at least one token with mask 1. Token t keeps position id t whatever the mask."""

@@ -14,8 +14,8 @@ from bortengine.errors import ModelLoadError, UsageError
 from bortengine.files import read_json
 from bortengine.progress import parse_duration
 
-__all__ = ["duration", "shape", "architecture", "positive_int", "positive_float", "port", "check_model_directory",
-           "check_output", "MODEL_DIRECTORY", "add_data_arguments", "data_fields", "BUILTIN_TASKS", "DATA_OPTIONS",
+__all__ = ["duration", "shape", "architecture", "positive_int", "positive_float", "port", "nice_value",
+           "check_model_directory", "check_output", "MODEL_DIRECTORY", "add_data_arguments", "data_fields", "BUILTIN_TASKS", "DATA_OPTIONS",
            "add_executor_arguments", "EXECUTORS"]
 
 BUILTIN_TASKS = ("rt", "imdb")    # training.BUILTIN_TASKS, named here so the parsers import no training code
@@ -70,6 +70,18 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def nice_value(text: str) -> int:
+    """A niceness to add to threads: 0 (unchanged) to 19 (the lowest priority)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 19, got {text!r}") from None
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 (unchanged) to 19 (lowest priority), got "
+                                         f"{text!r}")
     return value
 
 

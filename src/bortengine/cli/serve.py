@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from bortengine.cli.arguments import MODEL_DIRECTORY, check_model_directory, port, positive_float, positive_int
+from bortengine.cli.arguments import (MODEL_DIRECTORY, check_model_directory, nice_value, port, positive_float,
+                                      positive_int)
 from bortengine.engine import DTYPES
 from bortengine.errors import UsageError
 from bortengine.serving import API_KEY_VARIABLE, LOG_LEVELS, ServeOptions
@@ -38,6 +39,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
     p.add_argument("--max-batch-tokens", type=positive_int, default=None,
                    help="tokens one forward takes from the queue (default: the engine's, chosen for this CPU)")
+    p.add_argument("--worker-nice", type=nice_value, default=DEFAULTS.worker_nice,
+                   help=f"niceness (0-19) of the engine's threads that run forwards, so that the event loop answering "
+                        f"requests runs first when both want a core (default {DEFAULTS.worker_nice}; 0: same "
+                        f"priority)")
     p.add_argument("--max-queue", type=positive_int, default=DEFAULTS.max_queue,
                    help=f"requests queued or computing at once; the next gets 429 with Retry-After (default "
                         f"{DEFAULTS.max_queue})")
@@ -80,7 +85,8 @@ def run(args) -> int:
         max_input_tokens=args.max_input_tokens, truncation=not args.no_truncation,
         max_body_bytes=args.max_body_bytes, api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
         body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name,
-        graceful_timeout=args.graceful_timeout, access_log=args.access_log, log_level=args.log_level)
+        graceful_timeout=args.graceful_timeout, access_log=args.access_log, log_level=args.log_level,
+        worker_nice=args.worker_nice)
     from bortengine.serving import serve
 
     serve(args.model, options, announce=lambda line: print(f"bortengine serve: {line}", flush=True))

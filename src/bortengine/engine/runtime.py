@@ -85,7 +85,8 @@ def traced_forwards(encoder: Any, forward: Any, runs: int) -> tuple[dict[str, fl
 
 
 def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
-         dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None) -> "Engine":
+         dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None,
+         worker_nice: int = 0) -> "Engine":
     """Load a Hugging Face encoder directory (config.json + model.safetensors [+ tokenizer, sentence-transformers
     pooling]) into an Engine: BertModel, RobertaModel, XLMRobertaModel, CamembertModel, DistilBertModel,
     ElectraModel, MPNetModel, each also ...ForSequenceClassification and ...ForTokenClassification.
@@ -98,27 +99,35 @@ def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Option
     Embeddings, LayerNorm, softmax and the pooler stay float32 (DTYPES; README, "int8" and "bf16").
     batching: combine the forwards of concurrent callers (threads, or tasks awaiting aencode/aclassify/acall) into
     one of at most max_batch_tokens real tokens (default DEFAULT_MAX_BATCH_TOKENS), oldest request first; results
-    are those of separate calls, bit for bit, and a lone caller waits for nothing (engine/batching.py). False:
-    one request per forward, still in arrival order.
+    are those of separate calls, bit for bit, and a lone caller waits for nothing; under load, forwards run side by
+    side in lanes of a share of num_threads each (engine/batching.py). False: one request per forward, one at a
+    time, in arrival order.
+    worker_nice: niceness (0-19, Linux) added to the threads that lead forwards for asyncio callers, so that the
+    event loop feeding them keeps its share of the cores under load (`bortengine serve` uses 5).
     """
     return Engine(path, num_threads=num_threads, isa=isa, dtype=dtype, batching=batching,
-                  max_batch_tokens=max_batch_tokens)
+                  max_batch_tokens=max_batch_tokens, worker_nice=worker_nice)
 
 
 class Engine:
     """A loaded encoder (and its head).
 
     Thread-safe (tests/test_threads.py, tests/test_batching.py hold it to that): threads and coroutines may call
-    one Engine at once. Validation, tokenization and pooling run concurrently; the native encoder runs one forward
-    at a time on its workspace, each with a team of num_threads threads, and calls that arrive while one runs
-    share the next (engine/batching.py). For throughput from many callers on a big machine, load one Engine per
-    worker with num_threads = CPUs / workers.
+    one Engine at once. Validation, tokenization and pooling run concurrently; calls that arrive while a forward
+    runs share the next, and under load forwards run side by side in lanes, each on a share of num_threads
+    (engine/batching.py; the native encoder gives each concurrent forward its own workspace). For throughput from
+    many callers on a big machine, load one Engine per worker with num_threads = CPUs / workers.
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
-                 dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None):
+                 dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None,
+                 worker_nice: int = 0):
         core = _core()
         budget = _check_max_batch_tokens(max_batch_tokens)
+        if isinstance(worker_nice, bool) or not isinstance(worker_nice, (int, np.integer)) or \
+                not 0 <= worker_nice <= 19:
+            raise InvalidInputError(f"worker_nice must be an integer from 0 (the callers' priority) to 19, got "
+                                    f"{worker_nice!r}")
         if dtype not in DTYPES:
             raise InvalidInputError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {dtype!r}")
         path = Path(path)
@@ -171,7 +180,9 @@ class Engine:
             raise BortEngineError("internal error: the native encoder is not ready after loading every tensor")
         self._encoder = encoder
         self._batching = bool(batching)
-        self._queue = ForwardQueue(self._native_forward, budget if batching else 0)
+        # lanes (forwards side by side under load) with batching only: without it, calls keep to one at a time
+        self._queue = ForwardQueue(self._native_forward, budget if batching else 0, threads=threads,
+                                   lanes=None if batching else 1, worker_nice=int(worker_nice))
         self._cut_lock = threading.Lock()
         self._truncated_texts = 0
         self._truncation_warned = False
@@ -184,6 +195,7 @@ class Engine:
     @num_threads.setter
     def num_threads(self, value: int) -> None:
         self._encoder.num_threads = _check_num_threads(value)
+        self._queue.set_threads(self._encoder.num_threads)
 
     @property
     def isa(self) -> str:
@@ -261,9 +273,10 @@ class Engine:
         return await self._queue.arun(prepare, _deadline(deadline), then=lambda forward: self._output(forward,
                                                                                                    prepared[0]))
 
-    def _native_forward(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray]):
+    def _native_forward(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray],
+                        threads: int = 0):
         try:
-            return self._encoder.forward(ids, mask, types, pooler=self._encoder.has_pooler)
+            return self._encoder.forward(ids, mask, types, pooler=self._encoder.has_pooler, threads=threads)
         except ValueError as e:  # should not happen after _validate; keep the native message
             raise InvalidInputError(f"the native encoder rejected the input: {e}") from e
 

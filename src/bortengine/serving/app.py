@@ -80,7 +80,7 @@ class ModelService:
     def _load(self) -> Engine:
         o = self.options
         engine = load(self.model_dir, num_threads=o.threads, isa=o.isa, dtype=o.dtype,
-                      max_batch_tokens=o.max_batch_tokens)
+                      max_batch_tokens=o.max_batch_tokens, worker_nice=o.worker_nice)
         if engine.tokenizer is None:
             raise ModelLoadError(f"{self.model_dir} has no tokenizer (tokenizer.json or vocab.txt), and the server "
                                  f"reads texts; copy the model's tokenizer files there")
