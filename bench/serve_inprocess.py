@@ -2,7 +2,8 @@
 one, and the orchestrating process stays small):
 
 - engine: `bortengine.load(dir, num_threads, dtype)`; its limit = `encode(texts, batch_size=32)` over the whole
-  text set, repeated (texts/s); one text per call back to back (p50/p99 ms); one text per call after a pause
+  text set, repeated (texts/s; the issue's reference: one forward at a time, on all threads); the same from two
+  calling threads (limit_lanes: forwards side by side in the engine's lanes, as under a server's load); one text per call back to back (p50/p99 ms); one text per call after a pause
   (the in-process twin of a lone request on an idle server); and the embeddings of the first texts, which
   serve_load.py compares with what the servers answer.
 - st: sentence-transformers with `torch.set_num_threads(threads)`: 32 threads of one process each calling
@@ -43,6 +44,39 @@ def limit(encode_batch: Callable[[Sequence[str]], object], texts: Sequence[str],
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return {"texts_per_s": done / elapsed, "texts": done, "seconds": elapsed, "batch_size": 32}
+
+
+def concurrent_limit(encode_batch: Callable[[Sequence[str]], object], texts: Sequence[str], seconds: float,
+                     callers: int = 2) -> dict:
+    """texts/s of `callers` threads each calling encode_batch on its own batches of 32 texts in a loop for `seconds`:
+    the engine then runs forwards side by side in lanes, as a loaded server's are (limit() never does: one caller
+    runs one forward at a time, on all threads)."""
+    batches = [texts[i:i + 32] for i in range(0, len(texts), 32)]
+    done = [0] * callers
+    stop = threading.Event()
+    start_line = threading.Barrier(callers + 1)
+
+    def caller(k: int) -> None:
+        start_line.wait()
+        i = k
+        while not stop.is_set():
+            batch = batches[i % len(batches)]
+            encode_batch(batch)
+            done[k] += len(batch)
+            i += callers
+
+    encode_batch(texts[:64])  # warm-up
+    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(callers)]
+    for th in threads:
+        th.start()
+    start_line.wait()
+    start = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - start   # the batches still running at the stop are counted, as their time is
+    return {"texts_per_s": sum(done) / elapsed, "callers": callers, "batch_size": 32, "seconds": elapsed}
 
 
 def _latency_ms(samples_s: list[float]) -> dict:
@@ -104,6 +138,7 @@ def engine_references(args) -> dict:
     return {
         "threads": args.threads, "dtype": args.dtype, "kernel": getattr(engine, "kernel", None),
         "limit": limit(lambda ts: engine.encode(ts, batch_size=32), texts, args.seconds),
+        "limit_lanes": concurrent_limit(lambda ts: engine.encode(ts, batch_size=32), texts, args.seconds),
         "single": single(lambda t: engine.encode([t]), texts, args.seconds),
         "single_idle": single(lambda t: engine.encode([t]), texts, args.seconds, pause=args.idle_pause),
         "check_embeddings": engine.encode(texts[:CHECK_TEXTS]).tolist(),

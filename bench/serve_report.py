@@ -213,6 +213,7 @@ def comparisons(levels: Sequence[Level], inprocess: dict, target_connections: in
         "server_texts_per_s": texts_at,
         "st_served_texts_per_s": peer_texts_at,
         "server_over_inprocess_limit": ratio(texts_at, get("engine", "limit", "texts_per_s")),
+        "server_over_inprocess_lanes": ratio(texts_at, get("engine", "limit_lanes", "texts_per_s")),
         "server_over_st_threads": ratio(texts_at, get("st", "threads", "texts_per_s")),
         "server_over_st_served": ratio(texts_at, peer_texts_at),
         "st_served_over_st_threads": ratio(peer_texts_at, get("st", "threads", "texts_per_s")),
@@ -300,6 +301,10 @@ def inprocess_lines(inprocess: dict) -> list[str]:
         out.append(f"in-process engine: encode in batches of 32 {engine['limit']['texts_per_s']:.1f} texts/s; "
                    f"one text per call p50 {engine['single']['p50_ms']:.3f} ms back to back, "
                    f"{engine['single_idle']['p50_ms']:.3f} ms after a pause")
+    if "limit_lanes" in engine:
+        lanes = engine["limit_lanes"]
+        out.append(f"in-process engine, {lanes['callers']} threads each encoding batches of 32 (forwards side by side "
+                   f"in lanes): {lanes['texts_per_s']:.1f} texts/s")
     if "threads" in st:
         t = st["threads"]
         out.append(f"in-process sentence-transformers: {t['callers']} threads, one text per call "
@@ -322,6 +327,7 @@ def config_summary(config: dict) -> str:
     lines.append(f"served {PEER} / its {callers} in-process threads: "
                  f"{_x(comp['st_served_over_st_threads'])}; back-to-back request minus in-process call: "
                  f"{_fmt(comp['back_to_back_minus_inprocess_ms'], '.3f', ' ms')}")
+    lines.append(f"served / in-process from 2 threads (lanes): {_x(comp['server_over_inprocess_lanes'])}")
     lines.append(f"load generator: at most {_fmt(comp.get('max_client_cores'), '.3f')} cores "
                  f"({comp.get('max_client_level') or 'n/a'}), at most {_fmt(comp['max_client_share'], '.1%')} of "
                  f"client + server CPU")

@@ -52,7 +52,7 @@ def make_level(server, mode, connections, texts_per_s, p50, p99, errors=0, rate=
 
 
 INPROCESS = {"engine": {"limit": {"texts_per_s": 1000.0}, "single": {"p50_ms": 1.3},
-                        "single_idle": {"p50_ms": 1.5}},
+                        "single_idle": {"p50_ms": 1.5}, "limit_lanes": {"texts_per_s": 1250.0, "callers": 2}},
              "st": {"threads": {"texts_per_s": 100.0, "callers": 32, "p50_ms": 300.0, "p99_ms": 600.0},
                     "limit": {"texts_per_s": 200.0}, "single": {"p50_ms": 12.0}}}
 
@@ -89,6 +89,7 @@ def test_ratios_and_targets_at_32_connections():
               make_level(ENGINE, "idle", 1, 19, 1.9, 2.5)]
     comp = comparisons(levels, INPROCESS)
     assert comp["server_over_inprocess_limit"] == pytest.approx(0.8)
+    assert comp["server_over_inprocess_lanes"] == pytest.approx(0.64)
     assert comp["server_over_st_threads"] == pytest.approx(8.0)
     assert comp["server_over_st_served"] == pytest.approx(800 / 90)
     assert comp["st_served_over_st_threads"] == pytest.approx(0.9)
