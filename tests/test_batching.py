@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import bortengine
 from bortengine.engine import BatchRecord, DEFAULT_MAX_BATCH_TOKENS
-from bortengine.engine.batching import ForwardQueue
+from bortengine.engine.batching import LANE_MIN_TOKENS, ForwardQueue
 from bortengine.engine.native import cgroup_cpu_quota
 from bortengine.errors import DeadlineExceeded, InvalidInputError
 from bortengine.testing import make_random_bert, minilm_path
@@ -123,9 +123,10 @@ def test_without_batching_every_forward_takes_one_request_in_arrival_order():
 
 
 def test_under_load_forwards_run_side_by_side_in_lanes_each_on_a_share_of_the_threads():
-    """2 threads: a lone request runs on both; when 4 or more are queued at a forward's start they are shared by
-    two forwards of 1 thread each, which run at once (each waits in the forward until the other is in too), each
-    led by the oldest waiting caller of its share."""
+    """2 threads: a lone request runs on both; when two or more requests of LANE_MIN_TOKENS tokens in all are queued
+    at a forward's start they are shared (half of the tokens each) by two forwards of 1 thread each, which run at
+    once (each waits in the forward until the other is in too), each led by the oldest waiting caller of its
+    share."""
     both_inside = threading.Barrier(2)
     gate = Gate()
 
@@ -142,7 +143,8 @@ def test_under_load_forwards_run_side_by_side_in_lanes_each_on_a_share_of_the_th
     queue.run(request(9), None, None)
     assert gate.threads == [2]                       # a lone request: all threads, no lane
     gate.calls.clear(), gate.threads.clear()
-    threads, results = queue_behind_a_running_forward(queue, gate, [1, 2, 3, 4, 5])
+    assert LANE_MIN_TOKENS == 24
+    threads, results = queue_behind_a_running_forward(queue, gate, [1, 2, 3, 4, 5], tokens=6)   # 30 tokens queued
     gate.open.set()
     for t in threads:
         t.join(10)
@@ -155,6 +157,19 @@ def test_under_load_forwards_run_side_by_side_in_lanes_each_on_a_share_of_the_th
     assert queue._leaders == 0                        # both lanes closed: idle, the next request runs on all threads
     queue.run(request(8), None, None)
     assert gate.threads[-1] == 2
+
+
+def test_too_little_queued_for_lanes_runs_on_all_threads():
+    """Four 5-token requests (20 tokens, fewer than LANE_MIN_TOKENS): one forward on both threads; one request of
+    30 tokens: the same (a request is never cut across lanes)."""
+    for firsts, tokens in (([1, 2, 3, 4], 5), ([1], 30)):
+        gate = Gate()
+        queue = ForwardQueue(gate, threads=2)
+        threads, _ = queue_behind_a_running_forward(queue, gate, firsts, tokens=tokens)
+        gate.open.set()
+        for t in threads:
+            t.join(10)
+        assert [f for f, _ in gate.calls] == [[0], firsts] and gate.threads == [2, 2]
 
 
 def test_without_lanes_forwards_run_one_at_a_time_on_all_threads():

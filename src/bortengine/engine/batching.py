@@ -15,9 +15,9 @@ batching thread):
   op's end; on 2 cores shared with a server's event loop one of them is often descheduled while the other waits.
   Measured on MiniLM, 6-token queries, 2 Intel cores: two 1-thread forwards of 16 texts compute 1.1-1.3x the
   texts/s of one 2-thread forward. So: a forward on an idle engine takes all threads (a lone caller's latency is
-  the engine's best); when LANE_MIN_REQUESTS or more requests are queued at a forward's start, they are shared
-  with a second lane (each narrow), and while narrow lanes run, a free lane opens as soon as that many have
-  queued. A forward on all threads never runs beside another.
+  the engine's best); when two or more requests of LANE_MIN_TOKENS or more tokens in all are queued at a forward's
+  start, they are shared with a second lane (each narrow, half of the tokens each), and while narrow lanes run, a
+  free lane opens as soon as that much has queued. A forward on all threads never runs beside another.
 
 asyncio callers submit from a worker thread (tokenizing there too) and get their result through their event loop:
 they hold no thread while queued, and cancelling the awaiting task removes a queued request before it is computed.
@@ -43,16 +43,17 @@ import numpy as np
 
 from bortengine.errors import DeadlineExceeded, RequestCancelled
 
-__all__ = ["ForwardQueue", "BatchRecord", "DEFAULT_MAX_BATCH_TOKENS", "LANE_MIN_REQUESTS"]
+__all__ = ["ForwardQueue", "BatchRecord", "DEFAULT_MAX_BATCH_TOKENS", "LANE_MIN_TOKENS"]
 
 # Real tokens per combined forward. A bigger forward makes everyone in it wait longer, and buys nothing once the
 # time per text stops falling: with MiniLM on 2 Zen 4 cores (bench/batch_tokens.py) that is at about 100-200 tokens
 # for 26-token reviews and about 200 for 6-token queries, float32 and int8 alike; a CPU with twice the FMA rate
 # stays weight-bound up to about twice the tokens. 1024 holds that with margin, and 32 concurrent reviews (~870).
 DEFAULT_MAX_BATCH_TOKENS = 1024
-# Requests queued at which a forward shares them with another lane (or a free lane opens): fewer are computed on
-# all threads at once, the shortest wait.
-LANE_MIN_REQUESTS = 4
+# Real tokens queued (in two requests or more) at which a forward shares them with another lane, or a free lane
+# opens: four 6-token queries, where lanes were measured to pay (docs/serving.md). Less is computed on all threads
+# at once, the shortest wait.
+LANE_MIN_TOKENS = 24
 
 
 @dataclass
@@ -119,6 +120,7 @@ class ForwardQueue:
         self._lock = threading.Lock()
         self.set_threads(threads)
         self._queue: deque[_Request] = deque()
+        self._queued_tokens = 0                    # real tokens of the queued requests
         self._leaders = 0                          # threads leading forwards (each holds a lane), 0: idle
         self._wide = False                         # a forward on all threads runs: no other may run beside it
         self._listeners: list[Callable[[BatchRecord], None]] = []
@@ -227,6 +229,7 @@ class ForwardQueue:
                 return False
             try:
                 self._queue.remove(request)
+                self._queued_tokens -= request.tokens
             except ValueError:
                 return False
             request.state, request.error = "cancelled", RequestCancelled("the request was cancelled while queued")
@@ -236,11 +239,12 @@ class ForwardQueue:
     # ------------------------------------------------------------------------------------------------- the queue
     def _enqueue(self, request: _Request) -> bool:
         """Queue the request; True if the caller leads a forward now: the encoder was idle, or narrow lanes run, one
-        is free and LANE_MIN_REQUESTS are queued."""
+        is free and enough is queued (_enough_for_lanes)."""
         with self._lock:
             self._queue.append(request)
+            self._queued_tokens += request.tokens
             if self._leaders == 0 or (not self._wide and self._leaders < self.lanes
-                                      and len(self._queue) >= LANE_MIN_REQUESTS):
+                                      and self._enough_for_lanes(len(self._queue), self._queued_tokens)):
                 self._leaders += 1
                 return True
             return False
@@ -258,24 +262,24 @@ class ForwardQueue:
 
     def _take(self, first: Optional[_Request] = None) -> tuple[list[_Request], int, bool]:
         """The oldest queued requests that fit max_batch_tokens (at least one; expired ones are failed), and the
-        threads to run them on: all, when this is the only lane and fewer than LANE_MIN_REQUESTS are queued; else a
-        lane's share, the queue then shared with a lane opened now if one is free (led by the next request's
+        threads to run them on: all, when this is the only lane and too little is queued for lanes; else a lane's
+        share, the queue then shared (half of its tokens each) with a lane opened now if one is free (led by the next request's
         caller or a worker). Also whether the forward is on all threads (wide: nothing runs beside it)."""
         batch, tokens, expired = ([first], first.tokens, []) if first else ([], 0, [])
         now = time.monotonic()
         with self._lock:
-            waiting = len(self._queue) + len(batch)
-            narrow = self.lanes > 1 and (self._leaders > 1 or waiting >= LANE_MIN_REQUESTS)
-            share = waiting
-            open_lane = narrow and self._leaders < self.lanes and waiting >= LANE_MIN_REQUESTS
-            if open_lane:
-                share = (waiting + 1) // 2
+            queued = self._queued_tokens + tokens
+            enough = self._enough_for_lanes(len(self._queue) + len(batch), queued)
+            narrow = self.lanes > 1 and (self._leaders > 1 or enough)
+            open_lane = narrow and self._leaders < self.lanes and enough
+            share = (queued + 1) // 2 if open_lane else queued
             threads = self.lane_threads if narrow else self.threads
             self._wide = not narrow
-            while self._queue and len(batch) < share:
+            while self._queue and tokens < share:
                 request = self._queue[0]
                 if request.deadline is not None and now > request.deadline:
                     self._queue.popleft()
+                    self._queued_tokens -= request.tokens
                     request.state = "failed"
                     request.error = DeadlineExceeded(
                         f"the request's deadline passed after {now - request.enqueued:.3f} s in the queue, before "
@@ -285,6 +289,7 @@ class ForwardQueue:
                 if batch and tokens + request.tokens > self.max_batch_tokens:
                     break
                 self._queue.popleft()
+                self._queued_tokens -= request.tokens
                 request.state = "running"
                 batch.append(request)
                 tokens += request.tokens
@@ -297,6 +302,11 @@ class ForwardQueue:
         for request in expired:
             request.finish()
         return batch, threads, not narrow
+
+    @staticmethod
+    def _enough_for_lanes(requests: int, tokens: int) -> bool:
+        """Whether queued work is worth two forwards side by side rather than one on all threads."""
+        return requests >= 2 and tokens >= LANE_MIN_TOKENS
 
     def _hand_over(self, wide: bool) -> bool:
         """After a forward (on all threads if wide): True if this thread leads the next one. The oldest waiting
@@ -325,6 +335,7 @@ class ForwardQueue:
         if head.on_done is not None:
             return False
         self._queue.popleft()
+        self._queued_tokens -= head.tokens
         head.state = "running"
         head.lead = True
         head.event.set()
