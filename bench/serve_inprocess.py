@@ -53,19 +53,30 @@ def concurrent_limit(encode_batch: Callable[[Sequence[str]], object], texts: Seq
     runs one forward at a time, on all threads)."""
     batches = [texts[i:i + 32] for i in range(0, len(texts), 32)]
     done = [0] * callers
-    stop = threading.Event()
+    position = list(range(callers))
+
+    def call(k: int) -> None:
+        batch = batches[position[k] % len(batches)]
+        encode_batch(batch)
+        done[k] += len(batch)
+        position[k] += callers
+
+    encode_batch(texts[:64])  # warm-up
+    elapsed = _calling_for(callers, seconds, call)
+    return {"texts_per_s": sum(done) / elapsed, "callers": callers, "batch_size": 32, "seconds": elapsed}
+
+
+def _calling_for(callers: int, seconds: float, call: Callable[[int], None]) -> float:
+    """call(k) in a loop in each of `callers` threads k, started together, for `seconds`; the time from the start
+    until every thread stopped (the calls still running at the stop are counted by `call`, as their time is)."""
     start_line = threading.Barrier(callers + 1)
+    stop = threading.Event()
 
     def caller(k: int) -> None:
         start_line.wait()
-        i = k
         while not stop.is_set():
-            batch = batches[i % len(batches)]
-            encode_batch(batch)
-            done[k] += len(batch)
-            i += callers
+            call(k)
 
-    encode_batch(texts[:64])  # warm-up
     threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(callers)]
     for th in threads:
         th.start()
@@ -75,8 +86,7 @@ def concurrent_limit(encode_batch: Callable[[Sequence[str]], object], texts: Seq
     stop.set()
     for th in threads:
         th.join()
-    elapsed = time.perf_counter() - start   # the batches still running at the stop are counted, as their time is
-    return {"texts_per_s": sum(done) / elapsed, "callers": callers, "batch_size": 32, "seconds": elapsed}
+    return time.perf_counter() - start
 
 
 def _latency_ms(samples_s: list[float]) -> dict:
@@ -103,29 +113,16 @@ def single(encode_one: Callable[[str], object], texts: Sequence[str], seconds: f
 def threaded(encode_one: Callable[[str], object], texts: Sequence[str], callers: int, seconds: float) -> dict:
     """`callers` threads each calling encode_one on its own texts in a loop for `seconds`: texts/s and latency."""
     times: list[list[float]] = [[] for _ in range(callers)]
-    start_line = threading.Barrier(callers + 1)
-    stop = threading.Event()
+    position = [k * 7919 for k in range(callers)]
 
-    def caller(k: int) -> None:
-        start_line.wait()
-        i = k * 7919
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            encode_one(texts[i % len(texts)])
-            times[k].append(time.perf_counter() - t0)
-            i += 1
+    def call(k: int) -> None:
+        t0 = time.perf_counter()
+        encode_one(texts[position[k] % len(texts)])
+        times[k].append(time.perf_counter() - t0)
+        position[k] += 1
 
     encode_one(texts[0])  # warm-up
-    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(callers)]
-    for th in threads:
-        th.start()
-    start_line.wait()
-    start = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for th in threads:
-        th.join()
-    elapsed = time.perf_counter() - start  # includes the calls still running at the stop, counted below
+    elapsed = _calling_for(callers, seconds, call)
     every = [x for per in times for x in per]
     return {"callers": callers, "texts_per_s": len(every) / elapsed, **_latency_ms(every)}
 
