@@ -528,3 +528,26 @@ def test_worker_nice_lowers_the_priority_of_the_threads_that_lead_forwards_and_n
     for bad in (-1, 20, True, "5", 2.0):
         with pytest.raises(InvalidInputError, match="worker_nice must be an integer from 0"):
             bortengine.load(str(minilm_path()), worker_nice=bad)
+
+
+def test_a_listener_that_raises_is_warned_about_and_the_queue_goes_on():
+    """It ended the leading thread's loop: the queue was left busy with nobody leading, and every later call hung."""
+    gate = Gate()
+    queue = ForwardQueue(gate, threads=2)
+    seen: list[BatchRecord] = []
+
+    def broken(record):
+        raise ValueError("a bug in the caller's metrics")
+
+    queue.add_listener(broken)
+    queue.add_listener(seen.append)
+    with pytest.warns(RuntimeWarning, match="batch listener .* raised ValueError: a bug in the caller's metrics"):
+        hidden, _ = queue.run(request(3), None, None)
+    assert (hidden == 3).all() and len(seen) == 1
+    with pytest.warns(RuntimeWarning):
+        threads, results = queue_behind_a_running_forward(queue, gate, [1, 2, 3, 4, 5], tokens=6)
+        gate.open.set()
+        for t in threads:
+            t.join(10)
+    assert not any(t.is_alive() for t in threads) and sorted(results) == [0, 1, 2, 3, 4, 5]
+    assert queue._leaders == 0 and sum(r.requests for r in seen) == 7   # each request computed once

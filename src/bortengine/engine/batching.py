@@ -34,6 +34,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -368,7 +369,12 @@ class ForwardQueue:
             record = BatchRecord(sum(len(r.ids) for r in batch), sum(r.tokens for r in batch), len(batch), forward_s,
                                  [start - r.enqueued for r in batch], [r.tokenize_s for r in batch], threads)
             for listener in list(self._listeners):
-                listener(record)
+                try:
+                    listener(record)
+                except Exception as e:   # raised here, it would end the lane's leader and leave the queue unled
+                    warnings.warn(f"batch listener {listener!r} raised {type(e).__name__}: {e}; the forward's "
+                                  f"results were given, the other listeners still run", RuntimeWarning,
+                                  stacklevel=2)
 
     @staticmethod
     def _split(batch: list[_Request], outputs) -> list[tuple[Any, Any]]:
