@@ -104,8 +104,10 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
                      f"{near['test_accuracy']:.4f}); then Agora's rounds from that model ({finetune['rounds']} rounds; "
                      f"test accuracy {finetune['plain_test_accuracy']:.4f} after its first, "
                      f"{finetune['round_rows'][-1]['test_accuracy']:.4f} after its last): agora_rounds.png. Dev "
-                     f"accuracy on the part Agora selects with: {dev['near']:.4f} first, {dev['agora']:.4f} Agora; "
-                     f"{chosen} model is the student.")
+                     f"accuracy on the part Agora selects with: {dev['near']:.4f} first, {dev['agora']:.4f} Agora"
+                     + (f" (Agora's is taken only when more accurate by over one standard error, "
+                        f"{finetune['agora_margin']:.4f})" if "agora_margin" in finetune else "")
+                     + f"; {chosen} model is the student.")
     elif finetune:
         lines.append(f"Fine-tuned on the training set and {finetune.get('augmented_examples', 0)} texts near its texts "
                      f"labelled by the teacher, learning the teacher's soft labels too ({finetune['steps']} steps).")
