@@ -136,11 +136,12 @@ def test_suite_fails_on_another_cpu_target_or_skips_when_allowed(tmp_path, small
     assert "1 passed, 2 skipped" in allowed.stdout and other.signature in allowed.stdout
 
 
-@pytest.mark.parametrize("ratio", [1.2, 1 / 1.8, 3.0])
+@pytest.mark.parametrize("ratio", [1.2, 1 / 1.5, 3.0])
 def test_a_probe_apart_by_what_load_causes_warns_and_beyond_it_fails(tmp_path, small_model, profile, ratio):
-    # the profile's rate `ratio` x this machine's best: 1.2x (taken quiet, checked on a busy core) and 1/1.8 (taken
+    # the profile's rate `ratio` x this machine's best: 1.2x (taken quiet, checked on a busy core) and 1/1.5 (taken
     # on a busy core) are load or another clock, which the measured latency judges; 3x is not load (Zen 4 running a
-    # Zen 5 profile: 2.4x)
+    # Zen 5 profile: 2.4x). The suite probes again, and this shared machine's probe moves by up to ~25% between two
+    # readings: 1/1.8 (11% inside the 2x band) once failed CI when the fixture's probe read low and the suite's high
     stored = dataclasses.replace(profile.target, probe_gflops=round(ratio * profile.target.probe_gflops, 2))
     out = _out_dir(tmp_path / "out", small_model, profile, target=stored)
     P.write_latency_suite(out / "test_latency.py", out / "model", out / "profile.json", W, tolerance=1000)
