@@ -475,9 +475,10 @@ def finetune_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
         return result
     result.update(_augmented_kinds(ctx))
     agora = _agora(ctx, str(near_model), seconds - (time.monotonic() - started))
-    dev = {name: _selection_accuracy(ctx, directory) for name, directory in (("near", near_model),
-                                                                              ("agora", agora["model_dir"]))}
-    margin = _standard_error(dev["near"], len(_selection_part(ctx)))
+    part = _selection_part(ctx)
+    dev = {name: _selection_accuracy(ctx, directory, part) for name, directory in (("near", near_model),
+                                                                                    ("agora", agora["model_dir"]))}
+    margin = _standard_error(dev["near"], len(part))
     winner = "agora" if dev["agora"] > dev["near"] + margin else "near"
     _copy_model(Path(agora["model_dir"]) if winner == "agora" else near_model, ctx.out / "model")
     return {**agora, "agora": True, "near_texts": result, "dev_accuracy_engine": dev, "agora_margin": margin,
@@ -525,13 +526,12 @@ def _standard_error(accuracy: float, n: int) -> float:
     return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / max(n, 1))
 
 
-def _selection_accuracy(ctx: RunContext, directory: "str | Path") -> float:
-    """A model's accuracy on the engine on the part of dev Agora selects with (_selection_part)."""
+def _selection_accuracy(ctx: RunContext, directory: "str | Path", part) -> float:
+    """A model's accuracy on the engine on `part` of dev: the indices _selection_part gives."""
     from bortengine.engine import load
     from bortengine.pipeline.evaluation import accuracy
 
     examples = ctx.task.dev
-    part = _selection_part(ctx)
     texts, pairs = ctx.task.texts("dev")
     return accuracy(load(str(directory), num_threads=ctx.threads), [texts[i] for i in part],
                     None if pairs is None else [pairs[i] for i in part],
