@@ -14,9 +14,11 @@ Fixtures, each a session-scoped factory (call it in a test):
 Timing, or a number of milliseconds. Options: --bortengine-tolerance RATIO (overrides every expectation's tolerance)
 and --bortengine-allow-other-cpu (skip rather than fail on another CPU target).
 
-Loaded into every pytest run where bortengine is installed, so it adds only those fixtures and options: no hook
-that changes collection or reports, and nothing heavy at import (never torch; the native module loads when a
-fixture first needs it). `-p no:bortengine` turns it off.
+Loaded into every pytest run where bortengine is installed, so it adds only those fixtures and options, no hook
+that changes collection, and nothing heavy at import (never torch; the native module loads when a fixture first
+needs it). A run that checked a CPU target ends with one summary section: each profile's probe rate against this
+machine's and the verdict, since a probe that read differently is what turns a pass into a warning or a failure.
+`-p no:bortengine` turns it off.
 """
 from __future__ import annotations
 
@@ -56,6 +58,24 @@ def pytest_addoption(parser: Any) -> None:
                          "latency check was given (e.g. TOLERANCE in a latency suite)")
     group.addoption("--bortengine-allow-other-cpu", action="store_true", default=False,
                     help="on another CPU target than the profile's, skip the latency checks instead of failing")
+
+
+# the CPU-target checks of this run, for the terminal summary: (profile, expected, found, verdict) once per profile
+_TARGET_CHECKS = pytest.StashKey[dict]()
+
+
+def pytest_configure(config: Any) -> None:
+    config.stash[_TARGET_CHECKS] = {}
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
+    checks = config.stash.get(_TARGET_CHECKS, {})
+    if not checks:
+        return
+    terminalreporter.section("bortengine CPU target")
+    for where, (expected, found, verdict) in checks.items():
+        terminalreporter.write_line(f"{where}: this machine's calibration probe {found.probe_gflops} GFLOP/s "
+                                    f"against the profile's {expected.probe_gflops}: {verdict}")
 
 
 def _clean_failures(fn: Callable) -> Callable:
@@ -156,6 +176,7 @@ def bortengine_cpu_target(pytestconfig: Any, bortengine_profile: ProfileCache) -
     file, or a LatencyExpectation); otherwise the test fails, or skips with --bortengine-allow-other-cpu, saying
     which target was expected and which was found."""
     allow_other = pytestconfig.getoption("bortengine_allow_other_cpu")
+    checks = pytestconfig.stash[_TARGET_CHECKS]
     current: list[Target] = []
 
     def check(profile: Any) -> Target:
@@ -170,9 +191,11 @@ def bortengine_cpu_target(pytestconfig: Any, bortengine_profile: ProfileCache) -
         found = current[0].confirmed_against(expected)
         if expected.apart_by_load_alone(found):
             # a busy core (now or when profiled) or another clock: the latency measured tells, so this warns
+            checks[where] = (expected, found, "apart by what load causes (warned)")
             warnings.warn(busy_core_note(expected, found, where), ProfileMismatchWarning, stacklevel=2)
             return current[0]
         mismatch = cpu_target_mismatch(expected, found, where, dtype)
+        checks[where] = (expected, found, "another CPU target" if mismatch else "the same CPU target")
         if mismatch and allow_other:
             pytest.skip(f"--bortengine-allow-other-cpu: {mismatch}")
         if mismatch:
