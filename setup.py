@@ -21,17 +21,21 @@ ISA_FLAGS = {
     "kernels_avx512.cc": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mavx2", "-mf16c"],
     "kernels_bf16_avx512bf16.cc": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mfma",
                                    "-mavx2", "-mf16c"],
+    "kernels_bf16_amx.cc": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mamx-tile",
+                            "-mamx-bf16", "-mfma", "-mavx2", "-mf16c"],
     "kernels_bf16_avx512.cc": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mavx2", "-mf16c"],
     "kernels_bf16_avx2.cc": ["-mavx2", "-mfma", "-mf16c"],
     "kernels_bf16_scalar.cc": [],
     "kernels_int8_scalar.cc": [],
     "kernels_int8_avx2.cc": ["-mavx2", "-mfma", "-mf16c"],
+    "kernels_int8_amx.cc": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mamx-tile",
+                            "-mamx-int8", "-mfma", "-mavx2", "-mf16c"],
     "kernels_int8_avx512vnni.cc": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma",
                                    "-mavx2", "-mf16c"],
 }
 ISA_SOURCES = ["kernels_scalar.cc", "kernels_int8_scalar.cc", "kernels_bf16_scalar.cc"] + (
     ["kernels_avx2.cc", "kernels_avx512.cc", "kernels_int8_avx2.cc", "kernels_int8_avx512vnni.cc",
-     "kernels_bf16_avx2.cc", "kernels_bf16_avx512.cc", "kernels_bf16_avx512bf16.cc"] if IS_X86 else []
+     "kernels_bf16_avx2.cc", "kernels_bf16_avx512.cc", "kernels_bf16_avx512bf16.cc", "kernels_bf16_amx.cc", "kernels_int8_amx.cc"] if IS_X86 else []
 )
 COMMON_SOURCES = ["isa.cc", "kernels_ref.cc", "pool.cc", "ops.cc", "single_ops.cc", "forward.cc", "encoder.cc", "bindings.cc"]
 

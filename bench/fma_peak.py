@@ -1,7 +1,8 @@
 """The machine's fp32 multiply-add ceiling, measured by bench/fma_probe.cc (independent FMAs, no memory traffic).
 
 `python bench/fma_peak.py [--threads N] [--seconds S]` prints GFLOP/s for ymm (AVX2+FMA) and, where the CPU has it,
-zmm (AVX-512) FMAs on 1 and N threads. The benchmark suite records the best as the ceiling no fp32 GEMM, and so no
+zmm (AVX-512) FMAs on 1 and N threads, and where the CPU and OS have AMX-BF16 tiles, their bf16 rate (not an fp32
+ceiling: the bf16 and int8 GEMMs run on them). The benchmark suite records the best as the ceiling no fp32 GEMM, and so no
 fp32 engine, can pass on this machine: the report's "ceiling" lines use it. The probe is compiled with the system
 C++ compiler (`$CXX`, else g++ or c++) into bench/.cache/ the first time.
 """
@@ -40,7 +41,8 @@ def build() -> Path:
 
 
 def measure(isa: str, threads: int, seconds: float = 1.0) -> float | None:
-    """GFLOP/s of `threads` threads of independent `isa` ("ymm" or "zmm") FMAs; None if the CPU lacks them."""
+    """GFLOP/s of `threads` threads of independent `isa` ("ymm" or "zmm") FMAs, or of bf16 tile products ("amx");
+    None if the CPU lacks them."""
     proc = subprocess.run([str(build()), isa, str(threads), str(seconds)], capture_output=True, text=True,
                           timeout=60 + 10 * seconds)
     if proc.returncode == 3:
@@ -72,6 +74,9 @@ def main() -> None:
             isa, n = key.split("_")
             print(f"{isa} FMAs, {n} thread(s): " + ("not on this CPU" if value is None else f"{value:.1f} GFLOP/s"))
     print(f"ceiling on {args.threads} thread(s): {c['gflops']:.1f} GFLOP/s")
+    for n in sorted({1, args.threads}):
+        amx = max(measure("amx", n, args.seconds) or 0.0 for _ in range(3))
+        print(f"amx bf16 tiles, {n} thread(s): " + (f"{amx:.1f} GFLOP/s" if amx else "not on this CPU (or OS)"))
 
 
 if __name__ == "__main__":

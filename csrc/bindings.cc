@@ -76,6 +76,14 @@ void bind_info(py::module_& m) {
           py::arg("isa") = "");
     m.def("int8_kernel_name", [](const std::string& isa) { return std::string(int8_kernels_for(isa).gemm_name); },
           py::arg("isa") = "");
+    m.def(
+        "int8_kernel_names",
+        [](const std::string& isa) {
+            std::vector<std::string> names;
+            for (const Int8KernelTable* t : int8_kernel_variants(isa)) names.push_back(t->gemm_name);
+            return names;
+        },
+        py::arg("isa") = "");
     m.def("bf16_kernel_name", [](const std::string& isa) { return std::string(bf16_kernels_for(isa).gemm_name); },
           py::arg("isa") = "");
     m.def(
@@ -412,8 +420,9 @@ void bind_fp32_ops(py::module_& m) {
 class PyQuantizedLinear {
   public:
     // w float [N, K] (quantized here) or int8 [N, K] with scale [N].
-    PyQuantizedLinear(py::array w, py::object scale_obj, py::object bias_obj, const std::string& isa) {
-        const Int8KernelTable& kt = int8_kernels_for(isa);
+    PyQuantizedLinear(py::array w, py::object scale_obj, py::object bias_obj, const std::string& isa,
+                      const std::string& kernel) {
+        const Int8KernelTable& kt = int8_kernels_for(isa, kernel);
         const ops::ArrayRef<float> bias = optional_floats(bias_obj, bias_, "bias");
         if (w.dtype().kind() == 'i' && w.itemsize() == 1) {
             FArray scale;
@@ -450,8 +459,9 @@ class PyQuantizedLinear {
 
 void bind_int8_ops(py::module_& m) {
     py::class_<PyQuantizedLinear>(m, "QuantizedLinear")
-        .def(py::init<py::array, py::object, py::object, const std::string&>(), py::arg("w"),
-             py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("isa") = "")
+        .def(py::init<py::array, py::object, py::object, const std::string&, const std::string&>(), py::arg("w"),
+             py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("isa") = "",
+             py::arg("kernel") = "")
         .def("__call__", &PyQuantizedLinear::call, py::arg("a"), py::arg("epilogue") = "none",
              py::arg("residual") = py::none(), py::arg("num_threads") = 1, py::arg("raw") = false)
         .def_property_readonly("N", &PyQuantizedLinear::N)
@@ -471,8 +481,8 @@ void bind_int8_ops(py::module_& m) {
         py::arg("w"));
     m.def(
         "quantize_rows",
-        [](FArray a, const std::string& isa) {
-            const Int8KernelTable& kt = int8_kernels_for(isa);
+        [](FArray a, const std::string& isa, const std::string& kernel) {
+            const Int8KernelTable& kt = int8_kernels_for(isa, kernel);
             const ops::Shape shape = ops::check_quantize_rows(kt, ref(a));
             UArray q = new_array<std::uint8_t>(shape);
             FArray s = new_array<float>({shape[0]});
@@ -480,7 +490,7 @@ void bind_int8_ops(py::module_& m) {
             ops::quantize_rows(kt, ref(a), q.mutable_data(), s.mutable_data(), z.mutable_data());
             return py::make_tuple(q, s, z);
         },
-        py::arg("a"), py::arg("isa") = "");
+        py::arg("a"), py::arg("isa") = "", py::arg("kernel") = "");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,10 @@
 #if defined(BORTENGINE_X86)
 #include <cpuid.h>
 #endif
+#if defined(BORTENGINE_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace bortengine {
 namespace {
@@ -20,6 +24,17 @@ unsigned long long read_xcr0() {
     unsigned eax, edx;
     __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
     return (static_cast<unsigned long long>(edx) << 32) | eax;
+}
+
+// Whether Linux lets this process use the AMX tile data state (it refuses, for one, when a thread's signal stack
+// is too small for the larger signal frame). Other OSes: not asked, so no AMX.
+bool request_tile_data() {
+#if defined(__linux__)
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
 }
 #endif
 
@@ -56,6 +71,7 @@ CpuInfo detect() {
     const bool os_avx = (xcr0 & 0x6) == 0x6;
     const bool os_avx512 = os_avx && (xcr0 & 0xE0) == 0xE0;
     bool avx2 = false, f = false, dq = false, bw = false, vl = false, vnni = false, bf16 = false;
+    bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
     if (__get_cpuid_max(0, nullptr) >= 7) {
         __cpuid_count(7, 0, a, b, c, d);
         avx2 = b & (1u << 5);
@@ -64,6 +80,9 @@ CpuInfo detect() {
         bw = b & (1u << 30);
         vl = b & (1u << 31);
         vnni = c & (1u << 11);
+        amx_tile = d & (1u << 24);
+        amx_bf16 = d & (1u << 22);
+        amx_int8 = d & (1u << 25);
         __cpuid_count(7, 1, a, b, c, d);
         bf16 = a & (1u << 5);
     }
@@ -77,6 +96,13 @@ CpuInfo detect() {
     if (ci.avx512) ci.flags.push_back("avx512f+bw+dq+vl");
     if (ci.avx512_vnni) ci.flags.push_back("avx512_vnni");
     if (ci.avx512_bf16) ci.flags.push_back("avx512_bf16");
+    // XCR0 bits 17-18: the OS saves tile configuration and data; then Linux hands the (8 KiB) tile data state to a
+    // process only when it asks (arch_prctl ARCH_REQ_XCOMP_PERM), once for all its threads.
+    const bool tiles = ci.avx512 && amx_tile && (xcr0 & 0x60000) == 0x60000 && request_tile_data();
+    ci.amx_bf16 = tiles && ci.avx512_bf16 && amx_bf16;
+    ci.amx_int8 = tiles && ci.avx512_vnni && amx_int8;
+    if (ci.amx_bf16) ci.flags.push_back("amx_bf16");
+    if (ci.amx_int8) ci.flags.push_back("amx_int8");
 #endif
     return ci;
 }
@@ -85,6 +111,20 @@ std::string join(const std::vector<std::string>& v) {
     std::string s;
     for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
     return s;
+}
+
+// The variant of path's kernels named `kernel` (its gemm_name), or the best (the first) for "".
+template <class Table>
+const Table& pick_variant(const std::vector<const Table*>& variants, const std::string& path,
+                          const std::string& kernel, const char* dtype) {
+    if (kernel.empty()) return *variants.front();
+    std::vector<std::string> names;
+    for (const Table* t : variants) {
+        if (kernel == t->gemm_name) return *t;
+        names.push_back(t->gemm_name);
+    }
+    throw std::invalid_argument(std::string(dtype) + " kernel '" + kernel + "' does not run on path '" + path +
+                                "' here; it runs: " + join(names));
 }
 
 const KernelTable* table_of(const std::string& isa) {
@@ -125,14 +165,22 @@ const KernelTable& kernels_for(const std::string& isa_in) {
                                 "); available: " + join(available_isas()));
 }
 
-const Int8KernelTable& int8_kernels_for(const std::string& isa_in) {
-    const KernelTable& kt = kernels_for(isa_in);  // validates the name
-    const std::string isa = kt.isa;
+std::vector<const Int8KernelTable*> int8_kernel_variants(const std::string& isa_in) {
+    const std::string isa = kernels_for(isa_in).isa;  // validates the name
+    std::vector<const Int8KernelTable*> v;
 #if defined(BORTENGINE_X86)
-    if (isa == "avx512") return cpu_info().avx512_vnni ? *avx512vnni_int8_kernels() : *avx2_int8_kernels();
-    if (isa == "avx2") return *avx2_int8_kernels();
+    if (isa == "avx512") {
+        if (cpu_info().amx_int8) v.push_back(amx_int8_kernels());
+        v.push_back(cpu_info().avx512_vnni ? avx512vnni_int8_kernels() : avx2_int8_kernels());
+    }
+    if (isa == "avx2") v.push_back(avx2_int8_kernels());
 #endif
-    return *scalar_int8_kernels();
+    if (isa == "scalar") v.push_back(scalar_int8_kernels());
+    return v;
+}
+
+const Int8KernelTable& int8_kernels_for(const std::string& isa, const std::string& kernel) {
+    return pick_variant(int8_kernel_variants(isa), kernels_for(isa).isa, kernel, "int8");
 }
 
 std::vector<const Bf16KernelTable*> bf16_kernel_variants(const std::string& isa_in) {
@@ -140,6 +188,7 @@ std::vector<const Bf16KernelTable*> bf16_kernel_variants(const std::string& isa_
     std::vector<const Bf16KernelTable*> v;
 #if defined(BORTENGINE_X86)
     if (isa == "avx512") {
+        if (cpu_info().amx_bf16) v.push_back(amx_bf16_kernels());
         if (cpu_info().avx512_bf16) v.push_back(avx512bf16_bf16_kernels());
         v.push_back(avx512_bf16_kernels());
     }
@@ -150,15 +199,7 @@ std::vector<const Bf16KernelTable*> bf16_kernel_variants(const std::string& isa_
 }
 
 const Bf16KernelTable& bf16_kernels_for(const std::string& isa, const std::string& kernel) {
-    const std::vector<const Bf16KernelTable*> variants = bf16_kernel_variants(isa);
-    if (kernel.empty()) return *variants.front();
-    std::vector<std::string> names;
-    for (const Bf16KernelTable* t : variants) {
-        if (kernel == t->gemm_name) return *t;
-        names.push_back(t->gemm_name);
-    }
-    throw std::invalid_argument("bf16 kernel '" + kernel + "' does not run on path '" + variants.front()->isa +
-                                "' here; it runs: " + join(names));
+    return pick_variant(bf16_kernel_variants(isa), kernels_for(isa).isa, kernel, "bf16");
 }
 
 AttentionFn bf16_attention_for(const std::string& isa_in, const char** name) {

@@ -12,6 +12,8 @@ struct CpuInfo {
     std::string vendor, model;
     std::vector<std::string> flags;  // the ISA features the engine cares about
     bool avx2 = false, fma = false, avx512 = false, avx512_vnni = false, avx512_bf16 = false;
+    // AMX-TILE and AMX-BF16 / AMX-INT8, the OS saving tile state, and this process allowed to use it
+    bool amx_bf16 = false, amx_int8 = false;
     int logical_cpus = 1;
 };
 
@@ -23,10 +25,14 @@ const std::vector<std::string>& available_isas();
 const std::string& default_isa();
 // The kernel table of a path ("" = default_isa()). Throws std::invalid_argument if unknown or not runnable.
 const KernelTable& kernels_for(const std::string& isa);
-// The int8 kernels that go with a path: "avx512" uses VNNI when the CPU has it, else the AVX2 int8 kernels.
-const Int8KernelTable& int8_kernels_for(const std::string& isa);
-// The bf16 GEMM kernels that run on a path, best first: "avx512": the AVX512_BF16 kernel where the CPU has it,
-// then the AVX-512F emulation; "avx2": its emulation; "scalar": the portable kernel.
+// The int8 GEMM kernels that run on a path, best first: "avx512": the AMX kernel where the CPU and OS allow it, the
+// VNNI kernel where the CPU has it, else the AVX2 int8 kernels; "avx2": those; "scalar": the portable kernel.
+std::vector<const Int8KernelTable*> int8_kernel_variants(const std::string& isa);
+// The int8 kernels of a path: the best, or the one whose gemm_name is `kernel` (std::invalid_argument if it is not
+// among int8_kernel_variants(isa)).
+const Int8KernelTable& int8_kernels_for(const std::string& isa, const std::string& kernel = "");
+// The bf16 GEMM kernels that run on a path, best first: "avx512": the AMX kernel where the CPU and OS allow it, the
+// AVX512_BF16 kernel where the CPU has it, then the AVX-512F emulation; "avx2": its emulation; "scalar": the portable kernel.
 std::vector<const Bf16KernelTable*> bf16_kernel_variants(const std::string& isa);
 // The bf16 kernels of a path: the best, or the one whose gemm_name is `kernel` (tests force an emulation with it;
 // std::invalid_argument if it is not among bf16_kernel_variants(isa)).

@@ -78,7 +78,7 @@ struct Int8KernelTable {
     const char* isa;        // "avx512vnni", "avx2", "scalar"
     const char* gemm_name;
     int mr, nr;
-    int kgroup;             // K is padded to a multiple of this (products summed per int32 lane)
+    int kgroup;             // K is padded to a multiple of this (products summed per int32 lane; AMX: a tile row)
 
     std::size_t (*packed_b_bytes)(int K, int N);
     // w: s8 [N, K] (a quantized torch Linear weight) -> packed panels for this path.
@@ -104,14 +104,16 @@ struct Int8KernelTable {
 // same bf16 operands. Variants (of one ISA path; isa.h bf16_kernels_for): "avx512bf16" (vdpbf16ps), "avx512" and
 // "avx2" (bf16 widened to fp32 by a 16-bit shift, then FMA: the same products, exactly), "scalar".
 // Naming: gemm_bf16_<variant>_<MR>x<NR>.
-// Packed B: ceil(N/nr) panels, each [ceil(K/2)][nr][2] bf16 (as uint16 bits): the 32-bit pair of column j for
-// k-pair g holds k = 2g (low half) and 2g+1 (high half), zero-padded past K and N. One vector load then feeds
-// vdpbf16ps directly, or widens into the fp32 columns of k = 2g and of k = 2g + 1.
+// Packed B: ceil(N/nr) panels, each [D/2][nr][2] bf16 (as uint16 bits, D = K rounded up to kgroup): the 32-bit
+// pair of column j for k-pair g holds k = 2g (low half) and 2g+1 (high half), zero-padded past K and N. One vector
+// load then feeds vdpbf16ps directly, or widens into the fp32 columns of k = 2g and of k = 2g + 1; on AMX 16 pair
+// rows of 16 columns are one B tile (rows 2 * nr bf16 apart).
 struct Bf16KernelTable {
-    const char* variant;    // "avx512bf16", "avx512", "avx2", "scalar"
+    const char* variant;    // "amx", "avx512bf16", "avx512", "avx2", "scalar"
     const char* isa;        // the path it belongs to: "avx512", "avx2", "scalar"
     const char* gemm_name;  // e.g. "gemm_bf16_avx512bf16_14x32"
     int mr, nr;
+    int kgroup;             // panels are K rounded up to a multiple of this deep (2: a pair; AMX: a tile's 32)
 
     // w: bf16 [N, K] -> packed panels (packed_b_bf16_elems(K, N) uint16). Subnormals become signed zeros.
     void (*pack_b)(int K, int N, const std::uint16_t* w, std::uint16_t* packed);
@@ -126,7 +128,7 @@ struct Bf16KernelTable {
 
 inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) / m * m; }
 inline std::size_t packed_b_bf16_elems(const Bf16KernelTable& kt, int K, int N) {
-    return round_up(static_cast<std::size_t>(K), 2) * round_up(static_cast<std::size_t>(N), kt.nr);
+    return round_up(static_cast<std::size_t>(K), kt.kgroup) * round_up(static_cast<std::size_t>(N), kt.nr);
 }
 inline std::size_t packed_b_floats(const KernelTable& kt, int K, int N) {
     return static_cast<std::size_t>(K) * round_up(static_cast<std::size_t>(N), kt.nr);
@@ -175,9 +177,11 @@ const KernelTable* avx2_kernels();
 const KernelTable* avx512_kernels();
 const Int8KernelTable* avx2_int8_kernels();
 const Int8KernelTable* avx512vnni_int8_kernels();
+const Int8KernelTable* amx_int8_kernels();         // kernels_int8_amx.cc: needs AMX-INT8 and the OS's leave
 const Bf16KernelTable* avx2_bf16_kernels();
 const Bf16KernelTable* avx512_bf16_kernels();
 const Bf16KernelTable* avx512bf16_bf16_kernels();  // kernels_bf16_avx512bf16.cc: needs AVX512_BF16
+const Bf16KernelTable* amx_bf16_kernels();         // kernels_bf16_amx.cc: needs AMX-BF16 and the OS's leave
 AttentionFn bf16_attention_avx512();                // kernels_bf16_avx512bf16.cc: needs AVX512_BF16
 #endif
 

@@ -195,7 +195,7 @@ Bf16Matrix round_linear_bf16(const Bf16KernelTable& kt, const float* w, int N, i
 void gemm_team(Team& team, int M, const float* A, std::ptrdiff_t lda, const Bf16Matrix& B, float* C,
                std::ptrdiff_t ldc, const Epilogue& ep, Bf16Scratch& ws) {
     const Bf16KernelTable& kt = *B.kt;
-    const std::ptrdiff_t panel = static_cast<std::ptrdiff_t>(round_up(B.K, 2)) * kt.nr;  // bf16 per packed panel
+    const std::ptrdiff_t panel = static_cast<std::ptrdiff_t>(round_up(B.K, kt.kgroup)) * kt.nr;  // bf16 per panel
     split_gemm(team, M, B.N, kt.mr, kt.nr, ep, [&](int m0, int m1, int p0, int n0, int n1, const Epilogue& e) {
         kt.gemm(m1 - m0, n1 - n0, B.K, A + m0 * lda, lda, B.data.data() + p0 * panel, C + m0 * ldc + n0, ldc, e,
                 ws.a.slot(current_slot()));

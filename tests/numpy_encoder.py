@@ -44,6 +44,13 @@ def int8_kernel_name(isa: str = "") -> str:
 bf16_kernel_name = int8_kernel_name
 
 
+def int8_kernel_names(isa: str = "") -> list[str]:
+    return [int8_kernel_name(isa)]
+
+
+bf16_kernel_names = int8_kernel_names
+
+
 def cpu_info() -> dict:
     import os
 

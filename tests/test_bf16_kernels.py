@@ -1,12 +1,12 @@
-"""The bf16 GEMM of every variant that runs here (AVX512_BF16, the AVX-512F and AVX2 emulations, the portable
+"""The bf16 GEMM of every variant that runs here (AMX, AVX512_BF16, the AVX-512F and AVX2 emulations, the portable
 kernel) against the plain-loop fp32 reference on bf16-rounded inputs.
 
 Rounding is checked bit for bit: each variant's own rounding (what its GEMM does to A, and the engine to weights)
 against the reference (csrc/kernels_ref.cc, nearest of the two bf16 neighbours), which is checked against NumPy
 bit arithmetic and torch's bfloat16. The products of two bf16 are exact in fp32, so a variant's GEMM differs from
 the double-precision reference on the rounded inputs only by its fp32 accumulation: the fp32 GEMM's tolerance,
-growing with sqrt(K). Shapes cover edge tiles (M below and around MR, N not a multiple of NR, K = 1, odd K, K
-across several KC blocks) and both thread splits (by columns; by rows for few panels or M >= 512).
+growing with sqrt(K). Shapes cover edge tiles (M below and around MR and AMX's 16-row tiles, N not a multiple of
+NR, K = 1, odd K, K across several KC blocks and not a multiple of AMX's 32) and both thread splits (by columns; by rows for few panels or M >= 512).
 """
 import numpy as np
 import pytest
@@ -23,7 +23,8 @@ ISAS = _core.available_isas()
 VARIANTS = [(isa, kernel) for isa in ISAS for kernel in _core.bf16_kernel_names(isa)]
 EPILOGUES = ["none", "gelu", "tanh", "residual"]
 SHAPES = [(1, 1, 1), (1, 17, 5), (3, 33, 1), (13, 31, 7), (14, 32, 64), (15, 33, 257), (29, 100, 301),
-          (64, 64, 600), (130, 96, 1030), (230, 70, 40), (600, 200, 300), (1030, 70, 41)]
+          (64, 64, 600), (130, 96, 1030), (230, 70, 40), (600, 200, 300), (1030, 70, 41), (16, 32, 32),
+          (17, 48, 65), (33, 20, 95)]
 
 
 def widen(bits):
@@ -74,11 +75,13 @@ def test_kernel_names():
         assert names and _core.bf16_kernel_name(isa) == names[0]
         for name in names:
             variant, tile = name.split("_")[2:]
-            assert name.startswith("gemm_bf16_") and variant.startswith(isa) and "x" in tile, name
+            on_path = variant.startswith(isa) or (isa, variant) == ("avx512", "amx")
+            assert name.startswith("gemm_bf16_") and on_path and "x" in tile, name
     if "avx512" in ISAS:
-        native = "avx512_bf16" in _core.cpu_info()["flags"]
-        assert _core.bf16_kernel_names("avx512")[0].startswith("gemm_bf16_avx512bf16_" if native else
-                                                               "gemm_bf16_avx512_")
+        flags = _core.cpu_info()["flags"]
+        best = ("gemm_bf16_amx_" if "amx_bf16" in flags else "gemm_bf16_avx512bf16_" if "avx512_bf16" in flags else
+                "gemm_bf16_avx512_")
+        assert _core.bf16_kernel_names("avx512")[0].startswith(best)
         assert _core.bf16_kernel_names("avx512")[-1].startswith("gemm_bf16_avx512_")
 
 

@@ -47,6 +47,9 @@ def test_info(capsys):
     assert "default ISA" in out
     core = bortengine.engine.core()
     assert core.int8_kernel_name() in out and core.bf16_kernel_name() in out
+    for isa in bortengine.available_isas():  # every kernel a path could be forced to, best first
+        assert f"{isa} ({', '.join(core.int8_kernel_names(isa))})" in out
+        assert f"{isa} ({', '.join(core.bf16_kernel_names(isa))})" in out
 
 
 def test_info_bad_argument(capsys):

@@ -1,4 +1,5 @@
-"""The int8 path of every ISA against the plain integer reference, exactly.
+"""The int8 path of every ISA, and every int8 kernel that runs on it (AMX, VNNI), against the plain integer
+reference, exactly.
 
 Quantization of activations (per row, asymmetric u8) and the int32 sums (minus zero point x weight sums) must be
 bit-identical to csrc/kernels_ref.cc on every path; the dequantized output is then checked against the reference
@@ -14,8 +15,11 @@ from bortengine import _core
 pytestmark = pytest.mark.skipif(not hasattr(_core, "gemm_ref"), reason="needs the native core")
 
 ISAS = _core.available_isas()
+# (path, kernel): every int8 kernel that runs here, forced by name (VNNI is not the avx512 path's default with AMX)
+VARIANTS = [(isa, kernel) for isa in ISAS for kernel in _core.int8_kernel_names(isa)]
+# M >= 512: split by rows (ops.cc kRowSplitM); M around AMX's 16-row tiles, K around its 64-deep tile rows
 SHAPES = [(1, 1, 1), (1, 17, 5), (3, 33, 3), (13, 37, 29), (14, 32, 64), (15, 33, 257), (64, 100, 770),
-          (130, 96, 1030), (200, 70, 40), (600, 200, 300)]  # M >= 512: split by rows (ops.cc kRowSplitM)
+          (130, 96, 1030), (200, 70, 40), (600, 200, 300), (16, 32, 64), (17, 48, 65), (33, 20, 127)]
 
 
 def _case(rng, M, N, K):
@@ -27,32 +31,38 @@ def _case(rng, M, N, K):
 
 def test_int8_kernel_names():
     for isa in ISAS:
-        name = _core.int8_kernel_name(isa)
-        assert name.startswith("gemm_u8s8_"), name
-    if "avx512" in ISAS and "avx512_vnni" in _core.cpu_info()["flags"]:
-        assert _core.int8_kernel_name("avx512").startswith("gemm_u8s8_avx512vnni")
+        names = _core.int8_kernel_names(isa)
+        assert names and _core.int8_kernel_name(isa) == names[0]
+        assert all(name.startswith("gemm_u8s8_") for name in names), names
+    flags = _core.cpu_info()["flags"]
+    if "avx512" in ISAS and "avx512_vnni" in flags:
+        names = _core.int8_kernel_names("avx512")
+        assert names[0].startswith("gemm_u8s8_amx_" if "amx_int8" in flags else "gemm_u8s8_avx512vnni")
+        assert names[-1].startswith("gemm_u8s8_avx512vnni")
+    with pytest.raises(ValueError, match="does not run on path 'scalar'.*gemm_u8s8_scalar_4x8"):
+        _core.QuantizedLinear(np.ones((2, 3), np.float32), isa="scalar", kernel="gemm_u8s8_avx2_6x16")
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa,kernel", VARIANTS)
 @pytest.mark.parametrize("M,N,K", SHAPES)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_int32_sums_exact(isa, M, N, K, threads):
+def test_int32_sums_exact(isa, kernel, M, N, K, threads):
     rng = np.random.default_rng(M * 7919 + N * 31 + K)
     a, w = _case(rng, M, N, K)
-    q, s, z = _core.quantize_rows(a, isa)
+    q, s, z = _core.quantize_rows(a, isa, kernel)
     qr, sr, zr = _core.quantize_rows_ref(a)
     assert np.array_equal(q[:, :K], qr) and np.array_equal(s, sr) and np.array_equal(z, zr)
     assert not q[:, K:].any()  # K padding is zero
     qw, sw = _core.quantize_weights(w)
-    raw = _core.QuantizedLinear(qw, sw, None, isa)(a, raw=True, num_threads=threads)
+    raw = _core.QuantizedLinear(qw, sw, None, isa, kernel)(a, raw=True, num_threads=threads)
     assert raw.dtype == np.int32
     np.testing.assert_array_equal(raw, _core.gemm_u8s8_i32_ref(qr, zr, qw))
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa,kernel", VARIANTS)
 @pytest.mark.parametrize("epilogue", ["none", "gelu", "residual"])
 @pytest.mark.parametrize("M", [45, 600])  # split by columns; by rows (M >= 512), residual rows offset per chunk
-def test_dequantized_epilogues(isa, epilogue, M):
+def test_dequantized_epilogues(isa, kernel, epilogue, M):
     rng = np.random.default_rng(5)
     N, K = 70, 300
     a, w = _case(rng, M, N, K)
@@ -63,7 +73,7 @@ def test_dequantized_epilogues(isa, epilogue, M):
     sums = _core.gemm_u8s8_i32_ref(qr, zr, qw).astype(np.float64) * sr[:, None] * sw[None, :] + bias
     want = {"none": sums, "gelu": np.asarray(_core.gelu_ref(sums.astype(np.float32)), np.float64),
             "residual": sums + (res if res is not None else 0)}[epilogue]
-    got = _core.QuantizedLinear(w, None, bias, isa)(a, epilogue, res, num_threads=2)
+    got = _core.QuantizedLinear(w, None, bias, isa, kernel)(a, epilogue, res, num_threads=2)
     np.testing.assert_allclose(got, want, atol=5e-5 * np.abs(want).max(), rtol=1e-5)
     # and the int8 result is a close approximation of the fp32 product
     exact = _core.gemm_ref(a, w, bias, epilogue, res)
@@ -71,21 +81,22 @@ def test_dequantized_epilogues(isa, epilogue, M):
 
 
 @settings(max_examples=30, deadline=None)
-@given(M=st.integers(1, 40), N=st.integers(1, 70), K=st.integers(1, 200), isa=st.sampled_from(ISAS),
+@given(M=st.integers(1, 40), N=st.integers(1, 70), K=st.integers(1, 200), variant=st.sampled_from(VARIANTS),
        threads=st.integers(1, 3), seed=st.integers(0, 2**31))
-def test_int32_sums_property(M, N, K, isa, threads, seed):
+def test_int32_sums_property(M, N, K, variant, threads, seed):
+    isa, kernel = variant
     rng = np.random.default_rng(seed)
     a, w = _case(rng, M, N, K)
     qr, _, zr = _core.quantize_rows_ref(a)
     qw, sw = _core.quantize_weights(w)
-    raw = _core.QuantizedLinear(qw, sw, None, isa)(a, raw=True, num_threads=threads)
+    raw = _core.QuantizedLinear(qw, sw, None, isa, kernel)(a, raw=True, num_threads=threads)
     np.testing.assert_array_equal(raw, _core.gemm_u8s8_i32_ref(qr, zr, qw))
 
 
 def test_extreme_rows_quantize_exactly():
     a = np.array([[0.0] * 8, [1e-30] * 8, [-5.0] * 8, [3.0, -3.0] * 4, [1e30, -1e30, 0, 0, 0, 0, 0, 0]], np.float32)
-    for isa in ISAS:
-        q, s, z = _core.quantize_rows(a, isa)
+    for isa, kernel in VARIANTS:
+        q, s, z = _core.quantize_rows(a, isa, kernel)
         qr, sr, zr = _core.quantize_rows_ref(a)
         assert np.array_equal(q[:, :8], qr) and np.array_equal(s, sr) and np.array_equal(z, zr)
     assert (qr[0] == zr[0]).all()  # zero stays exactly representable

@@ -27,11 +27,13 @@ def kernel_name(isa: str = "") -> str:
     """Name of the GEMM microkernel of a path, e.g. 'gemm_f32_avx512_14x32'."""
 
 def bf16_kernel_name(isa: str = "") -> str:
-    """The bf16 GEMM kernel a path runs, e.g. 'gemm_bf16_avx512bf16_14x32' (AVX512_BF16), else its emulation."""
+    """The bf16 GEMM kernel a path runs, e.g. 'gemm_bf16_amx_32x32' (AMX tiles), 'gemm_bf16_avx512bf16_14x32'
+    (AVX512_BF16), else its emulation."""
 
 def bf16_kernel_names(isa: str = "") -> list[str]:
-    """Every bf16 GEMM kernel that runs on a path here, best first (avx512: the AVX512_BF16 kernel where the CPU has
-    it, then the AVX-512F emulation 'gemm_bf16_avx512_12x32'); pass one as kernel= to force it."""
+    """Every bf16 GEMM kernel that runs on a path here, best first (avx512: the AMX kernel where the CPU and OS allow
+    it, the AVX512_BF16 kernel where the CPU has it, then the AVX-512F emulation 'gemm_bf16_avx512_12x32'); pass one
+    as kernel= to force it."""
 
 def forward_ops() -> list[dict]:
     """The steps of an encoder forward in order (csrc/forward.h), one dict per step:
@@ -174,11 +176,14 @@ def embed_layernorm(ids: np.ndarray, positions: np.ndarray, types: np.ndarray, w
 # int8. Weights: per output channel, symmetric s8 in [-127, 127], scale = max|w| / 127. Activations: per row
 # (token), asymmetric u8 with a zero point; int32 sums; dequantization fused into the epilogue.
 def int8_kernel_name(isa: str = "") -> str:
-    """e.g. 'gemm_u8s8_avx512vnni_14x32' (AVX-512 uses VNNI when the CPU has it, else the AVX2 int8 kernel)."""
+    """e.g. 'gemm_u8s8_amx_32x32' (AVX-512 uses AMX tiles where the CPU and OS allow them, else VNNI when the CPU
+    has it, else the AVX2 int8 kernel)."""
+def int8_kernel_names(isa: str = "") -> list[str]:
+    """Every int8 GEMM kernel that runs on a path here, best first; pass one as kernel= to force it."""
 def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """w [N,K] float32 -> (q int8 [N,K], scale float32 [N])."""
-def quantize_rows(a: np.ndarray, isa: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """a [M,K] -> (q uint8 [M, K padded to the path's k-group], scale [M], zero point int32 [M])."""
+def quantize_rows(a: np.ndarray, isa: str = "", kernel: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """a [M,K] -> (q uint8 [M, K padded to the kernel's k-group], scale [M], zero point int32 [M])."""
 def quantize_rows_ref(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def gemm_u8s8_i32_ref(qa: np.ndarray, zp: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Exact int32 sum_k (qa[i,k] - zp[i]) * w[j,k]."""
@@ -187,7 +192,7 @@ class QuantizedLinear:
     """w float32 [N,K] (quantized here) or int8 [N,K] with scale [N]; __call__(a [M,K]) -> [M,N] float32, or with
     raw=True the exact int32 sums minus zero point x weight sums."""
     def __init__(self, w: np.ndarray, scale: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None,
-                 isa: str = "") -> None: ...
+                 isa: str = "", kernel: str = "") -> None: ...
     def __call__(self, a: np.ndarray, epilogue: str = "none", residual: Optional[np.ndarray] = None,
                  num_threads: int = 1, raw: bool = False) -> np.ndarray: ...
     N: int
