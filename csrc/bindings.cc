@@ -373,19 +373,24 @@ void bind_fp32_ops(py::module_& m) {
     m.def(
         "attention",
         [](FArray qkv, std::vector<int> lens, int heads, int threads, const std::string& isa, bool bf16,
-           py::object bias_obj) {
+           py::object bias_obj, const std::string& kernel) {
             FArray keep;
             const ops::ArrayRef<float> bias = optional_floats(bias_obj, keep, "position_bias");
             FArray ctx = new_array<float>(ops::check_attention(threads, ref(qkv), lens, heads, bias));
             const KernelTable& kt = kernels_for(isa);
-            const AttentionFn kernel = ops::attention_kernel(isa, bf16);
+            const AttentionFn fn = ops::attention_kernel(isa, bf16, kernel);
             float* c = ctx.mutable_data();
             py::gil_scoped_release release;
-            ops::attention(kt, kernel, threads, ref(qkv), lens, heads, bias, c);
+            ops::attention(kt, fn, threads, ref(qkv), lens, heads, bias, c);
             return ctx;
         },
         py::arg("qkv"), py::arg("seq_lens"), py::arg("num_heads"), py::arg("num_threads") = 1, py::arg("isa") = "",
-        py::arg("bf16") = false, py::arg("position_bias") = py::none());
+        py::arg("bf16") = false, py::arg("position_bias") = py::none(), py::arg("kernel") = "");
+    m.def("bf16_attention_names", [] {
+        std::vector<std::string> names;
+        for (const NamedAttention& a : bf16_attention_variants()) names.push_back(a.name);
+        return names;
+    });
 
     m.def(
         "embed_layernorm",

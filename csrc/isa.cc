@@ -202,14 +202,23 @@ const Bf16KernelTable& bf16_kernels_for(const std::string& isa, const std::strin
     return pick_variant(bf16_kernel_variants(isa), kernels_for(isa).isa, kernel, "bf16");
 }
 
+std::vector<NamedAttention> bf16_attention_variants() {
+    std::vector<NamedAttention> v;
+#if defined(BORTENGINE_X86)
+    if (!has_bf16_attention()) return v;
+    if (cpu_info().amx_bf16) v.push_back({"attention_bf16_amx", bf16_attention_amx()});
+    v.push_back({"attention_bf16_avx512", bf16_attention_avx512()});
+#endif
+    return v;
+}
+
 AttentionFn bf16_attention_for(const std::string& isa_in, const char** name) {
     const KernelTable& kt = kernels_for(isa_in);
-#if defined(BORTENGINE_X86)
-    if (std::string(kt.isa) == "avx512" && cpu_info().avx512_bf16) {
-        if (name) *name = "attention_bf16_avx512";
-        return bf16_attention_avx512();
+    const std::vector<NamedAttention> bf16 = bf16_attention_variants();
+    if (std::string(kt.isa) == "avx512" && !bf16.empty()) {
+        if (name) *name = bf16.front().name;
+        return bf16.front().fn;
     }
-#endif
     if (name) *name = std::string(kt.isa) == "avx512" ? "attention_f32_avx512"
                       : std::string(kt.isa) == "avx2" ? "attention_f32_avx2" : "attention_f32_scalar";
     return kt.attention;

@@ -37,8 +37,15 @@ std::vector<const Bf16KernelTable*> bf16_kernel_variants(const std::string& isa)
 // The bf16 kernels of a path: the best, or the one whose gemm_name is `kernel` (tests force an emulation with it;
 // std::invalid_argument if it is not among bf16_kernel_variants(isa)).
 const Bf16KernelTable& bf16_kernels_for(const std::string& isa, const std::string& kernel = "");
-// The attention the int8 and bf16 encoders run on a path: bf16 dot products where the CPU has AVX512_BF16 (path
-// "avx512"), else the path's fp32 attention. name: "attention_bf16_avx512" or "attention_f32_<isa>".
+// The bf16 attentions this CPU and build run (on the avx512 path), best first: AMX tiles where the CPU and OS allow
+// them ("attention_bf16_amx"), then vdpbf16ps ("attention_bf16_avx512"); none without AVX512_BF16.
+struct NamedAttention {
+    const char* name;
+    AttentionFn fn;
+};
+std::vector<NamedAttention> bf16_attention_variants();
+// The attention the int8 and bf16 encoders run on a path: the best bf16 one where the CPU has AVX512_BF16 (path
+// "avx512"), else the path's fp32 attention. name: its name, e.g. "attention_bf16_amx" or "attention_f32_<isa>".
 AttentionFn bf16_attention_for(const std::string& isa, const char** name = nullptr);
 // Whether this CPU and build run the bf16 attention (AVX512_BF16 and the avx512 path).
 bool has_bf16_attention();

@@ -140,14 +140,15 @@ constexpr int kMaxBf16PanelWidth = 64;
 // Scratch floats of one attention call of either kernel a path may run on a sequence of T tokens and a head of dh:
 // the fp32 attention's (K^T and V packed in panels of kt.nr, the score block, 1 / row sums, the query block) or
 // the bf16 one's (K^T, V, the query block and the probabilities in bf16 panels, the fp32 score block and sums),
-// whichever is larger, plus two 64-byte alignments.
+// whichever is larger (with AMX's C block), plus the 64-byte alignments.
 inline std::size_t attention_scratch_floats(const KernelTable& kt, int T, int dh) {
     const std::size_t QB = kAttnQueryBlock, t = T, d = dh;
     const std::size_t tp = round_up(t, kt.nr), dp = round_up(d, kt.nr);
     const std::size_t fp32 = d * tp + t * dp + QB * tp + QB + QB * d;
-    const std::size_t t2 = round_up(t, 2), d2 = round_up(d, 2);
+    const std::size_t t2 = round_up(t, 32), d2 = round_up(d, 32);  // whole k pairs, or AMX's tile rows of 32
     const std::size_t tb = t + kMaxBf16PanelWidth - 1, db = d + kMaxBf16PanelWidth - 1;  // >= any panel rounding
-    const std::size_t bf16 = (d2 * tb + t2 * db + QB * (d2 + t2) + 1) / 2 + QB * tb + QB;
+    const std::size_t stage = 32 * 32 + 16;  // AMX's staged C block, 64-byte aligned
+    const std::size_t bf16 = (d2 * tb + t2 * db + QB * (d2 + t2) + 1) / 2 + QB * tb + QB + stage;
     return (fp32 > bf16 ? fp32 : bf16) + 64;
 }
 
@@ -183,6 +184,7 @@ const Bf16KernelTable* avx512_bf16_kernels();
 const Bf16KernelTable* avx512bf16_bf16_kernels();  // kernels_bf16_avx512bf16.cc: needs AVX512_BF16
 const Bf16KernelTable* amx_bf16_kernels();         // kernels_bf16_amx.cc: needs AMX-BF16 and the OS's leave
 AttentionFn bf16_attention_avx512();                // kernels_bf16_avx512bf16.cc: needs AVX512_BF16
+AttentionFn bf16_attention_amx();                   // kernels_bf16_amx.cc: needs AMX-BF16 and the OS's leave
 #endif
 
 }  // namespace bortengine

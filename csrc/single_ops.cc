@@ -169,14 +169,20 @@ Shape check_attention(int threads, const ArrayRef<float>& qkv, const std::vector
     return {qkv.shape[0], H};
 }
 
-AttentionFn attention_kernel(const std::string& isa, bool bf16) {
+AttentionFn attention_kernel(const std::string& isa, bool bf16, const std::string& kernel) {
     const KernelTable& kt = kernels_for(isa);
     if (!bf16) return kt.attention;
     const char* name = "";
     const AttentionFn fn = bf16_attention_for(isa, &name);
     if (std::string(name).find("bf16") == std::string::npos)
         throw std::invalid_argument("bf16 attention needs the avx512 path on a CPU with AVX512_BF16");
-    return fn;
+    if (kernel.empty()) return fn;
+    std::string names;
+    for (const NamedAttention& a : bf16_attention_variants()) {
+        if (kernel == a.name) return a.fn;
+        names += (names.empty() ? "" : ", ") + std::string(a.name);
+    }
+    throw std::invalid_argument("bf16 attention '" + kernel + "' does not run here; it runs: " + names);
 }
 
 void attention(const KernelTable& kt, AttentionFn kernel, int threads, const ArrayRef<float>& qkv,

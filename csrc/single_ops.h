@@ -64,8 +64,8 @@ void layernorm_ref(const ArrayRef<float>& x, const ArrayRef<float>& g, const Arr
 Shape check_attention(int threads, const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads,
                       const ArrayRef<float>& bias);
 // The kernel: the path's fp32 attention, or with bf16 the int8 and bf16 encoders' (throws unless the CPU has
-// AVX512_BF16 and isa is "avx512").
-AttentionFn attention_kernel(const std::string& isa, bool bf16);
+// AVX512_BF16 and isa is "avx512"): the best, or the bf16_attention_variants() entry named `kernel`.
+AttentionFn attention_kernel(const std::string& isa, bool bf16, const std::string& kernel = "");
 void attention(const KernelTable& kt, AttentionFn kernel, int threads, const ArrayRef<float>& qkv,
                const std::vector<int>& seq_lens, int heads, const ArrayRef<float>& bias, float* ctx);
 void attention_ref(const ArrayRef<float>& qkv, const std::vector<int>& seq_lens, int heads,

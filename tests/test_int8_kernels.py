@@ -122,12 +122,18 @@ def test_bf16_attention(lens, heads, dh):
     qkv = rng.standard_normal((sum(lens), 3 * heads * dh)).astype(np.float32)
     # with and without a relative position bias (MPNet's), added to the fp32 scores
     bias = rng.standard_normal((heads, 2 * max(lens) - 1)).astype(np.float32)
-    for position_bias in (None, bias):
-        got = _core.attention(qkv, lens, heads, 2, "avx512", True, position_bias=position_bias)
-        want = _core.attention_ref(qkv, lens, heads, position_bias=position_bias)
-        scale = np.abs(want).max()
-        assert np.abs(got - want).max() <= 0.01 * scale
-        assert np.abs(got - want).mean() <= 0.003 * scale
+    names = _core.bf16_attention_names()  # every bf16 attention that runs here (AMX, vdpbf16ps), forced by name
+    assert names[-1] == "attention_bf16_avx512"
+    assert (names[0] == "attention_bf16_amx") == ("amx_bf16" in _core.cpu_info()["flags"])
+    for kernel in names:
+        for position_bias in (None, bias):
+            got = _core.attention(qkv, lens, heads, 2, "avx512", True, position_bias=position_bias, kernel=kernel)
+            want = _core.attention_ref(qkv, lens, heads, position_bias=position_bias)
+            scale = np.abs(want).max()
+            assert np.abs(got - want).max() <= 0.01 * scale, kernel
+            assert np.abs(got - want).mean() <= 0.003 * scale, kernel
+    with pytest.raises(ValueError, match="does not run here; it runs: .*attention_bf16_avx512"):
+        _core.attention(qkv, lens, heads, 1, "avx512", True, kernel="attention_bf16_neon")
 
 
 def test_bf16_attention_refused_elsewhere():

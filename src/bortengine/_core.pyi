@@ -113,7 +113,8 @@ class Encoder:
     def dtype(self) -> str: ...
     @property
     def attention_kernel(self) -> str:
-        """'attention_f32_<isa>', or 'attention_bf16_avx512' for int8 and bf16 encoders on CPUs with AVX512_BF16."""
+        """'attention_f32_<isa>', or for int8 and bf16 encoders on CPUs with AVX512_BF16 the best of
+        bf16_attention_names()."""
     trace: bool
     @property
     def last_trace(self) -> dict[str, float]:
@@ -157,11 +158,15 @@ def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, r
 def layernorm_ref(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
                   residual: Optional[np.ndarray] = None) -> np.ndarray: ...
 def attention(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int, num_threads: int = 1,
-              isa: str = "", bf16: bool = False, position_bias: Optional[np.ndarray] = None) -> np.ndarray:
+              isa: str = "", bf16: bool = False, position_bias: Optional[np.ndarray] = None,
+              kernel: str = "") -> np.ndarray:
     """qkv [Ntok, 3H] (Q | K | V, sequences packed end to end, lengths seq_lens summing to Ntok) -> context
     [Ntok, H]: softmax(Q K^T / sqrt(H/num_heads) + bias) V per sequence and head. bf16: the int8 and bf16 encoders'
     attention (bf16 dot products, fp32 softmax; needs isa "avx512" and AVX512_BF16). position_bias: None, or
-    [num_heads, 2P - 1] with P >= every length: bias[h, P - 1 + j - i] is added to the score of query i, key j."""
+    [num_heads, 2P - 1] with P >= every length: bias[h, P - 1 + j - i] is added to the score of query i, key j.
+    kernel: with bf16, one of bf16_attention_names() ("": the best)."""
+def bf16_attention_names() -> list[str]:
+    """The bf16 attentions that run here, best first: 'attention_bf16_amx' (AMX tiles), 'attention_bf16_avx512'."""
 def has_bf16_attention() -> bool:
     """Whether this CPU and build run the bf16 attention (AVX512_BF16 and the avx512 path)."""
 def attention_ref(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int,
