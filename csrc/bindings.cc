@@ -69,6 +69,14 @@ Array<T> new_array(const ops::Shape& shape) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+// The GEMM names of a path's kernel variants (int8 or bf16), best first.
+template <class Table>
+std::vector<std::string> gemm_names(const std::vector<const Table*>& variants) {
+    std::vector<std::string> names;
+    for (const Table* t : variants) names.push_back(t->gemm_name);
+    return names;
+}
+
 void bind_info(py::module_& m) {
     m.def("available_isas", [] { return available_isas(); });
     m.def("default_isa", [] { return default_isa(); });
@@ -76,24 +84,12 @@ void bind_info(py::module_& m) {
           py::arg("isa") = "");
     m.def("int8_kernel_name", [](const std::string& isa) { return std::string(int8_kernels_for(isa).gemm_name); },
           py::arg("isa") = "");
-    m.def(
-        "int8_kernel_names",
-        [](const std::string& isa) {
-            std::vector<std::string> names;
-            for (const Int8KernelTable* t : int8_kernel_variants(isa)) names.push_back(t->gemm_name);
-            return names;
-        },
-        py::arg("isa") = "");
+    m.def("int8_kernel_names", [](const std::string& isa) { return gemm_names(int8_kernel_variants(isa)); },
+          py::arg("isa") = "");
     m.def("bf16_kernel_name", [](const std::string& isa) { return std::string(bf16_kernels_for(isa).gemm_name); },
           py::arg("isa") = "");
-    m.def(
-        "bf16_kernel_names",
-        [](const std::string& isa) {
-            std::vector<std::string> names;
-            for (const Bf16KernelTable* t : bf16_kernel_variants(isa)) names.push_back(t->gemm_name);
-            return names;
-        },
-        py::arg("isa") = "");
+    m.def("bf16_kernel_names", [](const std::string& isa) { return gemm_names(bf16_kernel_variants(isa)); },
+          py::arg("isa") = "");
     m.def("has_bf16_attention", [] { return has_bf16_attention(); });
     m.def("cpu_info", [] {
         const CpuInfo& ci = cpu_info();
