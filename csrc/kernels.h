@@ -101,8 +101,9 @@ struct Int8KernelTable {
 // packed (the A block copy every GEMM makes); a product of two bf16 is exact in fp32, products accumulate in fp32;
 // the fp32 epilogue. Rounding everywhere: to nearest even, NaN kept (quiet), subnormals to a signed zero: what
 // AVX512_BF16's vcvtneps2bf16 does (and its vdpbf16ps reads subnormal inputs as zero), so every variant sees the
-// same bf16 operands. Variants (of one ISA path; isa.h bf16_kernels_for): "avx512bf16" (vdpbf16ps), "avx512" and
-// "avx2" (bf16 widened to fp32 by a 16-bit shift, then FMA: the same products, exactly), "scalar".
+// same bf16 operands. Variants (of one ISA path; isa.h bf16_kernels_for): "amx" (tdpbf16ps tiles), "avx512bf16"
+// (vdpbf16ps), "avx512" and "avx2" (bf16 widened to fp32 by a 16-bit shift, then FMA: the same products, exactly),
+// "scalar".
 // Naming: gemm_bf16_<variant>_<MR>x<NR>.
 // Packed B: ceil(N/nr) panels, each [D/2][nr][2] bf16 (as uint16 bits, D = K rounded up to kgroup): the 32-bit
 // pair of column j for k-pair g holds k = 2g (low half) and 2g+1 (high half), zero-padded past K and N. One vector
