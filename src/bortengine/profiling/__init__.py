@@ -33,7 +33,7 @@ from bortengine.profiling.latency_check import (DEFAULT_TOLERANCE, LatencyExpect
 from bortengine.profiling.latency_suite import write_latency_suite
 from bortengine.profiling.measure import profile
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
-from bortengine.profiling.ops import OpSpec, barriers, calibration_ops, forward_steps, required_ops
+from bortengine.profiling.ops import OpSpec, barriers, calibration_ops, forward_steps, required_ops, residency_ops
 from bortengine.profiling.profile_file import (Profile, default_profile_dir, default_profile_path, find_profiles,
                                                load_profile, predict_latency, profile_path_for, shipped_profiles)
 from bortengine.profiling.target import Target, TargetMatch
@@ -45,7 +45,7 @@ from bortengine.profiling.workload import DTYPES, Workload
 __all__ = [
     "Workload", "Target", "Profile", "OpSpec", "Prediction", "LatencyModel", "ValidationReport",
     "ProfileError", "ProfileMismatchWarning", "ProfileInterrupted", "profile", "load_profile", "predict_latency",
-    "validate", "validation_seconds", "required_ops", "default_profile_path", "default_profile_dir",
+    "validate", "validation_seconds", "required_ops", "residency_ops", "default_profile_path", "default_profile_dir",
     "shipped_profiles", "kendall_tau",
     "DTYPES", "calibration_note", "calibrate", "calibration_ops", "forward_steps", "barriers", "Settings",
     "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow", "write_latency_suite", "LatencyExpectation",

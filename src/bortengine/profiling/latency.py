@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Sequence
 
+from bortengine.architecture import Architecture
 from bortengine.profiling.calibration import calibrate
 from bortengine.profiling.errors import ProfileError
 from bortengine.profiling.measurements import WorkloadProfile
-from bortengine.profiling.ops import SCOPES, OpSpec, barriers, forward_costs, scope_repeats
+from bortengine.profiling.ops import (CALIBRATION_VOCAB, SCOPES, OpSpec, barriers, forward_costs, scope_repeats,
+                                      weight_footprint)
 from bortengine.profiling.target import Target
 from bortengine.search_space import architecture_dims
 
@@ -39,6 +41,8 @@ class Prediction:
     parts: dict[str, float]
     interpolated: list[str] = field(default_factory=list)   # op shapes the profile lacks, inside its range
     extrapolated: list[str] = field(default_factory=list)   # op shapes outside the measured range
+    weights_mib: float = 0.0   # packed GEMM weights a forward reads
+    cold_share: float = 1.0    # of their reads, the share that misses the caches (LatencyModel.cold_share)
 
     def __float__(self) -> float:
         return self.total_ms
@@ -59,6 +63,13 @@ class LatencyModel:
       with the time per task g depending on the head size: g is piecewise linear in Dh (linear extrapolation
       from the two nearest beyond the range).
     - LayerNorm and embeddings: piecewise linear in H (linear extrapolation beyond the range).
+
+    Where a GEMM finds its weights: a model called again and again reads all its weights between two reads of any
+    one layer's, so the caches keep them when the model's weights fit and lose them when they do not. Each GEMM is
+    measured both ways, cold (weight copies cycled through twice the L3) and warm (one copy); an architecture's GEMM
+    costs warm + s × (cold − warm), where s is the share of its weight reads that miss, read off the residency probe
+    at the bytes of weights the architecture's forward reads (cold_share). Profiles without warm GEMMs or the probe
+    (written before it) take every GEMM cold.
     """
 
     def __init__(self, wp: WorkloadProfile, target: Optional[Target] = None):
@@ -74,18 +85,21 @@ class LatencyModel:
         self.fixed = float(cal["fixed_ms"])
         self.barriers = {scope: barriers(scope, self.w.dtype) for scope in SCOPES}
         self.exact: dict[str, float] = {}
-        self.gemms: dict[tuple[int, str], list[tuple[float, float, float]]] = {}  # (M, ep) -> [(lgK, lgN, c)]
+        # (cold, M, epilogue) -> [(lgK, lgN, c)]
+        self.gemms: dict[tuple[bool, int, str], list[tuple[float, float, float]]] = {}
         self.attention: list[tuple[int, int, float]] = []  # (A, Dh, g)
         self.layernorm: list[tuple[int, float]] = []
         self.embeddings: list[tuple[int, float]] = []
         for key, m in wp.ops.items():
             s = m.spec
-            if s.kind in ("call", "forward") or (s.kind == "gemm" and not s.cold):
+            if s.kind in ("call", "forward"):
                 continue
+            if s.kind == "gemm" and not s.cold and replace(s, cold=True).key not in wp.ops:
+                continue  # the calibration encoders' GEMMs: warm only, and outside every space
             t = max(0.0, m.ms - self.call.get(s.kind, 0.0))
             self.exact[key] = t
             if s.kind == "gemm":
-                self.gemms.setdefault((s.M, s.epilogue), []).append(
+                self.gemms.setdefault((s.cold, s.M, s.epilogue), []).append(
                     (math.log2(s.K), math.log2(s.N), t / (s.M * s.K * s.N)))
             elif s.kind == "attention":
                 self.attention.append((s.heads, s.head_dim, t / self._rounds(s.heads)))
@@ -93,6 +107,15 @@ class LatencyModel:
                 self.layernorm.append((s.hidden, t))
             elif s.kind == "embeddings":
                 self.embeddings.append((s.hidden, t))
+        self.residency = residency_curve(self)
+
+    def cold_share(self, weight_bytes: float) -> float:
+        """Of the weight reads of a forward that reads weight_bytes of weights, the share that misses the caches,
+        from the residency probe (residency_curve; the edge value beyond it). 1 for a profile without the probe:
+        every GEMM cold."""
+        if not self.residency:
+            return 1.0
+        return clamped_line(self.residency, math.log2(max(weight_bytes, 1.0)))[0]
 
     def _rounds(self, heads: int) -> int:
         return math.ceil(self.w.batch_size * heads / self.w.num_threads)
@@ -123,9 +146,9 @@ class LatencyModel:
         return max(0.0, t)
 
     def _gemm(self, spec: OpSpec) -> tuple[float, bool]:
-        pts = self.gemms.get((spec.M, spec.epilogue))
+        pts = self.gemms.get((spec.cold, spec.M, spec.epilogue))
         if not pts:  # another epilogue at the same M
-            pts = [p for (m, _), ps in self.gemms.items() if m == spec.M for p in ps]
+            pts = [p for (cold, m, _), ps in self.gemms.items() if (cold, m) == (spec.cold, spec.M) for p in ps]
         if not pts:
             raise ProfileError(f"the profile has no GEMM with M={spec.M} rows for {self.w}; measure it with: "
                                f"{self.w.command()}")
@@ -142,18 +165,29 @@ class LatencyModel:
         return self.op_ms(spec, notes)
 
     # -- a forward --------------------------------------------------------------------------------------------
-    def predict(self, arch: Any) -> Prediction:
+    def predict(self, arch: Any, *, cold_share: Optional[float] = None) -> Prediction:
+        """The forward latency of arch; cold_share: of its weight reads the share that misses the caches (default:
+        read off the residency probe at the bytes of weights arch has)."""
         D, A, H, I = architecture_dims(arch)
         repeats = scope_repeats(D, getattr(arch, "head", "pooler"))
-        p = Prediction(0.0, {})
+        sizes, vocab = {"A": A, "H": H, "I": I}, getattr(arch, "vocab_size", 30522)
+        footprint = weight_footprint(sizes, self.w, vocab, repeats)
+        share = self.cold_share(footprint) if cold_share is None else cold_share
+        p = Prediction(0.0, {}, weights_mib=footprint / 2**20, cold_share=share)
         known: dict[OpSpec, float] = {}  # each distinct op once (FFN out with I = H is the attention-output GEMM)
 
         def net(spec: OpSpec) -> float:
             if spec not in known:
-                known[spec] = self._step_ms(spec, p)
+                t = self._step_ms(spec, p)
+                if spec.kind == "gemm" and p.cold_share < 1.0 and any(
+                        (False, spec.M) == key[:2] for key in self.gemms):
+                    # weights partly in cache: between the warm and the cold time, by the share of missed reads
+                    warm = self._step_ms(replace(spec, cold=False), p)
+                    t = warm + p.cold_share * (t - warm)
+                known[spec] = t
             return known[spec]
 
-        costs = forward_costs(net, {"A": A, "H": H, "I": I}, self.w, getattr(arch, "vocab_size", 30522), repeats)
+        costs = forward_costs(net, sizes, self.w, vocab, repeats)
         p.parts["fixed"] = self.fixed
         for scope, buckets in costs.items():
             for trace, t in buckets.items():
@@ -162,6 +196,39 @@ class LatencyModel:
         p.parts["sync"] = sum(n * self.barriers[scope] for scope, n in repeats.items()) * self.sync
         p.total_ms = sum(p.parts.values())
         return p
+
+
+# ============================================================================================== cache residency
+def residency_curve(model: "LatencyModel") -> list[tuple[float, float]]:
+    """The share of weight reads that miss the caches against log2 of the weight bytes a forward reads, from the
+    residency probe's encoders (ops.residency_ops): where each one's measured forward lies between the model's
+    prediction of it with every GEMM warm (0) and every GEMM cold (1), held to [0, 1] and made non-decreasing (more
+    weights never fit better; the pool-adjacent-violators fit, so timing noise averages out instead of ratcheting
+    up). Empty without the probe."""
+    points = []
+    for m in model.wp.ops.values():
+        s = m.spec
+        if s.kind == "forward" and s.intermediate:
+            arch = Architecture(s.layers, s.heads, s.hidden, s.intermediate, CALIBRATION_VOCAB, head=s.head)
+            warm, cold = model.predict(arch, cold_share=0.0), model.predict(arch, cold_share=1.0)
+            if cold.total_ms - warm.total_ms < 0.02 * cold.total_ms:
+                continue  # where the weights are changes nothing measurable here
+            share = (m.ms - warm.total_ms) / (cold.total_ms - warm.total_ms)
+            points.append((math.log2(warm.weights_mib * 2**20), min(1.0, max(0.0, share))))
+    points = merge(points)
+    return list(zip((x for x, _ in points), nondecreasing([y for _, y in points])))
+
+
+def nondecreasing(ys: Sequence[float]) -> list[float]:
+    """The least-squares non-decreasing fit of ys (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for y in ys:
+        blocks.append([y, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, n = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += n
+    return [total / n for total, n in blocks for _ in range(int(n))]
 
 
 # ============================================================================================== interpolation

@@ -21,9 +21,10 @@ from bortengine.profiling.calibration import calibrate, calibration_note
 from bortengine.profiling.disturbance import CpuMeter, HostProbe, noise_note, warn_if_busy
 from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
-from bortengine.profiling.ops import OpSpec, calibration_ops, required_ops
+from bortengine.profiling.ops import (WEIGHT_BYTES, OpSpec, calibration_ops, gemm_weight_bytes, layer_weight_bytes,
+                                      required_ops, residency_ops)
 from bortengine.profiling.profile_file import Profile, profile_path_for
-from bortengine.profiling.runners import ValuePool, gemm_copies, gemm_weight_bytes, make_runner, rotation_bytes
+from bortengine.profiling.runners import ValuePool, make_runner, rotation_bytes, weight_copies
 from bortengine.profiling.cpu_probe import REPROBE_EVERY_S, reference_gflops, reprobe
 from bortengine.profiling.target import Target
 from bortengine.profiling.timing import Settings, check_clock, measure_with_retries
@@ -52,7 +53,7 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     path = Path(out) if out else profile_path_for(target)
     prof = _open_profile(path, target, workload, resume)
     wp = _workload_entry(prof, workload, settings, resume, space.name)
-    roles = _wanted_ops(space, workload)
+    roles = _wanted_ops(space, workload, rotation_bytes(prof.target, settings))
     _reuse_measurements(wp, roles, settings)
     todo = _work_list(wp, roles, settings)
     wp.refresh(settings)
@@ -134,10 +135,11 @@ def _workload_entry(prof: Profile, workload: Workload, settings: Settings, resum
     return wp
 
 
-def _wanted_ops(space: SearchSpace, workload: Workload) -> Roles:
-    """Every op to measure, calibration first, with all the roles it plays."""
+def _wanted_ops(space: SearchSpace, workload: Workload, rotation: int) -> Roles:
+    """Every op to measure, calibration first, then the residency probe, with all the roles it plays."""
     roles: Roles = {}
-    for spec, r in calibration_ops(workload) + required_ops(space, workload):
+    wanted = calibration_ops(workload) + residency_ops(space, workload, rotation) + required_ops(space, workload)
+    for spec, r in wanted:
         roles[spec] = tuple(dict.fromkeys(roles.get(spec, ()) + r))
     return roles
 
@@ -167,13 +169,15 @@ def _work_list(wp: WorkloadProfile, roles: Roles, settings: Settings) -> list[tu
 
 def estimate_cost(spec: OpSpec, w: Workload, s: Settings, rotation: int) -> float:
     """A-priori seconds to measure one block of an op (only ratios matter: the progress bar rescales)."""
-    call = spec.flops(w) / (40e9 * w.num_threads) + 20e-6
-    if spec.kind == "forward":
+    call, setup = spec.flops(w) / (40e9 * w.num_threads) + 20e-6, 0.0
+    if spec.kind == "forward" and spec.intermediate:  # a residency probe's encoder: built, then its layers run
+        weights = layer_weight_bytes(spec.hidden, spec.intermediate, w) * spec.layers
+        call = 2 * w.tokens * weights / WEIGHT_BYTES[w.dtype] / (40e9 * w.num_threads)
+        setup = 3 * weights / 1e9
+    elif spec.kind == "forward":
         call = 50e-6 * spec.layers
-    setup = 0.0
-    if spec.kind == "gemm":
-        wb = gemm_weight_bytes(spec, w)
-        setup = gemm_copies(spec, rotation, wb) * (wb + 4) * spec.K * spec.N / 2e9
+    elif spec.kind == "gemm":
+        setup = weight_copies(spec, w, rotation) * (gemm_weight_bytes(spec, w) + 4) * spec.K * spec.N / 2e9
     elif spec.kind == "embeddings":
         setup = 4 * spec.vocab * spec.hidden / 1e9
     return setup + max(s.warmup_s, s.min_warmup * call) + max(s.budget_s, s.min_repeats * call)

@@ -87,7 +87,8 @@ class OpSpec:
     kind: "gemm" (a [M,K] · w[N,K]ᵀ + bias, then epilogue), "attention" (B sequences of T tokens, `heads` heads of
     head_dim), "layernorm" ([M, hidden]), "embeddings" (M ids into a [vocab, hidden] table, then LayerNorm),
     "call" (an empty call of op kind `of`: the per-call cost a forward does not pay) or "forward" (a tiny
-    calibration encoder of `layers` layers).
+    calibration encoder of `layers` layers, or with `intermediate` set an encoder of the residency probe: `layers`
+    layers of heads, hidden and intermediate, with the `head` of its space).
     """
 
     kind: str
@@ -102,6 +103,8 @@ class OpSpec:
     layers: int = 0
     of: str = ""
     cold: bool = True  # gemm: weights read from DRAM (cycled copies); False: the same weights, cache-warm
+    intermediate: int = 0
+    head: str = ""
 
     @property
     def key(self) -> str:
@@ -115,6 +118,8 @@ class OpSpec:
             return f"embeddings H={self.hidden} V={self.vocab}"
         if self.kind == "call":
             return f"call {self.of}"
+        if self.kind == "forward" and self.intermediate:
+            return f"forward D={self.layers} A={self.heads} H={self.hidden} I={self.intermediate} {self.head}"
         if self.kind == "forward":
             return f"forward D={self.layers} H={self.hidden}"
         raise ProfileError(f"unknown op kind {self.kind!r}")
@@ -131,10 +136,12 @@ class OpSpec:
     _FIELDS = {"gemm": ("M", "K", "N", "epilogue", "cold"), "attention": ("heads", "head_dim"),
                "layernorm": ("hidden",), "embeddings": ("hidden", "vocab"), "call": ("of",),
                "forward": ("layers", "hidden")}
+    _PROBE_FIELDS = ("layers", "heads", "hidden", "intermediate", "head")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind}
-        d.update((k, getattr(self, k)) for k in self._FIELDS.get(self.kind, ()))
+        fields_ = self._PROBE_FIELDS if self.kind == "forward" and self.intermediate else self._FIELDS.get(self.kind)
+        d.update((k, getattr(self, k)) for k in fields_ or ())
         return d
 
     @classmethod
@@ -178,6 +185,30 @@ def step_op(step: Mapping[str, Any], sizes: Mapping[str, int], workload: Workloa
     return None
 
 
+WEIGHT_BYTES = {"float32": 4, "int8": 1, "bf16": 2}  # per packed weight of a GEMM of that dtype
+
+
+def gemm_dtype(spec: OpSpec, w: Workload) -> str:
+    """The arithmetic of a GEMM op in a forward of w.dtype: the int8 and bf16 engines run the layers' GEMMs in their
+    dtype; the pooler (the one tanh GEMM) stays float32."""
+    return w.dtype if spec.kind == "gemm" and spec.epilogue != "tanh" else "float32"
+
+
+def gemm_weight_bytes(spec: OpSpec, w: Workload) -> int:
+    return WEIGHT_BYTES[gemm_dtype(spec, w)]
+
+
+def weight_footprint(sizes: Mapping[str, int], workload: Workload, vocab: int, repeats: Mapping[str, int]) -> int:
+    """Bytes of packed GEMM weights one forward reads: what passes through the caches between two reads of any one
+    layer's weights when the model is called again and again."""
+    total = 0
+    for step in forward_steps():
+        if step["kind"] == "gemm" and repeats[step["scope"]]:
+            spec = step_op(step, sizes, workload, vocab)
+            total += repeats[step["scope"]] * spec.K * spec.N * gemm_weight_bytes(spec, workload)
+    return total
+
+
 def forward_costs(op_ms: Callable[[OpSpec], float], sizes: Mapping[str, int], workload: Workload, vocab: int,
                   repeats: Mapping[str, int], *, cold: bool = True) -> dict[str, dict[str, float]]:
     """Per scope that runs (repeats > 0), the net time of its timed steps summed per trace bucket, each in forward
@@ -210,9 +241,38 @@ def required_ops(space: SearchSpace, workload: Workload) -> list[tuple[OpSpec, t
         for sizes in values:
             for step in steps:
                 if step_sizes(step) == depends_on:
-                    spec = step_op(step, sizes, workload, space.vocab_size)
-                    roles.setdefault(spec, {})[step["name"]] = None
+                    for cold in (True, False):  # each GEMM with its weights in DRAM and in cache (LatencyModel)
+                        spec = step_op(step, sizes, workload, space.vocab_size, cold=cold)
+                        roles.setdefault(spec, {})[step["name"]] = None
     return [(s, tuple(r)) for s, r in roles.items()]
+
+
+# The residency probe: encoders of the space's lightest layer, with as many layers as make each footprint of
+# RESIDENCY_MIB MiB of weights (below the profile's rotation), timed whole. A model called again and again reads all
+# its weights between two reads of any one layer's, so whether its weights stay in the caches is a matter of how
+# many bytes of weights it has; where each probe's time lies between the model's all-warm and all-cold predictions
+# is the share of weight reads that miss at that footprint (LatencyModel.cold_share).
+RESIDENCY_MIB = (4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256)
+
+
+def residency_ops(space: SearchSpace, workload: Workload, rotation: int) -> list[tuple[OpSpec, tuple[str, ...]]]:
+    """The residency probe's encoders (distinct layer counts, at most one per footprint): footprints below the
+    rotation (beyond it every read misses) and up to twice the space's heaviest model (beyond, nothing to predict)."""
+    def weights(a) -> int:
+        return a.layers * layer_weight_bytes(a.hidden, a.intermediate, workload)
+
+    lightest = min(space, key=lambda a: (layer_weight_bytes(a.hidden, a.intermediate, workload), a.heads))
+    per_layer = layer_weight_bytes(lightest.hidden, lightest.intermediate, workload)
+    reach = min(rotation, 2 * max(weights(a) for a in space) + 1)
+    layers = dict.fromkeys(max(1, round((mib << 20) / per_layer)) for mib in RESIDENCY_MIB if mib << 20 < reach)
+    return [(OpSpec("forward", layers=d, heads=lightest.heads, hidden=lightest.hidden,
+                    intermediate=lightest.intermediate, head=space.head), ("residency",)) for d in layers]
+
+
+def layer_weight_bytes(hidden: int, intermediate: int, workload: Workload) -> int:
+    """Packed GEMM weights of one encoder layer (QKV, attention output, FFN in and out) under the workload."""
+    return weight_footprint({"A": 1, "H": hidden, "I": intermediate}, workload, 1,
+                            {"forward": 0, "layer": 1, "pooler": 0})
 
 
 def calibration_forward_ops(workload: Workload) -> list[OpSpec]:

@@ -4,7 +4,8 @@ weights (random_encoder) for the calibration forwards and for validation.
 
 Weights and inputs are views of one block of random values (ValuePool): values do not change timings. GEMMs
 cycle through copies of their packed weights whose total is rotation_bytes (twice the L3 cache by default), so
-every call reads its weights from DRAM, as a forward does (each layer's weights are new).
+every call reads its weights from DRAM, as a forward of a model too big for the caches does; their warm twins call
+one copy, as a forward of a model that fits does.
 
 Shapes: B = batch, T = tokens per sequence, M = B·T token rows, H = hidden, I = intermediate, A = heads,
 D = layers, V = vocab, P = positions, K/N = GEMM depth / output columns (weights are [N, K]).
@@ -17,7 +18,7 @@ from typing import Any, Callable
 from bortengine.engine import core
 from bortengine.profiling.errors import ProfileError
 from bortengine.profiling.ops import (CALIBRATION_HEADS, CALIBRATION_INTERMEDIATE, CALIBRATION_VOCAB,
-                                      LAYER_NORM_EPS, OpSpec)
+                                      LAYER_NORM_EPS, OpSpec, gemm_dtype, gemm_weight_bytes)
 from bortengine.profiling.target import Target, int8_attention_name
 from bortengine.profiling.timing import Settings
 from bortengine.profiling.workload import Workload
@@ -63,21 +64,11 @@ def rotation_bytes(target: Target, s: Settings) -> int:
     return int(s.rotation_factor * (target.l3_bytes or 32 << 20))
 
 
-def gemm_dtype(spec: OpSpec, w: Workload) -> str:
-    """The arithmetic of a GEMM op in a forward of w.dtype: the int8 and bf16 engines run the layers' GEMMs in their
-    dtype; the pooler (the one tanh GEMM) stays float32."""
-    return w.dtype if spec.kind == "gemm" and spec.epilogue != "tanh" else "float32"
-
-
-WEIGHT_BYTES = {"float32": 4, "int8": 1, "bf16": 2}  # per packed weight of a GEMM of that dtype
-
-
-def gemm_weight_bytes(spec: OpSpec, w: Workload) -> int:
-    return WEIGHT_BYTES[gemm_dtype(spec, w)]
-
-
-def gemm_copies(spec: OpSpec, rotation: int, weight_bytes: int = 4) -> int:
-    return max(1, min(512, math.ceil(rotation / (weight_bytes * spec.K * spec.N))))
+def weight_copies(spec: OpSpec, w: Workload, rotation: int) -> int:
+    """The packed weight copies a GEMM op cycles: one when warm, else as many as the rotation holds (at most 512)."""
+    if not spec.cold:
+        return 1
+    return max(1, min(512, math.ceil(rotation / (gemm_weight_bytes(spec, w) * spec.K * spec.N))))
 
 
 def attention_is_bf16(w: Workload, isa: str) -> bool:
@@ -110,7 +101,7 @@ def _gemm_runner(spec: OpSpec, w: Workload, pool: ValuePool, isa: str, rotation:
     weight = pool.array((spec.N, spec.K), 0.02)
     bias = pool.array((spec.N,), 0.02)
     dtype = gemm_dtype(spec, w)
-    copies = gemm_copies(spec, rotation, WEIGHT_BYTES[dtype]) if spec.cold else 1
+    copies = weight_copies(spec, w, rotation)
     if dtype == "int8":  # quantized once; the call quantizes its input rows, as the int8 forward does per layer
         q, scale = native.quantize_weights(weight)  # once; each copy only packs
         packed = [native.QuantizedLinear(q, scale, bias, isa) for _ in range(copies)]
@@ -160,9 +151,12 @@ def _embeddings_runner(spec: OpSpec, w: Workload, pool: ValuePool, isa: str) -> 
 
 
 def _forward_runner(spec: OpSpec, w: Workload, pool: ValuePool, isa: str) -> Runner:
-    """A tiny calibration encoder's forward (with its pooler) on B sequences of T tokens."""
-    enc, tables = random_encoder(pool, spec.layers, CALIBRATION_HEADS, spec.hidden, CALIBRATION_INTERMEDIATE,
-                                 CALIBRATION_VOCAB, max(w.seq_len, 2), "pooler", w.num_threads, isa, dtype=w.dtype)
+    """A forward on B sequences of T tokens of a tiny calibration encoder (with its pooler), or of a residency
+    probe's encoder (spec.intermediate set)."""
+    heads, inter, head = ((spec.heads, spec.intermediate, spec.head) if spec.intermediate else
+                          (CALIBRATION_HEADS, CALIBRATION_INTERMEDIATE, "pooler"))
+    enc, tables = random_encoder(pool, spec.layers, heads, spec.hidden, inter, CALIBRATION_VOCAB,
+                                 max(w.seq_len, 2), head, w.num_threads, isa, dtype=w.dtype)
     ids = pool.ids(w.tokens, CALIBRATION_VOCAB).reshape(w.batch_size, w.seq_len)
 
     def forward():
