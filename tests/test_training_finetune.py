@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 import bortengine
 from bortengine.training import data, read_checkpoint
-from bortengine.training.classification import FinetuneConfig, finetune, finetune_surrogate_loss
+from bortengine.training.classification import FinetuneConfig, TrainingError, finetune, finetune_surrogate_loss
 from bortengine.export.hf import check_export, export_run
 
 
@@ -62,7 +62,10 @@ def test_finetune_resume_export_and_engine(tmp_path, encoder_dir):
         cfg = _config(encoder_dir, out_dir=str(tmp_path / "split"), **kw)
         return finetune(cfg, progress=False)
 
-    interrupted(time_budget=0.0)  # stops before the first step: a checkpoint at step 0
+    # stops before the first step: a checkpoint at step 0, and an error rather than an untrained classifier
+    with pytest.raises(TrainingError, match="before the first training step.*nothing was trained"):
+        interrupted(time_budget=0.0)
+    assert not (tmp_path / "split" / "model").exists() and (tmp_path / "split" / "checkpoint.safetensors").exists()
     _, resumed = interrupted()
     assert resumed["steps"] == 6
     a = read_checkpoint(tmp_path / "full" / "checkpoint.safetensors", "finetune").group("model")
@@ -92,7 +95,7 @@ def test_the_teachers_soft_labels_are_its_logits_computed_once_on_the_engine(tmp
     from transformers import BertForSequenceClassification
 
     from bortengine.engine import TextTokenizer
-    from bortengine.training.classification import TrainingError, classifier_logits, teacher_logits
+    from bortengine.training.classification import classifier_logits, teacher_logits
 
     _, first = finetune(_config(encoder_dir, out_dir=str(tmp_path / "teacher"), max_steps=2), progress=False)
     teacher = first["model_dir"]

@@ -487,6 +487,12 @@ def finetune(config: FinetuneConfig, model=None, progress: bool = True, started:
     finally:
         if run.log is not None:
             run.log.close()
+    if run.loop.step == 0:
+        # its classifier head is as initialised: writing it, or scoring it, would pass noise off as a result
+        kept = f"; the checkpoint in {out} resumes it" if out is not None else ""
+        raise TrainingError(f"the time budget ({config.time_budget:g} s) was spent before the first training step "
+                            f"(loading the model and data, the evaluations' estimate): nothing was trained, so "
+                            f"no model is written{kept}. Give a larger time budget (--time-budget)")
     return _finish(run, stopped_by, out)
 
 
