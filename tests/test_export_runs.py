@@ -73,10 +73,15 @@ def test_an_agora_run_without_its_last_round_names_the_rounds(agora_run, tmp_pat
 
 
 def test_a_folder_of_model_directories_is_refused_naming_them(agora_run, make_model, tmp_path, capsys):
+    """Every model directory inside is named, a sentence-transformers one that keeps its transformer in
+    0_Transformer/ (a teacher as the user gave it) too."""
+    from bortengine.testing import as_sentence_transformers
+
     pipeline = tmp_path / "pipeline"
     shutil.copytree(agora_run / "round-2", pipeline / "model")
-    shutil.copytree(make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48),
-                    pipeline / "teacher")
+    as_sentence_transformers(make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=48), pipeline / "teacher")
+    assert not (pipeline / "teacher" / "config.json").exists()
     (pipeline / "pipeline.json").write_text("{}")
     code = main(["export", str(pipeline), "--out", str(tmp_path / "out")])
     message = assert_error_line(capsys, "export", code)

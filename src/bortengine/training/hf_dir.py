@@ -74,15 +74,18 @@ def _write_pooling(out: Path, src: Path, transformer: Path, hidden: int, max_seq
 
 
 def model_subdirectories(directory: str | os.PathLike) -> list[Path]:
-    """The directories right inside `directory` that hold a model (config.json) or a run's checkpoint, sorted: what
-    to export from a folder that is neither (a pipeline run's model/ and teacher/, an Agora run's round-k/)."""
+    """The directories right inside `directory` that hold a model (config.json, or in a sentence-transformers
+    directory the sub-folder its modules.json names, as bortengine.load reads it) or a run's checkpoint, sorted:
+    what to export from a folder that is neither (a pipeline run's model/ and teacher/, an Agora run's round-k/)."""
+    from bortengine.engine import transformer_directory
     from bortengine.training.checkpoint import CHECKPOINT_FILE
 
     directory = Path(directory)
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir()
-                  if p.is_dir() and ((p / "config.json").is_file() or (p / CHECKPOINT_FILE).is_file()))
+                  if p.is_dir() and ((transformer_directory(p) / "config.json").is_file()
+                                     or (p / CHECKPOINT_FILE).is_file()))
 
 
 def run_directory(run: str | os.PathLike) -> Path:
