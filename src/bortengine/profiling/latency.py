@@ -107,6 +107,7 @@ class LatencyModel:
                 self.layernorm.append((s.hidden, t))
             elif s.kind == "embeddings":
                 self.embeddings.append((s.hidden, t))
+        self.warm_rows = {m for cold, m, _ in self.gemms if not cold}  # the M of GEMMs measured warm too
         self.residency = residency_curve(self)
 
     def cold_share(self, weight_bytes: float) -> float:
@@ -179,8 +180,7 @@ class LatencyModel:
         def net(spec: OpSpec) -> float:
             if spec not in known:
                 t = self._step_ms(spec, p)
-                if spec.kind == "gemm" and p.cold_share < 1.0 and any(
-                        (False, spec.M) == key[:2] for key in self.gemms):
+                if spec.kind == "gemm" and p.cold_share < 1.0 and spec.M in self.warm_rows:
                     # weights partly in cache: between the warm and the cold time, by the share of missed reads
                     warm = self._step_ms(replace(spec, cold=False), p)
                     t = warm + p.cold_share * (t - warm)

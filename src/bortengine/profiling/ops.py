@@ -202,11 +202,17 @@ def weight_footprint(sizes: Mapping[str, int], workload: Workload, vocab: int, r
     """Bytes of packed GEMM weights one forward reads: what passes through the caches between two reads of any one
     layer's weights when the model is called again and again."""
     total = 0
-    for step in forward_steps():
-        if step["kind"] == "gemm" and repeats[step["scope"]]:
+    for step in _gemm_steps():
+        if repeats[step["scope"]]:
             spec = step_op(step, sizes, workload, vocab)
             total += repeats[step["scope"]] * spec.K * spec.N * gemm_weight_bytes(spec, workload)
     return total
+
+
+@functools.lru_cache(maxsize=1)
+def _gemm_steps() -> tuple[dict[str, Any], ...]:
+    """forward_steps()' GEMM steps, read-only (weight_footprint runs in every prediction; forward_steps() copies)."""
+    return tuple(step for step in forward_steps() if step["kind"] == "gemm")
 
 
 def forward_costs(op_ms: Callable[[OpSpec], float], sizes: Mapping[str, int], workload: Workload, vocab: int,
