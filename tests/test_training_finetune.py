@@ -3,6 +3,7 @@ short-budget surrogate, export to the engine; the split files themselves."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import bortengine
 from bortengine.training import data, read_checkpoint
 from bortengine.training.classification import FinetuneConfig, TrainingError, finetune, finetune_surrogate_loss
 from bortengine.export.hf import check_export, export_run
+from bortengine.training.tasks import load_task
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +127,18 @@ def test_frozen_word_embeddings_stay_as_they_were(tmp_path, encoder_dir):
     moved = next(k for k in before if k.endswith("layer.0.attention.self.query.weight"))
     assert not np.array_equal(after[next(k for k in after if k.endswith("layer.0.attention.self.query.weight"))],
                               before[moved])
+
+
+def test_first_rows_of_one_class_are_said(encoder_dir, tmp_path):
+    """The built-in splits are sorted by label: train_limit's first N rows of RT are one class, which trains a
+    model that answers that class for every text. finetune says so; train_sample draws both classes."""
+    task = load_task(_config(encoder_dir).data_spec())
+    assert len({ex.label for ex in task.train[:48]}) == 1
+    with pytest.warns(RuntimeWarning, match="all have the label .* cannot learn from one class"):
+        finetune(_config(encoder_dir, out_dir=str(tmp_path / "first"), max_steps=1), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        sampled = _config(encoder_dir, out_dir=str(tmp_path / "sampled"), max_steps=1, train_limit=None,
+                          train_sample=48)
+        assert len({ex.label for ex in load_task(sampled.data_spec()).train}) == 2
+        finetune(sampled, progress=False)

@@ -107,8 +107,8 @@ def _add_finetune_parser(sub) -> argparse.ArgumentParser:
                     help="budget clock: the whole command's elapsed time (default) or process CPU time")
     ft.add_argument("--threads", type=positive_int, default=None)
     ft.add_argument("--train-limit", type=positive_int, default=None,
-                    help="use N training examples: the first N for plain fine-tuning, a stratified sample drawn "
-                         "with --seed under --agora (the scarce-data setting)")
+                    help="use N training examples: a stratified sample drawn with --seed (the scarce-data "
+                         "setting; the built-in splits are sorted by label, so their first N are one class)")
     ft.add_argument("--teacher", default=None, metavar="DIR",
                     help="a fine-tuned classifier to distil from while fine-tuning (soft labels, T=2, weight 0.5)")
     ft.add_argument("--distill-weight", type=float, default=0.5)
@@ -224,7 +224,7 @@ def _finetune(args) -> int:
     config = FinetuneConfig(
         model=args.model, **data_fields(args), out_dir=args.out, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, max_steps=args.max_steps,
-        time_budget=args.time_budget, clock=args.clock, threads=args.threads, train_limit=args.train_limit,
+        time_budget=args.time_budget, clock=args.clock, threads=args.threads, train_sample=args.train_limit,
         teacher=args.teacher, distill_weight=args.distill_weight)
     if args.surrogate_steps is not None:
         loss = finetune_surrogate_loss(config, steps=args.surrogate_steps)

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -345,6 +346,16 @@ class _Run:
         self.tokenizer = TextTokenizer.from_directory(self.tokenizer_dir, config.max_length or
                                                       task_max_length(self.task, self.tokenizer_dir))
         self.train = self.task.train[:config.train_limit]
+        seen = {ex.label for ex in self.train}
+        if len(seen) < 2 and len(self.task.labels) > 1:
+            # one class only: training would reach ~0 loss and a model that answers that class for every text
+            what = (f"the first {config.train_limit} training examples" if config.train_limit
+                    else "the training examples")
+            warnings.warn(
+                f"{what} all have the label {self.task.labels[next(iter(seen))]!r}: a classifier cannot learn from "
+                f"one class (it will answer that label for every text). train_limit takes the first N rows, and the "
+                f"built-in splits are sorted by label; use train_sample=N (a stratified sample; on the command line "
+                f"--train-limit N draws one) or a larger train_limit", RuntimeWarning, stacklevel=3)
         if config.augment:
             self.train = self.train + augmented_examples(config.augment, self.task)
         self.dev = self.task.dev[:config.eval_limit]
