@@ -11,7 +11,8 @@ attention, LayerNorm, GELU and the head stay float32. The three projections Q, K
 engine's fused QKV GEMM). Each plan says, per GEMM of every layer (qkv, ao: attention output, i: FFN in, o: FFN
 out), what it does:
 
-- `int8`: the engine's scheme; `float32`: not quantized;
+- `int8`: the engine's scheme; `float32`: not quantized; `bf16`: weights and input rounded to bf16, as the
+  engine's bf16 GEMMs do;
 - `smooth`: SmoothQuant (Xiao et al. 2023): input channel k divided by s_k = max|x_k|^a / max|w_k|^(1-a) before
   quantization and the weights' column k multiplied by it, max|x_k| from --calibration Rotten Tomatoes train texts
   (a = 0.5 unless the plan says otherwise): what a per-channel multiplier in quantize_rows would compute;
@@ -62,6 +63,9 @@ PLANS = [  # (name, {GEMM kind: mode}, SmoothQuant's a); a kind not named runs i
     ("outliers: top 4 per row exact", dict.fromkeys(KINDS, "top4"), 0.5),
     ("FFN out float32", {"o": "float32"}, 0.5),
     ("FFN out float32, SmoothQuant QKV, FFN in", {"o": "float32", "qkv": "smooth", "i": "smooth"}, 0.5),
+    ("FFN out bf16", {"o": "bf16"}, 0.5),
+    ("FFN in and out bf16", {"i": "bf16", "o": "bf16"}, 0.5),
+    ("QKV and FFN out bf16", {"qkv": "bf16", "o": "bf16"}, 0.5),
 ]
 
 
@@ -148,6 +152,12 @@ class Simulation:
             mode = plan.get(kind, "int8")
             if mode == "float32":
                 continue
+            if mode == "bf16":  # weights and inputs rounded to bf16 (nearest even), products summed in float32
+                for lin in lins:
+                    lin.weight.data = self.weights[id(lin)].bfloat16().float()
+                hooks += [lin.register_forward_pre_hook(lambda _m, inputs: (inputs[0].bfloat16().float(),))
+                          for lin in lins]
+                continue
             smooth = None
             if mode == "smooth":
                 w_max = torch.stack([self.weights[id(lin)].abs().amax(0) for lin in lins]).amax(0)
@@ -190,7 +200,16 @@ def main(argv=None) -> int:
     parser.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
     parser.add_argument("--calibration", type=int, default=128, help="RT train texts for SmoothQuant's max |x|")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plan", action="append", help="only this plan (its name as the table prints it); repeatable")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "int8_simulate.json")
     args = parser.parse_args(argv)
+    plans = PLANS
+    if args.plan:
+        wanted = args.plan
+        unknown = sorted(set(wanted) - {name for name, _, _ in PLANS})
+        if unknown:
+            parser.error(f"unknown plan(s) {unknown}; known: {[name for name, _, _ in PLANS]}")
+        plans = [p for p in PLANS if p[0] in wanted]
     import torch
 
     torch.set_num_threads(args.threads)
@@ -202,7 +221,7 @@ def main(argv=None) -> int:
     reference, ref_logits = sim.forward(texts)
     rows = []
     print(f"{'plan':44s} {'min':>7s} {'q0.001':>7s} {'mean':>8s} {'[CLS]':>7s} {'<0.98':>6s} {'agree':>7s}")
-    for n, (name, plan, alpha) in enumerate(PLANS, 1):
+    for n, (name, plan, alpha) in enumerate(plans, 1):
         t0 = time.time()
         hooks = sim.apply(plan, alpha)
         try:
@@ -213,8 +232,8 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{name:44s} {row['min_cosine']:7.4f} {row['q001_cosine']:7.4f} {row['mean_cosine']:8.5f} "
               f"{row['cls_min_cosine']:7.4f} {row['tokens_below']:6d} {row['agreement']:7.4f}   "
-              f"[{n}/{len(PLANS)}, {time.time() - t0:.0f} s]", flush=True)
-    out = RESULTS_DIR / "int8_simulate.json"
+              f"[{n}/{len(plans)}, {time.time() - t0:.0f} s]", flush=True)
+    out = args.out
     out.write_text(json.dumps({"classifier": str(args.classifier), "calibration_texts": args.calibration,
                                "test_texts": len(texts), "rows": rows}, indent=1))
     print(f"wrote {out}")

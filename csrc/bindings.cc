@@ -125,6 +125,9 @@ void bind_forward(py::module_& m) {
                 d["epilogue"] = ops::epilogue_name(s.epilogue);
                 d["rows"] = forward::rows_name(s.rows);
                 d["low_precision"] = s.low_precision;
+                py::dict kernels;  // the kernels the GEMM runs on, per encoder dtype
+                for (DType dt : kDTypes) kernels[dtype_name(dt)] = dtype_name(forward::kernel_dtype(s, dt));
+                d["kernels"] = kernels;
             }
             py::dict barriers;
             for (DType dt : kDTypes) barriers[dtype_name(dt)] = forward::barriers(s, dt);
@@ -170,14 +173,27 @@ class PyEncoder {
         enc_->set_layer(index, w);
     }
 
-    // quantized: {q,k,v,ao,i,o}_w int8 [out, in] and {q,k,v,ao,i,o}_s float [out].
+    // quantized: {q,k,v,ao,i,o}_w int8 [out, in] and {q,k,v,ao,i,o}_s float [out]; o_w may instead be uint16
+    // (bf16 bits, no o_s): FFN out as int8 encoders run it (encoder.h QuantizedLayerWeights).
     void set_layer_quantized(int index, py::dict q, FArray q_b, FArray k_b, FArray v_b, FArray ao_b, FArray ln1_w,
                              FArray ln1_b, FArray i_b, FArray o_b, FArray ln2_w, FArray ln2_b) {
         const std::string p = "layer " + std::to_string(index) + " ";
         std::vector<QArray> qs;
         std::vector<FArray> ss;
+        U16Array o_bf16;
+        bool ffn_out_bf16 = false;
+        if (q.contains("o_w")) {
+            py::array wa = q["o_w"].cast<py::array>();
+            ffn_out_bf16 = wa.dtype().kind() == 'u' && wa.itemsize() == 2;
+            if (ffn_out_bf16) o_bf16 = U16Array::ensure(wa);
+        }
         for (const char* name : {"q", "k", "v", "ao", "i", "o"}) {
             const std::string wn = std::string(name) + "_w", sn = std::string(name) + "_s";
+            if (ffn_out_bf16 && wn == "o_w") {
+                qs.emplace_back();
+                ss.emplace_back();
+                continue;
+            }
             if (!q.contains(wn.c_str()) || !q.contains(sn.c_str()))
                 throw std::invalid_argument(p + "quantized weights need '" + wn + "' and '" + sn + "'");
             py::array wa = q[wn.c_str()].cast<py::array>();
@@ -188,8 +204,13 @@ class PyEncoder {
             if (!ss.back()) throw std::invalid_argument(p + sn + " must be an array of numbers");
         }
         const LayerWeights w = layer_vectors(q_b, k_b, v_b, ao_b, ln1_w, ln1_b, i_b, o_b, ln2_w, ln2_b);
-        const QuantizedLayerWeights qw{ref(qs[0]), ref(qs[1]), ref(qs[2]), ref(qs[3]), ref(qs[4]), ref(qs[5]),
-                                       ref(ss[0]), ref(ss[1]), ref(ss[2]), ref(ss[3]), ref(ss[4]), ref(ss[5])};
+        QuantizedLayerWeights qw;
+        qw.q_w = ref(qs[0]), qw.k_w = ref(qs[1]), qw.v_w = ref(qs[2]), qw.ao_w = ref(qs[3]), qw.i_w = ref(qs[4]);
+        qw.q_s = ref(ss[0]), qw.k_s = ref(ss[1]), qw.v_s = ref(ss[2]), qw.ao_s = ref(ss[3]), qw.i_s = ref(ss[4]);
+        if (ffn_out_bf16)
+            qw.o_w_bf16 = ref(o_bf16);
+        else
+            qw.o_w = ref(qs[5]), qw.o_s = ref(ss[5]);
         py::gil_scoped_release release;
         enc_->set_layer_quantized(index, w, qw);
     }

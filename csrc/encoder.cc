@@ -151,33 +151,38 @@ void Encoder::set_layer(int index, const LayerWeights& w) {
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
     const std::vector<float> qkv = concat3(w.q_w.data, w.k_w.data, w.v_w.data, HH);
-    // each linear in the encoder's dtype: pack(linear, weight [N, K], N, K)
-    auto pack_all = [&](auto&& pack) {
-        pack(L.qkv, qkv.data(), 3 * H, H);
-        pack(L.ao, w.ao_w.data, H, H);
-        pack(L.ffn_in, w.i_w.data, I, H);
-        pack(L.ffn_out, w.o_w.data, H, I);
-    };
-    if (dtype_ == DType::kInt8)
-        pack_all([&](Linear& l, const float* x, int n, int k) { l.i8 = ops::quantize_linear(kt8_, x, n, k); });
-    else if (dtype_ == DType::kBf16)
-        pack_all([&](Linear& l, const float* x, int n, int k) { l.bf16 = ops::round_linear_bf16(kt16_, x, n, k); });
-    else
-        pack_all([&](Linear& l, const float* x, int n, int k) { l.f32 = ops::pack_linear(kt_, x, n, k); });
+    pack(L.qkv, forward::kQkv, qkv.data(), 3 * H, H);
+    pack(L.ao, forward::kAttentionOut, w.ao_w.data, H, H);
+    pack(L.ffn_in, forward::kFfnIn, w.i_w.data, I, H);
+    pack(L.ffn_out, forward::kFfnOut, w.o_w.data, H, I);
     store_layer(index, std::move(L), w);
+}
+
+void Encoder::pack(Linear& l, forward::Step step, const float* w, int N, int K) const {
+    switch (forward::kernel_dtype(forward::kSteps[step], dtype_)) {
+        case DType::kInt8: l.i8 = ops::quantize_linear(kt8_, w, N, K); break;
+        case DType::kBf16: l.bf16 = ops::round_linear_bf16(kt16_, w, N, K); break;
+        case DType::kFloat32: l.f32 = ops::pack_linear(kt_, w, N, K); break;
+    }
 }
 
 void Encoder::set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q) {
     if (dtype_ != DType::kInt8) throw std::invalid_argument("pre-quantized weights need an int8 encoder");
     check_layer(index, w, true);
     const std::int64_t H = cfg_.hidden, I = cfg_.intermediate;
-    check_linear_weights(index,
-                         {&q.q_w.shape, &q.k_w.shape, &q.v_w.shape, &q.ao_w.shape, &q.i_w.shape, &q.o_w.shape});
+    const bool ffn_out_bf16 = q.o_w_bf16.present();
+    check_linear_weights(index, {&q.q_w.shape, &q.k_w.shape, &q.v_w.shape, &q.ao_w.shape, &q.i_w.shape,
+                                 ffn_out_bf16 ? &q.o_w_bf16.shape : &q.o_w.shape});
     const ops::ArrayRef<float>* scales[] = {&q.q_s, &q.k_s, &q.v_s, &q.ao_s, &q.i_s, &q.o_s};
     const std::int64_t outs[] = {H, H, H, H, I, H};
-    for (int t = 0; t < 6; ++t)
+    for (int t = 0; t < (ffn_out_bf16 ? 5 : 6); ++t)
         ops::expect_shape(scales[t]->shape, {outs[t]},
                           "layer " + std::to_string(index) + " " + kLinearNames[t] + "_s");
+    static_assert(forward::kernel_dtype(forward::kSteps[forward::kQkv], DType::kInt8) == DType::kInt8 &&
+                      forward::kernel_dtype(forward::kSteps[forward::kAttentionOut], DType::kInt8) == DType::kInt8 &&
+                      forward::kernel_dtype(forward::kSteps[forward::kFfnIn], DType::kInt8) == DType::kInt8 &&
+                      forward::kernel_dtype(forward::kSteps[forward::kFfnOut], DType::kInt8) == DType::kBf16,
+                  "set_layer_quantized packs QKV, attention out and FFN in for int8, FFN out for bf16 kernels");
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
     const std::vector<std::int8_t> qkv = concat3(q.q_w.data, q.k_w.data, q.v_w.data, HH);
@@ -185,7 +190,14 @@ void Encoder::set_layer_quantized(int index, const LayerWeights& w, const Quanti
     L.qkv.i8 = ops::pack_quantized_linear(kt8_, qkv.data(), qkv_s.data(), 3 * H, H);
     L.ao.i8 = ops::pack_quantized_linear(kt8_, q.ao_w.data, q.ao_s.data, H, H);
     L.ffn_in.i8 = ops::pack_quantized_linear(kt8_, q.i_w.data, q.i_s.data, I, H);
-    L.ffn_out.i8 = ops::pack_quantized_linear(kt8_, q.o_w.data, q.o_s.data, H, I);
+    if (ffn_out_bf16) {
+        L.ffn_out.bf16 = ops::pack_linear_bf16(kt16_, q.o_w_bf16.data, H, I);
+    } else {  // an export from before FFN out left int8: its s8 weights times their scales, rounded to bf16
+        std::vector<float> o(static_cast<std::size_t>(H) * I);
+        for (std::int64_t n = 0; n < H; ++n)
+            for (std::int64_t k = 0; k < I; ++k) o[n * I + k] = q.o_w.data[n * I + k] * q.o_s.data[n];
+        L.ffn_out.bf16 = ops::round_linear_bf16(kt16_, o.data(), H, I);
+    }
     store_layer(index, std::move(L), w);
 }
 
@@ -281,7 +293,7 @@ void Encoder::reserve_workspace(Workspace& ws, int B, bool pooled, int threads) 
     ws.attention.reserve(kt_, threads, ws.tokens.seqs.max_len, cfg_.hidden / cfg_.heads);
     ws.gemm.reserve(kt_, threads, ws.tokens.seqs.tokens, widest_k);  // the pooler and projection: fp32
     if (dtype_ == DType::kInt8) ws.quant.reserve(kt8_, threads, ws.tokens.seqs.tokens, widest_k);
-    if (dtype_ == DType::kBf16) ws.bf16.reserve(kt16_, threads, ws.tokens.seqs.tokens, widest_k);
+    if (dtype_ != DType::kFloat32) ws.bf16.reserve(kt16_, threads, ws.tokens.seqs.tokens, widest_k);  // int8: FFN out
     if (pooled) ws.pool_in.resize(static_cast<std::size_t>(B) * H);
 }
 
@@ -293,12 +305,11 @@ void Encoder::linear(ops::Team& team, Workspace& ws, forward::Step step, int M, 
     ep.bias = W.bias.data();
     ep.residual = residual;
     ep.ldr = ldc;
-    if (dtype_ == DType::kInt8 && s.low_precision)
-        ops::gemm_int8_team(team, M, A, lda, W.i8, C, ldc, ep, ws.quant);
-    else if (dtype_ == DType::kBf16 && s.low_precision)
-        ops::gemm_team(team, M, A, lda, W.bf16, C, ldc, ep, ws.bf16);
-    else
-        ops::gemm_team(team, M, A, lda, W.f32, C, ldc, ep, ws.gemm);
+    switch (forward::kernel_dtype(s, dtype_)) {
+        case DType::kInt8: ops::gemm_int8_team(team, M, A, lda, W.i8, C, ldc, ep, ws.quant); break;
+        case DType::kBf16: ops::gemm_team(team, M, A, lda, W.bf16, C, ldc, ep, ws.bf16); break;
+        case DType::kFloat32: ops::gemm_team(team, M, A, lda, W.f32, C, ldc, ep, ws.gemm); break;
+    }
 }
 
 void Encoder::run_layer(ops::Team& team, Workspace& ws, const Layer& L, float* dst, StepTrace& trace) const {

@@ -37,10 +37,13 @@ struct LayerWeights {
     ops::ArrayRef<float> o_w, o_b, ln2_w, ln2_b;        // [H,I], [H], [H], [H]
 };
 
-// Pre-quantized weights of one layer's four linears: s8 [out, in] and per-output-channel scales [out].
+// Pre-quantized weights of one layer's four linears: s8 [out, in] and per-output-channel scales [out]. FFN out,
+// which int8 encoders run on bf16 kernels (forward.h int8_in_bf16), comes as bf16 bits in o_w_bf16 (bortengine
+// export --dtype int8); o_w and o_s are read only without it (checkpoints exported before: dequantized, rounded).
 struct QuantizedLayerWeights {
     ops::ArrayRef<std::int8_t> q_w, k_w, v_w, ao_w, i_w, o_w;
     ops::ArrayRef<float> q_s, k_s, v_s, ao_s, i_s, o_s;
+    ops::ArrayRef<std::uint16_t> o_w_bf16;
 };
 
 // bf16 weights of one layer's four linears as they are stored (a BF16 checkpoint): uint16 bits [out, in].
@@ -50,9 +53,9 @@ struct Bf16LayerWeights {
 
 class Encoder {
   public:
-    // dtype (forward.h): int8: the four linears of every layer run on int8 kernels (weights per channel,
-    // activations per token); bf16: on bf16 kernels (weights rounded at packing, activations as each GEMM copies
-    // them). Embeddings, LayerNorm, softmax and the pooler stay fp32; the attention products of int8 and bf16
+    // dtype (forward.h): int8: three of the four linears of every layer run on int8 kernels (weights per channel,
+    // activations per token), FFN out on bf16 kernels (forward.h int8_in_bf16); bf16: all four on bf16 kernels
+    // (weights rounded at packing, activations as each GEMM copies them). Embeddings, LayerNorm, softmax and the pooler stay fp32; the attention products of int8 and bf16
     // encoders run in bf16 where the CPU has AVX512_BF16 (isa.h bf16_attention_for).
     Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype = DType::kFloat32);
 
@@ -68,7 +71,7 @@ class Encoder {
     // A relative position bias table [heads, 2P' - 1] with P' >= P (ops.h position_bias), copied: added to the
     // attention scores of every layer (MPNet). Without one, attention is BERT's.
     void set_position_bias(const ops::ArrayRef<float>& table);
-    // Packs (copies) the weights; quantizes them for int8, rounds them to bf16 for bf16.
+    // Packs (copies) the weights for the kernels each linear runs on: quantized for int8, rounded to bf16 for bf16.
     void set_layer(int index, const LayerWeights& w);
     // int8 encoders only: weights already quantized (the weights of `w` for q/k/v/ao/i/o are ignored and may be
     // absent; biases and LayerNorms are taken from `w`).
@@ -107,10 +110,11 @@ class Encoder {
     DType dtype() const { return dtype_; }
     // The attention kernel the layers run (int8 and bf16 encoders use bf16 dot products where the CPU has them).
     const char* attention_name() const { return attention_name_; }
-    // The GEMM kernel the layers' linears run: the fp32, int8 or bf16 one.
+    // The GEMM kernel the layers' linears run: the fp32, int8 or bf16 one (int8 encoders' FFN out: bf16_gemm_name).
     const char* gemm_name() const {
         return dtype_ == DType::kInt8 ? kt8_.gemm_name : dtype_ == DType::kBf16 ? kt16_.gemm_name : kt_.gemm_name;
     }
+    const char* bf16_gemm_name() const { return kt16_.gemm_name; }
     int num_threads() const { return threads_.load(std::memory_order_relaxed); }
     void set_num_threads(int n);
     bool ready() const;
@@ -150,6 +154,8 @@ class Encoder {
     std::unique_ptr<Workspace> take_workspace();
     void give_back(std::unique_ptr<Workspace> ws);
 
+    // Packs the weight [N, K] of the linear of GEMM step `step` for the kernels it runs on in this encoder.
+    void pack(Linear& l, forward::Step step, const float* w, int N, int K) const;
     // Layer `index` = L with w's biases and LayerNorms.
     void store_layer(int index, Layer&& L, const LayerWeights& w);
     // Checks the index and the shapes of w's biases and LayerNorms (and of its weights unless `converted`: they

@@ -62,12 +62,25 @@ struct StepInfo {
     Scope scope;
     When when;
     // GEMM steps only: [rows, K] · [K, N], the fused epilogue, and whether int8 and bf16 encoders run the GEMM on
-    // their own kernels (the pooler and the embeddings' projection stay float32, as the embeddings do).
+    // low-precision kernels (the pooler and the embeddings' projection stay float32, as the embeddings do).
     Dim K = Dim::kNone, N = Dim::kNone;
     Epilogue::Kind epilogue = Epilogue::kNone;
     Rows rows = Rows::kNone;
     bool low_precision = false;
+    // int8 encoders run this GEMM on the bf16 kernels. FFN out's input is the GELU output, whose few outlier
+    // channels (largest on [CLS] in fine-tuned models) set a per-token u8 scale that rounds every other channel to a
+    // handful of levels: with it in int8, trained classifiers lose up to 0.03 of a token's cosine to float32
+    // (bench/int8_simulate.py: every token >= 0.98 only with FFN out out of int8). bf16 keeps 8 significant bits
+    // per value whatever the row's range.
+    bool int8_in_bf16 = false;
 };
+
+// The kernels a step's GEMM runs on in an encoder of dtype d.
+constexpr DType kernel_dtype(const StepInfo& s, DType d) {
+    return !s.low_precision                           ? DType::kFloat32
+           : d == DType::kInt8 && s.int8_in_bf16      ? DType::kBf16
+                                                      : d;
+}
 
 constexpr StepInfo kSteps[kStepCount] = {
     // step          name             trace            kind              scope          when
@@ -83,7 +96,7 @@ constexpr StepInfo kSteps[kStepCount] = {
     {kFfnIn,         "ffn_in",        "ffn_in",        Kind::kGemm,       Scope::kLayer,   When::kAlways,
      Dim::kH, Dim::kI, Epilogue::kGelu, Rows::kTokens, true},
     {kFfnOut,        "ffn_out",       "ffn_out",       Kind::kGemm,       Scope::kLayer,   When::kAlways,
-     Dim::kI, Dim::kH, Epilogue::kResidual, Rows::kTokens, true},
+     Dim::kI, Dim::kH, Epilogue::kResidual, Rows::kTokens, true, true},
     {kLn2,           "ln2",           "layernorm",     Kind::kLayerNorm,  Scope::kLayer,   When::kAlways},
     {kScatter,       "scatter",       "output",        Kind::kScatter,    Scope::kForward, When::kPadded},
     {kPoolerGather,  "pooler_gather", "output",        Kind::kGather,     Scope::kPooler,  When::kAlways},
@@ -94,10 +107,10 @@ constexpr StepInfo kSteps[kStepCount] = {
 // Team barriers (parallel_for calls) a step costs in a forward of that dtype: one per team op it runs (ops.h:
 // an int8 GEMM is two, the row quantization and the GEMM; a bf16 GEMM rounds its input inside the GEMM).
 constexpr int barriers(const StepInfo& s, DType d) {
-    return s.kind != Kind::kGemm                           ? 1
-           : s.low_precision && d == DType::kInt8          ? ops::kGemmInt8TeamOps
-           : s.low_precision && d == DType::kBf16          ? ops::kGemmBf16TeamOps
-                                                           : ops::kGemmTeamOps;
+    return s.kind != Kind::kGemm                         ? 1
+           : kernel_dtype(s, d) == DType::kInt8          ? ops::kGemmInt8TeamOps
+           : kernel_dtype(s, d) == DType::kBf16          ? ops::kGemmBf16TeamOps
+                                                         : ops::kGemmTeamOps;
 }
 
 // Trace buckets: the distinct `trace` names of kSteps in order of first appearance (embeddings, qkv, attention,

@@ -41,6 +41,8 @@ MODELS = {
     "mpnet-classifier": dict(model_type="mpnet", head="sequence"),
 }
 CONVERSIONS = {"int8": (quantize_checkpoint, "quantized", "I8"), "bf16": (bf16_checkpoint, "converted", "BF16")}
+# The int8 engine runs each layer's FFN out (its last linear) on the bf16 kernels: an int8 export stores it as BF16.
+FFN_OUT_STORED = {"int8": "BF16", "bf16": "BF16"}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -65,6 +67,32 @@ def _layer_linear_weights(path) -> set[str]:
             if isinstance(m, torch.nn.Linear) and id(m) in inside}
 
 
+def _ffn_out_weights(path) -> set[str]:
+    """The checkpoint names of each layer's FFN out weight: its last nn.Linear in transformers' module tree
+    (BERT's output.dense, DistilBERT's ffn.lin2, MPNet's output.dense)."""
+    import torch
+
+    model = hf_auto_model(str(path))
+    layers_name, layers = next((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList))
+    last = {}
+    for name, m in layers.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            last[name.split(".", 1)[0]] = name
+    return {f"{layers_name}.{name}.weight" for name in last.values()}
+
+
+def _stored(dtype, path) -> dict[str, set[str]]:
+    """Stored dtype -> the layers' linear weights a conversion to dtype stores in it; and "scaled": those with an
+    int8 scale."""
+    linear, ffn_out = _layer_linear_weights(path), _ffn_out_weights(path)
+    assert len(ffn_out) * LINEAR_PER_LAYER == len(linear) and ffn_out <= linear
+    stored = CONVERSIONS[dtype][2]
+    out = {stored: linear - ffn_out}
+    out.setdefault(FFN_OUT_STORED[dtype], set()).update(ffn_out)
+    out["scaled"] = linear - ffn_out if dtype == "int8" else set()
+    return out
+
+
 @pytest.mark.parametrize("dtype", list(CONVERSIONS))
 def test_converts_exactly_the_layers_linear_weights(family_model, tmp_path, dtype):
     """layers x 6 tensors converted, the nn.Linear weights of the layers and nothing else; their int8 scales
@@ -81,9 +109,11 @@ def test_converts_exactly_the_layers_linear_weights(family_model, tmp_path, dtyp
 
     before = read_safetensors_header(family_model / "model.safetensors")
     after = read_safetensors_header(out / "model.safetensors")
-    scales = {n + SCALE_SUFFIX for n in linear} if dtype == "int8" else set()
+    want = _stored(dtype, family_model)
+    scales = {n + SCALE_SUFFIX for n in want["scaled"]}
     assert set(after) == set(before) | scales
-    assert {n for n, e in after.items() if e.dtype == stored} == linear
+    for stored_dtype in ("I8", "BF16"):
+        assert {n for n, e in after.items() if e.dtype == stored_dtype} == want.get(stored_dtype, set())
     assert {after[n].dtype for n in scales} <= {"F32"}
     for name in set(before) - linear:
         np.testing.assert_array_equal(after[name].read_stored(), before[name].read_stored(), err_msg=name)
@@ -128,7 +158,7 @@ def test_int8_from_a_bf16_checkpoint(make_encoder, tmp_path):
     src = make_encoder(**MODELS["mpnet"], num_hidden_layers=3)
     bf16, _ = _converted_copy(src, tmp_path / "bf16", "bf16")
     int8, report = _converted_copy(bf16, tmp_path / "int8", "int8")
-    assert report["quantized"] == 3 * LINEAR_PER_LAYER
+    assert report["quantized"] == 3 * (LINEAR_PER_LAYER - 1)  # FFN out is BF16 already, as the int8 engine runs it
     ids = np.random.default_rng(1).integers(5, 300, size=(2, 9))
     np.testing.assert_array_equal(bortengine.load(int8, dtype="int8")(ids).last_hidden_state,
                                   bortengine.load(bf16, dtype="int8")(ids).last_hidden_state)
@@ -185,7 +215,9 @@ def test_cli_exports_every_family(family_model, tmp_path, capsys, dtype):
     assert report[dtype]["family"] == family and report.get("family", "bert") == family
     assert report[dtype][counted] == 3 * LINEAR_PER_LAYER
     entries = read_safetensors_header(out / "model.safetensors")
-    assert {n for n, e in entries.items() if e.dtype == stored} == _layer_linear_weights(family_model)
+    want = _stored(dtype, family_model)
+    for stored_dtype in ("I8", "BF16"):
+        assert {n for n, e in entries.items() if e.dtype == stored_dtype} == want.get(stored_dtype, set())
     assert bortengine.load(out, dtype=dtype).dtype == dtype
 
 

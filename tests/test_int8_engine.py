@@ -72,8 +72,10 @@ def test_bad_dtype(small_model):
         bortengine.load(small_model, dtype="float16")
 
 
-def _write_prequantized(src, dst):
-    """A pre-quantized copy of a model directory, as `bortengine export --dtype int8` writes it."""
+def _write_prequantized(src, dst, ffn_out="bf16"):
+    """A pre-quantized copy of a model directory: as `bortengine export --dtype int8` writes it (FFN out, the
+    "output.dense.weight" of each layer, as BF16), or with ffn_out="int8" as exports made before FFN out left int8
+    wrote it (every linear weight I8 with its scale)."""
     import shutil
 
     from safetensors.numpy import load_file, save_file
@@ -84,10 +86,25 @@ def _write_prequantized(src, dst):
     tensors = load_file(str(src / "model.safetensors"))
     for name in list(tensors):
         if name.endswith(QUANTIZABLE_LAYER_WEIGHTS) and ".layer." in name:
+            if name.endswith(".output.dense.weight") and ".attention." not in name and ffn_out == "bf16":
+                continue  # kept float32 here: the engine rounds it to bf16 at load, as from the export's BF16
             q, s = _core.quantize_weights(tensors[name])
             tensors[name], tensors[name + "_scale"] = q, s
     save_file(tensors, str(dst / "model.safetensors"))
     return dst
+
+
+def test_int8_runs_ffn_out_on_the_bf16_kernels(small_model):
+    from bortengine.engine import int8_kernels
+
+    assert int8_kernels() == {"q": "int8", "k": "int8", "v": "int8", "ao": "int8", "i": "int8", "o": "bf16"}
+    steps = {s["name"]: s for s in _core.forward_ops()}
+    assert steps["ffn_out"]["kernels"] == {"float32": "float32", "int8": "bf16", "bf16": "bf16"}
+    assert steps["ffn_in"]["kernels"] == {"float32": "float32", "int8": "int8", "bf16": "bf16"}
+    assert steps["pooler"]["kernels"] == dict.fromkeys(("float32", "int8", "bf16"), "float32")
+    # one team op: a bf16 GEMM rounds its input inside the GEMM, where an int8 one first quantizes its rows
+    assert steps["ffn_out"]["barriers"]["int8"] == steps["ffn_out"]["barriers"]["bf16"] \
+        < steps["ffn_in"]["barriers"]["int8"]
 
 
 def test_prequantized_checkpoint_loads_as_int8_and_float32(make_model, tmp_path):
@@ -105,6 +122,19 @@ def test_prequantized_checkpoint_loads_as_int8_and_float32(make_model, tmp_path)
     assert _cosines(a.reshape(-1, 64), b.reshape(-1, 64)).min() > 0.99
 
 
+def test_prequantized_checkpoint_of_an_earlier_export_loads(make_model, tmp_path):
+    """An export made before FFN out left int8 holds it as I8: an int8 engine runs it on the bf16 kernels from
+    the dequantized weights (their s8 rounding kept), close to the weights' own rounding."""
+    path = make_model(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                      vocab_size=500, seed=9)
+    old = _write_prequantized(path, tmp_path / "old", ffn_out="int8")
+    ids = np.random.default_rng(1).integers(0, 500, size=(2, 12))
+    a = bortengine.load(old, dtype="int8")(ids).last_hidden_state.reshape(-1, 64)
+    b = bortengine.load(path, dtype="int8")(ids).last_hidden_state.reshape(-1, 64)
+    assert _cosines(a, b).min() > 0.999
+    assert not np.array_equal(a, b)  # FFN out's weights went through s8 first
+
+
 def test_prequantized_checkpoint_missing_scale(make_model, tmp_path):
     from safetensors.numpy import load_file, save_file
 
@@ -112,9 +142,9 @@ def test_prequantized_checkpoint_missing_scale(make_model, tmp_path):
                       vocab_size=500, seed=9)
     pre = _write_prequantized(path, tmp_path / "pre")
     tensors = load_file(str(pre / "model.safetensors"))
-    del tensors["encoder.layer.1.output.dense.weight_scale"]
+    del tensors["encoder.layer.1.attention.output.dense.weight_scale"]
     save_file(tensors, str(pre / "model.safetensors"))
-    with pytest.raises(bortengine.ModelLoadError, match="output.dense.weight_scale"):
+    with pytest.raises(bortengine.ModelLoadError, match="attention.output.dense.weight_scale"):
         bortengine.load(pre, dtype="int8")
 
 

@@ -30,6 +30,7 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 
 from bortengine.engine.config import ModelConfig
+from bortengine.engine.native import core
 from bortengine.engine.positions import relative_position_bias
 from bortengine.errors import ModelLoadError
 
@@ -69,8 +70,11 @@ PROJECTION_TENSORS = (("embeddings_project.weight", ("H", "E")), ("embeddings_pr
 # MPNet: the relative position bias of every layer's attention, one value per (distance bucket, head)
 RELATIVE_BIAS_TENSORS = (("encoder.relative_attention_bias.weight", ("R", "A")),)
 POOLER_TENSORS = (("pooler.dense.weight", ("H", "H")), ("pooler.dense.bias", ("H",)))
-# The linear weights of a layer that a pre-quantized checkpoint (bortengine export --dtype int8) stores as I8
-# [out, in] with a float32 per-output-channel scale "<name>_scale" [out]: w ~= q * scale.
+# The six linear weights of a layer: those load(dtype="int8" | "bf16") converts. A pre-quantized checkpoint
+# (bortengine export --dtype int8) stores each that int8 encoders run on the int8 kernels as I8 [out, in] with a
+# float32 per-output-channel scale "<name>_scale" [out] (w ~= q * scale), and FFN out ("output.dense.weight"), which
+# they run on the bf16 kernels (int8_kernels), as BF16; exports made before FFN out left int8 hold it as I8 with
+# its scale too (dequantized and rounded at load).
 QUANTIZABLE_LAYER_WEIGHTS = (
     "attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight",
     "attention.output.dense.weight", "intermediate.dense.weight", "output.dense.weight",
@@ -78,6 +82,16 @@ QUANTIZABLE_LAYER_WEIGHTS = (
 SCALE_SUFFIX = "_scale"
 # The six linear weights by the names _core.Encoder.set_layer_quantized / set_layer_bf16 take them under.
 _LINEAR_SHORT_NAMES = dict(zip(("q", "k", "v", "ao", "i", "o"), QUANTIZABLE_LAYER_WEIGHTS))
+# The forward step (csrc/forward.h) each of them is the weight of.
+_LINEAR_STEPS = {"q": "qkv", "k": "qkv", "v": "qkv", "ao": "attention_out", "i": "ffn_in", "o": "ffn_out"}
+
+
+def int8_kernels() -> dict[str, str]:
+    """Short linear name (q, k, v, ao, i, o) -> the kernels an int8 encoder runs it on: "int8", or "bf16" for FFN
+    out (csrc/forward.h int8_in_bf16: its GELU input's outlier channels would cost trained models' tokens up to
+    0.03 of cosine to float32 in int8)."""
+    kernels = {step["name"]: step["kernels"]["int8"] for step in core().forward_ops() if step["kind"] == "gemm"}
+    return {short: kernels[step] for short, step in _LINEAR_STEPS.items()}
 CLASSIFIER_TENSORS = (("classifier.weight", ("L", "H")), ("classifier.bias", ("L",)))
 PRE_CLASSIFIER_TENSORS = (("pre_classifier.weight", ("H", "H")), ("pre_classifier.bias", ("H",)))
 
@@ -454,11 +468,16 @@ class BertWeights:
         return entry.read()
 
     def read_layer_quantized(self, index: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        """Pre-quantized layer `index`: ({q,k,v,ao,i,o}_w int8 and _s scales}, the 10 bias and LayerNorm vectors
-        in _core.Encoder.set_layer_quantized order)."""
+        """Pre-quantized layer `index`: ({q,k,v,ao,i}_w int8 and _s scales, and o_w as stored: bf16 bits (uint16),
+        or int8 with o_s from an earlier export}, the 10 bias and LayerNorm vectors in
+        _core.Encoder.set_layer_quantized order)."""
         q: dict[str, np.ndarray] = {}
         for short, name in _LINEAR_SHORT_NAMES.items():
-            q[short + "_w"] = self._entries[f"encoder.layer.{index}.{name}"].read_int8()
+            entry = self._entries[f"encoder.layer.{index}.{name}"]
+            if entry.dtype != "I8":  # FFN out, run on the bf16 kernels (_check_quantized allows nothing else)
+                q[short + "_w"] = entry.read_bf16() if entry.dtype == "BF16" else core().to_bf16(entry.read())
+                continue
+            q[short + "_w"] = entry.read_int8()
             q[short + "_s"] = self.read(f"encoder.layer.{index}.{name}{SCALE_SUFFIX}")
         return q, self._layer_vectors(index)
 
@@ -529,14 +548,17 @@ def _canonical_entries(checkpoint: Checkpoint, config: ModelConfig) -> dict[str,
 
 
 def _check_quantized(config: ModelConfig, entries: dict[str, TensorEntry], source: str) -> bool:
-    """Whether the checkpoint is pre-quantized (bortengine export --dtype int8): every quantizable weight is I8
-    with its scale, or none is."""
+    """Whether the checkpoint is pre-quantized (bortengine export --dtype int8): every linear weight that int8
+    encoders run on the int8 kernels is I8 with its scale, or none is; FFN out, which they run on the bf16 kernels,
+    is stored in any float dtype (BF16 from the export) or, from earlier exports, I8 with its scale."""
+    on_int8 = {_LINEAR_SHORT_NAMES[short] for short, kernel in int8_kernels().items() if kernel == "int8"}
     quantizable = [f"encoder.layer.{i}.{n}" for i in range(config.num_hidden_layers)
                    for n in QUANTIZABLE_LAYER_WEIGHTS]
     int8_names = [n for n in quantizable if n in entries and entries[n].dtype == "I8"]
     if not int8_names:
         return False
-    float_names = [n for n in quantizable if n in entries and entries[n].dtype != "I8"]
+    float_names = [n for n in quantizable
+                   if n in entries and entries[n].dtype != "I8" and n.split(".", 3)[3] in on_int8]
     if float_names:
         raise ModelLoadError(
             f"{source} mixes int8 and float linear weights ({_short_list(int8_names, 2)} are "

@@ -13,6 +13,7 @@ sentence-transformers directory, those of the transformer's sub-folder), each of
 encoder layer (query, key, value, attention output, intermediate, output) is stored
 - int8: as I8 [out, in], with a float32 per-output-channel scale "<name>_scale" [out]: w ~= q * scale, q in
   [-127, 127], scale = max|w[row]| / 127 — exactly the rounding bortengine.load(dtype="int8") applies at load;
+  but the output weight (FFN out), which int8 encoders run on the bf16 kernels (engine int8_kernels), as BF16;
 - bf16: as BF16 [out, in], rounded to nearest even by the engine's own rounding (_core.to_bf16: what
   bortengine.load(dtype="bf16") does to float weights at load), which the bf16 engine packs as they are.
 Everything else (embeddings, ELECTRA's embeddings_project, LayerNorm, biases, pooler, classifier heads, tensors the
@@ -32,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from bortengine.engine import (SCALE_SUFFIX, BertWeights, Checkpoint, ModelConfig, TensorEntry, core,
+from bortengine.engine import (SCALE_SUFFIX, BertWeights, Checkpoint, ModelConfig, TensorEntry, core, int8_kernels,
                                read_safetensors_header, transformer_directory, write_safetensors)
 from bortengine.errors import ModelLoadError
 from bortengine.files import atomic_write_json, read_json
@@ -40,7 +41,8 @@ from bortengine.files import atomic_write_json, read_json
 __all__ = ["quantize_checkpoint", "bf16_checkpoint", "SCHEME", "BF16_SCHEME"]
 
 SCHEME = {"dtype": "int8", "weights": "per output channel, symmetric s8 in [-127, 127], scale = max|w| / 127",
-          "activations": "per token, asymmetric u8, at run time", "scale_suffix": SCALE_SUFFIX}
+          "activations": "per token, asymmetric u8, at run time", "scale_suffix": SCALE_SUFFIX,
+          "ffn_out": "bf16 weights (rounded to nearest even) and activations, fp32 accumulation"}
 BF16_SCHEME = {"dtype": "bf16", "weights": "bf16, rounded to nearest even (subnormals to zero)",
                "activations": "rounded to bf16 as each GEMM reads them, fp32 accumulation"}
 # dtype -> the stored dtypes of a linear weight that a conversion to it starts from: what load(dtype=...) reads as
@@ -51,31 +53,40 @@ _SOURCES = {"int8": ("F32", "F16", "BF16", "F64"), "bf16": ("F32", "F16", "F64")
 Conversion = Callable[[TensorEntry], dict[str, tuple[str, np.ndarray]]]
 
 
-def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
-    """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with int8 linear weights and their
-    scales (in place: the files replaced once all are written). Returns {"family": ..., "quantized": n_tensors
-    (layers x 6), "bytes_before": ..., "bytes_after": ...}."""
-    def quantize(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
-        q, scale = core().quantize_weights(entry.read())
-        return {entry.name: ("I8", q), entry.name + SCALE_SUFFIX: ("F32", scale)}
+def _quantize(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
+    q, scale = core().quantize_weights(entry.read())
+    return {entry.name: ("I8", q), entry.name + SCALE_SUFFIX: ("F32", scale)}
 
-    return _rewrite(model_dir, quantize, SCHEME, "I8", "quantized")
+
+def _round_bf16(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
+    return {entry.name: ("BF16", core().to_bf16(entry.read()))}
+
+
+# The stored dtype of a linear weight converted for the kernels it runs on, and its conversion.
+_CONVERSIONS: dict[str, tuple[str, Conversion]] = {"int8": ("I8", _quantize), "bf16": ("BF16", _round_bf16)}
+
+
+def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
+    """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with the linear weights as the int8
+    engine runs them: int8 with their scales, FFN out bf16 (in place: the files replaced once all are written).
+    Returns {"family": ..., "quantized": n_tensors (layers x 6), "bytes_before": ..., "bytes_after": ...}."""
+    kernels = int8_kernels()
+    return _rewrite(model_dir, {short: _CONVERSIONS[kernels[short]] for short in kernels}, SCHEME, "quantized")
 
 
 def bf16_checkpoint(model_dir: str | os.PathLike) -> dict:
     """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with BF16 linear weights (in place:
     the files replaced once all are written). Returns {"family": ..., "converted": n_tensors (layers x 6),
     "bytes_before": ..., "bytes_after": ...}."""
-    def round_bf16(entry: TensorEntry) -> dict[str, tuple[str, np.ndarray]]:
-        return {entry.name: ("BF16", core().to_bf16(entry.read()))}
-
-    return _rewrite(model_dir, round_bf16, BF16_SCHEME, "BF16", "converted")
+    return _rewrite(model_dir, dict.fromkeys(int8_kernels(), _CONVERSIONS["bf16"]), BF16_SCHEME, "converted")
 
 
-def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, stored: str, counted: str) -> dict:
+def _rewrite(model_dir: str | os.PathLike, conversions: dict[str, tuple[str, Conversion]], scheme: dict,
+             counted: str) -> dict:
     """The checkpoint bortengine.load reads in model_dir (model.safetensors, or the shards its index lists; in a
     sentence-transformers directory, those of the sub-folder modules.json names) with every linear weight of the
-    encoder layers that is not yet `stored` replaced by convert(entry) and the other tensors copied as they are:
+    encoder layers that is not yet stored as its conversion stores it (conversions: short name q/k/v/ao/i/o ->
+    (stored dtype, conversion)) replaced by the conversion and the other tensors copied as they are:
     the files replaced once all are written (_rewrite_files), and a sharded checkpoint's index then naming the
     tensors convert adds (the int8 scales, in their weight's shard). config.json records the scheme. A checkpoint
     already converted is left as it is. Returns {"family", counted: tensors converted, "bytes_before",
@@ -90,14 +101,16 @@ def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, st
     if sharded and _index_every_tensor(Path(checkpoint.source), files):  # a conversion stopped before its index
         checkpoint = Checkpoint.open(directory)
     before = sum(file.stat().st_size for file in files)
-    family, linear = _linear_weights(directory, checkpoint, scheme["dtype"])
-    wrong = [e.name for e in linear.values() if e.dtype != stored and e.dtype not in _SOURCES[scheme["dtype"]]]
+    family, shorts = _linear_weights(directory, checkpoint, scheme["dtype"])
+    linear = {name: conversions[short] for name, (short, _) in shorts.items()}
+    wrong = [e.name for name, (_, e) in shorts.items()
+             if e.dtype != linear[name][0] and e.dtype not in _SOURCES[scheme["dtype"]]]
     if wrong:
         raise ModelLoadError(
-            f"{checkpoint.source} already stores its linear weights as {linear[wrong[0]].dtype} ({wrong[0]}, ...), "
-            f"not as floats; a {scheme['dtype']} checkpoint is made from the float weights: convert the float "
+            f"{checkpoint.source} already stores its linear weights as {shorts[wrong[0]][1].dtype} ({wrong[0]}, "
+            f"...), not as floats; a {scheme['dtype']} checkpoint is made from the float weights: convert the float "
             f"checkpoint instead (bortengine export RUN --out DIR --dtype {scheme['dtype']})")
-    done = _rewrite_files(files, linear, convert, stored)
+    done = _rewrite_files(files, linear)
     if sharded:
         _index_every_tensor(Path(checkpoint.source), files)
     _record_scheme(directory / "config.json", scheme)
@@ -105,9 +118,9 @@ def _rewrite(model_dir: str | os.PathLike, convert: Conversion, scheme: dict, st
             "bytes_after": sum(file.stat().st_size for file in files)}
 
 
-def _rewrite_files(files: list[Path], linear: dict[str, TensorEntry], convert: Conversion, stored: str) -> int:
-    """Each safetensors file that holds tensors among `linear` not yet `stored`, with those converted and every other
-    tensor it holds copied as it is. Every converted file is written beside its original first (keeping its
+def _rewrite_files(files: list[Path], linear: dict[str, tuple[str, Conversion]]) -> int:
+    """Each safetensors file that holds tensors among `linear` (name -> (stored dtype, conversion)) not yet stored
+    so, with those converted and every other tensor it holds copied as it is. Every converted file is written beside its original first (keeping its
     permissions; one file's tensors in memory at a time), and the originals replaced only once all are written: a
     conversion stopped on the way leaves the checkpoint as it was, not a mix of converted and float shards that
     nothing loads. Returns how many tensors were converted."""
@@ -116,13 +129,13 @@ def _rewrite_files(files: list[Path], linear: dict[str, TensorEntry], convert: C
     try:
         for path in files:
             entries = read_safetensors_header(path)
-            todo = [name for name, entry in entries.items() if name in linear and entry.dtype != stored]
+            todo = [name for name, entry in entries.items() if name in linear and entry.dtype != linear[name][0]]
             if not todo:
                 continue
             tensors: dict[str, tuple[str, np.ndarray]] = {}
             for name, entry in entries.items():
                 if name in todo:
-                    tensors.update(convert(entry))
+                    tensors.update(linear[name][1](entry))
                 elif name not in tensors:  # (a scale written by convert is not overwritten by the stored one)
                     tensors[name] = (entry.dtype, entry.read_stored())
             staged.append(path)
@@ -158,8 +171,10 @@ def _index_every_tensor(index: Path, files: list[Path]) -> bool:
     return bool(added)
 
 
-def _linear_weights(model_dir: Path, checkpoint: Checkpoint, dtype: str) -> tuple[str, dict[str, TensorEntry]]:
-    """(family name, checkpoint name -> entry) of the linear weights of every encoder layer, as the engine finds
+def _linear_weights(model_dir: Path, checkpoint: Checkpoint, dtype: str
+                    ) -> tuple[str, dict[str, tuple[str, TensorEntry]]]:
+    """(family name, checkpoint name -> (short name q/k/v/ao/i/o, entry)) of the linear weights of every encoder
+    layer, as the engine finds
     them for the model's family (BertWeights.linear_weights), after checking config.json and every tensor name and
     shape of the checkpoint as bortengine.load does. Raises the engine's error, said as a conversion's, for a model
     it cannot load."""
@@ -170,7 +185,8 @@ def _linear_weights(model_dir: Path, checkpoint: Checkpoint, dtype: str) -> tupl
         raise type(e)(f"cannot convert {model_dir} to {dtype}: the conversion stores the linear weights that "
                       f"bortengine.load(dtype={dtype!r}) converts, so it needs a model that bortengine.load "
                       f"reads, and this one it does not: {e}") from e
-    linear = {entry.name: entry for i in range(config.num_hidden_layers) for _, entry in weights.linear_weights(i)}
+    linear = {entry.name: (short, entry) for i in range(config.num_hidden_layers)
+              for short, entry in weights.linear_weights(i)}
     return config.family.name, linear
 
 

@@ -33,7 +33,8 @@ from bortengine.profiling.latency_check import (DEFAULT_TOLERANCE, LatencyExpect
 from bortengine.profiling.latency_suite import write_latency_suite
 from bortengine.profiling.measure import profile
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
-from bortengine.profiling.ops import OpSpec, barriers, calibration_ops, forward_steps, required_ops, residency_ops
+from bortengine.profiling.ops import (OpSpec, barriers, calibration_ops, forward_steps, qkv_gemm_before, required_ops,
+                                      residency_ops)
 from bortengine.profiling.profile_file import (Profile, default_profile_dir, default_profile_path, find_profiles,
                                                load_profile, predict_latency, profile_path_for, shipped_profiles)
 from bortengine.profiling.target import Target, TargetMatch
@@ -52,5 +53,5 @@ __all__ = [
     "LatencyVerdict", "Timing", "DEFAULT_TOLERANCE", "architecture_of", "workload_inputs", "time_calls",
     "cpu_target_mismatch", "busy_core_note", "TargetMatch", "find_profiles", "profile_path_for", "profile_for_search",
     "ProfileChoice", "covers_space", "PROBE", "PROBE_TOLERANCE", "LOAD_SLOWDOWN", "probe_gflops", "FleetTarget",
-    "profile_fleet", "fleet_table", "target_profile_path", "profile_of_target",
+    "profile_fleet", "fleet_table", "target_profile_path", "profile_of_target", "qkv_gemm_before",
 ]

@@ -5,8 +5,8 @@ A forward is one parallel region; every step of it (ops.forward_steps) ends with
     latency = fixed + Σ forward steps + D × Σ layer steps + [Σ pooler steps] + barriers × sync
 
 that is fixed + emb(H) + D × (qkv + attention + attention_out + 2 ln + ffn_in + ffn_out) + [pooler], with 1 barrier
-for the embeddings, 7 per layer in float32 and bf16 and 11 in int8 (each int8 linear layer first quantizes its
-input rows in a parallel step of its own), and 2 for the pooler (the gather of the [CLS] rows, then the GEMM). Each
+for the embeddings, 7 per layer in float32 and bf16 and 10 in int8 (each of its three int8 linear layers first
+quantizes its input rows in a parallel step of its own; FFN out runs on the bf16 kernels), and 2 for the pooler (the gather of the [CLS] rows, then the GEMM). Each
 op term is its single-call time minus the cost of an empty call of that op (Python, binding, thread team start,
 which a forward pays once); `sync` (per barrier) and `fixed` (per forward) come from the calibration. Shapes the
 profile lacks are interpolated, see LatencyModel.
@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Sequence
 
 from bortengine.architecture import Architecture
-from bortengine.profiling.calibration import calibrate
-from bortengine.profiling.errors import ProfileError
+from bortengine.profiling.calibration import calibrate, op_net_ms
+from bortengine.profiling.errors import ProfileError, ProfileMismatchWarning
 from bortengine.profiling.measurements import WorkloadProfile
-from bortengine.profiling.ops import (CALIBRATION_VOCAB, SCOPES, OpSpec, barriers, forward_costs, scope_repeats,
-                                      weight_footprint)
+from bortengine.profiling.ops import (CALIBRATION_VOCAB, SCOPES, OpSpec, barriers, forward_costs, gemm_kernels,
+                                      scope_repeats, weight_footprint)
 from bortengine.profiling.target import Target
 from bortengine.search_space import architecture_dims
 
@@ -85,21 +86,25 @@ class LatencyModel:
         self.fixed = float(cal["fixed_ms"])
         self.barriers = {scope: barriers(scope, self.w.dtype) for scope in SCOPES}
         self.exact: dict[str, float] = {}
-        # (cold, M, epilogue) -> [(lgK, lgN, c)]
-        self.gemms: dict[tuple[bool, int, str], list[tuple[float, float, float]]] = {}
+        # (cold, M, epilogue, kernel) -> [(lgK, lgN, c)]
+        self.gemms: dict[tuple[bool, int, str, str], list[tuple[float, float, float]]] = {}
         self.attention: list[tuple[int, int, float]] = []  # (A, Dh, g)
         self.layernorm: list[tuple[int, float]] = []
         self.embeddings: list[tuple[int, float]] = []
+        # attention timed after its QKV GEMM, as the forward runs it (a profile from before has it alone only)
+        self.attention_after_qkv = any(m.spec.kind == "attention" and m.spec.after_qkv for m in wp.ops.values())
         for key, m in wp.ops.items():
             s = m.spec
             if s.kind in ("call", "forward"):
                 continue
             if s.kind == "gemm" and not s.cold and replace(s, cold=True).key not in wp.ops:
                 continue  # the calibration encoders' GEMMs: warm only, and outside every space
-            t = max(0.0, m.ms - self.call.get(s.kind, 0.0))
+            if s.kind == "attention" and s.after_qkv != self.attention_after_qkv:
+                continue  # alone, in a profile resumed after the change: not what the forward runs
+            t = op_net_ms(lambda spec: wp.ops[spec.key].ms, s, self.call, self.w)
             self.exact[key] = t
             if s.kind == "gemm":
-                self.gemms.setdefault((s.cold, s.M, s.epilogue), []).append(
+                self.gemms.setdefault((s.cold, s.M, s.epilogue, s.kernel), []).append(
                     (math.log2(s.K), math.log2(s.N), t / (s.M * s.K * s.N)))
             elif s.kind == "attention":
                 self.attention.append((s.heads, s.head_dim, t / self._rounds(s.heads)))
@@ -107,7 +112,16 @@ class LatencyModel:
                 self.layernorm.append((s.hidden, t))
             elif s.kind == "embeddings":
                 self.embeddings.append((s.hidden, t))
-        self.warm_rows = {m for cold, m, _ in self.gemms if not cold}  # the M of GEMMs measured warm too
+        self.warm_rows = {m for cold, m, _, _ in self.gemms if not cold}  # the M of GEMMs measured warm too
+        # kernels a forward of this workload runs that the profile has no GEMM of: an int8 profile measured before
+        # int8 encoders ran FFN out on the bf16 kernels. Those GEMMs are then predicted as the workload's own
+        # (too fast), said once here.
+        self.missing_kernels = sorted(gemm_kernels(self.w) - {kernel for *_, kernel in self.gemms})
+        if self.missing_kernels:
+            warnings.warn(f"the profile of workload {self.w} has no GEMM on the {', '.join(self.missing_kernels)} "
+                          f"kernels that its forwards now run (it was measured by an earlier version): those GEMMs are "
+                          f"predicted at the speed of the others, too fast; measure them with: {self.w.command()}",
+                          ProfileMismatchWarning, stacklevel=2)
         self.residency = residency_curve(self)
 
     def cold_share(self, weight_bytes: float) -> float:
@@ -124,6 +138,10 @@ class LatencyModel:
     # -- one op -----------------------------------------------------------------------------------------------
     def op_ms(self, spec: OpSpec, notes: Optional[Prediction] = None) -> float:
         """Net time of one op (ms), measured or interpolated."""
+        if spec.kernel in self.missing_kernels:  # a profile from before the op ran on these kernels (warned)
+            spec = replace(spec, kernel="")
+        if spec.after_qkv and not self.attention_after_qkv:
+            spec = replace(spec, after_qkv=False)
         if spec.key in self.exact:
             return self.exact[spec.key]
         extrapolated = False
@@ -147,9 +165,10 @@ class LatencyModel:
         return max(0.0, t)
 
     def _gemm(self, spec: OpSpec) -> tuple[float, bool]:
-        pts = self.gemms.get((spec.cold, spec.M, spec.epilogue))
+        pts = self.gemms.get((spec.cold, spec.M, spec.epilogue, spec.kernel))
         if not pts:  # another epilogue at the same M
-            pts = [p for (cold, m, _), ps in self.gemms.items() if (cold, m) == (spec.cold, spec.M) for p in ps]
+            pts = [p for (cold, m, _, k), ps in self.gemms.items() if (cold, m, k) == (spec.cold, spec.M, spec.kernel)
+                   for p in ps]
         if not pts:
             raise ProfileError(f"the profile has no GEMM with M={spec.M} rows for {self.w}; measure it with: "
                                f"{self.w.command()}")

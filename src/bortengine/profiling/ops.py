@@ -49,7 +49,8 @@ def forward_steps() -> list[dict[str, Any]]:
     "pooler": only with a pooler), when, barriers ({dtype: n}: the barriers the step ends with; an int8 linear
     layer has two, it first quantizes its input rows in a parallel step of its own); a GEMM also has K and N (in
     the architecture's sizes: "H", "3H", "I"), epilogue, rows ("tokens": M = B·T, "sequences": M = B) and
-    low_precision (int8 and bf16 encoders run it on their own kernels). The latency model describes the dense
+    low_precision (int8 and bf16 encoders run it on low-precision kernels) and kernels ({dtype: the kernels' dtype
+    in an encoder of that dtype}: an int8 encoder runs FFN out on the bf16 ones). The latency model describes the dense
     batches a profile times, so a step that runs only when the batch has padding (when == "padded": the scatter of
     packed rows into the output) counts no barrier here. Profiles describe BERT encoders (the only family
     extraction and training take), so the steps only other families run (when == "projected": ELECTRA's
@@ -105,13 +106,21 @@ class OpSpec:
     cold: bool = True  # gemm: weights read from DRAM (cycled copies); False: the same weights, cache-warm
     intermediate: int = 0
     head: str = ""
+    # gemm: the kernels it runs on where they are neither the workload's dtype nor, for the pooler, float32 (an
+    # int8 encoder's FFN out runs on the bf16 kernels: forward_steps' "kernels"); "" for the others (gemm_dtype)
+    kernel: str = ""
+    # attention: timed right after the QKV GEMM that writes its input, as the forward runs it (that GEMM's own time,
+    # measured warm, is taken off: qkv_gemm_before); alone, attention finds its input in the caches it left it in
+    # and ran 1.45x faster than in the forward (H 1024, 16 heads, bf16 on AMX, 2 threads)
+    after_qkv: bool = False
 
     @property
     def key(self) -> str:
         if self.kind == "gemm":
-            return f"gemm M={self.M} K={self.K} N={self.N} {self.epilogue}" + ("" if self.cold else " warm")
+            return (f"gemm M={self.M} K={self.K} N={self.N} {self.epilogue}" + (f" {self.kernel}" if self.kernel else "")
+                    + ("" if self.cold else " warm"))
         if self.kind == "attention":
-            return f"attention A={self.heads} Dh={self.head_dim}"
+            return f"attention A={self.heads} Dh={self.head_dim}" + (" after qkv" if self.after_qkv else "")
         if self.kind == "layernorm":
             return f"layernorm H={self.hidden}"
         if self.kind == "embeddings":
@@ -142,6 +151,10 @@ class OpSpec:
         d: dict[str, Any] = {"kind": self.kind}
         fields_ = self._PROBE_FIELDS if self.kind == "forward" and self.intermediate else self._FIELDS.get(self.kind)
         d.update((k, getattr(self, k)) for k in fields_ or ())
+        if self.kernel:
+            d["kernel"] = self.kernel
+        if self.after_qkv:
+            d["after_qkv"] = True
         return d
 
     @classmethod
@@ -174,10 +187,12 @@ def step_op(step: Mapping[str, Any], sizes: Mapping[str, int], workload: Workloa
     kind = step["kind"]
     if kind == "gemm":
         rows = workload.tokens if step["rows"] == "tokens" else workload.batch_size
+        kernel = step["kernels"][workload.dtype]
+        implied = workload.dtype if step["low_precision"] else "float32"  # what gemm_dtype says without `kernel`
         return OpSpec("gemm", M=rows, K=_size(step["K"], sizes), N=_size(step["N"], sizes),
-                      epilogue=step["epilogue"], cold=cold)
+                      epilogue=step["epilogue"], cold=cold, kernel="" if kernel == implied else kernel)
     if kind == "attention":
-        return OpSpec("attention", heads=sizes["A"], head_dim=sizes["H"] // sizes["A"])
+        return OpSpec("attention", heads=sizes["A"], head_dim=sizes["H"] // sizes["A"], after_qkv=True)
     if kind == "layernorm":
         return OpSpec("layernorm", hidden=sizes["H"])
     if kind == "embeddings":
@@ -185,12 +200,21 @@ def step_op(step: Mapping[str, Any], sizes: Mapping[str, int], workload: Workloa
     return None
 
 
+def qkv_gemm_before(spec: OpSpec, workload: Workload) -> OpSpec:
+    """The QKV GEMM an attention op timed after_qkv runs first, weights warm (one copy): a GEMM every profile of the
+    attention's hidden size measures too, whose time is taken off the pair's."""
+    qkv = next(step for step in _gemm_steps() if step["name"] == "qkv")
+    return step_op(qkv, {"A": spec.heads, "H": spec.heads * spec.head_dim}, workload, 1, cold=False)
+
 WEIGHT_BYTES = {"float32": 4, "int8": 1, "bf16": 2}  # per packed weight of a GEMM of that dtype
 
 
 def gemm_dtype(spec: OpSpec, w: Workload) -> str:
     """The arithmetic of a GEMM op in a forward of w.dtype: the int8 and bf16 engines run the layers' GEMMs in their
-    dtype; the pooler (the one tanh GEMM) stays float32."""
+    dtype (but the kernel a spec names: an int8 encoder's FFN out runs in bf16); the pooler (the one tanh GEMM)
+    stays float32."""
+    if spec.kernel:
+        return spec.kernel
     return w.dtype if spec.kind == "gemm" and spec.epilogue != "tanh" else "float32"
 
 
@@ -213,6 +237,11 @@ def weight_footprint(sizes: Mapping[str, int], workload: Workload, vocab: int, r
 def _gemm_steps() -> tuple[dict[str, Any], ...]:
     """forward_steps()' GEMM steps, read-only (weight_footprint runs in every prediction; forward_steps() copies)."""
     return tuple(step for step in forward_steps() if step["kind"] == "gemm")
+
+
+def gemm_kernels(workload: Workload) -> set[str]:
+    """The OpSpec.kernel values of the GEMMs a forward runs under the workload ("" for its own dtype's kernels)."""
+    return {step_op(step, {"A": 1, "H": 1, "I": 1}, workload, 1).kernel for step in _gemm_steps()}
 
 
 def forward_costs(op_ms: Callable[[OpSpec], float], sizes: Mapping[str, int], workload: Workload, vocab: int,

@@ -18,7 +18,8 @@ from typing import Any, Callable
 from bortengine.engine import core
 from bortengine.profiling.errors import ProfileError
 from bortengine.profiling.ops import (CALIBRATION_HEADS, CALIBRATION_INTERMEDIATE, CALIBRATION_VOCAB,
-                                      LAYER_NORM_EPS, OpSpec, gemm_dtype, gemm_weight_bytes)
+                                      LAYER_NORM_EPS, OpSpec, gemm_dtype, gemm_weight_bytes,
+                                      qkv_gemm_before)
 from bortengine.profiling.target import Target, int8_attention_name
 from bortengine.profiling.timing import Settings
 from bortengine.profiling.workload import Workload
@@ -121,10 +122,13 @@ def _gemm_runner(spec: OpSpec, w: Workload, pool: ValuePool, isa: str, rotation:
 
 
 def _attention_runner(spec: OpSpec, w: Workload, pool: ValuePool, isa: str) -> Runner:
-    """Shapes: qkv [M, 3 H] of B sequences of T tokens."""
-    qkv = pool.array((w.tokens, 3 * spec.heads * spec.head_dim))
+    """Shapes: qkv [M, 3 H] of B sequences of T tokens; after_qkv: written by the QKV GEMM (x [M, H]) just before."""
     lens = [w.seq_len] * w.batch_size
     native, th, bf16 = core(), w.num_threads, attention_is_bf16(w, isa)
+    if spec.after_qkv:
+        gemm, _ = _gemm_runner(qkv_gemm_before(spec, w), w, pool, isa, rotation=0)
+        return lambda: native.attention(gemm(), lens, spec.heads, th, isa, bf16)
+    qkv = pool.array((w.tokens, 3 * spec.heads * spec.head_dim))
     return lambda: native.attention(qkv, lens, spec.heads, th, isa, bf16)
 
 
