@@ -120,10 +120,10 @@ def _rewrite(model_dir: str | os.PathLike, conversions: dict[str, tuple[str, Con
 
 def _rewrite_files(files: list[Path], linear: dict[str, tuple[str, Conversion]]) -> int:
     """Each safetensors file that holds tensors among `linear` (name -> (stored dtype, conversion)) not yet stored
-    so, with those converted and every other tensor it holds copied as it is. Every converted file is written beside its original first (keeping its
-    permissions; one file's tensors in memory at a time), and the originals replaced only once all are written: a
-    conversion stopped on the way leaves the checkpoint as it was, not a mix of converted and float shards that
-    nothing loads. Returns how many tensors were converted."""
+    so, with those converted and every other tensor it holds copied as it is. Every converted file is written beside
+    its original first (keeping its permissions; one file's tensors in memory at a time), and the originals replaced
+    only once all are written: a conversion stopped on the way leaves the checkpoint as it was, not a mix of converted
+    and float shards that nothing loads. Returns how many tensors were converted."""
     staged: list[Path] = []
     done = 0
     try:

@@ -6,7 +6,8 @@ A forward is one parallel region; every step of it (ops.forward_steps) ends with
 
 that is fixed + emb(H) + D × (qkv + attention + attention_out + 2 ln + ffn_in + ffn_out) + [pooler], with 1 barrier
 for the embeddings, 7 per layer in float32 and bf16 and 10 in int8 (each of its three int8 linear layers first
-quantizes its input rows in a parallel step of its own; FFN out runs on the bf16 kernels), and 2 for the pooler (the gather of the [CLS] rows, then the GEMM). Each
+quantizes its input rows in a parallel step of its own; FFN out runs on the bf16 kernels), and 2 for the pooler (the
+gather of the [CLS] rows, then the GEMM). Each
 op term is its single-call time minus the cost of an empty call of that op (Python, binding, thread team start,
 which a forward pays once); `sync` (per barrier) and `fixed` (per forward) come from the calibration. Shapes the
 profile lacks are interpolated, see LatencyModel.
@@ -101,7 +102,7 @@ class LatencyModel:
                 continue  # the calibration encoders' GEMMs: warm only, and outside every space
             if s.kind == "attention" and s.after_qkv != self.attention_after_qkv:
                 continue  # alone, in a profile resumed after the change: not what the forward runs
-            t = op_net_ms(lambda spec: wp.ops[spec.key].ms, s, self.call, self.w)
+            t = op_net_ms(self._measured_ms, s, self.call, self.w)
             self.exact[key] = t
             if s.kind == "gemm":
                 self.gemms.setdefault((s.cold, s.M, s.epilogue, s.kernel), []).append(
@@ -123,6 +124,13 @@ class LatencyModel:
                           f"predicted at the speed of the others, too fast; measure them with: {self.w.command()}",
                           ProfileMismatchWarning, stacklevel=2)
         self.residency = residency_curve(self)
+
+    def _measured_ms(self, spec: OpSpec) -> float:
+        m = self.wp.ops.get(spec.key)
+        if m is None:  # (attention timed after its QKV GEMM needs that GEMM's own time)
+            raise ProfileError(f"the profile of workload {self.w} has no {spec.key!r}; measure it with: "
+                               f"{self.w.command()}")
+        return m.ms
 
     def cold_share(self, weight_bytes: float) -> float:
         """Of the weight reads of a forward that reads weight_bytes of weights, the share that misses the caches,

@@ -117,8 +117,8 @@ class OpSpec:
     @property
     def key(self) -> str:
         if self.kind == "gemm":
-            return (f"gemm M={self.M} K={self.K} N={self.N} {self.epilogue}" + (f" {self.kernel}" if self.kernel else "")
-                    + ("" if self.cold else " warm"))
+            return (f"gemm M={self.M} K={self.K} N={self.N} {self.epilogue}"
+                    + (f" {self.kernel}" if self.kernel else "") + ("" if self.cold else " warm"))
         if self.kind == "attention":
             return f"attention A={self.heads} Dh={self.head_dim}" + (" after qkv" if self.after_qkv else "")
         if self.kind == "layernorm":
