@@ -111,11 +111,11 @@ class Encoder {
     DType dtype() const { return dtype_; }
     // The attention kernel the layers run (int8 and bf16 encoders use bf16 dot products where the CPU has them).
     const char* attention_name() const { return attention_name_; }
-    // The GEMM kernel the layers' linears run: the fp32, int8 or bf16 one (int8 encoders' FFN out: bf16_gemm_name).
+    // The GEMM kernel the layers' linears run: the fp32, int8 or bf16 one (an int8 encoder's FFN out runs the bf16
+    // one of its path: Engine.kernels).
     const char* gemm_name() const {
         return dtype_ == DType::kInt8 ? kt8_.gemm_name : dtype_ == DType::kBf16 ? kt16_.gemm_name : kt_.gemm_name;
     }
-    const char* bf16_gemm_name() const { return kt16_.gemm_name; }
     int num_threads() const { return threads_.load(std::memory_order_relaxed); }
     void set_num_threads(int n);
     bool ready() const;

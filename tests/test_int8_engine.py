@@ -165,3 +165,13 @@ def test_quantize_checkpoint_api(make_model, tmp_path):
     np.testing.assert_allclose(bortengine.load(out, dtype="int8")(ids).last_hidden_state,
                                bortengine.load(path, dtype="int8")(ids).last_hidden_state, atol=1e-5)
     assert "bortengine_quantization" in (out / "config.json").read_text()
+
+
+@pytest.mark.parametrize("isa", _core.available_isas())
+def test_engine_names_the_kernel_of_each_gemm(minilm, isa):
+    e8 = bortengine.load(minilm, isa=isa, dtype="int8")
+    assert e8.kernels == {"qkv": e8.kernel, "attention_out": e8.kernel, "ffn_in": e8.kernel,
+                          "ffn_out": _core.bf16_kernel_name(isa), "attention": e8._encoder.attention_kernel}
+    assert e8.kernel == _core.int8_kernel_name(isa) and e8.kernels["ffn_out"].startswith("gemm_bf16_")
+    e32 = bortengine.load(minilm, isa=isa)
+    assert set(e32.kernels.values()) == {e32.kernel, e32._encoder.attention_kernel}
