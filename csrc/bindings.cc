@@ -110,7 +110,8 @@ void bind_info(py::module_& m) {
 }
 
 void bind_forward(py::module_& m) {
-    m.def("forward_ops", [] {
+    m.def("forward_ops", [](const std::string& isa) {
+        const bool tiles = bf16_on_tiles(isa);  // validates the path's name
         py::list steps;
         for (const forward::StepInfo& s : forward::kSteps) {
             py::dict d;
@@ -125,17 +126,18 @@ void bind_forward(py::module_& m) {
                 d["epilogue"] = ops::epilogue_name(s.epilogue);
                 d["rows"] = forward::rows_name(s.rows);
                 d["low_precision"] = s.low_precision;
-                py::dict kernels;  // the kernels the GEMM runs on, per encoder dtype
-                for (DType dt : kDTypes) kernels[dtype_name(dt)] = dtype_name(forward::kernel_dtype(s, dt));
+                d["int8_in_bf16"] = s.int8_in_bf16;
+                py::dict kernels;  // the kernels the GEMM runs on, per encoder dtype, on this path of this CPU
+                for (DType dt : kDTypes) kernels[dtype_name(dt)] = dtype_name(forward::kernel_dtype(s, dt, tiles));
                 d["kernels"] = kernels;
             }
             py::dict barriers;
-            for (DType dt : kDTypes) barriers[dtype_name(dt)] = forward::barriers(s, dt);
+            for (DType dt : kDTypes) barriers[dtype_name(dt)] = forward::barriers(s, dt, tiles);
             d["barriers"] = barriers;
             steps.append(d);
         }
         return steps;
-    });
+    }, py::arg("isa") = "");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

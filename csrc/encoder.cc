@@ -14,7 +14,7 @@ namespace bortengine {
 
 Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype)
     : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), kt16_(bf16_kernels_for(kt.isa)), dtype_(dtype),
-      threads_(1),
+      bf16_tiles_(bf16_on_tiles(kt.isa)), threads_(1),
       attention_(dtype != DType::kFloat32 ? bf16_attention_for(kt.isa, &attention_name_) : kt.attention) {
     if (dtype == DType::kFloat32) attention_name_ = std::string(kt.isa) == "avx512" ? "attention_f32_avx512"
                                                     : std::string(kt.isa) == "avx2"  ? "attention_f32_avx2"
@@ -102,6 +102,16 @@ std::vector<E> concat3(const E* a, const E* b, const E* c, std::size_t n) {
     std::memcpy(v.data() + 2 * n, c, sizeof(E) * n);
     return v;
 }
+
+// The values of n bf16 bits, widened exactly.
+std::vector<float> widened(const std::uint16_t* bits, std::size_t n) {
+    std::vector<float> v(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const std::uint32_t b = static_cast<std::uint32_t>(bits[i]) << 16;
+        std::memcpy(&v[i], &b, sizeof(float));
+    }
+    return v;
+}
 }  // namespace
 
 void Encoder::check_layer(int index, const LayerWeights& w, bool converted) const {
@@ -159,8 +169,19 @@ void Encoder::set_layer(int index, const LayerWeights& w) {
 }
 
 void Encoder::pack(Linear& l, forward::Step step, const float* w, int N, int K) const {
-    switch (forward::kernel_dtype(forward::kSteps[step], dtype_)) {
-        case DType::kInt8: l.i8 = ops::quantize_linear(kt8_, w, N, K); break;
+    const std::size_t n = static_cast<std::size_t>(N) * K;
+    switch (kernel_dtype(step)) {
+        case DType::kInt8:
+            if (forward::kSteps[step].int8_in_bf16) {
+                // run int8 on this CPU, but stored as bf16 by an int8 export (int8_in_bf16): quantized from their
+                // bf16 values here too, so an export and the weights it came from load to the same encoder
+                std::vector<std::uint16_t> bits(n);
+                kt16_.round(static_cast<std::ptrdiff_t>(n), w, bits.data());
+                l.i8 = ops::quantize_linear(kt8_, widened(bits.data(), n).data(), N, K);
+            } else {
+                l.i8 = ops::quantize_linear(kt8_, w, N, K);
+            }
+            break;
         case DType::kBf16: l.bf16 = ops::round_linear_bf16(kt16_, w, N, K); break;
         case DType::kFloat32: l.f32 = ops::pack_linear(kt_, w, N, K); break;
     }
@@ -178,11 +199,11 @@ void Encoder::set_layer_quantized(int index, const LayerWeights& w, const Quanti
     for (int t = 0; t < (ffn_out_bf16 ? 5 : 6); ++t)
         ops::expect_shape(scales[t]->shape, {outs[t]},
                           "layer " + std::to_string(index) + " " + kLinearNames[t] + "_s");
-    static_assert(forward::kernel_dtype(forward::kSteps[forward::kQkv], DType::kInt8) == DType::kInt8 &&
-                      forward::kernel_dtype(forward::kSteps[forward::kAttentionOut], DType::kInt8) == DType::kInt8 &&
-                      forward::kernel_dtype(forward::kSteps[forward::kFfnIn], DType::kInt8) == DType::kInt8 &&
-                      forward::kernel_dtype(forward::kSteps[forward::kFfnOut], DType::kInt8) == DType::kBf16,
-                  "set_layer_quantized packs QKV, attention out and FFN in for int8, FFN out for bf16 kernels");
+    static_assert(!forward::kSteps[forward::kQkv].int8_in_bf16 &&
+                      !forward::kSteps[forward::kAttentionOut].int8_in_bf16 &&
+                      !forward::kSteps[forward::kFfnIn].int8_in_bf16,
+                  "set_layer_quantized packs QKV, attention out and FFN in for the int8 kernels; FFN out as "
+                  "kernel_dtype says");
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
     const std::vector<std::int8_t> qkv = concat3(q.q_w.data, q.k_w.data, q.v_w.data, HH);
@@ -190,12 +211,17 @@ void Encoder::set_layer_quantized(int index, const LayerWeights& w, const Quanti
     L.qkv.i8 = ops::pack_quantized_linear(kt8_, qkv.data(), qkv_s.data(), 3 * H, H);
     L.ao.i8 = ops::pack_quantized_linear(kt8_, q.ao_w.data, q.ao_s.data, H, H);
     L.ffn_in.i8 = ops::pack_quantized_linear(kt8_, q.i_w.data, q.i_s.data, I, H);
-    if (ffn_out_bf16) {
+    const bool run_bf16 = kernel_dtype(forward::kFfnOut) == DType::kBf16;
+    if (ffn_out_bf16 && run_bf16) {
         L.ffn_out.bf16 = ops::pack_linear_bf16(kt16_, q.o_w_bf16.data, H, I);
-    } else {  // an export from before FFN out left int8: its s8 weights times their scales, rounded to bf16
+    } else if (!ffn_out_bf16 && !run_bf16) {
+        L.ffn_out.i8 = ops::pack_quantized_linear(kt8_, q.o_w.data, q.o_s.data, H, I);
+    } else if (ffn_out_bf16) {  // bf16 weights run int8 (no tiles): their values quantized, as pack() does
+        L.ffn_out.i8 = ops::quantize_linear(kt8_, widened(q.o_w_bf16.data, static_cast<std::size_t>(H) * I).data(),
+                                            H, I);
+    } else {  // an export from before FFN out left int8, run on tiles: its s8 weights times their scales, rounded
         std::vector<float> o(static_cast<std::size_t>(H) * I);
-        for (std::int64_t n = 0; n < H; ++n)
-            for (std::int64_t k = 0; k < I; ++k) o[n * I + k] = q.o_w.data[n * I + k] * q.o_s.data[n];
+        for (std::size_t i = 0; i < o.size(); ++i) o[i] = q.o_w.data[i] * q.o_s.data[i / static_cast<std::size_t>(I)];
         L.ffn_out.bf16 = ops::round_linear_bf16(kt16_, o.data(), H, I);
     }
     store_layer(index, std::move(L), w);
@@ -305,7 +331,7 @@ void Encoder::linear(ops::Team& team, Workspace& ws, forward::Step step, int M, 
     ep.bias = W.bias.data();
     ep.residual = residual;
     ep.ldr = ldc;
-    switch (forward::kernel_dtype(s, dtype_)) {
+    switch (kernel_dtype(step)) {
         case DType::kInt8: ops::gemm_int8_team(team, M, A, lda, W.i8, C, ldc, ep, ws.quant); break;
         case DType::kBf16: ops::gemm_team(team, M, A, lda, W.bf16, C, ldc, ep, ws.bf16); break;
         case DType::kFloat32: ops::gemm_team(team, M, A, lda, W.f32, C, ldc, ep, ws.gemm); break;

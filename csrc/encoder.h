@@ -38,8 +38,9 @@ struct LayerWeights {
 };
 
 // Pre-quantized weights of one layer's four linears: s8 [out, in] and per-output-channel scales [out]. FFN out,
-// which int8 encoders run on bf16 kernels (forward.h int8_in_bf16), comes as bf16 bits in o_w_bf16 (bortengine
-// export --dtype int8); o_w and o_s are read only without it (checkpoints exported before: dequantized, rounded).
+// which int8 encoders run on bf16 kernels where those run on AMX tiles (forward.h int8_in_bf16), comes as bf16 bits
+// in o_w_bf16 (bortengine export --dtype int8), or as s8 + scales in o_w and o_s (checkpoints exported before):
+// each is converted for the kernels this encoder runs it on.
 struct QuantizedLayerWeights {
     ops::ArrayRef<std::int8_t> q_w, k_w, v_w, ao_w, i_w, o_w;
     ops::ArrayRef<float> q_s, k_s, v_s, ao_s, i_s, o_s;
@@ -53,9 +54,9 @@ struct Bf16LayerWeights {
 
 class Encoder {
   public:
-    // dtype (forward.h): int8: three of the four linears of every layer run on int8 kernels (weights per channel,
-    // activations per token), FFN out on bf16 kernels (forward.h int8_in_bf16); bf16: all four on bf16 kernels
-    // (weights rounded at packing, activations as each GEMM copies them). Embeddings, LayerNorm, softmax and the
+    // dtype (forward.h): int8: the four linears of every layer run on int8 kernels (weights per channel,
+    // activations per token), FFN out on bf16 kernels where they run on AMX tiles (forward.h int8_in_bf16); bf16:
+    // all four on bf16 kernels (weights rounded at packing, activations as each GEMM copies them). Embeddings, LayerNorm, softmax and the
     // pooler stay fp32; the attention products of int8 and bf16 encoders run in bf16 where the CPU has AVX512_BF16
     // (isa.h bf16_attention_for).
     Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype = DType::kFloat32);
@@ -108,11 +109,15 @@ class Encoder {
 
     const EncoderConfig& config() const { return cfg_; }
     const KernelTable& kernels() const { return kt_; }
+    // The kernels the GEMM of a forward.h step runs on in this encoder.
+    DType kernel_dtype(forward::Step step) const {
+        return forward::kernel_dtype(forward::kSteps[step], dtype_, bf16_tiles_);
+    }
     DType dtype() const { return dtype_; }
     // The attention kernel the layers run (int8 and bf16 encoders use bf16 dot products where the CPU has them).
     const char* attention_name() const { return attention_name_; }
-    // The GEMM kernel the layers' linears run: the fp32, int8 or bf16 one (an int8 encoder's FFN out runs the bf16
-    // one of its path: Engine.kernels).
+    // The GEMM kernel the layers' linears run: the fp32, int8 or bf16 one (an int8 encoder's FFN out may run the
+    // bf16 one of its path: kernel_dtype, Engine.kernels).
     const char* gemm_name() const {
         return dtype_ == DType::kInt8 ? kt8_.gemm_name : dtype_ == DType::kBf16 ? kt16_.gemm_name : kt_.gemm_name;
     }
@@ -182,6 +187,7 @@ class Encoder {
     const Int8KernelTable& kt8_;
     const Bf16KernelTable& kt16_;
     DType dtype_;
+    bool bf16_tiles_;  // kt16_ runs on AMX tiles (forward.h kernel_dtype)
     std::atomic<int> threads_;
     const char* attention_name_ = "";
     AttentionFn attention_;

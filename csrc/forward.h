@@ -67,19 +67,23 @@ struct StepInfo {
     Epilogue::Kind epilogue = Epilogue::kNone;
     Rows rows = Rows::kNone;
     bool low_precision = false;
-    // int8 encoders run this GEMM on the bf16 kernels. FFN out's input is the GELU output, whose few outlier
-    // channels (largest on [CLS] in fine-tuned models) set a per-token u8 scale that rounds every other channel to a
-    // handful of levels: with it in int8, trained classifiers lose up to 0.03 of a token's cosine to float32
-    // (bench/int8_simulate.py: every token >= 0.98 only with FFN out out of int8). bf16 keeps 8 significant bits
-    // per value whatever the row's range.
+    // int8 encoders run this GEMM on the bf16 kernels where those run on AMX tiles (`bf16_tiles` below). FFN out's
+    // input is the GELU output, whose few outlier channels (largest on [CLS] in fine-tuned models) set a per-token u8
+    // scale that rounds every other channel to a handful of levels: with it in int8, trained classifiers lose up to
+    // 0.03 of a token's cosine to float32 (bench/int8_simulate.py: every token >= 0.98 only with FFN out out of
+    // int8). bf16 keeps 8 significant bits per value whatever the row's range. On tiles that costs an int8 forward
+    // ~13%; without them a bf16 GEMM (vdpbf16ps: 2 products per lane where vpdpbusd makes 4) made int8 forwards
+    // 1.3-2.0x slower (bench/paired_builds.py with BORTENGINE_AMX=0, an AMX Xeon as a CPU without tiles), so
+    // there the GEMM stays int8.
     bool int8_in_bf16 = false;
 };
 
-// The kernels a step's GEMM runs on in an encoder of dtype d.
-constexpr DType kernel_dtype(const StepInfo& s, DType d) {
-    return !s.low_precision                           ? DType::kFloat32
-           : d == DType::kInt8 && s.int8_in_bf16      ? DType::kBf16
-                                                      : d;
+// The kernels a step's GEMM runs on in an encoder of dtype d, on a path whose bf16 kernels run on AMX tiles
+// (bf16_tiles) or not.
+constexpr DType kernel_dtype(const StepInfo& s, DType d, bool bf16_tiles) {
+    return !s.low_precision                                   ? DType::kFloat32
+           : d == DType::kInt8 && s.int8_in_bf16 && bf16_tiles ? DType::kBf16
+                                                              : d;
 }
 
 constexpr StepInfo kSteps[kStepCount] = {
@@ -106,11 +110,11 @@ constexpr StepInfo kSteps[kStepCount] = {
 
 // Team barriers (parallel_for calls) a step costs in a forward of that dtype: one per team op it runs (ops.h:
 // an int8 GEMM is two, the row quantization and the GEMM; a bf16 GEMM rounds its input inside the GEMM).
-constexpr int barriers(const StepInfo& s, DType d) {
-    return s.kind != Kind::kGemm                         ? 1
-           : kernel_dtype(s, d) == DType::kInt8          ? ops::kGemmInt8TeamOps
-           : kernel_dtype(s, d) == DType::kBf16          ? ops::kGemmBf16TeamOps
-                                                         : ops::kGemmTeamOps;
+constexpr int barriers(const StepInfo& s, DType d, bool bf16_tiles) {
+    return s.kind != Kind::kGemm                               ? 1
+           : kernel_dtype(s, d, bf16_tiles) == DType::kInt8    ? ops::kGemmInt8TeamOps
+           : kernel_dtype(s, d, bf16_tiles) == DType::kBf16    ? ops::kGemmBf16TeamOps
+                                                               : ops::kGemmTeamOps;
 }
 
 // Trace buckets: the distinct `trace` names of kSteps in order of first appearance (embeddings, qkv, attention,

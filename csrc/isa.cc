@@ -98,7 +98,12 @@ CpuInfo detect() {
     if (ci.avx512_bf16) ci.flags.push_back("avx512_bf16");
     // XCR0 bits 17-18: the OS saves tile configuration and data; then Linux hands the (8 KiB) tile data state to a
     // process only when it asks (arch_prctl ARCH_REQ_XCOMP_PERM), once for all its threads.
-    const bool tiles = ci.avx512 && amx_tile && (xcr0 & 0x60000) == 0x60000 && request_tile_data();
+    // BORTENGINE_AMX=0 leaves the tiles alone: the process then runs as on a CPU of the same ISA without AMX (the
+    // VNNI and AVX512-BF16 kernels), to measure or test what such CPUs get.
+    const char* amx_env = std::getenv("BORTENGINE_AMX");
+    const bool amx_allowed = amx_env == nullptr || std::string(amx_env) != "0";
+    const bool tiles =
+        amx_allowed && ci.avx512 && amx_tile && (xcr0 & 0x60000) == 0x60000 && request_tile_data();
     ci.amx_bf16 = tiles && ci.avx512_bf16 && amx_bf16;
     ci.amx_int8 = tiles && ci.avx512_vnni && amx_int8;
     if (ci.amx_bf16) ci.flags.push_back("amx_bf16");
@@ -201,6 +206,8 @@ std::vector<const Bf16KernelTable*> bf16_kernel_variants(const std::string& isa_
 const Bf16KernelTable& bf16_kernels_for(const std::string& isa, const std::string& kernel) {
     return pick_variant(bf16_kernel_variants(isa), kernels_for(isa).isa, kernel, "bf16");
 }
+
+bool bf16_on_tiles(const std::string& isa) { return std::string(bf16_kernels_for(isa).variant) == "amx"; }
 
 std::vector<NamedAttention> bf16_attention_variants() {
     std::vector<NamedAttention> v;

@@ -37,6 +37,9 @@ std::vector<const Bf16KernelTable*> bf16_kernel_variants(const std::string& isa)
 // The bf16 kernels of a path: the best, or the one whose gemm_name is `kernel` (tests force an emulation with it;
 // std::invalid_argument if it is not among bf16_kernel_variants(isa)).
 const Bf16KernelTable& bf16_kernels_for(const std::string& isa, const std::string& kernel = "");
+// Whether a path's bf16 GEMMs (its best variant) run on AMX tiles: int8 encoders then run forward.h's int8_in_bf16
+// GEMMs on them (forward.h kernel_dtype).
+bool bf16_on_tiles(const std::string& isa);
 // The bf16 attentions this CPU and build run (on the avx512 path), best first: AMX tiles where the CPU and OS allow
 // them ("attention_bf16_amx"), then vdpbf16ps ("attention_bf16_avx512"); none without AVX512_BF16.
 struct NamedAttention {

@@ -246,3 +246,23 @@ except bortengine.InvalidInputError as e:
     info = subprocess.run([sys.executable, "-m", "bortengine", "info"], env={**_env(), "BORTENGINE_ISA": "avx9"},
                           capture_output=True, text=True, timeout=120)
     assert info.returncode == 0 and "default ISA:    none" in info.stdout
+
+
+@pytest.mark.skipif(not NATIVE, reason="$BORTENGINE_AMX is read by the native core, which is not built")
+def test_bortengine_amx_environment(minilm):
+    """BORTENGINE_AMX=0 keeps the process off AMX tiles: it runs as a CPU of the same ISA without them (int8 on the
+    VNNI kernel, with FFN out on it too). Elsewhere it changes nothing."""
+    code = f"""
+import bortengine
+engine = bortengine.load({str(minilm)!r}, dtype="int8")
+print(" ".join(f for f in bortengine.cpu_info()["flags"] if f.startswith("amx")) or "-")
+print(engine.kernels["ffn_in"], engine.kernels["ffn_out"])
+"""
+    runs = {value: subprocess.run([sys.executable, "-c", code], env={**_env(), "BORTENGINE_AMX": value},
+                                  capture_output=True, text=True, timeout=120) for value in ("0", "1")}
+    (amx_off, kernels_off), (amx_on, kernels_on) = (r.stdout.splitlines() for r in runs.values())
+    assert amx_off == "-", runs["0"].stderr
+    ffn_in, ffn_out = kernels_off.split()
+    assert "amx" not in ffn_in and ffn_out == ffn_in  # FFN out stays int8 without tiles
+    tiles = "amx_int8" in amx_on.split()
+    assert ("amx" in kernels_on.split()[0]) == tiles and (kernels_on.split()[1].startswith("gemm_bf16_amx")) == tiles

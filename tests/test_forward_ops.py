@@ -62,17 +62,19 @@ def test_schema():
     assert _first_appearances(s["trace"] for s in steps) == TRACE_KEYS
 
 
-def test_barrier_sums():
+@pytest.mark.parametrize("isa", ISAS)
+def test_barrier_sums(isa):
     """What the latency model charges: 7 barriers per layer in float32 and bf16 (a bf16 GEMM rounds its input
-    inside the GEMM), 10 in int8 (each of its three int8 linears first quantizes its rows in a team op of its own;
-    FFN out runs on the bf16 kernels), 1 for the
-    embeddings, 2 for the pooler (gather + GEMM), and one more for the scatter of padded batches."""
-    steps = _core.forward_ops()
+    inside the GEMM), 11 in int8 (each int8 linear first quantizes its rows in a team op of its own), 10 where FFN
+    out runs on the bf16 kernels (AMX tiles), 1 for the embeddings, 2 for the pooler (gather + GEMM), and one more
+    for the scatter of padded batches."""
+    steps = _core.forward_ops(isa)
 
     def total(dtype, scope, when="always"):
         return sum(s["barriers"][dtype] for s in steps if s["scope"] == scope and s["when"] == when)
 
-    assert [total(d, "layer") for d in DTYPES] == [7, 10, 7]
+    int8 = 10 if "amx" in _core.bf16_kernel_name(isa) else 11
+    assert [total(d, "layer") for d in DTYPES] == [7, int8, 7]
     assert [total(d, "forward") for d in DTYPES] == [1, 1, 1]
     assert [total(d, "pooler") for d in DTYPES] == [2, 2, 2]
     assert [total(d, "forward", "padded") for d in DTYPES] == [1, 1, 1]
@@ -98,10 +100,10 @@ def test_trace_keys_are_op_times_keys(model, dtype):
 @pytest.mark.parametrize("pooler", [False, True])
 def test_barriers_are_the_encoders(model, isa, dtype, threads, padded, pooler):
     engine = bortengine.load(model, num_threads=threads, isa=isa, dtype=dtype)
-    _check_barriers(engine._encoder, dtype, padded, pooler, projected=False)
+    _check_barriers(engine._encoder, isa, dtype, padded, pooler, projected=False)
 
 
-def _check_barriers(encoder, dtype, padded, pooler, projected):
+def _check_barriers(encoder, isa, dtype, padded, pooler, projected):
     ids, mask = _inputs(padded)
     encoder.trace = True
     try:
@@ -109,7 +111,7 @@ def _check_barriers(encoder, dtype, padded, pooler, projected):
     finally:
         encoder.trace = False
     expected = {}
-    for s in _core.forward_ops():
+    for s in _core.forward_ops(isa):
         when = {"always": True, "padded": padded, "projected": projected}[s["when"]]
         runs = (s["scope"] != "pooler" or pooler) and when
         expected[s["name"]] = s["barriers"][dtype] * (LAYERS if s["scope"] == "layer" else 1) if runs else 0
@@ -125,4 +127,4 @@ def test_barriers_of_projected_embeddings(make_encoder, isa, dtype, embedding_si
                         intermediate_size=48, embedding_size=embedding_size, seed=5)
     engine = bortengine.load(path, num_threads=2, isa=isa, dtype=dtype)
     assert engine._encoder.projects_embeddings == (embedding_size != 32)
-    _check_barriers(engine._encoder, dtype, padded=True, pooler=False, projected=embedding_size != 32)
+    _check_barriers(engine._encoder, isa, dtype, padded=True, pooler=False, projected=embedding_size != 32)

@@ -35,8 +35,9 @@ def bf16_kernel_names(isa: str = "") -> list[str]:
     it, the AVX512_BF16 kernel where the CPU has it, then the AVX-512F emulation 'gemm_bf16_avx512_12x32'); pass one
     as kernel= to force it."""
 
-def forward_ops() -> list[dict]:
-    """The steps of an encoder forward in order (csrc/forward.h), one dict per step:
+def forward_ops(isa: str = "") -> list[dict]:
+    """The steps of an encoder forward in order (csrc/forward.h), one dict per step, as encoders of kernel path
+    `isa` ("" = default_isa()) run them on this CPU:
 
     name: "embeddings", "embeddings_project", "qkv", "attention", "attention_out", "ln1", "ffn_in", "ffn_out", "ln2",
         "scatter", "pooler_gather", "pooler" (unique).
@@ -52,7 +53,9 @@ def forward_ops() -> list[dict]:
         inside the GEMM).
     GEMM steps only: K, N ("H", "3H", "I" or "E", the embedding width), epilogue ("none" | "residual" | "gelu" |
         "tanh"), rows ("tokens": the batch's real tokens | "sequences": B), low_precision (whether int8 and bf16
-        encoders run it on their own kernels; the pooler and the embeddings' projection stay float32)."""
+        encoders run it on their own kernels; the pooler and the embeddings' projection stay float32), int8_in_bf16
+        (whether int8 encoders run it on the bf16 kernels where those run on AMX tiles: FFN out), kernels
+        ({dtype: the kernels' dtype in an encoder of that dtype on this path and CPU})."""
 
 class Encoder:
     """A BERT encoder (embeddings + D layers + optional pooler) on packed weights, run in one call per forward;

@@ -16,7 +16,8 @@ from bortengine.engine.pooling import POOLING_CONFIG_KEYS, Pooling, transformer_
 from bortengine.engine.runtime import DTYPES, INLINE_CHARS, Engine, load, traced_forwards
 from bortengine.engine.tokenization import TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import (QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, BertWeights, Checkpoint, TensorEntry,
-                                       int8_kernels, read_safetensors_header, write_safetensors)
+                                       int8_kernels, int8_stored_bf16, read_safetensors_header,
+                                       write_safetensors)
 
 __all__ = [
     "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "Pooling", "TextTokenizer",
@@ -24,5 +25,5 @@ __all__ = [
     "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX", "BatchRecord",
     "DEFAULT_MAX_BATCH_TOKENS", "INLINE_CHARS", "TokenizedTexts", "characters", "TokenEntity", "RankedDocument",
     "DTYPES", "TensorEntry", "read_safetensors_header", "write_safetensors", "transformer_directory",
-    "POOLING_CONFIG_KEYS", "int8_kernels",
+    "POOLING_CONFIG_KEYS", "int8_kernels", "int8_stored_bf16",
 ]

@@ -204,17 +204,18 @@ class Engine:
 
     @property
     def kernel(self) -> str:
-        """The GEMM microkernel this engine runs (e.g. 'gemm_f32_avx512_14x32'); an int8 engine's FFN out runs
+        """The GEMM microkernel this engine runs (e.g. 'gemm_f32_avx512_14x32'); an int8 engine's FFN out may run
         another (kernels)."""
         return self._encoder.kernel
 
     @property
     def kernels(self) -> dict[str, str]:
         """The kernel of each GEMM step of an encoder layer (qkv, attention_out, ffn_in, ffn_out: an int8 engine runs
-        ffn_out on the bf16 GEMM) and of attention, as the native forward's step table says (_core.forward_ops)."""
+        ffn_out on the bf16 GEMM where that runs on AMX tiles) and of attention, as the native forward's step table
+        says for this engine's path on this CPU (_core.forward_ops)."""
         native, isa = _core(), self.isa
         names = {"float32": native.kernel_name, "int8": native.int8_kernel_name, "bf16": native.bf16_kernel_name}
-        out = {step["name"]: names[step["kernels"][self.dtype]](isa) for step in native.forward_ops()
+        out = {step["name"]: names[step["kernels"][self.dtype]](isa) for step in native.forward_ops(isa)
                if step["kind"] == "gemm" and step["scope"] == "layer"}
         out["attention"] = self._encoder.attention_kernel
         return out

@@ -71,10 +71,10 @@ PROJECTION_TENSORS = (("embeddings_project.weight", ("H", "E")), ("embeddings_pr
 RELATIVE_BIAS_TENSORS = (("encoder.relative_attention_bias.weight", ("R", "A")),)
 POOLER_TENSORS = (("pooler.dense.weight", ("H", "H")), ("pooler.dense.bias", ("H",)))
 # The six linear weights of a layer: those load(dtype="int8" | "bf16") converts. A pre-quantized checkpoint
-# (bortengine export --dtype int8) stores each that int8 encoders run on the int8 kernels as I8 [out, in] with a
-# float32 per-output-channel scale "<name>_scale" [out] (w ~= q * scale), and FFN out ("output.dense.weight"), which
-# they run on the bf16 kernels (int8_kernels), as BF16; exports made before FFN out left int8 hold it as I8 with
-# its scale too (dequantized and rounded at load).
+# (bortengine export --dtype int8) stores each as I8 [out, in] with a float32 per-output-channel scale
+# "<name>_scale" [out] (w ~= q * scale), but FFN out ("output.dense.weight"), which int8 encoders run on the bf16
+# kernels where those run on AMX tiles (int8_kernels, int8_stored_bf16), as BF16; each is converted at load for the
+# kernels this CPU runs it on (exports made before hold FFN out as I8 with its scale too).
 QUANTIZABLE_LAYER_WEIGHTS = (
     "attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight",
     "attention.output.dense.weight", "intermediate.dense.weight", "output.dense.weight",
@@ -86,12 +86,23 @@ _LINEAR_SHORT_NAMES = dict(zip(("q", "k", "v", "ao", "i", "o"), QUANTIZABLE_LAYE
 _LINEAR_STEPS = {"q": "qkv", "k": "qkv", "v": "qkv", "ao": "attention_out", "i": "ffn_in", "o": "ffn_out"}
 
 
-def int8_kernels() -> dict[str, str]:
-    """Short linear name (q, k, v, ao, i, o) -> the kernels an int8 encoder runs it on: "int8", or "bf16" for FFN
-    out (csrc/forward.h int8_in_bf16: its GELU input's outlier channels would cost trained models' tokens up to
-    0.03 of cosine to float32 in int8)."""
-    kernels = {step["name"]: step["kernels"]["int8"] for step in core().forward_ops() if step["kind"] == "gemm"}
+def int8_kernels(isa: str = "") -> dict[str, str]:
+    """Short linear name (q, k, v, ao, i, o) -> the kernels an int8 encoder of kernel path isa ("": the default)
+    runs it on, on this CPU: "int8", or "bf16" for FFN out where the path's bf16 GEMMs run on AMX tiles
+    (csrc/forward.h int8_in_bf16: its GELU input's outlier channels would cost trained models' tokens up to 0.03 of
+    cosine to float32 in int8; without tiles a bf16 GEMM is no faster than a float32 one, so it stays int8)."""
+    kernels = {step["name"]: step["kernels"]["int8"] for step in core().forward_ops(isa) if step["kind"] == "gemm"}
     return {short: kernels[step] for short, step in _LINEAR_STEPS.items()}
+
+
+def int8_stored_bf16() -> frozenset[str]:
+    """The short linear names a pre-quantized checkpoint stores as BF16 rather than I8: those int8 encoders run on
+    the bf16 kernels where they can (csrc/forward.h int8_in_bf16), whatever the exporting CPU runs: a CPU without
+    tiles quantizes them at load."""
+    marked = {step["name"] for step in core().forward_ops() if step["kind"] == "gemm" and step["int8_in_bf16"]}
+    return frozenset(short for short, step in _LINEAR_STEPS.items() if step in marked)
+
+
 CLASSIFIER_TENSORS = (("classifier.weight", ("L", "H")), ("classifier.bias", ("L",)))
 PRE_CLASSIFIER_TENSORS = (("pre_classifier.weight", ("H", "H")), ("pre_classifier.bias", ("H",)))
 
@@ -548,10 +559,10 @@ def _canonical_entries(checkpoint: Checkpoint, config: ModelConfig) -> dict[str,
 
 
 def _check_quantized(config: ModelConfig, entries: dict[str, TensorEntry], source: str) -> bool:
-    """Whether the checkpoint is pre-quantized (bortengine export --dtype int8): every linear weight that int8
-    encoders run on the int8 kernels is I8 with its scale, or none is; FFN out, which they run on the bf16 kernels,
-    is stored in any float dtype (BF16 from the export) or, from earlier exports, I8 with its scale."""
-    on_int8 = {_LINEAR_SHORT_NAMES[short] for short, kernel in int8_kernels().items() if kernel == "int8"}
+    """Whether the checkpoint is pre-quantized (bortengine export --dtype int8): every linear weight the export
+    stores as I8 is I8 with its scale, or none is; FFN out, which int8 encoders may run on the bf16 kernels, is stored
+    in any float dtype (BF16 from the export) or, from earlier exports, I8 with its scale."""
+    on_int8 = {_LINEAR_SHORT_NAMES[short] for short in _LINEAR_SHORT_NAMES if short not in int8_stored_bf16()}
     quantizable = [f"encoder.layer.{i}.{n}" for i in range(config.num_hidden_layers)
                    for n in QUANTIZABLE_LAYER_WEIGHTS]
     int8_names = [n for n in quantizable if n in entries and entries[n].dtype == "I8"]

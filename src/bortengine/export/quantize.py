@@ -13,7 +13,9 @@ sentence-transformers directory, those of the transformer's sub-folder), each of
 encoder layer (query, key, value, attention output, intermediate, output) is stored
 - int8: as I8 [out, in], with a float32 per-output-channel scale "<name>_scale" [out]: w ~= q * scale, q in
   [-127, 127], scale = max|w[row]| / 127 — exactly the rounding bortengine.load(dtype="int8") applies at load;
-  but the output weight (FFN out), which int8 encoders run on the bf16 kernels (engine int8_kernels), as BF16;
+  but the output weight (FFN out), which int8 encoders run on the bf16 kernels where those run on AMX tiles
+  (engine int8_kernels), as BF16 whatever CPU exports it (engine int8_stored_bf16): a CPU without tiles quantizes
+  it at load;
 - bf16: as BF16 [out, in], rounded to nearest even by the engine's own rounding (_core.to_bf16: what
   bortengine.load(dtype="bf16") does to float weights at load), which the bf16 engine packs as they are.
 Everything else (embeddings, ELECTRA's embeddings_project, LayerNorm, biases, pooler, classifier heads, tensors the
@@ -34,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from bortengine.engine import (SCALE_SUFFIX, BertWeights, Checkpoint, ModelConfig, TensorEntry, core, int8_kernels,
-                               read_safetensors_header, transformer_directory, write_safetensors)
+                               int8_stored_bf16, read_safetensors_header, transformer_directory, write_safetensors)
 from bortengine.errors import ModelLoadError
 from bortengine.files import atomic_write_json, read_json
 
@@ -42,7 +44,8 @@ __all__ = ["quantize_checkpoint", "bf16_checkpoint", "SCHEME", "BF16_SCHEME"]
 
 SCHEME = {"dtype": "int8", "weights": "per output channel, symmetric s8 in [-127, 127], scale = max|w| / 127",
           "activations": "per token, asymmetric u8, at run time", "scale_suffix": SCALE_SUFFIX,
-          "ffn_out": "bf16 weights (rounded to nearest even) and activations, fp32 accumulation"}
+          "ffn_out": "stored bf16 (rounded to nearest even); run in bf16 (fp32 accumulation) where the CPU's bf16 "
+                     "GEMMs run on AMX tiles, else quantized at load as the others"}
 BF16_SCHEME = {"dtype": "bf16", "weights": "bf16, rounded to nearest even (subnormals to zero)",
                "activations": "rounded to bf16 as each GEMM reads them, fp32 accumulation"}
 # dtype -> the stored dtypes of a linear weight that a conversion to it starts from: what load(dtype=...) reads as
@@ -68,10 +71,11 @@ _CONVERSIONS: dict[str, tuple[str, Conversion]] = {"int8": ("I8", _quantize), "b
 
 def quantize_checkpoint(model_dir: str | os.PathLike) -> dict:
     """Rewrite the safetensors of model_dir (model.safetensors, or each shard) with the linear weights as the int8
-    engine runs them: int8 with their scales, FFN out bf16 (in place: the files replaced once all are written).
+    engine reads them: int8 with their scales, FFN out bf16 (in place: the files replaced once all are written).
     Returns {"family": ..., "quantized": n_tensors (layers x 6), "bytes_before": ..., "bytes_after": ...}."""
-    kernels = int8_kernels()
-    return _rewrite(model_dir, {short: _CONVERSIONS[kernels[short]] for short in kernels}, SCHEME, "quantized")
+    bf16 = int8_stored_bf16()
+    return _rewrite(model_dir, {short: _CONVERSIONS["bf16" if short in bf16 else "int8"] for short in int8_kernels()},
+                    SCHEME, "quantized")
 
 
 def bf16_checkpoint(model_dir: str | os.PathLike) -> dict:
