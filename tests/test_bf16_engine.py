@@ -88,6 +88,33 @@ def test_bf16_random_classifier_agrees_with_fp32(make_model, isa):
     assert ((top2[:, 1] - top2[:, 0])[~agree] <= 0.02 * spread).all()
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_bf16_where_slower_than_float32_says_so_at_load(small_model, isa):
+    """A PerformanceWarning names the alternative where the bf16 GEMMs have no AMX tiles (and are not an AMD core's
+    vdpbf16ps, faster there): measured slower than float32 (bench/README.md)."""
+    import warnings
+
+    from bortengine.engine.runtime import _slow_bf16
+
+    kernel = _core.bf16_kernel_name(isa)
+    vendor = bortengine.cpu_info().get("vendor", "")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        bortengine.load(small_model, isa=isa, dtype="bf16")
+        bortengine.load(small_model, isa=isa, dtype="float32")
+    said = [w for w in seen if issubclass(w.category, bortengine.PerformanceWarning)]
+    expected = not ("_amx_" in kernel or ("_avx512bf16_" in kernel and vendor == "AuthenticAMD"))
+    assert len(said) == expected, [str(w.message) for w in seen]
+    if said:
+        assert "dtype='float32'" in str(said[0].message) and said[0].filename == __file__
+    # each rule, whatever this CPU is
+    assert _slow_bf16("gemm_bf16_amx_32x32", "GenuineIntel") is None
+    assert _slow_bf16("gemm_bf16_avx512bf16_14x32", "AuthenticAMD") is None
+    assert "0.72-0.74x" in _slow_bf16("gemm_bf16_avx512bf16_14x32", "GenuineIntel")
+    for emulation in ("gemm_bf16_avx512_12x32", "gemm_bf16_avx2_4x16", "gemm_bf16_scalar_4x8"):
+        assert "emulation" in _slow_bf16(emulation, "AuthenticAMD")
+
+
 def test_bf16_weights_are_half_the_bytes(small_model):
     e32, e16 = bortengine.load(small_model), bortengine.load(small_model, dtype="bf16")
     pooler = 64 * 64 * 4  # the pooler stays float32 (one H x H panel set, padded to whole panels)

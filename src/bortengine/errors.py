@@ -62,3 +62,9 @@ class ClusterError(BortEngineError):
 class TruncationWarning(UserWarning):
     """Texts longer than max_length were cut to it (truncation=True, the default). The engine says so once per
     Engine; warnings.filterwarnings("ignore", category=bortengine.TruncationWarning) silences it."""
+
+
+class PerformanceWarning(UserWarning):
+    """A load asked for something this CPU runs slower than the alternative it names (dtype="bf16" where bf16 GEMMs
+    have neither AMX tiles nor an AMD core's vdpbf16ps: measured slower than float32). Said once per process (Python's
+    default warning filter); warnings.filterwarnings("ignore", category=bortengine.PerformanceWarning) silences it."""

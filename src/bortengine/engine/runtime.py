@@ -34,7 +34,8 @@ from bortengine.engine.pooling import Pooling, transformer_directory
 from bortengine.engine.positions import PositionLayout, check_contiguous_mask, position_layout
 from bortengine.engine.tokenization import WHOLE_TEXT, TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import BertWeights, Checkpoint
-from bortengine.errors import BortEngineError, InvalidInputError, ModelLoadError, TextTooLongError, TruncationWarning
+from bortengine.errors import (BortEngineError, InvalidInputError, ModelLoadError, PerformanceWarning, TextTooLongError,
+                               TruncationWarning)
 
 __all__ = ["load", "Engine", "traced_forwards", "DTYPES"]
 
@@ -163,6 +164,12 @@ class Engine:
                                    threads, isa or "", dtype, embedding_size=c.embedding_size)
         except ValueError as e:
             raise BortEngineError(f"the native encoder could not be created for this model: {e}") from e
+        slow = _slow_bf16(encoder.kernel, core.cpu_info().get("vendor", "")) if dtype == "bf16" else None
+        if slow:
+            warnings.warn(f"dtype='bf16' on this CPU: {slow}; load models with dtype='float32' (as fast or faster, and "
+                          f"more precise), or dtype='int8' for speed. The encoder bench (python -m pytest "
+                          f"bench/test_encoder_latency.py --benchmark-only) compares them on this CPU",
+                          PerformanceWarning, stacklevel=_caller_stacklevel())
         # Embeddings are referenced by the encoder, not copied: keep the arrays alive as long as the engine.
         self._embeddings = weights.read_embeddings()
         encoder.set_embeddings(*self._embeddings)
@@ -772,6 +779,21 @@ class Engine:
             raise InvalidInputError(
                 f"max_length={max_length} exceeds the model's {limit} positions; use at most {limit}")
         return int(max_length)
+
+
+def _slow_bf16(kernel: str, vendor: str) -> Optional[str]:
+    """Why the bf16 GEMM kernel `kernel` runs slower than float32 on this CPU, or None where it is faster: on AMX
+    tiles (3.4-3.7x float32, bench/README.md), and on AMD cores' vdpbf16ps (Zen 4: 1.70x). On Intel cores without
+    tiles vdpbf16ps measured 0.72x (a Xeon with AVX512_BF16, family 6 model 207) and 0.74x (an AMX Xeon with
+    BORTENGINE_AMX=0); the emulations widen bf16 to run float32's FMAs: its speed at best."""
+    variant = kernel.split("_")[2] if kernel.count("_") >= 2 else ""
+    if variant == "amx" or (variant == "avx512bf16" and vendor == "AuthenticAMD"):
+        return None
+    if variant == "avx512bf16":
+        return ("its bf16 GEMMs run on vdpbf16ps without AMX tiles, measured 0.72-0.74x float32's speed on Intel "
+                "CPUs (bench/README.md)")
+    return (f"this kernel path has no bf16 instructions, so its bf16 GEMMs are an emulation ({kernel}: float32 "
+            f"FMAs on widened bf16), float32's speed at best")
 
 
 def _head(weights: BertWeights) -> Optional[ClassifierHead]:
