@@ -58,15 +58,22 @@ inline void store_c_tiles(void* stage) {
 // Dot::products<RT>() multiplies the loaded tiles into the C tiles (A 4 x B 6 -> C 0, 4 x 7 -> 1, 5 x 6 -> 2,
 // 5 x 7 -> 3): tdpbf16ps (k pairs of bf16) or tdpbusd (groups of 4 u8 x s8). (GCC's tile intrinsics paste their
 // tile numbers into the instruction's text, so they must be literals: no template parameter can name a tile.)
+// `pf`, when set, is the next B panel: prefetched a step (2 KiB) per step, as the vector kernels do, so the weights
+// of the next panel stream in while this one computes.
 template <int RT, class Dot>
 inline void tile_products(int steps, const void* a0, std::ptrdiff_t lda0, const void* a1, std::ptrdiff_t lda1,
-                          const void* b, void* stage) {
+                          const void* b, void* stage, const void* pf = nullptr) {
     constexpr std::ptrdiff_t kStepA = 64, kRowB = 128, kStepB = 16 * kRowB;
     const char* pa0 = static_cast<const char*>(a0);
     const char* pa1 = static_cast<const char*>(a1);
     const char* pb = static_cast<const char*>(b);
+    const char* pp = static_cast<const char*>(pf);
     zero_c_tiles<RT>();
     for (int s = 0; s < steps; ++s) {
+        if (pp) {
+#pragma GCC unroll 32
+            for (std::ptrdiff_t o = 0; o < kStepB; o += 64) __builtin_prefetch(pp + s * kStepB + o, 0, 2);
+        }
         const char* bs = pb + s * kStepB;
         _tile_loadd(6, bs, kRowB);
         _tile_loadd(7, bs + 64, kRowB);  // columns 16-31
