@@ -47,10 +47,11 @@ struct NamedAttention {
     AttentionFn fn;
 };
 std::vector<NamedAttention> bf16_attention_variants();
-// The attention the int8 and bf16 encoders run on a path: the best bf16 one where the CPU has AVX512_BF16 (path
-// "avx512"), else the path's fp32 attention. name: its name, e.g. "attention_bf16_amx" or "attention_f32_<isa>".
+// The attention the int8 and bf16 encoders run on a path: the best bf16 one where they run one (has_bf16_attention,
+// path "avx512"), else the path's fp32 attention. name: its name, e.g. "attention_bf16_amx" or "attention_f32_<isa>".
 AttentionFn bf16_attention_for(const std::string& isa, const char** name = nullptr);
-// Whether this CPU and build run the bf16 attention (AVX512_BF16 and the avx512 path).
+// Whether the int8 and bf16 encoders of this CPU and build run a bf16 attention: AVX512_BF16 and the avx512 path,
+// and AMX tiles or a CPU not Intel's (vdpbf16ps alone ran attention slower than fp32 on an Intel core).
 bool has_bf16_attention();
 
 }  // namespace bortengine

@@ -172,11 +172,10 @@ Shape check_attention(int threads, const ArrayRef<float>& qkv, const std::vector
 AttentionFn attention_kernel(const std::string& isa, bool bf16, const std::string& kernel) {
     const KernelTable& kt = kernels_for(isa);
     if (!bf16) return kt.attention;
-    const char* name = "";
-    const AttentionFn fn = bf16_attention_for(isa, &name);
-    if (std::string(name).find("bf16") == std::string::npos)
+    const std::vector<NamedAttention> variants = bf16_attention_variants();
+    if (std::string(kt.isa) != "avx512" || variants.empty())
         throw std::invalid_argument("bf16 attention needs the avx512 path on a CPU with AVX512_BF16");
-    if (kernel.empty()) return fn;
+    if (kernel.empty()) return variants.front().fn;  // asked for bf16: the best that runs, as the encoders may not
     std::string names;
     for (const NamedAttention& a : bf16_attention_variants()) {
         if (kernel == a.name) return a.fn;

@@ -116,7 +116,7 @@ class Encoder:
     def dtype(self) -> str: ...
     @property
     def attention_kernel(self) -> str:
-        """'attention_f32_<isa>', or for int8 and bf16 encoders on CPUs with AVX512_BF16 the best of
+        """'attention_f32_<isa>', or for int8 and bf16 encoders where has_bf16_attention() the best of
         bf16_attention_names()."""
     trace: bool
     @property
@@ -171,7 +171,9 @@ def attention(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int, num_thre
 def bf16_attention_names() -> list[str]:
     """The bf16 attentions that run here, best first: 'attention_bf16_amx' (AMX tiles), 'attention_bf16_avx512'."""
 def has_bf16_attention() -> bool:
-    """Whether this CPU and build run the bf16 attention (AVX512_BF16 and the avx512 path)."""
+    """Whether the int8 and bf16 encoders of this CPU and build run a bf16 attention: AVX512_BF16 and the avx512
+    path, and AMX tiles or a CPU not Intel's (vdpbf16ps alone ran attention slower than fp32 on Intel cores).
+    bf16_attention_names() lists the bf16 attentions that can run, which attention(bf16=True) runs by name."""
 def attention_ref(qkv: np.ndarray, seq_lens: Sequence[int], num_heads: int,
                   position_bias: Optional[np.ndarray] = None) -> np.ndarray: ...
 def gelu(x: np.ndarray, isa: str = "") -> np.ndarray: ...
