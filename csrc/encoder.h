@@ -56,9 +56,9 @@ class Encoder {
   public:
     // dtype (forward.h): int8: the four linears of every layer run on int8 kernels (weights per channel,
     // activations per token), FFN out on bf16 kernels where they run on AMX tiles (forward.h int8_in_bf16); bf16:
-    // all four on bf16 kernels (weights rounded at packing, activations as each GEMM copies them). Embeddings, LayerNorm, softmax and the
-    // pooler stay fp32; the attention products of int8 and bf16 encoders run in bf16 where the CPU has AVX512_BF16
-    // (isa.h bf16_attention_for).
+    // all four on bf16 kernels (weights rounded at packing, activations as each GEMM copies them). Embeddings,
+    // LayerNorm, softmax and the pooler stay fp32; the attention products of int8 and bf16 encoders run in bf16
+    // where that pays (isa.h has_bf16_attention, bf16_attention_for).
     Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype = DType::kFloat32);
 
     // Setters check every shape against the config (std::invalid_argument naming the array, with both shapes).
