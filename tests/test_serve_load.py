@@ -213,7 +213,10 @@ def test_wrk_with_the_lua_script_reports_requests_errors_and_its_cpu(echo_server
     assert 0 < level.latency_ms["p50"] <= level.latency_ms["p99"] <= level.latency_ms["max"]
     if pause_ms:  # two connections pausing 20 ms: at most ~100 requests a second
         assert level.requests <= 2 * 1.2 / 0.020
-    assert run.client_cpu_s >= 0 and run.server_cpu_s > 0 and run.others_cpu_s is not None
+    assert run.client_cpu_s >= 0 and run.server_cpu_s >= 0 and run.others_cpu_s is not None
+    # the process CPU times count in clock ticks (10 ms): the paced run's ~40 echoes may take less than one (seen:
+    # 0.0 on a fresh clone's CI), the unpaced run's thousands cannot
+    assert run.server_cpu_s > 0 or pause_ms
 
 
 def test_open_loop_client_offers_its_rate_and_reports_like_wrk(echo_server, bodies):
