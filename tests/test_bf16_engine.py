@@ -103,7 +103,7 @@ def test_bf16_where_slower_than_float32_says_so_at_load(small_model, isa):
         bortengine.load(small_model, isa=isa, dtype="bf16")
         bortengine.load(small_model, isa=isa, dtype="float32")
     said = [w for w in seen if issubclass(w.category, bortengine.PerformanceWarning)]
-    expected = not ("_amx_" in kernel or ("_avx512bf16_" in kernel and vendor == "AuthenticAMD"))
+    expected = not ("_amx_" in kernel or ("_avx512bf16_" in kernel and vendor != "GenuineIntel"))
     assert len(said) == expected, [str(w.message) for w in seen]
     if said:
         assert "dtype='float32'" in str(said[0].message) and said[0].filename == __file__

@@ -66,5 +66,5 @@ class TruncationWarning(UserWarning):
 
 class PerformanceWarning(UserWarning):
     """A load asked for something this CPU runs slower than the alternative it names (dtype="bf16" where bf16 GEMMs
-    have neither AMX tiles nor an AMD core's vdpbf16ps: measured slower than float32). Said once per process (Python's
-    default warning filter); warnings.filterwarnings("ignore", category=bortengine.PerformanceWarning) silences it."""
+    have neither AMX tiles nor vdpbf16ps on a core not Intel's: measured slower than float32). Said once per process
+    (Python's default warning filter); warnings.filterwarnings("ignore", category=bortengine.PerformanceWarning) silences it."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, BatchRecord
 from bortengine.engine.config import ModelConfig
-from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info
+from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info, forward_ops
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
 from bortengine.engine.pooling import POOLING_CONFIG_KEYS, Pooling, transformer_directory
 from bortengine.engine.runtime import DTYPES, INLINE_CHARS, Engine, load, traced_forwards
@@ -25,5 +25,5 @@ __all__ = [
     "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX", "BatchRecord",
     "DEFAULT_MAX_BATCH_TOKENS", "INLINE_CHARS", "TokenizedTexts", "characters", "TokenEntity", "RankedDocument",
     "DTYPES", "TensorEntry", "read_safetensors_header", "write_safetensors", "transformer_directory",
-    "POOLING_CONFIG_KEYS", "int8_kernels", "int8_stored_bf16",
+    "POOLING_CONFIG_KEYS", "int8_kernels", "int8_stored_bf16", "forward_ops",
 ]

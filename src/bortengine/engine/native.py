@@ -5,6 +5,7 @@ Every stage that calls the kernels directly (the profiler times single ops) goes
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -12,7 +13,7 @@ from typing import Any, Optional
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["core", "available_cpus", "cgroup_cpu_quota", "cpu_info", "available_isas", "core_build"]
+__all__ = ["core", "forward_ops", "available_cpus", "cgroup_cpu_quota", "cpu_info", "available_isas", "core_build"]
 
 
 def core() -> Any:
@@ -24,6 +25,13 @@ def core() -> Any:
             f"bortengine's native module is not available ({e}); build it with `python setup.py build_ext "
             f"--inplace` in the source tree, or reinstall the package") from e
     return native
+
+
+@functools.lru_cache(maxsize=None)
+def forward_ops(isa: str = "") -> tuple[dict[str, Any], ...]:
+    """The native forward's step table for kernel path isa ("": the default) on this CPU (_core.forward_ops), read
+    once per path: it cannot change within a process. Shared: read it, do not change it."""
+    return tuple(core().forward_ops(isa))
 
 
 def available_cpus() -> int:

@@ -28,7 +28,7 @@ from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, ForwardQueue
 from bortengine.engine.config import ModelConfig
 from bortengine.engine.entities import check_aggregation, token_entities
 from bortengine.engine.heads import ClassifierHead, Linear, relevance_scores
-from bortengine.engine.native import available_cpus, core as _core
+from bortengine.engine.native import available_cpus, core as _core, forward_ops
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
 from bortengine.engine.pooling import Pooling, transformer_directory
 from bortengine.engine.positions import PositionLayout, check_contiguous_mask, position_layout
@@ -222,7 +222,7 @@ class Engine:
         says for this engine's path on this CPU (_core.forward_ops)."""
         native, isa = _core(), self.isa
         names = {"float32": native.kernel_name, "int8": native.int8_kernel_name, "bf16": native.bf16_kernel_name}
-        out = {step["name"]: names[step["kernels"][self.dtype]](isa) for step in native.forward_ops(isa)
+        out = {step["name"]: names[step["kernels"][self.dtype]](isa) for step in forward_ops(isa)
                if step["kind"] == "gemm" and step["scope"] == "layer"}
         out["attention"] = self._encoder.attention_kernel
         return out
@@ -783,11 +783,12 @@ class Engine:
 
 def _slow_bf16(kernel: str, vendor: str) -> Optional[str]:
     """Why the bf16 GEMM kernel `kernel` runs slower than float32 on this CPU, or None where it is faster: on AMX
-    tiles (3.4-3.7x float32, bench/README.md), and on AMD cores' vdpbf16ps (Zen 4: 1.70x). On Intel cores without
-    tiles vdpbf16ps measured 0.72x (a Xeon with AVX512_BF16, family 6 model 207) and 0.74x (an AMX Xeon with
-    BORTENGINE_AMX=0); the emulations widen bf16 to run float32's FMAs: its speed at best."""
+    tiles (3.4-3.7x float32, bench/README.md), and on vdpbf16ps of a CPU not Intel's (AMD Zen 4: 1.70x). On Intel
+    cores without tiles vdpbf16ps measured 0.72x (a Xeon with AVX512_BF16, family 6 model 207) and 0.74x (an AMX
+    Xeon with BORTENGINE_AMX=0): the rule by which the native core keeps their attention fp32 (has_bf16_attention);
+    the emulations widen bf16 to run float32's FMAs: its speed at best."""
     variant = kernel.split("_")[2] if kernel.count("_") >= 2 else ""
-    if variant == "amx" or (variant == "avx512bf16" and vendor == "AuthenticAMD"):
+    if variant == "amx" or (variant == "avx512bf16" and vendor != "GenuineIntel"):
         return None
     if variant == "avx512bf16":
         return ("its bf16 GEMMs run on vdpbf16ps without AMX tiles, measured 0.72-0.74x float32's speed on Intel "

@@ -30,7 +30,7 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 
 from bortengine.engine.config import ModelConfig
-from bortengine.engine.native import core
+from bortengine.engine.native import core, forward_ops
 from bortengine.engine.positions import relative_position_bias
 from bortengine.errors import ModelLoadError
 
@@ -91,7 +91,7 @@ def int8_kernels(isa: str = "") -> dict[str, str]:
     runs it on, on this CPU: "int8", or "bf16" for FFN out where the path's bf16 GEMMs run on AMX tiles
     (csrc/forward.h int8_in_bf16: its GELU input's outlier channels would cost trained models' tokens up to 0.03 of
     cosine to float32 in int8; without tiles a bf16 GEMM is no faster than a float32 one, so it stays int8)."""
-    kernels = {step["name"]: step["kernels"]["int8"] for step in core().forward_ops(isa) if step["kind"] == "gemm"}
+    kernels = {step["name"]: step["kernels"]["int8"] for step in forward_ops(isa) if step["kind"] == "gemm"}
     return {short: kernels[step] for short, step in _LINEAR_STEPS.items()}
 
 
@@ -99,7 +99,7 @@ def int8_stored_bf16() -> frozenset[str]:
     """The short linear names a pre-quantized checkpoint stores as BF16 rather than I8: those int8 encoders run on
     the bf16 kernels where they can (csrc/forward.h int8_in_bf16), whatever the exporting CPU runs: a CPU without
     tiles quantizes them at load."""
-    marked = {step["name"] for step in core().forward_ops() if step["kind"] == "gemm" and step["int8_in_bf16"]}
+    marked = {step["name"] for step in forward_ops() if step["kind"] == "gemm" and step["int8_in_bf16"]}
     return frozenset(short for short, step in _LINEAR_STEPS.items() if step in marked)
 
 
@@ -562,7 +562,8 @@ def _check_quantized(config: ModelConfig, entries: dict[str, TensorEntry], sourc
     """Whether the checkpoint is pre-quantized (bortengine export --dtype int8): every linear weight the export
     stores as I8 is I8 with its scale, or none is; FFN out, which int8 encoders may run on the bf16 kernels, is stored
     in any float dtype (BF16 from the export) or, from earlier exports, I8 with its scale."""
-    on_int8 = {_LINEAR_SHORT_NAMES[short] for short in _LINEAR_SHORT_NAMES if short not in int8_stored_bf16()}
+    stored_bf16 = int8_stored_bf16()
+    on_int8 = {name for short, name in _LINEAR_SHORT_NAMES.items() if short not in stored_bf16}
     quantizable = [f"encoder.layer.{i}.{n}" for i in range(config.num_hidden_layers)
                    for n in QUANTIZABLE_LAYER_WEIGHTS]
     int8_names = [n for n in quantizable if n in entries and entries[n].dtype == "I8"]

@@ -16,7 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from bortengine.engine import core
+from bortengine.engine import forward_ops
 from bortengine.profiling.errors import ProfileError
 from bortengine.profiling.workload import Workload
 from bortengine.search_space import SearchSpace
@@ -57,12 +57,7 @@ def forward_steps() -> list[dict[str, Any]]:
     embeddings_project) are left out.
     """
     return [{**step, "barriers": {dtype: n if step["when"] == "always" else 0 for dtype, n in step["barriers"].items()}}
-            for step in _native_steps() if step["when"] in BERT_STEPS]
-
-
-@functools.lru_cache(maxsize=1)
-def _native_steps() -> tuple[dict[str, Any], ...]:
-    return tuple(core().forward_ops())
+            for step in forward_ops() if step["when"] in BERT_STEPS]
 
 
 def barriers(scope: str, dtype: str, steps: Optional[Iterable[Mapping[str, Any]]] = None) -> int:
