@@ -177,7 +177,7 @@ AttentionFn attention_kernel(const std::string& isa, bool bf16, const std::strin
         throw std::invalid_argument("bf16 attention needs the avx512 path on a CPU with AVX512_BF16");
     if (kernel.empty()) return variants.front().fn;  // asked for bf16: the best that runs, as the encoders may not
     std::string names;
-    for (const NamedAttention& a : bf16_attention_variants()) {
+    for (const NamedAttention& a : variants) {
         if (kernel == a.name) return a.fn;
         names += (names.empty() ? "" : ", ") + std::string(a.name);
     }
