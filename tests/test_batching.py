@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import bortengine
 from bortengine.engine import BatchRecord, DEFAULT_MAX_BATCH_TOKENS
-from bortengine.engine.batching import LANE_MIN_TOKENS, ForwardQueue
+from bortengine.engine.batching import IDLE_LEAD_S, LANE_MIN_TOKENS, LOOP_LEAD_TOKENS, ForwardQueue
 from bortengine.engine.native import cgroup_cpu_quota
 from bortengine.errors import DeadlineExceeded, InvalidInputError
 from bortengine.testing import make_random_bert, minilm_path
@@ -292,6 +292,40 @@ def test_an_async_requests_own_work_on_its_rows_runs_off_the_loop_and_fails_alon
     assert [firsts for firsts, _ in gate.calls] == [[1], [2, 2, 2]]
 
 
+def test_asked_to_a_short_request_after_the_encoder_idled_is_led_on_the_loop_and_a_burst_still_batches():
+    """lead_on_loop: a short request that finds the encoder idle for IDLE_LEAD_S runs on the event loop; a longer one,
+    one that comes right after a forward, and one not asking run in a worker; a burst that arrives while the loop
+    leads is queued meanwhile and batched by the workers."""
+    gate = Gate()
+    queue = ForwardQueue(gate)
+
+    def ask(first: int, tokens: int = 4, lead: bool = True):
+        return queue.arun(lambda: (request(first, tokens), None, None), inline=True, lead_on_loop=lead)
+
+    async def main():
+        loop_thread = threading.current_thread().name
+        await asyncio.sleep(IDLE_LEAD_S)
+        await ask(1)                                      # idle since the queue was made: on the loop
+        await ask(2)                                      # right after a forward: in a worker
+        await asyncio.sleep(IDLE_LEAD_S)
+        await ask(3, tokens=LOOP_LEAD_TOKENS + 1)         # too long for the loop
+        await asyncio.sleep(IDLE_LEAD_S)
+        await ask(4, lead=False)                          # not asked
+        await asyncio.sleep(IDLE_LEAD_S)
+        burst = [asyncio.ensure_future(ask(10 + i)) for i in range(6)]
+        results = await asyncio.gather(*burst)
+        return loop_thread, results
+
+    loop_thread, results = asyncio.run(main())
+    where = {firsts[0]: thread for firsts, thread in gate.calls}
+    assert where[1] == loop_thread
+    assert all(where[k].startswith("bortengine-batch") for k in (2, 3, 4)), where
+    assert [hidden[0, 0, 0] for hidden, _ in results] == [10 + i for i in range(6)]
+    burst = [(firsts, thread) for firsts, thread in gate.calls if firsts[0] >= 10]
+    assert burst[0] == ([10], loop_thread)            # the burst's first finds the encoder idle
+    assert len(burst) == 2 and burst[1][0] == [11, 12, 13, 14, 15] and burst[1][1].startswith("bortengine-batch")
+
+
 # -- the engine: results of concurrent calls equal separate calls, bit for bit -------------------------------------
 def test_concurrent_calls_equal_separate_calls_bit_for_bit(minilm):
     alone = [minilm.encode(t) for t in TEXTS]
@@ -375,6 +409,17 @@ def test_the_event_loop_keeps_running_while_requests_are_computed(minilm):
         return ticks
 
     assert asyncio.run(main()) > 20
+
+
+def test_async_calls_led_on_the_loop_when_idle_equal_the_synchronous_ones(minilm, classifier):
+    async def lone(call, texts):
+        await asyncio.sleep(2 * IDLE_LEAD_S)
+        return await call(texts, lead_when_idle=True)
+
+    for text in TEXTS[:3]:
+        assert np.array_equal(asyncio.run(lone(minilm.aencode, [text])), minilm.encode([text]))
+        result = asyncio.run(lone(classifier.aclassify, [text]))
+        assert np.array_equal(result.probabilities, classifier.classify([text]).probabilities)
 
 
 @pytest.fixture

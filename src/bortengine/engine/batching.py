@@ -6,6 +6,8 @@ forward per call, each paying the per-call overhead, taken in no order from a lo
 batching thread):
 
 - A request that finds the encoder idle runs at once, in its caller's thread: a lone caller waits for nothing.
+  (asyncio callers: in a worker thread; asked to, on the event loop for a short request after the encoder was
+  idle a while, IDLE_LEAD_S.)
 - Requests arriving while a forward runs wait in a queue, oldest first.
 - When a forward ends, the queue's next forward is led by the oldest waiting synchronous caller (woken to run it in
   its own thread), or, for asyncio callers, by the engine's worker threads; a leader takes as many queued requests
@@ -44,7 +46,8 @@ import numpy as np
 
 from bortengine.errors import DeadlineExceeded, RequestCancelled
 
-__all__ = ["ForwardQueue", "BatchRecord", "DEFAULT_MAX_BATCH_TOKENS", "LANE_MIN_TOKENS"]
+__all__ = ["ForwardQueue", "BatchRecord", "DEFAULT_MAX_BATCH_TOKENS", "LANE_MIN_TOKENS", "IDLE_LEAD_S",
+           "LOOP_LEAD_TOKENS"]
 
 # Real tokens per combined forward. A bigger forward makes everyone in it wait longer, and buys nothing once the
 # time per text stops falling: with MiniLM on 2 Zen 4 cores (bench/batch_tokens.py) that is at about 100-200 tokens
@@ -55,6 +58,16 @@ DEFAULT_MAX_BATCH_TOKENS = 1024
 # opens: four 6-token queries, where lanes were measured to pay (docs/serving.md). Less is computed on all threads
 # at once, the shortest wait.
 LANE_MIN_TOKENS = 24
+# arun(lead_on_loop=True) (the server's lone requests): a request that finds the encoder idle for IDLE_LEAD_S or
+# longer, of at most LOOP_LEAD_TOKENS real tokens, has its forward run on the event loop, with no thread hop there and
+# back (the worker's wake-up, then the loop's through call_soon_threadsafe): on an idle machine that hop costs
+# ~0.1-0.25 ms of a lone 6-token query's ~1.5-2 ms (MiniLM int8, 2 Intel cores, 50 ms pauses; the server's ASGI path
+# in-process 2.21 -> 1.96 ms, over HTTP 1.60 -> 1.46 ms, medians of 7 interleaved rounds). The loop is held for
+# that one short forward. Requests arriving meanwhile wait for it as they would in the queue; having been idle a
+# while is what keeps this from serialising a burst: after a forward the encoder is busy, or idle for less than
+# IDLE_LEAD_S, so the burst's requests are queued and batched by the worker threads as before.
+IDLE_LEAD_S = 0.005
+LOOP_LEAD_TOKENS = 32
 
 
 @dataclass
@@ -123,6 +136,7 @@ class ForwardQueue:
         self._queue: deque[_Request] = deque()
         self._queued_tokens = 0                    # real tokens of the queued requests
         self._leaders = 0                          # threads leading forwards (each holds a lane), 0: idle
+        self._idle_since = time.monotonic()        # when the last lane closed (while _leaders == 0)
         self._wide = False                         # a forward on all threads runs: no other may run beside it
         self._listeners: list[Callable[[BatchRecord], None]] = []
         self._workers = workers
@@ -148,7 +162,7 @@ class ForwardQueue:
             deadline: Optional[float] = None, tokenize_s: float = 0.0):
         """(hidden [b,t,H], pooled [b,H] or None) of one request, computed alone or with others'."""
         request = _Request(ids, mask, types, deadline, tokenize_s, None)
-        if self._enqueue(request):
+        if self._enqueue(request) is not None:
             self._lead()
         while True:
             request.event.wait()
@@ -170,27 +184,38 @@ class ForwardQueue:
             return self._pool
 
     async def arun(self, prepare: Callable[[], tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]],
-                   deadline: Optional[float] = None, inline: bool = False, then: Optional[Callable[[Any], Any]] = None):
+                   deadline: Optional[float] = None, inline: bool = False, then: Optional[Callable[[Any], Any]] = None,
+                   lead_on_loop: bool = False):
         """The asyncio form of run(): prepare() (tokenization) runs in a worker thread, which also leads the
         forward if the encoder is idle; the result, then(result) if given (computed in the thread that led the
         forward), comes back through this event loop. inline: prepare() is cheap enough to run on the loop, which
-        then queues the request itself (no thread hop while the encoder is busy; a worker leads when it is idle).
+        then queues the request itself (no thread hop while the encoder is busy; a worker leads when it is idle,
+        or with lead_on_loop, the loop itself for a short request after the encoder was idle a while: IDLE_LEAD_S).
         Cancelling the awaiting task removes the request if it is still queued."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         holder: list[_Request] = []
         abandoned = threading.Event()
 
+        loop_thread = threading.get_ident()
+
         def done(request: _Request) -> None:
-            loop.call_soon_threadsafe(_settle, future, request)
+            if threading.get_ident() == loop_thread:     # led on the loop (lead_on_loop)
+                _settle(future, request)
+            else:
+                loop.call_soon_threadsafe(_settle, future, request)
 
         if inline:
             start = time.perf_counter()
             ids, mask, types = prepare()
             request = _Request(ids, mask, types, deadline, time.perf_counter() - start, done, then)
             holder.append(request)
-            if self._enqueue(request):
-                self.executor().submit(self._lead)
+            idle_for = self._enqueue(request)
+            if idle_for is not None:
+                if lead_on_loop and request.tokens <= LOOP_LEAD_TOKENS and idle_for >= IDLE_LEAD_S:
+                    self._lead()        # on the loop; a request queued meanwhile is handed to a worker after it
+                else:
+                    self.executor().submit(self._lead)
             return await self._settled(future, holder, abandoned)
 
         def submit() -> None:
@@ -204,7 +229,7 @@ class ForwardQueue:
             holder.append(request)
             if abandoned.is_set():         # cancelled while it was tokenized: never queued
                 return
-            if self._enqueue(request):
+            if self._enqueue(request) is not None:
                 self._lead()               # this worker may go on leading forwards for later requests
 
         # The result is awaited, not submit()'s end: a worker that leads goes on leading while requests keep coming
@@ -238,17 +263,20 @@ class ForwardQueue:
         return True
 
     # ------------------------------------------------------------------------------------------------- the queue
-    def _enqueue(self, request: _Request) -> bool:
-        """Queue the request; True if the caller leads a forward now: the encoder was idle, or narrow lanes run, one
-        is free and enough is queued (_enough_for_lanes)."""
+    def _enqueue(self, request: _Request) -> Optional[float]:
+        """Queue the request. Not None if the caller leads a forward now: the seconds the encoder had been idle, or 0
+        when narrow lanes run, one is free and enough is queued (_enough_for_lanes)."""
         with self._lock:
             self._queue.append(request)
             self._queued_tokens += request.tokens
-            if self._leaders == 0 or (not self._wide and self._leaders < self.lanes
-                                      and self._enough_for_lanes(len(self._queue), self._queued_tokens)):
+            if self._leaders == 0:
+                self._leaders = 1
+                return time.monotonic() - self._idle_since
+            if not self._wide and self._leaders < self.lanes and self._enough_for_lanes(len(self._queue),
+                                                                                         self._queued_tokens):
                 self._leaders += 1
-                return True
-            return False
+                return 0.0
+            return None
 
     def _lead(self, first: Optional[_Request] = None) -> None:
         """Run forwards of queued requests until the queue is empty or the next is led by a woken caller. first: the
@@ -320,6 +348,8 @@ class ForwardQueue:
                 self._wide = False
             if not self._queue:
                 self._leaders -= 1
+                if not self._leaders:
+                    self._idle_since = time.monotonic()
                 return False
             if self._pass_lead():
                 return False

@@ -444,11 +444,16 @@ class Engine:
 
     async def aencode(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                       batch_size: int = 32, normalize: Optional[bool] = None, max_length: Optional[int] = None,
-                      truncation: bool = True, deadline: Optional[float] = None) -> np.ndarray:
+                      truncation: bool = True, deadline: Optional[float] = None,
+                      lead_when_idle: bool = False) -> np.ndarray:
         """encode() for asyncio: the same embeddings, without blocking the event loop (tokenization and forwards
         run in the engine's threads, combined with other callers' forwards). Cancelling the awaiting task drops
         its queued work; deadline: seconds from now after which work still queued is dropped with
-        DeadlineExceeded. truncation=False raises TextTooLongError where it awaits, nothing computed."""
+        DeadlineExceeded. truncation=False raises TextTooLongError where it awaits, nothing computed.
+        lead_when_idle: a short request (at most LOOP_LEAD_TOKENS = 32 tokens) that finds the engine idle (for
+        IDLE_LEAD_S = 5 ms or more) runs its forward on the event loop instead, which then waits for it (about a
+        millisecond for a short text on a small model): a lone request saves the hand-over to a thread and back,
+        ~0.1-0.25 ms (`bortengine serve` asks for it). Under load nothing changes."""
         texts, pairs, single = self._text_inputs(texts, text_pairs)
         normalize = self._encoding(normalize)
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
@@ -457,7 +462,7 @@ class Engine:
             return self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
 
         async for rows, embeddings in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
-                                                      deadline, pooled):
+                                                      deadline, pooled, lead_when_idle):
             out[rows] = embeddings
         return out[0] if single else out
 
@@ -472,7 +477,7 @@ class Engine:
 
     async def _aforwards(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
                          max_length: Optional[int], truncation: bool, single: bool, deadline: Optional[float],
-                         reduce: Callable[[dict[str, np.ndarray], EncoderOutput], Any]):
+                         reduce: Callable[[dict[str, np.ndarray], EncoderOutput], Any], lead_when_idle: bool = False):
         """(rows, reduce(batch, EncoderOutput)) of each batch _batches() gives, computed through the forward queue;
         reduce (the caller's pooling or head) runs in the thread that led the forward, off the event loop. The
         texts are tokenized with the first batch: on the event loop when they are short (INLINE_CHARS: tens of
@@ -494,7 +499,7 @@ class Engine:
             def then(forward, taken=taken):
                 return reduce(taken[1], self._output(forward, taken[2]))
 
-            reduced = await self._queue.arun(prepare, until, inline=inline, then=then)
+            reduced = await self._queue.arun(prepare, until, inline=inline, then=then, lead_on_loop=lead_when_idle)
             yield taken[0], reduced
 
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
@@ -525,12 +530,14 @@ class Engine:
 
     async def aclassify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                         batch_size: int = 32, max_length: Optional[int] = None, truncation: bool = True,
-                        deadline: Optional[float] = None) -> ClassificationResult | tuple[str, np.ndarray]:
-        """classify() for asyncio, as aencode() is encode()'s."""
+                        deadline: Optional[float] = None, lead_when_idle: bool = False
+                        ) -> ClassificationResult | tuple[str, np.ndarray]:
+        """classify() for asyncio, as aencode() is encode()'s (lead_when_idle as there)."""
         texts, pairs, single = self._classifier_inputs(texts, text_pairs)
         logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
         async for rows, batch_logits in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
-                                                        deadline, lambda batch, output: output.logits):
+                                                        deadline, lambda batch, output: output.logits,
+                                                        lead_when_idle):
             logits[rows] = batch_logits
         return self._classification(logits, single)
 

@@ -117,7 +117,8 @@ class ModelService:
         with self._admission():
             req = await self._text_request(request, "embeddings")
             texts = await self._tokenized(req, "embeddings")
-            vectors = await self._computed(request, engine.aencode(texts, deadline=self.options.request_timeout))
+            vectors = await self._computed(request, engine.aencode(texts, deadline=self.options.request_timeout,
+                                                                   lead_when_idle=True))
         return JSONAnswer(embeddings_response(shortened(vectors, req.dimensions), req.encoding_format, self.name,
                                               texts.tokens))
 
@@ -129,7 +130,8 @@ class ModelService:
         with self._admission():
             req = await self._text_request(request, "classify")
             texts = await self._tokenized(req, "classify")
-            result = await self._computed(request, engine.aclassify(texts, deadline=self.options.request_timeout))
+            result = await self._computed(request, engine.aclassify(texts, deadline=self.options.request_timeout,
+                                                                    lead_when_idle=True))
         return JSONAnswer(classify_response(result, engine.config.labels, self.name, texts.tokens))
 
     async def tokenize(self, request: Request) -> Response:
