@@ -120,9 +120,10 @@ def serving_classifier(make_model) -> Path:
 
 @pytest.fixture(scope="session")
 def classifier_server(serving_classifier) -> Iterator[ServerProcess]:
-    """The classifier behind an API key given in the environment, refusing texts over 16 tokens."""
+    """The classifier behind an API key given in the environment, refusing texts over 16 tokens, every forward in
+    the engine's worker threads (the main server runs a lone short request's forward on the event loop)."""
     yield from serving(serving_classifier, "--no-truncation", "--max-input-tokens", str(CLASSIFIER_TOKENS),
-                       env={"BORTENGINE_API_KEY": API_KEY})
+                       "--no-forwards-on-loop", env={"BORTENGINE_API_KEY": API_KEY})
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 
 import httpx
 import numpy as np
@@ -34,6 +35,7 @@ def test_embeddings_equal_engine_encode(minilm_server, minilm_engine):
     texts = texts_of(5) + [LONG, "é ü 中文 🙂"]
     with minilm_server.client() as client:
         response = client.post("/v1/embeddings", json={"input": texts, "model": "minilm"})
+        time.sleep(0.05)   # a short request on an idle engine: its forward runs on the server's event loop
         one = client.post("/v1/embeddings", json={"input": texts[0]})
     expected = minilm_engine.encode(texts, max_length=MAX_TOKENS)
     assert np.array_equal(embeddings(response), expected)
@@ -112,8 +114,11 @@ def test_classify_equals_engine_classify(classifier_server, serving_classifier):
     with classifier_server.client(**auth) as client:
         single = client.post("/v1/classify", json={"input": texts})
         paired = client.post("/v1/classify", json={"input": texts, "text_pairs": pairs})
+        time.sleep(0.05)   # idle: with --no-forwards-on-loop still led by a worker thread
+        lone = client.post("/v1/classify", json={"input": texts[0]})
         models = client.get("/v1/models")
-    for response, expected in ((single, engine.classify(texts)), (paired, engine.classify(texts, pairs))):
+    for response, expected in ((single, engine.classify(texts)), (paired, engine.classify(texts, pairs)),
+                               (lone, engine.classify(texts[:1]))):
         assert response.status_code == 200, response.text
         data = response.json()["data"]
         assert [d["label"] for d in data] == expected.labels

@@ -43,6 +43,9 @@ def add_parsers(sub) -> None:
                    help=f"niceness (0-19) of the engine's threads that run forwards, so that the event loop answering "
                         f"requests runs first when both want a core (default {DEFAULTS.worker_nice}; 0: same "
                         f"priority)")
+    p.add_argument("--no-forwards-on-loop", action="store_true",
+                   help="run every forward in the engine's worker threads (default: a short request that finds the "
+                        "engine idle runs on the event loop, which saves a lone request the hand-over to a thread)")
     p.add_argument("--max-queue", type=positive_int, default=DEFAULTS.max_queue,
                    help=f"requests queued or computing at once; the next gets 429 with Retry-After (default "
                         f"{DEFAULTS.max_queue})")
@@ -86,7 +89,7 @@ def run(args) -> int:
         max_body_bytes=args.max_body_bytes, api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
         body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name,
         graceful_timeout=args.graceful_timeout, access_log=args.access_log, log_level=args.log_level,
-        worker_nice=args.worker_nice)
+        worker_nice=args.worker_nice, lead_when_idle=not args.no_forwards_on_loop)
     from bortengine.serving import serve
 
     serve(args.model, options, announce=lambda line: print(f"bortengine serve: {line}", flush=True))

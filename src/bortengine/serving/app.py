@@ -118,7 +118,7 @@ class ModelService:
             req = await self._text_request(request, "embeddings")
             texts = await self._tokenized(req, "embeddings")
             vectors = await self._computed(request, engine.aencode(texts, deadline=self.options.request_timeout,
-                                                                   lead_when_idle=True))
+                                                                   lead_when_idle=self.options.lead_when_idle))
         return JSONAnswer(embeddings_response(shortened(vectors, req.dimensions), req.encoding_format, self.name,
                                               texts.tokens))
 
@@ -131,7 +131,7 @@ class ModelService:
             req = await self._text_request(request, "classify")
             texts = await self._tokenized(req, "classify")
             result = await self._computed(request, engine.aclassify(texts, deadline=self.options.request_timeout,
-                                                                    lead_when_idle=True))
+                                                                    lead_when_idle=self.options.lead_when_idle))
         return JSONAnswer(classify_response(result, engine.config.labels, self.name, texts.tokens))
 
     async def tokenize(self, request: Request) -> Response:

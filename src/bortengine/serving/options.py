@@ -55,6 +55,11 @@ class ServeOptions:
     # tokenizes and answers every request, runs first when both want a core. 5: short int8 queries on 2 cores
     # 1.07x the throughput, with forwards in lanes 0.92x at 0 (docs/serving.md).
     worker_nice: int = 5
+    # A short request that finds the engine idle runs its forward on the event loop (Engine.aencode's
+    # lead_when_idle): a lone request saves the hand-over to a worker thread and back (~0.1-0.25 ms of a 6-token
+    # query's ~1.5 ms on 2 cores, docs/serving.md); the loop is held for that one forward. False: every forward runs
+    # in the engine's worker threads.
+    lead_when_idle: bool = True
     # Seconds a request may wait in the engine's queue before it is dropped with a 503; None: no deadline.
     request_timeout: Optional[float] = None
     # The name clients pass as `model` and see in responses; None: the model directory's name.
