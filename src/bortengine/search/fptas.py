@@ -141,8 +141,9 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
                                 max_fallbacks=max_fallbacks, epsilon=eps)
     failures, complete, done = _tally(cands, bound, exhaustive)
     if not m.evaluated:
-        warnings.warn(f"the maximum point {m.arch} has no error ({m.status}: {m.message}); the W-coefficient and "
-                      f"the winner are undefined", RuntimeWarning, stacklevel=2)
+        why = f"{m.status}: {m.message}" if m.message else m.status
+        warnings.warn(f"the maximum point {m.arch} has no error ({why}); the W-coefficient and the winner are "
+                      f"undefined", RuntimeWarning, stacklevel=2)
     # the selection (the ε-Pareto set, the winner by the W-coefficient) is the Extraction's own first step
     return Extraction(representative=representative, space=space, candidates=cands, epsilon=eps,
                       mode="exhaustive" if exhaustive else "fptas",
