@@ -315,6 +315,9 @@ def test_corrupt_headers(small_model, tmp_path, header, data_size, match):
 def test_garbage_files(small_model, tmp_path):
     with pytest.raises(ModelLoadError, match="header claims"):
         bortengine.load(_broken(small_model, tmp_path / "a", b"PK\x03\x04 this is a zip file, not safetensors"))
+    whole = struct.pack("<Q", 40) + b"{}" + bytes(30)   # a header length of the whole file, its 8 bytes included
+    with pytest.raises(ModelLoadError, match="claims 40 bytes but only 32 follow"):
+        bortengine.load(_broken(small_model, tmp_path / "whole", whole))
     with pytest.raises(ModelLoadError, match="header is not JSON"):
         bortengine.load(_broken(small_model, tmp_path / "b", struct.pack("<Q", 4) + b"\xff\xfe{]" + bytes(16)))
     with pytest.raises(ModelLoadError, match="not a JSON object"):

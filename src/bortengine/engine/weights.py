@@ -235,8 +235,8 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
             header_len = int.from_bytes(prefix, "little")
             if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
                 raise ModelLoadError(
-                    f"{path} is not a valid safetensors file: its header claims {header_len} bytes but the file "
-                    f"has {size} bytes (truncated or not safetensors)")
+                    f"{path} is not a valid safetensors file: its header claims {header_len} bytes but only "
+                    f"{size - 8} follow the 8-byte length that starts the file (truncated or not safetensors)")
             header_bytes = f.read(header_len)
     except OSError as e:
         raise ModelLoadError(f"cannot read {path}: {e}") from e
