@@ -250,3 +250,35 @@ def test_metrics_count_the_traffic(minilm_server, minilm_engine):
     assert delta(before, after, "bortengine_tokenize_seconds_count") == len(requests) + 1
     assert delta(before, after, "bortengine_forward_seconds_count") >= 1
     assert after[("bortengine_queue_depth", ())] == 0 and after[("bortengine_requests_admitted", ())] == 0
+
+
+def test_a_burst_of_short_requests_is_batched_by_the_worker_threads_not_led_on_the_event_loop(minilm):
+    """In process: the server leads a short request's forward on the event loop only when the engine was idle for
+    IDLE_LEAD_S; a burst finds it busy or just idle, so its requests are queued and combined by the engine's
+    worker threads (the loop holds at most the first forward, or one more on a machine slow enough to pass
+    IDLE_LEAD_S between two of the burst's requests), with the same embeddings as engine.encode."""
+    import threading
+
+    requests = 24
+    texts = texts_of(requests, words=4, seed=11)
+    app = create_app(minilm, ServeOptions(threads=2))
+    service = app.state.service
+    forwards: list[tuple[str, int]] = []
+
+    async def burst():
+        await service.start()
+        loop_thread = threading.current_thread().name
+        service.engine.add_batch_listener(lambda record: forwards.append(
+            ("loop" if threading.current_thread().name == loop_thread else "worker", record.requests)))
+        await asyncio.sleep(0.05)   # idle: the first request of the burst may run on the loop
+        forwards.clear()            # the warm-up's forward, whose listeners may run after its result came back
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as client:
+            return await asyncio.gather(*(client.post("/v1/embeddings", json={"input": t}) for t in texts))
+
+    answers = asyncio.run(burst())
+    got = np.concatenate([embeddings(a) for a in answers])
+    assert np.array_equal(got, load(minilm).encode(texts))
+    on_loop = sum(1 for where, _ in forwards if where == "loop")
+    assert sum(n for _, n in forwards) == requests, forwards
+    assert on_loop <= 2, forwards
+    assert len(forwards) < requests, f"the burst was not combined: {forwards}"
