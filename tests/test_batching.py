@@ -596,3 +596,24 @@ def test_a_listener_that_raises_is_warned_about_and_the_queue_goes_on():
             t.join(10)
     assert not any(t.is_alive() for t in threads) and sorted(results) == [0, 1, 2, 3, 4, 5]
     assert queue._leaders == 0 and sum(r.requests for r in seen) == 7   # each request computed once
+
+
+def test_a_lone_callers_failing_forward_raises_to_it_and_leaves_the_queue_idle():
+    """A caller that finds the encoder idle runs its forward directly (not queued); its error is its own, and the
+    lane it held is handed back, so the next call runs (it hung when the lane stayed taken)."""
+    gate = Gate()
+    queue = ForwardQueue(gate, threads=2)
+    records: list[BatchRecord] = []
+    queue.add_listener(records.append)
+
+    def failing(ids, mask, types, threads=1):
+        raise MemoryError("the forward's workspace")
+
+    queue._forward = failing
+    with pytest.raises(MemoryError, match="workspace"):
+        queue.run(request(1), None, None)
+    assert queue._leaders == 0 and queue.depth == 0 and records == []
+    queue._forward = gate
+    hidden, _ = queue.run(request(2, tokens=5), None, None, tokenize_s=0.25)
+    assert (hidden == 2).all() and gate.threads == [2]
+    assert [(r.requests, r.sequences, r.tokens, r.threads, r.tokenize_s) for r in records] == [(1, 1, 5, 2, [0.25])]

@@ -330,11 +330,15 @@ class TextTokenizer:
     def pad(self, ids: Sequence[Sequence[int]], pairs: bool = False) -> dict[str, np.ndarray]:
         """input_ids, attention_mask, token_type_ids, each int64 [B,T], padded right to the longest sequence.
         token_type_ids are 0, or for pairs=True (ids from token_ids(texts, pairs=...)) those of pair_type_ids()."""
-        lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
-        t = int(lengths.max()) if len(ids) else 0
-        input_ids = np.full((len(ids), t), self.pad_id, dtype=np.int64)
-        for row, seq in enumerate(ids):
-            input_ids[row, : len(seq)] = seq
-        attention_mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
+        if len(ids) == 1:     # one text, nothing to pad: a call per text is the common case of a service
+            input_ids = np.array(ids, dtype=np.int64).reshape(1, -1)
+            attention_mask = np.ones_like(input_ids)
+        else:
+            lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
+            t = int(lengths.max()) if len(ids) else 0
+            input_ids = np.full((len(ids), t), self.pad_id, dtype=np.int64)
+            for row, seq in enumerate(ids):
+                input_ids[row, : len(seq)] = seq
+            attention_mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
         token_type_ids = self.pair_type_ids(input_ids, attention_mask) if pairs else np.zeros_like(input_ids)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
