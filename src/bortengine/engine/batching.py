@@ -96,7 +96,7 @@ class _Request:
                  deadline: Optional[float], tokenize_s: float, on_done: Optional[Callable[["_Request"], None]],
                  then: Optional[Callable[[Any], Any]] = None):
         self.ids, self.mask, self.types = ids, mask, types
-        self.tokens = int(mask.sum()) if mask is not None else ids.size
+        self.tokens = _real_tokens(ids, mask)
         self.enqueued = time.monotonic()
         self.deadline = deadline                   # time.monotonic() value, or None
         self.tokenize_s = tokenize_s
@@ -196,8 +196,8 @@ class ForwardQueue:
             if self._hand_over(True):        # a worker thread calling run(): it leads what queued meanwhile
                 self._lead()
         if self._listeners:
-            tokens = int(mask.sum()) if mask is not None else ids.size
-            self._notify(BatchRecord(len(ids), tokens, 1, forward_s, [0.0], [tokenize_s], self.threads))
+            self._notify(BatchRecord(len(ids), _real_tokens(ids, mask), 1, forward_s, [0.0], [tokenize_s],
+                                     self.threads))
         return result
 
     # -------------------------------------------------------------------------------------------- asyncio callers
@@ -449,6 +449,11 @@ class ForwardQueue:
         if request.error is not None:
             raise request.error
         return request.result
+
+
+def _real_tokens(ids: np.ndarray, mask: Optional[np.ndarray]) -> int:
+    """The tokens a forward computes for these inputs: those with mask 1 (all of them without a mask)."""
+    return int(mask.sum()) if mask is not None else ids.size
 
 
 def _combine(batch: list[_Request]) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
