@@ -255,6 +255,44 @@ def test_an_async_request_gets_its_answer_while_its_worker_goes_on_leading_under
     assert total > 0.6 and first < 0.2, (first, total)
 
 
+def test_a_synchronous_call_from_a_worker_thread_returns_without_leading_what_queued_behind_it():
+    """A worker thread (bortengine-batch) that makes a synchronous call on an idle queue runs it unqueued
+    (_run_alone); an asyncio request that queues meanwhile is led by another thread, so the call returns, its
+    forward's record already given to the listeners, while that request's forward still runs."""
+    first_in, first_done, second_in, second_done = (threading.Event() for _ in range(4))
+
+    def forward(ids, mask, types, threads):
+        if ids[0, 0] == 1:
+            first_in.set()
+            first_done.wait(10)
+        else:
+            second_in.set()
+            second_done.wait(10)
+        return Gate()(ids, mask, types)
+
+    queue = ForwardQueue(forward)
+    records: list[BatchRecord] = []
+    queue.add_listener(records.append)
+    call = queue.executor().submit(queue.run, request(1), None, None)
+    assert first_in.wait(10)
+    asker = ThreadPoolExecutor(1)      # an event loop of its own that queues an asyncio request
+    queued = asker.submit(asyncio.run, queue.arun(lambda: (request(2), None, None), inline=True))
+    deadline = time.monotonic() + 10
+    while queue.depth < 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert queue.depth == 1
+    first_done.set()
+    try:
+        hidden, _ = call.result(5)      # before: the worker led the queued forward first, blocked until it ended
+        assert (hidden == 1).all() and second_in.wait(10) and not second_done.is_set()
+        assert [r.sequences for r in records] == [1]
+    finally:
+        second_done.set()
+    hidden, _ = queued.result(10)
+    asker.shutdown()
+    assert (hidden == 2).all() and len(records) == 2
+
+
 def test_an_async_requests_own_work_on_its_rows_runs_off_the_loop_and_fails_alone():
     """then(rows) runs in the thread that led the forward, never on the event loop; its error is its request's
     alone, and the other requests of the same forward get their results."""

@@ -187,17 +187,17 @@ class ForwardQueue:
         """The forward of a synchronous caller that found the encoder idle (it holds the only lane, wide): straight
         on all threads, as _lead would run it, without a queued request, its event and the queue's hand-offs: tens
         of microseconds of Python a call, which on a small model's short text are a fifth of its time. Requests
-        that arrive meanwhile queue as they would behind any forward and are handed on after it."""
+        that arrive meanwhile queue as they would behind any forward and are handed on after it, to a thread
+        other than this caller's, which returns at once (a worker thread making this call included: leading here
+        would hold its answer for as long as requests keep coming)."""
         start = time.monotonic()
         try:
             result = self._forward(ids, mask, types, self.threads)
+            if self._listeners:
+                self._notify(BatchRecord(len(ids), _real_tokens(ids, mask), 1, time.monotonic() - start, [0.0],
+                                         [tokenize_s], self.threads))
         finally:
-            forward_s = time.monotonic() - start
-            if self._hand_over(True):        # a worker thread calling run(): it leads what queued meanwhile
-                self._lead()
-        if self._listeners:
-            self._notify(BatchRecord(len(ids), _real_tokens(ids, mask), 1, forward_s, [0.0], [tokenize_s],
-                                     self.threads))
+            self._hand_over(True, lead_here=False)
         return result
 
     # -------------------------------------------------------------------------------------------- asyncio callers
@@ -363,12 +363,12 @@ class ForwardQueue:
         """Whether queued work is worth two forwards side by side rather than one on all threads."""
         return requests >= 2 and tokens >= LANE_MIN_TOKENS
 
-    def _hand_over(self, wide: bool) -> bool:
+    def _hand_over(self, wide: bool, lead_here: bool = True) -> bool:
         """After a forward (on all threads if wide): True if this thread leads the next one. The oldest waiting
         synchronous caller is woken to lead it in its own thread (so this caller returns now); asyncio requests are
-        led by a worker thread (this one if it is a worker). With an empty queue this lane closes (the encoder is
-        idle when it was the last)."""
-        in_worker = threading.current_thread().name.startswith("bortengine-batch")
+        led by a worker thread (this one if it is a worker and lead_here). With an empty queue this lane closes (the
+        encoder is idle when it was the last)."""
+        in_worker = lead_here and threading.current_thread().name.startswith("bortengine-batch")
         with self._lock:
             if wide:
                 self._wide = False
