@@ -357,11 +357,11 @@ def test_shipped_profile_covers_the_spaces_in_both_dtypes(space):
 def test_interpolation_on_measured_gemms_leave_one_out():
     """Drop each measured FFN-in GEMM of the Bort grid whose shape has measured neighbours on both sides (K = H in
     {512, 768, 1024}, N = I in {512, 768, 1024}), and interpolate it from the rest: the errors stay small on real
-    timings."""
+    timings, for the GEMMs timed with their weights cold and (profiles since the residency model) warm alike."""
     prof = P.load_profile(SHIPPED[0], check_target=False)
     w = P.Workload(1, 128, 2)
     wp = prof.workloads[w.key]
-    errors = []
+    errors: dict[bool, list[float]] = {}
     for key, m in list(wp.ops.items()):
         s = m.spec
         if s.kind != "gemm" or s.epilogue != "gelu" or s.K not in (512, 768, 1024) or s.N not in (512, 768, 1024):
@@ -369,8 +369,10 @@ def test_interpolation_on_measured_gemms_leave_one_out():
         rest = P.WorkloadProfile(w, {k: v for k, v in wp.ops.items() if k != key}, calibration=wp.calibration)
         got = P.LatencyModel(rest).op_ms(s)
         truth = P.LatencyModel(wp).op_ms(s)
-        errors.append(abs(got - truth) / truth)
-    assert len(errors) == 9 and sorted(errors)[len(errors) // 2] < 0.05 and max(errors) < 0.10, errors
+        errors.setdefault(s.cold, []).append(abs(got - truth) / truth)
+    assert len(errors.get(True, [])) == 9 and len(errors.get(False, [])) in (0, 9), errors
+    for group in errors.values():
+        assert sorted(group)[len(group) // 2] < 0.05 and max(group) < 0.10, errors
 
 
 def test_contradictory_calibration_is_flagged():
