@@ -124,10 +124,20 @@ class ValidationReport:
                 "worst_abs_error": self.worst_abs_error <= TARGETS["worst_abs_error"],
                 "kendall_tau": self.kendall_tau >= TARGETS["kendall_tau"]}
 
+    def errors(self) -> dict[str, float]:
+        return {"median_abs_error": round(self.median_abs_error, 4), "worst_abs_error": round(self.worst_abs_error, 4),
+                "mean_error": round(self.mean_error, 4), "kendall_tau": round(self.kendall_tau, 4)}
+
+    def against_fastest_blocks(self) -> "ValidationReport":
+        """The same report with each architecture's fastest block as its measurement: a diagnostic, not the
+        targets' measure (that is the least-disturbed block). Slowdowns of the host only slow a block, and a block
+        slowed throughout is tight and passes as undisturbed when the host probe misses it; where the two reports
+        differ much, the host's noise, not the model, made the difference."""
+        return replace(self, rows=[replace(r, measured_ms=min(r.blocks_ms, default=r.measured_ms)) for r in self.rows])
+
     def summary(self) -> dict[str, Any]:
-        return {"n": len(self.rows), "median_abs_error": round(self.median_abs_error, 4),
-                "worst_abs_error": round(self.worst_abs_error, 4), "mean_error": round(self.mean_error, 4),
-                "kendall_tau": round(self.kendall_tau, 4), "targets": TARGETS, "passes": self.passes()}
+        return {"n": len(self.rows), **self.errors(), "targets": TARGETS, "passes": self.passes(),
+                "fastest_blocks": self.against_fastest_blocks().errors()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"space": self.space, "workload": asdict(self.workload), "target": self.target.to_dict(),
@@ -150,6 +160,7 @@ class ValidationReport:
             f"worst {100 * self.worst_abs_error:.1f}% (target <= 20%: {mark[ok['worst_abs_error']]}), "
             f"mean error {100 * self.mean_error:+.1f}%",
             f"Kendall's tau {self.kendall_tau:.3f} (target >= 0.9: {mark[ok['kendall_tau']]})",
+            *self._fastest_line(),
             f"conditions: load average {self.conditions.get('loadavg_start')}, other processes used "
             f"{self.conditions.get('foreign_cpus', 0):.2f} CPU(s), steal {self.conditions.get('steal_cpus', 0):.2f}, "
             f"{self.conditions.get('seconds', 0):.0f} s"
@@ -157,6 +168,17 @@ class ValidationReport:
                f"{self.conditions.get('host_disturbed_blocks', 0)} block(s) counted as disturbed for it"
                if "host_slowdown_max" in self.conditions else "")]
         return "\n".join(lines)
+
+    def _fastest_line(self) -> list[str]:
+        """The errors against each architecture's fastest block, when some architecture had a faster block than
+        the one the targets take."""
+        if all(min(r.blocks_ms, default=r.measured_ms) >= r.measured_ms for r in self.rows):
+            return []
+        f = self.against_fastest_blocks()
+        return [f"against each architecture's fastest block instead (the host's slowdowns only slow a block; not the "
+                f"targets' measure): median |error| {100 * f.median_abs_error:.1f}%, worst "
+                f"{100 * f.worst_abs_error:.1f}%, mean error {100 * f.mean_error:+.1f}%, Kendall's tau "
+                f"{f.kendall_tau:.3f}"]
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Predicted against measured latency (log-log), with y = x and the ±7% band. Needs matplotlib."""
