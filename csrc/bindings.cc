@@ -168,11 +168,12 @@ class PyEncoder {
 
     void set_layer(int index, FArray q_w, FArray q_b, FArray k_w, FArray k_b, FArray v_w, FArray v_b, FArray ao_w,
                    FArray ao_b, FArray ln1_w, FArray ln1_b, FArray i_w, FArray i_b, FArray o_w, FArray o_b,
-                   FArray ln2_w, FArray ln2_b) {
+                   FArray ln2_w, FArray ln2_b, const std::string& dtype) {
         const LayerWeights w{ref(q_w),   ref(q_b),   ref(k_w), ref(k_b), ref(v_w), ref(v_b),   ref(ao_w),  ref(ao_b),
                              ref(ln1_w), ref(ln1_b), ref(i_w), ref(i_b), ref(o_w), ref(o_b), ref(ln2_w), ref(ln2_b)};
+        const DType layer = dtype.empty() ? enc_->dtype() : parse_dtype(dtype);
         py::gil_scoped_release release;
-        enc_->set_layer(index, w);
+        enc_->set_layer(index, w, layer);
     }
 
     // quantized: {q,k,v,ao,i,o}_w int8 [out, in] and {q,k,v,ao,i,o}_s float [out]; o_w may instead be uint16
@@ -288,7 +289,7 @@ void bind_encoder(py::module_& m) {
         .def("set_layer", &PyEncoder::set_layer, py::arg("index"), py::arg("q_w"), py::arg("q_b"), py::arg("k_w"),
              py::arg("k_b"), py::arg("v_w"), py::arg("v_b"), py::arg("ao_w"), py::arg("ao_b"), py::arg("ln1_w"),
              py::arg("ln1_b"), py::arg("i_w"), py::arg("i_b"), py::arg("o_w"), py::arg("o_b"), py::arg("ln2_w"),
-             py::arg("ln2_b"))
+             py::arg("ln2_b"), py::arg("dtype") = "")
         .def("set_layer_quantized", &PyEncoder::set_layer_quantized, py::arg("index"), py::arg("quantized"),
              py::arg("q_b"), py::arg("k_b"), py::arg("v_b"), py::arg("ao_b"), py::arg("ln1_w"), py::arg("ln1_b"),
              py::arg("i_b"), py::arg("o_b"), py::arg("ln2_w"), py::arg("ln2_b"))
@@ -306,6 +307,12 @@ void bind_encoder(py::module_& m) {
         .def_property_readonly("kernel", [](PyEncoder& e) { return std::string(e.enc().gemm_name()); })
         .def_property_readonly("attention_kernel", [](PyEncoder& e) { return std::string(e.enc().attention_name()); })
         .def_property_readonly("dtype", [](PyEncoder& e) { return std::string(dtype_name(e.enc().dtype())); })
+        .def_property_readonly("layer_dtypes",
+                               [](PyEncoder& e) {
+                                   std::vector<std::string> names;
+                                   for (DType d : e.enc().layer_dtypes()) names.emplace_back(dtype_name(d));
+                                   return names;
+                               })
         .def_property_readonly("packed_bytes", [](PyEncoder& e) { return e.enc().packed_bytes(); })
         .def_property_readonly("ready", [](PyEncoder& e) { return e.enc().ready(); })
         .def_property("trace", [](PyEncoder& e) { return e.enc().trace(); },

@@ -15,7 +15,8 @@ namespace bortengine {
 Encoder::Encoder(const EncoderConfig& cfg, int num_threads, const KernelTable& kt, DType dtype)
     : cfg_(cfg), kt_(kt), kt8_(int8_kernels_for(kt.isa)), kt16_(bf16_kernels_for(kt.isa)), dtype_(dtype),
       bf16_tiles_(bf16_on_tiles(kt.isa)), threads_(1),
-      attention_(dtype != DType::kFloat32 ? bf16_attention_for(kt.isa, &attention_name_) : kt.attention) {
+      attention_(dtype != DType::kFloat32 ? bf16_attention_for(kt.isa, &attention_name_) : kt.attention),
+      attention_f32_(kt.attention) {
     if (dtype == DType::kFloat32) attention_name_ = std::string(kt.isa) == "avx512" ? "attention_f32_avx512"
                                                     : std::string(kt.isa) == "avx2"  ? "attention_f32_avx2"
                                                                                      : "attention_f32_scalar";
@@ -155,22 +156,35 @@ void Encoder::store_layer(int index, Layer&& L, const LayerWeights& w) {
     layers_[index] = std::move(L);
 }
 
-void Encoder::set_layer(int index, const LayerWeights& w) {
+void Encoder::set_layer(int index, const LayerWeights& w, DType layer_dtype) {
+    if (layer_dtype != dtype_ && layer_dtype != DType::kFloat32 &&
+        !(dtype_ == DType::kInt8 && layer_dtype == DType::kBf16))
+        throw std::invalid_argument(std::string("a layer of a ") + dtype_name(dtype_) + " encoder runs in " +
+                                    dtype_name(dtype_) + " or float32" + (dtype_ == DType::kInt8 ? " or bf16" : "") +
+                                    ", not " + dtype_name(layer_dtype));
     check_layer(index, w, false);
     const int H = cfg_.hidden, I = cfg_.intermediate;
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
+    L.dtype = layer_dtype;
     const std::vector<float> qkv = concat3(w.q_w.data, w.k_w.data, w.v_w.data, HH);
-    pack(L.qkv, forward::kQkv, qkv.data(), 3 * H, H);
-    pack(L.ao, forward::kAttentionOut, w.ao_w.data, H, H);
-    pack(L.ffn_in, forward::kFfnIn, w.i_w.data, I, H);
-    pack(L.ffn_out, forward::kFfnOut, w.o_w.data, H, I);
+    pack(L.qkv, forward::kQkv, L.dtype, qkv.data(), 3 * H, H);
+    pack(L.ao, forward::kAttentionOut, L.dtype, w.ao_w.data, H, H);
+    pack(L.ffn_in, forward::kFfnIn, L.dtype, w.i_w.data, I, H);
+    pack(L.ffn_out, forward::kFfnOut, L.dtype, w.o_w.data, H, I);
     store_layer(index, std::move(L), w);
 }
 
-void Encoder::pack(Linear& l, forward::Step step, const float* w, int N, int K) const {
+std::vector<DType> Encoder::layer_dtypes() const {
+    std::shared_lock<std::shared_mutex> lock(mu_);
+    std::vector<DType> out;
+    for (const auto& L : layers_) out.push_back(L.set ? L.dtype : dtype_);
+    return out;
+}
+
+void Encoder::pack(Linear& l, forward::Step step, DType d, const float* w, int N, int K) const {
     const std::size_t n = static_cast<std::size_t>(N) * K;
-    switch (kernel_dtype(step)) {
+    switch (kernel_dtype(step, d)) {
         case DType::kInt8:
             if (forward::kSteps[step].int8_in_bf16) {
                 // run int8 on this CPU, but stored as bf16 by an int8 export (int8_in_bf16): quantized from their
@@ -206,6 +220,7 @@ void Encoder::set_layer_quantized(int index, const LayerWeights& w, const Quanti
                   "kernel_dtype says");
     const std::size_t HH = static_cast<std::size_t>(H) * H;
     Layer L;
+    L.dtype = dtype_;
     const std::vector<std::int8_t> qkv = concat3(q.q_w.data, q.k_w.data, q.v_w.data, HH);
     const std::vector<float> qkv_s = concat3(q.q_s.data, q.k_s.data, q.v_s.data, static_cast<std::size_t>(H));
     L.qkv.i8 = ops::pack_quantized_linear(kt8_, qkv.data(), qkv_s.data(), 3 * H, H);
@@ -234,6 +249,7 @@ void Encoder::set_layer_bf16(int index, const LayerWeights& w, const Bf16LayerWe
                          {&b.q_w.shape, &b.k_w.shape, &b.v_w.shape, &b.ao_w.shape, &b.i_w.shape, &b.o_w.shape});
     const int H = cfg_.hidden, I = cfg_.intermediate;
     Layer L;
+    L.dtype = dtype_;
     const std::vector<std::uint16_t> qkv =
         concat3(b.q_w.data, b.k_w.data, b.v_w.data, static_cast<std::size_t>(H) * H);
     L.qkv.bf16 = ops::pack_linear_bf16(kt16_, qkv.data(), 3 * H, H);
@@ -323,7 +339,7 @@ void Encoder::reserve_workspace(Workspace& ws, int B, bool pooled, int threads) 
     if (pooled) ws.pool_in.resize(static_cast<std::size_t>(B) * H);
 }
 
-void Encoder::linear(ops::Team& team, Workspace& ws, forward::Step step, int M, const float* A, int lda,
+void Encoder::linear(ops::Team& team, Workspace& ws, forward::Step step, DType d, int M, const float* A, int lda,
                      const Linear& W, const float* residual, float* C, int ldc) const {
     const forward::StepInfo& s = forward::kSteps[step];
     Epilogue ep;
@@ -331,7 +347,7 @@ void Encoder::linear(ops::Team& team, Workspace& ws, forward::Step step, int M, 
     ep.bias = W.bias.data();
     ep.residual = residual;
     ep.ldr = ldc;
-    switch (kernel_dtype(step)) {
+    switch (kernel_dtype(step, d)) {
         case DType::kInt8: ops::gemm_int8_team(team, M, A, lda, W.i8, C, ldc, ep, ws.quant); break;
         case DType::kBf16: ops::gemm_team(team, M, A, lda, W.bf16, C, ldc, ep, ws.bf16); break;
         case DType::kFloat32: ops::gemm_team(team, M, A, lda, W.f32, C, ldc, ep, ws.gemm); break;
@@ -343,18 +359,20 @@ void Encoder::run_layer(ops::Team& team, Workspace& ws, const Layer& L, float* d
     const int n = ws.tokens.seqs.tokens, H = cfg_.hidden, I = cfg_.intermediate;
     const float eps = cfg_.eps;
     float *x = ws.x.data(), *qkv = ws.qkv.data(), *ctx = ws.ctx.data(), *y = ws.y.data(), *h = ws.h.data();
-    linear(team, ws, kQkv, n, x, H, L.qkv, nullptr, qkv, 3 * H);  // qkv = x·Wqkv + bqkv
+    const DType d = L.dtype;
+    linear(team, ws, kQkv, d, n, x, H, L.qkv, nullptr, qkv, 3 * H);  // qkv = x·Wqkv + bqkv
     trace.mark(kQkv);
     const PositionBias bias{has_position_bias() ? position_bias_.data() : nullptr, bias_len_};
-    ops::attention_team(team, attention_, qkv, H, cfg_.heads, ws.tokens.seqs, bias, ctx, ws.attention);
+    ops::attention_team(team, d == DType::kFloat32 ? attention_f32_ : attention_, qkv, H, cfg_.heads,
+                        ws.tokens.seqs, bias, ctx, ws.attention);
     trace.mark(kAttention);
-    linear(team, ws, kAttentionOut, n, ctx, H, L.ao, x, y, H);  // y = ctx·Wo + bo + x
+    linear(team, ws, kAttentionOut, d, n, ctx, H, L.ao, x, y, H);  // y = ctx·Wo + bo + x
     trace.mark(kAttentionOut);
     ops::layernorm_team(team, kt_, n, H, y, nullptr, L.ln1_w.data(), L.ln1_b.data(), eps, y);
     trace.mark(kLn1);
-    linear(team, ws, kFfnIn, n, y, H, L.ffn_in, nullptr, h, I);  // h = gelu(y·Wi + bi)
+    linear(team, ws, kFfnIn, d, n, y, H, L.ffn_in, nullptr, h, I);  // h = gelu(y·Wi + bi)
     trace.mark(kFfnIn);
-    linear(team, ws, kFfnOut, n, h, I, L.ffn_out, y, x, H);  // x = h·Wo2 + bo2 + y
+    linear(team, ws, kFfnOut, d, n, h, I, L.ffn_out, y, x, H);  // x = h·Wo2 + bo2 + y
     trace.mark(kFfnOut);
     ops::layernorm_team(team, kt_, n, H, x, nullptr, L.ln2_w.data(), L.ln2_b.data(), eps, dst);
     trace.mark(kLn2);
@@ -389,7 +407,7 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
                                   cfg_.eps, e);
         trace.mark(kEmbeddings);
         if (projects_embeddings()) {
-            linear(team, ws, kEmbeddingsProject, ntok, e, E, projection_, nullptr, x, H);  // x = e·Wp + bp
+            linear(team, ws, kEmbeddingsProject, dtype_, ntok, e, E, projection_, nullptr, x, H);  // x = e·Wp + bp
             trace.mark(kEmbeddingsProject);
         }
         for (int l = 0; l < cfg_.layers; ++l)
@@ -402,7 +420,7 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
         if (pooled) {  // pooler_output = tanh(W · h[first token] + b) per sequence
             ops::gather_rows_team(team, B, ws.tokens.seqs.start.data(), H, last, ws.pool_in.data());
             trace.mark(kPoolerGather);
-            linear(team, ws, kPooler, B, ws.pool_in.data(), H, pooler_, nullptr, pooled, H);
+            linear(team, ws, kPooler, dtype_, B, ws.pool_in.data(), H, pooler_, nullptr, pooled, H);
             trace.mark(kPooler);
         }
     });

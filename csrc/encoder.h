@@ -74,7 +74,13 @@ class Encoder {
     // attention scores of every layer (MPNet). Without one, attention is BERT's.
     void set_position_bias(const ops::ArrayRef<float>& table);
     // Packs (copies) the weights for the kernels each linear runs on: quantized for int8, rounded to bf16 for bf16.
-    void set_layer(int index, const LayerWeights& w);
+    // layer_dtype: the layer's own arithmetic, the encoder's dtype by default. Mixed precision, for the few layers
+    // whose activations int8 rounds too coarsely (bortengine.export.calibrate_int8 finds them on the user's
+    // texts): float32 in an int8 or bf16 encoder runs the layer as a float32 encoder would (its four linears on the
+    // float32 kernels, its attention in float32); bf16 in an int8 encoder runs its four linears on the bf16 kernels
+    // (8 significant bits whatever a row's range; the attention as the encoder's). Other choices throw.
+    void set_layer(int index, const LayerWeights& w, DType layer_dtype);
+    void set_layer(int index, const LayerWeights& w) { set_layer(index, w, dtype_); }
     // int8 encoders only: weights already quantized (the weights of `w` for q/k/v/ao/i/o are ignored and may be
     // absent; biases and LayerNorms are taken from `w`).
     void set_layer_quantized(int index, const LayerWeights& w, const QuantizedLayerWeights& q);
@@ -114,6 +120,8 @@ class Encoder {
         return forward::kernel_dtype(forward::kSteps[step], dtype_, bf16_tiles_);
     }
     DType dtype() const { return dtype_; }
+    // The arithmetic of each layer's linears (set_layer's layer_dtype; the encoder's for layers not yet set).
+    std::vector<DType> layer_dtypes() const;
     // The attention kernel the layers run (int8 and bf16 encoders use bf16 dot products where the CPU has them).
     const char* attention_name() const { return attention_name_; }
     // The GEMM kernel the layers' linears run: the fp32, int8 or bf16 one (an int8 encoder's FFN out may run the
@@ -142,6 +150,7 @@ class Encoder {
     struct Layer {
         Linear qkv, ao, ffn_in, ffn_out;
         std::vector<float> ln1_w, ln1_b, ln2_w, ln2_b;
+        DType dtype = DType::kFloat32;  // the encoder's dtype, or the one set_layer gave this layer
         bool set = false;
     };
     class StepTrace;  // encoder.cc
@@ -160,9 +169,13 @@ class Encoder {
     std::unique_ptr<Workspace> take_workspace();
     void give_back(std::unique_ptr<Workspace> ws);
 
-    // Packs the weight [N, K] of the linear of GEMM step `step` for the kernels it runs on in this encoder.
-    void pack(Linear& l, forward::Step step, const float* w, int N, int K) const;
-    // Layer `index` = L with w's biases and LayerNorms.
+    // The kernels the GEMM of step `step` runs on in a layer of dtype d.
+    DType kernel_dtype(forward::Step step, DType d) const {
+        return forward::kernel_dtype(forward::kSteps[step], d, bf16_tiles_);
+    }
+    // Packs the weight [N, K] of the linear of GEMM step `step` for the kernels it runs on in a layer of dtype d.
+    void pack(Linear& l, forward::Step step, DType d, const float* w, int N, int K) const;
+    // Layer `index` = L (of dtype L.dtype) with w's biases and LayerNorms.
     void store_layer(int index, Layer&& L, const LayerWeights& w);
     // Checks the index and the shapes of w's biases and LayerNorms (and of its weights unless `converted`: they
     // come in another dtype, checked with check_linear_weights).
@@ -178,8 +191,8 @@ class Encoder {
     // One encoder layer over the packed rows ws.x [Ntok, H]; its last LayerNorm writes dst (ws.x, or `out`).
     void run_layer(ops::Team& team, Workspace& ws, const Layer& L, float* dst, StepTrace& trace) const;
     // C [M, N] = epilogue(A [M, K] · W + bias (+ residual [M, N])): the GEMM step `step` of forward.h, which says
-    // its epilogue and whether int8 encoders run it on the int8 kernels.
-    void linear(ops::Team& team, Workspace& ws, forward::Step step, int M, const float* A, int lda,
+    // its epilogue and whether int8 encoders run it on the int8 kernels, in a layer of dtype d.
+    void linear(ops::Team& team, Workspace& ws, forward::Step step, DType d, int M, const float* A, int lda,
                 const Linear& W, const float* residual, float* C, int ldc) const;
 
     EncoderConfig cfg_;
@@ -191,6 +204,7 @@ class Encoder {
     std::atomic<int> threads_;
     const char* attention_name_ = "";
     AttentionFn attention_;
+    AttentionFn attention_f32_;  // the float32 attention: float32 encoders' and the float32 layers' of others
     const float *word_ = nullptr, *pos_ = nullptr, *type_ = nullptr;
     std::vector<float> emb_ln_w_, emb_ln_b_;
     Linear projection_;
@@ -206,7 +220,7 @@ class Encoder {
     std::vector<int> last_barriers_;
 
     // Forwards hold it shared, the setters exclusive: a setter waits for the forwards running, not the reverse.
-    std::shared_mutex mu_;
+    mutable std::shared_mutex mu_;
     mutable std::mutex spare_mu_;  // guards spare_ and the last trace
     std::vector<std::unique_ptr<Workspace>> spare_;
 };

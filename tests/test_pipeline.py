@@ -93,11 +93,20 @@ def test_a_run_leaves_the_models_the_report_and_its_options(reference):
                     "batched_texts_per_s_float32", "parameters"):
             assert evaluation[who][key] > 0, (who, key)
     assert evaluation["teacher"]["batch1_ms_pytorch_eager"] > 0
+    # int8 is calibrated on the training texts: the layers kept in float32 recorded in each model, and the int8
+    # figures are of those engines (the cosine target met on the calibration texts)
+    for who, name in (("teacher", "teacher"), ("student", "model")):
+        calibration = evaluation[who]["int8_calibration"]
+        assert calibration["min_cosine"] >= calibration["target"] == 0.98 and calibration["texts"] > 0
+        int8 = bortengine.load(out / name, dtype="int8")
+        assert evaluation[who]["int8_float32_layers"] == calibration["float32_layers"] == int8.float32_layers
+        assert evaluation[who]["int8_bf16_layers"] == calibration["bf16_layers"] == int8.bf16_layers
     assert set(report["stages"]) == set(STAGES)
     # no --workload: one text of the task's length, the tokens that hold 95% of its training texts
     assert report["workload"].startswith(f"batch 1 × {student.max_length} tokens")
     markdown = (out / "report.md").read_text()
     assert "| test accuracy, float32 |" in markdown and "## Time per stage" in markdown
+    assert "| int8: layers run in float32 / bf16 (calibrated on the training texts) |" in markdown
     assert (out / "accuracy_latency.png").stat().st_size > 1000
     assert (out / "splits.json").is_file() or (out / "teacher-run" / "splits.json").is_file()
     options = read_config_file(out / "pipeline.toml")

@@ -83,8 +83,10 @@ class Encoder:
                   q_w: np.ndarray, q_b: np.ndarray, k_w: np.ndarray, k_b: np.ndarray, v_w: np.ndarray, v_b: np.ndarray,
                   ao_w: np.ndarray, ao_b: np.ndarray, ln1_w: np.ndarray, ln1_b: np.ndarray,
                   i_w: np.ndarray, i_b: np.ndarray, o_w: np.ndarray, o_b: np.ndarray,
-                  ln2_w: np.ndarray, ln2_b: np.ndarray) -> None:
-        """q/k/v/ao_w [H,H], *_b [H], i_w [I,H], i_b [I], o_w [H,I], o_b [H], ln* [H]. Packed (copied)."""
+                  ln2_w: np.ndarray, ln2_b: np.ndarray, dtype: str = "") -> None:
+        """q/k/v/ao_w [H,H], *_b [H], i_w [I,H], i_b [I], o_w [H,I], o_b [H], ln* [H]. Packed (copied). dtype: this
+        layer's arithmetic ("": the encoder's; "float32" in an int8 or bf16 encoder, linears and attention; "bf16"
+        in an int8 encoder, its linears)."""
     def set_layer_quantized(self, index: int, quantized: dict, q_b: np.ndarray, k_b: np.ndarray, v_b: np.ndarray,
                             ao_b: np.ndarray, ln1_w: np.ndarray, ln1_b: np.ndarray, i_b: np.ndarray, o_b: np.ndarray,
                             ln2_w: np.ndarray, ln2_b: np.ndarray) -> None:
@@ -127,6 +129,9 @@ class Encoder:
     def last_trace_barriers(self) -> dict[str, int]:
         """With trace on: team barriers (parallel_for calls) per step of forward_ops() in the last forward, summed
         over layers (0 for steps that did not run). For tests: what forward_ops()' barrier counts must add up to."""
+    @property
+    def layer_dtypes(self) -> list[str]:
+        """Each layer's arithmetic: the encoder's dtype, or what set_layer(dtype=...) gave it."""
     @property
     def packed_bytes(self) -> int: ...
     @property

@@ -1,7 +1,8 @@
 """`bortengine export`: a pretrain, finetune or Agora run (or an HF model directory of any family and layout
 bortengine.load reads) -> a model directory bortengine.load reads, checked engine against torch; --dtype int8 (bf16)
-then stores the encoder layers' linear weights pre-quantized (as BF16): layers x 6 tensors in every family. A folder
-of model directories (a pipeline run) is refused with their names."""
+then stores the encoder layers' linear weights pre-quantized (as BF16): layers x 6 tensors in every family, but
+those of the layers an int8 calibration on the user's texts (--calibrate) takes out of int8. A folder of model
+directories (a pipeline run) is refused with their names."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,6 +33,18 @@ def add_parsers(sub) -> None:
                     help="int8: store the encoder layers' linear weights pre-quantized (per-channel s8 + scales), "
                          "as bortengine.load(dtype='int8') runs them; bf16: store them as BF16 (half the bytes), "
                          "as bortengine.load(dtype='bf16') runs them")
+    ex.add_argument("--calibrate", nargs="+", default=None, metavar="PATH",
+                    help="with --dtype int8: your texts (.txt files, folders of them, or .jsonl/.csv/.tsv/.parquet "
+                         "with a text column), on which the export measures int8 against float32 and takes out of "
+                         "int8 (bf16 or float32) the fewest layers that hold every token's cosine >= --min-cosine "
+                         "(bortengine.export.calibrate_int8; recorded in config.json, applied by load)")
+    ex.add_argument("--calibrate-text-column", default="text", metavar="NAME",
+                    help="the column holding the text in --calibrate tables (default 'text')")
+    ex.add_argument("--min-cosine", type=float, default=None,
+                    help="the calibration's per-token cosine target (default 0.98)")
+    ex.add_argument("--calibrate-fallback", choices=("auto", "bf16", "float32"), default=None,
+                    help="what the layers taken out of int8 run in (default auto: bf16 where this CPU's bf16 GEMMs "
+                         "outrun float32's, else float32)")
 
 
 def run(args) -> int:
@@ -42,13 +55,40 @@ def run(args) -> int:
     check_output(args.out, "--out", directory=True)
     if Path(args.out).resolve() == Path(args.run).resolve():
         raise UsageError(f"--out {args.out} is the run directory itself; export writes a new model directory")
+    texts = _calibration_texts(args)   # read (and refused) before anything is exported
     report = export_run(args.run, args.out, check=not args.no_check)
+    if texts is not None:
+        from bortengine.export import DEFAULT_MIN_COSINE, calibrate_int8
+
+        target = DEFAULT_MIN_COSINE if args.min_cosine is None else args.min_cosine
+        calibration = calibrate_int8(args.out, texts, min_cosine=target, fallback=args.calibrate_fallback or "auto")
+        report["int8_calibration"] = {k: v for k, v in calibration.record().items() if k != "steps"}
     if args.dtype != "float32":  # after the float32 check: the torch model is float
         report[args.dtype] = converted = _convert(args.out, args.dtype, check=not args.no_check)
         if not args.no_check:
             report["check_passed"] = report.get("check_passed", True) and converted["max_abs_vs_at_load"] <= 1e-5
     print_result(report)
     return 0 if report.get("check_passed", True) else 1
+
+
+def _calibration_texts(args) -> "list[str] | None":
+    """The texts of --calibrate (None without it); usage errors for options that need it or --dtype int8."""
+    if args.calibrate is None:
+        if args.min_cosine is not None or args.calibrate_text_column != "text" or args.calibrate_fallback:
+            raise UsageError("--min-cosine, --calibrate-text-column and --calibrate-fallback go with --calibrate PATH "
+                             "[PATH ...]")
+        return None
+    if args.dtype != "int8":
+        raise UsageError(f"--calibrate chooses the layers an int8 model keeps in float32: it goes with --dtype int8, "
+                         f"not --dtype {args.dtype}")
+    if args.min_cosine is not None and not 0 < args.min_cosine < 1:
+        raise UsageError(f"--min-cosine must be in (0, 1), e.g. 0.98; got {args.min_cosine}")
+    from bortengine.training import TrainingError, corpus_documents
+
+    try:
+        return [text for _, text in corpus_documents(args.calibrate, args.calibrate_text_column)]
+    except TrainingError as e:
+        raise UsageError(f"--calibrate: {e}") from None
 
 
 def _check_run(run: str, out: str) -> None:

@@ -59,6 +59,16 @@ class ModelConfig:
     score_activation: Optional[str] = None
     embedding_size: int = 768              # E, width of the embedding tables: H but in ELECTRA (then projected to H)
     relative_attention_num_buckets: int = 0  # MPNet's relative position bias table rows; 0: no bias (the others)
+    # the layers an int8 engine runs in float32 or in bf16 instead (config.json bortengine_int8.float32_layers,
+    # .bf16_layers, written by bortengine.export.calibrate_int8): mixed precision where int8 would round some
+    # tokens too coarsely
+    int8_float32_layers: tuple[int, ...] = ()
+    int8_bf16_layers: tuple[int, ...] = ()
+
+    @property
+    def int8_kept_layers(self) -> tuple[int, ...]:
+        """The layers an int8 engine of this model runs out of int8 (float32 or bf16), ascending."""
+        return tuple(sorted(self.int8_float32_layers + self.int8_bf16_layers))
 
     @property
     def family(self) -> Family:
@@ -212,7 +222,39 @@ class ModelConfig:
             kind=kind, head=head, id2label=id2label, problem_type=problem_type, pad_token_id=pad_token_id,
             score_activation=_parse_score_activation(data, source), embedding_size=embedding,
             relative_attention_num_buckets=buckets,
+            **_parse_int8_record(data, layers, source),
         )
+
+
+INT8_RECORD = "bortengine_int8"  # config.json key of an int8 calibration (bortengine.export.calibrate_int8)
+
+
+def check_layer_list(value: Any, layers: int, what: str) -> tuple[int, ...]:
+    """A list of distinct layer indices in [0, layers), ascending, or ModelLoadError naming `what`."""
+    if not isinstance(value, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) for i in value):
+        raise ModelLoadError(f"{what} must be a list of encoder layer indices, got {value!r}")
+    if len(set(value)) != len(value) or any(not 0 <= i < layers for i in value):
+        raise ModelLoadError(f"{what} must name distinct layers in 0..{layers - 1} (the model has {layers}), "
+                             f"got {list(value)}")
+    return tuple(sorted(value))
+
+
+def _parse_int8_record(data: dict, layers: int, source: str) -> dict[str, tuple[int, ...]]:
+    """config.json bortengine_int8: the layers int8 engines run in float32 and in bf16 (absent: none)."""
+    record = data.get(INT8_RECORD)
+    if record is None:
+        return {}
+    if not isinstance(record, dict):
+        raise ModelLoadError(f"{source}: {INT8_RECORD} must be an object (written by bortengine.export."
+                             f"calibrate_int8), got {type(record).__name__}; delete it to run every layer in int8")
+    kept = {f"int8_{dtype}_layers": check_layer_list(record.get(f"{dtype}_layers", []), layers,
+                                                         f"{source}: {INT8_RECORD}.{dtype}_layers")
+            for dtype in ("float32", "bf16")}
+    both = set(kept["int8_float32_layers"]) & set(kept["int8_bf16_layers"])
+    if both:
+        raise ModelLoadError(f"{source}: {INT8_RECORD} puts layers {sorted(both)} both in float32_layers and in "
+                             f"bf16_layers; a layer runs in one of them")
+    return kept
 
 
 # transformers' MPNetEncoder.compute_position_bias buckets query-key distances into 32 whatever the config says

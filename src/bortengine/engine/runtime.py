@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, ForwardQueue
-from bortengine.engine.config import ModelConfig
+from bortengine.engine.config import ModelConfig, check_layer_list
 from bortengine.engine.entities import check_aggregation, token_entities
 from bortengine.engine.heads import ClassifierHead, Linear, relevance_scores
 from bortengine.engine.native import available_cpus, core as _core, forward_ops
@@ -87,7 +87,8 @@ def traced_forwards(encoder: Any, forward: Any, runs: int) -> tuple[dict[str, fl
 
 def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
          dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None,
-         worker_nice: int = 0) -> "Engine":
+         worker_nice: int = 0, float32_layers: Optional[Sequence[int]] = None,
+         bf16_layers: Optional[Sequence[int]] = None) -> "Engine":
     """Load a Hugging Face encoder directory (config.json + model.safetensors [+ tokenizer, sentence-transformers
     pooling]) into an Engine: BertModel, RobertaModel, XLMRobertaModel, CamembertModel, DistilBertModel,
     ElectraModel, MPNetModel, each also ...ForSequenceClassification and ...ForTokenClassification.
@@ -98,6 +99,11 @@ def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Option
     activations per token at run time); or "bf16" to run them on bf16 kernels (weights rounded to bf16 at load, or
     read as they are from a BF16 checkpoint; activations rounded as each GEMM reads them; fp32 accumulation).
     Embeddings, LayerNorm, softmax and the pooler stay float32 (DTYPES; README, "int8" and "bf16").
+    float32_layers: int8 and bf16 engines only: encoder layers (indices) to run in float32 instead, linears and
+    attention (mixed precision); bf16_layers: int8 engines only: layers whose linears run on the bf16 kernels
+    instead. None (both): for int8, the layers the model's int8 calibration chose (config.json "bortengine_int8",
+    written by bortengine.export.calibrate_int8 on the user's texts: the fewest layers that keep every token's cosine
+    to float32 >= its target), else none; [] runs every layer in dtype.
     batching: combine the forwards of concurrent callers (threads, or tasks awaiting aencode/aclassify/acall) into
     one of at most max_batch_tokens real tokens (default DEFAULT_MAX_BATCH_TOKENS), oldest request first; results
     are those of separate calls, bit for bit, and a lone caller waits for nothing; under load, forwards run side by
@@ -107,7 +113,8 @@ def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Option
     event loop feeding them keeps its share of the cores under load (`bortengine serve` uses 5).
     """
     return Engine(path, num_threads=num_threads, isa=isa, dtype=dtype, batching=batching,
-                  max_batch_tokens=max_batch_tokens, worker_nice=worker_nice)
+                  max_batch_tokens=max_batch_tokens, worker_nice=worker_nice, float32_layers=float32_layers,
+                  bf16_layers=bf16_layers)
 
 
 class Engine:
@@ -122,7 +129,8 @@ class Engine:
 
     def __init__(self, path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
                  dtype: str = "float32", *, batching: bool = True, max_batch_tokens: Optional[int] = None,
-                 worker_nice: int = 0):
+                 worker_nice: int = 0, float32_layers: Optional[Sequence[int]] = None,
+                 bf16_layers: Optional[Sequence[int]] = None):
         core = _core()
         budget = _check_max_batch_tokens(max_batch_tokens)
         if isinstance(worker_nice, bool) or not isinstance(worker_nice, (int, np.integer)) or \
@@ -158,6 +166,7 @@ class Engine:
         self.tokenizer = TextTokenizer.load(bert_dir, self.config)
 
         c = self.config
+        layer_dtypes = _layer_dtypes(float32_layers, bf16_layers, dtype, c)
         try:
             encoder = core.Encoder(c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
                                    c.vocab_size, c.max_positions, c.type_vocab_size, c.layer_norm_eps,
@@ -178,7 +187,7 @@ class Engine:
         if c.relative_attention_num_buckets:
             encoder.set_position_bias(weights.read_position_bias())
         for i in range(c.num_hidden_layers):
-            _set_layer(encoder, weights, i, dtype)
+            _set_layer(encoder, weights, i, dtype, layer_dtypes.get(i, dtype))
         if weights.has_pooler:
             encoder.set_pooler(weights.read("pooler.dense.weight"), weights.read("pooler.dense.bias"))
         self._head = _head(weights)
@@ -231,6 +240,22 @@ class Engine:
     def dtype(self) -> str:
         """'float32', 'int8' or 'bf16': the arithmetic of the encoder layers' linear layers."""
         return self._encoder.dtype
+
+    @property
+    def layer_dtypes(self) -> list[str]:
+        """Each encoder layer's arithmetic: the engine's dtype, or float32 / bf16 where load's float32_layers /
+        bf16_layers (or the model's int8 calibration) put it."""
+        return list(self._encoder.layer_dtypes)
+
+    @property
+    def float32_layers(self) -> list[int]:
+        """The encoder layers an int8 or bf16 engine runs in float32 (load's float32_layers); [] for float32."""
+        return [] if self.dtype == "float32" else [i for i, d in enumerate(self.layer_dtypes) if d == "float32"]
+
+    @property
+    def bf16_layers(self) -> list[int]:
+        """The encoder layers an int8 engine runs on the bf16 kernels (load's bf16_layers); [] for other dtypes."""
+        return [] if self.dtype != "int8" else [i for i, d in enumerate(self.layer_dtypes) if d == "bf16"]
 
     @property
     def has_pooler(self) -> bool:
@@ -788,6 +813,13 @@ class Engine:
         return int(max_length)
 
 
+def bf16_runs_fast(isa: Optional[str] = None) -> bool:
+    """Whether the bf16 GEMMs of this CPU's kernel path (isa, default the best) outrun its float32 ones: AMX tiles,
+    or vdpbf16ps on a CPU not Intel's (_slow_bf16)."""
+    core = _core()
+    return _slow_bf16(core.bf16_kernel_name(isa or core.default_isa()), core.cpu_info().get("vendor", "")) is None
+
+
 def _slow_bf16(kernel: str, vendor: str) -> Optional[str]:
     """Why the bf16 GEMM kernel `kernel` runs slower than float32 on this CPU, or None where it is faster: on AMX
     tiles (3.4-3.7x float32, bench/README.md), and on vdpbf16ps of a CPU not Intel's (AMD Zen 4: 1.70x). On Intel
@@ -817,12 +849,49 @@ def _head(weights: BertWeights) -> Optional[ClassifierHead]:
     return ClassifierHead(classifier, pre_classifier=pre, activation=activation)
 
 
-def _set_layer(encoder: Any, weights: BertWeights, index: int, dtype: str) -> None:
+def _layer_dtypes(float32_layers: Optional[Sequence[int]], bf16_layers: Optional[Sequence[int]], dtype: str,
+                  config: ModelConfig) -> dict[int, str]:
+    """layer -> its dtype, for the layers that do not run in the engine's: load's float32_layers and bf16_layers,
+    checked, or (both None) the model's int8 calibration."""
+    if float32_layers is None and bf16_layers is None:
+        if dtype != "int8":
+            return {}
+        return {**dict.fromkeys(config.int8_float32_layers, "float32"),
+                **dict.fromkeys(config.int8_bf16_layers, "bf16")}
+    chosen = {"float32": _layer_list(float32_layers, "float32_layers", config),
+              "bf16": _layer_list(bf16_layers, "bf16_layers", config)}
+    if dtype == "float32" and (chosen["float32"] or chosen["bf16"]):
+        raise InvalidInputError("float32_layers and bf16_layers apply to int8 (and float32_layers to bf16) engines: a "
+                                "float32 engine runs every layer in float32; drop them or pass dtype='int8'")
+    if dtype == "bf16" and chosen["bf16"]:
+        raise InvalidInputError("bf16_layers applies to int8 engines: a bf16 engine runs every layer in bf16")
+    both = set(chosen["float32"]) & set(chosen["bf16"])
+    if both:
+        raise InvalidInputError(f"layers {sorted(both)} are in both float32_layers and bf16_layers; a layer runs in "
+                                f"one of them")
+    return {**dict.fromkeys(chosen["float32"], "float32"), **dict.fromkeys(chosen["bf16"], "bf16")}
+
+
+def _layer_list(requested: Optional[Sequence[int]], what: str, config: ModelConfig) -> tuple[int, ...]:
+    if requested is None:
+        return ()
+    values = list(requested) if isinstance(requested, range) else \
+        requested.tolist() if isinstance(requested, np.ndarray) else requested
+    try:
+        return check_layer_list(values, config.num_hidden_layers, what)
+    except ModelLoadError as e:
+        raise InvalidInputError(str(e)) from None
+
+
+def _set_layer(encoder: Any, weights: BertWeights, index: int, dtype: str, layer_dtype: str) -> None:
     """Hands layer `index` to the native encoder, one tensor read at a time: an int8 checkpoint's weights to an int8
     encoder and a BF16 checkpoint's to a bf16 encoder as they are stored, anything else as float32 (dequantized or
-    widened; the encoder quantizes or rounds it for its dtype). Arrays are dropped once packed, before the next
-    layer is read, to keep peak memory low."""
-    if weights.quantized and dtype == "int8":
+    widened; the encoder quantizes or rounds it for the layer's dtype, layer_dtype: the engine's, or float32 / bf16
+    for a layer of mixed precision). Arrays are dropped once packed, before the next layer is read, to keep peak
+    memory low."""
+    if layer_dtype != dtype:
+        encoder.set_layer(index, *weights.read_layer(index), dtype=layer_dtype)
+    elif weights.quantized and dtype == "int8" and weights.layer_is_quantized(index):
         encoder.set_layer_quantized(index, *_flat(weights.read_layer_quantized(index)))
     elif dtype == "bf16" and weights.layer_is_bf16(index):
         encoder.set_layer_bf16(index, *_flat(weights.read_layer_bf16(index)))

@@ -492,6 +492,11 @@ class BertWeights:
             q[short + "_s"] = self.read(f"encoder.layer.{index}.{name}{SCALE_SUFFIX}")
         return q, self._layer_vectors(index)
 
+    def layer_is_quantized(self, index: int) -> bool:
+        """Whether layer `index` of a pre-quantized checkpoint is stored int8 (not one an int8 calibration runs in
+        float32 or bf16: read_layer_quantized applies)."""
+        return self.quantized and index not in self.config.int8_kept_layers
+
     def layer_is_bf16(self, index: int) -> bool:
         """Whether the six linear weights of layer `index` are stored as BF16 (read_layer_bf16 applies)."""
         return all(entry.dtype == "BF16" for _, entry in self.linear_weights(index))
@@ -564,8 +569,17 @@ def _check_quantized(config: ModelConfig, entries: dict[str, TensorEntry], sourc
     in any float dtype (BF16 from the export) or, from earlier exports, I8 with its scale."""
     stored_bf16 = int8_stored_bf16()
     on_int8 = {name for short, name in _LINEAR_SHORT_NAMES.items() if short not in stored_bf16}
-    quantizable = [f"encoder.layer.{i}.{n}" for i in range(config.num_hidden_layers)
+    # the layers an int8 calibration keeps out of int8 are exported in float (bortengine.export.calibrate_int8)
+    kept = set(config.int8_kept_layers)
+    quantizable = [f"encoder.layer.{i}.{n}" for i in range(config.num_hidden_layers) if i not in kept
                    for n in QUANTIZABLE_LAYER_WEIGHTS]
+    kept_int8 = [f"encoder.layer.{i}.{n}" for i in sorted(kept) for n in QUANTIZABLE_LAYER_WEIGHTS
+                 if f"encoder.layer.{i}.{n}" in entries and entries[f"encoder.layer.{i}.{n}"].dtype == "I8"]
+    if kept_int8:
+        raise ModelLoadError(
+            f"{source}: config.json's bortengine_int8 keeps layers {sorted(kept)} out of int8, but "
+            f"{_short_list(kept_int8, 2)} are I8; re-export it (bortengine export --dtype int8 stores those "
+            f"layers in float)")
     int8_names = [n for n in quantizable if n in entries and entries[n].dtype == "I8"]
     if not int8_names:
         return False

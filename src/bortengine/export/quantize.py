@@ -16,6 +16,8 @@ encoder layer (query, key, value, attention output, intermediate, output) is sto
   but the output weight (FFN out), which int8 encoders run on the bf16 kernels where those run on AMX tiles
   (engine int8_kernels), as BF16 whatever CPU exports it (engine int8_stored_bf16): a CPU without tiles quantizes
   it at load;
+  the layers an int8 calibration keeps out of int8 (float32 or bf16: config.json "bortengine_int8", bortengine.
+  export.calibrate_int8) stay as they are;
 - bf16: as BF16 [out, in], rounded to nearest even by the engine's own rounding (_core.to_bf16: what
   bortengine.load(dtype="bf16") does to float weights at load), which the bf16 engine packs as they are.
 Everything else (embeddings, ELECTRA's embeddings_project, LayerNorm, biases, pooler, classifier heads, tensors the
@@ -189,7 +191,8 @@ def _linear_weights(model_dir: Path, checkpoint: Checkpoint, dtype: str
         raise type(e)(f"cannot convert {model_dir} to {dtype}: the conversion stores the linear weights that "
                       f"bortengine.load(dtype={dtype!r}) converts, so it needs a model that bortengine.load "
                       f"reads, and this one it does not: {e}") from e
-    linear = {entry.name: (short, entry) for i in range(config.num_hidden_layers)
+    kept = config.int8_kept_layers if dtype == "int8" else ()  # the layers an int8 calibration keeps stay float
+    linear = {entry.name: (short, entry) for i in range(config.num_hidden_layers) if i not in kept
               for short, entry in weights.linear_weights(i)}
     return config.family.name, linear
 

@@ -1,5 +1,6 @@
 """The pipeline's last stage: the teacher and the student scored on the test split on the engine (float32 and
-int8), their latencies measured side by side on this CPU (batch 1 on the task's own short texts, and batched), the
+int8, each int8 model with the layers its calibration on the training texts takes out of int8: calibrate_for_int8),
+their latencies measured side by side on this CPU (batch 1 on the task's own short texts, and batched), the
 teacher also on PyTorch eager (transformers, the usual way such a model is served), and the sizes compared.
 
 Latencies are medians over rounds in which every model answers its texts back to back and the models take turns
@@ -8,6 +9,7 @@ Latencies are medians over rounds in which every model answers its texts back to
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -16,7 +18,7 @@ from bortengine.architecture import Architecture
 from bortengine.engine import transformer_directory
 from bortengine.progress import Progress
 
-__all__ = ["evaluate_stage", "block_medians", "sample_inputs", "LATENCY_TEXTS", "BATCH"]
+__all__ = ["evaluate_stage", "calibrate_for_int8", "block_medians", "sample_inputs", "LATENCY_TEXTS", "BATCH"]
 
 LATENCY_TEXTS = 48     # test texts timed one at a time, per round
 ROUNDS = 5
@@ -30,12 +32,18 @@ def evaluate_stage(ctx, seconds: float) -> dict[str, Any]:
     texts, pairs = task.texts("test")
     gold = [task.labels[e.label] for e in task.test]
     dirs = {"teacher": str(ctx.teacher_dir), "student": str(ctx.out / "model")}
+    calibration = {"student": calibrate_for_int8(ctx, ctx.out / "model"),
+                   "teacher": ctx.results.get("teacher", {}).get("int8_calibration")
+                   or calibrate_for_int8(ctx, ctx.teacher_dir)}   # (a run from before the teacher stage did it)
     progress = Progress(4 + ROUNDS + 1, "evaluate", enabled=ctx.config.progress)
     engines = {}
     for who, directory in dirs.items():
         for dtype in ("float32", "int8"):
             engines[who, dtype] = load(directory, dtype=dtype, num_threads=ctx.threads)
-    report: dict[str, Any] = {who: {"directory": d, **_sizes(d)} for who, d in dirs.items()}
+    report: dict[str, Any] = {who: {"directory": d, **_sizes(d), "int8_calibration": calibration[who],
+                                    "int8_float32_layers": engines[who, "int8"].float32_layers,
+                                    "int8_bf16_layers": engines[who, "int8"].bf16_layers}
+                              for who, d in dirs.items()}
     for (who, dtype), engine in engines.items():
         report[who][f"test_accuracy_{dtype}"] = accuracy(engine, texts, pairs, gold)
         progress.step(f"accuracy {who} {dtype}")
@@ -65,6 +73,21 @@ def evaluate_stage(ctx, seconds: float) -> dict[str, Any]:
                                 "rounds": ROUNDS, "batch": BATCH, "threads": ctx.threads}
     return report
 
+
+def calibrate_for_int8(ctx, directory: Path) -> dict[str, Any]:
+    """The layers the model runs in bf16 or float32 when it runs int8, chosen on the task's training texts
+    (bortengine.export.calibrate_int8: every token's cosine to float32 >= 0.98) and recorded in its config.json, so that
+    load(dtype="int8") — the evaluation's, the latency suite's, the user's — runs what was measured. A model
+    already stored in int8 (a pre-quantized checkpoint given as the teacher) is left as it is."""
+    from bortengine.engine import BertWeights, Checkpoint, ModelConfig
+    from bortengine.export import calibrate_int8
+
+    transformer = transformer_directory(directory)
+    if BertWeights(Checkpoint.open(transformer), ModelConfig.from_file(transformer)).quantized:
+        return {"skipped": "a pre-quantized int8 checkpoint: its weights are the int8 ones, nothing to compare"}
+    texts, pairs = ctx.task.texts("train")
+    result = calibrate_int8(directory, texts, pairs, num_threads=ctx.threads, progress=ctx.config.progress)
+    return {k: v for k, v in result.record().items() if k != "steps"}
 
 def _sizes(directory: str) -> dict[str, Any]:
     arch = Architecture.from_hf_config(transformer_directory(directory))

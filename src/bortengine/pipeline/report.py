@@ -42,6 +42,7 @@ def report_table(evaluation: dict[str, Any]) -> str:
              f"{s['parameters_without_embeddings'] / 1e6:.2f} M ({effective:.1%})"),
         _row("test accuracy, float32", f"{t['test_accuracy_float32']:.4f}", f"{s['test_accuracy_float32']:.4f}"),
         _row("test accuracy, int8", f"{t['test_accuracy_int8']:.4f}", f"{s['test_accuracy_int8']:.4f}"),
+        _row("int8: layers run in float32 / bf16 (calibrated on the training texts)", _kept(t), _kept(s)),
         _row("batch 1, engine float32 (ms, median)", f"{t['batch1_ms_float32']:.3f}",
              f"{s['batch1_ms_float32']:.3f} ({speed['engine_batch1_float32']:.1f}× faster)"),
         _row("batch 1, engine int8 (ms, median)", f"{t['batch1_ms_int8']:.3f}",
@@ -54,6 +55,21 @@ def report_table(evaluation: dict[str, Any]) -> str:
              f"{t['batched_texts_per_s_int8']:.0f}", f"{s['batched_texts_per_s_int8']:.0f}"),
     ]
     return "\n".join(lines)
+
+
+def _kept(model: dict[str, Any]) -> str:
+    """The layers the model's int8 calibration takes out of int8 (float32 or bf16), and the token cosine it
+    measured."""
+    calibration = model.get("int8_calibration") or {}
+    if model.get("int8_float32_layers") is None:
+        return "not calibrated"
+    kept = [f"{', '.join(map(str, model.get(f'int8_{d}_layers') or []))} in {d}" for d in ("float32", "bf16")
+            if model.get(f"int8_{d}_layers")]
+    said = "; ".join(kept) or "none"
+    if "min_cosine" in calibration:
+        said += (f" (min token cosine {calibration['min_cosine']:.4f}; all int8 "
+                 f"{calibration['all_int8_min_cosine']:.4f})")
+    return said
 
 
 def _markdown(summary: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from bortengine.engine import transformer_directory
 from bortengine.errors import TruncationWarning
 from bortengine.files import atomic_write_json, read_json
 from bortengine.pipeline.config import (BUDGET_SHARES, CONFIG_FILE, STAGES, PipelineConfig, PipelineError,
@@ -129,11 +130,42 @@ def _latency_suite(ctx: RunContext) -> dict[str, Any]:
 
     path = ctx.out / "test_latency.py"
     try:
+        _profile_mixed_layers(ctx)
         write_latency_suite(path, ctx.out / "model", ctx.out / "profile.json", ctx.workload(), DEFAULT_TOLERANCE)
     except ProfileError as e:      # a student given with --arch outside the profiled space
         _say(f"no latency suite: {e}")
         return {"written": False, "reason": str(e)}
     return {"written": True, "path": str(path), "tolerance": DEFAULT_TOLERANCE}
+
+
+def _profile_mixed_layers(ctx: RunContext) -> None:
+    """An int8 run whose student takes layers out of int8 (its calibration: float32 or bf16) is held to a
+    prediction that prices those layers from the float32 (bf16) workload of the same shape (predict_latency):
+    OUT/profile.json gets it, from this CPU's profile or measured now for the student's architecture alone
+    (quick)."""
+    from dataclasses import replace
+
+    from bortengine.engine import ModelConfig
+    from bortengine.profiling import Profile, profile_for_search
+    from bortengine.search_space import SearchSpace
+
+    workload = ctx.workload()
+    config = ModelConfig.from_file(transformer_directory(ctx.out / "model"))
+    if workload.dtype != "int8":
+        return
+    path = ctx.out / "profile.json"
+    mine = Profile.load(path)
+    for dtype, layers in (("float32", config.int8_float32_layers), ("bf16", config.int8_bf16_layers)):
+        other = replace(workload, dtype=dtype)
+        if not layers or mine.covers(other):
+            continue
+        student = SearchSpace("student", (config.num_hidden_layers,), (config.num_attention_heads,),
+                              (config.hidden_size,), (config.intermediate_size,), vocab_size=config.vocab_size)
+        _say(f"the student runs layers {list(layers)} in {dtype} when it runs int8 (its calibration): profiling "
+             f"{other} for its latency suite")
+        choice = profile_for_search(student, other, quick=True, progress=ctx.config.progress)
+        mine.workloads[other.key] = choice.profile.for_workload(other)
+        mine.save(path)
 
 
 def _say(message: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from bortengine.architecture import Architecture
 from bortengine.engine import available_cpus, transformer_directory
 from bortengine.pipeline.config import SCARCE_EXAMPLES, PipelineConfig, PipelineError
-from bortengine.pipeline.evaluation import LATENCY_TEXTS
+from bortengine.pipeline.evaluation import LATENCY_TEXTS, calibrate_for_int8
 from bortengine.search_space import SPACES, SearchSpace
 
 __all__ = ["RunContext", "profile_stage", "teacher_stage", "extract_stage", "distil_stage", "finetune_stage",
@@ -199,7 +199,8 @@ def teacher_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
             _copy_model(Path(source), ctx.teacher_dir)
         else:   # its head's rows put in the task's order: the student distils the teacher's logits by position
             _write_in_task_order(source, task.labels, ctx.teacher_dir)
-        return {"fine_tuned": False, "source": source, "labels": load(str(ctx.teacher_dir)).labels}
+        return {"fine_tuned": False, "source": source, "labels": load(str(ctx.teacher_dir)).labels,
+                "int8_calibration": calibrate_for_int8(ctx, ctx.teacher_dir)}
     from bortengine.training import FinetuneConfig, finetune
 
     run_dir = ctx.out / "teacher-run"
@@ -212,7 +213,9 @@ def teacher_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     _copy_model(run_dir / "model", ctx.teacher_dir)
     return {"fine_tuned": True, "source": source, "dev_accuracy": metrics["dev_accuracy"],
             "test_accuracy": metrics["test_accuracy"], "max_length": metrics["max_length"],
-            "steps": metrics["steps"], "stopped_by": metrics["stopped_by"]}
+            "steps": metrics["steps"], "stopped_by": metrics["stopped_by"],
+            "int8_calibration": calibrate_for_int8(ctx, ctx.teacher_dir)}
+
 
 
 def teacher_epochs(examples: int, batch_size: int) -> float:

@@ -45,6 +45,7 @@ class Prediction:
     extrapolated: list[str] = field(default_factory=list)   # op shapes outside the measured range
     weights_mib: float = 0.0   # packed GEMM weights a forward reads
     cold_share: float = 1.0    # of their reads, the share that misses the caches (LatencyModel.cold_share)
+    layer_ms: float = 0.0      # one encoder layer: its steps and their barriers (the "layer" scope, once)
 
     def __float__(self) -> float:
         return self.total_ms
@@ -222,6 +223,7 @@ class LatencyModel:
                 p.parts[trace] = p.parts[trace] + part if trace in p.parts else part
         p.parts["sync"] = sum(n * self.barriers[scope] for scope, n in repeats.items()) * self.sync
         p.total_ms = sum(p.parts.values())
+        p.layer_ms = sum(costs.get("layer", {}).values()) + self.barriers["layer"] * self.sync
         return p
 
 

@@ -68,6 +68,18 @@ def architecture_of(engine: Engine) -> Architecture:
                         num_labels=c.num_labels if head == "classifier" else 2)
 
 
+def mixed_layers(engine: Engine, workload: Workload) -> dict[str, int]:
+    """How many encoder layers the model runs in float32 and in bf16 when served at the workload's dtype: those of
+    a loaded engine of that dtype, else (int8) those its int8 calibration takes out of int8 (config.json
+    bortengine_int8): predict_latency's float32_layers and bf16_layers."""
+    if engine.dtype == workload.dtype:
+        return {"float32_layers": len(engine.float32_layers), "bf16_layers": len(engine.bf16_layers)}
+    if workload.dtype != "int8":
+        return {}
+    return {"float32_layers": len(engine.config.int8_float32_layers),
+            "bf16_layers": len(engine.config.int8_bf16_layers)}
+
+
 def workload_inputs(engine: Engine, workload: Workload) -> dict[str, np.ndarray]:
     """{"input_ids": int64 [B, T]} for engine(**inputs): B sequences of exactly T tokens (no padding, as the
     workload is profiled), the same at every call.
@@ -145,7 +157,7 @@ class LatencyExpectation:
         tolerance = check_tolerance(tolerance)
         engine = model if isinstance(model, Engine) else load(model, num_threads=1)
         arch = architecture_of(engine)
-        predicted = float(predict_latency(arch, workload, profile))
+        predicted = float(predict_latency(arch, workload, profile, **mixed_layers(engine, workload)))
         return cls(model=str(engine.path), architecture=arch, workload=workload, predicted_ms=predicted,
                    tolerance=tolerance, target=profile.target,
                    profile=str(profile.path) if profile.path else f"profile of {profile.target.signature}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -16,6 +17,7 @@ from bortengine.profiling.latency import EXTRAPOLATION_NOTE, LatencyModel, Predi
 from bortengine.profiling.measurements import WorkloadProfile, op_order, read_keyed
 from bortengine.profiling.target import Target, TargetMatch
 from bortengine.profiling.workload import Workload
+from bortengine.search_space import architecture_dims
 
 FORMAT = "bortengine-profile"
 FORMAT_VERSION = 1
@@ -312,12 +314,16 @@ def load_profile(path: Optional[str | os.PathLike] = None, *, check_target: bool
     return prof
 
 
-def predict_latency(architecture: Any, workload: Workload, profile: Profile, *, detail: bool = False
-                    ) -> float | Prediction:
+def predict_latency(architecture: Any, workload: Workload, profile: Profile, *, detail: bool = False,
+                    float32_layers: int = 0, bf16_layers: int = 0) -> float | Prediction:
     """Predicted forward latency (ms) of the engine for the architecture under the workload, from the profile.
 
     architecture: an Architecture, or a tuple (D, A, H, I) (pooler head, vocab 30522). detail=True returns the
-    Prediction (the parts, and which op shapes were interpolated or extrapolated).
+    Prediction (the parts, and which op shapes were interpolated or extrapolated). float32_layers, bf16_layers: of
+    an int8 workload, how many encoder layers the model runs in float32 or bf16 instead (an int8 calibration:
+    load(float32_layers=..., bf16_layers=...)); of a bf16 one, float32_layers. Those layers are priced by the
+    float32 (bf16) workload of the same shape, which the profile must then cover too (parts "float32_layers",
+    "bf16_layers": what they add over the workload's own layers).
     """
     if not isinstance(profile, Profile):
         raise ProfileError(f"profile must be a Profile (see load_profile()), got {type(profile).__name__}")
@@ -331,6 +337,36 @@ def predict_latency(architecture: Any, workload: Workload, profile: Profile, *, 
         raise ProfileError(f"workload sequences of {workload.seq_len} tokens exceed the architecture's "
                            f"max_positions={max_positions}")
     p = profile.model(workload).predict(architecture)
+    if float32_layers or bf16_layers:
+        p = _with_layers(p, architecture, workload, profile, {"float32": float32_layers, "bf16": bf16_layers})
     if p.extrapolated:
         warnings.warn(EXTRAPOLATION_NOTE, RuntimeWarning, stacklevel=2)
     return p if detail else p.total_ms
+
+
+def _with_layers(p: Prediction, architecture: Any, workload: Workload, profile: Profile,
+                 counts: dict[str, int]) -> Prediction:
+    """p (every layer in the workload's dtype) with counts[dtype] of them priced as that dtype's workload's layer."""
+    depth = architecture_dims(architecture)[0]
+    for dtype, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ProfileError(f"{dtype}_layers must be a count of layers >= 0, got {n!r}")
+    if sum(counts.values()) > depth:
+        raise ProfileError(f"{' + '.join(f'{d}_layers={n}' for d, n in counts.items())} is more than the "
+                           f"architecture's {depth} layers")
+    if counts.get("bf16") and workload.dtype != "int8":
+        raise ProfileError(f"bf16_layers prices layers of an int8 model; the workload is {workload.dtype}")
+    for dtype, n in counts.items():
+        if not n or dtype == workload.dtype:
+            continue
+        other = replace(workload, dtype=dtype)
+        if not profile.covers(other):
+            raise ProfileError(f"the model runs {n} of its layers in {dtype} (an int8 calibration), which the profile "
+                               f"{profile.path or profile.target.signature} prices from the {dtype} workload "
+                               f"{other}; it has none: measure it with: {other.command()}")
+        theirs = profile.model(other).predict(architecture)
+        extra = n * (theirs.layer_ms - p.layer_ms)
+        p = replace(p, total_ms=p.total_ms + extra, parts={**p.parts, f"{dtype}_layers": extra},
+                    interpolated=p.interpolated + theirs.interpolated,
+                    extrapolated=p.extrapolated + theirs.extrapolated)
+    return p
