@@ -228,7 +228,8 @@ class Engine:
     def kernels(self) -> dict[str, str]:
         """The kernel of each GEMM step of an encoder layer (qkv, attention_out, ffn_in, ffn_out: an int8 engine runs
         ffn_out on the bf16 GEMM where that runs on AMX tiles) and of attention, as the native forward's step table
-        says for this engine's path on this CPU (_core.forward_ops)."""
+        says for this engine's path on this CPU (_core.forward_ops): those of the layers that run in the engine's
+        dtype (layer_dtypes names the others, which run float32's or bf16's)."""
         native, isa = _core(), self.isa
         names = {"float32": native.kernel_name, "int8": native.int8_kernel_name, "bf16": native.bf16_kernel_name}
         out = {step["name"]: names[step["kernels"][self.dtype]](isa) for step in forward_ops(isa)
