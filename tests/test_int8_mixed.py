@@ -164,6 +164,22 @@ def test_the_models_calibration_is_applied_by_default(odd_model, tmp_path):
     assert bortengine.load(path).float32_layers == []
 
 
+def test_a_calibration_of_another_cpu_path_is_applied_with_a_warning(odd_model, tmp_path):
+    """The record names the int8 kernel it was measured with; an engine that runs another says the measured accuracy
+    may not hold, and applies it all the same (the caller's explicit layers do not warn)."""
+    import warnings
+
+    here = bortengine.load(odd_model, dtype="int8").kernel
+    same = _with_record(odd_model, tmp_path / "same", {"bf16_layers": [1], "kernel": here})
+    other = _with_record(odd_model, tmp_path / "other", {"bf16_layers": [1], "kernel": "gemm_u8s8_amx_elsewhere"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bortengine.load(same, dtype="int8").bf16_layers == [1]
+        assert bortengine.load(other, dtype="int8", bf16_layers=[1]).bf16_layers == [1]
+    with pytest.warns(RuntimeWarning, match="measured with gemm_u8s8_amx_elsewhere; this engine runs"):
+        assert bortengine.load(other, dtype="int8").bf16_layers == [1]
+
+
 @pytest.mark.parametrize("record", [[0], "all", {"float32_layers": [3]}, {"float32_layers": [0, 0]},
                                     {"float32_layers": "0"}, {"float32_layers": [True]}, {"bf16_layers": [-1]},
                                     {"float32_layers": [0], "bf16_layers": [0, 1]}])
@@ -195,39 +211,24 @@ def test_the_int8_export_keeps_the_calibrated_layers_float(odd_model, tmp_path):
         bortengine.load(path, dtype="int8")
 
 
-def test_calibration_keeps_the_layer_int8_rounds_badly(outlier_model, tmp_path):
+@pytest.mark.parametrize("fallback", ["float32", "bf16"])
+def test_calibration_takes_out_of_int8_the_layer_it_rounds_badly(outlier_model, tmp_path, fallback):
     import shutil
 
     path = tmp_path / "m"
     shutil.copytree(outlier_model, path)
-    result = calibrate_int8(path, TEXTS * 4, min_cosine=0.98, fallback="float32", progress=False)
+    result = calibrate_int8(path, TEXTS * 4, min_cosine=0.98, fallback=fallback, progress=False)
     assert result.all_int8_min_cosine < 0.95
-    assert result.float32_layers == [1] and result.bf16_layers == [] and result.min_cosine >= 0.98
+    assert result.layers == [1] and result.fallback == fallback and result.min_cosine >= 0.98
+    assert (result.float32_layers, result.bf16_layers) == (([1], []) if fallback == "float32" else ([], [1]))
     assert result.steps[0]["layers"] == [1] and set(result.steps[0]["tried"]) == {"0", "1", "2"}
     assert result.tokens == sum(bortengine.load(path).tokenize(TEXTS)["attention_mask"].sum() for _ in range(4))
     record = json.loads((path / "config.json").read_text())["bortengine_int8"]
-    assert record["float32_layers"] == [1] and record["bf16_layers"] == [] and record["target"] == 0.98
+    assert record["float32_layers"] == result.float32_layers and record["bf16_layers"] == result.bf16_layers
+    assert record["target"] == 0.98 and record["fallback"] == fallback
     engine = bortengine.load(path, dtype="int8")
-    assert engine.float32_layers == [1]
+    assert engine.layer_dtypes == ["int8", fallback, "int8"]
     # what the calibration reported is what the loaded engine gives on those texts
-    ref = bortengine.load(path)
-    inputs = ref.tokenize(TEXTS)
-    rows = np.asarray(inputs["attention_mask"]).astype(bool)
-    got = _cosines(ref(inputs).last_hidden_state[rows], engine(inputs).last_hidden_state[rows]).min()
-    assert got == pytest.approx(result.min_cosine, abs=1e-6)
-
-
-def test_calibration_with_bf16_layers(outlier_model, tmp_path):
-    import shutil
-
-    path = tmp_path / "m"
-    shutil.copytree(outlier_model, path)
-    result = calibrate_int8(path, TEXTS * 4, fallback="bf16", progress=False)
-    assert result.bf16_layers == [1] and result.float32_layers == [] and result.min_cosine >= 0.98
-    record = json.loads((path / "config.json").read_text())["bortengine_int8"]
-    assert record["bf16_layers"] == [1] and record["float32_layers"] == [] and record["fallback"] == "bf16"
-    engine = bortengine.load(path, dtype="int8")
-    assert engine.layer_dtypes == ["int8", "bf16", "int8"]
     ref = bortengine.load(path)
     inputs = ref.tokenize(TEXTS)
     rows = np.asarray(inputs["attention_mask"]).astype(bool)

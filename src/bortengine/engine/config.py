@@ -64,6 +64,7 @@ class ModelConfig:
     # tokens too coarsely
     int8_float32_layers: tuple[int, ...] = ()
     int8_bf16_layers: tuple[int, ...] = ()
+    int8_calibrated_kernel: Optional[str] = None   # the int8 GEMM kernel of the CPU path that calibration ran on
 
     @property
     def int8_kept_layers(self) -> tuple[int, ...]:
@@ -239,8 +240,9 @@ def check_layer_list(value: Any, layers: int, what: str) -> tuple[int, ...]:
     return tuple(sorted(value))
 
 
-def _parse_int8_record(data: dict, layers: int, source: str) -> dict[str, tuple[int, ...]]:
-    """config.json bortengine_int8: the layers int8 engines run in float32 and in bf16 (absent: none)."""
+def _parse_int8_record(data: dict, layers: int, source: str) -> dict[str, Any]:
+    """config.json bortengine_int8: the layers int8 engines run in float32 and in bf16 (absent: none), and the int8
+    kernel the calibration measured with."""
     record = data.get(INT8_RECORD)
     if record is None:
         return {}
@@ -254,7 +256,8 @@ def _parse_int8_record(data: dict, layers: int, source: str) -> dict[str, tuple[
     if both:
         raise ModelLoadError(f"{source}: {INT8_RECORD} puts layers {sorted(both)} both in float32_layers and in "
                              f"bf16_layers; a layer runs in one of them")
-    return kept
+    kernel = record.get("kernel")
+    return {**kept, "int8_calibrated_kernel": kernel if isinstance(kernel, str) else None}
 
 
 # transformers' MPNetEncoder.compute_position_bias buckets query-key distances into 32 whatever the config says

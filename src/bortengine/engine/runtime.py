@@ -173,6 +173,14 @@ class Engine:
                                    threads, isa or "", dtype, embedding_size=c.embedding_size)
         except ValueError as e:
             raise BortEngineError(f"the native encoder could not be created for this model: {e}") from e
+        calibrated = c.int8_calibrated_kernel
+        if dtype == "int8" and float32_layers is None and bf16_layers is None and calibrated and \
+                calibrated != encoder.kernel:
+            warnings.warn(f"{path}'s int8 calibration (the layers it runs in bf16 or float32) was measured with "
+                          f"{calibrated}; this engine runs {encoder.kernel}, whose int8 rounding may differ (FFN out "
+                          f"runs bf16 on AMX tiles): the accuracy it measured may not hold here. Calibrate again on "
+                          f"this CPU (bortengine.export.calibrate_int8), or pass float32_layers / bf16_layers",
+                          RuntimeWarning, stacklevel=_caller_stacklevel())
         slow = _slow_bf16(encoder.kernel, core.cpu_info().get("vendor", "")) if dtype == "bf16" else None
         if slow:
             warnings.warn(f"dtype='bf16' on this CPU: {slow}; load models with dtype='float32' (as fast or faster, and "
