@@ -62,7 +62,7 @@ def run(args) -> int:
 
         target = DEFAULT_MIN_COSINE if args.min_cosine is None else args.min_cosine
         calibration = calibrate_int8(args.out, texts, min_cosine=target, fallback=args.calibrate_fallback or "auto")
-        report["int8_calibration"] = {k: v for k, v in calibration.record().items() if k != "steps"}
+        report["int8_calibration"] = calibration.summary()
     if args.dtype != "float32":  # after the float32 check: the torch model is float
         report[args.dtype] = converted = _convert(args.out, args.dtype, check=not args.no_check)
         if not args.no_check:
@@ -79,7 +79,7 @@ def _calibration_texts(args) -> "list[str] | None":
                              "[PATH ...]")
         return None
     if args.dtype != "int8":
-        raise UsageError(f"--calibrate chooses the layers an int8 model keeps in float32: it goes with --dtype int8, "
+        raise UsageError(f"--calibrate chooses the layers an int8 model runs out of int8: it goes with --dtype int8, "
                          f"not --dtype {args.dtype}")
     if args.min_cosine is not None and not 0 < args.min_cosine < 1:
         raise UsageError(f"--min-cosine must be in (0, 1), e.g. 0.98; got {args.min_cosine}")

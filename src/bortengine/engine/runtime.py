@@ -900,7 +900,7 @@ def _set_layer(encoder: Any, weights: BertWeights, index: int, dtype: str, layer
     memory low."""
     if layer_dtype != dtype:
         encoder.set_layer(index, *weights.read_layer(index), dtype=layer_dtype)
-    elif weights.quantized and dtype == "int8" and weights.layer_is_quantized(index):
+    elif dtype == "int8" and weights.layer_is_quantized(index):
         encoder.set_layer_quantized(index, *_flat(weights.read_layer_quantized(index)))
     elif dtype == "bf16" and weights.layer_is_bf16(index):
         encoder.set_layer_bf16(index, *_flat(weights.read_layer_bf16(index)))

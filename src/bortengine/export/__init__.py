@@ -5,11 +5,11 @@ keeps in float32 (calibrate.py). The directory writer itself is training's
 (training.write_hf_directory; `export` here is its older name)."""
 from __future__ import annotations
 
-from bortengine.export.calibrate import DEFAULT_MIN_COSINE, Int8Calibration, calibrate_int8
+from bortengine.export.calibrate import DEFAULT_MIN_COSINE, Int8Calibration, calibrate_int8, is_prequantized
 from bortengine.export.quantize import BF16_SCHEME, SCHEME, bf16_checkpoint, quantize_checkpoint
 
 __all__ = ["quantize_checkpoint", "bf16_checkpoint", "SCHEME", "BF16_SCHEME", "calibrate_int8", "Int8Calibration",
-           "DEFAULT_MIN_COSINE", "export", "export_run",
+           "DEFAULT_MIN_COSINE", "is_prequantized", "export", "export_run",
            "check_export"]
 
 

@@ -46,7 +46,7 @@ from bortengine.errors import InvalidInputError, ModelLoadError
 from bortengine.files import atomic_write_json, read_json
 from bortengine.progress import Progress
 
-__all__ = ["Int8Calibration", "calibrate_int8", "DEFAULT_MIN_COSINE"]
+__all__ = ["Int8Calibration", "calibrate_int8", "is_prequantized", "DEFAULT_MIN_COSINE"]
 
 DEFAULT_MIN_COSINE = 0.98   # issue 18: every real token's cosine to float32
 DEFAULT_MAX_TOKENS = 32768  # real tokens kept as the reference: 100 MB of hidden states at H = 768
@@ -90,6 +90,10 @@ class Int8Calibration:
         out.pop("layers")
         return {"float32_layers": self.float32_layers, "bf16_layers": self.bf16_layers, **out}
 
+    def summary(self) -> dict:
+        """The record without the search's steps: what a report shows."""
+        return {k: v for k, v in self.record().items() if k != "steps"}
+
 
 def calibrate_int8(model_dir: str | os.PathLike, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
                    *, min_cosine: float = DEFAULT_MIN_COSINE, fallback: str = "auto",
@@ -117,28 +121,32 @@ def calibrate_int8(model_dir: str | os.PathLike, texts: Sequence[str], text_pair
         raise InvalidInputError(f"fallback must be one of {list(FALLBACKS)}, got {fallback!r}")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise InvalidInputError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-    directory = transformer_directory(Path(model_dir))
-    config = ModelConfig.from_file(directory)
+    if is_prequantized(model_dir):
+        raise ModelLoadError(f"{model_dir} is a pre-quantized int8 checkpoint: calibration compares int8 with the "
+                             f"float weights, so calibrate the float model, then export it with --dtype int8")
     started = time.monotonic()
 
     reference = load(model_dir, num_threads=num_threads, batching=False)
-    if _is_quantized(reference):
-        raise ModelLoadError(f"{model_dir} is a pre-quantized int8 checkpoint: calibration compares int8 with the "
-                             f"float weights, so calibrate the float model, then export it with --dtype int8")
     batches = _sample(reference, list(texts), None if text_pairs is None else list(text_pairs), max_tokens, seed)
-    wanted = [_real_rows(reference, b) for b in batches]
-    layers = config.num_hidden_layers
+    inputs = [reference.tokenize(*b) for b in batches]   # tokenized once: every measurement runs the same tokens
+    wanted = [_real_rows(reference, x) for x in inputs]
+    layers = reference.config.num_hidden_layers
     bar = Progress([1.0] * (1 + layers), "int8 calibration", enabled=progress)
 
+    def int8_engine(kept: Sequence[int], dtype: str):
+        return load(model_dir, num_threads=num_threads, dtype="int8", batching=False,
+                    float32_layers=list(kept) if dtype == "float32" else [],
+                    bf16_layers=list(kept) if dtype == "bf16" else [])
+
+    def cosines(engine) -> np.ndarray:
+        return np.concatenate([_cosines(ref, _real_rows(engine, x)) for ref, x in zip(wanted, inputs)])
+
     def measure(kept: Sequence[int], dtype: str) -> np.ndarray:
-        engine = load(model_dir, num_threads=num_threads, dtype="int8", batching=False,
-                      float32_layers=list(kept) if dtype == "float32" else [],
-                      bf16_layers=list(kept) if dtype == "bf16" else [])
-        return np.concatenate([_cosines(ref, _real_rows(engine, b)) for ref, b in zip(wanted, batches)])
+        return cosines(int8_engine(kept, dtype))
 
     bar.step("all layers in int8")
-    base = measure([], "float32")
-    kernel = load(model_dir, num_threads=1, dtype="int8", batching=False, float32_layers=[]).kernel
+    all_int8 = int8_engine([], "float32")
+    base, kernel = cosines(all_int8), all_int8.kernel
     order = [fallback] if fallback != "auto" else ["bf16", "float32"] if bf16_runs_fast() else ["float32"]
     result = Int8Calibration(layers=[], fallback=order[0], min_cosine=float(base.min()),
                              all_int8_min_cosine=float(base.min()), target=float(min_cosine),
@@ -168,7 +176,7 @@ def calibrate_int8(model_dir: str | os.PathLike, texts: Sequence[str], text_pair
     bar.done_cost = bar.total
     bar.show(f"{result.fallback} layers {result.layers}: min cosine {result.min_cosine:.4f}", final=True)
     if write:
-        _write_record(directory / "config.json", result)
+        _write_record(transformer_directory(Path(model_dir)) / "config.json", result)
     return result
 
 
@@ -191,9 +199,11 @@ def _prune(result: Int8Calibration, measure, min_cosine: float, bar: Progress) -
                              "removed": best, "tried": {str(l): v for l, v in tried.items()}})
 
 
-def _is_quantized(engine) -> bool:
-    directory = transformer_directory(engine.path)
-    return BertWeights(Checkpoint.open(directory), engine.config).quantized
+def is_prequantized(model_dir: str | os.PathLike) -> bool:
+    """Whether model_dir holds a pre-quantized int8 checkpoint (bortengine export --dtype int8): its float weights
+    are gone, so there is nothing to calibrate against."""
+    directory = transformer_directory(Path(model_dir))
+    return BertWeights(Checkpoint.open(directory), ModelConfig.from_file(directory)).quantized
 
 
 def _sample(engine, texts: list[str], pairs: Optional[list[str]], max_tokens: int, seed: int
@@ -219,11 +229,9 @@ def _sample(engine, texts: list[str], pairs: Optional[list[str]], max_tokens: in
     return batches(chosen)
 
 
-def _real_rows(engine, batch: tuple[list[str], Optional[list[str]]]) -> np.ndarray:
-    """The last hidden state of every real token (mask 1) of a batch of texts (and pairs), [tokens, H]."""
-    inputs = engine.tokenize(*batch)
-    hidden = engine(inputs).last_hidden_state
-    return hidden[np.asarray(inputs["attention_mask"]).astype(bool)]
+def _real_rows(engine, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The last hidden state of every real token (mask 1) of tokenized texts, [tokens, H]."""
+    return engine(inputs).last_hidden_state[np.asarray(inputs["attention_mask"]).astype(bool)]
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -79,15 +79,13 @@ def calibrate_for_int8(ctx, directory: Path) -> dict[str, Any]:
     (bortengine.export.calibrate_int8: every token's cosine to float32 >= 0.98) and recorded in its config.json, so that
     load(dtype="int8") — the evaluation's, the latency suite's, the user's — runs what was measured. A model
     already stored in int8 (a pre-quantized checkpoint given as the teacher) is left as it is."""
-    from bortengine.engine import BertWeights, Checkpoint, ModelConfig
-    from bortengine.export import calibrate_int8
+    from bortengine.export import calibrate_int8, is_prequantized
 
-    transformer = transformer_directory(directory)
-    if BertWeights(Checkpoint.open(transformer), ModelConfig.from_file(transformer)).quantized:
+    if is_prequantized(directory):
         return {"skipped": "a pre-quantized int8 checkpoint: its weights are the int8 ones, nothing to compare"}
     texts, pairs = ctx.task.texts("train")
     result = calibrate_int8(directory, texts, pairs, num_threads=ctx.threads, progress=ctx.config.progress)
-    return {k: v for k, v in result.record().items() if k != "steps"}
+    return result.summary()
 
 def _sizes(directory: str) -> dict[str, Any]:
     arch = Architecture.from_hf_config(transformer_directory(directory))

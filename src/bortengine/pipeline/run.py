@@ -155,12 +155,12 @@ def _profile_mixed_layers(ctx: RunContext) -> None:
         return
     path = ctx.out / "profile.json"
     mine = Profile.load(path)
+    student = SearchSpace("student", (config.num_hidden_layers,), (config.num_attention_heads,),
+                          (config.hidden_size,), (config.intermediate_size,), vocab_size=config.vocab_size)
     for dtype, layers in (("float32", config.int8_float32_layers), ("bf16", config.int8_bf16_layers)):
         other = replace(workload, dtype=dtype)
         if not layers or mine.covers(other):
             continue
-        student = SearchSpace("student", (config.num_hidden_layers,), (config.num_attention_heads,),
-                              (config.hidden_size,), (config.intermediate_size,), vocab_size=config.vocab_size)
         _say(f"the student runs layers {list(layers)} in {dtype} when it runs int8 (its calibration): profiling "
              f"{other} for its latency suite")
         choice = profile_for_search(student, other, quick=True, progress=ctx.config.progress)
