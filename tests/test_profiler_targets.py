@@ -147,6 +147,16 @@ def test_the_probe_agrees_with_itself():
     assert cpu_probe.probe_gflops(isa) == cpu_probe.probe_gflops(isa)   # once per process, then kept
 
 
+def test_a_thread_clock_that_reads_no_time_does_not_make_a_rate(monkeypatch):
+    """A call whose thread CPU time reads 0 (a clock glitch seen on a VM) is skipped, not taken as an infinitely fast
+    call: with every reading 0, the rate comes from the calls' wall time, a real GEMM's rate."""
+    isa = P.Target.current().isa
+    quiet = cpu_probe.measure_probe(isa)
+    monkeypatch.setattr(cpu_probe.time, "thread_time", lambda: 42.0)
+    stuck = cpu_probe.measure_probe(isa)
+    assert 1.0 < stuck < 3.0 * quiet, (stuck, quiet)
+
+
 def test_the_tolerance_and_the_reprobes_with_injected_rates(monkeypatch):
     tol = cpu_probe.PROBE_TOLERANCE
     assert not cpu_probe.rates_differ(100.0, 100.0 * (1 + tol) - 0.01)
