@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 import bortengine
 from bortengine.engine import BatchRecord, DEFAULT_MAX_BATCH_TOKENS
-from bortengine.engine.batching import IDLE_LEAD_S, LANE_MIN_TOKENS, LOOP_LEAD_TOKENS, ForwardQueue
+from bortengine.engine.batching import IDLE_LEAD_S, LANE_MIN_TOKENS, LOOP_LEAD_TOKENS, ForwardQueue, RowsThen
 from bortengine.engine.native import cgroup_cpu_quota
 from bortengine.errors import DeadlineExceeded, InvalidInputError
-from bortengine.testing import make_random_bert, minilm_path
+from bortengine.testing import make_random_bert, make_random_encoder, minilm_path
 
 TEXTS = ["a short one", "what is the capital of france?", "ok",
          "a much longer text about the films that we watched yesterday evening in the small cinema downtown",
@@ -56,7 +56,8 @@ class Gate:
         self.threads.append(threads)
         self.started.set()
         self.open.wait(10)
-        hidden = np.repeat(ids[:, :, None].astype(np.float32), 2, axis=2) * (mask[:, :, None] if mask is not None else 1)
+        hidden = np.repeat(ids[:, :, None].astype(np.float32), 2, axis=2)
+        hidden *= mask[:, :, None] if mask is not None else 1
         return hidden, hidden[:, 0]
 
 
@@ -328,6 +329,76 @@ def test_an_async_requests_own_work_on_its_rows_runs_off_the_loop_and_fails_alon
     assert results[0] == 2 * 4 * 1 and results[1] == results[3] == 2 * 4 * 2
     assert isinstance(results[2], ValueError)
     assert [firsts for firsts, _ in gate.calls] == [[1], [2, 2, 2]]
+
+
+def test_requests_sharing_a_row_function_get_their_rows_of_one_call_over_the_combined_forward():
+    """RowsThen: the requests of a combined forward whose then() is the same function of each row (equal keys) get
+    their rows of one call over the forward's outputs and mask; a request with another key or a plain then() makes
+    each request run its own; a failing shared call falls back to each request's own then()."""
+    gate = Gate()
+    queue = ForwardQueue(gate)
+    shared_calls = []
+
+    def rows(hidden, pooled, mask):
+        shared_calls.append((hidden.shape, mask.shape))
+        if fail_shared:
+            raise RuntimeError("the shared call fails")
+        return (hidden * mask[:, :, None]).sum(axis=1)
+
+    def alone(result):
+        hidden, _ = result
+        return hidden.sum(axis=1)      # the request's rows are [b, t]: no padding to mask
+
+    def rows_then(key):
+        return RowsThen(key, rows, alone)
+
+    async def run(thens, lengths):
+        gate.open.clear()
+        first = asyncio.ensure_future(queue.arun(lambda: (request(1), None, None), then=rows_then("k")))
+        while not gate.started.is_set():
+            await asyncio.sleep(0.001)
+        others = [asyncio.ensure_future(queue.arun(lambda n=n, t=t: (request(10 + n, t), None, None), then=then))
+                  for n, (then, t) in enumerate(zip(thens, lengths))]
+        while queue.depth < len(thens):
+            await asyncio.sleep(0.001)
+        gate.open.set()
+        results = await asyncio.gather(first, *others)
+        gate.started.clear()
+        return results[1:]
+
+    lengths = [3, 6, 2]
+    expected = [np.full((1, 2), (10 + n) * t, np.float32) for n, t in enumerate(lengths)]
+    for thens, calls, fail_shared in (([rows_then("k")] * 3, 1, False),
+                                      ([rows_then("k"), rows_then("other"), rows_then("k")], 0, False),
+                                      ([rows_then("k"), alone, rows_then("k")], 0, False),
+                                      ([rows_then("k")] * 3, 1, True)):
+        shared_calls.clear()
+        results = asyncio.run(run(thens, lengths))
+        assert all(np.array_equal(got, want) for got, want in zip(results, expected)), (thens, results)
+        assert len(shared_calls) == calls
+        if calls:   # the three queued requests in one forward, padded to the longest
+            assert shared_calls[0] == ((3, 6, 2), (3, 6))
+
+
+def test_async_encodes_combined_in_one_forward_equal_separate_calls_bit_for_bit(minilm, tmp_path_factory):
+    """aencode's pooling runs once over a combined forward (RowsThen): each text's embedding is still exactly
+    encode's of it alone, texts of different lengths and normalisations mixed; RoBERTa's layout (its own key-less
+    path) too."""
+    roberta = bortengine.load(str(make_random_encoder(tmp_path_factory.mktemp("rob") / "m", model_type="roberta",
+                                                      head="model", hidden_size=64, num_hidden_layers=2,
+                                                      num_attention_heads=4, intermediate_size=128, seed=0)),
+                              num_threads=2)
+    for engine in (minilm, roberta):
+        records = []
+        engine.add_batch_listener(records.append)
+
+        async def main():
+            return await asyncio.gather(*(engine.aencode(t, normalize=i % 3 != 0) for i, t in enumerate(TEXTS * 4)))
+
+        got = asyncio.run(main())
+        for i, (text, embedding) in enumerate(zip(TEXTS * 4, got)):
+            assert np.array_equal(embedding, engine.encode(text, normalize=i % 3 != 0)), (engine.path, i)
+        assert max(r.requests for r in records) > 1      # some forwards were combined
 
 
 def test_asked_to_a_short_request_after_the_encoder_idled_is_led_on_the_loop_and_a_burst_still_batches():

@@ -14,10 +14,13 @@ import time
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from bortengine.engine import available_cpus, load
 from bortengine.serving import ServeOptions, create_app
+from bortengine.serving.metrics import SECONDS, ServerMetrics
 from serving_process import (API_KEY, CLASSIFIER_TOKENS, MAX_TOKENS, classifier_server, minilm_engine,  # noqa: F401
                              minilm_server, serving_classifier, texts_of)
 
@@ -250,6 +253,70 @@ def test_metrics_count_the_traffic(minilm_server, minilm_engine):
     assert delta(before, after, "bortengine_tokenize_seconds_count") == len(requests) + 1
     assert delta(before, after, "bortengine_forward_seconds_count") >= 1
     assert after[("bortengine_queue_depth", ())] == 0 and after[("bortengine_requests_admitted", ())] == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(observations=st.lists(st.tuples(st.sampled_from(["/v1/embeddings", "/health", "other"]),
+                                       st.sampled_from([200, 400, 429]),
+                                       st.one_of(st.sampled_from(SECONDS),   # exactly on a bucket's bound
+                                                 st.floats(0.0, 60.0, allow_nan=False))),
+                             max_size=40))
+def test_metrics_expose_what_prometheus_clients_own_counter_and_histogram_would(observations):
+    """ServerMetrics keeps its figures in plain counters read at scrape time; for the same observations its
+    exposition parses to the same samples as prometheus-client's Counter and Histogram (bounds inclusive, as `le`
+    means), `_created` samples aside."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    ours = ServerMetrics()
+    registry = CollectorRegistry()
+    requests = Counter("bortengine_requests", "", ["route", "status"], registry=registry)
+    seconds = Histogram("bortengine_request_seconds", "", ["route"], buckets=SECONDS, registry=registry)
+    for route, status, value in observations:
+        ours.record_request(route, status, value)
+        requests.labels(route, str(status)).inc()
+        seconds.labels(route).observe(value)
+
+    def samples(text: str, names: set[str]) -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples if s.name in names}
+
+    names = {"bortengine_requests_total", "bortengine_request_seconds_bucket", "bortengine_request_seconds_count",
+             "bortengine_request_seconds_sum"}
+    expected = samples(generate_latest(registry).decode(), names)
+    got = samples(ours.exposition().decode(), names)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+
+
+def test_metrics_from_many_threads_lose_no_observation():
+    """The forwards' threads record batches while the event loop records requests: nothing is lost."""
+    import threading
+
+    from bortengine.engine import BatchRecord
+
+    metrics = ServerMetrics()
+    record = BatchRecord(3, 20, 2, 0.004, [0.001, 0.002], [0.0, 0.0], 1)
+
+    def lane() -> None:
+        for _ in range(2000):
+            metrics.record_batch(record)
+
+    def loop() -> None:
+        for _ in range(2000):
+            metrics.record_request("/v1/embeddings", 200, 0.003)
+
+    threads = [threading.Thread(target=f) for f in (lane, lane, loop)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for family in text_string_to_metric_families(metrics.exposition().decode()) for s in family.samples}
+    assert got[("bortengine_batch_sequences_count", ())] == 4000
+    assert got[("bortengine_queue_seconds_count", ())] == 8000
+    assert got[("bortengine_queue_seconds_sum", ())] == pytest.approx(4000 * 0.003)
+    assert got[("bortengine_requests_total", (("route", "/v1/embeddings"), ("status", "200")))] == 2000
 
 
 def test_a_burst_of_short_requests_is_batched_by_the_worker_threads_not_led_on_the_event_loop(minilm):

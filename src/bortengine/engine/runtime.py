@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, ForwardQueue
+from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, ForwardQueue, RowsThen
 from bortengine.engine.config import ModelConfig, check_layer_list
 from bortengine.engine.entities import check_aggregation, token_entities
 from bortengine.engine.heads import ClassifierHead, Linear, relevance_scores
@@ -411,7 +411,8 @@ class Engine:
             raise InvalidInputError(
                 f"input_ids has {t} tokens per sequence but the model has positions for {c.max_positions} "
                 f"(max_position_embeddings={c.max_position_embeddings}); truncate to {c.max_positions} tokens")
-        _check_range(ids, "input_ids", c.vocab_size, "vocab_size", "ids must come from this model's tokenizer (engine.tokenize)")
+        _check_range(ids, "input_ids", c.vocab_size, "vocab_size",
+                     "ids must come from this model's tokenizer (engine.tokenize)")
 
         mask = None
         if attention_mask is not None:
@@ -495,8 +496,12 @@ class Engine:
         def pooled(batch: dict[str, np.ndarray], output: EncoderOutput) -> np.ndarray:
             return self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
 
+        def pooled_rows(hidden: np.ndarray, _: Optional[np.ndarray], mask: np.ndarray) -> np.ndarray:
+            return self.pooling(hidden, mask, normalize=normalize)
+
         async for rows, embeddings in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
-                                                      deadline, pooled, lead_when_idle):
+                                                      deadline, pooled, lead_when_idle,
+                                                      rows=(("pooling", normalize), pooled_rows)):
             out[rows] = embeddings
         return out[0] if single else out
 
@@ -511,13 +516,16 @@ class Engine:
 
     async def _aforwards(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
                          max_length: Optional[int], truncation: bool, single: bool, deadline: Optional[float],
-                         reduce: Callable[[dict[str, np.ndarray], EncoderOutput], Any], lead_when_idle: bool = False):
+                         reduce: Callable[[dict[str, np.ndarray], EncoderOutput], Any], lead_when_idle: bool = False,
+                         rows: Optional[tuple[Any, Callable[..., Any]]] = None):
         """(rows, reduce(batch, EncoderOutput)) of each batch _batches() gives, computed through the forward queue;
         reduce (the caller's pooling or head) runs in the thread that led the forward, off the event loop. The
         texts are tokenized with the first batch: on the event loop when they are short (INLINE_CHARS: tens of
         microseconds, less than a hand-over to a thread, and a busy engine then takes the request with no thread
         hop at all), else in the queue's worker thread; a text refused there (truncation=False) is raised where
-        the caller awaits, before any of its forwards."""
+        the caller awaits, before any of its forwards. rows: (key, rows(hidden, pooled, mask)): reduce as a function
+        of each row of the encoder's outputs alone, which a combined forward then runs once for every request of
+        the same key (batching.RowsThen); used where a batch needs no layout restored (RoBERTa's, MPNet's)."""
         until = _deadline(deadline)
         # texts tokenized already (TokenizedTexts) are only padded here: microseconds per text
         inline = isinstance(texts, TokenizedTexts) or characters(texts, pairs) <= INLINE_CHARS
@@ -526,13 +534,16 @@ class Engine:
             taken: list[Any] = []
 
             def prepare():
-                rows, batch = next(batches)
-                taken.extend((rows, batch, self._tokenizer_made(batch)))
+                indices, batch = next(batches)
+                taken.extend((indices, batch, self._tokenizer_made(batch)))
+                if rows is not None and taken[2].layout is None:
+                    then.key = rows[0]
                 return taken[2].native
 
-            def then(forward, taken=taken):
+            def reduced_alone(forward, taken=taken):
                 return reduce(taken[1], self._output(forward, taken[2]))
 
+            then = reduced_alone if rows is None else RowsThen(None, rows[1], reduced_alone)
             reduced = await self._queue.arun(prepare, until, inline=inline, then=then, lead_on_loop=lead_when_idle)
             yield taken[0], reduced
 
