@@ -5,8 +5,8 @@
 // C++ std::invalid_argument -> ValueError, std::bad_alloc -> MemoryError.
 //
 // One function per group: bind_info (CPU, ISAs, kernel names), bind_forward (the forward's step table),
-// bind_encoder, bind_fp32_ops, bind_int8_ops, bind_bf16_ops, bind_references (the plain-loop references tests
-// compare with).
+// bind_encoder, bind_fp32_ops, bind_pool (sentence pooling), bind_int8_ops, bind_bf16_ops, bind_references (the
+// plain-loop references tests compare with).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -365,6 +365,37 @@ class PyPackedLinear {
     ops::PackedLinear lin_;
 };
 
+// Pooling runs with the GIL held below this many hidden values: for a served batch of short texts it takes a few
+// microseconds, less than giving the GIL away and waiting to get it back from the event loop (4 MB of float32).
+constexpr std::int64_t kPoolKeepsGil = 1 << 20;
+
+ops::PoolMode pool_mode(const std::string& name) {
+    if (name == "cls") return ops::PoolMode::Cls;
+    if (name == "max") return ops::PoolMode::Max;
+    if (name == "mean") return ops::PoolMode::Mean;
+    if (name == "mean_sqrt_len") return ops::PoolMode::MeanSqrtLen;
+    throw std::invalid_argument("unknown pooling mode '" + name + "'; the modes are cls, max, mean, mean_sqrt_len");
+}
+
+void bind_pool(py::module_& m) {
+    m.def(
+        "pool",
+        [](FArray hidden, IArray mask, const std::vector<std::string>& names, bool normalize) {
+            std::vector<ops::PoolMode> modes;
+            for (const std::string& name : names) modes.push_back(pool_mode(name));
+            FArray out = new_array<float>(ops::check_pool(ref(hidden), ref(mask), modes));
+            float* o = out.mutable_data();
+            if (hidden.size() >= kPoolKeepsGil) {
+                py::gil_scoped_release release;
+                ops::pool(ref(hidden), ref(mask), modes, normalize, o);
+            } else {
+                ops::pool(ref(hidden), ref(mask), modes, normalize, o);
+            }
+            return out;
+        },
+        py::arg("hidden"), py::arg("mask"), py::arg("modes"), py::arg("normalize"));
+}
+
 void bind_fp32_ops(py::module_& m) {
     py::class_<PyPackedLinear>(m, "PackedLinear")
         .def(py::init<FArray, py::object, const std::string&>(), py::arg("w"), py::arg("bias") = py::none(),
@@ -669,6 +700,7 @@ PYBIND11_MODULE(_core, m) {
     bind_forward(m);
     bind_encoder(m);
     bind_fp32_ops(m);
+    bind_pool(m);
     bind_int8_ops(m);
     bind_bf16_ops(m);
     bind_references(m);

@@ -2,6 +2,8 @@
 #include "single_ops.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <utility>
 
@@ -366,6 +368,67 @@ void round_bf16(const Bf16KernelTable& kt, const ArrayRef<float>& x, std::uint16
 void round_bf16_ref(const ArrayRef<float>& x, std::uint16_t* y) {
     const std::int64_t n = elements(x.shape);
     for (std::int64_t i = 0; i < n; ++i) y[i] = ref::bf16(x.data[i]);
+}
+
+// ----- sentence pooling
+
+Shape check_pool(const ArrayRef<float>& hidden, const ArrayRef<std::int64_t>& mask,
+                 const std::vector<PoolMode>& modes) {
+    if (hidden.shape.size() != 3)
+        throw std::invalid_argument("hidden has shape " + shape_str(hidden.shape) + ", expected [B, T, H]");
+    const std::int64_t B = hidden.shape[0], T = hidden.shape[1], H = hidden.shape[2];
+    expect_shape(mask.shape, {B, T}, "mask");
+    if (modes.empty()) throw std::invalid_argument("pooling needs at least one mode");
+    if (T < 1 && std::find(modes.begin(), modes.end(), PoolMode::Cls) != modes.end())
+        throw std::invalid_argument("cls pooling needs at least one token per row");
+    return {B, H * static_cast<std::int64_t>(modes.size())};
+}
+
+// Sums run over the tokens in order, in float32, as NumPy's sum over that axis does; the norm in double.
+void pool(const ArrayRef<float>& hidden, const ArrayRef<std::int64_t>& mask, const std::vector<PoolMode>& modes,
+          bool normalize, float* out) {
+    const Shape s = check_pool(hidden, mask, modes);
+    const std::int64_t B = hidden.shape[0], T = hidden.shape[1], H = hidden.shape[2], W = s[1];
+    std::vector<float> total(static_cast<std::size_t>(H));
+    for (std::int64_t b = 0; b < B; ++b) {
+        const float* rows = hidden.data + b * T * H;
+        const std::int64_t* m = mask.data + b * T;
+        float* o = out + b * W;
+        for (std::size_t k = 0; k < modes.size(); ++k, o += H) {
+            const PoolMode mode = modes[k];
+            if (mode == PoolMode::Cls) {
+                std::copy(rows, rows + H, o);
+            } else if (mode == PoolMode::Max) {
+                std::fill(o, o + H, -std::numeric_limits<float>::infinity());
+                for (std::int64_t t = 0; t < T; ++t) {
+                    const float* x = rows + t * H;
+                    for (std::int64_t h = 0; h < H; ++h) {
+                        const float v = m[t] > 0 ? x[h] : -1e9f;
+                        if (v > o[h] || std::isnan(v)) o[h] = v;   // a NaN stays, as NumPy's max keeps it
+                    }
+                }
+            } else {
+                float count = 0.0f;
+                std::fill(total.begin(), total.end(), 0.0f);
+                for (std::int64_t t = 0; t < T; ++t) {
+                    const float w = static_cast<float>(m[t]);
+                    const float* x = rows + t * H;
+                    for (std::int64_t h = 0; h < H; ++h) total[h] += x[h] * w;
+                    count += w;
+                }
+                count = std::max(count, 1e-9f);
+                const float d = mode == PoolMode::Mean ? count : std::sqrt(count);
+                for (std::int64_t h = 0; h < H; ++h) o[h] = total[h] / d;
+            }
+        }
+        if (normalize) {  // torch.nn.functional.normalize(p=2, eps=1e-12)
+            float* row = out + b * W;
+            double squares = 0.0;
+            for (std::int64_t j = 0; j < W; ++j) squares += static_cast<double>(row[j]) * row[j];
+            const float norm = std::max(static_cast<float>(std::sqrt(squares)), 1e-12f);
+            for (std::int64_t j = 0; j < W; ++j) row[j] /= norm;
+        }
+    }
 }
 
 }  // namespace ops

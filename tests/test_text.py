@@ -6,6 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bortengine
 from bortengine import BortEngineError, InvalidInputError
@@ -154,6 +156,66 @@ def test_pooling_modes(small_model, tmp_path, modes):
     ours = engine.encode(texts)
     assert ours.shape == (2, 64 * len(modes))
     assert np.abs(ours - ref).max() <= 1e-4
+
+
+def _pooled_in_numpy(hidden, mask, modes, normalize):
+    """sentence-transformers' Pooling and Normalize in float64 NumPy: the reference of the native pooling."""
+    h, m = hidden.astype(np.float64), mask.astype(np.float64)[:, :, None]
+    count = np.maximum(m.sum(1), 1e-9)
+    by_mode = {"cls": h[:, 0], "max": np.where(m > 0, h, -1e9).max(1), "mean": (h * m).sum(1) / count,
+               "mean_sqrt_len": (h * m).sum(1) / np.sqrt(count)}
+    out = np.concatenate([by_mode[x] for x in modes], axis=1)
+    if normalize:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(b=st.integers(1, 5), t=st.integers(1, 12), h=st.integers(1, 40), normalize=st.booleans(),
+       modes=st.lists(st.sampled_from(["cls", "max", "mean", "mean_sqrt_len"]), min_size=1, max_size=4, unique=True),
+       seed=st.integers(0, 2 ** 16))
+def test_native_pooling_is_sentence_transformers_pooling_row_by_row(b, t, h, normalize, modes, seed):
+    """_core.pool: every mode and their concatenation against float64 NumPy (rows with no real token too), and each
+    row's result the same bits alone as in a batch (what combined forwards rely on)."""
+    from bortengine.engine.native import core
+
+    rng = np.random.default_rng(seed)
+    hidden = rng.standard_normal((b, t, h)).astype(np.float32) * 3
+    mask = (rng.random((b, t)) < 0.7).astype(np.int64)
+    got = core().pool(hidden, mask, modes, normalize)
+    assert got.dtype == np.float32 and got.shape == (b, h * len(modes))
+    np.testing.assert_allclose(got, _pooled_in_numpy(hidden, mask, modes, normalize), rtol=2e-5, atol=2e-5)
+    for row in range(b):
+        alone = core().pool(hidden[row:row + 1, : max(1, int(mask[row].nonzero()[0].max(initial=0)) + 1)],
+                            mask[row:row + 1, : max(1, int(mask[row].nonzero()[0].max(initial=0)) + 1)], modes,
+                            normalize)
+        if "max" not in modes or mask[row].any():   # a row with no real token: max is -1e9 over any width
+            assert np.array_equal(alone[0], got[row])
+
+
+def test_native_pooling_on_a_large_batch_and_its_bad_inputs():
+    """Above ~1M hidden values the pooling gives the GIL away while it runs: same results; a NaN stays NaN in every
+    mode (the server refuses non-finite answers); wrong shapes and modes are ValueErrors that say what is wrong."""
+    from bortengine.engine.native import core
+
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((64, 128, 200)).astype(np.float32)   # 1.6M values
+    mask = np.ones((64, 128), np.int64)
+    mask[:, 100:] = 0
+    modes = ["cls", "max", "mean", "mean_sqrt_len"]
+    big = core().pool(hidden, mask, modes, True)
+    small = np.concatenate([core().pool(hidden[i:i + 8], mask[i:i + 8], modes, True) for i in range(0, 64, 8)])
+    assert np.array_equal(big, small)
+    hidden[3, 5, 7] = hidden[3, 0, 9] = np.nan   # a real token's; the first token's (cls)
+    assert np.isnan(core().pool(hidden, mask, modes, False)[3, [9, 207, 407, 607]]).all()
+    with pytest.raises(ValueError, match="expected \\[B, T, H\\]"):
+        core().pool(hidden[0], mask, modes, False)
+    with pytest.raises(ValueError, match="mask"):
+        core().pool(hidden, mask[:, :5], modes, False)
+    with pytest.raises(ValueError, match="unknown pooling mode 'weighted'"):
+        core().pool(hidden, mask, ["weighted"], False)
+    with pytest.raises(ValueError, match="at least one mode"):
+        core().pool(hidden, mask, [], False)
 
 
 def test_unsupported_sentence_transformers_module_refused(small_model, tmp_path):

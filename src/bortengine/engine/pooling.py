@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bortengine.engine.native import core
 from bortengine.errors import ModelLoadError
 from bortengine.files import read_json
 
@@ -87,23 +88,12 @@ class Pooling:
         return cls(modes, normalize, tuple(unsupported))
 
     def __call__(self, hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
-        """hidden [B,T,H] float32, mask [B,T] of 0/1 -> [B, H x len(modes)] float32."""
-        m = mask.astype(np.float32)[:, :, None]             # [B,T,1]
-        outputs = []
-        for mode in self.modes:
-            if mode == "cls":
-                outputs.append(hidden[:, 0])
-            elif mode == "max":
-                outputs.append(np.where(m > 0, hidden, np.float32(-1e9)).max(axis=1))
-            else:
-                total = (hidden * m).sum(axis=1)             # [B,H]
-                count = np.maximum(m.sum(axis=1), 1e-9)      # [B,1]
-                outputs.append(total / (count if mode == "mean" else np.sqrt(count)))
-        out = np.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
-        out = np.ascontiguousarray(out, dtype=np.float32)
-        if normalize:  # torch.nn.functional.normalize(p=2, eps=1e-12)
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
-        return out
+        """hidden [B,T,H] float32, mask [B,T] of 0/1 -> [B, H x len(modes)] float32: each mode's vector side by side
+        (max over real tokens; mean, or sum over sqrt(count), of real tokens; the first token), then divided by
+        its L2 norm if normalize (torch.nn.functional.normalize, eps 1e-12). Native (_core.pool), row by row: a
+        served batch's pooling takes microseconds with the GIL held, where NumPy's dozen calls each released it
+        and waited to get it back from the event loop (~0.5 ms per forward of 7 short queries in the server)."""
+        return core().pool(hidden, mask, self.modes, bool(normalize))
 
 
 def transformer_directory(path: str | os.PathLike) -> Path:
