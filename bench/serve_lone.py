@@ -8,8 +8,12 @@ between them. The in-process reference (serve_inprocess.py: `encode` of one text
 its own process before and after the rounds. Per round the two servers' p50 are compared, so both sample the
 same machine state; the median over rounds is reported, with how many rounds each side won.
 
+--floor adds two servers that do no work (bench/serve_floor.py) to every round: uvicorn + Starlette answering a
+fixed embedding (`stack`) and a bare uvloop protocol answering it (`loopback`): what a lone request costs on this
+machine before any model runs, against the same target.
+
     python bench/serve_lone.py [--dtype int8] [--texts queries] [--rounds 7] [--seconds 6] [--pause-ms 50]
-        [--out bench/results/serve_lone]
+        [--floor] [--out bench/results/serve_lone]
 
 Needs wrk (`bash bench/setup_serve_load.sh`). Writes serve_lone.json into --out and prints the table.
 """
@@ -31,12 +35,16 @@ from serve_processes import (LoadTestError, ServerProcess, free_port, run_client
 from serve_report import level_from_report  # noqa: E402
 
 VARIANTS = {"on-loop": [], "threads-only": ["--no-forwards-on-loop"]}
+FLOORS = ("stack", "loopback")
 
 
 def start(name: str, args, extra: list[str]) -> ServerProcess:
     port = free_port()
-    argv = [sys.executable, "-m", "bortengine", "serve", str(args.model), "--host", "127.0.0.1", "--port", str(port),
-            "--threads", str(args.threads), "--dtype", args.dtype, *extra]
+    if name in FLOORS:
+        argv = [sys.executable, str(BENCH_DIR / "serve_floor.py"), name, "--port", str(port)]
+    else:
+        argv = [sys.executable, "-m", "bortengine", "serve", str(args.model), "--host", "127.0.0.1", "--port",
+                str(port), "--threads", str(args.threads), "--dtype", args.dtype, *extra]
     server = ServerProcess(name, argv, port, WORK_DIR / f"server-lone-{name}.log")
     print(f"started {name} on port {port}, ready in {server.wait_ready(120):.1f} s", flush=True)
     return server
@@ -75,6 +83,8 @@ def run(args) -> dict:
     print(f"{args.texts}: {stats['count']} texts, median {stats['tokens_median']:g} tokens", flush=True)
     refs = [inprocess(args, texts_file)]
     servers = [start(name, args, extra) for name, extra in VARIANTS.items()]
+    if args.floor:
+        servers += [start(name, args, []) for name in FLOORS]
     rounds = []
     try:
         bodies = write_bodies(WORK_DIR / "bodies-lone.jsonl", texts, model_id(servers[0], Path(args.model).name), 1)
@@ -91,14 +101,14 @@ def run(args) -> dict:
             s.stop()
     refs.append(inprocess(args, texts_file))
     a, b = VARIANTS
-    med = {n: statistics.median(row[n]["p50_ms"] for row in rounds) for n in VARIANTS}
+    med = {s.name: statistics.median(row[s.name]["p50_ms"] for row in rounds) for s in servers}
     ref = statistics.median(x["p50_ms"] for x in refs)
     summary = {"median_p50_ms": med, "inprocess_after_pause_p50_ms": ref,
                "served_minus_inprocess_ms": {n: med[n] - ref for n in VARIANTS},
                f"rounds_{a}_faster": sum(row[a]["p50_ms"] < row[b]["p50_ms"] for row in rounds),
                "ratio_median": statistics.median(row[b]["p50_ms"] / row[a]["p50_ms"] for row in rounds)}
     return {"meta": {"model": str(args.model), "dtype": args.dtype, "threads": args.threads, "texts": args.texts,
-                     "text_stats": stats, "pause_ms": args.pause_ms, "seconds": args.seconds,
+                     "text_stats": stats, "pause_ms": args.pause_ms, "seconds": args.seconds, "floor": args.floor,
                      "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
             "inprocess": refs, "rounds": rounds, "summary": summary}
 
@@ -115,6 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--seconds", type=int, default=6, help="seconds per server and round")
     p.add_argument("--pause-ms", type=float, default=50.0)
+    p.add_argument("--floor", action="store_true", help="add servers that do no work (bench/serve_floor.py)")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "serve_lone")
     args = p.parse_args(argv)
     args.model = args.model or str(minilm_path())
@@ -132,6 +143,10 @@ def main(argv=None) -> int:
           + ", ".join(f"{n} {v:+.3f} ms" for n, v in s["served_minus_inprocess_ms"].items())
           + f" (target <= 0.5); on-loop faster in {s['rounds_on-loop_faster']} of {args.rounds} rounds, "
             f"threads-only / on-loop {s['ratio_median']:.3f}")
+    if args.floor:
+        print("servers that do no work (bench/serve_floor.py), median p50: "
+              + ", ".join(f"{n} {s['median_p50_ms'][n]:.3f} ms" for n in FLOORS)
+              + f"; on-loop minus stack {s['median_p50_ms']['on-loop'] - s['median_p50_ms']['stack']:+.3f} ms")
     print(f"wrote {args.out / 'serve_lone.json'}")
     return 0
 

@@ -292,6 +292,41 @@ def test_the_whole_load_test_at_a_tiny_load(tmp_path, monkeypatch):
     assert MARKER.strip() not in (out / "serve_load.json").read_text()
 
 
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn", "uvloop", "orjson")),
+                    reason="the floor servers need starlette, uvicorn, uvloop and orjson (pip install -e '.[serve]')")
+@pytest.mark.parametrize("kind", ["stack", "loopback"])
+def test_the_floor_servers_answer_an_embedding_per_request_even_pipelined(tmp_path, kind):
+    import socket
+
+    port = free_port()
+    server = ServerProcess(kind, [sys.executable, str(BENCH / "serve_floor.py"), kind, "--port", str(port), "--dim",
+                                  "7"], port, tmp_path / f"{kind}.log")
+    try:
+        server.wait_ready(60)
+        status, answer = http_json(server.base_url + "/v1/embeddings", {"input": "a query", "model": "m"})
+        assert status == 200 and len(answer["data"][0]["embedding"]) == 7
+        body = b'{"input": "x"}'
+        one = (b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(one[:20])  # a request split across reads, then two more in one write
+            sock.sendall(one[20:] + one + one)
+            seen = b""
+            while seen.count(b"HTTP/1.1 200") < 3 or not seen.endswith(b"}"):
+                chunk = sock.recv(65536)
+                assert chunk, f"the {kind} server closed the connection after {seen.count(b'HTTP/1.1 200')} answers"
+                seen += chunk
+        assert seen.count(b"HTTP/1.1 200") == 3
+        if HAVE_WRK:
+            bodies = tmp_path / "bodies.jsonl"
+            bodies.write_text('{"input": "a", "model": "m"}\n')
+            run = run_client(wrk_argv(server.base_url + "/v1/embeddings", bodies, 2, 1, 1, 30), server, [server], 60)
+            level = level_from_report(run.report, server=kind, mode="closed", texts_per_request=1, connections=2)
+            assert level.ok > 0 and level.errors == 0
+    finally:
+        server.stop()
+
+
 def test_the_batch_token_bench_measures_every_size_on_real_texts(tmp_path):
     import batch_tokens
 
