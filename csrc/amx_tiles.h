@@ -6,7 +6,7 @@
 // thread and costs little beside a GEMM call, so each call loads it and releases the tiles when done (the OS then
 // has no tile state to save for that thread).
 #pragma once
-#include <immintrin.h>
+#include "intrinsics.h"
 
 #include <cstddef>
 #include <cstdint>

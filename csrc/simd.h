@@ -5,7 +5,7 @@
 #pragma once
 
 #if defined(BE_ISA_AVX512) || defined(BE_ISA_AVX2)
-#include <immintrin.h>
+#include "intrinsics.h"
 #endif
 
 namespace bortengine {
