@@ -336,27 +336,6 @@ def test_the_students_fine_tuning_adds_texts_near_the_training_texts_labelled_by
     np.testing.assert_allclose(np.asarray(augmented["logits"][:50]), answers.logits, atol=1e-5)
 
 
-def test_the_distillation_also_reads_texts_near_each_training_text(reference, data, teacher):
-    from bortengine.pipeline.stages import DISTIL_NEAR_VARIANTS, RunContext, _distillation_near_texts
-
-    out, summary = reference
-    ctx = RunContext(_config(out, data, teacher), {})
-    train, _ = ctx.task.texts("train")
-    near = _distillation_near_texts(ctx)
-    assert summary["stages"]["distil"]["result"]["near_texts"] == len(near)
-    # up to DISTIL_NEAR_VARIANTS of each (a text with few replaceable words has fewer distinct variants)
-    assert 2 * len(train) <= len(near) <= DISTIL_NEAR_VARIANTS * len(train)
-    assert near == _distillation_near_texts(ctx)          # a function of the seed: a resumed run distils on them
-    texts = [text for _, text in near]
-    assert not set(texts) & set(train)
-    # a variant keeps most of its training text's words: the first ones are the first training text's
-    words = set(train[0].lower().split())
-    assert len(set(texts[0].lower().split()) & words) >= 0.5 * len(words)
-    # and the distillation read them: the documents it recorded are the task's, the near texts and built-in ones
-    distil = summary["stages"]["distil"]["result"]
-    assert distil["documents"] > distil["task_documents"] + len(near)
-
-
 def test_with_scarce_data_the_student_is_fine_tuned_on_near_texts_and_transfer_pieces_then_with_agora(
         data, teacher, tmp_path, monkeypatch):
     """Run killed in the student's fine-tuning, after the teacher labelled its texts, then resumed: the resumed run

@@ -61,11 +61,6 @@ SCARCE_NEAR_SHARE = 0.6
 # went over each ~58 times (its loss 0.74 against 1.11 on the full train's 10,516 documents) and the student ended
 # 4 points below the teacher whatever its fine-tuning (docs/pipeline.md)
 DISTIL_MIN_DOCUMENTS = 6000
-# texts near each training text in the distillation too (TinyBERT's task-specific distillation of the intermediate
-# layers on augmented task text), at most DISTIL_NEAR_MAX in all. Measured on all of Rotten Tomatoes (Zen 4, one run
-# each from the same teacher and student, docs/pipeline.md): test 0.8290 against 0.8138 without them (better on 31
-# reviews, worse on 18), dev 0.8204 both times
-DISTIL_NEAR_VARIANTS, DISTIL_NEAR_MAX = 3, 30000
 MEASURE_SHARE = 0.1         # of the extraction stage: measuring candidates on the engine (~3 s each)
 MEASURE_ROUNDS = 5
 
@@ -437,38 +432,16 @@ def distil_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     DISTIL_MIN_DOCUMENTS in all."""
     from bortengine.training import DistillConfig, pretrain
 
-    started = time.monotonic()
     arch = Architecture.from_dict(ctx.results["extract"]["architecture"])
     task_documents, builtin = _distillation_documents(ctx)
-    near = _distillation_near_texts(ctx)
-    documents = task_documents + near + builtin
+    documents = task_documents + builtin
     config = DistillConfig(student=arch.with_head("pooler"), out_dir=str(ctx.out / "distil"),
                            teacher=str(ctx.teacher_dir), seed=ctx.config.seed, max_length=128, clock="wall",
                            time_budget=None if ctx.config.max_steps else seconds, max_steps=ctx.config.max_steps,
                            threads=ctx.threads)
-    result = pretrain(config, documents=documents, progress=ctx.config.progress, evaluate=False, started=started)
+    result = pretrain(config, documents=documents, progress=ctx.config.progress, evaluate=False)
     return {"student_dir": result["student_dir"], "steps": result["steps"], "tokens": result["tokens"],
-            "documents": len(documents), "task_documents": len(task_documents), "near_texts": len(near),
-            "final_loss": result["final_loss"]}
-
-
-def _distillation_near_texts(ctx: RunContext) -> list[tuple[str, str]]:
-    """("near", text) documents: DISTIL_NEAR_VARIANTS texts near each training text (a quarter of its words swapped
-    for near neighbours in the teacher's word embeddings, as the fine-tuning's, from another seed), at most
-    DISTIL_NEAR_MAX in all; none for text-pair tasks (a variant is a single text). A function of the seed: a
-    resumed distillation gets the same."""
-    import numpy as np
-
-    from bortengine.training import NearestNeighbourSwap
-
-    texts, _ = ctx.task.texts("train")
-    if ctx.task.pairs or not texts:
-        return []
-    variants = max(1, min(DISTIL_NEAR_VARIANTS, DISTIL_NEAR_MAX // len(texts)))
-    texts = texts[:DISTIL_NEAR_MAX // variants]
-    swap = NearestNeighbourSwap.from_model(str(ctx.teacher_dir), max_length=128)
-    rng = np.random.default_rng([ctx.config.seed, 1])     # not the fine-tuning's stream: other near texts
-    return [("near", v) for near in swap(texts, rng, variants) for v in near]
+            "documents": len(documents), "task_documents": len(task_documents), "final_loss": result["final_loss"]}
 
 
 def _distillation_documents(ctx: RunContext) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
