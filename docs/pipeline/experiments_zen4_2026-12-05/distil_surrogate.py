@@ -1,5 +1,6 @@
-"""distil_surrogate.py: the extraction's distillation surrogate (100 steps, batch 16, 64 tokens, built-in corpus) of a few
-students cut from the fine-tuned Rotten Tomatoes teacher of runs/rtfull_z (docs/pipeline.md, the deeper student)."""
+"""distil_surrogate.py: the extraction's distillation surrogate (100 steps, batch 16, 64 tokens, built-in
+corpus) of a few students cut from the fine-tuned Rotten Tomatoes teacher of runs/rtfull_z (docs/pipeline.md,
+the deeper student)."""
 import time
 from bortengine.search import DistillationSurrogate
 from bortengine.architecture import Architecture

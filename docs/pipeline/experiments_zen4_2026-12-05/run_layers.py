@@ -17,5 +17,6 @@ def patched(teacher, tokenizer, texts=None):
 
 
 d.default_importance = patched
-from bortengine.cli import main  # noqa: E402
-sys.exit(main(sys.argv[2:]))
+if __name__ == "__main__":      # the extraction's workers are spawned: they import this file
+    from bortengine.cli import main
+    sys.exit(main(sys.argv[2:]))
