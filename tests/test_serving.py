@@ -349,3 +349,20 @@ def test_a_burst_of_short_requests_is_batched_by_the_worker_threads_not_led_on_t
     assert sum(n for _, n in forwards) == requests, forwards
     assert on_loop <= 2, forwards
     assert len(forwards) < requests, f"the burst was not combined: {forwards}"
+
+
+def test_the_default_model_name_is_the_hub_id_in_the_hugging_face_cache(tmp_path):
+    from bortengine.serving import app
+
+    snapshot = tmp_path / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / ("ab12" * 10)
+    snapshot.mkdir(parents=True)
+    assert app.served_name(snapshot) == "sentence-transformers/all-MiniLM-L6-v2"
+    (tmp_path / "hub" / "models--bare" / "snapshots" / "c0").mkdir(parents=True)
+    assert app.served_name(tmp_path / "hub" / "models--bare" / "snapshots" / "c0") == "bare"
+    # elsewhere, the directory's name, also through a link named otherwise (the name the files are under)
+    plain = tmp_path / "my-classifier"
+    plain.mkdir()
+    (tmp_path / "link").symlink_to(plain)
+    assert app.served_name(tmp_path / "link") == "my-classifier"
+    (tmp_path / "x" / "snapshots" / "c0").mkdir(parents=True)   # "snapshots" outside the cache's layout
+    assert app.served_name(tmp_path / "x" / "snapshots" / "c0") == "c0"

@@ -193,6 +193,20 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(minilm_server):
     assert_error(response, 413, "request_too_large", "--max-body-bytes")
 
 
+def test_a_compressed_body_gets_415(minilm_server):
+    import gzip
+
+    body = gzip.compress(json.dumps({"input": ["a compressed text"]}).encode())
+    with minilm_server.client() as client:
+        response = client.post("/v1/embeddings", content=body,
+                               headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+        assert_error(response, 415, "unsupported_encoding", "'gzip'", "uncompressed")
+        assert response.headers["connection"] == "close"
+        # identity is no compression: answered
+        plain = client.post("/v1/embeddings", json={"input": "a text"}, headers={"Content-Encoding": "identity"})
+        assert plain.status_code == 200 and client.get("/health").status_code == 200
+
+
 def test_a_body_that_stalls_gets_408_and_gives_back_its_place(minilm_server):
     # as many clients as --max-queue places stall mid-body: while they hold every place the next request gets 429;
     # each is answered 408 after --body-timeout and disconnected, its place given back, and the server takes the

@@ -36,7 +36,7 @@ from bortengine.serving.requests import RequestLimits, TextRequest, read_body, t
 from bortengine.serving.responses import (JSONAnswer, classify_response, embeddings_response, model_card,
                                           shortened, tokenize_response)
 
-__all__ = ["create_app", "ModelService"]
+__all__ = ["create_app", "ModelService", "served_name"]
 
 # nginx's code for "the client closed the connection before the answer": never seen by the client, counted in the
 # metrics.
@@ -50,6 +50,17 @@ WATCH_AFTER_S = 0.05
 WARM_UP_TEXTS = ["warm-up", "a longer text warms up the kernels at another sequence length, " * 4]
 
 
+def served_name(model_dir: str | Path) -> str:
+    """The name clients pass as `model` when --model-name gives none: the model's Hub id for a directory of the
+    Hugging Face cache (.../models--ORG--NAME/snapshots/COMMIT: "ORG/NAME", not the commit's hash), else the
+    directory's name."""
+    path = Path(model_dir).resolve()
+    repo = path.parent.parent.name
+    if path.parent.name == "snapshots" and repo.startswith("models--") and len(repo) > len("models--"):
+        return repo[len("models--"):].replace("--", "/")
+    return path.name
+
+
 class ModelService:
     """The served model and what every route reads: the engine (once loaded and warmed up), the options, the
     metrics, and the requests admitted to the engine's queue."""
@@ -59,7 +70,7 @@ class ModelService:
         self.model_dir = Path(model_dir)
         self.options = options
         self.metrics = metrics
-        self.name = options.model_name or self.model_dir.resolve().name
+        self.name = options.model_name or served_name(self.model_dir)
         self.limits = RequestLimits(options.max_batch_items, options.max_body_bytes)
         self.engine: Optional[Engine] = None
         self.max_input_tokens = 0

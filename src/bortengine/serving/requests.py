@@ -50,7 +50,13 @@ class TextRequest:
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The body, refused with 413 as soon as it is known to pass `limit` bytes: from its Content-Length before
     reading, else while the chunks arrive (chunked transfer encoding); with 408 if it has not all come within
-    `timeout` seconds. Both close the connection, since the rest of the body is left unread."""
+    `timeout` seconds; with 415 if it is compressed (Content-Encoding). Each closes the connection, since the rest
+    of the body is left unread."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise APIError(415, f"the request body is sent with Content-Encoding {encoding!r}; this server reads "
+                            f"uncompressed JSON only: send it without compression", code="unsupported_encoding",
+                       headers={"Connection": "close"})
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
