@@ -84,6 +84,42 @@ def test_ids_match_transformers(family_model, isa):
     assert not ours.last_hidden_state[mask == 0].any()
 
 
+PRETRAINING = [("bert", "masked-lm"), ("bert", "pretraining"), ("roberta", "masked-lm"), ("xlm-roberta", "masked-lm"),
+               ("camembert", "masked-lm"), ("distilbert", "masked-lm"), ("electra", "pretraining"),
+               ("electra", "masked-lm"), ("mpnet", "masked-lm")]
+
+
+@pytest.mark.parametrize("model_type, head", PRETRAINING)
+def test_pretraining_checkpoints_run_their_encoder_as_automodel_loads_it(make_encoder, isa, model_type, head):
+    # how the Hub's base models come (bert-base-uncased: BertForMaskedLM, the ELECTRA discriminators:
+    # ElectraForPreTraining, ...): the encoder runs, the pre-training head's tensors are left unread
+    import transformers
+    from safetensors import safe_open
+
+    extra = {"embedding_size": 72} if model_type == "electra" else {}
+    path = make_encoder(**SIZES, model_type=model_type, head=head, **extra)
+    kind = json.loads((path / "config.json").read_text())["architectures"][0]
+    assert kind.endswith(("ForMaskedLM", "ForPreTraining"))
+    engine = bortengine.load(path, isa=isa)
+    assert engine.config.kind == kind and not engine.config.is_classifier
+    with safe_open(str(path / "model.safetensors"), "np") as f:
+        pooler = any("pooler.dense" in k for k in f.keys())      # BertForPreTraining's; no masked-LM model has one
+    assert pooler == (kind == "BertForPreTraining")
+    takes_pooler = {} if model_type in ("distilbert", "electra") else {"add_pooling_layer": pooler}
+    reference = transformers.AutoModel.from_pretrained(path, attn_implementation="eager", **takes_pooler).eval()
+    ids, mask = _random_batch(engine, np.random.default_rng(1), [engine.config.max_positions, 1, 9])
+    ours = engine(ids, mask)
+    import torch
+
+    with torch.no_grad():
+        ref = reference(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask))
+    assert max_abs_diff_unmasked(ours.last_hidden_state, ref.last_hidden_state.numpy(), mask) <= TOL
+    if pooler:
+        assert np.abs(ours.pooler_output - ref.pooler_output.numpy()).max() <= TOL
+    else:
+        assert ours.pooler_output is None
+
+
 def test_texts_and_pairs_tokenized_as_transformers(family_model):
     from transformers import AutoTokenizer
 

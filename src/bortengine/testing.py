@@ -133,7 +133,8 @@ _ENCODER_KINDS = {"bert": ("Bert", "wordpiece"), "roberta": ("Roberta", "bpe"),
                   "mpnet": ("MPNet", "bpe")}
 _TOKEN_TYPES = ("bert", "electra")  # the model types whose models read token_type_ids
 _NO_POOLER_ARG = ("distilbert", "electra")  # their bare models take no add_pooling_layer
-_HEAD_SUFFIXES = {"model": "Model", "sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
+_HEAD_SUFFIXES = {"model": "Model", "sequence": "ForSequenceClassification", "token": "ForTokenClassification",
+                  "masked-lm": "ForMaskedLM", "pretraining": "ForPreTraining"}
 
 
 def as_sentence_transformers(src: str | os.PathLike, dst: str | os.PathLike, *, pooling: str = "mean",
@@ -224,7 +225,8 @@ def make_random_encoder(
 
     model_type: "bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra" or "mpnet". head: "model"
     (the encoder; with a pooler if `pooler` and the family has one), "sequence" (...ForSequenceClassification) or
-    "token" (...ForTokenClassification), labelled `labels`. max_positions: tokens a sequence may have (RoBERTa's and
+    "token" (...ForTokenClassification), labelled `labels`, or a pre-training checkpoint: "masked-lm"
+    (...ForMaskedLM) or "pretraining" (BertForPreTraining, ElectraForPreTraining). max_positions: tokens a sequence may have (RoBERTa's and
     MPNet's tables get padding_idx + 1 more rows). embedding_size: ELECTRA's (None: hidden_size, no projection).
     vocab_size: rows of the word embedding table (None: the tokenizer's few hundred); a real model's size (e.g.
     XLM-R's 250,002) for benchmarks, whose cost and memory grow with it. The tokenizer stays the small one, so its

@@ -24,7 +24,10 @@ Family says those differences as data, read by config.py (config.json keys and t
   RoBERTa's.
 
 Heads, by the class name in config.json "architectures": <Family>Model (the encoder), <Family>ForSequenceClassification
-and <Family>ForTokenClassification.
+and <Family>ForTokenClassification. A pre-training checkpoint (<Family>ForMaskedLM, <Family>ForPreTraining: how the
+Hub's bert-base-uncased, roberta-base, xlm-roberta-base, distilbert-base-uncased, the ELECTRA discriminators and
+mpnet-base come) runs as its encoder, its pre-training head's tensors left unread, as transformers' AutoModel loads
+it.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ __all__ = ["Family", "FAMILIES", "HEADS", "family_of", "supported_classes"]
 
 # Class-name suffix -> head. "encoder": hidden states (+ the pooler a checkpoint has); "sequence": one label per
 # text from its first token; "token": one label per token.
-HEADS = {"Model": "encoder", "ForSequenceClassification": "sequence", "ForTokenClassification": "token"}
+HEADS = {"Model": "encoder", "ForSequenceClassification": "sequence", "ForTokenClassification": "token",
+         "ForMaskedLM": "encoder", "ForPreTraining": "encoder"}
 
 # ModelConfig field -> its config.json key, for the families that spell them as BERT does.
 _BERT_KEYS = {k: k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
