@@ -46,6 +46,8 @@ def test_finetune_on_a_bad_file_is_one_line_and_writes_nothing(tmp_path):
     ["finetune", "--surrogate-steps", "1"],
     ["finetune", "--agora", "--student-arch", "none", "--labeller", "LABELLER"],
     ["extract", "--surrogate", "finetune", "--space", "bort", "--measure", "0", "--no-progress"],
+    ["extract", "--surrogate", "distill-finetune", "--distil-steps", "2", "--space", "bort", "--measure", "0",
+     "--no-progress"],
 ])
 def test_every_command_checks_the_data_first(tmp_path, capsys, small_classifier, argv):
     bad, out = reviews_csv(tmp_path / "bad.csv", bad_row=3), tmp_path / "run"

@@ -302,8 +302,28 @@ def test_cli_defaults_to_this_cpus_profile(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["settings"]["profile"]["path"] == str(path)
 
 
+def test_the_distil_then_finetune_surrogate(make_model):
+    """Without distillation steps it is the fine-tuning surrogate, to the bit; with them, deterministic and another
+    value (the student was trained first); its settings key its cache apart; bad step counts are refused."""
+    teacher = make_model(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         max_position_embeddings=128, head="classifier", num_labels=2, seed=3)
+    arch = Architecture(1, 2, 16, 32, max_positions=128)
+    kw = dict(steps=3, batch_size=8, eval_limit=16, teacher=str(teacher), threads=1, train_sample=64)
+    plain = S.FinetuneSurrogate(**kw)(arch)
+    assert S.DistilFinetuneSurrogate(distil_steps=0, **kw)(arch) == plain
+    distilled = S.DistilFinetuneSurrogate(distil_steps=4, **kw)
+    first = distilled(arch)
+    assert math.isfinite(first) and first == distilled(arch) and first != plain
+    assert distilled.settings()["distil_steps"] == 4 and distilled.key() != S.DistilFinetuneSurrogate(**kw).key()
+    assert distilled.key() != S.FinetuneSurrogate(**kw).key()
+    assert S.resolve_surrogate("distill-finetune", distil_steps=7, steps=5).distil_steps == 7
+    for bad in (-1, 1.5, True, "10"):
+        with pytest.raises(S.SearchError, match="distil_steps must be an integer >= 0"):
+            S.DistilFinetuneSurrogate(distil_steps=bad)
+
+
 def test_default_workers_follow_the_surrogate(tmp_path, monkeypatch):
-    assert S.DistillationSurrogate.expensive and S.FinetuneSurrogate.expensive
+    assert S.DistillationSurrogate.expensive and S.FinetuneSurrogate.expensive and S.DistilFinetuneSurrogate.expensive
     assert not S.AnalyticSurrogate.expensive and not S.Surrogate.expensive
     seen = []
     init = E.LocalExecutor.__init__

@@ -82,6 +82,9 @@ def _add_surrogate_options(p) -> None:
                    help="surrogate batch size")
     p.add_argument("--max-length", type=int, default=None, help="surrogate sequence length (distill)")
     p.add_argument("--eval-sentences", type=int, default=None, help="surrogate evaluation sentences (distill)")
+    p.add_argument("--distil-steps", type=int, default=None, dest="distil_steps",
+                   help="distillation steps on the task's training texts before the fine-tuning steps "
+                        "(distill-finetune; default 100)")
     p.add_argument("--teacher", default=None, help="teacher directory (default all-MiniLM-L6-v2)")
     p.add_argument("--seed", type=int, default=None, help="surrogate seed")
     add_data_arguments(p, builtin_help="the finetune surrogate's built-in task (default rt); or your data: --train")
@@ -111,7 +114,8 @@ def run(args) -> int:
     workload = Workload(args.batch, args.seq, threads, args.dtype)
     surrogate = resolve_surrogate(args.surrogate, steps=args.steps, batch_size=args.surrogate_batch,
                                   max_length=args.max_length, eval_sentences=args.eval_sentences,
-                                  teacher=args.teacher, seed=args.seed, **_surrogate_data(args))
+                                  distil_steps=args.distil_steps, teacher=args.teacher, seed=args.seed,
+                                  **_surrogate_data(args))
     space = SearchSpace.resolve(args.space)
     prof = target_profile or _profile(args, space, workload)
     kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,

@@ -18,13 +18,13 @@ from bortengine.search.grouping import REPRESENTATIVES, group_bound
 from bortengine.search.pareto import Candidate, ParetoSet, pareto_front, w_coefficient
 from bortengine.search.ray_executor import RayExecutor, RaySettingsRunner, settings_runner
 from bortengine.search.result import Extraction
-from bortengine.search.surrogates import (SURROGATES, AnalyticSurrogate, DistillationSurrogate, FinetuneSurrogate,
-                                          Surrogate, resolve_surrogate)
+from bortengine.search.surrogates import (SURROGATES, AnalyticSurrogate, DistilFinetuneSurrogate,
+                                          DistillationSurrogate, FinetuneSurrogate, Surrogate, resolve_surrogate)
 from bortengine.search.verification import assumption_violations, coverage
 
 __all__ = [
     "SearchError", "SearchInterrupted", "Surrogate", "AnalyticSurrogate", "DistillationSurrogate",
-    "FinetuneSurrogate", "SurrogateCache", "Candidate", "ParetoSet", "Extraction", "extract", "pareto_front",
+    "FinetuneSurrogate", "DistilFinetuneSurrogate", "SurrogateCache", "Candidate", "ParetoSet", "Extraction", "extract", "pareto_front",
     "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
     "default_cache_dir", "measure_finalists", "finalists_seconds", "SURROGATES", "REPRESENTATIVES", "SIZES",
     "EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Evaluation", "RaySettingsRunner", "settings_runner",

@@ -551,22 +551,7 @@ def surrogate_loss(architecture: Architecture, teacher=None, steps: int = 50, se
         key = (t_dir, seed, config.max_documents, max_length)
         corpus = _CORPORA.get(key) or _CORPORA.setdefault(
             key, _Corpus(tokenizer, seed, config.max_documents, None, None))
-    params = list(student.parameters()) + list(loss_fn.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    torch.manual_seed(seed)
-    if threads:
-        torch.set_num_threads(threads)
-    student.train()
-
-    def loss_of(indices: list[int]):     # the surrogate leaves the MLM losses out, even for a teacher with a head
-        ids, mask = collate([corpus.segments[i] for i in indices])
-        with torch.no_grad():
-            t_out, _ = _teacher_forward(t_model, ids, mask)
-        s_out, _ = _student_forward(student, ids, mask, mlm=False)
-        return loss_fn(s_out, t_out, mask)[0], int(mask.sum())
-
-    TrainingLoop(params, optimizer, distillation_schedule(config), [len(s) for s in corpus.segments], batch_size,
-                 seed, bucket=64, max_steps=steps).run(loss_of)
+    _distil_steps(student, t_model, loss_fn, corpus, config)
     ids, mask = collate(tokenizer.token_ids(_eval_texts(eval_sentences)))
     student.eval()
     with torch.no_grad():
@@ -574,6 +559,52 @@ def surrogate_loss(architecture: Architecture, teacher=None, steps: int = 50, se
         s_out, _ = _student_forward(student, ids, mask, mlm=False)
         loss, _ = loss_fn(s_out, t_out, mask)
     return float(loss)
+
+
+def _distil_steps(student: _Student, t_model, loss_fn: DistillationLoss, corpus: _Corpus, config: DistillConfig
+                  ) -> None:
+    """config.max_steps optimiser steps of the distillation objective on the corpus's first batches (seeded), in place
+    on the student and the loss's projections: the surrogates' short distillation. MLM losses left out, even for a
+    teacher with a head."""
+    params = list(student.parameters()) + list(loss_fn.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    student.train()
+
+    def loss_of(indices: list[int]):
+        ids, mask = collate([corpus.segments[i] for i in indices])
+        with torch.no_grad():
+            t_out, _ = _teacher_forward(t_model, ids, mask)
+        s_out, _ = _student_forward(student, ids, mask, mlm=False)
+        return loss_fn(s_out, t_out, mask)[0], int(mask.sum())
+
+    TrainingLoop(params, optimizer, distillation_schedule(config), [len(s) for s in corpus.segments],
+                 config.batch_size, config.seed, bucket=64, max_steps=config.max_steps).run(loss_of)
+
+
+def distil_cut_student(encoder, layer_map: Sequence[int], teacher_dir: str, importance: Importance,
+                       documents: Sequence[tuple[str, str]], steps: int, seed: int = 0, batch_size: int = 16,
+                       max_length: int = 64, lr: float = 2e-4, threads: Optional[int] = None) -> None:
+    """`steps` optimiser steps of the distillation objective (as surrogate_loss trains) on `documents` ((source,
+    text) pairs, e.g. a task's training texts), in place on `encoder`: a BertModel cut from the teacher in
+    teacher_dir by slice_init with `importance`, whose layer i learns teacher layer layer_map[i]. For a surrogate
+    that distils a student before it fine-tunes it (search.DistilFinetuneSurrogate)."""
+    t_model, _, _, t_dir = teacher_bundle(teacher_dir)
+    arch = replace(architecture_of(encoder), head="pooler")
+    t_arch = architecture_of(encoder_of(t_model))
+    config = DistillConfig(student=arch, out_dir="", teacher=t_dir, seed=seed, batch_size=batch_size,
+                           max_length=max_length, lr=lr, warmup_steps=max(1, steps // 10), max_steps=steps,
+                           checkpoint_every=float("inf"), log_every=10**9, threads=threads,
+                           max_documents=max(64, steps * batch_size // 4))
+    config.check()
+    projection_init = (torch.sort(torch.topk(importance.hidden, arch.hidden).indices).values
+                       if arch.hidden < t_arch.hidden else None)
+    loss_fn = DistillationLoss(config, t_arch, list(layer_map), projection_init)
+    corpus = _Corpus(TextTokenizer.from_directory(t_dir, max_length), seed, config.max_documents, documents, None)
+    _distil_steps(_Student(encoder, None), t_model, loss_fn, corpus, config)
+    encoder.eval()
 
 
 def _eval_texts(n: int) -> list[str]:
