@@ -254,6 +254,14 @@ class _Student(nn.Module):
         self.mlm = mlm
 
 
+def _projection_init(importance: Importance, arch: Architecture, t_arch: Architecture) -> Optional[torch.Tensor]:
+    """The teacher dimensions a student cut narrower by slice_init kept, in order (its hidden-state projection's
+    starting point), or None for a student as wide as the teacher."""
+    if arch.hidden >= t_arch.hidden:
+        return None
+    return torch.sort(torch.topk(importance.hidden, arch.hidden).indices).values
+
+
 def _make_student(config: DistillConfig, teacher, importance: Optional[Importance]):
     t_arch = architecture_of(encoder_of(teacher))
     arch = config.student
@@ -262,8 +270,7 @@ def _make_student(config: DistillConfig, teacher, importance: Optional[Importanc
         if importance is None:
             raise TrainingError("slice init needs the teacher's importance scores")
         encoder, layer_map = slice_init(arch, teacher, importance, seed=config.seed, dropout=config.dropout)
-        if arch.hidden < t_arch.hidden:
-            projection_init = torch.sort(torch.topk(importance.hidden, arch.hidden).indices).values
+        projection_init = _projection_init(importance, arch, t_arch)
     elif config.init == "random":
         encoder = build_model(arch, seed=config.seed, dropout=config.dropout)
         layer_map = uniform_layer_map(arch.layers, t_arch.layers)
@@ -537,11 +544,7 @@ def surrogate_loss(architecture: Architecture, teacher=None, steps: int = 50, se
     """
     t_model, importance, _, t_dir = teacher_bundle(teacher)
     arch = replace(architecture, head="pooler") if architecture.head == "classifier" else architecture
-    config = DistillConfig(student=arch, out_dir="", teacher=t_dir, seed=seed, batch_size=batch_size,
-                           max_length=max_length, lr=lr, warmup_steps=max(1, steps // 10), max_steps=steps,
-                           checkpoint_every=float("inf"), log_every=10**9, threads=threads,
-                           max_documents=max(64, steps * batch_size // 4))
-    config.check()
+    config = _surrogate_config(arch, t_dir, steps, seed, batch_size, max_length, lr, threads)
     tokenizer = TextTokenizer.from_directory(t_dir, max_length)
     student, layer_map, proj_init = _make_student(config, t_model, importance)
     loss_fn = DistillationLoss(config, architecture_of(encoder_of(t_model)), layer_map, proj_init)
@@ -594,17 +597,22 @@ def distil_cut_student(encoder, layer_map: Sequence[int], teacher_dir: str, impo
     t_model, _, _, t_dir = teacher_bundle(teacher_dir)
     arch = replace(architecture_of(encoder), head="pooler")
     t_arch = architecture_of(encoder_of(t_model))
+    config = _surrogate_config(arch, t_dir, steps, seed, batch_size, max_length, lr, threads)
+    loss_fn = DistillationLoss(config, t_arch, list(layer_map), _projection_init(importance, arch, t_arch))
+    corpus = _Corpus(TextTokenizer.from_directory(t_dir, max_length), seed, config.max_documents, documents, None)
+    _distil_steps(_Student(encoder, None), t_model, loss_fn, corpus, config)
+
+
+def _surrogate_config(arch: Architecture, t_dir: str, steps: int, seed: int, batch_size: int, max_length: int,
+                      lr: float, threads: Optional[int]) -> DistillConfig:
+    """The settings of the surrogates' short distillation: a tenth of the steps warm-up, no checkpoints or logs,
+    a quarter of a document per sample (at least 64 documents)."""
     config = DistillConfig(student=arch, out_dir="", teacher=t_dir, seed=seed, batch_size=batch_size,
                            max_length=max_length, lr=lr, warmup_steps=max(1, steps // 10), max_steps=steps,
                            checkpoint_every=float("inf"), log_every=10**9, threads=threads,
                            max_documents=max(64, steps * batch_size // 4))
     config.check()
-    projection_init = (torch.sort(torch.topk(importance.hidden, arch.hidden).indices).values
-                       if arch.hidden < t_arch.hidden else None)
-    loss_fn = DistillationLoss(config, t_arch, list(layer_map), projection_init)
-    corpus = _Corpus(TextTokenizer.from_directory(t_dir, max_length), seed, config.max_documents, documents, None)
-    _distil_steps(_Student(encoder, None), t_model, loss_fn, corpus, config)
-    encoder.eval()
+    return config
 
 
 def _eval_texts(n: int) -> list[str]:
