@@ -83,7 +83,8 @@ def test_config_classifier_labels():
     ({"hidden_act": "gelu_new"}, "hidden_act 'gelu_new'"),
     ({"hidden_act": "gelu_pytorch_tanh"}, "gelu_pytorch_tanh"),
     ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
-    ({"architectures": ["BertForQuestionAnswering"]}, r"BertForQuestionAnswering.*\"architectures\": \[\"BertModel\"\]"),
+    ({"architectures": ["BertForQuestionAnswering"]},
+     r"BertForQuestionAnswering.*\"architectures\": \[\"BertModel\"\]"),
     ({"is_decoder": True}, "is_decoder"),
 ])
 def test_config_unsupported(change, match):

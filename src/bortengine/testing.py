@@ -226,12 +226,12 @@ def make_random_encoder(
     model_type: "bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra" or "mpnet". head: "model"
     (the encoder; with a pooler if `pooler` and the family has one), "sequence" (...ForSequenceClassification) or
     "token" (...ForTokenClassification), labelled `labels`, or a pre-training checkpoint: "masked-lm"
-    (...ForMaskedLM) or "pretraining" (BertForPreTraining, ElectraForPreTraining). max_positions: tokens a sequence may have (RoBERTa's and
-    MPNet's tables get padding_idx + 1 more rows). embedding_size: ELECTRA's (None: hidden_size, no projection).
-    vocab_size: rows of the word embedding table (None: the tokenizer's few hundred); a real model's size (e.g.
-    XLM-R's 250,002) for benchmarks, whose cost and memory grow with it. The tokenizer stays the small one, so its
-    texts use only the first rows; ids above come from the caller. Reuses an existing directory built with the same
-    arguments unless overwrite=True.
+    (...ForMaskedLM) or "pretraining" (BertForPreTraining, ElectraForPreTraining). max_positions: tokens a sequence
+    may have (RoBERTa's and MPNet's tables get padding_idx + 1 more rows). embedding_size: ELECTRA's (None:
+    hidden_size, no projection). vocab_size: rows of the word embedding table (None: the tokenizer's few hundred);
+    a real model's size (e.g. XLM-R's 250,002) for benchmarks, whose cost and memory grow with it. The tokenizer
+    stays the small one, so its texts use only the first rows; ids above come from the caller. Reuses an existing
+    directory built with the same arguments unless overwrite=True.
     """
     import torch
     import transformers

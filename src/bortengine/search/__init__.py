@@ -24,7 +24,8 @@ from bortengine.search.verification import assumption_violations, coverage
 
 __all__ = [
     "SearchError", "SearchInterrupted", "Surrogate", "AnalyticSurrogate", "DistillationSurrogate",
-    "FinetuneSurrogate", "DistilFinetuneSurrogate", "SurrogateCache", "Candidate", "ParetoSet", "Extraction", "extract", "pareto_front",
+    "FinetuneSurrogate", "DistilFinetuneSurrogate", "SurrogateCache", "Candidate", "ParetoSet", "Extraction",
+    "extract", "pareto_front",
     "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
     "default_cache_dir", "measure_finalists", "finalists_seconds", "SURROGATES", "REPRESENTATIVES", "SIZES",
     "EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Evaluation", "RaySettingsRunner", "settings_runner",
