@@ -281,6 +281,85 @@ def test_no_evaluated_student_is_an_error_that_says_what_to_do():
         _choose([_Candidate("2,12,384,256", 0.65, None)], {})
 
 
+def test_the_shortlist_is_the_widest_student_of_each_depth_measured_fast_enough():
+    """rerank_shortlist: per depth (deepest first), candidates within the bound in the order widest hidden size,
+    most parameters, heads nearest the teacher's head size; one measured too slow rules out those of its depth
+    predicted no faster; at most `tries` measured a depth; nothing after the deadline."""
+    import time
+
+    from bortengine.architecture import Architecture
+    from bortengine.pipeline.stages import rerank_shortlist
+    from bortengine.search import Candidate
+
+    def cand(text, latency):
+        arch = Architecture.parse(text)
+        return Candidate(arch, arch.parameters(embeddings=False), arch.parameters(), latency)
+
+    teacher = cand("6,12,384,1536", 4.0)
+    pool = [cand("2,8,256,1024", 0.7), cand("2,12,384,768", 0.95), cand("2,12,384,512", 0.85),
+            cand("3,8,256,512", 0.98), cand("3,4,256,512", 0.99), cand("3,8,256,256", 0.8),
+            cand("3,8,128,1536", 0.9), cand("4,8,256,256", 1.2), cand("4,8,128,512", 0.95), teacher]
+    speed = {(2, 12, 384, 768): 4.5, (3, 8, 256, 512): 4.0, (3, 8, 256, 256): 5.0, (4, 8, 128, 512): 4.3}
+    asked = []
+
+    def speedup(arch):
+        asked.append(arch.tuple)
+        return speed[arch.tuple]
+
+    class Result:
+        candidates, max_point = pool, teacher
+
+    got = rerank_shortlist(Result, 1.0, speedup, 4.2, deadline=time.monotonic() + 60)
+    assert [c.arch.tuple for c in got] == [(4, 8, 128, 512), (3, 8, 256, 256), (2, 12, 384, 768)]
+    # ⟨3, 4, 256, 512⟩ (heads further from the teacher's 32 dimensions) is predicted no faster than the one
+    # measured too slow; ⟨4, 8, 256, 256⟩ is over the bound
+    assert asked == [(4, 8, 128, 512), (3, 8, 256, 512), (3, 8, 256, 256), (2, 12, 384, 768)]
+    asked.clear()
+    assert [c.arch.tuple for c in rerank_shortlist(Result, 1.0, speedup, 4.2, deadline=time.monotonic() + 60,
+                                                   tries=1)] == [(4, 8, 128, 512), (2, 12, 384, 768)]
+    asked.clear()
+    assert rerank_shortlist(Result, 1.0, speedup, 4.2, deadline=time.monotonic() - 1) == [] and asked == []
+
+
+def test_the_extraction_re_ranks_its_shortlist_by_distilling_then_fine_tuning_and_resumes_from_the_cache(
+        reference, tmp_path):
+    """Without --arch: the FPTAS's choice and the shortlist are scored by search.DistilFinetuneSurrogate (cached in
+    the run), the student is the lowest of them, every shortlisted student was measured fast enough, the report
+    says it, and the stage run again chooses the same from its caches."""
+    import shutil
+
+    from bortengine.architecture import Architecture
+    from bortengine.pipeline.report import _student_lines
+    from bortengine.pipeline.stages import SPEEDUP_MARGIN, RunContext, extract_stage
+
+    out, _ = reference
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    results = {name: stage["result"] for name, stage in stages.items()}
+    run_dir = tmp_path / "run"
+    shutil.copytree(out / "teacher", run_dir / "teacher")
+    config = PipelineConfig(**{**read_config_file(out / "pipeline.toml"), "out": str(run_dir), "arch": None,
+                               "min_speedup": 1.0})
+    found = extract_stage(RunContext(config, results), 600.0)
+    reranking = found["reranking"]
+    students = reranking["students"]
+    assert reranking["surrogate"] == "distill-finetune" and reranking["settings"]["distil_steps"] == 100
+    assert students[0]["architecture"] == found["fptas_choice"] and len(students) >= 2
+    assert all(s["status"] == "ok" and s["error"] > 0 for s in students)
+    assert all(s["measured_speedup"] >= SPEEDUP_MARGIN for s in students[1:])
+    assert len({s["architecture"] for s in students}) == len(students)
+    depths = [Architecture.parse(s["architecture"].strip("⟨⟩").replace(" ", "")).layers for s in students[1:]]
+    assert depths == sorted(set(depths), reverse=True)          # one a depth, deepest first
+    best = min(students, key=lambda s: (s["error"], s["latency_ms"]))
+    assert str(Architecture.from_dict(found["architecture"])) == best["architecture"]
+    assert found["rerank_error"] == best["error"]
+    assert list((run_dir / "extract-cache").glob("distill-finetune-*.jsonl"))
+    text = " ".join(_student_lines({"extract": {"result": found}}))
+    assert f"its choice ({found['fptas_choice']})" in text and f"{best['architecture']} {best['error']:.4f}" in text
+    again = extract_stage(RunContext(config, results), 600.0)
+    assert again["architecture"] == found["architecture"]
+    assert [s["status"] for s in again["reranking"]["students"]] == ["cached"] * len(students)
+
+
 def test_block_medians_time_each_model_in_blocks_taking_turns():
     from bortengine.pipeline.evaluation import block_medians
 

@@ -712,3 +712,32 @@ def test_a_latency_limit_searches_only_the_candidates_predicted_within_it(tmp_pa
     assert {c.arch.tuple for c in others} == fast_enough
     with pytest.raises(S.SearchError, match="latency limit"):
         run(MINILM_SPACE, MINILM_PROFILE, tmp_path, epsilon=0.1, latency_limit_ms=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- re-ranking
+def test_rerank_scores_copies_of_a_shortlist_with_another_surrogate_cached_and_within_a_deadline(tmp_path):
+    """rerank: a second surrogate's errors on copies of some candidates (the search's own keep theirs), in the
+    shortlist's order, from its own cache file on a second call; past the deadline nothing starts."""
+    r = run(TINY, synthetic(TINY), tmp_path, exhaustive=True)
+    shortlist = [c for c in r.candidates if c.dims in {(3, 4, 128, 256), (1, 2, 64, 128), (2, 4, 64, 256)}][::-1]
+    before = [(c.error, c.status) for c in shortlist]
+    other = RandomSurrogate(seed=5)
+    again = S.rerank(shortlist, other, cache_dir=tmp_path / "cache", progress=False)
+    assert [c.dims for c in again] == [c.dims for c in shortlist]
+    assert [c.error for c in again] == [other(c.arch) for c in shortlist]
+    assert all(c.status == "ok" for c in again) and [(c.error, c.status) for c in shortlist] == before
+    assert S.SurrogateCache(tmp_path / "cache", other).path.is_file()
+    cached = S.rerank(shortlist, other, cache_dir=tmp_path / "cache", progress=False)
+    assert [c.error for c in cached] == [c.error for c in again] and {c.status for c in cached} == {"cached"}
+    late = S.rerank(shortlist, RandomSurrogate(seed=6), cache_dir=tmp_path / "cache", progress=False,
+                    deadline=time.monotonic() - 1, workers=2)
+    assert all(c.error is None and c.status == "skipped (time budget)" for c in late)
+
+
+def test_rerank_killed_says_what_is_cached_and_resumes(tmp_path):
+    r = run(TINY, synthetic(TINY), tmp_path, exhaustive=True)
+    shortlist = r.candidates[:5]
+    with pytest.raises(S.SearchInterrupted, match="2 of 5"):
+        S.rerank(shortlist, Interrupting(after=2, alpha=0.3), cache_dir=tmp_path / "other", progress=False)
+    resumed = S.rerank(shortlist, S.AnalyticSurrogate(alpha=0.3), cache_dir=tmp_path / "other", progress=False)
+    assert [c.status for c in resumed] == ["cached"] * 2 + ["ok"] * 3

@@ -103,12 +103,28 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
         lines.append(f"Architecture {_arch_text(extraction['architecture'])} given (--arch).")
     elif extraction:
         measured = extraction.get("measured_speedup")
-        lines.append(
-            f"Architecture {_arch_text(extraction['architecture'])}: the lowest surrogate error of "
-            f"{extraction['evaluations']} students the extraction evaluated, predicted "
-            f"{extraction['teacher_predicted_ms'] / extraction['predicted_ms']:.1f}x faster than the teacher"
-            + (f", measured {measured:.1f}x on this CPU's engine ({extraction.get('measured_on')})" if measured else "")
-            + ". " + extraction.get("note", ""))
+        speed = (f"predicted {extraction['teacher_predicted_ms'] / extraction['predicted_ms']:.1f}x faster than the "
+                 f"teacher" + (f", measured {measured:.1f}x on this CPU's engine ({extraction.get('measured_on')})"
+                               if measured else ""))
+        reranking = extraction.get("reranking")
+        if reranking is None:      # a run from before the re-ranking
+            lines.append(f"Architecture {_arch_text(extraction['architecture'])}: the lowest surrogate error of "
+                         f"{extraction['evaluations']} students the extraction evaluated, {speed}. "
+                         + extraction.get("note", ""))
+        else:
+            scored = [s for s in reranking["students"] if s["error"] is not None]
+            settings = reranking["settings"]
+            lines.append(
+                f"Architecture {_arch_text(extraction['architecture'])}, {speed}. The FPTAS evaluated "
+                f"{extraction['evaluations']} students with the fine-tuning surrogate; its choice "
+                f"({extraction['fptas_choice']}) and the widest student of each depth measured fast enough were "
+                f"re-ranked by a surrogate that distils each from the teacher ({settings['distil_steps']} steps) "
+                f"before it fine-tunes it ({settings['steps']} steps): "
+                + ", ".join(f"{s['architecture']} {s['error']:.4f}" for s in sorted(scored, key=lambda s: s["error"]))
+                + (f"; not re-ranked in the stage's time: "
+                   + ", ".join(s["architecture"] for s in reranking["students"] if s["error"] is None)
+                   if len(scored) < len(reranking["students"]) else "")
+                + ". " + extraction.get("note", ""))
     if finetune.get("agora"):
         near, dev = finetune["near_texts"], finetune["dev_accuracy_engine"]
         chosen = "Agora's" if finetune["chosen"] == "agora" else "the first"
@@ -166,10 +182,13 @@ def _pareto_plot(path: Path, extraction: dict[str, Any]) -> Path:
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["latency_ms"])
     ax.plot([r["latency_ms"] for r in front], [r["error"] for r in front], "o-", color="tab:blue", ms=4,
             label="Pareto front")
-    chosen = next((r for r in rows if r["architecture"] == _arch_text(extraction["architecture"])), None)
+    name = _arch_text(extraction["architecture"])
+    chosen = next((r for r in rows if r["architecture"] == name), None)
     if chosen:
         ax.scatter([chosen["latency_ms"]], [chosen["error"]], marker="*", s=180, color="tab:red", zorder=5,
-                   label=f"chosen {chosen['architecture']}")
+                   label=f"chosen {name}")
+    else:       # a student the re-ranking chose that the FPTAS did not evaluate: its predicted latency
+        ax.axvline(extraction["predicted_ms"], color="tab:red", ls="--", label=f"chosen {name} (re-ranked)")
     ax.axvline(extraction["teacher_predicted_ms"], color="0.4", ls=":", label="teacher")
     ax.set_xlabel("predicted latency on this CPU (ms)")
     ax.set_ylabel("surrogate error (dev cross-entropy)")

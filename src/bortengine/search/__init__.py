@@ -17,6 +17,7 @@ from bortengine.search.fptas import SIZES, extract
 from bortengine.search.grouping import REPRESENTATIVES, group_bound
 from bortengine.search.pareto import Candidate, ParetoSet, pareto_front, w_coefficient
 from bortengine.search.ray_executor import RayExecutor, RaySettingsRunner, settings_runner
+from bortengine.search.reranking import rerank
 from bortengine.search.result import Extraction
 from bortengine.search.surrogates import (SURROGATES, AnalyticSurrogate, DistilFinetuneSurrogate,
                                           DistillationSurrogate, FinetuneSurrogate, Surrogate, resolve_surrogate)
@@ -25,7 +26,7 @@ from bortengine.search.verification import assumption_violations, coverage
 __all__ = [
     "SearchError", "SearchInterrupted", "Surrogate", "AnalyticSurrogate", "DistillationSurrogate",
     "FinetuneSurrogate", "DistilFinetuneSurrogate", "SurrogateCache", "Candidate", "ParetoSet", "Extraction",
-    "extract", "pareto_front",
+    "extract", "rerank", "pareto_front",
     "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
     "default_cache_dir", "measure_finalists", "finalists_seconds", "SURROGATES", "REPRESENTATIVES", "SIZES",
     "EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Evaluation", "RaySettingsRunner", "settings_runner",
