@@ -283,8 +283,9 @@ def test_no_evaluated_student_is_an_error_that_says_what_to_do():
 
 def test_the_shortlist_is_the_widest_student_of_each_depth_measured_fast_enough():
     """rerank_shortlist: per depth (deepest first), candidates within the bound in the order widest hidden size,
-    most parameters, heads nearest the teacher's head size; one measured too slow rules out those of its depth
-    predicted no faster; at most `tries` measured a depth; nothing after the deadline."""
+    most parameters, heads nearest the teacher's head size; one measured too slow, s times faster than the teacher,
+    rules out those of its depth not predicted required / s times faster than it; at most `tries` measured a
+    depth; nothing after the deadline."""
     import time
 
     from bortengine.architecture import Architecture
@@ -299,7 +300,8 @@ def test_the_shortlist_is_the_widest_student_of_each_depth_measured_fast_enough(
     pool = [cand("2,8,256,1024", 0.7), cand("2,12,384,768", 0.95), cand("2,12,384,512", 0.85),
             cand("3,8,256,512", 0.98), cand("3,4,256,512", 0.99), cand("3,8,256,256", 0.8),
             cand("3,8,128,1536", 0.9), cand("4,8,256,256", 1.2), cand("4,8,128,512", 0.95), teacher]
-    speed = {(2, 12, 384, 768): 4.5, (3, 8, 256, 512): 4.0, (3, 8, 256, 256): 5.0, (4, 8, 128, 512): 4.3}
+    speed = {(2, 12, 384, 768): 3.5, (2, 8, 256, 1024): 4.4, (3, 8, 256, 512): 4.0, (3, 8, 256, 256): 5.0,
+             (4, 8, 128, 512): 4.3}
     asked = []
 
     def speedup(arch):
@@ -310,15 +312,42 @@ def test_the_shortlist_is_the_widest_student_of_each_depth_measured_fast_enough(
         candidates, max_point = pool, teacher
 
     got = rerank_shortlist(Result, 1.0, speedup, 4.2, deadline=time.monotonic() + 60)
-    assert [c.arch.tuple for c in got] == [(4, 8, 128, 512), (3, 8, 256, 256), (2, 12, 384, 768)]
+    assert [c.arch.tuple for c in got] == [(4, 8, 128, 512), (3, 8, 256, 256), (2, 8, 256, 1024)]
     # ⟨3, 4, 256, 512⟩ (heads further from the teacher's 32 dimensions) is predicted no faster than the one
-    # measured too slow; ⟨4, 8, 256, 256⟩ is over the bound
-    assert asked == [(4, 8, 128, 512), (3, 8, 256, 512), (3, 8, 256, 256), (2, 12, 384, 768)]
+    # measured too slow; ⟨2, 12, 384, 768⟩ measured 3.5x of 4.2x asked rules out what is not predicted 1.2x faster
+    # than it (0.95 ms): ⟨2, 12, 384, 512⟩ (0.85 ms); ⟨4, 8, 256, 256⟩ is over the bound
+    assert asked == [(4, 8, 128, 512), (3, 8, 256, 512), (3, 8, 256, 256), (2, 12, 384, 768), (2, 8, 256, 1024)]
     asked.clear()
     assert [c.arch.tuple for c in rerank_shortlist(Result, 1.0, speedup, 4.2, deadline=time.monotonic() + 60,
-                                                   tries=1)] == [(4, 8, 128, 512), (2, 12, 384, 768)]
+                                                   tries=1)] == [(4, 8, 128, 512)]
     asked.clear()
     assert rerank_shortlist(Result, 1.0, speedup, 4.2, deadline=time.monotonic() - 1) == [] and asked == []
+
+
+def test_after_the_re_ranking_the_lowest_loss_is_the_student_and_a_short_stage_keeps_the_fptas_choice():
+    from bortengine.pipeline.stages import choose_reranked
+
+    fptas, deep, deeper = (_Candidate("2,12,384,512", 0.9, 0.55), _Candidate("4,8,256,256", 0.8, 0.51),
+                           _Candidate("5,8,256,256", 0.95, 0.46))
+    scored = {"2,12,384,512": 0.5546, "4,8,256,256": 0.5094, "5,8,256,256": 0.46}
+
+    def reranked(*candidates, skipped=()):
+        return [_Candidate(",".join(map(str, c.arch.tuple)), c.latency_ms,
+                           None if c in skipped else scored[",".join(map(str, c.arch.tuple))]) for c in candidates]
+
+    chosen, note = choose_reranked(fptas, "", [deeper, deep], reranked(fptas, deeper, deep))
+    assert chosen.arch.tuple == (5, 8, 256, 256) and note == ""
+    # one loss alone says nothing against the FPTAS's: its choice stays, said so
+    chosen, note = choose_reranked(fptas, "", [deeper, deep], reranked(fptas, deeper, deep, skipped=(deeper, deep)))
+    assert chosen is fptas and "1 of the 3 shortlisted students re-ranked" in note
+    # the FPTAS's choice measured too slow (a note): any of the shortlist, all measured fast enough, is better
+    slow = "no student predicted within 1.00 ms ... the fastest measured (3.90x) was taken"
+    chosen, note = choose_reranked(fptas, slow, [deeper, deep], reranked(deeper, deep, skipped=(deeper,)))
+    assert chosen.arch.tuple == (4, 8, 256, 256) and note == ""
+    chosen, note = choose_reranked(fptas, slow, [deeper, deep], reranked(deeper, deep, skipped=(deeper, deep)))
+    assert chosen is deeper and "the first of them was taken" in note
+    chosen, note = choose_reranked(fptas, slow, [], reranked(fptas, skipped=(fptas,)))
+    assert chosen is fptas and note.startswith(slow) and "FPTAS's choice kept" in note
 
 
 def test_the_extraction_re_ranks_its_shortlist_by_distilling_then_fine_tuning_and_resumes_from_the_cache(
@@ -329,7 +358,7 @@ def test_the_extraction_re_ranks_its_shortlist_by_distilling_then_fine_tuning_an
     import shutil
 
     from bortengine.architecture import Architecture
-    from bortengine.pipeline.report import _student_lines
+    from bortengine.pipeline.report import _pareto_plot, _student_lines
     from bortengine.pipeline.stages import SPEEDUP_MARGIN, RunContext, extract_stage
 
     out, _ = reference
@@ -355,6 +384,10 @@ def test_the_extraction_re_ranks_its_shortlist_by_distilling_then_fine_tuning_an
     assert list((run_dir / "extract-cache").glob("distill-finetune-*.jsonl"))
     text = " ".join(_student_lines({"extract": {"result": found}}))
     assert f"its choice ({found['fptas_choice']})" in text and f"{best['architecture']} {best['error']:.4f}" in text
+    # the Pareto figure marks the student, also one the FPTAS did not evaluate (at its predicted latency)
+    for architecture in (found["architecture"], Architecture.parse("1,2,16,32").to_dict()):
+        figure = _pareto_plot(tmp_path / "pareto.png", {**found, "architecture": architecture})
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = extract_stage(RunContext(config, results), 600.0)
     assert again["architecture"] == found["architecture"]
     assert [s["status"] for s in again["reranking"]["students"]] == ["cached"] * len(students)

@@ -176,7 +176,7 @@ def _pareto_plot(path: Path, extraction: dict[str, Any]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     rows = extraction["candidates"]
     ax.scatter([r["latency_ms"] for r in rows], [r["error"] for r in rows], color="0.7", s=14, label="evaluated")
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["latency_ms"])
@@ -193,7 +193,19 @@ def _pareto_plot(path: Path, extraction: dict[str, Any]) -> Path:
     ax.set_xlabel("predicted latency on this CPU (ms)")
     ax.set_ylabel("surrogate error (dev cross-entropy)")
     ax.set_title("extraction: students of the teacher")
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    scored = [r for r in (extraction.get("reranking") or {}).get("students", []) if r["error"] is not None]
+    if scored:      # another surrogate, another scale: its own axis
+        twin = ax.twinx()
+        twin.scatter([r["latency_ms"] for r in scored], [r["error"] for r in scored], marker="^", s=36,
+                     color="tab:orange", label="re-ranked (distil, then fine-tune)")
+        for r in scored:
+            twin.annotate(r["architecture"], (r["latency_ms"], r["error"]), fontsize=6, xytext=(3, 2),
+                          textcoords="offset points")
+        twin.set_ylabel("re-ranking loss (dev cross-entropy)", color="tab:orange")
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0))
     return save_figure(fig, path)
 
 
