@@ -350,24 +350,31 @@ def test_after_the_re_ranking_the_lowest_loss_is_the_student_and_a_short_stage_k
     assert chosen is fptas and note.startswith(slow) and "FPTAS's choice kept" in note
 
 
+def _extraction_run(reference, tmp_path, **options):
+    """(config, results) of a run with the reference's teacher and first stages whose extraction is still to do
+    (no --arch, --min-speedup 1, `options`)."""
+    import shutil
+
+    out, _ = reference
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    run_dir = tmp_path / "run"
+    shutil.copytree(out / "teacher", run_dir / "teacher")
+    config = PipelineConfig(**{**read_config_file(out / "pipeline.toml"), "out": str(run_dir), "arch": None,
+                               "min_speedup": 1.0, **options})
+    return config, {name: stage["result"] for name, stage in stages.items()}
+
+
 def test_the_extraction_re_ranks_its_shortlist_by_distilling_then_fine_tuning_and_resumes_from_the_cache(
         reference, tmp_path):
     """Without --arch: the FPTAS's choice and the shortlist are scored by search.DistilFinetuneSurrogate (cached in
     the run), the student is the lowest of them, every shortlisted student was measured fast enough, the report
     says it, and the stage run again chooses the same from its caches."""
-    import shutil
-
     from bortengine.architecture import Architecture
     from bortengine.pipeline.report import _pareto_plot, _student_lines
     from bortengine.pipeline.stages import SPEEDUP_MARGIN, RunContext, extract_stage
 
-    out, _ = reference
-    stages = json.loads((out / "pipeline.json").read_text())["stages"]
-    results = {name: stage["result"] for name, stage in stages.items()}
-    run_dir = tmp_path / "run"
-    shutil.copytree(out / "teacher", run_dir / "teacher")
-    config = PipelineConfig(**{**read_config_file(out / "pipeline.toml"), "out": str(run_dir), "arch": None,
-                               "min_speedup": 1.0})
+    config, results = _extraction_run(reference, tmp_path)
+    run_dir = Path(config.out)
     found = extract_stage(RunContext(config, results), 600.0)
     reranking = found["reranking"]
     students = reranking["students"]
@@ -521,18 +528,10 @@ def test_the_extraction_stage_runs_on_ray_and_records_each_candidates_node(refer
     user's data files) runs on the workers of a local Ray instance, and the stage's candidates say which node ran
     them. (That Ray and local workers give the same losses: tests/test_ray_executor.py.)"""
     pytest.importorskip("ray", reason="the Ray executor needs ray: pip install 'bortengine[ray]'")
-    import shutil
-
     from bortengine.architecture import Architecture
     from bortengine.pipeline.stages import RunContext, extract_stage
 
-    out, _ = reference
-    stages = json.loads((out / "pipeline.json").read_text())["stages"]
-    results = {name: stage["result"] for name, stage in stages.items()}
-    run_dir = tmp_path / "run"
-    shutil.copytree(out / "teacher", run_dir / "teacher")
-    config = PipelineConfig(**{**read_config_file(out / "pipeline.toml"), "out": str(run_dir), "arch": None,
-                               "min_speedup": 1.0, "executor": "ray"})
+    config, results = _extraction_run(reference, tmp_path, executor="ray")
     found = extract_stage(RunContext(config, results), 600.0)
     assert found["executor"].startswith("ray: a local Ray instance, 1 node(s)"), found["executor"]
     assert found["candidates"] and found["complete"]
