@@ -325,9 +325,12 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     reranked = rerank(shortlist, surrogate, deadline=started + seconds, cache_dir=cache,
                       executor=ctx.config.executor, ray_address=ctx.config.ray_address, progress=ctx.config.progress)
     chosen, note = choose_reranked(fptas_choice, note, fast_enough, reranked)
-    candidates = [{"architecture": str(c.arch), "params": c.params, "latency_ms": c.latency_ms, "error": c.error,
-                   "pareto": c.pareto, "measured_speedup": meter.measured.get(str(c.arch)), "node": c.node}
-                  for c in result.candidates if c.error is not None]
+
+    def row(c, **more) -> dict[str, Any]:
+        return {"architecture": str(c.arch), "latency_ms": c.latency_ms, "error": c.error, "node": c.node,
+                "measured_speedup": meter.measured.get(str(c.arch)), **more}
+
+    candidates = [row(c, params=c.params, pareto=c.pareto) for c in result.candidates if c.error is not None]
     return {"architecture": chosen.arch.to_dict(), "given": False, "predicted_ms": chosen.latency_ms,
             "teacher_predicted_ms": teacher_ms,
             "surrogate_error": next((c.error for c in result.candidates if c.arch.tuple == chosen.arch.tuple), None),
@@ -339,9 +342,7 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
             "executor": result.executor,
             "reranking": {"surrogate": surrogate.name, "settings": {"steps": surrogate.steps,
                                                                     "distil_steps": surrogate.distil_steps},
-                          "students": [{"architecture": str(c.arch), "latency_ms": c.latency_ms, "error": c.error,
-                                        "status": c.status, "seconds": c.seconds, "node": c.node,
-                                        "measured_speedup": meter.measured.get(str(c.arch))} for c in reranked]}}
+                          "students": [row(c, status=c.status, seconds=c.seconds) for c in reranked]}}
 
 
 def choose_reranked(fptas_choice, note: str, fast_enough: list, reranked: list):
@@ -371,10 +372,9 @@ def rerank_shortlist(result, latency_bound_ms: float, speedup: Callable[[Archite
     speed target trades away first, and where the re-ranking's deadline cuts the list (on one Rotten Tomatoes
     teacher the four students re-ranked ended in the order of their depth)."""
     teacher = result.max_point.arch
-    head_size = teacher.hidden / teacher.heads
 
     def order(c):
-        return (-c.arch.hidden, -c.params, abs(math.log(c.arch.head_size / head_size)), c.latency_ms, c.dims)
+        return (-c.arch.hidden, -c.params, abs(math.log(c.arch.head_size / teacher.head_size)), c.latency_ms, c.dims)
 
     depths: dict[int, list] = {}
     for c in result.candidates:

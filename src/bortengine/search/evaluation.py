@@ -5,15 +5,18 @@ far), and those still running at the deadline are stopped (their candidates coun
 from __future__ import annotations
 
 import itertools
+import sys
 import time
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 from bortengine.progress import Progress
 from bortengine.search.cache import SurrogateCache
+from bortengine.search.errors import SearchInterrupted
 from bortengine.search.executor import Evaluation, Executor
 from bortengine.search.pareto import Candidate
 
-__all__ = ["Evaluator", "SKIPPED"]
+__all__ = ["Evaluator", "SKIPPED", "evaluating"]
 
 SKIPPED = "skipped (time budget)"
 
@@ -93,3 +96,21 @@ class Evaluator:
         c.status = ("cached" if cached else "ok") if result.status == "ok" else result.status
         c.error = result.value if result.status == "ok" else None
         c.message = result.message
+
+
+@contextmanager
+def evaluating(ev: Evaluator, candidates: Sequence[Candidate]) -> Iterator[None]:
+    """The block's evaluations on `ev`, with what ends them: Ctrl-C (or a kill) stops the workers and raises
+    SearchInterrupted, counting those of `candidates` (a list the block may still extend) that were done, the cache
+    keeping what finished; the executor is closed either way, and the bar's last line drawn when the block ends."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        ev.close(cancel=True)
+        if ev.bar.enabled:
+            sys.stderr.write("\n")
+        raise SearchInterrupted(ev.cache.path, sum(c.status != "not evaluated" for c in candidates),
+                                len(candidates)) from None
+    finally:
+        ev.close()
+    ev.bar.show("done", final=True)

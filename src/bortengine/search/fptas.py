@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 import warnings
 from typing import Any, Optional
@@ -51,8 +50,8 @@ from bortengine.engine import available_cpus
 from bortengine.profiling import LatencyModel, Profile, ProfileError, Workload, calibration_note
 from bortengine.progress import Progress
 from bortengine.search.cache import SurrogateCache, default_cache_dir
-from bortengine.search.errors import SearchError, SearchInterrupted
-from bortengine.search.evaluation import SKIPPED, Evaluator
+from bortengine.search.errors import SearchError
+from bortengine.search.evaluation import SKIPPED, Evaluator, evaluating
 from bortengine.search.executor import EXECUTORS, Executor, LocalExecutor, check_executor, default_workers
 from bortengine.search.ray_executor import RayExecutor
 from bortengine.search.grouping import REPRESENTATIVES, evaluation_bound, group, representative_order
@@ -317,20 +316,11 @@ def measure_errors(ev: Evaluator, first: list[Candidate], members: list[list[Can
     finished."""
     evaluated: list[Candidate] = list(first)
     refinement = refinement_record(1 if exhaustive else per_group)
-    try:
+    with evaluating(ev, evaluated):
         ev.run(first)
         if not exhaustive:
             fallbacks(members, max_fallbacks, ev, evaluated)
             refinement = refine(members, per_group, order, ev, evaluated, epsilon)
-    except KeyboardInterrupt:
-        ev.close(cancel=True)
-        if ev.bar.enabled:
-            sys.stderr.write("\n")
-        raise SearchInterrupted(ev.cache.path, sum(c.status != "not evaluated" for c in evaluated),
-                                len(evaluated)) from None
-    finally:
-        ev.close()
-    ev.bar.show("done", final=True)
     return refinement
 
 

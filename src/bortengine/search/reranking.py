@@ -4,14 +4,12 @@ student near chance, docs/pipeline.md), so a shortlist is evaluated again, best-
 and on the same executors as the search."""
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from typing import Optional, Sequence
 
 from bortengine.progress import Progress
 from bortengine.search.cache import SurrogateCache, default_cache_dir
-from bortengine.search.errors import SearchInterrupted
-from bortengine.search.evaluation import Evaluator
+from bortengine.search.evaluation import Evaluator, evaluating
 from bortengine.search.executor import check_executor
 from bortengine.search.fptas import make_executor
 from bortengine.search.pareto import Candidate
@@ -36,14 +34,6 @@ def rerank(candidates: Sequence[Candidate], surrogate: "Surrogate | str", *, dea
     cache = SurrogateCache(cache_dir or default_cache_dir(), surrogate)
     bar = Progress(len(copies), f"re-ranking: surrogate {surrogate.name}", progress)
     ev = Evaluator(make_executor(kind, surrogate, workers, 0, ray_address), cache, bar, deadline)
-    try:
+    with evaluating(ev, copies):
         ev.run(copies)
-    except KeyboardInterrupt:
-        ev.close(cancel=True)
-        if bar.enabled:
-            sys.stderr.write("\n")
-        raise SearchInterrupted(cache.path, sum(c.status != "not evaluated" for c in copies), len(copies)) from None
-    finally:
-        ev.close()
-    bar.show("done", final=True)
     return copies
