@@ -84,6 +84,29 @@ def test_ids_match_transformers(family_model, isa):
     assert not ours.last_hidden_state[mask == 0].any()
 
 
+HEADS = ["roberta-classifier", "distilbert-classifier", "electra-classifier", "mpnet-classifier", "bert-token",
+         "distilbert-token"]
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_a_texts_logits_are_its_own_in_any_batch(make_encoder, isa, name):
+    """A text's logits (sequence heads of every shape, token heads) are those of a call on it alone, bit for bit,
+    wherever it sits in a batch: the heads run on the encoder's GEMM, whose rows do not depend on their neighbours.
+    On NumPy's BLAS they did (the last bits of a row moved with its place in the batch)."""
+    model_type, head = name.split("-")
+    labels = ("a", "b", "c") if head == "classifier" else ("O", "B-X", "I-X", "B-Y", "I-Y")
+    engine = bortengine.load(make_encoder(**SIZES, model_type=model_type, head="sequence" if head == "classifier"
+                                          else "token", labels=labels), isa=isa)
+    texts = [TEXTS[i % len(TEXTS)] + " " * (i // len(TEXTS)) + "and" * (i % 3) for i in range(37)]
+    alone = [engine(**engine.tokenize([t])).logits[0] for t in texts]
+    together = engine(**engine.tokenize(texts)).logits
+    for i, t in enumerate(texts):
+        n = len(alone[i])
+        assert np.array_equal(together[i][:n], alone[i]), f"text {i}"
+    if head == "classifier":
+        assert np.array_equal(engine.classify(texts, batch_size=16).logits, np.stack(alone))
+
+
 PRETRAINING = [("bert", "masked-lm"), ("bert", "pretraining"), ("roberta", "masked-lm"), ("xlm-roberta", "masked-lm"),
                ("camembert", "masked-lm"), ("distilbert", "masked-lm"), ("electra", "pretraining"),
                ("electra", "masked-lm"), ("mpnet", "masked-lm")]

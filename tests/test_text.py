@@ -269,6 +269,35 @@ def test_classify_refused_on_encoder(small_engine):
         small_engine.classify(["hello"])
 
 
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(st.text(min_size=0, max_size=200), min_size=1, max_size=4), cut=st.integers(3, 40),
+       paired=st.booleans())
+def test_ids_without_offsets_are_the_ids_with_them(minilm_engine, texts, cut, paired):
+    """counted() and token_ids() tokenize without offsets (encode_batch_fast): the same ids, cuts and counts."""
+    tokenizer = minilm_engine.tokenizer
+    pairs = [t[::-1] for t in texts] if paired else None
+    slow, slow_counts = tokenizer.encode_counted(texts, cut, pairs)
+    fast, fast_counts = tokenizer.encode_counted(texts, cut, pairs, offsets=False)
+    assert [e.ids for e in fast] == [e.ids for e in slow] == tokenizer.token_ids(texts, cut, pairs)
+    assert fast_counts == slow_counts == tokenizer.counted(texts, cut, pairs).counts
+
+
+def test_ids_past_the_vocabulary_refused_with_their_place(make_model, small_engine):
+    """A tokenizer with more ids than the model's vocabulary has its batches checked before any forward; one that
+    has not, its own ids are not checked again, but TokenizedTexts built elsewhere are."""
+    from bortengine.engine.tokenization import TokenizedTexts
+
+    short = bortengine.load(make_model(vocab_size=2000))   # the MiniLM tokenizer's 30522 ids on 2000 rows
+    with pytest.raises(InvalidInputError, match=r"input_ids\[0, \d+\] = \d+ is outside \[0, 2000\)"):
+        short.encode(["zebra crossings everywhere"])
+    assert short.encode(["the a of"]).shape == (1, 64)          # ids 101, 1996, 1037, 1997, 102
+    with pytest.raises(InvalidInputError, match=r"input_ids\[1, 1\] = 30522 is outside \[0, 30522\)"):
+        small_engine.encode(TokenizedTexts([[101, 102], [101, 30522, 102]], [2, 3], 128))
+    with pytest.raises(InvalidInputError, match=r"input_ids\[0, 1\] = -5 is outside \[0, 30522\)"):
+        small_engine.encode(TokenizedTexts([[101, -5, 102]], [3], 128))
+    assert small_engine.encode(TokenizedTexts([[101, 2023, 102]], [3], 128)).shape == (1, 64)
+
+
 @pytest.mark.parametrize("bad", [b"bytes", 3, [1, 2], ["ok", None], None])
 def test_bad_texts(small_engine, bad):
     with pytest.raises(InvalidInputError):

@@ -1,7 +1,8 @@
 """The heads on the encoder, in NumPy: logits of sequence and token classifiers, and cross-encoder scores.
 
 The encoder (and the pooler: dense + tanh on each row's first token) runs natively; a head is one or two small
-matrix products on its outputs, so it runs here, in float32 like the rest:
+matrix products on its outputs (on the encoder's GEMM, see Linear), so it is composed here, in float32 like the
+rest:
 - sequence classifier: BERT's classifier on the pooler output; RoBERTa's and MPNet's head (dense + tanh on the
   first token, out_proj) is that same shape, its weights loaded into the pooler and classifier
   (engine/families.py); DistilBERT's is pre_classifier + ReLU on the first token, then classifier; ELECTRA's
@@ -22,6 +23,7 @@ import math
 import numpy as np
 
 from bortengine.engine.config import ModelConfig
+from bortengine.engine.native import core
 from bortengine.engine.outputs import softmax
 from bortengine.errors import BortEngineError, InvalidInputError
 
@@ -44,13 +46,25 @@ ACTIVATIONS = {"relu": lambda x: np.maximum(x, 0), "gelu": _gelu}
 
 @dataclass(frozen=True)
 class Linear:
-    """y = x @ weight.T + bias. Shapes: weight [N,K], bias [N]; x [..., K] -> [..., N]."""
+    """y = x @ weight.T + bias on the engine's own GEMM (`_core.PackedLinear` of the ISA path `isa`, packed once):
+    each row's result is the same whatever rows share the call, as the encoder's are. NumPy's BLAS rounds a row by
+    its place in the batch, so a text's logits differed in the last bits between a call alone and a batch (or a
+    forward batched with other callers'). Shapes: weight [N,K], bias [N]; x [..., K] -> [..., N] float32."""
 
     weight: np.ndarray
     bias: np.ndarray
+    isa: str = ""
+
+    def __post_init__(self):
+        packed = core().PackedLinear(np.ascontiguousarray(self.weight, dtype=np.float32),
+                                     np.ascontiguousarray(self.bias, dtype=np.float32), isa=self.isa)
+        object.__setattr__(self, "_packed", packed)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.weight.T + self.bias
+        rows = x.reshape(-1, x.shape[-1])
+        if not len(rows):
+            return np.zeros((*x.shape[:-1], len(self.bias)), dtype=np.float32)
+        return self._packed(np.ascontiguousarray(rows, dtype=np.float32)).reshape(*x.shape[:-1], len(self.bias))
 
 
 def first_tokens(hidden: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:

@@ -198,7 +198,14 @@ class Engine:
             _set_layer(encoder, weights, i, dtype, layer_dtypes.get(i, dtype))
         if weights.has_pooler:
             encoder.set_pooler(weights.read("pooler.dense.weight"), weights.read("pooler.dense.bias"))
-        self._head = _head(weights)
+        self._head = _head(weights, encoder.isa)
+        # what every classify() reads, read from the config once (a call per text is the common case)
+        self._multi_label = c.effective_problem_type == "multi_label_classification"
+        self._label_names = c.labels
+        self._contiguous_masks = bool(c.relative_attention_num_buckets)
+        self._positions_laid_out = bool(c.position_offset)
+        # a tokenizer with more ids than the model's vocabulary has its batches checked (its ids may be out of range)
+        self._tokenizer_ids_checked = self.tokenizer is None or self.tokenizer.largest_id >= c.vocab_size
         self._pooler_output = weights.has_pooler and not weights.head_in_pooler
         if not encoder.ready:
             raise BortEngineError("internal error: the native encoder is not ready after loading every tensor")
@@ -338,9 +345,9 @@ class Engine:
         """Validated inputs as the encoder runs them: for RoBERTa's and MPNet's positions, laid out when the columns
         are not the positions; for MPNet's relative position bias, with no hole in a row's mask
         (engine/positions.py)."""
-        if self.config.relative_attention_num_buckets:
+        if self._contiguous_masks:
             check_contiguous_mask(mask)
-        if not self.config.position_offset:
+        if not self._positions_laid_out:
             return _Batch((ids, mask, types), mask, None)
         native, layout = position_layout(ids, mask, types, self.config.positions_padding_id)
         return _Batch(native, mask, layout)
@@ -600,11 +607,12 @@ class Engine:
         return self._text_inputs(texts, text_pairs)
 
     def _classification(self, logits: np.ndarray, single: bool) -> ClassificationResult | tuple[str, np.ndarray]:
-        if self.config.effective_problem_type == "multi_label_classification":
+        if self._multi_label:
             probs = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
         else:
             probs = softmax(logits).astype(np.float32)
-        labels = [self.config.id2label[int(i)] for i in probs.argmax(axis=1)] if len(logits) else []
+        names = self._label_names
+        labels = [names[i] for i in probs.argmax(axis=1).tolist()] if len(logits) else []
         result = ClassificationResult(labels, probs, logits)
         return result[0] if single else result
 
@@ -638,7 +646,7 @@ class Engine:
         results: list[list[TokenEntity]] = [[] for _ in texts]
         for rows, batch in self._batches(tokenized, None, batch_size, None, truncation):
             logits = self._forward(batch).logits                                  # [b,t,L]
-            for row, i in enumerate(rows):
+            for row, i in enumerate(np.arange(len(texts))[rows]):
                 e = encodings[i]
                 results[i] = token_entities(texts[i], e.ids, e.offsets, e.special_tokens_mask,
                                             logits[row, :len(e.ids)], labels, vocabulary, aggregation, ignored)
@@ -725,11 +733,15 @@ class Engine:
     def _batches(self, texts: list[str], pairs: Optional[list[str]], batch_size: int, max_length: Optional[int],
                  truncation: bool, single: bool = False, name: Optional[str] = None):
         """Yield (indices into texts, padded batch) in order of decreasing token count, the texts tokenized (and
-        checked against max_length) before the first. A pair is tokenized as one sequence, so sorting moves a text
+        checked against max_length) before the first; texts that fit one batch come as they are, their indices a
+        slice of all. A pair is tokenized as one sequence, so sorting moves a text
         and its pair together."""
         _check_batch_size(batch_size)
         tokenized = self._tokenized_texts(texts, pairs, max_length, truncation, single, name)
         ids, tokenizer = tokenized.ids, self._text_tokenizer()
+        if 0 < len(ids) <= batch_size:     # one batch (a call per text, the common case): nothing to order
+            yield slice(None), tokenizer.pad(ids, pairs=tokenized.pairs)
+            return
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         for start in range(0, len(order), batch_size):
             rows = np.array(order[start:start + batch_size], dtype=np.int64)
@@ -746,6 +758,11 @@ class Engine:
             if max_length is not None and max_length != texts.max_length:
                 raise InvalidInputError(f"these TokenizedTexts were cut to {texts.max_length} tokens, not "
                                         f"max_length={max_length}; pass max_length to engine.tokenized()")
+            rows = list(filter(None, texts.ids))
+            if not self._tokenizer_ids_checked and rows and (max(map(max, rows)) >= self.config.vocab_size or
+                                                              min(map(min, rows)) < 0):
+                # not this tokenizer's ids: refused before they are queued, with the full check's message
+                self._validate(self._text_tokenizer().pad(texts.ids)["input_ids"], None, None)
             return self._within_length(texts, truncation, name, report=False)
         tokenized = self._text_tokenizer().counted(texts, self._max_length(max_length), pairs, single)
         return self._within_length(tokenized, truncation, name, report)
@@ -800,10 +817,11 @@ class Engine:
 
     def _tokenizer_made(self, batch: dict[str, np.ndarray]) -> _Batch:
         """The _Batch of a batch that TextTokenizer.pad made: its mask and types are right by construction, so
-        only the ids are checked (a tokenizer can hold more tokens than the model's vocabulary), in one pass; the
-        full check, with its message, when they are out of range."""
+        only the ids are checked, in one pass, and only when the tokenizer has ids past the model's vocabulary
+        (TokenizedTexts made elsewhere are checked by _tokenized_texts); the full check, with its message, when
+        they are out of range."""
         ids = batch["input_ids"]
-        if ids.size and int(ids.max()) >= self.config.vocab_size:
+        if self._tokenizer_ids_checked and ids.size and int(ids.max()) >= self.config.vocab_size:
             return self._prepared(*self._validate(ids, batch["attention_mask"], batch["token_type_ids"]))
         return self._prepared(ids, batch["attention_mask"], batch["token_type_ids"])
 
@@ -856,16 +874,16 @@ def _slow_bf16(kernel: str, vendor: str) -> Optional[str]:
             f"FMAs on widened bf16), float32's speed at best")
 
 
-def _head(weights: BertWeights) -> Optional[ClassifierHead]:
-    """The model's head, from its weights (None for a bare encoder)."""
+def _head(weights: BertWeights, isa: str) -> Optional[ClassifierHead]:
+    """The model's head, from its weights (None for a bare encoder), on the encoder's ISA path."""
     config = weights.config
     if not weights.has_classifier:
         return None
-    classifier = Linear(weights.read("classifier.weight"), weights.read("classifier.bias"))
+    classifier = Linear(weights.read("classifier.weight"), weights.read("classifier.bias"), isa)
     activation = config.family.pre_classifier if config.is_classifier else None
     if not activation:
         return ClassifierHead(classifier, per_token=config.is_token_classifier)
-    pre = Linear(weights.read("pre_classifier.weight"), weights.read("pre_classifier.bias"))
+    pre = Linear(weights.read("pre_classifier.weight"), weights.read("pre_classifier.bias"), isa)
     return ClassifierHead(classifier, pre_classifier=pre, activation=activation)
 
 
