@@ -1,4 +1,4 @@
-"""The heads on the encoder, in NumPy: logits of sequence and token classifiers, and cross-encoder scores.
+"""The heads on the encoder: logits of sequence and token classifiers, and cross-encoder scores.
 
 The encoder (and the pooler: dense + tanh on each row's first token) runs natively; a head is one or two small
 matrix products on its outputs (on the encoder's GEMM, see Linear), so it is composed here, in float32 like the

@@ -734,8 +734,7 @@ class Engine:
                  truncation: bool, single: bool = False, name: Optional[str] = None):
         """Yield (indices into texts, padded batch) in order of decreasing token count, the texts tokenized (and
         checked against max_length) before the first; texts that fit one batch come as they are, their indices a
-        slice of all. A pair is tokenized as one sequence, so sorting moves a text
-        and its pair together."""
+        slice of all. A pair is tokenized as one sequence, so sorting moves a text and its pair together."""
         _check_batch_size(batch_size)
         tokenized = self._tokenized_texts(texts, pairs, max_length, truncation, single, name)
         ids, tokenizer = tokenized.ids, self._text_tokenizer()
@@ -758,9 +757,7 @@ class Engine:
             if max_length is not None and max_length != texts.max_length:
                 raise InvalidInputError(f"these TokenizedTexts were cut to {texts.max_length} tokens, not "
                                         f"max_length={max_length}; pass max_length to engine.tokenized()")
-            rows = list(filter(None, texts.ids))
-            if not self._tokenizer_ids_checked and rows and (max(map(max, rows)) >= self.config.vocab_size or
-                                                              min(map(min, rows)) < 0):
+            if not self._tokenizer_ids_checked and _outside(texts.ids, self.config.vocab_size):
                 # not this tokenizer's ids: refused before they are queued, with the full check's message
                 self._validate(self._text_tokenizer().pad(texts.ids)["input_ids"], None, None)
             return self._within_length(texts, truncation, name, report=False)
@@ -956,6 +953,12 @@ def _unpacked(input_ids: Any, attention_mask: Any, token_type_ids: Any) -> tuple
         raise InvalidInputError(f"a mapping of inputs needs 'input_ids' and may have 'attention_mask' and "
                                 f"'token_type_ids'; got keys {sorted(input_ids)}")
     return tuple(input_ids.get(k) for k in ("input_ids", "attention_mask", "token_type_ids"))
+
+
+def _outside(ids: list[list[int]], vocab_size: int) -> bool:
+    """Whether any id of these lists is outside [0, vocab_size)."""
+    rows = [r for r in ids if r]
+    return bool(rows) and (max(map(max, rows)) >= vocab_size or min(map(min, rows)) < 0)
 
 
 def _check_truncation(truncation: Any) -> bool:

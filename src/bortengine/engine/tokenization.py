@@ -18,7 +18,6 @@ Shapes: B = batch, T = tokens of the longest sequence in the batch.
 from __future__ import annotations
 
 import functools
-
 import os
 import threading
 from dataclasses import dataclass
