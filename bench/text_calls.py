@@ -5,7 +5,8 @@ small student's batch-1 speed-up over its teacher smaller than their forwards' r
 classify() of a 14-token question took ~400 us, ~300 of them in the forward. Each side is a worker process with its
 own PYTHONPATH (two builds cannot share one process); rounds alternate which side goes first, each side times a
 block of calls per model on the same texts and reports the median call and the median call on the same texts'
-ids (engine(**tokenize([text])): the forward and its input checks). Only each round's before/after ratio means anything on a VM whose speed changes from minute to minute.
+ids (engine(**tokenize([text])): the forward and its input checks). Only each round's before/after ratio means
+anything on a VM whose speed changes from minute to minute.
 
     python bench/text_calls.py --before /path/to/old/checkout/src --after src MODEL_DIR... [--texts FILE.csv]
         [--column text] [--rounds 9] [--calls 400] [--threads 2] [--out bench/results/NAME.json]
