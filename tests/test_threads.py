@@ -5,12 +5,15 @@ forward may take (batching's lanes run forwards of 1 thread side by side), on ev
 shared scratch memory unguarded would fail here."""
 from __future__ import annotations
 
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 import bortengine
+from bortengine import _core
 
 THREADS = 8
 
@@ -84,3 +87,35 @@ def test_native_forwards_side_by_side_on_any_threads_equal_sequential_ones(make_
         np.testing.assert_array_equal(pooled, sequential[i][1])
     with pytest.raises(ValueError, match="threads must be >= 0"):
         encoder.forward(*inputs[0], None, threads=-1)
+
+
+def test_a_large_linear_gives_the_gil_away():
+    """PackedLinear (also the heads' GEMM) releases the GIL for a GEMM of 2^20 multiply-adds or more, so other Python
+    threads run meanwhile (below that it keeps it, as pooling does: a head's few rows take microseconds; whether a
+    short release loses the GIL is a race this test could not make fail reliably, so it is not asserted)."""
+    rng = np.random.default_rng(0)
+    big = _core.PackedLinear(rng.standard_normal((1024, 1024)).astype(np.float32))
+    rows = rng.standard_normal((256, 1024)).astype(np.float32)
+    ticks, stop = [0], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks[0] += 1
+
+    # a switch interval far longer than the GEMM: a thread that keeps the GIL through it is never made to yield
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.5)
+    thread = threading.Thread(target=spin)
+    thread.start()
+    try:
+        during = []
+        for _ in range(3):
+            before = ticks[0]
+            out = big(rows)              # 268M multiply-adds: milliseconds
+            during.append(ticks[0] - before)
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert max(during) > 0, "the spinning thread never ran while a large GEMM ran: the GIL was kept"
+    assert np.array_equal(out[:2], big(np.ascontiguousarray(rows[:2])))
