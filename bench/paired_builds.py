@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 BENCH_DIR = Path(__file__).resolve().parent
 SHAPES = ("1x32", "1x128", "8x128")
@@ -60,18 +61,26 @@ def _models() -> dict[str, str]:
 
 
 class Side:
-    def __init__(self, src: str):
-        env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env)
+    """One build's worker process: `worker` run with `src` as its PYTHONPATH, given `first_line` (if any) once, then
+    answering each request line with one line (bench/text_calls.py runs its own worker through this too)."""
 
-    def time(self, request: str) -> float:
+    def __init__(self, src: str, worker: str = WORKER, first_line: Optional[str] = None):
+        env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+        self.proc = subprocess.Popen([sys.executable, "-c", worker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env)
+        if first_line is not None:
+            self.proc.stdin.write(first_line + "\n")
+
+    def ask(self, request: str) -> str:
         self.proc.stdin.write(request + "\n")
         self.proc.stdin.flush()
         answer = self.proc.stdout.readline()
         if not answer:
             raise SystemExit(f"the worker stopped on {request!r}; run it alone to see why")
-        return float(answer)
+        return answer
+
+    def time(self, request: str) -> float:
+        return float(self.ask(request))
 
     def close(self) -> None:
         self.proc.stdin.close()

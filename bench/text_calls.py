@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from paired_builds import Side       # bench/ is on the path when this file is run
 
 WORKER = r"""
 import json, statistics, sys, time
@@ -58,24 +57,6 @@ def _texts(path: str | None, column: str) -> list[str]:
     return [str(t) for t in pacsv.read_csv(path).column(column).to_pylist()][:200]
 
 
-def _worker(src: str, texts: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    proc = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=env)
-    proc.stdin.write(json.dumps(texts) + "\n")
-    return proc
-
-
-def _ask(proc: subprocess.Popen, model: str, calls: int, threads: int) -> tuple[float, float]:
-    proc.stdin.write(f"{model} {calls} {threads}\n")
-    proc.stdin.flush()
-    line = proc.stdout.readline()
-    if not line:
-        raise SystemExit(f"a worker ended early (model {model}); run its build by hand to see why")
-    took, on_ids = json.loads(line)
-    return took, on_ids
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+")
@@ -89,22 +70,21 @@ def main() -> None:
     p.add_argument("--out", default=None)
     a = p.parse_args()
     texts = _texts(a.texts, a.column)
-    sides = {"before": _worker(a.before, texts), "after": _worker(a.after, texts)}
+    sides = {side: Side(src, WORKER, json.dumps(texts)) for side, src in (("before", a.before), ("after", a.after))}
     rows: dict[str, dict[str, list]] = {m: {"before": [], "after": [], "ids_before": [], "ids_after": []}
                                         for m in a.models}
     for r in range(a.rounds):
         order = ("before", "after") if r % 2 == 0 else ("after", "before")
         for model in a.models:
             for side in order:
-                took, on_ids = _ask(sides[side], model, a.calls, a.threads)
+                took, on_ids = json.loads(sides[side].ask(f"{model} {a.calls} {a.threads}"))
                 rows[model][side].append(took)
                 rows[model]["ids_" + side].append(on_ids)
         print(f"round {r + 1}/{a.rounds}: " + "  ".join(
             f"{Path(m).name} {rows[m]['before'][-1]:.1f} -> {rows[m]['after'][-1]:.1f} us" for m in a.models),
             flush=True)
-    for proc in sides.values():
-        proc.stdin.close()
-        proc.wait()
+    for side in sides.values():
+        side.close()
     report = {"texts": a.texts or "rotten tomatoes test", "calls": a.calls, "rounds": a.rounds, "threads": a.threads,
               "models": {}}
     print(f"{'model':40s} {'before us':>10s} {'after us':>10s} {'after/before':>12s} {'on ids us':>10s} "

@@ -61,10 +61,8 @@ class Linear:
         object.__setattr__(self, "_packed", packed)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        rows = x.reshape(-1, x.shape[-1])
-        if not len(rows):
-            return np.zeros((*x.shape[:-1], len(self.bias)), dtype=np.float32)
-        return self._packed(np.ascontiguousarray(rows, dtype=np.float32)).reshape(*x.shape[:-1], len(self.bias))
+        rows = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        return self._packed(rows).reshape(*x.shape[:-1], len(self.bias))
 
 
 def first_tokens(hidden: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:

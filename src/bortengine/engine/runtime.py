@@ -205,7 +205,7 @@ class Engine:
         self._contiguous_masks = bool(c.relative_attention_num_buckets)
         self._positions_laid_out = bool(c.position_offset)
         # a tokenizer with more ids than the model's vocabulary has its batches checked (its ids may be out of range)
-        self._tokenizer_ids_checked = self.tokenizer is None or self.tokenizer.largest_id >= c.vocab_size
+        self._check_tokenizer_ids = self.tokenizer is None or self.tokenizer.largest_id >= c.vocab_size
         self._pooler_output = weights.has_pooler and not weights.head_in_pooler
         if not encoder.ready:
             raise BortEngineError("internal error: the native encoder is not ready after loading every tensor")
@@ -757,7 +757,7 @@ class Engine:
             if max_length is not None and max_length != texts.max_length:
                 raise InvalidInputError(f"these TokenizedTexts were cut to {texts.max_length} tokens, not "
                                         f"max_length={max_length}; pass max_length to engine.tokenized()")
-            if not self._tokenizer_ids_checked and _outside(texts.ids, self.config.vocab_size):
+            if not self._check_tokenizer_ids and _outside(texts.ids, self.config.vocab_size):
                 # not this tokenizer's ids: refused before they are queued, with the full check's message
                 self._validate(self._text_tokenizer().pad(texts.ids)["input_ids"], None, None)
             return self._within_length(texts, truncation, name, report=False)
@@ -818,7 +818,7 @@ class Engine:
         (TokenizedTexts made elsewhere are checked by _tokenized_texts); the full check, with its message, when
         they are out of range."""
         ids = batch["input_ids"]
-        if self._tokenizer_ids_checked and ids.size and int(ids.max()) >= self.config.vocab_size:
+        if self._check_tokenizer_ids and ids.size and int(ids.max()) >= self.config.vocab_size:
             return self._prepared(*self._validate(ids, batch["attention_mask"], batch["token_type_ids"]))
         return self._prepared(ids, batch["attention_mask"], batch["token_type_ids"])
 
