@@ -336,13 +336,8 @@ void bind_encoder(py::module_& m) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-// A GEMM of fewer multiply-adds than this runs with the GIL held: a classifier head's few rows (the engine's heads
-// run here) take microseconds, less than giving the GIL away and waiting to get it back from the event loop, as the
-// forward's thread did after each of NumPy's pooling calls under served load (kPoolKeepsGil below).
-constexpr std::int64_t kLinearKeepsGil = 1 << 20;
-
-// c [M, N] = a [M, K] through a packed linear op (ops::PackedLinear or ops::Bf16Linear), the GIL released for a
-// GEMM of kLinearKeepsGil multiply-adds or more.
+// c [M, N] = a [M, K] through a packed linear op (ops::PackedLinear or ops::Bf16Linear), the GIL released for the
+// GEMM.
 template <class Linear>
 FArray run_linear(const Linear& lin, FArray a, const std::string& epilogue, py::object residual_obj, int threads) {
     const Epilogue::Kind kind = ops::parse_epilogue(epilogue);
@@ -350,10 +345,6 @@ FArray run_linear(const Linear& lin, FArray a, const std::string& epilogue, py::
     const ops::ArrayRef<float> r = optional_floats(residual_obj, residual, "residual");
     FArray c = new_array<float>(ops::check_linear(lin, threads, ref(a), kind, r));
     float* cp = c.mutable_data();
-    if (static_cast<std::int64_t>(c.size()) * a.shape(1) < kLinearKeepsGil) {
-        ops::linear(lin, threads, ref(a), kind, r, cp);
-        return c;
-    }
     py::gil_scoped_release release;
     ops::linear(lin, threads, ref(a), kind, r, cp);
     return c;

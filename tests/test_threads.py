@@ -90,9 +90,7 @@ def test_native_forwards_side_by_side_on_any_threads_equal_sequential_ones(make_
 
 
 def test_a_large_linear_gives_the_gil_away():
-    """PackedLinear (also the heads' GEMM) releases the GIL for a GEMM of 2^20 multiply-adds or more, so other Python
-    threads run meanwhile (below that it keeps it, as pooling does: a head's few rows take microseconds; whether a
-    short release loses the GIL is a race this test could not make fail reliably, so it is not asserted)."""
+    """PackedLinear (also the heads' GEMM) releases the GIL while it runs, so other Python threads run meanwhile."""
     rng = np.random.default_rng(0)
     big = _core.PackedLinear(rng.standard_normal((1024, 1024)).astype(np.float32))
     rows = rng.standard_normal((256, 1024)).astype(np.float32)
