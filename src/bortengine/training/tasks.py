@@ -323,7 +323,7 @@ def _read_file(path: Path, kind: str, text_columns: list[str], columns: list[str
 
     if kind == "parquet":
         try:
-            return _columns_of(pq.read_table(pa.BufferReader(data)), columns)
+            return _columns_of(pq.read_table(_arrow_reader(data)), columns)
         except (pa.ArrowException, OSError) as e:
             raise TrainingError(f"{path}: cannot be read as Parquet: {e}") from None
     data = _decompressed(path, data)
@@ -331,6 +331,19 @@ def _read_file(path: Path, kind: str, text_columns: list[str], columns: list[str
     if kind == "jsonl":
         return _read_json_lines(path, data, text_columns, columns)
     return _read_csv(path, data, "\t" if kind == "tsv" else ",", columns)
+
+
+def _arrow_reader(data: bytes):
+    """A pyarrow reader of a copy of data in pyarrow's own memory. pyarrow's threaded readers can drop their last
+    reference to the input on one of their pool threads after the read has returned; over Python's bytes that
+    needs the GIL, and if the interpreter is exiting by then (a command that failed on the file's content) the
+    thread is ended inside a destructor and the process aborts ("terminate called without an active exception",
+    4 times in 30 `finetune` runs on a bad file on a loaded machine)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    sink.write(data)
+    return pa.BufferReader(sink.getvalue())
 
 
 def _columns_of(table, columns: list[str]):
@@ -362,9 +375,9 @@ def _read_csv(path: Path, data: bytes, delimiter: str, columns: list[str]):
     options = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
     try:
         # every column as text: a column of digits stays the user's text or label name, never a number
-        names = pacsv.open_csv(pa.BufferReader(data), parse_options=options,
+        names = pacsv.open_csv(_arrow_reader(data), parse_options=options,
                                read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
-        table = pacsv.read_csv(pa.BufferReader(data), parse_options=options,
+        table = pacsv.read_csv(_arrow_reader(data), parse_options=options,
                                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                                     strings_can_be_null=True, null_values=[""]))
     except (pa.ArrowException, OSError) as e:
@@ -417,7 +430,7 @@ def _read_json_lines(path: Path, data: bytes, text_columns: list[str], columns: 
         raise TrainingError(f"{path}: a JSON array, not JSON Lines: write one JSON object per line (pandas: "
                             f"frame.to_json(path, orient='records', lines=True))")
     try:
-        table = pajson.read_json(pa.BufferReader(data))
+        table = pajson.read_json(_arrow_reader(data))
     except (pa.ArrowException, OSError):
         table = None
     # pyarrow wants one kind of value per column and makes texts that look like dates timestamps: a file it
