@@ -591,6 +591,20 @@ def test_a_request_still_queued_at_its_deadline_is_dropped_with_a_clear_error(cl
     assert len(gate.calls) == 1                 # the expired request was never computed
 
 
+
+def test_a_deadline_drops_no_part_of_a_request_a_forward_has_taken(classifier):
+    """Only a request nobody has started is dropped at its deadline: the later batches of a long request queue
+    behind its own first ones on an idle engine, and dropping them would throw away work for nothing."""
+    real = classifier._queue._forward
+    slow = ForwardQueue(lambda ids, mask, types, threads: (time.sleep(0.04), real(ids, mask, types))[1])
+    classifier._queue, saved = slow, classifier._queue
+    texts = [f"text number {i}" for i in range(6)]
+    try:
+        result = asyncio.run(classifier.aclassify(texts, batch_size=2, deadline=0.05))   # 3 forwards of 40 ms
+    finally:
+        classifier._queue = saved
+    np.testing.assert_array_equal(result.logits, classifier.classify(texts).logits)
+
 # -- options --------------------------------------------------------------------------------------------------------
 @settings(max_examples=30, deadline=None)
 @given(st.one_of(st.integers(max_value=0), st.floats(), st.text(max_size=3), st.booleans()))

@@ -65,7 +65,8 @@ def add_parsers(sub) -> None:
                    help=f"a client still sending its body after this long gets 408 and is disconnected (default "
                         f"{DEFAULTS.body_timeout:g})")
     p.add_argument("--request-timeout", type=positive_float, default=None, metavar="SECONDS",
-                   help="a request still queued after this long is dropped with 503 (default: no deadline)")
+                   help="a request no forward has started after this long is dropped with 503 (default: no "
+                        "deadline)")
     p.add_argument("--model-name", default=None,
                    help="the name clients pass as `model` (default: MODEL_DIR's folder name)")
     p.add_argument("--graceful-timeout", type=positive_float, default=DEFAULTS.graceful_timeout,

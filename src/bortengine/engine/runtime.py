@@ -490,8 +490,8 @@ class Engine:
                       lead_when_idle: bool = False) -> np.ndarray:
         """encode() for asyncio: the same embeddings, without blocking the event loop (tokenization and forwards
         run in the engine's threads, combined with other callers' forwards). Cancelling the awaiting task drops
-        its queued work; deadline: seconds from now after which work still queued is dropped with
-        DeadlineExceeded. truncation=False raises TextTooLongError where it awaits, nothing computed.
+        its queued work; deadline: seconds from now after which a request that no forward has taken yet is
+        dropped with DeadlineExceeded (once its first batch is computed, the rest of it is not dropped). truncation=False raises TextTooLongError where it awaits, nothing computed.
         lead_when_idle: a short request (at most LOOP_LEAD_TOKENS = 32 tokens) that finds the engine idle (for
         IDLE_LEAD_S = 5 ms or more) runs its forward on the event loop instead, which then waits for it (about a
         millisecond for a short text on a small model): a lone request saves the hand-over to a thread and back,
@@ -552,6 +552,9 @@ class Engine:
 
             then = reduced_alone if rows is None else RowsThen(None, rows[1], reduced_alone)
             reduced = await self._queue.arun(prepare, until, inline=inline, then=then, lead_on_loop=lead_when_idle)
+            # the deadline is for a request nobody works on: its later batches queue behind its own earlier ones,
+            # and dropping them would throw away what was computed of a request that never waited for others
+            until = None
             yield taken[0], reduced
 
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
