@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bortengine.engine import available_cpus, load
 from bortengine.serving import ServeOptions, create_app
 from bortengine.serving.metrics import SECONDS, ServerMetrics
+from bortengine.serving.responses import shortened
 from serving_process import (API_KEY, CLASSIFIER_TOKENS, MAX_TOKENS, classifier_server, minilm_engine,  # noqa: F401
                              minilm_server, serving_classifier, texts_of)
 
@@ -69,12 +70,29 @@ def test_embeddings_base64_and_dimensions(minilm_server, minilm_engine):
                                     for d in short64.json()["data"]]), renormalised)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 4), st.floats(0.01, 100))
+def test_dimensions_give_unit_vectors_at_every_size(size, rows, scale):
+    """`dimensions` = the model's own size too: a model without a Normalize module must not answer longer vectors
+    at D = its size than at D - 1."""
+    vectors = np.random.default_rng(size * 10 + rows).normal(size=(rows, size)).astype(np.float32) * scale
+    for d in range(1, size + 1):
+        short = shortened(vectors, d)
+        assert short.shape == (rows, d) and np.allclose(np.linalg.norm(short, axis=1), 1, atol=1e-6)
+        assert np.allclose(short * np.linalg.norm(vectors[:, :d], axis=1, keepdims=True), vectors[:, :d],
+                           rtol=1e-5, atol=1e-5 * scale)
+    assert shortened(vectors, None) is vectors
+
+
 def test_tokenize_models_and_health(minilm_server, minilm_engine):
     texts = ["Hello, world!", LONG]
     with minilm_server.client() as client:
         tokenized = client.post("/v1/tokenize", json={"input": texts})
         models = client.get("/v1/models")
         health = client.get("/health")
+        retrieved = client.get("/v1/models/minilm")       # OpenAI's client.models.retrieve("minilm")
+        other = client.get("/v1/models/text-embedding-3-small")
+        slashed = client.post("/v1/embeddings/", json={"input": "a"})   # not a redirect to an http:// URL
     assert tokenized.status_code == 200, tokenized.text
     ids = minilm_engine.tokenize(texts, max_length=MAX_TOKENS)
     data = tokenized.json()["data"]
@@ -85,6 +103,9 @@ def test_tokenize_models_and_health(minilm_server, minilm_engine):
     card = models.json()["data"][0]
     assert models.status_code == 200 and card["id"] == "minilm" and card["object"] == "model"
     assert card["kind"] == "embedding" and card["dimensions"] == 384 and card["max_input_tokens"] == MAX_TOKENS
+    assert retrieved.status_code == 200 and retrieved.json() == card
+    assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
+    assert slashed.status_code == 404 and "/v1/embeddings" in slashed.json()["error"]["message"]
     assert health.status_code == 200 and health.json()["status"] == "ok"
     # the model loaded after the server was listening: /health said 503 until it was ready, never refused
     assert set(minilm_server.health_statuses) <= {200, 503} and minilm_server.health_statuses[-1] == 200

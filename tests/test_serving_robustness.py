@@ -367,6 +367,35 @@ def test_sigterm_under_load_answers_the_accepted_requests_and_exits_0(minilm, mi
     assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
 
 
+def test_requests_cut_off_by_the_graceful_timeout_get_a_json_503(minilm, minilm_engine):
+    """Past --graceful-timeout uvicorn cancels the handlers still running; each answers 503 `shutting_down` in the
+    API's JSON (not uvicorn's plain-text 500 and a traceback per request), the others their embeddings."""
+    server = ServerProcess(minilm, "--threads", "1", "--max-batch-tokens", "128", "--max-queue", "64",
+                           "--graceful-timeout", "0.2").start()
+    # 32 requests of 8 texts of 64 tokens on one thread: over a second of work on a Zen 5 core
+    work = [texts_of(MAX_ITEMS, words=40, seed=40 + s) for s in range(32)]
+    try:
+        with ThreadPoolExecutor(len(work)) as pool:
+            futures = [pool.submit(post_embeddings, server, texts) for texts in work]
+            with server.client() as client:
+                wait_until(lambda: texts_read(client) == sum(map(len, work)), what="the requests to be read")
+            server.terminate()
+            responses = [f.result() for f in futures]
+        code = server.proc.wait(60)
+    finally:
+        server.kill()
+    cut = [r for r in responses if r.status_code != 200]
+    assert cut, "every request was answered within the graceful timeout: give them more work"
+    for response in cut:
+        assert response.status_code == 503 and response.headers["retry-after"], response.text
+        error = response.json()["error"]
+        assert error["code"] == "shutting_down" and "--graceful-timeout of 0.2 s" in error["message"]
+    for texts, response in zip(work, responses):
+        if response.status_code == 200:
+            assert np.array_equal(embeddings(response), minilm_engine.encode(texts, max_length=MAX_TOKENS))
+    assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
+
+
 def _refused(server) -> bool:
     try:
         socket.create_connection(server.address(), timeout=5).close()
@@ -405,17 +434,34 @@ def test_a_bad_model_directory_or_a_port_in_use_is_exit_2(capsys, tmp_path, mini
     assert "--worker-nice" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["no weights", "too many tokens"])
+def test_an_empty_api_key_is_refused_not_read_as_none(capsys, monkeypatch, minilm):
+    """`--api-key "$KEY"` with KEY unset must not start a server open to everyone."""
+    assert main(["serve", str(minilm), "--api-key", ""]) == 2
+    assert_one_error_line(capsys.readouterr().err, "--api-key is empty")
+    monkeypatch.setenv("BORTENGINE_API_KEY", " ")
+    assert main(["serve", str(minilm)]) == 2
+    assert_one_error_line(capsys.readouterr().err, "$BORTENGINE_API_KEY is empty")
+
+
+@pytest.mark.parametrize("case", ["no weights", "too many tokens", "labels repeat"])
 def test_a_model_that_cannot_serve_stops_the_server_with_exit_2(tmp_path, serving_classifier, case):
     model, options = serving_classifier, ["--max-input-tokens", "100000"]
-    if case == "no weights":
+    if case != "too many tokens":
         model, options = tmp_path / "model", []
-        model.mkdir()
-        shutil.copy(serving_classifier / "config.json", model)
+        shutil.copytree(serving_classifier, model)
+    if case == "no weights":
+        for weights in model.glob("*.safetensors"):
+            weights.unlink()
+    if case == "labels repeat":   # /v1/classify would answer one probability of the two under that name
+        config = json.loads((model / "config.json").read_text())
+        config["id2label"] = {"0": "spam", "1": "ham", "2": "spam"}
+        config["label2id"] = {"spam": 2, "ham": 1}
+        (model / "config.json").write_text(json.dumps(config))
     server = ServerProcess(model, *options)
     try:
         code = server.proc.wait(120)
     finally:
         server.kill()
     assert code == 2 and "listening on http://127.0.0.1:" in server.stdout.read_text(), server.output()
-    assert_one_error_line(server.stderr.read_text(), *(["max_position_embeddings"] if case != "no weights" else []))
+    words = {"no weights": [], "too many tokens": ["max_position_embeddings"], "labels repeat": ["[0, 2]", "'spam'"]}
+    assert_one_error_line(server.stderr.read_text(), *words[case])

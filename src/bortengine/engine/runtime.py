@@ -491,7 +491,8 @@ class Engine:
         """encode() for asyncio: the same embeddings, without blocking the event loop (tokenization and forwards
         run in the engine's threads, combined with other callers' forwards). Cancelling the awaiting task drops
         its queued work; deadline: seconds from now after which a request that no forward has taken yet is
-        dropped with DeadlineExceeded (once its first batch is computed, the rest of it is not dropped). truncation=False raises TextTooLongError where it awaits, nothing computed.
+        dropped with DeadlineExceeded (once its first batch is computed, the rest of it is not dropped).
+        truncation=False raises TextTooLongError where it awaits, nothing computed.
         lead_when_idle: a short request (at most LOOP_LEAD_TOKENS = 32 tokens) that finds the engine idle (for
         IDLE_LEAD_S = 5 ms or more) runs its forward on the event loop instead, which then waits for it (about a
         millisecond for a short text on a small model): a lone request saves the hand-over to a thread and back,

@@ -30,9 +30,9 @@ from starlette.routing import Route
 from bortengine.engine import INLINE_CHARS, Engine, TokenizedTexts, characters, load
 from bortengine.errors import DeadlineExceeded, InvalidInputError, ModelLoadError, TextTooLongError, UsageError
 from bortengine.serving.errors import APIError, ClientDisconnected, error_body
-from bortengine.serving.metrics import CONTENT_TYPE, ROUTES, ServerMetrics
+from bortengine.serving.metrics import CONTENT_TYPE, MODEL_ROUTE, ROUTES, ServerMetrics
 from bortengine.serving.options import ServeOptions
-from bortengine.serving.requests import RequestLimits, TextRequest, read_body, text_request
+from bortengine.serving.requests import RequestLimits, TextRequest, check_model, read_body, text_request
 from bortengine.serving.responses import (JSONAnswer, classify_response, embeddings_response, model_card,
                                           shortened, tokenize_response)
 
@@ -108,6 +108,7 @@ class ModelService:
                              f"(max_position_embeddings {engine.config.max_position_embeddings}); pass at most "
                              f"{positions}")
         self.max_input_tokens = limit
+        _check_labels_distinct(engine, self.model_dir)
         engine.add_batch_listener(self.metrics.record_batch)
         self.metrics.watch_queue(lambda: engine.queue_depth, lambda: self.admitted)
         return engine
@@ -157,11 +158,18 @@ class ModelService:
         return JSONAnswer(tokenize_response(encodings, counts, self.max_input_tokens, self.name))
 
     async def models(self, request: Request) -> Response:
+        return JSONAnswer({"object": "list", "data": [self._card(self._serving(request))]})
+
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{model}: OpenAI's retrieve (the client's models.retrieve(name))."""
         engine = self._serving(request)
-        kind = "embedding" if self._not_a_classifier(engine) else "classifier"
-        card = model_card(self.name, self.created, kind, engine.embedding_dim, self.max_input_tokens,
-                          engine.labels, engine.dtype)
-        return JSONAnswer({"object": "list", "data": [card]})
+        check_model(request.path_params["model"], self.name)
+        return JSONAnswer(self._card(engine))
+
+    def _card(self, engine: Engine) -> dict:
+        kind = _kind(engine)
+        return model_card(self.name, self.created, kind, engine.embedding_dim, self.max_input_tokens,
+                          None if kind == "regression" else engine.labels, engine.dtype)
 
     async def health(self, request: Request) -> Response:
         if self.ready:
@@ -266,9 +274,13 @@ class ModelService:
         try:
             return await work
         except asyncio.CancelledError:
-            if not left:      # the server cancelled this handler (shutdown timeout)
-                raise
-            handler.uncancel()
+            handler.uncancel()   # answered here (uvicorn would send a plain-text 500 for a cancelled handler)
+            if not left:         # uvicorn cancels the handlers still running when --graceful-timeout has passed
+                wait = self.options.retry_after_s
+                raise APIError(503, f"the server is shutting down (SIGTERM) and its --graceful-timeout of "
+                                    f"{self.options.graceful_timeout:g} s passed before this request was computed; "
+                                    f"send it again, to another instance or once this one is back",
+                               type="server_error", code="shutting_down", headers={"Retry-After": str(wait)}) from None
             raise ClientDisconnected("the client disconnected before its answer was computed") from None
         except DeadlineExceeded as e:
             wait = self.options.retry_after_s
@@ -295,6 +307,28 @@ class ModelService:
             return ("the served model is a regression model (one output, problem_type 'regression'), so it has no "
                     "labels to classify into")
         return None
+
+
+def _kind(engine: Engine) -> str:
+    """What GET /v1/models says the model is: which route serves what it was trained for."""
+    if engine.config.is_token_classifier:
+        return "token-classifier"
+    if engine.labels is None:
+        return "embedding"
+    return "regression" if engine.config.effective_problem_type == "regression" else "classifier"
+
+
+def _check_labels_distinct(engine: Engine, model_dir: Path) -> None:
+    """/v1/classify names each class's probability by its label: a classifier whose config gives two classes one
+    name would answer scores of which one is lost, so it is refused where the server starts."""
+    labels = engine.labels
+    if _kind(engine) != "classifier" or len(set(labels)) == len(labels):
+        return
+    name = next(n for n in labels if labels.count(n) > 1)
+    classes = [i for i, n in enumerate(labels) if n == name]
+    raise ModelLoadError(f"{model_dir}: config.json's id2label gives the classes {classes} one name {name!r}; "
+                         f"/v1/classify answers each label's probability by name, so give every class its own "
+                         f"name in id2label (and label2id)")
 
 
 async def _disconnected(request: Request) -> None:
@@ -326,12 +360,16 @@ def create_app(model_dir: str | Path, options: ServeOptions = ServeOptions(),
               Route("/v1/classify", service.classify, methods=["POST"]),
               Route("/v1/tokenize", service.tokenize, methods=["POST"]),
               Route("/v1/models", service.models, methods=["GET"]),
+              Route("/v1/models/{model:path}", service.model, methods=["GET"]),
               Route("/health", service.health, methods=["GET"]),
               Route("/metrics", service.metrics_text, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestMetrics, metrics=metrics)],
                     exception_handlers={APIError: _api_error, InvalidInputError: _invalid_input,
                                         ClientDisconnected: _client_closed, HTTPException: _http_error,
                                         Exception: _server_error})
+    # Starlette answers a path with a slash too many by a redirect to a URL made of the Host header, which behind a
+    # TLS proxy points to plain http: such a path is a 404 that lists the routes instead
+    app.router.redirect_slashes = False
     app.state.service = service
     app.state.metrics = metrics
     return app
@@ -348,7 +386,8 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = scope["path"] if scope["path"] in ROUTES else "other"
+        path = scope["path"]
+        route = path if path in ROUTES else MODEL_ROUTE if path.startswith("/v1/models/") else "other"
         status = 500    # unless a response starts: an exception on its way to the server's error handler
         start = time.perf_counter()
 

@@ -97,7 +97,7 @@ def text_request(body: bytes, route: str, limits: RequestLimits, model_name: str
     if unknown:
         raise APIError(400, f"unknown field {unknown[0]!r}; /v1/{route} reads {', '.join(allowed)}",
                        param=unknown[0], code="unknown_field")
-    _check_model(fields.get("model"), model_name)
+    check_model(fields.get("model"), model_name)
     pairs = None
     if fields.get("text_pairs") is not None:
         pairs, single_pair = _texts(fields, "text_pairs", limits)
@@ -135,7 +135,9 @@ def _json_object(body: bytes, model_name: str) -> dict:
     return value
 
 
-def _check_model(model: Any, model_name: str) -> None:
+def check_model(model: Any, model_name: str) -> None:
+    """404 unless model (a request's `model`, or the name in /v1/models/{model}) is the served model's name; None
+    is."""
     if model is None:
         return
     if not isinstance(model, str):

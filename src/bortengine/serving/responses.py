@@ -39,8 +39,10 @@ def usage(tokens: int) -> dict:
 
 def shortened(vectors: np.ndarray, dimensions: Optional[int]) -> np.ndarray:
     """The first `dimensions` of each embedding, L2-normalised again, as OpenAI's text-embedding-3 models shorten
-    theirs. Shapes: [N,E] -> [N,D] float32."""
-    if dimensions is None or dimensions == vectors.shape[1]:
+    theirs; at every D, the model's own size too, so that a client's vectors are unit vectors whatever D it asks
+    for (a model without a Normalize module gives longer ones without `dimensions`). Shapes: [N,E] -> [N,D]
+    float32."""
+    if dimensions is None:
         return vectors
     head = vectors[:, :dimensions].astype(np.float64)
     norms = np.linalg.norm(head, axis=1, keepdims=True)
