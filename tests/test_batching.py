@@ -673,10 +673,33 @@ def test_tokenized_texts_compute_as_the_texts_do(minilm, classifier):
     ({}, None),
 ])
 def test_a_cgroup_cpu_quota_is_read_from_either_cgroup_version(tmp_path, files, quota):
+    write_files(tmp_path, files)
+    assert cgroup_cpu_quota(str(tmp_path), membership=str(tmp_path / "no-such-file")) == quota
+
+
+def write_files(root, files: dict[str, str]) -> None:
     for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert cgroup_cpu_quota(str(tmp_path)) == quota
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+@pytest.mark.parametrize("membership, files, quota", [
+    # a systemd service with CPUQuota=300% (no cgroup namespace: the root has no quota, the service's cgroup has)
+    ("0::/system.slice/app.service\n", {"cpu.max": "max 100000\n", "system.slice/cpu.max": "max 100000\n",
+                                        "system.slice/app.service/cpu.max": "300000 100000\n"}, 3.0),
+    # a parent's quota binds its children: the smallest on the way up
+    ("0::/pod/box\n", {"pod/cpu.max": "100000 100000\n", "pod/box/cpu.max": "400000 100000\n"}, 1.0),
+    # cgroup v1 in a container: its path (/docker/ID) is not under the mount, which is its own cgroup
+    ("12:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n",
+     {"cpu,cpuacct/cpu.cfs_quota_us": "150000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 1.5),
+    ("12:cpu,cpuacct:/batch/job\n", {"cpu,cpuacct/batch/job/cpu.cfs_quota_us": "50000\n",
+                                     "cpu,cpuacct/batch/job/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ("0::/a\n", {"a/cpu.max": "max 100000\n"}, None),
+])
+def test_the_cpu_quota_is_the_processs_own_cgroups_or_a_parents(tmp_path, membership, files, quota):
+    write_files(tmp_path / "fs", files)
+    (tmp_path / "cgroup").write_text(membership)
+    assert cgroup_cpu_quota(str(tmp_path / "fs"), membership=str(tmp_path / "cgroup")) == quota
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")

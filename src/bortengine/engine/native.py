@@ -45,22 +45,63 @@ def available_cpus() -> int:
     return max(1, min(cpus, math.ceil(quota))) if quota else cpus
 
 
-def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> Optional[float]:
-    """CPUs' worth of time the process's cgroup may use per period (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us over
-    cpu.cfs_period_us), or None without a quota."""
-    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
-                                    ("cpu,cpuacct/cpu.cfs_quota_us", "cpu,cpuacct/cpu.cfs_period_us")):
-        try:
-            fields = _read(os.path.join(root, quota_file)).split()
-            if period_file is not None:
-                fields.append(_read(os.path.join(root, period_file)).strip())
-            quota, period = fields[0], float(fields[1])
-        except (OSError, IndexError, ValueError):
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> Optional[float]:
+    """CPUs' worth of time the process may use per period (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us over
+    cpu.cfs_period_us), or None without a quota: the smallest quota on the way from the process's own cgroup (read
+    from membership) up to the hierarchy's root, since a limit on a parent (a systemd slice or service's
+    CPUQuota=, a Kubernetes pod) binds the cgroups below it. In a container with its own cgroup namespace the
+    process's cgroup is the root; where its path is not under root (cgroup v1 in a container), root alone is read."""
+    own = _own_cgroups(membership)
+    quotas = []
+    for hierarchy, controllers, quota_file, period_file in (
+            (root, "", "cpu.max", None),
+            (os.path.join(root, "cpu"), "cpu", "cpu.cfs_quota_us", "cpu.cfs_period_us"),
+            (os.path.join(root, "cpu,cpuacct"), "cpu", "cpu.cfs_quota_us", "cpu.cfs_period_us")):
+        directory = os.path.normpath(hierarchy + own.get(controllers, "/"))
+        if not os.path.isdir(directory):
+            directory = hierarchy
+        while True:
+            quota = _cpu_quota(directory, quota_file, period_file)
+            if quota is not None:
+                quotas.append(quota)
+            if len(directory) <= len(hierarchy):
+                break
+            directory = os.path.dirname(directory)
+    return min(quotas) if quotas else None
+
+
+def _own_cgroups(membership: str) -> dict[str, str]:
+    """The process's cgroup path per hierarchy from /proc/self/cgroup lines ("ID:CONTROLLERS:PATH"): "" for the v2
+    hierarchy, "cpu" for the v1 one that has the cpu controller. {} where the file cannot be read."""
+    try:
+        lines = _read(membership).splitlines()
+    except OSError:
+        return {}
+    own = {}
+    for line in lines:
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not path.startswith("/"):
             continue
+        if controllers == "":
+            own[""] = path
+        elif "cpu" in controllers.split(","):
+            own["cpu"] = path
+    return own
+
+
+def _cpu_quota(directory: str, quota_file: str, period_file: Optional[str]) -> Optional[float]:
+    """One cgroup's quota in CPUs, None without one (or without the files)."""
+    try:
+        fields = _read(os.path.join(directory, quota_file)).split()
+        if period_file is not None:
+            fields.append(_read(os.path.join(directory, period_file)).strip())
+        quota, period = fields[0], float(fields[1])
         if quota == "max" or float(quota) <= 0 or period <= 0:
             return None
         return float(quota) / period
-    return None
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _read(path: str) -> str:
