@@ -1,6 +1,7 @@
 """Reranking with cross-encoders (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, MPNet) against sentence-transformers'
 CrossEncoder on the same random-weight models: (query, document) pairs through each family's pair template, scores
-through the model's activation_fn (sigmoid by default, identity when config.json says so), the same order;
+through the model's activation_fn (sigmoid by default, identity or tanh when config.json or, as sentence-transformers 6
+saves it, config_sentence_transformers.json says so), the same order;
 two-label models score a class probability."""
 from __future__ import annotations
 
@@ -35,10 +36,21 @@ def _identity_copy(path, out):
     return out
 
 
+def _saved_with_tanh(path, out):
+    """The model saved by sentence-transformers' CrossEncoder with activation_fn=Tanh: it writes the activation in
+    config_sentence_transformers.json (v6), which CrossEncoder reads before config.json's."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    CrossEncoder(str(path), device="cpu", local_files_only=True, activation_fn=torch.nn.Tanh()).save(str(out))
+    assert "Tanh" in (out / "config_sentence_transformers.json").read_text()
+    return out
+
+
 @pytest.mark.parametrize("model_type", ["roberta", "bert", "distilbert", "xlm-roberta", "electra", "mpnet"])
 def test_rerank_matches_cross_encoder(make_encoder, cross_encoder, tmp_path, model_type):
     path = make_encoder(model_type=model_type, labels=("score",), **SIZES)
-    for directory in (path, _identity_copy(path, tmp_path / "identity")):
+    for directory in (path, _identity_copy(path, tmp_path / "identity"), _saved_with_tanh(path, tmp_path / "tanh")):
         ours = bortengine.load(directory).rerank(QUERY, DOCUMENTS)
         theirs = cross_encoder(directory).rank(QUERY, DOCUMENTS)
         assert [r.index for r in ours] == [r["corpus_id"] for r in theirs]
@@ -88,7 +100,7 @@ def test_rerank_refusals(make_encoder, tmp_path):
         encoder.rerank(QUERY, DOCUMENTS)
     odd = _identity_copy(make_encoder(model_type="bert", labels=("score",), **SIZES), tmp_path / "tanh")
     config = json.loads((odd / "config.json").read_text())
-    config["sentence_transformers"]["activation_fn"] = "torch.nn.modules.activation.Tanh"
+    config["sentence_transformers"]["activation_fn"] = "torch.nn.modules.activation.Softplus"
     (odd / "config.json").write_text(json.dumps(config))
-    with pytest.raises(BortEngineError, match="activation_fn is torch.nn.modules.activation.Tanh"):
+    with pytest.raises(BortEngineError, match="activation_fn is torch.nn.modules.activation.Softplus"):
         bortengine.load(odd).rerank(QUERY, DOCUMENTS)

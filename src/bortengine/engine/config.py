@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -155,7 +155,9 @@ class ModelConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ModelLoadError(f"{path} is not valid JSON ({e}); re-save it with model.config.save_pretrained") from e
-        return cls.from_dict(data, source=str(path))
+        config = cls.from_dict(data, source=str(path))
+        activation = _saved_cross_encoder_activation(path.parent / "config_sentence_transformers.json")
+        return config if activation is None else replace(config, score_activation=activation)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "config") -> "ModelConfig":
@@ -318,6 +320,22 @@ def _check_supported(data: dict, act_key: str, act: Any, source: str) -> None:
         if data.get(flag):
             raise UnsupportedModelError(
                 f"{source}: {flag}=true is not supported; bortengine runs bidirectional encoders only")
+
+
+def _saved_cross_encoder_activation(path: Path) -> Optional[str]:
+    """The activation_fn sentence-transformers 6 saves with a CrossEncoder in config_sentence_transformers.json,
+    which CrossEncoder reads before config.json's; None without one."""
+    if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON ({e}); re-save the model with sentence-transformers") from e
+    activation = data.get("activation_fn") if isinstance(data, dict) else None
+    if activation is not None and not isinstance(activation, str):
+        raise ModelLoadError(f"{path}: activation_fn must be a class path such as "
+                             f"'torch.nn.modules.activation.Sigmoid', got {activation!r}")
+    return activation
 
 
 def _parse_score_activation(data: dict, source: str) -> Optional[str]:

@@ -99,15 +99,16 @@ class ClassifierHead:
         return np.ascontiguousarray(logits, dtype=np.float32)
 
 
-_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity"}
+_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity", "Tanh": "tanh"}
 
 
 def relevance_scores(logits: np.ndarray, config: ModelConfig, label: Optional[int | str]) -> np.ndarray:
     """A cross-encoder's score of each (query, document) pair from its logits [N,L] -> [N] float32.
 
-    One label: the logit through sentence-transformers' CrossEncoder activation_fn (config.json's, else sigmoid),
-    as CrossEncoder.rank scores. More labels: the softmax probability of `label` (a name or index; default the
-    second of two labels, the positive class of a binary classifier)."""
+    One label: the logit through sentence-transformers' CrossEncoder activation_fn (that of
+    config_sentence_transformers.json, else config.json's, else sigmoid), as CrossEncoder.rank scores. More labels:
+    the softmax probability of `label` (a name or index; default the second of two labels, the positive class of a
+    binary classifier)."""
     if config.num_labels == 1:
         if label is not None:
             raise InvalidInputError(f"label={label!r} needs a model with several labels; this one has a single "
@@ -120,7 +121,11 @@ def relevance_scores(logits: np.ndarray, config: ModelConfig, label: Optional[in
                 f"{sorted(_ACTIVATIONS)} only. Score with engine(**engine.tokenize(queries, text_pairs=documents))"
                 f".logits and apply it yourself")
         scores = logits[:, 0].astype(np.float64)
-        return (1.0 / (1.0 + np.exp(-scores)) if activation == "sigmoid" else scores).astype(np.float32)
+        if activation == "sigmoid":
+            scores = 1.0 / (1.0 + np.exp(-scores))
+        elif activation == "tanh":
+            scores = np.tanh(scores)
+        return scores.astype(np.float32)
     return softmax(logits)[:, _label_index(config, label)].astype(np.float32)
 
 

@@ -233,9 +233,10 @@ class ModelService:
             where = "input" if req.single else f"input[{e.index}]"
             how = ('send "truncation": true' + (", or start the server without --no-truncation," if not default
                                                 else " or leave it out"))
+            pair = "; the text and its pair together" if req.pairs is not None else ""
             raise APIError(400, f"{where} has {e.tokens} tokens, more than the {e.max_length} this server reads per "
-                                f"text (--max-input-tokens; the text and its pair together); shorten or split it, or "
-                                f"{how} to cut texts to {e.max_length} tokens", param="input",
+                                f"text (--max-input-tokens{pair}); shorten or split it, or {how} to cut texts to "
+                                f"{e.max_length} tokens", param="input",
                            code="context_length_exceeded") from None
         tokenize_s = time.perf_counter() - start
         self.metrics.record_texts(route, len(texts), texts.tokens, len(texts.truncated), tokenize_s)
