@@ -87,6 +87,22 @@ def test_non_finite_weights_refused(small_classifier, weights, tmp_path, name, d
         bortengine.load(model_copy(small_classifier, tmp_path / "m", bad))
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "float32", "int8"])
+def test_non_finite_bf16_weights_refused_in_every_dtype(small_classifier, weights, tmp_path, dtype):
+    """A BF16 checkpoint (a torch.bfloat16 save, or `bortengine export --dtype bf16`): load(dtype="bf16") takes its
+    bits as they are, and is checked all the same."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file as save_torch
+
+    bad = {name: torch.from_numpy(value).to(torch.bfloat16) for name, value in weights.items()}
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    bad[name].view(-1)[[1, 5]] = torch.tensor([float("nan"), float("-inf")], dtype=torch.bfloat16)
+    path = model_copy(small_classifier, tmp_path / "m")
+    save_torch(bad, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=rf"tensor {name} holds 2 non-finite value.*1 NaN, 1 Inf.*re-export"):
+        bortengine.load(path, dtype=dtype)
+
+
 def test_large_finite_weights_load(small_classifier, weights, tmp_path):
     """Finite values whose float32 sum overflows are not mistaken for Inf."""
     big = dict(weights)

@@ -112,6 +112,11 @@ _DIM_FIELDS = {"H": "hidden_size", "I": "intermediate_size", "V": "vocab_size", 
 _ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.", "embeddings_project.")
 
 
+def _bf16_as_float32(bits: np.ndarray) -> np.ndarray:
+    """bf16 bits [N] uint16 as float32 [N]: the upper half of a float32."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     """Where one tensor's bytes are: file, absolute byte offset, byte count; its safetensors dtype and shape."""
@@ -130,7 +135,11 @@ class TensorEntry:
     def read_bf16(self) -> np.ndarray:
         """A BF16 tensor as a fresh uint16 C-contiguous array of its bits (the engine's bf16 kernels take them as
         they are: no round trip through float32)."""
-        return self._read_raw("BF16", np.dtype("<u2"))
+        bits = self._read_raw("BF16", np.dtype("<u2"))
+        flat = bits.reshape(-1)
+        if flat.size and int((flat & 0x7FFF).max()) >= 0x7F80:   # exponent all ones: Inf (mantissa 0) or NaN
+            self._check_finite(_bf16_as_float32(flat))
+        return bits
 
     def read_stored(self) -> np.ndarray:
         """The tensor as stored, in a fresh array of the NumPy type its bytes read as (_DTYPES: uint16 bits for
