@@ -304,6 +304,22 @@ def test_bad_texts(small_engine, bad):
         small_engine.encode(bad)
 
 
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(st.text(max_size=20), min_size=1, max_size=4), where=st.integers(0, 3),
+       surrogate=st.integers(0xD800, 0xDFFF), at=st.integers(0, 20))
+def test_a_lone_surrogate_is_refused_with_its_place(minilm_engine, texts, where, surrogate, at):
+    """A str `tokenizers` cannot take (no UTF-8 form: e.g. bytes decoded with surrogateescape) is named, in every
+    text method, not a bare TypeError from inside `tokenizers`."""
+    where = min(where, len(texts) - 1)
+    text = texts[where]
+    at = min(at, len(text))
+    texts[where] = text[:at] + chr(surrogate) + text[at:]
+    for call in (minilm_engine.encode, minilm_engine.tokenize, minilm_engine.count_tokens,
+                 lambda t: minilm_engine.encode(["q"] * len(t), text_pairs=t)):
+        with pytest.raises(InvalidInputError, match=rf"\[{where}\] holds .* at character {at}, half of a UTF-16"):
+            call(texts)
+
+
 @pytest.mark.parametrize("kwargs", [dict(batch_size=0), dict(batch_size=2.5), dict(max_length=0),
                                     dict(max_length=513), dict(max_length="64")])
 def test_bad_encode_options(small_engine, kwargs):

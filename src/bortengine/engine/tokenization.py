@@ -102,6 +102,20 @@ class TokenizedTexts:
         return [i for i, n in enumerate(self.counts) if n > self.max_length]
 
 
+def _refuse_unencodable(texts: list[str], pairs: Optional[list[str]]) -> None:
+    """InvalidInputError naming the first text `tokenizers` cannot take: a str with a lone surrogate (half of a
+    UTF-16 pair, e.g. from surrogateescape decoding or a cut JSON \\ud83d) has no UTF-8 form; Rust strings are UTF-8.
+    Looked for only after `tokenizers` refused the batch, with a TypeError that names no text."""
+    for name, values in (("texts", texts), ("text_pairs", pairs or [])):
+        for i, text in enumerate(values):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InvalidInputError(
+                    f"{name}[{i}] holds {text[e.start]!r} at character {e.start}, half of a UTF-16 surrogate pair "
+                    f"with no UTF-8 form; decode the text with errors='replace' or drop the lone surrogate") from None
+
+
 class TextTokenizer:
     """A `tokenizers.Tokenizer` set to truncate at max_length and never pad, plus the pad id for batching.
 
@@ -253,7 +267,13 @@ class TextTokenizer:
         skips tracking them, ~15% of a short text's tokenization (encode_batch_fast)."""
         tokenizer, texts, pairs = self._inputs(texts, max_length, pairs, add_special_tokens)
         encode_batch = tokenizer.encode_batch if offsets else tokenizer.encode_batch_fast
-        return encode_batch(texts if pairs is None else list(zip(texts, pairs)), add_special_tokens=add_special_tokens)
+        try:
+            return encode_batch(texts if pairs is None else list(zip(texts, pairs)),
+                                add_special_tokens=add_special_tokens)
+        except TypeError:
+            _refuse_unencodable(texts, pairs)
+            raise
+
 
     def _inputs(self, texts: Sequence[str], max_length: Optional[int], pairs: Optional[Sequence[str]],
                 add_special_tokens: bool = True) -> tuple[Tokenizer, list[str], Optional[list[str]]]:
