@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bortengine
-from bortengine import BortEngineError, InvalidInputError
+from bortengine import BortEngineError, InvalidInputError, ModelLoadError
 from reference import hf_forward, st_embeddings
 
 SENTENCES = [
@@ -156,6 +156,37 @@ def test_pooling_modes(small_model, tmp_path, modes):
     ours = engine.encode(texts)
     assert ours.shape == (2, 64 * len(modes))
     assert np.abs(ours - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("pooling_mode", ["cls", ("mean", "cls"), ("max", "mean_sqrt_len_tokens", "cls")])
+def test_sentence_transformers_6_pooling_mode_names_in_their_order(small_model, tmp_path, pooling_mode):
+    """sentence-transformers 6 saves `"pooling_mode": "cls"` or a list, whose vectors it joins in the list's order
+    (1_Pooling/config.json written by its own Pooling, compared with its own encode)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    out = tmp_path / "st"
+    SentenceTransformer(modules=[Transformer(str(small_model)), Pooling(64, pooling_mode=pooling_mode)],
+                        device="cpu").save(str(out))
+    assert "pooling_mode_" not in (out / "1_Pooling" / "config.json").read_text()   # the new form
+    texts = ["a b c", "a much longer text with more tokens in it"]
+    theirs = SentenceTransformer(str(out), device="cpu", local_files_only=True).encode(texts)
+    ours = bortengine.load(out).encode(texts)
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1e-4
+
+
+def test_unknown_pooling_mode_names_refused(small_model, tmp_path):
+    for name in small_model.iterdir():
+        (tmp_path / name.name).symlink_to(name)
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (tmp_path / "1_Pooling").mkdir()
+    for mode, match in ((["mean", "median"], "unknown pooling_mode 'median'"), ([], "must be a mode's name"),
+                        ([1], "must be a mode's name")):
+        (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": mode}))
+        with pytest.raises(ModelLoadError, match=match):
+            bortengine.load(tmp_path)
 
 
 def _pooled_in_numpy(hidden, mask, modes, normalize):

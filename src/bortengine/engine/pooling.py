@@ -76,13 +76,24 @@ class Pooling:
         config = read_json(config_path, ModelLoadError)
         if not isinstance(config, dict):
             raise ModelLoadError(f"{config_path} must be a JSON object")
-        if isinstance(config.get("pooling_mode"), str):  # the constructor's string form
-            key = _STRING_MODES.get(config["pooling_mode"])
-            if key is None:
-                raise ModelLoadError(f"{config_path}: unknown pooling_mode {config['pooling_mode']!r}")
-            config = {**config, key: True}
-        modes = tuple(m for m in POOLING_MODES if config.get(POOLING_CONFIG_KEYS[m]))
-        unsupported += [name for key, name in _UNSUPPORTED_KEYS.items() if config.get(key)]
+        named = config.get("pooling_mode")
+        if named is not None:
+            # sentence-transformers >= 6 saves "pooling_mode": a name, or a list of names whose vectors it puts side
+            # by side in that order (before, the constructor took the string form and the file had booleans)
+            names = [named] if isinstance(named, str) else named
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                raise ModelLoadError(f"{config_path}: pooling_mode must be a mode's name or a list of them, got "
+                                     f"{named!r}")
+            keys = [_STRING_MODES.get(n) for n in names]
+            if None in keys:
+                raise ModelLoadError(f"{config_path}: unknown pooling_mode {names[keys.index(None)]!r}; "
+                                     f"sentence-transformers' modes are {sorted(_STRING_MODES)}")
+            by_key = {key: mode for mode, key in POOLING_CONFIG_KEYS.items()}
+            modes = tuple(by_key[k] for k in keys if k in by_key)
+            unsupported += [_UNSUPPORTED_KEYS[k] for k in keys if k in _UNSUPPORTED_KEYS]
+        else:
+            modes = tuple(m for m in POOLING_MODES if config.get(POOLING_CONFIG_KEYS[m]))
+            unsupported += [name for key, name in _UNSUPPORTED_KEYS.items() if config.get(key)]
         if not modes and not unsupported:
             raise ModelLoadError(f"{config_path} enables no pooling mode; set pooling_mode_mean_tokens to true")
         return cls(modes, normalize, tuple(unsupported))
