@@ -92,6 +92,18 @@ def test_config_unsupported(change, match):
         ModelConfig.from_dict({**BASE, **change}, source="config.json")
 
 
+def test_gelu_python_is_the_exact_gelu(small_model, tmp_path):
+    """transformers' "gelu_python" is the erf GELU written in Python: the same function as "gelu"."""
+    from reference import hf_forward
+
+    config = json.loads((small_model / "config.json").read_text())
+    path = model_copy(small_model, tmp_path / "m", config={**config, "hidden_act": "gelu_python"})
+    ids = np.array([[101, 2023, 2003, 1037, 3231, 102]])
+    ours = bortengine.load(path)(ids)["last_hidden_state"]
+    assert np.array_equal(ours, bortengine.load(small_model)(ids)["last_hidden_state"])
+    assert np.abs(ours - hf_forward(path, ids)["last_hidden_state"]).max() <= 1e-4
+
+
 @pytest.mark.parametrize("change, match", [
     ({"hidden_size": 66}, "not a multiple of num_attention_heads=4"),
     ({"hidden_size": 0}, "hidden_size must be an integer >= 1"),

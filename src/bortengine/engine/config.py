@@ -25,8 +25,11 @@ __all__ = ["ModelConfig", "NumberedLabels", "SUPPORTED_KINDS"]
 SUPPORTED_KINDS = tuple(supported_classes())
 
 # Activations that other encoder configs use. Named so the error can say what the model wants instead.
-_OTHER_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python", "quick_gelu", "relu", "silu",
+_OTHER_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu",
                       "swish", "mish", "tanh", "gelu_accurate", "gelu_10", "linear", "sigmoid")
+# transformers' names of the exact erf GELU the engine computes: "gelu_python" is the same function written in
+# Python (GELUActivation(use_gelu_python=True): x * 0.5 * (1 + erf(x / sqrt(2))))
+_EXACT_GELU = ("gelu", "gelu_python")
 _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 # A config.json holds tens of keys (and id2label); one larger than this is not a model's config. Read whole, so
 # bounded before it is read.
@@ -306,7 +309,7 @@ def _parse_family(data: dict, source: str) -> tuple[str, Family]:
 
 def _check_supported(data: dict, act_key: str, act: Any, source: str) -> None:
     """Refuse what the engine's layers do not compute: another activation, relative positions, a decoder."""
-    if act != "gelu":
+    if act not in _EXACT_GELU:
         hint = ("it is a known activation, but the engine computes exact erf GELU only ('gelu'), so its "
                 "outputs would be wrong for this model" if act in _OTHER_ACTIVATIONS
                 else "it is not an activation name transformers knows either")
