@@ -4,6 +4,7 @@ checked against transformers (its tokenizer, BertModel and BertForSequenceClassi
 token_type_ids); and every malformed pair refused with an InvalidInputError."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -146,6 +147,36 @@ def test_vocab_txt_tokenizer_encodes_pairs_the_same(minilm, tmp_path):
     assert ids == reference.token_ids(TEXTS, pairs=PAIRS)
     np.testing.assert_array_equal(fallback.pad(ids, pairs=True)["token_type_ids"],
                                   reference.pad(ids, pairs=True)["token_type_ids"])
+
+
+def test_an_mpnet_vocab_txt_tokenizer_has_mpnets_pair_template(make_encoder, tmp_path):
+    """MPNetTokenizer from vocab.txt (no tokenizer.json): "<s> A </s></s> B </s>", as transformers builds it, with
+    the logits of transformers' MPNetForSequenceClassification. (The vocabulary is the test model's BPE one read as
+    WordPiece: many words are <unk> to both; the special tokens and their places are what is compared.)"""
+    import torch
+    from transformers import AutoTokenizer, MPNetForSequenceClassification
+
+    source = make_encoder(model_type="mpnet", hidden_size=40, num_attention_heads=5, intermediate_size=50,
+                          num_hidden_layers=2, max_positions=64, head="sequence", labels=("no", "yes"))
+    path = tmp_path / "mpnet"
+    shutil.copytree(source, path)
+    vocab = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
+    (path / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
+    (path / "tokenizer.json").unlink()
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "MPNetTokenizer", "do_lower_case": True, "model_max_length": 64, "bos_token": "<s>",
+        "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+        "mask_token": "<mask>"}))
+    engine, hf_tokenizer = bortengine.load(path), AutoTokenizer.from_pretrained(str(path))
+    assert engine.tokenizer.source.endswith("vocab.txt")
+    for max_length in (12, 64):
+        ours = engine.tokenize(TEXTS, PAIRS, max_length=max_length)
+        theirs = hf_tokenizer(TEXTS, PAIRS, truncation=True, max_length=max_length, padding=True, return_tensors="np")
+        np.testing.assert_array_equal(ours["input_ids"], theirs["input_ids"])
+    with torch.no_grad():
+        batch = hf_tokenizer(TEXTS, PAIRS, padding=True, return_tensors="pt")
+        logits = MPNetForSequenceClassification.from_pretrained(str(path)).eval()(**batch).logits.numpy()
+    assert np.abs(engine.classify(TEXTS, PAIRS).logits - logits).max() <= 1e-4
 
 
 # --------------------------------------------------------------------------------------------- model outputs

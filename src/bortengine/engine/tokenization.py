@@ -18,6 +18,7 @@ Shapes: B = batch, T = tokens of the longest sequence in the batch.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from tokenizers import BertWordPieceTokenizer, Encoding, Tokenizer
+from tokenizers.processors import TemplateProcessing
 
 from bortengine.engine.config import ModelConfig
 from bortengine.engine.entities import TokenVocabulary
@@ -102,6 +104,15 @@ class TokenizedTexts:
         return [i for i, n in enumerate(self.counts) if n > self.max_length]
 
 
+def _mpnet_template(tokenizer: Tokenizer) -> None:
+    """MPNetTokenizer's special tokens on a WordPiece vocabulary: "<s> A </s>", and a pair "<s> A </s></s> B </s>" (as
+    RoBERTa's), where BertWordPieceTokenizer's template gives BERT's "<s> A </s> B </s>"."""
+    bert = json.loads(tokenizer.post_processor.__getstate__())     # {"cls": [token, id], "sep": [token, id]}
+    (cls, cls_id), (sep, sep_id) = bert["cls"], bert["sep"]
+    tokenizer.post_processor = TemplateProcessing(single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} {sep} $B {sep}",
+                                                  special_tokens=[(cls, cls_id), (sep, sep_id)])
+
+
 def _refuse_unencodable(texts: list[str], pairs: Optional[list[str]]) -> None:
     """InvalidInputError naming the first text `tokenizers` cannot take: a str with a lone surrogate (half of a
     UTF-16 pair, e.g. from surrogateescape decoding or a cut JSON \\ud83d) has no UTF-8 form; Rust strings are UTF-8.
@@ -163,6 +174,8 @@ class TextTokenizer:
             except Exception as e:
                 raise ModelLoadError(f"cannot build a WordPiece tokenizer from {source}: {e}") from e
             tokenizer = Tokenizer.from_str(wordpiece.to_str())
+            if config.model_type == "mpnet":
+                _mpnet_template(tokenizer)
         else:
             return None
 
