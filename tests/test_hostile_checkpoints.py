@@ -65,6 +65,33 @@ def test_size_claims_refused_from_the_header(small_model, small_classifier, tmp_
     assert peak < 4 * 2 ** 20, f"refusing the claim allocated {peak / 2 ** 20:.1f} MiB"
 
 
+def test_empty_tensors_named_after_many_layers_do_not_pass_as_layers(small_model, tmp_path):
+    """A header naming tensors of 30,000 layers, each empty (free in the file), with a config claiming as many: the
+    layers are not counted, so the claim is refused before 16 names a layer are built for them."""
+    layers, weights = 30_000, load_file(str(small_model / "model.safetensors"))
+    header = {name: {"dtype": "F32", "shape": list(value.shape)} for name, value in weights.items()}
+    offset, data = 0, []
+    for entry, value in zip(header.values(), weights.values()):
+        raw = value.astype("<f4").tobytes()
+        entry["data_offsets"] = [offset, offset + len(raw)]
+        offset += len(raw)
+        data.append(raw)
+    header.update({f"encoder.layer.{i}.attention.self.query.weight": {"dtype": "F32", "shape": [0, 64],
+                                                                      "data_offsets": [offset, offset]}
+                   for i in range(2, layers)})
+    path = model_copy(small_model, tmp_path / "m", config={"num_hidden_layers": layers})
+    (path / "model.safetensors").write_bytes(_file(header, 0) + b"".join(data))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelLoadError, match=rf"num_hidden_layers={layers} but .* holds tensors of 2 encoder"):
+            bortengine.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    header_bytes = (path / "model.safetensors").stat().st_size
+    assert peak < 12 * header_bytes, f"refusing it allocated {peak / 2 ** 20:.1f} MiB for a {header_bytes} B file"
+
+
 def test_num_labels_claim_costs_nothing_to_parse():
     config = ModelConfig.from_dict({"architectures": ["BertForSequenceClassification"], "num_labels": 10 ** 12})
     assert config.num_labels == 10 ** 12 and config.id2label[7] == "LABEL_7"

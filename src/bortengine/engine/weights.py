@@ -612,8 +612,12 @@ def _check_quantized(config: ModelConfig, entries: dict[str, TensorEntry], sourc
 
 def _check_layer_count(config: ModelConfig, entries: dict[str, TensorEntry], source: str) -> None:
     """config.json's num_hidden_layers against the layers the weights hold, before anything is sized by it: a
-    config claiming 10^9 layers must fail here, not in building 16 x 10^9 tensor names or allocating workspaces."""
-    held = {name.split(".", 3)[2] for name in entries if name.startswith("encoder.layer.")}
+    config claiming 10^9 layers must fail here, not in building 16 x 10^9 tensor names or allocating workspaces.
+    A layer counts only with its query weight of [H, H] (H^2 bytes or more in the file): tensors named after 10^5
+    layers cost a header nothing when empty, and would make those names be built."""
+    query, shape = "attention.self.query.weight", (config.hidden_size, config.hidden_size)
+    held = {parts[2] for parts in (name.split(".", 3) for name in entries if name.startswith("encoder.layer."))
+            if len(parts) == 4 and parts[3] == query and entries[".".join(parts)].shape == shape}
     if config.num_hidden_layers > len(held):
         raise ModelLoadError(
             f"config says {config.key('num_hidden_layers')}={config.num_hidden_layers} but {source} holds tensors "
