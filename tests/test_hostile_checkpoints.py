@@ -66,8 +66,8 @@ def test_size_claims_refused_from_the_header(small_model, small_classifier, tmp_
 
 
 def test_empty_tensors_named_after_many_layers_do_not_pass_as_layers(small_model, tmp_path):
-    """A header naming tensors of 30,000 layers, each empty (free in the file), with a config claiming as many: the
-    layers are not counted, so the claim is refused before 16 names a layer are built for them."""
+    """A header naming a tensor of each of 30,000 layers, empty (free in the file), with a config claiming as many:
+    refused by the tensors the layers hold, before 16 names a layer are built for them."""
     layers, weights = 30_000, load_file(str(small_model / "model.safetensors"))
     header = {name: {"dtype": "F32", "shape": list(value.shape)} for name, value in weights.items()}
     offset, data = 0, []
@@ -83,7 +83,8 @@ def test_empty_tensors_named_after_many_layers_do_not_pass_as_layers(small_model
     (path / "model.safetensors").write_bytes(_file(header, 0) + b"".join(data))
     tracemalloc.start()
     try:
-        with pytest.raises(ModelLoadError, match=rf"num_hidden_layers={layers} but .* holds tensors of 2 encoder"):
+        with pytest.raises(ModelLoadError, match=rf"num_hidden_layers={layers}, 16 tensors a layer, but .* holds "
+                                                 rf"{2 * 16 + layers - 2} tensors of encoder layers"):
             bortengine.load(path)
         _, peak = tracemalloc.get_traced_memory()
     finally:

@@ -20,6 +20,7 @@ L = number of labels, E = embedding width (H but in ELECTRA), A = heads, R = rel
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -613,11 +614,17 @@ def _check_quantized(config: ModelConfig, entries: dict[str, TensorEntry], sourc
 def _check_layer_count(config: ModelConfig, entries: dict[str, TensorEntry], source: str) -> None:
     """config.json's num_hidden_layers against the layers the weights hold, before anything is sized by it: a
     config claiming 10^9 layers must fail here, not in building 16 x 10^9 tensor names or allocating workspaces.
-    A layer counts only with its query weight of [H, H] (H^2 bytes or more in the file): tensors named after 10^5
-    layers cost a header nothing when empty, and would make those names be built."""
-    query, shape = "attention.self.query.weight", (config.hidden_size, config.hidden_size)
-    held = {parts[2] for parts in (name.split(".", 3) for name in entries if name.startswith("encoder.layer."))
-            if len(parts) == 4 and parts[3] == query and entries[".".join(parts)].shape == shape}
+    Nor in building them for layers the header only names: one empty tensor named after each of 10^5 layers costs
+    a header ~80 bytes a layer, so the layers must hold half their tensors or more before the names of every
+    tensor they lack are built (a layer missing a few tensors is then named by the check of each tensor)."""
+    per_layer = collections.Counter(name.split(".", 3)[2] for name in entries if name.startswith("encoder.layer."))
+    held = list(per_layer)
+    if config.num_hidden_layers <= len(held) and \
+            config.num_hidden_layers * len(LAYER_TENSORS) > 2 * sum(per_layer.values()):
+        raise ModelLoadError(
+            f"config says {config.key('num_hidden_layers')}={config.num_hidden_layers}, {len(LAYER_TENSORS)} tensors "
+            f"a layer, but {source} holds {sum(per_layer.values())} tensors of encoder layers in all; config.json "
+            f"and the weights disagree, so one of them belongs to another model")
     if config.num_hidden_layers > len(held):
         raise ModelLoadError(
             f"config says {config.key('num_hidden_layers')}={config.num_hidden_layers} but {source} holds tensors "
