@@ -175,6 +175,22 @@ def test_sentence_transformers_6_pooling_mode_names_in_their_order(small_model, 
     assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1e-4
 
 
+def test_a_default_prompt_is_said_at_load_and_the_prompted_texts_give_its_embeddings(small_model, tmp_path):
+    """sentence-transformers puts prompts[default_prompt_name] before every text of encode(); the engine does not,
+    and says so when it loads the model (PromptWarning), and what the warning advises matches."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    out = tmp_path / "st"
+    SentenceTransformer(modules=[Transformer(str(small_model)), Pooling(64, pooling_mode="mean")], device="cpu",
+                        prompts={"query": "query: "}, default_prompt_name="query").save(str(out))
+    with pytest.warns(bortengine.PromptWarning, match="default prompt 'query: '"):
+        engine = bortengine.load(out)
+    texts = ["a b c", "a much longer text with more tokens in it"]
+    theirs = SentenceTransformer(str(out), device="cpu", local_files_only=True).encode(texts)
+    assert np.abs(engine.encode(["query: " + t for t in texts]) - theirs).max() <= 1e-4
+
+
 def test_unknown_pooling_mode_names_refused(small_model, tmp_path):
     for name in small_model.iterdir():
         (tmp_path / name.name).symlink_to(name)

@@ -13,12 +13,14 @@ from __future__ import annotations
 from bortengine.engine import (ClassificationResult, EncoderOutput, Engine, ModelConfig, RankedDocument, TokenEntity,
                                TokenizedTexts, available_cpus, available_isas, cpu_info, load)
 from bortengine.errors import (BortEngineError, DeadlineExceeded, InvalidInputError, ModelLoadError, PerformanceWarning,
-                               RequestCancelled, TextTooLongError, TruncationWarning, UnsupportedModelError)
+                               PromptWarning, RequestCancelled, TextTooLongError, TruncationWarning,
+                               UnsupportedModelError)
 from bortengine.version import __version__
 
 __all__ = [
     "load", "Engine", "EncoderOutput", "ClassificationResult", "TokenEntity", "RankedDocument", "ModelConfig",
     "TokenizedTexts", "cpu_info", "available_isas",
     "available_cpus", "BortEngineError", "InvalidInputError", "TextTooLongError", "TruncationWarning", "ModelLoadError",
-    "UnsupportedModelError", "DeadlineExceeded", "RequestCancelled", "PerformanceWarning", "__version__",
+    "UnsupportedModelError", "DeadlineExceeded", "RequestCancelled", "PerformanceWarning", "PromptWarning",
+    "__version__",
 ]

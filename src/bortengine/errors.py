@@ -68,3 +68,9 @@ class PerformanceWarning(UserWarning):
     """A load asked for something this CPU runs slower than the alternative it names (dtype="bf16" where bf16 GEMMs
     have neither AMX tiles nor vdpbf16ps on a core not Intel's: measured slower than float32). Said once per process
     (Python's default warning filter); warnings.filterwarnings("ignore", category=bortengine.PerformanceWarning) silences it."""
+
+
+class PromptWarning(UserWarning):
+    """A sentence-transformers model names a default prompt (config_sentence_transformers.json default_prompt_name,
+    e.g. "query: "), which SentenceTransformer.encode puts before every text and Engine.encode does not: pass texts
+    with the prompt to get its embeddings. Said once per process for a model."""

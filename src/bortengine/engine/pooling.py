@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -49,9 +50,25 @@ class Pooling:
     modes: tuple[str, ...] = ("mean",)
     normalize: bool = False
     unsupported: tuple[str, ...] = ()  # modules of the model that the engine cannot run; encode() refuses
+    default_prompt: Optional[str] = None   # config_sentence_transformers.json's, which encode() does not add
+
+    @staticmethod
+    def saved_default_prompt(model_dir: Path) -> Optional[str]:
+        """The prompt sentence-transformers puts before every text of encode() (prompts[default_prompt_name] in
+        config_sentence_transformers.json), or None."""
+        saved = read_json(model_dir / "config_sentence_transformers.json", ModelLoadError, missing_ok=True) or {}
+        if not isinstance(saved, dict) or not saved.get("default_prompt_name"):
+            return None
+        prompts = saved.get("prompts")
+        prompt = prompts.get(saved["default_prompt_name"]) if isinstance(prompts, dict) else None
+        return prompt if isinstance(prompt, str) and prompt else None
 
     @classmethod
     def load(cls, model_dir: Path) -> "Pooling":
+        return replace(cls._load(model_dir), default_prompt=cls.saved_default_prompt(model_dir))
+
+    @classmethod
+    def _load(cls, model_dir: Path) -> "Pooling":
         modules_path = model_dir / "modules.json"
         pooling_dir = model_dir / "1_Pooling"
         normalize = False

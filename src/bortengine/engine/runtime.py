@@ -35,7 +35,7 @@ from bortengine.engine.positions import PositionLayout, check_contiguous_mask, p
 from bortengine.engine.tokenization import WHOLE_TEXT, TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import BertWeights, Checkpoint
 from bortengine.errors import (BortEngineError, InvalidInputError, ModelLoadError, PerformanceWarning, TextTooLongError,
-                               TruncationWarning)
+                               PromptWarning, TruncationWarning)
 
 __all__ = ["load", "Engine", "traced_forwards", "DTYPES"]
 
@@ -163,6 +163,11 @@ class Engine:
         self.config = ModelConfig.from_file(bert_dir)
         weights = BertWeights(Checkpoint.open(bert_dir), self.config)  # every name and shape checked, nothing read
         self.pooling = Pooling.load(path)
+        if self.pooling.default_prompt is not None:
+            warnings.warn(PromptWarning(
+                f"{path} has the default prompt {self.pooling.default_prompt!r} (config_sentence_transformers.json "
+                f"default_prompt_name), which SentenceTransformer.encode puts before every text; encode() does not: "
+                f"add it to the texts for the model's embeddings"), stacklevel=3)
         self.tokenizer = TextTokenizer.load(bert_dir, self.config)
 
         c = self.config
