@@ -192,6 +192,22 @@ def test_fingerprint_follows_the_content_not_the_path(tmp_path, reviews):
     assert load_task(train=str(tmp_path / "b.csv"), dev_fraction=0.2).fingerprint != first.fingerprint
 
 
+def test_a_run_directory_of_other_data_is_refused_not_rewritten(tmp_path, reviews):
+    """A resumed finetune or pipeline writes splits.json first: a run begun on other data (a file edited since) is
+    refused there, and its splits.json kept."""
+    frame = labelled(reviews, np.where(reviews.stars == 1, "great", "other"))
+    run = tmp_path / "run"
+    run.mkdir()
+    load_task(train=str(write(frame, tmp_path, "csv", "a"))).write_splits(run)
+    before = (run / SPLITS_FILE).read_text()
+    load_task(train=str(tmp_path / "a.csv")).write_splits(run)          # the same data again: continued
+    frame.loc[3, "label"] = "great" if frame.label[3] == "other" else "other"
+    changed = load_task(train=str(write(frame, tmp_path, "csv", "a")))
+    with pytest.raises(TrainingError, match=r"run is a run of other data: its splits.json has data \w+, and the files"):
+        changed.write_splits(run)
+    assert (run / SPLITS_FILE).read_text() == before
+
+
 def test_builtin_task_and_spec(tmp_path):
     task = load_task("rt")
     assert task.labels == ["negative", "positive"] and task.dev == data.load_split("rt", "dev")

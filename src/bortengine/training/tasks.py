@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from bortengine.files import atomic_write_json
+from bortengine.files import atomic_write_json, read_json
 from bortengine.training.data import LABELS, SPLIT_SEED, TASKS, TextExample, load_split
 from bortengine.training.errors import TrainingError
 
@@ -144,8 +144,16 @@ class Task:
 
     def write_splits(self, directory: str | Path) -> Path:
         """directory/splits.json: the sources (sha256), the spec, and the row indices of every split taken from
-        train (rows count from 0, the first data row after the header)."""
+        train (rows count from 0, the first data row after the header). A directory whose splits.json is of other
+        data (files, columns, splits or labels changed since the run began) is refused, not rewritten: the run's
+        checkpoints and finished stages were made from that data."""
         path = Path(directory) / SPLITS_FILE
+        before = read_json(path, TrainingError, missing_ok=True)
+        if isinstance(before, dict) and before.get("fingerprint") not in (None, self.fingerprint):
+            raise TrainingError(
+                f"{directory} is a run of other data: its {SPLITS_FILE} has data {before['fingerprint']}, and the "
+                f"files as they are now (their content, columns, splits or labels) give {self.fingerprint}; restore "
+                f"the files the run began with to continue it, or give a new output directory")
         atomic_write_json(path, {"task": self.name, "labels": self.labels, "fingerprint": self.fingerprint,
                                  "sizes": {s: len(self.split(s)) for s in ("train", "dev", "test")},
                                  **self.record}, indent=1)
