@@ -18,6 +18,7 @@ pytest.importorskip("pyarrow")
 
 from bortengine.pipeline import STAGES, PipelineConfig, PipelineError, read_config_file, run_pipeline  # noqa: E402
 from bortengine.testing import make_random_bert  # noqa: E402
+from bortengine.training import TrainingError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("bad", "fine", "great")
@@ -184,6 +185,21 @@ def test_bad_options_are_refused_before_any_work(options, message, data, teacher
     out = tmp_path / "run"
     with pytest.raises(PipelineError, match=message):
         run_pipeline(_config(out, data, teacher, **options))
+    assert not out.exists()
+
+
+def test_a_class_too_rare_for_agoras_split_of_dev_is_refused_before_any_work(data, teacher, tmp_path):
+    """Agora (a training set of 1,000 or fewer) keeps half of dev apart to select with: a class with one dev
+    example is refused by name before the run starts, not in the fine-tuning stage after 80% of the budget."""
+    import pandas as pd
+
+    rows = pd.read_csv(data)
+    rows.loc[rows.index[:4], "grade"] = "rare"          # 4 examples: one in dev, one in test
+    rare = tmp_path / "rare.csv"
+    rows.to_csv(rare, index=False)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"class 'rare' has 1 dev example\(s\)\. Give more dev examples of it"):
+        run_pipeline(_config(out, rare, teacher, no_agora=False))
     assert not out.exists()
 
 

@@ -22,7 +22,7 @@ from bortengine.pipeline.config import (BUDGET_SHARES, CONFIG_FILE, STAGES, Pipe
 from bortengine.pipeline.evaluation import evaluate_stage
 from bortengine.pipeline.report import report_table, write_report
 from bortengine.pipeline.stages import (RunContext, distil_stage, extract_stage, finetune_stage, profile_stage,
-                                        teacher_architecture, teacher_stage)
+                                        selection_part, teacher_architecture, teacher_stage)
 from bortengine.progress import clock
 
 __all__ = ["run_pipeline", "STATE_FILE", "STAGE_FUNCTIONS"]
@@ -40,6 +40,8 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     ctx = RunContext(config, {})
     task = ctx.task                       # the data checked row by row before the run directory is touched
     teacher_architecture(ctx.teacher_source)         # and the teacher: one the pipeline can start from
+    if ctx.uses_agora():
+        selection_part(ctx)     # Agora's split of dev, which a rare class fails: now, not after 80% of the budget
     _claim(out, config)
     task.write_splits(out)
     state = read_json(out / STATE_FILE, PipelineError, missing_ok=True) or {"stages": {}}

@@ -559,7 +559,7 @@ def finetune_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
         return result
     result.update(_augmented_kinds(ctx))
     agora = _agora(ctx, str(near_model), seconds - (time.monotonic() - started))
-    part = _selection_part(ctx)
+    part = selection_part(ctx)
     dev = {name: _selection_accuracy(ctx, directory, part) for name, directory in (("near", near_model),
                                                                                     ("agora", agora["model_dir"]))}
     margin = _standard_error(dev["near"], len(part))
@@ -590,7 +590,7 @@ def _finetune_on_near_texts(ctx: RunContext, student: str, seconds: float, start
     return metrics
 
 
-def _selection_part(ctx: RunContext):
+def selection_part(ctx: RunContext):
     """Indices of the part of dev Agora selects with: the part its generated points do not come from, so neither
     the near-text model nor Agora's has trained near it."""
     import numpy as np
@@ -598,7 +598,7 @@ def _selection_part(ctx: RunContext):
     from bortengine.training import AGORA_RECIPES, stratified_split
 
     return stratified_split(np.array([e.label for e in ctx.task.dev]), AGORA_RECIPES["scarce"]["select_fraction"],
-                            ctx.config.seed)
+                            ctx.config.seed, ctx.task.labels)
 
 
 def _standard_error(accuracy: float, n: int) -> float:
@@ -611,7 +611,7 @@ def _standard_error(accuracy: float, n: int) -> float:
 
 
 def _selection_accuracy(ctx: RunContext, directory: "str | Path", part) -> float:
-    """A model's accuracy on the engine on `part` of dev: the indices _selection_part gives."""
+    """A model's accuracy on the engine on `part` of dev: the indices selection_part gives."""
     from bortengine.engine import load
     from bortengine.pipeline.evaluation import accuracy
 

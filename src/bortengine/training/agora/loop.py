@@ -243,9 +243,11 @@ def _check_labeller(labeller: Any, config: AgoraConfig, num_classes: int) -> Non
                              f"confidence); {type(labeller).__name__} has only predict")
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def stratified_split(labels: np.ndarray, fraction: float, seed: int,
+                     names: Optional[Sequence[str]] = None) -> np.ndarray:
     """Sorted indices of a stratified, seeded `fraction` of the points (each class in proportion, at least one of
-    each and at least one left over per class). Its own RNG stream: the loop's (transformation, caps) is unchanged."""
+    each and at least one left over per class). Its own RNG stream: the loop's (transformation, caps) is unchanged.
+    names: the class names, for the error."""
     check_ranges(select_fraction=fraction)
     rng = np.random.default_rng([seed, 0x5E1EC7])
     chosen = []
@@ -253,8 +255,10 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
         members = np.flatnonzero(labels == c)
         k = int(round(fraction * len(members)))
         if len(members) < 2 or not 0 < k < len(members):
-            raise AgoraError(f"select_fraction {fraction} leaves no dev point of class {int(c)} on one side "
-                             f"({len(members)} in dev): both parts need every class; use a larger dev set")
+            name = repr(names[int(c)]) if names is not None and 0 <= c < len(names) else str(int(c))
+            raise AgoraError(f"Agora keeps {fraction:.0%} of dev apart to select its models with (select_fraction), "
+                             f"and both parts need every class: class {name} has {len(members)} dev example(s). Give "
+                             f"more dev examples of it (a --dev file, or more in train, which dev is drawn from)")
         chosen.append(rng.choice(members, k, replace=False))
     return np.sort(np.concatenate(chosen))
 
@@ -450,7 +454,7 @@ class _AgoraRun:
         # select_*: ranks Θ and picks the best student (and its epoch); mistake_*: the mistakes that seed generation
         self.select = self.mistake = (dev_points, dev_labels)
         if config.select_fraction is not None:
-            chosen = stratified_split(dev_labels, config.select_fraction, config.seed)
+            chosen = stratified_split(dev_labels, config.select_fraction, config.seed, config.label_names)
             rest = np.setdiff1d(np.arange(len(dev_labels)), chosen)
             self.select = ([dev_points[i] for i in chosen], dev_labels[chosen])
             self.mistake = ([dev_points[i] for i in rest], dev_labels[rest])
