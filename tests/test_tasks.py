@@ -208,6 +208,22 @@ def test_a_run_directory_of_other_data_is_refused_not_rewritten(tmp_path, review
     assert (run / SPLITS_FILE).read_text() == before
 
 
+def test_paths_are_taken_as_pathlib_paths_too(tmp_path, reviews):
+    """Options hold a Path as its str: they are written to JSON and TOML and compared with a run's."""
+    from bortengine.pipeline import PipelineConfig
+    from bortengine.training import FinetuneConfig
+
+    frame = labelled(reviews, np.where(reviews.stars == 1, "great", "other"))
+    path = write(frame, tmp_path, "csv", "a")
+    task = load_task(train=path, dev=None)
+    assert task.fingerprint == load_task(train=str(path)).fingerprint
+    assert json.loads(task.write_splits(tmp_path).read_text())["fingerprint"] == task.fingerprint
+    assert DataSpec(train=path) == DataSpec(train=str(path))
+    assert FinetuneConfig(train=path, out_dir=tmp_path).to_dict() == FinetuneConfig(train=str(path),
+                                                                                   out_dir=str(tmp_path)).to_dict()
+    assert PipelineConfig(out=tmp_path / "o", train=path) == PipelineConfig(out=str(tmp_path / "o"), train=str(path))
+
+
 def test_builtin_task_and_spec(tmp_path):
     task = load_task("rt")
     assert task.labels == ["negative", "positive"] and task.dev == data.load_split("rt", "dev")

@@ -13,7 +13,8 @@ from typing import Any, Callable, Optional, Type
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "read_json", "cache_dir", "save_figure"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "read_json", "cache_dir", "save_figure",
+           "paths_as_text"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
@@ -73,3 +74,14 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def paths_as_text(options: Any) -> None:
+    """A dataclass of options with each pathlib.Path (os.PathLike) field turned into its str, in place (frozen ones
+    too): the options are written to JSON and TOML and compared with a run's, where a Path is not a value."""
+    import dataclasses
+
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if isinstance(value, os.PathLike):
+            object.__setattr__(options, field.name, os.fspath(value))

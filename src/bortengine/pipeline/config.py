@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from bortengine.engine import DTYPES
 from bortengine.errors import BortEngineError
+from bortengine.files import paths_as_text
 
 __all__ = ["PipelineConfig", "PipelineError", "STAGES", "BUDGET_SHARES", "CONFIG_FILE", "SCARCE_EXAMPLES",
            "read_config_file", "write_config_file"]
@@ -69,6 +70,9 @@ class PipelineConfig:
     progress: bool = True
     executor: str = "local"                # where the extraction's evaluations and Agora's settings run: "local"/"ray"
     ray_address: Optional[str] = None      # the Ray cluster (host:port); default $RAY_ADDRESS, else a local instance
+
+    def __post_init__(self) -> None:
+        paths_as_text(self)     # train=Path(...) is a path too
 
     def check(self) -> None:
         """The options, before anything is loaded."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from transformers import BertForSequenceClassification
 
 from bortengine.engine import TextTokenizer, available_cpus, transformer_directory
+from bortengine.files import paths_as_text
 from bortengine.training.checkpoint import check_same_run, refuse_old_files
 from bortengine.training.data import TextExample, collate, pair_token_types, padded_tokens
 from bortengine.training.errors import TrainingError
@@ -80,6 +81,9 @@ class FinetuneConfig:
     # the word embeddings kept as they are: a student cut from its teacher has the teacher's, and their AdamW update
     # (vocabulary x hidden) was a third of a small student's step on short texts; the pipeline's student freezes them
     freeze_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        paths_as_text(self)     # train=Path(...) is a path too
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from bortengine.files import atomic_write_json, read_json
+from bortengine.files import atomic_write_json, paths_as_text, read_json
 from bortengine.training.data import LABELS, SPLIT_SEED, TASKS, TextExample, load_split
 from bortengine.training.errors import TrainingError
 
@@ -53,6 +53,9 @@ class DataSpec:
     dev_fraction: float = 0.1
     test_fraction: float = 0.1
     train_limit: Optional[int] = None     # a stratified, seeded sample of N training examples (scarce data)
+
+    def __post_init__(self) -> None:
+        paths_as_text(self)     # train=Path(...) is a path too
 
     @classmethod
     def of(cls, task: "str | DataSpec | None" = None, **fields: Any) -> "DataSpec":
