@@ -407,7 +407,10 @@ def test_spec_errors(tmp_path):
                             ({"text_pair_column": "label"}, r"must differ, got \['text', 'label', 'label'\]"),
                             ({"dev": str(tmp_path / "missing.csv")}, r"the dev file .*missing.csv does not exist"),
                             ({"dev_fraction": 0.5}, r"dev_fraction must lie in \(0, 0.5\)"),
-                            ({"train_limit": 1}, r"train_limit must be >= 2")]:
+                            ({"train_limit": 1}, r"train_limit must be >= 2"),
+                            ({"text_pair_column": ""}, r"text_pair_column \(--text-pair-column\) must name a column"),
+                            ({"text_column": " "}, r"text_column \(--text-column\) must name a column, got ' '"),
+                            ({"label_column": 3}, r"label_column \(--label-column\) must name a column, got 3")]:
         with pytest.raises(TrainingError, match=message):
             load_task(train=str(path), **fields)
     with pytest.raises(TrainingError, match=r"the train file .*nowhere.csv does not exist"):

@@ -99,6 +99,11 @@ class DataSpec:
                 hint = (f"; a task must be one of the built-in tasks {list(BUILTIN_TASKS)} or the path to your "
                         f"labelled file" if role == "train" and not Path(path).suffix else "")
                 raise TrainingError(f"the {role} file {path} does not exist{hint}")
+        for name in ("text_column", "text_pair_column", "label_column"):
+            value = getattr(self, name)
+            if not (value is None and name == "text_pair_column") and (not isinstance(value, str) or not value.strip()):
+                option = "--" + name.replace("_", "-")
+                raise TrainingError(f"{name} ({option}) must name a column of the data, got {value!r}")
         columns = [self.text_column, self.label_column] + ([self.text_pair_column] if self.text_pair_column else [])
         if len(set(columns)) != len(columns):
             raise TrainingError(f"the text, text pair and label columns must differ, got {columns}")
