@@ -409,8 +409,8 @@ def test_spec_errors(tmp_path):
                             ({"dev_fraction": 0.5}, r"dev_fraction must lie in \(0, 0.5\)"),
                             ({"train_limit": 1}, r"train_limit must be >= 2"),
                             ({"text_pair_column": ""}, r"text_pair_column \(--text-pair-column\) must name a column"),
-                            ({"text_column": " "}, r"text_column \(--text-column\) must name a column, got ' '"),
-                            ({"label_column": 3}, r"label_column \(--label-column\) must name a column, got 3")]:
+                            ({"text_column": " "}, r"text_column \(--text-column\) must name a column of the data, got ' '"),
+                            ({"label_column": 3}, r"label_column \(--label-column\) must name a column of the data, got 3")]:
         with pytest.raises(TrainingError, match=message):
             load_task(train=str(path), **fields)
     with pytest.raises(TrainingError, match=r"the train file .*nowhere.csv does not exist"):
