@@ -180,6 +180,11 @@ def test_another_runs_directory_is_refused(reference, data, teacher):
     ({"workload": "1by128"}, "BxT"),
     ({"dtype": "fp16"}, "dtype"),
     ({"dev": "/no/such/file.csv"}, "no such file"),
+    # as a config file can hold them: a string where a number or a boolean goes
+    ({"min_speedup": "4"}, r"min_speedup must be a number, got '4' \(str\); in a config file write it without"),
+    ({"no_agora": "false"}, "no_agora must be true or false, got 'false'"),
+    ({"train_limit": "100"}, r"train_limit must be an integer \(or left out\)"),
+    ({"seed": True}, r"seed must be an integer, got True \(bool\)"),
 ])
 def test_bad_options_are_refused_before_any_work(options, message, data, teacher, tmp_path):
     out = tmp_path / "run"

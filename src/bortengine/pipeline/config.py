@@ -76,6 +76,7 @@ class PipelineConfig:
 
     def check(self) -> None:
         """The options, before anything is loaded."""
+        self._check_types()
         if self.task and self.train:
             raise PipelineError(f"give train (your data) or task {self.task!r} (a built-in task), not both")
         if not self.task and not self.train:
@@ -98,6 +99,22 @@ class PipelineConfig:
         if self.workload is not None:
             self.shape()
         self._check_executor()
+
+    def _check_types(self) -> None:
+        """Each option of the type its field says: a config file can hold min_speedup = "4" or no_agora = "false"
+        (a string, which is true), which would fail deep in a stage or do the opposite of what was meant."""
+        kinds = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+        for f in fields(self):
+            annotation, value = str(f.type), getattr(self, f.name)
+            optional = annotation.startswith("Optional[")
+            kind = annotation[len("Optional["):-1] if optional else annotation
+            if (value is None and optional) or kind not in kinds:
+                continue
+            if not isinstance(value, kinds[kind]) or (isinstance(value, bool) and kind != "bool"):
+                wanted = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}[kind]
+                raise PipelineError(f"{f.name} must be {wanted}{' (or left out)' if optional else ''}, got "
+                                    f"{value!r} ({type(value).__name__}); in a config file write it without quotes"
+                                    if kind != "str" else f"{f.name} must be {wanted}, got {value!r}")
 
     def _check_executor(self) -> None:
         """The executor's name, and a Ray cluster's address answering (a wrong one is found now, not after the
