@@ -267,6 +267,21 @@ def test_stratified_sample_property(labels, n, seed):
         assert np.all(np.abs(got - share) < 1)
 
 
+@pytest.mark.parametrize("names, classes", [
+    (("01", "1"), ["01", "1"]),              # two classes, not one
+    (("007", "010"), ["007", "010"]),        # zero-padded codes keep their digits, sorted as numbers
+    (("+1", "-1"), ["-1", "+1"]),
+    (("none", "billing"), ["billing", "none"]),   # an intent dataset's "none" is a class, not a missing label
+    (("2.0", "3"), ["2", "3"]),              # a float column of integers written to CSV
+])
+def test_label_names_are_the_datas_own(tmp_path, names, classes):
+    path = tmp_path / "a.csv"
+    path.write_text(csv_text([(f"review number {i}", names[i % 2]) for i in range(20)]))
+    task = load_task(train=str(path))
+    assert task.labels == classes
+    assert {task.labels[e.label] for e in task.train} == set(classes)
+
+
 # -- bad data: a TrainingError naming the file and the row --------------------------------------------------------
 GOOD = [(f"review number {i}", ("great", "other")[i % 2]) for i in range(9)]
 

@@ -538,7 +538,10 @@ _DECIMAL = re.compile(r"^[+-]?(\d+\.\d*|\.\d+)$")
 
 
 def _label_names(table: _Table, column: str) -> list[str]:
-    """Each row's label as its name: a string as it is (trimmed), an integer as its digits."""
+    """Each row's label as its name: a string as it is (trimmed: "007", "+1" and "none" are names, "01" and "1" two
+    classes), an integer as its digits, a float of an integer (2.0: a pandas column with NaN) and a string of one
+    ("2.0", such a column written to CSV) as that integer. Missing: None, NaN and the string "nan" (pandas' NaN
+    turned to text)."""
     names = []
     for i, value in enumerate(table.labels):
         where = f"{table.path}, row {i + 1}: the label ({column!r})"
@@ -555,7 +558,7 @@ def _label_names(table: _Table, column: str) -> list[str]:
             names.append(str(int(value)))
         elif isinstance(value, str):
             text = value.strip()
-            if not text or text.lower() in ("nan", "null", "none"):
+            if not text or text.lower() == "nan":
                 raise TrainingError(f"{where} is missing ({value!r}); every example needs a label")
             if _DECIMAL.match(text):    # "2.0" (a CSV written from a column with NaN) is 2, as in the other formats
                 number = Decimal(text)
@@ -563,7 +566,7 @@ def _label_names(table: _Table, column: str) -> list[str]:
                     raise TrainingError(f"{where} is {value!r}: labels are strings or integers (class names), not "
                                         f"fractional numbers")
                 text = str(int(number))
-            names.append(str(int(text)) if _INTEGER.match(text) else text)
+            names.append(text)
         else:
             raise TrainingError(f"{where} is {value!r} ({type(value).__name__}): labels are strings or integers")
     return names
@@ -576,7 +579,7 @@ def _class_names(names: list[str], path: str) -> list[str]:
         raise TrainingError(f"{path}: every example has the label {next(iter(unique))!r}; a classifier needs two or "
                             f"more classes")
     if all(_INTEGER.match(n) for n in unique):
-        return sorted(unique, key=int)
+        return sorted(unique, key=lambda n: (int(n), n))    # "01" before "1": an order that is the same every run
     return sorted(unique)
 
 
