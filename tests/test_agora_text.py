@@ -210,3 +210,19 @@ def test_finetune_agora_refuses_bad_options_before_loading_anything(option, valu
     with pytest.raises(AgoraError, match=match):
         finetune_agora(labeller=tmp_path / "no-labeller", out_dir=tmp_path / "out", model=tmp_path / "no-model",
                        **{option: value})
+
+
+def test_finetune_agora_takes_all_of_the_users_training_file_unless_told(tmp_path):
+    """train_limit defaults to none, as on the command line: a user's 60 training rows are all trained on (a default
+    of 500 for the built-in task's experiments cut a user's 1,500 to 500, silently)."""
+    import inspect
+
+    from bortengine.agora import finetune_agora
+    from bortengine.training import DataSpec
+    from bortengine.training.agora.recipes import _task
+
+    path = tmp_path / "a.csv"
+    path.write_text("text,label\n" + "".join(f"text number {i},{('yes', 'no')[i % 2]}\n" for i in range(75)))
+    default = inspect.signature(finetune_agora).parameters["train_limit"].default
+    assert len(_task(DataSpec(train=str(path)), default, 0).train) == 75 - 2 * 8     # dev and test: 10% a class
+    assert len(_task(DataSpec(train=str(path)), 20, 0).train) == 20

@@ -122,7 +122,7 @@ def slice_student(arch: str = "4,8,256,512", teacher: Optional[str] = None):
 
 
 def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arch: Optional[str] = "4,8,256,512",
-                   task: "str | DataSpec" = "rt", train_limit: Optional[int] = 500, seed: int = 0,
+                   task: "str | DataSpec" = "rt", train_limit: Optional[int] = None, seed: int = 0,
                    settings: Optional[Sequence[Mapping[str, Any]]] = None, rounds: Optional[int] = None,
                    per_mistake: Optional[int] = None, max_new_per_round: Optional[int] = None,
                    transformation: str = "neighbours", fraction: Optional[float] = None, neighbours: int = 8,
@@ -138,8 +138,8 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     distill_on and select_fraction left as None; select_fraction=0: none of dev kept apart.
 
     model: the student directory, or the teacher to cut `arch` from (default all-MiniLM-L6-v2); arch=None uses
-    model as the student. train_limit: a stratified sample of N examples of the committed train split drawn with
-    seed (scarce_subset; None: all of it). distill_weight > 0: every student also distils the labeller's soft labels
+    model as the student. train_limit: a stratified sample of N examples of the train split drawn with seed
+    (scarce_subset; None, the default as on the command line: all of it; docs/agora.md's runs took 500 of rt). distill_weight > 0: every student also distils the labeller's soft labels
     (logits, T = 2) on all its training points with this weight (TextClassifierTrainer), round 1 included, so round
     1 stays the baseline with the same trainer; distill_on="generated": only the generated points are distilled
     (the 500 originals keep their gold labels alone), so round 1 is plain fine-tuning. min_confidence,
