@@ -484,7 +484,7 @@ def test_with_scarce_data_the_student_is_fine_tuned_on_near_texts_and_transfer_p
 
     import bortengine
     import bortengine.training
-    from bortengine.pipeline.stages import TRANSFER_TEXTS_REPEATABLE, RunContext, _selection_part
+    from bortengine.pipeline.stages import TRANSFER_TEXTS_REPEATABLE, RunContext, selection_part
     from bortengine.training.classification import augmented_logits
 
     out = tmp_path / "run"
@@ -533,8 +533,11 @@ def test_with_scarce_data_the_student_is_fine_tuned_on_near_texts_and_transfer_p
     # pieces), then Agora's rounds from its model; the student is Agora's only when it is more accurate on the dev
     # part Agora selects with by over one standard error of the near-text model's accuracy there
     assert json.loads((out / "agora" / "result.json").read_text())["student"] == str(out / "finetune" / "model")
+    # Agora's run directory records its splits (the pipeline's: same data, same rows)
+    splits = json.loads((out / "agora" / "splits.json").read_text())
+    assert splits["fingerprint"] == json.loads((out / "splits.json").read_text())["fingerprint"]
     dev, margin = finetune["dev_accuracy_engine"], finetune["agora_margin"]
-    n = len(_selection_part(RunContext(_config(out, data, teacher), {})))
+    n = len(selection_part(RunContext(_config(out, data, teacher), {})))
     assert margin == pytest.approx((dev["near"] * (1 - dev["near"]) / n) ** 0.5) and 0 < n < 200
     assert finetune["chosen"] == ("agora" if dev["agora"] > dev["near"] + margin else "near")
     assert f"over one standard error, {margin:.4f}" in report

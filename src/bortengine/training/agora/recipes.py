@@ -17,7 +17,7 @@ import numpy as np
 from bortengine.files import atomic_write_json, read_json
 from bortengine.training.agora.labeller import EngineLabeller
 from bortengine.training.agora.loop import (DEFAULT_SETTINGS, AgoraConfig, AgoraError, SettingsRunner, accuracy,
-                                            check_ranges, jsonable, log, run_agora)
+                                            check_ranges, jsonable, log, run_agora, stratified_split)
 from bortengine.training.agora.report import evaluate_rounds, plot_rounds
 from bortengine.training.agora.trainer import TextClassifierTrainer, load_engine_classifier, save_classifier
 from bortengine.training.agora.transformations import MaskedLMFill, NearestNeighbourSwap
@@ -154,6 +154,10 @@ def finetune_agora(labeller: str, out_dir: str, model: Optional[str] = None, arc
     started = time.perf_counter()
     data = _task(task, train_limit, seed)
     train, dev, test = data.train, data.dev, data.test
+    if options["select_fraction"] is not None:     # a class too rare for the split: said now, not after loading
+        stratified_split(np.array([e.label for e in dev]), options["select_fraction"], seed, data.labels)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    data.write_splits(out_dir)       # the rows each split took; a run directory of other data is refused here
     student, tokenizer_dir = _student(model, arch)
     if max_length is None:
         from bortengine.training.classification import task_max_length
