@@ -193,6 +193,17 @@ def test_bad_options_are_refused_before_any_work(options, message, data, teacher
     assert not out.exists()
 
 
+def test_a_run_is_the_same_run_however_its_paths_are_spelt(tmp_path, monkeypatch):
+    """./data.csv, data.csv and the absolute path; teacher/ and teacher: one run. pipeline.toml holds absolute
+    paths, so --config names the same files from another directory."""
+    monkeypatch.chdir(tmp_path)
+    relative = PipelineConfig(out="run", train="./data.csv", teacher="teacher/")
+    absolute = PipelineConfig(out=str(tmp_path / "run"), train=str(tmp_path / "data.csv"),
+                              teacher=str(tmp_path / "teacher"))
+    assert relative.differences(absolute) == [] and relative.train == str(tmp_path / "data.csv")
+    assert PipelineConfig(out="run", train="other.csv").differences(absolute) == ["teacher", "train"]
+
+
 def test_a_class_too_rare_for_agoras_split_of_dev_is_refused_before_any_work(data, teacher, tmp_path):
     """Agora (a training set of 1,000 or fewer) keeps half of dev apart to select with: a class with one dev
     example is refused by name before the run starts, not in the fine-tuning stage after 80% of the budget."""

@@ -31,6 +31,7 @@ BUDGET_SHARES = {"profile": 0.03, "teacher": 0.17, "extract": 0.21, "distil": 0.
                  "evaluate": 0.05}
 SCARCE_EXAMPLES = 1000        # at most this many training examples: fine-tune the student with Agora
 # the options whose change makes another run (the budget, threads of training and progress may change on resume)
+_PATHS = ("out", "teacher", "train", "dev", "test")
 _RUN_DEFINING = ("teacher", "task", "train", "dev", "test", "text_column", "text_pair_column", "label_column",
                  "train_limit", "dtype", "workload", "arch", "scarce", "no_agora", "seed", "space", "max_steps",
                  "min_speedup")
@@ -73,6 +74,12 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         paths_as_text(self)     # train=Path(...) is a path too
+        # absolute: pipeline.toml then names the same files from any directory (--config), and a resumed run given
+        # ./data.csv, data.csv or the absolute path (or teacher/ for teacher) is the same run
+        for name in _PATHS:
+            value = getattr(self, name)
+            if isinstance(value, str) and value:
+                setattr(self, name, os.path.abspath(value))
 
     def check(self) -> None:
         """The options, before anything is loaded."""
