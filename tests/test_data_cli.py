@@ -94,6 +94,13 @@ def test_option_combinations(tmp_path, capsys, command):
     assert not (tmp_path / "run").exists()
 
 
+def test_extract_refuses_data_its_surrogate_does_not_read(tmp_path, capsys):
+    train = reviews_csv(tmp_path / "train.csv")
+    code = main(["extract", "--surrogate", "distill", "--train", str(train), "--out", str(tmp_path / "run")])
+    assert "--train goes with --surrogate finetune or distill-finetune" in assert_error_line(capsys, "extract", code)
+    assert not (tmp_path / "run").exists()
+
+
 def test_finetune_on_three_named_classes_end_to_end(tmp_path, capsys, make_model):
     """A 3-class CSV of real reviews, labelled by length: the exported model classifies into those names and the
     engine runs at the length trained at."""

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from bortengine.cli.arguments import add_data_arguments, add_executor_arguments, check_output, data_fields
 from bortengine.engine import available_cpus
+from bortengine.errors import UsageError
 from bortengine.files import atomic_write_text
 from bortengine.architecture import Architecture
 from bortengine.profiling import (DTYPES, Profile, ProfileError, Workload, busy_core_note, load_profile,
@@ -97,11 +98,24 @@ def _add_surrogate_options(p) -> None:
 
 
 
+_READS_TASK = ("finetune", "distill-finetune")    # the surrogates whose error is measured on a labelled task
+
+
 def _surrogate_data(args) -> dict:
-    """The finetune surrogate's task: a built-in one, or the user's files and columns."""
+    """The finetune surrogate's task: a built-in one, or the user's files and columns, checked row by row now
+    (before minutes of profiling). Data given to a surrogate that reads none is refused, not ignored."""
     fields = data_fields(args)
     task = fields.pop("task")
-    return {"task": task} if not fields["train"] else {"data": {k: v for k, v in fields.items() if v is not None}}
+    if not fields["train"]:
+        return {"task": task}
+    if args.surrogate not in _READS_TASK:
+        raise UsageError(f"--train goes with --surrogate {' or '.join(_READS_TASK)} (their error is fine-tuning on "
+                         f"your data); the {args.surrogate} surrogate reads no labelled data")
+    from bortengine.training import load_task
+
+    data = {k: v for k, v in fields.items() if v is not None}
+    load_task(**data)
+    return {"data": data}
 
 
 def run(args) -> int:
