@@ -216,6 +216,8 @@ def test_a_body_that_stalls_gets_408_and_gives_back_its_place(minilm_server):
     with minilm_server.client() as client:
         wait_until(lambda: admitted(client) == MAX_QUEUE, what="the stalled requests to be admitted")
         assert client.post("/v1/embeddings", json={"input": "one more"}).status_code == 429
+        # tokenizing takes a place too: a flood of long texts to tokenize would otherwise have no bound
+        assert client.post("/v1/tokenize", json={"input": "one more"}).status_code == 429
     answers = []
     for sock in stalled:
         response = http.client.HTTPResponse(sock)
@@ -432,6 +434,23 @@ def test_a_bad_model_directory_or_a_port_in_use_is_exit_2(capsys, tmp_path, mini
             main(["serve", str(minilm), "--worker-nice", nice])
         assert exit_info.value.code == 2
     assert "--worker-nice" in capsys.readouterr().err
+    for command in (["serve", str(minilm)], ["demo", "--model", str(minilm)], ["profile"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--isa", "avx1024"])
+        assert exit_info.value.code == 2
+        assert "--isa: 'avx1024' cannot run here; this CPU and build offer " in capsys.readouterr().err
+
+
+def test_the_access_log_asked_for_is_written_at_any_log_level(serving_classifier):
+    """uvicorn writes access lines at INFO: --access-log must not be silenced by --log-level warning (which the
+    test servers run at)."""
+    server = ServerProcess(serving_classifier, "--access-log").start()
+    try:
+        with server.client() as client:
+            assert client.get("/v1/models").status_code == 200
+    finally:
+        assert server.stop() == 0
+    assert '"GET /v1/models HTTP/1.1" 200' in server.stdout.read_text(), server.output()  # uvicorn's access log
 
 
 def test_an_empty_api_key_is_refused_not_read_as_none(capsys, monkeypatch, minilm):

@@ -85,6 +85,18 @@ def nice_value(text: str) -> int:
     return value
 
 
+def kernel_path(text: str) -> str:
+    """--isa: a kernel path this CPU and build can run, checked before anything loads (a server would otherwise
+    fail only after it has started listening)."""
+    from bortengine.engine import available_isas
+
+    offered = available_isas()
+    if text not in offered:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot run here; this CPU and build offer {', '.join(offered)} "
+                                         f"(leave --isa out for the fastest; `bortengine info` lists them)")
+    return text
+
+
 def port(text: str) -> int:
     """A TCP port, 0 meaning any free one (the OS picks it)."""
     try:

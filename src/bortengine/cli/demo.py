@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from bortengine.cli.arguments import positive_int, shape
+from bortengine.cli.arguments import kernel_path, positive_int, shape
 from bortengine.engine import BertWeights, Checkpoint, Engine, available_cpus, load
 
 __all__ = ["COMMANDS", "add_parsers", "run", "DEMO_SENTENCES", "EXPECTED_PAIR"]
@@ -49,7 +49,7 @@ def add_parsers(sub) -> None:
     demo.add_argument("--batch", nargs="+", type=shape, default=[(1, 32), (1, 128), (8, 128)], metavar="BxT",
                       help="batch x tokens shapes to time (default: 1x32 1x128 8x128)")
     demo.add_argument("--repeats", type=positive_int, default=20, help="timed runs per shape (median reported)")
-    demo.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
+    demo.add_argument("--isa", type=kernel_path, default=None, help="force a kernel path (see `bortengine info`)")
     demo.add_argument("--model", default=None,
                       help="model directory (default: the installed all-MiniLM-L6-v2); your own model's outputs are "
                            "checked against transformers on its weights")

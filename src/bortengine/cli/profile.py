@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from bortengine.cli.arguments import add_executor_arguments, check_output
+from bortengine.cli.arguments import add_executor_arguments, check_output, kernel_path
 from bortengine.engine import available_cpus
 from bortengine.errors import UsageError
 from bortengine.files import atomic_write_json
@@ -34,7 +34,7 @@ def add_parsers(sub) -> None:
     common.add_argument("--quick", action="store_true", help="fewer repeats: a Bort-space profile in under a minute")
     common.add_argument("--out", "--profile", dest="out", default=None, metavar="PATH",
                         help="profile file (default: this CPU's file in the cache directory)")
-    common.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
+    common.add_argument("--isa", type=kernel_path, default=None, help="force a kernel path (see `bortengine info`)")
     common.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time (default), or the thread's CPU time: immune to other processes taking the "
                              "CPU, only with --threads 1")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from bortengine.cli.arguments import (MODEL_DIRECTORY, check_model_directory, nice_value, port, positive_float,
-                                      positive_int)
+from bortengine.cli.arguments import (MODEL_DIRECTORY, check_model_directory, kernel_path, nice_value, port,
+                                      positive_float, positive_int)
 from bortengine.engine import DTYPES
 from bortengine.errors import UsageError
 from bortengine.serving import API_KEY_VARIABLE, LOG_LEVELS, ServeOptions
@@ -37,7 +37,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--dtype", choices=DTYPES, default=DEFAULTS.dtype,
                    help="int8 / bf16: the encoder layers' linear layers on int8 / bf16 kernels (faster where the "
                         "CPU has VNNI / AVX512_BF16, slightly different numbers; bf16 the closer to float32)")
-    p.add_argument("--isa", default=None, help="force a kernel path (see `bortengine info`)")
+    p.add_argument("--isa", type=kernel_path, default=None, help="force a kernel path (see `bortengine info`)")
     p.add_argument("--max-batch-tokens", type=positive_int, default=None,
                    help="tokens one forward takes from the queue (default: the engine's, chosen for this CPU)")
     p.add_argument("--worker-nice", type=nice_value, default=DEFAULTS.worker_nice,

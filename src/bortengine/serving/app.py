@@ -148,11 +148,11 @@ class ModelService:
 
     async def tokenize(self, request: Request) -> Response:
         engine = self._serving(request)
-        req = await self._text_request(request, "tokenize")
-
-        start = time.perf_counter()   # the ids and the counts before the cut (encode_counted)
-        encodings, counts = await self._off_loop(req, engine.tokenizer.encode_counted, req.texts,
-                                                 self.max_input_tokens, req.pairs)
+        with self._admission():       # a place among --max-queue: long texts are tokenized in threads
+            req = await self._text_request(request, "tokenize")
+            start = time.perf_counter()   # the ids and the counts before the cut (encode_counted)
+            encodings, counts = await self._off_loop(req, engine.tokenizer.encode_counted, req.texts,
+                                                     self.max_input_tokens, req.pairs)
         self.metrics.record_texts("tokenize", len(counts), sum(len(e.ids) for e in encodings), 0,
                                   time.perf_counter() - start)
         return JSONAnswer(tokenize_response(encodings, counts, self.max_input_tokens, self.name))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import signal
 import socket
 import threading
@@ -50,6 +51,9 @@ def serve(model_dir: str | Path, options: ServeOptions = ServeOptions(),
     app = create_app(model_dir, options, on_ready=ready, on_failure=failed)
     config = uvicorn.Config(app, lifespan="on", access_log=options.access_log, log_level=options.log_level,
                             timeout_graceful_shutdown=options.graceful_timeout, backlog=BACKLOG)
+    if options.access_log:
+        # uvicorn writes its access lines at INFO, so --log-level warning would silence the log asked for
+        logging.getLogger("uvicorn.access").setLevel(min(logging.INFO, logging.getLogger("uvicorn.access").level))
     server = uvicorn.Server(config)
     announce(f"listening on {url(sock)} (loading {model_dir}; GET /health answers 200 once it is ready)")
     with _drained_exit():
