@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bortengine
@@ -372,6 +372,64 @@ def test_a_lone_surrogate_is_refused_with_its_place(minilm_engine, texts, where,
 def test_bad_encode_options(small_engine, kwargs):
     with pytest.raises(InvalidInputError):
         small_engine.encode(["hello"], **kwargs)
+
+
+# Every boolean option of the text methods, by method: (method, option, whether None is accepted).
+FLAG_OPTIONS = [("encode", "normalize", True), ("encode", "truncation", False), ("aencode", "normalize", True),
+                ("aencode", "truncation", False), ("aencode", "lead_when_idle", False),
+                ("classify", "truncation", False), ("aclassify", "truncation", False),
+                ("aclassify", "lead_when_idle", False), ("classify_tokens", "truncation", False),
+                ("rerank", "truncation", False), ("tokenize", "truncation", False), ("tokenized", "truncation", False)]
+NOT_BOOLS = st.one_of(st.text(max_size=8), st.integers(), st.floats(), st.none(), st.lists(st.booleans(), max_size=2),
+                      st.sampled_from(["yes", "no", "false", "True", 0, 1, np.int64(1), 1.0]))
+
+
+@pytest.fixture(scope="module")
+def flag_engines(small_classifier, make_encoder):
+    """A sequence classifier (encode, classify, rerank, tokenize and their asyncio forms) and a token classifier."""
+    tagger = make_encoder(model_type="bert", head="token", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=40, labels=("O", "B-PER", "I-PER"))
+    return bortengine.load(small_classifier, num_threads=1), bortengine.load(tagger, num_threads=1)
+
+
+def _flag_call(engines, method, texts, **options):
+    """engine.method(texts, **options), awaited for the asyncio forms; rerank ranks texts for one query."""
+    import asyncio
+
+    engine = engines[1] if method == "classify_tokens" else engines[0]
+    if method == "rerank":
+        return engine.rerank("a query", texts, label=0, **options)
+    result = getattr(engine, method)(texts, **options)
+    return asyncio.run(result) if method.startswith("a") else result
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.sampled_from(FLAG_OPTIONS), value=NOT_BOOLS, texts=st.sampled_from([[], ["a short text"]]))
+def test_a_boolean_option_refuses_what_is_not_a_bool(flag_engines, case, value, texts):
+    """A truthy "no" or 0/1 passed for a boolean option is refused (naming the option, the value and what it takes),
+    whether or not there is anything to compute; None only where it means something (normalize: the model's)."""
+    method, option, none_allowed = case
+    if value is None and none_allowed:
+        _flag_call(flag_engines, method, texts, **{option: value})
+        return
+    with pytest.raises(InvalidInputError) as info:
+        _flag_call(flag_engines, method, texts, **{option: value})
+    message = str(info.value)
+    accepted = "True, False or None" if none_allowed else "True or False"
+    assert message.startswith(f"{option} must be {accepted} (") and f"got {value!r} ({type(value).__name__})" in message
+
+
+@pytest.mark.parametrize("case", FLAG_OPTIONS)
+@pytest.mark.parametrize("value", [True, False, np.bool_(True)])
+def test_a_boolean_option_takes_bools(flag_engines, case, value):
+    method, option, _ = case
+    assert _flag_call(flag_engines, method, ["a short text"], **{option: value}) is not None
+
+
+@pytest.mark.parametrize("value", ["no", 0, 1, None])
+def test_load_refuses_a_batching_that_is_not_a_bool(small_model, value):
+    with pytest.raises(InvalidInputError, match=rf"batching must be True or False .*got {value!r}"):
+        bortengine.load(small_model, batching=value)
 
 
 def test_sentence_transformers_subfolder_layout(minilm, minilm_engine, tmp_path):

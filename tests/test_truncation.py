@@ -266,7 +266,7 @@ def test_classify_tokens_truncation(make_encoder):
 # ----------------------------------------------------------------------------------------------- the arguments
 def test_truncation_must_be_a_bool(engine):
     for bad in ("false", 0, None, [True]):
-        with pytest.raises(InvalidInputError, match="truncation must be True .* or False"):
+        with pytest.raises(InvalidInputError, match=r"truncation must be True or False \(True cuts"):
             engine.classify(["a text"], truncation=bad)
     assert engine.classify(["a text"], truncation=np.bool_(False)).labels
 

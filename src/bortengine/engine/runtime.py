@@ -132,6 +132,7 @@ class Engine:
                  worker_nice: int = 0, float32_layers: Optional[Sequence[int]] = None,
                  bf16_layers: Optional[Sequence[int]] = None):
         core = _core()
+        batching = _check_flag(batching, "batching")
         budget = _check_max_batch_tokens(max_batch_tokens)
         if isinstance(worker_nice, bool) or not isinstance(worker_nice, (int, np.integer)) or \
                 not 0 <= worker_nice <= 19:
@@ -215,7 +216,7 @@ class Engine:
         if not encoder.ready:
             raise BortEngineError("internal error: the native encoder is not ready after loading every tensor")
         self._encoder = encoder
-        self._batching = bool(batching)
+        self._batching = batching
         # lanes (forwards side by side under load) with batching only: without it, calls keep to one at a time
         self._queue = ForwardQueue(self._native_forward, budget if batching else 0, threads=threads,
                                    lanes=None if batching else 1, worker_nice=int(worker_nice))
@@ -478,7 +479,8 @@ class Engine:
         (Engine.truncated_texts) and says so once per Engine with a TruncationWarning; truncation=False raises
         TextTooLongError (an InvalidInputError) naming the first longer text, its tokens and max_length, before
         anything is computed. Every text-taking method (classify, classify_tokens, rerank, tokenize, the asyncio
-        forms) takes truncation the same way.
+        forms) takes truncation the same way. Boolean options (normalize, truncation, lead_when_idle, load's
+        batching) take True or False (normalize None too); anything else is refused with an InvalidInputError.
         Shapes: N texts -> [N,E] float32 (E = H x pooling modes); a single string -> [E].
         """
         texts, pairs, single = self._text_inputs(texts, text_pairs)
@@ -525,6 +527,7 @@ class Engine:
                 f"{self.path} has sentence-transformers module(s) the engine does not run: "
                 f"{list(self.pooling.unsupported)}; encode() would not match the model. Call the engine on token "
                 f"ids for the transformer outputs")
+        normalize = _check_flag(normalize, "normalize", none_allowed=True)
         return bool(self.pooling.normalize if normalize is None else normalize)
 
     async def _aforwards(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
@@ -540,6 +543,9 @@ class Engine:
         of each row of the encoder's outputs alone, which a combined forward then runs once for every request of
         the same key (batching.RowsThen); used where a batch needs no layout restored (RoBERTa's, MPNet's)."""
         until = _deadline(deadline)
+        # checked here as well as where the texts are tokenized: a call with no texts tokenizes nothing
+        truncation = _check_flag(truncation, "truncation")
+        lead_when_idle = _check_flag(lead_when_idle, "lead_when_idle")
         # texts tokenized already (TokenizedTexts) are only padded here: microseconds per text
         inline = isinstance(texts, TokenizedTexts) or characters(texts, pairs) <= INLINE_CHARS
         batches = self._batches(texts, pairs, batch_size, max_length, truncation, single)
@@ -646,7 +652,7 @@ class Engine:
         aggregation = check_aggregation(aggregation)
         ignored, _ = as_text_list(ignore_labels, "ignore_labels")
         texts, single = as_text_list(texts)
-        truncation = _check_truncation(truncation)
+        truncation = _check_flag(truncation, "truncation")
         tokenizer, limit = self._text_tokenizer(), self._max_length(max_length)
         encodings, counts = tokenizer.encode_counted(texts, limit)
         tokenized = self._within_length(TokenizedTexts([e.ids for e in encodings], counts, limit, single=single),
@@ -680,6 +686,7 @@ class Engine:
         if not isinstance(query, str):
             raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
         documents, _ = as_text_list(documents, "documents")
+        truncation = _check_flag(truncation, "truncation")  # refused with no documents too, as by the other methods
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
             raise InvalidInputError(f"top_k must be a positive integer or None (every document), got {top_k!r}")
         if not documents:
@@ -761,7 +768,7 @@ class Engine:
         """The texts (and pairs) tokenized once, cut to max_length (default Engine.max_length) and let through by
         _within_length; TokenizedTexts are taken as they are (cut by engine.tokenized(), to their own max_length,
         so their cuts are the caller's to report)."""
-        truncation = _check_truncation(truncation)
+        truncation = _check_flag(truncation, "truncation")
         if isinstance(texts, TokenizedTexts):
             if max_length is not None and max_length != texts.max_length:
                 raise InvalidInputError(f"these TokenizedTexts were cut to {texts.max_length} tokens, not "
@@ -970,11 +977,28 @@ def _outside(ids: list[list[int]], vocab_size: int) -> bool:
     return bool(rows) and (max(map(max, rows)) >= vocab_size or min(map(min, rows)) < 0)
 
 
-def _check_truncation(truncation: Any) -> bool:
-    if not isinstance(truncation, (bool, np.bool_)):   # a truthy "false" must not cut silently
-        raise InvalidInputError(f"truncation must be True (cut texts longer than max_length) or False (refuse them), "
-                                f"got {truncation!r}")
-    return bool(truncation)
+# What True and False (and None, where it is allowed) mean for each boolean option of the public methods: the
+# message that refuses another value says it.
+_FLAGS = {
+    "truncation": "True cuts texts longer than max_length, False refuses them",
+    "normalize": "True L2-normalises the embeddings, False leaves them as pooled, None follows the model "
+                 "(its modules.json Normalize)",
+    "lead_when_idle": "True lets a short request on an idle engine run its forward on the event loop, False never",
+    "batching": "True combines the forwards of concurrent callers, False runs one request per forward",
+}
+
+
+def _check_flag(value: Any, name: str, none_allowed: bool = False) -> Optional[bool]:
+    """The boolean option `name` of a public method as a bool (None kept where none_allowed). Anything but True,
+    False (NumPy's bool_ too) or an allowed None is refused: a truthy "no", "false" or 0.5 would otherwise pass for
+    a choice the caller did not make."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if value is None and none_allowed:
+        return None
+    accepted = "True, False or None" if none_allowed else "True or False"
+    raise InvalidInputError(f"{name} must be {accepted} ({_FLAGS[name]}), got {value!r} "
+                            f"({type(value).__name__})")
 
 
 def _caller_stacklevel() -> int:
