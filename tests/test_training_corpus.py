@@ -79,6 +79,15 @@ def test_every_format_reads_back_the_texts(tmp_path, kind):
                for source, _ in documents)
 
 
+def test_json_lines_fields_beside_the_text_may_change_type(tmp_path):
+    """Only the text column is read: an id that is 1 on one line and "b" on the next (pyarrow refuses such a
+    column) does not matter."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps({"id": i if i % 2 else f"n{i}", "text": t, "extra": [i] if i else None}) + "\n"
+                            for i, t in enumerate(USER)))
+    assert [text for _, text in corpus_documents([path])] == USER
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(st.text(st.characters(blacklist_categories=["Cs", "Cc", "Zl", "Zp"]), min_size=1)
                          .filter(str.strip), min_size=1, max_size=3), min_size=1, max_size=5))
@@ -267,7 +276,14 @@ def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
         return [str(tmp_path / "n.parquet")], "column 'text' holds int64 values, not text (row 1: 3)"
     if case == "mixed types":
         (tmp_path / "mixed.jsonl").write_text('{"text": "Fine."}\n{"text": 7}\n')
-        return [str(tmp_path / "mixed.jsonl")], "mixed.jsonl is not a JSON Lines file pyarrow can read"
+        return [str(tmp_path / "mixed.jsonl")], "mixed.jsonl: column 'text' holds a JSON number, not text (row 2, " \
+                                                "line 2: 7)"
+    if case == "jsonl no column":
+        (tmp_path / "other.jsonl").write_text('{"id": 1, "body": "Fine."}\n{"id": 2, "body": "Also."}\n')
+        return [str(tmp_path / "other.jsonl")], "other.jsonl has no column 'text'; its columns are 'id', 'body'"
+    if case == "jsonl not json":
+        (tmp_path / "broken.jsonl").write_text('{"text": "Fine."}\n\n{"text": "Also."\n')
+        return [str(tmp_path / "broken.jsonl")], "broken.jsonl, line 3: not JSON"
     if case == "empty value":
         (tmp_path / "gap.csv").write_text("id,text\n1,Fine text.\n2,Also fine.\n3,\n")
         return [str(tmp_path / "gap.csv")], "gap.csv: row 3 of column 'text' is empty"
@@ -282,7 +298,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
 
 BAD = ("missing", "empty folder", "unknown suffix", "blank text file", "txt not utf-8", "csv not utf-8",
        "jsonl not utf-8", "no column", "parquet no column", "numbers", "mixed types", "empty value", "null value",
-       "no rows")
+       "no rows", "jsonl no column", "jsonl not json")
 
 
 @pytest.mark.parametrize("case", BAD)

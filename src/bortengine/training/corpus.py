@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 from bortengine.training.errors import TrainingError
 
@@ -118,11 +118,23 @@ def _read_table(path: Path, kind: str, column: str):
 
         _check_column(path, column, pq.read_schema(path).names)
         return pq.read_table(path, columns=[column])
+    import pyarrow as pa
+
     if kind == "JSON Lines":
         import pyarrow.json
 
-        return pyarrow.json.read_json(path)
-    import pyarrow as pa
+        # only the text column is parsed: pyarrow refuses a file whose other fields change type between rows (an id
+        # 1, then "b"), which the corpus never reads
+        options = pyarrow.json.ParseOptions(explicit_schema=pa.schema([(column, pa.string())]),
+                                            unexpected_field_behavior="ignore")
+        try:
+            table = pyarrow.json.read_json(path, parse_options=options)
+        except pa.ArrowInvalid:
+            table = None
+        if table is None or table.column(column).null_count == table.num_rows:
+            # refused (a value that is not text, a malformed line) or no such column: read row by row to say which
+            return pa.table({column: _json_lines_column(path, column)})
+        return table
     import pyarrow.csv
 
     # Everything in a CSV is text: the column is read as strings (no number inference), unchecked, so that bytes
@@ -130,6 +142,45 @@ def _read_table(path: Path, kind: str, column: str):
     return pyarrow.csv.read_csv(
         path, parse_options=pyarrow.csv.ParseOptions(delimiter="\t" if kind == "TSV" else ","),
         convert_options=pyarrow.csv.ConvertOptions(column_types={column: pa.string()}, check_utf8=False))
+
+
+_JSON_KINDS = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+
+
+def _json_lines_column(path: Path, column: str):
+    """The column of a JSON Lines file read with Python's json, for the errors pyarrow gives without a row."""
+    import json
+
+    import pyarrow as pa
+
+    values: list[Optional[str]] = []
+    names: dict[str, None] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise TrainingError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save "
+                            f"it as UTF-8") from None
+    for line, text in enumerate(lines, 1):
+        if not text.strip():
+            continue                    # blank lines are skipped, by pyarrow too
+        try:
+            record = json.loads(text)
+        except ValueError as e:
+            raise TrainingError(f"{path}, line {line}: not JSON ({e}); JSON Lines is one JSON object per "
+                                f"line") from None
+        if not isinstance(record, dict):
+            raise TrainingError(f"{path}, line {line}: a JSON {type(record).__name__}, not an object; JSON Lines "
+                                f"is one JSON object per line, e.g. {{\"{column}\": \"...\"}}")
+        names.update(dict.fromkeys(record))
+        value = record.get(column)
+        if value is not None and not isinstance(value, str):
+            kind = _JSON_KINDS.get(type(value), "value")
+            raise TrainingError(f"{path}: column {column!r} holds a JSON {kind}, not text (row "
+                                f"{len(values) + 1}, line {line}: {value!r}); name the column that holds the text")
+        values.append(value)
+    if values:
+        _check_column(path, column, list(names))
+    return pa.array(values, pa.string())
 
 
 def _check_column(path: Path, column: str, names: Sequence[str]) -> None:
