@@ -1,6 +1,7 @@
 """Texts in: tokenize(), encode() with sentence-transformers pooling, classify(), and the tokenizer fallbacks."""
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 
@@ -430,6 +431,60 @@ def test_a_boolean_option_takes_bools(flag_engines, case, value):
 def test_load_refuses_a_batching_that_is_not_a_bool(small_model, value):
     with pytest.raises(InvalidInputError, match=rf"batching must be True or False .*got {value!r}"):
         bortengine.load(small_model, batching=value)
+
+
+# texts in the containers a caller may pass: each ordered one gives what its list gives; the others are refused
+ORDERED_TEXTS = {"tuple": tuple, "array": np.array, "deque": collections.deque,
+                 "dict values": lambda texts: dict(enumerate(texts)).values()}
+REFUSED_TEXTS = {"dict": (dict.fromkeys, "dict, whose keys would be read as the texts"),
+                 "set": (set, "set, which has no order"), "frozenset": (frozenset, "frozenset, which has no order"),
+                 "generator": (lambda texts: (t for t in texts), "generator, which can be read only once"),
+                 "iterator": (iter, "list_iterator, which can be read only once"),
+                 "map": (lambda texts: map(str, texts), "map, which can be read only once")}
+TEXT_METHODS = ["encode", "tokenize", "tokenized", "count_tokens", "classify", "classify_tokens", "rerank",
+                "encode text_pairs"]
+
+
+def _texts_call(engines, method, texts, n):
+    """engine.method(texts) (n of them) as a comparable value; rerank ranks texts as the documents of one query,
+    "encode text_pairs" pairs "a question" with each of texts."""
+    classifier, tagger = engines
+    if method == "rerank":
+        return [(r.index, r.score, r.text) for r in classifier.rerank("a query", texts, label=0)]
+    if method == "encode text_pairs":
+        return classifier.encode(["a question"] * n, texts)
+    if method == "classify_tokens":
+        return tagger.classify_tokens(texts)
+    result = getattr(classifier, method)(texts)
+    return {"classify": lambda: result.logits, "tokenize": lambda: result["input_ids"],
+            "tokenized": lambda: result.ids}.get(method, lambda: result)()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(max_size=15), min_size=1, max_size=4), method=st.sampled_from(TEXT_METHODS),
+       container=st.sampled_from(sorted(ORDERED_TEXTS) + sorted(REFUSED_TEXTS)))
+def test_texts_are_a_sequence_of_strings(flag_engines, texts, method, container):
+    """A sequence of strings gives what the list of them gives; a dict (whose keys would be encoded), a set (no
+    order to give the results in) or a one-pass iterator is refused, saying what was given and what is expected."""
+    if container in ORDERED_TEXTS:
+        np.testing.assert_equal(_texts_call(flag_engines, method, ORDERED_TEXTS[container](texts), len(texts)),
+                                _texts_call(flag_engines, method, texts, len(texts)))
+        return
+    wrap, says = REFUSED_TEXTS[container]
+    with pytest.raises(InvalidInputError, match="must be a string or a sequence of strings") as info:
+        _texts_call(flag_engines, method, wrap(texts), len(texts))
+    assert f"got a {says}" in str(info.value)
+
+
+def test_texts_may_be_a_pandas_series(flag_engines):
+    pandas = pytest.importorskip("pandas")
+    texts = ["a first text", "", "a third"]
+    np.testing.assert_array_equal(flag_engines[0].encode(pandas.Series(texts)), flag_engines[0].encode(texts))
+    with pytest.raises(InvalidInputError, match="got a 0-d array"):
+        flag_engines[0].encode(np.array("one text"))    # not its characters
+    # labels to leave out have no order: a set of them is fine
+    assert flag_engines[1].classify_tokens(texts, ignore_labels={"O", "B-PER"}) == \
+        flag_engines[1].classify_tokens(texts, ignore_labels=["O", "B-PER"])
 
 
 def test_sentence_transformers_subfolder_layout(minilm, minilm_engine, tmp_path):

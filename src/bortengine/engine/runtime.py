@@ -650,7 +650,7 @@ class Engine:
                 f"classify_tokens() needs a token classifier (...ForTokenClassification), but {self.path} is a "
                 f"{self.config.kind}; use classify() for a sequence classifier, encode() for embeddings")
         aggregation = check_aggregation(aggregation)
-        ignored, _ = as_text_list(ignore_labels, "ignore_labels")
+        ignored, _ = as_text_list(ignore_labels, "ignore_labels", ordered=False)
         texts, single = as_text_list(texts)
         truncation = _check_flag(truncation, "truncation")
         tokenizer, limit = self._text_tokenizer(), self._max_length(max_length)

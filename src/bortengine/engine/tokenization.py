@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import threading
+from collections.abc import Iterable, Iterator, Mapping, Set as AbstractSet, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -40,18 +41,33 @@ __all__ = ["TextTokenizer", "TokenizedTexts", "WHOLE_TEXT", "as_text_list", "cha
 _UNKNOWN = object()
 
 
-def as_text_list(texts: Any, what: str = "texts") -> tuple[list[str], bool]:
-    """(list of texts, True if a single string was given). Rejects anything but str or a sequence of str."""
+def as_text_list(texts: Any, what: str = "texts", ordered: bool = True) -> tuple[list[str], bool]:
+    """(list of texts, True if a single string was given). Rejects anything but str or a sequence of str (a list,
+    tuple, NumPy array, pandas Series: an ordered collection with a length). ordered=False (a set of labels, whose
+    order means nothing) takes sets too."""
     if isinstance(texts, str):
         return [texts], True
     if isinstance(texts, (bytes, bytearray)):
         raise InvalidInputError(f"{what} must be str, got bytes; decode it first (e.g. data.decode('utf-8'))")
+    wanted = "a string or a sequence of strings (list, tuple, NumPy array)"
+    given = type(texts).__name__
+    # Each of these iterates without error and would give results that do not line up with what the caller meant
+    if isinstance(texts, Mapping):
+        raise InvalidInputError(f"{what} must be {wanted}, got a {given}, whose keys would be read as the texts; "
+                                f"pass list(d.values()) for its values, or list(d) for its keys")
+    if ordered and isinstance(texts, AbstractSet):
+        raise InvalidInputError(f"{what} must be {wanted}, got a {given}, which has no order: the results could not "
+                                f"be matched to the texts; pass a list (e.g. sorted(...))")
+    if isinstance(texts, Iterator):
+        raise InvalidInputError(f"{what} must be {wanted}, got a {given}, which can be read only once and has no "
+                                f"length; pass list(...) of it")
     if isinstance(texts, np.ndarray):
+        if texts.ndim == 0:     # tolist() would give its one string, read as a sequence of characters
+            raise InvalidInputError(f"{what} must be {wanted}, got a 0-d array; pass str(a) or a 1-d array")
         texts = texts.tolist()
-    try:
-        texts = list(texts)
-    except TypeError:
-        raise InvalidInputError(f"{what} must be a string or a list of strings, got {type(texts).__name__}") from None
+    if not isinstance(texts, Iterable) or not isinstance(texts, Sized):
+        raise InvalidInputError(f"{what} must be {wanted}, got {given}")
+    texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InvalidInputError(
