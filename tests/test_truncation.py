@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bortengine
-from bortengine import InvalidInputError, TextTooLongError, TruncationWarning
+from bortengine import InvalidInputError, ModelLoadError, TextTooLongError, TruncationWarning
 from bortengine.engine import TextTokenizer
 from reference import hf_auto_forward
 
@@ -165,6 +165,83 @@ def test_tokenized_texts_are_cut_knowingly(family):
         engine.classify(tokenized, truncation=False)
     with pytest.raises(TextTooLongError):
         engine.tokenized(TEXTS, max_length=12, truncation=False)
+
+
+# ------------------------------------------------------------------------------------- truncation_side "left"
+def _left_sided(path, tmp_path_factory, how: str = "tokenizer_config"):
+    """A copy of model directory `path` whose tokenizer cuts texts from the left: tokenizer_config.json
+    truncation_side, or (how="tokenizer.json") only the truncation direction of tokenizer.json."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("left")
+    shutil.copytree(path, out, dirs_exist_ok=True)
+    name = "tokenizer_config.json" if how == "tokenizer_config" else "tokenizer.json"
+    data = json.loads((out / name).read_text())
+    if how == "tokenizer_config":
+        data["truncation_side"] = "left"
+    else:
+        data["truncation"] = {"max_length": 512, "strategy": "LongestFirst", "stride": 0, "direction": "Left"}
+    (out / name).write_text(json.dumps(data))
+    return out
+
+
+@pytest.fixture(scope="module", params=["tokenizer_config", "tokenizer.json"])
+def left_family(request, family, tmp_path_factory):
+    """(name, directory, engine, transformers' tokenizer) of the family's classifier cutting from the left."""
+    from transformers import AutoTokenizer
+
+    path = _left_sided(family[1], tmp_path_factory, request.param)
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(path))
+    assert hf_tokenizer.truncation_side == "left"       # transformers reads the side where the engine does
+    return family[0], path, fresh(path), hf_tokenizer
+
+
+@pytest.mark.parametrize("max_length", [7, 12, 24])
+def test_a_left_truncation_side_cuts_texts_and_pairs_as_transformers(left_family, engine, max_length):
+    """tokenizer_config.json truncation_side "left" (or tokenizer.json's direction): texts lose their beginnings,
+    pairs longest-first from the left of each text, as transformers' tokenizer cuts them; the logits are
+    transformers' model's on those ids."""
+    name, path, left, hf_tokenizer = left_family
+    assert left.tokenizer.truncation_side == "left"
+    with pytest.warns(TruncationWarning, match="did not read their beginnings"):
+        fresh(path).tokenize(TEXTS, max_length=max_length)
+    for pairs in (None, PAIRS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)
+            ours = left.tokenize(TEXTS, pairs, max_length=max_length)
+            right = engine.tokenize(TEXTS, pairs, max_length=max_length)
+            logits = left.classify(TEXTS, pairs, max_length=max_length).logits
+        theirs = hf_tokenizer(TEXTS, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="np")
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            if key in theirs:
+                np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+        assert not np.array_equal(right["input_ids"], ours["input_ids"])   # the test can fail: the right side differs
+        ref = hf_auto_forward(path, theirs["input_ids"], theirs["attention_mask"], theirs.get("token_type_ids"))
+        assert np.abs(logits - ref["logits"]).max() <= TOL
+    assert left.count_tokens(TEXTS, PAIRS) == engine.count_tokens(TEXTS, PAIRS)     # counted before the cut
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(_texts(), min_size=1, max_size=4), data=st.data(), max_length=st.integers(4, 30),
+       paired=st.booleans())
+def test_left_truncation_is_transformers_on_any_text(left_family, texts, data, max_length, paired):
+    _, _, left, hf_tokenizer = left_family
+    pairs = data.draw(st.lists(_texts(), min_size=len(texts), max_size=len(texts))) if paired else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        ours = left.tokenized(texts, pairs, max_length=max_length).ids
+    assert ours == hf_tokenizer(texts, pairs, truncation=True, max_length=max_length)["input_ids"]
+
+
+def test_a_truncation_side_neither_left_nor_right_is_refused(family, tmp_path_factory):
+    import json
+
+    path = _left_sided(family[1], tmp_path_factory)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "truncation_side": "middle"}))
+    with pytest.raises(ModelLoadError, match="truncation_side must be 'left' or 'right'.*got 'middle'"):
+        bortengine.load(path)
 
 
 # ------------------------------------------------------------------------------------------ truncation=False

@@ -823,8 +823,9 @@ class Engine:
     def _cut_message(self, tokenized: TokenizedTexts, over: list[int]) -> str:
         i, limit = over[0], tokenized.max_length
         how = " (text pairs longest-first)" if tokenized.pairs else ""
+        lost = "beginnings" if self.tokenizer is not None and self.tokenizer.truncation_side == "left" else "ends"
         return (f"{len(over)} of {len(tokenized)} texts had more than max_length={limit} tokens (the first, text {i}, "
-                f"{tokenized.counts[i]}) and were cut to {limit}{how}, so the model did not read their ends. Pass "
+                f"{tokenized.counts[i]}) and were cut to {limit}{how}, so the model did not read their {lost}. Pass "
                 f"truncation=False to get an error instead, {self._longer(limit)}or shorter texts. Said once per "
                 f"Engine; engine.truncated_texts counts every text cut")
 

@@ -3,7 +3,9 @@
 tokenizer.json is preferred (it is the exact pipeline the model was saved with); otherwise vocab.txt builds a
 BERT WordPiece pipeline honouring tokenizer_config.json's do_lower_case / strip_accents / tokenize_chinese_chars.
 Truncation length, first found: sentence_bert_config.json max_seq_length (what sentence-transformers uses),
-tokenizer_config.json model_max_length, config.json max_position_embeddings; never more than the last.
+tokenizer_config.json model_max_length, config.json max_position_embeddings; never more than the last. Truncation
+side, as transformers' tokenizer takes it: tokenizer_config.json truncation_side, else tokenizer.json's truncation
+direction, else right ("left" keeps the end of a text, for models trained on the ends of long texts).
 Padding is done here in NumPy, to the longest sequence of each batch, so the tokenizer itself never pads.
 Text pairs ("[CLS] a [SEP] b [SEP]") are encoded by the tokenizer's own pair template and truncated as Hugging Face
 does by default ('longest_first': tokens come off the longer text until the pair fits). Their token_type_ids are
@@ -147,11 +149,13 @@ class TextTokenizer:
     """A `tokenizers.Tokenizer` set to truncate at max_length and never pad, plus the pad id for batching.
 
     token_types: the model reads token types (BERT): the second text of a pair gets type 1. RoBERTa's and
-    DistilBERT's tokenizers give none (transformers passes no token_type_ids), so their pairs are all type 0."""
+    DistilBERT's tokenizers give none (transformers passes no token_type_ids), so their pairs are all type 0.
+    truncation_side: "right" cuts a text's end, "left" its beginning (a pair's texts, longest-first, alike)."""
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int, lowercase_input: bool, source: str, *,
-                 token_types: bool = True, unk_id: Optional[int] = None):
+                 token_types: bool = True, unk_id: Optional[int] = None, truncation_side: str = "right"):
         self.max_length = max_length
+        self.truncation_side = truncation_side
         self.pad_id = pad_id
         self.lowercase_input = lowercase_input  # sentence_bert_config.json do_lower_case: lowercase before tokenizing
         self.source = source
@@ -206,8 +210,12 @@ class TextTokenizer:
         if pad_id is None or not 0 <= pad_id < config.vocab_size:
             pad_id = config.pad_token_id if 0 <= config.pad_token_id < config.vocab_size else 0
         unk_id = _special_id(tokenizer, tok_config, "unk_token", getattr(tokenizer.model, "unk_token", None))
+        side = tok_config.get("truncation_side") or (tokenizer.truncation or {}).get("direction") or "right"
+        if side not in ("left", "right"):
+            raise ModelLoadError(f"{model_dir}: tokenizer_config.json truncation_side must be 'left' or 'right' (the "
+                                 f"end a long text loses), got {side!r}")
         return cls(tokenizer, max_length, pad_id, bool(st_config.get("do_lower_case", False)), source,
-                   token_types=config.token_types, unk_id=unk_id)
+                   token_types=config.token_types, unk_id=unk_id, truncation_side=side)
 
     @classmethod
     def from_directory(cls, model_dir: str | os.PathLike, max_length: Optional[int] = None) -> "TextTokenizer":
@@ -227,7 +235,8 @@ class TextTokenizer:
                                  f"tokenizer files there (e.g. from the teacher it was cut from)")
         if max_length is not None:
             tokenizer = cls(tokenizer._base, int(max_length), tokenizer.pad_id, tokenizer.lowercase_input,
-                            tokenizer.source, token_types=tokenizer.token_types, unk_id=tokenizer.unk_id)
+                            tokenizer.source, token_types=tokenizer.token_types, unk_id=tokenizer.unk_id,
+                            truncation_side=tokenizer.truncation_side)
         return tokenizer
 
     def __getstate__(self) -> dict:
@@ -249,7 +258,7 @@ class TextTokenizer:
                 if tokenizer is None:
                     tokenizer = Tokenizer.from_str(self._base.to_str())
                     tokenizer.no_padding()
-                    tokenizer.enable_truncation(max_length)
+                    tokenizer.enable_truncation(max_length, direction=self.truncation_side)
                     self._by_length[max_length] = tokenizer
         return tokenizer
 
