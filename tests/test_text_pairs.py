@@ -4,6 +4,8 @@ checked against transformers (its tokenizer, BertModel and BertForSequenceClassi
 token_type_ids); and every malformed pair refused with an InvalidInputError."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import shutil
 
@@ -312,13 +314,61 @@ def test_any_pair_input_gives_a_result_or_invalid_input_error(small_classifier_e
         assert len(result) == n
 
 
-def test_a_typed_sep_in_the_first_text_ends_its_segment(minilm_engine, hf_tokenizer):
-    """The documented limit of types rebuilt from ids: the tokenizer reads a literal "[SEP]" as the special token,
-    so the ids equal transformers' while the types turn 1 right after it (transformers keeps it in segment 0)."""
-    a, b = "first [SEP] still first", "second"
-    ours = minilm_engine.tokenize(a, b)
-    ref = hf_tokenizer(a, b, truncation=True)
-    assert ours["input_ids"][0].tolist() == ref["input_ids"]
-    literal = ref["input_ids"].index(102)
-    expected = [0] * (literal + 1) + [1] * (len(ref["input_ids"]) - literal - 1)
-    assert ours["token_type_ids"][0].tolist() == expected != ref["token_type_ids"]
+# texts that hold the tokenizer's special tokens typed out, which it reads as those tokens
+TYPED_SEP = [("first [SEP] still first", "second"), ("first", "second [SEP] still second"),
+             ("a [SEP] b [SEP] c", "d [SEP]"), ("[SEP]", "[SEP]"), ("x [CLS] y [PAD]", "z [MASK]"),
+             ("first [sep] still", "second")]
+
+
+def test_a_typed_sep_keeps_the_tokenizers_token_types(classifier_engine, pair_classifier, hf_tokenizer):
+    """A "[SEP]" typed inside a text is read as the special token by the engine's tokenizer and transformers' alike;
+    the token types are the tokenizer's own (the first text's all 0, its typed [SEP] too), as transformers gives
+    them, in every text method and batch order, and so are the logits."""
+    texts, pairs = [a for a, _ in TYPED_SEP], [b for _, b in TYPED_SEP]
+    ref = hf_tokenizer(texts, pairs, truncation=True, padding=True, return_tensors="np")
+    assert (ref["input_ids"] == 102).sum() > 2 * len(texts)     # the typed ones are the special token
+    ours = classifier_engine.tokenize(texts, pairs)
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        np.testing.assert_array_equal(ours[key], ref[key], err_msg=key)
+    # the test can fail: types rebuilt from the ids end the first text at its typed [SEP]
+    assert not np.array_equal(classifier_engine.tokenizer.pair_type_ids(ours["input_ids"], ours["attention_mask"]),
+                              ref["token_type_ids"])
+    logits = hf_forward(pair_classifier, **ref)["logits"]
+    tokenized = classifier_engine.tokenized(texts, pairs)
+    for result in (classifier_engine.classify(texts, pairs), classifier_engine.classify(texts, pairs, batch_size=4),
+                   classifier_engine.classify(tokenized, batch_size=4),
+                   asyncio.run(classifier_engine.aclassify(texts, pairs, batch_size=4))):
+        assert np.abs(result.logits - logits).max() <= 1e-4
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    for (a, b), expected in zip(TYPED_SEP, probabilities):    # one pair at a time: the padding-free row alone
+        assert np.abs(classifier_engine.classify(a, b)[1] - expected).max() <= 1e-5
+
+
+@pytest.mark.filterwarnings("ignore::bortengine.TruncationWarning")
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), max_length=st.integers(3, 24))
+def test_token_types_are_transformers_for_any_typed_special_token(minilm_engine, hf_tokenizer, data, max_length):
+    words = st.sampled_from(["[SEP]", "[CLS]", "[PAD]", "[MASK]", "[sep]", "word", "piece", "Zürich", "", "."])
+    text = st.lists(words, max_size=12).map(" ".join)
+    texts = data.draw(st.lists(text, min_size=1, max_size=4))
+    pairs = data.draw(st.lists(text, min_size=len(texts), max_size=len(texts)))
+    ours = minilm_engine.tokenize(texts, pairs, max_length=max_length)
+    ref = hf_tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="np")
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        np.testing.assert_array_equal(ours[key], ref[key], err_msg=key)
+
+
+def test_tokenized_texts_of_pairs_carry_their_types(small_classifier_engine):
+    """TokenizedTexts made elsewhere without types (training's ids) get them rebuilt from the ids; types that are not
+    one per id, or not the model's, are refused."""
+    from bortengine import TokenizedTexts
+
+    tokenized = small_classifier_engine.tokenized(["a question"], ["an answer"])
+    assert tokenized.type_ids == [[0, 0, 0, 0, 1, 1, 1]]     # [CLS] a question [SEP] | an answer [SEP]
+    bare = TokenizedTexts(tokenized.ids, tokenized.counts, tokenized.max_length, pairs=True)
+    np.testing.assert_array_equal(small_classifier_engine.classify(bare).logits,
+                                  small_classifier_engine.classify(tokenized).logits)
+    with pytest.raises(InvalidInputError, match="one type per id"):
+        small_classifier_engine.classify(dataclasses.replace(tokenized, type_ids=[tokenized.type_ids[0][:-1]]))
+    with pytest.raises(InvalidInputError, match=r"type_ids must lie in \[0, 2\)"):
+        small_classifier_engine.classify(dataclasses.replace(tokenized, type_ids=[[2] * len(tokenized.ids[0])]))

@@ -464,7 +464,7 @@ class Engine:
         longer than max_length raises TextTooLongError instead (see encode())."""
         texts, pairs, single = self._text_inputs(texts, text_pairs)
         tokenized = self._tokenized_texts(texts, pairs, max_length, truncation, single)
-        return self._text_tokenizer().pad(tokenized.ids, pairs=tokenized.pairs)
+        return self._text_tokenizer().pad(tokenized.ids, pairs=tokenized.pairs, type_ids=tokenized.type_ids)
 
     def encode(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                batch_size: int = 32, normalize: Optional[bool] = None,
@@ -703,9 +703,10 @@ class Engine:
         """The texts tokenized once, truncated to max_length (default Engine.max_length), with each text's tokens
         before truncation (.counts; .truncated: the texts cut): pass it to encode/classify/aencode/aclassify in
         place of the texts (with no text_pairs or max_length of its own) to compute it without tokenizing again.
-        For a server that counts, or refuses, what it would cut before computing. truncation=False raises
-        TextTooLongError for a longer text, as encode() does; cut texts are neither warned about nor counted in
-        Engine.truncated_texts, here or when computed: the caller holds .truncated."""
+        For a server that counts, or refuses, what it would cut before computing. Pairs keep the tokenizer's token
+        types (.type_ids). truncation=False raises TextTooLongError for a longer text, as encode() does; cut texts
+        are neither warned about nor counted in Engine.truncated_texts, here or when computed: the caller holds
+        .truncated."""
         texts, pairs, single = self._text_inputs(texts, text_pairs)
         return self._tokenized_texts(texts, pairs, max_length, truncation, single, report=False)
 
@@ -753,14 +754,15 @@ class Engine:
         slice of all. A pair is tokenized as one sequence, so sorting moves a text and its pair together."""
         _check_batch_size(batch_size)
         tokenized = self._tokenized_texts(texts, pairs, max_length, truncation, single, name)
-        ids, tokenizer = tokenized.ids, self._text_tokenizer()
+        ids, types, tokenizer = tokenized.ids, tokenized.type_ids, self._text_tokenizer()
         if 0 < len(ids) <= batch_size:     # one batch (a call per text, the common case): nothing to order
-            yield slice(None), tokenizer.pad(ids, pairs=tokenized.pairs)
+            yield slice(None), tokenizer.pad(ids, pairs=tokenized.pairs, type_ids=types)
             return
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         for start in range(0, len(order), batch_size):
             rows = np.array(order[start:start + batch_size], dtype=np.int64)
-            yield rows, tokenizer.pad([ids[i] for i in rows], pairs=tokenized.pairs)
+            yield rows, tokenizer.pad([ids[i] for i in rows], pairs=tokenized.pairs,
+                                      type_ids=None if types is None else [types[i] for i in rows])
 
     def _tokenized_texts(self, texts: list[str] | TokenizedTexts, pairs: Optional[list[str]],
                          max_length: Optional[int], truncation: bool, single: bool = False,
@@ -776,6 +778,8 @@ class Engine:
             if not self._check_tokenizer_ids and _outside(texts.ids, self.config.vocab_size):
                 # not this tokenizer's ids: refused before they are queued, with the full check's message
                 self._validate(self._text_tokenizer().pad(texts.ids)["input_ids"], None, None)
+            if texts.type_ids is not None:
+                _check_type_rows(texts, self.config.type_vocab_size)
             return self._within_length(texts, truncation, name, report=False)
         tokenized = self._text_tokenizer().counted(texts, self._max_length(max_length), pairs, single)
         return self._within_length(tokenized, truncation, name, report)
@@ -1000,6 +1004,18 @@ def _check_flag(value: Any, name: str, none_allowed: bool = False) -> Optional[b
     accepted = "True, False or None" if none_allowed else "True or False"
     raise InvalidInputError(f"{name} must be {accepted} ({_FLAGS[name]}), got {value!r} "
                             f"({type(value).__name__})")
+
+
+def _check_type_rows(tokenized: TokenizedTexts, type_vocab_size: int) -> None:
+    """Refuses TokenizedTexts whose type_ids are not one type in [0, type_vocab_size) per id (TokenizedTexts made
+    by engine.tokenized() always are)."""
+    types = tokenized.type_ids
+    if len(types) != len(tokenized.ids) or any(len(t) != len(i) for t, i in zip(types, tokenized.ids)):
+        raise InvalidInputError("TokenizedTexts.type_ids must hold one type per id of each text (as "
+                                "engine.tokenized() makes them), or be None")
+    if _outside(types, type_vocab_size):
+        raise InvalidInputError(f"TokenizedTexts.type_ids must lie in [0, {type_vocab_size}) (the model's "
+                                f"type_vocab_size={type_vocab_size}): 0 on a pair's first text, 1 on its second")
 
 
 def _caller_stacklevel() -> int:

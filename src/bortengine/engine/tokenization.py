@@ -8,9 +8,11 @@ side, as transformers' tokenizer takes it: tokenizer_config.json truncation_side
 direction, else right ("left" keeps the end of a text, for models trained on the ends of long texts).
 Padding is done here in NumPy, to the longest sequence of each batch, so the tokenizer itself never pads.
 Text pairs ("[CLS] a [SEP] b [SEP]") are encoded by the tokenizer's own pair template and truncated as Hugging Face
-does by default ('longest_first': tokens come off the longer text until the pair fits). Their token_type_ids are
-rebuilt from the ids alone (0 up to and including the first separator, 1 after it), so training, which keeps only
-ids, and serving give a model the same types.
+does by default ('longest_first': tokens come off the longer text until the pair fits). Their token_type_ids are the
+tokenizer's (Encoding.type_ids: 0 on the first text, 1 on the second, as transformers gives them, also to a "[SEP]"
+typed inside the first text, which both read as the special token). Pair ids tokenized without them (training keeps
+only ids) get types rebuilt from the ids (pair_type_ids: 0 up to and including the first separator, 1 after it),
+which differ from the tokenizer's only for a first text holding the separator.
 What the engine computes is tokenized and cut by `tokenizers` as encode() does (TextTokenizer.counted /
 encode_counted); the texts it cut (their Encodings overflow) are read again whole for their count before the cut,
 so texts within max_length, the common case, are tokenized once.
@@ -100,13 +102,16 @@ class TokenizedTexts:
     """Texts tokenized once, to be computed by Engine.encode/classify (or their asyncio forms) in their place.
 
     ids: each text's ids, truncated to max_length; counts: its tokens before truncation (special tokens and the pair
-    included); pairs: whether the ids are of text pairs; single: the texts were one string (a result of one row)."""
+    included); pairs: whether the ids are of text pairs; single: the texts were one string (a result of one row);
+    type_ids: each pair's token types as the tokenizer gave them (one per id), or None: 0 for single texts, and for
+    pairs rebuilt from the ids (TextTokenizer.pair_type_ids)."""
 
     ids: list[list[int]]
     counts: list[int]
     max_length: int
     pairs: bool = False
     single: bool = False
+    type_ids: Optional[list[list[int]]] = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -271,11 +276,14 @@ class TextTokenizer:
 
     def counted(self, texts: Sequence[str], max_length: Optional[int] = None,
                 pairs: Optional[Sequence[str]] = None, single: bool = False) -> "TokenizedTexts":
-        """token_ids() together with each text's tokens before truncation (encode_counted):
-        what a caller needs to count, or refuse, what max_length cuts and compute the rest."""
+        """token_ids() together with each text's tokens before truncation (encode_counted), and for pairs of a model
+        that reads token types their types: what a caller needs to count, or refuse, what max_length cuts and compute
+        the rest."""
         max_length = self.max_length if max_length is None else max_length
         encodings, counts = self.encode_counted(texts, max_length, pairs, offsets=False)
-        return TokenizedTexts([e.ids for e in encodings], counts, max_length, pairs is not None, single)
+        # sep_id is None where pairs are all type 0 (RoBERTa's template may still number its segments)
+        types = [e.type_ids for e in encodings] if pairs is not None and self.sep_id is not None else None
+        return TokenizedTexts([e.ids for e in encodings], counts, max_length, pairs is not None, single, types)
 
     def encode_counted(self, texts: Sequence[str], max_length: Optional[int] = None,
                        pairs: Optional[Sequence[str]] = None, offsets: bool = True
@@ -350,9 +358,10 @@ class TextTokenizer:
 
     def pair_type_ids(self, input_ids: Any, attention_mask: Any = None) -> np.ndarray:
         """token_type_ids int64 [B,T] of padded pair ids [B,T]: 0 up to and including each row's first sep_id, 1
-        after it, 0 where attention_mask (default: all ones) is 0. Ids are all a rule can see: a "[SEP]" typed
-        inside a first text, which the tokenizer reads as the special token, ends the first segment there (Hugging
-        Face's tokenizer, which knows the texts, keeps it in segment 0)."""
+        after it, 0 where attention_mask (default: all ones) is 0. For pair ids whose tokenizer types are not at
+        hand (pad(type_ids=None)). Ids are all a rule can see: a "[SEP]" typed inside a first text, which the
+        tokenizer reads as the special token, ends the first segment there (the tokenizer's own types, which
+        transformers gives, keep it in segment 0)."""
         ids = np.asarray(input_ids)
         if ids.ndim != 2:
             raise InvalidInputError(f"pair_type_ids needs padded ids [batch, tokens], got shape {list(ids.shape)}")
@@ -395,9 +404,11 @@ class TextTokenizer:
         """Text of token ids (the tokenizer's decoder joins '##' pieces and drops special tokens)."""
         return self._base.decode(list(ids))
 
-    def pad(self, ids: Sequence[Sequence[int]], pairs: bool = False) -> dict[str, np.ndarray]:
+    def pad(self, ids: Sequence[Sequence[int]], pairs: bool = False,
+            type_ids: Optional[Sequence[Sequence[int]]] = None) -> dict[str, np.ndarray]:
         """input_ids, attention_mask, token_type_ids, each int64 [B,T], padded right to the longest sequence.
-        token_type_ids are 0, or for pairs=True (ids from token_ids(texts, pairs=...)) those of pair_type_ids()."""
+        token_type_ids are type_ids (each sequence's, as the tokenizer gave them: TokenizedTexts.type_ids) with 0 on
+        the padding; without them 0, or for pairs=True (ids from token_ids(texts, pairs=...)) pair_type_ids()."""
         if len(ids) == 1:     # one text, nothing to pad: a call per text is the common case of a service
             input_ids = np.array(ids, dtype=np.int64).reshape(1, -1)
             attention_mask = np.ones_like(input_ids)
@@ -408,5 +419,12 @@ class TextTokenizer:
             for row, seq in enumerate(ids):
                 input_ids[row, : len(seq)] = seq
             attention_mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
-        token_type_ids = self.pair_type_ids(input_ids, attention_mask) if pairs else np.zeros_like(input_ids)
+        if type_ids is not None:
+            token_type_ids = np.zeros_like(input_ids)
+            for row, types in enumerate(type_ids):
+                token_type_ids[row, :len(types)] = types
+        elif pairs:
+            token_type_ids = self.pair_type_ids(input_ids, attention_mask)
+        else:
+            token_type_ids = np.zeros_like(input_ids)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
