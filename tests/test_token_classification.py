@@ -6,13 +6,14 @@ ISA path.
 """
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
 import pytest
 
 import bortengine
-from bortengine import BortEngineError, InvalidInputError
+from bortengine import BortEngineError, InvalidInputError, ModelLoadError
 from bortengine.engine.entities import AGGREGATIONS
 from reference import hf_auto_forward, max_abs_diff_unmasked
 
@@ -129,3 +130,50 @@ def test_server_does_not_serve_token_labels_as_text_labels(make_encoder):
 
     tagger = bortengine.load(make_encoder(model_type="roberta", **SIZES))
     assert "it labels tokens, not texts" in ModelService._not_a_classifier(tagger)
+
+
+@pytest.mark.parametrize("model_type, head", [("bert", "token"), ("xlm-roberta", "token"), ("distilbert", "sequence"),
+                                              ("roberta", "model")])
+def test_pickled_weights_get_a_conversion_that_keeps_the_head(make_encoder, tmp_path, model_type, head):
+    """A directory with only pytorch_model.bin is refused with the command that writes model.safetensors, naming the
+    class of its config.json (AutoModel would drop a token classifier's head); run, the model loads and gives what
+    the safetensors original gives."""
+    import re
+    import subprocess
+    import sys
+
+    import torch
+    import transformers
+
+    source = make_encoder(model_type=model_type, **{**SIZES, "head": head})
+    kind = json.loads((source / "config.json").read_text())["architectures"][0]
+    pickled = tmp_path / "pickled"
+    model = getattr(transformers, kind).from_pretrained(str(source))
+    model.config.save_pretrained(pickled)       # transformers 5 saves safetensors only: the pickle written by hand
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (pickled / name).write_bytes((source / name).read_bytes())
+    assert (pickled / "pytorch_model.bin").is_file() and not (pickled / "model.safetensors").exists()
+    with pytest.raises(ModelLoadError, match="pytorch_model.bin but no model.safetensors") as info:
+        bortengine.load(pickled)
+    command = re.search(r'python -c "(.*?)"', str(info.value)).group(1)
+    assert f"from transformers import {kind};" in command
+    subprocess.run([sys.executable, "-c", command], check=True, capture_output=True)
+    ours, original = bortengine.load(pickled), bortengine.load(source)
+    batch = original.tokenize(TEXTS)
+    a, b = ours(**batch), original(**batch)
+    np.testing.assert_array_equal(a.last_hidden_state, b.last_hidden_state)
+    if head != "model":
+        np.testing.assert_array_equal(a.logits, b.logits)
+
+
+def test_pickled_weights_of_an_unknown_class_get_the_auto_classes(make_encoder, tmp_path):
+    """config.json's architectures are printed only when they name a class the engine runs: anything else gets
+    AutoModel with the classifiers' Auto classes beside it."""
+    from bortengine.engine import Checkpoint
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["X'); import os; os.remove('x'); ('"]}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"a pickle")
+    with pytest.raises(ModelLoadError, match="AutoModelForTokenClassification for a token classifier") as info:
+        Checkpoint.open(tmp_path)
+    assert "import os" not in str(info.value) and "from transformers import AutoModel;" in str(info.value)

@@ -31,6 +31,7 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 
 from bortengine.engine.config import ModelConfig
+from bortengine.engine.families import supported_classes
 from bortengine.engine.native import core, forward_ops
 from bortengine.engine.positions import relative_position_bias
 from bortengine.errors import ModelLoadError
@@ -339,12 +340,30 @@ class Checkpoint:
         if others:
             raise ModelLoadError(
                 f"{model_dir} has {', '.join(others)} but no model.safetensors; bortengine reads safetensors only "
-                f"(pickled .bin files can run arbitrary code and must be loaded whole). Convert once with: "
-                f"python -c \"from transformers import AutoModel; m = AutoModel.from_pretrained('{model_dir}'); "
-                f"m.save_pretrained('{model_dir}', safe_serialization=True)\" (use "
-                f"AutoModelForSequenceClassification for a classifier)")
+                f"(pickled .bin files can run arbitrary code and must be loaded whole). {_conversion(model_dir)}")
         raise ModelLoadError(
             f"{model_dir} has no weights: expected model.safetensors or model.safetensors.index.json")
+
+
+def _conversion(model_dir: Path) -> str:
+    """How to write model_dir's weights as safetensors with transformers, with the class of its config.json
+    architectures (a token classifier's head is kept only by ...ForTokenClassification, a sequence classifier's by
+    ...ForSequenceClassification; AutoModel would drop either). Only class names the engine runs are printed: the
+    command is for pasting, and config.json may hold anything."""
+    try:
+        architectures = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("architectures")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        architectures = None
+    known = set(supported_classes())
+    names = [a for a in architectures if isinstance(a, str) and a in known] if isinstance(architectures, list) else []
+    cls = names[0] if names else "AutoModel"
+    where = repr(str(model_dir))
+    command = (f"python -c \"from transformers import {cls}; m = {cls}.from_pretrained({where}); "
+               f"m.save_pretrained({where}, safe_serialization=True)\"")
+    if names:
+        return f"Convert once with: {command}"
+    return (f"Convert once with: {command} (AutoModelForSequenceClassification for a sequence classifier, "
+            f"AutoModelForTokenClassification for a token classifier: AutoModel drops their heads)")
 
 
 def _read_sharded(index: Path) -> dict[str, TensorEntry]:
