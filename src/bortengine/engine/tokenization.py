@@ -251,6 +251,7 @@ class TextTokenizer:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("truncation_side", "right")    # pickled by a version that only cut the end
         self._by_length, self._lock = {}, threading.Lock()
         self._configured(self.max_length)
         self._sep_id = _UNKNOWN if self.token_types else None
