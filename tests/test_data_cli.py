@@ -132,6 +132,26 @@ def test_finetune_on_three_named_classes_end_to_end(tmp_path, capsys, make_model
     assert set(classified.labels) <= {"long", "medium", "short"} and classified.probabilities.shape == (2, 3)
 
 
+def test_pipeline_refuses_scarce_with_text_pairs(tmp_path, capsys, make_model):
+    """--scarce asks for Agora, which makes single texts: with --text-pair-column it would be ignored without a
+    word, so the pair is refused before anything is read or written, saying what to do instead. (A small teacher,
+    one step and a minute: were it not refused, the run would end soon, not download MiniLM and take 45 minutes.)"""
+    teacher = make_model(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         max_position_embeddings=128, seed=5)
+    capsys.readouterr()                        # the model's writing progress
+    train = tmp_path / "qa.csv"
+    train.write_text("question,answer,label\n" + "".join(f"q {i}?,a {i},{('yes', 'no')[i % 2]}\n" for i in range(12)))
+    out = tmp_path / "run"
+    argv = ["pipeline", "--train", str(train), "--text-column", "question", "--text-pair-column", "answer",
+            "--teacher", str(teacher), "--arch", "1,2,16,32", "--max-steps", "1", "--budget", "1m",
+            "--out", str(out), "--no-progress"]
+    line = assert_error_line(capsys, "pipeline", main([*argv, "--scarce"]))
+    assert "--scarce (Agora) makes single texts, not pairs, so it cannot fine-tune a text-pair task " \
+           "(--text-pair-column answer); drop --scarce: the student of a pair task is fine-tuned with the near-text " \
+           "recipe" in line
+    assert not out.exists()
+
+
 def test_a_datasets_dict_gives_finetune_its_dev_and_test_splits(tmp_path, capsys, make_model):
     """finetune --train DICT: the dict's validation and test splits are dev and test (none taken from train), as
     result.json and splits.json say."""

@@ -176,6 +176,8 @@ def test_another_runs_directory_is_refused(reference, data, teacher):
     ({"task": "rt"}, "not both"),
     ({"train": None}, "no data"),
     ({"scarce": True}, "exclude each other"),
+    ({"scarce": True, "no_agora": False, "text_pair_column": "answer"},
+     r"--scarce \(Agora\) makes single texts, not pairs.*drop --scarce"),
     ({"budget": 0.0}, "budget"),
     ({"workload": "1by128"}, "BxT"),
     ({"dtype": "fp16"}, "dtype"),

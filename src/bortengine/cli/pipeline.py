@@ -37,7 +37,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--threads", type=positive_int, help="threads (default: every CPU this process may use)")
     p.add_argument("--arch", metavar="D,A,H,I", help="skip the extraction: distil this student")
     agora = p.add_mutually_exclusive_group()
-    agora.add_argument("--scarce", action="store_true", help="fine-tune the student with Agora whatever the size")
+    agora.add_argument("--scarce", action="store_true",
+                       help="fine-tune the student with Agora whatever the size (single texts: not with "
+                            "--text-pair-column)")
     agora.add_argument("--no-agora", action="store_true",
                        help="never Agora (default: Agora when the training set has at most 1,000 examples)")
     p.add_argument("--min-speedup", type=float, metavar="X",

@@ -96,6 +96,11 @@ class PipelineConfig:
             raise PipelineError("--dev and --test go with --train PATH")
         if self.scarce and self.no_agora:
             raise PipelineError("--scarce (always Agora) and --no-agora (never) exclude each other")
+        if self.scarce and self.text_pair_column:
+            # Agora's transformations make new single texts from training texts; it has none for a pair of texts
+            raise PipelineError(f"--scarce (Agora) makes single texts, not pairs, so it cannot fine-tune a text-pair "
+                                f"task (--text-pair-column {self.text_pair_column}); drop --scarce: the student of "
+                                f"a pair task is fine-tuned with the near-text recipe, whatever the size of its data")
         if self.dtype not in DTYPES:
             raise PipelineError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and self.budget > 0):
