@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -171,6 +174,61 @@ def test_profile_interrupt_says_how_to_resume(tmp_path, capsys, monkeypatch):
     assert main(["profile", "--space", "minilm", "--quick", "--out", str(tmp_path / "p.json")]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("bortengine profile: interrupted: 3 of 9") and err.endswith("again to resume")
+
+
+# A real extraction whose surrogate evaluations each take two minutes, on two spawned worker processes.
+_SLOW_EXTRACTION = """
+import sys
+from bortengine.cli import extract, main
+from bortengine.search import AnalyticSurrogate
+extract.resolve_surrogate = lambda *args, **kwargs: AnalyticSurrogate(delay=120)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:          # exited meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_a_killed_extraction_ends_its_workers_and_says_how_to_resume(tmp_path):
+    """SIGTERM (systemd, docker, CI) stops a command as Ctrl-C does: its worker processes end with it (they were
+    left running, re-parented to init, for minutes), one line says so, exit code 143."""
+    from test_search import synthetic
+
+    from bortengine.search_space import MINILM_SPACE
+
+    profile = synthetic(MINILM_SPACE).save(tmp_path / "profile.json")
+    argv = ["extract", "--space", "minilm", "--profile", str(profile), "--batch", "1", "--seq", "16", "--threads",
+            "2", "--surrogate", "analytic", "--workers", "2", "--cache", str(tmp_path / "cache"), "--measure", "0",
+            "--no-progress", "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_EXTRACTION, *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 120
+        while len(children := _children(proc.pid)) < 2:    # the two workers (and pythons's resource tracker)
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+        time.sleep(2)                                        # evaluations under way
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 143
+    finally:
+        proc.kill()
+    lines = proc.stderr.read().strip().splitlines()
+    assert lines[-1].startswith("bortengine extract: terminated (SIGTERM)"), lines
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in children):
+        assert time.monotonic() < deadline, f"worker processes outlived the command: {children}"
+        time.sleep(0.1)
 
 
 def test_extract_errors(tmp_path, capsys):

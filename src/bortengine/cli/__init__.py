@@ -6,14 +6,19 @@ the modules, dispatches to the one whose COMMANDS holds the command, and applies
 
 - a BortEngineError (any subclass) is one line on stderr, `bortengine <command>: error: <message>`, exit code 2;
 - a malformed argument is argparse's: the usage line and `bortengine <command>: error: argument ...`, exit code 2;
-- Ctrl-C (KeyboardInterrupt) is one line saying how to resume, when the command knows, exit code 130.
+- Ctrl-C (KeyboardInterrupt) is one line saying how to resume, when the command knows, exit code 130; a kill
+  (SIGTERM: what systemd, docker, Kubernetes and CI send) stops the same way, its workers ended, exit code 143
+  (serve drains instead: uvicorn's own SIGTERM).
 
 The command modules import no torch until a command runs, so `bortengine info` and `demo` work without it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 from bortengine.cli import demo, export, extract, info, pipeline, profile, serve, train
@@ -35,14 +40,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 1
     module = next(m for m in COMMAND_MODULES if args.command in m.COMMANDS)
+    terminated: list[int] = []
     try:
-        return module.run(args)
+        with _sigterm_as_interrupt(terminated, args.command not in serve.COMMANDS):
+            return module.run(args)
     except BortEngineError as e:
         print(f"bortengine {args.command}: error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print(f"\nbortengine {args.command}: {_one_line(str(e)) or 'interrupted'}", file=sys.stderr)
-        return 130
+        how = _one_line(str(e)) or "interrupted"
+        if terminated:
+            how = how.replace("interrupted", "terminated (SIGTERM)", 1)
+        print(f"\nbortengine {args.command}: {how}", file=sys.stderr)
+        return 128 + (terminated[0] if terminated else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(terminated: list[int], active: bool):
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that a killed run ends its worker processes (which
+    would otherwise outlive it, holding memory and writing to the run's cache), keeps what it finished and says
+    how to resume; `terminated` records the signal. Background jobs of a non-interactive shell ignore SIGINT, so
+    a kill is how such runs get stopped. Only the main thread may set handlers."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -122,7 +122,6 @@ def run(args) -> int:
     started = time.monotonic()     # a --time-budget counts from here
     budget = _time_budget(args.time_budget)
     check_output(args.out, "--out", directory=True)
-    _interrupt_on_sigterm()
     target_profile = _target_profile(args)
     threads = args.threads or (target_profile.target.logical_cpus if target_profile else available_cpus())
     workload = Workload(args.batch, args.seq, threads, args.dtype)
@@ -218,20 +217,6 @@ def _time_budget(text: Optional[str]) -> Optional[float]:
         return parse_duration(text)
     except ValueError:
         raise SearchError(f"--time-budget takes 1800, 30m or 1.5h, got {text!r}") from None
-
-
-def _interrupt_on_sigterm() -> None:
-    """A kill (SIGTERM) stops like Ctrl-C: workers terminated, cache intact, a message saying how to resume.
-    (Background jobs of a non-interactive shell ignore SIGINT, so kill is how such runs get stopped.)"""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        pass
 
 
 def _search(space: SearchSpace, surrogate: Surrogate, exhaustive: bool, verify: bool, kw: dict[str, Any]
