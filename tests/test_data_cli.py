@@ -130,6 +130,12 @@ def test_finetune_on_three_named_classes_end_to_end(tmp_path, capsys, make_model
     assert engine.labels == ["long", "medium", "short"] and engine.max_length == result["max_length"]
     classified = engine.classify(["a film", "an overlong film that " + "goes on and on " * 40])
     assert set(classified.labels) <= {"long", "medium", "short"} and classified.probabilities.shape == (2, 3)
+    # `bortengine export RUN` (docs/training.md) gives the same model: names and length too, not LABEL_0 and 256
+    assert main(["export", str(out), "--out", str(tmp_path / "exported")]) == 0
+    exported = bortengine.load(tmp_path / "exported")
+    assert exported.labels == engine.labels and exported.max_length == engine.max_length
+    texts = frame.text.tolist()[:8]
+    assert (exported.classify(texts).logits == engine.classify(texts).logits).all()
 
 
 def test_pipeline_refuses_scarce_with_text_pairs(tmp_path, capsys, make_model):

@@ -83,13 +83,16 @@ def test_a_folder_of_model_directories_is_refused_naming_them(agora_run, make_mo
                                         intermediate_size=48), pipeline / "teacher")
     assert not (pipeline / "teacher" / "config.json").exists()
     (pipeline / "pipeline.json").write_text("{}")
+    # the student (model/) comes first and is the example, whatever sorts before it (distil/, agora/: an Agora run)
+    shutil.copytree(agora_run / "round-1", pipeline / "distil")
+    shutil.copytree(agora_run, pipeline / "agora")
     code = main(["export", str(pipeline), "--out", str(tmp_path / "out")])
     message = assert_error_line(capsys, "export", code)
-    assert (f"{pipeline} is not a run or model directory itself: it holds the model directories "
-            f"{pipeline / 'model'}, {pipeline / 'teacher'}; export one of them, e.g. bortengine export "
-            f"{pipeline / 'model'}") in message
+    listed = f"{pipeline / 'model'}, {pipeline / 'agora'}, {pipeline / 'distil'}, {pipeline / 'teacher'}"
+    assert (f"{pipeline} is not a run or model directory itself: it holds the model directories {listed}; export "
+            f"one of them, e.g. bortengine export {pipeline / 'model'}") in message
     assert not (tmp_path / "out").exists()
-    with pytest.raises(TrainingError, match=f"inside it: {pipeline / 'model'}, {pipeline / 'teacher'}"):
+    with pytest.raises(TrainingError, match=f"inside it: {listed}"):
         export_run(pipeline, tmp_path / "out")
     assert main(["export", str(pipeline / "model"), "--out", str(tmp_path / "out")]) == 0
     assert _report(capsys)["check_passed"] and bortengine.load(tmp_path / "out").config.num_labels == 2

@@ -21,7 +21,7 @@ import torch
 
 from bortengine.engine import BertWeights, Checkpoint, ModelConfig, transformer_directory
 from bortengine.errors import ModelLoadError, UsageError
-from bortengine.training import (CHECKPOINT_FILE, TOKENIZER_FILES, run_directory, run_model,
+from bortengine.training import (CHECKPOINT_FILE, TOKENIZER_FILES, run_directory, run_model, trained_length,
                                  write_hf_directory)
 
 __all__ = ["export", "export_run", "check_export", "TOKENIZER_FILES"]
@@ -83,7 +83,7 @@ def export_run(run: str | os.PathLike, out_dir: str | os.PathLike, check: bool =
         report["model_directory"] = str(source)
     if (source / CHECKPOINT_FILE).is_file():
         model, tokenizer_dir = run_model(source)
-        write_hf_directory(model, out_dir, tokenizer_dir)
+        write_hf_directory(model, out_dir, tokenizer_dir, max_seq_length=trained_length(source))
     else:
         config = _loadable_config(source)
         if Path(out_dir).resolve().is_relative_to(source.resolve()):

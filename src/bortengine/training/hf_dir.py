@@ -16,8 +16,8 @@ from typing import Optional
 from bortengine.files import atomic_write_json, read_json
 from bortengine.training.errors import TrainingError
 
-__all__ = ["write_hf_directory", "run_model", "run_directory", "model_subdirectories", "relabel_classifier",
-           "TOKENIZER_FILES"]
+__all__ = ["write_hf_directory", "run_model", "trained_length", "run_directory", "model_subdirectories",
+           "relabel_classifier", "TOKENIZER_FILES"]
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 NORMALIZE = "sentence_transformers.models.Normalize"
@@ -75,17 +75,19 @@ def _write_pooling(out: Path, src: Path, transformer: Path, hidden: int, max_seq
 
 def model_subdirectories(directory: str | os.PathLike) -> list[Path]:
     """The directories right inside `directory` that hold a model (config.json, or in a sentence-transformers
-    directory the sub-folder its modules.json names, as bortengine.load reads it) or a run's checkpoint, sorted:
-    what to export from a folder that is neither (a pipeline run's model/ and teacher/, an Agora run's round-k/)."""
+    directory the sub-folder its modules.json names, as bortengine.load reads it), a run's checkpoint or an Agora
+    run's state, sorted, with a pipeline run's student (model/) first: what to export from a folder that is neither
+    (a pipeline run's model/, teacher/, agora/, ...; an Agora run's round-k/)."""
     from bortengine.engine import transformer_directory
-    from bortengine.training.checkpoint import CHECKPOINT_FILE
+    from bortengine.training.checkpoint import AGORA_STATE_FILE, CHECKPOINT_FILE
 
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir()
-                  if p.is_dir() and ((transformer_directory(p) / "config.json").is_file()
-                                     or (p / CHECKPOINT_FILE).is_file()))
+    found = [p for p in directory.iterdir()
+             if p.is_dir() and ((transformer_directory(p) / "config.json").is_file()
+                                or (p / CHECKPOINT_FILE).is_file() or (p / AGORA_STATE_FILE).is_file())]
+    return sorted(found, key=lambda p: (p.name != "model", p.name))
 
 
 def run_directory(run: str | os.PathLike) -> Path:
@@ -145,8 +147,24 @@ def run_model(run: str | os.PathLike):
             return model, config["teacher"] or _default_tokenizer_dir()
         model = build_model(Architecture.from_dict(checkpoint.state["architecture"]), dropout=0.0)
         model.load_state_dict(torch_tensors(checkpoint.group("best") or checkpoint.group("model")))
+        labels = checkpoint.state.get("labels")      # the task's class names: class id i is labels[i]
+        if labels and len(labels) == model.config.num_labels:
+            model.config.id2label = dict(enumerate(labels))
+            model.config.label2id = {name: i for i, name in enumerate(labels)}
         return model, checkpoint.state["tokenizer_dir"]
     return _hf_model(run), str(run)
+
+
+def trained_length(run: str | os.PathLike) -> Optional[int]:
+    """The sequence length a finetune run (or Agora's student) trained at, which its exported model's classify()
+    should read by default (sentence_bert_config.json max_seq_length); None for other runs and model directories."""
+    from bortengine.training.checkpoint import CHECKPOINT_FILE, read_checkpoint
+
+    run = run_directory(run)
+    if not (run / CHECKPOINT_FILE).is_file():
+        return None
+    checkpoint = read_checkpoint(run / CHECKPOINT_FILE, ("pretrain", "finetune"))
+    return checkpoint.state.get("max_length") if checkpoint.kind == "finetune" else None
 
 
 def _hf_model(directory: Path):
