@@ -3,6 +3,8 @@ the surrogate loss."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -69,6 +71,38 @@ def test_pretrain_resume_is_exact_and_exports(tmp_path, teacher_dir):
     assert engine.config.hidden_size == 16 and engine.encode(["hello there"]).shape == (1, 16)
     with pytest.raises(ValueError, match="different run"):
         pretrain(_config(tmp_path, teacher_dir, "full", max_steps=5, seed=1), documents=DOCS, progress=False)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_run_keeps_the_steps_done(tmp_path, teacher_dir, signum):
+    """Ctrl-C or a kill between the periodic checkpoints (every 2 minutes by default, none yet here) is held until
+    the step under way ends, which is checkpointed before KeyboardInterrupt: the resume starts there, not at step
+    0, and ends where the uninterrupted run does, bit for bit."""
+    full = pretrain(_config(tmp_path, teacher_dir, "full", max_steps=4, checkpoint_every=3600.0), documents=DOCS,
+                    progress=False)
+
+    def killed(step, loss):
+        if step == 2:
+            os.kill(os.getpid(), signum)     # arrives during this step's bookkeeping
+
+    def as_interrupt(received, frame):       # what the command line makes of SIGTERM
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, as_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(_config(tmp_path, teacher_dir, "split", max_steps=4, checkpoint_every=3600.0), documents=DOCS,
+                     progress=False, on_step=killed)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert read_checkpoint(tmp_path / "split" / "checkpoint.safetensors", "pretrain").state["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # the run's holding handler is gone
+    resumed = pretrain(_config(tmp_path, teacher_dir, "split", max_steps=4, checkpoint_every=3600.0),
+                       documents=DOCS, progress=False)
+    assert resumed["steps"] == full["steps"] == 4
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "split")
+    for k in a:
+        torch.testing.assert_close(torch.from_numpy(a[k]), torch.from_numpy(b[k]), rtol=0, atol=0, msg=k)
 
 
 def test_random_init_and_time_budget(tmp_path, teacher_dir, capsys):

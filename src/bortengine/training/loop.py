@@ -13,8 +13,11 @@ and shows progress with the time left (bortengine.progress).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -332,18 +335,21 @@ class TrainingLoop:
         no final evaluation or checkpoint). At the end: the final evaluation, then the final checkpoint."""
         progress = self._progress()
         try:
-            while (reason := self.stop_reason(checkpoint)) is None:
-                outcome = self.take_step(loss_of)
-                self.last_loss = outcome.value
-                if outcome.epoch_end and self.selection is not None:
-                    self.selection.at_epoch_end(self.step, self.max_steps)
-                first = self.budget.whole_stage and checkpoint is not None and checkpoint.seconds is None
-                if checkpoint is not None and (checkpoint.due() or first):   # the first measures a save's time
-                    checkpoint.save(self)
-                if progress is not None:
-                    self._show(progress)
-                if after_step is not None:
-                    after_step(outcome)
+            with _interruptions_between_steps(checkpoint is not None) as interruption:
+                while (reason := self.stop_reason(checkpoint)) is None:
+                    outcome = self.take_step(loss_of)
+                    self.last_loss = outcome.value
+                    if outcome.epoch_end and self.selection is not None:
+                        self.selection.at_epoch_end(self.step, self.max_steps)
+                    first = self.budget.whole_stage and checkpoint is not None and checkpoint.seconds is None
+                    if checkpoint is not None and (checkpoint.due() or first):   # the first measures a save's time
+                        checkpoint.save(self)
+                    if progress is not None:
+                        self._show(progress)
+                    if after_step is not None:
+                        after_step(outcome)
+                    self._stop_if_interrupted(interruption, checkpoint)
+                self._stop_if_interrupted(interruption, checkpoint)   # one that came while the stop was decided
             if self.selection is not None:
                 self.selection.at_end(self.step)
             if reason == "time budget" and self.step == 0:
@@ -356,6 +362,11 @@ class TrainingLoop:
         if checkpoint is not None:
             checkpoint.save(self)
         return reason
+
+    def _stop_if_interrupted(self, interruption: "_Interruption", checkpoint: Optional["Checkpointing"]) -> None:
+        if interruption:
+            checkpoint.save(self)     # the steps so far are kept: a resume continues from here
+            interruption.deliver()
 
     # -- progress ----------------------------------------------------------------------------------------------------
     PROGRESS_UNITS = 1000   # of a time budget (a step count alone: one unit per step)
@@ -411,6 +422,49 @@ class TrainingLoop:
         torch.set_rng_state(torch.from_numpy(np.array(checkpoint.tensors["rng/torch"])))
         if self.selection is not None:
             self.selection.load(checkpoint)
+
+
+class _Interruption:
+    """A Ctrl-C (SIGINT) or kill (SIGTERM) held until the step under way ends; true once one came."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.handlers: dict[int, Callable] = {}
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    def hold(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:       # a second one: the user will not wait for the step
+            self.handlers[signum](signum, frame)
+        self.signum = signum
+
+    def deliver(self) -> None:
+        """The held signal's own handler, now (the caller's: KeyboardInterrupt for Ctrl-C)."""
+        signum, self.signum = self.signum, None
+        self.handlers[signum](signum, None)
+
+
+@contextlib.contextmanager
+def _interruptions_between_steps(active: bool):
+    """While a run that checkpoints trains: a SIGINT or SIGTERM whose handler raises (Python's KeyboardInterrupt,
+    the command line's SIGTERM) is held until the step under way ends, so that the steps done are checkpointed
+    before it is raised, and the resume continues where the run stopped with the result an uninterrupted run has
+    (a checkpoint taken mid-step could hold half an optimizer update). Without this a run killed before its
+    periodic checkpoint (every 2 minutes) lost every step. Signals left at their default (a library's SIGTERM)
+    are not taken; handlers can only be set from the main thread."""
+    interruption = _Interruption()
+    if active and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                interruption.handlers[signum] = handler
+                signal.signal(signum, interruption.hold)
+    try:
+        yield interruption
+    finally:
+        for signum, handler in interruption.handlers.items():
+            signal.signal(signum, handler)
 
 
 class Checkpointing:
