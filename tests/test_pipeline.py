@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,21 @@ def test_a_run_killed_at_any_stage_ends_as_an_uninterrupted_one(stage, reference
                 ref_summary["stages"]["evaluate"]["result"][who][key]
 
 
+def test_a_finished_run_given_another_budget_keeps_its_own(reference, data, teacher, tmp_path, capsys):
+    """Nothing is left to run, so a new --budget (or --threads) changes nothing: the report is written again as it
+    was, not as an overrun of a budget the run never had."""
+    ref_out, ref_summary = reference
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    capsys.readouterr()
+    summary = run_pipeline(_config(out, data, teacher, budget=1.0, threads=1))
+    assert "is finished: its own budget and threads stand" in capsys.readouterr().err
+    assert summary["config"]["budget"] == ref_summary["config"]["budget"] == 600.0
+    assert summary["within_budget"] and summary["threads"] == ref_summary["threads"]
+    assert read_config_file(out / "pipeline.toml")["budget"] == 600.0
+    assert "s of a 600 s budget." in (out / "report.md").read_text()
+
+
 def test_another_runs_directory_is_refused(reference, data, teacher):
     out, _ = reference
     with pytest.raises(PipelineError, match="differs in"):
@@ -224,15 +240,16 @@ def test_a_class_too_rare_for_agoras_split_of_dev_is_refused_before_any_work(dat
 def test_the_command_line_reads_a_config_file_and_reports_bad_data_with_its_row(data, teacher, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("review,grade\na fine film,fine\n,bad\nawful,bad\n")
-    config = tmp_path / "pipeline.toml"
-    config.write_text(f'teacher = "{teacher}"\ntrain = "{bad}"\ntext-column = "review"\nlabel-column = "grade"\n'
-                      f'budget = "2m"\nmax-steps = 2\n')
+    config = tmp_path / "conf" / "pipeline.toml"       # its data named relative to it, run from elsewhere
+    config.parent.mkdir()
+    config.write_text(f'teacher = "{teacher}"\ntrain = "../bad.csv"\ntext-column = "review"\n'
+                      f'label-column = "grade"\nbudget = "2m"\nmax-steps = 2\n')
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "BORTENGINE_PROFILE_DIR": str(tmp_path / "p")}
     done = subprocess.run([sys.executable, "-m", "bortengine", "pipeline", "--config", str(config), "--out",
                            str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=600, cwd="/")
     assert done.returncode == 2, done.stderr
-    assert "bortengine pipeline: error:" in done.stderr and "row 2" in done.stderr, done.stderr
+    assert "bortengine pipeline: error:" in done.stderr and f"{bad}, row 2" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 

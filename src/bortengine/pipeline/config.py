@@ -178,7 +178,8 @@ class PipelineConfig:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The options of a TOML file (keys as PipelineConfig's fields, '-' or '_'; budget also as '45m')."""
+    """The options of a TOML file (keys as PipelineConfig's fields, '-' or '_'; budget also as '45m'; paths relative to
+    the file's folder)."""
     try:
         import tomllib
     except ImportError:    # Python 3.10
@@ -199,6 +200,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             values["budget"] = parse_duration(values["budget"])
         except ValueError as e:
             raise PipelineError(f"config file {path}: budget: {e}") from None
+    # a relative path in the file is relative to the file (as a project's config names its data beside it), not to
+    # wherever the command runs
+    for key in _PATHS:
+        if isinstance(values.get(key), str) and values[key] and not Path(values[key]).expanduser().is_absolute():
+            values[key] = str(Path(path).parent / values[key])
     return values
 
 

@@ -110,7 +110,7 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
         if reranking is None:      # a run from before the re-ranking
             lines.append(f"Architecture {_arch_text(extraction['architecture'])}: the lowest surrogate error of "
                          f"{extraction['evaluations']} students the extraction evaluated, {speed}. "
-                         + extraction.get("note", ""))
+                         + _sentence(extraction.get("note", "")))
         else:
             scored = [s for s in reranking["students"] if s["error"] is not None]
             settings = reranking["settings"]
@@ -124,7 +124,7 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
                 + (f"; not re-ranked in the stage's time: "
                    + ", ".join(s["architecture"] for s in reranking["students"] if s["error"] is None)
                    if len(scored) < len(reranking["students"]) else "")
-                + ". " + extraction.get("note", ""))
+                + ". " + _sentence(extraction.get("note", "")))
     if finetune.get("agora"):
         near, dev = finetune["near_texts"], finetune["dev_accuracy_engine"]
         chosen = "Agora's" if finetune["chosen"] == "agora" else "the first"
@@ -144,6 +144,11 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
         lines.append(f"Fine-tuned on the training set and {finetune.get('augmented_examples', 0)} texts near its texts "
                      f"labelled by the teacher, learning the teacher's soft labels too ({finetune['steps']} steps).")
     return lines + [""] if len(lines) > 2 else []
+
+
+def _sentence(note: str) -> str:
+    """A stage's note (printed alone as it ran) as a sentence of the report's paragraph."""
+    return note + "." if note and not note.endswith(".") else note
 
 
 def _accuracy_latency_plot(path: Path, evaluation: dict[str, Any]) -> Path:

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -42,9 +43,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     teacher_architecture(ctx.teacher_source)         # and the teacher: one the pipeline can start from
     if ctx.uses_agora():
         selection_part(ctx)     # Agora's split of dev, which a rare class fails: now, not after 80% of the budget
-    _claim(out, config)
-    task.write_splits(out)
     state = read_json(out / STATE_FILE, PipelineError, missing_ok=True) or {"stages": {}}
+    ctx.config = config = _claim(out, config, finished=set(STAGES) <= set(state["stages"]))
+    task.write_splits(out)
     ctx.results.update({name: entry["result"] for name, entry in state["stages"].items()})
     _quiet_transformers()
     _say(task.describe() + (" — fine-tuning with Agora (small training set)" if ctx.uses_agora() else ""))
@@ -78,8 +79,11 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     return summary
 
 
-def _claim(out: Path, config: PipelineConfig) -> None:
-    """out is this run's: new, or holding the options of the same run (then it is continued)."""
+def _claim(out: Path, config: PipelineConfig, finished: bool) -> PipelineConfig:
+    """out is this run's: new, or holding the options of the same run (then it is continued); returns the options
+    the run goes on with. A continued run takes the new budget, threads, ... for what it has left to do; a finished
+    one has nothing left, so its own options stand and its report is written again as it was (with a new --budget
+    it read as an overrun of a budget it never had)."""
     path = out / CONFIG_FILE
     if path.is_file():
         earlier = PipelineConfig.from_dict(read_config_file(path), where=str(path))
@@ -87,10 +91,17 @@ def _claim(out: Path, config: PipelineConfig) -> None:
         if differ:
             raise PipelineError(f"{out} holds a pipeline run with other options (differs in {differ}); rerun with "
                                 f"the same options (--config {path}) to continue it, or give another --out")
+        if finished:
+            ignored = [k for k in ("budget", "threads") if getattr(earlier, k) != getattr(config, k)]
+            if ignored:
+                _say(f"the run in {out} is finished: its own {' and '.join(ignored)} stand (the options given "
+                     f"change nothing now); give another --out for a new run")
+            return replace(earlier, out=config.out, progress=config.progress)   # (a run directory moved: here)
     elif out.exists() and any(out.iterdir()):
         raise PipelineError(f"{out} exists and is not a pipeline run directory; give a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
     write_config_file(config, path)
+    return config
 
 
 def _plan(config: PipelineConfig, spent: float, done: Iterable[str] = ()) -> str:

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -79,8 +80,11 @@ class RunContext:
         self.config = config
         self.out = Path(config.out)
         self.results = results
-        self.threads = config.threads or available_cpus()
         self._task = None
+
+    @property
+    def threads(self) -> int:
+        return self.config.threads or available_cpus()
 
     @property
     def task(self):
@@ -311,10 +315,15 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     data = dict(seed=ctx.config.seed, eval_limit=256, teacher=str(ctx.teacher_dir), **_surrogate_data(ctx))
     cache, bound = str(ctx.out / "extract-cache"), teacher_ms / ctx.config.min_speedup
     required = ctx.config.min_speedup * SPEEDUP_MARGIN
-    result = extract(space, FinetuneSurrogate(steps=SURROGATE_STEPS, **data), prof, workload=ctx.workload(),
-                     epsilon=EXTRACT_EPSILON, max_point=teacher, cache_dir=cache,
-                     time_budget=FPTAS_SHARE * seconds, started=started, progress=ctx.config.progress,
-                     latency_limit_ms=bound, executor=ctx.config.executor, ray_address=ctx.config.ray_address)
+    with warnings.catch_warnings():
+        # the W-coefficient's winner needs the maximum point's error, which a short stage may not reach; the
+        # pipeline's choice does not use it (choose_student: the most accurate student fast enough), so the
+        # extraction's warning that it is undefined would only alarm
+        warnings.filterwarnings("ignore", message="the maximum point .* has no error", category=RuntimeWarning)
+        result = extract(space, FinetuneSurrogate(steps=SURROGATE_STEPS, **data), prof, workload=ctx.workload(),
+                         epsilon=EXTRACT_EPSILON, max_point=teacher, cache_dir=cache,
+                         time_budget=FPTAS_SHARE * seconds, started=started, progress=ctx.config.progress,
+                         latency_limit_ms=bound, executor=ctx.config.executor, ray_address=ctx.config.ray_address)
     meter = CandidateMeter(ctx, teacher)
     fptas_choice, note = choose_student(result, bound, meter.speedup, required, deadline=started + seconds)
     fast_enough = rerank_shortlist(result, bound, meter.speedup, required, deadline=started + seconds)
@@ -418,8 +427,9 @@ class CandidateMeter:
 
     def described(self) -> str:
         b = self.ctx.workload().batch_size
-        return (f"{LATENCY_TEXTS} dev texts, {b} per call, {self.ctx.config.dtype}, {self.ctx.threads} thread(s), "
-                f"{MEASURE_ROUNDS} rounds")
+        threads = self.ctx.threads
+        return (f"{LATENCY_TEXTS} dev texts, {b} per call, {self.ctx.config.dtype}, {threads} "
+                f"thread{'s' if threads != 1 else ''}, {MEASURE_ROUNDS} rounds")
 
     def speedup(self, arch: Architecture) -> float:
         key = str(arch)
