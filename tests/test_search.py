@@ -734,6 +734,21 @@ def test_rerank_scores_copies_of_a_shortlist_with_another_surrogate_cached_and_w
     assert all(c.error is None and c.status == "skipped (time budget)" for c in late)
 
 
+def test_rerank_starts_no_evaluation_expected_to_end_past_the_deadline(tmp_path):
+    """With what an evaluation takes at least known beforehand (expected_seconds), one that could not end by the
+    deadline is not started (and stopped there, its time lost): the caller gets its time back at once. A cached
+    result is still taken."""
+    r = run(TINY, synthetic(TINY), tmp_path, exhaustive=True)
+    shortlist = r.candidates[:3]
+    slow = S.AnalyticSurrogate(alpha=0.31, delay=5.0)     # (not the search's, whose errors its cache holds)
+    S.rerank(shortlist[:1], S.AnalyticSurrogate(alpha=0.31), cache_dir=tmp_path / "cache", progress=False)
+    start = time.monotonic()
+    copies = S.rerank(shortlist, slow, cache_dir=tmp_path / "cache", progress=False, expected_seconds=5.0,
+                      deadline=start + 2.0)
+    assert time.monotonic() - start < 1.0
+    assert [c.status for c in copies] == ["cached"] + ["skipped (time budget)"] * 2
+
+
 def test_rerank_killed_says_what_is_cached_and_resumes(tmp_path):
     r = run(TINY, synthetic(TINY), tmp_path, exhaustive=True)
     shortlist = r.candidates[:5]

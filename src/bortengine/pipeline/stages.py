@@ -331,8 +331,13 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     shortlist = ([] if note and fast_enough else [fptas_choice]) + [
         c for c in fast_enough if c.arch.tuple != fptas_choice.arch.tuple]
     surrogate = DistilFinetuneSurrogate(steps=SURROGATE_STEPS, distil_steps=RERANK_DISTIL_STEPS, **data)
+    # a re-ranking evaluation fine-tunes as the search's did, after distilling first: it takes longer than the
+    # quickest of those, so one that cannot end in the stage's time is not started, and the time goes to the next
+    # stage (short budgets: the distillation)
+    searched = [c.seconds for c in shortlist if c.seconds]
     reranked = rerank(shortlist, surrogate, deadline=started + seconds, cache_dir=cache,
-                      executor=ctx.config.executor, ray_address=ctx.config.ray_address, progress=ctx.config.progress)
+                      executor=ctx.config.executor, ray_address=ctx.config.ray_address, progress=ctx.config.progress,
+                      expected_seconds=min(searched, default=0.0))
     chosen, note = choose_reranked(fptas_choice, note, fast_enough, reranked)
 
     def row(c, **more) -> dict[str, Any]:
