@@ -23,7 +23,7 @@ from bortengine.serving import ServeOptions, create_app
 from bortengine.serving.metrics import SECONDS, ServerMetrics
 from bortengine.serving.responses import shortened
 from serving_process import (API_KEY, CLASSIFIER_TOKENS, MAX_TOKENS, classifier_server, minilm_engine,  # noqa: F401
-                             minilm_server, serving_classifier, texts_of)
+                             minilm_server, serving, serving_classifier, texts_of)
 
 LONG = "a long text that goes on " * 20   # ~120 tokens: over the main server's 64
 
@@ -387,3 +387,73 @@ def test_the_default_model_name_is_the_hub_id_in_the_hugging_face_cache(tmp_path
     assert app.served_name(tmp_path / "link") == "my-classifier"
     (tmp_path / "x" / "snapshots" / "c0").mkdir(parents=True)   # "snapshots" outside the cache's layout
     assert app.served_name(tmp_path / "x" / "snapshots" / "c0") == "c0"
+
+
+# -- POST /v1/rerank ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cross_encoder(make_model):
+    """A cross-encoder as sentence-transformers saves one: a sequence model of one output (its relevance logit)."""
+    return make_model(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                      head="classifier", num_labels=1, seed=11)
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_server(cross_encoder):
+    yield from serving(cross_encoder, "--max-input-tokens", "12")
+
+
+def test_rerank_equals_engine_rerank(cross_encoder, cross_encoder_server):
+    engine = load(cross_encoder)
+    query, documents = "which garden has a river", texts_of(7, words=4, seed=3)
+    expected = engine.rerank(query, documents, max_length=12)
+    with cross_encoder_server.client() as client:
+        name = client.get("/v1/models").json()["data"][0]["id"]
+        everything = client.post("/v1/rerank", json={"query": query, "documents": documents})
+        best = client.post("/v1/rerank", json={"query": query, "documents": documents, "top_n": 3,
+                                               "return_documents": True, "model": name})
+        lone = client.post("/v1/rerank", json={"query": query, "documents": documents[0]})
+        long = client.post("/v1/rerank", json={"query": query, "documents": ["river " * 40], "truncation": False})
+        kind = client.get("/v1/models").json()["data"][0]["kind"]
+        classify = client.post("/v1/classify", json={"input": "a text"})
+    assert everything.status_code == 200, everything.text
+    results = everything.json()["results"]
+    assert [r["index"] for r in results] == [d.index for d in expected]
+    assert np.array_equal(np.float32([r["relevance_score"] for r in results]), np.float32([d.score for d in expected]))
+    assert all("document" not in r for r in results)
+    top = best.json()["results"]
+    assert [(r["index"], r["document"]["text"]) for r in top] == [(d.index, d.text) for d in expected[:3]]
+    assert [r["index"] for r in lone.json()["results"]] == [0]
+    mask = engine.tokenize([query] * 7, text_pairs=documents, max_length=12)["attention_mask"]
+    assert everything.json()["usage"]["total_tokens"] == int(mask.sum())
+    assert long.status_code == 400 and long.json()["error"]["code"] == "context_length_exceeded"
+    assert "documents[0] with the query" in long.json()["error"]["message"]
+    assert kind == "regression"
+    assert classify.status_code == 400 and "POST /v1/rerank" in classify.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body, code, says", [
+    ({"documents": ["a"]}, "missing_input", "query is missing"),
+    ({"query": ["a", "b"], "documents": ["a"]}, "invalid_input", "query is a list; it must be one string"),
+    ({"query": "q", "documents": []}, "empty_input", "documents is an empty list"),
+    ({"query": "q", "documents": ["a", 3]}, "invalid_input", "documents[1] is a number (3)"),
+    ({"query": "q", "documents": ["a"], "top_n": 0}, "invalid_top_n", "top_n is a number (0)"),
+    ({"query": "q", "documents": ["a"], "return_documents": "yes"}, "invalid_return_documents", "return_documents"),
+    ({"query": "q", "documents": ["a"], "top_k": 2}, "unknown_field", "'top_k'; /v1/rerank reads query, documents"),
+    ({"query": "q", "documents": ["a"], "model": "other"}, "model_not_found", "'other' is not served here"),
+])
+def test_bad_rerank_requests(cross_encoder_server, body, code, says):
+    with cross_encoder_server.client() as client:
+        response = client.post("/v1/rerank", json=body)
+    assert response.status_code in (400, 404) and response.json()["error"]["code"] == code, response.text
+    assert says in response.json()["error"]["message"]
+
+
+def test_rerank_refuses_models_that_score_no_pairs(minilm_server, classifier_server):
+    """An embedding model, and a classifier of three labels (none of which is a relevance)."""
+    with minilm_server.client() as client:
+        embedder = client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+    with classifier_server.client(Authorization=f"Bearer {API_KEY}") as client:
+        three = client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+    assert embedder.status_code == 400 and embedder.json()["error"]["code"] == "model_not_cross_encoder"
+    assert "/v1/embeddings" in embedder.json()["error"]["message"]
+    assert three.status_code == 400 and "3 labels" in three.json()["error"]["message"]

@@ -601,12 +601,31 @@ class Engine:
                         ) -> ClassificationResult | tuple[str, np.ndarray]:
         """classify() for asyncio, as aencode() is encode()'s (lead_when_idle as there)."""
         texts, pairs, single = self._classifier_inputs(texts, text_pairs)
+        logits = await self._asequence_logits(texts, pairs, batch_size, max_length, truncation, single, deadline,
+                                              lead_when_idle)
+        return self._classification(logits, single)
+
+    async def ascores(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
+                      label: Optional[int | str] = None, batch_size: int = 32, max_length: Optional[int] = None,
+                      truncation: bool = True, deadline: Optional[float] = None, lead_when_idle: bool = False
+                      ) -> np.ndarray:
+        """A cross-encoder's relevance score of each (text, pair), as rerank() scores (query, document), for
+        asyncio: [N] float32 (deadline, lead_when_idle as aencode's). Order them with Engine.ranked."""
+        self._cross_encoder()
+        texts, pairs, single = self._text_inputs(texts, text_pairs)
+        logits = await self._asequence_logits(texts, pairs, batch_size, max_length, truncation, single, deadline,
+                                              lead_when_idle)
+        return relevance_scores(logits, self.config, label)
+
+    async def _asequence_logits(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
+                                max_length: Optional[int], truncation: bool, single: bool,
+                                deadline: Optional[float], lead_when_idle: bool) -> np.ndarray:
         logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
         async for rows, batch_logits in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
                                                         deadline, lambda batch, output: output.logits,
                                                         lead_when_idle):
             logits[rows] = batch_logits
-        return self._classification(logits, single)
+        return logits
 
     def _classifier_inputs(self, texts: Any, text_pairs: Any) -> tuple[list[str], Optional[list[str]], bool]:
         if not self.config.is_classifier:
@@ -679,10 +698,7 @@ class Engine:
         config.json names another); a model with more labels scores the probability of `label` (default: the second
         of two). Ties keep the documents' order. Returns RankedDocument(index, score, text) per document.
         """
-        if not self.config.is_classifier:
-            raise BortEngineError(
-                f"rerank() needs a cross-encoder (a ...ForSequenceClassification scoring text pairs), but "
-                f"{self.path} is a {self.config.kind}")
+        self._cross_encoder()
         if not isinstance(query, str):
             raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
         documents, _ = as_text_list(documents, "documents")
@@ -694,7 +710,17 @@ class Engine:
         queries, pairs, _ = self._text_inputs([query] * len(documents), documents)
         logits = self._sequence_logits(queries, pairs, batch_size, max_length, truncation,
                                       name="documents[{i}] with the query")
-        scores = relevance_scores(logits, self.config, label)
+        return self.ranked(relevance_scores(logits, self.config, label), documents, top_k)
+
+    def _cross_encoder(self) -> None:
+        if not self.config.is_classifier:
+            raise BortEngineError(
+                f"rerank() needs a cross-encoder (a ...ForSequenceClassification scoring text pairs), but "
+                f"{self.path} is a {self.config.kind}")
+
+    @staticmethod
+    def ranked(scores: np.ndarray, documents: Sequence[str], top_k: Optional[int] = None) -> list[RankedDocument]:
+        """The documents by score, best first (top_k of them); ties keep the documents' order."""
         order = sorted(range(len(documents)), key=lambda i: -scores[i])[:top_k]
         return [RankedDocument(i, float(scores[i]), documents[i]) for i in order]
 

@@ -32,9 +32,10 @@ from bortengine.errors import DeadlineExceeded, InvalidInputError, ModelLoadErro
 from bortengine.serving.errors import APIError, ClientDisconnected, error_body
 from bortengine.serving.metrics import CONTENT_TYPE, MODEL_ROUTE, ROUTES, ServerMetrics
 from bortengine.serving.options import ServeOptions
-from bortengine.serving.requests import RequestLimits, TextRequest, check_model, read_body, text_request
+from bortengine.serving.requests import (RequestLimits, TextRequest, check_model, read_body, rerank_request,
+                                         text_request)
 from bortengine.serving.responses import (JSONAnswer, classify_response, embeddings_response, model_card,
-                                          shortened, tokenize_response)
+                                          rerank_response, shortened, tokenize_response)
 
 __all__ = ["create_app", "ModelService", "served_name"]
 
@@ -146,6 +147,21 @@ class ModelService:
                                                                     lead_when_idle=self.options.lead_when_idle))
         return JSONAnswer(classify_response(result, engine.config.labels, self.name, texts.tokens))
 
+    async def rerank(self, request: Request) -> Response:
+        """POST /v1/rerank: a cross-encoder's documents ordered by relevance to the query, as Engine.rerank."""
+        engine = self._serving(request)
+        problem = self._not_a_cross_encoder(engine)
+        if problem:
+            raise APIError(400, problem, code="model_not_cross_encoder")
+        with self._admission():
+            body = await read_body(request, self.limits.max_body_bytes, self.options.body_timeout)
+            req = rerank_request(body, self.limits, self.name)
+            texts = await self._tokenized(req.pairs, "rerank")
+            scores = await self._computed(request, engine.ascores(texts, deadline=self.options.request_timeout,
+                                                                  lead_when_idle=self.options.lead_when_idle))
+        ranked = engine.ranked(scores, req.documents, req.top_n)
+        return JSONAnswer(rerank_response(ranked, req.return_documents, self.name, texts.tokens))
+
     async def tokenize(self, request: Request) -> Response:
         engine = self._serving(request)
         with self._admission():       # a place among --max-queue: long texts are tokenized in threads
@@ -230,7 +246,8 @@ class ModelService:
             texts = await self._off_loop(req, functools.partial(self.engine.tokenized, truncation=truncation),
                                          req.texts, req.pairs, self.max_input_tokens)
         except TextTooLongError as e:
-            where = "input" if req.single else f"input[{e.index}]"
+            where = ("input" if req.single else f"input[{e.index}]") if route != "rerank" else \
+                f"documents[{e.index}] with the query"
             how = ('send "truncation": true' + (", or start the server without --no-truncation," if not default
                                                 else " or leave it out"))
             pair = "; the text and its pair together" if req.pairs is not None else ""
@@ -306,7 +323,20 @@ class ModelService:
                     f"to classify into; POST /v1/embeddings for its embeddings")
         if engine.config.effective_problem_type == "regression":
             return ("the served model is a regression model (one output, problem_type 'regression'), so it has no "
-                    "labels to classify into")
+                    "labels to classify into; a cross-encoder's relevance scores come from POST /v1/rerank "
+                    "({\"query\": \"...\", \"documents\": [\"...\"]})")
+        return None
+
+    @staticmethod
+    def _not_a_cross_encoder(engine: Engine) -> Optional[str]:
+        """Why /v1/rerank cannot serve this model, or None if it can: a sequence model of one output (a relevance
+        logit) or two labels (the second's probability, as Engine.rerank scores by default)."""
+        if not engine.config.is_classifier or engine.config.is_token_classifier:
+            return (f"the served model is a {engine.config.kind}, not a cross-encoder (a ...ForSequenceClassification "
+                    f"scoring text pairs), so it cannot rank documents; POST /v1/embeddings for its embeddings")
+        if engine.config.num_labels > 2:
+            return (f"the served model classifies into {engine.config.num_labels} labels, so no one of them is a "
+                    f"relevance score; POST /v1/classify with text_pairs gives every label's probability")
         return None
 
 
@@ -359,6 +389,7 @@ def create_app(model_dir: str | Path, options: ServeOptions = ServeOptions(),
 
     routes = [Route("/v1/embeddings", service.embeddings, methods=["POST"]),
               Route("/v1/classify", service.classify, methods=["POST"]),
+              Route("/v1/rerank", service.rerank, methods=["POST"]),
               Route("/v1/tokenize", service.tokenize, methods=["POST"]),
               Route("/v1/models", service.models, methods=["GET"]),
               Route("/v1/models/{model:path}", service.model, methods=["GET"]),

@@ -32,7 +32,7 @@ __all__ = ["ServerMetrics", "CONTENT_TYPE", "ROUTES", "MODEL_ROUTE"]
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The routes requests are counted under; any other path is counted as "other", so that a client probing random
 # paths cannot grow the metrics without bound.
-ROUTES = ("/v1/embeddings", "/v1/classify", "/v1/tokenize", "/v1/models", "/health", "/metrics")
+ROUTES = ("/v1/embeddings", "/v1/classify", "/v1/rerank", "/v1/tokenize", "/v1/models", "/health", "/metrics")
 MODEL_ROUTE = "/v1/models/{model}"     # counted under this name whatever model a client asks for
 SECONDS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 POWERS_OF_TWO = tuple(float(2 ** k) for k in range(0, 10))

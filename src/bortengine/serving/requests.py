@@ -14,7 +14,8 @@ from starlette.requests import ClientDisconnect, Request
 
 from bortengine.serving.errors import APIError, ClientDisconnected
 
-__all__ = ["RequestLimits", "TextRequest", "read_body", "text_request", "ROUTE_FIELDS"]
+__all__ = ["RequestLimits", "TextRequest", "RerankRequest", "read_body", "text_request", "rerank_request",
+           "ROUTE_FIELDS"]
 
 # The fields each route reads; any other is refused, so that a typo ("inputs", "dimension") is not silently
 # ignored. `user` is OpenAI's end-user id: accepted and unused.
@@ -22,9 +23,11 @@ ROUTE_FIELDS = {
     "embeddings": ("input", "model", "encoding_format", "dimensions", "truncation", "user"),
     "classify": ("input", "text_pairs", "model", "truncation", "user"),
     "tokenize": ("input", "text_pairs", "model", "user"),
+    "rerank": ("query", "documents", "top_n", "return_documents", "model", "truncation", "user"),
 }
 ENCODING_FORMATS = ("float", "base64")
 EXAMPLE = '{"input": ["a text", "another text"], "model": "%s"}'
+RERANK_EXAMPLE = '{"query": "a question", "documents": ["a text", "another text"], "model": "%s"}'
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,18 @@ class TextRequest:
     encoding_format: str = "float"
     dimensions: Optional[int] = None
     truncation: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """A checked /v1/rerank request: the query, the documents (N >= 1), how many of the best to answer (top_n, None:
+    all), whether to answer their texts, and the pairs to compute: N times (query, document)."""
+
+    query: str
+    documents: list[str]
+    top_n: Optional[int]
+    return_documents: bool
+    pairs: TextRequest
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
@@ -92,11 +107,7 @@ def text_request(body: bytes, route: str, limits: RequestLimits, model_name: str
     """The checked fields of a body sent to /v1/<route> (a key of ROUTE_FIELDS)."""
     fields = _json_object(body, model_name)
     texts, single = _texts(fields, "input", limits)   # first: a missing input says which field was meant
-    allowed = ROUTE_FIELDS[route]
-    unknown = [name for name in fields if name not in allowed]
-    if unknown:
-        raise APIError(400, f"unknown field {unknown[0]!r}; /v1/{route} reads {', '.join(allowed)}",
-                       param=unknown[0], code="unknown_field")
+    _refuse_unknown(fields, route)
     check_model(fields.get("model"), model_name)
     pairs = None
     if fields.get("text_pairs") is not None:
@@ -114,8 +125,40 @@ def text_request(body: bytes, route: str, limits: RequestLimits, model_name: str
                        _dimensions(fields.get("dimensions"), embedding_dim), truncation)
 
 
-def _json_object(body: bytes, model_name: str) -> dict:
-    example = EXAMPLE % model_name
+def rerank_request(body: bytes, limits: RequestLimits, model_name: str) -> RerankRequest:
+    """The checked fields of a body sent to /v1/rerank (Cohere's and Jina's shape, as text-embeddings-inference
+    takes it too): query, documents, top_n, return_documents; and model, truncation as the other routes."""
+    fields = _json_object(body, model_name, RERANK_EXAMPLE % model_name)
+    query, single = _texts(fields, "query", limits)
+    if not single:
+        raise APIError(400, f"query is {_kind(fields['query'])}; it must be one string, the text the documents are "
+                            f"ranked against", param="query", code="invalid_input")
+    documents, _ = _texts(fields, "documents", limits)
+    _refuse_unknown(fields, "rerank")
+    check_model(fields.get("model"), model_name)
+    top_n = fields.get("top_n")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise APIError(400, f"top_n is {_kind(top_n)}; it must be a positive integer (the best top_n documents are "
+                            f"answered) or left out (all)", param="top_n", code="invalid_top_n")
+    return_documents = fields.get("return_documents", False)
+    if not isinstance(return_documents, bool):
+        raise APIError(400, f"return_documents is {_kind(return_documents)}; it must be true (each result holds its "
+                            f"document's text) or false", param="return_documents", code="invalid_return_documents")
+    pairs = TextRequest(query * len(documents), documents, False, truncation=_truncation(fields.get("truncation")))
+    return RerankRequest(query[0], documents, top_n, return_documents, pairs)
+
+
+def _refuse_unknown(fields: dict, route: str) -> None:
+    """Any field the route does not read is refused, so that a typo ("inputs", "dimension") is not ignored."""
+    allowed = ROUTE_FIELDS[route]
+    unknown = [name for name in fields if name not in allowed]
+    if unknown:
+        raise APIError(400, f"unknown field {unknown[0]!r}; /v1/{route} reads {', '.join(allowed)}",
+                       param=unknown[0], code="unknown_field")
+
+
+def _json_object(body: bytes, model_name: str, example: Optional[str] = None) -> dict:
+    example = example or EXAMPLE % model_name
     if not body.strip():
         raise APIError(400, f"the request body is empty; send a JSON object such as {example}", code="empty_body")
     try:
@@ -169,8 +212,9 @@ def _texts(fields: dict, name: str, limits: RequestLimits) -> tuple[list[str], b
                        param=name, code="too_many_inputs")
     if all(isinstance(t, int) and not isinstance(t, bool) or isinstance(t, list) for t in texts):
         raise APIError(400, f"{name} holds numbers or lists, as token ids would be; this server takes texts only: "
-                            f"send the strings (POST /v1/tokenize shows the ids a text becomes)", param=name,
-                       code="invalid_input")
+                            f"send the strings (POST /v1/tokenize shows the ids a text becomes). LangChain's "
+                            f"OpenAIEmbeddings sends OpenAI's token ids unless given check_embedding_ctx_length=False",
+                       param=name, code="invalid_input")
     for i, text in enumerate(texts):
         where = name if single else f"{name}[{i}]"
         if not isinstance(text, str):

@@ -17,8 +17,8 @@ from starlette.responses import Response
 from bortengine.engine import ClassificationResult
 from bortengine.errors import BortEngineError
 
-__all__ = ["JSONAnswer", "embeddings_response", "classify_response", "tokenize_response", "model_card", "usage",
-           "shortened"]
+__all__ = ["JSONAnswer", "embeddings_response", "classify_response", "rerank_response", "tokenize_response",
+           "model_card", "usage", "shortened"]
 
 
 class JSONAnswer(Response):
@@ -73,6 +73,14 @@ def classify_response(result: ClassificationResult, labels: Sequence[str], model
         data.append({"object": "classification", "index": i, "label": label, "score": scores[label],
                      "scores": scores})
     return {"object": "list", "data": data, "model": model, "usage": usage(tokens)}
+
+
+def rerank_response(ranked: Sequence[Any], return_documents: bool, model: str, tokens: int) -> dict:
+    """ranked: Engine.ranked's RankedDocument list, best first. Cohere's and Jina's shape: results[i] with the
+    document's index in the request, its relevance_score and (return_documents) its text."""
+    results = [{"index": r.index, "relevance_score": r.score, **({"document": {"text": r.text}}
+                                                                  if return_documents else {})} for r in ranked]
+    return {"object": "list", "results": results, "model": model, "usage": usage(tokens)}
 
 
 def tokenize_response(encodings: Sequence, counts: Sequence[int], limit: int, model: str) -> dict:
