@@ -344,25 +344,31 @@ def test_requests_past_their_deadline_get_503(minilm):
 
 # -- SIGTERM -----------------------------------------------------------------------------------------------------
 
+def _terminated_under(server, work: list[list[str]], socket_closes: bool = False):
+    """(responses, exit code, requests in flight at SIGTERM): each of `work` posted at once, SIGTERM once every
+    request is read (its texts counted, not all admitted at once: on a fast CPU the first ones can be answered
+    before the last arrive); socket_closes: checked to close while they are answered."""
+    try:
+        with ThreadPoolExecutor(len(work)) as pool:
+            futures = [pool.submit(post_embeddings, server, texts) for texts in work]
+            with server.client() as client:
+                wait_until(lambda: texts_read(client) == sum(map(len, work)), what="the requests to be read")
+            server.terminate()
+            in_flight = sum(not f.done() for f in futures)
+            if socket_closes:
+                wait_until(lambda: _refused(server), timeout=30, what="the listening socket to close")
+            responses = [f.result() for f in futures]
+        return responses, server.proc.wait(60), in_flight
+    finally:
+        server.kill()
+
+
 def test_sigterm_under_load_answers_the_accepted_requests_and_exits_0(minilm, minilm_engine):
     server = ServerProcess(minilm, "--threads", "1", "--max-batch-tokens", "128", "--max-input-tokens",
                            str(MAX_TOKENS)).start()
     assert "1 thread," in server.stdout.read_text()
     work = [texts_of(MAX_ITEMS, words=40, seed=20 + s) for s in range(12)]
-    try:
-        with ThreadPoolExecutor(len(work)) as pool:
-            futures = [pool.submit(post_embeddings, server, texts) for texts in work]
-            with server.client() as client:
-                # every request read (its texts counted), not all admitted at once: on a fast CPU the first ones
-                # can be answered before the last arrive
-                wait_until(lambda: texts_read(client) == sum(map(len, work)), what="the requests to be read")
-            server.terminate()
-            in_flight = sum(not f.done() for f in futures)
-            wait_until(lambda: _refused(server), timeout=30, what="the listening socket to close")
-            responses = [f.result() for f in futures]
-        code = server.proc.wait(60)
-    finally:
-        server.kill()
+    responses, code, in_flight = _terminated_under(server, work, socket_closes=True)
     assert in_flight > 0, "every request ended before SIGTERM: give them more work"
     for texts, response in zip(work, responses):
         assert np.array_equal(embeddings(response), minilm_engine.encode(texts, max_length=MAX_TOKENS))
@@ -376,16 +382,7 @@ def test_requests_cut_off_by_the_graceful_timeout_get_a_json_503(minilm, minilm_
                            "--graceful-timeout", "0.2").start()
     # 32 requests of 8 texts of 64 tokens on one thread: over a second of work on a Zen 5 core
     work = [texts_of(MAX_ITEMS, words=40, seed=40 + s) for s in range(32)]
-    try:
-        with ThreadPoolExecutor(len(work)) as pool:
-            futures = [pool.submit(post_embeddings, server, texts) for texts in work]
-            with server.client() as client:
-                wait_until(lambda: texts_read(client) == sum(map(len, work)), what="the requests to be read")
-            server.terminate()
-            responses = [f.result() for f in futures]
-        code = server.proc.wait(60)
-    finally:
-        server.kill()
+    responses, code, _ = _terminated_under(server, work)
     cut = [r for r in responses if r.status_code != 200]
     assert cut, "every request was answered within the graceful timeout: give them more work"
     for response in cut:

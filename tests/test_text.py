@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,13 +135,19 @@ def test_plain_bert_defaults_to_mean_pooling_unnormalized(small_model, small_eng
     assert np.abs(ours - ref).max() <= 1e-4
 
 
+def _with_modules(model: Path, directory: Path, second: dict) -> None:
+    """directory: the model's files (linked) as a sentence-transformers directory whose modules.json names the
+    transformer, then `second` (its path and type)."""
+    for name in model.iterdir():
+        (directory / name.name).symlink_to(name)
+    (directory / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", **second}]))
+
+
 @pytest.mark.parametrize("modes", [["cls"], ["max"], ["mean_sqrt_len"], ["cls", "mean"], ["max", "mean"]])
 def test_pooling_modes(small_model, tmp_path, modes):
-    for name in small_model.iterdir():
-        (tmp_path / name.name).symlink_to(name)
-    (tmp_path / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    _with_modules(small_model, tmp_path, {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
     (tmp_path / "1_Pooling").mkdir()
     keys = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
             "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
@@ -193,11 +200,7 @@ def test_a_default_prompt_is_said_at_load_and_the_prompted_texts_give_its_embedd
 
 
 def test_unknown_pooling_mode_names_refused(small_model, tmp_path):
-    for name in small_model.iterdir():
-        (tmp_path / name.name).symlink_to(name)
-    (tmp_path / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    _with_modules(small_model, tmp_path, {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
     (tmp_path / "1_Pooling").mkdir()
     for mode, match in ((["mean", "median"], "unknown pooling_mode 'median'"), ([], "must be a mode's name"),
                         ([1], "must be a mode's name")):
@@ -267,11 +270,7 @@ def test_native_pooling_on_a_large_batch_and_its_bad_inputs():
 
 
 def test_unsupported_sentence_transformers_module_refused(small_model, tmp_path):
-    for name in small_model.iterdir():
-        (tmp_path / name.name).symlink_to(name)
-    (tmp_path / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    _with_modules(small_model, tmp_path, {"path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     engine = bortengine.load(tmp_path)
     with pytest.raises(BortEngineError, match="Dense"):
         engine.encode("text")

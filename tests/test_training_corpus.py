@@ -276,8 +276,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
         return [str(tmp_path / "n.parquet")], "column 'text' holds int64 values, not text (row 1: 3)"
     if case == "mixed types":
         (tmp_path / "mixed.jsonl").write_text('{"text": "Fine."}\n{"text": 7}\n')
-        return [str(tmp_path / "mixed.jsonl")], "mixed.jsonl: column 'text' holds a JSON number, not text (row 2, " \
-                                                "line 2: 7)"
+        return [str(tmp_path / "mixed.jsonl")], "mixed.jsonl: column 'text' holds a JSON number, not text (row 2: 7)"
     if case == "jsonl no column":
         (tmp_path / "other.jsonl").write_text('{"id": 1, "body": "Fine."}\n{"id": 2, "body": "Also."}\n')
         return [str(tmp_path / "other.jsonl")], "other.jsonl has no column 'text'; its columns are 'id', 'body'"

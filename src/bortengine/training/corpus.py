@@ -148,39 +148,28 @@ _JSON_KINDS = {bool: "boolean", int: "number", float: "number", list: "array", d
 
 
 def _json_lines_column(path: Path, column: str):
-    """The column of a JSON Lines file read with Python's json, for the errors pyarrow gives without a row."""
-    import json
-
+    """The column of a JSON Lines file read row by row (as the task files are, tasks.json_lines_by_row), for the
+    errors pyarrow gives without a row."""
     import pyarrow as pa
 
-    values: list[Optional[str]] = []
-    names: dict[str, None] = {}
+    from bortengine.training.tasks import json_lines_by_row
+
+    data = path.read_bytes()
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise TrainingError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save "
-                            f"it as UTF-8") from None
-    for line, text in enumerate(lines, 1):
-        if not text.strip():
-            continue                    # blank lines are skipped, by pyarrow too
-        try:
-            record = json.loads(text)
-        except ValueError as e:
-            raise TrainingError(f"{path}, line {line}: not JSON ({e}); JSON Lines is one JSON object per "
-                                f"line") from None
-        if not isinstance(record, dict):
-            raise TrainingError(f"{path}, line {line}: a JSON {type(record).__name__}, not an object; JSON Lines "
-                                f"is one JSON object per line, e.g. {{\"{column}\": \"...\"}}")
-        names.update(dict.fromkeys(record))
-        value = record.get(column)
+        raise TrainingError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it "
+                            f"as UTF-8") from None
+    names, columns = json_lines_by_row(path, data, [column])
+    if not names:
+        return pa.array([], pa.string())        # no rows: said by the caller
+    _check_column(path, column, names)
+    for row, value in enumerate(columns[column], 1):
         if value is not None and not isinstance(value, str):
             kind = _JSON_KINDS.get(type(value), "value")
-            raise TrainingError(f"{path}: column {column!r} holds a JSON {kind}, not text (row "
-                                f"{len(values) + 1}, line {line}: {value!r}); name the column that holds the text")
-        values.append(value)
-    if values:
-        _check_column(path, column, list(names))
-    return pa.array(values, pa.string())
+            raise TrainingError(f"{path}: column {column!r} holds a JSON {kind}, not text (row {row}: {value!r}); "
+                                f"name the column that holds the text")
+    return pa.array(columns[column], pa.string())
 
 
 def _check_column(path: Path, column: str, names: Sequence[str]) -> None:

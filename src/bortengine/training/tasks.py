@@ -520,11 +520,13 @@ def _read_json_lines(path: Path, data: bytes, text_columns: list[str], columns: 
     # refuses (labels 1 and "one", a number among the texts, a malformed line), or whose texts it did not read as
     # strings, is read again row by row with Python's json, so that the checks name the row
     if table is None or any(f.type != pa.string() for f in table.schema if f.name in text_columns):
-        return _json_lines_by_row(path, data, columns)
+        return json_lines_by_row(path, data, columns)
     return _columns_of(table, columns)
 
 
-def _json_lines_by_row(path: Path, data: bytes, columns: list[str]):
+def json_lines_by_row(path: Path, data: bytes, columns: list[str]):
+    """(the names of every row's fields, {column: its value in each row}) of a JSON Lines file's UTF-8 data, read
+    with Python's json line by line: a malformed line or one that is not an object is named by its line."""
     import json
 
     rows: list[dict] = []
