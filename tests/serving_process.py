@@ -5,7 +5,9 @@ tests/test_serving.py and tests/test_serving_robustness.py.
 """
 from __future__ import annotations
 
+import atexit
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +37,7 @@ CLASSIFIER_TOKENS = 16
 class ServerProcess:
     def __init__(self, model: Path, *options: str, env: Optional[dict] = None):
         self.logs = Path(tempfile.mkdtemp(prefix="bortengine-serve-"))
+        atexit.register(shutil.rmtree, self.logs, ignore_errors=True)   # read by failing tests until the end
         self.stdout = self.logs / "stdout.txt"
         self.stderr = self.logs / "stderr.txt"
         command = [sys.executable, "-m", "bortengine", "serve", str(model), "--port", "0", "--log-level", "warning",
