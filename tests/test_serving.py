@@ -224,6 +224,8 @@ def test_api_key(classifier_server):
         error = response.json()["error"]
         assert error["code"] == "invalid_api_key" and "Authorization: Bearer" in error["message"]
         assert API_KEY not in response.text
+    assert "another scheme than Bearer" in other_scheme.json()["error"]["message"]
+    assert "wrong API key" in wrong.json()["error"]["message"] and "no API key" in missing.json()["error"]["message"]
     assert right.status_code == 200 and health.status_code == 200   # probes need no key
     # the key came from $BORTENGINE_API_KEY: the command line that `ps` shows does not hold it
     cmdline = open(f"/proc/{classifier_server.proc.pid}/cmdline", "rb").read().decode()

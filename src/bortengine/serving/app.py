@@ -204,7 +204,10 @@ class ModelService:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             # compare_digest: the time taken does not tell how much of a guessed key was right
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
-                problem = "has no API key" if not given else "has a wrong API key"
+                # (never echo the header: a key sent without its scheme would be written back)
+                problem = ("has no API key" if not scheme or scheme.lower() == "bearer" and not given else
+                           "sends its Authorization header in another scheme than Bearer"
+                           if scheme.lower() != "bearer" else "has a wrong API key")
                 raise APIError(401, f"the request {problem}; send the server's key (--api-key or "
                                     f"$BORTENGINE_API_KEY) as the header `Authorization: Bearer KEY`",
                                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
