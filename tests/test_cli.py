@@ -162,6 +162,14 @@ def test_profile_bad_files(tmp_path, capsys):
     assert "is a file" in assert_error_line(capsys, "profile", code)
     code = main(["profile-validate", "--out", str(empty), "--report", str(tmp_path)])
     assert "is a directory" in assert_error_line(capsys, "profile-validate", code)
+    # a folder nothing can be written in (root writes everywhere else): refused before measuring, not a traceback
+    # after it
+    if Path("/proc/self").is_dir():
+        code = main(["profile", "--quick", "--space", "minilm", "--out", "/proc/profile.json"])
+        assert "--out /proc/profile.json: cannot write in /proc" in assert_error_line(capsys, "profile", code)
+    code = main(["profile", "--quick", "--space", "minilm", "--seq", "100000", "--out", str(tmp_path / "p.json")])
+    assert "seq_len 100000 is more than the 512 positions the minilm space's models have" in \
+        assert_error_line(capsys, "profile", code)
 
 
 def test_profile_interrupt_says_how_to_resume(tmp_path, capsys, monkeypatch):

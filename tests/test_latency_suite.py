@@ -237,9 +237,14 @@ def test_engine_inputs_and_a_timed_callable(bortengine_engine, bortengine_inputs
     assert bortengine_latency(expectation.predicted_ms, expectation).ratio == 1.0
 
 
-def test_failures_are_clean(bortengine_engine, bortengine_expectation, bortengine_latency):
+def test_failures_are_clean(bortengine_engine, bortengine_expectation, bortengine_latency, bortengine_inputs,
+                            bortengine_cpu_target):
     with pytest.raises(pytest.fail.Exception, match="does not cover the workload"):
         bortengine_expectation(MODEL, PROFILE, W)
+    with pytest.raises(pytest.fail.Exception, match="must be a bortengine.profiling.Workload"):
+        bortengine_inputs(MODEL, (1, 16))
+    with pytest.raises(pytest.fail.Exception, match="must be a Profile or the path of its file, got 42"):
+        bortengine_cpu_target(42)
     expectation = bortengine_expectation(MODEL, PROFILE, Workload(1, 16, 1))
     with pytest.raises(pytest.fail.Exception, match="runs float32 on 2 thread"):
         bortengine_latency(1.0, expectation, engine=bortengine_engine(MODEL, num_threads=2))

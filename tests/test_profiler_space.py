@@ -90,6 +90,8 @@ def test_unknown_space_and_missing_file(tmp_path):
         SearchSpace.resolve("bert-xxl")
     with pytest.raises(SearchSpaceError, match="cannot read"):
         SearchSpace.from_file(tmp_path / "missing.json")
+    with pytest.raises(SearchSpaceError, match=f"search space file {tmp_path / 'missing.json'} does not exist"):
+        SearchSpace.resolve(tmp_path / "missing.json")       # not called an unknown space's name
     with pytest.raises(SearchSpaceError, match="not a multiple"):
         architecture_dims((2, 5, 64, 64))
     with pytest.raises(SearchSpaceError, match="not an architecture"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -756,3 +757,28 @@ def test_rerank_killed_says_what_is_cached_and_resumes(tmp_path):
         S.rerank(shortlist, Interrupting(after=2, alpha=0.3), cache_dir=tmp_path / "other", progress=False)
     resumed = S.rerank(shortlist, S.AnalyticSurrogate(alpha=0.3), cache_dir=tmp_path / "other", progress=False)
     assert [c.status for c in resumed] == ["cached"] * 2 + ["ok"] * 3
+
+
+def test_the_command_a_profile_error_gives_measures_into_that_profile(tmp_path):
+    """A profile of the user's own file (--out) and space: the command an error prints names both, so that running
+    it fixes the profile the user passed (the bare command profiled the default space into the cache, and the same
+    error came back)."""
+    path = synthetic(MINILM_SPACE).save(tmp_path / "mine.json")
+    profile = P.load_profile(path, check_target=False)
+    other = P.Workload(1, 64, 1)
+    with pytest.raises(P.ProfileError) as error:
+        profile.model(other)
+    assert f"measure it with: {other.command()} --space minilm --out {path}" in str(error.value)
+    assert profile.commands() == f"{W.command()} --space minilm --out {path}"
+
+
+@pytest.mark.parametrize("value", ["fast", -50.0, float("nan"), None])
+def test_a_profile_with_a_malformed_block_is_refused_where_it_is_read(tmp_path, value):
+    path = synthetic(MINILM_SPACE).save(tmp_path / "mine.json")
+    data = json.loads(path.read_text())
+    workload = next(iter(data["workloads"].values()))
+    ops = workload["ops"].values() if isinstance(workload["ops"], dict) else workload["ops"]
+    next(iter(ops))["blocks"][0]["median_ms"] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(P.ProfileError, match=f"malformed: a measurement block's median_ms is {re.escape(repr(value))}"):
+        P.load_profile(path, check_target=False)

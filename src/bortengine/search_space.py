@@ -229,6 +229,9 @@ class SearchSpace:
             return SPACES[key.lower()]
         if Path(key).exists():
             return cls.from_file(key)
+        if Path(key).suffix.lower() in (".json", ".yaml", ".yml") or "/" in key:
+            raise SearchSpaceError(f"search space file {key} does not exist; give an existing JSON/YAML file or one "
+                                   f"of {sorted(SPACES)}")
         raise SearchSpaceError(f"unknown search space {key!r}: give one of {sorted(SPACES)} or a JSON/YAML file")
 
     def describe(self) -> str:

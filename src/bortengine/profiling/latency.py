@@ -75,10 +75,11 @@ class LatencyModel:
     (written before it) take every GEMM cold.
     """
 
-    def __init__(self, wp: WorkloadProfile, target: Optional[Target] = None):
+    def __init__(self, wp: WorkloadProfile, target: Optional[Target] = None, remedy: Optional[str] = None):
+        # remedy: the command that measures this workload into the profile the model comes from (Profile.command_for)
+        self.remedy = remedy or wp.workload.command()
         if not wp.complete or wp.calibration is None:
-            raise ProfileError(f"the profile of workload {wp.workload} is incomplete; finish it with: "
-                               f"{wp.workload.command()}")
+            raise ProfileError(f"the profile of workload {wp.workload} is incomplete; finish it with: {self.remedy}")
         self.wp, self.w, self.target = wp, wp.workload, target
         # from the measurements, not the stored constants: profiles written before the fit was held >= 0 can
         # hold a negative fixed cost
@@ -122,7 +123,7 @@ class LatencyModel:
         if self.missing_kernels:
             warnings.warn(f"the profile of workload {self.w} has no GEMM on the {', '.join(self.missing_kernels)} "
                           f"kernels that its forwards now run (it was measured by an earlier version): those GEMMs are "
-                          f"predicted at the speed of the others, too fast; measure them with: {self.w.command()}",
+                          f"predicted at the speed of the others, too fast; measure them with: {self.remedy}",
                           ProfileMismatchWarning, stacklevel=2)
         self.residency = residency_curve(self)
 
@@ -130,7 +131,7 @@ class LatencyModel:
         m = self.wp.ops.get(spec.key)
         if m is None:  # (attention timed after its QKV GEMM needs that GEMM's own time)
             raise ProfileError(f"the profile of workload {self.w} has no {spec.key!r}; measure it with: "
-                               f"{self.w.command()}")
+                               f"{self.remedy}")
         return m.ms
 
     def cold_share(self, weight_bytes: float) -> float:
@@ -180,7 +181,7 @@ class LatencyModel:
                    for p in ps]
         if not pts:
             raise ProfileError(f"the profile has no GEMM with M={spec.M} rows for {self.w}; measure it with: "
-                               f"{self.w.command()}")
+                               f"{self.remedy}")
         c, extrapolated = interpolate_2d(pts, math.log2(spec.K), math.log2(spec.N))
         return c * spec.M * spec.K * spec.N, extrapolated
 

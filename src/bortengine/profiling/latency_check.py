@@ -146,6 +146,7 @@ class LatencyExpectation:
     tolerance: float
     target: Target
     profile: str                 # the profile file, as shown in messages
+    remedy: str = ""             # the command that measures the workload into that profile (Profile.command_for)
 
     @classmethod
     def of(cls, model: Engine | str | os.PathLike, profile: Profile, workload: Workload,
@@ -160,7 +161,8 @@ class LatencyExpectation:
         predicted = float(predict_latency(arch, workload, profile, **mixed_layers(engine, workload)))
         return cls(model=str(engine.path), architecture=arch, workload=workload, predicted_ms=predicted,
                    tolerance=tolerance, target=profile.target,
-                   profile=str(profile.path) if profile.path else f"profile of {profile.target.signature}")
+                   profile=str(profile.path) if profile.path else f"profile of {profile.target.signature}",
+                   remedy=profile.command_for(workload))
 
     @property
     def limit_ms(self) -> float:
@@ -231,9 +233,10 @@ class LatencyVerdict:
             lines.append(
                 f"What to do: run it again on a quiet machine first (other processes, and other tenants of a VM "
                 f"that /proc/stat does not show, slow a run by 2-4x). If it stays slow, the model, bortengine or "
-                f"the machine changed since the profile was measured: re-profile on this machine ({w.command()}) "
-                f"and run the pipeline again. To accept a slower model, raise the tolerance (TOLERANCE in the "
-                f"suite, or --bortengine-tolerance for one run).")
+                f"the machine changed since the profile was measured: re-profile on this machine "
+                f"({e.remedy or w.command()}) and run the pipeline again. To accept a slower model, raise the "
+                f"tolerance (the suite's: TOLERANCE in a suite the pipeline wrote, bortengine_expectation(..., "
+                f"tolerance=) in your own; or --bortengine-tolerance for one run).")
         return "\n".join(lines)
 
 

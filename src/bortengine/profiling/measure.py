@@ -47,6 +47,9 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     """
     space = SearchSpace.resolve(space)
     workload = workload or Workload(num_threads=available_cpus())
+    if workload.seq_len > space.max_positions:   # no model of the space reads it: minutes of timing nothing real
+        raise ProfileError(f"seq_len {workload.seq_len} is more than the {space.max_positions} positions the "
+                           f"{space.name} space's models have; profile at --seq {space.max_positions} or less")
     cpus = available_cpus()
     settings = _settings(workload, cpus, isa, quick, settings, clock)
     target = Target.current(isa)
@@ -57,6 +60,10 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     _reuse_measurements(wp, roles, settings)
     todo = _work_list(wp, roles, settings)
     wp.refresh(settings)
+    total = len(roles) * settings.blocks
+    if progress and total - len(todo):     # a resumed (or repeated) run says what it keeps and what it measures
+        print(f"resuming {path}: {total - len(todo)} of {total} measurements kept, {len(todo)} to take (an op "
+              f"whose blocks were all disturbed by other processes is measured again)", file=sys.stderr, flush=True)
     if not todo:
         if not wp.complete:  # everything measured but not yet calibrated (a run interrupted right at the end)
             wp.calibration = calibrate(wp)
@@ -198,7 +205,6 @@ class ProfileRun:
         self.probe = HostProbe(self.workload.num_threads, prof.target.isa) if settings.host_probe else None
         self.retry_clock = [0.0]
         self.probed_at = time.monotonic()
-        self.done = 0
 
     def cost(self, spec: OpSpec) -> float:
         return estimate_cost(spec, self.workload, self.settings, self.rotation)
@@ -228,7 +234,10 @@ class ProfileRun:
             self.prof.save()
             if bar.enabled:
                 sys.stderr.write("\n")
-            raise ProfileInterrupted(self.prof.path, self.done, len(self.todo)) from None
+            # the file's count, not this run's (a resumed run's work list is what was left)
+            blocks = self.settings.blocks
+            saved = sum(min(len(m.blocks), blocks) for spec in self.roles if (m := self.wp.ops.get(spec.key)))
+            raise ProfileInterrupted(self.prof.path, saved, len(self.roles) * blocks) from None
         bar.show("done", final=True)
 
     def measure_op(self, spec: OpSpec) -> None:
@@ -245,7 +254,6 @@ class ProfileRun:
             m = self.wp.ops[spec.key] = Measurement(spec, mode=s.mode, roles=self.roles[spec], copies=copies)
         m.blocks.extend(blocks)
         m.copies = copies
-        self.done += 1
         if time.monotonic() - self.probed_at >= REPROBE_EVERY_S:
             reprobe(self.prof.target.isa)       # the profile stores the best one (finish): load only slows it
             self.probed_at = time.monotonic()

@@ -51,15 +51,16 @@ class Profile:
         if wp is None:
             have = ", ".join(str(self.workloads[k].workload) for k in self.workloads) or "none"
             raise ProfileError(f"the profile {self._where()} does not cover the workload {workload} (it has: "
-                               f"{have}); measure it with: {workload.command()}")
+                               f"{have}); measure it with: {self.command_for(workload)}")
         if not wp.complete:
             raise ProfileError(f"the profile {self._where()} of workload {workload} is incomplete (interrupted: "
-                               f"{len(wp.ops)} ops measured); finish it with: {workload.command()}")
+                               f"{len(wp.ops)} ops measured); finish it with: {self.command_for(workload)}")
         return wp
 
     def model(self, workload: Workload) -> LatencyModel:
         if workload.key not in self._models:
-            self._models[workload.key] = LatencyModel(self.for_workload(workload), self.target)
+            self._models[workload.key] = LatencyModel(self.for_workload(workload), self.target,
+                                                      remedy=self.command_for(workload))
         return self._models[workload.key]
 
     def forget_models(self) -> None:
@@ -68,6 +69,22 @@ class Profile:
 
     def _where(self) -> str:
         return str(self.path) if self.path else f"of {self.target.signature}"
+
+    def command_for(self, workload: Workload) -> str:
+        """The command that measures workload into this profile: with its search space, and its file unless that is
+        where `bortengine profile` writes by default (or a profile shipped in the package, which is not rewritten:
+        the new one goes to the cache, which is read first). Said by every error that asks for a measurement: the
+        bare command would profile the default space into the cache, and the same error would come back."""
+        wp = self.workloads.get(workload.key)
+        spaces = list(wp.spaces) if wp is not None and wp.spaces else [
+            space for other in self.workloads.values() for space in other.spaces]
+        command = workload.command() + (f" --space {spaces[0]}" if spaces else "")
+        if self.path is not None:
+            path = Path(self.path).resolve()
+            shipped = {p.resolve() for p in shipped_profiles()}
+            if path != default_profile_path(self.target).resolve() and path not in shipped:
+                command += f" --out {self.path}"
+        return command
 
     # -- files ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -153,8 +170,7 @@ class Profile:
 
     def commands(self) -> str:
         """The commands that measure this profile's workloads and spaces on the machine running them."""
-        commands = [f"{wp.workload.command()}" + (f" --space {wp.spaces[0]}" if wp.spaces else "")
-                    for wp in self.workloads.values()]
+        commands = [self.command_for(wp.workload) for wp in self.workloads.values()]
         return "; ".join(dict.fromkeys(commands)) or "bortengine profile"
 
     # -- display ----------------------------------------------------------------------------------------------
@@ -363,7 +379,7 @@ def _with_layers(p: Prediction, architecture: Any, workload: Workload, profile: 
         if not profile.covers(other):
             raise ProfileError(f"the model runs {n} of its layers in {dtype} (an int8 calibration), which the profile "
                                f"{profile.path or profile.target.signature} prices from the {dtype} workload "
-                               f"{other}; it has none: measure it with: {other.command()}")
+                               f"{other}; it has none: measure it with: {self.command_for(other)}")
         theirs = profile.model(other).predict(architecture)
         extra = n * (theirs.layer_ms - p.layer_ms)
         p = replace(p, total_ms=p.total_ms + extra, parts={**p.parts, f"{dtype}_layers": extra},

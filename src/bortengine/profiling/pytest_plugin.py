@@ -106,6 +106,9 @@ class EngineCache:
 
     def for_workload(self, model: Any, workload: Workload) -> Any:
         """model as an Engine: itself, or its directory loaded for the workload's dtype and threads."""
+        if not isinstance(workload, Workload):   # e.g. (1, 32): the tuple an architecture may be
+            pytest.fail(f"the workload must be a bortengine.profiling.Workload(batch_size, seq_len, num_threads, "
+                        f"dtype), got {workload!r}", pytrace=False)
         if isinstance(model, (str, os.PathLike)):
             return self(model, dtype=workload.dtype, num_threads=workload.num_threads)
         return model
@@ -122,6 +125,8 @@ class ProfileCache:
     def __call__(self, path: str | os.PathLike | Profile) -> Profile:
         if isinstance(path, Profile):
             return path
+        if not isinstance(path, (str, os.PathLike)):
+            pytest.fail(f"the profile must be a Profile or the path of its file, got {path!r}", pytrace=False)
         key = Path(path).resolve()
         if key not in self._profiles:
             self._profiles[key] = Profile.load(path)

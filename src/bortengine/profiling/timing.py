@@ -98,6 +98,15 @@ class BlockStats:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BlockStats":
+        """A stored block, its times checked: finite and not negative (a file edited by hand, or another tool's,
+        would otherwise fail in arithmetic far from here, or predict negative latencies)."""
+        if not isinstance(d, Mapping):
+            raise ProfileError(f"a measurement block is {type(d).__name__}, not an object")
+        for name in ("median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms"):
+            value = d.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ProfileError(f"a measurement block's {name} is {value!r}; it must be a number of milliseconds "
+                                   f"(0 or more)")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
