@@ -142,11 +142,12 @@ def check_output(path: Optional[str], option: str, directory: bool) -> None:
     above = next((p for p in target.parents if p.exists()), target)
     if not above.is_dir():
         raise UsageError(f"{option} {path}: {above} is a file, so nothing can be written below it")
+    where = target if target.is_dir() else above
     try:        # a file made and removed: permissions, a read-only mount and /proc-like folders alike
-        with tempfile.NamedTemporaryFile(dir=above, prefix=".bortengine-write-check-"):
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".bortengine-write-check-"):
             pass
     except OSError as e:
-        raise UsageError(f"{option} {path}: cannot write in {above} ({e.strerror}); pass a path in a folder this "
+        raise UsageError(f"{option} {path}: cannot write in {where} ({e.strerror}); pass a path in a folder this "
                          f"user can write") from None
 
 
