@@ -364,7 +364,7 @@ def test_a_mixed_prediction_needs_the_float32_workload(shipped_profile):
     profile = Profile(shipped_profile.target,
                       {k: v for k, v in shipped_profile.workloads.items() if k.endswith("int8")})
     arch, w8 = Architecture(6, 12, 384, 1536), Workload(1, 128, 2, "int8")
-    with pytest.raises(ProfileError, match="bortengine profile --batch 1 --seq 128 --threads 2$"):
+    with pytest.raises(ProfileError, match="bortengine profile --batch 1 --seq 128 --threads 2 --space bort$"):
         predict_latency(arch, w8, profile, float32_layers=2)
     for bad in (-1, 7, 1.5, True):
         with pytest.raises(ProfileError, match="float32_layers"):
@@ -372,7 +372,7 @@ def test_a_mixed_prediction_needs_the_float32_workload(shipped_profile):
     with pytest.raises(ProfileError, match="more than the architecture's 6 layers"):
         predict_latency(arch, w8, shipped_profile, float32_layers=4, bf16_layers=3)
     # bf16 layers are priced by the bf16 workload, which this profile does not have
-    with pytest.raises(ProfileError, match="bortengine profile --batch 1 --seq 128 --threads 2 --dtype bf16$"):
+    with pytest.raises(ProfileError, match="bortengine profile --batch 1 --seq 128 --threads 2 --dtype bf16 --space bort$"):
         predict_latency(arch, w8, shipped_profile, bf16_layers=2)
     with pytest.raises(ProfileError, match="bf16_layers prices layers of an int8 model"):
         predict_latency(arch, Workload(1, 128, 2, "float32"), shipped_profile, bf16_layers=2)

@@ -379,7 +379,7 @@ def _with_layers(p: Prediction, architecture: Any, workload: Workload, profile: 
         if not profile.covers(other):
             raise ProfileError(f"the model runs {n} of its layers in {dtype} (an int8 calibration), which the profile "
                                f"{profile.path or profile.target.signature} prices from the {dtype} workload "
-                               f"{other}; it has none: measure it with: {self.command_for(other)}")
+                               f"{other}; it has none: measure it with: {profile.command_for(other)}")
         theirs = profile.model(other).predict(architecture)
         extra = n * (theirs.layer_ms - p.layer_ms)
         p = replace(p, total_ms=p.total_ms + extra, parts={**p.parts, f"{dtype}_layers": extra},
