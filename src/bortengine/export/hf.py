@@ -2,7 +2,7 @@
 then the engine checked against torch on the same batch.
 
 The directory writer itself is training's (training.write_hf_directory: the runs write their models with it);
-this module is what comes after training: reading a run's model back (training.run_model, which never
+this module is what comes after training: reading a run's model back (training.trained_model, which never
 unpickles) and the engine-vs-torch check. A model directory of any family the engine loads (BERT, RoBERTa, XLM-R,
 CamemBERT, DistilBERT, ELECTRA, MPNet; bare, ...ForSequenceClassification or ...ForTokenClassification) is already
 what bortengine.load reads, in every layout it reads (one model.safetensors or shards with their index; a
@@ -21,7 +21,7 @@ import torch
 
 from bortengine.engine import BertWeights, Checkpoint, ModelConfig, transformer_directory
 from bortengine.errors import ModelLoadError, UsageError
-from bortengine.training import (CHECKPOINT_FILE, TOKENIZER_FILES, run_directory, run_model, trained_length,
+from bortengine.training import (CHECKPOINT_FILE, TOKENIZER_FILES, run_directory, trained_model,
                                  write_hf_directory)
 
 __all__ = ["export", "export_run", "check_export", "TOKENIZER_FILES"]
@@ -82,8 +82,8 @@ def export_run(run: str | os.PathLike, out_dir: str | os.PathLike, check: bool =
     if source != Path(run):
         report["model_directory"] = str(source)
     if (source / CHECKPOINT_FILE).is_file():
-        model, tokenizer_dir = run_model(source)
-        write_hf_directory(model, out_dir, tokenizer_dir, max_seq_length=trained_length(source))
+        model, tokenizer_dir, max_length = trained_model(source)    # one read of the checkpoint
+        write_hf_directory(model, out_dir, tokenizer_dir, max_seq_length=max_length)
     else:
         config = _loadable_config(source)
         if Path(out_dir).resolve().is_relative_to(source.resolve()):

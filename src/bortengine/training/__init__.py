@@ -33,7 +33,7 @@ __all__ = [
     "DataSpec", "Task", "load_task", "BUILTIN_TASKS", "DATA_FORMATS", "pretraining_documents", "transfer_pieces",
     "Schedule", "Budget", "TrainingLoop", "TrainingCheckpoint", "read_checkpoint", "write_checkpoint", "CHECKPOINT_FILE",
     "OLD_FILES",
-    "write_hf_directory", "export", "run_model", "trained_length", "run_directory", "model_subdirectories",
+    "write_hf_directory", "export", "run_model", "trained_model", "run_directory", "model_subdirectories",
     "TOKENIZER_FILES", "relabel_classifier", "check_classifier_source",
     "AGORA_STATE_FILE",
     "AgoraError", "finetune_agora", "parse_settings", "NearestNeighbourSwap", "AGORA_RECIPES", "stratified_split",
@@ -59,7 +59,7 @@ _WHERE = {
     "Schedule": "loop", "Budget": "loop", "TrainingLoop": "loop",
     "TrainingCheckpoint": "checkpoint", "read_checkpoint": "checkpoint", "write_checkpoint": "checkpoint",
     "CHECKPOINT_FILE": "checkpoint", "OLD_FILES": "checkpoint", "AGORA_STATE_FILE": "checkpoint",
-    "write_hf_directory": "hf_dir", "run_model": "hf_dir", "trained_length": "hf_dir", "run_directory": "hf_dir",
+    "write_hf_directory": "hf_dir", "run_model": "hf_dir", "trained_model": "hf_dir", "run_directory": "hf_dir",
     "relabel_classifier": "hf_dir",
     "model_subdirectories": "hf_dir", "TOKENIZER_FILES": "hf_dir",
     # Agora's entry points; the whole of it is bortengine.training.agora

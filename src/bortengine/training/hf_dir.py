@@ -16,7 +16,7 @@ from typing import Optional
 from bortengine.files import atomic_write_json, read_json
 from bortengine.training.errors import TrainingError
 
-__all__ = ["write_hf_directory", "run_model", "trained_length", "run_directory", "model_subdirectories",
+__all__ = ["write_hf_directory", "run_model", "trained_model", "run_directory", "model_subdirectories",
            "relabel_classifier", "TOKENIZER_FILES"]
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -123,11 +123,13 @@ def run_directory(run: str | os.PathLike) -> Path:
                         f"directory")
 
 
-def run_model(run: str | os.PathLike):
-    """(model, tokenizer_dir) of a pretrain run (the student encoder), a finetune run (the weights selected on
-    dev), an Agora run (its last round's best student: run_directory) or a Hugging Face BERT model directory (as
-    the class its config.json names: a token classifier keeps its head, a masked-LM model its LM head, a BertModel
-    saved without a pooler gets none; a sentence-transformers directory from its transformer sub-folder). Reads
+def trained_model(run: str | os.PathLike):
+    """(model, tokenizer_dir, max_length) of a pretrain run (the student encoder), a finetune run (the weights
+    selected on dev, its labels named, and the length it trained at: what its exported model's classify() reads by
+    default; None for the others), an Agora run (its last round's best student: run_directory) or a Hugging Face
+    BERT model directory (as the class its config.json names: a token classifier keeps its head, a masked-LM model
+    its LM head, a BertModel saved without a pooler gets none; a sentence-transformers directory from its
+    transformer sub-folder). Reads
     checkpoints without running code; a run directory of an older bortengine (a pickled checkpoint.pt, state.pkl)
     is refused with a TrainingError saying what to do."""
     from bortengine.architecture import Architecture
@@ -144,27 +146,20 @@ def run_model(run: str | os.PathLike):
             student = checkpoint.group("model")
             model.load_state_dict(torch_tensors({k[len("encoder."):]: v for k, v in student.items()
                                                  if k.startswith("encoder.")}))
-            return model, config["teacher"] or _default_tokenizer_dir()
+            return model, config["teacher"] or _default_tokenizer_dir(), None
         model = build_model(Architecture.from_dict(checkpoint.state["architecture"]), dropout=0.0)
         model.load_state_dict(torch_tensors(checkpoint.group("best") or checkpoint.group("model")))
         labels = checkpoint.state.get("labels")      # the task's class names: class id i is labels[i]
         if labels and len(labels) == model.config.num_labels:
             model.config.id2label = dict(enumerate(labels))
             model.config.label2id = {name: i for i, name in enumerate(labels)}
-        return model, checkpoint.state["tokenizer_dir"]
-    return _hf_model(run), str(run)
+        return model, checkpoint.state["tokenizer_dir"], checkpoint.state.get("max_length")
+    return _hf_model(run), str(run), None
 
 
-def trained_length(run: str | os.PathLike) -> Optional[int]:
-    """The sequence length a finetune run (or Agora's student) trained at, which its exported model's classify()
-    should read by default (sentence_bert_config.json max_seq_length); None for other runs and model directories."""
-    from bortengine.training.checkpoint import CHECKPOINT_FILE, read_checkpoint
-
-    run = run_directory(run)
-    if not (run / CHECKPOINT_FILE).is_file():
-        return None
-    checkpoint = read_checkpoint(run / CHECKPOINT_FILE, ("pretrain", "finetune"))
-    return checkpoint.state.get("max_length") if checkpoint.kind == "finetune" else None
+def run_model(run: str | os.PathLike):
+    """(model, tokenizer_dir) of a run or model directory: trained_model without the length."""
+    return trained_model(run)[:2]
 
 
 def _hf_model(directory: Path):
