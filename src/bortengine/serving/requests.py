@@ -52,10 +52,9 @@ class TextRequest:
 
 @dataclass(frozen=True)
 class RerankRequest:
-    """A checked /v1/rerank request: the query, the documents (N >= 1), how many of the best to answer (top_n, None:
-    all), whether to answer their texts, and the pairs to compute: N times (query, document)."""
+    """A checked /v1/rerank request: the documents (N >= 1), how many of the best to answer (top_n, None: all),
+    whether to answer their texts, and the pairs to compute: N times (query, document)."""
 
-    query: str
     documents: list[str]
     top_n: Optional[int]
     return_documents: bool
@@ -145,7 +144,7 @@ def rerank_request(body: bytes, limits: RequestLimits, model_name: str) -> Reran
         raise APIError(400, f"return_documents is {_kind(return_documents)}; it must be true (each result holds its "
                             f"document's text) or false", param="return_documents", code="invalid_return_documents")
     pairs = TextRequest(query * len(documents), documents, False, truncation=_truncation(fields.get("truncation")))
-    return RerankRequest(query[0], documents, top_n, return_documents, pairs)
+    return RerankRequest(documents, top_n, return_documents, pairs)
 
 
 def _refuse_unknown(fields: dict, route: str) -> None:
