@@ -152,14 +152,10 @@ def _json_lines_column(path: Path, column: str):
     errors pyarrow gives without a row."""
     import pyarrow as pa
 
-    from bortengine.training.tasks import json_lines_by_row
+    from bortengine.training.tasks import check_utf8, json_lines_by_row
 
     data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TrainingError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it "
-                            f"as UTF-8") from None
+    check_utf8(data, path)
     names, columns = json_lines_by_row(path, data, [column])
     if not names:
         return pa.array([], pa.string())        # no rows: said by the caller

@@ -407,7 +407,7 @@ def _read_file(path: Path, kind: str, text_columns: list[str], columns: list[str
         _name_classes(values, _parquet_class_labels(table.schema), path)
         return present, values
     data = _decompressed(path, data)
-    _check_utf8(data, path)
+    check_utf8(data, path)
     if not data.strip():
         raise TrainingError(f"{path}: no rows of data: the file {'is empty' if not data else 'holds only blank lines'}"
                             f"; give a file of your labelled examples")
@@ -616,7 +616,8 @@ def _directory_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_utf8(data: bytes, path: Path) -> None:
+def check_utf8(data: bytes, path: Path) -> None:
+    """A TrainingError naming the line of the first byte that is not UTF-8, and how to convert the file."""
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
