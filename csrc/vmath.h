@@ -102,6 +102,25 @@ inline T apply_epilogue(T v, const Epilogue& ep, int i, int j, int n, bool full)
     }
 }
 
+// Row i of a micro-kernel's C tile (NR floats from c + i * ldc), prefetched for writing, with the residual row
+// its epilogue adds (`residual`: ep.residual where this call finishes C with a residual epilogue, else null). The
+// micro-kernels call it once per step over their last R steps (`tile_prefetch_from`): a layer's output is larger
+// than L2, so without it the tile's stores (and its loads, when accumulating) all miss L1 together once the
+// products are done. (BERT-base's four GEMMs at 8 x 128 tokens on Zen 4, 2 threads: 84-86% of the FMA limit
+// before, 89-91% after; +4-7% each on one thread.)
+template <int NR>
+__attribute__((always_inline)) inline void prefetch_c_row(float* c, std::ptrdiff_t ldc, const float* residual,
+                                                          std::ptrdiff_t ldr, int i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j += 16) {
+        __builtin_prefetch(c + i * ldc + j, 1, 3);
+        if (residual) __builtin_prefetch(residual + i * ldr + j, 0, 3);
+    }
+}
+
+// The step of a micro-kernel of R rows and `steps` steps from which it prefetches one C row per step.
+inline int tile_prefetch_from(int steps, int R) { return steps > R ? steps - R : 0; }
+
 // The end of a micro-kernel: its R x NV vectors of accumulators go to C (rows ldc apart, nr valid columns), added
 // to what C holds unless `first` (K is cut into blocks), with the epilogue applied when `last`.
 template <int R, int NV>
