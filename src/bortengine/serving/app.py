@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bortengine.engine import INLINE_CHARS, Engine, TokenizedTexts, characters, load
+from bortengine.engine.config import ModelConfig
 from bortengine.errors import DeadlineExceeded, InvalidInputError, ModelLoadError, TextTooLongError, UsageError
 from bortengine.serving.errors import APIError, ClientDisconnected, error_body
 from bortengine.serving.metrics import CONTENT_TYPE, MODEL_ROUTE, ROUTES, ServerMetrics
@@ -103,11 +104,7 @@ class ModelService:
             raise ModelLoadError(f"{self.model_dir} has no tokenizer (tokenizer.json or vocab.txt), and the server "
                                  f"reads texts; copy the model's tokenizer files there")
         limit = o.max_input_tokens or engine.max_length
-        positions = engine.config.max_positions  # RoBERTa's: max_position_embeddings - padding_idx - 1
-        if limit > positions:
-            raise UsageError(f"--max-input-tokens {limit} is more than the model's {positions} positions "
-                             f"(max_position_embeddings {engine.config.max_position_embeddings}); pass at most "
-                             f"{positions}")
+        check_input_limit(limit, engine.config)
         self.max_input_tokens = limit
         _check_labels_distinct(engine, self.model_dir)
         engine.add_batch_listener(self.metrics.record_batch)
@@ -373,6 +370,15 @@ async def _disconnected(request: Request) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the application
+def check_input_limit(limit: int, config: ModelConfig) -> None:
+    """--max-input-tokens must fit the model's position table (RoBERTa's: max_position_embeddings - padding_idx
+    - 1)."""
+    positions = config.max_positions
+    if limit > positions:
+        raise UsageError(f"--max-input-tokens {limit} is more than the model's {positions} positions "
+                         f"(max_position_embeddings {config.max_position_embeddings}); pass at most {positions}")
+
+
 def create_app(model_dir: str | Path, options: ServeOptions = ServeOptions(),
                on_ready: Optional[Callable[[ModelService], None]] = None,
                on_failure: Optional[Callable[[BaseException], None]] = None) -> Starlette:

@@ -18,8 +18,10 @@ from typing import Callable, Iterator
 
 import uvicorn
 
-from bortengine.errors import UsageError
-from bortengine.serving.app import ModelService, create_app
+from bortengine.engine.config import ModelConfig
+from bortengine.engine.pooling import transformer_directory
+from bortengine.errors import ModelLoadError, UsageError
+from bortengine.serving.app import ModelService, check_input_limit, create_app
 from bortengine.serving.options import ServeOptions
 
 __all__ = ["serve", "listening_socket", "url"]
@@ -33,6 +35,7 @@ def serve(model_dir: str | Path, options: ServeOptions = ServeOptions(),
     """Serve the model in model_dir until SIGTERM (drains, then returns) or SIGINT (KeyboardInterrupt). announce
     receives the lines that say where the server listens and when the model is ready. A model that cannot load
     stops the server, and its error is raised here."""
+    _check_options_against_config(model_dir, options)
     sock = listening_socket(options.host, options.port)
     failures: list[BaseException] = []
     started = time.perf_counter()
@@ -60,6 +63,19 @@ def serve(model_dir: str | Path, options: ServeOptions = ServeOptions(),
         server.run(sockets=[sock])
     if failures:
         raise failures[0]
+
+
+def _check_options_against_config(model_dir: str | Path, options: ServeOptions) -> None:
+    """What config.json alone can refute is refuted before the port is taken, not after "listening on": a
+    --max-input-tokens beyond the model's positions. A config that does not parse is left to the load, which says
+    what is wrong with the whole model."""
+    if options.max_input_tokens is None:
+        return
+    try:
+        config = ModelConfig.from_file(transformer_directory(model_dir))
+    except ModelLoadError:
+        return
+    check_input_limit(options.max_input_tokens, config)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
