@@ -27,8 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bortengine.engine import INLINE_CHARS, Engine, TokenizedTexts, characters, load
-from bortengine.engine.config import ModelConfig
+from bortengine.engine import INLINE_CHARS, Engine, ModelConfig, TokenizedTexts, characters, load
 from bortengine.errors import DeadlineExceeded, InvalidInputError, ModelLoadError, TextTooLongError, UsageError
 from bortengine.serving.errors import APIError, ClientDisconnected, error_body
 from bortengine.serving.metrics import CONTENT_TYPE, MODEL_ROUTE, ROUTES, ServerMetrics

@@ -18,8 +18,7 @@ from typing import Callable, Iterator
 
 import uvicorn
 
-from bortengine.engine.config import ModelConfig
-from bortengine.engine.pooling import transformer_directory
+from bortengine.engine import ModelConfig, transformer_directory
 from bortengine.errors import ModelLoadError, UsageError
 from bortengine.serving.app import ModelService, check_input_limit, create_app
 from bortengine.serving.options import ServeOptions
