@@ -46,6 +46,7 @@ BAD_EMBEDDINGS = [
     (b'[["a text"]]', 400, "invalid_json", "not a JSON object"),
     (b"[" * 10000, 400, "invalid_json", "too deeply"),
     ({}, 400, "missing_input", "input is missing"),
+    ({"input": None}, 400, "missing_input", "input is null"),
     ({"inputs": ["a"]}, 400, "missing_input", "the field is 'input'"),
     ({"input": ""}, 400, "empty_input", "empty string"),
     ({"input": []}, 400, "empty_input", "empty list"),

@@ -195,7 +195,8 @@ def _texts(fields: dict, name: str, limits: RequestLimits) -> tuple[list[str], b
     if name not in fields or fields[name] is None:
         near = [k for k in fields if k != name and k.lower().rstrip("s") in ("input", "text", "sentence")]
         hint = f" (this body has {near[0]!r}; the field is {name!r})" if near else ""
-        raise APIError(400, f"{name} is missing{hint}; pass a string or a list of strings, e.g. "
+        state = "null" if name in fields else "missing"
+        raise APIError(400, f"{name} is {state}{hint}; pass a string or a list of strings, e.g. "
                             f'{{"{name}": ["a text"]}}', param=name, code="missing_input")
     value = fields[name]
     single = isinstance(value, str)
