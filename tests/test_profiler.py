@@ -238,6 +238,12 @@ def test_cli_errors(tmp_path, capsys):
     assert "not a bortengine profile" in capsys.readouterr().err
     assert main(["profile-validate", "--out", str(tmp_path / "missing.json")]) == 2
     assert "no profile at" in capsys.readouterr().err
+    # a folder is not a profile: say so, not "no profile at DIR; make one with --out DIR" (--out takes a file)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mine.json").write_text("{}")
+    assert main(["profile", "--show", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory (it holds mine.json)" in err and "--out" not in err
 
 
 def test_profiling_never_imports_torch(tmp_path):

@@ -124,6 +124,11 @@ class Profile:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Profile":
         path = Path(path)
+        if path.is_dir():
+            found = sorted(p.name for p in path.glob("*.json"))[:3]
+            inside = f" (it holds {', '.join(found)})" if found else ""
+            raise ProfileError(f"{path} is a directory{inside}; a profile is one JSON file: pass its path, e.g. "
+                               f"{path / (found[0] if found else 'profile.json')}")
         try:
             data = read_json(path, ProfileError, missing_ok=True)
         except OSError as e:
