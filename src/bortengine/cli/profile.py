@@ -31,7 +31,9 @@ def add_parsers(sub) -> None:
     common.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
     common.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="the engine path to time: float32 (default), int8 or bf16 (load(dtype=...))")
-    common.add_argument("--quick", action="store_true", help="fewer repeats: a Bort-space profile in under a minute")
+    common.add_argument("--quick", action="store_true",
+                        help="fewer repeats: a Bort-space profile in under a minute; a validation times each "
+                             "architecture fewer times")
     common.add_argument("--out", "--profile", dest="out", default=None, metavar="PATH",
                         help="profile file (default: this CPU's file in the cache directory)")
     common.add_argument("--isa", type=kernel_path, default=None, help="force a kernel path (see `bortengine info`)")
