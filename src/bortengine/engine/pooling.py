@@ -51,6 +51,9 @@ class Pooling:
     normalize: bool = False
     unsupported: tuple[str, ...] = ()  # modules of the model that the engine cannot run; encode() refuses
     default_prompt: Optional[str] = None   # config_sentence_transformers.json's, which encode() does not add
+    # sentence-transformers' Pooling include_prompt: false leaves a prompt's tokens (and [CLS]) out of the token
+    # modes (mean, max, mean_sqrt_len), so no text encode() is given reproduces a prompted embedding of it
+    include_prompt: bool = True
 
     @staticmethod
     def saved_default_prompt(model_dir: Path) -> Optional[str]:
@@ -113,7 +116,19 @@ class Pooling:
             unsupported += [name for key, name in _UNSUPPORTED_KEYS.items() if config.get(key)]
         if not modes and not unsupported:
             raise ModelLoadError(f"{config_path} enables no pooling mode; set pooling_mode_mean_tokens to true")
-        return cls(modes, normalize, tuple(unsupported))
+        include_prompt = config.get("include_prompt", True)
+        if not isinstance(include_prompt, bool):
+            raise ModelLoadError(f"{config_path}: include_prompt must be true or false, got {include_prompt!r}")
+        return cls(modes, normalize, tuple(unsupported), include_prompt=include_prompt)
+
+    @property
+    def prompt_advice(self) -> str:
+        """What to do about default_prompt, which encode() does not add."""
+        if self.include_prompt or self.modes == ("cls",):
+            return "add it to the texts for the model's embeddings"
+        return ("and adding it to the texts does not give them either: this model's pooling leaves the prompt's "
+                "tokens out (include_prompt false in its Pooling config), which the engine does not; encode(texts) "
+                "equals SentenceTransformer.encode(texts, prompt='')")
 
     def __call__(self, hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
         """hidden [B,T,H] float32, mask [B,T] of 0/1 -> [B, H x len(modes)] float32: each mode's vector side by side

@@ -167,8 +167,8 @@ class Engine:
         if self.pooling.default_prompt is not None:
             warnings.warn(PromptWarning(
                 f"{path} has the default prompt {self.pooling.default_prompt!r} (config_sentence_transformers.json "
-                f"default_prompt_name), which SentenceTransformer.encode puts before every text; encode() does not: "
-                f"add it to the texts for the model's embeddings"), stacklevel=3)
+                f"default_prompt_name), which SentenceTransformer.encode puts before every text; encode() does not, "
+                f"{self.pooling.prompt_advice}"), stacklevel=3)
         self.tokenizer = TextTokenizer.load(bert_dir, self.config)
 
         c = self.config
