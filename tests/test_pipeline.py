@@ -640,3 +640,43 @@ def test_agoras_model_must_beat_the_near_text_model_by_one_standard_error():
     assert margin == pytest.approx(0.02114, abs=1e-4)
     assert not 0.7535 > 0.7441 + margin and 0.7663 > 0.7441 + margin
     assert _standard_error(1.0, 50) == 0.0 and _standard_error(0.5, 0) == 0.5
+
+
+UNGUARDED_SCRIPT = """
+import multiprocessing, sys
+from bortengine.pipeline import PipelineConfig, PipelineError, run_pipeline
+from bortengine.search import SearchError, extract
+
+if __name__ == "__mp_main__":  # a spawned worker importing this script, as the extraction's do
+    for call in (lambda: run_pipeline(PipelineConfig(out=sys.argv[1], task="rt")),
+                 lambda: extract("bort", "analytic", None)):
+        try:
+            call()
+        except (PipelineError, SearchError) as e:
+            print("REFUSED:", e, flush=True)
+
+
+def nothing():
+    pass
+
+
+if __name__ == "__main__":
+    worker = multiprocessing.get_context("spawn").Process(target=nothing)
+    worker.start()
+    worker.join()
+"""
+
+
+def test_a_script_run_again_in_a_spawned_worker_is_refused_before_the_run_directory(tmp_path):
+    """The extraction's workers are spawned: each imports the main script again. A script that calls the pipeline
+    (or extract) at its top level ran the whole run again in every worker, in the same run directory, and ended in
+    "evaluated no student within its budget"; the call in the worker is refused, saying how to guard the script."""
+    script, out = tmp_path / "unguarded.py", tmp_path / "run"
+    script.write_text(UNGUARDED_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    refusals = [line for line in done.stdout.splitlines() if line.startswith("REFUSED:")]
+    assert done.returncode == 0 and len(refusals) == 2, done.stdout + done.stderr
+    assert all('if __name__ == "__main__":' in line for line in refusals)
+    assert "run_pipeline() was called while a worker process was starting" in refusals[0]
+    assert not out.exists()

@@ -4,7 +4,9 @@ fine-tune it (with Agora on small data), evaluate both on the engine and write t
 `bortengine pipeline` is its command; see docs/pipeline.md.
 
     from bortengine.pipeline import PipelineConfig, run_pipeline
-    summary = run_pipeline(PipelineConfig(out="runs/reviews", train="reviews.csv", budget=45 * 60))
+
+    if __name__ == "__main__":   # the extraction's workers are spawned and import the main script again
+        summary = run_pipeline(PipelineConfig(out="runs/reviews", train="reviews.csv", budget=45 * 60))
 
 Importing this package is cheap (no torch); the stages import what they need.
 """

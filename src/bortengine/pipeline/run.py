@@ -25,6 +25,7 @@ from bortengine.pipeline.report import report_table, write_report
 from bortengine.pipeline.stages import (RunContext, distil_stage, extract_stage, finetune_stage, profile_stage,
                                         selection_part, teacher_architecture, teacher_stage)
 from bortengine.progress import clock
+from bortengine.search import SCRIPT_GUARD, in_worker_bootstrap
 
 __all__ = ["run_pipeline", "STATE_FILE", "STAGE_FUNCTIONS"]
 
@@ -35,7 +36,12 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunContext, float], dict[str, Any]]] = {
 
 
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
-    """Run (or continue) the pipeline of config in config.out; returns the summary written to report.json."""
+    """Run (or continue) the pipeline of config in config.out; returns the summary written to report.json.
+
+    A script that calls it must do so under `if __name__ == "__main__":`: the extraction's worker processes are
+    spawned, and each imports the main script again (refused there, before the run directory is touched)."""
+    if in_worker_bootstrap():
+        raise PipelineError(f"run_pipeline() was called while a worker process was starting: {SCRIPT_GUARD}")
     config.check()
     out = Path(config.out)
     ctx = RunContext(config, {})

@@ -123,6 +123,20 @@ def worker_surrogate(surrogate: Surrogate, threads: int) -> Surrogate:
     return surrogate
 
 
+# Why a script that calls the extraction (or the pipeline) at its top level breaks: the workers run it again.
+SCRIPT_GUARD = ("the extraction's worker processes are started with 'spawn', which runs the main script again in "
+                "each of them: put the script's call under `if __name__ == \"__main__\":`")
+
+
+def in_worker_bootstrap() -> bool:
+    """Whether this process is a spawned worker still importing its parent's main script: a call to the extraction
+    or the pipeline from there is the parent's script running again, not a run of its own (multiprocessing's own
+    check of the same case, spawn._check_not_importing_main, reads the same flag)."""
+    import multiprocessing
+
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
 def _worker_evaluate(surrogate: Surrogate, arch: Architecture, threads: int) -> Evaluation:
     return evaluate(worker_surrogate(surrogate, threads), arch)
 
@@ -170,6 +184,9 @@ class LocalExecutor(Executor):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        if in_worker_bootstrap():
+            raise SearchError(f"the extraction was started inside one of its own worker processes; {SCRIPT_GUARD}")
+
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=worker_init, initargs=(self.threads, self.niceness))
 
@@ -194,7 +211,9 @@ class LocalExecutor(Executor):
         ticket, pool = self._running.pop(fut)
         if not isinstance(fut.exception(), BrokenProcessPool):
             return [(ticket, fut.result())]
-        out = [(ticket, Evaluation("failed", None, "the worker process died (out of memory or killed?)", 0.0))]
+        out = [(ticket, Evaluation("failed", None, "the worker process died (out of memory, killed, or a script "
+                                                   "without `if __name__ == \"__main__\":` that ran again in it?)",
+                                   0.0))]
         for other in [f for f, (_, p) in self._running.items() if p is pool]:
             t, _ = self._running.pop(other)
             finished = other.done() and other.exception() is None

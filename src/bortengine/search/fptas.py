@@ -52,7 +52,8 @@ from bortengine.progress import Progress
 from bortengine.search.cache import SurrogateCache, default_cache_dir
 from bortengine.search.errors import SearchError
 from bortengine.search.evaluation import SKIPPED, Evaluator, evaluating
-from bortengine.search.executor import EXECUTORS, Executor, LocalExecutor, check_executor, default_workers
+from bortengine.search.executor import (EXECUTORS, SCRIPT_GUARD, Executor, LocalExecutor, check_executor,
+                                       default_workers, in_worker_bootstrap)
 from bortengine.search.ray_executor import RayExecutor
 from bortengine.search.grouping import REPRESENTATIVES, evaluation_bound, group, representative_order
 from bortengine.search.pareto import Candidate
@@ -104,6 +105,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     then defaults to the cluster's CPUs // the surrogate's threads (search.ray_executor). Each candidate's `node`
     says where its evaluation ran.
     """
+    if in_worker_bootstrap():
+        raise SearchError(f"extract() was called while one of its worker processes was starting: {SCRIPT_GUARD}")
     start = time.monotonic()
     started = start if started is None else started
     eps = check_epsilon(epsilon)
