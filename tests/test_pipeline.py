@@ -203,12 +203,24 @@ def test_another_runs_directory_is_refused(reference, data, teacher):
     ({"no_agora": "false"}, "no_agora must be true or false, got 'false'"),
     ({"train_limit": "100"}, r"train_limit must be an integer \(or left out\)"),
     ({"seed": True}, r"seed must be an integer, got True \(bool\)"),
+    ({"budget": "10s"}, r"budget must be a number, got '10s' \(str\); seconds here \(a config file or --budget"),
+    # refused here, not stages into the run (arch at the extraction, threads and space at the profile)
+    ({"arch": "1,2,3"}, "arch: an architecture is four integers"),
+    ({"threads": 0}, "threads must be 1 to"),
+    ({"threads": -1}, "threads must be 1 to"),
+    ({"threads": 100000}, "threads must be 1 to"),
+    ({"space": "nope"}, "space: unknown search space 'nope'"),
+    ({"out": "FILE"}, "is a file; give the run's directory"),
 ])
 def test_bad_options_are_refused_before_any_work(options, message, data, teacher, tmp_path):
     out = tmp_path / "run"
+    a_file = options.get("out") == "FILE"
+    if a_file:
+        out.write_text("not a directory")
+        options = {}
     with pytest.raises(PipelineError, match=message):
         run_pipeline(_config(out, data, teacher, **options))
-    assert not out.exists()
+    assert out.read_text() == "not a directory" if a_file else not out.exists()
 
 
 def test_a_run_is_the_same_run_however_its_paths_are_spelt(tmp_path, monkeypatch):

@@ -110,7 +110,33 @@ class PipelineConfig:
                                 f"{self.min_speedup}")
         if self.workload is not None:
             self.shape()
+        self._check_run_options()
         self._check_executor()
+
+    def _check_run_options(self) -> None:
+        """What would otherwise fail stages into the run (arch at the extraction, after the teacher's fine-tuning;
+        threads and space at the profile), or come out of the OS as a bare error (out)."""
+        from bortengine.architecture import Architecture
+        from bortengine.engine import available_cpus
+        from bortengine.search_space import SearchSpace, SearchSpaceError
+
+        if self.arch is not None:
+            try:
+                Architecture.parse(self.arch)
+            except ValueError as e:
+                raise PipelineError(f"arch: {e}") from None
+        cpus = available_cpus()
+        if self.threads is not None and not 1 <= self.threads <= cpus:
+            raise PipelineError(f"threads must be 1 to {cpus} (the CPUs this process may run on), or left out for "
+                                f"all of them; got {self.threads}")
+        if self.space is not None:
+            try:
+                SearchSpace.resolve(self.space)
+            except SearchSpaceError as e:
+                raise PipelineError(f"space: {e}") from None
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise PipelineError(f"out {out} is a file; give the run's directory (a new one, or a run to continue)")
 
     def _check_types(self) -> None:
         """Each option of the type its field says: a config file can hold min_speedup = "4" or no_agora = "false"
@@ -124,8 +150,10 @@ class PipelineConfig:
                 continue
             if not isinstance(value, kinds[kind]) or (isinstance(value, bool) and kind != "bool"):
                 wanted = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}[kind]
+                how = ("; seconds here (a config file or --budget takes 45m too)" if f.name == "budget"
+                       else "; in a config file write it without quotes")
                 raise PipelineError(f"{f.name} must be {wanted}{' (or left out)' if optional else ''}, got "
-                                    f"{value!r} ({type(value).__name__}); in a config file write it without quotes"
+                                    f"{value!r} ({type(value).__name__}){how}"
                                     if kind != "str" else f"{f.name} must be {wanted}, got {value!r}")
 
     def _check_executor(self) -> None:
