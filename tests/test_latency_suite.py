@@ -250,8 +250,9 @@ def test_failures_are_clean(bortengine_engine, bortengine_expectation, bortengin
         bortengine_latency(1.0, expectation, engine=bortengine_engine(MODEL, num_threads=2))
     with pytest.raises(pytest.fail.Exception, match="call benchmark"):
         bortengine_latency(type("Unrun", (), {{"stats": None, "disabled": False}})(), expectation)
-    with pytest.raises(pytest.fail.Exception, match="does not exist"):
+    with pytest.raises(pytest.fail.Exception, match="does not exist") as failed:
         bortengine_engine("no-such-model")
+    assert failed.value.__context__ is None     # said once, not again after "During handling of the above ..."
 '''
 
 

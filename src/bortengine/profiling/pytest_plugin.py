@@ -86,7 +86,8 @@ def _clean_failures(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except BortEngineError as e:
-            pytest.fail(str(e), pytrace=False)
+            message = str(e)
+        pytest.fail(message, pytrace=False)   # outside the except: a failure raised there chains to the error
     return wrapper
 
 
