@@ -88,15 +88,18 @@ def test_a_signal_mid_run_keeps_the_steps_done(tmp_path, teacher_dir, signum):
     def as_interrupt(received, frame):       # what the command line makes of SIGTERM
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, as_interrupt)
+    # Python's own Ctrl-C handler, as in a shell's foreground: a test run started in the background (`cmd &` in a
+    # script) inherits SIGINT ignored, which the run rightly leaves ignored
+    previous = signal.signal(signal.SIGTERM, as_interrupt), signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             pretrain(_config(tmp_path, teacher_dir, "split", max_steps=4, checkpoint_every=3600.0), documents=DOCS,
                      progress=False, on_step=killed)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # the run's holding handler is gone
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
     assert read_checkpoint(tmp_path / "split" / "checkpoint.safetensors", "pretrain").state["step"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # the run's holding handler is gone
     resumed = pretrain(_config(tmp_path, teacher_dir, "split", max_steps=4, checkpoint_every=3600.0),
                        documents=DOCS, progress=False)
     assert resumed["steps"] == full["steps"] == 4
