@@ -291,10 +291,86 @@ def test_native_pooling_on_a_large_batch_and_its_bad_inputs():
 
 
 def test_unsupported_sentence_transformers_module_refused(small_model, tmp_path):
-    _with_modules(small_model, tmp_path, {"path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    _with_modules(small_model, tmp_path, {"path": "2_LSTM", "type": "sentence_transformers.models.LSTM"})
     engine = bortengine.load(tmp_path)
-    with pytest.raises(BortEngineError, match="Dense"):
+    with pytest.raises(BortEngineError, match="LSTM"):
         engine.encode("text")
+
+
+def _save_with_dense(small_model, out, *dense, normalize=True, pooling_mode="mean"):
+    """A sentence-transformers directory of small_model (hidden 64): Pooling, the Dense modules given, Normalize."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    modules = [Transformer(str(small_model)), Pooling(64, pooling_mode=pooling_mode), *dense]
+    SentenceTransformer(modules=modules + ([Normalize()] if normalize else []), device="cpu").save(str(out))
+    return SentenceTransformer(str(out), device="cpu", local_files_only=True)
+
+
+@pytest.mark.parametrize("case", ["gelu+normalize", "tanh-chain", "residual", "identity-no-bias"])
+def test_dense_modules_give_sentence_transformers_embeddings(small_model, tmp_path, case):
+    """LaBSE- and distiluse-style directories (Pooling, then Dense projections, then maybe Normalize) encode as
+    sentence-transformers does; each text's embedding is the same bits alone as in a batch (what the server's
+    combined forwards rely on); embedding_dim is the last Dense's size."""
+    import torch
+    from sentence_transformers.base.modules.dense import Dense
+
+    torch.manual_seed(0)
+    dense = {"gelu+normalize": [Dense(64, 24, activation_function=torch.nn.GELU())],
+             "tanh-chain": [Dense(128, 48), Dense(48, 20, activation_function=torch.nn.ReLU())],
+             "residual": [Dense(64, 64, use_residual=True), Dense(64, 32, use_residual=True,
+                                                                   activation_function=torch.nn.SiLU())],
+             "identity-no-bias": [Dense(64, 16, bias=False, activation_function=torch.nn.Identity())]}[case]
+    st = _save_with_dense(small_model, tmp_path / "st", *dense, normalize=case == "gelu+normalize",
+                          pooling_mode=("cls", "mean") if case == "tanh-chain" else "mean")
+    engine = bortengine.load(tmp_path / "st")
+    texts = ["a b c", "a much longer text with more tokens in it", "x", "the same words, the same words again"]
+    theirs = st.encode(texts)
+    ours = engine.encode(texts)
+    assert engine.embedding_dim == theirs.shape[1] == dense[-1].out_features
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1e-5
+    for i, text in enumerate(texts):
+        assert np.array_equal(engine.encode(text), ours[i])
+
+
+def test_dense_modules_that_cannot_run_are_refused_at_load(small_model, tmp_path):
+    """Pickled Dense weights, sizes that do not chain, an activation or input the engine does not run: a
+    ModelLoadError at load that says what is wrong (not a refusal at the first encode)."""
+    import torch
+    from sentence_transformers.base.modules.dense import Dense
+
+    out = tmp_path / "st"
+    _save_with_dense(small_model, out, Dense(64, 24))
+    config_path = out / "2_Dense" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert bortengine.load(out).embedding_dim == 24
+
+    config_path.write_text(json.dumps({**config, "in_features": 32}))
+    with pytest.raises(ModelLoadError, match="linear.weight has shape \\[24, 64\\], expected \\[24, 32\\]"):
+        bortengine.load(out)
+    weights = out / "2_Dense" / "model.safetensors"
+    from safetensors.numpy import save_file
+    save_file({"linear.weight": np.zeros((24, 32), np.float32), "linear.bias": np.zeros(24, np.float32)}, weights)
+    with pytest.raises(ModelLoadError, match="takes 32 features, but the pooling gives 64"):
+        bortengine.load(out)
+
+    config_path.write_text(json.dumps({**config, "activation_function": "torch.nn.modules.activation.Softplus"}))
+    with pytest.raises(ModelLoadError, match="Softplus.*not one the engine runs"):
+        bortengine.load(out)
+    config_path.write_text(json.dumps({**config, "module_input_name": "token_embeddings"}))
+    with pytest.raises(ModelLoadError, match="only on the sentence embedding"):
+        bortengine.load(out)
+
+    config_path.write_text(json.dumps(config))
+    torch.save({"linear.weight": torch.zeros(24, 64), "linear.bias": torch.zeros(24)}, out / "2_Dense" /
+               "pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(ModelLoadError, match="pytorch_model.bin but no model.safetensors.*SentenceTransformer\\("):
+        bortengine.load(out)
+    save_file({"linear.weight": np.full((24, 64), np.nan, np.float32), "linear.bias": np.zeros(24, np.float32)},
+              weights)
+    with pytest.raises(ModelLoadError, match="linear.weight"):
+        bortengine.load(out)
 
 
 def test_classify(small_classifier):

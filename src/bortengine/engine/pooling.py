@@ -1,10 +1,12 @@
-"""Sentence embeddings from token states: the sentence-transformers Pooling (+ Normalize) modules, in NumPy.
+"""Sentence embeddings from token states: the sentence-transformers Pooling (+ Dense, + Normalize) modules.
 
 Read from modules.json and its Pooling module's config.json (1_Pooling/config.json); a model without them pools
 by mean, unnormalised, as sentence-transformers does when it wraps a plain transformers model. Several pooling
-modes concatenate in sentence-transformers' order: cls, max, mean, mean_sqrt_len. Modules the engine does not run
-(Dense, weighted-mean or last-token pooling, ...) are recorded and make encode() refuse rather than return
-embeddings that differ from the model's.
+modes concatenate in sentence-transformers' order: cls, max, mean, mean_sqrt_len. Dense modules after the pooling
+(LaBSE's, distiluse's projections: a linear layer and an activation, in modules.json's order, each read from its
+folder's model.safetensors) run in NumPy on the pooled vectors, before the normalisation. Modules the engine does not
+run (weighted-mean or last-token pooling, a Dense on token states, ...) are recorded and make encode() refuse rather
+than return embeddings that differ from the model's.
 
 transformer_directory is where a model directory keeps its transformer (config.json, weights, tokenizer): itself,
 or the sub-folder modules.json names (0_Transformer/); load(), the tokenizer of training and every stage that reads
@@ -22,11 +24,13 @@ from typing import Optional
 
 import numpy as np
 
+from bortengine.engine.heads import ACTIVATIONS, Linear
 from bortengine.engine.native import core
+from bortengine.engine.weights import read_safetensors_header
 from bortengine.errors import ModelLoadError
 from bortengine.files import read_json
 
-__all__ = ["Pooling", "POOLING_MODES", "POOLING_CONFIG_KEYS", "transformer_directory"]
+__all__ = ["Pooling", "Dense", "POOLING_MODES", "POOLING_CONFIG_KEYS", "transformer_directory"]
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")  # sentence-transformers' concatenation order
 # Each mode's key in 1_Pooling/config.json (as sentence-transformers writes it).
@@ -41,6 +45,98 @@ _STRING_MODES = {"cls": POOLING_CONFIG_KEYS["cls"], "max": POOLING_CONFIG_KEYS["
                  "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
 _KNOWN_MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                   "sentence_transformers.models.Normalize")
+# Dense's activation_function (the class's full name, as sentence-transformers saves it), elementwise on [B, O]
+_ACTIVATIONS = {
+    "torch.nn.modules.activation.Tanh": np.tanh,
+    "torch.nn.modules.linear.Identity": lambda x: x,
+    "torch.nn.modules.activation.ReLU": ACTIVATIONS["relu"],
+    "torch.nn.modules.activation.GELU": ACTIVATIONS["gelu"],   # erf's, torch's default
+    "torch.nn.modules.activation.Sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "torch.nn.modules.activation.SiLU": lambda x: x / (1 + np.exp(-x)),
+}
+_DENSE_KEYS = {"in_features", "out_features", "bias", "activation_function", "module_input_name",
+               "module_output_name", "use_residual"}
+
+
+@dataclass(frozen=True, eq=False)
+class Dense:
+    """sentence-transformers' Dense module on pooled vectors: activation(x W^T + b), + x (or + x R^T when the sizes
+    differ) with use_residual. On the engine's own GEMM (heads.Linear), so each row's result is the same whatever
+    rows share the call. Shapes: x [B, I] -> [B, O]."""
+
+    linear: Linear
+    activation: str
+    use_residual: bool = False
+    residual: Optional[Linear] = None
+
+    @property
+    def in_features(self) -> int:
+        return int(self.linear.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.linear.weight.shape[0])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = _ACTIVATIONS[self.activation](self.linear(x))
+        if self.use_residual:
+            y = y + (x if self.residual is None else self.residual(x))
+        return np.asarray(y, dtype=np.float32)
+
+    @classmethod
+    def load(cls, folder: Path) -> "Dense":
+        """The module saved in `folder` (config.json + model.safetensors); ModelLoadError saying what is wrong."""
+        config_path = folder / "config.json"
+        config = read_json(config_path, ModelLoadError)
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{config_path} must be a JSON object")
+        unknown = sorted(set(config) - _DENSE_KEYS)
+        if unknown:
+            raise ModelLoadError(f"{config_path} has keys this engine does not know for a Dense module: {unknown}")
+        for key in ("module_input_name", "module_output_name"):
+            if config.get(key, "sentence_embedding") != "sentence_embedding":
+                raise ModelLoadError(
+                    f"{config_path}: {key} is {config[key]!r}; the engine runs a Dense module only on the sentence "
+                    f"embedding (sentence_embedding), not on token states")
+        sizes = [config.get("in_features"), config.get("out_features")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
+            raise ModelLoadError(f"{config_path}: in_features and out_features must be positive integers, got {sizes}")
+        n_in, n_out = sizes
+        activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
+        if activation not in _ACTIVATIONS:
+            raise ModelLoadError(
+                f"{config_path}: activation_function {activation!r} is not one the engine runs "
+                f"({sorted(a.rsplit('.', 1)[1] for a in _ACTIVATIONS)})")
+        flags = {key: config.get(key, key == "bias") for key in ("bias", "use_residual")}
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                raise ModelLoadError(f"{config_path}: {key} must be true or false, got {value!r}")
+        weights_path = folder / "model.safetensors"
+        if not weights_path.is_file():
+            pickled = [n for n in ("pytorch_model.bin", "model.pt") if (folder / n).is_file()]
+            model = repr(str(folder.parent))
+            raise ModelLoadError(
+                f"{folder} has {pickled[0] if pickled else 'no weights'} but no model.safetensors; bortengine reads "
+                f"safetensors only. " + (f"Convert once with: python -c \"from sentence_transformers import "
+                                         f"SentenceTransformer; SentenceTransformer({model}, device='cpu')"
+                                         f".save({model})\"" if pickled else ""))
+        entries = read_safetensors_header(weights_path)
+        wanted = {"linear.weight": (n_out, n_in)}
+        if flags["bias"]:
+            wanted["linear.bias"] = (n_out,)
+        if flags["use_residual"] and n_in != n_out:
+            wanted["residual.weight"] = (n_out, n_in)
+        for name, shape in wanted.items():
+            if name not in entries:
+                raise ModelLoadError(f"{weights_path} has no tensor {name!r} (it has {sorted(entries)})")
+            if entries[name].shape != shape:
+                raise ModelLoadError(f"{weights_path}: {name} has shape {list(entries[name].shape)}, expected "
+                                     f"{list(shape)} (in_features {n_in}, out_features {n_out} in config.json)")
+        read = {name: entries[name].read() for name in wanted}   # float32, checked finite
+        residual = read.get("residual.weight")
+        return cls(Linear(read["linear.weight"], read.get("linear.bias", np.zeros(n_out, np.float32))), activation,
+                   flags["use_residual"],
+                   None if residual is None else Linear(residual, np.zeros(n_out, np.float32)))
 
 
 @dataclass(frozen=True)
@@ -49,6 +145,7 @@ class Pooling:
 
     modes: tuple[str, ...] = ("mean",)
     normalize: bool = False
+    dense: tuple[Dense, ...] = ()   # applied in order to the pooled vectors, before the normalisation
     unsupported: tuple[str, ...] = ()  # modules of the model that the engine cannot run; encode() refuses
     default_prompt: Optional[str] = None   # config_sentence_transformers.json's, which encode() does not add
     # sentence-transformers' Pooling include_prompt: false leaves a prompt's tokens (and [CLS]) out of the token
@@ -76,6 +173,7 @@ class Pooling:
         pooling_dir = model_dir / "1_Pooling"
         normalize = False
         unsupported: list[str] = []
+        dense: list[Dense] = []
         if modules_path.is_file():
             modules = read_json(modules_path, ModelLoadError)
             if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
@@ -87,10 +185,14 @@ class Pooling:
                     pooling_dir = model_dir / module.get("path", "")
                 elif kind.endswith(".Normalize"):
                     normalize = True
+                elif kind.endswith(".Dense") and pooling_dir is not None and not normalize:
+                    dense.append(Dense.load(model_dir / str(module.get("path", ""))))
+                elif kind.endswith(".Dense"):
+                    unsupported.append(f"{kind} {'before the Pooling' if pooling_dir is None else 'after Normalize'}")
                 elif kind not in _KNOWN_MODULES and not kind.endswith(".Transformer"):
                     unsupported.append(kind or repr(module))
         if pooling_dir is None or not (pooling_dir / "config.json").is_file():
-            return cls(("mean",), normalize, tuple(unsupported))
+            return cls(("mean",), normalize, tuple(dense), tuple(unsupported))
 
         config_path = pooling_dir / "config.json"
         config = read_json(config_path, ModelLoadError)
@@ -119,7 +221,21 @@ class Pooling:
         include_prompt = config.get("include_prompt", True)
         if not isinstance(include_prompt, bool):
             raise ModelLoadError(f"{config_path}: include_prompt must be true or false, got {include_prompt!r}")
-        return cls(modes, normalize, tuple(unsupported), include_prompt=include_prompt)
+        return cls(modes, normalize, tuple(dense), tuple(unsupported), include_prompt=include_prompt)
+
+    def width(self, hidden_size: int) -> int:
+        """The embedding size encode() gives for token states of hidden_size: the last Dense's out_features, else
+        hidden_size per pooling mode. Raises ModelLoadError when a Dense does not take what comes before it."""
+        width = hidden_size * len(self.modes)
+        for i, layer in enumerate(self.dense):
+            if layer.in_features != width:
+                raise ModelLoadError(
+                    f"Dense module {i + 1} after the pooling takes {layer.in_features} features, but "
+                    + ("the pooling gives" if i == 0 else "the Dense before it gives") + f" {width} (hidden size "
+                    f"{hidden_size} x {len(self.modes)} pooling mode(s){', then Dense' if i else ''}): the "
+                    f"sentence-transformers directory's modules do not fit together")
+            width = layer.out_features
+        return width
 
     @property
     def prompt_advice(self) -> str:
@@ -135,8 +251,16 @@ class Pooling:
         (max over real tokens; mean, or sum over sqrt(count), of real tokens; the first token), then divided by
         its L2 norm if normalize (torch.nn.functional.normalize, eps 1e-12). Native (_core.pool), row by row: a
         served batch's pooling takes microseconds with the GIL held, where NumPy's dozen calls each released it
-        and waited to get it back from the event loop (~0.5 ms per forward of 7 short queries in the server)."""
-        return core().pool(hidden, mask, self.modes, bool(normalize))
+        and waited to get it back from the event loop (~0.5 ms per forward of 7 short queries in the server).
+        With Dense modules: [B, O] of the last one, normalised after them."""
+        if not self.dense:
+            return core().pool(hidden, mask, self.modes, bool(normalize))
+        x = core().pool(hidden, mask, self.modes, False)
+        for layer in self.dense:
+            x = layer(x)
+        if normalize:
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+        return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def transformer_directory(path: str | os.PathLike) -> Path:

@@ -164,6 +164,7 @@ class Engine:
         self.config = ModelConfig.from_file(bert_dir)
         weights = BertWeights(Checkpoint.open(bert_dir), self.config)  # every name and shape checked, nothing read
         self.pooling = Pooling.load(path)
+        self.embedding_dim = self.pooling.width(self.config.hidden_size)   # Dense modules checked to fit
         if self.pooling.default_prompt is not None:
             warnings.warn(PromptWarning(
                 f"{path} has the default prompt {self.pooling.default_prompt!r} (config_sentence_transformers.json "
@@ -300,10 +301,6 @@ class Engine:
         truncation=True that it tokenized itself (TokenizedTexts were cut by engine.tokenized(), whose .truncated
         lists them)."""
         return self._truncated_texts
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.config.hidden_size * len(self.pooling.modes)
 
     def __repr__(self) -> str:
         c = self.config
