@@ -75,6 +75,11 @@ def test_entities_match_pipeline(tagger, pipelines, aggregation):
     for text, entities in zip(TEXTS, ours):
         for e in entities:
             assert 0 <= e.start <= e.end <= len(text)
+    # transformers' name for the option, its enum member and an upper-case name mean the same
+    from transformers.pipelines.token_classification import AggregationStrategy
+
+    assert engine.classify_tokens(TEXTS, aggregation_strategy=aggregation.upper(), batch_size=4) == ours
+    assert engine.classify_tokens(TEXTS, aggregation_strategy=AggregationStrategy(aggregation), batch_size=4) == ours
 
 
 def test_single_text_and_ignore_labels(make_encoder):
@@ -114,6 +119,10 @@ def test_wrong_model_or_arguments_refused(make_encoder):
     tagger = bortengine.load(make_encoder(model_type="bert", **SIZES))
     with pytest.raises(InvalidInputError, match="aggregation must be one of"):
         tagger.classify_tokens("a", aggregation="longest")
+    with pytest.raises(InvalidInputError, match="aggregation must be one of.*got 'longest'"):
+        tagger.classify_tokens("a", aggregation_strategy="longest")
+    with pytest.raises(InvalidInputError, match="the same option; pass one of them"):
+        tagger.classify_tokens("a", aggregation="first", aggregation_strategy="first")
     with pytest.raises(InvalidInputError, match=r"texts\[0\] is int"):
         tagger.classify_tokens([1])
     with pytest.raises(BortEngineError, match="use classify_tokens"):

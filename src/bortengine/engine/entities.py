@@ -38,10 +38,18 @@ class TokenVocabulary:
         self.unk_id = unk_id
 
 
-def check_aggregation(aggregation: object) -> str:
-    if aggregation not in AGGREGATIONS:
+def check_aggregation(aggregation: object, strategy: object = None) -> str:
+    """The aggregation asked for, by `aggregation` or by transformers' name for it (`aggregation_strategy`: a name
+    in any case, or its AggregationStrategy member, a str)."""
+    if strategy is not None:
+        if aggregation != "none":
+            raise InvalidInputError(f"aggregation={aggregation!r} and aggregation_strategy={strategy!r} are the same "
+                                    f"option; pass one of them")
+        aggregation = strategy
+    name = str.lower(aggregation) if isinstance(aggregation, str) else aggregation
+    if name not in AGGREGATIONS:
         raise InvalidInputError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
-    return str(aggregation)
+    return str(name)
 
 
 def token_entities(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]], special: Sequence[int],

@@ -649,7 +649,8 @@ class Engine:
 
     def classify_tokens(self, texts: str | Sequence[str], aggregation: str = "none", *,
                         ignore_labels: Sequence[str] = ("O",), batch_size: int = 32, max_length: Optional[int] = None,
-                        truncation: bool = True) -> list[TokenEntity] | list[list[TokenEntity]]:
+                        truncation: bool = True,
+                        aggregation_strategy: Optional[str] = None) -> list[TokenEntity] | list[list[TokenEntity]]:
         """Labelled tokens, words or entities of a token classifier (NER, PII tagging), with character offsets: what
         transformers' pipeline("token-classification", aggregation_strategy=aggregation) gives, as TokenEntity.
 
@@ -659,13 +660,14 @@ class Engine:
         tokenizer's continuing-subword prefix (WordPiece's ##), else from the spaces before tokens, as transformers
         does. ignore_labels: labels left out ("O", outside any entity). Texts are truncated to max_length tokens
         (default Engine.max_length; the cut tokens get no label), or refused with truncation=False (as encode()
-        does). Returns a list of entities per text; for a single string, its list.
+        does). aggregation_strategy: transformers' name for `aggregation` (either, not both; a name in any case).
+        Returns a list of entities per text; for a single string, its list.
         """
         if not self.config.is_token_classifier:
             raise BortEngineError(
                 f"classify_tokens() needs a token classifier (...ForTokenClassification), but {self.path} is a "
                 f"{self.config.kind}; use classify() for a sequence classifier, encode() for embeddings")
-        aggregation = check_aggregation(aggregation)
+        aggregation = check_aggregation(aggregation, aggregation_strategy)
         ignored, _ = as_text_list(ignore_labels, "ignore_labels", ordered=False)
         texts, single = as_text_list(texts)
         truncation = _check_flag(truncation, "truncation")
