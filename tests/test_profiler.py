@@ -135,6 +135,10 @@ def test_profile_errors(tmp_path):
                   settings=FAST)
     with pytest.raises(P.ProfileError, match="isa 'avx9' cannot run here"):
         P.profile(TINY, W, out=tmp_path / "x.json", isa="avx9", progress=False, settings=FAST)
+    with pytest.raises(P.ProfileError, match=r"workload must be a Workload, e.g. Workload\(batch_size=1, seq_len=32.*"
+                                             r"got tuple \(1, 32\)"):
+        P.profile(TINY, (1, 32), out=tmp_path / "x.json", progress=False, settings=FAST)
+    assert not (tmp_path / "x.json").exists()
     other = P.Target(**{**P.Target.current().__dict__, "model": "Other CPU"})
     P.Profile(other).save(tmp_path / "other.json")
     with pytest.raises(P.ProfileError, match="another target.*another --out"):

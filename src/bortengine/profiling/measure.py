@@ -46,6 +46,9 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     (default) or "cpu" (one thread only, immune to other processes taking the CPU; see timing.CLOCKS).
     """
     space = SearchSpace.resolve(space)
+    if workload is not None and not isinstance(workload, Workload):
+        raise ProfileError(f"workload must be a Workload, e.g. Workload(batch_size=1, seq_len=32, "
+                           f"num_threads={available_cpus()}), got {type(workload).__name__} {workload!r}")
     workload = workload or Workload(num_threads=available_cpus())
     if workload.seq_len > space.max_positions:   # no model of the space reads it: minutes of timing nothing real
         raise ProfileError(f"seq_len {workload.seq_len} is more than the {space.max_positions} positions the "
