@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-import warnings
 
 import pytest
 
@@ -229,6 +228,18 @@ def test_cli_profile_show_and_validate(tmp_path, capsys):
                  str(report)]) == 0
     assert "Kendall's tau" in capsys.readouterr().out
     assert len(json.loads(report.read_text())["rows"]) == 2
+
+    # the space from a file is kept by name in the profile, so the command a profile error prints works once the
+    # file is gone (or was a pipeline run's space, which has no file)
+    assert P.Profile.load(out).spaces["cli"]["layers"] == [1, 2]
+    command = P.Profile.load(out).command_for(P.Workload(1, 6, 1))
+    assert command.endswith(f"--space cli --out {out}"), command
+    space.unlink()
+    assert main(["profile", *command.split()[2:], "--quick", "--no-progress"]) == 0
+    assert "profiling cli: D ∈ {1, 2}" in capsys.readouterr().out
+    assert P.Profile.load(out).covers(P.Workload(1, 6, 1))
+    assert main(["profile", "--space", "elsewhere", "--out", str(out), "--quick"]) == 2
+    assert "unknown search space 'elsewhere'" in capsys.readouterr().err
 
 
 def test_cli_errors(tmp_path, capsys):

@@ -25,7 +25,8 @@ def add_parsers(sub) -> None:
     from bortengine.profiling import DTYPES
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--space", default="bort", help="search space: bort, minilm, or a JSON/YAML file")
+    common.add_argument("--space", default="bort", help="search space: bort, minilm, a JSON/YAML file, or the "
+                        "name of one the profile was measured for (it keeps their definitions)")
     common.add_argument("--batch", type=int, default=1, help="sequences per call (default 1)")
     common.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
     common.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
@@ -76,7 +77,9 @@ def run(args) -> int:
                                  ("--plot", args.plot, validating)):
         if wanted:
             check_output(path, option, directory=False)
-    space = SearchSpace.resolve(args.space)
+    from bortengine.profiling import resolve_space
+
+    space = resolve_space(args.space, args.out, args.isa)
     threads = args.threads if args.threads is not None else available_cpus()
     workload = Workload(batch_size=args.batch, seq_len=args.seq, num_threads=threads, dtype=args.dtype)
     prof = _measure(args, space, workload) if measuring else load_profile(args.out)

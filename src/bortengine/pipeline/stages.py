@@ -185,6 +185,7 @@ def profile_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     choice = profile_for_search(space, ctx.workload(), quick=seconds < 120, progress=ctx.config.progress)
     source = choice.profile.path
     path = ctx.out / "profile.json"
+    choice.profile.record_space(space)   # the latency suite's re-profile command names it
     choice.profile.save(path)
     return {"profile": str(path), "source": str(source), "measured_now": choice.measured_now, "note": choice.note,
             "space": _space_dict(space), "space_name": space.name, "teacher_architecture": teacher.to_dict(),

@@ -36,7 +36,8 @@ from bortengine.profiling.measurements import Measurement, WorkloadProfile
 from bortengine.profiling.ops import (OpSpec, barriers, calibration_ops, forward_steps, qkv_gemm_before, required_ops,
                                       residency_ops)
 from bortengine.profiling.profile_file import (Profile, default_profile_dir, default_profile_path, find_profiles,
-                                               load_profile, predict_latency, profile_path_for, shipped_profiles)
+                                               load_profile, predict_latency, profile_path_for, resolve_space,
+                                               shipped_profiles)
 from bortengine.profiling.target import Target, TargetMatch
 from bortengine.profiling.timing import BlockStats, Settings
 from bortengine.profiling.validation import (ValidationReport, ValidationRow, kendall_tau, validate,
@@ -51,7 +52,8 @@ __all__ = [
     "DTYPES", "calibration_note", "calibrate", "calibration_ops", "forward_steps", "barriers", "Settings",
     "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow", "write_latency_suite", "LatencyExpectation",
     "LatencyVerdict", "Timing", "DEFAULT_TOLERANCE", "architecture_of", "workload_inputs", "time_calls",
-    "cpu_target_mismatch", "busy_core_note", "TargetMatch", "find_profiles", "profile_path_for", "profile_for_search",
+    "cpu_target_mismatch", "busy_core_note", "TargetMatch", "find_profiles", "profile_path_for", "resolve_space",
+    "profile_for_search",
     "ProfileChoice", "covers_space", "PROBE", "PROBE_TOLERANCE", "LOAD_SLOWDOWN", "probe_gflops", "FleetTarget",
     "profile_fleet", "fleet_table", "target_profile_path", "profile_of_target", "qkv_gemm_before",
 ]

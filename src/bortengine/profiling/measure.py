@@ -23,7 +23,7 @@ from bortengine.profiling.errors import ProfileError, ProfileInterrupted, Profil
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
 from bortengine.profiling.ops import (WEIGHT_BYTES, OpSpec, calibration_ops, gemm_weight_bytes, layer_weight_bytes,
                                       required_ops, residency_ops)
-from bortengine.profiling.profile_file import Profile, profile_path_for
+from bortengine.profiling.profile_file import Profile, profile_path_for, resolve_space
 from bortengine.profiling.runners import ValuePool, make_runner, rotation_bytes, weight_copies
 from bortengine.profiling.cpu_probe import REPROBE_EVERY_S, reference_gflops, reprobe
 from bortengine.profiling.target import Target
@@ -45,7 +45,7 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     already in the file are kept, except that a full run re-measures ops a quick run took. clock: "wall"
     (default) or "cpu" (one thread only, immune to other processes taking the CPU; see timing.CLOCKS).
     """
-    space = SearchSpace.resolve(space)
+    space = resolve_space(space, out, isa)
     if workload is not None and not isinstance(workload, Workload):
         raise ProfileError(f"workload must be a Workload, e.g. Workload(batch_size=1, seq_len=32, "
                            f"num_threads={available_cpus()}), got {type(workload).__name__} {workload!r}")
@@ -59,6 +59,7 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     path = Path(out) if out else profile_path_for(target)
     prof = _open_profile(path, target, workload, resume)
     wp = _workload_entry(prof, workload, settings, resume, space.name)
+    prof.record_space(space)
     roles = _wanted_ops(space, workload, rotation_bytes(prof.target, settings))
     _reuse_measurements(wp, roles, settings)
     todo = _work_list(wp, roles, settings)

@@ -17,7 +17,7 @@ from bortengine.profiling.latency import EXTRAPOLATION_NOTE, LatencyModel, Predi
 from bortengine.profiling.measurements import WorkloadProfile, op_order, read_keyed
 from bortengine.profiling.target import Target, TargetMatch
 from bortengine.profiling.workload import Workload
-from bortengine.search_space import architecture_dims
+from bortengine.search_space import SPACES, SearchSpace, SearchSpaceError, architecture_dims
 
 FORMAT = "bortengine-profile"
 FORMAT_VERSION = 1
@@ -31,9 +31,13 @@ class Profile:
     """
 
     def __init__(self, target: Target, workloads: Optional[dict[str, WorkloadProfile]] = None,
-                 path: Optional[Path] = None, created: Optional[str] = None):
+                 path: Optional[Path] = None, created: Optional[str] = None,
+                 spaces: Optional[dict[str, dict[str, Any]]] = None):
         self.target = target
         self.workloads: dict[str, WorkloadProfile] = workloads or {}
+        # the spaces measured that are not shipped ones (a file's, a pipeline's "below-D-A-H-I"), by name, so that
+        # the commands this profile prints (`--space NAME`) find them again (resolve_space)
+        self.spaces: dict[str, dict[str, Any]] = spaces or {}
         self.path = path
         self.created = created or now()
         self._models: dict[str, LatencyModel] = {}
@@ -63,6 +67,11 @@ class Profile:
                                                       remedy=self.command_for(workload))
         return self._models[workload.key]
 
+    def record_space(self, space: SearchSpace) -> None:
+        """Keep the definition of a space that is not a shipped one, for `bortengine profile --space NAME` later."""
+        if space.name.lower() not in SPACES:
+            self.spaces[space.name] = space.to_dict()
+
     def forget_models(self) -> None:
         """Drop the latency models built so far (after the measurements changed)."""
         self._models.clear()
@@ -89,7 +98,7 @@ class Profile:
     # -- files ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "created": self.created, "updated": now(),
-                "target": self.target.to_dict(),
+                "target": self.target.to_dict(), **({"spaces": self.spaces} if self.spaces else {}),
                 "workloads": {k: wp.to_dict() for k, wp in sorted(self.workloads.items())}}
 
     def save(self, path: Optional[str | os.PathLike] = None) -> Path:
@@ -119,7 +128,10 @@ class Profile:
             detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
             raise ProfileError(f"{where} is malformed ({type(e).__name__}: {detail}); re-profile with "
                                f"`bortengine profile`") from None
-        return cls(target, workloads, path=path, created=data.get("created"))
+        spaces = data.get("spaces", {})
+        if not isinstance(spaces, Mapping) or not all(isinstance(v, Mapping) for v in spaces.values()):
+            raise ProfileError(f"{where} is malformed: \"spaces\" must map names to search space definitions")
+        return cls(target, workloads, path=path, created=data.get("created"), spaces=dict(spaces))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Profile":
@@ -302,6 +314,29 @@ def profile_path_for(target: Target, confirm: Optional[Callable[[Target], Target
         n += 1
         path = path.with_name(f"{target.signature}-{n}.json")
     return path
+
+
+def resolve_space(spec: "str | os.PathLike | SearchSpace", profile_path: Optional[str | os.PathLike] = None,
+                  isa: Optional[str] = None) -> SearchSpace:
+    """A search space by name (a shipped one), file, or the name of one a profile was measured for: the profile at
+    profile_path (default: this CPU's, where profile() writes) keeps those that are not shipped (a file's, a
+    pipeline run's "below-D-A-H-I"), so the re-profile commands profiles and latency suites print work as given."""
+    try:
+        return SearchSpace.resolve(spec)
+    except SearchSpaceError:
+        if isinstance(spec, SearchSpace):
+            raise
+        path = Path(profile_path) if profile_path else profile_path_for(Target.current(isa))
+        try:
+            recorded = Profile.load(path).spaces.get(str(spec)) if path.is_file() else None
+        except ProfileError:
+            recorded = None
+        if recorded is None:
+            raise
+        try:
+            return SearchSpace.from_dict(recorded, default_name=str(spec))
+        except SearchSpaceError as e:
+            raise SearchSpaceError(f"{path}: the space {str(spec)!r} it records: {e}") from None
 
 
 def _checked_target(path: Path) -> bool:
