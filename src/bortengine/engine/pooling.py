@@ -4,7 +4,7 @@ Read from modules.json and its Pooling module's config.json (1_Pooling/config.js
 by mean, unnormalised, as sentence-transformers does when it wraps a plain transformers model. Several pooling
 modes concatenate in sentence-transformers' order: cls, max, mean, mean_sqrt_len. Dense modules after the pooling
 (LaBSE's, distiluse's projections: a linear layer and an activation, in modules.json's order, each read from its
-folder's model.safetensors) run in NumPy on the pooled vectors, before the normalisation. Modules the engine does not
+folder's model.safetensors) run on the pooled vectors (on the engine's GEMM), before the normalisation. Modules the engine does not
 run (weighted-mean or last-token pooling, a Dense on token states, ...) are recorded and make encode() refuse rather
 than return embeddings that differ from the model's.
 
@@ -113,13 +113,13 @@ class Dense:
                 raise ModelLoadError(f"{config_path}: {key} must be true or false, got {value!r}")
         weights_path = folder / "model.safetensors"
         if not weights_path.is_file():
-            pickled = [n for n in ("pytorch_model.bin", "model.pt") if (folder / n).is_file()]
+            pickled = (folder / "pytorch_model.bin").is_file()
             model = repr(str(folder.parent))
             raise ModelLoadError(
-                f"{folder} has {pickled[0] if pickled else 'no weights'} but no model.safetensors; bortengine reads "
-                f"safetensors only. " + (f"Convert once with: python -c \"from sentence_transformers import "
-                                         f"SentenceTransformer; SentenceTransformer({model}, device='cpu')"
-                                         f".save({model})\"" if pickled else ""))
+                f"{folder} has {'pytorch_model.bin' if pickled else 'no weights'} but no model.safetensors; "
+                f"bortengine reads safetensors only. " + (f"Convert once with: python -c \"from sentence_transformers "
+                                                          f"import SentenceTransformer; SentenceTransformer({model}, "
+                                                          f"device='cpu').save({model})\"" if pickled else ""))
         entries = read_safetensors_header(weights_path)
         wanted = {"linear.weight": (n_out, n_in)}
         if flags["bias"]:
