@@ -132,6 +132,7 @@ def test_suite_fails_on_another_cpu_target_or_skips_when_allowed(tmp_path, small
     assert f"expected  {other.signature}" in result.stdout
     assert f"found     {P.Target.current().signature}" in result.stdout
     assert "logical_cpus 64 vs" in result.stdout and "--bortengine-allow-other-cpu" in result.stdout
+    assert "benchmark 'bortengine latency'" not in result.stdout   # refused before anything was timed
     allowed = run_pytest(tmp_path, str(out / "test_latency.py"), "--bortengine-allow-other-cpu", "-rs",
                          *QUICK_BENCHMARK, cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
