@@ -137,6 +137,7 @@ def test_suite_fails_on_another_cpu_target_or_skips_when_allowed(tmp_path, small
                          *QUICK_BENCHMARK, cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert "1 passed, 2 skipped" in allowed.stdout and other.signature in allowed.stdout
+    assert "or pass --bortengine-allow-other-cpu" not in allowed.stdout   # not advised what was done
 
 
 @pytest.mark.parametrize("ratio", [1.2, 1 / 1.5, 3.0])

@@ -247,10 +247,11 @@ def ms(value: float) -> str:
 
 # ============================================================================================ the CPU target
 def cpu_target_mismatch(expected: Target, current: Target, where: str = "the profile",
-                        dtype: Optional[str] = None) -> Optional[str]:
+                        dtype: Optional[str] = None, advise: bool = True) -> Optional[str]:
     """None when this machine (current) is the CPU target `expected` (same CPU, CPU count and kernel path, CPUID and
     caches where both know them, calibration probe within its tolerance; the engine version may differ), else a
-    message naming both targets (their kernels of dtype, or all) and what to do."""
+    message naming both targets (their kernels of dtype, or all) and, if advise, what to do (a skip under
+    --bortengine-allow-other-cpu has nothing to do)."""
     differences = expected.cpu_differences(current)
     if not differences:
         return None
@@ -258,9 +259,9 @@ def cpu_target_mismatch(expected: Target, current: Target, where: str = "the pro
             f"  expected  {expected.signature}: {expected.describe(dtype)}\n"
             f"  found     {current.signature}: {current.describe(dtype)}\n"
             f"  differences: {'; '.join(differences)}\n"
-            f"Its latency was predicted for that machine, so the suite's numbers do not hold here. Run the suite on "
-            f"the target, run the pipeline on this machine to extract a model for it, or pass "
-            f"--bortengine-allow-other-cpu to skip the latency checks on other machines.")
+            f"Its latency was predicted for that machine, so the suite's numbers do not hold here."
+            + (" Run the suite on the target, run the pipeline on this machine to extract a model for it, or pass "
+               "--bortengine-allow-other-cpu to skip the latency checks on other machines." if advise else ""))
 
 
 LATENCY_DECIDES = ("the latency checks run and judge the time measured. Run the suite when the machine is quiet to "

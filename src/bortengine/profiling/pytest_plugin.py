@@ -205,7 +205,7 @@ def bortengine_cpu_target(pytestconfig: Any, bortengine_profile: ProfileCache) -
             checks[where] = (expected, found, "apart by what load causes (warned)")
             warnings.warn(busy_core_note(expected, found, where), ProfileMismatchWarning, stacklevel=2)
             return current[0]
-        mismatch = cpu_target_mismatch(expected, found, where, dtype)
+        mismatch = cpu_target_mismatch(expected, found, where, dtype, advise=not allow_other)
         checks[where] = (expected, found, "another CPU target" if mismatch else "the same CPU target")
         if mismatch and allow_other:
             pytest.skip(f"--bortengine-allow-other-cpu: {mismatch}")
