@@ -413,7 +413,7 @@ def test_rerank_equals_engine_rerank(cross_encoder, cross_encoder_server):
         everything = client.post("/v1/rerank", json={"query": query, "documents": documents})
         best = client.post("/v1/rerank", json={"query": query, "documents": documents, "top_n": 3,
                                                "return_documents": True, "model": name})
-        lone = client.post("/v1/rerank", json={"query": query, "documents": documents[0]})
+        lone = client.post("/v1/rerank", json={"query": query, "documents": documents[0], "return_documents": None})
         long = client.post("/v1/rerank", json={"query": query, "documents": ["river " * 40], "truncation": False})
         kind = client.get("/v1/models").json()["data"][0]["kind"]
         classify = client.post("/v1/classify", json={"input": "a text"})
@@ -424,17 +424,18 @@ def test_rerank_equals_engine_rerank(cross_encoder, cross_encoder_server):
     assert all("document" not in r for r in results)
     top = best.json()["results"]
     assert [(r["index"], r["document"]["text"]) for r in top] == [(d.index, d.text) for d in expected[:3]]
-    assert [r["index"] for r in lone.json()["results"]] == [0]
+    assert [r["index"] for r in lone.json()["results"]] == [0] and "document" not in lone.json()["results"][0]
     mask = engine.tokenize([query] * 7, text_pairs=documents, max_length=12)["attention_mask"]
     assert everything.json()["usage"]["total_tokens"] == int(mask.sum())
     assert long.status_code == 400 and long.json()["error"]["code"] == "context_length_exceeded"
     assert "documents[0] with the query" in long.json()["error"]["message"]
+    assert long.json()["error"]["param"] == "documents"   # rerank has no `input`
     assert kind == "regression"
     assert classify.status_code == 400 and "POST /v1/rerank" in classify.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("body, code, says", [
-    ({"documents": ["a"]}, "missing_input", "query is missing"),
+    ({"documents": ["a"]}, "missing_input", 'query is missing; pass a string, e.g. {"query": "a text"}'),
     ({"query": ["a", "b"], "documents": ["a"]}, "invalid_input", "query is a list; it must be one string"),
     ({"query": "q", "documents": []}, "empty_input", "documents is an empty list"),
     ({"query": "q", "documents": ["a", 3]}, "invalid_input", "documents[1] is a number (3)"),

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from bortengine.cli import main
 from serving_process import (BODY_TIMEOUT, MAX_BODY, MAX_ITEMS, MAX_QUEUE, MAX_TOKENS, ServerProcess,  # noqa: F401
-                             minilm_engine, minilm_server, serving_classifier, texts_of)
+                             minilm_engine, minilm_server, serving, serving_classifier, texts_of)
 from test_serving import delta, embeddings, scrape
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
@@ -158,6 +158,38 @@ def test_any_bytes_get_no_server_error(minilm_server, body):
     with minilm_server.client() as client:
         response = client.post("/v1/embeddings", content=body)
     assert response.status_code in (200, 400, 404), response.text
+
+
+@pytest.mark.parametrize("route", ["/v1/embeddings", "/v1/tokenize"])
+def test_a_number_too_long_to_read_is_a_400(minilm_server, route):
+    """Python reads no integer of more than 4,300 digits (a ValueError, not a JSONDecodeError); it was a 500."""
+    for body in (b'{"input": "a", "user": ' + b"9" * 5000 + b"}", b'{"input": "a", "dimensions": -' + b"9" * 4400
+                 + b"}"):
+        with minilm_server.client() as client:
+            response = client.post(route, content=body, headers={"Content-Type": "application/json"})
+            assert_error(response, 400, "invalid_json", "holds a number JSON cannot be read with here")
+            assert client.get("/health").status_code == 200   # the same connection, still usable
+
+
+def test_a_server_error_says_the_connection_closes(make_model, tmp_path):
+    """A 500 (here: weights that overflow float32 in the forward, so the embeddings are not finite) is followed by
+    uvicorn closing the connection; the answer says Connection: close, so a keep-alive client's next request opens
+    a new one instead of meeting a reset."""
+    from safetensors.numpy import load_file, save_file
+
+    model = tmp_path / "overflowing"
+    shutil.copytree(make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=40,
+                               seed=21), model)
+    weights = load_file(model / "model.safetensors")
+    name = next(n for n in weights if n.endswith("word_embeddings.weight"))
+    weights[name] = np.full_like(weights[name], 3e38) * np.where(np.arange(weights[name].shape[1]) % 2, 1, -1)
+    save_file(weights, model / "model.safetensors")
+    for server in serving(model):
+        with server.client() as client:
+            broken = client.post("/v1/embeddings", json={"input": "a text"})
+            assert broken.status_code == 500 and broken.json()["error"]["type"] == "server_error", broken.text
+            assert broken.headers["connection"] == "close"
+            assert client.get("/health").status_code == 200
 
 
 # -- 413: checked while reading ---------------------------------------------------------------------------------
@@ -432,6 +464,12 @@ def test_a_bad_model_directory_or_a_port_in_use_is_exit_2(capsys, tmp_path, mini
             main(["serve", str(minilm), "--worker-nice", nice])
         assert exit_info.value.code == 2
     assert "--worker-nice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", str(minilm), "--graceful-timeout", "-1"])
+    assert "expected a number >= 0, got '-1'" in capsys.readouterr().err
+    # 0 (SIGTERM waits for nothing) is an option ServeOptions takes: parsed, then the missing model refused
+    assert main(["serve", str(tmp_path / "nowhere"), "--graceful-timeout", "0"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "does not exist")
     for command in (["serve", str(minilm)], ["demo", "--model", str(minilm)], ["profile"]):
         with pytest.raises(SystemExit) as exit_info:
             main([*command, "--isa", "avx1024"])

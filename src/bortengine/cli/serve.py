@@ -1,6 +1,6 @@
 """`bortengine serve MODEL_DIR`: the model over HTTP (bortengine.serving; docs/serving.md), an OpenAI-compatible
-/v1/embeddings and /v1/classify, /v1/tokenize, /v1/models, /health, /metrics. Prints where it listens, then when
-the model is ready; SIGTERM drains the accepted requests and exits 0.
+/v1/embeddings and /v1/classify, /v1/rerank, /v1/tokenize, /v1/models, /health, /metrics. Prints where it
+listens, then when the model is ready; SIGTERM drains the accepted requests and exits 0.
 
 Needs the `serve` extra (starlette, uvicorn, prometheus-client, orjson); without it the command says how to install it.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from bortengine.cli.arguments import (MODEL_DIRECTORY, check_model_directory, kernel_path, nice_value, port,
-                                      positive_float, positive_int)
+from bortengine.cli.arguments import (MODEL_DIRECTORY, check_model_directory, kernel_path, nice_value,
+                                      non_negative_float, port, positive_float, positive_int)
 from bortengine.engine import DTYPES
 from bortengine.errors import UsageError
 from bortengine.serving import API_KEY_VARIABLE, LOG_LEVELS, ServeOptions
@@ -24,7 +24,7 @@ EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client", "orjson")
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP: OpenAI-compatible embeddings, classification, "
-                                     "metrics")
+                                     "reranking, metrics")
     p.add_argument("model", metavar="MODEL_DIR", help=MODEL_DIRECTORY)
     p.add_argument("--host", default=DEFAULTS.host,
                    help=f"address to listen on (default {DEFAULTS.host}: this machine only; 0.0.0.0: every "
@@ -70,9 +70,9 @@ def add_parsers(sub) -> None:
                         "deadline)")
     p.add_argument("--model-name", default=None,
                    help="the name clients pass as `model` (default: MODEL_DIR's folder name)")
-    p.add_argument("--graceful-timeout", type=positive_float, default=DEFAULTS.graceful_timeout,
+    p.add_argument("--graceful-timeout", type=non_negative_float, default=DEFAULTS.graceful_timeout,
                    metavar="SECONDS", help=f"how long SIGTERM waits for accepted requests (default "
-                                           f"{DEFAULTS.graceful_timeout:g})")
+                                           f"{DEFAULTS.graceful_timeout:g}; 0: not at all)")
     p.add_argument("--access-log", action="store_true", help="log one line per request (costs throughput)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=DEFAULTS.log_level,
                    help=f"uvicorn's log on stderr (default {DEFAULTS.log_level})")

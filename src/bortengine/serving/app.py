@@ -252,7 +252,7 @@ class ModelService:
             pair = "; the text and its pair together" if req.pairs is not None else ""
             raise APIError(400, f"{where} has {e.tokens} tokens, more than the {e.max_length} this server reads per "
                                 f"text (--max-input-tokens{pair}); shorten or split it, or {how} to cut texts to "
-                                f"{e.max_length} tokens", param="input",
+                                f"{e.max_length} tokens", param="input" if route != "rerank" else "documents",
                            code="context_length_exceeded") from None
         tokenize_s = time.perf_counter() - start
         self.metrics.record_texts(route, len(texts), texts.tokens, len(texts.truncated), tokenize_s)
@@ -473,5 +473,7 @@ async def _http_error(request: Request, e: HTTPException) -> Response:
 
 
 async def _server_error(request: Request, e: Exception) -> Response:
+    """Starlette sends this, then raises e on to uvicorn, which logs it and closes the connection: the answer says
+    so (Connection: close), or a keep-alive client's next request on it would meet a reset."""
     return JSONAnswer(error_body(f"internal error ({type(e).__name__}); the server's log has its traceback",
-                                 "server_error"), status_code=500)
+                                 "server_error"), status_code=500, headers={"Connection": "close"})

@@ -128,7 +128,7 @@ def rerank_request(body: bytes, limits: RequestLimits, model_name: str) -> Reran
     """The checked fields of a body sent to /v1/rerank (Cohere's and Jina's shape, as text-embeddings-inference
     takes it too): query, documents, top_n, return_documents; and model, truncation as the other routes."""
     fields = _json_object(body, model_name, RERANK_EXAMPLE % model_name)
-    query, single = _texts(fields, "query", limits)
+    query, single = _texts(fields, "query", limits, one=True)
     if not single:
         raise APIError(400, f"query is {_kind(fields['query'])}; it must be one string, the text the documents are "
                             f"ranked against", param="query", code="invalid_input")
@@ -139,7 +139,8 @@ def rerank_request(body: bytes, limits: RequestLimits, model_name: str) -> Reran
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
         raise APIError(400, f"top_n is {_kind(top_n)}; it must be a positive integer (the best top_n documents are "
                             f"answered) or left out (all)", param="top_n", code="invalid_top_n")
-    return_documents = fields.get("return_documents", False)
+    return_documents = fields.get("return_documents")
+    return_documents = False if return_documents is None else return_documents   # null: left out, as elsewhere
     if not isinstance(return_documents, bool):
         raise APIError(400, f"return_documents is {_kind(return_documents)}; it must be true (each result holds its "
                             f"document's text) or false", param="return_documents", code="invalid_return_documents")
@@ -171,6 +172,9 @@ def _json_object(body: bytes, model_name: str, example: Optional[str] = None) ->
     except RecursionError:
         raise APIError(400, "the request body nests JSON too deeply to read; send a JSON object such as "
                             f"{example}", code="invalid_json") from None
+    except ValueError as e:   # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise APIError(400, f"the request body holds a number JSON cannot be read with here ({e}); send a JSON "
+                            f"object such as {example}", code="invalid_json") from None
     if not isinstance(value, dict):
         raise APIError(400, f"the request body is {_kind(value)}, not a JSON object; send an object such as "
                             f"{example}", code="invalid_json")
@@ -190,14 +194,16 @@ def check_model(model: Any, model_name: str) -> None:
                             f"/v1/models), pass that name or leave model out", param="model", code="model_not_found")
 
 
-def _texts(fields: dict, name: str, limits: RequestLimits) -> tuple[list[str], bool]:
-    """(texts, True if the field was one string); every text a non-empty string of valid Unicode."""
+def _texts(fields: dict, name: str, limits: RequestLimits, one: bool = False) -> tuple[list[str], bool]:
+    """(texts, True if the field was one string); every text a non-empty string of valid Unicode. one: the field
+    takes one string only (rerank's query), which its message when missing says."""
     if name not in fields or fields[name] is None:
         near = [k for k in fields if k != name and k.lower().rstrip("s") in ("input", "text", "sentence")]
         hint = f" (this body has {near[0]!r}; the field is {name!r})" if near else ""
         state = "null" if name in fields else "missing"
-        raise APIError(400, f"{name} is {state}{hint}; pass a string or a list of strings, e.g. "
-                            f'{{"{name}": ["a text"]}}', param=name, code="missing_input")
+        how = f'a string, e.g. {{"{name}": "a text"}}' if one else \
+            f'a string or a list of strings, e.g. {{"{name}": ["a text"]}}'
+        raise APIError(400, f"{name} is {state}{hint}; pass {how}", param=name, code="missing_input")
     value = fields[name]
     single = isinstance(value, str)
     texts = [value] if single else value
