@@ -472,3 +472,19 @@ def test_int8_dtype_on_the_command_line(tmp_path, capsys):
     assert "workload batch 1 × 4 tokens, 1 thread(s), int8" in capsys.readouterr().out
     with pytest.raises(P.ProfileError, match="--dtype int8"):
         P.load_profile(out).for_workload(P.Workload(1, 8, 1, "int8"))
+
+
+def test_a_profile_covers_a_space_only_when_it_measured_every_shape_of_it(tmp_path):
+    """Two spaces profiled into one file span the corners of a third (1 or 2 heads, hidden 32 or 64), but not its
+    attention of 1 head of 64 or 2 heads of 16: that profile does not cover it (a check of the corners alone said it
+    did, and the pipeline's extraction then refused the profile on every rerun)."""
+    out = tmp_path / "p.json"
+    for heads, hidden in ((2, 64), (1, 32)):
+        P.profile(SearchSpace(f"h{hidden}", layers=[1], heads=[heads], hidden=[hidden], intermediate=[hidden],
+                              vocab_size=500, max_positions=64), W, out=out, progress=False, settings=FAST)
+    prof = P.Profile.load(out)
+    between = SearchSpace("between", layers=[1, 2], heads=[1, 2], hidden=[32, 64], intermediate=[32, 64],
+                          vocab_size=500, max_positions=64)
+    assert P.covers_space(prof, W, SearchSpace("h64", layers=[1, 3], heads=[2], hidden=[64], intermediate=[64],
+                                               vocab_size=500, max_positions=64))
+    assert not P.covers_space(prof, W, between)

@@ -32,22 +32,24 @@ class ProfileChoice:
 
 
 def covers_space(prof: Profile, workload: Workload, space: SearchSpace) -> bool:
-    """Whether the profile predicts the space's corners under the workload from measured shapes (no op of the
-    largest or smallest architecture outside what was measured)."""
-    corners = [(max(space.layers), max(space.heads), max(space.hidden), max(space.intermediate)),
-               (min(space.layers), min(space.heads), min(space.hidden), min(space.intermediate))]
+    """Whether the profile predicts every architecture of the space under the workload from measured shapes (no op
+    outside what was measured). Each (A, H, I) once: the op shapes do not depend on D. (The two corners alone
+    passed a profile made of other spaces whose shapes span the corners but not the ones between, and the
+    extraction then refused it, run after run.)"""
+    shapes = sorted({(a.heads, a.hidden, a.intermediate) for a in space})
+    depth = min(space.layers)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # extrapolation is what is asked about here
-            return all(not predict_latency(Architecture(*dims, vocab_size=space.vocab_size), workload, prof,
-                                           detail=True).extrapolated for dims in corners)
+            return all(not predict_latency(Architecture(depth, *dims, vocab_size=space.vocab_size), workload, prof,
+                                           detail=True).extrapolated for dims in shapes)
     except (ProfileError, KeyError, ValueError):
         return False
 
 
 def profile_for_search(space: SearchSpace, workload: Workload, *, quick: bool = True, progress: bool = True,
                        settings: Optional[Settings] = None) -> ProfileChoice:
-    """This CPU's profile covering the space's corners under the workload (find_profiles), else one measured now
+    """This CPU's profile covering the space under the workload (find_profiles), else one measured now
     (profile(), quick by default; into this CPU's file, adding to it when it exists). Profiles found for this
     CPU's name that are another CPU's, or cannot be checked, warn (naming both targets and the fix) and are not
     used."""
