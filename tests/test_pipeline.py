@@ -182,6 +182,16 @@ def test_a_finished_run_given_another_budget_keeps_its_own(reference, data, teac
     assert "s of a 600 s budget." in (out / "report.md").read_text()
 
 
+@pytest.mark.parametrize("arch, over", [("3,2,32,64", "layers 3 > 2"), ("1,2,128,64", "hidden size 128 > 64"),
+                                        ("1,2,32,256", "FFN size 256 > 128")])
+def test_a_student_larger_than_the_teacher_is_refused_before_the_run(tmp_path, data, teacher, arch, over):
+    """It failed at the distillation, after the profile, the teacher's fine-tuning and the extraction, and the
+    run's directory then held its --arch, so no other student could finish it."""
+    with pytest.raises(PipelineError, match=rf"--arch {arch}: the student .* is larger than its teacher .*{over}"):
+        run_pipeline(_config(tmp_path / "out", data, teacher, arch=arch))
+    assert not (tmp_path / "out").exists()
+
+
 def test_another_runs_directory_is_refused(reference, data, teacher):
     out, _ = reference
     with pytest.raises(PipelineError, match="differs in"):

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from bortengine.architecture import Architecture
 from bortengine.engine import transformer_directory
 from bortengine.errors import TruncationWarning
 from bortengine.files import atomic_write_json, read_json
@@ -46,7 +47,13 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     out = Path(config.out)
     ctx = RunContext(config, {})
     task = ctx.task                       # the data checked row by row before the run directory is touched
-    teacher_architecture(ctx.teacher_source)         # and the teacher: one the pipeline can start from
+    teacher = teacher_architecture(ctx.teacher_source)   # and the teacher: one the pipeline can start from
+    if config.arch is not None:                          # with the student asked for inside it
+        from bortengine.training import too_large_to_slice
+
+        too_large = too_large_to_slice(Architecture.parse(config.arch), teacher)
+        if too_large:
+            raise PipelineError(f"--arch {config.arch}: {too_large}")
     if ctx.uses_agora():
         selection_part(ctx)     # Agora's split of dev, which a rare class fails: now, not after 80% of the budget
     state = read_json(out / STATE_FILE, PipelineError, missing_ok=True) or {"stages": {}}

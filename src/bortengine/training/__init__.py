@@ -25,7 +25,7 @@ from bortengine.training.errors import TrainingError
 __all__ = [
     "TrainingError", "default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle", "teacher_classifier",
     "build_model", "architecture_of", "encoder_of", "count_parameters", "load_pretrained",
-    "Importance", "measure_importance", "slice_init",
+    "Importance", "measure_importance", "slice_init", "too_large_to_slice",
     "DistillConfig", "pretrain", "surrogate_loss", "distil_cut_student", "embedding_similarity", "pair_similarity",
     "distillation_documents", "corpus_documents", "CORPUS_MODES",
     "FinetuneConfig", "finetune", "finetune_surrogate_loss", "SequenceClassifier", "evaluate_classifier",
@@ -45,7 +45,7 @@ _WHERE = {
     "teacher_bundle": "teacher", "teacher_classifier": "teacher",
     "build_model": "models", "architecture_of": "models", "encoder_of": "models", "count_parameters": "models",
     "load_pretrained": "models", "check_classifier_source": "models",
-    "Importance": "slicing", "measure_importance": "slicing", "slice_init": "slicing",
+    "Importance": "slicing", "measure_importance": "slicing", "slice_init": "slicing", "too_large_to_slice": "slicing",
     "DistillConfig": "distill", "pretrain": "distill", "surrogate_loss": "distill", "distil_cut_student": "distill",
     "embedding_similarity": "distill", "pair_similarity": "distill", "distillation_documents": "distill",
     "corpus_documents": "corpus", "CORPUS_MODES": "corpus",

@@ -142,6 +142,19 @@ def _put(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst[tuple(slice(0, n) for n in src.shape)] = src
 
 
+def too_large_to_slice(arch: Architecture, teacher: Architecture) -> Optional[str]:
+    """Why a student of arch cannot be cut from the teacher (more layers, hidden or FFN units than it has: the
+    student keeps a subset of each), or None. Its heads may differ either way (regrouped)."""
+    over = [f"{name} {s} > {t}" for name, s, t in (("layers", arch.layers, teacher.layers),
+                                                    ("hidden size", arch.hidden, teacher.hidden),
+                                                    ("FFN size", arch.intermediate, teacher.intermediate)) if s > t]
+    if not over:
+        return None
+    return (f"the student {arch} is larger than its teacher {teacher} ({', '.join(over)}): a student is cut from "
+            f"the teacher, so give at most {teacher.layers} layers, hidden size {teacher.hidden} and FFN size "
+            f"{teacher.intermediate}")
+
+
 @torch.no_grad()
 def slice_init(arch: Architecture, teacher, importance: Importance, seed: int = 0,
                attn_implementation: str = "eager", dropout: float = 0.1):
@@ -153,9 +166,9 @@ def slice_init(arch: Architecture, teacher, importance: Importance, seed: int = 
     """
     t_enc = encoder_of(teacher)
     t_arch = architecture_of(t_enc)
-    if arch.layers > t_arch.layers:
-        raise TrainingError(f"slice_init: the student {arch} has more layers than its teacher {t_arch}; give a "
-                            f"student of at most {t_arch.layers} layers")
+    too_large = too_large_to_slice(arch, t_arch)
+    if too_large:
+        raise TrainingError(f"slice_init: {too_large}")
     student = build_model(arch, seed=seed, attn_implementation=attn_implementation, dropout=dropout)
     s_enc = encoder_of(student)
     kept = importance.kept_layers(arch.layers)
