@@ -676,6 +676,44 @@ def test_a_dead_worker_fails_one_evaluation_and_the_search_goes_on(tmp_path):
     assert all(c.evaluated for c in r.candidates if c.dims not in died)
 
 
+STARTING_AGAIN = """
+import sys
+
+from bortengine import search as S
+from bortengine.architecture import Architecture
+from bortengine.search import executor as E
+
+# no `if __name__ == "__main__":`: every spawned worker runs this again, and is refused while it starts
+ex = E.LocalExecutor(S.AnalyticSurrogate(), workers=2)
+for i, dims in enumerate([(1, 2, 64, 128), (2, 2, 64, 128)]):
+    ex.submit(i, Architecture(*dims))
+try:
+    while True:
+        print("EVALUATION:", ex.wait(timeout=60), flush=True)
+        for i, dims in enumerate([(1, 2, 64, 128), (2, 2, 64, 128)]):
+            ex.submit(i, Architecture(*dims))
+except S.SearchError as e:
+    print("STOPPED:", e, flush=True)
+"""
+
+
+def test_workers_that_die_while_starting_stop_the_extraction(tmp_path):
+    """A script that starts the extraction at its top level runs again in every spawned worker, which refuses it
+    as it starts: the parent saw only broken pools, started new ones until the budget was spent and ended in
+    "evaluated no student within its budget". Two pools in a row with no worker started stop it, saying why."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(STARTING_AGAIN)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    stopped = [line for line in done.stdout.splitlines() if line.startswith("STOPPED:")]
+    assert len(stopped) == 1, done.stdout + done.stderr[-3000:]
+    assert "died as they started, 2 pools in a row" in stopped[0] and 'if __name__ == "__main__":' in stopped[0]
+    evaluations = [line for line in done.stdout.splitlines() if line.startswith("EVALUATION:")]
+    assert len(evaluations) <= 2 and all("failed" in line for line in evaluations), done.stdout
+
+
 def test_local_executor_in_this_process():
     """workers = 1: evaluations run one at a time inside wait(), results under the tickets they were given."""
     ex = E.LocalExecutor(S.AnalyticSurrogate(nan=((1, 2, 64, 128),)), workers=1)

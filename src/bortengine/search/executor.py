@@ -106,8 +106,12 @@ def default_workers(surrogate: Surrogate) -> int:
     return available_cpus() if surrogate.expensive else 1
 
 
-def worker_init(threads: int, niceness: int = 0) -> None:
-    """A worker process's set-up, before its first evaluation."""
+def worker_init(threads: int, niceness: int = 0, started: Any = None) -> None:
+    """A worker process's set-up, before its first evaluation. started: a shared counter of the workers that got
+    here (past importing the main script again)."""
+    if started is not None:
+        with started.get_lock():
+            started.value += 1
     if niceness:  # heavy surrogate training yields to other jobs; the parent (which times finalists) does not
         os.nice(niceness)
     # before torch is imported (by the surrogate, if at all): passive OpenMP waits on a shared machine (see
@@ -126,6 +130,9 @@ def worker_surrogate(surrogate: Surrogate, threads: int) -> Surrogate:
 # Why a script that calls the extraction (or the pipeline) at its top level breaks: the workers run it again.
 SCRIPT_GUARD = ("the extraction's worker processes are started with 'spawn', which runs the main script again in "
                 "each of them: put the script's call under `if __name__ == \"__main__\":`")
+
+
+STILLBORN_POOLS = 2   # pools in a row whose workers all died while starting: the extraction stops
 
 
 def in_worker_bootstrap() -> bool:
@@ -155,6 +162,8 @@ class LocalExecutor(Executor):
         self.pool = None
         self._running: dict[Any, tuple[Hashable, Any]] = {}  # future -> (ticket, the pool it runs in)
         self._here: dict[Hashable, Architecture] = {}         # workers <= 1: ticket -> what wait() evaluates
+        self._started: dict[Any, Any] = {}                    # pool -> its count of workers that got to start
+        self._stillborn = 0                                   # pools in a row that broke with none started
 
     @property
     def running(self) -> int:
@@ -187,8 +196,12 @@ class LocalExecutor(Executor):
         if in_worker_bootstrap():
             raise SearchError(f"the extraction was started inside one of its own worker processes; {SCRIPT_GUARD}")
 
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=worker_init, initargs=(self.threads, self.niceness))
+        context = multiprocessing.get_context("spawn")
+        started = context.Value("i", 0)
+        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=worker_init,
+                                   initargs=(self.threads, self.niceness, started))
+        self._started[pool] = started
+        return pool
 
     def wait(self, timeout: Optional[float] = None) -> list[tuple[Hashable, Evaluation]]:
         if self._here:   # in this process: the evaluation runs to its end, whatever the timeout
@@ -211,6 +224,16 @@ class LocalExecutor(Executor):
         ticket, pool = self._running.pop(fut)
         if not isinstance(fut.exception(), BrokenProcessPool):
             return [(ticket, fut.result())]
+        # A pool none of whose workers got to its initializer died while starting: most often the main script run
+        # again in each of them (its refusal is in the workers' stderr, out of the parent's sight); a new pool
+        # would die the same way, until the budget is spent
+        started = self._started.pop(pool, None)
+        self._stillborn = self._stillborn + 1 if started is not None and started.value == 0 else 0
+        if self._stillborn >= STILLBORN_POOLS:
+            self.close(cancel=True)
+            raise SearchError(f"the extraction's worker processes died as they started, {STILLBORN_POOLS} pools in "
+                              f"a row: if a script started the run, {SCRIPT_GUARD}; otherwise see their error above "
+                              f"(out of memory?)")
         out = [(ticket, Evaluation("failed", None, "the worker process died (out of memory, killed, or a script "
                                                    "without `if __name__ == \"__main__\":` that ran again in it?)",
                                    0.0))]
@@ -225,6 +248,7 @@ class LocalExecutor(Executor):
     def close(self, cancel: bool = False) -> None:
         self._running.clear()
         self._here.clear()
+        self._started.clear()
         if self.pool is not None:
             if cancel:
                 for proc in list(getattr(self.pool, "_processes", {}).values()):
