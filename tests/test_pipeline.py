@@ -702,3 +702,29 @@ def test_a_script_run_again_in_a_spawned_worker_is_refused_before_the_run_direct
     assert all('if __name__ == "__main__":' in line for line in refusals)
     assert "run_pipeline() was called while a worker process was starting" in refusals[0]
     assert not out.exists()
+
+
+class _ParameterLatency:
+    """A latency model whose prediction is an architecture's parameters in millions (ms)."""
+
+    def predict(self, arch):
+        return arch.parameters() / 1e6
+
+
+def test_a_teacher_with_no_student_fast_enough_is_said_in_the_pipelines_terms():
+    """No student of the space predicted --min-speedup times faster than the teacher: said before the search, naming
+    the pipeline's options (it was the search's 'raise the latency limit'), and that they need a new run."""
+    from bortengine.architecture import Architecture
+    from bortengine.pipeline.stages import _check_fast_enough_exists, space_below
+
+    teacher = Architecture(2, 2, 64, 128, vocab_size=200)
+    space, model = space_below(teacher), _ParameterLatency()
+    fastest = min((a for a in space.architectures()), key=lambda a: Architecture(*a.tuple, **{
+        "vocab_size": space.vocab_size, "max_positions": space.max_positions}).parameters())
+    ratio = model.predict(teacher) / model.predict(Architecture(*fastest.tuple, vocab_size=space.vocab_size,
+                                                                 max_positions=space.max_positions))
+    _check_fast_enough_exists(space, teacher, model, model.predict(teacher), min_speedup=ratio * 0.99)
+    with pytest.raises(PipelineError, match=rf"no student of the space {space.name} is predicted 4x faster .*"
+                                            rf"predicted {ratio:.2f}x; give a lower --min-speedup or a --space .*"
+                                            rf"in a new run \(another --out"):
+        _check_fast_enough_exists(space, teacher, model, model.predict(teacher), min_speedup=4)

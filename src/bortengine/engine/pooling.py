@@ -4,9 +4,9 @@ Read from modules.json and its Pooling module's config.json (1_Pooling/config.js
 by mean, unnormalised, as sentence-transformers does when it wraps a plain transformers model. Several pooling
 modes concatenate in sentence-transformers' order: cls, max, mean, mean_sqrt_len. Dense modules after the pooling
 (LaBSE's, distiluse's projections: a linear layer and an activation, in modules.json's order, each read from its
-folder's model.safetensors) run on the pooled vectors (on the engine's GEMM), before the normalisation. Modules the engine does not
-run (weighted-mean or last-token pooling, a Dense on token states, ...) are recorded and make encode() refuse rather
-than return embeddings that differ from the model's.
+folder's model.safetensors) run on the pooled vectors (on the engine's GEMM), before the normalisation. Modules the
+engine does not run (weighted-mean or last-token pooling, a Dense on token states, ...) are recorded and make
+encode() refuse rather than return embeddings that differ from the model's.
 
 transformer_directory is where a model directory keeps its transformer (config.json, weights, tokenizer): itself,
 or the sub-folder modules.json names (0_Transformer/); load(), the tokenizer of training and every stage that reads

@@ -315,6 +315,7 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
                 "teacher_predicted_ms": teacher_ms}
     data = dict(seed=ctx.config.seed, eval_limit=256, teacher=str(ctx.teacher_dir), **_surrogate_data(ctx))
     cache, bound = str(ctx.out / "extract-cache"), teacher_ms / ctx.config.min_speedup
+    _check_fast_enough_exists(space, teacher, model, teacher_ms, ctx.config.min_speedup)
     required = ctx.config.min_speedup * SPEEDUP_MARGIN
     with warnings.catch_warnings():
         # the W-coefficient's winner needs the maximum point's error, which a short stage may not reach; the
@@ -492,6 +493,26 @@ def _surrogate_data(ctx: RunContext) -> dict[str, Any]:
     return {"data": {k: v for k, v in data.items() if v is not None}, "train_sample": sample}
 
 
+# What a run whose options are fixed (its directory holds them) can and cannot change, for the errors that advise one
+NEW_RUN = "in a new run (another --out: this run's directory keeps the options it was started with)"
+
+
+def _check_fast_enough_exists(space: SearchSpace, teacher: Architecture, model, teacher_ms: float,
+                              min_speedup: float) -> None:
+    """PipelineError, before the search, when no student of the space is predicted min_speedup times faster than
+    the teacher (a small teacher), in the pipeline's terms (the search's own says "latency limit")."""
+    from bortengine.search.fptas import candidate_architectures
+
+    students = [a for a in candidate_architectures(space, teacher) if a.tuple != teacher.tuple]
+    fastest = min(students, key=lambda a: float(model.predict(a)), default=None)
+    fastest_ms = float(model.predict(fastest)) if fastest is not None else teacher_ms
+    if teacher_ms / fastest_ms < min_speedup:
+        raise PipelineError(
+            f"no student of the space {space.name} is predicted {min_speedup:g}x faster than the teacher "
+            f"({teacher_ms:.3f} ms at the workload): its fastest, {fastest}, is predicted "
+            f"{teacher_ms / fastest_ms:.2f}x; give a lower --min-speedup or a --space of smaller students {NEW_RUN}")
+
+
 def choose_student(result, latency_bound_ms: float, speedup: Callable[[Architecture], float],
                    required: float, deadline: float):
     """(candidate, note): the evaluated candidate of lowest surrogate error (ties: the faster) among those predicted
@@ -500,8 +521,9 @@ def choose_student(result, latency_bound_ms: float, speedup: Callable[[Architect
     the deadline, the fastest measured (or, if none was, predicted) candidate, with a note saying so."""
     evaluated = [c for c in result.candidates if c.error is not None and c.arch.tuple != result.max_point.arch.tuple]
     if not evaluated:
-        raise PipelineError("the extraction evaluated no student within its budget; give a larger --budget or "
-                            "a student with --arch D,A,H,I")
+        raise PipelineError(f"the extraction evaluated no student within its budget: run the same command with a "
+                            f"larger --budget (the run continues where it stopped), or give a student with --arch "
+                            f"D,A,H,I {NEW_RUN}")
     pending = sorted((c for c in evaluated if c.latency_ms <= latency_bound_ms), key=lambda c: (c.error, c.latency_ms))
     measured = []
     while pending and time.monotonic() < deadline:
