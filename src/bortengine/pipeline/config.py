@@ -100,7 +100,8 @@ class PipelineConfig:
             # Agora's transformations make new single texts from training texts; it has none for a pair of texts
             raise PipelineError(f"--scarce (Agora) makes single texts, not pairs, so it cannot fine-tune a text-pair "
                                 f"task (--text-pair-column {self.text_pair_column}); drop --scarce: the student of "
-                                f"a pair task is fine-tuned with the near-text recipe, whatever the size of its data")
+                                f"a pair task is fine-tuned on its training pairs and the teacher's soft labels of "
+                                f"them, whatever the size of its data")
         if self.dtype not in DTYPES:
             raise PipelineError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and self.budget > 0):

@@ -140,8 +140,11 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
                      + (f" (Agora's is taken only when more accurate by over one standard error, "
                         f"{finetune['agora_margin']:.4f})" if "agora_margin" in finetune else "")
                      + f"; {chosen} model is the student.")
+    elif finetune and not finetune.get("augmented_examples"):   # a text-pair task: no near texts are made
+        lines.append(f"Fine-tuned on the training set, learning the teacher's soft labels too ({finetune['steps']} "
+                     f"steps; a text-pair task gets no near texts: the word swaps that make them vary single texts).")
     elif finetune:
-        lines.append(f"Fine-tuned on the training set and {finetune.get('augmented_examples', 0)} texts near its texts "
+        lines.append(f"Fine-tuned on the training set and {finetune['augmented_examples']} texts near its texts "
                      f"labelled by the teacher, learning the teacher's soft labels too ({finetune['steps']} steps).")
     return lines + [""] if len(lines) > 2 else []
 
