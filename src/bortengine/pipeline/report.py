@@ -121,7 +121,7 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
                 f"re-ranked by a surrogate that distils each from the teacher ({settings['distil_steps']} steps) "
                 f"before it fine-tunes it ({settings['steps']} steps): "
                 + ", ".join(f"{s['architecture']} {s['error']:.4f}" for s in sorted(scored, key=lambda s: s["error"]))
-                + (f"; not re-ranked in the stage's time: "
+                + ("; not re-ranked in the stage's time: "
                    + ", ".join(s["architecture"] for s in reranking["students"] if s["error"] is None)
                    if len(scored) < len(reranking["students"]) else "")
                 + ". " + _sentence(extraction.get("note", "")))
