@@ -189,6 +189,9 @@ def load_task(spec: "DataSpec | str | None" = None, **fields: Any) -> Task:
     return task
 
 
+SHOWN_CLASSES = 10   # classes an error lists by name; the rest are counted
+
+
 def stratified_sample(labels: Sequence[int], n: int, seed: int) -> list[int]:
     """Indices of n of the labels drawn without replacement with seed, sorted. Each class gets n times its share,
     rounded by largest remainder (so the counts add up to n and each lies within one of its share), and at least
@@ -305,9 +308,14 @@ def _split_from_train(train: list[TextExample], roles: list[str], spec: DataSpec
     need = 1 + len(roles)
     short = {labels[c]: len(rows) for c, rows in sorted(by_class.items()) if len(rows) < need}
     if short:
+        named = dict(list(short.items())[:SHOWN_CLASSES])
+        more = f" and {len(short) - len(named)} more" if len(short) > len(named) else ""
+        # most classes being one or two rows: a column of free text taken for the labels
+        swapped = (f"; {len(labels)} classes in {len(train)} rows: is {spec.label_column!r} the column of labels?"
+                   if len(labels) > len(train) / 2 else "")
         raise TrainingError(
             f"{path}: splitting {' and '.join(roles)} from train needs at least {need} examples of every class "
-            f"(one for each split); too few of {short}: add examples of these classes, or give "
+            f"(one for each split); too few of {named}{more}{swapped}: add examples of these classes, or give "
             f"{' and '.join('--' + r for r in roles)} file(s)")
     parts: dict[str, list[int]] = {role: [] for role in roles}
     parts["train"] = []
