@@ -151,10 +151,11 @@ def test_a_run_killed_at_any_stage_ends_as_an_uninterrupted_one(stage, reference
     monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, original)
     capsys.readouterr()
     summary = run_pipeline(_config(out, data, teacher))
-    # the resumed run plans the budget left over the stages still to run, and only those
+    # the resumed run plans the budget left over the stages still to run, and only those (with --arch, as here, the
+    # extraction takes no time: it records the student)
     plan = next(line for line in capsys.readouterr().err.splitlines() if "planned split:" in line)
     planned = [part.split()[0] for part in plan.split("planned split: ")[1].split(" (")[0].split(", ")]
-    assert planned == list(STAGES[STAGES.index(stage):])
+    assert planned == [s for s in STAGES[STAGES.index(stage):] if s != "extract"]
     ref_out, ref_summary = reference
     for name in ("teacher", "model"):
         got, want = _weights(out / name), _weights(ref_out / name)

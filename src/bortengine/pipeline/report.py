@@ -77,7 +77,7 @@ def _markdown(summary: dict[str, Any]) -> str:
     evaluation = stages.get("evaluate", {}).get("result")
     lines = [f"# bortengine pipeline: {summary['task']['name']}", "",
              f"{summary['task']['description']}. Teacher: `{summary['config'].get('teacher') or 'all-MiniLM-L6-v2'}`; "
-             f"workload {summary.get('workload')}, {summary['threads']} threads, CPU target "
+             f"workload {summary.get('workload')}, CPU target "
              f"`{summary.get('target', '?')}`.", ""]
     if evaluation:
         inputs = evaluation["latency_inputs"]

@@ -74,7 +74,8 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                      f"({state['stages'][name]['seconds']:.0f} s)")
                 continue
             left = config.budget - spent_before - (time.monotonic() - started)
-            seconds = max(1.0, left) * BUDGET_SHARES[name] / sum(BUDGET_SHARES[s] for s in STAGES[index - 1:])
+            shares = _shares(config)
+            seconds = max(1.0, left) * shares.get(name, 0.0) / sum(shares.get(s, 0.0) for s in STAGES[index - 1:])
             _say(f"[{index}/{len(STAGES)}] {name}: budget {clock(seconds)} ({clock(max(0.0, left))} of the run left)")
             stage_start = time.monotonic()
             result = STAGE_FUNCTIONS[name](ctx, seconds)
@@ -117,10 +118,15 @@ def _claim(out: Path, config: PipelineConfig, finished: bool) -> PipelineConfig:
     return config
 
 
+def _shares(config: PipelineConfig) -> dict[str, float]:
+    """The stages' shares of the budget: with --arch the extraction takes none (it only records the student)."""
+    return {name: share for name, share in BUDGET_SHARES.items() if not (name == "extract" and config.arch)}
+
+
 def _plan(config: PipelineConfig, spent: float, done: Iterable[str] = ()) -> str:
     """The split of the budget left over the stages still to run (a resumed run re-plans from the time left)."""
     left = config.budget - spent
-    shares = {name: share for name, share in BUDGET_SHARES.items() if name not in set(done)}
+    shares = {name: share for name, share in _shares(config).items() if name not in set(done)}
     split = ", ".join(f"{name} {clock(left * share / sum(shares.values()))}" for name, share in shares.items())
     return (f"budget {clock(config.budget)}" + (f" ({clock(spent)} used by an earlier run)" if spent else "") +
             (f"; planned split: {split} (a stage that ends early leaves its time to the next)" if shares else
