@@ -142,3 +142,15 @@ def test_first_rows_of_one_class_are_said(encoder_dir, tmp_path):
                           train_sample=48)
         assert len({ex.label for ex in load_task(sampled.data_spec()).train}) == 2
         finetune(sampled, progress=False)
+
+
+def test_progress_false_keeps_transformers_bars_quiet_and_restores_them(tmp_path, encoder_dir, capfd):
+    """finetune(progress=False) printed transformers' "Loading weights" and "Writing model shards" bars; now those
+    are off while it runs, and on again after (a caller's own setting is left as it was)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    finetune(_config(encoder_dir, out_dir=str(tmp_path / "quiet"), max_steps=1), progress=False)
+    printed = capfd.readouterr()
+    assert "Loading weights" not in printed.err + printed.out and "Writing model shards" not in printed.err
+    assert hf_logging.is_progress_bar_enabled()

@@ -101,8 +101,6 @@ def test_slice_beats_random_at_init(teacher, batch, importance):
     assert cos[0] > cos[1]
 
 
-@pytest.mark.parametrize("dims, over", [((4, 4, 32, 64), "layers 4 > 3"), ((2, 4, 64, 64), "hidden size 64 > 32"),
-                                        ((2, 4, 32, 96), "FFN size 96 > 64")])
-def test_a_student_larger_than_its_teacher_rejected(teacher, importance, dims, over):
-    with pytest.raises(ValueError, match=f"larger than its teacher .*{over}"):
-        slice_init(Architecture(*dims, vocab_size=200, max_positions=40), teacher, importance)
+def test_more_layers_than_teacher_rejected(teacher, importance):
+    with pytest.raises(ValueError, match="more layers than its teacher .*at most 3 layers"):
+        slice_init(Architecture(4, 4, 32, 64, vocab_size=200, max_positions=40), teacher, importance)

@@ -32,7 +32,8 @@ from bortengine.training.errors import TrainingError
 from bortengine.training.hf_dir import write_hf_directory
 from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, Selection, TrainingLoop, shortest_time, \
     tensors_of, torch_tensors
-from bortengine.training.models import architecture_of, build_model, check_classifier_source, encoder_of
+from bortengine.training.models import (architecture_of, build_model, check_classifier_source, encoder_of,
+                                        progress_governs_transformers_bars)
 from bortengine.training.tasks import DataSpec, Task, load_task
 from bortengine.training.teacher import default_teacher_path, load_teacher
 
@@ -471,6 +472,7 @@ def finetune_surrogate_loss(config: FinetuneConfig, steps: int = 100, model=None
     return evaluate_classifier(run.model, run.tokenizer, run.dev)["loss"]
 
 
+@progress_governs_transformers_bars
 def finetune(config: FinetuneConfig, model=None, progress: bool = True, started: Optional[float] = None
              ) -> tuple[SequenceClassifier, dict[str, Any]]:
     """Fine-tune on config.task; return the classifier with the best dev accuracy and its metrics.

@@ -45,7 +45,7 @@ from bortengine.training.errors import TrainingError
 from bortengine.training.hf_dir import write_hf_directory
 from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, StepOutcome, TrainingLoop, shortest_time, \
     tensors_of, torch_tensors
-from bortengine.training.models import architecture_of, build_model, encoder_of
+from bortengine.training.models import architecture_of, build_model, encoder_of, progress_governs_transformers_bars
 from bortengine.training.slicing import Importance, default_importance, mean_pool, slice_init
 from bortengine.training.teacher import load_teacher, teacher_bundle
 
@@ -466,6 +466,7 @@ def _corpus_cache(out: Path, config: DistillConfig, tokenizer: TextTokenizer, do
     return out / f"corpus-{key.hexdigest()[:16]}-{config.seed}-{config.max_length}-{config.max_documents}.safetensors"
 
 
+@progress_governs_transformers_bars
 def pretrain(config: DistillConfig, teacher=None, importance: Optional[Importance] = None,
              documents: Optional[Sequence[tuple[str, str]]] = None, progress: bool = True,
              evaluate: bool = True, on_step: Optional[Callable[[int, float], None]] = None,

@@ -6,8 +6,10 @@ modules, so what trains here is what the engine runs.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
@@ -98,6 +100,27 @@ def check_classifier_source(path: str | os.PathLike, option: str = "model") -> s
             f"BertModel.from_pretrained(DIR).save_pretrained(NEW_DIR, safe_serialization=True) and copy its "
             f"tokenizer files to NEW_DIR")
     return kind
+
+
+def progress_governs_transformers_bars(fn: Callable) -> Callable:
+    """A training call whose `progress` argument governs transformers' own bars too (loading and writing weights):
+    with progress=False they are off while it runs, and as they were after."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if signature.bind(*args, **kwargs).arguments.get("progress", True):
+            return fn(*args, **kwargs)
+        from transformers.utils import logging as hf_logging
+
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
+    return call
 
 
 def load_pretrained(cls, path: str | os.PathLike, attn_implementation: Optional[str] = "eager", **options):

@@ -143,16 +143,12 @@ def _put(dst: torch.Tensor, src: torch.Tensor) -> None:
 
 
 def too_large_to_slice(arch: Architecture, teacher: Architecture) -> Optional[str]:
-    """Why a student of arch cannot be cut from the teacher (more layers, hidden or FFN units than it has: the
-    student keeps a subset of each), or None. Its heads may differ either way (regrouped)."""
-    over = [f"{name} {s} > {t}" for name, s, t in (("layers", arch.layers, teacher.layers),
-                                                    ("hidden size", arch.hidden, teacher.hidden),
-                                                    ("FFN size", arch.intermediate, teacher.intermediate)) if s > t]
-    if not over:
+    """Why a student of arch cannot be cut from the teacher, or None: it has more layers (each of its layers is one
+    of the teacher's). Wider or narrower sizes are fine: the most important parts are kept, the rest initialised."""
+    if arch.layers <= teacher.layers:
         return None
-    return (f"the student {arch} is larger than its teacher {teacher} ({', '.join(over)}): a student is cut from "
-            f"the teacher, so give at most {teacher.layers} layers, hidden size {teacher.hidden} and FFN size "
-            f"{teacher.intermediate}")
+    return (f"the student {arch} has more layers than its teacher {teacher}: each of a student's layers is cut from "
+            f"one of the teacher's, so give at most {teacher.layers} layers")
 
 
 @torch.no_grad()
