@@ -153,8 +153,8 @@ def test_pipeline_refuses_scarce_with_text_pairs(tmp_path, capsys, make_model):
             "--out", str(out), "--no-progress"]
     line = assert_error_line(capsys, "pipeline", main([*argv, "--scarce"]))
     assert "--scarce (Agora) makes single texts, not pairs, so it cannot fine-tune a text-pair task " \
-           "(--text-pair-column answer); drop --scarce: the student of a pair task is fine-tuned with the near-text " \
-           "recipe" in line
+           "(--text-pair-column answer); drop --scarce: the student of a pair task is fine-tuned on its training " \
+           "pairs and the teacher's soft labels of them" in line
     assert not out.exists()
 
 

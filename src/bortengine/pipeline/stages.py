@@ -501,7 +501,7 @@ def _check_fast_enough_exists(space: SearchSpace, teacher: Architecture, model, 
                               min_speedup: float) -> None:
     """PipelineError, before the search, when no student of the space is predicted min_speedup times faster than
     the teacher (a small teacher), in the pipeline's terms (the search's own says "latency limit")."""
-    from bortengine.search.fptas import candidate_architectures
+    from bortengine.search import candidate_architectures
 
     students = [a for a in candidate_architectures(space, teacher) if a.tuple != teacher.tuple]
     fastest = min(students, key=lambda a: float(model.predict(a)), default=None)
