@@ -5,6 +5,7 @@ take seconds; what the pipeline reaches on real data within a budget is measured
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -704,30 +705,34 @@ def test_a_script_run_again_in_a_spawned_worker_is_refused_before_the_run_direct
     assert not out.exists()
 
 
-class _ParameterLatency:
-    """A latency model whose prediction is an architecture's parameters in millions (ms)."""
-
-    def predict(self, arch):
-        return arch.parameters() / 1e6
-
-
-def test_a_teacher_with_no_student_fast_enough_is_said_in_the_pipelines_terms():
-    """No student of the space predicted --min-speedup times faster than the teacher: said before the search, naming
-    the pipeline's options (it was the search's 'raise the latency limit'), and that they need a new run."""
+def test_a_teacher_with_no_student_fast_enough_is_said_in_the_pipelines_terms(tmp_path):
+    """No student of the space predicted --min-speedup times faster than the teacher: the extraction's latency-limit
+    error, said in the pipeline's terms (it was the search's 'raise the latency limit'), naming the fastest student
+    and that the options need a new run."""
     from bortengine.architecture import Architecture
-    from bortengine.pipeline.stages import _check_fast_enough_exists, space_below
+    from bortengine.pipeline.stages import no_student_fast_enough, space_below
+    from bortengine.search import AnalyticSurrogate, LatencyLimitError, extract
+    from test_search import W, synthetic
 
     teacher = Architecture(2, 2, 64, 128, vocab_size=200)
-    space, model = space_below(teacher), _ParameterLatency()
-    fastest = min((a for a in space.architectures()), key=lambda a: Architecture(*a.tuple, **{
-        "vocab_size": space.vocab_size, "max_positions": space.max_positions}).parameters())
-    ratio = model.predict(teacher) / model.predict(Architecture(*fastest.tuple, vocab_size=space.vocab_size,
-                                                                 max_positions=space.max_positions))
-    _check_fast_enough_exists(space, teacher, model, model.predict(teacher), min_speedup=ratio * 0.99)
-    with pytest.raises(PipelineError, match=rf"no student of the space {space.name} is predicted 4x faster .*"
-                                            rf"predicted {ratio:.2f}x; give a lower --min-speedup or a --space .*"
-                                            rf"in a new run \(another --out"):
-        _check_fast_enough_exists(space, teacher, model, model.predict(teacher), min_speedup=4)
+    space = space_below(teacher)
+    profile = synthetic(space)
+    model = profile.model(W)
+    teacher_ms = float(model.predict(teacher))
+    students = [Architecture(*a.tuple, vocab_size=space.vocab_size, max_positions=space.max_positions)
+                for a in space.architectures() if a.tuple != teacher.tuple]
+    fastest = min(students, key=lambda a: float(model.predict(a)))
+    ratio = teacher_ms / float(model.predict(fastest))
+    with pytest.raises(LatencyLimitError) as e:
+        extract(space, AnalyticSurrogate(), profile, workload=W, max_point=teacher, cache_dir=tmp_path,
+                progress=False, latency_limit_ms=teacher_ms / 4)
+    assert ratio < 4 and e.value.fastest.arch.tuple == fastest.tuple
+    error = no_student_fast_enough(space, e.value, teacher_ms, min_speedup=4)
+    assert isinstance(error, PipelineError)
+    assert re.fullmatch(rf"no student of the space {space.name} is predicted 4x faster than the teacher "
+                        rf"\({teacher_ms:.3f} ms at the workload\): its fastest, {re.escape(str(fastest))}, is "
+                        rf"predicted {ratio:.2f}x; give a lower --min-speedup or a --space of smaller students in a "
+                        rf"new run \(another --out: .*\)", str(error)), str(error)
 
 
 def test_a_text_pair_task_runs_end_to_end_and_its_report_says_what_it_trained_on(tmp_path, teacher):

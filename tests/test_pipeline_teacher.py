@@ -25,6 +25,7 @@ pytest.importorskip("torch")
 pytest.importorskip("pyarrow")
 
 import bortengine  # noqa: E402
+from bortengine import ModelLoadError  # noqa: E402
 from bortengine.cli import main  # noqa: E402
 from bortengine.pipeline import PipelineError, run_pipeline  # noqa: E402
 from bortengine.pipeline import run as pipeline_run  # noqa: E402
@@ -230,3 +231,26 @@ def test_a_student_written_from_a_teacher_pools_as_the_teacher_does(tmp_path, po
     if pooling == "cls":
         np.testing.assert_allclose(got.encode(TEXTS), hidden[:, 0] / np.linalg.norm(hidden[:, 0], axis=1,
                                                                                     keepdims=True), atol=1e-5)
+
+
+def test_a_teacher_dense_the_engine_cannot_run_does_not_stop_its_student(tmp_path):
+    """A student takes the teacher's pooling and Normalize, not its Dense (of the teacher's width): writing the
+    student reads no Dense, so a teacher whose Dense the engine refuses (pickled weights only) still gives one."""
+    from bortengine.architecture import Architecture
+    from bortengine.training import build_model, write_hf_directory
+
+    teacher = as_sentence_transformers(make_random_bert(tmp_path / "bert", **SMALL), tmp_path / "st", normalize=True)
+    modules = json.loads((teacher / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (teacher / "modules.json").write_text(json.dumps(modules))
+    (teacher / "2_Dense").mkdir()
+    (teacher / "2_Dense" / "config.json").write_text(json.dumps({"in_features": SMALL["hidden_size"],
+                                                                 "out_features": 8}))
+    (teacher / "2_Dense" / "pytorch_model.bin").write_bytes(b"a pickle the engine does not read")
+    with pytest.raises(ModelLoadError, match="pytorch_model.bin but no model.safetensors"):
+        bortengine.load(teacher)
+
+    student = write_hf_directory(build_model(Architecture(1, 2, 32, 64), seed=0), tmp_path / "student", teacher)
+    got = bortengine.load(student)
+    assert got.pooling.modes == ("mean",) and got.pooling.normalize and not got.pooling.dense
+    assert got.encode(TEXTS).shape == (len(TEXTS), 32)

@@ -749,8 +749,12 @@ def test_a_latency_limit_searches_only_the_candidates_predicted_within_it(tmp_pa
     assert len(limited.candidates) < len(full.candidates)
     fast_enough = {c.arch.tuple for c in full.candidates if c.latency_ms <= limit}
     assert {c.arch.tuple for c in others} == fast_enough
-    with pytest.raises(S.SearchError, match="latency limit"):
+    with pytest.raises(S.LatencyLimitError, match=r"latency limit of 0.000 ms .*\(the fastest, .* is predicted") as e:
         run(MINILM_SPACE, MINILM_PROFILE, tmp_path, epsilon=0.1, latency_limit_ms=1e-6)
+    # the fastest candidate comes with it, so a caller that set the limit can say it in its own terms
+    fastest = min((c for c in full.candidates if c is not full.max_point), key=lambda c: c.latency_ms)
+    assert isinstance(e.value, S.SearchError) and e.value.limit_ms == 1e-6
+    assert e.value.fastest.arch == fastest.arch and e.value.fastest.latency_ms == fastest.latency_ms
 
 
 # ------------------------------------------------------------------------------------------------- re-ranking

@@ -164,11 +164,14 @@ class Pooling:
         return prompt if isinstance(prompt, str) and prompt else None
 
     @classmethod
-    def load(cls, model_dir: Path) -> "Pooling":
-        return replace(cls._load(model_dir), default_prompt=cls.saved_default_prompt(model_dir))
+    def load(cls, model_dir: Path, dense: bool = True) -> "Pooling":
+        """The pooling a sentence-transformers directory (or a plain model directory: mean) asks for. dense=False
+        leaves its Dense modules out unread, for a caller that takes only the pooling modes and Normalize (a
+        student's directory written after a teacher's, whose Dense has the teacher's width)."""
+        return replace(cls._load(model_dir, dense), default_prompt=cls.saved_default_prompt(model_dir))
 
     @classmethod
-    def _load(cls, model_dir: Path) -> "Pooling":
+    def _load(cls, model_dir: Path, read_dense: bool) -> "Pooling":
         modules_path = model_dir / "modules.json"
         pooling_dir = model_dir / "1_Pooling"
         normalize = False
@@ -185,6 +188,8 @@ class Pooling:
                     pooling_dir = model_dir / module.get("path", "")
                 elif kind.endswith(".Normalize"):
                     normalize = True
+                elif kind.endswith(".Dense") and not read_dense:
+                    continue
                 elif kind.endswith(".Dense") and pooling_dir is not None and not normalize:
                     dense.append(Dense.load(model_dir / str(module.get("path", ""))))
                 elif kind.endswith(".Dense"):

@@ -301,7 +301,7 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     (search.DistilFinetuneSurrogate). Its lowest loss is the student; without two of them re-ranked in the
     stage's time, the FPTAS's choice."""
     from bortengine.profiling import load_profile
-    from bortengine.search import DistilFinetuneSurrogate, FinetuneSurrogate, extract, rerank
+    from bortengine.search import DistilFinetuneSurrogate, FinetuneSurrogate, LatencyLimitError, extract, rerank
 
     started = time.monotonic()        # the stage's budget counts from here
     prof = load_profile(ctx.results["profile"]["profile"], check_target=False)
@@ -315,17 +315,20 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
                 "teacher_predicted_ms": teacher_ms}
     data = dict(seed=ctx.config.seed, eval_limit=256, teacher=str(ctx.teacher_dir), **_surrogate_data(ctx))
     cache, bound = str(ctx.out / "extract-cache"), teacher_ms / ctx.config.min_speedup
-    _check_fast_enough_exists(space, teacher, model, teacher_ms, ctx.config.min_speedup)
     required = ctx.config.min_speedup * SPEEDUP_MARGIN
     with warnings.catch_warnings():
         # the W-coefficient's winner needs the maximum point's error, which a short stage may not reach; the
         # pipeline's choice does not use it (choose_student: the most accurate student fast enough), so the
         # extraction's warning that it is undefined would only alarm
         warnings.filterwarnings("ignore", message="the maximum point .* has no error", category=RuntimeWarning)
-        result = extract(space, FinetuneSurrogate(steps=SURROGATE_STEPS, **data), prof, workload=ctx.workload(),
-                         epsilon=EXTRACT_EPSILON, max_point=teacher, cache_dir=cache,
-                         time_budget=FPTAS_SHARE * seconds, started=started, progress=ctx.config.progress,
-                         latency_limit_ms=bound, executor=ctx.config.executor, ray_address=ctx.config.ray_address)
+        try:
+            result = extract(space, FinetuneSurrogate(steps=SURROGATE_STEPS, **data), prof, workload=ctx.workload(),
+                             epsilon=EXTRACT_EPSILON, max_point=teacher, cache_dir=cache,
+                             time_budget=FPTAS_SHARE * seconds, started=started, progress=ctx.config.progress,
+                             latency_limit_ms=bound, executor=ctx.config.executor,
+                             ray_address=ctx.config.ray_address)
+        except LatencyLimitError as exc:
+            raise no_student_fast_enough(space, exc, teacher_ms, ctx.config.min_speedup) from None
     meter = CandidateMeter(ctx, teacher)
     fptas_choice, note = choose_student(result, bound, meter.speedup, required, deadline=started + seconds)
     fast_enough = rerank_shortlist(result, bound, meter.speedup, required, deadline=started + seconds)
@@ -497,20 +500,16 @@ def _surrogate_data(ctx: RunContext) -> dict[str, Any]:
 NEW_RUN = "in a new run (another --out: this run's directory keeps the options it was started with)"
 
 
-def _check_fast_enough_exists(space: SearchSpace, teacher: Architecture, model, teacher_ms: float,
-                              min_speedup: float) -> None:
-    """PipelineError, before the search, when no student of the space is predicted min_speedup times faster than
-    the teacher (a small teacher), in the pipeline's terms (the search's own says "latency limit")."""
-    from bortengine.search import candidate_architectures
-
-    students = [a for a in candidate_architectures(space, teacher) if a.tuple != teacher.tuple]
-    fastest = min(students, key=lambda a: float(model.predict(a)), default=None)
-    fastest_ms = float(model.predict(fastest)) if fastest is not None else teacher_ms
-    if teacher_ms / fastest_ms < min_speedup:
-        raise PipelineError(
-            f"no student of the space {space.name} is predicted {min_speedup:g}x faster than the teacher "
-            f"({teacher_ms:.3f} ms at the workload): its fastest, {fastest}, is predicted "
-            f"{teacher_ms / fastest_ms:.2f}x; give a lower --min-speedup or a --space of smaller students {NEW_RUN}")
+def no_student_fast_enough(space: SearchSpace, exc, teacher_ms: float, min_speedup: float) -> PipelineError:
+    """The extraction's LatencyLimitError (no student predicted within teacher_ms / min_speedup: a small teacher)
+    in the pipeline's terms: the search's own says "raise the latency limit", which the pipeline's user did not set."""
+    fastest = exc.fastest
+    found = (f"its fastest, {fastest.arch}, is predicted {teacher_ms / fastest.latency_ms:.2f}x" if fastest is not None
+             else "it has no architecture but the teacher's")
+    return PipelineError(
+        f"no student of the space {space.name} is predicted {min_speedup:g}x faster than the teacher "
+        f"({teacher_ms:.3f} ms at the workload): {found}; give a lower --min-speedup or a --space of smaller "
+        f"students {NEW_RUN}")
 
 
 def choose_student(result, latency_bound_ms: float, speedup: Callable[[Architecture], float],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bortengine.search.cache import SurrogateCache, default_cache_dir
 from bortengine.search.error_model import ErrorModel
-from bortengine.search.errors import SearchError, SearchInterrupted
+from bortengine.search.errors import LatencyLimitError, SearchError, SearchInterrupted
 from bortengine.search.finalists import finalists_seconds, measure_finalists
 from bortengine.search.executor import (EXECUTORS, SCRIPT_GUARD, Evaluation, Executor, LocalExecutor,
                                        in_worker_bootstrap)
@@ -25,8 +25,9 @@ from bortengine.search.surrogates import (SURROGATES, AnalyticSurrogate, DistilF
 from bortengine.search.verification import assumption_violations, coverage
 
 __all__ = [
-    "SearchError", "SearchInterrupted", "Surrogate", "AnalyticSurrogate", "DistillationSurrogate",
-    "FinetuneSurrogate", "DistilFinetuneSurrogate", "SurrogateCache", "Candidate", "ParetoSet", "Extraction",
+    "SearchError", "LatencyLimitError", "SearchInterrupted", "Surrogate", "AnalyticSurrogate",
+    "DistillationSurrogate", "FinetuneSurrogate", "DistilFinetuneSurrogate", "SurrogateCache", "Candidate",
+    "ParetoSet", "Extraction",
     "extract", "rerank", "pareto_front",
     "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
     "default_cache_dir", "measure_finalists", "finalists_seconds", "SURROGATES", "REPRESENTATIVES", "SIZES",

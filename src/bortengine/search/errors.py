@@ -6,11 +6,21 @@ from pathlib import Path
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["SearchError", "SearchInterrupted"]
+__all__ = ["SearchError", "LatencyLimitError", "SearchInterrupted"]
 
 
 class SearchError(BortEngineError, ValueError):
     """A search that cannot run as asked: bad ε, empty or contradictory space, uncovered profile, ..."""
+
+
+class LatencyLimitError(SearchError):
+    """No candidate but the maximum point is predicted within extract()'s latency_limit_ms. fastest: the fastest of
+    them (a Candidate, its latency_ms predicted), or None when the space has no other; a caller that set the limit
+    for its own reasons (the pipeline: --min-speedup) can say so in its terms."""
+
+    def __init__(self, message: str, limit_ms: float, fastest):
+        super().__init__(message)
+        self.limit_ms, self.fastest = limit_ms, fastest
 
 
 class SearchInterrupted(KeyboardInterrupt):

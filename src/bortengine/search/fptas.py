@@ -50,7 +50,7 @@ from bortengine.engine import available_cpus
 from bortengine.profiling import LatencyModel, Profile, ProfileError, Workload, calibration_note
 from bortengine.progress import Progress
 from bortengine.search.cache import SurrogateCache, default_cache_dir
-from bortengine.search.errors import SearchError
+from bortengine.search.errors import LatencyLimitError, SearchError
 from bortengine.search.evaluation import SKIPPED, Evaluator, evaluating
 from bortengine.search.executor import (EXECUTORS, SCRIPT_GUARD, Executor, LocalExecutor, check_executor,
                                        default_workers, in_worker_bootstrap)
@@ -125,10 +125,14 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     cands = cheap_objectives(archs, model, space, workload, size, allow_extrapolation, profile.path)
     m = next(c for c in cands if c.arch.tuple == m_arch.tuple)
     if latency_limit_ms is not None:
-        cands = [c for c in cands if c.latency_ms <= latency_limit_ms or c is m]
-        if len(cands) < 2:
-            raise SearchError(f"no candidate is predicted within the latency limit of {latency_limit_ms:.3f} ms "
-                              f"under {workload}; raise the limit or search a space with smaller architectures")
+        within = [c for c in cands if c.latency_ms <= latency_limit_ms or c is m]
+        if len(within) < 2:
+            fastest = min((c for c in cands if c is not m), key=lambda c: c.latency_ms, default=None)
+            raise LatencyLimitError(
+                f"no candidate is predicted within the latency limit of {latency_limit_ms:.3f} ms under {workload}"
+                + (f" (the fastest, {fastest.arch}, is predicted {fastest.latency_ms:.3f} ms)" if fastest else "")
+                + "; raise the limit or search a space with smaller architectures", latency_limit_ms, fastest)
+        cands = within
     # the groups: cells of a (1+ε) log grid over (p, l), each with its representative first
     order = representative_order(representative, m_arch)
     members = group(cands, eps, order)

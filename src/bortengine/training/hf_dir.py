@@ -55,7 +55,7 @@ def _write_pooling(out: Path, src: Path, transformer: Path, hidden: int, max_seq
     transformer). A teacher module the student cannot take (a Dense of the teacher's width) is left out."""
     from bortengine.engine import POOLING_CONFIG_KEYS, Pooling
 
-    teacher = Pooling.load(src)
+    teacher = Pooling.load(src, dense=False)
     modes = teacher.modes or ("mean",)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
