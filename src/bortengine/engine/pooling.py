@@ -263,9 +263,12 @@ class Pooling:
         x = core().pool(hidden, mask, self.modes, False)
         for layer in self.dense:
             x = layer(x)
-        if normalize:
-            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
-        return np.ascontiguousarray(x, dtype=np.float32)
+        if not normalize:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        # the pool's own normalisation of each row as a one-token sequence (its "cls" is that token): one formula
+        # for the embeddings with and without Dense modules
+        x = np.ascontiguousarray(x, dtype=np.float32)[:, None, :]
+        return core().pool(x, np.ones(x.shape[:2], dtype=mask.dtype), ("cls",), True)
 
 
 def transformer_directory(path: str | os.PathLike) -> Path:
