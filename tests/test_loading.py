@@ -278,6 +278,14 @@ def test_pytorch_bin_only(small_model, tmp_path):
     (path / "pytorch_model.bin").unlink()
     with pytest.raises(ModelLoadError, match="has no weights"):
         bortengine.load(path)
+    # a device or a folder where the file should be: said so (it was "has no weights: expected model.safetensors")
+    (path / "model.safetensors").symlink_to("/dev/zero")
+    with pytest.raises(ModelLoadError, match=r"model.safetensors is not a regular file .*must be a safetensors file"):
+        bortengine.load(path)
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors").mkdir()
+    with pytest.raises(ModelLoadError, match=r"model.safetensors is not a regular file"):
+        bortengine.load(path)
 
 
 # -------------------------------------------------------------------------------- broken safetensors files

@@ -89,6 +89,9 @@ def test_rerank_refusals(make_encoder, tmp_path):
         one.rerank(["a"], DOCUMENTS)
     with pytest.raises(InvalidInputError, match="label='x' needs a model with several labels"):
         one.rerank(QUERY, DOCUMENTS, label="x")
+    with pytest.raises(BortEngineError, match=r"regression model .* relevance scores come from "
+                                              r"engine.rerank\(query, documents\)"):
+        one.classify(DOCUMENTS)
     three = bortengine.load(make_encoder(model_type="distilbert", labels=("a", "b", "c"), **SIZES))
     with pytest.raises(InvalidInputError, match=r"has 3 labels \['a', 'b', 'c'\]; pass label="):
         three.rerank(QUERY, DOCUMENTS)

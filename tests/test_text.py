@@ -230,6 +230,18 @@ def test_unknown_pooling_mode_names_refused(small_model, tmp_path):
             bortengine.load(tmp_path)
 
 
+def test_a_pooling_folder_modules_json_names_but_that_is_missing_is_refused(small_model, tmp_path):
+    """modules.json names 1_Pooling, the folder is not there: mean pooling in its place was another model's
+    embeddings without a word (sentence-transformers refuses to load it)."""
+    _with_modules(small_model, tmp_path, {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    with pytest.raises(ModelLoadError, match=r"modules.json names a Pooling module in .*1_Pooling, which has no "
+                                             r"config.json: .* copy that folder from the model"):
+        bortengine.load(tmp_path)
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "max"}))
+    assert bortengine.load(tmp_path).pooling.modes == ("max",)
+
+
 def _pooled_in_numpy(hidden, mask, modes, normalize):
     """sentence-transformers' Pooling and Normalize in float64 NumPy: the reference of the native pooling."""
     h, m = hidden.astype(np.float64), mask.astype(np.float64)[:, :, None]
@@ -328,6 +340,7 @@ def test_dense_modules_give_sentence_transformers_embeddings(small_model, tmp_pa
     theirs = st.encode(texts)
     ours = engine.encode(texts)
     assert engine.embedding_dim == theirs.shape[1] == dense[-1].out_features
+    assert "Dense(" in repr(engine.pooling) and len(repr(engine.pooling)) < 400   # sizes, not weight arrays
     assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1e-5
     for i, text in enumerate(texts):
         assert np.array_equal(engine.encode(text), ours[i])
@@ -366,6 +379,9 @@ def test_dense_modules_that_cannot_run_are_refused_at_load(small_model, tmp_path
                "pytorch_model.bin")
     weights.unlink()
     with pytest.raises(ModelLoadError, match="pytorch_model.bin but no model.safetensors.*SentenceTransformer\\("):
+        bortengine.load(out)
+    (out / "2_Dense" / "pytorch_model.bin").unlink()
+    with pytest.raises(ModelLoadError, match=r"2_Dense has no weights \(model.safetensors\): .* copy that folder"):
         bortengine.load(out)
     save_file({"linear.weight": np.full((24, 64), np.nan, np.float32), "linear.bias": np.zeros(24, np.float32)},
               weights)
@@ -427,12 +443,15 @@ def test_ids_without_offsets_are_the_ids_with_them(minilm_engine, texts, cut, pa
 
 
 def test_ids_past_the_vocabulary_refused_with_their_place(make_model, small_engine):
-    """A tokenizer with more ids than the model's vocabulary has its batches checked before any forward; one that
-    has not, its own ids are not checked again, but TokenizedTexts built elsewhere are."""
+    """A tokenizer with more ids than the model's vocabulary has its batches checked before any forward (the error
+    says its files do not fit the weights: it was "ids must come from this model's tokenizer", which they did); one
+    that has not, its own ids are not checked again, but TokenizedTexts built elsewhere are."""
     from bortengine.engine.tokenization import TokenizedTexts
 
     short = bortengine.load(make_model(vocab_size=2000))   # the MiniLM tokenizer's 30522 ids on 2000 rows
-    with pytest.raises(InvalidInputError, match=r"input_ids\[0, \d+\] = \d+ is outside \[0, 2000\)"):
+    with pytest.raises(InvalidInputError, match=r"the tokenizer of .* turned the text into token id\(s\) \[\d+.*\], "
+                                                r"beyond the model's vocab_size=2000 \(its ids go up to 30521\): the "
+                                                r"tokenizer files .* are not those of these weights"):
         short.encode(["zebra crossings everywhere"])
     assert short.encode(["the a of"]).shape == (1, 64)          # ids 101, 1996, 1037, 1997, 102
     with pytest.raises(InvalidInputError, match=r"input_ids\[1, 1\] = 30522 is outside \[0, 30522\)"):

@@ -140,8 +140,8 @@ def test_truncation_warned_once_per_engine(family):
     assert first.truncated_texts == 1 + 1 + sum(n > 16 for n in counts) + 1 + 1 + 0 + 4
     assert second.truncated_texts == 2
     message = str(once[0].message)
-    assert message.startswith(f"1 of 2 texts had more than max_length=16 tokens (the first, text 0, "
-                              f"{first.count_tokens(long[0])[0]}) and were cut to 16")
+    assert message.startswith(f"1 of 2 texts had more than max_length=16 tokens (the first is text 0, "
+                              f"with {first.count_tokens(long[0])[0]}) and were cut to 16")
     assert "truncation=False" in message and "a larger max_length" in message and "once per Engine" in message
     assert once[0].filename == __file__ and once[0].lineno == line   # it points at the caller's line
 

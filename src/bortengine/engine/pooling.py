@@ -77,6 +77,10 @@ class Dense:
     def out_features(self) -> int:
         return int(self.linear.weight.shape[0])
 
+    def __repr__(self) -> str:   # its sizes, not its weights (the dataclass's would print every array)
+        return (f"Dense({self.in_features} -> {self.out_features}, {self.activation.rsplit('.', 1)[-1]}"
+                f"{', use_residual' if self.use_residual else ''})")
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = _ACTIVATIONS[self.activation](self.linear(x))
         if self.use_residual:
@@ -113,13 +117,14 @@ class Dense:
                 raise ModelLoadError(f"{config_path}: {key} must be true or false, got {value!r}")
         weights_path = folder / "model.safetensors"
         if not weights_path.is_file():
-            pickled = (folder / "pytorch_model.bin").is_file()
             model = repr(str(folder.parent))
+            if not (folder / "pytorch_model.bin").is_file():
+                raise ModelLoadError(f"{folder} has no weights (model.safetensors): the sentence-transformers "
+                                     f"directory was copied without them; copy that folder from the model")
             raise ModelLoadError(
-                f"{folder} has {'pytorch_model.bin' if pickled else 'no weights'} but no model.safetensors; "
-                f"bortengine reads safetensors only. " + (f"Convert once with: python -c \"from sentence_transformers "
-                                                          f"import SentenceTransformer; SentenceTransformer({model}, "
-                                                          f"device='cpu').save({model})\"" if pickled else ""))
+                f"{folder} has pytorch_model.bin but no model.safetensors; bortengine reads safetensors only. Convert "
+                f"once with: python -c \"from sentence_transformers import SentenceTransformer; "
+                f"SentenceTransformer({model}, device='cpu').save({model})\"")
         entries = read_safetensors_header(weights_path)
         wanted = {"linear.weight": (n_out, n_in)}
         if flags["bias"]:
@@ -196,6 +201,11 @@ class Pooling:
                     unsupported.append(f"{kind} {'before the Pooling' if pooling_dir is None else 'after Normalize'}")
                 elif kind not in _KNOWN_MODULES and not kind.endswith(".Transformer"):
                     unsupported.append(kind or repr(module))
+        if modules_path.is_file() and pooling_dir is not None and not (pooling_dir / "config.json").is_file():
+            # sentence-transformers refuses to load it too; mean pooling in its place would be another model
+            raise ModelLoadError(
+                f"{modules_path} names a Pooling module in {pooling_dir}, which has no config.json: the "
+                f"sentence-transformers directory was copied without it; copy that folder from the model")
         if pooling_dir is None or not (pooling_dir / "config.json").is_file():
             return cls(("mean",), normalize, tuple(dense), tuple(unsupported))
 

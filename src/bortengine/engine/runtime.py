@@ -633,8 +633,9 @@ class Engine:
                 f"architectures); {hint}")
         if self.config.effective_problem_type == "regression":
             raise BortEngineError(
-                f"classify() needs class labels, but {self.path} is a regression model (num_labels=1 / "
-                f"problem_type 'regression'); read its scores from engine(**engine.tokenize(texts)).logits")
+                f"classify() needs class labels, but {self.path} is a regression model (one output: num_labels=1 "
+                f"or problem_type 'regression'); a cross-encoder's relevance scores come from "
+                f"engine.rerank(query, documents), any other model's from engine(**engine.tokenize(texts)).logits")
         return self._text_inputs(texts, text_pairs)
 
     def _classification(self, logits: np.ndarray, single: bool) -> ClassificationResult | tuple[str, np.ndarray]:
@@ -853,19 +854,25 @@ class Engine:
         i, limit = over[0], tokenized.max_length
         how = " (text pairs longest-first)" if tokenized.pairs else ""
         lost = "beginnings" if self.tokenizer is not None and self.tokenizer.truncation_side == "left" else "ends"
-        return (f"{len(over)} of {len(tokenized)} texts had more than max_length={limit} tokens (the first, text {i}, "
-                f"{tokenized.counts[i]}) and were cut to {limit}{how}, so the model did not read their {lost}. Pass "
-                f"truncation=False to get an error instead, {self._longer(limit)}or shorter texts. Said once per "
-                f"Engine; engine.truncated_texts counts every text cut")
+        return (f"{len(over)} of {len(tokenized)} texts had more than max_length={limit} tokens (the first is text "
+                f"{i}, with {tokenized.counts[i]}) and were cut to {limit}{how}, so the model did not read their "
+                f"{lost}. Pass truncation=False to get an error instead, {self._longer(limit)}or shorter texts. "
+                f"Said once per Engine; engine.truncated_texts counts every text cut")
 
     def _tokenizer_made(self, batch: dict[str, np.ndarray]) -> _Batch:
         """The _Batch of a batch that TextTokenizer.pad made: its mask and types are right by construction, so
         only the ids are checked, in one pass, and only when the tokenizer has ids past the model's vocabulary
-        (TokenizedTexts made elsewhere are checked by _tokenized_texts); the full check, with its message, when
-        they are out of range."""
+        (TokenizedTexts made elsewhere are checked by _tokenized_texts); out of range, they say the tokenizer
+        files do not fit the weights."""
         ids = batch["input_ids"]
         if self._check_tokenizer_ids and ids.size and int(ids.max()) >= self.config.vocab_size:
-            return self._prepared(*self._validate(ids, batch["attention_mask"], batch["token_type_ids"]))
+            beyond = ids[ids >= self.config.vocab_size]
+            # the engine's own tokenizer made them: "ids must come from this model's tokenizer" would be no advice
+            raise InvalidInputError(
+                f"the tokenizer of {self.path} turned the text into token id(s) {_short(np.unique(beyond))}, beyond "
+                f"the model's vocab_size={self.config.vocab_size} (its ids go up to {self.tokenizer.largest_id}): "
+                f"the tokenizer files (tokenizer.json, vocab.txt) are not those of these weights. Copy the tokenizer "
+                f"of the model the weights come from into {self.path}")
         return self._prepared(ids, batch["attention_mask"], batch["token_type_ids"])
 
     def _forward(self, batch: dict[str, np.ndarray]) -> EncoderOutput:

@@ -341,6 +341,10 @@ class Checkpoint:
             raise ModelLoadError(
                 f"{model_dir} has {', '.join(others)} but no model.safetensors; bortengine reads safetensors only "
                 f"(pickled .bin files can run arbitrary code and must be loaded whole). {_conversion(model_dir)}")
+        odd = next((p for p in (single, index) if p.exists()), None)   # a device, a folder, a FIFO: not read
+        if odd is not None:
+            raise ModelLoadError(f"{odd} is not a regular file (a folder, a device or a pipe, or a link to one); "
+                                 f"the weights must be a safetensors file")
         raise ModelLoadError(
             f"{model_dir} has no weights: expected model.safetensors or model.safetensors.index.json")
 
