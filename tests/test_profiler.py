@@ -73,6 +73,41 @@ def test_rerun_measures_nothing_new(tiny_profile, tmp_path, monkeypatch):
     assert prof.covers(W) and prof.covers(w2) and calls
 
 
+def test_fresh_starts_its_workload_over_and_keeps_the_files_others(tiny_profile, tmp_path, monkeypatch):
+    """resume=False (--fresh) re-measures its workload only: it wrote a file of that workload alone, and every other
+    workload of the file (the same target's measurements, maybe hours of them) was gone without a word."""
+    w2 = P.Workload(batch_size=1, seq_len=4, num_threads=1)
+    P.profile(TINY, w2, out=tmp_path / "tiny.json", progress=False, settings=FAST)
+    before = P.load_profile(tmp_path / "tiny.json").workloads[W.key].to_dict()
+    calls = []
+    real = timing.time_block
+    monkeypatch.setattr(timing, "time_block", lambda fn, s: calls.append(1) or real(fn, s))
+    prof = P.profile(TINY, w2, out=tmp_path / "tiny.json", progress=False, settings=FAST, resume=False)
+    wanted = {s.key for s, _ in P.required_ops(TINY, w2) + P.calibration_ops(w2)}
+    assert len(calls) >= len(wanted) * FAST.blocks   # all of w2 measured again
+    saved = P.load_profile(tmp_path / "tiny.json")
+    assert prof.covers(w2) and saved.covers(W) and saved.covers(w2)
+    assert saved.workloads[W.key].to_dict() == before
+
+
+def test_two_profilers_saving_one_file_keep_each_others_workloads(tiny_profile, tmp_path):
+    """Two runs at once (two `bortengine profile` commands, or an extraction profiling into the cache) each read
+    the file before the other saved: the last save wrote its own workloads only. A save now takes in what the file
+    gained meanwhile."""
+    path = tmp_path / "tiny.json"
+    first, second = P.load_profile(path), P.load_profile(path)
+    w2, w3 = P.Workload(batch_size=1, seq_len=4, num_threads=1), P.Workload(batch_size=1, seq_len=6, num_threads=1)
+    first.workloads[w2.key] = P.profile(TINY, w2, out=tmp_path / "a.json", progress=False,
+                                        settings=FAST).workloads[w2.key]
+    second.workloads[w3.key] = P.profile(TINY, w3, out=tmp_path / "b.json", progress=False,
+                                         settings=FAST).workloads[w3.key]
+    first.save(path)
+    second.save(path)
+    saved = P.load_profile(path)
+    assert all(saved.covers(w) for w in (W, w2, w3))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_ctrl_c_keeps_the_measurements_and_a_rerun_resumes(tmp_path, monkeypatch):
     out = tmp_path / "p.json"
     real = timing.time_block

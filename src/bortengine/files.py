@@ -6,23 +6,27 @@ bortengine but its errors.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 from pathlib import Path
-from typing import Any, Callable, Optional, Type
+from typing import Any, Callable, Iterator, Optional, Type
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "read_json", "cache_dir", "save_figure",
+__all__ = ["atomic_write", "directory_lock", "atomic_write_text", "atomic_write_json", "read_json", "cache_dir", "save_figure",
            "paths_as_text"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call write(tmp) to fill a temporary file beside `path`, then rename it over `path` (atomic on POSIX).
-    The temporary file keeps the target's name with '.tmp' appended, so writers of different files never share
-    one; it is removed if write() fails."""
+    The temporary file's name is this call's own (the target's name, the process id and a random part): two
+    processes writing the same file at once each rename a whole file, where one fixed name had the second rename
+    find the first's file gone. write() creates it as it would `path` (same permissions). It is removed if
+    write() fails."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -30,6 +34,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+@contextlib.contextmanager
+def directory_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the directory of `path` while the block runs (flock: released when the process
+    dies), for a read-merge-write of a file other processes update too. Without fcntl (not POSIX) it locks
+    nothing."""
+    try:
+        import fcntl
+    except ImportError:   # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # closing the descriptor releases the lock
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

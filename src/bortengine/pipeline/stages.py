@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 from bortengine.architecture import Architecture
 from bortengine.engine import available_cpus, transformer_directory
+from bortengine.files import atomic_write, atomic_write_json
 from bortengine.pipeline.config import SCARCE_EXAMPLES, PipelineConfig, PipelineError
 from bortengine.pipeline.evaluation import LATENCY_TEXTS, calibrate_for_int8
 from bortengine.search_space import SPACES, SearchSpace
@@ -445,9 +446,7 @@ class CandidateMeter:
         key = str(arch)
         if key not in self.measured:
             self.measured[key] = self._measure(arch)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.measured, indent=1))
-            os.replace(tmp, self.path)
+            atomic_write_json(self.path, self.measured, indent=1)
         return self.measured[key]
 
     def _measure(self, arch: Architecture) -> float:
@@ -733,9 +732,7 @@ def _augmentation(ctx: RunContext, seconds: float) -> Optional[str]:
     columns = {"text": new, "label": labels, "logits": [row.tolist() for row in logits]}
     if "transfer" in labelled:
         columns["source"] = sources
-    partial = path.with_suffix(".partial")
-    pq.write_table(pa.table(columns), partial)
-    os.replace(partial, path)
+    atomic_write(path, lambda tmp: pq.write_table(pa.table(columns), tmp))
     return str(path)
 
 

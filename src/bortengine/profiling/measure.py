@@ -57,7 +57,7 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     settings = _settings(workload, cpus, isa, quick, settings, clock)
     target = Target.current(isa)
     path = Path(out) if out else profile_path_for(target)
-    prof = _open_profile(path, target, workload, resume)
+    prof = _open_profile(path, target, workload)
     wp = _workload_entry(prof, workload, settings, resume, space.name)
     prof.record_space(space)
     roles = _wanted_ops(space, workload, rotation_bytes(prof.target, settings))
@@ -98,10 +98,11 @@ def _settings(workload: Workload, cpus: int, isa: Optional[str], quick: bool, se
     return settings
 
 
-def _open_profile(path: Path, target: Target, workload: Workload, resume: bool) -> Profile:
-    """The profile in `path` to add to (when resuming and it exists, of this target), else a new one. A profile
+def _open_profile(path: Path, target: Target, workload: Workload) -> Profile:
+    """The profile in `path` to add to (when it exists, of this target), else a new one; without resume only the
+    workload starts over (_workload_entry): the file's other workloads are this target's and are kept. A profile
     from before exact CPU targets is measured again from scratch: nothing says its numbers are this CPU's."""
-    if not (resume and path.exists()):
+    if not path.exists():
         return Profile(target, path=path)
     prof = Profile.load(path)
     if not prof.target.checkable:
@@ -116,7 +117,8 @@ def _open_profile(path: Path, target: Target, workload: Workload, resume: bool) 
         # are the profiler's to guard (disturbed blocks are measured again)
         warnings.warn(f"{path}: this machine's calibration probe read {found.probe_gflops:.0f} GFLOP/s against the "
                       f"profile's {prof.target.probe_gflops:.0f}, its CPU otherwise the same: a busy core, so the "
-                      f"profile is resumed; pass --fresh if this is another CPU", ProfileMismatchWarning, stacklevel=3)
+                      f"profile is added to; if this is another CPU, profile into another --out",
+                      ProfileMismatchWarning, stacklevel=3)
         target = replace(target, probe_gflops=max(prof.target.probe_gflops, found.probe_gflops))
     elif diffs:
         raise ProfileError(f"{path} is a profile of another target ({'; '.join(diffs)}); measurements of two "

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from bortengine.files import atomic_write_json, cache_dir, read_json
+from bortengine.files import atomic_write_json, cache_dir, directory_lock, read_json
 from bortengine.profiling.calibration import calibration_note
 from bortengine.profiling.disturbance import now
 from bortengine.profiling.errors import ProfileError, ProfileMismatchWarning
@@ -102,12 +102,33 @@ class Profile:
                 "workloads": {k: wp.to_dict() for k, wp in sorted(self.workloads.items())}}
 
     def save(self, path: Optional[str | os.PathLike] = None) -> Path:
-        """Write atomically (a temporary file, then rename), so an interrupted save never leaves half a file."""
+        """Write atomically (a temporary file, then rename), so an interrupted save never leaves half a file.
+        Another process may have saved workloads of the same target into the file since this profile was read
+        (two `bortengine profile` runs at once, or an extraction profiling into the cache): under a lock on the
+        directory, those it does not hold are taken in first, so neither run's measurements are lost."""
         path = Path(path or self.path or default_profile_path(self.target))
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, self.to_dict(), indent=1)
+        with directory_lock(path):
+            self._take_in_others(path)
+            atomic_write_json(path, self.to_dict(), indent=1)
         self.path = path
         return path
+
+    def _take_in_others(self, path: Path) -> None:
+        """The workloads and space definitions of the profile in `path` that this one lacks, when it is of the same
+        target (its signature, both checkable: the probe rates of two runs on a busy machine may differ)."""
+        try:
+            saved = Profile.load(path) if path.is_file() else None
+        except ProfileError:
+            return   # not a profile (yet): nothing to keep
+        if saved is None or not (saved.target.checkable and self.target.checkable
+                                 and saved.target.signature == self.target.signature):
+            return
+        for key, wp in saved.workloads.items():
+            if key not in self.workloads:
+                self.workloads[key] = wp
+        for name, definition in saved.spaces.items():
+            self.spaces.setdefault(name, definition)
 
     @classmethod
     def from_dict(cls, data: Any, path: Optional[Path] = None) -> "Profile":
