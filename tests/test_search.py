@@ -757,6 +757,36 @@ def test_a_latency_limit_searches_only_the_candidates_predicted_within_it(tmp_pa
     assert e.value.fastest.arch == fastest.arch and e.value.fastest.latency_ms == fastest.latency_ms
 
 
+@dataclass
+class OnlyTheLargestIsGood(S.Surrogate):
+    """Error 1 for the maximum point, 10 for every smaller candidate: every W of a smaller one is negative."""
+
+    largest: tuple = ()
+    name = "only-the-largest"
+
+    def settings(self):
+        return {"largest": list(self.largest)}
+
+    def __call__(self, arch):
+        return 1.0 if arch.tuple == self.largest else 10.0
+
+
+def test_the_winner_of_a_latency_limited_search_is_within_the_limit(tmp_path):
+    """The maximum point stays as the W-coefficient's reference (W = 0): with every faster candidate's W below 0 it
+    won, 4x over the limit the user set. The front and the winner are of the candidates within it, and the report
+    records the limit."""
+    full = run(TINY, synthetic(TINY), tmp_path, exhaustive=True,
+               surrogate=OnlyTheLargestIsGood(largest=(3, 4, 128, 256)))
+    assert full.winner.arch.tuple == (3, 4, 128, 256)
+    limit = full.max_point.latency_ms / 2
+    limited = run(TINY, synthetic(TINY), tmp_path, exhaustive=True, latency_limit_ms=limit,
+                  surrogate=OnlyTheLargestIsGood(largest=(3, 4, 128, 256)))
+    assert limited.max_point.evaluated and limited.max_point.w == 0
+    assert limited.winner is not None and limited.winner.latency_ms <= limit and limited.winner.w < 0
+    assert all(c.latency_ms <= limit for c in limited.pareto) and not limited.max_point.pareto
+    assert limited.summary()["latency_limit_ms"] == limit == limited.to_dict()["summary"]["latency_limit_ms"]
+
+
 # ------------------------------------------------------------------------------------------------- re-ranking
 def test_rerank_scores_copies_of_a_shortlist_with_another_surrogate_cached_and_within_a_deadline(tmp_path):
     """rerank: a second surrogate's errors on copies of some candidates (the search's own keep theirs), in the

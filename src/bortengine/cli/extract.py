@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from bortengine.cli.arguments import add_data_arguments, add_executor_arguments, check_output, data_fields
+from bortengine.cli.arguments import (add_data_arguments, add_executor_arguments, check_output, data_fields,
+                                      positive_float)
 from bortengine.engine import available_cpus
 from bortengine.errors import UsageError
 from bortengine.files import atomic_write_text
@@ -63,9 +64,10 @@ def _add_search_options(p) -> None:
     p.add_argument("--representative", choices=sorted(REPRESENTATIVES), default="source-heads",
                    help="which member of a group is evaluated: source-heads (default: the head count nearest the "
                         "maximum point's, then most parameters) or largest (most parameters, then fastest)")
-    p.add_argument("--latency-limit", type=float, default=None, metavar="MS",
+    p.add_argument("--latency-limit", type=positive_float, default=None, metavar="MS",
                    help="search only the candidates predicted at most MS milliseconds per forward (a latency "
-                        "constraint; the maximum point stays as the W-coefficient's reference)")
+                        "constraint: the winner is one of them; the maximum point stays as the W-coefficient's "
+                        "reference)")
     p.add_argument("--per-group", type=int, default=3, dest="per_group", metavar="K",
                    help="at most K surrogate evaluations per group (default 3): after the representatives, the "
                         "members an error model fitted to the measured errors predicts best in their group, unless "
@@ -137,9 +139,10 @@ def run(args) -> int:
               allow_extrapolation=args.allow_extrapolation, worker_nice=args.worker_nice,
               progress=not args.no_progress, representative=args.representative, per_group=args.per_group,
               latency_limit_ms=args.latency_limit, executor=args.executor, ray_address=args.ray_address)
+    limit = "" if args.latency_limit is None else f"; latency limit {args.latency_limit:g} ms predicted"
     print(f"extract: {space.describe()}\nworkload: {workload}; profile {prof.path} ({prof.target.isa})\n"
-          f"surrogate: {surrogate.describe()}; ε = {args.eps}; {'exhaustive' if args.exhaustive else 'FPTAS'}",
-          flush=True)
+          f"surrogate: {surrogate.describe()}; ε = {args.eps}; {'exhaustive' if args.exhaustive else 'FPTAS'}"
+          f"{limit}", flush=True)
     result = _search(space, surrogate, args.exhaustive, args.verify, kw)  # Ctrl-C: SearchInterrupted says how to resume
     _print_result(result)
     if args.measure and result.winner is not None:
@@ -154,7 +157,7 @@ def run(args) -> int:
             _print_measurement(measurement)
     if result.verification:
         _print_verification(result.verification)
-    _write(result, Path(args.out))
+    _write(result, Path(args.out), args.teacher)
     return 0
 
 
@@ -265,8 +268,9 @@ def _print_verification(v: dict[str, Any]) -> None:
           f"A_ε violations; theorem {'holds' if v['theorem_holds'] else 'VIOLATED'}")
 
 
-def _write(result: Extraction, out: Path) -> None:
-    """report.json, pareto.png and (when there is a winner) winner.json in out; the winner and how to train it."""
+def _write(result: Extraction, out: Path, teacher: Optional[str]) -> None:
+    """report.json, pareto.png and (when there is a winner) winner.json in out; the winner and how to train it
+    (from the search's teacher)."""
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "report.json")
     result.plot(out / "pareto.png")
@@ -275,6 +279,7 @@ def _write(result: Extraction, out: Path) -> None:
         w = result.summary()["winner"]
         print(f"winner {result.winner.arch}: {w['params']:,} parameters, {w['latency_ms']:.3f} ms predicted, "
               f"error {w['error']:.4f}, W = {w['w']:.3f} (maximum point {result.max_point.arch}: "
-              f"{result.max_point.latency_ms:.3f} ms, error {result.max_point.error})")
-        print(f"train it: {w['pretrain']}")
-    print(f"wrote {out / 'report.json'}, {out / 'pareto.png'}" + (", winner.json" if result.winner else ""))
+              f"{result.max_point.latency_ms:.3f} ms, error {result.max_point.error:.4f})")
+        print(f"train it: {w['pretrain']}" + (f" --teacher {teacher}" if teacher else ""))
+    print(f"wrote {out / 'report.json'}, {out / 'pareto.png'}"
+          + (f", {out / 'winner.json'}" if result.winner else ""))

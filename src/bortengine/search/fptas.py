@@ -157,7 +157,8 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
                       bound=bound, groups=len(members), refinement=refinement,
                       evaluations=done,
                       fresh_evaluations=ev.fresh, failures=failures, complete=complete,
-                      seconds=time.monotonic() - start, cache_path=str(cache.path), executor=runner.describe())
+                      seconds=time.monotonic() - start, cache_path=str(cache.path), executor=runner.describe(),
+                      latency_limit_ms=latency_limit_ms)
 
 
 # -- the settings ------------------------------------------------------------------------------------------------

@@ -96,12 +96,15 @@ def w_coefficient(c: Candidate, m: Candidate, tau: float) -> float:
             - d * abs(d) / tau ** 2)
 
 
-def select(candidates: list[Candidate], max_point: Candidate, tau: float, epsilon: float
-           ) -> tuple[ParetoSet, Optional[Candidate]]:
+def select(candidates: list[Candidate], max_point: Candidate, tau: float, epsilon: float,
+           latency_limit_ms: Optional[float] = None) -> tuple[ParetoSet, Optional[Candidate]]:
     """The last step of the search: marks the evaluated candidates' Pareto front (c.pareto) and their
     W-coefficients (c.w, when the maximum point has an error), and returns the front as a ParetoSet with the
-    winner, the front's highest W (the smaller on a tie; None without W)."""
-    evaluated = [c for c in candidates if c.evaluated]
+    winner, the front's highest W (the smaller on a tie; None without W). With a latency limit the front and the
+    winner are of the candidates predicted within it: the maximum point, kept as the W-coefficient's reference,
+    is not one of them when it is slower (it won whenever no faster candidate had a positive W)."""
+    evaluated = [c for c in candidates if c.evaluated
+                 and (latency_limit_ms is None or c.latency_ms <= latency_limit_ms)]
     front = [evaluated[i] for i in pareto_front([c.point() for c in evaluated])]
     for c in candidates:
         c.pareto = False

@@ -49,9 +49,11 @@ class Extraction:
     representative: str = "source-heads"  # the rule that picks each group's evaluated member (REPRESENTATIVES)
     refinement: Optional[dict[str, Any]] = None  # what the refinement stage did (search.refinement)
     executor: str = "local"         # where the evaluations ran (Executor.describe())
+    latency_limit_ms: Optional[float] = None   # extract()'s: the front and the winner are within it
 
     def __post_init__(self):
-        self.pareto, self.winner = select(self.candidates, self.max_point, self.tau, self.epsilon)
+        self.pareto, self.winner = select(self.candidates, self.max_point, self.tau, self.epsilon,
+                                          self.latency_limit_ms)
 
     @property
     def architecture(self) -> Optional[Architecture]:
@@ -62,6 +64,7 @@ class Extraction:
         w = self.winner
         return {
             "mode": self.mode, "epsilon": self.epsilon, "space": self.space.name, "space_size": len(self.candidates),
+            "latency_limit_ms": self.latency_limit_ms,
             "groups": self.groups, "bound": self.bound, "evaluations": self.evaluations,
             "refinement": self.refinement,
             "fresh_evaluations": self.fresh_evaluations, "failures": len(self.failures),
