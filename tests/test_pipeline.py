@@ -193,6 +193,18 @@ def test_a_student_deeper_than_the_teacher_is_refused_before_the_run(tmp_path, d
     assert not (tmp_path / "out").exists()
 
 
+def test_a_workload_longer_than_the_teacher_reads_is_refused_before_the_run(tmp_path, data, teacher):
+    """--workload 1x600: the profile stage refused it (naming --seq, which the pipeline does not have), after the
+    run's directory took the option, so the corrected command was refused as another run's."""
+    from bortengine.architecture import Architecture
+
+    longest = Architecture.from_hf_config(teacher).max_positions
+    with pytest.raises(PipelineError, match=rf"--workload 1x{longest + 1}: {longest + 1} tokens per text, but the "
+                                            rf"teacher reads at most {longest} .*--workload of at most {longest}"):
+        run_pipeline(_config(tmp_path / "out", data, teacher, workload=f"1x{longest + 1}"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_another_runs_directory_is_refused(reference, data, teacher):
     out, _ = reference
     with pytest.raises(PipelineError, match="differs in"):

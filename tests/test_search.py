@@ -478,6 +478,32 @@ def test_failing_and_nan_candidates_are_recorded_and_replaced(tmp_path):
     json.loads(json.dumps(r.to_dict()))  # NaN is never written into the report
 
 
+def test_a_search_that_evaluated_nothing_still_plots(tmp_path):
+    """Every candidate failed: the report's figure was a matplotlib traceback (a log axis of no points)."""
+    everything = tuple(a.tuple for a in TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the maximum point has no error: the winner is undefined
+        r = run(TINY, synthetic(TINY), tmp_path, exhaustive=True, surrogate=S.AnalyticSurrogate(fail=everything))
+    assert r.winner is None and not any(c.evaluated for c in r.candidates)
+    assert r.plot(tmp_path / "pareto.png").stat().st_size > 0
+
+
+def test_a_teacher_the_candidates_cannot_be_cut_from_is_refused_before_the_search(tmp_path, small_model):
+    """A teacher directory that is not there, or a maximum point deeper than the teacher: every evaluation (or every
+    deeper one) failed after the search had spent its budget on them, and the command exited 0."""
+    from bortengine.architecture import Architecture
+
+    with pytest.raises(S.SearchError, match=r"the teacher .*nowhere has no config.json \(there is no such "
+                                            r"directory\): give a BERT model directory"):
+        S.DistillationSurrogate(teacher=str(tmp_path / "nowhere"))
+    teacher = Architecture.from_hf_config(small_model)
+    surrogate = S.DistillationSurrogate(teacher=str(small_model), steps=1)
+    with pytest.raises(S.SearchError, match=rf"the maximum point .* has more layers than the teacher .*: give "
+                                            rf"--max-point \(max_point\) of at most {teacher.layers} layers"):
+        run(MINILM_SPACE, MINILM_PROFILE, tmp_path, surrogate=surrogate)
+    surrogate.check_max_point(Architecture(teacher.layers, 2, 64, 128))   # within the teacher: searched
+
+
 def test_killed_run_resumes_from_the_cache(tmp_path):
     sur = Interrupting(after=3)
     with pytest.raises(S.SearchInterrupted, match="3 of"):
@@ -606,6 +632,30 @@ def test_report_plot_and_cli(tmp_path, capsys):
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(argv[:-2] + ["--eps", "1.5", "--out", str(out)]) == 2
     assert "ε must lie strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_extract_finds_a_space_by_the_name_its_profile_records(tmp_path, capsys):
+    """`profile --space FILE` records the file's space under its name, and the profiler's messages print
+    `--space NAME`: extract refused that name ("unknown search space") where profile took it."""
+    mine = SearchSpace("mine", layers=[1, 2], heads=[2, 4], hidden=[64, 128], intermediate=[128, 256])
+    prof = synthetic(mine)
+    prof.record_space(mine)
+    path = prof.save(tmp_path / "profile.json")
+    argv = ["extract", "--space", "mine", "--profile", str(path), "--batch", "1", "--seq", "16", "--threads", "2",
+            "--surrogate", "analytic", "--cache", str(tmp_path / "cache"), "--measure", "0", "--no-progress",
+            "--latency-limit", "1000", "--out", str(tmp_path / "out")]
+    from bortengine.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the synthetic profile describes another CPU
+        assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"{len(mine)} candidates" in out and "latency limit 1000 ms predicted" in out
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["summary"]["latency_limit_ms"] == 1000
+    from test_cli import assert_usage_error
+
+    line = assert_usage_error(capsys, argv[:-2] + ["--latency-limit", "0", "--out", str(tmp_path / "o")], "extract")
+    assert "--latency-limit: expected a positive number, got '0'" in line
 
 
 def test_finalists_are_timed_on_the_engine(tmp_path):

@@ -14,7 +14,7 @@ from bortengine.errors import UsageError
 from bortengine.files import atomic_write_text
 from bortengine.architecture import Architecture
 from bortengine.profiling import (DTYPES, Profile, ProfileError, Workload, busy_core_note, load_profile,
-                                  profile_for_search, profile_of_target)
+                                  profile_for_search, profile_of_target, resolve_space)
 from bortengine.progress import parse_duration
 from bortengine.search import (REPRESENTATIVES, SIZES, SURROGATES, Extraction, SearchError, Surrogate, coverage,
                                extract, finalists_seconds, measure_finalists, resolve_surrogate)
@@ -131,7 +131,8 @@ def run(args) -> int:
                                   max_length=args.max_length, eval_sentences=args.eval_sentences,
                                   distil_steps=args.distil_steps, teacher=args.teacher, seed=args.seed,
                                   **_surrogate_data(args))
-    space = SearchSpace.resolve(args.space)
+    # a space by name may be one a profile records (a file's, a pipeline run's): --profile's, else this CPU's
+    space = resolve_space(args.space, args.profile or (target_profile.path if target_profile else None))
     prof = target_profile or _profile(args, space, workload)
     kw = dict(profile=prof, workload=workload, epsilon=args.eps, max_point=args.max_point, size=args.size,
               cache_dir=args.cache, workers=args.workers, tau=args.tau, time_budget=budget, started=started,

@@ -54,6 +54,10 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         too_large = too_large_to_slice(Architecture.parse(config.arch), teacher)
         if too_large:
             raise PipelineError(f"--arch {config.arch}: {too_large}")
+    if config.workload is not None and config.shape()[1] > teacher.max_positions:   # the profile stage's refusal
+        raise PipelineError(f"--workload {config.workload}: {config.shape()[1]} tokens per text, but the teacher "
+                            f"reads at most {teacher.max_positions} (max_position_embeddings): give a --workload of "
+                            f"at most {teacher.max_positions} tokens")
     if ctx.uses_agora():
         selection_part(ctx)     # Agora's split of dev, which a rare class fails: now, not after 80% of the budget
     state = read_json(out / STATE_FILE, PipelineError, missing_ok=True) or {"stages": {}}

@@ -117,6 +117,7 @@ def extract(space: "SearchSpace | str", surrogate: "Surrogate | str", profile: A
     workload = _check_profile(profile, workload)
     # the candidates and their cheap objectives: exact sizes, latencies predicted by the profile
     m_arch = max_point_architecture(space, max_point)
+    surrogate.check_max_point(m_arch)
     archs = candidate_architectures(space, m_arch)
     model = latency_model(profile, workload, space)
     note = _calibration_warning(model)

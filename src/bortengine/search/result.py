@@ -172,7 +172,11 @@ class Extraction:
                        c="tab:blue", label=f"evaluated: refinement ({len(refined)})")
         fl = sorted(self.pareto, key=lambda c: c.latency_ms)
         ax.scatter([c.latency_ms for c in fl], [c.error for c in fl], s=40, c="red", label="ε-Pareto set")
-        ax.set_xscale("log")
+        if ev:   # (a log axis of no points is an error in matplotlib)
+            ax.set_xscale("log")
+        else:
+            ax.text(0.5, 0.5, "no candidate evaluated\n(see the report's failures)", ha="center", va="center",
+                    transform=ax.transAxes)
         ax.set_xlabel("predicted latency (ms)")
         ax.set_ylabel(f"error ({self.surrogate.name} surrogate)")
 

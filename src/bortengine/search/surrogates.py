@@ -10,6 +10,7 @@ import json
 import math
 import time
 from functools import lru_cache
+from pathlib import Path
 from dataclasses import KW_ONLY, dataclass, replace
 from typing import Any, Optional
 
@@ -50,6 +51,10 @@ class Surrogate:
 
     def __call__(self, arch: Architecture) -> float:
         raise NotImplementedError
+
+    def check_max_point(self, max_point: Architecture) -> None:
+        """SearchError before any evaluation when the search's candidates (each at most max_point) are ones this
+        surrogate cannot evaluate; the default evaluates any."""
 
 
 @dataclass
@@ -110,10 +115,29 @@ class TrainingSurrogate(Surrogate):
         if self.teacher is not None:  # refuse another family now, not in every evaluation of the search
             source = transformer_directory(self.teacher) / "config.json"
             config = read_json(source, SearchError, missing_ok=True)
+            if config is None:
+                raise SearchError(f"the teacher {self.teacher} has no config.json"
+                                  + ("" if Path(self.teacher).is_dir() else " (there is no such directory)")
+                                  + ": give a BERT model directory (BertModel, sentence-transformers, "
+                                    "BertForSequenceClassification)")
             require_bert(config if isinstance(config, dict) else {}, str(source))
 
     def teacher_name(self) -> str:
         return self.teacher or DEFAULT_TEACHER
+
+    def check_max_point(self, max_point: Architecture) -> None:
+        """Each of a student's layers is cut from one of the teacher's: a maximum point deeper than the teacher
+        would have every deeper candidate fail, after the search spent its budget on them."""
+        from bortengine.training import default_teacher_path
+
+        source = transformer_directory(self.teacher or default_teacher_path()) / "config.json"
+        teacher = Architecture.from_hf_config(source)
+        if max_point.layers > teacher.layers:
+            raise SearchError(
+                f"the maximum point {max_point} has more layers than the teacher {self.teacher_name()} "
+                f"({teacher}), and every student is cut from the teacher's layers: give --max-point (max_point) of "
+                f"at most {teacher.layers} layers, e.g. the teacher's own {','.join(map(str, teacher.tuple))}, or "
+                f"a space of at most {teacher.layers} layers")
 
 
 @dataclass
