@@ -247,6 +247,28 @@ def test_extract_errors(tmp_path, capsys):
     assert "not valid JSON" in assert_error_line(capsys, "extract", code)
 
 
+def test_warnings_on_the_console_are_lines_of_the_command():
+    """The default format printed the warning's Python source line (`  prof = profile(space, workload, ...`)."""
+    script = ("import warnings, sys\nfrom bortengine.cli import info, main\n"
+              "def run(args):\n    warnings.warn('the profile is old', RuntimeWarning)\n    return 0\n"
+              "info.run = run\nsys.exit(main(['info']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "bortengine info: warning: the profile is old (RuntimeWarning)\n"
+
+
+def test_out_of_memory_is_an_error_line_not_a_traceback(capsys, monkeypatch):
+    """Sizes the machine cannot hold (profile --batch 100000 --seq 512: the native core's std::bad_alloc; a space
+    file of 10^6-wide models: NumPy's) ended in a MemoryError traceback."""
+    from bortengine.cli import info
+
+    def too_big(args):
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(info, "run", too_big)
+    line = assert_error_line(capsys, "info", main(["info"]))
+    assert "out of memory (std::bad_alloc)" in line and "ask for smaller ones" in line
+
+
 @pytest.mark.parametrize("argv, says", [
     (["pretrain", "--arch", "4,7,1000,768", "--out", "x"], "argument --arch: Architecture hidden=1000"),
     (["finetune", "--time-budget", "soon", "--out", "x"], "argument --time-budget: a duration"),

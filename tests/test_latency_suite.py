@@ -366,3 +366,6 @@ def test_writer_errors(tmp_path, small_model, profile_path):
     with pytest.raises(P.ProfileError, match="positive ratio"):
         P.write_latency_suite(tmp_path / "test_latency.py", small_model, profile_path, W, tolerance=0)
     assert not (tmp_path / "test_latency.py").exists()
+    (tmp_path / "a-file").write_text("")   # a file where the suite's folder should be: was a raw FileExistsError
+    with pytest.raises(P.ProfileError, match=r"cannot write the latency suite .*a-file.* cannot be made"):
+        P.write_latency_suite(tmp_path / "a-file" / "test_latency.py", small_model, profile_path, W)

@@ -73,6 +73,29 @@ def test_rerun_measures_nothing_new(tiny_profile, tmp_path, monkeypatch):
     assert prof.covers(W) and prof.covers(w2) and calls
 
 
+def test_an_interrupted_run_counts_what_its_resume_keeps(tmp_path, monkeypatch, capsys):
+    """A block other processes disturbed is measured again on resume: Ctrl-C said '16 of 159 saved' and the resume
+    '4 of 159 kept'. Both count the clean blocks now."""
+    out, real, count = tmp_path / "p.json", measure.measure_with_retries, {"n": 0}
+
+    def some_disturbed(*args, **kw):
+        count["n"] += 1
+        if count["n"] == 9:
+            raise KeyboardInterrupt
+        blocks = real(*args, **kw)
+        return [dataclasses.replace(b, disturbed=count["n"] % 2 == 0) for b in blocks]   # every second op's
+
+    monkeypatch.setattr(measure, "measure_with_retries", some_disturbed)
+    with pytest.raises(P.ProfileInterrupted) as info:
+        P.profile(TINY, W, out=out, progress=False, settings=FAST)
+    wp = P.load_profile(out).workloads[W.key]
+    assert sum(len(m.blocks) for m in wp.ops.values()) == 8 and info.value.done == 4   # 8 saved, 4 of them clean
+    monkeypatch.setattr(measure, "measure_with_retries", real)
+    capsys.readouterr()
+    P.profile(TINY, W, out=out, progress=True, settings=FAST)
+    assert f"resuming {out}: 4 of {info.value.total} measurements kept" in capsys.readouterr().err
+
+
 def test_fresh_starts_its_workload_over_and_keeps_the_files_others(tiny_profile, tmp_path, monkeypatch):
     """resume=False (--fresh) re-measures its workload only: it wrote a file of that workload alone, and every other
     workload of the file (the same target's measurements, maybe hours of them) was gone without a word."""
@@ -244,6 +267,13 @@ def test_the_report_also_gives_the_errors_against_each_architectures_fastest_blo
 def test_validate_needs_a_covered_workload(tiny_profile):
     with pytest.raises(P.ProfileError, match="does not cover"):
         P.validate(tiny_profile, TINY, P.Workload(1, 16, 1), n=2, progress=False)
+    # a space the profile was not measured for: its predictions extrapolated, said before the errors are shown
+    wider = SearchSpace("wider", layers=[1], heads=[2], hidden=[256], intermediate=[512], vocab_size=500,
+                        max_positions=64)
+    with pytest.warns(RuntimeWarning, match=r"2 of the 2 architectures have op shapes the profile has no "
+                                            r"measurements near .* --space wider"):
+        P.validate(tiny_profile, wider, W, n=2, quick=True, progress=False,
+                   architectures=[(1, 2, 256, 512), (1, 2, 256, 512)])
 
 
 def test_cli_profile_show_and_validate(tmp_path, capsys):

@@ -19,6 +19,7 @@ import contextlib
 import signal
 import sys
 import threading
+import warnings
 from typing import Optional, Sequence
 
 from bortengine.cli import demo, export, extract, info, pipeline, profile, serve, train
@@ -42,10 +43,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     module = next(m for m in COMMAND_MODULES if args.command in m.COMMANDS)
     terminated: list[int] = []
     try:
-        with _sigterm_as_interrupt(terminated, args.command not in serve.COMMANDS):
+        with _sigterm_as_interrupt(terminated, args.command not in serve.COMMANDS), _warnings_as_lines(args.command):
             return module.run(args)
     except BortEngineError as e:
         print(f"bortengine {args.command}: error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
+        return 2
+    except MemoryError as e:   # sizes the machine cannot hold (a batch of 100,000, a space of 10^6-wide models)
+        detail = _one_line(str(e))
+        print(f"bortengine {args.command}: error: out of memory{f' ({detail})' if detail else ''}: the sizes asked "
+              f"for (batch, tokens per text, model sizes) need more memory than this machine has; ask for smaller "
+              f"ones", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         how = _one_line(str(e)) or "interrupted"
@@ -53,6 +60,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             how = how.replace("interrupted", "terminated (SIGTERM)", 1)
         print(f"\nbortengine {args.command}: {how}", file=sys.stderr)
         return 128 + (terminated[0] if terminated else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """Warnings on the console as the errors are: `bortengine COMMAND: warning: message (Category)`, without the
+    Python source line the default format adds (the user did not write it)."""
+    def one_line(message, category, filename, lineno, line=None):
+        return f"bortengine {command}: warning: {message} ({category.__name__})\n"
+
+    default, warnings.formatwarning = warnings.formatwarning, one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
 
 
 @contextlib.contextmanager

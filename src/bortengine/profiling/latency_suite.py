@@ -115,7 +115,11 @@ def write_latency_suite(out_path: str | os.PathLike, model_dir: str | os.PathLik
     profile = Profile.load(profile_path)
     engine = load(model_dir, num_threads=1)  # only its architecture is read
     expectation = LatencyExpectation.of(engine, profile, workload, tolerance)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:   # a file where a folder should be, no permission
+        raise ProfileError(f"cannot write the latency suite {out_path}: its folder {out_path.parent} cannot be "
+                           f"made ({e.strerror or e}); give a path in a folder you can write") from None
     here = out_path.parent
     target, w = expectation.target, workload
     model, profile_file = relative_to(model_dir, here), relative_to(profile_path, here)
@@ -128,4 +132,7 @@ def write_latency_suite(out_path: str | os.PathLike, model_dir: str | os.PathLik
         batch_size=w.batch_size, seq_len=w.seq_len, num_threads=w.num_threads, dtype=w.dtype,
         predicted_exact=repr(round(expectation.predicted_ms, 6)), tolerance_exact=repr(expectation.tolerance),
         default_tolerance=f"{DEFAULT_TOLERANCE:g}")
-    return atomic_write_text(out_path, text)
+    try:
+        return atomic_write_text(out_path, text)
+    except OSError as e:
+        raise ProfileError(f"cannot write the latency suite {out_path}: {e.strerror or e}") from None

@@ -173,11 +173,14 @@ def _reuse_measurements(wp: WorkloadProfile, roles: Roles, settings: Settings) -
 def _work_list(wp: WorkloadProfile, roles: Roles, settings: Settings) -> list[tuple[int, OpSpec]]:
     """Block b of every op that has fewer than b+1 clean blocks, pass by pass (a resumed run also re-measures ops
     that only have disturbed blocks)."""
-    def clean(spec: OpSpec) -> int:
-        m = wp.ops.get(spec.key)
-        return 0 if m is None else m.clean_blocks if m.mode == settings.mode else settings.blocks
+    return [(b, spec) for b in range(settings.blocks) for spec in roles if _kept_blocks(wp, spec, settings) <= b]
 
-    return [(b, spec) for b in range(settings.blocks) for spec in roles if clean(spec) <= b]
+
+def _kept_blocks(wp: WorkloadProfile, spec: OpSpec, settings: Settings) -> int:
+    """Blocks of the op that a run with these settings keeps: its clean ones (a measurement of the other mode,
+    reused as _reuse_measurements says, counts as complete)."""
+    m = wp.ops.get(spec.key)
+    return 0 if m is None else m.clean_blocks if m.mode == settings.mode else settings.blocks
 
 
 def estimate_cost(spec: OpSpec, w: Workload, s: Settings, rotation: int) -> float:
@@ -240,9 +243,10 @@ class ProfileRun:
             self.prof.save()
             if bar.enabled:
                 sys.stderr.write("\n")
-            # the file's count, not this run's (a resumed run's work list is what was left)
+            # the file's count, not this run's (a resumed run's work list is what was left), and what a resume
+            # keeps of it: a block disturbed by other processes is measured again
             blocks = self.settings.blocks
-            saved = sum(min(len(m.blocks), blocks) for spec in self.roles if (m := self.wp.ops.get(spec.key)))
+            saved = sum(min(_kept_blocks(self.wp, spec, self.settings), blocks) for spec in self.roles)
             raise ProfileInterrupted(self.prof.path, saved, len(self.roles) * blocks) from None
         bar.show("done", final=True)
 

@@ -254,6 +254,13 @@ def validate(profile: Profile, space: SearchSpace | str = "bort", workload: Opti
                            f"run on; use --threads {cpus} or fewer")
     model = profile.model(workload)  # raises if the workload is not covered
     archs = _architectures(space, workload, n, seed, architectures)
+    extrapolated = sum(bool(model.predict(a).extrapolated) for a in archs)
+    if extrapolated:   # the errors would then judge the extrapolation, and nothing said so
+        warnings.warn(f"{extrapolated} of the {len(archs)} architectures have op shapes the profile has no "
+                      f"measurements near (it was not measured for the {space.name} space): their predictions are "
+                      f"extrapolated, and their errors say how far that goes, not how good the profile is. For "
+                      f"the profile's own errors, first: {workload.command()} --space {space.name}"
+                      + (f" --out {profile.path}" if profile.path else ""), RuntimeWarning, stacklevel=2)
     settings = replace(VALIDATION_QUICK if quick else VALIDATION,
                        clock=profile.for_workload(workload).clock)  # measured as the profile was
     if retry_budget_s is not None:
