@@ -763,3 +763,114 @@ def test_a_lone_callers_failing_forward_raises_to_it_and_leaves_the_queue_idle()
     hidden, _ = queue.run(request(2, tokens=5), None, None, tokenize_s=0.25)
     assert (hidden == 2).all() and gate.threads == [2]
     assert [(r.requests, r.sequences, r.tokens, r.threads, r.tokenize_s) for r in records] == [(1, 1, 5, 2, [0.25])]
+
+
+# -- callers that go away: a closed event loop, an interrupted thread, a forked child (from a new-user trial) ------
+def _answered(queue: ForwardQueue, first: int, timeout: float = 10.0):
+    """queue.run of one request from a thread, or None if it did not return within timeout (the queue wedged)."""
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(queue.run(request(first), None, None)), daemon=True)
+    t.start()
+    t.join(timeout)
+    return out[0] if out else None
+
+
+def test_an_async_request_whose_loop_closed_before_its_answer_leaves_the_queue_working():
+    """asyncio.run(wait_for(aencode(...), timeout)) that times out while the forward runs: the answer met a closed
+    loop (RuntimeError in the leading worker, before it handed the next forward on), and every later call of the
+    engine waited for a leader that no longer existed."""
+    gate = Gate()
+    queue = ForwardQueue(gate, threads=2)
+    gate.open.clear()
+
+    async def times_out():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(queue.arun(lambda: (request(1), None, None)), 0.2)
+
+    asyncio.run(times_out())          # the forward is still running in a worker; its loop is closed now
+    assert gate.started.wait(10)
+    gate.open.set()
+    hidden, _ = _answered(queue, 2)
+    assert (hidden == 2).all()
+    deadline = time.monotonic() + 10
+    while queue._leaders and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert queue._leaders == 0 and queue.depth == 0
+
+
+def test_an_interrupt_of_the_leading_thread_fails_its_own_call_alone():
+    """Ctrl-C reaches the main thread while it leads a forward combined with other threads' requests: it was given
+    to every request of the forward (other threads raised the main thread's KeyboardInterrupt) and the lane was
+    never handed on (every later call hung). Now the leader's call alone raises; the others' requests are computed
+    by a later forward."""
+    gate = Gate()
+    queue = ForwardQueue(gate, threads=2, lanes=1)
+    plain = gate.__call__
+
+    def interrupted_once(ids, mask, types, threads=1):
+        if threading.current_thread().name == "caller-1" and not getattr(gate, "interrupted", False):
+            gate.interrupted = True
+            raise KeyboardInterrupt
+        return plain(ids, mask, types, threads)
+
+    queue._forward = interrupted_once
+    results, raised = {}, {}
+
+    def call(first):
+        try:
+            results[first] = queue.run(request(first), None, None)
+        except BaseException as e:    # noqa: BLE001 - what each caller got is the test's
+            raised[first] = e
+
+    gate.open.clear()
+    threads = [threading.Thread(target=call, args=(0,), name="caller-0")]
+    threads[0].start()
+    assert gate.started.wait(10)
+    for first in (1, 2, 3):            # queued behind caller-0's forward; caller-1 leads the next one, with 2 and 3
+        threads.append(threading.Thread(target=call, args=(first,), name=f"caller-{first}"))
+        threads[-1].start()
+        while queue.depth < first and threads[-1].is_alive():
+            time.sleep(0.001)
+    gate.open.set()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert set(raised) == {1} and isinstance(raised[1], KeyboardInterrupt)
+    assert sorted(results) == [0, 2, 3] and all((results[f][0] == f).all() for f in results)
+    hidden, _ = _answered(queue, 4)
+    assert (hidden == 4).all() and queue._leaders == 0 and queue.depth == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_a_child_forked_while_a_forward_runs_computes_its_own_calls():
+    """gunicorn --preload forks workers from a process whose threads may be mid-forward: the child's queue had a
+    leader that did not exist there, and its first call waited forever."""
+    gate = Gate()
+    queue = ForwardQueue(gate, threads=2)
+    gate.open.clear()
+    busy = threading.Thread(target=lambda: queue.run(request(1), None, None), daemon=True)
+    busy.start()
+    assert gate.started.wait(10)
+    pid = os.fork()
+    if pid == 0:                       # the child: no thread of the parent's is here
+        code = 1
+        try:
+            gate.open.set()
+            answer = _answered(queue, 5, timeout=20)
+            code = 0 if answer is not None and (answer[0] == 5).all() else 3
+        finally:
+            os._exit(code)
+    gate.open.set()
+    busy.join(10)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_an_engine_is_not_pickled_and_says_how_to_share_a_model(classifier):
+    """A spawn pool's argument or a deepcopy: TypeError named the private bortengine._core.Encoder, and no way on."""
+    import copy
+    import pickle
+
+    for attempt in (pickle.dumps, copy.deepcopy, copy.copy):
+        with pytest.raises(TypeError, match=r"an Engine cannot be pickled or copied .*bortengine.load\("):
+            attempt(classifier)

@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class _Request:
     """One call's padded inputs [b, t] and what becomes of them."""
 
     __slots__ = ("ids", "mask", "types", "tokens", "enqueued", "deadline", "tokenize_s", "state", "result",
-                 "error", "event", "lead", "on_done", "then")
+                 "error", "event", "lead", "on_done", "then", "finished")
 
     def __init__(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray],
                  deadline: Optional[float], tokenize_s: float, on_done: Optional[Callable[["_Request"], None]],
@@ -107,8 +108,10 @@ class _Request:
         self.lead = False                          # woken to lead the next forward
         self.on_done = on_done                     # asyncio callers: called (any thread) when finished
         self.then = then                           # applied to the forward's rows in the leading thread
+        self.finished = False                      # its caller was given its outcome
 
     def finish(self) -> None:
+        self.finished = True
         if self.on_done is not None:
             self.on_done(self)
         else:
@@ -142,6 +145,17 @@ class ForwardQueue:
         self._listeners: list[Callable[[BatchRecord], None]] = []
         self._workers = workers
         self._pool: Optional[ThreadPoolExecutor] = None
+        _QUEUES.add(self)
+
+    def _after_fork(self) -> None:
+        """In a child process forked while the parent's threads were queued or leading forwards: none of those
+        threads exists here, so their requests, lanes and worker threads are forgotten (the native pool resets
+        itself the same way); the child's first call found a leader that would never hand over, and waited."""
+        self._lock = threading.Lock()
+        self._queue.clear()
+        self._queued_tokens, self._leaders, self._wide = 0, 0, False
+        self._idle_since = time.monotonic()
+        self._pool = None
 
     def set_threads(self, threads: int) -> None:
         """The engine's threads (Engine.num_threads): a forward on all of them, or lanes of a share each."""
@@ -170,17 +184,38 @@ class ForwardQueue:
             if idle:
                 return self._run_alone(ids, mask, types, tokenize_s)
         request = _Request(ids, mask, types, deadline, tokenize_s, None)
-        if self._enqueue(request) is not None:
-            self._lead()
-        while True:
-            request.event.wait()
-            with self._lock:
-                lead, request.lead = request.lead, False
-                if lead:
-                    request.event.clear()
-            if not lead:
-                return self._outcome(request)
-            self._lead(request)
+        try:
+            if self._enqueue(request) is not None:
+                self._lead(own=request)
+            while True:
+                request.event.wait()
+                with self._lock:
+                    lead, request.lead = request.lead, False
+                    if lead:
+                        request.event.clear()
+                if not lead:
+                    return self._outcome(request)
+                self._lead(request, own=request)
+        except BaseException:   # Ctrl-C (or a signal handler's exception) while it waited or led; or its outcome
+            self._abandon(request)
+            raise
+
+    def _abandon(self, request: _Request) -> None:
+        """A synchronous caller interrupted while it waited or led: its request leaves the queue; a lane passed to
+        it (woken to lead, not started) is handed on, as it would have been after its forward. Nothing for a
+        request that has its outcome."""
+        with self._lock:
+            if request.state == "queued":
+                try:
+                    self._queue.remove(request)
+                    self._queued_tokens -= request.tokens
+                except ValueError:
+                    pass
+                request.state = "cancelled"
+                return
+            led, request.lead = request.lead, False
+        if led:
+            self._hand_over(False, lead_here=False)
 
     def _run_alone(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray],
                    tokenize_s: float):
@@ -209,6 +244,15 @@ class ForwardQueue:
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="bortengine-batch", initializer=init)
             return self._pool
 
+    def _submit(self, work: Callable[[], None]) -> None:
+        """work() in a worker thread; in this one when the workers are shut down (the interpreter is exiting: an
+        asyncio call from an atexit handler met concurrent.futures' "cannot schedule new futures after
+        shutdown")."""
+        try:
+            self.executor().submit(work)
+        except RuntimeError:
+            work()
+
     async def arun(self, prepare: Callable[[], tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]],
                    deadline: Optional[float] = None, inline: bool = False, then: Optional[Callable[[Any], Any]] = None,
                    lead_on_loop: bool = False):
@@ -231,7 +275,7 @@ class ForwardQueue:
             if threading.get_ident() == loop_thread:     # led on the loop (lead_on_loop)
                 _settle(future, request)
             else:
-                loop.call_soon_threadsafe(_settle, future, request)
+                _call_on(loop, _settle, future, request)
 
         if inline:
             start = time.perf_counter()
@@ -243,7 +287,7 @@ class ForwardQueue:
                 if lead_on_loop and request.tokens <= LOOP_LEAD_TOKENS and idle_for >= IDLE_LEAD_S:
                     self._lead()        # on the loop; a request queued meanwhile is handed to a worker after it
                 else:
-                    self.executor().submit(self._lead)
+                    self._submit(self._lead)
             return await self._settled(future, holder, abandoned)
 
         def submit() -> None:
@@ -251,7 +295,7 @@ class ForwardQueue:
             try:
                 ids, mask, types = prepare()
             except BaseException as e:     # bad input: the caller's exception, raised where it awaits
-                loop.call_soon_threadsafe(_fail, future, e)
+                _call_on(loop, _fail, future, e)
                 return
             request = _Request(ids, mask, types, deadline, time.perf_counter() - start, done, then)
             holder.append(request)
@@ -262,7 +306,7 @@ class ForwardQueue:
 
         # The result is awaited, not submit()'s end: a worker that leads goes on leading while requests keep coming
         # (under load, for seconds), and this request's answer must not wait for that.
-        self.executor().submit(submit)
+        self._submit(submit)
         return await self._settled(future, holder, abandoned)
 
     async def _settled(self, future: asyncio.Future, holder: list[_Request], abandoned: Optional[threading.Event]):
@@ -307,16 +351,31 @@ class ForwardQueue:
                 return 0.0
             return None
 
-    def _lead(self, first: Optional[_Request] = None) -> None:
+    def _lead(self, first: Optional[_Request] = None, own: Optional[_Request] = None) -> None:
         """Run forwards of queued requests until the queue is empty or the next is led by a woken caller. first: the
-        request of the caller woken to lead (_pass_lead), taken off the queue for it."""
+        request of the caller woken to lead (_pass_lead), taken off the queue for it. own: the leading caller's
+        request; an interrupt of this thread (Ctrl-C) fails that call alone: the other requests of its forward go
+        back to the queue, and the lane is handed on (it was kept, and every later call waited for it)."""
         while True:
             batch, threads, wide = self._take(first)
             first = None
-            if batch:
-                self._compute(batch, threads)
+            try:
+                if batch:
+                    self._compute(batch, threads)
+            except BaseException:          # not the forward's error (each request's): this thread's interrupt
+                self._requeue([r for r in batch if r is not own and not r.finished])
+                self._hand_over(wide, lead_here=False)
+                raise
             if not self._hand_over(wide):
                 return
+
+    def _requeue(self, requests: list[_Request]) -> None:
+        """Put requests back at the queue's front, in their order, to be computed by another forward."""
+        with self._lock:
+            for request in reversed(requests):
+                request.state, request.result, request.error = "queued", None, None
+                self._queue.appendleft(request)
+                self._queued_tokens += request.tokens
 
     def _take(self, first: Optional[_Request] = None) -> tuple[list[_Request], int, bool]:
         """The oldest queued requests that fit max_batch_tokens (at least one; expired ones are failed), and the
@@ -356,7 +415,7 @@ class ForwardQueue:
                 self._leaders += 1
                 spawn = not self._pass_lead()
         if spawn:
-            self.executor().submit(self._lead)
+            self._submit(self._lead)
         for request in expired:
             request.finish()
         return batch, threads, not narrow
@@ -384,7 +443,7 @@ class ForwardQueue:
                 return False
         if in_worker:
             return True
-        self.executor().submit(self._lead)
+        self._submit(self._lead)
         return False
 
     def _pass_lead(self) -> bool:
@@ -414,7 +473,7 @@ class ForwardQueue:
                 combined = _combine(batch)
                 outputs = self._forward(*combined, threads)
                 results = self._split(batch, outputs)
-        except BaseException as e:           # the forward's error is each caller's
+        except Exception as e:               # the forward's error is each caller's (an interrupt is this thread's)
             for request in batch:
                 request.state, request.error = "failed", e
                 request.finish()
@@ -426,14 +485,14 @@ class ForwardQueue:
                 for request in batch:
                     request.result, request.state = rows[row:row + len(request.ids)], "done"
                     row += len(request.ids)
-            except BaseException:
+            except Exception:
                 together = None
         for request, result in zip(batch, results):
             if together is None:
                 try:
                     request.result = result if request.then is None else request.then(result)
                     request.state = "done"
-                except BaseException as e:       # the caller's own work on its rows failed: its error alone
+                except Exception as e:           # the caller's own work on its rows failed: its error alone
                     request.state, request.error = "failed", e
             request.finish()
         if self._listeners:
@@ -526,6 +585,29 @@ def _lower_priority(nice: int) -> None:
     process's, so nothing is done)."""
     if sys.platform.startswith("linux"):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+
+
+_QUEUES: "weakref.WeakSet[ForwardQueue]" = weakref.WeakSet()
+
+
+def _reset_queues_in_child() -> None:
+    for queue in list(_QUEUES):
+        queue._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_queues_in_child)
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """callback(*args) on the request's event loop. A loop closed meanwhile (asyncio.run() returned, its task
+    abandoned: a timeout around it, a fire-and-forget call, Ctrl-C) has nobody awaiting: the result is dropped.
+    Raised here, it ended the leading thread before the next forward was handed on, and the engine waited for a
+    leader that no longer existed."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:   # "Event loop is closed"
+        pass
 
 
 def _fail(future: asyncio.Future, error: BaseException) -> None:

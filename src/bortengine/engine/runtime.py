@@ -302,6 +302,13 @@ class Engine:
         lists them)."""
         return self._truncated_texts
 
+    def __reduce_ex__(self, protocol):
+        # the packed weights and the threads are this process's: what another process needs is the directory
+        raise TypeError(
+            f"an Engine cannot be pickled or copied (its packed weights and threads belong to this process): "
+            f"send the model's path and load it in each process, e.g. bortengine.load({str(self.path)!r}) in a "
+            f"worker pool's initializer")
+
     def __repr__(self) -> str:
         c = self.config
         return (f"Engine(path='{self.path}', kind={c.kind}, hidden_size={c.hidden_size}, "
