@@ -17,11 +17,7 @@ def test_writers_of_one_file_at_once_each_rename_a_whole_file(tmp_path):
         except Exception as exc:   # noqa: BLE001 - any failure is the test's
             errors.append(exc)
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _together(write, 4)
     assert errors == []
     assert json.loads(path.read_text())["i"] == 199   # whole: every writer's last file is complete
     assert [p.name for p in tmp_path.iterdir()] == ["profile.json"]   # no temporary file left
@@ -38,9 +34,14 @@ def test_directory_lock_serialises_read_merge_write(tmp_path):
                 n = json.loads(path.read_text())["n"]
                 atomic_write_json(path, {"n": n + 1})
 
-    threads = [threading.Thread(target=add) for _ in range(4)]
+    _together(lambda n: add(), 4)
+    assert json.loads(path.read_text())["n"] == 200
+
+
+def _together(work, n: int) -> None:
+    """work(0) ... work(n - 1), each in its own thread, all at once; returns when all are done."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert json.loads(path.read_text())["n"] == 200
