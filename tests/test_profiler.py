@@ -276,6 +276,17 @@ def test_validate_needs_a_covered_workload(tiny_profile):
                    architectures=[(1, 2, 256, 512), (1, 2, 256, 512)])
 
 
+@pytest.mark.parametrize("archs", ["0", "1", "x"])
+def test_validation_of_fewer_than_two_architectures_is_refused_before_profiling(tmp_path, capsys, archs):
+    """--archs 0 was refused by validate() after the profile it needs was measured (17 s)."""
+    from test_cli import assert_usage_error
+
+    line = assert_usage_error(capsys, ["profile", "--validate", "--archs", archs, "--out", str(tmp_path / "p.json")],
+                              "profile")
+    assert f"--archs: expected an integer of at least 2, got '{archs}'" in line or "positive integer" in line
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_cli_profile_show_and_validate(tmp_path, capsys):
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"name": "cli", "layers": [1, 2], "heads": [2], "hidden": [32], "intermediate": [32],

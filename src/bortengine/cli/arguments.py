@@ -64,6 +64,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def at_least_two(text: str) -> int:
+    """A count of at least 2 (validation compares architectures' latencies: one has nothing to rank against)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 2, got {text!r}")
+    return value
+
+
 def _finite_float(text: str, zero_allowed: bool) -> float:
     wanted = "a number >= 0" if zero_allowed else "a positive number"
     try:

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from bortengine.cli.arguments import add_executor_arguments, check_output, kernel_path
+from bortengine.cli.arguments import add_executor_arguments, at_least_two, check_output, kernel_path
 from bortengine.engine import available_cpus
 from bortengine.errors import UsageError
 from bortengine.files import atomic_write_json
@@ -42,7 +42,8 @@ def add_parsers(sub) -> None:
                         help="wall time (default), or the thread's CPU time: immune to other processes taking the "
                              "CPU, only with --threads 1")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
-    common.add_argument("--archs", type=int, default=12, help="validation: architectures to sample (default 12)")
+    common.add_argument("--archs", type=at_least_two, default=12,
+                        help="validation: architectures to sample, at least 2 (default 12)")
     common.add_argument("--seed", type=int, default=0, help="validation: sampling seed (default 0)")
     common.add_argument("--plot", default=None, metavar="PNG", help="validation: write predicted vs measured")
     common.add_argument("--report", default=None, metavar="JSON", help="validation: write the rows and summary")
