@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator, Optional, Type
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["atomic_write", "directory_lock", "atomic_write_text", "atomic_write_json", "read_json", "cache_dir", "save_figure",
-           "paths_as_text"]
+__all__ = ["atomic_write", "directory_lock", "atomic_write_text", "atomic_write_json", "read_json", "cache_dir",
+           "save_figure", "paths_as_text"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:

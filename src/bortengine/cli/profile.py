@@ -54,7 +54,8 @@ def add_parsers(sub) -> None:
                       help="print a profile as a table (default: this CPU's) and exit")
     prof.add_argument("--validate", action="store_true",
                       help="after profiling (only what is missing), validate the latency model")
-    prof.add_argument("--fresh", action="store_true", help="re-measure this workload from scratch (the file's other workloads are kept)")
+    prof.add_argument("--fresh", action="store_true",
+                      help="re-measure this workload from scratch (the file's other workloads are kept)")
     add_executor_arguments(prof, what="local: profile this CPU (default); ray: profile each distinct CPU target "
                                       "among a Ray cluster's nodes, on one node of each, into this machine's profile "
                                       "directory (threads default to each node's CPUs)")
