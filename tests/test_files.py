@@ -45,3 +45,18 @@ def _together(work, n: int) -> None:
         t.start()
     for t in threads:
         t.join()
+
+
+def test_a_filesystem_that_refuses_locks_still_gets_the_write(tmp_path, monkeypatch):
+    """flock on NFS mounted without locking raises ENOLCK: the profile's save failed where it wrote before the lock."""
+    import errno
+    import fcntl
+
+    def refused(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    path = tmp_path / "profile.json"
+    with directory_lock(path):
+        atomic_write_json(path, {"saved": True})
+    assert json.loads(path.read_text()) == {"saved": True}

@@ -39,8 +39,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
 @contextlib.contextmanager
 def directory_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the directory of `path` while the block runs (flock: released when the process
-    dies), for a read-merge-write of a file other processes update too. Without fcntl (not POSIX) it locks
-    nothing."""
+    dies), for a read-merge-write of a file other processes update too. Without fcntl (not POSIX), or on a
+    filesystem that refuses locks, it locks nothing: the write is not refused for it."""
     try:
         import fcntl
     except ImportError:   # pragma: no cover - Windows
@@ -48,7 +48,10 @@ def directory_lock(path: str | os.PathLike) -> Iterator[None]:
         return
     fd = os.open(Path(path).parent, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:   # a filesystem without locks (NFS mounted nolock: ENOLCK): the write goes on unlocked
+            pass
         yield
     finally:
         os.close(fd)   # closing the descriptor releases the lock

@@ -14,7 +14,7 @@ from bortengine.search.errors import LatencyLimitError, SearchError, SearchInter
 from bortengine.search.finalists import finalists_seconds, measure_finalists
 from bortengine.search.executor import (EXECUTORS, SCRIPT_GUARD, Evaluation, Executor, LocalExecutor,
                                        in_worker_bootstrap)
-from bortengine.search.fptas import SIZES, candidate_architectures, extract
+from bortengine.search.fptas import SIZES, extract
 from bortengine.search.grouping import REPRESENTATIVES, group_bound
 from bortengine.search.pareto import Candidate, ParetoSet, pareto_front, w_coefficient
 from bortengine.search.ray_executor import RayExecutor, RaySettingsRunner, settings_runner
@@ -32,5 +32,5 @@ __all__ = [
     "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
     "default_cache_dir", "measure_finalists", "finalists_seconds", "SURROGATES", "REPRESENTATIVES", "SIZES",
     "EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Evaluation", "RaySettingsRunner", "settings_runner",
-    "SCRIPT_GUARD", "in_worker_bootstrap", "candidate_architectures",
+    "SCRIPT_GUARD", "in_worker_bootstrap",
 ]

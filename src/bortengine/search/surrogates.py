@@ -128,11 +128,11 @@ class TrainingSurrogate(Surrogate):
     def check_max_point(self, max_point: Architecture) -> None:
         """Each of a student's layers is cut from one of the teacher's: a maximum point deeper than the teacher
         would have every deeper candidate fail, after the search spent its budget on them."""
-        from bortengine.training import default_teacher_path
+        from bortengine.training import default_teacher_path, too_large_to_slice
 
         source = transformer_directory(self.teacher or default_teacher_path()) / "config.json"
         teacher = Architecture.from_hf_config(source)
-        if max_point.layers > teacher.layers:
+        if too_large_to_slice(max_point, teacher):   # slicing's own rule (said in the search's terms)
             raise SearchError(
                 f"the maximum point {max_point} has more layers than the teacher {self.teacher_name()} "
                 f"({teacher}), and every student is cut from the teacher's layers: give --max-point (max_point) of "
