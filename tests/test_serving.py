@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from bortengine.engine import available_cpus, load
+from bortengine.errors import UsageError
 from bortengine.serving import ServeOptions, create_app
 from bortengine.serving.metrics import SECONDS, ServerMetrics
 from bortengine.serving.responses import shortened
@@ -128,6 +129,45 @@ def test_before_the_model_is_ready_every_route_but_metrics_answers_503(minilm):
     for response in (embedded, models):
         assert response.status_code == 503 and response.json()["error"]["code"] == "model_loading"
     assert metrics.status_code == 200
+
+
+def test_under_another_asgi_server_a_model_that_cannot_load_is_logged_and_answered(tmp_path, caplog):
+    """create_app run by another server (no `bortengine serve` to exit with the error): the reason is in the log,
+    /health and the routes say it; they said "loading" for ever and nothing was logged."""
+    (tmp_path / "config.json").write_text("{not json")
+    app = create_app(tmp_path, ServeOptions())
+
+    async def ask():
+        await app.state.service.start()   # what the app's lifespan runs at start-up
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as client:
+            return await client.get("/health"), await client.post("/v1/embeddings", json={"input": "a"})
+
+    with caplog.at_level("ERROR", logger="bortengine.serving"):
+        health, embedded = asyncio.run(ask())
+    assert "config.json is not valid JSON" in caplog.text
+    assert health.status_code == 503 and health.json()["status"] == "failed"
+    assert "config.json is not valid JSON" in health.json()["error"]
+    assert embedded.status_code == 503 and embedded.json()["error"]["code"] == "model_load_failed"
+    assert "config.json is not valid JSON" in embedded.json()["error"]["message"]
+
+
+def test_create_app_takes_the_api_key_from_the_environment(minilm, monkeypatch):
+    """The docs give $BORTENGINE_API_KEY as the way to keep the key off the command line; an app made by
+    create_app (gunicorn, uvicorn module:app) served without any key."""
+    monkeypatch.setenv("BORTENGINE_API_KEY", "from-the-environment")
+    keyed = create_app(minilm, ServeOptions())
+    given = create_app(minilm, ServeOptions(api_key="given"))
+    assert keyed.state.service.options.api_key == "from-the-environment"
+    assert given.state.service.options.api_key == "given"
+
+    async def ask():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=keyed), base_url="http://server") as client:
+            return await client.post("/v1/embeddings", json={"input": "a"})
+
+    assert asyncio.run(ask()).status_code == 401
+    monkeypatch.setenv("BORTENGINE_API_KEY", " ")
+    with pytest.raises(UsageError, match=r"\$BORTENGINE_API_KEY is empty"):
+        create_app(minilm, ServeOptions())
 
 
 def test_classify_equals_engine_classify(classifier_server, serving_classifier):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -65,6 +66,10 @@ BAD_EMBEDDINGS = [
     ({"input": "a", "model": 7}, 400, "invalid_model", "a string"),
     ({"input": "a", "dimension": 8}, 400, "unknown_field", "'dimension'"),
     ({"input": "a", "text_pairs": "b"}, 400, "unknown_field", "'text_pairs'"),
+    # names the answer repeats: a lone surrogate (valid JSON, not text) escaped, a long one cut
+    (b'{"\\ud800": 1, "input": "a"}', 400, "unknown_field", "'\\\\ud800'"),
+    (b'{"input": "a", "model": "m\\udfff"}', 404, "model_not_found", "'m\\\\udfff'"),
+    ({"input": "a", "x" * 10_000: 1}, 400, "unknown_field", "'" + "x" * 64 + "...'"),
 ]
 
 
@@ -103,7 +108,8 @@ JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() |
     # lone surrogates too: "\ud800" is valid JSON but not Unicode text
     st.text(st.characters(codec=None) | st.sampled_from(["\ud800", "\udfff"]), max_size=20),
-    lambda inner: st.lists(inner, max_size=MAX_ITEMS + 2) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=MAX_ITEMS + 2) | st.dictionaries(
+        st.text(st.characters(codec=None) | st.sampled_from(["\ud800"]), max_size=6), inner, max_size=3),
     max_leaves=12)
 FIELD_NAMES = st.sampled_from(["input", "model", "encoding_format", "dimensions", "user", "text_pairs", "x"])
 
@@ -396,6 +402,23 @@ def _terminated_under(server, work: list[list[str]], socket_closes: bool = False
         server.kill()
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_signal_as_soon_as_the_server_listens_stops_it(minilm, sig, code):
+    """A supervisor that stops the server the moment it listens, before uvicorn has its signal handlers: SIGTERM
+    was lost (the server went on serving) or killed the process by the signal; now both end it as they would later."""
+    server = ServerProcess(minilm)
+    try:
+        deadline = time.monotonic() + 60
+        while "listening on" not in server.stdout.read_text():
+            server._check_alive(deadline)
+            time.sleep(0.001)
+        server.proc.send_signal(sig)
+        assert server.proc.wait(30) == code, server.output()
+    finally:
+        server.kill()
+    assert "Traceback" not in server.stderr.read_text() and "never awaited" not in server.stderr.read_text()
+
+
 def test_sigterm_under_load_answers_the_accepted_requests_and_exits_0(minilm, minilm_engine):
     server = ServerProcess(minilm, "--threads", "1", "--max-batch-tokens", "128", "--max-input-tokens",
                            str(MAX_TOKENS)).start()
@@ -425,6 +448,31 @@ def test_requests_cut_off_by_the_graceful_timeout_get_a_json_503(minilm, minilm_
     for texts, response in zip(work, responses):
         if response.status_code == 200:
             assert np.array_equal(embeddings(response), minilm_engine.encode(texts, max_length=MAX_TOKENS))
+    assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
+
+
+def test_a_request_whose_body_is_still_arriving_at_the_graceful_timeout_gets_a_json_503(minilm):
+    """The cut-off handler may be anywhere: here reading its body (not the engine's work), which uvicorn answered with
+    a plain-text 500 and a traceback."""
+    server = ServerProcess(minilm, "--graceful-timeout", "0.3").start()
+    try:
+        body = json.dumps({"input": "a text whose last bytes never come"}).encode()
+        with socket.create_connection(server.address(), timeout=30) as sock:
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:-5])
+            with server.client() as client:   # the handler has started: it holds a place in the queue
+                wait_until(lambda: "bortengine_requests_admitted 1.0" in client.get("/metrics").text,
+                           what="the request to be admitted")
+            server.terminate()
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        code = server.proc.wait(60)
+    finally:
+        server.kill()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"retry-after" in head.lower(), answer
+    assert json.loads(payload)["error"]["code"] == "shutting_down", answer
     assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
 
 

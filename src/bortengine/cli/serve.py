@@ -6,14 +6,11 @@ Needs the `serve` extra (starlette, uvicorn, prometheus-client, orjson); without
 """
 from __future__ import annotations
 
-import os
-from typing import Optional
-
 from bortengine.cli.arguments import (MODEL_DIRECTORY, check_model_directory, kernel_path, nice_value,
                                       non_negative_float, port, positive_float, positive_int)
 from bortengine.engine import DTYPES
 from bortengine.errors import UsageError
-from bortengine.serving import API_KEY_VARIABLE, LOG_LEVELS, ServeOptions
+from bortengine.serving import API_KEY_VARIABLE, LOG_LEVELS, ServeOptions, api_key_from_environment
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
 
@@ -88,7 +85,7 @@ def run(args) -> int:
         host=args.host, port=args.port, threads=args.threads, dtype=args.dtype, isa=args.isa,
         max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue, max_batch_items=args.max_batch_items,
         max_input_tokens=args.max_input_tokens, truncation=not args.no_truncation,
-        max_body_bytes=args.max_body_bytes, api_key=_api_key(args.api_key),
+        max_body_bytes=args.max_body_bytes, api_key=api_key_from_environment(args.api_key),
         body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name,
         graceful_timeout=args.graceful_timeout, access_log=args.access_log, log_level=args.log_level,
         worker_nice=args.worker_nice, lead_when_idle=not args.no_forwards_on_loop)
@@ -96,17 +93,6 @@ def run(args) -> int:
 
     serve(args.model, options, announce=lambda line: print(f"bortengine serve: {line}", flush=True))
     return 0
-
-
-def _api_key(given: Optional[str]) -> Optional[str]:
-    """--api-key, else $BORTENGINE_API_KEY, else None (no key). An empty one is refused, not read as "no key": it
-    is what `--api-key "$KEY"` with KEY unset gives, and serving with no key is then the opposite of what was meant."""
-    key = given if given is not None else os.environ.get(API_KEY_VARIABLE)
-    if key is not None and not key.strip():
-        where = "--api-key" if given is not None else f"${API_KEY_VARIABLE}"
-        raise UsageError(f"{where} is empty; give the key the clients will send, or leave {where} out to serve "
-                         f"without one")
-    return key
 
 
 def _importable(module: str) -> bool:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hmac
+import logging
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Optional
@@ -31,7 +33,7 @@ from bortengine.engine import INLINE_CHARS, Engine, ModelConfig, TokenizedTexts,
 from bortengine.errors import DeadlineExceeded, InvalidInputError, ModelLoadError, TextTooLongError, UsageError
 from bortengine.serving.errors import APIError, ClientDisconnected, error_body
 from bortengine.serving.metrics import CONTENT_TYPE, MODEL_ROUTE, ROUTES, ServerMetrics
-from bortengine.serving.options import ServeOptions
+from bortengine.serving.options import ServeOptions, api_key_from_environment
 from bortengine.serving.requests import (RequestLimits, TextRequest, check_model, read_body, rerank_request,
                                          text_request)
 from bortengine.serving.responses import (JSONAnswer, classify_response, embeddings_response, model_card,
@@ -76,6 +78,7 @@ class ModelService:
         self.engine: Optional[Engine] = None
         self.max_input_tokens = 0
         self.ready = False
+        self.failure: Optional[BaseException] = None   # why the model could not be loaded, if it could not
         self.admitted = 0
         self.created = int(time.time())
         self._on_ready = on_ready
@@ -88,7 +91,8 @@ class ModelService:
         try:
             engine = await asyncio.to_thread(self._load)
             await self._warm_up(engine)
-        except Exception as e:   # a bad model or option: the server reports it and exits
+        except Exception as e:   # a bad model or option: the server reports it (and `bortengine serve` exits)
+            self.failure = e
             self._on_failure(e)
             return
         self.engine = engine
@@ -186,6 +190,8 @@ class ModelService:
     async def health(self, request: Request) -> Response:
         if self.ready:
             return JSONAnswer({"status": "ok", "model": self.name})
+        if self.failure is not None:
+            return JSONAnswer({"status": "failed", "model": self.name, "error": str(self.failure)}, status_code=503)
         return JSONAnswer({"status": "loading", "model": self.name}, status_code=503,
                           headers={"Retry-After": str(self.options.retry_after_s)})
 
@@ -207,8 +213,11 @@ class ModelService:
                 raise APIError(401, f"the request {problem}; send the server's key (--api-key or "
                                     f"$BORTENGINE_API_KEY) as the header `Authorization: Bearer KEY`",
                                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if self.failure is not None:
+            raise APIError(503, f"the model {self.name!r} could not be loaded, so this server cannot answer: "
+                                f"{self.failure}", type="server_error", code="model_load_failed")
         if not self.ready:
-            raise APIError(503, f"the model {self.name} is still loading; retry after {self.options.retry_after_s} s "
+            raise APIError(503, f"the model {self.name!r} is still loading; retry after {self.options.retry_after_s} s "
                                 f"(GET /health answers 200 once it is ready)", type="server_error",
                            code="model_loading", headers={"Retry-After": str(self.options.retry_after_s)})
         return self.engine
@@ -291,13 +300,9 @@ class ModelService:
         try:
             return await work
         except asyncio.CancelledError:
-            handler.uncancel()   # answered here (uvicorn would send a plain-text 500 for a cancelled handler)
-            if not left:         # uvicorn cancels the handlers still running when --graceful-timeout has passed
-                wait = self.options.retry_after_s
-                raise APIError(503, f"the server is shutting down (SIGTERM) and its --graceful-timeout of "
-                                    f"{self.options.graceful_timeout:g} s passed before this request was computed; "
-                                    f"send it again, to another instance or once this one is back",
-                               type="server_error", code="shutting_down", headers={"Retry-After": str(wait)}) from None
+            if not left:         # cancelled by the server (shutting_down answers it)
+                raise
+            handler.uncancel()
             raise ClientDisconnected("the client disconnected before its answer was computed") from None
         except DeadlineExceeded as e:
             wait = self.options.retry_after_s
@@ -382,12 +387,16 @@ def create_app(model_dir: str | Path, options: ServeOptions = ServeOptions(),
                on_ready: Optional[Callable[[ModelService], None]] = None,
                on_failure: Optional[Callable[[BaseException], None]] = None) -> Starlette:
     """The server's ASGI app for the model in model_dir: loads it at start-up (in the background) and serves it.
-    on_ready(service) is called once the model is loaded and warmed up; on_failure(exception) if it cannot be
-    (by default nothing is done and /health stays at 503). The app's state holds `service` (ModelService) and
-    `metrics` (ServerMetrics)."""
+    on_ready(service) is called once the model is loaded and warmed up; on_failure(exception) if it cannot be (by
+    default the error is logged; /health and every route then answer 503 `model_load_failed` with it). Without an
+    API key in options, $BORTENGINE_API_KEY gives it, as to `bortengine serve`. options.host, port,
+    graceful_timeout, access_log and log_level are the server's: under another ASGI server, give them to it.
+    The app's state holds `service` (ModelService) and `metrics` (ServerMetrics)."""
+    if options.api_key is None:   # under another ASGI server too: the key the docs say the variable gives
+        options = dataclasses.replace(options, api_key=api_key_from_environment(None))
     metrics = ServerMetrics()
     service = ModelService(model_dir, options, metrics, on_ready or (lambda service: None),
-                           on_failure or (lambda error: None))
+                           on_failure or _log_failure)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -395,10 +404,11 @@ def create_app(model_dir: str | Path, options: ServeOptions = ServeOptions(),
         yield
         starting.cancel()
 
-    routes = [Route("/v1/embeddings", service.embeddings, methods=["POST"]),
-              Route("/v1/classify", service.classify, methods=["POST"]),
-              Route("/v1/rerank", service.rerank, methods=["POST"]),
-              Route("/v1/tokenize", service.tokenize, methods=["POST"]),
+    answered = functools.partial(shutting_down, options)
+    routes = [Route("/v1/embeddings", answered(service.embeddings), methods=["POST"]),
+              Route("/v1/classify", answered(service.classify), methods=["POST"]),
+              Route("/v1/rerank", answered(service.rerank), methods=["POST"]),
+              Route("/v1/tokenize", answered(service.tokenize), methods=["POST"]),
               Route("/v1/models", service.models, methods=["GET"]),
               Route("/v1/models/{model:path}", service.model, methods=["GET"]),
               Route("/health", service.health, methods=["GET"]),
@@ -413,6 +423,30 @@ def create_app(model_dir: str | Path, options: ServeOptions = ServeOptions(),
     app.state.service = service
     app.state.metrics = metrics
     return app
+
+
+def shutting_down(options: ServeOptions, handler: Callable[[Request], Awaitable[Response]]
+                  ) -> Callable[[Request], Awaitable[Response]]:
+    """handler, answering a request that the server cancels (uvicorn cancels the handlers still running when
+    --graceful-timeout has passed, or at a second Ctrl-C) with a JSON 503 `shutting_down`, wherever it was: reading
+    its body, tokenizing, waiting for the engine. Without this uvicorn sends a plain-text 500."""
+    @functools.wraps(handler)
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()   # so that the answer can still be sent
+            wait = options.retry_after_s
+            raise APIError(503, f"the server is shutting down and stopped this request before it was answered (its "
+                                f"--graceful-timeout of {options.graceful_timeout:g} s passed, or it was "
+                                f"interrupted); send it again, to another instance or once this one is back",
+                           type="server_error", code="shutting_down", headers={"Retry-After": str(wait)}) from None
+    return route
+
+
+def _log_failure(error: BaseException) -> None:
+    """create_app's default on_failure: the reason in the server's log (the routes answer it too)."""
+    logging.getLogger("bortengine.serving").error("the model could not be served: %s", error)
 
 
 class RequestMetrics:

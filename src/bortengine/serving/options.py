@@ -7,13 +7,14 @@ beside it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 from bortengine.engine import DTYPES
 from bortengine.errors import UsageError
 
-__all__ = ["ServeOptions", "API_KEY_VARIABLE", "LOG_LEVELS"]
+__all__ = ["ServeOptions", "API_KEY_VARIABLE", "LOG_LEVELS", "api_key_from_environment"]
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -102,3 +103,15 @@ class ServeOptions:
             if not ok:
                 got = "a key that is not" if name == "api_key" else repr(getattr(self, name))  # never echo a secret
                 raise UsageError(f"{name} must be {wanted}, got {got}")
+
+
+def api_key_from_environment(given: Optional[str]) -> Optional[str]:
+    """given (--api-key, ServeOptions.api_key), else $BORTENGINE_API_KEY, else None (no key). An empty one is refused,
+    not read as "no key": it is what `--api-key "$KEY"` with KEY unset gives, and serving with no key is then the
+    opposite of what was meant."""
+    key = given if given is not None else os.environ.get(API_KEY_VARIABLE)
+    if key is not None and not key.strip():
+        where = "--api-key" if given is not None else f"${API_KEY_VARIABLE}"
+        raise UsageError(f"{where} is empty; give the key the clients will send, or leave {where} out to serve "
+                         f"without one")
+    return key

@@ -153,8 +153,16 @@ def _refuse_unknown(fields: dict, route: str) -> None:
     allowed = ROUTE_FIELDS[route]
     unknown = [name for name in fields if name not in allowed]
     if unknown:
-        raise APIError(400, f"unknown field {unknown[0]!r}; /v1/{route} reads {', '.join(allowed)}",
-                       param=unknown[0], code="unknown_field")
+        name = _shown_name(unknown[0])
+        raise APIError(400, f"unknown field {name!r}; /v1/{route} reads {', '.join(allowed)}",
+                       param=name, code="unknown_field")
+
+
+def _shown_name(name: str, most: int = 64) -> str:
+    """A name the client sent, fit to answer: at most `most` characters, and a lone surrogate ("\\ud800", valid in JSON
+    but not text, which the answer's encoder refuses) written as its escape."""
+    short = name if len(name) <= most else name[:most] + "..."
+    return short.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _json_object(body: bytes, model_name: str, example: Optional[str] = None) -> dict:
@@ -190,7 +198,7 @@ def check_model(model: Any, model_name: str) -> None:
         raise APIError(400, f"model is {_kind(model)}; it must be a string, the model's name {model_name!r} "
                             f"(GET /v1/models lists it)", param="model", code="invalid_model")
     if model != model_name:
-        raise APIError(404, f"the model {model!r} is not served here; this server serves {model_name!r} (GET "
+        raise APIError(404, f"the model {_shown_name(model)!r} is not served here; this server serves {model_name!r} (GET "
                             f"/v1/models), pass that name or leave model out", param="model", code="model_not_found")
 
 

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import uvicorn
 
@@ -35,7 +35,6 @@ def serve(model_dir: str | Path, options: ServeOptions = ServeOptions(),
     receives the lines that say where the server listens and when the model is ready. A model that cannot load
     stops the server, and its error is raised here."""
     _check_options_against_config(model_dir, options)
-    sock = listening_socket(options.host, options.port)
     failures: list[BaseException] = []
     started = time.perf_counter()
 
@@ -57,8 +56,9 @@ def serve(model_dir: str | Path, options: ServeOptions = ServeOptions(),
         # uvicorn writes its access lines at INFO, so --log-level warning would silence the log asked for
         logging.getLogger("uvicorn.access").setLevel(min(logging.INFO, logging.getLogger("uvicorn.access").level))
     server = uvicorn.Server(config)
-    announce(f"listening on {url(sock)} (loading {model_dir}; GET /health answers 200 once it is ready)")
-    with _drained_exit():
+    with _drained_exit(server):
+        sock = listening_socket(options.host, options.port)
+        announce(f"listening on {url(sock)} (loading {model_dir}; GET /health answers 200 once it is ready)")
         server.run(sockets=[sock])
     if failures:
         raise failures[0]
@@ -110,15 +110,28 @@ def url(sock: socket.socket) -> str:
 
 
 @contextlib.contextmanager
-def _drained_exit() -> Iterator[None]:
-    """After a graceful shutdown uvicorn raises the signal that caused it again, under the handler it found when
-    it started, so that the process ends "by that signal". With this no-op handler in place for SIGTERM, a drained
-    server returns instead, and the process exits with 0."""
-    main = threading.current_thread() is threading.main_thread()   # only it may set signal handlers
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None) if main else None
+def _drained_exit(server: uvicorn.Server) -> Iterator[None]:
+    """SIGTERM and SIGINT from before the port is bound until uvicorn handles them (a supervisor that stops the
+    server as soon as it listens): recorded as uvicorn records them, so it starts, drains at once and exits as it
+    would (they were lost, or ended the process by the signal). After a graceful shutdown uvicorn raises the signal
+    that caused it again, under the handler it found: SIGINT goes on to Python's (KeyboardInterrupt), SIGTERM to none,
+    so a drained server returns and the process exits with 0."""
+    if threading.current_thread() is not threading.main_thread():   # only it may set signal handlers
+        yield
+        return
+    previous = {}
+
+    def before_or_after_uvicorn(signum: int, frame: Any) -> None:
+        if not server.started:
+            server.handle_exit(signum, frame)
+        elif signum == signal.SIGINT and callable(previous.get(signal.SIGINT)):
+            previous[signal.SIGINT](signum, frame)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is not signal.SIG_IGN:   # (a shell's background job ignores SIGINT)
+            previous[sig] = signal.signal(sig, before_or_after_uvicorn)
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
