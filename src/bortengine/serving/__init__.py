@@ -16,8 +16,8 @@ from typing import Any
 from bortengine.serving.errors import APIError
 from bortengine.serving.options import API_KEY_VARIABLE, LOG_LEVELS, ServeOptions, api_key_from_environment
 
-__all__ = ["ServeOptions", "API_KEY_VARIABLE", "LOG_LEVELS", "api_key_from_environment", "serve", "create_app", "listening_socket",
-           "ModelService", "ServerMetrics", "APIError"]
+__all__ = ["ServeOptions", "API_KEY_VARIABLE", "LOG_LEVELS", "api_key_from_environment", "serve", "create_app",
+           "listening_socket", "ModelService", "ServerMetrics", "APIError"]
 
 # The names that need the `serve` extra, and their modules: imported on first use (PEP 562).
 _NEEDS_THE_EXTRA = {"serve": "server", "listening_socket": "server", "create_app": "app", "ModelService": "app",

@@ -198,8 +198,8 @@ def check_model(model: Any, model_name: str) -> None:
         raise APIError(400, f"model is {_kind(model)}; it must be a string, the model's name {model_name!r} "
                             f"(GET /v1/models lists it)", param="model", code="invalid_model")
     if model != model_name:
-        raise APIError(404, f"the model {_shown_name(model)!r} is not served here; this server serves {model_name!r} (GET "
-                            f"/v1/models), pass that name or leave model out", param="model", code="model_not_found")
+        raise APIError(404, f"the model {_shown_name(model)!r} is not served here; this server serves {model_name!r} "
+                            f"(GET /v1/models), pass that name or leave model out", param="model", code="model_not_found")
 
 
 def _texts(fields: dict, name: str, limits: RequestLimits, one: bool = False) -> tuple[list[str], bool]:
