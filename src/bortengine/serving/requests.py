@@ -199,7 +199,8 @@ def check_model(model: Any, model_name: str) -> None:
                             f"(GET /v1/models lists it)", param="model", code="invalid_model")
     if model != model_name:
         raise APIError(404, f"the model {_shown_name(model)!r} is not served here; this server serves {model_name!r} "
-                            f"(GET /v1/models), pass that name or leave model out", param="model", code="model_not_found")
+                            f"(GET /v1/models), pass that name or leave model out", param="model",
+                       code="model_not_found")
 
 
 def _texts(fields: dict, name: str, limits: RequestLimits, one: bool = False) -> tuple[list[str], bool]:
