@@ -390,8 +390,28 @@ def test_family_errors_use_the_family_names(make_encoder, tmp_path):
         bortengine.load(_copy(roberta, tmp_path / "d", drop=("classifier.out_proj.bias",)))
     with pytest.raises(ModelLoadError, match="numbers positions from pad_token_id \\+ 1, so pad_token_id=41"):
         bortengine.load(_copy(roberta, tmp_path / "e", {"pad_token_id": 41}))
+    # a padding id every text holds (<s>'s 0) loaded, then refused every text; null, which transformers cannot run
+    with pytest.raises(ModelLoadError, match=r"pad_token_id is 0, the id of '<s>', which the tokenizer puts in every "
+                                             r"text.*Set pad_token_id to 1, the id of the tokenizer's padding token"):
+        bortengine.load(_copy(roberta, tmp_path / "g", {"pad_token_id": 0}))
+    with pytest.raises(ModelLoadError, match=r"pad_token_id is null, but a roberta model numbers positions"):
+        bortengine.load(_copy(roberta, tmp_path / "h", {"pad_token_id": None}))
     bare = bortengine.load(_copy(roberta, tmp_path / "f", {"architectures": ["RobertaModel"]}))
     assert bare.labels is None and bare.config.head == "encoder"
+
+
+def test_the_padding_token_as_text_is_refused_naming_the_text(make_encoder):
+    """'<pad>' in a text is RoBERTa's padding id with mask 1 (transformers embeds it at the padding row, which the
+    engine does not load): refused naming the caller's text, not a row of the engine's length-sorted batch."""
+    engine = bortengine.load(make_encoder(**SIZES, **MODELS["roberta-classifier"]))
+    texts = ["a long first text of many words " * 3, "a <pad> b", "c"]
+    for call in (lambda: engine.encode(texts), lambda: engine.classify(texts),
+                 lambda: engine.encode(engine.tokenized(texts))):
+        with pytest.raises(InvalidInputError, match=r"texts\[1\] holds '<pad>', this model's padding token, as text"):
+            call()
+    with pytest.raises(InvalidInputError, match=r"documents\[1\] with the query holds '<pad>'"):
+        engine.rerank("q", texts)
+    assert engine.encode(["a < pad> b"]).shape == (1, 200)
 
 
 def test_electra_and_mpnet_errors(make_encoder, tmp_path):

@@ -138,6 +138,22 @@ def test_large_finite_weights_load(small_classifier, weights, tmp_path):
     assert bortengine.load(model_copy(small_classifier, tmp_path / "m", big)).labels
 
 
+def test_a_model_too_large_for_the_machine_is_a_load_error(small_model, monkeypatch):
+    """A config and header that agree on sizes this machine cannot hold (a 64 GiB embedding table in a sparse file)
+    got numpy's MemoryError out of load(); the allocation failing is what the test makes happen."""
+    real_empty = np.empty
+
+    def empty(shape, dtype=float, **kw):
+        if int(np.prod(shape)) >= 1000:   # the embedding tables, not the small arrays
+            raise MemoryError(f"Unable to allocate array with shape {shape}")
+        return real_empty(shape, dtype, **kw)
+
+    monkeypatch.setattr(weights_module.np, "empty", empty)
+    with pytest.raises(ModelLoadError, match=r"tensor \S+ \[\d+, \d+\] needs [\d.]+ [MG]iB of memory as float32, which "
+                                             r"this machine cannot allocate"):
+        bortengine.load(small_model)
+
+
 # --------------------------------------------------------------------------------------- safetensors headers
 def _file(header: dict, data_size: int) -> bytes:
     raw = json.dumps(header).encode()
@@ -151,6 +167,14 @@ def _write(tmp_path, data: bytes):
 
 
 F32x2 = {"dtype": "F32", "shape": [2]}
+
+
+def test_a_header_over_the_format_limit_is_said_so(tmp_path, monkeypatch):
+    """Not "truncated": every byte it claims is there."""
+    monkeypatch.setattr(weights_module, "_MAX_HEADER_BYTES", 64)
+    with pytest.raises(ModelLoadError, match=r"header .* is \d+ bytes, more than the 64 the safetensors format"):
+        read_safetensors_header(_write(tmp_path, _file({"a": {**F32x2, "data_offsets": [0, 8]},
+                                                        "__metadata__": {"x": "y" * 100}}, 8)))
 
 
 @pytest.mark.parametrize("header, data_size, match", [
@@ -240,3 +264,12 @@ def test_random_configs_refused_or_parsed(data, model_type):
         return
     assert config.hidden_size % config.num_attention_heads == 0 and config.layer_norm_eps > 0
     assert config.max_positions >= 1 and config.head in ("encoder", "sequence", "token")
+
+
+def test_heads_that_do_not_divide_the_hidden_size_name_a_default_taken():
+    """hidden_size left out of config.json is BERT's 768: the refusal said 768 as if the file held it."""
+    with pytest.raises(ModelLoadError, match=r"hidden_size=768 is not a multiple of num_attention_heads=5 \(hidden_size "
+                                             r"not in the file: bert's default taken\)"):
+        ModelConfig.from_dict({"num_attention_heads": 5})
+    with pytest.raises(ModelLoadError, match=r"hidden_size=200 is not a multiple of num_attention_heads=7; each"):
+        ModelConfig.from_dict({"hidden_size": 200, "num_attention_heads": 7})

@@ -288,6 +288,25 @@ def test_pytorch_bin_only(small_model, tmp_path):
         bortengine.load(path)
 
 
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json"])
+def test_a_model_file_that_is_a_device_or_a_dangling_link_is_said_so(small_model, tmp_path, name):
+    """/dev/zero (or a folder) in place of config.json said "no config.json", of tokenizer.json "has no tokenizer";
+    a link whose target is gone (a Hugging Face cache snapshot without its blob) was a missing file."""
+    path = model_copy(small_model, tmp_path / "m", None)
+    for f in ("tokenizer.json", "vocab.txt"):
+        if (path / f).exists() and f != name:
+            (path / f).unlink()   # the one tested is what the tokenizer is read from
+    if (path / name).exists() or (path / name).is_symlink():
+        (path / name).unlink()
+    (path / name).symlink_to("/dev/zero")
+    with pytest.raises(ModelLoadError, match=rf"{name} is not a regular file"):
+        bortengine.load(path)
+    (path / name).unlink()
+    (path / name).symlink_to(tmp_path / "gone")
+    with pytest.raises(ModelLoadError, match=rf"{name} is a link to .*gone, which does not exist"):
+        bortengine.load(path)
+
+
 # -------------------------------------------------------------------------------- broken safetensors files
 def _broken(small_model, tmp_path, data: bytes) -> Path:
     path = model_copy(small_model, tmp_path / "m", {})

@@ -546,6 +546,12 @@ def test_an_empty_api_key_is_refused_not_read_as_none(capsys, monkeypatch, minil
     assert_one_error_line(capsys.readouterr().err, "$BORTENGINE_API_KEY is empty")
 
 
+def test_an_empty_model_name_is_refused_not_ignored(capsys, minilm):
+    """`--model-name "$NAME"` with NAME unset served the folder's name, which clients did not expect."""
+    assert main(["serve", str(minilm), "--model-name", ""]) == 2
+    assert_one_error_line(capsys.readouterr().err, "--model-name must be a non-empty printable name")
+
+
 @pytest.mark.parametrize("case", ["no weights", "too many tokens", "labels repeat"])
 def test_a_model_that_cannot_serve_stops_the_server_with_exit_2(tmp_path, serving_classifier, case):
     model, options = serving_classifier, ["--max-input-tokens", "100000"]

@@ -70,7 +70,7 @@ def read_json(path: str | os.PathLike, error: Type[BortEngineError] = BortEngine
     """The JSON in `path`; a file that cannot be read or is not valid UTF-8 JSON raises `error` naming it. A missing
     file raises `error` too, or gives None with missing_ok=True."""
     path = Path(path)
-    if not path.is_file():
+    if not is_regular_file(path, error):
         if missing_ok:
             return None
         raise error(f"{path} does not exist")
@@ -78,6 +78,21 @@ def read_json(path: str | os.PathLike, error: Type[BortEngineError] = BortEngine
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path} is not valid JSON ({e}); fix or delete it") from e
+
+
+def is_regular_file(path: str | os.PathLike, error: Type[BortEngineError] = BortEngineError) -> bool:
+    """Whether a file to read is at path: False when nothing is; `error` when something is that is not a regular file
+    (a folder, a device such as /dev/zero, a pipe, or a link to one, which would read as garbage, for ever or not at
+    all) or a link to nothing (a Hugging Face cache snapshot whose blob is gone)."""
+    path = Path(path)
+    if path.is_file():
+        return True
+    if path.exists():
+        raise error(f"{path} is not a regular file (a folder, a device or a pipe, or a link to one); put the file "
+                    f"itself there")
+    if path.is_symlink():
+        raise error(f"{path} is a link to {os.readlink(path)}, which does not exist; put the file itself there")
+    return False
 
 
 def cache_dir(kind: str, env: str) -> Path:

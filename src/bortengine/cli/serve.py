@@ -81,7 +81,19 @@ def run(args) -> int:
     if missing:
         raise UsageError(f"bortengine serve needs the serve extra ({', '.join(missing)} missing): pip install "
                          f"'bortengine[serve]'")
-    options = ServeOptions(
+    try:
+        options = _options(args)
+    except UsageError as e:   # named by the option the user gave, not by ServeOptions' field
+        field = getattr(e, "field", None)
+        raise UsageError(str(e).replace(field, "--" + field.replace("_", "-"), 1) if field else str(e)) from None
+    from bortengine.serving import serve
+
+    serve(args.model, options, announce=lambda line: print(f"bortengine serve: {line}", flush=True))
+    return 0
+
+
+def _options(args) -> ServeOptions:
+    return ServeOptions(
         host=args.host, port=args.port, threads=args.threads, dtype=args.dtype, isa=args.isa,
         max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue, max_batch_items=args.max_batch_items,
         max_input_tokens=args.max_input_tokens, truncation=not args.no_truncation,
@@ -89,10 +101,6 @@ def run(args) -> int:
         body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name,
         graceful_timeout=args.graceful_timeout, access_log=args.access_log, log_level=args.log_level,
         worker_nice=args.worker_nice, lead_when_idle=not args.no_forwards_on_loop)
-    from bortengine.serving import serve
-
-    serve(args.model, options, announce=lambda line: print(f"bortengine serve: {line}", flush=True))
-    return 0
 
 
 def _importable(module: str) -> bool:

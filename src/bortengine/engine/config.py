@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from bortengine.engine.families import FAMILIES, HEADS, Family, default_value, family_of, supported_classes
 from bortengine.errors import ModelLoadError, UnsupportedModelError
+from bortengine.files import is_regular_file
 
 __all__ = ["ModelConfig", "NumberedLabels", "SUPPORTED_KINDS"]
 
@@ -146,7 +147,7 @@ class ModelConfig:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
-        if not path.is_file():
+        if not is_regular_file(path, ModelLoadError):
             raise ModelLoadError(
                 f"no config.json in {path.parent}: a Hugging Face model directory needs config.json next to its "
                 f"weights (save it with model.config.save_pretrained(dir) or copy it from the model's hub page)")
@@ -192,14 +193,21 @@ class ModelConfig:
         type_vocab = get_int("type_vocab_size")
         pad_token_id = data.get("pad_token_id", default_value(family, model_type, "pad_token_id"))
         if pad_token_id is None:
+            if family.positions_after_padding and family.positions_padding_idx is None:
+                raise ModelLoadError(f"{source}: pad_token_id is null, but a {model_type} model numbers positions "
+                                     f"after its padding id (transformers cannot run it either); set pad_token_id "
+                                     f"to the id of the tokenizer's padding token (1, <pad>, for RoBERTa's)")
             pad_token_id = 0
         if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
             raise ModelLoadError(f"{source}: pad_token_id must be an integer token id or null, got {pad_token_id!r}")
         if hidden % heads != 0:
+            absent = [k for k in (family.keys["hidden_size"], family.keys["num_attention_heads"]) if k not in data]
+            defaults = (f" ({' and '.join(absent)} not in the file: {model_type}'s default"
+                        f"{'s' if len(absent) > 1 else ''} taken)" if absent else "")
             raise ModelLoadError(
                 f"{source}: {family.keys['hidden_size']}={hidden} is not a multiple of "
-                f"{family.keys['num_attention_heads']}={heads}; each head gets hidden_size / num_attention_heads "
-                f"channels, so fix one of them")
+                f"{family.keys['num_attention_heads']}={heads}{defaults}; each head gets hidden_size / "
+                f"num_attention_heads channels, so fix one of them")
         padding_idx = pad_token_id if family.positions_padding_idx is None else family.positions_padding_idx
         if family.positions_after_padding and not 0 <= padding_idx < positions - 1:
             named = "pad_token_id" if family.positions_padding_idx is None else "its padding index"

@@ -813,9 +813,30 @@ class Engine:
                 self._validate(self._text_tokenizer().pad(texts.ids)["input_ids"], None, None)
             if texts.type_ids is not None:
                 _check_type_rows(texts, self.config.type_vocab_size)
+            self._check_no_padding_token(texts, name)
             return self._within_length(texts, truncation, name, report=False)
         tokenized = self._text_tokenizer().counted(texts, self._max_length(max_length), pairs, single)
+        self._check_no_padding_token(tokenized, name)
         return self._within_length(tokenized, truncation, name, report)
+
+    def _check_no_padding_token(self, tokenized: TokenizedTexts, name: Optional[str]) -> None:
+        """A text that holds the padding token as text ("<pad>", which RoBERTa's tokenizer reads as that token),
+        named as the caller knows it, before anything is queued: a model that numbers positions after the padding
+        id embeds it at the padding row, which the engine does not load (engine/positions.py), and the forward's
+        own refusal named a row of the engine's length-sorted batch."""
+        if not self._positions_laid_out:
+            return
+        pad = self.config.positions_padding_id
+        i = next((i for i, ids in enumerate(tokenized.ids) if pad in ids), None)
+        if i is None:
+            return
+        default = "texts[{i}] with text_pairs[{i}]" if tokenized.pairs else "texts[{i}]"
+        where = ("the text" if tokenized.single else (name or default).format(i=i))
+        token = self._text_tokenizer().token_text(pad)
+        raise InvalidInputError(
+            f"{where} holds {token!r}, this model's padding token, as text (its tokenizer reads the string as that "
+            f"token, as transformers' does): a {self.config.model_type} model embeds it at the padding position, "
+            f"which the engine does not compute, so nothing was. Remove it from the text or change it (\"< pad>\")")
 
     def _within_length(self, tokenized: TokenizedTexts, truncation: bool, name: Optional[str] = None,
                        report: bool = True) -> TokenizedTexts:

@@ -38,7 +38,7 @@ from bortengine.engine.config import ModelConfig
 from bortengine.engine.entities import TokenVocabulary
 from bortengine.engine.pooling import transformer_directory
 from bortengine.errors import InvalidInputError, ModelLoadError
-from bortengine.files import read_json
+from bortengine.files import is_regular_file, read_json
 
 __all__ = ["TextTokenizer", "TokenizedTexts", "WHOLE_TEXT", "as_text_list", "characters"]
 
@@ -88,6 +88,23 @@ def _special_id(tokenizer: Tokenizer, tok_config: dict, key: str, default: Optio
     if isinstance(token, dict):  # AddedToken serialisation
         token = token.get("content", default)
     return tokenizer.token_to_id(token) if isinstance(token, str) else None
+
+
+def _check_padding_not_in_template(tokenizer: Tokenizer, config: ModelConfig, model_dir: Path, pad_id: int) -> None:
+    """A model that numbers positions after the padding id (RoBERTa) reads that id in a text as padding: when the
+    tokenizer puts it around every text (a config.json whose pad_token_id is <s>'s 0, or null read as 0), every call
+    would be refused, so the model is, where it loads. pad_id: the tokenizer's own padding token's id."""
+    if not config.family.positions_after_padding:
+        return
+    pad = config.positions_padding_id
+    template = tokenizer.encode("").ids
+    if pad in template:
+        fix = (f"pad_token_id to {pad_id}, the id of the tokenizer's padding token {tokenizer.id_to_token(pad_id)!r}"
+               if pad_id not in template else "pad_token_id to the id of the tokenizer's padding token")
+        raise ModelLoadError(
+            f"{model_dir / 'config.json'}: pad_token_id is {pad}, the id of {tokenizer.id_to_token(pad)!r}, which the "
+            f"tokenizer puts in every text; a {config.model_type} model numbers positions after its padding id, so "
+            f"no text could be read. Set {fix}")
 
 
 def characters(texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> int:
@@ -182,13 +199,13 @@ class TextTokenizer:
         """The tokenizer of a model directory, or None if it has neither tokenizer.json nor vocab.txt."""
         tok_config = read_json(model_dir / "tokenizer_config.json", ModelLoadError, missing_ok=True) or {}
         st_config = read_json(model_dir / "sentence_bert_config.json", ModelLoadError, missing_ok=True) or {}
-        if (model_dir / "tokenizer.json").is_file():
+        if is_regular_file(model_dir / "tokenizer.json", ModelLoadError):
             source = str(model_dir / "tokenizer.json")
             try:
                 tokenizer = Tokenizer.from_file(source)
             except Exception as e:  # the Rust library raises a bare Exception
                 raise ModelLoadError(f"cannot read {source}: {e}; re-save it with tokenizer.save_pretrained") from e
-        elif (model_dir / "vocab.txt").is_file():
+        elif is_regular_file(model_dir / "vocab.txt", ModelLoadError):
             source = str(model_dir / "vocab.txt")
             lower = bool(tok_config.get("do_lower_case", True))
             try:
@@ -216,6 +233,7 @@ class TextTokenizer:
         pad_id = _special_id(tokenizer, tok_config, "pad_token", "[PAD]")
         if pad_id is None or not 0 <= pad_id < config.vocab_size:
             pad_id = config.pad_token_id if 0 <= config.pad_token_id < config.vocab_size else 0
+        _check_padding_not_in_template(tokenizer, config, model_dir, pad_id)
         unk_id = _special_id(tokenizer, tok_config, "unk_token", getattr(tokenizer.model, "unk_token", None))
         side = tok_config.get("truncation_side") or (tokenizer.truncation or {}).get("direction") or "right"
         if side not in ("left", "right"):
@@ -405,6 +423,10 @@ class TextTokenizer:
     def token_id(self, token: str) -> Optional[int]:
         """The id of a token ("[MASK]", "[CLS]", a word piece), None when the vocabulary has none."""
         return self._base.token_to_id(token)
+
+    def token_text(self, token_id: int) -> Optional[str]:
+        """The token of an id ("<pad>", "##ing"), None when the vocabulary has none."""
+        return self._base.id_to_token(token_id)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids (the tokenizer's decoder joins '##' pieces and drops special tokens)."""

@@ -157,7 +157,7 @@ class TensorEntry:
         safetensors name, checked)."""
         if self.dtype != dtype:
             raise ModelLoadError(f"{self.file}: tensor {self.name} has dtype {self.dtype}, expected {dtype}")
-        out = np.empty(math.prod(self.shape), dtype=np_dtype)
+        out = self._allocate(np_dtype)
         try:
             with open(self.file, "rb") as f:
                 f.seek(self.offset)
@@ -173,8 +173,7 @@ class TensorEntry:
         if self.dtype not in _FLOAT_DTYPES:
             raise ModelLoadError(
                 f"{self.file}: tensor {self.name} has dtype {self.dtype}; weights must be F32, F16, BF16 or F64")
-        count = math.prod(self.shape)
-        out = np.empty(count, dtype=np.float32)
+        out = self._allocate(np.float32)
         try:
             with open(self.file, "rb") as f:
                 f.seek(self.offset)
@@ -190,6 +189,20 @@ class TensorEntry:
             raise ModelLoadError(f"{self.file}: cannot read tensor {self.name}: {e}") from e
         self._check_finite(out)
         return out.reshape(self.shape)
+
+    def _allocate(self, dtype) -> np.ndarray:
+        """An empty 1-D array for the tensor's values; a size the machine cannot hold is the package's error (a
+        header and config that agree on a 64 GiB embedding table raised numpy's MemoryError)."""
+        count = math.prod(self.shape)
+        try:
+            return np.empty(count, dtype=dtype)
+        except MemoryError:
+            need = count * np.dtype(dtype).itemsize
+            size = f"{need / 2 ** 30:.1f} GiB" if need >= 2 ** 30 else f"{need / 2 ** 20:.1f} MiB"
+            raise ModelLoadError(f"{self.file}: tensor {self.name} {list(self.shape)} needs {size} "
+                                 f"of memory as {np.dtype(dtype).name}, which this machine cannot allocate: the model "
+                                 f"is too large for it (or its config and header were made to claim this size)"
+                                 ) from None
 
     def _check_finite(self, values: np.ndarray) -> None:
         """Refuse NaN and Inf: one of them in a weight makes every output NaN, silently. values is 1-D. Its dot
@@ -244,7 +257,11 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
             if len(prefix) < 8:
                 raise ModelLoadError(f"{path} is {size} bytes, too small to be a safetensors file (truncated?)")
             header_len = int.from_bytes(prefix, "little")
-            if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
+            if 8 + header_len <= size and header_len > _MAX_HEADER_BYTES:
+                raise ModelLoadError(
+                    f"{path}: its header (the JSON that lists the tensors) is {header_len} bytes, more than the "
+                    f"{_MAX_HEADER_BYTES} the safetensors format allows; it is not a checkpoint safetensors writes")
+            if 8 + header_len > size:
                 raise ModelLoadError(
                     f"{path} is not a valid safetensors file: its header claims {header_len} bytes but only "
                     f"{size - 8} follow the 8-byte length that starts the file (truncated or not safetensors)")

@@ -96,13 +96,18 @@ class ServeOptions:
         if self.request_timeout is not None:
             checks.append(("request_timeout", math.isfinite(self.request_timeout) and self.request_timeout > 0,
                            "a positive number of seconds"))
+        if self.model_name is not None:   # "" was taken as none given: the folder's name was served
+            checks.append(("model_name", bool(self.model_name.strip()) and self.model_name.isprintable(),
+                           "a non-empty printable name (or left out: the model folder's name)"))
         if self.api_key is not None:
             checks.append(("api_key", bool(self.api_key) and self.api_key.isprintable() and self.api_key.isascii()
                            and " " not in self.api_key, "a non-empty string of printable ASCII without spaces"))
         for name, ok, wanted in checks:
             if not ok:
                 got = "a key that is not" if name == "api_key" else repr(getattr(self, name))  # never echo a secret
-                raise UsageError(f"{name} must be {wanted}, got {got}")
+                error = UsageError(f"{name} must be {wanted}, got {got}")
+                error.field = name   # the command line names it by its option instead
+                raise error
 
 
 def api_key_from_environment(given: Optional[str]) -> Optional[str]:
