@@ -268,8 +268,8 @@ def test_random_configs_refused_or_parsed(data, model_type):
 
 def test_heads_that_do_not_divide_the_hidden_size_name_a_default_taken():
     """hidden_size left out of config.json is BERT's 768: the refusal said 768 as if the file held it."""
-    with pytest.raises(ModelLoadError, match=r"hidden_size=768 is not a multiple of num_attention_heads=5 \(hidden_size "
-                                             r"not in the file: bert's default taken\)"):
+    with pytest.raises(ModelLoadError, match=r"hidden_size=768 is not a multiple of num_attention_heads=5 "
+                                             r"\(hidden_size not in the file: bert's default taken\)"):
         ModelConfig.from_dict({"num_attention_heads": 5})
     with pytest.raises(ModelLoadError, match=r"hidden_size=200 is not a multiple of num_attention_heads=7; each"):
         ModelConfig.from_dict({"hidden_size": 200, "num_attention_heads": 7})
