@@ -20,7 +20,7 @@ pytest.importorskip("pyarrow")
 
 from bortengine.pipeline import STAGES, PipelineConfig, PipelineError, read_config_file, run_pipeline  # noqa: E402
 from bortengine.testing import make_random_bert  # noqa: E402
-from bortengine.training import TrainingError  # noqa: E402
+from bortengine.training import NothingTrainedError, TrainingError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("bad", "fine", "great")
@@ -184,6 +184,25 @@ def test_a_finished_run_given_another_budget_keeps_its_own(reference, data, teac
     assert "s of a 600 s budget." in (out / "report.md").read_text()
 
 
+def test_a_stage_whose_budget_went_before_its_first_step_says_what_budget_to_give(tmp_path, data, teacher,
+                                                                                    monkeypatch):
+    """Training said "--time-budget", which the pipeline does not take; the run then failed the same way for ever
+    (its step-0 checkpoint kept the time lost), where a larger --budget is what continues it."""
+    from bortengine.pipeline import run as pipeline_run
+
+    def spent_before_training(ctx, seconds):
+        raise NothingTrainedError("nothing trained", seconds, 2.5 * seconds)
+
+    monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, "teacher", spent_before_training)
+    with pytest.raises(PipelineError, match=r"the teacher stage's share of the budget \(.*\) went to loading and "
+                                            r"preparing its data .* Run the same command with a larger --budget "
+                                            r"\(about \d+m or more\): the finished stages are kept") as e:
+        run_pipeline(_config(tmp_path / "run", data, teacher))
+    # twice the 10-minute budget scaled by 2.5 (what the profile stage took counts too)
+    assert 50 <= int(re.search(r"about (\d+)m", str(e.value)).group(1)) <= 60
+    assert json.loads((tmp_path / "run" / "pipeline.json").read_text())["stages"].keys() == {"profile"}
+
+
 def test_a_student_deeper_than_the_teacher_is_refused_before_the_run(tmp_path, data, teacher):
     """It failed at the distillation, after the profile, the teacher's fine-tuning and the extraction, and the
     run's directory then held its --arch, so no other student could finish it."""
@@ -255,6 +274,17 @@ def test_a_run_is_the_same_run_however_its_paths_are_spelt(tmp_path, monkeypatch
                               teacher=str(tmp_path / "teacher"))
     assert relative.differences(absolute) == [] and relative.train == str(tmp_path / "data.csv")
     assert PipelineConfig(out="run", train="other.csv").differences(absolute) == ["teacher", "train"]
+
+
+def test_a_config_files_paths_are_relative_to_it_and_tilde_is_home(tmp_path, monkeypatch):
+    """"~/data.csv" in a config file became <the file's folder>/~/data.csv."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "project").mkdir()
+    config = tmp_path / "project" / "pipeline.toml"
+    config.write_text('train = "~/data.csv"\ndev = "dev.csv"\nteacher = "/models/bert"\n')
+    values = read_config_file(config)
+    assert values["train"] == str(tmp_path / "home" / "data.csv")
+    assert values["dev"] == str(tmp_path / "project" / "dev.csv") and values["teacher"] == "/models/bert"
 
 
 def test_a_class_too_rare_for_agoras_split_of_dev_is_refused_before_any_work(data, teacher, tmp_path):
@@ -666,6 +696,22 @@ def test_the_teacher_fine_tunes_at_least_300_steps_on_scarce_data():
     assert teacher_epochs(20, 32) == 20.0                         # never more than 20 epochs
 
 
+def test_a_teacher_no_better_than_the_most_common_class_is_said_so():
+    """A teacher of 13 steps at 0.49, or one answering one class for every text, was the reference, soft labels and
+    labeller of a run that ended 'successfully' without a remark."""
+    from types import SimpleNamespace
+
+    from bortengine.pipeline.stages import _no_better_than_the_majority
+
+    task = SimpleNamespace(class_counts=lambda split: {"imdb": 50, "rotten_tomatoes": 50})
+    note = _no_better_than_the_majority(task, 0.50, 13)
+    assert note.startswith("warning: the fine-tuned teacher is no better on dev than always answering 'imdb' "
+                           "(0.500 against 0.500, after 13 steps)") and "--budget" in note
+    assert _no_better_than_the_majority(task, 0.62, 300) is None
+    skewed = SimpleNamespace(class_counts=lambda split: {"a": 90, "b": 10})
+    assert _no_better_than_the_majority(skewed, 0.895, 40) and _no_better_than_the_majority(skewed, 0.93, 40) is None
+
+
 def test_agoras_model_must_beat_the_near_text_model_by_one_standard_error():
     """The one-standard-error rule on the figures of the RT-500 runs (docs/pipeline.md): 0.7535 against 0.7441 on
     426 selection reviews is within the noise (SE 0.0211), so the near-text model stays; 2.2 points would not be."""
@@ -717,6 +763,38 @@ def test_a_script_run_again_in_a_spawned_worker_is_refused_before_the_run_direct
     assert not out.exists()
 
 
+WHERE_CALLED = """
+import sys
+from bortengine.search import unguarded_script_call
+
+def main():
+    return unguarded_script_call()
+
+print("top", unguarded_script_call())
+print("function", main())
+if __name__ == "__main__":
+    print("guarded", unguarded_script_call())
+    print("guarded function", main())
+if "__main__" == __name__ and True:
+    pass
+"""
+
+
+def test_an_unguarded_call_in_a_script_is_refused_before_any_work(tmp_path):
+    """The parent of those workers profiled and fine-tuned the teacher for a minute first; its call, outside the
+    guard, is now refused before anything runs, naming where it is."""
+    where = tmp_path / "where.py"
+    where.write_text(WHERE_CALLED)
+    lines = subprocess.run([sys.executable, str(where)], capture_output=True, text=True, timeout=120).stdout
+    assert lines.splitlines() == [f"top {where}:8", f"function {where}:9", "guarded None", "guarded function None"]
+    script, out = tmp_path / "unguarded.py", tmp_path / "run"
+    script.write_text("import sys\nfrom bortengine.pipeline import PipelineConfig, run_pipeline\n"
+                      "run_pipeline(PipelineConfig(out=sys.argv[1], task='rt'))\n")
+    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and f"run_pipeline() is called at {script}:3, outside" in done.stderr, done.stderr
+    assert 'put the script\'s call under `if __name__ == "__main__":`' in done.stderr and not out.exists()
+
+
 def test_a_teacher_with_no_student_fast_enough_is_said_in_the_pipelines_terms(tmp_path):
     """No student of the space predicted --min-speedup times faster than the teacher: the extraction's latency-limit
     error, said in the pipeline's terms (it was the search's 'raise the latency limit'), naming the fastest student
@@ -747,7 +825,7 @@ def test_a_teacher_with_no_student_fast_enough_is_said_in_the_pipelines_terms(tm
                         rf"new run \(another --out: .*\)", str(error)), str(error)
 
 
-def test_a_text_pair_task_runs_end_to_end_and_its_report_says_what_it_trained_on(tmp_path, teacher):
+def test_a_text_pair_task_runs_end_to_end_and_its_report_says_what_it_trained_on(tmp_path, teacher, capsys):
     """Pairs (a review, then a claim about it): the student classifies pairs with the data's labels, and the report
     says it had no near texts (it said '0 texts near its texts', where the docs promised some)."""
     import bortengine
@@ -767,3 +845,10 @@ def test_a_text_pair_task_runs_end_to_end_and_its_report_says_what_it_trained_on
     assert student.classify(["a dull film"], text_pairs=["the critic liked it"]).labels[0] in ("no", "yes")
     report = (out / "report.md").read_text()
     assert "a text-pair task gets no near texts" in report and "0 texts near" not in report
+    # the last lines: commands of this interpreter (`python` on PATH may lack bortengine) that work as printed
+    printed = capsys.readouterr().out.splitlines()
+    use = next(line for line in printed if line.startswith("use it:  "))
+    assert "text_pairs=['its pair']" in use and f"serve it:  {sys.executable} -m bortengine serve {out / 'model'}" \
+        in printed
+    answer = subprocess.run(use.removeprefix("use it:  "), shell=True, capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0 and "labels=['" in answer.stdout, answer.stderr

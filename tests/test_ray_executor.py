@@ -152,6 +152,9 @@ DRIVER = """
 import signal
 import sys
 signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C, even when started as a background job
+def stop(signum, frame):   # SIGTERM stops the run as Ctrl-C does, as the command line's handler does
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, stop)
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from bortengine import search as S
@@ -212,6 +215,16 @@ def test_an_interrupted_or_killed_driver_resumes_from_the_cache(cluster, tmp_pat
     assert set(resumed.nodes()) <= {n["NodeID"] for n in _cluster_nodes(cluster)}
     # the local executor resumes the same cache: nothing left to run
     assert run(TINY, synthetic(TINY), tmp_path, exhaustive=True).fresh_evaluations == 0
+
+
+def test_sigterm_stops_a_driver_on_ray_as_ctrl_c_does(cluster, tmp_path):
+    """ray.init put its own SIGTERM handler in place of the command's: the driver aborted (exit 134, a native stack
+    dump, no resume message) instead of stopping as Ctrl-C does."""
+    driver = _driver(tmp_path, cluster.address)
+    _until_cached(tmp_path, 2, driver)
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and "run the same command again to resume" in out, err[-3000:]
 
 
 def _cluster_nodes(cluster) -> list[dict]:

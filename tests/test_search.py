@@ -459,6 +459,27 @@ def test_profile_that_does_not_cover_the_space(tmp_path):
         S.extract(TINY, "analytic", "profile.json", workload=W, cache_dir=tmp_path, progress=False)
 
 
+def test_an_extraction_whose_evaluations_mostly_failed_is_an_error_of_the_command(tmp_path):
+    """A Ray cluster that went down mid-run failed 98 of 106 evaluations; `extract` exited 0 with a "complete"
+    report and no winner. Now the command's error (its report written), where a few failures are not."""
+    from bortengine.cli.extract import _check_failures
+
+    every = tuple((a.layers, a.heads, a.hidden, a.intermediate) for a in TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dead = run(TINY, synthetic(TINY), tmp_path / "dead", exhaustive=True,
+                   surrogate=S.AnalyticSurrogate(fail=every))
+        few = run(TINY, synthetic(TINY), tmp_path / "few", exhaustive=True,
+                  surrogate=S.AnalyticSurrogate(fail=every[:1]))
+    assert dead.winner is None and len(dead.failures) == dead.evaluations
+    with pytest.raises(S.SearchError, match=rf"{dead.evaluations} of the {dead.evaluations} surrogate evaluations "
+                                            r"failed \(so there is no winner; the first: .*told to fail.*run the same "
+                                            r"command again"):
+        _check_failures(dead, tmp_path / "dead")
+    assert few.winner is not None and len(few.failures) == 1
+    _check_failures(few, tmp_path / "few")
+
+
 def test_failing_and_nan_candidates_are_recorded_and_replaced(tmp_path):
     base = run(TINY, synthetic(TINY), tmp_path, epsilon=0.25, per_group=1)
     reps = [c for c in base.candidates if c.representative]

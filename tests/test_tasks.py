@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
 
 from bortengine.training import data
-from bortengine.training.errors import TrainingError
+from bortengine.training.errors import SplitOverlapWarning, TrainingError
 from bortengine.training.tasks import SPLITS_FILE, DataSpec, load_task, stratified_sample
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "csv.gz", "datasets")
@@ -223,6 +224,32 @@ def test_dev_and_test_files_are_used_when_given(tmp_path, reviews):
     assert len(only_dev.train) + len(only_dev.test) == 60
 
 
+def test_dev_or_test_in_train_is_refused_or_counted_with_a_warning(tmp_path, reviews):
+    """The train file given as --dev made dev all training data (and dev picks the model), silently; a test file of
+    training rows, or duplicates spread over the splits taken from train, scored training data without a word."""
+    frame = labelled(reviews, np.where(reviews.stars == 1, "great", "other"))
+    train = write(frame.iloc[:60], tmp_path, "csv", "train")
+    for role in ("dev", "test"):
+        with pytest.raises(TrainingError, match=rf"the {role} file \S+train.csv is the train file: .* Leave --{role} "
+                                                rf"out"):
+            load_task(train=str(train), **{role: str(train)})
+    dev = write(frame.iloc[60:75], tmp_path, "csv", "dev")
+    leaked = write(pd.concat([frame.iloc[75:], frame.iloc[3:5]]), tmp_path, "jsonl", "test")
+    with pytest.warns(SplitOverlapWarning, match=r"2 of the 17 examples of the test file \S+test.jsonl are in train "
+                                                 r"too \(the first: row 16, "):
+        task = load_task(train=str(train), dev=str(dev), test=str(leaked))
+    assert task.record["in_train"] == {"dev": 0, "test": 2}
+    doubled = write(pd.concat([frame, frame.iloc[:30]]), tmp_path, "csv", "doubled")   # duplicate rows in one file
+    with pytest.warns(SplitOverlapWarning, match=r"examples of the (dev|test) split taken from \S+doubled.csv"):
+        spread = load_task(train=str(doubled))
+    assert sum(spread.record["in_train"].values()) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SplitOverlapWarning)   # held-out files: no warning
+        clean = load_task(train=str(train), test=str(write(frame.iloc[60:], tmp_path, "csv", "held_out")))
+    assert clean.record["in_train"] == {"dev": 0, "test": 0}
+    assert clean.fingerprint == load_task(train=str(train), test=str(tmp_path / "held_out.csv")).fingerprint
+
+
 def test_train_limit_is_a_stratified_seeded_sample(tmp_path, reviews):
     path = str(write(labelled(reviews, reviews.length), tmp_path, "csv"))
     for seed in (0, 1):     # the seed of the dev/test split and of the sample
@@ -408,7 +435,8 @@ BAD = {   # name: (file name, what to write (text, bytes, or a function of the p
     "columns swapped": ("a.csv", csv_text([(("great", "other")[i % 2], f"review number {i}") for i in range(30)],
                                           "label,text"), {"text_column": "label", "label_column": "text"},
                         r"too few of \{[^}]*\} and 20 more; 30 classes in 30 rows: is 'text' the column of labels\?"),
-    "too small for dev alone": ("a.csv", csv_text(GOOD + [("a rare one", "rare")]), {"test": "DEV"},
+    "too small for dev alone": ("a.csv", csv_text(GOOD + [("a rare one", "rare")]),
+                                {"test": csv_text([(f"held out {i}", y) for i, (_, y) in enumerate(GOOD)])},
                                 r"splitting dev from train needs at least 2 examples .*\{'rare': 1\}"),
     "latin-1": ("a.csv", csv_text(with_row("café crème", 3, 0)).encode("latin-1"), {},
                 r"line 4 is not UTF-8 text \(byte 0xe9 .*iconv"),
@@ -471,11 +499,10 @@ def test_bad_data_is_a_clear_error(tmp_path, case):
         path.write_bytes(content)
     else:
         path.write_text(content)
-    for role in ("dev", "test"):    # a second file: its text, or "DEV" for the train file itself
+    for role in ("dev", "test"):    # a second file: its text
         if role in fields:
-            other = path if fields[role] == "DEV" else tmp_path / f"{role}.csv"
-            if other != path:
-                other.write_text(fields[role])
+            other = tmp_path / f"{role}.csv"
+            other.write_text(fields[role])
             fields = fields | {role: str(other)}
     with pytest.raises(TrainingError) as error:
         load_task(train=str(path), **fields)

@@ -157,3 +157,21 @@ def test_finetune_surrogate_mode(tmp_path, teacher_dir, capsys):
     result = _json_tail(capsys.readouterr().out)
     assert result["steps"] == 2 and result["dev_loss"] > 0
     assert not (tmp_path / "ft").exists()
+
+
+def test_finetune_agora_keeps_the_time_budget(tmp_path, teacher_dir, capsys, monkeypatch):
+    """`finetune --agora --time-budget 3m` took 212 s: the budget never reached finetune_agora."""
+    import bortengine.training as training
+
+    given = {}
+
+    def finetune_agora(**kwargs):
+        given.update(kwargs)
+        return {"rounds": []}
+
+    monkeypatch.setattr(training, "finetune_agora", finetune_agora)
+    base = ["finetune", "--agora", "--labeller", str(teacher_dir), "--out", str(tmp_path / "ag")]
+    assert main([*base, "--time-budget", "3m"]) == 0
+    assert 170 < given["time_budget"] <= 180     # counted from the command's start
+    assert main([*base, "--time-budget", "3m", "--clock", "cpu"]) == 2
+    assert "leave out --clock cpu" in capsys.readouterr().err

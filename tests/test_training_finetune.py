@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import bortengine
-from bortengine.training import data, read_checkpoint
+from bortengine.training import NothingTrainedError, data, read_checkpoint
 from bortengine.training.classification import FinetuneConfig, TrainingError, finetune, finetune_surrogate_loss
 from bortengine.export.hf import check_export, export_run
 from bortengine.training.tasks import load_task
@@ -64,10 +64,12 @@ def test_finetune_resume_export_and_engine(tmp_path, encoder_dir):
         cfg = _config(encoder_dir, out_dir=str(tmp_path / "split"), **kw)
         return finetune(cfg, progress=False)
 
-    # stops before the first step: a checkpoint at step 0, and an error rather than an untrained classifier
-    with pytest.raises(TrainingError, match="before the first training step.*nothing was trained"):
+    # stops before the first step: an error rather than an untrained classifier, and no checkpoint, whose clock
+    # carried the lost time into every later attempt (a pipeline's same budget then failed for ever)
+    with pytest.raises(NothingTrainedError, match="before the first training step.*nothing was trained") as e:
         interrupted(time_budget=0.0)
-    assert not (tmp_path / "split" / "model").exists() and (tmp_path / "split" / "checkpoint.safetensors").exists()
+    assert e.value.budget_s == 0.0 and e.value.spent_s > 0
+    assert not (tmp_path / "split" / "model").exists() and not (tmp_path / "split" / "checkpoint.safetensors").exists()
     _, resumed = interrupted()
     assert resumed["steps"] == 6
     a = read_checkpoint(tmp_path / "full" / "checkpoint.safetensors", "finetune").group("model")

@@ -8,9 +8,12 @@ of Ray's long reconnection loop.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from typing import Any, Optional
 
 from bortengine.errors import ClusterError
@@ -40,8 +43,13 @@ def connect(address: Optional[str], timeout: float = CONNECT_TIMEOUT, num_cpus: 
     disconnects with ray.shutdown()). A process already connected keeps its connection, whatever the address.
     ClusterError when ray is not installed or the address does not answer as a Ray cluster within `timeout`
     seconds."""
+    given = address
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None or _host_port(address)[0] in LOOPBACK:
+    try:
+        on_loopback = address is None or address == "auto" or _host_port(address)[0] in LOOPBACK
+    except ClusterError as e:
+        raise ClusterError(f"{e} (from $RAY_ADDRESS)" if given is None else str(e)) from None
+    if on_loopback:
         # read when ray is imported: Ray otherwise replaces 127.0.0.1 by this machine's address, where neither a
         # local instance nor a cluster bound to loopback listens
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -55,15 +63,32 @@ def connect(address: Optional[str], timeout: float = CONNECT_TIMEOUT, num_cpus: 
     if address is None:
         kwargs = dict(address="local", num_cpus=num_cpus or len(os.sched_getaffinity(0)), include_dashboard=False,
                       _node_ip_address="127.0.0.1")
+    elif address == "auto":   # Ray's own: the cluster `ray start` left its address for on this machine
+        kwargs = dict(address=address)
     else:
         probe_ray_address(address, timeout)
         kwargs = dict(address=address)
     try:
-        ray.init(logging_level=logging.WARNING, log_to_driver=False, **kwargs)
+        with _own_signal_handlers():
+            ray.init(logging_level=logging.WARNING, log_to_driver=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise ClusterError(f"cannot connect to {where}: {error_gist(e)}. {HOW_TO_FIX}") from None
     return ray, True
+
+
+@contextlib.contextmanager
+def _own_signal_handlers():
+    """ray.init installs its own SIGTERM handler, which aborts the process (exit 134, no resume message) where the
+    command's own stops the run as Ctrl-C does: the handlers in place before are put back."""
+    main = threading.current_thread() is threading.main_thread()
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def _host_port(address: str) -> tuple[str, int]:

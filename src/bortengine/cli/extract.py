@@ -159,7 +159,22 @@ def run(args) -> int:
     if result.verification:
         _print_verification(result.verification)
     _write(result, Path(args.out), args.teacher)
+    _check_failures(result, Path(args.out))
     return 0
+
+
+def _check_failures(result: Extraction, out: Path) -> None:
+    """An extraction without a winner, or whose evaluations mostly failed (a Ray cluster that went down mid-run
+    failed 98 of 106 and the command exited 0, its report "complete"), is an error: its report is written, and the
+    same command runs the failed evaluations again (failures are not cached; the finished ones are)."""
+    failed = len(result.failures)
+    if not failed or (result.winner is not None and 2 * failed <= result.evaluations):
+        return
+    why = "so there is no winner" if result.winner is None else "so the winner is of the few that did not"
+    raise SearchError(f"{failed} of the {result.evaluations} surrogate evaluations failed ({why}; the first: "
+                      f"{result.failures[0]['message']}); {out / 'report.json'} lists them. Failures are not cached: "
+                      f"once their cause is fixed (a cluster back up, a worker's memory), run the same command again, "
+                      f"which reuses the evaluations that finished")
 
 
 def _target_profile(args) -> Optional[Profile]:

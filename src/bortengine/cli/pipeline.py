@@ -51,7 +51,8 @@ def add_parsers(sub) -> None:
                                                     "settings of each Agora round run: local (default), or "
                                                     "ray: a Ray cluster's workers")
     p.add_argument("--max-steps", type=positive_int, metavar="N",
-                   help="cap every training stage at N steps (quick looks and tests; the budget still applies)")
+                   help="train N steps in every training stage, whatever its share of the budget (quick looks and "
+                        "tests: runs repeat exactly; the extraction keeps to its share)")
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -245,6 +245,9 @@ def _finetune_agora(args) -> int:
     for option in ("labeller", "model", "mlm_model"):
         check_model_directory(getattr(args, option), "--" + option.replace("_", "-"))
     check_output(args.out, "--out", directory=True)
+    if args.time_budget is not None and args.clock != "wall":
+        raise UsageError("--agora keeps --time-budget in wall time (no round starts that would end past it): leave "
+                         "out --clock cpu")
     fields = data_fields(args)
     task = DataSpec.of(fields.pop("task"), **fields, seed=args.seed) if fields["train"] else fields["task"]
     from bortengine.search import settings_runner
@@ -260,7 +263,8 @@ def _finetune_agora(args) -> int:
             mlm_model=args.mlm_model, max_length=args.max_length, threads=args.threads,
             distill_weight=args.agora_distill, min_confidence=args.min_confidence,
             select_fraction=args.select_fraction, distill_on=args.agora_distill_on, progress=not args.no_progress,
-            runner=runner)
+            runner=runner, time_budget=None if args.time_budget is None
+            else max(0.0, args.time_budget - (time.monotonic() - args.started)))   # from the command's start
     print_result({k: v for k, v in summary.items() if k != "rounds"} | {"rounds": [
         {k: r[k] for k in ("round", "theta_left", "train_size", "generated", "label_agreement", "dev_accuracy",
                            "test_accuracy")} for r in summary["rounds"]]})

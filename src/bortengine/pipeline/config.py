@@ -232,8 +232,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     # a relative path in the file is relative to the file (as a project's config names its data beside it), not to
     # wherever the command runs
     for key in _PATHS:
-        if isinstance(values.get(key), str) and values[key] and not Path(values[key]).expanduser().is_absolute():
-            values[key] = str(Path(path).parent / values[key])
+        if isinstance(values.get(key), str) and values[key]:
+            given = Path(values[key]).expanduser()     # "~/data.csv" is the home directory's, as in a shell
+            values[key] = str(given if given.is_absolute() else Path(path).parent / given)
     return values
 
 

@@ -109,21 +109,21 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
         reranking = extraction.get("reranking")
         if reranking is None:      # a run from before the re-ranking
             lines.append(f"Architecture {_arch_text(extraction['architecture'])}: the lowest surrogate error of "
-                         f"{extraction['evaluations']} students the extraction evaluated, {speed}. "
+                         f"{_count(extraction['evaluations'], 'student')} the extraction evaluated, {speed}. "
                          + _sentence(extraction.get("note", "")))
         else:
             scored = [s for s in reranking["students"] if s["error"] is not None]
+            unscored = [s["architecture"] for s in reranking["students"] if s["error"] is None]
             settings = reranking["settings"]
             lines.append(
                 f"Architecture {_arch_text(extraction['architecture'])}, {speed}. The FPTAS evaluated "
-                f"{extraction['evaluations']} students with the fine-tuning surrogate; its choice "
+                f"{_count(extraction['evaluations'], 'student')} with the fine-tuning surrogate; its choice "
                 f"({extraction['fptas_choice']}) and the widest student of each depth measured fast enough were "
-                f"re-ranked by a surrogate that distils each from the teacher ({settings['distil_steps']} steps) "
+                f"to be re-ranked by a surrogate that distils each from the teacher ({settings['distil_steps']} steps) "
                 f"before it fine-tunes it ({settings['steps']} steps): "
-                + ", ".join(f"{s['architecture']} {s['error']:.4f}" for s in sorted(scored, key=lambda s: s["error"]))
-                + ("; not re-ranked in the stage's time: "
-                   + ", ".join(s["architecture"] for s in reranking["students"] if s["error"] is None)
-                   if len(scored) < len(reranking["students"]) else "")
+                + (", ".join(f"{s['architecture']} {s['error']:.4f}" for s in sorted(scored, key=lambda s: s["error"]))
+                   or "none was scored")
+                + (f"; not re-ranked in the stage's time: {', '.join(unscored)}" if unscored else "")
                 + ". " + _sentence(extraction.get("note", "")))
     if finetune.get("agora"):
         near, dev = finetune["near_texts"], finetune["dev_accuracy_engine"]
@@ -133,7 +133,8 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
         lines.append(f"Fine-tuned on the training set, {near_texts} texts near its texts and {pieces} pieces of the "
                      f"distillation's built-in documents cut to its texts' lengths (a transfer set), labelled by the "
                      f"teacher, learning the teacher's soft labels too ({near['steps']} steps; test accuracy "
-                     f"{near['test_accuracy']:.4f}); then Agora's rounds from that model ({finetune['rounds']} rounds; "
+                     f"{near['test_accuracy']:.4f}); then Agora's rounds from that model "
+                     f"({_count(finetune['rounds'], 'round')}; "
                      f"test accuracy {finetune['plain_test_accuracy']:.4f} after its first, "
                      f"{finetune['round_rows'][-1]['test_accuracy']:.4f} after its last): agora_rounds.png. Dev "
                      f"accuracy on the part Agora selects with: {dev['near']:.4f} first, {dev['agora']:.4f} Agora"
@@ -147,6 +148,10 @@ def _student_lines(stages: dict[str, Any]) -> list[str]:
         lines.append(f"Fine-tuned on the training set and {finetune['augmented_examples']} texts near its texts "
                      f"labelled by the teacher, learning the teacher's soft labels too ({finetune['steps']} steps).")
     return lines + [""] if len(lines) > 2 else []
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _sentence(note: str) -> str:

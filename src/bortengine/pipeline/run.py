@@ -7,7 +7,9 @@ directory of other options is refused (OUT/pipeline.toml holds the options of th
 """
 from __future__ import annotations
 
+import math
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -26,7 +28,8 @@ from bortengine.pipeline.report import report_table, write_report
 from bortengine.pipeline.stages import (RunContext, distil_stage, extract_stage, finetune_stage, profile_stage,
                                         selection_part, teacher_architecture, teacher_stage)
 from bortengine.progress import clock
-from bortengine.search import SCRIPT_GUARD, in_worker_bootstrap
+from bortengine.search import SCRIPT_GUARD, in_worker_bootstrap, unguarded_script_call
+from bortengine.training import NothingTrainedError
 
 __all__ = ["run_pipeline", "STATE_FILE", "STAGE_FUNCTIONS"]
 
@@ -44,6 +47,10 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     if in_worker_bootstrap():
         raise PipelineError(f"run_pipeline() was called while a worker process was starting: {SCRIPT_GUARD}")
     config.check()
+    unguarded = unguarded_script_call() if config.arch is None else None   # (--arch: no extraction, no workers)
+    if unguarded:
+        raise PipelineError(f"run_pipeline() is called at {unguarded}, outside `if __name__ == \"__main__\":`; "
+                            f"{SCRIPT_GUARD}")
     out = Path(config.out)
     ctx = RunContext(config, {})
     task = ctx.task                       # the data checked row by row before the run directory is touched
@@ -82,7 +89,10 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             seconds = max(1.0, left) * shares.get(name, 0.0) / sum(shares.get(s, 0.0) for s in STAGES[index - 1:])
             _say(f"[{index}/{len(STAGES)}] {name}: budget {clock(seconds)} ({clock(max(0.0, left))} of the run left)")
             stage_start = time.monotonic()
-            result = STAGE_FUNCTIONS[name](ctx, seconds)
+            try:
+                result = STAGE_FUNCTIONS[name](ctx, seconds)
+            except NothingTrainedError as e:
+                raise _too_short(config, name, seconds, e) from None
             took = time.monotonic() - stage_start
             ctx.results[name] = result
             state["stages"][name] = {"result": result, "seconds": took, "budget_s": seconds}
@@ -95,6 +105,17 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     write_report(out, summary)
     _finish(ctx, summary)
     return summary
+
+
+def _too_short(config: PipelineConfig, stage: str, seconds: float, e: "NothingTrainedError") -> PipelineError:
+    """A training stage whose share of the budget went to loading and preparing before its first step: the budget
+    that would leave it as long again to train (the shares scale with the budget). The same command fails the same
+    way; the larger --budget continues the run."""
+    needed = config.budget * 2 * e.spent_s / max(seconds, 1.0)
+    return PipelineError(
+        f"the {stage} stage's share of the budget ({clock(seconds)}) went to loading and preparing its data "
+        f"({clock(e.spent_s)}) before its first training step, so nothing was trained. Run the same command with a "
+        f"larger --budget (about {math.ceil(needed / 60)}m or more): the finished stages are kept")
 
 
 def _claim(out: Path, config: PipelineConfig, finished: bool) -> PipelineConfig:
@@ -112,7 +133,8 @@ def _claim(out: Path, config: PipelineConfig, finished: bool) -> PipelineConfig:
         if finished:
             ignored = [k for k in ("budget", "threads") if getattr(earlier, k) != getattr(config, k)]
             if ignored:
-                _say(f"the run in {out} is finished: its own {' and '.join(ignored)} stand (the options given "
+                _say(f"the run in {out} is finished: its own {' and '.join(ignored)} "
+                     f"{'stands' if len(ignored) == 1 else 'stand'} (the options given "
                      f"change nothing now); give another --out for a new run")
             return replace(earlier, out=config.out, progress=config.progress)   # (a run directory moved: here)
     elif out.exists() and any(out.iterdir()):
@@ -153,10 +175,15 @@ def _finish(ctx: RunContext, summary: dict[str, Any]) -> None:
     model = ctx.out / "model"
     print(f"took {clock(summary['seconds'])} of a {clock(ctx.config.budget)} budget; report: {ctx.out / 'report.md'}")
     print(f"the student is in {model} (the fine-tuned teacher in {ctx.teacher_dir})")
-    print(f"use it:  python -c \"import bortengine; print(bortengine.load('{model}', dtype='{ctx.config.dtype}')"
-          f".classify(['your text']))\"")
+    # the interpreter that ran the pipeline (a `python` or `pytest` on PATH may be another, without bortengine)
+    python = shlex.quote(sys.executable)
+    texts = "['your text'], text_pairs=['its pair']" if ctx.task.pairs else "['your text']"
+    print(f"use it:  {python} -c \"import bortengine; print(bortengine.load('{model}', dtype='{ctx.config.dtype}')"
+          f".classify({texts}))\"")
+    print(f"serve it:  {python} -m bortengine serve {model}"
+          + (f" --dtype {ctx.config.dtype}" if ctx.config.dtype != "float32" else ""))
     if summary["latency_suite"]["written"]:
-        print(f"check its latency on this CPU:  pytest {ctx.out / 'test_latency.py'}", flush=True)
+        print(f"check its latency on this CPU:  {python} -m pytest {ctx.out / 'test_latency.py'}", flush=True)
 
 
 def _latency_suite(ctx: RunContext) -> dict[str, Any]:

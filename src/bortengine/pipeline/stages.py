@@ -224,10 +224,27 @@ def teacher_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
                             max_steps=ctx.config.max_steps, threads=ctx.threads)
     _, metrics = finetune(config, progress=ctx.config.progress)
     _copy_model(run_dir / "model", ctx.teacher_dir)
-    return {"fine_tuned": True, "source": source, "dev_accuracy": metrics["dev_accuracy"],
-            "test_accuracy": metrics["test_accuracy"], "max_length": metrics["max_length"],
-            "steps": metrics["steps"], "stopped_by": metrics["stopped_by"],
-            "int8_calibration": calibrate_for_int8(ctx, ctx.teacher_dir)}
+    result = {"fine_tuned": True, "source": source, "dev_accuracy": metrics["dev_accuracy"],
+              "test_accuracy": metrics["test_accuracy"], "max_length": metrics["max_length"],
+              "steps": metrics["steps"], "stopped_by": metrics["stopped_by"],
+              "int8_calibration": calibrate_for_int8(ctx, ctx.teacher_dir)}
+    weak = _no_better_than_the_majority(task, metrics["dev_accuracy"], metrics["steps"])
+    return {**result, "note": weak} if weak else result
+
+
+def _no_better_than_the_majority(task, dev_accuracy: float, steps: int) -> Optional[str]:
+    """What to say of a fine-tuned teacher no more accurate on dev than always answering dev's most common class
+    (a budget too short for it to learn, or labels it cannot read from the texts): the run goes on, but the student
+    learns its soft labels and is held to its accuracy, and the report would show both without a remark."""
+    counts = task.class_counts("dev")
+    majority = max(counts.values()) / max(1, sum(counts.values()))
+    if dev_accuracy > majority + 0.01:
+        return None
+    common = max(counts, key=counts.get)
+    return (f"warning: the fine-tuned teacher is no better on dev than always answering {common!r} "
+            f"({dev_accuracy:.3f} against {majority:.3f}, after {steps} steps): it is the student's reference, soft "
+            f"labels and Agora's labeller, so the student learns little from it; give a larger --budget, or check "
+            f"that the label column is what the texts say")
 
 
 

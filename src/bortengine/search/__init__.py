@@ -13,7 +13,7 @@ from bortengine.search.error_model import ErrorModel
 from bortengine.search.errors import LatencyLimitError, SearchError, SearchInterrupted
 from bortengine.search.finalists import finalists_seconds, measure_finalists
 from bortengine.search.executor import (EXECUTORS, SCRIPT_GUARD, Evaluation, Executor, LocalExecutor,
-                                       in_worker_bootstrap)
+                                       in_worker_bootstrap, unguarded_script_call)
 from bortengine.search.fptas import SIZES, extract
 from bortengine.search.grouping import REPRESENTATIVES, group_bound
 from bortengine.search.pareto import Candidate, ParetoSet, pareto_front, w_coefficient
@@ -32,5 +32,5 @@ __all__ = [
     "group_bound", "w_coefficient", "coverage", "assumption_violations", "resolve_surrogate", "ErrorModel",
     "default_cache_dir", "measure_finalists", "finalists_seconds", "SURROGATES", "REPRESENTATIVES", "SIZES",
     "EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Evaluation", "RaySettingsRunner", "settings_runner",
-    "SCRIPT_GUARD", "in_worker_bootstrap",
+    "SCRIPT_GUARD", "in_worker_bootstrap", "unguarded_script_call",
 ]

@@ -144,6 +144,48 @@ def in_worker_bootstrap() -> bool:
     return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
+def unguarded_script_call() -> Optional[str]:
+    """"FILE:LINE" when the caller was reached from the top level of the main script outside an `if __name__ ==
+    "__main__":` block (each spawned worker would run that line again), else None: a guarded call, an interactive
+    session, a notebook, `python -c`, a console script, `python -m package`. Read from the script's source (its
+    syntax tree), so that a run is refused before it does any work, not after its first workers fail."""
+    import ast
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return None
+    if getattr(getattr(main, "__spec__", None), "name", "").endswith(".__main__"):
+        return None   # `python -m package`: multiprocessing does not run a package's __main__ again in its workers
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_code.co_name == "<module>" and
+                                     frame.f_globals.get("__name__") == "__main__"):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    line = frame.f_lineno
+    try:
+        tree = ast.parse(open(frame.f_code.co_filename, encoding="utf-8").read())
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _tests_main(node.test) and node.lineno <= line <= (node.end_lineno or line):
+            return None
+    return f"{frame.f_code.co_filename}:{line}"
+
+
+def _tests_main(test: Any) -> bool:
+    """Whether an if's test is `__name__ == "__main__"` (either way round)."""
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return (any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides)
+            and any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides))
+
+
 def _worker_evaluate(surrogate: Surrogate, arch: Architecture, threads: int) -> Evaluation:
     return evaluate(worker_surrogate(surrogate, threads), arch)
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from bortengine.training.errors import TrainingError
+from bortengine.training.errors import NothingTrainedError, SplitOverlapWarning, TrainingError
 
 __all__ = [
-    "TrainingError", "default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle", "teacher_classifier",
+    "TrainingError", "NothingTrainedError", "SplitOverlapWarning",
+    "default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle", "teacher_classifier",
     "build_model", "architecture_of", "encoder_of", "count_parameters", "load_pretrained",
     "Importance", "measure_importance", "slice_init", "too_large_to_slice",
     "DistillConfig", "pretrain", "surrogate_loss", "distil_cut_student", "embedding_similarity", "pair_similarity",

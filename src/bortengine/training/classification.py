@@ -28,7 +28,7 @@ from bortengine.engine import TextTokenizer, available_cpus, transformer_directo
 from bortengine.files import paths_as_text
 from bortengine.training.checkpoint import check_same_run, refuse_old_files
 from bortengine.training.data import TextExample, collate, pair_token_types, padded_tokens
-from bortengine.training.errors import TrainingError
+from bortengine.training.errors import NothingTrainedError, TrainingError
 from bortengine.training.hf_dir import write_hf_directory
 from bortengine.training.loop import CLOCKS, Checkpointing, Schedule, Selection, TrainingLoop, shortest_time, \
     tensors_of, torch_tensors
@@ -505,11 +505,13 @@ def finetune(config: FinetuneConfig, model=None, progress: bool = True, started:
         if run.log is not None:
             run.log.close()
     if run.loop.step == 0:
-        # its classifier head is as initialised: writing it, or scoring it, would pass noise off as a result
-        kept = f"; the checkpoint in {out} resumes it" if out is not None else ""
-        raise TrainingError(f"the time budget ({config.time_budget:g} s) was spent before the first training step "
-                            f"(loading the model and data, the evaluations' estimate): nothing was trained, so "
-                            f"no model is written{kept}. Give a larger time budget (--time-budget)")
+        # its classifier head is as initialised: writing it, or scoring it, would pass noise off as a result; and no
+        # checkpoint is kept, whose clock would carry the time lost into every later attempt
+        spent = run.loop.budget.spent
+        raise NothingTrainedError(
+            f"the time budget ({config.time_budget:g} s) was spent before the first training step ({spent:.0f} s on "
+            f"loading the model and data, and the evaluations' estimate): nothing was trained, so no model is "
+            f"written. Give a larger time budget (--time-budget)", config.time_budget, spent)
     return _finish(run, stopped_by, out)
 
 
@@ -533,6 +535,8 @@ def _hold_budget(run: _Run, started: float, checkpointing: Optional[Checkpointin
 def _resume(run: _Run, checkpointing: Checkpointing) -> None:
     checkpoint = checkpointing.read()
     if checkpoint is None:
+        return
+    if checkpoint.state.get("step") == 0:   # (an older bortengine's, written before any step): nothing to resume
         return
     check_same_run(checkpoint, run.config.to_dict(), _RESUME_KEYS)
     if checkpoint.state.get("data", run.task.fingerprint) != run.task.fingerprint:

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["TrainingError"]
+__all__ = ["TrainingError", "NothingTrainedError", "SplitOverlapWarning"]
 
 
 class TrainingError(BortEngineError, ValueError):
     """Training cannot run as asked: an argument out of range, an empty corpus or split, a run directory written
     by another run or by an older bortengine. A ValueError too, so callers that catch that keep working."""
+
+
+class NothingTrainedError(TrainingError):
+    """A wall-clock time budget was spent (loading the model and data, preparing them) before the first training
+    step, so there is no model to write; budget_s and spent_s say by how much."""
+
+    def __init__(self, message: str, budget_s: float, spent_s: float):
+        super().__init__(message)
+        self.budget_s, self.spent_s = budget_s, spent_s
+
+
+class SplitOverlapWarning(UserWarning):
+    """Examples of dev or test are in train too (the same text, and pair): their accuracy is partly accuracy on
+    training data."""

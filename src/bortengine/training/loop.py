@@ -359,13 +359,14 @@ class TrainingLoop:
         finally:
             if progress is not None:
                 progress.show(f"step {self.step}", final=True, left=self._left())
-        if checkpoint is not None:
+        if checkpoint is not None and self.step > 0:   # (at step 0 there is nothing to keep but the time it lost)
             checkpoint.save(self)
         return reason
 
     def _stop_if_interrupted(self, interruption: "_Interruption", checkpoint: Optional["Checkpointing"]) -> None:
         if interruption:
-            checkpoint.save(self)     # the steps so far are kept: a resume continues from here
+            if self.step > 0:
+                checkpoint.save(self)     # the steps so far are kept: a resume continues from here
             interruption.deliver()
 
     # -- progress ----------------------------------------------------------------------------------------------------

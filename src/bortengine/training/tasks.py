@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 
 from bortengine.files import atomic_write_json, paths_as_text, read_json
 from bortengine.training.data import LABELS, SPLIT_SEED, TASKS, TextExample, load_split
-from bortengine.training.errors import TrainingError
+from bortengine.training.errors import SplitOverlapWarning, TrainingError
 
 __all__ = ["DataSpec", "Task", "load_task", "BUILTIN_TASKS", "SPLITS_FILE", "stratified_sample",
            "DATA_FORMATS"]
@@ -128,7 +129,7 @@ class Task:
     def fingerprint(self) -> str:
         """The same data, columns and split: a resumed run checks it reads what the run began with. The files'
         content (sha256), not their paths: the same data copied elsewhere has the same fingerprint."""
-        keys = {k: v for k, v in self.record.items() if k not in ("spec", "sources")}
+        keys = {k: v for k, v in self.record.items() if k not in ("spec", "sources", "in_train")}
         keys["spec"] = {k: v for k, v in self.record.get("spec", {}).items() if k not in ("train", "dev", "test")}
         keys["sources"] = {role: {k: v for k, v in source.items() if k != "file"} if isinstance(source, dict)
                            else source for role, source in self.record.get("sources", {}).items()}
@@ -149,7 +150,9 @@ class Task:
         return {name: int(n) for name, n in zip(self.labels, counts)}
 
     def describe(self) -> str:
-        counts = ", ".join(f"{k} {v}" for k, v in self.class_counts().items())
+        shown = list(self.class_counts().items())
+        counts = ", ".join(f"{k} {v}" for k, v in shown[:SHOWN_CLASSES]) + (
+            f" and {len(shown) - SHOWN_CLASSES} more" if len(shown) > SHOWN_CLASSES else "")
         # a DatasetDict's splits were chosen by their names: say which, as splits.json records
         from_dicts: dict[str, list[str]] = {}
         for role, source in self.record.get("sources", {}).items():
@@ -245,6 +248,7 @@ def _user_task(spec: DataSpec) -> Task:
                     f"the {role} file {tables[role].path} has labels the train file does not: {unknown} (the first in "
                     f"row {row}; train has {labels}); the label sets must agree: fix the labels, or add examples of "
                     f"them to train")
+    _refuse_train_as(tables)
     examples = {role: [TextExample(t.texts[i], index[names[role][i]], i, None if t.pairs is None else t.pairs[i])
                        for i in range(len(t.texts))] for role, t in tables.items()}
     record: dict[str, Any] = {"spec": spec.to_dict(), "sources": {
@@ -256,8 +260,54 @@ def _user_task(spec: DataSpec) -> Task:
                                              "stratified_by": "label", "rows": [e.row for e in examples[role]]}
                                       for role in missing}
         record["taken_from_train"]["train"] = {"rows": [e.row for e in examples["train"]]}
+    record["in_train"] = _overlap(examples, tables)
     return Task(spec.name, labels, examples["train"], examples["dev"], examples["test"],
                 pairs=spec.text_pair_column is not None, record=record)
+
+
+def _shown(text: str, most: int = 60) -> str:
+    return repr(text if len(text) <= most else text[:most] + "...")
+
+
+def _refuse_train_as(tables: dict[str, "_Table"]) -> None:
+    """dev or test read from the train file itself (the same split of it): every one of its examples is a training
+    example, and dev picks the model."""
+    train = tables["train"].source
+    for role in ("dev", "test"):
+        source = tables[role].source if role in tables else None
+        if source is not None and _same_source(source, train):
+            raise TrainingError(
+                f"the {role} file {tables[role].path} is the train file: its accuracy would be accuracy on training "
+                f"data{' (and dev picks the model)' if role == 'dev' else ''}. Leave --{role} out (a stratified, "
+                f"seeded part of train is held out as {role}), or give a file of held-out examples")
+
+
+def _same_source(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    try:
+        same_file = Path(a["file"]).resolve() == Path(b["file"]).resolve()
+    except OSError:
+        same_file = a["file"] == b["file"]
+    return same_file and a.get("split") == b.get("split")
+
+
+def _overlap(examples: dict[str, list[TextExample]], tables: dict[str, "_Table"]) -> dict[str, int]:
+    """How many examples of dev and test are in train too (the same text and pair, as the model reads them), with a
+    SplitOverlapWarning naming the first: duplicates in a file spread over the splits taken from it, or files that
+    share rows. Their accuracy is partly accuracy on training data; removing them is the user's call."""
+    seen = {(e.text, e.pair) for e in examples["train"]}
+    counts = {}
+    for role in ("dev", "test"):
+        shared = [e for e in examples[role] if (e.text, e.pair) in seen]
+        counts[role] = len(shared)
+        if shared:
+            where = (f"the {role} file {tables[role].path}" if role in tables
+                     else f"the {role} split taken from {tables['train'].path}")
+            warnings.warn(SplitOverlapWarning(
+                f"{len(shared)} of the {len(examples[role])} examples of {where} {'is' if len(shared) == 1 else 'are'} "
+                f"in train too (the first: row "
+                f"{shared[0].row + 1}, {_shown(shared[0].text)}): their {role} accuracy is accuracy on training data; "
+                f"remove the duplicates from the data to measure on held-out examples only"), stacklevel=4)
+    return counts
 
 
 def _sources(spec: DataSpec) -> dict[str, tuple[str, Optional[str]]]:
