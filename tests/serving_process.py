@@ -43,7 +43,9 @@ class ServerProcess:
         command = [sys.executable, "-m", "bortengine", "serve", str(model), "--port", "0", "--log-level", "warning",
                    *options]
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=err, env={**_env(), **(env or {})})
+            # SIGINT as from a terminal: a test runner started as a background job hands its children SIGINT ignored
+            self.proc = subprocess.Popen(command, stdout=out, stderr=err, env={**_env(), **(env or {})},
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.url = ""
         self.health_statuses: list[int] = []
 

@@ -97,7 +97,8 @@ def _check_padding_not_in_template(tokenizer: Tokenizer, config: ModelConfig, mo
     if not config.family.positions_after_padding:
         return
     pad = config.positions_padding_id
-    template = tokenizer.encode("").ids
+    empty = tokenizer.encode("")   # the tokens every text gets: not the padding a tokenizer.json may ask for
+    template = [i for i, real in zip(empty.ids, empty.attention_mask) if real]
     if pad in template:
         fix = (f"pad_token_id to {pad_id}, the id of the tokenizer's padding token {tokenizer.id_to_token(pad_id)!r}"
                if pad_id not in template else "pad_token_id to the id of the tokenizer's padding token")
