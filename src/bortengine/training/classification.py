@@ -536,8 +536,6 @@ def _resume(run: _Run, checkpointing: Checkpointing) -> None:
     checkpoint = checkpointing.read()
     if checkpoint is None:
         return
-    if checkpoint.state.get("step") == 0:   # (an older bortengine's, written before any step): nothing to resume
-        return
     check_same_run(checkpoint, run.config.to_dict(), _RESUME_KEYS)
     if checkpoint.state.get("data", run.task.fingerprint) != run.task.fingerprint:
         raise TrainingError(f"{checkpoint.path} was written for other data (the files, columns or splits changed "

@@ -359,14 +359,13 @@ class TrainingLoop:
         finally:
             if progress is not None:
                 progress.show(f"step {self.step}", final=True, left=self._left())
-        if checkpoint is not None and self.step > 0:   # (at step 0 there is nothing to keep but the time it lost)
+        if checkpoint is not None:
             checkpoint.save(self)
         return reason
 
     def _stop_if_interrupted(self, interruption: "_Interruption", checkpoint: Optional["Checkpointing"]) -> None:
         if interruption:
-            if self.step > 0:
-                checkpoint.save(self)     # the steps so far are kept: a resume continues from here
+            checkpoint.save(self)     # the steps so far are kept: a resume continues from here
             interruption.deliver()
 
     # -- progress ----------------------------------------------------------------------------------------------------
@@ -484,7 +483,12 @@ class Checkpointing:
         """A checkpoint is due (or will be within `within` seconds)."""
         return time.perf_counter() + within - self._last >= self.every
 
-    def save(self, loop: TrainingLoop) -> Path:
+    def save(self, loop: TrainingLoop) -> Optional[Path]:
+        """The loop and the caller's state written; nothing before the first step, when there is nothing to keep but
+        the time spent loading, which a checkpoint's clock would carry into every later attempt (a whole-stage
+        budget spent that way failed every resume)."""
+        if loop.step == 0:
+            return None
         start = time.perf_counter()
         state, tensors = loop.contents()
         mine, my_tensors = self.contents()
@@ -494,5 +498,7 @@ class Checkpointing:
         return path
 
     def read(self) -> Optional[TrainingCheckpoint]:
-        """The checkpoint a resume starts from, or None for a fresh run."""
-        return read_checkpoint(self.path, self.kind) if self.path.is_file() else None
+        """The checkpoint a resume starts from, or None for a fresh run (also for a checkpoint of step 0, which an
+        older bortengine wrote: nothing to resume)."""
+        checkpoint = read_checkpoint(self.path, self.kind) if self.path.is_file() else None
+        return None if checkpoint is None or checkpoint.state.get("step") == 0 else checkpoint
