@@ -813,7 +813,6 @@ class Engine:
                 self._validate(self._text_tokenizer().pad(texts.ids)["input_ids"], None, None)
             if texts.type_ids is not None:
                 _check_type_rows(texts, self.config.type_vocab_size)
-            self._check_no_padding_token(texts, name)
             return self._within_length(texts, truncation, name, report=False)
         tokenized = self._text_tokenizer().counted(texts, self._max_length(max_length), pairs, single)
         self._check_no_padding_token(tokenized, name)
@@ -823,15 +822,15 @@ class Engine:
         """A text that holds the padding token as text ("<pad>", which RoBERTa's tokenizer reads as that token),
         named as the caller knows it, before anything is queued: a model that numbers positions after the padding
         id embeds it at the padding row, which the engine does not load (engine/positions.py), and the forward's
-        own refusal named a row of the engine's length-sorted batch."""
+        own refusal named a row of the engine's length-sorted batch. Checked where texts are tokenized (so once for
+        engine.tokenized(), whose TokenizedTexts are not checked again when computed)."""
         if not self._positions_laid_out:
             return
         pad = self.config.positions_padding_id
         i = next((i for i, ids in enumerate(tokenized.ids) if pad in ids), None)
         if i is None:
             return
-        default = "texts[{i}] with text_pairs[{i}]" if tokenized.pairs else "texts[{i}]"
-        where = ("the text" if tokenized.single else (name or default).format(i=i))
+        where = _text_name(tokenized, i, name)
         token = self._text_tokenizer().token_text(pad)
         raise InvalidInputError(
             f"{where} holds {token!r}, this model's padding token, as text (its tokenizer reads the string as that "
@@ -865,12 +864,8 @@ class Engine:
 
     def _too_long(self, tokenized: TokenizedTexts, over: list[int], name: Optional[str]) -> TextTooLongError:
         i, limit, tokens = over[0], tokenized.max_length, tokenized.counts[over[0]]
-        if tokenized.single:
-            where, others = ("the text pair" if tokenized.pairs else "the text"), ""
-        else:
-            default = "texts[{i}] with text_pairs[{i}]" if tokenized.pairs else "texts[{i}]"
-            where = (name or default).format(i=i)
-            others = f" ({len(over)} of the {len(tokenized)} texts are)" if len(over) > 1 else ""
+        where = _text_name(tokenized, i, name)
+        others = f" ({len(over)} of the {len(tokenized)} texts are)" if len(over) > 1 and not tokenized.single else ""
         counted = "special tokens included" + (", the pair together" if tokenized.pairs else "")
         cut = f"cut it to {limit} tokens" + (" (longest-first)" if tokenized.pairs else "")
         return TextTooLongError(
@@ -1022,6 +1017,14 @@ def _flat(layer: tuple[dict, list]) -> list:
 
 
 # ------------------------------------------------------------------------------------------- input validation
+def _text_name(tokenized: TokenizedTexts, i: int, name: Optional[str]) -> str:
+    """How an error names text i of a call: "the text (pair)" of a single one, else name (a format of i, as
+    "documents[{i}] with the query") or texts[i] (with text_pairs[i])."""
+    if tokenized.single:
+        return "the text pair" if tokenized.pairs else "the text"
+    return (name or ("texts[{i}] with text_pairs[{i}]" if tokenized.pairs else "texts[{i}]")).format(i=i)
+
+
 def _unpacked(input_ids: Any, attention_mask: Any, token_type_ids: Any) -> tuple[Any, Any, Any]:
     """(input_ids, attention_mask, token_type_ids) of a call, which may pass one mapping of them (engine(engine.
     tokenize(texts)))."""
