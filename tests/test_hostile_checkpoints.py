@@ -186,10 +186,26 @@ def test_a_header_over_the_format_limit_is_said_so(tmp_path, monkeypatch):
     ({"a": {**F32x2, "data_offsets": [0, 8.0]}}, 8, "data_offsets must be"),
     ({"a": {**F32x2, "data_offsets": [0, 8, 16]}}, 16, "data_offsets must be"),
     ({"a": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, 8, "shape must be a list"),
+    # what the safetensors library calls "file not fully covered": bytes after the last tensor, or between two
+    ({"a": {**F32x2, "data_offsets": [0, 8]}}, 11, "3 of its 11 data bytes belong to no tensor"),
+    ({"a": {**F32x2, "data_offsets": [0, 8]}, "b": {**F32x2, "data_offsets": [12, 20]}}, 20,
+     "4 of its 20 data bytes belong to no tensor"),
 ])
 def test_hostile_offsets_refused(tmp_path, header, data_size, match):
     with pytest.raises(ModelLoadError, match=match):
         read_safetensors_header(_write(tmp_path, _file(header, data_size)))
+
+
+def test_uncovered_bytes_refused_as_the_safetensors_library_does(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"a": np.ones(2, np.float32)}, str(path))
+    read_safetensors_header(path)
+    with open(path, "ab") as f:
+        f.write(b"xyz")
+    with pytest.raises(Exception, match="not fully covered"):
+        load_file(str(path))
+    with pytest.raises(ModelLoadError, match="3 of its 11 data bytes belong to no tensor"):
+        read_safetensors_header(path)
 
 
 def test_deeply_nested_json_refused(small_model, tmp_path):

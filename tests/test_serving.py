@@ -305,8 +305,8 @@ def test_metrics_count_the_traffic(minilm_server, minilm_engine):
     assert delta(before, after, "bortengine_requests_total", route="other", status="404") == 1
     assert delta(before, after, "bortengine_requests_total", route="/v1/tokenize", status="200") == 1
     assert delta(before, after, "bortengine_request_seconds_count", route=route) == len(requests) + 1
-    assert delta(before, after, "bortengine_texts_total", route="embeddings") == len(texts)
-    assert delta(before, after, "bortengine_tokens_total", route="embeddings") == sum(min(n, MAX_TOKENS)
+    assert delta(before, after, "bortengine_texts_total", route="/v1/embeddings") == len(texts)
+    assert delta(before, after, "bortengine_tokens_total", route="/v1/embeddings") == sum(min(n, MAX_TOKENS)
                                                                                      for n in counts)
     assert delta(before, after, "bortengine_truncated_texts_total") == sum(n > MAX_TOKENS for n in counts) == 1
     # every text went through a forward, each request was queued and tokenized once (/v1/tokenize's too)

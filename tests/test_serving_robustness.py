@@ -301,7 +301,7 @@ def post_embeddings(server, texts: list[str]) -> httpx.Response:
 
 
 def texts_read(client) -> float:
-    return scrape(client).get(("bortengine_texts_total", (("route", "embeddings"),)), 0.0)
+    return scrape(client).get(("bortengine_texts_total", (("route", "/v1/embeddings"),)), 0.0)
 
 
 def test_a_client_that_disconnects_has_its_queued_work_dropped(minilm):
@@ -332,7 +332,7 @@ def test_a_client_that_disconnects_has_its_queued_work_dropped(minilm):
     assert still_busy > 1, "the busy requests ended before the leaving one was queued: give them more work"
     assert delta(before, after, "bortengine_requests_total", route="/v1/embeddings", status="499") == 1
     # every text was read; the busy requests' were computed, the leaving one's never reached a forward
-    assert delta(before, after, "bortengine_texts_total", route="embeddings") == (len(busy) + 1) * MAX_ITEMS
+    assert delta(before, after, "bortengine_texts_total", route="/v1/embeddings") == (len(busy) + 1) * MAX_ITEMS
     assert delta(before, after, "bortengine_batch_sequences_sum") == len(busy) * MAX_ITEMS
     assert delta(before, after, "bortengine_requests_total", route="/v1/embeddings", status="200") == len(busy)
 

@@ -112,6 +112,40 @@ def test_pretrain_interrupt_says_how_to_resume(tmp_path, teacher_dir, capsys, mo
                                                f"resume from the last checkpoint in {run}")
 
 
+def test_export_of_an_interrupted_run_says_it_is_mid_run(tmp_path, teacher_dir, capsys, monkeypatch):
+    """Ctrl-C after the first of 3 steps: the checkpoint kept is exported with a warning naming the step; once the
+    same command has finished the run, its export has none."""
+    import signal
+    import warnings
+
+    from bortengine.training import UnfinishedRunWarning
+    from bortengine.training.loop import TrainingLoop
+
+    take_step = TrainingLoop.take_step
+
+    def ctrl_c_after_the_first(loop, *args, **kwargs):
+        outcome = take_step(loop, *args, **kwargs)
+        if loop.step == 1:
+            signal.raise_signal(signal.SIGINT)      # held by the loop until the step's end, as a real Ctrl-C is
+        return outcome
+
+    run = tmp_path / "run"
+    argv = ["pretrain", "--arch", "1,2,16,32", "--teacher", str(teacher_dir), "--out", str(run), "--max-steps", "3",
+            "--batch-size", "4", "--max-length", "32", "--max-documents", "12", "--threads", "1", "--no-progress",
+            "--no-eval"]
+    monkeypatch.setattr(TrainingLoop, "take_step", ctrl_c_after_the_first)
+    assert main(argv) == 130
+    monkeypatch.setattr(TrainingLoop, "take_step", take_step)
+    with pytest.warns(UnfinishedRunWarning, match=r"pretrain run interrupted at step 1, before its end"):
+        assert main(["export", str(run), "--out", str(tmp_path / "early"), "--no-check"]) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert _json_tail(capsys.readouterr().out)["steps"] == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnfinishedRunWarning)
+        assert main(["export", str(run), "--out", str(tmp_path / "model"), "--no-check"]) == 0
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--train-limit", "0"], "argument --train-limit: expected a positive integer"),
     (["--time-budget", "1.5d"], "argument --time-budget: a duration is seconds"),

@@ -310,6 +310,13 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
     for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:]):
         if begin_b < end_a:
             raise ModelLoadError(f"{path} is corrupt: tensors {name_a} and {name_b} overlap")
+    # Bytes no tensor covers (a gap, or anything after the last tensor) are refused as the safetensors library
+    # refuses them ("file not fully covered"): what transformers cannot load is not loaded here either.
+    uncovered = data_size - sum(e.nbytes for e in entries.values())
+    if uncovered:
+        raise ModelLoadError(
+            f"{path} is corrupt: {uncovered} of its {data_size} data bytes belong to no tensor (after the last one "
+            f"or between two); the safetensors library refuses such a file too. Re-download or re-save it")
     return entries
 
 

@@ -169,7 +169,7 @@ class ModelService:
             start = time.perf_counter()   # the ids and the counts before the cut (encode_counted)
             encodings, counts = await self._off_loop(req, engine.tokenizer.encode_counted, req.texts,
                                                      self.max_input_tokens, req.pairs)
-        self.metrics.record_texts("tokenize", len(counts), sum(len(e.ids) for e in encodings), 0,
+        self.metrics.record_texts("/v1/tokenize", len(counts), sum(len(e.ids) for e in encodings), 0,
                                   time.perf_counter() - start)
         return JSONAnswer(tokenize_response(encodings, counts, self.max_input_tokens, self.name))
 
@@ -264,7 +264,7 @@ class ModelService:
                                 f"{e.max_length} tokens", param="input" if route != "rerank" else "documents",
                            code="context_length_exceeded") from None
         tokenize_s = time.perf_counter() - start
-        self.metrics.record_texts(route, len(texts), texts.tokens, len(texts.truncated), tokenize_s)
+        self.metrics.record_texts(f"/v1/{route}", len(texts), texts.tokens, len(texts.truncated), tokenize_s)
         return texts
 
     @staticmethod

@@ -20,10 +20,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from bortengine.training.errors import NothingTrainedError, SplitOverlapWarning, TrainingError
+from bortengine.training.errors import NothingTrainedError, SplitOverlapWarning, TrainingError, UnfinishedRunWarning
 
 __all__ = [
-    "TrainingError", "NothingTrainedError", "SplitOverlapWarning",
+    "TrainingError", "NothingTrainedError", "SplitOverlapWarning", "UnfinishedRunWarning",
     "default_teacher_path", "load_teacher", "TeacherBundle", "teacher_bundle", "teacher_classifier",
     "build_model", "architecture_of", "encoder_of", "count_parameters", "load_pretrained",
     "Importance", "measure_importance", "slice_init", "too_large_to_slice",

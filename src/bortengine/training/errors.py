@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["TrainingError", "NothingTrainedError", "SplitOverlapWarning"]
+__all__ = ["TrainingError", "NothingTrainedError", "SplitOverlapWarning", "UnfinishedRunWarning"]
 
 
 class TrainingError(BortEngineError, ValueError):
@@ -24,3 +24,8 @@ class NothingTrainedError(TrainingError):
 class SplitOverlapWarning(UserWarning):
     """Examples of dev or test are in train too (the same text, and pair): their accuracy is partly accuracy on
     training data."""
+
+
+class UnfinishedRunWarning(UserWarning):
+    """A pretrain or finetune run's checkpoint was read (to export it, or to start from it) while the run had not
+    ended: it was interrupted, and its command, run again, would continue it."""

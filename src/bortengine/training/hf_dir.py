@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Optional
 
 from bortengine.files import atomic_write_json, read_json
-from bortengine.training.errors import TrainingError
+from bortengine.training.errors import TrainingError, UnfinishedRunWarning
 
 __all__ = ["write_hf_directory", "run_model", "trained_model", "run_directory", "model_subdirectories",
            "relabel_classifier", "TOKENIZER_FILES"]
@@ -140,6 +141,7 @@ def trained_model(run: str | os.PathLike):
     run = run_directory(run)
     if (run / CHECKPOINT_FILE).is_file():
         checkpoint = read_checkpoint(run / CHECKPOINT_FILE, ("pretrain", "finetune"))
+        _warn_if_unfinished(checkpoint)
         if checkpoint.kind == "pretrain":                     # the student encoder, without its MLM head
             config = checkpoint.state["config"]
             model = build_model(Architecture.from_dict(config["student"]), dropout=0.0)
@@ -155,6 +157,18 @@ def trained_model(run: str | os.PathLike):
             model.config.label2id = {name: i for i, name in enumerate(labels)}
         return model, checkpoint.state["tokenizer_dir"], checkpoint.state.get("max_length")
     return _hf_model(run), str(run), None
+
+
+def _warn_if_unfinished(checkpoint) -> None:
+    """An UnfinishedRunWarning when the checkpoint was written before its run ended (an interrupted run: "ended" is
+    the loop's stop reason, None mid-run; a checkpoint of an older bortengine does not say, and is taken as it is)."""
+    if "ended" not in checkpoint.state or checkpoint.state["ended"] is not None:
+        return
+    chosen = " (the best on dev so far)" if checkpoint.kind == "finetune" and checkpoint.group("best") else ""
+    warnings.warn(UnfinishedRunWarning(
+        f"{checkpoint.path} is the checkpoint of a {checkpoint.kind} run interrupted at step "
+        f"{checkpoint.state.get('step')}, before its end: the model read is its weights at that step{chosen}. Run "
+        f"the run's command again to finish it first"), stacklevel=3)
 
 
 def run_model(run: str | os.PathLike):

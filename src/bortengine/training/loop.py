@@ -248,6 +248,7 @@ class TrainingLoop:
         self.step, self.epoch, self.cursor, self.tokens = 0, 0, 0, 0   # cursor: batches of `epoch` done
         self.run_tokens, self.run_seconds = 0, 0.0                     # this call's, for the throughput shown
         self.last_loss = float("nan")                                  # of this call's last step
+        self.ended: Optional[str] = None   # run()'s stop reason once it ends: checkpoints before then are mid-run
         self.progress_label = progress
         self.after: Callable[[], float] = lambda: 0.0   # seconds of the caller's work after the loop (a budget's)
         self._step_seconds: deque[float] = deque(maxlen=STEP_WINDOW)
@@ -359,6 +360,7 @@ class TrainingLoop:
         finally:
             if progress is not None:
                 progress.show(f"step {self.step}", final=True, left=self._left())
+        self.ended = reason
         if checkpoint is not None:
             checkpoint.save(self)
         return reason
@@ -405,7 +407,7 @@ class TrainingLoop:
         optimizer_state, tensors = _optimizer_contents(self.optimizer)
         state = {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "tokens": self.tokens,
                  "wall": self.budget.wall, "cpu": self.budget.cpu, "elapsed": self.budget.elapsed,
-                 "optimizer": optimizer_state}
+                 "optimizer": optimizer_state, "ended": self.ended}
         tensors["rng/torch"] = torch.get_rng_state().numpy()
         if self.selection is not None:
             state["selection"], best = self.selection.contents()
