@@ -210,6 +210,25 @@ def raw_request(server, head: str, body: bytes = b"") -> tuple[http.client.HTTPR
     return response, sock
 
 
+@pytest.mark.parametrize("head", [
+    "GARBAGE",                                                          # no request line
+    "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nno colon in this header",
+    "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: -5",
+    "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc",
+])
+def test_a_request_that_is_not_http_gets_a_json_400(minilm_server, head):
+    """uvicorn's parser refuses it before the app sees it; its answer was a text/plain line."""
+    response, sock = raw_request(minilm_server, head)
+    with sock:
+        body = response.read()
+    assert response.status == 400 and response.getheader("content-type") == "application/json", body
+    error = json.loads(body)["error"]
+    assert set(error) == ERROR_FIELDS and error["code"] == "invalid_http", error
+    assert "not valid HTTP/1.1" in error["message"] and response.getheader("connection") == "close"
+    with minilm_server.client() as client:
+        assert client.get("/health").status_code == 200
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_read(minilm_server):
     # a declared length over the limit: 413 at once, with not one byte of the body sent
     declared, sock = raw_request(minilm_server, f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import signal
 import socket
@@ -21,6 +22,7 @@ import uvicorn
 from bortengine.engine import ModelConfig, transformer_directory
 from bortengine.errors import ModelLoadError, UsageError
 from bortengine.serving.app import ModelService, check_input_limit, create_app
+from bortengine.serving.errors import error_body
 from bortengine.serving.options import ServeOptions
 
 __all__ = ["serve", "listening_socket", "url"]
@@ -51,7 +53,8 @@ def serve(model_dir: str | Path, options: ServeOptions = ServeOptions(),
 
     app = create_app(model_dir, options, on_ready=ready, on_failure=failed)
     config = uvicorn.Config(app, lifespan="on", access_log=options.access_log, log_level=options.log_level,
-                            timeout_graceful_shutdown=options.graceful_timeout, backlog=BACKLOG)
+                            timeout_graceful_shutdown=options.graceful_timeout, backlog=BACKLOG,
+                            http=json_400_protocol())
     if options.access_log:
         # uvicorn writes its access lines at INFO, so --log-level warning would silence the log asked for
         logging.getLogger("uvicorn.access").setLevel(min(logging.INFO, logging.getLogger("uvicorn.access").level))
@@ -75,6 +78,31 @@ def _check_options_against_config(model_dir: str | Path, options: ServeOptions) 
     except ModelLoadError:
         return
     check_input_limit(options.max_input_tokens, config)
+
+
+def json_400_protocol() -> type:
+    """The HTTP protocol uvicorn picks by default (httptools when installed, else h11), answering a request it cannot
+    parse (a malformed request line or header, headers past the parser's limits) with the JSON error body every
+    other refusal of the server has, where uvicorn writes a text/plain line."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Protocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Protocol
+
+    class JSON400Protocol(Protocol):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps(error_body(
+                f"the request is not valid HTTP/1.1 ({msg.rstrip('.')}): check its request line and headers "
+                f"(one 'Name: value' a line, each line ending in CRLF)", "invalid_request_error",
+                code="invalid_http")).encode()
+            head = [b"HTTP/1.1 400 Bad Request\r\n"]
+            head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+            head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
+                     b"connection: close\r\n\r\n"]
+            self.transport.write(b"".join(head) + body)
+            self.transport.close()
+
+    return JSON400Protocol
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
