@@ -405,6 +405,8 @@ BAD = {   # name: (file name, what to write (text, bytes, or a function of the p
     "quoted empty text": ("a.csv", csv_text(with_row('""', column=0)), {}, r"row 4: the 'text' value is empty"),
     "whitespace text": ("a.tsv", csv_text(with_row(" \t ", 5, 0), "text\tlabel", "\t").replace(" \t ", '" \t "'), {},
                         r"row 5: the 'text' value is empty \(only whitespace\)"),
+    "zero-width text": ("a.jsonl", jsonl_text(records(with_row("\u200b \ufeff", 3, 0))), {},
+                        r"row 3: the 'text' value is empty \(only whitespace and the invisible U\+200B, U\+FEFF\)"),
     "null text": ("a.jsonl", jsonl_text(records(with_row(None, 4, 0))), {}, r"row 4: the 'text' value is empty"),
     "text key missing": ("a.jsonl", jsonl_text([r if i != 2 else {"label": "great"} for i, r in
                                                 enumerate(records(GOOD))]), {}, r"row 3: the 'text' value is empty"),

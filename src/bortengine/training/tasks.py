@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import unicodedata
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
@@ -692,10 +693,22 @@ def _checked_texts(values: list[Any], path: Path, column: str) -> list[str]:
         if not isinstance(value, str):
             raise TrainingError(f"{path}, row {i + 1}: the {column!r} value is {value!r} "
                                 f"({type(value).__name__}), not text")
-        if not value.strip():
-            raise TrainingError(f"{path}, row {i + 1}: the {column!r} value is empty (only whitespace); every "
-                                f"example needs text")
+        if not value.strip(_INVISIBLE):
+            raise TrainingError(f"{path}, row {i + 1}: the {column!r} value is empty (only whitespace"
+                                f"{_invisible(value)}); every example needs text")
     return values
+
+
+# Whitespace and the format characters (zero-width space and joiners, the byte-order mark...) that a WordPiece
+# tokenizer drops: a text of only these is an empty text to the model.
+_INVISIBLE = "".join(chr(c) for c in range(0x3100) if chr(c).isspace() or unicodedata.category(chr(c)) == "Cf") \
+    + "\ufeff"
+
+
+def _invisible(value: str) -> str:
+    """How an empty text is made up, when it holds more than whitespace: the invisible characters it has."""
+    shown = sorted({f"U+{ord(c):04X}" for c in value if not c.isspace()})
+    return f" and the invisible {', '.join(shown)}" if shown else ""
 
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
