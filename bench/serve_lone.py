@@ -34,7 +34,8 @@ from serve_processes import (LoadTestError, ServerProcess, free_port, run_client
                              wrk_argv, wrk_version)
 from serve_report import level_from_report  # noqa: E402
 
-VARIANTS = {"on-loop": [], "threads-only": ["--no-forwards-on-loop"]}
+# A: the server as it is; B: the same with other options (--b NAME=OPTIONS; by default every forward in threads)
+DEFAULT_B = "threads-only=--no-forwards-on-loop"
 FLOORS = ("stack", "loopback")
 
 
@@ -82,7 +83,8 @@ def run(args) -> dict:
     texts_file.write_text(json.dumps(texts), encoding="utf-8")
     print(f"{args.texts}: {stats['count']} texts, median {stats['tokens_median']:g} tokens", flush=True)
     refs = [inprocess(args, texts_file)]
-    servers = [start(name, args, extra) for name, extra in VARIANTS.items()]
+    variants = {"on-loop": [], args.b_name: args.b_options}
+    servers = [start(name, args, extra) for name, extra in variants.items()]
     if args.floor:
         servers += [start(name, args, []) for name in FLOORS]
     rounds = []
@@ -100,13 +102,14 @@ def run(args) -> dict:
         for s in servers:
             s.stop()
     refs.append(inprocess(args, texts_file))
-    a, b = VARIANTS
+    a, b = variants
     med = {s.name: statistics.median(row[s.name]["p50_ms"] for row in rounds) for s in servers}
     ref = statistics.median(x["p50_ms"] for x in refs)
     summary = {"median_p50_ms": med, "inprocess_after_pause_p50_ms": ref,
-               "served_minus_inprocess_ms": {n: med[n] - ref for n in VARIANTS},
+               "served_minus_inprocess_ms": {n: med[n] - ref for n in variants},
                f"rounds_{a}_faster": sum(row[a]["p50_ms"] < row[b]["p50_ms"] for row in rounds),
                "ratio_median": statistics.median(row[b]["p50_ms"] / row[a]["p50_ms"] for row in rounds)}
+    summary["b"] = {"name": b, "options": variants[b]}
     return {"meta": {"model": str(args.model), "dtype": args.dtype, "threads": args.threads, "texts": args.texts,
                      "text_stats": stats, "pause_ms": args.pause_ms, "seconds": args.seconds, "floor": args.floor,
                      "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
@@ -126,8 +129,15 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=int, default=6, help="seconds per server and round")
     p.add_argument("--pause-ms", type=float, default=50.0)
     p.add_argument("--floor", action="store_true", help="add servers that do no work (bench/serve_floor.py)")
+    p.add_argument("--b", default=DEFAULT_B, metavar="NAME=OPTIONS",
+                   help=f"the server compared with the default one: a name and its serve options, space-separated "
+                        f"(default {DEFAULT_B!r}; e.g. 'nice0=--worker-nice 0')")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "serve_lone")
     args = p.parse_args(argv)
+    name, _, options = args.b.partition("=")
+    if not name or name in ("on-loop",) + FLOORS:
+        p.error(f"--b {args.b!r}: give NAME=OPTIONS with a name other than on-loop, stack, loopback")
+    args.b_name, args.b_options = name, options.split()
     args.model = args.model or str(minilm_path())
     try:
         result = run(args)
@@ -142,7 +152,7 @@ def main(argv=None) -> int:
           + f"; in-process after the same pause {s['inprocess_after_pause_p50_ms']:.3f} ms; served minus in-process "
           + ", ".join(f"{n} {v:+.3f} ms" for n, v in s["served_minus_inprocess_ms"].items())
           + f" (target <= 0.5); on-loop faster in {s['rounds_on-loop_faster']} of {args.rounds} rounds, "
-            f"threads-only / on-loop {s['ratio_median']:.3f}")
+            f"{s['b']['name']} / on-loop {s['ratio_median']:.3f}")
     if args.floor:
         print("servers that do no work (bench/serve_floor.py), median p50: "
               + ", ".join(f"{n} {s['median_p50_ms'][n]:.3f} ms" for n in FLOORS)

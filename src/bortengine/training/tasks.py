@@ -359,8 +359,9 @@ def _split_from_train(train: list[TextExample], roles: list[str], spec: DataSpec
     need = 1 + len(roles)
     short = {labels[c]: len(rows) for c, rows in sorted(by_class.items()) if len(rows) < need}
     if short:
-        named = dict(list(short.items())[:SHOWN_CLASSES])
-        more = f" and {len(short) - len(named)} more" if len(short) > len(named) else ""
+        # (class names cut: a column of free text taken for the labels has a review for a name)
+        named = "{" + ", ".join(f"{_shown(name, 40)}: {n}" for name, n in list(short.items())[:SHOWN_CLASSES]) + "}"
+        more = f" and {len(short) - SHOWN_CLASSES} more" if len(short) > SHOWN_CLASSES else ""
         # most classes being one or two rows: a column of free text taken for the labels
         swapped = (f"; {len(labels)} classes in {len(train)} rows: is {spec.label_column!r} the column of labels?"
                    if len(labels) > len(train) / 2 else "")
