@@ -440,8 +440,8 @@ BAD = {   # name: (file name, what to write (text, bytes, or a function of the p
     "columns swapped, long texts": ("a.csv", csv_text([(("great", "other")[i % 2], f"review {i} " + "words " * 80)
                                                        for i in range(30)], "label,text"),
                                     {"text_column": "label", "label_column": "text"},
-                                    r"too few of \{'review 0 words words words words words w...': 1, [^}]{0,600}\} and 20 "
-                                    r"more; 30 classes"),
+                                    r"too few of \{'review 0 words words words words words w...': 1, "
+                                    r"[^}]{0,600}\} and 20 more; 30 classes"),
     "too small for dev alone": ("a.csv", csv_text(GOOD + [("a rare one", "rare")]),
                                 {"test": csv_text([(f"held out {i}", y) for i, (_, y) in enumerate(GOOD)])},
                                 r"splitting dev from train needs at least 2 examples .*\{'rare': 1\}"),
