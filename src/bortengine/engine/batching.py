@@ -28,6 +28,14 @@ What they do with a forward's outputs (pooling, a head) runs in the thread that 
 the loop then does no array work, whose NumPy calls release the GIL and wait to get it back from the forward's
 thread (measured in the server: ~0.2 ms per request spent waiting in pooling's few microseconds of work).
 A request may carry a deadline: still queued when it passes, it is dropped with DeadlineExceeded.
+
+Interrupts (Ctrl-C in a synchronous caller on the main thread: Python raises KeyboardInterrupt at a function's entry
+or after any call, anywhere in this module's bookkeeping): every lane a call opens, takes over or hands on is counted
+in its _Held in the same run of plain assignments that changes _leaders, before the next call, so the handler of
+the interrupted call closes exactly the lanes it still holds and hands the queue on (_release). Requests move into a
+forward's batch before they leave the queue, and a waiting caller looks at its request every RECHECK_S as well as
+when woken, so that an interrupt between marking a request and setting its event loses no one. Left, each of these
+hung the engine for good after a few hundred Ctrl-Cs of a loop of short calls (a new-user trial).
 """
 from __future__ import annotations
 
@@ -70,6 +78,9 @@ LANE_MIN_TOKENS = 24
 # IDLE_LEAD_S, so the burst's requests are queued and batched by the worker threads as before.
 IDLE_LEAD_S = 0.005
 LOOP_LEAD_TOKENS = 32
+# How often a waiting synchronous caller looks at its request without being woken (see the module's docstring).
+RECHECK_S = 0.1
+_ENDED = ("done", "failed", "cancelled")
 
 
 @dataclass
@@ -91,7 +102,7 @@ class _Request:
     """One call's padded inputs [b, t] and what becomes of them."""
 
     __slots__ = ("ids", "mask", "types", "tokens", "enqueued", "deadline", "tokenize_s", "state", "result",
-                 "error", "event", "lead", "on_done", "then", "finished")
+                 "error", "gate", "lead", "on_done", "then", "finished")
 
     def __init__(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray],
                  deadline: Optional[float], tokenize_s: float, on_done: Optional[Callable[["_Request"], None]],
@@ -104,7 +115,9 @@ class _Request:
         self.state = "queued"                      # queued -> running -> done | failed | cancelled
         self.result: Any = None
         self.error: Optional[BaseException] = None
-        self.event = None if on_done else threading.Event()   # synchronous callers wait on it
+        # synchronous callers wait on it: a raw lock, locked until signal() (threading.Event is not safe to interrupt:
+        # a Ctrl-C inside its wait can leave its Condition's lock held, and the next set() then blocks for good)
+        self.gate = None if on_done else _locked()
         self.lead = False                          # woken to lead the next forward
         self.on_done = on_done                     # asyncio callers: called (any thread) when finished
         self.then = then                           # applied to the forward's rows in the leading thread
@@ -115,7 +128,25 @@ class _Request:
         if self.on_done is not None:
             self.on_done(self)
         else:
-            self.event.set()
+            self.signal()
+
+    def signal(self) -> None:
+        """Wake the synchronous caller (once more is harmless: it was woken, or will see why when it looks)."""
+        try:
+            self.gate.release()
+        except RuntimeError:
+            pass
+
+
+class _Held:
+    """The lanes one call (or one worker's lead) holds, and whether its forward is the wide one: changed only next to
+    the change of ForwardQueue._leaders / _wide it stands for, with no call between (see the module's docstring)."""
+
+    __slots__ = ("n", "wide", "handed")
+
+    def __init__(self, n: int = 0):
+        self.n, self.wide = n, False
+        self.handed: Optional[str] = None   # a worker's ticket (_submit_lead): "claimed" by it, or "cancelled"
 
 
 class ForwardQueue:
@@ -143,6 +174,7 @@ class ForwardQueue:
         self._idle_since = time.monotonic()        # when the last lane closed (while _leaders == 0)
         self._wide = False                         # a forward on all threads runs: no other may run beside it
         self._listeners: list[Callable[[BatchRecord], None]] = []
+        self._notifying = threading.local()     # .active: this thread runs batch listeners
         self._workers = workers
         self._pool: Optional[ThreadPoolExecutor] = None
         _QUEUES.add(self)
@@ -176,49 +208,82 @@ class ForwardQueue:
     def run(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray],
             deadline: Optional[float] = None, tokenize_s: float = 0.0):
         """(hidden [b,t,H], pooled [b,H] or None) of one request, computed alone or with others'."""
-        if deadline is None:
-            with self._lock:
-                idle = self._leaders == 0          # (the queue is then empty)
-                if idle:
-                    self._leaders, self._wide = 1, True
-            if idle:
-                return self._run_alone(ids, mask, types, tokenize_s)
-        request = _Request(ids, mask, types, deadline, tokenize_s, None)
+        self._check_not_notifying()
+        held, request = _Held(), None
         try:
-            if self._enqueue(request) is not None:
-                self._lead(own=request)
-            while True:
-                request.event.wait()
+            if deadline is None:
                 with self._lock:
-                    lead, request.lead = request.lead, False
+                    if self._leaders == 0:          # idle (the queue is then empty)
+                        self._leaders, self._wide, held.n, held.wide = 1, True, 1, True
+                if held.n:
+                    return self._run_alone(ids, mask, types, tokenize_s, held)
+            request = _Request(ids, mask, types, deadline, tokenize_s, None)
+            if self._enqueue(request, held) is not None:
+                self._lead(own=request, held=held)
+            while True:
+                self._wait(request)
+                with self._lock:
+                    lead = request.lead
                     if lead:
-                        request.event.clear()
+                        request.lead, held.n = False, held.n + 1
                 if not lead:
                     return self._outcome(request)
-                self._lead(request, own=request)
+                self._lead(request, own=request, held=held)
         except BaseException:   # Ctrl-C (or a signal handler's exception) while it waited or led; or its outcome
-            self._abandon(request)
+            if request is not None:
+                self._abandon(request, held)
+            self._release(held)
             raise
 
-    def _abandon(self, request: _Request) -> None:
+    @staticmethod
+    def _wait(request: _Request) -> None:
+        """Until the request is signalled, or (RECHECK_S at a time) it is marked to lead or has ended: an interrupt of
+        the thread that marked it may have come before it signalled."""
+        while not request.gate.acquire(timeout=RECHECK_S):
+            if request.lead or request.finished or request.state in _ENDED:
+                return
+
+    def _abandon(self, request: _Request, held: _Held) -> None:
         """A synchronous caller interrupted while it waited or led: its request leaves the queue; a lane passed to
-        it (woken to lead, not started) is handed on, as it would have been after its forward. Nothing for a
-        request that has its outcome."""
+        it (woken to lead, not started) becomes the caller's, for _release to hand on. Nothing for a request that
+        has its outcome."""
         with self._lock:
             if request.state == "queued":
-                try:
-                    self._queue.remove(request)
-                    self._queued_tokens -= request.tokens
-                except ValueError:
-                    pass
                 request.state = "cancelled"
+                if request in self._queue:
+                    self._queued_tokens -= request.tokens
+                    self._queue.remove(request)
                 return
-            led, request.lead = request.lead, False
-        if led:
-            self._hand_over(False, lead_here=False)
+            if request.lead:
+                request.lead, held.n = False, held.n + 1
+
+    def _release(self, held: _Held) -> None:
+        """After an interrupt: the lanes the call still holds close (the wide forward with them), and if nobody leads
+        the queue then, it is handed on as after a forward."""
+        if not held.n and not held.wide:
+            return
+        with self._lock:
+            if held.wide:
+                self._wide, held.wide = False, False
+            self._leaders, held.n = self._leaders - held.n, 0
+            if self._leaders < 0:   # a lane handed to a worker just before the interrupt was counted by both
+                self._leaders = 0
+            orphaned = bool(self._queue) and self._leaders == 0
+            if orphaned:
+                self._leaders, held.n = 1, 1
+            elif self._leaders == 0:
+                self._idle_since = time.monotonic()
+        if orphaned:
+            self._hand_over(False, held, lead_here=False)
+
+    def _check_not_notifying(self) -> None:
+        if getattr(self._notifying, "active", False):
+            raise RuntimeError("an engine call from inside a batch listener: the listener runs in the thread that "
+                               "leads the forward, before it hands the queue on, so the call would wait for itself; "
+                               "hand the work to another thread (e.g. a queue.Queue a thread of yours reads)")
 
     def _run_alone(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray],
-                   tokenize_s: float):
+                   tokenize_s: float, held: _Held):
         """The forward of a synchronous caller that found the encoder idle (it holds the only lane, wide): straight
         on all threads, as _lead would run it, without a queued request, its event and the queue's hand-offs: tens
         of microseconds of Python a call, which on a small model's short text are a fifth of its time. Requests
@@ -232,7 +297,7 @@ class ForwardQueue:
                 self._notify(BatchRecord(len(ids), _real_tokens(ids, mask), 1, time.monotonic() - start, [0.0],
                                          [tokenize_s], self.threads))
         finally:
-            self._hand_over(True, lead_here=False)
+            self._hand_over(True, held, lead_here=False)
         return result
 
     # -------------------------------------------------------------------------------------------- asyncio callers
@@ -262,6 +327,7 @@ class ForwardQueue:
         then queues the request itself (no thread hop while the encoder is busy; a worker leads when it is idle,
         or with lead_on_loop, the loop itself for a short request after the encoder was idle a while: IDLE_LEAD_S).
         Cancelling the awaiting task removes the request if it is still queued."""
+        self._check_not_notifying()
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         holder: list[_Request] = []
@@ -282,12 +348,19 @@ class ForwardQueue:
             ids, mask, types = prepare()
             request = _Request(ids, mask, types, deadline, time.perf_counter() - start, done, then)
             holder.append(request)
-            idle_for = self._enqueue(request)
-            if idle_for is not None:
-                if lead_on_loop and request.tokens <= LOOP_LEAD_TOKENS and idle_for >= IDLE_LEAD_S:
-                    self._lead()        # on the loop; a request queued meanwhile is handed to a worker after it
-                else:
-                    self._submit(self._lead)
+            held = _Held()
+            try:
+                idle_for = self._enqueue(request, held)
+                if idle_for is not None:
+                    if lead_on_loop and request.tokens <= LOOP_LEAD_TOKENS and idle_for >= IDLE_LEAD_S:
+                        self._lead(held=held)   # on the loop; a request queued meanwhile goes to a worker after it
+                    else:
+                        self._submit_lead(held)
+            except BaseException:           # the loop's thread interrupted (Ctrl-C under asyncio.run)
+                future.cancel()             # (nobody will await it)
+                self.cancel(request)
+                self._release(held)
+                raise
             return await self._settled(future, holder, abandoned)
 
         def submit() -> None:
@@ -301,8 +374,9 @@ class ForwardQueue:
             holder.append(request)
             if abandoned.is_set():         # cancelled while it was tokenized: never queued
                 return
-            if self._enqueue(request) is not None:
-                self._lead()               # this worker may go on leading forwards for later requests
+            held = _Held()
+            if self._enqueue(request, held) is not None:
+                self._lead(held=held)      # this worker may go on leading forwards for later requests
 
         # The result is awaited, not submit()'s end: a worker that leads goes on leading while requests keep coming
         # (under load, for seconds), and this request's answer must not wait for that.
@@ -336,53 +410,71 @@ class ForwardQueue:
         return True
 
     # ------------------------------------------------------------------------------------------------- the queue
-    def _enqueue(self, request: _Request) -> Optional[float]:
-        """Queue the request. Not None if the caller leads a forward now: the seconds the encoder had been idle, or 0
-        when narrow lanes run, one is free and enough is queued (_enough_for_lanes)."""
+    def _enqueue(self, request: _Request, held: _Held) -> Optional[float]:
+        """Queue the request. Not None if the caller leads a forward now (a lane counted in held): the seconds the
+        encoder had been idle, or 0 when narrow lanes run, one is free and enough is queued (_enough_for_lanes)."""
         with self._lock:
-            self._queue.append(request)
             self._queued_tokens += request.tokens
+            self._queue.append(request)
             if self._leaders == 0:
-                self._leaders = 1
+                self._leaders, held.n = 1, held.n + 1
                 return time.monotonic() - self._idle_since
             if not self._wide and self._leaders < self.lanes and self._enough_for_lanes(len(self._queue),
                                                                                          self._queued_tokens):
-                self._leaders += 1
+                self._leaders, held.n = self._leaders + 1, held.n + 1
                 return 0.0
             return None
 
-    def _lead(self, first: Optional[_Request] = None, own: Optional[_Request] = None) -> None:
+    def _lead(self, first: Optional[_Request] = None, own: Optional[_Request] = None,
+              held: Optional[_Held] = None) -> None:
         """Run forwards of queued requests until the queue is empty or the next is led by a woken caller. first: the
         request of the caller woken to lead (_pass_lead), taken off the queue for it. own: the leading caller's
         request; an interrupt of this thread (Ctrl-C) fails that call alone: the other requests of its forward go
-        back to the queue, and the lane is handed on (it was kept, and every later call waited for it)."""
-        while True:
-            batch, threads, wide = self._take(first)
-            first = None
-            try:
-                if batch:
-                    self._compute(batch, threads)
-            except BaseException:          # not the forward's error (each request's): this thread's interrupt
-                self._requeue([r for r in batch if r is not own and not r.finished])
-                self._hand_over(wide, lead_here=False)
-                raise
-            if not self._hand_over(wide):
-                return
+        back to the queue, and the lane is handed on (it was kept, and every later call waited for it). held: the
+        caller's lanes, of which this lead holds one (None: a worker's lead of the lane handed to it)."""
+        if held is None:
+            held = _Held(1)
+        try:
+            while True:
+                batch: list[_Request] = []
+                try:
+                    threads, wide = self._take(first, held, batch)
+                    first = None
+                    if batch:
+                        self._compute(batch, threads)
+                except BaseException:      # not the forward's error (each request's): this thread's interrupt
+                    self._requeue([r for r in batch if r is not own and r.state == "running"])
+                    for request in batch:  # computed, but interrupted before its caller was told
+                        if request is not own and request.state in _ENDED and not request.finished:
+                            request.finish()
+                    raise
+                if not self._hand_over(wide, held):
+                    return
+        except BaseException:
+            self._release(held)
+            raise
 
     def _requeue(self, requests: list[_Request]) -> None:
-        """Put requests back at the queue's front, in their order, to be computed by another forward."""
+        """Put requests back at the queue's front, in their order, to be computed by another forward (those an
+        interrupt left in the queue as they were being taken are there already)."""
         with self._lock:
             for request in reversed(requests):
+                if request in self._queue:
+                    request.state = "queued"
+                    continue
                 request.state, request.result, request.error = "queued", None, None
-                self._queue.appendleft(request)
                 self._queued_tokens += request.tokens
+                self._queue.appendleft(request)
 
-    def _take(self, first: Optional[_Request] = None) -> tuple[list[_Request], int, bool]:
+    def _take(self, first: Optional[_Request], held: _Held, batch: list[_Request]) -> tuple[int, bool]:
         """The oldest queued requests that fit max_batch_tokens (at least one; expired ones are failed), and the
         threads to run them on: all, when this is the only lane and too little is queued for lanes; else a lane's
         share, the queue then shared (half of its tokens each) with a lane opened now if one is free (led by the next
-        request's caller or a worker). Also whether the forward is on all threads (wide: nothing runs beside it)."""
-        batch, tokens, expired = ([first], first.tokens, []) if first else ([], 0, [])
+        request's caller or a worker), and whether the forward is on all threads (wide: nothing runs beside it). The
+        requests go into `batch` (the caller's, so that an interrupt here leaves none of them unaccounted for)."""
+        if first is not None:
+            batch.append(first)
+        tokens, expired = (first.tokens if first else 0), []
         now = time.monotonic()
         with self._lock:
             queued = self._queued_tokens + tokens
@@ -391,73 +483,92 @@ class ForwardQueue:
             open_lane = narrow and self._leaders < self.lanes and enough
             share = (queued + 1) // 2 if open_lane else queued
             threads = self.lane_threads if narrow else self.threads
-            self._wide = not narrow
+            self._wide, held.wide = not narrow, not narrow
             while self._queue and tokens < share:
                 request = self._queue[0]
                 if request.deadline is not None and now > request.deadline:
-                    self._queue.popleft()
-                    self._queued_tokens -= request.tokens
-                    request.state = "failed"
-                    request.error = DeadlineExceeded(
+                    request.state, request.error = "failed", DeadlineExceeded(
                         f"the request's deadline passed after {now - request.enqueued:.3f} s in the queue, before "
                         f"a forward could take it; give a longer deadline, or lower the load")
+                    self._queued_tokens -= request.tokens
+                    self._queue.popleft()
                     expired.append(request)
                     continue
                 if batch and tokens + request.tokens > self.max_batch_tokens:
                     break
-                self._queue.popleft()
-                self._queued_tokens -= request.tokens
                 request.state = "running"
-                batch.append(request)
+                batch.append(request)         # before it leaves the queue (an interrupt may come after each call)
+                self._queued_tokens -= request.tokens
+                self._queue.popleft()
                 tokens += request.tokens
             spawn = False
             if open_lane and self._queue:
-                self._leaders += 1
-                spawn = not self._pass_lead()
+                self._leaders, held.n = self._leaders + 1, held.n + 1   # this call's until passed on or submitted
+                spawn = not self._pass_lead(held)
         if spawn:
-            self._submit(self._lead)
+            self._submit_lead(held)
         for request in expired:
             request.finish()
-        return batch, threads, not narrow
+        return threads, not narrow
 
     @staticmethod
     def _enough_for_lanes(requests: int, tokens: int) -> bool:
         """Whether queued work is worth two forwards side by side rather than one on all threads."""
         return requests >= 2 and tokens >= LANE_MIN_TOKENS
 
-    def _hand_over(self, wide: bool, lead_here: bool = True) -> bool:
-        """After a forward (on all threads if wide): True if this thread leads the next one. The oldest waiting
-        synchronous caller is woken to lead it in its own thread (so this caller returns now); asyncio requests are
-        led by a worker thread (this one if it is a worker and lead_here). With an empty queue this lane closes (the
-        encoder is idle when it was the last)."""
+    def _hand_over(self, wide: bool, held: _Held, lead_here: bool = True) -> bool:
+        """After a forward (on all threads if wide): True if this thread leads the next one (the lane stays in held).
+        The oldest waiting synchronous caller is woken to lead it in its own thread (so this caller returns now);
+        asyncio requests are led by a worker thread (this one if it is a worker and lead_here). With an empty queue
+        this lane closes (the encoder is idle when it was the last)."""
         in_worker = lead_here and threading.current_thread().name.startswith("bortengine-batch")
         with self._lock:
             if wide:
-                self._wide = False
+                self._wide, held.wide = False, False
             if not self._queue:
-                self._leaders -= 1
+                self._leaders, held.n = self._leaders - 1, held.n - 1
                 if not self._leaders:
                     self._idle_since = time.monotonic()
                 return False
-            if self._pass_lead():
+            if self._pass_lead(held):
                 return False
         if in_worker:
             return True
-        self._submit(self._lead)
+        self._submit_lead(held)
         return False
 
-    def _pass_lead(self) -> bool:
+    def _submit_lead(self, held: _Held) -> None:
+        """A lane of held handed to a worker thread, which leads the queue with it. Handed as a ticket the worker
+        claims under the lock: a submission interrupted before or after the pool took it is then undone exactly once
+        (the lane back in held, for _release), never counted by both."""
+        ticket = _Held()
+        ticket.n, held.n = 1, held.n - 1
+        try:
+            self._submit(functools.partial(self._lead_ticket, ticket))
+        except BaseException:
+            with self._lock:
+                if ticket.handed is None:
+                    ticket.handed, ticket.n, held.n = "cancelled", 0, held.n + 1
+            raise
+
+    def _lead_ticket(self, ticket: _Held) -> None:
+        with self._lock:
+            if ticket.handed == "cancelled":
+                return
+            ticket.handed = "claimed"
+        self._lead(held=ticket)
+
+    def _pass_lead(self, held: _Held) -> bool:
         """With the lock held and requests queued: True if the oldest is a synchronous caller's, now woken to lead
-        (the lane passes to its thread). Its request leaves the queue with it: another lane taking it meanwhile
+        (a lane of held passes to its thread). Its request leaves the queue with it: another lane taking it meanwhile
         would finish it before its caller wakes, which would then wait for an answer already given."""
         head = self._queue[0]
         if head.on_done is not None:
             return False
-        self._queue.popleft()
+        head.state, head.lead, held.n = "running", True, held.n - 1
         self._queued_tokens -= head.tokens
-        head.state = "running"
-        head.lead = True
-        head.event.set()
+        self._queue.popleft()
+        head.signal()
         return True
 
     def _compute(self, batch: list[_Request], threads: int) -> None:
@@ -501,12 +612,16 @@ class ForwardQueue:
                                      threads))
 
     def _notify(self, record: BatchRecord) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(record)
-            except Exception as e:   # raised here, it would end the lane's leader and leave the queue unled
-                warnings.warn(f"batch listener {listener!r} raised {type(e).__name__}: {e}; the forward's results "
-                              f"were given, the other listeners still run", RuntimeWarning, stacklevel=3)
+        self._notifying.active = True
+        try:
+            for listener in list(self._listeners):
+                try:
+                    listener(record)
+                except Exception as e:   # raised here, it would end the lane's leader and leave the queue unled
+                    warnings.warn(f"batch listener {listener!r} raised {type(e).__name__}: {e}; the forward's results "
+                                  f"were given, the other listeners still run", RuntimeWarning, stacklevel=3)
+        finally:
+            self._notifying.active = False
 
     @staticmethod
     def _split(batch: list[_Request], outputs) -> list[tuple[Any, Any]]:
@@ -555,6 +670,12 @@ def _shared_rows(batch: list[_Request]) -> Optional[Callable[..., Any]]:
         if not isinstance(then, RowsThen) or then.key != first.key:
             return None
     return first.rows
+
+
+def _locked() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
 
 
 def _real_tokens(ids: np.ndarray, mask: Optional[np.ndarray]) -> int:
