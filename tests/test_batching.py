@@ -842,6 +842,38 @@ def test_an_interrupt_of_the_leading_thread_fails_its_own_call_alone():
     assert (hidden == 4).all() and queue._leaders == 0 and queue.depth == 0
 
 
+def test_a_combined_forwards_results_are_each_requests_own_rows():
+    """Each was a view of the combined outputs [rows, widest, H]: one kept alive a whole forward's (a 4.6 KB result
+    held 33 MB, a new-user trial)."""
+    gate = Gate()
+    queue = ForwardQueue(gate, lanes=1)
+    threads, results = queue_behind_a_running_forward(queue, gate, [1, 2, 3], tokens=4)
+    gate.open.set()
+    for t in threads:
+        t.join(10)
+    assert [ids for ids, _ in gate.calls] == [[0], [1, 2, 3]]      # 1, 2 and 3 in one forward
+    for first in (1, 2, 3):
+        hidden, pooled = results[first]
+        assert (hidden == first).all() and hidden.base is None and pooled.base is None
+
+
+@pytest.mark.parametrize("texts, on_loop", [(["ok"] * 8, True), ([""] * 100, False), (["a"] * 65, False)])
+def test_many_texts_are_tokenized_off_the_event_loop_however_short(classifier, monkeypatch, texts, on_loop):
+    """Few characters but many texts were tokenized on the loop (100,000 empty strings held it ~0.5 s): the tokenizer
+    costs per text too."""
+    where = []
+    batches = classifier._batches
+
+    def watched(*args, **kwargs):
+        for batch in batches(*args, **kwargs):
+            where.append(threading.current_thread() is threading.main_thread())
+            yield batch
+
+    monkeypatch.setattr(classifier, "_batches", watched)
+    vectors = asyncio.run(classifier.aencode(texts))
+    assert len(vectors) == len(texts) and where and all(w == on_loop for w in where), where
+
+
 def test_an_engine_call_from_a_batch_listener_is_refused_not_a_deadlock():
     """The listener runs in the thread leading the forward, before it hands the queue on: a call from it waited for
     itself, and every later call for it."""

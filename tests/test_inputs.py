@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bortengine
-from bortengine import InvalidInputError
+from bortengine import InvalidInputError, ModelLoadError
 
 IDS = np.array([[101, 2023, 2003, 102], [101, 7592, 102, 0]], dtype=np.int64)
 MASK = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=np.int64)
@@ -138,7 +138,7 @@ def test_num_threads(small_model):
     assert engine.num_threads == 1
     engine.num_threads = 2 if bortengine.available_cpus() >= 2 else 1
     assert engine.num_threads == (2 if bortengine.available_cpus() >= 2 else 1)
-    for bad in (0, -3, 1.5, "2", True):
+    for bad in (0, -3, 1.5, "2", True, 1_000_000, 2 ** 31):   # a million was accepted, then every call a MemoryError
         with pytest.raises(InvalidInputError, match="num_threads"):
             engine.num_threads = bad
         with pytest.raises(InvalidInputError, match="num_threads"):
@@ -148,6 +148,12 @@ def test_num_threads(small_model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert bortengine.load(small_model).num_threads == bortengine.available_cpus()
+
+
+@pytest.mark.parametrize("path", [None, 3, b"/tmp"])
+def test_a_model_directory_that_is_not_a_path_is_said_so(path):
+    with pytest.raises(ModelLoadError, match="the model directory must be a path"):
+        bortengine.load(path)
 
 
 def test_isa_choice(small_model):

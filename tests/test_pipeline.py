@@ -230,6 +230,25 @@ def test_another_runs_directory_is_refused(reference, data, teacher):
         run_pipeline(_config(out, data, teacher, arch="1,2,64,128"))
 
 
+def test_a_second_run_in_a_directory_a_run_is_using_is_refused(reference, data, teacher):
+    """Two runs of one --out both ran every stage, overwriting each other's checkpoints and models, and both said
+    where "the" student was (a new-user trial)."""
+    import subprocess
+
+    out, _ = reference
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom bortengine.files import "
+                               "used_by_this_process\nwith used_by_this_process(sys.argv[1], Exception, 'x'):\n"
+                               "    print('held', flush=True)\n    time.sleep(60)", str(out)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(PipelineError, match=rf"{out} is in use by another pipeline run \(process {holder.pid}\)"):
+            run_pipeline(_config(out, data, teacher))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.mark.parametrize("options, message", [
     ({"task": "rt"}, "not both"),
     ({"train": None}, "no data"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -925,3 +926,49 @@ def test_a_profile_with_a_malformed_block_is_refused_where_it_is_read(tmp_path, 
     path.write_text(json.dumps(data))
     with pytest.raises(P.ProfileError, match=f"malformed: a measurement block's median_ms is {re.escape(repr(value))}"):
         P.load_profile(path, check_target=False)
+
+
+ORPHANED_WORKERS = """
+import multiprocessing, os, time
+from concurrent.futures import ProcessPoolExecutor
+from bortengine.search.executor import worker_init
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init,
+                               initargs=(1, 0, None, os.getpid()))
+    pids = {pool.submit(os.getpid).result() for _ in range(8)}
+    pool.submit(time.sleep, 120)
+    print(" ".join(map(str, pids)), flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_extractions_workers_die_with_it_when_it_is_killed(tmp_path):
+    """A SIGKILL of the extraction (the OOM killer, docker kill, a CI timeout) left its spawned workers training for
+    nobody (a new-user trial: 0.6-0.8 GB each, still there 7 minutes on)."""
+    import signal
+    import subprocess
+
+    script = tmp_path / "extraction.py"
+    script.write_text(ORPHANED_WORKERS)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert workers
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+
+        def alive(pid: int) -> bool:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().split(") ")[-1][0] != "Z"   # (a zombie is dead, awaiting its reaper)
+            except FileNotFoundError:
+                return False
+
+        deadline = time.monotonic() + 20
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers), workers
+    finally:
+        parent.kill()

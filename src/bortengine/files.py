@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator, Optional, Type
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["atomic_write", "directory_lock", "atomic_write_text", "atomic_write_json", "read_json", "cache_dir",
-           "save_figure", "paths_as_text"]
+__all__ = ["atomic_write", "directory_lock", "used_by_this_process", "atomic_write_text", "atomic_write_json",
+           "read_json", "cache_dir", "save_figure", "paths_as_text"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
@@ -52,6 +52,35 @@ def directory_lock(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:   # a filesystem without locks (NFS mounted nolock: ENOLCK): the write goes on unlocked
             pass
+        yield
+    finally:
+        os.close(fd)   # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def used_by_this_process(directory: str | os.PathLike, error: Type[BortEngineError], what: str) -> Iterator[None]:
+    """Hold the lock file `directory/.bortengine-lock` while the block runs (flock: released when the process dies),
+    so that a second process working in the same directory is refused with `error` naming the first one's pid
+    instead of both overwriting each other's files. Without fcntl (not POSIX), or on a filesystem that refuses
+    locks, it locks nothing."""
+    try:
+        import fcntl
+    except ImportError:   # pragma: no cover - Windows
+        yield
+        return
+    path = Path(directory) / ".bortengine-lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            raise error(f"{directory} is in use by another {what} (process {holder}); wait for it to end, stop it, "
+                        f"or give another directory") from None
+        except OSError:   # a filesystem without locks: nothing is refused for it
+            pass
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)   # closing the descriptor releases the lock

@@ -601,7 +601,11 @@ class ForwardQueue:
         for request, result in zip(batch, results):
             if together is None:
                 try:
-                    request.result = result if request.then is None else request.then(result)
+                    if request.then is not None:
+                        request.result = request.then(result)
+                    else:   # its own rows, not a view that would keep the combined forward's outputs alive
+                        request.result = result if len(batch) == 1 else tuple(
+                            None if a is None else a.copy() for a in result)
                     request.state = "done"
                 except Exception as e:           # the caller's own work on its rows failed: its error alone
                     request.state, request.error = "failed", e

@@ -41,7 +41,10 @@ __all__ = ["load", "Engine", "traced_forwards", "DTYPES"]
 
 DTYPES = ("float32", "int8", "bf16")  # load(dtype=...): the arithmetic of the encoder layers' linear layers
 
-INLINE_CHARS = 4096         # asyncio calls tokenize texts of at most this many characters on the event loop
+INLINE_CHARS = 4096         # asyncio calls tokenize texts of at most this many characters on the event loop,
+INLINE_TEXTS = 64           # and at most this many texts (a text costs the tokenizer ~5 us however short it is);
+INLINE_TOKENIZED = 256      # texts tokenized already are padded on the loop up to this many
+MAX_THREADS = 4096          # num_threads beyond this is a mistake: each thread's workspace is allocated
 
 _ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -56,9 +59,10 @@ class _Batch(NamedTuple):
 
 
 def _check_num_threads(num_threads: Any) -> int:
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
-        raise InvalidInputError(f"num_threads must be a positive integer or None (all available CPUs), "
-                                f"got {num_threads!r}")
+    if (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1
+            or num_threads > MAX_THREADS):
+        raise InvalidInputError(f"num_threads must be an integer from 1 to {MAX_THREADS}, or None (all available "
+                                f"CPUs), got {num_threads!r}")
     cpus = available_cpus()
     if num_threads > cpus:
         warnings.warn(f"num_threads={num_threads} is more than the {cpus} CPU(s) this process may run on; "
@@ -140,6 +144,9 @@ class Engine:
                                     f"{worker_nice!r}")
         if dtype not in DTYPES:
             raise InvalidInputError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {dtype!r}")
+        if not isinstance(path, (str, os.PathLike)):
+            raise ModelLoadError(f"the model directory must be a path (str or pathlib.Path), got {path!r} "
+                                 f"({type(path).__name__})")
         path = Path(path)
         if not path.exists():
             raise ModelLoadError(f"model directory {path} does not exist (bortengine loads local directories; it "
@@ -551,7 +558,8 @@ class Engine:
         truncation = _check_flag(truncation, "truncation")
         lead_when_idle = _check_flag(lead_when_idle, "lead_when_idle")
         # texts tokenized already (TokenizedTexts) are only padded here: microseconds per text
-        inline = isinstance(texts, TokenizedTexts) or characters(texts, pairs) <= INLINE_CHARS
+        inline = (len(texts) <= INLINE_TOKENIZED if isinstance(texts, TokenizedTexts) else
+                  len(texts) <= INLINE_TEXTS and characters(texts, pairs) <= INLINE_CHARS)
         batches = self._batches(texts, pairs, batch_size, max_length, truncation, single)
         for _ in range(-(-len(texts) // _check_batch_size(batch_size))):
             taken: list[Any] = []

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 from bortengine.architecture import Architecture
 from bortengine.engine import transformer_directory
 from bortengine.errors import TruncationWarning
-from bortengine.files import atomic_write_json, read_json
+from bortengine.files import atomic_write_json, read_json, used_by_this_process
 from bortengine.pipeline.config import (BUDGET_SHARES, CONFIG_FILE, STAGES, PipelineConfig, PipelineError,
                                         read_config_file, write_config_file)
 from bortengine.pipeline.evaluation import evaluate_stage
@@ -69,42 +69,45 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         selection_part(ctx)     # Agora's split of dev, which a rare class fails: now, not after 80% of the budget
     state = read_json(out / STATE_FILE, PipelineError, missing_ok=True) or {"stages": {}}
     ctx.config = config = _claim(out, config, finished=set(STAGES) <= set(state["stages"]))
-    task.write_splits(out)
-    ctx.results.update({name: entry["result"] for name, entry in state["stages"].items()})
-    _quiet_transformers()
-    _say(task.describe() + (" — fine-tuning with Agora (small training set)" if ctx.uses_agora() else ""))
-    started = time.monotonic()
-    spent_before = sum(entry["seconds"] for entry in state["stages"].values())
-    _say(_plan(config, spent_before, state["stages"]))
-    with warnings.catch_warnings():
-        # the stages read texts at the teacher's (the task's) length on purpose: no warning per engine they load
-        warnings.simplefilter("ignore", TruncationWarning)
-        for index, name in enumerate(STAGES, 1):
-            if name in state["stages"]:
-                _say(f"[{index}/{len(STAGES)}] {name}: done in an earlier run "
-                     f"({state['stages'][name]['seconds']:.0f} s)")
-                continue
-            left = config.budget - spent_before - (time.monotonic() - started)
-            shares = _shares(config)
-            seconds = max(1.0, left) * shares.get(name, 0.0) / sum(shares.get(s, 0.0) for s in STAGES[index - 1:])
-            _say(f"[{index}/{len(STAGES)}] {name}: budget {clock(seconds)} ({clock(max(0.0, left))} of the run left)")
-            stage_start = time.monotonic()
-            try:
-                result = STAGE_FUNCTIONS[name](ctx, seconds)
-            except NothingTrainedError as e:
-                raise _too_short(config, name, seconds, e) from None
-            took = time.monotonic() - stage_start
-            ctx.results[name] = result
-            state["stages"][name] = {"result": result, "seconds": took, "budget_s": seconds}
-            atomic_write_json(out / STATE_FILE, state, indent=1)
-            if result.get("note"):
-                _say(f"[{index}/{len(STAGES)}] {name}: {result['note']}")
-            _say(f"[{index}/{len(STAGES)}] {name}: finished in {clock(took)}")
-    summary = _summary(ctx, state, spent_before + time.monotonic() - started)
-    summary["latency_suite"] = _latency_suite(ctx)
-    write_report(out, summary)
-    _finish(ctx, summary)
-    return summary
+    with used_by_this_process(out, PipelineError, "pipeline run"):   # two runs in one --out overwrote each other
+        state = read_json(out / STATE_FILE, PipelineError, missing_ok=True) or {"stages": {}}   # as the last left it
+        task.write_splits(out)
+        ctx.results.update({name: entry["result"] for name, entry in state["stages"].items()})
+        _quiet_transformers()
+        _say(task.describe() + (" — fine-tuning with Agora (small training set)" if ctx.uses_agora() else ""))
+        started = time.monotonic()
+        spent_before = sum(entry["seconds"] for entry in state["stages"].values())
+        _say(_plan(config, spent_before, state["stages"]))
+        with warnings.catch_warnings():
+            # the stages read texts at the teacher's (the task's) length on purpose: no warning per engine they load
+            warnings.simplefilter("ignore", TruncationWarning)
+            for index, name in enumerate(STAGES, 1):
+                if name in state["stages"]:
+                    _say(f"[{index}/{len(STAGES)}] {name}: done in an earlier run "
+                         f"({state['stages'][name]['seconds']:.0f} s)")
+                    continue
+                left = config.budget - spent_before - (time.monotonic() - started)
+                shares = _shares(config)
+                still = sum(shares.get(s, 0.0) for s in STAGES[index - 1:])
+                seconds = max(1.0, left) * shares.get(name, 0.0) / still
+                _say(f"[{index}/{len(STAGES)}] {name}: budget {clock(seconds)} ({clock(max(0.0, left))} of the run left)")
+                stage_start = time.monotonic()
+                try:
+                    result = STAGE_FUNCTIONS[name](ctx, seconds)
+                except NothingTrainedError as e:
+                    raise _too_short(config, name, seconds, e) from None
+                took = time.monotonic() - stage_start
+                ctx.results[name] = result
+                state["stages"][name] = {"result": result, "seconds": took, "budget_s": seconds}
+                atomic_write_json(out / STATE_FILE, state, indent=1)
+                if result.get("note"):
+                    _say(f"[{index}/{len(STAGES)}] {name}: {result['note']}")
+                _say(f"[{index}/{len(STAGES)}] {name}: finished in {clock(took)}")
+        summary = _summary(ctx, state, spent_before + time.monotonic() - started)
+        summary["latency_suite"] = _latency_suite(ctx)
+        write_report(out, summary)
+        _finish(ctx, summary)
+        return summary
 
 
 def _too_short(config: PipelineConfig, stage: str, seconds: float, e: "NothingTrainedError") -> PipelineError:

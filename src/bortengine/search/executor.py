@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
@@ -106,9 +108,11 @@ def default_workers(surrogate: Surrogate) -> int:
     return available_cpus() if surrogate.expensive else 1
 
 
-def worker_init(threads: int, niceness: int = 0, started: Any = None) -> None:
+def worker_init(threads: int, niceness: int = 0, started: Any = None, parent: Optional[int] = None) -> None:
     """A worker process's set-up, before its first evaluation. started: a shared counter of the workers that got
-    here (past importing the main script again)."""
+    here (past importing the main script again). parent: the pid of the process whose death ends this one."""
+    if parent is not None:
+        _die_with(parent)
     if started is not None:
         with started.get_lock():
             started.value += 1
@@ -118,6 +122,22 @@ def worker_init(threads: int, niceness: int = 0, started: Any = None) -> None:
     # docs/training.md) and each worker's share of the CPUs
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _die_with(parent: int) -> None:
+    """Linux: this process gets SIGKILL when the one that started it dies. A SIGKILL of the extraction (the OOM
+    killer, `docker kill`, a CI timeout) left its workers training for nobody, ~0.7 GB each (a new-user trial);
+    a Ctrl-C or SIGTERM already ends them through the pool's shutdown."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:    # it died before the call
+        os._exit(1)
 
 
 def worker_surrogate(surrogate: Surrogate, threads: int) -> Surrogate:
@@ -241,7 +261,7 @@ class LocalExecutor(Executor):
         context = multiprocessing.get_context("spawn")
         started = context.Value("i", 0)
         pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=worker_init,
-                                   initargs=(self.threads, self.niceness, started))
+                                   initargs=(self.threads, self.niceness, started, os.getpid()))
         self._started[pool] = started
         return pool
 
