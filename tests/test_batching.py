@@ -583,6 +583,7 @@ def test_a_request_still_queued_at_its_deadline_is_dropped_with_a_clear_error(cl
         first = await _first_request_blocked(classifier, gate)
         late = asyncio.create_task(classifier.aclassify("late text", deadline=0.05))
         await asyncio.sleep(0.15)
+        assert late.done()     # at its deadline, not once the forward before it ends (a new-user trial: 1.9 s late)
         gate.open.set()
         await first
         with pytest.raises(DeadlineExceeded, match="deadline passed"):
@@ -591,6 +592,20 @@ def test_a_request_still_queued_at_its_deadline_is_dropped_with_a_clear_error(cl
     asyncio.run(main())
     assert len(gate.calls) == 1                 # the expired request was never computed
 
+
+
+def test_a_synchronous_callers_request_is_dropped_at_its_deadline():
+    gate = Gate()
+    queue = ForwardQueue(gate, lanes=1)
+    threads, _ = queue_behind_a_running_forward(queue, gate, [])
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="deadline passed"):
+        queue.run(request(1), None, None, deadline=time.monotonic() + 0.05)
+    assert time.monotonic() - start < 5 and queue.depth == 0 and gate.open.is_set() is False
+    gate.open.set()
+    for t in threads:
+        t.join(10)
+    assert [ids for ids, _ in gate.calls] == [[0]]
 
 
 def test_a_deadline_drops_no_part_of_a_request_a_forward_has_taken(classifier):

@@ -235,13 +235,22 @@ class ForwardQueue:
             self._release(held)
             raise
 
-    @staticmethod
-    def _wait(request: _Request) -> None:
+    def _wait(self, request: _Request) -> None:
         """Until the request is signalled, or (RECHECK_S at a time) it is marked to lead or has ended: an interrupt of
-        the thread that marked it may have come before it signalled."""
-        while not request.gate.acquire(timeout=RECHECK_S):
+        the thread that marked it may have come before it signalled. At its deadline a request still queued is
+        dropped (DeadlineExceeded), not when a forward reaches it."""
+        while True:
+            timeout = RECHECK_S
+            if request.deadline is not None and request.deadline > time.monotonic():   # (past it: taken, running)
+                timeout = min(timeout, request.deadline - time.monotonic() + 1e-4)
+            if request.gate.acquire(timeout=timeout):
+                return
             if request.lead or request.finished or request.state in _ENDED:
                 return
+            if request.deadline is not None and time.monotonic() >= request.deadline:
+                self.cancel(request, DeadlineExceeded(
+                    f"the request's deadline passed after {time.monotonic() - request.enqueued:.3f} s in the "
+                    f"queue, before a forward could take it; give a longer deadline, or lower the load"))
 
     def _abandon(self, request: _Request, held: _Held) -> None:
         """A synchronous caller interrupted while it waited or led: its request leaves the queue; a lane passed to
@@ -361,7 +370,7 @@ class ForwardQueue:
                 self.cancel(request)
                 self._release(held)
                 raise
-            return await self._settled(future, holder, abandoned)
+            return await self._settled(future, holder, abandoned, deadline)
 
         def submit() -> None:
             start = time.perf_counter()
@@ -381,10 +390,16 @@ class ForwardQueue:
         # The result is awaited, not submit()'s end: a worker that leads goes on leading while requests keep coming
         # (under load, for seconds), and this request's answer must not wait for that.
         self._submit(submit)
-        return await self._settled(future, holder, abandoned)
+        return await self._settled(future, holder, abandoned, deadline)
 
-    async def _settled(self, future: asyncio.Future, holder: list[_Request], abandoned: Optional[threading.Event]):
-        """The request's result; if the awaiting task is cancelled, the request is dropped from the queue."""
+    async def _settled(self, future: asyncio.Future, holder: list[_Request], abandoned: Optional[threading.Event],
+                       deadline: Optional[float] = None):
+        """The request's result; if the awaiting task is cancelled, the request is dropped from the queue; if its
+        deadline passes while it is queued (or still being tokenized), it is dropped then with DeadlineExceeded."""
+        timer = None
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, future, holder, abandoned)
         try:
             return await future
         except asyncio.CancelledError:
@@ -394,9 +409,27 @@ class ForwardQueue:
             if holder:
                 self.cancel(holder[0])
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
-    def cancel(self, request: _Request) -> bool:
-        """Drop a request still queued (True); one already running or finished is left alone (False)."""
+    def _expire(self, future: asyncio.Future, holder: list[_Request], abandoned: Optional[threading.Event]) -> None:
+        """On the loop, at the request's deadline: dropped if it is still queued or being tokenized (a request a
+        forward has taken is finished)."""
+        if future.done():
+            return
+        error = DeadlineExceeded("the request's deadline passed while it waited in the queue, before a forward could "
+                                 "take it; give a longer deadline, or lower the load")
+        if holder:
+            self.cancel(holder[0], error)
+        else:
+            if abandoned is not None:
+                abandoned.set()            # the worker tokenizing it will not queue it
+            _fail(future, error)
+
+    def cancel(self, request: _Request, error: Optional[BaseException] = None) -> bool:
+        """Drop a request still queued (True), failing it with error (RequestCancelled by default); one already
+        running or finished is left alone (False)."""
         with self._lock:
             if request.state != "queued":
                 return False
@@ -405,7 +438,8 @@ class ForwardQueue:
                 self._queued_tokens -= request.tokens
             except ValueError:
                 return False
-            request.state, request.error = "cancelled", RequestCancelled("the request was cancelled while queued")
+            request.state = "cancelled" if error is None else "failed"
+            request.error = error or RequestCancelled("the request was cancelled while queued")
         request.finish()
         return True
 
