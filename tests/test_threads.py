@@ -117,3 +117,31 @@ def test_a_large_linear_gives_the_gil_away():
         sys.setswitchinterval(interval)
     assert max(during) > 0, "the spinning thread never ran while a large GEMM ran: the GIL was kept"
     assert np.array_equal(out[:2], big(np.ascontiguousarray(rows[:2])))
+
+
+DAEMONS_AT_EXIT = """
+import sys, threading, time
+import bortengine
+engine = bortengine.load(sys.argv[1])
+text = " ".join(["word"] * 250)
+def work():
+    while True:
+        engine.encode(text)
+for _ in range(3):
+    threading.Thread(target=work, daemon=True).start()
+time.sleep(1)
+"""
+
+
+def test_the_interpreter_exits_cleanly_with_daemon_threads_inside_forwards():
+    """A service's daemon worker threads in forwards when Python exits: the process aborted (exit code 134,
+    "terminate called without an active exception") at most exits, a new-user trial."""
+    import subprocess
+    import sys
+
+    from bortengine.testing import minilm_path
+
+    for _ in range(4):
+        run = subprocess.run([sys.executable, "-c", DAEMONS_AT_EXIT, str(minilm_path())], capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, (run.returncode, run.stderr[-2000:])

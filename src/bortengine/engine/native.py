@@ -5,15 +5,19 @@ Every stage that calls the kernels directly (the profiler times single ops) goes
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import hashlib
 import math
 import os
-from typing import Any, Optional
+import threading
+from typing import Any, Iterator, Optional
 
 from bortengine.errors import BortEngineError
 
-__all__ = ["core", "forward_ops", "available_cpus", "cgroup_cpu_quota", "cpu_info", "available_isas", "core_build"]
+__all__ = ["core", "forward_ops", "available_cpus", "cgroup_cpu_quota", "cpu_info", "available_isas", "core_build",
+           "native_call"]
 
 
 def core() -> Any:
@@ -134,3 +138,43 @@ def core_build() -> str:
             return hashlib.sha256(f.read()).hexdigest()[:16]
     except (BortEngineError, OSError, AttributeError, TypeError):
         return "unknown"
+
+
+class _NativeCalls:
+    """The forwards running in native code with the GIL released, counted so that the interpreter's exit waits for
+    them. A daemon thread still in one when Python finalizes is ended by pthread_exit as it takes the GIL back, in
+    pybind11's gil_scoped_release destructor (noexcept): std::terminate, and the process aborts (exit code 134,
+    "terminate called without an active exception": a service's daemon worker threads at most exits, a new-user
+    trial). At exit the running ones are waited for (up to EXIT_WAIT_S), and a thread other than the main one that
+    starts another then is parked, as a pure-Python daemon thread is frozen at exit."""
+
+    EXIT_WAIT_S = 60.0
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition(threading.Lock())
+        self.running = 0
+        self.exiting = False
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        with self.changed:
+            if self.exiting and threading.current_thread() is not threading.main_thread():
+                self.changed.wait()      # for good: the interpreter is going away
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.running -= 1
+                if not self.running:
+                    self.changed.notify_all()
+
+    def at_exit(self) -> None:
+        with self.changed:
+            self.exiting = True
+            self.changed.wait_for(lambda: self.running == 0, timeout=self.EXIT_WAIT_S)
+
+
+_NATIVE_CALLS = _NativeCalls()
+atexit.register(_NATIVE_CALLS.at_exit)
+native_call = _NATIVE_CALLS.call

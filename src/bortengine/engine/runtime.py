@@ -28,7 +28,7 @@ from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, ForwardQueue, R
 from bortengine.engine.config import ModelConfig, check_layer_list
 from bortengine.engine.entities import check_aggregation, token_entities
 from bortengine.engine.heads import ClassifierHead, Linear, relevance_scores
-from bortengine.engine.native import available_cpus, core as _core, forward_ops
+from bortengine.engine.native import available_cpus, core as _core, forward_ops, native_call
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
 from bortengine.engine.pooling import Pooling, transformer_directory
 from bortengine.engine.positions import PositionLayout, check_contiguous_mask, position_layout
@@ -354,7 +354,8 @@ class Engine:
     def _native_forward(self, ids: np.ndarray, mask: Optional[np.ndarray], types: Optional[np.ndarray],
                         threads: int = 0):
         try:
-            return self._encoder.forward(ids, mask, types, pooler=self._encoder.has_pooler, threads=threads)
+            with native_call():
+                return self._encoder.forward(ids, mask, types, pooler=self._encoder.has_pooler, threads=threads)
         except ValueError as e:  # should not happen after _validate; keep the native message
             raise InvalidInputError(f"the native encoder rejected the input: {e}") from e
 
