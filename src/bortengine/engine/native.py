@@ -6,13 +6,12 @@ Every stage that calls the kernels directly (the profiler times single ops) goes
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import hashlib
 import math
 import os
 import threading
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from bortengine.errors import BortEngineError
 
@@ -155,19 +154,23 @@ class _NativeCalls:
         self.running = 0
         self.exiting = False
 
-    @contextlib.contextmanager
-    def call(self) -> Iterator[None]:
+    # The main thread's calls are not counted: it runs the exit itself, so none of its forwards is running then (and
+    # a Ctrl-C, which only it gets, cannot leave a count behind that the exit would wait for).
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            return
         with self.changed:
-            if self.exiting and threading.current_thread() is not threading.main_thread():
+            if self.exiting:
                 self.changed.wait()      # for good: the interpreter is going away
             self.running += 1
-        try:
-            yield
-        finally:
-            with self.changed:
-                self.running -= 1
-                if not self.running:
-                    self.changed.notify_all()
+
+    def __exit__(self, *exc: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            return
+        with self.changed:
+            self.running -= 1
+            if not self.running:
+                self.changed.notify_all()
 
     def at_exit(self) -> None:
         with self.changed:
@@ -177,4 +180,8 @@ class _NativeCalls:
 
 _NATIVE_CALLS = _NativeCalls()
 atexit.register(_NATIVE_CALLS.at_exit)
-native_call = _NATIVE_CALLS.call
+
+
+def native_call() -> _NativeCalls:
+    """`with native_call():` around a native call that releases the GIL (see _NativeCalls)."""
+    return _NATIVE_CALLS
