@@ -34,7 +34,7 @@ or after any call, anywhere in this module's bookkeeping): every lane a call ope
 in its _Held in the same run of plain assignments that changes _leaders, before the next call, so the handler of
 the interrupted call closes exactly the lanes it still holds and hands the queue on (_release). Requests move into a
 forward's batch before they leave the queue, and a waiting caller looks at its request every RECHECK_S as well as
-when woken, so that an interrupt between marking a request and setting its event loses no one. Left, each of these
+when woken, so that an interrupt between marking a request and signalling it loses no one. Left, each of these
 hung the engine for good after a few hundred Ctrl-Cs of a loop of short calls (a new-user trial).
 """
 from __future__ import annotations
@@ -275,7 +275,7 @@ class ForwardQueue:
             if held.wide:
                 self._wide, held.wide = False, False
             self._leaders, held.n = self._leaders - held.n, 0
-            if self._leaders < 0:   # a lane handed to a worker just before the interrupt was counted by both
+            if self._leaders < 0:   # (defensive: every lane is counted once, in one _Held)
                 self._leaders = 0
             orphaned = bool(self._queue) and self._leaders == 0
             if orphaned:
