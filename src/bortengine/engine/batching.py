@@ -248,9 +248,7 @@ class ForwardQueue:
             if request.lead or request.finished or request.state in _ENDED:
                 return
             if request.deadline is not None and time.monotonic() >= request.deadline:
-                self.cancel(request, DeadlineExceeded(
-                    f"the request's deadline passed after {time.monotonic() - request.enqueued:.3f} s in the "
-                    f"queue, before a forward could take it; give a longer deadline, or lower the load"))
+                self.cancel(request, _deadline_passed(time.monotonic() - request.enqueued))
 
     def _abandon(self, request: _Request, held: _Held) -> None:
         """A synchronous caller interrupted while it waited or led: its request leaves the queue; a lane passed to
@@ -418,8 +416,7 @@ class ForwardQueue:
         forward has taken is finished)."""
         if future.done():
             return
-        error = DeadlineExceeded("the request's deadline passed while it waited in the queue, before a forward could "
-                                 "take it; give a longer deadline, or lower the load")
+        error = _deadline_passed(None)
         if holder:
             self.cancel(holder[0], error)
         else:
@@ -521,9 +518,7 @@ class ForwardQueue:
             while self._queue and tokens < share:
                 request = self._queue[0]
                 if request.deadline is not None and now > request.deadline:
-                    request.state, request.error = "failed", DeadlineExceeded(
-                        f"the request's deadline passed after {now - request.enqueued:.3f} s in the queue, before "
-                        f"a forward could take it; give a longer deadline, or lower the load")
+                    request.state, request.error = "failed", _deadline_passed(now - request.enqueued)
                     self._queued_tokens -= request.tokens
                     self._queue.popleft()
                     expired.append(request)
@@ -708,6 +703,13 @@ def _shared_rows(batch: list[_Request]) -> Optional[Callable[..., Any]]:
         if not isinstance(then, RowsThen) or then.key != first.key:
             return None
     return first.rows
+
+
+def _deadline_passed(waited: Optional[float]) -> DeadlineExceeded:
+    """A request dropped at its deadline, having waited `waited` seconds in the queue (None: not queued yet)."""
+    where = "while it waited" if waited is None else f"after {waited:.3f} s"
+    return DeadlineExceeded(f"the request's deadline passed {where} in the queue, before a forward could take it; "
+                            f"give a longer deadline, or lower the load")
 
 
 def _locked() -> threading.Lock:
