@@ -277,22 +277,28 @@ def test_profiles_from_before_exact_targets_load_with_a_warning(old, tmp_path):
     assert not prof.target.checkable and prof.target.signature == prof.target.legacy_signature
 
 
-def test_the_shipped_profile_is_this_cpus_only_on_the_cpu_it_was_measured_on(tmp_path, monkeypatch):
-    """The shipped profile carries its exact target (CPUID, probe rate): on that CPU find_profiles() takes it as
-    this CPU's profile (when no cached one is), on any other it is listed among the others, with the differences."""
+def test_each_shipped_profile_is_this_cpus_only_on_the_cpu_it_was_measured_on(tmp_path, monkeypatch):
+    """Each shipped profile (one per CPU target: the Zen 4 and the Zen 5 VM) carries its exact target (CPUID,
+    probe rate): on that CPU find_profiles() takes it as this CPU's profile (when no cached one is), on any other
+    it is not, and one behind this CPU's signature is listed among the others, with the differences."""
     if not SHIPPED:
         pytest.skip("no shipped profile")
     monkeypatch.setenv("BORTENGINE_PROFILE_DIR", str(tmp_path / "profiles"))
-    shipped = P.load_profile(SHIPPED[0], check_target=False)
-    assert shipped.target.checkable and SHIPPED[0].stem == shipped.target.signature
+    here = P.Target.current()
     mine, others = P.find_profiles()
-    match = shipped.match()
-    if match.same_cpu:
-        assert mine is not None and mine.path == SHIPPED[0] and others == []
-    else:
-        assert mine is None
-        if SHIPPED[0].stem in (P.Target.current().signature, P.Target.current().legacy_signature):
-            assert [p.path for p, _ in others] == [SHIPPED[0]] and others[0][1].differences
+    listed = {p.path: match for p, match in others}
+    targets = []
+    for path in SHIPPED:
+        shipped = P.load_profile(path, check_target=False)
+        assert shipped.target.checkable and path.stem == shipped.target.signature
+        targets.append(shipped.target.signature)
+        if shipped.match().same_cpu:
+            assert mine is not None and mine.path == path and others == []
+        else:
+            assert mine is None or mine.path != path
+            if mine is None and path.stem in (here.signature, here.legacy_signature):
+                assert listed[path].differences
+    assert len(set(targets)) == len(SHIPPED), "two shipped profiles of one CPU target"
 
 
 # --- choosing: measure this CPU rather than use another's profile -------------------------------------------------
