@@ -5,6 +5,7 @@ saves it, config_sentence_transformers.json says so), the same order;
 two-label models score a class probability."""
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 
@@ -107,3 +108,25 @@ def test_rerank_refusals(make_encoder, tmp_path):
     (odd / "config.json").write_text(json.dumps(config))
     with pytest.raises(BortEngineError, match="activation_fn is torch.nn.modules.activation.Softplus"):
         bortengine.load(odd).rerank(QUERY, DOCUMENTS)
+
+
+def test_arerank_is_rerank_for_asyncio(make_encoder):
+    engine = bortengine.load(make_encoder(model_type="roberta", labels=("score",), **SIZES))
+
+    async def main():
+        # concurrent calls share forwards (combined by the engine's queue): each still gets its own documents' order
+        return await asyncio.gather(engine.arerank(QUERY, DOCUMENTS), engine.arerank(QUERY, DOCUMENTS[::-1], top_k=2),
+                                    engine.arerank(QUERY, []), engine.arerank(QUERY, DOCUMENTS * 20, batch_size=8))
+
+    whole, reversed_top, empty, many = asyncio.run(main())
+    assert whole == engine.rerank(QUERY, DOCUMENTS)
+    assert reversed_top == engine.rerank(QUERY, DOCUMENTS[::-1], top_k=2)
+    assert empty == [] and many == engine.rerank(QUERY, DOCUMENTS * 20)
+    with pytest.raises(InvalidInputError, match="top_k must be a positive integer"):
+        asyncio.run(engine.arerank(QUERY, DOCUMENTS, top_k=0))
+    # a pair refused by truncation=False is named as rerank() names it
+    with pytest.raises(InvalidInputError, match=r"documents\[\d\] with the query has \d+ tokens") as refused:
+        asyncio.run(engine.arerank(QUERY, DOCUMENTS, truncation=False))
+    with pytest.raises(InvalidInputError) as refused_sync:
+        engine.rerank(QUERY, DOCUMENTS, truncation=False)
+    assert str(refused.value) == str(refused_sync.value)

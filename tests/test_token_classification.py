@@ -6,6 +6,7 @@ ISA path.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import warnings
 
@@ -186,3 +187,28 @@ def test_pickled_weights_of_an_unknown_class_get_the_auto_classes(make_encoder, 
     with pytest.raises(ModelLoadError, match="AutoModelForTokenClassification for a token classifier") as info:
         Checkpoint.open(tmp_path)
     assert "import os" not in str(info.value) and "from transformers import AutoModel;" in str(info.value)
+
+
+def test_aclassify_tokens_is_classify_tokens_for_asyncio(make_encoder):
+    engine = bortengine.load(make_encoder(model_type="xlm-roberta", **SIZES))
+    many = TEXTS * 15          # more texts than the event loop tokenizes itself: tokenized and labelled in a thread
+
+    async def main():
+        return await asyncio.gather(engine.aclassify_tokens(TEXTS, aggregation="first", batch_size=4),
+                                    engine.aclassify_tokens(TEXTS[0]), engine.aclassify_tokens([]),
+                                    engine.aclassify_tokens(many, aggregation="simple", batch_size=16))
+
+    first, single, empty, simple = asyncio.run(main())
+    assert first == engine.classify_tokens(TEXTS, aggregation="first")
+    assert single == engine.classify_tokens(TEXTS[0]) and empty == []
+    assert simple == engine.classify_tokens(many, aggregation="simple")
+    assert sum(map(len, simple)) > 0
+    with pytest.raises(InvalidInputError, match="aggregation must be one of"):
+        asyncio.run(engine.aclassify_tokens("a", aggregation="longest"))
+    with pytest.raises(InvalidInputError, match="more than max_length"):
+        asyncio.run(engine.aclassify_tokens(TEXTS, truncation=False))
+    with pytest.raises(InvalidInputError, match="deadline must be a positive number"):
+        asyncio.run(engine.aclassify_tokens(TEXTS, deadline=0))
+    classifier = bortengine.load(make_encoder(model_type="bert", **{**SIZES, "head": "sequence"}))
+    with pytest.raises(BortEngineError, match=r"classify_tokens\(\) needs a token classifier"):
+        asyncio.run(classifier.aclassify_tokens("a"))

@@ -14,6 +14,8 @@ Shapes: B = batch, T = tokens per sequence, H = hidden size, L = number of label
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import sys
 import threading
@@ -45,6 +47,7 @@ INLINE_CHARS = 4096         # asyncio calls tokenize texts of at most this many 
 INLINE_TEXTS = 64           # and at most this many texts (a text costs the tokenizer ~5 us however short it is);
 INLINE_TOKENIZED = 256      # texts tokenized already are padded on the loop up to this many
 MAX_THREADS = 4096          # num_threads beyond this is a mistake: each thread's workspace is allocated
+RERANKED = "documents[{i}] with the query"  # how a pair refused by truncation=False is named
 
 _ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -545,7 +548,7 @@ class Engine:
     async def _aforwards(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
                          max_length: Optional[int], truncation: bool, single: bool, deadline: Optional[float],
                          reduce: Callable[[dict[str, np.ndarray], EncoderOutput], Any], lead_when_idle: bool = False,
-                         rows: Optional[tuple[Any, Callable[..., Any]]] = None):
+                         rows: Optional[tuple[Any, Callable[..., Any]]] = None, name: Optional[str] = None):
         """(rows, reduce(batch, EncoderOutput)) of each batch _batches() gives, computed through the forward queue;
         reduce (the caller's pooling or head) runs in the thread that led the forward, off the event loop. The
         texts are tokenized with the first batch: on the event loop when they are short (INLINE_CHARS: tens of
@@ -561,7 +564,7 @@ class Engine:
         # texts tokenized already (TokenizedTexts) are only padded here: microseconds per text
         inline = (len(texts) <= INLINE_TOKENIZED if isinstance(texts, TokenizedTexts) else
                   len(texts) <= INLINE_TEXTS and characters(texts, pairs) <= INLINE_CHARS)
-        batches = self._batches(texts, pairs, batch_size, max_length, truncation, single)
+        batches = self._batches(texts, pairs, batch_size, max_length, truncation, single, name)
         for _ in range(-(-len(texts) // _check_batch_size(batch_size))):
             taken: list[Any] = []
 
@@ -632,11 +635,12 @@ class Engine:
 
     async def _asequence_logits(self, texts: list[str], pairs: Optional[list[str]], batch_size: int,
                                 max_length: Optional[int], truncation: bool, single: bool,
-                                deadline: Optional[float], lead_when_idle: bool) -> np.ndarray:
+                                deadline: Optional[float], lead_when_idle: bool,
+                                name: Optional[str] = None) -> np.ndarray:
         logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
         async for rows, batch_logits in self._aforwards(texts, pairs, batch_size, max_length, truncation, single,
                                                         deadline, lambda batch, output: output.logits,
-                                                        lead_when_idle):
+                                                        lead_when_idle, name=name):
             logits[rows] = batch_logits
         return logits
 
@@ -680,6 +684,51 @@ class Engine:
         does). aggregation_strategy: transformers' name for `aggregation` (either, not both; a name in any case).
         Returns a list of entities per text; for a single string, its list.
         """
+        texts, single, aggregation, ignored, truncation = self._token_classifier_inputs(
+            texts, aggregation, ignore_labels, truncation, aggregation_strategy)
+        encodings, tokenized = self._token_encodings(texts, max_length, truncation, single)
+        results: list[list[TokenEntity]] = [[] for _ in texts]
+        for rows, batch in self._batches(tokenized, None, batch_size, None, truncation):
+            logits = self._forward(batch).logits                                  # [b,t,L]
+            for row, i in enumerate(np.arange(len(texts))[rows]):
+                results[i] = self._token_entities(texts[i], encodings[i], logits[row], aggregation, ignored)
+        return results[0] if single else results
+
+    async def aclassify_tokens(self, texts: str | Sequence[str], aggregation: str = "none", *,
+                               ignore_labels: Sequence[str] = ("O",), batch_size: int = 32,
+                               max_length: Optional[int] = None, truncation: bool = True,
+                               aggregation_strategy: Optional[str] = None, deadline: Optional[float] = None,
+                               lead_when_idle: bool = False) -> list[TokenEntity] | list[list[TokenEntity]]:
+        """classify_tokens() for asyncio (deadline, lead_when_idle as aencode's). Short inputs are tokenized on the
+        event loop, as aencode's; longer ones, and the labelling of each text's tokens, in a worker thread."""
+        texts, single, aggregation, ignored, truncation = self._token_classifier_inputs(
+            texts, aggregation, ignore_labels, truncation, aggregation_strategy)
+        until = _deadline(deadline)             # from now: the tokenization in a thread counts against it
+        short = len(texts) <= INLINE_TEXTS and characters(texts) <= INLINE_CHARS
+        encoded = functools.partial(self._token_encodings, texts, max_length, truncation, single)
+        encodings, tokenized = encoded() if short else await asyncio.to_thread(encoded)
+        logits: list[Optional[np.ndarray]] = [None] * len(texts)
+
+        def token_logits(batch: dict[str, np.ndarray], output: EncoderOutput) -> list[np.ndarray]:
+            lengths = batch["attention_mask"].sum(axis=1)
+            # copies: a combined forward's logits hold every request's rows
+            return [output.logits[row, :n].copy() for row, n in enumerate(lengths.tolist())]
+
+        left = None if until is None else max(until - time.monotonic(), 1e-6)
+        async for rows, batch_logits in self._aforwards(tokenized, None, batch_size, None, truncation, single,
+                                                        left, token_logits, lead_when_idle):
+            for i, row_logits in zip(np.arange(len(texts))[rows].tolist(), batch_logits):
+                logits[i] = row_logits
+
+        def labelled() -> list[list[TokenEntity]]:
+            return [self._token_entities(text, e, row, aggregation, ignored)
+                    for text, e, row in zip(texts, encodings, logits)]
+        results = labelled() if short else await asyncio.to_thread(labelled)
+        return results[0] if single else results
+
+    def _token_classifier_inputs(self, texts: Any, aggregation: str, ignore_labels: Any, truncation: Any,
+                                 aggregation_strategy: Optional[str]):
+        """(texts, single, aggregation, ignored labels, truncation) of a classify_tokens() call, checked."""
         if not self.config.is_token_classifier:
             raise BortEngineError(
                 f"classify_tokens() needs a token classifier (...ForTokenClassification), but {self.path} is a "
@@ -687,20 +736,24 @@ class Engine:
         aggregation = check_aggregation(aggregation, aggregation_strategy)
         ignored, _ = as_text_list(ignore_labels, "ignore_labels", ordered=False)
         texts, single = as_text_list(texts)
-        truncation = _check_flag(truncation, "truncation")
+        return texts, single, aggregation, ignored, _check_flag(truncation, "truncation")
+
+    def _token_encodings(self, texts: list[str], max_length: Optional[int], truncation: bool,
+                         single: bool) -> tuple[list[Any], TokenizedTexts]:
+        """Each text's `tokenizers` Encoding (its offsets label the tokens) and the same ids as TokenizedTexts, cut
+        to max_length and let through by _within_length."""
         tokenizer, limit = self._text_tokenizer(), self._max_length(max_length)
         encodings, counts = tokenizer.encode_counted(texts, limit)
         tokenized = self._within_length(TokenizedTexts([e.ids for e in encodings], counts, limit, single=single),
                                         truncation)
-        vocabulary, labels = tokenizer.token_vocabulary(), self.config.labels
-        results: list[list[TokenEntity]] = [[] for _ in texts]
-        for rows, batch in self._batches(tokenized, None, batch_size, None, truncation):
-            logits = self._forward(batch).logits                                  # [b,t,L]
-            for row, i in enumerate(np.arange(len(texts))[rows]):
-                e = encodings[i]
-                results[i] = token_entities(texts[i], e.ids, e.offsets, e.special_tokens_mask,
-                                            logits[row, :len(e.ids)], labels, vocabulary, aggregation, ignored)
-        return results[0] if single else results
+        return encodings, tokenized
+
+    def _token_entities(self, text: str, encoding: Any, logits: np.ndarray, aggregation: str,
+                        ignored: Sequence[str]) -> list[TokenEntity]:
+        """One text's entities from its Encoding and its tokens' logits [>= tokens, L] (padding rows ignored)."""
+        return token_entities(text, encoding.ids, encoding.offsets, encoding.special_tokens_mask,
+                              logits[:len(encoding.ids)], self.config.labels, self._text_tokenizer().token_vocabulary(),
+                              aggregation, ignored)
 
     def rerank(self, query: str, documents: Sequence[str], top_k: Optional[int] = None, *,
                label: Optional[int | str] = None, batch_size: int = 32, max_length: Optional[int] = None,
@@ -714,6 +767,27 @@ class Engine:
         config.json names another); a model with more labels scores the probability of `label` (default: the second
         of two). Ties keep the documents' order. Returns RankedDocument(index, score, text) per document.
         """
+        queries, documents, truncation = self._rerank_inputs(query, documents, top_k, truncation)
+        if not documents:
+            return []
+        logits = self._sequence_logits(queries, documents, batch_size, max_length, truncation, name=RERANKED)
+        return self.ranked(relevance_scores(logits, self.config, label), documents, top_k)
+
+    async def arerank(self, query: str, documents: Sequence[str], top_k: Optional[int] = None, *,
+                      label: Optional[int | str] = None, batch_size: int = 32, max_length: Optional[int] = None,
+                      truncation: bool = True, deadline: Optional[float] = None,
+                      lead_when_idle: bool = False) -> list[RankedDocument]:
+        """rerank() for asyncio (deadline, lead_when_idle as aencode's)."""
+        queries, documents, truncation = self._rerank_inputs(query, documents, top_k, truncation)
+        if not documents:
+            return []
+        logits = await self._asequence_logits(queries, documents, batch_size, max_length, truncation, False,
+                                              deadline, lead_when_idle, name=RERANKED)
+        return self.ranked(relevance_scores(logits, self.config, label), documents, top_k)
+
+    def _rerank_inputs(self, query: Any, documents: Any, top_k: Any, truncation: Any
+                       ) -> tuple[list[str], list[str], bool]:
+        """(the query once per document, the documents, truncation) of a rerank() call, checked."""
         self._cross_encoder()
         if not isinstance(query, str):
             raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
@@ -721,12 +795,8 @@ class Engine:
         truncation = _check_flag(truncation, "truncation")  # refused with no documents too, as by the other methods
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
             raise InvalidInputError(f"top_k must be a positive integer or None (every document), got {top_k!r}")
-        if not documents:
-            return []
-        queries, pairs, _ = self._text_inputs([query] * len(documents), documents)
-        logits = self._sequence_logits(queries, pairs, batch_size, max_length, truncation,
-                                      name="documents[{i}] with the query")
-        return self.ranked(relevance_scores(logits, self.config, label), documents, top_k)
+        queries, documents, _ = self._text_inputs([query] * len(documents), documents)
+        return queries, documents, truncation
 
     def _cross_encoder(self) -> None:
         if not self.config.is_classifier:
