@@ -169,6 +169,39 @@ def test_a_run_killed_at_any_stage_ends_as_an_uninterrupted_one(stage, reference
                 ref_summary["stages"]["evaluate"]["result"][who][key]
 
 
+@pytest.mark.parametrize("stage", ["extract", "finetune"])
+def test_a_killed_run_moved_to_another_directory_continues_from_its_own_files(stage, reference, data, teacher,
+                                                                             tmp_path, monkeypatch):
+    """pipeline.json recorded the profile's and the distilled student's paths as absolute ones, so a run directory
+    moved and continued read the files where it was before (or failed when they were gone): paths inside the run
+    are relative to it."""
+    from bortengine.pipeline import run as pipeline_run
+
+    out, moved = tmp_path / "run", tmp_path / "elsewhere" / "run"
+    original = pipeline_run.STAGE_FUNCTIONS[stage]
+
+    def killed(ctx, seconds):
+        raise KeyboardInterrupt(f"killed at {stage}")
+
+    monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(_config(out, data, teacher))
+    recorded = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert recorded["profile"]["result"]["profile"] == "profile.json"
+    moved.parent.mkdir()
+    shutil.move(out, moved)
+    monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, original)
+    summary = run_pipeline(_config(moved, data, teacher))
+    assert not out.exists()
+    ref_out, ref_summary = reference
+    want = _weights(ref_out / "model")
+    got = _weights(moved / "model")
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert summary["stages"]["evaluate"]["result"]["student"]["test_accuracy_float32"] == \
+        ref_summary["stages"]["evaluate"]["result"]["student"]["test_accuracy_float32"]
+
+
 def test_a_finished_run_given_another_budget_keeps_its_own(reference, data, teacher, tmp_path, capsys):
     """Nothing is left to run, so a new --budget (or --threads) changes nothing: the report is written again as it
     was, not as an overrun of a budget the run never had."""

@@ -113,6 +113,19 @@ class RunContext:
     def teacher_dir(self) -> Path:
         return self.out / "teacher"
 
+    def recorded(self, path: str | os.PathLike) -> str:
+        """A path for pipeline.json: relative to OUT when inside it, so that a run directory moved (or copied) and
+        continued reads its own files, not those of where it was (a path outside OUT stays as it is)."""
+        path = Path(path)
+        try:
+            return str(path.resolve().relative_to(self.out.resolve()))
+        except ValueError:
+            return str(path)
+
+    def path_of(self, recorded: str) -> Path:
+        """A path from pipeline.json (recorded() wrote it; runs before it wrote absolute paths, kept as they are)."""
+        return self.out / recorded
+
     def workload(self):
         """The workload the student is extracted for: --workload, else one text of the task's length (the tokens
         that hold 95% of its training texts, training.task_max_length), which is what a service of the task
@@ -188,7 +201,7 @@ def profile_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     path = ctx.out / "profile.json"
     choice.profile.record_space(space)   # the latency suite's re-profile command names it
     choice.profile.save(path)
-    return {"profile": str(path), "source": str(source), "measured_now": choice.measured_now, "note": choice.note,
+    return {"profile": ctx.recorded(path), "source": str(source), "measured_now": choice.measured_now, "note": choice.note,
             "space": _space_dict(space), "space_name": space.name, "teacher_architecture": teacher.to_dict(),
             "target": choice.profile.target.signature}
 
@@ -322,7 +335,7 @@ def extract_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     from bortengine.search import DistilFinetuneSurrogate, FinetuneSurrogate, LatencyLimitError, extract, rerank
 
     started = time.monotonic()        # the stage's budget counts from here
-    prof = load_profile(ctx.results["profile"]["profile"], check_target=False)
+    prof = load_profile(ctx.path_of(ctx.results["profile"]["profile"]), check_target=False)
     space = SearchSpace.from_dict(ctx.results["profile"]["space"])
     teacher = Architecture.from_dict(ctx.results["profile"]["teacher_architecture"])
     model = prof.model(ctx.workload())
@@ -574,7 +587,7 @@ def distil_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
                            time_budget=None if ctx.config.max_steps else seconds, max_steps=ctx.config.max_steps,
                            threads=ctx.threads)
     result = pretrain(config, documents=documents, progress=ctx.config.progress, evaluate=False)
-    return {"student_dir": result["student_dir"], "steps": result["steps"], "tokens": result["tokens"],
+    return {"student_dir": ctx.recorded(result["student_dir"]), "steps": result["steps"], "tokens": result["tokens"],
             "documents": len(documents), "task_documents": len(task_documents), "final_loss": result["final_loss"]}
 
 
@@ -600,7 +613,7 @@ def finetune_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     student only when it is more accurate on the engine on the part of dev Agora selects with by over one standard
     error (_standard_error), else the first is. Its model is OUT/model."""
     started = time.monotonic()
-    student = ctx.results["distil"]["student_dir"]
+    student = str(ctx.path_of(ctx.results["distil"]["student_dir"]))
     scarce = ctx.uses_agora()
     metrics = _finetune_on_near_texts(ctx, student, SCARCE_NEAR_SHARE * seconds if scarce else seconds, started)
     near_model = ctx.out / "finetune" / "model"
@@ -614,10 +627,10 @@ def finetune_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     agora = _agora(ctx, str(near_model), seconds - (time.monotonic() - started))
     part = selection_part(ctx)
     dev = {name: _selection_accuracy(ctx, directory, part) for name, directory in (("near", near_model),
-                                                                                    ("agora", agora["model_dir"]))}
+                                                                                    ("agora", ctx.path_of(agora["model_dir"])))}
     margin = _standard_error(dev["near"], len(part))
     winner = "agora" if dev["agora"] > dev["near"] + margin else "near"
-    _copy_model(Path(agora["model_dir"]) if winner == "agora" else near_model, ctx.out / "model")
+    _copy_model(ctx.path_of(agora["model_dir"]) if winner == "agora" else near_model, ctx.out / "model")
     return {**agora, "agora": True, "near_texts": result, "dev_accuracy_engine": dev, "agora_margin": margin,
             "chosen": winner,
             "dev_accuracy": agora["dev_accuracy"] if winner == "agora" else result["dev_accuracy"],
@@ -794,4 +807,4 @@ def _agora(ctx: RunContext, student: str, seconds: float) -> dict[str, Any]:
             "test_accuracy": summary["agora_test_accuracy"], "plain_test_accuracy": summary["plain_test_accuracy"],
             "seconds_this_call": time.monotonic() - started, "budget_seconds": seconds,
             "round_rows": summary["rounds"], "executor": summary["executor"],
-            "model_dir": str(run_dir / f"round-{last}")}
+            "model_dir": ctx.recorded(run_dir / f"round-{last}")}
