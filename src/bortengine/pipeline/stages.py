@@ -201,9 +201,9 @@ def profile_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     path = ctx.out / "profile.json"
     choice.profile.record_space(space)   # the latency suite's re-profile command names it
     choice.profile.save(path)
-    return {"profile": ctx.recorded(path), "source": str(source), "measured_now": choice.measured_now, "note": choice.note,
-            "space": _space_dict(space), "space_name": space.name, "teacher_architecture": teacher.to_dict(),
-            "target": choice.profile.target.signature}
+    return {"profile": ctx.recorded(path), "source": str(source), "measured_now": choice.measured_now,
+            "note": choice.note, "space": _space_dict(space), "space_name": space.name,
+            "teacher_architecture": teacher.to_dict(), "target": choice.profile.target.signature}
 
 
 def _space_dict(space: SearchSpace) -> dict[str, Any]:
@@ -626,11 +626,12 @@ def finetune_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     result.update(_augmented_kinds(ctx))
     agora = _agora(ctx, str(near_model), seconds - (time.monotonic() - started))
     part = selection_part(ctx)
+    agora_model = ctx.path_of(agora["model_dir"])
     dev = {name: _selection_accuracy(ctx, directory, part) for name, directory in (("near", near_model),
-                                                                                    ("agora", ctx.path_of(agora["model_dir"])))}
+                                                                                    ("agora", agora_model))}
     margin = _standard_error(dev["near"], len(part))
     winner = "agora" if dev["agora"] > dev["near"] + margin else "near"
-    _copy_model(ctx.path_of(agora["model_dir"]) if winner == "agora" else near_model, ctx.out / "model")
+    _copy_model(agora_model if winner == "agora" else near_model, ctx.out / "model")
     return {**agora, "agora": True, "near_texts": result, "dev_accuracy_engine": dev, "agora_margin": margin,
             "chosen": winner,
             "dev_accuracy": agora["dev_accuracy"] if winner == "agora" else result["dev_accuracy"],
