@@ -133,23 +133,26 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
     return load_file(str(path / "model.safetensors"))
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_a_run_killed_at_any_stage_ends_as_an_uninterrupted_one(stage, reference, data, teacher, tmp_path,
-                                                                 monkeypatch, capsys):
+def _killed_at(stage: str, config: PipelineConfig, monkeypatch) -> None:
+    """Runs the pipeline of config until it is killed (a KeyboardInterrupt) as the stage starts."""
     from bortengine.pipeline import run as pipeline_run
-
-    out = tmp_path / "run"
-    original = pipeline_run.STAGE_FUNCTIONS[stage]
 
     def killed(ctx, seconds):
         raise KeyboardInterrupt(f"killed at {stage}")
 
-    monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(_config(out, data, teacher))
+    with monkeypatch.context() as patch:
+        patch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(config)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_run_killed_at_any_stage_ends_as_an_uninterrupted_one(stage, reference, data, teacher, tmp_path,
+                                                                 monkeypatch, capsys):
+    out = tmp_path / "run"
+    _killed_at(stage, _config(out, data, teacher), monkeypatch)
     done = json.loads((out / "pipeline.json").read_text())["stages"] if (out / "pipeline.json").is_file() else {}
     assert list(done) == list(STAGES[:STAGES.index(stage)])
-    monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, original)
     capsys.readouterr()
     summary = run_pipeline(_config(out, data, teacher))
     # the resumed run plans the budget left over the stages still to run, and only those (with --arch, as here, the
@@ -175,22 +178,12 @@ def test_a_killed_run_moved_to_another_directory_continues_from_its_own_files(st
     """pipeline.json recorded the profile's and the distilled student's paths as absolute ones, so a run directory
     moved and continued read the files where it was before (or failed when they were gone): paths inside the run
     are relative to it."""
-    from bortengine.pipeline import run as pipeline_run
-
     out, moved = tmp_path / "run", tmp_path / "elsewhere" / "run"
-    original = pipeline_run.STAGE_FUNCTIONS[stage]
-
-    def killed(ctx, seconds):
-        raise KeyboardInterrupt(f"killed at {stage}")
-
-    monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(_config(out, data, teacher))
+    _killed_at(stage, _config(out, data, teacher), monkeypatch)
     recorded = json.loads((out / "pipeline.json").read_text())["stages"]
     assert recorded["profile"]["result"]["profile"] == "profile.json"
     moved.parent.mkdir()
     shutil.move(out, moved)
-    monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, stage, original)
     summary = run_pipeline(_config(moved, data, teacher))
     assert not out.exists()
     ref_out, ref_summary = reference
