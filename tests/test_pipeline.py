@@ -514,12 +514,11 @@ def test_after_the_re_ranking_the_lowest_loss_is_the_student_and_a_short_stage_k
 def _extraction_run(reference, tmp_path, **options):
     """(config, results) of a run with the reference's teacher and first stages whose extraction is still to do
     (no --arch, --min-speedup 1, `options`)."""
-    import shutil
-
     out, _ = reference
     stages = json.loads((out / "pipeline.json").read_text())["stages"]
     run_dir = tmp_path / "run"
     shutil.copytree(out / "teacher", run_dir / "teacher")
+    shutil.copy(out / "profile.json", run_dir / "profile.json")    # the profile stage's output, read from the run
     config = PipelineConfig(**{**read_config_file(out / "pipeline.toml"), "out": str(run_dir), "arch": None,
                                "min_speedup": 1.0, **options})
     return config, {name: stage["result"] for name, stage in stages.items()}
@@ -719,7 +718,8 @@ def test_the_agora_stage_runs_its_settings_on_ray_as_in_process(reference, tmp_p
     found = {}
     for executor in ("local", "ray"):
         run_dir = tmp_path / executor
-        shutil.copytree(out / "teacher", run_dir / "teacher")
+        for stage_output in ("teacher", results["distil"]["student_dir"]):   # the run's own, read from it
+            shutil.copytree(out / stage_output, run_dir / stage_output)
         config = PipelineConfig(**{**read_config_file(out / "pipeline.toml"), "out": str(run_dir), "no_agora": False,
                                    "scarce": True, "executor": executor})
         found[executor] = finetune_stage(RunContext(config, results), 600.0)
