@@ -680,7 +680,7 @@ def test_with_scarce_data_the_student_is_fine_tuned_on_near_texts_and_transfer_p
     assert margin == pytest.approx((dev["near"] * (1 - dev["near"]) / n) ** 0.5) and 0 < n < 200
     assert finetune["chosen"] == ("agora" if dev["agora"] > dev["near"] + margin else "near")
     assert f"over one standard error, {margin:.4f}" in report
-    chosen = Path(finetune["model_dir"]) if finetune["chosen"] == "agora" else out / "finetune" / "model"
+    chosen = out / finetune["model_dir"] if finetune["chosen"] == "agora" else out / "finetune" / "model"
     assert (out / "model" / "model.safetensors").read_bytes() == (chosen / "model.safetensors").read_bytes()
     assert bortengine.load(out / "model").labels == list(LABELS)
     assert "Agora" in report

@@ -84,7 +84,7 @@ def test_a_sentence_transformers_teacher_in_its_0_transformer_folder_is_fine_tun
     np.testing.assert_array_equal(fine_tuned.tokenize(TEXTS)["input_ids"],
                                   source.tokenize(TEXTS, max_length=fine_tuned.max_length)["input_ids"])
     assert fine_tuned.pooling.normalize        # its modules.json's Normalize carried over
-    assert bortengine.load(done["distil"]["result"]["student_dir"]).config.num_hidden_layers == 1
+    assert bortengine.load(out / done["distil"]["result"]["student_dir"]).config.num_hidden_layers == 1
 
 
 def test_a_sentence_transformers_classifier_of_the_task_is_kept_as_given_and_read_by_every_stage(
