@@ -124,6 +124,8 @@ def test_arerank_is_rerank_for_asyncio(make_encoder):
     assert empty == [] and many == engine.rerank(QUERY, DOCUMENTS * 20)
     with pytest.raises(InvalidInputError, match="top_k must be a positive integer"):
         asyncio.run(engine.arerank(QUERY, DOCUMENTS, top_k=0))
+    with pytest.raises(InvalidInputError, match="deadline must be a positive number"):
+        asyncio.run(engine.arerank(QUERY, [], deadline=-1))
     # a pair refused by truncation=False is named as rerank() names it
     with pytest.raises(InvalidInputError, match=r"documents\[\d\] with the query has \d+ tokens") as refused:
         asyncio.run(engine.arerank(QUERY, DOCUMENTS, truncation=False))

@@ -779,6 +779,7 @@ class Engine:
                       lead_when_idle: bool = False) -> list[RankedDocument]:
         """rerank() for asyncio (deadline, lead_when_idle as aencode's)."""
         queries, documents, truncation = self._rerank_inputs(query, documents, top_k, truncation)
+        _deadline(deadline)                  # refused with no documents too, as aencode refuses it with no texts
         if not documents:
             return []
         logits = await self._asequence_logits(queries, documents, batch_size, max_length, truncation, False,
