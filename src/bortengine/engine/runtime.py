@@ -562,8 +562,7 @@ class Engine:
         truncation = _check_flag(truncation, "truncation")
         lead_when_idle = _check_flag(lead_when_idle, "lead_when_idle")
         # texts tokenized already (TokenizedTexts) are only padded here: microseconds per text
-        inline = (len(texts) <= INLINE_TOKENIZED if isinstance(texts, TokenizedTexts) else
-                  len(texts) <= INLINE_TEXTS and characters(texts, pairs) <= INLINE_CHARS)
+        inline = len(texts) <= INLINE_TOKENIZED if isinstance(texts, TokenizedTexts) else _inline(texts, pairs)
         batches = self._batches(texts, pairs, batch_size, max_length, truncation, single, name)
         for _ in range(-(-len(texts) // _check_batch_size(batch_size))):
             taken: list[Any] = []
@@ -687,11 +686,12 @@ class Engine:
         texts, single, aggregation, ignored, truncation = self._token_classifier_inputs(
             texts, aggregation, ignore_labels, truncation, aggregation_strategy)
         encodings, tokenized = self._token_encodings(texts, max_length, truncation, single)
+        label = self._token_labeller(aggregation, ignored)
         results: list[list[TokenEntity]] = [[] for _ in texts]
         for rows, batch in self._batches(tokenized, None, batch_size, None, truncation):
             logits = self._forward(batch).logits                                  # [b,t,L]
             for row, i in enumerate(np.arange(len(texts))[rows]):
-                results[i] = self._token_entities(texts[i], encodings[i], logits[row], aggregation, ignored)
+                results[i] = label(texts[i], encodings[i], logits[row])
         return results[0] if single else results
 
     async def aclassify_tokens(self, texts: str | Sequence[str], aggregation: str = "none", *,
@@ -704,7 +704,7 @@ class Engine:
         texts, single, aggregation, ignored, truncation = self._token_classifier_inputs(
             texts, aggregation, ignore_labels, truncation, aggregation_strategy)
         until = _deadline(deadline)             # from now: the tokenization in a thread counts against it
-        short = len(texts) <= INLINE_TEXTS and characters(texts) <= INLINE_CHARS
+        short = _inline(texts)
         encoded = functools.partial(self._token_encodings, texts, max_length, truncation, single)
         encodings, tokenized = encoded() if short else await asyncio.to_thread(encoded)
         logits: list[Optional[np.ndarray]] = [None] * len(texts)
@@ -721,8 +721,8 @@ class Engine:
                 logits[i] = row_logits
 
         def labelled() -> list[list[TokenEntity]]:
-            return [self._token_entities(text, e, row, aggregation, ignored)
-                    for text, e, row in zip(texts, encodings, logits)]
+            label = self._token_labeller(aggregation, ignored)
+            return [label(text, e, row) for text, e, row in zip(texts, encodings, logits)]
         results = labelled() if short else await asyncio.to_thread(labelled)
         return results[0] if single else results
 
@@ -748,12 +748,16 @@ class Engine:
                                         truncation)
         return encodings, tokenized
 
-    def _token_entities(self, text: str, encoding: Any, logits: np.ndarray, aggregation: str,
-                        ignored: Sequence[str]) -> list[TokenEntity]:
-        """One text's entities from its Encoding and its tokens' logits [>= tokens, L] (padding rows ignored)."""
-        return token_entities(text, encoding.ids, encoding.offsets, encoding.special_tokens_mask,
-                              logits[:len(encoding.ids)], self.config.labels, self._text_tokenizer().token_vocabulary(),
-                              aggregation, ignored)
+    def _token_labeller(self, aggregation: str, ignored: Sequence[str]
+                        ) -> Callable[[str, Any, np.ndarray], list[TokenEntity]]:
+        """label(text, its Encoding, its tokens' logits [>= tokens, L]): the text's entities (padding rows ignored);
+        the tokenizer's vocabulary read once for all the texts of a call."""
+        labels, vocabulary = self.config.labels, self._text_tokenizer().token_vocabulary()
+
+        def label(text: str, encoding: Any, logits: np.ndarray) -> list[TokenEntity]:
+            return token_entities(text, encoding.ids, encoding.offsets, encoding.special_tokens_mask,
+                                  logits[:len(encoding.ids)], labels, vocabulary, aggregation, ignored)
+        return label
 
     def rerank(self, query: str, documents: Sequence[str], top_k: Optional[int] = None, *,
                label: Optional[int | str] = None, batch_size: int = 32, max_length: Optional[int] = None,
@@ -1184,6 +1188,12 @@ def _check_max_batch_tokens(value: Any) -> int:
         raise InvalidInputError(f"max_batch_tokens must be a positive integer (real tokens per combined forward), "
                                 f"got {value!r}")
     return int(value)
+
+
+def _inline(texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> bool:
+    """Whether an asyncio call tokenizes these texts on the event loop: few and short enough (INLINE_TEXTS,
+    INLINE_CHARS) to cost less than a hand-over to a thread."""
+    return len(texts) <= INLINE_TEXTS and characters(texts, pairs) <= INLINE_CHARS
 
 
 def _deadline(seconds: Any) -> Optional[float]:
