@@ -37,24 +37,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
 
 
 @contextlib.contextmanager
+def _exclusive_flock(path: Path, flags: int, wait: bool) -> Iterator[tuple[Optional[int], bool]]:
+    """(descriptor, busy) while the block runs, the descriptor of path (opened with flags) holding an exclusive flock:
+    released when it is closed, or when the process dies. busy: another process holds the lock (only when not
+    waiting for it; the descriptor is then unlocked). Without fcntl (not POSIX) the descriptor is None, and on a
+    filesystem that refuses locks (NFS mounted nolock: ENOLCK) it is unlocked: nothing is refused for either."""
+    try:
+        import fcntl
+    except ImportError:   # pragma: no cover - Windows
+        yield None, False
+        return
+    fd = os.open(path, flags, 0o644)
+    try:
+        busy = False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            busy = True
+        except OSError:   # a filesystem without locks: nothing is refused for it
+            pass
+        yield fd, busy
+    finally:
+        os.close(fd)   # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
 def directory_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the directory of `path` while the block runs (flock: released when the process
     dies), for a read-merge-write of a file other processes update too. Without fcntl (not POSIX), or on a
     filesystem that refuses locks, it locks nothing: the write is not refused for it."""
-    try:
-        import fcntl
-    except ImportError:   # pragma: no cover - Windows
+    with _exclusive_flock(Path(path).parent, os.O_RDONLY, wait=True):
         yield
-        return
-    fd = os.open(Path(path).parent, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:   # a filesystem without locks (NFS mounted nolock: ENOLCK): the write goes on unlocked
-            pass
-        yield
-    finally:
-        os.close(fd)   # closing the descriptor releases the lock
 
 
 @contextlib.contextmanager
@@ -63,27 +76,15 @@ def used_by_this_process(directory: str | os.PathLike, error: Type[BortEngineErr
     so that a second process working in the same directory is refused with `error` naming the first one's pid
     instead of both overwriting each other's files. Without fcntl (not POSIX), or on a filesystem that refuses
     locks, it locks nothing."""
-    try:
-        import fcntl
-    except ImportError:   # pragma: no cover - Windows
-        yield
-        return
-    path = Path(directory) / ".bortengine-lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with _exclusive_flock(Path(directory) / ".bortengine-lock", os.O_RDWR | os.O_CREAT, wait=False) as (fd, busy):
+        if busy:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
             raise error(f"{directory} is in use by another {what} (process {holder}); wait for it to end, stop it, "
-                        f"or give another directory") from None
-        except OSError:   # a filesystem without locks: nothing is refused for it
-            pass
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+                        f"or give another directory")
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
-    finally:
-        os.close(fd)   # closing the descriptor releases the lock
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
