@@ -112,23 +112,6 @@ def _texts():
     return st.one_of(st.lists(words, max_size=30).map(" ".join), st.text(max_size=60))
 
 
-@settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from(["bert", "wordpiece", "bpe", "unigram"]), text=_texts(), pair=_texts(),
-       max_length=st.integers(min_value=4, max_value=40), paired=st.booleans(), offsets=st.booleans())
-def test_one_text_is_tokenized_as_in_a_batch(tokenizers, kind, text, pair, max_length, paired, offsets):
-    """A single short text takes the tokenizer's one-text call (the GIL kept); it gives what the batch call gives
-    that text beside others, every field and the parts truncation cut off."""
-    tokenizer = tokenizers[kind]
-    pairs = [pair] if paired else None
-    alone, = tokenizer.encode([text], max_length, pairs=pairs, offsets=offsets)
-    in_batch = tokenizer.encode([text, "another text"], max_length, pairs=[pair, "x"] if paired else None,
-                                offsets=offsets)[0]
-    fields = ("ids", "type_ids", "special_tokens_mask") + (("tokens", "offsets", "word_ids") if offsets else ())
-    for field in fields:
-        assert getattr(alone, field) == getattr(in_batch, field), field
-    assert [o.ids for o in alone.overflowing] == [o.ids for o in in_batch.overflowing]
-
-
 def test_truncation_warned_once_per_engine(family):
     long = [TEXTS[1], "short"]
     with warnings.catch_warnings(record=True) as record:

@@ -115,9 +115,6 @@ def characters(texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> i
 
 # A max_length no text reaches: the texts are read whole (counting tokens before truncation).
 WHOLE_TEXT = 1 << 30
-# A single text of at most this many characters is tokenized with the GIL held (TextTokenizer.encode): ~1 ms of
-# the tokenizer at most, less than Python's 5 ms switch interval; a longer one lets other threads run meanwhile.
-HELD_GIL_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -340,14 +337,6 @@ class TextTokenizer:
         encode_batch = tokenizer.encode_batch if offsets else tokenizer.encode_batch_fast
         inputs = texts if pairs is None else list(zip(texts, pairs))
         try:
-            if len(inputs) == 1 and characters(texts, pairs) <= HELD_GIL_CHARS:
-                # The batch API releases the GIL and takes it back; where other threads run Python (a server's
-                # forwards) that round trip costs more than the text. `encode` keeps the GIL: one 6-token query per
-                # request through `bortengine serve` (int8, 32 connections, 2 Zen 5 cores beside a training job,
-                # 3 interleaved rounds), the event loop's CPU per request 225-243 -> 209-216 us, the process's
-                # 534-592 -> 466-470 us.
-                return [tokenizer.encode(texts[0], None if pairs is None else pairs[0],
-                                         add_special_tokens=add_special_tokens)]
             # in parts: one call of `tokenizers` runs with no Python between, so Ctrl-C waited for all of it (9 s
             # for 100,000 texts); a part of ENCODE_PART texts takes tens of milliseconds
             return [e for start in range(0, len(inputs), ENCODE_PART)
