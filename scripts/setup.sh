@@ -23,7 +23,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     python -m pip install "setuptools>=68" wheel "pybind11>=2.11"
     python -m pip install "torch==2.13.0" numpy safetensors tokenizers "transformers>=4.40" \
         onnx onnxruntime pytest pytest-benchmark hypothesis psutil matplotlib import-linter \
-        datasets pyarrow starlette uvicorn prometheus-client orjson httptools uvloop httpx
+        datasets pyarrow starlette uvicorn prometheus-client orjson httptools uvloop httpx openai
     # the Ray executor (bortengine[ray]): plain ray, no dashboard; its tests start a two-node cluster on 127.0.0.1
     python -m pip install "ray>=2.60"
     # the serving load test's peer, sentence-transformers behind Starlette + uvicorn (bench/st_server.py)

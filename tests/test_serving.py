@@ -2,7 +2,8 @@
 HTTP, its answers compared with the engine in this process: embeddings equal to engine.encode (float and base64,
 shortened by `dimensions`, cut to --max-input-tokens), classifications equal to engine.classify, token ids equal to
 engine.tokenize; texts over --max-input-tokens cut or refused (400) by the server's default or the request's
-`truncation`; /v1/models, /health; the API key; /metrics parsed by prometheus_client against the traffic sent.
+`truncation`; /v1/models, /health; the API key; /metrics parsed by prometheus_client against the traffic sent;
+OpenAI's own Python client against the embeddings and models routes.
 The bad requests, a disconnecting client, a flood and SIGTERM are in tests/test_serving_robustness.py.
 """
 from __future__ import annotations
@@ -51,6 +52,33 @@ def test_embeddings_equal_engine_encode(minilm_server, minilm_engine):
     assert max(counts) > MAX_TOKENS    # the long text was cut, and usage counts what the model read
     assert body["object"] == "list" and body["model"] == "minilm"
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+def test_the_openai_client_reads_the_server(minilm_server, minilm_engine, classifier_server):
+    """OpenAI's own Python client, called as a user's code calls it: embeddings in its default encoding (it asks for
+    base64 and decodes it) and as floats shortened by `dimensions`, usage, the model listed and retrieved, and the
+    server's 4xx raised as the client's typed errors carrying the server's message."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{minilm_server.url}/v1", api_key="unused", max_retries=0)
+    texts = texts_of(3, seed=4) + [LONG]
+    expected = minilm_engine.encode(texts, max_length=MAX_TOKENS)
+    default = client.embeddings.create(model="minilm", input=texts)
+    assert np.array_equal(np.array([d.embedding for d in default.data], dtype=np.float32), expected)
+    read = sum(min(n, MAX_TOKENS) for n in minilm_engine.count_tokens(texts))
+    assert default.usage.prompt_tokens == default.usage.total_tokens == read and default.model == "minilm"
+    floats = client.embeddings.create(model="minilm", input=texts[0], encoding_format="float", dimensions=64)
+    assert np.array_equal(np.array(floats.data[0].embedding, dtype=np.float32), shortened(expected[:1], 64)[0])
+    assert [m.id for m in client.models.list()] == ["minilm"] and client.models.retrieve("minilm").id == "minilm"
+    with pytest.raises(openai.BadRequestError, match="empty list"):
+        client.embeddings.create(model="minilm", input=[])
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.embeddings.create(model="another-model", input="a text")
+    keyed = openai.OpenAI(base_url=f"{classifier_server.url}/v1", api_key="not-the-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="wrong API key"):
+        keyed.models.list()
+    keyed = openai.OpenAI(base_url=f"{classifier_server.url}/v1", api_key=API_KEY, max_retries=0)
+    assert len(keyed.models.list().data) == 1
 
 
 def test_embeddings_base64_and_dimensions(minilm_server, minilm_engine):
