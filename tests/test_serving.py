@@ -14,6 +14,7 @@ import time
 
 import httpx
 import numpy as np
+import openai
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -58,8 +59,6 @@ def test_the_openai_client_reads_the_server(minilm_server, minilm_engine, classi
     """OpenAI's own Python client, called as a user's code calls it: embeddings in its default encoding (it asks for
     base64 and decodes it) and as floats shortened by `dimensions`, usage, the model listed and retrieved, and the
     server's 4xx raised as the client's typed errors carrying the server's message."""
-    import openai
-
     client = openai.OpenAI(base_url=f"{minilm_server.url}/v1", api_key="unused", max_retries=0)
     texts = texts_of(3, seed=4) + [LONG]
     expected = minilm_engine.encode(texts, max_length=MAX_TOKENS)
