@@ -441,6 +441,23 @@ def test_a_burst_of_short_requests_is_batched_by_the_worker_threads_not_led_on_t
     assert len(forwards) < requests, f"the burst was not combined: {forwards}"
 
 
+@pytest.mark.parametrize("texts, on_loop", [(["ok"] * 8, True), (["a"] * 65, False), (["a long text " * 400], False)])
+def test_a_request_is_tokenized_on_the_event_loop_by_the_engines_rule(texts, on_loop):
+    """The server tokenizes a request's texts on the loop by the rule of the engine's asyncio calls: few texts of few
+    characters; many texts however short (the tokenizer costs per text) or many characters go to a thread."""
+    import threading
+
+    from bortengine.serving.app import ModelService
+    from bortengine.serving.requests import TextRequest
+
+    async def where() -> bool:
+        loop_thread = threading.current_thread()
+        return await ModelService._off_loop(TextRequest(texts, None, False),
+                                            lambda: threading.current_thread() is loop_thread)
+
+    assert asyncio.run(where()) is on_loop
+
+
 def test_the_default_model_name_is_the_hub_id_in_the_hugging_face_cache(tmp_path):
     from bortengine.serving import app
 

@@ -13,7 +13,7 @@ from bortengine.engine.config import INT8_RECORD, ModelConfig
 from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info, forward_ops
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
 from bortengine.engine.pooling import POOLING_CONFIG_KEYS, Pooling, transformer_directory
-from bortengine.engine.runtime import DTYPES, INLINE_CHARS, Engine, bf16_runs_fast, load, traced_forwards
+from bortengine.engine.runtime import DTYPES, Engine, bf16_runs_fast, load, tokenized_on_loop, traced_forwards
 from bortengine.engine.tokenization import TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import (QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, BertWeights, Checkpoint, TensorEntry,
                                        int8_kernels, int8_stored_bf16, read_safetensors_header,
@@ -23,7 +23,7 @@ __all__ = [
     "load", "Engine", "EncoderOutput", "ClassificationResult", "ModelConfig", "Pooling", "TextTokenizer",
     "BertWeights", "Checkpoint", "as_text_list", "softmax", "traced_forwards", "available_cpus", "available_isas",
     "cpu_info", "core", "core_build", "QUANTIZABLE_LAYER_WEIGHTS", "SCALE_SUFFIX", "BatchRecord",
-    "DEFAULT_MAX_BATCH_TOKENS", "INLINE_CHARS", "TokenizedTexts", "characters", "TokenEntity", "RankedDocument",
+    "DEFAULT_MAX_BATCH_TOKENS", "tokenized_on_loop", "TokenizedTexts", "characters", "TokenEntity", "RankedDocument",
     "DTYPES", "TensorEntry", "read_safetensors_header", "write_safetensors", "transformer_directory",
     "POOLING_CONFIG_KEYS", "int8_kernels", "int8_stored_bf16", "forward_ops", "INT8_RECORD", "bf16_runs_fast",
 ]

@@ -562,7 +562,8 @@ class Engine:
         truncation = _check_flag(truncation, "truncation")
         lead_when_idle = _check_flag(lead_when_idle, "lead_when_idle")
         # texts tokenized already (TokenizedTexts) are only padded here: microseconds per text
-        inline = len(texts) <= INLINE_TOKENIZED if isinstance(texts, TokenizedTexts) else _inline(texts, pairs)
+        inline = (len(texts) <= INLINE_TOKENIZED if isinstance(texts, TokenizedTexts) else
+                  tokenized_on_loop(texts, pairs))
         batches = self._batches(texts, pairs, batch_size, max_length, truncation, single, name)
         for _ in range(-(-len(texts) // _check_batch_size(batch_size))):
             taken: list[Any] = []
@@ -704,7 +705,7 @@ class Engine:
         texts, single, aggregation, ignored, truncation = self._token_classifier_inputs(
             texts, aggregation, ignore_labels, truncation, aggregation_strategy)
         until = _deadline(deadline)             # from now: the tokenization in a thread counts against it
-        short = _inline(texts)
+        short = tokenized_on_loop(texts)
         encoded = functools.partial(self._token_encodings, texts, max_length, truncation, single)
         encodings, tokenized = encoded() if short else await asyncio.to_thread(encoded)
         logits: list[Optional[np.ndarray]] = [None] * len(texts)
@@ -1190,9 +1191,9 @@ def _check_max_batch_tokens(value: Any) -> int:
     return int(value)
 
 
-def _inline(texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> bool:
+def tokenized_on_loop(texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> bool:
     """Whether an asyncio call tokenizes these texts on the event loop: few and short enough (INLINE_TEXTS,
-    INLINE_CHARS) to cost less than a hand-over to a thread."""
+    INLINE_CHARS) to cost less than a hand-over to a thread. The server decides by it too."""
     return len(texts) <= INLINE_TEXTS and characters(texts, pairs) <= INLINE_CHARS
 
 

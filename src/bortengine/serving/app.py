@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bortengine.engine import INLINE_CHARS, Engine, ModelConfig, TokenizedTexts, characters, load
+from bortengine.engine import Engine, ModelConfig, TokenizedTexts, load, tokenized_on_loop
 from bortengine.errors import DeadlineExceeded, InvalidInputError, ModelLoadError, TextTooLongError, UsageError
 from bortengine.serving.errors import APIError, ClientDisconnected, error_body
 from bortengine.serving.metrics import CONTENT_TYPE, MODEL_ROUTE, ROUTES, ServerMetrics
@@ -269,9 +269,9 @@ class ModelService:
 
     @staticmethod
     async def _off_loop(req: TextRequest, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args), a tokenization of req's texts: on the loop when they are short (as the engine's asyncio calls
-        do), else in a thread so that the loop keeps answering."""
-        if characters(req.texts, req.pairs) <= INLINE_CHARS:
+        """fn(*args), a tokenization of req's texts: on the loop when they are few and short (the engine's asyncio
+        calls' rule), else in a thread so that the loop keeps answering."""
+        if tokenized_on_loop(req.texts, req.pairs):
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
