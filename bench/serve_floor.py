@@ -5,10 +5,12 @@ Each answers every POST with the same fixed JSON body, an OpenAI embeddings resp
 
 - stack:    uvicorn + Starlette, as `bortengine serve` runs them; the handler reads the body and parses its JSON.
             Its latency minus the loopback's is the HTTP stack's own share of a served request.
+- asgi:     uvicorn with a bare ASGI callable (no Starlette) that reads the body and parses its JSON: the stack's
+            share that is uvicorn's (HTTP parsing, the ASGI messages) rather than Starlette's (routing, Request).
 - loopback: an asyncio protocol on uvloop that finds each request's end by its Content-Length and writes the
             fixed response: the sockets, the kernel's loopback and the two processes' wake-ups, nothing else.
 
-    python bench/serve_floor.py stack|loopback --port PORT [--dim 384]
+    python bench/serve_floor.py stack|asgi|loopback --port PORT [--dim 384]
 """
 from __future__ import annotations
 
@@ -41,6 +43,25 @@ def run_stack(port: int, body: bytes) -> None:
         return Response(b'{"status": "ok"}', media_type="application/json")
 
     app = Starlette(routes=[Route("/v1/embeddings", embeddings, methods=["POST"]), Route("/health", health)])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+
+
+def run_asgi(port: int, body: bytes) -> None:
+    import uvicorn
+
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def app(scope, receive, send) -> None:
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        if scope["method"] == "POST":
+            orjson.loads(b"".join(chunks))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
 
 
@@ -86,11 +107,11 @@ def run_loopback(port: int, body: bytes) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("kind", choices=["stack", "loopback"])
+    p.add_argument("kind", choices=["stack", "asgi", "loopback"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--dim", type=int, default=384, help="floats in the answer's embedding")
     args = p.parse_args(argv)
-    (run_stack if args.kind == "stack" else run_loopback)(args.port, embedding_answer(args.dim))
+    {"stack": run_stack, "asgi": run_asgi, "loopback": run_loopback}[args.kind](args.port, embedding_answer(args.dim))
     return 0
 
 

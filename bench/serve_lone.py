@@ -8,12 +8,13 @@ between them. The in-process reference (serve_inprocess.py: `encode` of one text
 its own process before and after the rounds. Per round the two servers' p50 are compared, so both sample the
 same machine state; the median over rounds is reported, with how many rounds each side won.
 
---floor adds two servers that do no work (bench/serve_floor.py) to every round: uvicorn + Starlette answering a
-fixed embedding (`stack`) and a bare uvloop protocol answering it (`loopback`): what a lone request costs on this
-machine before any model runs, against the same target.
+--floor adds three servers that do no work (bench/serve_floor.py) to every round: uvicorn + Starlette answering a
+fixed embedding (`stack`), uvicorn with a bare ASGI callable answering it (`asgi`) and a bare uvloop protocol
+answering it (`loopback`): what a lone request costs on this machine before any model runs, against the same
+target.
 
     python bench/serve_lone.py [--dtype int8] [--texts queries] [--rounds 7] [--seconds 6] [--pause-ms 50]
-        [--floor] [--out bench/results/serve_lone]
+        [--floor] [--b NAME=OPTIONS] [--b-src DIR] [--out bench/results/serve_lone]
 
 Needs wrk (`bash bench/setup_serve_load.sh`). Writes serve_lone.json into --out and prints the table.
 """
@@ -24,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from typing import Optional
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -36,17 +38,17 @@ from serve_report import level_from_report  # noqa: E402
 
 # A: the server as it is; B: the same with other options (--b NAME=OPTIONS; by default every forward in threads)
 DEFAULT_B = "threads-only=--no-forwards-on-loop"
-FLOORS = ("stack", "loopback")
+FLOORS = ("stack", "asgi", "loopback")
 
 
-def start(name: str, args, extra: list[str]) -> ServerProcess:
+def start(name: str, args, extra: list[str], src: Optional[str] = None) -> ServerProcess:
     port = free_port()
     if name in FLOORS:
         argv = [sys.executable, str(BENCH_DIR / "serve_floor.py"), name, "--port", str(port)]
     else:
         argv = [sys.executable, "-m", "bortengine", "serve", str(args.model), "--host", "127.0.0.1", "--port",
                 str(port), "--threads", str(args.threads), "--dtype", args.dtype, *extra]
-    server = ServerProcess(name, argv, port, WORK_DIR / f"server-lone-{name}.log")
+    server = ServerProcess(name, argv, port, WORK_DIR / f"server-lone-{name}.log", src=src)
     print(f"started {name} on port {port}, ready in {server.wait_ready(120):.1f} s", flush=True)
     return server
 
@@ -84,7 +86,8 @@ def run(args) -> dict:
     print(f"{args.texts}: {stats['count']} texts, median {stats['tokens_median']:g} tokens", flush=True)
     refs = [inprocess(args, texts_file)]
     variants = {"on-loop": [], args.b_name: args.b_options}
-    servers = [start(name, args, extra) for name, extra in variants.items()]
+    servers = [start(name, args, extra, args.b_src if name == args.b_name else None)
+               for name, extra in variants.items()]
     if args.floor:
         servers += [start(name, args, []) for name in FLOORS]
     rounds = []
@@ -109,7 +112,7 @@ def run(args) -> dict:
                "served_minus_inprocess_ms": {n: med[n] - ref for n in variants},
                f"rounds_{a}_faster": sum(row[a]["p50_ms"] < row[b]["p50_ms"] for row in rounds),
                "ratio_median": statistics.median(row[b]["p50_ms"] / row[a]["p50_ms"] for row in rounds)}
-    summary["b"] = {"name": b, "options": variants[b]}
+    summary["b"] = {"name": b, "options": variants[b], "src": args.b_src}
     return {"meta": {"model": str(args.model), "dtype": args.dtype, "threads": args.threads, "texts": args.texts,
                      "text_stats": stats, "pause_ms": args.pause_ms, "seconds": args.seconds, "floor": args.floor,
                      "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
@@ -132,11 +135,14 @@ def main(argv=None) -> int:
     p.add_argument("--b", default=DEFAULT_B, metavar="NAME=OPTIONS",
                    help=f"the server compared with the default one: a name and its serve options, space-separated "
                         f"(default {DEFAULT_B!r}; e.g. 'nice0=--worker-nice 0')")
+    p.add_argument("--b-src", default=None, metavar="DIR",
+                   help="run the B server from another source tree's src directory (e.g. a git worktree of another "
+                        "commit, its native module built or copied there): two commits side by side")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "serve_lone")
     args = p.parse_args(argv)
     name, _, options = args.b.partition("=")
     if not name or name in ("on-loop",) + FLOORS:
-        p.error(f"--b {args.b!r}: give NAME=OPTIONS with a name other than on-loop, stack, loopback")
+        p.error(f"--b {args.b!r}: give NAME=OPTIONS with a name other than on-loop, {', '.join(FLOORS)}")
     args.b_name, args.b_options = name, options.split()
     args.model = args.model or str(minilm_path())
     try:

@@ -42,12 +42,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env() -> dict:
+def child_env(src: Optional[str] = None) -> dict:
     """The environment of every child: the bortengine this process imported comes first on PYTHONPATH, so the
-    server runs the same source as the references (a worktree, not whatever is installed)."""
+    server runs the same source as the references (a worktree, not whatever is installed); or src, another source
+    tree's src directory (an A/B of two commits: its native module built or copied there)."""
     import bortengine
 
-    src = str(Path(bortengine.__file__).resolve().parents[1])
+    src = src or str(Path(bortengine.__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,12 +79,13 @@ def http_json(url: str, body: Optional[dict] = None, timeout: float = 60.0) -> t
 class ServerProcess:
     """A server under test in its own session (so stop() ends it and anything it started)."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path, cpus: Optional[Sequence[int]] = None):
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path, cpus: Optional[Sequence[int]] = None,
+                 src: Optional[str] = None):
         self.name, self.argv, self.port, self.log_path = name, argv, port, log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=child_env(), start_new_session=True, preexec_fn=_pin(cpus))
+                                     env=child_env(src), start_new_session=True, preexec_fn=_pin(cpus))
 
     @property
     def base_url(self) -> str:

@@ -158,6 +158,50 @@ def test_any_json_body_gets_no_server_error(minilm_server, body, route):
                                     else {"error"})
 
 
+def _read_as_json_reads(body: bytes):
+    """What _json_object answers for body, as Python's json reads it (the value, or the APIError's message)."""
+    from bortengine.serving.errors import APIError
+    from bortengine.serving.requests import EXAMPLE, _json_loads, _json_object
+    try:
+        value = _json_object(body, "m")
+    except APIError as e:
+        value = e
+    try:
+        reference = _json_loads(body, EXAMPLE % "m") if body.strip() else None
+    except APIError as e:
+        reference = e
+    return value, reference
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.dictionaries(FIELD_NAMES, JSON, max_size=4), long_integer=st.integers(2 ** 62, 2 ** 80),
+       ascii_only=st.booleans())
+def test_a_body_reads_as_pythons_json_reads_it(value, long_integer, ascii_only):
+    """Bodies are read by orjson, with Python's json for what orjson refuses or might read otherwise: any body reads
+    to the same value as with json alone (NaN, infinities, lone surrogates, integers past 64 bits included)."""
+    value = {**value, "top_n": long_integer}
+    body = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    read, reference = _read_as_json_reads(body)
+    if isinstance(reference, Exception):
+        assert str(read) == str(reference)
+    else:   # (json.dumps: NaN equal to NaN, and a float's exact digits)
+        assert json.dumps(read, sort_keys=True) == json.dumps(reference, sort_keys=True)
+        assert type(read["top_n"]) is int
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=200) | st.sampled_from([b'{"a": 1e400}', b'{"a": NaN}', b'\xef\xbb\xbf{}',
+                                                      b'{"a": "\\ud800"}', b'{"a": 1,}', b'{"a": 1, "a": 2}']))
+def test_any_bytes_read_as_pythons_json_reads_them(body):
+    read, reference = _read_as_json_reads(body)
+    if isinstance(reference, Exception) or not body.strip():
+        assert isinstance(read, Exception) and (reference is None or str(read) == str(reference))
+    elif isinstance(reference, dict):
+        assert json.dumps(read, sort_keys=True) == json.dumps(reference, sort_keys=True)
+    else:
+        assert "not a JSON object" in str(read)
+
+
 @settings(max_examples=30, deadline=None)
 @given(body=st.binary(max_size=200))
 def test_any_bytes_get_no_server_error(minilm_server, body):

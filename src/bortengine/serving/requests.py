@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from starlette.requests import ClientDisconnect, Request
+import orjson
+from starlette.requests import Request
 
 from bortengine.serving.errors import APIError, ClientDisconnected
 
@@ -26,6 +28,8 @@ ROUTE_FIELDS = {
     "rerank": ("query", "documents", "top_n", "return_documents", "model", "truncation", "user"),
 }
 ENCODING_FORMATS = ("float", "base64")
+# 19 digits in a row: perhaps an integer past 64 bits (2**63 has 19 digits)
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 EXAMPLE = '{"input": ["a text", "another text"], "model": "%s"}'
 RERANK_EXAMPLE = '{"query": "a question", "documents": ["a text", "another text"], "model": "%s"}'
 
@@ -77,21 +81,24 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
             raise APIError(400, f"Content-Length {declared!r} is not a number of bytes", code="bad_content_length")
         if int(declared) > limit:
             raise _too_large(limit, int(declared))
-    chunks, size = [], 0
+    chunks, size, more = [], 0, True
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
+            while more:      # the ASGI messages themselves: Starlette's request.stream() is a generator around them
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected("the client disconnected while sending its body")
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(limit, None)
                 chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientDisconnected("the client disconnected while sending its body") from None
+                more = message.get("more_body", False)
     except TimeoutError:
         raise APIError(408, f"the request's body did not arrive within {timeout:g} s ({size} bytes came); send the "
                             f"whole body at once (or start the server with a longer --body-timeout)",
                        code="request_timeout", headers={"Connection": "close"}) from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large(limit: int, size: Optional[int]) -> APIError:
@@ -169,8 +176,26 @@ def _json_object(body: bytes, model_name: str, example: Optional[str] = None) ->
     example = example or EXAMPLE % model_name
     if not body.strip():
         raise APIError(400, f"the request body is empty; send a JSON object such as {example}", code="empty_body")
+    # orjson reads a short request's body in a few microseconds. What it refuses (malformed JSON, but also NaN,
+    # infinities, lone surrogates, which Python's json reads) goes to json, whose errors the answers below quote and
+    # whose values the fields' checks then judge, as before orjson; so does a body with an integer that may pass 64
+    # bits, which orjson would read as a float (json: an int, e.g. a top_n of 10**30).
+    if _LONG_DIGITS.search(body):
+        value = _json_loads(body, example)
+    else:
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            value = _json_loads(body, example)
+    if not isinstance(value, dict):
+        raise APIError(400, f"the request body is {_kind(value)}, not a JSON object; send an object such as "
+                            f"{example}", code="invalid_json")
+    return value
+
+
+def _json_loads(body: bytes, example: str) -> Any:
     try:
-        value = json.loads(body.decode("utf-8"))   # JSON is UTF-8 (RFC 8259); json.loads would guess UTF-16/32
+        return json.loads(body.decode("utf-8"))   # JSON is UTF-8 (RFC 8259); json.loads would guess UTF-16/32
     except UnicodeDecodeError as e:
         raise APIError(400, f"the request body is not UTF-8 text ({e.reason} at byte {e.start}); send JSON encoded "
                             f"as UTF-8", code="invalid_json") from None
@@ -183,10 +208,6 @@ def _json_object(body: bytes, model_name: str, example: Optional[str] = None) ->
     except ValueError as e:   # an integer of more digits than Python converts (sys.get_int_max_str_digits)
         raise APIError(400, f"the request body holds a number JSON cannot be read with here ({e}); send a JSON "
                             f"object such as {example}", code="invalid_json") from None
-    if not isinstance(value, dict):
-        raise APIError(400, f"the request body is {_kind(value)}, not a JSON object; send an object such as "
-                            f"{example}", code="invalid_json")
-    return value
 
 
 def check_model(model: Any, model_name: str) -> None:
