@@ -257,9 +257,7 @@ class ForwardQueue:
         with self._lock:
             if request.state == "queued":
                 request.state = "cancelled"
-                if request in self._queue:
-                    self._queued_tokens -= request.tokens
-                    self._queue.remove(request)
+                self._off_queue(request)     # (not there: woken to lead, and took itself off)
                 return
             if request.lead:
                 request.lead, held.n = False, held.n + 1
@@ -428,12 +426,7 @@ class ForwardQueue:
         """Drop a request still queued (True), failing it with error (RequestCancelled by default); one already
         running or finished is left alone (False)."""
         with self._lock:
-            if request.state != "queued":
-                return False
-            try:
-                self._queue.remove(request)
-                self._queued_tokens -= request.tokens
-            except ValueError:
+            if request.state != "queued" or not self._off_queue(request):
                 return False
             request.state = "cancelled" if error is None else "failed"
             request.error = error or RequestCancelled("the request was cancelled while queued")
@@ -441,6 +434,15 @@ class ForwardQueue:
         return True
 
     # ------------------------------------------------------------------------------------------------- the queue
+    def _off_queue(self, request: _Request) -> bool:
+        """Under the lock: request taken off the queue, if it is there."""
+        try:
+            self._queue.remove(request)
+        except ValueError:
+            return False
+        self._queued_tokens -= request.tokens
+        return True
+
     def _enqueue(self, request: _Request, held: _Held) -> Optional[float]:
         """Queue the request. Not None if the caller leads a forward now (a lane counted in held): the seconds the
         encoder had been idle, or 0 when narrow lanes run, one is free and enough is queued (_enough_for_lanes)."""

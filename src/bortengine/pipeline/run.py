@@ -75,39 +75,46 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         ctx.results.update({name: entry["result"] for name, entry in state["stages"].items()})
         _quiet_transformers()
         _say(task.describe() + (" — fine-tuning with Agora (small training set)" if ctx.uses_agora() else ""))
-        started = time.monotonic()
         spent_before = sum(entry["seconds"] for entry in state["stages"].values())
         _say(_plan(config, spent_before, state["stages"]))
         with warnings.catch_warnings():
             # the stages read texts at the teacher's (the task's) length on purpose: no warning per engine they load
             warnings.simplefilter("ignore", TruncationWarning)
-            for index, name in enumerate(STAGES, 1):
-                if name in state["stages"]:
-                    _say(f"[{index}/{len(STAGES)}] {name}: done in an earlier run "
-                         f"({state['stages'][name]['seconds']:.0f} s)")
-                    continue
-                left = config.budget - spent_before - (time.monotonic() - started)
-                shares = _shares(config)
-                still = sum(shares.get(s, 0.0) for s in STAGES[index - 1:])
-                seconds = max(1.0, left) * shares.get(name, 0.0) / still
-                _say(f"[{index}/{len(STAGES)}] {name}: budget {clock(seconds)} ({clock(max(0.0, left))} of the run left)")
-                stage_start = time.monotonic()
-                try:
-                    result = STAGE_FUNCTIONS[name](ctx, seconds)
-                except NothingTrainedError as e:
-                    raise _too_short(config, name, seconds, e) from None
-                took = time.monotonic() - stage_start
-                ctx.results[name] = result
-                state["stages"][name] = {"result": result, "seconds": took, "budget_s": seconds}
-                atomic_write_json(out / STATE_FILE, state, indent=1)
-                if result.get("note"):
-                    _say(f"[{index}/{len(STAGES)}] {name}: {result['note']}")
-                _say(f"[{index}/{len(STAGES)}] {name}: finished in {clock(took)}")
-        summary = _summary(ctx, state, spent_before + time.monotonic() - started)
+            spent = spent_before + _run_stages(ctx, state, out, spent_before)
+        summary = _summary(ctx, state, spent)
         summary["latency_suite"] = _latency_suite(ctx)
         write_report(out, summary)
         _finish(ctx, summary)
         return summary
+
+
+def _run_stages(ctx: RunContext, state: dict, out: Path, spent_before: float) -> float:
+    """The stages not finished in an earlier run, each on its share of what is left of the budget, each written to
+    the state file as it ends (a run interrupted later goes on from the next); returns the seconds they took."""
+    config = ctx.config
+    started = time.monotonic()
+    for index, name in enumerate(STAGES, 1):
+        if name in state["stages"]:
+            _say(f"[{index}/{len(STAGES)}] {name}: done in an earlier run ({state['stages'][name]['seconds']:.0f} s)")
+            continue
+        left = config.budget - spent_before - (time.monotonic() - started)
+        shares = _shares(config)
+        still = sum(shares.get(s, 0.0) for s in STAGES[index - 1:])
+        seconds = max(1.0, left) * shares.get(name, 0.0) / still
+        _say(f"[{index}/{len(STAGES)}] {name}: budget {clock(seconds)} ({clock(max(0.0, left))} of the run left)")
+        stage_start = time.monotonic()
+        try:
+            result = STAGE_FUNCTIONS[name](ctx, seconds)
+        except NothingTrainedError as e:
+            raise _too_short(config, name, seconds, e) from None
+        took = time.monotonic() - stage_start
+        ctx.results[name] = result
+        state["stages"][name] = {"result": result, "seconds": took, "budget_s": seconds}
+        atomic_write_json(out / STATE_FILE, state, indent=1)
+        if result.get("note"):
+            _say(f"[{index}/{len(STAGES)}] {name}: {result['note']}")
+        _say(f"[{index}/{len(STAGES)}] {name}: finished in {clock(took)}")
+    return time.monotonic() - started
 
 
 def _too_short(config: PipelineConfig, stage: str, seconds: float, e: "NothingTrainedError") -> PipelineError:
