@@ -25,8 +25,8 @@ import json
 import statistics
 import sys
 import time
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 import time
 
 import httpx
@@ -381,8 +382,6 @@ def test_metrics_expose_what_prometheus_clients_own_counter_and_histogram_would(
 
 def test_metrics_from_many_threads_lose_no_observation():
     """The forwards' threads record batches while the event loop records requests: nothing is lost."""
-    import threading
-
     from bortengine.engine import BatchRecord
 
     metrics = ServerMetrics()
@@ -414,8 +413,6 @@ def test_a_burst_of_short_requests_is_batched_by_the_worker_threads_not_led_on_t
     IDLE_LEAD_S; a burst finds it busy or just idle, so its requests are queued and combined by the engine's
     worker threads (the loop holds at most the first forward, or one more on a machine slow enough to pass
     IDLE_LEAD_S between two of the burst's requests), with the same embeddings as engine.encode."""
-    import threading
-
     requests = 24
     texts = texts_of(requests, words=4, seed=11)
     app = create_app(minilm, ServeOptions(threads=2))
@@ -445,8 +442,6 @@ def test_a_burst_of_short_requests_is_batched_by_the_worker_threads_not_led_on_t
 def test_a_request_is_tokenized_on_the_event_loop_by_the_engines_rule(texts, on_loop):
     """The server tokenizes a request's texts on the loop by the rule of the engine's asyncio calls: few texts of few
     characters; many texts however short (the tokenizer costs per text) or many characters go to a thread."""
-    import threading
-
     from bortengine.serving.app import ModelService
     from bortengine.serving.requests import TextRequest
 
