@@ -18,8 +18,8 @@ must not take the server's CPU, and the table shows its share. Then the issue's 
 connections. Writes OUT/serve_load.json (every figure) and OUT/serve_load.png (p50/p99 latency against
 throughput and against offered load, both servers); prints progress and a summary table.
 
-    python bench/serve_load.py [--model DIR] [--dtype float32,int8] [--threads 2] [--texts reviews,queries]
-        [--levels 1,2,4,8,16,32,64] [--duration 10] [--out bench/results/serve] ...
+    python bench/serve_load.py [--model DIR] [--dtype float32,int8] [--threads 2] [--workers 1]
+        [--texts reviews,queries] [--levels 1,2,4,8,16,32,64] [--duration 10] [--out bench/results/serve] ...
     python bench/serve_load.py --report-only bench/results/serve/serve_load.json   # table and PNG again
 
 Needs wrk (`bash bench/setup_serve_load.sh` installs it with apt-get) and the `bench` extra (starlette, uvicorn,
@@ -117,11 +117,13 @@ def write_bodies(path: Path, texts: list[str], model_id: str, per_request: int) 
 def start_engine_server(args, dtype: str) -> ServerProcess:
     port = free_port()
     argv = [sys.executable, "-m", "bortengine", "serve", str(args.model), "--host", "127.0.0.1", "--port",
-            str(port), "--threads", str(args.threads), "--dtype", dtype]
+            str(port), "--workers", str(args.workers), "--threads", str(max(1, args.threads // args.workers)),
+            "--dtype", dtype]
     if args.max_batch_tokens:
         argv += ["--max-batch-tokens", str(args.max_batch_tokens)]
     argv += args.serve_arg
-    server = ServerProcess(ENGINE, argv, port, WORK_DIR / f"server-{ENGINE}-{dtype}.log", args.server_cpus)
+    server = ServerProcess(ENGINE, argv, port, WORK_DIR / f"server-{ENGINE}-{dtype}.log", args.server_cpus,
+                           ready_line=b"bortengine serve: ready:")   # every worker ready, not only the first
     print(f"started {ENGINE} ({dtype}) on port {port}, ready in {server.wait_ready(args.startup_timeout):.1f} s",
           flush=True)
     return server
@@ -260,7 +262,8 @@ def run_config(args, plan: Plan, dtype: str, text_name: str, texts: list[str], s
                    s, servers, args.timeout + 60, args.client_cpus)
     levels = run_levels(args, plan, servers, bodies)
     comp = comparisons(levels, refs, TARGET_CONNECTIONS)
-    return {"dtype": dtype, "texts": text_name, "threads": args.threads, "text_stats": stats, "model_id": mid,
+    return {"dtype": dtype, "texts": text_name, "threads": args.threads, "workers": args.workers,
+            "text_stats": stats, "model_id": mid,
             "inprocess": refs, "check": check, "levels": [lv.to_dict() for lv in levels], "comparisons": comp,
             "targets": [{"name": t.name, "value": t.value, "goal": t.goal, "met": t.met}
                         for t in targets(comp, dtype)]}
@@ -348,6 +351,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", dest="dtypes", type=lambda s: s.split(","), default=["float32"],
                    help="comma-separated: float32, int8 (each starts its own bortengine server)")
     p.add_argument("--threads", type=int, default=2, help="compute threads of both servers and the references")
+    p.add_argument("--workers", type=int, default=1, help="bortengine serve's processes, the threads shared out "
+                   "among them (--workers 2 --threads 2: two processes of one thread)")
     p.add_argument("--texts", type=lambda s: s.split(","), default=["reviews"],
                    help="comma-separated text sets: reviews (Rotten Tomatoes test), queries (Wikipedia titles of "
                         "--query-tokens tokens), or a file with one text a line")

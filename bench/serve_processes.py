@@ -80,8 +80,9 @@ class ServerProcess:
     """A server under test in its own session (so stop() ends it and anything it started)."""
 
     def __init__(self, name: str, argv: list[str], port: int, log_path: Path, cpus: Optional[Sequence[int]] = None,
-                 src: Optional[str] = None):
+                 src: Optional[str] = None, ready_line: Optional[bytes] = None):
         self.name, self.argv, self.port, self.log_path = name, argv, port, log_path
+        self.ready_line = ready_line   # what the log says once the server is ready, besides /health's 200
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -98,14 +99,16 @@ class ServerProcess:
             return ""
 
     def wait_ready(self, timeout: float) -> float:
-        """Seconds until GET /health answered 200; LoadTestError if the process ends or the time runs out."""
+        """Seconds until GET /health answered 200 (and the log has ready_line); LoadTestError if the process ends or
+        the time runs out."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.proc.poll() is not None:
                 raise LoadTestError(f"the {self.name} server exited with code {self.proc.returncode} before it "
                                     f"was ready: {' '.join(self.argv)}\n{self.log_tail()}")
             try:
-                if http_json(self.base_url + "/health", timeout=2)[0] == 200:
+                if http_json(self.base_url + "/health", timeout=2)[0] == 200 and (
+                        self.ready_line is None or self.ready_line in self.log_path.read_bytes()):
                     return time.monotonic() - start
             except (OSError, ValueError):
                 pass

@@ -50,7 +50,8 @@ class ServerProcess:
         self.health_statuses: list[int] = []
 
     def start(self, timeout: float = 120) -> "ServerProcess":
-        """Wait for the address it prints, then for GET /health to answer 200 (recording every status seen)."""
+        """Wait for the address it prints, then for GET /health to answer 200 (recording every status seen). With
+        --workers, for the "ready" line first: a worker accepts connections only once it has loaded the model."""
         deadline = time.monotonic() + timeout
         while not self.url:
             match = re.search(r"listening on (http://\S+)", self.stdout.read_text())
@@ -59,6 +60,9 @@ class ServerProcess:
             else:
                 self._check_alive(deadline)
                 time.sleep(0.02)
+        while "worker processes" in self.stdout.read_text() and "ready:" not in self.stdout.read_text():
+            self._check_alive(deadline)
+            time.sleep(0.02)
         with httpx.Client(base_url=self.url, timeout=10) as client:
             while not self.health_statuses or self.health_statuses[-1] != 200:
                 self._check_alive(deadline)

@@ -28,9 +28,12 @@ def add_parsers(sub) -> None:
                         f"interface)")
     p.add_argument("--port", type=port, default=DEFAULTS.port,
                    help=f"TCP port (default {DEFAULTS.port}; 0: any free port, printed at start)")
+    p.add_argument("--workers", type=positive_int, default=DEFAULTS.workers,
+                   help=f"server processes on the port, each with its own copy of the model: for short texts on a "
+                        f"few cores, where one process's Python is the limit (default {DEFAULTS.workers})")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="threads per forward (default: the CPUs this process may run on, a container's CPU quota "
-                        "included)")
+                   help="threads per forward in each process (default: the CPUs this process may run on, a "
+                        "container's CPU quota included, shared out among the workers)")
     p.add_argument("--dtype", choices=DTYPES, default=DEFAULTS.dtype,
                    help="int8 / bf16: the encoder layers' linear layers on int8 / bf16 kernels (faster where the "
                         "CPU has VNNI / AVX512_BF16, slightly different numbers; bf16 the closer to float32)")
@@ -94,7 +97,7 @@ def run(args) -> int:
 
 def _options(args) -> ServeOptions:
     return ServeOptions(
-        host=args.host, port=args.port, threads=args.threads, dtype=args.dtype, isa=args.isa,
+        host=args.host, port=args.port, workers=args.workers, threads=args.threads, dtype=args.dtype, isa=args.isa,
         max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue, max_batch_items=args.max_batch_items,
         max_input_tokens=args.max_input_tokens, truncation=not args.no_truncation,
         max_body_bytes=args.max_body_bytes, api_key=api_key_from_environment(args.api_key),

@@ -38,6 +38,7 @@ from bortengine.serving.requests import (RequestLimits, TextRequest, check_model
                                          text_request)
 from bortengine.serving.responses import (JSONAnswer, classify_response, embeddings_response, json_bytes,
                                           model_card, rerank_response, shortened, tokenize_response)
+from bortengine.serving.siblings import Siblings
 
 __all__ = ["create_app", "ModelService", "served_name"]
 
@@ -69,7 +70,8 @@ class ModelService:
     metrics, and the requests admitted to the engine's queue."""
 
     def __init__(self, model_dir: str | Path, options: ServeOptions, metrics: ServerMetrics,
-                 on_ready: Callable[["ModelService"], None], on_failure: Callable[[BaseException], None]):
+                 on_ready: Callable[["ModelService"], None], on_failure: Callable[[BaseException], None],
+                 siblings: Optional[Siblings] = None):
         self.model_dir = Path(model_dir)
         self.options = options
         self.metrics = metrics
@@ -83,6 +85,7 @@ class ModelService:
         self.created = int(time.time())
         self._on_ready = on_ready
         self._on_failure = on_failure
+        self.siblings = siblings   # the other processes of a --workers server, whose metrics a scrape sums
 
     # ------------------------------------------------------------------------------------------------ start-up
     async def start(self) -> None:
@@ -196,7 +199,8 @@ class ModelService:
                           headers={"Retry-After": str(self.options.retry_after_s)})
 
     async def metrics_text(self, request: Request) -> Response:
-        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
+        others = await self.siblings.snapshots() if self.siblings is not None else ()
+        return Response(self.metrics.exposition(others), media_type=CONTENT_TYPE)
 
     # ------------------------------------------------------------------------------------------ a request's steps
     def _serving(self, request: Request) -> Engine:
@@ -385,24 +389,35 @@ def check_input_limit(limit: int, config: ModelConfig) -> None:
 
 def create_app(model_dir: str | Path, options: ServeOptions = ServeOptions(),
                on_ready: Optional[Callable[[ModelService], None]] = None,
-               on_failure: Optional[Callable[[BaseException], None]] = None) -> Starlette:
+               on_failure: Optional[Callable[[BaseException], None]] = None,
+               siblings: Optional[Siblings] = None, serve_while_loading: bool = True) -> Starlette:
     """The server's ASGI app for the model in model_dir: loads it at start-up (in the background) and serves it.
     on_ready(service) is called once the model is loaded and warmed up; on_failure(exception) if it cannot be (by
     default the error is logged; /health and every route then answer 503 `model_load_failed` with it). Without an
     API key in options, $BORTENGINE_API_KEY gives it, as to `bortengine serve`. options.host, port,
     graceful_timeout, access_log and log_level are the server's: under another ASGI server, give them to it.
-    The app's state holds `service` (ModelService) and `metrics` (ServerMetrics)."""
+    The app's state holds `service` (ModelService) and `metrics` (ServerMetrics). siblings: this app is one
+    process of a --workers server (serving.workers), whose /metrics sums every process's figures.
+    serve_while_loading=False: the model loads during the ASGI start-up, before the server accepts connections
+    (a --workers server's processes: a connection the kernel gives one that is loading waits for it, where it
+    would be refused with a 503 while other processes serve)."""
     if options.api_key is None:   # under another ASGI server too: the key the docs say the variable gives
         options = dataclasses.replace(options, api_key=api_key_from_environment(None))
     metrics = ServerMetrics()
     service = ModelService(model_dir, options, metrics, on_ready or (lambda service: None),
-                           on_failure or _log_failure)
+                           on_failure or _log_failure, siblings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        if siblings is not None:
+            await siblings.start(metrics.snapshot)
         starting = asyncio.create_task(service.start())
+        if not serve_while_loading:
+            await starting
         yield
         starting.cancel()
+        if siblings is not None:
+            await siblings.close()
 
     answered = functools.partial(shutting_down, options)
     routes = [Route("/v1/embeddings", Answered(answered(service.embeddings)), methods=["POST"]),

@@ -1,4 +1,4 @@
-"""What GET /metrics tells, in Prometheus' text format (prometheus-client, one registry per server):
+"""What GET /metrics tells, in Prometheus' text format (prometheus-client):
 
 - requests by route and status, and each request's whole latency;
 - the engine's queue: requests waiting for a forward now, and requests admitted (waiting or in a forward);
@@ -15,12 +15,15 @@ take a lock per observation and look their labels up per call. A request's figur
 way and 1.5 us here (one uncontended lock; a forward's 8.5 and 2.4 us), measured warm on Zen 4; in the server the
 loop's Python runs cold and on the cores the forwards need (serving int8 6-token queries with no metrics at all
 answered ~5% more requests/s, 3 alternations).
+
+A server of several processes (--workers) answers a scrape with the sum of every process's figures: the process
+that takes the scrape adds the snapshots the others send it (serving.workers.Siblings).
 """
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -56,10 +59,21 @@ class _Histogram:
         series[0][bisect_left(self.bounds, value)] += 1   # the first bound >= value: Prometheus' `le`
         series[1] += value
 
-    def family(self) -> HistogramMetricFamily:
+    def snapshot(self) -> list:
+        """Its series as JSON values (ServerMetrics.snapshot); callers hold ServerMetrics' lock."""
+        return [[list(label_values), list(counts), total] for label_values, (counts, total) in self.series.items()]
+
+    def family(self, snapshots: list[list]) -> HistogramMetricFamily:
+        """The metric family of these snapshots' series, summed per label values."""
+        summed: dict[tuple[str, ...], list] = {}
+        for series in snapshots:
+            for label_values, counts, total in series:
+                into = summed.setdefault(tuple(label_values), [[0] * len(counts), 0.0])
+                into[0] = [a + b for a, b in zip(into[0], counts)]
+                into[1] += total
         family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
         edges = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
-        for label_values, (counts, total) in sorted(self.series.items()):
+        for label_values, (counts, total) in sorted(summed.items()):
             cumulative, running = [], 0
             for edge, count in zip(edges, counts):
                 running += count
@@ -81,9 +95,18 @@ class _Counter:
         """Callers hold ServerMetrics' lock."""
         self.totals[label_values] = self.totals.get(label_values, 0.0) + amount
 
-    def family(self) -> CounterMetricFamily:
+    def snapshot(self) -> list:
+        """Its totals as JSON values (ServerMetrics.snapshot); callers hold ServerMetrics' lock."""
+        return [[list(label_values), total] for label_values, total in self.totals.items()]
+
+    def family(self, snapshots: list[list]) -> CounterMetricFamily:
+        """The metric family of these snapshots' totals, summed per label values."""
+        summed: dict[tuple[str, ...], float] = {}
+        for totals in snapshots:
+            for label_values, total in totals:
+                summed[tuple(label_values)] = summed.get(tuple(label_values), 0.0) + total
         family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
-        for label_values, total in sorted(self.totals.items()):
+        for label_values, total in sorted(summed.items()):
             family.add_metric(list(label_values), total)
         return family
 
@@ -110,8 +133,6 @@ class ServerMetrics:
         self.truncated = _Counter("bortengine_truncated_texts", "Texts longer than --max-input-tokens, cut to it")
         self._depth: Optional[Callable[[], int]] = None
         self._admitted: Optional[Callable[[], int]] = None
-        self.registry = CollectorRegistry()
-        self.registry.register(_Collector(self))
 
     def watch_queue(self, depth: Callable[[], int], admitted: Callable[[], int]) -> None:
         """Read the gauges from these functions at every scrape."""
@@ -140,29 +161,48 @@ class ServerMetrics:
             if truncated:
                 self.truncated.inc(truncated)
 
-    def families(self) -> list[Metric]:
-        """Every metric as it stands, read under the lock so that a histogram's buckets, count and sum agree."""
-        gauges = []
-        for name, doc, read in (
-                ("bortengine_queue_depth", "Requests waiting in the engine's queue for a forward", self._depth),
-                ("bortengine_requests_admitted", "Requests admitted to the engine (queued or in a forward); at "
-                 "--max-queue the next gets 429", self._admitted)):
-            gauges.append(GaugeMetricFamily(name, doc, value=0 if read is None else read()))
-        with self._lock:
-            return ([self.requests.family(), self.request_seconds.family()] + gauges +
-                    [m.family() for m in (self.batch_sequences, self.batch_tokens, self.batch_requests,
-                                          self.forward_seconds, self.queue_seconds, self.tokenize_seconds,
-                                          self.texts, self.tokens, self.truncated)])
+    GAUGES = (("bortengine_queue_depth", "Requests waiting in the engine's queue for a forward"),
+              ("bortengine_requests_admitted", "Requests admitted to the engine (queued or in a forward); at "
+               "--max-queue the next gets 429"),
+              ("bortengine_workers_reporting", "Server processes whose figures this scrape sums (--workers; one "
+               "that is restarting is missing)"))
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def snapshot(self) -> dict:
+        """Every figure as it stands, as JSON values (what a --workers server's processes send each other), read
+        under the lock so that a histogram's buckets, count and sum agree."""
+        depth, admitted = (0 if read is None else read() for read in (self._depth, self._admitted))
+        with self._lock:
+            return {"gauges": [depth, admitted, 1],
+                    "counters": [c.snapshot() for c in self._counters()],
+                    "histograms": [h.snapshot() for h in self._histograms()]}
+
+    def families(self, others: Sequence[dict] = ()) -> list[Metric]:
+        """Every metric of this process, summed with the snapshots of the others (a --workers server's)."""
+        snapshots = [self.snapshot(), *others]
+        gauges = [GaugeMetricFamily(name, doc, value=sum(s["gauges"][i] for s in snapshots))
+                  for i, (name, doc) in enumerate(self.GAUGES)]
+        counters = [c.family([s["counters"][i] for s in snapshots]) for i, c in enumerate(self._counters())]
+        histograms = [h.family([s["histograms"][i] for s in snapshots]) for i, h in enumerate(self._histograms())]
+        return [counters[0], histograms[0]] + gauges + histograms[1:] + counters[1:]
+
+    def exposition(self, others: Sequence[dict] = ()) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self.families(others)))
+        return generate_latest(registry)
+
+    def _counters(self) -> tuple[_Counter, ...]:
+        return self.requests, self.texts, self.tokens, self.truncated
+
+    def _histograms(self) -> tuple[_Histogram, ...]:
+        return (self.request_seconds, self.batch_sequences, self.batch_tokens, self.batch_requests,
+                self.forward_seconds, self.queue_seconds, self.tokenize_seconds)
 
 
 class _Collector:
-    """prometheus-client's custom collector of a ServerMetrics."""
+    """prometheus-client's custom collector of metric families made at a scrape."""
 
-    def __init__(self, metrics: ServerMetrics):
-        self._metrics = metrics
+    def __init__(self, families: list[Metric]):
+        self._families = families
 
     def collect(self) -> Iterator[Metric]:
-        return iter(self._metrics.families())
+        return iter(self._families)

@@ -28,13 +28,18 @@ class ServeOptions:
     host: str = "127.0.0.1"
     # 0 asks the OS for any free port (tests); the server prints the one it got.
     port: int = 8000
-    # Threads per forward; None: the CPUs this process may run on, a container's CPU quota included.
+    # Server processes on the port, each with its own copy of the model, batching alone (serving.workers): for
+    # short texts on a few cores, where one process's Python, under one GIL, is the limit (docs/serving.md).
+    workers: int = 1
+    # Threads per forward in each process; None: the CPUs this process may run on, a container's CPU quota
+    # included, shared out among the workers.
     threads: Optional[int] = None
     dtype: str = "float32"
     isa: Optional[str] = None
     # Tokens one forward may take from the queue; None: the engine's default for this CPU.
     max_batch_tokens: Optional[int] = None
-    # Requests admitted at once (queued for a forward or in one); the next gets 429. 512 keeps the queue's wait
+    # Requests admitted at once (queued for a forward or in one; with workers, shared out among them); the next gets
+    # 429. 512 keeps the queue's wait
     # under a second for short texts on two cores and is far above what a batch forward takes at once.
     max_queue: int = 512
     # Texts per request: OpenAI's limit for /v1/embeddings.
@@ -76,7 +81,9 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         checks = [("port", 0 <= self.port <= 65535, "an integer from 0 (any free port) to 65535"),
-                  ("max_queue", self.max_queue >= 1, "a positive integer"),
+                  ("workers", self.workers >= 1, "a positive integer"),
+                  ("max_queue", self.max_queue >= max(1, self.workers),
+                   f"a positive integer, at least the number of workers ({self.workers}): each admits its share"),
                   ("max_batch_items", self.max_batch_items >= 1, "a positive integer"),
                   ("max_body_bytes", self.max_body_bytes >= 1024, "at least 1024 bytes"),
                   ("graceful_timeout", self.graceful_timeout >= 0, "a number of seconds >= 0"),

@@ -1,0 +1,157 @@
+"""One server process: the app under uvicorn on a listening socket bound first (a port in use is a one-line error
+before anything loads), the model loading while the server already answers /health (a --workers process: before it
+accepts connections), and SIGTERM draining.
+
+SIGTERM (uvicorn's graceful shutdown): the listening socket closes, idle keep-alive connections close, the
+requests accepted so far are answered (for at most --graceful-timeout seconds), then the process exits with 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import uvicorn
+
+from bortengine.errors import UsageError
+from bortengine.serving.app import ModelService, create_app
+from bortengine.serving.errors import error_body
+from bortengine.serving.options import ServeOptions
+from bortengine.serving.siblings import Siblings
+
+__all__ = ["run_server", "listening_socket", "url", "describe"]
+
+# Connections the kernel holds for the server before it accepts them: enough for a burst of clients.
+BACKLOG = 2048
+
+
+def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], socket.socket],
+               on_listening: Callable[[socket.socket], None], on_ready: Callable[[ModelService], None],
+               siblings: Optional[Siblings] = None) -> None:
+    """One server process: uvicorn on the socket bind() gives, the model loading in the background (on_ready once it
+    is warmed up), until SIGTERM or SIGINT has drained it. A model that cannot load stops the server, and its error
+    is raised here. siblings: a process of a --workers server, which loads the model before it accepts
+    connections."""
+    failures: list[BaseException] = []
+
+    def failed(error: BaseException) -> None:
+        failures.append(error)
+        server.should_exit = True
+
+    app = create_app(model_dir, options, on_ready=on_ready, on_failure=failed, siblings=siblings,
+                     serve_while_loading=siblings is None)
+    config = uvicorn.Config(app, lifespan="on", access_log=options.access_log, log_level=options.log_level,
+                            timeout_graceful_shutdown=options.graceful_timeout, backlog=BACKLOG,
+                            http=json_400_protocol())
+    if options.access_log:
+        # uvicorn writes its access lines at INFO, so --log-level warning would silence the log asked for
+        logging.getLogger("uvicorn.access").setLevel(min(logging.INFO, logging.getLogger("uvicorn.access").level))
+    server = uvicorn.Server(config)
+    with _drained_exit(server):
+        sock = bind()
+        on_listening(sock)
+        server.run(sockets=[sock])
+    if failures:
+        raise failures[0]
+
+
+def describe(service: ModelService) -> str:
+    """What the "ready" line says of a served model."""
+    e = service.engine
+    threads = f"{e.num_threads} thread{'s' if e.num_threads != 1 else ''}"
+    return (f"{service.name} ({e.config.kind}, {e.embedding_dim} dimensions, {e.dtype}, {threads}, {e.isa}, max "
+            f"{service.max_input_tokens} tokens per text)")
+
+
+def json_400_protocol() -> type:
+    """The HTTP protocol uvicorn picks by default (httptools when installed, else h11), answering a request it cannot
+    parse (a malformed request line or header, headers past the parser's limits) with the JSON error body every
+    other refusal of the server has, where uvicorn writes a text/plain line."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Protocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Protocol
+
+    class JSON400Protocol(Protocol):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps(error_body(
+                f"the request is not valid HTTP/1.1 ({msg.rstrip('.')}): check its request line and headers "
+                f"(one 'Name: value' a line, each line ending in CRLF)", "invalid_request_error",
+                code="invalid_http")).encode()
+            head = [b"HTTP/1.1 400 Bad Request\r\n"]
+            head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+            head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
+                     b"connection: close\r\n\r\n"]
+            self.transport.write(b"".join(head) + body)
+            self.transport.close()
+
+    return JSON400Protocol
+
+
+def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to (host, port) and listening; the errors a user can fix are UsageErrors. reuse_port: one
+    of several sockets on the port (SO_REUSEPORT), among which the kernel spreads new connections."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host}: {e.strerror}; pass an address of this machine, e.g. 127.0.0.1 (this "
+                         f"machine only) or 0.0.0.0 (every interface)") from None
+    sock = socket.socket(family, kind, proto)
+    # a restarted server may take its port back while the old connections sit in TIME_WAIT; a live listener on
+    # the port still makes bind() fail
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as e:
+        sock.close()
+        fixes = {errno.EADDRINUSE: f"port {port} on {host} is in use by another process; pass another --port (0 "
+                                   f"picks a free one) or stop that process",
+                 errno.EACCES: f"port {port} needs privileges this process lacks (ports below 1024 are root's); "
+                               f"pass --port 1024 or above",
+                 errno.EADDRNOTAVAIL: f"--host {host} is not an address of this machine; pass 127.0.0.1 or "
+                                      f"0.0.0.0"}
+        raise UsageError(fixes.get(e.errno, f"cannot listen on {host} port {port}: {e.strerror}")) from None
+    return sock
+
+
+def url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def _drained_exit(server: uvicorn.Server) -> Iterator[None]:
+    """SIGTERM and SIGINT from before the port is bound until uvicorn handles them (a supervisor that stops the
+    server as soon as it listens): recorded as uvicorn records them, so it starts, drains at once and exits as it
+    would (they were lost, or ended the process by the signal). After a graceful shutdown uvicorn raises the signal
+    that caused it again, under the handler it found: SIGINT goes on to Python's (KeyboardInterrupt), SIGTERM to none,
+    so a drained server returns and the process exits with 0."""
+    if threading.current_thread() is not threading.main_thread():   # only it may set signal handlers
+        yield
+        return
+    previous = {}
+
+    def before_or_after_uvicorn(signum: int, frame: Any) -> None:
+        if not server.started:
+            server.handle_exit(signum, frame)
+        elif signum == signal.SIGINT and callable(previous.get(signal.SIGINT)):
+            previous[signal.SIGINT](signum, frame)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is not signal.SIG_IGN:   # (a shell's background job ignores SIGINT)
+            previous[sig] = signal.signal(sig, before_or_after_uvicorn)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
