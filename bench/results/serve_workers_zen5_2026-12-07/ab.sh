@@ -5,7 +5,7 @@
 cd "$(dirname "$0")/../../.."   # the repository
 PORT=$((18500 + RANDOM % 1000)); W=$1; LOG=$(mktemp)
 M=$(.venv/bin/python -c "from bortengine.testing import minilm_path; print(minilm_path())")
-.venv/bin/python -m bortengine serve $M --port $PORT --dtype ${DT:-int8} --workers $W > $LOG 2>&1 &
+env ${EXTRA_ENV:-X=1} .venv/bin/python -m bortengine serve $M --port $PORT --dtype ${DT:-int8} --workers $W > $LOG 2>&1 &
 SP=$!
 for i in $(seq 60); do grep -q "ready:" $LOG && break; sleep 0.5; done
 wrk -t1 -c32 -d3s -s bench/wrk_post.lua http://127.0.0.1:$PORT/v1/embeddings -- ${BODIES:-bench/.cache/serve/bodies-queries.jsonl} > /dev/null

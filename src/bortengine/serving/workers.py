@@ -5,13 +5,13 @@ thread each served int8 6-token queries ~1.35x as fast as one of two threads on 
 The parent process binds one listening socket a worker to the port, with SO_REUSEPORT, so that the kernel spreads new
 connections over the workers: on one shared socket whichever worker woke first would accept a burst of connections
 all at once, and keep-alive clients stay where they landed. It starts the workers (spawned: fresh interpreters,
-none of the parent's threads or locks), says "ready" once every worker has loaded and warmed up the model, starts
-another worker in place of one that dies after that (its socket waits for it, the connections that arrive meanwhile
-queued), and stops every worker, raising the error, when one cannot load the model. A worker accepts connections only
-once it has loaded the model (until then the kernel queues those it is given): no client meets a 503 "loading" from
-one worker while the others serve. SIGTERM or SIGINT: every
-worker drains, as a lone server does (--graceful-timeout), then serve_workers returns (SIGINT: KeyboardInterrupt);
-a second SIGINT stops them without draining, as a second Ctrl-C stops uvicorn.
+none of the parent's threads or locks). A worker accepts connections only once it has loaded and warmed up the
+model (until then the kernel queues those it is given: no client meets a 503 "loading" from one worker while the
+others serve); the parent says "ready" once every worker is. It starts another worker in place of one that dies after
+that (the connections that arrive at its socket meanwhile wait in the kernel's queue), and stops every worker,
+raising the error, when one cannot load the model. SIGTERM or SIGINT: every worker drains, as a lone server does
+(--graceful-timeout), then serve_workers returns (SIGINT: KeyboardInterrupt); a second SIGINT stops them without
+draining, as a second Ctrl-C stops uvicorn.
 
 Each worker is a lone server (serving.process.run_server) with its own engine of --threads threads (by default the
 CPUs this process may run on, shared out) and its share of --max-queue; a scrape of /metrics, which reaches one of
