@@ -35,7 +35,8 @@ CLASSIFIER_TOKENS = 16
 
 
 class ServerProcess:
-    def __init__(self, model: Path, *options: str, env: Optional[dict] = None):
+    def __init__(self, model: Path, *options: str, env: Optional[dict] = None, background_job: bool = False):
+        """background_job: started as a shell's background job is, SIGINT ignored, in a process group of its own."""
         self.logs = Path(tempfile.mkdtemp(prefix="bortengine-serve-"))
         atexit.register(shutil.rmtree, self.logs, ignore_errors=True)   # read by failing tests until the end
         self.stdout = self.logs / "stdout.txt"
@@ -44,8 +45,10 @@ class ServerProcess:
                    *options]
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
             # SIGINT as from a terminal: a test runner started as a background job hands its children SIGINT ignored
+            sigint = signal.SIG_IGN if background_job else signal.SIG_DFL
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, env={**_env(), **(env or {})},
-                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
+                                         start_new_session=background_job)
         self.url = ""
         self.health_statuses: list[int] = []
 

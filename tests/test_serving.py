@@ -380,6 +380,44 @@ def test_metrics_expose_what_prometheus_clients_own_counter_and_histogram_would(
         assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 
 
+@settings(max_examples=60, deadline=None)
+@given(observations=st.lists(st.tuples(st.integers(0, 2),   # the worker that records it
+                                       st.sampled_from(["/v1/embeddings", "/v1/classify", "other"]),
+                                       st.sampled_from([200, 400, 429]), st.floats(0.0, 60.0, allow_nan=False),
+                                       st.integers(1, 40), st.integers(0, 3)),
+                             max_size=40),
+       depths=st.lists(st.integers(0, 50), min_size=3, max_size=3))
+def test_a_scrape_of_workers_is_the_sum_of_their_figures(observations, depths):
+    """A --workers server's scrape (one worker's figures with the others' snapshots, through JSON as they travel)
+    reads as one server's that recorded every observation, the queue gauges summed, the workers counted."""
+    import json
+
+    from bortengine.engine import BatchRecord
+
+    workers, whole = [ServerMetrics() for _ in range(3)], ServerMetrics()
+    for metrics, depth in zip(workers, depths):
+        metrics.watch_queue(lambda depth=depth: depth, lambda depth=depth: 2 * depth)
+    whole.watch_queue(lambda: sum(depths), lambda: 2 * sum(depths))
+    for worker, route, status, seconds, tokens, truncated in observations:
+        record = BatchRecord(1, tokens, 1, seconds / 7, [seconds / 3], [0.0], 1)
+        for metrics in (workers[worker], whole):
+            metrics.record_request(route, status, seconds)
+            metrics.record_texts(route, 1, tokens, truncated, seconds / 5)
+            metrics.record_batch(record)
+
+    def samples(text: bytes) -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+
+    summed = samples(workers[1].exposition([json.loads(json.dumps(workers[k].snapshot())) for k in (0, 2)]))
+    expected = samples(whole.exposition())
+    assert summed.pop(("bortengine_workers_reporting", ())) == 3
+    assert expected.pop(("bortengine_workers_reporting", ())) == 1
+    assert summed.keys() == expected.keys()
+    for key, value in expected.items():
+        assert summed[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
 def test_metrics_from_many_threads_lose_no_observation():
     """The forwards' threads record batches while the event loop records requests: nothing is lost."""
     from bortengine.engine import BatchRecord

@@ -169,6 +169,21 @@ def test_a_signal_as_soon_as_the_server_listens_stops_it(minilm, sig, code):
     assert "Traceback" not in server.stderr.read_text(), server.output()
 
 
+def test_a_ctrl_c_to_the_process_group_stops_every_worker_even_from_a_background_job(minilm):
+    """A terminal's Ctrl-C reaches the parent and every worker. Started as a shell's background job the parent had
+    SIGINT ignored while each worker's uvicorn handled it: the workers drained and the parent replaced them."""
+    server = ServerProcess(minilm, "--workers", "2", background_job=True)
+    try:
+        server.start()
+        pids = worker_pids(server)
+        os.killpg(server.proc.pid, signal.SIGINT)
+        assert server.proc.wait(60) == 130, server.output()
+    finally:
+        server.kill()
+    wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="the workers to exit")
+    assert "starting another" not in server.stdout.read_text(), server.output()
+
+
 def test_a_killed_parent_leaves_no_worker_serving(minilm):
     server = ServerProcess(minilm, "--workers", "2").start()
     pids = worker_pids(server)

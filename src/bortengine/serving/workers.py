@@ -97,10 +97,10 @@ class _Supervisor:
 
     @contextlib.contextmanager
     def handling_signals(self) -> Iterator[None]:
-        previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if signal.getsignal(sig) is not signal.SIG_IGN:   # (a shell's background job ignores SIGINT)
-                previous[sig] = signal.signal(sig, self._signalled)
+        """SIGTERM and SIGINT stop the server, even where SIGINT came ignored (a shell's background job): each worker's
+        uvicorn handles both whatever it inherits, and a worker that drained on a SIGINT to the process group would
+        otherwise be replaced by a parent that ignored it."""
+        previous = {sig: signal.signal(sig, self._signalled) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             yield
         finally:
