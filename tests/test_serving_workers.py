@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,8 +24,9 @@ from bortengine.cli import main
 from bortengine.errors import UsageError
 from bortengine.serving import ServeOptions
 from serving_process import ServerProcess, minilm_engine, serving, texts_of  # noqa: F401 (a fixture)
+from test_isolation import _env
 from test_serving import delta, embeddings, scrape
-from test_serving_robustness import _refused, assert_error, wait_until
+from test_serving_robustness import assert_error, texts_read, wait_until
 
 MAX_TOKENS = 64
 MAX_QUEUE = 8
@@ -61,6 +66,15 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def not_accepting(server: ServerProcess) -> bool:
+    """Whether a new connection is refused, or reset: one that reached a worker's socket as it closed."""
+    try:
+        socket.create_connection(server.address(), timeout=5).close()
+        return False
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+
+
 def post_alone(server: ServerProcess, texts: list[str]) -> httpx.Response:
     """One request on a connection of its own: the kernel gives each new connection to one of the workers."""
     with server.client() as client:
@@ -97,8 +111,14 @@ def test_the_workers_answer_as_one_server(workers_server, minilm_engine):
 def test_each_worker_admits_its_share_of_max_queue(workers_server, minilm_engine):
     clients = 4 * MAX_QUEUE
     texts = texts_of(8, words=30, seed=3)
+    start = threading.Barrier(clients)
+
+    def flood(_) -> httpx.Response:
+        start.wait()
+        return post_alone(workers_server, texts)
+
     with ThreadPoolExecutor(clients) as pool:
-        responses = list(pool.map(lambda _: post_alone(workers_server, texts), range(clients)))
+        responses = list(pool.map(flood, range(clients)))
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 429} and 429 in statuses and 200 in statuses, statuses
     for response in responses:
@@ -106,6 +126,15 @@ def test_each_worker_admits_its_share_of_max_queue(workers_server, minilm_engine
             assert_error(response, 429, "queue_full", f"limit of {MAX_QUEUE // 2} requests")
         else:
             assert np.array_equal(embeddings(response), minilm_engine.encode(texts, max_length=MAX_TOKENS))
+
+
+def test_a_port_held_by_a_server_of_workers_is_refused_to_another(capsys, workers_server, minilm):
+    """The workers' sockets share their port (SO_REUSEPORT), which another server's SO_REUSEPORT sockets could join:
+    a second server on that port is refused as for a lone server, not let in to take half its connections."""
+    port = workers_server.address()[1]
+    for workers in ("1", "2"):
+        assert main(["serve", str(minilm), "--workers", workers, "--port", str(port)]) == 2
+        assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
 
 
 def test_a_worker_that_dies_is_replaced_and_its_connections_wait_for_it(minilm, minilm_engine):
@@ -134,21 +163,22 @@ def test_a_worker_that_dies_is_replaced_and_its_connections_wait_for_it(minilm, 
 def test_sigterm_drains_every_worker_and_exits_0(minilm, minilm_engine):
     server = ServerProcess(minilm, "--workers", "2", "--max-input-tokens", str(MAX_TOKENS)).start()
     pids = worker_pids(server)
-    work = [texts_of(8, words=40, seed=300 + k) for k in range(16)]
+    work = [texts_of(8, words=40, seed=300 + k) for k in range(16)]   # ~64 tokens a text: seconds on 2 cores
     try:
         with ThreadPoolExecutor(len(work)) as pool:
             futures = [pool.submit(post_alone, server, texts) for texts in work]
-            time.sleep(0.2)   # some requests accepted (and in flight) when SIGTERM comes
+            with server.client() as client:   # every request read (the texts counted by both workers)
+                wait_until(lambda: texts_read(client) == sum(map(len, work)), what="the requests to be read")
             server.terminate()
+            in_flight = sum(not f.done() for f in futures)
             # the port closes at once (the parent's copies of the sockets too): a new client is refused, not queued
-            wait_until(lambda: _refused(server), timeout=30, what="the listening sockets to close")
+            wait_until(lambda: not_accepting(server), timeout=30, what="the listening sockets to close")
             responses = [f.result() for f in futures]
         code = server.proc.wait(60)
     finally:
         server.kill()
-    accepted = [(t, r) for t, r in zip(work, responses) if r.status_code == 200]
-    assert accepted, "no request was accepted before SIGTERM: give them more time"
-    for texts, response in accepted:
+    assert in_flight > 0, "every request ended before SIGTERM: give them more work"
+    for texts, response in zip(work, responses):
         assert np.array_equal(embeddings(response), minilm_engine.encode(texts, max_length=MAX_TOKENS))
     assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
     wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="the workers to exit")
@@ -228,3 +258,15 @@ def test_the_options_are_shared_out_among_the_workers(capsys, minilm):
     with pytest.raises(SystemExit):
         main(["serve", str(minilm), "--workers", "0"])
     assert "--workers" in capsys.readouterr().err
+
+
+def test_serve_with_workers_from_a_script_without_a_main_guard_says_so(tmp_path, minilm):
+    """Each worker is a new Python process, which imports the program's main module first: a script calling serve()
+    at its top level would start a server in every worker. It is told what to write instead, and nothing hangs."""
+    script = tmp_path / "serve_it.py"
+    script.write_text("from bortengine.serving import ServeOptions, serve\n"
+                      f"serve({str(minilm)!r}, ServeOptions(workers=2, port=0))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=_env())
+    assert done.returncode != 0
+    assert 'call it under `if __name__ == "__main__":`' in done.stderr, done.stderr
+    assert "before it had loaded" in done.stderr.splitlines()[-1], done.stderr

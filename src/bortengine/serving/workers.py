@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from bortengine.engine import available_cpus
-from bortengine.errors import ModelLoadError
+from bortengine.errors import ModelLoadError, UsageError
 from bortengine.serving.options import ServeOptions
 from bortengine.serving.process import describe, listening_socket, run_server, url
 from bortengine.serving.siblings import Siblings
@@ -57,6 +57,12 @@ def worker_options(options: ServeOptions) -> list[ServeOptions]:
 
 def serve_workers(model_dir: str | Path, options: ServeOptions, announce: Callable[[str], None]) -> None:
     """serving.serve with options.workers processes; see the module's docstring."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):   # (multiprocessing's own test for it)
+        # a worker starts in a fresh interpreter, which imports the program's main module first: a script that calls
+        # serve() at its top level would call it again in every worker
+        raise UsageError("serve() with workers was called again while a worker process imported the program's main "
+                         "module: call it under `if __name__ == \"__main__\":` in your script (the workers are "
+                         "started as new Python processes, which import the main module)")
     supervisor = _Supervisor(model_dir, worker_options(options), announce)
     with supervisor.handling_signals():   # from before the port is bound: a SIGTERM at once still drains and exits 0
         # The port is taken by a socket without SO_REUSEPORT first: a port held by another server is refused as it
