@@ -17,7 +17,7 @@ loop's Python runs cold and on the cores the forwards need (serving int8 6-token
 answered ~5% more requests/s, 3 alternations).
 
 A server of several processes (--workers) answers a scrape with the sum of every process's figures: the process
-that takes the scrape adds the snapshots the others send it (serving.workers.Siblings).
+that takes the scrape adds the snapshots the others send it (serving.siblings).
 """
 from __future__ import annotations
 
@@ -183,6 +183,7 @@ class ServerMetrics:
                   for i, (name, doc) in enumerate(self.GAUGES)]
         counters = [c.family([s["counters"][i] for s in snapshots]) for i, c in enumerate(self._counters())]
         histograms = [h.family([s["histograms"][i] for s in snapshots]) for i, h in enumerate(self._histograms())]
+        # requests and their seconds first, then the gauges, the forwards' figures, the texts' counts
         return [counters[0], histograms[0]] + gauges + histograms[1:] + counters[1:]
 
     def exposition(self, others: Sequence[dict] = ()) -> bytes:

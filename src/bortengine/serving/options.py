@@ -39,8 +39,8 @@ class ServeOptions:
     # Tokens one forward may take from the queue; None: the engine's default for this CPU.
     max_batch_tokens: Optional[int] = None
     # Requests admitted at once (queued for a forward or in one; with workers, shared out among them); the next gets
-    # 429. 512 keeps the queue's wait
-    # under a second for short texts on two cores and is far above what a batch forward takes at once.
+    # 429. 512 keeps the queue's wait under a second for short texts on two cores and is far above what a batch
+    # forward takes at once.
     max_queue: int = 512
     # Texts per request: OpenAI's limit for /v1/embeddings.
     max_batch_items: int = 2048
