@@ -400,19 +400,25 @@ def test_a_client_that_disconnects_has_its_queued_work_dropped(minilm):
     assert delta(before, after, "bortengine_requests_total", route="/v1/embeddings", status="200") == len(busy)
 
 
-def test_a_flood_past_max_queue_gets_429_and_the_server_stays_healthy(minilm_server, minilm_engine):
-    clients = 4 * MAX_QUEUE
-    texts = texts_of(MAX_ITEMS, words=30, seed=3)
+def flood(server, texts: list[str], clients: int) -> list[httpx.Response]:
+    """clients requests of texts sent at once (from a barrier, each on a connection of its own), every one answered
+    200 or 429, both seen."""
     start = threading.Barrier(clients)
 
-    def flood(_) -> httpx.Response:
+    def one(_) -> httpx.Response:
         start.wait()
-        return post_embeddings(minilm_server, texts)
+        return post_embeddings(server, texts)
 
     with ThreadPoolExecutor(clients) as pool:
-        responses = list(pool.map(flood, range(clients)))
+        responses = list(pool.map(one, range(clients)))
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 429} and 429 in statuses and 200 in statuses, statuses
+    return responses
+
+
+def test_a_flood_past_max_queue_gets_429_and_the_server_stays_healthy(minilm_server, minilm_engine):
+    texts = texts_of(MAX_ITEMS, words=30, seed=3)
+    responses = flood(minilm_server, texts, 4 * MAX_QUEUE)
     expected = minilm_engine.encode(texts, max_length=MAX_TOKENS)
     for response in responses:
         if response.status_code == 429:
@@ -465,11 +471,13 @@ def _terminated_under(server, work: list[list[str]], socket_closes: bool = False
         server.kill()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
-def test_a_signal_as_soon_as_the_server_listens_stops_it(minilm, sig, code):
+def test_a_signal_as_soon_as_the_server_listens_stops_it(minilm, sig, code, workers):
     """A supervisor that stops the server the moment it listens, before uvicorn has its signal handlers: SIGTERM
-    was lost (the server went on serving) or killed the process by the signal; now both end it as they would later."""
-    server = ServerProcess(minilm)
+    was lost (the server went on serving) or killed the process by the signal; now both end it as they would later.
+    With --workers, before the workers have loaded the model."""
+    server = ServerProcess(minilm, "--workers", workers)
     try:
         deadline = time.monotonic() + 60
         while "listening on" not in server.stdout.read_text():

@@ -11,12 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -26,7 +23,7 @@ from bortengine.serving import ServeOptions
 from serving_process import ServerProcess, minilm_engine, serving, texts_of  # noqa: F401 (a fixture)
 from test_isolation import _env
 from test_serving import delta, embeddings, scrape
-from test_serving_robustness import assert_error, texts_read, wait_until
+from test_serving_robustness import assert_error, flood, post_embeddings, texts_read, wait_until
 
 MAX_TOKENS = 64
 MAX_QUEUE = 8
@@ -75,12 +72,6 @@ def not_accepting(server: ServerProcess) -> bool:
         return True
 
 
-def post_alone(server: ServerProcess, texts: list[str]) -> httpx.Response:
-    """One request on a connection of its own: the kernel gives each new connection to one of the workers."""
-    with server.client() as client:
-        return client.post("/v1/embeddings", json={"input": texts})
-
-
 def test_the_workers_answer_as_one_server(workers_server, minilm_engine):
     pids = worker_pids(workers_server)
     assert len(pids) == 2, workers_server.output()
@@ -91,8 +82,8 @@ def test_the_workers_answer_as_one_server(workers_server, minilm_engine):
     with workers_server.client() as client:
         before = scrape(client)
     ticks = [cpu_ticks(p) for p in pids]
-    with ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda texts: post_alone(workers_server, texts), work))
+    with ThreadPoolExecutor(4) as pool:   # (a connection a request: the kernel gives each to one of the workers)
+        responses = list(pool.map(lambda texts: post_embeddings(workers_server, texts), work))
     for texts, response in zip(work, responses):
         assert np.array_equal(embeddings(response), minilm_engine.encode(texts, max_length=MAX_TOKENS))
     # both computed: 60 connections all given to one worker would be a 1 in 2**59 chance
@@ -109,19 +100,8 @@ def test_the_workers_answer_as_one_server(workers_server, minilm_engine):
 
 
 def test_each_worker_admits_its_share_of_max_queue(workers_server, minilm_engine):
-    clients = 4 * MAX_QUEUE
     texts = texts_of(8, words=30, seed=3)
-    start = threading.Barrier(clients)
-
-    def flood(_) -> httpx.Response:
-        start.wait()
-        return post_alone(workers_server, texts)
-
-    with ThreadPoolExecutor(clients) as pool:
-        responses = list(pool.map(flood, range(clients)))
-    statuses = [r.status_code for r in responses]
-    assert set(statuses) <= {200, 429} and 429 in statuses and 200 in statuses, statuses
-    for response in responses:
+    for response in flood(workers_server, texts, 4 * MAX_QUEUE):
         if response.status_code == 429:
             assert_error(response, 429, "queue_full", f"limit of {MAX_QUEUE // 2} requests")
         else:
@@ -145,7 +125,7 @@ def test_a_worker_that_dies_is_replaced_and_its_connections_wait_for_it(minilm, 
         # new connections, some of them given to the dead worker's socket before the new worker accepts
         work = [texts_of(2, seed=200 + k) for k in range(40)]
         with ThreadPoolExecutor(4) as pool:
-            responses = list(pool.map(lambda texts: post_alone(server, texts), work))
+            responses = list(pool.map(lambda texts: post_embeddings(server, texts), work))
         for texts, response in zip(work, responses):
             assert np.array_equal(embeddings(response), minilm_engine.encode(texts))
         wait_until(lambda: "ready again" in server.stdout.read_text(), timeout=60, what="the new worker")
@@ -166,7 +146,7 @@ def test_sigterm_drains_every_worker_and_exits_0(minilm, minilm_engine):
     work = [texts_of(8, words=40, seed=300 + k) for k in range(16)]   # ~64 tokens a text: seconds on 2 cores
     try:
         with ThreadPoolExecutor(len(work)) as pool:
-            futures = [pool.submit(post_alone, server, texts) for texts in work]
+            futures = [pool.submit(post_embeddings, server, texts) for texts in work]
             with server.client() as client:   # every request read (the texts counted by both workers)
                 wait_until(lambda: texts_read(client) == sum(map(len, work)), what="the requests to be read")
             server.terminate()
@@ -182,21 +162,6 @@ def test_sigterm_drains_every_worker_and_exits_0(minilm, minilm_engine):
         assert np.array_equal(embeddings(response), minilm_engine.encode(texts, max_length=MAX_TOKENS))
     assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
     wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="the workers to exit")
-
-
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
-def test_a_signal_as_soon_as_the_server_listens_stops_it(minilm, sig, code):
-    server = ServerProcess(minilm, "--workers", "2")
-    try:
-        deadline = time.monotonic() + 60
-        while "listening on" not in server.stdout.read_text():
-            server._check_alive(deadline)
-            time.sleep(0.001)
-        server.proc.send_signal(sig)
-        assert server.proc.wait(30) == code, server.output()
-    finally:
-        server.kill()
-    assert "Traceback" not in server.stderr.read_text(), server.output()
 
 
 def test_a_ctrl_c_to_the_process_group_stops_every_worker_even_from_a_background_job(minilm):
