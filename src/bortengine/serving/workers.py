@@ -135,6 +135,7 @@ class _Supervisor:
         try:
             process.start()
         except (OSError, ValueError):
+            reader.close()
             if self.stopping is None:
                 raise
             return   # a signal closed the sockets while the worker started: it was not going to serve
@@ -145,13 +146,15 @@ class _Supervisor:
             os.kill(process.pid, signal.SIGTERM)
 
     def _step(self) -> None:
+        """Wait for a worker to say something or to exit, and act on it (what a worker said before it exited is read
+        by _exited first)."""
         sentinels = {p.sentinel: i for i, p in self.processes.items()}
         readers = {id(r): i for i, r in self.channels.items()}
-        for ready in wait(list(sentinels) + list(self.channels.values())):
-            if isinstance(ready, Connection):
-                self._read(readers[id(ready)])
-        for ready in wait(list(sentinels), timeout=0):
-            i = sentinels[ready]
+        ready = wait(list(sentinels) + list(self.channels.values()))
+        for channel in (r for r in ready if isinstance(r, Connection)):
+            self._read(readers[id(channel)])
+        for sentinel in (r for r in ready if not isinstance(r, Connection)):
+            i = sentinels[sentinel]
             process = self.processes.pop(i)
             process.join()
             self._exited(i, process)
