@@ -335,6 +335,7 @@ class TrainingLoop:
         progress line, then after_step(outcome) (an exception it raises stops the run as an interruption would:
         no final evaluation or checkpoint). At the end: the final evaluation, then the final checkpoint."""
         progress = self._progress()
+        finished = False
         try:
             with _interruptions_between_steps(checkpoint is not None) as interruption:
                 while (reason := self.stop_reason(checkpoint)) is None:
@@ -357,8 +358,11 @@ class TrainingLoop:
                 print(f"warning: the time budget was spent before the first step ({self.budget.spent:.1f} s of "
                       f"{self.time_budget:.1f} s, on loading or an earlier run): nothing trained; give a larger "
                       f"budget", file=sys.stderr)
+            finished = True
         finally:
             if progress is not None:
+                if finished:     # the run is whole: a budget ends it up to a step short of its last second
+                    progress.done, progress.done_cost = len(progress.costs), progress.total
                 progress.show(f"step {self.step}", final=True, left=self._left())
         self.ended = reason
         if checkpoint is not None:
