@@ -37,7 +37,7 @@ ISA_SOURCES = ["kernels_scalar.cc", "kernels_int8_scalar.cc", "kernels_bf16_scal
     ["kernels_avx2.cc", "kernels_avx512.cc", "kernels_int8_avx2.cc", "kernels_int8_avx512vnni.cc",
      "kernels_bf16_avx2.cc", "kernels_bf16_avx512.cc", "kernels_bf16_avx512bf16.cc", "kernels_bf16_amx.cc", "kernels_int8_amx.cc"] if IS_X86 else []
 )
-COMMON_SOURCES = ["isa.cc", "kernels_ref.cc", "pool.cc", "ops.cc", "single_ops.cc", "forward.cc", "encoder.cc", "bindings.cc"]
+COMMON_SOURCES = ["isa.cc", "kernels_ref.cc", "pool.cc", "ops.cc", "single_ops.cc", "forward.cc", "encoder.cc", "warmer.cc", "bindings.cc"]
 
 COMMON_FLAGS = ["-O3", "-pthread", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 if os.environ.get("BORTENGINE_DEBUG"):

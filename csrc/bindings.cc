@@ -270,6 +270,11 @@ class PyEncoder {
         return py::make_tuple(out, pooled_obj);
     }
 
+    bool warm_caches(double min_idle_s) {
+        if (!(min_idle_s >= 0)) throw std::invalid_argument("min_idle_s must be >= 0 seconds");
+        return enc_->warm_caches(min_idle_s);  // returns at once: no need to release the GIL
+    }
+
     Encoder& enc() { return *enc_; }
 
   private:
@@ -314,6 +319,16 @@ void bind_encoder(py::module_& m) {
                                    return names;
                                })
         .def_property_readonly("packed_bytes", [](PyEncoder& e) { return e.enc().packed_bytes(); })
+        .def("warm_caches", &PyEncoder::warm_caches, py::arg("min_idle_s") = 0.0)
+        .def_property_readonly("warm_stats",
+                               [](PyEncoder& e) {
+                                   const Warmer& w = e.enc().warmer();
+                                   py::dict d;
+                                   d["started"] = w.started();
+                                   d["stopped"] = w.stopped();
+                                   d["running"] = w.running();
+                                   return d;
+                               })
         .def_property_readonly("ready", [](PyEncoder& e) { return e.enc().ready(); })
         .def_property("trace", [](PyEncoder& e) { return e.enc().trace(); },
                       [](PyEncoder& e, bool on) { e.enc().set_trace(on); })

@@ -279,6 +279,55 @@ std::size_t Encoder::packed_bytes() const {
     return n;
 }
 
+namespace {
+std::int64_t steady_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+}  // namespace
+
+bool Encoder::warm_caches(double min_idle_s) {
+    if (forwards_running_.load(std::memory_order_acquire) > 0 || warmer_.running()) return false;
+    // idle since the last forward, and since the last reads: a call that finds the reads done needs no others
+    const std::int64_t last = std::max(last_forward_end_.load(std::memory_order_acquire),
+                                       last_warm_.load(std::memory_order_relaxed));
+    const std::int64_t now = steady_ns();
+    if (last != 0 && static_cast<double>(now - last) < min_idle_s * 1e9) return false;
+    if (!warmer_.start()) return false;
+    last_warm_.store(now, std::memory_order_relaxed);
+    return true;
+}
+
+void Encoder::read_weights(const std::atomic<bool>& stop) const {
+    std::shared_lock<std::shared_mutex> lock(mu_);  // the setters replace what is read here
+    std::uint64_t sum = 0;
+    // one load per 64-byte line (the hardware prefetchers follow the stream); stop is read every 64 KiB
+    constexpr std::size_t kLine = 64, kBetweenStops = 64 << 10;
+    auto read = [&](const void* p, std::size_t bytes) {
+        const unsigned char* c = static_cast<const unsigned char*>(p);
+        for (std::size_t at = 0; at < bytes; at += kBetweenStops) {
+            if (stop.load(std::memory_order_relaxed)) return false;
+            const std::size_t end = std::min(bytes, at + kBetweenStops);
+            for (std::size_t i = at; i < end; i += kLine) sum += c[i];
+        }
+        return true;
+    };
+    auto vec = [&](const std::vector<float>& v) { return read(v.data(), v.size() * sizeof(float)); };
+    auto linear = [&](const Linear& l) {
+        return read(l.f32.data.data(), l.f32.data.bytes()) && read(l.i8.data.data(), l.i8.data.bytes()) &&
+               read(l.i8.scale.data(), l.i8.scale.size() * 4) && read(l.i8.sum.data(), l.i8.sum.size() * 4) &&
+               read(l.bf16.data.data(), l.bf16.data.bytes()) && vec(l.bias);
+    };
+    bool more = vec(emb_ln_w_) && vec(emb_ln_b_) && linear(projection_);
+    for (std::size_t l = 0; more && l < layers_.size(); ++l) {
+        const Layer& L = layers_[l];
+        more = linear(L.qkv) && linear(L.ao) && vec(L.ln1_w) && vec(L.ln1_b) && linear(L.ffn_in) &&
+               linear(L.ffn_out) && vec(L.ln2_w) && vec(L.ln2_b);
+    }
+    if (more) linear(pooler_);
+    read_sink_.fetch_add(sum, std::memory_order_relaxed);
+}
+
 // Tracing: the calling thread reads the clock after each step (so a step's time includes waiting for its slowest
 // chunk), charges it to the step's trace bucket, and counts the team ops the step ran. Does nothing when off.
 class Encoder::StepTrace {
@@ -385,6 +434,15 @@ void Encoder::forward(const int64_t* ids, const int64_t* mask, const int64_t* ty
     // 0 or more than the encoder has (num_threads may be lowered while a caller's forward starts): all of them
     const int most = num_threads();
     if (threads == 0 || threads > most) threads = most;
+    warmer_.stop();  // it would take a core this forward's threads run on
+    forwards_running_.fetch_add(1, std::memory_order_acq_rel);
+    struct Ended {  // whichever way the forward ends: warm_caches counts idle time from here
+        Encoder& e;
+        ~Ended() {
+            e.last_forward_end_.store(steady_ns(), std::memory_order_release);
+            e.forwards_running_.fetch_sub(1, std::memory_order_acq_rel);
+        }
+    } ended{*this};
     std::shared_lock<std::shared_mutex> lock(mu_);
     if (!ready()) throw std::invalid_argument("encoder weights are not fully set (embeddings and every layer)");
     if (pooled && !pooler_set_) throw std::invalid_argument("this model has no pooler");

@@ -20,6 +20,7 @@
 #include "isa.h"
 #include "kernels.h"
 #include "ops.h"
+#include "warmer.h"
 
 namespace bortengine {
 
@@ -137,6 +138,14 @@ class Encoder {
     bool has_position_bias() const { return !position_bias_.empty(); }
     std::size_t packed_bytes() const;
 
+    // Starts reading the packed weights (and the layers' biases and LayerNorms) back into the caches on a
+    // background thread, on another CPU than the caller's, in the order a forward reads them, if no forward is
+    // running and none has ended, nor reads started, for min_idle_s seconds; returns at once, saying whether it
+    // started (not on a caller allowed one CPU only). A forward that starts
+    // meanwhile stops it. For a call that finds the engine idle, while its text is tokenized (warmer.h: why).
+    bool warm_caches(double min_idle_s);
+    const Warmer& warmer() const { return warmer_; }
+
   private:
     // One Linear of the model: its weight packed for the encoder's dtype (float32, or int8 / bf16 for the layers'
     // four linears of an int8 / bf16 encoder) and its bias.
@@ -186,6 +195,9 @@ class Encoder {
     // (`name` in the message).
     Linear fp32_linear(const ops::ArrayRef<float>& w, const ops::ArrayRef<float>& b, int N, int K,
                        const std::string& name) const;
+    // warm_caches' job: one load per cache line of everything a forward reads of the model but the embedding
+    // tables (a short text reads a few of their rows), until stop.
+    void read_weights(const std::atomic<bool>& stop) const;
     // Sizes ws for its packed tokens (B sequences) on `threads` threads.
     void reserve_workspace(Workspace& ws, int B, bool pooled, int threads) const;
     // One encoder layer over the packed rows ws.x [Ntok, H]; its last LayerNorm writes dst (ws.x, or `out`).
@@ -223,6 +235,14 @@ class Encoder {
     mutable std::shared_mutex mu_;
     mutable std::mutex spare_mu_;  // guards spare_ and the last trace
     std::vector<std::unique_ptr<Workspace>> spare_;
+
+    // What warm_caches asks of the forwards: how many run, and when the last one ended (steady clock ns, 0: none).
+    std::atomic<int> forwards_running_{0};
+    std::atomic<std::int64_t> last_forward_end_{0};
+    std::atomic<std::int64_t> last_warm_{0};  // when warm_caches last started the reads
+    mutable std::atomic<std::uint64_t> read_sink_{0};  // read_weights' loads go somewhere
+    // Last: destroyed (its thread stopped and joined) before anything it reads.
+    Warmer warmer_{[this](const std::atomic<bool>& stop) { read_weights(stop); }};
 };
 
 }  // namespace bortengine

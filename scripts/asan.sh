@@ -35,4 +35,4 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
 PYTHONPATH="$OUT/pkg" python -m pytest -p no:cacheprovider -q \
     tests/test_kernels.py tests/test_int8_kernels.py tests/test_bf16_kernels.py tests/test_correctness.py \
     tests/test_inputs.py tests/test_int8_engine.py tests/test_bf16_engine.py tests/test_threads.py tests/test_pool.py \
-    tests/test_forward_ops.py "$@"
+    tests/test_forward_ops.py tests/test_warm_caches.py "$@"

@@ -144,6 +144,11 @@ class Encoder:
     def packed_bytes(self) -> int:
         return sum(a.nbytes for layer in self._layers if layer for a in layer)
 
+    def warm_caches(self, min_idle_s: float = 0.0) -> bool:
+        return False    # nothing is packed: NumPy reads the arrays where they are
+
+    warm_stats = property(lambda self: {"started": 0, "stopped": 0, "running": False})
+
     def set_embeddings(self, word, position, token_type, ln_weight, ln_bias) -> None:
         E = self.E
         self._embeddings = (_f32(word, (self.V, E), "word"), _f32(position, (self.P, E), "position"),

@@ -7,7 +7,7 @@ call releases the GIL. Bad arguments raise ValueError with both shapes in the me
 Shapes: B = batch, T = tokens per sequence, H = hidden size, I = intermediate (FFN) size, V = vocab size,
 P = max positions, Tt = token types, M/N/K = GEMM rows/cols/depth.
 """
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -134,6 +134,13 @@ class Encoder:
         """Each layer's arithmetic: the encoder's dtype, or what set_layer(dtype=...) gave it."""
     @property
     def packed_bytes(self) -> int: ...
+    def warm_caches(self, min_idle_s: float = 0.0) -> bool:
+        """Starts reading the packed weights back into the caches on a background thread (on another CPU than the
+        caller's), if no forward is running and none has ended, nor reads started, for min_idle_s seconds; returns
+        at once, True if it started (False also for a caller allowed one CPU only). A forward stops the reads."""
+    @property
+    def warm_stats(self) -> dict[str, Any]:
+        """For tests: {"started": reads started, "stopped": of those, ended by a forward, "running": bool}."""
     @property
     def ready(self) -> bool: ...
     @property

@@ -132,7 +132,7 @@ class ModelService:
     # --------------------------------------------------------------------------------------------------- routes
     # The POST routes give their answer's JSON document (a 200), which Answered writes.
     async def embeddings(self, request: Request) -> dict:
-        engine = self._serving(request)
+        engine = self._computing(request)
         with self._admission():
             req = await self._text_request(request, "embeddings")
             texts = await self._tokenized(req, "embeddings")
@@ -141,7 +141,7 @@ class ModelService:
         return embeddings_response(shortened(vectors, req.dimensions), req.encoding_format, self.name, texts.tokens)
 
     async def classify(self, request: Request) -> dict:
-        engine = self._serving(request)
+        engine = self._computing(request)
         problem = self._not_a_classifier(engine)
         if problem:
             raise APIError(400, problem, code="model_not_classifier")
@@ -154,7 +154,7 @@ class ModelService:
 
     async def rerank(self, request: Request) -> dict:
         """POST /v1/rerank: a cross-encoder's documents ordered by relevance to the query, as Engine.rerank."""
-        engine = self._serving(request)
+        engine = self._computing(request)
         problem = self._not_a_cross_encoder(engine)
         if problem:
             raise APIError(400, problem, code="model_not_cross_encoder")
@@ -227,6 +227,13 @@ class ModelService:
                                 f"(GET /health answers 200 once it is ready)", type="server_error",
                            code="model_loading", headers={"Retry-After": str(self.options.retry_after_s)})
         return self.engine
+
+    def _computing(self, request: Request) -> Engine:
+        """_serving's engine, which starts reading its weights back into the caches if it was idle a while
+        (Engine.warm_caches): on another core, while this request's body is read, parsed and tokenized."""
+        engine = self._serving(request)
+        engine.warm_caches()
+        return engine
 
     @contextlib.contextmanager
     def _admission(self) -> Iterator[None]:
