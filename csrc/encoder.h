@@ -141,8 +141,8 @@ class Encoder {
     // Starts reading the packed weights (and the layers' biases and LayerNorms) back into the caches on a
     // background thread, on another CPU than the caller's, in the order a forward reads them, if no forward is
     // running and none has ended, nor reads started, for min_idle_s seconds; returns at once, saying whether it
-    // started (not on a caller allowed one CPU only). A forward that starts
-    // meanwhile stops it. For a call that finds the engine idle, while its text is tokenized (warmer.h: why).
+    // started (not on a caller allowed one CPU only). A forward that starts meanwhile stops it. For a call that
+    // finds the engine idle, while its text is tokenized (warmer.h: why).
     bool warm_caches(double min_idle_s);
     const Warmer& warmer() const { return warmer_; }
 
