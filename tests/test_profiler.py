@@ -3,6 +3,7 @@ only what is measured, saved, resumed, validated and reported). docs/profiler.md
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import subprocess
 import sys
@@ -222,6 +223,17 @@ def test_progress_bar_counts_down(tmp_path, capsys):
     bar.step("b")
     bar.show("c", final=True)
     assert "2/3" in stream.text and "50%" in stream.text and "left ~" in stream.text
+
+
+def test_progress_bar_finished_early_drops_the_steps_not_taken():
+    """A search that stops before its planned steps (an int8 calibration that all-int8 already meets) ends at n/n
+    and 100%, not at 1/4 and 100%."""
+    stream = io.StringIO()
+    bar = Progress(4, "calibration", stream=stream)
+    bar.step("first")
+    bar.finish("done")
+    last = stream.getvalue().splitlines()[-1]
+    assert "] 1/1 100%" in last and last.rstrip().endswith("done"), last
 
 
 def test_validate_reports_predicted_against_measured(tiny_profile, tmp_path):

@@ -42,6 +42,14 @@ class Progress:
         self.done += 1
         self.show(what)
 
+    def finish(self, what: str = "") -> None:
+        """The work is done, perhaps in fewer steps than planned (a search that stopped early): the steps not taken
+        leave the plan, and the final line is drawn (n/n, 100%)."""
+        del self.costs[self.done:]
+        self.total = sum(self.costs) or 1.0
+        self.done_cost = self.total
+        self.show(what, final=True)
+
     def show(self, what: str = "", final: bool = False, left: Optional[float] = None) -> None:
         """Draw the line; `left`: the seconds left when the caller knows them (a time budget's), instead of the
         elapsed time rescaled by the fraction done."""

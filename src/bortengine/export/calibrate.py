@@ -173,8 +173,7 @@ def calibrate_int8(model_dir: str | os.PathLike, texts: Sequence[str], text_pair
     if result.min_cosine < min_cosine:  # only every layer in float32 meets it: the float32 engine, exactly
         result.fallback, result.layers, result.min_cosine = "float32", list(range(layers)), 1.0
     result.seconds = round(time.monotonic() - started, 1)
-    bar.done_cost = bar.total
-    bar.show(f"{result.fallback} layers {result.layers}: min cosine {result.min_cosine:.4f}", final=True)
+    bar.finish(f"{result.fallback} layers {result.layers}: min cosine {result.min_cosine:.4f}")
     if write:
         _write_record(transformer_directory(Path(model_dir)) / "config.json", result)
     return result
