@@ -845,9 +845,10 @@ class Engine:
         weights have left the caches (other processes, other tenants of a VM): the next forward would fetch them
         from memory, which measured on a 2-vCPU VM doubled an int8 MiniLM forward of a short query (~0.49 ms back to
         back, ~1.06 ms after 50 ms idle). Read by another core while the call's text is prepared, they are in the
-        shared cache when its forward starts; a forward that starts stops the reads. The text-taking calls (encode,
-        classify, rerank and their asyncio forms) do this themselves before they tokenize; a server calls it as a
-        request arrives, so that parsing it overlaps the reads too. Does nothing on a machine of one CPU."""
+        shared cache when its forward starts; a forward that starts stops the reads. The text-taking calls do this
+        themselves (encode, classify, rerank and their asyncio forms before they tokenize; classify_tokens and
+        aclassify_tokens after); a server calls it as a request arrives, so that parsing it overlaps the reads
+        too. Does nothing on a machine of one CPU."""
         return self._warms and self._encoder.warm_caches(WARM_AFTER_IDLE_S)
 
     def _text_inputs(self, texts: Any, text_pairs: Any) -> tuple[list[str], Optional[list[str]], bool]:
