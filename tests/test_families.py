@@ -488,3 +488,22 @@ def test_training_and_extraction_refuse_other_families(make_encoder, tmp_path):
     with pytest.raises(UnsupportedModelError, match="model_type 'distilbert' is not BERT"):
         finetune(FinetuneConfig(model=str(distil), max_steps=1, train_limit=8, eval_limit=8, threads=1,
                                 out_dir=str(tmp_path / "ft")), progress=False)
+
+
+def test_a_padding_id_that_is_the_unknown_tokens_names_the_config(make_encoder, tmp_path):
+    """A config.json whose pad_token_id is <unk>'s (a model that numbers positions after the padding id cannot embed
+    it): a text with an unknown character is refused with the config named, not with advice to edit the text."""
+    import shutil
+
+    model = tmp_path / "xlmr"
+    shutil.copytree(make_encoder(model_type="xlm-roberta", hidden_size=32, num_attention_heads=4,
+                                 intermediate_size=40, num_hidden_layers=1), model)
+    engine = bortengine.load(model)
+    unk = engine.tokenizer.unk_id
+    config = json.loads((model / "config.json").read_text())
+    config["pad_token_id"] = unk
+    (model / "config.json").write_text(json.dumps(config))
+    engine = bortengine.load(model)
+    assert engine.encode(["visited Paris"]).shape[0] == 1
+    with pytest.raises(InvalidInputError, match=r"does not know.*config.json names as padding.*set pad_token_id"):
+        engine.encode(["Жанна visited Paris"])

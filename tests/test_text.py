@@ -220,6 +220,120 @@ def test_a_default_prompt_kept_out_of_the_pooling_is_not_advised_into_the_texts(
         bortengine.load(out)
 
 
+def test_a_default_prompt_kept_out_of_cls_pooling_is_not_advised_into_the_texts(small_model, tmp_path):
+    """With include_prompt false sentence-transformers masks [CLS] and the prompt's tokens out, and its "cls" takes
+    the first token left: the text's own first token, which no text given to the engine reproduces."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    out = tmp_path / "st"
+    SentenceTransformer(modules=[Transformer(str(small_model)), Pooling(64, "cls", include_prompt=False)],
+                        device="cpu", prompts={"query": "query: "}, default_prompt_name="query").save(str(out))
+    with pytest.warns(bortengine.PromptWarning, match="does not give them either.*include_prompt false"):
+        engine = bortengine.load(out)
+    texts = ["a b c", "a much longer text with more tokens in it"]
+    st = SentenceTransformer(str(out), device="cpu", local_files_only=True)
+    assert np.abs(engine.encode(["query: " + t for t in texts]) - st.encode(texts)).max() > 1e-3
+    assert np.abs(engine.encode(texts) - st.encode(texts, prompt="")).max() <= 1e-4
+
+
+def test_a_cross_encoders_default_prompt_is_advised_before_the_query(make_model, tmp_path):
+    """CrossEncoder.predict and rank put the default prompt before each pair's first text (the query) only."""
+    from sentence_transformers import CrossEncoder
+
+    scorer = make_model(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=80,
+                        head="classifier", num_labels=1, seed=5)
+    out = tmp_path / "ce"
+    CrossEncoder(str(scorer), num_labels=1, device="cpu", prompts={"q": "Find the answer: "},
+                 default_prompt_name="q").save(str(out))
+    with pytest.warns(bortengine.PromptWarning, match="before the first text of every pair.*before the query"):
+        engine = bortengine.load(out)
+    query, documents = "who found radium?", ["Marie Curie found radium.", "A fox.", "Paris is in France."]
+    theirs = CrossEncoder(str(out), device="cpu").rank(query, documents)
+    ours = engine.rerank("Find the answer: " + query, documents)
+    assert [r.index for r in ours] == [r["corpus_id"] for r in theirs]
+    assert np.abs(np.array([r.score for r in ours]) - [r["score"] for r in theirs]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("case", ["tokens before the pooling", "into another feature", "plain, before the pooling",
+                                  "saved by sentence-transformers < 6"])
+def test_normalize_does_what_its_config_says(small_model, tmp_path, case):
+    """sentence-transformers >= 6 saves the feature a Normalize reads and the one it writes: the engine normalises
+    the embedding only where sentence-transformers does, and refuses what it cannot reproduce (token states
+    normalised before the pooling) instead of normalising the pooled vector."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    transformer, pooling = Transformer(str(small_model)), Pooling(64, "mean")
+    modules = {"tokens before the pooling": [transformer, Normalize(module_input_name="token_embeddings"), pooling],
+               "into another feature": [transformer, pooling, Normalize(module_output_name="normalized")],
+               "plain, before the pooling": [transformer, Normalize(), pooling],
+               "saved by sentence-transformers < 6": [transformer, pooling, Normalize()]}[case]
+    out = tmp_path / "st"
+    SentenceTransformer(modules=modules, device="cpu").save(str(out))
+    if case == "saved by sentence-transformers < 6":
+        (out / "2_Normalize" / "config.json").unlink(missing_ok=True)
+    engine = bortengine.load(out)
+    texts = ["a b c", "a much longer text with more tokens in it"]
+    if case == "tokens before the pooling":
+        with pytest.raises(BortEngineError, match="Normalize of the feature 'token_embeddings' before the Pooling"):
+            engine.encode(texts)
+        return
+    theirs = SentenceTransformer(str(out), device="cpu", local_files_only=True).encode(texts)
+    assert np.abs(engine.encode(texts) - theirs).max() <= 1e-4
+    assert engine.pooling.normalize == (case == "saved by sentence-transformers < 6")
+
+
+@pytest.mark.parametrize("name", ["sentence_roberta_config.json", "sentence_distilbert_config.json",
+                                  "sentence_xlm-roberta_config.json"])
+def test_older_names_of_the_transformers_settings_are_read(minilm, tmp_path, name):
+    """sentence-transformers reads max_seq_length and do_lower_case from the first of several file names (early
+    versions named the file after the model type)."""
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "st"
+    shutil.copytree(minilm, out)
+    (out / "sentence_bert_config.json").unlink()
+    (out / name).write_text(json.dumps({"max_seq_length": 16, "do_lower_case": False}))
+    engine = bortengine.load(out)
+    assert engine.max_length == 16
+    texts = ["a long text " * 20, "short"]
+    theirs = SentenceTransformer(str(out), device="cpu", local_files_only=True).encode(texts)
+    assert np.abs(engine.encode(texts) - theirs).max() <= 1e-4
+
+
+def test_do_lower_case_lowercases_as_sentence_transformers_does(minilm, tmp_path):
+    """do_lower_case adds a Lowercase step to the tokenizer, as sentence-transformers does: special tokens typed in
+    a text are split out before it (Python's str.lower() on the text turned "[MASK]" into "[mask]", word pieces),
+    and offsets point into the text as given."""
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+    out = tmp_path / "st"
+    shutil.copytree(minilm, out)
+    cased = Tokenizer.from_file(str(out / "tokenizer.json"))
+    cased.normalizer = None                    # a cased tokenizer: only do_lower_case lowercases
+    cased.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "model_max_length": 512}))
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": True}))
+    engine = bortengine.load(out)
+    st = SentenceTransformer(str(out), device="cpu", local_files_only=True)
+    texts = ["Paris [MASK] Warsaw", "Angela [SEP] Merkel", "ΟΔΟΣ ΟΔΟΣ", "Plain Text"]
+    for text in texts:
+        assert engine.tokenize(text)["input_ids"][0].tolist() == st.tokenize([text])["input_ids"][0].tolist(), text
+    assert np.abs(engine.encode(texts) - st.encode(texts)).max() <= 1e-4
+    assert engine.tokenizer.lowercase_input
+
+
+def test_a_legacy_pooling_config_that_enables_no_mode_pools_by_mean(small_model, tmp_path):
+    """sentence-transformers reads such a file as mean pooling."""
+    _with_modules(small_model, tmp_path, {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 64, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False}))
+    assert bortengine.load(tmp_path).pooling.modes == ("mean",)
+
+
 def test_unknown_pooling_mode_names_refused(small_model, tmp_path):
     _with_modules(small_model, tmp_path, {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
     (tmp_path / "1_Pooling").mkdir()

@@ -212,3 +212,29 @@ def test_aclassify_tokens_is_classify_tokens_for_asyncio(make_encoder):
     classifier = bortengine.load(make_encoder(model_type="bert", **{**SIZES, "head": "sequence"}))
     with pytest.raises(BortEngineError, match=r"classify_tokens\(\) needs a token classifier"):
         asyncio.run(classifier.aclassify_tokens("a"))
+
+
+def test_a_unigram_tokenizer_whose_config_names_no_unk_token_shows_the_texts_words(make_encoder, pipelines, tmp_path):
+    """xlm-roberta-base's tokenizer_config.json names no unk token (only model_max_length), and a Unigram model has
+    no unk token of its own: transformers' class default, <unk>, is the one. A word the vocabulary lacks shows as
+    the text's characters, as the pipeline shows it, not as '<unk>'."""
+    import shutil
+
+    from transformers import XLMRobertaTokenizer
+
+    model = tmp_path / "xlmr"
+    shutil.copytree(make_encoder(model_type="xlm-roberta", **SIZES), model)
+    vocab = [tuple(v) for v in json.loads((model / "tokenizer.json").read_text())["model"]["vocab"]]
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (model / name).unlink(missing_ok=True)
+    XLMRobertaTokenizer(vocab=vocab).save_pretrained(model)    # tokenizer.json as transformers builds it
+    (model / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
+    engine = bortengine.load(model)
+    text = "Жанна visited Paris"
+    unk = engine.tokenizer.unk_id
+    assert unk is not None and unk in engine.tokenize(text)["input_ids"][0], "the text must hold an unknown word"
+    for aggregation in ("none", "simple", "first"):
+        ours = engine.classify_tokens([text], aggregation=aggregation)
+        theirs, _ = _reference(pipelines(model), [text], aggregation)
+        assert [_as_dicts(t) for t in ours] == theirs, aggregation
+        assert all(e.word != "<unk>" for e in ours[0])

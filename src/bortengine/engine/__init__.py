@@ -12,7 +12,7 @@ from bortengine.engine.batching import DEFAULT_MAX_BATCH_TOKENS, BatchRecord
 from bortengine.engine.config import INT8_RECORD, ModelConfig
 from bortengine.engine.native import available_cpus, available_isas, core, core_build, cpu_info, forward_ops
 from bortengine.engine.outputs import ClassificationResult, EncoderOutput, RankedDocument, TokenEntity, softmax
-from bortengine.engine.pooling import POOLING_CONFIG_KEYS, Pooling, transformer_directory
+from bortengine.engine.pooling import POOLING_CONFIG_KEYS, Pooling, sentence_transformers_config, transformer_directory
 from bortengine.engine.runtime import DTYPES, Engine, bf16_runs_fast, load, tokenized_on_loop, traced_forwards
 from bortengine.engine.tokenization import TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import (QUANTIZABLE_LAYER_WEIGHTS, SCALE_SUFFIX, BertWeights, Checkpoint, TensorEntry,
@@ -26,4 +26,5 @@ __all__ = [
     "DEFAULT_MAX_BATCH_TOKENS", "tokenized_on_loop", "TokenizedTexts", "characters", "TokenEntity", "RankedDocument",
     "DTYPES", "TensorEntry", "read_safetensors_header", "write_safetensors", "transformer_directory",
     "POOLING_CONFIG_KEYS", "int8_kernels", "int8_stored_bf16", "forward_ops", "INT8_RECORD", "bf16_runs_fast",
+    "sentence_transformers_config",
 ]

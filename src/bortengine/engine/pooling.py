@@ -30,7 +30,8 @@ from bortengine.engine.weights import read_safetensors_header
 from bortengine.errors import ModelLoadError
 from bortengine.files import read_json
 
-__all__ = ["Pooling", "Dense", "POOLING_MODES", "POOLING_CONFIG_KEYS", "transformer_directory"]
+__all__ = ["Pooling", "Dense", "POOLING_MODES", "POOLING_CONFIG_KEYS", "transformer_directory",
+           "sentence_transformers_config"]
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")  # sentence-transformers' concatenation order
 # Each mode's key in 1_Pooling/config.json (as sentence-transformers writes it).
@@ -54,6 +55,13 @@ _ACTIVATIONS = {
     "torch.nn.modules.activation.Sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "torch.nn.modules.activation.SiLU": lambda x: x / (1 + np.exp(-x)),
 }
+# The transformer module's own settings (max_seq_length, do_lower_case): sentence-transformers reads the first of
+# these it finds beside the transformer (models saved by its early versions named the file after the model type).
+ST_CONFIG_NAMES = ("sentence_bert_config.json", "sentence_roberta_config.json", "sentence_distilbert_config.json",
+                   "sentence_camembert_config.json", "sentence_albert_config.json",
+                   "sentence_xlm-roberta_config.json", "sentence_xlnet_config.json")
+# Normalize's default feature (sentence-transformers >= 6 saves module_input_name / module_output_name)
+SENTENCE_EMBEDDING = "sentence_embedding"
 _DENSE_KEYS = {"in_features", "out_features", "bias", "activation_function", "module_input_name",
                "module_output_name", "use_residual"}
 
@@ -153,27 +161,21 @@ class Pooling:
     dense: tuple[Dense, ...] = ()   # applied in order to the pooled vectors, before the normalisation
     unsupported: tuple[str, ...] = ()  # modules of the model that the engine cannot run; encode() refuses
     default_prompt: Optional[str] = None   # config_sentence_transformers.json's, which encode() does not add
-    # sentence-transformers' Pooling include_prompt: false leaves a prompt's tokens (and [CLS]) out of the token
-    # modes (mean, max, mean_sqrt_len), so no text encode() is given reproduces a prompted embedding of it
+    # config_sentence_transformers.json's model_type "CrossEncoder": its prompt goes before each pair's first text
+    cross_encoder: bool = False
+    # sentence-transformers' Pooling include_prompt: false leaves a prompt's tokens (and [CLS]) out of every mode
+    # (cls then takes the text's first token), so no text encode() is given reproduces a prompted embedding of it
     include_prompt: bool = True
-
-    @staticmethod
-    def saved_default_prompt(model_dir: Path) -> Optional[str]:
-        """The prompt sentence-transformers puts before every text of encode() (prompts[default_prompt_name] in
-        config_sentence_transformers.json), or None."""
-        saved = read_json(model_dir / "config_sentence_transformers.json", ModelLoadError, missing_ok=True) or {}
-        if not isinstance(saved, dict) or not saved.get("default_prompt_name"):
-            return None
-        prompts = saved.get("prompts")
-        prompt = prompts.get(saved["default_prompt_name"]) if isinstance(prompts, dict) else None
-        return prompt if isinstance(prompt, str) and prompt else None
 
     @classmethod
     def load(cls, model_dir: Path, dense: bool = True) -> "Pooling":
         """The pooling a sentence-transformers directory (or a plain model directory: mean) asks for. dense=False
         leaves its Dense modules out unread, for a caller that takes only the pooling modes and Normalize (a
         student's directory written after a teacher's, whose Dense has the teacher's width)."""
-        return replace(cls._load(model_dir, dense), default_prompt=cls.saved_default_prompt(model_dir))
+        saved = read_json(model_dir / "config_sentence_transformers.json", ModelLoadError, missing_ok=True) or {}
+        saved = saved if isinstance(saved, dict) else {}
+        return replace(cls._load(model_dir, dense), default_prompt=_default_prompt(saved),
+                       cross_encoder=saved.get("model_type") == "CrossEncoder")
 
     @classmethod
     def _load(cls, model_dir: Path, read_dense: bool) -> "Pooling":
@@ -192,7 +194,11 @@ class Pooling:
                 if kind.endswith(".Pooling"):
                     pooling_dir = model_dir / module.get("path", "")
                 elif kind.endswith(".Normalize"):
-                    normalize = True
+                    effect = _normalize_effect(model_dir / str(module.get("path", "")), pooling_dir is not None)
+                    if effect == "sentence":
+                        normalize = True
+                    elif effect is not None:
+                        unsupported.append(f"{kind} {effect}")
                 elif kind.endswith(".Dense") and not read_dense:
                     continue
                 elif kind.endswith(".Dense") and pooling_dir is not None and not normalize:
@@ -232,7 +238,7 @@ class Pooling:
             modes = tuple(m for m in POOLING_MODES if config.get(POOLING_CONFIG_KEYS[m]))
             unsupported += [name for key, name in _UNSUPPORTED_KEYS.items() if config.get(key)]
         if not modes and not unsupported:
-            raise ModelLoadError(f"{config_path} enables no pooling mode; set pooling_mode_mean_tokens to true")
+            modes = ("mean",)   # sentence-transformers' default when the file enables none (or names none)
         include_prompt = config.get("include_prompt", True)
         if not isinstance(include_prompt, bool):
             raise ModelLoadError(f"{config_path}: include_prompt must be true or false, got {include_prompt!r}")
@@ -252,14 +258,21 @@ class Pooling:
             width = layer.out_features
         return width
 
-    @property
-    def prompt_advice(self) -> str:
-        """What to do about default_prompt, which encode() does not add."""
-        if self.include_prompt or self.modes == ("cls",):
-            return "add it to the texts for the model's embeddings"
-        return ("and adding it to the texts does not give them either: this model's pooling leaves the prompt's "
-                "tokens out (include_prompt false in its Pooling config), which the engine does not; encode(texts) "
-                "equals SentenceTransformer.encode(texts, prompt='')")
+    def prompt_warning(self, path: Path) -> str:
+        """What PromptWarning says of default_prompt, which the engine does not add."""
+        said = (f"{path} has the default prompt {self.default_prompt!r} (config_sentence_transformers.json "
+                f"default_prompt_name), which ")
+        if self.cross_encoder:
+            return said + ("CrossEncoder.predict and rank put before the first text of every pair (the query); "
+                           "rerank() and scores() do not: put it before the query (the first texts) for the model's "
+                           "scores")
+        said += "SentenceTransformer.encode puts before every text; encode() does not, "
+        if self.include_prompt:
+            return said + "add it to the texts for the model's embeddings"
+        # sentence-transformers masks [CLS] and the prompt's tokens out: its "cls" is then the text's first token
+        return said + ("and adding it to the texts does not give them either: this model's pooling leaves the "
+                       "prompt's tokens out (include_prompt false in its Pooling config), which the engine does not; "
+                       "encode(texts) equals SentenceTransformer.encode(texts, prompt='')")
 
     def __call__(self, hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
         """hidden [B,T,H] float32, mask [B,T] of 0/1 -> [B, H x len(modes)] float32: each mode's vector side by side
@@ -304,3 +317,45 @@ def transformer_directory(path: str | os.PathLike) -> Path:
                     f"config.json (and {path} holds none either): copy the whole sentence-transformers directory, "
                     f"with its {module.get('path')}/ folder of config.json, weights and tokenizer")
     return path
+
+
+def _default_prompt(saved: dict) -> Optional[str]:
+    """The prompt sentence-transformers puts before every text (prompts[default_prompt_name] of
+    config_sentence_transformers.json, `saved`), or None."""
+    if not saved.get("default_prompt_name"):
+        return None
+    prompts = saved.get("prompts")
+    prompt = prompts.get(saved["default_prompt_name"]) if isinstance(prompts, dict) else None
+    return prompt if isinstance(prompt, str) and prompt else None
+
+
+def _normalize_effect(folder: Path, after_pooling: bool) -> Optional[str]:
+    """What a Normalize module (its folder; after the Pooling or before it) does to the embeddings
+    SentenceTransformer.encode returns: "sentence" (the pooled vector normalised: the common case), None (nothing:
+    the sentence embedding is not there yet, or it writes another feature), or what it does that the engine does not
+    (normalising the token states before the Pooling, ...), for Pooling.unsupported. sentence-transformers >= 6
+    saves the feature it reads and the one it writes (module_input_name, module_output_name) in the module's
+    config.json; older ones save none, and normalise the sentence embedding."""
+    config = read_json(folder / "config.json", ModelLoadError, missing_ok=True) or {}
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{folder / 'config.json'} must be a JSON object")
+    source = config.get("module_input_name") or SENTENCE_EMBEDDING
+    target = config.get("module_output_name") or source
+    if not after_pooling:
+        # no sentence embedding to normalise yet: sentence-transformers skips it
+        return None if source == SENTENCE_EMBEDDING else f"of the feature {source!r} before the Pooling"
+    if target != SENTENCE_EMBEDDING:
+        return None
+    return "sentence" if source == SENTENCE_EMBEDDING else f"of the feature {source!r} into the sentence embedding"
+
+
+def sentence_transformers_config(transformer_dir: Path) -> dict:
+    """The transformer module's settings in a sentence-transformers directory (max_seq_length, do_lower_case): the
+    first of ST_CONFIG_NAMES in transformer_dir that holds any, as sentence-transformers reads them; {} without."""
+    for name in ST_CONFIG_NAMES:
+        config = read_json(transformer_dir / name, ModelLoadError, missing_ok=True)
+        if config is not None and not isinstance(config, dict):
+            raise ModelLoadError(f"{transformer_dir / name} must be a JSON object")
+        if config:
+            return config
+    return {}

@@ -179,10 +179,7 @@ class Engine:
         self.pooling = Pooling.load(path)
         self.embedding_dim = self.pooling.width(self.config.hidden_size)   # Dense modules checked to fit
         if self.pooling.default_prompt is not None:
-            warnings.warn(PromptWarning(
-                f"{path} has the default prompt {self.pooling.default_prompt!r} (config_sentence_transformers.json "
-                f"default_prompt_name), which SentenceTransformer.encode puts before every text; encode() does not, "
-                f"{self.pooling.prompt_advice}"), stacklevel=3)
+            warnings.warn(PromptWarning(self.pooling.prompt_warning(path)), stacklevel=3)
         self.tokenizer = TextTokenizer.load(bert_dir, self.config)
 
         c = self.config
@@ -934,7 +931,15 @@ class Engine:
         if i is None:
             return
         where = _text_name(tokenized, i, name)
-        token = self._text_tokenizer().token_text(pad)
+        tokenizer = self._text_tokenizer()
+        token = tokenizer.token_text(pad)
+        if pad == tokenizer.unk_id and pad != tokenizer.pad_id:
+            raise InvalidInputError(
+                f"{where} holds characters its tokenizer does not know, read as {token!r} (id {pad}), the id "
+                f"{self.path}'s config.json names as padding (pad_token_id): a {self.config.model_type} model embeds "
+                f"that id at the padding position, which the engine does not compute, so nothing was. The config "
+                f"is likely wrong: the tokenizer's padding token is {tokenizer.token_text(tokenizer.pad_id)!r} "
+                f"(id {tokenizer.pad_id}); set pad_token_id to it")
         raise InvalidInputError(
             f"{where} holds {token!r}, this model's padding token, as text (its tokenizer reads the string as that "
             f"token, as transformers' does): a {self.config.model_type} model embeds it at the padding position, "

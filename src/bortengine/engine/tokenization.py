@@ -32,11 +32,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from tokenizers import BertWordPieceTokenizer, Encoding, Tokenizer
+from tokenizers.normalizers import Lowercase, Sequence as NormalizerSequence
 from tokenizers.processors import TemplateProcessing
 
 from bortengine.engine.config import ModelConfig
 from bortengine.engine.entities import TokenVocabulary
-from bortengine.engine.pooling import transformer_directory
+from bortengine.engine.pooling import sentence_transformers_config, transformer_directory
 from bortengine.errors import InvalidInputError, ModelLoadError
 from bortengine.files import is_regular_file, read_json
 
@@ -147,6 +148,19 @@ class TokenizedTexts:
         return [i for i, n in enumerate(self.counts) if n > self.max_length]
 
 
+def _lowercased(tokenizer: Tokenizer) -> None:
+    """sentence_bert_config.json's do_lower_case, as sentence-transformers applies it: a Lowercase normalizer before
+    the tokenizer's own, unless that has one. It runs after the special tokens are split out ("[SEP]" in a text stays
+    the token), and offsets still point into the text as given."""
+    normalizer = tokenizer.normalizer
+    if normalizer is None:
+        tokenizer.normalizer = Lowercase()
+        return
+    steps = list(normalizer) if isinstance(normalizer, NormalizerSequence) else [normalizer]
+    if not any(isinstance(step, Lowercase) for step in steps):
+        tokenizer.normalizer = NormalizerSequence([Lowercase(), *steps])
+
+
 def _mpnet_template(tokenizer: Tokenizer) -> None:
     """MPNetTokenizer's special tokens on a WordPiece vocabulary: "<s> A </s>", and a pair "<s> A </s></s> B </s>" (as
     RoBERTa's), where BertWordPieceTokenizer's template gives BERT's "<s> A </s> B </s>"."""
@@ -182,7 +196,8 @@ class TextTokenizer:
         self.max_length = max_length
         self.truncation_side = truncation_side
         self.pad_id = pad_id
-        self.lowercase_input = lowercase_input  # sentence_bert_config.json do_lower_case: lowercase before tokenizing
+        # sentence_bert_config.json do_lower_case: the tokenizer lowercases (load() gave it a Lowercase normalizer)
+        self.lowercase_input = lowercase_input
         self.source = source
         self.token_types = token_types
         self.unk_id = unk_id
@@ -199,7 +214,7 @@ class TextTokenizer:
     def load(cls, model_dir: Path, config: ModelConfig) -> Optional["TextTokenizer"]:
         """The tokenizer of a model directory, or None if it has neither tokenizer.json nor vocab.txt."""
         tok_config = read_json(model_dir / "tokenizer_config.json", ModelLoadError, missing_ok=True) or {}
-        st_config = read_json(model_dir / "sentence_bert_config.json", ModelLoadError, missing_ok=True) or {}
+        st_config = sentence_transformers_config(model_dir)
         if is_regular_file(model_dir / "tokenizer.json", ModelLoadError):
             source = str(model_dir / "tokenizer.json")
             try:
@@ -235,12 +250,16 @@ class TextTokenizer:
         if pad_id is None or not 0 <= pad_id < config.vocab_size:
             pad_id = config.pad_token_id if 0 <= config.pad_token_id < config.vocab_size else 0
         _check_padding_not_in_template(tokenizer, config, model_dir, pad_id)
-        unk_id = _special_id(tokenizer, tok_config, "unk_token", getattr(tokenizer.model, "unk_token", None))
+        # a Unigram model (XLM-R's, CamemBERT's) names no unk token of its own: transformers' classes default to <unk>
+        unk_id = _special_id(tokenizer, tok_config, "unk_token", getattr(tokenizer.model, "unk_token", None) or "<unk>")
         side = tok_config.get("truncation_side") or (tokenizer.truncation or {}).get("direction") or "right"
         if side not in ("left", "right"):
             raise ModelLoadError(f"{model_dir}: tokenizer_config.json truncation_side must be 'left' or 'right' (the "
                                  f"end a long text loses), got {side!r}")
-        return cls(tokenizer, max_length, pad_id, bool(st_config.get("do_lower_case", False)), source,
+        lowercase = bool(st_config.get("do_lower_case", False))
+        if lowercase:
+            _lowercased(tokenizer)
+        return cls(tokenizer, max_length, pad_id, lowercase, source,
                    token_types=config.token_types, unk_id=unk_id, truncation_side=side)
 
     @classmethod
@@ -348,18 +367,16 @@ class TextTokenizer:
 
     def _inputs(self, texts: Sequence[str], max_length: Optional[int], pairs: Optional[Sequence[str]],
                 add_special_tokens: bool = True) -> tuple[Tokenizer, list[str], Optional[list[str]]]:
-        """(the tokenizer cutting at max_length, the texts, their pairs) as they are tokenized: lower-cased when the
-        model asks, one pair per text, and max_length refused when the template's special tokens alone pass it
+        """(the tokenizer cutting at max_length, the texts, their pairs) as they are tokenized: one pair per text,
+        and max_length refused when the template's special tokens alone pass it
         (`tokenizers` would then leave the texts uncut, longer than max_length)."""
         max_length = self.max_length if max_length is None else max_length
         tokenizer = self._configured(max_length)
-        texts = [t.lower() for t in texts] if self.lowercase_input else list(texts)
+        texts = list(texts)
         if pairs is not None:
             pairs = list(pairs)
             if len(pairs) != len(texts):
                 raise InvalidInputError(f"{len(texts)} texts but {len(pairs)} pairs; pass one second text per text")
-            if self.lowercase_input:
-                pairs = [t.lower() for t in pairs]
         special = tokenizer.num_special_tokens_to_add(pairs is not None) if add_special_tokens else 0
         if max_length < special:
             what = "a text pair" if pairs is not None else "a text"

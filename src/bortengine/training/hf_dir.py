@@ -54,7 +54,7 @@ def _write_pooling(out: Path, src: Path, transformer: Path, hidden: int, max_seq
     a student distilled from a CLS-pooling teacher pools by CLS too; mean when the teacher has none) and its
     Normalize, and its max_seq_length (sentence_bert_config.json, which sentence-transformers keeps beside the
     transformer). A teacher module the student cannot take (a Dense of the teacher's width) is left out."""
-    from bortengine.engine import POOLING_CONFIG_KEYS, Pooling
+    from bortengine.engine import POOLING_CONFIG_KEYS, Pooling, sentence_transformers_config
 
     teacher = Pooling.load(src, dense=False)
     modes = teacher.modes or ("mean",)
@@ -67,8 +67,7 @@ def _write_pooling(out: Path, src: Path, transformer: Path, hidden: int, max_seq
     (out / "1_Pooling").mkdir(exist_ok=True)
     atomic_write_json(out / "1_Pooling" / "config.json", {"word_embedding_dimension": hidden, **{
         key: mode in modes for mode, key in POOLING_CONFIG_KEYS.items()}}, indent=2)
-    st_config = read_json(transformer / "sentence_bert_config.json", TrainingError, missing_ok=True) or \
-        {"max_seq_length": 256, "do_lower_case": False}
+    st_config = sentence_transformers_config(transformer) or {"max_seq_length": 256, "do_lower_case": False}
     if max_seq_length is not None:
         st_config["max_seq_length"] = max_seq_length
     atomic_write_json(out / "sentence_bert_config.json", st_config, indent=2)
