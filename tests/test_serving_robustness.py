@@ -67,8 +67,8 @@ BAD_EMBEDDINGS = [
     ({"input": "a", "dimension": 8}, 400, "unknown_field", "'dimension'"),
     ({"input": "a", "text_pairs": "b"}, 400, "unknown_field", "'text_pairs'"),
     # names the answer repeats: a lone surrogate (valid JSON, not text) escaped, a long one cut
-    (b'{"\\ud800": 1, "input": "a"}', 400, "unknown_field", "'\\\\ud800'"),
-    (b'{"input": "a", "model": "m\\udfff"}', 404, "model_not_found", "'m\\\\udfff'"),
+    (b'{"\\ud800": 1, "input": "a"}', 400, "unknown_field", "'\\ud800'"),
+    (b'{"input": "a", "model": "m\\udfff"}', 404, "model_not_found", "'m\\udfff'"),
     ({"input": "a", "x" * 10_000: 1}, 400, "unknown_field", "'" + "x" * 64 + "...'"),
 ]
 
@@ -89,6 +89,33 @@ def test_lone_surrogates_and_pair_mismatches(minilm_server):
     assert_error(surrogate, 400, "invalid_input", "input[1]", "surrogate")
     assert_error(pairs, 400, "text_pairs_mismatch", "a list of 2 strings")
     assert_error(pair_kind, 400, "text_pairs_mismatch", "one string too")
+
+
+@pytest.mark.parametrize("body_in", ["one write", "a later write", "chunks"])
+def test_an_offer_to_upgrade_the_connection_is_ignored_and_the_request_answered(minilm_server, minilm_engine,
+                                                                                 body_in):
+    """Java's HttpClient, Ktor and `curl --http2` offer HTTP/2 over cleartext (h2c) with the request; the server
+    answers it in HTTP/1.1 (RFC 9110 7.8). httptools skipped such a request's body: "body is empty"."""
+    body = b'{"input": "an offer to upgrade"}'
+    offer = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+    length = f"Content-Length: {len(body)}" if body_in != "chunks" else "Transfer-Encoding: chunked"
+    sent = body if body_in != "chunks" else b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    sock = socket.create_connection(minilm_server.address(), timeout=60)
+    with sock:
+        head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n{offer}Content-Type: application/json\r\n{length}"
+                f"\r\n\r\n").encode()
+        if body_in == "a later write":
+            sock.sendall(head)
+            time.sleep(0.2)
+            sock.sendall(sent)
+        else:
+            sock.sendall(head + sent)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        answer = json.loads(response.read())
+    assert response.status == 200, answer
+    got = np.array(answer["data"][0]["embedding"], dtype=np.float32)
+    assert np.abs(got - minilm_engine.encode("an offer to upgrade")).max() <= 1e-6
 
 
 def test_unknown_routes_and_wrong_methods(minilm_server):
@@ -623,10 +650,12 @@ def test_an_empty_model_name_is_refused_not_ignored(capsys, minilm):
     assert_one_error_line(capsys.readouterr().err, "--model-name must be a non-empty printable name")
 
 
-@pytest.mark.parametrize("case", ["no weights", "too many tokens", "labels repeat"])
+@pytest.mark.parametrize("case", ["no weights", "too many tokens", "labels repeat", "too few tokens for a pair"])
 def test_a_model_that_cannot_serve_stops_the_server_with_exit_2(tmp_path, serving_classifier, case):
     model, options = serving_classifier, ["--max-input-tokens", "100000"]
-    if case != "too many tokens":
+    if case == "too few tokens for a pair":   # [CLS] a [SEP] b [SEP]: every pair would get a 400 for the setting
+        options = ["--max-input-tokens", "2"]
+    elif case != "too many tokens":
         model, options = tmp_path / "model", []
         shutil.copytree(serving_classifier, model)
     if case == "no weights":
@@ -645,5 +674,7 @@ def test_a_model_that_cannot_serve_stops_the_server_with_exit_2(tmp_path, servin
     # what config.json alone refutes is refused before the port is taken; the rest once the model loads
     listened = "listening on http://127.0.0.1:" in server.stdout.read_text()
     assert code == 2 and listened == (case != "too many tokens"), server.output()
-    words = {"no weights": [], "too many tokens": ["max_position_embeddings"], "labels repeat": ["[0, 2]", "'spam'"]}
+    words = {"no weights": [], "too many tokens": ["max_position_embeddings"], "labels repeat": ["[0, 2]", "'spam'"],
+             "too few tokens for a pair": ["--max-input-tokens 2 cannot hold a text pair", "adds 3 special tokens",
+                                           "--max-input-tokens 3 or more"]}
     assert_one_error_line(server.stderr.read_text(), *words[case])

@@ -384,6 +384,10 @@ class TextTokenizer:
                                     f"{special} special tokens; use max_length >= {special}")
         return tokenizer, texts, pairs
 
+    def special_tokens(self, pair: bool = False) -> int:
+        """The tokens the template adds to a text ([CLS] and [SEP]: 2), or to a text pair (pair=True: 3 for BERT)."""
+        return self._base.num_special_tokens_to_add(pair)
+
     @property
     def sep_id(self) -> Optional[int]:
         """The id that ends the first text of a pair ([SEP] for BERT), read from the tokenizer's pair template;

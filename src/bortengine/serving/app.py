@@ -113,6 +113,11 @@ class ModelService:
                                  f"reads texts; copy the model's tokenizer files there")
         limit = o.max_input_tokens or engine.max_length
         check_input_limit(limit, engine.config)
+        pair = engine.tokenizer.special_tokens(pair=True)
+        if limit < pair:      # else every request with text pairs would get a 400 for the server's setting
+            raise UsageError(f"--max-input-tokens {limit} cannot hold a text pair of this model, whose template alone "
+                             f"adds {pair} special tokens (/v1/classify, /v1/rerank and /v1/tokenize take pairs); "
+                             f"pass --max-input-tokens {pair} or more")
         self.max_input_tokens = limit
         _check_labels_distinct(engine, self.model_dir)
         engine.add_batch_listener(self.metrics.record_batch)

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import logging
+import re
 import signal
 import socket
 import threading
@@ -48,7 +49,7 @@ def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], 
                      serve_while_loading=siblings is None)
     config = uvicorn.Config(app, lifespan="on", access_log=options.access_log, log_level=options.log_level,
                             timeout_graceful_shutdown=options.graceful_timeout, backlog=BACKLOG,
-                            http=json_400_protocol())
+                            http=http_protocol(), ws="none")
     if options.access_log:
         # uvicorn writes its access lines at INFO, so --log-level warning would silence the log asked for
         logging.getLogger("uvicorn.access").setLevel(min(logging.INFO, logging.getLogger("uvicorn.access").level))
@@ -69,16 +70,32 @@ def describe(service: ModelService) -> str:
             f"{service.max_input_tokens} tokens per text)")
 
 
-def json_400_protocol() -> type:
-    """The HTTP protocol uvicorn picks by default (httptools when installed, else h11), answering a request it cannot
-    parse (a malformed request line or header, headers past the parser's limits) with the JSON error body every
-    other refusal of the server has, where uvicorn writes a text/plain line."""
+# An Upgrade header makes httptools skip the request's body (httptools#124, uvicorn#2722): a POST offering HTTP/2
+# over cleartext ("Upgrade: h2c", as Java's HttpClient, Ktor and `curl --http2` offer it) was answered "body is
+# empty". This server upgrades to nothing (no websockets either), and RFC 9110 7.8 lets it ignore the offer and
+# answer in HTTP/1.1: the header is renamed before the parser reads it. (One split between two reads of the socket
+# escapes this: the parser then does as before.)
+_UPGRADE_HEADER = re.compile(rb"\r\nupgrade:", re.IGNORECASE)
+IGNORED_UPGRADE = b"\r\nx-ignored-upgrade:"
+
+
+def http_protocol() -> type:
+    """The HTTP protocol uvicorn picks by default (httptools when installed, else h11), changed where a client would
+    otherwise not get its answer, or not the JSON one:
+    - a request it cannot parse (a malformed request line or header, headers past the parser's limits) gets the
+      JSON error body every other refusal of the server has, where uvicorn writes a text/plain line;
+    - (httptools) an offer to upgrade the connection (h2c) is ignored, and the request answered (_UPGRADE_HEADER).
+    A client that half-closes the connection after its request (shutdown(SHUT_WR), as `nc -N` does) is taken for one
+    that left, as uvicorn takes it: the end of its data is all the server sees of a client that closed its socket,
+    whose queued work is dropped."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Protocol
+        renames_upgrades = True
     except ImportError:
         from uvicorn.protocols.http.h11_impl import H11Protocol as Protocol
+        renames_upgrades = False     # h11 reads the body of a request that offers an upgrade
 
-    class JSON400Protocol(Protocol):
+    class ServerProtocol(Protocol):
         def send_400_response(self, msg: str) -> None:
             body = json.dumps(error_body(
                 f"the request is not valid HTTP/1.1 ({msg.rstrip('.')}): check its request line and headers "
@@ -91,7 +108,13 @@ def json_400_protocol() -> type:
             self.transport.write(b"".join(head) + body)
             self.transport.close()
 
-    return JSON400Protocol
+        if renames_upgrades:
+            def data_received(self, data: bytes) -> None:
+                if _UPGRADE_HEADER.search(data):
+                    data = _UPGRADE_HEADER.sub(IGNORED_UPGRADE, data)
+                super().data_received(data)
+
+    return ServerProtocol
 
 
 def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:

@@ -161,7 +161,7 @@ def _refuse_unknown(fields: dict, route: str) -> None:
     unknown = [name for name in fields if name not in allowed]
     if unknown:
         name = _shown_name(unknown[0])
-        raise APIError(400, f"unknown field {name!r}; /v1/{route} reads {', '.join(allowed)}",
+        raise APIError(400, f"unknown field '{name}'; /v1/{route} reads {', '.join(allowed)}",
                        param=name, code="unknown_field")
 
 
@@ -219,7 +219,7 @@ def check_model(model: Any, model_name: str) -> None:
         raise APIError(400, f"model is {_kind(model)}; it must be a string, the model's name {model_name!r} "
                             f"(GET /v1/models lists it)", param="model", code="invalid_model")
     if model != model_name:
-        raise APIError(404, f"the model {_shown_name(model)!r} is not served here; this server serves {model_name!r} "
+        raise APIError(404, f"the model '{_shown_name(model)}' is not served here; this server serves {model_name!r} "
                             f"(GET /v1/models), pass that name or leave model out", param="model",
                        code="model_not_found")
 
