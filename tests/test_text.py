@@ -745,3 +745,68 @@ def test_texts_are_tokenized_in_parts_with_the_same_ids(minilm_engine, monkeypat
     assert (tokenizer.token_ids(texts, 8, pairs), tokenizer.counted(texts, 8).counts) == whole
     assert [e.offsets for e in tokenizer.encode(texts)] == [e.offsets for e in tokenizer.encode(texts[:3])
                                                             + tokenizer.encode(texts[3:])]
+
+
+def _bert_tokenizer_dir(minilm: Path, out: Path, config_edit, cased_json: bool, keep_config: bool = True) -> Path:
+    from tokenizers import Tokenizer
+
+    shutil.copytree(minilm, out)
+    if cased_json:
+        tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+        tokenizer.normalizer.lowercase = False
+        tokenizer.normalizer.strip_accents = False
+        tokenizer.save(str(out / "tokenizer.json"))
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config_edit(config)
+    if keep_config:
+        (out / "tokenizer_config.json").write_text(json.dumps(config))
+    else:
+        (out / "tokenizer_config.json").unlink()
+    return out
+
+
+@pytest.mark.parametrize("case", ["config says cased, tokenizer.json lower-cases",
+                                  "config names no do_lower_case, tokenizer.json cased",
+                                  "no tokenizer_config.json, tokenizer.json cased",
+                                  "no tokenizer class: the model type's",
+                                  "the generic class takes tokenizer.json as it is",
+                                  "strip_accents false"])
+def test_bert_tokenizer_flags_are_read_as_transformers_reads_them(minilm, tmp_path, case):
+    """transformers' BertTokenizer builds its normaliser from tokenizer_config.json's flags (lower-casing by default),
+    not from tokenizer.json's: where the two files disagree, the ids are transformers'."""
+    from transformers import AutoTokenizer
+
+    edits = {"config says cased, tokenizer.json lower-cases": (lambda c: c.update(do_lower_case=False), False, True),
+             "config names no do_lower_case, tokenizer.json cased": (lambda c: c.pop("do_lower_case"), True, True),
+             "no tokenizer_config.json, tokenizer.json cased": (lambda c: None, True, False),
+             "no tokenizer class: the model type's": (
+                 lambda c: (c.pop("tokenizer_class"), c.update(do_lower_case=False)), False, True),
+             "the generic class takes tokenizer.json as it is": (
+                 lambda c: c.update(do_lower_case=False, tokenizer_class="TokenizersBackend"), False, True),
+             "strip_accents false": (lambda c: c.update(strip_accents=False), False, True)}
+    edit, cased_json, keep_config = edits[case]
+    model = _bert_tokenizer_dir(minilm, tmp_path / "m", edit, cased_json, keep_config)
+    text = "Hello WORLD from Paris, Zürich and 北京"
+    theirs = AutoTokenizer.from_pretrained(str(model))(text)["input_ids"]
+    assert bortengine.load(model).tokenize(text)["input_ids"][0].tolist() == theirs
+
+
+@pytest.mark.parametrize("tokenizer_class", [None, "RobertaTokenizer", "RobertaTokenizerFast"])
+@pytest.mark.parametrize("add_prefix_space", [None, True, False])
+def test_robertas_add_prefix_space_is_read_as_transformers_reads_it(make_encoder, tmp_path, tokenizer_class,
+                                                                     add_prefix_space):
+    """RobertaTokenizer builds its byte-level pre-tokenizer from add_prefix_space (false by default); the generic
+    class (a tokenizer_config.json naming none, as this test's models have) takes tokenizer.json as it is."""
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "roberta"
+    shutil.copytree(make_encoder(model_type="roberta"), model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    if add_prefix_space is not None:
+        config["add_prefix_space"] = add_prefix_space
+    if tokenizer_class is not None:
+        config["tokenizer_class"] = tokenizer_class
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    text = "Paris is nice"
+    theirs = AutoTokenizer.from_pretrained(str(model))(text)["input_ids"]
+    assert bortengine.load(model).tokenize(text)["input_ids"][0].tolist() == theirs

@@ -1,7 +1,9 @@
 """Text -> token ids for a model directory, with the `tokenizers` library (no transformers, no torch).
 
-tokenizer.json is preferred (it is the exact pipeline the model was saved with); otherwise vocab.txt builds a
-BERT WordPiece pipeline honouring tokenizer_config.json's do_lower_case / strip_accents / tokenize_chinese_chars.
+tokenizer.json is preferred (it is the exact pipeline the model was saved with), read as transformers reads it: its
+BERT and RoBERTa tokenizer classes apply tokenizer_config.json's flags (do_lower_case, strip_accents,
+tokenize_chinese_chars; add_prefix_space) over it. Otherwise vocab.txt builds a BERT WordPiece pipeline honouring
+those flags. sentence_bert_config.json's do_lower_case adds a Lowercase step, as sentence-transformers does.
 Truncation length, first found: sentence_bert_config.json max_seq_length (what sentence-transformers uses),
 tokenizer_config.json model_max_length, config.json max_position_embeddings; never more than the last. Truncation
 side, as transformers' tokenizer takes it: tokenizer_config.json truncation_side, else tokenizer.json's truncation
@@ -32,7 +34,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from tokenizers import BertWordPieceTokenizer, Encoding, Tokenizer
-from tokenizers.normalizers import Lowercase, Sequence as NormalizerSequence
+from tokenizers.normalizers import BertNormalizer, Lowercase, Sequence as NormalizerSequence
+from tokenizers.pre_tokenizers import ByteLevel
 from tokenizers.processors import TemplateProcessing
 
 from bortengine.engine.config import ModelConfig
@@ -148,6 +151,36 @@ class TokenizedTexts:
         return [i for i, n in enumerate(self.counts) if n > self.max_length]
 
 
+# The flags transformers' tokenizer classes build their pipeline from (tokenizer_config.json's, else the class's
+# default), by the attribute each sets in `tokenizers`: BERT's normaliser (BertTokenizer, also DistilBERT's and
+# ELECTRA's, and MPNetTokenizer), RoBERTa's byte-level pre-tokenizer.
+_NORMALIZER_FLAGS = {"do_lower_case": ("lowercase", True), "strip_accents": ("strip_accents", None),
+                     "tokenize_chinese_chars": ("handle_chinese_chars", True)}
+_BERT_CLASSES = ("BertTokenizer", "DistilBertTokenizer", "ElectraTokenizer", "MPNetTokenizer")
+_BYTE_LEVEL_CLASSES = ("RobertaTokenizer",)
+# AutoTokenizer's class for a model type when tokenizer_config.json names none
+_CLASS_OF_MODEL_TYPE = {"bert": "BertTokenizer", "distilbert": "BertTokenizer", "electra": "BertTokenizer",
+                        "mpnet": "MPNetTokenizer", "roberta": "RobertaTokenizer"}
+
+
+def _flags_of_the_config(tokenizer: Tokenizer, tok_config: dict, model_type: str) -> None:
+    """tokenizer.json as transformers reads it: its tokenizer classes (tokenizer_config.json's tokenizer_class, else
+    the model type's) build the pipeline from their flags (tokenizer_config.json's, else the class's defaults:
+    BertTokenizer lower-cases unless do_lower_case is false), so where tokenizer.json disagrees with them (files
+    edited apart, a tokenizer.json saved by another tool), the flags decide: the model was trained on what
+    transformers gave it. The generic class (TokenizersBackend) takes tokenizer.json as it is."""
+    named = tok_config.get("tokenizer_class")
+    kind = str(named).removesuffix("Fast") if named else _CLASS_OF_MODEL_TYPE.get(model_type, "")
+    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+    if kind in _BERT_CLASSES and isinstance(normalizer, BertNormalizer):
+        for key, (attribute, default) in _NORMALIZER_FLAGS.items():
+            value = tok_config.get(key, default)
+            if getattr(normalizer, attribute) != value:
+                setattr(normalizer, attribute, value)
+    if kind in _BYTE_LEVEL_CLASSES and isinstance(pre_tokenizer, ByteLevel):
+        pre_tokenizer.add_prefix_space = bool(tok_config.get("add_prefix_space", False))
+
+
 def _lowercased(tokenizer: Tokenizer) -> None:
     """sentence_bert_config.json's do_lower_case, as sentence-transformers applies it: a Lowercase normalizer before
     the tokenizer's own, unless that has one. It runs after the special tokens are split out ("[SEP]" in a text stays
@@ -221,6 +254,7 @@ class TextTokenizer:
                 tokenizer = Tokenizer.from_file(source)
             except Exception as e:  # the Rust library raises a bare Exception
                 raise ModelLoadError(f"cannot read {source}: {e}; re-save it with tokenizer.save_pretrained") from e
+            _flags_of_the_config(tokenizer, tok_config, config.model_type)
         elif is_regular_file(model_dir / "vocab.txt", ModelLoadError):
             source = str(model_dir / "vocab.txt")
             lower = bool(tok_config.get("do_lower_case", True))
