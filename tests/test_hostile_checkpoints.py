@@ -172,7 +172,7 @@ F32x2 = {"dtype": "F32", "shape": [2]}
 def test_a_header_over_the_format_limit_is_said_so(tmp_path, monkeypatch):
     """Not "truncated": every byte it claims is there."""
     monkeypatch.setattr(weights_module, "_MAX_HEADER_BYTES", 64)
-    with pytest.raises(ModelLoadError, match=r"header .* is \d+ bytes, more than the 64 the safetensors format"):
+    with pytest.raises(ModelLoadError, match=r"header .* is \d+ bytes, more than the 64 an encoder's checkpoint"):
         read_safetensors_header(_write(tmp_path, _file({"a": {**F32x2, "data_offsets": [0, 8]},
                                                         "__metadata__": {"x": "y" * 100}}, 8)))
 
@@ -289,3 +289,148 @@ def test_heads_that_do_not_divide_the_hidden_size_name_a_default_taken():
         ModelConfig.from_dict({"num_attention_heads": 5})
     with pytest.raises(ModelLoadError, match=r"hidden_size=200 is not a multiple of num_attention_heads=7; each"):
         ModelConfig.from_dict({"hidden_size": 200, "num_attention_heads": 7})
+
+
+
+# ------------------------------------------------------------------------- the other files of a model directory
+BIG_INTEGER = b"1" + b"0" * 5000          # more digits than Python's int() reads (4300)
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def _st_copy(minilm, dst):
+    """A sentence-transformers directory (MiniLM's files, linked) whose files a test may replace."""
+    dst.mkdir()
+    for f in minilm.iterdir():
+        (dst / f.name).symlink_to(f, target_is_directory=f.is_dir())
+    return dst
+
+
+def _replace(path, data: bytes) -> None:
+    path.unlink(missing_ok=True)
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "modules.json", "sentence_bert_config.json",
+                                  "config_sentence_transformers.json", "1_Pooling/config.json"])
+@pytest.mark.parametrize("content", [b'{"x": ' + BIG_INTEGER + b"}", DEEP], ids=["5000 digits", "nested 100000 deep"])
+def test_a_settings_file_json_cannot_read_is_a_load_error(minilm, tmp_path, name, content):
+    """json raised ValueError (an integer of over 4300 digits) or RecursionError out of load()."""
+    model = _st_copy(minilm, tmp_path / "st")
+    if "/" in name:
+        (model / "1_Pooling").unlink()
+        (model / "1_Pooling").mkdir()
+    _replace(model / name, content)
+    with pytest.raises(ModelLoadError, match=rf"{name} is not valid JSON"):
+        bortengine.load(model)
+
+
+def test_a_shard_index_json_cannot_read_is_a_load_error(small_model, tmp_path):
+    path = model_copy(small_model, tmp_path / "m")
+    (path / "model.safetensors").rename(path / "model-00001-of-00001.safetensors")
+    (path / "model.safetensors.index.json").write_bytes(b'{"weight_map": ' + BIG_INTEGER + b"}")
+    with pytest.raises(ModelLoadError, match="model.safetensors.index.json is not valid JSON"):
+        bortengine.load(path)
+
+
+def test_settings_files_larger_than_any_model_has_are_refused_unread(minilm, tmp_path, monkeypatch):
+    from bortengine.engine import pooling, tokenization
+
+    model = _st_copy(minilm, tmp_path / "st")
+    monkeypatch.setattr(pooling, "MAX_CONFIG_BYTES", 100)
+    with pytest.raises(ModelLoadError, match=r"\.json is \d+ bytes, more than the 100 such a file can sensibly be"):
+        bortengine.load(model)
+    monkeypatch.undo()
+    monkeypatch.setattr(tokenization, "MAX_TOKENIZER_BYTES", 1000)
+    with pytest.raises(ModelLoadError, match=r"tokenizer.json is \d+ bytes, more than the 1000 of any encoder"):
+        bortengine.load(model)
+
+
+@pytest.mark.parametrize("module, match", [
+    ({"type": None, "path": "1_Pooling"}, "a module's type must be a class name, got None"),
+    ({"type": 5, "path": "1_Pooling"}, "a module's type must be a class name, got 5"),
+    ({"type": "sentence_transformers.models.Pooling", "path": 5}, "a module's path must be a folder inside"),
+    ({"type": "sentence_transformers.models.Pooling", "path": None}, "a module's path must be a folder inside"),
+    ({"type": "sentence_transformers.models.Pooling", "path": "../elsewhere"}, "must be a folder inside"),
+    ({"type": "sentence_transformers.models.Normalize", "path": "/etc"}, "must be a folder inside"),
+])
+def test_modules_json_entries_that_are_not_modules_here_are_refused(minilm, tmp_path, module, match):
+    """A path out of the directory loaded another model's files (or any file) in its place; a type or path of
+    another JSON type raised AttributeError or TypeError."""
+    model = _st_copy(minilm, tmp_path / "st")
+    modules = json.loads((minilm / "modules.json").read_text())
+    modules[1] = {"idx": 1, "name": "1", **module}
+    (model / "modules.json").unlink()
+    (model / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ModelLoadError, match=match):
+        bortengine.load(model)
+
+
+def test_a_modules_json_that_is_not_a_file_is_refused_not_ignored(minilm, tmp_path):
+    """A link to /dev/zero was taken for no modules.json: mean pooling, unnormalised, instead of the model's."""
+    model = _st_copy(minilm, tmp_path / "st")
+    (model / "modules.json").unlink()
+    (model / "modules.json").symlink_to("/dev/zero")
+    with pytest.raises(ModelLoadError, match="modules.json is not a regular file"):
+        bortengine.load(model)
+
+
+@pytest.mark.parametrize("file, content, match", [
+    ("tokenizer_config.json", [1], "tokenizer_config.json must be a JSON object"),
+    ("tokenizer_config.json", {"do_lower_case": "false"}, "do_lower_case must be true or false, got 'false'"),
+    ("tokenizer_config.json", {"strip_accents": "yes"}, "strip_accents must be true or false"),
+    ("sentence_bert_config.json", {"max_seq_length": float("nan")}, "must be a positive integer, got nan"),
+    ("sentence_bert_config.json", {"max_seq_length": 1.5}, "must be a positive integer, got 1.5"),
+    ("sentence_bert_config.json", {"max_seq_length": True}, "must be a positive integer, got True"),
+])
+def test_tokenizer_settings_of_the_wrong_type_are_refused(minilm, tmp_path, file, content, match):
+    model = _st_copy(minilm, tmp_path / "st")
+    (model / file).unlink()
+    (model / file).write_text(json.dumps(content))
+    with pytest.raises(ModelLoadError, match=match):
+        bortengine.load(model)
+
+
+def test_a_bare_encoders_num_labels_costs_nothing(small_model, tmp_path):
+    """No head holds num_labels to its weights: its label names were made all the same (10^12 strings)."""
+    engine = bortengine.load(model_copy(small_model, tmp_path / "m", config={"num_labels": 10 ** 12}))
+    assert engine.labels is None
+
+
+@pytest.mark.parametrize("dtype, refused", [("float32", False), ("bf16", True), ("int8", True)])
+def test_weights_too_large_for_bfloat16_are_refused_where_they_are_rounded_to_it(small_classifier, weights, tmp_path,
+                                                                                 dtype, refused):
+    """FLT_MAX is finite in float32 and Inf in bfloat16: a bf16 engine (and an int8 one, whose FFN out goes
+    through bf16) held it as Inf and answered NaN, or raised a ValueError from the native module."""
+    big = dict(weights)
+    name = next(n for n in big if n.endswith("encoder.layer.1.output.dense.weight"))
+    big[name] = big[name].copy()
+    big[name][0, 0] = np.finfo(np.float32).max
+    path = model_copy(small_classifier, tmp_path / "m", big)
+    if refused:
+        with pytest.raises(ModelLoadError, match=rf"tensor {name} holds 1 value\(s\) too large for bfloat16"):
+            bortengine.load(path, dtype=dtype)
+    else:
+        assert bortengine.load(path, dtype=dtype)(np.array([[101, 7592, 102]])).last_hidden_state.shape[0] == 1
+
+
+def test_prequantized_weights_out_of_the_int8_kernels_range_are_refused(make_model, tmp_path):
+    from test_int8_engine import _write_prequantized
+
+    path = make_model(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                      vocab_size=500, seed=9)
+    pre = _write_prequantized(path, tmp_path / "pre")
+    tensors = load_file(str(pre / "model.safetensors"))
+    name = "encoder.layer.0.attention.self.query.weight"
+    low = dict(tensors)
+    low[name] = tensors[name].copy()
+    low[name][0, :2] = -128
+    save_file(low, str(pre / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match=rf"tensor {name} holds 2 value\(s\) of -128"):
+        bortengine.load(pre, dtype="int8")
+    assert np.isfinite(bortengine.load(pre)(np.array([[1, 2, 3]])).last_hidden_state).all()   # float32: fine
+    huge = dict(tensors)
+    huge[name + "_scale"] = np.full_like(tensors[name + "_scale"], 3e38)
+    save_file(huge, str(pre / "model.safetensors"))
+    for dtype in ("int8", "float32"):
+        with pytest.raises(ModelLoadError, match=rf"tensor {name}_scale holds 64 scale\(s\) so large"):
+            bortengine.load(pre, dtype=dtype)

@@ -95,18 +95,23 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: Optional[int] 
     return atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
 
 
-def read_json(path: str | os.PathLike, error: Type[BortEngineError] = BortEngineError, missing_ok: bool = False
-              ) -> Any:
-    """The JSON in `path`; a file that cannot be read or is not valid UTF-8 JSON raises `error` naming it. A missing
-    file raises `error` too, or gives None with missing_ok=True."""
+def read_json(path: str | os.PathLike, error: Type[BortEngineError] = BortEngineError, missing_ok: bool = False,
+              max_bytes: Optional[int] = None) -> Any:
+    """The JSON in `path`; a file that cannot be read or is not valid UTF-8 JSON raises `error` naming it, as does
+    one nested too deep for Python's parser or holding an integer of more digits than Python reads (4300). A missing
+    file raises `error` too, or gives None with missing_ok=True. max_bytes: a larger file is refused unread (a
+    settings file of a model directory is kilobytes; a huge one would be read whole into memory)."""
     path = Path(path)
     if not is_regular_file(path, error):
         if missing_ok:
             return None
         raise error(f"{path} does not exist")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise error(f"{path} is {path.stat().st_size} bytes, more than the {max_bytes} such a file can sensibly be; "
+                    f"it is not the file its name says")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:   # ValueError: JSON's, UTF-8's and int()'s digit limit
         raise error(f"{path} is not valid JSON ({e}); fix or delete it") from e
 
 

@@ -33,7 +33,8 @@ _OTHER_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu"
 _EXACT_GELU = ("gelu", "gelu_python")
 _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 # A config.json holds tens of keys (and id2label); one larger than this is not a model's config. Read whole, so
-# bounded before it is read.
+# bounded before it is read; so are the other settings files of a model directory (tokenizer_config.json,
+# modules.json, a module's config.json, a shard index).
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _FLOAT_MAX = sys.float_info.max  # a JSON integer above it has no float value
 
@@ -157,7 +158,7 @@ class ModelConfig:
                                  f"{MAX_CONFIG_BYTES} here), so this is not one")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:   # ValueError: JSON's, UTF-8's, int()'s digit limit
             raise ModelLoadError(f"{path} is not valid JSON ({e}); re-save it with model.config.save_pretrained") from e
         config = cls.from_dict(data, source=str(path))
         activation = _saved_cross_encoder_activation(path.parent / "config_sentence_transformers.json")
@@ -340,7 +341,7 @@ def _saved_cross_encoder_activation(path: Path) -> Optional[str]:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:   # ValueError: JSON's, UTF-8's, int()'s digit limit
         raise ModelLoadError(f"{path} is not valid JSON ({e}); re-save the model with sentence-transformers") from e
     activation = data.get("activation_fn") if isinstance(data, dict) else None
     if activation is not None and not isinstance(activation, str):

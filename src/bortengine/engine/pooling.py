@@ -16,7 +16,6 @@ Shapes: B = batch, T = tokens, H = hidden size.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,11 +23,12 @@ from typing import Optional
 
 import numpy as np
 
+from bortengine.engine.config import MAX_CONFIG_BYTES
 from bortengine.engine.heads import ACTIVATIONS, Linear
 from bortengine.engine.native import core
 from bortengine.engine.weights import read_safetensors_header
 from bortengine.errors import ModelLoadError
-from bortengine.files import read_json
+from bortengine.files import is_regular_file, read_json
 
 __all__ = ["Pooling", "Dense", "POOLING_MODES", "POOLING_CONFIG_KEYS", "transformer_directory",
            "sentence_transformers_config"]
@@ -99,7 +99,7 @@ class Dense:
     def load(cls, folder: Path) -> "Dense":
         """The module saved in `folder` (config.json + model.safetensors); ModelLoadError saying what is wrong."""
         config_path = folder / "config.json"
-        config = read_json(config_path, ModelLoadError)
+        config = read_json(config_path, ModelLoadError, max_bytes=MAX_CONFIG_BYTES)
         if not isinstance(config, dict):
             raise ModelLoadError(f"{config_path} must be a JSON object")
         unknown = sorted(set(config) - _DENSE_KEYS)
@@ -115,7 +115,7 @@ class Dense:
             raise ModelLoadError(f"{config_path}: in_features and out_features must be positive integers, got {sizes}")
         n_in, n_out = sizes
         activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
-        if activation not in _ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in _ACTIVATIONS:
             raise ModelLoadError(
                 f"{config_path}: activation_function {activation!r} is not one the engine runs "
                 f"({sorted(a.rsplit('.', 1)[1] for a in _ACTIVATIONS)})")
@@ -172,7 +172,8 @@ class Pooling:
         """The pooling a sentence-transformers directory (or a plain model directory: mean) asks for. dense=False
         leaves its Dense modules out unread, for a caller that takes only the pooling modes and Normalize (a
         student's directory written after a teacher's, whose Dense has the teacher's width)."""
-        saved = read_json(model_dir / "config_sentence_transformers.json", ModelLoadError, missing_ok=True) or {}
+        saved = read_json(model_dir / "config_sentence_transformers.json", ModelLoadError, missing_ok=True,
+                          max_bytes=MAX_CONFIG_BYTES) or {}
         saved = saved if isinstance(saved, dict) else {}
         return replace(cls._load(model_dir, dense), default_prompt=_default_prompt(saved),
                        cross_encoder=saved.get("model_type") == "CrossEncoder")
@@ -184,17 +185,15 @@ class Pooling:
         normalize = False
         unsupported: list[str] = []
         dense: list[Dense] = []
-        if modules_path.is_file():
-            modules = read_json(modules_path, ModelLoadError)
-            if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
-                raise ModelLoadError(f"{modules_path} must be a list of module objects")
+        has_modules = is_regular_file(modules_path, ModelLoadError)
+        if has_modules:
             pooling_dir = None
-            for module in modules:
-                kind = module.get("type", "")
+            for module in _modules(model_dir):
+                kind = module["type"]
                 if kind.endswith(".Pooling"):
-                    pooling_dir = model_dir / module.get("path", "")
+                    pooling_dir = _module_folder(model_dir, module)
                 elif kind.endswith(".Normalize"):
-                    effect = _normalize_effect(model_dir / str(module.get("path", "")), pooling_dir is not None)
+                    effect = _normalize_effect(_module_folder(model_dir, module), pooling_dir is not None)
                     if effect == "sentence":
                         normalize = True
                     elif effect is not None:
@@ -202,12 +201,12 @@ class Pooling:
                 elif kind.endswith(".Dense") and not read_dense:
                     continue
                 elif kind.endswith(".Dense") and pooling_dir is not None and not normalize:
-                    dense.append(Dense.load(model_dir / str(module.get("path", ""))))
+                    dense.append(Dense.load(_module_folder(model_dir, module)))
                 elif kind.endswith(".Dense"):
                     unsupported.append(f"{kind} {'before the Pooling' if pooling_dir is None else 'after Normalize'}")
                 elif kind not in _KNOWN_MODULES and not kind.endswith(".Transformer"):
                     unsupported.append(kind or repr(module))
-        if modules_path.is_file() and pooling_dir is not None and not (pooling_dir / "config.json").is_file():
+        if has_modules and pooling_dir is not None and not (pooling_dir / "config.json").is_file():
             # sentence-transformers refuses to load it too; mean pooling in its place would be another model
             raise ModelLoadError(
                 f"{modules_path} names a Pooling module in {pooling_dir}, which has no config.json: the "
@@ -216,7 +215,7 @@ class Pooling:
             return cls(("mean",), normalize, tuple(dense), tuple(unsupported))
 
         config_path = pooling_dir / "config.json"
-        config = read_json(config_path, ModelLoadError)
+        config = read_json(config_path, ModelLoadError, max_bytes=MAX_CONFIG_BYTES)
         if not isinstance(config, dict):
             raise ModelLoadError(f"{config_path} must be a JSON object")
         named = config.get("pooling_mode")
@@ -300,15 +299,11 @@ def transformer_directory(path: str | os.PathLike) -> Path:
     ModelLoadError when the model directory has no config.json and the folder modules.json names has none either
     (a sentence-transformers directory copied without its transformer)."""
     path = Path(path)
-    if (path / "config.json").is_file() or not (path / "modules.json").is_file():
+    if (path / "config.json").is_file() or not is_regular_file(path / "modules.json", ModelLoadError):
         return path
-    try:
-        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return path  # Pooling.load reports a broken modules.json
-    for module in modules if isinstance(modules, list) else []:
-        if isinstance(module, dict) and str(module.get("type", "")).endswith(".Transformer"):
-            sub = path / str(module.get("path", ""))
+    for module in _modules(path):
+        if module["type"].endswith(".Transformer"):
+            sub = _module_folder(path, module)
             if (sub / "config.json").is_file():
                 return sub
             if sub != path:
@@ -319,13 +314,36 @@ def transformer_directory(path: str | os.PathLike) -> Path:
     return path
 
 
+def _modules(model_dir: Path) -> list[dict]:
+    """modules.json of a sentence-transformers directory: its module objects, each with a "type" string."""
+    path = model_dir / "modules.json"
+    modules = read_json(path, ModelLoadError, max_bytes=MAX_CONFIG_BYTES)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelLoadError(f"{path} must be a list of module objects")
+    for module in modules:
+        if not isinstance(module.setdefault("type", ""), str):
+            raise ModelLoadError(f"{path}: a module's type must be a class name, got {module['type']!r}")
+    return modules
+
+
+def _module_folder(model_dir: Path, module: dict) -> Path:
+    """The folder of a module modules.json names: inside the model directory ("" is the directory itself). A path
+    out of it (absolute, or through "..") would load another model's files, or any file, in its place."""
+    folder = module.get("path", "")
+    if not isinstance(folder, str) or Path(folder).is_absolute() or ".." in Path(folder).parts:
+        raise ModelLoadError(f"{model_dir / 'modules.json'}: a module's path must be a folder inside the model "
+                             f"directory, got {folder!r}")
+    return model_dir / folder
+
+
 def _default_prompt(saved: dict) -> Optional[str]:
     """The prompt sentence-transformers puts before every text (prompts[default_prompt_name] of
     config_sentence_transformers.json, `saved`), or None."""
-    if not saved.get("default_prompt_name"):
+    name = saved.get("default_prompt_name")
+    if not name or not isinstance(name, str):
         return None
     prompts = saved.get("prompts")
-    prompt = prompts.get(saved["default_prompt_name"]) if isinstance(prompts, dict) else None
+    prompt = prompts.get(name) if isinstance(prompts, dict) else None
     return prompt if isinstance(prompt, str) and prompt else None
 
 
@@ -336,7 +354,7 @@ def _normalize_effect(folder: Path, after_pooling: bool) -> Optional[str]:
     (normalising the token states before the Pooling, ...), for Pooling.unsupported. sentence-transformers >= 6
     saves the feature it reads and the one it writes (module_input_name, module_output_name) in the module's
     config.json; older ones save none, and normalise the sentence embedding."""
-    config = read_json(folder / "config.json", ModelLoadError, missing_ok=True) or {}
+    config = read_json(folder / "config.json", ModelLoadError, missing_ok=True, max_bytes=MAX_CONFIG_BYTES) or {}
     if not isinstance(config, dict):
         raise ModelLoadError(f"{folder / 'config.json'} must be a JSON object")
     source = config.get("module_input_name") or SENTENCE_EMBEDDING
@@ -353,7 +371,7 @@ def sentence_transformers_config(transformer_dir: Path) -> dict:
     """The transformer module's settings in a sentence-transformers directory (max_seq_length, do_lower_case): the
     first of ST_CONFIG_NAMES in transformer_dir that holds any, as sentence-transformers reads them; {} without."""
     for name in ST_CONFIG_NAMES:
-        config = read_json(transformer_dir / name, ModelLoadError, missing_ok=True)
+        config = read_json(transformer_dir / name, ModelLoadError, missing_ok=True, max_bytes=MAX_CONFIG_BYTES)
         if config is not None and not isinstance(config, dict):
             raise ModelLoadError(f"{transformer_dir / name} must be a JSON object")
         if config:

@@ -218,7 +218,8 @@ class Engine:
         self._head = _head(weights, encoder.isa)
         # what every classify() reads, read from the config once (a call per text is the common case)
         self._multi_label = c.effective_problem_type == "multi_label_classification"
-        self._label_names = c.labels
+        # (a bare encoder's num_labels is checked against no weights: its names, unused, are not made)
+        self._label_names = c.labels if self._head is not None else []
         self._contiguous_masks = bool(c.relative_attention_num_buckets)
         self._positions_laid_out = bool(c.position_offset)
         # a tokenizer with more ids than the model's vocabulary has its batches checked (its ids may be out of range)
@@ -1108,14 +1109,15 @@ def _set_layer(encoder: Any, weights: BertWeights, index: int, dtype: str, layer
     widened; the encoder quantizes or rounds it for the layer's dtype, layer_dtype: the engine's, or float32 / bf16
     for a layer of mixed precision). Arrays are dropped once packed, before the next layer is read, to keep peak
     memory low."""
+    rounded = layer_dtype in ("bf16", "int8")   # (an int8 layer may run FFN out on the bf16 kernels)
     if layer_dtype != dtype:
-        encoder.set_layer(index, *weights.read_layer(index), dtype=layer_dtype)
+        encoder.set_layer(index, *weights.read_layer(index, to_bf16=rounded), dtype=layer_dtype)
     elif dtype == "int8" and weights.layer_is_quantized(index):
         encoder.set_layer_quantized(index, *_flat(weights.read_layer_quantized(index)))
     elif dtype == "bf16" and weights.layer_is_bf16(index):
         encoder.set_layer_bf16(index, *_flat(weights.read_layer_bf16(index)))
     else:
-        encoder.set_layer(index, *weights.read_layer(index))
+        encoder.set_layer(index, *weights.read_layer(index, to_bf16=rounded))
 
 
 def _flat(layer: tuple[dict, list]) -> list:

@@ -38,7 +38,7 @@ from tokenizers.normalizers import BertNormalizer, Lowercase, Sequence as Normal
 from tokenizers.pre_tokenizers import ByteLevel
 from tokenizers.processors import TemplateProcessing
 
-from bortengine.engine.config import ModelConfig
+from bortengine.engine.config import MAX_CONFIG_BYTES, ModelConfig
 from bortengine.engine.entities import TokenVocabulary
 from bortengine.engine.pooling import sentence_transformers_config, transformer_directory
 from bortengine.errors import InvalidInputError, ModelLoadError
@@ -46,6 +46,9 @@ from bortengine.files import is_regular_file, read_json
 
 __all__ = ["TextTokenizer", "TokenizedTexts", "WHOLE_TEXT", "as_text_list", "characters"]
 
+# The largest tokenizer.json read: an encoder's is at most tens of MB (XLM-R's, 250,002 tokens: 17 MB), and
+# `tokenizers` takes ~6 times a file's size to read it.
+MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
 # Texts per call of `tokenizers` (TextTokenizer.encode): a Ctrl-C is answered between two calls.
 ENCODE_PART = 4096
 _UNKNOWN = object()
@@ -163,6 +166,22 @@ _CLASS_OF_MODEL_TYPE = {"bert": "BertTokenizer", "distilbert": "BertTokenizer", 
                         "mpnet": "MPNetTokenizer", "roberta": "RobertaTokenizer"}
 
 
+def _tokenizer_config(model_dir: Path) -> dict:
+    """tokenizer_config.json ({} without one), its flags checked: each true, false or null (the class's default)."""
+    path = model_dir / "tokenizer_config.json"
+    tok_config = read_json(path, ModelLoadError, missing_ok=True, max_bytes=MAX_CONFIG_BYTES)
+    if tok_config is None:
+        return {}
+    if not isinstance(tok_config, dict):
+        raise ModelLoadError(f"{path} must be a JSON object")
+    for key in (*_NORMALIZER_FLAGS, "add_prefix_space"):
+        value = tok_config.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ModelLoadError(f"{path}: {key} must be true or false, got {value!r}")
+    flags = {*_NORMALIZER_FLAGS, "add_prefix_space"} - {"strip_accents"}   # (strip_accents' default is null)
+    return {key: value for key, value in tok_config.items() if value is not None or key not in flags}
+
+
 def _flags_of_the_config(tokenizer: Tokenizer, tok_config: dict, model_type: str) -> None:
     """tokenizer.json as transformers reads it: its tokenizer classes (tokenizer_config.json's tokenizer_class, else
     the model type's) build the pipeline from their flags (tokenizer_config.json's, else the class's defaults:
@@ -178,7 +197,7 @@ def _flags_of_the_config(tokenizer: Tokenizer, tok_config: dict, model_type: str
             if getattr(normalizer, attribute) != value:
                 setattr(normalizer, attribute, value)
     if kind in _BYTE_LEVEL_CLASSES and isinstance(pre_tokenizer, ByteLevel):
-        pre_tokenizer.add_prefix_space = bool(tok_config.get("add_prefix_space", False))
+        pre_tokenizer.add_prefix_space = tok_config.get("add_prefix_space", False)
 
 
 def _lowercased(tokenizer: Tokenizer) -> None:
@@ -246,10 +265,14 @@ class TextTokenizer:
     @classmethod
     def load(cls, model_dir: Path, config: ModelConfig) -> Optional["TextTokenizer"]:
         """The tokenizer of a model directory, or None if it has neither tokenizer.json nor vocab.txt."""
-        tok_config = read_json(model_dir / "tokenizer_config.json", ModelLoadError, missing_ok=True) or {}
+        tok_config = _tokenizer_config(model_dir)
         st_config = sentence_transformers_config(model_dir)
         if is_regular_file(model_dir / "tokenizer.json", ModelLoadError):
             source = str(model_dir / "tokenizer.json")
+            size = os.path.getsize(source)
+            if size > MAX_TOKENIZER_BYTES:   # `tokenizers` takes ~6 times the file's size to read it
+                raise ModelLoadError(f"{source} is {size} bytes, more than the {MAX_TOKENIZER_BYTES} of any encoder's "
+                                     f"tokenizer (XLM-R's 250,002 tokens: 17 MB); it is not one")
             try:
                 tokenizer = Tokenizer.from_file(source)
             except Exception as e:  # the Rust library raises a bare Exception
@@ -275,7 +298,9 @@ class TextTokenizer:
 
         limit = config.max_positions
         max_length = st_config.get("max_seq_length") or tok_config.get("model_max_length") or limit
-        if not isinstance(max_length, (int, float)) or max_length < 1:
+        # (model_max_length is often a huge "no limit" sentinel, an integer or a float such as 1e30)
+        if (isinstance(max_length, bool) or not isinstance(max_length, (int, float)) or not max_length >= 1
+                or not float(max_length).is_integer()):
             raise ModelLoadError(f"{model_dir}: max_seq_length / model_max_length must be a positive integer, "
                                  f"got {max_length!r}")
         max_length = int(min(max_length, limit))  # model_max_length is often a huge "no limit" sentinel

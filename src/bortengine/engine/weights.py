@@ -30,11 +30,12 @@ from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
-from bortengine.engine.config import ModelConfig
+from bortengine.engine.config import MAX_CONFIG_BYTES, ModelConfig
 from bortengine.engine.families import supported_classes
 from bortengine.engine.native import core, forward_ops
 from bortengine.engine.positions import relative_position_bias
 from bortengine.errors import ModelLoadError
+from bortengine.files import read_json
 
 __all__ = ["TensorEntry", "read_safetensors_header", "write_safetensors", "Checkpoint", "BertWeights",
            "expected_tensors", "LAYER_TENSORS"]
@@ -47,7 +48,9 @@ _DTYPES: dict[str, tuple[int, Optional[str]]] = {
     "I64": (8, "<i8"), "U64": (8, "<u8"), "F64": (8, "<f8"),
 }
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
-_MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors library enforces
+# The safetensors library allows headers of up to 100 MB; an encoder checkpoint's is kilobytes (a tensor's entry is
+# ~100 bytes), and parsing a 74 MB header of a million entries took ~9 s and ~0.9 GB before it was refused.
+_MAX_HEADER_BYTES = 16 * 1024 * 1024
 _CONVERT_CHUNK_BYTES = 8 * 1024 * 1024  # half/double tensors are converted this many source bytes at a time
 
 # The 16 tensors of one encoder layer, in the order of _core.Encoder.set_layer, with their shapes.
@@ -86,6 +89,26 @@ SCALE_SUFFIX = "_scale"
 _LINEAR_SHORT_NAMES = dict(zip(("q", "k", "v", "ao", "i", "o"), QUANTIZABLE_LAYER_WEIGHTS))
 # The forward step (csrc/forward.h) each of them is the weight of.
 _LINEAR_STEPS = {"q": "qkv", "k": "qkv", "v": "qkv", "ao": "attention_out", "i": "ffn_in", "o": "ffn_out"}
+
+
+# The smallest float32 magnitude that rounds to an infinite bfloat16: the largest finite one, (2 - 2^-7) x 2^127, plus
+# half its step.
+_BF16_OVERFLOW = (2 - 2 ** -8) * 2.0 ** 127
+
+
+def _within_bf16(entry: "TensorEntry", values: np.ndarray) -> np.ndarray:
+    """values (entry's weights, finite), refused if one is too large for bfloat16: rounded, it would be Inf, and
+    every output NaN. One pass of a dot product when none is near the limit (as TensorEntry._check_finite)."""
+    flat = values.reshape(-1)
+    with np.errstate(over="ignore"):
+        if np.isfinite(np.dot(flat, flat)):
+            return values
+    over = int(np.count_nonzero(np.abs(flat) >= _BF16_OVERFLOW))
+    if over:
+        raise ModelLoadError(f"{entry.file}: tensor {entry.name} holds {over} value(s) too large for bfloat16 (at "
+                             f"least {_BF16_OVERFLOW:.4g}), which this engine rounds it to; load it with "
+                             f"dtype='float32', or fix the checkpoint")
+    return values
 
 
 def int8_kernels(isa: str = "") -> dict[str, str]:
@@ -130,9 +153,16 @@ class TensorEntry:
     offset: int
     nbytes: int
 
-    def read_int8(self) -> np.ndarray:
-        """An I8 tensor (pre-quantized weights) as a fresh int8 C-contiguous array."""
-        return self._read_raw("I8", np.int8)
+    def read_int8(self, symmetric: bool = False) -> np.ndarray:
+        """An I8 tensor (pre-quantized weights) as a fresh int8 C-contiguous array. symmetric: for the int8 kernels,
+        whose range is [-127, 127] (-128 has no positive twin; bortengine export never writes it): refused if not."""
+        q = self._read_raw("I8", np.int8)
+        low = int(np.count_nonzero(q == -128)) if symmetric else 0
+        if low:
+            raise ModelLoadError(f"{self.file}: tensor {self.name} holds {low} value(s) of -128, where the int8 "
+                                 f"kernels take [-127, 127] (symmetric int8, as bortengine export writes it): load "
+                                 f"it with dtype='float32', or re-export it")
+        return q
 
     def read_bf16(self) -> np.ndarray:
         """A BF16 tensor as a fresh uint16 C-contiguous array of its bits (the engine's bf16 kernels take them as
@@ -260,7 +290,8 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
             if 8 + header_len <= size and header_len > _MAX_HEADER_BYTES:
                 raise ModelLoadError(
                     f"{path}: its header (the JSON that lists the tensors) is {header_len} bytes, more than the "
-                    f"{_MAX_HEADER_BYTES} the safetensors format allows; it is not a checkpoint safetensors writes")
+                    f"{_MAX_HEADER_BYTES} an encoder's checkpoint needs (its header lists a few hundred tensors in "
+                    f"kilobytes); it is not a checkpoint of a model this engine runs")
             if 8 + header_len > size:
                 raise ModelLoadError(
                     f"{path} is not a valid safetensors file: its header claims {header_len} bytes but only "
@@ -270,7 +301,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
         raise ModelLoadError(f"cannot read {path}: {e}") from e
     try:
         header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:   # ValueError: JSON's, UTF-8's, int()'s digit limit
         raise ModelLoadError(f"{path} is not a valid safetensors file: its header is not JSON ({e})") from e
     if not isinstance(header, dict):
         raise ModelLoadError(f"{path} is not a valid safetensors file: its header is not a JSON object")
@@ -395,10 +426,7 @@ def _conversion(model_dir: Path) -> str:
 
 
 def _read_sharded(index: Path) -> dict[str, TensorEntry]:
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{index} is not valid JSON ({e})") from e
+    data = read_json(index, ModelLoadError, max_bytes=MAX_CONFIG_BYTES)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ModelLoadError(f"{index} has no \"weight_map\" object of tensor name -> shard file name")
@@ -531,9 +559,21 @@ class BertWeights:
         entry = self._entries[name]
         if entry.dtype == "I8":
             q = entry.read_int8()
-            scale = self._entries[name + SCALE_SUFFIX].read()
+            scale = self._scale(name)
             return (q.astype(np.float32) * scale[:, None]).astype(np.float32)
         return entry.read()
+
+    def _scale(self, name: str) -> np.ndarray:
+        """The per-channel scales of pre-quantized weight `name`, each one for which 127 * scale is a float32: a
+        larger one holds the weights (q * scale) as Inf, and every output would be NaN."""
+        entry = self._entries[name + SCALE_SUFFIX]
+        scale = entry.read()   # finite, checked
+        with np.errstate(over="ignore"):
+            over = int(np.count_nonzero(~np.isfinite(np.float32(127) * np.abs(scale))))
+        if over:
+            raise ModelLoadError(f"{entry.file}: tensor {entry.name} holds {over} scale(s) so large that the weights "
+                                 f"they scale overflow float32 (127 x scale); the checkpoint is corrupt: re-export it")
+        return scale
 
     def read_layer_quantized(self, index: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
         """Pre-quantized layer `index`: ({q,k,v,ao,i}_w int8 and _s scales, and o_w as stored: bf16 bits (uint16),
@@ -543,10 +583,11 @@ class BertWeights:
         for short, name in _LINEAR_SHORT_NAMES.items():
             entry = self._entries[f"encoder.layer.{index}.{name}"]
             if entry.dtype != "I8":  # FFN out, run on the bf16 kernels (_check_quantized allows nothing else)
-                q[short + "_w"] = entry.read_bf16() if entry.dtype == "BF16" else core().to_bf16(entry.read())
+                q[short + "_w"] = (entry.read_bf16() if entry.dtype == "BF16" else
+                                   core().to_bf16(_within_bf16(entry, entry.read())))
                 continue
-            q[short + "_w"] = entry.read_int8()
-            q[short + "_s"] = self.read(f"encoder.layer.{index}.{name}{SCALE_SUFFIX}")
+            q[short + "_w"] = entry.read_int8(symmetric=True)
+            q[short + "_s"] = self._scale(f"encoder.layer.{index}.{name}")
         return q, self._layer_vectors(index)
 
     def layer_is_quantized(self, index: int) -> bool:
@@ -576,9 +617,16 @@ class BertWeights:
         """The 10 bias and LayerNorm vectors of layer `index`, in LAYER_TENSORS order."""
         return [self.read(f"encoder.layer.{index}.{n}") for n, shape in LAYER_TENSORS if len(shape) == 1]
 
-    def read_layer(self, index: int) -> list[np.ndarray]:
-        """The 16 tensors of encoder layer `index` in _core.Encoder.set_layer order."""
-        return [self.read(f"encoder.layer.{index}.{n}") for n, _ in LAYER_TENSORS]
+    def read_layer(self, index: int, to_bf16: bool = False) -> list[np.ndarray]:
+        """The 16 tensors of encoder layer `index` in _core.Encoder.set_layer order. to_bf16: for an encoder that
+        rounds the linear weights to bfloat16 (a bf16 layer; an int8 one's FFN out), which refuses any too large
+        for it (_within_bf16)."""
+        tensors = [self.read(f"encoder.layer.{index}.{n}") for n, _ in LAYER_TENSORS]
+        if to_bf16:
+            for (name, shape), values in zip(LAYER_TENSORS, tensors):
+                if len(shape) == 2:
+                    _within_bf16(self._entries[f"encoder.layer.{index}.{name}"], values)
+        return tensors
 
     def read_embeddings(self) -> list[np.ndarray]:
         """word [V,E], position [P - position_offset, E], token_type [Tt,E], LayerNorm weight [E], bias [E]: the
