@@ -199,15 +199,17 @@ def test_a_default_prompt_is_said_at_load_and_the_prompted_texts_give_its_embedd
     assert np.abs(engine.encode(["query: " + t for t in texts]) - theirs).max() <= 1e-4
 
 
-def test_a_default_prompt_kept_out_of_the_pooling_is_not_advised_into_the_texts(small_model, tmp_path):
-    """With include_prompt false, sentence-transformers leaves the prompt's tokens out of the mean: the prompt put
-    before the texts does not give its embeddings (it did not, while the warning advised it); the texts as given
-    give those of encode(texts, prompt="")."""
+@pytest.mark.parametrize("mode", ["mean", "cls"])
+def test_a_default_prompt_kept_out_of_the_pooling_is_not_advised_into_the_texts(small_model, tmp_path, mode):
+    """With include_prompt false, sentence-transformers masks [CLS] and the prompt's tokens out of the pooling (its
+    "cls" then takes the first token left, the text's own): the prompt put before the texts does not give its
+    embeddings (it did not, while the warning advised it); the texts as given give those of encode(texts,
+    prompt="")."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     out = tmp_path / "st"
-    SentenceTransformer(modules=[Transformer(str(small_model)), Pooling(64, "mean", include_prompt=False)],
+    SentenceTransformer(modules=[Transformer(str(small_model)), Pooling(64, mode, include_prompt=False)],
                         device="cpu", prompts={"query": "query: "}, default_prompt_name="query").save(str(out))
     with pytest.warns(bortengine.PromptWarning, match="does not give them either.*include_prompt false"):
         engine = bortengine.load(out)
@@ -215,26 +217,9 @@ def test_a_default_prompt_kept_out_of_the_pooling_is_not_advised_into_the_texts(
     st = SentenceTransformer(str(out), device="cpu", local_files_only=True)
     assert np.abs(engine.encode(["query: " + t for t in texts]) - st.encode(texts)).max() > 1e-3
     assert np.abs(engine.encode(texts) - st.encode(texts, prompt="")).max() <= 1e-4
-    (out / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "mean", "include_prompt": "no"}))
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": mode, "include_prompt": "no"}))
     with pytest.raises(ModelLoadError, match="include_prompt must be true or false"):
         bortengine.load(out)
-
-
-def test_a_default_prompt_kept_out_of_cls_pooling_is_not_advised_into_the_texts(small_model, tmp_path):
-    """With include_prompt false sentence-transformers masks [CLS] and the prompt's tokens out, and its "cls" takes
-    the first token left: the text's own first token, which no text given to the engine reproduces."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-
-    out = tmp_path / "st"
-    SentenceTransformer(modules=[Transformer(str(small_model)), Pooling(64, "cls", include_prompt=False)],
-                        device="cpu", prompts={"query": "query: "}, default_prompt_name="query").save(str(out))
-    with pytest.warns(bortengine.PromptWarning, match="does not give them either.*include_prompt false"):
-        engine = bortengine.load(out)
-    texts = ["a b c", "a much longer text with more tokens in it"]
-    st = SentenceTransformer(str(out), device="cpu", local_files_only=True)
-    assert np.abs(engine.encode(["query: " + t for t in texts]) - st.encode(texts)).max() > 1e-3
-    assert np.abs(engine.encode(texts) - st.encode(texts, prompt="")).max() <= 1e-4
 
 
 def test_a_cross_encoders_default_prompt_is_advised_before_the_query(make_model, tmp_path):
