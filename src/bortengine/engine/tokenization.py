@@ -280,11 +280,10 @@ class TextTokenizer:
             _flags_of_the_config(tokenizer, tok_config, config.model_type)
         elif is_regular_file(model_dir / "vocab.txt", ModelLoadError):
             source = str(model_dir / "vocab.txt")
-            lower = bool(tok_config.get("do_lower_case", True))
             try:
                 wordpiece = BertWordPieceTokenizer(
-                    source, lowercase=lower, strip_accents=tok_config.get("strip_accents"),
-                    handle_chinese_chars=bool(tok_config.get("tokenize_chinese_chars", True)),
+                    source, **{attribute: tok_config.get(key, default)
+                               for key, (attribute, default) in _NORMALIZER_FLAGS.items()},
                     unk_token=tok_config.get("unk_token", "[UNK]"), sep_token=tok_config.get("sep_token", "[SEP]"),
                     cls_token=tok_config.get("cls_token", "[CLS]"), pad_token=tok_config.get("pad_token", "[PAD]"),
                     mask_token=tok_config.get("mask_token", "[MASK]"))
@@ -298,12 +297,12 @@ class TextTokenizer:
 
         limit = config.max_positions
         max_length = st_config.get("max_seq_length") or tok_config.get("model_max_length") or limit
-        # (model_max_length is often a huge "no limit" sentinel, an integer or a float such as 1e30)
         if (isinstance(max_length, bool) or not isinstance(max_length, (int, float)) or not max_length >= 1
                 or not float(max_length).is_integer()):
             raise ModelLoadError(f"{model_dir}: max_seq_length / model_max_length must be a positive integer, "
                                  f"got {max_length!r}")
-        max_length = int(min(max_length, limit))  # model_max_length is often a huge "no limit" sentinel
+        # model_max_length is often a huge "no limit" sentinel (an integer, or a float such as 1e30)
+        max_length = int(min(max_length, limit))
 
         pad_id = _special_id(tokenizer, tok_config, "pad_token", "[PAD]")
         if pad_id is None or not 0 <= pad_id < config.vocab_size:

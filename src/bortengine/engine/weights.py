@@ -96,21 +96,6 @@ _LINEAR_STEPS = {"q": "qkv", "k": "qkv", "v": "qkv", "ao": "attention_out", "i":
 _BF16_OVERFLOW = (2 - 2 ** -8) * 2.0 ** 127
 
 
-def _within_bf16(entry: "TensorEntry", values: np.ndarray) -> np.ndarray:
-    """values (entry's weights, finite), refused if one is too large for bfloat16: rounded, it would be Inf, and
-    every output NaN. One pass of a dot product when none is near the limit (as TensorEntry._check_finite)."""
-    flat = values.reshape(-1)
-    with np.errstate(over="ignore"):
-        if np.isfinite(np.dot(flat, flat)):
-            return values
-    over = int(np.count_nonzero(np.abs(flat) >= _BF16_OVERFLOW))
-    if over:
-        raise ModelLoadError(f"{entry.file}: tensor {entry.name} holds {over} value(s) too large for bfloat16 (at "
-                             f"least {_BF16_OVERFLOW:.4g}), which this engine rounds it to; load it with "
-                             f"dtype='float32', or fix the checkpoint")
-    return values
-
-
 def int8_kernels(isa: str = "") -> dict[str, str]:
     """Short linear name (q, k, v, ao, i, o) -> the kernels an int8 encoder of kernel path isa ("": the default)
     runs it on, on this CPU: "int8", or "bf16" for FFN out where the path's bf16 GEMMs run on AMX tiles
@@ -198,8 +183,9 @@ class TensorEntry:
             raise ModelLoadError(f"{self.file}: cannot read tensor {self.name}: {e}") from e
         return out.astype(out.dtype.newbyteorder("="), copy=False).reshape(self.shape)
 
-    def read(self) -> np.ndarray:
-        """The tensor as a fresh float32 C-contiguous array (F16/BF16/F64 converted in bounded chunks)."""
+    def read(self, within_bf16: bool = False) -> np.ndarray:
+        """The tensor as a fresh float32 C-contiguous array (F16/BF16/F64 converted in bounded chunks), checked
+        finite; within_bf16: also within bfloat16's range (for weights the engine rounds to it)."""
         if self.dtype not in _FLOAT_DTYPES:
             raise ModelLoadError(
                 f"{self.file}: tensor {self.name} has dtype {self.dtype}; weights must be F32, F16, BF16 or F64")
@@ -217,7 +203,7 @@ class TensorEntry:
                     self._read_converted(f, out)
         except OSError as e:
             raise ModelLoadError(f"{self.file}: cannot read tensor {self.name}: {e}") from e
-        self._check_finite(out)
+        self._check_finite(out, within_bf16)
         return out.reshape(self.shape)
 
     def _allocate(self, dtype) -> np.ndarray:
@@ -234,11 +220,12 @@ class TensorEntry:
                                  f"is too large for it (or its config and header were made to claim this size)"
                                  ) from None
 
-    def _check_finite(self, values: np.ndarray) -> None:
+    def _check_finite(self, values: np.ndarray, within_bf16: bool = False) -> None:
         """Refuse NaN and Inf: one of them in a weight makes every output NaN, silently. values is 1-D. Its dot
         product with itself is finite when every value is (NaN and Inf propagate), and is one BLAS pass: 4 ms for
         all-MiniLM-L6-v2's 22.7 M weights, against 6 ms for a sum and 16 ms for np.isfinite(values).all(). Only a
-        non-finite product (or finite values large enough to overflow it) counts them."""
+        non-finite product (or finite values large enough to overflow it) counts them. within_bf16: also refuse a
+        value too large for bfloat16 (rounded to it, it would be Inf; such a value overflows the product too)."""
         with np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.dot(values, values)):
                 return
@@ -249,6 +236,11 @@ class TensorEntry:
                 f"{self.file}: tensor {self.name} holds {nan + inf} non-finite value(s) of {values.size} ({nan} NaN, "
                 f"{inf} Inf); every output would be NaN. The checkpoint is corrupt or was saved after training "
                 f"diverged: re-export it from a good checkpoint")
+        over = int(np.count_nonzero(np.abs(values) >= _BF16_OVERFLOW)) if within_bf16 else 0
+        if over:
+            raise ModelLoadError(f"{self.file}: tensor {self.name} holds {over} value(s) too large for bfloat16 (at "
+                                 f"least {_BF16_OVERFLOW:.4g}), which this engine rounds it to; load it with "
+                                 f"dtype='float32', or fix the checkpoint")
 
     def _read_converted(self, f, out: np.ndarray) -> None:
         itemsize, raw_dtype = _DTYPES[self.dtype]
@@ -553,15 +545,18 @@ class BertWeights:
         """Whether the checkpoint holds a tensor of this canonical name."""
         return name in self._entries
 
-    def read(self, name: str) -> np.ndarray:
+    def read(self, name: str, within_bf16: bool = False) -> np.ndarray:
         """The tensor of a canonical name as a float32 C-contiguous array (read from disk on each call).
-        Pre-quantized weights are dequantized (q * scale)."""
+        Pre-quantized weights are dequantized (q * scale). within_bf16: as TensorEntry.read's."""
         entry = self._entries[name]
         if entry.dtype == "I8":
             q = entry.read_int8()
             scale = self._scale(name)
-            return (q.astype(np.float32) * scale[:, None]).astype(np.float32)
-        return entry.read()
+            weights = (q.astype(np.float32) * scale[:, None]).astype(np.float32)
+            if within_bf16:
+                entry._check_finite(weights.reshape(-1), within_bf16)
+            return weights
+        return entry.read(within_bf16)
 
     def _scale(self, name: str) -> np.ndarray:
         """The per-channel scales of pre-quantized weight `name`, each one for which 127 * scale is a float32: a
@@ -584,7 +579,7 @@ class BertWeights:
             entry = self._entries[f"encoder.layer.{index}.{name}"]
             if entry.dtype != "I8":  # FFN out, run on the bf16 kernels (_check_quantized allows nothing else)
                 q[short + "_w"] = (entry.read_bf16() if entry.dtype == "BF16" else
-                                   core().to_bf16(_within_bf16(entry, entry.read())))
+                                   core().to_bf16(entry.read(within_bf16=True)))
                 continue
             q[short + "_w"] = entry.read_int8(symmetric=True)
             q[short + "_s"] = self._scale(f"encoder.layer.{index}.{name}")
@@ -620,13 +615,9 @@ class BertWeights:
     def read_layer(self, index: int, to_bf16: bool = False) -> list[np.ndarray]:
         """The 16 tensors of encoder layer `index` in _core.Encoder.set_layer order. to_bf16: for an encoder that
         rounds the linear weights to bfloat16 (a bf16 layer; an int8 one's FFN out), which refuses any too large
-        for it (_within_bf16)."""
-        tensors = [self.read(f"encoder.layer.{index}.{n}") for n, _ in LAYER_TENSORS]
-        if to_bf16:
-            for (name, shape), values in zip(LAYER_TENSORS, tensors):
-                if len(shape) == 2:
-                    _within_bf16(self._entries[f"encoder.layer.{index}.{name}"], values)
-        return tensors
+        for it."""
+        return [self.read(f"encoder.layer.{index}.{n}", within_bf16=to_bf16 and len(shape) == 2)
+                for n, shape in LAYER_TENSORS]
 
     def read_embeddings(self) -> list[np.ndarray]:
         """word [V,E], position [P - position_offset, E], token_type [Tt,E], LayerNorm weight [E], bias [E]: the
