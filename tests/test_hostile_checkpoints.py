@@ -218,12 +218,17 @@ def test_deeply_nested_json_refused(small_model, tmp_path):
         bortengine.load(path)
 
 
-def test_oversized_config_refused(small_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["config.json", "config_sentence_transformers.json"])
+def test_oversized_config_refused(small_model, tmp_path, monkeypatch, name):
+    """config_sentence_transformers.json (a cross-encoder's activation) past the limit was ignored silently."""
     from bortengine.engine import config as config_module
 
-    monkeypatch.setattr(config_module, "MAX_CONFIG_BYTES", 100)
-    with pytest.raises(ModelLoadError, match=r"config.json is \d+ bytes; a model's config.json is a few kilobytes"):
-        bortengine.load(model_copy(small_model, tmp_path / "m"))
+    path = model_copy(small_model, tmp_path / "m")
+    config = (path / "config.json").read_bytes()
+    monkeypatch.setattr(config_module, "MAX_CONFIG_BYTES", len(config))
+    _replace(path / name, config + b" " if name == "config.json" else b'{"activation_fn": null}' + b" " * len(config))
+    with pytest.raises(ModelLoadError, match=rf"{name} is \d+ bytes, more than the {len(config)} such a file can "):
+        bortengine.load(path)
 
 
 # ------------------------------------------------------------------------------------------------ hypothesis

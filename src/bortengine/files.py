@@ -96,11 +96,12 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: Optional[int] 
 
 
 def read_json(path: str | os.PathLike, error: Type[BortEngineError] = BortEngineError, missing_ok: bool = False,
-              max_bytes: Optional[int] = None) -> Any:
+              max_bytes: Optional[int] = None, fix: str = "fix or delete it") -> Any:
     """The JSON in `path`; a file that cannot be read or is not valid UTF-8 JSON raises `error` naming it, as does
     one nested too deep for Python's parser or holding an integer of more digits than Python reads (4300). A missing
     file raises `error` too, or gives None with missing_ok=True. max_bytes: a larger file is refused unread (a
-    settings file of a model directory is kilobytes; a huge one would be read whole into memory)."""
+    settings file of a model directory is kilobytes; a huge one would be read whole into memory). fix: what the
+    message of an invalid file tells the user to do."""
     path = Path(path)
     if not is_regular_file(path, error):
         if missing_ok:
@@ -112,7 +113,7 @@ def read_json(path: str | os.PathLike, error: Type[BortEngineError] = BortEngine
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as e:   # ValueError: JSON's, UTF-8's and int()'s digit limit
-        raise error(f"{path} is not valid JSON ({e}); fix or delete it") from e
+        raise error(f"{path} is not valid JSON ({e}); {fix}") from e
 
 
 def is_regular_file(path: str | os.PathLike, error: Type[BortEngineError] = BortEngineError) -> bool:

@@ -8,7 +8,6 @@ their own way (DistilBERT's dim, n_layers, ...): engine/families.py maps them on
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -17,7 +16,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from bortengine.engine.families import FAMILIES, HEADS, Family, default_value, family_of, supported_classes
 from bortengine.errors import ModelLoadError, UnsupportedModelError
-from bortengine.files import is_regular_file
+from bortengine.files import is_regular_file, read_json
 
 __all__ = ["ModelConfig", "NumberedLabels", "SUPPORTED_KINDS"]
 
@@ -152,14 +151,8 @@ class ModelConfig:
             raise ModelLoadError(
                 f"no config.json in {path.parent}: a Hugging Face model directory needs config.json next to its "
                 f"weights (save it with model.config.save_pretrained(dir) or copy it from the model's hub page)")
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ModelLoadError(f"{path} is {size} bytes; a model's config.json is a few kilobytes (at most "
-                                 f"{MAX_CONFIG_BYTES} here), so this is not one")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, RecursionError) as e:   # ValueError: JSON's, UTF-8's, int()'s digit limit
-            raise ModelLoadError(f"{path} is not valid JSON ({e}); re-save it with model.config.save_pretrained") from e
+        data = read_json(path, ModelLoadError, max_bytes=MAX_CONFIG_BYTES,
+                         fix="re-save it with model.config.save_pretrained")
         config = cls.from_dict(data, source=str(path))
         activation = _saved_cross_encoder_activation(path.parent / "config_sentence_transformers.json")
         return config if activation is None else replace(config, score_activation=activation)
@@ -337,12 +330,8 @@ def _check_supported(data: dict, act_key: str, act: Any, source: str) -> None:
 def _saved_cross_encoder_activation(path: Path) -> Optional[str]:
     """The activation_fn sentence-transformers 6 saves with a CrossEncoder in config_sentence_transformers.json,
     which CrossEncoder reads before config.json's; None without one."""
-    if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:   # ValueError: JSON's, UTF-8's, int()'s digit limit
-        raise ModelLoadError(f"{path} is not valid JSON ({e}); re-save the model with sentence-transformers") from e
+    data = read_json(path, ModelLoadError, missing_ok=True, max_bytes=MAX_CONFIG_BYTES,
+                     fix="re-save the model with sentence-transformers")
     activation = data.get("activation_fn") if isinstance(data, dict) else None
     if activation is not None and not isinstance(activation, str):
         raise ModelLoadError(f"{path}: activation_fn must be a class path such as "
