@@ -6,11 +6,15 @@ with its error; and the options are shared out (threads, --max-queue).
 """
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -162,6 +166,37 @@ def test_sigterm_drains_every_worker_and_exits_0(minilm, minilm_engine):
         assert np.array_equal(embeddings(response), minilm_engine.encode(texts, max_length=MAX_TOKENS))
     assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
     wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="the workers to exit")
+
+
+def test_sigterm_while_the_workers_load_answers_the_connections_queued_for_them(minilm, minilm_engine):
+    """Connections made once the port is bound wait in the kernel's queue of a worker still loading the model. A
+    SIGTERM then closed that worker's socket unaccepted, and they were reset; now it loads, accepts them, answers
+    their requests and exits as it drains later."""
+    server = ServerProcess(minilm, "--workers", "2", "--max-input-tokens", str(MAX_TOKENS))
+    work = [texts_of(2, words=8, seed=400 + k) for k in range(8)]
+    try:
+        deadline = time.monotonic() + 60
+        while not (listening := re.search(r"listening on http://([\d.]+):(\d+)", server.stdout.read_text())):
+            server._check_alive(deadline)
+            time.sleep(0.002)
+        connections = []
+        for texts in work:   # each connection hashed to one of the two workers' sockets
+            connection = http.client.HTTPConnection(listening[1], int(listening[2]), timeout=60)
+            connection.request("POST", "/v1/embeddings", body=json.dumps({"input": texts}),
+                               headers={"Content-Type": "application/json"})
+            connections.append(connection)
+        server.terminate()
+        assert "ready:" not in server.stdout.read_text(), "the workers had loaded the model before SIGTERM"
+        responses = [connection.getresponse() for connection in connections]
+        bodies = [(response.status, response.read()) for response in responses]
+        code = server.proc.wait(60)
+    finally:
+        server.kill()
+    for texts, (status, body) in zip(work, bodies):
+        assert status == 200, body
+        got = np.array([item["embedding"] for item in json.loads(body)["data"]], dtype=np.float32)
+        assert np.array_equal(got, minilm_engine.encode(texts, max_length=MAX_TOKENS))
+    assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
 
 
 def test_a_ctrl_c_to_the_process_group_stops_every_worker_even_from_a_background_job(minilm):

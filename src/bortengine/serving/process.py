@@ -53,13 +53,35 @@ def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], 
     if options.access_log:
         # uvicorn writes its access lines at INFO, so --log-level warning would silence the log asked for
         logging.getLogger("uvicorn.access").setLevel(min(logging.INFO, logging.getLogger("uvicorn.access").level))
-    server = uvicorn.Server(config)
+    server = _Server(config)
     with _drained_exit(server):
         sock = bind()
         on_listening(sock)
         server.run(sockets=[sock])
     if failures:
         raise failures[0]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's Server, except for a signal that comes before it serves: a --workers process loading the model, whose
+    socket the kernel has queued connections on since the port was bound. Acted on at once, the listening socket
+    closed unaccepted and those connections were reset; here the server starts, accepts them on its loop's first
+    tick, then drains as it does under a signal later (their requests are answered). A second signal meanwhile is
+    acted on at once (a second Ctrl-C stops without draining)."""
+    deferred_signal: Optional[int] = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if not self.started and self.deferred_signal is None:
+            self.deferred_signal = sig
+            return
+        if self.deferred_signal is not None and not self.should_exit:
+            super().handle_exit(self.deferred_signal, None)
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if counter > 0 and self.deferred_signal is not None and not self.should_exit:
+            super().handle_exit(self.deferred_signal, None)
+        return await super().on_tick(counter)
 
 
 def describe(service: ModelService) -> str:
@@ -155,8 +177,9 @@ def url(sock: socket.socket) -> str:
 @contextlib.contextmanager
 def _drained_exit(server: uvicorn.Server) -> Iterator[None]:
     """SIGTERM and SIGINT from before the port is bound until uvicorn handles them (a supervisor that stops the
-    server as soon as it listens): recorded as uvicorn records them, so it starts, drains at once and exits as it
-    would (they were lost, or ended the process by the signal). After a graceful shutdown uvicorn raises the signal
+    server as soon as it listens): handed to the server as uvicorn hands them, so it starts, drains and exits as it
+    would later (_Server: once it has accepted what the kernel queued; they were lost, or ended the process by the
+    signal). After a graceful shutdown uvicorn raises the signal
     that caused it again, under the handler it found: SIGINT goes on to Python's (KeyboardInterrupt), SIGTERM to none,
     so a drained server returns and the process exits with 0."""
     if threading.current_thread() is not threading.main_thread():   # only it may set signal handlers
@@ -173,6 +196,8 @@ def _drained_exit(server: uvicorn.Server) -> Iterator[None]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         if signal.getsignal(sig) is not signal.SIG_IGN:   # (a shell's background job ignores SIGINT)
             previous[sig] = signal.signal(sig, before_or_after_uvicorn)
+    # a --workers parent starts its workers with both blocked (serving.workers): they are handled from here on
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
     try:
         yield
     finally:

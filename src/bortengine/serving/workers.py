@@ -30,6 +30,7 @@ import socket
 import sys
 import tempfile
 import time
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -74,8 +75,6 @@ def serve_workers(model_dir: str | Path, options: ServeOptions, announce: Callab
         supervisor.sockets = [listening_socket(options.host, port, reuse_port=True) for _ in range(options.workers)]
         try:
             with tempfile.TemporaryDirectory(prefix="bortengine-serve-") as directory:   # (mode 0700)
-                announce(f"listening on {url(supervisor.sockets[0])} with {options.workers} worker processes "
-                         f"(loading {model_dir}; each worker accepts connections once it has loaded it)")
                 supervisor.run(directory)
         finally:
             for sock in supervisor.sockets:
@@ -116,9 +115,17 @@ class _Supervisor:
     def run(self, directory: str) -> None:
         """Start the workers and look after them until every one has exited."""
         self.directory = directory
+        # multiprocessing starts its resource tracker with the first worker, and unblocks SIGTERM and SIGINT after it:
+        # started first, it leaves the mask _start sets alone
+        resource_tracker.ensure_running()
         try:
             for i in range(len(self.options)):
                 self._start(i)
+            # said once the workers have their sockets: a signal from here on leaves none of the connections the
+            # kernel queues on them unanswered (before, nothing served the port yet, and it was closed)
+            if self.stopping is None:
+                self.announce(f"listening on {url(self.sockets[0])} with {len(self.options)} worker processes "
+                              f"(loading {self.model_dir}; each worker accepts connections once it has loaded it)")
             while self.processes:
                 self._step()
         finally:
@@ -132,6 +139,10 @@ class _Supervisor:
         process = _SPAWN.Process(target=_worker, name=f"bortengine-serve-worker-{i}",
                                  args=(i, self.model_dir, self.options[i], self.sockets[i], writer, self.directory,
                                        len(self.options), os.getpid()))
+        # A signal to the worker before it can handle one (starting Python, importing) ended it, which reset the
+        # connections the kernel had queued on its socket: it starts with SIGTERM and SIGINT blocked (the mask is
+        # inherited), and serving.process unblocks them once it handles them, as it does in a loading worker.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
         try:
             process.start()
         except (OSError, ValueError):
@@ -140,6 +151,7 @@ class _Supervisor:
                 raise
             return   # a signal closed the sockets while the worker started: it was not going to serve
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             writer.close()   # the worker's end: the parent's reader sees the end of the pipe once the worker is gone
         self.processes[i], self.channels[i] = process, reader
         if self.stopping is not None:   # a signal came while it started
