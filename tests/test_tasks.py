@@ -488,6 +488,13 @@ BAD = {   # name: (file name, what to write (text, bytes, or a function of the p
                                  r"not a directory written by datasets' save_to_disk"),
     "a column twice": ("a.csv", csv_text([(t, t, y) for t, y in GOOD], "text,text,label"), {},
                        r"the column 'text' appears more than once in its header \['text', 'text', 'label'\]"),
+    "a column twice in Parquet": ("a.parquet", lambda p: parquet_with_names(p, ["text", "label", "text"]), {},
+                                  r"the column 'text' appears more than once in its header \['text', 'label', "
+                                  r"'text'\]"),
+    "semicolons": ("a.csv", csv_text(GOOD, "text;label", ";"), {},
+                   r"its columns are \['text;label'\].*the header reads as one column, separated by ';'"),
+    "semicolons, commas in the texts": ("a.csv", csv_text([(f"{t}, alas", y) for t, y in GOOD], "text;label", ";"),
+                                        {}, r"row 1 \(line 2\) has 2 fields, the header 1.*separated by ';'"),
     "dev labels not in train": ("a.csv", csv_text(GOOD), {"dev": csv_text(GOOD[:3] + [("x", "meh"), ("y", "bad")])},
                                 r"dev file .* has labels the train file does not: \['bad', 'meh'\] \(the first in "
                                 r"row 4; train has \['great', 'other'\]\)"),
@@ -584,6 +591,52 @@ def test_what_each_reader_must_not_change(tmp_path):
     (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + csv_text(quoted).replace("\n", "\r\n").encode())
     task = load_task(train=str(tmp_path / "excel.csv"))
     assert next(e for e in task.train + task.dev + task.test if e.row == 0).text == 'two\r\nlines, "quoted"'
+
+
+def parquet_with_names(path: Path, names: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"text": [t for t, _ in GOOD], "label": [y for _, y in GOOD]}
+    pq.write_table(pa.Table.from_arrays([pa.array(columns[n]) for n in names], names=names), path)
+
+
+def test_labels_pyarrow_reads_as_other_types_are_the_values_written(tmp_path):
+    """Date-like label strings in JSON Lines (pyarrow's timestamps: refused) and a Parquet decimal column of
+    integers (a SQL export's NUMERIC: refused as Decimal) are the labels as written."""
+    texts = [t for t, _ in GOOD]
+    dates = ("2020-01-01", "2021-06-30")
+    (tmp_path / "dates.jsonl").write_text(jsonl_text([{"text": t, "label": dates[i % 2]} for i, t in enumerate(texts)]))
+    assert load_task(train=str(tmp_path / "dates.jsonl")).labels == list(dates)
+    import decimal
+
+    import pyarrow as pa
+
+    parquet(tmp_path / "numeric.parquet", {"text": texts, "label": pa.array(
+        [decimal.Decimal(i % 2) for i in range(len(texts))], pa.decimal128(5, 0))})
+    task = load_task(train=str(tmp_path / "numeric.parquet"))
+    assert task.labels == ["0", "1"] and {task.labels[e.label] for e in task.train} == {"0", "1"}
+    parquet(tmp_path / "fractions.parquet", {"text": texts, "label": pa.array(
+        [decimal.Decimal("0.5") * (i % 2) for i in range(len(texts))], pa.decimal128(5, 1))})
+    with pytest.raises(TrainingError, match=r"row 2: the label \('label'\) is Decimal\('0.5'\): labels are strings "
+                                            r"or integers \(class names\), not fractional numbers"):
+        load_task(train=str(tmp_path / "fractions.parquet"))
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv"])
+@pytest.mark.parametrize("at", [0, 5])
+def test_a_row_longer_than_pyarrows_block_is_read(tmp_path, kind, at):
+    """A long document in a row (first: the header's probe; later: the read) straddled pyarrow's blocks: refused
+    with its 'try to increase block size'."""
+    from bortengine.training import tasks
+
+    long = "a long document, " * ((tasks._CSV_BLOCK_BYTES + 1000) // 17)
+    rows = [(long if i == at else t, y) for i, (t, y) in enumerate(GOOD)]
+    sep = "\t" if kind == "tsv" else ","
+    path = tmp_path / f"a.{kind}"
+    path.write_text(csv_text([(f'"{t}"' if sep in t else t, y) for t, y in rows], f"text{sep}label", sep))
+    task = load_task(train=str(path))
+    assert [e.text for e in sorted(task.train + task.dev + task.test, key=lambda e: e.row)] == [t for t, _ in rows]
 
 
 def class_label_parquet(path: Path, labels: list[int], names=("pos", "neg")) -> None:

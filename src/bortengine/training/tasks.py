@@ -440,7 +440,8 @@ def _read_table(path_text: str, split: Optional[str], spec: DataSpec) -> _Table:
     absent = [c for c in columns if c not in present]
     if absent:
         raise TrainingError(f"{path}: no column {', '.join(map(repr, absent))}; its columns are {present}: name the "
-                            f"columns with --text-column / --text-pair-column / --label-column")
+                            f"columns with --text-column / --text-pair-column / --label-column"
+                            f"{separator_hint(present) if kind in ('csv', 'tsv') else ''}")
     doubled = [c for c in columns if present.count(c) > 1]
     if doubled:
         raise TrainingError(f"{path}: the column {', '.join(map(repr, doubled))} appears more than once in its "
@@ -460,7 +461,9 @@ def _read_file(path: Path, kind: str, text_columns: list[str], columns: list[str
 
     if kind == "parquet":
         try:
-            table = pq.read_table(_arrow_reader(data))
+            # one file's table as written: read_table's dataset scan fails on a column name given twice, with its
+            # own internals' message, where the check below names the column
+            table = pq.ParquetFile(_arrow_reader(data)).read()
         except (pa.ArrowException, OSError) as e:
             raise TrainingError(f"{path}: cannot be read as Parquet: {e}") from None
         present, values = _columns_of(table, columns)
@@ -511,18 +514,32 @@ def _decompressed(path: Path, data: bytes) -> bytes:
                             f"says?") from None
 
 
+# pyarrow's CSV block (its default): a file is parsed in blocks of this size on its threads
+_CSV_BLOCK_BYTES = 1 << 20
+
+
 def _read_csv(path: Path, data: bytes, delimiter: str, columns: list[str]):
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     options = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
-    try:
+
+    def read(block_size: int):
+        blocks = pacsv.ReadOptions(block_size=block_size)
         # every column as text: a column of digits stays the user's text or label name, never a number
-        names = pacsv.open_csv(_arrow_reader(data), parse_options=options,
-                               read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
-        table = pacsv.read_csv(_arrow_reader(data), parse_options=options,
-                               convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                                    strings_can_be_null=True, null_values=[""]))
+        names = pacsv.open_csv(_arrow_reader(data), parse_options=options, read_options=blocks).schema.names
+        return pacsv.read_csv(_arrow_reader(data), parse_options=options, read_options=blocks,
+                              convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                                   strings_can_be_null=True, null_values=[""]))
+
+    try:
+        try:
+            table = read(_CSV_BLOCK_BYTES)
+        except pa.ArrowInvalid as e:
+            if "straddl" not in str(e):
+                raise
+            # a row longer than a block (a long document): pyarrow parses no row across two; one block is the file
+            table = read(min(len(data) + 1, 2**31 - 1))
     except (pa.ArrowException, OSError) as e:
         kind = "TSV" if delimiter == "\t" else "CSV"
         raise TrainingError(f"{path}: {_csv_bad_row(data, delimiter) or f'cannot be read as {kind}: {e}'}") from None
@@ -545,6 +562,15 @@ def _check_quotes_closed(values: dict[str, list], path: Path) -> None:
                                 f"the quotes inside a quoted value (\"\"), or write the file as JSON Lines")
 
 
+def separator_hint(header: list[str]) -> str:
+    """A header read as one column that holds ';' (a spreadsheet's CSV in a locale whose decimal mark is ','): what
+    to do about it; '' otherwise."""
+    if len(header) == 1 and ";" in header[0]:
+        return ("; the header reads as one column, separated by ';': this file's columns are separated by ';', and "
+                "CSV's are by ',' (save it again with ',' as the separator, or as .tsv with tabs)")
+    return ""
+
+
 def _csv_bad_row(data: bytes, delimiter: str) -> Optional[str]:
     """The first row of a CSV/TSV file pyarrow refused whose number of fields differs from the header's (pyarrow's
     message does not say where it is), found by reading the file again with Python's csv; None if there is none."""
@@ -559,7 +585,8 @@ def _csv_bad_row(data: bytes, delimiter: str) -> Optional[str]:
             if len(fields) != len(header):
                 return (f"row {row} (line {reader.line_num}) has {len(fields)} field{'s' * (len(fields) != 1)}, "
                         f"the header {len(header)}: "
-                        f"{delimiter.join(fields)[:60]!r}; quote a value that holds {delimiter!r} or a line break")
+                        f"{delimiter.join(fields)[:60]!r}; quote a value that holds {delimiter!r} or a line break"
+                        f"{separator_hint(header)}")
     except csv.Error:
         return None
     return None
@@ -576,10 +603,11 @@ def _read_json_lines(path: Path, data: bytes, text_columns: list[str], columns: 
         table = pajson.read_json(_arrow_reader(data))
     except (pa.ArrowException, OSError):
         table = None
-    # pyarrow wants one kind of value per column and makes texts that look like dates timestamps: a file it
-    # refuses (labels 1 and "one", a number among the texts, a malformed line), or whose texts it did not read as
-    # strings, is read again row by row with Python's json, so that the checks name the row
-    if table is None or any(f.type != pa.string() for f in table.schema if f.name in text_columns):
+    # pyarrow wants one kind of value per column and makes strings that look like dates timestamps: a file it
+    # refuses (labels 1 and "one", a number among the texts, a malformed line), or whose texts or labels it did not
+    # read as written, is read again row by row with Python's json, so that the checks name the row
+    if table is None or any(f.type != pa.string() for f in table.schema if f.name in text_columns) or any(
+            pa.types.is_temporal(f.type) for f in table.schema if f.name in columns):   # labels "2020-01-01"
         return json_lines_by_row(path, data, columns)
     return _columns_of(table, columns)
 
@@ -730,8 +758,10 @@ def _label_names(table: _Table, column: str) -> list[str]:
             names.append(str(value).lower())
         elif isinstance(value, (int, np.integer)):
             names.append(str(int(value)))
-        elif isinstance(value, float):
-            if not value.is_integer():
+        elif isinstance(value, (float, Decimal)):   # Decimal: a Parquet decimal column (a SQL export's NUMERIC)
+            integral = (value.is_finite() and value == value.to_integral_value()) if isinstance(value, Decimal) \
+                else value.is_integer()
+            if not integral:
                 raise TrainingError(f"{where} is {value!r}: labels are strings or integers (class names), not "
                                     f"fractional numbers")
             names.append(str(int(value)))

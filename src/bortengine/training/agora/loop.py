@@ -258,7 +258,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int,
             name = repr(names[int(c)]) if names is not None and 0 <= c < len(names) else str(int(c))
             raise AgoraError(f"Agora keeps {fraction:.0%} of dev apart to select its models with (select_fraction), "
                              f"and both parts need every class: class {name} has {len(members)} dev example(s). Give "
-                             f"more dev examples of it (a --dev file, or more in train, which dev is drawn from)")
+                             f"more dev examples of it (a --dev file, or more in train, which dev is drawn from), or "
+                             f"fine-tune without Agora (`bortengine pipeline --no-agora`)")
         chosen.append(rng.choice(members, k, replace=False))
     return np.sort(np.concatenate(chosen))
 
