@@ -491,6 +491,12 @@ BAD = {   # name: (file name, what to write (text, bytes, or a function of the p
     "a column twice in Parquet": ("a.parquet", lambda p: parquet_with_names(p, ["text", "label", "text"]), {},
                                   r"the column 'text' appears more than once in its header \['text', 'label', "
                                   r"'text'\]"),
+    "a TSV value going on after its quotes": (
+        "a.tsv", csv_text(with_row('"Hello" she said, smiling', at=5, column=0), "text\tlabel", "\t"), {},
+        r"line 6: a value opens with '\"' and goes on after the '\"' that closes it, which TSV reads as a quoted "
+        r"value and drops the quotes"),
+    "a CSV value going on after its quotes": ("a.csv", csv_text(with_row('"Brilliant" she said', at=2, column=0)), {},
+                                              r"line 3: a value opens with '\"' .* which CSV reads as a quoted value"),
     "semicolons": ("a.csv", csv_text(GOOD, "text;label", ";"), {},
                    r"its columns are \['text;label'\].*the header reads as one column, separated by ';'"),
     "semicolons, commas in the texts": ("a.csv", csv_text([(f"{t}, alas", y) for t, y in GOOD], "text;label", ";"),

@@ -546,6 +546,8 @@ def _read_csv(path: Path, data: bytes, delimiter: str, columns: list[str]):
     present, values = _columns_of(table, columns)
     if delimiter == "\t":
         _check_quotes_closed(values, path)
+    if b'"' in data:
+        _check_quoted_values_end(data, delimiter, path)
     return present, values
 
 
@@ -569,6 +571,31 @@ def separator_hint(header: list[str]) -> str:
         return ("; the header reads as one column, separated by ';': this file's columns are separated by ';', and "
                 "CSV's are by ',' (save it again with ',' as the separator, or as .tsv with tabs)")
     return ""
+
+
+def _check_quoted_values_end(data: bytes, delimiter: str, path: Path) -> None:
+    """A value that opens with '"' and goes on after the '"' that closes it ('"Hello" she said'): pyarrow, like
+    pandas, reads it as quoted and joins the rest on, without its quotes ('Hello she said'), though the file meant
+    the quotes as text (a TSV written without quoting, as GLUE's are, or a hand-made CSV); the model would be
+    trained on other text than classify() is later given. Such a file is not valid CSV (RFC 4180), and Python's
+    csv in strict mode says where."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), delimiter=delimiter, strict=True)
+    try:
+        for _ in reader:
+            pass
+    except csv.Error as e:
+        if "expected after" not in str(e):
+            return
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        fix = ("write it with every value quoted where it holds a '\"' (pandas' to_csv(sep='\\t') does) or as JSON "
+               "Lines" if kind == "TSV" else "quote the whole value and double the quotes inside it (\"\"\"Hello\"\" "
+               "she said\"), as csv writers do")
+        raise TrainingError(f"{path}, line {reader.line_num}: a value opens with '\"' and goes on after the '\"' that "
+                            f"closes it, which {kind} reads as a quoted value and drops the quotes from the text; "
+                            f"{fix}") from None
 
 
 def _csv_bad_row(data: bytes, delimiter: str) -> Optional[str]:
