@@ -168,10 +168,13 @@ def test_sigterm_drains_every_worker_and_exits_0(minilm, minilm_engine):
     wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="the workers to exit")
 
 
-def test_sigterm_while_the_workers_load_answers_the_connections_queued_for_them(minilm, minilm_engine):
+@pytest.mark.parametrize("stop, exit_code", [(signal.SIGTERM, 0), (signal.SIGKILL, -signal.SIGKILL)])
+def test_stopping_while_the_workers_load_answers_the_connections_queued_for_them(minilm, minilm_engine, stop,
+                                                                                  exit_code):
     """Connections made once the port is bound wait in the kernel's queue of a worker still loading the model. A
     SIGTERM then closed that worker's socket unaccepted, and they were reset; now it loads, accepts them, answers
-    their requests and exits as it drains later."""
+    their requests and exits as it drains later. SIGKILL to the parent: each worker gets SIGTERM (parent death),
+    and the worker failed its start-up telling the parent it was ready (a traceback, the connections reset)."""
     server = ServerProcess(minilm, "--workers", "2", "--max-input-tokens", str(MAX_TOKENS))
     work = [texts_of(2, words=8, seed=400 + k) for k in range(8)]
     try:
@@ -185,8 +188,8 @@ def test_sigterm_while_the_workers_load_answers_the_connections_queued_for_them(
             connection.request("POST", "/v1/embeddings", body=json.dumps({"input": texts}),
                                headers={"Content-Type": "application/json"})
             connections.append(connection)
-        server.terminate()
-        assert "ready:" not in server.stdout.read_text(), "the workers had loaded the model before SIGTERM"
+        server.proc.send_signal(stop)
+        assert "ready:" not in server.stdout.read_text(), "the workers had loaded the model before the signal"
         responses = [connection.getresponse() for connection in connections]
         bodies = [(response.status, response.read()) for response in responses]
         code = server.proc.wait(60)
@@ -196,13 +199,15 @@ def test_sigterm_while_the_workers_load_answers_the_connections_queued_for_them(
         assert status == 200, body
         got = np.array([item["embedding"] for item in json.loads(body)["data"]], dtype=np.float32)
         assert np.array_equal(got, minilm_engine.encode(texts, max_length=MAX_TOKENS))
-    assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
+    assert code == exit_code and "Traceback" not in server.stderr.read_text(), server.output()
 
 
-def test_a_ctrl_c_to_the_process_group_stops_every_worker_even_from_a_background_job(minilm):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_ctrl_c_to_the_process_group_stops_every_worker_even_from_a_background_job(minilm, workers):
     """A terminal's Ctrl-C reaches the parent and every worker. Started as a shell's background job the parent had
-    SIGINT ignored while each worker's uvicorn handled it: the workers drained and the parent replaced them."""
-    server = ServerProcess(minilm, "--workers", "2", background_job=True)
+    SIGINT ignored while each worker's uvicorn handled it: the workers drained and the parent replaced them. One
+    process drained and exited 0, as though SIGTERM had come."""
+    server = ServerProcess(minilm, "--workers", workers, background_job=True)
     try:
         server.start()
         pids = worker_pids(server)

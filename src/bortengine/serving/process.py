@@ -7,6 +7,7 @@ requests accepted so far are answered (for at most --graceful-timeout seconds), 
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -30,6 +31,8 @@ __all__ = ["run_server", "listening_socket", "url", "describe"]
 
 # Connections the kernel holds for the server before it accepts them: enough for a burst of clients.
 BACKLOG = 2048
+# How long a draining server goes on accepting what the kernel queued for it before it closes its socket (_Server).
+DRAIN_ACCEPT_S = 0.05
 
 
 def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], socket.socket],
@@ -82,6 +85,24 @@ class _Server(uvicorn.Server):
         if counter > 0 and self.deferred_signal is not None and not self.should_exit:
             super().handle_exit(self.deferred_signal, None)
         return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: Optional[list[socket.socket]] = None) -> None:
+        """uvicorn's drain, which closed the listening socket at once, and then every connection without a request
+        in progress: the connections the kernel had queued for the server, and those accepted whose request had not
+        been read yet, were reset, though their requests were sent before the signal (a burst of clients at a
+        SIGTERM under load lost up to half). Here the server first accepts and reads what came before the signal
+        for a moment (DRAIN_ACCEPT_S), then closes the socket and reads what the last accepts brought; those
+        requests are answered with the rest. A second Ctrl-C (force_exit) skips this, but still ends the app's
+        lifespan (uvicorn leaves it to be cancelled, which logged a traceback)."""
+        if not self.force_exit:
+            await asyncio.sleep(DRAIN_ACCEPT_S)
+            for server in self.servers:
+                server.close()
+            await asyncio.sleep(DRAIN_ACCEPT_S / 4)
+        await super().shutdown(sockets)
+        if self.force_exit:
+            with contextlib.suppress(Exception):
+                await self.lifespan.shutdown()
 
 
 def describe(service: ModelService) -> str:

@@ -2,9 +2,12 @@
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from bortengine.engine import ModelConfig, transformer_directory
 from bortengine.errors import ModelLoadError
@@ -31,8 +34,24 @@ def serve(model_dir: str | Path, options: ServeOptions = ServeOptions(),
     def listening(sock) -> None:
         announce(f"listening on {url(sock)} (loading {model_dir}; GET /health answers 200 once it is ready)")
 
-    run_server(model_dir, options, lambda: listening_socket(options.host, options.port), listening,
-               lambda service: announce(f"ready: {describe(service)} in {time.perf_counter() - started:.1f} s"))
+    with _sigint_raised():
+        run_server(model_dir, options, lambda: listening_socket(options.host, options.port), listening,
+                   lambda service: announce(f"ready: {describe(service)} in {time.perf_counter() - started:.1f} s"))
+
+
+@contextlib.contextmanager
+def _sigint_raised() -> Iterator[None]:
+    """SIGINT ends serve() in KeyboardInterrupt (exit code 130) even where it came ignored (a script's background
+    job): uvicorn drains on it whatever it inherits, and the server of --workers ends so too; it returned, exit
+    code 0, as though SIGTERM had come."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _check_options_against_config(model_dir: str | Path, options: ServeOptions) -> None:
