@@ -525,22 +525,34 @@ def test_sigterm_answers_every_request_sent_before_it(minilm, minilm_engine, wor
     server = ServerProcess(minilm, "--workers", workers, "--max-input-tokens", str(MAX_TOKENS)).start()
     work = [texts_of(1, words=6, seed=500 + k) for k in range(64)]
     try:
-        connections = []
-        for texts in work:
-            connection = http.client.HTTPConnection(*server.address(), timeout=60)
-            connection.request("POST", "/v1/embeddings", body=json.dumps({"input": texts}),
-                               headers={"Content-Type": "application/json"})
-            connections.append(connection)
+        connections = sent_requests(server.address(), work)
         server.terminate()
-        answers = [(r.status, r.read()) for r in (connection.getresponse() for connection in connections)]
+        assert_answered_exactly(connections, work, minilm_engine)
         code = server.proc.wait(60)
     finally:
         server.kill()
-    for texts, (status, body) in zip(work, answers):
-        assert status == 200, body
-        got = np.array([item["embedding"] for item in json.loads(body)["data"]], dtype=np.float32)
-        assert np.array_equal(got, minilm_engine.encode(texts, max_length=MAX_TOKENS))
     assert code == 0 and "Traceback" not in server.stderr.read_text(), server.output()
+
+
+def sent_requests(address: tuple[str, int], work: list[list[str]]) -> list[http.client.HTTPConnection]:
+    """A connection for each of work's lists of texts, its embeddings request sent, its answer not read yet."""
+    connections = []
+    for texts in work:
+        connection = http.client.HTTPConnection(*address, timeout=60)
+        connection.request("POST", "/v1/embeddings", body=json.dumps({"input": texts}),
+                           headers={"Content-Type": "application/json"})
+        connections.append(connection)
+    return connections
+
+
+def assert_answered_exactly(connections: list[http.client.HTTPConnection], work: list[list[str]], engine) -> None:
+    """Each request of sent_requests answered 200 with the engine's own embeddings of its texts."""
+    for texts, connection in zip(work, connections):
+        response = connection.getresponse()
+        body = response.read()
+        assert response.status == 200, body
+        got = np.array([item["embedding"] for item in json.loads(body)["data"]], dtype=np.float32)
+        assert np.array_equal(got, engine.encode(texts, max_length=MAX_TOKENS))
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

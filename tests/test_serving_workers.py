@@ -6,8 +6,6 @@ with its error; and the options are shared out (threads, --max-queue).
 """
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import re
 import signal
@@ -27,7 +25,8 @@ from bortengine.serving import ServeOptions
 from serving_process import ServerProcess, minilm_engine, serving, texts_of  # noqa: F401 (a fixture)
 from test_isolation import _env
 from test_serving import delta, embeddings, scrape
-from test_serving_robustness import assert_error, flood, post_embeddings, texts_read, wait_until
+from test_serving_robustness import (assert_answered_exactly, assert_error, flood, post_embeddings, sent_requests,
+                                     texts_read, wait_until)
 
 MAX_TOKENS = 64
 MAX_QUEUE = 8
@@ -182,23 +181,14 @@ def test_stopping_while_the_workers_load_answers_the_connections_queued_for_them
         while not (listening := re.search(r"listening on http://([\d.]+):(\d+)", server.stdout.read_text())):
             server._check_alive(deadline)
             time.sleep(0.002)
-        connections = []
-        for texts in work:   # each connection hashed to one of the two workers' sockets
-            connection = http.client.HTTPConnection(listening[1], int(listening[2]), timeout=60)
-            connection.request("POST", "/v1/embeddings", body=json.dumps({"input": texts}),
-                               headers={"Content-Type": "application/json"})
-            connections.append(connection)
+        # each connection hashed to one of the two workers' sockets
+        connections = sent_requests((listening[1], int(listening[2])), work)
         server.proc.send_signal(stop)
         assert "ready:" not in server.stdout.read_text(), "the workers had loaded the model before the signal"
-        responses = [connection.getresponse() for connection in connections]
-        bodies = [(response.status, response.read()) for response in responses]
+        assert_answered_exactly(connections, work, minilm_engine)
         code = server.proc.wait(60)
     finally:
         server.kill()
-    for texts, (status, body) in zip(work, bodies):
-        assert status == 200, body
-        got = np.array([item["embedding"] for item in json.loads(body)["data"]], dtype=np.float32)
-        assert np.array_equal(got, minilm_engine.encode(texts, max_length=MAX_TOKENS))
     assert code == exit_code and "Traceback" not in server.stderr.read_text(), server.output()
 
 

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import re
+import select
 import signal
 import socket
 import threading
@@ -31,8 +32,9 @@ __all__ = ["run_server", "listening_socket", "url", "describe"]
 
 # Connections the kernel holds for the server before it accepts them: enough for a burst of clients.
 BACKLOG = 2048
-# How long a draining server goes on accepting what the kernel queued for it before it closes its socket (_Server).
-DRAIN_ACCEPT_S = 0.05
+# How long a draining server goes on accepting what the kernel queued for it, and reading the requests of the
+# connections it accepted, at most (_Server).
+DRAIN_ACCEPT_S = 1.0
 
 
 def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], socket.socket],
@@ -90,19 +92,39 @@ class _Server(uvicorn.Server):
         """uvicorn's drain, which closed the listening socket at once, and then every connection without a request
         in progress: the connections the kernel had queued for the server, and those accepted whose request had not
         been read yet, were reset, though their requests were sent before the signal (a burst of clients at a
-        SIGTERM under load lost up to half). Here the server first accepts and reads what came before the signal
-        for a moment (DRAIN_ACCEPT_S), then closes the socket and reads what the last accepts brought; those
-        requests are answered with the rest. A second Ctrl-C (force_exit) skips this, but still ends the app's
-        lifespan (uvicorn leaves it to be cancelled, which logged a traceback)."""
+        SIGTERM under load lost up to half). Here the server first goes on accepting while connections wait, then
+        closes the socket and reads the requests waiting on connections it accepted (each for at most
+        DRAIN_ACCEPT_S); those requests are answered with the rest. A second Ctrl-C (force_exit) skips this, but
+        still ends the app's lifespan (uvicorn left it to be cancelled, which logged a traceback)."""
         if not self.force_exit:
-            await asyncio.sleep(DRAIN_ACCEPT_S)
+            listeners = [s for server in self.servers for s in server.sockets]
+            await self._while_readable(listeners)
             for server in self.servers:
                 server.close()
-            await asyncio.sleep(DRAIN_ACCEPT_S / 4)
+            await self._while_readable(())
         await super().shutdown(sockets)
         if self.force_exit:
             with contextlib.suppress(Exception):
                 await self.lifespan.shutdown()
+
+    async def _while_readable(self, listeners: Any) -> None:
+        """Until none of listeners has a connection waiting and no idle connection (_idle) has bytes waiting (the
+        loop accepts and reads them meanwhile), for at most DRAIN_ACCEPT_S."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_ACCEPT_S
+        while not self.force_exit and loop.time() < deadline:
+            idle = [c.transport.get_extra_info("socket") for c in self.server_state.connections
+                    if _idle(c) and not c.transport.is_closing()]
+            waiting = [s for s in [*listeners, *idle] if s is not None]
+            if not waiting or not select.select(waiting, [], [], 0)[0]:
+                return
+            await asyncio.sleep(0.002)
+
+
+def _idle(connection: Any) -> bool:
+    """Whether uvicorn's drain closes this connection at once: no request, or its last answered (keep-alive)."""
+    cycle = getattr(connection, "cycle", None)
+    return cycle is None or cycle.response_complete
 
 
 def describe(service: ModelService) -> str:
