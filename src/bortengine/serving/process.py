@@ -222,9 +222,9 @@ def _drained_exit(server: uvicorn.Server) -> Iterator[None]:
     """SIGTERM and SIGINT from before the port is bound until uvicorn handles them (a supervisor that stops the
     server as soon as it listens): handed to the server as uvicorn hands them, so it starts, drains and exits as it
     would later (_Server: once it has accepted what the kernel queued; they were lost, or ended the process by the
-    signal). After a graceful shutdown uvicorn raises the signal
-    that caused it again, under the handler it found: SIGINT goes on to Python's (KeyboardInterrupt), SIGTERM to none,
-    so a drained server returns and the process exits with 0."""
+    signal). After a graceful shutdown uvicorn raises the signal that caused it again, under the handler it found:
+    SIGINT goes on to Python's (KeyboardInterrupt), SIGTERM to none, so a drained server returns and the process
+    exits with 0."""
     if threading.current_thread() is not threading.main_thread():   # only it may set signal handlers
         yield
         return

@@ -250,13 +250,14 @@ def _worker(index: int, model_dir: str, options: ServeOptions, sock: socket.sock
         run_server(model_dir, options, lambda: sock, lambda sock: None,
                    lambda service: _tell(channel, ("ready", describe(service))), Siblings(directory, index, workers))
     except Exception as e:
-        channel.send(("failed", _picklable(e)))
+        _tell(channel, ("failed", _picklable(e)))
         sys.exit(1)
 
 
 def _tell(channel: Connection, message: tuple) -> None:
-    """A message to the parent, which may be gone (SIGKILL): then the parent-death SIGTERM is on its way to this worker,
-    which drains (answers the connections queued for it) instead of failing its start-up over the closed pipe."""
+    """A message to the parent, which may be gone (SIGKILL): then the parent-death SIGTERM is on its way to this
+    worker, which drains (answers the connections queued for it) instead of failing its start-up over the closed
+    pipe."""
     try:
         channel.send(message)
     except OSError:   # BrokenPipeError
