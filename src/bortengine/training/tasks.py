@@ -441,7 +441,7 @@ def _read_table(path_text: str, split: Optional[str], spec: DataSpec) -> _Table:
     if absent:
         raise TrainingError(f"{path}: no column {', '.join(map(repr, absent))}; its columns are {present}: name the "
                             f"columns with --text-column / --text-pair-column / --label-column"
-                            f"{separator_hint(present) if kind in ('csv', 'tsv') else ''}")
+                            f"{_separator_hint(present) if kind in ('csv', 'tsv') else ''}")
     doubled = [c for c in columns if present.count(c) > 1]
     if doubled:
         raise TrainingError(f"{path}: the column {', '.join(map(repr, doubled))} appears more than once in its "
@@ -564,7 +564,7 @@ def _check_quotes_closed(values: dict[str, list], path: Path) -> None:
                                 f"the quotes inside a quoted value (\"\"), or write the file as JSON Lines")
 
 
-def separator_hint(header: list[str]) -> str:
+def _separator_hint(header: list[str]) -> str:
     """A header read as one column that holds ';' (a spreadsheet's CSV in a locale whose decimal mark is ','): what
     to do about it; '' otherwise."""
     if len(header) == 1 and ";" in header[0]:
@@ -613,7 +613,7 @@ def _csv_bad_row(data: bytes, delimiter: str) -> Optional[str]:
                 return (f"row {row} (line {reader.line_num}) has {len(fields)} field{'s' * (len(fields) != 1)}, "
                         f"the header {len(header)}: "
                         f"{delimiter.join(fields)[:60]!r}; quote a value that holds {delimiter!r} or a line break"
-                        f"{separator_hint(header)}")
+                        f"{_separator_hint(header)}")
     except csv.Error:
         return None
     return None
@@ -786,26 +786,26 @@ def _label_names(table: _Table, column: str) -> list[str]:
         elif isinstance(value, (int, np.integer)):
             names.append(str(int(value)))
         elif isinstance(value, (float, Decimal)):   # Decimal: a Parquet decimal column (a SQL export's NUMERIC)
-            integral = (value.is_finite() and value == value.to_integral_value()) if isinstance(value, Decimal) \
-                else value.is_integer()
-            if not integral:
-                raise TrainingError(f"{where} is {value!r}: labels are strings or integers (class names), not "
-                                    f"fractional numbers")
-            names.append(str(int(value)))
+            names.append(_whole_number_name(Decimal(value), value, where))
         elif isinstance(value, str):
             text = value.strip()
             if not text or text.lower() == "nan":
                 raise TrainingError(f"{where} is missing ({value!r}); every example needs a label")
             if _DECIMAL.match(text):    # "2.0" (a CSV written from a column with NaN) is 2, as in the other formats
-                number = Decimal(text)
-                if number != number.to_integral_value():
-                    raise TrainingError(f"{where} is {value!r}: labels are strings or integers (class names), not "
-                                        f"fractional numbers")
-                text = str(int(number))
+                text = _whole_number_name(Decimal(text), value, where)
             names.append(text)
         else:
             raise TrainingError(f"{where} is {value!r} ({type(value).__name__}): labels are strings or integers")
     return names
+
+
+def _whole_number_name(number: Decimal, value: Any, where: str) -> str:
+    """The name of a label written as a number with a fraction part (value: 2.0, "2.0", a decimal column's 2): its
+    integer's digits; refused if it has a fraction (or is infinite)."""
+    if not (number.is_finite() and number == number.to_integral_value()):
+        raise TrainingError(f"{where} is {value!r}: labels are strings or integers (class names), not fractional "
+                            f"numbers")
+    return str(int(number))
 
 
 def _class_names(names: list[str], path: str) -> list[str]:
