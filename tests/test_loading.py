@@ -70,6 +70,14 @@ def test_config_classifier_labels():
         ModelConfig.from_dict({**BASE, "id2label": {"0": "a", "2": "b"}})
     with pytest.raises(ModelLoadError, match="problem_type"):
         ModelConfig.from_dict({**BASE, "problem_type": "ranking"})
+    # a softmax over one logit: probability 1 for every text (transformers refuses the config); a bare encoder's
+    # unused head fields are not judged
+    one = {**BASE, "architectures": ["BertForSequenceClassification"], "id2label": {"0": "score"},
+           "problem_type": "single_label_classification"}
+    with pytest.raises(ModelLoadError, match="num_labels=1.*would be 1 for every text.*'regression'"):
+        ModelConfig.from_dict(one)
+    assert ModelConfig.from_dict({**one, "problem_type": "multi_label_classification"}).num_labels == 1
+    assert ModelConfig.from_dict({**one, "architectures": ["BertModel"]}).kind == "BertModel"
 
 
 @pytest.mark.parametrize("change, match", [

@@ -7,8 +7,11 @@ model that cannot load) are one line and exit code 2.
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import re
+import select
 import shutil
 import signal
 import socket
@@ -334,6 +337,110 @@ def test_a_compressed_body_gets_415(minilm_server):
         # identity is no compression: answered
         plain = client.post("/v1/embeddings", json={"input": "a text"}, headers={"Content-Encoding": "identity"})
         assert plain.status_code == 200 and client.get("/health").status_code == 200
+
+
+def test_a_body_in_a_transfer_coding_other_than_chunked_gets_501(minilm_server):
+    """The parser undoes only the chunks: a gzip coding under them reached the JSON parser as sent (a 400 that
+    blamed the JSON), and a plain body under it was read as though the coding were not there."""
+    body = json.dumps({"input": ["a text"]}).encode()
+    for coding in ("gzip, chunked", "identity, chunked"):
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        response, sock = raw_request(minilm_server, f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+                                                    f"Transfer-Encoding: {coding}", chunked)
+        with sock:
+            error = json.loads(response.read())["error"]
+        assert response.status == 501 and error["code"] == "unsupported_transfer_encoding", error
+        assert repr(coding) in error["message"] and response.getheader("connection") == "close"
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(60)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_client_still_sending_a_body_over_the_limit_gets_its_413(minilm_server):
+    """The 413 comes before the body is read; closed at once, the kernel answered the bytes still coming with a
+    reset, which took the answer from a client still sending (Node's http and fetch: ECONNRESET). The server
+    half-closes, drops what still comes, and the client reads its 413 once it has sent everything."""
+    size = 16 * MAX_BODY
+    with socket.create_connection(minilm_server.address(), timeout=60) as sock:
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % size)
+        for _ in range(16):
+            sock.sendall(b"x" * MAX_BODY)
+        answer = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower(), answer[:300]
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+
+
+def test_keep_alive_connections_outlast_uvicorns_5_s_and_say_how_long(minilm_server):
+    """uvicorn closed an idle keep-alive connection after 5 s, and said nothing of it: a client reusing a pooled
+    connection as it closed got a reset (clients retry no POST). Now 75 s, said in every answer."""
+    connection = http.client.HTTPConnection(*minilm_server.address(), timeout=60)
+
+    def embedded() -> http.client.HTTPResponse:
+        connection.request("POST", "/v1/embeddings", body=json.dumps({"input": "a text"}),
+                           headers={"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        return answer
+
+    with contextlib.closing(connection):
+        first = embedded()
+        sock = connection.sock
+        time.sleep(6)
+        again = embedded()     # (http.client does not reconnect: a closed connection raises RemoteDisconnected)
+        assert connection.sock is sock
+    assert first.status == again.status == 200 and first.getheader("keep-alive") == "timeout=75"
+
+
+def test_headers_past_the_limit_get_431_and_a_long_url_414(minilm_server):
+    """httptools has no limit of its own: a header streamed without end was joined piece by piece, holding the event
+    loop (128 MB: 27 s) and the memory."""
+    from bortengine.serving.process import HEAD_LIMIT_BYTES, URL_LIMIT_BYTES
+
+    with socket.create_connection(minilm_server.address(), timeout=60) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        sent = 0
+        while sent < 100 * HEAD_LIMIT_BYTES and not select.select([sock], [], [], 0.001)[0]:
+            sock.sendall(b"y" * 1024)
+            sent += 1024
+        answer = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert json.loads(body)["error"]["code"] == "headers_too_large" and sent <= 8 * HEAD_LIMIT_BYTES
+    response, sock = raw_request(minilm_server, f"GET /health?{'q' * URL_LIMIT_BYTES} HTTP/1.1\r\nHost: x")
+    with sock:
+        error = json.loads(response.read())["error"]
+    assert response.status == 414 and error["code"] == "url_too_long", error
+    # a request with headers of a few KiB in small pieces is answered
+    with socket.create_connection(minilm_server.address(), timeout=60) as sock:
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"t" * 8000 + \
+            b"\r\nConnection: close\r\n\r\n"
+        for i in range(0, len(request), 500):
+            sock.sendall(request[i:i + 500])
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+    with minilm_server.client() as client:
+        assert client.get("/health").status_code == 200
+
+
+def test_pipelined_requests_before_a_malformed_one_keep_their_answers(minilm_server):
+    """A request the parser refuses, pipelined after good ones in one write: its 400 was written at once and the
+    connection closed, so the good requests' answers were lost and the 400 read as the first one's."""
+    good = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    post = json.dumps({"input": "a text"}).encode()
+    embed = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+            b"Content-Length: %d\r\n\r\n%s" % (len(post), post)
+    with socket.create_connection(minilm_server.address(), timeout=60) as sock:
+        sock.sendall(good + embed + good + b"GARBAGE\r\n\r\n")
+        answer = read_until_closed(sock)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)     # (a body ends where the next answer starts)
+    assert statuses == [b"200", b"200", b"200", b"400"], answer[-400:]
+    assert answer.rstrip().endswith(b'"code":"invalid_http"}}')
 
 
 def test_a_body_that_stalls_gets_408_and_gives_back_its_place(minilm_server):
@@ -666,6 +773,11 @@ def test_a_bad_model_directory_or_a_port_in_use_is_exit_2(capsys, tmp_path, mini
         with pytest.raises(SystemExit) as exit_info:
             main(["serve", str(minilm), "--body-timeout", seconds])
         assert exit_info.value.code == 2
+    assert main(["serve", str(minilm), "--keep-alive-timeout", "0.5"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "--keep-alive-timeout must be a number of seconds >= 1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(minilm), "--keep-alive-timeout", "inf"])
+    assert exit_info.value.code == 2
     for nice in ("-1", "20", "five"):
         with pytest.raises(SystemExit) as exit_info:
             main(["serve", str(minilm), "--worker-nice", nice])

@@ -1,8 +1,10 @@
 """Texts in: tokenize(), encode() with sentence-transformers pooling, classify(), and the tokenizer fallbacks."""
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -558,6 +560,34 @@ def test_ids_past_the_vocabulary_refused_with_their_place(make_model, small_engi
     with pytest.raises(InvalidInputError, match=r"input_ids\[0, 1\] = -5 is outside \[0, 30522\)"):
         small_engine.encode(TokenizedTexts([[101, -5, 102]], [3], 128))
     assert small_engine.encode(TokenizedTexts([[101, 2023, 102]], [3], 128)).shape == (1, 64)
+
+
+@pytest.mark.parametrize("method, keyword, says", [
+    ("encode", "normalize_embeddings", "normalize=True or False"),
+    ("encode", "convert_to_tensor", "torch.from_numpy"),
+    ("encode", "output_value", "last_hidden_state"),
+    ("encode", "prompt_name", "prompt + text"),
+    ("encode", "normalise", "it takes texts, text_pairs, batch_size, normalize, max_length, truncation"),
+    ("aencode", "show_progress_bar", "no progress bar"),
+    ("classify", "top_k", "ClassificationResult.probabilities"),
+    ("aclassify", "function_to_apply", "ClassificationResult.logits"),
+    ("rerank", "return_documents", ".text"),
+    ("arerank", "batchsize", "batch_size"),
+])
+def test_another_librarys_keyword_says_what_the_engine_calls_it(small_engine, method, keyword, says):
+    """sentence-transformers' and transformers' option names got Python's bare "unexpected keyword argument"; the
+    error (still a TypeError) now says what the engine calls the option, or why it has none."""
+    from bortengine.errors import UnknownOptionError
+
+    args = ("a query", ["a document"]) if "rerank" in method else (["a text"],)
+    call = getattr(small_engine, method)
+    with pytest.raises(UnknownOptionError, match=rf"Engine\.{method}\(\) takes no keyword argument '{keyword}'.*"
+                                                 rf"{re.escape(says)}") as refused:
+        result = call(*args, **{keyword: True})
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    assert isinstance(refused.value, TypeError) and isinstance(refused.value, InvalidInputError)
+    assert asyncio.iscoroutinefunction(call) == method.startswith("a")
 
 
 @pytest.mark.parametrize("bad", [b"bytes", 3, [1, 2], ["ok", None], None])

@@ -13,14 +13,15 @@ from __future__ import annotations
 from bortengine.engine import (ClassificationResult, EncoderOutput, Engine, ModelConfig, RankedDocument, TokenEntity,
                                TokenizedTexts, available_cpus, available_isas, cpu_info, load)
 from bortengine.errors import (BortEngineError, DeadlineExceeded, InvalidInputError, ModelLoadError, PerformanceWarning,
-                               PromptWarning, RequestCancelled, TextTooLongError, TruncationWarning,
+                               PromptWarning, RequestCancelled, TextTooLongError, TruncationWarning, UnknownOptionError,
                                UnsupportedModelError)
 from bortengine.version import __version__
 
 __all__ = [
     "load", "Engine", "EncoderOutput", "ClassificationResult", "TokenEntity", "RankedDocument", "ModelConfig",
     "TokenizedTexts", "cpu_info", "available_isas",
-    "available_cpus", "BortEngineError", "InvalidInputError", "TextTooLongError", "TruncationWarning", "ModelLoadError",
+    "available_cpus", "BortEngineError", "InvalidInputError", "UnknownOptionError", "TextTooLongError",
+    "TruncationWarning", "ModelLoadError",
     "UnsupportedModelError", "DeadlineExceeded", "RequestCancelled", "PerformanceWarning", "PromptWarning",
     "__version__",
 ]

@@ -16,6 +16,12 @@ class InvalidInputError(BortEngineError, ValueError):
     """An argument of an inference call (ids, mask, texts, options) is malformed."""
 
 
+class UnknownOptionError(InvalidInputError, TypeError):
+    """A call got a keyword argument it does not take (a TypeError, as Python's own): the message says what the
+    engine calls that option, when another library's name for it was given (sentence-transformers, transformers'
+    pipelines)."""
+
+
 class TextTooLongError(InvalidInputError):
     """A text (or text pair) has more tokens than max_length and the call passed truncation=False: nothing was
     computed. index: the first such text's place in the call's texts; tokens: its tokens before truncation (special

@@ -70,6 +70,10 @@ def add_parsers(sub) -> None:
                         "deadline)")
     p.add_argument("--model-name", default=None,
                    help="the name clients pass as `model` (default: MODEL_DIR's folder name)")
+    p.add_argument("--keep-alive-timeout", type=positive_float, default=DEFAULTS.keep_alive_timeout,
+                   metavar="SECONDS", help=f"how long an idle keep-alive connection is kept after its last answer, "
+                                           f"said to clients in `Keep-Alive: timeout=N` (default "
+                                           f"{DEFAULTS.keep_alive_timeout:g})")
     p.add_argument("--graceful-timeout", type=non_negative_float, default=DEFAULTS.graceful_timeout,
                    metavar="SECONDS", help=f"how long SIGTERM waits for accepted requests (default "
                                            f"{DEFAULTS.graceful_timeout:g}; 0: not at all)")
@@ -102,7 +106,8 @@ def _options(args) -> ServeOptions:
         max_input_tokens=args.max_input_tokens, truncation=not args.no_truncation,
         max_body_bytes=args.max_body_bytes, api_key=api_key_from_environment(args.api_key),
         body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name,
-        graceful_timeout=args.graceful_timeout, access_log=args.access_log, log_level=args.log_level,
+        keep_alive_timeout=args.keep_alive_timeout, graceful_timeout=args.graceful_timeout,
+        access_log=args.access_log, log_level=args.log_level,
         worker_nice=args.worker_nice, lead_when_idle=not args.no_forwards_on_loop)
 
 

@@ -222,6 +222,12 @@ class ModelConfig:
         if problem_type is not None and problem_type not in _PROBLEM_TYPES:
             raise ModelLoadError(
                 f"{source}: problem_type {problem_type!r} is unknown; use one of {list(_PROBLEM_TYPES)} or null")
+        if problem_type == "single_label_classification" and head == "sequence" and len(id2label) == 1:
+            # a softmax over one logit is 1 for every text; transformers refuses this config too
+            raise ModelLoadError(
+                f"{source}: problem_type 'single_label_classification' with one label (num_labels=1): its probability "
+                f"would be 1 for every text. Set problem_type to 'regression' (one score, as a cross-encoder's: "
+                f"Engine.rerank) or 'multi_label_classification' (a sigmoid probability), or give num_labels >= 2")
 
         return cls(
             hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,

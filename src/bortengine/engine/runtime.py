@@ -36,8 +36,8 @@ from bortengine.engine.pooling import Pooling, transformer_directory
 from bortengine.engine.positions import PositionLayout, check_contiguous_mask, position_layout
 from bortengine.engine.tokenization import WHOLE_TEXT, TextTokenizer, TokenizedTexts, as_text_list, characters
 from bortengine.engine.weights import BertWeights, Checkpoint
-from bortengine.errors import (BortEngineError, InvalidInputError, ModelLoadError, PerformanceWarning, TextTooLongError,
-                               PromptWarning, TruncationWarning)
+from bortengine.errors import (BortEngineError, InvalidInputError, ModelLoadError, PerformanceWarning, PromptWarning,
+                               TextTooLongError, TruncationWarning, UnknownOptionError)
 
 __all__ = ["load", "Engine", "traced_forwards", "DTYPES"]
 
@@ -93,6 +93,61 @@ def traced_forwards(encoder: Any, forward: Any, runs: int) -> tuple[dict[str, fl
     finally:
         encoder.trace = False
     return {name: float(np.median(v)) for name, v in parts.items()}, float(np.median(totals))
+
+
+# What the engine calls the options of sentence-transformers' encode / CrossEncoder.rank and transformers' pipelines
+# that users reach for, or why it has none: said when one is passed, rather than Python's bare "unexpected keyword".
+_FOREIGN_KEYWORDS = {
+    "normalize_embeddings": "normalize=True or False; the default, None, follows the model's Normalize module, which "
+                            "sentence-transformers applies whatever normalize_embeddings says (so normalize=False "
+                            "is not its normalize_embeddings=False)",
+    "convert_to_numpy": "the embeddings are a numpy array already",
+    "convert_to_tensor": "the embeddings are a numpy array: torch.from_numpy(...) makes a tensor of it",
+    "output_value": "each token's vectors are engine(**engine.tokenize(texts)).last_hidden_state",
+    "prompt": "put the prompt before each text: encode([prompt + text for text in texts])",
+    "prompt_name": "put the prompt before each text: encode([prompt + text for text in texts])",
+    "precision": "the arithmetic is chosen at load (bortengine.load(..., dtype='int8')); the embeddings are float32",
+    "device": "the engine runs on this CPU (bortengine.load(..., num_threads=N) sets how many cores)",
+    "show_progress_bar": "it shows no progress bar",
+    "convert_to_list": "the result is a numpy array: .tolist()",
+    "top_k": "every label's probability is in the result (ClassificationResult.probabilities)",
+    "function_to_apply": "probabilities are the softmax of the logits, or their sigmoid for a multi-label model; the "
+                         "logits themselves are ClassificationResult.logits",
+    "return_documents": "each RankedDocument has the document's .text",
+}
+
+
+def _explains_unknown_keywords(method: Callable) -> Callable:
+    """method, refusing a keyword argument it does not take with an UnknownOptionError (a TypeError) that says what
+    the engine calls it (_FOREIGN_KEYWORDS) or which keywords it takes."""
+    import inspect
+
+    taken = [n for n, p in inspect.signature(method).parameters.items()
+             if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    def refuse(unknown: list[str]) -> None:
+        name = unknown[0]
+        hint = _FOREIGN_KEYWORDS.get(name)
+        raise UnknownOptionError(f"Engine.{method.__name__}() takes no keyword argument {name!r}"
+                                 + (f": {hint}" if hint else f"; it takes {', '.join(taken)}"))
+
+    if asyncio.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def checked_async(self, *args: Any, **kwargs: Any) -> Any:
+            unknown = [k for k in kwargs if k not in taken]
+            if unknown:
+                refuse(unknown)
+            return await method(self, *args, **kwargs)
+        return checked_async
+
+    @functools.wraps(method)
+    def checked(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            unknown = [k for k in kwargs if k not in taken]
+            if unknown:
+                refuse(unknown)
+        return method(self, *args, **kwargs)
+    return checked
 
 
 def load(path: str | os.PathLike, num_threads: Optional[int] = None, isa: Optional[str] = None,
@@ -484,6 +539,7 @@ class Engine:
         tokenized = self._tokenized_texts(texts, pairs, max_length, truncation, single)
         return self._text_tokenizer().pad(tokenized.ids, pairs=tokenized.pairs, type_ids=tokenized.type_ids)
 
+    @_explains_unknown_keywords
     def encode(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                batch_size: int = 32, normalize: Optional[bool] = None,
                max_length: Optional[int] = None, *, truncation: bool = True) -> np.ndarray:
@@ -509,6 +565,7 @@ class Engine:
             out[rows] = self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
         return out[0] if single else out
 
+    @_explains_unknown_keywords
     async def aencode(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                       batch_size: int = 32, normalize: Optional[bool] = None, max_length: Optional[int] = None,
                       truncation: bool = True, deadline: Optional[float] = None,
@@ -588,6 +645,7 @@ class Engine:
             until = None
             yield taken[0], reduced
 
+    @_explains_unknown_keywords
     def classify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                  batch_size: int = 32, max_length: Optional[int] = None, *,
                  truncation: bool = True) -> ClassificationResult | tuple[str, np.ndarray]:
@@ -614,6 +672,7 @@ class Engine:
             logits[rows] = self._forward(batch).logits
         return logits
 
+    @_explains_unknown_keywords
     async def aclassify(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                         batch_size: int = 32, max_length: Optional[int] = None, truncation: bool = True,
                         deadline: Optional[float] = None, lead_when_idle: bool = False
@@ -763,6 +822,7 @@ class Engine:
                                   logits[:len(encoding.ids)], labels, vocabulary, aggregation, ignored)
         return label
 
+    @_explains_unknown_keywords
     def rerank(self, query: str, documents: Sequence[str], top_k: Optional[int] = None, *,
                label: Optional[int | str] = None, batch_size: int = 32, max_length: Optional[int] = None,
                truncation: bool = True) -> list[RankedDocument]:
@@ -781,6 +841,7 @@ class Engine:
         logits = self._sequence_logits(queries, documents, batch_size, max_length, truncation, name=RERANKED)
         return self.ranked(relevance_scores(logits, self.config, label), documents, top_k)
 
+    @_explains_unknown_keywords
     async def arerank(self, query: str, documents: Sequence[str], top_k: Optional[int] = None, *,
                       label: Optional[int | str] = None, batch_size: int = 32, max_length: Optional[int] = None,
                       truncation: bool = True, deadline: Optional[float] = None,

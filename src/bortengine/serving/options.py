@@ -70,6 +70,11 @@ class ServeOptions:
     request_timeout: Optional[float] = None
     # The name clients pass as `model` and see in responses; None: the model directory's name.
     model_name: Optional[str] = None
+    # Seconds an idle keep-alive connection is kept after its last answer (each answer says so in `Keep-Alive:
+    # timeout=N`, which Node's clients and undici read to close theirs first). A client that sends on a pooled
+    # connection as the server closes it gets a reset, and clients retry no POST: uvicorn's 5 s was shorter than
+    # most clients' pools keep connections (Go 90 s, aiohttp 15 s, a load balancer's 60 s); 75 s is nginx's.
+    keep_alive_timeout: float = 75.0
     # Seconds SIGTERM waits for accepted requests to finish before they are cancelled.
     graceful_timeout: float = 30.0
     # uvicorn's access log: one line per request, which costs more than a short text's forward.
@@ -87,6 +92,8 @@ class ServeOptions:
                   ("max_batch_items", self.max_batch_items >= 1, "a positive integer"),
                   ("max_body_bytes", self.max_body_bytes >= 1024, "at least 1024 bytes"),
                   ("graceful_timeout", self.graceful_timeout >= 0, "a number of seconds >= 0"),
+                  ("keep_alive_timeout", math.isfinite(self.keep_alive_timeout) and self.keep_alive_timeout >= 1,
+                   "a number of seconds >= 1"),
                   ("body_timeout", math.isfinite(self.body_timeout) and self.body_timeout > 0,
                    "a positive number of seconds"),
                   ("retry_after_s", self.retry_after_s >= 1, "a positive integer"),

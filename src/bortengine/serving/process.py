@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import re
 import select
@@ -26,6 +25,7 @@ from bortengine.errors import UsageError
 from bortengine.serving.app import ModelService, create_app
 from bortengine.serving.errors import error_body
 from bortengine.serving.options import ServeOptions
+from bortengine.serving.responses import json_bytes
 from bortengine.serving.siblings import Siblings
 
 __all__ = ["run_server", "listening_socket", "url", "describe"]
@@ -35,6 +35,19 @@ BACKLOG = 2048
 # How long a draining server goes on accepting what the kernel queued for it, and reading the requests of the
 # connections it accepted, at most (_Server).
 DRAIN_ACCEPT_S = 1.0
+# A request's line and headers may take this many bytes, and its URL URL_LIMIT_BYTES: past them 431 / 414 and the
+# connection closes. httptools has no limit of its own: a client streaming one endless header held the event loop
+# (each piece joined to the rest: 128 MB took 27 s to parse, every other client waiting) and its memory. (Node
+# allows 16 KiB, nginx 32 KiB per line; bearer tokens and cookies of a few KiB fit.)
+HEAD_LIMIT_BYTES = 64 * 1024
+URL_LIMIT_BYTES = 16 * 1024
+# An answer that closes the connection before the request's body has all come (413, 415, 408, 501: the rest is
+# not read) half-closes it, then reads and drops what the client still sends, for at most LINGER_S seconds and
+# LINGER_BYTES bytes, before it closes (nginx's lingering close). Closed at once, the kernel answered the unread
+# bytes with a reset, which took the answer from a client still sending its body (Node's http and fetch got
+# ECONNRESET instead of the 413 at 4-64 MB).
+LINGER_S = 5.0
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], socket.socket],
@@ -54,7 +67,8 @@ def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], 
                      serve_while_loading=siblings is None)
     config = uvicorn.Config(app, lifespan="on", access_log=options.access_log, log_level=options.log_level,
                             timeout_graceful_shutdown=options.graceful_timeout, backlog=BACKLOG,
-                            http=http_protocol(), ws="none")
+                            http=http_protocol(), ws="none", timeout_keep_alive=options.keep_alive_timeout,
+                            headers=[("Keep-Alive", f"timeout={int(options.keep_alive_timeout)}")])
     if options.access_log:
         # uvicorn writes its access lines at INFO, so --log-level warning would silence the log asked for
         logging.getLogger("uvicorn.access").setLevel(min(logging.INFO, logging.getLogger("uvicorn.access").level))
@@ -149,37 +163,149 @@ def http_protocol() -> type:
     otherwise not get its answer, or not the JSON one:
     - a request it cannot parse (a malformed request line or header, headers past the parser's limits) gets the
       JSON error body every other refusal of the server has, where uvicorn writes a text/plain line;
-    - (httptools) an offer to upgrade the connection (h2c) is ignored, and the request answered (_UPGRADE_HEADER).
+    - (httptools) an offer to upgrade the connection (h2c) is ignored, and the request answered (_UPGRADE_HEADER);
+    - (httptools) a request line and headers past HEAD_LIMIT_BYTES (URL_LIMIT_BYTES for the URL) get 431 (414);
+    - (httptools) an answer that closes the connection before the request's body has all come lingers (LINGER_S).
     A client that half-closes the connection after its request (shutdown(SHUT_WR), as `nc -N` does) is taken for one
     that left, as uvicorn takes it: the end of its data is all the server sees of a client that closed its socket,
     whose queued work is dropped."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Protocol
-        renames_upgrades = True
+        httptools = True
     except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol as Protocol
-        renames_upgrades = False     # h11 reads the body of a request that offers an upgrade
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Protocol   # h11 limits headers to 16 KiB
+        httptools = False     # and reads the body of a request that offers an upgrade
 
     class ServerProtocol(Protocol):
         def send_400_response(self, msg: str) -> None:
-            body = json.dumps(error_body(
-                f"the request is not valid HTTP/1.1 ({msg.rstrip('.')}): check its request line and headers "
-                f"(one 'Name: value' a line, each line ending in CRLF)", "invalid_request_error",
-                code="invalid_http")).encode()
-            head = [b"HTTP/1.1 400 Bad Request\r\n"]
+            self._refuse(400, "Bad Request",
+                         f"the request is not valid HTTP/1.1 ({msg.rstrip('.')}): check its request line and headers "
+                         f"(one 'Name: value' a line, each line ending in CRLF)", "invalid_http")
+
+        def _refuse(self, status: int, reason: str, message: str, code: str) -> None:
+            body = json_bytes(error_body(message, "invalid_request_error", code=code))
+            head = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())]
             head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
             head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
                      b"connection: close\r\n\r\n"]
-            self.transport.write(b"".join(head) + body)
+            self._send_refusal(b"".join(head) + body)
+
+        def _send_refusal(self, answer: bytes) -> None:
+            self.transport.write(answer)
             self.transport.close()
 
-        if renames_upgrades:
-            def data_received(self, data: bytes) -> None:
-                if _UPGRADE_HEADER.search(data):
-                    data = _UPGRADE_HEADER.sub(IGNORED_UPGRADE, data)
-                super().data_received(data)
+    if not httptools:
+        return ServerProtocol
 
-    return ServerProtocol
+    class HttpToolsServerProtocol(ServerProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._head_bytes = 0          # of the request whose headers are still coming, in whole reads
+            self._in_head = True          # between a request's first byte and the end of its headers
+            self._too_long: Optional[tuple[int, str, str]] = None   # a refusal a parser callback decided on
+            self._linger: Optional[asyncio.TimerHandle] = None
+            self._linger_left = 0         # bytes a lingering connection still drops before it closes
+            self._refusal: Optional[bytes] = None   # sent once the answers of the requests before it are
+
+        def data_received(self, data: bytes) -> None:
+            if self._linger is not None or self._refusal is not None:   # what follows a refusal is dropped
+                self._linger_left -= len(data)
+                if self._linger is not None and self._linger_left < 0:
+                    self.transport.close()
+                return
+            if _UPGRADE_HEADER.search(data):
+                data = _UPGRADE_HEADER.sub(IGNORED_UPGRADE, data)
+            # a read counts when the headers were coming before it and still are after it: all of it is headers
+            in_head = self._in_head
+            super().data_received(data)
+            if in_head and self._in_head and self._linger is None and self._refusal is None \
+                    and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > HEAD_LIMIT_BYTES:
+                    self._refuse(431, "Request Header Fields Too Large",
+                                 f"the request's line and headers pass {HEAD_LIMIT_BYTES} bytes, this server's "
+                                 f"limit; send the texts in the JSON body, and shorter headers", "headers_too_large")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head, self._head_bytes = True, 0
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            if len(self.url) > URL_LIMIT_BYTES:
+                self._too_long = (414, "URI Too Long", f"the request's URL passes {URL_LIMIT_BYTES} bytes, this "
+                                                       f"server's limit; the routes take their input in a JSON body")
+                raise ValueError("URL too long")   # the parser stops: send_400_response answers it
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+            if self.cycle is not None:
+                self.cycle.transport = _CycleTransport(self.transport, self._cycle_closed)
+
+        def send_400_response(self, msg: str) -> None:
+            if self._too_long is not None:
+                status, reason, message = self._too_long
+                self._refuse(status, reason, message, "url_too_long")
+            else:
+                super().send_400_response(msg)
+
+        def _send_refusal(self, answer: bytes) -> None:
+            """A request refused by the protocol answered after the requests pipelined before it (each answer in its
+            request's order: answered at once, it took the place of theirs, which were lost), then lingering."""
+            if not self.pipeline and (self.cycle is None or self.cycle.response_complete):
+                self.transport.write(answer)
+                self._close_unread()
+            else:
+                self._refusal = answer
+
+        def _close_unread(self, refused: bool = True) -> None:
+            """The close after an answer that ends the connection: at once when the request's body has all come (a
+            cycle's answer), else lingering (LINGER_S), as after a request refused before its end was parsed."""
+            if self.transport.is_closing() or self._linger is not None:
+                return
+            if not refused and (self.cycle is None or not self.cycle.more_body):
+                self.transport.close()
+                return
+            self._linger_left = LINGER_BYTES
+            self._linger = self.loop.call_later(LINGER_S, self.transport.close)
+            self.flow.resume_reading()
+            self.transport.write_eof()     # after the answer: the client reads it, then its end
+
+        def _cycle_closed(self) -> None:
+            self._close_unread(refused=False)
+
+        def on_response_complete(self) -> None:
+            if self._linger is not None:   # closing: no pipelined request is started, no keep-alive timer armed
+                self.server_state.total_requests += 1
+                return
+            super().on_response_complete()
+            if self._refusal is not None and not self.transport.is_closing() and not self.pipeline \
+                    and self.cycle.response_complete:
+                self._unset_keepalive_if_required()
+                answer, self._refusal = self._refusal, None
+                self.transport.write(answer)
+                self._close_unread()
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            if self._linger is not None:
+                self._linger.cancel()
+            super().connection_lost(exc)
+
+    return HttpToolsServerProtocol
+
+
+class _CycleTransport:
+    """The connection as one request's cycle sees it: the same transport, except that the close after an answer that
+    ends the connection is the protocol's (lingering while the body is still coming)."""
+    __slots__ = ("_transport", "close")
+
+    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]):
+        self._transport = transport
+        self.close = close
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:

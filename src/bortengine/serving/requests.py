@@ -68,13 +68,20 @@ class RerankRequest:
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The body, refused with 413 as soon as it is known to pass `limit` bytes: from its Content-Length before
     reading, else while the chunks arrive (chunked transfer encoding); with 408 if it has not all come within
-    `timeout` seconds; with 415 if it is compressed (Content-Encoding). Each closes the connection, since the rest
+    `timeout` seconds; with 415 if it is compressed (Content-Encoding), 501 if it is sent in a transfer coding other
+    than chunked. Each closes the connection, since the rest
     of the body is left unread."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise APIError(415, f"the request body is sent with Content-Encoding {encoding!r}; this server reads "
                             f"uncompressed JSON only: send it without compression", code="unsupported_encoding",
                        headers={"Connection": "close"})
+    codings = request.headers.get("transfer-encoding")
+    if codings is not None and any(c.strip().lower() != "chunked" for c in codings.split(",")):
+        # (the parser undoes only the chunks: a gzip coding under them reached the JSON parser as it was sent)
+        raise APIError(501, f"the request body is sent with Transfer-Encoding {codings!r}; this server reads a body "
+                            f"sent whole (Content-Length) or chunked only: send it uncompressed",
+                       code="unsupported_transfer_encoding", headers={"Connection": "close"})
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
