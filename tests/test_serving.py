@@ -26,8 +26,8 @@ from bortengine.errors import UsageError
 from bortengine.serving import ServeOptions, create_app
 from bortengine.serving.metrics import SECONDS, ServerMetrics
 from bortengine.serving.responses import shortened
-from serving_process import (API_KEY, CLASSIFIER_TOKENS, MAX_TOKENS, classifier_server, minilm_engine,  # noqa: F401
-                             minilm_server, serving, serving_classifier, texts_of)
+from serving_process import (API_KEY, CLASSIFIER_TOKENS, MAX_TOKENS, ServerProcess, classifier_server,  # noqa: F401
+                             minilm_engine, minilm_server, serving, serving_classifier, texts_of)
 
 LONG = "a long text that goes on " * 20   # ~120 tokens: over the main server's 64
 
@@ -591,3 +591,43 @@ def test_rerank_refuses_models_that_score_no_pairs(minilm_server, classifier_ser
     assert embedder.status_code == 400 and embedder.json()["error"]["code"] == "model_not_cross_encoder"
     assert "/v1/embeddings" in embedder.json()["error"]["message"]
     assert three.status_code == 400 and "3 labels" in three.json()["error"]["message"]
+
+
+def test_cors_lets_the_pages_it_names_call_the_server_from_a_browser(minilm, minilm_engine, minilm_server):
+    """A page's script calls the server as a browser does: a preflight first (OPTIONS, with the headers it will send:
+    OpenAI's JS client adds its own), then the call, whose answer must name the page's origin for the browser to
+    hand it over, a refusal's too (so that it can read the error and Retry-After). Another origin gets no grant;
+    without --cors-allow-origin no page does."""
+    page, other = "http://localhost:3000", "https://elsewhere.example"
+    server = ServerProcess(minilm, "--cors-allow-origin", page, "--cors-allow-origin", "https://app.example",
+                           "--api-key", API_KEY).start()
+    try:
+        with server.client() as client:
+            preflight = client.options("/v1/embeddings", headers={
+                "Origin": page, "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"})
+            assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == page
+            assert "POST" in preflight.headers["access-control-allow-methods"]
+            assert preflight.headers["access-control-allow-headers"] == "authorization, content-type, x-stainless-os"
+            called = client.post("/v1/embeddings", json={"input": "a text"},
+                                 headers={"Origin": page, "Authorization": f"Bearer {API_KEY}"})
+            assert called.status_code == 200 and called.headers["access-control-allow-origin"] == page
+            served = np.float32(called.json()["data"][0]["embedding"])
+            np.testing.assert_array_equal(served, minilm_engine.encode("a text"))
+            refused = client.post("/v1/embeddings", json={"input": "a text"}, headers={"Origin": page})
+            assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == page
+            assert "Retry-After" in refused.headers["access-control-expose-headers"]
+            stranger = client.options("/v1/embeddings", headers={"Origin": other,
+                                                                 "Access-Control-Request-Method": "POST"})
+            assert stranger.status_code == 400 and "access-control-allow-origin" not in stranger.headers
+            assert "access-control-allow-origin" not in client.get("/health", headers={"Origin": other}).headers
+    finally:
+        assert server.stop() == 0
+    # the main test server names no origin: no grant, and OPTIONS is no route
+    with minilm_server.client() as client:
+        plain = client.post("/v1/embeddings", json={"input": "a text"}, headers={"Origin": page})
+        assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
+        assert client.options("/v1/embeddings", headers={"Origin": page,
+                                                         "Access-Control-Request-Method": "POST"}).status_code == 405
+    with pytest.raises(UsageError, match="cors_allow_origins must be origins such as"):
+        ServeOptions(cors_allow_origins=("https://app.example/",))

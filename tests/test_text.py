@@ -762,14 +762,19 @@ def test_texts_are_tokenized_in_parts_with_the_same_ids(minilm_engine, monkeypat
                                                             + tokenizer.encode(texts[3:])]
 
 
-def _bert_tokenizer_dir(minilm: Path, out: Path, config_edit, cased_json: bool, keep_config: bool = True) -> Path:
+def _bert_tokenizer_dir(minilm: Path, out: Path, config_edit, cased_json: bool, keep_config: bool = True,
+                        steps_before: tuple = ()) -> Path:
     from tokenizers import Tokenizer
+    from tokenizers.normalizers import Sequence
 
     shutil.copytree(minilm, out)
-    if cased_json:
+    if cased_json or steps_before:
         tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
-        tokenizer.normalizer.lowercase = False
-        tokenizer.normalizer.strip_accents = False
+        if cased_json:
+            tokenizer.normalizer.lowercase = False
+            tokenizer.normalizer.strip_accents = False
+        if steps_before:
+            tokenizer.normalizer = Sequence([*steps_before, tokenizer.normalizer])
         tokenizer.save(str(out / "tokenizer.json"))
     config = json.loads((out / "tokenizer_config.json").read_text())
     config_edit(config)
@@ -785,10 +790,15 @@ def _bert_tokenizer_dir(minilm: Path, out: Path, config_edit, cased_json: bool, 
                                   "no tokenizer_config.json, tokenizer.json cased",
                                   "no tokenizer class: the model type's",
                                   "the generic class takes tokenizer.json as it is",
-                                  "strip_accents false"])
+                                  "strip_accents false",
+                                  "tokenizer.json lower-cases in a step before (sentence-transformers 6.3's save)",
+                                  "tokenizer.json normalises NFKC first"])
 def test_bert_tokenizer_flags_are_read_as_transformers_reads_them(minilm, tmp_path, case):
     """transformers' BertTokenizer builds its normaliser from tokenizer_config.json's flags (lower-casing by default),
-    not from tokenizer.json's: where the two files disagree, the ids are transformers'."""
+    not from tokenizer.json's: where the two files disagree, the ids are transformers'. (sentence-transformers 6.3
+    saves Transformer(do_lower_case=True) as a Lowercase step in tokenizer.json, which SentenceTransformer(dir)
+    then drops: the engine lowercased, so its embeddings were those of the model before it was saved.)"""
+    from tokenizers.normalizers import NFKC, Lowercase
     from transformers import AutoTokenizer
 
     edits = {"config says cased, tokenizer.json lower-cases": (lambda c: c.update(do_lower_case=False), False, True),
@@ -798,10 +808,13 @@ def test_bert_tokenizer_flags_are_read_as_transformers_reads_them(minilm, tmp_pa
                  lambda c: (c.pop("tokenizer_class"), c.update(do_lower_case=False)), False, True),
              "the generic class takes tokenizer.json as it is": (
                  lambda c: c.update(do_lower_case=False, tokenizer_class="TokenizersBackend"), False, True),
-             "strip_accents false": (lambda c: c.update(strip_accents=False), False, True)}
-    edit, cased_json, keep_config = edits[case]
-    model = _bert_tokenizer_dir(minilm, tmp_path / "m", edit, cased_json, keep_config)
-    text = "Hello WORLD from Paris, Zürich and 北京"
+             "strip_accents false": (lambda c: c.update(strip_accents=False), False, True),
+             "tokenizer.json lower-cases in a step before (sentence-transformers 6.3's save)": (
+                 lambda c: c.update(do_lower_case=False), True, True, (Lowercase(),)),
+             "tokenizer.json normalises NFKC first": (lambda c: c.update(do_lower_case=False), True, True, (NFKC(),))}
+    edit, cased_json, keep_config, *steps = edits[case]
+    model = _bert_tokenizer_dir(minilm, tmp_path / "m", edit, cased_json, keep_config, *steps)
+    text = "Hello WORLD from Paris, Zürich and 北京 ﬁnance Ｆｕｌｌ"
     theirs = AutoTokenizer.from_pretrained(str(model))(text)["input_ids"]
     assert bortengine.load(model).tokenize(text)["input_ids"][0].tolist() == theirs
 

@@ -70,6 +70,9 @@ def add_parsers(sub) -> None:
                         "deadline)")
     p.add_argument("--model-name", default=None,
                    help="the name clients pass as `model` (default: MODEL_DIR's folder name)")
+    p.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web page's origin (https://app.example.com; * for any) whose scripts may call the server "
+                        "from a browser (CORS); repeat it for several (default: none)")
     p.add_argument("--keep-alive-timeout", type=positive_float, default=DEFAULTS.keep_alive_timeout,
                    metavar="SECONDS", help=f"how long an idle keep-alive connection is kept after its last answer, "
                                            f"said to clients in `Keep-Alive: timeout=N` (default "
@@ -92,7 +95,10 @@ def run(args) -> int:
         options = _options(args)
     except UsageError as e:   # named by the option the user gave, not by ServeOptions' field
         field = getattr(e, "field", None)
-        raise UsageError(str(e).replace(field, "--" + field.replace("_", "-"), 1) if field else str(e)) from None
+        if not field:
+            raise
+        flag = "--cors-allow-origin" if field == "cors_allow_origins" else f"--{field.replace('_', '-')}"
+        raise UsageError(str(e).replace(field, flag, 1)) from None
     from bortengine.serving import serve
 
     serve(args.model, options, announce=lambda line: print(f"bortengine serve: {line}", flush=True))
@@ -106,7 +112,8 @@ def _options(args) -> ServeOptions:
         max_input_tokens=args.max_input_tokens, truncation=not args.no_truncation,
         max_body_bytes=args.max_body_bytes, api_key=api_key_from_environment(args.api_key),
         body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name,
-        keep_alive_timeout=args.keep_alive_timeout, graceful_timeout=args.graceful_timeout,
+        cors_allow_origins=tuple(args.cors_allow_origin), keep_alive_timeout=args.keep_alive_timeout,
+        graceful_timeout=args.graceful_timeout,
         access_log=args.access_log, log_level=args.log_level,
         worker_nice=args.worker_nice, lead_when_idle=not args.no_forwards_on_loop)
 

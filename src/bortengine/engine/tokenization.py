@@ -186,16 +186,16 @@ def _flags_of_the_config(tokenizer: Tokenizer, tok_config: dict, model_type: str
     """tokenizer.json as transformers reads it: its tokenizer classes (tokenizer_config.json's tokenizer_class, else
     the model type's) build the pipeline from their flags (tokenizer_config.json's, else the class's defaults:
     BertTokenizer lower-cases unless do_lower_case is false), so where tokenizer.json disagrees with them (files
-    edited apart, a tokenizer.json saved by another tool), the flags decide: the model was trained on what
-    transformers gave it. The generic class (TokenizersBackend) takes tokenizer.json as it is."""
+    edited apart, a tokenizer.json saved by another tool, another normaliser), the flags decide: the model was
+    trained on what transformers gave it. The generic class (TokenizersBackend) takes tokenizer.json as it is."""
     named = tok_config.get("tokenizer_class")
     kind = str(named).removesuffix("Fast") if named else _CLASS_OF_MODEL_TYPE.get(model_type, "")
-    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
-    if kind in _BERT_CLASSES and isinstance(normalizer, BertNormalizer):
-        for key, (attribute, default) in _NORMALIZER_FLAGS.items():
-            value = tok_config.get(key, default)
-            if getattr(normalizer, attribute) != value:
-                setattr(normalizer, attribute, value)
+    pre_tokenizer = tokenizer.pre_tokenizer
+    if kind in _BERT_CLASSES:
+        # built whole, whatever tokenizer.json holds (transformers 5): a Lowercase step that sentence-transformers
+        # 6.3 saved there for Transformer(do_lower_case=True) is dropped, as SentenceTransformer(dir) drops it
+        tokenizer.normalizer = BertNormalizer(clean_text=True, **{
+            attribute: tok_config.get(key, default) for key, (attribute, default) in _NORMALIZER_FLAGS.items()})
     if kind in _BYTE_LEVEL_CLASSES and isinstance(pre_tokenizer, ByteLevel):
         pre_tokenizer.add_prefix_space = tok_config.get("add_prefix_space", False)
 

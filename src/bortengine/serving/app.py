@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable, Iterator, Optional
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -453,7 +454,13 @@ def create_app(model_dir: str | Path, options: ServeOptions = ServeOptions(),
               Route("/v1/models/{model:path}", service.model, methods=["GET"]),
               Route("/health", service.health, methods=["GET"]),
               Route("/metrics", service.metrics_text, methods=["GET"])]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestMetrics, metrics=metrics)],
+    middleware = [Middleware(RequestMetrics, metrics=metrics)]
+    if options.cors_allow_origins:   # outermost: refusals (401, 429, 503) carry its headers too
+        # any request header: browser clients add their own (OpenAI's JS client its x-stainless-* headers)
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(options.cors_allow_origins),
+                                        allow_methods=["GET", "POST"], allow_headers=["*"],
+                                        expose_headers=["Retry-After"], max_age=600))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers={APIError: _api_error, InvalidInputError: _invalid_input,
                                         ClientDisconnected: _client_closed, HTTPException: _http_error,
                                         Exception: _server_error})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,6 +18,9 @@ from bortengine.errors import UsageError
 __all__ = ["ServeOptions", "API_KEY_VARIABLE", "LOG_LEVELS", "api_key_from_environment"]
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+# An origin as a browser sends it in its Origin header: scheme://host[:port], nothing after.
+_ORIGIN = re.compile(r"https?://[^/\s:?#]+(:[0-9]{1,5})?")
 
 # The environment variable the API key may come from, so that it is not on the command line for `ps` to show.
 API_KEY_VARIABLE = "BORTENGINE_API_KEY"
@@ -70,6 +74,10 @@ class ServeOptions:
     request_timeout: Optional[float] = None
     # The name clients pass as `model` and see in responses; None: the model directory's name.
     model_name: Optional[str] = None
+    # Web pages (origins: "https://app.example.com", or "*" for any) whose scripts may call the server from a
+    # browser (CORS: preflights answered, Access-Control-Allow-Origin on every answer, Retry-After readable). None by
+    # default: a browser then refuses a page's cross-origin calls, as it should for a server nobody opened to it.
+    cors_allow_origins: tuple[str, ...] = ()
     # Seconds an idle keep-alive connection is kept after its last answer (each answer says so in `Keep-Alive:
     # timeout=N`, which Node's clients and undici read to close theirs first). A client that sends on a pooled
     # connection as the server closes it gets a reset, and clients retry no POST: uvicorn's 5 s was shorter than
@@ -100,6 +108,9 @@ class ServeOptions:
                   ("worker_nice", 0 <= self.worker_nice <= 19, "an integer from 0 to 19")]
         checks.append(("dtype", self.dtype in DTYPES, f"one of {', '.join(map(repr, DTYPES))}"))
         checks.append(("log_level", self.log_level in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"))
+        checks.append(("cors_allow_origins", all(o == "*" or _ORIGIN.fullmatch(o) for o in self.cors_allow_origins),
+                       "origins such as https://app.example.com or http://localhost:3000 (a scheme, a host and "
+                       "perhaps a port: no path, not even a trailing slash) or * for any"))
         if self.threads is not None:
             checks.append(("threads", self.threads >= 1, "a positive integer"))
         if self.max_batch_tokens is not None:
