@@ -252,12 +252,18 @@ def http_protocol() -> type:
 
         def _send_refusal(self, answer: bytes) -> None:
             """A request refused by the protocol answered after the requests pipelined before it (each answer in its
-            request's order: answered at once, it took the place of theirs, which were lost), then lingering."""
-            if not self.pipeline and (self.cycle is None or self.cycle.response_complete):
-                self.transport.write(answer)
-                self._close_unread()
-            else:
+            request's order: answered at once, it took the place of theirs, which were lost), then lingering. A
+            fault inside the body of the request being read is that request's answer, at once: its handler, which
+            waits for the rest of the body, is told the client left."""
+            cycle = self.cycle
+            if cycle is not None and cycle.more_body and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+            elif self.pipeline or cycle is not None and not cycle.response_complete:
                 self._refusal = answer
+                return
+            self.transport.write(answer)
+            self._close_unread()
 
         def _close_unread(self, refused: bool = True) -> None:
             """The close after an answer that ends the connection: at once when the request's body has all come (a
