@@ -334,6 +334,11 @@ def test_a_compressed_body_gets_415(minilm_server):
                                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
         assert_error(response, 415, "unsupported_encoding", "'gzip'", "uncompressed")
         assert response.headers["connection"] == "close"
+        # a coding in a second header line counts as the first's
+        twice = client.post("/v1/embeddings", content=body, headers=[("Content-Encoding", "identity"),
+                                                                     ("Content-Encoding", "gzip"),
+                                                                     ("Content-Type", "application/json")])
+        assert_error(twice, 415, "unsupported_encoding", "'gzip'")
         # identity is no compression: answered
         plain = client.post("/v1/embeddings", json={"input": "a text"}, headers={"Content-Encoding": "identity"})
         assert plain.status_code == 200 and client.get("/health").status_code == 200
@@ -341,8 +346,14 @@ def test_a_compressed_body_gets_415(minilm_server):
 
 def test_a_body_in_a_transfer_coding_other_than_chunked_gets_501(minilm_server):
     """The parser undoes only the chunks: a gzip coding under them reached the JSON parser as sent (a 400 that
-    blamed the JSON), and a plain body under it was read as though the coding were not there."""
+    blamed the JSON), and a plain body under it was read as though the coding were not there. (An empty element of
+    the list is none, RFC 9110 5.6.1.)"""
     body = json.dumps({"input": ["a text"]}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    response, sock = raw_request(minilm_server, "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+                                                "Transfer-Encoding: ,chunked", chunked)
+    with sock:
+        assert response.status == 200, response.read()
     for coding in ("gzip, chunked", "identity, chunked"):
         chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
         response, sock = raw_request(minilm_server, f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
@@ -413,6 +424,16 @@ def test_headers_past_the_limit_get_431_and_a_long_url_414(minilm_server):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431 "), answer[:300]
     assert json.loads(body)["error"]["code"] == "headers_too_large" and sent <= 8 * HEAD_LIMIT_BYTES
+    # past the limit in the read that ends the headers too: in one write, or the last of several
+    for pieces in ([HEAD_LIMIT_BYTES + 1024], [HEAD_LIMIT_BYTES - 1024, 100 * 1024]):
+        with socket.create_connection(minilm_server.address(), timeout=60) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            for size in pieces:
+                sock.sendall(b"y" * size)
+                time.sleep(0.2)
+            sock.sendall(b"\r\n\r\n")
+            answer = read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 431 ") and b'"code":"headers_too_large"' in answer, (pieces, answer[:300])
     response, sock = raw_request(minilm_server, f"GET /health?{'q' * URL_LIMIT_BYTES} HTTP/1.1\r\nHost: x")
     with sock:
         error = json.loads(response.read())["error"]
@@ -782,8 +803,9 @@ def test_a_bad_model_directory_or_a_port_in_use_is_exit_2(capsys, tmp_path, mini
         with pytest.raises(SystemExit) as exit_info:
             main(["serve", str(minilm), "--body-timeout", seconds])
         assert exit_info.value.code == 2
-    assert main(["serve", str(minilm), "--keep-alive-timeout", "0.5"]) == 2
-    assert_one_error_line(capsys.readouterr().err, "--keep-alive-timeout must be a number of seconds >= 1")
+    for seconds in ("0.5", "1e20"):
+        assert main(["serve", str(minilm), "--keep-alive-timeout", seconds]) == 2
+        assert_one_error_line(capsys.readouterr().err, "--keep-alive-timeout must be a number of seconds from 1 to")
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", str(minilm), "--keep-alive-timeout", "inf"])
     assert exit_info.value.code == 2

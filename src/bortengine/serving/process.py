@@ -41,6 +41,8 @@ DRAIN_ACCEPT_S = 1.0
 # allows 16 KiB, nginx 32 KiB per line; bearer tokens and cookies of a few KiB fit.)
 HEAD_LIMIT_BYTES = 64 * 1024
 URL_LIMIT_BYTES = 16 * 1024
+_HEAD_TOO_LARGE = (f"the request's line and headers pass {HEAD_LIMIT_BYTES} bytes, this server's limit; send the "
+                   f"texts in the JSON body, and shorter headers")
 # An answer that closes the connection before the request's body has all come (413, 415, 408, 501: the rest is
 # not read) half-closes it, then reads and drops what the client still sends, for at most LINGER_S seconds and
 # LINGER_BYTES bytes, before it closes (nginx's lingering close). Closed at once, the kernel answered the unread
@@ -203,6 +205,7 @@ def http_protocol() -> type:
             self._head_bytes = 0          # of the request whose headers are still coming, in whole reads
             self._in_head = True          # between a request's first byte and the end of its headers
             self._too_long: Optional[tuple[int, str, str]] = None   # a refusal a parser callback decided on
+            self._read = 0                # bytes of the read being parsed
             self._linger: Optional[asyncio.TimerHandle] = None
             self._linger_left = 0         # bytes a lingering connection still drops before it closes
             self._refusal: Optional[bytes] = None   # sent once the answers of the requests before it are
@@ -216,15 +219,15 @@ def http_protocol() -> type:
             if _UPGRADE_HEADER.search(data):
                 data = _UPGRADE_HEADER.sub(IGNORED_UPGRADE, data)
             # a read counts when the headers were coming before it and still are after it: all of it is headers
+            # (one that ends them is judged by the headers parsed: on_headers_complete)
             in_head = self._in_head
+            self._read = len(data)
             super().data_received(data)
             if in_head and self._in_head and self._linger is None and self._refusal is None \
                     and not self.transport.is_closing():
                 self._head_bytes += len(data)
                 if self._head_bytes > HEAD_LIMIT_BYTES:
-                    self._refuse(431, "Request Header Fields Too Large",
-                                 f"the request's line and headers pass {HEAD_LIMIT_BYTES} bytes, this server's "
-                                 f"limit; send the texts in the JSON body, and shorter headers", "headers_too_large")
+                    self._refuse(431, "Request Header Fields Too Large", _HEAD_TOO_LARGE, "headers_too_large")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -239,6 +242,10 @@ def http_protocol() -> type:
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            if self._head_bytes + self._read > HEAD_LIMIT_BYTES and \
+                    len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > HEAD_LIMIT_BYTES:
+                self._too_long = (431, "Request Header Fields Too Large", _HEAD_TOO_LARGE)
+                raise ValueError("headers too large")   # the parser stops: send_400_response answers it
             super().on_headers_complete()
             if self.cycle is not None:
                 self.cycle.transport = _CycleTransport(self.transport, self._cycle_closed)
@@ -246,7 +253,7 @@ def http_protocol() -> type:
         def send_400_response(self, msg: str) -> None:
             if self._too_long is not None:
                 status, reason, message = self._too_long
-                self._refuse(status, reason, message, "url_too_long")
+                self._refuse(status, reason, message, "url_too_long" if status == 414 else "headers_too_large")
             else:
                 super().send_400_response(msg)
 

@@ -71,15 +71,17 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     `timeout` seconds; with 415 if it is compressed (Content-Encoding), 501 if it is sent in a transfer coding other
     than chunked. Each closes the connection, since the rest
     of the body is left unread."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
+    # (a header may come in several lines: each counts)
+    codings = [c.strip().lower() for line in request.headers.getlist("content-encoding") for c in line.split(",")]
+    encoding = ", ".join(c for c in codings if c not in ("", "identity"))
+    if encoding:
         raise APIError(415, f"the request body is sent with Content-Encoding {encoding!r}; this server reads "
                             f"uncompressed JSON only: send it without compression", code="unsupported_encoding",
                        headers={"Connection": "close"})
-    codings = request.headers.get("transfer-encoding")
-    if codings is not None and any(c.strip().lower() != "chunked" for c in codings.split(",")):
+    transfer = ", ".join(request.headers.getlist("transfer-encoding"))
+    if transfer and any(c.strip().lower() not in ("", "chunked") for c in transfer.split(",")):
         # (the parser undoes only the chunks: a gzip coding under them reached the JSON parser as it was sent)
-        raise APIError(501, f"the request body is sent with Transfer-Encoding {codings!r}; this server reads a body "
+        raise APIError(501, f"the request body is sent with Transfer-Encoding {transfer!r}; this server reads a body "
                             f"sent whole (Content-Length) or chunked only: send it uncompressed",
                        code="unsupported_transfer_encoding", headers={"Connection": "close"})
     declared = request.headers.get("content-length")
