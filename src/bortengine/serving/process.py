@@ -266,6 +266,10 @@ def http_protocol() -> type:
             if cycle is not None and cycle.more_body and not cycle.response_complete:
                 cycle.disconnected = True
                 cycle.message_event.set()
+                if self.pipeline:   # a pipelined request's, not begun: at once as uvicorn (those ahead are lost)
+                    self.transport.write(answer)
+                    self.transport.close()
+                    return
             elif self.pipeline or cycle is not None and not cycle.response_complete:
                 self._refusal = answer
                 return
