@@ -291,7 +291,10 @@ def raw_request(server, head: str, body: bytes = b"") -> tuple[http.client.HTTPR
     "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc",
 ])
 def test_a_request_that_is_not_http_gets_a_json_400(minilm_server, head):
-    """uvicorn's parser refuses it before the app sees it; its answer was a text/plain line."""
+    """uvicorn's parser refuses it before the app sees it; its answer was a text/plain line, and the metrics did not
+    count it."""
+    with minilm_server.client() as client:
+        before = scrape(client)
     response, sock = raw_request(minilm_server, head)
     with sock:
         body = response.read()
@@ -301,6 +304,7 @@ def test_a_request_that_is_not_http_gets_a_json_400(minilm_server, head):
     assert "not valid HTTP/1.1" in error["message"] and response.getheader("connection") == "close"
     with minilm_server.client() as client:
         assert client.get("/health").status_code == 200
+        assert delta(before, scrape(client), "bortengine_requests_total", route="unparsed", status="400") == 1
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(minilm_server):

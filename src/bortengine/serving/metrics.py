@@ -37,6 +37,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # paths cannot grow the metrics without bound.
 ROUTES = ("/v1/embeddings", "/v1/classify", "/v1/rerank", "/v1/tokenize", "/v1/models", "/health", "/metrics")
 MODEL_ROUTE = "/v1/models/{model}"     # counted under this name whatever model a client asks for
+UNPARSED = "unparsed"                  # the route of a request refused by the HTTP protocol before it was read
 SECONDS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 POWERS_OF_TWO = tuple(float(2 ** k) for k in range(0, 10))
 TOKENS = tuple(float(2 ** k) for k in range(3, 16))
@@ -152,6 +153,11 @@ class ServerMetrics:
         with self._lock:
             self.requests.inc(1.0, (route, str(status)))
             self.request_seconds.observe(seconds, (route,))
+
+    def record_unparsed(self, status: int) -> None:
+        """A request the HTTP protocol refused before the app saw it (400, 414, 431: no route read, no time)."""
+        with self._lock:
+            self.requests.inc(1.0, (UNPARSED, str(status)))
 
     def record_texts(self, route: str, texts: int, tokens: int, truncated: int, tokenize_s: float) -> None:
         with self._lock:

@@ -69,7 +69,8 @@ def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], 
                      serve_while_loading=siblings is None)
     config = uvicorn.Config(app, lifespan="on", access_log=options.access_log, log_level=options.log_level,
                             timeout_graceful_shutdown=options.graceful_timeout, backlog=BACKLOG,
-                            http=http_protocol(), ws="none", timeout_keep_alive=options.keep_alive_timeout,
+                            http=http_protocol(app.state.metrics.record_unparsed), ws="none",
+                            timeout_keep_alive=options.keep_alive_timeout,
                             headers=[("Keep-Alive", f"timeout={int(options.keep_alive_timeout)}")])
     if options.access_log:
         # uvicorn writes its access lines at INFO, so --log-level warning would silence the log asked for
@@ -160,7 +161,7 @@ _UPGRADE_HEADER = re.compile(rb"\r\nupgrade:", re.IGNORECASE)
 IGNORED_UPGRADE = b"\r\nx-ignored-upgrade:"
 
 
-def http_protocol() -> type:
+def http_protocol(on_refused: Callable[[int], None] = lambda status: None) -> type:
     """The HTTP protocol uvicorn picks by default (httptools when installed, else h11), changed where a client would
     otherwise not get its answer, or not the JSON one:
     - a request it cannot parse (a malformed request line or header, headers past the parser's limits) gets the
@@ -168,6 +169,7 @@ def http_protocol() -> type:
     - (httptools) an offer to upgrade the connection (h2c) is ignored, and the request answered (_UPGRADE_HEADER);
     - (httptools) a request line and headers past HEAD_LIMIT_BYTES (URL_LIMIT_BYTES for the URL) get 431 (414);
     - (httptools) an answer that closes the connection before the request's body has all come lingers (LINGER_S).
+    on_refused(status) is told of each request the protocol refuses (the server's metrics count them).
     A client that half-closes the connection after its request (shutdown(SHUT_WR), as `nc -N` does) is taken for one
     that left, as uvicorn takes it: the end of its data is all the server sees of a client that closed its socket,
     whose queued work is dropped."""
@@ -185,6 +187,7 @@ def http_protocol() -> type:
                          f"(one 'Name: value' a line, each line ending in CRLF)", "invalid_http")
 
         def _refuse(self, status: int, reason: str, message: str, code: str) -> None:
+            on_refused(status)
             body = json_bytes(error_body(message, "invalid_request_error", code=code))
             head = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())]
             head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
