@@ -359,7 +359,6 @@ def test_a_body_in_a_transfer_coding_other_than_chunked_gets_501(minilm_server):
     with sock:
         assert response.status == 200, response.read()
     for coding in ("gzip, chunked", "identity, chunked"):
-        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
         response, sock = raw_request(minilm_server, f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
                                                     f"Transfer-Encoding: {coding}", chunked)
         with sock:

@@ -113,8 +113,7 @@ def _options(args) -> ServeOptions:
         max_body_bytes=args.max_body_bytes, api_key=api_key_from_environment(args.api_key),
         body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name,
         cors_allow_origins=tuple(args.cors_allow_origin), keep_alive_timeout=args.keep_alive_timeout,
-        graceful_timeout=args.graceful_timeout,
-        access_log=args.access_log, log_level=args.log_level,
+        graceful_timeout=args.graceful_timeout, access_log=args.access_log, log_level=args.log_level,
         worker_nice=args.worker_nice, lead_when_idle=not args.no_forwards_on_loop)
 
 

@@ -125,27 +125,23 @@ def _explains_unknown_keywords(method: Callable) -> Callable:
     taken = [n for n, p in inspect.signature(method).parameters.items()
              if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
-    def refuse(unknown: list[str]) -> None:
-        name = unknown[0]
-        hint = _FOREIGN_KEYWORDS.get(name)
-        raise UnknownOptionError(f"Engine.{method.__name__}() takes no keyword argument {name!r}"
-                                 + (f": {hint}" if hint else f"; it takes {', '.join(taken)}"))
+    def check(kwargs: dict) -> None:
+        for name in kwargs:
+            if name not in taken:
+                hint = _FOREIGN_KEYWORDS.get(name)
+                raise UnknownOptionError(f"Engine.{method.__name__}() takes no keyword argument {name!r}"
+                                         + (f": {hint}" if hint else f"; it takes {', '.join(taken)}"))
 
     if asyncio.iscoroutinefunction(method):
         @functools.wraps(method)
         async def checked_async(self, *args: Any, **kwargs: Any) -> Any:
-            unknown = [k for k in kwargs if k not in taken]
-            if unknown:
-                refuse(unknown)
+            check(kwargs)
             return await method(self, *args, **kwargs)
         return checked_async
 
     @functools.wraps(method)
     def checked(self, *args: Any, **kwargs: Any) -> Any:
-        if kwargs:
-            unknown = [k for k in kwargs if k not in taken]
-            if unknown:
-                refuse(unknown)
+        check(kwargs)
         return method(self, *args, **kwargs)
     return checked
 

@@ -76,10 +76,11 @@ class ServeOptions:
     model_name: Optional[str] = None
     # Web pages (origins: "https://app.example.com", or "*" for any) whose scripts may call the server from a
     # browser (CORS: preflights answered, Access-Control-Allow-Origin on every answer, Retry-After readable). None by
-    # default: a browser then refuses a page's cross-origin calls, as it should for a server nobody opened to it.
+    # default (empty): a browser then refuses a page's cross-origin calls, as it should for a server nobody opened
+    # to it.
     cors_allow_origins: tuple[str, ...] = ()
     # Seconds an idle keep-alive connection is kept after its last answer (each answer says so in `Keep-Alive:
-    # timeout=N`, which Node's clients and undici read to close theirs first). A client that sends on a pooled
+    # timeout=N`, which undici and Node's global agent read to close theirs first). A client that sends on a pooled
     # connection as the server closes it gets a reset, and clients retry no POST: uvicorn's 5 s was shorter than
     # most clients' pools keep connections (Go 90 s, aiohttp 15 s, a load balancer's 60 s); 75 s is nginx's.
     keep_alive_timeout: float = 75.0

@@ -207,7 +207,8 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None) -> ty
             super().__init__(*args, **kwargs)
             self._head_bytes = 0          # of the request whose headers are still coming, in whole reads
             self._in_head = True          # between a request's first byte and the end of its headers
-            self._too_long: Optional[tuple[int, str, str]] = None   # a refusal a parser callback decided on
+            # a refusal a parser callback decided on: _refuse's arguments (status, reason, message, code)
+            self._too_long: Optional[tuple[int, str, str, str]] = None
             self._read = 0                # bytes of the read being parsed
             self._linger: Optional[asyncio.TimerHandle] = None
             self._linger_left = 0         # bytes a lingering connection still drops before it closes
@@ -240,14 +241,15 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None) -> ty
             super().on_url(url)
             if len(self.url) > URL_LIMIT_BYTES:
                 self._too_long = (414, "URI Too Long", f"the request's URL passes {URL_LIMIT_BYTES} bytes, this "
-                                                       f"server's limit; the routes take their input in a JSON body")
+                                                       f"server's limit; the routes take their input in a JSON body",
+                                  "url_too_long")
                 raise ValueError("URL too long")   # the parser stops: send_400_response answers it
 
         def on_headers_complete(self) -> None:
             self._in_head = False
             if self._head_bytes + self._read > HEAD_LIMIT_BYTES and \
                     len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > HEAD_LIMIT_BYTES:
-                self._too_long = (431, "Request Header Fields Too Large", _HEAD_TOO_LARGE)
+                self._too_long = (431, "Request Header Fields Too Large", _HEAD_TOO_LARGE, "headers_too_large")
                 raise ValueError("headers too large")   # the parser stops: send_400_response answers it
             super().on_headers_complete()
             if self.cycle is not None:
@@ -255,8 +257,7 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None) -> ty
 
         def send_400_response(self, msg: str) -> None:
             if self._too_long is not None:
-                status, reason, message = self._too_long
-                self._refuse(status, reason, message, "url_too_long" if status == 414 else "headers_too_large")
+                self._refuse(*self._too_long)
             else:
                 super().send_400_response(msg)
 

@@ -69,20 +69,17 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The body, refused with 413 as soon as it is known to pass `limit` bytes: from its Content-Length before
     reading, else while the chunks arrive (chunked transfer encoding); with 408 if it has not all come within
     `timeout` seconds; with 415 if it is compressed (Content-Encoding), 501 if it is sent in a transfer coding other
-    than chunked. Each closes the connection, since the rest
-    of the body is left unread."""
-    # (a header may come in several lines: each counts)
-    codings = [c.strip().lower() for line in request.headers.getlist("content-encoding") for c in line.split(",")]
-    encoding = ", ".join(c for c in codings if c not in ("", "identity"))
+    than chunked. Each closes the connection, since the rest of the body is left unread."""
+    encoding = ", ".join(c for c in _codings(request, "content-encoding") if c != "identity")
     if encoding:
         raise APIError(415, f"the request body is sent with Content-Encoding {encoding!r}; this server reads "
                             f"uncompressed JSON only: send it without compression", code="unsupported_encoding",
                        headers={"Connection": "close"})
-    transfer = ", ".join(request.headers.getlist("transfer-encoding"))
-    if transfer and any(c.strip().lower() not in ("", "chunked") for c in transfer.split(",")):
+    transfer = _codings(request, "transfer-encoding")
+    if any(c != "chunked" for c in transfer):
         # (the parser undoes only the chunks: a gzip coding under them reached the JSON parser as it was sent)
-        raise APIError(501, f"the request body is sent with Transfer-Encoding {transfer!r}; this server reads a body "
-                            f"sent whole (Content-Length) or chunked only: send it uncompressed",
+        raise APIError(501, f"the request body is sent with Transfer-Encoding {', '.join(transfer)!r}; this server "
+                            f"reads a body sent whole (Content-Length) or chunked only: send it uncompressed",
                        code="unsupported_transfer_encoding", headers={"Connection": "close"})
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -108,6 +105,12 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                             f"whole body at once (or start the server with a longer --body-timeout)",
                        code="request_timeout", headers={"Connection": "close"}) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _codings(request: Request, header: str) -> list[str]:
+    """The codings a Content-Encoding or Transfer-Encoding header lists, lower-cased, from every line of it (a
+    header may come in several), without empty elements (RFC 9110 5.6.1)."""
+    return [c for line in request.headers.getlist(header) for c in (c.strip().lower() for c in line.split(",")) if c]
 
 
 def _too_large(limit: int, size: Optional[int]) -> APIError:
