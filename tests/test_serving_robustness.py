@@ -26,6 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bortengine.cli import main
+from bortengine.errors import UsageError
+from bortengine.serving.options import ServeOptions
 from serving_process import (BODY_TIMEOUT, MAX_BODY, MAX_ITEMS, MAX_QUEUE, MAX_TOKENS, ServerProcess,  # noqa: F401
                              minilm_engine, minilm_server, serving, serving_classifier, texts_of)
 from test_serving import delta, embeddings, scrape
@@ -452,6 +454,61 @@ def test_headers_past_the_limit_get_431_and_a_long_url_414(minilm_server):
         assert client.get("/health").status_code == 200
 
 
+def test_connections_that_never_send_a_whole_head_are_closed_after_the_header_timeout(minilm):
+    """Nothing closed a connection that never sent a whole request (uvicorn's keep-alive timer runs between requests
+    only): 20,400 silent connections took every file descriptor of the server (ulimit 20,000), and every new client
+    got an empty reply. Now a connection silent for --header-timeout is closed, and a head begun and not finished
+    by then gets 408."""
+    timeout = 2.0
+
+    def connected() -> socket.socket:
+        return socket.create_connection(server.address(), timeout=60)
+
+    def waited_for(sock: socket.socket, *pieces: bytes) -> tuple[float, bytes]:
+        start = time.monotonic()
+        for piece in pieces:
+            sock.sendall(piece)
+        answer = read_until_closed(sock)
+        sock.close()
+        return time.monotonic() - start, answer
+
+    for server in serving(minilm, "--header-timeout", f"{timeout:g}"):
+        with server.client() as client:
+            before = scrape(client)
+        waited, answer = waited_for(connected())   # silent: closed, nobody to answer
+        assert answer == b"" and timeout * 0.9 <= waited < timeout + 20
+        waited, answer = waited_for(connected(), b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower(), answer[:300]
+        error = json.loads(body)["error"]
+        assert error["code"] == "header_timeout" and "--header-timeout" in error["message"]
+        assert timeout * 0.9 <= waited < timeout + 20
+        # on a keep-alive connection: the time runs from the next request's first byte, not from the last answer
+        sock = connected()
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200 and response.read()
+        time.sleep(timeout * 1.5)                  # idle: the keep-alive timeout's, not this one's
+        waited, answer = waited_for(sock, b"GET /hea")
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"408"] and timeout * 0.9 <= waited < timeout + 20
+        # a head sent in pieces that ends in time is answered
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        pieces = [request[i:i + 8] for i in range(0, len(request), 8)]
+        sock = connected()
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(timeout / 4 / len(pieces))
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+        sock.close()
+        with server.client() as client:
+            assert delta(before, scrape(client), "bortengine_requests_total", route="unparsed", status="408") == 2
+            assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
+    for seconds in (0, -1.0, float("nan"), float("inf")):   # from Python, as from the command line
+        with pytest.raises(UsageError, match="header_timeout must be a positive number of seconds"):
+            ServeOptions(header_timeout=seconds)
+
+
 def test_pipelined_requests_before_a_malformed_one_keep_their_answers(minilm_server):
     """A request the parser refuses, pipelined after good ones in one write: its 400 was written at once and the
     connection closed, so the good requests' answers were lost and the 400 read as the first one's."""
@@ -814,6 +871,11 @@ def test_a_bad_model_directory_or_a_port_in_use_is_exit_2(capsys, tmp_path, mini
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", str(minilm), "--keep-alive-timeout", "inf"])
     assert exit_info.value.code == 2
+    for seconds in ("0", "inf"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", str(minilm), "--header-timeout", seconds])
+        assert exit_info.value.code == 2
+    assert "--header-timeout" in capsys.readouterr().err
     for nice in ("-1", "20", "five"):
         with pytest.raises(SystemExit) as exit_info:
             main(["serve", str(minilm), "--worker-nice", nice])

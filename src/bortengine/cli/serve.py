@@ -65,6 +65,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--body-timeout", type=positive_float, default=DEFAULTS.body_timeout, metavar="SECONDS",
                    help=f"a client still sending its body after this long gets 408 and is disconnected (default "
                         f"{DEFAULTS.body_timeout:g})")
+    p.add_argument("--header-timeout", type=positive_float, default=DEFAULTS.header_timeout, metavar="SECONDS",
+                   help=f"a client that has not sent a request's whole line and headers this long after its "
+                        f"connection opened or the request began gets 408 (a connection that sent nothing is "
+                        f"closed) (default {DEFAULTS.header_timeout:g})")
     p.add_argument("--request-timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="a request no forward has started after this long is dropped with 503 (default: no "
                         "deadline)")
@@ -111,7 +115,8 @@ def _options(args) -> ServeOptions:
         max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue, max_batch_items=args.max_batch_items,
         max_input_tokens=args.max_input_tokens, truncation=not args.no_truncation,
         max_body_bytes=args.max_body_bytes, api_key=api_key_from_environment(args.api_key),
-        body_timeout=args.body_timeout, request_timeout=args.request_timeout, model_name=args.model_name,
+        body_timeout=args.body_timeout, header_timeout=args.header_timeout, request_timeout=args.request_timeout,
+        model_name=args.model_name,
         cors_allow_origins=tuple(args.cors_allow_origin), keep_alive_timeout=args.keep_alive_timeout,
         graceful_timeout=args.graceful_timeout, access_log=args.access_log, log_level=args.log_level,
         worker_nice=args.worker_nice, lead_when_idle=not args.no_forwards_on_loop)

@@ -421,8 +421,8 @@ def create_app(model_dir: str | Path, options: ServeOptions = ServeOptions(),
     on_ready(service) is called once the model is loaded and warmed up; on_failure(exception) if it cannot be (by
     default the error is logged; /health and every route then answer 503 `model_load_failed` with it). Without an
     API key in options, $BORTENGINE_API_KEY gives it, as to `bortengine serve`. options.host, port,
-    keep_alive_timeout, graceful_timeout, access_log and log_level are the server's: under another ASGI server, give
-    them to it.
+    keep_alive_timeout, header_timeout, graceful_timeout, access_log and log_level are the server's: under another
+    ASGI server, give them to it.
     The app's state holds `service` (ModelService) and `metrics` (ServerMetrics). siblings: this app is one
     process of a --workers server (serving.workers), whose /metrics sums every process's figures.
     serve_while_loading=False: the model loads during the ASGI start-up, before the server accepts connections

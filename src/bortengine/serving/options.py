@@ -61,6 +61,12 @@ class ServeOptions:
     # A request holds one of max_queue places from its headers on, so clients that stall mid-body would otherwise
     # hold them all for good (a slow-loris). 30 s carries a 4 MiB body (max_body_bytes) at ~1.2 Mbit/s.
     body_timeout: float = 30.0
+    # Seconds a client may take to send a request's line and headers, from the connection's opening or the request's
+    # first byte; then 408 (or, for a connection that sent nothing, the close) and the connection closes. Nothing
+    # else closes a connection that never sends a whole request (uvicorn's keep-alive timer runs between requests
+    # only), so silent or dribbling connections piled up until the process ran out of file descriptors and new
+    # clients were refused. 60 s is nginx's client_header_timeout and Node's headersTimeout.
+    header_timeout: float = 60.0
     # Niceness of the engine's threads that lead forwards (Engine worker_nice): the event loop, which parses,
     # tokenizes and answers every request, runs first when both want a core. 5: short int8 queries on 2 cores
     # 1.07x the throughput, with forwards in lanes 0.92x at 0 (docs/serving.md).
@@ -103,6 +109,8 @@ class ServeOptions:
                   ("graceful_timeout", self.graceful_timeout >= 0, "a number of seconds >= 0"),
                   ("keep_alive_timeout", 1 <= self.keep_alive_timeout <= 86400, "a number of seconds from 1 to 86400"),
                   ("body_timeout", math.isfinite(self.body_timeout) and self.body_timeout > 0,
+                   "a positive number of seconds"),
+                  ("header_timeout", math.isfinite(self.header_timeout) and self.header_timeout > 0,
                    "a positive number of seconds"),
                   ("retry_after_s", self.retry_after_s >= 1, "a positive integer"),
                   ("worker_nice", 0 <= self.worker_nice <= 19, "an integer from 0 to 19")]

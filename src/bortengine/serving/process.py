@@ -50,6 +50,9 @@ _HEAD_TOO_LARGE = (f"the request's line and headers pass {HEAD_LIMIT_BYTES} byte
 # ECONNRESET instead of the 413 at 4-64 MB).
 LINGER_S = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
+# A --header-timeout that finds bytes sent but not yet read (the event loop was busy when it fell due) waits this
+# much longer: the client did send them in time.
+HEADER_GRACE_S = 1.0
 
 
 def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], socket.socket],
@@ -69,7 +72,8 @@ def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], 
                      serve_while_loading=siblings is None)
     config = uvicorn.Config(app, lifespan="on", access_log=options.access_log, log_level=options.log_level,
                             timeout_graceful_shutdown=options.graceful_timeout, backlog=BACKLOG,
-                            http=http_protocol(app.state.metrics.record_unparsed), ws="none",
+                            http=http_protocol(app.state.metrics.record_unparsed, options.header_timeout),
+                            ws="none",
                             timeout_keep_alive=options.keep_alive_timeout,
                             headers=[("Keep-Alive", f"timeout={int(options.keep_alive_timeout)}")])
     if options.access_log:
@@ -161,14 +165,17 @@ _UPGRADE_HEADER = re.compile(rb"\r\nupgrade:", re.IGNORECASE)
 IGNORED_UPGRADE = b"\r\nx-ignored-upgrade:"
 
 
-def http_protocol(on_refused: Callable[[int], None] = lambda status: None) -> type:
+def http_protocol(on_refused: Callable[[int], None] = lambda status: None,
+                  header_timeout: float = ServeOptions.header_timeout) -> type:
     """The HTTP protocol uvicorn picks by default (httptools when installed, else h11), changed where a client would
     otherwise not get its answer, or not the JSON one:
     - a request it cannot parse (a malformed request line or header, headers past the parser's limits) gets the
       JSON error body every other refusal of the server has, where uvicorn writes a text/plain line;
     - (httptools) an offer to upgrade the connection (h2c) is ignored, and the request answered (_UPGRADE_HEADER);
     - (httptools) a request line and headers past HEAD_LIMIT_BYTES (URL_LIMIT_BYTES for the URL) get 431 (414);
-    - (httptools) an answer that closes the connection before the request's body has all come lingers (LINGER_S).
+    - (httptools) an answer that closes the connection before the request's body has all come lingers (LINGER_S);
+    - (httptools) a request line and headers not all come header_timeout seconds after the connection opened or the
+      request's first byte get 408, and a connection that sent nothing by then is closed.
     on_refused(status) is told of each request the protocol refuses (the server's metrics count them).
     A client that half-closes the connection after its request (shutdown(SHUT_WR), as `nc -N` does) is taken for one
     that left, as uvicorn takes it: the end of its data is all the server sees of a client that closed its socket,
@@ -213,6 +220,13 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None) -> ty
             self._linger: Optional[asyncio.TimerHandle] = None
             self._linger_left = 0         # bytes a lingering connection still drops before it closes
             self._refusal: Optional[bytes] = None   # sent once the answers of the requests before it are
+            # while a request's line and headers are awaited: from the connection's opening, or from a request's first
+            # read that did not hold them all (a whole head in one read, the usual case, arms nothing)
+            self._head_timer: Optional[asyncio.TimerHandle] = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
 
         def data_received(self, data: bytes) -> None:
             if self._linger is not None or self._refusal is not None:   # what follows a refusal is dropped
@@ -227,11 +241,30 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None) -> ty
             in_head = self._in_head
             self._read = len(data)
             super().data_received(data)
-            if in_head and self._in_head and self._linger is None and self._refusal is None \
-                    and not self.transport.is_closing():
-                self._head_bytes += len(data)
-                if self._head_bytes > HEAD_LIMIT_BYTES:
-                    self._refuse(431, "Request Header Fields Too Large", _HEAD_TOO_LARGE, "headers_too_large")
+            if self._in_head and self._linger is None and self._refusal is None and not self.transport.is_closing():
+                if in_head:
+                    self._head_bytes += len(data)
+                    if self._head_bytes > HEAD_LIMIT_BYTES:
+                        self._refuse(431, "Request Header Fields Too Large", _HEAD_TOO_LARGE, "headers_too_large")
+                        return
+                if self._head_timer is None:
+                    self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self._in_head or self.transport.is_closing() or self._linger is not None \
+                    or self._refusal is not None:
+                return
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None and select.select([sock], [], [], 0)[0]:
+                self._head_timer = self.loop.call_later(HEADER_GRACE_S, self._head_timed_out)
+                return
+            if self._head_bytes == 0 and self.cycle is None:   # a new connection that sent nothing: no one to answer
+                self.transport.close()
+                return
+            self._refuse(408, "Request Timeout", f"the request's line and headers did not all come within "
+                                                 f"{header_timeout:g} s (--header-timeout), so the connection is "
+                                                 f"closed; send a request's head at once", "header_timeout")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -247,6 +280,9 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None) -> ty
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
             if self._head_bytes + self._read > HEAD_LIMIT_BYTES and \
                     len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > HEAD_LIMIT_BYTES:
                 self._too_long = (431, "Request Header Fields Too Large", _HEAD_TOO_LARGE, "headers_too_large")
@@ -309,8 +345,9 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None) -> ty
                 self._close_unread()
 
         def connection_lost(self, exc: Optional[Exception]) -> None:
-            if self._linger is not None:
-                self._linger.cancel()
+            for timer in (self._linger, self._head_timer):
+                if timer is not None:
+                    timer.cancel()
             super().connection_lost(exc)
 
     return HttpToolsServerProtocol
