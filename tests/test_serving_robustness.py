@@ -894,6 +894,15 @@ def test_a_bad_model_directory_or_a_port_in_use_is_exit_2(capsys, tmp_path, mini
         assert "--isa: 'avx1024' cannot run here; this CPU and build offer " in capsys.readouterr().err
 
 
+def test_a_missing_part_of_the_serve_extra_is_named_with_the_install_command(capsys, monkeypatch, minilm):
+    """httptools too: without it uvicorn parses with h11, under which the header timeout and limits do not hold."""
+    import bortengine.cli.serve as command
+
+    monkeypatch.setattr(command, "_importable", lambda module: module not in ("httptools", "orjson"))
+    assert main(["serve", str(minilm)]) == 2
+    assert_one_error_line(capsys.readouterr().err, "orjson, httptools missing", "pip install 'bortengine[serve]'")
+
+
 def test_the_access_log_asked_for_is_written_at_any_log_level(serving_classifier):
     """uvicorn writes access lines at INFO: --access-log must not be silenced by --log-level warning (which the
     test servers run at)."""

@@ -2,9 +2,12 @@
 /v1/embeddings and /v1/classify, /v1/rerank, /v1/tokenize, /v1/models, /health, /metrics. Prints where it
 listens, then when the model is ready; SIGTERM drains the accepted requests and exits 0.
 
-Needs the `serve` extra (starlette, uvicorn, prometheus-client, orjson); without it the command says how to install it.
+Needs the `serve` extra (starlette, uvicorn, prometheus-client, orjson, httptools); without it the command says
+how to install it.
 """
 from __future__ import annotations
+
+import platform
 
 from bortengine.cli.arguments import (MODEL_DIRECTORY, check_model_directory, kernel_path, nice_value,
                                       non_negative_float, port, positive_float, positive_int)
@@ -16,7 +19,11 @@ __all__ = ["COMMANDS", "add_parsers", "run"]
 
 COMMANDS = ("serve",)
 DEFAULTS = ServeOptions()
-EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client", "orjson")
+# httptools (CPython's HTTP parser under uvicorn) too: the server's protection from clients that never finish a
+# request's head (--header-timeout, the header size limits) and its lingering close are built on it; under h11,
+# uvicorn's other parser, a silent connection would be held for ever. (PyPy has no httptools: h11 there.)
+EXTRA_MODULES = ("starlette", "uvicorn", "prometheus_client", "orjson",
+                 *(("httptools",) if platform.python_implementation() == "CPython" else ()))
 
 
 def add_parsers(sub) -> None:
