@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,9 @@ def test_a_run_leaves_the_models_the_report_and_its_options(reference):
     assert set(report["stages"]) == set(STAGES)
     # no --workload: one text of the task's length, the tokens that hold 95% of its training texts
     assert report["workload"].startswith(f"batch 1 × {student.max_length} tokens")
+    assert evaluation["latency_inputs"]["max_length"] == student.max_length   # both models timed at it
     markdown = (out / "report.md").read_text()
+    assert f"cut to the student's {student.max_length})" in markdown
     assert "| test accuracy, float32 |" in markdown and "## Time per stage" in markdown
     assert "| int8: layers run in float32 / bf16 (calibrated on the training texts) |" in markdown
     assert (out / "accuracy_latency.png").stat().st_size > 1000
@@ -133,11 +136,15 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
     return load_file(str(path / "model.safetensors"))
 
 
+KILLED_AFTER_S = 0.6
+
+
 def _killed_at(stage: str, config: PipelineConfig, monkeypatch) -> None:
     """Runs the pipeline of config until it is killed (a KeyboardInterrupt) as the stage starts."""
     from bortengine.pipeline import run as pipeline_run
 
     def killed(ctx, seconds):
+        time.sleep(KILLED_AFTER_S)       # the stage ran a while before it was killed
         raise KeyboardInterrupt(f"killed at {stage}")
 
     with monkeypatch.context() as patch:
@@ -170,6 +177,10 @@ def test_a_run_killed_at_any_stage_ends_as_an_uninterrupted_one(stage, reference
         for key in ("test_accuracy_float32", "test_accuracy_int8"):
             assert summary["stages"]["evaluate"]["result"][who][key] == \
                 ref_summary["stages"]["evaluate"]["result"][who][key]
+    # the time the killed stage ran is reported beside the time it took in the run that finished it
+    assert list(summary["interrupted_seconds"]) == [stage] and summary["interrupted_seconds"][stage] >= KILLED_AFTER_S
+    row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith(f"| {stage} |"))
+    assert "s before an interruption)" in row and "in runs that were interrupted" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("stage", ["extract", "finetune"])

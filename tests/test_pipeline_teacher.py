@@ -106,6 +106,29 @@ def test_a_sentence_transformers_classifier_of_the_task_is_kept_as_given_and_rea
                                   ["input_ids"])
 
 
+def test_a_classifier_of_the_task_given_as_a_plain_directory_is_kept_and_the_student_gets_the_tasks_length(
+        data, tmp_path, monkeypatch):
+    """Its own truncation is its positions' (128 here, 512 for a BERT-base): the student was distilled, fine-tuned
+    and exported at that, not at the task's length (the tokens that hold 95% of the training texts) that the
+    extraction timed it at and a fine-tuned teacher is trained at."""
+    from bortengine.pipeline.stages import RunContext
+    from bortengine.training import load_task, task_max_length
+
+    source = _classifier(tmp_path / "clf", {str(k): v for k, v in enumerate(LABELS)})
+    out = tmp_path / "run"
+    config = _config(out, data, source)
+    done = _run_until("evaluate", config, monkeypatch)
+    task_length = task_max_length(load_task(RunContext(config, {}).data_spec), source)
+    teacher = bortengine.load(out / "teacher")
+    assert done["teacher"]["result"] == {**done["teacher"]["result"], "fine_tuned": False, "max_length": task_length}
+    assert task_length < teacher.max_length == bortengine.load(source).max_length == 128   # the teacher as given
+    assert sorted(p.name for p in (out / "teacher").iterdir()) == sorted(p.name for p in source.iterdir())
+    for path in source.iterdir():   # (config.json gains the int8 calibration's record)
+        if path.name != "config.json":
+            assert (out / "teacher" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert bortengine.load(out / "model").max_length == task_length      # fine-tuned and exported at it
+
+
 def test_a_sentence_transformers_classifier_of_the_task_labels_in_another_order_is_copied_with_only_its_classes_reordered(
         data, tmp_path, monkeypatch):
     """Was refused at the first stage in this layout; a classifier kept in one directory was rebuilt through
@@ -123,6 +146,38 @@ def test_a_sentence_transformers_classifier_of_the_task_labels_in_another_order_
     for name in ("modules.json", "1_Pooling/config.json", "0_Transformer/sentence_bert_config.json",
                  "0_Transformer/tokenizer.json"):
         assert (out / "teacher" / name).read_bytes() == (teacher / name).read_bytes(), name
+
+
+def test_a_classifier_of_other_classes_is_fine_tuned_with_a_new_head_and_the_run_says_so(data, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """Its head was replaced without a word: a user who meant its classes did not learn that the names differ."""
+    source = _classifier(tmp_path / "clf", {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"})
+    done = _run_until("extract", _config(tmp_path / "run", data, source), monkeypatch)
+    teacher = done["teacher"]["result"]
+    assert teacher["fine_tuned"] is True
+    assert "'LABEL_0', 'LABEL_1', 'LABEL_2', not the task's 'bad', 'fine', 'great'" in teacher["note"]
+    assert "a new classification head" in teacher["note"] and teacher["note"] in capsys.readouterr().err
+
+
+def test_a_run_continued_with_a_changed_teacher_is_refused_until_it_is_restored(data, tmp_path, monkeypatch):
+    """Went on silently with OUT/teacher copied from the old teacher, the report naming the new one; a changed data
+    file was refused already."""
+    source = _classifier(tmp_path / "clf", {str(k): v for k, v in enumerate(LABELS)})
+    weights = source / "model.safetensors"
+    original = weights.read_bytes()
+    out = tmp_path / "run"
+    config = _config(out, data, source)
+    extract = pipeline_run.STAGE_FUNCTIONS["extract"]
+    assert list(_run_until("extract", config, monkeypatch)) == ["profile", "teacher"]
+    changed = bytearray(original)
+    changed[-1] ^= 1          # one bit of the last weight
+    weights.write_bytes(bytes(changed))
+    with pytest.raises(PipelineError, match="is a run of another teacher") as refused:
+        run_pipeline(config)
+    assert "restore the teacher the run began with" in str(refused.value)
+    weights.write_bytes(original)
+    monkeypatch.setitem(pipeline_run.STAGE_FUNCTIONS, "extract", extract)
+    assert list(_run_until("distil", config, monkeypatch)) == ["profile", "teacher", "extract"]
 
 
 def test_a_token_classifier_teacher_is_refused_before_the_run_directory_is_touched(data, make_encoder, tmp_path):

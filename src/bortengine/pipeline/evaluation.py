@@ -48,15 +48,18 @@ def evaluate_stage(ctx, seconds: float) -> dict[str, Any]:
         report[who][f"test_accuracy_{dtype}"] = accuracy(engine, texts, pairs, gold)
         progress.step(f"accuracy {who} {dtype}")
     short = sample_inputs(texts, pairs)
+    # timed at the length the student is served at, both: a teacher used as given would otherwise read its longer
+    # texts to its own (longer) truncation, and the student's speed-up count what the cut saves
+    length = ctx.max_length()
     eager = _eager_teacher(dirs["teacher"], ctx.threads)
-    timings = _interleaved_latencies(engines, eager, short, progress)
+    timings = _interleaved_latencies(engines, eager, short, length, progress)
     for (who, dtype), ms in timings.items():
         if who == "eager":
             report["teacher"]["batch1_ms_pytorch_eager"] = ms
         else:
             report[who][f"batch1_ms_{dtype}"] = ms
     for (who, dtype), engine in engines.items():
-        report[who][f"batched_texts_per_s_{dtype}"] = _throughput(engine, short)
+        report[who][f"batched_texts_per_s_{dtype}"] = _throughput(engine, short, length)
     progress.step("batched")
     progress.show(final=True)
     t, s = report["teacher"], report["student"]
@@ -69,8 +72,8 @@ def evaluate_stage(ctx, seconds: float) -> dict[str, Any]:
     }
     report["accuracy_gap_points_float32"] = 100 * (t["test_accuracy_float32"] - s["test_accuracy_float32"])
     report["latency_inputs"] = {"texts": len(short[0]), "mean_tokens": _mean_tokens(engines["student", "float32"],
-                                                                                    short),
-                                "rounds": ROUNDS, "batch": BATCH, "threads": ctx.threads}
+                                                                                    short, length),
+                                "max_length": length, "rounds": ROUNDS, "batch": BATCH, "threads": ctx.threads}
     return report
 
 
@@ -106,10 +109,10 @@ def sample_inputs(texts: list[str], pairs: Optional[list[str]]) -> tuple[list[st
     return [texts[i] for i in chosen], ([pairs[i] for i in chosen] if pairs else None)
 
 
-def _mean_tokens(engine, inputs) -> float:
+def _mean_tokens(engine, inputs, length: int) -> float:
     texts, pairs = inputs
     kwargs = {"text_pairs": pairs} if pairs is not None else {}
-    return float(engine.tokenize(texts, **kwargs)["attention_mask"].sum(1).mean())
+    return float(engine.tokenize(texts, max_length=length, **kwargs)["attention_mask"].sum(1).mean())
 
 
 def _eager_teacher(directory: str, threads: int):
@@ -124,8 +127,10 @@ def _eager_teacher(directory: str, threads: int):
     return load_pretrained(BertForSequenceClassification, directory, attn_implementation=None).eval()
 
 
-def _interleaved_latencies(engines: dict, eager, inputs, progress: Progress) -> dict[tuple[str, str], float]:
-    """Median ms of one call at batch 1 per model (block_medians over ROUNDS rounds of every text)."""
+def _interleaved_latencies(engines: dict, eager, inputs, length: int, progress: Progress
+                           ) -> dict[tuple[str, str], float]:
+    """Median ms of one call at batch 1 per model, texts cut to `length` tokens (block_medians over ROUNDS rounds of
+    every text)."""
     import torch
 
     texts, pairs = inputs
@@ -134,14 +139,15 @@ def _interleaved_latencies(engines: dict, eager, inputs, progress: Progress) -> 
     def kwargs(i: int) -> dict[str, Any]:
         return {"text_pairs": [pairs[i]]} if pairs is not None else {}
 
-    batches = [{k: torch.from_numpy(v) for k, v in tokenizer.tokenize([t], **kwargs(i)).items()}
+    batches = [{k: torch.from_numpy(v) for k, v in tokenizer.tokenize([t], max_length=length, **kwargs(i)).items()}
                for i, t in enumerate(texts)]
 
     def run_eager(i: int) -> None:
         with torch.no_grad():
             eager(**batches[i])
 
-    calls = {key: (lambda i, e=engine: e.classify([texts[i]], **kwargs(i))) for key, engine in engines.items()}
+    calls = {key: (lambda i, e=engine: e.classify([texts[i]], max_length=length, **kwargs(i)))
+             for key, engine in engines.items()}
     calls["eager", "float32"] = run_eager
     return block_medians(calls, len(texts), ROUNDS, lambda: progress.step("latency round"))
 
@@ -172,8 +178,8 @@ def block_medians(calls: dict[Any, Callable[[int], Any]], count: int, rounds: in
     return {key: 1e3 * float(np.median(v)) for key, v in samples.items()}
 
 
-def _throughput(engine, inputs: tuple[Sequence[str], Optional[Sequence[str]]]) -> float:
-    """Texts per second of classify() on batches of BATCH short texts (median of 5 calls)."""
+def _throughput(engine, inputs: tuple[Sequence[str], Optional[Sequence[str]]], length: int) -> float:
+    """Texts per second of classify() on batches of BATCH short texts cut to `length` tokens (median of 5 calls)."""
     texts, pairs = inputs
     batch = (list(texts) * (BATCH // max(1, len(texts)) + 1))[:BATCH]
     kwargs = {}
@@ -182,6 +188,6 @@ def _throughput(engine, inputs: tuple[Sequence[str], Optional[Sequence[str]]]) -
     times = []
     for _ in range(5):
         start = time.perf_counter()
-        engine.classify(batch, batch_size=BATCH, **kwargs)
+        engine.classify(batch, batch_size=BATCH, max_length=length, **kwargs)
         times.append(time.perf_counter() - start)
     return BATCH / float(np.median(times))

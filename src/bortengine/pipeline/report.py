@@ -83,15 +83,27 @@ def _markdown(summary: dict[str, Any]) -> str:
         inputs = evaluation["latency_inputs"]
         lines += [report_table(evaluation), "",
                   f"Latencies: {inputs['texts']} test texts drawn with a fixed seed (mean {inputs['mean_tokens']:.1f} "
-                  f"tokens), "
-                  f"one per call, in blocks of 12 per model taking turns, {inputs['rounds']} rounds; medians.", ""]
+                  f"tokens{_cut_to(inputs)}), one per call, in blocks of 12 per model taking turns, {inputs['rounds']} "
+                  f"rounds; medians.", ""]
     lines += _student_lines(stages)
+    interrupted = summary.get("interrupted_seconds") or {}
     lines += ["## Time per stage", "", "| stage | budget | took | |", "|---|---|---|---|"]
     for name, entry in stages.items():
         note = entry.get("result", {}).get("note", "") if isinstance(entry.get("result"), dict) else ""
-        lines.append(f"| {name} | {entry.get('budget_s', 0):.0f} s | {entry.get('seconds', 0):.0f} s | {note} |")
-    lines += ["", f"Total: {summary['seconds']:.0f} s of a {summary['config']['budget']:.0f} s budget.", ""]
+        before = f" (+{interrupted[name]:.0f} s before an interruption)" if interrupted.get(name, 0) >= 0.5 else ""
+        lines.append(f"| {name} | {entry.get('budget_s', 0):.0f} s | {entry.get('seconds', 0):.0f} s{before} | "
+                     f"{note} |")
+    lost = sum(interrupted.values())
+    lines += ["", f"Total: {summary['seconds']:.0f} s of a {summary['config']['budget']:.0f} s budget"
+              + (f", and {lost:.0f} s in runs that were interrupted (the stages went on from their checkpoints; "
+                 f"the budget counts finished stages)" if lost >= 0.5 else "") + ".", ""]
     return "\n".join(lines)
+
+
+def _cut_to(inputs: dict[str, Any]) -> str:
+    """The length the latencies were measured at (the student's), where the run recorded it."""
+    length = inputs.get("max_length")
+    return f", cut to the student's {length}" if length else ""
 
 
 def _student_lines(stages: dict[str, Any]) -> list[str]:

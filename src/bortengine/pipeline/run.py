@@ -26,10 +26,10 @@ from bortengine.pipeline.config import (BUDGET_SHARES, CONFIG_FILE, STAGES, Pipe
 from bortengine.pipeline.evaluation import evaluate_stage
 from bortengine.pipeline.report import report_table, write_report
 from bortengine.pipeline.stages import (RunContext, distil_stage, extract_stage, finetune_stage, profile_stage,
-                                        selection_part, teacher_architecture, teacher_stage)
+                                        selection_part, teacher_architecture, teacher_fingerprint, teacher_stage)
 from bortengine.progress import clock
 from bortengine.search import SCRIPT_GUARD, in_worker_bootstrap, unguarded_script_call
-from bortengine.training import NothingTrainedError
+from bortengine.training import NothingTrainedError, SplitOverlapWarning
 
 __all__ = ["run_pipeline", "STATE_FILE", "STAGE_FUNCTIONS"]
 
@@ -72,6 +72,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     with used_by_this_process(out, PipelineError, "pipeline run"):   # two runs in one --out overwrote each other
         state = read_json(out / STATE_FILE, PipelineError, missing_ok=True) or {"stages": {}}   # as the last left it
         task.write_splits(out)
+        _check_teacher(ctx, state, out)
         ctx.results.update({name: entry["result"] for name, entry in state["stages"].items()})
         _quiet_transformers()
         _say(task.describe() + (" — fine-tuning with Agora (small training set)" if ctx.uses_agora() else ""))
@@ -80,12 +81,32 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         with warnings.catch_warnings():
             # the stages read texts at the teacher's (the task's) length on purpose: no warning per engine they load
             warnings.simplefilter("ignore", TruncationWarning)
+            # nor again what the data's checks said when the run read it above (each training stage reads it anew)
+            warnings.simplefilter("ignore", SplitOverlapWarning)
             spent = spent_before + _run_stages(ctx, state, out, spent_before)
         summary = _summary(ctx, state, spent)
         summary["latency_suite"] = _latency_suite(ctx)
         write_report(out, summary)
         _finish(ctx, summary)
         return summary
+
+
+def _check_teacher(ctx: RunContext, state: dict, out: Path) -> None:
+    """A run with work left goes on with the teacher it began with (its files' content, teacher_fingerprint,
+    recorded in the state file before the first stage): one changed since would be mixed with what the finished
+    stages made of the old (OUT/teacher, the students sliced from it, their soft labels). A run from before the
+    record takes the teacher as it is now."""
+    if set(STAGES) <= set(state["stages"]):
+        return
+    now = teacher_fingerprint(ctx.teacher_source)
+    before = state.get("teacher_fingerprint")
+    if before not in (None, now):
+        raise PipelineError(f"{out} is a run of another teacher: the files of {ctx.teacher_source} (their content) "
+                            f"changed since the run began (teacher {before}, now {now}); restore the teacher the run "
+                            f"began with to continue it, or give a new --out")
+    if before is None:
+        state["teacher_fingerprint"] = now
+        atomic_write_json(out / STATE_FILE, state, indent=1)
 
 
 def _run_stages(ctx: RunContext, state: dict, out: Path, spent_before: float) -> float:
@@ -105,8 +126,15 @@ def _run_stages(ctx: RunContext, state: dict, out: Path, spent_before: float) ->
         stage_start = time.monotonic()
         try:
             result = STAGE_FUNCTIONS[name](ctx, seconds)
-        except NothingTrainedError as e:
-            raise _too_short(config, name, seconds, e) from None
+        except BaseException as e:
+            # Ctrl-C, a kill, an error: the time the stage ran is reported (its work goes on from its checkpoint in
+            # the next run, which the budget gives its share again)
+            interrupted = state.setdefault("interrupted_s", {})
+            interrupted[name] = interrupted.get(name, 0.0) + time.monotonic() - stage_start
+            atomic_write_json(out / STATE_FILE, state, indent=1)
+            if isinstance(e, NothingTrainedError):
+                raise _too_short(config, name, seconds, e) from None
+            raise
         took = time.monotonic() - stage_start
         ctx.results[name] = result
         state["stages"][name] = {"result": result, "seconds": took, "budget_s": seconds}
@@ -176,7 +204,8 @@ def _summary(ctx: RunContext, state: dict[str, Any], seconds: float) -> dict[str
             "threads": ctx.threads, "target": ctx.results.get("profile", {}).get("target"),
             "workload": str(ctx.workload()),
             "model": str(ctx.out / "model"), "teacher": str(ctx.teacher_dir), "stages": state["stages"],
-            "seconds": seconds, "within_budget": seconds <= ctx.config.budget * 1.15}
+            "seconds": seconds, "within_budget": seconds <= ctx.config.budget * 1.15,
+            "interrupted_seconds": state.get("interrupted_s", {})}
 
 
 def _finish(ctx: RunContext, summary: dict[str, Any]) -> None:

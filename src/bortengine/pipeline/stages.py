@@ -5,6 +5,7 @@ surrogate cache, Agora's state), so a killed run loses at most the work since a 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -82,6 +83,7 @@ class RunContext:
         self.out = Path(config.out)
         self.results = results
         self._task = None
+        self._task_length: Optional[int] = None
 
     @property
     def threads(self) -> int:
@@ -132,13 +134,30 @@ class RunContext:
         sends."""
         from bortengine.profiling import Workload
 
-        if self.config.workload is not None:
-            batch, seq = self.config.shape()
-        else:
+        batch, seq = self.config.shape() if self.config.workload is not None else (1, self.task_length())
+        return Workload(batch, seq, self.threads, self.config.dtype)
+
+    def task_length(self) -> int:
+        """The task's length: the smallest of training.MAX_LENGTH_CHOICES tokens that holds 95% of its training texts
+        whole, in the teacher's tokens, capped at the teacher's own truncation (training.task_max_length)."""
+        if self._task_length is None:
             from bortengine.training import task_max_length
 
-            batch, seq = 1, task_max_length(self.task, _tokenizer_source(self.teacher_source) or self.teacher_source)
-        return Workload(batch, seq, self.threads, self.config.dtype)
+            self._task_length = task_max_length(self.task, _tokenizer_source(self.teacher_source)
+                                                or self.teacher_source)
+        return self._task_length
+
+    def max_length(self) -> int:
+        """The tokens the student is distilled, fine-tuned, measured and exported at: the task's length, which a
+        fine-tuned teacher is trained at too (the teacher stage records it). A teacher used as given keeps its own
+        truncation, which was the student's before (512 for a 64-token task, from the model's positions): a run
+        whose teacher stage did not record it goes on at that."""
+        recorded = self.results["teacher"].get("max_length")
+        if recorded is not None:
+            return int(recorded)
+        from bortengine.engine import load
+
+        return load(str(self.teacher_dir)).max_length
 
     def uses_agora(self) -> bool:
         if self.config.no_agora or self.task.pairs:
@@ -165,6 +184,26 @@ def space_below(teacher: Architecture, name: Optional[str] = None) -> SearchSpac
                        intermediate=tuple(intermediate), vocab_size=teacher.vocab_size,
                        max_positions=teacher.max_positions, type_vocab_size=teacher.type_vocab_size,
                        description=f"fractions of the teacher ⟨{d}, {a}, {h}, {i}⟩'s sizes")
+
+
+# the teacher's files a run reads (configs, weights, tokenizer, sentence-transformers modules): teacher_fingerprint
+TEACHER_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model")
+
+
+def teacher_fingerprint(directory: str) -> str:
+    """The teacher's files by their content (sha256 of every TEACHER_FILE_SUFFIXES file under directory, hidden ones
+    left out, with its relative path): a continued run checks that it reads the teacher it began with. The content,
+    not the paths or times: the same teacher copied elsewhere has the same fingerprint."""
+    root = Path(directory)
+    digest = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.suffix in TEACHER_FILE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def teacher_architecture(directory: str) -> Architecture:
@@ -226,7 +265,7 @@ def teacher_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
         else:   # its head's rows put in the task's order: the student distils the teacher's logits by position
             _write_in_task_order(source, task.labels, ctx.teacher_dir)
         return {"fine_tuned": False, "source": source, "labels": load(str(ctx.teacher_dir)).labels,
-                "int8_calibration": calibrate_for_int8(ctx, ctx.teacher_dir)}
+                "max_length": ctx.task_length(), "int8_calibration": calibrate_for_int8(ctx, ctx.teacher_dir)}
     from bortengine.training import FinetuneConfig, finetune
 
     run_dir = ctx.out / "teacher-run"
@@ -241,8 +280,24 @@ def teacher_stage(ctx: RunContext, seconds: float) -> dict[str, Any]:
               "test_accuracy": metrics["test_accuracy"], "max_length": metrics["max_length"],
               "steps": metrics["steps"], "stopped_by": metrics["stopped_by"],
               "int8_calibration": calibrate_for_int8(ctx, ctx.teacher_dir)}
-    weak = _no_better_than_the_majority(task, metrics["dev_accuracy"], metrics["steps"])
-    return {**result, "note": weak} if weak else result
+    notes = [_head_replaced(config_labels, task.labels), _no_better_than_the_majority(task, metrics["dev_accuracy"],
+                                                                                     metrics["steps"])]
+    notes = [n for n in notes if n]
+    return {**result, "note": "; ".join(notes)} if notes else result
+
+
+def _head_replaced(classes: Optional[list[str]], labels: list[str]) -> Optional[str]:
+    """What to say of a teacher that is a classifier of other classes than the task's: its head is not the task's,
+    so it is fine-tuned with a new one (and a user who meant those classes learns that the names differ)."""
+    if classes is None:
+        return None
+    return (f"the teacher classifies into {_names(classes)}, not the task's {_names(labels)}: it was fine-tuned with "
+            f"a new classification head; to keep its own, give data whose labels are its class names")
+
+
+def _names(classes: list[str], most: int = 6) -> str:
+    return ", ".join(repr(c) for c in classes[:most]) + (f" and {len(classes) - most} more" if len(classes) > most
+                                                          else "")
 
 
 def _no_better_than_the_majority(task, dev_accuracy: float, steps: int) -> Optional[str]:
@@ -494,7 +549,7 @@ class CandidateMeter:
         calls_n = max(1, len(texts) // b)
         texts = (texts * (b // len(texts) + 1))[:max(len(texts), b)]
         pairs = None if pairs is None else (pairs * (b // len(pairs) + 1))[:len(texts)]
-        length = self._teacher_engine.max_length     # the student is served at the teacher's (the task's) length
+        length = self.ctx.max_length()     # teacher and student timed at the length the student is served at
 
         def call(engine):
             def run(i: int):
@@ -651,7 +706,7 @@ def _finetune_on_near_texts(ctx: RunContext, student: str, seconds: float, start
                             out_dir=str(run_dir), seed=ctx.config.seed, epochs=STUDENT_EPOCHS,
                             warmup_fraction=STUDENT_WARMUP, augment=augment, freeze_word_embeddings=True,
                             teacher=str(ctx.teacher_dir), distill_weight=0.5, lr=1e-4,
-                            max_length=_teacher_max_length(ctx), time_budget=None if ctx.config.max_steps else seconds,
+                            max_length=ctx.max_length(), time_budget=None if ctx.config.max_steps else seconds,
                             clock="wall", max_steps=ctx.config.max_steps, threads=ctx.threads)
     _, metrics = finetune(config, progress=ctx.config.progress, started=started)
     return metrics
@@ -722,7 +777,7 @@ def _augmentation(ctx: RunContext, seconds: float) -> Optional[str]:
     started = time.monotonic()
     texts, _ = ctx.task.texts("train")
     teacher = load(str(ctx.teacher_dir), num_threads=ctx.threads)
-    swap = NearestNeighbourSwap.from_model(str(ctx.teacher_dir), max_length=teacher.max_length)
+    swap = NearestNeighbourSwap.from_model(str(ctx.teacher_dir), max_length=ctx.max_length())
     rng = np.random.default_rng(ctx.config.seed)
     # with max_steps (tests, quick looks) the counts do not depend on the machine's speed: runs are repeatable
     repeatable = bool(ctx.config.max_steps)
@@ -779,12 +834,6 @@ def _augmented_kinds(ctx: RunContext) -> dict[str, int]:
     return {"near_examples": sources.count("near"), "transfer_examples": sources.count("transfer")}
 
 
-def _teacher_max_length(ctx: RunContext) -> int:
-    from bortengine.engine import load
-
-    return load(str(ctx.teacher_dir)).max_length
-
-
 def _agora(ctx: RunContext, student: str, seconds: float) -> dict[str, Any]:
     from bortengine.search import settings_runner
     from bortengine.training import finetune_agora
@@ -798,7 +847,7 @@ def _agora(ctx: RunContext, student: str, seconds: float) -> dict[str, Any]:
     with settings_runner(ctx.config.executor, ctx.config.ray_address, ctx.config.threads) as runner:
         summary = finetune_agora(labeller=str(ctx.teacher_dir), out_dir=str(run_dir), model=student, arch=None,
                                  task=ctx.data_spec, train_limit=None, seed=ctx.config.seed,
-                                 max_length=_teacher_max_length(ctx), threads=ctx.threads,
+                                 max_length=ctx.max_length(), threads=ctx.threads,
                                  max_new_per_round=AGORA_MAX_NEW, time_budget=0.85 * seconds,
                                  progress=ctx.config.progress, runner=runner, **quick)
     last = summary["rounds"][-1]["round"]
