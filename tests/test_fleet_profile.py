@@ -136,6 +136,42 @@ def test_each_cpu_target_is_profiled_on_its_node_and_extract_searches_for_one(tw
     assert "no profile of the target 'no-such-cpu'" in err and signature in err
 
 
+def test_a_fleet_profile_comes_back_in_parts_that_are_saved_and_resumed(two_targets, tmp_path, monkeypatch):
+    """The nodes measured their whole profiles before anything came back: nothing was shown while they ran, and
+    Ctrl-C (or a lost task) threw away every measurement. Now each node sends what it has every part_s seconds:
+    saved, reported with the time left; an interruption keeps the parts that came back, and the same call
+    resumes from them."""
+    from bortengine.profiling.fleet import profile_fleet
+
+    cluster, _ = two_targets
+    monkeypatch.setenv("BORTENGINE_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    lines: list[str] = []
+
+    def stop_at_the_first_part(line: str) -> None:
+        lines.append(line)
+        if " measurements (" in line:
+            raise KeyboardInterrupt
+
+    run = dict(batch=1, seq=16, threads=1, quick=True, address=cluster.address, part_s=0.2)
+    with pytest.raises(P.ProfileInterrupted, match=r"interrupted: [1-9]\d* of \d+ measurements saved to "):
+        profile_fleet(TINY, report=stop_at_the_first_part, **run)
+    part = next(line for line in lines if " measurements (" in line)
+    path = tmp_path / "profiles" / part.rsplit("saved to ", 1)[1]
+    saved = P.Profile.load(path)
+    workload = P.Workload(1, 16, 1)
+    assert not saved.covers(workload) and saved.workloads[workload.key].ops     # a part: measured, not complete
+    assert not ray.is_initialized()
+    lines.clear()
+    groups = profile_fleet(TINY, report=lines.append, **run)
+    assert all(P.Profile.load(g.path).covers(workload) for g in groups) and len(groups) == 2
+    assert any(re.search(r" of \d+ measurements \(\d+:\d\d, left ~(\d+:\d\d|\?:\?\?)\), saved to ", line)
+               for line in lines), lines
+    resumed = P.Profile.load(path).workloads[workload.key].ops
+    assert all(resumed[key].blocks[:len(m.blocks)] == m.blocks for key, m in saved.workloads[workload.key].ops.items()
+               if m.clean_blocks)                                              # the part's measurements kept
+
+
 def test_nodes_apart_only_by_a_probe_rate_are_probed_again():
     base = P.Target(vendor="GenuineTest", model="Test CPU", flags=("avx2",), logical_cpus=2, isa="avx2",
                     kernel="gemm_f32_avx2", engine_version="0", probe=P.PROBE, probe_gflops=100.0)

@@ -3,6 +3,7 @@ only what is measured, saved, resumed, validated and reported). docs/profiler.md
 from __future__ import annotations
 
 import dataclasses
+import re
 import io
 import json
 import subprocess
@@ -93,7 +94,7 @@ def test_an_interrupted_run_counts_what_its_resume_keeps(tmp_path, monkeypatch, 
     assert sum(len(m.blocks) for m in wp.ops.values()) == 8 and info.value.done == 4   # 8 saved, 4 of them clean
     monkeypatch.setattr(measure, "measure_with_retries", real)
     capsys.readouterr()
-    P.profile(TINY, W, out=out, progress=True, settings=FAST)
+    P.profile(TINY, W, out=out, progress=False, settings=FAST)   # (without a bar too: --no-progress hid it)
     assert f"resuming {out}: 4 of {info.value.total} measurements kept" in capsys.readouterr().err
 
 
@@ -236,6 +237,40 @@ def test_progress_bar_finished_early_drops_the_steps_not_taken():
     assert "] 1/1 100%" in last and last.rstrip().endswith("done"), last
 
 
+def test_progress_bar_of_work_under_a_time_budget_says_at_most_what_is_left_of_it(monkeypatch):
+    """An extraction planning 44 evaluations in a 1:12 budget said "left ~8:10" after its first (and stopped at
+    12/44 saying "done")."""
+    import bortengine.progress as progress
+
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    stream = io.StringIO()
+    bar = Progress(44, "surrogate", stream=stream)
+    bar.deadline = now[0] + 72.0
+    now[0] += 11.0
+    bar.step("first")
+    assert "left ~1:01" in stream.getvalue().splitlines()[-1]     # not 43 x 11 s = 7:53
+    bar.deadline = None
+    now[0] += 10.0
+    bar.step("second")
+    assert "left ~7:21" in stream.getvalue().splitlines()[-1]     # without a budget: the rate's estimate
+
+
+def test_validation_counts_its_last_tries_in_its_bar(tiny_profile, monkeypatch, capsys):
+    """An architecture whose every block was disturbed is measured once more: the bar counted those tries past its
+    total (10/9, 12/9 100%, and still running)."""
+    from bortengine.profiling import validation
+
+    real = validation.measure_with_retries
+    monkeypatch.setattr(validation, "measure_with_retries",
+                        lambda *a, **k: [dataclasses.replace(b, disturbed=True) for b in real(*a, **k)])
+    P.validate(tiny_profile, TINY, W, n=2, seed=1, quick=True, progress=True, retry_budget_s=60.0)
+    counts = [tuple(map(int, m)) for m in re.findall(r"\] (\d+)/(\d+) ", capsys.readouterr().err)]
+    planned = counts[0][1]
+    assert counts[-1] == (planned + 2, planned + 2), counts     # both tried once more, and counted
+    assert all(done <= total for done, total in counts), counts
+
+
 def test_validate_reports_predicted_against_measured(tiny_profile, tmp_path):
     report = P.validate(tiny_profile, TINY, W, n=4, seed=1, quick=True, progress=False)
     assert len(report.rows) == 4 and report.mode == "quick"
@@ -297,6 +332,13 @@ def test_validation_of_fewer_than_two_architectures_is_refused_before_profiling(
                               "profile")
     assert f"--archs: expected an integer of at least 2, got '{archs}'" in line or "positive integer" in line
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_profile_of_no_threads_is_refused_before_profiling(tmp_path, capsys):
+    from test_cli import assert_usage_error
+
+    line = assert_usage_error(capsys, ["profile", "--threads", "0", "--out", str(tmp_path / "p.json")], "profile")
+    assert "--threads: expected a positive integer, got '0'" in line and not (tmp_path / "p.json").exists()
 
 
 def test_cli_profile_show_and_validate(tmp_path, capsys):

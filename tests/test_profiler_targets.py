@@ -8,6 +8,7 @@ Probe rates that decide something are injected; the real probe is only compared 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -275,6 +276,20 @@ def test_profiles_from_before_exact_targets_load_with_a_warning(old, tmp_path):
     assert "no probe rate" in message and f"here     {P.Target.current().signature}" in message
     assert "Re-profile this machine with: bortengine profile --batch" in message
     assert not prof.target.checkable and prof.target.signature == prof.target.legacy_signature
+
+
+def test_a_damaged_profile_in_the_cache_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    """It was skipped without a word: the user's own measurements gave way to a shipped profile (or to profiling
+    into a new file beside it), and nothing said that their file was broken."""
+    monkeypatch.setenv("BORTENGINE_PROFILE_DIR", str(tmp_path / "profiles"))
+    here = P.Target.current()
+    path = P.default_profile_path(here)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"format": "bortengine-profile", "cut sh')
+    with pytest.warns(P.ProfileMismatchWarning, match=rf"{re.escape(str(path))} is not valid JSON .*skipped: this "
+                                                      rf"machine's profile is looked for among the other files"):
+        mine, _ = P.find_profiles(here)
+    assert mine is None or mine.path != path
 
 
 def test_each_shipped_profile_is_this_cpus_only_on_the_cpu_it_was_measured_on(tmp_path, monkeypatch):

@@ -136,6 +136,50 @@ def test_a_killed_worker_is_restarted_and_its_evaluation_run_again(cluster):
     assert not ray.is_initialized()
 
 
+def test_a_node_lost_when_no_cpu_is_free_elsewhere_shrinks_the_workers_and_the_search_goes_on(monkeypatch):
+    """Its worker was restarted by Ray but could never be placed (the other node's CPU held by the other worker), so
+    the evaluation it held, and the search, waited for ever (47 of 48 evaluations, `ray status`: a pending CPU
+    demand). The worker is ended, the slots shrink to one, and its evaluations run on the other node."""
+    from ray.cluster_utils import Cluster
+
+    from bortengine.search import ray_executor
+
+    monkeypatch.setattr(ray_executor, "NODES_CHECK_S", 1.0)
+    own = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                        "include_dashboard": False})
+    ex = None
+    try:
+        second = own.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        own.wait_for_nodes()
+        surrogate = S.AnalyticSurrogate(delay=1.0)
+        archs = [Architecture(1, 2, 64, 128), Architecture(2, 4, 128, 256), Architecture(1, 4, 64, 256),
+                 Architecture(2, 2, 128, 128)]
+        ex = S.RayExecutor(surrogate, address=own.address)
+        assert ex.capacity == 2 and len({p["node"] for p in ex.placement()}) == 2
+        for ticket, arch in enumerate(archs):
+            ex.submit(ticket, arch)
+        time.sleep(0.3)
+        own.remove_node(second, allow_graceful=False)
+        done, deadline = {}, time.monotonic() + 150
+        with pytest.warns(RuntimeWarning, match="the Ray cluster lost a node: 1 node.s. left hold 1 worker"):
+            while ex.running:
+                assert time.monotonic() < deadline, f"the search waits for ever: {sorted(done)} of 4 done"
+                for ticket, result in ex.wait(timeout=10):
+                    if result.status == "lost":        # (as the search does: submitted again)
+                        ex.submit(ticket, archs[ticket])
+                    else:
+                        done[ticket] = result
+        assert sorted(done) == [0, 1, 2, 3] and ex.capacity == 1
+        for ticket, arch in enumerate(archs):
+            assert done[ticket].status == "ok" and done[ticket].value == S.AnalyticSurrogate()(arch), done[ticket]
+    finally:
+        if ex is not None:
+            ex.close(cancel=True)     # (a worker left waiting for CPUs would hold a plain close for ever)
+        if ray.is_initialized():
+            ray.shutdown()
+        own.shutdown()
+
+
 def test_the_workers_fit_the_cluster(cluster):
     """As many workers as the nodes hold (a worker that fits nowhere would wait forever, its evaluation with it):
     more asked for are cut with a warning, an evaluation wider than every node is refused."""

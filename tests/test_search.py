@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -324,6 +325,27 @@ def test_the_distil_then_finetune_surrogate(make_model):
             S.DistilFinetuneSurrogate(distil_steps=bad)
 
 
+def test_the_data_surrogates_do_not_warn_again_of_what_the_data_check_said(make_model, tmp_path):
+    """Each evaluation reads the user's data again (in every worker process): a SplitOverlapWarning per student, in
+    the workers' raw format, was printed 14 times in one pipeline run. It is said where the data is read first."""
+    from bortengine.training import SplitOverlapWarning, load_task
+
+    teacher = make_model(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         max_position_embeddings=128, head="classifier", num_labels=2, seed=3)
+    rows = [f"review number {i} was {'good' if i % 2 else 'bad'},{i % 2}" for i in range(60)]
+    data = tmp_path / "doubled.csv"
+    data.write_text("text,label\n" + "\n".join(rows + rows) + "\n")   # every row twice: dev and test in train
+    fields = {"train": str(data), "text_column": "text", "label_column": "label"}
+    with pytest.warns(SplitOverlapWarning, match="in train too"):
+        load_task(**fields)
+    arch = Architecture(1, 2, 16, 32, max_positions=128)
+    kw = dict(steps=2, batch_size=8, eval_limit=16, teacher=str(teacher), threads=1, data=fields)
+    for surrogate in (S.FinetuneSurrogate(**kw), S.DistilFinetuneSurrogate(distil_steps=2, **kw)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SplitOverlapWarning)
+            assert math.isfinite(surrogate(arch))
+
+
 def test_default_workers_follow_the_surrogate(tmp_path, monkeypatch):
     assert S.DistillationSurrogate.expensive and S.FinetuneSurrogate.expensive and S.DistilFinetuneSurrogate.expensive
     assert not S.AnalyticSurrogate.expensive and not S.Surrogate.expensive
@@ -479,6 +501,22 @@ def test_an_extraction_whose_evaluations_mostly_failed_is_an_error_of_the_comman
         _check_failures(dead, tmp_path / "dead")
     assert few.winner is not None and len(few.failures) == 1
     _check_failures(few, tmp_path / "few")
+    # a time budget that stopped every evaluation: no winner, and the command exited 0
+    late = run(TINY, synthetic(TINY), tmp_path / "late", exhaustive=True, time_budget=1.0,
+               started=time.monotonic() - 2.0, reserve=0.0)
+    assert late.winner is None and not late.complete and late.evaluations == 0
+    with pytest.raises(S.SearchError, match=r"the time budget stopped the search before it had a winner \(0 of "
+                                            rf"{len(TINY)} candidates evaluated.*a longer --time-budget"):
+        _check_failures(late, tmp_path / "late")
+    # a run without a winner written over one with: the earlier winner.json goes (pretrain would read it)
+    from bortengine.cli.extract import _write
+
+    out = tmp_path / "out"
+    _write(few, out, None)
+    assert (out / "winner.json").is_file()
+    _write(dead, out, None)
+    assert not (out / "winner.json").exists() and json.loads((out / "report.json").read_text())["summary"]["winner"] \
+        is None
 
 
 def test_failing_and_nan_candidates_are_recorded_and_replaced(tmp_path):
@@ -518,12 +556,23 @@ def test_a_teacher_the_candidates_cannot_be_cut_from_is_refused_before_the_searc
     with pytest.raises(S.SearchError, match=r"the teacher .*nowhere has no config.json \(there is no such "
                                             r"directory\): give a BERT model directory"):
         S.DistillationSurrogate(teacher=str(tmp_path / "nowhere"))
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    with pytest.raises(S.SearchError, match=r"weights.safetensors has no config.json \(it is a file, not a "
+                                            r"directory\)"):
+        S.DistillationSurrogate(teacher=str(tmp_path / "weights.safetensors"))
     teacher = Architecture.from_hf_config(small_model)
     surrogate = S.DistillationSurrogate(teacher=str(small_model), steps=1)
     with pytest.raises(S.SearchError, match=rf"the maximum point .* has more layers than the teacher .*: give "
                                             rf"--max-point \(max_point\) of at most {teacher.layers} layers"):
         run(MINILM_SPACE, MINILM_PROFILE, tmp_path, surrogate=surrogate)
     surrogate.check_max_point(Architecture(teacher.layers, 2, 64, 128))   # within the teacher: searched
+    # weights cut short (a copy interrupted): every evaluation reloaded them and failed in turn, hinting at a cluster
+    cut = tmp_path / "cut"
+    shutil.copytree(small_model, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    with pytest.raises(S.SearchError, match=r"the teacher's weights cannot be read: .*model.safetensors"):
+        S.DistilFinetuneSurrogate(teacher=str(cut))
 
 
 def test_killed_run_resumes_from_the_cache(tmp_path):
@@ -559,12 +608,16 @@ def test_worker_processes_give_the_same_results(tmp_path):
             assert a.error == b.error
 
 
-def test_time_budget_stops_new_evaluations(tmp_path):
-    r = run(TINY, synthetic(TINY), tmp_path, exhaustive=True, time_budget=0.05,
-            surrogate=S.AnalyticSurrogate(delay=0.03))
+def test_time_budget_stops_new_evaluations(tmp_path, capsys):
+    r = S.extract(TINY, profile=synthetic(TINY), workload=W, cache_dir=tmp_path / "cache", progress=True,
+                  exhaustive=True, time_budget=0.05, surrogate=S.AnalyticSurrogate(delay=0.03))
     assert not r.complete
     assert 1 <= r.evaluations < len(TINY)
-    assert any(c.status == "skipped (time budget)" for c in r.candidates)
+    skipped = sum(c.status == "skipped (time budget)" for c in r.candidates)
+    assert skipped > 0
+    # the bar's last line says why it ended short (it said "done")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(f"stopped at the time budget: {skipped} not evaluated"), last
 
 
 # A time budget holds for the whole call: budget x 1.05 plus this slack for a tiny budget on a busy machine (the
@@ -678,6 +731,14 @@ def test_extract_finds_a_space_by_the_name_its_profile_records(tmp_path, capsys)
 
     line = assert_usage_error(capsys, argv[:-2] + ["--latency-limit", "0", "--out", str(tmp_path / "o")], "extract")
     assert "--latency-limit: expected a positive number, got '0'" in line
+    # options that ran as something else: --threads 0 as every CPU, --measure -2 as 0
+    for option, value, said in (("--threads", "0", "expected a positive integer, got '0'"),
+                                ("--measure", "-2", "expected an integer >= 0, got '-2'")):
+        line = assert_usage_error(capsys, argv[:-2] + [option, value, "--out", str(tmp_path / "o")], "extract")
+        assert f"{option}: {said}" in line
+    # a time budget of 0 ran the search to its end
+    assert main(argv[:-2] + ["--time-budget", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--time-budget 0 leaves no time to search" in capsys.readouterr().err
 
 
 def test_finalists_are_timed_on_the_engine(tmp_path):
@@ -914,6 +975,23 @@ def test_the_command_a_profile_error_gives_measures_into_that_profile(tmp_path):
         profile.model(other)
     assert f"measure it with: {other.command()} --space minilm --out {path}" in str(error.value)
     assert profile.commands() == f"{W.command()} --space minilm --out {path}"
+
+    from bortengine.search.fptas import latency_model
+
+    # a search of another space names that space (it named the profile's first, whose measurements do not cover the
+    # search's); a profile of another CPU target is measured on a machine of it, or over a Ray cluster with one
+    # (the command alone measured this machine)
+    with pytest.raises(S.SearchError) as error:
+        latency_model(profile, other, TINY)
+    said = str(error.value)
+    assert f"measure it with: {other.command()} --space {TINY.name} --out {path} on a machine of the target " \
+           f"{profile.target.signature}" in said and "--executor ray --ray-address ADDRESS" in said
+    # this machine's own profile, with more threads than this process may use: say so, not the command alone
+    mine = P.Profile(P.Target.current(), {}, path=tmp_path / "this.json")
+    wide = P.Workload(1, 64, bortengine.engine.available_cpus() + 1)
+    with pytest.raises(P.ProfileError, match=rf"on a machine with {wide.num_threads} CPUs; this process may use "
+                                             rf"{wide.num_threads - 1}, so here search a workload of at most"):
+        mine.for_workload(wide, "minilm")
 
 
 @pytest.mark.parametrize("value", ["fast", -50.0, float("nan"), None])

@@ -15,9 +15,9 @@ from bortengine.errors import ModelLoadError, UsageError
 from bortengine.files import read_json
 from bortengine.progress import parse_duration
 
-__all__ = ["duration", "shape", "architecture", "positive_int", "positive_float", "port", "nice_value",
-           "check_model_directory", "check_output", "MODEL_DIRECTORY", "add_data_arguments", "data_fields", "BUILTIN_TASKS", "DATA_OPTIONS",
-           "add_executor_arguments", "EXECUTORS"]
+__all__ = ["duration", "shape", "architecture", "positive_int", "non_negative_int", "positive_float", "port",
+           "nice_value", "check_model_directory", "check_output", "MODEL_DIRECTORY", "add_data_arguments",
+           "data_fields", "BUILTIN_TASKS", "DATA_OPTIONS", "add_executor_arguments", "EXECUTORS"]
 
 BUILTIN_TASKS = ("rt", "imdb")    # training.BUILTIN_TASKS, named here so the parsers import no training code
 EXECUTORS = ("local", "ray")      # search.EXECUTORS, likewise
@@ -61,6 +61,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bortengine.cli.arguments import (add_data_arguments, add_executor_arguments, check_output, data_fields,
-                                      positive_float)
+                                      non_negative_int, positive_float, positive_int)
 from bortengine.engine import available_cpus
 from bortengine.errors import UsageError
 from bortengine.files import atomic_write_text
@@ -41,7 +41,7 @@ def add_parsers(sub) -> None:
                         "threads default to that CPU's, and the finalists are not timed on this machine")
     p.add_argument("--batch", type=int, default=1, help="workload: sequences per call (default 1)")
     p.add_argument("--seq", type=int, default=128, help="workload: tokens per sequence (default 128)")
-    p.add_argument("--threads", type=int, default=None, help="workload: threads (default: all CPUs)")
+    p.add_argument("--threads", type=positive_int, default=None, help="workload: threads (default: all CPUs)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="workload: the engine path the winner will be served on (the profile must cover it)")
     _add_search_options(p)
@@ -51,7 +51,7 @@ def add_parsers(sub) -> None:
                    help="wall time for the whole command (1800, 30m, 1.5h): the evaluations stop early enough to "
                         "leave time for timing the finalists (quick, or none, if the full timing would not fit) "
                         "and writing the report")
-    p.add_argument("--measure", type=int, default=3, help="finalists to time on the engine (0: none)")
+    p.add_argument("--measure", type=non_negative_int, default=3, help="finalists to time on the engine (0: none)")
     p.add_argument("--quick-measure", action="store_true", help="fewer repeats when timing the finalists")
     p.add_argument("--allow-extrapolation", action="store_true",
                    help="accept latencies extrapolated beyond the profile's measured shapes")
@@ -168,6 +168,11 @@ def _check_failures(result: Extraction, out: Path) -> None:
     failed 98 of 106 and the command exited 0, its report "complete"), is an error: its report is written, and the
     same command runs the failed evaluations again (failures are not cached; the finished ones are)."""
     failed = len(result.failures)
+    if result.winner is None and not result.complete and not failed:
+        raise SearchError(f"the time budget stopped the search before it had a winner ({result.evaluations} of "
+                          f"{len(result.candidates)} candidates evaluated; {out / 'report.json'} has what was done): "
+                          f"run the same command with a longer --time-budget, which reuses the evaluations that "
+                          f"finished")
     if not failed or (result.winner is not None and 2 * failed <= result.evaluations):
         return
     why = "so there is no winner" if result.winner is None else "so the winner is of the few that did not"
@@ -233,9 +238,13 @@ def _time_budget(text: Optional[str]) -> Optional[float]:
     if text is None:
         return None
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError:
         raise SearchError(f"--time-budget takes 1800, 30m or 1.5h, got {text!r}") from None
+    if seconds <= 0:
+        raise SearchError(f"--time-budget {text} leaves no time to search: give more than 0 (1800, 30m, 1.5h), or "
+                          f"leave it out for no limit")
+    return seconds
 
 
 def _search(space: SearchSpace, surrogate: Surrogate, exhaustive: bool, verify: bool, kw: dict[str, Any]
@@ -254,7 +263,7 @@ def _print_result(result: Extraction) -> None:
     print(f"{len(result.candidates)} candidates, {result.groups} groups (bound {result.bound['groups']} = "
           f"{result.bound['n_p']} x {result.bound['n_l']}), {result.evaluations} surrogate evaluations "
           f"(bound {result.bound['evaluations']} = min(space, K·n_p·n_l + 1 = {result.bound['polynomial']}); "
-          f"{result.fresh_evaluations} run now, the rest cached; "
+          f"{result.fresh_evaluations} run now, {result.evaluations - result.fresh_evaluations} from the cache; "
           f"{len(result.failures)} failed or NaN), "
           f"{len(result.pareto)} in the ε-Pareto set, {result.seconds:.0f} s"
           + ("" if result.complete else "; INCOMPLETE: the time budget stopped the evaluations"))
@@ -297,5 +306,9 @@ def _write(result: Extraction, out: Path, teacher: Optional[str]) -> None:
               f"error {w['error']:.4f}, W = {w['w']:.3f} (maximum point {result.max_point.arch}: "
               f"{result.max_point.latency_ms:.3f} ms, error {result.max_point.error:.4f})")
         print(f"train it: {w['pretrain']}" + (f" --teacher {teacher}" if teacher else ""))
+    elif (out / "winner.json").is_file():
+        # an earlier run's winner would stand beside this run's report, which has none (pretrain reads winner.json)
+        (out / "winner.json").unlink()
+        print(f"this run has no winner: removed the winner.json an earlier run wrote in {out}")
     print(f"wrote {out / 'report.json'}, {out / 'pareto.png'}"
           + (f", {out / 'winner.json'}" if result.winner else ""))

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from bortengine.cli.arguments import add_executor_arguments, at_least_two, check_output, kernel_path
+from bortengine.cli.arguments import add_executor_arguments, at_least_two, check_output, kernel_path, positive_int
 from bortengine.engine import available_cpus
 from bortengine.errors import UsageError
 from bortengine.files import atomic_write_json
@@ -29,7 +29,7 @@ def add_parsers(sub) -> None:
                         "name of one the profile was measured for (it keeps their definitions)")
     common.add_argument("--batch", type=int, default=1, help="sequences per call (default 1)")
     common.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
-    common.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
+    common.add_argument("--threads", type=positive_int, default=None, help="threads (default: all CPUs)")
     common.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="the engine path to time: float32 (default), int8 or bf16 (load(dtype=...))")
     common.add_argument("--quick", action="store_true",

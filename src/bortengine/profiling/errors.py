@@ -1,5 +1,6 @@
 """What profiling raises and warns: a profile that cannot serve (ProfileError), one measured elsewhere
-(ProfileMismatchWarning), and Ctrl-C during a profile run, which keeps what was measured (ProfileInterrupted)."""
+(ProfileMismatchWarning), Ctrl-C during a profile run, which keeps what was measured (ProfileInterrupted), and a run
+that stops at its time to go on later (ProfilePaused)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,4 +22,13 @@ class ProfileInterrupted(KeyboardInterrupt):
     def __init__(self, path: Path, done: int, total: int):
         super().__init__(f"interrupted: {done} of {total} measurements saved to {path}; run the same command "
                          f"again to resume")
+        self.path, self.done, self.total = path, done, total
+
+
+class ProfilePaused(Exception):
+    """profile()'s stop_after_s came: what was measured is saved (done of total measurements); calling again
+    resumes. Not an error: a fleet's node measures in such parts, each sent back to the driver."""
+
+    def __init__(self, path: Path, done: int, total: int):
+        super().__init__(f"paused: {done} of {total} measurements saved to {path}")
         self.path, self.done, self.total = path, done, total

@@ -6,7 +6,10 @@ Every node with a CPU first reports its target (Target.current() there, the cali
 targets do not differ (Target.cpu_differences; a probe rate alone apart is probed again on the slower node, as a
 load check does) are one target. Then one node of each target measures its profile, in a Ray task pinned to it
 (a hard node affinity) that holds all of that node's CPUs, so nothing of this command runs beside the measurement;
-the task starts from the profile this machine already has of the target, so only what is missing is measured.
+the task starts from the profile this machine already has of the target, so only what is missing is measured. It
+measures for PART_S seconds at most and sends what it has back, which the driver saves, reports (measurements done,
+time left) and sends out again, until the profile is complete: Ctrl-C, a lost node or a killed task loses at most one
+part, and the same command resumes from the saved profiles.
 Ray (bortengine[ray]) is imported only when profile_fleet() runs (bortengine.cluster.connect).
 """
 from __future__ import annotations
@@ -20,15 +23,20 @@ from typing import Any, Callable, Optional
 from bortengine.cluster import CONNECT_TIMEOUT, connect, error_gist
 from bortengine.engine import available_cpus
 from bortengine.errors import BortEngineError, ClusterError
-from bortengine.profiling.errors import ProfileError
+from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfilePaused
 from bortengine.profiling.measure import profile
 from bortengine.profiling.profile_file import Profile, default_profile_dir, profile_path_for
 from bortengine.profiling.target import Target
 from bortengine.profiling.workload import Workload
+from bortengine.progress import clock as clock_of
 from bortengine.search_space import SearchSpace
 
 __all__ = ["FleetTarget", "profile_fleet", "group_targets", "target_profile_path", "fleet_table",
            "profile_of_target"]
+
+# seconds a node measures before it sends its profile back to be saved: what an interruption can lose (a part also
+# pays a few seconds of start-up: the probe, the first op's warm-up)
+PART_S = 30.0
 
 
 @dataclass
@@ -40,6 +48,8 @@ class FleetTarget:
     cpus: int                         # the measuring node's CPUs (Ray's count), all held while it measured
     path: Optional[Path] = None
     seconds: float = 0.0
+    done: int = 0                     # measurements saved of `total`, as the parts came back (0 of 0: none yet)
+    total: int = 0
     measured_on: str = field(init=False)
 
     def __post_init__(self):
@@ -60,16 +70,22 @@ def _node_target(expected: Optional[dict[str, Any]] = None) -> dict[str, Any]:
 
 
 def _node_profile(space: dict[str, Any], batch: int, seq: int, threads: Optional[int], dtype: str, quick: bool,
-                  clock: Optional[str], start: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """(runs on a node) The profile of this node's target for the workload (threads: default this node's CPUs),
-    resumed from `start` (the driver's profile of the target, when it has one), as a dict."""
+                  clock: Optional[str], start: Optional[dict[str, Any]], part_s: float, held: int) -> dict[str, Any]:
+    """(runs on a node) Part of the profile of this node's target for the workload (threads: default the CPUs the
+    task holds, `held`: the node's Ray CPUs, at most this process's), resumed from `start` (the driver's profile of
+    the target, when it has one), measured for part_s seconds: {"profile": its dict, "complete": whether it is,
+    "done"/"total": its measurements}."""
     with tempfile.TemporaryDirectory(prefix="bortengine-fleet-") as tmp:
         path = Path(tmp) / "profile.json"
         if start is not None:
             Profile.from_dict(start).save(path)
-        workload = Workload(batch, seq, threads or available_cpus(), dtype)
-        return profile(SearchSpace.from_dict(space), workload, quick=quick, out=path, resume=True, progress=False,
-                       clock=clock).to_dict()
+        workload = Workload(batch, seq, threads or min(available_cpus(), held), dtype)
+        try:
+            done = profile(SearchSpace.from_dict(space), workload, quick=quick, out=path, resume=True,
+                           progress=False, clock=clock, stop_after_s=part_s)
+        except ProfilePaused as e:
+            return {"profile": Profile.load(path).to_dict(), "complete": False, "done": e.done, "total": e.total}
+        return {"profile": done.to_dict(), "complete": True, "done": 1, "total": 1}
 
 
 def group_targets(found: list[tuple[str, int, Target]],
@@ -113,11 +129,13 @@ def target_profile_path(target: Target, confirm: Callable[[Target], Target]) -> 
 def profile_fleet(space: "SearchSpace | str", *, batch: int = 1, seq: int = 128, threads: Optional[int] = None,
                   dtype: str = "float32", quick: bool = False, clock: Optional[str] = None, fresh: bool = False,
                   address: Optional[str] = None, connect_timeout: float = CONNECT_TIMEOUT,
-                  report: Callable[[str], None] = lambda line: None) -> list[FleetTarget]:
+                  report: Callable[[str], None] = lambda line: None, part_s: float = PART_S) -> list[FleetTarget]:
     """Profiles every distinct CPU target among the cluster's nodes (address: see bortengine.cluster.connect) for
     the space and workload (threads: default each measuring node's CPUs), the targets measured in parallel; saves
     each in default_profile_dir() (target_profile_path) and returns them. fresh: measure the workload anew rather
-    than resume the profile this machine has of a target. report(line) hears what happens."""
+    than resume the profile this machine has of a target. report(line) hears what happens: each part saved (the
+    measurements done and the time left) and each target finished. Ctrl-C: the parts under way are cancelled and
+    ProfileInterrupted raised; what the finished parts measured is saved, and the same call resumes."""
     space = SearchSpace.resolve(space)
     ray, owned = connect(address, connect_timeout)
 
@@ -140,15 +158,40 @@ def profile_fleet(space: "SearchSpace | str", *, batch: int = 1, seq: int = 128,
         report(f"{len(groups)} CPU target(s) among {len(found)} node(s); measuring each on one of its nodes")
         starts = [target_profile_path(g.target, confirmer(g)) for g in groups]
         began = time.monotonic()
-        pending = {_pinned(ray, _node_profile, g.measured_on, g.cpus).remote(
-            space.to_dict(), batch, seq, threads, dtype, quick, clock,
-            None if start is None or fresh else start.to_dict()): (g, path) for g, (path, start) in zip(groups, starts)}
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            g, path = pending.pop(ref)
-            data = _result(ray, ref, f"profiling {g.target.signature} on node {g.measured_on[:12]}")
-            g.path, g.seconds = Profile.from_dict(data).save(path), time.monotonic() - began
-            report(f"{g.target.signature}: {g.path} ({g.seconds:.0f} s)")
+
+        def part(g: FleetTarget, start: Optional[dict[str, Any]]) -> Any:
+            return _pinned(ray, _node_profile, g.measured_on, g.cpus).remote(
+                space.to_dict(), batch, seq, threads, dtype, quick, clock, start, part_s, g.cpus)
+
+        pending = {part(g, None if start is None or fresh else start.to_dict()): (g, path)
+                   for g, (path, start) in zip(groups, starts)}
+        first: dict[str, tuple[int, float]] = {}    # a target's node -> (done, seconds) at its first part's return
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)   # (Ctrl-C is seen between waits)
+                if not ready:
+                    continue
+                g, path = pending.pop(ready[0])
+                data = _result(ray, ready[0], f"profiling {g.target.signature} on node {g.measured_on[:12]}")
+                g.path, g.seconds = Profile.from_dict(data["profile"]).save(path), time.monotonic() - began
+                if data["complete"]:
+                    g.done = g.total
+                    report(f"{g.target.signature}: {g.path} ({g.seconds:.0f} s)")
+                    continue
+                g.done, g.total = data["done"], data["total"]
+                # the rate since this target's first part came back (that one's count holds what a resumed profile
+                # kept, and its time the part's start-up)
+                done0, seconds0 = first.setdefault(g.measured_on, (g.done, g.seconds))
+                rate = (g.seconds - seconds0) / (g.done - done0) if g.done > done0 else float("nan")
+                left = rate * (g.total - g.done)
+                report(f"{g.target.signature}: {g.done} of {g.total} measurements ({clock_of(g.seconds)}, left "
+                       f"~{clock_of(left)}), saved to {g.path}")
+                pending[part(g, data["profile"])] = (g, path)
+        except KeyboardInterrupt:
+            for ref in pending:      # the parts under way end (their nodes' CPUs freed); the saved ones stay
+                ray.cancel(ref, force=True)
+            raise ProfileInterrupted(default_profile_dir(), sum(g.done for g in groups),
+                                     sum(g.total for g in groups)) from None
         return groups
     finally:
         if owned:

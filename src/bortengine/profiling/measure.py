@@ -19,7 +19,7 @@ from typing import Optional
 from bortengine.engine import available_cpus, core
 from bortengine.profiling.calibration import calibrate, calibration_note
 from bortengine.profiling.disturbance import CpuMeter, HostProbe, noise_note, warn_if_busy
-from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning
+from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning, ProfilePaused
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
 from bortengine.profiling.ops import (WEIGHT_BYTES, OpSpec, calibration_ops, gemm_weight_bytes, layer_weight_bytes,
                                       required_ops, residency_ops)
@@ -37,13 +37,16 @@ Roles = dict[OpSpec, tuple[str, ...]]
 
 def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = None, *, quick: bool = False,
             out: Optional[str | os.PathLike] = None, resume: bool = True, isa: Optional[str] = None,
-            progress: bool = True, settings: Optional[Settings] = None, clock: Optional[str] = None) -> Profile:
+            progress: bool = True, settings: Optional[Settings] = None, clock: Optional[str] = None,
+            stop_after_s: Optional[float] = None) -> Profile:
     """Measure every op the space needs under the workload on this CPU; save (and return) the profile.
 
     The file (out, default: this CPU's file in the cache directory) is updated after every op, so Ctrl-C
     (ProfileInterrupted, a KeyboardInterrupt) keeps what was measured, and calling again resumes. Measurements
     already in the file are kept, except that a full run re-measures ops a quick run took. clock: "wall"
     (default) or "cpu" (one thread only, immune to other processes taking the CPU; see timing.CLOCKS).
+    stop_after_s: stop after the op under way once this many seconds have passed, the file saved, and raise
+    ProfilePaused (how much is measured): a fleet's node measures in such parts, each saved by the driver.
     """
     space = resolve_space(space, out, isa)
     if workload is not None and not isinstance(workload, Workload):
@@ -65,7 +68,9 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     todo = _work_list(wp, roles, settings)
     wp.refresh(settings)
     total = len(roles) * settings.blocks
-    if progress and total - len(todo):     # a resumed (or repeated) run says what it keeps and what it measures
+    # a resumed (or repeated) run says what it keeps and measures, with a bar or not (a fleet's parts resume each
+    # other: their driver says how far they are)
+    if total - len(todo) and stop_after_s is None:
         print(f"resuming {path}: {total - len(todo)} of {total} measurements kept, {len(todo)} to take (an op "
               f"whose blocks were all disturbed by other processes is measured again)", file=sys.stderr, flush=True)
     if not todo:
@@ -75,7 +80,8 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
         return prof
     wp.calibration = None
     warn_if_busy(workload, cpus)
-    run = ProfileRun(prof, wp, roles, todo, settings, cpus, f"profile {space.name} {workload.key}", progress)
+    run = ProfileRun(prof, wp, roles, todo, settings, cpus, f"profile {space.name} {workload.key}", progress,
+                     None if stop_after_s is None else time.monotonic() + stop_after_s)
     run.measure()
     run.finish()
     return prof
@@ -204,8 +210,9 @@ class ProfileRun:
     the run's conditions and the calibration at the end."""
 
     def __init__(self, prof: Profile, wp: WorkloadProfile, roles: Roles, todo: list[tuple[int, OpSpec]],
-                 settings: Settings, cpus: int, label: str, progress: bool):
+                 settings: Settings, cpus: int, label: str, progress: bool, deadline: Optional[float] = None):
         self.prof, self.wp, self.roles, self.todo, self.settings, self.cpus = prof, wp, roles, todo, settings, cpus
+        self.deadline = deadline      # time.monotonic() after which the run pauses (profile's stop_after_s)
         self.workload = wp.workload
         self.rotation = rotation_bytes(prof.target, settings)
         self.meter = CpuMeter()
@@ -220,7 +227,7 @@ class ProfileRun:
 
     def measure(self) -> None:
         """Every block of the work list, then a last try for ops whose every block was disturbed. Ctrl-C saves
-        what was measured and raises ProfileInterrupted."""
+        what was measured and raises ProfileInterrupted; the deadline, ProfilePaused."""
         bar = self.bar
         try:
             for b, spec in self.todo:
@@ -229,6 +236,10 @@ class ProfileRun:
                 if m is None or m.clean_blocks <= b:  # (retries of a disturbed block may already have given it)
                     self.measure_op(spec)
                 bar.step(spec.key)
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.wp.conditions.append({**self.meter.result(), "paused": True})
+                    self.prof.save()
+                    raise ProfilePaused(self.prof.path, *self.saved())
             repairs = [x for x in self.roles if self.wp.ops[x.key].clean_blocks == 0]
             if repairs and self.retry_clock[0] < self.settings.retry_budget_s:
                 bar.extend([self.cost(x) for x in repairs])
@@ -243,12 +254,15 @@ class ProfileRun:
             self.prof.save()
             if bar.enabled:
                 sys.stderr.write("\n")
-            # the file's count, not this run's (a resumed run's work list is what was left), and what a resume
-            # keeps of it: a block disturbed by other processes is measured again
-            blocks = self.settings.blocks
-            saved = sum(min(_kept_blocks(self.wp, spec, self.settings), blocks) for spec in self.roles)
-            raise ProfileInterrupted(self.prof.path, saved, len(self.roles) * blocks) from None
+            raise ProfileInterrupted(self.prof.path, *self.saved()) from None
         bar.show("done", final=True)
+
+    def saved(self) -> tuple[int, int]:
+        """(measurements a resume keeps, of how many): the file's count, not this run's (a resumed run's work list
+        is what was left); a block disturbed by other processes is measured again."""
+        blocks = self.settings.blocks
+        return (sum(min(_kept_blocks(self.wp, spec, self.settings), blocks) for spec in self.roles),
+                len(self.roles) * blocks)
 
     def measure_op(self, spec: OpSpec) -> None:
         """One block of the op (and its retries while disturbed), added to its measurement; save the profile."""

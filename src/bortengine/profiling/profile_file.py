@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
+from bortengine.engine import available_cpus
 from bortengine.files import atomic_write_json, cache_dir, directory_lock, read_json
 from bortengine.profiling.calibration import calibration_note
 from bortengine.profiling.disturbance import now
@@ -50,21 +51,24 @@ class Profile:
         wp = self.workloads.get(workload.key)
         return wp is not None and wp.complete
 
-    def for_workload(self, workload: Workload) -> WorkloadProfile:
+    def for_workload(self, workload: Workload, space: Optional[str] = None) -> WorkloadProfile:
+        """The measurements of workload; ProfileError, saying the command that measures them (for `space`, the
+        search space of the caller, when given), when the profile has none or an interrupted run's part."""
         wp = self.workloads.get(workload.key)
         if wp is None:
             have = ", ".join(str(self.workloads[k].workload) for k in self.workloads) or "none"
             raise ProfileError(f"the profile {self._where()} does not cover the workload {workload} (it has: "
-                               f"{have}); measure it with: {self.command_for(workload)}")
+                               f"{have}); measure it with: {self.command_for(workload, space, elsewhere=True)}")
         if not wp.complete:
             raise ProfileError(f"the profile {self._where()} of workload {workload} is incomplete (interrupted: "
-                               f"{len(wp.ops)} ops measured); finish it with: {self.command_for(workload)}")
+                               f"{len(wp.ops)} ops measured); finish it with: "
+                               f"{self.command_for(workload, space, elsewhere=True)}")
         return wp
 
-    def model(self, workload: Workload) -> LatencyModel:
+    def model(self, workload: Workload, space: Optional[str] = None) -> LatencyModel:
         if workload.key not in self._models:
-            self._models[workload.key] = LatencyModel(self.for_workload(workload), self.target,
-                                                      remedy=self.command_for(workload))
+            self._models[workload.key] = LatencyModel(self.for_workload(workload, space), self.target,
+                                                      remedy=self.command_for(workload, space))
         return self._models[workload.key]
 
     def record_space(self, space: SearchSpace) -> None:
@@ -79,20 +83,35 @@ class Profile:
     def _where(self) -> str:
         return str(self.path) if self.path else f"of {self.target.signature}"
 
-    def command_for(self, workload: Workload) -> str:
-        """The command that measures workload into this profile: with its search space, and its file unless that is
-        where `bortengine profile` writes by default (or a profile shipped in the package, which is not rewritten:
-        the new one goes to the cache, which is read first). Said by every error that asks for a measurement: the
-        bare command would profile the default space into the cache, and the same error would come back."""
+    def command_for(self, workload: Workload, space: Optional[str] = None, elsewhere: bool = False) -> str:
+        """The command that measures workload into this profile: for `space` (the caller's search space), else the
+        space the profile measured, and into its file unless that is where `bortengine profile` writes by default
+        (or a profile shipped in the package, which is not rewritten: the new one goes to the cache, which is read
+        first). Said by every error that asks for a measurement: the bare command would profile the default space
+        into the cache, and the same error would come back. elsewhere: also say where it must run when this machine
+        cannot measure it (a profile of another CPU target: on a machine of it, or over a Ray cluster holding one;
+        more threads than this process has CPUs)."""
         wp = self.workloads.get(workload.key)
-        spaces = list(wp.spaces) if wp is not None and wp.spaces else [
-            space for other in self.workloads.values() for space in other.spaces]
+        spaces = [space] if space else list(wp.spaces) if wp is not None and wp.spaces else [
+            name for other in self.workloads.values() for name in other.spaces]
         command = workload.command() + (f" --space {spaces[0]}" if spaces else "")
         if self.path is not None:
             path = Path(self.path).resolve()
             shipped = {p.resolve() for p in shipped_profiles()}
             if path != default_profile_path(self.target).resolve() and path not in shipped:
                 command += f" --out {self.path}"
+        if not elsewhere:
+            return command
+        here = _this_machine(self.target.isa)
+        if here is None or here.signature != self.target.signature:
+            return (f"{command} on a machine of the target {self.target.signature} (this one is "
+                    f"{here.signature if here else 'another'}), or over a Ray cluster that has one: "
+                    f"{workload.command()} --executor ray --ray-address ADDRESS"
+                    + (f" --space {spaces[0]}" if spaces else ""))
+        cpus = available_cpus()
+        if workload.num_threads > cpus:
+            return (f"{command} on a machine with {workload.num_threads} CPUs; this process may use {cpus}, so "
+                    f"here search a workload of at most --threads {cpus}")
         return command
 
     # -- files ------------------------------------------------------------------------------------------------
@@ -224,6 +243,14 @@ class Profile:
         return "\n".join(lines)
 
 
+def _this_machine(isa: str) -> Optional[Target]:
+    """This machine's target on the kernel path isa; None when it has no such path (another CPU's)."""
+    try:
+        return Target.current(isa)
+    except (ValueError, RuntimeError):
+        return None
+
+
 def _workload_table(key: str, wp: WorkloadProfile) -> list[str]:
     """A workload's lines of Profile.table(): how and when it was measured, its calibration, one row per op."""
     w = wp.workload
@@ -294,14 +321,20 @@ def find_profiles(target: Optional[Target] = None) -> tuple[Optional[Profile], l
     """This machine's profile among the cached and shipped ones (the first of candidate_paths that describes this
     CPU: same target, probe rate within the tolerance, of this core build if one is, else of another; None if none
     does), and the others found (of another CPU
-    behind the same name, or from before exact targets) with how they compare. Unreadable files are skipped."""
+    behind the same name, or from before exact targets) with how they compare. Unreadable files are skipped, with a
+    warning for one of the cache directory (the user's own measurements, which silently gave way to a shipped
+    profile)."""
     target = target or Target.current()
     others: list[tuple[Profile, TargetMatch]] = []
     of_another_build = None
     for path in candidate_paths(target):
         try:
             prof = Profile.load(path)
-        except ProfileError:
+        except ProfileError as e:
+            if path.parent != PACKAGE_PROFILES:
+                warnings.warn(f"{e} (skipped: this machine's profile is looked for among the other files, and "
+                              f"`bortengine profile` measures into a new one beside it)", ProfileMismatchWarning,
+                              stacklevel=2)
             continue
         match = prof.match()
         if match.same_cpu:

@@ -26,6 +26,7 @@ class Evaluator:
 
     def __init__(self, executor: Executor, cache: SurrogateCache, bar: Progress, deadline: Optional[float]):
         self.executor, self.cache, self.bar, self.deadline = executor, cache, bar, deadline
+        bar.deadline = deadline
         self.fresh = 0
         self.longest = 0.0          # seconds of the longest evaluation run so far (its own: a worker's start aside)
         self._tickets = itertools.count()
@@ -113,4 +114,5 @@ def evaluating(ev: Evaluator, candidates: Sequence[Candidate]) -> Iterator[None]
                                 len(candidates)) from None
     finally:
         ev.close()
-    ev.bar.show("done", final=True)
+    skipped = sum(c.status == SKIPPED for c in candidates)
+    ev.bar.show(f"stopped at the time budget: {skipped} not evaluated" if skipped else "done", final=True)

@@ -266,7 +266,7 @@ def latency_model(profile: Profile, workload: Workload, space: SearchSpace) -> L
         raise SearchError(f"the workload's {workload.seq_len} tokens exceed the space's max_positions="
                           f"{space.max_positions}")
     try:
-        return profile.model(workload)
+        return profile.model(workload, space.name)
     except ProfileError as e:
         raise SearchError(f"the profile does not cover this search: {e}") from None
 

@@ -6,9 +6,11 @@ per worker, on its first evaluation, so afterwards only architectures go out and
 seconds, the node) come back. Each worker asks for the CPUs its evaluation uses (num_cpus = the surrogate's
 threads, 1 when unset) and the workers are spread over the nodes. A worker whose process dies (killed, out of
 memory, its node lost) is restarted by Ray and its evaluation run once more there; one that dies twice fails that
-evaluation (the search goes on). close(cancel=True) (Ctrl-C, a kill, the time budget's deadline) kills the
-workers at once. The process driving the search keeps the surrogate cache, so a run interrupted on either executor
-resumes on either.
+evaluation (the search goes on). A node lost when the other nodes have no CPU free for its workers: those workers
+are ended (restarted, they would wait for CPUs for ever, and the search with them) and the slots shrink to what the
+cluster now holds; their evaluations run again on the others. close(cancel=True) (Ctrl-C, a kill, the time
+budget's deadline) kills the workers at once. The process driving the search keeps the surrogate cache, so a run
+interrupted on either executor resumes on either.
 
 Agora (RaySettingsRunner, training's SettingsRunner): one Ray task per setting of a round, all of the round at once,
 each asking for the CPUs it trains with; the trainer goes out once per run, the round's points once per round, and
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["RayExecutor", "EvaluationWorker", "RaySettingsRunner", "fit_setting_task", "settings_runner"]
 
 POLL = 0.5                 # seconds per wait on the cluster: how soon Ctrl-C (or a SIGTERM turned into it) is seen
+# seconds between a wait's looks at the cluster's nodes (RayExecutor._lost_nodes): how soon a lost node is acted on
+NODES_CHECK_S = 5.0
 # runs of an Agora fine-tune after the first when its worker dies (killed, out of memory, its node lost): a lost
 # setting stops the whole run (there is no fallback as for a candidate), so it gets more than one evaluation does
 FIT_RETRIES = 2
@@ -84,6 +88,9 @@ class RayExecutor(Executor):
         self._workers: list[Any] = []                        # actor handles, at most capacity
         self._idle: list[Any] = []
         self._running: dict[Any, tuple[Hashable, Any]] = {}  # ObjectRef -> (ticket, the worker running it)
+        self._places: dict[Any, Any] = {}    # worker -> ObjectRef of its place(), asked as it starts
+        self._nodes: dict[Any, str] = {}     # worker -> the node it last ran on (its place, its evaluations)
+        self._nodes_checked = time.monotonic()
         self._ray, self._owned = connect(self.address, connect_timeout, available_cpus())
         try:
             self.capacity = self._size_up(workers)
@@ -135,6 +142,7 @@ class RayExecutor(Executor):
                                                       scheduling_strategy="SPREAD")
         worker = cls.remote(self.surrogate, self.threads, self.niceness, __version__)
         self._workers.append(worker)
+        self._places[worker] = worker.place.remote()     # where it runs, read if its node is lost (_lost_nodes)
         return worker
 
     def wait(self, timeout: Optional[float] = None) -> list[tuple[Hashable, Evaluation]]:
@@ -147,6 +155,10 @@ class RayExecutor(Executor):
             ready, _ = ray.wait(list(self._running), num_returns=1, timeout=left)
             if ready or (deadline is not None and time.monotonic() >= deadline):
                 break
+            if time.monotonic() - self._nodes_checked >= NODES_CHECK_S:
+                lost = self._lost_nodes()
+                if lost:
+                    return lost
         if ready:       # and every other one finished by now
             ready, _ = ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
         return [self._collect(ref) for ref in ready]
@@ -156,7 +168,10 @@ class RayExecutor(Executor):
         ticket, worker = self._running.pop(ref)
         self._idle.append(worker)
         try:
-            return ticket, ray.get(ref)
+            result = ray.get(ref)
+            if result.node:
+                self._nodes[worker] = result.node
+            return ticket, result
         except ray.exceptions.ActorUnavailableError:    # restarting, its task not run: submit it again
             return ticket, Evaluation("lost", None, "", 0.0, None)
         except ray.exceptions.RayActorError as e:
@@ -169,6 +184,58 @@ class RayExecutor(Executor):
         except ray.exceptions.RayError as e:
             return ticket, Evaluation("failed", None, f"{type(e).__name__}: {error_gist(e)}", 0.0, None)
 
+    def _lost_nodes(self) -> list[tuple[Hashable, Evaluation]]:
+        """When the nodes alive hold fewer workers than there are (a node lost, its workers restarting with no CPUs
+        free anywhere: they would wait for ever, and their evaluations with them): as many workers as are too many
+        are ended, those on the lost nodes first, then those never placed; the slots shrink to what the cluster
+        holds, and the evaluations they held come back "lost" (the search runs them again on the others). A
+        healthy worker ended in place of one that cannot start frees the CPUs that one then starts on."""
+        ray = self._ray
+        self._nodes_checked = time.monotonic()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        fits = sum(int(n.get("Resources", {}).get("CPU", 0)) // self.threads for n in nodes)
+        if fits >= len(self._workers):
+            return []
+        if fits < 1:
+            raise ClusterError(f"the Ray cluster lost its nodes: none left holds the {self.threads} CPU(s) an "
+                               f"evaluation uses; run the same command again once the cluster is back (the finished "
+                               f"evaluations are cached)")
+        alive = {n.get("NodeID") for n in nodes}
+        where = {w: self._node_of(w) for w in self._workers}
+        order = sorted(self._workers, key=lambda w: (where[w] is None or where[w] in alive,
+                                                     where[w] is not None))
+        ended = order[:len(self._workers) - fits]
+        for worker in ended:
+            try:
+                ray.kill(worker, no_restart=True)
+            except (ray.exceptions.RayError, ValueError):
+                pass
+            self._places.pop(worker, None)
+            self._nodes.pop(worker, None)
+        self._workers = [w for w in self._workers if w not in ended]
+        self._idle = [w for w in self._idle if w not in ended]
+        lost = [(ref, ticket) for ref, (ticket, worker) in self._running.items() if worker in ended]
+        for ref, _ in lost:
+            del self._running[ref]
+        self.capacity = fits
+        warnings.warn(f"the Ray cluster lost a node: {len(nodes)} node(s) left hold {fits} worker(s) of "
+                      f"{self.threads} CPU(s), so {len(ended)} worker(s) were ended and their evaluations run again "
+                      f"on the others", RuntimeWarning, stacklevel=2)
+        return [(ticket, Evaluation("lost", None, "", 0.0, None)) for _, ticket in lost]
+
+    def _node_of(self, worker: Any) -> Optional[str]:
+        """The node the worker ran on last, as far as the driver knows (None: not placed yet)."""
+        if worker in self._nodes:
+            return self._nodes[worker]
+        ray, ref = self._ray, self._places.get(worker)
+        if ref is None or not ray.wait([ref], timeout=0)[0]:
+            return None
+        try:
+            self._nodes[worker] = ray.get(ref)["node"]
+        except ray.exceptions.RayError:
+            return None
+        return self._nodes[worker]
+
     def close(self, cancel: bool = False) -> None:
         if self._ray is None:
             return
@@ -180,7 +247,7 @@ class RayExecutor(Executor):
                 ray.kill(worker)
             except (ray.exceptions.RayError, ValueError):   # already gone
                 pass
-        self._workers, self._idle, self._running = [], [], {}
+        self._workers, self._idle, self._running, self._places, self._nodes = [], [], {}, {}, {}
         if self._owned:
             ray.shutdown()
         self._ray = None

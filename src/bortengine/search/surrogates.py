@@ -5,14 +5,16 @@ sliced from the teacher (torch, imported only when one is called, normally in a 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import time
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from dataclasses import KW_ONLY, dataclass, replace
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from bortengine.architecture import Architecture, require_bert
 from bortengine.engine import transformer_directory
@@ -116,11 +118,14 @@ class TrainingSurrogate(Surrogate):
             source = transformer_directory(self.teacher) / "config.json"
             config = read_json(source, SearchError, missing_ok=True)
             if config is None:
+                where = Path(self.teacher)
                 raise SearchError(f"the teacher {self.teacher} has no config.json"
-                                  + ("" if Path(self.teacher).is_dir() else " (there is no such directory)")
+                                  + ("" if where.is_dir() else " (it is a file, not a directory)" if where.exists()
+                                     else " (there is no such directory)")
                                   + ": give a BERT model directory (BertModel, sentence-transformers, "
                                     "BertForSequenceClassification)")
             require_bert(config if isinstance(config, dict) else {}, str(source))
+            _check_weights(source.parent)
 
     def teacher_name(self) -> str:
         return self.teacher or DEFAULT_TEACHER
@@ -214,7 +219,8 @@ class FinetuneSurrogate(TrainingSurrogate):
         from bortengine import training
 
         student, _ = self._cut_student(arch)
-        return float(training.finetune_surrogate_loss(self._finetune_config(), steps=self.steps, model=student))
+        with _data_already_checked():
+            return float(training.finetune_surrogate_loss(self._finetune_config(), steps=self.steps, model=student))
 
     def _cut_student(self, arch: Architecture):
         """(student, layer map): the student cut from the teacher, with its classifier's columns when it has one."""
@@ -273,13 +279,42 @@ class DistilFinetuneSurrogate(FinetuneSurrogate):
 
         student, layer_map = self._cut_student(arch)
         config = self._finetune_config()
-        if self.distil_steps:     # on the training texts (and their pairs) the fine-tuning then reads
-            texts, pairs = training.load_task(config.data_spec()).texts("train")
-            _, importance, t_dir = shared_teacher(self.teacher)
-            training.distil_cut_student(training.encoder_of(student), layer_map, t_dir, importance,
-                                        [("task", t) for t in list(texts) + list(pairs or [])], self.distil_steps,
-                                        seed=self.seed, threads=self.threads)
-        return float(training.finetune_surrogate_loss(config, steps=self.steps, model=student))
+        with _data_already_checked():
+            if self.distil_steps:     # on the training texts (and their pairs) the fine-tuning then reads
+                texts, pairs = training.load_task(config.data_spec()).texts("train")
+                _, importance, t_dir = shared_teacher(self.teacher)
+                training.distil_cut_student(training.encoder_of(student), layer_map, t_dir, importance,
+                                            [("task", t) for t in list(texts) + list(pairs or [])],
+                                            self.distil_steps, seed=self.seed, threads=self.threads)
+            return float(training.finetune_surrogate_loss(config, steps=self.steps, model=student))
+
+
+def _check_weights(directory: Path) -> None:
+    """The teacher's safetensors weights readable (their header, every tensor inside the file) before the search:
+    a truncated file failed each evaluation in turn, each reloading it, with a hint at the cluster. (Training also
+    reads pickled .bin weights, which are not checked here.)"""
+    from bortengine.engine import Checkpoint
+    from bortengine.errors import ModelLoadError
+
+    if not any((directory / n).exists() for n in ("model.safetensors", "model.safetensors.index.json")):
+        return
+    try:
+        Checkpoint.open(directory)
+    except ModelLoadError as e:
+        raise SearchError(f"the teacher's weights cannot be read: {e}") from None
+
+
+@contextlib.contextmanager
+def _data_already_checked() -> Iterator[None]:
+    """Every evaluation reads the task's data again, in every worker process: what the data's checks warn of
+    (training.SplitOverlapWarning: dev or test rows in train too) was said where it was read first (bortengine
+    extract and the pipeline read it before the search; the cache key's _data_fingerprint reads it in the calling
+    process), not once a student, in each worker's raw format (14 times in one pipeline run)."""
+    from bortengine.training import SplitOverlapWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SplitOverlapWarning)
+        yield
 
 
 @lru_cache(maxsize=None)
