@@ -170,6 +170,13 @@ def test_a_fleet_profile_comes_back_in_parts_that_are_saved_and_resumed(two_targ
     resumed = P.Profile.load(path).workloads[workload.key].ops
     assert all(resumed[key].blocks[:len(m.blocks)] == m.blocks for key, m in saved.workloads[workload.key].ops.items()
                if m.clean_blocks)                                              # the part's measurements kept
+    # --fresh measures the workload anew; the profile's other workloads stay (the save takes in what it does not hold)
+    profile_fleet(TINY, **{**run, "seq": 8})
+    assert P.Profile.load(path).covers(P.Workload(1, 8, 1))
+    profile_fleet(TINY, fresh=True, **run)
+    again = P.Profile.load(path)
+    assert again.covers(P.Workload(1, 8, 1)) and again.covers(workload)
+    assert all(again.workloads[workload.key].ops[key].blocks != m.blocks for key, m in resumed.items())  # anew
 
 
 def test_nodes_apart_only_by_a_probe_rate_are_probed_again():
