@@ -192,17 +192,16 @@ class RayExecutor(Executor):
         healthy worker ended in place of one that cannot start frees the CPUs that one then starts on."""
         ray = self._ray
         self._nodes_checked = time.monotonic()
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        fits = sum(int(n.get("Resources", {}).get("CPU", 0)) // self.threads for n in nodes)
+        nodes = _alive_nodes(ray)
+        fits = sum(cpus // self.threads for cpus in nodes.values())
         if fits >= len(self._workers):
             return []
         if fits < 1:
             raise ClusterError(f"the Ray cluster lost its nodes: none left holds the {self.threads} CPU(s) an "
                                f"evaluation uses; run the same command again once the cluster is back (the finished "
                                f"evaluations are cached)")
-        alive = {n.get("NodeID") for n in nodes}
         where = {w: self._node_of(w) for w in self._workers}
-        order = sorted(self._workers, key=lambda w: (where[w] is None or where[w] in alive,
+        order = sorted(self._workers, key=lambda w: (where[w] is None or where[w] in nodes,
                                                      where[w] is not None))
         ended = order[:len(self._workers) - fits]
         for worker in ended:
@@ -258,9 +257,14 @@ def _remote_worker_class(ray: Any) -> Any:
     return ray.remote(EvaluationWorker)
 
 
+def _alive_nodes(ray: Any) -> dict[str, int]:
+    """The nodes of the cluster that are alive: node id -> its CPUs."""
+    return {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")}
+
+
 def _node_cpus(ray: Any) -> list[int]:
     """The CPUs of each node of the cluster that is alive."""
-    return [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    return list(_alive_nodes(ray).values())
 
 
 def _slots(node_cpus: Sequence[int], threads: int, what: str) -> int:
