@@ -74,7 +74,7 @@ def _node_profile(space: dict[str, Any], batch: int, seq: int, threads: Optional
     """(runs on a node) Part of the profile of this node's target for the workload (threads: default the CPUs the
     task holds, `held`: the node's Ray CPUs, at most this process's), resumed from `start` (the driver's profile of
     the target, when it has one), measured for part_s seconds: {"profile": its dict, "complete": whether it is,
-    "done"/"total": its measurements}."""
+    and when not, "done"/"total": its measurements}."""
     with tempfile.TemporaryDirectory(prefix="bortengine-fleet-") as tmp:
         path = Path(tmp) / "profile.json"
         if start is not None:
@@ -85,7 +85,7 @@ def _node_profile(space: dict[str, Any], batch: int, seq: int, threads: Optional
                            progress=False, clock=clock, stop_after_s=part_s)
         except ProfilePaused as e:
             return {"profile": Profile.load(path).to_dict(), "complete": False, "done": e.done, "total": e.total}
-        return {"profile": done.to_dict(), "complete": True, "done": 1, "total": 1}
+        return {"profile": done.to_dict(), "complete": True}
 
 
 def group_targets(found: list[tuple[str, int, Target]],
