@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from bortengine.errors import ClusterError
 
-__all__ = ["connect", "probe_ray_address", "error_gist", "CONNECT_TIMEOUT", "HOW_TO_FIX"]
+__all__ = ["connect", "probe_ray_address", "error_gist", "alive_nodes", "CONNECT_TIMEOUT", "HOW_TO_FIX"]
 
 CONNECT_TIMEOUT = 10.0     # seconds for the address to accept a connection and answer the gRPC greeting
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -34,6 +34,11 @@ def error_gist(e: BaseException) -> str:
     """The last line of a Ray error's text: the cause (the first says only that something failed)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[-1] if lines else type(e).__name__
+
+
+def alive_nodes(ray: Any) -> dict[str, int]:
+    """The nodes of a connected cluster that are alive: node id -> its CPUs (0 for a node that offers none)."""
+    return {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")}
 
 
 def connect(address: Optional[str], timeout: float = CONNECT_TIMEOUT, num_cpus: Optional[int] = None

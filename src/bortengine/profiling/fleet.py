@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from bortengine.cluster import CONNECT_TIMEOUT, connect, error_gist
+from bortengine.cluster import CONNECT_TIMEOUT, alive_nodes, connect, error_gist
 from bortengine.engine import available_cpus
 from bortengine.errors import BortEngineError, ClusterError
 from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfilePaused
@@ -200,8 +200,7 @@ def profile_fleet(space: "SearchSpace | str", *, batch: int = 1, seq: int = 128,
 
 def _targets_of_nodes(ray: Any) -> list[tuple[str, int, Target]]:
     """(node id, CPUs, target) of every alive node that has a CPU to run a task on."""
-    nodes = [(n["NodeID"], int(n.get("Resources", {}).get("CPU", 0))) for n in ray.nodes() if n.get("Alive")]
-    nodes = [(node, cpus) for node, cpus in nodes if cpus >= 1]
+    nodes = [(node, cpus) for node, cpus in alive_nodes(ray).items() if cpus >= 1]
     if not nodes:
         raise ClusterError("no node of the Ray cluster has a CPU to profile on")
     refs = [_pinned(ray, _node_target, node, 1).remote() for node, _ in nodes]

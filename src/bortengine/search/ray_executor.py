@@ -30,7 +30,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Sequence
 
 from bortengine.architecture import Architecture
-from bortengine.cluster import CONNECT_TIMEOUT, connect, error_gist
+from bortengine.cluster import CONNECT_TIMEOUT, alive_nodes, connect, error_gist
 from bortengine.engine import available_cpus
 from bortengine.errors import BortEngineError, ClusterError
 from bortengine.search.executor import (Evaluation, Executor, check_executor, evaluate, worker_init,
@@ -192,7 +192,7 @@ class RayExecutor(Executor):
         healthy worker ended in place of one that cannot start frees the CPUs that one then starts on."""
         ray = self._ray
         self._nodes_checked = time.monotonic()
-        nodes = _alive_nodes(ray)
+        nodes = alive_nodes(ray)
         fits = sum(cpus // self.threads for cpus in nodes.values())
         if fits >= len(self._workers):
             return []
@@ -257,14 +257,9 @@ def _remote_worker_class(ray: Any) -> Any:
     return ray.remote(EvaluationWorker)
 
 
-def _alive_nodes(ray: Any) -> dict[str, int]:
-    """The nodes of the cluster that are alive: node id -> its CPUs."""
-    return {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")}
-
-
 def _node_cpus(ray: Any) -> list[int]:
     """The CPUs of each node of the cluster that is alive."""
-    return list(_alive_nodes(ray).values())
+    return list(alive_nodes(ray).values())
 
 
 def _slots(node_cpus: Sequence[int], threads: int, what: str) -> int:
