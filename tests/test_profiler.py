@@ -618,3 +618,27 @@ def test_a_profile_covers_a_space_only_when_it_measured_every_shape_of_it(tmp_pa
     assert P.covers_space(prof, W, SearchSpace("h64", layers=[1, 3], heads=[2], hidden=[64], intermediate=[64],
                                                vocab_size=500, max_positions=64))
     assert not P.covers_space(prof, W, between)
+
+
+@pytest.mark.parametrize("version", [0, 99])
+def test_a_profile_of_another_format_is_replaced_if_older_and_kept_if_newer(tiny_profile, tmp_path, version):
+    """A file of format version 99 said "re-profile with `bortengine profile`", and that command refused the same
+    file with the same words: an older format is measured again and replaced now, a later bortengine's file is
+    refused untouched with what to do instead."""
+    path = tmp_path / "tiny.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "version": version}))
+    if version > P.profile_file.FORMAT_VERSION:
+        before = path.read_text()
+        with pytest.raises(P.ProfileError, match="format version 99; this bortengine reads version 1: a later "
+                                                 "bortengine wrote it: upgrade bortengine .* or profile into another "
+                                                 "--out"):
+            P.profile(TINY, W, out=path, progress=False, settings=FAST)
+        assert path.read_text() == before
+    else:
+        with pytest.warns(P.ProfileMismatchWarning, match="older profile format \\(version 0\\).*measured again"):
+            prof = P.profile(TINY, W, out=path, progress=False, settings=FAST)
+        assert prof.covers(W) and json.loads(path.read_text())["version"] == P.profile_file.FORMAT_VERSION
+        with pytest.raises(P.ProfileError, match="version 0; .*measure it again with `bortengine profile` \\(the "
+                                                 "same command replaces this file\\)"):
+            P.profile_file.Profile.from_dict({**data, "version": 0})

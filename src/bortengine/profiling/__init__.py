@@ -23,7 +23,7 @@ from __future__ import annotations
 from bortengine.profiling.calibration import calibrate, calibration_note
 from bortengine.profiling.choice import ProfileChoice, covers_space, profile_for_search
 from bortengine.profiling.cpu_probe import LOAD_SLOWDOWN, PROBE, PROBE_TOLERANCE, probe_gflops
-from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning
+from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning, ProfileVersionError
 from bortengine.profiling.fleet import (FleetTarget, fleet_table, profile_fleet, profile_of_target,
                                         target_profile_path)
 from bortengine.profiling.latency import LatencyModel, Prediction
@@ -46,7 +46,8 @@ from bortengine.profiling.workload import DTYPES, Workload
 
 __all__ = [
     "Workload", "Target", "Profile", "OpSpec", "Prediction", "LatencyModel", "ValidationReport",
-    "ProfileError", "ProfileMismatchWarning", "ProfileInterrupted", "profile", "load_profile", "predict_latency",
+    "ProfileError", "ProfileVersionError", "ProfileMismatchWarning", "ProfileInterrupted", "profile", "load_profile",
+    "predict_latency",
     "validate", "validation_seconds", "required_ops", "residency_ops", "default_profile_path", "default_profile_dir",
     "shipped_profiles", "kendall_tau",
     "DTYPES", "calibration_note", "calibrate", "calibration_ops", "forward_steps", "barriers", "Settings",

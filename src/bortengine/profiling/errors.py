@@ -12,6 +12,15 @@ class ProfileError(BortEngineError, ValueError):
     """A profile that is missing, malformed, incomplete, or does not cover what is asked of it."""
 
 
+class ProfileVersionError(ProfileError):
+    """A profile file of another format version than this bortengine reads: `newer` when a later bortengine wrote
+    it (measuring again here would throw its measurements away), else an older format, which profiling replaces."""
+
+    def __init__(self, message: str, version: object, newer: bool):
+        super().__init__(message)
+        self.version, self.newer = version, newer
+
+
 class ProfileMismatchWarning(UserWarning):
     """A profile measured on another CPU, kernel path or engine version than the one running."""
 

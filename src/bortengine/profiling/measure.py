@@ -19,7 +19,8 @@ from typing import Optional
 from bortengine.engine import available_cpus, core
 from bortengine.profiling.calibration import calibrate, calibration_note
 from bortengine.profiling.disturbance import CpuMeter, HostProbe, noise_note, warn_if_busy
-from bortengine.profiling.errors import ProfileError, ProfileInterrupted, ProfileMismatchWarning, ProfilePaused
+from bortengine.profiling.errors import (ProfileError, ProfileInterrupted, ProfileMismatchWarning, ProfilePaused,
+                                         ProfileVersionError)
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
 from bortengine.profiling.ops import (WEIGHT_BYTES, OpSpec, calibration_ops, gemm_weight_bytes, layer_weight_bytes,
                                       required_ops, residency_ops)
@@ -107,10 +108,18 @@ def _settings(workload: Workload, cpus: int, isa: Optional[str], quick: bool, se
 def _open_profile(path: Path, target: Target, workload: Workload) -> Profile:
     """The profile in `path` to add to (when it exists, of this target), else a new one; without resume only the
     workload starts over (_workload_entry): the file's other workloads are this target's and are kept. A profile
-    from before exact CPU targets is measured again from scratch: nothing says its numbers are this CPU's."""
+    from before exact CPU targets, or of an older format, is measured again from scratch: nothing says its numbers
+    are this CPU's; one a later bortengine wrote is refused (ProfileVersionError), never overwritten."""
     if not path.exists():
         return Profile(target, path=path)
-    prof = Profile.load(path)
+    try:
+        prof = Profile.load(path)
+    except ProfileVersionError as e:
+        if e.newer:
+            raise
+        warnings.warn(f"{path} is of an older profile format (version {e.version!r}) that this bortengine cannot "
+                      f"read: it is measured again and replaced", ProfileMismatchWarning, stacklevel=3)
+        return Profile(target, path=path)
     if not prof.target.checkable:
         warnings.warn(f"{path} was written before bortengine recorded exact CPU targets: whether its measurements "
                       f"are this CPU's cannot be checked, so they are measured again", ProfileMismatchWarning,

@@ -13,7 +13,7 @@ from bortengine.engine import available_cpus
 from bortengine.files import atomic_write_json, cache_dir, directory_lock, read_json
 from bortengine.profiling.calibration import calibration_note
 from bortengine.profiling.disturbance import now
-from bortengine.profiling.errors import ProfileError, ProfileMismatchWarning
+from bortengine.profiling.errors import ProfileError, ProfileMismatchWarning, ProfileVersionError
 from bortengine.profiling.latency import EXTRAPOLATION_NOTE, LatencyModel, Prediction
 from bortengine.profiling.measurements import WorkloadProfile, op_order, read_keyed
 from bortengine.profiling.target import Target, TargetMatch
@@ -156,8 +156,12 @@ class Profile:
             raise ProfileError(f"{where} is not a bortengine profile (no \"format\": \"{FORMAT}\" field)")
         version = data.get("version")
         if version != FORMAT_VERSION:
-            raise ProfileError(f"{where} has profile format version {version!r}; this bortengine reads version "
-                               f"{FORMAT_VERSION}: re-profile with `bortengine profile`")
+            newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+            fix = ("a later bortengine wrote it: upgrade bortengine to read it, or profile into another --out (this "
+                   "file's measurements are kept)" if newer else
+                   "measure it again with `bortengine profile` (the same command replaces this file)")
+            raise ProfileVersionError(f"{where} has profile format version {version!r}; this bortengine reads "
+                                      f"version {FORMAT_VERSION}: {fix}", version, newer)
         try:
             target = Target.from_dict(data["target"])
             workloads = read_keyed(data.get("workloads", {}), WorkloadProfile.from_dict, lambda wp: wp.workload.key,

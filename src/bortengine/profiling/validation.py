@@ -357,8 +357,9 @@ class ValidationRun:
             self.tables[(V, H)] = self.pool.array((V, H), 0.02).copy()
         name = "⟨{}, {}, {}, {}⟩".format(D, A, H, I)
         self.bar.show(name)
-        enc, embedding_tables = random_encoder(self.pool, D, A, H, I, V, max(T, getattr(arch, "max_positions", 512)), head,
-                                   threads, self.isa, word=self.tables[(V, H)], dtype=self.workload.dtype)
+        positions = max(T, getattr(arch, "max_positions", 512))
+        enc, embedding_tables = random_encoder(self.pool, D, A, H, I, V, positions, head, threads, self.isa,
+                                               word=self.tables[(V, H)], dtype=self.workload.dtype)
         ids = self.pool.ids(B * T, V, seed=k).reshape(B, T)
         pooler = head != "none"
         self.blocks[k].extend(measure_with_retries(lambda: enc.forward(ids, None, None, pooler), self.settings,
