@@ -583,10 +583,15 @@ def test_killed_run_resumes_from_the_cache(tmp_path):
     assert len(cache.entries) == 3
     with open(cache.path, "a") as f:  # a line cut short by the kill
         f.write('{"arch": "1,2,64,128|v305')
-    with pytest.warns(RuntimeWarning, match="damaged"):
+    with pytest.warns(RuntimeWarning, match="1 damaged line.*dropped"):
         r = run(TINY, synthetic(TINY), tmp_path, exhaustive=True)
     assert r.fresh_evaluations == len(TINY) - 3 and r.evaluations == len(TINY)
-    again = run(TINY, synthetic(TINY), tmp_path, exhaustive=True)
+    # the damaged line is gone from the file (it was warned about on every later run), every entry a line of its own
+    lines = cache.path.read_text().splitlines()
+    assert len(lines) == len(TINY) and all(json.loads(line)["arch"] for line in lines)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*damaged", category=RuntimeWarning)
+        again = run(TINY, synthetic(TINY), tmp_path, exhaustive=True)
     assert again.fresh_evaluations == 0
     # where each ran is kept in the cache: a resumed search still says it
     assert {c["node"] for c in again.to_dict()["candidates"]} == {"local"}

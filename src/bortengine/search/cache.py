@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bortengine.architecture import Architecture
-from bortengine.files import atomic_write_text, cache_dir
+from bortengine.files import atomic_write_text, cache_dir, directory_lock
 from bortengine.search.errors import SearchError
 from bortengine.search.surrogates import Surrogate
 
@@ -32,7 +32,8 @@ class SurrogateCache:
     """Surrogate results of one surrogate and settings, appended one JSON line per evaluation.
 
     Values (including NaN, a deterministic result) are kept; exceptions are not (they may be transient: a rerun
-    tries again). A line cut short by a kill is skipped on reading. Only the process driving the search writes.
+    tries again). A line cut short by a kill (or otherwise damaged) is dropped from the file on reading, once, with a
+    warning. Appends and that rewrite hold the directory's lock, so searches sharing the cache keep each other's lines.
     """
 
     def __init__(self, directory: str | os.PathLike, surrogate: Surrogate):
@@ -56,16 +57,30 @@ class SurrogateCache:
 
     def _read(self) -> None:
         text = self.path.read_text()
-        if text and not text.endswith("\n"):  # cut short by a kill: the next line must start afresh
-            with open(self.path, "a") as f:
-                f.write("\n")
-        for n, line in enumerate(text.splitlines()):
-            try:
-                entry = json.loads(line)
+        damaged = self._parse(text)
+        if damaged or not text.endswith("\n"):
+            # whole entries only, rewritten under the directory's lock (appends take it too): a damaged line (a killed
+            # run's) is said once, not on every run, and the next append starts a line of its own. Read again
+            # inside the lock for the lines appended meanwhile.
+            with directory_lock(self.path):
+                text = self.path.read_text()
+                self._parse(text)
+                atomic_write_text(self.path, "".join(line + "\n" for line in text.splitlines()
+                                                     if _entry(line) is not None))
+        if damaged:
+            warnings.warn(f"{self.path}: {damaged} damaged line(s) (a killed run?) dropped from the cache; their "
+                          f"evaluations will run again", RuntimeWarning, stacklevel=3)
+
+    def _parse(self, text: str) -> int:
+        """The entries of the file's text into self.entries; how many lines were damaged."""
+        damaged = 0
+        for line in text.splitlines():
+            entry = _entry(line)
+            if entry is None:
+                damaged += 1
+            else:
                 self.entries[entry["arch"]] = entry
-            except (json.JSONDecodeError, KeyError, TypeError):
-                warnings.warn(f"{self.path}: line {n + 1} is damaged (a killed run?); it will be re-evaluated",
-                              RuntimeWarning, stacklevel=3)
+        return damaged
 
     def get(self, arch: Architecture) -> Optional[dict[str, Any]]:
         return self.entries.get(_arch_key(arch))
@@ -76,7 +91,16 @@ class SurrogateCache:
                  "status": "nan" if math.isnan(error) else "ok", "seconds": round(seconds, 3),
                  "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "node": node}
         self.entries[entry["arch"]] = entry
-        with open(self.path, "a") as f:
+        with directory_lock(self.path), open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def _entry(line: str) -> Optional[dict[str, Any]]:
+    """The entry a line of the file holds, or None for a damaged one (cut short by a kill, or not an entry)."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("arch"), str) else None
