@@ -111,7 +111,12 @@ def test_a_run_leaves_the_models_the_report_and_its_options(reference):
     assert evaluation["latency_inputs"]["max_length"] == student.max_length   # both models timed at it
     markdown = (out / "report.md").read_text()
     assert f"cut to the student's {student.max_length})" in markdown
-    assert "| test accuracy, float32 |" in markdown and "## Time per stage" in markdown
+    n = evaluation["test_texts"]
+    assert 0 < n < 240                                     # the test split of the 240 rows
+    assert f"| test accuracy, float32 ({n} test texts) |" in markdown and "## Time per stage" in markdown
+    # a small test set says how far one text moves its accuracies (four decimals of 40 texts said nothing of it)
+    assert (f"The test set has {n} text(s): one text moves an accuracy by {100 / n:.1f} points" in markdown) \
+        == (n < 200)
     assert "| int8: layers run in float32 / bf16 (calibrated on the training texts) |" in markdown
     assert (out / "accuracy_latency.png").stat().st_size > 1000
     assert (out / "splits.json").is_file() or (out / "teacher-run" / "splits.json").is_file()

@@ -71,6 +71,7 @@ def evaluate_stage(ctx, seconds: float) -> dict[str, Any]:
         "batched_float32": s["batched_texts_per_s_float32"] / t["batched_texts_per_s_float32"],
     }
     report["accuracy_gap_points_float32"] = 100 * (t["test_accuracy_float32"] - s["test_accuracy_float32"])
+    report["test_texts"] = len(gold)
     report["latency_inputs"] = {"texts": len(short[0]), "mean_tokens": _mean_tokens(engines["student", "float32"],
                                                                                     short, length),
                                 "max_length": length, "rounds": ROUNDS, "batch": BATCH, "threads": ctx.threads}

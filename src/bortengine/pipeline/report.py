@@ -5,11 +5,13 @@ teacher and student; Agora's rounds are its own figure, copied by the fine-tunin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from bortengine.files import atomic_write_json, atomic_write_text, save_figure
 
 __all__ = ["write_report", "report_table"]
+
+SMALL_TEST_SET = 200   # texts: below it, report.md says how far one text moves an accuracy
 
 
 def write_report(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
@@ -34,14 +36,16 @@ def report_table(evaluation: dict[str, Any]) -> str:
     t, s, speed = evaluation["teacher"], evaluation["student"], evaluation["speedup"]
     size = s["parameters"] / t["parameters"]
     effective = s["parameters_without_embeddings"] / t["parameters_without_embeddings"]
+    n = evaluation.get("test_texts")     # (not in the evaluations of runs from before it was recorded)
+    on = f" ({n} test texts)" if n else ""
     lines = [
         "| | teacher | student |", "|---|---|---|",
         _row("architecture ⟨D, A, H, I⟩", t["architecture"], s["architecture"]),
         _row("parameters", f"{t['parameters'] / 1e6:.1f} M", f"{s['parameters'] / 1e6:.1f} M ({size:.0%})"),
         _row("parameters without embeddings (effective size)", f"{t['parameters_without_embeddings'] / 1e6:.2f} M",
              f"{s['parameters_without_embeddings'] / 1e6:.2f} M ({effective:.1%})"),
-        _row("test accuracy, float32", f"{t['test_accuracy_float32']:.4f}", f"{s['test_accuracy_float32']:.4f}"),
-        _row("test accuracy, int8", f"{t['test_accuracy_int8']:.4f}", f"{s['test_accuracy_int8']:.4f}"),
+        _row(f"test accuracy, float32{on}", f"{t['test_accuracy_float32']:.4f}", f"{s['test_accuracy_float32']:.4f}"),
+        _row(f"test accuracy, int8{on}", f"{t['test_accuracy_int8']:.4f}", f"{s['test_accuracy_int8']:.4f}"),
         _row("int8: layers run in float32 / bf16 (calibrated on the training texts)", _kept(t), _kept(s)),
         _row("batch 1, engine float32 (ms, median)", f"{t['batch1_ms_float32']:.3f}",
              f"{s['batch1_ms_float32']:.3f} ({speed['engine_batch1_float32']:.1f}× faster)"),
@@ -55,6 +59,14 @@ def report_table(evaluation: dict[str, Any]) -> str:
              f"{t['batched_texts_per_s_int8']:.0f}", f"{s['batched_texts_per_s_int8']:.0f}"),
     ]
     return "\n".join(lines)
+
+
+def _few_texts(n: Optional[int]) -> str:
+    """What a small test set's accuracies can tell: one text moves them by 100 / n points."""
+    if not n or n >= SMALL_TEST_SET:
+        return ""
+    return (f" The test set has {n} text(s): one text moves an accuracy by {100 / n:.1f} points, so differences "
+            f"smaller than that are not differences.")
 
 
 def _kept(model: dict[str, Any]) -> str:
@@ -84,7 +96,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         lines += [report_table(evaluation), "",
                   f"Latencies: {inputs['texts']} test texts drawn with a fixed seed (mean {inputs['mean_tokens']:.1f} "
                   f"tokens{_cut_to(inputs)}), one per call, in blocks of 12 per model taking turns, {inputs['rounds']} "
-                  f"rounds; medians.", ""]
+                  f"rounds; medians." + _few_texts(evaluation.get("test_texts")), ""]
     lines += _student_lines(stages)
     interrupted = summary.get("interrupted_seconds") or {}
     lines += ["## Time per stage", "", "| stage | budget | took | |", "|---|---|---|---|"]
