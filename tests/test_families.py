@@ -12,6 +12,7 @@ relative position bias counts distances over columns, so it refuses holes.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -412,6 +413,13 @@ def test_the_padding_token_as_text_is_refused_naming_the_text(make_encoder):
     with pytest.raises(InvalidInputError, match=r"documents\[1\] with the query holds '<pad>'"):
         engine.rerank("q", texts)
     assert engine.encode(["a < pad> b"]).shape == (1, 200)
+    # a token classifier too (it said "input_ids[0, 3] is the padding id ... set attention_mask 0 there", the row
+    # of the length-sorted batch, advice for a caller who passed no ids)
+    tagger = bortengine.load(make_encoder(**SIZES, model_type="roberta", head="token", labels=("O", "B-X")))
+    with pytest.raises(InvalidInputError, match=r"texts\[1\] holds '<pad>', this model's padding token, as text"):
+        tagger.classify_tokens(texts, batch_size=2)
+    with pytest.raises(InvalidInputError, match=r"texts\[1\] holds '<pad>'"):
+        asyncio.run(tagger.aclassify_tokens(texts))
 
 
 def test_electra_and_mpnet_errors(make_encoder, tmp_path):

@@ -573,6 +573,9 @@ def test_ids_past_the_vocabulary_refused_with_their_place(make_model, small_engi
     ("aclassify", "function_to_apply", "ClassificationResult.logits"),
     ("rerank", "return_documents", ".text"),
     ("arerank", "batchsize", "batch_size"),
+    ("tokenize", "padding", "it takes texts, text_pairs, max_length, truncation"),
+    ("tokenized", "return_tensors", "it takes texts"),
+    ("ascores", "top_k", "ClassificationResult.probabilities"),
 ])
 def test_another_librarys_keyword_says_what_the_engine_calls_it(small_engine, method, keyword, says):
     """sentence-transformers' and transformers' option names got Python's bare "unexpected keyword argument"; the
@@ -838,3 +841,58 @@ def test_robertas_add_prefix_space_is_read_as_transformers_reads_it(make_encoder
     text = "Paris is nice"
     theirs = AutoTokenizer.from_pretrained(str(model))(text)["input_ids"]
     assert bortengine.load(model).tokenize(text)["input_ids"][0].tolist() == theirs
+
+
+@pytest.mark.parametrize("model_type", ["xlm-roberta", "camembert"])
+@pytest.mark.parametrize("tokenizer_class", ["named", None, "TokenizersBackend"])
+def test_sentencepiece_tokenizers_are_read_as_transformers_builds_them(make_encoder, tmp_path, model_type,
+                                                                      tokenizer_class):
+    """XLMRobertaTokenizer and CamembertTokenizer (named, or the model type's) rebuild the pipeline around
+    tokenizer.json's vocabulary: whitespace split then Metaspace, the normaliser's Precompiled charsmap alone. Read
+    as the file had it (xlm-roberta-base's Replace of space runs and a Metaspace that splits on spaces only), every
+    word's first token started at the space before it (classify_tokens' entities were one character early) and tabs
+    and newlines tokenized otherwise. The generic class takes tokenizer.json as it is."""
+    from transformers import AutoTokenizer
+
+    model = tmp_path / model_type
+    shutil.copytree(make_encoder(model_type=model_type), model)
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    tokenizer["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]}
+    tokenizer["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    classes = {"xlm-roberta": "XLMRobertaTokenizer", "camembert": "CamembertTokenizer"}
+    config.pop("tokenizer_class", None)
+    if tokenizer_class is not None:
+        config["tokenizer_class"] = classes[model_type] if tokenizer_class == "named" else tokenizer_class
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    theirs = AutoTokenizer.from_pretrained(str(model))
+    engine = bortengine.load(model)
+    texts = ["Marie Curie worked in Paris.", "  two  spaces\tand a tab\nand a line ", "   ", "",
+             "café\u0301 東京 😀"]
+    for text in texts:
+        expected = theirs(text, return_offsets_mapping=True)
+        mine = engine._text_tokenizer().encode([text])[0]
+        assert mine.ids == expected["input_ids"], text
+        assert [tuple(o) for o in mine.offsets] == [tuple(o) for o in expected["offset_mapping"]], text
+    first, second = "Paris\tParis", "in  Paris"
+    assert (engine.tokenize([first], text_pairs=[second])["input_ids"][0].tolist()
+            == theirs(first, second)["input_ids"])
+
+
+def test_a_bert_tokenizer_saved_without_its_decoder_decodes_as_bert_tokenizer_does(minilm, tmp_path):
+    """BertTokenizer sets its WordPiece decoder whatever tokenizer.json holds; read as the file had it ("decoder":
+    null), classify_tokens' words came out as "cu ##rie"."""
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "m"
+    shutil.copytree(minilm, model)
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    tokenizer["decoder"] = None
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    text = "Marie Curie worked in Zürich"
+    theirs = AutoTokenizer.from_pretrained(str(model))
+    ids = theirs(text, add_special_tokens=False)["input_ids"]
+    assert any(theirs.convert_ids_to_tokens(i).startswith("##") for i in ids)    # a word cut in pieces
+    assert bortengine.load(model)._text_tokenizer().decode(ids) == theirs.decode(ids) == "marie curie worked in zurich"

@@ -523,6 +523,7 @@ class Engine:
         return np.ascontiguousarray(ids, dtype=np.int64), mask, types
 
     # ------------------------------------------------------------------------------------------------ texts in
+    @_explains_unknown_keywords
     def tokenize(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                  max_length: Optional[int] = None, *, truncation: bool = True) -> dict[str, np.ndarray]:
         """Token ids of texts, padded to the longest: {'input_ids', 'attention_mask', 'token_type_ids'} int64 [B,T].
@@ -679,6 +680,7 @@ class Engine:
                                               lead_when_idle)
         return self._classification(logits, single)
 
+    @_explains_unknown_keywords
     async def ascores(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
                       label: Optional[int | str] = None, batch_size: int = 32, max_length: Optional[int] = None,
                       truncation: bool = True, deadline: Optional[float] = None, lead_when_idle: bool = False
@@ -726,6 +728,7 @@ class Engine:
         result = ClassificationResult(labels, probs, logits)
         return result[0] if single else result
 
+    @_explains_unknown_keywords
     def classify_tokens(self, texts: str | Sequence[str], aggregation: str = "none", *,
                         ignore_labels: Sequence[str] = ("O",), batch_size: int = 32, max_length: Optional[int] = None,
                         truncation: bool = True,
@@ -753,6 +756,7 @@ class Engine:
                 results[i] = label(texts[i], encodings[i], logits[row])
         return results[0] if single else results
 
+    @_explains_unknown_keywords
     async def aclassify_tokens(self, texts: str | Sequence[str], aggregation: str = "none", *,
                                ignore_labels: Sequence[str] = ("O",), batch_size: int = 32,
                                max_length: Optional[int] = None, truncation: bool = True,
@@ -803,9 +807,9 @@ class Engine:
         to max_length and let through by _within_length."""
         tokenizer, limit = self._text_tokenizer(), self._max_length(max_length)
         encodings, counts = tokenizer.encode_counted(texts, limit)
-        tokenized = self._within_length(TokenizedTexts([e.ids for e in encodings], counts, limit, single=single),
-                                        truncation)
-        return encodings, tokenized
+        tokenized = TokenizedTexts([e.ids for e in encodings], counts, limit, single=single)
+        self._check_no_padding_token(tokenized, None)
+        return encodings, self._within_length(tokenized, truncation)
 
     def _token_labeller(self, aggregation: str, ignored: Sequence[str]
                         ) -> Callable[[str, Any, np.ndarray], list[TokenEntity]]:
@@ -876,6 +880,7 @@ class Engine:
         order = sorted(range(len(documents)), key=lambda i: -scores[i])[:top_k]
         return [RankedDocument(i, float(scores[i]), documents[i]) for i in order]
 
+    @_explains_unknown_keywords
     def tokenized(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
                   max_length: Optional[int] = None, *, truncation: bool = True) -> TokenizedTexts:
         """The texts tokenized once, truncated to max_length (default Engine.max_length), with each text's tokens

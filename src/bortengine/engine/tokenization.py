@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from tokenizers import BertWordPieceTokenizer, Encoding, Tokenizer
-from tokenizers.normalizers import BertNormalizer, Lowercase, Sequence as NormalizerSequence
-from tokenizers.pre_tokenizers import ByteLevel
+from tokenizers import BertWordPieceTokenizer, Encoding, Tokenizer, decoders
+from tokenizers.models import Unigram, WordPiece
+from tokenizers.normalizers import BertNormalizer, Lowercase, Precompiled, Sequence as NormalizerSequence
+from tokenizers.pre_tokenizers import BertPreTokenizer, ByteLevel, Metaspace, Sequence as PreTokenizerSequence
+from tokenizers.pre_tokenizers import WhitespaceSplit
 from tokenizers.processors import TemplateProcessing
 
 from bortengine.engine.config import MAX_CONFIG_BYTES, ModelConfig
@@ -156,14 +158,16 @@ class TokenizedTexts:
 
 # The flags transformers' tokenizer classes build their pipeline from (tokenizer_config.json's, else the class's
 # default), by the attribute each sets in `tokenizers`: BERT's normaliser (BertTokenizer, also DistilBERT's and
-# ELECTRA's, and MPNetTokenizer), RoBERTa's byte-level pre-tokenizer.
+# ELECTRA's, and MPNetTokenizer), RoBERTa's byte-level pre-tokenizer, XLM-R's and CamemBERT's Metaspace.
 _NORMALIZER_FLAGS = {"do_lower_case": ("lowercase", True), "strip_accents": ("strip_accents", None),
                      "tokenize_chinese_chars": ("handle_chinese_chars", True)}
 _BERT_CLASSES = ("BertTokenizer", "DistilBertTokenizer", "ElectraTokenizer", "MPNetTokenizer")
 _BYTE_LEVEL_CLASSES = ("RobertaTokenizer",)
+_SENTENCEPIECE_CLASSES = ("XLMRobertaTokenizer", "CamembertTokenizer")
 # AutoTokenizer's class for a model type when tokenizer_config.json names none
 _CLASS_OF_MODEL_TYPE = {"bert": "BertTokenizer", "distilbert": "BertTokenizer", "electra": "BertTokenizer",
-                        "mpnet": "MPNetTokenizer", "roberta": "RobertaTokenizer"}
+                        "mpnet": "MPNetTokenizer", "roberta": "RobertaTokenizer",
+                        "xlm-roberta": "XLMRobertaTokenizer", "camembert": "CamembertTokenizer"}
 
 
 def _tokenizer_config(model_dir: Path) -> dict:
@@ -196,8 +200,34 @@ def _flags_of_the_config(tokenizer: Tokenizer, tok_config: dict, model_type: str
         # 6.3 saved there for Transformer(do_lower_case=True) is dropped, as SentenceTransformer(dir) drops it
         tokenizer.normalizer = BertNormalizer(clean_text=True, **{
             attribute: tok_config.get(key, default) for key, (attribute, default) in _NORMALIZER_FLAGS.items()})
+        if isinstance(tokenizer.model, WordPiece):     # (a tokenizer.json saved without its decoder: "cu ##rie")
+            tokenizer.pre_tokenizer = BertPreTokenizer()
+            tokenizer.decoder = decoders.WordPiece(prefix=tokenizer.model.continuing_subword_prefix)
     if kind in _BYTE_LEVEL_CLASSES and isinstance(pre_tokenizer, ByteLevel):
         pre_tokenizer.add_prefix_space = tok_config.get("add_prefix_space", False)
+    if kind in _SENTENCEPIECE_CLASSES and isinstance(tokenizer.model, Unigram):
+        _sentencepiece_pipeline(tokenizer, tok_config)
+
+
+def _sentencepiece_pipeline(tokenizer: Tokenizer, tok_config: dict) -> None:
+    """XLMRobertaTokenizer's and CamembertTokenizer's pipeline, as transformers 5 builds it around tokenizer.json's
+    vocabulary: of its normaliser only the Precompiled charsmap (xlm-roberta-base's Replace of space runs goes), a
+    whitespace split then Metaspace (a "▁" before each word unless add_prefix_space is false), and the classes'
+    template "<s> A </s>", "<s> A </s> </s> B </s>". A word's token then starts at the word, not at the space before
+    it (classify_tokens' offsets), and tabs and newlines part words as spaces do."""
+    normalizer = tokenizer.normalizer
+    steps = list(normalizer) if isinstance(normalizer, NormalizerSequence) else [normalizer]
+    tokenizer.normalizer = next((step for step in steps if isinstance(step, Precompiled)), None)
+    prepend = "always" if tok_config.get("add_prefix_space", True) else "never"
+    tokenizer.pre_tokenizer = PreTokenizerSequence([WhitespaceSplit(),
+                                                    Metaspace(replacement="▁", prepend_scheme=prepend, split=True)])
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=prepend)
+    bos, eos = _special_id(tokenizer, tok_config, "bos_token", "<s>"), _special_id(tokenizer, tok_config, "eos_token",
+                                                                                     "</s>")
+    if bos is not None and eos is not None:
+        b, e = tokenizer.id_to_token(bos), tokenizer.id_to_token(eos)
+        tokenizer.post_processor = TemplateProcessing(single=f"{b} $A {e}", pair=f"{b} $A {e} {e} $B {e}",
+                                                      special_tokens=[(b, bos), (e, eos)])
 
 
 def _lowercased(tokenizer: Tokenizer) -> None:
