@@ -159,6 +159,24 @@ def test_before_the_model_is_ready_every_route_but_metrics_answers_503(minilm):
     assert metrics.status_code == 200
 
 
+def test_a_draining_server_says_so_to_health_probes(minilm):
+    """After SIGTERM /health went on answering 200 "ok" to a probe on a connection kept from before (a load balancer's
+    keep-alive health checks): it says "draining" with a 503 and closes the connection."""
+    app = create_app(minilm, ServeOptions())
+
+    async def ask():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as client:
+            app.state.service.ready = True       # (the lifespan, which loads the model, is not run here)
+            ready = await client.get("/health")
+            app.state.service.draining = True    # what serving.process's drain sets as it begins
+            return ready, await client.get("/health")
+
+    ready, draining = asyncio.run(ask())
+    assert ready.status_code == 200 and ready.json()["status"] == "ok"
+    assert draining.status_code == 503 and draining.json()["status"] == "draining"
+    assert draining.headers["connection"] == "close"
+
+
 def test_under_another_asgi_server_a_model_that_cannot_load_is_logged_and_answered(tmp_path, caplog):
     """create_app run by another server (no `bortengine serve` to exit with the error): the reason is in the log,
     /health and the routes say it; they said "loading" for ever and nothing was logged."""

@@ -414,6 +414,37 @@ def test_keep_alive_connections_outlast_uvicorns_5_s_and_say_how_long(minilm_ser
     assert first.status == again.status == 200 and first.getheader("keep-alive") == "timeout=75"
 
 
+@pytest.mark.parametrize("request_head, kept", [
+    ("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {n}", True),
+    ("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {n}", False),
+    # what `ab -k` sends (uvicorn closed every HTTP/1.0 connection), and HTTP/1.0 without it
+    ("POST /v1/embeddings HTTP/1.0\r\nConnection: Keep-Alive\r\nContent-Type: application/json\r\n"
+     "Content-Length: {n}", True),
+    ("POST /v1/embeddings HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {n}", False),
+    # an answer of the app that closes (a body over --max-body-bytes: 413 before the body is read)
+    ("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999", False),
+])
+def test_only_an_answer_that_keeps_the_connection_says_keep_alive(minilm_server, request_head, kept):
+    """Every answer said `Keep-Alive: timeout=75`, those that also said `Connection: close` too: `ab -k` (HTTP/1.0)
+    took the closing connections for kept ones and failed 10 of 10 requests (a reset on each next request). An
+    HTTP/1.0 client that asks for keep-alive has its connection kept now, as nginx keeps it."""
+    body = json.dumps({"input": "a text"}).encode()
+    head = request_head.format(n=len(body))
+    response, sock = raw_request(minilm_server, head, body)
+    with contextlib.closing(sock):
+        response.read()
+        connection = (response.getheader("connection") or "").lower()
+        assert ("close" in connection) != kept and (response.getheader("keep-alive") == "timeout=75") == kept, \
+            response.getheaders()
+        assert response.status == (200 if "999999999" not in head else 413)
+        if kept:
+            assert connection == ("keep-alive" if "HTTP/1.0" in head else "")
+            sock.sendall(head.encode() + b"\r\n\r\n" + body)     # the same connection answers the next request
+            again = http.client.HTTPResponse(sock)
+            again.begin()
+            assert again.status == 200 and len(json.loads(again.read())["data"][0]["embedding"]) == 384
+
+
 def test_headers_past_the_limit_get_431_and_a_long_url_414(minilm_server):
     """httptools has no limit of its own: a header streamed without end was joined piece by piece, holding the event
     loop (128 MB: 27 s) and the memory."""
@@ -678,7 +709,7 @@ def test_requests_past_their_deadline_get_503(minilm):
 
 # -- SIGTERM -----------------------------------------------------------------------------------------------------
 
-def _terminated_under(server, work: list[list[str]], socket_closes: bool = False):
+def _terminated_under(server, work: list[list[str]], socket_closes: bool = False, sig: int = signal.SIGTERM):
     """(responses, exit code, requests in flight at SIGTERM): each of `work` posted at once, SIGTERM once every
     request is read (its texts counted, not all admitted at once: on a fast CPU the first ones can be answered
     before the last arrive); socket_closes: checked to close while they are answered."""
@@ -687,7 +718,7 @@ def _terminated_under(server, work: list[list[str]], socket_closes: bool = False
             futures = [pool.submit(post_embeddings, server, texts) for texts in work]
             with server.client() as client:
                 wait_until(lambda: texts_read(client) == sum(map(len, work)), what="the requests to be read")
-            server.terminate()
+            server.proc.send_signal(sig)
             in_flight = sum(not f.done() for f in futures)
             if socket_closes:
                 wait_until(lambda: _refused(server), timeout=30, what="the listening socket to close")
@@ -777,12 +808,15 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(minilm, workers):
     assert code == 130 and "Traceback" not in server.stderr.read_text(), server.output()
 
 
-def test_sigterm_under_load_answers_the_accepted_requests_and_exits_0(minilm, minilm_engine):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_under_load_answers_the_accepted_requests_and_exits_0(minilm, minilm_engine, sig):
+    """SIGHUP (a closed terminal, some supervisors) ended the process by the signal, its requests unanswered: it
+    drains as SIGTERM does."""
     server = ServerProcess(minilm, "--threads", "1", "--max-batch-tokens", "128", "--max-input-tokens",
                            str(MAX_TOKENS)).start()
     assert "1 thread," in server.stdout.read_text()
     work = [texts_of(MAX_ITEMS, words=40, seed=20 + s) for s in range(12)]
-    responses, code, in_flight = _terminated_under(server, work, socket_closes=True)
+    responses, code, in_flight = _terminated_under(server, work, socket_closes=True, sig=sig)
     assert in_flight > 0, "every request ended before SIGTERM: give them more work"
     for texts, response in zip(work, responses):
         assert np.array_equal(embeddings(response), minilm_engine.encode(texts, max_length=MAX_TOKENS))

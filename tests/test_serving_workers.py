@@ -120,6 +120,19 @@ def test_a_port_held_by_a_server_of_workers_is_refused_to_another(capsys, worker
         assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
 
 
+def test_workers_without_a_writable_temporary_directory_is_a_usage_error(capsys, minilm, monkeypatch, tmp_path):
+    """A container with a read-only root filesystem: tempfile found no usable directory and `serve --workers 2` ended
+    in a FileNotFoundError traceback (exit 1)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "read-only" / "tmp"))   # (where nothing can be made)
+    assert main(["serve", str(minilm), "--workers", "2", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("bortengine serve: error: --workers "
+                                                                              "needs a writable directory"), err
+    assert "set TMPDIR to a writable directory" in err
+
+
 def test_a_worker_that_dies_is_replaced_and_its_connections_wait_for_it(minilm, minilm_engine):
     server = ServerProcess(minilm, "--workers", "2").start()
     try:
@@ -143,7 +156,10 @@ def test_a_worker_that_dies_is_replaced_and_its_connections_wait_for_it(minilm, 
     assert code == 0 and not any(alive(p) for p in new), server.output()
 
 
-def test_sigterm_drains_every_worker_and_exits_0(minilm, minilm_engine):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_drains_every_worker_and_exits_0(minilm, minilm_engine, sig):
+    """SIGHUP ended the parent by the signal (its workers drained only as orphans): it stops the server as SIGTERM
+    does."""
     server = ServerProcess(minilm, "--workers", "2", "--max-input-tokens", str(MAX_TOKENS)).start()
     pids = worker_pids(server)
     work = [texts_of(8, words=40, seed=300 + k) for k in range(16)]   # ~64 tokens a text: seconds on 2 cores
@@ -152,7 +168,7 @@ def test_sigterm_drains_every_worker_and_exits_0(minilm, minilm_engine):
             futures = [pool.submit(post_embeddings, server, texts) for texts in work]
             with server.client() as client:   # every request read (the texts counted by both workers)
                 wait_until(lambda: texts_read(client) == sum(map(len, work)), what="the requests to be read")
-            server.terminate()
+            server.proc.send_signal(sig)
             in_flight = sum(not f.done() for f in futures)
             # the port closes at once (the parent's copies of the sockets too): a new client is refused, not queued
             wait_until(lambda: not_accepting(server), timeout=30, what="the listening sockets to close")

@@ -83,6 +83,7 @@ class ModelService:
         self.max_input_tokens = 0
         self.ready = False
         self.failure: Optional[BaseException] = None   # why the model could not be loaded, if it could not
+        self.draining = False   # set when a stopping signal came: the requests accepted are answered, /health is 503
         self.admitted = 0
         self.created = int(time.time())
         self._on_ready = on_ready
@@ -199,6 +200,9 @@ class ModelService:
                           None if kind == "regression" else engine.labels, engine.dtype)
 
     async def health(self, request: Request) -> Response:
+        if self.draining:   # (asked on a connection kept from before: a new one is refused, the socket closed)
+            return JSONAnswer({"status": "draining", "model": self.name}, status_code=503,
+                              headers={"Connection": "close"})
         if self.ready:
             return JSONAnswer({"status": "ok", "model": self.name})
         if self.failure is not None:

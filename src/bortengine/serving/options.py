@@ -85,10 +85,10 @@ class ServeOptions:
     # default (empty): a browser then refuses a page's cross-origin calls, as it should for a server nobody opened
     # to it.
     cors_allow_origins: tuple[str, ...] = ()
-    # Seconds an idle keep-alive connection is kept after its last answer (each answer says so in `Keep-Alive:
-    # timeout=N`, which undici and Node's global agent read to close theirs first). A client that sends on a pooled
-    # connection as the server closes it gets a reset, and clients retry no POST: uvicorn's 5 s was shorter than
-    # most clients' pools keep connections (Go 90 s, aiohttp 15 s, a load balancer's 60 s); 75 s is nginx's.
+    # Seconds an idle keep-alive connection is kept after its last answer (each answer that keeps it says so in
+    # `Keep-Alive: timeout=N`, which undici and Node's global agent read to close theirs first). A client sending on
+    # a pooled connection as the server closes it gets a reset, and clients retry no POST: uvicorn's 5 s was shorter
+    # than most clients' pools keep connections (Go 90 s, aiohttp 15 s, a load balancer's 60 s); 75 s is nginx's.
     keep_alive_timeout: float = 75.0
     # Seconds SIGTERM waits for accepted requests to finish before they are cancelled.
     graceful_timeout: float = 30.0

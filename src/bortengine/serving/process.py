@@ -50,6 +50,8 @@ _HEAD_TOO_LARGE = (f"the request's line and headers pass {HEAD_LIMIT_BYTES} byte
 # ECONNRESET instead of the 413 at 4-64 MB).
 LINGER_S = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
+# The signals that stop a server (draining first): a --workers worker starts with them blocked until it handles them.
+STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # A --header-timeout that finds bytes sent but not yet read (the event loop was busy when it fell due) waits this
 # much longer: the client did send them in time.
 HEADER_GRACE_S = 1.0
@@ -72,14 +74,14 @@ def run_server(model_dir: str | Path, options: ServeOptions, bind: Callable[[], 
                      serve_while_loading=siblings is None)
     config = uvicorn.Config(app, lifespan="on", access_log=options.access_log, log_level=options.log_level,
                             timeout_graceful_shutdown=options.graceful_timeout, backlog=BACKLOG,
-                            http=http_protocol(app.state.metrics.record_unparsed, options.header_timeout),
-                            ws="none",
-                            timeout_keep_alive=options.keep_alive_timeout,
-                            headers=[("Keep-Alive", f"timeout={int(options.keep_alive_timeout)}")])
+                            http=http_protocol(app.state.metrics.record_unparsed, options.header_timeout,
+                                               options.keep_alive_timeout),
+                            ws="none", timeout_keep_alive=options.keep_alive_timeout)
     if options.access_log:
         # uvicorn writes its access lines at INFO, so --log-level warning would silence the log asked for
         logging.getLogger("uvicorn.access").setLevel(min(logging.INFO, logging.getLogger("uvicorn.access").level))
     server = _Server(config)
+    server.on_drain = lambda: setattr(app.state.service, "draining", True)
     with _drained_exit(server):
         sock = bind()
         on_listening(sock)
@@ -95,6 +97,7 @@ class _Server(uvicorn.Server):
     tick, then drains as it does under a signal later (their requests are answered). A second signal meanwhile is
     acted on at once (a second Ctrl-C stops without draining)."""
     deferred_signal: Optional[int] = None
+    on_drain: Callable[[], None] = staticmethod(lambda: None)   # called as the drain begins
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if not self.started and self.deferred_signal is None:
@@ -117,6 +120,7 @@ class _Server(uvicorn.Server):
         closes the socket and reads the requests waiting on connections it accepted (each for at most
         DRAIN_ACCEPT_S); those requests are answered with the rest. A second Ctrl-C (force_exit) skips this, but
         still ends the app's lifespan (uvicorn left it to be cancelled, which logged a traceback)."""
+        self.on_drain()
         if not self.force_exit:
             listeners = [s for server in self.servers for s in server.sockets]
             await self._while_readable(listeners)
@@ -166,7 +170,8 @@ IGNORED_UPGRADE = b"\r\nx-ignored-upgrade:"
 
 
 def http_protocol(on_refused: Callable[[int], None] = lambda status: None,
-                  header_timeout: float = ServeOptions.header_timeout) -> type:
+                  header_timeout: float = ServeOptions.header_timeout,
+                  keep_alive_timeout: float = ServeOptions.keep_alive_timeout) -> type:
     """The HTTP protocol uvicorn picks by default (httptools when installed, else h11), changed where a client would
     otherwise not get its answer, or not the JSON one:
     - a request it cannot parse (a malformed request line or header, headers past the parser's limits) gets the
@@ -175,7 +180,9 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None,
     - (httptools) a request line and headers past HEAD_LIMIT_BYTES (URL_LIMIT_BYTES for the URL) get 431 (414);
     - (httptools) an answer that closes the connection before the request's body has all come lingers (LINGER_S);
     - (httptools) a request line and headers not all come header_timeout seconds after the connection opened or the
-      request's first byte get 408, and a connection that sent nothing by then is closed.
+      request's first byte get 408, and a connection that sent nothing by then is closed;
+    - (httptools) an answer that leaves the connection open says for how long in `Keep-Alive: timeout=N`
+      (keep_alive_timeout), and one that closes it does not (_KeepAliveHeaders).
     on_refused(status) is told of each request the protocol refuses (the server's metrics count them).
     A client that half-closes the connection after its request (shutdown(SHUT_WR), as `nc -N` does) is taken for one
     that left, as uvicorn takes it: the end of its data is all the server sees of a client that closed its socket,
@@ -208,6 +215,7 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None,
 
     if not httptools:
         return ServerProtocol
+    keep_alive = (b"keep-alive", b"timeout=%d" % int(keep_alive_timeout))
 
     class HttpToolsServerProtocol(ServerProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -290,6 +298,14 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None,
             super().on_headers_complete()
             if self.cycle is not None:
                 self.cycle.transport = _CycleTransport(self.transport, self._cycle_closed)
+                http_10 = self.scope["http_version"] == "1.0"
+                if http_10 and self.parser.should_keep_alive():
+                    # an HTTP/1.0 client that asks to keep the connection (`Connection: keep-alive`, as `ab -k`):
+                    # uvicorn closes every HTTP/1.0 one; kept, as nginx keeps it, and said so in the answer
+                    self.cycle.keep_alive = True
+                if self.cycle.keep_alive:
+                    self.cycle.default_headers = _KeepAliveHeaders(
+                        self.cycle.default_headers, [*([_KEEP_CONNECTION] if http_10 else []), keep_alive])
 
         def send_400_response(self, msg: str) -> None:
             if self._too_long is not None:
@@ -353,6 +369,25 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None,
     return HttpToolsServerProtocol
 
 
+_KEEP_CONNECTION = (b"connection", b"keep-alive")   # HTTP/1.0 closes unless the answer says this
+
+
+class _KeepAliveHeaders(list):
+    """The headers uvicorn starts each answer of a kept-alive connection with, which join `Keep-Alive: timeout=N` to
+    them (and to an HTTP/1.0 answer `Connection: keep-alive`) unless the answer's own close the connection
+    (`Connection: close`: a 413 before the body has come). As a header of every answer, `ab -k` took closing
+    connections for kept ones and met a reset on each next request. uvicorn writes an answer's head from
+    `cycle.default_headers + <the answer's headers>`."""
+
+    def __init__(self, headers: list, keep_alive: list[tuple[bytes, bytes]]):
+        super().__init__(headers)
+        self.keep_alive = keep_alive
+
+    def __add__(self, headers: list) -> list:  # type: ignore[override]
+        closes = any(name.lower() == b"connection" and b"close" in value.lower() for name, value in headers)
+        return [*self, *([] if closes else self.keep_alive), *headers]
+
+
 class _CycleTransport:
     """The connection as one request's cycle sees it: the same transport, except that the close after an answer that
     ends the connection is the protocol's (lingering while the body is still coming)."""
@@ -408,7 +443,7 @@ def _drained_exit(server: uvicorn.Server) -> Iterator[None]:
     would later (_Server: once it has accepted what the kernel queued; they were lost, or ended the process by the
     signal). After a graceful shutdown uvicorn raises the signal that caused it again, under the handler it found:
     SIGINT goes on to Python's (KeyboardInterrupt), SIGTERM to none, so a drained server returns and the process
-    exits with 0."""
+    exits with 0. SIGHUP (a closed terminal, some supervisors) stops the server as SIGTERM does, unless ignored."""
     if threading.current_thread() is not threading.main_thread():   # only it may set signal handlers
         yield
         return
@@ -420,11 +455,17 @@ def _drained_exit(server: uvicorn.Server) -> Iterator[None]:
         elif signum == signal.SIGINT and callable(previous.get(signal.SIGINT)):
             previous[signal.SIGINT](signum, frame)
 
+    def hung_up(signum: int, frame: Any) -> None:
+        # uvicorn handles no SIGHUP, whose default ended the process with its requests unanswered
+        server.handle_exit(signal.SIGTERM, frame)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         if signal.getsignal(sig) is not signal.SIG_IGN:   # (a shell's background job ignores SIGINT)
             previous[sig] = signal.signal(sig, before_or_after_uvicorn)
-    # a --workers parent starts its workers with both blocked (serving.workers): they are handled from here on
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:   # (nohup ignores it)
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hung_up)
+    # a --workers parent starts its workers with these blocked (serving.workers): they are handled from here on
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)
     try:
         yield
     finally:

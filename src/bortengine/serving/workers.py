@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Optional
 from bortengine.engine import available_cpus
 from bortengine.errors import ModelLoadError, UsageError
 from bortengine.serving.options import ServeOptions
-from bortengine.serving.process import describe, listening_socket, run_server, url
+from bortengine.serving.process import STOPPING_SIGNALS, describe, listening_socket, run_server, url
 from bortengine.serving.siblings import Siblings
 
 __all__ = ["serve_workers", "worker_options"]
@@ -74,7 +74,7 @@ def serve_workers(model_dir: str | Path, options: ServeOptions, announce: Callab
         probe.close()
         supervisor.sockets = [listening_socket(options.host, port, reuse_port=True) for _ in range(options.workers)]
         try:
-            with tempfile.TemporaryDirectory(prefix="bortengine-serve-") as directory:   # (mode 0700)
+            with _private_directory() as directory:
                 supervisor.run(directory)
         finally:
             for sock in supervisor.sockets:
@@ -83,6 +83,19 @@ def serve_workers(model_dir: str | Path, options: ServeOptions, announce: Callab
         raise supervisor.failure
     if supervisor.stopping == signal.SIGINT:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _private_directory() -> Iterator[str]:
+    """A new directory (mode 0700) where the workers answer each other (serving.siblings), removed after them."""
+    try:
+        made = tempfile.TemporaryDirectory(prefix="bortengine-serve-")
+    except OSError as e:    # (a read-only root filesystem: no usable directory among $TMPDIR, /tmp, /var/tmp, ...)
+        raise UsageError(f"--workers needs a writable directory for the workers' sockets, and the temporary "
+                         f"directory cannot be used ({e.strerror or e}): set TMPDIR to a writable directory (in a "
+                         f"container with a read-only root filesystem, mount one, e.g. an emptyDir at /tmp)") from None
+    with made as directory:
+        yield directory
 
 
 class _Supervisor:
@@ -104,8 +117,11 @@ class _Supervisor:
     def handling_signals(self) -> Iterator[None]:
         """SIGTERM and SIGINT stop the server, even where SIGINT came ignored (a shell's background job): each worker's
         uvicorn handles both whatever it inherits, and a worker that drained on a SIGINT to the process group would
-        otherwise be replaced by a parent that ignored it."""
+        otherwise be replaced by a parent that ignored it. SIGHUP stops it as SIGTERM does, unless ignored (nohup):
+        it ended the parent, and the workers drained only as orphans."""
         previous = {sig: signal.signal(sig, self._signalled) for sig in (signal.SIGTERM, signal.SIGINT)}
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._signalled)
         try:
             yield
         finally:
@@ -140,9 +156,9 @@ class _Supervisor:
                                  args=(i, self.model_dir, self.options[i], self.sockets[i], writer, self.directory,
                                        len(self.options), os.getpid()))
         # A signal to the worker before it can handle one (starting Python, importing) ended it, which reset the
-        # connections the kernel had queued on its socket: it starts with SIGTERM and SIGINT blocked (the mask is
-        # inherited), and serving.process unblocks them once it handles them, as it does in a loading worker.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
+        # connections the kernel had queued on its socket: it starts with SIGTERM, SIGINT and SIGHUP blocked (the
+        # mask is inherited), and serving.process unblocks them once it handles them, as it does in a loading worker.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
         try:
             process.start()
         except (OSError, ValueError):
@@ -214,6 +230,8 @@ class _Supervisor:
         self._start(i)
 
     def _signalled(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            signum = signal.SIGTERM
         if self.stopping is None:
             self.stopping = signum
             self._signal_workers(signal.SIGTERM)
