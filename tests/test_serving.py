@@ -139,7 +139,10 @@ def test_tokenize_models_and_health(minilm_server, minilm_engine):
     # the model loaded after the server was listening: /health said 503 until it was ready, never refused
     assert set(minilm_server.health_statuses) <= {200, 503} and minilm_server.health_statuses[-1] == 200
     # by default a forward runs on the CPUs this process may use (affinity and cgroup quota), as the server says
+    # (and its metrics: it was in the start-up line alone)
     assert f"{available_cpus()} thread" in minilm_server.stdout.read_text()
+    with minilm_server.client() as client:
+        assert scrape(client)[("bortengine_threads", ())] == available_cpus()
 
 
 def test_before_the_model_is_ready_every_route_but_metrics_answers_503(minilm):

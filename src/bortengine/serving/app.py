@@ -123,7 +123,7 @@ class ModelService:
         self.max_input_tokens = limit
         _check_labels_distinct(engine, self.model_dir)
         engine.add_batch_listener(self.metrics.record_batch)
-        self.metrics.watch_queue(lambda: engine.queue_depth, lambda: self.admitted)
+        self.metrics.watch_queue(lambda: engine.queue_depth, lambda: self.admitted, lambda: engine.num_threads)
         return engine
 
     async def _warm_up(self, engine: Engine) -> None:

@@ -134,10 +134,12 @@ class ServerMetrics:
         self.truncated = _Counter("bortengine_truncated_texts", "Texts longer than --max-input-tokens, cut to it")
         self._depth: Optional[Callable[[], int]] = None
         self._admitted: Optional[Callable[[], int]] = None
+        self._threads: Optional[Callable[[], int]] = None
 
-    def watch_queue(self, depth: Callable[[], int], admitted: Callable[[], int]) -> None:
+    def watch_queue(self, depth: Callable[[], int], admitted: Callable[[], int],
+                    threads: Optional[Callable[[], int]] = None) -> None:
         """Read the gauges from these functions at every scrape."""
-        self._depth, self._admitted = depth, admitted
+        self._depth, self._admitted, self._threads = depth, admitted, threads
 
     def record_batch(self, record) -> None:
         """An Engine batch listener (bortengine.engine.BatchRecord); runs in the forward's thread."""
@@ -171,14 +173,17 @@ class ServerMetrics:
               ("bortengine_requests_admitted", "Requests admitted to the engine (queued or in a forward); at "
                "--max-queue the next gets 429"),
               ("bortengine_workers_reporting", "Server processes whose figures this scrape sums (--workers; one "
-               "that is restarting is missing)"))
+               "that is restarting is missing)"),
+              ("bortengine_threads", "Threads the forwards run on, over the server's processes (--threads; by "
+               "default the CPUs a process may use: its affinity and cgroup CPU quota)"))
 
     def snapshot(self) -> dict:
         """Every figure as it stands, as JSON values (what a --workers server's processes send each other), read
         under the lock so that a histogram's buckets, count and sum agree."""
-        depth, admitted = (0 if read is None else read() for read in (self._depth, self._admitted))
+        depth, admitted, threads = (0 if read is None else read()
+                                    for read in (self._depth, self._admitted, self._threads))
         with self._lock:
-            return {"gauges": [depth, admitted, 1],
+            return {"gauges": [depth, admitted, 1, threads],
                     "counters": [c.snapshot() for c in self._counters()],
                     "histograms": [h.snapshot() for h in self._histograms()]}
 
