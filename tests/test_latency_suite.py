@@ -8,6 +8,7 @@ latency (1000x, 0.001x), so these tests check what the suite says and decides, n
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -138,6 +139,66 @@ def test_suite_fails_on_another_cpu_target_or_skips_when_allowed(tmp_path, small
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert "1 passed, 2 skipped" in allowed.stdout and other.signature in allowed.stdout
     assert "or pass --bortengine-allow-other-cpu" not in allowed.stdout   # not advised what was done
+
+
+def test_a_profile_whose_target_cannot_be_checked_warns_instead_of_passing_as_the_same_cpu(tmp_path, small_model,
+                                                                                           profile):
+    """A profile from before exact targets (no calibration probe rate) passed the target check as "the same CPU
+    target", though a Zen 4 and a Zen 5 report the same name and flags: the check says it cannot tell and warns,
+    and the latency checks judge the time measured."""
+    stored = dataclasses.replace(profile.target, probe_gflops=None)
+    out = _out_dir(tmp_path / "out", small_model, profile, target=stored)
+    P.write_latency_suite(out / "test_latency.py", out / "model", out / "profile.json", W, tolerance=1000)
+    result = run_pytest(tmp_path, str(out / "test_latency.py"), *QUICK_BENCHMARK, cwd=tmp_path)
+    report = " ".join(result.stdout.split())        # the warnings summary wraps its lines
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "against the profile's None: cannot be checked (warned)" in report and "the same CPU target" not in report
+    assert "whether this machine is its CPU target cannot be checked" in report
+
+
+def test_an_mpnet_models_expectation_prices_its_position_bias(tmp_path, make_encoder):
+    """MPNet's attention adds a relative position bias: its expectation is priced with the profile's pair of
+    attentions timed with and without it, not as BERT's attention."""
+    model = make_encoder(model_type="mpnet", head="model")
+    engine = bortengine.load(model, num_threads=1)
+    arch = P.architecture_of(engine)
+    space = SearchSpace("mpnet-suite", layers=[arch.layers], heads=[arch.heads], hidden=[arch.hidden],
+                        intermediate=[arch.intermediate], vocab_size=arch.vocab_size,
+                        max_positions=arch.max_positions)
+    P.profile(space, W, out=tmp_path / "profile.json", progress=False, settings=FAST)
+    # the biased attention made 3x slower in the file, so that its price shows whatever this machine measured
+    data = json.loads((tmp_path / "profile.json").read_text())
+    biased = data["workloads"][W.key]["ops"]["attention A=12 Dh=64 after qkv position bias"]
+    biased["blocks"] = [{k: 3 * v if k.endswith("ms") else v for k, v in b.items()} for b in biased["blocks"]]
+    (tmp_path / "profile.json").write_text(json.dumps(data))
+    prof = P.load_profile(tmp_path / "profile.json")
+    expected = P.LatencyExpectation.of(engine, prof, W)
+    assert prof.model(W).position_bias_factor() > 2
+    assert expected.predicted_ms == pytest.approx(P.predict_latency(arch, W, prof, position_bias=True))
+    assert expected.predicted_ms > P.predict_latency(arch, W, prof)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to run a suite on fewer")
+def test_a_run_on_fewer_cpus_than_the_workloads_threads_fails_the_target_check(tmp_path, small_model):
+    """A CI runner pinned to fewer CPUs (taskset, a container's quota) passed the target check, its CPU count being
+    the machine's, and the latency check failed at ~2x, the cause a RuntimeWarning in the warnings summary."""
+    two = P.Workload(batch_size=1, seq_len=16, num_threads=2)
+    arch = P.architecture_of(bortengine.load(small_model, num_threads=1))
+    space = SearchSpace("suite", layers=[arch.layers], heads=[arch.heads], hidden=[arch.hidden],
+                        intermediate=[arch.intermediate])
+    measured = P.profile(space, two, out=tmp_path / "profile.json", progress=False, settings=FAST)
+    out = _out_dir(tmp_path / "out", small_model, measured)
+    P.write_latency_suite(out / "test_latency.py", out / "model", out / "profile.json", two, tolerance=1000)
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})      # the suite's process inherits one CPU
+    try:
+        result = run_pytest(tmp_path, str(out / "test_latency.py"), *QUICK_BENCHMARK, cwd=tmp_path)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2 failed, 1 passed" in result.stdout        # the target test and the latency test
+    assert "this process may run on 1 CPU(s)" in result.stdout and "fewer than the 2 threads" in result.stdout
+    assert "benchmark 'bortengine latency'" not in result.stdout    # refused before anything was timed
 
 
 @pytest.mark.parametrize("ratio", [1.2, 1 / 1.5, 3.0])

@@ -46,7 +46,7 @@ def test_profile_measures_every_op_and_saves(tiny_profile, tmp_path):
     prof = tiny_profile
     wp = prof.workloads[W.key]
     assert wp.complete and wp.spaces == ["tiny"] and wp.mode == "quick"
-    wanted = {s.key for s, _ in P.required_ops(TINY, W) + P.calibration_ops(W)}
+    wanted = {s.key for s, _ in P.required_ops(TINY, W) + P.calibration_ops(W) + P.position_bias_ops(W)}
     assert set(wp.ops) == wanted
     for m in wp.ops.values():
         assert len(m.blocks) == 2 and all(b.n == 3 and b.median_ms > 0 for b in m.blocks)
@@ -133,6 +133,39 @@ def test_two_profilers_saving_one_file_keep_each_others_workloads(tiny_profile, 
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_two_runs_at_once_into_one_file_keep_each_others_latest_measurements(tmp_path, monkeypatch):
+    """Two `bortengine profile` runs of two workloads at once into one file: each kept the other's workload as it
+    first read it and put that copy back at every save, so the file ended with one of them cut to the ops it had
+    then (1 op, incomplete) though both runs said "saved". Each run now takes the file's copy of the other's."""
+    path, real = tmp_path / "shared.json", measure.measure_with_retries
+    w2 = P.Workload(batch_size=1, seq_len=4, num_threads=1)
+    calls = {"n": 0}
+
+    def cut_short(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(measure, "measure_with_retries", cut_short)
+    with pytest.raises(P.ProfileInterrupted):       # the other run has measured w2 in part when this one starts
+        P.profile(TINY, w2, out=path, progress=False, settings=FAST)
+    state = {"other_done": False}
+
+    def meanwhile(*args, **kw):
+        if not state["other_done"]:                 # ... and finishes it while this one measures W
+            state["other_done"] = True
+            monkeypatch.setattr(measure, "measure_with_retries", real)
+            P.profile(TINY, w2, out=path, progress=False, settings=FAST)
+            monkeypatch.setattr(measure, "measure_with_retries", meanwhile)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(measure, "measure_with_retries", meanwhile)
+    P.profile(TINY, W, out=path, progress=False, settings=FAST)
+    saved = P.load_profile(path)
+    assert state["other_done"] and saved.covers(W) and saved.covers(w2)
+
+
 def test_ctrl_c_keeps_the_measurements_and_a_rerun_resumes(tmp_path, monkeypatch):
     out = tmp_path / "p.json"
     real = timing.time_block
@@ -151,7 +184,9 @@ def test_ctrl_c_keeps_the_measurements_and_a_rerun_resumes(tmp_path, monkeypatch
     partial = P.load_profile(out)
     wp = partial.workloads[W.key]
     assert len(wp.ops) == 9 and not wp.complete and wp.conditions[-1]["interrupted"]
-    with pytest.raises(P.ProfileError, match="incomplete.*bortengine profile --batch 2 --seq 8 --threads 1"):
+    # the command finishes it in its own mode (without --quick it started a full profile from scratch)
+    with pytest.raises(P.ProfileError, match="incomplete.*bortengine profile --batch 2 --seq 8 --threads 1 --space "
+                                             "tiny --quick --out"):
         P.predict_latency((1, 2, 32, 48), W, partial)
     total = info.value.total
     count["n"] = -10_000
@@ -159,6 +194,28 @@ def test_ctrl_c_keeps_the_measurements_and_a_rerun_resumes(tmp_path, monkeypatch
     prof = P.profile(TINY, W, out=out, progress=False, settings=FAST)
     assert count["n"] == -10_000 + total - 9  # only what was missing
     assert prof.covers(W)
+
+
+def test_ctrl_c_in_a_repeated_run_leaves_a_finished_profile_finished(tiny_profile, tmp_path, monkeypatch):
+    """A finished profile whose blocks other processes had disturbed is measured again by the same command: Ctrl-C
+    then left it "incomplete", and every prediction and latency suite on it failed until the run was finished."""
+    path = tmp_path / "tiny.json"
+    data = json.loads(path.read_text())
+    op = next(iter(data["workloads"][W.key]["ops"].values()))
+    for block in op["blocks"]:
+        block["disturbed"] = True
+    path.write_text(json.dumps(data))
+    before = P.predict_latency((1, 2, 32, 48), W, P.load_profile(path))
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(measure, "measure_with_retries", interrupted)
+    with pytest.raises(P.ProfileInterrupted):
+        P.profile(TINY, W, out=path, progress=False, settings=FAST)
+    kept = P.load_profile(path)
+    assert kept.workloads[W.key].complete
+    assert P.predict_latency((1, 2, 32, 48), W, kept) == pytest.approx(before)
 
 
 def test_quick_measurements_are_not_reused_by_a_full_run(tiny_profile, tmp_path, monkeypatch):
@@ -567,7 +624,7 @@ def test_low_precision_workload_times_its_kernels(tiny_profile, tmp_path, monkey
     # the float32 workload measured before stays beside this one
     assert prof.covers(workload) and P.load_profile(tmp_path / "tiny.json").covers(W)
     wp = prof.workloads[workload.key]
-    wanted = P.required_ops(TINY, workload) + P.calibration_ops(workload)
+    wanted = P.required_ops(TINY, workload) + P.calibration_ops(workload) + P.position_bias_ops(workload)
     assert wp.complete and set(wp.ops) == {x.key for x, _ in wanted}
     # the layers' GEMMs run in the dtype (but int8's FFN out on tiles: bf16); the pooler (tanh) stays float32 as in
     # the engine
@@ -642,3 +699,13 @@ def test_a_profile_of_another_format_is_replaced_if_older_and_kept_if_newer(tiny
         with pytest.raises(P.ProfileError, match="version 0; .*measure it again with `bortengine profile` \\(the "
                                                  "same command replaces this file\\)"):
             P.profile_file.Profile.from_dict({**data, "version": 0})
+
+
+def test_a_space_named_from_a_damaged_profile_says_the_profile_is_damaged(tmp_path, capsys):
+    """`bortengine profile --space NAME --out FILE` (the command profiles and latency suites print) with a damaged
+    FILE said "unknown search space", and nothing of the file, which is what needed fixing."""
+    out = tmp_path / "p.json"
+    out.write_text('{"format": "bortengine-profile", "cut')
+    assert main(["profile", "--space", "mine", "--seq", "8", "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown search space 'mine'" in err and f"{out} is not valid JSON" in err and "Traceback" not in err

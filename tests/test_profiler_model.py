@@ -62,6 +62,31 @@ def synthetic(space: SearchSpace, w: P.Workload = W, drop: tuple[str, ...] = (),
 SMALL = SearchSpace("small", layers=[1, 2, 4], heads=[2, 4], hidden=[64, 128, 256], intermediate=[128, 256, 512, 1024])
 
 
+def test_mpnets_position_bias_is_priced_by_the_pair_timed_with_and_without_it():
+    """The issue's MPNet attention (a relative position bias added to every score) was predicted as BERT's: the
+    profile times one attention with and without the bias, and a biased model's attention costs their ratio more."""
+    prof = synthetic(SMALL)
+    arch = (4, 4, 128, 512)
+    plain = P.predict_latency(arch, W, prof, detail=True)
+    with pytest.raises(P.ProfileError, match="no attention with a relative position bias .*; measure it with: "
+                                             "bortengine profile --batch 1 --seq 16"):
+        P.predict_latency(arch, W, prof, position_bias=True)
+    wp = prof.workloads[W.key]
+    for spec, roles in P.position_bias_ops(W):
+        t = _ms(replace(spec, position_bias=False), W)
+        if spec.position_bias:    # the attention's own time 1.3x, its QKV GEMM and call as the plain one's
+            t += 0.3 * (t - _ms(P.qkv_gemm_before(spec, W), W) - CALL)
+        wp.ops[spec.key] = P.Measurement(spec, [P.BlockStats(t, t, t, t, t, 5, 0)], roles=roles)
+    prof.forget_models()
+    assert prof.model(W).position_bias_factor() == pytest.approx(1.3)
+    biased = P.predict_latency(arch, W, prof, detail=True, position_bias=True)
+    assert biased.parts["attention"] == pytest.approx(1.3 * plain.parts["attention"])
+    assert biased.total_ms - plain.total_ms == pytest.approx(0.3 * plain.parts["attention"])
+    assert P.predict_latency(arch, W, prof) == pytest.approx(plain.total_ms)     # BERT's as before
+    with pytest.raises(P.ProfileError, match="position_bias must be True or False"):
+        P.predict_latency(arch, W, prof, position_bias="yes")
+
+
 def test_prediction_composes_the_ops():
     prof = synthetic(SMALL)
     cal = prof.workloads[W.key].calibration

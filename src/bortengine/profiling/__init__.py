@@ -33,8 +33,8 @@ from bortengine.profiling.latency_check import (DEFAULT_TOLERANCE, LatencyExpect
 from bortengine.profiling.latency_suite import write_latency_suite
 from bortengine.profiling.measure import profile
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
-from bortengine.profiling.ops import (OpSpec, barriers, calibration_ops, forward_steps, qkv_gemm_before, required_ops,
-                                      residency_ops)
+from bortengine.profiling.ops import (OpSpec, barriers, calibration_ops, forward_steps, position_bias_ops,
+                                      qkv_gemm_before, required_ops, residency_ops)
 from bortengine.profiling.profile_file import (Profile, default_profile_dir, default_profile_path, find_profiles,
                                                load_profile, predict_latency, profile_path_for, resolve_space,
                                                shipped_profiles)
@@ -48,7 +48,8 @@ __all__ = [
     "Workload", "Target", "Profile", "OpSpec", "Prediction", "LatencyModel", "ValidationReport",
     "ProfileError", "ProfileVersionError", "ProfileMismatchWarning", "ProfileInterrupted", "profile", "load_profile",
     "predict_latency",
-    "validate", "validation_seconds", "required_ops", "residency_ops", "default_profile_path", "default_profile_dir",
+    "validate", "validation_seconds", "required_ops", "residency_ops", "position_bias_ops", "default_profile_path",
+    "default_profile_dir",
     "shipped_profiles", "kendall_tau",
     "DTYPES", "calibration_note", "calibrate", "calibration_ops", "forward_steps", "barriers", "Settings",
     "WorkloadProfile", "Measurement", "BlockStats", "ValidationRow", "write_latency_suite", "LatencyExpectation",

@@ -25,7 +25,7 @@ from bortengine.profiling.calibration import calibrate, op_net_ms
 from bortengine.profiling.errors import ProfileError, ProfileMismatchWarning
 from bortengine.profiling.measurements import WorkloadProfile
 from bortengine.profiling.ops import (CALIBRATION_VOCAB, SCOPES, OpSpec, barriers, forward_costs, gemm_kernels,
-                                      scope_repeats, weight_footprint)
+                                      position_bias_ops, scope_repeats, weight_footprint)
 from bortengine.profiling.target import Target
 from bortengine.search_space import architecture_dims
 
@@ -106,6 +106,8 @@ class LatencyModel:
                 continue  # alone, in a profile resumed after the change: not what the forward runs
             t = op_net_ms(self._measured_ms, s, self.call, self.w)
             self.exact[key] = t
+            if s.position_bias:
+                continue  # (priced as a factor on the unbiased attention: position_bias_factor)
             if s.kind == "gemm":
                 self.gemms.setdefault((s.cold, s.M, s.epilogue, s.kernel), []).append(
                     (math.log2(s.K), math.log2(s.N), t / (s.M * s.K * s.N)))
@@ -126,6 +128,17 @@ class LatencyModel:
                           f"predicted at the speed of the others, too fast; measure them with: {self.remedy}",
                           ProfileMismatchWarning, stacklevel=2)
         self.residency = residency_curve(self)
+
+    def position_bias_factor(self) -> float:
+        """How much longer an attention with MPNet's relative position bias takes than without it: the ratio of the
+        pair position_bias_ops times (ProfileError for a profile measured before it had them)."""
+        plain = [s for s, _ in position_bias_ops(self.w) if s.kind == "attention"][0]
+        biased, plain = replace(plain, position_bias=True).key, plain.key
+        if biased not in self.exact or plain not in self.exact or self.exact[plain] <= 0:
+            raise ProfileError(f"the profile of workload {self.w} has no attention with a relative position bias "
+                               f"(MPNet's: profiles measured before it was timed lack it); measure it with: "
+                               f"{self.remedy}")
+        return max(1.0, self.exact[biased] / self.exact[plain])
 
     def _measured_ms(self, spec: OpSpec) -> float:
         m = self.wp.ops.get(spec.key)
@@ -195,9 +208,11 @@ class LatencyModel:
         return self.op_ms(spec, notes)
 
     # -- a forward --------------------------------------------------------------------------------------------
-    def predict(self, arch: Any, *, cold_share: Optional[float] = None) -> Prediction:
+    def predict(self, arch: Any, *, cold_share: Optional[float] = None, position_bias: bool = False) -> Prediction:
         """The forward latency of arch; cold_share: of its weight reads the share that misses the caches (default:
-        read off the residency probe at the bytes of weights arch has)."""
+        read off the residency probe at the bytes of weights arch has); position_bias: its attention adds MPNet's
+        relative position bias (position_bias_factor)."""
+        bias_factor = self.position_bias_factor() if position_bias else 1.0
         D, A, H, I = architecture_dims(arch)
         repeats = scope_repeats(D, getattr(arch, "head", "pooler"))
         sizes, vocab = {"A": A, "H": H, "I": I}, getattr(arch, "vocab_size", 30522)
@@ -213,6 +228,8 @@ class LatencyModel:
                     # weights partly in cache: between the warm and the cold time, by the share of missed reads
                     warm = self._step_ms(replace(spec, cold=False), p)
                     t = warm + p.cold_share * (t - warm)
+                elif spec.kind == "attention":
+                    t *= bias_factor
                 known[spec] = t
             return known[spec]
 

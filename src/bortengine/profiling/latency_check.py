@@ -158,7 +158,10 @@ class LatencyExpectation:
         tolerance = check_tolerance(tolerance)
         engine = model if isinstance(model, Engine) else load(model, num_threads=1)
         arch = architecture_of(engine)
-        predicted = float(predict_latency(arch, workload, profile, **mixed_layers(engine, workload)))
+        # (MPNet's attention adds a relative position bias; the other families' is BERT's)
+        position_bias = bool(engine.config.relative_attention_num_buckets)
+        predicted = float(predict_latency(arch, workload, profile, position_bias=position_bias,
+                                          **mixed_layers(engine, workload)))
         return cls(model=str(engine.path), architecture=arch, workload=workload, predicted_ms=predicted,
                    tolerance=tolerance, target=profile.target,
                    profile=str(profile.path) if profile.path else f"profile of {profile.target.signature}",
@@ -234,7 +237,8 @@ class LatencyVerdict:
                 f"What to do: run it again on a quiet machine first (other processes, and other tenants of a VM "
                 f"that /proc/stat does not show, slow a run by 2-4x). If it stays slow, the model, bortengine or "
                 f"the machine changed since the profile was measured: re-profile on this machine "
-                f"({e.remedy or w.command()}) and run the pipeline again. To accept a slower model, raise the "
+                f"({e.remedy or w.command()} --fresh: without it the measurements kept are not taken again) and, "
+                f"for a model the pipeline extracted, run the pipeline again. To accept a slower model, raise the "
                 f"tolerance (the suite's: TOLERANCE in a suite the pipeline wrote, bortengine_expectation(..., "
                 f"tolerance=) in your own; or --bortengine-tolerance for one run).")
         return "\n".join(lines)

@@ -23,7 +23,7 @@ from bortengine.profiling.errors import (ProfileError, ProfileInterrupted, Profi
                                          ProfileVersionError)
 from bortengine.profiling.measurements import Measurement, WorkloadProfile
 from bortengine.profiling.ops import (WEIGHT_BYTES, OpSpec, calibration_ops, gemm_weight_bytes, layer_weight_bytes,
-                                      required_ops, residency_ops)
+                                      position_bias_ops, required_ops, residency_ops)
 from bortengine.profiling.profile_file import Profile, profile_path_for, resolve_space
 from bortengine.profiling.runners import ValuePool, make_runner, rotation_bytes, weight_copies
 from bortengine.profiling.cpu_probe import REPROBE_EVERY_S, reference_gflops, reprobe
@@ -63,6 +63,7 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
     path = Path(out) if out else profile_path_for(target)
     prof = _open_profile(path, target, workload)
     wp = _workload_entry(prof, workload, settings, resume, space.name)
+    prof.measuring = {workload.key}
     prof.record_space(space)
     roles = _wanted_ops(space, workload, rotation_bytes(prof.target, settings))
     _reuse_measurements(wp, roles, settings)
@@ -79,7 +80,10 @@ def profile(space: SearchSpace | str = "bort", workload: Optional[Workload] = No
             wp.calibration = calibrate(wp)
         prof.save(path)
         return prof
-    wp.calibration = None
+    if not (wp.complete and all(spec.key in wp.ops for spec in roles)):
+        # (a complete workload whose disturbed blocks are measured again stays complete, its calibration the old one
+        # until this run finishes: Ctrl-C in a repeated run left a finished profile "incomplete", unusable)
+        wp.calibration = None
     warn_if_busy(workload, cpus)
     run = ProfileRun(prof, wp, roles, todo, settings, cpus, f"profile {space.name} {workload.key}", progress,
                      None if stop_after_s is None else time.monotonic() + stop_after_s)
@@ -164,9 +168,11 @@ def _workload_entry(prof: Profile, workload: Workload, settings: Settings, resum
 
 
 def _wanted_ops(space: SearchSpace, workload: Workload, rotation: int) -> Roles:
-    """Every op to measure, calibration first, then the residency probe, with all the roles it plays."""
+    """Every op to measure, calibration first, then the residency probe, the position bias's pair, with all the roles
+    it plays."""
     roles: Roles = {}
-    wanted = calibration_ops(workload) + residency_ops(space, workload, rotation) + required_ops(space, workload)
+    wanted = (calibration_ops(workload) + residency_ops(space, workload, rotation) + position_bias_ops(workload)
+              + required_ops(space, workload))
     for spec, r in wanted:
         roles[spec] = tuple(dict.fromkeys(roles.get(spec, ()) + r))
     return roles

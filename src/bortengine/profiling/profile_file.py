@@ -42,6 +42,9 @@ class Profile:
         self.path = path
         self.created = created or now()
         self._models: dict[str, LatencyModel] = {}
+        # the workloads a profile() run is measuring into this object: a save takes the file's copy of every other
+        # one (None: no run; a save then takes in only the workloads this object lacks)
+        self.measuring: Optional[set[str]] = None
 
     def __repr__(self) -> str:
         return f"Profile({self.target.signature}, workloads={list(self.workloads)}, path={self.path})"
@@ -95,6 +98,8 @@ class Profile:
         spaces = [space] if space else list(wp.spaces) if wp is not None and wp.spaces else [
             name for other in self.workloads.values() for name in other.spaces]
         command = workload.command() + (f" --space {spaces[0]}" if spaces else "")
+        if wp is not None and wp.mode == "quick":   # (without it the command starts a full profile from scratch)
+            command += " --quick"
         if self.path is not None:
             path = Path(self.path).resolve()
             shipped = {p.resolve() for p in shipped_profiles()}
@@ -135,7 +140,9 @@ class Profile:
 
     def _take_in_others(self, path: Path) -> None:
         """The workloads and space definitions of the profile in `path` that this one lacks, when it is of the same
-        target (its signature, both checkable: the probe rates of two runs on a busy machine may differ)."""
+        target (its signature, both checkable: the probe rates of two runs on a busy machine may differ); during a
+        profile() run, every workload but those it measures (two runs at once into one file each kept the other's
+        workload as it first read it, and the last save put back that copy: one op of a finished workload)."""
         try:
             saved = Profile.load(path) if path.is_file() else None
         except ProfileError:
@@ -144,8 +151,9 @@ class Profile:
                                  and saved.target.signature == self.target.signature):
             return
         for key, wp in saved.workloads.items():
-            if key not in self.workloads:
+            if key not in self.workloads or self.measuring is not None and key not in self.measuring:
                 self.workloads[key] = wp
+                self._models.pop(key, None)
         for name, definition in saved.spaces.items():
             self.spaces.setdefault(name, definition)
 
@@ -381,14 +389,16 @@ def resolve_space(spec: "str | os.PathLike | SearchSpace", profile_path: Optiona
     pipeline run's "below-D-A-H-I"), so the re-profile commands profiles and latency suites print work as given."""
     try:
         return SearchSpace.resolve(spec)
-    except SearchSpaceError:
+    except SearchSpaceError as unknown:
         if isinstance(spec, SearchSpace):
             raise
         path = Path(profile_path) if profile_path else profile_path_for(Target.current(isa))
         try:
             recorded = Profile.load(path).spaces.get(str(spec)) if path.is_file() else None
-        except ProfileError:
-            recorded = None
+        except ProfileError as e:
+            # the space may be in it: its damage is the error to fix ("unknown search space" sent the user astray)
+            raise SearchSpaceError(f"{unknown}; it is not a shipped space, and the profile that would record it "
+                                   f"cannot be read: {e}") from None
         if recorded is None:
             raise
         try:
@@ -429,7 +439,7 @@ def load_profile(path: Optional[str | os.PathLike] = None, *, check_target: bool
 
 
 def predict_latency(architecture: Any, workload: Workload, profile: Profile, *, detail: bool = False,
-                    float32_layers: int = 0, bf16_layers: int = 0) -> float | Prediction:
+                    float32_layers: int = 0, bf16_layers: int = 0, position_bias: bool = False) -> float | Prediction:
     """Predicted forward latency (ms) of the engine for the architecture under the workload, from the profile.
 
     architecture: an Architecture, or a tuple (D, A, H, I) (pooler head, vocab 30522). detail=True returns the
@@ -437,7 +447,9 @@ def predict_latency(architecture: Any, workload: Workload, profile: Profile, *, 
     an int8 workload, how many encoder layers the model runs in float32 or bf16 instead (an int8 calibration:
     load(float32_layers=..., bf16_layers=...)); of a bf16 one, float32_layers. Those layers are priced by the
     float32 (bf16) workload of the same shape, which the profile must then cover too (parts "float32_layers",
-    "bf16_layers": what they add over the workload's own layers).
+    "bf16_layers": what they add over the workload's own layers). position_bias: the model's attention adds a
+    relative position bias (MPNet: its config's relative_attention_num_buckets), priced by the profile's pair of attentions with and
+    without one.
     """
     if not isinstance(profile, Profile):
         raise ProfileError(f"profile must be a Profile (see load_profile()), got {type(profile).__name__}")
@@ -450,16 +462,19 @@ def predict_latency(architecture: Any, workload: Workload, profile: Profile, *, 
     if max_positions is not None and workload.seq_len > max_positions:
         raise ProfileError(f"workload sequences of {workload.seq_len} tokens exceed the architecture's "
                            f"max_positions={max_positions}")
-    p = profile.model(workload).predict(architecture)
+    if not isinstance(position_bias, bool):
+        raise ProfileError(f"position_bias must be True or False, got {position_bias!r}")
+    p = profile.model(workload).predict(architecture, position_bias=position_bias)
     if float32_layers or bf16_layers:
-        p = _with_layers(p, architecture, workload, profile, {"float32": float32_layers, "bf16": bf16_layers})
+        p = _with_layers(p, architecture, workload, profile, {"float32": float32_layers, "bf16": bf16_layers},
+                         position_bias)
     if p.extrapolated:
         warnings.warn(EXTRAPOLATION_NOTE, RuntimeWarning, stacklevel=2)
     return p if detail else p.total_ms
 
 
 def _with_layers(p: Prediction, architecture: Any, workload: Workload, profile: Profile,
-                 counts: dict[str, int]) -> Prediction:
+                 counts: dict[str, int], position_bias: bool = False) -> Prediction:
     """p (every layer in the workload's dtype) with counts[dtype] of them priced as that dtype's workload's layer."""
     depth = architecture_dims(architecture)[0]
     for dtype, n in counts.items():
@@ -478,7 +493,7 @@ def _with_layers(p: Prediction, architecture: Any, workload: Workload, profile: 
             raise ProfileError(f"the model runs {n} of its layers in {dtype} (an int8 calibration), which the profile "
                                f"{profile.path or profile.target.signature} prices from the {dtype} workload "
                                f"{other}; it has none: measure it with: {profile.command_for(other)}")
-        theirs = profile.model(other).predict(architecture)
+        theirs = profile.model(other).predict(architecture, position_bias=position_bias)
         extra = n * (theirs.layer_ms - p.layer_ms)
         p = replace(p, total_ms=p.total_ms + extra, parts={**p.parts, f"{dtype}_layers": extra},
                     interpolated=p.interpolated + theirs.interpolated,

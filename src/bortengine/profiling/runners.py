@@ -122,14 +122,16 @@ def _gemm_runner(spec: OpSpec, w: Workload, pool: ValuePool, isa: str, rotation:
 
 
 def _attention_runner(spec: OpSpec, w: Workload, pool: ValuePool, isa: str) -> Runner:
-    """Shapes: qkv [M, 3 H] of B sequences of T tokens; after_qkv: written by the QKV GEMM (x [M, H]) just before."""
+    """Shapes: qkv [M, 3 H] of B sequences of T tokens; after_qkv: written by the QKV GEMM (x [M, H]) just before;
+    position_bias: [A, 2T - 1] added to the scores by key - query distance (MPNet's)."""
     lens = [w.seq_len] * w.batch_size
     native, th, bf16 = core(), w.num_threads, attention_is_bf16(w, isa)
+    bias = pool.array((spec.heads, 2 * w.seq_len - 1), 0.5) if spec.position_bias else None
     if spec.after_qkv:
         gemm, _ = _gemm_runner(qkv_gemm_before(spec, w), w, pool, isa, rotation=0)
-        return lambda: native.attention(gemm(), lens, spec.heads, th, isa, bf16)
+        return lambda: native.attention(gemm(), lens, spec.heads, th, isa, bf16, bias)
     qkv = pool.array((w.tokens, 3 * spec.heads * spec.head_dim))
-    return lambda: native.attention(qkv, lens, spec.heads, th, isa, bf16)
+    return lambda: native.attention(qkv, lens, spec.heads, th, isa, bf16, bias)
 
 
 def _layernorm_runner(spec: OpSpec, w: Workload, pool: ValuePool, isa: str) -> Runner:
