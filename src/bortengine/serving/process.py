@@ -16,6 +16,7 @@ import select
 import signal
 import socket
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -305,7 +306,7 @@ def http_protocol(on_refused: Callable[[int], None] = lambda status: None,
                     self.cycle.keep_alive = True
                 if self.cycle.keep_alive:
                     self.cycle.default_headers = _KeepAliveHeaders(
-                        self.cycle.default_headers, [*([_KEEP_CONNECTION] if http_10 else []), keep_alive])
+                        self.cycle, [*([_KEEP_CONNECTION] if http_10 else []), keep_alive])
 
         def send_400_response(self, msg: str) -> None:
             if self._too_long is not None:
@@ -374,17 +375,20 @@ _KEEP_CONNECTION = (b"connection", b"keep-alive")   # HTTP/1.0 closes unless the
 
 class _KeepAliveHeaders(list):
     """The headers uvicorn starts each answer of a kept-alive connection with, which join `Keep-Alive: timeout=N` to
-    them (and to an HTTP/1.0 answer `Connection: keep-alive`) unless the answer's own close the connection
-    (`Connection: close`: a 413 before the body has come). As a header of every answer, `ab -k` took closing
-    connections for kept ones and met a reset on each next request. uvicorn writes an answer's head from
-    `cycle.default_headers + <the answer's headers>`."""
+    them (and to an HTTP/1.0 answer `Connection: keep-alive`) unless the connection closes after the answer: its own
+    headers say `Connection: close` (a 413 before the body has come), or the cycle is no longer kept (a drain began).
+    As a header of every answer, `ab -k` took closing connections for kept ones and met a reset on each next
+    request. uvicorn writes an answer's head from `cycle.default_headers + <the answer's headers>`."""
 
-    def __init__(self, headers: list, keep_alive: list[tuple[bytes, bytes]]):
-        super().__init__(headers)
+    def __init__(self, cycle: Any, keep_alive: list[tuple[bytes, bytes]]):
+        super().__init__(cycle.default_headers)
+        self.cycle = weakref.ref(cycle)     # (which holds this list: no reference cycle per request)
         self.keep_alive = keep_alive
 
     def __add__(self, headers: list) -> list:  # type: ignore[override]
-        closes = any(name.lower() == b"connection" and b"close" in value.lower() for name, value in headers)
+        cycle = self.cycle()
+        closes = cycle is None or not cycle.keep_alive or any(
+            name.lower() == b"connection" and b"close" in value.lower() for name, value in headers)
         return [*self, *([] if closes else self.keep_alive), *headers]
 
 
