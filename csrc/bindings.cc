@@ -51,6 +51,14 @@ ops::ArrayRef<float> optional_floats(const py::object& obj, FArray& keep, const 
     return ref(keep);
 }
 
+// h as a C-contiguous array of T, converted (and copied) if it must be; the conversion's own Python error (a
+// MemoryError, a ValueError) if it cannot be. Array<T>::ensure gave a null array there, which the callers that
+// checked the dtype first then read: a segmentation fault (a 2^40-row broadcast view of ids, of int8 weights).
+template <class T>
+Array<T> converted(py::handle h) {
+    return Array<T>(py::reinterpret_borrow<py::object>(h));
+}
+
 // Integer (or bool) arrays only: a float array would be truncated silently by a cast.
 IArray int_array(const py::object& obj, const char* name) {
     py::array a = py::array::ensure(obj);
@@ -59,7 +67,7 @@ IArray int_array(const py::object& obj, const char* name) {
     if (kind != 'i' && kind != 'u' && kind != 'b')
         throw std::invalid_argument(std::string(name) + " must hold integers, got dtype " +
                                     std::string(py::str(a.dtype())));
-    return IArray::ensure(a);
+    return converted<std::int64_t>(a);
 }
 
 template <class T>
@@ -188,7 +196,7 @@ class PyEncoder {
         if (q.contains("o_w")) {
             py::array wa = q["o_w"].cast<py::array>();
             ffn_out_bf16 = wa.dtype().kind() == 'u' && wa.itemsize() == 2;
-            if (ffn_out_bf16) o_bf16 = U16Array::ensure(wa);
+            if (ffn_out_bf16) o_bf16 = converted<std::uint16_t>(wa);
         }
         for (const char* name : {"q", "k", "v", "ao", "i", "o"}) {
             const std::string wn = std::string(name) + "_w", sn = std::string(name) + "_s";
@@ -202,7 +210,7 @@ class PyEncoder {
             py::array wa = q[wn.c_str()].cast<py::array>();
             if (wa.dtype().kind() != 'i' || wa.itemsize() != 1)
                 throw std::invalid_argument(p + wn + " must be int8, got " + std::string(py::str(wa.dtype())));
-            qs.push_back(QArray::ensure(wa));
+            qs.push_back(converted<std::int8_t>(wa));
             ss.push_back(FArray::ensure(q[sn.c_str()]));
             if (!ss.back()) throw std::invalid_argument(p + sn + " must be an array of numbers");
         }
@@ -230,7 +238,7 @@ class PyEncoder {
             if (wa.dtype().kind() != 'u' || wa.itemsize() != 2)
                 throw std::invalid_argument("layer " + std::to_string(index) + " " + wn +
                                             " must be uint16 (bf16 bits), got " + std::string(py::str(wa.dtype())));
-            ws.push_back(U16Array::ensure(wa));
+            ws.push_back(converted<std::uint16_t>(wa));
         }
         const LayerWeights w = layer_vectors(q_b, k_b, v_b, ao_b, ln1_w, ln1_b, i_b, o_b, ln2_w, ln2_b);
         const Bf16LayerWeights bw{ref(ws[0]), ref(ws[1]), ref(ws[2]), ref(ws[3]), ref(ws[4]), ref(ws[5])};
@@ -504,7 +512,7 @@ class PyQuantizedLinear {
         if (w.dtype().kind() == 'i' && w.itemsize() == 1) {
             FArray scale;
             const ops::ArrayRef<float> s = optional_floats(scale_obj, scale, "scale");
-            lin_ = ops::make_quantized_linear(kt, ref(QArray::ensure(w)), s, bias);
+            lin_ = ops::make_quantized_linear(kt, ref(converted<std::int8_t>(w)), s, bias);
         } else {
             FArray f = FArray::ensure(w);
             if (!f) throw std::invalid_argument("w must be a float or int8 array");
@@ -579,7 +587,7 @@ class PyBf16Linear {
         const Bf16KernelTable& kt = bf16_kernels_for(isa, kernel);
         const ops::ArrayRef<float> bias = optional_floats(bias_obj, bias_, "bias");
         if (w.dtype().kind() == 'u' && w.itemsize() == 2) {
-            lin_ = ops::make_bf16_linear(kt, ref(U16Array::ensure(w)), bias);
+            lin_ = ops::make_bf16_linear(kt, ref(converted<std::uint16_t>(w)), bias);
         } else {
             FArray f = FArray::ensure(w);
             if (!f) throw std::invalid_argument("w must be a float array, or uint16 holding bf16 bits");

@@ -237,3 +237,22 @@ def test_embed_layernorm(isa, H):
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="out of range"):
         _core.embed_layernorm(ids + 50, positions, types, word, pos, typ, g, b, 1e-12, 1, isa)
+
+
+@pytest.mark.parametrize("call", ["forward ids", "forward mask", "QuantizedLinear", "Bf16Linear"])
+def test_an_array_that_cannot_be_converted_raises_instead_of_crashing(call):
+    """A broadcast view the native core must copy to read (2^40 rows of one id; 2^40 int8 weights) could not be
+    copied: the conversion gave a null array, which was read, and the process died of a segmentation fault. Run in
+    a child process, whose death would be this test's failure."""
+    code = {
+        "forward ids": "e.forward(np.broadcast_to(np.int64(1), (2**40, 1)))",
+        "forward mask": "e.forward(np.ones((1, 1), np.int64), np.broadcast_to(np.int64(1), (2**40, 1)))",
+        "QuantizedLinear": "C.QuantizedLinear(np.broadcast_to(np.int8(1), (2**20, 2**20)), "
+                           "scale=np.ones(2**20, np.float32))",
+        "Bf16Linear": "C.Bf16Linear(np.broadcast_to(np.uint16(1), (2**20, 2**20)))",
+    }[call]
+    script = ("import numpy as np\nfrom bortengine import _core as C\n"
+              "e = C.Encoder(64, 1, 2, 64, 64, 2, 2, 1e-12, 1, '', 'float32')\n"
+              f"try:\n    {code}\nexcept MemoryError:\n    print('MemoryError')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "MemoryError", (done.returncode, done.stderr[-2000:])
