@@ -5,6 +5,7 @@ claim: no tensor is read and no buffer allocated beyond the header. Random heade
 ModelLoadError or load, never anything else."""
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import tracemalloc
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.numpy import load_file, save_file
 
 import bortengine
-from bortengine import ModelConfig, ModelLoadError
+from bortengine import BortEngineError, ModelConfig, ModelLoadError
 from bortengine.engine import weights as weights_module
 from bortengine.engine.weights import read_safetensors_header
 from test_loading import model_copy
@@ -138,6 +139,34 @@ def test_large_finite_weights_load(small_classifier, weights, tmp_path):
     assert bortengine.load(model_copy(small_classifier, tmp_path / "m", big)).labels
 
 
+def test_finite_weights_out_of_float32s_reach_are_refused_where_they_make_non_finite_outputs(small_classifier, weights,
+                                                                                              tmp_path):
+    """A LayerNorm weight of FLT_MAX is finite, so it loads; classify() then gave a label and NaN probabilities for
+    every text, encode() infinities, without a word. The outputs are checked: an error says what is wrong."""
+    big = dict(weights)
+    name = next(n for n in big if n.endswith("encoder.layer.1.output.LayerNorm.weight"))
+    big[name] = np.full_like(weights[name], np.finfo(np.float32).max)
+    engine = bortengine.load(model_copy(small_classifier, tmp_path / "m", big))
+    with pytest.raises(BortEngineError, match="computed non-finite logits .*LayerNorm weight near 3e38"):
+        engine.classify(["a good film", "a terrible film"])
+    with pytest.raises(BortEngineError, match="computed non-finite embeddings"):
+        engine.encode("a good film")
+    with pytest.raises(BortEngineError, match="computed non-finite logits"):
+        asyncio.run(engine.aclassify(["a good film"]))
+    # the raw forward's outputs come as computed, for a caller who inspects them
+    assert not np.isfinite(engine(**engine.tokenize(["a good film"])).last_hidden_state).all()
+
+
+def test_sizes_past_the_native_encoders_reach_are_a_load_error(small_model, monkeypatch):
+    """A vocabulary of 2^31 rows that the weights really hold (a sparse 16 GiB table) passed every check and ended in
+    pybind's bare TypeError "incompatible constructor arguments". (The limit lowered here: such a file is 16 GiB.)"""
+    from bortengine.engine import runtime
+
+    monkeypatch.setattr(runtime, "_INT32_MAX", 30000)
+    with pytest.raises(ModelLoadError, match=r"vocab_size=30522 is more than the engine's 32-bit sizes go to"):
+        bortengine.load(small_model)
+
+
 def test_a_model_too_large_for_the_machine_is_a_load_error(small_model, monkeypatch):
     """A config and header that agree on sizes this machine cannot hold (a 64 GiB embedding table in a sparse file)
     got numpy's MemoryError out of load(); the allocation failing is what the test makes happen."""
@@ -172,7 +201,7 @@ F32x2 = {"dtype": "F32", "shape": [2]}
 def test_a_header_over_the_format_limit_is_said_so(tmp_path, monkeypatch):
     """Not "truncated": every byte it claims is there."""
     monkeypatch.setattr(weights_module, "_MAX_HEADER_BYTES", 64)
-    with pytest.raises(ModelLoadError, match=r"header .* is \d+ bytes, more than the 64 an encoder's checkpoint"):
+    with pytest.raises(ModelLoadError, match=r"header .* is longer than the 64 bytes an encoder's checkpoint"):
         read_safetensors_header(_write(tmp_path, _file({"a": {**F32x2, "data_offsets": [0, 8]},
                                                         "__metadata__": {"x": "y" * 100}}, 8)))
 
@@ -348,6 +377,14 @@ def test_settings_files_larger_than_any_model_has_are_refused_unread(minilm, tmp
     monkeypatch.setattr(tokenization, "MAX_TOKENIZER_BYTES", 1000)
     with pytest.raises(ModelLoadError, match=r"tokenizer.json is \d+ bytes, more than the 1000 of any encoder"):
         bortengine.load(model)
+    # a vocab.txt (no tokenizer.json) had no limit: 195 MB ended the process in an allocation failure
+    monkeypatch.undo()
+    (model / "tokenizer.json").unlink()
+    assert bortengine.load(model).tokenize("a text")["input_ids"].shape == (1, 4)
+    monkeypatch.setattr(tokenization, "MAX_VOCAB_TXT_BYTES", 1000)
+    with pytest.raises(ModelLoadError, match=r"vocab.txt is \d+ bytes, more than the 1000 of any encoder's "
+                                             r"WordPiece vocabulary"):
+        bortengine.load(model)
 
 
 @pytest.mark.parametrize("module, match", [
@@ -439,3 +476,21 @@ def test_prequantized_weights_out_of_the_int8_kernels_range_are_refused(make_mod
     for dtype in ("int8", "float32"):
         with pytest.raises(ModelLoadError, match=rf"tensor {name}_scale holds 64 scale\(s\) so large"):
             bortengine.load(pre, dtype=dtype)
+
+
+@pytest.mark.parametrize("file", ["tokenizer.json", "vocab.txt"])
+def test_a_wordpiece_vocabulary_without_its_unknown_token_is_a_load_error(minilm, tmp_path, file):
+    """It loaded, and the first word it could not spell raised the tokenizers library's bare Exception ("WordPiece
+    error: Missing [UNK] token from the vocabulary") from encode()."""
+    model = _st_copy(minilm, tmp_path / "st")
+    if file == "tokenizer.json":
+        tokenizer = json.loads((model / "tokenizer.json").read_text())
+        del tokenizer["model"]["vocab"]["[UNK]"]
+        tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["content"] != "[UNK]"]
+        _replace(model / "tokenizer.json", json.dumps(tokenizer).encode())
+    else:
+        (model / "tokenizer.json").unlink()
+        words = (model / "vocab.txt").read_text().splitlines()
+        _replace(model / "vocab.txt", "\n".join(w for w in words if w != "[UNK]").encode() + b"\n")
+    with pytest.raises(ModelLoadError, match=rf"{file}: its WordPiece vocabulary lacks its unknown token '\[UNK\]'"):
+        bortengine.load(model)

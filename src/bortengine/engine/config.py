@@ -9,7 +9,6 @@ their own way (DistilBERT's dim, n_layers, ...): engine/families.py maps them on
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -35,7 +34,7 @@ _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_clas
 # bounded before it is read; so are the other settings files of a model directory (tokenizer_config.json,
 # modules.json, a module's config.json, a shard index).
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
-_FLOAT_MAX = sys.float_info.max  # a JSON integer above it has no float value
+_F32_MAX, _F32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38   # float32's largest, and smallest normal
 
 
 @dataclass(frozen=True)
@@ -212,8 +211,10 @@ class ModelConfig:
         buckets = _relative_buckets(family, get, source)
 
         _, eps = get("layer_norm_eps")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < _FLOAT_MAX:
-            raise ModelLoadError(f"{source}: layer_norm_eps must be a positive number, got {eps!r}")
+        # (the kernels take it as a float32: 1e300 became infinity, every text one embedding; 1e-50 became 0)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not _F32_TINY <= eps <= _F32_MAX:
+            raise ModelLoadError(f"{source}: layer_norm_eps must be a positive number float32 holds (from "
+                                 f"{_F32_TINY:.3g} to {_F32_MAX:.3g}; BERT's is 1e-12), got {eps!r}")
         act_key, act = get("hidden_act")
         _check_supported(data, act_key, act, source)
 

@@ -95,6 +95,8 @@ def traced_forwards(encoder: Any, forward: Any, runs: int) -> tuple[dict[str, fl
     return {name: float(np.median(v)) for name, v in parts.items()}, float(np.median(totals))
 
 
+_INT32_MAX = 2**31 - 1   # the native encoder's sizes are C ints
+
 # What the engine calls the options of sentence-transformers' encode / CrossEncoder.rank and transformers' pipelines
 # that users reach for, or why it has none: said when one is passed, rather than Python's bare "unexpected keyword".
 _FOREIGN_KEYWORDS = {
@@ -235,6 +237,13 @@ class Engine:
 
         c = self.config
         layer_dtypes = _layer_dtypes(float32_layers, bf16_layers, dtype, c)
+        sizes = {"hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+                 "intermediate_size": c.intermediate_size, "vocab_size": c.vocab_size,
+                 "max_position_embeddings": c.max_positions, "type_vocab_size": c.type_vocab_size}
+        past = [f"{k}={v}" for k, v in sizes.items() if v > _INT32_MAX]
+        if past:   # (weights as large as the config says: pybind's bare TypeError for the native encoder)
+            raise ModelLoadError(f"{path}: {', '.join(past)} is more than the engine's 32-bit sizes go to "
+                                 f"({_INT32_MAX}), and more than any encoder has")
         try:
             encoder = core.Encoder(c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
                                    c.vocab_size, c.max_positions, c.type_vocab_size, c.layer_norm_eps,
@@ -560,6 +569,7 @@ class Engine:
         for rows, batch in self._batches(texts, pairs, batch_size, max_length, truncation, single):
             output = self._forward(batch)
             out[rows] = self.pooling(output.last_hidden_state, batch["attention_mask"], normalize=normalize)
+        self._check_finite(out, "embeddings")
         return out[0] if single else out
 
     @_explains_unknown_keywords
@@ -590,6 +600,7 @@ class Engine:
                                                       deadline, pooled, lead_when_idle,
                                                       rows=(("pooling", normalize), pooled_rows)):
             out[rows] = embeddings
+        self._check_finite(out, "embeddings")
         return out[0] if single else out
 
     def _encoding(self, normalize: Optional[bool]) -> bool:
@@ -667,6 +678,7 @@ class Engine:
         logits = np.empty((len(texts), self.config.num_labels), dtype=np.float32)
         for rows, batch in self._batches(texts, pairs, batch_size, max_length, truncation, single, name):
             logits[rows] = self._forward(batch).logits
+        self._check_finite(logits, "logits")
         return logits
 
     @_explains_unknown_keywords
@@ -702,7 +714,18 @@ class Engine:
                                                         deadline, lambda batch, output: output.logits,
                                                         lead_when_idle, name=name):
             logits[rows] = batch_logits
+        self._check_finite(logits, "logits")
         return logits
+
+    def _check_finite(self, values: np.ndarray, what: str) -> None:
+        """Refuse outputs that are not all finite: finite weights far out of range (a LayerNorm weight of 3e38)
+        pass load's check of every weight and make NaN and infinity out of every text, which classify() turned into
+        a label and NaN probabilities without a word. One pass over the outputs the call returns."""
+        if not np.isfinite(values).all():
+            raise BortEngineError(f"{self.path} computed non-finite {what} (NaN or infinity): its weights, though "
+                                  f"finite, are out of the range float32 arithmetic can carry through the model "
+                                  f"(e.g. a LayerNorm weight near 3e38), so its outputs mean nothing; check the "
+                                  f"checkpoint")
 
     def _classifier_inputs(self, texts: Any, text_pairs: Any) -> tuple[list[str], Optional[list[str]], bool]:
         if not self.config.is_classifier:
@@ -752,6 +775,7 @@ class Engine:
         results: list[list[TokenEntity]] = [[] for _ in texts]
         for rows, batch in self._batches(tokenized, None, batch_size, None, truncation):
             logits = self._forward(batch).logits                                  # [b,t,L]
+            self._check_finite(logits, "token logits")     # (padding rows are zeros: finite)
             for row, i in enumerate(np.arange(len(texts))[rows]):
                 results[i] = label(texts[i], encodings[i], logits[row])
         return results[0] if single else results
@@ -782,6 +806,9 @@ class Engine:
                                                         left, token_logits, lead_when_idle):
             for i, row_logits in zip(np.arange(len(texts))[rows].tolist(), batch_logits):
                 logits[i] = row_logits
+
+        for row_logits in logits:
+            self._check_finite(row_logits, "token logits")
 
         def labelled() -> list[list[TokenEntity]]:
             label = self._token_labeller(aggregation, ignored)

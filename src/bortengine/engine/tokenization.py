@@ -51,6 +51,10 @@ __all__ = ["TextTokenizer", "TokenizedTexts", "WHOLE_TEXT", "as_text_list", "cha
 # The largest tokenizer.json read: an encoder's is at most tens of MB (XLM-R's, 250,002 tokens: 17 MB), and
 # `tokenizers` takes ~6 times a file's size to read it.
 MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
+# The largest vocab.txt read (a model without tokenizer.json): multilingual BERT's, 119,547 tokens, is 1 MB, and
+# `tokenizers` takes ~60 times a vocab.txt's size to build its WordPiece model from it (a 195 MB one ended the
+# process in an allocation failure; a single 300 MB line, in a Rust panic).
+MAX_VOCAB_TXT_BYTES = 8 * 1024 * 1024
 # Texts per call of `tokenizers` (TextTokenizer.encode): a Ctrl-C is answered between two calls.
 ENCODE_PART = 4096
 _UNKNOWN = object()
@@ -310,6 +314,10 @@ class TextTokenizer:
             _flags_of_the_config(tokenizer, tok_config, config.model_type)
         elif is_regular_file(model_dir / "vocab.txt", ModelLoadError):
             source = str(model_dir / "vocab.txt")
+            size = os.path.getsize(source)
+            if size > MAX_VOCAB_TXT_BYTES:
+                raise ModelLoadError(f"{source} is {size} bytes, more than the {MAX_VOCAB_TXT_BYTES} of any encoder's "
+                                     f"WordPiece vocabulary (multilingual BERT's 119,547 tokens: 1 MB); it is not one")
             try:
                 wordpiece = BertWordPieceTokenizer(
                     source, **{attribute: tok_config.get(key, default)
@@ -325,6 +333,12 @@ class TextTokenizer:
         else:
             return None
 
+        wordpiece = tokenizer.model
+        if isinstance(wordpiece, WordPiece) and tokenizer.token_to_id(wordpiece.unk_token) is None:
+            # (`tokenizers` raises a bare Exception at the first word it cannot spell, at encode time)
+            raise ModelLoadError(f"{source}: its WordPiece vocabulary lacks its unknown token "
+                                 f"{wordpiece.unk_token!r}, which every word it cannot spell is read as; add the "
+                                 f"token to the vocabulary, or save the tokenizer again")
         limit = config.max_positions
         max_length = st_config.get("max_seq_length") or tok_config.get("model_max_length") or limit
         if (isinstance(max_length, bool) or not isinstance(max_length, (int, float)) or not max_length >= 1

@@ -35,7 +35,7 @@ from bortengine.engine.families import supported_classes
 from bortengine.engine.native import core, forward_ops
 from bortengine.engine.positions import relative_position_bias
 from bortengine.errors import ModelLoadError
-from bortengine.files import read_json
+from bortengine.files import is_regular_file, read_json
 
 __all__ = ["TensorEntry", "read_safetensors_header", "write_safetensors", "Checkpoint", "BertWeights",
            "expected_tensors", "LAYER_TENSORS"]
@@ -279,15 +279,16 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
             if len(prefix) < 8:
                 raise ModelLoadError(f"{path} is {size} bytes, too small to be a safetensors file (truncated?)")
             header_len = int.from_bytes(prefix, "little")
+            # (the length itself is not said: a link to another file would have its first 8 bytes told)
             if 8 + header_len <= size and header_len > _MAX_HEADER_BYTES:
                 raise ModelLoadError(
-                    f"{path}: its header (the JSON that lists the tensors) is {header_len} bytes, more than the "
-                    f"{_MAX_HEADER_BYTES} an encoder's checkpoint needs (its header lists a few hundred tensors in "
-                    f"kilobytes); it is not a checkpoint of a model this engine runs")
+                    f"{path}: its header (the JSON that lists the tensors) is longer than the {_MAX_HEADER_BYTES} "
+                    f"bytes an encoder's checkpoint needs (its header lists a few hundred tensors in kilobytes); "
+                    f"it is not a checkpoint of a model this engine runs")
             if 8 + header_len > size:
                 raise ModelLoadError(
-                    f"{path} is not a valid safetensors file: its header claims {header_len} bytes but only "
-                    f"{size - 8} follow the 8-byte length that starts the file (truncated or not safetensors)")
+                    f"{path} is not a valid safetensors file: its header claims more bytes than the {size - 8} "
+                    f"that follow the 8-byte length that starts the file (truncated or not safetensors)")
             header_bytes = f.read(header_len)
     except OSError as e:
         raise ModelLoadError(f"cannot read {path}: {e}") from e
@@ -429,7 +430,7 @@ def _read_sharded(index: Path) -> dict[str, TensorEntry]:
         if shard not in headers:
             if Path(shard).name != shard:
                 raise ModelLoadError(f"{index}: shard {shard!r} must be a file name in the model directory")
-            if not shard_path.is_file():
+            if not is_regular_file(shard_path, ModelLoadError):   # (a folder or /dev/zero: said what it is)
                 raise ModelLoadError(f"{index} lists shard {shard} for {name}, but {shard_path} does not exist")
             headers[shard] = read_safetensors_header(shard_path)
         if name not in headers[shard]:
