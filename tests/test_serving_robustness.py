@@ -18,6 +18,8 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
 
 import httpx
 import numpy as np
@@ -253,22 +255,33 @@ def test_a_number_too_long_to_read_is_a_400(minilm_server, route):
             assert client.get("/health").status_code == 200   # the same connection, still usable
 
 
-def test_a_server_error_says_the_connection_closes(make_model, tmp_path):
-    """A 500 (here: weights that overflow float32 in the forward, so the embeddings are not finite) is followed by
-    uvicorn closing the connection; the answer says Connection: close, so a keep-alive client's next request opens
-    a new one instead of meeting a reset."""
+ZEBRA = 29145   # "zebra" in the MiniLM vocabulary, which no warm-up text holds
+
+
+def _overflowing(make_model, path: Path, rows: Optional[list[int]] = None) -> Path:
+    """A model whose word embeddings (those of `rows`, else all) overflow float32 in the forward: its outputs for a
+    text holding them are not finite."""
     from safetensors.numpy import load_file, save_file
 
-    model = tmp_path / "overflowing"
     shutil.copytree(make_model(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=40,
-                               seed=21), model)
-    weights = load_file(model / "model.safetensors")
+                               seed=21), path)
+    weights = load_file(path / "model.safetensors")
     name = next(n for n in weights if n.endswith("word_embeddings.weight"))
-    weights[name] = np.full_like(weights[name], 3e38) * np.where(np.arange(weights[name].shape[1]) % 2, 1, -1)
-    save_file(weights, model / "model.safetensors")
+    table = weights[name]
+    table[slice(None) if rows is None else rows] = 3e38 * np.where(np.arange(table.shape[1]) % 2, 1, -1)
+    save_file(weights, path / "model.safetensors")
+    return path
+
+
+def test_a_server_error_says_the_connection_closes(make_model, tmp_path):
+    """A 500 (here: a word whose weights overflow float32 in the forward, so its embeddings are not finite) is
+    followed by uvicorn closing the connection; the answer says Connection: close, so a keep-alive client's next
+    request opens a new one instead of meeting a reset."""
+    model = _overflowing(make_model, tmp_path / "overflowing", rows=[ZEBRA])
     for server in serving(model):
         with server.client() as client:
-            broken = client.post("/v1/embeddings", json={"input": "a text"})
+            assert client.post("/v1/embeddings", json={"input": "a text"}).status_code == 200
+            broken = client.post("/v1/embeddings", json={"input": "a zebra"})
             assert broken.status_code == 500 and broken.json()["error"]["type"] == "server_error", broken.text
             assert broken.headers["connection"] == "close"
             assert client.get("/health").status_code == 200
@@ -964,11 +977,14 @@ def test_an_empty_model_name_is_refused_not_ignored(capsys, minilm):
     assert_one_error_line(capsys.readouterr().err, "--model-name must be a non-empty printable name")
 
 
-@pytest.mark.parametrize("case", ["no weights", "too many tokens", "labels repeat", "too few tokens for a pair"])
-def test_a_model_that_cannot_serve_stops_the_server_with_exit_2(tmp_path, serving_classifier, case):
+@pytest.mark.parametrize("case", ["no weights", "too many tokens", "labels repeat", "too few tokens for a pair",
+                                  "non-finite outputs"])
+def test_a_model_that_cannot_serve_stops_the_server_with_exit_2(tmp_path, serving_classifier, make_model, case):
     model, options = serving_classifier, ["--max-input-tokens", "100000"]
     if case == "too few tokens for a pair":   # [CLS] a [SEP] b [SEP]: every pair would get a 400 for the setting
         options = ["--max-input-tokens", "2"]
+    elif case == "non-finite outputs":   # every text's embeddings: the warm-up finds it (it served 500s)
+        model, options = _overflowing(make_model, tmp_path / "model"), []
     elif case != "too many tokens":
         model, options = tmp_path / "model", []
         shutil.copytree(serving_classifier, model)
@@ -990,5 +1006,6 @@ def test_a_model_that_cannot_serve_stops_the_server_with_exit_2(tmp_path, servin
     assert code == 2 and listened == (case != "too many tokens"), server.output()
     words = {"no weights": [], "too many tokens": ["max_position_embeddings"], "labels repeat": ["[0, 2]", "'spam'"],
              "too few tokens for a pair": ["--max-input-tokens 2 cannot hold a text pair", "adds 3 special tokens",
-                                           "--max-input-tokens 3 or more"]}
+                                           "--max-input-tokens 3 or more"],
+             "non-finite outputs": ["computed non-finite embeddings"]}
     assert_one_error_line(server.stderr.read_text(), *words[case])
