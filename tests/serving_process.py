@@ -45,10 +45,15 @@ class ServerProcess:
                    *options]
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
             # SIGINT as from a terminal: a test runner started as a background job hands its children SIGINT ignored
+            # (and one under nohup SIGHUP, which the server then leaves alone, as asked)
             sigint = signal.SIG_IGN if background_job else signal.SIG_DFL
+
+            def as_from_a_terminal() -> None:
+                signal.signal(signal.SIGINT, sigint)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, env={**_env(), **(env or {})},
-                                         preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
-                                         start_new_session=background_job)
+                                         preexec_fn=as_from_a_terminal, start_new_session=background_job)
         self.url = ""
         self.health_statuses: list[int] = []
 
