@@ -15,7 +15,6 @@ import orjson
 from starlette.responses import Response
 
 from bortengine.engine import ClassificationResult
-from bortengine.errors import BortEngineError
 
 __all__ = ["JSONAnswer", "json_bytes", "embeddings_response", "classify_response", "rerank_response",
            "tokenize_response", "model_card", "usage", "shortened"]
@@ -55,10 +54,9 @@ def shortened(vectors: np.ndarray, dimensions: Optional[int]) -> np.ndarray:
 
 
 def embeddings_response(vectors: np.ndarray, encoding_format: str, model: str, tokens: int) -> dict:
-    """Shapes: vectors [N,D] float32. base64: each embedding's little-endian float32 bytes, as OpenAI sends them
-    (its client decodes with numpy.frombuffer(..., dtype="float32"))."""
-    if not np.isfinite(vectors).all():    # JSON has no NaN (orjson would write null): a broken model, not data
-        raise BortEngineError("the model computed non-finite embeddings (NaN or infinity); its weights are broken")
+    """Shapes: vectors [N,D] float32, finite (Engine.aencode refuses others: JSON has no NaN). base64: each
+    embedding's little-endian float32 bytes, as OpenAI sends them (its client decodes with
+    numpy.frombuffer(..., dtype="float32"))."""
     rows = np.ascontiguousarray(vectors, dtype="<f4")
     if encoding_format == "base64":
         embeddings = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
